@@ -1,0 +1,4 @@
+//! Library shared by `ingress` and `local-proxy`.
+#![forbid(unsafe_code)]
+
+pub mod ports;
