@@ -2,3 +2,4 @@
 #![forbid(unsafe_code)]
 
 pub mod ports;
+pub mod proxy_protocol;
