@@ -1,0 +1,240 @@
+//! Configuration: the TOML file (plus `LOCAL_PROXY_*` environment overrides) read into
+//! [`raw::RawConfig`], then validated into [`Config`] with every field typed and every
+//! default applied. `local-proxy check` and start-up go through the same [`load`].
+
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use http::{HeaderName, HeaderValue};
+use shared::ports::PortRange;
+
+pub use validate::{DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
+
+/// Prefix of environment variables that override file values; `__` separates nesting
+/// levels (`LOCAL_PROXY_HTTP__HTTPS_PORT=8443`).
+pub const ENV_PREFIX: &str = "LOCAL_PROXY_";
+
+/// A validated configuration. Built only by [`load`], [`from_toml_str`] or [`from_figment`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Admin listener (metrics, `/healthz`); `None` when not configured.
+    pub admin: Option<SocketAddr>,
+    pub wan: Wan,
+    pub mesh: Mesh,
+    pub http: Http,
+    pub tls: Tls,
+    pub sites: Vec<Site>,
+    pub streams: Vec<Stream>,
+}
+
+/// WAN-side listeners: every connection must start with PROXY v2 from a trusted ingress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wan {
+    /// Local addresses the home router forwards the public ports to.
+    pub addresses: Vec<IpAddr>,
+    /// Ingress node addresses allowed to connect and send PROXY headers.
+    pub trusted_ingress: Vec<IpAddr>,
+    /// Bound on reading the PROXY header after accept.
+    pub proxy_header_timeout: Duration,
+}
+
+/// Where the mesh listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshListen {
+    /// No mesh listener.
+    Off,
+    /// This node's Yggdrasil address, read from the admin socket at start-up.
+    Auto,
+    /// An explicit address.
+    Address(IpAddr),
+}
+
+/// The Yggdrasil mesh listener: no PROXY header; the peer address is the client address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    pub listen: MeshListen,
+    /// Yggdrasil admin socket (`unix:///path` or `tcp://host:port`), used by `auto`.
+    pub admin_endpoint: String,
+}
+
+/// HTTP and TLS front-end settings shared by all sites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http {
+    pub https_port: u16,
+    pub http_port: u16,
+    /// Plain HTTP requests for known sites get a 308 to `https://` (ACME paths excepted).
+    pub redirect_to_https: bool,
+    /// Serve `/.well-known/acme-challenge/<token>` from this certbot `--webroot` directory.
+    pub acme_webroot: Option<PathBuf>,
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub keep_alive_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    /// Concurrent client connections over all TCP listeners.
+    pub max_connections: usize,
+}
+
+/// Where certificates come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// certbot's `live/` directory: one `<name>/fullchain.pem` + `privkey.pem` per folder.
+    pub certbot_live_dir: Option<PathBuf>,
+    /// Explicit certificate/key pairs; names are taken from the certificates.
+    pub certificates: Vec<CertFiles>,
+    /// How often certificate files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// One explicit certificate chain and its key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// An HTTP site routed by Host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Lower-case host name, possibly `*.example.org`.
+    pub host: String,
+    pub aliases: Vec<String>,
+    pub upstream: Upstream,
+    pub insecure_skip_verify: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Response headers to set; `None` removes the header.
+    pub response_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Paths answered with 404 without asking the upstream (empty unless opted in).
+    pub blocked_paths: Vec<String>,
+}
+
+impl Site {
+    /// The site's own name and its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.host.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+/// A LAN upstream for a site: `http://` or `https://` plus an authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority)
+    }
+}
+
+/// Transport of a stream forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A TCP or UDP port (or port range) forwarded to a LAN service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    pub name: String,
+    pub protocol: Protocol,
+    pub listen_ports: PortRange,
+    pub upstream_ip: IpAddr,
+    /// Same length as `listen_ports`: listen port N goes to the Nth upstream port.
+    pub upstream_ports: PortRange,
+    /// Send a PROXY v2 header with the client address to the upstream.
+    pub proxy_protocol: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// UDP only: concurrent flows per listening socket.
+    pub max_flows: usize,
+}
+
+impl Stream {
+    /// The upstream address for a connection that arrived on `listen_port`.
+    pub fn upstream_for(&self, listen_port: u16) -> SocketAddr {
+        let offset = listen_port.saturating_sub(self.listen_ports.first);
+        let port = if self.listen_ports.first == 0 {
+            // Port 0 means "ephemeral" (tests): there is no range to map, use the upstream port.
+            self.upstream_ports.first
+        } else {
+            self.upstream_ports.first.saturating_add(offset)
+        };
+        SocketAddr::new(self.upstream_ip, port)
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `site[2].upstream`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or has a field of the wrong type or name.
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    /// The file parsed but some fields are invalid; every problem is listed.
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn list(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Load and validate `path`, with `LOCAL_PROXY_*` environment overrides on top.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    from_figment(
+        Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__")),
+    )
+}
+
+/// Validate TOML text without environment overrides (tests, examples).
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::new().merge(Toml::string(text)))
+}
+
+/// Extract and validate from any figment.
+pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    validate::validate(raw).map_err(ConfigError::Invalid)
+}

@@ -1,0 +1,118 @@
+//! The config file as written: serde structs with `deny_unknown_fields` everywhere and
+//! loosely typed leaves (strings for addresses and durations), so that validation can
+//! check every field and report all problems at once, each under its own name.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Root of `local-proxy.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub wan: RawWan,
+    #[serde(default)]
+    pub mesh: RawMesh,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub tls: RawTls,
+    /// Named sets of response headers that sites refer to; `security` is predefined.
+    #[serde(default)]
+    pub header_sets: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub scanners: RawScanners,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<RawSite>,
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<RawStream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWan {
+    pub addresses: Option<Vec<String>>,
+    pub trusted_ingress: Option<Vec<String>>,
+    pub proxy_header_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMesh {
+    pub listen: Option<String>,
+    pub admin_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub https_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub redirect_to_https: Option<bool>,
+    pub acme_webroot: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub keep_alive_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certbot_live_dir: Option<String>,
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<RawCertificate>,
+    pub reload_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScanners {
+    pub paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub host: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub upstream: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub ca_file: Option<String>,
+    pub header_sets: Option<Vec<String>>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+    pub block_scanners: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub proxy_protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_flows: Option<u64>,
+}

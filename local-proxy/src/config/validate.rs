@@ -1,0 +1,619 @@
+//! Raw → validated config: applies defaults, parses every leaf once and collects every
+//! problem (field path + message) instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use shared::ports::{parse_duration, parse_host_port, ListenSpec, PortRange};
+
+use super::raw::{RawConfig, RawSite, RawStream};
+use super::{
+    CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream,
+    Wan,
+};
+
+/// The predefined `security` header set (a `[header_sets.security]` table replaces it).
+pub const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    ("x-frame-options", "SAMEORIGIN"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+];
+
+/// Paths that only vulnerability scanners ask for; answered 404 on sites that opt in.
+pub const DEFAULT_SCANNER_PATHS: &[&str] = &[
+    "/wp-admin",
+    "/wp-login.php",
+    "/wp-content",
+    "/wp-includes",
+    "/xmlrpc.php",
+    "/.git",
+    "/.env",
+    "/.svn",
+    "/.hg",
+    "/.DS_Store",
+    "/.aws",
+    "/phpmyadmin",
+    "/pma",
+    "/cgi-bin",
+    "/vendor/phpunit",
+    "/server-status",
+    "/config.php",
+    "/admin.php",
+    "/boaform",
+    "/HNAP1",
+];
+
+const DEFAULT_MESH_ENDPOINT: &str = "unix:///var/run/yggdrasil/yggdrasil.sock";
+
+/// Collects errors while parsing leaves, so one pass reports everything.
+#[derive(Default)]
+struct Check {
+    errors: Vec<FieldError>,
+}
+
+impl Check {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
+        let text = value.unwrap_or(default);
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.err(field, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(field, e);
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn ip(&mut self, field: &str, value: &str) -> Option<IpAddr> {
+        // Accept the bracketed IPv6 form too, since it is how addresses are written elsewhere.
+        let bare = value.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(field, format!("`{value}` is not an IP address"));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+        let v = value.unwrap_or(default);
+        if v < min || v > max {
+            self.err(field, format!("{v} is out of range {min}..={max}"));
+            return default;
+        }
+        v
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut c = Check::default();
+
+    let admin = raw.admin.listen.as_deref().and_then(|s| {
+        s.parse::<SocketAddr>()
+            .map_err(|_| c.err("admin.listen", format!("`{s}` is not IP:PORT")))
+            .ok()
+    });
+
+    let wan = Wan {
+        addresses: raw
+            .wan
+            .addresses
+            .unwrap_or_else(|| vec!["0.0.0.0".into()])
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| c.ip(&format!("wan.addresses[{i}]"), a))
+            .collect(),
+        trusted_ingress: raw
+            .wan
+            .trusted_ingress
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| c.ip(&format!("wan.trusted_ingress[{i}]"), a))
+            .collect(),
+        proxy_header_timeout: c.duration(
+            "wan.proxy_header_timeout",
+            raw.wan.proxy_header_timeout.as_deref(),
+            "5s",
+        ),
+    };
+
+    let mesh = Mesh {
+        listen: match raw.mesh.listen.as_deref() {
+            None | Some("off") => MeshListen::Off,
+            Some("auto") => MeshListen::Auto,
+            Some(s) => c
+                .ip("mesh.listen", s)
+                .map(MeshListen::Address)
+                .unwrap_or(MeshListen::Off),
+        },
+        admin_endpoint: match raw.mesh.admin_endpoint {
+            Some(e) if e.starts_with("unix://") || e.starts_with("tcp://") => e,
+            Some(e) => {
+                c.err(
+                    "mesh.admin_endpoint",
+                    format!("`{e}` must start with unix:// or tcp://"),
+                );
+                e
+            }
+            None => DEFAULT_MESH_ENDPOINT.into(),
+        },
+    };
+
+    let h = &raw.http;
+    let http = Http {
+        https_port: h.https_port.unwrap_or(443),
+        http_port: h.http_port.unwrap_or(80),
+        redirect_to_https: h.redirect_to_https.unwrap_or(true),
+        acme_webroot: h.acme_webroot.as_ref().map(PathBuf::from),
+        tls_handshake_timeout: c.duration(
+            "http.tls_handshake_timeout",
+            h.tls_handshake_timeout.as_deref(),
+            "10s",
+        ),
+        header_read_timeout: c.duration(
+            "http.header_read_timeout",
+            h.header_read_timeout.as_deref(),
+            "10s",
+        ),
+        // hyper refuses buffers below 8 KiB.
+        max_header_bytes: c.count(
+            "http.max_header_bytes",
+            h.max_header_bytes,
+            32 * 1024,
+            8 * 1024,
+            1024 * 1024,
+        ) as usize,
+        keep_alive_timeout: c.duration(
+            "http.keep_alive_timeout",
+            h.keep_alive_timeout.as_deref(),
+            "90s",
+        ),
+        upstream_connect_timeout: c.duration(
+            "http.upstream_connect_timeout",
+            h.upstream_connect_timeout.as_deref(),
+            "5s",
+        ),
+        upstream_timeout: c.duration(
+            "http.upstream_timeout",
+            h.upstream_timeout.as_deref(),
+            "60s",
+        ),
+        max_connections: c.count(
+            "http.max_connections",
+            h.max_connections,
+            10_000,
+            1,
+            1_000_000,
+        ) as usize,
+    };
+    if http.https_port != 0 && http.https_port == http.http_port {
+        c.err("http.http_port", "must differ from http.https_port");
+    }
+
+    let mut certificates = Vec::new();
+    for (i, cert) in raw.tls.certificates.iter().enumerate() {
+        match (&cert.cert, &cert.key) {
+            (Some(c1), Some(k)) => certificates.push(CertFiles {
+                cert: c1.into(),
+                key: k.into(),
+            }),
+            (None, _) => c.err(format!("tls.certificate[{i}].cert"), "is required"),
+            (_, None) => c.err(format!("tls.certificate[{i}].key"), "is required"),
+        }
+    }
+    let tls = Tls {
+        certbot_live_dir: raw.tls.certbot_live_dir.as_ref().map(PathBuf::from),
+        certificates,
+        reload_interval: c.duration(
+            "tls.reload_interval",
+            raw.tls.reload_interval.as_deref(),
+            "5s",
+        ),
+    };
+
+    let header_sets = header_sets(&mut c, &raw.header_sets);
+    let scanner_paths: Vec<String> = match &raw.scanners.paths {
+        None => DEFAULT_SCANNER_PATHS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        Some(paths) => {
+            for (i, p) in paths.iter().enumerate() {
+                if !p.starts_with('/') {
+                    c.err(
+                        format!("scanners.paths[{i}]"),
+                        format!("`{p}` must start with /"),
+                    );
+                }
+            }
+            paths.clone()
+        }
+    };
+
+    let mut names = HashSet::new();
+    let sites = raw
+        .sites
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| site(&mut c, i, s, &header_sets, &scanner_paths, &mut names))
+        .collect();
+
+    let mut stream_names = HashSet::new();
+    let mut stream_ports = HashSet::new();
+    for (port, what) in [(http.https_port, "https"), (http.http_port, "http")] {
+        if port != 0 {
+            stream_ports.insert((Protocol::Tcp, port, what.to_string()));
+        }
+    }
+    let mut streams = Vec::new();
+    for (i, s) in raw.streams.iter().enumerate() {
+        if let Some(st) = stream(&mut c, i, s) {
+            if !stream_names.insert(st.name.clone()) {
+                c.err(
+                    format!("stream[{i}].name"),
+                    format!("`{}` is used by another stream", st.name),
+                );
+            }
+            for port in st.listen_ports.iter().filter(|p| *p != 0) {
+                if let Some((_, _, other)) = stream_ports
+                    .iter()
+                    .find(|(pr, p, _)| *pr == st.protocol && *p == port)
+                {
+                    c.err(
+                        format!("stream[{i}].listen"),
+                        format!("{}/{} is already used by {other}", port, st.protocol),
+                    );
+                    break;
+                }
+            }
+            for port in st.listen_ports.iter().filter(|p| *p != 0) {
+                stream_ports.insert((st.protocol, port, st.name.clone()));
+            }
+            streams.push(st);
+        }
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            admin,
+            wan,
+            mesh,
+            http,
+            tls,
+            sites,
+            streams,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+type HeaderSet = Vec<(HeaderName, Option<HeaderValue>)>;
+
+fn header_pair(
+    c: &mut Check,
+    field: &str,
+    name: &str,
+    value: &str,
+) -> Option<(HeaderName, Option<HeaderValue>)> {
+    let Ok(n) = HeaderName::from_str(name) else {
+        c.err(field, format!("`{name}` is not a valid header name"));
+        return None;
+    };
+    if value.is_empty() {
+        return Some((n, None));
+    }
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some((n, Some(v))),
+        Err(_) => {
+            c.err(format!("{field}.{name}"), "is not a valid header value");
+            None
+        }
+    }
+}
+
+fn header_sets(
+    c: &mut Check,
+    raw: &BTreeMap<String, BTreeMap<String, String>>,
+) -> BTreeMap<String, HeaderSet> {
+    let mut sets = BTreeMap::new();
+    let builtin = SECURITY_HEADERS
+        .iter()
+        .map(|(n, v)| {
+            (
+                HeaderName::from_static(n),
+                Some(HeaderValue::from_static(v)),
+            )
+        })
+        .collect();
+    sets.insert("security".to_string(), builtin);
+    for (set, headers) in raw {
+        let list = headers
+            .iter()
+            .filter_map(|(n, v)| header_pair(c, &format!("header_sets.{set}"), n, v))
+            .collect();
+        sets.insert(set.clone(), list);
+    }
+    sets
+}
+
+/// A host name as sites and certificates use it: lower case, optional `*.` prefix.
+pub(crate) fn valid_host(name: &str) -> bool {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+fn site(
+    c: &mut Check,
+    i: usize,
+    s: &RawSite,
+    sets: &BTreeMap<String, HeaderSet>,
+    scanner_paths: &[String],
+    names: &mut HashSet<String>,
+) -> Option<Site> {
+    let f = |name: &str| format!("site[{i}].{name}");
+    let before = c.errors.len();
+    let host = match &s.host {
+        None => {
+            c.err(f("host"), "is required");
+            String::new()
+        }
+        Some(h) => h.to_ascii_lowercase(),
+    };
+    let mut check_name = |c: &mut Check, field: String, name: &str| {
+        if !valid_host(name) {
+            c.err(
+                field,
+                format!("`{name}` is not a host name (letters, digits, -, optional *. prefix)"),
+            );
+        } else if !names.insert(name.to_string()) {
+            c.err(field, format!("`{name}` is used by another site"));
+        }
+    };
+    if s.host.is_some() {
+        check_name(c, f("host"), &host);
+    }
+    let aliases: Vec<String> = s.aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
+    for (j, a) in aliases.iter().enumerate() {
+        check_name(c, f(&format!("aliases[{j}]")), a);
+    }
+
+    let upstream = match &s.upstream {
+        None => {
+            c.err(f("upstream"), "is required");
+            None
+        }
+        Some(u) => parse_upstream(u).map_err(|e| c.err(f("upstream"), e)).ok(),
+    };
+
+    let mut response_headers: HeaderSet = Vec::new();
+    let set_names = s
+        .header_sets
+        .clone()
+        .unwrap_or_else(|| vec!["security".into()]);
+    for (j, name) in set_names.iter().enumerate() {
+        match sets.get(name) {
+            Some(set) => response_headers.extend(set.iter().cloned()),
+            None => c.err(
+                f(&format!("header_sets[{j}]")),
+                format!("no header set named `{name}`"),
+            ),
+        }
+    }
+    for (n, v) in &s.response_headers {
+        if let Some(pair) = header_pair(c, &f("response_headers"), n, v) {
+            // Per-site values win over the sets'.
+            response_headers.retain(|(existing, _)| *existing != pair.0);
+            response_headers.push(pair);
+        }
+    }
+
+    let insecure_skip_verify = s.insecure_skip_verify.unwrap_or(false);
+    if let Some(u) = &upstream {
+        if !u.tls && (insecure_skip_verify || s.ca_file.is_some()) {
+            c.err(
+                f("insecure_skip_verify"),
+                "only applies to an https:// upstream",
+            );
+        }
+    }
+    if insecure_skip_verify && s.ca_file.is_some() {
+        c.err(f("ca_file"), "makes no sense with insecure_skip_verify");
+    }
+
+    if c.errors.len() != before {
+        return None;
+    }
+    Some(Site {
+        host,
+        aliases,
+        upstream: upstream?,
+        insecure_skip_verify,
+        ca_file: s.ca_file.as_ref().map(PathBuf::from),
+        response_headers,
+        blocked_paths: if s.block_scanners.unwrap_or(false) {
+            scanner_paths.to_vec()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn parse_upstream(u: &str) -> Result<Upstream, String> {
+    let uri = http::Uri::from_str(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{u}` must start with http:// or https://")),
+    };
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("`{u}` must not have a path"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{u}` must not have a query"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{u}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{u}` must not contain credentials"));
+    }
+    Ok(Upstream { tls, authority })
+}
+
+fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
+    let f = |name: &str| format!("stream[{i}].{name}");
+    let before = c.errors.len();
+    let name = s.name.clone().unwrap_or_else(|| {
+        c.err(f("name"), "is required");
+        String::new()
+    });
+    if s.name.is_some()
+        && (name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        c.err(
+            f("name"),
+            "must be letters, digits, - and _ (it is a metrics label)",
+        );
+    }
+
+    let (protocol, listen_ports) = match &s.listen {
+        None => {
+            c.err(f("listen"), "is required");
+            (Protocol::Tcp, PortRange::single(0))
+        }
+        Some(l) => {
+            let (ports, proto) = match l.rsplit_once('/') {
+                Some((p, "tcp")) => (p, Protocol::Tcp),
+                Some((p, "udp")) => (p, Protocol::Udp),
+                Some((_, other)) => {
+                    c.err(
+                        f("listen"),
+                        format!("unknown protocol `{other}` (tcp or udp)"),
+                    );
+                    (l.as_str(), Protocol::Tcp)
+                }
+                None => (l.as_str(), Protocol::Tcp),
+            };
+            match ports.parse::<PortRange>() {
+                Ok(r) => (proto, r),
+                Err(e) => {
+                    c.err(
+                        f("listen"),
+                        format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"),
+                    );
+                    (proto, PortRange::single(0))
+                }
+            }
+        }
+    };
+
+    let (upstream_ip, upstream_ports) = match &s.upstream {
+        None => {
+            c.err(f("upstream"), "is required");
+            (IpAddr::from([0, 0, 0, 0]), listen_ports)
+        }
+        Some(u) => match upstream_target(u, listen_ports) {
+            Ok(t) => t,
+            Err(e) => {
+                c.err(f("upstream"), e);
+                (IpAddr::from([0, 0, 0, 0]), listen_ports)
+            }
+        },
+    };
+
+    let proxy_protocol = match s.proxy_protocol.as_deref() {
+        None | Some("none") => false,
+        Some("v2") => true,
+        Some(other) => {
+            c.err(
+                f("proxy_protocol"),
+                format!("`{other}`: expected \"v2\" or \"none\""),
+            );
+            false
+        }
+    };
+    let idle_default = match protocol {
+        Protocol::Tcp => "1h",
+        Protocol::Udp => "300s",
+    };
+    let st = Stream {
+        name,
+        protocol,
+        listen_ports,
+        upstream_ip,
+        upstream_ports,
+        proxy_protocol,
+        connect_timeout: c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s"),
+        idle_timeout: c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default),
+        max_flows: c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize,
+    };
+    if s.max_flows.is_some() && protocol == Protocol::Tcp {
+        c.err(f("max_flows"), "only applies to udp streams");
+    }
+    (c.errors.len() == before).then_some(st)
+}
+
+/// `IP` (same ports as listened on), `IP:PORT` or `IP:FIRST-LAST` (same length as the listen range).
+fn upstream_target(u: &str, listen: PortRange) -> Result<(IpAddr, PortRange), String> {
+    if let Ok((ip, None)) = parse_host_port(u) {
+        if listen.first == 0 {
+            return Err(format!("`{u}` needs a port when listening on port 0"));
+        }
+        return Ok((ip, listen));
+    }
+    let spec = u
+        .parse::<ListenSpec>()
+        .map_err(|e| format!("{e}; expected IP, IP:PORT or IP:FIRST-LAST"))?;
+    if spec.ports.first == 0 {
+        return Err(format!("`{u}`: upstream port 0 is not a port"));
+    }
+    if !spec.ports.is_single() && spec.ports.len() != listen.len() {
+        return Err(format!(
+            "`{u}` has {} ports but listen has {}",
+            spec.ports.len(),
+            listen.len()
+        ));
+    }
+    if spec.ports.is_single() && !listen.is_single() {
+        return Err(format!(
+            "`{u}`: a listen range of {} ports needs an upstream range or a bare IP",
+            listen.len()
+        ));
+    }
+    Ok((spec.ip, spec.ports))
+}

@@ -1,0 +1,123 @@
+//! The example config loads; every file in tests/invalid/ fails naming its field.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+use std::path::Path;
+
+use local_proxy::config::{self, ConfigError, MeshListen, Protocol};
+
+#[test]
+fn example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-proxy.toml");
+    let c = config::load(&path).unwrap();
+    assert_eq!(c.mesh.listen, MeshListen::Auto);
+    assert_eq!(c.http.https_port, 443);
+    assert!(c
+        .sites
+        .iter()
+        .any(|s| s.host == "wazuh.example.org" && s.insecure_skip_verify));
+    let relay = c.streams.iter().find(|s| s.name == "turn-relay").unwrap();
+    assert_eq!(relay.protocol, Protocol::Udp);
+    assert_eq!(relay.listen_ports.len(), 41);
+    assert_eq!(relay.upstream_for(49170).port(), 49170);
+    // The quiet set removes Server; the security set adds HSTS.
+    let cloud = c
+        .sites
+        .iter()
+        .find(|s| s.host == "cloud.example.org")
+        .unwrap();
+    assert!(cloud
+        .response_headers
+        .iter()
+        .any(|(n, v)| n == "server" && v.is_none()));
+    assert!(cloud
+        .response_headers
+        .iter()
+        .any(|(n, _)| n == "strict-transport-security"));
+}
+
+#[test]
+fn empty_config_has_defaults() {
+    let c = config::from_toml_str("").unwrap();
+    assert_eq!(c.http.http_port, 80);
+    assert_eq!(c.mesh.listen, MeshListen::Off);
+    assert!(c.admin.is_none());
+}
+
+#[test]
+fn every_invalid_file_fails_naming_its_field() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        // First line: `# field: <name>` for each field the error must name.
+        let fields: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# field: "))
+            .collect();
+        assert!(
+            !fields.is_empty(),
+            "{} has no `# field:` line",
+            path.display()
+        );
+        let err = config::load(&path).expect_err(&format!("{} must fail", path.display()));
+        let msg = err.to_string();
+        for f in fields {
+            assert!(
+                msg.contains(f),
+                "{}: `{msg}` does not name `{f}`",
+                path.display()
+            );
+        }
+    }
+    assert!(seen >= 10, "only {seen} invalid configs");
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let err = config::from_toml_str(
+        r#"
+        [wan]
+        addresses = ["nope"]
+        proxy_header_timeout = "soon"
+        [[site]]
+        host = "a.example.org"
+        upstream = "ftp://x"
+        "#,
+    )
+    .unwrap_err();
+    let ConfigError::Invalid(errors) = err else {
+        panic!("expected Invalid, got {err}")
+    };
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "wan.addresses[0]",
+            "wan.proxy_header_timeout",
+            "site[0].upstream"
+        ]
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("lp.toml", "[http]\nhttps_port = 443\n")?;
+        jail.set_env("LOCAL_PROXY_HTTP__HTTPS_PORT", "8443");
+        jail.set_env("LOCAL_PROXY_ADMIN__LISTEN", "127.0.0.1:9181");
+        let c = config::load(Path::new("lp.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(c.http.https_port, 8443);
+        assert_eq!(c.admin, Some("127.0.0.1:9181".parse().unwrap()));
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    assert!(config::load(Path::new("/nonexistent/local-proxy.toml")).is_err());
+}
