@@ -1,0 +1,561 @@
+//! Ingress configuration: a raw serde shape (unknown keys rejected everywhere) and a
+//! validated `Config` with typed fields. `ingress check` and start-up share `load`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use shared::ports::{parse_duration, parse_host_port, ListenSpec};
+
+/// Every problem found in a config file, each naming its field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {}:\n  - {}", file, problems.join("\n  - "))]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+// ---------- raw shape ----------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    pool: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u32>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default)]
+    paths: Vec<RawPath>,
+    mesh: Option<String>,
+    connect_timeout: Option<String>,
+    final_connect_timeout: Option<String>,
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPath {
+    name: String,
+    address: String,
+    weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    port: Option<u16>,
+    check: Option<String>,
+    http_path: Option<String>,
+    http_host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    listen: Vec<String>,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    mode: Option<String>,
+    pool: String,
+    upstream_port: Option<u16>,
+    proxy_protocol: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    max_flows: Option<u32>,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+
+// ---------- validated shape ----------
+
+/// A validated ingress configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address of the metrics/status listener; none when absent.
+    pub admin: Option<SocketAddr>,
+    /// Connections across all services; further clients are refused (closed at once).
+    pub max_connections: u32,
+    /// How long `SIGTERM` waits for established connections before exiting.
+    pub drain_timeout: Duration,
+    pub pools: BTreeMap<String, PoolConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub paths: Vec<PathConfig>,
+    /// The mesh tier: the local proxy's Yggdrasil address, used only when no WAN path is up.
+    pub mesh: Option<PathConfig>,
+    /// Connect timeout of an attempt while other candidate paths remain.
+    pub connect_timeout: Duration,
+    /// Connect timeout of the last attempt (long enough to outlive one lost SYN).
+    pub final_connect_timeout: Duration,
+    /// Paths tried per client connection before giving up.
+    pub max_attempts: u32,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathConfig {
+    pub name: String,
+    pub ip: IpAddr,
+    /// A fixed upstream port for this path, overriding the service's.
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Port probed on each path (unless the path fixes its own port).
+    pub port: u16,
+    pub check: CheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// A TCP connect that completes.
+    Tcp,
+    /// Connect, send a PROXY v2 LOCAL header, expect the peer not to reset.
+    ProxyV2Local,
+    /// `GET path` with Host; a 2xx/3xx status line is healthy.
+    Http { path: String, host: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bytes pass through untouched.
+    Plain,
+    /// TLS passthrough routed by the ClientHello's SNI.
+    Sni,
+    /// Plain HTTP routed by the request's Host.
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub listen: Vec<ListenSpec>,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub pool: String,
+    pub upstream_port: Option<u16>,
+    pub proxy_protocol: bool,
+    pub idle_timeout: Duration,
+    pub max_connections: Option<u32>,
+    /// UDP only: most flows (one upstream socket each) before new clients are dropped.
+    pub max_flows: usize,
+}
+
+impl Config {
+    /// Load a file, apply `INGRESS_`-prefixed environment overrides (`INGRESS_LIMITS__MAX_CONNECTIONS=5`),
+    /// and validate.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        if !path.exists() {
+            return Err(ConfigError {
+                file,
+                problems: vec!["file not found".into()],
+            });
+        }
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("INGRESS_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError {
+                file: file.clone(),
+                problems: e.into_iter().map(|e| e.to_string()).collect(),
+            })?;
+        validate(raw).map_err(|problems| ConfigError { file, problems })
+    }
+
+    /// Parse TOML text (no environment overrides); used by tests.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError {
+                file: "<string>".into(),
+                problems: e.into_iter().map(|e| e.to_string()).collect(),
+            })?;
+        validate(raw).map_err(|problems| ConfigError {
+            file: "<string>".into(),
+            problems,
+        })
+    }
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn dur(&mut self, field: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.0.push(format!("{field}: must be above zero"));
+                    default
+                }
+                Err(e) => {
+                    self.0.push(format!("{field}: {e}"));
+                    default
+                }
+            },
+        }
+    }
+    fn push(&mut self, s: String) {
+        self.0.push(s)
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
+    let mut p = Problems(Vec::new());
+
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| match a.listen.parse::<SocketAddr>() {
+            Ok(sa) => Some(sa),
+            Err(_) => {
+                p.push(format!("admin.listen: `{}` is not IP:PORT", a.listen));
+                None
+            }
+        });
+    let max_connections = raw.limits.max_connections.unwrap_or(20_000);
+    if max_connections == 0 {
+        p.push("limits.max_connections: must be above zero".into());
+    }
+    let drain_timeout = p.dur(
+        "limits.drain_timeout",
+        &raw.limits.drain_timeout,
+        Duration::from_secs(30),
+    );
+
+    let mut pools = BTreeMap::new();
+    for (name, rp) in &raw.pool {
+        let f = |field: &str| format!("pool.{name}.{field}");
+        let mut paths = Vec::new();
+        let mut names = HashSet::new();
+        if rp.paths.is_empty() && rp.mesh.is_none() {
+            p.push(format!(
+                "pool.{name}: needs at least one entry in `paths` or a `mesh` address"
+            ));
+        }
+        for (i, rpath) in rp.paths.iter().enumerate() {
+            let field = format!("pool.{name}.paths[{i}]");
+            if rpath.name.is_empty() || rpath.name == "mesh" {
+                p.push(format!(
+                    "{field}.name: must be non-empty and not `mesh` (reserved for the mesh tier)"
+                ));
+            }
+            if !names.insert(rpath.name.clone()) {
+                p.push(format!(
+                    "{field}.name: `{}` is used twice in this pool",
+                    rpath.name
+                ));
+            }
+            let weight = rpath.weight.unwrap_or(1);
+            if weight == 0 || weight > 1000 {
+                p.push(format!("{field}.weight: must be 1..=1000 (got {weight})"));
+            }
+            match parse_host_port(&rpath.address) {
+                Ok((ip, port)) => paths.push(PathConfig {
+                    name: rpath.name.clone(),
+                    ip,
+                    port,
+                    weight,
+                }),
+                Err(e) => p.push(format!("{field}.address: {e}")),
+            }
+        }
+        let mesh = rp.mesh.as_ref().and_then(|m| match parse_host_port(m) {
+            Ok((ip, port)) => Some(PathConfig {
+                name: "mesh".into(),
+                ip,
+                port,
+                weight: 1,
+            }),
+            Err(e) => {
+                p.push(format!("{}: {e}", f("mesh")));
+                None
+            }
+        });
+        let connect_timeout = p.dur(
+            &f("connect_timeout"),
+            &rp.connect_timeout,
+            Duration::from_millis(300),
+        );
+        let final_connect_timeout = p.dur(
+            &f("final_connect_timeout"),
+            &rp.final_connect_timeout,
+            Duration::from_secs(3),
+        );
+        let max_attempts = rp.max_attempts.unwrap_or(3);
+        if max_attempts == 0 || max_attempts > 10 {
+            p.push(format!(
+                "{}: must be 1..=10 (got {max_attempts})",
+                f("max_attempts")
+            ));
+        }
+        let h = &rp.health;
+        let interval = p.dur(
+            &f("health.interval"),
+            &h.interval,
+            Duration::from_millis(500),
+        );
+        let timeout = p.dur(&f("health.timeout"), &h.timeout, Duration::from_millis(400));
+        let rise = h.rise.unwrap_or(2);
+        let fall = h.fall.unwrap_or(2);
+        if rise == 0 || rise > 100 {
+            p.push(format!("{}: must be 1..=100", f("health.rise")));
+        }
+        if fall == 0 || fall > 100 {
+            p.push(format!("{}: must be 1..=100", f("health.fall")));
+        }
+        let check = match h.check.as_deref().unwrap_or("tcp") {
+            "tcp" => CheckKind::Tcp,
+            "proxy-v2" => CheckKind::ProxyV2Local,
+            "http" => CheckKind::Http {
+                path: h.http_path.clone().unwrap_or_else(|| "/healthz".into()),
+                host: h.http_host.clone().unwrap_or_else(|| "localhost".into()),
+            },
+            other => {
+                p.push(format!(
+                    "{}: `{other}` is not one of tcp, proxy-v2, http",
+                    f("health.check")
+                ));
+                CheckKind::Tcp
+            }
+        };
+        if !matches!(check, CheckKind::Http { .. })
+            && (h.http_path.is_some() || h.http_host.is_some())
+        {
+            p.push(format!(
+                "{}: http_path/http_host need check = \"http\"",
+                f("health")
+            ));
+        }
+        // The probe port defaults to the first port of the first service using the pool.
+        let port = h.port.or_else(|| {
+            raw.service
+                .iter()
+                .filter(|s| &s.pool == name)
+                .find_map(|s| {
+                    s.upstream_port.or_else(|| {
+                        s.listen
+                            .first()
+                            .and_then(|l| l.parse::<ListenSpec>().ok())
+                            .map(|l| l.ports.first)
+                    })
+                })
+        });
+        let port = match port {
+            Some(port) if port != 0 => port,
+            _ => {
+                if paths.iter().chain(mesh.iter()).any(|p| p.port.is_none()) {
+                    p.push(format!(
+                        "{}: set a port to probe (no service gives one)",
+                        f("health.port")
+                    ));
+                }
+                0
+            }
+        };
+        let health = HealthConfig {
+            interval,
+            timeout,
+            rise,
+            fall,
+            port,
+            check,
+        };
+        pools.insert(
+            name.clone(),
+            PoolConfig {
+                name: name.clone(),
+                paths,
+                mesh,
+                connect_timeout,
+                final_connect_timeout,
+                max_attempts,
+                health,
+            },
+        );
+    }
+
+    let mut services = Vec::new();
+    let mut service_names = HashSet::new();
+    let mut bound: HashSet<(Protocol, IpAddr, u16)> = HashSet::new();
+    for (i, rs) in raw.service.iter().enumerate() {
+        let field = if rs.name.is_empty() {
+            format!("service[{i}]")
+        } else {
+            format!("service `{}`", rs.name)
+        };
+        if rs.name.is_empty() {
+            p.push(format!("{field}.name: must not be empty"));
+        }
+        if !service_names.insert(rs.name.clone()) {
+            p.push(format!("{field}.name: used by two services"));
+        }
+        let protocol = match rs.protocol.as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => {
+                p.push(format!("{field}.protocol: `{other}` is not tcp or udp"));
+                Protocol::Tcp
+            }
+        };
+        let mode = match rs.mode.as_deref().unwrap_or("plain") {
+            "plain" => Mode::Plain,
+            "sni" => Mode::Sni,
+            "http" => Mode::Http,
+            other => {
+                p.push(format!("{field}.mode: `{other}` is not plain, sni or http"));
+                Mode::Plain
+            }
+        };
+        if protocol == Protocol::Udp && mode != Mode::Plain {
+            p.push(format!("{field}.mode: udp services are plain only"));
+        }
+        if !raw.pool.contains_key(&rs.pool) {
+            p.push(format!("{field}.pool: no pool named `{}`", rs.pool));
+        }
+        if rs.listen.is_empty() {
+            p.push(format!("{field}.listen: needs at least one address"));
+        }
+        let mut listen = Vec::new();
+        for (j, l) in rs.listen.iter().enumerate() {
+            match l.parse::<ListenSpec>() {
+                Ok(spec) => {
+                    if !spec.ports.is_single() && rs.upstream_port.is_some() {
+                        p.push(format!("{field}.upstream_port: cannot be set with the port range `{l}` (port N forwards to N)"));
+                    }
+                    for port in spec.ports.iter() {
+                        if port != 0 && !bound.insert((protocol, spec.ip, port)) {
+                            p.push(format!(
+                                "{field}.listen[{j}]: {l} overlaps another listener on port {port}"
+                            ));
+                            break;
+                        }
+                    }
+                    listen.push(spec);
+                }
+                Err(e) => p.push(format!("{field}.listen[{j}]: {e}")),
+            }
+        }
+        let proxy_protocol = match rs.proxy_protocol.as_deref().unwrap_or("none") {
+            "none" => false,
+            "v2" => true,
+            other => {
+                p.push(format!(
+                    "{field}.proxy_protocol: `{other}` is not none or v2"
+                ));
+                false
+            }
+        };
+        if proxy_protocol && protocol == Protocol::Udp {
+            p.push(format!(
+                "{field}.proxy_protocol: only tcp services send a PROXY header"
+            ));
+        }
+        let default_idle = if protocol == Protocol::Udp {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let idle_timeout = p.dur(
+            &format!("{field}.idle_timeout"),
+            &rs.idle_timeout,
+            default_idle,
+        );
+        if rs.max_flows == Some(0) {
+            p.push(format!("{field}.max_flows: must be above zero"));
+        }
+        if rs.max_flows.is_some() && protocol != Protocol::Udp {
+            p.push(format!(
+                "{field}.max_flows: only udp services have flows (use max_connections)"
+            ));
+        }
+        if rs.max_connections.is_some() && protocol == Protocol::Udp {
+            p.push(format!(
+                "{field}.max_connections: udp services are capped by max_flows"
+            ));
+        }
+        if rs.max_connections == Some(0) {
+            p.push(format!("{field}.max_connections: must be above zero"));
+        }
+        services.push(ServiceConfig {
+            name: rs.name.clone(),
+            listen,
+            protocol,
+            mode,
+            pool: rs.pool.clone(),
+            upstream_port: rs.upstream_port,
+            proxy_protocol,
+            idle_timeout,
+            max_connections: rs.max_connections,
+            max_flows: rs.max_flows.unwrap_or(4096) as usize,
+        });
+    }
+    if services.is_empty() {
+        p.push("service: at least one [[service]] is needed".into());
+    }
+    if p.0.is_empty() {
+        Ok(Config {
+            admin,
+            max_connections,
+            drain_timeout,
+            pools,
+            services,
+        })
+    } else {
+        Err(p.0)
+    }
+}

@@ -1,0 +1,20 @@
+//! The cloud-side ingress: listeners → pools of paths home (WAN addresses, then the
+//! Yggdrasil mesh tier) with health-weighted choice, retries and zero-copy relaying.
+
+pub mod admin;
+pub mod config;
+pub mod connect;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod relay;
+pub mod server;
+#[cfg(target_os = "linux")]
+mod splice;
+pub mod tcp;
+pub mod udp;
+pub mod udp_flows;
+
+pub use config::Config;
+pub use server::Server;

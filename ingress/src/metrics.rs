@@ -1,0 +1,45 @@
+//! Metric names (one place, bounded labels: pool, path, service, direction; never client
+//! addresses) and the Prometheus recorder behind the admin listener.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const PATH_UP: &str = "ingress_path_up";
+pub const PATH_HEALTH_FACTOR: &str = "ingress_path_health_factor";
+pub const PATH_ACTIVE: &str = "ingress_path_active_connections";
+pub const PATH_CONNECTS: &str = "ingress_path_connects_total";
+pub const PATH_CONNECT_FAILURES: &str = "ingress_path_connect_failures_total";
+pub const PATH_BYTES: &str = "ingress_path_bytes_total";
+pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
+pub const MESH_FAILOVERS: &str = "ingress_mesh_failovers_total";
+pub const POOL_ON_MESH: &str = "ingress_pool_on_mesh";
+pub const LISTENER_ACCEPTED: &str = "ingress_listener_accepted_total";
+pub const LISTENER_REFUSED: &str = "ingress_listener_refused_total";
+pub const SERVICE_ACTIVE: &str = "ingress_service_active_connections";
+pub const SERVICE_CONNECT_GIVEUPS: &str = "ingress_service_upstream_unavailable_total";
+pub const SERVICE_ROUTE_FAILURES: &str = "ingress_service_route_failures_total";
+pub const RELOADS: &str = "ingress_config_reloads_total";
+pub const UDP_FLOWS_ACTIVE: &str = "ingress_udp_flows_active";
+pub const UDP_FLOWS_CREATED: &str = "ingress_udp_flows_created_total";
+pub const UDP_FLOWS_EXPIRED: &str = "ingress_udp_flows_expired_total";
+pub const UDP_FLOWS_EVICTED: &str = "ingress_udp_flows_evicted_total";
+pub const UDP_FLOWS_MIGRATED: &str = "ingress_udp_flows_migrated_total";
+pub const UDP_DATAGRAMS: &str = "ingress_udp_datagrams_total";
+pub const UDP_BYTES: &str = "ingress_udp_bytes_total";
+pub const UDP_DROPS: &str = "ingress_udp_drops_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the process-wide recorder once; later calls (tests running several servers in
+/// one process) reuse it.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    install().map(|h| h.render()).unwrap_or_default()
+}

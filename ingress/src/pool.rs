@@ -1,0 +1,404 @@
+//! Pools of paths to home and the health-weighted choice among them.
+//!
+//! Invariants: the data path reads only atomics (`up`, `factor`, `active`); the health
+//! state behind its mutex is touched once per probe or finished connect. WAN paths serve
+//! while any is up; the mesh tier serves only when none is; with nothing up, every path is
+//! still tried (mesh first), because refusing is worse than a slow try.
+
+use metrics::{counter, gauge, Counter, Gauge};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{HealthConfig, PathConfig, PoolConfig};
+use crate::health::{HealthState, Outcome, Source, Transition};
+use crate::metrics as m;
+
+/// Most paths a pool may hold (WAN paths plus the mesh tier); tried-sets are bitmasks.
+pub const MAX_PATHS: usize = 32;
+
+/// Health and counters of one path; survives a reload when the path is unchanged.
+pub struct PathState {
+    health: Mutex<HealthState>,
+    up: AtomicBool,
+    /// `f32` bits of the current health factor.
+    factor: AtomicU32,
+    active: AtomicU64,
+    pub(crate) m_connects: Counter,
+    pub(crate) m_failures: Counter,
+    pub(crate) m_probe_failures: Counter,
+    pub(crate) m_bytes_up: Counter,
+    pub(crate) m_bytes_down: Counter,
+    m_up: Gauge,
+    m_factor: Gauge,
+    m_active: Gauge,
+}
+
+impl PathState {
+    fn new(pool: &str, path: &str) -> Self {
+        let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
+        let s = Self {
+            health: Mutex::new(HealthState::default()),
+            up: AtomicBool::new(true),
+            factor: AtomicU32::new(1.0f32.to_bits()),
+            active: AtomicU64::new(0),
+            m_connects: counter!(m::PATH_CONNECTS, &labels),
+            m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
+            m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
+            m_bytes_up: counter!(
+                m::PATH_BYTES,
+                &[
+                    ("pool", pool.to_owned()),
+                    ("path", path.to_owned()),
+                    ("direction", "up".to_owned())
+                ]
+            ),
+            m_bytes_down: counter!(
+                m::PATH_BYTES,
+                &[
+                    ("pool", pool.to_owned()),
+                    ("path", path.to_owned()),
+                    ("direction", "down".to_owned())
+                ]
+            ),
+            m_up: gauge!(m::PATH_UP, &labels),
+            m_factor: gauge!(m::PATH_HEALTH_FACTOR, &labels),
+            m_active: gauge!(m::PATH_ACTIVE, &labels),
+        };
+        s.m_up.set(1.0);
+        s.m_factor.set(1.0);
+        s
+    }
+}
+
+/// One way home: a WAN address, or the mesh tier.
+pub struct Path {
+    pub pool: Arc<str>,
+    pub name: Arc<str>,
+    pub ip: IpAddr,
+    pub fixed_port: Option<u16>,
+    pub weight: u32,
+    pub is_mesh: bool,
+    pub state: Arc<PathState>,
+}
+
+impl Path {
+    pub fn is_up(&self) -> bool {
+        self.state.up.load(Ordering::Relaxed)
+    }
+    pub fn factor(&self) -> f64 {
+        f64::from(f32::from_bits(self.state.factor.load(Ordering::Relaxed)))
+    }
+    pub fn active(&self) -> u64 {
+        self.state.active.load(Ordering::Relaxed)
+    }
+    /// Where traffic for `port` goes on this path.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, self.fixed_port.unwrap_or(port))
+    }
+    /// Selection weight: configured weight times health factor.
+    fn effective(&self) -> f64 {
+        f64::from(self.weight) * self.factor()
+    }
+    pub fn health_snapshot(&self) -> HealthState {
+        self.state
+            .health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A connection's hold on a path: counted in `active` until dropped.
+pub struct ActiveGuard(Arc<Path>);
+
+impl ActiveGuard {
+    pub fn new(path: Arc<Path>) -> Self {
+        let n = path.state.active.fetch_add(1, Ordering::Relaxed) + 1;
+        path.state.m_active.set(n as f64);
+        Self(path)
+    }
+    pub fn path(&self) -> &Arc<Path> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let n = self
+            .0
+            .state
+            .active
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        self.0.state.m_active.set(n as f64);
+    }
+}
+
+/// A set of paths already tried for one client connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried(u32);
+
+impl Tried {
+    pub fn insert(&mut self, i: usize) {
+        self.0 |= 1 << i;
+    }
+    pub fn contains(&self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    /// WAN paths first, then the mesh tier (if any) as the last entry.
+    pub paths: Vec<Arc<Path>>,
+    pub wan_count: usize,
+    pub cfg: PoolConfig,
+    on_mesh: AtomicBool,
+    m_failovers: Counter,
+    m_on_mesh: Gauge,
+}
+
+impl Pool {
+    /// Build a pool, reusing the state of paths that are unchanged in `previous`.
+    pub fn new(cfg: PoolConfig, previous: Option<&Pool>) -> Self {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let make = |pc: &PathConfig, is_mesh: bool| {
+            let reuse = previous.and_then(|prev| {
+                prev.paths
+                    .iter()
+                    .find(|p| {
+                        &*p.name == pc.name
+                            && p.ip == pc.ip
+                            && p.fixed_port == pc.port
+                            && p.is_mesh == is_mesh
+                    })
+                    .map(|p| p.state.clone())
+            });
+            Arc::new(Path {
+                pool: name.clone(),
+                name: Arc::from(pc.name.as_str()),
+                ip: pc.ip,
+                fixed_port: pc.port,
+                weight: pc.weight,
+                is_mesh,
+                state: reuse.unwrap_or_else(|| Arc::new(PathState::new(&cfg.name, &pc.name))),
+            })
+        };
+        let mut paths: Vec<Arc<Path>> = cfg.paths.iter().map(|p| make(p, false)).collect();
+        let wan_count = paths.len();
+        if let Some(mesh) = &cfg.mesh {
+            paths.push(make(mesh, true));
+        }
+        paths.truncate(MAX_PATHS);
+        let pool = Self {
+            m_failovers: counter!(m::MESH_FAILOVERS, "pool" => cfg.name.clone()),
+            m_on_mesh: gauge!(m::POOL_ON_MESH, "pool" => cfg.name.clone()),
+            name,
+            wan_count: wan_count.min(MAX_PATHS),
+            on_mesh: AtomicBool::new(false),
+            paths,
+            cfg,
+        };
+        pool.on_mesh.store(
+            previous.is_some_and(|p| p.on_mesh.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        pool.refresh_tier();
+        pool
+    }
+
+    fn any_wan_up(&self) -> bool {
+        self.paths[..self.wan_count].iter().any(|p| p.is_up())
+    }
+
+    /// Choose the next path to try. `None` when every path has been tried.
+    pub fn pick(&self, tried: Tried) -> Option<(usize, &Arc<Path>)> {
+        let wan = &self.paths[..self.wan_count];
+        let up_untried = |i: usize, p: &Arc<Path>| p.is_up() && !tried.contains(i);
+        if let Some(i) = self.weighted_p2c(wan, |i, p| up_untried(i, p)) {
+            return Some((i, &self.paths[i]));
+        }
+        // No healthy WAN path left to try: the mesh tier, then anything at all.
+        if let Some(i) = self.mesh_index().filter(|&i| !tried.contains(i)) {
+            return Some((i, &self.paths[i]));
+        }
+        self.weighted_p2c(wan, |i, _| !tried.contains(i))
+            .map(|i| (i, &self.paths[i]))
+    }
+
+    /// How many paths `pick` could still offer after `tried`.
+    pub fn remaining(&self, tried: Tried) -> usize {
+        (0..self.paths.len())
+            .filter(|&i| !tried.contains(i))
+            .count()
+    }
+
+    fn mesh_index(&self) -> Option<usize> {
+        (self.paths.len() > self.wan_count).then_some(self.wan_count)
+    }
+
+    /// Two weighted random draws; the less loaded (per unit of weight) wins, ties to the
+    /// first draw so light load still follows the weights.
+    fn weighted_p2c(
+        &self,
+        set: &[Arc<Path>],
+        ok: impl Fn(usize, &Arc<Path>) -> bool,
+    ) -> Option<usize> {
+        let total: f64 = set
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| ok(*i, p))
+            .map(|(_, p)| p.effective())
+            .sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let draw = || {
+            let mut r = fastrand::f64() * total;
+            let mut last = None;
+            for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p)) {
+                last = Some(i);
+                r -= p.effective();
+                if r < 0.0 {
+                    return Some(i);
+                }
+            }
+            last
+        };
+        let a = draw()?;
+        let Some(b) = draw() else { return Some(a) };
+        if a == b {
+            return Some(a);
+        }
+        let load = |i: usize| set[i].active() as f64 / set[i].effective();
+        if load(b) < load(a) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+
+    /// Feed one outcome (probe or real connect) into a path's state, publish the change.
+    pub fn record(&self, index: usize, outcome: Outcome, source: Source) {
+        let Some(path) = self.paths.get(index) else {
+            return;
+        };
+        let HealthConfig { rise, fall, .. } = self.cfg.health;
+        // A real connect failing may take a path down only if something else can serve.
+        let others_usable = self
+            .paths
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != index && p.is_up());
+        let transition = match path.state.health.lock() {
+            Ok(mut h) => h.record(outcome, source, rise, fall, others_usable),
+            Err(_) => None,
+        };
+        match outcome {
+            Outcome::Ok { .. } => {}
+            Outcome::Failed if source == Source::Traffic => path.state.m_failures.increment(1),
+            Outcome::Failed => path.state.m_probe_failures.increment(1),
+        }
+        if let Some(t) = transition {
+            let up = t == Transition::WentUp;
+            path.state.up.store(up, Ordering::Relaxed);
+            path.state.m_up.set(if up { 1.0 } else { 0.0 });
+            let h = path.health_snapshot();
+            if up {
+                tracing::info!(pool = %self.name, path = %path.name, addr = %path.ip, "path up");
+            } else {
+                tracing::warn!(pool = %self.name, path = %path.name, addr = %path.ip, ?source, fail_avg = format!("{:.2}", h.fail_avg), "path down");
+            }
+            self.refresh_tier();
+        }
+    }
+
+    /// Recompute every path's health factor relative to the best latency among up paths.
+    pub fn refresh_factors(&self) {
+        let snaps: Vec<HealthState> = self.paths.iter().map(|p| p.health_snapshot()).collect();
+        let best = self.paths[..self.wan_count]
+            .iter()
+            .zip(&snaps)
+            .filter(|(p, _)| p.is_up())
+            .filter_map(|(_, h)| h.latency_avg)
+            .min();
+        for (p, h) in self.paths.iter().zip(&snaps) {
+            // The mesh is judged on its own: it is never compared with a WAN.
+            let f = if p.is_mesh {
+                h.factor(None)
+            } else {
+                h.factor(best)
+            };
+            p.state
+                .factor
+                .store((f as f32).to_bits(), Ordering::Relaxed);
+            p.state.m_factor.set(f);
+        }
+    }
+
+    /// Log and count a move onto or off the mesh tier.
+    fn refresh_tier(&self) {
+        if self.mesh_index().is_none() {
+            return;
+        }
+        let on_mesh = !self.any_wan_up();
+        if self.on_mesh.swap(on_mesh, Ordering::Relaxed) != on_mesh {
+            self.m_on_mesh.set(if on_mesh { 1.0 } else { 0.0 });
+            if on_mesh {
+                self.m_failovers.increment(1);
+                tracing::warn!(pool = %self.name, "no WAN path up: mesh tier takes over");
+            } else {
+                tracing::info!(pool = %self.name, "a WAN path is up again: traffic leaves the mesh tier");
+            }
+        }
+    }
+
+    pub fn on_mesh(&self) -> bool {
+        self.on_mesh.load(Ordering::Relaxed)
+    }
+
+    /// Probe every path each interval, forever (aborted on reload or shutdown).
+    pub async fn run_health(self: Arc<Self>, default_port: u16) {
+        let hc = self.cfg.health.clone();
+        let mut tick = tokio::time::interval(hc.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let probes = self
+                .paths
+                .iter()
+                .map(|p| crate::health::probe(p.addr(default_port), &hc.check, hc.timeout));
+            let outcomes = join_all(probes).await;
+            for (i, o) in outcomes.into_iter().enumerate() {
+                self.record(i, o, Source::Probe);
+            }
+            self.refresh_factors();
+        }
+    }
+}
+
+/// Await a handful of futures concurrently, results in input order (pools are small; no
+/// extra crate needed).
+async fn join_all<F: std::future::Future<Output = Outcome>>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<Outcome> {
+    let mut pending: Vec<_> = futs.map(Box::pin).enumerate().collect();
+    let mut results = vec![Outcome::Failed; pending.len()];
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(o) => {
+                results[*i] = o;
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results
+}

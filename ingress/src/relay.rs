@@ -1,0 +1,176 @@
+//! Moving bytes between client and upstream: both directions at once, half-close passed
+//! on, an idle timeout over both, bytes counted per path. `splice(2)` on Linux, a
+//! buffered copy elsewhere.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides closed their sending halves.
+    Closed,
+    /// Nothing moved either way for the idle timeout.
+    Idle,
+    /// A socket error (reset, broken pipe): both sides are closed.
+    Error(io::Error),
+}
+
+/// Bytes moved, client→upstream and upstream→client.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub up: u64,
+    pub down: u64,
+}
+
+/// Last time anything moved, in ms since `epoch`; shared by both directions.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Relay until both directions finish, an error, or `idle` passes with no traffic.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    up_bytes: &Counter,
+    down_bytes: &Counter,
+) -> (End, Totals) {
+    let activity = Activity {
+        epoch: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up_total = AtomicU64::new(0);
+    let down_total = AtomicU64::new(0);
+    let both = async {
+        tokio::try_join!(
+            one_way(client, upstream, &activity, up_bytes, &up_total),
+            one_way(upstream, client, &activity, down_bytes, &down_total),
+        )
+    };
+    let watchdog = async {
+        loop {
+            let deadline = activity.last() + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        r = both => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error(e),
+        },
+        _ = watchdog => End::Idle,
+    };
+    let totals = Totals {
+        up: up_total.load(Ordering::Relaxed),
+        down: down_total.load(Ordering::Relaxed),
+    };
+    (end, totals)
+}
+
+fn shutdown_write(s: &TcpStream) {
+    // The peer may already be gone; nothing to do about that here.
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(target_os = "linux")]
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity,
+    bytes: &Counter,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    use crate::splice::{pipe_to_socket, socket_to_pipe, CHUNK, PIPES};
+    use std::os::fd::AsRawFd;
+
+    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    loop {
+        from.readable().await?;
+        // Take a pipe only now that data waits; give it back as soon as it is empty and the
+        // source has nothing more, so idle connections hold none.
+        let pipe = PIPES.take()?;
+        loop {
+            let filled =
+                match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
+                    Ok(0) => {
+                        PIPES.give_back(pipe);
+                        shutdown_write(to);
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                };
+            let mut left = filled;
+            while left > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || pipe_to_socket(&pipe, to_fd, left)) {
+                    Ok(n) => left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    // The pipe still holds data: it is dropped with this error, not pooled.
+                    Err(e) => return Err(e),
+                }
+            }
+            bytes.increment(filled as u64);
+            total.fetch_add(filled as u64, Ordering::Relaxed);
+            activity.touch();
+        }
+        PIPES.give_back(pipe);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity,
+    bytes: &Counter,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        from.readable().await?;
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                shutdown_write(to);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut off = 0;
+        while off < n {
+            to.writable().await?;
+            match to.try_write(&buf[off..n]) {
+                Ok(w) => off += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        bytes.increment(n as u64);
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}

@@ -1,0 +1,379 @@
+//! The running ingress: pools with their health tasks, services, listeners, limits,
+//! reload and drain. A reload builds a new `Runtime` beside the old one and swaps it in;
+//! listeners whose address is unchanged keep their socket and see the new service at once,
+//! established connections keep the pool they started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{counter, gauge, Counter, Gauge};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Protocol, ServiceConfig};
+use crate::metrics as m;
+use crate::pool::Pool;
+
+/// A service as the data path sees it.
+pub struct Service {
+    pub cfg: ServiceConfig,
+    pub pool: Arc<Pool>,
+    /// Per-service connection cap (none: only the global one applies).
+    pub limit: Option<Arc<Semaphore>>,
+    pub m_accepted: Counter,
+    pub m_refused: Counter,
+    pub m_active: Gauge,
+    pub m_unavailable: Counter,
+    pub m_route_failures: Counter,
+}
+
+/// Everything one config produced. Dropping it stops its health tasks.
+pub struct Runtime {
+    pub config: Config,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub services: HashMap<String, Arc<Service>>,
+    health_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for t in &self.health_tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Runtime {
+    fn build(config: Config, previous: Option<&Runtime>) -> Self {
+        let mut pools = BTreeMap::new();
+        let mut health_tasks = Vec::new();
+        for (name, pc) in &config.pools {
+            let prev = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
+            let pool = Arc::new(Pool::new(pc.clone(), prev));
+            health_tasks.push(tokio::spawn(pool.clone().run_health(pc.health.port)));
+            pools.insert(name.clone(), pool);
+        }
+        let mut services = HashMap::new();
+        for sc in &config.services {
+            let Some(pool) = pools.get(&sc.pool).cloned() else {
+                continue;
+            };
+            let prev = previous.and_then(|p| p.services.get(&sc.name));
+            // Keep the semaphore when the cap is unchanged so permits held by established
+            // connections still count against it.
+            let limit = match (prev, sc.max_connections) {
+                (Some(p), Some(n)) if p.cfg.max_connections == Some(n) => p.limit.clone(),
+                (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
+                (_, None) => None,
+            };
+            let l = [("service", sc.name.clone())];
+            services.insert(
+                sc.name.clone(),
+                Arc::new(Service {
+                    cfg: sc.clone(),
+                    pool,
+                    limit,
+                    m_accepted: counter!(m::LISTENER_ACCEPTED, &l),
+                    m_refused: counter!(m::LISTENER_REFUSED, &l),
+                    m_active: gauge!(m::SERVICE_ACTIVE, &l),
+                    m_unavailable: counter!(m::SERVICE_CONNECT_GIVEUPS, &l),
+                    m_route_failures: counter!(m::SERVICE_ROUTE_FAILURES, &l),
+                }),
+            );
+        }
+        Self {
+            config,
+            pools,
+            services,
+            health_tasks,
+        }
+    }
+}
+
+/// A bound listener (or one waiting to bind) and the service it feeds.
+struct ListenerEntry {
+    slot: Arc<ArcSwap<Service>>,
+    local: Arc<Mutex<Option<SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+/// State shared by the accept loops, connection tasks and the admin listener.
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    pub(crate) global_limit: ArcSwap<Semaphore>,
+    open: AtomicUsize,
+    m_open: Gauge,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+    pub(crate) fn conn_guard(self: &Arc<Self>) -> ConnGuard {
+        let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.m_open.set(n as f64);
+        ConnGuard(self.clone())
+    }
+}
+
+/// Counts an open client connection for drain and the global gauge.
+pub(crate) struct ConnGuard(Arc<Shared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let n = self
+            .0
+            .open
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        self.0.m_open.set(n as f64);
+    }
+}
+
+type ListenerKey = (Protocol, String);
+
+/// Handle on a running ingress.
+pub struct Server {
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    listeners: Mutex<HashMap<ListenerKey, ListenerEntry>>,
+    admin_task: Mutex<Option<(SocketAddr, JoinHandle<()>)>>,
+}
+
+impl Server {
+    /// Start serving `config`. Listeners that cannot bind are logged and retried in the
+    /// background; everything else serves meanwhile.
+    pub async fn start(config: Config) -> Self {
+        crate::metrics::install();
+        let (stop_tx, stop) = watch::channel(false);
+        let global = Semaphore::new(config.max_connections as usize);
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), None)),
+            global_limit: ArcSwap::from_pointee(global),
+            open: AtomicUsize::new(0),
+            m_open: gauge!("ingress_open_connections"),
+            stop,
+        });
+        let server = Self {
+            shared,
+            stop_tx,
+            listeners: Mutex::new(HashMap::new()),
+            admin_task: Mutex::new(None),
+        };
+        server.sync_listeners();
+        server.sync_admin(config.admin);
+        server
+    }
+
+    /// Apply a new, already validated config. Established connections are untouched.
+    pub fn reload(&self, config: Config) {
+        let old = self.shared.runtime.load_full();
+        if old.config.max_connections != config.max_connections {
+            self.shared
+                .global_limit
+                .store(Arc::new(Semaphore::new(config.max_connections as usize)));
+        }
+        let admin = config.admin;
+        let rt = Runtime::build(config, Some(&old));
+        self.shared.runtime.store(Arc::new(rt));
+        self.sync_listeners();
+        self.sync_admin(admin);
+        counter!(m::RELOADS, "result" => "applied").increment(1);
+        tracing::info!("configuration reloaded");
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Bound addresses of a service's listeners (useful with port 0).
+    pub fn local_addrs(&self, service: &str) -> Vec<SocketAddr> {
+        let rt = self.shared.runtime.load();
+        let Ok(map) = self.listeners.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<SocketAddr> = map
+            .values()
+            .filter(|e| e.slot.load().cfg.name == service && rt.services.contains_key(service))
+            .filter_map(|e| e.local.lock().ok().and_then(|l| *l))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_task
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|(addr, _)| *addr))
+    }
+
+    /// Stop accepting, then wait (up to `deadline`) for established connections to end.
+    /// Returns how many were still open when it gave up.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let _ = self.stop_tx.send(true);
+        if let Ok(mut map) = self.listeners.lock() {
+            for (_, e) in map.drain() {
+                e.task.abort();
+            }
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        while self.shared.open_connections() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shared.open_connections()
+    }
+
+    fn sync_listeners(&self) {
+        let rt = self.shared.runtime.load_full();
+        let Ok(mut map) = self.listeners.lock() else {
+            return;
+        };
+        let mut wanted: HashMap<ListenerKey, (Arc<Service>, SocketAddr)> = HashMap::new();
+        for sc in &rt.config.services {
+            let Some(svc) = rt.services.get(&sc.name) else {
+                continue;
+            };
+            for spec in &sc.listen {
+                for addr in spec.addrs() {
+                    // Port 0 (tests) binds a fresh port per service, so it is keyed per service.
+                    let key = if addr.port() == 0 {
+                        format!("{addr}#{}", sc.name)
+                    } else {
+                        addr.to_string()
+                    };
+                    wanted.insert((sc.protocol, key), (svc.clone(), addr));
+                }
+            }
+        }
+        map.retain(|key, entry| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                tracing::info!(listen = %key.1, "listener closed");
+                entry.task.abort();
+            }
+            keep
+        });
+        for (key, (svc, addr)) in wanted {
+            if let Some(entry) = map.get(&key) {
+                entry.slot.store(svc);
+                continue;
+            }
+            let slot = Arc::new(ArcSwap::new(svc));
+            let local = Arc::new(Mutex::new(None));
+            let task = tokio::spawn(listen_forever(
+                key.0,
+                addr,
+                slot.clone(),
+                local.clone(),
+                self.shared.clone(),
+            ));
+            map.insert(key, ListenerEntry { slot, local, task });
+        }
+    }
+
+    fn sync_admin(&self, want: Option<SocketAddr>) {
+        let Ok(mut admin) = self.admin_task.lock() else {
+            return;
+        };
+        let current = admin.as_ref().map(|(a, _)| *a);
+        if want.is_some() && current == want && want.is_some_and(|a| a.port() != 0) {
+            return;
+        }
+        if let Some((_, t)) = admin.take() {
+            t.abort();
+        }
+        if let Some(addr) = want {
+            match crate::listener::bind_tcp(addr) {
+                Ok(l) => {
+                    let bound = l.local_addr().unwrap_or(addr);
+                    tracing::info!(listen = %bound, "admin listener ready");
+                    *admin = Some((
+                        bound,
+                        tokio::spawn(crate::admin::serve(l, self.shared.clone())),
+                    ));
+                }
+                Err(e) => tracing::error!(listen = %addr, error = %e, "admin listener cannot bind"),
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Ok(mut map) = self.listeners.lock() {
+            for (_, e) in map.drain() {
+                e.task.abort();
+            }
+        }
+        if let Ok(mut a) = self.admin_task.lock() {
+            if let Some((_, t)) = a.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// Bind (retrying with backoff while the address is busy), then accept until stopped.
+async fn listen_forever(
+    protocol: Protocol,
+    addr: SocketAddr,
+    slot: Arc<ArcSwap<Service>>,
+    local: Arc<Mutex<Option<SocketAddr>>>,
+    shared: Arc<Shared>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut attempts = 0u32;
+    loop {
+        let bound = match protocol {
+            Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
+            Protocol::Udp => crate::listener::bind_udp(addr).map(Bound::Udp),
+        };
+        match bound {
+            Ok(b) => {
+                let la = b.local_addr().unwrap_or(addr);
+                if let Ok(mut l) = local.lock() {
+                    *l = Some(la);
+                }
+                tracing::info!(service = %slot.load().cfg.name, listen = %la, ?protocol, "listening");
+                match b {
+                    Bound::Tcp(l) => crate::tcp::accept_loop(l, slot, shared).await,
+                    Bound::Udp(s) => crate::udp::serve(s, slot, shared).await,
+                }
+                return;
+            }
+            Err(e) => {
+                // Log the first failure and then about once a minute, not every retry.
+                if attempts % 60 == 0 {
+                    tracing::error!(service = %slot.load().cfg.name, listen = %addr, error = %e, "cannot bind; retrying in the background");
+                }
+                attempts += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}

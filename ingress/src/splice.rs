@@ -1,0 +1,95 @@
+//! Zero-copy relay primitives for Linux: pipes and `splice(2)`. All unsafe code of the
+//! crate lives here. Pipes come from a bounded pool and are held by a connection only while
+//! it moves data, so an idle connection costs its two sockets and nothing more.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+/// Bytes moved per `splice` call at most; the pipe holds 64 KiB by default.
+pub const CHUNK: usize = 1 << 16;
+
+/// A non-blocking pipe; `fill` is how many bytes sit in it.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Self { read, write })
+    }
+}
+
+/// Move up to `len` bytes from socket `from` into the pipe. `Ok(0)` is end of stream.
+pub fn socket_to_pipe(from: RawFd, pipe: &Pipe, len: usize) -> io::Result<usize> {
+    splice(from, pipe.write.as_raw_fd(), len)
+}
+
+/// Move up to `len` bytes from the pipe into socket `to`.
+pub fn pipe_to_socket(pipe: &Pipe, to: RawFd, len: usize) -> io::Result<usize> {
+    splice(pipe.read.as_raw_fd(), to, len)
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets are allowed for pipes and sockets; the descriptors are borrowed
+    // from live owners for the duration of the call and splice touches no user memory.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Empty pipes kept for reuse, bounded so the pool never hoards descriptors.
+pub struct PipePool {
+    free: Mutex<Vec<Pipe>>,
+    cap: usize,
+}
+
+impl PipePool {
+    pub const fn new(cap: usize) -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    pub fn take(&self) -> io::Result<Pipe> {
+        if let Some(p) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+            return Ok(p);
+        }
+        Pipe::new()
+    }
+
+    /// Return a pipe. Only empty pipes may come back: a pipe with data in it is dropped.
+    pub fn give_back(&self, pipe: Pipe) {
+        if let Ok(mut f) = self.free.lock() {
+            if f.len() < self.cap {
+                f.push(pipe);
+            }
+        }
+    }
+}
+
+/// The process-wide pool (a few hundred pipes: busy connections at once, not all of them).
+pub static PIPES: PipePool = PipePool::new(256);

@@ -1,0 +1,246 @@
+//! UDP services: one receive loop per listening socket owns the flow table; each flow has
+//! a connected upstream socket (which demultiplexes replies) and one task pumping replies
+//! back to the client from the address it sent to. No task per datagram.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{counter, gauge, Counter};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::metrics as m;
+use crate::pool::{ActiveGuard, Pool, Tried};
+use crate::server::{Service, Shared};
+use crate::udp_flows::{FlowEntry, FlowTable};
+
+struct Flow {
+    guard: ActiveGuard,
+    upstream: Arc<UdpSocket>,
+    last: Arc<AtomicU64>,
+    pump: JoinHandle<()>,
+}
+
+impl FlowEntry for Flow {
+    fn last_active(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Per-listener counters, registered once.
+struct Counters {
+    dgrams_in: Counter,
+    dgrams_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    drop_flow_cap: Counter,
+    drop_no_path: Counter,
+    drop_send: Counter,
+}
+
+impl Counters {
+    fn new(service: &str) -> Self {
+        let s = service.to_owned();
+        Self {
+            dgrams_in: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "up"),
+            dgrams_out: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "down"),
+            bytes_in: counter!(m::UDP_BYTES, "service" => s.clone(), "direction" => "up"),
+            bytes_out: counter!(m::UDP_BYTES, "service" => s.clone(), "direction" => "down"),
+            drop_flow_cap: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "flow_cap"),
+            drop_no_path: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "no_path"),
+            drop_send: counter!(m::UDP_DROPS, "service" => s, "reason" => "send_failed"),
+        }
+    }
+}
+
+fn flow_event(name: &'static str, service: &str, path: &str) {
+    counter!(name, "service" => service.to_owned(), "path" => path.to_owned()).increment(1);
+}
+
+pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<Shared>) {
+    let socket = Arc::new(socket);
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let epoch = Instant::now();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
+    let first = slot.load_full();
+    let c = Arc::new(Counters::new(&first.cfg.name));
+    let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
+    let mut table: FlowTable<Flow> = FlowTable::new(
+        first.cfg.max_flows,
+        first.cfg.idle_timeout.as_millis() as u64,
+    );
+    let sweep_every =
+        (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut sweep = tokio::time::interval(sweep_every);
+    let mut stop = shared.stop.clone();
+    let mut buf = vec![0u8; 65536];
+    let mut gone: Vec<Flow> = Vec::new();
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = sweep.tick() => {
+                let svc = slot.load();
+                table.set_idle(svc.cfg.idle_timeout.as_millis() as u64, svc.cfg.max_flows);
+                table.expire(now_ms(), &mut gone);
+                for f in gone.drain(..) {
+                    flow_event(m::UDP_FLOWS_EXPIRED, &svc.cfg.name, &f.guard.path().name);
+                }
+                active.set(table.len() as f64);
+                continue;
+            }
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, client) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors surface here on some kernels; they concern one peer only.
+                tracing::debug!(listen = %local, error = %e, "udp receive error");
+                continue;
+            }
+        };
+        c.dgrams_in.increment(1);
+        c.bytes_in.increment(n as u64);
+        let now = now_ms();
+        let svc = slot.load();
+        // A flow whose path went down moves on its next datagram, not after the timeout.
+        let stale = table.get(&client).is_some_and(|f| {
+            !f.guard.path().is_up()
+                && svc
+                    .pool
+                    .paths
+                    .iter()
+                    .any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
+        });
+        if stale {
+            if let Some(f) = table.remove(&client) {
+                flow_event(m::UDP_FLOWS_MIGRATED, &svc.cfg.name, &f.guard.path().name);
+            }
+        }
+        if table.get(&client).is_none() {
+            let port = svc.cfg.upstream_port.unwrap_or(local.port());
+            let Some(flow) = open_flow(&svc.pool, port, client, &socket, &c, now, epoch).await
+            else {
+                c.drop_no_path.increment(1);
+                continue;
+            };
+            let path_name = flow.guard.path().name.clone();
+            match table.insert(client, flow, now, &mut gone) {
+                Ok(()) => flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &path_name),
+                Err(_) => {
+                    c.drop_flow_cap.increment(1);
+                    tracing::debug!(service = %svc.cfg.name, "flow table full, datagram dropped");
+                    continue;
+                }
+            }
+            for f in gone.drain(..) {
+                flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
+            }
+            active.set(table.len() as f64);
+        }
+        let Some(flow) = table.get(&client) else {
+            continue;
+        };
+        flow.last.store(now, Ordering::Relaxed);
+        // Never wait on one upstream: a full send queue drops this datagram, as a router would.
+        match flow.upstream.try_send(&buf[..n]) {
+            Ok(_) => flow.guard.path().state.m_bytes_up.increment(n as u64),
+            Err(_) => c.drop_send.increment(1),
+        }
+    }
+}
+
+/// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
+async fn open_flow(
+    pool: &Pool,
+    port: u16,
+    client: SocketAddr,
+    listener: &Arc<UdpSocket>,
+    c: &Arc<Counters>,
+    now: u64,
+    epoch: Instant,
+) -> Option<Flow> {
+    let mut tried = Tried::default();
+    while let Some((i, path)) = pool.pick(tried) {
+        tried.insert(i);
+        let target = path.addr(port);
+        let bind_ip = match target.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let sock = match UdpSocket::bind((bind_ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open an upstream udp socket");
+                return None;
+            }
+        };
+        if let Err(e) = sock.connect(target).await {
+            tracing::debug!(path = %path.name, %target, error = %e, "udp connect failed, trying next path");
+            continue;
+        }
+        let upstream = Arc::new(sock);
+        let last = Arc::new(AtomicU64::new(now));
+        let guard = ActiveGuard::new(path.clone());
+        let pump = tokio::spawn(pump_replies(
+            upstream.clone(),
+            listener.clone(),
+            client,
+            last.clone(),
+            c.clone(),
+            guard.path().state.m_bytes_down.clone(),
+            epoch,
+        ));
+        return Some(Flow {
+            guard,
+            upstream,
+            last,
+            pump,
+        });
+    }
+    None
+}
+
+async fn pump_replies(
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    client: SocketAddr,
+    last: Arc<AtomicU64>,
+    c: Arc<Counters>,
+    bytes_down: Counter,
+    epoch: Instant,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match upstream.recv(&mut buf).await {
+            Ok(n) => n,
+            // ECONNREFUSED from an ICMP port unreachable: the service may come back.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match listener.try_send_to(&buf[..n], client) {
+            Ok(_) => {
+                c.dgrams_out.increment(1);
+                c.bytes_out.increment(n as u64);
+                bytes_down.increment(n as u64);
+            }
+            Err(_) => c.drop_send.increment(1),
+        }
+    }
+}
