@@ -1,5 +1,6 @@
 //! Library shared by `ingress` and `local-proxy`.
 #![forbid(unsafe_code)]
 
+pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;
