@@ -141,13 +141,13 @@ mod tests {
         let mut t = FlowTable::new(2, 800);
         let mut out = Vec::new();
         t.insert(addr(1), F(0), 0, &mut out).unwrap();
-        t.insert(addr(2), F(50), 50, &mut out).unwrap();
+        t.insert(addr(2), F(90), 50, &mut out).unwrap();
         // Both are fresh: a flood of new sources is refused, the established flows stay.
         assert_eq!(t.insert(addr(3), F(60), 60, &mut out), Err(Full));
         assert_eq!(t.insert(addr(4), F(61), 61, &mut out), Err(Full));
         assert_eq!(t.len(), 2);
         // Later flow 1 has idled past an eighth of the timeout: it makes room.
-        t.insert(addr(5), F(140), 140, &mut out).unwrap();
+        t.insert(addr(5), F(170), 170, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(t.get(&addr(1)).is_none() && t.get(&addr(5)).is_some());
     }
