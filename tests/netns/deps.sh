@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs what the network-namespace harness (tests/netns) needs, idempotently:
+# iproute2, nftables, socat, curl, python3, procps, iputils-ping and yggdrasil 0.5.x from
+# bookworm-backports (bookworm's own 0.4.7 cannot peer with the 0.5 network).
+# Runs `apt-get update` at most once, and only when something is missing.
+# Makes sure no system-wide yggdrasil service is left running: the harness starts its own routers
+# inside namespaces, with no public peers and multicast disabled.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps.sh: must run as root (apt-get, ip netns)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+BACKPORTS_LIST=/etc/apt/sources.list.d/backports.list
+# Same mirror as the machine's own sources (deb.debian.org through the configured proxy, if any).
+MIRROR=http://deb.debian.org/debian
+if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then
+    found=$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources || true)
+    if [ -n "${found:-}" ]; then
+        MIRROR=${found%/}
+    fi
+fi
+
+updated=0
+apt_update() {
+    if [ "$updated" -eq 0 ]; then
+        apt-get update
+        updated=1
+    fi
+}
+
+if ! grep -qs "bookworm-backports" "$BACKPORTS_LIST"; then
+    echo "deb $MIRROR bookworm-backports main" >"$BACKPORTS_LIST"
+    apt_update
+fi
+
+missing=()
+for pkg in iproute2 nftables socat curl python3 procps iputils-ping; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+ygg_version() {
+    command -v yggdrasil >/dev/null 2>&1 || return 0
+    yggdrasil -version 2>/dev/null | awk '/[Bb]uild version/ {print $NF; exit}'
+}
+
+version=$(ygg_version)
+case "$version" in
+    0.5.*) ;;
+    *)
+        apt_update
+        # policy-rc.d 101 keeps the package from starting its system service while installing.
+        policy=/usr/sbin/policy-rc.d
+        had_policy=0
+        [ -e "$policy" ] && had_policy=1
+        if [ "$had_policy" -eq 0 ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod +x "$policy"
+        fi
+        apt-get install -y --no-install-recommends -t bookworm-backports yggdrasil
+        if [ "$had_policy" -eq 0 ]; then
+            rm -f "$policy"
+        fi
+        version=$(ygg_version)
+        ;;
+esac
+case "$version" in
+    0.5.*) echo "deps.sh: yggdrasil $version" ;;
+    *)
+        echo "deps.sh: FAILED: yggdrasil 0.5.x required, found '${version:-none}'" >&2
+        yggdrasil -version >&2 || true
+        exit 1
+        ;;
+esac
+
+# No system-wide yggdrasil: stop and disable the packaged service, and kill any router that was
+# not started by the harness (the harness always passes -useconffile with a path under its own
+# temp dirs, named lbt<pid>-...).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now yggdrasil.service >/dev/null 2>&1 || true
+fi
+for pid in $(pgrep -x yggdrasil || true); do
+    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "lbt[0-9]*-"; then
+        echo "deps.sh: killing system-wide yggdrasil pid $pid" >&2
+        kill "$pid" 2>/dev/null || true
+    fi
+done
+
+for tool in ip nft socat curl python3 pgrep ping yggdrasil yggdrasilctl; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
+done
+echo "deps.sh: all dependencies present"
