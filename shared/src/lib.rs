@@ -4,3 +4,4 @@
 pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;
+pub mod ygg;
