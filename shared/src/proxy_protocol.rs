@@ -133,9 +133,7 @@ impl<'a> Parsed<'a> {
 
     /// The TLVs after the address block, in wire order (empty for v1 and LOCAL).
     pub fn tlvs(&self) -> Tlvs<'a> {
-        Tlvs {
-            rest: self.tlv_bytes,
-        }
+        Tlvs { rest: self.tlv_bytes }
     }
 
     /// An owned copy, for keeping past the input buffer.
@@ -181,9 +179,7 @@ impl ProxyHeader {
 
     /// The TLVs after the address block, in wire order.
     pub fn tlvs(&self) -> Tlvs<'_> {
-        Tlvs {
-            rest: &self.tlv_bytes,
-        }
+        Tlvs { rest: &self.tlv_bytes }
     }
 }
 
@@ -215,11 +211,7 @@ impl<'a> Iterator for Tlvs<'a> {
 /// Splits the first TLV off `buf`: `Ok(None)` on an empty buffer, `Err` when it does not fit.
 fn split_tlv(buf: &[u8]) -> Result<Option<(Tlv<'_>, &[u8])>, Error> {
     let Some((&[kind, hi, lo], rest)) = buf.split_first_chunk::<3>() else {
-        return if buf.is_empty() {
-            Ok(None)
-        } else {
-            Err(Error::Invalid("truncated TLV header"))
-        };
+        return if buf.is_empty() { Ok(None) } else { Err(Error::Invalid("truncated TLV header")) };
     };
     let len = usize::from(u16::from_be_bytes([hi, lo]));
     if rest.len() < len {
@@ -239,13 +231,9 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, Error> {
     } else if buf.starts_with(V1_PREFIX) {
         parse_v1(buf)
     } else if buf.is_empty() {
-        Err(Error::Incomplete {
-            needed: Some(V1_MIN_LEN),
-        })
+        Err(Error::Incomplete { needed: Some(V1_MIN_LEN) })
     } else if V2_SIGNATURE.starts_with(buf) {
-        Err(Error::Incomplete {
-            needed: Some(V2_FIXED_LEN),
-        })
+        Err(Error::Incomplete { needed: Some(V2_FIXED_LEN) })
     } else if V1_PREFIX.starts_with(buf) {
         Err(Error::Incomplete { needed: None })
     } else {
@@ -255,15 +243,9 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, Error> {
 
 fn parse_v2(buf: &[u8]) -> Result<Parsed<'_>, Error> {
     let Some(fixed) = buf.first_chunk::<V2_FIXED_LEN>() else {
-        return Err(Error::Incomplete {
-            needed: Some(V2_FIXED_LEN),
-        });
+        return Err(Error::Incomplete { needed: Some(V2_FIXED_LEN) });
     };
-    let (ver_cmd, fam, len) = (
-        fixed[12],
-        fixed[13],
-        u16::from_be_bytes([fixed[14], fixed[15]]),
-    );
+    let (ver_cmd, fam, len) = (fixed[12], fixed[13], u16::from_be_bytes([fixed[14], fixed[15]]));
     if ver_cmd >> 4 != 2 {
         return Err(Error::Invalid("version is not 2"));
     }
@@ -287,9 +269,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed<'_>, Error> {
     };
     let total = V2_FIXED_LEN + usize::from(len);
     let Some(block) = buf.get(V2_FIXED_LEN..total) else {
-        return Err(Error::Incomplete {
-            needed: Some(total),
-        });
+        return Err(Error::Incomplete { needed: Some(total) });
     };
     let mut parsed = Parsed {
         version: Version::V2,
@@ -357,8 +337,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed<'_>, Error> {
         _ => return Err(Error::Invalid("v1 line not ended by CRLF")),
     }
     let len = end + 2;
-    let line = std::str::from_utf8(&window[V1_PREFIX.len()..end])
-        .map_err(|_| Error::Invalid("v1 line is not ASCII"))?;
+    let line =
+        std::str::from_utf8(&window[V1_PREFIX.len()..end]).map_err(|_| Error::Invalid("v1 line is not ASCII"))?;
     let mut parsed = Parsed {
         version: Version::V1,
         command: Command::Proxy,
@@ -377,13 +357,9 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed<'_>, Error> {
         Some("TCP6") => Family::Inet6,
         _ => return Err(Error::Invalid("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
     };
-    let (Some(src), Some(dst), Some(sp), Some(dp), None) = (
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-    ) else {
+    let (Some(src), Some(dst), Some(sp), Some(dp), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+    else {
         return Err(Error::Invalid("v1 line needs exactly four address fields"));
     };
     let ip = |s: &str| -> Result<IpAddr, Error> {
@@ -403,8 +379,7 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed<'_>, Error> {
 /// A decimal port without sign or leading zeros, as the spec requires.
 fn v1_port(s: &str) -> Result<u16, Error> {
     let bad = Error::Invalid("v1 port is not a decimal 0..=65535 without leading zeros");
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
-    {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return Err(bad);
     }
     s.parse().map_err(|_| bad)
@@ -416,12 +391,7 @@ fn v1_port(s: &str) -> Result<u16, Error> {
 /// `Command::Proxy` with `None` writes AF_UNSPEC too (the receiver then uses the real
 /// endpoints). When source and destination families differ, the IPv4 one is written as an
 /// IPv4-mapped IPv6 address so both fit one AF_INET6 block.
-pub fn write_v2(
-    out: &mut Vec<u8>,
-    cmd: Command,
-    transport: Transport,
-    addrs: Option<(SocketAddr, SocketAddr)>,
-) {
+pub fn write_v2(out: &mut Vec<u8>, cmd: Command, transport: Transport, addrs: Option<(SocketAddr, SocketAddr)>) {
     // Without TLVs the block is at most 36 bytes, far below the u16 limit.
     let _ = write_v2_with_tlvs(out, cmd, transport, addrs, &[]);
 }
@@ -467,11 +437,7 @@ pub fn write_v2_with_tlvs(
     out.reserve(V2_FIXED_LEN + block_len);
     out.extend_from_slice(&V2_SIGNATURE);
     out.push(ver_cmd);
-    out.push(if addrs.is_some() {
-        (fam << 4) | proto
-    } else {
-        0
-    });
+    out.push(if addrs.is_some() { (fam << 4) | proto } else { 0 });
     out.extend_from_slice(&len16.to_be_bytes());
     match addrs {
         None => {}
@@ -525,10 +491,7 @@ pub enum ReadError {
 /// (the shortest header of either version), then the rest of the v2 fixed part and the
 /// announced length, or for v1 one or two bytes at a time until CRLF. `r` should therefore be
 /// the raw stream, not a `BufReader` (which would be harmless but pointless).
-pub async fn read_header<R: AsyncRead + Unpin>(
-    r: &mut R,
-    timeout: Duration,
-) -> Result<ProxyHeader, ReadError> {
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<ProxyHeader, ReadError> {
     match tokio::time::timeout(timeout, read_header_inner(r)).await {
         Ok(res) => res,
         Err(_) => Err(ReadError::Timeout(timeout)),
@@ -586,8 +549,8 @@ mod tests {
     fn spec_v2_bytes_tcp4() {
         // HAProxy `send-proxy-v2` output for 172.19.0.1:42578 -> 172.19.0.3:80, then payload.
         let mut wire = vec![
-            0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11,
-            0x00, 0x0c, 0xac, 0x13, 0x00, 0x01, 0xac, 0x13, 0x00, 0x03, 0xa6, 0x52, 0x00, 0x50,
+            0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0x00, 0x0c, 0xac, 0x13,
+            0x00, 0x01, 0xac, 0x13, 0x00, 0x03, 0xa6, 0x52, 0x00, 0x50,
         ];
         wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
         let p = parse(&wire).unwrap();
@@ -602,12 +565,7 @@ mod tests {
         check_all_prefixes(&wire[..28]);
 
         let mut out = Vec::new();
-        write_v2(
-            &mut out,
-            Command::Proxy,
-            Transport::Stream,
-            Some((sa("172.19.0.1:42578"), sa("172.19.0.3:80"))),
-        );
+        write_v2(&mut out, Command::Proxy, Transport::Stream, Some((sa("172.19.0.1:42578"), sa("172.19.0.3:80"))));
         assert_eq!(out, &wire[..28]);
     }
 
@@ -668,20 +626,13 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n",
         ];
         for b in bad {
-            assert!(
-                matches!(parse(b), Err(Error::Invalid(_))),
-                "{:?}",
-                String::from_utf8_lossy(b)
-            );
+            assert!(matches!(parse(b), Err(Error::Invalid(_))), "{:?}", String::from_utf8_lossy(b));
         }
         // No CRLF within 107 bytes.
         let mut long = b"PROXY UNKNOWN ".to_vec();
         long.resize(V1_MAX_LEN, b'a');
         assert!(matches!(parse(&long), Err(Error::Invalid(_))));
-        assert!(matches!(
-            parse(&long[..V1_MAX_LEN - 1]),
-            Err(Error::Incomplete { .. })
-        ));
+        assert!(matches!(parse(&long[..V1_MAX_LEN - 1]), Err(Error::Incomplete { .. })));
         // CRLF straddling the limit: the CR is byte 107, so the line would be 108 bytes.
         long[V1_MAX_LEN - 1] = b'\r';
         long.push(b'\n');
@@ -690,12 +641,7 @@ mod tests {
 
     #[test]
     fn not_proxy() {
-        for b in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"\x16\x03\x01",
-            b"PROXZ",
-            b"\r\n\r\n\x01",
-        ] {
+        for b in [&b"GET / HTTP/1.1\r\n"[..], b"\x16\x03\x01", b"PROXZ", b"\r\n\r\n\x01"] {
             assert_eq!(parse(b), Err(Error::NotProxy));
         }
         assert!(matches!(parse(b""), Err(Error::Incomplete { .. })));
@@ -708,11 +654,7 @@ mod tests {
             (Transport::Stream, "192.0.2.1:1234", "198.51.100.7:443"),
             (Transport::Datagram, "192.0.2.1:1234", "198.51.100.7:3478"),
             (Transport::Stream, "[2001:db8::1]:5555", "[2001:db8::2]:443"),
-            (
-                Transport::Datagram,
-                "[2001:db8::1]:5555",
-                "[2001:db8::2]:1514",
-            ),
+            (Transport::Datagram, "[2001:db8::1]:5555", "[2001:db8::2]:1514"),
         ];
         for (t, s, d) in cases {
             let mut out = b"junk".to_vec();
@@ -743,12 +685,7 @@ mod tests {
     #[test]
     fn local_and_unspec() {
         let mut out = Vec::new();
-        write_v2(
-            &mut out,
-            Command::Local,
-            Transport::Stream,
-            Some((sa("192.0.2.1:1"), sa("192.0.2.2:2"))),
-        );
+        write_v2(&mut out, Command::Local, Transport::Stream, Some((sa("192.0.2.1:1"), sa("192.0.2.2:2"))));
         assert_eq!(out.len(), 16);
         assert_eq!(&out[12..], &[0x20, 0x00, 0x00, 0x00]);
         let p = parse(&out).unwrap();
@@ -768,10 +705,7 @@ mod tests {
         write_v2(&mut out, Command::Proxy, Transport::Stream, None);
         assert_eq!(&out[12..], &[0x21, 0x00, 0x00, 0x00]);
         let p = parse(&out).unwrap();
-        assert_eq!(
-            (p.command, p.family, p.addresses()),
-            (Command::Proxy, Family::Unspec, None)
-        );
+        assert_eq!((p.command, p.family, p.addresses()), (Command::Proxy, Family::Unspec, None));
     }
 
     #[test]
@@ -790,11 +724,7 @@ mod tests {
     fn tlvs_round_trip_and_validation() {
         let mut out = Vec::new();
         let alpn: &[u8] = b"h2";
-        let tlvs = [
-            (tlv::ALPN, alpn),
-            (tlv::NOOP, &[][..]),
-            (tlv::AUTHORITY, b"x.example.org"),
-        ];
+        let tlvs = [(tlv::ALPN, alpn), (tlv::NOOP, &[][..]), (tlv::AUTHORITY, b"x.example.org")];
         write_v2_with_tlvs(
             &mut out,
             Command::Proxy,
@@ -813,10 +743,7 @@ mod tests {
         // A TLV that overruns the announced block, and a dangling partial TLV header.
         let mut bad = out.clone();
         bad[16 + 12 + 1] = 0x03; // ALPN length 0x0302
-        assert_eq!(
-            parse(&bad),
-            Err(Error::Invalid("TLV longer than the header"))
-        );
+        assert_eq!(parse(&bad), Err(Error::Invalid("TLV longer than the header")));
         let mut bad = out.clone();
         bad.push(0x04);
         bad[15] += 1;
@@ -824,13 +751,7 @@ mod tests {
 
         let big = vec![0u8; 65535];
         let mut o = b"keep".to_vec();
-        let r = write_v2_with_tlvs(
-            &mut o,
-            Command::Proxy,
-            Transport::Stream,
-            None,
-            &[(0xe0, &big)],
-        );
+        let r = write_v2_with_tlvs(&mut o, Command::Proxy, Transport::Stream, None, &[(0xe0, &big)]);
         assert_eq!(r, Err(EncodeError::TooLong(65538)));
         assert_eq!(o, b"keep");
     }
@@ -838,12 +759,7 @@ mod tests {
     #[test]
     fn bogus_fixed_fields() {
         let mut base = Vec::new();
-        write_v2(
-            &mut base,
-            Command::Proxy,
-            Transport::Stream,
-            Some((sa("192.0.2.1:1"), sa("192.0.2.2:2"))),
-        );
+        write_v2(&mut base, Command::Proxy, Transport::Stream, Some((sa("192.0.2.1:1"), sa("192.0.2.2:2"))));
         let patch = |i: usize, v: u8| {
             let mut b = base.clone();
             b[i] = v;
@@ -851,29 +767,18 @@ mod tests {
         };
         assert_eq!(patch(12, 0x11), Err(Error::Invalid("version is not 2")));
         assert_eq!(patch(12, 0x22), Err(Error::Invalid("unknown command")));
-        assert_eq!(
-            patch(13, 0x41),
-            Err(Error::Invalid("unknown address family"))
-        );
+        assert_eq!(patch(13, 0x41), Err(Error::Invalid("unknown address family")));
         assert_eq!(patch(13, 0x13), Err(Error::Invalid("unknown transport")));
         // Length shorter than the IPv4 block, and an IPv6 family announced with an IPv4 length.
         for len in 0..12 {
-            assert!(
-                matches!(patch(15, len), Err(Error::Invalid(_))),
-                "len {len}"
-            );
+            assert!(matches!(patch(15, len), Err(Error::Invalid(_))), "len {len}");
         }
         assert!(matches!(patch(13, 0x21), Err(Error::Invalid(_))));
         // A long announced length is Incomplete, saying how much is needed.
         let mut b = base.clone();
         b[14] = 0xff;
         b[15] = 0xff;
-        assert_eq!(
-            parse(&b),
-            Err(Error::Incomplete {
-                needed: Some(16 + 65535)
-            })
-        );
+        assert_eq!(parse(&b), Err(Error::Incomplete { needed: Some(16 + 65535) }));
     }
 
     #[test]
@@ -926,12 +831,7 @@ mod tests {
     #[tokio::test]
     async fn read_header_leaves_payload() {
         let mut v2 = Vec::new();
-        write_v2(
-            &mut v2,
-            Command::Proxy,
-            Transport::Stream,
-            Some((sa("192.0.2.1:40000"), sa("198.51.100.7:443"))),
-        );
+        write_v2(&mut v2, Command::Proxy, Transport::Stream, Some((sa("192.0.2.1:40000"), sa("198.51.100.7:443"))));
         let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\n".to_vec();
         let unknown = b"PROXY UNKNOWN\r\n".to_vec();
         for header in [v2, v1, unknown] {
@@ -939,9 +839,7 @@ mod tests {
             client.write_all(&header).await.unwrap();
             client.write_all(b"\x16\x03\x01payload").await.unwrap();
             drop(client);
-            let h = read_header(&mut server, Duration::from_secs(5))
-                .await
-                .unwrap();
+            let h = read_header(&mut server, Duration::from_secs(5)).await.unwrap();
             assert_eq!(h.len, header.len());
             let mut rest = Vec::new();
             server.read_to_end(&mut rest).await.unwrap();
@@ -953,15 +851,10 @@ mod tests {
     async fn read_header_byte_by_byte_and_errors() {
         let (mut client, mut server) = tokio::io::duplex(1);
         let task = tokio::spawn(async move {
-            client
-                .write_all(b"PROXY TCP4 192.0.2.1 198.51.100.7 1 2\r\nX")
-                .await
-                .unwrap();
+            client.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.7 1 2\r\nX").await.unwrap();
             client
         });
-        let h = read_header(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let h = read_header(&mut server, Duration::from_secs(5)).await.unwrap();
         assert_eq!(h.source, Some(sa("192.0.2.1:1")));
         let mut x = [0u8; 1];
         server.read_exact(&mut x).await.unwrap();
@@ -969,10 +862,7 @@ mod tests {
         drop(task.await.unwrap());
 
         let (mut client, mut server) = tokio::io::duplex(64);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
-            .await
-            .unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
         let e = read_header(&mut server, Duration::from_secs(5)).await;
         assert!(matches!(e, Err(ReadError::Proxy(Error::NotProxy))), "{e:?}");
 

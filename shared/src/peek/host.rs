@@ -23,15 +23,9 @@ pub fn host(buf: &[u8], max_len: usize) -> Result<Option<Cow<'_, str>>, Error> {
     let window = &buf[..buf.len().min(max_len)];
     check_method_prefix(window)?;
     let Some(head_len) = head_end(window) else {
-        return if buf.len() >= max_len {
-            Err(Error::TooLong)
-        } else {
-            Err(Error::Incomplete)
-        };
+        return if buf.len() >= max_len { Err(Error::TooLong) } else { Err(Error::Incomplete) };
     };
-    let mut lines = Lines {
-        rest: &window[..head_len],
-    };
+    let mut lines = Lines { rest: &window[..head_len] };
     let request_line = lines.next().ok_or(Error::NotHttp)??;
     let (target, minor) = request_line_parts(request_line)?;
     let mut host_header: Option<&[u8]> = None;
@@ -40,10 +34,7 @@ pub fn host(buf: &[u8], max_len: usize) -> Result<Option<Cow<'_, str>>, Error> {
         if line.is_empty() {
             break;
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Error::Malformed)?;
+        let colon = line.iter().position(|&b| b == b':').ok_or(Error::Malformed)?;
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         // No whitespace before the colon (RFC 9112 5.1), no obsolete line folding.
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
@@ -115,8 +106,7 @@ impl<'a> Iterator for Lines<'a> {
 /// Splits `METHOD SP target SP HTTP/1.x`, returning the target and the minor version.
 fn request_line_parts(line: &[u8]) -> Result<(&[u8], u8), Error> {
     let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Error::NotHttp);
     };
@@ -141,10 +131,7 @@ fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let rest = target[colon + 1..].strip_prefix(b"//")?;
-    let end = rest
-        .iter()
-        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
+    let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
     let authority = &rest[..end];
     // Drop userinfo; the last '@' ends it.
     Some(match authority.iter().rposition(|&b| b == b'@') {
@@ -156,10 +143,7 @@ fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
 /// `host[:port]` or `[v6]:port` to a normalized host.
 fn host_of_authority(authority: &[u8]) -> Result<Cow<'_, str>, Error> {
     let host = if let Some(rest) = authority.strip_prefix(b"[") {
-        let close = rest
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or(Error::Malformed)?;
+        let close = rest.iter().position(|&b| b == b']').ok_or(Error::Malformed)?;
         check_port(&rest[close + 1..])?;
         &rest[..close]
     } else {
@@ -225,10 +209,7 @@ mod tests {
             (b"GET / HTTP/1.1\nHost: a.example.org.\n\n", Some("a.example.org")),
             (b"GET / HTTP/1.0\r\n\r\n", None),
             (b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n", None),
-            (
-                b"GET HTTP://U:P@B.example.org:81/x?y HTTP/1.1\r\nHost: a.example.org\r\n\r\n",
-                Some("b.example.org"),
-            ),
+            (b"GET HTTP://U:P@B.example.org:81/x?y HTTP/1.1\r\nHost: a.example.org\r\n\r\n", Some("b.example.org")),
             (b"GET https://c.example.org HTTP/1.0\r\n\r\n", Some("c.example.org")),
             (
                 b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nX-Host: no\r\nHost: d.example.org\r\n\r\n",
@@ -254,12 +235,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
         ];
         for b in malformed {
-            assert_eq!(
-                h(b),
-                Err(Error::Malformed),
-                "{}",
-                String::from_utf8_lossy(b)
-            );
+            assert_eq!(h(b), Err(Error::Malformed), "{}", String::from_utf8_lossy(b));
         }
         let not_http: [&[u8]; 7] = [
             b"\x16\x03\x01\x02\x00",

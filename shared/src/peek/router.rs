@@ -31,11 +31,7 @@ pub enum PatternError {
 
 impl<T> Default for NameRouter<T> {
     fn default() -> Self {
-        Self {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
-            default: None,
-        }
+        Self { exact: HashMap::new(), wildcard: HashMap::new(), default: None }
     }
 }
 
@@ -103,10 +99,7 @@ impl<T> NameRouter<T> {
         }
         // Suffixes from the longest (after the first label) to the shortest; the first hit is
         // the longest wildcard. Starting after byte 0 keeps at least one label before it.
-        name.char_indices()
-            .skip(1)
-            .filter(|&(_, c)| c == '.')
-            .find_map(|(i, _)| self.wildcard.get(&name[i..]))
+        name.char_indices().skip(1).filter(|&(_, c)| c == '.').find_map(|(i, _)| self.wildcard.get(&name[i..]))
     }
 
     /// Whether neither names nor a default were added.
@@ -166,31 +159,10 @@ mod tests {
     #[test]
     fn bad_patterns() {
         let mut r = router();
-        for p in [
-            "*",
-            "*.",
-            "*example.org",
-            "a.*.org",
-            "**.org",
-            "*.*.org",
-            "a b",
-            "",
-            "a..b",
-            ".a",
-        ] {
-            assert_eq!(
-                r.insert(p, "x"),
-                Err(PatternError::Invalid(p.into())),
-                "{p}"
-            );
+        for p in ["*", "*.", "*example.org", "a.*.org", "**.org", "*.*.org", "a b", "", "a..b", ".a"] {
+            assert_eq!(r.insert(p, "x"), Err(PatternError::Invalid(p.into())), "{p}");
         }
-        assert_eq!(
-            r.insert("*.EXAMPLE.org", "x"),
-            Err(PatternError::Duplicate("*.EXAMPLE.org".into()))
-        );
-        assert_eq!(
-            r.insert("cloud.example.org", "x"),
-            Err(PatternError::Duplicate("cloud.example.org".into()))
-        );
+        assert_eq!(r.insert("*.EXAMPLE.org", "x"), Err(PatternError::Duplicate("*.EXAMPLE.org".into())));
+        assert_eq!(r.insert("cloud.example.org", "x"), Err(PatternError::Duplicate("cloud.example.org".into())));
     }
 }

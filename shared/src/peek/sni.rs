@@ -44,10 +44,7 @@ pub fn sni(buf: &[u8], max_len: usize) -> Result<Option<Cow<'_, str>>, Error> {
     let mut total = None;
     let mut first_frag: &[u8] = &[];
     let mut records = 0;
-    for frag in (Fragments {
-        buf: window,
-        pos: 0,
-    }) {
+    for frag in (Fragments { buf: window, pos: 0 }) {
         let frag = frag?;
         records += 1;
         if records == 1 {
@@ -226,8 +223,7 @@ mod tests {
     use super::*;
 
     const OPENSSL: &[u8] = include_bytes!("../../tests/fixtures/openssl_x.example.org.bin");
-    const OPENSSL_TLS12: &[u8] =
-        include_bytes!("../../tests/fixtures/openssl_tls12_y.example.org.bin");
+    const OPENSSL_TLS12: &[u8] = include_bytes!("../../tests/fixtures/openssl_tls12_y.example.org.bin");
     const CURL: &[u8] = include_bytes!("../../tests/fixtures/curl_Cloud.Example.Org.bin");
     const NO_SNI: &[u8] = include_bytes!("../../tests/fixtures/openssl_nosni.bin");
 
@@ -242,11 +238,7 @@ mod tests {
 
     fn check_all_prefixes(hello: &[u8], want: Option<&str>) {
         for n in 0..hello.len() {
-            assert_eq!(
-                sni(&hello[..n], DEFAULT_MAX_HELLO),
-                Err(Error::Incomplete),
-                "prefix {n}"
-            );
+            assert_eq!(sni(&hello[..n], DEFAULT_MAX_HELLO), Err(Error::Incomplete), "prefix {n}");
         }
         assert_eq!(sni(hello, DEFAULT_MAX_HELLO).unwrap().as_deref(), want);
     }
@@ -270,41 +262,25 @@ mod tests {
     fn fixtures_every_prefix() {
         for (hello, want) in fixtures() {
             // Each capture is exactly one record holding the whole hello.
-            assert_eq!(
-                usize::from(u16::from_be_bytes([hello[3], hello[4]])) + 5,
-                hello.len()
-            );
+            assert_eq!(usize::from(u16::from_be_bytes([hello[3], hello[4]])) + 5, hello.len());
             check_all_prefixes(hello, want);
         }
     }
 
     #[test]
     fn borrowed_when_single_record_and_lowercase() {
-        assert!(matches!(
-            sni(OPENSSL, DEFAULT_MAX_HELLO),
-            Ok(Some(Cow::Borrowed(_)))
-        ));
+        assert!(matches!(sni(OPENSSL, DEFAULT_MAX_HELLO), Ok(Some(Cow::Borrowed(_)))));
         // Data after the hello (a pipelined record) is ignored.
         let mut more = OPENSSL.to_vec();
         more.extend_from_slice(b"\x17\x03\x03\x00\x01z");
-        assert_eq!(
-            sni(&more, DEFAULT_MAX_HELLO).unwrap().as_deref(),
-            Some("x.example.org")
-        );
+        assert_eq!(sni(&more, DEFAULT_MAX_HELLO).unwrap().as_deref(), Some("x.example.org"));
     }
 
     #[test]
     fn fragmented_across_records() {
         for (hello, want) in fixtures() {
             let len = hello.len() - RECORD_HEADER;
-            let splits: [&[usize]; 6] = [
-                &[1],
-                &[2],
-                &[4],
-                &[len / 2],
-                &[3, len - 1],
-                &[40, 41, len / 2],
-            ];
+            let splits: [&[usize]; 6] = [&[1], &[2], &[4], &[len / 2], &[3, len - 1], &[40, 41, len / 2]];
             for cuts in splits {
                 let framed = resplit(hello, cuts);
                 check_all_prefixes(&framed, want);
@@ -315,10 +291,7 @@ mod tests {
     #[test]
     fn limits() {
         assert_eq!(sni(CURL, CURL.len() - 1), Err(Error::TooLong));
-        assert_eq!(
-            sni(CURL, CURL.len()).unwrap().as_deref(),
-            Some("cloud.example.org")
-        );
+        assert_eq!(sni(CURL, CURL.len()).unwrap().as_deref(), Some("cloud.example.org"));
         // The announced handshake length alone exceeds the limit: TooLong before the bytes.
         assert_eq!(sni(&CURL[..9], 300), Err(Error::TooLong));
         // Many tiny records: the record overhead counts against the limit.
@@ -326,21 +299,12 @@ mod tests {
         let framed = resplit(CURL, &cuts);
         assert_eq!(framed.len(), 512 * 6);
         assert_eq!(sni(&framed, 2048), Err(Error::TooLong));
-        assert_eq!(
-            sni(&framed, framed.len()).unwrap().as_deref(),
-            Some("cloud.example.org")
-        );
+        assert_eq!(sni(&framed, framed.len()).unwrap().as_deref(), Some("cloud.example.org"));
     }
 
     #[test]
     fn not_tls_and_malformed() {
-        for b in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"\x15\x03\x03",
-            b"\x16\x02",
-            b"\x16\x03\x05",
-            b"\x80\x2e\x01",
-        ] {
+        for b in [&b"GET / HTTP/1.1\r\n"[..], b"\x15\x03\x03", b"\x16\x02", b"\x16\x03\x05", b"\x80\x2e\x01"] {
             assert_eq!(sni(b, DEFAULT_MAX_HELLO), Err(Error::NotTls), "{b:?}");
         }
         // A ServerHello (type 2), an alert between fragments, a zero-length record.
@@ -350,15 +314,9 @@ mod tests {
         let mut framed = resplit(OPENSSL, &[10]);
         framed[5 + 10] = 0x15;
         assert_eq!(sni(&framed, DEFAULT_MAX_HELLO), Err(Error::Malformed));
-        assert_eq!(
-            sni(b"\x16\x03\x01\x00\x00", DEFAULT_MAX_HELLO),
-            Err(Error::Malformed)
-        );
+        assert_eq!(sni(b"\x16\x03\x01\x00\x00", DEFAULT_MAX_HELLO), Err(Error::Malformed));
         // An SNI name with a space in it.
-        let at = OPENSSL
-            .windows(13)
-            .position(|w| w == b"x.example.org")
-            .unwrap();
+        let at = OPENSSL.windows(13).position(|w| w == b"x.example.org").unwrap();
         let mut bad = OPENSSL.to_vec();
         bad[at + 1] = b' ';
         assert_eq!(sni(&bad, DEFAULT_MAX_HELLO), Err(Error::Malformed));
