@@ -489,8 +489,10 @@ pub enum ReadError {
 ///
 /// Uses plain reads (no peek), sized so that no read can run past the header: 15 bytes first
 /// (the shortest header of either version), then the rest of the v2 fixed part and the
-/// announced length, or for v1 one or two bytes at a time until CRLF. `r` should therefore be
-/// the raw stream, not a `BufReader` (which would be harmless but pointless).
+/// announced length, or for v1 one or two bytes at a time until CRLF. Pass the raw stream (a
+/// socket can then be handed on, e.g. to splice); a `BufReader` would work, but the payload it
+/// buffers would stay inside it. An announced v2 length is trusted up to 64 KiB, so accept
+/// PROXY headers only from trusted peers, as the spec requires anyway.
 pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<ProxyHeader, ReadError> {
     match tokio::time::timeout(timeout, read_header_inner(r)).await {
         Ok(res) => res,
