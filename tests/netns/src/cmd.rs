@@ -23,19 +23,14 @@ pub fn run_full(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result
     let (prog, args) = argv.split_first().context("empty command")?;
     let mut child = Command::new(prog)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start `{}`", argv.join(" ")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // Small inputs (nft scripts): fits the pipe buffer, no writer thread needed.
-        pipe.write_all(input.as_bytes())
-            .with_context(|| format!("writing stdin of `{}`", argv.join(" ")))?;
+        pipe.write_all(input.as_bytes()).with_context(|| format!("writing stdin of `{}`", argv.join(" ")))?;
     }
     // Readers on threads: a chatty child must not block on a full pipe while we wait.
     let out_reader = child.stdout.take().map(spawn_reader);
@@ -52,17 +47,9 @@ pub fn run_full(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    let stdout = out_reader
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    let stderr = err_reader
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
+    let stdout = out_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+    let stderr = err_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+    Ok(Output { status, stdout, stderr })
 }
 
 fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
@@ -104,13 +91,7 @@ pub fn exec(ns: &str, argv: &[&str], timeout: Duration) -> Result<Output> {
 pub fn exec_ok(ns: &str, argv: &[&str], timeout: Duration) -> Result<String> {
     let out = exec(ns, argv, timeout)?;
     if !out.status.success() {
-        bail!(
-            "`{}` in {ns} failed ({}): {}{}",
-            argv.join(" "),
-            out.status,
-            out.stderr.trim(),
-            out.stdout.trim()
-        );
+        bail!("`{}` in {ns} failed ({}): {}{}", argv.join(" "), out.status, out.stderr.trim(), out.stdout.trim());
     }
     Ok(out.stdout)
 }

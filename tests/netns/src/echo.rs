@@ -13,9 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// PROXY protocol v2 signature.
-const V2_SIG: [u8; 12] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-];
+const V2_SIG: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
 
 /// Idle timeout of a connection.
 const IDLE: Duration = Duration::from_secs(30);
@@ -34,9 +32,7 @@ pub struct ConnLog {
 
 /// Reads an echo-server stdout.
 pub fn parse_log(text: &str) -> Vec<ConnLog> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Binds every address in `listen` and serves them until killed.
@@ -74,13 +70,7 @@ fn accept_loop(l: TcpListener) {
 fn handle(s: TcpStream) {
     let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mut log = ConnLog {
-        unix_ms: crate::unix_ms(),
-        local,
-        peer,
-        kind: "error".into(),
-        proxy: false,
-    };
+    let mut log = ConnLog { unix_ms: crate::unix_ms(), local, peer, kind: "error".into(), proxy: false };
     match converse(s, &log.local, &mut log.proxy) {
         Ok(kind) => log.kind = kind.into(),
         Err(e) => eprintln!("echo-server: {} from {}: {e:#}", log.local, log.peer),

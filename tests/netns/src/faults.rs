@@ -70,26 +70,17 @@ fn set_for(addr: IpAddr) -> &'static str {
 /// how most WAN outages look).
 pub fn blackhole(ns: &str, addr: IpAddr) -> Result<()> {
     ensure_table(ns)?;
-    nft(
-        ns,
-        &format!("add element inet {TABLE} {} {{ {addr} }}", set_for(addr)),
-    )
+    nft(ns, &format!("add element inet {TABLE} {} {{ {addr} }}", set_for(addr)))
 }
 
 /// Lifts a [`blackhole`].
 pub fn unblackhole(ns: &str, addr: IpAddr) -> Result<()> {
     ensure_table(ns)?;
-    nft(
-        ns,
-        &format!("delete element inet {TABLE} {} {{ {addr} }}", set_for(addr)),
-    )
+    nft(ns, &format!("delete element inet {TABLE} {} {{ {addr} }}", set_for(addr)))
 }
 
 fn loss_chain(iface: &str) -> String {
-    let safe: String = iface
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let safe: String = iface.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("loss_{safe}")
 }
 
@@ -116,9 +107,7 @@ pub fn loss(ns: &str, iface: &str, pct: u8) -> Result<()> {
     match pct {
         0 => {}
         100 => script.push_str(&format!("add rule inet {TABLE} {chain} drop\n")),
-        _ => script.push_str(&format!(
-            "add rule inet {TABLE} {chain} numgen random mod 100 < {pct} drop\n"
-        )),
+        _ => script.push_str(&format!("add rule inet {TABLE} {chain} numgen random mod 100 < {pct} drop\n")),
     }
     nft(ns, &script)
 }
@@ -127,26 +116,17 @@ pub fn loss(ns: &str, iface: &str, pct: u8) -> Result<()> {
 /// `"32kb"`, `latency` (the most a packet may queue, which is also the delay it adds when the
 /// link is saturated) like `"50ms"`. Replaces an earlier shaping.
 pub fn tbf(ns: &str, iface: &str, rate: &str, burst: &str, latency: &str) -> Result<()> {
-    let argv = [
-        "tc", "qdisc", "replace", "dev", iface, "root", "tbf", "rate", rate, "burst", burst,
-        "latency", latency,
-    ];
+    let argv =
+        ["tc", "qdisc", "replace", "dev", iface, "root", "tbf", "rate", rate, "burst", burst, "latency", latency];
     cmd::exec_ok(ns, &argv, cmd::DEFAULT_TIMEOUT)?;
     Ok(())
 }
 
 /// Removes [`tbf`] shaping (back to the default qdisc).
 pub fn tbf_clear(ns: &str, iface: &str) -> Result<()> {
-    let out = cmd::exec(
-        ns,
-        &["tc", "qdisc", "del", "dev", iface, "root"],
-        cmd::DEFAULT_TIMEOUT,
-    )?;
+    let out = cmd::exec(ns, &["tc", "qdisc", "del", "dev", iface, "root"], cmd::DEFAULT_TIMEOUT)?;
     // "No such file or directory" / "Cannot delete qdisc with handle of zero": nothing to remove.
-    if !out.status.success()
-        && !out.stderr.contains("handle of zero")
-        && !out.stderr.contains("No such file")
-    {
+    if !out.status.success() && !out.stderr.contains("handle of zero") && !out.stderr.contains("No such file") {
         bail!("tc qdisc del dev {iface} in {ns}: {}", out.stderr.trim());
     }
     Ok(())

@@ -69,16 +69,8 @@ impl IngressConfig {
         Self {
             admin_listen: ADMIN.into(),
             paths: vec![
-                PathCfg {
-                    name: "wan1".into(),
-                    address: addr::WAN1.into(),
-                    weight: 3,
-                },
-                PathCfg {
-                    name: "wan2".into(),
-                    address: addr::WAN2.into(),
-                    weight: 1,
-                },
+                PathCfg { name: "wan1".into(), address: addr::WAN1.into(), weight: 3 },
+                PathCfg { name: "wan2".into(), address: addr::WAN2.into(), weight: 1 },
             ],
             mesh,
             connect_timeout: Duration::from_millis(300),
@@ -106,12 +98,7 @@ impl IngressConfig {
         let paths: Vec<String> = self
             .paths
             .iter()
-            .map(|p| {
-                format!(
-                    "{{ name = \"{}\", address = \"{}\", weight = {} }}",
-                    p.name, p.address, p.weight
-                )
-            })
+            .map(|p| format!("{{ name = \"{}\", address = \"{}\", weight = {} }}", p.name, p.address, p.weight))
             .collect();
         let _ = writeln!(s, "paths = [ {} ]", paths.join(", "));
         if let Some(m) = self.mesh {
@@ -130,12 +117,7 @@ impl IngressConfig {
         );
         for svc in &self.services {
             let listen: Vec<String> = svc.listen.iter().map(|l| format!("\"{l}\"")).collect();
-            let _ = writeln!(
-                s,
-                "[[service]]\nname = \"{}\"\nlisten = [{}]",
-                svc.name,
-                listen.join(", ")
-            );
+            let _ = writeln!(s, "[[service]]\nname = \"{}\"\nlisten = [{}]", svc.name, listen.join(", "));
             let _ = writeln!(s, "protocol = \"tcp\"\npool = \"home\"");
             if let Some(p) = svc.upstream_port {
                 let _ = writeln!(s, "upstream_port = {p}");
@@ -149,10 +131,7 @@ impl IngressConfig {
 /// `ingress check -c FILE`: errors with its output unless it accepts the file.
 pub fn check(bin: &Path, file: &Path) -> Result<()> {
     if !bin.is_file() {
-        bail!(
-            "{} does not exist: build it with `cargo build -p ingress`",
-            bin.display()
-        );
+        bail!("{} does not exist: build it with `cargo build -p ingress`", bin.display());
     }
     let (b, f) = (bin.display().to_string(), file.display().to_string());
     let out = cmd::run_full(&[&b, "check", "-c", &f], None, Duration::from_secs(10))?;

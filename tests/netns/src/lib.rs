@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netns;
 pub mod preflight;
 pub mod proc_guard;
+pub mod scenario;
 pub mod tempdir;
 pub mod topology;
 pub mod wait;
@@ -36,8 +37,5 @@ pub fn unique_tag() -> String {
 
 /// Milliseconds since the Unix epoch (shared clock between the tests and `loadgen` output).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

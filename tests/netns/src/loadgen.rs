@@ -76,22 +76,14 @@ impl LoadConfig {
         let mut c = Self::default();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let mut value = || {
-                it.next()
-                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))
-            };
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
             let ms = |v: &String| -> Result<Duration> {
-                Ok(Duration::from_millis(v.parse().with_context(|| {
-                    format!("{flag}: `{v}` is not milliseconds")
-                })?))
+                Ok(Duration::from_millis(v.parse().with_context(|| format!("{flag}: `{v}` is not milliseconds"))?))
             };
             match flag.as_str() {
                 "--target" => {
                     let v = value()?;
-                    c.targets.push(
-                        v.parse()
-                            .with_context(|| format!("--target: `{v}` is not ADDR:PORT"))?,
-                    )
+                    c.targets.push(v.parse().with_context(|| format!("--target: `{v}` is not ADDR:PORT"))?)
                 }
                 "--interval-ms" => c.interval = ms(value()?)?,
                 "--duration-ms" => c.duration = ms(value()?)?,
@@ -104,9 +96,7 @@ impl LoadConfig {
                 "--no-rotate" => c.rotate = false,
                 "--max-inflight" => {
                     let v = value()?;
-                    c.max_inflight = v
-                        .parse()
-                        .with_context(|| format!("--max-inflight: `{v}`"))?
+                    c.max_inflight = v.parse().with_context(|| format!("--max-inflight: `{v}`"))?
                 }
                 "--stop-file" => c.stop_file = Some(value()?.into()),
                 "--records" => c.records = Some(value()?.into()),
@@ -242,17 +232,11 @@ pub fn parse_output(stdout: &str) -> (Vec<Tick>, Option<Summary>) {
 
 /// Reads a records file.
 pub fn parse_records(text: &str) -> Vec<Record> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Runs one connection; returns (target used, backend named, fell back).
-fn one(
-    cfg: &LoadConfig,
-    seq: u64,
-    first: usize,
-) -> (Option<SocketAddr>, Option<String>, bool, Result<()>) {
+fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<String>, bool, Result<()>) {
     let n = cfg.targets.len();
     let order: Vec<SocketAddr> = if cfg.fallback {
         (0..n).map(|i| cfg.targets[(first + i) % n]).collect()
@@ -295,20 +279,18 @@ fn converse(cfg: &LoadConfig, seq: u64, s: TcpStream, backend: &mut Option<Strin
     s.set_nodelay(true)?;
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
-    let mut exchange =
-        |line: &str, expect_banner: bool, backend: &mut Option<String>| -> Result<()> {
-            w.write_all(line.as_bytes())
-                .map_err(|e| anyhow::anyhow!("write: {}", short_err(&e)))?;
-            if expect_banner {
-                let b = read_line(&mut r).context("read banner")?;
-                *backend = Some(b);
-            }
-            let echo = read_line(&mut r).context("read echo")?;
-            if echo != line.trim_end() {
-                bail!("bad echo: sent {:?} got {echo:?}", line.trim_end());
-            }
-            Ok(())
-        };
+    let mut exchange = |line: &str, expect_banner: bool, backend: &mut Option<String>| -> Result<()> {
+        w.write_all(line.as_bytes()).map_err(|e| anyhow::anyhow!("write: {}", short_err(&e)))?;
+        if expect_banner {
+            let b = read_line(&mut r).context("read banner")?;
+            *backend = Some(b);
+        }
+        let echo = read_line(&mut r).context("read echo")?;
+        if echo != line.trim_end() {
+            bail!("bad echo: sent {:?} got {echo:?}", line.trim_end());
+        }
+        Ok(())
+    };
     exchange(&format!("lbt {seq}\n"), true, backend)?;
     if !cfg.hold.is_zero() {
         let start = Instant::now();
@@ -316,12 +298,8 @@ fn converse(cfg: &LoadConfig, seq: u64, s: TcpStream, backend: &mut Option<Strin
         while start.elapsed() < cfg.hold {
             std::thread::sleep(cfg.hold_every.min(cfg.hold.saturating_sub(start.elapsed())));
             k += 1;
-            exchange(&format!("lbt {seq} {k}\n"), false, backend).with_context(|| {
-                format!(
-                    "held connection broke after {} ms",
-                    start.elapsed().as_millis()
-                )
-            })?;
+            exchange(&format!("lbt {seq} {k}\n"), false, backend)
+                .with_context(|| format!("held connection broke after {} ms", start.elapsed().as_millis()))?;
         }
     }
     Ok(())
@@ -339,37 +317,24 @@ fn read_line(r: &mut BufReader<TcpStream>) -> Result<String> {
 /// Runs the load described by `cfg`, printing ticks and the summary to `out`.
 pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
     let mut records = match &cfg.records {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Record>();
     let inflight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut summary = Summary {
-        kind: "summary".into(),
-        start_ms: unix_ms(),
-        ..Default::default()
-    };
-    let mut tick = Tick {
-        kind: "tick".into(),
-        ..Default::default()
-    };
+    let mut summary = Summary { kind: "summary".into(), start_ms: unix_ms(), ..Default::default() };
+    let mut tick = Tick { kind: "tick".into(), ..Default::default() };
     let mut latencies = Vec::new();
     let mut seq = 0u64;
     let mut next_start = Duration::ZERO;
     let mut next_tick = Duration::from_secs(1);
     // After the last start, wait for the stragglers at most this long.
-    let drain = cfg.connect_timeout * cfg.targets.len() as u32
-        + cfg.io_timeout * 2
-        + cfg.hold
-        + Duration::from_secs(2);
+    let drain = cfg.connect_timeout * cfg.targets.len() as u32 + cfg.io_timeout * 2 + cfg.hold + Duration::from_secs(2);
     let mut stopping = false;
     loop {
         let now = start.elapsed();
-        if !stopping && (now >= cfg.duration || cfg.stop_file.as_ref().is_some_and(|p| p.exists()))
-        {
+        if !stopping && (now >= cfg.duration || cfg.stop_file.as_ref().is_some_and(|p| p.exists())) {
             stopping = true;
         }
         if stopping && (inflight.load(Ordering::SeqCst) == 0 || now >= cfg.duration + drain) {
@@ -392,11 +357,7 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
                 inflight.fetch_add(1, Ordering::SeqCst);
                 let (cfg2, tx2, inflight2) = (cfg.clone(), tx.clone(), inflight.clone());
                 let this = seq;
-                let first = if cfg.rotate {
-                    seq as usize % cfg.targets.len()
-                } else {
-                    0
-                };
+                let first = if cfg.rotate { seq as usize % cfg.targets.len() } else { 0 };
                 std::thread::spawn(move || {
                     let start_ms = unix_ms();
                     let t0 = Instant::now();
@@ -428,28 +389,20 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
             tick.inflight = inflight.load(Ordering::SeqCst) as u64;
             writeln!(out, "{}", serde_json::to_string(&tick)?)?;
             out.flush()?;
-            tick = Tick {
-                kind: "tick".into(),
-                ..Default::default()
-            };
+            tick = Tick { kind: "tick".into(), ..Default::default() };
             next_tick += Duration::from_secs(1);
             if let Some(w) = records.as_mut() {
                 w.flush()?;
             }
         }
-        let sleep = next_start
-            .saturating_sub(start.elapsed())
-            .min(Duration::from_millis(2));
+        let sleep = next_start.saturating_sub(start.elapsed()).min(Duration::from_millis(2));
         std::thread::sleep(sleep.max(Duration::from_micros(200)));
     }
     // Connections still open after the drain bound are failures too.
     let stuck = inflight.load(Ordering::SeqCst) as u64;
     if stuck > 0 {
         summary.failed += stuck;
-        *tick
-            .errors
-            .entry("still open at the end".into())
-            .or_default() += stuck;
+        *tick.errors.entry("still open at the end".into()).or_default() += stuck;
         tick.failed += stuck;
         summary.failures.push(Failure {
             start_ms: 0,
@@ -485,13 +438,7 @@ fn write_record(w: Option<&mut BufWriter<File>>, rec: &Record) -> Result<()> {
     Ok(())
 }
 
-fn account(
-    cfg: &LoadConfig,
-    rec: &Record,
-    tick: &mut Tick,
-    s: &mut Summary,
-    latencies: &mut Vec<f64>,
-) {
+fn account(cfg: &LoadConfig, rec: &Record, tick: &mut Tick, s: &mut Summary, latencies: &mut Vec<f64>) {
     if rec.fallback {
         tick.fallback += 1;
         s.fallback += 1;
@@ -517,11 +464,7 @@ fn account(
         s.failed += 1;
         let err = rec.error.clone().unwrap_or_default();
         // Bounded label: the error without addresses and numbers.
-        let class: String = err
-            .chars()
-            .filter(|c| !c.is_ascii_digit())
-            .take(80)
-            .collect();
+        let class: String = err.chars().filter(|c| !c.is_ascii_digit()).take(80).collect();
         *tick.errors.entry(class).or_default() += 1;
         if s.failures.len() < 200 {
             s.failures.push(Failure {

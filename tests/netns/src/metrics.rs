@@ -25,9 +25,7 @@ pub struct Metrics {
 impl Metrics {
     /// Parses the text format; lines it cannot read are skipped (comments, malformed).
     pub fn parse(text: &str) -> Self {
-        Self {
-            samples: text.lines().filter_map(parse_line).collect(),
-        }
+        Self { samples: text.lines().filter_map(parse_line).collect() }
     }
 
     /// Samples named `name` whose labels include all of `labels`.
@@ -36,12 +34,9 @@ impl Metrics {
         name: &'a str,
         labels: &'a [(&'a str, &'a str)],
     ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+        self.samples
+            .iter()
+            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v)))
     }
 
     /// The value of the first matching sample.
@@ -81,11 +76,7 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
+    Some(Sample { name: name.to_string(), labels, value })
 }
 
 /// Parses `k="v",k2="v2"}` and returns the labels and what follows the `}`.
@@ -133,12 +124,8 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
 /// Fetches `http://ADDR/metrics` from inside `ns`.
 pub fn scrape(ns: &str, addr: &str) -> Result<Metrics> {
     let url = format!("http://{addr}/metrics");
-    let text = cmd::exec_ok(
-        ns,
-        &["curl", "-sSf", "--max-time", "2", &url],
-        Duration::from_secs(4),
-    )
-    .with_context(|| format!("scraping {url} in {ns}"))?;
+    let text = cmd::exec_ok(ns, &["curl", "-sSf", "--max-time", "2", &url], Duration::from_secs(4))
+        .with_context(|| format!("scraping {url} in {ns}"))?;
     Ok(Metrics::parse(&text))
 }
 

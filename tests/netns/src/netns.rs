@@ -18,19 +18,10 @@ impl Netns {
     /// Creates namespace `name` (should start with a [`crate::unique_tag`]), with `lo` up,
     /// IPv6 duplicate address detection off (addresses usable at once) and forwarding off.
     pub fn new(name: &str) -> Result<Self> {
-        cmd::run(&["ip", "netns", "add", name])
-            .with_context(|| format!("creating netns {name}"))?;
-        let ns = Self {
-            name: name.to_string(),
-        };
+        cmd::run(&["ip", "netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
+        let ns = Self { name: name.to_string() };
         cmd::ip(name, &["link", "set", "lo", "up"])?;
-        cmd::sysctl(
-            name,
-            &[
-                ("net.ipv6.conf.all.accept_dad", "0"),
-                ("net.ipv6.conf.default.accept_dad", "0"),
-            ],
-        )?;
+        cmd::sysctl(name, &[("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")])?;
         Ok(ns)
     }
 
@@ -85,11 +76,7 @@ pub fn kill_all_in(name: &str) {
 /// Names of all namespaces (`ip netns list` prints `name` or `name (id: N)`).
 pub fn list() -> Result<Vec<String>> {
     let out = cmd::run(&["ip", "netns", "list"])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
 /// The pid in a harness name `lbt<pid>x<n>-...`, if the name is one of ours.
@@ -144,31 +131,9 @@ impl Veth {
     /// Creates the pair directly in both namespaces (no name in the root namespace is used,
     /// so parallel runs cannot collide), assigns the addresses (CIDR, may be empty) and sets
     /// both ends up.
-    pub fn new(
-        a: &Netns,
-        a_if: &str,
-        a_addrs: &[&str],
-        b: &Netns,
-        b_if: &str,
-        b_addrs: &[&str],
-    ) -> Result<Self> {
-        cmd::ip(
-            a.name(),
-            &[
-                "link",
-                "add",
-                "name",
-                a_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b_if,
-                "netns",
-                b.name(),
-            ],
-        )
-        .with_context(|| format!("veth {}:{a_if} <-> {}:{b_if}", a.name(), b.name()))?;
+    pub fn new(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> Result<Self> {
+        cmd::ip(a.name(), &["link", "add", "name", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()])
+            .with_context(|| format!("veth {}:{a_if} <-> {}:{b_if}", a.name(), b.name()))?;
         for addr in a_addrs {
             cmd::ip(a.name(), &["addr", "add", addr, "dev", a_if])?;
         }
@@ -177,12 +142,7 @@ impl Veth {
         }
         cmd::ip(a.name(), &["link", "set", a_if, "up"])?;
         cmd::ip(b.name(), &["link", "set", b_if, "up"])?;
-        Ok(Self {
-            a: a.name().into(),
-            a_if: a_if.into(),
-            b: b.name().into(),
-            b_if: b_if.into(),
-        })
+        Ok(Self { a: a.name().into(), a_if: a_if.into(), b: b.name().into(), b_if: b_if.into() })
     }
 }
 

@@ -23,23 +23,13 @@ pub const TOOLS: &[(&str, &str)] = &[
 ];
 
 fn effective_uid() -> Result<u32> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .context("no Uid: line in /proc/self/status")?;
-    line.split_whitespace()
-        .nth(2)
-        .context("short Uid: line")?
-        .parse()
-        .context("Uid: not a number")
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("Uid:")).context("no Uid: line in /proc/self/status")?;
+    line.split_whitespace().nth(2).context("short Uid: line")?.parse().context("Uid: not a number")
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
 }
 
 /// Errors naming everything that is missing; run `tests/netns/deps.sh` to install it.
@@ -47,9 +37,7 @@ pub fn require() -> Result<()> {
     let mut missing = Vec::new();
     match effective_uid() {
         Ok(0) => {}
-        Ok(uid) => missing.push(format!(
-            "root (running as uid {uid}; network namespaces need root)"
-        )),
+        Ok(uid) => missing.push(format!("root (running as uid {uid}; network namespaces need root)")),
         Err(e) => missing.push(format!("root (cannot tell: {e:#})")),
     }
     for (tool, pkg) in TOOLS {
@@ -60,15 +48,9 @@ pub fn require() -> Result<()> {
     if on_path("yggdrasil") {
         match cmd::run(&["yggdrasil", "-version"]) {
             Ok(v) => {
-                let version = v
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Build version:"))
-                    .map(str::trim);
+                let version = v.lines().find_map(|l| l.strip_prefix("Build version:")).map(str::trim);
                 if !version.is_some_and(|v| v.starts_with("0.5.")) {
-                    missing.push(format!(
-                        "yggdrasil 0.5.x (found {})",
-                        version.unwrap_or("an unknown version")
-                    ));
+                    missing.push(format!("yggdrasil 0.5.x (found {})", version.unwrap_or("an unknown version")));
                 }
             }
             Err(e) => missing.push(format!("a working yggdrasil ({e:#})")),

@@ -38,14 +38,7 @@ impl Proc {
             .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?)
             .spawn()
             .with_context(|| format!("starting {name} in {ns}: {}", argv.join(" ")))?;
-        Ok(Self {
-            name: name.into(),
-            ns: ns.into(),
-            child,
-            status: None,
-            out,
-            err,
-        })
+        Ok(Self { name: name.into(), ns: ns.into(), child, status: None, out, err })
     }
 
     pub fn name(&self) -> &str {
@@ -71,12 +64,7 @@ impl Proc {
     /// Errors (with the log tail) if the process has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
         if let Some(status) = self.poll() {
-            bail!(
-                "{} in {} exited ({status}):\n{}",
-                self.name,
-                self.ns,
-                self.tail(30)
-            );
+            bail!("{} in {} exited ({status}):\n{}", self.name, self.ns, self.tail(30));
         }
         Ok(())
     }
@@ -89,11 +77,7 @@ impl Proc {
                 return Ok(status);
             }
             if start.elapsed() > timeout {
-                bail!(
-                    "{} in {} still running after {timeout:?}",
-                    self.name,
-                    self.ns
-                );
+                bail!("{} in {} still running after {timeout:?}", self.name, self.ns);
             }
             std::thread::sleep(Duration::from_millis(10));
         }

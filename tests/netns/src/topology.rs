@@ -164,9 +164,7 @@ impl Bins {
         Self {
             loadgen: dir.join("loadgen"),
             echo_server: dir.join("echo-server"),
-            ingress: std::env::var_os("INGRESS_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| dir.join("ingress")),
+            ingress: std::env::var_os("INGRESS_BIN").map(PathBuf::from).unwrap_or_else(|| dir.join("ingress")),
         }
     }
 }
@@ -182,10 +180,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            mesh: true,
-            backends: true,
-        }
+        Self { mesh: true, backends: true }
     }
 }
 
@@ -234,15 +229,9 @@ impl Topology {
     /// Builds everything (bounded: a few seconds; the mesh wait is at most 30 s).
     pub fn build(bins: Bins, opts: Options) -> Result<Self> {
         crate::preflight::require()?;
-        for (name, p) in [
-            ("loadgen", &bins.loadgen),
-            ("echo-server", &bins.echo_server),
-        ] {
+        for (name, p) in [("loadgen", &bins.loadgen), ("echo-server", &bins.echo_server)] {
             if !p.is_file() {
-                bail!(
-                    "{name} binary missing at {}: build with `cargo build -p netns`",
-                    p.display()
-                );
+                bail!("{name} binary missing at {}: build with `cargo build -p netns`", p.display());
             }
         }
         let tag = crate::unique_tag();
@@ -259,21 +248,13 @@ impl Topology {
             meshc: mk(Role::Meshc)?,
             stranger: mk(Role::Stranger)?,
         };
-        let mut t = Self {
-            procs: BTreeMap::new(),
-            ygg: BTreeMap::new(),
-            hosts,
-            bins,
-            tag,
-            dir,
-        };
+        let mut t = Self { procs: BTreeMap::new(), ygg: BTreeMap::new(), hosts, bins, tag, dir };
         t.wire().context("wiring the topology")?;
         if opts.mesh {
             t.start_mesh().context("starting the yggdrasil mesh")?;
         }
         if opts.backends {
-            t.start_backends_in(Role::Home)
-                .context("starting the backends")?;
+            t.start_backends_in(Role::Home).context("starting the backends")?;
         }
         Ok(t)
     }
@@ -298,26 +279,15 @@ impl Topology {
             (&h.stranger, "r-stranger", addr::STRANGER, addr::STRANGER_GW),
         ];
         for (host, rif, a, gw) in hosts_on_router {
-            Veth::new(
-                &h.inet,
-                rif,
-                &[&format!("{gw}/29")],
-                host,
-                "eth0",
-                &[&format!("{a}/29")],
-            )?;
-            cmd::ip(
-                host.name(),
-                &["route", "add", "default", "via", &gw.to_string()],
-            )?;
+            Veth::new(&h.inet, rif, &[&format!("{gw}/29")], host, "eth0", &[&format!("{a}/29")])?;
+            cmd::ip(host.name(), &["route", "add", "default", "via", &gw.to_string()])?;
         }
         // Home's two WANs, each its own link and /24.
         let home = h.home.name();
         cmd::sysctl(home, &[("net.ipv4.ip_forward", "1")])?;
-        for (wan, gw, table) in [
-            (Wan::Wan1, addr::WAN1_GW, addr::WAN1_TABLE),
-            (Wan::Wan2, addr::WAN2_GW, addr::WAN2_TABLE),
-        ] {
+        for (wan, gw, table) in
+            [(Wan::Wan1, addr::WAN1_GW, addr::WAN1_TABLE), (Wan::Wan2, addr::WAN2_GW, addr::WAN2_TABLE)]
+        {
             Veth::new(
                 &h.inet,
                 wan.router_if(),
@@ -327,62 +297,11 @@ impl Topology {
                 &[&format!("{}/24", wan.addr())],
             )?;
             let gw = gw.to_string();
-            cmd::ip(
-                home,
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gw,
-                    "dev",
-                    wan.name(),
-                    "table",
-                    table,
-                ],
-            )?;
-            cmd::ip(
-                home,
-                &[
-                    "rule",
-                    "add",
-                    "from",
-                    &wan.addr().to_string(),
-                    "table",
-                    table,
-                    "pref",
-                    table,
-                ],
-            )?;
+            cmd::ip(home, &["route", "add", "default", "via", &gw, "dev", wan.name(), "table", table])?;
+            cmd::ip(home, &["rule", "add", "from", &wan.addr().to_string(), "table", table, "pref", table])?;
         }
-        cmd::ip(
-            home,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &addr::WAN1_GW.to_string(),
-                "dev",
-                "wan1",
-                "metric",
-                "10",
-            ],
-        )?;
-        cmd::ip(
-            home,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &addr::WAN2_GW.to_string(),
-                "dev",
-                "wan2",
-                "metric",
-                "20",
-            ],
-        )?;
+        cmd::ip(home, &["route", "add", "default", "via", &addr::WAN1_GW.to_string(), "dev", "wan1", "metric", "10"])?;
+        cmd::ip(home, &["route", "add", "default", "via", &addr::WAN2_GW.to_string(), "dev", "wan2", "metric", "20"])?;
         // LAN behind home.
         Veth::new(
             &h.home,
@@ -392,16 +311,7 @@ impl Topology {
             "eth0",
             &[&format!("{}/24", addr::LAN)],
         )?;
-        cmd::ip(
-            h.lan.name(),
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &addr::HOME_LAN.to_string(),
-            ],
-        )?;
+        cmd::ip(h.lan.name(), &["route", "add", "default", "via", &addr::HOME_LAN.to_string()])?;
         // Mesh underlay: a bridge in `meshnet`, one port per mesh node.
         let meshnet = h.meshnet.name();
         cmd::ip(meshnet, &["link", "add", "name", "br0", "type", "bridge"])?;
@@ -423,31 +333,15 @@ impl Topology {
         let uri = |a: Ipv4Addr| format!("tcp://{a}:{}", addr::YGG_PORT);
         let plan = [
             (Role::Home, vec![uri(addr::MESH_HOME)], vec![]),
-            (
-                Role::Ingress1,
-                vec![uri(addr::MESH_INGRESS1)],
-                vec![uri(addr::MESH_HOME)],
-            ),
-            (
-                Role::Ingress2,
-                vec![],
-                vec![uri(addr::MESH_HOME), uri(addr::MESH_INGRESS1)],
-            ),
+            (Role::Ingress1, vec![uri(addr::MESH_INGRESS1)], vec![uri(addr::MESH_HOME)]),
+            (Role::Ingress2, vec![], vec![uri(addr::MESH_HOME), uri(addr::MESH_INGRESS1)]),
             (Role::Meshc, vec![], vec![uri(addr::MESH_HOME)]),
         ];
         for (role, listen, peers) in plan {
-            let node = ygg::start(
-                self.ns(role),
-                role.as_str(),
-                self.dir.path(),
-                &listen,
-                &peers,
-            )?;
+            let node = ygg::start(self.ns(role), role.as_str(), self.dir.path(), &listen, &peers)?;
             self.ygg.insert(role, node);
         }
-        let home = self
-            .home_mesh_addr()
-            .context("home has no yggdrasil address")?;
+        let home = self.home_mesh_addr().context("home has no yggdrasil address")?;
         for role in [Role::Ingress1, Role::Ingress2, Role::Meshc] {
             ygg::wait_reachable(self.ns(role), home, Duration::from_secs(30))?;
         }
@@ -478,23 +372,17 @@ impl Topology {
         self.spawn(role, &name, &argv)?;
         let ns = self.ns(role).to_string();
         let want = ips.len() * 2;
-        wait_until(
-            &format!("{name} listening"),
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                self.proc_mut(&name)?.ensure_running()?;
-                let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
-                let n = out
-                    .lines()
-                    .filter(|l| {
-                        l.contains(&format!(":{}", addr::ECHO_PORT))
-                            || l.contains(&format!(":{}", addr::HEALTH_PORT))
-                    })
-                    .count();
-                check(n >= want, || format!("{n} of {want} sockets listening"))
-            },
-        )
+        wait_until(&format!("{name} listening"), Duration::from_secs(10), Duration::from_millis(20), || {
+            self.proc_mut(&name)?.ensure_running()?;
+            let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
+            let n = out
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!(":{}", addr::ECHO_PORT)) || l.contains(&format!(":{}", addr::HEALTH_PORT))
+                })
+                .count();
+            check(n >= want, || format!("{n} of {want} sockets listening"))
+        })
     }
 
     /// The namespace name of a host.
@@ -544,17 +432,12 @@ impl Topology {
 
     /// A process started with [`Topology::spawn`].
     pub fn proc_mut(&mut self, name: &str) -> Result<&mut Proc> {
-        self.procs
-            .get_mut(name)
-            .with_context(|| format!("no process named {name}"))
+        self.procs.get_mut(name).with_context(|| format!("no process named {name}"))
     }
 
     /// Stops (SIGTERM, then SIGKILL) and forgets a process.
     pub fn stop(&mut self, name: &str) -> Result<()> {
-        let mut p = self
-            .procs
-            .remove(name)
-            .with_context(|| format!("no process named {name}"))?;
+        let mut p = self.procs.remove(name).with_context(|| format!("no process named {name}"))?;
         p.stop()?;
         Ok(())
     }
@@ -604,17 +487,9 @@ impl Topology {
         let (_, summary) = loadgen::parse_output(&out);
         let s = summary.with_context(|| format!("loadgen printed no summary: {out}"))?;
         if s.ok != 1 || s.started != 1 {
-            bail!(
-                "echo via {to} from {} failed: {}",
-                role.as_str(),
-                serde_json::to_string(&s)?
-            );
+            bail!("echo via {to} from {} failed: {}", role.as_str(), serde_json::to_string(&s)?);
         }
-        s.backends
-            .keys()
-            .next()
-            .cloned()
-            .context("reply named no backend")
+        s.backends.keys().next().cloned().context("reply named no backend")
     }
 
     /// Starts `loadgen` in `role` (normally client); see [`LoadRun`].
@@ -626,20 +501,12 @@ impl Topology {
         let mut argv = vec![self.bins.loadgen.display().to_string()];
         argv.extend(cfg.to_args());
         self.spawn(role, name, &argv)?;
-        Ok(LoadRun {
-            name: name.into(),
-            records,
-            stop_file,
-            cfg,
-        })
+        Ok(LoadRun { name: name.into(), records, stop_file, cfg })
     }
 
     /// The connections the backends in `role` logged.
     pub fn backend_log(&self, role: Role) -> Vec<ConnLog> {
-        self.procs
-            .get(&format!("backend-{}", role.as_str()))
-            .map(|p| echo::parse_log(&p.stdout()))
-            .unwrap_or_default()
+        self.procs.get(&format!("backend-{}", role.as_str())).map(|p| echo::parse_log(&p.stdout())).unwrap_or_default()
     }
 
     /// Writes the ingress config for `role`, checks it with `ingress check -c`, starts
@@ -647,14 +514,9 @@ impl Topology {
     pub fn start_ingress(&mut self, role: Role, config: &IngressConfig) -> Result<()> {
         let name = role.as_str().to_string();
         let file = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&file, config.to_toml())
-            .with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, config.to_toml()).with_context(|| format!("writing {}", file.display()))?;
         ingress::check(&self.bins.ingress, &file)?;
-        let argv = vec![
-            self.bins.ingress.display().to_string(),
-            "-c".into(),
-            file.display().to_string(),
-        ];
+        let argv = vec![self.bins.ingress.display().to_string(), "-c".into(), file.display().to_string()];
         self.spawn(role, &name, &argv)?;
         let ns = self.ns(role).to_string();
         let ports: Vec<String> = config
@@ -663,21 +525,13 @@ impl Topology {
             .flat_map(|s| s.listen.iter())
             .filter_map(|l| l.rsplit(':').next().map(|p| format!(":{p} ")))
             .collect();
-        wait_until(
-            &format!("ingress in {name} ready"),
-            Duration::from_secs(15),
-            Duration::from_millis(50),
-            || {
-                self.proc_mut(&name)?.ensure_running()?;
-                metrics::scrape(&ns, &config.admin_listen)?;
-                let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
-                let missing: Vec<&String> =
-                    ports.iter().filter(|p| !out.contains(p.as_str())).collect();
-                check(missing.is_empty(), || {
-                    format!("not listening on {missing:?}")
-                })
-            },
-        )
+        wait_until(&format!("ingress in {name} ready"), Duration::from_secs(15), Duration::from_millis(50), || {
+            self.proc_mut(&name)?.ensure_running()?;
+            metrics::scrape(&ns, &config.admin_listen)?;
+            let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
+            let missing: Vec<&String> = ports.iter().filter(|p| !out.contains(p.as_str())).collect();
+            check(missing.is_empty(), || format!("not listening on {missing:?}"))
+        })
     }
 
     /// Scrapes an ingress's metrics.
@@ -726,20 +580,10 @@ impl LoadRun {
         let status = p.wait_exit(bound)?;
         let out = p.stdout();
         let (ticks, summary) = loadgen::parse_output(&out);
-        let summary = summary.with_context(|| {
-            format!(
-                "{} ({status}) printed no summary:\n{}",
-                self.name,
-                p.tail(20)
-            )
-        })?;
-        let records =
-            loadgen::parse_records(&std::fs::read_to_string(&self.records).unwrap_or_default());
+        let summary =
+            summary.with_context(|| format!("{} ({status}) printed no summary:\n{}", self.name, p.tail(20)))?;
+        let records = loadgen::parse_records(&std::fs::read_to_string(&self.records).unwrap_or_default());
         t.stop(&self.name)?;
-        Ok(LoadResult {
-            ticks,
-            summary,
-            records,
-        })
+        Ok(LoadResult { ticks, summary, records })
     }
 }

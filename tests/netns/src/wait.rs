@@ -6,12 +6,7 @@ use anyhow::{anyhow, Result};
 
 /// Calls `f` every `poll` until it returns `Ok`, for at most `timeout`.
 /// On timeout the error names `what` and carries the last error `f` returned.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    poll: Duration,
-    mut f: impl FnMut() -> Result<T>,
-) -> Result<T> {
+pub fn wait_until<T>(what: &str, timeout: Duration, poll: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let start = Instant::now();
     loop {
         let last = match f() {

@@ -35,51 +35,29 @@ pub struct YggNode {
 /// Writes `<dir>/ygg-<name>.json`: a fresh key, `Listen` and `Peers` as given (URIs such as
 /// `tcp://10.99.0.10:7991`), `MulticastInterfaces: []`, the admin socket in `dir`, `IfName`
 /// [`IFNAME`]. Returns (config path, admin socket path).
-pub fn write_config(
-    dir: &Path,
-    name: &str,
-    listen: &[String],
-    peers: &[String],
-) -> Result<(PathBuf, PathBuf)> {
+pub fn write_config(dir: &Path, name: &str, listen: &[String], peers: &[String]) -> Result<(PathBuf, PathBuf)> {
     let gen = cmd::run(&["yggdrasil", "-genconf", "-json"]).context("yggdrasil -genconf -json")?;
     let mut conf: Value = serde_json::from_str(&gen).context("parsing yggdrasil -genconf -json")?;
     let admin = dir.join(format!("ygg-{name}.sock"));
-    let obj = conf
-        .as_object_mut()
-        .context("genconf output is not a JSON object")?;
+    let obj = conf.as_object_mut().context("genconf output is not a JSON object")?;
     obj.insert("Listen".into(), listen.into());
     obj.insert("Peers".into(), peers.into());
     obj.insert("InterfacePeers".into(), Value::Object(Default::default()));
     obj.insert("MulticastInterfaces".into(), Value::Array(vec![]));
-    obj.insert(
-        "AdminListen".into(),
-        format!("unix://{}", admin.display()).into(),
-    );
+    obj.insert("AdminListen".into(), format!("unix://{}", admin.display()).into());
     obj.insert("IfName".into(), IFNAME.into());
     obj.insert("NodeInfoPrivacy".into(), true.into());
     let path = dir.join(format!("ygg-{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&conf)?).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, admin))
 }
 
 /// Starts a router in `ns` and waits (bounded) until its admin socket answers and its address is
 /// on [`IFNAME`].
-pub fn start(
-    ns: &str,
-    name: &str,
-    dir: &Path,
-    listen: &[String],
-    peers: &[String],
-) -> Result<YggNode> {
+pub fn start(ns: &str, name: &str, dir: &Path, listen: &[String], peers: &[String]) -> Result<YggNode> {
     let (conf, admin) = write_config(dir, name, listen, peers)?;
     let conf_s = conf.display().to_string();
-    let mut proc = Proc::spawn(
-        ns,
-        &format!("ygg-{name}"),
-        &["yggdrasil", "-useconffile", &conf_s],
-        dir,
-    )?;
+    let mut proc = Proc::spawn(ns, &format!("ygg-{name}"), &["yggdrasil", "-useconffile", &conf_s], dir)?;
     let me = wait_until(
         &format!("yggdrasil {name} admin socket"),
         Duration::from_secs(15),
@@ -90,26 +68,11 @@ pub fn start(
         },
     )?;
     let addr_s = me.address.to_string();
-    wait_until(
-        &format!("{addr_s} on {IFNAME} in {ns}"),
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let out = cmd::ip(ns, &["-6", "addr", "show", "dev", IFNAME])?;
-            crate::wait::check(out.contains(&addr_s) && !out.contains("tentative"), || {
-                format!("not yet: {out}")
-            })
-        },
-    )?;
-    Ok(YggNode {
-        name: name.into(),
-        ns: ns.into(),
-        conf,
-        admin,
-        address: me.address,
-        key: me.key,
-        proc,
-    })
+    wait_until(&format!("{addr_s} on {IFNAME} in {ns}"), Duration::from_secs(10), Duration::from_millis(50), || {
+        let out = cmd::ip(ns, &["-6", "addr", "show", "dev", IFNAME])?;
+        crate::wait::check(out.contains(&addr_s) && !out.contains("tentative"), || format!("not yet: {out}"))
+    })?;
+    Ok(YggNode { name: name.into(), ns: ns.into(), conf, admin, address: me.address, key: me.key, proc })
 }
 
 /// What `getSelf` tells about a node.
@@ -122,8 +85,7 @@ pub struct SelfInfo {
 
 /// Sends one request to the admin socket and returns its `response` object.
 pub fn admin_request(sock: &Path, request: &str) -> Result<Value> {
-    let mut s =
-        UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
+    let mut s = UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
     let timeout = Duration::from_secs(3);
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -140,9 +102,7 @@ pub fn admin_request(sock: &Path, request: &str) -> Result<Value> {
         if start.elapsed() > timeout {
             bail!("{request}: incomplete reply from {}", sock.display());
         }
-        let n = s
-            .read(&mut chunk)
-            .with_context(|| format!("{request}: reading {}", sock.display()))?;
+        let n = s.read(&mut chunk).with_context(|| format!("{request}: reading {}", sock.display()))?;
         if n == 0 {
             bail!("{request}: connection closed after {} bytes", buf.len());
         }
@@ -151,20 +111,13 @@ pub fn admin_request(sock: &Path, request: &str) -> Result<Value> {
     if reply.get("status").and_then(Value::as_str) != Some("success") {
         bail!("{request}: admin socket answered {reply}");
     }
-    reply
-        .get("response")
-        .cloned()
-        .context("reply without `response`")
+    reply.get("response").cloned().context("reply without `response`")
 }
 
 /// `getSelf`: the node's address, key and subnet.
 pub fn get_self(sock: &Path) -> Result<SelfInfo> {
     let r = admin_request(sock, "getself")?;
-    let field = |k: &str| {
-        r.get(k)
-            .and_then(Value::as_str)
-            .with_context(|| format!("getSelf without `{k}`: {r}"))
-    };
+    let field = |k: &str| r.get(k).and_then(Value::as_str).with_context(|| format!("getSelf without `{k}`: {r}"));
     Ok(SelfInfo {
         address: field("address")?.parse().context("getSelf address")?,
         key: field("key")?.to_string(),
@@ -175,26 +128,13 @@ pub fn get_self(sock: &Path) -> Result<SelfInfo> {
 /// `getPeers`: the raw peer objects (`up`, `remote`, `latency`, `cost`, ...).
 pub fn get_peers(sock: &Path) -> Result<Vec<Value>> {
     let r = admin_request(sock, "getpeers")?;
-    Ok(r.get("peers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
+    Ok(r.get("peers").and_then(Value::as_array).cloned().unwrap_or_default())
 }
 
 /// Pings `to` from `ns` over the mesh until it answers (bounded).
 pub fn wait_reachable(ns: &str, to: Ipv6Addr, timeout: Duration) -> Result<()> {
     let to_s = to.to_string();
-    wait_until(
-        &format!("{to_s} reachable from {ns}"),
-        timeout,
-        Duration::from_millis(100),
-        || {
-            cmd::exec_ok(
-                ns,
-                &["ping", "-6", "-n", "-c1", "-W1", &to_s],
-                Duration::from_secs(3),
-            )
-            .map(|_| ())
-        },
-    )
+    wait_until(&format!("{to_s} reachable from {ns}"), timeout, Duration::from_millis(100), || {
+        cmd::exec_ok(ns, &["ping", "-6", "-n", "-c1", "-W1", &to_s], Duration::from_secs(3)).map(|_| ())
+    })
 }

@@ -13,14 +13,8 @@ pub fn bins() -> Bins {
 
 pub fn build(opts: Options) -> Topology {
     let t0 = Instant::now();
-    let t =
-        Topology::build(bins(), opts).unwrap_or_else(|e| panic!("building the topology: {e:#}"));
-    eprintln!(
-        "[{}] topology up in {:.2}s (dir {})",
-        t.tag,
-        t0.elapsed().as_secs_f64(),
-        t.dir().display()
-    );
+    let t = Topology::build(bins(), opts).unwrap_or_else(|e| panic!("building the topology: {e:#}"));
+    eprintln!("[{}] topology up in {:.2}s (dir {})", t.tag, t0.elapsed().as_secs_f64(), t.dir().display());
     t
 }
 

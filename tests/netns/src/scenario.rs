@@ -1,0 +1,116 @@
+//! Pieces the failover scenarios and the demo share: both ingress nodes started with the standard
+//! config, the standard load, and reading what happened per path (counts, detection times).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::ingress::{names, IngressConfig};
+use crate::loadgen::{LoadConfig, Record};
+use crate::topology::{addr, Role, Topology};
+use crate::wait::{check, wait_until};
+
+/// The echo service on each ingress node, as DNS would list them.
+pub fn ingress_targets() -> Vec<SocketAddr> {
+    vec![SocketAddr::from((addr::INGRESS1, addr::ECHO_PORT)), SocketAddr::from((addr::INGRESS2, addr::ECHO_PORT))]
+}
+
+/// Starts `ingress` on both ingress nodes with [`IngressConfig::standard`] (mesh path = home's
+/// yggdrasil address) and waits until each reports wan1 and wan2 up.
+pub fn start_ingresses(t: &mut Topology) -> Result<IngressConfig> {
+    let cfg = IngressConfig::standard(t.home_mesh_addr());
+    for role in [Role::Ingress1, Role::Ingress2] {
+        t.start_ingress(role, &cfg)?;
+    }
+    for role in [Role::Ingress1, Role::Ingress2] {
+        wait_paths(t, role, &[("wan1", true), ("wan2", true)], Duration::from_secs(10))?;
+    }
+    Ok(cfg)
+}
+
+/// Waits until `ingress_path_up` of each listed path in `role` is as wanted.
+pub fn wait_paths(t: &Topology, role: Role, want: &[(&str, bool)], timeout: Duration) -> Result<()> {
+    wait_until(&format!("paths {want:?} in {}", role.as_str()), timeout, Duration::from_millis(50), || {
+        let m = t.scrape(role)?;
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(p, up)| m.get(names::PATH_UP, &[("path", p)]) != Some(if *up { 1.0 } else { 0.0 }))
+            .map(|(p, _)| format!("{p}={:?}", m.get(names::PATH_UP, &[("path", p)])))
+            .collect();
+        check(wrong.is_empty(), || format!("ingress_path_up: {}", wrong.join(", ")))
+    })
+}
+
+/// New connections to both ingress nodes every `interval` for `duration`, falling back to the
+/// other node on a failed connect (a client with both DNS answers).
+pub fn standard_load(interval: Duration, duration: Duration) -> LoadConfig {
+    LoadConfig {
+        targets: ingress_targets(),
+        interval,
+        duration,
+        connect_timeout: Duration::from_secs(2),
+        io_timeout: Duration::from_secs(5),
+        slow: Duration::from_millis(500),
+        fallback: true,
+        rotate: true,
+        ..Default::default()
+    }
+}
+
+/// Ok connections per path (wan1, wan2, mesh, ...) among `records` started in `[from, to)`
+/// (Unix ms).
+pub fn path_counts(t: &Topology, records: &[Record], from: u64, to: u64) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    for r in records.iter().filter(|r| r.ok && r.start_ms >= from && r.start_ms < to) {
+        let path = r.backend.as_deref().map(|b| t.path_of(b)).unwrap_or("unknown");
+        *m.entry(path).or_default() += 1;
+    }
+    m
+}
+
+/// Start time (Unix ms) of the last ok connection carried by `path`.
+pub fn last_on_path(t: &Topology, records: &[Record], path: &str) -> Option<u64> {
+    records
+        .iter()
+        .filter(|r| r.ok && r.backend.as_deref().is_some_and(|b| t.path_of(b) == path))
+        .map(|r| r.start_ms)
+        .max()
+}
+
+/// Start time of the first ok connection on `path` started at or after `from`.
+pub fn first_on_path_after(t: &Topology, records: &[Record], path: &str, from: u64) -> Option<u64> {
+    records
+        .iter()
+        .filter(|r| r.ok && r.start_ms >= from && r.backend.as_deref().is_some_and(|b| t.path_of(b) == path))
+        .map(|r| r.start_ms)
+        .min()
+}
+
+/// Failed connections, one line each (for assertion messages).
+pub fn describe_failures(records: &[Record], since: u64) -> String {
+    records
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| {
+            format!(
+                "  +{}ms {} -> {}: {}",
+                r.start_ms.saturating_sub(since),
+                r.seq,
+                r.target.as_deref().unwrap_or("-"),
+                r.error.as_deref().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A sum of a per-path counter over both ingress nodes.
+pub fn metric_sum(t: &Topology, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let mut total = 0.0;
+    for role in [Role::Ingress1, Role::Ingress2] {
+        total += t.scrape(role).with_context(|| format!("scraping {}", role.as_str()))?.sum(name, labels);
+    }
+    Ok(total)
+}
