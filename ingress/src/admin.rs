@@ -40,17 +40,9 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..n]);
     let target = head.split_whitespace().nth(1).unwrap_or("/");
     let (status, ctype, body) = match target {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            crate::metrics::render(),
-        ),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", crate::metrics::render()),
         "/status" => ("200 OK", "text/plain", status_text(shared)),
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics or /status\n".to_owned(),
-        ),
+        _ => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_owned()),
     };
     let resp = format!(
         "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -65,12 +57,7 @@ fn status_text(shared: &Shared) -> String {
     let rt = shared.runtime();
     let mut out = String::new();
     for pool in rt.pools.values() {
-        let _ = writeln!(
-            out,
-            "pool {} tier={}",
-            pool.name,
-            if pool.on_mesh() { "mesh" } else { "wan" }
-        );
+        let _ = writeln!(out, "pool {} tier={}", pool.name, if pool.on_mesh() { "mesh" } else { "wan" });
         for p in &pool.paths {
             let h = p.health_snapshot();
             let _ = writeln!(

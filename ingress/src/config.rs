@@ -198,35 +198,22 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         if !path.exists() {
-            return Err(ConfigError {
-                file,
-                problems: vec!["file not found".into()],
-            });
+            return Err(ConfigError { file, problems: vec!["file not found".into()] });
         }
-        let raw: RawConfig = Figment::new()
-            .merge(Toml::file(path))
-            .merge(Env::prefixed("INGRESS_").split("__"))
-            .extract()
-            .map_err(|e| ConfigError {
-                file: file.clone(),
-                problems: e.into_iter().map(|e| e.to_string()).collect(),
-            })?;
+        let raw: RawConfig =
+            Figment::new().merge(Toml::file(path)).merge(Env::prefixed("INGRESS_").split("__")).extract().map_err(
+                |e| ConfigError { file: file.clone(), problems: e.into_iter().map(|e| e.to_string()).collect() },
+            )?;
         validate(raw).map_err(|problems| ConfigError { file, problems })
     }
 
     /// Parse TOML text (no environment overrides); used by tests.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = Figment::new()
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError {
-                file: "<string>".into(),
-                problems: e.into_iter().map(|e| e.to_string()).collect(),
-            })?;
-        validate(raw).map_err(|problems| ConfigError {
+        let raw: RawConfig = Figment::new().merge(Toml::string(text)).extract().map_err(|e| ConfigError {
             file: "<string>".into(),
-            problems,
-        })
+            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        })?;
+        validate(raw).map_err(|problems| ConfigError { file: "<string>".into(), problems })
     }
 }
 
@@ -257,25 +244,18 @@ impl Problems {
 fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut p = Problems(Vec::new());
 
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| match a.listen.parse::<SocketAddr>() {
-            Ok(sa) => Some(sa),
-            Err(_) => {
-                p.push(format!("admin.listen: `{}` is not IP:PORT", a.listen));
-                None
-            }
-        });
+    let admin = raw.admin.as_ref().and_then(|a| match a.listen.parse::<SocketAddr>() {
+        Ok(sa) => Some(sa),
+        Err(_) => {
+            p.push(format!("admin.listen: `{}` is not IP:PORT", a.listen));
+            None
+        }
+    });
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
     if max_connections == 0 {
         p.push("limits.max_connections: must be above zero".into());
     }
-    let drain_timeout = p.dur(
-        "limits.drain_timeout",
-        &raw.limits.drain_timeout,
-        Duration::from_secs(30),
-    );
+    let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, Duration::from_secs(30));
 
     let mut pools = BTreeMap::new();
     for (name, rp) in &raw.pool {
@@ -283,72 +263,41 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         let mut paths = Vec::new();
         let mut names = HashSet::new();
         if rp.paths.is_empty() && rp.mesh.is_none() {
-            p.push(format!(
-                "pool.{name}: needs at least one entry in `paths` or a `mesh` address"
-            ));
+            p.push(format!("pool.{name}: needs at least one entry in `paths` or a `mesh` address"));
         }
         for (i, rpath) in rp.paths.iter().enumerate() {
             let field = format!("pool.{name}.paths[{i}]");
             if rpath.name.is_empty() || rpath.name == "mesh" {
-                p.push(format!(
-                    "{field}.name: must be non-empty and not `mesh` (reserved for the mesh tier)"
-                ));
+                p.push(format!("{field}.name: must be non-empty and not `mesh` (reserved for the mesh tier)"));
             }
             if !names.insert(rpath.name.clone()) {
-                p.push(format!(
-                    "{field}.name: `{}` is used twice in this pool",
-                    rpath.name
-                ));
+                p.push(format!("{field}.name: `{}` is used twice in this pool", rpath.name));
             }
             let weight = rpath.weight.unwrap_or(1);
             if weight == 0 || weight > 1000 {
                 p.push(format!("{field}.weight: must be 1..=1000 (got {weight})"));
             }
             match parse_host_port(&rpath.address) {
-                Ok((ip, port)) => paths.push(PathConfig {
-                    name: rpath.name.clone(),
-                    ip,
-                    port,
-                    weight,
-                }),
+                Ok((ip, port)) => paths.push(PathConfig { name: rpath.name.clone(), ip, port, weight }),
                 Err(e) => p.push(format!("{field}.address: {e}")),
             }
         }
         let mesh = rp.mesh.as_ref().and_then(|m| match parse_host_port(m) {
-            Ok((ip, port)) => Some(PathConfig {
-                name: "mesh".into(),
-                ip,
-                port,
-                weight: 1,
-            }),
+            Ok((ip, port)) => Some(PathConfig { name: "mesh".into(), ip, port, weight: 1 }),
             Err(e) => {
                 p.push(format!("{}: {e}", f("mesh")));
                 None
             }
         });
-        let connect_timeout = p.dur(
-            &f("connect_timeout"),
-            &rp.connect_timeout,
-            Duration::from_millis(300),
-        );
-        let final_connect_timeout = p.dur(
-            &f("final_connect_timeout"),
-            &rp.final_connect_timeout,
-            Duration::from_secs(3),
-        );
+        let connect_timeout = p.dur(&f("connect_timeout"), &rp.connect_timeout, Duration::from_millis(300));
+        let final_connect_timeout =
+            p.dur(&f("final_connect_timeout"), &rp.final_connect_timeout, Duration::from_secs(3));
         let max_attempts = rp.max_attempts.unwrap_or(3);
         if max_attempts == 0 || max_attempts > 10 {
-            p.push(format!(
-                "{}: must be 1..=10 (got {max_attempts})",
-                f("max_attempts")
-            ));
+            p.push(format!("{}: must be 1..=10 (got {max_attempts})", f("max_attempts")));
         }
         let h = &rp.health;
-        let interval = p.dur(
-            &f("health.interval"),
-            &h.interval,
-            Duration::from_millis(500),
-        );
+        let interval = p.dur(&f("health.interval"), &h.interval, Duration::from_millis(500));
         let timeout = p.dur(&f("health.timeout"), &h.timeout, Duration::from_millis(400));
         let rise = h.rise.unwrap_or(2);
         let fall = h.fall.unwrap_or(2);
@@ -366,55 +315,30 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 host: h.http_host.clone().unwrap_or_else(|| "localhost".into()),
             },
             other => {
-                p.push(format!(
-                    "{}: `{other}` is not one of tcp, proxy-v2, http",
-                    f("health.check")
-                ));
+                p.push(format!("{}: `{other}` is not one of tcp, proxy-v2, http", f("health.check")));
                 CheckKind::Tcp
             }
         };
-        if !matches!(check, CheckKind::Http { .. })
-            && (h.http_path.is_some() || h.http_host.is_some())
-        {
-            p.push(format!(
-                "{}: http_path/http_host need check = \"http\"",
-                f("health")
-            ));
+        if !matches!(check, CheckKind::Http { .. }) && (h.http_path.is_some() || h.http_host.is_some()) {
+            p.push(format!("{}: http_path/http_host need check = \"http\"", f("health")));
         }
         // The probe port defaults to the first port of the first service using the pool.
         let port = h.port.or_else(|| {
-            raw.service
-                .iter()
-                .filter(|s| &s.pool == name)
-                .find_map(|s| {
-                    s.upstream_port.or_else(|| {
-                        s.listen
-                            .first()
-                            .and_then(|l| l.parse::<ListenSpec>().ok())
-                            .map(|l| l.ports.first)
-                    })
-                })
+            raw.service.iter().filter(|s| &s.pool == name).find_map(|s| {
+                s.upstream_port
+                    .or_else(|| s.listen.first().and_then(|l| l.parse::<ListenSpec>().ok()).map(|l| l.ports.first))
+            })
         });
         let port = match port {
             Some(port) if port != 0 => port,
             _ => {
                 if paths.iter().chain(mesh.iter()).any(|p| p.port.is_none()) {
-                    p.push(format!(
-                        "{}: set a port to probe (no service gives one)",
-                        f("health.port")
-                    ));
+                    p.push(format!("{}: set a port to probe (no service gives one)", f("health.port")));
                 }
                 0
             }
         };
-        let health = HealthConfig {
-            interval,
-            timeout,
-            rise,
-            fall,
-            port,
-            check,
-        };
+        let health = HealthConfig { interval, timeout, rise, fall, port, check };
         pools.insert(
             name.clone(),
             PoolConfig {
@@ -433,11 +357,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut service_names = HashSet::new();
     let mut bound: HashSet<(Protocol, IpAddr, u16)> = HashSet::new();
     for (i, rs) in raw.service.iter().enumerate() {
-        let field = if rs.name.is_empty() {
-            format!("service[{i}]")
-        } else {
-            format!("service `{}`", rs.name)
-        };
+        let field = if rs.name.is_empty() { format!("service[{i}]") } else { format!("service `{}`", rs.name) };
         if rs.name.is_empty() {
             p.push(format!("{field}.name: must not be empty"));
         }
@@ -475,13 +395,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             match l.parse::<ListenSpec>() {
                 Ok(spec) => {
                     if !spec.ports.is_single() && rs.upstream_port.is_some() {
-                        p.push(format!("{field}.upstream_port: cannot be set with the port range `{l}` (port N forwards to N)"));
+                        p.push(format!(
+                            "{field}.upstream_port: cannot be set with the port range `{l}` (port N forwards to N)"
+                        ));
                     }
                     for port in spec.ports.iter() {
                         if port != 0 && !bound.insert((protocol, spec.ip, port)) {
-                            p.push(format!(
-                                "{field}.listen[{j}]: {l} overlaps another listener on port {port}"
-                            ));
+                            p.push(format!("{field}.listen[{j}]: {l} overlaps another listener on port {port}"));
                             break;
                         }
                     }
@@ -494,39 +414,23 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             "none" => false,
             "v2" => true,
             other => {
-                p.push(format!(
-                    "{field}.proxy_protocol: `{other}` is not none or v2"
-                ));
+                p.push(format!("{field}.proxy_protocol: `{other}` is not none or v2"));
                 false
             }
         };
         if proxy_protocol && protocol == Protocol::Udp {
-            p.push(format!(
-                "{field}.proxy_protocol: only tcp services send a PROXY header"
-            ));
+            p.push(format!("{field}.proxy_protocol: only tcp services send a PROXY header"));
         }
-        let default_idle = if protocol == Protocol::Udp {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_secs(3600)
-        };
-        let idle_timeout = p.dur(
-            &format!("{field}.idle_timeout"),
-            &rs.idle_timeout,
-            default_idle,
-        );
+        let default_idle = if protocol == Protocol::Udp { Duration::from_secs(60) } else { Duration::from_secs(3600) };
+        let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle);
         if rs.max_flows == Some(0) {
             p.push(format!("{field}.max_flows: must be above zero"));
         }
         if rs.max_flows.is_some() && protocol != Protocol::Udp {
-            p.push(format!(
-                "{field}.max_flows: only udp services have flows (use max_connections)"
-            ));
+            p.push(format!("{field}.max_flows: only udp services have flows (use max_connections)"));
         }
         if rs.max_connections.is_some() && protocol == Protocol::Udp {
-            p.push(format!(
-                "{field}.max_connections: udp services are capped by max_flows"
-            ));
+            p.push(format!("{field}.max_connections: udp services are capped by max_flows"));
         }
         if rs.max_connections == Some(0) {
             p.push(format!("{field}.max_connections: must be above zero"));
@@ -548,13 +452,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         p.push("service: at least one [[service]] is needed".into());
     }
     if p.0.is_empty() {
-        Ok(Config {
-            admin,
-            max_connections,
-            drain_timeout,
-            pools,
-            services,
-        })
+        Ok(Config { admin, max_connections, drain_timeout, pools, services })
     } else {
         Err(p.0)
     }

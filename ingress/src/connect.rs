@@ -34,31 +34,20 @@ pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), U
         let is_last = attempts == pool.cfg.max_attempts || pool.remaining(tried) == 0;
         // Short while another path can take over; long enough on the last try for a lost
         // SYN to be retransmitted (after 1 s) rather than failing the client.
-        let timeout = if is_last {
-            pool.cfg.final_connect_timeout
-        } else {
-            pool.cfg.connect_timeout
-        };
+        let timeout = if is_last { pool.cfg.final_connect_timeout } else { pool.cfg.connect_timeout };
         let addr = path.addr(port);
         let start = Instant::now();
         let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {}", fmt_ms(timeout)),
-            )),
+            Err(_) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {}", fmt_ms(timeout))))
+            }
         };
         match result {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 path.state.m_connects.increment(1);
-                pool.record(
-                    index,
-                    Outcome::Ok {
-                        latency: start.elapsed(),
-                    },
-                    Source::Traffic,
-                );
+                pool.record(index, Outcome::Ok { latency: start.elapsed() }, Source::Traffic);
                 return Ok((stream, path.clone()));
             }
             Err(e) => {

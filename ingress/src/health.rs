@@ -11,9 +11,8 @@ use tokio::net::TcpStream;
 use crate::config::CheckKind;
 
 /// A PROXY v2 header with the LOCAL command: "a health check, no client behind it".
-const PROXY_V2_LOCAL: [u8; 16] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00,
-];
+const PROXY_V2_LOCAL: [u8; 16] =
+    [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00];
 
 /// How a probe or a connect went.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,13 +52,7 @@ impl Default for HealthState {
     fn default() -> Self {
         // Start up, like HAProxy: a fresh process serves at once and the first failed
         // checks take a dead path out.
-        Self {
-            up: true,
-            ok_run: 0,
-            fail_run: 0,
-            fail_avg: 0.0,
-            latency_avg: None,
-        }
+        Self { up: true, ok_run: 0, fail_run: 0, fail_avg: 0.0, latency_avg: None }
     }
 }
 
@@ -84,16 +77,12 @@ impl HealthState {
                 self.fail_avg *= 1.0 - alpha;
                 self.latency_avg = Some(match self.latency_avg {
                     None => latency,
-                    Some(avg) => avg
-                        .mul_f64(1.0 - alpha * 1.5)
-                        .saturating_add(latency.mul_f64(alpha * 1.5)),
+                    Some(avg) => avg.mul_f64(1.0 - alpha * 1.5).saturating_add(latency.mul_f64(alpha * 1.5)),
                 });
                 self.fail_run = 0;
                 self.ok_run = self.ok_run.saturating_add(1);
                 // Only probes bring a path back: a lucky connect is not a recovery.
-                if !self.up
-                    && (source == Source::Probe || self.ok_run >= rise.saturating_mul(2))
-                    && self.ok_run >= rise
+                if !self.up && (source == Source::Probe || self.ok_run >= rise.saturating_mul(2)) && self.ok_run >= rise
                 {
                     self.up = true;
                     return Some(Transition::WentUp);
@@ -120,9 +109,7 @@ impl HealthState {
         // A floor of 2 ms keeps sub-millisecond jitter on fast links from mattering.
         let floor = Duration::from_millis(2);
         let lat = match (best, self.latency_avg) {
-            (Some(best), Some(own)) => {
-                ((best + floor).as_secs_f64() / (own + floor).as_secs_f64()).clamp(0.1, 1.0)
-            }
+            (Some(best), Some(own)) => ((best + floor).as_secs_f64() / (own + floor).as_secs_f64()).clamp(0.1, 1.0),
             _ => 1.0,
         };
         (loss * lat).clamp(0.02, 1.0)
@@ -142,7 +129,9 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
                 s.shutdown().await.ok()?;
             }
             CheckKind::Http { path, host } => {
-                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ingress-health\r\nConnection: close\r\n\r\n");
+                let req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ingress-health\r\nConnection: close\r\n\r\n"
+                );
                 s.write_all(req.as_bytes()).await.ok()?;
                 let mut buf = [0u8; 64];
                 let mut n = 0;
@@ -173,71 +162,43 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
 mod tests {
     use super::*;
 
-    const OK: Outcome = Outcome::Ok {
-        latency: Duration::from_millis(1),
-    };
+    const OK: Outcome = Outcome::Ok { latency: Duration::from_millis(1) };
 
     #[test]
     fn fall_and_rise_hysteresis() {
         let mut s = HealthState::default();
         assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), None);
-        assert_eq!(
-            s.record(Outcome::Failed, Source::Probe, 2, 2, true),
-            Some(Transition::WentDown)
-        );
+        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), Some(Transition::WentDown));
         assert_eq!(s.record(OK, Source::Probe, 2, 2, true), None);
         assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), None);
         assert_eq!(s.record(OK, Source::Probe, 2, 2, true), None);
-        assert_eq!(
-            s.record(OK, Source::Probe, 2, 2, true),
-            Some(Transition::WentUp)
-        );
+        assert_eq!(s.record(OK, Source::Probe, 2, 2, true), Some(Transition::WentUp));
     }
 
     #[test]
     fn last_usable_path_survives_traffic_failures() {
         let mut s = HealthState::default();
         for _ in 0..10 {
-            assert_eq!(
-                s.record(Outcome::Failed, Source::Traffic, 2, 2, false),
-                None
-            );
+            assert_eq!(s.record(Outcome::Failed, Source::Traffic, 2, 2, false), None);
         }
         assert!(s.up);
         // ...but probes still take it down.
-        assert_eq!(
-            s.record(Outcome::Failed, Source::Probe, 2, 2, false),
-            Some(Transition::WentDown)
-        );
+        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, false), Some(Transition::WentDown));
     }
 
     #[test]
     fn traffic_alone_needs_more_to_bring_a_path_back() {
-        let mut s = HealthState {
-            up: false,
-            ..Default::default()
-        };
+        let mut s = HealthState { up: false, ..Default::default() };
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
-        assert_eq!(
-            s.record(OK, Source::Traffic, 2, 2, true),
-            Some(Transition::WentUp)
-        );
+        assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), Some(Transition::WentUp));
     }
 
     #[test]
     fn factor_falls_with_failures_and_latency() {
         let mut s = HealthState::default();
-        s.record(
-            Outcome::Ok {
-                latency: Duration::from_millis(1),
-            },
-            Source::Probe,
-            2,
-            2,
-            true,
-        );
+        s.record(Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe, 2, 2, true);
         assert!((s.factor(Some(Duration::from_millis(1))) - 1.0).abs() < 1e-9);
         let clean = s.factor(None);
         for _ in 0..3 {
@@ -246,15 +207,7 @@ mod tests {
         let lossy = s.factor(None);
         assert!(lossy < clean && lossy > 0.5, "{lossy}");
         let mut slow = HealthState::default();
-        slow.record(
-            Outcome::Ok {
-                latency: Duration::from_millis(40),
-            },
-            Source::Probe,
-            2,
-            2,
-            true,
-        );
+        slow.record(Outcome::Ok { latency: Duration::from_millis(40) }, Source::Probe, 2, 2, true);
         let f = slow.factor(Some(Duration::from_millis(1)));
         assert!(f < 0.2 && f >= 0.02, "{f}");
     }

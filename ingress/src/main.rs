@@ -8,18 +8,10 @@ use ingress::{Config, Server};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Multi-WAN ingress load balancer with Yggdrasil mesh fallback"
-)]
+#[command(version, about = "Multi-WAN ingress load balancer with Yggdrasil mesh fallback")]
 struct Cli {
     /// Config file (TOML). Environment overrides: INGRESS_<SECTION>__<KEY>.
-    #[arg(
-        short,
-        long,
-        global = true,
-        default_value = "/etc/ingress/ingress.toml"
-    )]
+    #[arg(short, long, global = true, default_value = "/etc/ingress/ingress.toml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,10 +26,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INGRESS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     let config = match Config::load(&cli.config) {
@@ -48,18 +37,10 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        println!(
-            "{}: ok ({} pool(s), {} service(s))",
-            cli.config.display(),
-            config.pools.len(),
-            config.services.len()
-        );
+        println!("{}: ok ({} pool(s), {} service(s))", cli.config.display(), config.pools.len(), config.services.len());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

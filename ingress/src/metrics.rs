@@ -34,9 +34,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// Install the process-wide recorder once; later calls (tests running several servers in
 /// one process) reuse it.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
-        .as_ref()
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).as_ref()
 }
 
 /// The Prometheus text exposition of every metric.

@@ -47,19 +47,11 @@ impl PathState {
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
             m_bytes_up: counter!(
                 m::PATH_BYTES,
-                &[
-                    ("pool", pool.to_owned()),
-                    ("path", path.to_owned()),
-                    ("direction", "up".to_owned())
-                ]
+                &[("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", "up".to_owned())]
             ),
             m_bytes_down: counter!(
                 m::PATH_BYTES,
-                &[
-                    ("pool", pool.to_owned()),
-                    ("path", path.to_owned()),
-                    ("direction", "down".to_owned())
-                ]
+                &[("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", "down".to_owned())]
             ),
             m_up: gauge!(m::PATH_UP, &labels),
             m_factor: gauge!(m::PATH_HEALTH_FACTOR, &labels),
@@ -101,11 +93,7 @@ impl Path {
         f64::from(self.weight) * self.factor()
     }
     pub fn health_snapshot(&self) -> HealthState {
-        self.state
-            .health
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default()
+        self.state.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
 }
 
@@ -125,12 +113,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let n = self
-            .0
-            .state
-            .active
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
+        let n = self.0.state.active.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         self.0.state.m_active.set(n as f64);
     }
 }
@@ -167,12 +150,7 @@ impl Pool {
             let reuse = previous.and_then(|prev| {
                 prev.paths
                     .iter()
-                    .find(|p| {
-                        &*p.name == pc.name
-                            && p.ip == pc.ip
-                            && p.fixed_port == pc.port
-                            && p.is_mesh == is_mesh
-                    })
+                    .find(|p| &*p.name == pc.name && p.ip == pc.ip && p.fixed_port == pc.port && p.is_mesh == is_mesh)
                     .map(|p| p.state.clone())
             });
             Arc::new(Path {
@@ -200,10 +178,7 @@ impl Pool {
             paths,
             cfg,
         };
-        pool.on_mesh.store(
-            previous.is_some_and(|p| p.on_mesh.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        pool.on_mesh.store(previous.is_some_and(|p| p.on_mesh.load(Ordering::Relaxed)), Ordering::Relaxed);
         pool.refresh_tier();
         pool
     }
@@ -223,15 +198,12 @@ impl Pool {
         if let Some(i) = self.mesh_index().filter(|&i| !tried.contains(i)) {
             return Some((i, &self.paths[i]));
         }
-        self.weighted_p2c(wan, |i, _| !tried.contains(i))
-            .map(|i| (i, &self.paths[i]))
+        self.weighted_p2c(wan, |i, _| !tried.contains(i)).map(|i| (i, &self.paths[i]))
     }
 
     /// How many paths `pick` could still offer after `tried`.
     pub fn remaining(&self, tried: Tried) -> usize {
-        (0..self.paths.len())
-            .filter(|&i| !tried.contains(i))
-            .count()
+        (0..self.paths.len()).filter(|&i| !tried.contains(i)).count()
     }
 
     fn mesh_index(&self) -> Option<usize> {
@@ -240,17 +212,8 @@ impl Pool {
 
     /// Two weighted random draws; the less loaded (per unit of weight) wins, ties to the
     /// first draw so light load still follows the weights.
-    fn weighted_p2c(
-        &self,
-        set: &[Arc<Path>],
-        ok: impl Fn(usize, &Arc<Path>) -> bool,
-    ) -> Option<usize> {
-        let total: f64 = set
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| ok(*i, p))
-            .map(|(_, p)| p.effective())
-            .sum();
+    fn weighted_p2c(&self, set: &[Arc<Path>], ok: impl Fn(usize, &Arc<Path>) -> bool) -> Option<usize> {
+        let total: f64 = set.iter().enumerate().filter(|(i, p)| ok(*i, p)).map(|(_, p)| p.effective()).sum();
         if total <= 0.0 {
             return None;
         }
@@ -286,11 +249,7 @@ impl Pool {
         };
         let HealthConfig { rise, fall, .. } = self.cfg.health;
         // A real connect failing may take a path down only if something else can serve.
-        let others_usable = self
-            .paths
-            .iter()
-            .enumerate()
-            .any(|(i, p)| i != index && p.is_up());
+        let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
         let transition = match path.state.health.lock() {
             Ok(mut h) => h.record(outcome, source, rise, fall, others_usable),
             Err(_) => None,
@@ -325,14 +284,8 @@ impl Pool {
             .min();
         for (p, h) in self.paths.iter().zip(&snaps) {
             // The mesh is judged on its own: it is never compared with a WAN.
-            let f = if p.is_mesh {
-                h.factor(None)
-            } else {
-                h.factor(best)
-            };
-            p.state
-                .factor
-                .store((f as f32).to_bits(), Ordering::Relaxed);
+            let f = if p.is_mesh { h.factor(None) } else { h.factor(best) };
+            p.state.factor.store((f as f32).to_bits(), Ordering::Relaxed);
             p.state.m_factor.set(f);
         }
     }
@@ -365,10 +318,7 @@ impl Pool {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let probes = self
-                .paths
-                .iter()
-                .map(|p| crate::health::probe(p.addr(default_port), &hc.check, hc.timeout));
+            let probes = self.paths.iter().map(|p| crate::health::probe(p.addr(default_port), &hc.check, hc.timeout));
             let outcomes = join_all(probes).await;
             for (i, o) in outcomes.into_iter().enumerate() {
                 self.record(i, o, Source::Probe);
@@ -380,9 +330,7 @@ impl Pool {
 
 /// Await a handful of futures concurrently, results in input order (pools are small; no
 /// extra crate needed).
-async fn join_all<F: std::future::Future<Output = Outcome>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<Outcome> {
+async fn join_all<F: std::future::Future<Output = Outcome>>(futs: impl Iterator<Item = F>) -> Vec<Outcome> {
     let mut pending: Vec<_> = futs.map(Box::pin).enumerate().collect();
     let mut results = vec![Outcome::Failed; pending.len()];
     std::future::poll_fn(|cx| {

@@ -37,8 +37,7 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     fn last(&self) -> Instant {
         self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
@@ -53,10 +52,7 @@ pub async fn relay(
     up_bytes: &Counter,
     down_bytes: &Counter,
 ) -> (End, Totals) {
-    let activity = Activity {
-        epoch: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
+    let activity = Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) };
     let up_total = AtomicU64::new(0);
     let down_total = AtomicU64::new(0);
     let both = async {
@@ -81,10 +77,7 @@ pub async fn relay(
         },
         _ = watchdog => End::Idle,
     };
-    let totals = Totals {
-        up: up_total.load(Ordering::Relaxed),
-        down: down_total.load(Ordering::Relaxed),
-    };
+    let totals = Totals { up: up_total.load(Ordering::Relaxed), down: down_total.load(Ordering::Relaxed) };
     (end, totals)
 }
 
@@ -111,17 +104,16 @@ async fn one_way(
         // source has nothing more, so idle connections hold none.
         let pipe = PIPES.take()?;
         loop {
-            let filled =
-                match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
-                    Ok(0) => {
-                        PIPES.give_back(pipe);
-                        shutdown_write(to);
-                        return Ok(());
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                };
+            let filled = match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
+                Ok(0) => {
+                    PIPES.give_back(pipe);
+                    shutdown_write(to);
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
             let mut left = filled;
             while left > 0 {
                 to.writable().await?;

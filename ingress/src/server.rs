@@ -85,12 +85,7 @@ impl Runtime {
                 }),
             );
         }
-        Self {
-            config,
-            pools,
-            services,
-            health_tasks,
-        }
+        Self { config, pools, services, health_tasks }
     }
 }
 
@@ -129,11 +124,7 @@ pub(crate) struct ConnGuard(Arc<Shared>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let n = self
-            .0
-            .open
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
+        let n = self.0.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         self.0.m_open.set(n as f64);
     }
 }
@@ -162,12 +153,7 @@ impl Server {
             m_open: gauge!("ingress_open_connections"),
             stop,
         });
-        let server = Self {
-            shared,
-            stop_tx,
-            listeners: Mutex::new(HashMap::new()),
-            admin_task: Mutex::new(None),
-        };
+        let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };
         server.sync_listeners();
         server.sync_admin(config.admin);
         server
@@ -177,9 +163,7 @@ impl Server {
     pub fn reload(&self, config: Config) {
         let old = self.shared.runtime.load_full();
         if old.config.max_connections != config.max_connections {
-            self.shared
-                .global_limit
-                .store(Arc::new(Semaphore::new(config.max_connections as usize)));
+            self.shared.global_limit.store(Arc::new(Semaphore::new(config.max_connections as usize)));
         }
         let admin = config.admin;
         let rt = Runtime::build(config, Some(&old));
@@ -210,10 +194,7 @@ impl Server {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_task
-            .lock()
-            .ok()
-            .and_then(|a| a.as_ref().map(|(addr, _)| *addr))
+        self.admin_task.lock().ok().and_then(|a| a.as_ref().map(|(addr, _)| *addr))
     }
 
     /// Stop accepting, then wait (up to `deadline`) for established connections to end.
@@ -245,11 +226,7 @@ impl Server {
             for spec in &sc.listen {
                 for addr in spec.addrs() {
                     // Port 0 (tests) binds a fresh port per service, so it is keyed per service.
-                    let key = if addr.port() == 0 {
-                        format!("{addr}#{}", sc.name)
-                    } else {
-                        addr.to_string()
-                    };
+                    let key = if addr.port() == 0 { format!("{addr}#{}", sc.name) } else { addr.to_string() };
                     wanted.insert((sc.protocol, key), (svc.clone(), addr));
                 }
             }
@@ -269,13 +246,7 @@ impl Server {
             }
             let slot = Arc::new(ArcSwap::new(svc));
             let local = Arc::new(Mutex::new(None));
-            let task = tokio::spawn(listen_forever(
-                key.0,
-                addr,
-                slot.clone(),
-                local.clone(),
-                self.shared.clone(),
-            ));
+            let task = tokio::spawn(listen_forever(key.0, addr, slot.clone(), local.clone(), self.shared.clone()));
             map.insert(key, ListenerEntry { slot, local, task });
         }
     }
@@ -296,10 +267,7 @@ impl Server {
                 Ok(l) => {
                     let bound = l.local_addr().unwrap_or(addr);
                     tracing::info!(listen = %bound, "admin listener ready");
-                    *admin = Some((
-                        bound,
-                        tokio::spawn(crate::admin::serve(l, self.shared.clone())),
-                    ));
+                    *admin = Some((bound, tokio::spawn(crate::admin::serve(l, self.shared.clone()))));
                 }
                 Err(e) => tracing::error!(listen = %addr, error = %e, "admin listener cannot bind"),
             }

@@ -68,10 +68,7 @@ pub struct PipePool {
 
 impl PipePool {
     pub const fn new(cap: usize) -> Self {
-        Self {
-            free: Mutex::new(Vec::new()),
-            cap,
-        }
+        Self { free: Mutex::new(Vec::new()), cap }
     }
 
     pub fn take(&self) -> io::Result<Pipe> {

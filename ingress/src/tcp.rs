@@ -36,10 +36,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         };
         let service = slot.load_full();
         let global = shared.global_limit.load_full().try_acquire_owned();
-        let local = service
-            .limit
-            .as_ref()
-            .map(|l| l.clone().try_acquire_owned());
+        let local = service.limit.as_ref().map(|l| l.clone().try_acquire_owned());
         let permits = match (global, local) {
             (Ok(g), None) => (g, None),
             (Ok(g), Some(Ok(l))) => (g, Some(l)),
@@ -85,14 +82,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, service: &Service) {
     let guard = ActiveGuard::new(path);
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
-    let (end, totals) = relay(
-        &client,
-        &upstream,
-        service.cfg.idle_timeout,
-        &path.state.m_bytes_up,
-        &path.state.m_bytes_down,
-    )
-    .await;
+    let (end, totals) =
+        relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
     match end {
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),

@@ -78,12 +78,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let first = slot.load_full();
     let c = Arc::new(Counters::new(&first.cfg.name));
     let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
-    let mut table: FlowTable<Flow> = FlowTable::new(
-        first.cfg.max_flows,
-        first.cfg.idle_timeout.as_millis() as u64,
-    );
-    let sweep_every =
-        (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut table: FlowTable<Flow> = FlowTable::new(first.cfg.max_flows, first.cfg.idle_timeout.as_millis() as u64);
+    let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
     let mut buf = vec![0u8; 65536];
@@ -118,12 +114,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         let svc = slot.load();
         // A flow whose path went down moves on its next datagram, not after the timeout.
         let stale = table.get(&client).is_some_and(|f| {
-            !f.guard.path().is_up()
-                && svc
-                    .pool
-                    .paths
-                    .iter()
-                    .any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
+            !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
         });
         if stale {
             if let Some(f) = table.remove(&client) {
@@ -132,8 +123,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         }
         if table.get(&client).is_none() {
             let port = svc.cfg.upstream_port.unwrap_or(local.port());
-            let Some(flow) = open_flow(&svc.pool, port, client, &socket, &c, now, epoch).await
-            else {
+            let Some(flow) = open_flow(&svc.pool, port, client, &socket, &c, now, epoch).await else {
                 c.drop_no_path.increment(1);
                 continue;
             };
@@ -204,12 +194,7 @@ async fn open_flow(
             guard.path().state.m_bytes_down.clone(),
             epoch,
         ));
-        return Some(Flow {
-            guard,
-            upstream,
-            last,
-            pump,
-        });
+        return Some(Flow { guard, upstream, last, pump });
     }
     None
 }

@@ -25,12 +25,7 @@ pub struct FlowTable<V> {
 
 impl<V: FlowEntry> FlowTable<V> {
     pub fn new(cap: usize, idle_ms: u64) -> Self {
-        Self {
-            flows: HashMap::new(),
-            cap,
-            idle_ms: idle_ms.max(1),
-            last_pressure_sweep: None,
-        }
+        Self { flows: HashMap::new(), cap, idle_ms: idle_ms.max(1), last_pressure_sweep: None }
     }
 
     pub fn len(&self) -> usize {
@@ -51,26 +46,15 @@ impl<V: FlowEntry> FlowTable<V> {
 
     /// Admit a flow. At the cap, flows idle for an eighth of the timeout are evicted first
     /// (at most one such sweep per 100 ms); if none can go, the new flow is refused.
-    pub fn insert(
-        &mut self,
-        client: SocketAddr,
-        flow: V,
-        now: u64,
-        evicted: &mut Vec<V>,
-    ) -> Result<(), Full> {
+    pub fn insert(&mut self, client: SocketAddr, flow: V, now: u64, evicted: &mut Vec<V>) -> Result<(), Full> {
         if self.flows.len() >= self.cap && !self.flows.contains_key(&client) {
-            let may_sweep = self
-                .last_pressure_sweep
-                .is_none_or(|t| now.saturating_sub(t) >= 100);
+            let may_sweep = self.last_pressure_sweep.is_none_or(|t| now.saturating_sub(t) >= 100);
             if !may_sweep {
                 return Err(Full);
             }
             self.last_pressure_sweep = Some(now);
             let threshold = (self.idle_ms / 8).max(1);
-            self.drain_where(
-                |f| now.saturating_sub(f.last_active()) >= threshold,
-                evicted,
-            );
+            self.drain_where(|f| now.saturating_sub(f.last_active()) >= threshold, evicted);
             if self.flows.len() >= self.cap {
                 return Err(Full);
             }
@@ -89,12 +73,7 @@ impl<V: FlowEntry> FlowTable<V> {
 
     /// Remove every flow matching `f` (e.g. pinned to a path that went away).
     pub fn drain_where(&mut self, f: impl Fn(&V) -> bool, out: &mut Vec<V>) {
-        let keys: Vec<SocketAddr> = self
-            .flows
-            .iter()
-            .filter(|(_, v)| f(v))
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<SocketAddr> = self.flows.iter().filter(|(_, v)| f(v)).map(|(k, _)| *k).collect();
         for k in keys {
             if let Some(v) = self.flows.remove(&k) {
                 out.push(v);

@@ -70,12 +70,15 @@ impl Backend {
     }
 
     /// Stop listening and reset every open connection: as dead as a process can be.
-    pub fn kill(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
+    /// Returns once the sockets are really closed (an aborted task may still be running).
+    pub async fn kill(&mut self) {
+        let mut handles: Vec<JoinHandle<()>> = self.task.take().into_iter().collect();
+        handles.extend(self.conns.lock().expect("lock").drain(..));
+        for h in &handles {
+            h.abort();
         }
-        for c in self.conns.lock().expect("lock").drain(..) {
-            c.abort();
+        for h in handles {
+            let _ = h.await;
         }
     }
 
@@ -102,47 +105,40 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
     }
 }
 
 /// Connect through the ingress, read the backend's name line, check an echo round trip.
 pub async fn request(addr: SocketAddr) -> Result<String, String> {
     let fut = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(b"ping\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"ping\n").await.map_err(|e| format!("write: {e}"))?;
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
         while !got.ends_with(b"ping\n") {
             let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
             if n == 0 {
-                return Err(format!(
-                    "closed early after {:?}",
-                    String::from_utf8_lossy(&got)
-                ));
+                return Err(format!("closed early after {:?}", String::from_utf8_lossy(&got)));
             }
             got.extend_from_slice(&buf[..n]);
         }
         let text = String::from_utf8_lossy(&got).to_string();
         Ok(text.lines().next().unwrap_or_default().to_string())
     };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| "timed out".to_string())?
 }
 
 /// Poll `f` until it is true or the deadline passes.
 pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
     while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -157,18 +153,10 @@ pub fn tally(names: &[String]) -> HashMap<String, usize> {
 }
 
 /// A pool + one plain TCP service on 127.0.0.1:0, with paths fixed to backend addresses.
-pub fn config(
-    paths: &[(&str, SocketAddr, u32)],
-    mesh: Option<SocketAddr>,
-    extra_service: &str,
-) -> String {
-    let paths: Vec<String> = paths
-        .iter()
-        .map(|(n, a, w)| format!("{{ name = \"{n}\", address = \"{a}\", weight = {w} }}"))
-        .collect();
-    let mesh = mesh
-        .map(|m| format!("mesh = \"{m}\"\n"))
-        .unwrap_or_default();
+pub fn config(paths: &[(&str, SocketAddr, u32)], mesh: Option<SocketAddr>, extra_service: &str) -> String {
+    let paths: Vec<String> =
+        paths.iter().map(|(n, a, w)| format!("{{ name = \"{n}\", address = \"{a}\", weight = {w} }}")).collect();
+    let mesh = mesh.map(|m| format!("mesh = \"{m}\"\n")).unwrap_or_default();
     // Metrics are process-wide and tests run in parallel: every pool gets its own name.
     static N: AtomicUsize = AtomicUsize::new(0);
     let pool = format!("home{}", N.fetch_add(1, Ordering::Relaxed));
@@ -212,9 +200,7 @@ pub async fn service_addr(server: &ingress::Server, name: &str) -> SocketAddr {
 pub async fn metrics(server: &ingress::Server) -> String {
     let addr = server.admin_addr().expect("admin listener");
     let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .expect("write");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).await.expect("read");
     body
@@ -224,23 +210,12 @@ pub async fn metrics(server: &ingress::Server) -> String {
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 /// The (single) pool of a test server.
 pub fn pool_name(server: &ingress::Server) -> String {
-    server
-        .shared()
-        .runtime()
-        .pools
-        .keys()
-        .next()
-        .cloned()
-        .expect("a pool")
+    server.shared().runtime().pools.keys().next().cloned().expect("a pool")
 }
