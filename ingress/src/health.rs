@@ -209,6 +209,6 @@ mod tests {
         let mut slow = HealthState::default();
         slow.record(Outcome::Ok { latency: Duration::from_millis(40) }, Source::Probe, 2, 2, true);
         let f = slow.factor(Some(Duration::from_millis(1)));
-        assert!(f < 0.2 && f >= 0.02, "{f}");
+        assert!((0.02..0.2).contains(&f), "{f}");
     }
 }

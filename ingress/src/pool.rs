@@ -150,7 +150,7 @@ impl Pool {
             let reuse = previous.and_then(|prev| {
                 prev.paths
                     .iter()
-                    .find(|p| &*p.name == pc.name && p.ip == pc.ip && p.fixed_port == pc.port && p.is_mesh == is_mesh)
+                    .find(|p| *p.name == pc.name && p.ip == pc.ip && p.fixed_port == pc.port && p.is_mesh == is_mesh)
                     .map(|p| p.state.clone())
             });
             Arc::new(Path {

@@ -321,7 +321,7 @@ async fn listen_forever(
             }
             Err(e) => {
                 // Log the first failure and then about once a minute, not every retry.
-                if attempts % 60 == 0 {
+                if attempts.is_multiple_of(60) {
                     tracing::error!(service = %slot.load().cfg.name, listen = %addr, error = %e, "cannot bind; retrying in the background");
                 }
                 attempts += 1;

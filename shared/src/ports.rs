@@ -14,10 +14,7 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        Self {
-            first: port,
-            last: port,
-        }
+        Self { first: port, last: port }
     }
     pub fn is_single(&self) -> bool {
         self.first == self.last
@@ -49,19 +46,13 @@ impl fmt::Display for PortRange {
 impl FromStr for PortRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let parse = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port number (0-65535)"))
-        };
+        let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("`{p}` is not a port number (0-65535)"));
         match s.split_once('-') {
             None => Ok(Self::single(parse(s)?)),
             Some((a, b)) => {
                 let (first, last) = (parse(a)?, parse(b)?);
                 if first > last || first == 0 {
-                    return Err(format!(
-                        "port range `{s}` must be ascending and start above 0"
-                    ));
+                    return Err(format!("port range `{s}` must be ascending and start above 0"));
                 }
                 Ok(Self { first, last })
             }
@@ -96,20 +87,14 @@ impl FromStr for ListenSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (host, ports) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest
-                .split_once("]:")
-                .ok_or_else(|| format!("`{s}`: expected `[IPv6]:PORT` or `[IPv6]:FIRST-LAST`"))?;
+            let (h, p) =
+                rest.split_once("]:").ok_or_else(|| format!("`{s}`: expected `[IPv6]:PORT` or `[IPv6]:FIRST-LAST`"))?;
             (h, p)
         } else {
-            s.rsplit_once(':')
-                .ok_or_else(|| format!("`{s}`: expected `IP:PORT` or `IP:FIRST-LAST`"))?
+            s.rsplit_once(':').ok_or_else(|| format!("`{s}`: expected `IP:PORT` or `IP:FIRST-LAST`"))?
         };
-        let ip = host
-            .parse::<IpAddr>()
-            .map_err(|_| format!("`{host}` in `{s}` is not an IP address"))?;
-        let ports = ports
-            .parse::<PortRange>()
-            .map_err(|e| format!("in `{s}`: {e}"))?;
+        let ip = host.parse::<IpAddr>().map_err(|_| format!("`{host}` in `{s}` is not an IP address"))?;
+        let ports = ports.parse::<PortRange>().map_err(|e| format!("in `{s}`: {e}"))?;
         Ok(Self { ip, ports })
     }
 }
@@ -127,8 +112,7 @@ pub fn parse_host_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
 
 /// Parse a duration such as `500ms`, `2s`, `5m`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like `500ms` or `30s`: {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like `500ms` or `30s`: {e}"))
 }
 
 #[cfg(test)]
