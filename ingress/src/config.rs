@@ -95,6 +95,17 @@ struct RawService {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_flows: Option<u32>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    peek_timeout: Option<String>,
+    peek_max: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    names: Vec<String>,
+    pool: String,
 }
 
 fn default_protocol() -> String {
@@ -190,6 +201,18 @@ pub struct ServiceConfig {
     pub max_connections: Option<u32>,
     /// UDP only: most flows (one upstream socket each) before new clients are dropped.
     pub max_flows: usize,
+    /// `sni`/`http` modes: names (exact or `*.suffix`) to pools; `pool` is the default.
+    pub routes: Vec<RouteConfig>,
+    /// `sni`/`http` modes: how long a client may take to send its ClientHello/request head.
+    pub peek_timeout: Duration,
+    /// `sni`/`http` modes: most bytes read while looking for the name.
+    pub peek_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub names: Vec<String>,
+    pub pool: String,
 }
 
 impl Config {
@@ -200,10 +223,14 @@ impl Config {
         if !path.exists() {
             return Err(ConfigError { file, problems: vec!["file not found".into()] });
         }
-        let raw: RawConfig =
-            Figment::new().merge(Toml::file(path)).merge(Env::prefixed("INGRESS_").split("__")).extract().map_err(
-                |e| ConfigError { file: file.clone(), problems: e.into_iter().map(|e| e.to_string()).collect() },
-            )?;
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("INGRESS_").ignore(&["LOG"]).split("__"))
+            .extract()
+            .map_err(|e| ConfigError {
+                file: file.clone(),
+                problems: e.into_iter().map(|e| e.to_string()).collect(),
+            })?;
         validate(raw).map_err(|problems| ConfigError { file, problems })
     }
 
@@ -435,6 +462,28 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         if rs.max_connections == Some(0) {
             p.push(format!("{field}.max_connections: must be above zero"));
         }
+        if mode == Mode::Plain && (!rs.routes.is_empty() || rs.peek_timeout.is_some() || rs.peek_max.is_some()) {
+            p.push(format!("{field}.routes: routes, peek_timeout and peek_max need mode = \"sni\" or \"http\""));
+        }
+        let mut router = shared::peek::NameRouter::new();
+        for (j, r) in rs.routes.iter().enumerate() {
+            if !raw.pool.contains_key(&r.pool) {
+                p.push(format!("{field}.routes[{j}].pool: no pool named `{}`", r.pool));
+            }
+            if r.names.is_empty() {
+                p.push(format!("{field}.routes[{j}].names: needs at least one name"));
+            }
+            for n in &r.names {
+                if let Err(e) = router.insert(n, ()) {
+                    p.push(format!("{field}.routes[{j}].names: {e}"));
+                }
+            }
+        }
+        let peek_timeout = p.dur(&format!("{field}.peek_timeout"), &rs.peek_timeout, Duration::from_secs(5));
+        let peek_max = rs.peek_max.unwrap_or(16 * 1024);
+        if !(512..=65536).contains(&peek_max) {
+            p.push(format!("{field}.peek_max: must be 512..=65536 bytes (got {peek_max})"));
+        }
         services.push(ServiceConfig {
             name: rs.name.clone(),
             listen,
@@ -446,6 +495,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             idle_timeout,
             max_connections: rs.max_connections,
             max_flows: rs.max_flows.unwrap_or(4096) as usize,
+            routes: rs.routes.iter().map(|r| RouteConfig { names: r.names.clone(), pool: r.pool.clone() }).collect(),
+            peek_timeout,
+            peek_max,
         });
     }
     if services.is_empty() {

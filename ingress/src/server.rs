@@ -22,6 +22,8 @@ use crate::pool::Pool;
 pub struct Service {
     pub cfg: ServiceConfig,
     pub pool: Arc<Pool>,
+    /// `sni`/`http` modes: name → pool, with the service's pool as the default.
+    pub router: shared::peek::NameRouter<Arc<Pool>>,
     /// Per-service connection cap (none: only the global one applies).
     pub limit: Option<Arc<Semaphore>>,
     pub m_accepted: Counter,
@@ -70,12 +72,22 @@ impl Runtime {
                 (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
                 (_, None) => None,
             };
+            let mut router = shared::peek::NameRouter::new();
+            router.set_default(pool.clone());
+            for r in &sc.routes {
+                let Some(target) = pools.get(&r.pool) else { continue };
+                for n in &r.names {
+                    // Validation already refused bad or duplicate patterns.
+                    let _ = router.insert(n, target.clone());
+                }
+            }
             let l = [("service", sc.name.clone())];
             services.insert(
                 sc.name.clone(),
                 Arc::new(Service {
                     cfg: sc.clone(),
                     pool,
+                    router,
                     limit,
                     m_accepted: counter!(m::LISTENER_ACCEPTED, &l),
                     m_refused: counter!(m::LISTENER_REFUSED, &l),

@@ -9,7 +9,12 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::pool::ActiveGuard;
+use shared::peek;
+use shared::proxy_protocol::{write_v2, Command, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Mode;
+use crate::pool::{ActiveGuard, Pool};
 use crate::relay::{relay, End};
 use crate::server::{Service, Shared};
 
@@ -64,14 +69,25 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, service: &Service) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
     let _ = client.set_nodelay(true);
-    let local = match client.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
+    let Ok(local) = client.local_addr() else { return };
     let port = service.cfg.upstream_port.unwrap_or(local.port());
-    let (upstream, path) = match crate::connect::connect(&service.pool, port).await {
+    // Bytes read from the client before connecting upstream (the ClientHello or request
+    // head); they are replayed unchanged.
+    let mut first = Vec::new();
+    let pool = match service.cfg.mode {
+        Mode::Plain => &service.pool,
+        mode => match peek_route(&mut client, mode, service, &mut first).await {
+            Ok(pool) => pool,
+            Err(why) => {
+                service.m_route_failures.increment(1);
+                tracing::debug!(client = %peer, reason = why, "no route; closing");
+                return;
+            }
+        },
+    };
+    let (mut upstream, path) = match crate::connect::connect(pool, port).await {
         Ok(c) => c,
         Err(e) => {
             service.m_unavailable.increment(1);
@@ -82,13 +98,68 @@ async fn handle(client: TcpStream, peer: SocketAddr, service: &Service) {
     let guard = ActiveGuard::new(path);
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
+    if service.cfg.proxy_protocol || !first.is_empty() {
+        let mut head = Vec::with_capacity(64 + first.len());
+        if service.cfg.proxy_protocol {
+            write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
+            // Whatever the client already sent rides in the same segment as the header.
+            if first.is_empty() {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = client.try_read(&mut buf) {
+                    first.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        let sent_first = first.len() as u64;
+        head.extend_from_slice(&first);
+        if let Err(e) = upstream.write_all(&head).await {
+            tracing::debug!(error = %e, "upstream closed before the first bytes");
+            return;
+        }
+        path.state.m_bytes_up.increment(sent_first);
+    }
     let (end, totals) =
         relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
     match end {
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),
-        End::Error(e) => {
-            tracing::debug!(up = totals.up, down = totals.down, error = %e, "ended by error")
-        }
+        End::Error(e) => tracing::debug!(up = totals.up, down = totals.down, error = %e, "ended by error"),
     }
+}
+
+/// Read until the SNI or Host can be decided, bounded in time and size; pick the pool.
+async fn peek_route<'a>(
+    client: &mut TcpStream,
+    mode: Mode,
+    service: &'a Service,
+    buf: &mut Vec<u8>,
+) -> Result<&'a Arc<Pool>, &'static str> {
+    let max = service.cfg.peek_max;
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let parsed = match mode {
+                Mode::Sni => peek::sni(buf, max),
+                _ => peek::host(buf, max),
+            };
+            match parsed {
+                Ok(name) => return service.router.route(name.as_deref()).ok_or("no route for name"),
+                Err(peek::Error::Incomplete) => {}
+                Err(peek::Error::NotTls) => return Err("not TLS"),
+                Err(peek::Error::NotHttp) => return Err("not HTTP"),
+                Err(peek::Error::TooLong) => return Err("hello or head too long"),
+                Err(peek::Error::Malformed) => return Err("malformed hello or head"),
+            }
+            if buf.len() >= max {
+                return Err("hello or head too long");
+            }
+            let want = chunk.len().min(max - buf.len());
+            match client.read(&mut chunk[..want]).await {
+                Ok(0) => return Err("client closed before sending a name"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return Err("read error"),
+            }
+        }
+    };
+    tokio::time::timeout(service.cfg.peek_timeout, read).await.unwrap_or(Err("peek timeout"))
 }

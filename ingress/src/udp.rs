@@ -146,10 +146,20 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         };
         flow.last.store(now, Ordering::Relaxed);
         // Never wait on one upstream: a full send queue drops this datagram, as a router would.
-        match flow.upstream.try_send(&buf[..n]) {
+        match send_now(&flow.upstream, &buf[..n], None) {
             Ok(_) => flow.guard.path().state.m_bytes_up.increment(n as u64),
             Err(_) => c.drop_send.increment(1),
         }
+    }
+}
+
+/// Send without waiting and without tokio's readiness bookkeeping (which reports a fresh
+/// socket as not yet writable): the kernel says WouldBlock only when the queue is full.
+fn send_now(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> std::io::Result<usize> {
+    let s = socket2::SockRef::from(sock);
+    match to {
+        Some(to) => s.send_to(data, &to.into()),
+        None => s.send(data),
     }
 }
 
@@ -219,7 +229,7 @@ async fn pump_replies(
             }
         };
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match listener.try_send_to(&buf[..n], client) {
+        match send_now(&listener, &buf[..n], Some(client)) {
             Ok(_) => {
                 c.dgrams_out.increment(1);
                 c.bytes_out.increment(n as u64);

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// Connections that sent at least one byte (health probes send none).
     pub accepted: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -46,17 +47,23 @@ impl Backend {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
-                accepted.fetch_add(1, Ordering::SeqCst);
                 let name = name.clone();
+                let accepted = accepted.clone();
                 let h = tokio::spawn(async move {
                     if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
                         return;
                     }
                     let mut buf = [0u8; 16384];
+                    let mut counted = false;
                     loop {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
+                                // Health probes send nothing: only clients with data count.
+                                if !counted {
+                                    counted = true;
+                                    accepted.fetch_add(1, Ordering::SeqCst);
+                                }
                                 if s.write_all(&buf[..n]).await.is_err() {
                                     break;
                                 }

@@ -1,0 +1,148 @@
+//! UDP services on loopback: flows pinned to a path, replies from the listening address,
+//! migration when the path goes down, the flow cap.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// A UDP echo that prefixes each reply with its name.
+struct UdpEcho {
+    task: JoinHandle<()>,
+}
+
+impl UdpEcho {
+    async fn start(name: &'static str, addr: SocketAddr) -> Self {
+        let sock = Arc::new(UdpSocket::bind(addr).await.expect("bind udp echo"));
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+                let mut out = format!("{name}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&out, from).await;
+            }
+        });
+        Self { task }
+    }
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn udp_config(wan1: SocketAddr, wan2: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[pool.udp]
+paths = [{{ name = "wan1", address = "{wan1}", weight = 1 }}, {{ name = "wan2", address = "{wan2}", weight = 1 }}]
+health = {{ interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }}
+[[service]]
+name = "udp-echo"
+listen = ["127.0.0.1:0"]
+protocol = "udp"
+pool = "udp"
+idle_timeout = "2s"
+{extra}
+"#
+    )
+}
+
+async fn ask(sock: &UdpSocket, msg: &str) -> Option<String> {
+    sock.send(msg.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_stays_on_its_path_and_moves_when_the_path_dies() {
+    // TCP backends answer the health checks; UDP echoes listen on the same addresses.
+    let mut tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
+    let mut addr = None;
+    wait_until("udp listener", Duration::from_secs(5), || {
+        addr = server.local_addrs("udp-echo").first().copied();
+        addr.is_some()
+    })
+    .await;
+    let addr = addr.expect("bound");
+    // Find a client whose flow landed on wan1 (the pick is random).
+    let mut client = None;
+    for _ in 0..50 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(addr).await.expect("connect");
+        if ask(&c, "hi").await.is_some_and(|r| r.starts_with("wan1:")) {
+            client = Some(c);
+            break;
+        }
+    }
+    let client = client.expect("some flow on wan1");
+    for i in 0..20 {
+        let r = ask(&client, &format!("m{i}")).await.expect("reply");
+        assert_eq!(r, format!("wan1:m{i}"), "a flow stays on its path; replies come from the listener");
+    }
+    tcp1.kill().await;
+    echo1.stop().await;
+    let mut moved = false;
+    for i in 0..100 {
+        if let Some(r) = ask(&client, &format!("n{i}")).await {
+            if r == format!("wan2:n{i}") {
+                moved = true;
+                break;
+            }
+        }
+    }
+    assert!(moved, "flow did not move to wan2");
+    let m = metrics(&server).await;
+    assert!(metric(&m, "ingress_udp_flows_migrated_total", &[("service", "udp-echo"), ("path", "wan1")]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_cap_drops_new_clients_and_counts() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _e1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _e2 = UdpEcho::start("wan2", tcp2.addr).await;
+    // A long idle timeout: nothing is idle enough to be evicted during the test.
+    let toml = udp_config(tcp1.addr, tcp2.addr, "max_flows = 3")
+        .replace("udp-echo", "udp-capped")
+        .replace("idle_timeout = \"2s\"", "idle_timeout = \"60s\"");
+    let server = start(&toml).await;
+    let mut addr = None;
+    wait_until("udp listener", Duration::from_secs(5), || {
+        addr = server.local_addrs("udp-capped").first().copied();
+        addr.is_some()
+    })
+    .await;
+    let addr = addr.expect("bound");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(addr).await.expect("connect");
+        clients.push(c);
+    }
+    let mut answered = 0;
+    for c in &clients {
+        if ask(c, "x").await.is_some() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 3, "only max_flows clients get flows");
+    // The established flows keep working.
+    for c in &clients[..3] {
+        assert!(ask(c, "again").await.is_some());
+    }
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, "ingress_udp_drops_total", &[("service", "udp-capped"), ("reason", "flow_cap")]), 2.0);
+}
