@@ -3,4 +3,19 @@
 //! and a listener on this node's Yggdrasil address for mesh clients.
 #![forbid(unsafe_code)]
 
+mod accept;
+pub mod admin;
+pub mod admission;
+pub mod app;
 pub mod config;
+pub mod http;
+pub mod idle;
+pub mod listeners;
+pub mod mesh;
+pub mod metrics;
+pub mod state;
+pub mod stream;
+pub mod tls;
+pub mod trust;
+
+pub use app::{start, Handle, Server};

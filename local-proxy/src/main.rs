@@ -1,24 +1,24 @@
 //! `local-proxy` binary: command line, logging, signals; the work is in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use local_proxy::{config, listeners};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How long established connections may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(
-    name = "local-proxy",
-    version,
-    about = "Home half of the multi-WAN ingress"
-)]
+#[command(name = "local-proxy", version, about = "Home half of the multi-WAN ingress")]
 struct Cli {
     /// Configuration file (TOML); LOCAL_PROXY_* environment variables override it.
-    #[arg(
-        short,
-        long,
-        global = true,
-        default_value = "/etc/local-proxy/local-proxy.toml"
-    )]
+    #[arg(short, long, global = true, default_value = "/etc/local-proxy/local-proxy.toml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,14 +33,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match local_proxy::config::load(&cli.config) {
-            Ok(config) => {
-                println!(
-                    "{}: ok ({} sites, {} streams)",
-                    cli.config.display(),
-                    config.sites.len(),
-                    config.streams.len()
-                );
+        Some(Command::Check) => match config::load(&cli.config) {
+            Ok(c) => {
+                println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -48,6 +43,79 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => ExitCode::SUCCESS,
+        None => {
+            init_tracing();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(&cli.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn run(path: &Path) -> anyhow::Result<()> {
+    let config = config::load(path).with_context(|| format!("{}", path.display()))?;
+    let mesh = match listeners::mesh_address(&config).await {
+        Ok(m) => m,
+        Err(e) => {
+            // WAN service matters more than the mesh: start without it rather than not at all.
+            warn!(error = %e, "no mesh listener");
+            None
+        }
+    };
+    let bound = listeners::bind(&config, mesh)?;
+    for b in &bound.tcp {
+        if let Ok(addr) = b.listener.local_addr() {
+            info!(listener = listeners::label(b.origin, &b.role), %addr, "listening");
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let server = local_proxy::start(config, bound, shutdown.clone())?;
+    let handle = server.handle();
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    info!(config = %path.display(), "SIGHUP: reloading");
+                    match config::load(&path) {
+                        Ok(new) => {
+                            if let Err(e) = handle.reload(new) {
+                                error!(error = %e, "reload refused; the running config stays");
+                            }
+                        }
+                        Err(e) => {
+                            metrics::counter!(local_proxy::metrics::names::CONFIG_RELOADS, "result" => "invalid").increment(1);
+                            error!("reload refused; the running config stays: {e}");
+                        }
+                    }
+                }
+                _ = term.recv() => { info!("SIGTERM: draining"); shutdown.cancel(); return; }
+                _ = int.recv() => { info!("SIGINT: draining"); shutdown.cancel(); return; }
+            }
+        }
+    });
+    server.wait(DRAIN).await;
+    info!("stopped");
+    Ok(())
 }

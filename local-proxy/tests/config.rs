@@ -11,28 +11,15 @@ fn example_config_loads() {
     let c = config::load(&path).unwrap();
     assert_eq!(c.mesh.listen, MeshListen::Auto);
     assert_eq!(c.http.https_port, 443);
-    assert!(c
-        .sites
-        .iter()
-        .any(|s| s.host == "wazuh.example.org" && s.insecure_skip_verify));
+    assert!(c.sites.iter().any(|s| s.host == "wazuh.example.org" && s.insecure_skip_verify));
     let relay = c.streams.iter().find(|s| s.name == "turn-relay").unwrap();
     assert_eq!(relay.protocol, Protocol::Udp);
     assert_eq!(relay.listen_ports.len(), 41);
     assert_eq!(relay.upstream_for(49170).port(), 49170);
     // The quiet set removes Server; the security set adds HSTS.
-    let cloud = c
-        .sites
-        .iter()
-        .find(|s| s.host == "cloud.example.org")
-        .unwrap();
-    assert!(cloud
-        .response_headers
-        .iter()
-        .any(|(n, v)| n == "server" && v.is_none()));
-    assert!(cloud
-        .response_headers
-        .iter()
-        .any(|(n, _)| n == "strict-transport-security"));
+    let cloud = c.sites.iter().find(|s| s.host == "cloud.example.org").unwrap();
+    assert!(cloud.response_headers.iter().any(|(n, v)| n == "server" && v.is_none()));
+    assert!(cloud.response_headers.iter().any(|(n, _)| n == "strict-transport-security"));
 }
 
 #[test]
@@ -55,23 +42,12 @@ fn every_invalid_file_fails_naming_its_field() {
         seen += 1;
         let text = std::fs::read_to_string(&path).unwrap();
         // First line: `# field: <name>` for each field the error must name.
-        let fields: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# field: "))
-            .collect();
-        assert!(
-            !fields.is_empty(),
-            "{} has no `# field:` line",
-            path.display()
-        );
+        let fields: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# field: ")).collect();
+        assert!(!fields.is_empty(), "{} has no `# field:` line", path.display());
         let err = config::load(&path).expect_err(&format!("{} must fail", path.display()));
         let msg = err.to_string();
         for f in fields {
-            assert!(
-                msg.contains(f),
-                "{}: `{msg}` does not name `{f}`",
-                path.display()
-            );
+            assert!(msg.contains(f), "{}: `{msg}` does not name `{f}`", path.display());
         }
     }
     assert!(seen >= 10, "only {seen} invalid configs");
@@ -90,18 +66,9 @@ fn all_errors_are_reported_at_once() {
         "#,
     )
     .unwrap_err();
-    let ConfigError::Invalid(errors) = err else {
-        panic!("expected Invalid, got {err}")
-    };
+    let ConfigError::Invalid(errors) = err else { panic!("expected Invalid, got {err}") };
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(
-        fields,
-        [
-            "wan.addresses[0]",
-            "wan.proxy_header_timeout",
-            "site[0].upstream"
-        ]
-    );
+    assert_eq!(fields, ["wan.addresses[0]", "wan.proxy_header_timeout", "site[0].upstream"]);
 }
 
 #[test]

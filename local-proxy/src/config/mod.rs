@@ -76,7 +76,9 @@ pub struct Http {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
-    pub keep_alive_timeout: Duration,
+    /// A client connection (h1, h2 or upgraded) with no bytes either way for this long is closed.
+    /// An idle HTTP/1 keep-alive connection is closed earlier, by `header_read_timeout`.
+    pub idle_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     /// Concurrent client connections over all TCP listeners.
@@ -95,7 +97,7 @@ pub struct Tls {
 }
 
 /// One explicit certificate chain and its key, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -210,20 +212,12 @@ pub enum ConfigError {
 }
 
 fn list(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("  - {e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Load and validate `path`, with `LOCAL_PROXY_*` environment overrides on top.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    from_figment(
-        Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__")),
-    )
+    from_figment(Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__")))
 }
 
 /// Validate TOML text without environment overrides (tests, examples).
@@ -233,8 +227,6 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
 
 /// Extract and validate from any figment.
 pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-    let raw: raw::RawConfig = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    let raw: raw::RawConfig = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
     validate::validate(raw).map_err(ConfigError::Invalid)
 }

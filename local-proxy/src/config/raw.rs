@@ -62,7 +62,7 @@ pub struct RawHttp {
     pub tls_handshake_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
-    pub keep_alive_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub upstream_connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub max_connections: Option<u64>,

@@ -11,17 +11,11 @@ use http::{HeaderName, HeaderValue};
 use shared::ports::{parse_duration, parse_host_port, ListenSpec, PortRange};
 
 use super::raw::{RawConfig, RawSite, RawStream};
-use super::{
-    CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream,
-    Wan,
-};
+use super::{CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream, Wan};
 
 /// The predefined `security` header set (a `[header_sets.security]` table replaces it).
 pub const SECURITY_HEADERS: &[(&str, &str)] = &[
-    (
-        "strict-transport-security",
-        "max-age=31536000; includeSubDomains",
-    ),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
     ("x-frame-options", "SAMEORIGIN"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "strict-origin-when-cross-origin"),
@@ -61,10 +55,7 @@ struct Check {
 
 impl Check {
     fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { field: field.into(), message: message.into() });
     }
 
     fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
@@ -107,11 +98,10 @@ impl Check {
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut c = Check::default();
 
-    let admin = raw.admin.listen.as_deref().and_then(|s| {
-        s.parse::<SocketAddr>()
-            .map_err(|_| c.err("admin.listen", format!("`{s}` is not IP:PORT")))
-            .ok()
-    });
+    let admin =
+        raw.admin.listen.as_deref().and_then(|s| {
+            s.parse::<SocketAddr>().map_err(|_| c.err("admin.listen", format!("`{s}` is not IP:PORT"))).ok()
+        });
 
     let wan = Wan {
         addresses: raw
@@ -130,29 +120,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             .enumerate()
             .filter_map(|(i, a)| c.ip(&format!("wan.trusted_ingress[{i}]"), a))
             .collect(),
-        proxy_header_timeout: c.duration(
-            "wan.proxy_header_timeout",
-            raw.wan.proxy_header_timeout.as_deref(),
-            "5s",
-        ),
+        proxy_header_timeout: c.duration("wan.proxy_header_timeout", raw.wan.proxy_header_timeout.as_deref(), "5s"),
     };
 
     let mesh = Mesh {
         listen: match raw.mesh.listen.as_deref() {
             None | Some("off") => MeshListen::Off,
             Some("auto") => MeshListen::Auto,
-            Some(s) => c
-                .ip("mesh.listen", s)
-                .map(MeshListen::Address)
-                .unwrap_or(MeshListen::Off),
+            Some(s) => c.ip("mesh.listen", s).map(MeshListen::Address).unwrap_or(MeshListen::Off),
         },
         admin_endpoint: match raw.mesh.admin_endpoint {
             Some(e) if e.starts_with("unix://") || e.starts_with("tcp://") => e,
             Some(e) => {
-                c.err(
-                    "mesh.admin_endpoint",
-                    format!("`{e}` must start with unix:// or tcp://"),
-                );
+                c.err("mesh.admin_endpoint", format!("`{e}` must start with unix:// or tcp://"));
                 e
             }
             None => DEFAULT_MESH_ENDPOINT.into(),
@@ -165,46 +145,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         http_port: h.http_port.unwrap_or(80),
         redirect_to_https: h.redirect_to_https.unwrap_or(true),
         acme_webroot: h.acme_webroot.as_ref().map(PathBuf::from),
-        tls_handshake_timeout: c.duration(
-            "http.tls_handshake_timeout",
-            h.tls_handshake_timeout.as_deref(),
-            "10s",
-        ),
-        header_read_timeout: c.duration(
-            "http.header_read_timeout",
-            h.header_read_timeout.as_deref(),
-            "10s",
-        ),
+        tls_handshake_timeout: c.duration("http.tls_handshake_timeout", h.tls_handshake_timeout.as_deref(), "10s"),
+        header_read_timeout: c.duration("http.header_read_timeout", h.header_read_timeout.as_deref(), "10s"),
         // hyper refuses buffers below 8 KiB.
-        max_header_bytes: c.count(
-            "http.max_header_bytes",
-            h.max_header_bytes,
-            32 * 1024,
-            8 * 1024,
-            1024 * 1024,
-        ) as usize,
-        keep_alive_timeout: c.duration(
-            "http.keep_alive_timeout",
-            h.keep_alive_timeout.as_deref(),
-            "90s",
-        ),
+        max_header_bytes: c.count("http.max_header_bytes", h.max_header_bytes, 32 * 1024, 8 * 1024, 1024 * 1024)
+            as usize,
+        idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), "300s"),
         upstream_connect_timeout: c.duration(
             "http.upstream_connect_timeout",
             h.upstream_connect_timeout.as_deref(),
             "5s",
         ),
-        upstream_timeout: c.duration(
-            "http.upstream_timeout",
-            h.upstream_timeout.as_deref(),
-            "60s",
-        ),
-        max_connections: c.count(
-            "http.max_connections",
-            h.max_connections,
-            10_000,
-            1,
-            1_000_000,
-        ) as usize,
+        upstream_timeout: c.duration("http.upstream_timeout", h.upstream_timeout.as_deref(), "60s"),
+        max_connections: c.count("http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
     };
     if http.https_port != 0 && http.https_port == http.http_port {
         c.err("http.http_port", "must differ from http.https_port");
@@ -213,10 +166,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut certificates = Vec::new();
     for (i, cert) in raw.tls.certificates.iter().enumerate() {
         match (&cert.cert, &cert.key) {
-            (Some(c1), Some(k)) => certificates.push(CertFiles {
-                cert: c1.into(),
-                key: k.into(),
-            }),
+            (Some(c1), Some(k)) => certificates.push(CertFiles { cert: c1.into(), key: k.into() }),
             (None, _) => c.err(format!("tls.certificate[{i}].cert"), "is required"),
             (_, None) => c.err(format!("tls.certificate[{i}].key"), "is required"),
         }
@@ -224,26 +174,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let tls = Tls {
         certbot_live_dir: raw.tls.certbot_live_dir.as_ref().map(PathBuf::from),
         certificates,
-        reload_interval: c.duration(
-            "tls.reload_interval",
-            raw.tls.reload_interval.as_deref(),
-            "5s",
-        ),
+        reload_interval: c.duration("tls.reload_interval", raw.tls.reload_interval.as_deref(), "5s"),
     };
 
     let header_sets = header_sets(&mut c, &raw.header_sets);
     let scanner_paths: Vec<String> = match &raw.scanners.paths {
-        None => DEFAULT_SCANNER_PATHS
-            .iter()
-            .map(|p| p.to_string())
-            .collect(),
+        None => DEFAULT_SCANNER_PATHS.iter().map(|p| p.to_string()).collect(),
         Some(paths) => {
             for (i, p) in paths.iter().enumerate() {
                 if !p.starts_with('/') {
-                    c.err(
-                        format!("scanners.paths[{i}]"),
-                        format!("`{p}` must start with /"),
-                    );
+                    c.err(format!("scanners.paths[{i}]"), format!("`{p}` must start with /"));
                 }
             }
             paths.clone()
@@ -269,16 +209,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     for (i, s) in raw.streams.iter().enumerate() {
         if let Some(st) = stream(&mut c, i, s) {
             if !stream_names.insert(st.name.clone()) {
-                c.err(
-                    format!("stream[{i}].name"),
-                    format!("`{}` is used by another stream", st.name),
-                );
+                c.err(format!("stream[{i}].name"), format!("`{}` is used by another stream", st.name));
             }
             for port in st.listen_ports.iter().filter(|p| *p != 0) {
-                if let Some((_, _, other)) = stream_ports
-                    .iter()
-                    .find(|(pr, p, _)| *pr == st.protocol && *p == port)
-                {
+                if let Some((_, _, other)) = stream_ports.iter().find(|(pr, p, _)| *pr == st.protocol && *p == port) {
                     c.err(
                         format!("stream[{i}].listen"),
                         format!("{}/{} is already used by {other}", port, st.protocol),
@@ -294,15 +228,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     }
 
     if c.errors.is_empty() {
-        Ok(Config {
-            admin,
-            wan,
-            mesh,
-            http,
-            tls,
-            sites,
-            streams,
-        })
+        Ok(Config { admin, wan, mesh, http, tls, sites, streams })
     } else {
         Err(c.errors)
     }
@@ -310,12 +236,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
 
 type HeaderSet = Vec<(HeaderName, Option<HeaderValue>)>;
 
-fn header_pair(
-    c: &mut Check,
-    field: &str,
-    name: &str,
-    value: &str,
-) -> Option<(HeaderName, Option<HeaderValue>)> {
+fn header_pair(c: &mut Check, field: &str, name: &str, value: &str) -> Option<(HeaderName, Option<HeaderValue>)> {
     let Ok(n) = HeaderName::from_str(name) else {
         c.err(field, format!("`{name}` is not a valid header name"));
         return None;
@@ -332,26 +253,13 @@ fn header_pair(
     }
 }
 
-fn header_sets(
-    c: &mut Check,
-    raw: &BTreeMap<String, BTreeMap<String, String>>,
-) -> BTreeMap<String, HeaderSet> {
+fn header_sets(c: &mut Check, raw: &BTreeMap<String, BTreeMap<String, String>>) -> BTreeMap<String, HeaderSet> {
     let mut sets = BTreeMap::new();
-    let builtin = SECURITY_HEADERS
-        .iter()
-        .map(|(n, v)| {
-            (
-                HeaderName::from_static(n),
-                Some(HeaderValue::from_static(v)),
-            )
-        })
-        .collect();
+    let builtin =
+        SECURITY_HEADERS.iter().map(|(n, v)| (HeaderName::from_static(n), Some(HeaderValue::from_static(v)))).collect();
     sets.insert("security".to_string(), builtin);
     for (set, headers) in raw {
-        let list = headers
-            .iter()
-            .filter_map(|(n, v)| header_pair(c, &format!("header_sets.{set}"), n, v))
-            .collect();
+        let list = headers.iter().filter_map(|(n, v)| header_pair(c, &format!("header_sets.{set}"), n, v)).collect();
         sets.insert(set.clone(), list);
     }
     sets
@@ -367,9 +275,7 @@ pub(crate) fn valid_host(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -392,10 +298,7 @@ fn site(
     };
     let mut check_name = |c: &mut Check, field: String, name: &str| {
         if !valid_host(name) {
-            c.err(
-                field,
-                format!("`{name}` is not a host name (letters, digits, -, optional *. prefix)"),
-            );
+            c.err(field, format!("`{name}` is not a host name (letters, digits, -, optional *. prefix)"));
         } else if !names.insert(name.to_string()) {
             c.err(field, format!("`{name}` is used by another site"));
         }
@@ -417,17 +320,11 @@ fn site(
     };
 
     let mut response_headers: HeaderSet = Vec::new();
-    let set_names = s
-        .header_sets
-        .clone()
-        .unwrap_or_else(|| vec!["security".into()]);
+    let set_names = s.header_sets.clone().unwrap_or_else(|| vec!["security".into()]);
     for (j, name) in set_names.iter().enumerate() {
         match sets.get(name) {
             Some(set) => response_headers.extend(set.iter().cloned()),
-            None => c.err(
-                f(&format!("header_sets[{j}]")),
-                format!("no header set named `{name}`"),
-            ),
+            None => c.err(f(&format!("header_sets[{j}]")), format!("no header set named `{name}`")),
         }
     }
     for (n, v) in &s.response_headers {
@@ -441,10 +338,7 @@ fn site(
     let insecure_skip_verify = s.insecure_skip_verify.unwrap_or(false);
     if let Some(u) = &upstream {
         if !u.tls && (insecure_skip_verify || s.ca_file.is_some()) {
-            c.err(
-                f("insecure_skip_verify"),
-                "only applies to an https:// upstream",
-            );
+            c.err(f("insecure_skip_verify"), "only applies to an https:// upstream");
         }
     }
     if insecure_skip_verify && s.ca_file.is_some() {
@@ -461,11 +355,7 @@ fn site(
         insecure_skip_verify,
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
         response_headers,
-        blocked_paths: if s.block_scanners.unwrap_or(false) {
-            scanner_paths.to_vec()
-        } else {
-            Vec::new()
-        },
+        blocked_paths: if s.block_scanners.unwrap_or(false) { scanner_paths.to_vec() } else { Vec::new() },
     })
 }
 
@@ -482,10 +372,7 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
     if uri.query().is_some() {
         return Err(format!("`{u}` must not have a query"));
     }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("`{u}` has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{u}` has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("`{u}` must not contain credentials"));
     }
@@ -500,15 +387,9 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         String::new()
     });
     if s.name.is_some()
-        && (name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
-        c.err(
-            f("name"),
-            "must be letters, digits, - and _ (it is a metrics label)",
-        );
+        c.err(f("name"), "must be letters, digits, - and _ (it is a metrics label)");
     }
 
     let (protocol, listen_ports) = match &s.listen {
@@ -521,10 +402,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
                 Some((p, "tcp")) => (p, Protocol::Tcp),
                 Some((p, "udp")) => (p, Protocol::Udp),
                 Some((_, other)) => {
-                    c.err(
-                        f("listen"),
-                        format!("unknown protocol `{other}` (tcp or udp)"),
-                    );
+                    c.err(f("listen"), format!("unknown protocol `{other}` (tcp or udp)"));
                     (l.as_str(), Protocol::Tcp)
                 }
                 None => (l.as_str(), Protocol::Tcp),
@@ -532,10 +410,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
             match ports.parse::<PortRange>() {
                 Ok(r) => (proto, r),
                 Err(e) => {
-                    c.err(
-                        f("listen"),
-                        format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"),
-                    );
+                    c.err(f("listen"), format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"));
                     (proto, PortRange::single(0))
                 }
             }
@@ -560,10 +435,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         None | Some("none") => false,
         Some("v2") => true,
         Some(other) => {
-            c.err(
-                f("proxy_protocol"),
-                format!("`{other}`: expected \"v2\" or \"none\""),
-            );
+            c.err(f("proxy_protocol"), format!("`{other}`: expected \"v2\" or \"none\""));
             false
         }
     };
@@ -596,24 +468,15 @@ fn upstream_target(u: &str, listen: PortRange) -> Result<(IpAddr, PortRange), St
         }
         return Ok((ip, listen));
     }
-    let spec = u
-        .parse::<ListenSpec>()
-        .map_err(|e| format!("{e}; expected IP, IP:PORT or IP:FIRST-LAST"))?;
+    let spec = u.parse::<ListenSpec>().map_err(|e| format!("{e}; expected IP, IP:PORT or IP:FIRST-LAST"))?;
     if spec.ports.first == 0 {
         return Err(format!("`{u}`: upstream port 0 is not a port"));
     }
     if !spec.ports.is_single() && spec.ports.len() != listen.len() {
-        return Err(format!(
-            "`{u}` has {} ports but listen has {}",
-            spec.ports.len(),
-            listen.len()
-        ));
+        return Err(format!("`{u}` has {} ports but listen has {}", spec.ports.len(), listen.len()));
     }
     if spec.ports.is_single() && !listen.is_single() {
-        return Err(format!(
-            "`{u}`: a listen range of {} ports needs an upstream range or a bare IP",
-            listen.len()
-        ));
+        return Err(format!("`{u}`: a listen range of {} ports needs an upstream range or a bare IP", listen.len()));
     }
     Ok((spec.ip, spec.ports))
 }

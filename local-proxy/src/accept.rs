@@ -1,0 +1,139 @@
+//! Accept loops for TCP listeners. The loop only takes a connection permit, accepts, drops
+//! untrusted peers and spawns: the PROXY read, TLS handshake and everything slow happen in
+//! the connection's own task, each under its own timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::admission::{admit, peer_allowed};
+use crate::http::{self, Conn, Proto};
+use crate::listeners::{label, Origin, Role, TcpBound};
+use crate::metrics::names;
+use crate::state::State;
+use crate::{stream, tls};
+
+/// Accept on `bound` until shutdown.
+pub async fn accept_loop(bound: TcpBound, state: Arc<State>, tracker: TaskTracker) {
+    let TcpBound { origin, role, listener } = bound;
+    let listener_label = label(origin, &role);
+    let role = Arc::new(role);
+    loop {
+        let permit = tokio::select! {
+            p = state.conn_limit.clone().acquire_owned() => p,
+            _ = state.shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = state.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Possibly EMFILE/ENFILE: back off briefly instead of spinning, keep accepting.
+                metrics::counter!(names::ACCEPT_ERRORS, "listener" => listener_label).increment(1);
+                warn!(listener = listener_label, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !peer_allowed(origin, peer, &state.trusted) {
+            metrics::counter!(names::CONNECTIONS, "listener" => listener_label, "result" => "untrusted").increment(1);
+            debug!(listener = listener_label, %peer, "refused: not a trusted ingress");
+            continue;
+        }
+        let span = info_span!("conn", listener = listener_label, %peer, client = tracing::field::Empty);
+        tracker.spawn(connection(stream, origin, role.clone(), listener_label, state.clone(), permit).instrument(span));
+    }
+}
+
+/// Decrements the active-connections gauge however the task ends.
+struct Active(&'static str);
+
+impl Active {
+    fn new(listener: &'static str) -> Self {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
+        Self(listener)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => self.0).decrement(1.0);
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    origin: Origin,
+    role: Arc<Role>,
+    listener: &'static str,
+    state: Arc<State>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _active = Active::new(listener);
+    let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        // The peer already left.
+        _ => return,
+    };
+    let config = state.config.load_full();
+    let info = match admit(&mut stream, origin, peer, local, &state.trusted, config.wan.proxy_header_timeout).await {
+        Ok(info) => info,
+        Err(refused) => {
+            metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => refused.result()).increment(1);
+            debug!(reason = %refused, "refused");
+            return;
+        }
+    };
+    tracing::Span::current().record("client", tracing::field::display(info.client));
+    let result = if info.health_check { "health_check" } else { "accepted" };
+    metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => result).increment(1);
+
+    match &*role {
+        Role::Https => {
+            if info.health_check && state.health().is_err() {
+                // Closing at once tells a LOCAL-header probe that we cannot serve.
+                metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => "unhealthy").increment(1);
+                return;
+            }
+            let tls =
+                match tls::accept(stream, state.tls.clone(), &state.certs, config.http.tls_handshake_timeout).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        metrics::counter!(names::TLS_HANDSHAKES, "listener" => listener, "result" => e.result())
+                            .increment(1);
+                        debug!(error = %e, "TLS handshake refused");
+                        return;
+                    }
+                };
+            metrics::counter!(names::TLS_HANDSHAKES, "listener" => listener, "result" => "ok").increment(1);
+            let proto = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Proto::H2,
+                _ => Proto::Http1,
+            };
+            let conn = Arc::new(Conn { info, tls: true, listener, state: state.clone() });
+            http::serve(tls, proto, conn).await;
+        }
+        Role::Http => {
+            let conn = Arc::new(Conn { info, tls: false, listener, state: state.clone() });
+            http::serve(stream, Proto::Http1, conn).await;
+        }
+        Role::Stream(name) => {
+            if info.health_check {
+                // A LOCAL-header probe only checks that the path reaches us.
+                return;
+            }
+            let Some(cfg) = config.streams.iter().find(|s| &s.name == name) else {
+                debug!(stream = %name, "stream no longer configured; closing");
+                return;
+            };
+            stream::tcp::forward(stream, info, local, cfg).await;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One HTTP request: health, ACME challenges, redirects to HTTPS, scanner blocks, then the
+//! reverse proxy to the site's upstream. Every request is counted by site and result.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{full, Body};
+use super::forward::forward;
+use super::pages;
+use super::routes::{request_host, SiteRoute};
+use crate::admission::ClientInfo;
+use crate::metrics::names;
+use crate::state::State;
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug)]
+pub struct Conn {
+    pub info: ClientInfo,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+    pub listener: &'static str,
+    pub state: Arc<State>,
+}
+
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+const HEALTHZ: &str = "/healthz";
+
+/// Answer one request.
+pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+    let start = Instant::now();
+    let routes = conn.state.routes.load_full();
+    let host = request_host(&req);
+    let route = host.as_deref().and_then(|h| routes.find(h)).cloned();
+    let site_label = route.as_ref().map(|r| r.site.host.clone()).unwrap_or_else(|| "unknown".into());
+
+    let (resp, result) = respond(req, &conn, host.as_deref(), route).await;
+    let result = result.unwrap_or_else(|| status_class(resp.status()));
+    metrics::counter!(names::HTTP_REQUESTS, "site" => site_label.clone(), "result" => result).increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION, "site" => site_label).record(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The response, and a result label when it is not just the status class.
+async fn respond(
+    req: Request<Incoming>,
+    conn: &Conn,
+    host: Option<&str>,
+    route: Option<Arc<SiteRoute>>,
+) -> (Response<Body>, Option<&'static str>) {
+    let path = req.uri().path();
+
+    // Ingress probes: on PROXY LOCAL connections, or for a name that is not a site (a probe
+    // by address), so a site's own /healthz still reaches its upstream.
+    if path == HEALTHZ && (conn.info.health_check || route.is_none()) {
+        return (health(&conn.state), Some("healthz"));
+    }
+
+    if !conn.tls && path.starts_with(ACME_PREFIX) {
+        let webroot = conn.state.config.load().http.acme_webroot.clone();
+        if let Some(root) = webroot {
+            return (acme(&root, &path[ACME_PREFIX.len()..]).await, Some("acme"));
+        }
+        // No webroot: the site's upstream may answer its own challenges (falls through).
+    }
+
+    let Some(route) = route else {
+        let detail = match host {
+            Some(_) => "No site is served under this name.",
+            None => "The request names no host.",
+        };
+        return (pages::not_found(detail), Some("unknown_site"));
+    };
+
+    if !conn.tls && !path.starts_with(ACME_PREFIX) && conn.state.config.load().http.redirect_to_https {
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let host = host.unwrap_or(&route.site.host);
+        return (pages::redirect(&format!("https://{host}{target}")), Some("redirect"));
+    }
+
+    if is_blocked(path, &route.site.blocked_paths) {
+        let mut resp = pages::not_found("Nothing here.");
+        super::headers::apply_response(resp.headers_mut(), &route.site.response_headers);
+        return (resp, Some("blocked"));
+    }
+
+    let timeout = conn.state.config.load().http.upstream_timeout;
+    (forward(req, &route, conn, host, timeout).await, None)
+}
+
+/// Health as the ingress sees it: 200 when we can serve, 503 with the reason otherwise.
+pub fn health(state: &State) -> Response<Body> {
+    match state.health() {
+        Ok(()) => pages::text(StatusCode::OK, "ok\n"),
+        Err(why) => pages::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+    }
+}
+
+/// Whether `path` is one of `blocked` or below it, ignoring ASCII case (scanners vary it).
+fn is_blocked(path: &str, blocked: &[String]) -> bool {
+    blocked.iter().any(|b| {
+        path.len() >= b.len()
+            && path.as_bytes()[..b.len()].eq_ignore_ascii_case(b.as_bytes())
+            && matches!(path.as_bytes().get(b.len()), None | Some(b'/'))
+    })
+}
+
+/// Serve a certbot webroot challenge file; tokens are base64url, so nothing else is read.
+async fn acme(webroot: &Path, token: &str) -> Response<Body> {
+    let valid = !token.is_empty()
+        && token.len() <= 256
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return pages::not_found("No such challenge.");
+    }
+    let file = webroot.join(".well-known/acme-challenge").join(token);
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let mut resp = Response::new(full(bytes));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+            resp
+        }
+        Err(_) => pages::not_found("No such challenge."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_paths_match_segments() {
+        let list = vec!["/wp-admin".to_string(), "/.git".to_string()];
+        assert!(is_blocked("/wp-admin", &list));
+        assert!(is_blocked("/WP-Admin/setup.php", &list));
+        assert!(is_blocked("/.git/config", &list));
+        assert!(!is_blocked("/.github/workflows", &list));
+        assert!(!is_blocked("/blog/wp-admin", &list));
+        assert!(!is_blocked("/", &list));
+    }
+}

@@ -1,0 +1,14 @@
+//! The HTTP side: connection serving, request handling, the reverse proxy to upstreams.
+
+pub mod body;
+mod forward;
+pub mod handler;
+pub mod headers;
+pub mod pages;
+pub mod routes;
+pub mod serve;
+pub mod upstream;
+
+pub use handler::Conn;
+pub use routes::Routes;
+pub use serve::{serve, Proto};

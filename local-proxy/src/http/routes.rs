@@ -1,0 +1,114 @@
+//! The site table for one config generation: Host → site and its upstream client. Built
+//! whole on start-up and reload and swapped with `ArcSwap`; requests in flight keep theirs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, Site};
+
+use super::upstream::{client, ClientError, UpstreamClient};
+
+/// One routable site.
+#[derive(Debug)]
+pub struct SiteRoute {
+    pub site: Site,
+    pub client: UpstreamClient,
+}
+
+/// Host → site, exact names first, then `*.parent` wildcards covering one label.
+#[derive(Debug, Default)]
+pub struct Routes {
+    exact: HashMap<String, Arc<SiteRoute>>,
+    wildcard: HashMap<String, Arc<SiteRoute>>,
+}
+
+/// Why the table could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("site {host}: {source}")]
+pub struct RoutesError {
+    pub host: String,
+    pub source: ClientError,
+}
+
+impl Routes {
+    pub fn build(config: &Config) -> Result<Self, RoutesError> {
+        let mut routes = Self::default();
+        for site in &config.sites {
+            let route = Arc::new(SiteRoute {
+                client: client(site, config.http.upstream_connect_timeout)
+                    .map_err(|source| RoutesError { host: site.host.clone(), source })?,
+                site: site.clone(),
+            });
+            for name in site.names() {
+                match name.strip_prefix("*.") {
+                    Some(parent) => routes.wildcard.insert(parent.to_string(), route.clone()),
+                    None => routes.exact.insert(name.to_string(), route.clone()),
+                };
+            }
+        }
+        Ok(routes)
+    }
+
+    /// The site for a normalised (lower-case, no port, no trailing dot) host.
+    pub fn find(&self, host: &str) -> Option<&Arc<SiteRoute>> {
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+}
+
+/// The host a request is for, from the URI authority (h2, absolute-form) or the Host header,
+/// lower-cased, without port or trailing dot.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let raw = raw.rsplit_once('@').map(|(_, h)| h).unwrap_or(&raw);
+    let host = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        raw.split_once(']').map(|(h, _)| format!("{h}]"))?
+    } else {
+        raw.split(':').next().unwrap_or(raw).to_string()
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalised() {
+        let req = |h: &str| http::Request::builder().uri("/x").header("host", h).body(()).unwrap();
+        assert_eq!(request_host(&req("Cloud.Example.org:443")).unwrap(), "cloud.example.org");
+        assert_eq!(request_host(&req("cloud.example.org.")).unwrap(), "cloud.example.org");
+        assert_eq!(request_host(&req("[200::1]:80")).unwrap(), "[200::1]");
+        let h2 = http::Request::builder().uri("https://A.example.org/x").body(()).unwrap();
+        assert_eq!(request_host(&h2).unwrap(), "a.example.org");
+    }
+
+    #[test]
+    fn exact_beats_wildcard() {
+        let c = crate::config::from_toml_str(
+            r#"
+            [[site]]
+            host = "a.example.org"
+            upstream = "http://127.0.0.1:1"
+            [[site]]
+            host = "*.example.org"
+            upstream = "http://127.0.0.1:2"
+            "#,
+        )
+        .unwrap();
+        let r = Routes::build(&c).unwrap();
+        assert_eq!(r.find("a.example.org").unwrap().site.upstream.authority, "127.0.0.1:1");
+        assert_eq!(r.find("b.example.org").unwrap().site.upstream.authority, "127.0.0.1:2");
+        assert!(r.find("example.org").is_none());
+        assert!(r.find("x.b.example.org").is_none());
+    }
+}

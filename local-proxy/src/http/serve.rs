@@ -1,0 +1,115 @@
+//! Serving one client connection (TLS or plain) with hyper: HTTP/1.1 or h2 chosen by ALPN,
+//! bounded head size and head read time, an idle bound, and graceful close on shutdown.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::handler::{handle, Conn};
+use crate::idle::{Activity, Tracked};
+use crate::metrics::names;
+
+/// Which protocol the connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    H2,
+}
+
+/// Serve `io` until the client leaves, breaks a limit, idles out, or shutdown drains it.
+pub async fn serve<IO>(io: IO, proto: Proto, conn: Arc<Conn>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = conn.state.config.load_full();
+    let http = &config.http;
+    let shutdown = conn.state.shutdown.clone();
+    let listener = conn.listener;
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+
+    // h2 has no head-read timeout of its own: a connection must send its first request
+    // within header_read_timeout, like an HTTP/1 client must send its head.
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
+    let served_one = first_request.clone();
+    let svc = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+    });
+
+    let result: Result<(), (&'static str, String)> = match proto {
+        Proto::Http1 => {
+            let c = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(http.header_read_timeout)
+                .max_buf_size(http.max_header_bytes)
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                res = c.as_mut() => res.map_err(classify),
+                _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
+                _ = shutdown.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(classify)
+                }
+            }
+        }
+        Proto::H2 => {
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(http.max_header_bytes as u32)
+                .max_concurrent_streams(256)
+                .serve_connection(io, svc);
+            tokio::pin!(c);
+            let first = async {
+                tokio::time::sleep(http.header_read_timeout).await;
+                if first_request.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                res = c.as_mut() => res.map_err(classify),
+                _ = first => Err(("head_timeout", String::new())),
+                _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
+                _ = shutdown.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(classify)
+                }
+            }
+        }
+    };
+    if let Err((result, detail)) = result {
+        // After a request, a head timeout is just an idle keep-alive connection ending.
+        if result == "head_timeout" && served_one.load(Ordering::Relaxed) {
+            debug!(listener, "idle keep-alive connection closed");
+            return;
+        }
+        debug!(listener, result, detail = %detail, "HTTP connection ended with an error");
+        metrics::counter!(names::HTTP_CONNECTION_ERRORS, "listener" => listener, "result" => result).increment(1);
+    }
+}
+
+fn classify(e: hyper::Error) -> (&'static str, String) {
+    let result = if e.is_parse_too_large() {
+        "head_too_large"
+    } else if e.is_timeout() {
+        "head_timeout"
+    } else if e.is_parse() || e.is_parse_status() {
+        "malformed"
+    } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        // The client went away mid-exchange: ordinary on the internet.
+        "client_closed"
+    } else {
+        "io"
+    };
+    (result, e.to_string())
+}

@@ -1,0 +1,44 @@
+//! Every metric name, in one place. Labels are bounded: `listener`, `site`, `stream`,
+//! `result`, `direction` take values from the config or from fixed lists; never client IPs.
+
+/// Connections accepted or refused, by `listener` and `result`
+/// (`accepted`, `untrusted`, `bad_header`, `header_timeout`, `health_check`, `unhealthy`).
+pub const CONNECTIONS: &str = "local_proxy_connections_total";
+/// Connections open now, by `listener`.
+pub const CONNECTIONS_ACTIVE: &str = "local_proxy_connections_active";
+/// `accept` errors (possibly EMFILE), by `listener`.
+pub const ACCEPT_ERRORS: &str = "local_proxy_accept_errors_total";
+/// TLS handshakes, by `listener` and `result`
+/// (`ok`, `not_tls`, `no_sni`, `unknown_sni`, `timeout`, `failed`).
+pub const TLS_HANDSHAKES: &str = "local_proxy_tls_handshakes_total";
+/// HTTP connections that ended in a protocol error, by `listener` and `result`
+/// (`head_too_large`, `head_timeout`, `malformed`, `idle_timeout`, `io`).
+pub const HTTP_CONNECTION_ERRORS: &str = "local_proxy_http_connection_errors_total";
+/// HTTP requests answered, by `site` (configured host or `unknown`) and `result`
+/// (`1xx`..`5xx`, `redirect`, `blocked`, `healthz`, `acme`, `unknown_site`).
+pub const HTTP_REQUESTS: &str = "local_proxy_http_requests_total";
+/// Time from request head to response head, seconds, by `site`.
+pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_seconds";
+/// Upstream failures, by `site` and `result` (`refused`, `timeout`, `error`).
+pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
+/// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
+pub const UPGRADES: &str = "local_proxy_upgrades_total";
+/// Stream connections, by `stream` and `result` (`ok`, `connect_failed`, `connect_timeout`).
+pub const STREAM_CONNECTIONS: &str = "local_proxy_stream_connections_total";
+/// Bytes relayed by streams, by `stream` and `direction` (`in` = to upstream, `out` = to client).
+pub const STREAM_BYTES: &str = "local_proxy_stream_bytes_total";
+/// UDP flows open now, by `stream`.
+pub const UDP_FLOWS_ACTIVE: &str = "local_proxy_udp_flows_active";
+/// UDP datagrams relayed, by `stream` and `direction`.
+pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
+/// UDP datagrams dropped, by `stream` and `result`
+/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`).
+pub const UDP_DROPPED: &str = "local_proxy_udp_dropped_total";
+/// Certificates (names) currently served.
+pub const CERTIFICATES_LOADED: &str = "local_proxy_certificates_loaded";
+/// Certificate loads, by `result` (`ok`, `failed`).
+pub const CERTIFICATE_LOADS: &str = "local_proxy_certificate_loads_total";
+/// Configuration reloads, by `result` (`ok`, `invalid`).
+pub const CONFIG_RELOADS: &str = "local_proxy_config_reloads_total";
+/// 1 when the proxy can serve (a certificate is loaded), else 0.
+pub const HEALTHY: &str = "local_proxy_healthy";

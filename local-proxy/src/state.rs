@@ -1,0 +1,38 @@
+//! What every connection task shares: the current config generation, routes, trusted
+//! peers, certificates and limits. Swappable parts live behind `ArcSwap`.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::Routes;
+use crate::tls::CertStore;
+use crate::trust::TrustedPeers;
+
+/// Shared runtime state of one running proxy.
+#[derive(Debug)]
+pub struct State {
+    pub config: ArcSwap<Config>,
+    pub routes: ArcSwap<Routes>,
+    pub trusted: Arc<TrustedPeers>,
+    pub certs: Arc<CertStore>,
+    pub tls: Arc<rustls::ServerConfig>,
+    /// One permit per open client connection over all TCP listeners.
+    pub conn_limit: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub metrics: PrometheusHandle,
+}
+
+impl State {
+    /// Whether the proxy can serve: with sites configured it needs at least one certificate.
+    pub fn health(&self) -> Result<(), &'static str> {
+        if !self.config.load().sites.is_empty() && self.certs.is_empty() {
+            return Err("no certificate loaded");
+        }
+        Ok(())
+    }
+}

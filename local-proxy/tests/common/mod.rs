@@ -1,0 +1,376 @@
+//! Test harness: certificates made with rcgen, a proxy started on ephemeral loopback ports,
+//! upstreams that report what they saw, an ingress stand-in that adds PROXY v2 headers,
+//! metrics scraping, and wait-until helpers with deadlines.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use local_proxy::listeners::{self, Origin, Role};
+use local_proxy::{config, Handle};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use shared::proxy_protocol::{self, Command, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A test CA that signs leaf certificates.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+    pub pem_path: PathBuf,
+}
+
+impl Ca {
+    pub fn new(dir: &Path) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "local-proxy test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem_path = dir.join("ca.pem");
+        std::fs::write(&pem_path, cert.pem()).unwrap();
+        Self { cert, key, pem_path }
+    }
+
+    /// (fullchain PEM, key PEM) for `names`, with `cn` as the subject common name.
+    pub fn leaf(&self, names: &[&str], cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (format!("{}{}", cert.pem(), self.cert.pem()), key.serialize_pem())
+    }
+
+    /// Write a certbot-style `live/<dir_name>/` for `names`.
+    pub fn certbot(&self, live: &Path, dir_name: &str, names: &[&str], cn: &str) {
+        let (chain, key) = self.leaf(names, cn);
+        let d = live.join(dir_name);
+        std::fs::create_dir_all(&d).unwrap();
+        // Replace atomically, as certbot's symlink swap does, so a poll never sees half a file.
+        for (file, text) in [("privkey.pem", &key), ("fullchain.pem", &chain)] {
+            let tmp = d.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, d.join(file)).unwrap();
+        }
+    }
+}
+
+/// A running proxy with its addresses.
+pub struct Proxy {
+    pub handle: Handle,
+    pub shutdown: CancellationToken,
+    pub wan_https: SocketAddr,
+    pub wan_http: SocketAddr,
+    pub mesh_https: SocketAddr,
+    pub mesh_http: SocketAddr,
+    pub admin: SocketAddr,
+    pub listeners_udp: HashMap<(Origin, String), SocketAddr>,
+    pub listeners_tcp: HashMap<(Origin, String), SocketAddr>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Config text shared by the tests: WAN on 127.0.0.1, trusted ingress 127.0.0.2, mesh on
+/// 127.0.0.4, ephemeral ports, admin on 127.0.0.1. `extra` adds sections.
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+proxy_header_timeout = "2s"
+[mesh]
+listen = "127.0.0.4"
+[http]
+https_port = 0
+http_port = 0
+{extra}
+"#
+    )
+}
+
+impl Proxy {
+    pub async fn start(config_text: &str) -> Proxy {
+        let config = config::from_toml_str(config_text).unwrap();
+        let mesh = listeners::mesh_address(&config).await.unwrap();
+        let bound = listeners::bind(&config, mesh).unwrap();
+        let mut listeners_tcp = HashMap::new();
+        for b in &bound.tcp {
+            if let Role::Stream(name) = &b.role {
+                listeners_tcp.insert((b.origin, name.clone()), b.listener.local_addr().unwrap());
+            }
+        }
+        let listeners_udp =
+            bound.udp.iter().map(|b| ((b.origin, b.stream.clone()), b.socket.local_addr().unwrap())).collect();
+        let p = |o, r: Role| bound.addr(o, &r).unwrap();
+        let (wan_https, wan_http) = (p(Origin::Wan, Role::Https), p(Origin::Wan, Role::Http));
+        let (mesh_https, mesh_http) = (p(Origin::Mesh, Role::Https), p(Origin::Mesh, Role::Http));
+        let admin = bound.admin_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = local_proxy::start(config, bound, shutdown.clone()).unwrap();
+        let handle = server.handle();
+        tokio::spawn(server.wait(Duration::from_secs(2)));
+        Proxy { handle, shutdown, wan_https, wan_http, mesh_https, mesh_http, admin, listeners_udp, listeners_tcp }
+    }
+
+    /// The value of a counter or gauge with exactly these labels (0 when absent).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = http_get(self.admin, "/metrics").await.1;
+        metric_value(&text, name, labels)
+    }
+}
+
+/// Parse one sample out of Prometheus text.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (label_part, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let mut found: Vec<(String, String)> = Vec::new();
+        for pair in label_part.split(',').filter(|p| !p.is_empty()) {
+            if let Some((k, v)) = pair.split_once('=') {
+                found.push((k.to_string(), v.trim_matches('"').to_string()));
+            }
+        }
+        if found.len() == labels.len() && labels.iter().all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v)) {
+            return value.trim().parse().unwrap_or(0.0);
+        }
+    }
+    0.0
+}
+
+/// Minimal HTTP/1.1 GET over plain TCP; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    raw_get(&mut s, "admin", path).await
+}
+
+/// Send a GET with `Connection: close` on an open stream and read the whole answer.
+pub async fn raw_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("response within 10s").unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Connect from `from` (a loopback address) to `to`.
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from, 0)).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Connect from `from` and send a PROXY v2 header naming `client`.
+pub async fn connect_with_proxy(from: IpAddr, to: SocketAddr, client: SocketAddr) -> TcpStream {
+    let mut s = connect_from(from, to).await;
+    let mut h = Vec::new();
+    proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Stream, Some((client, to)));
+    s.write_all(&h).await.unwrap();
+    s
+}
+
+/// An ingress stand-in: listens on 127.0.0.1:0 and relays each connection to `target` from
+/// `from`, first sending a PROXY v2 header that names `client`. Lets curl and openssl reach
+/// the WAN-side listeners.
+pub async fn ingress(from: IpAddr, target: SocketAddr, client: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut out = connect_with_proxy(from, target, client).await;
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers every request with what it saw: one `name: value` line per
+/// header, plus `path:` and `upstream:` lines.
+pub async fn echo_upstream(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let mut text = format!("upstream: {name}\npath: {}\n", req.uri());
+                    for (k, v) in req.headers() {
+                        text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+                    }
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    text.push_str(&format!("body-bytes: {}\n", body.len()));
+                    let resp = hyper::Response::builder()
+                        .header("x-upstream", name)
+                        .header("server", "echo/1.0")
+                        .body(Full::new(Bytes::from(text)))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket echo upstream.
+pub async fn ws_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that accepts and reads but never answers.
+pub async fn silent_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Poll `check` until it returns true or `deadline` passes.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run an external tool; panics (fails the test) when it is not installed.
+pub async fn run_tool(program: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("`{program}` is required for this test ({e}); apt-get install -y curl openssl"));
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("tool finished within 30s")
+        .unwrap()
+}
+
+/// curl against `name` resolved to `addr`, trusting `ca`; returns (stdout, stderr, success).
+pub async fn curl(args: &[&str], name: &str, addr: SocketAddr, ca: &Path, url_path: &str) -> (String, String, bool) {
+    let resolve = format!("{name}:{}:{}", addr.port(), addr.ip());
+    let url = format!("https://{name}:{}{url_path}", addr.port());
+    let ca = ca.display().to_string();
+    let mut all = vec!["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert", &ca];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = run_tool("curl", &all, b"").await;
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        out.status.success(),
+    )
+}
+
+/// A rustls client config trusting `ca`.
+pub fn client_tls(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// TLS-connect over an existing stream.
+pub async fn tls_over(
+    s: TcpStream,
+    name: &str,
+    ca: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(ca, &[b"http/1.1"]));
+    let sn = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(sn, s).await
+}
+
+/// The common name of the certificate the server presents for `name`.
+pub async fn served_cn(addr: SocketAddr, name: &str, ca: &Path) -> Option<String> {
+    let s = TcpStream::connect(addr).await.ok()?;
+    let tls = tls_over(s, name, ca).await.ok()?;
+    let certs = tls.get_ref().1.peer_certificates()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
