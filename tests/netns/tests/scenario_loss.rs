@@ -1,0 +1,70 @@
+//! Scenario 4: wan2 degraded by 20% random packet loss (each direction) while wan1 is clean: the
+//! health-weighted share moves towards wan1 without taking wan2 to zero unless it fails checks;
+//! no client connection fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use netns::ingress::names;
+use netns::loadgen::LoadConfig;
+use netns::scenario::{self, path_counts};
+use netns::topology::{Options, Role, Wan};
+use netns::unix_ms;
+
+#[test]
+fn scenario4_wan2_loss_shifts_share_to_wan1() {
+    let start = Instant::now();
+    let mut t = common::build(Options::default());
+    scenario::start_ingresses(&mut t).expect("start ingress on both nodes");
+    common::phase(start, "ingress up on both nodes");
+
+    let cfg = LoadConfig {
+        // Lost segments are retransmitted (200 ms, 400 ms, ...): give exchanges time.
+        io_timeout: Duration::from_secs(15),
+        ..scenario::standard_load(Duration::from_millis(5), Duration::from_secs(16))
+    };
+    let load = t.start_load(Role::Client, "load", cfg).expect("start loadgen");
+    std::thread::sleep(Duration::from_secs(5));
+    let loss_ms = unix_ms();
+    t.loss(Wan::Wan2, 20).expect("20% loss on wan2");
+    common::phase(start, "wan2: 20% loss each way");
+    let mut factors = Vec::new();
+    let mut wan2_ever_down = false;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Ok(m) = t.scrape(Role::Ingress1) {
+            factors.push(m.get(names::PATH_HEALTH_FACTOR, &[("path", "wan2")]).unwrap_or(f64::NAN));
+            wan2_ever_down |= m.get(names::PATH_UP, &[("path", "wan2")]) == Some(0.0);
+        }
+    }
+    let r = load.finish(&mut t).expect("loadgen result");
+    let s = &r.summary;
+    common::phase(
+        start,
+        &format!("load done: {} started, {} ok, {} failed, {} slow", s.started, s.ok, s.failed, s.slow),
+    );
+
+    let base = path_counts(&t, &r.records, s.start_ms + 1000, loss_ms);
+    let degraded = path_counts(&t, &r.records, loss_ms + 3000, u64::MAX);
+    let share2 = |m: &std::collections::BTreeMap<&str, u64>| {
+        let (a, b) = (m.get("wan1").copied().unwrap_or(0) as f64, m.get("wan2").copied().unwrap_or(0) as f64);
+        b / (a + b).max(1.0)
+    };
+    let (b2, d2) = (share2(&base), share2(&degraded));
+    eprintln!(
+        "RESULT wan2 20% loss: wan2 share {b2:.3} before -> {d2:.3} after (baseline weights give 0.25); \
+         ingress1 wan2 health factor per second: {factors:.2?}; wan2 marked down at some point: {wan2_ever_down}; \
+         latency {:?}",
+        s.latency_ms
+    );
+    eprintln!("per path: before {base:?}; degraded {degraded:?}");
+    assert_eq!(s.failed, 0, "failed connections:\n{}", scenario::describe_failures(&r.records, loss_ms));
+    assert!((0.15..=0.35).contains(&b2), "baseline wan2 share {b2:.3} not near 0.25: {base:?}");
+    assert!(d2 < b2 * 0.8, "wan2's share did not move towards wan1: {b2:.3} -> {d2:.3}");
+    assert!(
+        d2 > 0.0 || wan2_ever_down,
+        "wan2 got no traffic at all though its health checks never failed: {degraded:?}"
+    );
+    common::phase(start, "done");
+}
