@@ -60,7 +60,8 @@ pub enum MeshListen {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mesh {
     pub listen: MeshListen,
-    /// Yggdrasil admin socket (`unix:///path` or `tcp://host:port`), used by `auto`.
+    /// Yggdrasil admin socket (`unix:///path` or `tcp://host:port`), used by `auto`;
+    /// default `shared::ygg::DEFAULT_ENDPOINT`.
     pub admin_endpoint: String,
 }
 

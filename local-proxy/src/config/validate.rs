@@ -45,8 +45,6 @@ pub const DEFAULT_SCANNER_PATHS: &[&str] = &[
     "/HNAP1",
 ];
 
-const DEFAULT_MESH_ENDPOINT: &str = "unix:///var/run/yggdrasil/yggdrasil.sock";
-
 /// Collects errors while parsing leaves, so one pass reports everything.
 #[derive(Default)]
 struct Check {
@@ -130,12 +128,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             Some(s) => c.ip("mesh.listen", s).map(MeshListen::Address).unwrap_or(MeshListen::Off),
         },
         admin_endpoint: match raw.mesh.admin_endpoint {
-            Some(e) if e.starts_with("unix://") || e.starts_with("tcp://") => e,
             Some(e) => {
-                c.err("mesh.admin_endpoint", format!("`{e}` must start with unix:// or tcp://"));
+                if let Err(err) = e.parse::<shared::ygg::Endpoint>() {
+                    c.err("mesh.admin_endpoint", err.to_string());
+                }
                 e
             }
-            None => DEFAULT_MESH_ENDPOINT.into(),
+            None => shared::ygg::DEFAULT_ENDPOINT.into(),
         },
     };
 

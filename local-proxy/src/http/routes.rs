@@ -1,8 +1,9 @@
 //! The site table for one config generation: Host → site and its upstream client. Built
 //! whole on start-up and reload and swapped with `ArcSwap`; requests in flight keep theirs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use shared::peek::{NameRouter, PatternError};
 
 use crate::config::{Config, Site};
 
@@ -15,19 +16,19 @@ pub struct SiteRoute {
     pub client: UpstreamClient,
 }
 
-/// Host → site, exact names first, then `*.parent` wildcards covering one label.
+/// Host → site: exact names first, then the longest `*.suffix` wildcard (nginx rules).
 #[derive(Debug, Default)]
 pub struct Routes {
-    exact: HashMap<String, Arc<SiteRoute>>,
-    wildcard: HashMap<String, Arc<SiteRoute>>,
+    names: NameRouter<Arc<SiteRoute>>,
 }
 
 /// Why the table could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("site {host}: {source}")]
-pub struct RoutesError {
-    pub host: String,
-    pub source: ClientError,
+pub enum RoutesError {
+    #[error("site {host}: {source}")]
+    Client { host: String, source: ClientError },
+    #[error("site {host}: {source}")]
+    Name { host: String, source: PatternError },
 }
 
 impl Routes {
@@ -36,14 +37,14 @@ impl Routes {
         for site in &config.sites {
             let route = Arc::new(SiteRoute {
                 client: client(site, config.http.upstream_connect_timeout)
-                    .map_err(|source| RoutesError { host: site.host.clone(), source })?,
+                    .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
                 site: site.clone(),
             });
             for name in site.names() {
-                match name.strip_prefix("*.") {
-                    Some(parent) => routes.wildcard.insert(parent.to_string(), route.clone()),
-                    None => routes.exact.insert(name.to_string(), route.clone()),
-                };
+                routes
+                    .names
+                    .insert(name, route.clone())
+                    .map_err(|source| RoutesError::Name { host: site.host.clone(), source })?;
             }
         }
         Ok(routes)
@@ -51,11 +52,7 @@ impl Routes {
 
     /// The site for a normalised (lower-case, no port, no trailing dot) host.
     pub fn find(&self, host: &str) -> Option<&Arc<SiteRoute>> {
-        if let Some(r) = self.exact.get(host) {
-            return Some(r);
-        }
-        let (_, parent) = host.split_once('.')?;
-        self.wildcard.get(parent)
+        self.names.lookup(host)
     }
 }
 
@@ -109,6 +106,7 @@ mod tests {
         assert_eq!(r.find("a.example.org").unwrap().site.upstream.authority, "127.0.0.1:1");
         assert_eq!(r.find("b.example.org").unwrap().site.upstream.authority, "127.0.0.1:2");
         assert!(r.find("example.org").is_none());
-        assert!(r.find("x.b.example.org").is_none());
+        // nginx rules: a wildcard covers deeper names too.
+        assert_eq!(r.find("x.b.example.org").unwrap().site.upstream.authority, "127.0.0.1:2");
     }
 }

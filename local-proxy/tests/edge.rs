@@ -1,0 +1,381 @@
+//! Bad input refused and counted while good traffic flows; redirects, ACME, scanner blocks,
+//! 502/504 pages, health answers, https upstreams, reload, mesh `auto`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use shared::proxy_protocol::{self, Command, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    proxy: Proxy,
+}
+
+async fn setup(http_extra: &str, sites: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let live = dir.path().join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    ca.certbot(&live, "slow.test", &["slow.test", "down.test", "tls.test", "strict.test"], "misc");
+    let up = echo_upstream("a").await;
+    let text = base_config(&format!(
+        r#"
+header_read_timeout = "1s"
+max_header_bytes = 8192
+{http_extra}
+[tls]
+certbot_live_dir = "{live}"
+[[site]]
+host = "a.test"
+upstream = "http://{up}"
+block_scanners = true
+{sites}
+"#,
+        live = live.display(),
+    ));
+    let proxy = Proxy::start(&text).await;
+    Setup { dir, ca, proxy }
+}
+
+/// One good HTTPS request through the mesh listener.
+async fn good_request(s: &Setup) {
+    let (out, err, ok) = curl(&["--http2"], "a.test", s.proxy.mesh_https, &s.ca.pem_path, "/ok").await;
+    assert!(ok && out.contains("upstream: a"), "good request failed: {err}{out}");
+}
+
+/// Read until the peer closes; returns what was read, or panics after `limit`.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn counter(p: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    p.metric(name, labels).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_counted_while_good_requests_succeed() {
+    let s = setup("", "").await;
+    let p = &s.proxy;
+    let hs = "local_proxy_tls_handshakes_total";
+    let conns = "local_proxy_connections_total";
+    let errs = "local_proxy_http_connection_errors_total";
+
+    // Non-TLS bytes on the TLS port.
+    let before = counter(p, hs, &[("listener", "mesh-https"), ("result", "not_tls")]).await;
+    let mut c = TcpStream::connect(p.mesh_https).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    read_until_closed(&mut c, Duration::from_secs(5)).await;
+    good_request(&s).await;
+    assert!(counter(p, hs, &[("listener", "mesh-https"), ("result", "not_tls")]).await > before);
+
+    // Oversized request head.
+    let before = counter(p, errs, &[("listener", "mesh-https"), ("result", "head_too_large")]).await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &s.ca.pem_path).await.unwrap();
+    let big = format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n", "b".repeat(64 * 1024));
+    // The proxy may close before taking it all; that is the point.
+    let _ = tls.write_all(big.as_bytes()).await;
+    let answer = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    good_request(&s).await;
+    wait_until(Duration::from_secs(5), "head_too_large counted", || async {
+        counter(p, errs, &[("listener", "mesh-https"), ("result", "head_too_large")]).await > before
+    })
+    .await;
+
+    // Slowloris: a head that never ends is cut after header_read_timeout (1s), while a good
+    // request goes through meanwhile.
+    let before = counter(p, errs, &[("listener", "mesh-https"), ("result", "head_timeout")]).await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut slow = tls_over(tcp, "a.test", &s.ca.pem_path).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    good_request(&s).await;
+    for _ in 0..3 {
+        if slow.write_all(b"a").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "cut after {:?}", started.elapsed());
+    wait_until(Duration::from_secs(5), "head_timeout counted", || async {
+        counter(p, errs, &[("listener", "mesh-https"), ("result", "head_timeout")]).await > before
+    })
+    .await;
+
+    // A PROXY header from a stranger: closed at once, counted.
+    let before = counter(p, conns, &[("listener", "wan-https"), ("result", "untrusted")]).await;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let mut c = connect_with_proxy("127.0.0.3".parse().unwrap(), p.wan_https, client).await;
+    read_until_closed(&mut c, Duration::from_secs(2)).await;
+    good_request(&s).await;
+    assert!(counter(p, conns, &[("listener", "wan-https"), ("result", "untrusted")]).await > before);
+
+    // A trusted peer with a broken header, and one that sends none in time.
+    let before = counter(p, conns, &[("listener", "wan-https"), ("result", "bad_header")]).await;
+    let mut c = connect_from("127.0.0.2".parse().unwrap(), p.wan_https).await;
+    c.write_all(b"\x16\x03\x01\x00\x10garbage-not-proxy").await.unwrap();
+    read_until_closed(&mut c, Duration::from_secs(2)).await;
+    assert!(counter(p, conns, &[("listener", "wan-https"), ("result", "bad_header")]).await > before);
+
+    let before = counter(p, conns, &[("listener", "wan-https"), ("result", "header_timeout")]).await;
+    let mut c = connect_from("127.0.0.2".parse().unwrap(), p.wan_https).await;
+    read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(counter(p, conns, &[("listener", "wan-https"), ("result", "header_timeout")]).await > before);
+
+    // Unknown SNI and no SNI at all.
+    let before = counter(p, hs, &[("listener", "mesh-https"), ("result", "unknown_sni")]).await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    assert!(tls_over(tcp, "unknown.test", &s.ca.pem_path).await.is_err());
+    assert!(counter(p, hs, &[("listener", "mesh-https"), ("result", "unknown_sni")]).await > before);
+    good_request(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_except_acme_and_serves_the_webroot() {
+    let dir = tempfile::tempdir().unwrap();
+    let challenge = dir.path().join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&challenge).unwrap();
+    std::fs::write(challenge.join("tok_EN-123"), "tok_EN-123.thumbprint").unwrap();
+    let s = setup(&format!("acme_webroot = \"{}\"", dir.path().display()), "").await;
+    let p = &s.proxy;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+
+    let mut c = connect_with_proxy("127.0.0.2".parse().unwrap(), p.wan_http, client).await;
+    let (status, text) = raw_get(&mut c, "a.test", "/path?q=1").await;
+    assert_eq!(status, 308, "{text}");
+    assert!(text.contains("location: https://a.test/path?q=1"), "{text}");
+
+    let mut c = connect_with_proxy("127.0.0.2".parse().unwrap(), p.wan_http, client).await;
+    let (status, text) = raw_get(&mut c, "a.test", "/.well-known/acme-challenge/tok_EN-123").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("tok_EN-123.thumbprint"), "{text}");
+
+    let mut c = TcpStream::connect(p.mesh_http).await.unwrap();
+    let (status, _) = raw_get(&mut c, "a.test", "/.well-known/acme-challenge/..%2Fetc").await;
+    assert_eq!(status, 404);
+    let mut c = TcpStream::connect(p.mesh_http).await.unwrap();
+    let (status, _) = raw_get(&mut c, "unknown.test", "/").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_paths_502_and_504() {
+    let silent = silent_upstream().await;
+    let closed = closed_port().await;
+    let sites = format!(
+        "[[site]]\nhost = \"slow.test\"\nupstream = \"http://{silent}\"\n\
+         [[site]]\nhost = \"down.test\"\nupstream = \"http://{closed}\"\n"
+    );
+    let s = setup("upstream_timeout = \"700ms\"", &sites).await;
+    let ca = &s.ca.pem_path;
+    let addr = s.proxy.mesh_https;
+
+    let (out, _, ok) = curl(&["-D", "-"], "a.test", addr, ca, "/wp-admin/install.php").await;
+    assert!(ok);
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    assert!(!out.contains("upstream: a"), "the upstream must not be asked: {out}");
+    assert!(out.to_ascii_lowercase().contains("strict-transport-security"), "{out}");
+    let (out, _, _) = curl(&["-D", "-"], "a.test", addr, ca, "/.env").await;
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    let (out, _, _) = curl(&[], "a.test", addr, ca, "/.envelope").await;
+    assert!(out.contains("upstream: a"), "{out}");
+
+    let before =
+        s.proxy.metric("local_proxy_upstream_errors_total", &[("site", "down.test"), ("result", "refused")]).await;
+    let (out, _, _) = curl(&["-D", "-"], "down.test", addr, ca, "/").await;
+    assert!(out.starts_with("HTTP/2 502"), "{out}");
+    assert!(out.contains("not answering"), "{out}");
+    assert!(
+        s.proxy.metric("local_proxy_upstream_errors_total", &[("site", "down.test"), ("result", "refused")]).await
+            > before
+    );
+
+    let started = Instant::now();
+    let (out, _, _) = curl(&["-D", "-"], "slow.test", addr, ca, "/").await;
+    assert!(out.starts_with("HTTP/2 504"), "{out}");
+    assert!(out.contains("too long"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_for_the_ingress() {
+    let s = setup("", "").await;
+    let p = &s.proxy;
+    assert_eq!(http_get(p.admin, "/healthz").await.0, 200);
+
+    // PROXY LOCAL then GET /healthz on the WAN HTTP port.
+    let mut c = connect_from("127.0.0.2".parse().unwrap(), p.wan_http).await;
+    let mut h = Vec::new();
+    proxy_protocol::write_v2(&mut h, Command::Local, Transport::Stream, None);
+    c.write_all(&h).await.unwrap();
+    let (status, text) = raw_get(&mut c, "203.0.113.10", "/healthz").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("ok\n"));
+
+    // PROXY LOCAL on the TLS port: kept open (healthy) for a TLS handshake.
+    let mut c = connect_from("127.0.0.2".parse().unwrap(), p.wan_https).await;
+    c.write_all(&h).await.unwrap();
+    let tls = tls_over(c, "a.test", &s.ca.pem_path).await;
+    assert!(tls.is_ok());
+
+    // A site's own /healthz still reaches its upstream.
+    let (out, _, _) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/healthz").await;
+    assert!(out.contains("upstream: a"), "{out}");
+
+    // No certificate at all: unhealthy everywhere, and LOCAL probes on the TLS port are closed.
+    let up = echo_upstream("x").await;
+    let empty = Proxy::start(&base_config(&format!("[[site]]\nhost = \"x.test\"\nupstream = \"http://{up}\"\n"))).await;
+    let (status, text) = http_get(empty.admin, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("no certificate loaded"), "{text}");
+    let mut c = connect_from("127.0.0.2".parse().unwrap(), empty.wan_https).await;
+    c.write_all(&h).await.unwrap();
+    read_until_closed(&mut c, Duration::from_secs(2)).await;
+    let mut c = TcpStream::connect(empty.mesh_http).await.unwrap();
+    assert_eq!(raw_get(&mut c, "127.0.0.4", "/healthz").await.0, 503);
+    assert_eq!(empty.metric("local_proxy_healthy", &[]).await, 0.0, "healthy gauge");
+}
+
+/// A TLS upstream with a certificate nobody trusts, answering "tls upstream".
+async fn self_signed_upstream() -> SocketAddr {
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["wazuh.lan".to_string()]).unwrap().self_signed(&key).unwrap();
+    let der_key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der_key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let body = "tls upstream";
+                let resp =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_verification_is_opt_out_per_site() {
+    let up = self_signed_upstream().await;
+    let sites = format!(
+        "[[site]]\nhost = \"tls.test\"\nupstream = \"https://{up}\"\ninsecure_skip_verify = true\n\
+         [[site]]\nhost = \"strict.test\"\nupstream = \"https://{up}\"\n"
+    );
+    let s = setup("", &sites).await;
+    let (out, err, ok) = curl(&[], "tls.test", s.proxy.mesh_https, &s.ca.pem_path, "/").await;
+    assert!(ok && out == "tls upstream", "{out}{err}");
+    let (out, _, _) = curl(&["-D", "-"], "strict.test", s.proxy.mesh_https, &s.ca.pem_path, "/").await;
+    assert!(out.starts_with("HTTP/2 502"), "unverifiable upstream must fail: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_sites_and_trust_for_new_connections() {
+    let s = setup("", "").await;
+    let p = &s.proxy;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let up_b = echo_upstream("b").await;
+    let live = s.dir.path().join("live");
+    // New config: a.test now goes to upstream b, and 127.0.0.3 becomes trusted.
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2", "127.0.0.3"]
+[mesh]
+listen = "127.0.0.4"
+[http]
+https_port = 0
+http_port = 0
+[tls]
+certbot_live_dir = "{live}"
+[[site]]
+host = "a.test"
+upstream = "http://{up_b}"
+"#,
+        live = live.display()
+    );
+    let new = local_proxy::config::from_toml_str(&text).unwrap();
+    p.handle.reload(new).unwrap();
+    let (out, _, ok) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/").await;
+    assert!(ok && out.contains("upstream: b"), "{out}");
+    let front = ingress("127.0.0.3".parse().unwrap(), p.wan_https, client).await;
+    let (out, err, ok) = curl(&[], "a.test", front, &s.ca.pem_path, "/").await;
+    assert!(ok, "127.0.0.3 is trusted now: {err}");
+    assert!(out.contains("x-forwarded-for: 198.51.100.7"), "{out}");
+
+    // A config whose site cannot be built is refused; the running one stays.
+    let bad = text.replace(
+        &format!("upstream = \"http://{up_b}\""),
+        "upstream = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"",
+    );
+    let bad = local_proxy::config::from_toml_str(&bad).unwrap();
+    assert!(p.handle.reload(bad).is_err());
+    let (out, _, ok) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/").await;
+    assert!(ok && out.contains("upstream: b"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_auto_reads_the_address_from_the_yggdrasil_admin_socket() {
+    // A stand-in admin socket answering getSelf.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("getSelf"));
+            let reply = r#"{"status":"success","request":{"request":"getSelf"},"response":{"address":"201:c1fa:2e6f:c2f3:34ad:a9b0:2b68:5549","subnet":"301:c1fa:2e6f:c2f3::/64","key":"00","build_name":"yggdrasil","build_version":"0.5.12","routing_entries":2}}"#;
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let text = format!(
+        "[mesh]\nlisten = \"auto\"\nadmin_endpoint = \"tcp://{admin}\"\n[wan]\naddresses = []\n[http]\nhttps_port = 0\nhttp_port = 0\n"
+    );
+    let config = local_proxy::config::from_toml_str(&text).unwrap();
+    let ip = local_proxy::listeners::mesh_address(&config).await.unwrap().unwrap();
+    assert_eq!(ip.to_string(), "201:c1fa:2e6f:c2f3:34ad:a9b0:2b68:5549");
+    // The address is not on this host; freebind lets the mesh listener bind it anyway.
+    let bound = local_proxy::listeners::bind(&config, Some(ip));
+    match bound {
+        Ok(b) => assert_eq!(b.tcp.len(), 2),
+        // Hosts without IPv6 at all cannot create the socket; that is not what is tested here.
+        Err(e) => assert!(e.to_string().contains("Address family"), "{e}"),
+    }
+}
