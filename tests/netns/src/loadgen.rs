@@ -411,7 +411,7 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
             error: format!("{stuck} connections still open at the end"),
         });
     }
-    tick.sec = start.elapsed().as_secs() + 1;
+    tick.sec = next_tick.as_secs();
     tick.unix_ms = unix_ms();
     writeln!(out, "{}", serde_json::to_string(&tick)?)?;
     summary.end_ms = unix_ms();

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -223,12 +224,18 @@ pub struct Topology {
     pub bins: Bins,
     pub tag: String,
     dir: TempDir,
+    /// One topology per process at a time: the scenarios measure timing on 2 shared cores.
+    _serial: MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 impl Topology {
     /// Builds everything (bounded: a few seconds; the mesh wait is at most 30 s).
     pub fn build(bins: Bins, opts: Options) -> Result<Self> {
         crate::preflight::require()?;
+        // A test that panicked while holding it poisons it; the guard's data is nothing.
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         for (name, p) in [("loadgen", &bins.loadgen), ("echo-server", &bins.echo_server)] {
             if !p.is_file() {
                 bail!("{name} binary missing at {}: build with `cargo build -p netns`", p.display());
@@ -248,7 +255,7 @@ impl Topology {
             meshc: mk(Role::Meshc)?,
             stranger: mk(Role::Stranger)?,
         };
-        let mut t = Self { procs: BTreeMap::new(), ygg: BTreeMap::new(), hosts, bins, tag, dir };
+        let mut t = Self { procs: BTreeMap::new(), ygg: BTreeMap::new(), hosts, bins, tag, dir, _serial: serial };
         t.wire().context("wiring the topology")?;
         if opts.mesh {
             t.start_mesh().context("starting the yggdrasil mesh")?;
