@@ -1,0 +1,198 @@
+//! TCP and UDP stream forwards: PROXY rules on the WAN side, optional PROXY v2 to the
+//! upstream, half-close, and strangers dropped and counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use local_proxy::listeners::Origin;
+use shared::proxy_protocol::{self, Command, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// TCP upstream: if `proxy`, reads a PROXY header first; answers `client=<addr>\n` then
+/// echoes everything until the client half-closes, then closes.
+async fn tcp_upstream(proxy: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            tokio::spawn(async move {
+                let client = if proxy {
+                    let h = proxy_protocol::read_header(&mut s, Duration::from_secs(5)).await.unwrap();
+                    h.addresses().map(|(c, _)| c.to_string()).unwrap_or_default()
+                } else {
+                    peer.to_string()
+                };
+                s.write_all(format!("client={client}\n").as_bytes()).await.unwrap();
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// UDP upstream: replies `from=<client>;<payload>`, the client taken from a PROXY header when
+/// the datagram has one.
+async fn udp_upstream() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
+            let d = &buf[..n];
+            let (client, payload) = match proxy_protocol::parse(d) {
+                Ok(p) => (p.addresses().map(|(c, _)| c.to_string()).unwrap_or_default(), &d[p.len..]),
+                Err(_) => (format!("direct:{}", peer.ip()), d),
+            };
+            let mut out = format!("from={client};").into_bytes();
+            out.extend_from_slice(payload);
+            let _ = s.send_to(&out, peer).await;
+        }
+    });
+    addr
+}
+
+async fn start(tcp_proxy: SocketAddr, tcp_plain: SocketAddr, udp: SocketAddr) -> Proxy {
+    Proxy::start(&base_config(&format!(
+        r#"
+[[stream]]
+name = "jenkins"
+listen = "0/tcp"
+upstream = "{tcp_plain}"
+[[stream]]
+name = "turns"
+listen = "0/tcp"
+upstream = "{tcp_proxy}"
+proxy_protocol = "v2"
+[[stream]]
+name = "wazuh"
+listen = "0/udp"
+upstream = "{udp}"
+[[stream]]
+name = "turn"
+listen = "0/udp"
+upstream = "{udp}"
+proxy_protocol = "v2"
+idle_timeout = "500ms"
+"#
+    )))
+    .await
+}
+
+async fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_streams_carry_the_client_address_and_half_close() {
+    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_upstream().await).await;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+
+    // WAN side, PROXY v2 from the trusted ingress, relayed as PROXY v2 to the upstream.
+    let wan = p.listeners_tcp[&(Origin::Wan, "turns".to_string())];
+    let mut s = connect_with_proxy("127.0.0.2".parse().unwrap(), wan, client).await;
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut s).await, "client=198.51.100.7:40000\nhello");
+
+    // Mesh side: the peer is the client.
+    let mesh = p.listeners_tcp[&(Origin::Mesh, "turns".to_string())];
+    let mut s = TcpStream::connect(mesh).await.unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"mesh").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut s).await, format!("client={me}\nmesh"));
+
+    // Without PROXY to the upstream, it sees the proxy's own address, and a long transfer
+    // passes whole.
+    let plain = p.listeners_tcp[&(Origin::Wan, "jenkins".to_string())];
+    let mut s = connect_with_proxy("127.0.0.2".parse().unwrap(), plain, client).await;
+    let data = vec![b'z'; 1 << 20];
+    let (mut r, mut w) = s.split();
+    let (_, got) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.unwrap();
+            out
+        }
+    );
+    let text_end = got.iter().position(|b| *b == b'\n').unwrap();
+    assert!(got[..text_end].starts_with(b"client=127.0.0.1:"));
+    assert_eq!(got.len() - text_end - 1, data.len());
+
+    // A stranger gets nothing and is counted.
+    let key = [("listener", "wan-stream"), ("result", "untrusted")];
+    let before = p.metric("local_proxy_connections_total", &key).await;
+    let mut s = connect_with_proxy("127.0.0.3".parse().unwrap(), plain, client).await;
+    let mut got = Vec::new();
+    // Closed with our header unread: EOF or a reset, never data.
+    let res = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap();
+    assert!(got.is_empty(), "{res:?}");
+    assert!(p.metric("local_proxy_connections_total", &key).await > before);
+}
+
+async fn udp_exchange(from: &str, to: SocketAddr, datagram: &[u8]) -> Option<String> {
+    let s = UdpSocket::bind(format!("{from}:0")).await.unwrap();
+    s.send_to(datagram, to).await.unwrap();
+    let mut buf = [0u8; 2048];
+    match tokio::time::timeout(Duration::from_millis(1500), s.recv_from(&mut buf)).await {
+        Ok(Ok((n, src))) => {
+            assert_eq!(src, to, "reply comes from the address the datagram went to");
+            Some(String::from_utf8_lossy(&buf[..n]).to_string())
+        }
+        _ => None,
+    }
+}
+
+fn with_header(client: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    proxy_protocol::write_v2(&mut d, Command::Proxy, Transport::Datagram, Some((client, to)));
+    d.extend_from_slice(payload);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_streams_follow_the_same_rules() {
+    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_upstream().await).await;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let wazuh = p.listeners_udp[&(Origin::Wan, "wazuh".to_string())];
+    let turn = p.listeners_udp[&(Origin::Wan, "turn".to_string())];
+    let turn_mesh = p.listeners_udp[&(Origin::Mesh, "turn".to_string())];
+
+    // Header from the ingress is stripped; without PROXY to the upstream, it sees the proxy.
+    let reply = udp_exchange("127.0.0.2", wazuh, &with_header(client, wazuh, b"agent")).await;
+    assert_eq!(reply.as_deref(), Some("from=direct:127.0.0.1;agent"));
+    // With PROXY v2 towards the upstream, the client address arrives there.
+    let reply = udp_exchange("127.0.0.2", turn, &with_header(client, turn, b"bind")).await;
+    assert_eq!(reply.as_deref(), Some("from=198.51.100.7:40000;bind"));
+    // A datagram from the ingress without a header: the ingress is the client.
+    let reply = udp_exchange("127.0.0.2", wazuh, b"bare").await;
+    assert_eq!(reply.as_deref(), Some("from=direct:127.0.0.1;bare"));
+    // Mesh: no header; the peer is the client.
+    let reply = udp_exchange("127.0.0.1", turn_mesh, b"mesh").await.unwrap();
+    assert!(reply.starts_with("from=127.0.0.1:") && reply.ends_with(";mesh"), "{reply}");
+
+    // A stranger is dropped and counted.
+    let key = [("stream", "wazuh"), ("result", "untrusted")];
+    let before = p.metric("local_proxy_udp_dropped_total", &key).await;
+    assert_eq!(udp_exchange("127.0.0.3", wazuh, &with_header(client, wazuh, b"x")).await, None);
+    assert!(p.metric("local_proxy_udp_dropped_total", &key).await > before);
+
+    // Flows idle out (turn: 500ms).
+    wait_until(Duration::from_secs(5), "turn flows expired", || async {
+        p.metric("local_proxy_udp_flows_active", &[("stream", "turn")]).await == 0.0
+    })
+    .await;
+}
