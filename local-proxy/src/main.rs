@@ -1,5 +1,6 @@
 //! `local-proxy` binary: command line, logging, signals; the work is in the library.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,7 +67,12 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr (journald takes it); colours only on a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
@@ -83,6 +89,14 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     for b in &bound.tcp {
         if let Ok(addr) = b.listener.local_addr() {
             info!(listener = listeners::label(b.origin, &b.role), %addr, "listening");
+        }
+    }
+    if let Some(addr) = bound.admin_addr() {
+        info!(listener = "admin", %addr, "listening");
+    }
+    for b in &bound.udp {
+        if let Ok(addr) = b.socket.local_addr() {
+            info!(listener = "udp", stream = %b.stream, origin = %b.origin, %addr, "listening");
         }
     }
     let shutdown = CancellationToken::new();

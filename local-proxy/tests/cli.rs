@@ -1,0 +1,129 @@
+//! The binary: `check` validates, `-c` runs, SIGHUP reloads (an invalid file is refused and
+//! the running config stays), SIGTERM stops.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_local-proxy");
+
+#[tokio::test]
+async fn check_validates_example_and_names_bad_fields() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local-proxy.toml");
+    let out = run_tool(BIN, &["check", "-c", example], b"").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (8 sites, 10 streams)"));
+
+    let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid/stream-range-mismatch.toml");
+    let out = run_tool(BIN, &["check", "-c", bad], b"").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream[0].upstream"));
+}
+
+fn site_config(live: &std::path::Path, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "127.0.0.4"
+[http]
+https_port = 0
+http_port = 0
+[tls]
+certbot_live_dir = "{}"
+[[site]]
+host = "a.test"
+upstream = "http://{upstream}"
+"#,
+        live.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_refuses_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let live = dir.path().join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    let (up_a, up_b) = (echo_upstream("a").await, echo_upstream("b").await);
+    let path = dir.path().join("lp.toml");
+    std::fs::write(&path, site_config(&live, up_a)).unwrap();
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let addr_of = |listener: &str| {
+        let text = log.lock().unwrap().clone();
+        text.lines()
+            .filter(|l| l.contains("listening") && l.contains(&format!("listener=\"{listener}\"")))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|a| a.split_whitespace().next())
+            .find_map(|a| a.parse::<SocketAddr>().ok())
+    };
+    wait_until(Duration::from_secs(10), "listeners logged", || {
+        let ok = addr_of("mesh-https").is_some() && addr_of("admin").is_some();
+        async move { ok }
+    })
+    .await;
+    let https = addr_of("mesh-https").unwrap();
+    let admin = addr_of("admin").unwrap();
+
+    let (out, err, ok) = curl(&[], "a.test", https, &ca.pem_path, "/").await;
+    assert!(ok && out.contains("upstream: a"), "{out}{err}");
+
+    let hup = || async {
+        let pid = child.id().unwrap().to_string();
+        assert!(run_tool("kill", &["-HUP", &pid], b"").await.status.success());
+    };
+    std::fs::write(&path, site_config(&live, up_b)).unwrap();
+    hup().await;
+    wait_until(Duration::from_secs(10), "reload to upstream b", || async {
+        curl(&[], "a.test", https, &ca.pem_path, "/").await.0.contains("upstream: b")
+    })
+    .await;
+
+    std::fs::write(&path, format!("{}\nsurprise = true\n", site_config(&live, up_a))).unwrap();
+    hup().await;
+    wait_until(Duration::from_secs(10), "refusal logged", || {
+        let seen = log.lock().unwrap().contains("reload refused");
+        async move { seen }
+    })
+    .await;
+    assert!(log.lock().unwrap().contains("surprise"), "the error names the field");
+    let (out, _, ok) = curl(&[], "a.test", https, &ca.pem_path, "/").await;
+    assert!(ok && out.contains("upstream: b"), "running config stays: {out}");
+    let metrics = http_get(admin, "/metrics").await.1;
+    assert_eq!(metric_value(&metrics, "local_proxy_config_reloads_total", &[("result", "invalid")]), 1.0);
+    assert_eq!(metric_value(&metrics, "local_proxy_config_reloads_total", &[("result", "ok")]), 1.0);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}
