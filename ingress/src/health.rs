@@ -8,11 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::CheckKind;
+use shared::proxy_protocol::{write_v2, Command, Transport};
 
-/// A PROXY v2 header with the LOCAL command: "a health check, no client behind it".
-const PROXY_V2_LOCAL: [u8; 16] =
-    [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00];
+use crate::config::CheckKind;
 
 /// How a probe or a connect went.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -125,8 +123,18 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
         match kind {
             CheckKind::Tcp => {}
             CheckKind::ProxyV2Local => {
-                s.write_all(&PROXY_V2_LOCAL).await.ok()?;
-                s.shutdown().await.ok()?;
+                // LOCAL: "a health check, no client behind it". The local proxy keeps such a
+                // connection open when it can serve and closes it at once when it cannot, so
+                // a close within a short grace period is a failure.
+                let mut hdr = Vec::with_capacity(16);
+                write_v2(&mut hdr, Command::Local, Transport::Unspec, None);
+                s.write_all(&hdr).await.ok()?;
+                let grace = (timeout / 4).min(Duration::from_millis(100));
+                let mut one = [0u8; 1];
+                match tokio::time::timeout(grace, s.read(&mut one)).await {
+                    Err(_) | Ok(Ok(1..)) => {}
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
+                }
             }
             CheckKind::Http { path, host } => {
                 let req = format!(
@@ -193,6 +201,47 @@ mod tests {
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
         assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), Some(Transition::WentUp));
+    }
+
+    #[tokio::test]
+    async fn probes_judge_what_the_peer_does() {
+        use tokio::net::TcpListener;
+        let open = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b, h) = (open.local_addr().unwrap(), closing.local_addr().unwrap(), http.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            loop {
+                keep.push(open.accept().await.unwrap().0);
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                drop(closing.accept().await.unwrap());
+            }
+        });
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut s, _) = http.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                n += 1;
+                let status = if n == 1 { "200 OK" } else { "503 Unavailable" };
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let t = Duration::from_millis(400);
+        assert!(matches!(probe(a, &CheckKind::Tcp, t).await, Outcome::Ok { .. }));
+        assert!(matches!(probe(a, &CheckKind::ProxyV2Local, t).await, Outcome::Ok { .. }));
+        assert_eq!(probe(b, &CheckKind::ProxyV2Local, t).await, Outcome::Failed);
+        let http_check = CheckKind::Http { path: "/healthz".into(), host: "h".into() };
+        assert!(matches!(probe(h, &http_check, t).await, Outcome::Ok { .. }));
+        assert_eq!(probe(h, &http_check, t).await, Outcome::Failed);
+        drop(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let refused: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(probe(refused, &CheckKind::Tcp, t).await, Outcome::Failed);
     }
 
     #[test]

@@ -350,3 +350,143 @@ async fn join_all<F: std::future::Future<Output = Outcome>>(futs: impl Iterator<
     .await;
     results
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CheckKind, HealthConfig, PathConfig, PoolConfig};
+    use std::time::Duration;
+
+    fn pool(weights: &[u32], mesh: bool) -> Pool {
+        let path = |i: usize, w: u32| PathConfig {
+            name: format!("wan{}", i + 1),
+            ip: format!("192.0.2.{}", i + 1).parse().unwrap(),
+            port: None,
+            weight: w,
+        };
+        Pool::new(
+            PoolConfig {
+                name: "t".into(),
+                paths: weights.iter().enumerate().map(|(i, &w)| path(i, w)).collect(),
+                mesh: mesh.then(|| PathConfig {
+                    name: "mesh".into(),
+                    ip: "200::1".parse().unwrap(),
+                    port: None,
+                    weight: 1,
+                }),
+                connect_timeout: Duration::from_millis(300),
+                final_connect_timeout: Duration::from_secs(3),
+                max_attempts: 3,
+                health: HealthConfig {
+                    interval: Duration::from_millis(500),
+                    timeout: Duration::from_millis(400),
+                    rise: 2,
+                    fall: 2,
+                    port: 443,
+                    check: CheckKind::Tcp,
+                },
+            },
+            None,
+        )
+    }
+
+    fn shares(p: &Pool, n: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; p.paths.len()];
+        for _ in 0..n {
+            counts[p.pick(Tried::default()).unwrap().0] += 1;
+        }
+        counts.into_iter().map(|c| c as f64 / n as f64).collect()
+    }
+
+    fn kill(p: &Pool, i: usize) {
+        p.record(i, Outcome::Failed, Source::Probe);
+        p.record(i, Outcome::Failed, Source::Probe);
+    }
+
+    #[test]
+    fn shares_follow_weights() {
+        fastrand::seed(7);
+        let p = pool(&[3, 1], true);
+        let s = shares(&p, 20_000);
+        assert!((s[0] - 0.75).abs() < 0.03, "{s:?}");
+        assert_eq!(s[2], 0.0, "mesh unused while a WAN is up");
+    }
+
+    #[test]
+    fn shares_follow_health() {
+        fastrand::seed(8);
+        let p = pool(&[1, 1], false);
+        // wan2 loses a third of its connects: its factor falls, it keeps some share.
+        for i in 0..60 {
+            let o = if i % 3 == 0 { Outcome::Failed } else { Outcome::Ok { latency: Duration::from_millis(1) } };
+            p.record(1, o, Source::Traffic);
+            p.record(0, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Traffic);
+        }
+        p.refresh_factors();
+        let s = shares(&p, 20_000);
+        assert!(s[1] < 0.4 && s[1] > 0.05, "{s:?}");
+    }
+
+    #[test]
+    fn down_paths_get_nothing_and_mesh_only_when_all_wans_are_down() {
+        fastrand::seed(9);
+        let p = pool(&[1, 1], true);
+        kill(&p, 0);
+        let s = shares(&p, 2000);
+        assert_eq!((s[0], s[1], s[2]), (0.0, 1.0, 0.0));
+        assert!(!p.on_mesh());
+        kill(&p, 1);
+        let s = shares(&p, 2000);
+        assert_eq!(s[2], 1.0);
+        assert!(p.on_mesh());
+        p.record(0, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+        p.record(0, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+        assert!(!p.on_mesh());
+        assert_eq!(shares(&p, 2000)[0], 1.0);
+    }
+
+    #[test]
+    fn retry_order_tries_every_path_once_mesh_after_wans() {
+        let p = pool(&[1, 1], true);
+        let mut tried = Tried::default();
+        let mut order = Vec::new();
+        while let Some((i, _)) = p.pick(tried) {
+            tried.insert(i);
+            order.push(i);
+        }
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], 2, "the mesh comes after the healthy WANs");
+        assert_eq!(p.remaining(tried), 0);
+    }
+
+    #[test]
+    fn nothing_up_still_tries_everything_mesh_first() {
+        let p = pool(&[1, 1], true);
+        for i in 0..3 {
+            kill(&p, i);
+        }
+        let (first, _) = p.pick(Tried::default()).unwrap();
+        assert_eq!(first, 2);
+    }
+
+    #[test]
+    fn passive_failures_never_take_out_the_last_usable_path() {
+        let p = pool(&[1], false);
+        for _ in 0..10 {
+            p.record(0, Outcome::Failed, Source::Traffic);
+        }
+        assert!(p.paths[0].is_up());
+        let p = pool(&[1, 1], false);
+        p.record(0, Outcome::Failed, Source::Traffic);
+        p.record(0, Outcome::Failed, Source::Traffic);
+        assert!(!p.paths[0].is_up(), "with wan2 up, wan1 may go down on passive evidence");
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_paths() {
+        let p = pool(&[1, 1], false);
+        kill(&p, 0);
+        let q = Pool::new(p.cfg.clone(), Some(&p));
+        assert!(!q.paths[0].is_up() && q.paths[1].is_up());
+    }
+}

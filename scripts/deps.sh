@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the tests and the demo use, installed only when missing (idempotent):
+# real peers (nginx, haproxy), clients (curl, openssl), load tools (iperf3, wrk), then the
+# network-namespace harness's own list (yggdrasil 0.5 from bookworm-backports, nftables, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:iperf3 wrk:wrk; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update
+  apt-get install -y --no-install-recommends "${need[@]}"
+fi
+# Debian starts daemons on install where it can; tests run their own instances.
+pkill -x nginx 2>/dev/null || true
+pkill -x haproxy 2>/dev/null || true
+bash tests/netns/deps.sh
