@@ -50,10 +50,12 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Handle {
     state: Arc<State>,
+    tasks: TaskTracker,
+    conns: TaskTracker,
 }
 
 /// Start serving. Must be called inside a tokio runtime.
-pub fn start(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<Server, StartError> {
+pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationToken) -> Result<Server, StartError> {
     let metrics = crate::metrics::install();
     let trusted = Arc::new(TrustedPeers::new());
     trusted.set_source(CONFIG_SOURCE, config.wan.trusted_ingress.iter().copied());
@@ -72,22 +74,18 @@ pub fn start(config: Config, listeners: Listeners, shutdown: CancellationToken) 
     });
     publish_health(&state);
 
-    let tracker = TaskTracker::new();
+    let tasks = TaskTracker::new();
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
-    for bound in listeners.tcp {
-        tracker.spawn(accept::accept_loop(bound, state.clone(), conns.clone()));
+    let handle = Handle { state: state.clone(), tasks: tasks.clone(), conns: conns.clone() };
+    if let Some(l) = listeners.admin.take() {
+        tasks.spawn(admin::serve(l, state.clone(), conns.clone()));
     }
-    for bound in listeners.udp {
-        tracker.spawn(stream::udp::serve(bound, state.clone()));
-    }
-    if let Some(l) = listeners.admin {
-        tracker.spawn(admin::serve(l, state.clone(), conns.clone()));
-    }
-    tracker.spawn(certs.watch(shutdown.clone()));
+    handle.serve(listeners);
+    tasks.spawn(certs.watch(shutdown.clone()));
     {
         let state = state.clone();
-        tracker.spawn(async move {
+        tasks.spawn(async move {
             // Health follows certificate renewals; sample it for the gauge.
             loop {
                 tokio::select! {
@@ -97,8 +95,7 @@ pub fn start(config: Config, listeners: Listeners, shutdown: CancellationToken) 
             }
         });
     }
-    tracker.close();
-    Ok(Server { handle: Handle { state }, tasks: tracker, conns })
+    Ok(Server { handle, tasks, conns })
 }
 
 fn publish_health(state: &State) {
@@ -114,6 +111,7 @@ impl Server {
     /// Wait for shutdown, then give open connections up to `drain` to finish.
     pub async fn wait(self, drain: Duration) {
         self.handle.state.shutdown.cancelled().await;
+        self.tasks.close();
         self.tasks.wait().await;
         // No accept loop is left to add connections.
         self.conns.close();
@@ -124,6 +122,27 @@ impl Server {
 }
 
 impl Handle {
+    /// Serve more bound listeners (the mesh address learnt after start-up). The admin
+    /// listener, if any, is ignored here.
+    pub fn serve(&self, listeners: Listeners) {
+        for bound in listeners.tcp {
+            self.tasks.spawn(accept::accept_loop(bound, self.state.clone(), self.conns.clone()));
+        }
+        for bound in listeners.udp {
+            self.tasks.spawn(stream::udp::serve(bound, self.state.clone()));
+        }
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.config.load_full()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.state.shutdown.is_cancelled()
+    }
+
     /// Apply a new validated config to new connections; established ones keep theirs.
     /// Listener changes (addresses, ports, streams added) need a restart and are logged.
     pub fn reload(&self, new: Config) -> Result<(), ReloadError> {

@@ -114,42 +114,54 @@ pub async fn mesh_address(config: &Config) -> Result<Option<IpAddr>, BindError> 
 /// Bind everything in `config`. The mesh address must already be resolved (see [`mesh_address`]).
 pub fn bind(config: &Config, mesh: Option<IpAddr>) -> Result<Listeners, BindError> {
     let mut out = Listeners::default();
-    let sides = config.wan.addresses.iter().map(|ip| (Origin::Wan, *ip)).chain(mesh.map(|ip| (Origin::Mesh, ip)));
-    for (origin, ip) in sides {
-        // The mesh address may not be up yet when yggdrasil restarts; freebind lets us bind it anyway.
-        let freebind = origin == Origin::Mesh;
-        for (role, port) in [(Role::Https, config.http.https_port), (Role::Http, config.http.http_port)] {
-            let addr = SocketAddr::new(ip, port);
-            let listener = tcp(addr, freebind).map_err(|source| BindError::Bind {
-                what: label(origin, &role).to_string(),
-                addr,
-                source,
-            })?;
-            out.tcp.push(TcpBound { origin, role, listener });
-        }
-        for s in &config.streams {
-            for port in s.listen_ports.iter() {
-                let addr = SocketAddr::new(ip, port);
-                let err = |source| BindError::Bind { what: format!("stream {}", s.name), addr, source };
-                match s.protocol {
-                    Protocol::Tcp => out.tcp.push(TcpBound {
-                        origin,
-                        role: Role::Stream(s.name.clone()),
-                        listener: tcp(addr, freebind).map_err(err)?,
-                    }),
-                    Protocol::Udp => out.udp.push(UdpBound {
-                        origin,
-                        stream: s.name.clone(),
-                        socket: udp(addr, freebind).map_err(err)?,
-                    }),
-                }
-            }
-        }
+    for ip in &config.wan.addresses {
+        bind_side(config, Origin::Wan, *ip, &mut out)?;
+    }
+    if let Some(ip) = mesh {
+        bind_side(config, Origin::Mesh, ip, &mut out)?;
     }
     if let Some(addr) = config.admin {
         out.admin = Some(tcp(addr, false).map_err(|source| BindError::Bind { what: "admin".into(), addr, source })?);
     }
     Ok(out)
+}
+
+/// Only the mesh listeners on `ip` (for a mesh address learnt after start-up).
+pub fn bind_mesh(config: &Config, ip: IpAddr) -> Result<Listeners, BindError> {
+    let mut out = Listeners::default();
+    bind_side(config, Origin::Mesh, ip, &mut out)?;
+    Ok(out)
+}
+
+fn bind_side(config: &Config, origin: Origin, ip: IpAddr, out: &mut Listeners) -> Result<(), BindError> {
+    // The mesh address may not be up yet when yggdrasil restarts; freebind lets us bind it anyway.
+    let freebind = origin == Origin::Mesh;
+    for (role, port) in [(Role::Https, config.http.https_port), (Role::Http, config.http.http_port)] {
+        let addr = SocketAddr::new(ip, port);
+        let listener = tcp(addr, freebind).map_err(|source| BindError::Bind {
+            what: label(origin, &role).to_string(),
+            addr,
+            source,
+        })?;
+        out.tcp.push(TcpBound { origin, role, listener });
+    }
+    for s in &config.streams {
+        for port in s.listen_ports.iter() {
+            let addr = SocketAddr::new(ip, port);
+            let err = |source| BindError::Bind { what: format!("stream {}", s.name), addr, source };
+            match s.protocol {
+                Protocol::Tcp => out.tcp.push(TcpBound {
+                    origin,
+                    role: Role::Stream(s.name.clone()),
+                    listener: tcp(addr, freebind).map_err(err)?,
+                }),
+                Protocol::Udp => {
+                    out.udp.push(UdpBound { origin, stream: s.name.clone(), socket: udp(addr, freebind).map_err(err)? })
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn socket(addr: SocketAddr, ty: Type, freebind: bool) -> io::Result<Socket> {

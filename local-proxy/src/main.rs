@@ -77,12 +77,12 @@ fn init_tracing() {
 
 async fn run(path: &Path) -> anyhow::Result<()> {
     let config = config::load(path).with_context(|| format!("{}", path.display()))?;
-    let mesh = match listeners::mesh_address(&config).await {
-        Ok(m) => m,
+    let (mesh, mesh_later) = match listeners::mesh_address(&config).await {
+        Ok(m) => (m, false),
         Err(e) => {
-            // WAN service matters more than the mesh: start without it rather than not at all.
-            warn!(error = %e, "no mesh listener");
-            None
+            // WAN service matters more than the mesh: start without it and keep asking.
+            warn!(error = %e, "no mesh listener yet; retrying in the background");
+            (None, true)
         }
     };
     let bound = listeners::bind(&config, mesh)?;
@@ -102,6 +102,9 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = local_proxy::start(config, bound, shutdown.clone())?;
     let handle = server.handle();
+    if mesh_later {
+        tokio::spawn(mesh_when_ready(handle.clone()));
+    }
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -132,4 +135,27 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     server.wait(DRAIN).await;
     info!("stopped");
     Ok(())
+}
+
+/// yggdrasil may start after us (boot order, restarts): ask for the mesh address until it
+/// answers, then bind and serve the mesh listeners.
+async fn mesh_when_ready(handle: local_proxy::Handle) {
+    let mut delay = Duration::from_secs(2);
+    while !handle.is_shutting_down() {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
+        let config = handle.config();
+        match listeners::mesh_address(&config).await {
+            Ok(None) => return,
+            Ok(Some(ip)) => match listeners::bind_mesh(&config, ip) {
+                Ok(bound) => {
+                    info!(address = %ip, "mesh listener up");
+                    handle.serve(bound);
+                    return;
+                }
+                Err(e) => warn!(error = %e, "binding the mesh listener failed; retrying"),
+            },
+            Err(e) => warn!(error = %e, "still no mesh address; retrying"),
+        }
+    }
 }
