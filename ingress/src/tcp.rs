@@ -102,10 +102,13 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
         let mut head = Vec::with_capacity(64 + first.len());
         if service.cfg.proxy_protocol {
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
-            // Whatever the client already sent rides in the same segment as the header.
+            // Whatever the client already sent rides in the same segment as the header. A
+            // plain non-blocking read: tokio's `try_read` would refuse until the reactor has
+            // seen the socket readable, which a fresh connection often has not yet.
             if first.is_empty() {
                 let mut buf = [0u8; 4096];
-                if let Ok(n) = client.try_read(&mut buf) {
+                let sock = socket2::SockRef::from(&client);
+                if let Ok(n) = std::io::Read::read(&mut &*sock, &mut buf) {
                     first.extend_from_slice(&buf[..n]);
                 }
             }
