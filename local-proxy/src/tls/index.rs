@@ -53,3 +53,51 @@ impl CertIndex {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tls::load::{load_pair, LoadError};
+
+    fn write_pair(dir: &Path, stem: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn names_come_from_the_certificate_and_wildcards_cover_one_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "a", &["A.example.org", "*.apps.example.org"]);
+        let loaded = load_pair(&c, &k).unwrap();
+        assert_eq!(loaded.names, ["*.apps.example.org", "a.example.org"]);
+        let index = CertIndex::build([&loaded]);
+        assert!(index.lookup("a.example.org").is_some());
+        assert!(index.lookup("a.example.org.").is_some());
+        assert!(index.lookup("x.apps.example.org").is_some());
+        assert!(index.lookup("y.x.apps.example.org").is_none(), "browsers would refuse it");
+        assert!(index.lookup("apps.example.org").is_none());
+        assert!(index.lookup("b.example.org").is_none());
+    }
+
+    #[test]
+    fn mismatched_key_garbage_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, _) = write_pair(dir.path(), "one", &["one.test"]);
+        let (_, k2) = write_pair(dir.path(), "two", &["two.test"]);
+        assert!(matches!(load_pair(&c1, &k2), Err(LoadError::Mismatch { .. })));
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem at all").unwrap();
+        assert!(load_pair(&junk, &k2).is_err());
+        assert!(load_pair(&dir.path().join("missing.pem"), &k2).is_err());
+    }
+}
