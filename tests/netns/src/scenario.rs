@@ -106,6 +106,17 @@ pub fn describe_failures(records: &[Record], since: u64) -> String {
         .join("\n")
 }
 
+/// Splits failed connections at a fault injected between `fault_start` and `fault_done` (Unix
+/// ms, before and after the command that injected it): those started before `fault_done` whose
+/// connect succeeded were in flight when the path died under them (an L4 proxy cannot move a
+/// connection whose bytes were already sent: unavoidable); every other failure is a failed
+/// connect the ingress should have hidden. Returns (in flight, others).
+pub fn split_failures(records: &[Record], fault_done: u64) -> (Vec<Record>, Vec<Record>) {
+    records.iter().filter(|r| !r.ok).cloned().partition(|r| {
+        r.start_ms < fault_done && r.target.is_some() && !r.error.as_deref().unwrap_or("").starts_with("connect")
+    })
+}
+
 /// A sum of a per-path counter over both ingress nodes.
 pub fn metric_sum(t: &Topology, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     let mut total = 0.0;

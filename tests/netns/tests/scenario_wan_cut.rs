@@ -28,6 +28,7 @@ fn wan1_cut_under_load(how: Cut) {
     std::thread::sleep(Duration::from_secs(2));
     let cut_ms = unix_ms();
     t.cut(Wan::Wan1, how).expect("cut wan1");
+    let cut_done_ms = unix_ms();
     common::phase(start, &format!("wan1 cut ({how:?})"));
     scenario::wait_paths(&t, Role::Ingress1, &[("wan1", false), ("wan2", true)], Duration::from_secs(5))
         .expect("ingress1 marks wan1 down");
@@ -74,7 +75,14 @@ fn wan1_cut_under_load(how: Cut) {
     let failures = scenario::metric_sum(&t, names::PATH_CONNECT_FAILURES, &[("path", "wan1")]).unwrap_or(-1.0);
     eprintln!("ingress wan1 connect failures (retried on another path): {failures}");
 
-    assert_eq!(s.failed, 0, "failed connections:\n{}", scenario::describe_failures(&r.records, cut_ms));
+    let (in_flight, failed) = scenario::split_failures(&r.records, cut_done_ms);
+    eprintln!(
+        "connections in flight over wan1 when it died (the cut took {} ms to apply): {} broke",
+        cut_done_ms - cut_ms,
+        in_flight.len()
+    );
+    assert!(failed.is_empty(), "failed connections:\n{}", scenario::describe_failures(&failed, cut_ms));
+    assert!(in_flight.len() <= 3, "too many broke in flight:\n{}", scenario::describe_failures(&in_flight, cut_ms));
     assert!(last_wan1 > 0);
     assert!(
         detection <= DETECTION_BOUND_MS,

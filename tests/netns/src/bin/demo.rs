@@ -200,7 +200,28 @@ fn run() -> Result<()> {
         }
     }
     if s.failed > 0 {
-        println!("\nFailed connections:\n{}", scenario::describe_failures(&r.records, s.start_ms));
+        // Connections already relaying over a WAN when it died cannot be moved by an L4 proxy;
+        // a failed connect (or anything after the cut took effect) is a real failure.
+        let mut in_flight = Vec::new();
+        let mut failed: Vec<_> = r.records.iter().filter(|x| !x.ok).cloned().collect();
+        for (ev, at) in &event_times {
+            if let Event::Cut(_) = ev {
+                let window: Vec<_> = failed.iter().filter(|x| x.start_ms + 100 >= *at).cloned().collect();
+                let (fl, _) = scenario::split_failures(&window, at + 100);
+                failed.retain(|x| !fl.iter().any(|y| y.seq == x.seq));
+                in_flight.extend(fl);
+            }
+        }
+        if !in_flight.is_empty() {
+            println!(
+                "\n{} connections were already relaying over a WAN when it was cut and broke (no L4 proxy can move them):\n{}",
+                in_flight.len(),
+                scenario::describe_failures(&in_flight, s.start_ms)
+            );
+        }
+        if !failed.is_empty() {
+            println!("\nFAILED connections:\n{}", scenario::describe_failures(&failed, s.start_ms));
+        }
     }
     let fo = scenario::metric_sum(&t, names::MESH_FAILOVERS, &[]).unwrap_or(-1.0);
     println!("\ningress metrics: mesh failovers {fo}; cleaning up...");
