@@ -51,16 +51,24 @@ impl Activity {
     }
 }
 
-/// An `AsyncRead + AsyncWrite` that touches an [`Activity`] whenever bytes move.
+/// An `AsyncRead + AsyncWrite` that touches an [`Activity`] whenever bytes move, and
+/// optionally counts the bytes read (so long-lived relays show traffic while they run).
 #[derive(Debug)]
 pub struct Tracked<S> {
     inner: S,
     activity: Activity,
+    read_bytes: Option<metrics::Counter>,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Activity) -> Self {
-        Self { inner, activity }
+        Self { inner, activity, read_bytes: None }
+    }
+
+    /// Count every byte read from `inner` on `counter`.
+    pub fn count_reads(mut self, counter: metrics::Counter) -> Self {
+        self.read_bytes = Some(counter);
+        self
     }
 }
 
@@ -68,8 +76,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
             self.activity.touch();
+            if let Some(c) = &self.read_bytes {
+                c.increment(n as u64);
+            }
         }
         res
     }

@@ -131,6 +131,8 @@ async fn tcp_streams_carry_the_client_address_and_half_close() {
     let text_end = got.iter().position(|b| *b == b'\n').unwrap();
     assert!(got[..text_end].starts_with(b"client=127.0.0.1:"));
     assert_eq!(got.len() - text_end - 1, data.len());
+    let sent = p.metric("local_proxy_stream_bytes_total", &[("stream", "jenkins"), ("direction", "in")]).await;
+    assert!(sent >= data.len() as f64, "bytes to upstream counted: {sent}");
 
     // A stranger gets nothing and is counted.
     let key = [("listener", "wan-stream"), ("result", "untrusted")];

@@ -35,8 +35,10 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
     let _ = client.set_nodelay(true);
 
     let activity = Activity::new();
-    let mut client = Tracked::new(client, activity.clone());
-    let mut upstream = Tracked::new(upstream, activity.clone());
+    let to_upstream = metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "in");
+    let to_client = metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "out");
+    let mut client = Tracked::new(client, activity.clone()).count_reads(to_upstream);
+    let mut upstream = Tracked::new(upstream, activity.clone()).count_reads(to_client);
     if stream.proxy_protocol {
         let mut header = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut header, Command::Proxy, Transport::Stream, Some((info.client, info.destination)));
@@ -46,15 +48,11 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
         }
     }
     tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
-            Ok((to_upstream, to_client)) => {
-                metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "in")
-                    .increment(to_upstream);
-                metrics::counter!(names::STREAM_BYTES, "stream" => name, "direction" => "out")
-                    .increment(to_client);
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = res {
+                debug!(stream = %name, error = %e, "stream relay ended with an error");
             }
-            Err(e) => debug!(stream = %name, error = %e, "stream relay ended with an error"),
-        },
+        }
         _ = activity.idle_for(stream.idle_timeout) => debug!(stream = %name, "stream idle, closed"),
     }
 }
