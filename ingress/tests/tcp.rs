@@ -290,3 +290,21 @@ async fn bulk_transfer_is_exact() {
     assert!(got[5..] == expect[..], "payload corrupted ({} vs {} bytes)", got.len() - 5, expect.len());
     let _ = AtomicUsize::new(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_does_not_stop_other_services_and_binds_once_free() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("occupy a port");
+    let busy_addr = busy.local_addr().expect("addr");
+    let toml = config(&[("wan1", wan1.addr, 1)], None, "")
+        + &format!("\n[[service]]\nname = \"busy\"\nlisten = [\"{busy_addr}\"]\npool = \"{}\"\n", "POOL");
+    // The second service uses the same pool as the first.
+    let pool = toml.split("[pool.").nth(1).and_then(|s| s.split(']').next()).expect("pool name").to_string();
+    let server = start(&toml.replace("POOL", &pool)).await;
+    let addr = service_addr(&server, "echo").await;
+    assert_eq!(request(addr).await.expect("the other service serves"), "wan1");
+    assert!(server.local_addrs("busy").is_empty());
+    drop(busy);
+    wait_until("busy port bound once free", Duration::from_secs(10), || !server.local_addrs("busy").is_empty()).await;
+    assert_eq!(request(busy_addr).await.expect("served after binding"), "wan1");
+}
