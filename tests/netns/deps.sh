@@ -95,7 +95,7 @@ for pid in $(pgrep -x yggdrasil || true); do
     fi
 done
 
-for tool in ip nft socat curl python3 pgrep ping yggdrasil yggdrasilctl; do
+for tool in ip tc ss nft socat curl python3 pgrep ping sysctl setpriv yggdrasil yggdrasilctl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
 done
 echo "deps.sh: all dependencies present"

@@ -19,6 +19,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("sysctl", "procps"),
     ("kill", "procps"),
+    ("setpriv", "util-linux"),
     ("yggdrasil", "yggdrasil (bookworm-backports)"),
 ];
 
@@ -61,7 +62,7 @@ pub fn require() -> Result<()> {
     }
     if !missing.is_empty() {
         bail!(
-            "the netns harness cannot run here; missing: {}.\nInstall with: sudo tests/netns/deps.sh",
+            "the netns harness cannot run here; missing: {}.\nRun the tests as root; install the tools with: sudo tests/netns/deps.sh",
             missing.join(", ")
         );
     }

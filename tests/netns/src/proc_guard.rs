@@ -1,5 +1,5 @@
-//! A guard for a process started inside a namespace (`ip netns exec NS ...`, which execs, so the
-//! child's pid is the program's). Its stdout and stderr go to files in a log dir. On drop it is
+//! A guard for a process started inside a namespace (`setpriv --pdeathsig KILL ip netns exec NS
+//! ...`; both exec, so the child's pid is the program's). Its stdout and stderr go to files in a log dir. On drop it is
 //! stopped: SIGTERM, then SIGKILL after a bounded wait. While a test is panicking, the tail of
 //! its logs is printed so the failure shows what the process said.
 
@@ -30,8 +30,11 @@ impl Proc {
         let (prog, args) = argv.split_first().context("empty command")?;
         let out = logdir.join(format!("{name}.out"));
         let err = logdir.join(format!("{name}.err"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, prog])
+        // `setpriv --pdeathsig KILL` (util-linux): if the harness dies without running its
+        // drops (SIGKILL, abort), the kernel kills this process too. The signal fires when the
+        // *thread* that spawned it ends, so a `Proc` lives and dies on one thread (tests do).
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "ip", "netns", "exec", ns, prog])
             .args(args)
             .stdin(Stdio::null())
             .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
