@@ -23,7 +23,8 @@ pub struct Unavailable {
 /// Connect to `port` (as seen on each path) through the pool.
 pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
     let mut tried = Tried::default();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "pool has no paths");
+    // Built only on failure: the success path allocates nothing here.
+    let mut last: Option<io::Error> = None;
     let mut attempts = 0;
     while attempts < pool.cfg.max_attempts {
         let Some((index, path)) = pool.pick(tried) else {
@@ -53,10 +54,11 @@ pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), U
             Err(e) => {
                 tracing::debug!(pool = %pool.name, path = %path.name, %addr, error = %e, "connect failed, trying next path");
                 pool.record(index, Outcome::Failed, Source::Traffic);
-                last = e;
+                last = Some(e);
             }
         }
     }
+    let last = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "pool has no paths"));
     Err(Unavailable { attempts, last })
 }
 
