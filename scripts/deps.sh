@@ -10,6 +10,10 @@ for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:i
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# Build dependencies of the nftables netlink crates (nftnl-sys, mnl-sys link these).
+for pkg in libnftnl-dev libmnl-dev pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y --no-install-recommends "${need[@]}"
