@@ -84,12 +84,12 @@ esac
 
 # No system-wide yggdrasil: stop and disable the packaged service, and kill any router that was
 # not started by the harness (the harness always passes -useconffile with a path under its own
-# temp dirs, named lbt<pid>-...).
+# temp dirs, named lbt<pid>x<n>-...).
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now yggdrasil.service >/dev/null 2>&1 || true
 fi
 for pid in $(pgrep -x yggdrasil || true); do
-    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "lbt[0-9]*-"; then
+    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "lbt[0-9]*x[0-9]*-"; then
         echo "deps.sh: killing system-wide yggdrasil pid $pid" >&2
         kill "$pid" 2>/dev/null || true
     fi
