@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the network-namespace harness (tests/netns) needs, idempotently:
-# iproute2, nftables, socat, curl, python3, procps, iputils-ping and yggdrasil 0.5.x from
+# iproute2, nftables, iptables (NFQUEUE delayer), socat, curl, python3, procps, iputils-ping,
+# util-linux (setpriv) and yggdrasil 0.5.x from
 # bookworm-backports (bookworm's own 0.4.7 cannot peer with the 0.5 network).
 # Runs `apt-get update` at most once, and only when something is missing.
 # Makes sure no system-wide yggdrasil service is left running: the harness starts its own routers
@@ -38,7 +39,7 @@ if ! grep -qs "bookworm-backports" "$BACKPORTS_LIST"; then
 fi
 
 missing=()
-for pkg in iproute2 nftables socat curl python3 procps iputils-ping; do
+for pkg in iproute2 nftables iptables socat curl python3 procps iputils-ping util-linux; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
@@ -95,7 +96,7 @@ for pid in $(pgrep -x yggdrasil || true); do
     fi
 done
 
-for tool in ip tc ss nft socat curl python3 pgrep ping sysctl setpriv yggdrasil yggdrasilctl; do
+for tool in ip tc ss nft iptables-legacy socat curl python3 pgrep ping sysctl setpriv yggdrasil yggdrasilctl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
 done
 echo "deps.sh: all dependencies present"

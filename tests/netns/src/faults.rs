@@ -1,6 +1,7 @@
 //! Faults injected while traffic flows: links down/up, silent blackholes and random loss in the
 //! harness's own nftables table (`inet lbtest`), and bandwidth limits with `tbf`.
-//! (This kernel has no `netem`; delay comes from queueing behind `tbf`.)
+//! (This kernel has no `netem`; delay comes from the NFQUEUE delayer, see [`crate::delay`], or
+//! from queueing behind `tbf`.)
 
 use std::net::IpAddr;
 
@@ -128,6 +129,32 @@ pub fn tbf_clear(ns: &str, iface: &str) -> Result<()> {
     // "No such file or directory" / "Cannot delete qdisc with handle of zero": nothing to remove.
     if !out.status.success() && !out.stderr.contains("handle of zero") && !out.stderr.contains("No such file") {
         bail!("tc qdisc del dev {iface} in {ns}: {}", out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// Sends every packet entering or leaving `iface` in `ns` to NFQUEUE `queue` (with bypass: if
+/// no delayer listens, packets pass); `None` removes it. This kernel lacks nftables' `queue`
+/// expression but has the xtables NFQUEUE target, hence `iptables-legacy` here. Its filter
+/// hooks run at priority 0, after the harness's loss and blackhole chains (-10), so dropped
+/// packets are not delayed first.
+pub fn queue_to(ns: &str, iface: &str, queue: Option<u16>) -> Result<()> {
+    let chain = format!("lbtd_{}", &loss_chain(iface)["loss_".len()..]);
+    let ipt = |args: &[&str]| -> Result<String> {
+        let mut argv = vec!["iptables-legacy", "-w"];
+        argv.extend_from_slice(args);
+        cmd::exec_ok(ns, &argv, cmd::DEFAULT_TIMEOUT)
+    };
+    if ipt(&["-n", "-L", &chain]).is_err() {
+        ipt(&["-N", &chain])?;
+        ipt(&["-A", "INPUT", "-i", iface, "-j", &chain])?;
+        ipt(&["-A", "FORWARD", "-i", iface, "-j", &chain])?;
+        ipt(&["-A", "FORWARD", "-o", iface, "-j", &chain])?;
+        ipt(&["-A", "OUTPUT", "-o", iface, "-j", &chain])?;
+    }
+    ipt(&["-F", &chain])?;
+    if let Some(q) = queue {
+        ipt(&["-A", &chain, "-j", "NFQUEUE", "--queue-num", &q.to_string(), "--queue-bypass"])?;
     }
     Ok(())
 }

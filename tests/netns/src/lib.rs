@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmd;
+pub mod delay;
 pub mod echo;
 pub mod faults;
 pub mod ingress;

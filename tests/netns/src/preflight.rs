@@ -20,6 +20,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("kill", "procps"),
     ("setpriv", "util-linux"),
+    ("iptables-legacy", "iptables"),
     ("yggdrasil", "yggdrasil (bookworm-backports)"),
 ];
 

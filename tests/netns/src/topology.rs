@@ -475,6 +475,34 @@ impl Topology {
         faults::loss(self.ns(Role::Inet), wan.router_if(), pct)
     }
 
+    /// Delays every packet on a WAN link by `ms` each way (so the round trip grows by twice
+    /// that) with the NFQUEUE delayer; 0 removes the delay.
+    pub fn delay(&mut self, wan: Wan, ms: u64) -> Result<()> {
+        let name = format!("delayer-{}", wan.name());
+        let queue = match wan {
+            Wan::Wan1 => 11,
+            Wan::Wan2 => 12,
+        };
+        let inet = self.ns(Role::Inet).to_string();
+        faults::queue_to(&inet, wan.router_if(), None)?;
+        if self.procs.contains_key(&name) {
+            self.stop(&name)?;
+        }
+        if ms == 0 {
+            return Ok(());
+        }
+        let bin = self.bins.loadgen.with_file_name("delayer");
+        let argv =
+            [bin.display().to_string(), "--queue".into(), queue.to_string(), "--delay-ms".into(), ms.to_string()];
+        self.spawn(Role::Inet, &name, &argv)?;
+        wait_until(&format!("{name} bound"), Duration::from_secs(5), Duration::from_millis(10), || {
+            let p = self.proc_mut(&name)?;
+            p.ensure_running()?;
+            check(p.stderr().contains("delayer: queue"), || "not yet bound".into())
+        })?;
+        faults::queue_to(&inet, wan.router_if(), Some(queue))
+    }
+
     /// One TCP exchange with the echo service at `to` from `role` (through `loadgen`): the
     /// backend address that answered.
     pub fn probe_echo(&self, role: Role, to: SocketAddr) -> Result<String> {

@@ -1,6 +1,7 @@
-//! Scenario 4: wan2 degraded by 20% random packet loss (each direction) while wan1 is clean: the
-//! health-weighted share moves towards wan1 without taking wan2 to zero unless it fails checks;
-//! no client connection fails.
+//! Scenario 4: wan2 degraded while wan1 is clean, once by 20% random packet loss (each
+//! direction), once by 50 ms added delay each way (the NFQUEUE delayer): the health-weighted
+//! share moves towards wan1 without taking wan2 to zero unless it fails checks; no client
+//! connection fails.
 
 mod common;
 
@@ -12,8 +13,23 @@ use netns::scenario::{self, path_counts};
 use netns::topology::{Options, Role, Wan};
 use netns::unix_ms;
 
+#[derive(Debug, Clone, Copy)]
+enum Degrade {
+    Loss20,
+    Delay50,
+}
+
 #[test]
 fn scenario4_wan2_loss_shifts_share_to_wan1() {
+    wan2_degraded(Degrade::Loss20);
+}
+
+#[test]
+fn scenario4_wan2_delay_shifts_share_to_wan1() {
+    wan2_degraded(Degrade::Delay50);
+}
+
+fn wan2_degraded(how: Degrade) {
     let start = Instant::now();
     let mut t = common::build(Options::default());
     scenario::start_ingresses(&mut t).expect("start ingress on both nodes");
@@ -27,8 +43,11 @@ fn scenario4_wan2_loss_shifts_share_to_wan1() {
     let load = t.start_load(Role::Client, "load", cfg).expect("start loadgen");
     std::thread::sleep(Duration::from_secs(5));
     let loss_ms = unix_ms();
-    t.loss(Wan::Wan2, 20).expect("20% loss on wan2");
-    common::phase(start, "wan2: 20% loss each way");
+    match how {
+        Degrade::Loss20 => t.loss(Wan::Wan2, 20).expect("20% loss on wan2"),
+        Degrade::Delay50 => t.delay(Wan::Wan2, 50).expect("50 ms delay on wan2"),
+    }
+    common::phase(start, &format!("wan2 degraded: {how:?} (each way)"));
     let mut factors = Vec::new();
     let mut wan2_ever_down = false;
     for _ in 0..10 {
@@ -53,7 +72,7 @@ fn scenario4_wan2_loss_shifts_share_to_wan1() {
     };
     let (b2, d2) = (share2(&base), share2(&degraded));
     eprintln!(
-        "RESULT wan2 20% loss: wan2 share {b2:.3} before -> {d2:.3} after (baseline weights give 0.25); \
+        "RESULT wan2 {how:?}: wan2 share {b2:.3} before -> {d2:.3} after (baseline weights give 0.25); \
          ingress1 wan2 health factor per second: {factors:.2?}; wan2 marked down at some point: {wan2_ever_down}; \
          latency {:?}",
         s.latency_ms

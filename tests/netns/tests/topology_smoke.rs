@@ -17,7 +17,7 @@ fn echo_at(ip: impl Into<IpAddr>) -> SocketAddr {
 #[test]
 fn topology_smoke() {
     let start = Instant::now();
-    let t = common::build(Options::default());
+    let mut t = common::build(Options::default());
     let tag = t.tag.clone();
     let names = netns::netns::list().expect("ip netns list");
     for role in Role::ALL {
@@ -63,7 +63,26 @@ fn topology_smoke() {
     faults::tbf(t.ns(Role::Inet), Wan::Wan2.router_if(), "10mbit", "32kb", "50ms").expect("tbf");
     t.probe_echo(Role::Client, echo_at(addr::WAN2)).expect("WAN2 through tbf");
     faults::tbf_clear(t.ns(Role::Inet), Wan::Wan2.router_if()).expect("tbf clear");
-    common::phase(start, "blackhole, link down, loss and tbf act and are undone");
+    let rtt = |t: &netns::topology::Topology| {
+        let out = t.exec(
+            Role::Client,
+            &["ping", "-n", "-c3", "-i0.2", "-W2", &addr::WAN2.to_string()],
+            Duration::from_secs(10),
+        );
+        let out = out.expect("ping WAN2");
+        let avg = out.lines().find_map(|l| l.split(" = ").nth(1)).and_then(|v| v.split('/').nth(1)).map(str::to_string);
+        avg.and_then(|a| a.parse::<f64>().ok()).unwrap_or_else(|| panic!("no rtt in {out}"))
+    };
+    let base_rtt = rtt(&t);
+    t.delay(Wan::Wan2, 40).expect("delay wan2");
+    let slow_rtt = rtt(&t);
+    t.probe_echo(Role::Client, echo_at(addr::WAN2)).expect("WAN2 through the delayer");
+    t.delay(Wan::Wan2, 0).expect("undelay wan2");
+    let back_rtt = rtt(&t);
+    eprintln!("wan2 rtt: {base_rtt:.2} ms, with 40 ms delay each way {slow_rtt:.2} ms, after {back_rtt:.2} ms");
+    assert!((75.0..150.0).contains(&slow_rtt), "delayer: rtt {slow_rtt} ms, expected ~80");
+    assert!(back_rtt < 20.0, "delay not removed: rtt {back_rtt} ms");
+    common::phase(start, "blackhole, link down, loss, tbf and delay act and are undone");
 
     // The mesh: every node reached home over yggdrasil while building; the services answer on
     // home's 200::/7 address from an ingress and from the mesh-only client (scenario 6).
