@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod config;
+pub mod firewall;
 pub mod http;
 pub mod idle;
 pub mod listeners;

@@ -32,6 +32,8 @@ pub struct Config {
     pub tls: Tls,
     pub sites: Vec<Site>,
     pub streams: Vec<Stream>,
+    /// The nftables allowlist kept from the ingress names; `None` when not configured.
+    pub firewall: Option<crate::firewall::Settings>,
 }
 
 /// WAN-side listeners: every connection must start with PROXY v2 from a trusted ingress.

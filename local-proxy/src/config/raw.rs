@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub sites: Vec<RawSite>,
     #[serde(default, rename = "stream")]
     pub streams: Vec<RawStream>,
+    /// `[firewall]`: the nftables allowlist kept from the ingress names; absent = no firewall.
+    pub firewall: Option<crate::firewall::settings::RawFirewall>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -42,3 +42,15 @@ pub const CERTIFICATE_LOADS: &str = "local_proxy_certificate_loads_total";
 pub const CONFIG_RELOADS: &str = "local_proxy_config_reloads_total";
 /// 1 when the proxy can serve (a certificate is loaded), else 0.
 pub const HEALTHY: &str = "local_proxy_healthy";
+/// Addresses currently known per ingress name, by `name` (a configured DNS name, or `static`).
+pub const FIREWALL_ADDRESSES: &str = "local_proxy_firewall_addresses";
+/// Unix time of the last answered lookup, by `name`.
+pub const FIREWALL_LAST_REFRESH: &str = "local_proxy_firewall_last_refresh_timestamp_seconds";
+/// Failed or timed-out lookups (the last known addresses were kept), by `name` and `record` (`A`, `AAAA`).
+pub const FIREWALL_LOOKUP_FAILURES: &str = "local_proxy_firewall_lookup_failures_total";
+/// nftables table updates, by `result` (`ok`, `failed`).
+pub const FIREWALL_UPDATES: &str = "local_proxy_firewall_updates_total";
+/// Addresses in the applied allowlist.
+pub const FIREWALL_ALLOWED: &str = "local_proxy_firewall_allowed_addresses";
+/// 1 while the table is open (no DNS answer yet and `on_no_answer = "open"`), else 0.
+pub const FIREWALL_OPEN: &str = "local_proxy_firewall_open";

@@ -108,6 +108,12 @@ fn topology_smoke() {
     assert_eq!(t.path_of(&via_mesh), "mesh");
     common::phase(start, "mesh survives both WANs cut");
 
+    // The LAN host behind home (where the local proxy will forward later).
+    t.start_backends_in(Role::Lan).expect("backends in lan");
+    let lan = t.probe_echo(Role::Home, echo_at(addr::LAN)).expect("home -> lan");
+    assert_eq!(t.path_of(&lan), "lan");
+    common::phase(start, "lan answers home");
+
     let log = t.backend_log(Role::Home);
     assert!(log.iter().any(|c| c.local == echo_at(addr::WAN2).to_string() && c.kind == "echo"), "backend log: {log:?}");
 
