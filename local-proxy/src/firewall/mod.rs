@@ -1,0 +1,60 @@
+//! The nftables allowlist kept from the ingress nodes' DNS names: only they (and static
+//! addresses) reach the protected WAN-side ports; the same list feeds the PROXY-header trust set.
+//!
+//! Pieces: `settings` (the `[firewall]` section), `tracker` (sans-io names → addresses with
+//! expiry), `dns` (hickory lookups), `ruleset` (the table as data), `nft` (data → one atomic
+//! netlink batch via nftnl), `readback` (the kernel's table → data, for `firewall show` and
+//! tests), `driver` (the task tying them together). Only our own table is ever touched.
+
+mod dns;
+mod driver;
+pub mod netlink;
+pub mod nft;
+pub mod readback;
+pub mod ruleset;
+pub mod settings;
+pub mod tracker;
+
+pub use driver::start;
+pub use readback::read_table;
+pub use ruleset::TableSpec;
+pub use settings::Settings;
+
+/// Source name under which the allowlist feeds [`crate::trust::TrustedPeers`].
+pub const TRUST_SOURCE: &str = "firewall";
+
+/// Why the firewall could not be set up or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The netlink socket failed (no CAP_NET_ADMIN, no nf_tables in the kernel, ...).
+    #[error("netlink: {what}: {source}")]
+    Netlink { what: &'static str, source: std::io::Error },
+    /// The kernel refused the batch; nothing of it was applied.
+    #[error("nftables refused the update (nothing applied): {source}")]
+    Refused { source: std::io::Error },
+    /// The kernel answered a query with an error (errno).
+    #[error("nftables query failed: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Kernel { errno: i32 },
+    /// A reply could not be decoded.
+    #[error("malformed netlink reply: {0}")]
+    Decode(String),
+    /// The table description cannot be written.
+    #[error("cannot encode the table: {0}")]
+    Encode(String),
+    /// The resolver could not be set up.
+    #[error("resolver: {0}")]
+    Resolver(String),
+    /// A blocking netlink call did not return in time.
+    #[error("netlink call timed out")]
+    Timeout,
+}
+
+/// Replace table `spec.name` with `spec` in one transaction (blocking, short).
+pub fn apply(spec: &TableSpec) -> Result<(), Error> {
+    netlink::send_batch(&nft::replace_batch(spec)?)
+}
+
+/// Delete table `inet <name>`, present or not (blocking, short).
+pub fn remove(name: &str) -> Result<(), Error> {
+    netlink::send_batch(&nft::remove_batch(name)?)
+}
