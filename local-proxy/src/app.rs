@@ -27,6 +27,8 @@ pub enum StartError {
     Routes(#[from] RoutesError),
     #[error(transparent)]
     Tls(#[from] tls::ConfigError),
+    #[error("firewall: {0}")]
+    Firewall(#[from] crate::firewall::Error),
 }
 
 /// Why a reload was refused; the running config stays.
@@ -59,6 +61,11 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     let metrics = crate::metrics::install();
     let trusted = Arc::new(TrustedPeers::new());
     trusted.set_source(CONFIG_SOURCE, config.wan.trusted_ingress.iter().copied());
+    // The allowlist table goes in before any listener serves; it also feeds `trusted`.
+    let firewall = match config.firewall.clone() {
+        Some(fw) => Some(crate::firewall::start(fw, trusted.clone(), shutdown.clone())?),
+        None => None,
+    };
     let certs = Arc::new(CertStore::new());
     certs.set_sources(&config.tls);
     let routes = Routes::build(&config)?;
@@ -83,6 +90,9 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     }
     handle.serve(listeners);
     tasks.spawn(certs.watch(shutdown.clone()));
+    if let Some(task) = firewall {
+        tasks.spawn(task);
+    }
     {
         let state = state.clone();
         tasks.spawn(async move {

@@ -29,11 +29,23 @@ struct Cli {
 enum Command {
     /// Validate the configuration and exit.
     Check,
+    /// The DNS-driven nftables allowlist.
+    Firewall {
+        #[command(subcommand)]
+        what: FirewallCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// Print our nftables table as the kernel holds it (read back over netlink).
+    Show,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Check) => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
@@ -60,6 +72,34 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `firewall show`: the table named by the config's `[firewall]` (or the default name).
+fn firewall_show(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = config.firewall.map(|f| f.table).unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into());
+    match local_proxy::firewall::read_table(&table) {
+        Ok(Some(t)) => {
+            print!("{t}");
+            let state = if t.enforcing() { "enforcing" } else { "OPEN (no drops: waiting for a first DNS answer)" };
+            println!("# {} allowed addresses; {state}", t.allowed().len());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("table inet {table}: not present");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("reading table inet {table}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
