@@ -5,33 +5,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::admission::{admit, peer_allowed};
 use crate::http::{self, Conn, Proto};
-use crate::listeners::{label, Origin, Role, TcpBound};
+use crate::listeners::{label, Origin, Role};
 use crate::metrics::names;
 use crate::state::State;
 use crate::{stream, tls};
 
-/// Accept on `bound` until shutdown.
-pub async fn accept_loop(bound: TcpBound, state: Arc<State>, tracker: TaskTracker) {
-    let TcpBound { origin, role, listener } = bound;
-    let listener_label = label(origin, &role);
-    let role = Arc::new(role);
+/// Accept on `listener` until `stop` (a child of shutdown; a reload that removes the listener
+/// cancels it). What it serves is read per connection, so a reload can retarget it.
+pub async fn accept_loop(
+    listener: TcpListener,
+    origin: Origin,
+    role: Arc<ArcSwap<Role>>,
+    stop: CancellationToken,
+    state: Arc<State>,
+    tracker: TaskTracker,
+) {
     loop {
         let permit = tokio::select! {
             p = state.conn_limit.clone().acquire_owned() => p,
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
+        let role = role.load_full();
+        let listener_label = label(origin, &role);
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
@@ -48,7 +57,7 @@ pub async fn accept_loop(bound: TcpBound, state: Arc<State>, tracker: TaskTracke
             continue;
         }
         let span = info_span!("conn", listener = listener_label, %peer, client = tracing::field::Empty);
-        tracker.spawn(connection(stream, origin, role.clone(), listener_label, state.clone(), permit).instrument(span));
+        tracker.spawn(connection(stream, origin, role, listener_label, state.clone(), permit).instrument(span));
     }
 }
 

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
@@ -16,12 +17,12 @@ use crate::http::body::Body;
 use crate::http::{handler, pages};
 use crate::state::State;
 
-/// Serve the admin endpoints until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<State>, tracker: TaskTracker) {
+/// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
+pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let stream = match accepted {
             Ok((s, _)) => s,

@@ -1,5 +1,6 @@
 //! Wiring: `start` takes a validated config, already-bound listeners and a shutdown token,
-//! spawns every task, and returns a [`Server`] whose [`Handle`] applies config reloads.
+//! spawns every task, and returns a [`Server`] whose [`Handle`] applies config reloads
+//! (listeners included: see `running`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +12,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::config::MeshListen;
 use crate::http::routes::RoutesError;
 use crate::http::Routes;
-use crate::listeners::Listeners;
+use crate::listeners::{self, BindError, Listeners};
 use crate::metrics::names;
+use crate::running::Running;
 use crate::state::State;
 use crate::tls::{self, CertStore};
+use crate::transparent;
 use crate::trust::{TrustedPeers, CONFIG_SOURCE};
-use crate::{accept, admin, stream};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +34,14 @@ pub enum StartError {
     Firewall(#[from] crate::firewall::Error),
 }
 
-/// Why a reload was refused; the running config stays.
+/// Why a reload was refused; the running config and listeners stay.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(transparent)]
     Routes(#[from] RoutesError),
+    /// A new listener could not be bound (port in use, address not here).
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A running proxy.
@@ -53,7 +59,9 @@ pub struct Server {
 pub struct Handle {
     state: Arc<State>,
     tasks: TaskTracker,
-    conns: TaskTracker,
+    running: Arc<Running>,
+    /// Set while a task keeps asking yggdrasil for the mesh address.
+    mesh_waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Start serving. Must be called inside a tokio runtime.
@@ -80,13 +88,20 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
         metrics,
     });
     publish_health(&state);
+    let config = state.config.load_full();
+    if config.streams.iter().any(|s| s.transparent) {
+        if let Err(e) = transparent::probe() {
+            warn!(error = %e, "transparent streams will fail until the proxy may set IP_TRANSPARENT");
+        }
+    }
 
     let tasks = TaskTracker::new();
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
-    let handle = Handle { state: state.clone(), tasks: tasks.clone(), conns: conns.clone() };
-    if let Some(l) = listeners.admin.take() {
-        tasks.spawn(admin::serve(l, state.clone(), conns.clone()));
+    let running = Arc::new(Running::new(state.clone(), tasks.clone(), conns.clone()));
+    let handle = Handle { state: state.clone(), tasks: tasks.clone(), running, mesh_waiting: Arc::default() };
+    if let (Some(l), Some(addr)) = (listeners.admin.take(), config.admin) {
+        handle.running.serve_admin(addr, l);
     }
     handle.serve(listeners);
     tasks.spawn(certs.watch(shutdown.clone()));
@@ -132,15 +147,60 @@ impl Server {
 }
 
 impl Handle {
-    /// Serve more bound listeners (the mesh address learnt after start-up). The admin
-    /// listener, if any, is ignored here.
+    /// Serve more bound listeners (the mesh address learnt after start-up); a listener whose
+    /// key is already served is closed instead. The admin listener, if any, is ignored here.
     pub fn serve(&self, listeners: Listeners) {
-        for bound in listeners.tcp {
-            self.tasks.spawn(accept::accept_loop(bound, self.state.clone(), self.conns.clone()));
+        self.running.serve(listeners);
+    }
+
+    /// With `mesh.listen = "auto"` and yggdrasil not answering yet (boot order, restarts): keep
+    /// asking for the mesh address in the background (backing off from 2 s to 60 s), then bind
+    /// and serve the mesh listeners. At most one such task runs.
+    pub fn serve_mesh_when_ready(&self) {
+        use std::sync::atomic::Ordering;
+        if self.mesh_waiting.swap(true, Ordering::SeqCst) {
+            return;
         }
-        for bound in listeners.udp {
-            self.tasks.spawn(stream::udp::serve(bound, self.state.clone()));
-        }
+        let handle = self.clone();
+        self.tasks.spawn(async move {
+            let mut delay = Duration::from_secs(2);
+            while !handle.is_shutting_down() && handle.running.mesh_ip().is_none() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = handle.state.shutdown.cancelled() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+                let config = handle.config();
+                if config.mesh.listen != MeshListen::Auto {
+                    break;
+                }
+                match listeners::mesh_address(&config).await {
+                    Ok(None) => break,
+                    Ok(Some(ip)) => match listeners::bind_mesh(&config, ip) {
+                        Ok(bound) => {
+                            info!(address = %ip, "mesh listener up");
+                            crate::running::log_bound(&bound);
+                            handle.serve(bound);
+                            break;
+                        }
+                        Err(e) => warn!(error = %e, "binding the mesh listener failed; retrying"),
+                    },
+                    Err(e) => warn!(error = %e, "still no mesh address; retrying"),
+                }
+            }
+            handle.mesh_waiting.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Every listening socket served now (not the admin one): its key, what it serves and
+    /// the address it is bound to.
+    pub fn listening(&self) -> Vec<(listeners::ListenKey, listeners::Serves, Option<std::net::SocketAddr>)> {
+        self.running.listening()
+    }
+
+    /// Where the admin listener is bound, if there is one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.admin_addr()
     }
 
     /// The current configuration.
@@ -154,8 +214,9 @@ impl Handle {
     }
 
     /// Apply a new validated config to new connections; established ones keep theirs.
-    /// Listener changes (addresses, ports, streams added) need a restart and are logged.
-    pub fn reload(&self, new: Config) -> Result<(), ReloadError> {
+    /// Listeners follow the config: new addresses, ports and streams are bound (a bind failure
+    /// refuses the whole reload), removed ones closed, unchanged ones keep their sockets.
+    pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
         let routes = match Routes::build(&new) {
             Ok(r) => r,
             Err(e) => {
@@ -164,23 +225,53 @@ impl Handle {
             }
         };
         let old = self.state.config.load_full();
-        for what in needs_restart(&old, &new) {
-            warn!(change = what, "this change takes effect only after a restart");
+        let mesh = self.mesh_for(&old, &new).await;
+        let plan = listeners::plan(&new, mesh);
+        let admin = new.admin;
+        let apply = || {
+            if new.http.max_connections > old.http.max_connections {
+                self.state.conn_limit.add_permits(new.http.max_connections - old.http.max_connections);
+            } else {
+                self.state.conn_limit.forget_permits(old.http.max_connections - new.http.max_connections);
+            }
+            self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
+            self.state.routes.store(Arc::new(routes));
+            let tls = new.tls.clone();
+            self.state.config.store(Arc::new(new));
+            self.state.certs.set_sources(&tls);
+        };
+        if let Err(e) = self.running.reload(plan, admin, apply).await {
+            metrics::counter!(names::CONFIG_RELOADS, "result" => "bind_failed").increment(1);
+            return Err(e.into());
         }
-        if new.http.max_connections > old.http.max_connections {
-            self.state.conn_limit.add_permits(new.http.max_connections - old.http.max_connections);
-        } else {
-            self.state.conn_limit.forget_permits(old.http.max_connections - new.http.max_connections);
-        }
-        self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
-        self.state.routes.store(Arc::new(routes));
-        let tls = new.tls.clone();
-        self.state.config.store(Arc::new(new));
-        self.state.certs.set_sources(&tls);
         publish_health(&self.state);
         metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
         info!("configuration reloaded");
         Ok(())
+    }
+
+    /// The mesh address the new config asks for. `auto` keeps the address already served;
+    /// if there is none yet, yggdrasil is asked, and while it does not answer the mesh
+    /// listeners come later (see [`Handle::serve_mesh_when_ready`]).
+    async fn mesh_for(&self, old: &Config, new: &Config) -> Option<std::net::IpAddr> {
+        match &new.mesh.listen {
+            MeshListen::Off => None,
+            MeshListen::Address(ip) => Some(*ip),
+            MeshListen::Auto => {
+                let known = if old.mesh.listen == MeshListen::Auto { self.running.mesh_ip() } else { None };
+                if known.is_some() && old.mesh.admin_endpoint == new.mesh.admin_endpoint {
+                    return known;
+                }
+                match listeners::mesh_address(new).await {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        warn!(error = %e, "no mesh address yet; the mesh listeners come when yggdrasil answers");
+                        self.serve_mesh_when_ready();
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// The trusted-ingress set, for feeders such as the DNS-driven firewall.
@@ -197,26 +288,4 @@ impl Handle {
     pub fn health(&self) -> Result<(), &'static str> {
         self.state.health()
     }
-}
-
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.wan.addresses != new.wan.addresses {
-        out.push("wan.addresses");
-    }
-    if old.mesh != new.mesh {
-        out.push("mesh");
-    }
-    if old.http.https_port != new.http.https_port || old.http.http_port != new.http.http_port {
-        out.push("http ports");
-    }
-    if old.admin != new.admin {
-        out.push("admin.listen");
-    }
-    let listen =
-        |c: &Config| c.streams.iter().map(|s| (s.name.clone(), s.protocol, s.listen_ports)).collect::<Vec<_>>();
-    if listen(old) != listen(new) {
-        out.push("stream listen ports");
-    }
-    out
 }

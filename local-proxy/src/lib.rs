@@ -14,9 +14,11 @@ pub mod idle;
 pub mod listeners;
 pub mod mesh;
 pub mod metrics;
+mod running;
 pub mod state;
 pub mod stream;
 pub mod tls;
+pub mod transparent;
 pub mod trust;
 
 pub use app::{start, Handle, Server};

@@ -1,6 +1,11 @@
 //! Binding every listening socket the config asks for: HTTPS, HTTP and stream ports on each
 //! WAN-side address and on the mesh address, plus the admin listener. `run` takes the result,
-//! so tests bind port 0 and read the real ports back.
+//! so tests bind port 0 and read the real ports back. [`plan`] names each socket by a
+//! [`ListenKey`], which a reload diffs to keep, open and close sockets.
+//!
+//! Each WAN address gets its own sockets (never one wildcard for all): an accepted connection,
+//! and every UDP reply, then has that WAN address as its source, so with source policy routing
+//! (`ip rule add from <wan addr> table <wan>`) replies leave by the WAN they arrived on.
 
 use std::fmt;
 use std::io;
@@ -50,9 +55,40 @@ impl fmt::Display for Origin {
     }
 }
 
+/// What identifies a listening socket across reloads: its side, the configured address (port
+/// 0 stays 0, "any free port", so a test's ephemeral listener is the same key after a reload)
+/// and its transport. A reload keeps the socket of every key the new config still has.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub origin: Origin,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// Port 0 only: what it serves, since several such sockets share one configured address.
+    pub any_port: Option<Serves>,
+}
+
+impl fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.origin, self.addr, self.protocol)?;
+        match &self.any_port {
+            Some(Serves::Tcp(role)) => write!(f, " ({})", label(self.origin, role)),
+            Some(Serves::Udp(name)) => write!(f, " (stream {name})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a listening socket serves: a TCP role, or the UDP stream of that name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Serves {
+    Tcp(Role),
+    Udp(String),
+}
+
 /// A bound TCP listener and what it is for.
 #[derive(Debug)]
 pub struct TcpBound {
+    pub key: ListenKey,
     pub origin: Origin,
     pub role: Role,
     pub listener: TcpListener,
@@ -61,6 +97,7 @@ pub struct TcpBound {
 /// A bound UDP socket of a stream forward.
 #[derive(Debug)]
 pub struct UdpBound {
+    pub key: ListenKey,
     pub origin: Origin,
     pub stream: String,
     pub socket: UdpSocket,
@@ -111,17 +148,39 @@ pub async fn mesh_address(config: &Config) -> Result<Option<IpAddr>, BindError> 
     }
 }
 
+/// Every listening socket `config` asks for, with the mesh address already resolved: HTTPS,
+/// HTTP and each stream port on every WAN address, then the same on the mesh address.
+pub fn plan(config: &Config, mesh: Option<IpAddr>) -> Vec<(ListenKey, Serves)> {
+    let mut out = Vec::new();
+    let sides = config.wan.addresses.iter().map(|ip| (Origin::Wan, *ip)).chain(mesh.map(|ip| (Origin::Mesh, ip)));
+    for (origin, ip) in sides {
+        let mut push = |port: u16, protocol, serves: Serves| {
+            let any_port = (port == 0).then(|| serves.clone());
+            out.push((ListenKey { origin, addr: SocketAddr::new(ip, port), protocol, any_port }, serves));
+        };
+        push(config.http.https_port, Protocol::Tcp, Serves::Tcp(Role::Https));
+        push(config.http.http_port, Protocol::Tcp, Serves::Tcp(Role::Http));
+        for s in &config.streams {
+            for port in s.listen_ports.iter() {
+                let serves = match s.protocol {
+                    Protocol::Tcp => Serves::Tcp(Role::Stream(s.name.clone())),
+                    Protocol::Udp => Serves::Udp(s.name.clone()),
+                };
+                push(port, s.protocol, serves);
+            }
+        }
+    }
+    out
+}
+
 /// Bind everything in `config`. The mesh address must already be resolved (see [`mesh_address`]).
 pub fn bind(config: &Config, mesh: Option<IpAddr>) -> Result<Listeners, BindError> {
     let mut out = Listeners::default();
-    for ip in &config.wan.addresses {
-        bind_side(config, Origin::Wan, *ip, &mut out)?;
-    }
-    if let Some(ip) = mesh {
-        bind_side(config, Origin::Mesh, ip, &mut out)?;
+    for (key, serves) in plan(config, mesh) {
+        bind_one(key, serves, &mut out)?;
     }
     if let Some(addr) = config.admin {
-        out.admin = Some(tcp(addr, false).map_err(|source| BindError::Bind { what: "admin".into(), addr, source })?);
+        out.admin = Some(bind_admin(addr)?);
     }
     Ok(out)
 }
@@ -129,36 +188,38 @@ pub fn bind(config: &Config, mesh: Option<IpAddr>) -> Result<Listeners, BindErro
 /// Only the mesh listeners on `ip` (for a mesh address learnt after start-up).
 pub fn bind_mesh(config: &Config, ip: IpAddr) -> Result<Listeners, BindError> {
     let mut out = Listeners::default();
-    bind_side(config, Origin::Mesh, ip, &mut out)?;
+    for (key, serves) in plan(config, Some(ip)).into_iter().filter(|(k, _)| k.origin == Origin::Mesh) {
+        bind_one(key, serves, &mut out)?;
+    }
     Ok(out)
 }
 
-fn bind_side(config: &Config, origin: Origin, ip: IpAddr, out: &mut Listeners) -> Result<(), BindError> {
+/// The admin listener on `addr`.
+pub fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    tcp(addr, false).map_err(|source| BindError::Bind { what: "admin".into(), addr, source })
+}
+
+/// Bind one planned socket into `out`.
+pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(), BindError> {
     // The mesh address may not be up yet when yggdrasil restarts; freebind lets us bind it anyway.
-    let freebind = origin == Origin::Mesh;
-    for (role, port) in [(Role::Https, config.http.https_port), (Role::Http, config.http.http_port)] {
-        let addr = SocketAddr::new(ip, port);
-        let listener = tcp(addr, freebind).map_err(|source| BindError::Bind {
-            what: label(origin, &role).to_string(),
-            addr,
-            source,
-        })?;
-        out.tcp.push(TcpBound { origin, role, listener });
-    }
-    for s in &config.streams {
-        for port in s.listen_ports.iter() {
-            let addr = SocketAddr::new(ip, port);
-            let err = |source| BindError::Bind { what: format!("stream {}", s.name), addr, source };
-            match s.protocol {
-                Protocol::Tcp => out.tcp.push(TcpBound {
-                    origin,
-                    role: Role::Stream(s.name.clone()),
-                    listener: tcp(addr, freebind).map_err(err)?,
-                }),
-                Protocol::Udp => {
-                    out.udp.push(UdpBound { origin, stream: s.name.clone(), socket: udp(addr, freebind).map_err(err)? })
-                }
-            }
+    let freebind = key.origin == Origin::Mesh;
+    let (origin, addr) = (key.origin, key.addr);
+    match serves {
+        Serves::Tcp(role) => {
+            let what = match &role {
+                Role::Stream(name) => format!("stream {name}"),
+                other => label(origin, other).to_string(),
+            };
+            let listener = tcp(addr, freebind).map_err(|source| BindError::Bind { what, addr, source })?;
+            out.tcp.push(TcpBound { key, origin, role, listener });
+        }
+        Serves::Udp(stream) => {
+            let socket = udp(addr, freebind).map_err(|source| BindError::Bind {
+                what: format!("stream {stream}"),
+                addr,
+                source,
+            })?;
+            out.udp.push(UdpBound { key, origin, stream, socket });
         }
     }
     Ok(())
@@ -173,8 +234,8 @@ fn socket(addr: SocketAddr, ty: Type, freebind: bool) -> io::Result<Socket> {
     }
     if freebind {
         match addr {
-            SocketAddr::V4(_) => sock.set_freebind(true)?,
-            SocketAddr::V6(_) => sock.set_freebind_ipv6(true)?,
+            SocketAddr::V4(_) => sock.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => sock.set_freebind_v6(true)?,
         }
     }
     sock.set_nonblocking(true)?;

@@ -143,7 +143,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let server = local_proxy::start(config, bound, shutdown.clone())?;
     let handle = server.handle();
     if mesh_later {
-        tokio::spawn(mesh_when_ready(handle.clone()));
+        handle.serve_mesh_when_ready();
     }
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -157,7 +157,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
                     info!(config = %path.display(), "SIGHUP: reloading");
                     match config::load(&path) {
                         Ok(new) => {
-                            if let Err(e) = handle.reload(new) {
+                            if let Err(e) = handle.reload(new).await {
                                 error!(error = %e, "reload refused; the running config stays");
                             }
                         }
@@ -175,27 +175,4 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     server.wait(DRAIN).await;
     info!("stopped");
     Ok(())
-}
-
-/// yggdrasil may start after us (boot order, restarts): ask for the mesh address until it
-/// answers, then bind and serve the mesh listeners.
-async fn mesh_when_ready(handle: local_proxy::Handle) {
-    let mut delay = Duration::from_secs(2);
-    while !handle.is_shutting_down() {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(60));
-        let config = handle.config();
-        match listeners::mesh_address(&config).await {
-            Ok(None) => return,
-            Ok(Some(ip)) => match listeners::bind_mesh(&config, ip) {
-                Ok(bound) => {
-                    info!(address = %ip, "mesh listener up");
-                    handle.serve(bound);
-                    return;
-                }
-                Err(e) => warn!(error = %e, "binding the mesh listener failed; retrying"),
-            },
-            Err(e) => warn!(error = %e, "still no mesh address; retrying"),
-        }
-    }
 }

@@ -332,7 +332,7 @@ upstream = "http://{up_b}"
         live = live.display()
     );
     let new = local_proxy::config::from_toml_str(&text).unwrap();
-    p.handle.reload(new).unwrap();
+    p.handle.reload(new).await.unwrap();
     let (out, _, ok) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/").await;
     assert!(ok && out.contains("upstream: b"), "{out}");
     let front = ingress("127.0.0.3".parse().unwrap(), p.wan_https, client).await;
@@ -346,7 +346,7 @@ upstream = "http://{up_b}"
         "upstream = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"",
     );
     let bad = local_proxy::config::from_toml_str(&bad).unwrap();
-    assert!(p.handle.reload(bad).is_err());
+    assert!(p.handle.reload(bad).await.is_err());
     let (out, _, ok) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/").await;
     assert!(ok && out.contains("upstream: b"), "{out}");
 }

@@ -169,6 +169,11 @@ pub struct Stream {
     pub upstream_ports: PortRange,
     /// Send a PROXY v2 header with the client address to the upstream.
     pub proxy_protocol: bool,
+    /// Connect to the upstream from the client's own address (`IP_TRANSPARENT`), so a service
+    /// that cannot read PROXY headers sees the real client. Needs `CAP_NET_ADMIN` and the
+    /// policy route in README.md; a client of the other address family (a mesh client to an
+    /// IPv4 service) is forwarded from our own address instead, and counted.
+    pub transparent: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     /// UDP only: concurrent flows per listening socket.

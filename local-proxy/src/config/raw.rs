@@ -114,6 +114,7 @@ pub struct RawStream {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub proxy_protocol: Option<String>,
+    pub transparent: Option<bool>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_flows: Option<u64>,

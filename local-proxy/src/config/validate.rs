@@ -226,8 +226,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
-    let firewall =
-        crate::firewall::settings::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c.errors);
+    let firewall = crate::firewall::settings::validate(
+        raw.firewall.as_ref(),
+        &wan.trusted_ingress,
+        &http,
+        &streams,
+        &mut c.errors,
+    );
 
     if c.errors.is_empty() {
         Ok(Config { admin, wan, mesh, http, tls, sites, streams, firewall })
@@ -441,6 +446,10 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
             false
         }
     };
+    let transparent = s.transparent.unwrap_or(false);
+    if transparent && proxy_protocol {
+        c.err(f("transparent"), "choose one way to pass the client address: transparent or proxy_protocol = \"v2\"");
+    }
     let idle_default = match protocol {
         Protocol::Tcp => "1h",
         Protocol::Udp => "300s",
@@ -452,6 +461,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         upstream_ip,
         upstream_ports,
         proxy_protocol,
+        transparent,
         connect_timeout: c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s"),
         idle_timeout: c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default),
         max_flows: c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize,

@@ -23,8 +23,12 @@ pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_secon
 pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
 pub const UPGRADES: &str = "local_proxy_upgrades_total";
-/// Stream connections, by `stream` and `result` (`ok`, `connect_failed`, `connect_timeout`).
+/// Stream connections, by `stream` and `result`
+/// (`ok`, `connect_failed`, `connect_timeout`, `transparent_failed`).
 pub const STREAM_CONNECTIONS: &str = "local_proxy_stream_connections_total";
+/// Connections and flows of transparent streams forwarded from our own address instead of the
+/// client's, by `stream` and `reason` (`family`: the client and the service differ in IP family).
+pub const STREAM_TRANSPARENT_FALLBACKS: &str = "local_proxy_stream_transparent_fallbacks_total";
 /// Bytes relayed by streams, by `stream` and `direction` (`in` = to upstream, `out` = to client).
 pub const STREAM_BYTES: &str = "local_proxy_stream_bytes_total";
 /// UDP flows open now, by `stream`.
@@ -32,13 +36,13 @@ pub const UDP_FLOWS_ACTIVE: &str = "local_proxy_udp_flows_active";
 /// UDP datagrams relayed, by `stream` and `direction`.
 pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 /// UDP datagrams dropped, by `stream` and `result`
-/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`).
+/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`, `transparent_failed`).
 pub const UDP_DROPPED: &str = "local_proxy_udp_dropped_total";
 /// Certificates (names) currently served.
 pub const CERTIFICATES_LOADED: &str = "local_proxy_certificates_loaded";
 /// Certificate loads, by `result` (`ok`, `failed`).
 pub const CERTIFICATE_LOADS: &str = "local_proxy_certificate_loads_total";
-/// Configuration reloads, by `result` (`ok`, `invalid`).
+/// Configuration reloads, by `result` (`ok`, `invalid`, `bind_failed`).
 pub const CONFIG_RELOADS: &str = "local_proxy_config_reloads_total";
 /// 1 when the proxy can serve (a certificate is loaded), else 0.
 pub const HEALTHY: &str = "local_proxy_healthy";

@@ -1,5 +1,6 @@
-//! One TCP stream forward: connect to the LAN service under a deadline, optionally announce
-//! the client with a PROXY v2 header, then relay both ways with half-close and an idle bound.
+//! One TCP stream forward: connect to the LAN service under a deadline (from the client's own
+//! address for a transparent stream), optionally announce the client with a PROXY v2 header,
+//! then relay both ways with half-close and an idle bound.
 
 use std::net::SocketAddr;
 
@@ -12,23 +13,46 @@ use crate::admission::ClientInfo;
 use crate::config::Stream;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
+use crate::transparent::{self, TransparentError};
 
 /// Relay `client` (already admitted, header consumed) to the stream's upstream.
 pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, stream: &Stream) {
     let name = stream.name.clone();
     let target = stream.upstream_for(local.port());
-    let upstream = match tokio::time::timeout(stream.connect_timeout, TcpStream::connect(target)).await {
-        Err(_) => {
-            warn!(stream = %name, upstream = %target, "upstream connect timed out");
-            count(&name, "connect_timeout");
-            return;
+    let upstream = if stream.transparent && transparent::usable(info.client, target) {
+        match transparent::connect_tcp(info.client, target, stream.connect_timeout).await {
+            Ok(s) => s,
+            Err(TransparentError::Timeout) => {
+                warn!(stream = %name, upstream = %target, "upstream connect timed out");
+                count(&name, "connect_timeout");
+                return;
+            }
+            Err(e) => {
+                let result = if e.is_setup() { "transparent_failed" } else { "connect_failed" };
+                warn!(stream = %name, upstream = %target, client = %info.client, error = %e, "upstream connect failed");
+                count(&name, result);
+                return;
+            }
         }
-        Ok(Err(e)) => {
-            warn!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
-            count(&name, "connect_failed");
-            return;
+    } else {
+        if stream.transparent {
+            // A mesh client (IPv6) to an IPv4 service, or the reverse: no way to use its address.
+            metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => name.clone(), "reason" => "family")
+                .increment(1);
         }
-        Ok(Ok(s)) => s,
+        match tokio::time::timeout(stream.connect_timeout, TcpStream::connect(target)).await {
+            Err(_) => {
+                warn!(stream = %name, upstream = %target, "upstream connect timed out");
+                count(&name, "connect_timeout");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
+                count(&name, "connect_failed");
+                return;
+            }
+            Ok(Ok(s)) => s,
+        }
     };
     count(&name, "ok");
     let _ = upstream.set_nodelay(true);

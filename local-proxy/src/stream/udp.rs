@@ -2,21 +2,27 @@
 //! keyed by (sender, client); each flow has its own connected upstream socket (it sorts the
 //! replies) and a reply task that ends when the flow idles out. On WAN-side sockets only
 //! trusted ingress peers are heard; a datagram may start with a PROXY v2 header naming the
-//! client, which is stripped.
+//! client, which is stripped. A transparent stream binds each flow's upstream socket to the
+//! client's own address (see `transparent`). Replies go out of the listening socket, which is
+//! bound to one WAN address, so they leave by the WAN the flow came in on.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::Stream;
 use crate::idle::Activity;
-use crate::listeners::{Origin, UdpBound};
+use crate::listeners::Origin;
 use crate::metrics::names;
 use crate::state::State;
+use crate::transparent::{self, TransparentError};
 
 /// Largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_535;
@@ -36,9 +42,29 @@ struct Flow {
 
 type Flows = Arc<Mutex<HashMap<FlowKey, Arc<Flow>>>>;
 
-/// Serve one UDP socket of a stream until shutdown.
-pub async fn serve(bound: UdpBound, state: Arc<State>) {
-    let UdpBound { origin, stream: name, socket } = bound;
+/// Serve one UDP socket of a stream until `stop` (shutdown, or a reload that removes it).
+/// Returns once every flow of the socket has ended, so the port is free again.
+pub async fn serve(
+    socket: UdpSocket,
+    origin: Origin,
+    stream_name: Arc<ArcSwap<String>>,
+    stop: CancellationToken,
+    state: Arc<State>,
+) {
+    let flow_tasks = TaskTracker::new();
+    serve_flows(socket, origin, stream_name, &stop, &state, &flow_tasks).await;
+    flow_tasks.close();
+    flow_tasks.wait().await;
+}
+
+async fn serve_flows(
+    socket: UdpSocket,
+    origin: Origin,
+    stream_name: Arc<ArcSwap<String>>,
+    stop: &CancellationToken,
+    state: &Arc<State>,
+    flow_tasks: &TaskTracker,
+) {
     let socket = Arc::new(socket);
     let Ok(local) = socket.local_addr() else { return };
     let flows: Flows = Arc::default();
@@ -46,8 +72,9 @@ pub async fn serve(bound: UdpBound, state: Arc<State>) {
     loop {
         let received = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
+        let name = stream_name.load_full();
         let (n, sender) = match received {
             Ok(r) => r,
             Err(e) => {
@@ -56,11 +83,11 @@ pub async fn serve(bound: UdpBound, state: Arc<State>) {
             }
         };
         let config = state.config.load();
-        let Some(stream) = config.streams.iter().find(|s| s.name == name) else {
+        let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
             continue;
         };
         let datagram = &buf[..n];
-        let (client, destination, payload) = match classify(origin, sender, local, datagram, &state) {
+        let (client, destination, payload) = match classify(origin, sender, local, datagram, state) {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(result) => {
@@ -72,7 +99,7 @@ pub async fn serve(bound: UdpBound, state: Arc<State>) {
         let existing = lock(&flows).get(&key).cloned();
         let flow = match existing {
             Some(f) => f,
-            None => match open_flow(&flows, key, destination, local, stream, &socket, &state).await {
+            None => match open_flow(&flows, key, destination, local, stream, &socket, stop, flow_tasks).await {
                 Some(f) => f,
                 None => continue,
             },
@@ -89,7 +116,7 @@ pub async fn serve(bound: UdpBound, state: Arc<State>) {
         };
         match sent {
             Ok(_) => {
-                metrics::counter!(names::UDP_DATAGRAMS, "stream" => name.clone(), "direction" => "in").increment(1)
+                metrics::counter!(names::UDP_DATAGRAMS, "stream" => name.to_string(), "direction" => "in").increment(1)
             }
             Err(e) => {
                 debug!(stream = %name, error = %e, "send to upstream failed");
@@ -136,6 +163,7 @@ fn drop_count(stream: &str, result: &'static str) {
     metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => result).increment(1);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn open_flow(
     flows: &Flows,
     key: FlowKey,
@@ -143,13 +171,53 @@ async fn open_flow(
     local: SocketAddr,
     stream: &Stream,
     socket: &Arc<UdpSocket>,
-    state: &Arc<State>,
+    stop: &CancellationToken,
+    flow_tasks: &TaskTracker,
 ) -> Option<Arc<Flow>> {
     if lock(flows).len() >= stream.max_flows {
         drop_count(&stream.name, "flow_limit");
         return None;
     }
     let target = stream.upstream_for(local.port());
+    let upstream = if stream.transparent && transparent::usable(key.1, target) {
+        match transparent::udp(key.1, target).await {
+            Ok(s) => s,
+            Err(e) => {
+                transparent_failed(&stream.name, target, &e);
+                drop_count(&stream.name, if e.is_setup() { "transparent_failed" } else { "send_failed" });
+                return None;
+            }
+        }
+    } else {
+        if stream.transparent {
+            // A mesh client (IPv6) to an IPv4 service, or the reverse: no way to use its address.
+            metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => stream.name.clone(), "reason" => "family")
+                .increment(1);
+        }
+        plain_flow_socket(stream, target).await?
+    };
+    let header = stream.proxy_protocol.then(|| {
+        let mut h = Vec::with_capacity(64);
+        proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));
+        h
+    });
+    let flow = Arc::new(Flow { upstream, activity: Activity::new(), header });
+    lock(flows).insert(key, flow.clone());
+    metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone()).increment(1.0);
+    flow_tasks.spawn(replies(
+        flows.clone(),
+        key,
+        flow.clone(),
+        socket.clone(),
+        stream.name.clone(),
+        stream.idle_timeout,
+        stop.clone(),
+    ));
+    Some(flow)
+}
+
+/// A flow socket from our own address (any port), connected to the upstream.
+async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSocket> {
     let any: IpAddr = match target {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -167,24 +235,15 @@ async fn open_flow(
         drop_count(&stream.name, "send_failed");
         return None;
     }
-    let header = stream.proxy_protocol.then(|| {
-        let mut h = Vec::with_capacity(64);
-        proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));
-        h
-    });
-    let flow = Arc::new(Flow { upstream, activity: Activity::new(), header });
-    lock(flows).insert(key, flow.clone());
-    metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone()).increment(1.0);
-    tokio::spawn(replies(
-        flows.clone(),
-        key,
-        flow.clone(),
-        socket.clone(),
-        stream.name.clone(),
-        stream.idle_timeout,
-        state.clone(),
-    ));
-    Some(flow)
+    Some(upstream)
+}
+
+/// A missing capability is a deployment fault (warn); anything else is per flow (debug).
+fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) {
+    match e {
+        TransparentError::Option(_) => warn!(stream, %upstream, error = %e, "transparent flow refused"),
+        _ => debug!(stream, %upstream, error = %e, "transparent flow failed"),
+    }
 }
 
 /// Relay the upstream's replies to the sender until the flow idles out.
@@ -195,7 +254,7 @@ async fn replies(
     socket: Arc<UdpSocket>,
     name: String,
     idle: std::time::Duration,
-    state: Arc<State>,
+    stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -213,7 +272,7 @@ async fn replies(
                 Err(e) => debug!(stream = %name, error = %e, "upstream recv error"),
             },
             _ = flow.activity.idle_for(idle) => break,
-            _ = state.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         }
     }
     lock(&flows).remove(&key);
