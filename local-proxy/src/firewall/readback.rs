@@ -22,7 +22,8 @@ const MSG_GETSET: u16 = 10;
 const MSG_NEWSETELEM: u16 = 12;
 const MSG_GETSETELEM: u16 = 13;
 const ENOENT: i32 = 2;
-/// `NFTA_LIST_ELEM`, `NFTA_DATA_VALUE`, `NFTA_DATA_VERDICT`.
+/// `NFTA_DATA_VALUE`, `NFTA_DATA_VERDICT` (and `NFTA_LIST_ELEM`, which the tests write).
+#[cfg(test)]
 const LIST_ELEM: u16 = 1;
 const DATA_VALUE: u16 = 1;
 const DATA_VERDICT: u16 = 2;
@@ -117,7 +118,7 @@ fn decode_exprs(list: &[u8]) -> Vec<Stmt> {
     let mut regs: BTreeMap<u32, Operand> = BTreeMap::new();
     let mut out = Vec::new();
     let mut pending_low: Option<u16> = None;
-    for (_, expr) in attrs(list).filter(|(k, _)| *k == LIST_ELEM) {
+    for (_, expr) in attrs(list) {
         let name = attr_str(expr, 1).unwrap_or_default();
         let data = attr(expr, 2).unwrap_or(&[]);
         let u = |k| attr_u32(data, k);
@@ -237,7 +238,8 @@ pub fn assemble(name: &str, msgs: &[Msg<'_>]) -> Option<TableSpec> {
             MSG_NEWSETELEM => {
                 let Some(set_name) = attr_str(a, 2) else { continue };
                 let Some(set) = t.sets.iter_mut().find(|s| s.name == set_name) else { continue };
-                for (_, elem) in attrs(attr(a, 3).unwrap_or(&[])).filter(|(k, _)| *k == LIST_ELEM) {
+                // Kernel dumps type each element NFTA_LIST_ELEM; libnftnl numbers them 1, 2, ...
+                for (_, elem) in attrs(attr(a, 3).unwrap_or(&[])) {
                     if let Some(ip) = data_value(attr(elem, 1)).and_then(|k| element_addr(set.family, &k)) {
                         set.elements.insert(ip);
                     }
