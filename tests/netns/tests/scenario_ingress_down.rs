@@ -44,14 +44,14 @@ fn ingress1_gone(kill: bool) {
     let failed_before = r.records.iter().filter(|x| !x.ok && x.start_ms <= gone_ms + 50).count();
     let via2 = after.iter().filter(|x| x.ok && x.target.as_deref() == Some(&ingress2)).count();
     let max_latency = after.iter().map(|x| x.latency_ms).fold(0.0, f64::max);
-    eprintln!(
+    common::report(&format!(
         "RESULT ingress1 {}: {} connections after, {} failed, {via2} served by ingress2, {} fell back, \
          slowest {max_latency:.0} ms; {failed_before} connections in flight through ingress1 at that moment broke",
         if kill { "killed" } else { "unreachable" },
         after.len(),
         failed_after.len(),
         s.fallback
-    );
+    ));
     assert!(
         failed_after.is_empty(),
         "connections failed after ingress1 went away:\n{}",

@@ -71,12 +71,12 @@ fn wan2_degraded(how: Degrade) {
         b / (a + b).max(1.0)
     };
     let (b2, d2) = (share2(&base), share2(&degraded));
-    eprintln!(
+    common::report(&format!(
         "RESULT wan2 {how:?}: wan2 share {b2:.3} before -> {d2:.3} after (baseline weights give 0.25); \
          ingress1 wan2 health factor per second: {factors:.2?}; wan2 marked down at some point: {wan2_ever_down}; \
          latency {:?}",
         s.latency_ms
-    );
+    ));
     eprintln!("per path: before {base:?}; degraded {degraded:?}");
     assert_eq!(s.failed, 0, "failed connections:\n{}", scenario::describe_failures(&r.records, loss_ms));
     assert!((0.15..=0.35).contains(&b2), "baseline wan2 share {b2:.3} not near 0.25: {base:?}");

@@ -73,11 +73,11 @@ fn scenario3_both_wans_cut_mesh_carries() {
     let last_mesh = scenario::last_on_path(&t, &r.records, "mesh").map(|m| m.saturating_sub(restore_ms));
     let held_paths = path_counts(&t, &h.records, 0, u64::MAX);
     let failovers = scenario::metric_sum(&t, names::MESH_FAILOVERS, &[]).unwrap_or(-1.0);
-    eprintln!(
+    common::report(&format!(
         "RESULT both WANs cut: first connection over the mesh {first_mesh:?} ms after the cut; \
          WANs marked down after {down_ms} ms; after restore, WANs up after {up_ms} ms, last new mesh \
          connection {last_mesh:?} ms after the restore; mesh failovers counted by the ingress nodes: {failovers}"
-    );
+    ));
     eprintln!("per path: before {before:?}; cut {cut:?}; after {after:?}; held connections {held_paths:?}");
 
     let (in_flight, failed) = scenario::split_failures(&r.records, cut_done_ms);

@@ -62,7 +62,7 @@ fn wan1_cut_under_load(how: Cut) {
     let before = path_counts(&t, &r.records, 0, cut_ms);
     let cut = path_counts(&t, &r.records, cut_ms, restore_ms);
     let after = path_counts(&t, &r.records, restore_ms + 1500, u64::MAX);
-    eprintln!(
+    common::report(&format!(
         "RESULT wan1 cut by {how:?}: detection (cut -> last new connection over wan1) = {detection} ms; \
          ingress1 marked wan1 down after {down_ms} ms; slowest connection during the cut {max_latency:.0} ms; \
          {} of {} connections slow (>500 ms); {} delayed >250 ms by a wan1 attempt, the last one \
@@ -70,7 +70,7 @@ fn wan1_cut_under_load(how: Cut) {
         s.slow,
         s.ok,
         delayed.len()
-    );
+    ));
     eprintln!("per path: before {before:?}; during cut {cut:?}; after restore {after:?}");
     let failures = scenario::metric_sum(&t, names::PATH_CONNECT_FAILURES, &[("path", "wan1")]).unwrap_or(-1.0);
     eprintln!("ingress wan1 connect failures (retried on another path): {failures}");

@@ -30,7 +30,7 @@ fn scenario1_weights_spread_over_both_wans() {
     let wan1 = *counts.get("wan1").unwrap_or(&0) as f64;
     let wan2 = *counts.get("wan2").unwrap_or(&0) as f64;
     let share1 = wan1 / (wan1 + wan2);
-    eprintln!("client view: {counts:?}; wan1 share {share1:.3} (weights 3:1 -> 0.75)");
+    common::report(&format!("RESULT both WANs up: {counts:?}; wan1 share {share1:.3} (weights 3:1 -> 0.75)"));
     assert!(!counts.contains_key("mesh"), "the mesh carried traffic while both WANs were up: {counts:?}");
     assert!((0.65..=0.85).contains(&share1), "wan1 share {share1:.3} is not near 0.75: {counts:?}");
 
