@@ -1,9 +1,13 @@
-//! Connecting upstream: pick a path, connect with a short timeout while other paths remain
-//! and a long one on the last try, retry on the next path. A WAN that died between two
-//! health checks costs a retry, not a client connection.
+//! Connecting upstream: pick a path and connect; if it has not answered within a few times
+//! its usual connect latency, race a second path against it (Happy Eyeballs across WANs);
+//! retry on further paths up to `max_attempts`. A WAN that died between two health checks
+//! then costs a client tens of milliseconds, not a failed connection or a full timeout.
 
+use std::future::Future;
 use std::io;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -20,48 +24,134 @@ pub struct Unavailable {
     pub last: io::Error,
 }
 
-/// Connect to `port` (as seen on each path) through the pool.
-pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
-    let mut tried = Tried::default();
-    // Built only on failure: the success path allocates nothing here.
-    let mut last: Option<io::Error> = None;
-    let mut attempts = 0;
-    while attempts < pool.cfg.max_attempts {
-        let Some((index, path)) = pool.pick(tried) else {
-            break;
-        };
-        tried.insert(index);
-        attempts += 1;
-        let is_last = attempts == pool.cfg.max_attempts || pool.remaining(tried) == 0;
-        // Short while another path can take over; long enough on the last try for a lost
-        // SYN to be retransmitted (after 1 s) rather than failing the client.
-        let timeout = if is_last { pool.cfg.final_connect_timeout } else { pool.cfg.connect_timeout };
-        let addr = path.addr(port);
-        let start = Instant::now();
-        let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(r) => r,
-            Err(_) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {}", fmt_ms(timeout))))
-            }
-        };
-        match result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                path.state.m_connects.increment(1);
-                pool.record(index, Outcome::Ok { latency: start.elapsed() }, Source::Traffic);
-                return Ok((stream, path.clone()));
-            }
-            Err(e) => {
-                tracing::debug!(pool = %pool.name, path = %path.name, %addr, error = %e, "connect failed, trying next path");
-                pool.record(index, Outcome::Failed, Source::Traffic);
-                last = Some(e);
-            }
+/// Hedge no earlier than this: below it, scheduling noise would start needless races.
+const HEDGE_FLOOR: Duration = Duration::from_millis(30);
+
+struct Attempt {
+    index: usize,
+    path: Arc<Path>,
+    started: Instant,
+}
+
+async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {}ms", timeout.as_millis())))
         }
     }
-    let last = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "pool has no paths"));
+}
+
+/// Connect to `port` (as seen on each path) through the pool.
+pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
+    let cfg = &pool.cfg;
+    let mut tried = Tried::default();
+    let mut attempts = 0u32;
+    // Two attempt slots: the current one and, after the hedge delay, a racer.
+    let mut slots: [Option<Attempt>; 2] = [None, None];
+    let mut futs = [pin!(None), pin!(None)];
+    let hedge_timer = pin!(tokio::time::sleep(Duration::MAX / 4));
+    let mut hedge_timer: Pin<&mut tokio::time::Sleep> = hedge_timer;
+
+    // Start an attempt in a free slot; false when no path is left to try.
+    let start = |slot: usize,
+                 slots: &mut [Option<Attempt>; 2],
+                 futs: &mut [Pin<&mut Option<_>>; 2],
+                 tried: &mut Tried,
+                 attempts: &mut u32|
+     -> bool {
+        if *attempts >= cfg.max_attempts {
+            return false;
+        }
+        let Some((index, path)) = pool.pick(*tried) else { return false };
+        tried.insert(index);
+        *attempts += 1;
+        let is_last = *attempts == cfg.max_attempts || pool.remaining(*tried) == 0;
+        // Short while another path can take over; long enough on the last try for a lost
+        // SYN to be retransmitted (after 1 s) rather than failing the client.
+        let timeout = if is_last { cfg.final_connect_timeout } else { cfg.connect_timeout };
+        futs[slot].set(Some(attempt(path.addr(port), timeout)));
+        slots[slot] = Some(Attempt { index, path: path.clone(), started: Instant::now() });
+        true
+    };
+
+    if !start(0, &mut slots, &mut futs, &mut tried, &mut attempts) {
+        return Err(Unavailable { attempts, last: no_paths() });
+    }
+    let arm = |slots: &[Option<Attempt>; 2], timer: &mut Pin<&mut tokio::time::Sleep>| -> bool {
+        let Some(a) = slots.iter().flatten().next() else { return false };
+        // A path not yet measured is judged by the pool's best, else by a WAN-ish 50 ms.
+        let usual = a
+            .path
+            .latency()
+            .or_else(|| pool.paths.iter().filter_map(|p| p.latency()).min())
+            .unwrap_or(Duration::from_millis(50));
+        let delay = (usual * 4).clamp(HEDGE_FLOOR, cfg.connect_timeout.max(HEDGE_FLOOR));
+        timer.as_mut().reset(a.started + delay);
+        true
+    };
+    let mut hedge_armed = arm(&slots, &mut hedge_timer) && pool.remaining(tried) > 0;
+
+    let last = loop {
+        enum Event {
+            Done(usize, io::Result<TcpStream>),
+            Hedge,
+        }
+        let ev = std::future::poll_fn(|cx: &mut Context<'_>| {
+            for (i, f) in futs.iter_mut().enumerate() {
+                if let Some(fut) = f.as_mut().as_pin_mut() {
+                    if let Poll::Ready(r) = fut.poll(cx) {
+                        f.set(None);
+                        return Poll::Ready(Event::Done(i, r));
+                    }
+                }
+            }
+            if hedge_armed && hedge_timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Hedge);
+            }
+            Poll::Pending
+        })
+        .await;
+        match ev {
+            Event::Hedge => {
+                hedge_armed = false;
+                let free = if slots[0].is_none() { 0 } else { 1 };
+                if slots[free].is_none() && start(free, &mut slots, &mut futs, &mut tried, &mut attempts) {
+                    if let Some(slow) = &slots[1 - free] {
+                        slow.path.state.m_hedges.increment(1);
+                        tracing::debug!(pool = %pool.name, slow = %slow.path.name, "connect slow; racing another path");
+                    }
+                }
+            }
+            Event::Done(i, Ok(stream)) => {
+                let Some(won) = slots[i].take() else { continue };
+                let _ = stream.set_nodelay(true);
+                won.path.state.m_connects.increment(1);
+                pool.record(won.index, Outcome::Ok { latency: won.started.elapsed() }, Source::Traffic);
+                // The loser of a race did not answer in several times its usual latency
+                // while another path did: evidence against it, like a timeout.
+                if let Some(lost) = slots[1 - i].take() {
+                    pool.record(lost.index, Outcome::Failed, Source::Traffic);
+                }
+                return Ok((stream, won.path));
+            }
+            Event::Done(i, Err(e)) => {
+                let Some(failed) = slots[i].take() else { continue };
+                tracing::debug!(pool = %pool.name, path = %failed.path.name, error = %e, "connect failed");
+                pool.record(failed.index, Outcome::Failed, Source::Traffic);
+                let racing = slots[1 - i].is_some();
+                if !racing {
+                    if !start(i, &mut slots, &mut futs, &mut tried, &mut attempts) {
+                        break e;
+                    }
+                    hedge_armed = arm(&slots, &mut hedge_timer) && pool.remaining(tried) > 0;
+                }
+            }
+        }
+    };
     Err(Unavailable { attempts, last })
 }
 
-fn fmt_ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+fn no_paths() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "pool has no paths")
 }

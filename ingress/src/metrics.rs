@@ -11,6 +11,8 @@ pub const PATH_ACTIVE: &str = "ingress_path_active_connections";
 pub const PATH_CONNECTS: &str = "ingress_path_connects_total";
 pub const PATH_CONNECT_FAILURES: &str = "ingress_path_connect_failures_total";
 pub const PATH_BYTES: &str = "ingress_path_bytes_total";
+/// Races started because this path had not answered within a few times its usual latency.
+pub const PATH_HEDGES: &str = "ingress_path_hedges_total";
 pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
 pub const MESH_FAILOVERS: &str = "ingress_mesh_failovers_total";
 pub const POOL_ON_MESH: &str = "ingress_pool_on_mesh";

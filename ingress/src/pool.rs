@@ -24,9 +24,12 @@ pub struct PathState {
     /// `f32` bits of the current health factor.
     factor: AtomicU32,
     active: AtomicU64,
+    /// Connect latency average in ns (0: not measured yet), published for the data path.
+    latency_ns: AtomicU64,
     pub(crate) m_connects: Counter,
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
+    pub(crate) m_hedges: Counter,
     pub(crate) m_bytes_up: Counter,
     pub(crate) m_bytes_down: Counter,
     m_up: Gauge,
@@ -42,9 +45,11 @@ impl PathState {
             up: AtomicBool::new(true),
             factor: AtomicU32::new(1.0f32.to_bits()),
             active: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
             m_connects: counter!(m::PATH_CONNECTS, &labels),
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
+            m_hedges: counter!(m::PATH_HEDGES, &labels),
             m_bytes_up: counter!(
                 m::PATH_BYTES,
                 &[("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", "up".to_owned())]
@@ -83,6 +88,13 @@ impl Path {
     }
     pub fn active(&self) -> u64 {
         self.state.active.load(Ordering::Relaxed)
+    }
+    /// Average connect latency, without taking the health lock.
+    pub fn latency(&self) -> Option<std::time::Duration> {
+        match self.state.latency_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
     }
     /// Where traffic for `port` goes on this path.
     pub fn addr(&self, port: u16) -> SocketAddr {
@@ -251,7 +263,12 @@ impl Pool {
         // A real connect failing may take a path down only if something else can serve.
         let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
         let transition = match path.state.health.lock() {
-            Ok(mut h) => h.record(outcome, source, rise, fall, others_usable),
+            Ok(mut h) => {
+                let t = h.record(outcome, source, rise, fall, others_usable);
+                let ns = h.latency_avg.map_or(0, |l| (l.as_nanos() as u64).max(1));
+                path.state.latency_ns.store(ns, Ordering::Relaxed);
+                t
+            }
             Err(_) => None,
         };
         match outcome {

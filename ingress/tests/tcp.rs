@@ -308,3 +308,44 @@ async fn a_busy_port_does_not_stop_other_services_and_binds_once_free() {
     wait_until("busy port bound once free", Duration::from_secs(10), || !server.local_addrs("busy").is_empty()).await;
     assert_eq!(request(busy_addr).await.expect("served after binding"), "wan1");
 }
+
+/// A loopback "blackhole": a listener whose accept queue is full, so further SYNs are
+/// dropped and connects hang, as towards a WAN that silently died.
+fn blackhole(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStream>, std::net::SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&format!("{ip}:0").parse::<std::net::SocketAddr>().expect("addr").into()).expect("bind");
+    s.listen(0).expect("listen");
+    let addr = s.local_addr().expect("addr").as_socket().expect("inet");
+    // Fill the queue (backlog 0 still admits one or two); never accept.
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        c.set_nonblocking(true).expect("nonblocking");
+        let _ = c.connect(&addr.into());
+        fill.push(c.into());
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    (s, fill, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_path_is_raced_not_waited_for() {
+    let (_hole, _fill, hole_addr) = blackhole("127.0.0.5");
+    let wan2 = Backend::start("wan2", "127.0.0.3").await;
+    // Long connect timeout and slow probes: without the race, each request sent to the
+    // silent path would wait 5 s and count a timeout.
+    let toml = config(&[("wan1", hole_addr, 1), ("wan2", wan2.addr, 1)], None, "")
+        .replace("connect_timeout = \"200ms\"", "connect_timeout = \"5s\"")
+        .replace("interval = \"100ms\", timeout = \"100ms\"", "interval = \"30s\", timeout = \"5s\"");
+    let server = start(&toml).await;
+    let addr = service_addr(&server, "echo").await;
+    let mut names = Vec::new();
+    for _ in 0..30 {
+        names.push(request(addr).await.expect("every request succeeds"));
+    }
+    assert!(names.iter().all(|n| n == "wan2"));
+    let m = metrics(&server).await;
+    let pool = pool_name(&server);
+    assert!(metric(&m, "ingress_path_hedges_total", &[("pool", &pool), ("path", "wan1")]) >= 1.0);
+    assert_eq!(metric(&m, "ingress_path_up", &[("pool", &pool), ("path", "wan1")]), 0.0, "race losses take it down");
+}

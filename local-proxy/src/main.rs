@@ -89,7 +89,7 @@ fn firewall_show(path: &Path) -> ExitCode {
     match local_proxy::firewall::read_table(&table) {
         Ok(Some(t)) => {
             print!("{t}");
-            let state = if t.enforcing() { "enforcing" } else { "OPEN (no drops: waiting for a first DNS answer)" };
+            let state = if t.enforcing() { "enforcing" } else { "OPEN (protected ports not filtered until a first DNS answer)" };
             println!("# {} allowed addresses; {state}", t.allowed().len());
             ExitCode::SUCCESS
         }
