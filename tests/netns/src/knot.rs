@@ -184,8 +184,8 @@ template:
     storage: "{d}/zones"
     semantic-checks: off
     zonefile-sync: 0
-    zonefile-load: difference-no-serial
-    journal-content: changes
+    zonefile-load: whole
+    journal-content: none
 
 zone:
   - domain: {ZONE}.

@@ -64,6 +64,11 @@ impl Probe {
         self
     }
 
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout = Duration::from_millis(ms);
+        self
+    }
+
     pub fn proxy_v2(mut self, client: SocketAddr) -> Self {
         self.proxy_v2_client = Some(client);
         self
