@@ -85,11 +85,16 @@ fn firewall_show(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let table = config.firewall.map(|f| f.table).unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into());
+    let table =
+        config.firewall.map(|f| f.table).unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into());
     match local_proxy::firewall::read_table(&table) {
         Ok(Some(t)) => {
             print!("{t}");
-            let state = if t.enforcing() { "enforcing" } else { "OPEN (protected ports not filtered until a first DNS answer)" };
+            let state = if t.enforcing() {
+                "enforcing"
+            } else {
+                "OPEN (protected ports not filtered until a first DNS answer)"
+            };
             println!("# {} allowed addresses; {state}", t.allowed().len());
             ExitCode::SUCCESS
         }
