@@ -7,8 +7,9 @@
 //!     tcp:  writes `peer=<peer>\n`, then echoes lines;
 //!     udp:  answers every datagram with `peer=<peer>`.
 //!     Logs `<kind> peer=<peer>` per connection or datagram to stdout.
-//! peer-echo tcp --to ADDR [--timeout-ms N]
-//!     connects, prints `local=<own addr>` and the greeting line.
+//! peer-echo tcp --to ADDR [--timeout-ms N] [--hold-ms N]
+//!     connects, prints `local=<own addr>` and the greeting line; with --hold-ms, keeps the
+//!     connection that long, then sends `ping` and prints `echo=<the line echoed back>`.
 //! peer-echo udp --to ADDR [--proxy-client ADDR] [--timeout-ms N]
 //!     sends one datagram (after a PROXY v2 header naming --proxy-client, if given), prints
 //!     `local=<own addr>` and the reply; fails when no reply comes in time.
@@ -180,12 +181,25 @@ fn probe_tcp(args: &[String]) -> Result<()> {
     let s = TcpStream::connect_timeout(&to, t).with_context(|| format!("connecting {to}"))?;
     s.set_read_timeout(Some(t))?;
     println!("local={}", s.local_addr()?);
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).context("reading the greeting")?;
+    r.read_line(&mut line).context("reading the greeting")?;
     if line.is_empty() {
         bail!("closed without a greeting");
     }
     print!("{line}");
+    let _ = std::io::stdout().flush();
+    if let Some((_, hold)) = f.iter().find(|(k, _)| *k == "--hold-ms") {
+        std::thread::sleep(Duration::from_millis(hold.parse()?));
+        w.write_all(b"ping\n")?;
+        line.clear();
+        r.read_line(&mut line).context("reading the echo after holding")?;
+        if line.is_empty() {
+            bail!("closed while held");
+        }
+        print!("echo={line}");
+    }
     Ok(())
 }
 
