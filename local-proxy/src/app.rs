@@ -225,6 +225,10 @@ impl Handle {
             }
         };
         let old = self.state.config.load_full();
+        if old.firewall != new.firewall {
+            // The firewall task holds the settings it started with (its table, its names).
+            warn!(change = "firewall", "this change takes effect only after a restart");
+        }
         let mesh = self.mesh_for(&old, &new).await;
         let plan = listeners::plan(&new, mesh);
         let admin = new.admin;

@@ -288,6 +288,22 @@ fn firewall_allowlist_from_dns() {
         "ingress nodes pass, the stranger does not (tcp+udp), unprotected ports and the mesh untouched",
     );
 
+    // Metrics: addresses per name, last refresh; no failures so far (no AAAA record is an
+    // answer, not a failure).
+    let m = metrics::scrape(&home, ADMIN).expect("scrape");
+    for name in ["ingress-1", "ingress-2"] {
+        let name = format!("{name}.{}", knot::ZONE);
+        let labels = [("name", name.as_str())];
+        let count: f64 = m.matching("local_proxy_firewall_addresses", &labels).map(|s| s.value).sum();
+        assert_eq!(count, 1.0, "addresses of {name}");
+        let refreshed: f64 =
+            m.matching("local_proxy_firewall_last_refresh_timestamp_seconds", &labels).map(|s| s.value).sum();
+        assert!(refreshed > 1.0e9, "last refresh of {name}: {refreshed}");
+    }
+    let failures: f64 = m.matching("local_proxy_firewall_lookup_failures_total", &[]).map(|s| s.value).sum();
+    assert_eq!(failures, 0.0, "lookup failures while DNS answers");
+    assert_eq!(m.matching("local_proxy_firewall_open", &[]).map(|s| s.value).sum::<f64>(), 0.0);
+
     // DNS moves ingress-2; the old address must stop passing, the new one start.
     let old2 = IpAddr::from(addr::INGRESS2);
     let new2 = IpAddr::from(INGRESS2_NEW);
