@@ -11,14 +11,19 @@ for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:i
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 # Build dependencies of the nftables netlink crates (nftnl-sys, mnl-sys link these).
-for pkg in libnftnl-dev libmnl-dev pkg-config; do
+# knot: the authoritative DNS server of the firewall scenario (knotd, knsupdate).
+for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update
+  # Debian starts packaged daemons on install; the tests run their own instances.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y --no-install-recommends "${need[@]}"
 fi
 # Debian starts daemons on install where it can; tests run their own instances.
 pkill -x nginx 2>/dev/null || true
 pkill -x haproxy 2>/dev/null || true
+pkill -x knotd 2>/dev/null || true
 bash tests/netns/deps.sh
