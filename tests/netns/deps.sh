@@ -96,6 +96,36 @@ for pid in $(pgrep -x yggdrasil || true); do
     fi
 done
 
+# tests/turn.rs runs coturn's turnserver and turnutils_uclient; tests/routing.rs makes
+# certificates and serves TLS with openssl. The tests start their own turnserver inside a
+# namespace: the package's system service is kept from starting and disabled.
+turn_missing=()
+for pkg in coturn openssl; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        turn_missing+=("$pkg")
+    fi
+done
+if [ "${#turn_missing[@]}" -gt 0 ]; then
+    apt_update
+    turn_policy=/usr/sbin/policy-rc.d
+    turn_had_policy=0
+    [ -e "$turn_policy" ] && turn_had_policy=1
+    if [ "$turn_had_policy" -eq 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$turn_policy"
+        chmod +x "$turn_policy"
+    fi
+    apt-get install -y --no-install-recommends "${turn_missing[@]}"
+    if [ "$turn_had_policy" -eq 0 ]; then
+        rm -f "$turn_policy"
+    fi
+fi
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now coturn.service >/dev/null 2>&1 || true
+fi
+for tool in turnserver turnutils_uclient openssl; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
+done
+
 for tool in ip tc ss nft iptables-legacy socat curl python3 pgrep ping sysctl setpriv yggdrasil yggdrasilctl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
 done

@@ -21,8 +21,13 @@ pub mod netprobe;
 pub mod preflight;
 pub mod proc_guard;
 pub mod scenario;
+pub mod services;
 pub mod tempdir;
+pub mod tls;
 pub mod topology;
+pub mod turn;
+pub mod udp_echo;
+pub mod udpflow;
 pub mod wait;
 pub mod ygg;
 
