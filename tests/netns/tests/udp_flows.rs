@@ -4,7 +4,8 @@
 //! path; (2) wan1 cut mid-flow (link down, and a silent blackhole): the flows on wan1 continue
 //! on wan2, losing only what was sent within the detection window (the gap is reported), stay
 //! on wan2 after wan1 returns, and the ingress flow metrics (created/migrated) agree with what
-//! the client saw.
+//! the client saw; (3) both WANs cut: the flows continue over the mesh tier (yggdrasil), and
+//! whether they come back when the WANs do is reported.
 
 mod common;
 
@@ -31,11 +32,15 @@ fn targets() -> Vec<SocketAddr> {
     vec![SocketAddr::from((addr::INGRESS1, UDP_PORT)), SocketAddr::from((addr::INGRESS2, UDP_PORT))]
 }
 
-/// Topology without the mesh, `udp-echo` on both WAN addresses, the ingress with the standard
-/// pool and a UDP service on both nodes, both WANs up.
-fn setup(start: Instant) -> Topology {
-    let mut t = common::build(Options { mesh: false, backends: true });
-    let listen = [SocketAddr::from((addr::WAN1, UDP_PORT)), SocketAddr::from((addr::WAN2, UDP_PORT))];
+/// Topology (with the mesh if `mesh`), `udp-echo` on both WAN addresses (and home's mesh
+/// address), the ingress with the standard pool and a UDP service on both nodes, both WANs up.
+fn setup_with(start: Instant, mesh: bool) -> Topology {
+    let mut t = common::build(Options { mesh, backends: true });
+    let mut listen = vec![SocketAddr::from((addr::WAN1, UDP_PORT)), SocketAddr::from((addr::WAN2, UDP_PORT))];
+    if mesh {
+        let home = t.home_mesh_addr().expect("home's yggdrasil address");
+        listen.push(SocketAddr::from((home, UDP_PORT)));
+    }
     services::start_udp_echo(&mut t, Role::Home, &listen, Default::default()).expect("start udp-echo in home");
     let service = format!(
         "[[service]]\nname = \"{SERVICE}\"\nlisten = [\"0.0.0.0:{UDP_PORT}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
@@ -52,6 +57,10 @@ fn setup(start: Instant) -> Topology {
     }
     common::phase(start, "udp-echo and ingress up on both nodes");
     t
+}
+
+fn setup(start: Instant) -> Topology {
+    setup_with(start, false)
 }
 
 /// Replies per path (wan1, wan2, ...) of one flow.
@@ -269,4 +278,81 @@ fn udp_flow_wan1_link_down_mid_flow() {
 #[test]
 fn udp_flow_wan1_blackhole_mid_flow() {
     udp_flow_wan1_cut(Cut::Blackhole);
+}
+
+#[test]
+fn udp_flows_to_mesh_when_both_wans_cut() {
+    let start = Instant::now();
+    let mut t = setup_with(start, true);
+    let cfg = FlowConfig {
+        targets: targets(),
+        flows: 4,
+        interval: Duration::from_millis(10),
+        duration: Duration::from_secs(10),
+        drain: Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let run = services::start_udpflow(&mut t, Role::Client, "udpflow", cfg).expect("start udpflow");
+    std::thread::sleep(Duration::from_secs(2));
+    let cut_ms = unix_ms();
+    for wan in [Wan::Wan1, Wan::Wan2] {
+        t.cut(wan, Cut::Blackhole).expect("blackhole a WAN");
+    }
+    common::phase(start, "wan1 and wan2 blackholed");
+    for role in [Role::Ingress1, Role::Ingress2] {
+        scenario::wait_paths(&t, role, &[("wan1", false), ("wan2", false)], Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{} marks both WANs down: {e:#}", role.as_str()));
+    }
+    std::thread::sleep(Duration::from_millis(4000).saturating_sub(Duration::from_millis(unix_ms() - cut_ms)));
+    let restore_ms = unix_ms();
+    for wan in [Wan::Wan1, Wan::Wan2] {
+        t.restore(wan, Cut::Blackhole).expect("restore a WAN");
+    }
+    for role in [Role::Ingress1, Role::Ingress2] {
+        scenario::wait_paths(&t, role, &[("wan1", true), ("wan2", true)], Duration::from_secs(10))
+            .expect("WANs back up");
+    }
+    common::phase(start, "WANs restored and up again");
+    let r = run.finish(&mut t).expect("udpflow result");
+    let s = &r.summary;
+    common::phase(start, &format!("udpflow done: {} sent, {} received", s.sent(), s.received()));
+
+    let mut to_mesh = Vec::new();
+    let mut back = Vec::new();
+    for f in &s.flows {
+        let ds: Vec<&Datagram> = r.datagrams.iter().filter(|d| d.flow == f.flow).collect();
+        let path_of = |d: &Datagram| d.backend.as_deref().map(|b| t.path_of(b));
+        let first_mesh = ds
+            .iter()
+            .filter(|d| path_of(d) == Some("mesh"))
+            .map(|d| d.sent_ms)
+            .min()
+            .unwrap_or_else(|| panic!("flow {} never continued over the mesh: {:?}", f.flow, flow_paths(&t, f)));
+        assert!(first_mesh >= cut_ms, "flow {} used the mesh before the cut", f.flow);
+        to_mesh.push(first_mesh - cut_ms);
+        let after = ds.iter().filter(|d| d.sent_ms > restore_ms + 2000).filter_map(|d| path_of(d)).last();
+        back.push(after.unwrap_or("none"));
+        for d in ds.iter().filter(|d| d.backend.is_none()) {
+            assert!(
+                d.sent_ms + 50 >= cut_ms && d.sent_ms <= cut_ms + DETECTION_BOUND_MS,
+                "flow {}: datagram {} sent at cut{:+} ms was lost, outside the detection window",
+                f.flow,
+                d.seq,
+                d.sent_ms as i64 - cut_ms as i64
+            );
+        }
+    }
+    let migrated = scenario::metric_sum(&t, names::UDP_FLOWS_MIGRATED, &[("service", SERVICE)]).expect("scrape");
+    let created_mesh = metric(&t, names::UDP_FLOWS_CREATED, "mesh");
+    common::report(&format!(
+        "RESULT udp both WANs cut: cut -> first datagram answered over the mesh per flow {to_mesh:?} ms; \
+         {} lost of {} sent; ingress flows migrated {migrated}, created on the mesh {created_mesh}; after the WANs \
+         returned the flows were on {back:?} (a flow stays on the path it moved to while that path is up)",
+        s.flows.iter().map(|f| f.lost).sum::<u64>(),
+        s.sent()
+    ));
+    assert!(to_mesh.iter().all(|&g| g <= DETECTION_BOUND_MS), "too slow onto the mesh: {to_mesh:?}");
+    assert_eq!(migrated as usize, s.flows.len(), "every flow migrated once");
+    assert_eq!(created_mesh as usize, s.flows.len(), "every flow re-created on the mesh");
+    common::phase(start, "done");
 }
