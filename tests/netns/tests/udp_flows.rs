@@ -330,7 +330,7 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
             .unwrap_or_else(|| panic!("flow {} never continued over the mesh: {:?}", f.flow, flow_paths(&t, f)));
         assert!(first_mesh >= cut_ms, "flow {} used the mesh before the cut", f.flow);
         to_mesh.push(first_mesh - cut_ms);
-        let after = ds.iter().filter(|d| d.sent_ms > restore_ms + 2000).filter_map(|d| path_of(d)).last();
+        let after = ds.iter().rev().filter(|d| d.sent_ms > restore_ms + 2000).find_map(|d| path_of(d));
         back.push(after.unwrap_or("none"));
         for d in ds.iter().filter(|d| d.backend.is_none()) {
             assert!(
