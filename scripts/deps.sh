@@ -12,7 +12,8 @@ for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:i
 done
 # Build dependencies of the nftables netlink crates (nftnl-sys, mnl-sys link these).
 # knot: the authoritative DNS server of the firewall scenario (knotd, knsupdate).
-for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils; do
+# libnginx-mod-stream: nginx's stream module, a candidate in bench/run.
+for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils libnginx-mod-stream; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

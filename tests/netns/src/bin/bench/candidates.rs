@@ -1,0 +1,204 @@
+//! The candidates put in turn in `ingress1`: our `ingress`, HAProxy (tcp mode, splice, the
+//! same health checks, `backup` mesh), nginx stream (tcp and udp, passive checks, `backup`
+//! mesh), and `direct` (no proxy: the client talks to home's WAN1 address).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use netns::topology::{addr, Role, Topology};
+use netns::wait::{check, wait_until};
+
+/// Ports every candidate forwards (each to the same port on the chosen path).
+pub const IPERF_PORT: u16 = 5201;
+pub const HTTP_PORT: u16 = 8081;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Candidate {
+    Ingress,
+    Haproxy,
+    Nginx,
+    Direct,
+}
+
+impl Candidate {
+    pub const ALL: [Candidate; 4] = [Candidate::Ingress, Candidate::Haproxy, Candidate::Nginx, Candidate::Direct];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Candidate::Ingress => "ingress",
+            Candidate::Haproxy => "haproxy",
+            Candidate::Nginx => "nginx",
+            Candidate::Direct => "direct",
+        }
+    }
+
+    /// Where the client sends traffic for this candidate.
+    pub fn target_ip(self) -> IpAddr {
+        match self {
+            Candidate::Direct => addr::WAN1.into(),
+            _ => addr::INGRESS1.into(),
+        }
+    }
+
+    pub fn is_proxy(self) -> bool {
+        self != Candidate::Direct
+    }
+
+    pub fn udp(self) -> bool {
+        // HAProxy has no generic UDP proxying (its issue #62).
+        self != Candidate::Haproxy
+    }
+}
+
+fn wan_paths() -> [(&'static str, IpAddr, u32); 2] {
+    [("wan1", addr::WAN1.into(), 3), ("wan2", addr::WAN2.into(), 1)]
+}
+
+fn ip_in_url(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+pub fn ingress_config(mesh: Ipv6Addr) -> String {
+    let paths: Vec<String> = wan_paths()
+        .iter()
+        .map(|(n, ip, w)| format!("{{ name = \"{n}\", address = \"{ip}\", weight = {w} }}"))
+        .collect();
+    let mut s = format!(
+        "[admin]\nlisten = \"127.0.0.1:9180\"\n[limits]\nmax_connections = 9500\n\
+         [pool.home]\npaths = [{}]\nmesh = \"{mesh}\"\nconnect_timeout = \"300ms\"\n\
+         health = {{ interval = \"500ms\", timeout = \"400ms\", rise = 2, fall = 2, port = {} }}\n",
+        paths.join(", "),
+        addr::HEALTH_PORT
+    );
+    for (name, port, proto) in [
+        ("iperf", IPERF_PORT, "tcp"),
+        ("iperf-udp", IPERF_PORT, "udp"),
+        ("http", HTTP_PORT, "tcp"),
+        ("echo", addr::ECHO_PORT, "tcp"),
+    ] {
+        let _ = write!(
+            s,
+            "[[service]]\nname = \"{name}\"\nlisten = [\"0.0.0.0:{port}\"]\nprotocol = \"{proto}\"\npool = \"home\"\n"
+        );
+    }
+    s
+}
+
+/// HAProxy as the playbook this project replaces ran it, tuned as its docs advise: splice,
+/// `inter 500 fall 2 rise 2`, a 1 s connect timeout, redispatch on retry, mesh as `backup`.
+pub fn haproxy_config(mesh: Ipv6Addr, dir: &str) -> String {
+    let mut s = format!(
+        "global\n  maxconn 9000\n  maxpipes 400\n  stats socket {dir}/haproxy.sock\n\
+         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
+         \x20 option splice-auto\n  retries 3\n  option redispatch 1\n\
+         backend home\n  balance roundrobin\n"
+    );
+    for (n, ip, w) in wan_paths() {
+        let _ = writeln!(s, "  server {n} {ip} weight {w} check port {} inter 500 fall 2 rise 2", addr::HEALTH_PORT);
+    }
+    let _ = writeln!(s, "  server mesh [{mesh}] backup check port {} inter 500 fall 2 rise 2", addr::HEALTH_PORT);
+    for port in [IPERF_PORT, HTTP_PORT, addr::ECHO_PORT] {
+        let _ = write!(s, "frontend f{port}\n  bind 0.0.0.0:{port}\n  default_backend home\n");
+    }
+    s
+}
+
+/// nginx stream: tcp and udp, weights, passive failure detection (active checks are nginx
+/// Plus only), `proxy_next_upstream` retries, mesh as `backup`.
+pub fn nginx_config(mesh: Ipv6Addr, dir: &str) -> String {
+    let mut s = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
+         error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 10000; }}\nstream {{\n"
+    );
+    for (port, udp) in [(IPERF_PORT, false), (IPERF_PORT, true), (HTTP_PORT, false), (addr::ECHO_PORT, false)] {
+        let name = format!("home_{port}{}", if udp { "_udp" } else { "" });
+        let _ = writeln!(s, "  upstream {name} {{");
+        for (_, ip, w) in wan_paths() {
+            let _ = writeln!(s, "    server {ip}:{port} weight={w} max_fails=1 fail_timeout=2s;");
+        }
+        let _ = writeln!(s, "    server [{mesh}]:{port} backup;\n  }}");
+        let listen = if udp { format!("{port} udp") } else { port.to_string() };
+        let _ = writeln!(
+            s,
+            "  server {{ listen {listen}; proxy_pass {name}; proxy_connect_timeout 1s; \
+             proxy_next_upstream on; proxy_next_upstream_tries 3; proxy_timeout 1h; }}"
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Start `c` in ingress1 (nothing for `direct`); returns the process name, waits until it
+/// carries traffic.
+pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str) -> Result<Option<String>> {
+    let mesh = t.home_mesh_addr().context("the bench needs the mesh")?;
+    let dir = t.dir().display().to_string();
+    let name = format!("cand-{}", c.name());
+    let argv: Vec<String> = match c {
+        Candidate::Direct => return Ok(None),
+        Candidate::Ingress => {
+            let file = format!("{dir}/bench-ingress.toml");
+            std::fs::write(&file, ingress_config(mesh))?;
+            vec![ingress_bin.into(), "-c".into(), file]
+        }
+        Candidate::Haproxy => {
+            let file = format!("{dir}/haproxy.cfg");
+            std::fs::write(&file, haproxy_config(mesh, &dir))?;
+            vec!["haproxy".into(), "-db".into(), "-f".into(), file]
+        }
+        Candidate::Nginx => {
+            let file = format!("{dir}/nginx-stream.conf");
+            std::fs::write(&file, nginx_config(mesh, &dir))?;
+            vec!["nginx".into(), "-c".into(), file, "-e".into(), format!("{dir}/nginx-error.log")]
+        }
+    };
+    t.spawn(Role::Ingress1, &name, &argv)?;
+    let target = SocketAddr::new(c.target_ip(), addr::ECHO_PORT);
+    wait_until(&format!("{} serving", c.name()), Duration::from_secs(20), Duration::from_millis(100), || {
+        t.proc_mut(&name)?.ensure_running()?;
+        let backend = t.probe_echo(Role::Client, target)?;
+        check(!backend.is_empty(), || "no backend".into())
+    })?;
+    // Let the health checks settle (two rounds at 500 ms).
+    std::thread::sleep(Duration::from_millis(1200));
+    Ok(Some(name))
+}
+
+/// Resident memory (kB) of a candidate: the process and its direct children (nginx workers).
+pub fn rss_kb(t: &mut Topology, name: &str, field: &str) -> Result<u64> {
+    let pid = t.proc_mut(name)?.pid();
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // Field 4 (after the parenthesised name) is the parent pid.
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
+        if ppid == Some(pid) {
+            pids.push(p);
+        }
+    }
+    let mut total = 0;
+    for p in pids {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    if total == 0 {
+        bail!("no {field} for {name} (pid {pid})");
+    }
+    Ok(total)
+}
+
+pub fn url(c: Candidate, port: u16) -> String {
+    format!("http://{}:{port}/", ip_in_url(c.target_ip()))
+}

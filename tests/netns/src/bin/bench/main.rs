@@ -1,0 +1,155 @@
+//! `bench`: our `ingress` side by side with HAProxy, nginx stream and a `direct` baseline in
+//! the namespace topology. Each candidate runs in turn in `ingress1`; each workload is run
+//! `--runs` times (default 3) and the median shown with the spread. Writes a markdown
+//! report, the raw figures as JSON, and (through bench/plot.py) a PNG under bench/results/.
+//! Run through `bench/run` (root; it installs what is needed and builds release binaries).
+
+mod candidates;
+mod report;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use netns::topology::{Bins, Cut, Options, Role, Topology};
+
+use candidates::Candidate;
+use workloads::Figures;
+
+struct Args {
+    runs: usize,
+    out: PathBuf,
+    bins: PathBuf,
+    quick: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a =
+        Args { runs: 3, out: PathBuf::from("bench/results"), bins: PathBuf::from("target/release"), quick: false };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--runs" => a.runs = it.next().context("--runs N")?.parse().context("--runs N")?,
+            "--out" => a.out = it.next().context("--out DIR")?.into(),
+            "--bins" => a.bins = it.next().context("--bins DIR")?.into(),
+            "--quick" => a.quick = true,
+            other => {
+                anyhow::bail!("unknown argument {other}; usage: bench [--runs 3] [--out DIR] [--bins DIR] [--quick]")
+            }
+        }
+    }
+    a.runs = a.runs.clamp(1, 9);
+    Ok(a)
+}
+
+/// Home's services for the workloads: nginx (small HTTP responses, keep-alive, long client
+/// timeouts for the idle test) and an iperf3 server. The echo backends come with the topology.
+fn start_home_services(t: &mut Topology) -> Result<()> {
+    let dir = t.dir().display().to_string();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {dir}/home-nginx.pid;\n\
+         error_log {dir}/home-nginx-error.log warn;\nevents {{ worker_connections 19000; }}\n\
+         http {{ access_log off; keepalive_requests 100000; client_header_timeout 300s; keepalive_timeout 300s;\n\
+           client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+           server {{ listen {port}; listen [::]:{port}; location / {{ return 200 \"hello from home\\n\"; }} }} }}\n",
+        port = candidates::HTTP_PORT
+    );
+    let file = format!("{dir}/home-nginx.conf");
+    std::fs::write(&file, conf)?;
+    t.spawn(
+        Role::Home,
+        "home-nginx",
+        &["nginx".into(), "-c".into(), file, "-e".into(), format!("{dir}/home-nginx-error.log")],
+    )?;
+    t.spawn(
+        Role::Home,
+        "home-iperf3",
+        &["iperf3".into(), "-s".into(), "-p".into(), candidates::IPERF_PORT.to_string()],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    for name in ["home-nginx", "home-iperf3"] {
+        t.proc_mut(name)?.ensure_running()?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let bins_dir = std::fs::canonicalize(&args.bins).with_context(|| format!("{}", args.bins.display()))?;
+    let bins = Bins {
+        loadgen: bins_dir.join("loadgen"),
+        echo_server: bins_dir.join("echo-server"),
+        ingress: bins_dir.join("ingress"),
+    };
+    let ingress_bin = bins.ingress.display().to_string();
+    let holder = bins_dir.join("idle-holder").display().to_string();
+    eprintln!("building the topology...");
+    let mut t = Topology::build(bins, Options { mesh: true, backends: true })?;
+    start_home_services(&mut t)?;
+    let mut figs: BTreeMap<Candidate, Figures> = BTreeMap::new();
+    let mut failovers: BTreeMap<(Candidate, &'static str), Vec<workloads::Failover>> = BTreeMap::new();
+    let add = |figs: &mut BTreeMap<Candidate, Figures>, c: Candidate, k: &str, v: f64| {
+        figs.entry(c).or_default().entry(k.to_string()).or_default().push(v);
+    };
+    for run in 0..args.runs {
+        for c in Candidate::ALL {
+            eprintln!("run {}/{}: {}", run + 1, args.runs, c.name());
+            let proc_name = candidates::start(&mut t, c, &ingress_bin)?;
+            let res: Result<()> = (|| {
+                add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
+                add(&mut figs, c, "tcp4_gbps", workloads::tcp_bulk(&t, c, 4)?);
+                let ka = workloads::http(&t, c, false)?;
+                add(&mut figs, c, "http_ka_rps", ka.rps);
+                add(&mut figs, c, "http_ka_p50_ms", ka.p50_ms);
+                add(&mut figs, c, "http_ka_p99_ms", ka.p99_ms);
+                add(&mut figs, c, "http_ka_errors", ka.errors as f64);
+                let nc = workloads::http(&t, c, true)?;
+                add(&mut figs, c, "http_new_rps", nc.rps);
+                add(&mut figs, c, "http_new_p50_ms", nc.p50_ms);
+                add(&mut figs, c, "http_new_p99_ms", nc.p99_ms);
+                add(&mut figs, c, "http_new_errors", nc.errors as f64);
+                if c.udp() {
+                    let (mbps, loss) = workloads::udp(&t, c, "1G")?;
+                    add(&mut figs, c, "udp_mbps", mbps);
+                    add(&mut figs, c, "udp_loss_pct", loss);
+                }
+                if let Some(p) = &proc_name {
+                    if !args.quick {
+                        for (how, label) in [(Cut::LinkDown, "link"), (Cut::Blackhole, "blackhole")] {
+                            let f = workloads::failover(&mut t, c, how, &format!("{}-{label}-{run}", c.name()))?;
+                            eprintln!(
+                                "  failover ({label}): {} failed, {} slow, detect {:?} ms, mesh {:?} ms, restore {:?} ms",
+                                f.failed, f.slow, f.detect_wan1_ms, f.all_on_mesh_ms, f.restore_ms
+                            );
+                            failovers.entry((c, label)).or_default().push(f);
+                        }
+                        let (kb1k, n1k) = workloads::idle_rss(&mut t, c, p, &holder, 1000)?;
+                        add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
+                        let (kb9k, n9k) = workloads::idle_rss(&mut t, c, p, &holder, 9000)?;
+                        add(&mut figs, c, "idle_9k_kb_per_conn", kb9k as f64 / n9k.max(1) as f64);
+                        add(&mut figs, c, "idle_9k_opened", n9k as f64);
+                    }
+                    add(&mut figs, c, "peak_rss_mb", candidates::rss_kb(&mut t, p, "VmHWM:")? as f64 / 1024.0);
+                }
+                Ok(())
+            })();
+            if let Some(p) = proc_name {
+                let _ = t.stop(&p);
+            }
+            res.with_context(|| format!("{} run {}", c.name(), run + 1))?;
+        }
+    }
+    let versions = report::versions(&t);
+    std::fs::create_dir_all(&args.out)?;
+    let stem = args.out.join(report::stem());
+    let md = report::markdown(&figs, &failovers, args.runs, &versions);
+    std::fs::write(stem.with_extension("md"), &md)?;
+    std::fs::write(stem.with_extension("json"), report::json(&figs, &failovers, &versions)?)?;
+    println!("{md}");
+    eprintln!("wrote {}.md and .json", stem.display());
+    drop(t);
+    Ok(())
+}

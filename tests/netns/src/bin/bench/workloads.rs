@@ -1,0 +1,258 @@
+//! The workloads, each bounded in time: TCP bulk (iperf3, 1 and 4 streams), small HTTP
+//! requests (wrk, keep-alive and a new connection per request), UDP at a fixed offered rate
+//! (iperf3 -u), failover under 400 new connections per second, and idle-connection memory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use netns::loadgen::{LoadConfig, Record};
+use netns::topology::{addr, Cut, Role, Topology, Wan};
+use serde_json::Value;
+
+use crate::candidates::{self, Candidate, HTTP_PORT, IPERF_PORT};
+
+pub const SECS: u64 = 5;
+
+fn iperf(t: &Topology, c: Candidate, extra: &[&str]) -> Result<Value> {
+    let ip = c.target_ip().to_string();
+    let secs = SECS.to_string();
+    let port = IPERF_PORT.to_string();
+    let mut argv = vec!["iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-J", "--connect-timeout", "3000"];
+    argv.extend_from_slice(extra);
+    let out = t.exec(Role::Client, &argv, Duration::from_secs(SECS + 20))?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+/// Gbit/s received, TCP, `streams` parallel streams.
+pub fn tcp_bulk(t: &Topology, c: Candidate, streams: u32) -> Result<f64> {
+    let p = streams.to_string();
+    let v = iperf(t, c, &["-P", &p])?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")?;
+    Ok(bps / 1e9)
+}
+
+/// (delivered Mbit/s, loss %) of 1200-byte datagrams offered at `rate`.
+pub fn udp(t: &Topology, c: Candidate, rate: &str) -> Result<(f64, f64)> {
+    let v = iperf(t, c, &["-u", "-b", rate, "-l", "1200"])?;
+    let sum = &v["end"]["sum"];
+    let lost = sum["lost_percent"].as_f64().context("no lost_percent")?;
+    let sent = sum["bits_per_second"].as_f64().context("no bits_per_second")?;
+    Ok((sent * (1.0 - lost / 100.0) / 1e6, lost))
+}
+
+/// wrk figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Http {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+pub fn http(t: &Topology, c: Candidate, new_conn: bool) -> Result<Http> {
+    let url = candidates::url(c, HTTP_PORT);
+    let d = format!("{SECS}s");
+    let mut argv = vec!["wrk", "-t", "2", "-c", "32", "-d", &d, "--latency", "--timeout", "2s"];
+    if new_conn {
+        argv.extend(["-H", "Connection: close"]);
+    }
+    argv.push(&url);
+    let out = t.exec(Role::Client, &argv, Duration::from_secs(SECS + 20))?;
+    let num = |line: &str| -> Option<f64> {
+        let v = line.split_whitespace().nth(1)?;
+        let (n, unit) = v.find(|ch: char| ch.is_alphabetic()).map(|i| v.split_at(i)).unwrap_or((v, ""));
+        let n: f64 = n.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => n,
+        })
+    };
+    let find = |prefix: &str| out.lines().map(str::trim).find(|l| l.starts_with(prefix));
+    let rps = find("Requests/sec:").and_then(num).context("wrk: no Requests/sec")?;
+    let p50_ms = find("50%").and_then(num).context("wrk: no p50")?;
+    let p99_ms = find("99%").and_then(num).context("wrk: no p99")?;
+    let errors = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Socket errors:") || l.trim_start().starts_with("Non-2xx"))
+        .map(|l| l.split(|ch: char| !ch.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Ok(Http { rps, p50_ms, p99_ms, errors })
+}
+
+/// Failover figures (ms are from the fault's injection).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Failover {
+    pub requests: u64,
+    pub failed: u64,
+    /// Succeeded but took over 200 ms.
+    pub slow: u64,
+    pub failed_per_phase: [u64; 4],
+    pub slow_per_phase: [u64; 4],
+    /// wan1 cut → last request started on wan1.
+    pub detect_wan1_ms: Option<u64>,
+    /// wan2 cut → last request started off the mesh.
+    pub all_on_mesh_ms: Option<u64>,
+    /// restore → both WANs have served a request again.
+    pub restore_ms: Option<u64>,
+    /// Per 250 ms bucket from the start: (wan1, wan2, mesh, failed).
+    pub timeline: Vec<[u64; 4]>,
+}
+
+pub const CUT1_AT: u64 = 3_000;
+pub const CUT2_AT: u64 = 9_000;
+pub const RESTORE_AT: u64 = 15_000;
+pub const END_AT: u64 = 20_000;
+
+/// 400 new connections per second (two clients, 5 ms apart each) to the echo service; wan1
+/// cut at 3 s, wan2 at 9 s, both restored at 15 s.
+pub fn failover(t: &mut Topology, c: Candidate, how: Cut, tag: &str) -> Result<Failover> {
+    let target = SocketAddr::new(c.target_ip(), addr::ECHO_PORT);
+    let cfg = LoadConfig {
+        targets: vec![target],
+        interval: Duration::from_millis(5),
+        duration: Duration::from_millis(END_AT),
+        connect_timeout: Duration::from_secs(3),
+        io_timeout: Duration::from_secs(5),
+        slow: Duration::from_millis(200),
+        rotate: false,
+        ..Default::default()
+    };
+    let start_ms = netns::unix_ms();
+    let runs = [
+        t.start_load(Role::Client, &format!("fo-{tag}-a"), cfg.clone())?,
+        t.start_load(Role::Client, &format!("fo-{tag}-b"), cfg)?,
+    ];
+    let started = Instant::now();
+    let at = |ms: u64| {
+        let due = Duration::from_millis(ms);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        netns::unix_ms()
+    };
+    let mut times = [0u64; 3];
+    let result: Result<()> = (|| {
+        times[0] = at(CUT1_AT);
+        t.cut(Wan::Wan1, how)?;
+        times[1] = at(CUT2_AT);
+        t.cut(Wan::Wan2, how)?;
+        times[2] = at(RESTORE_AT);
+        t.restore(Wan::Wan1, how)?;
+        t.restore(Wan::Wan2, how)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // Never leave a WAN cut for the next candidate.
+        let _ = t.restore(Wan::Wan1, how);
+        let _ = t.restore(Wan::Wan2, how);
+    }
+    result?;
+    let mut records: Vec<Record> = Vec::new();
+    for r in runs {
+        records.extend(r.finish(t)?.records);
+    }
+    let path = |r: &Record| r.backend.as_deref().map(|b| t.path_of(b)).unwrap_or("none");
+    let phase = |ms: u64| match ms {
+        m if m < times[0] => 0,
+        m if m < times[1] => 1,
+        m if m < times[2] => 2,
+        _ => 3,
+    };
+    let mut f = Failover { requests: records.len() as u64, ..Default::default() };
+    let buckets = (END_AT / 250 + 8) as usize;
+    f.timeline = vec![[0; 4]; buckets];
+    for r in &records {
+        let p = phase(r.start_ms);
+        let b = (r.start_ms.saturating_sub(start_ms) / 250) as usize;
+        if !r.ok {
+            f.failed += 1;
+            f.failed_per_phase[p] += 1;
+            if let Some(x) = f.timeline.get_mut(b) {
+                x[3] += 1;
+            }
+            continue;
+        }
+        if r.latency_ms > 200.0 {
+            f.slow += 1;
+            f.slow_per_phase[p] += 1;
+        }
+        let i = match path(r) {
+            "wan1" => 0,
+            "wan2" => 1,
+            _ => 2,
+        };
+        if let Some(x) = f.timeline.get_mut(b) {
+            x[i] += 1;
+        }
+    }
+    let last_on = |pred: &dyn Fn(&str) -> bool, from: u64, to: u64| {
+        records
+            .iter()
+            .filter(|r| r.ok && r.start_ms >= from && r.start_ms < to && pred(path(r)))
+            .map(|r| r.start_ms)
+            .max()
+    };
+    f.detect_wan1_ms = last_on(&|p| p == "wan1", times[0], times[1]).map(|m| m - times[0]).or(Some(0));
+    f.all_on_mesh_ms = last_on(&|p| p != "mesh", times[1], times[2]).map(|m| m - times[1]).or(Some(0));
+    let first_on =
+        |p: &str| records.iter().filter(|r| r.ok && r.start_ms >= times[2] && path(r) == p).map(|r| r.start_ms).min();
+    f.restore_ms = match (first_on("wan1"), first_on("wan2")) {
+        (Some(a), Some(b)) => Some(a.max(b) - times[2]),
+        _ => None,
+    };
+    Ok(f)
+}
+
+/// RSS (kB) of the candidate with `count` idle connections open through it.
+pub fn idle_rss(t: &mut Topology, c: Candidate, proc_name: &str, holder_bin: &str, count: usize) -> Result<(u64, u64)> {
+    let before = candidates::rss_kb(t, proc_name, "VmRSS:")?;
+    let name = format!("idle-{}-{count}", c.name());
+    let target = SocketAddr::new(c.target_ip(), HTTP_PORT).to_string();
+    let argv: Vec<String> = vec![
+        holder_bin.into(),
+        "--target".into(),
+        target,
+        "--count".into(),
+        count.to_string(),
+        "--hold-ms".into(),
+        "90000".into(),
+    ];
+    t.spawn(Role::Client, &name, &argv)?;
+    let deadline = Instant::now() + Duration::from_secs(80);
+    let opened = loop {
+        let out = t.proc_mut(&name)?.stdout();
+        if let Some(line) = out.lines().find(|l| l.starts_with("ready")) {
+            break line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+        if Instant::now() > deadline {
+            bail!("idle-holder never got ready");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Let the proxy finish its upstream connects.
+    std::thread::sleep(Duration::from_millis(1500));
+    let with = candidates::rss_kb(t, proc_name, "VmRSS:")?;
+    t.stop(&name)?;
+    Ok((with.saturating_sub(before), opened))
+}
+
+/// Median and spread of repeated figures.
+pub fn median(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    Some((s[s.len() / 2], s[0], s[s.len() - 1]))
+}
+
+pub type Figures = BTreeMap<String, Vec<f64>>;
