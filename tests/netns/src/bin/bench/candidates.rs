@@ -12,6 +12,11 @@ use netns::wait::{check, wait_until};
 
 /// Ports every candidate forwards (each to the same port on the chosen path).
 pub const IPERF_PORT: u16 = 5201;
+/// The UDP workload's iperf3 server. Its UDP goes over wan1 only: iperf3 binds a wildcard
+/// UDP socket, which at a multi-WAN home replies from the main route's address whichever WAN
+/// the datagram came in on, and a connected upstream socket (ours and nginx's alike) drops
+/// such replies. (The local proxy binds per WAN address for exactly this reason.)
+pub const IPERF_UDP_PORT: u16 = 5202;
 pub const HTTP_PORT: u16 = 8081;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,7 +82,7 @@ pub fn ingress_config(mesh: Ipv6Addr) -> String {
     );
     for (name, port, proto) in [
         ("iperf", IPERF_PORT, "tcp"),
-        ("iperf-udp", IPERF_PORT, "udp"),
+        ("iperf-udp-control", IPERF_UDP_PORT, "tcp"),
         ("http", HTTP_PORT, "tcp"),
         ("echo", addr::ECHO_PORT, "tcp"),
     ] {
@@ -86,6 +91,14 @@ pub fn ingress_config(mesh: Ipv6Addr) -> String {
             "[[service]]\nname = \"{name}\"\nlisten = [\"0.0.0.0:{port}\"]\nprotocol = \"{proto}\"\npool = \"home\"\n"
         );
     }
+    let _ = write!(
+        s,
+        "[pool.wan1only]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\nmesh = \"{mesh}\"\n\
+         health = {{ interval = \"500ms\", timeout = \"400ms\", rise = 2, fall = 2, port = {} }}\n\
+         [[service]]\nname = \"iperf-udp\"\nlisten = [\"0.0.0.0:{IPERF_UDP_PORT}\"]\nprotocol = \"udp\"\npool = \"wan1only\"\n",
+        addr::WAN1,
+        addr::HEALTH_PORT
+    );
     s
 }
 
@@ -102,7 +115,7 @@ pub fn haproxy_config(mesh: Ipv6Addr, dir: &str) -> String {
         let _ = writeln!(s, "  server {n} {ip} weight {w} check port {} inter 500 fall 2 rise 2", addr::HEALTH_PORT);
     }
     let _ = writeln!(s, "  server mesh [{mesh}] backup check port {} inter 500 fall 2 rise 2", addr::HEALTH_PORT);
-    for port in [IPERF_PORT, HTTP_PORT, addr::ECHO_PORT] {
+    for port in [IPERF_PORT, IPERF_UDP_PORT, HTTP_PORT, addr::ECHO_PORT] {
         let _ = write!(s, "frontend f{port}\n  bind 0.0.0.0:{port}\n  default_backend home\n");
     }
     s
@@ -115,10 +128,16 @@ pub fn nginx_config(mesh: Ipv6Addr, dir: &str) -> String {
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 10000; }}\nstream {{\n"
     );
-    for (port, udp) in [(IPERF_PORT, false), (IPERF_PORT, true), (HTTP_PORT, false), (addr::ECHO_PORT, false)] {
+    for (port, udp) in [
+        (IPERF_PORT, false),
+        (IPERF_UDP_PORT, false),
+        (IPERF_UDP_PORT, true),
+        (HTTP_PORT, false),
+        (addr::ECHO_PORT, false),
+    ] {
         let name = format!("home_{port}{}", if udp { "_udp" } else { "" });
         let _ = writeln!(s, "  upstream {name} {{");
-        for (_, ip, w) in wan_paths() {
+        for (_, ip, w) in wan_paths().into_iter().filter(|(n, _, _)| !udp || *n == "wan1") {
             let _ = writeln!(s, "    server {ip}:{port} weight={w} max_fails=1 fail_timeout=2s;");
         }
         let _ = writeln!(s, "    server [{mesh}]:{port} backup;\n  }}");

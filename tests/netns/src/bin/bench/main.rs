@@ -23,11 +23,30 @@ struct Args {
     out: PathBuf,
     bins: PathBuf,
     quick: bool,
+    /// Workloads to run (tcp, http, udp, failover, idle); all when empty.
+    only: Vec<String>,
+    /// Candidates to run; all when empty.
+    candidates: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a =
-        Args { runs: 3, out: PathBuf::from("bench/results"), bins: PathBuf::from("target/release"), quick: false };
+    let mut a = Args {
+        runs: 3,
+        out: PathBuf::from("bench/results"),
+        bins: PathBuf::from("target/release"),
+        quick: false,
+        only: Vec::new(),
+        candidates: Vec::new(),
+    };
+    let list = |v: Option<&String>| -> Vec<String> {
+        v.map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default()
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -36,9 +55,12 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = it.next().context("--out DIR")?.into(),
             "--bins" => a.bins = it.next().context("--bins DIR")?.into(),
             "--quick" => a.quick = true,
-            other => {
-                anyhow::bail!("unknown argument {other}; usage: bench [--runs 3] [--out DIR] [--bins DIR] [--quick]")
-            }
+            "--only" => a.only = list(it.next()),
+            "--candidates" => a.candidates = list(it.next()),
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: bench [--runs 3] [--out DIR] [--bins DIR] [--quick] \
+                 [--only tcp,http,udp,failover,idle] [--candidates ingress,haproxy,nginx,direct]"
+            ),
         }
     }
     a.runs = a.runs.clamp(1, 9);
@@ -70,7 +92,13 @@ fn start_home_services(t: &mut Topology) -> Result<()> {
         &["iperf3".into(), "-s".into(), "-p".into(), candidates::IPERF_PORT.to_string()],
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    for name in ["home-nginx", "home-iperf3"] {
+    t.spawn(
+        Role::Home,
+        "home-iperf3-udp",
+        &["iperf3".into(), "-s".into(), "-p".into(), candidates::IPERF_UDP_PORT.to_string()],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    for name in ["home-nginx", "home-iperf3", "home-iperf3-udp"] {
         t.proc_mut(name)?.ensure_running()?;
     }
     Ok(())
@@ -96,28 +124,35 @@ fn main() -> Result<()> {
     };
     for run in 0..args.runs {
         for c in Candidate::ALL {
+            if !args.candidates.is_empty() && !args.candidates.iter().any(|n| n == c.name()) {
+                continue;
+            }
             eprintln!("run {}/{}: {}", run + 1, args.runs, c.name());
             let proc_name = candidates::start(&mut t, c, &ingress_bin)?;
             let res: Result<()> = (|| {
-                add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
-                add(&mut figs, c, "tcp4_gbps", workloads::tcp_bulk(&t, c, 4)?);
-                let ka = workloads::http(&t, c, false)?;
-                add(&mut figs, c, "http_ka_rps", ka.rps);
-                add(&mut figs, c, "http_ka_p50_ms", ka.p50_ms);
-                add(&mut figs, c, "http_ka_p99_ms", ka.p99_ms);
-                add(&mut figs, c, "http_ka_errors", ka.errors as f64);
-                let nc = workloads::http(&t, c, true)?;
-                add(&mut figs, c, "http_new_rps", nc.rps);
-                add(&mut figs, c, "http_new_p50_ms", nc.p50_ms);
-                add(&mut figs, c, "http_new_p99_ms", nc.p99_ms);
-                add(&mut figs, c, "http_new_errors", nc.errors as f64);
-                if c.udp() {
+                if args.wants("tcp") {
+                    add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
+                    add(&mut figs, c, "tcp4_gbps", workloads::tcp_bulk(&t, c, 4)?);
+                }
+                if args.wants("http") {
+                    let ka = workloads::http(&t, c, false)?;
+                    add(&mut figs, c, "http_ka_rps", ka.rps);
+                    add(&mut figs, c, "http_ka_p50_ms", ka.p50_ms);
+                    add(&mut figs, c, "http_ka_p99_ms", ka.p99_ms);
+                    add(&mut figs, c, "http_ka_errors", ka.errors as f64);
+                    let nc = workloads::http(&t, c, true)?;
+                    add(&mut figs, c, "http_new_rps", nc.rps);
+                    add(&mut figs, c, "http_new_p50_ms", nc.p50_ms);
+                    add(&mut figs, c, "http_new_p99_ms", nc.p99_ms);
+                    add(&mut figs, c, "http_new_errors", nc.errors as f64);
+                }
+                if c.udp() && args.wants("udp") {
                     let (mbps, loss) = workloads::udp(&t, c, "1G")?;
                     add(&mut figs, c, "udp_mbps", mbps);
                     add(&mut figs, c, "udp_loss_pct", loss);
                 }
                 if let Some(p) = &proc_name {
-                    if !args.quick {
+                    if !args.quick && args.wants("failover") {
                         for (how, label) in [(Cut::LinkDown, "link"), (Cut::Blackhole, "blackhole")] {
                             let f = workloads::failover(&mut t, c, how, &format!("{}-{label}-{run}", c.name()))?;
                             eprintln!(
@@ -126,6 +161,8 @@ fn main() -> Result<()> {
                             );
                             failovers.entry((c, label)).or_default().push(f);
                         }
+                    }
+                    if !args.quick && args.wants("idle") {
                         let (kb1k, n1k) = workloads::idle_rss(&mut t, c, p, &holder, 1000)?;
                         add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
                         let (kb9k, n9k) = workloads::idle_rss(&mut t, c, p, &holder, 9000)?;

@@ -11,14 +11,14 @@ use netns::loadgen::{LoadConfig, Record};
 use netns::topology::{addr, Cut, Role, Topology, Wan};
 use serde_json::Value;
 
-use crate::candidates::{self, Candidate, HTTP_PORT, IPERF_PORT};
+use crate::candidates::{self, Candidate, HTTP_PORT, IPERF_PORT, IPERF_UDP_PORT};
 
 pub const SECS: u64 = 5;
 
-fn iperf(t: &Topology, c: Candidate, extra: &[&str]) -> Result<Value> {
+fn iperf(t: &Topology, c: Candidate, port: u16, extra: &[&str]) -> Result<Value> {
     let ip = c.target_ip().to_string();
     let secs = SECS.to_string();
-    let port = IPERF_PORT.to_string();
+    let port = port.to_string();
     let mut argv = vec!["iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-J", "--connect-timeout", "3000"];
     argv.extend_from_slice(extra);
     let out = t.exec(Role::Client, &argv, Duration::from_secs(SECS + 20))?;
@@ -32,14 +32,14 @@ fn iperf(t: &Topology, c: Candidate, extra: &[&str]) -> Result<Value> {
 /// Gbit/s received, TCP, `streams` parallel streams.
 pub fn tcp_bulk(t: &Topology, c: Candidate, streams: u32) -> Result<f64> {
     let p = streams.to_string();
-    let v = iperf(t, c, &["-P", &p])?;
+    let v = iperf(t, c, IPERF_PORT, &["-P", &p])?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")?;
     Ok(bps / 1e9)
 }
 
 /// (delivered Mbit/s, loss %) of 1200-byte datagrams offered at `rate`.
 pub fn udp(t: &Topology, c: Candidate, rate: &str) -> Result<(f64, f64)> {
-    let v = iperf(t, c, &["-u", "-b", rate, "-l", "1200"])?;
+    let v = iperf(t, c, IPERF_UDP_PORT, &["-u", "-b", rate, "-l", "1200"])?;
     let sum = &v["end"]["sum"];
     let lost = sum["lost_percent"].as_f64().context("no lost_percent")?;
     let sent = sum["bits_per_second"].as_f64().context("no bits_per_second")?;
