@@ -445,9 +445,6 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 false
             }
         };
-        if proxy_protocol && protocol == Protocol::Udp {
-            p.push(format!("{field}.proxy_protocol: only tcp services send a PROXY header"));
-        }
         let default_idle = if protocol == Protocol::Udp { Duration::from_secs(60) } else { Duration::from_secs(3600) };
         let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle);
         if rs.max_flows == Some(0) {

@@ -13,6 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use shared::proxy_protocol::{write_v2, Command, Transport};
+
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, Pool, Tried};
 use crate::server::{Service, Shared};
@@ -20,6 +22,9 @@ use crate::udp_flows::{FlowEntry, FlowTable};
 
 struct Flow {
     guard: ActiveGuard,
+    /// With `proxy_protocol = "v2"`: the PROXY v2 (DGRAM) header every datagram to home
+    /// starts with, so the local proxy learns the client address; built once per flow.
+    header: Option<Box<[u8]>>,
     upstream: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
     pump: JoinHandle<()>,
@@ -35,6 +40,13 @@ impl Drop for Flow {
     fn drop(&mut self) {
         self.pump.abort();
     }
+}
+
+/// What a flow's reply pump needs of its listener.
+struct Replies {
+    listener: Arc<UdpSocket>,
+    c: Arc<Counters>,
+    epoch: Instant,
 }
 
 /// Per-listener counters, registered once.
@@ -77,6 +89,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let first = slot.load_full();
     let c = Arc::new(Counters::new(&first.cfg.name));
+    let replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
     let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
     let mut table: FlowTable<Flow> = FlowTable::new(first.cfg.max_flows, first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -123,19 +136,24 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         }
         if table.get(&client).is_none() {
             let port = svc.cfg.upstream_port.unwrap_or(local.port());
-            let Some(flow) = open_flow(&svc.pool, port, client, &socket, &c, now, epoch).await else {
+            let header = svc.cfg.proxy_protocol.then(|| {
+                let mut h = Vec::with_capacity(52);
+                write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
+                h.into_boxed_slice()
+            });
+            // Room first: a flood of new sources at the cap must not cost a socket each.
+            if table.make_room(&client, now, &mut gone).is_err() {
+                c.drop_flow_cap.increment(1);
+                tracing::debug!(service = %svc.cfg.name, "flow table full, datagram dropped");
+                continue;
+            }
+            let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header).await else {
                 c.drop_no_path.increment(1);
                 continue;
             };
-            let path_name = flow.guard.path().name.clone();
-            match table.insert(client, flow, now, &mut gone) {
-                Ok(()) => flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &path_name),
-                Err(_) => {
-                    c.drop_flow_cap.increment(1);
-                    tracing::debug!(service = %svc.cfg.name, "flow table full, datagram dropped");
-                    continue;
-                }
-            }
+            flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
+            // Cannot be full: room was made above and nothing ran in between.
+            let _ = table.insert(client, flow, now, &mut gone);
             for f in gone.drain(..) {
                 flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
             }
@@ -146,7 +164,11 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         };
         flow.last.store(now, Ordering::Relaxed);
         // Never wait on one upstream: a full send queue drops this datagram, as a router would.
-        match send_now(&flow.upstream, &buf[..n], None) {
+        let sent = match &flow.header {
+            Some(h) => send_with_header(&flow.upstream, h, &buf[..n]),
+            None => send_now(&flow.upstream, &buf[..n], None),
+        };
+        match sent {
             Ok(_) => flow.guard.path().state.m_bytes_up.increment(n as u64),
             Err(_) => c.drop_send.increment(1),
         }
@@ -163,15 +185,20 @@ fn send_now(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> std::io::R
     }
 }
 
+/// One datagram made of the PROXY header and the payload, without copying either.
+fn send_with_header(sock: &UdpSocket, header: &[u8], data: &[u8]) -> std::io::Result<usize> {
+    let parts = [std::io::IoSlice::new(header), std::io::IoSlice::new(data)];
+    socket2::SockRef::from(sock).send_vectored(&parts)
+}
+
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
 async fn open_flow(
     pool: &Pool,
     port: u16,
     client: SocketAddr,
-    listener: &Arc<UdpSocket>,
-    c: &Arc<Counters>,
+    replies: &Replies,
     now: u64,
-    epoch: Instant,
+    header: Option<Box<[u8]>>,
 ) -> Option<Flow> {
     let mut tried = Tried::default();
     while let Some((i, path)) = pool.pick(tried) {
@@ -197,27 +224,24 @@ async fn open_flow(
         let guard = ActiveGuard::new(path.clone());
         let pump = tokio::spawn(pump_replies(
             upstream.clone(),
-            listener.clone(),
+            Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
             client,
             last.clone(),
-            c.clone(),
             guard.path().state.m_bytes_down.clone(),
-            epoch,
         ));
-        return Some(Flow { guard, upstream, last, pump });
+        return Some(Flow { guard, header, upstream, last, pump });
     }
     None
 }
 
 async fn pump_replies(
     upstream: Arc<UdpSocket>,
-    listener: Arc<UdpSocket>,
+    replies: Replies,
     client: SocketAddr,
     last: Arc<AtomicU64>,
-    c: Arc<Counters>,
     bytes_down: Counter,
-    epoch: Instant,
 ) {
+    let Replies { listener, c, epoch } = replies;
     let mut buf = vec![0u8; 65536];
     loop {
         let n = match upstream.recv(&mut buf).await {

@@ -44,21 +44,29 @@ impl<V: FlowEntry> FlowTable<V> {
         self.flows.remove(client)
     }
 
-    /// Admit a flow. At the cap, flows idle for an eighth of the timeout are evicted first
+    /// Make room for a new flow from `client` before it is opened (so a flood at the cap
+    /// costs no sockets). At the cap, flows idle for an eighth of the timeout are evicted
     /// (at most one such sweep per 100 ms); if none can go, the new flow is refused.
-    pub fn insert(&mut self, client: SocketAddr, flow: V, now: u64, evicted: &mut Vec<V>) -> Result<(), Full> {
-        if self.flows.len() >= self.cap && !self.flows.contains_key(&client) {
-            let may_sweep = self.last_pressure_sweep.is_none_or(|t| now.saturating_sub(t) >= 100);
-            if !may_sweep {
-                return Err(Full);
-            }
-            self.last_pressure_sweep = Some(now);
-            let threshold = (self.idle_ms / 8).max(1);
-            self.drain_where(|f| now.saturating_sub(f.last_active()) >= threshold, evicted);
-            if self.flows.len() >= self.cap {
-                return Err(Full);
-            }
+    pub fn make_room(&mut self, client: &SocketAddr, now: u64, evicted: &mut Vec<V>) -> Result<(), Full> {
+        if self.flows.len() < self.cap || self.flows.contains_key(client) {
+            return Ok(());
         }
+        let may_sweep = self.last_pressure_sweep.is_none_or(|t| now.saturating_sub(t) >= 100);
+        if !may_sweep {
+            return Err(Full);
+        }
+        self.last_pressure_sweep = Some(now);
+        let threshold = (self.idle_ms / 8).max(1);
+        self.drain_where(|f| now.saturating_sub(f.last_active()) >= threshold, evicted);
+        if self.flows.len() >= self.cap {
+            return Err(Full);
+        }
+        Ok(())
+    }
+
+    /// Admit a flow: `make_room`, then insert (replacing any flow of the same client).
+    pub fn insert(&mut self, client: SocketAddr, flow: V, now: u64, evicted: &mut Vec<V>) -> Result<(), Full> {
+        self.make_room(&client, now, evicted)?;
         if let Some(old) = self.flows.insert(client, flow) {
             evicted.push(old);
         }

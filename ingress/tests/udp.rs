@@ -146,3 +146,44 @@ async fn flow_cap_drops_new_clients_and_counts() {
     let m = metrics(&server).await;
     assert_eq!(metric(&m, "ingress_udp_drops_total", &[("service", "udp-capped"), ("reason", "flow_cap")]), 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_carry_a_proxy_v2_header_with_the_client_address() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    // A raw UDP echo: returns exactly what it received, header included.
+    let raw = Arc::new(UdpSocket::bind(tcp1.addr).await.expect("bind raw echo"));
+    let r2 = raw.clone();
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, from)) = r2.recv_from(&mut buf).await else { continue };
+            let _ = r2.send_to(&buf[..n], from).await;
+        }
+    });
+    let toml = udp_config(tcp1.addr, tcp1.addr, "proxy_protocol = \"v2\"")
+        .replace("udp-echo", "udp-proxied")
+        .replace("{ name = \"wan2\"", "{ name = \"wan2b\"");
+    let server = start(&toml).await;
+    let mut addr = None;
+    wait_until("udp listener", Duration::from_secs(5), || {
+        addr = server.local_addrs("udp-proxied").first().copied();
+        addr.is_some()
+    })
+    .await;
+    let addr = addr.expect("bound");
+    let client = UdpSocket::bind("127.0.0.9:0").await.expect("client");
+    client.connect(addr).await.expect("connect");
+    let me = client.local_addr().expect("local");
+    for i in 0..3 {
+        let payload = format!("datagram {i}");
+        client.send(payload.as_bytes()).await.expect("send");
+        let mut buf = [0u8; 2048];
+        let n =
+            tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await.expect("reply").expect("recv");
+        let parsed = shared::proxy_protocol::parse(&buf[..n]).expect("each datagram starts with a PROXY v2 header");
+        assert_eq!(parsed.transport, shared::proxy_protocol::Transport::Datagram);
+        assert_eq!(parsed.addresses(), Some((me, addr)));
+        assert_eq!(&buf[parsed.len..n], payload.as_bytes());
+    }
+    echo.abort();
+}
