@@ -100,6 +100,11 @@ impl HealthState {
         None
     }
 
+    /// Between states: up with failures pending, or down with successes pending.
+    pub fn transitional(&self) -> bool {
+        (self.up && self.fail_run > 0) || (!self.up && self.ok_run > 0)
+    }
+
     /// Share multiplier in (0, 1]: falls with the failure ratio and with connect latency
     /// above the best path's (`best` is the lowest latency among the pool's up paths).
     pub fn factor(&self, best: Option<Duration>) -> f64 {

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,

@@ -331,19 +331,37 @@ impl Pool {
     /// Probe every path each interval, forever (aborted on reload or shutdown).
     pub async fn run_health(self: Arc<Self>, default_port: u16) {
         let hc = self.cfg.health.clone();
-        let mut tick = tokio::time::interval(hc.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            let probes = self.paths.iter().map(|p| crate::health::probe(p.addr(default_port), &hc.check, hc.timeout));
+            let round = tokio::time::Instant::now();
+            let probes = self.paths.iter().map(|p| {
+                // A healthy path that has not answered in many times its usual connect
+                // latency is suspect at once; the next, fast probe waits the full timeout
+                // before it counts again, so a path that merely got slower is not taken down.
+                let clean = p.is_up() && !p.health_snapshot().transitional();
+                let timeout = match p.latency() {
+                    Some(l) if clean => (l * 8).max(PROBE_TIMEOUT_FLOOR).min(hc.timeout),
+                    _ => hc.timeout,
+                };
+                crate::health::probe(p.addr(default_port), &hc.check, timeout)
+            });
             let outcomes = join_all(probes).await;
             for (i, o) in outcomes.into_iter().enumerate() {
                 self.record(i, o, Source::Probe);
             }
             self.refresh_factors();
+            // While a path is changing state (up but failing, or down but answering), probe
+            // at a quarter of the interval, as HAProxy's `fastinter`: the verdict comes sooner.
+            let transitional = self.paths.iter().any(|p| p.health_snapshot().transitional());
+            let next = if transitional { (hc.interval / 4).max(FAST_INTERVAL_FLOOR) } else { hc.interval };
+            tokio::time::sleep_until(round + next).await;
         }
     }
 }
+
+/// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
+const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
+/// Shortest probe interval while a path changes state.
+const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Await a handful of futures concurrently, results in input order (pools are small; no
 /// extra crate needed).
