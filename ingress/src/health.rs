@@ -244,7 +244,6 @@ mod tests {
         let http_check = CheckKind::Http { path: "/healthz".into(), host: "h".into() };
         assert!(matches!(probe(h, &http_check, t).await, Outcome::Ok { .. }));
         assert_eq!(probe(h, &http_check, t).await, Outcome::Failed);
-        drop(TcpListener::bind("127.0.0.1:0").await.unwrap());
         let refused: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(probe(refused, &CheckKind::Tcp, t).await, Outcome::Failed);
     }

@@ -99,22 +99,23 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
     if service.cfg.proxy_protocol || !first.is_empty() {
-        let mut head = Vec::with_capacity(64 + first.len());
+        let mut head = Vec::with_capacity(64 + first.len().max(PEEK_CHUNK));
         if service.cfg.proxy_protocol {
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
+        }
+        let at = head.len();
+        if first.is_empty() {
             // Whatever the client already sent rides in the same segment as the header. A
             // plain non-blocking read: tokio's `try_read` would refuse until the reactor has
             // seen the socket readable, which a fresh connection often has not yet.
-            if first.is_empty() {
-                let mut buf = [0u8; 4096];
-                let sock = socket2::SockRef::from(&client);
-                if let Ok(n) = std::io::Read::read(&mut &*sock, &mut buf) {
-                    first.extend_from_slice(&buf[..n]);
-                }
-            }
+            head.resize(at + PEEK_CHUNK, 0);
+            let n = std::io::Read::read(&mut &*socket2::SockRef::from(&client), &mut head[at..]).unwrap_or(0);
+            head.truncate(at + n);
+        } else {
+            head.extend_from_slice(&first);
         }
-        let sent_first = first.len() as u64;
-        head.extend_from_slice(&first);
+        drop(first);
+        let sent_first = (head.len() - at) as u64;
         if let Err(e) = upstream.write_all(&head).await {
             tracing::debug!(error = %e, "upstream closed before the first bytes");
             return;
@@ -130,6 +131,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
     }
 }
 
+/// Bytes asked for per read while peeking.
+const PEEK_CHUNK: usize = 4096;
+
 /// Read until the SNI or Host can be decided, bounded in time and size; pick the pool.
 async fn peek_route<'a>(
     client: &mut TcpStream,
@@ -139,7 +143,6 @@ async fn peek_route<'a>(
 ) -> Result<&'a Arc<Pool>, &'static str> {
     let max = service.cfg.peek_max;
     let read = async {
-        let mut chunk = [0u8; 4096];
         loop {
             let parsed = match mode {
                 Mode::Sni => peek::sni(buf, max),
@@ -156,10 +159,15 @@ async fn peek_route<'a>(
             if buf.len() >= max {
                 return Err("hello or head too long");
             }
-            let want = chunk.len().min(max - buf.len());
-            match client.read(&mut chunk[..want]).await {
+            // Read straight into the heap buffer: a stack array here would sit in every
+            // connection's task, plain ones included, for its whole life.
+            let start = buf.len();
+            buf.resize(start + PEEK_CHUNK.min(max - start), 0);
+            let got = client.read(&mut buf[start..]).await;
+            buf.truncate(start + *got.as_ref().unwrap_or(&0));
+            match got {
                 Ok(0) => return Err("client closed before sending a name"),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(_) => return Err("read error"),
             }
         }
