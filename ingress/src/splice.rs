@@ -72,6 +72,10 @@ impl PipePool {
     }
 
     pub fn take(&self) -> io::Result<Pipe> {
+        // A few pipes per worker thread first: the common case takes no lock.
+        if let Some(p) = LOCAL.with(|l| l.borrow_mut().pop()) {
+            return Ok(p);
+        }
         if let Some(p) = self.free.lock().ok().and_then(|mut f| f.pop()) {
             return Ok(p);
         }
@@ -80,12 +84,30 @@ impl PipePool {
 
     /// Return a pipe. Only empty pipes may come back: a pipe with data in it is dropped.
     pub fn give_back(&self, pipe: Pipe) {
-        if let Ok(mut f) = self.free.lock() {
-            if f.len() < self.cap {
-                f.push(pipe);
+        let spill = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() < LOCAL_CAP {
+                l.push(pipe);
+                None
+            } else {
+                Some(pipe)
+            }
+        });
+        if let Some(pipe) = spill {
+            if let Ok(mut f) = self.free.lock() {
+                if f.len() < self.cap {
+                    f.push(pipe);
+                }
             }
         }
     }
+}
+
+/// Pipes kept per thread before the shared pool is used.
+const LOCAL_CAP: usize = 16;
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The process-wide pool (a few hundred pipes: busy connections at once, not all of them).

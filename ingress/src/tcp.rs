@@ -20,6 +20,9 @@ use crate::server::{Service, Shared};
 
 pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
+    // The port is the listener's; the exact local address is asked per connection only when
+    // a PROXY header needs it (a wildcard listener's address differs per connection).
+    let Ok(bound) = listener.local_addr() else { return };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -61,7 +64,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
                 let _permits = permits;
                 let _conn = conn;
                 service.m_active.increment(1.0);
-                handle(stream, peer, &service).await;
+                handle(stream, peer, bound, &service).await;
                 service.m_active.decrement(1.0);
             }
             .instrument(span),
@@ -69,10 +72,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
     }
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, service: &Service) {
     let _ = client.set_nodelay(true);
-    let Ok(local) = client.local_addr() else { return };
-    let port = service.cfg.upstream_port.unwrap_or(local.port());
+    let port = service.cfg.upstream_port.unwrap_or(bound.port());
     // Bytes read from the client before connecting upstream (the ClientHello or request
     // head); they are replayed unchanged.
     let mut first = Vec::new();
@@ -101,6 +103,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, service: &Service) {
     if service.cfg.proxy_protocol || !first.is_empty() {
         let mut head = Vec::with_capacity(64 + first.len().max(PEEK_CHUNK));
         if service.cfg.proxy_protocol {
+            let local = if bound.ip().is_unspecified() { client.local_addr().unwrap_or(bound) } else { bound };
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
         }
         let at = head.len();

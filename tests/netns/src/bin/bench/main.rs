@@ -70,6 +70,15 @@ fn parse_args() -> Result<Args> {
 /// Home's services for the workloads: nginx (small HTTP responses, keep-alive, long client
 /// timeouts for the idle test) and an iperf3 server. The echo backends come with the topology.
 fn start_home_services(t: &mut Topology) -> Result<()> {
+    // Tens of thousands of short connections per run: a wide ephemeral range and TIME_WAIT
+    // reuse on every host that opens connections, the same for every candidate, so runs do
+    // not collapse into port exhaustion (as they do with the defaults after a few runs).
+    for role in [Role::Client, Role::Ingress1, Role::Home] {
+        netns::cmd::sysctl(
+            t.ns(role),
+            &[("net.ipv4.ip_local_port_range", "1024 65000"), ("net.ipv4.tcp_tw_reuse", "1")],
+        )?;
+    }
     let dir = t.dir().display().to_string();
     let conf = format!(
         "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {dir}/home-nginx.pid;\n\

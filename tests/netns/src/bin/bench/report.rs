@@ -137,11 +137,13 @@ pub fn markdown(
         let _ = writeln!(s, "### cut by {}\n", if variant == "link" { "link down" } else { "silent blackhole" });
         let _ = writeln!(s, "| figure | {} |", proxies.iter().map(|c| c.name()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(s, "|---|{}", "---|".repeat(proxies.len()));
-        let rows: [(&str, Getter); 9] = [
+        let rows: [(&str, Getter); 11] = [
             ("failed requests (all phases)", |f| Some(f.failed as f64)),
-            ("failed: wan1 cut / wan2 cut / restored", |f| {
-                Some((f.failed_per_phase[1] + f.failed_per_phase[2] + f.failed_per_phase[3]) as f64)
+            ("… of which failed connects (the rest broke in flight)", |f| Some(f.failed_connects as f64)),
+            ("dead path hurt clients for: wan1 cut → last slow/failed request (ms)", |f| {
+                Some(f.hurt_after_wan1_ms as f64)
             }),
+            ("… wan2 cut → last slow/failed request (ms)", |f| Some(f.hurt_after_wan2_ms as f64)),
             ("slow requests (>200 ms)", |f| Some(f.slow as f64)),
             ("slow after wan1 cut", |f| Some(f.slow_per_phase[1] as f64)),
             ("slow after wan2 cut", |f| Some(f.slow_per_phase[2] as f64)),

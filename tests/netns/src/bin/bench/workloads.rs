@@ -96,6 +96,14 @@ pub struct Failover {
     /// Succeeded but took over 200 ms.
     pub slow: u64,
     pub failed_per_phase: [u64; 4],
+    /// Failures whose connect itself failed (what a proxy should hide); the rest broke in
+    /// flight when the path died under an established connection.
+    pub failed_connects: u64,
+    /// wan1 cut → start of the last request that was slow or failed in that phase: how long
+    /// the dead path kept hurting clients (0: none was).
+    pub hurt_after_wan1_ms: u64,
+    /// The same after the wan2 cut (until traffic flows cleanly over the mesh).
+    pub hurt_after_wan2_ms: u64,
     pub slow_per_phase: [u64; 4],
     /// wan1 cut → last request started on wan1.
     pub detect_wan1_ms: Option<u64>,
@@ -173,9 +181,18 @@ pub fn failover(t: &mut Topology, c: Candidate, how: Cut, tag: &str) -> Result<F
     for r in &records {
         let p = phase(r.start_ms);
         let b = (r.start_ms.saturating_sub(start_ms) / 250) as usize;
+        let hurt = !r.ok || r.latency_ms > 200.0;
+        if hurt && (p == 1 || p == 2) {
+            let since = r.start_ms.saturating_sub(times[p - 1]);
+            let slot = if p == 1 { &mut f.hurt_after_wan1_ms } else { &mut f.hurt_after_wan2_ms };
+            *slot = (*slot).max(since);
+        }
         if !r.ok {
             f.failed += 1;
             f.failed_per_phase[p] += 1;
+            if r.error.as_deref().unwrap_or("").starts_with("connect") {
+                f.failed_connects += 1;
+            }
             if let Some(x) = f.timeline.get_mut(b) {
                 x[3] += 1;
             }
