@@ -43,7 +43,7 @@ async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Tc
 }
 
 /// Connect to `port` (as seen on each path) through the pool.
-pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
+pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
     let cfg = &pool.cfg;
     let mut tried = Tried::default();
     let mut attempts = 0u32;
@@ -128,10 +128,11 @@ pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), U
                 let _ = stream.set_nodelay(true);
                 won.path.state.m_connects.increment(1);
                 pool.record(won.index, Outcome::Ok { latency: won.started.elapsed() }, Source::Traffic);
-                // The loser of a race did not answer in several times its usual latency
-                // while another path did: evidence against it, like a timeout.
+                // The loser of a race is slow, not yet known dead: a jittery WAN must not be
+                // taken down by a lost race. A background connect with the normal timeout
+                // gives the verdict (its connection, if any, is closed at once).
                 if let Some(lost) = slots[1 - i].take() {
-                    pool.record(lost.index, Outcome::Failed, Source::Traffic);
+                    verify_in_background(pool.clone(), lost, port);
                 }
                 return Ok((stream, won.path));
             }
@@ -150,6 +151,18 @@ pub async fn connect(pool: &Pool, port: u16) -> Result<(TcpStream, Arc<Path>), U
         }
     };
     Err(Unavailable { attempts, last })
+}
+
+fn verify_in_background(pool: Arc<Pool>, lost: Attempt, port: u16) {
+    let timeout = pool.cfg.connect_timeout;
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let outcome = match attempt(lost.path.addr(port), timeout).await {
+            Ok(_) => Outcome::Ok { latency: start.elapsed() },
+            Err(_) => Outcome::Failed,
+        };
+        pool.record(lost.index, outcome, Source::Traffic);
+    });
 }
 
 fn no_paths() -> io::Error {

@@ -24,7 +24,9 @@ async fn spread_follows_weights() {
     }
     let t = tally(&names);
     let share = *t.get("wan1").unwrap_or(&0) as f64 / 400.0;
-    assert!((0.65..=0.85).contains(&share), "wan1 share {share}, tally {t:?}");
+    // 0.75 expected; the health factor moves with connect latency, which jitters when the
+    // machine is busy, so the band is wide but far from an even split.
+    assert!((0.6..=0.9).contains(&share), "wan1 share {share}, tally {t:?}");
     assert!(t.get("wan2").copied().unwrap_or(0) > 0);
     let m = metrics(&server).await;
     let pool = pool_name(&server);
@@ -347,5 +349,11 @@ async fn silent_path_is_raced_not_waited_for() {
     let m = metrics(&server).await;
     let pool = pool_name(&server);
     assert!(metric(&m, "ingress_path_hedges_total", &[("pool", &pool), ("path", "wan1")]) >= 1.0);
-    assert_eq!(metric(&m, "ingress_path_up", &[("pool", &pool), ("path", "wan1")]), 0.0, "race losses take it down");
+    // A lost race is only suspicion; the background connect (5 s timeout here, probes every
+    // 30 s) gives the verdict that takes the silent path down.
+    let rt = server.shared().clone();
+    wait_until("wan1 taken down by the background verdict", Duration::from_secs(20), || {
+        rt.runtime().pools.values().all(|p| !p.paths[0].is_up())
+    })
+    .await;
 }
