@@ -36,6 +36,15 @@ routes = [ {{ names = ["x.example.org"], pool = "b" }}, {{ names = ["*.example.o
     )
 }
 
+/// Backends a, b and c, one per pool of [`routed`].
+async fn three_backends() -> (Backend, Backend, Backend) {
+    (
+        Backend::start("a", "127.0.0.2").await,
+        Backend::start("b", "127.0.0.3").await,
+        Backend::start("c", "127.0.0.4").await,
+    )
+}
+
 /// Send `first` (in two pieces, to exercise reassembly), return the backend's name line
 /// and the bytes echoed after it.
 async fn send_and_read(addr: SocketAddr, first: &[u8]) -> Result<(String, Vec<u8>), String> {
@@ -63,11 +72,7 @@ async fn send_and_read(addr: SocketAddr, first: &[u8]) -> Result<(String, Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_routes_by_name_and_replays_the_hello() {
-    let (a, b, c) = (
-        Backend::start("a", "127.0.0.2").await,
-        Backend::start("b", "127.0.0.3").await,
-        Backend::start("c", "127.0.0.4").await,
-    );
+    let (a, b, c) = three_backends().await;
     let server = start(&routed(a.addr, b.addr, c.addr, "sni", "")).await;
     let addr = service_addr(&server, "sni-routed").await;
     for (hello, want) in [(HELLO_X, "b"), (HELLO_CLOUD, "c"), (HELLO_NO_SNI, "a")] {
@@ -79,11 +84,7 @@ async fn sni_routes_by_name_and_replays_the_hello() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routes_by_host() {
-    let (a, b, c) = (
-        Backend::start("a", "127.0.0.2").await,
-        Backend::start("b", "127.0.0.3").await,
-        Backend::start("c", "127.0.0.4").await,
-    );
+    let (a, b, c) = three_backends().await;
     let server = start(&routed(a.addr, b.addr, c.addr, "http", "")).await;
     let addr = service_addr(&server, "http-routed").await;
     let cases: [(&[u8], &str); 4] = [
@@ -101,11 +102,7 @@ async fn http_routes_by_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_dropped_and_counted_while_others_are_served() {
-    let (a, b, c) = (
-        Backend::start("a", "127.0.0.2").await,
-        Backend::start("b", "127.0.0.3").await,
-        Backend::start("c", "127.0.0.4").await,
-    );
+    let (a, b, c) = three_backends().await;
     let server = start(&routed(a.addr, b.addr, c.addr, "sni", "peek_timeout = \"300ms\"\npeek_max = 1024")).await;
     let addr = service_addr(&server, "sni-routed").await;
     // Not TLS at all.
@@ -157,11 +154,7 @@ async fn proxy_v2_header_carries_the_client_address_with_the_first_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_routing_with_a_real_tls_client() {
-    let (a, b, c) = (
-        Backend::start("a", "127.0.0.2").await,
-        Backend::start("b", "127.0.0.3").await,
-        Backend::start("c", "127.0.0.4").await,
-    );
+    let (a, b, c) = three_backends().await;
     let server = start(&routed(a.addr, b.addr, c.addr, "sni", "")).await;
     let addr = service_addr(&server, "sni-routed").await;
     for (name, backend) in [("x.example.org", &b), ("www.example.org", &c), ("elsewhere.test", &a)] {
