@@ -28,26 +28,10 @@ async fn check_validates_example_and_names_bad_fields() {
 }
 
 fn site_config(live: &std::path::Path, upstream: SocketAddr) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[wan]
-addresses = ["127.0.0.1"]
-trusted_ingress = ["127.0.0.2"]
-[mesh]
-listen = "127.0.0.4"
-[http]
-https_port = 0
-http_port = 0
-[tls]
-certbot_live_dir = "{}"
-[[site]]
-host = "a.test"
-upstream = "http://{upstream}"
-"#,
+    base_config(&format!(
+        "[tls]\ncertbot_live_dir = \"{}\"\n[[site]]\nhost = \"a.test\"\nupstream = \"http://{upstream}\"\n",
         live.display()
-    )
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
