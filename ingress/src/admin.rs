@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::pool::Kind;
 use crate::server::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -57,18 +58,22 @@ fn status_text(shared: &Shared) -> String {
     let rt = shared.runtime();
     let mut out = String::new();
     for pool in rt.pools.values() {
-        let _ = writeln!(out, "pool {} tier={}", pool.name, if pool.on_mesh() { "mesh" } else { "wan" });
+        let tier = if pool.on_mesh() { "mesh" } else { "wan" };
+        let _ = writeln!(out, "pool {} tier={tier} balance={}", pool.name, pool.cfg.balance.as_str());
         for p in &pool.paths {
             let h = p.health_snapshot();
             let _ = writeln!(
                 out,
-                "  path {:<8} {:<40} {:<4} weight={} factor={:.2} active={} fail_avg={:.2} latency={}",
+                "  path {:<8} {:<40} {:<4} weight={} factor={:.2} connections={} flows={} rate={}B/s used={:.2} fail_avg={:.2} latency={}",
                 p.name,
                 p.ip,
                 if p.is_up() { "up" } else { "down" },
                 p.weight,
                 p.factor(),
-                p.active(),
+                p.active(Kind::Tcp),
+                p.active(Kind::Udp),
+                p.rate(),
+                p.utilization(),
                 h.fail_avg,
                 h.latency_avg.map(|l| format!("{:.1}ms", l.as_secs_f64() * 1e3)).unwrap_or_else(|| "-".into()),
             );

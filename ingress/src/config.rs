@@ -56,6 +56,7 @@ struct RawPool {
     connect_timeout: Option<String>,
     final_connect_timeout: Option<String>,
     max_attempts: Option<u32>,
+    balance: Option<shared::balance::Policy>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -139,6 +140,8 @@ pub struct PoolConfig {
     pub final_connect_timeout: Duration,
     /// Paths tried per client connection before giving up.
     pub max_attempts: u32,
+    /// How new connections (and, apart, new UDP flows) are spread over healthy paths.
+    pub balance: shared::balance::Policy,
     pub health: HealthConfig,
 }
 
@@ -375,6 +378,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 connect_timeout,
                 final_connect_timeout,
                 max_attempts,
+                balance: rp.balance.unwrap_or_default(),
                 health,
             },
         );

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::health::{Outcome, Source};
-use crate::pool::{Path, Pool, Tried};
+use crate::pool::{Kind, Path, Pool, Tried};
 
 /// Every attempt failed; the last error says why.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
         if *attempts >= cfg.max_attempts {
             return false;
         }
-        let Some((index, path)) = pool.pick(*tried) else { return false };
+        let Some((index, path)) = pool.pick(*tried, Kind::Tcp) else { return false };
         tried.insert(index);
         *attempts += 1;
         let is_last = *attempts == cfg.max_attempts || pool.remaining(*tried) == 0;

@@ -7,7 +7,12 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const PATH_UP: &str = "ingress_path_up";
 pub const PATH_HEALTH_FACTOR: &str = "ingress_path_health_factor";
+/// Open TCP connections per path.
 pub const PATH_ACTIVE: &str = "ingress_path_active_connections";
+/// Open UDP flows per path (balanced apart from TCP connections).
+pub const PATH_ACTIVE_FLOWS: &str = "ingress_path_active_flows";
+/// Smoothed bytes per second relayed either way per path (what the bandwidth policy reads).
+pub const PATH_RATE: &str = "ingress_path_bytes_per_second";
 pub const PATH_CONNECTS: &str = "ingress_path_connects_total";
 pub const PATH_CONNECT_FAILURES: &str = "ingress_path_connect_failures_total";
 pub const PATH_BYTES: &str = "ingress_path_bytes_total";

@@ -1,11 +1,14 @@
 //! Pools of paths to home and the health-weighted choice among them.
 //!
-//! Invariants: the data path reads only atomics (`up`, `factor`, `active`); the health
-//! state behind its mutex is touched once per probe or finished connect. WAN paths serve
-//! while any is up; the mesh tier serves only when none is; with nothing up, every path is
-//! still tried (mesh first), because refusing is worse than a slow try.
+//! Invariants: the data path reads only atomics (`up`, `factor`, `active`, utilisation)
+//! plus one short lock on the pool's round robin state per pick; the health state behind
+//! its mutex is touched once per probe or finished connect. WAN paths serve while any is
+//! up; the mesh tier serves only when none is; with nothing up, every path is still tried
+//! (mesh first), because refusing is worse than a slow try. TCP connections and UDP flows
+//! are counted and balanced apart (`Kind`).
 
 use metrics::{counter, gauge, Counter, Gauge};
+use shared::balance::{Candidate, RateMeter, Selector};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,50 +20,89 @@ use crate::metrics as m;
 /// Most paths a pool may hold (WAN paths plus the mesh tier); tried-sets are bitmasks.
 pub const MAX_PATHS: usize = 32;
 
+/// What is being balanced: TCP connections and UDP flows are counted and spread apart, so
+/// idle flows never push connections off a path (and vice versa).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Udp,
+}
+
+/// A byte counter that is both a Prometheus counter and a running total the bandwidth
+/// meter reads (the exporter's counters cannot be read back).
+#[derive(Clone)]
+pub struct ByteMeter {
+    counter: Counter,
+    total: Arc<AtomicU64>,
+}
+
+impl ByteMeter {
+    fn new(counter: Counter, total: Arc<AtomicU64>) -> Self {
+        Self { counter, total }
+    }
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Health and counters of one path; survives a reload when the path is unchanged.
 pub struct PathState {
     health: Mutex<HealthState>,
     up: AtomicBool,
     /// `f32` bits of the current health factor.
     factor: AtomicU32,
-    active: AtomicU64,
+    active_tcp: AtomicU64,
+    active_udp: AtomicU64,
     /// Connect latency average in ns (0: not measured yet), published for the data path.
     latency_ns: AtomicU64,
+    /// Bytes relayed either way, for the bandwidth meter.
+    bytes: Arc<AtomicU64>,
+    meter: Mutex<RateMeter>,
+    /// `f32` bits of the share of the path's demonstrated capacity in use (0..=1).
+    utilization: AtomicU32,
+    /// Smoothed bytes per second either way.
+    rate: AtomicU64,
     pub(crate) m_connects: Counter,
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
     pub(crate) m_hedges: Counter,
-    pub(crate) m_bytes_up: Counter,
-    pub(crate) m_bytes_down: Counter,
+    pub(crate) m_bytes_up: ByteMeter,
+    pub(crate) m_bytes_down: ByteMeter,
     m_up: Gauge,
     m_factor: Gauge,
-    m_active: Gauge,
+    m_active_tcp: Gauge,
+    m_active_udp: Gauge,
+    m_rate: Gauge,
 }
 
 impl PathState {
     fn new(pool: &str, path: &str) -> Self {
         let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
+        let bytes = Arc::new(AtomicU64::new(0));
+        let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
         let s = Self {
             health: Mutex::new(HealthState::default()),
             up: AtomicBool::new(true),
             factor: AtomicU32::new(1.0f32.to_bits()),
-            active: AtomicU64::new(0),
+            active_tcp: AtomicU64::new(0),
+            active_udp: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
+            meter: Mutex::new(RateMeter::default()),
+            utilization: AtomicU32::new(0.0f32.to_bits()),
+            rate: AtomicU64::new(0),
             m_connects: counter!(m::PATH_CONNECTS, &labels),
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
             m_hedges: counter!(m::PATH_HEDGES, &labels),
-            m_bytes_up: counter!(
-                m::PATH_BYTES,
-                &[("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", "up".to_owned())]
-            ),
-            m_bytes_down: counter!(
-                m::PATH_BYTES,
-                &[("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", "down".to_owned())]
-            ),
+            m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone()),
+            m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone()),
+            bytes,
             m_up: gauge!(m::PATH_UP, &labels),
             m_factor: gauge!(m::PATH_HEALTH_FACTOR, &labels),
-            m_active: gauge!(m::PATH_ACTIVE, &labels),
+            m_active_tcp: gauge!(m::PATH_ACTIVE, &labels),
+            m_active_udp: gauge!(m::PATH_ACTIVE_FLOWS, &labels),
+            m_rate: gauge!(m::PATH_RATE, &labels),
         };
         s.m_up.set(1.0);
         s.m_factor.set(1.0);
@@ -86,8 +128,23 @@ impl Path {
     pub fn factor(&self) -> f64 {
         f64::from(f32::from_bits(self.state.factor.load(Ordering::Relaxed)))
     }
-    pub fn active(&self) -> u64 {
-        self.state.active.load(Ordering::Relaxed)
+    /// Open TCP connections or UDP flows on this path.
+    pub fn active(&self, kind: Kind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
+    }
+    fn counter(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Tcp => &self.state.active_tcp,
+            Kind::Udp => &self.state.active_udp,
+        }
+    }
+    /// Smoothed bytes per second relayed either way.
+    pub fn rate(&self) -> u64 {
+        self.state.rate.load(Ordering::Relaxed)
+    }
+    /// Share of the path's demonstrated capacity in use (0..=1).
+    pub fn utilization(&self) -> f64 {
+        f64::from(f32::from_bits(self.state.utilization.load(Ordering::Relaxed)))
     }
     /// Average connect latency, without taking the health lock.
     pub fn latency(&self) -> Option<std::time::Duration> {
@@ -109,24 +166,30 @@ impl Path {
     }
 }
 
-/// A connection's hold on a path: counted in `active` until dropped.
-pub struct ActiveGuard(Arc<Path>);
+/// A connection's (or flow's) hold on a path: counted as active until dropped.
+pub struct ActiveGuard(Arc<Path>, Kind);
 
 impl ActiveGuard {
-    pub fn new(path: Arc<Path>) -> Self {
-        let n = path.state.active.fetch_add(1, Ordering::Relaxed) + 1;
-        path.state.m_active.set(n as f64);
-        Self(path)
+    pub fn new(path: Arc<Path>, kind: Kind) -> Self {
+        let n = path.counter(kind).fetch_add(1, Ordering::Relaxed) + 1;
+        Self::publish(&path, kind, n);
+        Self(path, kind)
     }
     pub fn path(&self) -> &Arc<Path> {
         &self.0
+    }
+    fn publish(path: &Path, kind: Kind, n: u64) {
+        match kind {
+            Kind::Tcp => path.state.m_active_tcp.set(n as f64),
+            Kind::Udp => path.state.m_active_udp.set(n as f64),
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let n = self.0.state.active.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        self.0.state.m_active.set(n as f64);
+        let n = self.0.counter(self.1).fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        Self::publish(&self.0, self.1, n);
     }
 }
 
@@ -149,6 +212,8 @@ pub struct Pool {
     pub paths: Vec<Arc<Path>>,
     pub wan_count: usize,
     pub cfg: PoolConfig,
+    /// Round robin state per kind of traffic (index: `Kind as usize`).
+    selectors: [Mutex<Selector>; 2],
     on_mesh: AtomicBool,
     m_failovers: Counter,
     m_on_mesh: Gauge,
@@ -187,6 +252,7 @@ impl Pool {
             name,
             wan_count: wan_count.min(MAX_PATHS),
             on_mesh: AtomicBool::new(false),
+            selectors: Default::default(),
             paths,
             cfg,
         };
@@ -199,18 +265,19 @@ impl Pool {
         self.paths[..self.wan_count].iter().any(|p| p.is_up())
     }
 
-    /// Choose the next path to try. `None` when every path has been tried.
-    pub fn pick(&self, tried: Tried) -> Option<(usize, &Arc<Path>)> {
+    /// Choose the next path to try for a new connection or flow of `kind`. `None` when
+    /// every path has been tried.
+    pub fn pick(&self, tried: Tried, kind: Kind) -> Option<(usize, &Arc<Path>)> {
         let wan = &self.paths[..self.wan_count];
         let up_untried = |i: usize, p: &Arc<Path>| p.is_up() && !tried.contains(i);
-        if let Some(i) = self.weighted_p2c(wan, |i, p| up_untried(i, p)) {
+        if let Some(i) = self.select(wan, kind, |i, p| up_untried(i, p)) {
             return Some((i, &self.paths[i]));
         }
         // No healthy WAN path left to try: the mesh tier, then anything at all.
         if let Some(i) = self.mesh_index().filter(|&i| !tried.contains(i)) {
             return Some((i, &self.paths[i]));
         }
-        self.weighted_p2c(wan, |i, _| !tried.contains(i)).map(|i| (i, &self.paths[i]))
+        self.select(wan, kind, |i, _| !tried.contains(i)).map(|i| (i, &self.paths[i]))
     }
 
     /// How many paths `pick` could still offer after `tried`.
@@ -222,35 +289,42 @@ impl Pool {
         (self.paths.len() > self.wan_count).then_some(self.wan_count)
     }
 
-    /// Two weighted random draws; the less loaded (per unit of weight) wins, ties to the
-    /// first draw so light load still follows the weights.
-    fn weighted_p2c(&self, set: &[Arc<Path>], ok: impl Fn(usize, &Arc<Path>) -> bool) -> Option<usize> {
-        let total: f64 = set.iter().enumerate().filter(|(i, p)| ok(*i, p)).map(|(_, p)| p.effective()).sum();
-        if total <= 0.0 {
-            return None;
+    /// The pool's policy over the candidates `ok` admits, weights scaled by health.
+    fn select(&self, set: &[Arc<Path>], kind: Kind, ok: impl Fn(usize, &Arc<Path>) -> bool) -> Option<usize> {
+        // Pools are small (at most MAX_PATHS): a stack array, no allocation per pick.
+        let mut cands = [Candidate { index: 0, weight: 0.0, active: 0, utilization: 0.0 }; MAX_PATHS];
+        let mut n = 0;
+        for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p)).take(MAX_PATHS) {
+            cands[n] =
+                Candidate { index: i, weight: p.effective(), active: p.active(kind), utilization: p.utilization() };
+            n += 1;
         }
-        let draw = || {
-            let mut r = fastrand::f64() * total;
-            let mut last = None;
-            for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p)) {
-                last = Some(i);
-                r -= p.effective();
-                if r < 0.0 {
-                    return Some(i);
-                }
-            }
-            last
-        };
-        let a = draw()?;
-        let Some(b) = draw() else { return Some(a) };
-        if a == b {
-            return Some(a);
+        let selector = &self.selectors[kind as usize];
+        // A poisoned lock only means a panic elsewhere mid-pick; the state is still usable.
+        let mut sel = selector.lock().unwrap_or_else(|e| e.into_inner());
+        sel.pick(self.cfg.balance, &cands[..n])
+    }
+
+    /// Sample every path's byte total into its rate meter and publish the rate and the
+    /// utilisation the bandwidth policy reads.
+    pub fn sample_rates(&self, now: std::time::Instant) {
+        for p in &self.paths {
+            let total = p.state.bytes.load(Ordering::Relaxed);
+            let mut meter = p.state.meter.lock().unwrap_or_else(|e| e.into_inner());
+            meter.sample(total, now);
+            p.state.utilization.store((meter.utilization() as f32).to_bits(), Ordering::Relaxed);
+            p.state.rate.store(meter.rate() as u64, Ordering::Relaxed);
+            p.state.m_rate.set(meter.rate());
         }
-        let load = |i: usize| set[i].active() as f64 / set[i].effective();
-        if load(b) < load(a) {
-            Some(b)
-        } else {
-            Some(a)
+    }
+
+    /// Sample the paths' byte rates every `RATE_SAMPLE` (aborted with the health task).
+    pub async fn run_meters(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RATE_SAMPLE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sample_rates(std::time::Instant::now());
         }
     }
 
@@ -358,6 +432,8 @@ impl Pool {
     }
 }
 
+/// How often the bandwidth meters sample the paths' byte totals.
+const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Shortest probe interval while a path changes state.
@@ -390,9 +466,14 @@ async fn join_all<F: std::future::Future<Output = Outcome>>(futs: impl Iterator<
 mod tests {
     use super::*;
     use crate::config::{CheckKind, HealthConfig, PathConfig, PoolConfig};
+    use shared::balance::Policy;
     use std::time::Duration;
 
     fn pool(weights: &[u32], mesh: bool) -> Pool {
+        pool_with(weights, mesh, Policy::RoundRobin)
+    }
+
+    fn pool_with(weights: &[u32], mesh: bool, balance: Policy) -> Pool {
         let path = |i: usize, w: u32| PathConfig {
             name: format!("wan{}", i + 1),
             ip: format!("192.0.2.{}", i + 1).parse().unwrap(),
@@ -412,6 +493,7 @@ mod tests {
                 connect_timeout: Duration::from_millis(300),
                 final_connect_timeout: Duration::from_secs(3),
                 max_attempts: 3,
+                balance,
                 health: HealthConfig {
                     interval: Duration::from_millis(500),
                     timeout: Duration::from_millis(400),
@@ -428,7 +510,7 @@ mod tests {
     fn shares(p: &Pool, n: usize) -> Vec<f64> {
         let mut counts = vec![0usize; p.paths.len()];
         for _ in 0..n {
-            counts[p.pick(Tried::default()).unwrap().0] += 1;
+            counts[p.pick(Tried::default(), Kind::Tcp).unwrap().0] += 1;
         }
         counts.into_iter().map(|c| c as f64 / n as f64).collect()
     }
@@ -440,16 +522,69 @@ mod tests {
 
     #[test]
     fn shares_follow_weights() {
-        fastrand::seed(7);
         let p = pool(&[3, 1], true);
         let s = shares(&p, 20_000);
         assert!((s[0] - 0.75).abs() < 0.03, "{s:?}");
         assert_eq!(s[2], 0.0, "mesh unused while a WAN is up");
     }
 
+    /// The bug this policy fixed: a few idle flows and long-lived connections on wan1 made
+    /// the least-loaded pick send every contested connection to wan2 (25/75 on 1:1).
+    #[test]
+    fn idle_connections_and_flows_do_not_bend_round_robin_shares() {
+        for (weights, want) in [([1, 1], 0.5), ([3, 1], 0.75)] {
+            let p = pool(&weights, true);
+            let held: Vec<ActiveGuard> = [Kind::Tcp, Kind::Tcp, Kind::Udp, Kind::Udp]
+                .into_iter()
+                .map(|k| ActiveGuard::new(p.paths[0].clone(), k))
+                .collect();
+            assert_eq!((p.paths[0].active(Kind::Tcp), p.paths[0].active(Kind::Udp)), (2, 2));
+            let mut guards = Vec::new();
+            let mut counts = [0usize; 3];
+            for _ in 0..2000 {
+                let (i, path) = p.pick(Tried::default(), Kind::Tcp).unwrap();
+                counts[i] += 1;
+                // Short connections: each closes before the next few arrive.
+                guards.push(ActiveGuard::new(path.clone(), Kind::Tcp));
+                if guards.len() > 3 {
+                    guards.remove(0);
+                }
+            }
+            let share = counts[0] as f64 / 2000.0;
+            assert!((share - want).abs() <= 0.03, "weights {weights:?}: wan1 share {share}");
+            drop(held);
+            assert_eq!(p.paths[0].active(Kind::Udp), 0);
+        }
+    }
+
+    #[test]
+    fn least_conn_counts_tcp_and_udp_apart() {
+        let p = pool_with(&[1, 1], false, Policy::LeastConn);
+        let _flows: Vec<ActiveGuard> = (0..5).map(|_| ActiveGuard::new(p.paths[0].clone(), Kind::Udp)).collect();
+        let _conn = ActiveGuard::new(p.paths[1].clone(), Kind::Tcp);
+        // wan2 holds one TCP connection, wan1 only UDP flows: TCP goes to wan1 ...
+        assert_eq!(p.pick(Tried::default(), Kind::Tcp).unwrap().0, 0);
+        // ... and a new UDP flow goes to wan2.
+        assert_eq!(p.pick(Tried::default(), Kind::Udp).unwrap().0, 1);
+    }
+
+    #[test]
+    fn bandwidth_policy_leans_away_from_a_busy_path() {
+        let p = pool_with(&[1, 1], false, Policy::Bandwidth);
+        let t0 = std::time::Instant::now();
+        p.sample_rates(t0);
+        // wan1 moves 20 MB/s for 3 s, wan2 nothing.
+        for i in 1..=12u64 {
+            p.paths[0].state.m_bytes_down.increment(5_000_000);
+            p.sample_rates(t0 + Duration::from_millis(250 * i));
+        }
+        assert!(p.paths[0].utilization() > 0.9 && p.paths[1].utilization() < 0.01);
+        let s = shares(&p, 1100);
+        assert!(s[1] > 0.85, "new connections go where there is room: {s:?}");
+    }
+
     #[test]
     fn shares_follow_health() {
-        fastrand::seed(8);
         let p = pool(&[1, 1], false);
         // wan2 loses a third of its connects: its factor falls, it keeps some share.
         for i in 0..60 {
@@ -464,7 +599,6 @@ mod tests {
 
     #[test]
     fn down_paths_get_nothing_and_mesh_only_when_all_wans_are_down() {
-        fastrand::seed(9);
         let p = pool(&[1, 1], true);
         kill(&p, 0);
         let s = shares(&p, 2000);
@@ -485,7 +619,7 @@ mod tests {
         let p = pool(&[1, 1], true);
         let mut tried = Tried::default();
         let mut order = Vec::new();
-        while let Some((i, _)) = p.pick(tried) {
+        while let Some((i, _)) = p.pick(tried, Kind::Tcp) {
             tried.insert(i);
             order.push(i);
         }
@@ -500,7 +634,7 @@ mod tests {
         for i in 0..3 {
             kill(&p, i);
         }
-        let (first, _) = p.pick(Tried::default()).unwrap();
+        let (first, _) = p.pick(Tried::default(), Kind::Tcp).unwrap();
         assert_eq!(first, 2);
     }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::Counter;
+use crate::pool::ByteMeter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -49,8 +49,8 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    up_bytes: &Counter,
-    down_bytes: &Counter,
+    up_bytes: &ByteMeter,
+    down_bytes: &ByteMeter,
 ) -> (End, Totals) {
     let activity = Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) };
     let up_total = AtomicU64::new(0);
@@ -91,7 +91,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
-    bytes: &Counter,
+    bytes: &ByteMeter,
     total: &AtomicU64,
 ) -> io::Result<()> {
     use crate::splice::{pipe_to_socket, socket_to_pipe, CHUNK, PIPES};
@@ -137,7 +137,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
-    bytes: &Counter,
+    bytes: &ByteMeter,
     total: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 32 * 1024];

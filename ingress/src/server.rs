@@ -57,6 +57,7 @@ impl Runtime {
             let prev = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
             let pool = Arc::new(Pool::new(pc.clone(), prev));
             health_tasks.push(tokio::spawn(pool.clone().run_health(pc.health.port)));
+            health_tasks.push(tokio::spawn(pool.clone().run_meters()));
             pools.insert(name.clone(), pool);
         }
         let mut services = HashMap::new();

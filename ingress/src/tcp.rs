@@ -14,7 +14,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
-use crate::pool::{ActiveGuard, Pool};
+use crate::pool::{ActiveGuard, Kind, Pool};
 use crate::relay::{relay, End};
 use crate::server::{Service, Shared};
 
@@ -97,7 +97,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
             return;
         }
     };
-    let guard = ActiveGuard::new(path);
+    let guard = ActiveGuard::new(path, Kind::Tcp);
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
     if service.cfg.proxy_protocol || !first.is_empty() {

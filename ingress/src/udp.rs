@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, Pool, Tried};
+use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried};
 use crate::server::{Service, Shared};
 use crate::udp_flows::{FlowEntry, FlowTable};
 
@@ -201,7 +201,7 @@ async fn open_flow(
     header: Option<Box<[u8]>>,
 ) -> Option<Flow> {
     let mut tried = Tried::default();
-    while let Some((i, path)) = pool.pick(tried) {
+    while let Some((i, path)) = pool.pick(tried, Kind::Udp) {
         tried.insert(i);
         let target = path.addr(port);
         let bind_ip = match target.ip() {
@@ -221,7 +221,7 @@ async fn open_flow(
         }
         let upstream = Arc::new(sock);
         let last = Arc::new(AtomicU64::new(now));
-        let guard = ActiveGuard::new(path.clone());
+        let guard = ActiveGuard::new(path.clone(), Kind::Udp);
         let pump = tokio::spawn(pump_replies(
             upstream.clone(),
             Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
@@ -239,7 +239,7 @@ async fn pump_replies(
     replies: Replies,
     client: SocketAddr,
     last: Arc<AtomicU64>,
-    bytes_down: Counter,
+    bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
     let mut buf = vec![0u8; 65536];

@@ -9,32 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
-
-/// A UDP echo that prefixes each reply with its name.
-struct UdpEcho {
-    task: JoinHandle<()>,
-}
-
-impl UdpEcho {
-    async fn start(name: &'static str, addr: SocketAddr) -> Self {
-        let sock = Arc::new(UdpSocket::bind(addr).await.expect("bind udp echo"));
-        let task = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
-                let mut out = format!("{name}:").into_bytes();
-                out.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&out, from).await;
-            }
-        });
-        Self { task }
-    }
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
 
 fn udp_config(wan1: SocketAddr, wan2: SocketAddr, extra: &str) -> String {
     format!(

@@ -1,6 +1,7 @@
 //! Library shared by `ingress` and `local-proxy`.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;

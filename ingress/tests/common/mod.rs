@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 /// A TCP backend that writes `<name>\n` on connect and then echoes; killable and restartable
@@ -225,4 +225,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// The (single) pool of a test server.
 pub fn pool_name(server: &ingress::Server) -> String {
     server.shared().runtime().pools.keys().next().cloned().expect("a pool")
+}
+
+/// A UDP echo that prefixes each reply with its name.
+pub struct UdpEcho {
+    task: JoinHandle<()>,
+}
+
+impl UdpEcho {
+    pub async fn start(name: &'static str, addr: SocketAddr) -> Self {
+        let sock = Arc::new(UdpSocket::bind(addr).await.expect("bind udp echo"));
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+                let mut out = format!("{name}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&out, from).await;
+            }
+        });
+        Self { task }
+    }
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }

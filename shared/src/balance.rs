@@ -1,0 +1,269 @@
+//! Choosing one of several weighted candidates (WAN paths, upstreams): smooth weighted
+//! round robin, weighted least-connections, and a bandwidth-aware policy.
+//!
+//! Sans-io: callers pass each candidate's effective weight (configured weight × health
+//! factor), its open connections or flows of the kind being balanced, and its utilisation
+//! from a [`RateMeter`]; nothing here reads a clock or a socket. The only state is the round
+//! robin's "current weights", kept per candidate index, so one [`Selector`] per pool and per
+//! kind of traffic (TCP connections and UDP flows are balanced apart: idle flows of one kind
+//! never push the other kind away from a path).
+
+use std::time::{Duration, Instant};
+
+/// How a pool spreads new connections (or flows) over its healthy candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Smooth weighted round robin (nginx's algorithm): over any run of picks the shares
+    /// follow the weights exactly, interleaved rather than in bursts. Open connections do
+    /// not count, so a few long-lived or idle ones never bend the shares.
+    #[default]
+    RoundRobin,
+    /// Fewest open connections per unit of weight; ties go round robin by weight.
+    LeastConn,
+    /// Weights are the candidates' relative capacities; each is scaled by the fraction of
+    /// its demonstrated capacity still spare (measured bytes per second against the
+    /// recent peak), so new connections lean toward the path with room. Idle connections
+    /// and flows weigh nothing; a bulk transfer weighs its bytes.
+    Bandwidth,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastConn => "least_conn",
+            Policy::Bandwidth => "bandwidth",
+        }
+    }
+}
+
+/// One candidate as the selector sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// Caller's index (stable across picks: the round robin state is kept by it).
+    pub index: usize,
+    /// Configured weight × health factor; candidates with 0 are never chosen.
+    pub weight: f64,
+    /// Open connections (or flows) of the kind being balanced.
+    pub active: u64,
+    /// Share of the demonstrated capacity in use, 0..=1 (only the bandwidth policy reads it).
+    pub utilization: f64,
+}
+
+/// Least share of its weight a fully used path keeps under the bandwidth policy, so its
+/// measurement stays fresh and a stale peak cannot starve it.
+pub const SPARE_FLOOR: f64 = 0.1;
+
+/// Round robin state for one pool and one kind of traffic.
+#[derive(Debug, Default, Clone)]
+pub struct Selector {
+    current: Vec<f64>,
+}
+
+impl Selector {
+    /// Choose among `cands` (the caller has already filtered out down or tried ones).
+    pub fn pick(&mut self, policy: Policy, cands: &[Candidate]) -> Option<usize> {
+        match policy {
+            Policy::RoundRobin => self.smooth(cands.iter().map(|c| (c.index, c.weight))),
+            Policy::LeastConn => {
+                let load = |c: &Candidate| c.active as f64 / c.weight;
+                let min = cands.iter().filter(|c| c.weight > 0.0).map(load).fold(f64::INFINITY, f64::min);
+                // Equal load (typically all idle): round robin by weight among the tied.
+                self.smooth(
+                    cands
+                        .iter()
+                        .filter(|c| c.weight > 0.0 && load(c) <= min * (1.0 + 1e-9))
+                        .map(|c| (c.index, c.weight)),
+                )
+            }
+            Policy::Bandwidth => self.smooth(
+                cands.iter().map(|c| (c.index, c.weight * (1.0 - c.utilization.clamp(0.0, 1.0)).max(SPARE_FLOOR))),
+            ),
+        }
+    }
+
+    /// Smooth weighted round robin: every candidate gains its weight, the richest is chosen
+    /// and pays back the total. Candidates absent from this pick keep their credit.
+    fn smooth(&mut self, cands: impl Iterator<Item = (usize, f64)> + Clone) -> Option<usize> {
+        let mut total = 0.0;
+        let mut best: Option<(usize, f64)> = None;
+        for (index, weight) in cands.filter(|&(_, w)| w > 0.0 && w.is_finite()) {
+            if self.current.len() <= index {
+                self.current.resize(index + 1, 0.0);
+            }
+            self.current[index] += weight;
+            total += weight;
+            if best.is_none_or(|(_, c)| self.current[index] > c) {
+                best = Some((index, self.current[index]));
+            }
+        }
+        let (index, _) = best?;
+        self.current[index] -= total;
+        Some(index)
+    }
+}
+
+/// Bytes per second through one candidate, smoothed, and its demonstrated capacity (the
+/// recent peak of that rate, decaying slowly so a path that got slower is believed).
+#[derive(Debug, Clone)]
+pub struct RateMeter {
+    last: Option<(u64, Instant)>,
+    rate: f64,
+    peak: f64,
+}
+
+/// Time constant of the rate average.
+const RATE_TAU: Duration = Duration::from_secs(1);
+/// The peak halves in this long when the path no longer reaches it.
+const PEAK_HALF_LIFE: Duration = Duration::from_secs(60);
+/// Below this peak (bytes/s) a path has never been pushed: it counts as idle (128 KiB/s).
+pub const PEAK_FLOOR: f64 = 128.0 * 1024.0;
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        Self { last: None, rate: 0.0, peak: PEAK_FLOOR }
+    }
+}
+
+impl RateMeter {
+    /// Feed the candidate's running byte total as of `now`.
+    pub fn sample(&mut self, total: u64, now: Instant) {
+        if let Some((prev, at)) = self.last {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            if dt <= 0.0 {
+                return;
+            }
+            // A counter that went backwards (a path rebuilt) counts as no traffic.
+            let inst = total.saturating_sub(prev) as f64 / dt;
+            let alpha = 1.0 - (-dt / RATE_TAU.as_secs_f64()).exp();
+            self.rate += alpha * (inst - self.rate);
+            let decay = 0.5f64.powf(dt / PEAK_HALF_LIFE.as_secs_f64());
+            self.peak = (self.peak * decay).max(self.rate).max(PEAK_FLOOR);
+        }
+        self.last = Some((total, now));
+    }
+
+    /// Smoothed bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Demonstrated capacity in bytes per second (at least [`PEAK_FLOOR`]).
+    pub fn peak(&self) -> f64 {
+        self.peak
+    }
+
+    /// Share of the demonstrated capacity in use, 0..=1.
+    pub fn utilization(&self) -> f64 {
+        (self.rate / self.peak).clamp(0.0, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(index: usize, weight: f64, active: u64) -> Candidate {
+        Candidate { index, weight, active, utilization: 0.0 }
+    }
+
+    fn counts(policy: Policy, cands: &[Candidate], n: usize) -> Vec<usize> {
+        let mut s = Selector::default();
+        let mut out = vec![0; cands.len()];
+        for _ in 0..n {
+            out[s.pick(policy, cands).unwrap()] += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn round_robin_follows_weights_exactly_and_ignores_open_connections() {
+        // Two idle long-lived connections on path 0 must not bend the shares.
+        assert_eq!(counts(Policy::RoundRobin, &[cand(0, 1.0, 4), cand(1, 1.0, 0)], 2000), [1000, 1000]);
+        assert_eq!(counts(Policy::RoundRobin, &[cand(0, 3.0, 4), cand(1, 1.0, 0)], 2000), [1500, 500]);
+        assert_eq!(
+            counts(Policy::RoundRobin, &[cand(0, 5.0, 0), cand(1, 1.0, 0), cand(2, 1.0, 0)], 700),
+            [500, 100, 100]
+        );
+    }
+
+    #[test]
+    fn round_robin_interleaves() {
+        let mut s = Selector::default();
+        let c = [cand(0, 2.0, 0), cand(1, 1.0, 0)];
+        let seq: Vec<usize> = (0..6).map(|_| s.pick(Policy::RoundRobin, &c).unwrap()).collect();
+        assert_eq!(seq, [0, 1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn health_scales_round_robin_shares() {
+        // A factor of 0.25 on an equal weight: one pick in five.
+        let c = counts(Policy::RoundRobin, &[cand(0, 1.0, 0), cand(1, 0.25, 0)], 5000);
+        assert_eq!(c, [4000, 1000]);
+    }
+
+    #[test]
+    fn absent_or_zero_weight_candidates_are_skipped() {
+        let mut s = Selector::default();
+        assert_eq!(s.pick(Policy::RoundRobin, &[]), None);
+        assert_eq!(s.pick(Policy::RoundRobin, &[cand(3, 0.0, 0)]), None);
+        assert_eq!(s.pick(Policy::RoundRobin, &[cand(3, 0.0, 0), cand(5, 1.0, 0)]), Some(5));
+        assert_eq!(s.pick(Policy::LeastConn, &[cand(3, 0.0, 0)]), None);
+        assert_eq!(s.pick(Policy::Bandwidth, &[cand(3, f64::NAN, 0)]), None);
+    }
+
+    #[test]
+    fn least_conn_goes_to_the_least_loaded_per_weight() {
+        let mut s = Selector::default();
+        let c = [cand(0, 1.0, 5), cand(1, 1.0, 2)];
+        assert_eq!(s.pick(Policy::LeastConn, &c), Some(1));
+        // 6 on weight 3 (2 each) beats 3 on weight 1.
+        let c = [cand(0, 3.0, 6), cand(1, 1.0, 3)];
+        assert_eq!(s.pick(Policy::LeastConn, &c), Some(0));
+    }
+
+    #[test]
+    fn least_conn_ties_follow_weights() {
+        assert_eq!(counts(Policy::LeastConn, &[cand(0, 3.0, 0), cand(1, 1.0, 0)], 400), [300, 100]);
+    }
+
+    #[test]
+    fn bandwidth_leans_away_from_a_full_path() {
+        let full = Candidate { index: 0, weight: 1.0, active: 3, utilization: 1.0 };
+        let spare = Candidate { index: 1, weight: 1.0, active: 3, utilization: 0.0 };
+        let c = counts(Policy::Bandwidth, &[full, spare], 1100);
+        assert_eq!(c, [100, 1000], "a full path keeps SPARE_FLOOR of its weight");
+        // Nothing measured: the weights alone.
+        let idle = [cand(0, 3.0, 0), cand(1, 1.0, 0)];
+        assert_eq!(counts(Policy::Bandwidth, &idle, 400), [300, 100]);
+    }
+
+    #[test]
+    fn rate_meter_tracks_rate_and_peak() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        m.sample(0, t0);
+        assert_eq!(m.rate(), 0.0);
+        assert_eq!(m.utilization(), 0.0);
+        // 10 MB/s for 5 s in 250 ms steps.
+        let mut total = 0u64;
+        for i in 1..=20 {
+            total += 2_500_000;
+            m.sample(total, t0 + Duration::from_millis(250 * i));
+        }
+        assert!((m.rate() - 10e6).abs() < 0.1e6, "rate {}", m.rate());
+        assert!(m.utilization() > 0.95);
+        // Idle for 10 s: the rate falls to nothing, the peak remembers the capacity.
+        for i in 21..=60 {
+            m.sample(total, t0 + Duration::from_millis(250 * i));
+        }
+        assert!(m.rate() < 1e3, "rate {}", m.rate());
+        assert!(m.peak() > 8e6 && m.peak() < 10e6, "peak {}", m.peak());
+        assert!(m.utilization() < 0.01);
+        // Same instant twice, and a counter that went backwards (reload): no panic, no NaN.
+        m.sample(total, t0 + Duration::from_millis(250 * 60));
+        m.sample(0, t0 + Duration::from_millis(250 * 61));
+        assert!(m.rate().is_finite() && m.peak() >= PEAK_FLOOR);
+    }
+}
