@@ -26,7 +26,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(log_filter())
         .with_target(false)
         // Colour only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -58,25 +58,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter: `INGRESS_LOG`, else the usual `RUST_LOG`, else `info`. A value that does not
+/// parse is reported and skipped rather than silently ignored.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    for var in ["INGRESS_LOG", "RUST_LOG"] {
+        if let Some(spec) = std::env::var_os(var) {
+            let spec = spec.to_string_lossy();
+            match tracing_subscriber::EnvFilter::try_new(&*spec) {
+                Ok(filter) => return filter,
+                Err(e) => eprintln!("{var}={spec:?} ignored: {e}"),
+            }
+        }
+    }
+    tracing_subscriber::EnvFilter::new("info")
+}
+
+/// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
+fn notify(what: &str, result: std::io::Result<bool>) {
+    if let Err(e) = result {
+        tracing::warn!("sd_notify {what}: {e}");
+    }
+}
+
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Start binds every listener (a failed bind is logged by the server), so this is "ready".
     let server = Server::start(config).await;
     tracing::info!(config = %path.display(), "ingress running");
+    notify("READY", shared::notify::ready());
     loop {
         tokio::select! {
-            _ = hup.recv() => match Config::load(&path) {
-                Ok(c) => server.reload(c),
-                Err(e) => {
-                    metrics::counter!(ingress::metrics::RELOADS, "result" => "refused").increment(1);
-                    tracing::error!("reload refused, the running config stays: {e}");
+            _ = hup.recv() => {
+                notify("RELOADING", shared::notify::reloading());
+                match Config::load(&path) {
+                    Ok(c) => server.reload(c),
+                    Err(e) => {
+                        metrics::counter!(ingress::metrics::RELOADS, "result" => "refused").increment(1);
+                        tracing::error!("reload refused, the running config stays: {e}");
+                    }
                 }
-            },
+                // Also after a refusal: systemd leaves the reloading state only on READY=1.
+                notify("READY", shared::notify::ready());
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    notify("STOPPING", shared::notify::stopping());
     let deadline = server.shared().runtime().config.drain_timeout;
     tracing::info!(open = server.shared().open_connections(), deadline = ?deadline, "draining");
     let left = server.drain(deadline).await;

@@ -109,9 +109,31 @@ fn firewall_show(path: &Path) -> ExitCode {
     }
 }
 
+/// The log filter: `LOCAL_PROXY_LOG`, else the usual `RUST_LOG`, else `info`. A value that
+/// does not parse is reported and skipped rather than silently ignored. (The config loader
+/// skips `LOCAL_PROXY_LOG`, so it is not taken for a config key.)
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    for var in [config::LOG_ENV, "RUST_LOG"] {
+        if let Some(spec) = std::env::var_os(var) {
+            let spec = spec.to_string_lossy();
+            match tracing_subscriber::EnvFilter::try_new(&*spec) {
+                Ok(filter) => return filter,
+                Err(e) => eprintln!("{var}={spec:?} ignored: {e}"),
+            }
+        }
+    }
+    tracing_subscriber::EnvFilter::new("info")
+}
+
+/// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
+fn notify(what: &str, result: std::io::Result<bool>) {
+    if let Err(e) = result {
+        warn!("sd_notify {what}: {e}");
+    }
+}
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     // Logs go to stderr (journald takes it); colours only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -146,6 +168,9 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let server = local_proxy::start(config, bound, shutdown.clone())?;
+    // Every configured listener is bound (listeners::bind above fails the start otherwise); the
+    // mesh one may follow later, which is what `mesh_later` is for.
+    notify("READY", shared::notify::ready());
     let handle = server.handle();
     if mesh_later {
         handle.serve_mesh_when_ready();
@@ -160,6 +185,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             tokio::select! {
                 _ = hup.recv() => {
                     info!(config = %path.display(), "SIGHUP: reloading");
+                    notify("RELOADING", shared::notify::reloading());
                     match config::load(&path) {
                         Ok(new) => {
                             if let Err(e) = handle.reload(new).await {
@@ -171,9 +197,11 @@ async fn run(path: &Path) -> anyhow::Result<()> {
                             error!("reload refused; the running config stays: {e}");
                         }
                     }
+                    // Also after a refusal: systemd leaves the reloading state only on READY=1.
+                    notify("READY", shared::notify::ready());
                 }
-                _ = term.recv() => { info!("SIGTERM: draining"); shutdown.cancel(); return; }
-                _ = int.recv() => { info!("SIGINT: draining"); shutdown.cancel(); return; }
+                _ = term.recv() => { info!("SIGTERM: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }
+                _ = int.recv() => { info!("SIGINT: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }
             }
         }
     });

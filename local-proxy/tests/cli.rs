@@ -111,3 +111,50 @@ async fn sighup_reloads_and_refuses_invalid_config() {
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `LOCAL_PROXY_LOG` shares the config override prefix: it must set the log filter, not be
+/// refused as an unknown config key (by `check` and by the server), and win over `RUST_LOG`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_proxy_log_sets_the_filter_and_is_no_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lp.toml");
+    std::fs::write(&path, base_config("")).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "-c", path.to_str().unwrap()])
+        .env("LOCAL_PROXY_LOG", "debug")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "check refused LOCAL_PROXY_LOG: {}", String::from_utf8_lossy(&out.stderr));
+
+    // RUST_LOG=error alone would hide the info-level "listening" lines; LOCAL_PROXY_LOG=debug
+    // must take precedence and show them.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("LOCAL_PROXY_LOG", "debug")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("listening") && line.contains("listener=\"admin\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "no admin listener logged with LOCAL_PROXY_LOG=debug; stderr:\n{seen}");
+    let pid = child.id().unwrap().to_string();
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}

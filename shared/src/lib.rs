@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod notify;
 pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;

@@ -20,6 +20,9 @@ pub use validate::{DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
 /// Prefix of environment variables that override file values; `__` separates nesting
 /// levels (`LOCAL_PROXY_HTTP__HTTPS_PORT=8443`).
 pub const ENV_PREFIX: &str = "LOCAL_PROXY_";
+/// The log filter variable (`LOCAL_PROXY_LOG=debug`): it shares the prefix, so the loader skips
+/// it instead of refusing it as an unknown config key.
+pub const LOG_ENV: &str = "LOCAL_PROXY_LOG";
 
 /// A validated configuration. Built only by [`load`], [`from_toml_str`] or [`from_figment`].
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +228,9 @@ fn list(errors: &[FieldError]) -> String {
 
 /// Load and validate `path`, with `LOCAL_PROXY_*` environment overrides on top.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    from_figment(Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__")))
+    from_figment(
+        Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).ignore(&["LOG"]).split("__")),
+    )
 }
 
 /// Validate TOML text without environment overrides (tests, examples).

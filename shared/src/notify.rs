@@ -1,0 +1,121 @@
+//! systemd service notifications: the `sd_notify(3)` datagram protocol, without libsystemd.
+//!
+//! Under `Type=notify` systemd passes a unix datagram socket in `NOTIFY_SOCKET` and waits for
+//! `READY=1` before it calls the unit started (so units ordered after it, and `systemctl start`,
+//! wait until every listener is bound). Around a `SIGHUP` reload the binaries send
+//! `RELOADING=1` with `MONOTONIC_USEC` (the form systemd ≥ 253 requires for `Type=notify-reload`;
+//! earlier versions accept it) and `READY=1` when the new configuration is in place or refused;
+//! `STOPPING=1` when a drain starts. Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op,
+//! so the binaries run the same from a shell or the tests.
+
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+/// The environment variable systemd sets for `Type=notify` services.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Every listener is bound: the service is up.
+pub fn ready() -> io::Result<bool> {
+    notify("READY=1")
+}
+
+/// A reload starts; send [`ready`] when it is done (applied or refused), else systemd keeps the
+/// unit in the reloading state.
+pub fn reloading() -> io::Result<bool> {
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()))
+}
+
+/// The service is draining and will exit.
+pub fn stopping() -> io::Result<bool> {
+    notify("STOPPING=1")
+}
+
+/// Sends `state` to the socket named by `NOTIFY_SOCKET`. `Ok(false)` when the variable is not
+/// set (not started by systemd, or not as `Type=notify`): nothing to tell.
+pub fn notify(state: &str) -> io::Result<bool> {
+    match std::env::var_os(NOTIFY_SOCKET) {
+        None => Ok(false),
+        Some(target) => {
+            let target = target.to_str().ok_or_else(|| invalid("NOTIFY_SOCKET is not valid UTF-8".into()))?;
+            notify_to(target, state).map(|()| true)
+        }
+    }
+}
+
+/// Sends `state` as one datagram to `target`: a filesystem path (`/run/systemd/notify`) or an
+/// abstract socket name written with a leading `@`, as systemd passes them.
+pub fn notify_to(target: &str, state: &str) -> io::Result<()> {
+    let addr = if let Some(name) = target.strip_prefix('@') {
+        SocketAddr::from_abstract_name(name.as_bytes())?
+    } else if target.starts_with('/') {
+        SocketAddr::from_pathname(target)?
+    } else {
+        return Err(invalid(format!("NOTIFY_SOCKET={target:?}: neither a path nor an @abstract name")));
+    };
+    let sock = UnixDatagram::unbound()?;
+    let sent = sock.send_to_addr(state.as_bytes(), &addr)?;
+    if sent != state.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram to NOTIFY_SOCKET"));
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds: the clock systemd compares `MONOTONIC_USEC` against
+/// (`Instant` uses the same clock but does not expose its value).
+fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // Both fields are non-negative for CLOCK_MONOTONIC; saturate rather than wrap if not.
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn receive(sock: &UnixDatagram) -> String {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_path_socket_receives_the_state() {
+        let path = std::env::temp_dir().join(format!("shared-notify-test-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let sock = UnixDatagram::bind(&path).unwrap();
+        notify_to(path.to_str().unwrap(), "READY=1").unwrap();
+        assert_eq!(receive(&sock), "READY=1");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_abstract_socket_receives_the_state() {
+        let name = format!("shared-notify-test-{}", std::process::id());
+        let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        notify_to(&format!("@{name}"), "STOPPING=1").unwrap();
+        assert_eq!(receive(&sock), "STOPPING=1");
+    }
+
+    #[test]
+    fn a_relative_target_is_refused_by_name() {
+        let e = notify_to("run/notify", "READY=1").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("NOTIFY_SOCKET"), "{e}");
+    }
+
+    #[test]
+    fn monotonic_usec_advances_with_instant() {
+        let a = monotonic_usec();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = monotonic_usec();
+        assert!(b >= a + 5_000, "{a} then {b}");
+    }
+}
