@@ -2,7 +2,12 @@
 # Debian packages the tests and the demo use, installed only when missing (idempotent):
 # real peers (nginx, haproxy), clients (curl, openssl), load tools (iperf3, wrk), then the
 # network-namespace harness's own list (yggdrasil 0.5 from bookworm-backports, nftables, ...).
+# Nothing here stops or kills a process: the tests run their own nginx, haproxy, knotd, coturn
+# and yggdrasil with their own configs, ports, pid files and namespaces, so a web server or
+# DNS server the user already runs is left alone (and does not disturb the tests).
 set -euo pipefail
+. "$(dirname "$0")/lib/as-root.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -13,18 +18,20 @@ done
 # Build dependencies of the nftables netlink crates (nftnl-sys, mnl-sys link these).
 # knot: the authoritative DNS server of the firewall scenario (knotd, knsupdate).
 # libnginx-mod-stream: nginx's stream module, a candidate in bench/run.
-for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils libnginx-mod-stream; do
+# lintian: scripts/package checks the .deb packages with it.
+for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils libnginx-mod-stream lintian; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update
-  # Debian starts packaged daemons on install; the tests run their own instances.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  # Debian starts packaged daemons on install (nginx on port 80, haproxy, knotd); the tests
+  # run their own instances, so a policy-rc.d that answers 101 ("action forbidden") keeps the
+  # packages from starting theirs. A policy-rc.d the machine already has is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y --no-install-recommends "${need[@]}"
 fi
-# Debian starts daemons on install where it can; tests run their own instances.
-pkill -x nginx 2>/dev/null || true
-pkill -x haproxy 2>/dev/null || true
-pkill -x knotd 2>/dev/null || true
 bash tests/netns/deps.sh

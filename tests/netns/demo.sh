@@ -5,10 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root (network namespaces)" >&2
-    exit 1
-fi
+# Root for the namespaces and apt-get: re-runs itself through sudo when needed.
+. "$root/scripts/lib/as-root.sh"
+as_root "$0" "$@"
 "$here/deps.sh"
 cd "$root"
 cargo build -p ingress -p netns

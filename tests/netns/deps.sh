@@ -4,14 +4,13 @@
 # util-linux (setpriv) and yggdrasil 0.5.x from
 # bookworm-backports (bookworm's own 0.4.7 cannot peer with the 0.5 network).
 # Runs `apt-get update` at most once, and only when something is missing.
-# Makes sure no system-wide yggdrasil service is left running: the harness starts its own routers
-# inside namespaces, with no public peers and multicast disabled.
+# Stops no process it did not start: the harness starts its own routers inside namespaces, with
+# no public peers and multicast disabled.
 set -euo pipefail
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "deps.sh: must run as root (apt-get, ip netns)" >&2
-    exit 1
-fi
+# Root for apt-get: re-runs itself through sudo when needed.
+. "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib/as-root.sh"
+as_root "$0" "$@"
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -68,6 +67,7 @@ case "$version" in
             chmod +x "$policy"
         fi
         apt-get install -y --no-install-recommends -t bookworm-backports yggdrasil
+        installed_ygg=1
         if [ "$had_policy" -eq 0 ]; then
             rm -f "$policy"
         fi
@@ -83,22 +83,17 @@ case "$version" in
         ;;
 esac
 
-# No system-wide yggdrasil: stop and disable the packaged service, and kill any router that was
-# not started by the harness (the harness always passes -useconffile with a path under its own
-# temp dirs, named lbt<pid>x<n>-...).
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+# The harness runs its own routers inside its namespaces (no public peers, multicast off), so a
+# system-wide yggdrasil does not reach them. The packaged service is stopped and disabled only
+# when this script installed the package just now (policy-rc.d kept it from starting; this
+# makes sure it stays off at the next boot too); a router the user runs is never touched.
+if [ "${installed_ygg:-0}" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now yggdrasil.service >/dev/null 2>&1 || true
 fi
-for pid in $(pgrep -x yggdrasil || true); do
-    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "lbt[0-9]*x[0-9]*-"; then
-        echo "deps.sh: killing system-wide yggdrasil pid $pid" >&2
-        kill "$pid" 2>/dev/null || true
-    fi
-done
 
 # tests/turn.rs runs coturn's turnserver and turnutils_uclient; tests/routing.rs makes
 # certificates and serves TLS with openssl. The tests start their own turnserver inside a
-# namespace: the package's system service is kept from starting and disabled.
+# namespace: the package's system service is kept from starting, and disabled when installed here.
 turn_missing=()
 for pkg in coturn openssl; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -118,9 +113,11 @@ if [ "${#turn_missing[@]}" -gt 0 ]; then
     if [ "$turn_had_policy" -eq 0 ]; then
         rm -f "$turn_policy"
     fi
-fi
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable --now coturn.service >/dev/null 2>&1 || true
+    # Just installed by us: keep the package's service off at the next boot too. A coturn the
+    # user already ran is never stopped (the tests' turnserver lives in its own namespace).
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now coturn.service >/dev/null 2>&1 || true
+    fi
 fi
 for tool in turnserver turnutils_uclient openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
