@@ -8,7 +8,7 @@
 //! are counted and balanced apart (`Kind`).
 
 use metrics::{counter, gauge, Counter, Gauge};
-use shared::balance::{Candidate, RateMeter, Selector};
+use shared::balance::{Candidate, Policy, RateMeter, Selector};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,21 +28,47 @@ pub enum Kind {
     Udp,
 }
 
-/// A byte counter that is both a Prometheus counter and a running total the bandwidth
-/// meter reads (the exporter's counters cannot be read back).
+/// A byte counter that is both a Prometheus counter and a running total the rate meter
+/// reads (the exporter's counters cannot be read back), and that measures how busy the
+/// path's connections are.
 #[derive(Clone)]
 pub struct ByteMeter {
     counter: Counter,
     total: Arc<AtomicU64>,
+    busy_us: Arc<AtomicU64>,
 }
 
+/// Microseconds since the process started: the busy clock.
+fn micros() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+}
+
+/// A fresh connection's or flow's busy mark: nothing moved yet.
+pub const NEVER_BUSY: u64 = u64::MAX;
+
+/// Longest gap between two chunks of one connection still counted as one transfer: beyond
+/// it the connection was idle, not slow.
+const BUSY_GAP_US: u64 = 100_000;
+
 impl ByteMeter {
-    fn new(counter: Counter, total: Arc<AtomicU64>) -> Self {
-        Self { counter, total }
+    fn new(counter: Counter, total: Arc<AtomicU64>, busy_us: Arc<AtomicU64>) -> Self {
+        Self { counter, total, busy_us }
     }
     pub fn increment(&self, n: u64) {
         self.counter.increment(n);
         self.total.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The connection or flow owning `mark` (the time of its previous chunk) moved bytes:
+    /// the time since its previous chunk, up to `BUSY_GAP_US`, is time it was busy. Summed
+    /// over a path's connections and divided by wall time, that is how many of them are
+    /// transferring at once on average (Little's law), whatever their number or length.
+    pub fn mark_busy(&self, mark: &AtomicU64) {
+        let now = micros();
+        let prev = mark.swap(now, Ordering::Relaxed);
+        if prev != NEVER_BUSY {
+            self.busy_us.fetch_add(now.saturating_sub(prev).min(BUSY_GAP_US), Ordering::Relaxed);
+        }
     }
 }
 
@@ -63,6 +89,11 @@ pub struct PathState {
     utilization: AtomicU32,
     /// Smoothed bytes per second either way.
     rate: AtomicU64,
+    /// Summed busy time of the path's connections and flows (µs), and its rate: `f32` bits
+    /// of the average number transferring at once over the last second or so.
+    busy_us: Arc<AtomicU64>,
+    busy_meter: Mutex<RateMeter>,
+    busy: AtomicU32,
     pub(crate) m_connects: Counter,
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
@@ -80,6 +111,7 @@ impl PathState {
     fn new(pool: &str, path: &str) -> Self {
         let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
         let bytes = Arc::new(AtomicU64::new(0));
+        let busy_us = Arc::new(AtomicU64::new(0));
         let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
         let s = Self {
             health: Mutex::new(HealthState::default()),
@@ -95,9 +127,12 @@ impl PathState {
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
             m_hedges: counter!(m::PATH_HEDGES, &labels),
-            m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone()),
-            m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone()),
+            m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone(), busy_us.clone()),
+            m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone(), busy_us.clone()),
             bytes,
+            busy_us,
+            busy_meter: Mutex::new(RateMeter::default()),
+            busy: AtomicU32::new(0.0f32.to_bits()),
             m_up: gauge!(m::PATH_UP, &labels),
             m_factor: gauge!(m::PATH_HEALTH_FACTOR, &labels),
             m_active_tcp: gauge!(m::PATH_ACTIVE, &labels),
@@ -141,6 +176,11 @@ impl Path {
     /// Smoothed bytes per second relayed either way.
     pub fn rate(&self) -> u64 {
         self.state.rate.load(Ordering::Relaxed)
+    }
+    /// How many connections and flows (both kinds: they share the WAN) were transferring
+    /// at once, on average over the last second or so.
+    pub fn busy(&self) -> f64 {
+        f64::from(f32::from_bits(self.state.busy.load(Ordering::Relaxed)))
     }
     /// Share of the path's demonstrated capacity in use (0..=1).
     pub fn utilization(&self) -> f64 {
@@ -292,23 +332,33 @@ impl Pool {
     /// The pool's policy over the candidates `ok` admits, weights scaled by health.
     fn select(&self, set: &[Arc<Path>], kind: Kind, ok: impl Fn(usize, &Arc<Path>) -> bool) -> Option<usize> {
         // Pools are small (at most MAX_PATHS): a stack array, no allocation per pick.
-        let mut cands = [Candidate { index: 0, weight: 0.0, active: 0, utilization: 0.0 }; MAX_PATHS];
+        let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_PATHS];
         let mut n = 0;
+        let policy = self.cfg.balance;
         for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p)).take(MAX_PATHS) {
-            cands[n] =
-                Candidate { index: i, weight: p.effective(), active: p.active(kind), utilization: p.utilization() };
+            let load = match policy {
+                Policy::RoundRobin => 0.0,
+                Policy::LeastConn => p.active(kind) as f64,
+                Policy::Bandwidth => p.busy(),
+            };
+            cands[n] = Candidate { index: i, weight: p.effective(), load };
             n += 1;
         }
         let selector = &self.selectors[kind as usize];
         // A poisoned lock only means a panic elsewhere mid-pick; the state is still usable.
         let mut sel = selector.lock().unwrap_or_else(|e| e.into_inner());
-        sel.pick(self.cfg.balance, &cands[..n])
+        sel.pick(policy, &cands[..n])
     }
 
-    /// Sample every path's byte total into its rate meter and publish the rate and the
-    /// utilisation the bandwidth policy reads.
+    /// Sample every path's byte total and busy time into their meters; publish the rate and
+    /// the average number of transfers at once.
     pub fn sample_rates(&self, now: std::time::Instant) {
         for p in &self.paths {
+            let mut busy = p.state.busy_meter.lock().unwrap_or_else(|e| e.into_inner());
+            busy.sample(p.state.busy_us.load(Ordering::Relaxed), now);
+            // µs of busy time per second of wall time: transfers at once.
+            p.state.busy.store(((busy.rate() / 1e6) as f32).to_bits(), Ordering::Relaxed);
+            drop(busy);
             let total = p.state.bytes.load(Ordering::Relaxed);
             let mut meter = p.state.meter.lock().unwrap_or_else(|e| e.into_inner());
             meter.sample(total, now);
@@ -569,18 +619,30 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_policy_leans_away_from_a_busy_path() {
+    fn bandwidth_policy_counts_busy_connections_not_idle_ones() {
         let p = pool_with(&[1, 1], false, Policy::Bandwidth);
+        // Many idle connections and flows on wan1 weigh nothing: the weights decide.
+        let _idle: Vec<ActiveGuard> = (0..6).map(|_| ActiveGuard::new(p.paths[0].clone(), Kind::Tcp)).collect();
+        let s = shares(&p, 1000);
+        assert!((s[0] - 0.5).abs() < 0.01, "{s:?}");
+        // Three transfers keep moving bytes on wan1, one on wan2, for ~300 ms of real time
+        // (the busy clock is the process's own): wan1 is three times as busy.
+        let marks: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(NEVER_BUSY)).collect();
         let t0 = std::time::Instant::now();
         p.sample_rates(t0);
-        // wan1 moves 20 MB/s for 3 s, wan2 nothing.
-        for i in 1..=12u64 {
-            p.paths[0].state.m_bytes_down.increment(5_000_000);
-            p.sample_rates(t0 + Duration::from_millis(250 * i));
+        for _ in 0..30 {
+            for (i, mark) in marks.iter().enumerate() {
+                let meter = &p.paths[usize::from(i == 3)].state.m_bytes_down;
+                meter.increment(1000);
+                meter.mark_busy(mark);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(p.paths[0].utilization() > 0.9 && p.paths[1].utilization() < 0.01);
-        let s = shares(&p, 1100);
-        assert!(s[1] > 0.85, "new connections go where there is room: {s:?}");
+        p.sample_rates(t0 + t0.elapsed());
+        let (b1, b2) = (p.paths[0].busy(), p.paths[1].busy());
+        assert!(b1 > 2.0 * b2 && b2 > 0.0, "busy wan1 {b1:.3}, wan2 {b2:.3}");
+        assert_eq!(p.pick(Tried::default(), Kind::Tcp).unwrap().0, 1, "new connections go where fewer are busy");
+        assert!(p.paths[0].rate() > 0);
     }
 
     #[test]

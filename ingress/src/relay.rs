@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::pool::ByteMeter;
+use crate::pool::{ByteMeter, NEVER_BUSY};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -29,15 +29,18 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// Last time anything moved, in ms since `epoch`; shared by both directions.
+/// Last time anything moved, in ms since `epoch`; shared by both directions, as is the
+/// mark that counts the connection busy once per second for the bandwidth policy.
 struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    busy_mark: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    fn touch(&self, bytes: &ByteMeter) {
         self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        bytes.mark_busy(&self.busy_mark);
     }
     fn last(&self) -> Instant {
         self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
@@ -52,7 +55,8 @@ pub async fn relay(
     up_bytes: &ByteMeter,
     down_bytes: &ByteMeter,
 ) -> (End, Totals) {
-    let activity = Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) };
+    let activity =
+        Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0), busy_mark: AtomicU64::new(NEVER_BUSY) };
     let up_total = AtomicU64::new(0);
     let down_total = AtomicU64::new(0);
     let both = async {
@@ -126,7 +130,7 @@ async fn one_way(
             }
             bytes.increment(filled as u64);
             total.fetch_add(filled as u64, Ordering::Relaxed);
-            activity.touch();
+            activity.touch(bytes);
         }
         PIPES.give_back(pipe);
     }
@@ -163,6 +167,6 @@ async fn one_way(
         }
         bytes.increment(n as u64);
         total.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        activity.touch(bytes);
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried};
+use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::server::{Service, Shared};
 use crate::udp_flows::{FlowEntry, FlowTable};
 
@@ -27,6 +27,8 @@ struct Flow {
     header: Option<Box<[u8]>>,
     upstream: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
+    /// Counts the flow busy once per second for the bandwidth policy (shared with the pump).
+    busy_mark: Arc<AtomicU64>,
     pump: JoinHandle<()>,
 }
 
@@ -169,7 +171,11 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             None => send_now(&flow.upstream, &buf[..n], None),
         };
         match sent {
-            Ok(_) => flow.guard.path().state.m_bytes_up.increment(n as u64),
+            Ok(_) => {
+                let meter = &flow.guard.path().state.m_bytes_up;
+                meter.increment(n as u64);
+                meter.mark_busy(&flow.busy_mark);
+            }
             Err(_) => c.drop_send.increment(1),
         }
     }
@@ -221,15 +227,17 @@ async fn open_flow(
         }
         let upstream = Arc::new(sock);
         let last = Arc::new(AtomicU64::new(now));
+        let busy_mark = Arc::new(AtomicU64::new(NEVER_BUSY));
         let guard = ActiveGuard::new(path.clone(), Kind::Udp);
         let pump = tokio::spawn(pump_replies(
             upstream.clone(),
             Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
             client,
             last.clone(),
+            busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         ));
-        return Some(Flow { guard, header, upstream, last, pump });
+        return Some(Flow { guard, header, upstream, last, busy_mark, pump });
     }
     None
 }
@@ -239,6 +247,7 @@ async fn pump_replies(
     replies: Replies,
     client: SocketAddr,
     last: Arc<AtomicU64>,
+    busy_mark: Arc<AtomicU64>,
     bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
@@ -258,6 +267,7 @@ async fn pump_replies(
                 c.dgrams_out.increment(1);
                 c.bytes_out.increment(n as u64);
                 bytes_down.increment(n as u64);
+                bytes_down.mark_busy(&busy_mark);
             }
             Err(_) => c.drop_send.increment(1),
         }

@@ -2,8 +2,8 @@
 //! round robin, weighted least-connections, and a bandwidth-aware policy.
 //!
 //! Sans-io: callers pass each candidate's effective weight (configured weight × health
-//! factor), its open connections or flows of the kind being balanced, and its utilisation
-//! from a [`RateMeter`]; nothing here reads a clock or a socket. The only state is the round
+//! factor) and the load its policy reads (open connections or flows for least-connections,
+//! transfers in progress at once for bandwidth); nothing here reads a clock or a socket. The only state is the round
 //! robin's "current weights", kept per candidate index, so one [`Selector`] per pool and per
 //! kind of traffic (TCP connections and UDP flows are balanced apart: idle flows of one kind
 //! never push the other kind away from a path).
@@ -21,10 +21,12 @@ pub enum Policy {
     RoundRobin,
     /// Fewest open connections per unit of weight; ties go round robin by weight.
     LeastConn,
-    /// Weights are the candidates' relative capacities; each is scaled by the fraction of
-    /// its demonstrated capacity still spare (measured bytes per second against the
-    /// recent peak), so new connections lean toward the path with room. Idle connections
-    /// and flows weigh nothing; a bulk transfer weighs its bytes.
+    /// Weights are the candidates' relative capacities; load is how many connections and
+    /// flows are transferring at once on average (the caller measures it from the bytes it
+    /// relays). A bulk transfer counts while it moves data, an idle connection or flow
+    /// counts nothing. On a path near its capacity transfers last longer, so more of them
+    /// are busy at once and new ones go where there is room (Little's law); ties go round
+    /// robin by weight.
     Bandwidth,
 }
 
@@ -45,15 +47,11 @@ pub struct Candidate {
     pub index: usize,
     /// Configured weight × health factor; candidates with 0 are never chosen.
     pub weight: f64,
-    /// Open connections (or flows) of the kind being balanced.
-    pub active: u64,
-    /// Share of the demonstrated capacity in use, 0..=1 (only the bandwidth policy reads it).
-    pub utilization: f64,
+    /// What the policy counts as load: open connections (or flows) of the kind being
+    /// balanced for least-connections, transfers in progress at once for bandwidth; round
+    /// robin ignores it.
+    pub load: f64,
 }
-
-/// Least share of its weight a fully used path keeps under the bandwidth policy, so its
-/// measurement stays fresh and a stale peak cannot starve it.
-pub const SPARE_FLOOR: f64 = 0.1;
 
 /// Round robin state for one pool and one kind of traffic.
 #[derive(Debug, Default, Clone)]
@@ -66,8 +64,8 @@ impl Selector {
     pub fn pick(&mut self, policy: Policy, cands: &[Candidate]) -> Option<usize> {
         match policy {
             Policy::RoundRobin => self.smooth(cands.iter().map(|c| (c.index, c.weight))),
-            Policy::LeastConn => {
-                let load = |c: &Candidate| c.active as f64 / c.weight;
+            Policy::LeastConn | Policy::Bandwidth => {
+                let load = |c: &Candidate| c.load / c.weight;
                 let min = cands.iter().filter(|c| c.weight > 0.0).map(load).fold(f64::INFINITY, f64::min);
                 // Equal load (typically all idle): round robin by weight among the tied.
                 self.smooth(
@@ -77,9 +75,6 @@ impl Selector {
                         .map(|c| (c.index, c.weight)),
                 )
             }
-            Policy::Bandwidth => self.smooth(
-                cands.iter().map(|c| (c.index, c.weight * (1.0 - c.utilization.clamp(0.0, 1.0)).max(SPARE_FLOOR))),
-            ),
         }
     }
 
@@ -105,7 +100,8 @@ impl Selector {
 }
 
 /// Bytes per second through one candidate, smoothed, and its demonstrated capacity (the
-/// recent peak of that rate, decaying slowly so a path that got slower is believed).
+/// recent peak of that rate, decaying slowly so a path that got slower is believed); shown
+/// to operators beside the weights.
 #[derive(Debug, Clone)]
 pub struct RateMeter {
     last: Option<(u64, Instant)>,
@@ -164,8 +160,8 @@ impl RateMeter {
 mod tests {
     use super::*;
 
-    fn cand(index: usize, weight: f64, active: u64) -> Candidate {
-        Candidate { index, weight, active, utilization: 0.0 }
+    fn cand(index: usize, weight: f64, load: u64) -> Candidate {
+        Candidate { index, weight, load: load as f64 }
     }
 
     fn counts(policy: Policy, cands: &[Candidate], n: usize) -> Vec<usize> {
@@ -229,14 +225,12 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_leans_away_from_a_full_path() {
-        let full = Candidate { index: 0, weight: 1.0, active: 3, utilization: 1.0 };
-        let spare = Candidate { index: 1, weight: 1.0, active: 3, utilization: 0.0 };
-        let c = counts(Policy::Bandwidth, &[full, spare], 1100);
-        assert_eq!(c, [100, 1000], "a full path keeps SPARE_FLOOR of its weight");
-        // Nothing measured: the weights alone.
-        let idle = [cand(0, 3.0, 0), cand(1, 1.0, 0)];
-        assert_eq!(counts(Policy::Bandwidth, &idle, 400), [300, 100]);
+    fn bandwidth_counts_only_busy_load() {
+        // The caller passes busy connections: a path whose transfers pile up is avoided ...
+        let mut s = Selector::default();
+        assert_eq!(s.pick(Policy::Bandwidth, &[cand(0, 1.0, 6), cand(1, 1.0, 1)]), Some(1));
+        // ... and with nothing busy the weights decide.
+        assert_eq!(counts(Policy::Bandwidth, &[cand(0, 3.0, 0), cand(1, 1.0, 0)], 400), [300, 100]);
     }
 
     #[test]
