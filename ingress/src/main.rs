@@ -1,11 +1,14 @@
 //! `ingress`: parse arguments, set up logging and signals, load the config, serve.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ingress::config::Protocol;
 use ingress::{Config, Server};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(version, about = "Multi-WAN ingress load balancer with Yggdrasil mesh fallback")]
@@ -73,27 +76,20 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::new("info")
 }
 
-/// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
-fn notify(what: &str, result: std::io::Result<bool>) {
-    if let Err(e) = result {
-        tracing::warn!("sd_notify {what}: {e}");
-    }
-}
-
-async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // Start binds every listener (a failed bind is logged by the server), so this is "ready".
-    let server = Server::start(config).await;
-    tracing::info!(config = %path.display(), "ingress running");
-    notify("READY", shared::notify::ready());
+/// Reloads on SIGHUP until SIGTERM or SIGINT.
+async fn serve(server: &Server, path: &Path, hup: &mut Signal, term: &mut Signal, int: &mut Signal) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 notify("RELOADING", shared::notify::reloading());
-                match Config::load(&path) {
-                    Ok(c) => server.reload(c),
+                match Config::load(path) {
+                    Ok(c) => {
+                        let want = expected_listeners(&c);
+                        server.reload(c);
+                        // Bounded: signals wait meanwhile, and a port that stays taken is
+                        // retried in the background (logged) rather than holding the reload.
+                        wait_bound(server, &want, Some(RELOAD_BIND_WAIT)).await;
+                    }
                     Err(e) => {
                         metrics::counter!(ingress::metrics::RELOADS, "result" => "refused").increment(1);
                         tracing::error!("reload refused, the running config stays: {e}");
@@ -105,6 +101,82 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+}
+
+/// How long a reload waits for its new listeners before it reports READY=1 anyway.
+const RELOAD_BIND_WAIT: Duration = Duration::from_secs(5);
+
+/// How many distinct listeners each service asks for, keyed as the server keys them
+/// (protocol and address; port 0 once per service), so it matches `Server::local_addrs`.
+fn expected_listeners(config: &Config) -> Vec<(String, usize)> {
+    let mut owner: HashMap<(Protocol, String), &str> = HashMap::new();
+    for svc in &config.services {
+        for addr in svc.listen.iter().flat_map(|spec| spec.addrs()) {
+            let key = if addr.port() == 0 { format!("{addr}#{}", svc.name) } else { addr.to_string() };
+            owner.insert((svc.protocol, key), &svc.name);
+        }
+    }
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for name in owner.into_values() {
+        *count.entry(name).or_default() += 1;
+    }
+    count.into_iter().map(|(name, n)| (name.to_string(), n)).collect()
+}
+
+/// Waits until every service has all its listeners bound, or `limit` passes. Says in the
+/// journal and in `systemctl status` (STATUS=) which service it waits for.
+async fn wait_bound(server: &Server, want: &[(String, usize)], limit: Option<Duration>) {
+    let start = tokio::time::Instant::now();
+    let mut told = None;
+    loop {
+        let short: Vec<String> = want
+            .iter()
+            .filter(|(name, n)| server.local_addrs(name).len() < *n)
+            .map(|(name, n)| format!("{name} ({}/{n})", server.local_addrs(name).len()))
+            .collect();
+        if short.is_empty() {
+            return;
+        }
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            tracing::warn!(waiting = %short.join(", "), "not every listener is bound yet; going on, binding continues");
+            return;
+        }
+        // Tell once the first bind attempt had its chance, and again when the list changes.
+        if start.elapsed() >= Duration::from_millis(200) && told.as_ref() != Some(&short) {
+            let status = format!("STATUS=binding listeners of {}", short.join(", "));
+            notify("STATUS", shared::notify::notify(&status));
+            told = Some(short);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
+fn notify(what: &str, result: std::io::Result<bool>) {
+    if let Err(e) = result {
+        tracing::warn!("sd_notify {what}: {e}");
+    }
+}
+
+async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let want = expected_listeners(&config);
+    let server = Server::start(config).await;
+    tracing::info!(config = %path.display(), "ingress running");
+    // Listeners bind in the background (a taken port is retried): READY=1 waits for all of
+    // them, so `systemctl start` returns with every port open, or times out naming the wait.
+    // A stop meanwhile (systemd's start timeout, Ctrl-C) goes straight to the drain.
+    let stopped = tokio::select! {
+        _ = wait_bound(&server, &want, None) => false,
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+    };
+    if !stopped {
+        notify("READY", shared::notify::ready());
+        serve(&server, &path, &mut hup, &mut term, &mut int).await;
     }
     notify("STOPPING", shared::notify::stopping());
     let deadline = server.shared().runtime().config.drain_timeout;

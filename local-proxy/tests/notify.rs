@@ -1,0 +1,61 @@
+//! systemd notifications under `Type=notify` (the packaged unit): READY=1 once the listeners
+//! are bound, RELOADING=1 with MONOTONIC_USEC then READY=1 around SIGHUP (also when the new
+//! file is refused), STOPPING=1 on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_local-proxy");
+
+/// The next datagram (blocking the test thread up to 10 s: the proxy runs in its own process).
+fn next(sock: &UnixDatagram) -> String {
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf).expect("a notification within 10 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn assert_reloading(message: &str) {
+    let usec = message.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap_or_else(|| panic!("{message:?}"));
+    assert!(usec.parse::<u64>().unwrap() > 0, "{message:?}");
+}
+
+#[tokio::test]
+async fn ready_reloading_and_stopping_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let path = dir.path().join("lp.toml");
+    std::fs::write(&path, base_config("")).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("LOCAL_PROXY_LOG", "warn")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert_eq!(next(&sock), "READY=1");
+
+    assert!(run_tool("kill", &["-HUP", &pid], b"").await.status.success());
+    assert_reloading(&next(&sock));
+    assert_eq!(next(&sock), "READY=1");
+
+    // A refused file still ends the reload with READY=1, else systemd would wait for it.
+    std::fs::write(&path, format!("{}\nsurprise = true\n", base_config(""))).unwrap();
+    assert!(run_tool("kill", &["-HUP", &pid], b"").await.status.success());
+    assert_reloading(&next(&sock));
+    assert_eq!(next(&sock), "READY=1");
+
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    assert_eq!(next(&sock), "STOPPING=1");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}
