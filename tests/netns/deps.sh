@@ -38,7 +38,14 @@ if ! grep -qs "bookworm-backports" "$BACKPORTS_LIST"; then
 fi
 
 missing=()
-for pkg in iproute2 nftables iptables socat curl python3 procps iputils-ping util-linux; do
+for pkg in iproute2 nftables iptables socat curl python3 procps iputils-ping util-linux ansible ansible-lint python3-dnspython; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+# Booted hosts (tests/nspawn_hosts.rs, tests/rollout.rs): systemd-nspawn, a debootstrap root
+# filesystem, ssh to the hosts, apt-ftparchive for the local apt repository.
+for pkg in systemd-container debootstrap apt-utils openssh-client; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
