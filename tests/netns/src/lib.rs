@@ -8,6 +8,7 @@
 //! dead run left); every wait is bounded. Traffic only goes to addresses inside the namespaces.
 #![forbid(unsafe_code)]
 
+pub mod aptrepo;
 pub mod cmd;
 pub mod delay;
 pub mod echo;
@@ -18,6 +19,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod netns;
 pub mod netprobe;
+pub mod nspawn;
 pub mod preflight;
 pub mod proc_guard;
 pub mod scenario;

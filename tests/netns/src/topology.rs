@@ -45,6 +45,9 @@ pub mod addr {
     pub const INGRESS1_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
     pub const INGRESS2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
     pub const INGRESS2_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 17);
+    /// A third ingress node, only after [`super::Topology::add_ingress3`] (roll-out tests).
+    pub const INGRESS3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 27);
+    pub const INGRESS3_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
     pub const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 34);
     pub const STRANGER_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 33);
     /// Home's first WAN (its own /24 towards the router).
@@ -59,6 +62,7 @@ pub mod addr {
     pub const MESH_HOME: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
     pub const MESH_INGRESS1: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 11);
     pub const MESH_INGRESS2: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 12);
+    pub const MESH_INGRESS3: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 13);
     pub const MESH_MESHC: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 20);
     /// Yggdrasil peering port on the underlay.
     pub const YGG_PORT: u16 = 7991;
@@ -72,6 +76,7 @@ pub mod addr {
 }
 
 /// The hosts. `Inet` and `Meshnet` are the clearnet router and the mesh underlay bridge.
+/// `Ingress3` exists only after [`Topology::add_ingress3`] and is not in [`Role::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Inet,
@@ -83,6 +88,7 @@ pub enum Role {
     Lan,
     Meshc,
     Stranger,
+    Ingress3,
 }
 
 impl Role {
@@ -109,6 +115,7 @@ impl Role {
             Role::Lan => "lan",
             Role::Meshc => "meshc",
             Role::Stranger => "stranger",
+            Role::Ingress3 => "ingress3",
         }
     }
 }
@@ -196,11 +203,13 @@ struct Hosts {
     lan: Netns,
     meshc: Netns,
     stranger: Netns,
+    ingress3: Option<Netns>,
 }
 
 impl Hosts {
     fn get(&self, r: Role) -> &Netns {
         match r {
+            Role::Ingress3 => self.ingress3.as_ref().expect("ingress3 exists only after Topology::add_ingress3"),
             Role::Inet => &self.inet,
             Role::Meshnet => &self.meshnet,
             Role::Client => &self.client,
@@ -254,6 +263,7 @@ impl Topology {
             lan: mk(Role::Lan)?,
             meshc: mk(Role::Meshc)?,
             stranger: mk(Role::Stranger)?,
+            ingress3: None,
         };
         let mut t = Self { procs: BTreeMap::new(), ygg: BTreeMap::new(), hosts, bins, tag, dir, _serial: serial };
         t.wire().context("wiring the topology")?;
@@ -352,6 +362,24 @@ impl Topology {
         for role in [Role::Ingress1, Role::Ingress2, Role::Meshc] {
             ygg::wait_reachable(self.ns(role), home, Duration::from_secs(30))?;
         }
+        Ok(())
+    }
+
+    /// Adds a third ingress node (roll-out tests): namespace `ingress3` on the router at
+    /// [`addr::INGRESS3`] and on the mesh underlay at [`addr::MESH_INGRESS3`], like the other two
+    /// (no router or backend of its own). Topologies without it are unchanged.
+    pub fn add_ingress3(&mut self) -> Result<()> {
+        if self.hosts.ingress3.is_some() {
+            bail!("ingress3 already exists");
+        }
+        let ns = Netns::new(&format!("{}-{}", self.tag, Role::Ingress3.as_str()))?;
+        let h = &self.hosts;
+        let gw = addr::INGRESS3_GW;
+        Veth::new(&h.inet, "r-ing3", &[&format!("{gw}/29")], &ns, "eth0", &[&format!("{}/29", addr::INGRESS3)])?;
+        cmd::ip(ns.name(), &["route", "add", "default", "via", &gw.to_string()])?;
+        Veth::new(&h.meshnet, "p-ing3", &[], &ns, "mesh0", &[&format!("{}/24", addr::MESH_INGRESS3)])?;
+        cmd::ip(h.meshnet.name(), &["link", "set", "p-ing3", "master", "br0"])?;
+        self.hosts.ingress3 = Some(ns);
         Ok(())
     }
 
