@@ -139,7 +139,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
             Event::Done(i, Err(e)) => {
                 let Some(failed) = slots[i].take() else { continue };
                 tracing::debug!(pool = %pool.name, path = %failed.path.name, error = %e, "connect failed");
-                pool.record(failed.index, Outcome::Failed, Source::Traffic);
+                pool.record(failed.index, outcome_of(&e), Source::Traffic);
                 let racing = slots[1 - i].is_some();
                 if !racing {
                     if !start(i, &mut slots, &mut futs, &mut tried, &mut attempts) {
@@ -159,10 +159,19 @@ fn verify_in_background(pool: Arc<Pool>, lost: Attempt, port: u16) {
         let start = Instant::now();
         let outcome = match attempt(lost.path.addr(port), timeout).await {
             Ok(_) => Outcome::Ok { latency: start.elapsed() },
-            Err(_) => Outcome::Failed,
+            Err(e) => outcome_of(&e),
         };
         pool.record(lost.index, outcome, Source::Traffic);
     });
+}
+
+/// A failed connect is the path's failure, unless this process was out of resources.
+fn outcome_of(e: &io::Error) -> Outcome {
+    if crate::listener::is_resource_exhaustion(e) {
+        Outcome::Local
+    } else {
+        Outcome::Failed
+    }
 }
 
 fn no_paths() -> io::Error {

@@ -15,8 +15,13 @@ use crate::config::CheckKind;
 /// How a probe or a connect went.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
-    Ok { latency: Duration },
+    Ok {
+        latency: Duration,
+    },
     Failed,
+    /// This process ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    /// before it could try: says nothing about the path, so it changes no state.
+    Local,
 }
 
 /// A change of up/down state the caller should log and publish.
@@ -96,6 +101,7 @@ impl HealthState {
                     return Some(Transition::WentDown);
                 }
             }
+            Outcome::Local => {}
         }
         None
     }
@@ -123,7 +129,11 @@ impl HealthState {
 pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Outcome {
     let start = tokio::time::Instant::now();
     let result = tokio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut s = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) if crate::listener::is_resource_exhaustion(&e) => return Some(Err(())),
+            Err(_) => return None,
+        };
         let latency = start.elapsed();
         match kind {
             CheckKind::Tcp => {}
@@ -162,11 +172,12 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
                 }
             }
         }
-        Some(latency)
+        Some(Ok(latency))
     })
     .await;
     match result {
-        Ok(Some(latency)) => Outcome::Ok { latency },
+        Ok(Some(Ok(latency))) => Outcome::Ok { latency },
+        Ok(Some(Err(()))) => Outcome::Local,
         _ => Outcome::Failed,
     }
 }

@@ -383,6 +383,15 @@ impl Pool {
         let Some(path) = self.paths.get(index) else {
             return;
         };
+        if outcome == Outcome::Local {
+            // Our own exhaustion (a connection flood, a low open-files limit) is not the
+            // WAN's fault: counted apart, never held against the path.
+            local_resource_error(match source {
+                Source::Probe => "probe",
+                Source::Traffic => "connect",
+            });
+            return;
+        }
         let HealthConfig { rise, fall, .. } = self.cfg.health;
         // A real connect failing may take a path down only if something else can serve.
         let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
@@ -399,6 +408,7 @@ impl Pool {
             Outcome::Ok { .. } => {}
             Outcome::Failed if source == Source::Traffic => path.state.m_failures.increment(1),
             Outcome::Failed => path.state.m_probe_failures.increment(1),
+            Outcome::Local => {}
         }
         if let Some(t) = transition {
             let up = t == Transition::WentUp;
@@ -477,9 +487,14 @@ impl Pool {
             // at a quarter of the interval, as HAProxy's `fastinter`: the verdict comes sooner.
             let transitional = self.paths.iter().any(|p| p.health_snapshot().transitional());
             let next = if transitional { (hc.interval / 4).max(FAST_INTERVAL_FLOOR) } else { hc.interval };
-            tokio::time::sleep_until(round + next).await;
+            tokio::time::sleep_until(shared::ports::tokio_deadline(round, next)).await;
         }
     }
+}
+
+/// Count one local resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM) where it happened.
+pub fn local_resource_error(at: &'static str) {
+    counter!(m::LOCAL_RESOURCE_ERRORS, "at" => at).increment(1);
 }
 
 /// How often the bandwidth meters sample the paths' byte totals.
@@ -711,6 +726,18 @@ mod tests {
         p.record(0, Outcome::Failed, Source::Traffic);
         p.record(0, Outcome::Failed, Source::Traffic);
         assert!(!p.paths[0].is_up(), "with wan2 up, wan1 may go down on passive evidence");
+    }
+
+    #[test]
+    fn local_resource_errors_never_take_a_path_down() {
+        let p = pool(&[1, 1], false);
+        for _ in 0..10 {
+            p.record(0, Outcome::Local, Source::Probe);
+            p.record(0, Outcome::Local, Source::Traffic);
+        }
+        assert!(p.paths[0].is_up());
+        assert_eq!(p.paths[0].health_snapshot().fail_avg, 0.0);
+        assert_eq!(shares(&p, 100)[0], 0.5, "nor bend its share");
     }
 
     #[test]

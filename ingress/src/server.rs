@@ -167,13 +167,25 @@ impl Server {
             stop,
         });
         let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };
-        server.sync_listeners();
+        server.sync_listeners(HashMap::new());
         server.sync_admin(config.admin);
         server
     }
 
-    /// Apply a new, already validated config. Established connections are untouched.
+    /// Apply a new, already validated config, or refuse it (logged and counted) when one of
+    /// the listeners it adds cannot be bound: then the running config stays whole.
     pub fn reload(&self, config: Config) {
+        if let Err(e) = self.try_reload(config) {
+            counter!(m::RELOADS, "result" => "refused").increment(1);
+            tracing::error!(listen = %e.addr, service = %e.service, error = %e.source, "reload refused, the running config stays: {e}");
+        }
+    }
+
+    /// Apply a new, already validated config. Every listener it adds is bound first; if one
+    /// cannot be, nothing changes (operators expect a reload never to leave a configured
+    /// service unserved). Established connections are untouched either way.
+    pub fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
+        let prebound = self.bind_new_listeners(&config)?;
         let old = self.shared.runtime.load_full();
         if old.config.max_connections != config.max_connections {
             self.shared.global_limit.store(Arc::new(Semaphore::new(config.max_connections as usize)));
@@ -181,10 +193,27 @@ impl Server {
         let admin = config.admin;
         let rt = Runtime::build(config, Some(&old));
         self.shared.runtime.store(Arc::new(rt));
-        self.sync_listeners();
+        self.sync_listeners(prebound);
         self.sync_admin(admin);
         counter!(m::RELOADS, "result" => "applied").increment(1);
         tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Binds the listeners `config` has and the running set lacks, all or none.
+    fn bind_new_listeners(&self, config: &Config) -> Result<HashMap<ListenerKey, Bound>, ReloadError> {
+        let Ok(map) = self.listeners.lock() else {
+            return Ok(HashMap::new());
+        };
+        let mut bound = HashMap::new();
+        for (key, (service, addr)) in wanted_listeners(config) {
+            if map.contains_key(&key) {
+                continue;
+            }
+            let b = bind(key.0, addr).map_err(|source| ReloadError { service, addr, protocol: key.0, source })?;
+            bound.insert(key, b);
+        }
+        Ok(bound)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -219,31 +248,25 @@ impl Server {
                 e.task.abort();
             }
         }
-        let until = tokio::time::Instant::now() + deadline;
+        let until = shared::ports::tokio_deadline(tokio::time::Instant::now(), deadline);
         while self.shared.open_connections() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.shared.open_connections()
     }
 
-    fn sync_listeners(&self) {
+    /// Makes the listeners match the running config: removed ones close, kept ones feed the
+    /// new service, added ones serve the sockets in `prebound` (a reload) or bind in the
+    /// background, retrying while the address is busy (start-up: the rest serves meanwhile).
+    fn sync_listeners(&self, mut prebound: HashMap<ListenerKey, Bound>) {
         let rt = self.shared.runtime.load_full();
         let Ok(mut map) = self.listeners.lock() else {
             return;
         };
-        let mut wanted: HashMap<ListenerKey, (Arc<Service>, SocketAddr)> = HashMap::new();
-        for sc in &rt.config.services {
-            let Some(svc) = rt.services.get(&sc.name) else {
-                continue;
-            };
-            for spec in &sc.listen {
-                for addr in spec.addrs() {
-                    // Port 0 (tests) binds a fresh port per service, so it is keyed per service.
-                    let key = if addr.port() == 0 { format!("{addr}#{}", sc.name) } else { addr.to_string() };
-                    wanted.insert((sc.protocol, key), (svc.clone(), addr));
-                }
-            }
-        }
+        let wanted: HashMap<ListenerKey, (Arc<Service>, SocketAddr)> = wanted_listeners(&rt.config)
+            .into_iter()
+            .filter_map(|(key, (name, addr))| Some((key, (rt.services.get(&name)?.clone(), addr))))
+            .collect();
         map.retain(|key, entry| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -259,7 +282,8 @@ impl Server {
             }
             let slot = Arc::new(ArcSwap::new(svc));
             let local = Arc::new(Mutex::new(None));
-            let task = tokio::spawn(listen_forever(key.0, addr, slot.clone(), local.clone(), self.shared.clone()));
+            let pre = prebound.remove(&key);
+            let task = tokio::spawn(listen_forever(key.0, addr, pre, slot.clone(), local.clone(), self.shared.clone()));
             map.insert(key, ListenerEntry { slot, local, task });
         }
     }
@@ -304,10 +328,42 @@ impl Drop for Server {
     }
 }
 
-/// Bind (retrying with backoff while the address is busy), then accept until stopped.
+/// A reload refused because a listener it adds cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{protocol:?} listener {addr} of service `{service}` cannot be bound: {source}")]
+pub struct ReloadError {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub source: std::io::Error,
+}
+
+/// Every listener a config asks for, keyed as the running set keys them, with its service.
+fn wanted_listeners(config: &Config) -> HashMap<ListenerKey, (String, SocketAddr)> {
+    let mut wanted = HashMap::new();
+    for sc in &config.services {
+        for addr in sc.listen.iter().flat_map(|spec| spec.addrs()) {
+            // Port 0 (tests) binds a fresh port per service, so it is keyed per service.
+            let key = if addr.port() == 0 { format!("{addr}#{}", sc.name) } else { addr.to_string() };
+            wanted.insert((sc.protocol, key), (sc.name.clone(), addr));
+        }
+    }
+    wanted
+}
+
+fn bind(protocol: Protocol, addr: SocketAddr) -> std::io::Result<Bound> {
+    match protocol {
+        Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
+        Protocol::Udp => crate::listener::bind_udp(addr).map(Bound::Udp),
+    }
+}
+
+/// Serve `pre` if given, else bind (retrying with backoff while the address is busy); then
+/// accept until stopped.
 async fn listen_forever(
     protocol: Protocol,
     addr: SocketAddr,
+    mut pre: Option<Bound>,
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
     shared: Arc<Shared>,
@@ -315,9 +371,9 @@ async fn listen_forever(
     let mut backoff = Duration::from_millis(500);
     let mut attempts = 0u32;
     loop {
-        let bound = match protocol {
-            Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
-            Protocol::Udp => crate::listener::bind_udp(addr).map(Bound::Udp),
+        let bound = match pre.take() {
+            Some(b) => Ok(b),
+            None => bind(protocol, addr),
         };
         match bound {
             Ok(b) => {

@@ -33,6 +33,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
             Ok(a) => a,
             Err(e) if crate::listener::is_resource_exhaustion(&e) => {
                 // Possibly EMFILE: connections in the backlog wait; retry shortly.
+                crate::pool::local_resource_error("accept");
                 tracing::warn!(error = %e, "accept: out of resources, backing off");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;

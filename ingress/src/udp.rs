@@ -217,6 +217,9 @@ async fn open_flow(
         let sock = match UdpSocket::bind((bind_ip, 0)).await {
             Ok(s) => s,
             Err(e) => {
+                if crate::listener::is_resource_exhaustion(&e) {
+                    crate::pool::local_resource_error("udp_socket");
+                }
                 tracing::warn!(error = %e, "cannot open an upstream udp socket");
                 return None;
             }

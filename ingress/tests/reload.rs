@@ -1,0 +1,76 @@
+//! A reload whose new listeners cannot all be bound is refused whole: the running config,
+//! its listeners and its connections stay as they were (in-process, real sockets).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A plain config on fixed ports: `tcp` serves `echo` over `wan1`, `udp` (if any) a UDP service.
+fn conf(wan1: std::net::SocketAddr, tcp: u16, udp: Option<u16>) -> String {
+    let udp = udp
+        .map(|p| {
+            format!("[[service]]\nname = \"dns-ish\"\nlisten = [\"127.0.0.1:{p}\"]\nprotocol = \"udp\"\npool = \"r\"\n")
+        })
+        .unwrap_or_default();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[pool.r]\npaths = [{{ name = \"wan1\", address = \"{wan1}\" }}]\n\
+         health = {{ interval = \"100ms\", timeout = \"100ms\" }}\n\
+         [[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{tcp}\"]\npool = \"r\"\n{udp}"
+    )
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbindable_listener_refuses_the_whole_reload() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let port = free_tcp_port();
+    let server = start(&conf(wan1.addr, port, None)).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until("listener bound", Duration::from_secs(5), || !server.local_addrs("echo").is_empty()).await;
+    assert_eq!(request(addr).await.expect("served"), "wan1");
+    let before = server.shared().runtime().config.clone();
+
+    // Someone else holds a TCP port and a UDP port.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("squat tcp");
+    let taken = squatter.local_addr().expect("addr").port();
+    let udp_squatter = std::net::UdpSocket::bind("127.0.0.1:0").expect("squat udp");
+    let udp_taken = udp_squatter.local_addr().expect("addr").port();
+
+    // 1. Moving the service to the taken port: refused, the old port keeps serving.
+    let moved = ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid");
+    let e = server.try_reload(moved).expect_err("the port is taken");
+    assert_eq!(e.addr.port(), taken, "the error names the address: {e}");
+    assert!(e.to_string().contains(&format!("127.0.0.1:{taken}")) && e.to_string().contains("echo"), "{e}");
+    assert_eq!(server.shared().runtime().config, before, "the running config stays");
+    assert_eq!(request(addr).await.expect("still served on the old port"), "wan1");
+
+    // 2. Adding a UDP service on a taken port: refused as a whole, nothing half-applied.
+    let added = ingress::Config::from_toml(&conf(wan1.addr, port, Some(udp_taken))).expect("valid");
+    let e = server.try_reload(added).expect_err("the udp port is taken");
+    assert_eq!(e.service, "dns-ish");
+    assert!(server.local_addrs("dns-ish").is_empty());
+    assert_eq!(server.shared().runtime().config, before);
+
+    // 3. Through `reload` (what SIGHUP calls): refused and counted.
+    server.reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid"));
+    let m = metrics(&server).await;
+    assert!(metric(&m, "ingress_config_reloads_total", &[("result", "refused")]) >= 1.0);
+    assert_eq!(request(addr).await.expect("still served"), "wan1");
+
+    // 4. Once the port is free, the same reload applies: the service moves.
+    drop(squatter);
+    server.try_reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid")).expect("applies");
+    let new: std::net::SocketAddr = format!("127.0.0.1:{taken}").parse().expect("addr");
+    assert_eq!(request(new).await.expect("served on the new port"), "wan1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the old port is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(udp_squatter);
+}
