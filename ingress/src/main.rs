@@ -136,10 +136,16 @@ async fn wait_bound(server: &Server, want: &[(String, usize)], limit: Option<Dur
             .map(|(name, n)| format!("{name} ({}/{n})", server.local_addrs(name).len()))
             .collect();
         if short.is_empty() {
+            // STATUS= stays until replaced: do not leave "binding ..." on a healthy service.
+            if told.is_some() {
+                notify("STATUS", shared::notify::notify("STATUS=every listener bound"));
+            }
             return;
         }
         if limit.is_some_and(|l| start.elapsed() >= l) {
             tracing::warn!(waiting = %short.join(", "), "not every listener is bound yet; going on, binding continues");
+            let status = format!("STATUS=after the last reload, still binding listeners of {}", short.join(", "));
+            notify("STATUS", shared::notify::notify(&status));
             return;
         }
         // Tell once the first bind attempt had its chance, and again when the list changes.

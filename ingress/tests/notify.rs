@@ -82,9 +82,11 @@ fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
         assert_ne!(m, "READY=1", "READY before every listener was bound");
     }
 
-    // Port released: READY once the background retry binds it (backoff up to 5 s).
+    // Port released: READY once the background retry binds it (backoff up to 5 s), after a
+    // STATUS that no longer says "binding".
     drop(held);
-    until(&sock, "READY=1", Duration::from_secs(15));
+    let before = until(&sock, "READY=1", Duration::from_secs(15));
+    assert_eq!(before.last().map(String::as_str), Some("STATUS=every listener bound"), "{before:?}");
     assert!(std::net::TcpListener::bind(("127.0.0.1", held_port)).is_err(), "the ingress holds the port");
 
     kill(pid, "-HUP");
