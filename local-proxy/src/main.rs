@@ -40,12 +40,16 @@ enum Command {
 enum FirewallCommand {
     /// Print our nftables table as the kernel holds it (read back over netlink).
     Show,
+    /// Delete our nftables table (present or not). A stopped proxy leaves it in place, closed,
+    /// on purpose; the package removes it with this when the package itself is removed.
+    Remove,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
+        Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
         Some(Command::Check) => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
@@ -76,17 +80,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// `firewall show`: the table named by the config's `[firewall]` (or the default name).
-fn firewall_show(path: &Path) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(c) => c,
+/// The nftables table named by the config's `[firewall]` (or the default name).
+fn firewall_table(path: &Path) -> Result<String, ExitCode> {
+    match config::load(path) {
+        Ok(config) => Ok(config
+            .firewall
+            .map(|f| f.table)
+            .unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into())),
         Err(e) => {
             eprintln!("{}: {e}", path.display());
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// `firewall remove`: delete the table (no error when it is not there).
+fn firewall_remove(path: &Path) -> ExitCode {
+    let table = match firewall_table(path) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
-    let table =
-        config.firewall.map(|f| f.table).unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into());
+    match local_proxy::firewall::remove(&table) {
+        Ok(()) => {
+            println!("table inet {table}: removed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("removing table inet {table}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `firewall show`: the table as the kernel holds it.
+fn firewall_show(path: &Path) -> ExitCode {
+    let table = match firewall_table(path) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     match local_proxy::firewall::read_table(&table) {
         Ok(Some(t)) => {
             print!("{t}");
