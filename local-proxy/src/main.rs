@@ -174,6 +174,11 @@ fn init_tracing() {
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
+    // Handlers first: a signal during start-up waits for the loop below instead of meeting
+    // its default action (SIGHUP and SIGTERM would end the process mid-start).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let config = config::load(path).with_context(|| format!("{}", path.display()))?;
     let (mesh, mesh_later) = match listeners::mesh_address(&config).await {
         Ok(m) => (m, false),
@@ -199,17 +204,15 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let server = local_proxy::start(config, bound, shutdown.clone())?;
-    // Every configured listener is bound (listeners::bind above fails the start otherwise); the
-    // mesh one may follow later, which is what `mesh_later` is for.
-    notify("READY", shared::notify::ready());
     let handle = server.handle();
     if mesh_later {
         handle.serve_mesh_when_ready();
     }
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    // Every configured listener is bound (listeners::bind above fails the start otherwise; the
+    // mesh one may follow later, which is what `mesh_later` is for), and the signal handlers
+    // are in place.
+    notify("READY", shared::notify::ready());
     let path = path.to_path_buf();
     tokio::spawn(async move {
         loop {
