@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod health;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
@@ -14,7 +15,6 @@ pub mod server;
 mod splice;
 pub mod tcp;
 pub mod udp;
-pub mod udp_flows;
 
 pub use config::Config;
 pub use server::Server;

@@ -22,6 +22,8 @@ pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
 /// This process ran out of descriptors or memory (label `at`: accept, connect, probe,
 /// udp_socket); never counted as a path failure.
 pub const LOCAL_RESOURCE_ERRORS: &str = "ingress_local_resource_errors_total";
+/// The descriptor budget (label `kind`: open_files, connections, flows, pipes).
+pub const LIMITS: &str = "ingress_limit";
 pub const MESH_FAILOVERS: &str = "ingress_mesh_failovers_total";
 pub const POOL_ON_MESH: &str = "ingress_pool_on_mesh";
 pub const LISTENER_ACCEPTED: &str = "ingress_listener_accepted_total";

@@ -67,7 +67,7 @@ pub async fn relay(
     };
     let watchdog = async {
         loop {
-            let deadline = activity.last() + idle;
+            let deadline = shared::ports::tokio_deadline(activity.last(), idle);
             if Instant::now() >= deadline {
                 return;
             }
@@ -106,7 +106,19 @@ async fn one_way(
         from.readable().await?;
         // Take a pipe only now that data waits; give it back as soon as it is empty and the
         // source has nothing more, so idle connections hold none.
-        let pipe = PIPES.take()?;
+        let pipe = match PIPES.take() {
+            Ok(p) => p,
+            // Out of pipes (the descriptor budget's share, or the process's limit): this
+            // chunk goes through user space instead of failing the connection.
+            Err(e) if crate::listener::is_resource_exhaustion(&e) => {
+                let mut buf = vec![0u8; FALLBACK_CHUNK];
+                match copy_chunk(from, to, &mut buf, activity, bytes, total).await? {
+                    Copied::Eof => return Ok(()),
+                    Copied::Bytes | Copied::Nothing => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
         loop {
             let filled = match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
                 Ok(0) => {
@@ -144,29 +156,54 @@ async fn one_way(
     bytes: &ByteMeter,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; FALLBACK_CHUNK];
     loop {
         from.readable().await?;
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                shutdown_write(to);
-                return Ok(());
-            }
-            Ok(n) => n,
+        if let Copied::Eof = copy_chunk(from, to, &mut buf, activity, bytes, total).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Bytes per read when copying through user space.
+const FALLBACK_CHUNK: usize = 32 * 1024;
+
+enum Copied {
+    Bytes,
+    Nothing,
+    Eof,
+}
+
+/// One read from `from` (which was readable) written wholly to `to`, through `buf`. At end
+/// of stream the half-close is passed on.
+async fn copy_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut [u8],
+    activity: &Activity,
+    bytes: &ByteMeter,
+    total: &AtomicU64,
+) -> io::Result<Copied> {
+    let n = match from.try_read(buf) {
+        Ok(0) => {
+            shutdown_write(to);
+            return Ok(Copied::Eof);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
+        Err(e) => return Err(e),
+    };
+    let mut off = 0;
+    while off < n {
+        to.writable().await?;
+        match to.try_write(&buf[off..n]) {
+            Ok(w) => off += w,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
-        };
-        let mut off = 0;
-        while off < n {
-            to.writable().await?;
-            match to.try_write(&buf[off..n]) {
-                Ok(w) => off += w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
         }
-        bytes.increment(n as u64);
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch(bytes);
     }
+    bytes.increment(n as u64);
+    total.fetch_add(n as u64, Ordering::Relaxed);
+    activity.touch(bytes);
+    Ok(Copied::Bytes)
 }

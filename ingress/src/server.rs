@@ -15,8 +15,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Protocol, ServiceConfig};
+use crate::limits::Budget;
 use crate::metrics as m;
 use crate::pool::Pool;
+use shared::udp_flows::FlowBudget;
 
 /// A service as the data path sees it.
 pub struct Service {
@@ -26,6 +28,8 @@ pub struct Service {
     pub router: shared::peek::NameRouter<Arc<Pool>>,
     /// Per-service connection cap (none: only the global one applies).
     pub limit: Option<Arc<Semaphore>>,
+    /// UDP flows of this service across all its ports (kept across reloads by name).
+    pub flows: Arc<FlowBudget>,
     pub m_accepted: Counter,
     pub m_refused: Counter,
     pub m_active: Gauge,
@@ -50,7 +54,7 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    fn build(config: Config, previous: Option<&Runtime>) -> Self {
+    fn build(config: Config, budget: &Budget, previous: Option<&Runtime>) -> Self {
         let mut pools = BTreeMap::new();
         let mut health_tasks = Vec::new();
         for (name, pc) in &config.pools {
@@ -73,6 +77,14 @@ impl Runtime {
                 (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
                 (_, None) => None,
             };
+            let flow_cap = budget.service_flows(sc.max_flows);
+            let flows = match prev {
+                Some(p) => {
+                    p.flows.set_cap(flow_cap);
+                    p.flows.clone()
+                }
+                None => FlowBudget::new(flow_cap),
+            };
             let mut router = shared::peek::NameRouter::new();
             router.set_default(pool.clone());
             for r in &sc.routes {
@@ -90,6 +102,7 @@ impl Runtime {
                     pool,
                     router,
                     limit,
+                    flows,
                     m_accepted: counter!(m::LISTENER_ACCEPTED, &l),
                     m_refused: counter!(m::LISTENER_REFUSED, &l),
                     m_active: gauge!(m::SERVICE_ACTIVE, &l),
@@ -113,6 +126,10 @@ struct ListenerEntry {
 pub struct Shared {
     runtime: ArcSwap<Runtime>,
     pub(crate) global_limit: ArcSwap<Semaphore>,
+    /// UDP flows across every service: the descriptor budget's share for them.
+    pub(crate) flows: Arc<FlowBudget>,
+    /// The open-files limit found (and raised) at start; reloads plan within it.
+    open_files: u64,
     open: AtomicUsize,
     m_open: Gauge,
     pub(crate) stop: watch::Receiver<bool>,
@@ -158,10 +175,17 @@ impl Server {
     pub async fn start(config: Config) -> Self {
         crate::metrics::install();
         let (stop_tx, stop) = watch::channel(false);
-        let global = Semaphore::new(config.max_connections as usize);
+        let open_files = crate::limits::raise_open_files();
+        let budget = Budget::plan(open_files, &config);
+        budget.log(&config);
+        #[cfg(target_os = "linux")]
+        crate::splice::set_pipe_limit(budget.pipes);
+        let global = Semaphore::new(budget.max_connections as usize);
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), None)),
+            runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &budget, None)),
             global_limit: ArcSwap::from_pointee(global),
+            flows: FlowBudget::new(budget.max_flows),
+            open_files,
             open: AtomicUsize::new(0),
             m_open: gauge!("ingress_open_connections"),
             stop,
@@ -187,11 +211,20 @@ impl Server {
     pub fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
         let prebound = self.bind_new_listeners(&config)?;
         let old = self.shared.runtime.load_full();
-        if old.config.max_connections != config.max_connections {
-            self.shared.global_limit.store(Arc::new(Semaphore::new(config.max_connections as usize)));
+        let (was, budget) =
+            (Budget::plan(self.shared.open_files, &old.config), Budget::plan(self.shared.open_files, &config));
+        if was != budget {
+            budget.log(&config);
         }
+        if was.max_connections != budget.max_connections {
+            // Connections holding permits of the old semaphore finish under the old cap.
+            self.shared.global_limit.store(Arc::new(Semaphore::new(budget.max_connections as usize)));
+        }
+        self.shared.flows.set_cap(budget.max_flows);
+        #[cfg(target_os = "linux")]
+        crate::splice::set_pipe_limit(budget.pipes);
         let admin = config.admin;
-        let rt = Runtime::build(config, Some(&old));
+        let rt = Runtime::build(config, &budget, Some(&old));
         self.shared.runtime.store(Arc::new(rt));
         self.sync_listeners(prebound);
         self.sync_admin(admin);

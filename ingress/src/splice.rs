@@ -5,7 +5,18 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+/// Pipes alive (in use or pooled) and how many may be: the descriptor budget's share for
+/// pipes. Beyond it `take` fails with EMFILE and the relay copies through user space.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Set the most pipes alive at once (each costs two descriptors).
+pub fn set_pipe_limit(n: usize) {
+    LIMIT.store(n, Ordering::Relaxed);
+}
 
 /// Bytes moved per `splice` call at most; the pipe holds 64 KiB by default.
 pub const CHUNK: usize = 1 << 16;
@@ -18,6 +29,16 @@ pub struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Self> {
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= LIMIT.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Self::open().inspect_err(|_| {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
+    fn open() -> io::Result<Self> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -27,6 +48,12 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Ok(Self { read, write })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

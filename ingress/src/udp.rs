@@ -1,6 +1,8 @@
 //! UDP services: one receive loop per listening socket owns the flow table; each flow has
 //! a connected upstream socket (which demultiplexes replies) and one task pumping replies
-//! back to the client from the address it sent to. No task per datagram.
+//! back to the client from the address it sent to. No task per datagram. Flows are
+//! admitted under the service's budget (all its ports) and the process's (the descriptor
+//! budget); replies are read into one buffer per worker thread, not one per flow.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::server::{Service, Shared};
-use crate::udp_flows::{FlowEntry, FlowTable};
+use shared::udp_flows::{evict_after, FlowEntry, FlowPermits, FlowTable};
 
 struct Flow {
     guard: ActiveGuard,
@@ -30,6 +32,8 @@ struct Flow {
     /// Counts the flow busy once per second for the bandwidth policy (shared with the pump).
     busy_mark: Arc<AtomicU64>,
     pump: JoinHandle<()>,
+    /// Its slots in the service's and the process's flow budgets, given back on drop.
+    _permits: FlowPermits,
 }
 
 impl FlowEntry for Flow {
@@ -93,7 +97,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let c = Arc::new(Counters::new(&first.cfg.name));
     let replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
     let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
-    let mut table: FlowTable<Flow> = FlowTable::new(first.cfg.max_flows, first.cfg.idle_timeout.as_millis() as u64);
+    let mut table: FlowTable<Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
@@ -105,7 +109,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             _ = stop.changed() => return,
             _ = sweep.tick() => {
                 let svc = slot.load();
-                table.set_idle(svc.cfg.idle_timeout.as_millis() as u64, svc.cfg.max_flows);
+                table.set_idle(svc.cfg.idle_timeout.as_millis() as u64);
                 table.expire(now_ms(), &mut gone);
                 for f in gone.drain(..) {
                     flow_event(m::UDP_FLOWS_EXPIRED, &svc.cfg.name, &f.guard.path().name);
@@ -143,22 +147,31 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
                 h.into_boxed_slice()
             });
-            // Room first: a flood of new sources at the cap must not cost a socket each.
-            if table.make_room(&client, now, &mut gone).is_err() {
+            // Room first: a flood of new sources at the cap must not cost a socket each. A
+            // new source takes the slot of this listener's longest-silent flow once that has
+            // been silent a moment, so a legitimate client is not locked out by a flood.
+            let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
+            let permits = loop {
+                if let Some(p) = FlowPermits::acquire(&svc.flows, &shared.flows) {
+                    break Some(p);
+                }
+                match table.evict_idlest(now, evict_idle) {
+                    Some(f) => flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name),
+                    None => break None,
+                }
+            };
+            let Some(permits) = permits else {
                 c.drop_flow_cap.increment(1);
-                tracing::debug!(service = %svc.cfg.name, "flow table full, datagram dropped");
+                tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                 continue;
-            }
-            let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header).await else {
+            };
+            let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header, permits).await else {
                 c.drop_no_path.increment(1);
                 continue;
             };
             flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
-            // Cannot be full: room was made above and nothing ran in between.
-            let _ = table.insert(client, flow, now, &mut gone);
-            for f in gone.drain(..) {
-                flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
-            }
+            // No flow of this client exists (checked above), so nothing is replaced.
+            drop(table.insert(client, flow, now));
             active.set(table.len() as f64);
         }
         let Some(flow) = table.get(&client) else {
@@ -205,6 +218,7 @@ async fn open_flow(
     replies: &Replies,
     now: u64,
     header: Option<Box<[u8]>>,
+    permits: FlowPermits,
 ) -> Option<Flow> {
     let mut tried = Tried::default();
     while let Some((i, path)) = pool.pick(tried, Kind::Udp) {
@@ -240,7 +254,7 @@ async fn open_flow(
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         ));
-        return Some(Flow { guard, header, upstream, last, busy_mark, pump });
+        return Some(Flow { guard, header, upstream, last, busy_mark, pump, _permits: permits });
     }
     None
 }
@@ -254,25 +268,39 @@ async fn pump_replies(
     bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
-    let mut buf = vec![0u8; 65536];
     loop {
-        let n = match upstream.recv(&mut buf).await {
-            Ok(n) => n,
-            // ECONNREFUSED from an ICMP port unreachable: the service may come back.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+        if upstream.readable().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        // Drain what is queued through this worker's buffer; it is never held across an
+        // await, so thousands of idle flows own no buffer at all.
+        let refused = REPLY_BUF.with_borrow_mut(|buf| loop {
+            let n = match upstream.try_recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                // ECONNREFUSED from an ICMP port unreachable: the service may come back.
+                Err(_) => return true,
+            };
+            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            match send_now(&listener, &buf[..n], Some(client)) {
+                Ok(_) => {
+                    c.dgrams_out.increment(1);
+                    c.bytes_out.increment(n as u64);
+                    bytes_down.increment(n as u64);
+                    bytes_down.mark_busy(&busy_mark);
+                }
+                Err(_) => c.drop_send.increment(1),
             }
-        };
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match send_now(&listener, &buf[..n], Some(client)) {
-            Ok(_) => {
-                c.dgrams_out.increment(1);
-                c.bytes_out.increment(n as u64);
-                bytes_down.increment(n as u64);
-                bytes_down.mark_busy(&busy_mark);
-            }
-            Err(_) => c.drop_send.increment(1),
+        });
+        if refused {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+thread_local! {
+    /// Replies are read here: one 64 KiB buffer per worker thread (the largest datagram),
+    /// instead of one per flow (4,096 flows used to hold 256 MiB of idle buffers).
+    static REPLY_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 65536].into_boxed_slice());
 }

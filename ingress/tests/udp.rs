@@ -83,12 +83,12 @@ async fn flow_stays_on_its_path_and_moves_when_the_path_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_cap_drops_new_clients_and_counts() {
+async fn flow_cap_drops_new_clients_while_flows_talk_then_admits_over_the_idlest() {
     let tcp1 = Backend::start("wan1", "127.0.0.2").await;
     let tcp2 = Backend::start("wan2", "127.0.0.3").await;
     let _e1 = UdpEcho::start("wan1", tcp1.addr).await;
     let _e2 = UdpEcho::start("wan2", tcp2.addr).await;
-    // A long idle timeout: nothing is idle enough to be evicted during the test.
+    // A long idle timeout: flows end only by eviction here (after 250 ms of silence).
     let toml = udp_config(tcp1.addr, tcp2.addr, "max_flows = 3")
         .replace("udp-echo", "udp-capped")
         .replace("idle_timeout = \"2s\"", "idle_timeout = \"60s\"");
@@ -101,24 +101,36 @@ async fn flow_cap_drops_new_clients_and_counts() {
     .await;
     let addr = addr.expect("bound");
     let mut clients = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
         c.connect(addr).await.expect("connect");
         clients.push(c);
     }
-    let mut answered = 0;
-    for c in &clients {
-        if ask(c, "x").await.is_some() {
-            answered += 1;
+    for c in &clients[..3] {
+        if ask(c, "x").await.is_none() {
+            let m = metrics(&server).await;
+            let l: Vec<&str> = m.lines().filter(|l| l.contains("udp") || l.contains("limit")).collect();
+            panic!("the first max_flows clients get flows:\n{}", l.join("\n"));
         }
     }
-    assert_eq!(answered, 3, "only max_flows clients get flows");
-    // The established flows keep working.
-    for c in &clients[..3] {
-        assert!(ask(c, "again").await.is_some());
+    // Two new sources right away, while the three flows have just talked: both dropped.
+    let (a, b) = tokio::join!(ask(&clients[3], "x"), ask(&clients[4], "x"));
+    assert!(a.is_none() && b.is_none(), "no slot while every flow talks");
+    // Keep flows 2 and 3 talking; flow 1 falls silent. A new source then takes its slot.
+    for _ in 0..4 {
+        for c in &clients[1..3] {
+            assert!(ask(c, "again").await.is_some(), "established flows keep working");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ask(&clients[5], "x").await.is_some(), "admitted over the longest-silent flow");
+    for c in &clients[1..3] {
+        assert!(ask(c, "still").await.is_some(), "talking flows were not the ones evicted");
     }
     let m = metrics(&server).await;
-    assert_eq!(metric(&m, "ingress_udp_drops_total", &[("service", "udp-capped"), ("reason", "flow_cap")]), 2.0);
+    let drops = metric(&m, "ingress_udp_drops_total", &[("service", "udp-capped"), ("reason", "flow_cap")]);
+    assert!(drops >= 2.0, "drops counted: {drops}");
+    assert!(metric(&m, "ingress_udp_flows_evicted_total", &[("service", "udp-capped")]) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,4 +6,5 @@ pub mod notify;
 pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;
+pub mod udp_flows;
 pub mod ygg;

@@ -1,0 +1,323 @@
+//! UDP flow tables, sans-io: flows keyed by client address, idle expiry, and admission
+//! under budgets shared by every table of a service (all its ports) and by the whole
+//! process, so a flood over a port range cannot open more flows (and sockets) than the
+//! descriptor budget allows. Time is passed in as milliseconds since an epoch the caller
+//! owns; nothing here reads a clock or touches a socket.
+//!
+//! At a full budget, a new source takes the slot of the flow that has been silent longest
+//! (both ways), as soon as that one has been silent for [`evict_after`]: a legitimate new
+//! client is admitted within a fraction of a second of a flood, while flows that keep
+//! talking are never pushed out. Finding that flow is amortised O(1): flows are queued in
+//! admission order and a flow found active since it was queued goes to the back (the
+//! second-chance "clock" of page caches).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// What a table needs to know of a flow.
+pub trait FlowEntry {
+    /// Milliseconds (caller's epoch) of the last datagram either way.
+    fn last_active(&self) -> u64;
+}
+
+/// Slots for flows: one per service (across its ports) and one for the process. A flow
+/// holds a [`FlowPermit`] of each for its whole life.
+#[derive(Debug)]
+pub struct FlowBudget {
+    used: AtomicUsize,
+    cap: AtomicUsize,
+}
+
+impl FlowBudget {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self { used: AtomicUsize::new(0), cap: AtomicUsize::new(cap) })
+    }
+
+    /// A new cap applies to new flows; flows above it stay until they end.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_acquire(self: &Arc<Self>) -> Option<FlowPermit> {
+        let cap = self.cap();
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
+        Some(FlowPermit(self.clone()))
+    }
+}
+
+/// One slot of a [`FlowBudget`], given back on drop.
+#[derive(Debug)]
+pub struct FlowPermit(Arc<FlowBudget>);
+
+impl Drop for FlowPermit {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A flow's slots in its service's budget and in the process's.
+#[derive(Debug)]
+pub struct FlowPermits {
+    _service: FlowPermit,
+    _global: FlowPermit,
+}
+
+impl FlowPermits {
+    /// Both slots or neither.
+    pub fn acquire(service: &Arc<FlowBudget>, global: &Arc<FlowBudget>) -> Option<Self> {
+        let s = service.try_acquire()?;
+        let g = global.try_acquire()?;
+        Some(Self { _service: s, _global: g })
+    }
+}
+
+/// How long a flow must have been silent before a new source may take its slot at a full
+/// budget: an eighth of the idle timeout, at most 250 ms (a call's media or a game's
+/// updates come far more often; a flood's one-shot sources are gone after it).
+pub fn evict_after(idle_ms: u64) -> u64 {
+    (idle_ms / 8).clamp(1, 250)
+}
+
+pub struct FlowTable<V> {
+    flows: HashMap<SocketAddr, V>,
+    /// Clients in the order they were last seen by the queue (with that time); entries of
+    /// removed flows are skipped when met and the queue is rebuilt when they pile up.
+    order: VecDeque<(SocketAddr, u64)>,
+    idle_ms: u64,
+}
+
+impl<V: FlowEntry> FlowTable<V> {
+    pub fn new(idle_ms: u64) -> Self {
+        Self { flows: HashMap::new(), order: VecDeque::new(), idle_ms: idle_ms.max(1) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn get(&self, client: &SocketAddr) -> Option<&V> {
+        self.flows.get(client)
+    }
+
+    pub fn remove(&mut self, client: &SocketAddr) -> Option<V> {
+        self.flows.remove(client)
+    }
+
+    /// Add a flow (its permits already acquired); returns the flow it replaced, if any.
+    pub fn insert(&mut self, client: SocketAddr, flow: V, now: u64) -> Option<V> {
+        self.order.push_back((client, now));
+        let old = self.flows.insert(client, flow);
+        self.compact();
+        old
+    }
+
+    /// Remove the flow silent longest, if it has been silent for at least `min_idle_ms`.
+    pub fn evict_idlest(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
+        // Each pass either drops a stale entry, requeues a flow seen active since it was
+        // queued (once per activity), or decides: bounded by the queue's length.
+        for _ in 0..self.order.len() {
+            let (client, queued) = self.order.pop_front()?;
+            let Some(flow) = self.flows.get(&client) else { continue };
+            let last = flow.last_active();
+            if last > queued {
+                self.order.push_back((client, last));
+                continue;
+            }
+            if now.saturating_sub(last) < min_idle_ms {
+                // The idlest flow is still talking, so every other flow is too.
+                self.order.push_front((client, queued));
+                return None;
+            }
+            return self.flows.remove(&client);
+        }
+        None
+    }
+
+    /// Remove flows idle for the full timeout; give memory back after a flood.
+    pub fn expire(&mut self, now: u64, expired: &mut Vec<V>) {
+        let idle = self.idle_ms;
+        self.drain_where(|f| now.saturating_sub(f.last_active()) >= idle, expired);
+        if self.flows.capacity() > 4 * self.flows.len() + 64 {
+            self.flows.shrink_to_fit();
+        }
+        self.compact();
+    }
+
+    /// Remove every flow matching `f` (e.g. pinned to a path that went away).
+    pub fn drain_where(&mut self, f: impl Fn(&V) -> bool, out: &mut Vec<V>) {
+        let keys: Vec<SocketAddr> = self.flows.iter().filter(|(_, v)| f(v)).map(|(k, _)| *k).collect();
+        for k in keys {
+            if let Some(v) = self.flows.remove(&k) {
+                out.push(v);
+            }
+        }
+    }
+
+    pub fn set_idle(&mut self, idle_ms: u64) {
+        self.idle_ms = idle_ms.max(1);
+    }
+
+    /// Rebuild the queue when removed flows' entries outnumber the live ones.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.flows.len() + 64 {
+            let mut live: Vec<(SocketAddr, u64)> = self.flows.iter().map(|(k, v)| (*k, v.last_active())).collect();
+            live.sort_by_key(|&(_, t)| t);
+            self.order = live.into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A flow whose last activity the test moves, as the reply pump would.
+    struct F(Rc<Cell<u64>>);
+    impl FlowEntry for F {
+        fn last_active(&self) -> u64 {
+            self.0.get()
+        }
+    }
+    impl FlowEntry for (F, FlowPermits) {
+        fn last_active(&self) -> u64 {
+            self.0.last_active()
+        }
+    }
+
+    fn f(t: u64) -> F {
+        F(Rc::new(Cell::new(t)))
+    }
+
+    fn addr(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1000))
+    }
+
+    #[test]
+    fn expiry_after_idle_timeout() {
+        let mut t = FlowTable::new(1000);
+        t.insert(addr(1), f(0), 0);
+        t.insert(addr(2), f(500), 500);
+        let mut out = Vec::new();
+        t.expire(999, &mut out);
+        assert_eq!((t.len(), out.len()), (2, 0));
+        t.expire(1000, &mut out);
+        assert_eq!((t.len(), out.len()), (1, 1));
+        assert!(t.get(&addr(2)).is_some());
+    }
+
+    #[test]
+    fn budgets_are_shared_and_given_back() {
+        let service = FlowBudget::new(2);
+        let global = FlowBudget::new(3);
+        let a = FlowPermits::acquire(&service, &global).expect("1");
+        let b = FlowPermits::acquire(&service, &global).expect("2");
+        assert!(FlowPermits::acquire(&service, &global).is_none(), "service full");
+        let other = FlowBudget::new(10);
+        let c = FlowPermits::acquire(&other, &global).expect("3");
+        assert!(FlowPermits::acquire(&other, &global).is_none(), "global full");
+        assert_eq!((service.used(), global.used()), (2, 3), "a refused acquire holds nothing");
+        drop((a, c));
+        assert_eq!((service.used(), global.used()), (1, 1));
+        drop(b);
+        assert_eq!((service.used(), global.used()), (0, 0));
+    }
+
+    #[test]
+    fn the_longest_silent_flow_goes_first_talking_ones_never() {
+        let mut t = FlowTable::new(60_000);
+        let talker = f(0);
+        let clock = talker.0.clone();
+        t.insert(addr(0), talker, 0);
+        for i in 1..=3 {
+            t.insert(addr(i), f(u64::from(i)), u64::from(i));
+        }
+        // The first flow keeps talking; the others went quiet.
+        clock.set(400);
+        assert!(t.evict_idlest(400, 250).is_some_and(|v| v.last_active() == 1));
+        assert!(t.evict_idlest(400, 250).is_some_and(|v| v.last_active() == 2));
+        assert!(t.evict_idlest(400, 250).is_some_and(|v| v.last_active() == 3));
+        assert!(t.evict_idlest(400, 250).is_none(), "the talker was silent only 0 ms");
+        assert!(t.get(&addr(0)).is_some());
+        assert!(t.evict_idlest(650, 250).is_some(), "silent 250 ms: now it may go");
+    }
+
+    #[test]
+    fn flood_at_a_full_budget_admits_new_sources_and_keeps_the_talker() {
+        // 20,000 one-shot sources, 10 per ms, against 4,096 slots; a legitimate flow sends
+        // every 10 ms throughout.
+        let service = FlowBudget::new(4096);
+        let global = FlowBudget::new(usize::MAX);
+        let mut t: FlowTable<(F, FlowPermits)> = FlowTable::new(60_000);
+        let legit = f(0);
+        let legit_clock = legit.0.clone();
+        t.insert(addr(999_999), (legit, FlowPermits::acquire(&service, &global).expect("slot")), 0);
+        let (mut admitted, mut dropped) = (0u32, 0u32);
+        for i in 0..20_000u32 {
+            let now = u64::from(i / 10);
+            if now % 10 == 0 {
+                legit_clock.set(now);
+            }
+            let permits = loop {
+                if let Some(p) = FlowPermits::acquire(&service, &global) {
+                    break Some(p);
+                }
+                if t.evict_idlest(now, evict_after(60_000)).is_none() {
+                    break None;
+                }
+            };
+            match permits {
+                Some(p) => {
+                    t.insert(addr(i), (f(now), p), now);
+                    admitted += 1;
+                }
+                None => dropped += 1,
+            }
+            assert!(t.len() <= 4096 && service.used() <= 4096);
+        }
+        assert!(t.get(&addr(999_999)).is_some(), "the talking flow survived the flood");
+        // Once the first flood sources have been silent 250 ms, every new one gets a slot.
+        assert!(admitted > 4096 + 15_000, "admitted {admitted}, dropped {dropped}");
+        let mut out = Vec::new();
+        t.expire(60_000 + 2_000, &mut out);
+        assert_eq!(t.len(), 0);
+        drop(out);
+        assert_eq!(service.used(), 0, "expired flows gave their slots back");
+    }
+
+    #[test]
+    fn stale_queue_entries_do_not_pile_up() {
+        let mut t = FlowTable::new(1000);
+        for i in 0..10_000u32 {
+            t.insert(addr(i % 10), f(u64::from(i)), u64::from(i));
+            t.remove(&addr((i + 5) % 10));
+        }
+        assert!(t.order.len() <= 2 * t.len() + 65, "queue {} for {} flows", t.order.len(), t.len());
+    }
+
+    #[test]
+    fn drain_where_takes_matching_flows() {
+        let mut t = FlowTable::new(1000);
+        for i in 1..=4 {
+            t.insert(addr(i), f(u64::from(i)), 0);
+        }
+        let mut out = Vec::new();
+        t.drain_where(|v| v.last_active() % 2 == 0, &mut out);
+        assert_eq!((t.len(), out.len()), (2, 2));
+    }
+}
