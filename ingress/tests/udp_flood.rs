@@ -1,0 +1,144 @@
+//! A UDP flood against the real binary: 20,000 one-shot sources against a 4,096-flow cap,
+//! while a legitimate flow sends every 10 ms and a new legitimate client arrives mid-flood.
+//! Asserts behaviour (the talking flow keeps its replies, the newcomer is admitted, flows
+//! and descriptors stay within the cap); prints RSS, descriptors, loss and first-reply delay.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::UdpSocket;
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
+    let tcp = Backend::start("wan1", "127.0.0.2").await;
+    let _echo = UdpEcho::start("wan1", tcp.addr).await;
+    let port = free_port();
+    let conf = format!(
+        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
+         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
+         [[service]]\nname = \"flood\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
+         idle_timeout = \"60s\"\nmax_flows = 4096\n",
+        tcp.addr
+    );
+    let dir = std::env::temp_dir().join(format!("ingress-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("ingress.toml");
+    std::fs::write(&file, conf).expect("write");
+    let child = Child(
+        Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ingress"),
+    );
+    let pid = child.0.id();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+
+    // The legitimate flow: one datagram every 10 ms, counting replies.
+    let legit = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("legit"));
+    legit.connect(addr).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        legit.send(b"hello").await.expect("send");
+        let mut b = [0u8; 64];
+        if tokio::time::timeout(Duration::from_millis(100), legit.recv(&mut b)).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingress never answered");
+    }
+    let (sent, got, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let talker = {
+        let (legit, sent, got, stop) = (legit.clone(), sent.clone(), got.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut b = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if legit.send(b"tick").await.is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), legit.recv(&mut b)).await {
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let rss_idle = rss_kib(pid);
+
+    // The flood: 20,000 distinct sources (a socket each, opened, one datagram, closed).
+    let flood_start = Instant::now();
+    let mut newcomer_delay = None;
+    for i in 0..20_000u32 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+        let _ = s.send_to(b"x", addr);
+        drop(s);
+        if i == 10_000 {
+            // A new legitimate client mid-flood: how long until its first reply?
+            let c = UdpSocket::bind("127.0.0.1:0").await.expect("newcomer");
+            c.connect(addr).await.expect("connect");
+            let t0 = Instant::now();
+            let mut b = [0u8; 64];
+            while t0.elapsed() < Duration::from_secs(5) {
+                let _ = c.send(b"hi").await;
+                if tokio::time::timeout(Duration::from_millis(10), c.recv(&mut b)).await.is_ok() {
+                    newcomer_delay = Some(t0.elapsed());
+                    break;
+                }
+            }
+        }
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let flood_time = flood_start.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss_peak, fds_peak) = (rss_kib(pid), fds(pid));
+    stop.store(true, Ordering::Relaxed);
+    let _ = talker.await;
+    let (s, g) = (sent.load(Ordering::Relaxed), got.load(Ordering::Relaxed));
+    let loss = 1.0 - g as f64 / s.max(1) as f64;
+    println!(
+        "RESULT udp flood: 20000 sources in {:.2}s against max_flows 4096; legit flow {g}/{s} replies (loss {:.1} %); \
+         newcomer's first reply after {:?}; ingress RSS {rss_idle} KiB idle -> {rss_peak} KiB at the cap, {fds_peak} descriptors",
+        flood_time.as_secs_f64(),
+        loss * 100.0,
+        newcomer_delay
+    );
+    assert!(newcomer_delay.is_some(), "a new legitimate client was never admitted during the flood");
+    assert!(g > 0 && loss < 0.5, "the talking flow lost its replies: {g}/{s}");
+    assert!(fds_peak < 4096 + 100, "descriptors beyond the flow cap: {fds_peak}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
