@@ -9,7 +9,31 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
-use shared::ports::{parse_duration, parse_host_port, ListenSpec};
+use shared::ports::{days, hours, ms, parse_host_port, secs, DurationRange, ListenSpec};
+
+/// The range each duration field accepts (documented next to its default in
+/// `examples/ingress.toml`). Floors keep a typo from turning into a busy loop (a `1ns` probe
+/// interval), ceilings keep deadlines far from instant overflow and catch unit mistakes.
+pub mod ranges {
+    use super::*;
+    /// `limits.drain_timeout`, default 30s.
+    pub const DRAIN_TIMEOUT: DurationRange = DurationRange::new(ms(100), hours(1));
+    /// `pool.*.connect_timeout`, default 300ms.
+    pub const CONNECT_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
+    /// `pool.*.final_connect_timeout`, default 3s.
+    pub const FINAL_CONNECT_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(120));
+    /// `pool.*.health.interval`, default 500ms: at most 20 probe rounds a second per pool.
+    pub const HEALTH_INTERVAL: DurationRange = DurationRange::new(ms(50), hours(1));
+    /// `pool.*.health.timeout`, default 400ms.
+    pub const HEALTH_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
+    /// `service.idle_timeout`, default 1h (tcp) / 60s (udp).
+    pub const IDLE_TIMEOUT: DurationRange = DurationRange::new(ms(100), days(7));
+    /// `service.peek_timeout`, default 5s.
+    pub const PEEK_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
+    /// `limits.max_connections`, `service.max_connections`, `service.max_flows`: 1..=this.
+    pub const MAX_COUNT: u32 = 1_000_000;
+}
+use ranges::*;
 
 /// Every problem found in a config file, each naming its field.
 #[derive(Debug, thiserror::Error)]
@@ -250,20 +274,32 @@ impl Config {
 struct Problems(Vec<String>);
 
 impl Problems {
-    fn dur(&mut self, field: &str, v: &Option<String>, default: Duration) -> Duration {
+    /// A duration field: absent gives `default`, present must parse and lie in `range`.
+    fn dur(&mut self, field: &str, v: &Option<String>, default: Duration, range: DurationRange) -> Duration {
+        debug_assert!(default >= range.min && default <= range.max, "{field}: default outside its range");
         match v {
             None => default,
-            Some(s) => match parse_duration(s) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    self.0.push(format!("{field}: must be above zero"));
-                    default
-                }
+            Some(s) => match range.parse(s) {
+                Ok(d) => d,
                 Err(e) => {
                     self.0.push(format!("{field}: {e}"));
                     default
                 }
             },
+        }
+    }
+    /// A count field that, when present, must lie in 1..=max.
+    fn count(&mut self, field: &str, v: Option<u32>, max: u32) {
+        if let Some(n) = v {
+            if n == 0 || n > max {
+                self.0.push(format!("{field}: must be 1..={max} (got {n})"));
+            }
+        }
+    }
+    /// A port field that, when present, must be 1-65535 (a destination, never "any").
+    fn port(&mut self, field: &str, v: Option<u16>) {
+        if v == Some(0) {
+            self.0.push(format!("{field}: port 0 is not a port (1-65535)"));
         }
     }
     fn push(&mut self, s: String) {
@@ -274,6 +310,7 @@ impl Problems {
 fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut p = Problems(Vec::new());
 
+    // Port 0 here means "any free port" (tests read the bound address back).
     let admin = raw.admin.as_ref().and_then(|a| match a.listen.parse::<SocketAddr>() {
         Ok(sa) => Some(sa),
         Err(_) => {
@@ -282,10 +319,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
     });
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
-    if max_connections == 0 {
-        p.push("limits.max_connections: must be above zero".into());
-    }
-    let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, Duration::from_secs(30));
+    p.count("limits.max_connections", Some(max_connections), MAX_COUNT);
+    let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, secs(30), DRAIN_TIMEOUT);
 
     let mut pools = BTreeMap::new();
     for (name, rp) in &raw.pool {
@@ -294,6 +329,18 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         let mut names = HashSet::new();
         if rp.paths.is_empty() && rp.mesh.is_none() {
             p.push(format!("pool.{name}: needs at least one entry in `paths` or a `mesh` address"));
+        }
+        // The pool keeps its paths (mesh included) in a fixed-size array: refuse what it
+        // could not hold rather than let it drop paths, or the mesh tier, silently.
+        let slots = rp.paths.len() + usize::from(rp.mesh.is_some());
+        if slots > crate::pool::MAX_PATHS {
+            p.push(format!(
+                "{}: {} paths{} is more than the {} a pool holds",
+                f("paths"),
+                rp.paths.len(),
+                if rp.mesh.is_some() { " plus the mesh tier" } else { "" },
+                crate::pool::MAX_PATHS
+            ));
         }
         for (i, rpath) in rp.paths.iter().enumerate() {
             let field = format!("pool.{name}.paths[{i}]");
@@ -319,16 +366,17 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 None
             }
         });
-        let connect_timeout = p.dur(&f("connect_timeout"), &rp.connect_timeout, Duration::from_millis(300));
+        let connect_timeout = p.dur(&f("connect_timeout"), &rp.connect_timeout, ms(300), CONNECT_TIMEOUT);
         let final_connect_timeout =
-            p.dur(&f("final_connect_timeout"), &rp.final_connect_timeout, Duration::from_secs(3));
+            p.dur(&f("final_connect_timeout"), &rp.final_connect_timeout, secs(3), FINAL_CONNECT_TIMEOUT);
         let max_attempts = rp.max_attempts.unwrap_or(3);
         if max_attempts == 0 || max_attempts > 10 {
             p.push(format!("{}: must be 1..=10 (got {max_attempts})", f("max_attempts")));
         }
         let h = &rp.health;
-        let interval = p.dur(&f("health.interval"), &h.interval, Duration::from_millis(500));
-        let timeout = p.dur(&f("health.timeout"), &h.timeout, Duration::from_millis(400));
+        let interval = p.dur(&f("health.interval"), &h.interval, ms(500), HEALTH_INTERVAL);
+        let timeout = p.dur(&f("health.timeout"), &h.timeout, ms(400), HEALTH_TIMEOUT);
+        p.port(&f("health.port"), h.port);
         let rise = h.rise.unwrap_or(2);
         let fall = h.fall.unwrap_or(2);
         if rise == 0 || rise > 100 {
@@ -450,19 +498,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             }
         };
         let default_idle = if protocol == Protocol::Udp { Duration::from_secs(60) } else { Duration::from_secs(3600) };
-        let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle);
-        if rs.max_flows == Some(0) {
-            p.push(format!("{field}.max_flows: must be above zero"));
-        }
+        let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle, IDLE_TIMEOUT);
+        p.count(&format!("{field}.max_flows"), rs.max_flows, MAX_COUNT);
         if rs.max_flows.is_some() && protocol != Protocol::Udp {
             p.push(format!("{field}.max_flows: only udp services have flows (use max_connections)"));
         }
         if rs.max_connections.is_some() && protocol == Protocol::Udp {
             p.push(format!("{field}.max_connections: udp services are capped by max_flows"));
         }
-        if rs.max_connections == Some(0) {
-            p.push(format!("{field}.max_connections: must be above zero"));
-        }
+        p.count(&format!("{field}.max_connections"), rs.max_connections, MAX_COUNT);
+        p.port(&format!("{field}.upstream_port"), rs.upstream_port);
         if mode == Mode::Plain && (!rs.routes.is_empty() || rs.peek_timeout.is_some() || rs.peek_max.is_some()) {
             p.push(format!("{field}.routes: routes, peek_timeout and peek_max need mode = \"sni\" or \"http\""));
         }
@@ -480,7 +525,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 }
             }
         }
-        let peek_timeout = p.dur(&format!("{field}.peek_timeout"), &rs.peek_timeout, Duration::from_secs(5));
+        let peek_timeout = p.dur(&format!("{field}.peek_timeout"), &rs.peek_timeout, secs(5), PEEK_TIMEOUT);
         let peek_max = rs.peek_max.unwrap_or(16 * 1024);
         if !(512..=65536).contains(&peek_max) {
             p.push(format!("{field}.peek_max: must be 512..=65536 bytes (got {peek_max})"));

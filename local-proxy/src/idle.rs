@@ -42,7 +42,7 @@ impl Activity {
     /// Resolves once no activity was recorded for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let deadline = shared::ports::tokio_deadline(self.last(), idle);
             if Instant::now() >= deadline {
                 return;
             }

@@ -15,7 +15,8 @@ use figment::Figment;
 use http::{HeaderName, HeaderValue};
 use shared::ports::PortRange;
 
-pub use validate::{DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
+pub(crate) use validate::duration;
+pub use validate::{ranges, DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
 
 /// Prefix of environment variables that override file values; `__` separates nesting
 /// levels (`LOCAL_PROXY_HTTP__HTTPS_PORT=8443`).

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use shared::ports::{parse_duration, parse_host_port, ListenSpec, PortRange};
+use shared::ports::{days, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
 use super::raw::{RawConfig, RawSite, RawStream};
 use super::{CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream, Wan};
@@ -45,6 +45,54 @@ pub const DEFAULT_SCANNER_PATHS: &[&str] = &[
     "/HNAP1",
 ];
 
+/// The range each duration field accepts (documented next to its default in
+/// `examples/local-proxy.toml`). Floors keep a typo from becoming a busy loop or an instant
+/// timeout; ceilings keep deadlines far from instant overflow (hyper adds
+/// `header_read_timeout` to `now` unchecked) and catch unit mistakes.
+pub mod ranges {
+    use super::*;
+    /// `wan.proxy_header_timeout`, default 5s.
+    pub const PROXY_HEADER_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
+    /// `http.tls_handshake_timeout`, default 10s.
+    pub const TLS_HANDSHAKE_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(300));
+    /// `http.header_read_timeout`, default 10s.
+    pub const HEADER_READ_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(300));
+    /// `http.idle_timeout`, default 300s; `stream.idle_timeout`, default 1h (tcp) / 300s (udp).
+    pub const IDLE_TIMEOUT: DurationRange = DurationRange::new(ms(100), days(7));
+    /// `http.upstream_connect_timeout` and `stream.connect_timeout`, default 5s.
+    pub const CONNECT_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
+    /// `http.upstream_timeout`, default 60s.
+    pub const UPSTREAM_TIMEOUT: DurationRange = DurationRange::new(ms(100), days(1));
+    /// `tls.reload_interval`, default 5s.
+    pub const RELOAD_INTERVAL: DurationRange = DurationRange::new(ms(100), days(1));
+    /// `firewall.min_refresh`, default 10s.
+    pub const MIN_REFRESH: DurationRange = DurationRange::new(secs(1), days(1));
+    /// `firewall.max_refresh`, default 1h.
+    pub const MAX_REFRESH: DurationRange = DurationRange::new(secs(1), days(7));
+    /// `firewall.lookup_timeout`, default 5s.
+    pub const LOOKUP_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
+}
+use ranges::*;
+
+/// Parse a duration field (absent: `default`) and check it lies in `range`; problems go to
+/// `errors` under `field`. Shared with the `[firewall]` section.
+pub(crate) fn duration(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+    range: DurationRange,
+) -> Duration {
+    match range.parse(value.unwrap_or(default)) {
+        Ok(d) => d,
+        Err(e) => {
+            errors.push(FieldError { field: field.into(), message: e });
+            // Only reached with errors recorded: the config is refused, the value unused.
+            range.min
+        }
+    }
+}
+
 /// Collects errors while parsing leaves, so one pass reports everything.
 #[derive(Default)]
 struct Check {
@@ -56,31 +104,14 @@ impl Check {
         self.errors.push(FieldError { field: field.into(), message: message.into() });
     }
 
-    fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
-        let text = value.unwrap_or(default);
-        match parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                self.err(field, "must be greater than zero");
-                Duration::from_secs(1)
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.err(field, e);
-                Duration::from_secs(1)
-            }
-        }
+    fn duration(&mut self, field: &str, value: Option<&str>, default: &str, range: DurationRange) -> Duration {
+        duration(&mut self.errors, field, value, default, range)
     }
 
     fn ip(&mut self, field: &str, value: &str) -> Option<IpAddr> {
-        // Accept the bracketed IPv6 form too, since it is how addresses are written elsewhere.
-        let bare = value.trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                self.err(field, format!("`{value}` is not an IP address"));
-                None
-            }
-        }
+        // The bracketed IPv6 form is accepted too (it is how addresses are written
+        // elsewhere), but only whole: `[::1` is a typo, not an address.
+        parse_ip(value).map_err(|e| self.err(field, e)).ok()
     }
 
     fn count(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
@@ -118,7 +149,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             .enumerate()
             .filter_map(|(i, a)| c.ip(&format!("wan.trusted_ingress[{i}]"), a))
             .collect(),
-        proxy_header_timeout: c.duration("wan.proxy_header_timeout", raw.wan.proxy_header_timeout.as_deref(), "5s"),
+        proxy_header_timeout: c.duration(
+            "wan.proxy_header_timeout",
+            raw.wan.proxy_header_timeout.as_deref(),
+            "5s",
+            PROXY_HEADER_TIMEOUT,
+        ),
     };
 
     let mesh = Mesh {
@@ -129,8 +165,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         },
         admin_endpoint: match raw.mesh.admin_endpoint {
             Some(e) => {
-                if let Err(err) = e.parse::<shared::ygg::Endpoint>() {
-                    c.err("mesh.admin_endpoint", err.to_string());
+                match e.parse::<shared::ygg::Endpoint>() {
+                    Err(err) => c.err("mesh.admin_endpoint", err.to_string()),
+                    // The endpoint parser takes any u16; port 0 is not a place to connect to.
+                    Ok(shared::ygg::Endpoint::Tcp(a)) if a.rsplit_once(':').is_some_and(|(_, p)| p == "0") => {
+                        c.err("mesh.admin_endpoint", format!("`{e}`: port 0 is not a port (1-65535)"))
+                    }
+                    Ok(_) => {}
                 }
                 e
             }
@@ -144,18 +185,29 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         http_port: h.http_port.unwrap_or(80),
         redirect_to_https: h.redirect_to_https.unwrap_or(true),
         acme_webroot: h.acme_webroot.as_ref().map(PathBuf::from),
-        tls_handshake_timeout: c.duration("http.tls_handshake_timeout", h.tls_handshake_timeout.as_deref(), "10s"),
-        header_read_timeout: c.duration("http.header_read_timeout", h.header_read_timeout.as_deref(), "10s"),
+        tls_handshake_timeout: c.duration(
+            "http.tls_handshake_timeout",
+            h.tls_handshake_timeout.as_deref(),
+            "10s",
+            TLS_HANDSHAKE_TIMEOUT,
+        ),
+        header_read_timeout: c.duration(
+            "http.header_read_timeout",
+            h.header_read_timeout.as_deref(),
+            "10s",
+            HEADER_READ_TIMEOUT,
+        ),
         // hyper refuses buffers below 8 KiB.
         max_header_bytes: c.count("http.max_header_bytes", h.max_header_bytes, 32 * 1024, 8 * 1024, 1024 * 1024)
             as usize,
-        idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), "300s"),
+        idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), "300s", IDLE_TIMEOUT),
         upstream_connect_timeout: c.duration(
             "http.upstream_connect_timeout",
             h.upstream_connect_timeout.as_deref(),
             "5s",
+            CONNECT_TIMEOUT,
         ),
-        upstream_timeout: c.duration("http.upstream_timeout", h.upstream_timeout.as_deref(), "60s"),
+        upstream_timeout: c.duration("http.upstream_timeout", h.upstream_timeout.as_deref(), "60s", UPSTREAM_TIMEOUT),
         max_connections: c.count("http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
     };
     if http.https_port != 0 && http.https_port == http.http_port {
@@ -173,7 +225,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let tls = Tls {
         certbot_live_dir: raw.tls.certbot_live_dir.as_ref().map(PathBuf::from),
         certificates,
-        reload_interval: c.duration("tls.reload_interval", raw.tls.reload_interval.as_deref(), "5s"),
+        reload_interval: c.duration("tls.reload_interval", raw.tls.reload_interval.as_deref(), "5s", RELOAD_INTERVAL),
     };
 
     let header_sets = header_sets(&mut c, &raw.header_sets);
@@ -383,6 +435,25 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
     if authority.as_str().contains('@') {
         return Err(format!("`{u}` must not contain credentials"));
     }
+    // `http::Uri` keeps an out-of-range port as text and `port_u16()` then reports none, so
+    // `http://host:70000` would quietly go to port 80: check the port text ourselves.
+    let host = authority.host();
+    let port_text = authority.as_str().strip_prefix(host).unwrap_or_default();
+    if let Some(port) = port_text.strip_prefix(':') {
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => {}
+            _ => return Err(format!("`{u}`: `{port}` is not a port (1-65535)")),
+        }
+    } else if !port_text.is_empty() {
+        return Err(format!("`{u}` has a malformed host"));
+    }
+    let host_ok = match host.strip_prefix('[') {
+        Some(_) => parse_ip(host).is_ok_and(|ip| ip.is_ipv6()),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || valid_host(&host.to_ascii_lowercase()),
+    };
+    if !host_ok || host.starts_with("*.") {
+        return Err(format!("`{u}`: `{host}` is not a host name or IP address"));
+    }
     Ok(Upstream { tls, authority })
 }
 
@@ -462,8 +533,8 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         upstream_ports,
         proxy_protocol,
         transparent,
-        connect_timeout: c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s"),
-        idle_timeout: c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default),
+        connect_timeout: c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s", CONNECT_TIMEOUT),
+        idle_timeout: c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default, IDLE_TIMEOUT),
         max_flows: c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize,
     };
     if s.max_flows.is_some() && protocol == Protocol::Tcp {

@@ -68,7 +68,7 @@ impl Lookups {
         // Nothing cached may answer: a name is only looked up again when the tracker says so.
         self.resolver.clear_cache();
         // hickory bounds each attempt; this outer bound also covers connection set-up.
-        let bound = self.timeout + Duration::from_millis(500);
+        let bound = self.timeout.saturating_add(Duration::from_millis(500));
         match tokio::time::timeout(bound, self.resolver.lookup(fqdn, kind)).await {
             Err(_) => Outcome::Failed { error: format!("timed out after {bound:?}") },
             Ok(Ok(lookup)) => {

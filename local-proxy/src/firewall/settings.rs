@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
-use shared::ports::{parse_duration, parse_host_port, PortRange};
+use shared::ports::{parse_host_port, parse_ip, DurationRange, PortRange};
 
 use crate::config::{FieldError, Http, Protocol, Stream};
 
@@ -127,18 +127,14 @@ fn err(errors: &mut Vec<FieldError>, field: &str, message: impl Into<String>) {
     errors.push(FieldError { field: format!("firewall.{field}"), message: message.into() });
 }
 
-fn duration(errors: &mut Vec<FieldError>, field: &str, value: Option<&str>, default: &str) -> Duration {
-    match parse_duration(value.unwrap_or(default)) {
-        Ok(d) if d.is_zero() => {
-            err(errors, field, "must be greater than zero");
-            Duration::from_secs(1)
-        }
-        Ok(d) => d,
-        Err(e) => {
-            err(errors, field, e);
-            Duration::from_secs(1)
-        }
-    }
+fn duration(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+    range: DurationRange,
+) -> Duration {
+    crate::config::duration(errors, &format!("firewall.{field}"), value, default, range)
 }
 
 /// A DNS name: letters, digits, `-` and `_` in dot-separated labels; one trailing dot allowed.
@@ -226,11 +222,11 @@ pub fn validate(
     }
     let mut static_addresses: BTreeSet<IpAddr> = trusted_ingress.iter().map(|a| a.to_canonical()).collect();
     for (i, a) in raw.static_addresses.iter().flatten().enumerate() {
-        match a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match parse_ip(a) {
             Ok(ip) => {
                 static_addresses.insert(ip.to_canonical());
             }
-            Err(_) => err(e, &format!("static_addresses[{i}]"), format!("`{a}` is not an IP address")),
+            Err(m) => err(e, &format!("static_addresses[{i}]"), m),
         }
     }
     if ingress_names.is_empty() && static_addresses.is_empty() {
@@ -275,12 +271,13 @@ pub fn validate(
             Err(m) => err(e, &format!("nameservers[{i}]"), m),
         }
     }
-    let min_refresh = duration(e, "min_refresh", raw.min_refresh.as_deref(), "10s");
-    let max_refresh = duration(e, "max_refresh", raw.max_refresh.as_deref(), "1h");
+    use crate::config::ranges::{LOOKUP_TIMEOUT, MAX_REFRESH, MIN_REFRESH};
+    let min_refresh = duration(e, "min_refresh", raw.min_refresh.as_deref(), "10s", MIN_REFRESH);
+    let max_refresh = duration(e, "max_refresh", raw.max_refresh.as_deref(), "1h", MAX_REFRESH);
     if min_refresh > max_refresh {
         err(e, "max_refresh", "must not be below min_refresh");
     }
-    let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), "5s");
+    let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), "5s", LOOKUP_TIMEOUT);
     let on_no_answer = match raw.on_no_answer.as_deref() {
         None | Some("closed") => OnNoAnswer::Closed,
         Some("open") => OnNoAnswer::Open,

@@ -171,7 +171,7 @@ impl Tracker {
             Outcome::NoRecords { ttl } => (BTreeSet::new(), policy.clamp(ttl.unwrap_or(policy.min_refresh))),
             Outcome::Failed { .. } => {
                 e.failures = e.failures.saturating_add(1);
-                e.next = now + policy.retry(e.failures);
+                e.next = shared::ports::deadline(now, policy.retry(e.failures));
                 return Change { kept: Some(e.addrs.clone()), ..Change::default() };
             }
         };
@@ -183,7 +183,7 @@ impl Tracker {
         e.addrs = new;
         e.answered = true;
         e.failures = 0;
-        e.next = now + wait;
+        e.next = shared::ports::deadline(now, wait);
         change
     }
 
