@@ -3,6 +3,7 @@
 pub mod body;
 mod forward;
 pub mod handler;
+pub mod head_timeout;
 pub mod headers;
 pub mod pages;
 pub mod routes;

@@ -1,16 +1,18 @@
 //! Serving one client connection (TLS or plain) with hyper: HTTP/1.1 or h2 chosen by ALPN,
-//! bounded head size and head read time, an idle bound, and graceful close on shutdown.
+//! bounded head size and head read time (an HTTP/1 head started but not finished in time gets
+//! a 408), an idle bound, and graceful close on shutdown.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use hyper::service::service_fn;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::handler::{handle, Conn};
+use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -31,7 +33,7 @@ where
     let shutdown = conn.state.shutdown.clone();
     let listener = conn.listener;
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    let io = Tracked::new(io, activity.clone());
 
     // h2 has no head-read timeout of its own: a connection must send its first request
     // within header_read_timeout, like an HTTP/1 client must send its head.
@@ -44,8 +46,21 @@ where
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
 
+    let mut answered_408 = false;
     let result: Result<(), (&'static str, String)> = match proto {
         Proto::Http1 => {
+            // hyper owns the socket while it serves; a second handle lets us answer a
+            // timed-out head with a 408 after hyper has given up on it.
+            let io = Reclaim::new(io);
+            let reclaim = io.handle();
+            let progress = io.progress();
+            let marks = progress.clone();
+            let svc = service_fn(move |req| {
+                let response = svc.call(req);
+                let marks = marks.clone();
+                async move { response.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks))) }
+            });
+            let io = TokioIo::new(io);
             let c = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(http.header_read_timeout)
@@ -54,16 +69,22 @@ where
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(c);
-            tokio::select! {
+            let res = tokio::select! {
                 res = c.as_mut() => res.map_err(classify),
                 _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                 _ = shutdown.cancelled() => {
                     c.as_mut().graceful_shutdown();
                     c.await.map_err(classify)
                 }
+            };
+            if matches!(res, Err(("head_timeout", _))) && progress.head_started() {
+                head_timeout::answer(reclaim).await;
+                answered_408 = true;
             }
+            res
         }
         Proto::H2 => {
+            let io = TokioIo::new(io);
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(http.max_header_bytes as u32)
@@ -89,11 +110,11 @@ where
     };
     if let Err((result, detail)) = result {
         // After a request, a head timeout is just an idle keep-alive connection ending.
-        if result == "head_timeout" && served_one.load(Ordering::Relaxed) {
+        if result == "head_timeout" && served_one.load(Ordering::Relaxed) && !answered_408 {
             debug!(listener, "idle keep-alive connection closed");
             return;
         }
-        debug!(listener, result, detail = %detail, "HTTP connection ended with an error");
+        debug!(listener, result, detail = %detail, answered_408, "HTTP connection ended with an error");
         metrics::counter!(names::HTTP_CONNECTION_ERRORS, "listener" => listener, "result" => result).increment(1);
     }
 }

@@ -1,0 +1,122 @@
+//! A request head sent at 1 byte/s gets `408 Request Timeout` and a close once
+//! `http.header_read_timeout` passes (over TLS, as browsers connect, and over plain HTTP);
+//! connections that started no head (idle keep-alive, or silent from the start) are closed
+//! without one, since nobody would be there to read it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn setup() -> (tempfile::TempDir, Ca, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let live = dir.path().join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    let up = echo_upstream("a").await;
+    let text = base_config(&format!(
+        "header_read_timeout = \"{}s\"\nredirect_to_https = false\n[tls]\ncertbot_live_dir = \"{}\"\n\
+         [[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\n",
+        TIMEOUT.as_secs(),
+        live.display()
+    ));
+    let proxy = Proxy::start(&text).await;
+    (dir, ca, proxy)
+}
+
+/// Send `head` one byte a second until the peer stops taking bytes; then read what it
+/// answered until it closed. Returns the answer and how long after the first byte it ended.
+async fn trickle<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, head: &[u8]) -> (String, Duration) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut next = 0;
+    let deadline = started + TIMEOUT * 3;
+    loop {
+        if next < head.len() && s.write_all(&head[next..next + 1]).await.is_ok() {
+            let _ = s.flush().await;
+            next += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+        assert!(Instant::now() < deadline, "still open after {:?}: {:?}", started.elapsed(), out);
+    }
+    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+}
+
+const HEAD: &[u8] = b"GET /slow HTTP/1.1\r\nHost: a.test\r\nUser-Agent: one-byte-a-second\r\n\r\n";
+
+fn assert_408(answer: &str, took: Duration) {
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "answer: {answer:?}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Cut at the timeout (plus a read tick), not when the client gave up.
+    assert!(took >= TIMEOUT - Duration::from_millis(100) && took < TIMEOUT * 2, "took {took:?}");
+}
+
+#[tokio::test]
+async fn slow_head_over_tls_gets_408_and_close() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    let (answer, took) = trickle(&mut tls, HEAD).await;
+    assert_408(&answer, took);
+}
+
+#[tokio::test]
+async fn slow_head_over_plain_http_gets_408_and_close() {
+    let (_dir, _ca, p) = setup().await;
+    let mut s = TcpStream::connect(p.mesh_http).await.unwrap();
+    let (answer, took) = trickle(&mut s, HEAD).await;
+    assert_408(&answer, took);
+}
+
+#[tokio::test]
+async fn a_slow_second_head_gets_408_after_a_served_request() {
+    let (_dir, _ca, p) = setup().await;
+    let mut s = TcpStream::connect(p.mesh_http).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    // Read the first response whole (the echo upstream sends a content-length).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    let (answer, took) = trickle(&mut s, HEAD).await;
+    assert_408(&answer, took);
+}
+
+#[tokio::test]
+async fn no_408_where_no_head_was_started() {
+    let (_dir, ca, p) = setup().await;
+    // Silent from the start (a browser's preconnect): closed, nothing written.
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    let (answer, took) = trickle(&mut tls, b"").await;
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(took < TIMEOUT * 2, "took {took:?}");
+    // Idle keep-alive after a full exchange: closed, nothing more written.
+    let mut s = TcpStream::connect(p.mesh_http).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let (answer, _) = trickle(&mut s, b"").await;
+    assert!(answer.is_empty(), "{answer:?}");
+}
