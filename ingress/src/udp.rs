@@ -2,7 +2,8 @@
 //! a connected upstream socket (which demultiplexes replies) and one task pumping replies
 //! back to the client from the address it sent to. No task per datagram. Flows are
 //! admitted under the service's budget (all its ports) and the process's (the descriptor
-//! budget); replies are read into one buffer per worker thread, not one per flow.
+//! budget); replies are read into one buffer per worker thread, not one per flow
+//! (`shared::udp_relay`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::server::{Service, Shared};
 use shared::udp_flows::{evict_after, FlowEntry, FlowPermits, FlowTable};
+use shared::udp_relay::{pump, send_now, send_with_header};
 
 struct Flow {
     guard: ActiveGuard,
@@ -97,7 +99,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let c = Arc::new(Counters::new(&first.cfg.name));
     let replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
     let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
-    let mut table: FlowTable<Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
+    let mut table: FlowTable<SocketAddr, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
@@ -194,22 +196,6 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     }
 }
 
-/// Send without waiting and without tokio's readiness bookkeeping (which reports a fresh
-/// socket as not yet writable): the kernel says WouldBlock only when the queue is full.
-fn send_now(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> std::io::Result<usize> {
-    let s = socket2::SockRef::from(sock);
-    match to {
-        Some(to) => s.send_to(data, &to.into()),
-        None => s.send(data),
-    }
-}
-
-/// One datagram made of the PROXY header and the payload, without copying either.
-fn send_with_header(sock: &UdpSocket, header: &[u8], data: &[u8]) -> std::io::Result<usize> {
-    let parts = [std::io::IoSlice::new(header), std::io::IoSlice::new(data)];
-    socket2::SockRef::from(sock).send_vectored(&parts)
-}
-
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
 async fn open_flow(
     pool: &Pool,
@@ -268,39 +254,17 @@ async fn pump_replies(
     bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
-    loop {
-        if upstream.readable().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        // Drain what is queued through this worker's buffer; it is never held across an
-        // await, so thousands of idle flows own no buffer at all.
-        let refused = REPLY_BUF.with_borrow_mut(|buf| loop {
-            let n = match upstream.try_recv(buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-                // ECONNREFUSED from an ICMP port unreachable: the service may come back.
-                Err(_) => return true,
-            };
-            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            match send_now(&listener, &buf[..n], Some(client)) {
-                Ok(_) => {
-                    c.dgrams_out.increment(1);
-                    c.bytes_out.increment(n as u64);
-                    bytes_down.increment(n as u64);
-                    bytes_down.mark_busy(&busy_mark);
-                }
-                Err(_) => c.drop_send.increment(1),
+    pump(&upstream, |reply| {
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match send_now(&listener, reply, Some(client)) {
+            Ok(_) => {
+                c.dgrams_out.increment(1);
+                c.bytes_out.increment(reply.len() as u64);
+                bytes_down.increment(reply.len() as u64);
+                bytes_down.mark_busy(&busy_mark);
             }
-        });
-        if refused {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(_) => c.drop_send.increment(1),
         }
-    }
-}
-
-thread_local! {
-    /// Replies are read here: one 64 KiB buffer per worker thread (the largest datagram),
-    /// instead of one per flow (4,096 flows used to hold 256 MiB of idle buffers).
-    static REPLY_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 65536].into_boxed_slice());
+    })
+    .await;
 }

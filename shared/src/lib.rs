@@ -7,4 +7,5 @@ pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;
 pub mod udp_flows;
+pub mod udp_relay;
 pub mod ygg;

@@ -12,7 +12,7 @@
 //! second-chance "clock" of page caches).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -88,15 +88,17 @@ pub fn evict_after(idle_ms: u64) -> u64 {
     (idle_ms / 8).clamp(1, 250)
 }
 
-pub struct FlowTable<V> {
-    flows: HashMap<SocketAddr, V>,
+/// Flows keyed by `K`: the client address (ingress), or the sender and the client it
+/// speaks for (local proxy, where one ingress relays many clients).
+pub struct FlowTable<K, V> {
+    flows: HashMap<K, V>,
     /// Clients in the order they were last seen by the queue (with that time); entries of
     /// removed flows are skipped when met and the queue is rebuilt when they pile up.
-    order: VecDeque<(SocketAddr, u64)>,
+    order: VecDeque<(K, u64)>,
     idle_ms: u64,
 }
 
-impl<V: FlowEntry> FlowTable<V> {
+impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
     pub fn new(idle_ms: u64) -> Self {
         Self { flows: HashMap::new(), order: VecDeque::new(), idle_ms: idle_ms.max(1) }
     }
@@ -109,16 +111,16 @@ impl<V: FlowEntry> FlowTable<V> {
         self.flows.is_empty()
     }
 
-    pub fn get(&self, client: &SocketAddr) -> Option<&V> {
+    pub fn get(&self, client: &K) -> Option<&V> {
         self.flows.get(client)
     }
 
-    pub fn remove(&mut self, client: &SocketAddr) -> Option<V> {
+    pub fn remove(&mut self, client: &K) -> Option<V> {
         self.flows.remove(client)
     }
 
     /// Add a flow (its permits already acquired); returns the flow it replaced, if any.
-    pub fn insert(&mut self, client: SocketAddr, flow: V, now: u64) -> Option<V> {
+    pub fn insert(&mut self, client: K, flow: V, now: u64) -> Option<V> {
         self.order.push_back((client, now));
         let old = self.flows.insert(client, flow);
         self.compact();
@@ -159,7 +161,7 @@ impl<V: FlowEntry> FlowTable<V> {
 
     /// Remove every flow matching `f` (e.g. pinned to a path that went away).
     pub fn drain_where(&mut self, f: impl Fn(&V) -> bool, out: &mut Vec<V>) {
-        let keys: Vec<SocketAddr> = self.flows.iter().filter(|(_, v)| f(v)).map(|(k, _)| *k).collect();
+        let keys: Vec<K> = self.flows.iter().filter(|(_, v)| f(v)).map(|(k, _)| *k).collect();
         for k in keys {
             if let Some(v) = self.flows.remove(&k) {
                 out.push(v);
@@ -174,7 +176,7 @@ impl<V: FlowEntry> FlowTable<V> {
     /// Rebuild the queue when removed flows' entries outnumber the live ones.
     fn compact(&mut self) {
         if self.order.len() > 2 * self.flows.len() + 64 {
-            let mut live: Vec<(SocketAddr, u64)> = self.flows.iter().map(|(k, v)| (*k, v.last_active())).collect();
+            let mut live: Vec<(K, u64)> = self.flows.iter().map(|(k, v)| (*k, v.last_active())).collect();
             live.sort_by_key(|&(_, t)| t);
             self.order = live.into();
         }
@@ -185,6 +187,7 @@ impl<V: FlowEntry> FlowTable<V> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::net::SocketAddr;
     use std::rc::Rc;
 
     /// A flow whose last activity the test moves, as the reply pump would.
@@ -263,7 +266,7 @@ mod tests {
         // every 10 ms throughout.
         let service = FlowBudget::new(4096);
         let global = FlowBudget::new(usize::MAX);
-        let mut t: FlowTable<(F, FlowPermits)> = FlowTable::new(60_000);
+        let mut t: FlowTable<SocketAddr, (F, FlowPermits)> = FlowTable::new(60_000);
         let legit = f(0);
         let legit_clock = legit.0.clone();
         t.insert(addr(999_999), (legit, FlowPermits::acquire(&service, &global).expect("slot")), 0);

@@ -33,6 +33,8 @@ pub const STREAM_TRANSPARENT_FALLBACKS: &str = "local_proxy_stream_transparent_f
 pub const STREAM_BYTES: &str = "local_proxy_stream_bytes_total";
 /// UDP flows open now, by `stream`.
 pub const UDP_FLOWS_ACTIVE: &str = "local_proxy_udp_flows_active";
+/// UDP flows that gave their slot to a new source at the stream's `max_flows`, by `stream`.
+pub const UDP_FLOWS_EVICTED: &str = "local_proxy_udp_flows_evicted_total";
 /// UDP datagrams relayed, by `stream` and `direction`.
 pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 /// UDP datagrams dropped, by `stream` and `result`

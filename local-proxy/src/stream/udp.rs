@@ -1,46 +1,96 @@
-//! UDP stream forwards. One task per listening socket reads datagrams and keeps a flow table
-//! keyed by (sender, client); each flow has its own connected upstream socket (it sorts the
-//! replies) and a reply task that ends when the flow idles out. On WAN-side sockets only
-//! trusted ingress peers are heard; a datagram may start with a PROXY v2 header naming the
-//! client, which is stripped. A transparent stream binds each flow's upstream socket to the
-//! client's own address (see `transparent`). Replies go out of the listening socket, which is
-//! bound to one WAN address, so they leave by the WAN the flow came in on.
+//! UDP stream forwards. One task per listening socket reads datagrams and owns a flow table
+//! (`shared::udp_flows`) keyed by (sender, client); each flow has its own connected upstream
+//! socket (it sorts the replies) and a reply pump reading into one buffer per worker thread.
+//! Flows are admitted under the stream's budget, shared by all its sockets; at the cap a new
+//! source takes the slot of the flow silent longest (after an eighth of the idle timeout, at
+//! most 250 ms), so a flood cannot lock legitimate clients out, and expire after the idle
+//! timeout. On WAN-side sockets only trusted ingress peers are heard; a datagram may start
+//! with a PROXY v2 header naming the client, which is stripped. A transparent stream binds
+//! each flow's upstream socket to the client's own address (see `transparent`). Replies go
+//! out of the listening socket, which is bound to one WAN address, so they leave by the WAN
+//! the flow came in on.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
+use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowPermits, FlowTable};
+use shared::udp_relay::{pump, send_now, send_with_header, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::Stream;
-use crate::idle::Activity;
 use crate::listeners::Origin;
 use crate::metrics::names;
 use crate::state::State;
 use crate::transparent::{self, TransparentError};
-
-/// Largest datagram relayed.
-const MAX_DATAGRAM: usize = 65_535;
 
 type FlowKey = (SocketAddr, SocketAddr);
 
 /// `(client, destination, payload)` of an accepted datagram.
 type Inbound<'a> = (SocketAddr, SocketAddr, &'a [u8]);
 
-#[derive(Debug)]
 struct Flow {
-    upstream: UdpSocket,
-    activity: Activity,
-    /// PROXY v2 header prepended to every datagram to the upstream, when configured.
-    header: Option<Vec<u8>>,
+    upstream: Arc<UdpSocket>,
+    /// Milliseconds (the listening loop's epoch) of the last datagram either way.
+    last: Arc<AtomicU64>,
+    /// PROXY v2 header sent with every datagram to the upstream, when configured.
+    header: Option<Box<[u8]>>,
+    pump: JoinHandle<()>,
+    active: Gauge,
+    _permits: FlowPermits,
 }
 
-type Flows = Arc<Mutex<HashMap<FlowKey, Arc<Flow>>>>;
+impl FlowEntry for Flow {
+    fn last_active(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.pump.abort();
+        self.active.decrement(1.0);
+    }
+}
+
+/// Flow budgets by stream name, shared by every socket of a stream (WAN addresses, mesh)
+/// and kept across reloads; the cap follows the stream's `max_flows`.
+fn stream_budget(name: &str, cap: usize) -> Arc<FlowBudget> {
+    static BUDGETS: LazyLock<Mutex<HashMap<String, Arc<FlowBudget>>>> = LazyLock::new(Default::default);
+    let mut map = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+    let b = map.entry(name.to_string()).or_insert_with(|| FlowBudget::new(cap));
+    b.set_cap(cap);
+    b.clone()
+}
+
+/// No process-wide cap beyond the streams' own (the ingress derives one from its descriptor
+/// budget; here the streams are few and configured by the operator).
+static GLOBAL: LazyLock<Arc<FlowBudget>> = LazyLock::new(|| FlowBudget::new(usize::MAX));
+
+/// Hot-path counters of one stream, registered once per listening loop (and again only if a
+/// reload renames the stream).
+struct Counters {
+    stream: Arc<String>,
+    dgrams_in: Counter,
+    dgrams_out: Counter,
+}
+
+impl Counters {
+    fn new(stream: Arc<String>) -> Arc<Self> {
+        let c = |dir: &'static str| metrics::counter!(names::UDP_DATAGRAMS, "stream" => stream.to_string(), "direction" => dir);
+        Arc::new(Self { dgrams_in: c("in"), dgrams_out: c("out"), stream })
+    }
+}
 
 /// Serve one UDP socket of a stream until `stop` (shutdown, or a reload that removes it).
 /// Returns once every flow of the socket has ended, so the port is free again.
@@ -67,14 +117,32 @@ async fn serve_flows(
 ) {
     let socket = Arc::new(socket);
     let Ok(local) = socket.local_addr() else { return };
-    let flows: Flows = Arc::default();
+    let epoch = Instant::now();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
+    let idle_of = |name: &str| {
+        let config = state.config.load();
+        config.streams.iter().find(|s| s.name == name).map_or(Duration::from_secs(60), |s| s.idle_timeout)
+    };
+    let mut table: FlowTable<FlowKey, Flow> = FlowTable::new(idle_of(&stream_name.load()).as_millis() as u64);
+    let mut sweep = tokio::time::interval(Duration::from_millis(100));
+    let mut gone = Vec::new();
+    let mut counters = Counters::new(stream_name.load_full());
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
+            _ = sweep.tick() => {
+                table.set_idle(idle_of(&stream_name.load()).as_millis() as u64);
+                table.expire(now_ms(), &mut gone);
+                gone.clear();
+                continue;
+            }
             _ = stop.cancelled() => return,
         };
         let name = stream_name.load_full();
+        if !Arc::ptr_eq(&name, &counters.stream) {
+            counters = Counters::new(name.clone());
+        }
         let (n, sender) = match received {
             Ok(r) => r,
             Err(e) => {
@@ -96,28 +164,40 @@ async fn serve_flows(
             }
         };
         let key = (sender, client);
-        let existing = lock(&flows).get(&key).cloned();
-        let flow = match existing {
-            Some(f) => f,
-            None => match open_flow(&flows, key, destination, local, stream, &socket, stop, flow_tasks).await {
-                Some(f) => f,
-                None => continue,
-            },
-        };
-        flow.activity.touch();
+        let now = now_ms();
+        if table.get(&key).is_none() {
+            // Room first: a flood of new sources at the cap must not cost a socket each.
+            let budget = stream_budget(&stream.name, stream.max_flows);
+            let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
+            let permits = loop {
+                if let Some(p) = FlowPermits::acquire(&budget, &GLOBAL) {
+                    break Some(p);
+                }
+                if table.evict_idlest(now, evict_idle).is_none() {
+                    break None;
+                }
+                metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
+            };
+            let Some(permits) = permits else {
+                drop_count(&name, "flow_limit");
+                continue;
+            };
+            let Some(flow) =
+                open_flow(key, destination, local, stream, &socket, permits, now, epoch, &counters, flow_tasks).await
+            else {
+                continue;
+            };
+            drop(table.insert(key, flow, now));
+        }
+        let Some(flow) = table.get(&key) else { continue };
+        flow.last.store(now, Ordering::Relaxed);
+        // Never wait on one upstream: a full send queue drops this datagram, as a router would.
         let sent = match &flow.header {
-            Some(h) => {
-                let mut out = Vec::with_capacity(h.len() + payload.len());
-                out.extend_from_slice(h);
-                out.extend_from_slice(payload);
-                flow.upstream.send(&out).await
-            }
-            None => flow.upstream.send(payload).await,
+            Some(h) => send_with_header(&flow.upstream, h, payload),
+            None => send_now(&flow.upstream, payload, None),
         };
         match sent {
-            Ok(_) => {
-                metrics::counter!(names::UDP_DATAGRAMS, "stream" => name.to_string(), "direction" => "in").increment(1)
-            }
+            Ok(_) => counters.dgrams_in.increment(1),
             Err(e) => {
                 debug!(stream = %name, error = %e, "send to upstream failed");
                 drop_count(&name, "send_failed");
@@ -154,30 +234,23 @@ fn classify<'a>(
     })
 }
 
-fn lock(flows: &Flows) -> std::sync::MutexGuard<'_, HashMap<FlowKey, Arc<Flow>>> {
-    // A poisoned map is still consistent: entries are inserted and removed whole.
-    flows.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn drop_count(stream: &str, result: &'static str) {
     metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => result).increment(1);
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn open_flow(
-    flows: &Flows,
     key: FlowKey,
     destination: SocketAddr,
     local: SocketAddr,
     stream: &Stream,
     socket: &Arc<UdpSocket>,
-    stop: &CancellationToken,
+    permits: FlowPermits,
+    now: u64,
+    epoch: Instant,
+    counters: &Arc<Counters>,
     flow_tasks: &TaskTracker,
-) -> Option<Arc<Flow>> {
-    if lock(flows).len() >= stream.max_flows {
-        drop_count(&stream.name, "flow_limit");
-        return None;
-    }
+) -> Option<Flow> {
     let target = stream.upstream_for(local.port());
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
         match transparent::udp(key.1, target).await {
@@ -196,24 +269,18 @@ async fn open_flow(
         }
         plain_flow_socket(stream, target).await?
     };
+    let upstream = Arc::new(upstream);
     let header = stream.proxy_protocol.then(|| {
         let mut h = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));
-        h
+        h.into_boxed_slice()
     });
-    let flow = Arc::new(Flow { upstream, activity: Activity::new(), header });
-    lock(flows).insert(key, flow.clone());
-    metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone()).increment(1.0);
-    flow_tasks.spawn(replies(
-        flows.clone(),
-        key,
-        flow.clone(),
-        socket.clone(),
-        stream.name.clone(),
-        stream.idle_timeout,
-        stop.clone(),
-    ));
-    Some(flow)
+    let last = Arc::new(AtomicU64::new(now));
+    let active = metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone());
+    active.increment(1.0);
+    let pump =
+        flow_tasks.spawn(replies(upstream.clone(), socket.clone(), key.0, last.clone(), epoch, counters.clone()));
+    Some(Flow { upstream, last, header, pump, active, _permits: permits })
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.
@@ -246,35 +313,21 @@ fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) 
     }
 }
 
-/// Relay the upstream's replies to the sender until the flow idles out.
+/// Relay the upstream's replies to the sender until the flow ends (its task is aborted).
 async fn replies(
-    flows: Flows,
-    key: FlowKey,
-    flow: Arc<Flow>,
+    upstream: Arc<UdpSocket>,
     socket: Arc<UdpSocket>,
-    name: String,
-    idle: std::time::Duration,
-    stop: CancellationToken,
+    sender: SocketAddr,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+    counters: Arc<Counters>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        tokio::select! {
-            r = flow.upstream.recv(&mut buf) => match r {
-                Ok(n) => {
-                    flow.activity.touch();
-                    match socket.send_to(&buf[..n], key.0).await {
-                        Ok(_) => metrics::counter!(names::UDP_DATAGRAMS, "stream" => name.clone(), "direction" => "out")
-                            .increment(1),
-                        Err(_) => drop_count(&name, "send_failed"),
-                    }
-                }
-                // ICMP port unreachable from the upstream surfaces here; the flow may recover.
-                Err(e) => debug!(stream = %name, error = %e, "upstream recv error"),
-            },
-            _ = flow.activity.idle_for(idle) => break,
-            _ = stop.cancelled() => break,
+    pump(&upstream, |reply| {
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match send_now(&socket, reply, Some(sender)) {
+            Ok(_) => counters.dgrams_out.increment(1),
+            Err(_) => drop_count(&counters.stream, "send_failed"),
         }
-    }
-    lock(&flows).remove(&key);
-    metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => name).decrement(1.0);
+    })
+    .await;
 }
