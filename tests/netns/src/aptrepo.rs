@@ -95,15 +95,26 @@ pub struct AptRepo {
 }
 
 impl AptRepo {
-    /// Copies `debs` into `dir` and indexes them.
+    /// Copies `debs` into `dir` and indexes them as suite `bookworm-backports` (where Debian has
+    /// yggdrasil 0.5), see [`AptRepo::build_as`].
     pub fn build(dir: &Path, debs: &[PathBuf]) -> Result<Self> {
+        Self::build_as(dir, debs, "bookworm-backports")
+    }
+
+    /// Copies `debs` into `dir` and indexes them; the `Release` file names `suite` as its suite
+    /// and codename (apt's `-t <suite>` / `default_release` then finds the packages there).
+    pub fn build_as(dir: &Path, debs: &[PathBuf], suite: &str) -> Result<Self> {
         require()?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for d in debs {
             let name = d.file_name().context("a .deb without a file name")?;
             std::fs::copy(d, dir.join(name)).with_context(|| format!("copying {}", d.display()))?;
         }
-        let script = "apt-ftparchive packages . > Packages && apt-ftparchive release . > Release";
+        let script = format!(
+            "apt-ftparchive packages . > Packages && apt-ftparchive -o APT::FTPArchive::Release::Suite={suite} \
+             -o APT::FTPArchive::Release::Codename={suite} -o APT::FTPArchive::Release::Origin=lbt-test release . > Release.new \
+             && mv Release.new Release"
+        );
         let out = cmd::run_full(
             &["sh", "-c", &format!("cd '{}' && {script}", dir.display())],
             None,

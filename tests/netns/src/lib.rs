@@ -22,6 +22,7 @@ pub mod netprobe;
 pub mod nspawn;
 pub mod preflight;
 pub mod proc_guard;
+pub mod rollout;
 pub mod scenario;
 pub mod services;
 pub mod tempdir;

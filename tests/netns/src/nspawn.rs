@@ -399,7 +399,7 @@ pub struct Host {
     status: Option<ExitStatus>,
     console: PathBuf,
     merged: PathBuf,
-    cgroup: PathBuf,
+    cgroups: Vec<PathBuf>,
     started: Instant,
     /// From spawning nspawn until systemd reported running/degraded.
     pub boot_time: Duration,
@@ -429,10 +429,11 @@ impl Host {
         let netns_path = format!("--network-namespace-path=/run/netns/{}", spec.ns);
         let machine_arg = format!("--machine={machine}");
         let hostname_arg = format!("--hostname={}", spec.name);
-        let cgroup = own_cgroup(&machine)?;
-        let script = "mkdir \"$5\" && echo $$ > \"$5/cgroup.procs\" || exit 91; \
+        let cgroups = own_cgroups(&machine)?;
+        let cg_list: Vec<String> = cgroups.iter().map(|c| c.display().to_string()).collect();
+        let script = "for d in $LBT_CGROUPS; do mkdir \"$d\" && echo $$ > \"$d/cgroup.procs\" || exit 91; done; \
                       mount -t overlay overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" \"$4\" || exit 90; \
-                      m=$4; shift 5; exec systemd-nspawn -D \"$m\" \"$@\"";
+                      m=$4; shift 4; exec systemd-nspawn -D \"$m\" \"$@\"";
         let mut child = Command::new("setpriv");
         child
             .args(["--pdeathsig", "KILL", "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"])
@@ -440,7 +441,6 @@ impl Host {
             .arg(&upper)
             .arg(&work)
             .arg(&merged)
-            .arg(&cgroup)
             .args([
                 "--boot",
                 "--register=no",
@@ -454,6 +454,11 @@ impl Host {
                 "--link-journal=no",
                 "--console=read-only",
             ])
+            .env("LBT_CGROUPS", cg_list.join(" "))
+            // Legacy (v1 only) cgroups in the container: in hybrid mode nspawn would give it the
+            // cgroup2 hierarchy from its root, shared by every container (units of the same
+            // name in two containers then collide: 219/CGROUP).
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")
             .stdin(Stdio::null());
         let out = File::create(&console).with_context(|| format!("creating {}", console.display()))?;
         let err = out.try_clone()?;
@@ -470,7 +475,7 @@ impl Host {
             status: None,
             console,
             merged,
-            cgroup,
+            cgroups,
             started: start,
             boot_time: Duration::ZERO,
         })
@@ -501,7 +506,7 @@ impl Host {
         })?;
         if state == "degraded" {
             let script = "for u in $(systemctl --failed --plain --no-legend | cut -d' ' -f1); do \
-                          journalctl -b -u $u --no-pager | tail -n 8; done";
+                          journalctl -b -u $u --no-pager | tail -n 8; done; journalctl -b --no-pager | grep -iE 'cgroup' | tail -n 12";
             let failed = self.ssh.run(self.ssh_addr, script, Duration::from_secs(10))?;
             eprintln!("nspawn: {} booted degraded; failed units:\n{}", self.name, failed.stdout.trim());
         }
@@ -573,7 +578,9 @@ impl Host {
             }
         }
         let _ = std::fs::remove_dir_all(Path::new("/run/systemd/nspawn/propagate").join(&self.machine));
-        remove_cgroup(&self.cgroup);
+        for c in &self.cgroups {
+            remove_cgroup(c);
+        }
         Ok(start.elapsed())
     }
 }
@@ -589,29 +596,48 @@ impl Drop for Host {
     }
 }
 
-/// A cgroup of its own for a container, beside the test's own: with `--keep-unit` nspawn puts
-/// the container in the cgroup it was started in, and two containers in one cgroup have their
-/// systemds manage the same `system.slice` (units then fail with 219/CGROUP at random). On
-/// hybrid v1 that is the `name=systemd` hierarchy, on v2 the unified one.
-fn own_cgroup(machine: &str) -> Result<PathBuf> {
+/// The cgroups this process is in, one per hierarchy, as directories: on hybrid v1 each
+/// controller's (`cpuset` left out: a new one needs cpus and mems set before it takes a task)
+/// and `name=systemd`; on pure v2 the unified one.
+fn my_cgroups() -> Result<Vec<PathBuf>> {
     let mine = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    let path_of = |hier: &str| {
-        mine.lines().find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, h, p) = (f.next()?, f.next()?, f.next()?);
-            (h == hier).then(|| p.trim_start_matches('/').to_string())
-        })
-    };
-    let base = if let Some(p) = path_of("name=systemd") {
-        Path::new("/sys/fs/cgroup/systemd").join(p)
-    } else if let Some(p) = path_of("") {
-        Path::new("/sys/fs/cgroup").join(p)
-    } else {
-        bail!("no name=systemd or unified cgroup in /proc/self/cgroup:\n{mine}");
-    };
-    let dir = base.join(machine);
-    remove_cgroup(&dir);
-    Ok(dir)
+    let mut dirs = Vec::new();
+    let mut unified = None;
+    for l in mine.lines() {
+        let mut f = l.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        let path = path.trim_start_matches('/');
+        if ctrl.is_empty() {
+            unified = Some(Path::new("/sys/fs/cgroup").join(path));
+            continue;
+        }
+        if ctrl.split(',').any(|c| c == "cpuset") {
+            continue;
+        }
+        let mount = Path::new("/sys/fs/cgroup").join(ctrl.strip_prefix("name=").unwrap_or(ctrl));
+        if mount.join("cgroup.procs").is_file() {
+            dirs.push(mount.join(path));
+        }
+    }
+    if dirs.is_empty() {
+        dirs.extend(unified.filter(|u| u.join("cgroup.procs").is_file()));
+    }
+    if dirs.is_empty() {
+        bail!("no usable cgroup hierarchy in /proc/self/cgroup:\n{mine}");
+    }
+    Ok(dirs)
+}
+
+/// Cgroups of its own for a container, below the test's own in every hierarchy: with
+/// `--keep-unit` nspawn leaves the container in the cgroups it was started in, and two
+/// containers sharing them have their systemds manage the same `system.slice` (units then fail
+/// with 219/CGROUP at random).
+fn own_cgroups(machine: &str) -> Result<Vec<PathBuf>> {
+    let dirs: Vec<PathBuf> = my_cgroups()?.into_iter().map(|d| d.join(machine)).collect();
+    for d in &dirs {
+        remove_cgroup(d);
+    }
+    Ok(dirs)
 }
 
 /// Removes a cgroup and whatever its container's systemd left below it (deepest first).
@@ -626,10 +652,10 @@ fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Cgroups of containers of dead harness runs (see [`own_cgroup`]).
+/// Cgroups of containers of dead harness runs (see [`own_cgroups`]).
 fn cleanup_stale_cgroups() {
-    for root in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup"] {
-        let Ok(entries) = std::fs::read_dir(root) else { continue };
+    for root in my_cgroups().unwrap_or_default() {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = crate::netns::owner_pid(&name) {
