@@ -50,13 +50,6 @@ for pkg in systemd-container debootstrap apt-utils openssh-client; do
         missing+=("$pkg")
     fi
 done
-# Booted hosts (tests/nspawn_hosts.rs, tests/rollout.rs): systemd-nspawn, a debootstrap root
-# filesystem, ssh to the hosts, apt-ftparchive for the local apt repository.
-for pkg in systemd-container debootstrap apt-utils openssh-client; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-    fi
-done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     apt-get install -y --no-install-recommends "${missing[@]}"
