@@ -1,36 +1,196 @@
-//! Connecting upstream: pick a path and connect; if it has not answered within a few times
-//! its usual connect latency, race a second path against it (Happy Eyeballs across WANs);
-//! retry on further paths up to `max_attempts`. A WAN that died between two health checks
-//! then costs a client tens of milliseconds, not a failed connection or a full timeout.
+//! Connecting upstream: the plan in `attempts` says which path to try, when to race a second
+//! path against a slow attempt (Happy Eyeballs across WANs) and with what timeout; this
+//! drives it. A WAN that died between two health checks then costs a client tens of
+//! milliseconds, not a failed connection or a full timeout.
 
 use std::future::Future;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::attempts::{Paths, Plan, PlanConfig, Start};
 use crate::health::{Outcome, Source};
 use crate::pool::{Kind, Path, Pool, Tried};
 
 /// Every attempt failed; the last error says why.
 #[derive(Debug, thiserror::Error)]
-#[error("no path to home answered after {attempts} attempt(s); last: {last}")]
+#[error("no path to home answered after {attempts} attempt(s); last: {} ({last})", self.cause().as_str())]
 pub struct Unavailable {
     pub attempts: u32,
     pub last: io::Error,
 }
 
-/// Hedge no earlier than this: below it, scheduling noise would start needless races.
-const HEDGE_FLOOR: Duration = Duration::from_millis(30);
+/// Why the last attempt failed, as an operator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The home end answered with a reset: nothing listens there.
+    Refused,
+    /// No answer within the timeout: a dead or lossy WAN.
+    TimedOut,
+    /// No route to the address (ICMP unreachable, or no route here).
+    Unreachable,
+    /// This process was out of descriptors or memory.
+    LocalResources,
+    /// The pool had no path to try.
+    NoPath,
+    Other,
+}
 
-struct Attempt {
-    index: usize,
-    path: Arc<Path>,
-    started: Instant,
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Refused => "refused",
+            Cause::TimedOut => "timed out",
+            Cause::Unreachable => "unreachable",
+            Cause::LocalResources => "out of local resources",
+            Cause::NoPath => "no path",
+            Cause::Other => "failed",
+        }
+    }
+}
+
+impl Unavailable {
+    pub fn cause(&self) -> Cause {
+        if crate::listener::is_resource_exhaustion(&self.last) {
+            return Cause::LocalResources;
+        }
+        match self.last.kind() {
+            io::ErrorKind::ConnectionRefused => Cause::Refused,
+            io::ErrorKind::TimedOut => Cause::TimedOut,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Cause::Unreachable,
+            io::ErrorKind::NotFound => Cause::NoPath,
+            _ => Cause::Other,
+        }
+    }
+}
+
+/// What happened during a connect, for the pool's health and metrics.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    /// The attempt on `slow` was raced by another path.
+    Hedged {
+        slow: usize,
+    },
+    Failed {
+        index: usize,
+        error: &'a io::Error,
+    },
+    Connected {
+        index: usize,
+        latency: Duration,
+    },
+    /// `index` lost a race: slow, not yet known dead.
+    Lost {
+        index: usize,
+    },
+}
+
+type Dialing<S> = Pin<Box<dyn Future<Output = io::Result<S>> + Send>>;
+
+/// Drive `plan`: `dial(index, timeout)` connects to a path; `on` hears every event. Returns
+/// the winning path and its stream, or the attempts made and the last error.
+pub(crate) async fn drive<S, D>(
+    plan: &mut Plan,
+    paths: &mut impl Paths,
+    mut dial: D,
+    mut on: impl FnMut(Event<'_>),
+) -> Result<(usize, S), (u32, io::Error)>
+where
+    D: FnMut(usize, Duration) -> Dialing<S>,
+{
+    let mut slots: [Option<Dialing<S>>; 2] = [None, None];
+    let mut launch = |s: Start, slots: &mut [Option<Dialing<S>>; 2]| slots[s.slot] = Some(dial(s.index, s.timeout));
+    match plan.begin(Instant::now(), paths) {
+        Some(s) => launch(s, &mut slots),
+        None => return Err((0, io::Error::new(io::ErrorKind::NotFound, "pool has no paths"))),
+    }
+    loop {
+        let hedge_at = plan.hedge_at();
+        let woke = {
+            let [first, second] = &mut slots;
+            tokio::select! {
+                r = poll_slot(first) => Woke::Done(0, r),
+                r = poll_slot(second) => Woke::Done(1, r),
+                _ = sleep_until(hedge_at) => Woke::Hedge,
+            }
+        };
+        let (slot, result) = match woke {
+            Woke::Done(slot, result) => (slot, result),
+            Woke::Hedge => {
+                let slow = plan.in_slot(0).or(plan.in_slot(1)).map(|(i, _)| i);
+                if let Some(s) = plan.on_hedge(Instant::now(), paths) {
+                    if let Some(slow) = slow {
+                        on(Event::Hedged { slow });
+                    }
+                    launch(s, &mut slots);
+                }
+                continue;
+            }
+        };
+        slots[slot] = None;
+        let Some((index, started)) = plan.in_slot(slot) else { continue };
+        match result {
+            Ok(stream) => {
+                on(Event::Connected { index, latency: started.elapsed() });
+                if let Some(loser) = plan.on_connected(slot) {
+                    on(Event::Lost { index: loser });
+                }
+                return Ok((index, stream));
+            }
+            Err(error) => {
+                on(Event::Failed { index, error: &error });
+                if let Some(s) = plan.on_failed(slot, Instant::now(), paths) {
+                    launch(s, &mut slots);
+                } else if plan.in_flight() == 0 {
+                    return Err((plan.attempts(), error));
+                }
+            }
+        }
+    }
+}
+
+enum Woke<S> {
+    Done(usize, io::Result<S>),
+    Hedge,
+}
+
+/// The slot's result when it has a dial in flight; never otherwise.
+async fn poll_slot<S>(slot: &mut Option<Dialing<S>>) -> io::Result<S> {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pool as the plan sees it.
+struct PoolPaths<'a>(&'a Pool);
+
+impl Paths for PoolPaths<'_> {
+    fn pick(&mut self, tried: Tried) -> Option<usize> {
+        self.0.pick(tried, Kind::Tcp).map(|(i, _)| i)
+    }
+    fn remaining(&self, tried: Tried) -> usize {
+        self.0.remaining(tried)
+    }
+    fn usual_latency(&self, index: usize) -> Option<Duration> {
+        // A path not yet measured is judged by the pool's best.
+        self.0
+            .paths
+            .get(index)
+            .and_then(|p| p.latency())
+            .or_else(|| self.0.paths.iter().filter_map(|p| p.latency()).min())
+    }
 }
 
 async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -45,123 +205,65 @@ async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Tc
 /// Connect to `port` (as seen on each path) through the pool.
 pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
     let cfg = &pool.cfg;
-    let mut tried = Tried::default();
-    let mut attempts = 0u32;
-    // Two attempt slots: the current one and, after the hedge delay, a racer.
-    let mut slots: [Option<Attempt>; 2] = [None, None];
-    let mut futs = [pin!(None), pin!(None)];
-    let hedge_timer = pin!(tokio::time::sleep(Duration::MAX / 4));
-    let mut hedge_timer: Pin<&mut tokio::time::Sleep> = hedge_timer;
-
-    // Start an attempt in a free slot; false when no path is left to try.
-    let start = |slot: usize,
-                 slots: &mut [Option<Attempt>; 2],
-                 futs: &mut [Pin<&mut Option<_>>; 2],
-                 tried: &mut Tried,
-                 attempts: &mut u32|
-     -> bool {
-        if *attempts >= cfg.max_attempts {
-            return false;
-        }
-        let Some((index, path)) = pool.pick(*tried, Kind::Tcp) else { return false };
-        tried.insert(index);
-        *attempts += 1;
-        let is_last = *attempts == cfg.max_attempts || pool.remaining(*tried) == 0;
-        // Short while another path can take over; long enough on the last try for a lost
-        // SYN to be retransmitted (after 1 s) rather than failing the client.
-        let timeout = if is_last { cfg.final_connect_timeout } else { cfg.connect_timeout };
-        futs[slot].set(Some(attempt(path.addr(port), timeout)));
-        slots[slot] = Some(Attempt { index, path: path.clone(), started: Instant::now() });
-        true
-    };
-
-    if !start(0, &mut slots, &mut futs, &mut tried, &mut attempts) {
-        return Err(Unavailable { attempts, last: no_paths() });
-    }
-    let arm = |slots: &[Option<Attempt>; 2], timer: &mut Pin<&mut tokio::time::Sleep>| -> bool {
-        let Some(a) = slots.iter().flatten().next() else { return false };
-        // A path not yet measured is judged by the pool's best, else by a WAN-ish 50 ms.
-        let usual = a
-            .path
-            .latency()
-            .or_else(|| pool.paths.iter().filter_map(|p| p.latency()).min())
-            .unwrap_or(Duration::from_millis(50));
-        let delay = (usual * 4).clamp(HEDGE_FLOOR, cfg.connect_timeout.max(HEDGE_FLOOR));
-        timer.as_mut().reset(a.started + delay);
-        true
-    };
-    let mut hedge_armed = arm(&slots, &mut hedge_timer) && pool.remaining(tried) > 0;
-
-    let last = loop {
-        enum Event {
-            Done(usize, io::Result<TcpStream>),
-            Hedge,
-        }
-        let ev = std::future::poll_fn(|cx: &mut Context<'_>| {
-            for (i, f) in futs.iter_mut().enumerate() {
-                if let Some(fut) = f.as_mut().as_pin_mut() {
-                    if let Poll::Ready(r) = fut.poll(cx) {
-                        f.set(None);
-                        return Poll::Ready(Event::Done(i, r));
-                    }
-                }
+    let mut plan = Plan::new(PlanConfig {
+        max_attempts: cfg.max_attempts,
+        connect_timeout: cfg.connect_timeout,
+        final_connect_timeout: cfg.final_connect_timeout,
+    });
+    let dial = |index: usize, timeout: Duration| -> Dialing<TcpStream> {
+        let addr = pool.paths.get(index).map(|p| p.addr(port));
+        Box::pin(async move {
+            match addr {
+                Some(addr) => attempt(addr, timeout).await,
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such path")),
             }
-            if hedge_armed && hedge_timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Hedge);
-            }
-            Poll::Pending
         })
-        .await;
-        match ev {
-            Event::Hedge => {
-                hedge_armed = false;
-                let free = if slots[0].is_none() { 0 } else { 1 };
-                if slots[free].is_none() && start(free, &mut slots, &mut futs, &mut tried, &mut attempts) {
-                    if let Some(slow) = &slots[1 - free] {
-                        slow.path.state.m_hedges.increment(1);
-                        tracing::debug!(pool = %pool.name, slow = %slow.path.name, "connect slow; racing another path");
-                    }
-                }
-            }
-            Event::Done(i, Ok(stream)) => {
-                let Some(won) = slots[i].take() else { continue };
-                let _ = stream.set_nodelay(true);
-                won.path.state.m_connects.increment(1);
-                pool.record(won.index, Outcome::Ok { latency: won.started.elapsed() }, Source::Traffic);
-                // The loser of a race is slow, not yet known dead: a jittery WAN must not be
-                // taken down by a lost race. A background connect with the normal timeout
-                // gives the verdict (its connection, if any, is closed at once).
-                if let Some(lost) = slots[1 - i].take() {
-                    verify_in_background(pool.clone(), lost, port);
-                }
-                return Ok((stream, won.path));
-            }
-            Event::Done(i, Err(e)) => {
-                let Some(failed) = slots[i].take() else { continue };
-                tracing::debug!(pool = %pool.name, path = %failed.path.name, error = %e, "connect failed");
-                pool.record(failed.index, outcome_of(&e), Source::Traffic);
-                let racing = slots[1 - i].is_some();
-                if !racing {
-                    if !start(i, &mut slots, &mut futs, &mut tried, &mut attempts) {
-                        break e;
-                    }
-                    hedge_armed = arm(&slots, &mut hedge_timer) && pool.remaining(tried) > 0;
-                }
+    };
+    let on = |ev: Event<'_>| match ev {
+        Event::Hedged { slow } => {
+            if let Some(p) = pool.paths.get(slow) {
+                p.state.m_hedges.increment(1);
+                tracing::debug!(pool = %pool.name, slow = %p.name, "connect slow; racing another path");
             }
         }
+        Event::Failed { index, error } => {
+            if let Some(p) = pool.paths.get(index) {
+                tracing::debug!(pool = %pool.name, path = %p.name, %error, "connect failed");
+            }
+            pool.record(index, outcome_of(error), Source::Traffic);
+        }
+        Event::Connected { index, latency } => {
+            if let Some(p) = pool.paths.get(index) {
+                p.state.m_connects.increment(1);
+            }
+            pool.record(index, Outcome::Ok { latency }, Source::Traffic);
+        }
+        // A jittery WAN must not be taken down by a lost race: a background connect with
+        // the normal timeout gives the verdict (its connection, if any, is closed at once).
+        Event::Lost { index } => verify_in_background(pool.clone(), index, port),
     };
-    Err(Unavailable { attempts, last })
+    match drive(&mut plan, &mut PoolPaths(pool), dial, on).await {
+        Ok((index, stream)) => {
+            let _ = stream.set_nodelay(true);
+            match pool.paths.get(index) {
+                Some(path) => Ok((stream, path.clone())),
+                None => Err(Unavailable { attempts: plan.attempts(), last: io::Error::other("path vanished") }),
+            }
+        }
+        Err((attempts, last)) => Err(Unavailable { attempts, last }),
+    }
 }
 
-fn verify_in_background(pool: Arc<Pool>, lost: Attempt, port: u16) {
+fn verify_in_background(pool: Arc<Pool>, index: usize, port: u16) {
+    let Some(addr) = pool.paths.get(index).map(|p| p.addr(port)) else { return };
     let timeout = pool.cfg.connect_timeout;
     tokio::spawn(async move {
         let start = Instant::now();
-        let outcome = match attempt(lost.path.addr(port), timeout).await {
+        let outcome = match attempt(addr, timeout).await {
             Ok(_) => Outcome::Ok { latency: start.elapsed() },
             Err(e) => outcome_of(&e),
         };
-        pool.record(lost.index, outcome, Source::Traffic);
+        pool.record(index, outcome, Source::Traffic);
     });
 }
 
@@ -174,6 +276,115 @@ fn outcome_of(e: &io::Error) -> Outcome {
     }
 }
 
-fn no_paths() -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, "pool has no paths")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempts::tests::Fixed;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// How each path behaves: answers (Ok) or fails after a delay.
+    #[derive(Clone, Copy)]
+    enum Peer {
+        Answers(Duration),
+        Fails(Duration),
+        Silent,
+    }
+
+    fn dialer(peers: Vec<Peer>) -> impl FnMut(usize, Duration) -> Dialing<(usize, Instant)> {
+        move |index, timeout| {
+            let peer = peers[index];
+            Box::pin(async move {
+                let r = tokio::time::timeout(timeout, async {
+                    match peer {
+                        Peer::Answers(d) => {
+                            tokio::time::sleep(d).await;
+                            Ok((index, Instant::now()))
+                        }
+                        Peer::Fails(d) => {
+                            tokio::time::sleep(d).await;
+                            Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+                        }
+                        Peer::Silent => std::future::pending().await,
+                    }
+                })
+                .await;
+                r.unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+            })
+        }
+    }
+
+    fn plan(max: u32) -> Plan {
+        Plan::new(PlanConfig { max_attempts: max, connect_timeout: 300 * MS, final_connect_timeout: 3000 * MS })
+    }
+
+    async fn run(
+        peers: Vec<Peer>,
+        latencies: Vec<Option<Duration>>,
+        max: u32,
+    ) -> (Result<usize, io::ErrorKind>, Vec<String>, Duration) {
+        let t0 = Instant::now();
+        let mut log = Vec::new();
+        let r = drive(&mut plan(max), &mut Fixed(latencies), dialer(peers), |ev| {
+            log.push(format!("{:?}@{}", ev_name(&ev), t0.elapsed().as_millis()))
+        })
+        .await;
+        (r.map(|(i, _)| i).map_err(|(_, e)| e.kind()), log, t0.elapsed())
+    }
+
+    fn ev_name(ev: &Event<'_>) -> String {
+        match ev {
+            Event::Hedged { slow } => format!("hedged{slow}"),
+            Event::Failed { index, .. } => format!("failed{index}"),
+            Event::Connected { index, .. } => format!("connected{index}"),
+            Event::Lost { index } => format!("lost{index}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_path_is_raced_after_four_times_its_latency() {
+        // wan1 usually connects in 10 ms and now says nothing; wan2 answers in 10 ms.
+        let (r, log, took) = run(vec![Peer::Silent, Peer::Answers(10 * MS)], vec![Some(10 * MS); 2], 3).await;
+        assert_eq!(r, Ok(1));
+        assert_eq!(log, ["\"hedged0\"@40", "\"connected1\"@50", "\"lost0\"@50"]);
+        assert_eq!(took, 50 * MS, "the client paid the hedge delay and wan2's connect, no timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_original_may_still_win_the_race() {
+        // wan1 answers at 60 ms (slow, alive); wan2 raced at 40 ms takes 100 ms.
+        let (r, log, _) = run(vec![Peer::Answers(60 * MS), Peer::Answers(100 * MS)], vec![Some(10 * MS); 2], 3).await;
+        assert_eq!(r, Ok(0));
+        assert_eq!(log, ["\"hedged0\"@40", "\"connected0\"@60", "\"lost1\"@60"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_retry_on_the_next_path_and_the_last_waits_long() {
+        // Two refusals, then a path that answers only after 2 s: within the final timeout.
+        let peers = vec![Peer::Fails(MS), Peer::Fails(MS), Peer::Answers(2000 * MS)];
+        let (r, log, took) = run(peers, vec![Some(500 * MS); 3], 3).await;
+        assert_eq!(r, Ok(2));
+        assert_eq!(log, ["\"failed0\"@1", "\"failed1\"@2", "\"connected2\"@2002"]);
+        assert_eq!(took, 2002 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_silent_fails_after_the_short_then_the_final_timeout() {
+        let (r, log, took) = run(vec![Peer::Silent, Peer::Silent], vec![Some(100 * MS); 2], 3).await;
+        assert_eq!(r, Err(io::ErrorKind::TimedOut));
+        // wan1 raced at 300 ms (4×100 capped at connect_timeout) by wan2, the last path (3 s).
+        assert_eq!(log, ["\"hedged0\"@300", "\"failed0\"@300", "\"failed1\"@3300"]);
+        assert_eq!(took, 3300 * MS);
+    }
+
+    #[tokio::test]
+    async fn unavailable_says_why() {
+        let u = |kind| Unavailable { attempts: 1, last: io::Error::from(kind) };
+        assert_eq!(u(io::ErrorKind::ConnectionRefused).cause(), Cause::Refused);
+        assert_eq!(u(io::ErrorKind::TimedOut).cause(), Cause::TimedOut);
+        assert_eq!(u(io::ErrorKind::HostUnreachable).cause(), Cause::Unreachable);
+        let emfile = Unavailable { attempts: 1, last: io::Error::from_raw_os_error(libc::EMFILE) };
+        assert_eq!(emfile.cause(), Cause::LocalResources);
+        assert!(u(io::ErrorKind::ConnectionRefused).to_string().contains("refused"));
+    }
 }

@@ -2,6 +2,7 @@
 //! Yggdrasil mesh tier) with health-weighted choice, retries and zero-copy relaying.
 
 pub mod admin;
+pub mod attempts;
 pub mod config;
 pub mod connect;
 pub mod health;
