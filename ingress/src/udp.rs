@@ -13,7 +13,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter};
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use shared::proxy_protocol::{write_v2, Command, Transport};
@@ -21,7 +20,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::server::{Service, Shared};
-use shared::udp_flows::{evict_after, FlowEntry, FlowPermits, FlowTable};
+use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{pump, send_now, send_with_header};
 
 struct Flow {
@@ -30,23 +29,14 @@ struct Flow {
     /// starts with, so the local proxy learns the client address; built once per flow.
     header: Option<Box<[u8]>>,
     upstream: Arc<UdpSocket>,
-    last: Arc<AtomicU64>,
-    /// Counts the flow busy once per second for the bandwidth policy (shared with the pump).
+    /// Counts the flow busy for the bandwidth policy (shared with the pump).
     busy_mark: Arc<AtomicU64>,
-    pump: JoinHandle<()>,
-    /// Its slots in the service's and the process's flow budgets, given back on drop.
-    _permits: FlowPermits,
+    life: FlowLife,
 }
 
 impl FlowEntry for Flow {
     fn last_active(&self) -> u64 {
-        self.last.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        self.pump.abort();
+        self.life.last_active()
     }
 }
 
@@ -179,7 +169,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         let Some(flow) = table.get(&client) else {
             continue;
         };
-        flow.last.store(now, Ordering::Relaxed);
+        flow.life.touch(now);
         // Never wait on one upstream: a full send queue drops this datagram, as a router would.
         let sent = match &flow.header {
             Some(h) => send_with_header(&flow.upstream, h, &buf[..n]),
@@ -240,7 +230,7 @@ async fn open_flow(
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         ));
-        return Some(Flow { guard, header, upstream, last, busy_mark, pump, _permits: permits });
+        return Some(Flow { guard, header, upstream, busy_mark, life: FlowLife::new(last, pump, permits) });
     }
     None
 }

@@ -13,8 +13,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 /// What a table needs to know of a flow.
 pub trait FlowEntry {
@@ -78,6 +80,39 @@ impl FlowPermits {
         let s = service.try_acquire()?;
         let g = global.try_acquire()?;
         Some(Self { _service: s, _global: g })
+    }
+}
+
+/// What every relayed flow holds besides its own fields: the time of its last datagram
+/// either way (shared with its reply pump), the pump task, aborted when the flow ends, and
+/// its budget slots, given back then.
+#[derive(Debug)]
+pub struct FlowLife {
+    last: Arc<AtomicU64>,
+    pump: JoinHandle<()>,
+    _permits: FlowPermits,
+}
+
+impl FlowLife {
+    pub fn new(last: Arc<AtomicU64>, pump: JoinHandle<()>, permits: FlowPermits) -> Self {
+        Self { last, pump, _permits: permits }
+    }
+
+    /// A datagram went to the upstream at `now` (the table's clock).
+    pub fn touch(&self, now: u64) {
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+impl FlowEntry for FlowLife {
+    fn last_active(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FlowLife {
+    fn drop(&mut self) {
+        self.pump.abort();
     }
 }
 

@@ -19,10 +19,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
-use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowPermits, FlowTable};
+use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{pump, send_now, send_with_header, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,24 +40,20 @@ type Inbound<'a> = (SocketAddr, SocketAddr, &'a [u8]);
 
 struct Flow {
     upstream: Arc<UdpSocket>,
-    /// Milliseconds (the listening loop's epoch) of the last datagram either way.
-    last: Arc<AtomicU64>,
     /// PROXY v2 header sent with every datagram to the upstream, when configured.
     header: Option<Box<[u8]>>,
-    pump: JoinHandle<()>,
     active: Gauge,
-    _permits: FlowPermits,
+    life: FlowLife,
 }
 
 impl FlowEntry for Flow {
     fn last_active(&self) -> u64 {
-        self.last.load(Ordering::Relaxed)
+        self.life.last_active()
     }
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        self.pump.abort();
         self.active.decrement(1.0);
     }
 }
@@ -190,7 +185,7 @@ async fn serve_flows(
             drop(table.insert(key, flow, now));
         }
         let Some(flow) = table.get(&key) else { continue };
-        flow.last.store(now, Ordering::Relaxed);
+        flow.life.touch(now);
         // Never wait on one upstream: a full send queue drops this datagram, as a router would.
         let sent = match &flow.header {
             Some(h) => send_with_header(&flow.upstream, h, payload),
@@ -280,7 +275,7 @@ async fn open_flow(
     active.increment(1.0);
     let pump =
         flow_tasks.spawn(replies(upstream.clone(), socket.clone(), key.0, last.clone(), epoch, counters.clone()));
-    Some(Flow { upstream, last, header, pump, active, _permits: permits })
+    Some(Flow { upstream, header, active, life: FlowLife::new(last, pump, permits) })
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.
