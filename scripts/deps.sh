@@ -34,4 +34,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y --no-install-recommends "${need[@]}"
 fi
+# cargo-afl (AFL++ driven through cargo on the stable toolchain) for scripts/fuzz: installed
+# once, and its AFL++ runtime built once per Rust toolchain ("already built" is the idempotent
+# answer; anything else is a real failure).
+if ! cargo afl --version >/dev/null 2>&1; then
+  cargo install cargo-afl --locked
+fi
+if ! afl_out=$(cargo afl config --build 2>&1) && ! grep -q "already built" <<<"$afl_out"; then
+  echo "$afl_out" >&2
+  exit 1
+fi
 bash tests/netns/deps.sh

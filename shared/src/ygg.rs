@@ -331,6 +331,35 @@ enum Decoded {
     Remote(String),
 }
 
+/// The reply parsing of [`get_self`] and [`get_peers`] without the socket (sans-io, for
+/// tests and fuzzing): whether `buf` already holds a whole reply, and its decoded `getSelf`
+/// and `getPeers` answers; `Err` says what is wrong with the bytes or what the router refused.
+pub mod sans_io {
+    use super::*;
+
+    /// Whether the bytes read so far hold one whole JSON value (the exchange stops there).
+    pub fn reply_complete(buf: &[u8]) -> bool {
+        is_complete_json(buf)
+    }
+
+    /// A `getSelf` reply.
+    pub fn decode_self(reply: &[u8]) -> Result<SelfInfo, String> {
+        decode(reply).map_err(text)
+    }
+
+    /// A `getPeers` reply.
+    pub fn decode_peers(reply: &[u8]) -> Result<Vec<Peer>, String> {
+        decode::<PeersResponse>(reply).map(|r| r.peers).map_err(text)
+    }
+
+    fn text(e: Decoded) -> String {
+        match e {
+            Decoded::Json(e) => e.to_string(),
+            Decoded::Remote(m) => m,
+        }
+    }
+}
+
 /// Decodes an answer envelope and its `response` member.
 fn decode<T: DeserializeOwned>(reply: &[u8]) -> Result<T, Decoded> {
     // Only the first JSON value counts; the router sends nothing after it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::proto::rr::{Record, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, TokioResolver};
@@ -15,6 +15,24 @@ use hickory_resolver::{Name, TokioResolver};
 use super::settings::Settings;
 use super::tracker::{Family, Outcome};
 use super::Error;
+
+/// The answer records of one lookup → what the tracker learns: the addresses of the family
+/// asked for, with the smallest TTL among those records, or "no such record" (with that TTL)
+/// when none is of the family. Sans-io, so that it is tested and fuzzed on parsed responses.
+pub fn outcome_of(records: &[Record], family: Family) -> Outcome {
+    let kind = match family {
+        Family::V4 => RecordType::A,
+        Family::V6 => RecordType::AAAA,
+    };
+    let records: Vec<_> = records.iter().filter(|r| r.record_type() == kind).collect();
+    let addrs: Vec<_> = records.iter().filter_map(|r| r.data().ip_addr()).collect();
+    let ttl = Duration::from_secs(u64::from(records.iter().map(|r| r.ttl()).min().unwrap_or(0)));
+    if addrs.is_empty() {
+        Outcome::NoRecords { ttl: Some(ttl) }
+    } else {
+        Outcome::Addresses { addrs, ttl }
+    }
+}
 
 /// A resolver set up from the `[firewall]` settings.
 pub struct Lookups {
@@ -71,16 +89,7 @@ impl Lookups {
         let bound = self.timeout.saturating_add(Duration::from_millis(500));
         match tokio::time::timeout(bound, self.resolver.lookup(fqdn, kind)).await {
             Err(_) => Outcome::Failed { error: format!("timed out after {bound:?}") },
-            Ok(Ok(lookup)) => {
-                let records: Vec<_> = lookup.records().iter().filter(|r| r.record_type() == kind).collect();
-                let addrs: Vec<_> = records.iter().filter_map(|r| r.data().ip_addr()).collect();
-                let ttl = records.iter().map(|r| r.ttl()).min().unwrap_or(0);
-                if addrs.is_empty() {
-                    Outcome::NoRecords { ttl: Some(Duration::from_secs(u64::from(ttl))) }
-                } else {
-                    Outcome::Addresses { addrs, ttl: Duration::from_secs(u64::from(ttl)) }
-                }
-            }
+            Ok(Ok(lookup)) => outcome_of(lookup.records(), family),
             Ok(Err(e)) => {
                 let negative = e.proto().and_then(|p| match p.kind() {
                     ProtoErrorKind::NoRecordsFound { response_code, negative_ttl, .. }

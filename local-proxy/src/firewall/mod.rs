@@ -15,6 +15,7 @@ pub mod ruleset;
 pub mod settings;
 pub mod tracker;
 
+pub use dns::outcome_of;
 pub use driver::start;
 pub use readback::read_table;
 pub use ruleset::TableSpec;
