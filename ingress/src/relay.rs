@@ -9,7 +9,6 @@ use std::time::Duration;
 use crate::pool::{ByteMeter, NEVER_BUSY};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -29,21 +28,17 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// Last time anything moved, in ms since `epoch`; shared by both directions, as is the
-/// mark that counts the connection busy once per second for the bandwidth policy.
+/// What both directions share: the idle clock (`shared::idle`), and the mark that counts
+/// the connection busy for the bandwidth policy.
 struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
+    idle: shared::idle::Activity,
     busy_mark: AtomicU64,
 }
 
 impl Activity {
     fn touch(&self, bytes: &ByteMeter) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.idle.touch();
         bytes.mark_busy(&self.busy_mark);
-    }
-    fn last(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -55,8 +50,7 @@ pub async fn relay(
     up_bytes: &ByteMeter,
     down_bytes: &ByteMeter,
 ) -> (End, Totals) {
-    let activity =
-        Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0), busy_mark: AtomicU64::new(NEVER_BUSY) };
+    let activity = Activity { idle: shared::idle::Activity::new(), busy_mark: AtomicU64::new(NEVER_BUSY) };
     let up_total = AtomicU64::new(0);
     let down_total = AtomicU64::new(0);
     let both = async {
@@ -65,15 +59,7 @@ pub async fn relay(
             one_way(upstream, client, &activity, down_bytes, &down_total),
         )
     };
-    let watchdog = async {
-        loop {
-            let deadline = shared::ports::tokio_deadline(activity.last(), idle);
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
+    let watchdog = activity.idle.idle_for(idle);
     let end = tokio::select! {
         r = both => match r {
             Ok(_) => End::Closed,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod idle;
 pub mod notify;
 pub mod peek;
 pub mod ports;
