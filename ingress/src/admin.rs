@@ -1,57 +1,24 @@
-//! The admin listener: `GET /metrics` (Prometheus text) and `GET /status` (one line per
-//! path). A deliberately tiny HTTP/1.0 responder: it serves operators and scrapers only.
+//! The admin listener (the shared hyper server, `shared::admin`): `GET /metrics`
+//! (Prometheus text), `GET /status` (one line per path) and `GET /healthz`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http::StatusCode;
+use shared::admin::{Reply, Routes};
+use tokio::net::TcpListener;
 
 use crate::pool::Kind;
 use crate::server::Shared;
 
+/// Serve until the task is aborted (a reload that moves the listener, or shutdown).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &shared)).await;
-        });
-    }
-}
-
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut buf = [0u8; 2048];
-    let mut n = 0;
-    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
-        let r = stream.read(&mut buf[n..]).await?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let target = head.split_whitespace().nth(1).unwrap_or("/");
-    let (status, ctype, body) = match target {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", crate::metrics::render()),
-        "/status" => ("200 OK", "text/plain", status_text(shared)),
-        _ => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_owned()),
-    };
-    let resp = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let status = shared.clone();
+    let routes = Routes::new()
+        .get("/metrics", || Reply::metrics(crate::metrics::render()))
+        .get("/status", move || Reply::text(StatusCode::OK, status_text(&status)))
+        .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"));
+    shared::admin::serve(listener, routes, std::future::pending()).await;
 }
 
 fn status_text(shared: &Shared) -> String {

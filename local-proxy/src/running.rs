@@ -143,7 +143,7 @@ impl Running {
     pub(crate) fn serve_admin(&self, addr: SocketAddr, listener: TcpListener) {
         let local = listener.local_addr().ok();
         let stop = self.state.shutdown.child_token();
-        let task = self.tasks.spawn(admin::serve(listener, stop.clone(), self.state.clone(), self.conns.clone()));
+        let task = self.tasks.spawn(admin::serve(listener, stop.clone(), self.state.clone()));
         *lock(&self.admin) = Some(AdminEntry { addr, local, stop, task });
     }
 

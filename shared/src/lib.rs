@@ -1,6 +1,7 @@
 //! Library shared by `ingress` and `local-proxy`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod idle;
 pub mod notify;
