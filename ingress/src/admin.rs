@@ -9,7 +9,7 @@ use shared::admin::{Reply, Routes};
 use tokio::net::TcpListener;
 
 use crate::pool::Kind;
-use crate::server::Shared;
+use crate::runtime::Shared;
 
 /// Serve until the task is aborted (a reload that moves the listener, or shutdown).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {

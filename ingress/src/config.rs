@@ -43,6 +43,10 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// Most paths a pool may hold (WAN paths plus the mesh tier): the data path keeps tried
+/// sets as bitmasks and candidates in a stack array of this size. Validation refuses more.
+pub const MAX_PATHS: usize = 32;
+
 // ---------- raw shape ----------
 
 #[derive(Debug, Deserialize)]
@@ -333,13 +337,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         // The pool keeps its paths (mesh included) in a fixed-size array: refuse what it
         // could not hold rather than let it drop paths, or the mesh tier, silently.
         let slots = rp.paths.len() + usize::from(rp.mesh.is_some());
-        if slots > crate::pool::MAX_PATHS {
+        if slots > MAX_PATHS {
             p.push(format!(
                 "{}: {} paths{} is more than the {} a pool holds",
                 f("paths"),
                 rp.paths.len(),
                 if rp.mesh.is_some() { " plus the mesh tier" } else { "" },
-                crate::pool::MAX_PATHS
+                MAX_PATHS
             ));
         }
         for (i, rpath) in rp.paths.iter().enumerate() {

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
+pub mod runtime;
 pub mod server;
 #[cfg(target_os = "linux")]
 mod splice;

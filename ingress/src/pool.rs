@@ -17,8 +17,7 @@ use crate::config::{HealthConfig, PathConfig, PoolConfig};
 use crate::health::{HealthState, Outcome, Source, Transition};
 use crate::metrics as m;
 
-/// Most paths a pool may hold (WAN paths plus the mesh tier); tried-sets are bitmasks.
-pub const MAX_PATHS: usize = 32;
+pub use crate::config::MAX_PATHS;
 
 /// What is being balanced: TCP connections and UDP flows are counted and spread apart, so
 /// idle flows never push connections off a path (and vice versa).

@@ -3,160 +3,28 @@
 //! listeners whose address is unchanged keep their socket and see the new service at once,
 //! established connections keep the pool they started with.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Protocol, ServiceConfig};
+use crate::config::{Config, Protocol};
 use crate::limits::Budget;
 use crate::metrics as m;
-use crate::pool::Pool;
+pub use crate::runtime::{Runtime, Service, Shared};
 use shared::udp_flows::FlowBudget;
-
-/// A service as the data path sees it.
-pub struct Service {
-    pub cfg: ServiceConfig,
-    pub pool: Arc<Pool>,
-    /// `sni`/`http` modes: name → pool, with the service's pool as the default.
-    pub router: shared::peek::NameRouter<Arc<Pool>>,
-    /// Per-service connection cap (none: only the global one applies).
-    pub limit: Option<Arc<Semaphore>>,
-    /// UDP flows of this service across all its ports (kept across reloads by name).
-    pub flows: Arc<FlowBudget>,
-    pub m_accepted: Counter,
-    pub m_refused: Counter,
-    pub m_active: Gauge,
-    pub m_unavailable: Counter,
-    pub m_route_failures: Counter,
-}
-
-/// Everything one config produced. Dropping it stops its health tasks.
-pub struct Runtime {
-    pub config: Config,
-    pub pools: BTreeMap<String, Arc<Pool>>,
-    pub services: HashMap<String, Arc<Service>>,
-    health_tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        for t in &self.health_tasks {
-            t.abort();
-        }
-    }
-}
-
-impl Runtime {
-    fn build(config: Config, budget: &Budget, previous: Option<&Runtime>) -> Self {
-        let mut pools = BTreeMap::new();
-        let mut health_tasks = Vec::new();
-        for (name, pc) in &config.pools {
-            let prev = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
-            let pool = Arc::new(Pool::new(pc.clone(), prev));
-            health_tasks.push(tokio::spawn(pool.clone().run_health(pc.health.port)));
-            health_tasks.push(tokio::spawn(pool.clone().run_meters()));
-            pools.insert(name.clone(), pool);
-        }
-        let mut services = HashMap::new();
-        for sc in &config.services {
-            let Some(pool) = pools.get(&sc.pool).cloned() else {
-                continue;
-            };
-            let prev = previous.and_then(|p| p.services.get(&sc.name));
-            // Keep the semaphore when the cap is unchanged so permits held by established
-            // connections still count against it.
-            let limit = match (prev, sc.max_connections) {
-                (Some(p), Some(n)) if p.cfg.max_connections == Some(n) => p.limit.clone(),
-                (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
-                (_, None) => None,
-            };
-            let flow_cap = budget.service_flows(sc.max_flows);
-            let flows = match prev {
-                Some(p) => {
-                    p.flows.set_cap(flow_cap);
-                    p.flows.clone()
-                }
-                None => FlowBudget::new(flow_cap),
-            };
-            let mut router = shared::peek::NameRouter::new();
-            router.set_default(pool.clone());
-            for r in &sc.routes {
-                let Some(target) = pools.get(&r.pool) else { continue };
-                for n in &r.names {
-                    // Validation already refused bad or duplicate patterns.
-                    let _ = router.insert(n, target.clone());
-                }
-            }
-            let l = [("service", sc.name.clone())];
-            services.insert(
-                sc.name.clone(),
-                Arc::new(Service {
-                    cfg: sc.clone(),
-                    pool,
-                    router,
-                    limit,
-                    flows,
-                    m_accepted: counter!(m::LISTENER_ACCEPTED, &l),
-                    m_refused: counter!(m::LISTENER_REFUSED, &l),
-                    m_active: gauge!(m::SERVICE_ACTIVE, &l),
-                    m_unavailable: counter!(m::SERVICE_CONNECT_GIVEUPS, &l),
-                    m_route_failures: counter!(m::SERVICE_ROUTE_FAILURES, &l),
-                }),
-            );
-        }
-        Self { config, pools, services, health_tasks }
-    }
-}
 
 /// A bound listener (or one waiting to bind) and the service it feeds.
 struct ListenerEntry {
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
     task: JoinHandle<()>,
-}
-
-/// State shared by the accept loops, connection tasks and the admin listener.
-pub struct Shared {
-    runtime: ArcSwap<Runtime>,
-    pub(crate) global_limit: ArcSwap<Semaphore>,
-    /// UDP flows across every service: the descriptor budget's share for them.
-    pub(crate) flows: Arc<FlowBudget>,
-    /// The open-files limit found (and raised) at start; reloads plan within it.
-    open_files: u64,
-    open: AtomicUsize,
-    m_open: Gauge,
-    pub(crate) stop: watch::Receiver<bool>,
-}
-
-impl Shared {
-    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
-        self.runtime.load()
-    }
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-    pub(crate) fn conn_guard(self: &Arc<Self>) -> ConnGuard {
-        let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.m_open.set(n as f64);
-        ConnGuard(self.clone())
-    }
-}
-
-/// Counts an open client connection for drain and the global gauge.
-pub(crate) struct ConnGuard(Arc<Shared>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let n = self.0.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        self.0.m_open.set(n as f64);
-    }
 }
 
 type ListenerKey = (Protocol, String);

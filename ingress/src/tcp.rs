@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Mode;
 use crate::pool::{ActiveGuard, Kind, Pool};
 use crate::relay::{relay, End};
-use crate::server::{Service, Shared};
+use crate::runtime::{Service, Shared};
 
 pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();

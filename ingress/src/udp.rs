@@ -19,7 +19,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
-use crate::server::{Service, Shared};
+use crate::runtime::{Service, Shared};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{pump, send_now, send_with_header};
 
