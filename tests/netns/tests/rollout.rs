@@ -434,6 +434,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(dns.dig("A", "ingress3").unwrap(), BTreeSet::from([i3.addr.to_string()]), "A of ingress3");
     let want3: BTreeSet<String> = three.iter().map(|n| n.addr.to_string()).collect();
     assert_eq!(dns.dig("A", "cloud").unwrap(), want3, "A of {SITE} with ingress3");
+    assert_eq!(dns.dig("A", "ingress-nodes").unwrap(), want3, "A of the name listing every node");
     let i3s = i3.addr.to_string();
     wait_until("the home's allowlist admits ingress3", Duration::from_secs(30), Duration::from_millis(500), || {
         let fw = allowlist(home)?;
@@ -457,6 +458,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     must_pass(&run4, "site.yml removing ingress3");
     assert!(dns.dig("A", "ingress3").unwrap().is_empty(), "ingress3's A record is gone");
     assert_eq!(dns.dig("A", "cloud").unwrap(), want_a, "A of {SITE} without ingress3");
+    assert_eq!(dns.dig("A", "ingress-nodes").unwrap(), want_a, "A of the name listing every node");
     wait_until("the home's allowlist drops ingress3", Duration::from_secs(30), Duration::from_millis(500), || {
         let fw = allowlist(home)?;
         check(!fw.contains(&i3s), || format!("still there:\n{fw}"))
