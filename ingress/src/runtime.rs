@@ -124,6 +124,8 @@ pub struct Shared {
     pub(crate) open: AtomicUsize,
     pub(crate) m_open: Gauge,
     pub(crate) stop: watch::Receiver<bool>,
+    /// Client connection tasks, so a drain can wait for the last one to end.
+    pub(crate) conns: tokio_util::task::TaskTracker,
 }
 
 impl Shared {

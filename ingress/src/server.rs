@@ -54,6 +54,7 @@ impl Server {
             global_limit: ArcSwap::from_pointee(global),
             flows: FlowBudget::new(budget.max_flows),
             open_files,
+            conns: tokio_util::task::TaskTracker::new(),
             open: AtomicUsize::new(0),
             m_open: gauge!("ingress_open_connections"),
             stop,
@@ -149,10 +150,10 @@ impl Server {
                 e.task.abort();
             }
         }
+        // Woken when the last connection task ends, not by polling.
+        self.shared.conns.close();
         let until = shared::ports::tokio_deadline(tokio::time::Instant::now(), deadline);
-        while self.shared.open_connections() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let _ = tokio::time::timeout_at(until, self.shared.conns.wait()).await;
         self.shared.open_connections()
     }
 

@@ -60,7 +60,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         service.m_accepted.increment(1);
         let conn = shared.conn_guard();
         let span = tracing::debug_span!("conn", service = %service.cfg.name, client = %peer);
-        tokio::spawn(
+        shared.conns.spawn(
             async move {
                 let _permits = permits;
                 let _conn = conn;
