@@ -85,9 +85,9 @@ async fn one_way(
     total: &AtomicU64,
 ) -> io::Result<()> {
     use crate::splice::{pipe_to_socket, socket_to_pipe, CHUNK, PIPES};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
-    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    let (from_fd, to_fd) = (from.as_fd(), to.as_fd());
     loop {
         from.readable().await?;
         // Take a pipe only now that data waits; give it back as soon as it is empty and the

@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -58,15 +58,17 @@ impl Drop for Pipe {
 }
 
 /// Move up to `len` bytes from socket `from` into the pipe. `Ok(0)` is end of stream.
-pub fn socket_to_pipe(from: RawFd, pipe: &Pipe, len: usize) -> io::Result<usize> {
-    splice(from, pipe.write.as_raw_fd(), len)
+pub fn socket_to_pipe(from: BorrowedFd<'_>, pipe: &Pipe, len: usize) -> io::Result<usize> {
+    splice(from.as_raw_fd(), pipe.write.as_raw_fd(), len)
 }
 
 /// Move up to `len` bytes from the pipe into socket `to`.
-pub fn pipe_to_socket(pipe: &Pipe, to: RawFd, len: usize) -> io::Result<usize> {
-    splice(pipe.read.as_raw_fd(), to, len)
+pub fn pipe_to_socket(pipe: &Pipe, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), len)
 }
 
+/// Both descriptors come from live owners (`BorrowedFd` or the pipe's `OwnedFd`s), so they
+/// stay open for the call.
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: null offsets are allowed for pipes and sockets; the descriptors are borrowed
     // from live owners for the duration of the call and splice touches no user memory.
