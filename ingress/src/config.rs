@@ -43,6 +43,9 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// Most worker threads `limits.threads` may ask for.
+const MAX_THREADS: u32 = 1024;
+
 /// Most paths a pool may hold (WAN paths plus the mesh tier): the data path keeps tried
 /// sets as bitmasks and candidates in a stack array of this size. Validation refuses more.
 pub const MAX_PATHS: usize = 32;
@@ -73,6 +76,7 @@ struct RawAdmin {
 struct RawLimits {
     max_connections: Option<u32>,
     drain_timeout: Option<String>,
+    threads: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +156,8 @@ pub struct Config {
     pub max_connections: u32,
     /// How long `SIGTERM` waits for established connections before exiting.
     pub drain_timeout: Duration,
+    /// Worker threads of the runtime; `None`: one per core. Read at start only.
+    pub threads: Option<usize>,
     pub pools: BTreeMap<String, PoolConfig>,
     pub services: Vec<ServiceConfig>,
 }
@@ -325,6 +331,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
     p.count("limits.max_connections", Some(max_connections), MAX_COUNT);
     let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, secs(30), DRAIN_TIMEOUT);
+    p.count("limits.threads", raw.limits.threads, MAX_THREADS);
+    let threads = raw.limits.threads.map(|n| n as usize);
 
     let mut pools = BTreeMap::new();
     for (name, rp) in &raw.pool {
@@ -554,7 +562,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         p.push("service: at least one [[service]] is needed".into());
     }
     if p.0.is_empty() {
-        Ok(Config { admin, max_connections, drain_timeout, pools, services })
+        Ok(Config { admin, max_connections, drain_timeout, threads, pools, services })
     } else {
         Err(p.0)
     }

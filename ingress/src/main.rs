@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         println!("{}: ok ({} pool(s), {} service(s))", cli.config.display(), config.pools.len(), config.services.len());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.threads {
+        // Benchmarks and operators match HAProxy's nbthread with it; a reload cannot change it.
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -1,0 +1,56 @@
+//! `limits.threads` sets the runtime's worker threads (as HAProxy's nbthread), read at start.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Threads of `pid` named like tokio's workers.
+fn workers(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tokio-rt-worker")))
+        .count()
+}
+
+#[test]
+fn the_runtime_has_as_many_workers_as_configured() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let dir = std::env::temp_dir().join(format!("ingress-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for threads in [1usize, 3] {
+        let file = dir.join(format!("t{threads}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[limits]\nthreads = {threads}\n[pool.p]\npaths = [{{ name = \"a\", address = \"127.0.0.2:9\" }}]\n\
+                 [[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"p\"\n"
+            ),
+        )
+        .expect("write");
+        let child = Child(
+            Command::new(env!("CARGO_BIN_EXE_ingress"))
+                .arg("-c")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "ingress never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(workers(child.0.id()), threads, "worker threads for threads = {threads}");
+        drop(child);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
