@@ -415,8 +415,11 @@ impl Host {
         Ok(host)
     }
 
-    /// Starts booting (see [`Host::boot`]) without waiting: start several, then
-    /// [`Host::wait_booted`] each, and they boot side by side.
+    /// Starts booting (see [`Host::boot`]) without waiting; [`Host::wait_booted`] finishes.
+    /// Several can boot side by side, but two systemds starting at the same instant here (hybrid
+    /// cgroups, legacy mode in the container) now and then fail a unit with 219/CGROUP (ENOENT
+    /// attaching to its cgroup) and boot `degraded`: the tests boot one after the other
+    /// (~0.5 s each).
     pub fn start(rootfs: &Rootfs, spec: &HostSpec, ssh: &Ssh, tag: &str, dir: &Path) -> Result<Self> {
         let base = dir.join("hosts").join(&spec.name);
         let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
