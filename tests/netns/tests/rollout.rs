@@ -192,6 +192,16 @@ fn wait_serving(t: &Topology, role: Role, to: IpAddr, ca: &Path, timeout: Durati
     })
 }
 
+/// The A records of `name` as the client gets them from the zone's server (kdig in the client's
+/// namespace, over the topology).
+fn client_lookup(t: &Topology, name: &str) -> Result<Vec<IpAddr>> {
+    let server = format!("@{DNS}");
+    let fqdn = format!("{name}.");
+    let out =
+        t.exec(Role::Client, &["kdig", &server, "+short", "+time=2", "+retry=1", &fqdn, "A"], Duration::from_secs(10))?;
+    out.lines().map(|l| l.trim().parse::<IpAddr>().with_context(|| format!("not an address: {l:?}"))).collect()
+}
+
 /// The local proxy's main PID in the home host.
 fn proxy_pid(home: &Host) -> Result<u32> {
     let out = home.sh("systemctl show -p MainPID --value local-proxy", Duration::from_secs(10))?;
@@ -318,8 +328,12 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     }
 
     let ca = cert.cert.clone();
-    for n in &two {
-        let body = wait_serving(&t, Role::Client, n.addr, &ca, Duration::from_secs(60))
+    // The client looks the name up itself (the topology's DNS server, over the topology) and
+    // fetches through every address it gets.
+    let resolved = client_lookup(&t, SITE).expect("the client's lookup");
+    assert_eq!(resolved.iter().map(IpAddr::to_string).collect::<BTreeSet<_>>(), want_a, "the client's A of {SITE}");
+    for to in resolved {
+        let body = wait_serving(&t, Role::Client, to, &ca, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e:#}\nlocal-proxy log:\n{}", journal(home, "local-proxy")));
         assert!(
             body.to_ascii_lowercase().contains(&format!("x-forwarded-for: {}", addr::CLIENT)),
@@ -442,6 +456,8 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
         check(fw.contains(&i3s), || format!("not yet:\n{fw}"))
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
+    let resolved = client_lookup(&t, SITE).expect("the client's lookup");
+    assert!(resolved.contains(&i3.addr), "the client's A of {SITE} lacks ingress3: {resolved:?}");
     wait_serving(&t, Role::Client, i3.addr, &ca, Duration::from_secs(60)).expect("the site through ingress3");
     wait_until("ingress3 uses the WAN paths", Duration::from_secs(30), Duration::from_millis(500), || {
         let m = netns::metrics::scrape(t.ns(Role::Ingress3), netns::ingress::ADMIN)?;
