@@ -15,6 +15,9 @@
 //! - `--capability=CAP_NET_ADMIN` (nspawn drops it by default even with a namespace of its own):
 //!   yggdrasil makes its TUN, the local proxy writes nftables rules. nspawn copies /dev/net/tun
 //!   into the container itself; a unit in the image gives it mode 0666 as udev would;
+//! - a cgroup of its own below the test's in every v1 hierarchy, and legacy cgroups inside
+//!   (`SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0`): containers sharing cgroups have their systemds
+//!   manage the same `system.slice` and fail units with 219/CGROUP;
 //! - the console (read-only) goes to `<dir>/hosts/<name>.console`;
 //! - `setpriv --pdeathsig KILL`: if the test dies, nspawn gets SIGKILL and its container with it.
 //!
