@@ -322,8 +322,20 @@ fn is_complete_json(buf: &[u8]) -> bool {
     match values.next() {
         None => false,
         Some(Err(e)) if e.is_eof() => false,
+        // A number cut after its `.` or `e` is reported as a syntax error, not as EOF: an
+        // error on the last byte read may still be mended by the bytes to come (found by
+        // fuzzing: a reply cut inside `2.269830e-7` ended the exchange early).
+        Some(Err(e)) if (e.line(), e.column()) == end_position(buf) => false,
         Some(_) => true,
     }
+}
+
+/// The (line, column) serde_json gives the last byte of `buf` (both 1-based; columns count
+/// bytes).
+fn end_position(buf: &[u8]) -> (usize, usize) {
+    let line = 1 + buf.iter().filter(|&&b| b == b'\n').count();
+    let column = buf.len() - buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    (line, column)
 }
 
 enum Decoded {
@@ -469,7 +481,19 @@ mod tests {
         assert!(!is_complete_json(&SELF[..SELF.len() / 2]));
         assert!(!is_complete_json(&SELF[..SELF.len() - 2]));
         assert!(is_complete_json(SELF));
-        assert!(is_complete_json(b"{]"));
+        // A syntax error is final once bytes follow it; on the last byte read it may be a
+        // value still arriving (a number cut after `.` or `e`).
+        assert!(is_complete_json(b"{] "));
+        assert!(!is_complete_json(b"{\"a\": 2."));
+        assert!(!is_complete_json(b"{\"a\": 2.5e-"));
+        assert!(is_complete_json(b"{\"a\": 2.5e-7}"));
+        // Completeness only grows as bytes arrive: every prefix of a reply.
+        let mut seen = false;
+        for cut in 0..=SELF.len() {
+            let now = is_complete_json(&SELF[..cut]);
+            assert!(now || !seen, "complete at a shorter prefix, not at {cut}");
+            seen |= now;
+        }
     }
 
     fn sock_path() -> PathBuf {
