@@ -31,7 +31,7 @@ fn status_text(shared: &Shared) -> String {
             let h = p.health_snapshot();
             let _ = writeln!(
                 out,
-                "  path {:<8} {:<40} {:<4} weight={} factor={:.2} connections={} flows={} rate={}B/s used={:.2} fail_avg={:.2} latency={}",
+                "  path {:<8} {:<40} {:<4} weight={} factor={:.2} connections={} flows={} rate={}B/s busy={:.2} fail_avg={:.2} latency={}",
                 p.name,
                 p.ip,
                 if p.is_up() { "up" } else { "down" },
@@ -40,7 +40,7 @@ fn status_text(shared: &Shared) -> String {
                 p.active(Kind::Tcp),
                 p.active(Kind::Udp),
                 p.rate(),
-                p.utilization(),
+                p.busy(),
                 h.fail_avg,
                 h.latency_avg.map(|l| format!("{:.1}ms", l.as_secs_f64() * 1e3)).unwrap_or_else(|| "-".into()),
             );

@@ -112,7 +112,10 @@ where
         let hedge_at = plan.hedge_at();
         let woke = {
             let [first, second] = &mut slots;
+            // Results before the hedge timer: an attempt that failed at its deadline is
+            // retried as the next attempt, not raced (the same instant, one decision).
             tokio::select! {
+                biased;
                 r = poll_slot(first) => Woke::Done(0, r),
                 r = poll_slot(second) => Woke::Done(1, r),
                 _ = sleep_until(hedge_at) => Woke::Hedge,
@@ -372,8 +375,9 @@ mod tests {
     async fn all_silent_fails_after_the_short_then_the_final_timeout() {
         let (r, log, took) = run(vec![Peer::Silent, Peer::Silent], vec![Some(100 * MS); 2], 3).await;
         assert_eq!(r, Err(io::ErrorKind::TimedOut));
-        // wan1 raced at 300 ms (4×100 capped at connect_timeout) by wan2, the last path (3 s).
-        assert_eq!(log, ["\"hedged0\"@300", "\"failed0\"@300", "\"failed1\"@3300"]);
+        // wan1's hedge (4×100 ms, capped at connect_timeout) and its timeout fall together
+        // at 300 ms: the failure wins, and wan2, the last path, gets the long timeout (3 s).
+        assert_eq!(log, ["\"failed0\"@300", "\"failed1\"@3300"]);
         assert_eq!(took, 3300 * MS);
     }
 

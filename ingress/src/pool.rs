@@ -1,6 +1,6 @@
 //! Pools of paths to home and the health-weighted choice among them.
 //!
-//! Invariants: the data path reads only atomics (`up`, `factor`, `active`, utilisation)
+//! Invariants: the data path reads only atomics (`up`, `factor`, `active`, `busy`)
 //! plus one short lock on the pool's round robin state per pick; the health state behind
 //! its mutex is touched once per probe or finished connect. WAN paths serve while any is
 //! up; the mesh tier serves only when none is; with nothing up, every path is still tried
@@ -84,8 +84,6 @@ pub struct PathState {
     /// Bytes relayed either way, for the bandwidth meter.
     bytes: Arc<AtomicU64>,
     meter: Mutex<RateMeter>,
-    /// `f32` bits of the share of the path's demonstrated capacity in use (0..=1).
-    utilization: AtomicU32,
     /// Smoothed bytes per second either way.
     rate: AtomicU64,
     /// Summed busy time of the path's connections and flows (µs), and its rate: `f32` bits
@@ -120,7 +118,6 @@ impl PathState {
             active_udp: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
-            utilization: AtomicU32::new(0.0f32.to_bits()),
             rate: AtomicU64::new(0),
             m_connects: counter!(m::PATH_CONNECTS, &labels),
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
@@ -180,10 +177,6 @@ impl Path {
     /// at once, on average over the last second or so.
     pub fn busy(&self) -> f64 {
         f64::from(f32::from_bits(self.state.busy.load(Ordering::Relaxed)))
-    }
-    /// Share of the path's demonstrated capacity in use (0..=1).
-    pub fn utilization(&self) -> f64 {
-        f64::from(f32::from_bits(self.state.utilization.load(Ordering::Relaxed)))
     }
     /// Average connect latency, without taking the health lock.
     pub fn latency(&self) -> Option<std::time::Duration> {
@@ -361,7 +354,6 @@ impl Pool {
             let total = p.state.bytes.load(Ordering::Relaxed);
             let mut meter = p.state.meter.lock().unwrap_or_else(|e| e.into_inner());
             meter.sample(total, now);
-            p.state.utilization.store((meter.utilization() as f32).to_bits(), Ordering::Relaxed);
             p.state.rate.store(meter.rate() as u64, Ordering::Relaxed);
             p.state.m_rate.set(meter.rate());
         }

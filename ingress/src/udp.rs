@@ -29,7 +29,8 @@ struct Flow {
     /// starts with, so the local proxy learns the client address; built once per flow.
     header: Option<Box<[u8]>>,
     upstream: Arc<UdpSocket>,
-    /// Counts the flow busy for the bandwidth policy (shared with the pump).
+    /// Time of the flow's previous datagram, for the bandwidth policy's busy time (shared
+    /// with the pump).
     busy_mark: Arc<AtomicU64>,
     life: FlowLife,
 }

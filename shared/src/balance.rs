@@ -53,6 +53,10 @@ pub struct Candidate {
     pub load: f64,
 }
 
+/// Under the bandwidth policy, loads (transfers in progress per unit of weight) this close
+/// count as equal.
+pub const BUSY_TIE: f64 = 0.25;
+
 /// Round robin state for one pool and one kind of traffic.
 #[derive(Debug, Default, Clone)]
 pub struct Selector {
@@ -67,12 +71,12 @@ impl Selector {
             Policy::LeastConn | Policy::Bandwidth => {
                 let load = |c: &Candidate| c.load / c.weight;
                 let min = cands.iter().filter(|c| c.weight > 0.0).map(load).fold(f64::INFINITY, f64::min);
-                // Equal load (typically all idle): round robin by weight among the tied.
+                // Equal load (typically all idle): round robin by weight among the tied. Busy
+                // time is an average, so a quarter of a transfer apart counts as equal: light
+                // load then follows the weights instead of the last few milliseconds.
+                let slack = if policy == Policy::Bandwidth { BUSY_TIE } else { min * 1e-9 };
                 self.smooth(
-                    cands
-                        .iter()
-                        .filter(|c| c.weight > 0.0 && load(c) <= min * (1.0 + 1e-9))
-                        .map(|c| (c.index, c.weight)),
+                    cands.iter().filter(|c| c.weight > 0.0 && load(c) <= min + slack).map(|c| (c.index, c.weight)),
                 )
             }
         }
@@ -229,8 +233,11 @@ mod tests {
         // The caller passes busy connections: a path whose transfers pile up is avoided ...
         let mut s = Selector::default();
         assert_eq!(s.pick(Policy::Bandwidth, &[cand(0, 1.0, 6), cand(1, 1.0, 1)]), Some(1));
-        // ... and with nothing busy the weights decide.
+        // ... and with nothing busy the weights decide, as they do when the loads differ by
+        // less than BUSY_TIE.
         assert_eq!(counts(Policy::Bandwidth, &[cand(0, 3.0, 0), cand(1, 1.0, 0)], 400), [300, 100]);
+        let near = [Candidate { index: 0, weight: 1.0, load: 0.1 }, Candidate { index: 1, weight: 1.0, load: 0.0 }];
+        assert_eq!(counts(Policy::Bandwidth, &near, 400), [200, 200]);
     }
 
     #[test]
