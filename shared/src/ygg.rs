@@ -321,12 +321,14 @@ fn is_complete_json(buf: &[u8]) -> bool {
     let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<serde::de::IgnoredAny>();
     match values.next() {
         None => false,
+        // A number that ends where the bytes end may go on (`2` of `25`).
+        Some(Ok(_)) => !(values.byte_offset() == buf.len() && buf.last().is_some_and(u8::is_ascii_digit)),
         Some(Err(e)) if e.is_eof() => false,
         // A number cut after its `.` or `e` is reported as a syntax error, not as EOF: an
         // error on the last byte read may still be mended by the bytes to come (found by
-        // fuzzing: a reply cut inside `2.269830e-7` ended the exchange early).
-        Some(Err(e)) if (e.line(), e.column()) == end_position(buf) => false,
-        Some(_) => true,
+        // fuzzing: a reply cut inside `2.269830e-7` ended the exchange early). An error
+        // before the last byte is final.
+        Some(Err(e)) => (e.line(), e.column()) != end_position(buf),
     }
 }
 
@@ -487,6 +489,11 @@ mod tests {
         assert!(!is_complete_json(b"{\"a\": 2."));
         assert!(!is_complete_json(b"{\"a\": 2.5e-"));
         assert!(is_complete_json(b"{\"a\": 2.5e-7}"));
+        // Completeness never goes away as bytes arrive, whatever they are.
+        for (short, long) in [(&b"2"[..], &b"25"[..]), (b"2", b"2T"), (b"{}", b"{}5"), (b"0", b"0en")] {
+            assert!(!is_complete_json(short) || is_complete_json(long), "{short:?} then {long:?}");
+        }
+        assert!(!is_complete_json(b"25") && is_complete_json(b"25 ") && is_complete_json(b"{}5"));
         // Completeness only grows as bytes arrive: every prefix of a reply.
         let mut seen = false;
         for cut in 0..=SELF.len() {
