@@ -47,7 +47,7 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
         "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
          health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
          [[service]]\nname = \"flood\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
-         idle_timeout = \"60s\"\nmax_flows = 4096\n",
+         idle_timeout = \"2s\"\nmax_flows = 4096\n",
         tcp.addr
     );
     let dir = std::env::temp_dir().join(format!("ingress-flood-{}", std::process::id()));
@@ -130,9 +130,16 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     let _ = talker.await;
     let (s, g) = (sent.load(Ordering::Relaxed), got.load(Ordering::Relaxed));
     let loss = 1.0 - g as f64 / s.max(1) as f64;
+    // Every flow idles out (2 s, swept every 500 ms): their sockets and table memory go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fds(pid) > 64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rss_after, fds_after) = (rss_kib(pid), fds(pid));
     println!(
         "RESULT udp flood: 20000 sources in {:.2}s against max_flows 4096; legit flow {g}/{s} replies (loss {:.1} %); \
-         newcomer's first reply after {:?}; ingress RSS {rss_idle} KiB idle -> {rss_peak} KiB at the cap, {fds_peak} descriptors",
+         newcomer's first reply after {:?}; ingress RSS {rss_idle} KiB idle -> {rss_peak} KiB at the cap, {fds_peak} descriptors -> \
+         {rss_after} KiB, {fds_after} descriptors after the flows expired",
         flood_time.as_secs_f64(),
         loss * 100.0,
         newcomer_delay
@@ -140,5 +147,6 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     assert!(newcomer_delay.is_some(), "a new legitimate client was never admitted during the flood");
     assert!(g > 0 && loss < 0.5, "the talking flow lost its replies: {g}/{s}");
     assert!(fds_peak < 4096 + 100, "descriptors beyond the flow cap: {fds_peak}");
+    assert!(fds_after <= 64, "flow sockets not closed after expiry: {fds_after}");
     let _ = std::fs::remove_dir_all(&dir);
 }
