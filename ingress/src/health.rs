@@ -1,6 +1,6 @@
-//! Path health: the sans-io state machine (rise/fall hysteresis, failure and latency
-//! averages) and the active probes that feed it. Passive outcomes of real connects feed
-//! the same state; the selector only reads the published atomics on `Path`.
+//! Path health: the active probes (TCP, PROXY v2 LOCAL, HTTP) that feed the sans-io state
+//! machine in `shared::health`. Passive outcomes of real connects feed the same state; the
+//! selector only reads the published atomics on `Path`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,119 +11,7 @@ use tokio::net::TcpStream;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::config::CheckKind;
-
-/// How a probe or a connect went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Outcome {
-    Ok {
-        latency: Duration,
-    },
-    Failed,
-    /// This process ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
-    /// before it could try: says nothing about the path, so it changes no state.
-    Local,
-}
-
-/// A change of up/down state the caller should log and publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    WentUp,
-    WentDown,
-}
-
-/// Where an outcome came from: active probes are the authority on bringing a path back;
-/// passive failures may take a path down only when it is not the last usable one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Probe,
-    Traffic,
-}
-
-/// Health of one path. Plain data; the owner serialises access.
-#[derive(Debug, Clone)]
-pub struct HealthState {
-    pub up: bool,
-    ok_run: u32,
-    fail_run: u32,
-    /// Exponentially weighted failure ratio, 0.0..=1.0.
-    pub fail_avg: f64,
-    /// Exponentially weighted connect latency of successful attempts.
-    pub latency_avg: Option<Duration>,
-}
-
-impl Default for HealthState {
-    fn default() -> Self {
-        // Start up, like HAProxy: a fresh process serves at once and the first failed
-        // checks take a dead path out.
-        Self { up: true, ok_run: 0, fail_run: 0, fail_avg: 0.0, latency_avg: None }
-    }
-}
-
-impl HealthState {
-    /// Record one outcome. `may_go_down` is false when this is the last usable path and
-    /// the evidence is a single real connect, not the active checks.
-    pub fn record(
-        &mut self,
-        outcome: Outcome,
-        source: Source,
-        rise: u32,
-        fall: u32,
-        may_go_down: bool,
-    ) -> Option<Transition> {
-        // Traffic gives many more samples than probes, so it moves the averages less.
-        let alpha = match source {
-            Source::Probe => 0.25,
-            Source::Traffic => 0.05,
-        };
-        match outcome {
-            Outcome::Ok { latency } => {
-                self.fail_avg *= 1.0 - alpha;
-                self.latency_avg = Some(match self.latency_avg {
-                    None => latency,
-                    Some(avg) => avg.mul_f64(1.0 - alpha * 1.5).saturating_add(latency.mul_f64(alpha * 1.5)),
-                });
-                self.fail_run = 0;
-                self.ok_run = self.ok_run.saturating_add(1);
-                // Only probes bring a path back: a lucky connect is not a recovery.
-                if !self.up && (source == Source::Probe || self.ok_run >= rise.saturating_mul(2)) && self.ok_run >= rise
-                {
-                    self.up = true;
-                    return Some(Transition::WentUp);
-                }
-            }
-            Outcome::Failed => {
-                self.fail_avg = self.fail_avg * (1.0 - alpha) + alpha;
-                self.ok_run = 0;
-                self.fail_run = self.fail_run.saturating_add(1);
-                let allowed = source == Source::Probe || may_go_down;
-                if self.up && self.fail_run >= fall && allowed {
-                    self.up = false;
-                    return Some(Transition::WentDown);
-                }
-            }
-            Outcome::Local => {}
-        }
-        None
-    }
-
-    /// Between states: up with failures pending, or down with successes pending.
-    pub fn transitional(&self) -> bool {
-        (self.up && self.fail_run > 0) || (!self.up && self.ok_run > 0)
-    }
-
-    /// Share multiplier in (0, 1]: falls with the failure ratio and with connect latency
-    /// above the best path's (`best` is the lowest latency among the pool's up paths).
-    pub fn factor(&self, best: Option<Duration>) -> f64 {
-        let loss = (1.0 - self.fail_avg).clamp(0.0, 1.0).powi(2);
-        // A floor of 2 ms keeps sub-millisecond jitter on fast links from mattering.
-        let floor = Duration::from_millis(2);
-        let lat = match (best, self.latency_avg) {
-            (Some(best), Some(own)) => ((best + floor).as_secs_f64() / (own + floor).as_secs_f64()).clamp(0.1, 1.0),
-            _ => 1.0,
-        };
-        (loss * lat).clamp(0.02, 1.0)
-    }
-}
+pub use shared::health::{HealthState, Outcome, Source, Transition};
 
 /// Run one active check against `addr`.
 pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Outcome {
@@ -186,39 +74,6 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
 mod tests {
     use super::*;
 
-    const OK: Outcome = Outcome::Ok { latency: Duration::from_millis(1) };
-
-    #[test]
-    fn fall_and_rise_hysteresis() {
-        let mut s = HealthState::default();
-        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), None);
-        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), Some(Transition::WentDown));
-        assert_eq!(s.record(OK, Source::Probe, 2, 2, true), None);
-        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, true), None);
-        assert_eq!(s.record(OK, Source::Probe, 2, 2, true), None);
-        assert_eq!(s.record(OK, Source::Probe, 2, 2, true), Some(Transition::WentUp));
-    }
-
-    #[test]
-    fn last_usable_path_survives_traffic_failures() {
-        let mut s = HealthState::default();
-        for _ in 0..10 {
-            assert_eq!(s.record(Outcome::Failed, Source::Traffic, 2, 2, false), None);
-        }
-        assert!(s.up);
-        // ...but probes still take it down.
-        assert_eq!(s.record(Outcome::Failed, Source::Probe, 2, 2, false), Some(Transition::WentDown));
-    }
-
-    #[test]
-    fn traffic_alone_needs_more_to_bring_a_path_back() {
-        let mut s = HealthState { up: false, ..Default::default() };
-        assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
-        assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
-        assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), None);
-        assert_eq!(s.record(OK, Source::Traffic, 2, 2, true), Some(Transition::WentUp));
-    }
-
     #[tokio::test]
     async fn probes_judge_what_the_peer_does() {
         use tokio::net::TcpListener;
@@ -257,22 +112,5 @@ mod tests {
         assert_eq!(probe(h, &http_check, t).await, Outcome::Failed);
         let refused: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(probe(refused, &CheckKind::Tcp, t).await, Outcome::Failed);
-    }
-
-    #[test]
-    fn factor_falls_with_failures_and_latency() {
-        let mut s = HealthState::default();
-        s.record(Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe, 2, 2, true);
-        assert!((s.factor(Some(Duration::from_millis(1))) - 1.0).abs() < 1e-9);
-        let clean = s.factor(None);
-        for _ in 0..3 {
-            s.record(Outcome::Failed, Source::Traffic, 2, 100, true);
-        }
-        let lossy = s.factor(None);
-        assert!(lossy < clean && lossy > 0.5, "{lossy}");
-        let mut slow = HealthState::default();
-        slow.record(Outcome::Ok { latency: Duration::from_millis(40) }, Source::Probe, 2, 2, true);
-        let f = slow.factor(Some(Duration::from_millis(1)));
-        assert!((0.02..0.2).contains(&f), "{f}");
     }
 }
