@@ -2,6 +2,7 @@
 //! [`raw::RawConfig`], then validated into [`Config`] with every field typed and every
 //! default applied. `local-proxy check` and start-up go through the same [`load`].
 
+pub mod firewall;
 pub mod raw;
 mod validate;
 
@@ -37,7 +38,7 @@ pub struct Config {
     pub sites: Vec<Site>,
     pub streams: Vec<Stream>,
     /// The nftables allowlist kept from the ingress names; `None` when not configured.
-    pub firewall: Option<crate::firewall::Settings>,
+    pub firewall: Option<firewall::Settings>,
 }
 
 /// WAN-side listeners: every connection must start with PROXY v2 from a trusted ingress.

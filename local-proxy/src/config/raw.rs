@@ -30,7 +30,7 @@ pub struct RawConfig {
     #[serde(default, rename = "stream")]
     pub streams: Vec<RawStream>,
     /// `[firewall]`: the nftables allowlist kept from the ingress names; absent = no firewall.
-    pub firewall: Option<crate::firewall::settings::RawFirewall>,
+    pub firewall: Option<super::firewall::RawFirewall>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -278,13 +278,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
-    let firewall = crate::firewall::settings::validate(
-        raw.firewall.as_ref(),
-        &wan.trusted_ingress,
-        &http,
-        &streams,
-        &mut c.errors,
-    );
+    let firewall =
+        super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c.errors);
 
     if c.errors.is_empty() {
         Ok(Config { admin, wan, mesh, http, tls, sites, streams, firewall })

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::body::{self, Body};
-use super::handler::Conn;
+use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::pages;
 use super::routes::SiteRoute;

@@ -9,22 +9,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{full, Body};
+use super::conn::Conn;
 use super::forward::forward;
 use super::pages;
 use super::routes::{request_host, SiteRoute};
-use crate::admission::ClientInfo;
 use crate::metrics::names;
 use crate::state::State;
-
-/// What the server knows about the connection a request came on.
-#[derive(Debug)]
-pub struct Conn {
-    pub info: ClientInfo,
-    /// Whether the client connection is TLS (`X-Forwarded-Proto`).
-    pub tls: bool,
-    pub listener: &'static str,
-    pub state: Arc<State>,
-}
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 const HEALTHZ: &str = "/healthz";

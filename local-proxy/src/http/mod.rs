@@ -1,6 +1,7 @@
 //! The HTTP side: connection serving, request handling, the reverse proxy to upstreams.
 
 pub mod body;
+mod conn;
 mod forward;
 pub mod handler;
 pub mod head_timeout;
@@ -10,6 +11,6 @@ pub mod routes;
 pub mod serve;
 pub mod upstream;
 
-pub use handler::Conn;
+pub use conn::Conn;
 pub use routes::Routes;
 pub use serve::{serve, Proto};

@@ -11,7 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::handler::{handle, Conn};
+use super::conn::Conn;
+use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
