@@ -3,26 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill").success();
     assert!(ok, "kill {sig} {pid}");
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -66,15 +54,7 @@ async fn sighup_reload_and_sigterm_drain() {
     let dir = tempdir();
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf(one.addr)).expect("write");
-    let child = Child(
-        Command::new(env!("CARGO_BIN_EXE_ingress"))
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ingress"),
-    );
+    let child = Child::ingress(&file);
     let pid = child.0.id();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

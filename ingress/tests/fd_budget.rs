@@ -5,24 +5,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 async fn scrape(admin: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", admin)).await.expect("admin");
@@ -59,16 +47,13 @@ async fn a_flood_beyond_the_descriptor_budget_is_refused_and_paths_stay_up() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf).expect("write");
-    let _child = Child(
+    // prlimit (util-linux) runs the binary under the lowered limit.
+    let _child = Child::spawn(
         Command::new("prlimit")
             .args(["--nofile=300:300", "--"])
             .arg(env!("CARGO_BIN_EXE_ingress"))
             .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ingress under prlimit (util-linux)"),
+            .arg(&file),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -1,15 +1,9 @@
 //! `limits.threads` sets the runtime's worker threads (as HAProxy's nbthread), read at start.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, Child};
+use std::time::{Duration, Instant};
 
 /// Threads of `pid` named like tokio's workers.
 fn workers(pid: u32) -> usize {
@@ -22,7 +16,7 @@ fn workers(pid: u32) -> usize {
 
 #[test]
 fn the_runtime_has_as_many_workers_as_configured() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("ingress-threads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     for threads in [1usize, 3] {
@@ -35,21 +29,13 @@ fn the_runtime_has_as_many_workers_as_configured() {
             ),
         )
         .expect("write");
-        let child = Child(
-            Command::new(env!("CARGO_BIN_EXE_ingress"))
-                .arg("-c")
-                .arg(&file)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn"),
-        );
+        let child = Child::ingress(&file);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "ingress never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(workers(child.0.id()), threads, "worker threads for threads = {threads}");
+        assert_eq!(workers(child.id()), threads, "worker threads for threads = {threads}");
         drop(child);
     }
     let _ = std::fs::remove_dir_all(&dir);

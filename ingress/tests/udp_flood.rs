@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,15 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::net::UdpSocket;
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
+fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -42,7 +33,7 @@ fn fds(pid: u32) -> usize {
 async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     let tcp = Backend::start("wan1", "127.0.0.2").await;
     let _echo = UdpEcho::start("wan1", tcp.addr).await;
-    let port = free_port();
+    let port = free_udp_port();
     let conf = format!(
         "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
          health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
@@ -54,16 +45,8 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf).expect("write");
-    let child = Child(
-        Command::new(env!("CARGO_BIN_EXE_ingress"))
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ingress"),
-    );
-    let pid = child.0.id();
+    let child = Child::ingress(&file);
+    let pid = child.id();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
 
     // The legitimate flow: one datagram every 10 ms, counting replies.

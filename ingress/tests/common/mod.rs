@@ -251,3 +251,34 @@ impl UdpEcho {
         let _ = self.task.await;
     }
 }
+
+/// A process the test started, killed and reaped when dropped (a failing test leaves none).
+pub struct Child(pub std::process::Child);
+
+impl Child {
+    /// The `ingress` binary with `-c config`, its output discarded.
+    pub fn ingress(config: &std::path::Path) -> Self {
+        Self::spawn(std::process::Command::new(env!("CARGO_BIN_EXE_ingress")).arg("-c").arg(config))
+    }
+
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        use std::process::Stdio;
+        Self(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn"))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
