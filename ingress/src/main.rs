@@ -29,7 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
+        .with_env_filter(shared::logging::filter("INGRESS_LOG"))
         .with_target(false)
         // Colour only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -64,21 +64,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The log filter: `INGRESS_LOG`, else the usual `RUST_LOG`, else `info`. A value that does not
-/// parse is reported and skipped rather than silently ignored.
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    for var in ["INGRESS_LOG", "RUST_LOG"] {
-        if let Some(spec) = std::env::var_os(var) {
-            let spec = spec.to_string_lossy();
-            match tracing_subscriber::EnvFilter::try_new(&*spec) {
-                Ok(filter) => return filter,
-                Err(e) => eprintln!("{var}={spec:?} ignored: {e}"),
-            }
-        }
-    }
-    tracing_subscriber::EnvFilter::new("info")
 }
 
 /// Reloads on SIGHUP until SIGTERM or SIGINT.

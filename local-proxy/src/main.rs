@@ -140,22 +140,6 @@ fn firewall_show(path: &Path) -> ExitCode {
     }
 }
 
-/// The log filter: `LOCAL_PROXY_LOG`, else the usual `RUST_LOG`, else `info`. A value that
-/// does not parse is reported and skipped rather than silently ignored. (The config loader
-/// skips `LOCAL_PROXY_LOG`, so it is not taken for a config key.)
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    for var in [config::LOG_ENV, "RUST_LOG"] {
-        if let Some(spec) = std::env::var_os(var) {
-            let spec = spec.to_string_lossy();
-            match tracing_subscriber::EnvFilter::try_new(&*spec) {
-                Ok(filter) => return filter,
-                Err(e) => eprintln!("{var}={spec:?} ignored: {e}"),
-            }
-        }
-    }
-    tracing_subscriber::EnvFilter::new("info")
-}
-
 /// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
 fn notify(what: &str, result: std::io::Result<bool>) {
     if let Err(e) = result {
@@ -164,7 +148,8 @@ fn notify(what: &str, result: std::io::Result<bool>) {
 }
 
 fn init_tracing() {
-    let filter = log_filter();
+    // LOCAL_PROXY_LOG (the config loader skips it, so it is not taken for a config key).
+    let filter = shared::logging::filter(config::LOG_ENV);
     // Logs go to stderr (journald takes it); colours only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

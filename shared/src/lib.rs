@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod health;
 pub mod idle;
+pub mod logging;
 pub mod notify;
 pub mod peek;
 pub mod ports;
