@@ -62,25 +62,35 @@ pub struct TsigDns {
 }
 
 impl TsigDns {
-    /// Starts it in `<tag>-dns`, linked to `router_ns`, with an empty zone (SOA, NS) and `ttl`.
-    pub fn start(router_ns: &str, tag: &str, dir: &Path, ttl: u32) -> Result<Self> {
+    /// Starts it in `<tag>-dns`, linked to `router_ns` (at [`DNS`]) or, with `None`, on its
+    /// own loopback only, with a zone holding SOA, NS, `extra_records` and `ttl`, taking
+    /// updates signed with the key named `key`.
+    pub fn start(
+        router_ns: Option<&str>,
+        tag: &str,
+        dir: &Path,
+        ttl: u32,
+        key: &str,
+        extra_records: &str,
+    ) -> Result<Self> {
         let ns = Netns::new(&format!("{tag}-dns"))?;
         let name = ns.name().to_string();
-        cmd::ip(&name, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", "r-dns", "netns", router_ns])
+        if let Some(router_ns) = router_ns {
+            cmd::ip(
+                &name,
+                &["link", "add", "name", "eth0", "type", "veth", "peer", "name", "r-dns", "netns", router_ns],
+            )
             .context("linking the DNS namespace to the router")?;
-        cmd::ip(&name, &["addr", "add", &format!("{DNS}/29"), "dev", "eth0"])?;
-        cmd::ip(router_ns, &["addr", "add", &format!("{DNS_GW}/29"), "dev", "r-dns"])?;
-        cmd::ip(&name, &["link", "set", "eth0", "up"])?;
-        cmd::ip(router_ns, &["link", "set", "r-dns", "up"])?;
-        cmd::ip(&name, &["route", "add", "default", "via", &DNS_GW.to_string()])?;
-
-        let out = cmd::run(&["keymgr", "-t", TSIG_KEY, "hmac-sha256"]).context("making the TSIG key")?;
-        let secret = out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("secret:"))
-            .map(|s| s.trim().to_string())
-            .context("keymgr printed no secret")?;
-        let key_yaml = out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+            cmd::ip(&name, &["addr", "add", &format!("{DNS}/29"), "dev", "eth0"])?;
+            cmd::ip(router_ns, &["addr", "add", &format!("{DNS_GW}/29"), "dev", "r-dns"])?;
+            cmd::ip(&name, &["link", "set", "eth0", "up"])?;
+            cmd::ip(router_ns, &["link", "set", "r-dns", "up"])?;
+            cmd::ip(&name, &["route", "add", "default", "via", &DNS_GW.to_string()])?;
+        }
+        let listen =
+            if router_ns.is_some() { format!("{DNS}@53, 127.0.0.1@53") } else { "127.0.0.1@53, ::1@53".into() };
+        let ns_addr = if router_ns.is_some() { DNS.to_string() } else { "127.0.0.1".into() };
+        let (secret, key_yaml) = tsig_key(key)?;
         let d = dir.join("knot");
         for sub in ["db", "zones", "run"] {
             std::fs::create_dir_all(d.join(sub))?;
@@ -90,7 +100,7 @@ impl TsigDns {
             r#"server:
     rundir: "{dd}/run"
     pidfile: "{dd}/run/knot.pid"
-    listen: [ {DNS}@53, 127.0.0.1@53 ]
+    listen: [ {listen} ]
 
 database:
     storage: "{dd}/db"
@@ -103,7 +113,7 @@ log:
 
 acl:
   - id: updates_with_the_key
-    key: {TSIG_KEY}
+    key: {key}
     action: update
 
 template:
@@ -122,7 +132,7 @@ zone:
         );
         std::fs::write(d.join("knot.conf"), conf)?;
         let zone = format!(
-            "$ORIGIN {ZONE}.\n$TTL {ttl}\n@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 60 60 3600 {ttl}\n@ IN NS ns.{ZONE}.\nns IN A {DNS}\n"
+            "$ORIGIN {ZONE}.\n$TTL {ttl}\n@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 60 60 3600 {ttl}\n@ IN NS ns.{ZONE}.\nns IN A {ns_addr}\n{extra_records}"
         );
         std::fs::write(d.join("zones").join(format!("{ZONE}.zone")), zone)?;
         let conf_path = d.join("knot.conf").display().to_string();
@@ -142,10 +152,17 @@ zone:
         self.ns.name()
     }
 
-    /// `kdig +short` for `name` (relative to the zone, or a full name ending in the zone).
+    /// `kdig +short` for `name` (relative to the zone, "@" = apex, or a full name ending in
+    /// the zone).
     pub fn dig(&self, rtype: &str, name: &str) -> Result<BTreeSet<String>> {
         let n = name.trim_end_matches('.');
-        let fqdn = if n == ZONE || n.ends_with(&format!(".{ZONE}")) { format!("{n}.") } else { format!("{n}.{ZONE}.") };
+        let fqdn = if n == "@" {
+            format!("{ZONE}.")
+        } else if n == ZONE || n.ends_with(&format!(".{ZONE}")) {
+            format!("{n}.")
+        } else {
+            format!("{n}.{ZONE}.")
+        };
         let out = cmd::exec_ok(
             self.ns(),
             &["kdig", "@127.0.0.1", "+short", "+time=2", "+retry=1", &fqdn, rtype],
@@ -169,6 +186,19 @@ impl Drop for TsigDns {
             let _ = p.stop();
         }
     }
+}
+
+/// A new TSIG key named `name` from knot's `keymgr`: its base64 secret and the `key:`
+/// section for knot.conf.
+pub fn tsig_key(name: &str) -> Result<(String, String)> {
+    let out = cmd::run(&["keymgr", "-t", name, "hmac-sha256"]).context("making the TSIG key")?;
+    let secret = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("secret:"))
+        .map(|s| s.trim().to_string())
+        .context("keymgr printed no secret")?;
+    let yaml = out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    Ok((secret, yaml))
 }
 
 /// One `ansible-playbook` run.

@@ -256,7 +256,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     }
     let dir = t.dir().to_path_buf();
     let mut ctl = Controller::start(t.ns(Role::Inet), &t.tag, &dir).expect("controller");
-    let dns = TsigDns::start(t.ns(Role::Inet), &t.tag, &dir, TTL).expect("knotd");
+    let dns = TsigDns::start(Some(t.ns(Role::Inet)), &t.tag, &dir, TTL, TSIG_KEY, "").expect("knotd");
     let repo = AptRepo::build(&dir.join("repo"), &ygg_debs).expect("repository");
     let repo_url = ctl.serve("apt-repo", &repo.dir, REPO_PORT).expect("serving the repository");
     let ssh = Ssh::new(ctl.ns(), &dir).expect("ssh key");

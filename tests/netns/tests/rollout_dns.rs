@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use netns::cmd;
+use netns::knot::ZONE;
 use netns::netns::Netns;
-use netns::proc_guard::Proc;
+use netns::rollout::{tsig_key, TsigDns};
 use netns::tempdir::TempDir;
-use netns::wait::{check, wait_until};
-
-const ZONE: &str = "lbt.test";
+use netns::wait::check;
 const TTL: u32 = 60;
 const KEY: &str = "ansible-update";
 const MESH: &str = "200:1111:2222:3333::7";
@@ -118,124 +117,21 @@ fn playbook(ns: &str, inventory: &Path, playbook: &str, extra: &[&str]) -> Resul
     Ok(Run { ok: out.status.success(), text: format!("{}{}", out.stdout, out.stderr) })
 }
 
-/// A TSIG key from knot's own generator: (secret, the `key:` YAML for knot.conf).
-fn keymgr(name: &str) -> Result<(String, String)> {
-    let out = cmd::run(&["keymgr", "-t", name, "hmac-sha256"])?;
-    let secret = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("secret:"))
-        .map(|s| s.trim().to_string())
-        .context("keymgr printed no secret")?;
-    let yaml = out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    Ok((secret, yaml))
+/// knotd with TSIG in its own namespace (loopback only), serving [`ZONE`]; a record the
+/// playbook does not manage (`mail`) must survive every run.
+fn start_knot(tag: &str, dir: &Path) -> Result<TsigDns> {
+    TsigDns::start(None, tag, dir, TTL, KEY, "mail IN A 192.0.2.99\n")
 }
 
-/// knotd in its own namespace, serving [`ZONE`] and taking updates signed with one key.
-struct Knot {
-    proc: Option<Proc>,
-    ns: Netns,
-    secret: String,
-}
-
-impl Knot {
-    fn start(tag: &str, dir: &Path) -> Result<Self> {
-        let ns = Netns::new(&format!("{tag}-dns"))?;
-        let (secret, key_yaml) = keymgr(KEY)?;
-        let d = dir.join("knot");
-        for sub in ["db", "zones", "run"] {
-            std::fs::create_dir_all(d.join(sub))?;
-        }
-        let dd = d.display();
-        let conf = format!(
-            r#"server:
-    rundir: "{dd}/run"
-    pidfile: "{dd}/run/knot.pid"
-    listen: [ 127.0.0.1@53, ::1@53 ]
-
-database:
-    storage: "{dd}/db"
-
-log:
-  - target: stderr
-    any: info
-
-{key_yaml}
-
-acl:
-  - id: updates_with_the_key
-    key: {KEY}
-    action: update
-
-template:
-  - id: default
-    storage: "{dd}/zones"
-    semantic-checks: off
-    zonefile-sync: 0
-    zonefile-load: whole
-    journal-content: none
-
-zone:
-  - domain: {ZONE}.
-    file: "{ZONE}.zone"
-    acl: updates_with_the_key
-"#
-        );
-        std::fs::write(d.join("knot.conf"), conf)?;
-        // A record the playbook does not manage: it must survive every run.
-        let zone = format!(
-            "$ORIGIN {ZONE}.\n$TTL {TTL}\n@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 60 60 3600 {TTL}\n@ IN NS ns.{ZONE}.\n\
-             ns IN A 127.0.0.1\nmail IN A 192.0.2.99\n"
-        );
-        std::fs::write(d.join("zones").join(format!("{ZONE}.zone")), zone)?;
-        let conf_path = d.join("knot.conf").display().to_string();
-        let proc = Proc::spawn(ns.name(), "knotd", &["knotd", "-c", &conf_path], &d)?;
-        let mut k = Self { proc: Some(proc), ns, secret };
-        wait_until("knotd answering", Duration::from_secs(10), Duration::from_millis(50), || {
-            if let Some(p) = k.proc.as_mut() {
-                p.ensure_running()?;
-            }
-            let soa = k.dig("SOA", ZONE)?;
-            check(!soa.is_empty(), || "no SOA yet".into())
-        })?;
-        Ok(k)
-    }
-
-    fn ns(&self) -> &str {
-        self.ns.name()
-    }
-
-    /// The values of `name` (relative to the zone, "@" = apex) and type, sorted.
-    fn dig(&self, rtype: &str, name: &str) -> Result<BTreeSet<String>> {
-        let fqdn = if name == "@" || name == ZONE { format!("{ZONE}.") } else { format!("{name}.{ZONE}.") };
-        let out = cmd::exec_ok(
-            self.ns(),
-            &["kdig", "@127.0.0.1", "+short", "+time=2", "+retry=1", &fqdn, rtype],
-            Duration::from_secs(10),
-        )?;
-        Ok(out.lines().map(|l| l.trim().trim_matches('"').to_string()).filter(|l| !l.is_empty()).collect())
-    }
-
-    /// Every A/AAAA/TXT of the names this test may touch, for "nothing changed" checks.
-    fn snapshot(&self, names: &[&str]) -> Result<BTreeMap<String, BTreeSet<String>>> {
-        let mut out = BTreeMap::new();
-        for n in names {
-            for t in ["A", "AAAA", "TXT"] {
-                out.insert(format!("{n} {t}"), self.dig(t, n)?);
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl Drop for Knot {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            if std::thread::panicking() {
-                eprintln!("knotd log:\n{}", p.tail(40));
-            }
-            let _ = p.stop();
+/// Every A/AAAA/TXT of the names this test may touch, for "nothing changed" checks.
+fn snapshot(k: &TsigDns, names: &[&str]) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut out = BTreeMap::new();
+    for n in names {
+        for t in ["A", "AAAA", "TXT"] {
+            out.insert(format!("{n} {t}"), k.dig(t, n)?);
         }
     }
+    Ok(out)
 }
 
 struct Node {
@@ -307,7 +203,7 @@ fn set(values: &[&str]) -> BTreeSet<String> {
 }
 
 /// The records dns.yml must leave for `nodes` (mesh AAAA on the published names).
-fn expect_records(k: &Knot, nodes: &[&Node], mesh_same_name: bool) -> Result<()> {
+fn expect_records(k: &TsigDns, nodes: &[&Node], mesh_same_name: bool) -> Result<()> {
     let v4: Vec<&str> = nodes.iter().map(|n| n.v4).collect();
     let v6: Vec<&str> = nodes.iter().map(|n| n.v6).collect();
     let mut v6_pub = v6.clone();
@@ -370,7 +266,7 @@ fn dns_records_against_knot() {
     require();
     let tag = netns::unique_tag();
     let tmp = TempDir::new(&tag).expect("temp dir");
-    let k = Knot::start(&tag, tmp.path()).expect("starting knotd");
+    let k = start_knot(&tag, tmp.path()).expect("starting knotd");
     let ns = k.ns().to_string();
     let both = [&N1, &N2];
     let three = [&N1, &N2, &N3];
@@ -389,7 +285,7 @@ fn dns_records_against_knot() {
     assert_changed_zero(&r, "second run");
 
     // 3. A third node, --check --diff: the change is shown, nothing changes.
-    let before = k.snapshot(NAMES).unwrap();
+    let before = snapshot(&k, NAMES).unwrap();
     let inv = dns_inventory(tmp.path(), &three, &k.secret, KEY).unwrap();
     let r = playbook(&ns, &inv, "dns.yml", &["--check", "--diff"]).unwrap();
     assert!(r.ok, "--check --diff failed:\n{}", r.text);
@@ -401,7 +297,7 @@ fn dns_records_against_knot() {
         assert!(r.text.contains(&line), "--check --diff does not show `{line}`:\n{}", r.text);
     }
     assert!(r.changed().get("knot").copied().unwrap_or(0) > 0, "--check reports no change:\n{}", r.text);
-    assert_eq!(k.snapshot(NAMES).unwrap(), before, "--check changed the zone");
+    assert_eq!(snapshot(&k, NAMES).unwrap(), before, "--check changed the zone");
 
     // 4. For real: the third node's records appear; then nothing to do.
     let r = playbook(&ns, &inv, "dns.yml", &[]).unwrap();
@@ -437,18 +333,18 @@ fn dns_records_against_knot() {
 
     // 7. A wrong TSIG secret, and an unknown key name, with a change pending: the play fails
     //    clearly and the zone is as it was.
-    let before = k.snapshot(NAMES).unwrap();
-    let (wrong_secret, _) = keymgr(KEY).unwrap();
+    let before = snapshot(&k, NAMES).unwrap();
+    let (wrong_secret, _) = tsig_key(KEY).unwrap();
     let inv = dns_inventory(tmp.path(), &three, &wrong_secret, KEY).unwrap();
     let r = playbook(&ns, &inv, "dns.yml", &[]).unwrap();
     assert!(!r.ok, "a wrong TSIG secret did not fail:\n{}", r.text);
     assert!(r.text.contains("BADSIG") && r.text.contains("dns_tsig_key_secret"), "unclear failure:\n{}", r.text);
-    assert_eq!(k.snapshot(NAMES).unwrap(), before, "a wrong TSIG secret changed the zone");
+    assert_eq!(snapshot(&k, NAMES).unwrap(), before, "a wrong TSIG secret changed the zone");
     let inv = dns_inventory(tmp.path(), &three, &k.secret, "no-such-key").unwrap();
     let r = playbook(&ns, &inv, "dns.yml", &[]).unwrap();
     assert!(!r.ok, "an unknown TSIG key did not fail:\n{}", r.text);
     assert!(r.text.contains("BADKEY") && r.text.contains("dns_tsig_key_name"), "unclear failure:\n{}", r.text);
-    assert_eq!(k.snapshot(NAMES).unwrap(), before, "an unknown TSIG key changed the zone");
+    assert_eq!(snapshot(&k, NAMES).unwrap(), before, "an unknown TSIG key changed the zone");
     eprintln!("RESULT rollout_dns knot: add/--check/remove/separate-mesh/wrong-key all as expected");
 }
 
