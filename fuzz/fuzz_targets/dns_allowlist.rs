@@ -1,5 +1,5 @@
 //! DNS answers → allowlist: whole DNS responses (the wire format hickory parses) mapped to
-//! lookup outcomes (`firewall::outcome_of`) and fed to the sans-io tracker, one after the
+//! lookup outcomes (`shared::dns::outcome_of`) and fed to the sans-io tracker, one after the
 //! other with the clock moving. No panic (TTLs up to 2^32 s, any clock), and the allowlist's
 //! invariants hold: statics always in; every other address came from an answer of its own
 //! family; an address leaves only when an answer for its family omits it.
@@ -12,9 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
-use local_proxy::firewall::outcome_of;
-use local_proxy::firewall::settings::OnNoAnswer;
-use local_proxy::firewall::tracker::{Allowlist, Family, Outcome, Policy, Query, Tracker};
+use shared::dns::{outcome_of, Allowlist, Family, OnNoAnswer, Outcome, Policy, Query, Tracker};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -41,14 +41,10 @@ pub enum RawPort {
     Text(String),
 }
 
-/// What the firewall does before any DNS answer has arrived (start-up with DNS down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnNoAnswer {
-    /// Only static addresses pass (default).
-    Closed,
-    /// The protected ports stay open to everybody until the first answer, with a warning.
-    Open,
-}
+/// What the firewall does before any DNS answer has arrived (start-up with DNS down): only
+/// static addresses pass (`Closed`, default), or the protected ports stay open to everybody
+/// until the first answer, with a warning (`Open`).
+pub use shared::dns::OnNoAnswer;
 
 /// One protected port or port range for one transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -11,13 +11,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::dns::Lookups;
 use super::ruleset::build;
 use super::settings::Settings;
 use super::tracker::{Allowlist, Outcome, Policy, Tracker};
 use super::{Error, TRUST_SOURCE};
 use crate::metrics::names;
 use crate::trust::TrustedPeers;
+use shared::dns::{Lookups, ResolverSettings};
 
 /// Bound on one blocking netlink update.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +74,9 @@ pub fn start(
         policy,
         Instant::now().into_std(),
     );
-    let lookups = Lookups::new(&settings)?;
+    let lookups =
+        Lookups::new(&ResolverSettings { nameservers: settings.nameservers.clone(), timeout: settings.lookup_timeout })
+            .map_err(|e| Error::Resolver(e.to_string()))?;
     let initial = tracker.allowlist();
     apply_now(&settings, &initial)?;
     trusted.set_source(TRUST_SOURCE, tracker.closed().addresses());

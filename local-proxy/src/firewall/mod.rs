@@ -1,12 +1,11 @@
 //! The nftables allowlist kept from the ingress nodes' DNS names: only they (and static
 //! addresses) reach the protected WAN-side ports; the same list feeds the PROXY-header trust set.
 //!
-//! Pieces: `settings` (the `[firewall]` section), `tracker` (sans-io names → addresses with
-//! expiry), `dns` (hickory lookups), `ruleset` (the table as data), `nft` (data → one atomic
+//! Pieces: `settings` (the `[firewall]` section), `shared::dns` (sans-io names → addresses
+//! with expiry, and the hickory lookups), `ruleset` (the table as data), `nft` (data → one atomic
 //! netlink batch via nftnl), `readback` (the kernel's table → data, for `firewall show` and
 //! tests), `driver` (the task tying them together). Only our own table is ever touched.
 
-mod dns;
 mod driver;
 pub mod netlink;
 pub mod nft;
@@ -15,13 +14,14 @@ pub mod ruleset;
 /// The `[firewall]` settings live with the rest of the configuration (the config is a
 /// leaf below the firewall); this path stays for the firewall's own modules.
 pub use crate::config::firewall as settings;
-pub mod tracker;
+/// Names → addresses (sans-io) and the lookups, shared with the ingress's paths by name.
+pub use shared::dns as tracker;
 
-pub use dns::outcome_of;
 pub use driver::start;
 pub use readback::read_table;
 pub use ruleset::TableSpec;
 pub use settings::Settings;
+pub use shared::dns::outcome_of;
 
 /// Source name under which the allowlist feeds [`crate::trust::TrustedPeers`].
 pub const TRUST_SOURCE: &str = "firewall";

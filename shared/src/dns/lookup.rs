@@ -1,6 +1,6 @@
-//! DNS lookups for the allowlist with `hickory-resolver`: one A or AAAA query per call, never
-//! answered from a cache (the tracker decides when to ask again, from the records' TTLs), turned
-//! into a [`tracker::Outcome`]: addresses with their TTL, "no such record", or a failure.
+//! DNS lookups with `hickory-resolver`: one A or AAAA query per call, never answered from a
+//! cache (the [`Tracker`](super::Tracker) decides when to ask again, from the records' TTLs),
+//! turned into an [`Outcome`]: addresses with their TTL, "no such record", or a failure.
 
 use std::time::Duration;
 
@@ -12,9 +12,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, TokioResolver};
 
-use super::settings::Settings;
 use super::tracker::{Family, Outcome};
-use super::Error;
 
 /// The answer records of one lookup → what the tracker learns: the addresses of the family
 /// asked for, with the smallest TTL among those records, or "no such record" (with that TTL)
@@ -34,7 +32,21 @@ pub fn outcome_of(records: &[Record], family: Family) -> Outcome {
     }
 }
 
-/// A resolver set up from the `[firewall]` settings.
+/// Where and how long to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Resolvers to ask; empty means the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Bound on one lookup.
+    pub timeout: Duration,
+}
+
+/// The resolver could not be set up (unreadable system configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolverError(String);
+
+/// A resolver asking the configured servers, or the system's.
 pub struct Lookups {
     resolver: TokioResolver,
     timeout: Duration,
@@ -48,10 +60,10 @@ impl std::fmt::Debug for Lookups {
 
 impl Lookups {
     /// The configured nameservers (UDP, then TCP for truncated answers), or the system's.
-    pub fn new(settings: &Settings) -> Result<Self, Error> {
+    pub fn new(settings: &ResolverSettings) -> Result<Self, ResolverError> {
         let (config, mut opts) = if settings.nameservers.is_empty() {
             hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| Error::Resolver(format!("reading the system resolver configuration: {e}")))?
+                .map_err(|e| ResolverError(format!("reading the system resolver configuration: {e}")))?
         } else {
             let mut config = ResolverConfig::new();
             for ns in &settings.nameservers {
@@ -63,13 +75,13 @@ impl Lookups {
             opts.use_hosts_file = ResolveHosts::Never;
             (config, opts)
         };
-        opts.timeout = settings.lookup_timeout;
+        opts.timeout = settings.timeout;
         opts.attempts = 1;
         opts.cache_size = 0;
         opts.ndots = 0;
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).with_options(opts).build();
-        Ok(Self { resolver, timeout: settings.lookup_timeout })
+        Ok(Self { resolver, timeout: settings.timeout })
     }
 
     /// One lookup of `name` for `family`, bounded by the lookup timeout.

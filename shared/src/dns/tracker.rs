@@ -1,4 +1,5 @@
-//! The allowlist state machine, sans-io: ingress names → addresses with their expiry. It is fed
+//! Names → addresses with their expiry, sans-io (the local proxy's allowlist, the ingress's
+//! paths by name). It is fed
 //! lookup outcomes and `now`, and says which lookups are due, what the allowlist is and when to
 //! wake next. Invariants: an address leaves only when an answer for its name and family omits it
 //! (a failed or timed-out lookup keeps the last known addresses); static addresses are always in;
@@ -9,7 +10,14 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::settings::OnNoAnswer;
+/// What a list does before any DNS answer has arrived (start-up with DNS down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnNoAnswer {
+    /// Only static addresses pass (default).
+    Closed,
+    /// Everything passes until the first answer.
+    Open,
+}
 
 /// Address family of one lookup (A or AAAA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,16 +132,34 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Every lookup is due at `now`.
+    /// Every name in both families; every lookup is due at `now`.
     pub fn new(names: Vec<String>, statics: BTreeSet<IpAddr>, policy: Policy, now: Instant) -> Self {
-        let mut entries = BTreeMap::new();
-        for name in 0..names.len() {
-            for family in [Family::V4, Family::V6] {
-                let entry = Entry { addrs: BTreeSet::new(), answered: false, next: now, in_flight: false, failures: 0 };
-                entries.insert(Query { name, family }, entry);
-            }
-        }
+        let queries: Vec<Query> =
+            (0..names.len()).flat_map(|name| [Family::V4, Family::V6].map(|family| Query { name, family })).collect();
+        Self::with_queries(names, queries, statics, policy, now)
+    }
+
+    /// Only the lookups given (a name may be wanted in one family only); all due at `now`.
+    /// Queries naming no entry of `names` are ignored.
+    pub fn with_queries(
+        names: Vec<String>,
+        queries: impl IntoIterator<Item = Query>,
+        statics: BTreeSet<IpAddr>,
+        policy: Policy,
+        now: Instant,
+    ) -> Self {
+        let entries = queries
+            .into_iter()
+            .filter(|q| q.name < names.len())
+            .map(|q| (q, Entry { addrs: BTreeSet::new(), answered: false, next: now, in_flight: false, failures: 0 }))
+            .collect();
         Self { names, statics, entries, policy }
+    }
+
+    /// What is known of one lookup: its last known addresses, whether it was ever answered,
+    /// and how many lookups in a row have failed since (0: the last one answered).
+    pub fn state(&self, q: Query) -> Option<(&BTreeSet<IpAddr>, bool, u32)> {
+        self.entries.get(&q).map(|e| (&e.addrs, e.answered, e.failures))
     }
 
     pub fn names(&self) -> &[String] {
@@ -171,7 +197,7 @@ impl Tracker {
             Outcome::NoRecords { ttl } => (BTreeSet::new(), policy.clamp(ttl.unwrap_or(policy.min_refresh))),
             Outcome::Failed { .. } => {
                 e.failures = e.failures.saturating_add(1);
-                e.next = shared::ports::deadline(now, policy.retry(e.failures));
+                e.next = crate::ports::deadline(now, policy.retry(e.failures));
                 return Change { kept: Some(e.addrs.clone()), ..Change::default() };
             }
         };
@@ -183,7 +209,7 @@ impl Tracker {
         e.addrs = new;
         e.answered = true;
         e.failures = 0;
-        e.next = shared::ports::deadline(now, wait);
+        e.next = crate::ports::deadline(now, wait);
         change
     }
 
@@ -373,6 +399,22 @@ mod tests {
         open.record(q(0, Family::V6), Outcome::NoRecords { ttl: None }, t0);
         assert_eq!(open.allowlist(), only(&[]));
         assert!(open.any_answer());
+    }
+
+    #[test]
+    fn only_the_queries_asked_for() {
+        let t0 = Instant::now();
+        let policy = Policy { min_refresh: MIN, max_refresh: MAX, on_no_answer: OnNoAnswer::Closed };
+        let queries = [q(0, Family::V6), q(1, Family::V4), q(7, Family::V4)];
+        let mut t =
+            Tracker::with_queries(vec!["a.example".into(), "b.example".into()], queries, BTreeSet::new(), policy, t0);
+        assert_eq!(t.due(t0), vec![q(0, Family::V6), q(1, Family::V4)]);
+        assert_eq!(t.state(q(0, Family::V6)), Some((&BTreeSet::new(), false, 0)));
+        t.record(q(0, Family::V6), addrs(&["2001:db8::1"], 5), t0);
+        t.record(q(1, Family::V4), failed(), t0);
+        assert_eq!(t.state(q(0, Family::V6)), Some((&[ip("2001:db8::1")].into(), true, 0)));
+        assert_eq!(t.state(q(1, Family::V4)), Some((&BTreeSet::new(), false, 1)));
+        assert_eq!(t.state(q(0, Family::V4)), None);
     }
 
     #[test]
