@@ -1,0 +1,73 @@
+//! The `ctl` subcommands' side of the admin API: one HTTP/1.1 request over hyper's
+//! client connection, bounded in time, answered as status and body text.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+use super::token::Token;
+
+/// Longest a `ctl` call waits for the whole exchange.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a `ctl` call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect to the admin listener {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("admin listener {addr}: {source}")]
+    Http { addr: SocketAddr, source: hyper::Error },
+    #[error("admin listener {addr}: bad request: {source}")]
+    Request { addr: SocketAddr, source: http::Error },
+    #[error("admin listener {addr}: no answer within {TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+}
+
+/// Sends `method path_and_query` (with the bearer `token`, if any, and `user` as the
+/// `X-Admin-User` the server logs) and returns the status and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    token: Option<&Token>,
+    user: &str,
+) -> Result<(StatusCode, String), CallError> {
+    tokio::time::timeout(TIMEOUT, exchange(addr, method, path_and_query, token, user))
+        .await
+        .unwrap_or(Err(CallError::Timeout { addr }))
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    token: Option<&Token>,
+    user: &str,
+) -> Result<(StatusCode, String), CallError> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|source| CallError::Connect { addr, source })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|source| CallError::Http { addr, source })?;
+    let driver = tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(http::header::HOST, addr.to_string())
+        .header(USER_HEADER, user);
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+    }
+    let req = req.body(Empty::new()).map_err(|source| CallError::Request { addr, source })?;
+    let resp = sender.send_request(req).await.map_err(|source| CallError::Http { addr, source })?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|source| CallError::Http { addr, source })?.to_bytes();
+    driver.abort();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The header a `ctl` client names its operator in (the server logs it with each change).
+pub const USER_HEADER: &str = "x-admin-user";

@@ -1,0 +1,262 @@
+//! The admin HTTP server both binaries run on hyper (HTTP/1.1): each registers its own
+//! routes (`GET path` or `POST path` → a reply built from the [`Call`]); unknown paths get a
+//! 404 naming the routes, other methods a 405. Slow or silent clients are cut by a header
+//! timeout; every connection is tracked, so the server ends with its listener. Runtime
+//! control is authenticated with a bearer [`token::Token`]; `ctl` subcommands talk to the
+//! server with [`client::request`].
+
+pub mod client;
+pub mod token;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+/// What a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn metrics(body: String) -> Self {
+        Self { status: StatusCode::OK, content_type: "text/plain; version=0.0.4", body }
+    }
+
+    pub fn json(status: StatusCode, body: String) -> Self {
+        Self { status, content_type: "application/json", body }
+    }
+
+    pub fn html(body: String) -> Self {
+        Self { status: StatusCode::OK, content_type: "text/html; charset=utf-8", body }
+    }
+}
+
+/// One request as a route sees it: enough to authenticate it, read its query and log who
+/// sent it. Request bodies are not read: every control parameter is in the query.
+pub struct Call<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub peer: SocketAddr,
+}
+
+impl Call<'_> {
+    /// The first `name=value` of the query, percent-decoded (`+` is a space).
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find_map(|(k, v)| (decode(k).as_deref() == Some(name)).then(|| decode(v)).flatten())
+    }
+}
+
+/// Percent-decodes a query component; `None` when it is not valid UTF-8 or has a bad escape.
+fn decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes a query component (the `ctl` client's side of [`Call::param`]).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+type Handler = Arc<dyn Fn(&Call<'_>) -> Reply + Send + Sync>;
+
+/// The routes of one binary's admin listener.
+#[derive(Clone, Default)]
+pub struct Routes {
+    routes: Vec<(Method, &'static str, Handler)>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answer `GET path` (and `HEAD path`) with `handler`.
+    pub fn get(self, path: &'static str, handler: impl Fn() -> Reply + Send + Sync + 'static) -> Self {
+        self.route(Method::GET, path, move |_| handler())
+    }
+
+    /// Answer `method path` with `handler`, which sees the request.
+    pub fn route(
+        mut self,
+        method: Method,
+        path: &'static str,
+        handler: impl Fn(&Call<'_>) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.push((method, path, Arc::new(handler)));
+        self
+    }
+
+    fn answer(&self, req: &Request<Incoming>, peer: SocketAddr) -> Reply {
+        let path = req.uri().path();
+        let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+        let at_path: Vec<&(Method, &'static str, Handler)> =
+            self.routes.iter().filter(|(_, p, _)| *p == path).collect();
+        if at_path.is_empty() {
+            let mut known: Vec<&str> = self.routes.iter().map(|(_, p, _)| *p).collect();
+            known.dedup();
+            return Reply::text(StatusCode::NOT_FOUND, format!("not found; try {}\n", known.join(", ")));
+        }
+        let Some((_, _, handler)) = at_path.iter().find(|(m, _, _)| m == method) else {
+            let allowed: Vec<&str> = at_path.iter().map(|(m, _, _)| m.as_str()).collect();
+            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, format!("only {}\n", allowed.join(", ")));
+        };
+        let call = Call { method, path, query: req.uri().query().unwrap_or(""), headers: req.headers(), peer };
+        handler(&call)
+    }
+}
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `routes` on `listener` until `stop` resolves; returns once every connection ended.
+pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Output = ()>) {
+    let routes = Arc::new(routes);
+    let conns = TaskTracker::new();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Possibly EMFILE: back off rather than spin.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let routes = routes.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let reply = routes.answer(&req, peer);
+                async move { Ok::<_, Infallible>(into_response(reply)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+}
+
+fn into_response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+    *resp.status_mut() = reply.status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(reply.content_type));
+    // Status and control answers change every second: never from a cache.
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if reply.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn routes_answer_and_the_rest_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Routes::new()
+            .get("/metrics", || Reply::metrics("up 1\n".into()))
+            .get("/healthz", || Reply::text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy: no certificate\n"))
+            .route(Method::POST, "/api/echo", |c| {
+                Reply::text(StatusCode::OK, format!("{} {:?}\n", c.path, c.param("name")))
+            });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        let close = "Connection: close\r\n\r\n";
+        let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("version=0.0.4") && r.ends_with("up 1\n"), "{r}");
+        let r = get(addr, &format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 503") && r.contains("no certificate"), "{r}");
+        let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 404") && r.contains("/metrics, /healthz"), "{r}");
+        let r = get(addr, &format!("POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 405") && r.contains("only GET"), "{r}");
+        let r = get(addr, &format!("GET /api/echo HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 405") && r.contains("only POST"), "{r}");
+        let r = get(
+            addr,
+            &format!("POST /api/echo?x=1&name=w%C3%A4n+1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{close}"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("/api/echo Some(\"wän 1\")\n"), "{r}");
+        // HTTP/1.0 scrapers still work.
+        let r = get(addr, "GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.0 200") && r.ends_with("up 1\n"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn query_components_round_trip() {
+        for s in ["wan1", "home/wan 1", "ä&=%+"] {
+            assert_eq!(decode(&encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(decode("%4"), None);
+        assert_eq!(decode("%zz"), None);
+    }
+}
