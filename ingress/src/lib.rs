@@ -5,6 +5,7 @@ pub mod admin;
 pub mod attempts;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod health;
 pub mod limits;
 pub mod listener;

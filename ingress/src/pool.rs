@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{HealthConfig, PathConfig, PoolConfig};
+use crate::control::{Event, PathControl};
 use crate::health::{HealthState, Outcome, Source, Transition};
 use crate::metrics as m;
 
@@ -150,6 +151,8 @@ pub struct Path {
     pub weight: u32,
     pub is_mesh: bool,
     pub state: Arc<PathState>,
+    /// Operator overrides (drain, weight), carried by name across reloads.
+    pub control: Arc<PathControl>,
 }
 
 impl Path {
@@ -189,9 +192,17 @@ impl Path {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, self.fixed_port.unwrap_or(port))
     }
-    /// Selection weight: configured weight times health factor.
+    /// The weight in force: the operator's override, else the configured one.
+    pub fn weight(&self) -> u32 {
+        self.control.weight().unwrap_or(self.weight)
+    }
+    /// Selection weight: the weight in force times health factor.
     fn effective(&self) -> f64 {
-        f64::from(self.weight) * self.factor()
+        f64::from(self.weight()) * self.factor()
+    }
+    /// May take new connections and flows: not drained by an operator.
+    pub fn admits(&self) -> bool {
+        !self.control.is_drained()
     }
     pub fn health_snapshot(&self) -> HealthState {
         self.state.health.lock().map(|h| h.clone()).unwrap_or_default()
@@ -203,6 +214,7 @@ pub struct ActiveGuard(Arc<Path>, Kind);
 
 impl ActiveGuard {
     pub fn new(path: Arc<Path>, kind: Kind) -> Self {
+        path.control.placed();
         let n = path.counter(kind).fetch_add(1, Ordering::Relaxed) + 1;
         Self::publish(&path, kind, n);
         Self(path, kind)
@@ -262,6 +274,10 @@ impl Pool {
                     .find(|p| *p.name == pc.name && p.ip == pc.ip && p.fixed_port == pc.port && p.is_mesh == is_mesh)
                     .map(|p| p.state.clone())
             });
+            let control = previous
+                .and_then(|prev| prev.paths.iter().find(|p| *p.name == pc.name && p.is_mesh == is_mesh))
+                .map(|p| p.control.carry(&cfg.name, &pc.name, p.weight, pc.weight))
+                .unwrap_or_default();
             Arc::new(Path {
                 pool: name.clone(),
                 name: Arc::from(pc.name.as_str()),
@@ -270,6 +286,7 @@ impl Pool {
                 weight: pc.weight,
                 is_mesh,
                 state: reuse.unwrap_or_else(|| Arc::new(PathState::new(&cfg.name, &pc.name))),
+                control,
             })
         };
         let mut paths: Vec<Arc<Path>> = cfg.paths.iter().map(|p| make(p, false)).collect();
@@ -298,23 +315,23 @@ impl Pool {
     }
 
     /// Choose the next path to try for a new connection or flow of `kind`. `None` when
-    /// every path has been tried.
+    /// every path has been tried. Drained paths are never offered.
     pub fn pick(&self, tried: Tried, kind: Kind) -> Option<(usize, &Arc<Path>)> {
         let wan = &self.paths[..self.wan_count];
-        let up_untried = |i: usize, p: &Arc<Path>| p.is_up() && !tried.contains(i);
-        if let Some(i) = self.select(wan, kind, |i, p| up_untried(i, p)) {
+        let open = |i: usize, p: &Arc<Path>| p.admits() && !tried.contains(i);
+        if let Some(i) = self.select(wan, kind, |i, p| p.is_up() && open(i, p)) {
             return Some((i, &self.paths[i]));
         }
         // No healthy WAN path left to try: the mesh tier, then anything at all.
-        if let Some(i) = self.mesh_index().filter(|&i| !tried.contains(i)) {
+        if let Some(i) = self.mesh_index().filter(|&i| open(i, &self.paths[i])) {
             return Some((i, &self.paths[i]));
         }
-        self.select(wan, kind, |i, _| !tried.contains(i)).map(|i| (i, &self.paths[i]))
+        self.select(wan, kind, open).map(|i| (i, &self.paths[i]))
     }
 
     /// How many paths `pick` could still offer after `tried`.
     pub fn remaining(&self, tried: Tried) -> usize {
-        (0..self.paths.len()).filter(|&i| !tried.contains(i)).count()
+        self.paths.iter().enumerate().filter(|(i, p)| p.admits() && !tried.contains(*i)).count()
     }
 
     fn mesh_index(&self) -> Option<usize> {
@@ -406,11 +423,15 @@ impl Pool {
             path.state.up.store(up, Ordering::Relaxed);
             path.state.m_up.set(if up { 1.0 } else { 0.0 });
             let h = path.health_snapshot();
-            if up {
-                tracing::info!(pool = %self.name, path = %path.name, addr = %path.ip, "path up");
-            } else {
-                tracing::warn!(pool = %self.name, path = %path.name, addr = %path.ip, ?source, fail_avg = format!("{:.2}", h.fail_avg), "path down");
-            }
+            path.control.changed_now();
+            let (from, to) = if up { ("down", "up") } else { ("up", "down") };
+            let by = match source {
+                Source::Probe => "probe",
+                Source::Traffic => "connect",
+            };
+            let reason =
+                if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {:.2}", h.fail_avg) };
+            crate::control::record(Event::new(&self.name, &path.name, from, to, reason));
             self.refresh_tier();
         }
     }
@@ -442,9 +463,15 @@ impl Pool {
             self.m_on_mesh.set(if on_mesh { 1.0 } else { 0.0 });
             if on_mesh {
                 self.m_failovers.increment(1);
-                tracing::warn!(pool = %self.name, "no WAN path up: mesh tier takes over");
+                crate::control::record(Event::new(
+                    &self.name,
+                    "",
+                    "wan",
+                    "mesh",
+                    "no WAN path up: the mesh tier takes over",
+                ));
             } else {
-                tracing::info!(pool = %self.name, "a WAN path is up again: traffic leaves the mesh tier");
+                crate::control::record(Event::new(&self.name, "", "mesh", "wan", "a WAN path is up again"));
             }
         }
     }
@@ -729,6 +756,32 @@ mod tests {
         assert!(p.paths[0].is_up());
         assert_eq!(p.paths[0].health_snapshot().fail_avg, 0.0);
         assert_eq!(shares(&p, 100)[0], 0.5, "nor bend its share");
+    }
+
+    #[test]
+    fn drained_paths_get_no_new_connections_and_weight_overrides_bend_shares() {
+        let p = pool(&[3, 1], true);
+        p.paths[0].control.set_drained(true);
+        let s = shares(&p, 1000);
+        assert_eq!((s[0], s[1], s[2]), (0.0, 1.0, 0.0), "drained wan1 gets nothing, wan2 all");
+        assert_eq!(p.remaining(Tried::default()), 2);
+        p.paths[1].control.set_drained(true);
+        assert_eq!(shares(&p, 100)[2], 1.0, "both WANs drained: the mesh tier");
+        p.paths[2].control.set_drained(true);
+        assert!(p.pick(Tried::default(), Kind::Tcp).is_none(), "everything drained: nothing is offered");
+        for path in &p.paths {
+            path.control.set_drained(false);
+        }
+        p.paths[0].control.set_weight(Some(1));
+        p.paths[1].control.set_weight(Some(3));
+        let s = shares(&p, 20_000);
+        assert!((s[1] - 0.75).abs() < 0.03, "3:1 became 1:3: {s:?}");
+        // A reload that leaves wan1's weight alone keeps both overrides; one that changes
+        // wan2's configured weight ends wan2's.
+        let mut cfg = p.cfg.clone();
+        cfg.paths[1].weight = 2;
+        let q = Pool::new(cfg, Some(&p));
+        assert_eq!((q.paths[0].weight(), q.paths[1].weight()), (1, 2));
     }
 
     #[test]
