@@ -84,6 +84,7 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
         routes: ArcSwap::from_pointee(routes),
         trusted,
         certs: certs.clone(),
+        acme: Arc::default(),
         shutdown: shutdown.clone(),
         metrics,
     });
@@ -104,7 +105,8 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
         handle.running.serve_admin(addr, l);
     }
     handle.serve(listeners);
-    tasks.spawn(certs.watch(shutdown.clone()));
+    tasks.spawn(certs.clone().watch(shutdown.clone()));
+    state.acme.apply(config.acme.as_ref(), &certs, &tasks, &shutdown);
     if let Some(task) = firewall {
         tasks.spawn(task);
     }
@@ -241,8 +243,10 @@ impl Handle {
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
             self.state.routes.store(Arc::new(routes));
             let tls = new.tls.clone();
+            let acme = new.acme.clone();
             self.state.config.store(Arc::new(new));
             self.state.certs.set_sources(&tls);
+            self.state.acme.apply(acme.as_ref(), &self.state.certs, &self.tasks, &self.state.shutdown);
         };
         if let Err(e) = self.running.reload(plan, admin, apply).await {
             metrics::counter!(names::CONFIG_RELOADS, "result" => "bind_failed").increment(1);
@@ -286,6 +290,11 @@ impl Handle {
     /// The certificate store (tests, status).
     pub fn certs(&self) -> Arc<CertStore> {
         self.state.certs.clone()
+    }
+
+    /// ACME certificates: names, expiry (days left), failures, last error; empty without `[acme]`.
+    pub fn acme(&self) -> Arc<crate::acme::Acme> {
+        self.state.acme.clone()
     }
 
     /// Health as the ingress probes see it.

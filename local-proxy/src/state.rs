@@ -20,6 +20,8 @@ pub struct State {
     pub routes: ArcSwap<Routes>,
     pub trusted: Arc<TrustedPeers>,
     pub certs: Arc<CertStore>,
+    /// ACME certificates' status (empty while `[acme]` is off).
+    pub acme: Arc<crate::acme::Acme>,
     pub tls: Arc<rustls::ServerConfig>,
     /// One permit per open client connection over all TCP listeners.
     pub conn_limit: Arc<Semaphore>,

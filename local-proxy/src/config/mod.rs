@@ -2,6 +2,7 @@
 //! [`raw::RawConfig`], then validated into [`Config`] with every field typed and every
 //! default applied. `local-proxy check` and start-up go through the same [`load`].
 
+pub mod acme;
 pub mod firewall;
 pub mod raw;
 mod validate;
@@ -39,6 +40,8 @@ pub struct Config {
     pub streams: Vec<Stream>,
     /// The nftables allowlist kept from the ingress names; `None` when not configured.
     pub firewall: Option<firewall::Settings>,
+    /// Certificates obtained and renewed with ACME; `None` when not configured.
+    pub acme: Option<acme::Settings>,
 }
 
 /// WAN-side listeners: every connection must start with PROXY v2 from a trusted ingress.
@@ -102,6 +105,8 @@ pub struct Tls {
     pub certificates: Vec<CertFiles>,
     /// How often certificate files are checked for changes.
     pub reload_interval: Duration,
+    /// ACME's `live/` directory (`[acme] storage`), read like `certbot_live_dir`.
+    pub acme_live_dir: Option<PathBuf>,
 }
 
 /// One explicit certificate chain and its key, both PEM.

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub streams: Vec<RawStream>,
     /// `[firewall]`: the nftables allowlist kept from the ingress names; absent = no firewall.
     pub firewall: Option<super::firewall::RawFirewall>,
+    /// `[acme]`: certificates obtained and renewed with ACME; absent = off.
+    pub acme: Option<super::acme::RawAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -226,6 +226,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         certbot_live_dir: raw.tls.certbot_live_dir.as_ref().map(PathBuf::from),
         certificates,
         reload_interval: c.duration("tls.reload_interval", raw.tls.reload_interval.as_deref(), "5s", RELOAD_INTERVAL),
+        acme_live_dir: None,
     };
 
     let header_sets = header_sets(&mut c, &raw.header_sets);
@@ -242,7 +243,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     };
 
     let mut names = HashSet::new();
-    let sites = raw
+    let sites: Vec<Site> = raw
         .sites
         .iter()
         .enumerate()
@@ -281,8 +282,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let firewall =
         super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c.errors);
 
+    let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c.errors);
+    let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
+
     if c.errors.is_empty() {
-        Ok(Config { admin, wan, mesh, http, tls, sites, streams, firewall })
+        Ok(Config { admin, wan, mesh, http, tls, sites, streams, firewall, acme })
     } else {
         Err(c.errors)
     }

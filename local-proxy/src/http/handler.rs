@@ -60,6 +60,9 @@ async fn respond(
     }
 
     if !conn.tls && path.starts_with(ACME_PREFIX) {
+        if let Some(resp) = crate::acme::challenges::http01_response(&conn.state.certs, &path[ACME_PREFIX.len()..]) {
+            return (resp, Some("acme"));
+        }
         let webroot = conn.state.config.load().http.acme_webroot.clone();
         if let Some(root) = webroot {
             return (acme(&root, &path[ACME_PREFIX.len()..]).await, Some("acme"));

@@ -60,3 +60,15 @@ pub const FIREWALL_UPDATES: &str = "local_proxy_firewall_updates_total";
 pub const FIREWALL_ALLOWED: &str = "local_proxy_firewall_allowed_addresses";
 /// 1 while the table is open (no DNS answer yet and `on_no_answer = "open"`), else 0.
 pub const FIREWALL_OPEN: &str = "local_proxy_firewall_open";
+/// Days until each ACME certificate expires, by `certificate` (its `live/` folder: from the
+/// config's names, so bounded).
+pub const ACME_DAYS_LEFT: &str = "local_proxy_acme_certificate_days_left";
+/// ACME issuance attempts, by `certificate` and `result`
+/// (`ok`, `refused`, `challenge_failed`, `timeout`, `transport`, `storage`, `local`).
+pub const ACME_ORDERS: &str = "local_proxy_acme_orders_total";
+/// Failed ACME attempts since the last success, by `certificate` (0 when healthy).
+pub const ACME_FAILURES: &str = "local_proxy_acme_consecutive_failures";
+/// Failures to create or restore the ACME account.
+pub const ACME_ACCOUNT_ERRORS: &str = "local_proxy_acme_account_errors_total";
+/// ACME challenges answered by our listeners, by `challenge` (`http-01`, `tls-alpn-01`).
+pub const ACME_CHALLENGES: &str = "local_proxy_acme_challenges_answered_total";

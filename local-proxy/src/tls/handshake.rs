@@ -10,6 +10,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::store::{CertStore, Resolver};
+use crate::acme::ACME_TLS_ALPN;
 
 /// ALPN protocols offered, in preference order.
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -27,6 +28,9 @@ pub enum HandshakeError {
     Timeout(Duration),
     #[error("handshake failed: {0}")]
     Failed(std::io::Error),
+    /// An ACME TLS-ALPN-01 validation handshake, answered; the connection ends here (RFC 8737).
+    #[error("ACME TLS-ALPN-01 challenge answered")]
+    AcmeChallenge,
 }
 
 impl HandshakeError {
@@ -38,6 +42,7 @@ impl HandshakeError {
             HandshakeError::UnknownSni(_) => "unknown_sni",
             HandshakeError::Timeout(_) => "timeout",
             HandshakeError::Failed(_) => "failed",
+            HandshakeError::AcmeChallenge => "acme_challenge",
         }
     }
 }
@@ -58,6 +63,38 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, ConfigE
     Ok(Arc::new(cfg))
 }
 
+/// A ClientHello offering only `acme-tls/1` for a name with a challenge being offered gets
+/// a configuration that serves that challenge certificate and nothing else.
+fn acme_tls_alpn(hello: &rustls::server::ClientHello<'_>, store: &CertStore) -> Option<Arc<ServerConfig>> {
+    let challenges = store.challenges();
+    if !challenges.any_tls_alpn01() {
+        return None;
+    }
+    let mut alpn = hello.alpn()?;
+    if !alpn.any(|p| p == ACME_TLS_ALPN) {
+        return None;
+    }
+    let key = challenges.tls_alpn01(&hello.server_name()?.to_ascii_lowercase())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .ok()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(key)));
+    cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Some(Arc::new(cfg))
+}
+
+/// Serves one certificate whatever the ClientHello says.
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
 /// Run the handshake on `io` within `timeout`.
 pub async fn accept<IO>(
     io: IO,
@@ -72,6 +109,11 @@ where
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(|_| HandshakeError::NotTls)?;
+        if let Some(config) = acme_tls_alpn(&start.client_hello(), store) {
+            start.into_stream(config).await.map_err(HandshakeError::Failed)?;
+            metrics::counter!(crate::metrics::names::ACME_CHALLENGES, "challenge" => "tls-alpn-01").increment(1);
+            return Err(HandshakeError::AcmeChallenge);
+        }
         let refused = match start.client_hello().server_name() {
             None => Some(HandshakeError::NoSni),
             Some(name) if store.lookup(name).is_none() => Some(HandshakeError::UnknownSni(name.to_ascii_lowercase())),

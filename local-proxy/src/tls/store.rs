@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::index::CertIndex;
 use super::load::{load_pair, LoadedCert};
+use crate::acme::Challenges;
 use crate::config::{CertFiles, Tls};
 use crate::metrics::names;
 
@@ -47,6 +48,8 @@ struct Entry {
 pub struct CertStore {
     index: ArcSwap<CertIndex>,
     state: Mutex<State>,
+    /// ACME challenge answers offered now (TLS-ALPN-01 certificates are picked in the handshake).
+    challenges: Arc<Challenges>,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +75,21 @@ impl CertStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// ACME challenge answers being offered.
+    pub fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
+    }
+
+    /// Every certificate being served: its names and expiry (Unix seconds), for status pages
+    /// (days left = `(not_after - now) / 86400`).
+    pub fn certificates(&self) -> Vec<(Vec<String>, i64)> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Vec<String>, i64)> =
+            state.entries.values().filter_map(|e| e.loaded.as_ref()).map(|c| (c.names.clone(), c.not_after)).collect();
+        out.sort();
+        out
     }
 
     /// Replace where certificates come from (start-up and config reload), then refresh.
@@ -151,7 +169,10 @@ impl CertStore {
 /// Every certificate/key pair the sources name right now.
 fn pairs(tls: &Tls) -> Vec<CertFiles> {
     let mut out = tls.certificates.clone();
-    if let Some(live) = &tls.certbot_live_dir {
+    let mut live_dirs: Vec<&PathBuf> = tls.certbot_live_dir.iter().collect();
+    // ACME's live/ may be certbot's own (renewed in place): read it once.
+    live_dirs.extend(tls.acme_live_dir.iter().filter(|d| tls.certbot_live_dir.as_ref() != Some(*d)));
+    for live in live_dirs {
         match std::fs::read_dir(live) {
             Ok(dir) => {
                 let mut found: Vec<CertFiles> = dir
@@ -163,6 +184,8 @@ fn pairs(tls: &Tls) -> Vec<CertFiles> {
                 found.sort_by(|a, b| a.cert.cmp(&b.cert));
                 out.extend(found);
             }
+            // ACME makes its live/ with the first certificate.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tls.acme_live_dir.as_ref() == Some(live) => {}
             Err(e) => warn!(dir = %live.display(), error = %e, "cannot read certbot live directory"),
         }
     }

@@ -1,0 +1,335 @@
+//! The ACME task: the account (retried with backoff), one loop per certificate that sleeps until
+//! the certificate is due (two thirds of its lifetime, or the CA's ARI window), issues, writes
+//! the files and has the TLS store load them at once. A failure is logged, counted and retried
+//! with backoff while the current certificate keeps serving. [`Acme`] holds what status pages
+//! read: per certificate its names, expiry, failures and last error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instant_acme::{Account, CertificateIdentifier};
+use rustls_pki_types::Der;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::issue::{self, Issued};
+use super::plan::{self, Due, Lineage};
+use super::storage::{self, OnDisk};
+use crate::config::acme::Settings;
+use crate::metrics::names;
+use crate::tls::CertStore;
+
+/// The longest sleep between looks at a certificate (files changed by hand, clock jumps).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// What is known about one ACME certificate, for status pages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CertStatus {
+    /// Names the certificate is to cover.
+    pub names: Vec<String>,
+    /// Expiry of the certificate on disk (Unix seconds), if there is one.
+    pub not_after: Option<i64>,
+    /// When the next renewal attempt is planned (Unix seconds).
+    pub next_attempt: Option<i64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last failure, with the CA's error when it sent one.
+    pub last_error: Option<String>,
+}
+
+impl CertStatus {
+    /// Days until expiry at `now` (Unix seconds); negative once expired.
+    pub fn days_left(&self, now: i64) -> Option<f64> {
+        self.not_after.map(|t| (t - now) as f64 / 86_400.0)
+    }
+}
+
+/// ACME state shared with status pages; empty while ACME is off.
+#[derive(Debug, Default)]
+pub struct Acme {
+    certs: Mutex<BTreeMap<String, CertStatus>>,
+    /// Account problems (creating or restoring it), for status pages.
+    account_error: Mutex<Option<String>>,
+    /// The running task's settings and stop token.
+    running: Mutex<Option<(Settings, CancellationToken)>>,
+}
+
+impl Acme {
+    /// Start ACME for `settings`, or restart it when they changed (a config reload), or stop
+    /// it (`None`). Unchanged settings leave the running task alone.
+    pub fn apply(
+        self: &Arc<Self>,
+        settings: Option<&Settings>,
+        certs: &Arc<CertStore>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.as_ref().map(|(s, _)| s) == settings {
+            return;
+        }
+        if let Some((_, stop)) = running.take() {
+            stop.cancel();
+        }
+        if let Some(settings) = settings {
+            let stop = shutdown.child_token();
+            *running = Some((settings.clone(), stop.clone()));
+            tasks.spawn(run(settings.clone(), certs.clone(), self.clone(), stop));
+        } else {
+            self.clear();
+        }
+    }
+
+    /// Every ACME certificate by its `live/` folder name.
+    pub fn status(&self) -> BTreeMap<String, CertStatus> {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last account error, if the account is not usable now.
+    pub fn account_error(&self) -> Option<String> {
+        self.account_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, dir: &str, f: impl FnOnce(&mut CertStatus)) {
+        let mut certs = self.certs.lock().unwrap_or_else(|p| p.into_inner());
+        f(certs.entry(dir.to_string()).or_default());
+    }
+
+    fn set_account_error(&self, e: Option<String>) {
+        *self.account_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn clear(&self) {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Sleep `d` unless `stop` comes first; false when stopped.
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Run ACME for `settings` until `stop`.
+pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, stop: CancellationToken) {
+    // instant-acme's HTTPS client takes the process default; this build has only ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    acme.clear();
+    let settings = Arc::new(settings);
+    let mut failures = 0;
+    let account = loop {
+        match issue::account(&settings).await {
+            Ok(a) => {
+                acme.set_account_error(None);
+                break a;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = plan::backoff(failures, settings.retry_min, settings.retry_max);
+                metrics::counter!(names::ACME_ACCOUNT_ERRORS).increment(1);
+                warn!(directory = %settings.directory, error = %e, retry_in = ?wait, "ACME account not available");
+                acme.set_account_error(Some(e.to_string()));
+                if !sleep_or_stop(wait, &stop).await {
+                    return;
+                }
+            }
+        }
+    };
+
+    let live = settings.live_dir();
+    let existing = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || scan(&live)).await.unwrap_or_default()
+    };
+    let lineages = plan::lineages(&settings.names, &existing);
+    let mut tasks = JoinSet::new();
+    for lineage in lineages {
+        acme.update(&lineage.dir, |s| s.names = lineage.names.clone());
+        let job = Job {
+            lineage,
+            live: live.clone(),
+            settings: settings.clone(),
+            account: account.clone(),
+            certs: certs.clone(),
+            acme: acme.clone(),
+        };
+        tasks.spawn(job.run(stop.clone()));
+    }
+    // The loops end on `stop`; dropping the set cancels any still in a request.
+    stop.cancelled().await;
+    tasks.shutdown().await;
+}
+
+/// `(folder, names)` of every certificate in `live/`.
+fn scan(live: &Path) -> Vec<(String, Vec<String>)> {
+    let Ok(dir) = std::fs::read_dir(live) else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let cert = storage::read_cert(&e.path().join("fullchain.pem")).ok()??;
+            Some((name, cert.names))
+        })
+        .collect()
+}
+
+/// One certificate's renewal loop.
+struct Job {
+    lineage: Lineage,
+    live: PathBuf,
+    settings: Arc<Settings>,
+    account: Account,
+    certs: Arc<CertStore>,
+    acme: Arc<Acme>,
+}
+
+impl Job {
+    async fn run(self, stop: CancellationToken) {
+        let dir = self.lineage.dir.clone();
+        let mut failures: u32 = 0;
+        // An issued certificate that could not be written yet: written again before any new
+        // order, so a storage problem does not spend the CA's duplicate-certificate budget.
+        let mut unwritten: Option<Issued> = None;
+        let mut ari_next_check: i64 = 0;
+        let mut ari_time: Option<i64> = None;
+        loop {
+            let on_disk = self.read().await;
+            let now = unix_now();
+            self.publish(on_disk.as_ref(), now);
+            let have = on_disk.as_ref().map(|c| (c.names.as_slice(), c.not_before, c.not_after));
+            let due = plan::due(have, &self.lineage.names);
+            // ACME Renewal Information, when the CA offers it: its window replaces two thirds.
+            let mut replaces = None;
+            if let (Due::At(_), Some((aki, serial))) = (due, on_disk.as_ref().and_then(|c| c.ari_id.clone())) {
+                let id =
+                    CertificateIdentifier::new(Der::from(aki.as_slice()), Der::from(serial.as_slice())).into_owned();
+                if now >= ari_next_check {
+                    match self.account.renewal_info(&id).await {
+                        Ok((info, retry_after)) => {
+                            let window = &info.suggested_window;
+                            let (start, end) = (window.start.unix_timestamp(), window.end.unix_timestamp());
+                            ari_time = Some(plan::ari_pick(start, end, fastrand::f64(), now));
+                            ari_next_check = now + retry_after.as_secs().clamp(60, 86_400) as i64;
+                        }
+                        Err(instant_acme::Error::Unsupported(_)) => ari_next_check = i64::MAX,
+                        Err(e) => {
+                            ari_next_check = now + 3600;
+                            warn!(certificate = %dir, error = %e, "ACME renewal information not available");
+                        }
+                    }
+                }
+                if ari_time.is_some() {
+                    replaces = Some(id);
+                }
+            }
+            let when = match due {
+                Due::Missing | Due::NamesChanged => now,
+                Due::At(t) => ari_time.unwrap_or(t),
+            };
+            self.acme.update(&dir, |s| s.next_attempt = Some(when));
+            if when > now {
+                let wait = Duration::from_secs((when - now) as u64).min(MAX_SLEEP);
+                if !sleep_or_stop(wait, &stop).await {
+                    return;
+                }
+                continue;
+            }
+
+            let result = match unwritten.take() {
+                Some(issued) => Ok(issued),
+                None => {
+                    info!(certificate = %dir, names = ?self.lineage.names, "requesting a certificate");
+                    issue::issue(&self.account, &self.settings, self.certs.challenges(), &self.lineage.names, replaces)
+                        .await
+                }
+            };
+            let outcome = match result {
+                Ok(issued) => match self.install(&issued).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        unwritten = Some(issued);
+                        Err(("storage", e))
+                    }
+                },
+                Err(e) => Err((e.result(), e.to_string())),
+            };
+            match outcome {
+                Ok(()) => {
+                    failures = 0;
+                    ari_time = None;
+                    ari_next_check = 0;
+                    metrics::counter!(names::ACME_ORDERS, "certificate" => dir.clone(), "result" => "ok").increment(1);
+                    metrics::gauge!(names::ACME_FAILURES, "certificate" => dir.clone()).set(0.0);
+                    self.acme.update(&dir, |s| {
+                        s.failures = 0;
+                        s.last_error = None;
+                    });
+                    info!(certificate = %dir, names = ?self.lineage.names, "certificate issued and serving");
+                }
+                Err((result, error)) => {
+                    failures += 1;
+                    let wait = plan::backoff(failures, self.settings.retry_min, self.settings.retry_max);
+                    metrics::counter!(names::ACME_ORDERS, "certificate" => dir.clone(), "result" => result)
+                        .increment(1);
+                    metrics::gauge!(names::ACME_FAILURES, "certificate" => dir.clone()).set(failures as f64);
+                    let serving = on_disk.is_some();
+                    warn!(certificate = %dir, %error, failures, retry_in = ?wait, still_serving_old = serving,
+                        "certificate not renewed");
+                    self.acme.update(&dir, |s| {
+                        s.failures = failures;
+                        s.last_error = Some(error.clone());
+                        s.next_attempt = Some(unix_now() + wait.as_secs() as i64);
+                    });
+                    if !sleep_or_stop(wait, &stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&self) -> Option<OnDisk> {
+        let path = self.live.join(&self.lineage.dir).join("fullchain.pem");
+        let read = tokio::task::spawn_blocking(move || storage::read_cert(&path)).await;
+        match read {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(certificate = %self.lineage.dir, error = %e, "certificate on disk unreadable; replacing it");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn publish(&self, on_disk: Option<&OnDisk>, now: i64) {
+        let not_after = on_disk.map(|c| c.not_after);
+        self.acme.update(&self.lineage.dir, |s| s.not_after = not_after);
+        if let Some(t) = not_after {
+            metrics::gauge!(names::ACME_DAYS_LEFT, "certificate" => self.lineage.dir.clone())
+                .set((t - now) as f64 / 86_400.0);
+        }
+    }
+
+    /// Write the files, then have the TLS store load them now (not at its next poll).
+    async fn install(&self, issued: &Issued) -> Result<(), String> {
+        let (live, dir, chain, key) =
+            (self.live.clone(), self.lineage.dir.clone(), issued.fullchain.clone(), issued.key.clone());
+        let certs = self.certs.clone();
+        tokio::task::spawn_blocking(move || {
+            storage::install(&live, &dir, &chain, &key).map_err(|e| e.to_string())?;
+            certs.refresh();
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}

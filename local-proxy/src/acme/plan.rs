@@ -1,0 +1,167 @@
+//! Sans-io decisions: which certificates (lineages) to keep, when each is due, and how long to
+//! wait after a failure. No clock reads: callers pass `now` (Unix seconds).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// One certificate ACME keeps: its folder under `live/` and the names it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub dir: String,
+    pub names: Vec<String>,
+}
+
+/// The lineages for `wanted` names, given the certificates already in `live/` (folder, names):
+/// a folder whose certificate covers wanted names is renewed in place with those of its names
+/// still wanted (a certbot `live/` keeps its folders); every other wanted name gets a folder of
+/// its own, so a name the CA refuses holds up no other.
+pub fn lineages(wanted: &[String], existing: &[(String, Vec<String>)]) -> Vec<Lineage> {
+    let mut left: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    let mut existing: Vec<&(String, Vec<String>)> = existing.iter().collect();
+    existing.sort();
+    for (dir, names) in &existing {
+        let mut covered: Vec<String> = names.iter().filter(|n| left.contains(n.as_str())).cloned().collect();
+        covered.sort();
+        covered.dedup();
+        if covered.is_empty() {
+            continue;
+        }
+        for n in &covered {
+            left.remove(n.as_str());
+        }
+        out.push(Lineage { dir: dir.clone(), names: covered });
+    }
+    // A new folder is named for its name, unless some folder already has that name (certbot
+    // numbers its folders the same way).
+    for name in left {
+        let taken = |d: &str| out.iter().any(|l: &Lineage| l.dir == d) || existing.iter().any(|(e, _)| e == d);
+        let mut dir = name.to_string();
+        let mut n = 1;
+        while taken(&dir) {
+            dir = format!("{name}-{n:04}");
+            n += 1;
+        }
+        out.push(Lineage { dir, names: vec![name.to_string()] });
+    }
+    out
+}
+
+/// Why a certificate is (or is not yet) renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// No usable certificate on disk.
+    Missing,
+    /// The certificate does not cover every name of its lineage.
+    NamesChanged,
+    /// Renew at this Unix time (two thirds of the lifetime, or in the CA's ARI window).
+    At(i64),
+}
+
+/// When the certificate valid `not_before..not_after` covering `have` should be renewed to
+/// cover `want` (both sorted).
+pub fn due(have: Option<(&[String], i64, i64)>, want: &[String]) -> Due {
+    let Some((names, not_before, not_after)) = have else {
+        return Due::Missing;
+    };
+    if want.iter().any(|w| !names.contains(w)) {
+        return Due::NamesChanged;
+    }
+    Due::At(two_thirds(not_before, not_after))
+}
+
+/// Two thirds into the lifetime (day 60 of Let's Encrypt's 90).
+pub fn two_thirds(not_before: i64, not_after: i64) -> i64 {
+    not_before + (not_after - not_before).max(0) * 2 / 3
+}
+
+/// A time in the CA's suggested window (RFC 9773 §4.2: uniformly at random within it); `unit`
+/// is a random number in `0..1`. A window already begun means now.
+pub fn ari_pick(start: i64, end: i64, unit: f64, now: i64) -> i64 {
+    if end <= start {
+        return start.max(now).min(end.max(now));
+    }
+    let t = start + ((end - start) as f64 * unit.clamp(0.0, 1.0)) as i64;
+    if start <= now {
+        now
+    } else {
+        t
+    }
+}
+
+/// Wait before retry number `failures` (1 = first retry): `min` doubling up to `max`. With the
+/// 2 min default no hour holds more than five failures for a name, Let's Encrypt's limit of
+/// failed authorizations per name per account per hour.
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let shift = failures.saturating_sub(1).min(30);
+    min.saturating_mul(1u32 << shift).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn existing_certbot_folders_are_kept_and_new_names_get_their_own() {
+        let wanted = s(&["a.test", "www.a.test", "b.test", "c.test"]);
+        let existing = vec![
+            ("a.test".to_string(), s(&["a.test", "www.a.test", "old.a.test"])),
+            ("unrelated".to_string(), s(&["x.test"])),
+        ];
+        let l = lineages(&wanted, &existing);
+        assert_eq!(
+            l,
+            vec![
+                Lineage { dir: "a.test".into(), names: s(&["a.test", "www.a.test"]) },
+                Lineage { dir: "b.test".into(), names: s(&["b.test"]) },
+                Lineage { dir: "c.test".into(), names: s(&["c.test"]) },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_in_two_folders_goes_to_the_first() {
+        let existing = vec![("b".to_string(), s(&["n.test"])), ("a".to_string(), s(&["n.test"]))];
+        assert_eq!(lineages(&s(&["n.test"]), &existing), vec![Lineage { dir: "a".into(), names: s(&["n.test"]) }]);
+        // A folder of that name holding other names is left alone.
+        let existing = vec![("n.test".to_string(), s(&["other.test"]))];
+        assert_eq!(lineages(&s(&["n.test"]), &existing)[0].dir, "n.test-0001");
+    }
+
+    #[test]
+    fn due_at_two_thirds_or_now_when_missing_or_short_of_names() {
+        let names = s(&["a.test", "b.test"]);
+        assert_eq!(due(None, &names), Due::Missing);
+        assert_eq!(due(Some((&names[..1], 0, 90)), &names), Due::NamesChanged);
+        assert_eq!(due(Some((&names, 0, 90)), &names[..1]), Due::At(60));
+        assert_eq!(due(Some((&names, 1000, 1090)), &names), Due::At(1060));
+    }
+
+    #[test]
+    fn ari_picks_inside_the_window_or_now_once_it_began() {
+        assert_eq!(ari_pick(100, 200, 0.5, 0), 150);
+        assert_eq!(ari_pick(100, 200, 0.0, 0), 100);
+        assert_eq!(ari_pick(100, 200, 0.9, 150), 150);
+        assert_eq!(ari_pick(100, 100, 0.5, 0), 100);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_keeps_within_five_failures_an_hour() {
+        let (min, max) = (Duration::from_secs(120), Duration::from_secs(6 * 3600));
+        let waits: Vec<u64> = (1..=9).map(|f| backoff(f, min, max).as_secs()).collect();
+        assert_eq!(waits, [120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600]);
+        assert_eq!(backoff(u32::MAX, min, max), max);
+        // Attempt times: 0, then each wait after the previous. Any 3600 s window holds ≤ 5.
+        let mut t = vec![0u64];
+        for w in &waits {
+            t.push(t[t.len() - 1] + w);
+        }
+        for start in &t {
+            assert!(t.iter().filter(|x| **x >= *start && **x < start + 3600).count() <= 5);
+        }
+    }
+}
