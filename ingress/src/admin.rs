@@ -33,7 +33,7 @@ fn status_text(shared: &Shared) -> String {
                 out,
                 "  path {:<8} {:<40} {:<4} weight={} factor={:.2} connections={} flows={} rate={}B/s busy={:.2} fail_avg={:.2} latency={}",
                 p.name,
-                p.ip,
+                p.ip().map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
                 if p.is_up() { "up" } else { "down" },
                 p.weight,
                 p.factor(),

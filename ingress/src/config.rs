@@ -30,6 +30,12 @@ pub mod ranges {
     pub const IDLE_TIMEOUT: DurationRange = DurationRange::new(ms(100), days(7));
     /// `service.peek_timeout`, default 5s.
     pub const PEEK_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
+    /// `resolver.min_refresh`, default 5s: the least time between two lookups of a name.
+    pub const MIN_REFRESH: DurationRange = DurationRange::new(secs(1), hours(1));
+    /// `resolver.max_refresh`, default 5m: the most, whatever the record's TTL.
+    pub const MAX_REFRESH: DurationRange = DurationRange::new(secs(1), days(1));
+    /// `resolver.timeout`, default 2s: one lookup.
+    pub const LOOKUP_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(30));
     /// `limits.max_connections`, `service.max_connections`, `service.max_flows`: 1..=this.
     pub const MAX_COUNT: u32 = 1_000_000;
 }
@@ -63,6 +69,17 @@ struct RawConfig {
     pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    resolver: RawResolver,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResolver {
+    nameservers: Option<Vec<String>>,
+    min_refresh: Option<String>,
+    max_refresh: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +116,7 @@ struct RawPath {
     name: String,
     address: String,
     weight: Option<u32>,
+    family: Option<AddressFamily>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +178,98 @@ pub struct Config {
     pub threads: Option<usize>,
     pub pools: BTreeMap<String, PoolConfig>,
     pub services: Vec<ServiceConfig>,
+    /// How paths given by DNS name are looked up.
+    pub resolver: ResolverConfig,
+}
+
+/// `[resolver]`: the servers asked for paths given by name, and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolverConfig {
+    /// Empty: the system's resolvers (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// A name is looked up again when its TTL runs out, but not sooner than this ...
+    pub min_refresh: Duration,
+    /// ... and not later than this.
+    pub max_refresh: Duration,
+    /// Bound on one lookup.
+    pub timeout: Duration,
+}
+
+/// Which addresses of a name a path may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFamily {
+    /// A records only.
+    Ipv4,
+    /// AAAA records only.
+    Ipv6,
+    /// Both; the path uses one address at a time (see docs/internals.md).
+    #[default]
+    Any,
+}
+
+impl AddressFamily {
+    /// The lookups a path of this family needs, in the order its candidates are tried.
+    pub fn lookups(self) -> &'static [shared::dns::Family] {
+        use shared::dns::Family::{V4, V6};
+        match self {
+            AddressFamily::Ipv4 => &[V4],
+            AddressFamily::Ipv6 => &[V6],
+            AddressFamily::Any => &[V6, V4],
+        }
+    }
+}
+
+/// Where a path leads: a fixed address, or a DNS name followed as it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Ip(IpAddr),
+    Name { host: String, family: AddressFamily },
+}
+
+impl Target {
+    /// The fixed address, if the path has one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Target::Ip(ip) => Some(*ip),
+            Target::Name { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Ip(ip) => write!(f, "{ip}"),
+            Target::Name { host, .. } => f.write_str(host),
+        }
+    }
+}
+
+/// A path's `address`: an IP (`203.0.113.10`, `[2001:db8::1]:8443`) or a DNS name
+/// (`wan1.home.example.org`, `wan1.home.example.org:8443`), checked for syntax only.
+fn parse_target(s: &str, family: AddressFamily) -> Result<(Target, Option<u16>), String> {
+    let ip_error = match parse_host_port(s) {
+        Ok((ip, port)) => return Ok((Target::Ip(ip), port)),
+        Err(e) => e,
+    };
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("`{s}`: `{port}` is not a port (1-65535)")),
+            Ok(p) => (host, Some(p)),
+        },
+        _ => (s, None),
+    };
+    match shared::dns::parse_name(host) {
+        Some(host) => Ok((Target::Name { host, family }, port)),
+        // Brackets, colons or a numeric last label: meant as an address, so say what is wrong with it.
+        None if host.contains(['[', ']', ':'])
+            || host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Err(ip_error)
+        }
+        None => Err(format!("`{s}` is neither an IP address nor a DNS name")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +292,7 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathConfig {
     pub name: String,
-    pub ip: IpAddr,
+    pub target: Target,
     /// A fixed upstream port for this path, overriding the service's.
     pub port: Option<u16>,
     pub weight: u32,
@@ -366,13 +476,20 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             if weight == 0 || weight > 1000 {
                 p.push(format!("{field}.weight: must be 1..=1000 (got {weight})"));
             }
-            match parse_host_port(&rpath.address) {
-                Ok((ip, port)) => paths.push(PathConfig { name: rpath.name.clone(), ip, port, weight }),
+            let family = rpath.family.unwrap_or_default();
+            match parse_target(&rpath.address, family) {
+                Ok((target, port)) => {
+                    if rpath.family.is_some() && matches!(target, Target::Ip(_)) {
+                        p.push(format!("{field}.family: only for an address given by name"));
+                    }
+                    paths.push(PathConfig { name: rpath.name.clone(), target, port, weight })
+                }
                 Err(e) => p.push(format!("{field}.address: {e}")),
             }
         }
-        let mesh = rp.mesh.as_ref().and_then(|m| match parse_host_port(m) {
-            Ok((ip, port)) => Some(PathConfig { name: "mesh".into(), ip, port, weight: 1 }),
+        // The mesh tier by name: the local proxy's Yggdrasil AAAA (Yggdrasil is IPv6 only).
+        let mesh = rp.mesh.as_ref().and_then(|m| match parse_target(m, AddressFamily::Ipv6) {
+            Ok((target, port)) => Some(PathConfig { name: "mesh".into(), target, port, weight: 1 }),
             Err(e) => {
                 p.push(format!("{}: {e}", f("mesh")));
                 None
@@ -443,6 +560,22 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             },
         );
     }
+
+    let rr = &raw.resolver;
+    let min_refresh = p.dur("resolver.min_refresh", &rr.min_refresh, secs(5), MIN_REFRESH);
+    let max_refresh = p.dur("resolver.max_refresh", &rr.max_refresh, secs(300), MAX_REFRESH);
+    if min_refresh > max_refresh {
+        p.push(format!("resolver.min_refresh: {min_refresh:?} is more than resolver.max_refresh ({max_refresh:?})"));
+    }
+    let timeout = p.dur("resolver.timeout", &rr.timeout, secs(2), LOOKUP_TIMEOUT);
+    let mut nameservers = Vec::new();
+    for (i, ns) in rr.nameservers.iter().flatten().enumerate() {
+        match parse_host_port(ns) {
+            Ok((ip, port)) => nameservers.push(SocketAddr::new(ip, port.unwrap_or(53))),
+            Err(e) => p.push(format!("resolver.nameservers[{i}]: {e}")),
+        }
+    }
+    let resolver = ResolverConfig { nameservers, min_refresh, max_refresh, timeout };
 
     let mut services = Vec::new();
     let mut service_names = HashSet::new();
@@ -562,7 +695,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         p.push("service: at least one [[service]] is needed".into());
     }
     if p.0.is_empty() {
-        Ok(Config { admin, max_connections, drain_timeout, threads, pools, services })
+        Ok(Config { admin, max_connections, drain_timeout, threads, pools, services, resolver })
     } else {
         Err(p.0)
     }

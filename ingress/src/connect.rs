@@ -214,11 +214,11 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
         final_connect_timeout: cfg.final_connect_timeout,
     });
     let dial = |index: usize, timeout: Duration| -> Dialing<TcpStream> {
-        let addr = pool.paths.get(index).map(|p| p.addr(port));
+        let addr = pool.paths.get(index).and_then(|p| p.addr(port));
         Box::pin(async move {
             match addr {
                 Some(addr) => attempt(addr, timeout).await,
-                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such path")),
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such path, or its name has no address")),
             }
         })
     };
@@ -258,7 +258,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
 }
 
 fn verify_in_background(pool: Arc<Pool>, index: usize, port: u16) {
-    let Some(addr) = pool.paths.get(index).map(|p| p.addr(port)) else { return };
+    let Some(addr) = pool.paths.get(index).and_then(|p| p.addr(port)) else { return };
     let timeout = pool.cfg.connect_timeout;
     tokio::spawn(async move {
         let start = Instant::now();

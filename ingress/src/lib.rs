@@ -12,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
+pub mod resolve;
 pub mod runtime;
 pub mod server;
 #[cfg(target_os = "linux")]

@@ -13,6 +13,14 @@ pub const PATH_ACTIVE: &str = "ingress_path_active_connections";
 pub const PATH_ACTIVE_FLOWS: &str = "ingress_path_active_flows";
 /// Smoothed bytes per second relayed either way per path (what the bandwidth policy reads).
 pub const PATH_RATE: &str = "ingress_path_bytes_per_second";
+/// 1 while the path has an address (a path given by name may have none), else 0.
+pub const PATH_HAS_ADDRESS: &str = "ingress_path_has_address";
+/// A path given by name moved to another address (or lost its address).
+pub const PATH_ADDRESS_CHANGES: &str = "ingress_path_address_changes_total";
+/// Lookups of a path's name by result: answer, no_record (NXDOMAIN or no data), failed.
+pub const PATH_DNS_LOOKUPS: &str = "ingress_path_dns_lookups_total";
+/// Unix time of the last answer (addresses or "no record") for a path's name.
+pub const PATH_DNS_REFRESHED: &str = "ingress_path_dns_refreshed_timestamp_seconds";
 pub const PATH_CONNECTS: &str = "ingress_path_connects_total";
 pub const PATH_CONNECT_FAILURES: &str = "ingress_path_connect_failures_total";
 pub const PATH_BYTES: &str = "ingress_path_bytes_total";
@@ -32,6 +40,10 @@ pub const SERVICE_ACTIVE: &str = "ingress_service_active_connections";
 pub const SERVICE_CONNECT_GIVEUPS: &str = "ingress_service_upstream_unavailable_total";
 pub const SERVICE_ROUTE_FAILURES: &str = "ingress_service_route_failures_total";
 pub const RELOADS: &str = "ingress_config_reloads_total";
+/// Runtime control requests refused (label `reason`: missing, wrong token).
+pub const ADMIN_UNAUTHORIZED: &str = "ingress_admin_unauthorized_total";
+/// Runtime control changes applied (label `action`: drain, undrain, weight).
+pub const ADMIN_CONTROL: &str = "ingress_admin_control_total";
 pub const UDP_FLOWS_ACTIVE: &str = "ingress_udp_flows_active";
 pub const UDP_FLOWS_CREATED: &str = "ingress_udp_flows_created_total";
 pub const UDP_FLOWS_EXPIRED: &str = "ingress_udp_flows_expired_total";

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{HealthConfig, PathConfig, PoolConfig};
+use crate::config::{HealthConfig, PathConfig, PoolConfig, Target};
 use crate::control::{Event, PathControl};
 use crate::health::{HealthState, Outcome, Source, Transition};
 use crate::metrics as m;
@@ -76,6 +76,11 @@ impl ByteMeter {
 pub struct PathState {
     health: Mutex<HealthState>,
     up: AtomicBool,
+    /// Where the path leads now: fixed, or the last address its name resolved to that
+    /// answered a probe (`resolve`). None: a name not resolved yet, or resolved to nothing.
+    addr: arc_swap::ArcSwapOption<IpAddr>,
+    /// Unix time of the last answer for the path's name (0: none yet), for `/status`.
+    refreshed: AtomicU64,
     /// `f32` bits of the current health factor.
     factor: AtomicU32,
     active_tcp: AtomicU64,
@@ -106,14 +111,16 @@ pub struct PathState {
 }
 
 impl PathState {
-    fn new(pool: &str, path: &str) -> Self {
+    fn new(pool: &str, path: &str, ip: Option<IpAddr>) -> Self {
         let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
         let bytes = Arc::new(AtomicU64::new(0));
         let busy_us = Arc::new(AtomicU64::new(0));
         let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
         let s = Self {
             health: Mutex::new(HealthState::default()),
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(ip.is_some()),
+            addr: arc_swap::ArcSwapOption::from(ip.map(Arc::new)),
+            refreshed: AtomicU64::new(0),
             factor: AtomicU32::new(1.0f32.to_bits()),
             active_tcp: AtomicU64::new(0),
             active_udp: AtomicU64::new(0),
@@ -136,7 +143,8 @@ impl PathState {
             m_active_udp: gauge!(m::PATH_ACTIVE_FLOWS, &labels),
             m_rate: gauge!(m::PATH_RATE, &labels),
         };
-        s.m_up.set(1.0);
+        s.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
+        gauge!(m::PATH_HAS_ADDRESS, &labels).set(if ip.is_some() { 1.0 } else { 0.0 });
         s.m_factor.set(1.0);
         s
     }
@@ -146,7 +154,8 @@ impl PathState {
 pub struct Path {
     pub pool: Arc<str>,
     pub name: Arc<str>,
-    pub ip: IpAddr,
+    /// The configured address or name (the address in use is [`Path::ip`]).
+    pub target: Target,
     pub fixed_port: Option<u16>,
     pub weight: u32,
     pub is_mesh: bool,
@@ -188,9 +197,21 @@ impl Path {
             ns => Some(std::time::Duration::from_nanos(ns)),
         }
     }
-    /// Where traffic for `port` goes on this path.
-    pub fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, self.fixed_port.unwrap_or(port))
+    /// The address in use: fixed, or what the path's name resolved to. None: none yet.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.state.addr.load().as_deref().copied()
+    }
+    /// Where traffic for `port` goes on this path (none while a name has no address).
+    pub fn addr(&self, port: u16) -> Option<SocketAddr> {
+        self.ip().map(|ip| SocketAddr::new(ip, self.fixed_port.unwrap_or(port)))
+    }
+    /// Unix time of the last answer for the path's name (none for a fixed address, or
+    /// before the first answer).
+    pub fn refreshed(&self) -> Option<u64> {
+        Some(self.state.refreshed.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+    pub(crate) fn mark_refreshed(&self, unix_secs: u64) {
+        self.state.refreshed.store(unix_secs.max(1), Ordering::Relaxed);
     }
     /// The weight in force: the operator's override, else the configured one.
     pub fn weight(&self) -> u32 {
@@ -271,7 +292,9 @@ impl Pool {
             let reuse = previous.and_then(|prev| {
                 prev.paths
                     .iter()
-                    .find(|p| *p.name == pc.name && p.ip == pc.ip && p.fixed_port == pc.port && p.is_mesh == is_mesh)
+                    .find(|p| {
+                        *p.name == pc.name && p.target == pc.target && p.fixed_port == pc.port && p.is_mesh == is_mesh
+                    })
                     .map(|p| p.state.clone())
             });
             let control = previous
@@ -281,11 +304,11 @@ impl Pool {
             Arc::new(Path {
                 pool: name.clone(),
                 name: Arc::from(pc.name.as_str()),
-                ip: pc.ip,
+                target: pc.target.clone(),
                 fixed_port: pc.port,
                 weight: pc.weight,
                 is_mesh,
-                state: reuse.unwrap_or_else(|| Arc::new(PathState::new(&cfg.name, &pc.name))),
+                state: reuse.unwrap_or_else(|| Arc::new(PathState::new(&cfg.name, &pc.name, pc.target.ip()))),
                 control,
             })
         };
@@ -334,8 +357,9 @@ impl Pool {
         self.paths.iter().enumerate().filter(|(i, p)| p.admits() && !tried.contains(*i)).count()
     }
 
+    /// The mesh tier's index, if the pool has one with an address.
     fn mesh_index(&self) -> Option<usize> {
-        (self.paths.len() > self.wan_count).then_some(self.wan_count)
+        (self.paths.len() > self.wan_count && self.paths[self.wan_count].ip().is_some()).then_some(self.wan_count)
     }
 
     /// The pool's policy over the candidates `ok` admits, weights scaled by health.
@@ -344,7 +368,8 @@ impl Pool {
         let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_PATHS];
         let mut n = 0;
         let policy = self.cfg.balance;
-        for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p)).take(MAX_PATHS) {
+        // A path whose name has no address is never offered, whatever else `ok` admits.
+        for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p) && p.ip().is_some()).take(MAX_PATHS) {
             let load = match policy {
                 Policy::RoundRobin => 0.0,
                 Policy::LeastConn => p.active(kind) as f64,
@@ -494,11 +519,20 @@ impl Pool {
                     Some(l) if clean => (l * 8).max(PROBE_TIMEOUT_FLOOR).min(hc.timeout),
                     _ => hc.timeout,
                 };
-                crate::health::probe(p.addr(default_port), &hc.check, timeout)
+                let (addr, check) = (p.addr(default_port), &hc.check);
+                // A path whose name has no address has nothing to probe (it is down).
+                async move {
+                    match addr {
+                        Some(addr) => Some(crate::health::probe(addr, check, timeout).await),
+                        None => None,
+                    }
+                }
             });
             let outcomes = join_all(probes).await;
             for (i, o) in outcomes.into_iter().enumerate() {
-                self.record(i, o, Source::Probe);
+                if let Some(o) = o {
+                    self.record(i, o, Source::Probe);
+                }
             }
             self.refresh_factors();
             // While a path is changing state (up but failing, or down but answering), probe
@@ -507,6 +541,42 @@ impl Pool {
             let next = if transitional { (hc.interval / 4).max(FAST_INTERVAL_FLOOR) } else { hc.interval };
             tokio::time::sleep_until(shared::ports::tokio_deadline(round, next)).await;
         }
+    }
+}
+
+impl Pool {
+    /// Move a path given by name to a new address (which has just answered a probe), or take
+    /// its address away (its name has no record). Either way its health starts afresh: the
+    /// history belonged to the old address. Connections open on the old address go on.
+    pub fn set_address(&self, index: usize, ip: Option<IpAddr>) {
+        let Some(path) = self.paths.get(index) else {
+            return;
+        };
+        let old = path.state.addr.swap(ip.map(Arc::new)).as_deref().copied();
+        if old == ip {
+            return;
+        }
+        if let Ok(mut h) = path.state.health.lock() {
+            *h = HealthState::default();
+        }
+        path.state.latency_ns.store(0, Ordering::Relaxed);
+        path.state.factor.store(1.0f32.to_bits(), Ordering::Relaxed);
+        path.state.m_factor.set(1.0);
+        path.state.up.store(ip.is_some(), Ordering::Relaxed);
+        path.state.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
+        let labels = [("pool", self.name.to_string()), ("path", path.name.to_string())];
+        gauge!(m::PATH_HAS_ADDRESS, &labels).set(if ip.is_some() { 1.0 } else { 0.0 });
+        counter!(m::PATH_ADDRESS_CHANGES, &labels).increment(1);
+        let show = |a: Option<IpAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
+        match ip {
+            Some(_) => {
+                tracing::info!(pool = %self.name, path = %path.name, name = %path.target, from = %show(old), to = %show(ip), "path address changed")
+            }
+            None => {
+                tracing::warn!(pool = %self.name, path = %path.name, name = %path.target, from = %show(old), "path name has no address: path down")
+            }
+        }
+        self.refresh_tier();
     }
 }
 
@@ -524,9 +594,9 @@ const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_milli
 
 /// Await a handful of futures concurrently, results in input order (pools are small; no
 /// extra crate needed).
-async fn join_all<F: std::future::Future<Output = Outcome>>(futs: impl Iterator<Item = F>) -> Vec<Outcome> {
+async fn join_all<T, F: std::future::Future<Output = Option<T>>>(futs: impl Iterator<Item = F>) -> Vec<Option<T>> {
     let mut pending: Vec<_> = futs.map(Box::pin).enumerate().collect();
-    let mut results = vec![Outcome::Failed; pending.len()];
+    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(pending.len()).collect();
     std::future::poll_fn(|cx| {
         pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
             std::task::Poll::Ready(o) => {
@@ -559,7 +629,7 @@ mod tests {
     fn pool_with(weights: &[u32], mesh: bool, balance: Policy) -> Pool {
         let path = |i: usize, w: u32| PathConfig {
             name: format!("wan{}", i + 1),
-            ip: format!("192.0.2.{}", i + 1).parse().unwrap(),
+            target: Target::Ip(format!("192.0.2.{}", i + 1).parse().unwrap()),
             port: None,
             weight: w,
         };
@@ -569,7 +639,7 @@ mod tests {
                 paths: weights.iter().enumerate().map(|(i, &w)| path(i, w)).collect(),
                 mesh: mesh.then(|| PathConfig {
                     name: "mesh".into(),
-                    ip: "200::1".parse().unwrap(),
+                    target: Target::Ip("200::1".parse().unwrap()),
                     port: None,
                     weight: 1,
                 }),

@@ -55,11 +55,19 @@ impl Runtime {
     pub(crate) fn build(config: Config, budget: &Budget, previous: Option<&Runtime>) -> Self {
         let mut pools = BTreeMap::new();
         let mut health_tasks = Vec::new();
+        let lookups = Self::lookups(&config);
         for (name, pc) in &config.pools {
             let prev = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
             let pool = Arc::new(Pool::new(pc.clone(), prev));
             health_tasks.push(tokio::spawn(pool.clone().run_health(pc.health.port)));
             health_tasks.push(tokio::spawn(pool.clone().run_meters()));
+            if let Some(lookups) = &lookups {
+                health_tasks.push(tokio::spawn(crate::resolve::run(
+                    pool.clone(),
+                    lookups.clone(),
+                    config.resolver.clone(),
+                )));
+            }
             pools.insert(name.clone(), pool);
         }
         let mut services = HashMap::new();
@@ -110,6 +118,27 @@ impl Runtime {
             );
         }
         Self { config, pools, services, health_tasks }
+    }
+
+    /// The resolver for paths given by name; none when no path is (the system's resolver
+    /// configuration is then never read). A resolver that cannot be set up leaves those paths
+    /// without an address (down), and says why.
+    fn lookups(config: &Config) -> Option<Arc<shared::dns::Lookups>> {
+        let named = config.pools.values().flat_map(|p| p.paths.iter().chain(&p.mesh)).any(|p| p.target.ip().is_none());
+        if !named {
+            return None;
+        }
+        let settings = shared::dns::ResolverSettings {
+            nameservers: config.resolver.nameservers.clone(),
+            timeout: config.resolver.timeout,
+        };
+        match shared::dns::Lookups::new(&settings) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the resolver: paths given by name stay without an address");
+                None
+            }
+        }
     }
 }
 

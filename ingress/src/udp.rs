@@ -200,7 +200,8 @@ async fn open_flow(
     let mut tried = Tried::default();
     while let Some((i, path)) = pool.pick(tried, Kind::Udp) {
         tried.insert(i);
-        let target = path.addr(port);
+        // Picked paths have an address; one lost to a lookup since is skipped.
+        let Some(target) = path.addr(port) else { continue };
         let bind_ip = match target.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

@@ -133,21 +133,6 @@ fn duration(
     crate::config::duration(errors, &format!("firewall.{field}"), value, default, range)
 }
 
-/// A DNS name: letters, digits, `-` and `_` in dot-separated labels; one trailing dot allowed.
-fn dns_name(name: &str) -> Option<String> {
-    let bare = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    let ok = !bare.is_empty()
-        && bare.len() <= 253
-        && bare.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    ok.then_some(bare)
-}
-
 /// An interface name as the kernel allows it (at most 15 bytes), with an optional trailing `*`.
 fn interface_ok(name: &str) -> bool {
     let bare = name.strip_suffix('*').unwrap_or(name);
@@ -208,7 +193,7 @@ pub fn validate(
     let e = errors;
     let mut ingress_names = Vec::new();
     for (i, n) in raw.ingress_names.iter().flatten().enumerate() {
-        match dns_name(n) {
+        match shared::dns::parse_name(n) {
             Some(n) if ingress_names.contains(&n) => {
                 err(e, &format!("ingress_names[{i}]"), format!("`{n}` is listed twice"))
             }

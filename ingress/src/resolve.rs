@@ -1,0 +1,371 @@
+//! Paths given by DNS name (a home WAN on a dynamic address, the mesh tier by its AAAA): one
+//! task per pool looks the names up when their TTL runs out (within `[resolver]`'s refresh
+//! bounds, through `shared::dns`), and moves a path to a new address once that address has
+//! answered a probe. Rules (docs/internals.md, "Paths by name"):
+//! - a failed or timed-out lookup keeps the last known address (counted, logged once per
+//!   episode); "no such name/record" is an answer: the path has no address and is down;
+//! - a path keeps its address while the answer still holds it; otherwise the answer's
+//!   addresses are probed (IPv6 first for `family = "any"`) and the first to answer becomes
+//!   the path's address, with the health of a fresh start; until one answers the old address
+//!   (if any) stays, and they are probed again every health interval;
+//! - connections already open on an old address continue: they hold their own sockets.
+
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge};
+use shared::dns::{Family, Lookups, OnNoAnswer, Outcome, Policy, Query, Tracker};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{ResolverConfig, Target};
+use crate::health::Outcome as ProbeOutcome;
+use crate::metrics as m;
+use crate::pool::Pool;
+
+/// Asks DNS. A trait so that the task runs on scripted answers under tokio's paused clock.
+pub trait Resolve: Send + Sync + 'static {
+    fn lookup(&self, name: &str, family: Family) -> impl Future<Output = Outcome> + Send;
+}
+
+impl Resolve for Lookups {
+    fn lookup(&self, name: &str, family: Family) -> impl Future<Output = Outcome> + Send {
+        Lookups::lookup(self, name, family)
+    }
+}
+
+/// Probes one candidate address (the pool's own health check in production).
+pub trait Prober: Send + Sync + 'static {
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = bool> + Send;
+}
+
+/// The pool's health check, with its timeout.
+struct HealthProbe(Arc<Pool>);
+
+impl Prober for HealthProbe {
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = bool> + Send {
+        let hc = self.0.cfg.health.clone();
+        async move { matches!(crate::health::probe(addr, &hc.check, hc.timeout).await, ProbeOutcome::Ok { .. }) }
+    }
+}
+
+/// What the lookups say about one path's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing new: no answer yet, or the current address is still in the answer.
+    Keep,
+    /// Every family asked answered "no such record": the path has no address.
+    Clear,
+    /// The current address is gone from the answer (or there is none yet): try these, in order.
+    Try(Vec<IpAddr>),
+}
+
+/// Sans-io: `answers` are the path's lookups in preference order, each with its last known
+/// addresses and whether it was ever answered.
+pub fn verdict(current: Option<IpAddr>, answers: &[(&BTreeSet<IpAddr>, bool)]) -> Verdict {
+    if !answers.iter().any(|(_, answered)| *answered) {
+        return Verdict::Keep;
+    }
+    let all: Vec<IpAddr> = answers.iter().flat_map(|(addrs, _)| addrs.iter().copied()).collect();
+    match current {
+        _ if all.is_empty() => Verdict::Clear,
+        Some(ip) if all.contains(&ip) => Verdict::Keep,
+        _ => Verdict::Try(all),
+    }
+}
+
+/// A path of the pool given by name, and the lookups it needs.
+struct Named {
+    index: usize,
+    queries: Vec<Query>,
+}
+
+/// Run the pool's lookups with the system's or configured resolvers; returns at once when the
+/// pool has no path given by name. Aborted with the pool's other tasks.
+pub async fn run(pool: Arc<Pool>, lookups: Arc<Lookups>, cfg: ResolverConfig) {
+    let prober = HealthProbe(pool.clone());
+    run_with(pool, lookups, prober, cfg).await
+}
+
+/// [`run`] with any resolver and prober (tests).
+pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, prober: P, cfg: ResolverConfig) {
+    let mut names: Vec<String> = Vec::new();
+    let mut named = Vec::new();
+    for (index, path) in pool.paths.iter().enumerate() {
+        let Target::Name { host, family } = &path.target else { continue };
+        let name = match names.iter().position(|n| n == host) {
+            Some(i) => i,
+            None => {
+                names.push(host.clone());
+                names.len() - 1
+            }
+        };
+        let queries = family.lookups().iter().map(|&family| Query { name, family }).collect();
+        named.push(Named { index, queries });
+    }
+    if named.is_empty() {
+        return;
+    }
+    let policy =
+        Policy { min_refresh: cfg.min_refresh, max_refresh: cfg.max_refresh, on_no_answer: OnNoAnswer::Closed };
+    let queries: Vec<Query> = named.iter().flat_map(|n| n.queries.iter().copied()).collect();
+    let mut tracker = Tracker::with_queries(names, queries, BTreeSet::new(), policy, Instant::now().into_std());
+    let mut failing: HashSet<Query> = HashSet::new();
+    let retry = pool.cfg.health.interval;
+    loop {
+        let mut asking = JoinSet::new();
+        for q in tracker.due(Instant::now().into_std()) {
+            let (resolver, name) = (resolver.clone(), tracker.name(q).to_owned());
+            asking.spawn(async move { (q, resolver.lookup(&name, q.family).await) });
+        }
+        while let Some(done) = asking.join_next().await {
+            let Ok((q, outcome)) = done else { continue };
+            account(&pool, &named, &tracker, q, &outcome, &mut failing);
+            tracker.record(q, outcome, Instant::now().into_std());
+        }
+        let mut waiting = false;
+        for n in &named {
+            let answers: Vec<_> = n
+                .queries
+                .iter()
+                .filter_map(|q| tracker.state(*q))
+                .map(|(addrs, answered, _)| (addrs, answered))
+                .collect();
+            let path = &pool.paths[n.index];
+            match verdict(path.ip(), &answers) {
+                Verdict::Keep => {}
+                Verdict::Clear => {
+                    if path.ip().is_some() {
+                        pool.set_address(n.index, None);
+                    }
+                }
+                Verdict::Try(candidates) => {
+                    match first_answering(&prober, &candidates, path.fixed_port.unwrap_or(pool.cfg.health.port)).await {
+                        Some(ip) => pool.set_address(n.index, Some(ip)),
+                        None => waiting = true,
+                    }
+                }
+            }
+        }
+        let next_lookup = tracker.next_wake().map(Instant::from_std);
+        let next_try = waiting.then(|| Instant::now() + retry);
+        match next_lookup.into_iter().chain(next_try).min() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// The first candidate that answers a probe, tried one after the other.
+async fn first_answering<P: Prober>(prober: &P, candidates: &[IpAddr], port: u16) -> Option<IpAddr> {
+    for &ip in candidates {
+        if prober.probe(SocketAddr::new(ip, port)).await {
+            return Some(ip);
+        }
+    }
+    None
+}
+
+/// Count a lookup against every path using its name; log a failure once per episode.
+fn account(pool: &Pool, named: &[Named], tracker: &Tracker, q: Query, outcome: &Outcome, failing: &mut HashSet<Query>) {
+    let result = match outcome {
+        Outcome::Addresses { .. } => "answer",
+        Outcome::NoRecords { .. } => "no_record",
+        Outcome::Failed { .. } => "failed",
+    };
+    let name = tracker.name(q);
+    match outcome {
+        Outcome::Failed { error } => {
+            if failing.insert(q) {
+                tracing::warn!(pool = %pool.name, name, record = q.family.record(), %error, "lookup failed; keeping the last known address");
+            }
+        }
+        _ => {
+            if failing.remove(&q) {
+                tracing::info!(pool = %pool.name, name, record = q.family.record(), result, "lookups answer again");
+            }
+        }
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    for n in named.iter().filter(|n| n.queries.contains(&q)) {
+        let path = &pool.paths[n.index];
+        let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
+        counter!(m::PATH_DNS_LOOKUPS, &[&labels[..], &[("result", result.to_owned())]].concat()).increment(1);
+        if result != "failed" {
+            path.mark_refreshed(now.as_secs());
+            gauge!(m::PATH_DNS_REFRESHED, &labels).set(now.as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let none = BTreeSet::new();
+        let just = |x: IpAddr| BTreeSet::from([x]);
+        assert_eq!(verdict(None, &[(&none, false)]), Verdict::Keep, "nothing known yet");
+        assert_eq!(verdict(Some(a), &[(&none, false)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), &[(&none, true)]), Verdict::Clear);
+        assert_eq!(verdict(Some(a), &[(&just(a), true)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), &[(&just(b), true)]), Verdict::Try(vec![b]));
+        assert_eq!(verdict(None, &[(&just(b), true)]), Verdict::Try(vec![b]));
+        // `any`: the current IPv4 address stays while it is in the A answer ...
+        let v6 = just(ip("2001:db8::1"));
+        assert_eq!(verdict(Some(a), &[(&v6, true), (&just(a), true)]), Verdict::Keep);
+        // ... and candidates come IPv6 first.
+        assert_eq!(verdict(Some(b), &[(&v6, true), (&just(a), true)]), Verdict::Try(vec![ip("2001:db8::1"), a]));
+        // One family not answered yet while the other says "none": nothing to use.
+        assert_eq!(verdict(None, &[(&none, true), (&none, false)]), Verdict::Clear);
+    }
+
+    /// Scripted DNS: per name and family, the current answer and how many times it was asked.
+    #[derive(Default)]
+    struct Script {
+        answers: Mutex<HashMap<(String, Family), Outcome>>,
+        asked: Mutex<Vec<(String, Family, Instant)>>,
+    }
+
+    impl Script {
+        fn set(&self, name: &str, family: Family, o: Outcome) {
+            self.answers.lock().unwrap().insert((name.to_owned(), family), o);
+        }
+        fn asked(&self, name: &str) -> usize {
+            self.asked.lock().unwrap().iter().filter(|(n, _, _)| n == name).count()
+        }
+    }
+
+    impl Resolve for Script {
+        fn lookup(&self, name: &str, family: Family) -> impl Future<Output = Outcome> + Send {
+            self.asked.lock().unwrap().push((name.to_owned(), family, Instant::now()));
+            let o = self.answers.lock().unwrap().get(&(name.to_owned(), family)).cloned();
+            async move { o.unwrap_or(Outcome::Failed { error: "timed out".into() }) }
+        }
+    }
+
+    /// Probes answered by a set of addresses that "listen".
+    #[derive(Clone, Default)]
+    struct Alive(Arc<Mutex<HashSet<IpAddr>>>);
+
+    impl Prober for Alive {
+        fn probe(&self, addr: SocketAddr) -> impl Future<Output = bool> + Send {
+            let ok = self.0.lock().unwrap().contains(&addr.ip());
+            async move { ok }
+        }
+    }
+
+    fn answer(list: &[&str], ttl: u64) -> Outcome {
+        Outcome::Addresses { addrs: list.iter().map(|s| ip(s)).collect(), ttl: Duration::from_secs(ttl) }
+    }
+
+    const CONFIG: &str = r#"
+        [resolver]
+        min_refresh = "5s"
+        max_refresh = "5m"
+        [pool.home]
+        paths = [
+          { name = "wan1", address = "wan1.home.example", family = "ipv4" },
+          { name = "wan2", address = "192.0.2.20" },
+        ]
+        mesh = "mesh.home.example"
+        health = { port = 443, interval = "500ms" }
+        [[service]]
+        name = "web"
+        listen = ["127.0.0.1:0"]
+        pool = "home"
+    "#;
+
+    fn setup() -> (Arc<Pool>, ResolverConfig) {
+        let cfg = Config::from_toml(CONFIG).unwrap();
+        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
+        (pool, cfg.resolver)
+    }
+
+    async fn settle(d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_followed_by_ttl_and_a_new_address_is_probed_first() {
+        let (pool, cfg) = setup();
+        let dns = Arc::new(Script::default());
+        let alive = Alive::default();
+        // Before any answer: the named paths have no address and are down; the fixed one serves.
+        assert_eq!(pool.paths[0].ip(), None);
+        assert!(!pool.paths[0].is_up() && pool.paths[1].is_up());
+        alive.0.lock().unwrap().extend([ip("198.51.100.1"), ip("200::1")]);
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 30));
+        dns.set("mesh.home.example", Family::V6, answer(&["200::1"], 600));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
+        assert!(pool.paths[0].is_up(), "the first answer that probes fine brings the path up");
+        assert_eq!(pool.paths[2].ip(), Some(ip("200::1")));
+        assert_eq!(dns.asked("mesh.home.example"), 1, "only AAAA for the mesh tier");
+
+        // The ISP re-dials: the name moves, the new address does not answer yet.
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.2"], 30));
+        settle(Duration::from_secs(30)).await;
+        assert_eq!(dns.asked("wan1.home.example"), 2, "asked again when the TTL ran out");
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "not moved before the new address answers");
+        alive.0.lock().unwrap().insert(ip("198.51.100.2"));
+        settle(Duration::from_millis(500)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.2")), "moved one health interval later");
+        assert_eq!(dns.asked("wan1.home.example"), 2, "probing again is not asking again");
+
+        // DNS down: the last known address stays, and the lookups back off within bounds.
+        dns.answers.lock().unwrap().clear();
+        settle(Duration::from_secs(120)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.2")));
+        assert!(pool.paths[0].is_up());
+        let asked = dns.asked("wan1.home.example");
+        assert!((4..=8).contains(&asked), "failures retried with backoff, not hammered: {asked}");
+
+        // NXDOMAIN: an answer. The path has no address and is down; wan2 carries.
+        dns.set("wan1.home.example", Family::V4, Outcome::NoRecords { ttl: Some(Duration::from_secs(10)) });
+        settle(Duration::from_secs(300)).await;
+        assert_eq!(pool.paths[0].ip(), None);
+        assert!(!pool.paths[0].is_up() && pool.paths[1].is_up());
+        assert!(!pool.on_mesh());
+        // Back: up again within min_refresh (the negative TTL of 10 s is kept between bounds).
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.2"], 30));
+        settle(Duration::from_secs(11)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.2")));
+        assert!(pool.paths[0].is_up());
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttls_are_clamped_to_the_refresh_bounds() {
+        let (pool, cfg) = setup();
+        let dns = Arc::new(Script::default());
+        let alive = Alive::default();
+        alive.0.lock().unwrap().insert(ip("198.51.100.1"));
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 0));
+        dns.set("mesh.home.example", Family::V6, answer(&["200::1"], 86_400));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive, cfg));
+        settle(Duration::from_secs(60) + Duration::from_millis(1)).await;
+        // TTL 0 → every min_refresh (5 s): asked at 0, 5, ..., 60.
+        assert_eq!(dns.asked("wan1.home.example"), 13);
+        // A day → max_refresh (5 min): asked once so far.
+        assert_eq!(dns.asked("mesh.home.example"), 1);
+        settle(Duration::from_secs(240)).await;
+        assert_eq!(dns.asked("mesh.home.example"), 2);
+        task.abort();
+    }
+}
