@@ -191,6 +191,8 @@ impl Handle {
                 }
             }
             handle.mesh_waiting.store(false, Ordering::SeqCst);
+            // Mesh sockets kept across a restart that the mesh listeners did not take.
+            crate::inherit::release_unclaimed(false);
         });
     }
 
@@ -253,6 +255,7 @@ impl Handle {
             return Err(e.into());
         }
         publish_health(&self.state);
+        crate::inherit::release_unclaimed(self.mesh_waiting.load(std::sync::atomic::Ordering::SeqCst));
         metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
         info!("configuration reloaded");
         Ok(())

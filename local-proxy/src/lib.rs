@@ -12,6 +12,7 @@ pub mod config;
 pub mod firewall;
 pub mod http;
 pub mod idle;
+pub mod inherit;
 pub mod listeners;
 pub mod mesh;
 pub mod metrics;

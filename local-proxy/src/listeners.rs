@@ -67,6 +67,39 @@ pub struct ListenKey {
     pub any_port: Option<Serves>,
 }
 
+impl ListenKey {
+    /// The socket's name in systemd's descriptor store (see `inherit`): origin, transport,
+    /// address and port, plus what it serves for port 0 (several such sockets share an
+    /// address). Only characters systemd allows in `FDNAME` (no `:`; IPv6 in brackets with `_`).
+    pub fn fd_name(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{}]", v6.to_string().replace(':', "_")),
+        };
+        let mut name = format!("{}{}-{}-{}", self.origin.fd_prefix(), self.protocol, ip, self.addr.port());
+        match &self.any_port {
+            Some(Serves::Tcp(Role::Https)) => name.push_str("-https"),
+            Some(Serves::Tcp(Role::Http)) => name.push_str("-http"),
+            Some(Serves::Tcp(Role::Stream(s))) | Some(Serves::Udp(s)) => {
+                name.push_str("-stream-");
+                name.push_str(s);
+            }
+            None => {}
+        }
+        name
+    }
+}
+
+impl Origin {
+    /// How this side's sockets' descriptor names start.
+    pub fn fd_prefix(self) -> &'static str {
+        match self {
+            Origin::Wan => "wan-",
+            Origin::Mesh => "mesh-",
+        }
+    }
+}
+
 impl fmt::Display for ListenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.origin, self.addr, self.protocol)?;
@@ -210,15 +243,19 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
                 Role::Stream(name) => format!("stream {name}"),
                 other => label(origin, other).to_string(),
             };
-            let listener = tcp(addr, freebind).map_err(|source| BindError::Bind { what, addr, source })?;
+            let listener = match crate::inherit::take_tcp(&key) {
+                Some(kept) => adopt_tcp(kept),
+                None => tcp(addr, freebind),
+            }
+            .map_err(|source| BindError::Bind { what, addr, source })?;
             out.tcp.push(TcpBound { key, origin, role, listener });
         }
         Serves::Udp(stream) => {
-            let socket = udp(addr, freebind).map_err(|source| BindError::Bind {
-                what: format!("stream {stream}"),
-                addr,
-                source,
-            })?;
+            let socket = match crate::inherit::take_udp(&key) {
+                Some(kept) => adopt_udp(kept),
+                None => udp(addr, freebind),
+            }
+            .map_err(|source| BindError::Bind { what: format!("stream {stream}"), addr, source })?;
             out.udp.push(UdpBound { key, origin, stream, socket });
         }
     }
@@ -247,6 +284,17 @@ fn tcp(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
     let sock = socket(addr, Type::STREAM, freebind)?;
     sock.listen(1024)?;
     TcpListener::from_std(sock.into())
+}
+
+/// A listener kept across a restart (or from a socket unit, which may pass it blocking).
+fn adopt_tcp(l: std::net::TcpListener) -> io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+fn adopt_udp(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
 }
 
 fn udp(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {

@@ -62,6 +62,11 @@ fn main() -> ExitCode {
         },
         None => {
             init_tracing();
+            // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
+            let (tcp, udp) = local_proxy::inherit::adopt_from_env();
+            if tcp + udp > 0 {
+                info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -174,6 +179,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         }
     };
     let bound = listeners::bind(&config, mesh)?;
+    // Kept sockets this config does not ask for are closed (mesh ones wait for the mesh address).
+    local_proxy::inherit::release_unclaimed(mesh_later);
     for b in &bound.tcp {
         if let Ok(addr) = b.listener.local_addr() {
             info!(listener = listeners::label(b.origin, &b.role), %addr, "listening");

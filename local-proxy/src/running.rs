@@ -5,9 +5,13 @@
 //! A reload diffs the new plan against this set: kept keys keep their sockets, added keys are
 //! bound before anything changes (a bind failure refuses the reload), removed keys stop
 //! accepting and close their sockets while the connections they accepted go on.
+//!
+//! Every socket served is also kept in systemd's descriptor store and dropped from it when a
+//! reload closes it (`inherit`), so a restart finds the same sockets still queueing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -113,6 +117,7 @@ impl Running {
                 continue;
             }
             let local = listener.local_addr().ok();
+            crate::inherit::store(&key, listener.as_fd());
             let role = Arc::new(ArcSwap::from_pointee(role));
             let stop = self.state.shutdown.child_token();
             let task = self.tasks.spawn(accept::accept_loop(
@@ -131,6 +136,7 @@ impl Running {
                 continue;
             }
             let local = socket.local_addr().ok();
+            crate::inherit::store(&key, socket.as_fd());
             let name = Arc::new(ArcSwap::from_pointee(stream));
             let stop = self.state.shutdown.child_token();
             let task =
@@ -250,8 +256,10 @@ impl Running {
         let mut out = Vec::new();
         for (key, entry) in taken {
             let name = key.to_string();
-            out.push((key, entry.serves()));
+            out.push((key.clone(), entry.serves()));
             entry.stop(&name).await;
+            // Out of systemd's store too, else the kernel would queue connections for it.
+            crate::inherit::forget(&key);
             info!(listener = %name, "closed; its established connections go on");
         }
         out

@@ -7,10 +7,18 @@
 //! earlier versions accept it) and `READY=1` when the new configuration is in place or refused;
 //! `STOPPING=1` when a drain starts. Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op,
 //! so the binaries run the same from a shell or the tests.
+//!
+//! [`store_fd`] and [`remove_fd`] keep listening sockets in the service's file descriptor store
+//! (`FDSTORE=1` with the descriptor attached, `FDSTOREREMOVE=1`): systemd holds them open while
+//! the service restarts and passes them back to the next process (`LISTEN_FDS`, `LISTEN_FDNAMES`).
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix};
 
 /// The environment variable systemd sets for `Type=notify` services.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -55,6 +63,63 @@ pub fn notify_to(target: &str, state: &str) -> io::Result<()> {
     };
     let sock = UnixDatagram::unbound()?;
     let sent = sock.send_to_addr(state.as_bytes(), &addr)?;
+    if sent != state.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram to NOTIFY_SOCKET"));
+    }
+    Ok(())
+}
+
+/// Puts `fd` in systemd's file descriptor store under `name` (the unit needs
+/// `FileDescriptorStoreMax=`): systemd keeps it open across a restart and hands it to the next
+/// process in `LISTEN_FDS` with `name` in `LISTEN_FDNAMES`. Storing the same socket again is
+/// harmless (systemd keeps one copy). `Ok(false)` outside systemd.
+pub fn store_fd(name: &str, fd: BorrowedFd<'_>) -> io::Result<bool> {
+    if !fd_name_valid(name) {
+        return Err(invalid(format!("{name:?} is not a valid FDNAME")));
+    }
+    match std::env::var_os(NOTIFY_SOCKET) {
+        None => Ok(false),
+        Some(target) => {
+            let target = target.to_str().ok_or_else(|| invalid("NOTIFY_SOCKET is not valid UTF-8".into()))?;
+            send_with_fd(target, &format!("FDSTORE=1\nFDNAME={name}"), fd).map(|()| true)
+        }
+    }
+}
+
+/// Drops every descriptor stored under `name` from systemd's store (a listener a reload closed:
+/// kept there, the kernel would go on queueing connections nobody accepts). `Ok(false)` outside
+/// systemd.
+pub fn remove_fd(name: &str) -> io::Result<bool> {
+    if !fd_name_valid(name) {
+        return Err(invalid(format!("{name:?} is not a valid FDNAME")));
+    }
+    notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+}
+
+/// What systemd accepts as a descriptor name: 1 to 255 printable ASCII characters, no `:` (the
+/// separator in `LISTEN_FDNAMES`).
+pub fn fd_name_valid(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// Like [`notify_to`], with one descriptor attached (`SCM_RIGHTS`).
+pub fn send_with_fd(target: &str, state: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let addr = if let Some(name) = target.strip_prefix('@') {
+        SocketAddrUnix::new_abstract_name(name.as_bytes())?
+    } else if target.starts_with('/') {
+        SocketAddrUnix::new(target)?
+    } else {
+        return Err(invalid(format!("NOTIFY_SOCKET={target:?}: neither a path nor an @abstract name")));
+    };
+    let sock = UnixDatagram::unbound()?;
+    let fds = [fd];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the descriptor in the control message"));
+    }
+    let sent =
+        rustix::net::sendmsg_addr(&sock, &addr, &[IoSlice::new(state.as_bytes())], &mut control, SendFlags::empty())?;
     if sent != state.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram to NOTIFY_SOCKET"));
     }
@@ -109,6 +174,44 @@ mod tests {
         let e = notify_to("run/notify", "READY=1").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("NOTIFY_SOCKET"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_descriptor_arrives_with_its_name() {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::os::fd::AsFd;
+        let name = format!("shared-notify-fd-{}", std::process::id());
+        let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        send_with_fd(&format!("@{name}"), "FDSTORE=1\nFDNAME=wan-tcp-127.0.0.1-443", listener.as_fd()).unwrap();
+        let mut buf = [0u8; 256];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let got = rustix::net::recvmsg(&sock, &mut iov, &mut control, RecvFlags::empty()).unwrap();
+        let text = String::from_utf8(buf[..got.bytes].to_vec()).unwrap();
+        assert_eq!(text, "FDSTORE=1\nFDNAME=wan-tcp-127.0.0.1-443");
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                fds.extend(r);
+            }
+        }
+        assert_eq!(fds.len(), 1);
+        // The received descriptor is the same listening socket.
+        let copy = std::net::TcpListener::from(fds.remove(0));
+        assert_eq!(copy.local_addr().unwrap(), listener.local_addr().unwrap());
+    }
+
+    #[test]
+    fn fd_names_follow_systemd_rules() {
+        assert!(fd_name_valid("wan-tcp-[2001_db8__2]-443"));
+        assert!(!fd_name_valid(""));
+        assert!(!fd_name_valid("a:b"));
+        assert!(!fd_name_valid("a b"));
+        assert!(!fd_name_valid(&"x".repeat(256)));
+        // Outside systemd nothing is sent, but a bad name is still refused.
+        assert!(remove_fd("a:b").is_err());
     }
 
     #[test]

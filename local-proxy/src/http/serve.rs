@@ -1,14 +1,18 @@
 //! Serving one client connection (TLS or plain) with hyper: HTTP/1.1 or h2 chosen by ALPN,
 //! bounded head size and head read time (an HTTP/1 head started but not finished in time gets
-//! a 408), an idle bound, and graceful close on shutdown.
+//! a 408), an idle bound, and graceful close on shutdown: a connection that has not had its
+//! first request yet is let start one (bounded by the head read time) before it is closed, so a
+//! client accepted just before SIGTERM gets its answer instead of an empty close.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::conn::Conn;
@@ -41,8 +45,11 @@ where
     let first_request = Arc::new(AtomicBool::new(false));
     let seen = first_request.clone();
     let served_one = first_request.clone();
+    let started = Arc::new(Notify::new());
+    let starts = started.clone();
     let svc = service_fn(move |req| {
         seen.store(true, Ordering::Relaxed);
+        starts.notify_one();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
@@ -74,8 +81,17 @@ where
                 res = c.as_mut() => res.map_err(classify),
                 _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                 _ = shutdown.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await.map_err(classify)
+                    let ended = tokio::select! {
+                        res = c.as_mut() => Some(res),
+                        _ = first_request_started(&first_request, &started, http.header_read_timeout) => None,
+                    };
+                    match ended {
+                        Some(res) => res.map_err(classify),
+                        None => {
+                            c.as_mut().graceful_shutdown();
+                            c.await.map_err(classify)
+                        }
+                    }
                 }
             };
             if matches!(res, Err(("head_timeout", _))) && progress.head_started() {
@@ -103,8 +119,17 @@ where
                 _ = first => Err(("head_timeout", String::new())),
                 _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                 _ = shutdown.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await.map_err(classify)
+                    let ended = tokio::select! {
+                        res = c.as_mut() => Some(res),
+                        _ = first_request_started(&first_request, &started, http.header_read_timeout) => None,
+                    };
+                    match ended {
+                        Some(res) => res.map_err(classify),
+                        None => {
+                            c.as_mut().graceful_shutdown();
+                            c.await.map_err(classify)
+                        }
+                    }
                 }
             }
         }
@@ -117,6 +142,20 @@ where
         }
         debug!(listener, result, detail = %detail, answered_408, "HTTP connection ended with an error");
         metrics::counter!(names::HTTP_CONNECTION_ERRORS, "listener" => listener, "result" => result).increment(1);
+    }
+}
+
+/// At shutdown: a connection that has had no request yet may hold one not read so far (the
+/// client connected just before SIGTERM), and a graceful shutdown now would close it unread.
+/// Returns once its first request has started (the caller then shuts down gracefully: that
+/// request is answered, with `Connection: close` or GOAWAY) or `bound` has passed.
+async fn first_request_started(first_request: &AtomicBool, started: &Notify, bound: Duration) {
+    if first_request.load(Ordering::Relaxed) {
+        return;
+    }
+    tokio::select! {
+        _ = started.notified() => {}
+        _ = tokio::time::sleep(bound) => {}
     }
 }
 

@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod delay;
 pub mod echo;
 pub mod faults;
+pub mod fdstore;
 pub mod ingress;
 pub mod knot;
 pub mod loadgen;
