@@ -16,13 +16,17 @@ fn main() {
         assert!(within(c.http.upstream_timeout, ranges::UPSTREAM_TIMEOUT));
         assert!(within(c.tls.reload_interval, ranges::RELOAD_INTERVAL));
         for site in &c.sites {
-            assert!(site.upstream.authority.port_u16() != Some(0));
+            let u = &site.upstreams;
+            assert!(!u.members.is_empty() && u.members.iter().any(|m| !m.backup && m.weight > 0));
+            assert!(u.members.iter().all(|m| m.target.authority.port_u16() != Some(0)));
         }
         for s in &c.streams {
             assert!(within(s.idle_timeout, ranges::IDLE_TIMEOUT));
             assert!(within(s.connect_timeout, ranges::CONNECT_TIMEOUT));
             for port in s.listen_ports.iter() {
-                assert_ne!(s.upstream_for(port).port(), 0);
+                for i in 0..s.upstreams.members.len() {
+                    assert_ne!(s.upstream_for(i, port).port(), 0);
+                }
             }
         }
         if let Some(f) = &c.firewall {

@@ -142,7 +142,11 @@ async fn connection(
                 debug!(stream = %name, "stream no longer configured; closing");
                 return;
             };
-            stream::tcp::forward(stream, info, local, cfg).await;
+            let Some(pool) = state.pools.load().stream(name).cloned() else {
+                debug!(stream = %name, "stream has no pool yet; closing");
+                return;
+            };
+            stream::tcp::forward(stream, info, local, cfg, &pool).await;
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::http::routes::RoutesError;
 use crate::http::Routes;
 use crate::listeners::{self, BindError, Listeners};
 use crate::metrics::names;
+use crate::pool::Pools;
 use crate::running::Running;
 use crate::state::State;
 use crate::tls::{self, CertStore};
@@ -76,12 +77,14 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     };
     let certs = Arc::new(CertStore::new());
     certs.set_sources(&config.tls);
-    let routes = Routes::build(&config)?;
+    let pools = Pools::build(&config, None);
+    let routes = Routes::build(&config, &pools)?;
     let state = Arc::new(State {
         tls: tls::server_config(certs.clone())?,
         conn_limit: Arc::new(Semaphore::new(config.http.max_connections)),
         config: ArcSwap::from_pointee(config),
         routes: ArcSwap::from_pointee(routes),
+        pools: ArcSwap::from_pointee(pools),
         trusted,
         certs: certs.clone(),
         acme: Arc::default(),
@@ -97,6 +100,7 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     }
 
     let tasks = TaskTracker::new();
+    state.pools.load().start_checks(&config, &tasks, &shutdown);
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
     let running = Arc::new(Running::new(state.clone(), tasks.clone(), conns.clone()));
@@ -221,7 +225,9 @@ impl Handle {
     /// Listeners follow the config: new addresses, ports and streams are bound (a bind failure
     /// refuses the whole reload), removed ones closed, unchanged ones keep their sockets.
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
-        let routes = match Routes::build(&new) {
+        // Upstreams that stay keep their health; the new checks start once the config is in.
+        let pools = Arc::new(Pools::build(&new, Some(&self.state.pools.load())));
+        let routes = match Routes::build(&new, &pools) {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "invalid").increment(1);
@@ -244,6 +250,8 @@ impl Handle {
             }
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
             self.state.routes.store(Arc::new(routes));
+            pools.start_checks(&new, &self.tasks, &self.state.shutdown);
+            self.state.pools.swap(pools.clone()).stop_checks();
             let tls = new.tls.clone();
             let acme = new.acme.clone();
             self.state.config.store(Arc::new(new));
@@ -301,7 +309,7 @@ impl Handle {
     }
 
     /// Health as the ingress probes see it.
-    pub fn health(&self) -> Result<(), &'static str> {
+    pub fn health(&self) -> Result<(), String> {
         self.state.health()
     }
 }

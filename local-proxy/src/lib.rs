@@ -16,6 +16,7 @@ pub mod inherit;
 pub mod listeners;
 pub mod mesh;
 pub mod metrics;
+pub mod pool;
 mod running;
 pub mod state;
 pub mod stream;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::Routes;
+use crate::pool::Pools;
 use crate::tls::CertStore;
 use crate::trust::TrustedPeers;
 
@@ -18,6 +19,8 @@ use crate::trust::TrustedPeers;
 pub struct State {
     pub config: ArcSwap<Config>,
     pub routes: ArcSwap<Routes>,
+    /// The upstream pools of every site and stream (the routes hold the sites' too).
+    pub pools: ArcSwap<Pools>,
     pub trusted: Arc<TrustedPeers>,
     pub certs: Arc<CertStore>,
     /// ACME certificates' status (empty while `[acme]` is off).
@@ -30,11 +33,15 @@ pub struct State {
 }
 
 impl State {
-    /// Whether the proxy can serve: with sites configured it needs at least one certificate.
-    pub fn health(&self) -> Result<(), &'static str> {
+    /// Whether the proxy can serve: with sites configured it needs at least one certificate,
+    /// and every `critical` site or stream needs a usable upstream.
+    pub fn health(&self) -> Result<(), String> {
         if !self.config.load().sites.is_empty() && self.certs.is_empty() {
-            return Err("no certificate loaded");
+            return Err("no certificate loaded".into());
         }
-        Ok(())
+        match self.pools.load().critical_down() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 }

@@ -15,7 +15,7 @@ fn example_config_loads() {
     let relay = c.streams.iter().find(|s| s.name == "turn-relay").unwrap();
     assert_eq!(relay.protocol, Protocol::Udp);
     assert_eq!(relay.listen_ports.len(), 41);
-    assert_eq!(relay.upstream_for(49170).port(), 49170);
+    assert_eq!(relay.upstream_for(0, 49170).port(), 49170);
     // The quiet set removes Server; the security set adds HSTS.
     let cloud = c.sites.iter().find(|s| s.host == "cloud.example.org").unwrap();
     assert!(cloud.response_headers.iter().any(|(n, v)| n == "server" && v.is_none()));

@@ -1,10 +1,11 @@
 //! Choosing one of several weighted candidates (WAN paths, upstreams): smooth weighted
-//! round robin, weighted least-connections, and a bandwidth-aware policy.
+//! round robin, weighted least-connections, two random choices, and a bandwidth-aware policy.
 //!
 //! Sans-io: callers pass each candidate's effective weight (configured weight × health
 //! factor) and the load its policy reads (open connections or flows for least-connections,
 //! transfers in progress at once for bandwidth); nothing here reads a clock or a socket. The only state is the round
-//! robin's "current weights", kept per candidate index, so one [`Selector`] per pool and per
+//! robin's "current weights", kept per candidate index, and the random choices' generator
+//! (a deterministic sequence: tests replay it), so one [`Selector`] per pool and per
 //! kind of traffic (TCP connections and UDP flows are balanced apart: idle flows of one kind
 //! never push the other kind away from a path).
 
@@ -28,6 +29,11 @@ pub enum Policy {
     /// are busy at once and new ones go where there is room (Little's law); ties go round
     /// robin by weight.
     Bandwidth,
+    /// Two random choices: two distinct candidates drawn at random in proportion to their
+    /// weights, the one with fewer open connections per unit of weight wins (ties: the first
+    /// drawn). Nearly as even as least-connections without every pick herding onto the same
+    /// momentarily emptiest candidate; with equal loads the shares follow the weights.
+    RandomTwo,
 }
 
 impl Policy {
@@ -36,6 +42,7 @@ impl Policy {
             Policy::RoundRobin => "round_robin",
             Policy::LeastConn => "least_conn",
             Policy::Bandwidth => "bandwidth",
+            Policy::RandomTwo => "random_two",
         }
     }
 }
@@ -61,6 +68,8 @@ pub const BUSY_TIE: f64 = 0.25;
 #[derive(Debug, Default, Clone)]
 pub struct Selector {
     current: Vec<f64>,
+    /// splitmix64 state of the random choices.
+    rng: u64,
 }
 
 impl Selector {
@@ -79,7 +88,43 @@ impl Selector {
                     cands.iter().filter(|c| c.weight > 0.0 && load(c) <= min + slack).map(|c| (c.index, c.weight)),
                 )
             }
+            Policy::RandomTwo => {
+                let usable = |c: &&Candidate| c.weight > 0.0 && c.weight.is_finite();
+                let total: f64 = cands.iter().filter(usable).map(|c| c.weight).sum();
+                let first = *self.draw(cands.iter().filter(usable), total)?;
+                let rest = cands.iter().filter(usable).filter(|c| c.index != first.index);
+                let Some(second) = self.draw(rest, total - first.weight).copied() else {
+                    return Some(first.index);
+                };
+                let load = |c: &Candidate| c.load / c.weight;
+                Some(if load(&second) < load(&first) { second.index } else { first.index })
+            }
         }
+    }
+
+    /// One candidate drawn with probability weight / `total`.
+    fn draw<'a>(&mut self, mut cands: impl Iterator<Item = &'a Candidate>, total: f64) -> Option<&'a Candidate> {
+        let mut point = self.next_unit() * total;
+        let mut last = None;
+        for c in cands.by_ref() {
+            last = Some(c);
+            if point < c.weight {
+                return Some(c);
+            }
+            point -= c.weight;
+        }
+        // Rounding left the point just past the end: the last candidate.
+        last
+    }
+
+    /// A uniform number in [0, 1) (splitmix64: any state, zero included, is a good seed).
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Smooth weighted round robin: every candidate gains its weight, the richest is chosen
@@ -226,6 +271,23 @@ mod tests {
     #[test]
     fn least_conn_ties_follow_weights() {
         assert_eq!(counts(Policy::LeastConn, &[cand(0, 3.0, 0), cand(1, 1.0, 0)], 400), [300, 100]);
+    }
+
+    #[test]
+    fn random_two_follows_weights_when_idle_and_avoids_the_loaded() {
+        let c = counts(Policy::RandomTwo, &[cand(0, 9.0, 0), cand(1, 1.0, 0)], 10_000);
+        let share = c[0] as f64 / 10_000.0;
+        assert!((share - 0.9).abs() < 0.02, "{c:?}");
+        let c = counts(Policy::RandomTwo, &[cand(0, 1.0, 0), cand(1, 1.0, 0), cand(2, 1.0, 0)], 3000);
+        assert!(c.iter().all(|&n| (900..=1100).contains(&n)), "{c:?}");
+        // Of any two drawn, the less loaded wins: with two candidates that is always the idle one.
+        assert_eq!(counts(Policy::RandomTwo, &[cand(0, 1.0, 10), cand(1, 1.0, 0)], 100), [0, 100]);
+        // With three, the most loaded only wins when drawn against ... nobody: never.
+        let c = counts(Policy::RandomTwo, &[cand(0, 1.0, 10), cand(1, 1.0, 1), cand(2, 1.0, 0)], 3000);
+        assert_eq!(c[0], 0, "{c:?}");
+        let mut s = Selector::default();
+        assert_eq!(s.pick(Policy::RandomTwo, &[cand(4, 1.0, 3)]), Some(4));
+        assert_eq!(s.pick(Policy::RandomTwo, &[cand(4, 0.0, 0)]), None);
     }
 
     #[test]

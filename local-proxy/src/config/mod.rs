@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod firewall;
 pub mod raw;
+pub mod upstreams;
 mod validate;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use figment::Figment;
 use http::{HeaderName, HeaderValue};
 use shared::ports::PortRange;
 
+pub use upstreams::{Check, Health, Member, StreamTarget, UpstreamSet};
 pub(crate) use validate::duration;
 pub use validate::{ranges, DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
 
@@ -122,7 +124,8 @@ pub struct Site {
     /// Lower-case host name, possibly `*.example.org`.
     pub host: String,
     pub aliases: Vec<String>,
-    pub upstream: Upstream,
+    /// One or several upstreams, balanced and checked as one set.
+    pub upstreams: UpstreamSet<Upstream>,
     pub insecure_skip_verify: bool,
     pub ca_file: Option<PathBuf>,
     /// Response headers to set; `None` removes the header.
@@ -174,9 +177,8 @@ pub struct Stream {
     pub name: String,
     pub protocol: Protocol,
     pub listen_ports: PortRange,
-    pub upstream_ip: IpAddr,
-    /// Same length as `listen_ports`: listen port N goes to the Nth upstream port.
-    pub upstream_ports: PortRange,
+    /// One or several upstreams; each maps listen port N to its Nth port.
+    pub upstreams: UpstreamSet<StreamTarget>,
     /// Send a PROXY v2 header with the client address to the upstream.
     pub proxy_protocol: bool,
     /// Connect to the upstream from the client's own address (`IP_TRANSPARENT`), so a service
@@ -191,16 +193,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The upstream address for a connection that arrived on `listen_port`.
-    pub fn upstream_for(&self, listen_port: u16) -> SocketAddr {
-        let offset = listen_port.saturating_sub(self.listen_ports.first);
-        let port = if self.listen_ports.first == 0 {
-            // Port 0 means "ephemeral" (tests): there is no range to map, use the upstream port.
-            self.upstream_ports.first
-        } else {
-            self.upstream_ports.first.saturating_add(offset)
-        };
-        SocketAddr::new(self.upstream_ip, port)
+    /// The address of upstream `member` (index into `upstreams.members`, clamped) for a
+    /// connection that arrived on `listen_port`.
+    pub fn upstream_for(&self, member: usize, listen_port: u16) -> SocketAddr {
+        let members = &self.upstreams.members;
+        let m = &members[member.min(members.len().saturating_sub(1))];
+        m.target.addr(self.listen_ports, listen_port)
     }
 }
 

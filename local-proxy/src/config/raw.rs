@@ -100,13 +100,68 @@ pub struct RawSite {
     pub host: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
-    pub upstream: Option<String>,
+    /// A string, or a list of strings or tables: see [`RawUpstreams`] (read in validation,
+    /// so a bad entry is reported under its own index).
+    pub upstream: Option<figment::value::Value>,
     pub insecure_skip_verify: Option<bool>,
     pub ca_file: Option<String>,
     pub header_sets: Option<Vec<String>>,
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
     pub block_scanners: Option<bool>,
+    /// How requests are spread over several upstreams (`shared::balance::Policy` names).
+    pub balance: Option<String>,
+    pub health: Option<RawHealth>,
+    /// The proxy's own health (`/healthz`, PROXY LOCAL) needs an upstream of this site up.
+    pub critical: Option<bool>,
+}
+
+/// `upstream`: one URL or address (as before), or a list of them or of tables.
+#[derive(Debug)]
+pub enum RawUpstreams {
+    One(String),
+    /// `None`: an entry that could not be read (already reported).
+    Many(Vec<Option<RawUpstreamEntry>>),
+}
+
+/// One entry of an `upstream` list.
+#[derive(Debug)]
+pub enum RawUpstreamEntry {
+    Plain(String),
+    Table(RawUpstream),
+}
+
+/// `{ url = ..., weight = ..., backup = ... }` (sites) or `{ address = ... }` (streams).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Option<String>,
+    pub address: Option<String>,
+    pub weight: Option<u64>,
+    pub backup: Option<bool>,
+}
+
+/// `[site.health]` / `[stream.health]`: active checks and the hysteresis of passive ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Sites: the HTTP path probed (turns the active check on).
+    pub path: Option<String>,
+    /// Sites: accepted status codes, `"200-399"` or `"200"`.
+    pub status: Option<String>,
+    /// Sites: the Host header of probes.
+    pub host: Option<String>,
+    /// Streams: `"tcp"` (connect), `"udp"` (send/expect) or `"none"`.
+    pub check: Option<String>,
+    /// UDP streams: the probe datagram and the reply's expected start.
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u64>,
+    pub fall: Option<u64>,
+    /// Sites: 5xx answers count as passive failures.
+    pub fail_on_5xx: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,10 +169,13 @@ pub struct RawSite {
 pub struct RawStream {
     pub name: Option<String>,
     pub listen: Option<String>,
-    pub upstream: Option<String>,
+    pub upstream: Option<figment::value::Value>,
     pub proxy_protocol: Option<String>,
     pub transparent: Option<bool>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_flows: Option<u64>,
+    pub balance: Option<String>,
+    pub health: Option<RawHealth>,
+    pub critical: Option<bool>,
 }

@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 use shared::ports::{days, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
 use super::raw::{RawConfig, RawSite, RawStream};
+use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
 use super::{CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream, Wan};
 
 /// The predefined `security` header set (a `[header_sets.security]` table replaces it).
@@ -369,13 +370,18 @@ fn site(
         check_name(c, f(&format!("aliases[{j}]")), a);
     }
 
-    let upstream = match &s.upstream {
-        None => {
-            c.err(f("upstream"), "is required");
-            None
-        }
-        Some(u) => parse_upstream(u).map_err(|e| c.err(f("upstream"), e)).ok(),
-    };
+    let upstreams = upstreams::validate(
+        &mut c.errors,
+        RawSet {
+            prefix: format!("site[{i}]"),
+            kind: SetKind::Site,
+            upstream: s.upstream.as_ref(),
+            balance: s.balance.as_deref(),
+            health: s.health.as_ref(),
+            critical: s.critical,
+        },
+        parse_upstream,
+    );
 
     let mut response_headers: HeaderSet = Vec::new();
     let set_names = s.header_sets.clone().unwrap_or_else(|| vec!["security".into()]);
@@ -394,8 +400,8 @@ fn site(
     }
 
     let insecure_skip_verify = s.insecure_skip_verify.unwrap_or(false);
-    if let Some(u) = &upstream {
-        if !u.tls && (insecure_skip_verify || s.ca_file.is_some()) {
+    if let Some(set) = &upstreams {
+        if !set.members.iter().any(|m| m.target.tls) && (insecure_skip_verify || s.ca_file.is_some()) {
             c.err(f("insecure_skip_verify"), "only applies to an https:// upstream");
         }
     }
@@ -409,7 +415,7 @@ fn site(
     Some(Site {
         host,
         aliases,
-        upstream: upstream?,
+        upstreams: upstreams?,
         insecure_skip_verify,
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
         response_headers,
@@ -494,19 +500,18 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         }
     };
 
-    let (upstream_ip, upstream_ports) = match &s.upstream {
-        None => {
-            c.err(f("upstream"), "is required");
-            (IpAddr::from([0, 0, 0, 0]), listen_ports)
-        }
-        Some(u) => match upstream_target(u, listen_ports) {
-            Ok(t) => t,
-            Err(e) => {
-                c.err(f("upstream"), e);
-                (IpAddr::from([0, 0, 0, 0]), listen_ports)
-            }
+    let upstreams = upstreams::validate(
+        &mut c.errors,
+        RawSet {
+            prefix: format!("stream[{i}]"),
+            kind: if protocol == Protocol::Tcp { SetKind::TcpStream } else { SetKind::UdpStream },
+            upstream: s.upstream.as_ref(),
+            balance: s.balance.as_deref(),
+            health: s.health.as_ref(),
+            critical: s.critical,
         },
-    };
+        |u| upstream_target(u, listen_ports),
+    );
 
     let proxy_protocol = match s.proxy_protocol.as_deref() {
         None | Some("none") => false,
@@ -524,31 +529,33 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         Protocol::Tcp => "1h",
         Protocol::Udp => "300s",
     };
+    let connect_timeout = c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s", CONNECT_TIMEOUT);
+    let idle_timeout = c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default, IDLE_TIMEOUT);
+    let max_flows = c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize;
+    if s.max_flows.is_some() && protocol == Protocol::Tcp {
+        c.err(f("max_flows"), "only applies to udp streams");
+    }
     let st = Stream {
         name,
         protocol,
         listen_ports,
-        upstream_ip,
-        upstream_ports,
+        upstreams: upstreams?,
         proxy_protocol,
         transparent,
-        connect_timeout: c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s", CONNECT_TIMEOUT),
-        idle_timeout: c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default, IDLE_TIMEOUT),
-        max_flows: c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize,
+        connect_timeout,
+        idle_timeout,
+        max_flows,
     };
-    if s.max_flows.is_some() && protocol == Protocol::Tcp {
-        c.err(f("max_flows"), "only applies to udp streams");
-    }
     (c.errors.len() == before).then_some(st)
 }
 
 /// `IP` (same ports as listened on), `IP:PORT` or `IP:FIRST-LAST` (same length as the listen range).
-fn upstream_target(u: &str, listen: PortRange) -> Result<(IpAddr, PortRange), String> {
+fn upstream_target(u: &str, listen: PortRange) -> Result<StreamTarget, String> {
     if let Ok((ip, None)) = parse_host_port(u) {
         if listen.first == 0 {
             return Err(format!("`{u}` needs a port when listening on port 0"));
         }
-        return Ok((ip, listen));
+        return Ok(StreamTarget { ip, ports: listen });
     }
     let spec = u.parse::<ListenSpec>().map_err(|e| format!("{e}; expected IP, IP:PORT or IP:FIRST-LAST"))?;
     if spec.ports.first == 0 {
@@ -560,5 +567,5 @@ fn upstream_target(u: &str, listen: PortRange) -> Result<(IpAddr, PortRange), St
     if spec.ports.is_single() && !listen.is_single() {
         return Err(format!("`{u}`: a listen range of {} ports needs an upstream range or a bare IP", listen.len()));
     }
-    Ok((spec.ip, spec.ports))
+    Ok(StreamTarget { ip: spec.ip, ports: spec.ports })
 }

@@ -1,22 +1,39 @@
-//! The reverse proxy proper: rewrite the request for the upstream, send it under a deadline,
-//! stream the response back with the site's headers, and splice upgraded connections.
+//! The reverse proxy proper: rewrite the request for the upstream, pick an upstream of the
+//! site's pool and send it under a deadline, retrying where that is safe, stream the response
+//! back with the site's headers, and splice upgraded connections.
+//!
+//! Retries: a failed connect moves to the next usable upstream (the body was never read, see
+//! `replay`), as many times as there are upstreams; a bodiless GET, HEAD or OPTIONS that
+//! fails after it was sent, before any response byte, is sent once more elsewhere; anything
+//! else fails with 502, and a request with no answer within `upstream_timeout` with 504 (a
+//! hanging upstream is not asked twice). With no usable upstream: 503 and Retry-After.
 
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use shared::health::{Outcome, Source};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::body::{self, Body};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::pages;
+use super::replay::Slot;
 use super::routes::SiteRoute;
+use super::upstream::error_chain;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
+use crate::pool::{Active, Tried};
 
-/// Send `req` to the site's upstream and build the client's response.
+/// Seconds a client is told to wait when no upstream is usable (about a check round).
+const RETRY_AFTER: &str = "5";
+
+/// Send `req` to one of the site's upstreams and build the client's response.
 pub async fn forward(
     mut req: Request<Incoming>,
     route: &SiteRoute,
@@ -25,41 +42,99 @@ pub async fn forward(
     timeout: Duration,
 ) -> Response<Body> {
     let site = &route.site;
+    let pool = &route.pool;
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let scheme = if site.upstream.tls { "https" } else { "http" };
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri =
-        match Uri::builder().scheme(scheme).authority(site.upstream.authority.clone()).path_and_query(path).build() {
-            Ok(u) => u,
-            Err(_) => return pages::error(StatusCode::BAD_REQUEST, "Bad request target."),
-        };
-    *req.uri_mut() = uri;
     // h2 clients carry the name in :authority; HTTP/1.1 upstreams need it as Host.
     if !req.headers().contains_key(header::HOST) {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     set_forwarded(req.headers_mut(), conn.info.client.ip(), conn.tls, host);
+    let (parts, incoming) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let bodiless = incoming.is_end_stream();
+    let replayable = bodiless && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let slot = Slot::new(incoming);
 
     let label = site.host.clone();
-    let mut resp = match tokio::time::timeout(timeout, route.client.request(req)).await {
-        Err(_) => {
-            metrics::counter!(names::UPSTREAM_ERRORS, "site" => label, "result" => "timeout").increment(1);
-            warn!(site = %site.host, upstream = %site.upstream, "upstream timed out");
-            return with_site_headers(pages::gateway_timeout(), route);
-        }
-        Ok(Err(e)) => {
-            let result = if e.is_connect() { "refused" } else { "error" };
-            metrics::counter!(names::UPSTREAM_ERRORS, "site" => label, "result" => result).increment(1);
-            warn!(site = %site.host, upstream = %site.upstream, error = %error_chain(&e), "upstream failed");
+    let mut tried = Tried::default();
+    let mut attempts = 0usize;
+    let mut resent = false;
+    let (mut resp, guard) = loop {
+        let Some(i) = pool.pick(tried) else {
+            if attempts == 0 {
+                pool.count_unavailable();
+                warn!(site = %site.host, "no usable upstream: 503");
+                return with_site_headers(unavailable(), route);
+            }
+            // Every usable upstream refused the connect.
             return with_site_headers(pages::bad_gateway(), route);
+        };
+        tried.insert(i);
+        attempts += 1;
+        let (Some(member), Some(state)) = (site.upstreams.members.get(i), pool.state(i)) else {
+            return with_site_headers(pages::bad_gateway(), route);
+        };
+        let upstream = &member.target;
+        if attempts > 1 {
+            state.m_retries.increment(1);
         }
-        Ok(Ok(resp)) => resp,
+        state.m_requests.increment(1);
+        let scheme = if upstream.tls { "https" } else { "http" };
+        let uri = match Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(path).build()
+        {
+            Ok(u) => u,
+            Err(_) => return pages::error(StatusCode::BAD_REQUEST, "Bad request target."),
+        };
+        let mut attempt = Request::new(slot.attempt().boxed());
+        *attempt.method_mut() = parts.method.clone();
+        *attempt.uri_mut() = uri;
+        *attempt.version_mut() = Version::HTTP_11;
+        *attempt.headers_mut() = parts.headers.clone();
+        let guard = Active::new(state.clone());
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, route.client.request(attempt)).await {
+            Err(_) => {
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => label, "result" => "timeout").increment(1);
+                state.count_failure("timeout");
+                pool.record(i, Outcome::Failed, Source::Traffic, Some("request timed out"));
+                warn!(site = %site.host, upstream = %upstream, "upstream timed out");
+                return with_site_headers(pages::gateway_timeout(), route);
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                let result = if connect { "refused" } else { "error" };
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => label.clone(), "result" => result).increment(1);
+                state.count_failure(if connect { "connect" } else { "error" });
+                let reason = error_chain(&e);
+                pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
+                // Never sent (the body still waits): any request may go to the next upstream.
+                if connect && (bodiless || slot.intact()) {
+                    debug!(site = %site.host, upstream = %upstream, error = %reason, "connect failed; next upstream");
+                    continue;
+                }
+                if !connect && replayable && !resent {
+                    resent = true;
+                    debug!(site = %site.host, upstream = %upstream, error = %reason, "request failed; once more elsewhere");
+                    continue;
+                }
+                warn!(site = %site.host, upstream = %upstream, error = %reason, "upstream failed");
+                return with_site_headers(pages::bad_gateway(), route);
+            }
+            Ok(Ok(resp)) => {
+                if resp.status().is_server_error() && pool.health.fail_on_5xx {
+                    state.count_failure("5xx");
+                    pool.record(i, Outcome::Failed, Source::Traffic, Some("answered 5xx"));
+                } else {
+                    pool.record_ok(i, start.elapsed(), Source::Traffic);
+                }
+                break (resp, guard);
+            }
+        }
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -69,7 +144,8 @@ pub async fn forward(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let idle = conn.state.config.load().http.idle_timeout;
-        tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade, label, idle));
+        // The upgraded connection holds the upstream (least_conn counts it) until it ends.
+        tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade, label, idle, guard));
         let (parts, _) = resp.into_parts();
         // Connection/Upgrade stay: they are the client's confirmation of the switch.
         return Response::from_parts(parts, body::full(""));
@@ -77,24 +153,27 @@ pub async fn forward(
 
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, incoming) = resp.into_parts();
+    // The request counts as active on its upstream until the response body is done.
+    let incoming = incoming.map_frame(move |frame| {
+        let _held = &guard;
+        frame
+    });
     with_site_headers(Response::from_parts(parts, body::stream(incoming)), route)
+}
+
+/// 503 with Retry-After: every upstream of the site is down or drained.
+fn unavailable() -> Response<Body> {
+    let mut resp = pages::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service behind this address is down right now. Please try again in a moment.",
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+    resp
 }
 
 fn with_site_headers(mut resp: Response<Body>, route: &SiteRoute) -> Response<Body> {
     apply_response(resp.headers_mut(), &route.site.response_headers);
     resp
-}
-
-/// hyper's error Display hides the cause ("client error (Connect)"); logs want all of it.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Copy bytes both ways between the upgraded client and upstream connections until both
@@ -104,6 +183,7 @@ async fn splice_upgrade(
     upstream: hyper::upgrade::OnUpgrade,
     site: String,
     idle: Duration,
+    _held: Active,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,

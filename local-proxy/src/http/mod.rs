@@ -7,6 +7,7 @@ pub mod handler;
 pub mod head_timeout;
 pub mod headers;
 pub mod pages;
+mod replay;
 pub mod routes;
 pub mod serve;
 pub mod upstream;

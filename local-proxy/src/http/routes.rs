@@ -1,11 +1,12 @@
-//! The site table for one config generation: Host → site and its upstream client. Built
-//! whole on start-up and reload and swapped with `ArcSwap`; requests in flight keep theirs.
+//! The site table for one config generation: Host → site, its upstream client and pool.
+//! Built whole on start-up and reload and swapped with `ArcSwap`; requests in flight keep theirs.
 
 use std::sync::Arc;
 
 use shared::peek::{NameRouter, PatternError};
 
 use crate::config::{Config, Site};
+use crate::pool::{Pool, Pools};
 
 use super::upstream::{client, ClientError, UpstreamClient};
 
@@ -14,6 +15,8 @@ use super::upstream::{client, ClientError, UpstreamClient};
 pub struct SiteRoute {
     pub site: Site,
     pub client: UpstreamClient,
+    /// The site's upstreams: health, weights, the pick.
+    pub pool: Arc<Pool>,
 }
 
 /// Host → site: exact names first, then the longest `*.suffix` wildcard (nginx rules).
@@ -29,15 +32,19 @@ pub enum RoutesError {
     Client { host: String, source: ClientError },
     #[error("site {host}: {source}")]
     Name { host: String, source: PatternError },
+    #[error("site {host}: no upstream pool")]
+    NoPool { host: String },
 }
 
 impl Routes {
-    pub fn build(config: &Config) -> Result<Self, RoutesError> {
+    /// The table for `config`, with each site's pool from `pools` (built from the same config).
+    pub fn build(config: &Config, pools: &Pools) -> Result<Self, RoutesError> {
         let mut routes = Self::default();
         for site in &config.sites {
             let route = Arc::new(SiteRoute {
-                client: client(site, config.http.upstream_connect_timeout)
+                client: client(site, config.http.upstream_connect_timeout, true)
                     .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
+                pool: pools.site(&site.host).cloned().ok_or_else(|| RoutesError::NoPool { host: site.host.clone() })?,
                 site: site.clone(),
             });
             for name in site.names() {
@@ -102,11 +109,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        let r = Routes::build(&c).unwrap();
-        assert_eq!(r.find("a.example.org").unwrap().site.upstream.authority, "127.0.0.1:1");
-        assert_eq!(r.find("b.example.org").unwrap().site.upstream.authority, "127.0.0.1:2");
+        let r = Routes::build(&c, &Pools::build(&c, None)).unwrap();
+        let upstream = |name: &str| r.find(name).map(|s| s.site.upstreams.members[0].target.authority.to_string());
+        assert_eq!(upstream("a.example.org").unwrap(), "127.0.0.1:1");
+        assert_eq!(upstream("b.example.org").unwrap(), "127.0.0.1:2");
         assert!(r.find("example.org").is_none());
         // nginx rules: a wildcard covers deeper names too.
-        assert_eq!(r.find("x.b.example.org").unwrap().site.upstream.authority, "127.0.0.1:2");
+        assert_eq!(upstream("x.b.example.org").unwrap(), "127.0.0.1:2");
     }
 }

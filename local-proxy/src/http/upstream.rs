@@ -1,10 +1,11 @@
 //! HTTP clients to LAN upstreams: pooled hyper-util clients, plain or TLS (public web roots,
 //! a site's own CA file, or — opted in per site — no verification for self-signed upstreams).
+//! One client per site serves all its upstreams (it pools connections per authority); the
+//! site's health checks use an unpooled twin with the same TLS settings.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,8 +18,19 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::Site;
 
-/// A pooled client for one site's upstream.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// What requests to upstreams carry: the client's body (see `replay`) or nothing (checks).
+/// Its error is hyper's own, not a boxed one: a boxed error type here trips the compiler's
+/// proof that the request future is `Send`.
+pub type RequestBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
+/// A client for one site's upstreams.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// An empty request body.
+pub fn empty() -> RequestBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+}
 
 /// Why a site's client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +41,8 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// Build the client for `site`.
-pub fn client(site: &Site, connect_timeout: Duration) -> Result<UpstreamClient, ClientError> {
+/// Build the client for `site`; `pooled = false` opens a new connection per request.
+pub fn client(site: &Site, connect_timeout: Duration, pooled: bool) -> Result<UpstreamClient, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let tls = if site.insecure_skip_verify {
@@ -64,10 +76,24 @@ pub fn client(site: &Site, connect_timeout: Duration) -> Result<UpstreamClient, 
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_timer(TokioTimer::new())
-        .build(https))
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(30)).pool_timer(TokioTimer::new());
+    if !pooled {
+        builder.pool_max_idle_per_host(0);
+    }
+    Ok(builder.build(https))
+}
+
+/// hyper's error Display hides the cause ("client error (Connect)"); logs want all of it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Accepts any upstream certificate (still checking handshake signatures, so the session key

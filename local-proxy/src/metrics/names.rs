@@ -24,7 +24,8 @@ pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
 pub const UPGRADES: &str = "local_proxy_upgrades_total";
 /// Stream connections, by `stream` and `result`
-/// (`ok`, `connect_failed`, `connect_timeout`, `transparent_failed`).
+/// (`ok`, `connect_failed`, `connect_timeout`, `transparent_failed`, `no_upstream`); a
+/// connection retried on another upstream counts once per attempt.
 pub const STREAM_CONNECTIONS: &str = "local_proxy_stream_connections_total";
 /// Connections and flows of transparent streams forwarded from our own address instead of the
 /// client's, by `stream` and `reason` (`family`: the client and the service differ in IP family).
@@ -38,7 +39,7 @@ pub const UDP_FLOWS_EVICTED: &str = "local_proxy_udp_flows_evicted_total";
 /// UDP datagrams relayed, by `stream` and `direction`.
 pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 /// UDP datagrams dropped, by `stream` and `result`
-/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`, `transparent_failed`).
+/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`, `transparent_failed`, `no_upstream`).
 pub const UDP_DROPPED: &str = "local_proxy_udp_dropped_total";
 /// Certificates (names) currently served.
 pub const CERTIFICATES_LOADED: &str = "local_proxy_certificates_loaded";
@@ -60,6 +61,22 @@ pub const FIREWALL_UPDATES: &str = "local_proxy_firewall_updates_total";
 pub const FIREWALL_ALLOWED: &str = "local_proxy_firewall_allowed_addresses";
 /// 1 while the table is open (no DNS answer yet and `on_no_answer = "open"`), else 0.
 pub const FIREWALL_OPEN: &str = "local_proxy_firewall_open";
+/// Per upstream of a site or stream (labels `site` or `stream`, and `upstream`: the configured
+/// URL or address): 1 while up, else 0.
+pub const UPSTREAM_UP: &str = "local_proxy_upstream_up";
+/// Requests (sites), connections and flows (streams) sent to an upstream, retries included.
+pub const UPSTREAM_REQUESTS: &str = "local_proxy_upstream_requests_total";
+/// Failures of an upstream, by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`).
+pub const UPSTREAM_FAILURES: &str = "local_proxy_upstream_failures_total";
+/// Requests and connections that an upstream got as a retry after another one failed.
+pub const UPSTREAM_RETRIES: &str = "local_proxy_upstream_retries_total";
+/// Seconds to the response head (sites) or to the connect (streams), per upstream.
+pub const UPSTREAM_LATENCY: &str = "local_proxy_upstream_latency_seconds";
+/// Requests in flight, connections, flows and upgraded connections per upstream.
+pub const UPSTREAM_ACTIVE: &str = "local_proxy_upstream_active";
+/// Requests answered 503 and connections closed because no upstream was usable, by `site`
+/// or `stream`.
+pub const UPSTREAM_UNAVAILABLE: &str = "local_proxy_upstream_unavailable_total";
 /// Days until each ACME certificate expires, by `certificate` (its `live/` folder: from the
 /// config's names, so bounded).
 pub const ACME_DAYS_LEFT: &str = "local_proxy_acme_certificate_days_left";

@@ -1,57 +1,60 @@
-//! One TCP stream forward: connect to the LAN service under a deadline (from the client's own
-//! address for a transparent stream), optionally announce the client with a PROXY v2 header,
-//! then relay both ways with half-close and an idle bound.
+//! One TCP stream forward: pick an upstream of the stream's pool and connect under a deadline
+//! (from the client's own address for a transparent stream); a failed connect counts against
+//! that upstream and moves to the next usable one, so a refusing replica costs the client
+//! nothing. Then optionally announce the client with a PROXY v2 header and relay both ways
+//! with half-close and an idle bound. The connection holds its upstream (least_conn load)
+//! until it ends.
 
 use std::net::SocketAddr;
 
+use shared::health::{Outcome, Source};
 use shared::proxy_protocol::{self, Command, Transport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::admission::ClientInfo;
 use crate::config::Stream;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
+use crate::pool::{Active, Pool, Tried};
 use crate::transparent::{self, TransparentError};
 
-/// Relay `client` (already admitted, header consumed) to the stream's upstream.
-pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, stream: &Stream) {
+/// Relay `client` (already admitted, header consumed) to one of the stream's upstreams.
+pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, stream: &Stream, pool: &Pool) {
     let name = stream.name.clone();
-    let target = stream.upstream_for(local.port());
-    let upstream = if stream.transparent && transparent::usable(info.client, target) {
-        match transparent::connect_tcp(info.client, target, stream.connect_timeout).await {
-            Ok(s) => s,
-            Err(TransparentError::Timeout) => {
-                warn!(stream = %name, upstream = %target, "upstream connect timed out");
-                count(&name, "connect_timeout");
-                return;
+    let mut tried = Tried::default();
+    let (upstream, _held) = loop {
+        let Some(i) = pool.pick(tried) else {
+            if tried == Tried::default() {
+                pool.count_unavailable();
+                warn!(stream = %name, "no usable upstream; connection closed");
+                count(&name, "no_upstream");
             }
-            Err(e) => {
-                let result = if e.is_setup() { "transparent_failed" } else { "connect_failed" };
-                warn!(stream = %name, upstream = %target, client = %info.client, error = %e, "upstream connect failed");
+            return;
+        };
+        let retry = tried != Tried::default();
+        tried.insert(i);
+        let Some(state) = pool.state(i) else { return };
+        state.m_requests.increment(1);
+        if retry {
+            state.m_retries.increment(1);
+        }
+        let target = stream.upstream_for(i, local.port());
+        let start = Instant::now();
+        match connect(stream, &info, target).await {
+            Ok(s) => {
+                pool.record_ok(i, start.elapsed(), Source::Traffic);
+                break (s, Active::new(state.clone()));
+            }
+            Err((result, reason)) => {
                 count(&name, result);
-                return;
+                if result != "transparent_failed" {
+                    state.count_failure(if result == "connect_timeout" { "timeout" } else { "connect" });
+                    pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
+                }
             }
-        }
-    } else {
-        if stream.transparent {
-            // A mesh client (IPv6) to an IPv4 service, or the reverse: no way to use its address.
-            metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => name.clone(), "reason" => "family")
-                .increment(1);
-        }
-        match tokio::time::timeout(stream.connect_timeout, TcpStream::connect(target)).await {
-            Err(_) => {
-                warn!(stream = %name, upstream = %target, "upstream connect timed out");
-                count(&name, "connect_timeout");
-                return;
-            }
-            Ok(Err(e)) => {
-                warn!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
-                count(&name, "connect_failed");
-                return;
-            }
-            Ok(Ok(s)) => s,
         }
     };
     count(&name, "ok");
@@ -78,6 +81,41 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
             }
         }
         _ = activity.idle_for(stream.idle_timeout) => debug!(stream = %name, "stream idle, closed"),
+    }
+}
+
+/// Connect to `target`; on failure the metrics result and the reason.
+async fn connect(stream: &Stream, info: &ClientInfo, target: SocketAddr) -> Result<TcpStream, (&'static str, String)> {
+    let name = &stream.name;
+    if stream.transparent && transparent::usable(info.client, target) {
+        return match transparent::connect_tcp(info.client, target, stream.connect_timeout).await {
+            Ok(s) => Ok(s),
+            Err(TransparentError::Timeout) => {
+                warn!(stream = %name, upstream = %target, "upstream connect timed out");
+                Err(("connect_timeout", "connect timed out".into()))
+            }
+            Err(e) => {
+                let result = if e.is_setup() { "transparent_failed" } else { "connect_failed" };
+                warn!(stream = %name, upstream = %target, client = %info.client, error = %e, "upstream connect failed");
+                Err((result, e.to_string()))
+            }
+        };
+    }
+    if stream.transparent {
+        // A mesh client (IPv6) to an IPv4 service, or the reverse: no way to use its address.
+        metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => name.clone(), "reason" => "family")
+            .increment(1);
+    }
+    match tokio::time::timeout(stream.connect_timeout, TcpStream::connect(target)).await {
+        Err(_) => {
+            warn!(stream = %name, upstream = %target, "upstream connect timed out");
+            Err(("connect_timeout", "connect timed out".into()))
+        }
+        Ok(Err(e)) => {
+            warn!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
+            Err(("connect_failed", format!("connect: {e}")))
+        }
+        Ok(Ok(s)) => Ok(s),
     }
 }
 

@@ -8,7 +8,9 @@
 //! with a PROXY v2 header naming the client, which is stripped. A transparent stream binds
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
 //! out of the listening socket, which is bound to one WAN address, so they leave by the WAN
-//! the flow came in on.
+//! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
+//! opened (it counts as that upstream's load); when that upstream goes down, the flow's
+//! next datagram opens it anew on a usable one.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +32,7 @@ use tracing::{debug, warn};
 use crate::config::Stream;
 use crate::listeners::Origin;
 use crate::metrics::names;
+use crate::pool::{Active, Pool, Tried};
 use crate::state::State;
 use crate::transparent::{self, TransparentError};
 
@@ -40,6 +43,8 @@ type Inbound<'a> = (SocketAddr, SocketAddr, &'a [u8]);
 
 struct Flow {
     upstream: Arc<UdpSocket>,
+    /// The pool member the flow went to; held (counted as active) while the flow lives.
+    member: Active,
     /// PROXY v2 header sent with every datagram to the upstream, when configured.
     header: Option<Box<[u8]>>,
     active: Gauge,
@@ -160,6 +165,10 @@ async fn serve_flows(
         };
         let key = (sender, client);
         let now = now_ms();
+        if table.get(&key).is_some_and(|f| !f.member.is_up()) {
+            // Its upstream went down: this datagram opens the flow again on a usable one.
+            drop(table.remove(&key));
+        }
         if table.get(&key).is_none() {
             // Room first: a flood of new sources at the cap must not cost a socket each.
             let budget = stream_budget(&stream.name, stream.max_flows);
@@ -177,8 +186,10 @@ async fn serve_flows(
                 drop_count(&name, "flow_limit");
                 continue;
             };
+            let Some(pool) = state.pools.load().stream(&stream.name).cloned() else { continue };
             let Some(flow) =
-                open_flow(key, destination, local, stream, &socket, permits, now, epoch, &counters, flow_tasks).await
+                open_flow(key, destination, local, stream, &pool, &socket, permits, now, epoch, &counters, flow_tasks)
+                    .await
             else {
                 continue;
             };
@@ -239,6 +250,7 @@ async fn open_flow(
     destination: SocketAddr,
     local: SocketAddr,
     stream: &Stream,
+    pool: &Pool,
     socket: &Arc<UdpSocket>,
     permits: FlowPermits,
     now: u64,
@@ -246,7 +258,14 @@ async fn open_flow(
     counters: &Arc<Counters>,
     flow_tasks: &TaskTracker,
 ) -> Option<Flow> {
-    let target = stream.upstream_for(local.port());
+    let Some((index, member)) = pool.pick(Tried::default()).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
+        pool.count_unavailable();
+        drop_count(&stream.name, "no_upstream");
+        return None;
+    };
+    member.m_requests.increment(1);
+    let member = Active::new(member);
+    let target = stream.upstream_for(index, local.port());
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
         match transparent::udp(key.1, target).await {
             Ok(s) => s,
@@ -275,7 +294,7 @@ async fn open_flow(
     active.increment(1.0);
     let pump =
         flow_tasks.spawn(replies(upstream.clone(), socket.clone(), key.0, last.clone(), epoch, counters.clone()));
-    Some(Flow { upstream, header, active, life: FlowLife::new(last, pump, permits) })
+    Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits) })
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.

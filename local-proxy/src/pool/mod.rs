@@ -1,0 +1,425 @@
+//! Upstream pools: the upstreams of one site or stream, their health and the pick among them.
+//!
+//! Invariants (as in the ingress): the data path reads only atomics (`up`, `factor`,
+//! `active`, `drain`, `weight_override`) plus one short lock on the pool's round robin state
+//! per pick; the health state behind its mutex (`shared::health`) is touched once per probe or
+//! finished request/connect. Primaries serve while any is usable; backups only when none is.
+//! With nothing usable the pick answers `None` (the caller answers 503 / closes), counted.
+
+pub mod checks;
+pub mod probe;
+mod set;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use shared::balance::{Candidate, Policy, Selector};
+use shared::health::{HealthState, Outcome, Source, Transition};
+use tracing::{info, warn};
+
+use crate::config::upstreams::MAX_UPSTREAMS;
+use crate::config::Health;
+use crate::metrics::names;
+
+pub use set::Pools;
+
+/// `weight_override` value meaning "use the configured weight".
+pub const NO_OVERRIDE: u32 = u32::MAX;
+
+/// What a pool belongs to: the label key of its metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Site,
+    Stream,
+}
+
+impl Owner {
+    pub fn label(self) -> &'static str {
+        match self {
+            Owner::Site => "site",
+            Owner::Stream => "stream",
+        }
+    }
+}
+
+/// Health, load and counters of one upstream; survives a reload while the upstream (same
+/// set, same URL or address) stays configured.
+#[derive(Debug)]
+pub struct MemberState {
+    health: Mutex<HealthState>,
+    up: AtomicBool,
+    /// `f32` bits of the health factor (failure ratio only: LAN response times depend on
+    /// the request, not the upstream, so latency does not scale shares here).
+    factor: AtomicU32,
+    /// Requests in flight, open stream connections, UDP flows and upgraded (WebSocket)
+    /// connections on this upstream: the load of `least_conn` and `random_two`.
+    active: AtomicU64,
+    /// Runtime hook (admin API): while set, the upstream gets no new requests or
+    /// connections; those it has go on. Not a health verdict: probes keep running.
+    pub drain: AtomicBool,
+    /// Runtime hook (admin API): a weight used instead of the configured one, or
+    /// [`NO_OVERRIDE`]. Read at every pick, so a change applies to the next request.
+    pub weight_override: AtomicU32,
+    pub(crate) m_requests: Counter,
+    pub(crate) m_retries: Counter,
+    pub(crate) m_latency: Histogram,
+    m_up: Gauge,
+    m_active: Gauge,
+    labels: Vec<(&'static str, String)>,
+}
+
+impl MemberState {
+    fn new(owner: Owner, set: &str, upstream: &str) -> Self {
+        let labels = vec![(owner.label(), set.to_owned()), ("upstream", upstream.to_owned())];
+        let s = Self {
+            health: Mutex::new(HealthState::default()),
+            up: AtomicBool::new(true),
+            factor: AtomicU32::new(1.0f32.to_bits()),
+            active: AtomicU64::new(0),
+            drain: AtomicBool::new(false),
+            weight_override: AtomicU32::new(NO_OVERRIDE),
+            m_requests: metrics::counter!(names::UPSTREAM_REQUESTS, &labels),
+            m_retries: metrics::counter!(names::UPSTREAM_RETRIES, &labels),
+            m_latency: metrics::histogram!(names::UPSTREAM_LATENCY, &labels),
+            m_up: metrics::gauge!(names::UPSTREAM_UP, &labels),
+            m_active: metrics::gauge!(names::UPSTREAM_ACTIVE, &labels),
+            labels,
+        };
+        s.m_up.set(1.0);
+        s
+    }
+
+    /// Count one failure by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`).
+    pub fn count_failure(&self, result: &'static str) {
+        let mut labels = self.labels.clone();
+        labels.push(("result", result.to_owned()));
+        metrics::counter!(names::UPSTREAM_FAILURES, &labels).increment(1);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The health state machine's view (status pages, tests).
+    pub fn health_snapshot(&self) -> HealthState {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+/// One upstream as the pool sees it: label, configured weight, role, and its state.
+#[derive(Debug)]
+pub struct Member {
+    /// The URL or address as configured: the metrics label and the log field.
+    pub label: Arc<str>,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: Arc<MemberState>,
+}
+
+impl Member {
+    /// The weight picks use: the override if one is set, else the configured one, scaled by
+    /// the health factor; 0 while drained.
+    fn effective(&self) -> f64 {
+        if self.state.drain.load(Ordering::Relaxed) {
+            return 0.0;
+        }
+        let w = match self.state.weight_override.load(Ordering::Relaxed) {
+            NO_OVERRIDE => self.weight,
+            w => w,
+        };
+        f64::from(w) * f64::from(f32::from_bits(self.state.factor.load(Ordering::Relaxed)))
+    }
+
+    /// Up, not drained, with a weight above 0.
+    pub fn usable(&self) -> bool {
+        self.state.is_up() && self.effective() > 0.0
+    }
+}
+
+/// The upstreams already tried for one request or connection (bit i = member i).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn insert(&mut self, i: usize) {
+        self.0 |= 1u64.checked_shl(i as u32).unwrap_or(0);
+    }
+    pub fn contains(&self, i: usize) -> bool {
+        self.0 & 1u64.checked_shl(i as u32).unwrap_or(0) != 0
+    }
+}
+
+/// A request's, connection's or flow's hold on an upstream: counted as active until dropped.
+#[derive(Debug)]
+pub struct Active(Arc<MemberState>);
+
+impl Active {
+    pub fn new(state: Arc<MemberState>) -> Self {
+        let n = state.active.fetch_add(1, Ordering::Relaxed) + 1;
+        state.m_active.set(n as f64);
+        Self(state)
+    }
+
+    /// Whether the upstream held is up (a flow moves off one that went down).
+    pub fn is_up(&self) -> bool {
+        self.0.is_up()
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let n = self.0.active.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.0.m_active.set(n as f64);
+    }
+}
+
+/// The upstreams of one site or stream.
+#[derive(Debug)]
+pub struct Pool {
+    pub owner: Owner,
+    /// The site's host or the stream's name.
+    pub name: Arc<str>,
+    /// In configured order: member i is `upstreams.members[i]` of the config.
+    pub members: Vec<Member>,
+    pub balance: Policy,
+    pub health: Health,
+    pub critical: bool,
+    selector: Mutex<Selector>,
+    m_unavailable: Counter,
+}
+
+impl Pool {
+    /// Build a pool from `(label, weight, backup)` per upstream, reusing the state of
+    /// members with the same label in `previous` (a reload keeps their health).
+    pub fn new(
+        owner: Owner,
+        name: &str,
+        members: impl IntoIterator<Item = (String, u32, bool)>,
+        balance: Policy,
+        health: Health,
+        critical: bool,
+        previous: Option<&Pool>,
+    ) -> Self {
+        let members = members
+            .into_iter()
+            .take(MAX_UPSTREAMS)
+            .map(|(label, weight, backup)| {
+                let reuse =
+                    previous.and_then(|p| p.members.iter().find(|m| *m.label == *label)).map(|m| m.state.clone());
+                Member {
+                    state: reuse.unwrap_or_else(|| Arc::new(MemberState::new(owner, name, &label))),
+                    label: Arc::from(label),
+                    weight,
+                    backup,
+                }
+            })
+            .collect();
+        Self {
+            owner,
+            name: Arc::from(name),
+            members,
+            balance,
+            health,
+            critical,
+            selector: Mutex::default(),
+            m_unavailable: metrics::counter!(names::UPSTREAM_UNAVAILABLE, owner.label() => name.to_owned()),
+        }
+    }
+
+    /// The next upstream for a new request or connection: the policy among the usable
+    /// primaries not yet tried, else among the usable backups; `None` when none is left.
+    pub fn pick(&self, tried: Tried) -> Option<usize> {
+        self.select(tried, false).or_else(|| self.select(tried, true))
+    }
+
+    fn select(&self, tried: Tried, backup: bool) -> Option<usize> {
+        let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_UPSTREAMS];
+        let mut n = 0;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.backup != backup || tried.contains(i) || !m.state.is_up() {
+                continue;
+            }
+            let weight = m.effective();
+            if weight <= 0.0 {
+                continue;
+            }
+            let load = match self.balance {
+                Policy::RoundRobin => 0.0,
+                _ => m.state.active() as f64,
+            };
+            cands[n] = Candidate { index: i, weight, load };
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        // A poisoned lock only means a panic elsewhere mid-pick; the state is still usable.
+        let mut sel = self.selector.lock().unwrap_or_else(|e| e.into_inner());
+        sel.pick(self.balance, &cands[..n])
+    }
+
+    /// Whether any upstream could be picked now (what `critical` asks of the set).
+    pub fn any_usable(&self) -> bool {
+        self.members.iter().any(Member::usable)
+    }
+
+    /// Count a request or connection refused because no upstream was usable.
+    pub fn count_unavailable(&self) {
+        self.m_unavailable.increment(1);
+    }
+
+    /// Feed one outcome (probe, request, connect) into member `index`; `reason` says what
+    /// failed, for the log line when it takes the upstream down.
+    pub fn record(&self, index: usize, outcome: Outcome, source: Source, reason: Option<&str>) {
+        let Some(member) = self.members.get(index) else { return };
+        // Real traffic may take an upstream down only while another can serve.
+        let others = self.members.iter().enumerate().any(|(i, m)| i != index && m.state.is_up());
+        let transition = {
+            let mut h = member.state.health.lock().unwrap_or_else(|e| e.into_inner());
+            let t = h.record(outcome, source, self.health.rise, self.health.fall, others);
+            member.state.factor.store((h.factor(None) as f32).to_bits(), Ordering::Relaxed);
+            t
+        };
+        let Some(t) = transition else { return };
+        let up = t == Transition::WentUp;
+        member.state.up.store(up, Ordering::Relaxed);
+        member.state.m_up.set(if up { 1.0 } else { 0.0 });
+        let (key, name, upstream) = (self.owner.label(), &*self.name, &*member.label);
+        if up {
+            info!(set = key, name, upstream, ?source, "upstream up");
+        } else {
+            warn!(set = key, name, upstream, ?source, reason = reason.unwrap_or("failed"), "upstream down");
+        }
+        if !self.any_usable() {
+            warn!(set = key, name, "no upstream usable: requests are refused until one is back");
+        }
+    }
+
+    /// Record a successful exchange that took `latency`.
+    pub fn record_ok(&self, index: usize, latency: Duration, source: Source) {
+        if let Some(m) = self.members.get(index) {
+            m.state.m_latency.record(latency.as_secs_f64());
+        }
+        self.record(index, Outcome::Ok { latency }, source, None);
+    }
+
+    /// Member `index`'s state (hooks, guards).
+    pub fn state(&self, index: usize) -> Option<&Arc<MemberState>> {
+        self.members.get(index).map(|m| &m.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Check;
+
+    fn health() -> Health {
+        Health {
+            check: Check::None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            fail_on_5xx: false,
+        }
+    }
+
+    fn pool(members: &[(u32, bool)], balance: Policy, previous: Option<&Pool>) -> Pool {
+        let list = members.iter().enumerate().map(|(i, &(w, b))| (format!("http://10.0.0.{i}:80"), w, b));
+        Pool::new(Owner::Site, "t.example.org", list, balance, health(), false, previous)
+    }
+
+    fn shares(p: &Pool, n: usize) -> Vec<usize> {
+        let mut c = vec![0; p.members.len()];
+        for _ in 0..n {
+            c[p.pick(Tried::default()).unwrap()] += 1;
+        }
+        c
+    }
+
+    fn kill(p: &Pool, i: usize) {
+        p.record(i, Outcome::Failed, Source::Probe, Some("test"));
+        p.record(i, Outcome::Failed, Source::Probe, Some("test"));
+    }
+
+    #[test]
+    fn weights_shares_and_backups() {
+        let p = pool(&[(9, false), (1, false), (1, true)], Policy::RoundRobin, None);
+        assert_eq!(shares(&p, 2000), [1800, 200, 0]);
+        kill(&p, 0);
+        assert_eq!(shares(&p, 100), [0, 100, 0]);
+        kill(&p, 1);
+        assert_eq!(shares(&p, 100), [0, 0, 100], "backups serve only when no primary is up");
+        kill(&p, 2);
+        assert_eq!(p.pick(Tried::default()), None);
+        assert!(!p.any_usable());
+        p.record_ok(0, Duration::from_millis(1), Source::Probe);
+        p.record_ok(0, Duration::from_millis(1), Source::Probe);
+        assert_eq!(p.pick(Tried::default()), Some(0));
+    }
+
+    #[test]
+    fn retries_walk_every_usable_upstream_once() {
+        let p = pool(&[(1, false), (1, false), (1, true)], Policy::RoundRobin, None);
+        let mut tried = Tried::default();
+        let mut order = Vec::new();
+        while let Some(i) = p.pick(tried) {
+            tried.insert(i);
+            order.push(i);
+        }
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], 2, "the backup comes after the primaries");
+    }
+
+    #[test]
+    fn drain_and_weight_override_hooks_apply_at_once() {
+        let p = pool(&[(1, false), (1, false)], Policy::RoundRobin, None);
+        p.members[0].state.drain.store(true, Ordering::Relaxed);
+        assert_eq!(shares(&p, 10), [0, 10]);
+        p.members[0].state.drain.store(false, Ordering::Relaxed);
+        p.members[1].state.weight_override.store(3, Ordering::Relaxed);
+        assert_eq!(shares(&p, 400), [100, 300]);
+    }
+
+    #[test]
+    fn least_conn_counts_held_connections() {
+        let p = pool(&[(1, false), (1, false)], Policy::LeastConn, None);
+        let _ws = Active::new(p.members[0].state.clone());
+        assert_eq!(shares(&p, 10), [0, 10]);
+        let p = pool(&[(1, false), (1, false)], Policy::RandomTwo, None);
+        let held = Active::new(p.members[1].state.clone());
+        assert_eq!(shares(&p, 10), [10, 0]);
+        drop(held);
+        assert_eq!(p.members[1].state.active(), 0);
+    }
+
+    #[test]
+    fn passive_failures_keep_the_last_upstream() {
+        let p = pool(&[(1, false)], Policy::RoundRobin, None);
+        for _ in 0..5 {
+            p.record(0, Outcome::Failed, Source::Traffic, Some("refused"));
+        }
+        assert!(p.members[0].state.is_up());
+        let p = pool(&[(1, false), (1, false)], Policy::RoundRobin, None);
+        p.record(0, Outcome::Failed, Source::Traffic, Some("refused"));
+        p.record(0, Outcome::Failed, Source::Traffic, Some("refused"));
+        assert!(!p.members[0].state.is_up());
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_upstreams_and_takes_new_weights() {
+        let p = pool(&[(1, false), (1, false)], Policy::RoundRobin, None);
+        kill(&p, 1);
+        let q = pool(&[(1, false), (5, false), (2, false)], Policy::RoundRobin, Some(&p));
+        assert!(q.members[0].state.is_up() && !q.members[1].state.is_up() && q.members[2].state.is_up());
+        assert!(Arc::ptr_eq(&p.members[0].state, &q.members[0].state));
+        assert_eq!(shares(&q, 300), [100, 0, 200]);
+    }
+}

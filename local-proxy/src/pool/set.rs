@@ -1,0 +1,129 @@
+//! Every pool of one config generation, by site host and stream name, and their check tasks.
+//! A reload builds the next generation from the previous one (members that stay keep their
+//! state), stops the old checks and starts the new ones.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderValue, Uri};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use super::probe::Probe;
+use super::{checks, Owner, Pool};
+use crate::config::{Check, Config, Protocol};
+use crate::http::upstream;
+
+/// The pools of one config generation.
+#[derive(Debug, Default)]
+pub struct Pools {
+    sites: HashMap<String, Arc<Pool>>,
+    streams: HashMap<String, Arc<Pool>>,
+    /// Stops this generation's check tasks.
+    checks: Mutex<Option<CancellationToken>>,
+}
+
+impl Pools {
+    /// Pools for `config`, keeping the member state of `previous` where the same site or
+    /// stream still has the same upstream.
+    pub fn build(config: &Config, previous: Option<&Pools>) -> Self {
+        let mut pools = Pools::default();
+        for site in &config.sites {
+            let members = site.upstreams.members.iter().map(|m| (m.target.to_string(), m.weight, m.backup));
+            let prev = previous.and_then(|p| p.sites.get(&site.host)).map(|p| &**p);
+            let u = &site.upstreams;
+            let pool = Pool::new(Owner::Site, &site.host, members, u.balance, u.health.clone(), u.critical, prev);
+            pools.sites.insert(site.host.clone(), Arc::new(pool));
+        }
+        for stream in &config.streams {
+            let members = stream.upstreams.members.iter().map(|m| (m.target.to_string(), m.weight, m.backup));
+            let prev = previous.and_then(|p| p.streams.get(&stream.name)).map(|p| &**p);
+            let u = &stream.upstreams;
+            let pool = Pool::new(Owner::Stream, &stream.name, members, u.balance, u.health.clone(), u.critical, prev);
+            pools.streams.insert(stream.name.clone(), Arc::new(pool));
+        }
+        pools
+    }
+
+    pub fn site(&self, host: &str) -> Option<&Arc<Pool>> {
+        self.sites.get(host)
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.streams.get(name)
+    }
+
+    /// Every pool, sites first (status pages, the admin API).
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.sites.values().chain(self.streams.values())
+    }
+
+    /// The first `critical` site or stream with no usable upstream, as "site NAME" /
+    /// "stream NAME": while there is one, the proxy answers its own health probes unhealthy.
+    pub fn critical_down(&self) -> Option<String> {
+        let mut down: Vec<&Arc<Pool>> = self.iter().filter(|p| p.critical && !p.any_usable()).collect();
+        down.sort_by(|a, b| a.name.cmp(&b.name));
+        down.first().map(|p| format!("{} {} has no healthy upstream", p.owner.label(), p.name))
+    }
+
+    /// Start the active checks configured in `config` (children of `parent`, on `tasks`).
+    pub fn start_checks(&self, config: &Config, tasks: &TaskTracker, parent: &CancellationToken) {
+        let stop = parent.child_token();
+        for site in &config.sites {
+            let Check::Http { path, host, status } = &site.upstreams.health.check else { continue };
+            let Some(pool) = self.sites.get(&site.host) else { continue };
+            // The site's own TLS settings, but a fresh connection per probe: a probe must
+            // see a refused connect or a bad certificate, not a pooled connection's past.
+            let client = match upstream::client(site, config.http.upstream_connect_timeout, false) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    warn!(site = %site.host, error = %e, "health checks off: no client");
+                    continue;
+                }
+            };
+            let host = host.as_deref().unwrap_or(&site.host);
+            let Ok(host) = HeaderValue::from_str(host) else { continue };
+            let probes = site
+                .upstreams
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let uri = format!("{}{path}", m.target).parse::<Uri>().ok()?;
+                    Some(Probe::Http { client: client.clone(), uri, host: host.clone(), status: status.clone() })
+                })
+                .collect::<Vec<_>>();
+            if probes.len() == pool.members.len() {
+                tasks.spawn(checks::run(pool.clone(), probes, stop.clone()));
+            }
+        }
+        for stream in &config.streams {
+            let Some(pool) = self.streams.get(&stream.name) else { continue };
+            // A range is checked on its first port.
+            let first = |i: usize| stream.upstream_for(i, stream.listen_ports.first);
+            let probes: Vec<Probe> = match (&stream.upstreams.health.check, stream.protocol) {
+                (Check::Tcp, Protocol::Tcp) => (0..pool.members.len()).map(|i| Probe::Tcp(first(i))).collect(),
+                (Check::Udp { send, expect }, Protocol::Udp) => (0..pool.members.len())
+                    .map(|i| Probe::Udp {
+                        addr: first(i),
+                        send: Arc::from(send.as_slice()),
+                        expect: expect.as_deref().map(Arc::from),
+                    })
+                    .collect(),
+                _ => continue,
+            };
+            tasks.spawn(checks::run(pool.clone(), probes, stop.clone()));
+        }
+        let old = self.checks.lock().unwrap_or_else(|e| e.into_inner()).replace(stop);
+        if let Some(old) = old {
+            old.cancel();
+        }
+    }
+
+    /// Stop this generation's checks (a newer one took over).
+    pub fn stop_checks(&self) {
+        if let Some(t) = self.checks.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.cancel();
+        }
+    }
+}
