@@ -20,6 +20,8 @@ pub mod names {
     pub const PATH_ACTIVE: &str = "ingress_path_active_connections";
     pub const MESH_FAILOVERS: &str = "ingress_mesh_failovers_total";
     pub const LISTENER_ACCEPTED: &str = "ingress_listener_accepted_total";
+    pub const PATH_HAS_ADDRESS: &str = "ingress_path_has_address";
+    pub const PATH_DNS_LOOKUPS: &str = "ingress_path_dns_lookups_total";
 }
 
 /// Where the admin endpoint listens inside each ingress namespace.
@@ -31,6 +33,8 @@ pub struct PathCfg {
     pub name: String,
     pub address: IpAddr,
     pub weight: u32,
+    /// A DNS name to use instead of `address`, with its `family` (paths by name).
+    pub host: Option<(String, &'static str)>,
 }
 
 /// Active health checks.
@@ -61,6 +65,8 @@ pub struct IngressConfig {
     pub connect_timeout: Duration,
     pub health: HealthCfg,
     pub services: Vec<ServiceCfg>,
+    /// The body of a `[resolver]` section (paths by name), if any.
+    pub resolver: Option<String>,
 }
 
 impl IngressConfig {
@@ -69,8 +75,8 @@ impl IngressConfig {
         Self {
             admin_listen: ADMIN.into(),
             paths: vec![
-                PathCfg { name: "wan1".into(), address: addr::WAN1.into(), weight: 3 },
-                PathCfg { name: "wan2".into(), address: addr::WAN2.into(), weight: 1 },
+                PathCfg { name: "wan1".into(), address: addr::WAN1.into(), weight: 3, host: None },
+                PathCfg { name: "wan2".into(), address: addr::WAN2.into(), weight: 1, host: None },
             ],
             mesh,
             connect_timeout: Duration::from_millis(300),
@@ -86,6 +92,7 @@ impl IngressConfig {
                 listen: vec![format!("0.0.0.0:{}", addr::ECHO_PORT)],
                 upstream_port: Some(addr::ECHO_PORT),
             }],
+            resolver: None,
         }
     }
 
@@ -94,11 +101,20 @@ impl IngressConfig {
         let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
         let mut s = String::new();
         let _ = writeln!(s, "[admin]\nlisten = \"{}\"\n", self.admin_listen);
+        if let Some(r) = &self.resolver {
+            let _ = writeln!(s, "[resolver]\n{r}\n");
+        }
         let _ = writeln!(s, "[pool.home]");
         let paths: Vec<String> = self
             .paths
             .iter()
-            .map(|p| format!("{{ name = \"{}\", address = \"{}\", weight = {} }}", p.name, p.address, p.weight))
+            .map(|p| match &p.host {
+                None => format!("{{ name = \"{}\", address = \"{}\", weight = {} }}", p.name, p.address, p.weight),
+                Some((host, family)) => format!(
+                    "{{ name = \"{}\", address = \"{host}\", family = \"{family}\", weight = {} }}",
+                    p.name, p.weight
+                ),
+            })
             .collect();
         let _ = writeln!(s, "paths = [ {} ]", paths.join(", "));
         if let Some(m) = self.mesh {

@@ -1,0 +1,215 @@
+//! Home WAN paths given by DNS name (issue 11), with a real authoritative server (knot) whose
+//! records change by dynamic update while traffic runs:
+//! 1. the ingress nodes start with DNS down: they serve over the mesh tier, and move to the
+//!    WANs once DNS answers;
+//! 2. at 200 new connections/s through both nodes, wan1's name moves to a new home address (the
+//!    home gets the new address, the old one is removed): zero failed connects, and traffic on
+//!    the new address within TTL + one probe interval (printed);
+//! 3. DNS stopped: the last known addresses are kept, traffic unaffected;
+//! 4. wan2's name removed (NXDOMAIN): wan2 down, everything on wan1; restored: wan2 back.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netns::ingress::{names, IngressConfig};
+use netns::knot::{self, Knot};
+use netns::loadgen::Record;
+use netns::scenario::{self, path_counts};
+use netns::topology::{addr, Options, Role, Topology};
+use netns::unix_ms;
+use netns::wait::{check, wait_until};
+
+/// The records' TTL: short, so the scenario is quick; `min_refresh` is below it.
+const TTL: u32 = 2;
+/// wan1's address after the "ISP re-dial" (same link, same /24).
+const WAN1_NEW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// The ingress health interval (the standard config's).
+const PROBE_INTERVAL_MS: u64 = 500;
+
+fn config(t: &Topology) -> IngressConfig {
+    let mut cfg = IngressConfig::standard(t.home_mesh_addr());
+    for p in &mut cfg.paths {
+        p.host = Some((format!("{}.{}", p.name, knot::ZONE), "ipv4"));
+    }
+    cfg.resolver = Some(format!(
+        "nameservers = [\"{}\"]\nmin_refresh = \"1s\"\nmax_refresh = \"30s\"\ntimeout = \"1s\"",
+        knot::DNS
+    ));
+    cfg
+}
+
+/// Which home address a reply's backend names (`wan1-new` for the moved address).
+fn backend_of(t: &Topology, r: &Record) -> &'static str {
+    match r.backend.as_deref().and_then(|b| b.parse::<SocketAddr>().ok()).map(|s| s.ip()) {
+        Some(ip) if ip == IpAddr::from(WAN1_NEW) => "wan1-new",
+        _ => r.backend.as_deref().map(|b| t.path_of(b)).unwrap_or("unknown"),
+    }
+}
+
+fn assert_no_failed_connects(records: &[Record], fault_done: u64, what: &str) {
+    let (in_flight, failed) = scenario::split_failures(records, fault_done);
+    assert!(
+        failed.is_empty(),
+        "{what}: {} client connections failed:\n{}",
+        failed.len(),
+        scenario::describe_failures(&failed, fault_done)
+    );
+    if !in_flight.is_empty() {
+        eprintln!("{what}: {} connections in flight on the removed address broke", in_flight.len());
+    }
+}
+
+#[test]
+fn wan_paths_follow_their_names() {
+    let start = Instant::now();
+    let mut t = common::build(Options::default());
+    let records = [("wan1", IpAddr::from(addr::WAN1)), ("wan2", IpAddr::from(addr::WAN2))];
+    let mut dns = Knot::start(t.ns(Role::Inet), &t.tag, t.dir(), TTL, &records).expect("knot");
+    let cfg = config(&t);
+
+    // 1. DNS down at start: the paths have no address; the mesh tier serves.
+    dns.stop().expect("stop knot");
+    for role in [Role::Ingress1, Role::Ingress2] {
+        t.start_ingress(role, &cfg).expect("start ingress");
+    }
+    let served_by = t.probe_echo(Role::Client, SocketAddr::from((addr::INGRESS1, addr::ECHO_PORT))).expect("echo");
+    assert_eq!(t.path_of(&served_by), "mesh", "with no WAN address known, the mesh tier serves");
+    wait_until("failed lookups counted", Duration::from_secs(10), Duration::from_millis(100), || {
+        let m = t.scrape(Role::Ingress1)?;
+        let failed = m.sum(names::PATH_DNS_LOOKUPS, &[("path", "wan1"), ("result", "failed")]);
+        check(m.get(names::PATH_HAS_ADDRESS, &[("path", "wan1")]) == Some(0.0) && failed >= 1.0, || {
+            format!("has_address {:?}, failed lookups {failed}", m.get(names::PATH_HAS_ADDRESS, &[("path", "wan1")]))
+        })
+    })
+    .expect("wan1 has no address and its lookups fail");
+    common::phase(start, "started with DNS down: served over the mesh tier");
+    let dns_up = Instant::now();
+    dns.run().expect("restart knot");
+    for role in [Role::Ingress1, Role::Ingress2] {
+        scenario::wait_paths(&t, role, &[("wan1", true), ("wan2", true)], Duration::from_secs(40))
+            .expect("the WANs come up once DNS answers");
+    }
+    let took = dns_up.elapsed();
+    let served_by = t.probe_echo(Role::Client, SocketAddr::from((addr::INGRESS2, addr::ECHO_PORT))).expect("echo");
+    assert_ne!(t.path_of(&served_by), "mesh", "traffic left the mesh tier");
+    common::report(&format!(
+        "RESULT dns paths: started with DNS down on the mesh tier; WANs up {} ms after DNS answered",
+        took.as_millis()
+    ));
+
+    // 2. wan1's name moves under 200 new connections/s.
+    let home = t.ns(Role::Home).to_string();
+    netns::cmd::sysctl(&home, &[("net.ipv4.conf.wan1.promote_secondaries", "1")]).expect("promote_secondaries");
+    let mut argv = vec![t.bins.echo_server.display().to_string()];
+    for port in [addr::ECHO_PORT, addr::HEALTH_PORT] {
+        argv.push("--listen".into());
+        argv.push(SocketAddr::from((WAN1_NEW, port)).to_string());
+    }
+    let run = t
+        .start_load(
+            Role::Client,
+            "load-move",
+            scenario::standard_load(Duration::from_millis(5), Duration::from_secs(12)),
+        )
+        .expect("start load");
+    std::thread::sleep(Duration::from_secs(3));
+    let moved_at = unix_ms();
+    netns::cmd::ip(&home, &["addr", "add", &format!("{WAN1_NEW}/24"), "dev", "wan1"]).expect("new address");
+    netns::cmd::ip(&home, &["rule", "add", "from", &WAN1_NEW.to_string(), "table", addr::WAN1_TABLE, "pref", "100"])
+        .expect("source route for the new address");
+    t.spawn(Role::Home, "backend-wan1-new", &argv).expect("echo on the new address");
+    dns.set("wan1", &[IpAddr::from(WAN1_NEW)]).expect("move wan1's name");
+    netns::cmd::ip(&home, &["addr", "del", &format!("{}/24", addr::WAN1), "dev", "wan1"]).expect("drop old address");
+    let move_done = unix_ms();
+    common::phase(start, "wan1's name moved to the new address; the old one is gone");
+    let r = run.finish(&mut t).expect("load result");
+    let s = &r.summary;
+    common::phase(start, &format!("load done: {} started, {} ok, {} failed", s.started, s.ok, s.failed));
+    assert_no_failed_connects(&r.records, move_done, "moving wan1");
+    let first_new = r
+        .records
+        .iter()
+        .filter(|x| x.ok && backend_of(&t, x) == "wan1-new")
+        .map(|x| x.start_ms)
+        .min()
+        .expect("traffic reached wan1's new address");
+    let per: std::collections::BTreeMap<&str, usize> =
+        r.records.iter().filter(|x| x.ok && x.start_ms >= first_new).fold(Default::default(), |mut m, x| {
+            *m.entry(backend_of(&t, x)).or_default() += 1;
+            m
+        });
+    common::report(&format!(
+        "RESULT dns paths: wan1 moved at 200 conn/s: first connection on the new address {} ms after the \
+         update (TTL {} s + probe interval {} ms = {} ms); {} of {} connections ok; afterwards {per:?}",
+        first_new.saturating_sub(moved_at),
+        TTL,
+        PROBE_INTERVAL_MS,
+        u64::from(TTL) * 1000 + PROBE_INTERVAL_MS,
+        s.ok,
+        s.started
+    ));
+    assert!(
+        per.get("wan1-new").copied().unwrap_or(0) > per.get("wan2").copied().unwrap_or(0),
+        "weight 3:1 holds on the new address: {per:?}"
+    );
+
+    // 3. DNS stopped: last known addresses kept, traffic unaffected.
+    dns.stop().expect("stop knot");
+    let run = t
+        .start_load(
+            Role::Client,
+            "load-dns-down",
+            scenario::standard_load(Duration::from_millis(10), Duration::from_secs(6)),
+        )
+        .expect("start load");
+    let r = run.finish(&mut t).expect("load result");
+    assert_no_failed_connects(&r.records, 0, "DNS down");
+    let per = path_counts(&t, &r.records, 0, u64::MAX);
+    let on_new = r.records.iter().filter(|x| x.ok && backend_of(&t, x) == "wan1-new").count();
+    assert!(on_new > 0 && !per.contains_key("mesh"), "DNS down changes nothing: {per:?}, wan1-new {on_new}");
+    let m = t.scrape(Role::Ingress1).expect("scrape");
+    let failed = m.sum(names::PATH_DNS_LOOKUPS, &[("path", "wan1"), ("result", "failed")]);
+    common::report(&format!(
+        "RESULT dns paths: DNS down 6 s: {} of {} connections ok, wan1 kept its address ({on_new} on it)",
+        r.summary.ok, r.summary.started
+    ));
+    eprintln!("failed lookups of wan1 so far on ingress1: {failed}");
+
+    // 4. wan2's name removed: wan2 down, all on wan1; restored: back.
+    dns.run().expect("restart knot");
+    dns.set("wan2", &[]).expect("remove wan2's name");
+    let removed = Instant::now();
+    for role in [Role::Ingress1, Role::Ingress2] {
+        scenario::wait_paths(&t, role, &[("wan2", false), ("wan1", true)], Duration::from_secs(15))
+            .expect("wan2 down once its name has no record");
+    }
+    let down_after = removed.elapsed();
+    let m = t.scrape(Role::Ingress1).expect("scrape");
+    assert_eq!(m.get(names::PATH_HAS_ADDRESS, &[("path", "wan2")]), Some(0.0));
+    let run = t
+        .start_load(Role::Client, "load-nx", scenario::standard_load(Duration::from_millis(10), Duration::from_secs(3)))
+        .expect("start load");
+    let r = run.finish(&mut t).expect("load result");
+    assert_no_failed_connects(&r.records, 0, "wan2 without a record");
+    let on_wan2 = r.records.iter().filter(|x| x.ok && backend_of(&t, x) == "wan2").count();
+    assert_eq!(on_wan2, 0, "nothing goes to a path whose name has no record");
+    let restored = Instant::now();
+    dns.set("wan2", &[IpAddr::from(addr::WAN2)]).expect("restore wan2's name");
+    for role in [Role::Ingress1, Role::Ingress2] {
+        scenario::wait_paths(&t, role, &[("wan2", true)], Duration::from_secs(15)).expect("wan2 back");
+    }
+    let back_after = restored.elapsed();
+    wait_until("wan2 carries traffic again", Duration::from_secs(10), Duration::from_millis(100), || {
+        let b = t.probe_echo(Role::Client, SocketAddr::from((addr::INGRESS1, addr::ECHO_PORT)))?;
+        check(t.path_of(&b) == "wan2", || format!("served by {b}"))
+    })
+    .expect("wan2 used again");
+    common::report(&format!(
+        "RESULT dns paths: wan2's name removed: down after {} ms, every connection on wan1; restored: up after {} ms (TTL {TTL} s)",
+        down_after.as_millis(),
+        back_after.as_millis()
+    ));
+    drop(dns);
+}
