@@ -129,6 +129,8 @@ pub struct Tracker {
     statics: BTreeSet<IpAddr>,
     entries: BTreeMap<Query, Entry>,
     policy: Policy,
+    /// A tracker this one replaced had an answer (see [`Tracker::inherit`]).
+    answered_before: bool,
 }
 
 impl Tracker {
@@ -153,7 +155,27 @@ impl Tracker {
             .filter(|q| q.name < names.len())
             .map(|q| (q, Entry { addrs: BTreeSet::new(), answered: false, next: now, in_flight: false, failures: 0 }))
             .collect();
-        Self { names, statics, entries, policy }
+        Self { names, statics, entries, policy, answered_before: false }
+    }
+
+    /// Takes over what `old` knows (a reload replacing the names or the policy): each lookup
+    /// of a name both trackers list, in the same family, keeps its last known addresses, its
+    /// answered flag, its failure count and its next time, moved no later than `now` plus the
+    /// new `max_refresh` (a lookup `old` had in flight is due at once). Lookups only this
+    /// tracker has stay due at `now`. Whether `old` ever had an answer carries over, so
+    /// `on_no_answer = "open"` does not open a list again that DNS has already answered.
+    pub fn inherit(&mut self, old: &Tracker, now: Instant) {
+        let latest = crate::ports::deadline(now, self.policy.max_refresh);
+        for (q, e) in self.entries.iter_mut() {
+            let Some(name) = self.names.get(q.name) else { continue };
+            let Some(index) = old.names.iter().position(|n| n == name) else { continue };
+            let Some(before) = old.entries.get(&Query { name: index, family: q.family }) else { continue };
+            e.addrs = before.addrs.clone();
+            e.answered = before.answered;
+            e.failures = before.failures;
+            e.next = if before.in_flight { now } else { before.next.min(latest) };
+        }
+        self.answered_before = old.any_answer();
     }
 
     /// What is known of one lookup: its last known addresses, whether it was ever answered,
@@ -213,9 +235,10 @@ impl Tracker {
         change
     }
 
-    /// Whether any lookup has been answered (addresses or "no such record").
+    /// Whether any lookup has been answered (addresses or "no such record"), here or in a
+    /// tracker this one inherited from.
     pub fn any_answer(&self) -> bool {
-        self.entries.values().any(|e| e.answered)
+        self.answered_before || self.entries.values().any(|e| e.answered)
     }
 
     /// What the firewall should hold now.
@@ -415,6 +438,74 @@ mod tests {
         assert_eq!(t.state(q(0, Family::V6)), Some((&[ip("2001:db8::1")].into(), true, 0)));
         assert_eq!(t.state(q(1, Family::V4)), Some((&BTreeSet::new(), false, 1)));
         assert_eq!(t.state(q(0, Family::V4)), None);
+    }
+
+    #[test]
+    fn inherit_keeps_names_that_stay_and_asks_new_ones_at_once() {
+        let t0 = Instant::now();
+        let mut old = tracker(&["a.example", "b.example", "gone.example"], &[], OnNoAnswer::Closed, t0);
+        old.due(t0);
+        old.record(q(0, Family::V4), addrs(&["192.0.2.11"], 30), t0);
+        old.record(q(0, Family::V6), addrs(&["2001:db8::11"], 50), t0);
+        old.record(q(1, Family::V4), addrs(&["192.0.2.19"], 40), t0);
+        old.record(q(1, Family::V6), failed(), t0);
+        old.record(q(2, Family::V4), addrs(&["192.0.2.99"], 30), t0);
+        old.record(q(2, Family::V6), Outcome::NoRecords { ttl: None }, t0);
+        // The new list: b and a swap places, gone leaves, new arrives; max_refresh shrinks.
+        let t1 = t0 + Duration::from_secs(1);
+        let policy =
+            Policy { min_refresh: MIN, max_refresh: Duration::from_secs(20), on_no_answer: OnNoAnswer::Closed };
+        let names = ["b.example", "new.example", "a.example"].map(String::from).to_vec();
+        let mut t = Tracker::new(names, BTreeSet::new(), policy, t1);
+        t.inherit(&old, t1);
+        // Kept names keep their addresses: no gap, and gone.example's address is not carried.
+        assert_eq!(t.allowlist(), only(&["192.0.2.11", "2001:db8::11", "192.0.2.19"]));
+        assert_eq!(t.addresses_of(0), [ip("192.0.2.19")].into());
+        assert_eq!(t.addresses_of(2), [ip("192.0.2.11"), ip("2001:db8::11")].into());
+        assert_eq!(t.state(q(0, Family::V6)), Some((&BTreeSet::new(), false, 1)));
+        // Only the new name is due at once; the kept ones keep their time, at most now + the
+        // new max_refresh (a's A record was due at t0+30, now t1+20; b's AAAA retry stays).
+        let mut due = t.due(t1);
+        due.sort();
+        assert_eq!(due, vec![q(1, Family::V4), q(1, Family::V6)]);
+        assert_eq!(t.entries[&q(2, Family::V4)].next, t1 + Duration::from_secs(20));
+        assert_eq!(t.entries[&q(0, Family::V6)].next, t0 + MIN);
+        assert_eq!(t.entries[&q(0, Family::V4)].next, t1 + Duration::from_secs(20));
+        // The new name's answer adds to the list; nothing else moves.
+        t.record(q(1, Family::V4), addrs(&["192.0.2.27"], 30), t1);
+        assert_eq!(t.allowlist(), only(&["192.0.2.11", "2001:db8::11", "192.0.2.19", "192.0.2.27"]));
+        // A lookup the old tracker had in flight is asked again at once.
+        let t2 = t0 + MAX;
+        let mut busy = tracker(&["a.example"], &[], OnNoAnswer::Closed, t0);
+        busy.due(t0);
+        busy.record(q(0, Family::V4), addrs(&["192.0.2.11"], 1), t0);
+        busy.record(q(0, Family::V6), addrs(&["2001:db8::11"], 60), t0);
+        assert_eq!(busy.due(t2), vec![q(0, Family::V4), q(0, Family::V6)]);
+        let mut after = tracker(&["a.example"], &[], OnNoAnswer::Closed, t2);
+        after.inherit(&busy, t2);
+        assert_eq!(after.due(t2).len(), 2);
+        assert_eq!(after.allowlist(), only(&["192.0.2.11", "2001:db8::11"]));
+    }
+
+    #[test]
+    fn inherited_answer_keeps_open_mode_closed() {
+        let t0 = Instant::now();
+        let mut old = tracker(&["a.example"], &[], OnNoAnswer::Open, t0);
+        old.due(t0);
+        old.record(q(0, Family::V4), Outcome::NoRecords { ttl: None }, t0);
+        old.record(q(0, Family::V6), failed(), t0);
+        assert_eq!(old.allowlist(), only(&[]));
+        // Only new names, none answered yet: DNS has answered before, so the list stays closed.
+        let mut t = tracker(&["b.example"], &[], OnNoAnswer::Open, t0);
+        assert_eq!(t.allowlist(), Allowlist::Open);
+        t.inherit(&old, t0);
+        assert!(t.any_answer());
+        assert_eq!(t.allowlist(), only(&[]));
+        // Never answered before: a reload stays open until the first answer, as at start-up.
+        let never = tracker(&["a.example"], &[], OnNoAnswer::Open, t0);
+        let mut t = tracker(&["b.example"], &[], OnNoAnswer::Open, t0);
+        t.inherit(&never, t0);
+        assert_eq!(t.allowlist(), Allowlist::Open);
     }
 
     #[test]
