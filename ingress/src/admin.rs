@@ -1,51 +1,150 @@
 //! The admin listener (the shared hyper server, `shared::admin`): `GET /metrics`
-//! (Prometheus text), `GET /status` (one line per path) and `GET /healthz`.
+//! (Prometheus text), `GET /healthz`, `GET /status` (JSON, see `status`), `GET /` (the
+//! status page, see `page`) and runtime control (`POST /api/drain`, `/api/undrain`,
+//! `/api/weight`), which needs the bearer token of `admin.token_file`: without one
+//! configured the control endpoints are off (403); a missing or wrong token is refused
+//! (401), counted and logged.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use http::StatusCode;
-use shared::admin::{Reply, Routes};
+use http::{Method, StatusCode};
+use metrics::counter;
+use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
 
-use crate::pool::Kind;
+use crate::control::Event;
+use crate::metrics as m;
+use crate::pool::Path;
 use crate::runtime::Shared;
 
 /// Serve until the task is aborted (a reload that moves the listener, or shutdown).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let status = shared.clone();
+    let (status, page) = (shared.clone(), shared.clone());
+    let control = |action: Action| {
+        let shared = shared.clone();
+        move |c: &Call<'_>| control(&shared, c, action)
+    };
     let routes = Routes::new()
         .get("/metrics", || Reply::metrics(crate::metrics::render()))
-        .get("/status", move || Reply::text(StatusCode::OK, status_text(&status)))
-        .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"));
+        .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"))
+        .get("/status", move || status_json(&status))
+        .route(Method::GET, "/", move |c| {
+            let live_only = c.param("part").as_deref() == Some("live");
+            Reply::html(crate::page::render(&crate::status::collect(&page), live_only))
+        })
+        .route(Method::POST, "/api/drain", control(Action::Drain))
+        .route(Method::POST, "/api/undrain", control(Action::Undrain))
+        .route(Method::POST, "/api/weight", control(Action::Weight));
     shared::admin::serve(listener, routes, std::future::pending()).await;
 }
 
-fn status_text(shared: &Shared) -> String {
-    let rt = shared.runtime();
-    let mut out = String::new();
-    for pool in rt.pools.values() {
-        let tier = if pool.on_mesh() { "mesh" } else { "wan" };
-        let _ = writeln!(out, "pool {} tier={tier} balance={}", pool.name, pool.cfg.balance.as_str());
-        for p in &pool.paths {
-            let h = p.health_snapshot();
-            let _ = writeln!(
-                out,
-                "  path {:<8} {:<40} {:<4} weight={} factor={:.2} connections={} flows={} rate={}B/s busy={:.2} fail_avg={:.2} latency={}",
-                p.name,
-                p.ip().map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-                if p.is_up() { "up" } else { "down" },
-                p.weight,
-                p.factor(),
-                p.active(Kind::Tcp),
-                p.active(Kind::Udp),
-                p.rate(),
-                p.busy(),
-                h.fail_avg,
-                h.latency_avg.map(|l| format!("{:.1}ms", l.as_secs_f64() * 1e3)).unwrap_or_else(|| "-".into()),
-            );
+fn status_json(shared: &Shared) -> Reply {
+    match serde_json::to_string_pretty(&crate::status::collect(shared)) {
+        Ok(mut body) => {
+            body.push('\n');
+            Reply::json(StatusCode::OK, body)
+        }
+        Err(e) => Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Drain,
+    Undrain,
+    Weight,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Drain => "drain",
+            Action::Undrain => "undrain",
+            Action::Weight => "weight",
         }
     }
-    let _ = writeln!(out, "connections {}", shared.open_connections());
-    out
+}
+
+/// One control request: authenticate, find the path, apply, record who did what.
+fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
+    let rt = shared.runtime();
+    let Some(token) = &rt.config.admin_token else {
+        return Reply::text(StatusCode::FORBIDDEN, "runtime control is off: set admin.token_file in the config\n");
+    };
+    let user = c.headers.get(shared::admin::client::USER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    if let Err(denied) = token.check(c.headers) {
+        counter!(m::ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(1);
+        tracing::warn!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), "admin: control request refused");
+        return Reply::text(StatusCode::UNAUTHORIZED, format!("unauthorized: {} bearer token\n", denied.as_str()));
+    }
+    let Some(wanted) = c.param("path") else {
+        return Reply::text(StatusCode::BAD_REQUEST, "missing path=[POOL/]NAME\n");
+    };
+    let path = match find(&rt.pools, &wanted) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    let who = format!("{user} from {}", c.peer);
+    let (from, to) = match action {
+        Action::Drain | Action::Undrain => {
+            let on = matches!(action, Action::Drain);
+            let was = path.control.set_drained(on);
+            (drain_word(was), drain_word(on))
+        }
+        Action::Weight => {
+            let want = match c.param("weight").as_deref() {
+                Some("config") => None,
+                Some(w) => match w.parse::<u32>() {
+                    Ok(n @ 1..=1000) => Some(n),
+                    _ => {
+                        return Reply::text(
+                            StatusCode::BAD_REQUEST,
+                            format!("weight: `{w}` is not 1..=1000 or `config`\n"),
+                        )
+                    }
+                },
+                None => return Reply::text(StatusCode::BAD_REQUEST, "missing weight=1..1000 or weight=config\n"),
+            };
+            let was = path.control.set_weight(want);
+            let show = |o: Option<u32>| {
+                o.map_or_else(|| format!("weight {} (config)", path.weight), |w| format!("weight {w}"))
+            };
+            (show(was), show(want))
+        }
+    };
+    counter!(m::ADMIN_CONTROL, "action" => action.as_str()).increment(1);
+    let answer = format!("{}/{}: {from} -> {to}\n", path.pool, path.name);
+    crate::control::record(Event::new(&path.pool, &path.name, from, to, format!("{} by {who}", action.as_str())));
+    Reply::text(StatusCode::OK, answer)
+}
+
+fn drain_word(drained: bool) -> String {
+    if drained { "drained" } else { "serving" }.to_owned()
+}
+
+/// The path `POOL/NAME`, or `NAME` when exactly one pool has a path of that name.
+fn find<'a>(
+    pools: &'a std::collections::BTreeMap<String, Arc<crate::pool::Pool>>,
+    wanted: &str,
+) -> Result<&'a Arc<Path>, Reply> {
+    let (pool, name) = match wanted.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, wanted),
+    };
+    let found: Vec<&Arc<Path>> = pools
+        .values()
+        .filter(|p| pool.is_none_or(|want| *p.name == *want))
+        .flat_map(|p| p.paths.iter().filter(|path| *path.name == *name))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Reply::text(StatusCode::NOT_FOUND, format!("no path `{wanted}`\n"))),
+        many => {
+            let names: Vec<String> = many.iter().map(|p| format!("{}/{}", p.pool, p.name)).collect();
+            Err(Reply::text(
+                StatusCode::CONFLICT,
+                format!("`{wanted}` is ambiguous: say one of {}\n", names.join(", ")),
+            ))
+        }
+    }
 }

@@ -61,6 +61,7 @@ pub const MAX_PATHS: usize = 32;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    log_format: Option<String>,
     #[serde(default)]
     admin: Option<RawAdmin>,
     #[serde(default)]
@@ -86,6 +87,7 @@ struct RawResolver {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,8 +170,13 @@ fn default_protocol() -> String {
 /// A validated ingress configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Log lines as text or JSON (read at start only).
+    pub log_format: shared::logging::LogFormat,
     /// Address of the metrics/status listener; none when absent.
     pub admin: Option<SocketAddr>,
+    /// The bearer token runtime control needs (`admin.token_file`, read at each load);
+    /// none: the control endpoints are off.
+    pub admin_token: Option<shared::admin::token::Token>,
     /// Connections across all services; further clients are refused (closed at once).
     pub max_connections: u32,
     /// How long `SIGTERM` waits for established connections before exiting.
@@ -438,6 +445,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             None
         }
     });
+    let admin_token = raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).and_then(|f| {
+        if !Path::new(f).is_absolute() {
+            p.push(format!("admin.token_file: `{f}` is not an absolute path"));
+            return None;
+        }
+        shared::admin::token::Token::from_file(Path::new(f)).map_err(|e| p.push(format!("admin.token_file: {e}"))).ok()
+    });
+    let log_format = shared::logging::LogFormat::parse(raw.log_format.as_deref().unwrap_or("text"))
+        .map_err(|e| p.push(format!("log_format: {e}")))
+        .unwrap_or_default();
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
     p.count("limits.max_connections", Some(max_connections), MAX_COUNT);
     let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, secs(30), DRAIN_TIMEOUT);
@@ -695,7 +712,17 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         p.push("service: at least one [[service]] is needed".into());
     }
     if p.0.is_empty() {
-        Ok(Config { admin, max_connections, drain_timeout, threads, pools, services, resolver })
+        Ok(Config {
+            log_format,
+            admin,
+            admin_token,
+            max_connections,
+            drain_timeout,
+            threads,
+            pools,
+            services,
+            resolver,
+        })
     } else {
         Err(p.0)
     }

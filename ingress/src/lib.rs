@@ -10,6 +10,7 @@ pub mod health;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod page;
 pub mod pool;
 pub mod relay;
 pub mod resolve;
@@ -17,6 +18,7 @@ pub mod runtime;
 pub mod server;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod status;
 pub mod tcp;
 pub mod udp;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ingress::config::Protocol;
+
+mod ctl;
 use ingress::{Config, Server};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -24,16 +26,34 @@ struct Cli {
 enum Command {
     /// Validate the config and exit: 0 when valid, 1 with every problem listed otherwise.
     Check,
+    /// Talk to the running ingress through its admin listener (the config's `admin.listen`
+    /// and `admin.token_file`).
+    Ctl {
+        /// Admin listener to call instead of the config's `admin.listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        what: Ctl,
+    },
+}
+
+#[derive(Subcommand)]
+enum Ctl {
+    /// Every pool's paths: state, weight, share, connections (`--json`: the raw /status).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop giving PATH ([POOL/]NAME) new connections and flows; open ones finish.
+    Drain { path: String },
+    /// Give PATH new connections again.
+    Undrain { path: String },
+    /// Set PATH's weight (1-1000) until the config changes it, or `config` to drop the override.
+    Weight { path: String, weight: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(shared::logging::filter("INGRESS_LOG"))
-        .with_target(false)
-        // Colour only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -41,10 +61,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Check) = cli.command {
-        println!("{}: ok ({} pool(s), {} service(s))", cli.config.display(), config.pools.len(), config.services.len());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::Check) => {
+            println!(
+                "{}: ok ({} pool(s), {} service(s))",
+                cli.config.display(),
+                config.pools.len(),
+                config.services.len()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Ctl { admin, what }) => return ctl::run(&config, admin, what),
+        None => {}
     }
+    shared::logging::init("INGRESS_LOG", config.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.threads {
         // Benchmarks and operators match HAProxy's nbthread with it; a reload cannot change it.
@@ -155,18 +185,55 @@ fn notify(what: &str, result: std::io::Result<bool>) {
     }
 }
 
+/// Longest start-up waits for every pool's first probe round before READY=1.
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until every pool has judged its paths once (so the first connections after READY=1
+/// avoid a path that is down), or `FIRST_ROUND_WAIT` passes.
+async fn wait_first_round(server: &Server) {
+    let start = tokio::time::Instant::now();
+    while !server.shared().runtime().pools.values().all(|p| p.probed()) {
+        if start.elapsed() >= FIRST_ROUND_WAIT {
+            tracing::warn!(waited = ?FIRST_ROUND_WAIT, "first probe round not done; ready anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `INGRESS_TEST_WEDGE_ON_SIGUSR2=1` (tests only): SIGUSR2 blocks every runtime worker, so
+/// the watchdog test can see the pings stop.
+fn wedge_hook() -> anyhow::Result<Option<Signal>> {
+    if std::env::var_os("INGRESS_TEST_WEDGE_ON_SIGUSR2").is_some_and(|v| v == "1") {
+        return Ok(Some(signal(SignalKind::user_defined2())?));
+    }
+    Ok(None)
+}
+
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    if let Some(mut usr2) = wedge_hook()? {
+        tokio::spawn(async move {
+            if usr2.recv().await.is_some() {
+                shared::watchdog::wedge_runtime();
+            }
+        });
+    }
+    if let Some(every) = shared::watchdog::interval() {
+        // On this runtime, not a thread of its own: a wedged runtime must miss its pings.
+        tokio::spawn(shared::watchdog::run(every));
+    }
     let want = expected_listeners(&config);
     let server = Server::start(config).await;
     tracing::info!(config = %path.display(), "ingress running");
     // Listeners bind in the background (a taken port is retried): READY=1 waits for all of
-    // them, so `systemctl start` returns with every port open, or times out naming the wait.
-    // A stop meanwhile (systemd's start timeout, Ctrl-C) goes straight to the drain.
+    // them, so `systemctl start` returns with every port open, or times out naming the wait,
+    // and for the first probe round (bounded). A stop meanwhile (systemd's start timeout,
+    // Ctrl-C) goes straight to the drain.
     let stopped = tokio::select! {
-        _ = wait_bound(&server, &want, None) => false,
+        _ = async { wait_bound(&server, &want, None).await; wait_first_round(&server).await } => false,
         _ = term.recv() => true,
         _ = int.recv() => true,
     };

@@ -185,6 +185,10 @@ impl Path {
     pub fn rate(&self) -> u64 {
         self.state.rate.load(Ordering::Relaxed)
     }
+    /// Bytes relayed either way since the path's state was created.
+    pub fn bytes_total(&self) -> u64 {
+        self.state.bytes.load(Ordering::Relaxed)
+    }
     /// How many connections and flows (both kinds: they share the WAN) were transferring
     /// at once, on average over the last second or so.
     pub fn busy(&self) -> f64 {
@@ -280,6 +284,8 @@ pub struct Pool {
     /// Round robin state per kind of traffic (index: `Kind as usize`).
     selectors: [Mutex<Selector>; 2],
     on_mesh: AtomicBool,
+    /// Probe rounds completed (start-up waits for the first before READY=1).
+    rounds: AtomicU64,
     m_failovers: Counter,
     m_on_mesh: Gauge,
 }
@@ -324,6 +330,7 @@ impl Pool {
             name,
             wan_count: wan_count.min(MAX_PATHS),
             on_mesh: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
             selectors: Default::default(),
             paths,
             cfg,
@@ -372,7 +379,7 @@ impl Pool {
         for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p) && p.ip().is_some()).take(MAX_PATHS) {
             let load = match policy {
                 Policy::RoundRobin => 0.0,
-                Policy::LeastConn | Policy::RandomTwo => p.active(kind) as f64,
+                Policy::LeastConn => p.active(kind) as f64,
                 Policy::Bandwidth => p.busy(),
             };
             cands[n] = Candidate { index: i, weight: p.effective(), load };
@@ -505,6 +512,11 @@ impl Pool {
         self.on_mesh.load(Ordering::Relaxed)
     }
 
+    /// Whether a first probe round has judged every path.
+    pub fn probed(&self) -> bool {
+        self.rounds.load(Ordering::Relaxed) > 0
+    }
+
     /// Probe every path each interval, forever (aborted on reload or shutdown).
     pub async fn run_health(self: Arc<Self>, default_port: u16) {
         let hc = self.cfg.health.clone();
@@ -535,6 +547,7 @@ impl Pool {
                 }
             }
             self.refresh_factors();
+            self.rounds.fetch_add(1, Ordering::Relaxed);
             // While a path is changing state (up but failing, or down but answering), probe
             // at a quarter of the interval, as HAProxy's `fastinter`: the verdict comes sooner.
             let transitional = self.paths.iter().any(|p| p.health_snapshot().transitional());

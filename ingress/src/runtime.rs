@@ -155,6 +155,10 @@ pub struct Shared {
     pub(crate) stop: watch::Receiver<bool>,
     /// Client connection tasks, so a drain can wait for the last one to end.
     pub(crate) conns: tokio_util::task::TaskTracker,
+    /// When this process started serving (Unix ms), and the placement samples behind the
+    /// status page's shares.
+    pub(crate) started_ms: u64,
+    pub(crate) shares: crate::status::Shares,
 }
 
 impl Shared {

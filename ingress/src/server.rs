@@ -55,6 +55,8 @@ impl Server {
             flows: FlowBudget::new(budget.max_flows),
             open_files,
             conns: tokio_util::task::TaskTracker::new(),
+            started_ms: crate::control::now_ms(),
+            shares: Default::default(),
             open: AtomicUsize::new(0),
             m_open: gauge!("ingress_open_connections"),
             stop,

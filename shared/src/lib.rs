@@ -13,4 +13,5 @@ pub mod ports;
 pub mod proxy_protocol;
 pub mod udp_flows;
 pub mod udp_relay;
+pub mod watchdog;
 pub mod ygg;

@@ -71,3 +71,22 @@ async fn exchange(
 
 /// The header a `ctl` client names its operator in (the server logs it with each change).
 pub const USER_HEADER: &str = "x-admin-user";
+
+/// Where a `ctl` call connects for an admin listener bound to `listen`: a wildcard address
+/// (`0.0.0.0`, `[::]`) is reached over loopback of the same family.
+pub fn reach(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Who runs a `ctl` command, for the server's log: the user behind sudo, else the user.
+pub fn operator() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,278 @@
+//! `GET /status`: what the ingress is doing, as JSON (schema: `docs/status-ingress.schema.json`,
+//! checked by `tests/status.rs`), and the shares of new connections the status page shows.
+//!
+//! Shares are measured from each path's placement counter (`PathControl::placed`), sampled
+//! whenever the status is asked for (the page asks every second): no task runs when nobody
+//! looks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::control::{self, Event};
+use crate::pool::{Kind, Path};
+use crate::runtime::Shared;
+
+/// The version of the JSON shape; bumped when a field changes meaning or goes away.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub schema: u32,
+    pub binary: &'static str,
+    pub version: &'static str,
+    pub now_ms: u64,
+    pub started_ms: u64,
+    /// Client connections open across every service.
+    pub open_connections: usize,
+    /// Runtime control is on (`admin.token_file` set).
+    pub control: bool,
+    pub pools: Vec<PoolStatus>,
+    pub services: Vec<ServiceStatus>,
+    /// The last state changes, newest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub balance: &'static str,
+    /// `wan` while a WAN path is up, `mesh` while the mesh tier carries the pool.
+    pub tier: &'static str,
+    pub paths: Vec<PathStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathStatus {
+    pub name: String,
+    /// The address in use (empty while a path given by name has none).
+    pub address: String,
+    /// The configured `address`: an IP, or the DNS name the address comes from.
+    pub target: String,
+    /// A path given by name: when its name was last answered (Unix ms); null otherwise.
+    pub refreshed_ms: Option<u64>,
+    pub mesh: bool,
+    pub up: bool,
+    /// `up`, `down`, or `drained` (an operator's drain wins over health).
+    pub state: &'static str,
+    /// When the path last went up or down (Unix ms); null: not since start.
+    pub since_ms: Option<u64>,
+    pub drained: bool,
+    /// The weight in force (the override, else the configured one).
+    pub weight: u32,
+    pub configured_weight: u32,
+    pub weight_override: Option<u32>,
+    pub health_factor: f64,
+    pub latency_ms: Option<f64>,
+    pub fail_avg: f64,
+    /// Share of the pool's new connections and flows over about the last second / minute.
+    pub share_recent: f64,
+    pub share_minute: f64,
+    /// New connections and flows placed on the path since start.
+    pub placed_total: u64,
+    pub connections: u64,
+    pub flows: u64,
+    pub bytes_per_second: u64,
+    pub bytes_total: u64,
+    /// Transfers in progress at once, on average (what the bandwidth policy reads).
+    pub busy: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub protocol: &'static str,
+    pub mode: &'static str,
+    pub pool: String,
+    pub listen: Vec<String>,
+    /// UDP services: flows open now.
+    pub flows: Option<usize>,
+}
+
+/// Placements per `pool/path`.
+type Counts = HashMap<String, u64>;
+
+/// Placement counters sampled over the last minute.
+#[derive(Default)]
+pub struct Shares {
+    samples: Mutex<VecDeque<(Instant, Counts)>>,
+}
+
+/// Samples closer together than this are not kept (several viewers poll at once).
+const SAMPLE_GAP: Duration = Duration::from_millis(200);
+const RECENT: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Shares {
+    /// Records `now`'s counts; returns the counts of about `RECENT` and `MINUTE` ago (each the
+    /// newest sample at least that old, else the oldest kept; none before the first sample).
+    fn sample(&self, now: Instant, counts: &Counts) -> (Option<Counts>, Option<Counts>) {
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        while s.len() > 1 && s.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE) {
+            s.pop_front();
+        }
+        let at_least = |age: Duration| {
+            s.iter().rev().find(|(t, _)| now.duration_since(*t) >= age).or(s.front()).map(|(_, c)| c.clone())
+        };
+        let (recent, minute) = (at_least(RECENT), at_least(MINUTE));
+        if s.back().is_none_or(|(t, _)| now.duration_since(*t) >= SAMPLE_GAP) {
+            s.push_back((now, counts.clone()));
+        }
+        (recent, minute)
+    }
+}
+
+fn key(pool: &str, path: &str) -> String {
+    format!("{pool}/{path}")
+}
+
+/// Each path's share of its pool's placements since `base` (or since start without one).
+fn shares(
+    counts: &HashMap<String, u64>,
+    base: Option<&HashMap<String, u64>>,
+    pool: &str,
+    paths: &[std::sync::Arc<Path>],
+) -> Vec<f64> {
+    let delta: Vec<u64> = paths
+        .iter()
+        .map(|p| {
+            let k = key(pool, &p.name);
+            let now = counts.get(&k).copied().unwrap_or(0);
+            now.saturating_sub(base.and_then(|b| b.get(&k)).copied().unwrap_or(0))
+        })
+        .collect();
+    let sum: u64 = delta.iter().sum();
+    delta.iter().map(|&d| if sum == 0 { 0.0 } else { d as f64 / sum as f64 }).collect()
+}
+
+/// The whole status now.
+pub fn collect(shared: &Shared) -> Status {
+    let rt = shared.runtime();
+    let mut counts = HashMap::new();
+    for pool in rt.pools.values() {
+        for p in &pool.paths {
+            counts.insert(key(&pool.name, &p.name), p.control.placed_total());
+        }
+    }
+    let (recent, minute) = shared.shares.sample(Instant::now(), &counts);
+    let pools = rt
+        .pools
+        .values()
+        .map(|pool| {
+            let recent = shares(&counts, recent.as_ref(), &pool.name, &pool.paths);
+            let minute = shares(&counts, minute.as_ref(), &pool.name, &pool.paths);
+            PoolStatus {
+                name: pool.name.to_string(),
+                balance: pool.cfg.balance.as_str(),
+                tier: if pool.on_mesh() { "mesh" } else { "wan" },
+                paths: pool.paths.iter().enumerate().map(|(i, p)| path_status(p, recent[i], minute[i])).collect(),
+            }
+        })
+        .collect();
+    let mut services: Vec<ServiceStatus> = rt
+        .services
+        .values()
+        .map(|s| ServiceStatus {
+            name: s.cfg.name.clone(),
+            protocol: match s.cfg.protocol {
+                crate::config::Protocol::Tcp => "tcp",
+                crate::config::Protocol::Udp => "udp",
+            },
+            mode: match s.cfg.mode {
+                crate::config::Mode::Plain => "plain",
+                crate::config::Mode::Sni => "sni",
+                crate::config::Mode::Http => "http",
+            },
+            pool: s.cfg.pool.clone(),
+            listen: s.cfg.listen.iter().map(|l| l.to_string()).collect(),
+            flows: (s.cfg.protocol == crate::config::Protocol::Udp).then(|| s.flows.used()),
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Status {
+        schema: SCHEMA,
+        binary: "ingress",
+        version: env!("CARGO_PKG_VERSION"),
+        now_ms: control::now_ms(),
+        started_ms: shared.started_ms,
+        open_connections: shared.open_connections(),
+        control: rt.config.admin_token.is_some(),
+        pools,
+        services,
+        events: control::recent(),
+    }
+}
+
+fn path_status(p: &Path, share_recent: f64, share_minute: f64) -> PathStatus {
+    let h = p.health_snapshot();
+    let drained = p.control.is_drained();
+    PathStatus {
+        name: p.name.to_string(),
+        address: address(p),
+        target: p.target.to_string(),
+        refreshed_ms: p.refreshed().map(|secs| secs.saturating_mul(1000)),
+        mesh: p.is_mesh,
+        up: p.is_up(),
+        state: if drained {
+            "drained"
+        } else if p.is_up() {
+            "up"
+        } else {
+            "down"
+        },
+        since_ms: p.control.since_ms(),
+        drained,
+        weight: p.weight(),
+        configured_weight: p.weight,
+        weight_override: p.control.weight(),
+        health_factor: round(p.factor(), 3),
+        latency_ms: p.latency().map(|l| round(l.as_secs_f64() * 1e3, 2)),
+        fail_avg: round(h.fail_avg, 3),
+        share_recent: round(share_recent, 3),
+        share_minute: round(share_minute, 3),
+        placed_total: p.control.placed_total(),
+        connections: p.active(Kind::Tcp),
+        flows: p.active(Kind::Udp),
+        bytes_per_second: p.rate(),
+        bytes_total: p.bytes_total(),
+        busy: round(p.busy(), 3),
+    }
+}
+
+fn address(p: &Path) -> String {
+    p.ip().map_or_else(String::new, |ip| ip.to_string())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    if x.is_finite() {
+        (x * f).round() / f
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_measured_over_the_window_asked_for() {
+        let s = Shares::default();
+        let t0 = Instant::now();
+        let at = |a: u64, b: u64| HashMap::from([(key("p", "a"), a), (key("p", "b"), b)]);
+        // First look: nothing to compare with.
+        assert_eq!(s.sample(t0, &at(0, 0)), (None, None));
+        // 3:1 for ten seconds, then 1:3 for a second.
+        for i in 1..=10 {
+            s.sample(t0 + Duration::from_secs(i), &at(30 * i, 10 * i));
+        }
+        let now = at(300 + 10, 100 + 30);
+        let (recent, minute) = s.sample(t0 + Duration::from_secs(11), &now);
+        let base = |m: Option<HashMap<String, u64>>| m.map(|m| (m[&key("p", "a")], m[&key("p", "b")]));
+        assert_eq!(base(recent), Some((300, 100)), "a second ago");
+        assert_eq!(base(minute), Some((0, 0)), "the oldest kept: less than a minute of history");
+    }
+}

@@ -1,0 +1,47 @@
+//! systemd's service watchdog (`WatchdogSec=` in the unit): systemd passes the interval in
+//! `WATCHDOG_USEC` and restarts the service when no `WATCHDOG=1` arrives within it. The ping
+//! is sent by a task on the binary's own async runtime, so it proves that runtime still
+//! schedules work: a wedged runtime (every worker blocked) stops pinging and is restarted,
+//! which a thread of its own would hide.
+
+use std::time::Duration;
+
+/// The watchdog interval systemd asks for; none when the watchdog is off, or meant for
+/// another process (`WATCHDOG_PID` set to a pid not ours).
+pub fn interval() -> Option<Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Pings `WATCHDOG=1` at half of `every` (systemd's advice), forever. Spawn it on the
+/// runtime whose liveness it vouches for.
+pub async fn run(every: Duration) {
+    let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
+    // A late tick means the runtime was busy: ping once, do not burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::notify::notify("WATCHDOG=1") {
+            tracing::warn!(error = %e, "sd_notify WATCHDOG=1");
+        }
+    }
+}
+
+/// Blocks every worker thread of the current multi-thread runtime for good (the watchdog
+/// test's stand-in for a deadlock); the binaries call it only when their test hook is on.
+pub fn wedge_runtime() {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::warn!(workers, "test hook: wedging every runtime worker");
+    for _ in 0..workers.max(1) * 2 {
+        tokio::spawn(async {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        });
+    }
+}
