@@ -50,10 +50,17 @@ for pkg in systemd-container debootstrap apt-utils openssh-client; do
         missing+=("$pkg")
     fi
 done
+# ACME (local-proxy/tests/acme_pebble.rs): Debian's pebble CA and pebble-challtestsrv (its DNS).
+if ! dpkg-query -W -f='${Status}' pebble 2>/dev/null | grep -q "install ok installed"; then
+    missing+=(pebble)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+for tool in pebble pebble-challtestsrv; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
+done
 
 ygg_version() {
     command -v yggdrasil >/dev/null 2>&1 || return 0

@@ -126,6 +126,8 @@ impl Drop for Offered<'_> {
 pub struct Issued {
     pub fullchain: String,
     pub key: String,
+    /// The challenge type answered for each name validated afresh (`http-01`, `tls-alpn-01`).
+    pub challenges: Vec<&'static str>,
 }
 
 /// Order a certificate for `names` (replacing `replaces` when the CA speaks ARI), answering
@@ -157,6 +159,7 @@ async fn issue_inner(
     }
     let mut order = account.new_order(&new_order).await?;
     let mut offered = Offered { challenges, http: Vec::new(), tls: Vec::new() };
+    let mut answered = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz?;
@@ -182,12 +185,14 @@ async fn issue_inner(
             ChallengeType::Http01 => {
                 challenges.add_http01(&challenge.token, key_auth.as_str());
                 offered.http.push(challenge.token.clone());
+                answered.push("http-01");
             }
             _ => {
                 let cert =
                     tls_alpn01_cert(&name, key_auth.digest().as_ref()).map_err(|e| IssueError::Local(e.to_string()))?;
                 challenges.add_tls_alpn01(&name, Arc::new(cert));
                 offered.tls.push(name.clone());
+                answered.push("tls-alpn-01");
             }
         }
         debug!(%name, challenge = ?kind, "challenge answer published");
@@ -209,7 +214,7 @@ async fn issue_inner(
     let csr = params.serialize_request(&key).map_err(|e| IssueError::Local(format!("CSR: {e}")))?;
     order.finalize_csr(csr.der()).await?;
     let fullchain = order.poll_certificate(&polling).await?;
-    Ok(Issued { fullchain, key: key.serialize_pem() })
+    Ok(Issued { fullchain, key: key.serialize_pem(), challenges: answered })
 }
 
 /// The CA's reason for an invalid order: the first failed challenge's error.

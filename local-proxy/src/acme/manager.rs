@@ -39,6 +39,9 @@ pub struct CertStatus {
     pub failures: u32,
     /// The last failure, with the CA's error when it sent one.
     pub last_error: Option<String>,
+    /// Challenge types answered for the last certificate issued (empty when the CA reused
+    /// earlier authorizations).
+    pub last_challenges: Vec<&'static str>,
 }
 
 impl CertStatus {
@@ -254,7 +257,7 @@ impl Job {
             };
             let outcome = match result {
                 Ok(issued) => match self.install(&issued).await {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(issued.challenges),
                     Err(e) => {
                         unwritten = Some(issued);
                         Err(("storage", e))
@@ -263,7 +266,7 @@ impl Job {
                 Err(e) => Err((e.result(), e.to_string())),
             };
             match outcome {
-                Ok(()) => {
+                Ok(answered) => {
                     failures = 0;
                     ari_time = None;
                     ari_next_check = 0;
@@ -272,6 +275,7 @@ impl Job {
                     self.acme.update(&dir, |s| {
                         s.failures = 0;
                         s.last_error = None;
+                        s.last_challenges = answered;
                     });
                     info!(certificate = %dir, names = ?self.lineage.names, "certificate issued and serving");
                 }
