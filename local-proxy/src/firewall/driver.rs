@@ -2,6 +2,7 @@
 //! allowlist changes (one batch each time), publishes the list to the trust set, and exports
 //! metrics. On shutdown the table stays, closed, unless `remove_on_exit` is set.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -77,9 +78,11 @@ pub fn start(
     let lookups =
         Lookups::new(&ResolverSettings { nameservers: settings.nameservers.clone(), timeout: settings.lookup_timeout })
             .map_err(|e| Error::Resolver(e.to_string()))?;
-    let initial = tracker.allowlist();
+    let carried = carried_over(&settings.table);
+    let initial = with_carried(tracker.allowlist(), &carried);
     apply_now(&settings, &initial)?;
     trusted.set_source(TRUST_SOURCE, tracker.closed().addresses());
+    trusted.set_source(CARRIED_SOURCE, carried.iter().copied());
     metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => "static").set(settings.static_addresses.len() as f64);
     let ports: Vec<String> = settings.ports.iter().map(|p| p.to_string()).collect();
     match initial {
@@ -95,7 +98,41 @@ pub fn start(
             "firewall table installed (closed until DNS answers)"
         ),
     }
-    Ok(run(settings, tracker, lookups, initial, trusted, shutdown))
+    if !carried.is_empty() {
+        info!(
+            table = %settings.table,
+            addresses = carried.len(),
+            "allowlist of the previous run kept until every ingress name has answered"
+        );
+    }
+    Ok(run(settings, tracker, lookups, initial, carried, trusted, shutdown))
+}
+
+/// Trust-set source of the addresses carried over from the previous run's table.
+const CARRIED_SOURCE: &str = "firewall-previous-run";
+
+/// The addresses our table allowed when the previous process left it (enforcing), if it is
+/// still there. A restart keeps them allowed (and trusted) until every name has answered, so
+/// ingress nodes whose connections the kernel queued during the restart are not dropped and
+/// refused for the few milliseconds before the first DNS answers. Kernel state only root could
+/// have written, and only our table's.
+fn carried_over(table: &str) -> BTreeSet<IpAddr> {
+    match super::read_table(table) {
+        Ok(Some(t)) if t.enforcing() => t.allowed(),
+        Ok(_) => BTreeSet::new(),
+        Err(e) => {
+            warn!(%table, error = %e, "cannot read the previous run's table; starting from the static addresses");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// `allow` plus the carried addresses (an open list stays open).
+fn with_carried(allow: Allowlist, carried: &BTreeSet<IpAddr>) -> Allowlist {
+    match allow {
+        Allowlist::Open if carried.is_empty() => Allowlist::Open,
+        other => Allowlist::Only(other.addresses().union(carried).copied().collect()),
+    }
 }
 
 async fn run(
@@ -103,10 +140,14 @@ async fn run(
     mut tracker: Tracker,
     lookups: Lookups,
     mut applied: Allowlist,
+    mut carried: BTreeSet<IpAddr>,
     trusted: Arc<TrustedPeers>,
     shutdown: CancellationToken,
 ) {
     let settings = Arc::new(settings);
+    // Names answered since start: the carried list goes once all have been (a failed lookup
+    // does not count: with DNS down at start the previous list is all there is).
+    let mut heard: BTreeSet<String> = BTreeSet::new();
     let mut retry_apply: Option<Instant> = None;
     loop {
         let due = tracker.due(Instant::now().into_std());
@@ -127,6 +168,7 @@ async fn run(
                     let kept = change.kept.map(|k| k.len()).unwrap_or(0);
                     warn!(%name, record, %error, kept, "ingress lookup failed; keeping the last known addresses");
                 } else {
+                    heard.insert(name.clone());
                     metrics::gauge!(names::FIREWALL_LAST_REFRESH, "name" => name.clone()).set(unix_now());
                     if !change.added.is_empty() || !change.removed.is_empty() {
                         info!(%name, record, %change, "ingress addresses changed");
@@ -136,9 +178,14 @@ async fn run(
                 metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => name).set(count);
             }
             trusted.set_source(TRUST_SOURCE, tracker.closed().addresses());
+            if !carried.is_empty() && settings.ingress_names.iter().all(|n| heard.contains(n.as_str())) {
+                info!(table = %settings.table, "every ingress name has answered; the previous run's allowlist is dropped");
+                carried.clear();
+                trusted.set_source(CARRIED_SOURCE, std::iter::empty());
+            }
         }
 
-        let want = tracker.allowlist();
+        let want = with_carried(tracker.allowlist(), &carried);
         if want != applied && retry_apply.is_none_or(|t| t <= Instant::now()) {
             let (s, w) = (settings.clone(), want.clone());
             match blocking(move || apply_now(&s, &w)).await {

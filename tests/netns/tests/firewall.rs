@@ -7,7 +7,8 @@
 //! - `knsupdate` moves ingress-2 to a new address: within TTL + refresh bound the new address
 //!   passes and the old does not;
 //! - knotd stopped: the allowlist keeps the last known addresses;
-//! - restart with DNS down: the old table is replaced, closed (default) or open (configured);
+//! - restart with DNS down: the previous run's allowlist is carried over (enforcing) until the
+//!   names answer; with no previous table, closed (default) or open (configured);
 //!   SIGTERM leaves the table (closed) unless `remove_on_exit`; other tables are never touched.
 
 mod common;
@@ -373,15 +374,21 @@ fn firewall_allowlist_from_dns() {
     assert_eq!(nft_elements(&show_after).len(), 2, "{show_after}");
     expect_all(&np, &[("stranger udp wan1:7101 (proxy stopped)", &stranger, Probe::udp(sa(addr::WAN1, RAW)), false)]);
 
-    // Restart with DNS still down, default closed: our old table is replaced by a closed one.
+    // Restart with DNS still down: the previous run's allowlist is carried over (as a failed
+    // lookup keeps the last known addresses while running), enforcing; strangers stay out.
     proxy.start(&mut t);
     let show = proxy.show().expect("firewall show");
-    assert!(shown_elements(&show).is_empty() && show.contains("enforcing"), "{show}");
+    assert!(shown_elements(&show).len() == 2 && show.contains("enforcing"), "{show}");
     assert_kernel_matches(&home, &show);
     expect_all(
         &np,
-        &[("ingress1 udp wan1:7101 (restarted, no DNS: closed)", &ing1, Probe::udp(sa(addr::WAN1, RAW)), false)],
+        &[
+            ("ingress1 udp wan1:7101 (restarted, no DNS: carried over)", &ing1, Probe::udp(sa(addr::WAN1, RAW)), true),
+            ("stranger udp wan1:7101 (restarted, no DNS)", &stranger, Probe::udp(sa(addr::WAN1, RAW)), false),
+        ],
     );
+    let log = t.proc_mut("local-proxy").expect("proc").stderr();
+    assert!(log.contains("allowlist of the previous run kept"), "{log}");
     dns.run().expect("knotd again");
     let back = Instant::now();
     wait_until("ingress-1 allowed again once DNS answers", Duration::from_secs(30), Duration::from_millis(100), || {
@@ -393,7 +400,7 @@ fn firewall_allowlist_from_dns() {
     common::phase(
         start,
         &format!(
-            "restart with DNS down: replaced closed; allowed again {:.1}s after DNS came back",
+            "restart with DNS down: previous allowlist carried over; answered again {:.1}s after DNS came back",
             back.elapsed().as_secs_f64()
         ),
     );
@@ -402,6 +409,8 @@ fn firewall_allowlist_from_dns() {
     // until the first answer; remove_on_exit deletes the table on SIGTERM.
     t.stop("local-proxy").expect("stop local-proxy");
     dns.stop().expect("stop knotd");
+    // No previous table to carry over (a first start): what on_no_answer says applies.
+    cmd::exec_ok(&home, &["nft", "delete", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft delete table");
     proxy.write_config(mesh, "open", true);
     proxy.start(&mut t);
     let show = proxy.show().expect("firewall show");

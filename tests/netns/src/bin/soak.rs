@@ -4,7 +4,9 @@
 //! stream to the LAN echo), while
 //! - wan1 flaps: nftables drops 30 % of its packets in 2-second bursts (2 s on, 4 s off);
 //! - both ingress processes get SIGHUP every 2 s;
-//! - the local proxy is restarted twice (SIGTERM, start again), at 1/3 and 2/3 of the run;
+//! - the local proxy is restarted twice (SIGTERM, start again), at 1/3 and 2/3 of the run, its
+//!   listening sockets kept meanwhile in a descriptor store as systemd keeps them for the
+//!   packaged unit (`netns::fdstore`): the kernel queues clients until the new process serves;
 //! - ingress-2's DNS answer (knotd, TTL 2 s) changes every 30 s: a second address added, then
 //!   removed again, so the allowlist is rewritten while traffic flows.
 //!
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use netns::fdstore::FdStore;
 use netns::knot::{self, Knot};
 use netns::topology::{addr, Bins, Options, Role, Topology, Wan};
 use netns::wait::{check, wait_until};
@@ -148,12 +151,20 @@ struct LocalProxy {
     bin: PathBuf,
     config: PathBuf,
     home: String,
+    /// systemd's part: the notify socket and the descriptor store.
+    store: FdStore,
+    starts: u32,
 }
 
 impl LocalProxy {
-    fn start(&self, t: &mut Topology) -> Result<()> {
+    fn start(&mut self, t: &mut Topology) -> Result<()> {
         let argv = vec![self.bin.display().to_string(), "-c".into(), self.config.display().to_string()];
+        let (argv, copies) = self.store.command(&argv)?;
         t.spawn(Role::Home, "local-proxy", &argv)?;
+        // The process has its copies of the stored sockets; ours go.
+        drop(copies);
+        self.starts += 1;
+        self.store.wait_ready(self.starts, Duration::from_secs(20))?;
         wait_until("local-proxy serving", Duration::from_secs(20), Duration::from_millis(50), || {
             t.proc_mut("local-proxy")?.ensure_running()?;
             let out = cmd::exec_ok(&self.home, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
@@ -189,7 +200,9 @@ fn run() -> Result<()> {
     )?;
     let mesh: IpAddr = t.home_mesh_addr().context("home mesh address")?.into();
     let ygg_admin = t.ygg(Role::Home).context("home yggdrasil")?.admin.clone();
-    let lp = LocalProxy { bin: lp_bin, config: t.dir().join("local-proxy.toml"), home: home.clone() };
+    let store = FdStore::new(t.dir())?;
+    let mut lp =
+        LocalProxy { bin: lp_bin, config: t.dir().join("local-proxy.toml"), home: home.clone(), store, starts: 0 };
     std::fs::write(&lp.config, local_proxy_config(&ygg_admin))?;
     lp.start(&mut t)?;
     let icfg = t.dir().join("ingress.toml");
@@ -255,6 +268,7 @@ fn run() -> Result<()> {
         if restarts.len() < restart_at.len() && now >= restart_at[restarts.len()] {
             let from = unix_ms();
             t.stop("local-proxy")?;
+            lp.store.poll()?;
             lp.start(&mut t)?;
             restarts.push((from, unix_ms()));
             lp_started_at = start.elapsed().as_secs_f64();
@@ -305,7 +319,7 @@ fn run() -> Result<()> {
         r.summary.slow
     );
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for rec in &other {
+    for rec in &failed {
         *errors.entry(rec.error.clone().unwrap_or_default()).or_default() += 1;
     }
     for (e, n) in &errors {
@@ -339,9 +353,12 @@ fn run() -> Result<()> {
             show(slope_per_hour(&rss))
         );
     }
+    let zero = |n: usize| if n == 0 { "zero".to_string() } else { n.to_string() };
     println!(
-        "failed connects outside restarts: {}",
-        if other.is_empty() { "zero".to_string() } else { other.len().to_string() }
+        "failed connects: {} ({} during the local-proxy restarts, {} otherwise)",
+        zero(failed.len()),
+        zero(during.len()),
+        zero(other.len())
     );
     drop(dns);
     Ok(())
