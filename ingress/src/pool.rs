@@ -379,7 +379,7 @@ impl Pool {
         for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p) && p.ip().is_some()).take(MAX_PATHS) {
             let load = match policy {
                 Policy::RoundRobin => 0.0,
-                Policy::LeastConn => p.active(kind) as f64,
+                Policy::LeastConn | Policy::RandomTwo => p.active(kind) as f64,
                 Policy::Bandwidth => p.busy(),
             };
             cands[n] = Candidate { index: i, weight: p.effective(), load };
