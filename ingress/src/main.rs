@@ -201,26 +201,12 @@ async fn wait_first_round(server: &Server) {
     }
 }
 
-/// `INGRESS_TEST_WEDGE_ON_SIGUSR2=1` (tests only): SIGUSR2 blocks every runtime worker, so
-/// the watchdog test can see the pings stop.
-fn wedge_hook() -> anyhow::Result<Option<Signal>> {
-    if std::env::var_os("INGRESS_TEST_WEDGE_ON_SIGUSR2").is_some_and(|v| v == "1") {
-        return Ok(Some(signal(SignalKind::user_defined2())?));
-    }
-    Ok(None)
-}
-
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    if let Some(mut usr2) = wedge_hook()? {
-        tokio::spawn(async move {
-            if usr2.recv().await.is_some() {
-                shared::watchdog::wedge_runtime();
-            }
-        });
-    }
+    // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1): SIGUSR2 wedges the runtime.
+    shared::watchdog::arm_test_hook()?;
     if let Some(every) = shared::watchdog::interval() {
         // On this runtime, not a thread of its own: a wedged runtime must miss its pings.
         tokio::spawn(shared::watchdog::run(every));

@@ -32,9 +32,28 @@ pub async fn run(every: Duration) {
     }
 }
 
+/// The test hook's switch: with `TEST_WEDGE_RUNTIME_ON_SIGUSR2=1` in its environment a
+/// binary wedges its runtime on SIGUSR2, so a test can watch the pings stop. Not a config
+/// knob (and outside both binaries' config environment prefixes): tests only.
+pub const TEST_HOOK_ENV: &str = "TEST_WEDGE_RUNTIME_ON_SIGUSR2";
+
+/// Arms the test hook when [`TEST_HOOK_ENV`] is `1`; otherwise does nothing.
+pub fn arm_test_hook() -> std::io::Result<()> {
+    if std::env::var_os(TEST_HOOK_ENV).is_none_or(|v| v != "1") {
+        return Ok(());
+    }
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    tokio::spawn(async move {
+        if usr2.recv().await.is_some() {
+            wedge_runtime();
+        }
+    });
+    Ok(())
+}
+
 /// Blocks every worker thread of the current multi-thread runtime for good (the watchdog
-/// test's stand-in for a deadlock); the binaries call it only when their test hook is on.
-pub fn wedge_runtime() {
+/// test's stand-in for a deadlock).
+fn wedge_runtime() {
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::warn!(workers, "test hook: wedging every runtime worker");
     for _ in 0..workers.max(1) * 2 {
