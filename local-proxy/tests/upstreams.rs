@@ -1,0 +1,569 @@
+//! Several upstreams per site and stream, against real nginx instances as the LAN replicas
+//! (loopback, ephemeral ports): weighted shares and a reload that changes them under load,
+//! a replica killed and restarted under 300 req/s of GETs (no failed GET; down and back by
+//! the health checks), a POST that dies with its upstream (502, not replayed), a hanging
+//! replica (504, counted), a replica with a certificate nobody signed (down, with the reason
+//! in the log), a TCP stream with one refusing upstream, and a critical site that takes the
+//! proxy's own health with it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{closed_port, echo_upstream, metric_value, wait_until, Ca, Proxy};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use local_proxy::config;
+use local_proxy::listeners::Origin;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// One nginx replica on 127.0.0.1:`port` answering `GET /` with its name and `/health`
+/// with 200; killed on drop.
+struct Nginx {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Nginx {
+    /// `tls`: (certificate chain, key) PEM files to serve HTTPS with.
+    async fn start(dir: &Path, name: &str, port: u16, tls: Option<(&Path, &Path)>) -> Nginx {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let listen = match tls {
+            None => format!("listen 127.0.0.1:{port};"),
+            Some((cert, key)) => format!(
+                "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+        };
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000;
+    server {{
+        {listen}
+        location / {{ return 200 "{name}\n"; }}
+        location /health {{ return 200 "ok\n"; }}
+    }}
+}}
+"#
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut n = Nginx { child: None, dir, port };
+        n.spawn().await;
+        n
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.join("nginx.conf");
+        let child = Command::new(NGINX)
+            .args(["-p", &self.dir.display().to_string(), "-c", &conf.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("nginx is required for this test ({e}); apt-get install -y nginx-light"));
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "nginx listening",
+            || async move { TcpStream::connect(addr).await.is_ok() },
+        )
+        .await;
+    }
+
+    /// SIGKILL: the replica dies with whatever it was doing.
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Plain HTTP on the mesh side (no PROXY header), no redirect; `site` appended.
+fn config_text(site: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "127.0.0.4"
+[http]
+https_port = 0
+http_port = 0
+redirect_to_https = false
+upstream_timeout = "1s"
+upstream_connect_timeout = "500ms"
+{site}
+"#
+    )
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One request through the proxy: (status, body).
+async fn request(c: &HttpClient, proxy: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", "app.example.org")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            (status, String::from_utf8_lossy(&body).trim().to_string())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+async fn shares(c: &HttpClient, proxy: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = request(c, proxy, "GET", "/", "").await;
+        assert_eq!(status, 200, "{body}");
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Steady GETs at `rate` per second until `stop`; returns (ok, failed) counters.
+fn load(proxy: SocketAddr, rate: u64, stop: Arc<std::sync::atomic::AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (o, f) = (ok.clone(), failed.clone());
+    tokio::spawn(async move {
+        let c = client();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let (c, o, f) = (c.clone(), o.clone(), f.clone());
+            tokio::spawn(async move {
+                let (status, body) = request(&c, proxy, "GET", "/", "").await;
+                if status == 200 {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    eprintln!("failed GET: {status} {body}");
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (ok, failed)
+}
+
+fn two_replicas(a: u16, b: u16, weights: (u32, u32), health: &str) -> String {
+    config_text(&format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = [{{ url = "http://127.0.0.1:{a}", weight = {} }}, {{ url = "http://127.0.0.1:{b}", weight = {} }}]
+header_sets = []
+{health}
+"#,
+        weights.0, weights.1
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_set_the_shares_and_a_reload_changes_them_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let _b = Nginx::start(tmp.path(), "b", pb, None).await;
+    let proxy = Proxy::start(&two_replicas(pa, pb, (9, 1), "")).await;
+    let c = client();
+    let s = shares(&c, proxy.mesh_http, 2000).await;
+    let share_a = s["a"] as f64 / 2000.0;
+    println!("9:1 → a {share_a:.3}");
+    assert!((share_a - 0.9).abs() <= 0.03, "{s:?}");
+
+    // Under load, 1:1 by reload (what SIGHUP runs): no request fails, the shares follow.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = load(proxy.mesh_http, 200, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = proxy.handle.config();
+    proxy.handle.reload(config::from_toml_str(&two_replicas(pa, pb, (1, 1), "")).unwrap()).await.unwrap();
+    assert_ne!(*state, *proxy.handle.config());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = shares(&c, proxy.mesh_http, 2000).await;
+    let share_a = s["a"] as f64 / 2000.0;
+    println!(
+        "1:1 → a {share_a:.3}; under load {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!((share_a - 0.5).abs() <= 0.03, "{s:?}");
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_costs_no_get_and_comes_back_after_rise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let mut b = Nginx::start(tmp.path(), "b", pb, None).await;
+    let health = "health = { path = \"/health\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }";
+    let proxy = Proxy::start(&two_replicas(pa, pb, (1, 1), health)).await;
+    let b_label = format!("http://127.0.0.1:{pb}");
+    let up = |label: String| {
+        let admin = proxy.admin;
+        async move {
+            let text = common::http_get(admin, "/metrics").await.1;
+            metric_value(&text, "local_proxy_upstream_up", &[("site", "app.example.org"), ("upstream", &label)])
+        }
+    };
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = load(proxy.mesh_http, 300, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.kill().await;
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(5), "b marked down", || {
+        let v = up(b_label.clone());
+        async move { v.await == 0.0 }
+    })
+    .await;
+    println!("b down {:?} after the kill (fall 2 × interval 200ms)", killed.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.spawn().await;
+    let restarted = Instant::now();
+    wait_until(Duration::from_secs(5), "b back", || {
+        let v = up(b_label.clone());
+        async move { v.await == 1.0 }
+    })
+    .await;
+    println!("b up {:?} after the restart (rise 2)", restarted.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let retries = proxy
+        .metric(
+            "local_proxy_upstream_retries_total",
+            &[("site", "app.example.org"), ("upstream", &format!("http://127.0.0.1:{pa}"))],
+        )
+        .await;
+    println!("{ok} GETs ok, {failed} failed, {retries} retried on a");
+    assert_eq!(failed, 0);
+    assert!(ok > 600, "{ok}");
+    let after = b.access_log().lines().count();
+    assert!(after > 0, "b serves again");
+}
+
+/// A POST that reaches a replica which dies before answering: 502 to the client, and the
+/// other replica (nginx) never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_a_dying_replica_fails_cleanly_and_is_not_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = Nginx::start(tmp.path(), "a", pa, None).await;
+    // The dying replica: reads a whole request, then closes without a byte of answer.
+    let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pd = dying.local_addr().unwrap().port();
+    let posts = Arc::new(AtomicU64::new(0));
+    let seen = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = dying.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                let mut len = 0usize;
+                let mut first = true;
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if first && line.starts_with("POST") {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    first = false;
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body).await;
+                // Dies here: the connection closes with no answer.
+            });
+        }
+    });
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = ["http://127.0.0.1:{pd}", "http://127.0.0.1:{pa}"]
+"#
+    )))
+    .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(request(&c, proxy.mesh_http, "POST", "/submit", &format!("order {i}")).await.0);
+    }
+    println!("POST statuses {statuses:?}");
+    let failed = statuses.iter().filter(|&&s| s == 502).count() as u64;
+    assert!(failed >= 1, "round robin sent a POST to the dying replica");
+    assert_eq!(failed, posts.load(Ordering::Relaxed), "each 502 is a POST the dying replica took");
+    assert!(statuses.iter().all(|&s| s == 502 || s == 200), "{statuses:?}");
+    let replayed = a.access_log().lines().filter(|l| l.contains("POST")).count() as u64;
+    assert_eq!(replayed, statuses.len() as u64 - failed, "nginx saw only the POSTs it was sent first");
+    // A bodiless GET that meets the same fate is sent once more, to nginx.
+    let (status, body) = request(&c, proxy.mesh_http, "GET", "/", "").await;
+    let (status2, body2) = request(&c, proxy.mesh_http, "GET", "/", "").await;
+    assert_eq!((status, status2), (200, 200), "{body} {body2}");
+}
+
+/// A replica that answers its health checks but hangs real requests: 504 after
+/// upstream_timeout, counted as a timeout failure of that replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_replica_answers_504_and_counts_a_failure() {
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ph = hang.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = hang.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("GET /health ") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").await;
+                } else {
+                    keep.lock().unwrap().push(s);
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = "http://127.0.0.1:{ph}"
+health = {{ path = "/health", interval = "200ms", timeout = "150ms" }}
+"#
+    )))
+    .await;
+    let c = client();
+    let start = Instant::now();
+    let (status, _) = request(&c, proxy.mesh_http, "GET", "/slow", "").await;
+    println!("answered {status} after {:?} (upstream_timeout 1s)", start.elapsed());
+    assert_eq!(status, 504);
+    let label = format!("http://127.0.0.1:{ph}");
+    let labels = [("site", "app.example.org"), ("upstream", label.as_str()), ("result", "timeout")];
+    assert_eq!(proxy.metric("local_proxy_upstream_failures_total", &labels).await, 1.0);
+    assert_eq!(held.lock().unwrap().len(), 1, "the request was sent once, not retried");
+}
+
+/// Two https replicas, one with a certificate from a CA the site does not trust: it goes
+/// down on its checks, the log says why, and every request goes to the good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_bad_certificate_is_down_with_the_reason_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new(tmp.path());
+    let rogue_dir = tmp.path().join("rogue");
+    std::fs::create_dir_all(&rogue_dir).unwrap();
+    let rogue = Ca::new(&rogue_dir);
+    let write = |name: &str, (chain, key): (String, String)| {
+        let (c, k) = (tmp.path().join(format!("{name}.pem")), tmp.path().join(format!("{name}.key")));
+        std::fs::write(&c, chain).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    };
+    let good = write("good", ca.leaf(&["localhost"], "good"));
+    let bad = write("bad", rogue.leaf(&["localhost"], "bad"));
+    let (pg, pb) = (free_port(), free_port());
+    let _g = Nginx::start(tmp.path(), "good", pg, Some((&good.0, &good.1))).await;
+    let _b = Nginx::start(tmp.path(), "bad", pb, Some((&bad.0, &bad.1))).await;
+    // The binary, so its log can be read.
+    let cfg = tmp.path().join("lp.toml");
+    let admin = free_port();
+    let http = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[wan]
+addresses = ["127.0.0.1"]
+[mesh]
+listen = "127.0.0.4"
+[http]
+https_port = {https}
+http_port = {http}
+redirect_to_https = false
+[[site]]
+host = "app.example.org"
+upstream = ["https://localhost:{pg}", "https://localhost:{pb}"]
+ca_file = "{ca}"
+health = {{ path = "/health", interval = "300ms", timeout = "250ms", fall = 2 }}
+"#,
+            https = free_port(),
+            ca = ca.pem_path.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &cfg.display().to_string()])
+        .env("LOCAL_PROXY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    for pipe in [
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                log.lock().unwrap().push_str(&l);
+                log.lock().unwrap().push('\n');
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = |log: &str| log.lines().any(|l| l.contains("upstream down") && l.contains(&format!(":{pb}")));
+    while !down(&log.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "the bad replica is not down; log:\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = log.lock().unwrap().lines().find(|l| l.contains("upstream down")).unwrap().to_string();
+    println!("{line}");
+    assert!(line.to_lowercase().contains("certificate"), "the reason names the certificate: {line}");
+    let mesh_http: SocketAddr = format!("127.0.0.4:{http}").parse().unwrap();
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(request(&c, mesh_http, "GET", "/", "").await, (200, "good".to_string()));
+    }
+    child.kill().await.unwrap();
+}
+
+/// A TCP stream whose first upstream refuses: every connection reaches the second, and the
+/// clients notice nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_stream_moves_past_a_refusing_upstream() {
+    let refused = closed_port().await;
+    let echo = echo_upstream("echo").await;
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[stream]]
+name = "svc"
+listen = "0/tcp"
+upstream = ["{refused}", "{echo}"]
+"#
+    )))
+    .await;
+    let listen = proxy.listeners_tcp[&(Origin::Mesh, "svc".to_string())];
+    for i in 0..50 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        let (status, text) = common::raw_get(&mut s, "svc", &format!("/{i}")).await;
+        assert_eq!(status, 200, "connection {i}: {text}");
+        assert!(text.contains("upstream: echo"), "{text}");
+    }
+    let ok = proxy.metric("local_proxy_stream_connections_total", &[("stream", "svc"), ("result", "ok")]).await;
+    assert_eq!(ok, 50.0);
+    let refusals = proxy
+        .metric(
+            "local_proxy_upstream_failures_total",
+            &[("stream", "svc"), ("upstream", &refused.to_string()), ("result", "connect")],
+        )
+        .await;
+    println!("{refusals} refused connects hidden from the clients");
+    assert!(refusals >= 1.0);
+}
+
+/// A critical site without a healthy upstream makes the proxy's own health (what the
+/// ingress probes) unhealthy, naming the site; it recovers with the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_site_down_makes_the_proxy_unhealthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[tls]
+certbot_live_dir = "{live}"
+reload_interval = "200ms"
+[[site]]
+host = "app.example.org"
+upstream = "http://127.0.0.1:{port}"
+critical = true
+health = {{ path = "/health", interval = "200ms", timeout = "150ms", fall = 2, rise = 2 }}
+[[site]]
+host = "other.example.org"
+upstream = "http://127.0.0.1:{port}"
+"#,
+        live = tmp.path().join("live").display()
+    )))
+    .await;
+    let ca = Ca::new(tmp.path());
+    ca.certbot(&tmp.path().join("live"), "app", &["app.example.org"], "app");
+    wait_until(Duration::from_secs(5), "unhealthy, naming the site", || async {
+        let (status, body) = common::http_get(proxy.admin, "/healthz").await;
+        status == 503 && body.contains("site app.example.org has no healthy upstream")
+    })
+    .await;
+    let _n = Nginx::start(tmp.path(), "app", port, None).await;
+    wait_until(Duration::from_secs(5), "healthy again", || async {
+        common::http_get(proxy.admin, "/healthz").await.0 == 200
+    })
+    .await;
+}
