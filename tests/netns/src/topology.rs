@@ -70,6 +70,13 @@ pub mod addr {
     pub const ECHO_PORT: u16 = 7000;
     /// What the ingress health checks probe.
     pub const HEALTH_PORT: u16 = 8080;
+    /// IPv6 (documentation prefix), only after [`super::Topology::add_ipv6`]: home's wan1
+    /// is dual-stack, wan2 stays IPv4 only (a CGNAT'd or v4-only line).
+    pub const WAN1_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xa1, 0, 0, 0, 0, 0x10);
+    pub const WAN1_V6_GW: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xa1, 0, 0, 0, 0, 1);
+    pub const CLIENT_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x2, 0, 0, 0, 0, 2);
+    pub const INGRESS1_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2);
+    pub const INGRESS2_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 2);
     /// Policy routing tables of home's WANs.
     pub const WAN1_TABLE: &str = "101";
     pub const WAN2_TABLE: &str = "102";
@@ -383,6 +390,45 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds IPv6 to the clearnet side: the router forwards it, client and both ingress nodes get
+    /// an address and a default route, home's wan1 becomes dual-stack (wan2 stays IPv4 only) and
+    /// an echo backend answers on wan1's IPv6 address (ports echo and health). No DAD, so the
+    /// addresses are usable at once. Replies name the backend `[WAN1_V6]:port` (path `wan1`).
+    pub fn add_ipv6(&mut self) -> Result<()> {
+        let inet = self.ns(Role::Inet).to_string();
+        cmd::sysctl(&inet, &[("net.ipv6.conf.all.forwarding", "1")])?;
+        let hosts = [
+            (Role::Client, "r-client", "eth0", addr::CLIENT_V6),
+            (Role::Ingress1, "r-ing1", "eth0", addr::INGRESS1_V6),
+            (Role::Ingress2, "r-ing2", "eth0", addr::INGRESS2_V6),
+            (Role::Home, "r-wan1", "wan1", addr::WAN1_V6),
+        ];
+        for (role, rif, hif, a) in hosts {
+            let seg = a.segments();
+            let gw = Ipv6Addr::new(seg[0], seg[1], seg[2], 0, 0, 0, 0, 1);
+            let ns = self.ns(role).to_string();
+            // A link set down (a WAN cut) must not flush the IPv6 addresses, as IPv4 keeps its own.
+            cmd::sysctl(&inet, &[(&format!("net.ipv6.conf.{rif}.keep_addr_on_down"), "1")])?;
+            cmd::sysctl(&ns, &[(&format!("net.ipv6.conf.{hif}.keep_addr_on_down"), "1")])?;
+            cmd::ip(&inet, &["-6", "addr", "add", &format!("{gw}/64"), "dev", rif, "nodad"])?;
+            cmd::ip(&ns, &["-6", "addr", "add", &format!("{a}/64"), "dev", hif, "nodad"])?;
+            cmd::ip(&ns, &["-6", "route", "add", "default", "via", &gw.to_string(), "dev", hif])?;
+        }
+        let mut argv = vec![self.bins.echo_server.display().to_string()];
+        for port in [addr::ECHO_PORT, addr::HEALTH_PORT] {
+            argv.push("--listen".into());
+            argv.push(SocketAddr::new(addr::WAN1_V6.into(), port).to_string());
+        }
+        self.spawn(Role::Home, "backend-home-v6", &argv)?;
+        let ns = self.ns(Role::Home).to_string();
+        wait_until("the IPv6 backend listening", Duration::from_secs(10), Duration::from_millis(20), || {
+            self.proc_mut("backend-home-v6")?.ensure_running()?;
+            let out = cmd::exec_ok(&ns, &["ss", "-Hltn6"], cmd::DEFAULT_TIMEOUT)?;
+            let n = out.lines().filter(|l| l.contains(&addr::WAN1_V6.to_string())).count();
+            check(n >= 2, || format!("{n} of 2 sockets listening"))
+        })
+    }
+
     /// Starts `echo-server` in `role` (home, or lan later) on the echo and health ports of
     /// every address that carries traffic there: the WAN addresses and the mesh address in home,
     /// the LAN address in lan.
@@ -446,7 +492,7 @@ impl Topology {
             return "unknown";
         };
         match sa.ip() {
-            ip if ip == IpAddr::from(addr::WAN1) => "wan1",
+            ip if ip == IpAddr::from(addr::WAN1) || ip == IpAddr::from(addr::WAN1_V6) => "wan1",
             ip if ip == IpAddr::from(addr::WAN2) => "wan2",
             ip if Some(ip) == self.home_mesh_addr().map(IpAddr::from) => "mesh",
             ip if ip == IpAddr::from(addr::LAN) => "lan",
