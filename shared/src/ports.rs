@@ -64,7 +64,9 @@ impl FromStr for PortRange {
     }
 }
 
-/// `ADDRESS:PORT` or `ADDRESS:FIRST-LAST`; IPv6 addresses in brackets.
+/// `ADDRESS:PORT` or `ADDRESS:FIRST-LAST`; IPv6 addresses in brackets, and only they: an IPv4
+/// address in brackets (`[127.0.0.1]:80`) or an IPv6 one without (`::1:80`, where the port
+/// cannot be told from the address) is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenSpec {
     pub ip: IpAddr,
@@ -98,6 +100,13 @@ impl FromStr for ListenSpec {
             s.rsplit_once(':').ok_or_else(|| format!("`{s}`: expected `IP:PORT` or `IP:FIRST-LAST`"))?
         };
         let ip = host.parse::<IpAddr>().map_err(|_| format!("`{host}` in `{s}` is not an IP address"))?;
+        match (s.starts_with('['), ip) {
+            (true, IpAddr::V4(_)) => {
+                return Err(format!("`{s}`: brackets are for IPv6 addresses only; write `{host}:{ports}`"))
+            }
+            (false, IpAddr::V6(_)) => return Err(format!("`{s}`: an IPv6 address goes in brackets, `[IPv6]:PORT`")),
+            _ => {}
+        }
         let ports = ports.parse::<PortRange>().map_err(|e| format!("in `{s}`: {e}"))?;
         Ok(Self { ip, ports })
     }
@@ -207,6 +216,14 @@ mod tests {
         assert_eq!(s.ports.len(), 41);
         assert_eq!(s.to_string(), "[::]:49160-49200");
         assert!("0.0.0.0".parse::<ListenSpec>().is_err());
+        // Brackets belong to IPv6 only, and IPv6 needs them.
+        let e = "[127.0.0.1]:80".parse::<ListenSpec>().unwrap_err();
+        assert!(e.contains("brackets are for IPv6") && e.contains("`127.0.0.1:80`"), "{e}");
+        assert!("[127.0.0.1]:49160-49200".parse::<ListenSpec>().is_err());
+        let e = "::1:80".parse::<ListenSpec>().unwrap_err();
+        assert!(e.contains("goes in brackets"), "{e}");
+        assert!("2001:db8::1:80".parse::<ListenSpec>().is_err());
+        assert_eq!("[::1]:80".parse::<ListenSpec>().unwrap().to_string(), "[::1]:80");
         assert!("0.0.0.0:70000".parse::<ListenSpec>().is_err());
         assert!("0.0.0.0:10-5".parse::<ListenSpec>().is_err());
         assert!("nothost:80".parse::<ListenSpec>().is_err());
