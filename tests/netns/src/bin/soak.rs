@@ -164,7 +164,12 @@ impl LocalProxy {
         // The process has its copies of the stored sockets; ours go.
         drop(copies);
         self.starts += 1;
-        self.store.wait_ready(self.starts, Duration::from_secs(20))?;
+        let want = self.starts;
+        wait_until("local-proxy READY=1", Duration::from_secs(20), Duration::from_millis(10), || {
+            t.proc_mut("local-proxy")?.ensure_running()?;
+            self.store.poll()?;
+            check(self.store.ready >= want, || "no READY=1 yet".into())
+        })?;
         wait_until("local-proxy serving", Duration::from_secs(20), Duration::from_millis(50), || {
             t.proc_mut("local-proxy")?.ensure_running()?;
             let out = cmd::exec_ok(&self.home, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
@@ -182,6 +187,11 @@ fn run() -> Result<()> {
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let bins = Bins::in_dir(&dir);
     let lp_bin = std::env::var_os("LOCAL_PROXY_BIN").map(PathBuf::from).unwrap_or_else(|| dir.join("local-proxy"));
+    // The children inherit the environment, and both binaries read LOCAL_PROXY_* / INGRESS_*
+    // as config overrides (an unknown key `bin` would stop them): read once, then gone.
+    // Single-threaded still, so changing the environment is sound.
+    std::env::remove_var("LOCAL_PROXY_BIN");
+    std::env::remove_var("INGRESS_BIN");
     for b in [&bins.ingress, &lp_bin] {
         if !b.is_file() {
             bail!("{} missing: run `cargo build -p ingress -p local-proxy -p netns` first", b.display());
