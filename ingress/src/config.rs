@@ -268,6 +268,10 @@ fn parse_target(s: &str, family: AddressFamily) -> Result<(Target, Option<u16>),
         _ => (s, None),
     };
     match shared::dns::parse_name(host) {
+        // A single label would be asked as a top-level domain: a typo, not a home's name.
+        Some(host) if !host.contains('.') => {
+            Err(format!("`{s}` is neither an IP address nor a fully qualified DNS name (like wan1.example.org)"))
+        }
         Some(host) => Ok((Target::Name { host, family }, port)),
         // Brackets, colons or a numeric last label: meant as an address, so say what is wrong with it.
         None if host.contains(['[', ']', ':'])
