@@ -7,15 +7,10 @@
 //! the field: it wins). Drain has no config field, so it lasts until undrained. A path the
 //! config removes loses its overrides with it.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-/// Milliseconds since the Unix epoch (what `/status` and the page show).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use shared::admin::page::now_ms;
 
 /// One path's overrides and the counters the status page reads.
 #[derive(Debug, Default)]
@@ -89,7 +84,7 @@ impl PathControl {
 }
 
 /// How many state changes `/status` keeps.
-pub const EVENTS_KEPT: usize = 50;
+pub const EVENTS_KEPT: usize = shared::admin::events::KEPT;
 
 /// One state change: a path up or down, a pool onto or off the mesh tier, an operator's
 /// drain or weight.
@@ -125,7 +120,7 @@ impl Event {
 
 /// The last [`EVENTS_KEPT`] state changes of this process (every server in it: tests run
 /// several, each one's pools and paths are named apart).
-static EVENTS: Mutex<VecDeque<Event>> = Mutex::new(VecDeque::new());
+static EVENTS: shared::admin::events::Recent<Event> = shared::admin::events::Recent::new();
 
 /// Logs `event` at info with its fields and keeps it for `/status`.
 pub fn record(event: Event) {
@@ -135,16 +130,12 @@ pub fn record(event: Event) {
     } else {
         tracing::info!(pool = %event.pool, path = %event.path, from = %event.from, to = %event.to, reason = %event.reason, "state change");
     }
-    let mut events = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
-    if events.len() == EVENTS_KEPT {
-        events.pop_front();
-    }
-    events.push_back(event);
+    EVENTS.push(event);
 }
 
 /// The kept events, newest first.
 pub fn recent() -> Vec<Event> {
-    EVENTS.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
+    EVENTS.newest_first()
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub const LISTENER_REFUSED: &str = "ingress_listener_refused_total";
 pub const SERVICE_ACTIVE: &str = "ingress_service_active_connections";
 pub const SERVICE_CONNECT_GIVEUPS: &str = "ingress_service_upstream_unavailable_total";
 pub const SERVICE_ROUTE_FAILURES: &str = "ingress_service_route_failures_total";
+/// Client connections open across every service.
+pub const OPEN_CONNECTIONS: &str = "ingress_open_connections";
 pub const RELOADS: &str = "ingress_config_reloads_total";
 /// Runtime control requests refused (label `reason`: missing, wrong token).
 pub const ADMIN_UNAUTHORIZED: &str = "ingress_admin_unauthorized_total";

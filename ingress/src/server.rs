@@ -58,7 +58,7 @@ impl Server {
             started_ms: crate::control::now_ms(),
             shares: Default::default(),
             open: AtomicUsize::new(0),
-            m_open: gauge!("ingress_open_connections"),
+            m_open: gauge!(m::OPEN_CONNECTIONS),
             stop,
         });
         let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };

@@ -1,24 +1,156 @@
-//! The admin listener (the shared hyper server, `shared::admin`): `/metrics` (Prometheus
-//! text) and `/healthz`.
+//! The admin listener (the shared hyper server, `shared::admin`): `GET /metrics`
+//! (Prometheus text), `GET /healthz`, `GET /status` (JSON, see `status`), `GET /` (the
+//! status page, see `page`) and runtime control of upstreams (`POST /api/drain`,
+//! `/api/undrain`, `/api/weight` with `name=SITE_OR_STREAM&upstream=URL_OR_ADDRESS`), which
+//! needs the bearer token of `admin.token_file`: without one configured the control
+//! endpoints are off (403); a missing or wrong token is refused (401), counted and logged.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::StatusCode;
-use shared::admin::{Reply, Routes};
+use http::{Method, StatusCode};
+use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::names;
+use crate::pool::{Member, Pool, NO_OVERRIDE};
 use crate::state::State;
+use crate::status::Event;
 
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
-    let metrics = state.clone();
-    let routes =
-        Routes::new().get("/metrics", move || Reply::metrics(metrics.metrics.render())).get("/healthz", move || {
-            match state.health() {
-                Ok(()) => Reply::text(StatusCode::OK, "ok\n"),
-                Err(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
-            }
-        });
+    crate::status::mark_start();
+    let (metrics, health, status, page) = (state.clone(), state.clone(), state.clone(), state.clone());
+    let control = |action: Action| {
+        let state = state.clone();
+        move |c: &Call<'_>| control(&state, c, action)
+    };
+    let routes = Routes::new()
+        .get("/metrics", move || {
+            publish_certificates(&metrics);
+            Reply::metrics(metrics.metrics.render())
+        })
+        .get("/healthz", move || match health.health() {
+            Ok(()) => Reply::text(StatusCode::OK, "ok\n"),
+            Err(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+        })
+        .get("/status", move || match serde_json::to_string_pretty(&crate::status::collect(&status)) {
+            Ok(body) => Reply::json(StatusCode::OK, body + "\n"),
+            Err(e) => Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")),
+        })
+        .route(Method::GET, "/", move |c| {
+            let live_only = c.param("part").as_deref() == Some("live");
+            Reply::html(crate::page::render(&crate::status::collect(&page), live_only))
+        })
+        .route(Method::POST, "/api/drain", control(Action::Drain))
+        .route(Method::POST, "/api/undrain", control(Action::Undrain))
+        .route(Method::POST, "/api/weight", control(Action::Weight));
     shared::admin::serve(listener, routes, stop.cancelled_owned()).await;
+}
+
+/// Each served certificate's end as a gauge, by its first name (the alert rules read it).
+fn publish_certificates(state: &State) {
+    for (names, not_after) in state.certs.certificates() {
+        if let Some(first) = names.first() {
+            metrics::gauge!(names::CERTIFICATE_EXPIRY, "certificate" => first.clone()).set(not_after as f64);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Drain,
+    Undrain,
+    Weight,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Drain => "drain",
+            Action::Undrain => "undrain",
+            Action::Weight => "weight",
+        }
+    }
+}
+
+/// One control request: authenticate, find the upstream, apply, record who did what.
+fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
+    let config = state.config.load();
+    let Some(token) = &config.admin_token else {
+        return Reply::text(StatusCode::FORBIDDEN, "runtime control is off: set admin.token_file in the config\n");
+    };
+    let user = c.headers.get(shared::admin::client::USER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    if let Err(denied) = token.check(c.headers) {
+        metrics::counter!(names::ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(1);
+        tracing::warn!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), "admin: control request refused");
+        return Reply::text(StatusCode::UNAUTHORIZED, format!("unauthorized: {} bearer token\n", denied.as_str()));
+    }
+    let (Some(name), Some(upstream)) = (c.param("name"), c.param("upstream")) else {
+        return Reply::text(StatusCode::BAD_REQUEST, "missing name=SITE_OR_STREAM and upstream=URL_OR_ADDRESS\n");
+    };
+    let pools = state.pools.load();
+    let pool: &Arc<Pool> = match (pools.site(&name), pools.stream(&name)) {
+        (Some(p), None) | (None, Some(p)) => p,
+        (Some(_), Some(_)) => {
+            return Reply::text(StatusCode::CONFLICT, format!("`{name}` is both a site and a stream\n"));
+        }
+        (None, None) => return Reply::text(StatusCode::NOT_FOUND, format!("no site or stream `{name}`\n")),
+    };
+    let Some(member) = pool.members.iter().find(|m| *m.label == *upstream) else {
+        let known: Vec<&str> = pool.members.iter().map(|m| &*m.label).collect();
+        return Reply::text(
+            StatusCode::NOT_FOUND,
+            format!("`{name}` has no upstream `{upstream}`; it has {}\n", known.join(", ")),
+        );
+    };
+    let (from, to) = match action {
+        Action::Drain | Action::Undrain => {
+            let on = matches!(action, Action::Drain);
+            let was = member.state.drain.swap(on, Ordering::Relaxed);
+            (drain_word(was), drain_word(on))
+        }
+        Action::Weight => {
+            let want = match c.param("weight").as_deref() {
+                Some("config") => NO_OVERRIDE,
+                Some(w) => match w.parse::<u32>() {
+                    Ok(n @ 1..=1000) => n,
+                    _ => {
+                        return Reply::text(
+                            StatusCode::BAD_REQUEST,
+                            format!("weight: `{w}` is not 1..=1000 or `config`\n"),
+                        )
+                    }
+                },
+                None => return Reply::text(StatusCode::BAD_REQUEST, "missing weight=1..1000 or weight=config\n"),
+            };
+            let was = member.state.weight_override.swap(want, Ordering::Relaxed);
+            (weight_word(member, was), weight_word(member, want))
+        }
+    };
+    metrics::counter!(names::ADMIN_CONTROL, "action" => action.as_str()).increment(1);
+    let answer = format!("{} {name} {upstream}: {from} -> {to}\n", pool.owner.label());
+    crate::status::record(Event {
+        at_ms: shared::admin::page::now_ms(),
+        owner: pool.owner.label(),
+        name: name.clone(),
+        upstream: upstream.clone(),
+        from,
+        to,
+        reason: format!("{} by {user} from {}", action.as_str(), c.peer),
+    });
+    Reply::text(StatusCode::OK, answer)
+}
+
+fn drain_word(drained: bool) -> String {
+    if drained { "drained" } else { "serving" }.to_owned()
+}
+
+fn weight_word(m: &Member, w: u32) -> String {
+    if w == NO_OVERRIDE {
+        format!("weight {} (config)", m.weight)
+    } else {
+        format!("weight {w}")
+    }
 }

@@ -1,12 +1,12 @@
 //! `local-proxy` binary: command line, logging, signals; the work is in the library.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod ctl;
 use local_proxy::{config, listeners};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,32 @@ enum Command {
         #[command(subcommand)]
         what: FirewallCommand,
     },
+    /// Talk to the running proxy through its admin listener (the config's `admin.listen`
+    /// and `admin.token_file`).
+    Ctl {
+        /// Admin listener to call instead of the config's `admin.listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        what: Ctl,
+    },
+}
+
+#[derive(Subcommand)]
+enum Ctl {
+    /// Sites, streams and their upstreams, certificates, firewall (`--json`: the raw /status).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop giving UPSTREAM (as configured: URL or address) of site or stream NAME new
+    /// requests, connections and flows; open ones finish.
+    Drain { name: String, upstream: String },
+    /// Give the upstream new work again.
+    Undrain { name: String, upstream: String },
+    /// Set the upstream's weight (1-1000) until the config changes it, or `config` to drop
+    /// the override.
+    Weight { name: String, upstream: String, weight: String },
 }
 
 #[derive(Subcommand)]
@@ -50,6 +76,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
+        Some(Command::Ctl { admin, what }) => ctl::run(&cli.config, admin, what),
         Some(Command::Check) => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
@@ -61,7 +88,16 @@ fn main() -> ExitCode {
             }
         },
         None => {
-            init_tracing();
+            // The config first: it says how to log. Its errors go to stderr (journald).
+            let config = match config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", cli.config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            // LOCAL_PROXY_LOG (the config loader skips it, so it is not taken for a config key).
+            shared::logging::init(config::LOG_ENV, config.log_format);
             // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
             let (tcp, udp) = local_proxy::inherit::adopt_from_env();
             if tcp + udp > 0 {
@@ -74,7 +110,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(&cli.config)) {
+            match runtime.block_on(run(&cli.config, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!("{e:#}");
@@ -152,24 +188,18 @@ fn notify(what: &str, result: std::io::Result<bool>) {
     }
 }
 
-fn init_tracing() {
-    // LOCAL_PROXY_LOG (the config loader skips it, so it is not taken for a config key).
-    let filter = shared::logging::filter(config::LOG_ENV);
-    // Logs go to stderr (journald takes it); colours only on a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
-async fn run(path: &Path) -> anyhow::Result<()> {
+async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up waits for the loop below instead of meeting
     // its default action (SIGHUP and SIGTERM would end the process mid-start).
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let config = config::load(path).with_context(|| format!("{}", path.display()))?;
+    // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1): SIGUSR2 wedges the runtime.
+    shared::watchdog::arm_test_hook()?;
+    if let Some(every) = shared::watchdog::interval() {
+        // On this runtime, not a thread of its own: a wedged runtime must miss its pings.
+        tokio::spawn(shared::watchdog::run(every));
+    }
     let (mesh, mesh_later) = match listeners::mesh_address(&config).await {
         Ok(m) => (m, false),
         Err(e) => {

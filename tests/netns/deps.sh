@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the network-namespace harness (tests/netns) needs, idempotently:
 # iproute2, nftables, iptables (NFQUEUE delayer), socat, curl, python3, procps, iputils-ping,
-# util-linux (setpriv) and yggdrasil 0.5.x from
+# util-linux (setpriv), chromium and promtool (prometheus), and yggdrasil 0.5.x from
 # bookworm-backports (bookworm's own 0.4.7 cannot peer with the 0.5 network).
 # Runs `apt-get update` at most once, and only when something is missing.
 # Stops no process it did not start: the harness starts its own routers inside namespaces, with
@@ -134,6 +134,36 @@ if [ "${#turn_missing[@]}" -gt 0 ]; then
     fi
 fi
 for tool in turnserver turnutils_uclient openssl; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
+done
+
+# tests/status_page.rs opens the admin status page in headless chromium; scripts/test checks
+# the shipped alert rules with promtool (from Debian's prometheus package). The package's
+# prometheus service is kept from starting, and disabled when installed here: only promtool is used.
+ops_missing=()
+for pkg in chromium prometheus; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        ops_missing+=("$pkg")
+    fi
+done
+if [ "${#ops_missing[@]}" -gt 0 ]; then
+    apt_update
+    ops_policy=/usr/sbin/policy-rc.d
+    ops_had_policy=0
+    [ -e "$ops_policy" ] && ops_had_policy=1
+    if [ "$ops_had_policy" -eq 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$ops_policy"
+        chmod +x "$ops_policy"
+    fi
+    apt-get install -y --no-install-recommends "${ops_missing[@]}"
+    if [ "$ops_had_policy" -eq 0 ]; then
+        rm -f "$ops_policy"
+    fi
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+fi
+for tool in chromium promtool; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deps.sh: FAILED: $tool missing" >&2; exit 1; }
 done
 

@@ -32,8 +32,14 @@ pub const LOG_ENV: &str = "LOCAL_PROXY_LOG";
 /// A validated configuration. Built only by [`load`], [`from_toml_str`] or [`from_figment`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Admin listener (metrics, `/healthz`); `None` when not configured.
+    /// Log lines as text or JSON (read at start only).
+    pub log_format: shared::logging::LogFormat,
+    /// Admin listener (metrics, `/healthz`, `/status`, the status page, runtime control);
+    /// `None` when not configured.
     pub admin: Option<SocketAddr>,
+    /// The bearer token runtime control needs (`admin.token_file`, read at each load);
+    /// `None`: the control endpoints are off.
+    pub admin_token: Option<shared::admin::token::Token>,
     pub wan: Wan,
     pub mesh: Mesh,
     pub http: Http,

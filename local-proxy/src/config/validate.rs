@@ -132,6 +132,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         raw.admin.listen.as_deref().and_then(|s| {
             s.parse::<SocketAddr>().map_err(|_| c.err("admin.listen", format!("`{s}` is not IP:PORT"))).ok()
         });
+    let admin_token = raw.admin.token_file.as_deref().and_then(|f| {
+        if !std::path::Path::new(f).is_absolute() {
+            c.err("admin.token_file", format!("`{f}` is not an absolute path"));
+            return None;
+        }
+        shared::admin::token::Token::from_file(std::path::Path::new(f)).map_err(|e| c.err("admin.token_file", e)).ok()
+    });
+    let log_format = shared::logging::LogFormat::parse(raw.log_format.as_deref().unwrap_or("text"))
+        .map_err(|e| c.err("log_format", e))
+        .unwrap_or_default();
 
     let wan = Wan {
         addresses: raw
@@ -287,7 +297,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
 
     if c.errors.is_empty() {
-        Ok(Config { admin, wan, mesh, http, tls, sites, streams, firewall, acme })
+        Ok(Config { log_format, admin, admin_token, wan, mesh, http, tls, sites, streams, firewall, acme })
     } else {
         Err(c.errors)
     }

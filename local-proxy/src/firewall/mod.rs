@@ -11,6 +11,7 @@ pub mod netlink;
 pub mod nft;
 pub mod readback;
 pub mod ruleset;
+pub mod status;
 /// The `[firewall]` settings live with the rest of the configuration (the config is a
 /// leaf below the firewall); this path stays for the firewall's own modules.
 pub use crate::config::firewall as settings;

@@ -43,6 +43,13 @@ pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 pub const UDP_DROPPED: &str = "local_proxy_udp_dropped_total";
 /// Certificates (names) currently served.
 pub const CERTIFICATES_LOADED: &str = "local_proxy_certificates_loaded";
+/// When each served certificate ends (Unix seconds), by `certificate` (its first name);
+/// set at each scrape. The alert rules (monitoring/alerts.yml) warn 14 days ahead.
+pub const CERTIFICATE_EXPIRY: &str = "local_proxy_certificate_expiry_timestamp_seconds";
+/// Runtime control requests refused, by `reason` (`missing`, `wrong` token).
+pub const ADMIN_UNAUTHORIZED: &str = "local_proxy_admin_unauthorized_total";
+/// Runtime control changes applied, by `action` (`drain`, `undrain`, `weight`).
+pub const ADMIN_CONTROL: &str = "local_proxy_admin_control_total";
 /// Certificate loads, by `result` (`ok`, `failed`).
 pub const CERTIFICATE_LOADS: &str = "local_proxy_certificate_loads_total";
 /// Configuration reloads, by `result` (`ok`, `invalid`, `bind_failed`).

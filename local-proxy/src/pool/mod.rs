@@ -210,8 +210,23 @@ impl Pool {
             .into_iter()
             .take(MAX_UPSTREAMS)
             .map(|(label, weight, backup)| {
-                let reuse =
-                    previous.and_then(|p| p.members.iter().find(|m| *m.label == *label)).map(|m| m.state.clone());
+                let prev = previous.and_then(|p| p.members.iter().find(|m| *m.label == *label));
+                // A runtime weight override lasts until the config changes that weight.
+                if let Some(m) = prev.filter(|m| m.weight != weight) {
+                    let was = m.state.weight_override.swap(NO_OVERRIDE, Ordering::Relaxed);
+                    if was != NO_OVERRIDE {
+                        crate::status::record(crate::status::Event {
+                            at_ms: shared::admin::page::now_ms(),
+                            owner: owner.label(),
+                            name: name.to_owned(),
+                            upstream: label.clone(),
+                            from: format!("weight {was}"),
+                            to: format!("weight {weight}"),
+                            reason: "config changed the weight: the runtime override ends".into(),
+                        });
+                    }
+                }
+                let reuse = prev.map(|m| m.state.clone());
                 Member {
                     state: reuse.unwrap_or_else(|| Arc::new(MemberState::new(owner, name, &label))),
                     label: Arc::from(label),

@@ -6,6 +6,8 @@
 //! server with [`client::request`].
 
 pub mod client;
+pub mod events;
+pub mod page;
 pub mod token;
 
 use std::convert::Infallible;

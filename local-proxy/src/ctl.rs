@@ -1,0 +1,114 @@
+//! `local-proxy ctl …`: the operator's (and Ansible's) side of the admin API. Reads where
+//! the admin listener is and the token from the same config the service runs with, calls the
+//! API, prints the answer; exit status 0 on success, 1 otherwise (the server's reason on
+//! stderr).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use http::Method;
+use shared::admin::{client, encode};
+
+use crate::Ctl;
+
+pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
+    let config = match local_proxy::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(addr) = admin.or(config.admin).map(client::reach) else {
+        eprintln!("no admin listener: set admin.listen in the config (or pass --admin)");
+        return ExitCode::FAILURE;
+    };
+    let target = |action: &str, name: &str, upstream: &str| {
+        format!("/api/{action}?name={}&upstream={}", encode(name), encode(upstream))
+    };
+    let (method, target, json) = match &what {
+        Ctl::Status { json } => (Method::GET, "/status".to_owned(), *json),
+        Ctl::Drain { name, upstream } => (Method::POST, target("drain", name, upstream), false),
+        Ctl::Undrain { name, upstream } => (Method::POST, target("undrain", name, upstream), false),
+        Ctl::Weight { name, upstream, weight } => {
+            (Method::POST, format!("{}&weight={}", target("weight", name, upstream), encode(weight)), false)
+        }
+    };
+    let token = config.admin_token.as_ref();
+    if method == Method::POST && token.is_none() {
+        eprintln!("runtime control needs admin.token_file in the config");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(client::request(addr, method, &target, token, &client::operator())) {
+        Ok((status, body)) if status.is_success() => {
+            if matches!(what, Ctl::Status { .. }) && !json {
+                print!("{}", summary(&body));
+            } else {
+                print!("{body}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("{status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A few lines per site, stream, certificate and firewall name from the `/status` JSON; the
+/// raw JSON if it does not parse.
+fn summary(body: &str) -> String {
+    use std::fmt::Write as _;
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return body.to_owned();
+    };
+    let text = |x: &serde_json::Value| x.as_str().unwrap_or("?").to_owned();
+    let mut out = String::new();
+    let health =
+        if v["healthy"] == true { "healthy".to_owned() } else { format!("UNHEALTHY: {}", text(&v["unhealthy"])) };
+    let _ = writeln!(out, "{health}");
+    for (kind, key) in [("site", "sites"), ("stream", "streams")] {
+        for set in v[key].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{kind} {} ({})", text(&set["name"]), text(&set["balance"]));
+            for u in set["upstreams"].as_array().into_iter().flatten() {
+                let weight = match u["weight_override"].as_u64() {
+                    Some(w) => format!("{w} (override; config {})", u["configured_weight"]),
+                    None => u["weight"].to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<40} {:<8} weight {:<24} open {}",
+                    text(&u["upstream"]),
+                    text(&u["state"]),
+                    weight,
+                    u["active"]
+                );
+            }
+        }
+    }
+    for c in v["certificates"].as_array().into_iter().flatten() {
+        let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(text).collect();
+        let _ = writeln!(out, "certificate {} — {} days left", names.join(", "), c["days_left"]);
+    }
+    if let Some(fw) = v["firewall"].as_object() {
+        let enforcing = if fw["enforcing"] == true { "enforcing" } else { "OPEN" };
+        let _ = writeln!(out, "firewall table {} {enforcing}, {} allowed", text(&fw["table"]), fw["allowed"]);
+        for n in fw["names"].as_array().into_iter().flatten() {
+            let addrs: Vec<String> = n["addresses"].as_array().into_iter().flatten().map(text).collect();
+            let _ = writeln!(out, "  {} → {} ({} failed lookups)", text(&n["name"]), addrs.join(", "), n["failures"]);
+        }
+    }
+    out
+}

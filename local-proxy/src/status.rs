@@ -1,0 +1,218 @@
+//! `GET /status`: what the local proxy is doing, as JSON (schema:
+//! `docs/status-local-proxy.schema.json`, checked by `tests/admin.rs`): health, every site's
+//! and stream's upstreams (up, drained, weight and override, open work), the certificates
+//! with days left, the firewall allowlist (name → addresses, last answer, failures) and the
+//! last operator changes.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use shared::admin::events::Recent;
+use shared::admin::page::now_ms;
+
+use crate::pool::{Pool, NO_OVERRIDE};
+use crate::state::State;
+
+/// The version of the JSON shape; bumped when a field changes meaning or goes away.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub schema: u32,
+    pub binary: &'static str,
+    pub version: &'static str,
+    pub now_ms: u64,
+    pub started_ms: u64,
+    pub healthy: bool,
+    /// Why not healthy (what `/healthz` says); null when healthy.
+    pub unhealthy: Option<String>,
+    /// Runtime control is on (`admin.token_file` set).
+    pub control: bool,
+    pub sites: Vec<SetStatus>,
+    pub streams: Vec<SetStatus>,
+    pub certificates: Vec<CertStatus>,
+    /// Null without a `[firewall]` section.
+    pub firewall: Option<FirewallStatus>,
+    /// The last operator changes, newest first.
+    pub events: Vec<Event>,
+}
+
+/// A site's or stream's upstreams.
+#[derive(Debug, Serialize)]
+pub struct SetStatus {
+    /// The site's host or the stream's name.
+    pub name: String,
+    /// Streams: `tcp` or `udp` and the listening ports; sites: null.
+    pub protocol: Option<String>,
+    pub listen_ports: Option<String>,
+    pub balance: &'static str,
+    pub critical: bool,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    /// The URL or address as configured.
+    pub upstream: String,
+    pub up: bool,
+    /// `up`, `down`, or `drained` (an operator's drain wins over health).
+    pub state: &'static str,
+    pub drained: bool,
+    pub backup: bool,
+    pub weight: u32,
+    pub configured_weight: u32,
+    pub weight_override: Option<u32>,
+    pub fail_avg: f64,
+    /// Requests in flight, open connections, UDP flows and upgraded connections.
+    pub active: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CertStatus {
+    pub names: Vec<String>,
+    pub not_after_ms: u64,
+    /// Negative once expired.
+    pub days_left: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FirewallStatus {
+    pub table: String,
+    /// Protected ports are filtered (false: open until a first DNS answer, or not applied yet).
+    pub enforcing: bool,
+    /// Addresses in the applied allowlist.
+    pub allowed: usize,
+    pub static_addresses: Vec<String>,
+    pub names: Vec<crate::firewall::status::NameStatus>,
+}
+
+/// An operator's change (drain, weight) to one upstream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub at_ms: u64,
+    /// `site` or `stream`.
+    pub owner: &'static str,
+    pub name: String,
+    pub upstream: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+static EVENTS: Recent<Event> = Recent::new();
+
+/// Logs `event` at info with its fields and keeps it for `/status`.
+pub fn record(event: Event) {
+    tracing::info!(owner = event.owner, name = %event.name, upstream = %event.upstream, from = %event.from, to = %event.to, reason = %event.reason, "state change");
+    EVENTS.push(event);
+}
+
+/// When the process started (Unix ms), for `/status`.
+static STARTED_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Marks the start (the first call wins).
+pub fn mark_start() {
+    STARTED_MS.get_or_init(now_ms);
+}
+
+/// The whole status now.
+pub fn collect(state: &State) -> Status {
+    let config = state.config.load();
+    let pools = state.pools.load();
+    let set = |pool: &Pool| SetStatus {
+        name: pool.name.to_string(),
+        protocol: None,
+        listen_ports: None,
+        balance: pool.balance.as_str(),
+        critical: pool.critical,
+        upstreams: pool.members.iter().map(upstream_status).collect(),
+    };
+    let sites = config.sites.iter().filter_map(|s| pools.site(&s.host)).map(|p| set(p)).collect();
+    let streams = config
+        .streams
+        .iter()
+        .filter_map(|s| {
+            let mut out = set(pools.stream(&s.name)?);
+            out.protocol = Some(s.protocol.to_string());
+            out.listen_ports = Some(s.listen_ports.to_string());
+            Some(out)
+        })
+        .collect();
+    let now = now_ms();
+    let certificates = state
+        .certs
+        .certificates()
+        .into_iter()
+        .map(|(names, not_after)| {
+            let not_after_ms = u64::try_from(not_after).unwrap_or(0).saturating_mul(1000);
+            CertStatus {
+                names,
+                not_after_ms,
+                days_left: ((not_after_ms as f64 - now as f64) / 86_400_000.0 * 10.0).round() / 10.0,
+            }
+        })
+        .collect();
+    let firewall = config.firewall.as_ref().map(|fw| {
+        let live = crate::firewall::status::snapshot().unwrap_or_default();
+        // Every configured name is listed, answered or not yet.
+        let names =
+            fw.ingress_names
+                .iter()
+                .map(|n| {
+                    live.names.iter().find(|s| s.name == *n).cloned().unwrap_or_else(|| {
+                        crate::firewall::status::NameStatus { name: n.clone(), ..Default::default() }
+                    })
+                })
+                .collect();
+        FirewallStatus {
+            table: fw.table.clone(),
+            enforcing: live.enforcing,
+            allowed: live.allowed,
+            static_addresses: fw.static_addresses.iter().map(|a| a.to_string()).collect(),
+            names,
+        }
+    });
+    let health = state.health();
+    Status {
+        schema: SCHEMA,
+        binary: "local-proxy",
+        version: env!("CARGO_PKG_VERSION"),
+        now_ms: now,
+        started_ms: STARTED_MS.get().copied().unwrap_or(now),
+        healthy: health.is_ok(),
+        unhealthy: health.err(),
+        control: config.admin_token.is_some(),
+        sites,
+        streams,
+        certificates,
+        firewall,
+        events: EVENTS.newest_first(),
+    }
+}
+
+fn upstream_status(m: &crate::pool::Member) -> UpstreamStatus {
+    let drained = m.state.drain.load(Ordering::Relaxed);
+    let weight_override = match m.state.weight_override.load(Ordering::Relaxed) {
+        NO_OVERRIDE => None,
+        w => Some(w),
+    };
+    let up = m.state.is_up();
+    UpstreamStatus {
+        upstream: m.label.to_string(),
+        up,
+        state: if drained {
+            "drained"
+        } else if up {
+            "up"
+        } else {
+            "down"
+        },
+        drained,
+        backup: m.backup,
+        weight: weight_override.unwrap_or(m.weight),
+        configured_weight: m.weight,
+        weight_override,
+        fail_avg: (m.state.health_snapshot().fail_avg * 1000.0).round() / 1000.0,
+        active: m.state.active(),
+    }
+}
