@@ -42,6 +42,11 @@ struct Nginx {
 impl Nginx {
     /// `tls`: (certificate chain, key) PEM files to serve HTTPS with.
     async fn start(dir: &Path, name: &str, port: u16, tls: Option<(&Path, &Path)>) -> Nginx {
+        Self::start_with(dir, name, port, tls, 200).await
+    }
+
+    /// As `start`, with `GET /` answering `status`.
+    async fn start_with(dir: &Path, name: &str, port: u16, tls: Option<(&Path, &Path)>, status: u16) -> Nginx {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let listen = match tls {
@@ -70,7 +75,7 @@ http {{
     keepalive_requests 100000;
     server {{
         {listen}
-        location / {{ return 200 "{name}\n"; }}
+        location / {{ return {status} "{name}\n"; }}
         location /health {{ return 200 "ok\n"; }}
     }}
 }}
@@ -564,6 +569,106 @@ upstream = "http://127.0.0.1:{port}"
     let _n = Nginx::start(tmp.path(), "app", port, None).await;
     wait_until(Duration::from_secs(5), "healthy again", || async {
         common::http_get(proxy.admin, "/healthz").await.0 == 200
+    })
+    .await;
+}
+
+/// A reload keeps what the checks learnt: an upstream that is down stays down (no request
+/// goes to it to find out again), while the changed weight of the other applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_down_upstream_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, dead) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let health = "health = { path = \"/health\", interval = \"300ms\", timeout = \"200ms\", rise = 2, fall = 2 }";
+    let proxy = Proxy::start(&two_replicas(pa, dead, (1, 1), health)).await;
+    let dead_label = format!("http://127.0.0.1:{dead}");
+    let labels = [("site", "app.example.org"), ("upstream", dead_label.as_str())];
+    wait_until(Duration::from_secs(5), "the dead upstream down", || async {
+        proxy.metric("local_proxy_upstream_up", &labels).await == 0.0
+    })
+    .await;
+    let sent = proxy.metric("local_proxy_upstream_requests_total", &labels).await;
+    proxy.handle.reload(config::from_toml_str(&two_replicas(pa, dead, (3, 1), health)).unwrap()).await.unwrap();
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(request(&c, proxy.mesh_http, "GET", "/", "").await, (200, "a".to_string()));
+    }
+    assert_eq!(proxy.metric("local_proxy_upstream_up", &labels).await, 0.0, "still down after the reload");
+    assert_eq!(proxy.metric("local_proxy_upstream_requests_total", &labels).await, sent, "no request tried it again");
+}
+
+/// With fail_on_5xx, a replica answering 500 is taken out after `fall` such answers (only
+/// passive evidence: no active checks), and the others take its share; it is tried again
+/// after the health interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_on_5xx_takes_a_failing_replica_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let _b = Nginx::start_with(tmp.path(), "b", pb, None, 500).await;
+    let health = "health = { fail_on_5xx = true, fall = 3, interval = \"500ms\" }";
+    let proxy = Proxy::start(&two_replicas(pa, pb, (1, 1), health)).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(request(&c, proxy.mesh_http, "GET", "/", "").await.0);
+    }
+    let errors = statuses.iter().filter(|&&s| s == 500).count();
+    println!("{errors} answers of 500 before the replica was taken out");
+    assert_eq!(errors, 3, "{statuses:?}");
+    assert!(statuses[statuses.len() - 20..].iter().all(|&s| s == 200));
+    let b = format!("http://127.0.0.1:{pb}");
+    let labels = [("site", "app.example.org"), ("upstream", b.as_str()), ("result", "5xx")];
+    assert_eq!(proxy.metric("local_proxy_upstream_failures_total", &labels).await, 3.0);
+    // No active checks: after the interval real traffic tries it again, and it fails again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut again = 0;
+    for _ in 0..10 {
+        again += usize::from(request(&c, proxy.mesh_http, "GET", "/", "").await.0 == 500);
+    }
+    assert_eq!(again, 1, "one retry of the failing replica per interval");
+}
+
+/// Least connections counts upgraded (WebSocket) connections: with one held open on an
+/// upstream, the next goes to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_counts_websocket_connections() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (w1, w2) = (common::ws_upstream().await, common::ws_upstream().await);
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = ["http://{w1}", "http://{w2}"]
+balance = "least_conn"
+"#
+    )))
+    .await;
+    let active = |u: SocketAddr| {
+        let label = format!("http://{u}");
+        let admin = proxy.admin;
+        async move {
+            let text = common::http_get(admin, "/metrics").await.1;
+            metric_value(&text, "local_proxy_upstream_active", &[("site", "app.example.org"), ("upstream", &label)])
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let s = TcpStream::connect(proxy.mesh_http).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("ws://app.example.org/socket", s).await.unwrap();
+        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(format!("hi {i}")));
+        held.push(ws);
+        // Each new connection goes where fewer are open: the two stay level.
+        let (a1, a2) = (active(w1).await, active(w2).await);
+        assert!((a1 - a2).abs() <= 1.0 && a1 + a2 == (i + 1) as f64, "after {} open: {a1} and {a2}", i + 1);
+    }
+    assert_eq!((active(w1).await, active(w2).await), (2.0, 2.0));
+    drop(held);
+    wait_until(Duration::from_secs(5), "closed connections stop counting", || async {
+        active(w1).await + active(w2).await == 0.0
     })
     .await;
 }

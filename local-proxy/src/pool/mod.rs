@@ -5,6 +5,10 @@
 //! per pick; the health state behind its mutex (`shared::health`) is touched once per probe or
 //! finished request/connect. Primaries serve while any is usable; backups only when none is.
 //! With nothing usable the pick answers `None` (the caller answers 503 / closes), counted.
+//! Without active checks nothing would ever bring back an upstream that real traffic took
+//! down, so such an upstream is tried again with real traffic once it has been down for the
+//! health `interval` (nginx's `fail_timeout`); a failure there restarts the wait, `2 × rise`
+//! successes bring it back.
 
 pub mod checks;
 pub mod probe;
@@ -20,7 +24,7 @@ use shared::health::{HealthState, Outcome, Source, Transition};
 use tracing::{info, warn};
 
 use crate::config::upstreams::MAX_UPSTREAMS;
-use crate::config::Health;
+use crate::config::{Check, Health};
 use crate::metrics::names;
 
 pub use set::Pools;
@@ -56,6 +60,9 @@ pub struct MemberState {
     /// Requests in flight, open stream connections, UDP flows and upgraded (WebSocket)
     /// connections on this upstream: the load of `least_conn` and `random_two`.
     active: AtomicU64,
+    /// When it last went down or failed while down, in ms of [`clock_ms`]: with no active
+    /// checks, real traffic tries it again `interval` after that.
+    down_at: AtomicU64,
     /// Runtime hook (admin API): while set, the upstream gets no new requests or
     /// connections; those it has go on. Not a health verdict: probes keep running.
     pub drain: AtomicBool,
@@ -78,6 +85,7 @@ impl MemberState {
             up: AtomicBool::new(true),
             factor: AtomicU32::new(1.0f32.to_bits()),
             active: AtomicU64::new(0),
+            down_at: AtomicU64::new(0),
             drain: AtomicBool::new(false),
             weight_override: AtomicU32::new(NO_OVERRIDE),
             m_requests: metrics::counter!(names::UPSTREAM_REQUESTS, &labels),
@@ -110,6 +118,12 @@ impl MemberState {
     pub fn health_snapshot(&self) -> HealthState {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
+}
+
+/// Milliseconds since the first call: the clock of `down_at`.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// One upstream as the pool sees it: label, configured weight, role, and its state.
@@ -256,8 +270,16 @@ impl Pool {
     fn select(&self, tried: Tried, backup: bool) -> Option<usize> {
         let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_UPSTREAMS];
         let mut n = 0;
+        // Passive-only pools give a down upstream another try after `interval`.
+        let retry_before = match self.health.check {
+            Check::None => clock_ms().checked_sub(self.health.interval.as_millis() as u64),
+            _ => None,
+        };
         for (i, m) in self.members.iter().enumerate() {
-            if m.backup != backup || tried.contains(i) || !m.state.is_up() {
+            if m.backup != backup || tried.contains(i) {
+                continue;
+            }
+            if !m.state.is_up() && retry_before.is_none_or(|t| m.state.down_at.load(Ordering::Relaxed) > t) {
                 continue;
             }
             let weight = m.effective();
@@ -299,6 +321,10 @@ impl Pool {
             let mut h = member.state.health.lock().unwrap_or_else(|e| e.into_inner());
             let t = h.record(outcome, source, self.health.rise, self.health.fall, others);
             member.state.factor.store((h.factor(None) as f32).to_bits(), Ordering::Relaxed);
+            if !h.up && outcome == Outcome::Failed {
+                // Went down, or failed its retry: the wait before the next one starts now.
+                member.state.down_at.store(clock_ms(), Ordering::Relaxed);
+            }
             t
         };
         let Some(t) = transition else { return };
@@ -426,6 +452,51 @@ mod tests {
         p.record(0, Outcome::Failed, Source::Traffic, Some("refused"));
         p.record(0, Outcome::Failed, Source::Traffic, Some("refused"));
         assert!(!p.members[0].state.is_up());
+    }
+
+    #[test]
+    fn without_active_checks_a_down_upstream_is_retried_after_the_interval() {
+        let mut h = health();
+        h.interval = Duration::from_millis(100);
+        let p = Pool::new(
+            Owner::Site,
+            "t",
+            [("a".to_string(), 1, false), ("b".to_string(), 1, false)],
+            Policy::RoundRobin,
+            h.clone(),
+            false,
+            None,
+        );
+        p.record(1, Outcome::Failed, Source::Traffic, None);
+        p.record(1, Outcome::Failed, Source::Traffic, None);
+        assert!(!p.members[1].state.is_up());
+        assert_eq!(shares(&p, 10), [10, 0]);
+        std::thread::sleep(Duration::from_millis(150));
+        // Its share is scaled by its failure ratio for a while.
+        let s = shares(&p, 10);
+        assert!(s[1] >= 3, "tried again with real traffic: {s:?}");
+        p.record(1, Outcome::Failed, Source::Traffic, None);
+        assert_eq!(shares(&p, 10), [10, 0], "a failed retry restarts the wait");
+        std::thread::sleep(Duration::from_millis(150));
+        for _ in 0..4 {
+            p.record_ok(1, Duration::from_millis(1), Source::Traffic);
+        }
+        assert!(p.members[1].state.is_up(), "2 × rise successes bring it back");
+        // With active checks, only they bring it back.
+        h.check = Check::Tcp;
+        let q = Pool::new(
+            Owner::Site,
+            "t",
+            [("a".to_string(), 1, false), ("b".to_string(), 1, false)],
+            Policy::RoundRobin,
+            h,
+            false,
+            None,
+        );
+        q.record(1, Outcome::Failed, Source::Traffic, None);
+        q.record(1, Outcome::Failed, Source::Traffic, None);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(shares(&q, 10), [10, 0]);
     }
 
     #[test]
