@@ -26,6 +26,14 @@ pub mod ranges {
     pub const HEALTH_INTERVAL: DurationRange = DurationRange::new(ms(50), hours(1));
     /// `pool.*.health.timeout`, default 400ms.
     pub const HEALTH_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
+    /// `pool.*.health.flap_half_life`, default 15s: how fast a path's flap penalty decays.
+    pub const FLAP_HALF_LIFE: DurationRange = DurationRange::new(secs(1), hours(1));
+    /// `pool.*.health.flap_max_hold`, default 120s: the longest hold after the last fall.
+    pub const FLAP_MAX_HOLD: DurationRange = DurationRange::new(secs(1), days(1));
+    /// `pool.*.health.slow_start`, default 5s ("0s": a full share at once).
+    pub const SLOW_START: DurationRange = DurationRange::new(ms(0), hours(1));
+    /// `pool.*.health.flap_penalty` (0 turns damping off), `flap_suppress`, `flap_reuse`: 0..=this.
+    pub const MAX_PENALTY: u32 = 1_000_000;
     /// `service.idle_timeout`, default 1h (tcp) / 60s (udp).
     pub const IDLE_TIMEOUT: DurationRange = DurationRange::new(ms(100), days(7));
     /// `service.peek_timeout`, default 5s.
@@ -132,6 +140,12 @@ struct RawHealth {
     check: Option<String>,
     http_path: Option<String>,
     http_host: Option<String>,
+    flap_penalty: Option<u32>,
+    flap_suppress: Option<u32>,
+    flap_reuse: Option<u32>,
+    flap_half_life: Option<String>,
+    flap_max_hold: Option<String>,
+    slow_start: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +332,8 @@ pub struct HealthConfig {
     /// Port probed on each path (unless the path fixes its own port).
     pub port: u16,
     pub check: CheckKind,
+    /// Flap damping and slow start of the pool's paths (`flap_*`, `slow_start`).
+    pub damping: shared::damping::DampingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -436,6 +452,32 @@ impl Problems {
     fn push(&mut self, s: String) {
         self.0.push(s)
     }
+}
+
+/// A pool's flap damping knobs (`field` is the pool's `health` table).
+fn damping_config(p: &mut Problems, field: &str, h: &RawHealth) -> shared::damping::DampingConfig {
+    let d = shared::damping::DampingConfig::default();
+    let f = |k: &str| format!("{field}.{k}");
+    let mut count = |k: &str, v: Option<u32>, default: u32| match v {
+        Some(n) if n > MAX_PENALTY => {
+            p.push(format!("{}: must be 0..={MAX_PENALTY} (got {n})", f(k)));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let cfg = shared::damping::DampingConfig {
+        penalty: count("flap_penalty", h.flap_penalty, d.penalty),
+        suppress: count("flap_suppress", h.flap_suppress, d.suppress),
+        reuse: count("flap_reuse", h.flap_reuse, d.reuse),
+        half_life: p.dur(&f("flap_half_life"), &h.flap_half_life, d.half_life, FLAP_HALF_LIFE),
+        max_hold: p.dur(&f("flap_max_hold"), &h.flap_max_hold, d.max_hold, FLAP_MAX_HOLD),
+        slow_start: p.dur(&f("slow_start"), &h.slow_start, d.slow_start, SLOW_START),
+    };
+    for (k, problem) in cfg.problems() {
+        p.push(format!("{}: {problem}", f(k)));
+    }
+    cfg
 }
 
 fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
@@ -566,7 +608,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 0
             }
         };
-        let health = HealthConfig { interval, timeout, rise, fall, port, check };
+        let damping = damping_config(&mut p, &f("health"), h);
+        let health = HealthConfig { interval, timeout, rise, fall, port, check, damping };
         pools.insert(
             name.clone(),
             PoolConfig {

@@ -667,6 +667,7 @@ mod tests {
                     fall: 2,
                     port: 443,
                     check: CheckKind::Tcp,
+                    damping: Default::default(),
                 },
             },
             None,

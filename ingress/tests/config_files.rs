@@ -39,3 +39,14 @@ fn invalid_configs_are_refused_naming_the_field() {
     }
     assert!(n >= 8);
 }
+
+/// The example spells out the flap damping knobs with their documented defaults; a pool
+/// that leaves them out gets the same.
+#[test]
+fn example_damping_knobs_are_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ingress.toml");
+    let cfg = ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let default = shared::damping::DampingConfig::default();
+    assert_eq!(cfg.pools["home"].health.damping, default);
+    assert_eq!(cfg.pools["lab"].health.damping, default);
+}
