@@ -672,3 +672,51 @@ balance = "least_conn"
     })
     .await;
 }
+
+/// A UDP stream with a probe payload: the upstream that does not answer it (nothing listens:
+/// ICMP unreachable) goes down, and every new flow goes to the one that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_stream_checks_its_upstreams_with_a_payload() {
+    use tokio::net::UdpSocket;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let live = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut reply = b"pong ".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[stream]]
+name = "dns"
+listen = "0/udp"
+upstream = ["{dead}", "{live}"]
+health = {{ send = "ping", expect = "pong", interval = "200ms", timeout = "150ms", rise = 2, fall = 2 }}
+"#
+    )))
+    .await;
+    let dead_label = dead.to_string();
+    let labels = [("stream", "dns"), ("upstream", dead_label.as_str())];
+    wait_until(Duration::from_secs(5), "the silent upstream down", || async {
+        proxy.metric("local_proxy_upstream_up", &labels).await == 0.0
+    })
+    .await;
+    let sent = proxy.metric("local_proxy_upstream_requests_total", &labels).await;
+    let listen = proxy.listeners_udp[&(Origin::Mesh, "dns".to_string())];
+    for i in 0..20 {
+        let client = UdpSocket::bind("127.0.0.4:0").await.unwrap();
+        client.send_to(format!("hello {i}").as_bytes(), listen).await.unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], format!("pong hello {i}").as_bytes());
+    }
+    assert_eq!(proxy.metric("local_proxy_upstream_requests_total", &labels).await, sent, "no flow went to it");
+    let live_label = live.to_string();
+    let flows =
+        proxy.metric("local_proxy_upstream_requests_total", &[("stream", "dns"), ("upstream", &live_label)]).await;
+    assert_eq!(flows, 20.0);
+}
