@@ -311,38 +311,7 @@ async fn a_post_to_a_dying_replica_fails_cleanly_and_is_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
     let pa = free_port();
     let a = Nginx::start(tmp.path(), "a", pa, None).await;
-    // The dying replica: reads a whole request, then closes without a byte of answer.
-    let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pd = dying.local_addr().unwrap().port();
-    let posts = Arc::new(AtomicU64::new(0));
-    let seen = posts.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = dying.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
-                let mut len = 0usize;
-                let mut first = true;
-                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
-                    if first && line.starts_with("POST") {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    first = false;
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    line.clear();
-                }
-                let mut body = vec![0u8; len];
-                let _ = r.read_exact(&mut body).await;
-                // Dies here: the connection closes with no answer.
-            });
-        }
-    });
+    let (pd, posts) = dying_replica("POST").await;
     let proxy = Proxy::start(&config_text(&format!(
         r#"
 [[site]]
@@ -367,6 +336,70 @@ upstream = ["http://127.0.0.1:{pd}", "http://127.0.0.1:{pa}"]
     let (status, body) = request(&c, proxy.mesh_http, "GET", "/", "").await;
     let (status2, body2) = request(&c, proxy.mesh_http, "GET", "/", "").await;
     assert_eq!((status, status2), (200, 200), "{body} {body2}");
+}
+
+/// A replica that reads a whole request, then dies (closes) without a byte of answer; counts
+/// the requests of `method` it took.
+async fn dying_replica(method: &'static str) -> (u16, Arc<AtomicU64>) {
+    let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = dying.local_addr().unwrap().port();
+    let taken = Arc::new(AtomicU64::new(0));
+    let seen = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = dying.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                let mut len = 0usize;
+                let mut first = true;
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if first && line.starts_with(method) {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    first = false;
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body).await;
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// A PUT with a small body (read whole first) that meets a dying replica is sent once more,
+/// to nginx, body and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_put_to_a_dying_replica_is_resent_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let (pd, puts) = dying_replica("PUT").await;
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = ["http://127.0.0.1:{pd}", "http://127.0.0.1:{pa}"]
+"#
+    )))
+    .await;
+    let c = client();
+    for i in 0..4 {
+        let (status, body) = request(&c, proxy.mesh_http, "PUT", "/doc", &format!("version {i}")).await;
+        assert_eq!((status, body.as_str()), (200, "a"));
+    }
+    let taken = puts.load(Ordering::Relaxed);
+    println!("{taken} PUTs died with the dying replica, all resent");
+    assert!(taken >= 1);
+    let at_nginx = a.access_log().lines().filter(|l| l.contains("PUT /doc")).count();
+    assert_eq!(at_nginx, 4, "nginx answered every PUT, the resent ones included");
 }
 
 /// A replica that answers its health checks but hangs real requests: 504 after

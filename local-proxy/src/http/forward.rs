@@ -3,15 +3,16 @@
 //! back with the site's headers, and splice upgraded connections.
 //!
 //! Retries: a failed connect moves to the next usable upstream (the body was never read, see
-//! `replay`), as many times as there are upstreams; a bodiless GET, HEAD or OPTIONS that
-//! fails after it was sent, before any response byte, is sent once more elsewhere; anything
-//! else fails with 502, and a request with no answer within `upstream_timeout` with 504 (a
-//! hanging upstream is not asked twice). With no usable upstream: 503 and Retry-After.
+//! `replay`), as many times as there are upstreams; an idempotent request (GET, HEAD,
+//! OPTIONS, PUT, DELETE) without a body or with one of at most `replay::BUFFER_MAX` bytes
+//! (read whole first) that fails after it was sent, before any response byte, is sent once
+//! more elsewhere; anything else (a POST) fails with 502, and a request with no answer within
+//! `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no usable
+//! upstream: 503 and Retry-After.
 
 use std::time::Duration;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -23,7 +24,7 @@ use super::body::{self, Body};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::pages;
-use super::replay::Slot;
+use super::replay::Replay;
 use super::routes::SiteRoute;
 use super::upstream::error_chain;
 use crate::idle::{Activity, Tracked};
@@ -56,9 +57,10 @@ pub async fn forward(
     set_forwarded(req.headers_mut(), conn.info.client.ip(), conn.tls, host);
     let (parts, incoming) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let bodiless = incoming.is_end_stream();
-    let replayable = bodiless && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let slot = Slot::new(incoming);
+    let Some(body) = Replay::new(incoming, &parts.method, timeout).await else {
+        return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body did not arrive."), route);
+    };
+    let replayable = body.resendable() && parts.method.is_idempotent();
 
     let label = site.host.clone();
     let mut tried = Tried::default();
@@ -90,7 +92,7 @@ pub async fn forward(
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "Bad request target."),
         };
-        let mut attempt = Request::new(slot.attempt().boxed());
+        let mut attempt = Request::new(body.attempt());
         *attempt.method_mut() = parts.method.clone();
         *attempt.uri_mut() = uri;
         *attempt.version_mut() = Version::HTTP_11;
@@ -113,7 +115,7 @@ pub async fn forward(
                 let reason = error_chain(&e);
                 pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
                 // Never sent (the body still waits): any request may go to the next upstream.
-                if connect && (bodiless || slot.intact()) {
+                if connect && body.intact() {
                     debug!(site = %site.host, upstream = %upstream, error = %reason, "connect failed; next upstream");
                     continue;
                 }

@@ -1,4 +1,5 @@
-//! A request body that can be handed to a second upstream when the first never read it.
+//! A request body that can be handed to a second upstream when the first never read it, or
+//! when it is small and the method idempotent, read whole first so any attempt can resend it.
 //!
 //! The client's body waits in a shared slot; each attempt gets a [`Deferred`] that takes it
 //! out only when hyper first polls for data, which happens after the connection is up and
@@ -11,8 +12,64 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+
+use super::upstream::RequestBody;
+
+/// Largest body read whole before the first attempt, so that an idempotent request (PUT,
+/// DELETE, or a GET with a body) can be sent again after a failure (bytes, from Content-Length).
+pub const BUFFER_MAX: u64 = 64 * 1024;
+
+/// The client's body for every attempt of one request.
+#[derive(Debug)]
+pub enum Replay {
+    /// Streamed through by the first attempt that reads it.
+    Once(Slot),
+    /// Read whole (no body, or a small one of an idempotent request): every attempt sends it.
+    Whole(Bytes),
+}
+
+impl Replay {
+    /// Bodiless requests and small bodies of idempotent methods (RFC 9110: GET, HEAD, OPTIONS,
+    /// PUT, DELETE, TRACE) are read whole within `timeout`; `None` if the client failed to send
+    /// it. Anything else streams.
+    pub async fn new(body: Incoming, method: &Method, timeout: std::time::Duration) -> Option<Self> {
+        if body.is_end_stream() {
+            return Some(Replay::Whole(Bytes::new()));
+        }
+        let idempotent = method.is_idempotent();
+        if idempotent && body.size_hint().upper().is_some_and(|n| n <= BUFFER_MAX) {
+            let collected = tokio::time::timeout(timeout, body.collect()).await.ok()?.ok()?;
+            return Some(Replay::Whole(collected.to_bytes()));
+        }
+        Some(Replay::Once(Slot::new(body)))
+    }
+
+    /// The body of the next attempt.
+    pub fn attempt(&self) -> RequestBody {
+        match self {
+            Replay::Once(slot) => slot.attempt().boxed(),
+            Replay::Whole(bytes) => http_body_util::Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+        }
+    }
+
+    /// Whether another attempt would send the whole body: it was read whole, or no attempt
+    /// has read it yet.
+    pub fn intact(&self) -> bool {
+        match self {
+            Replay::Once(slot) => slot.intact(),
+            Replay::Whole(_) => true,
+        }
+    }
+
+    /// Whether the body may be sent again after an attempt that did send it.
+    pub fn resendable(&self) -> bool {
+        matches!(self, Replay::Whole(_))
+    }
+}
 
 /// Where the client's body waits until an attempt reads it.
 #[derive(Debug, Clone)]
