@@ -63,6 +63,8 @@ pub struct Handle {
     running: Arc<Running>,
     /// Set while a task keeps asking yggdrasil for the mesh address.
     mesh_waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// New `[firewall]` settings go to the firewall task on reload.
+    firewall: crate::firewall::Control,
 }
 
 /// Start serving. Must be called inside a tokio runtime.
@@ -71,10 +73,7 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     let trusted = Arc::new(TrustedPeers::new());
     trusted.set_source(CONFIG_SOURCE, config.wan.trusted_ingress.iter().copied());
     // The allowlist table goes in before any listener serves; it also feeds `trusted`.
-    let firewall = match config.firewall.clone() {
-        Some(fw) => Some(crate::firewall::start(fw, trusted.clone(), shutdown.clone())?),
-        None => None,
-    };
+    let (firewall, firewall_task) = crate::firewall::start(config.firewall.clone(), trusted.clone(), shutdown.clone())?;
     let certs = Arc::new(CertStore::new());
     certs.set_sources(&config.tls);
     let pools = Pools::build(&config, None);
@@ -104,16 +103,14 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
     let running = Arc::new(Running::new(state.clone(), tasks.clone(), conns.clone()));
-    let handle = Handle { state: state.clone(), tasks: tasks.clone(), running, mesh_waiting: Arc::default() };
+    let handle = Handle { state: state.clone(), tasks: tasks.clone(), running, mesh_waiting: Arc::default(), firewall };
     if let (Some(l), Some(addr)) = (listeners.admin.take(), config.admin) {
         handle.running.serve_admin(addr, l);
     }
     handle.serve(listeners);
     tasks.spawn(certs.clone().watch(shutdown.clone()));
     state.acme.apply(config.acme.as_ref(), &certs, &tasks, &shutdown);
-    if let Some(task) = firewall {
-        tasks.spawn(task);
-    }
+    tasks.spawn(firewall_task);
     {
         let state = state.clone();
         tasks.spawn(async move {
@@ -235,10 +232,6 @@ impl Handle {
             }
         };
         let old = self.state.config.load_full();
-        if old.firewall != new.firewall {
-            // The firewall task holds the settings it started with (its table, its names).
-            warn!(change = "firewall", "this change takes effect only after a restart");
-        }
         let mesh = self.mesh_for(&old, &new).await;
         let plan = listeners::plan(&new, mesh);
         let admin = new.admin;
@@ -249,6 +242,7 @@ impl Handle {
                 self.state.conn_limit.forget_permits(old.http.max_connections - new.http.max_connections);
             }
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
+            self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));
             pools.start_checks(&new, &self.tasks, &self.state.shutdown);
             self.state.pools.swap(pools.clone()).stop_checks();

@@ -168,7 +168,7 @@ pub fn collect(state: &State) -> Status {
             table: fw.table.clone(),
             enforcing: live.enforcing,
             allowed: live.allowed,
-            static_addresses: fw.static_addresses.iter().map(|a| a.to_string()).collect(),
+            static_addresses: fw.static_addresses.iter().map(crate::firewall::ruleset::element_text).collect(),
             names,
         }
     });

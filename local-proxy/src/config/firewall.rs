@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use shared::ports::{parse_host_port, parse_ip, DurationRange, PortRange};
 
@@ -96,8 +97,9 @@ impl fmt::Display for PortRule {
 pub struct Settings {
     /// DNS names of the ingress nodes, lower case, without a trailing dot.
     pub ingress_names: Vec<String>,
-    /// Always allowed: `firewall.static_addresses` plus `wan.trusted_ingress`.
-    pub static_addresses: BTreeSet<IpAddr>,
+    /// Always allowed: `firewall.static_addresses` (addresses and CIDR prefixes; a single
+    /// address is a full-length prefix) plus `wan.trusted_ingress`.
+    pub static_addresses: BTreeSet<IpNet>,
     /// WAN-side interfaces the chain filters (a trailing `*` matches a prefix).
     pub interfaces: Vec<String>,
     /// Ports closed to everyone but the allowlist on those interfaces.
@@ -139,6 +141,26 @@ fn interface_ok(name: &str) -> bool {
     !bare.is_empty()
         && name.len() <= 15
         && bare.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'*' && b != b'"')
+}
+
+/// A `static_addresses` entry: an address (`203.0.113.9`, `[2001:db8::9]`) or a CIDR prefix
+/// (`192.0.2.0/24`, `2001:db8::/48`) whose host bits are zero (a typo such as `192.0.2.9/24`
+/// is refused rather than silently widened).
+fn static_entry(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let Some((addr, _)) = text.split_once('/') else {
+        return parse_ip(text).map(|ip| IpNet::from(ip.to_canonical()));
+    };
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an address or a CIDR prefix (ADDRESS/LENGTH, length 0-32 or 0-128)"))?;
+    if net.trunc() != net {
+        return Err(format!("`{text}`: host bits are set after /{}; the prefix is {}", net.prefix_len(), net.trunc()));
+    }
+    if addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.to_ipv4_mapped().is_some()) {
+        return Err(format!("`{text}`: write an IPv4-mapped prefix in its IPv4 form"));
+    }
+    Ok(net)
 }
 
 fn port_entry(raw: &RawPort) -> Result<Vec<PortRule>, String> {
@@ -201,11 +223,11 @@ pub fn validate(
             None => err(e, &format!("ingress_names[{i}]"), format!("`{n}` is not a DNS name")),
         }
     }
-    let mut static_addresses: BTreeSet<IpAddr> = trusted_ingress.iter().map(|a| a.to_canonical()).collect();
+    let mut static_addresses: BTreeSet<IpNet> = trusted_ingress.iter().map(|a| IpNet::from(a.to_canonical())).collect();
     for (i, a) in raw.static_addresses.iter().flatten().enumerate() {
-        match parse_ip(a) {
-            Ok(ip) => {
-                static_addresses.insert(ip.to_canonical());
+        match static_entry(a) {
+            Ok(net) => {
+                static_addresses.insert(net);
             }
             Err(m) => err(e, &format!("static_addresses[{i}]"), m),
         }
@@ -329,7 +351,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.ingress_names, vec!["ingress-1.example.org"]);
-        assert!(s.static_addresses.contains(&"203.0.113.50".parse().unwrap()));
+        assert!(s.static_addresses.contains(&"203.0.113.50/32".parse().unwrap()));
         assert_eq!(s.table, DEFAULT_TABLE);
         assert_eq!(s.on_no_answer, OnNoAnswer::Closed);
         assert_eq!((s.min_refresh, s.max_refresh), (Duration::from_secs(10), Duration::from_secs(3600)));
@@ -388,6 +410,49 @@ mod tests {
         ] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
+    }
+
+    #[test]
+    fn static_addresses_and_prefixes() {
+        let s = load(
+            r#"
+            [wan]
+            trusted_ingress = ["203.0.113.50"]
+            [firewall]
+            static_addresses = ["192.0.2.0/24", "2001:db8::/48", "[2001:db8:1::9]", "::ffff:198.51.100.9", "0.0.0.0/0"]
+            interfaces = ["eth0"]
+            protect_ports = [443]
+            "#,
+        )
+        .unwrap()
+        .unwrap();
+        let got: Vec<String> = s.static_addresses.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "0.0.0.0/0",
+                "192.0.2.0/24",
+                "198.51.100.9/32",
+                "203.0.113.50/32",
+                "2001:db8::/48",
+                "2001:db8:1::9/128"
+            ]
+        );
+        let errs = load(
+            r#"
+            [firewall]
+            static_addresses = ["192.0.2.9/24", "192.0.2.0/33", "2001:db8::/129", "::ffff:192.0.2.0/120", "192.0.2.0/", "nonsense/8"]
+            interfaces = ["eth0"]
+            "#,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for i in 0..6 {
+            let f = format!("firewall.static_addresses[{i}]");
+            assert!(fields.contains(&f.as_str()), "{f} missing from {errs:?}");
+        }
+        let host_bits = errs.iter().find(|e| e.field == "firewall.static_addresses[0]").unwrap();
+        assert!(host_bits.message.contains("192.0.2.0/24"), "{}", host_bits.message);
     }
 
     #[test]

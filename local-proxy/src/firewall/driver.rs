@@ -1,18 +1,24 @@
-//! The firewall task: asks DNS when the tracker says a name is due, applies the table when the
-//! allowlist changes (one batch each time), publishes the list to the trust set, and exports
-//! metrics. On shutdown the table stays, closed, unless `remove_on_exit` is set.
+//! The firewall task: asks DNS when the tracker says a name is due, applies the table when it
+//! changes (one batch each time), publishes the list to the trust set, and exports metrics.
+//! New `[firewall]` settings arrive through [`Control`] (a reload): the new tracker inherits
+//! the last known addresses of the names that stay, new names are looked up at once, and the
+//! new table replaces the old one in one batch after those lookups (a renamed table is created
+//! and the old one deleted in that same batch). A section removed on reload removes the table;
+//! one added on reload starts then. A restart carries the previous run's allowlist over until
+//! every name has answered. On shutdown the table stays, closed, unless `remove_on_exit` is set.
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ipnet::IpNet;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::ruleset::build;
+use super::ruleset::{build_with, TableSpec};
 use super::settings::Settings;
 use super::tracker::{Allowlist, Outcome, Policy, Tracker};
 use super::{Error, TRUST_SOURCE};
@@ -25,21 +31,45 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry delay after a failed table update.
 const APPLY_RETRY: Duration = Duration::from_secs(5);
 
+/// Hands new `[firewall]` settings (or `None`: no firewall) to the running task.
+#[derive(Debug, Clone)]
+pub struct Control {
+    tx: Arc<watch::Sender<Option<Arc<Settings>>>>,
+}
+
+impl Control {
+    /// The settings of a reloaded config; nothing happens when they are unchanged.
+    pub fn update(&self, settings: Option<Settings>) {
+        self.tx.send_if_modified(|current| {
+            let same = current.as_deref() == settings.as_ref();
+            if !same {
+                *current = settings.map(Arc::new);
+            }
+            !same
+        });
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn publish_table(allow: &Allowlist) {
-    metrics::gauge!(names::FIREWALL_OPEN).set(if *allow == Allowlist::Open { 1.0 } else { 0.0 });
-    metrics::gauge!(names::FIREWALL_ALLOWED).set(allow.addresses().len() as f64);
+fn publish_table(spec: &TableSpec) {
+    super::status::applied(spec.enforcing(), spec.allowed().len());
+    metrics::gauge!(names::FIREWALL_OPEN).set(if spec.enforcing() { 0.0 } else { 1.0 });
+    metrics::gauge!(names::FIREWALL_ALLOWED).set(spec.allowed().len() as f64);
 }
 
-fn apply_now(settings: &Settings, allow: &Allowlist) -> Result<(), Error> {
-    let result = super::apply(&build(settings, allow));
+/// Applies `spec`, deleting table `stale` in the same transaction if given (a rename).
+fn apply_now(spec: &TableSpec, stale: Option<&str>) -> Result<(), Error> {
+    let result = match stale {
+        Some(old) => super::swap(spec, old),
+        None => super::apply(spec),
+    };
     let label = if result.is_ok() { "ok" } else { "failed" };
     metrics::counter!(names::FIREWALL_UPDATES, "result" => label).increment(1);
     if result.is_ok() {
-        publish_table(allow);
+        publish_table(spec);
     }
     result
 }
@@ -56,56 +86,16 @@ where
     }
 }
 
-/// Installs the initial table (statics only, or open, per `on_no_answer`) at once, replacing
-/// any table of ours left from before, and returns the task that keeps it current. An error
-/// here (no CAP_NET_ADMIN, no nf_tables) should stop start-up: the operator asked for a firewall.
-pub fn start(
-    settings: Settings,
-    trusted: Arc<TrustedPeers>,
-    shutdown: CancellationToken,
-) -> Result<impl Future<Output = ()> + Send + 'static, Error> {
-    let policy = Policy {
-        min_refresh: settings.min_refresh,
-        max_refresh: settings.max_refresh,
-        on_no_answer: settings.on_no_answer,
-    };
-    let tracker = Tracker::new(
-        settings.ingress_names.clone(),
-        settings.static_addresses.clone(),
-        policy,
-        Instant::now().into_std(),
-    );
-    let lookups =
-        Lookups::new(&ResolverSettings { nameservers: settings.nameservers.clone(), timeout: settings.lookup_timeout })
-            .map_err(|e| Error::Resolver(e.to_string()))?;
-    let carried = carried_over(&settings.table);
-    let initial = with_carried(tracker.allowlist(), &carried);
-    apply_now(&settings, &initial)?;
-    trusted.set_source(TRUST_SOURCE, tracker.closed().addresses());
-    trusted.set_source(CARRIED_SOURCE, carried.iter().copied());
-    metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => "static").set(settings.static_addresses.len() as f64);
-    let ports: Vec<String> = settings.ports.iter().map(|p| p.to_string()).collect();
-    match initial {
-        Allowlist::Open => warn!(
-            table = %settings.table,
-            "firewall OPEN until the first DNS answer (on_no_answer = \"open\"): protected ports accept everyone"
-        ),
-        Allowlist::Only(ref a) => info!(
-            table = %settings.table,
-            interfaces = ?settings.interfaces,
-            ports = ?ports,
-            static_addresses = a.len(),
-            "firewall table installed (closed until DNS answers)"
-        ),
-    }
-    if !carried.is_empty() {
-        info!(
-            table = %settings.table,
-            addresses = carried.len(),
-            "allowlist of the previous run kept until every ingress name has answered"
-        );
-    }
-    Ok(run(settings, tracker, lookups, initial, carried, trusted, shutdown))
+fn policy(s: &Settings) -> Policy {
+    Policy { min_refresh: s.min_refresh, max_refresh: s.max_refresh, on_no_answer: s.on_no_answer }
+}
+
+fn resolver(s: &Settings) -> ResolverSettings {
+    ResolverSettings { nameservers: s.nameservers.clone(), timeout: s.lookup_timeout }
+}
+
+fn lookups(s: &Settings) -> Result<Lookups, Error> {
+    Lookups::new(&resolver(s)).map_err(|e| Error::Resolver(e.to_string()))
 }
 
 /// Trust-set source of the addresses carried over from the previous run's table.
@@ -116,7 +106,7 @@ const CARRIED_SOURCE: &str = "firewall-previous-run";
 /// ingress nodes whose connections the kernel queued during the restart are not dropped and
 /// refused for the few milliseconds before the first DNS answers. Kernel state only root could
 /// have written, and only our table's.
-fn carried_over(table: &str) -> BTreeSet<IpAddr> {
+fn carried_over(table: &str) -> BTreeSet<IpNet> {
     match super::read_table(table) {
         Ok(Some(t)) if t.enforcing() => t.allowed(),
         Ok(_) => BTreeSet::new(),
@@ -127,87 +117,253 @@ fn carried_over(table: &str) -> BTreeSet<IpAddr> {
     }
 }
 
-/// `allow` plus the carried addresses (an open list stays open).
-fn with_carried(allow: Allowlist, carried: &BTreeSet<IpAddr>) -> Allowlist {
-    match allow {
-        Allowlist::Open if carried.is_empty() => Allowlist::Open,
-        other => Allowlist::Only(other.addresses().union(carried).copied().collect()),
-    }
+/// A running firewall: its settings, names, resolver and what the kernel holds.
+struct Active {
+    settings: Arc<Settings>,
+    /// Names only: the static prefixes are added by the table builder and the trust feed.
+    tracker: Tracker,
+    lookups: Lookups,
+    /// The table as last applied; `None` before the first successful apply.
+    applied: Option<TableSpec>,
+    /// A table of ours the next apply deletes in the same batch (the table was renamed).
+    stale: Option<String>,
+    retry_apply: Option<Instant>,
+    /// The previous run's allowlist, kept until every name has answered (then emptied).
+    carried: BTreeSet<IpNet>,
+    /// Names answered since start: the carried list goes once all have been (a failed lookup
+    /// does not count: with DNS down at start the previous list is all there is).
+    heard: BTreeSet<String>,
 }
 
-async fn run(
-    settings: Settings,
-    mut tracker: Tracker,
-    lookups: Lookups,
-    mut applied: Allowlist,
-    mut carried: BTreeSet<IpAddr>,
-    trusted: Arc<TrustedPeers>,
-    shutdown: CancellationToken,
-) {
-    let settings = Arc::new(settings);
-    // Names answered since start: the carried list goes once all have been (a failed lookup
-    // does not count: with DNS down at start the previous list is all there is).
-    let mut heard: BTreeSet<String> = BTreeSet::new();
-    let mut retry_apply: Option<Instant> = None;
-    loop {
-        let due = tracker.due(Instant::now().into_std());
+impl Active {
+    fn new(settings: Arc<Settings>) -> Result<Self, Error> {
+        let tracker = Tracker::new(
+            settings.ingress_names.clone(),
+            Default::default(),
+            policy(&settings),
+            Instant::now().into_std(),
+        );
+        let lookups = lookups(&settings)?;
+        Ok(Self {
+            settings,
+            tracker,
+            lookups,
+            applied: None,
+            stale: None,
+            retry_apply: None,
+            carried: BTreeSet::new(),
+            heard: BTreeSet::new(),
+        })
+    }
+
+    /// The table for the names' list plus the carried one (an open list stays open only
+    /// with nothing carried).
+    fn want(&self) -> TableSpec {
+        let allow = match self.tracker.allowlist() {
+            Allowlist::Open if !self.carried.is_empty() => Allowlist::Only(BTreeSet::new()),
+            other => other,
+        };
+        build_with(&self.settings, &allow, &self.carried)
+    }
+
+    /// Drops the carried list once every configured name has answered.
+    fn drop_carried(&mut self, trusted: &TrustedPeers) {
+        if !self.carried.is_empty() && self.settings.ingress_names.iter().all(|n| self.heard.contains(n)) {
+            info!(table = %self.settings.table, "every ingress name has answered; the previous run's allowlist is dropped");
+            self.carried.clear();
+            trusted.set_source_nets(CARRIED_SOURCE, []);
+        }
+    }
+
+    /// Statics and the last known addresses, for the PROXY-header trust set.
+    fn publish_trust(&self, trusted: &TrustedPeers) {
+        let known = self.tracker.closed().addresses().into_iter().map(IpNet::from);
+        trusted.set_source_nets(TRUST_SOURCE, self.settings.static_addresses.iter().copied().chain(known));
+        metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => "static").set(self.settings.static_addresses.len() as f64);
+    }
+
+    /// The lookups that are due, then the table if it changed (one batch).
+    async fn step(&mut self, trusted: &TrustedPeers) {
+        let due = self.tracker.due(Instant::now().into_std());
         if !due.is_empty() {
+            let tracker = &self.tracker;
             let outcomes =
-                futures_util::future::join_all(due.iter().map(|q| lookups.lookup(tracker.name(*q), q.family))).await;
+                futures_util::future::join_all(due.iter().map(|q| self.lookups.lookup(tracker.name(*q), q.family)))
+                    .await;
             for (q, outcome) in due.into_iter().zip(outcomes) {
-                let name = tracker.name(q).to_string();
+                let name = self.tracker.name(q).to_string();
                 let record = q.family.record();
                 let failure = match &outcome {
                     Outcome::Failed { error } => Some(error.clone()),
                     _ => None,
                 };
-                let change = tracker.record(q, outcome, Instant::now().into_std());
+                let change = self.tracker.record(q, outcome, Instant::now().into_std());
+                super::status::lookup(&name, failure.as_deref(), self.tracker.addresses_of(q.name));
                 if let Some(error) = failure {
                     metrics::counter!(names::FIREWALL_LOOKUP_FAILURES, "name" => name.clone(), "record" => record)
                         .increment(1);
                     let kept = change.kept.map(|k| k.len()).unwrap_or(0);
                     warn!(%name, record, %error, kept, "ingress lookup failed; keeping the last known addresses");
                 } else {
-                    heard.insert(name.clone());
+                    self.heard.insert(name.clone());
                     metrics::gauge!(names::FIREWALL_LAST_REFRESH, "name" => name.clone()).set(unix_now());
                     if !change.added.is_empty() || !change.removed.is_empty() {
                         info!(%name, record, %change, "ingress addresses changed");
                     }
                 }
-                let count = tracker.addresses_of(q.name).len() as f64;
+                let count = self.tracker.addresses_of(q.name).len() as f64;
                 metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => name).set(count);
             }
-            trusted.set_source(TRUST_SOURCE, tracker.closed().addresses());
-            if !carried.is_empty() && settings.ingress_names.iter().all(|n| heard.contains(n.as_str())) {
-                info!(table = %settings.table, "every ingress name has answered; the previous run's allowlist is dropped");
-                carried.clear();
-                trusted.set_source(CARRIED_SOURCE, std::iter::empty());
-            }
+            self.publish_trust(trusted);
+            self.drop_carried(trusted);
         }
 
-        let want = with_carried(tracker.allowlist(), &carried);
-        if want != applied && retry_apply.is_none_or(|t| t <= Instant::now()) {
-            let (s, w) = (settings.clone(), want.clone());
-            match blocking(move || apply_now(&s, &w)).await {
+        let want = self.want();
+        let changed = self.applied.as_ref() != Some(&want) || self.stale.is_some();
+        if changed && self.retry_apply.is_none_or(|t| t <= Instant::now()) {
+            let (spec, stale) = (want.clone(), self.stale.clone());
+            match blocking(move || apply_now(&spec, stale.as_deref())).await {
                 Ok(()) => {
-                    let list: Vec<IpAddr> = want.addresses().into_iter().collect();
-                    if applied == Allowlist::Open {
-                        info!(table = %settings.table, "first DNS answer: firewall now enforcing");
+                    let table = &self.settings.table;
+                    if let Some(old) = self.stale.take() {
+                        info!(%table, old = %old, "firewall table renamed (new one in force, old one deleted, one batch)");
                     }
-                    info!(table = %settings.table, allowed = ?list, "firewall table updated");
-                    applied = want;
-                    retry_apply = None;
+                    if want.enforcing() && self.applied.as_ref().is_some_and(|a| !a.enforcing()) {
+                        info!(%table, "first DNS answer: firewall now enforcing");
+                    }
+                    let list: Vec<String> = want.allowed().iter().map(super::ruleset::element_text).collect();
+                    info!(%table, allowed = ?list, "firewall table updated");
+                    self.applied = Some(want);
+                    self.retry_apply = None;
                 }
                 Err(e) => {
-                    error!(table = %settings.table, error = %e, "firewall update failed; the previous table stays");
-                    retry_apply = Some(Instant::now() + APPLY_RETRY);
+                    error!(table = %self.settings.table, error = %e, "firewall update failed; the previous table stays");
+                    self.retry_apply = Some(Instant::now() + APPLY_RETRY);
                 }
             }
         }
+    }
 
-        let wake = [tracker.next_wake().map(Instant::from_std), retry_apply].into_iter().flatten().min();
+    fn next_wake(&self) -> Option<Instant> {
+        [self.tracker.next_wake().map(Instant::from_std), self.retry_apply].into_iter().flatten().min()
+    }
+
+    /// Takes `new` settings: a tracker that inherits what is known of the names that stay
+    /// (their lookups keep their schedule; new names are due at once), the resolver rebuilt if
+    /// it changed, and the old table marked for deletion if the name changed. The next
+    /// [`Active::step`] looks the new names up and then applies the new table in one batch.
+    fn reconfigure(&mut self, new: Arc<Settings>) {
+        let now = Instant::now().into_std();
+        let old = self.settings.clone();
+        if resolver(&old) != resolver(&new) {
+            match lookups(&new) {
+                Ok(l) => self.lookups = l,
+                Err(e) => {
+                    error!(error = %e, "firewall: the new resolver settings cannot be used; keeping the old ones")
+                }
+            }
+        }
+        let mut tracker = Tracker::new(new.ingress_names.clone(), Default::default(), policy(&new), now);
+        tracker.inherit(&self.tracker, now);
+        let added: Vec<&String> = new.ingress_names.iter().filter(|n| !old.ingress_names.contains(n)).collect();
+        let removed: Vec<&String> = old.ingress_names.iter().filter(|n| !new.ingress_names.contains(n)).collect();
+        for name in &removed {
+            metrics::gauge!(names::FIREWALL_ADDRESSES, "name" => name.to_string()).set(0.0);
+        }
+        if old.table != new.table && self.applied.is_some() {
+            // A table never applied under the old name (failed apply) has nothing to delete,
+            // unless an earlier rename is still pending.
+            self.stale = self.stale.take().or(Some(old.table.clone()));
+        } else if old.table != new.table {
+            self.stale = self.stale.take().filter(|s| *s != new.table);
+        }
+        info!(
+            table = %new.table,
+            added = ?added,
+            removed = ?removed,
+            "firewall settings reloaded; the table follows once the new names are looked up"
+        );
+        self.tracker = tracker;
+        self.settings = new;
+        self.retry_apply = None;
+    }
+}
+
+/// Installs the initial table (statics only, or open, per `on_no_answer`) at once, replacing
+/// any table of ours left from before, and returns the [`Control`] for reloads and the task
+/// that keeps the table current. An error here (no CAP_NET_ADMIN, no nf_tables) should stop
+/// start-up: the operator asked for a firewall. With `None` the task waits for a reload that
+/// adds a `[firewall]` section.
+pub fn start(
+    settings: Option<Settings>,
+    trusted: Arc<TrustedPeers>,
+    shutdown: CancellationToken,
+) -> Result<(Control, impl Future<Output = ()> + Send + 'static), Error> {
+    let settings = settings.map(Arc::new);
+    let (tx, rx) = watch::channel(settings.clone());
+    let active = match settings {
+        None => None,
+        Some(settings) => {
+            let mut active = Active::new(settings)?;
+            active.carried = carried_over(&active.settings.table);
+            let initial = active.want();
+            apply_now(&initial, None)?;
+            active.publish_trust(&trusted);
+            trusted.set_source_nets(CARRIED_SOURCE, active.carried.iter().copied());
+            let s = &active.settings;
+            let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
+            if initial.enforcing() {
+                info!(
+                    table = %s.table,
+                    interfaces = ?s.interfaces,
+                    ports = ?ports,
+                    static_addresses = s.static_addresses.len(),
+                    "firewall table installed (closed until DNS answers)"
+                );
+            } else {
+                warn!(
+                    table = %s.table,
+                    "firewall OPEN until the first DNS answer (on_no_answer = \"open\"): protected ports accept everyone"
+                );
+            }
+            if !active.carried.is_empty() {
+                info!(
+                    table = %active.settings.table,
+                    addresses = active.carried.len(),
+                    "allowlist of the previous run kept until every ingress name has answered"
+                );
+            }
+            active.applied = Some(initial);
+            Some(active)
+        }
+    };
+    Ok((Control { tx: Arc::new(tx) }, run(rx, active, trusted, shutdown)))
+}
+
+async fn run(
+    mut rx: watch::Receiver<Option<Arc<Settings>>>,
+    mut active: Option<Active>,
+    trusted: Arc<TrustedPeers>,
+    shutdown: CancellationToken,
+) {
+    rx.mark_unchanged();
+    let mut updates = true;
+    loop {
+        if let Some(a) = active.as_mut() {
+            a.step(&trusted).await;
+        }
+        let wake = active.as_ref().and_then(Active::next_wake);
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            changed = rx.changed(), if updates => {
+                if changed.is_err() {
+                    // The control is gone (the proxy is shutting down): no more reloads.
+                    updates = false;
+                    continue;
+                }
+                let new = rx.borrow_and_update().clone();
+                active = reload(active, new, &trusted).await;
+            }
             _ = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -216,22 +372,71 @@ async fn run(
             } => {}
         }
     }
-    finish(&settings, &tracker, &applied).await;
+    if let Some(a) = active {
+        finish(a).await;
+    }
 }
 
-async fn finish(settings: &Arc<Settings>, tracker: &Tracker, applied: &Allowlist) {
+/// The firewall after a reload with settings `new`.
+async fn reload(active: Option<Active>, new: Option<Arc<Settings>>, trusted: &TrustedPeers) -> Option<Active> {
+    match (active, new) {
+        (Some(mut a), Some(new)) => {
+            if *a.settings != *new {
+                a.reconfigure(new);
+                // Statics and the names that stay at once; new names join after their lookup.
+                a.publish_trust(trusted);
+                a.drop_carried(trusted);
+            }
+            Some(a)
+        }
+        (None, Some(new)) => match Active::new(new) {
+            Ok(a) => {
+                info!(table = %a.settings.table, "firewall added by a reload; the table follows the first lookups");
+                Some(a)
+            }
+            Err(e) => {
+                error!(error = %e, "firewall added by a reload cannot start; no table");
+                None
+            }
+        },
+        (Some(a), None) => {
+            // No [firewall] any more: the table goes (nobody would keep its addresses current,
+            // so leaving it would lock out an ingress node whose address changes).
+            for table in [Some(a.settings.table.clone()), a.stale.clone()].into_iter().flatten() {
+                let name = table.clone();
+                match blocking(move || super::remove(&name)).await {
+                    Ok(()) => info!(%table, "firewall section removed by a reload: table deleted"),
+                    Err(e) => error!(%table, error = %e, "firewall section removed: deleting the table failed"),
+                }
+            }
+            trusted.set_source_nets(TRUST_SOURCE, []);
+            trusted.set_source_nets(CARRIED_SOURCE, []);
+            metrics::gauge!(names::FIREWALL_ALLOWED).set(0.0);
+            metrics::gauge!(names::FIREWALL_OPEN).set(0.0);
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+async fn finish(a: Active) {
+    let settings = a.settings.clone();
     if settings.remove_on_exit {
-        let table = settings.table.clone();
-        match blocking(move || super::remove(&table)).await {
-            Ok(()) => info!(table = %settings.table, "firewall table removed (remove_on_exit)"),
-            Err(e) => error!(table = %settings.table, error = %e, "removing the firewall table failed"),
+        for table in [Some(settings.table.clone()), a.stale.clone()].into_iter().flatten() {
+            let name = table.clone();
+            match blocking(move || super::remove(&name)).await {
+                Ok(()) => info!(%table, "firewall table removed (remove_on_exit)"),
+                Err(e) => error!(%table, error = %e, "removing the firewall table failed"),
+            }
         }
         return;
     }
-    // Leave it closed: an open table (no answer yet) becomes statics plus what is known.
-    if *applied == Allowlist::Open {
-        let (s, closed) = (settings.clone(), tracker.closed());
-        if let Err(e) = blocking(move || apply_now(&s, &closed)).await {
+    // Leave it closed: an open table (no answer yet) becomes statics plus what is known; a
+    // pending change (a reload not yet applied) goes in too.
+    let closed = build_with(&settings, &a.tracker.closed(), &a.carried);
+    if a.applied.as_ref() != Some(&closed) || a.stale.is_some() {
+        let stale = a.stale.clone();
+        if let Err(e) = blocking(move || apply_now(&closed, stale.as_deref())).await {
             error!(table = %settings.table, error = %e, "closing the firewall table on exit failed");
         }
     }

@@ -18,7 +18,7 @@ pub use crate::config::firewall as settings;
 /// Names → addresses (sans-io) and the lookups, shared with the ingress's paths by name.
 pub use shared::dns as tracker;
 
-pub use driver::start;
+pub use driver::{start, Control};
 pub use readback::read_table;
 pub use ruleset::TableSpec;
 pub use settings::Settings;
@@ -55,10 +55,19 @@ pub enum Error {
 
 /// Replace table `spec.name` with `spec` in one transaction (blocking, short).
 pub fn apply(spec: &TableSpec) -> Result<(), Error> {
-    netlink::send_batch(&nft::replace_batch(spec)?)
+    let batch = nft::replace_batch(spec)?;
+    netlink::send_batch(&batch.bytes, &batch.acks)
+}
+
+/// Replace table `spec.name` with `spec` and delete table `old` in the same transaction: the
+/// new table is in force before the old one goes (a renamed table; blocking, short).
+pub fn swap(spec: &TableSpec, old: &str) -> Result<(), Error> {
+    let batch = nft::swap_batch(spec, Some(old))?;
+    netlink::send_batch(&batch.bytes, &batch.acks)
 }
 
 /// Delete table `inet <name>`, present or not (blocking, short).
 pub fn remove(name: &str) -> Result<(), Error> {
-    netlink::send_batch(&nft::remove_batch(name)?)
+    let batch = nft::remove_batch(name)?;
+    netlink::send_batch(&batch.bytes, &batch.acks)
 }

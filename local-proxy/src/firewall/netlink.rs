@@ -143,6 +143,17 @@ pub fn request(msg: u16, flags: u16, seq: u32, family: u8, attributes: &[u8]) ->
     out
 }
 
+/// Appends `m` as bytes (header with port id 0, body padded to 4 bytes).
+pub fn encode(m: &Msg<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&((16 + m.body.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&m.kind.to_ne_bytes());
+    out.extend_from_slice(&m.flags.to_ne_bytes());
+    out.extend_from_slice(&m.seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(m.body);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
 fn socket() -> Result<mnl::Socket, Error> {
     mnl::Socket::new(mnl::Bus::Netfilter).map_err(|e| Error::Netlink { what: "opening a netfilter socket", source: e })
 }
@@ -151,19 +162,30 @@ fn io_err(what: &'static str) -> impl Fn(io::Error) -> Error {
     move |source| Error::Netlink { what, source }
 }
 
-/// Sends a finalized batch and waits for every ack; the first error aborts (the kernel then
-/// rolls the whole transaction back).
-pub fn send_batch(batch: &nftnl::FinalizedBatch) -> Result<(), Error> {
+/// Sends a whole batch (one `sendto`, so one transaction) and waits for an ack of every
+/// sequence number in `acks`; the first error aborts (the kernel then rolls the whole
+/// transaction back).
+pub fn send_batch(bytes: &[u8], acks: &[u32]) -> Result<(), Error> {
     let sock = socket()?;
-    let portid = sock.portid();
-    sock.send_all(batch).map_err(io_err("sending the batch"))?;
+    let sent = sock.send(bytes).map_err(io_err("sending the batch"))?;
+    if sent < bytes.len() {
+        return Err(Error::Netlink { what: "sending the batch", source: io::Error::other("short send") });
+    }
     let mut buf = Box::new(RecvBuf([0; 65536]));
-    let mut expected = batch.sequence_numbers();
-    while !expected.is_empty() {
-        for message in sock.recv(&mut buf.0[..]).map_err(io_err("receiving acks"))? {
-            let message = message.map_err(io_err("reading an ack"))?;
-            let seq = expected.next().ok_or_else(|| Error::Decode("more acks than messages".into()))?;
-            mnl::cb_run(message, seq, portid).map_err(|source| Error::Refused { source })?;
+    let mut waiting: std::collections::BTreeSet<u32> = acks.iter().copied().collect();
+    while !waiting.is_empty() {
+        let n = sock.recv_raw(&mut buf.0[..]).map_err(io_err("receiving acks"))?;
+        for m in messages(&buf.0[..n])? {
+            if m.kind != NLMSG_ERROR {
+                continue;
+            }
+            match m.error_code() {
+                Some(0) => {
+                    waiting.remove(&m.seq);
+                }
+                Some(code) => return Err(Error::Refused { source: io::Error::from_raw_os_error(-code) }),
+                None => return Err(Error::Decode("short netlink error message".into())),
+            }
         }
     }
     Ok(())
@@ -190,12 +212,7 @@ pub fn query(req: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
                 }
                 _ => {
                     let mut raw = Vec::with_capacity(16 + m.body.len());
-                    raw.extend_from_slice(&((16 + m.body.len()) as u32).to_ne_bytes());
-                    raw.extend_from_slice(&m.kind.to_ne_bytes());
-                    raw.extend_from_slice(&m.flags.to_ne_bytes());
-                    raw.extend_from_slice(&m.seq.to_ne_bytes());
-                    raw.extend_from_slice(&0u32.to_ne_bytes());
-                    raw.extend_from_slice(m.body);
+                    encode(&m, &mut raw);
                     out.push(raw);
                     // NLM_F_MULTI: more follow until NLMSG_DONE.
                     if m.flags & 0x2 == 0 {

@@ -1,13 +1,17 @@
 //! Reading our table back from the kernel over netlink (never from `nft` text) and decoding the
-//! replies into a [`TableSpec`]: chains with hooks, sets with elements, and rules whose
+//! replies into a [`TableSpec`]: chains with hooks, sets with elements (an interval set's
+//! start and interval-end elements turned back into prefixes), and rules whose
 //! expressions are decompiled into [`Stmt`]s (anything unexpected is kept as `Stmt::Other`).
 //! The decoder is sans-io; it also reads our own batches, which the tests use as a round trip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
+
 use super::netlink::{self, attr, attr_str, attr_u32, attrs, cstr, push_attr, Msg};
-use super::ruleset::{ChainSpec, HookSpec, RuleSpec, SetSpec, Stmt, TableSpec, Verdict};
+use super::nft::{ELEM_F_INTERVAL_END, SET_F_INTERVAL};
+use super::ruleset::{disjoint, ChainSpec, HookSpec, RuleSpec, SetSpec, Stmt, TableSpec, Verdict};
 use super::tracker::Family;
 use super::Error;
 
@@ -198,11 +202,49 @@ fn element_addr(family: Family, key: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The prefixes an interval set's elements describe: sorted by address (an interval's end
+/// before the next one's start at the same address), each start runs to the next end (the
+/// address before it) or, with none, to the top of the address space. An end with no start
+/// before it (nft writes one at 0.0.0.0) is skipped. A range that is not one prefix becomes
+/// the fewest prefixes covering it exactly.
+fn intervals(family: Family, mut elems: Vec<(IpAddr, bool)>) -> BTreeSet<IpNet> {
+    elems.sort_by_key(|(ip, end)| (*ip, !*end));
+    let mut out = Vec::new();
+    let mut it = elems.into_iter().peekable();
+    while let Some((first, end)) = it.next() {
+        if end {
+            continue;
+        }
+        let last = match it.peek() {
+            Some((next, true)) => {
+                let next = *next;
+                it.next();
+                match next {
+                    IpAddr::V4(a) => u32::from(a).checked_sub(1).map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+                    IpAddr::V6(a) => u128::from(a).checked_sub(1).map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+                }
+            }
+            _ => Some(match family {
+                Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::MAX)),
+                Family::V6 => IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+            }),
+        };
+        match (first, last) {
+            (IpAddr::V4(a), Some(IpAddr::V4(b))) if a <= b => out.extend(Ipv4Subnets::new(a, b, 0).map(IpNet::V4)),
+            (IpAddr::V6(a), Some(IpAddr::V6(b))) if a <= b => out.extend(Ipv6Subnets::new(a, b, 0).map(IpNet::V6)),
+            _ => {}
+        }
+    }
+    disjoint(out, family)
+}
+
 /// Builds table `name` from nf_tables messages (dump replies or a batch), ignoring anything
 /// that belongs to another table or family. `None` if no `NEWTABLE` for it was seen.
 pub fn assemble(name: &str, msgs: &[Msg<'_>]) -> Option<TableSpec> {
     let mut seen = false;
     let mut t = TableSpec { name: name.into(), sets: Vec::new(), chains: Vec::new(), rules: Vec::new() };
+    // Per set: whether it is an interval set, and its elements (key, interval end?).
+    let mut raw_elems: BTreeMap<String, (bool, Vec<(IpAddr, bool)>)> = BTreeMap::new();
     for m in msgs {
         let (Some(kind), Some((family, a))) = (m.nft_kind(), m.nft()) else {
             continue;
@@ -231,17 +273,21 @@ pub fn assemble(name: &str, msgs: &[Msg<'_>]) -> Option<TableSpec> {
             }
             MSG_NEWSET => {
                 let (Some(set), Some(family)) = (attr_str(a, 2), set_family(a)) else { continue };
+                let interval = attr_u32(a, 3).unwrap_or(0) & SET_F_INTERVAL != 0;
+                raw_elems.entry(set.clone()).or_default().0 = interval;
                 if !t.sets.iter().any(|s| s.name == set) {
                     t.sets.push(SetSpec { name: set, family, elements: Default::default() });
                 }
             }
             MSG_NEWSETELEM => {
                 let Some(set_name) = attr_str(a, 2) else { continue };
-                let Some(set) = t.sets.iter_mut().find(|s| s.name == set_name) else { continue };
-                // Kernel dumps type each element NFTA_LIST_ELEM; libnftnl numbers them 1, 2, ...
+                let Some(set) = t.sets.iter().find(|s| s.name == set_name) else { continue };
+                let list = &mut raw_elems.entry(set_name).or_default().1;
+                // Kernel dumps type each element NFTA_LIST_ELEM; our batches number them too.
                 for (_, elem) in attrs(attr(a, 3).unwrap_or(&[])) {
                     if let Some(ip) = data_value(attr(elem, 1)).and_then(|k| element_addr(set.family, &k)) {
-                        set.elements.insert(ip);
+                        let end = attr_u32(elem, 3).unwrap_or(0) & ELEM_F_INTERVAL_END != 0;
+                        list.push((ip, end));
                     }
                 }
             }
@@ -251,6 +297,14 @@ pub fn assemble(name: &str, msgs: &[Msg<'_>]) -> Option<TableSpec> {
             }
             _ => {}
         }
+    }
+    for set in &mut t.sets {
+        let Some((interval, elems)) = raw_elems.remove(&set.name) else { continue };
+        set.elements = if interval {
+            intervals(set.family, elems)
+        } else {
+            elems.into_iter().map(|(ip, _)| IpNet::from(ip)).collect()
+        };
     }
     // Rules listed chain by chain, in chain order (a dump already is; a batch may interleave).
     let order: Vec<String> = t.chains.iter().map(|c| c.name.clone()).collect();
@@ -325,12 +379,7 @@ mod tests {
     }
 
     fn batch_bytes(spec: &TableSpec) -> Vec<u8> {
-        let batch = nft::replace_batch(spec).unwrap();
-        let mut out = Vec::new();
-        for chunk in &batch {
-            out.extend_from_slice(chunk);
-        }
-        out
+        nft::replace_batch(spec).unwrap().bytes
     }
 
     #[test]
@@ -347,6 +396,66 @@ mod tests {
             assert_eq!(back, spec, "\n{back}\nvs\n{spec}");
             assert_eq!(back.to_string(), spec.to_string());
         }
+    }
+
+    #[test]
+    fn prefixes_round_trip_through_our_batch() {
+        let s = config::from_toml_str(
+            r#"
+            [firewall]
+            static_addresses = ["192.0.2.0/24", "198.51.100.0/31", "203.0.113.255", "255.255.255.0/24",
+                                "0.0.0.0/8", "2001:db8::/48", "ffff:ffff::/32", "2001:db8:1::/127"]
+            interfaces = ["wan1"]
+            protect_ports = [443]
+            "#,
+        )
+        .unwrap()
+        .firewall
+        .unwrap();
+        let allow = Allowlist::Only(
+            ["192.0.2.11", "198.51.100.2", "203.0.114.0", "2001:db8:1::2"].iter().map(|a| a.parse().unwrap()).collect(),
+        );
+        let spec = build(&s, &allow);
+        let back = assemble(&spec.name, &netlink::messages(&batch_bytes(&spec)).unwrap()).expect("table seen");
+        assert_eq!(back, spec, "\n{back}\nvs\n{spec}");
+        let text = back.to_string();
+        assert!(
+            text.contains(
+                "elements = { 0.0.0.0/8, 192.0.2.0/24, 198.51.100.0/31, 198.51.100.2, 203.0.113.255, 203.0.114.0, 255.255.255.0/24 }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("elements = { 2001:db8::/48, 2001:db8:1::/127, 2001:db8:1::2, ffff:ffff::/32 }"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn kernel_interval_dumps_decode_to_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse::<IpNet>().unwrap()).collect::<BTreeSet<_>>();
+        // As the kernel dumps a set nft filled: highest first, nft's 0.0.0.0 end marker, two
+        // adjacent single addresses, a prefix, and a last interval open to the top.
+        let dump = vec![
+            (ip("255.255.255.0"), false),
+            (ip("198.51.101.0"), true),
+            (ip("198.51.100.0"), false),
+            (ip("192.0.2.12"), true),
+            (ip("192.0.2.11"), false),
+            (ip("192.0.2.11"), true),
+            (ip("192.0.2.10"), false),
+            (ip("0.0.0.0"), true),
+        ];
+        assert_eq!(
+            intervals(Family::V4, dump),
+            nets(&["192.0.2.10/32", "192.0.2.11/32", "198.51.100.0/24", "255.255.255.0/24"])
+        );
+        // A range that is no single prefix: the fewest prefixes covering it.
+        let range = vec![(ip("192.0.2.1"), false), (ip("192.0.2.5"), true)];
+        assert_eq!(intervals(Family::V4, range), nets(&["192.0.2.1/32", "192.0.2.2/31", "192.0.2.4/32"]));
+        let v6 = vec![(ip("2001:db8::"), false), (ip("2001:db9::"), true), (ip("::"), true)];
+        assert_eq!(intervals(Family::V6, v6), nets(&["2001:db8::/32"]));
     }
 
     #[test]

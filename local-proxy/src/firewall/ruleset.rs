@@ -2,14 +2,17 @@
 //! want; the kernel read-back (`readback`) decodes into the same types, so the two compare
 //! with `==` and print the same nft-like listing.
 //!
-//! Shape (family `inet`): sets `allow4`/`allow6`; base chain `input` (filter, hook input,
+//! Shape (family `inet`): interval sets `allow4`/`allow6` holding prefixes (an address is a
+//! full-length prefix; a prefix inside another is left out, since the kernel refuses
+//! overlapping intervals); base chain `input` (filter, hook input,
 //! policy accept) that jumps to `wan` for packets arriving on the WAN-side interfaces only, so
 //! the yggdrasil interface and everything else is untouched; `wan` accepts established/related
 //! and the allowlisted sources, then drops the protected ports (no drops while open).
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use super::settings::{PortRule, Settings};
 use super::tracker::{Allowlist, Family};
@@ -83,12 +86,37 @@ pub struct ChainSpec {
     pub hook: Option<HookSpec>,
 }
 
-/// A named address set.
+/// A named interval set of addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetSpec {
     pub name: String,
     pub family: Family,
-    pub elements: BTreeSet<IpAddr>,
+    /// Disjoint prefixes (none inside another).
+    pub elements: BTreeSet<IpNet>,
+}
+
+/// `prefixes` of `family` without those inside another (`192.0.2.11` goes when
+/// `192.0.2.0/24` is there), host bits cleared.
+pub fn disjoint(prefixes: impl IntoIterator<Item = IpNet>, family: Family) -> BTreeSet<IpNet> {
+    let mut all: Vec<IpNet> = prefixes.into_iter().map(|n| n.trunc()).filter(|n| family.matches(&n.addr())).collect();
+    // Shortest prefixes first: each one kept is checked against the wider ones before it.
+    all.sort_by_key(|n| (n.prefix_len(), *n));
+    let mut kept: Vec<IpNet> = Vec::new();
+    for n in all {
+        if !kept.iter().any(|k| k.contains(&n)) {
+            kept.push(n);
+        }
+    }
+    kept.into_iter().collect()
+}
+
+/// An element as nft lists it: an address alone, a shorter prefix as `ADDR/LEN`.
+pub fn element_text(n: &IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 /// A whole `inet` table.
@@ -101,8 +129,8 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The allowlisted addresses (both sets).
-    pub fn allowed(&self) -> BTreeSet<IpAddr> {
+    /// The allowlisted addresses and prefixes (both sets).
+    pub fn allowed(&self) -> BTreeSet<IpNet> {
         self.sets.iter().flat_map(|s| s.elements.iter().copied()).collect()
     }
 
@@ -120,13 +148,22 @@ fn port_rule(p: &PortRule) -> RuleSpec {
     }
 }
 
-/// The table for `settings` holding `allow`.
+/// The table for `settings` holding `allow` and, unless open, the static addresses.
 pub fn build(settings: &Settings, allow: &Allowlist) -> TableSpec {
-    let addrs = allow.addresses();
+    build_with(settings, allow, &BTreeSet::new())
+}
+
+/// [`build`] with `extra` entries too unless open (the previous run's list, carried over).
+pub fn build_with(settings: &Settings, allow: &Allowlist, extra: &BTreeSet<IpNet>) -> TableSpec {
+    let mut all: BTreeSet<IpNet> = allow.addresses().into_iter().map(IpNet::from).collect();
+    if matches!(allow, Allowlist::Only(_)) {
+        all.extend(settings.static_addresses.iter().copied());
+        all.extend(extra.iter().copied());
+    }
     let set = |name: &str, family: Family| SetSpec {
         name: name.into(),
         family,
-        elements: addrs.iter().filter(|a| family.matches(a)).copied().collect(),
+        elements: disjoint(all.iter().copied(), family),
     };
     let mut rules: Vec<RuleSpec> = settings
         .interfaces
@@ -246,8 +283,8 @@ impl fmt::Display for TableSpec {
                 Family::V4 => "ipv4_addr",
                 Family::V6 => "ipv6_addr",
             };
-            let elems: Vec<String> = s.elements.iter().map(|a| a.to_string()).collect();
-            writeln!(f, "\tset {} {{\n\t\ttype {kind}", s.name)?;
+            let elems: Vec<String> = s.elements.iter().map(element_text).collect();
+            writeln!(f, "\tset {} {{\n\t\ttype {kind}\n\t\tflags interval", s.name)?;
             if !elems.is_empty() {
                 writeln!(f, "\t\telements = {{ {} }}", elems.join(", "))?;
             }
@@ -311,11 +348,13 @@ mod tests {
 table inet local_proxy {
 \tset allow4 {
 \t\ttype ipv4_addr
+\t\tflags interval
 \t\telements = { 192.0.2.11, 203.0.113.50 }
 \t}
 
 \tset allow6 {
 \t\ttype ipv6_addr
+\t\tflags interval
 \t\telements = { 2001:db8::11 }
 \t}
 
@@ -350,6 +389,33 @@ table inet local_proxy {
         let closed = build(&settings(), &allow(&[]));
         assert!(closed.enforcing());
         assert_eq!(closed.rules.len(), 2 + 3 + 4);
+    }
+
+    #[test]
+    fn prefixes_cover_what_they_contain() {
+        let s = config::from_toml_str(
+            r#"
+            [firewall]
+            static_addresses = ["192.0.2.0/24", "192.0.2.128/25", "2001:db8::/48", "203.0.113.50"]
+            interfaces = ["wan1"]
+            protect_ports = [443]
+            "#,
+        )
+        .unwrap()
+        .firewall
+        .unwrap();
+        // DNS answers inside a static prefix add nothing; outside it they are single entries.
+        let t = build(&s, &allow(&["192.0.2.11", "198.51.100.7", "2001:db8::11", "2001:db8:1::11"]));
+        let text = t.to_string();
+        assert!(text.contains("elements = { 192.0.2.0/24, 198.51.100.7, 203.0.113.50 }"), "{text}");
+        assert!(text.contains("elements = { 2001:db8::/48, 2001:db8:1::11 }"), "{text}");
+        assert_eq!(t.allowed().len(), 5);
+        // Open: nothing is filtered, the sets stay empty.
+        assert!(build(&s, &Allowlist::Open).allowed().is_empty());
+        // Equal prefixes collapse; disjoint keeps each family to itself.
+        let nets = ["10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8", "2001:db8::1/128"].map(|n| n.parse::<IpNet>().unwrap());
+        assert_eq!(disjoint(nets, Family::V4), ["10.0.0.0/8".parse().unwrap()].into());
+        assert_eq!(disjoint(nets, Family::V6).len(), 1);
     }
 
     #[test]
