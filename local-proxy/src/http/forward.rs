@@ -55,7 +55,7 @@ pub async fn forward(
     }
     strip_hop_by_hop(req.headers_mut(), upgrade);
     set_forwarded(req.headers_mut(), conn.info.client.ip(), conn.tls, host);
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let Some(body) = Replay::new(incoming, &parts.method, timeout).await else {
         return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body did not arrive."), route);
@@ -96,7 +96,10 @@ pub async fn forward(
         *attempt.method_mut() = parts.method.clone();
         *attempt.uri_mut() = uri;
         *attempt.version_mut() = Version::HTTP_11;
-        *attempt.headers_mut() = parts.headers.clone();
+        // Each attempt goes to a different upstream: the last one possible takes the headers
+        // instead of copying them (with one upstream, every request).
+        *attempt.headers_mut() =
+            if attempts >= pool.members.len() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
         match tokio::time::timeout(timeout, route.client.request(attempt)).await {
