@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aptrepo;
+pub mod browser;
 pub mod cmd;
 pub mod delay;
 pub mod echo;
