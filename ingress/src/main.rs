@@ -75,6 +75,11 @@ fn main() -> ExitCode {
         None => {}
     }
     shared::logging::init("INGRESS_LOG", config.log_format);
+    // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
+    let (tcp, udp) = shared::inherit::adopt_from_env();
+    if tcp + udp > 0 {
+        tracing::info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.threads {
         // Benchmarks and operators match HAProxy's nbthread with it; a reload cannot change it.

@@ -1,7 +1,8 @@
 //! The running ingress: pools with their health tasks, services, listeners, limits,
 //! reload and drain. A reload builds a new `Runtime` beside the old one and swaps it in;
 //! listeners whose address is unchanged keep their socket and see the new service at once,
-//! established connections keep the pool they started with.
+//! established connections keep the pool they started with. Every listening socket is also
+//! kept in systemd's descriptor store, so a restart serves the same sockets (`shared::inherit`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,7 +63,11 @@ impl Server {
             stop,
         });
         let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };
-        server.sync_listeners(HashMap::new());
+        // Sockets kept across a restart (systemd's descriptor store) serve at once; the rest
+        // bind below, and kept ones this config no longer has are closed.
+        let kept = inherited_listeners(&config);
+        server.sync_listeners(kept);
+        shared::inherit::release_unclaimed(|_| false);
         server.sync_admin(config.admin);
         server
     }
@@ -114,7 +119,7 @@ impl Server {
             if map.contains_key(&key) {
                 continue;
             }
-            let b = bind(key.0, addr).map_err(|source| ReloadError { service, addr, protocol: key.0, source })?;
+            let b = bind(&key, addr).map_err(|source| ReloadError { service, addr, protocol: key.0, source })?;
             bound.insert(key, b);
         }
         Ok(bound)
@@ -176,6 +181,8 @@ impl Server {
             if !keep {
                 tracing::info!(listen = %key.1, "listener closed");
                 entry.task.abort();
+                // Out of systemd's store too, else the kernel would queue clients for it.
+                shared::inherit::forget(&fd_name(key));
             }
             keep
         });
@@ -187,7 +194,8 @@ impl Server {
             let slot = Arc::new(ArcSwap::new(svc));
             let local = Arc::new(Mutex::new(None));
             let pre = prebound.remove(&key);
-            let task = tokio::spawn(listen_forever(key.0, addr, pre, slot.clone(), local.clone(), self.shared.clone()));
+            let task =
+                tokio::spawn(listen_forever(key.clone(), addr, pre, slot.clone(), local.clone(), self.shared.clone()));
             map.insert(key, ListenerEntry { slot, local, task });
         }
     }
@@ -255,8 +263,43 @@ fn wanted_listeners(config: &Config) -> HashMap<ListenerKey, (String, SocketAddr
     wanted
 }
 
-fn bind(protocol: Protocol, addr: SocketAddr) -> std::io::Result<Bound> {
-    match protocol {
+/// A listener's name in systemd's descriptor store: transport and key, with only characters
+/// systemd allows (`tcp-0.0.0.0_443`, `udp-[__]_3478`, `tcp-127.0.0.1_0-echo` for port 0).
+fn fd_name(key: &ListenerKey) -> String {
+    let proto = match key.0 {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    format!("{proto}-{}", key.1.replace(':', "_").replace('#', "-"))
+}
+
+/// The listeners of `config` that a previous process left in systemd's store (by name, else by
+/// address), ready to serve.
+fn inherited_listeners(config: &Config) -> HashMap<ListenerKey, Bound> {
+    let mut out = HashMap::new();
+    for (key, (_, addr)) in wanted_listeners(config) {
+        let name = fd_name(&key);
+        let kept = match key.0 {
+            Protocol::Tcp => shared::inherit::take_tcp(&name, addr)
+                .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)).map(Bound::Tcp)),
+            Protocol::Udp => shared::inherit::take_udp(&name, addr)
+                .map(|s| s.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(s)).map(Bound::Udp)),
+        };
+        match kept {
+            Some(Ok(b)) => {
+                out.insert(key, b);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(listen = %addr, error = %e, "a socket kept across the restart cannot serve; binding anew")
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+fn bind(key: &ListenerKey, addr: SocketAddr) -> std::io::Result<Bound> {
+    match key.0 {
         Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
         Protocol::Udp => crate::listener::bind_udp(addr).map(Bound::Udp),
     }
@@ -265,22 +308,25 @@ fn bind(protocol: Protocol, addr: SocketAddr) -> std::io::Result<Bound> {
 /// Serve `pre` if given, else bind (retrying with backoff while the address is busy); then
 /// accept until stopped.
 async fn listen_forever(
-    protocol: Protocol,
+    key: ListenerKey,
     addr: SocketAddr,
     mut pre: Option<Bound>,
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
     shared: Arc<Shared>,
 ) {
+    let protocol = key.0;
     let mut backoff = Duration::from_millis(500);
     let mut attempts = 0u32;
     loop {
         let bound = match pre.take() {
             Some(b) => Ok(b),
-            None => bind(protocol, addr),
+            None => bind(&key, addr),
         };
         match bound {
             Ok(b) => {
+                // Kept open by systemd across a restart (a no-op outside systemd).
+                shared::inherit::store(&fd_name(&key), b.as_fd());
                 let la = b.local_addr().unwrap_or(addr);
                 if let Ok(mut l) = local.lock() {
                     *l = Some(la);
@@ -311,6 +357,14 @@ enum Bound {
 }
 
 impl Bound {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Bound::Tcp(l) => l.as_fd(),
+            Bound::Udp(s) => s.as_fd(),
+        }
+    }
+
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             Bound::Tcp(l) => l.local_addr(),

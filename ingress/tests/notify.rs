@@ -15,11 +15,18 @@ impl Drop for Child {
     }
 }
 
-/// The next datagram, or None when `timeout` passes first.
+/// The next state datagram, or None when `timeout` passes first. `FDSTORE=1` messages (each
+/// listening socket handed to systemd's descriptor store; tests/netns ingress_restart covers
+/// them) are skipped.
 fn next(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
     sock.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = [0u8; 1024];
-    sock.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    loop {
+        let mut buf = [0u8; 1024];
+        let text = sock.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())?;
+        if !text.starts_with("FDSTORE=1\n") {
+            return Some(text);
+        }
+    }
 }
 
 /// Datagrams until one equals `want` (returned with those before it), or panics after `limit`.

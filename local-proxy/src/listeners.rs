@@ -72,10 +72,7 @@ impl ListenKey {
     /// address and port, plus what it serves for port 0 (several such sockets share an
     /// address). Only characters systemd allows in `FDNAME` (no `:`; IPv6 in brackets with `_`).
     pub fn fd_name(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("[{}]", v6.to_string().replace(':', "_")),
-        };
+        let ip = shared::inherit::name_part(self.addr.ip());
         let mut name = format!("{}{}-{}-{}", self.origin.fd_prefix(), self.protocol, ip, self.addr.port());
         match &self.any_port {
             Some(Serves::Tcp(Role::Https)) => name.push_str("-https"),

@@ -7,6 +7,7 @@ pub mod damping;
 pub mod dns;
 pub mod health;
 pub mod idle;
+pub mod inherit;
 pub mod logging;
 pub mod notify;
 pub mod peek;

@@ -152,6 +152,8 @@ fn start(store: &FdStore, bin: &Path, cfg: &Path, log: &Path) -> Proxy {
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .env("LOCAL_PROXY_LOG", "info")
+        // The binaries read LOCAL_PROXY_* as config overrides: not this one.
+        .env_remove("LOCAL_PROXY_BIN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::options().create(true).append(true).open(log).unwrap())

@@ -1,0 +1,186 @@
+//! A restart of `ingress` under continuous connections, on loopback: clients connect every
+//! few milliseconds to a TCP service relayed to an echo on a path, while the ingress is stopped
+//! (SIGTERM: stop accepting, drain) and started again three times, its listening sockets kept
+//! across the gap in a descriptor store as systemd keeps them for the packaged unit
+//! (`netns::fdstore`). Asserts that no client fails, then, as a control, that a restart with the
+//! store flushed (`systemctl stop` + `start`) refuses clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netns::fdstore::FdStore;
+
+const LISTEN: &str = "127.0.0.4";
+const RESTARTS: u32 = 3;
+
+fn bin() -> PathBuf {
+    let peer_echo = PathBuf::from(env!("CARGO_BIN_EXE_peer-echo"));
+    let dir = peer_echo.parent().expect("target dir").to_path_buf();
+    let p = std::env::var_os("INGRESS_BIN").map(PathBuf::from).unwrap_or_else(|| dir.join("ingress"));
+    assert!(p.is_file(), "ingress binary missing at {}: cargo build -p ingress", p.display());
+    p
+}
+
+/// A TCP echo on 127.0.0.1 (the pool's one path).
+fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    a
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(store: &FdStore, bin: &Path, cfg: &Path, log: &Path) -> Proc {
+    let argv = vec![bin.display().to_string(), "-c".into(), cfg.display().to_string()];
+    let (argv, copies) = store.command(&argv).unwrap();
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("INGRESS_LOG", "info")
+        // The binaries read INGRESS_* as config overrides: not this one.
+        .env_remove("INGRESS_BIN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::options().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap();
+    drop(copies);
+    Proc(child)
+}
+
+fn stop(p: &mut Proc) {
+    assert!(Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success());
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(40) {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            assert!(status.success(), "ingress exited {status} after SIGTERM");
+            return;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    panic!("ingress still running 40 s after SIGTERM");
+}
+
+fn echo_once(to: SocketAddr, n: u64) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let line = format!("ping {n:>20}\n");
+    s.write_all(line.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; line.len()];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    (back == line.as_bytes()).then_some(()).ok_or_else(|| "echo mismatch".to_string())
+}
+
+#[test]
+fn ingress_restarts_under_load_refuse_no_client() {
+    let bin = bin();
+    let dir = std::env::temp_dir().join(format!("ingress-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = TcpListener::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
+    let path = echo();
+    let cfg = dir.join("ingress.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[pool.home]
+paths = [{{ name = "lan", address = "{path}" }}]
+health = {{ interval = "200ms", timeout = "200ms", rise = 1, fall = 2 }}
+
+[[service]]
+name = "echo"
+listen = ["{LISTEN}:{port}"]
+pool = "home"
+"#
+        ),
+    )
+    .unwrap();
+    let log = dir.join("ingress.log");
+    let dump = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut store = FdStore::new(&dir).unwrap();
+    let mut p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(1, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    store.poll().unwrap();
+    assert_eq!(store.names(), vec![format!("tcp-{LISTEN}_{port}")]);
+
+    let to: SocketAddr = format!("{LISTEN}:{port}").parse().unwrap();
+    let (stop_load, ok, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop_load, ok, failed, errors) = (stop_load.clone(), ok.clone(), failed.clone(), errors.clone());
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop_load.load(Ordering::Relaxed) {
+                    n += 1;
+                    match echo_once(to, n) {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.lock().unwrap().push(e);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    for i in 1..=RESTARTS {
+        stop(&mut p);
+        thread::sleep(Duration::from_millis(150));
+        p = start(&store, &bin, &cfg, &log);
+        store.wait_ready(1 + i, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+        thread::sleep(Duration::from_millis(500));
+    }
+    let (graceful_ok, graceful_failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let graceful_errors = errors.lock().unwrap().clone();
+
+    // Control: the store flushed, as `systemctl stop` does.
+    store.clear();
+    stop(&mut p);
+    thread::sleep(Duration::from_millis(300));
+    p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(2 + RESTARTS, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    thread::sleep(Duration::from_millis(300));
+    stop_load.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    drop(p);
+    let control_failed = failed.load(Ordering::Relaxed) - graceful_failed;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("RESULT ingress_restart restarts={RESTARTS} ok={graceful_ok} failed={graceful_failed} control_failed={control_failed}");
+    assert_eq!(
+        graceful_failed,
+        0,
+        "clients failed across graceful restarts: {:?}",
+        &graceful_errors[..graceful_errors.len().min(10)]
+    );
+    assert!(graceful_ok > 300, "too little load to judge: {graceful_ok}");
+    assert!(control_failed > 0, "a restart without the store should refuse clients");
+}
