@@ -27,6 +27,14 @@ pub const PATH_BYTES: &str = "ingress_path_bytes_total";
 /// Races started because this path had not answered within a few times its usual latency.
 pub const PATH_HEDGES: &str = "ingress_path_hedges_total";
 pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
+/// 1 while flap damping holds the path down (it keeps failing and recovering).
+pub const PATH_HELD: &str = "ingress_path_held";
+/// The path's flap penalty now (decays by half every `flap_half_life`).
+pub const PATH_FLAP_PENALTY: &str = "ingress_path_flap_penalty";
+/// Changes of the path's state as the pool uses it, by the state entered (`to`: up, down, held).
+pub const PATH_STATE_CHANGES: &str = "ingress_path_state_changes_total";
+/// Whole seconds the path spent in each state (`state`: up, down, held).
+pub const PATH_STATE_SECONDS: &str = "ingress_path_state_seconds_total";
 /// This process ran out of descriptors or memory (label `at`: accept, connect, probe,
 /// udp_socket); never counted as a path failure.
 pub const LOCAL_RESOURCE_ERRORS: &str = "ingress_local_resource_errors_total";

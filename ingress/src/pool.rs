@@ -1,10 +1,11 @@
 //! Pools of paths to home and the health-weighted choice among them.
 //!
-//! Invariants: the data path reads only atomics (`up`, `factor`, `active`, `busy`)
-//! plus one short lock on the pool's round robin state per pick; the health state behind
-//! its mutex is touched once per probe or finished connect. WAN paths serve while any is
-//! up; the mesh tier serves only when none is; with nothing up, every path is still tried
-//! (mesh first), because refusing is worse than a slow try. TCP connections and UDP flows
+//! Invariants: the data path reads only atomics (`up`, `held`, `factor`, `active`, `busy`)
+//! plus one short lock on the pool's round robin state per pick; the health and damping
+//! state behind their mutexes are touched once per probe or finished connect and once per
+//! probe round. WAN paths serve while any is up, those held down by flap damping only when
+//! no other is up; the mesh tier serves only when no WAN is up; with nothing up, every path
+//! is still tried (mesh first), because refusing is worse than a slow try. TCP connections and UDP flows
 //! are counted and balanced apart (`Kind`).
 
 use metrics::{counter, gauge, Counter, Gauge};
@@ -17,6 +18,7 @@ use crate::config::{HealthConfig, PathConfig, PoolConfig, Target};
 use crate::control::{Event, PathControl};
 use crate::health::{HealthState, Outcome, Source, Transition};
 use crate::metrics as m;
+use shared::damping::{Change, Damping, DampingConfig, Verdict};
 
 pub use crate::config::MAX_PATHS;
 
@@ -75,7 +77,12 @@ impl ByteMeter {
 /// Health and counters of one path; survives a reload when the path is unchanged.
 pub struct PathState {
     health: Mutex<HealthState>,
+    /// The health verdict (probes and connects, with rise/fall).
     up: AtomicBool,
+    /// Flap damping and slow start over the health verdict (`shared::damping`).
+    damping: Mutex<Damper>,
+    /// Held down by flap damping: offered only while no WAN path that is not held is up.
+    held: AtomicBool,
     /// Where the path leads now: fixed, or the last address its name resolved to that
     /// answered a probe (`resolve`). None: a name not resolved yet, or resolved to nothing.
     addr: arc_swap::ArcSwapOption<IpAddr>,
@@ -108,6 +115,32 @@ pub struct PathState {
     m_active_tcp: Gauge,
     m_active_udp: Gauge,
     m_rate: Gauge,
+    m_held: Gauge,
+    m_penalty: Gauge,
+    /// Per verdict (`verdict_index`): changes into it, and seconds spent in it.
+    m_changes: [Counter; 3],
+    m_seconds: [Counter; 3],
+}
+
+/// The damping state and when its time in state was last counted.
+struct Damper {
+    d: Damping,
+    counted: std::time::Instant,
+}
+
+const VERDICTS: [Verdict; 3] = [Verdict::Up, Verdict::Down, Verdict::Held];
+
+fn verdict_index(v: Verdict) -> usize {
+    match v {
+        Verdict::Up => 0,
+        Verdict::Down => 1,
+        Verdict::Held => 2,
+    }
+}
+
+/// The clock damping runs on (tokio's, so paused-time tests drive it).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl PathState {
@@ -116,9 +149,18 @@ impl PathState {
         let bytes = Arc::new(AtomicU64::new(0));
         let busy_us = Arc::new(AtomicU64::new(0));
         let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
+        let per_verdict = |name: &'static str, key: &'static str| {
+            VERDICTS.map(|v| counter!(name, "pool" => pool.to_owned(), "path" => path.to_owned(), key => v.as_str()))
+        };
         let s = Self {
             health: Mutex::new(HealthState::default()),
             up: AtomicBool::new(ip.is_some()),
+            damping: Mutex::new(Damper { d: Damping::new(ip.is_some(), now()), counted: now() }),
+            held: AtomicBool::new(false),
+            m_held: gauge!(m::PATH_HELD, &labels),
+            m_penalty: gauge!(m::PATH_FLAP_PENALTY, &labels),
+            m_changes: per_verdict(m::PATH_STATE_CHANGES, "to"),
+            m_seconds: per_verdict(m::PATH_STATE_SECONDS, "state"),
             addr: arc_swap::ArcSwapOption::from(ip.map(Arc::new)),
             refreshed: AtomicU64::new(0),
             factor: AtomicU32::new(1.0f32.to_bits()),
@@ -146,6 +188,8 @@ impl PathState {
         s.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
         gauge!(m::PATH_HAS_ADDRESS, &labels).set(if ip.is_some() { 1.0 } else { 0.0 });
         s.m_factor.set(1.0);
+        s.m_held.set(0.0);
+        s.m_penalty.set(0.0);
         s
     }
 }
@@ -167,6 +211,22 @@ pub struct Path {
 impl Path {
     pub fn is_up(&self) -> bool {
         self.state.up.load(Ordering::Relaxed)
+    }
+    /// Held down by flap damping (it keeps failing and recovering).
+    pub fn is_held(&self) -> bool {
+        self.state.held.load(Ordering::Relaxed)
+    }
+    /// Flap damping's view: verdict, penalty now, time left in a hold, when the verdict began.
+    pub fn damping_snapshot(&self, cfg: &DampingConfig) -> DampingSnapshot {
+        let now = now();
+        let d = self.state.damping.lock().map(|d| d.d.clone()).unwrap_or_else(|e| e.into_inner().d.clone());
+        DampingSnapshot {
+            verdict: d.verdict(),
+            penalty: d.penalty(cfg, now),
+            hold_left: d.hold_left(cfg, now),
+            falls: d.falls(),
+            share: d.share(cfg, now),
+        }
     }
     pub fn factor(&self) -> f64 {
         f64::from(f32::from_bits(self.state.factor.load(Ordering::Relaxed)))
@@ -232,6 +292,19 @@ impl Path {
     pub fn health_snapshot(&self) -> HealthState {
         self.state.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
+}
+
+/// What flap damping says of a path, for `/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct DampingSnapshot {
+    pub verdict: Verdict,
+    pub penalty: f64,
+    /// While held: until the penalty decays below `flap_reuse` (if no fall comes first).
+    pub hold_left: Option<std::time::Duration>,
+    /// Falls from up to down since the path's state was created.
+    pub falls: u64,
+    /// Slow-start multiplier of its share (1: full share).
+    pub share: f64,
 }
 
 /// A connection's (or flow's) hold on a path: counted as active until dropped.
@@ -349,6 +422,10 @@ impl Pool {
     pub fn pick(&self, tried: Tried, kind: Kind) -> Option<(usize, &Arc<Path>)> {
         let wan = &self.paths[..self.wan_count];
         let open = |i: usize, p: &Arc<Path>| p.admits() && !tried.contains(i);
+        if let Some(i) = self.select(wan, kind, |i, p| p.is_up() && !p.is_held() && open(i, p)) {
+            return Some((i, &self.paths[i]));
+        }
+        // Paths held down for flapping answer their probes: better than the mesh tier.
         if let Some(i) = self.select(wan, kind, |i, p| p.is_up() && open(i, p)) {
             return Some((i, &self.paths[i]));
         }
@@ -454,18 +531,67 @@ impl Pool {
             let up = t == Transition::WentUp;
             path.state.up.store(up, Ordering::Relaxed);
             path.state.m_up.set(if up { 1.0 } else { 0.0 });
-            let h = path.health_snapshot();
-            path.control.changed_now();
-            let (from, to) = if up { ("down", "up") } else { ("up", "down") };
             let by = match source {
                 Source::Probe => "probe",
                 Source::Traffic => "connect",
             };
-            let reason =
-                if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {:.2}", h.fail_avg) };
-            crate::control::record(Event::new(&self.name, &path.name, from, to, reason));
+            let fail_avg = path.health_snapshot().fail_avg;
+            let cause = if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {fail_avg:.2}") };
+            // While held, the health verdict still moves (and each fall adds penalty) but
+            // the path's state as the pool and its operator see it does not.
+            if !self.judge(path, !up, &cause) {
+                tracing::debug!(pool = %self.name, path = %path.name, up, cause = %cause, "health changed while held down");
+            }
+            // The mesh tier follows the health verdicts (held paths serve before it).
             self.refresh_tier();
         }
+    }
+
+    /// Feed the health verdict into a path's flap damping (`fell`: it has just gone down);
+    /// publish, count and log a change of the pool's verdict. Returns whether it changed.
+    fn judge(&self, path: &Path, fell: bool, cause: &str) -> bool {
+        let cfg = &self.cfg.health.damping;
+        let now = now();
+        let healthy = path.is_up();
+        let mut damper = path.state.damping.lock().unwrap_or_else(|e| e.into_inner());
+        let change = damper.d.update(cfg, healthy, fell, now);
+        let penalty = damper.d.penalty(cfg, now);
+        let hold_left = damper.d.hold_left(cfg, now);
+        if change.is_some() {
+            // Close the time-in-state account of the verdict that ends here.
+            Self::count_time(path, &mut damper, change.map(|c| c.from), now);
+        }
+        drop(damper);
+        path.state.m_penalty.set(penalty);
+        let Some(Change { from, to, .. }) = change else {
+            return false;
+        };
+        let held = to == Verdict::Held;
+        path.state.held.store(held, Ordering::Relaxed);
+        path.state.m_held.set(if held { 1.0 } else { 0.0 });
+        path.state.m_changes[verdict_index(to)].increment(1);
+        path.control.changed_now();
+        let reason = match (from, to) {
+            (_, Verdict::Held) => format!(
+                "{cause}; flapping: penalty {penalty:.0} reached {}, held down for {:.1}s unless it fails again",
+                cfg.suppress,
+                hold_left.unwrap_or_default().as_secs_f64()
+            ),
+            (Verdict::Held, _) => format!("penalty {penalty:.0} fell below {}: hold over, {cause}", cfg.reuse),
+            _ => cause.to_owned(),
+        };
+        crate::control::record(Event::new(&self.name, &path.name, from.as_str(), to.as_str(), reason));
+        true
+    }
+
+    /// Add the time since the last count to the seconds of verdict `v` (the current one if None).
+    fn count_time(path: &Path, damper: &mut Damper, v: Option<Verdict>, now: std::time::Instant) {
+        let v = v.unwrap_or(damper.d.verdict());
+        let dt = now.saturating_duration_since(damper.counted);
+        damper.counted = now;
+        path.state.m_seconds[verdict_index(v)].increment(dt.as_millis() as u64 / 1000);
+        // Whole seconds are counted; keep the remainder for the next count.
+        damper.counted -= std::time::Duration::from_millis(dt.as_millis() as u64 % 1000);
     }
 
     /// Recompute every path's health factor relative to the best latency among up paths.
@@ -478,8 +604,17 @@ impl Pool {
             .filter_map(|(_, h)| h.latency_avg)
             .min();
         for (p, h) in self.paths.iter().zip(&snaps) {
-            // The mesh is judged on its own: it is never compared with a WAN.
-            let f = if p.is_mesh { h.factor(None) } else { h.factor(best) };
+            // A hold ends by time alone: let damping see the clock, and count time in state.
+            self.judge(p, false, if p.is_up() { "probes pass" } else { "probes still fail" });
+            let now = now();
+            let share = {
+                let mut damper = p.state.damping.lock().unwrap_or_else(|e| e.into_inner());
+                Self::count_time(p, &mut damper, None, now);
+                damper.d.share(&self.cfg.health.damping, now)
+            };
+            // The mesh is judged on its own: it is never compared with a WAN. A path that
+            // has just come back takes a growing part of its share (slow start).
+            let f = if p.is_mesh { h.factor(None) } else { h.factor(best) } * share;
             p.state.factor.store((f as f32).to_bits(), Ordering::Relaxed);
             p.state.m_factor.set(f);
         }
@@ -572,6 +707,11 @@ impl Pool {
         if let Ok(mut h) = path.state.health.lock() {
             *h = HealthState::default();
         }
+        if let Ok(mut d) = path.state.damping.lock() {
+            d.d = Damping::new(ip.is_some(), now());
+        }
+        path.state.held.store(false, Ordering::Relaxed);
+        path.state.m_held.set(0.0);
         path.state.latency_ns.store(0, Ordering::Relaxed);
         path.state.factor.store(1.0f32.to_bits(), Ordering::Relaxed);
         path.state.m_factor.set(1.0);
@@ -866,6 +1006,65 @@ mod tests {
         cfg.paths[1].weight = 2;
         let q = Pool::new(cfg, Some(&p));
         assert_eq!((q.paths[0].weight(), q.paths[1].weight()), (1, 2));
+    }
+
+    fn revive(p: &Pool, i: usize) {
+        p.record(i, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+        p.record(i, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+    }
+
+    #[test]
+    fn a_flapping_path_is_held_down_but_still_beats_the_mesh() {
+        let p = pool(&[1, 1], true);
+        kill(&p, 0);
+        revive(&p, 0);
+        assert!(!p.paths[0].is_held(), "one fall is not a flap");
+        kill(&p, 0);
+        revive(&p, 0);
+        assert!(p.paths[0].is_up() && p.paths[0].is_held(), "a second fall within a half-life holds it");
+        let snap = p.paths[0].damping_snapshot(&p.cfg.health.damping);
+        assert_eq!(snap.verdict, Verdict::Held);
+        assert!(snap.penalty > 1500.0 && snap.hold_left.unwrap() > Duration::from_secs(10), "{snap:?}");
+        assert_eq!(shares(&p, 1000), [0.0, 1.0, 0.0], "held: no new connections while wan2 serves");
+        kill(&p, 1);
+        assert_eq!(shares(&p, 1000), [1.0, 0.0, 0.0], "wan2 down: the held but healthy wan1, not the mesh");
+        assert!(!p.on_mesh());
+    }
+
+    /// Driven by tokio's paused clock through `refresh_factors` (what the probe rounds call):
+    /// a held path is released once its penalty decays, then slow-starts.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_ends_by_time_then_the_share_grows_back() {
+        let p = pool(&[1, 1], false);
+        for _ in 0..2 {
+            kill(&p, 0);
+            revive(&p, 0);
+        }
+        assert!(p.paths[0].is_held());
+        let left = p.paths[0].damping_snapshot(&p.cfg.health.damping).hold_left.unwrap();
+        // Probe rounds every 500 ms: held until the penalty has decayed below reuse.
+        let start = tokio::time::Instant::now();
+        while p.paths[0].is_held() && start.elapsed() < Duration::from_secs(300) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Its probes pass meanwhile (and its failure average decays).
+            p.record(0, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+            p.refresh_factors();
+        }
+        let released = start.elapsed();
+        assert!(released >= left && released <= left + Duration::from_millis(500), "{released:?} vs {left:?}");
+        assert!(p.paths[0].is_up());
+        assert_eq!(p.paths[0].damping_snapshot(&p.cfg.health.damping).verdict, Verdict::Up);
+        // Slow start: a tenth of its share at first, the full share after `slow_start`.
+        let first = shares(&p, 10_000)[0];
+        assert!(first < 0.15, "wan1 share right after the hold: {first}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        p.refresh_factors();
+        let half = shares(&p, 10_000)[0];
+        assert!((0.25..0.4).contains(&half), "half way through slow start (0.5 : 1): {half}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        p.refresh_factors();
+        let full = shares(&p, 10_000)[0];
+        assert!((full - 0.5).abs() < 0.02, "{full}");
     }
 
     #[test]
