@@ -1,5 +1,5 @@
 //! Several upstreams per site and stream, against real nginx instances as the LAN replicas
-//! (loopback, ephemeral ports): weighted shares and a reload that changes them under load,
+//! (loopback, ephemeral ports): weighted shares and a SIGHUP that changes them under load,
 //! a replica killed and restarted under 300 req/s of GETs (no failed GET; down and back by
 //! the health checks), a POST that dies with its upstream (502, not replayed), a hanging
 //! replica (504, counted), a replica with a certificate nobody signed (down, with the reason
@@ -215,30 +215,58 @@ header_sets = []
     ))
 }
 
+/// The binary, as deployed: weights 9:1, then 1:1 written to its file and applied by SIGHUP
+/// while 200 GETs a second flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_set_the_shares_and_a_reload_changes_them_under_load() {
+async fn weights_set_the_shares_and_sighup_changes_them_under_load() {
     let tmp = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let _a = Nginx::start(tmp.path(), "a", pa, None).await;
     let _b = Nginx::start(tmp.path(), "b", pb, None).await;
-    let proxy = Proxy::start(&two_replicas(pa, pb, (9, 1), "")).await;
+    let (admin, http, https) = (free_port(), free_port(), free_port());
+    let text = |weights| {
+        two_replicas(pa, pb, weights, "")
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin}\""))
+            .replace("https_port = 0", &format!("https_port = {https}"))
+            .replace("http_port = 0", &format!("http_port = {http}"))
+    };
+    let file = tmp.path().join("lp.toml");
+    std::fs::write(&file, text((9, 1))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &file.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let proxy: SocketAddr = format!("127.0.0.4:{http}").parse().unwrap();
+    wait_until(Duration::from_secs(10), "the proxy serving", || async move {
+        TcpStream::connect(proxy).await.is_ok() && TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
     let c = client();
-    let s = shares(&c, proxy.mesh_http, 2000).await;
+    let s = shares(&c, proxy, 2000).await;
     let share_a = s["a"] as f64 / 2000.0;
     println!("9:1 → a {share_a:.3}");
     assert!((share_a - 0.9).abs() <= 0.03, "{s:?}");
 
-    // Under load, 1:1 by reload (what SIGHUP runs): no request fails, the shares follow.
+    // Under load, 1:1 by SIGHUP: no request fails, the shares follow.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ok, failed) = load(proxy.mesh_http, 200, stop.clone());
+    let (ok, failed) = load(proxy, 200, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let state = proxy.handle.config();
-    proxy.handle.reload(config::from_toml_str(&two_replicas(pa, pb, (1, 1), "")).unwrap()).await.unwrap();
-    assert_ne!(*state, *proxy.handle.config());
+    std::fs::write(&file, text((1, 1))).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(common::run_tool("kill", &["-HUP", &pid], b"").await.status.success());
+    wait_until(Duration::from_secs(10), "the reload applied", || async move {
+        let text = common::http_get(admin, "/metrics").await.1;
+        metric_value(&text, "local_proxy_config_reloads_total", &[("result", "ok")]) == 1.0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = shares(&c, proxy.mesh_http, 2000).await;
+    let s = shares(&c, proxy, 2000).await;
     let share_a = s["a"] as f64 / 2000.0;
     println!(
         "1:1 → a {share_a:.3}; under load {} ok, {} failed",
