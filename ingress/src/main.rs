@@ -183,6 +183,32 @@ async fn wait_bound(server: &Server, want: &[(String, usize)], limit: Option<Dur
     }
 }
 
+/// Keeps `systemctl status` showing a one-line summary (STATUS=): per pool its tier and the
+/// paths up, and the open connections; sent when it changes, checked every 2 s.
+async fn status_line(state: std::sync::Arc<ingress::server::Shared>) {
+    let mut last = String::new();
+    loop {
+        let rt = state.runtime();
+        let pools: Vec<String> = rt
+            .pools
+            .values()
+            .map(|p| {
+                let wans = &p.paths[..p.wan_count];
+                let up: Vec<&str> = wans.iter().filter(|x| x.is_up()).map(|x| &*x.name).collect();
+                let tier = if p.on_mesh() { ", ON MESH" } else { "" };
+                format!("{}: {}/{} WAN up ({}){tier}", p.name, up.len(), wans.len(), up.join(" "))
+            })
+            .collect();
+        drop(rt);
+        let line = format!("{}; {} open connections", pools.join("; "), state.open_connections());
+        if line != last {
+            notify("STATUS", shared::notify::notify(&format!("STATUS={line}")));
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// Tells systemd (`Type=notify`); a failure is logged, never fatal: the service works without.
 fn notify(what: &str, result: std::io::Result<bool>) {
     if let Err(e) = result {
@@ -230,6 +256,9 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     if !stopped {
         notify("READY", shared::notify::ready());
+        if std::env::var_os(shared::notify::NOTIFY_SOCKET).is_some() {
+            tokio::spawn(status_line(server.shared().clone()));
+        }
         serve(&server, &path, &mut hup, &mut term, &mut int).await;
     }
     notify("STOPPING", shared::notify::stopping());

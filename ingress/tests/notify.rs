@@ -97,7 +97,10 @@ fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", held_port)).is_err(), "the ingress holds the port");
 
     kill(pid, "-HUP");
-    let reloading = next(&sock, Duration::from_secs(10)).expect("RELOADING after SIGHUP");
+    // STATUS= summaries (paths up, open connections) may come in between.
+    let reloading = std::iter::from_fn(|| next(&sock, Duration::from_secs(10)))
+        .find(|m| !m.starts_with("STATUS="))
+        .expect("RELOADING after SIGHUP");
     let usec = reloading.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap_or_else(|| panic!("{reloading:?}"));
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     until(&sock, "READY=1", Duration::from_secs(10));

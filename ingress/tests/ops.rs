@@ -1,5 +1,5 @@
 //! The binary under systemd's contracts and an operator's hands: READY=1 only once the
-//! listeners accept, WATCHDOG=1 pings that stop when the runtime is wedged (the test hook),
+//! listeners accept, a STATUS= summary, WATCHDOG=1 pings that stop when the runtime is wedged (the test hook),
 //! `ingress ctl` driving the admin API, overrides that survive SIGHUP until the config
 //! changes the field, and JSON log lines carrying the state change's fields.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -141,6 +141,19 @@ fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
     assert!(line == "wan1\n" || line == "wan2\n", "{line:?}");
     drop(c);
 
+    // `systemctl status` gets a one-line summary.
+    let end = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        assert!(Instant::now() < end, "no STATUS= summary within 5 s of READY=1");
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut one = [0u8; 512];
+        if let Ok(n) = sock.recv(&mut one) {
+            if let Some(line) = std::str::from_utf8(&one[..n]).unwrap().strip_prefix("STATUS=") {
+                break line.to_owned();
+            }
+        }
+    };
+    assert!(status.starts_with("home: 2/2 WAN up (wan1 wan2)") && status.contains("open connections"), "{status}");
     let mut count_pings = |within: Duration| {
         let end = Instant::now() + within;
         let mut pings = 0;
