@@ -1,6 +1,6 @@
 //! systemd notifications under `Type=notify` (the packaged unit): READY=1 once the listeners
 //! are bound, RELOADING=1 with MONOTONIC_USEC then READY=1 around SIGHUP (also when the new
-//! file is refused), STOPPING=1 on SIGTERM.
+//! file is refused), STOPPING=1 on SIGTERM; WATCHDOG=1 pings that stop when the runtime is wedged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -65,4 +65,54 @@ async fn ready_reloading_and_stopping_are_told() {
     assert_eq!(next(&sock), "STOPPING=1");
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// WATCHDOG=1 comes from a task on the proxy's own runtime at half of WATCHDOG_USEC; when the
+/// runtime is wedged (the test hook blocks every worker on SIGUSR2) the pings stop, so
+/// systemd would restart it.
+#[tokio::test]
+async fn watchdog_pings_stop_when_the_runtime_is_wedged() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let path = dir.path().join("lp.toml");
+    std::fs::write(&path, base_config("")).unwrap();
+    let child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env(shared::watchdog::TEST_HOOK_ENV, "1")
+        .env("LOCAL_PROXY_LOG", "warn")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    // Blocking reads on a helper thread: the proxy runs in its own process.
+    let count = |sock: UnixDatagram, within: Duration| {
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + within;
+            let mut pings = 0;
+            while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+                sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+                let mut buf = [0u8; 1024];
+                match sock.recv(&mut buf) {
+                    Ok(n) if &buf[..n] == b"WATCHDOG=1" => pings += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            (sock, pings)
+        })
+        .join()
+        .unwrap()
+    };
+    let (sock, alive) = count(sock, Duration::from_secs(1));
+    assert!(run_tool("kill", &["-USR2", &pid], b"").await.status.success());
+    let (sock, _) = count(sock, Duration::from_millis(300));
+    let (_, wedged) = count(sock, Duration::from_secs(1));
+    println!("local-proxy watchdog 200 ms: {alive} pings in a live second, {wedged} in a wedged one");
+    assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
+    assert_eq!(wedged, 0, "a wedged runtime sends no WATCHDOG=1");
+    drop(child);
 }
