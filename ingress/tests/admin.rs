@@ -198,7 +198,9 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     long.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"still\n");
 
-    // Weights 3:1 → 1:3: the next connections follow at once.
+    // Weights 3:1 → 1:3: the next connections follow at once, and /status's recent shares
+    // (measured against the previous look at least a second old) show it.
+    status(admin).await;
     for (p, w) in [("wan1", "1"), ("wan2", "3")] {
         let (code, body) = call(admin, Method::POST, &format!("/api/weight?path={p}&weight={w}"), Some(TOKEN)).await;
         assert_eq!(code, StatusCode::OK, "{body}");
@@ -209,7 +211,13 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     }
     let t = tally(&names);
     assert_eq!((t.get("wan1").copied(), t.get("wan2").copied()), (Some(10), Some(30)), "{t:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let s = status(admin).await;
+    assert_eq!(
+        (path(&s, "wan1")["share_recent"].as_f64(), path(&s, "wan2")["share_recent"].as_f64()),
+        (Some(0.25), Some(0.75)),
+        "{s:#}"
+    );
     assert_eq!((path(&s, "wan1")["weight"].as_u64(), path(&s, "wan1")["weight_override"].as_u64()), (Some(1), Some(1)));
     assert!(
         s["events"]
