@@ -77,15 +77,18 @@ fn path_card(out: &mut String, now: u64, pool: &str, p: &PathStatus) {
     let latency = p.latency_ms.map_or_else(|| "–".to_owned(), |l| format!("{l:.1} ms"));
     let _ = write!(
         out,
-        "<article class=\"card path {state}\" data-pool=\"{pool}\" data-path=\"{name}\" data-state=\"{state}\">\
+        "<article class=\"card path {state}{warn}\" data-pool=\"{pool}\" data-path=\"{name}\" data-state=\"{state}\">\
          <h3><span>{name}{mesh}</span><span class=\"badge\">{state}</span></h3>\
-         <div class=\"mute\">{addr} · {since}</div>\
+         <div class=\"mute\">{addr} · {since}</div>{held}\
          <dl><dt>share</dt><dd>{recent:.0}% now · {minute:.0}% last min<div class=\"bar\"><i style=\"width:{minute:.0}%\"></i></div></dd>\
          <dt>weight</dt><dd>{weight} × health {factor:.2}</dd>\
          <dt>connect</dt><dd>{latency} · fail avg {fail:.2}</dd>\
          <dt>open</dt><dd>{conns} conn · {flows} flows</dd>\
          <dt>traffic</dt><dd>{rate}/s · {total} total</dd></dl></article>",
         state = p.state,
+        // Held for flapping: shown like a warning, with the reason.
+        warn = if p.held { " warn" } else { "" },
+        held = p.held_reason.as_deref().map_or_else(String::new, |r| format!("<div class=\"mute\">{}</div>", esc(r))),
         pool = esc(pool),
         name = esc(&p.name),
         mesh = if p.mesh { " <span class=\"mute\">(mesh tier)</span>" } else { "" },

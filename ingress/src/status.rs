@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::control::{self, Event};
 use crate::pool::{Kind, Path};
 use crate::runtime::Shared;
+use shared::damping::{DampingConfig, Verdict};
 
 /// The version of the JSON shape; bumped when a field changes meaning or goes away.
 pub const SCHEMA: u32 = 1;
@@ -55,7 +56,8 @@ pub struct PathStatus {
     pub refreshed_ms: Option<u64>,
     pub mesh: bool,
     pub up: bool,
-    /// `up`, `down`, or `drained` (an operator's drain wins over health).
+    /// `up`, `down`, `held` (flap damping keeps it out while it keeps failing and
+    /// recovering), or `drained` (an operator's drain wins over the rest).
     pub state: &'static str,
     /// When the path last went up or down (Unix ms); null: not since start.
     pub since_ms: Option<u64>,
@@ -78,6 +80,14 @@ pub struct PathStatus {
     pub bytes_total: u64,
     /// Transfers in progress at once, on average (what the bandwidth policy reads).
     pub busy: f64,
+    /// Held down by flap damping.
+    pub held: bool,
+    /// Why it is held down, in words; null when it is not.
+    pub held_reason: Option<String>,
+    /// The flap penalty now (each fall adds `flap_penalty`; it halves every `flap_half_life`).
+    pub flap_penalty: f64,
+    /// Falls from up to down since start (held or not).
+    pub falls: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,7 +177,12 @@ pub fn collect(shared: &Shared) -> Status {
                 name: pool.name.to_string(),
                 balance: pool.cfg.balance.as_str(),
                 tier: if pool.on_mesh() { "mesh" } else { "wan" },
-                paths: pool.paths.iter().enumerate().map(|(i, p)| path_status(p, recent[i], minute[i])).collect(),
+                paths: pool
+                    .paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| path_status(p, &pool.cfg.health.damping, recent[i], minute[i]))
+                    .collect(),
             }
         })
         .collect();
@@ -205,9 +220,22 @@ pub fn collect(shared: &Shared) -> Status {
     }
 }
 
-fn path_status(p: &Path, share_recent: f64, share_minute: f64) -> PathStatus {
+fn path_status(p: &Path, damping: &DampingConfig, share_recent: f64, share_minute: f64) -> PathStatus {
     let h = p.health_snapshot();
     let drained = p.control.is_drained();
+    let d = p.damping_snapshot(damping);
+    let held = d.verdict == Verdict::Held;
+    let held_reason = held.then(|| {
+        format!(
+            "flapping: {} falls; penalty {:.0} reached {} and is held until it decays below {} (halving every {:?}): about {:.0}s more unless it fails again",
+            d.falls,
+            d.penalty,
+            damping.suppress,
+            damping.reuse,
+            damping.half_life,
+            d.hold_left.unwrap_or_default().as_secs_f64()
+        )
+    });
     PathStatus {
         name: p.name.to_string(),
         address: address(p),
@@ -217,6 +245,8 @@ fn path_status(p: &Path, share_recent: f64, share_minute: f64) -> PathStatus {
         up: p.is_up(),
         state: if drained {
             "drained"
+        } else if held {
+            "held"
         } else if p.is_up() {
             "up"
         } else {
@@ -238,6 +268,10 @@ fn path_status(p: &Path, share_recent: f64, share_minute: f64) -> PathStatus {
         bytes_per_second: p.rate(),
         bytes_total: p.bytes_total(),
         busy: round(p.busy(), 3),
+        held,
+        held_reason,
+        flap_penalty: round(d.penalty, 1),
+        falls: d.falls,
     }
 }
 
