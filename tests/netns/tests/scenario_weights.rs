@@ -34,12 +34,26 @@ fn scenario1_weights_spread_over_both_wans() {
     assert!(!counts.contains_key("mesh"), "the mesh carried traffic while both WANs were up: {counts:?}");
     assert!((0.65..=0.85).contains(&share1), "wan1 share {share1:.3} is not near 0.75: {counts:?}");
 
-    // The backend saw the same split on its WAN addresses.
-    let log = t.backend_log(Role::Home);
-    let echo: Vec<_> = log.iter().filter(|c| c.kind == "echo").collect();
-    let b1 = echo.iter().filter(|c| t.path_of(&c.local) == "wan1").count() as u64;
-    let b2 = echo.iter().filter(|c| t.path_of(&c.local) == "wan2").count() as u64;
-    assert_eq!((b1, b2), (wan1 as u64, wan2 as u64), "backend log and client disagree");
+    // The backend saw the same split on its WAN addresses. It logs a connection once it has
+    // closed, which may be just after the client read its reply: wait for the last lines.
+    let backend_counts = || {
+        let log = t.backend_log(Role::Home);
+        let echo: Vec<_> = log.iter().filter(|c| c.kind == "echo").collect();
+        let b1 = echo.iter().filter(|c| t.path_of(&c.local) == "wan1").count() as u64;
+        let b2 = echo.iter().filter(|c| t.path_of(&c.local) == "wan2").count() as u64;
+        (b1, b2)
+    };
+    let want = (wan1 as u64, wan2 as u64);
+    let _ = netns::wait::wait_until(
+        "the backend logged every connection",
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || {
+            let got = backend_counts();
+            netns::wait::check(got == want, || format!("{got:?}"))
+        },
+    );
+    assert_eq!(backend_counts(), want, "backend log and client disagree");
 
     // And the ingress metrics, per node.
     for role in [Role::Ingress1, Role::Ingress2] {
