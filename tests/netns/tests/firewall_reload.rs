@@ -10,7 +10,8 @@
 //! - `static_addresses` with a CIDR prefix admits every address in it (two addresses of the
 //!   stranger's subnet), for the firewall and for PROXY v2 trust, and nobody outside it; the
 //!   kernel's table (`firewall show` and `nft -j`) holds the prefix;
-//! - `[firewall]` removed on reload: the table is deleted.
+//! - `[firewall]` removed on reload: the table is deleted; added again on reload: the table
+//!   is back, the ingress nodes pass and the client does not.
 
 mod common;
 
@@ -34,6 +35,8 @@ const TABLE_RENAMED: &str = "lp_fw_renamed";
 /// The static prefix: the stranger's /29 (its address and a second one added below).
 const PREFIX: &str = "192.0.2.32/29";
 const STRANGER2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 36);
+/// An IPv6 prefix next to it: the kernel takes an IPv6 interval set too.
+const PREFIX6: &str = "2001:db8:99::/48";
 /// Connections per second from each of ingress1 and ingress2.
 const RATE: u32 = 100;
 
@@ -300,7 +303,7 @@ fn firewall_follows_reload_without_a_gap() {
     common::phase(start, "a bad [firewall] reload refused naming its fields; the table read back unchanged");
 
     // 4. A static CIDR prefix: every address in it passes (firewall and PROXY trust), no other.
-    let cidr = Fw { statics: vec![PREFIX], ..renamed.clone() };
+    let cidr = Fw { statics: vec![PREFIX, PREFIX6], ..renamed.clone() };
     proxy.write(Some(&cidr));
     proxy.reload(&mut t, "ok");
     wait_until("the prefix in the table", Duration::from_secs(10), Duration::from_millis(20), || {
@@ -334,9 +337,9 @@ fn firewall_follows_reload_without_a_gap() {
         .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| Some(format!("{}/{}", e["prefix"]["addr"].as_str()?, e["prefix"]["len"].as_u64()?)))
         .collect();
-    assert_eq!(prefixes, vec![PREFIX.to_string()], "nft -j: {v}");
+    assert_eq!(prefixes, vec![PREFIX.to_string(), PREFIX6.to_string()], "nft -j: {v}");
     let mut want = want3.clone();
-    want.push(PREFIX.to_string());
+    want.extend([PREFIX.to_string(), PREFIX6.to_string()]);
     want.sort();
     assert_eq!(shown_elements(&show), want, "{show}");
     assert!(show.contains("flags interval"), "{show}");
@@ -374,6 +377,19 @@ fn firewall_follows_reload_without_a_gap() {
     .expect("table removed with the section");
     assert!(passes(&np, &client, None).answered(), "no firewall: the client reaches the port");
     common::phase(start, "[firewall] removed on reload: table deleted");
+
+    // 6. Added again on reload: the firewall starts then.
+    proxy.write(Some(&two));
+    proxy.reload(&mut t, "ok");
+    wait_until("the table back with both names", Duration::from_secs(10), Duration::from_millis(20), || {
+        let s = proxy.show()?;
+        check(shown_elements(&s) == want2 && s.contains("enforcing"), || s.clone())
+    })
+    .expect("firewall added by a reload");
+    assert!(passes(&np, &t.ns(Role::Ingress1).to_string(), None).answered(), "ingress1 after the re-add");
+    assert_eq!(passes(&np, &client, None), Seen::Timeout, "the client after the re-add");
+    assert!(!table_exists(&home, TABLE_RENAMED), "the removed table came back");
+    common::phase(start, "[firewall] added on reload: table installed, ingress-1 passes, the client does not");
     t.stop("local-proxy").expect("stop local-proxy");
     drop(dns);
     drop(t);
