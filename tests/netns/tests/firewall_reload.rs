@@ -386,7 +386,7 @@ fn firewall_follows_reload_without_a_gap() {
         check(shown_elements(&s) == want2 && s.contains("enforcing"), || s.clone())
     })
     .expect("firewall added by a reload");
-    assert!(passes(&np, &t.ns(Role::Ingress1).to_string(), None).answered(), "ingress1 after the re-add");
+    assert!(passes(&np, t.ns(Role::Ingress1), None).answered(), "ingress1 after the re-add");
     assert_eq!(passes(&np, &client, None), Seen::Timeout, "the client after the re-add");
     assert!(!table_exists(&home, TABLE_RENAMED), "the removed table came back");
     common::phase(start, "[firewall] added on reload: table installed, ingress-1 passes, the client does not");
