@@ -459,6 +459,46 @@ mod tests {
     }
 
     #[test]
+    fn a_renamed_table_is_created_before_the_old_one_goes_in_one_batch() {
+        let spec = build(&settings(), &Allowlist::Only(["192.0.2.11".parse().unwrap()].into()));
+        let batch = nft::swap_batch(&spec, Some("old_table")).unwrap();
+        let msgs = netlink::messages(&batch.bytes).unwrap();
+        // One transaction: batch begin first, batch end last, numbered in order.
+        assert_eq!((msgs[0].kind, msgs[msgs.len() - 1].kind), (0x10, 0x11));
+        assert!(msgs.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        // Every nf_tables message asks for an ack, and only the acks asked for are awaited.
+        let nft: Vec<_> = msgs.iter().filter(|m| m.nft_kind().is_some()).collect();
+        assert!(nft.iter().all(|m| batch.acks.contains(&m.seq)));
+        // The sets come before the chains whose rules name them.
+        let first = |kind: u16| nft.iter().position(|m| m.nft_kind() == Some(kind)).unwrap();
+        assert!(first(MSG_NEWSET) < first(MSG_NEWCHAIN) && first(MSG_NEWSETELEM) < first(MSG_NEWRULE));
+        // The old table is deleted last, after everything of the new one.
+        let names: Vec<(u16, String)> = nft
+            .iter()
+            .filter(|m| matches!(m.nft_kind(), Some(MSG_NEWTABLE | 2)))
+            .map(|m| (m.nft_kind().unwrap(), attr_str(m.nft().unwrap().1, 1).unwrap()))
+            .collect();
+        let old: Vec<usize> = (0..names.len()).filter(|i| names[*i].1 == "old_table").collect();
+        assert_eq!(old.len(), 2, "{names:?}");
+        assert_eq!(names[names.len() - 1], (2, "old_table".to_string()));
+        let last_new_rule = nft.iter().rposition(|m| m.nft_kind() == Some(MSG_NEWRULE)).unwrap();
+        let del_old = nft.iter().rposition(|m| m.nft_kind() == Some(2)).unwrap();
+        assert!(last_new_rule < del_old);
+        assert_eq!(assemble(&spec.name, &msgs).expect("new table"), spec);
+        // Same name: a plain replace (its own add/delete/add of the table), nothing else deleted.
+        let same = nft::swap_batch(&spec, Some(&spec.name)).unwrap();
+        let same = netlink::messages(&same.bytes).unwrap();
+        let tables: Vec<(u16, String)> = same
+            .iter()
+            .filter(|m| matches!(m.nft_kind(), Some(MSG_NEWTABLE | 2)))
+            .map(|m| (m.nft_kind().unwrap(), attr_str(m.nft().unwrap().1, 1).unwrap()))
+            .collect();
+        let plain = [(MSG_NEWTABLE, spec.name.clone()), (2, spec.name.clone()), (MSG_NEWTABLE, spec.name.clone())];
+        assert_eq!(tables, plain);
+        assert_eq!(same.len(), netlink::messages(&nft::replace_batch(&spec).unwrap().bytes).unwrap().len());
+    }
+
+    #[test]
     fn other_tables_are_ignored_and_absent_table_is_none() {
         let spec = build(&settings(), &Allowlist::Open);
         let bytes = batch_bytes(&spec);
