@@ -126,11 +126,12 @@ async fn connection(
                 Some(b"h2") => Proto::H2,
                 _ => Proto::Http1,
             };
-            let conn = Arc::new(Conn { info, tls: true, listener, state: state.clone() });
+            let tls_info = Some(crate::http::TlsInfo::of(tls.get_ref().1));
+            let conn = Arc::new(Conn { info, tls: true, tls_info, listener, state: state.clone() });
             http::serve(tls, proto, conn).await;
         }
         Role::Http => {
-            let conn = Arc::new(Conn { info, tls: false, listener, state: state.clone() });
+            let conn = Arc::new(Conn { info, tls: false, tls_info: None, listener, state: state.clone() });
             http::serve(stream, Proto::Http1, conn).await;
         }
         Role::Stream(name) => {

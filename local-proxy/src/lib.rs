@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod accept;
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod admission;

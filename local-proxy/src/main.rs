@@ -194,6 +194,8 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGUSR1: reopen the access logs (logrotate's postrotate); SIGHUP does it too.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1): SIGUSR2 wedges the runtime.
     shared::watchdog::arm_test_hook()?;
     if let Some(every) = shared::watchdog::interval() {
@@ -241,6 +243,7 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
             tokio::select! {
                 _ = hup.recv() => {
                     info!(config = %path.display(), "SIGHUP: reloading");
+                    local_proxy::access_log::reopen();
                     notify("RELOADING", shared::notify::reloading());
                     match config::load(&path) {
                         Ok(new) => {
@@ -255,6 +258,10 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
                     }
                     // Also after a refusal: systemd leaves the reloading state only on READY=1.
                     notify("READY", shared::notify::ready());
+                }
+                _ = usr1.recv() => {
+                    info!("SIGUSR1: reopening access logs");
+                    local_proxy::access_log::reopen();
                 }
                 _ = term.recv() => { info!("SIGTERM: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }
                 _ = int.recv() => { info!("SIGINT: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }

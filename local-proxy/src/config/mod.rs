@@ -102,6 +102,23 @@ pub struct Http {
     pub upstream_timeout: Duration,
     /// Concurrent client connections over all TCP listeners.
     pub max_connections: usize,
+    /// The access log of sites without their own and of requests for no site; `None`: off.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where and how an access log is written: one line per request, appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Absolute path; created 0640 if missing, reopened on SIGUSR1 and SIGHUP.
+    pub path: PathBuf,
+    pub format: AccessLogFormat,
+}
+
+/// The line format of an access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where certificates come from.
@@ -138,6 +155,8 @@ pub struct Site {
     pub response_headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Paths answered with 404 without asking the upstream (empty unless opted in).
     pub blocked_paths: Vec<String>,
+    /// The site's access log (its own, else `http.access_log`); `None`: not logged.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Site {

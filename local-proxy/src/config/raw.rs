@@ -72,6 +72,16 @@ pub struct RawHttp {
     pub upstream_connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    /// The default access log of every site (and of requests for no site); absent = off.
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `access_log = { path = "...", format = "json" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Option<String>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +126,8 @@ pub struct RawSite {
     pub health: Option<RawHealth>,
     /// The proxy's own health (`/healthz`, PROXY LOCAL) needs an upstream of this site up.
     pub critical: Option<bool>,
+    /// This site's access log, instead of `http.access_log`.
+    pub access_log: Option<RawAccessLog>,
 }
 
 /// `upstream`: one URL or address (as before), or a list of them or of tables.

@@ -10,9 +10,12 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use shared::ports::{days, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
-use super::raw::{RawConfig, RawSite, RawStream};
+use super::raw::{RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
-use super::{CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls, Upstream, Wan};
+use super::{
+    AccessLog, AccessLogFormat, CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls,
+    Upstream, Wan,
+};
 
 /// The predefined `security` header set (a `[header_sets.security]` table replaces it).
 pub const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -220,6 +223,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         ),
         upstream_timeout: c.duration("http.upstream_timeout", h.upstream_timeout.as_deref(), "60s", UPSTREAM_TIMEOUT),
         max_connections: c.count("http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
+        access_log: h.access_log.as_ref().and_then(|a| access_log(&mut c, "http.access_log", a)),
     };
     if http.https_port != 0 && http.https_port == http.http_port {
         c.err("http.http_port", "must differ from http.https_port");
@@ -258,7 +262,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         .sites
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| site(&mut c, i, s, &header_sets, &scanner_paths, &mut names))
+        .filter_map(|(i, s)| site(&mut c, i, s, &header_sets, &scanner_paths, &mut names, http.access_log.as_ref()))
         .collect();
 
     let mut stream_names = HashSet::new();
@@ -355,6 +359,7 @@ fn site(
     sets: &BTreeMap<String, HeaderSet>,
     scanner_paths: &[String],
     names: &mut HashSet<String>,
+    default_log: Option<&AccessLog>,
 ) -> Option<Site> {
     let f = |name: &str| format!("site[{i}].{name}");
     let before = c.errors.len();
@@ -419,6 +424,11 @@ fn site(
         c.err(f("ca_file"), "makes no sense with insecure_skip_verify");
     }
 
+    let access_log = match &s.access_log {
+        Some(a) => access_log(c, &f("access_log"), a),
+        None => default_log.cloned(),
+    };
+
     if c.errors.len() != before {
         return None;
     }
@@ -430,7 +440,38 @@ fn site(
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
         response_headers,
         blocked_paths: if s.block_scanners.unwrap_or(false) { scanner_paths.to_vec() } else { Vec::new() },
+        access_log,
     })
+}
+
+/// `access_log = { path, format }` under `field`: an absolute file path (the file itself is
+/// opened when the routes are built, so a directory that does not exist refuses the config
+/// there, under the same field), format `json`.
+fn access_log(c: &mut Check, field: &str, raw: &RawAccessLog) -> Option<AccessLog> {
+    let before = c.errors.len();
+    let format = match raw.format.as_deref().unwrap_or("json") {
+        "json" => AccessLogFormat::Json,
+        other => {
+            c.err(format!("{field}.format"), format!("`{other}` is not a format (json)"));
+            AccessLogFormat::Json
+        }
+    };
+    let path = match raw.path.as_deref() {
+        None => {
+            c.err(format!("{field}.path"), "is required");
+            PathBuf::new()
+        }
+        Some(p) => {
+            let path = PathBuf::from(p);
+            if !path.is_absolute() {
+                c.err(format!("{field}.path"), format!("`{p}` is not an absolute path"));
+            } else if p.ends_with('/') || path.file_name().is_none() {
+                c.err(format!("{field}.path"), format!("`{p}` names a directory, not a file"));
+            }
+            path
+        }
+    };
+    (c.errors.len() == before).then_some(AccessLog { path, format })
 }
 
 fn parse_upstream(u: &str) -> Result<Upstream, String> {

@@ -11,6 +11,28 @@ pub struct Conn {
     pub info: ClientInfo,
     /// Whether the client connection is TLS (`X-Forwarded-Proto`).
     pub tls: bool,
+    /// The TLS session's name and version (access logs); `None` on plain HTTP.
+    pub tls_info: Option<TlsInfo>,
     pub listener: &'static str,
     pub state: Arc<State>,
+}
+
+/// What the access log says of a TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The SNI name the client asked for.
+    pub sni: Option<String>,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+}
+
+impl TlsInfo {
+    pub fn of(c: &rustls::ServerConnection) -> Self {
+        let version = match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        };
+        Self { sni: c.server_name().map(str::to_string), version }
+    }
 }

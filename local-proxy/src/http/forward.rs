@@ -20,6 +20,7 @@ use shared::health::{Outcome, Source};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::access::UpstreamSeen;
 use super::body::{self, Body};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
@@ -34,13 +35,30 @@ use crate::pool::{Active, Tried};
 /// Seconds a client is told to wait when no upstream is usable (about a check round).
 const RETRY_AFTER: &str = "5";
 
-/// Send `req` to one of the site's upstreams and build the client's response.
+/// Send `req` to one of the site's upstreams and build the client's response; the last
+/// upstream tried, its status and latency go in the response's extensions (access log).
 pub async fn forward(
+    req: Request<Incoming>,
+    route: &SiteRoute,
+    conn: &Conn,
+    host: Option<&str>,
+    timeout: Duration,
+) -> Response<Body> {
+    let mut seen = None;
+    let mut resp = proxy(req, route, conn, host, timeout, &mut seen).await;
+    if let Some(seen) = seen {
+        resp.extensions_mut().insert(seen);
+    }
+    resp
+}
+
+async fn proxy(
     mut req: Request<Incoming>,
     route: &SiteRoute,
     conn: &Conn,
     host: Option<&str>,
     timeout: Duration,
+    seen: &mut Option<UpstreamSeen>,
 ) -> Response<Body> {
     let site = &route.site;
     let pool = &route.pool;
@@ -102,7 +120,17 @@ pub async fn forward(
             if attempts >= pool.members.len() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        match tokio::time::timeout(timeout, route.client.request(attempt)).await {
+        let answer = tokio::time::timeout(timeout, route.client.request(attempt)).await;
+        *seen = Some(UpstreamSeen {
+            upstream: upstream.to_string(),
+            status: match &answer {
+                Ok(Ok(resp)) => Some(resp.status().as_u16()),
+                _ => None,
+            },
+            latency: start.elapsed(),
+            attempts,
+        });
+        match answer {
             Err(_) => {
                 metrics::counter!(names::UPSTREAM_ERRORS, "site" => label, "result" => "timeout").increment(1);
                 state.count_failure("timeout");

@@ -1,5 +1,6 @@
 //! One HTTP request: health, ACME challenges, redirects to HTTPS, scanner blocks, then the
-//! reverse proxy to the site's upstream. Every request is counted by site and result.
+//! reverse proxy to the site's upstream. Every request is counted by site and result, and
+//! logged to its site's access log when it has one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::access::Entry;
 use super::body::{full, Body};
 use super::conn::Conn;
 use super::forward::forward;
@@ -26,12 +28,23 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let host = request_host(&req);
     let route = host.as_deref().and_then(|h| routes.find(h)).cloned();
     let site_label = route.as_ref().map(|r| r.site.host.clone()).unwrap_or_else(|| "unknown".into());
+    let log = match &route {
+        Some(r) => r.access_log.clone(),
+        None => routes.default_log.clone(),
+    };
+    let entry = log.map(|sink| {
+        let site = route.as_ref().map(|r| r.site.host.as_str());
+        Entry::new(sink, &req, &conn, site, host.as_deref())
+    });
 
-    let (resp, result) = respond(req, &conn, host.as_deref(), route).await;
-    let result = result.unwrap_or_else(|| status_class(resp.status()));
+    let (resp, label) = respond(req, &conn, host.as_deref(), route).await;
+    let result = label.unwrap_or_else(|| status_class(resp.status()));
     metrics::counter!(names::HTTP_REQUESTS, "site" => site_label.clone(), "result" => result).increment(1);
     metrics::histogram!(names::HTTP_REQUEST_DURATION, "site" => site_label).record(start.elapsed().as_secs_f64());
-    resp
+    match entry {
+        Some(entry) => entry.finish(resp, label),
+        None => resp,
+    }
 }
 
 fn status_class(status: StatusCode) -> &'static str {

@@ -1,5 +1,6 @@
 //! The HTTP side: connection serving, request handling, the reverse proxy to upstreams.
 
+pub mod access;
 pub mod body;
 mod conn;
 mod forward;
@@ -12,6 +13,6 @@ pub mod routes;
 pub mod serve;
 pub mod upstream;
 
-pub use conn::Conn;
+pub use conn::{Conn, TlsInfo};
 pub use routes::Routes;
 pub use serve::{serve, Proto};

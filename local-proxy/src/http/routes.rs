@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use shared::peek::{NameRouter, PatternError};
 
-use crate::config::{Config, Site};
+use crate::access_log::Sink;
+use crate::config::{AccessLog, Config, Site};
 use crate::pool::{Pool, Pools};
 
 use super::upstream::{client, ClientError, UpstreamClient};
@@ -17,12 +18,16 @@ pub struct SiteRoute {
     pub client: UpstreamClient,
     /// The site's upstreams: health, weights, the pick.
     pub pool: Arc<Pool>,
+    /// Where its requests are logged; `None`: not logged.
+    pub access_log: Option<Arc<Sink>>,
 }
 
 /// Host → site: exact names first, then the longest `*.suffix` wildcard (nginx rules).
 #[derive(Debug, Default)]
 pub struct Routes {
     names: NameRouter<Arc<SiteRoute>>,
+    /// `http.access_log`: where requests for no site are logged.
+    pub default_log: Option<Arc<Sink>>,
 }
 
 /// Why the table could not be built.
@@ -34,14 +39,30 @@ pub enum RoutesError {
     Name { host: String, source: PatternError },
     #[error("site {host}: no upstream pool")]
     NoPool { host: String },
+    #[error("{field}: cannot open `{path}`: {source}")]
+    AccessLog { field: String, path: String, source: std::io::Error },
+}
+
+/// The writer of `log`, opened (or shared) now; `field` names it in the error.
+fn open_log(field: String, log: Option<&AccessLog>) -> Result<Option<Arc<Sink>>, RoutesError> {
+    let Some(log) = log else { return Ok(None) };
+    crate::access_log::open(&log.path).map(Some).map_err(|source| RoutesError::AccessLog {
+        field,
+        path: log.path.display().to_string(),
+        source,
+    })
 }
 
 impl Routes {
     /// The table for `config`, with each site's pool from `pools` (built from the same config).
     pub fn build(config: &Config, pools: &Pools) -> Result<Self, RoutesError> {
-        let mut routes = Self::default();
-        for site in &config.sites {
+        let mut routes = Self {
+            default_log: open_log("http.access_log.path".into(), config.http.access_log.as_ref())?,
+            ..Self::default()
+        };
+        for (i, site) in config.sites.iter().enumerate() {
             let route = Arc::new(SiteRoute {
+                access_log: open_log(format!("site[{i}].access_log.path"), site.access_log.as_ref())?,
                 client: client(site, config.http.upstream_connect_timeout, true)
                     .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
                 pool: pools.site(&site.host).cloned().ok_or_else(|| RoutesError::NoPool { host: site.host.clone() })?,

@@ -77,6 +77,11 @@ pub const UPSTREAM_REQUESTS: &str = "local_proxy_upstream_requests_total";
 pub const UPSTREAM_FAILURES: &str = "local_proxy_upstream_failures_total";
 /// Requests and connections that an upstream got as a retry after another one failed.
 pub const UPSTREAM_RETRIES: &str = "local_proxy_upstream_retries_total";
+/// Access log lines written, by `log` (the file's configured path).
+pub const ACCESS_LOG_LINES: &str = "local_proxy_access_log_lines_total";
+/// Access log lines dropped (the writer's queue was full: a slow disk; or the write failed),
+/// by `log`.
+pub const ACCESS_LOG_DROPPED: &str = "local_proxy_access_log_dropped_total";
 /// Seconds to the response head (sites) or to the connect (streams), per upstream.
 pub const UPSTREAM_LATENCY: &str = "local_proxy_upstream_latency_seconds";
 /// Requests in flight, connections, flows and upgraded connections per upstream.

@@ -1,0 +1,135 @@
+//! One access log line per request: the request's fields are taken when it arrives, the
+//! response's when its head is ready, and the line is sent when the response body is done
+//! or dropped (client gone), so `bytes_sent` and `duration_ms` cover the whole answer.
+//!
+//! Fields (JSON): `time` (RFC 3339 UTC, when the request arrived), `site` (null: no site),
+//! `client`/`client_port` (the client as the proxy believes it: from the PROXY header of a
+//! trusted ingress, else the peer), `method`, `host`, `uri` (path and query), `proto`,
+//! `status`, `bytes_sent` (response body bytes), `duration_ms`, `result` (the handler's
+//! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...), `upstream`,
+//! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
+//! `tls_sni`, `tls_version`, `user_agent`, `referer`, `request_id` (`X-Request-Id`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{header, Request, Response, Version};
+use http_body_util::BodyExt;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::conn::Conn;
+use crate::access_log::Sink;
+
+/// What the reverse proxy saw of the upstream, left in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct UpstreamSeen {
+    /// The upstream's configured URL.
+    pub upstream: String,
+    /// Its response status; `None` when it gave none (refused, failed, timed out).
+    pub status: Option<u16>,
+    /// Time to its response head (or to the failure).
+    pub latency: Duration,
+    /// Upstreams tried for this request (more than one after a retry).
+    pub attempts: usize,
+}
+
+/// A line being filled in.
+pub struct Entry {
+    sink: Arc<Sink>,
+    fields: Map<String, Value>,
+    start: Instant,
+}
+
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Value {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| Value::String(s.into())).unwrap_or(Value::Null)
+}
+
+impl Entry {
+    /// The request's side, taken before the request is handled.
+    pub fn new<B>(sink: Arc<Sink>, req: &Request<B>, conn: &Conn, site: Option<&str>, host: Option<&str>) -> Self {
+        let proto = match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_11 => "HTTP/1.1",
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_3 => "HTTP/3",
+            _ => "unknown",
+        };
+        let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let tls = conn.tls_info.as_ref();
+        let fields = json!({
+            "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "site": site,
+            "client": conn.info.client.ip().to_string(),
+            "client_port": conn.info.client.port(),
+            "method": req.method().as_str(),
+            "host": host,
+            "uri": uri,
+            "proto": proto,
+            "tls_sni": tls.and_then(|t| t.sni.as_deref()),
+            "tls_version": tls.map(|t| t.version),
+            "user_agent": header_str(req, header::USER_AGENT),
+            "referer": header_str(req, header::REFERER),
+            "request_id": header_str(req, header::HeaderName::from_static("x-request-id")),
+        });
+        let fields = match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Self { sink, fields, start: Instant::now() }
+    }
+
+    /// Add the response's side and send the line once `resp`'s body is done or dropped.
+    pub fn finish(mut self, resp: Response<Body>, result: Option<&'static str>) -> Response<Body> {
+        let f = &mut self.fields;
+        f.insert("status".into(), resp.status().as_u16().into());
+        f.insert("result".into(), result.into());
+        let seen = resp.extensions().get::<UpstreamSeen>();
+        f.insert("upstream".into(), seen.map(|s| s.upstream.clone()).into());
+        f.insert("upstream_status".into(), seen.and_then(|s| s.status).into());
+        f.insert("upstream_ms".into(), seen.map(|s| ms(s.latency)).into());
+        f.insert("upstream_attempts".into(), seen.map(|s| s.attempts).into());
+        let mut pending = Pending { entry: Some(self), bytes: 0 };
+        resp.map(move |body| {
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    // A method call: the closure owns all of `pending` (sending on drop), not
+                    // just a copy of its counter.
+                    pending.count(data.len());
+                }
+                frame
+            })
+            .boxed()
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Sends the line when dropped: with the body, when it has ended or the client left.
+struct Pending {
+    entry: Option<Entry>,
+    bytes: u64,
+}
+
+impl Pending {
+    fn count(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut entry) = self.entry.take() else { return };
+        entry.fields.insert("bytes_sent".into(), self.bytes.into());
+        entry.fields.insert("duration_ms".into(), ms(entry.start.elapsed()).into());
+        match serde_json::to_vec(&entry.fields) {
+            Ok(line) => entry.sink.send(line),
+            Err(e) => tracing::debug!(error = %e, "access log line not serialised"),
+        }
+    }
+}

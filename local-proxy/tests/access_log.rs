@@ -1,0 +1,317 @@
+//! Access logs, with the binary as deployed: requests over HTTP/1.1 (mesh, and WAN with a
+//! PROXY v2 header from the trusted ingress) and h2 over TLS (curl) are each one JSON line,
+//! checked field by field; a site's own file and the `[http]` default; files created 0640;
+//! a file renamed and SIGUSR1 sent while requests flow: every answered request is one whole
+//! line in the old file or the new one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const MESH: &str = "127.0.0.4";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Running {
+    _child: Child,
+    pid: String,
+    mesh_http: SocketAddr,
+    mesh_https: SocketAddr,
+    wan_http: SocketAddr,
+}
+
+/// Start the binary on fixed free ports with `sites` and `http_extra` (in `[http]`).
+async fn start(dir: &Path, live: &Path, http_extra: &str, sites: &str) -> Running {
+    let (admin, http, https) = (free_port(), free_port(), free_port());
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "{MESH}"
+[http]
+https_port = {https}
+http_port = {http}
+redirect_to_https = false
+upstream_connect_timeout = "500ms"
+{http_extra}
+[tls]
+certbot_live_dir = "{live}"
+{sites}
+"#,
+        live = live.display()
+    );
+    let file = dir.join("lp.toml");
+    std::fs::write(&file, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &file.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
+    let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
+    let wan_http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    wait_until(Duration::from_secs(10), "the proxy serving", || async move {
+        TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()
+    })
+    .await;
+    Running { _child: child, pid, mesh_http, mesh_https, wan_http }
+}
+
+/// One HTTP/1.1 GET with extra header lines on `s`; returns (status, body length).
+async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> (u16, usize) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("answer within 10s").unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.len()).unwrap_or(0);
+    (status, body)
+}
+
+/// Every whole line of `path` parsed as JSON (a line that does not parse fails the test); a
+/// write may be under way, so a last line without its newline yet is left for later.
+fn lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display())))
+        .collect()
+}
+
+async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+    let p = path.to_path_buf();
+    wait_until(Duration::from_secs(10), &format!("{n} lines in {}", path.display()), || {
+        let p = p.clone();
+        async move { lines(&p).len() >= n }
+    })
+    .await;
+    lines(path)
+}
+
+/// The line whose `uri` is `uri`.
+fn by_uri<'a>(all: &'a [Value], uri: &str) -> &'a Value {
+    all.iter().find(|l| l["uri"] == uri).unwrap_or_else(|| panic!("no line for {uri} in {all:#?}"))
+}
+
+fn setup_certs(dir: &Path) -> (Ca, PathBuf) {
+    let ca = Ca::new(dir);
+    let live = dir.join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    (ca, live)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_is_one_json_line_with_its_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let dead = closed_port().await;
+    let (site_log, default_log) = (tmp.path().join("a.log"), tmp.path().join("default.log"));
+    let proxy = start(
+        tmp.path(),
+        &live,
+        &format!(r#"access_log = {{ path = "{}" }}"#, default_log.display()),
+        &format!(
+            r#"
+[[site]]
+host = "a.test"
+upstream = "http://{up}"
+block_scanners = true
+access_log = {{ path = "{}", format = "json" }}
+[[site]]
+host = "b.test"
+upstream = "http://{up}"
+[[site]]
+host = "down.test"
+upstream = "http://{dead}"
+"#,
+            site_log.display()
+        ),
+    )
+    .await;
+
+    // HTTP/1.1 on the mesh listener: the peer is the client.
+    let mut s = connect_from("127.0.0.3".parse().unwrap(), proxy.mesh_http).await;
+    let extra = "User-Agent: test-agent/1.0\r\nReferer: https://ref.example/page\r\nX-Request-Id: req-42\r\n";
+    let (status, body_len) = get(&mut s, "a.test", "/hello?x=1&y=2", extra).await;
+    assert_eq!(status, 200);
+    // The WAN listener behind the trusted ingress: the PROXY header names the client.
+    let client: SocketAddr = "203.0.113.7:4242".parse().unwrap();
+    let mut s = connect_with_proxy("127.0.0.2".parse().unwrap(), proxy.wan_http, client).await;
+    assert_eq!(get(&mut s, "a.test", "/wp-admin/setup.php", "").await.0, 404);
+    // h2 over TLS.
+    let (out, err, ok) = curl(&["--http2", "-A", "curl-h2"], "a.test", proxy.mesh_https, &ca.pem_path, "/h2").await;
+    assert!(ok && out.contains("upstream: a"), "{err}{out}");
+    // The default log: another site, no site, an upstream that refuses.
+    let mut s = connect_from("127.0.0.3".parse().unwrap(), proxy.mesh_http).await;
+    assert_eq!(get(&mut s, "b.test", "/b", "").await.0, 200);
+    let mut s = connect_from("127.0.0.3".parse().unwrap(), proxy.mesh_http).await;
+    assert_eq!(get(&mut s, "nosuch.test", "/none", "").await.0, 404);
+    let mut s = connect_from("127.0.0.3".parse().unwrap(), proxy.mesh_http).await;
+    assert_eq!(get(&mut s, "down.test", "/down", "").await.0, 502);
+
+    let a = wait_lines(&site_log, 3).await;
+    assert_eq!(a.len(), 3, "{a:#?}");
+    let l = by_uri(&a, "/hello?x=1&y=2");
+    println!("{l}");
+    assert_eq!(l["site"], "a.test");
+    assert_eq!(l["client"], "127.0.0.3");
+    assert!(l["client_port"].as_u64().unwrap() > 0);
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["host"], "a.test");
+    assert_eq!(l["proto"], "HTTP/1.1");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["bytes_sent"], body_len as u64);
+    assert!(body_len > 0);
+    assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
+    assert_eq!(l["upstream"], format!("http://{up}"));
+    assert_eq!(l["upstream_status"], 200);
+    assert_eq!(l["upstream_attempts"], 1);
+    assert_eq!(l["result"], Value::Null);
+    assert_eq!(l["tls_sni"], Value::Null);
+    assert_eq!(l["tls_version"], Value::Null);
+    assert_eq!(l["user_agent"], "test-agent/1.0");
+    assert_eq!(l["referer"], "https://ref.example/page");
+    assert_eq!(l["request_id"], "req-42");
+    let time = humantime::parse_rfc3339(l["time"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now().duration_since(time).unwrap();
+    assert!(age < Duration::from_secs(60), "time {age:?} ago");
+
+    let l = by_uri(&a, "/wp-admin/setup.php");
+    assert_eq!(l["client"], "203.0.113.7");
+    assert_eq!(l["client_port"], 4242);
+    assert_eq!((l["status"].as_u64(), l["result"].as_str()), (Some(404), Some("blocked")));
+    assert_eq!(l["upstream"], Value::Null);
+    assert_eq!(l["user_agent"], Value::Null);
+
+    let l = by_uri(&a, "/h2");
+    assert_eq!(l["proto"], "HTTP/2");
+    assert_eq!(l["tls_sni"], "a.test");
+    assert_eq!(l["tls_version"], "TLSv1.3");
+    assert_eq!(l["user_agent"], "curl-h2");
+    assert_eq!(l["bytes_sent"], out.len() as u64);
+    assert_eq!(l["status"], 200);
+
+    let d = wait_lines(&default_log, 3).await;
+    assert_eq!(d.len(), 3, "{d:#?}");
+    assert_eq!(by_uri(&d, "/b")["site"], "b.test");
+    let l = by_uri(&d, "/none");
+    assert_eq!(
+        (l["site"].clone(), l["result"].clone(), l["status"].clone()),
+        (Value::Null, "unknown_site".into(), 404.into())
+    );
+    let l = by_uri(&d, "/down");
+    assert_eq!(l["site"], "down.test");
+    assert_eq!(l["status"], 502);
+    assert_eq!(l["upstream"], format!("http://{dead}"));
+    assert_eq!(l["upstream_status"], Value::Null);
+
+    for f in [&site_log, &default_log] {
+        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o640, "{}", f.display());
+    }
+}
+
+/// logrotate's way: rename the file, SIGUSR1, new lines go to a new file; with requests
+/// flowing throughout, every answered request is exactly one whole line in one of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_file_and_sigusr1_move_new_lines_to_a_new_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let log = tmp.path().join("access.log");
+    let rotated = tmp.path().join("access.log.1");
+    let proxy = start(
+        tmp.path(),
+        &live,
+        "",
+        &format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            log.display()
+        ),
+    )
+    .await;
+
+    // Four clients, 150 requests each, a new connection per request.
+    const CLIENTS: usize = 4;
+    const EACH: usize = 150;
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (answered, addr) = (answered.clone(), proxy.mesh_http);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let mut s = connect_from(IpAddr::from([127, 0, 0, 3]), addr).await;
+                let (status, _) = get(&mut s, "a.test", &format!("/c{c}/{i}"), "").await;
+                assert_eq!(status, 200);
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let l = log.clone();
+    wait_until(Duration::from_secs(20), "100 lines before the rotation", || {
+        let l = l.clone();
+        async move { lines(&l).len() >= 100 }
+    })
+    .await;
+    std::fs::rename(&log, &rotated).unwrap();
+    assert!(run_tool("kill", &["-USR1", &proxy.pid], b"").await.status.success());
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = (CLIENTS * EACH) as u64;
+    assert_eq!(answered.load(Ordering::SeqCst), total);
+    let (r, l) = (rotated.clone(), log.clone());
+    wait_until(Duration::from_secs(10), "every request logged", || {
+        let (r, l) = (r.clone(), l.clone());
+        async move { (lines(&r).len() + lines(&l).len()) as u64 >= total }
+    })
+    .await;
+    let (old, new) = (lines(&rotated), lines(&log));
+    for f in [&rotated, &log] {
+        assert!(std::fs::read_to_string(f).unwrap().ends_with('\n'), "{} ends mid-line", f.display());
+    }
+    println!("rotated file: {} lines, new file: {} lines", old.len(), new.len());
+    assert_eq!((old.len() + new.len()) as u64, total, "lines lost or doubled");
+    assert!(old.len() >= 100 && !new.is_empty(), "old {} new {}", old.len(), new.len());
+    let mut uris: Vec<String> = old.iter().chain(&new).map(|l| l["uri"].as_str().unwrap().to_string()).collect();
+    uris.sort();
+    uris.dedup();
+    assert_eq!(uris.len() as u64, total, "each request exactly once");
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+
+    // Quiet now: one more request goes to the new file, none to the old one.
+    let mut s = connect_from(IpAddr::from([127, 0, 0, 3]), proxy.mesh_http).await;
+    assert_eq!(get(&mut s, "a.test", "/after", "").await.0, 200);
+    let after = wait_lines(&log, new.len() + 1).await;
+    assert_eq!(after.last().unwrap()["uri"], "/after");
+    assert_eq!(lines(&rotated).len(), old.len());
+}
