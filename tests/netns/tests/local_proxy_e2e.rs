@@ -39,6 +39,8 @@ const STREAM6: u16 = 7102;
 /// Ingress ports that reach home through one WAN only.
 const VIA_WAN1: u16 = 8441;
 const VIA_WAN2: u16 = 8442;
+/// An ingress port that reaches home through wan1's IPv6 address only.
+const VIA_WAN1_V6: u16 = 8443;
 /// LAN IPv6 (ULA) for the mesh clients' transparent streams.
 const HOME_LAN6: &str = "fd77::1";
 const LAN6: &str = "fd77::2";
@@ -133,8 +135,8 @@ fn local_proxy_config(t: &Topology, cert: &Path, key: &Path) -> Result<String> {
 listen = "{LP_ADMIN}"
 
 [wan]
-addresses = ["{wan1}", "{wan2}"]
-trusted_ingress = ["{ing1}", "{ing2}"]
+addresses = ["{wan1}", "{wan2}", "{wan1v6}"]
+trusted_ingress = ["{ing1}", "{ing2}", "{ing1v6}", "{ing2v6}"]
 
 [mesh]
 listen = "auto"
@@ -177,8 +179,11 @@ transparent = true
 "#,
         wan1 = addr::WAN1,
         wan2 = addr::WAN2,
+        wan1v6 = addr::WAN1_V6,
         ing1 = addr::INGRESS1,
         ing2 = addr::INGRESS2,
+        ing1v6 = addr::INGRESS1_V6,
+        ing2v6 = addr::INGRESS2_V6,
         admin = ygg.admin.display(),
         cert = cert.display(),
         key = key.display(),
@@ -190,7 +195,7 @@ transparent = true
 fn ingress_config(mesh: Ipv6Addr) -> String {
     let health =
         r#"health = { interval = "300ms", timeout = "250ms", rise = 2, fall = 2, port = 443, check = "proxy-v2" }"#;
-    let (w1, w2) = (addr::WAN1, addr::WAN2);
+    let (w1, w2, w1v6) = (addr::WAN1, addr::WAN2, addr::WAN1_V6);
     format!(
         r#"[admin]
 listen = "{INGRESS_ADMIN}"
@@ -206,6 +211,10 @@ paths = [ {{ name = "wan1", address = "{w1}" }} ]
 
 [pool.only2]
 paths = [ {{ name = "wan2", address = "{w2}" }} ]
+{health}
+
+[pool.only1v6]
+paths = [ {{ name = "wan1v6", address = "{w1v6}" }} ]
 {health}
 
 [[service]]
@@ -228,6 +237,14 @@ name = "https-wan2"
 listen = ["0.0.0.0:{VIA_WAN2}"]
 mode = "sni"
 pool = "only2"
+proxy_protocol = "v2"
+upstream_port = 443
+
+[[service]]
+name = "https-wan1-v6"
+listen = ["0.0.0.0:{VIA_WAN1_V6}"]
+mode = "sni"
+pool = "only1v6"
 proxy_protocol = "v2"
 upstream_port = 443
 
@@ -461,6 +478,8 @@ fn run() -> Result<()> {
     let b = bins()?;
     let mut t = Topology::build(b.harness.clone(), Options { mesh: true, backends: false })?;
     started(start, &format!("topology up ({}; dir {})", t.tag, t.dir().display()));
+    // Dual-stack clearnet: home's wan1 has an IPv6 address too, the ingress nodes IPv6 routes.
+    t.add_ipv6()?;
     let (ca, chain, key) = make_cert(t.dir())?;
     start_lan(&mut t, &b)?;
     configure_home(&t)?;
@@ -529,6 +548,20 @@ fn run() -> Result<()> {
         curl(&t, Role::Client, addr::INGRESS1.into(), VIA_WAN2, &ca, "3")
     })?;
     started(start, "each WAN alone carries HTTPS and UDP with strict rp_filter; WAN2 fails without its source rule");
+
+    // 3b. wan1's IPv6 address alone: the local proxy's socket on it, PROXY v2 from the ingress
+    //     nodes' IPv6 addresses trusted (the client's address reaches the service).
+    for ingress in [addr::INGRESS1, addr::INGRESS2] {
+        let body = curl(&t, Role::Client, ingress.into(), VIA_WAN1_V6, &ca, "10")?;
+        if forwarded_for(&body).as_deref() != Some(client.as_str()) {
+            bail!("via {ingress} and wan1's IPv6 address: the service saw:\n{body}");
+        }
+    }
+    let sockets = cmd::exec_ok(&home, &["ss", "-Hltn6"], cmd::DEFAULT_TIMEOUT)?;
+    if !sockets.contains(&format!("[{}]:443", addr::WAN1_V6)) {
+        bail!("no local-proxy socket on [{}]:443:\n{sockets}", addr::WAN1_V6);
+    }
+    started(start, "HTTPS through wan1's IPv6 address: its own socket, PROXY v2 from IPv6 ingress addresses trusted");
 
     // 4. Transparent TCP: through the ingress (client address from PROXY v2) and over the mesh.
     for ingress in [addr::INGRESS1, addr::INGRESS2] {
