@@ -24,10 +24,12 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-const WAN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+// Loopback addresses of their own (not 127.0.0.1 / 127.0.0.4, which other tests bind with
+// ephemeral ports), so the fixed ports chosen below stay free.
+const WAN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 13));
 const INGRESS1: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 const INGRESS2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
-const MESH: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
+const MESH: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 14));
 /// Where pebble listens (its own loopback address, so its ports never clash with the proxy's).
 const PEBBLE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 9));
 
@@ -70,6 +72,17 @@ impl Drop for Child {
 /// A free TCP port on `ip` (bound and released; the tests own these loopback addresses).
 fn free_port(ip: IpAddr) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A port free on both the WAN and the mesh address (the proxy binds it on each).
+fn free_port_on_both() -> u16 {
+    for _ in 0..100 {
+        let port = free_port(MESH);
+        if std::net::TcpListener::bind((WAN, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both {WAN} and {MESH}");
 }
 
 fn free_udp_port(ip: IpAddr) -> u16 {
@@ -248,7 +261,7 @@ async fn setup(opts: SetupOptions) -> Setup {
         prepare(&storage);
     }
     // Fixed ports (both the WAN and the mesh listener use them), so pebble can be told.
-    let (https_port, http_port) = (free_port(MESH), free_port(MESH));
+    let (https_port, http_port) = (free_port_on_both(), free_port_on_both());
     // The ingress stand-ins pebble validates through (plain HTTP and TLS passthrough).
     let (val_http, val_tls) = (TcpListener::bind((WAN, 0)).await.unwrap(), TcpListener::bind((WAN, 0)).await.unwrap());
     let (target_ip, pebble_http, pebble_tls) = match opts.via {
