@@ -33,6 +33,8 @@ struct Running {
     mesh_http: SocketAddr,
     mesh_https: SocketAddr,
     wan_http: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
 }
 
 /// Start the binary on fixed free ports with `sites` and `http_extra` (in `[http]`).
@@ -76,7 +78,8 @@ certbot_live_dir = "{live}"
         TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()
     })
     .await;
-    Running { _child: child, pid, mesh_http, mesh_https, wan_http }
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    Running { _child: child, pid, mesh_http, mesh_https, wan_http, admin, config: file }
 }
 
 /// One HTTP/1.1 GET with extra header lines on `s`; returns (status, body length).
@@ -314,4 +317,70 @@ async fn renamed_file_and_sigusr1_move_new_lines_to_a_new_file() {
     let after = wait_lines(&log, new.len() + 1).await;
     assert_eq!(after.last().unwrap()["uri"], "/after");
     assert_eq!(lines(&rotated).len(), old.len());
+}
+
+/// Rewrite the config replacing `from` by `to`, send SIGHUP, wait until the reload counter
+/// with `result` has moved.
+async fn reload(proxy: &Running, from: &str, to: &str, result: &str) {
+    let text = std::fs::read_to_string(&proxy.config).unwrap().replace(from, to);
+    std::fs::write(&proxy.config, text).unwrap();
+    let reloads = |admin| async move {
+        metric_value(&http_get(admin, "/metrics").await.1, "local_proxy_config_reloads_total", &[("result", result)])
+    };
+    let before = reloads(proxy.admin).await;
+    assert!(run_tool("kill", &["-HUP", &proxy.pid], b"").await.status.success());
+    let admin = proxy.admin;
+    wait_until(Duration::from_secs(10), &format!("a reload counted {result}"), || async move {
+        reloads(admin).await > before
+    })
+    .await;
+}
+
+async fn get_a(proxy: &Running, path: &str) {
+    let mut s = connect_from(IpAddr::from([127, 0, 0, 3]), proxy.mesh_http).await;
+    assert_eq!(get(&mut s, "a.test", path, "").await.0, 200);
+}
+
+fn uris(path: &Path) -> Vec<String> {
+    lines(path).iter().map(|l| l["uri"].as_str().unwrap().to_string()).collect()
+}
+
+/// SIGHUP reopens a renamed file too; a reload moves a site's lines to its new path; a reload
+/// naming a path that cannot be opened is refused and logging goes on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_and_reloads_move_or_keep_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let (log, moved, renamed) = (tmp.path().join("a.log"), tmp.path().join("b.log"), tmp.path().join("a.log.1"));
+    let proxy = start(
+        tmp.path(),
+        &live,
+        "",
+        &format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            log.display()
+        ),
+    )
+    .await;
+    get_a(&proxy, "/1").await;
+    wait_lines(&log, 1).await;
+
+    std::fs::rename(&log, &renamed).unwrap();
+    reload(&proxy, "", "", "ok").await;
+    get_a(&proxy, "/2").await;
+    wait_lines(&log, 1).await;
+    assert_eq!((uris(&renamed), uris(&log)), (vec!["/1".to_string()], vec!["/2".to_string()]));
+
+    let log_s = log.display().to_string();
+    let missing = tmp.path().join("no-such-dir/a.log").display().to_string();
+    reload(&proxy, &log_s, &missing, "invalid").await;
+    get_a(&proxy, "/3").await;
+    wait_lines(&log, 2).await;
+
+    reload(&proxy, &missing, &moved.display().to_string(), "ok").await;
+    get_a(&proxy, "/4").await;
+    wait_lines(&moved, 1).await;
+    assert_eq!(uris(&log), vec!["/2".to_string(), "/3".to_string()]);
+    assert_eq!(uris(&moved), vec!["/4".to_string()]);
 }
