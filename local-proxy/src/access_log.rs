@@ -101,6 +101,8 @@ fn write_loop(path: PathBuf, file: File, rx: Receiver<Vec<u8>>, label: String) {
     let mut file = Some(file);
     let mut seen = GENERATION.load(Ordering::SeqCst);
     let mut batch = Vec::with_capacity(BATCH_BYTES);
+    // A full disk fails every batch: warn when writing starts failing, not at each batch.
+    let mut failing = false;
     loop {
         let first = match rx.recv_timeout(REOPEN_POLL) {
             Ok(line) => Some(line),
@@ -110,12 +112,16 @@ fn write_loop(path: PathBuf, file: File, rx: Receiver<Vec<u8>>, label: String) {
         let generation = GENERATION.load(Ordering::SeqCst);
         if generation != seen || file.is_none() {
             seen = generation;
-            // The old file (renamed by logrotate) is closed once the new one is open; if the
-            // new one cannot be opened, lines wait in the queue (then drop) until it can.
+            // The old file (renamed by logrotate) is closed once the new one is open; while
+            // the new one cannot be opened (tried again at each batch and poll), lines are
+            // dropped and counted.
             match open_file(&path) {
                 Ok(f) => file = Some(f),
                 Err(e) => {
-                    warn!(path = %path.display(), error = %e, "access log: cannot reopen");
+                    if !failing {
+                        warn!(path = %path.display(), error = %e, "access log: cannot reopen");
+                    }
+                    failing = true;
                     file = None;
                 }
             }
@@ -135,10 +141,18 @@ fn write_loop(path: PathBuf, file: File, rx: Receiver<Vec<u8>>, label: String) {
             None => Err(std::io::Error::other("not open")),
         };
         match written {
-            Ok(()) => metrics::counter!(names::ACCESS_LOG_LINES, "log" => label.clone()).increment(lines),
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(path = %path.display(), "access log: writing again");
+                }
+                metrics::counter!(names::ACCESS_LOG_LINES, "log" => label.clone()).increment(lines)
+            }
             Err(e) => {
                 metrics::counter!(names::ACCESS_LOG_DROPPED, "log" => label.clone()).increment(lines);
-                warn!(path = %path.display(), error = %e, lines, "access log: write failed");
+                if !failing {
+                    warn!(path = %path.display(), error = %e, lines, "access log: write failed; lines dropped and counted until it works again");
+                }
+                failing = true;
                 // Try a fresh open before the next batch.
                 file = None;
             }
@@ -178,8 +192,10 @@ mod tests {
         let took = start.elapsed();
         let dropped = sink.dropped() as usize;
         println!("{LINES} lines sent in {took:?} against a stalled file: {dropped} dropped");
-        // At most the queue and the pipe's buffer (64 KiB: 655 lines) got through.
-        assert!(dropped >= LINES - QUEUE - 1024, "only {dropped} dropped");
+        // At most the queue, the pipe's buffer (64 KiB) and the batch the writer is stuck
+        // writing (up to BATCH_BYTES, and the line that passes it) got through.
+        let through = QUEUE + (64 * 1024 + BATCH_BYTES) / 100 + 2;
+        assert!(dropped >= LINES - through, "only {dropped} dropped");
         assert!(dropped < LINES);
 
         // The reader drains: what was queued arrives as whole 100-byte lines.
