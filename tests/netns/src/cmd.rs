@@ -23,6 +23,8 @@ pub fn run_full(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result
     let (prog, args) = argv.split_first().context("empty command")?;
     let mut child = Command::new(prog)
         .args(args)
+        // Not for the ingress's config overrides (INGRESS_*): see `Proc::spawn`.
+        .env_remove("INGRESS_BIN")
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -36,6 +36,9 @@ impl Proc {
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "ip", "netns", "exec", ns, prog])
             .args(args)
+            // The harness's own INGRESS_BIN (which ingress binary to test) must not reach the
+            // ingress: it reads INGRESS_* as config overrides and refuses the unknown key.
+            .env_remove("INGRESS_BIN")
             .stdin(Stdio::null())
             .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
             .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?)
