@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs the ingress with `env` until its listener is bound, stops it, and returns its log (the
-/// ingress logs to stdout).
+/// ingress logs to stderr, as `shared::logging` sets up).
 fn log_with(env: &[(&str, &str)]) -> String {
     let dir = std::env::temp_dir().join(format!("ingress-logenv-{}-{}", std::process::id(), env.len()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -26,7 +26,7 @@ fn log_with(env: &[(&str, &str)]) -> String {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Once the ingress holds its port it has logged (or is about to log) "ingress running":
     // the SIGTERM handler is installed before and the line is written before any signal is
     // handled. Then stop it and read what it wrote.
@@ -37,7 +37,7 @@ fn log_with(env: &[(&str, &str)]) -> String {
     }
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let mut text = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
     let status = child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit {status}: {text}");
