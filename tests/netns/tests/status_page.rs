@@ -20,7 +20,7 @@ fn artifacts() -> PathBuf {
 
 /// wan1's state as the page's DOM shows it now.
 fn wan1_state(b: &mut Browser, page: &netns::browser::Page) -> String {
-    b.eval(page, r#"(document.querySelector('article[data-path="wan1"]') || {dataset: {}}).dataset.state || ""#)
+    b.eval(page, r##"(document.querySelector('article[data-path="wan1"]') || {dataset: {}}).dataset.state || """##)
         .expect("evaluate")
         .as_str()
         .unwrap_or("")
