@@ -136,7 +136,9 @@ impl Browser {
         }
         let page = Page { session };
         let end = Instant::now() + Duration::from_secs(20);
-        while self.html(&page)?.is_empty() || !self.loaded(&page)? {
+        // While the navigation commits the document is replaced: a node id from just before
+        // is gone ("Could not find node"), so errors here mean "not loaded yet".
+        while !self.loaded(&page).unwrap_or(false) || self.html(&page).map_or(true, |h| h.is_empty()) {
             if Instant::now() > end {
                 bail!("{url} did not load within 20 s");
             }
@@ -152,12 +154,22 @@ impl Browser {
         Ok(doc["root"]["childNodeCount"].as_u64().unwrap_or(0) > 0)
     }
 
-    /// The page's current DOM as HTML (works with scripts off too).
+    /// The page's current DOM as HTML (works with scripts off too). A document replaced
+    /// between the two calls (a navigation committing) is asked for again, a few times.
     pub fn html(&mut self, page: &Page) -> Result<String> {
-        let doc = self.call(Some(&page.session), "DOM.getDocument", json!({ "depth": 0 }))?;
-        let node = doc["root"]["nodeId"].as_u64().ok_or_else(|| anyhow!("no document node"))?;
-        let out = self.call(Some(&page.session), "DOM.getOuterHTML", json!({ "nodeId": node }))?;
-        Ok(out["outerHTML"].as_str().unwrap_or("").to_owned())
+        let mut tries = 0;
+        loop {
+            let doc = self.call(Some(&page.session), "DOM.getDocument", json!({ "depth": 0 }))?;
+            let node = doc["root"]["nodeId"].as_u64().ok_or_else(|| anyhow!("no document node"))?;
+            match self.call(Some(&page.session), "DOM.getOuterHTML", json!({ "nodeId": node })) {
+                Ok(out) => return Ok(out["outerHTML"].as_str().unwrap_or("").to_owned()),
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Evaluates `expression` in the page (scripts on) and returns its value.
