@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use metrics::counter;
+use shared::admin::control::{authorize, drain_word, weight_param, Action};
 use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
 
@@ -48,35 +49,14 @@ fn status_json(shared: &Shared) -> Reply {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Drain,
-    Undrain,
-    Weight,
-}
-
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Action::Drain => "drain",
-            Action::Undrain => "undrain",
-            Action::Weight => "weight",
-        }
-    }
-}
-
 /// One control request: authenticate, find the path, apply, record who did what.
 fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
     let rt = shared.runtime();
-    let Some(token) = &rt.config.admin_token else {
-        return Reply::text(StatusCode::FORBIDDEN, "runtime control is off: set admin.token_file in the config\n");
+    let count = |reason: &'static str| counter!(m::ADMIN_UNAUTHORIZED, "reason" => reason).increment(1);
+    let user = match authorize(rt.config.admin_token.as_ref(), c, action, count) {
+        Ok(user) => user,
+        Err(reply) => return reply,
     };
-    let user = c.headers.get(shared::admin::client::USER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    if let Err(denied) = token.check(c.headers) {
-        counter!(m::ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(1);
-        tracing::warn!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), "admin: control request refused");
-        return Reply::text(StatusCode::UNAUTHORIZED, format!("unauthorized: {} bearer token\n", denied.as_str()));
-    }
     let Some(wanted) = c.param("path") else {
         return Reply::text(StatusCode::BAD_REQUEST, "missing path=[POOL/]NAME\n");
     };
@@ -92,18 +72,9 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
             (drain_word(was), drain_word(on))
         }
         Action::Weight => {
-            let want = match c.param("weight").as_deref() {
-                Some("config") => None,
-                Some(w) => match w.parse::<u32>() {
-                    Ok(n @ 1..=1000) => Some(n),
-                    _ => {
-                        return Reply::text(
-                            StatusCode::BAD_REQUEST,
-                            format!("weight: `{w}` is not 1..=1000 or `config`\n"),
-                        )
-                    }
-                },
-                None => return Reply::text(StatusCode::BAD_REQUEST, "missing weight=1..1000 or weight=config\n"),
+            let want = match weight_param(c) {
+                Ok(w) => w,
+                Err(reply) => return reply,
             };
             let was = path.control.set_weight(want);
             let show = |o: Option<u32>| {
@@ -116,10 +87,6 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
     let answer = format!("{}/{}: {from} -> {to}\n", path.pool, path.name);
     crate::control::record(Event::new(&path.pool, &path.name, from, to, format!("{} by {who}", action.as_str())));
     Reply::text(StatusCode::OK, answer)
-}
-
-fn drain_word(drained: bool) -> String {
-    if drained { "drained" } else { "serving" }.to_owned()
 }
 
 /// The path `POOL/NAME`, or `NAME` when exactly one pool has a path of that name.

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
+use shared::admin::control::{authorize, drain_word, weight_param, Action};
 use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -58,35 +59,14 @@ fn publish_certificates(state: &State) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Drain,
-    Undrain,
-    Weight,
-}
-
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Action::Drain => "drain",
-            Action::Undrain => "undrain",
-            Action::Weight => "weight",
-        }
-    }
-}
-
 /// One control request: authenticate, find the upstream, apply, record who did what.
 fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
     let config = state.config.load();
-    let Some(token) = &config.admin_token else {
-        return Reply::text(StatusCode::FORBIDDEN, "runtime control is off: set admin.token_file in the config\n");
+    let count = |reason: &'static str| metrics::counter!(names::ADMIN_UNAUTHORIZED, "reason" => reason).increment(1);
+    let user = match authorize(config.admin_token.as_ref(), c, action, count) {
+        Ok(user) => user,
+        Err(reply) => return reply,
     };
-    let user = c.headers.get(shared::admin::client::USER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    if let Err(denied) = token.check(c.headers) {
-        metrics::counter!(names::ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(1);
-        tracing::warn!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), "admin: control request refused");
-        return Reply::text(StatusCode::UNAUTHORIZED, format!("unauthorized: {} bearer token\n", denied.as_str()));
-    }
     let (Some(name), Some(upstream)) = (c.param("name"), c.param("upstream")) else {
         return Reply::text(StatusCode::BAD_REQUEST, "missing name=SITE_OR_STREAM and upstream=URL_OR_ADDRESS\n");
     };
@@ -112,18 +92,9 @@ fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
             (drain_word(was), drain_word(on))
         }
         Action::Weight => {
-            let want = match c.param("weight").as_deref() {
-                Some("config") => NO_OVERRIDE,
-                Some(w) => match w.parse::<u32>() {
-                    Ok(n @ 1..=1000) => n,
-                    _ => {
-                        return Reply::text(
-                            StatusCode::BAD_REQUEST,
-                            format!("weight: `{w}` is not 1..=1000 or `config`\n"),
-                        )
-                    }
-                },
-                None => return Reply::text(StatusCode::BAD_REQUEST, "missing weight=1..1000 or weight=config\n"),
+            let want = match weight_param(c) {
+                Ok(w) => w.unwrap_or(NO_OVERRIDE),
+                Err(reply) => return reply,
             };
             let was = member.state.weight_override.swap(want, Ordering::Relaxed);
             (weight_word(member, was), weight_word(member, want))
@@ -141,10 +112,6 @@ fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
         reason: format!("{} by {user} from {}", action.as_str(), c.peer),
     });
     Reply::text(StatusCode::OK, answer)
-}
-
-fn drain_word(drained: bool) -> String {
-    if drained { "drained" } else { "serving" }.to_owned()
 }
 
 fn weight_word(m: &Member, w: u32) -> String {

@@ -6,6 +6,7 @@
 //! server with [`client::request`].
 
 pub mod client;
+pub mod control;
 pub mod events;
 pub mod page;
 pub mod token;
