@@ -17,8 +17,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The Debian package's default `AdminListen`.
-pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/yggdrasil.sock";
+/// Where an admin socket can live under Debian's yggdrasil unit: it runs with
+/// `ProtectSystem=strict` and may write only its `RuntimeDirectory` (/run/yggdrasil), so
+/// yggdrasil's compiled-in `AdminListen` (unix:///var/run/yggdrasil.sock) cannot be created there;
+/// the roll-out's yggdrasil role sets `AdminListen` to this path.
+pub const DEFAULT_ENDPOINT: &str = "unix:///run/yggdrasil/yggdrasil.sock";
 
 /// Answers larger than this are refused rather than buffered (a getPeers answer is ~700 bytes
 /// a peer).
