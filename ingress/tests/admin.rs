@@ -210,14 +210,18 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
         names.push(request(front).await.unwrap());
     }
     let t = tally(&names);
-    assert_eq!((t.get("wan1").copied(), t.get("wan2").copied()), (Some(10), Some(30)), "{t:?}");
+    let (n1, n2) = (t.get("wan1").copied().unwrap_or(0), t.get("wan2").copied().unwrap_or(0));
+    println!("weights 1:3 -> wan1 {n1} wan2 {n2} of 40");
+    // A band, not 10/30: each path's health factor (its connect latency against the best
+    // path's, jittery on a loaded machine) scales its weight, so the exact split wanders. Still
+    // wan1's share is 0.25 at 1:3 and 0.75 if the change did nothing; 2..=16 of 40 (0.05-0.40)
+    // holds with either factor down to 0.5 and fails at 3:1 even with wan1's factor at 0.5.
+    assert!(n1 + n2 == 40 && (2..=16).contains(&n1), "weights 1:3 should give wan1 about 10 of 40: {t:?}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let s = status(admin).await;
-    assert_eq!(
-        (path(&s, "wan1")["share_recent"].as_f64(), path(&s, "wan2")["share_recent"].as_f64()),
-        (Some(0.25), Some(0.75)),
-        "{s:#}"
-    );
+    let share = |p: &str| path(&s, p)["share_recent"].as_f64().unwrap_or(-1.0);
+    println!("share_recent a second later: wan1 {} wan2 {}", share("wan1"), share("wan2"));
+    assert!((0.05..=0.40).contains(&share("wan1")) && (0.60..=0.95).contains(&share("wan2")), "{s:#}");
     assert_eq!((path(&s, "wan1")["weight"].as_u64(), path(&s, "wan1")["weight_override"].as_u64()), (Some(1), Some(1)));
     assert!(
         s["events"]
