@@ -52,8 +52,9 @@ pub fn usable(client: SocketAddr, upstream: SocketAddr) -> bool {
 /// A non-blocking socket of type `ty` with the transparent option set, bound to `client`: the
 /// client's own port if free here, else any port on the client's address (the same client
 /// may come through two ingress nodes with one source port, or a closed connection may still
-/// hold the pair in TIME_WAIT).
-fn bound_to(client: SocketAddr, ty: Type) -> Result<Socket, TransparentError> {
+/// hold the pair in TIME_WAIT). `share_port` sets `SO_REUSEADDR` first, so other sockets
+/// that set it too may hold the same address and port (see [`udp`]).
+fn bound_to(client: SocketAddr, ty: Type, share_port: bool) -> Result<Socket, TransparentError> {
     let sock = Socket::new(Domain::for_address(client), ty, None).map_err(TransparentError::Socket)?;
     match client {
         SocketAddr::V4(_) => sock.set_ip_transparent_v4(true),
@@ -61,6 +62,9 @@ fn bound_to(client: SocketAddr, ty: Type) -> Result<Socket, TransparentError> {
     }
     .map_err(TransparentError::Option)?;
     sock.set_nonblocking(true).map_err(TransparentError::Socket)?;
+    if share_port {
+        sock.set_reuse_address(true).map_err(TransparentError::Socket)?;
+    }
     if let Err(e) = sock.bind(&client.into()) {
         if e.kind() != io::ErrorKind::AddrInUse {
             return Err(TransparentError::Bind { addr: client, source: e });
@@ -77,7 +81,7 @@ pub async fn connect_tcp(
     upstream: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, TransparentError> {
-    let sock = bound_to(client, Type::STREAM)?;
+    let sock = bound_to(client, Type::STREAM, false)?;
     let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
     match tokio::time::timeout(timeout, sock.connect(upstream)).await {
         Err(_) => Err(TransparentError::Timeout),
@@ -87,8 +91,16 @@ pub async fn connect_tcp(
 
 /// A UDP socket with `client`'s address as its source, connected to `upstream` (so it only
 /// hears that service's replies).
-pub async fn udp(client: SocketAddr, upstream: SocketAddr) -> Result<UdpSocket, TransparentError> {
-    let sock = bound_to(client, Type::DGRAM)?;
+///
+/// With `share_port` the client's own port is bound with `SO_REUSEADDR`, so one client socket
+/// can talk to several upstream ports at once with its real port (a TURN peer answering
+/// several relay ports from one socket, as ICE does): each of our sockets is connected to a
+/// different upstream, and the kernel hands a connected socket only datagrams from its own
+/// remote, for reading and for the `socket transparent` lookup of the policy route alike.
+/// Two such sockets connected to the *same* upstream would be ambiguous: the caller must not
+/// ask for that (`stream::flow_socket` keeps one per client and upstream).
+pub async fn udp(client: SocketAddr, upstream: SocketAddr, share_port: bool) -> Result<UdpSocket, TransparentError> {
+    let sock = bound_to(client, Type::DGRAM, share_port)?;
     let sock = UdpSocket::from_std(sock.into()).map_err(TransparentError::Socket)?;
     sock.connect(upstream).await.map_err(TransparentError::Connect)?;
     Ok(sock)
@@ -124,16 +136,39 @@ mod tests {
     async fn binds_foreign_address_and_port_or_any_port() {
         if probe().is_err() {
             // Without CAP_NET_ADMIN the option is refused with a clear error.
-            let e = udp("192.0.2.77:4000".parse().unwrap(), "127.0.0.1:9".parse().unwrap()).await.unwrap_err();
+            let e = udp("192.0.2.77:4000".parse().unwrap(), "127.0.0.1:9".parse().unwrap(), false).await.unwrap_err();
             assert!(e.is_setup(), "{e}");
             return;
         }
         let client: SocketAddr = "192.0.2.77:40123".parse().unwrap();
-        let first = udp(client, "127.0.0.1:9".parse().unwrap()).await.unwrap();
+        let first = udp(client, "127.0.0.1:9".parse().unwrap(), false).await.unwrap();
         assert_eq!(first.local_addr().unwrap(), client);
-        let second = udp(client, "127.0.0.1:10".parse().unwrap()).await.unwrap();
+        let second = udp(client, "127.0.0.1:10".parse().unwrap(), false).await.unwrap();
         let local = second.local_addr().unwrap();
         assert_eq!(local.ip(), client.ip());
         assert_ne!(local.port(), client.port());
+    }
+
+    /// Shared ports: two sockets on the client's exact address and port, connected to two
+    /// upstreams, each hear only their own upstream.
+    #[tokio::test]
+    async fn shared_port_sockets_hear_only_their_upstream() {
+        if probe().is_err() {
+            return;
+        }
+        let up1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = udp(client, up1.local_addr().unwrap(), true).await.unwrap();
+        let client = first.local_addr().unwrap();
+        let second = udp(client, up2.local_addr().unwrap(), true).await.unwrap();
+        assert_eq!(second.local_addr().unwrap(), client);
+        up2.send_to(b"two", client).await.unwrap();
+        up1.send_to(b"one", client).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(2), first.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"one");
+        let n = tokio::time::timeout(Duration::from_secs(2), second.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"two");
     }
 }

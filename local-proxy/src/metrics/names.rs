@@ -36,6 +36,9 @@ pub const STREAM_BYTES: &str = "local_proxy_stream_bytes_total";
 pub const UDP_FLOWS_ACTIVE: &str = "local_proxy_udp_flows_active";
 /// UDP flows that gave their slot to a new source at the stream's `max_flows`, by `stream`.
 pub const UDP_FLOWS_EVICTED: &str = "local_proxy_udp_flows_evicted_total";
+/// Transparent UDP flows that took over the socket of the same client conversation after the
+/// ingress moved it to another WAN (`stream::flow_socket`), by `stream`.
+pub const UDP_FLOWS_MOVED: &str = "local_proxy_udp_flows_moved_total";
 /// UDP datagrams relayed, by `stream` and `direction`.
 pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 /// UDP datagrams dropped, by `stream` and `result`

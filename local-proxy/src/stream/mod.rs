@@ -1,4 +1,5 @@
 //! Stream forwards: TCP connections and UDP flows relayed to LAN services.
 
+pub mod flow_socket;
 pub mod tcp;
 pub mod udp;

@@ -34,6 +34,7 @@ use crate::listeners::Origin;
 use crate::metrics::names;
 use crate::pool::{Active, Pool, Tried};
 use crate::state::State;
+use crate::stream::flow_socket::{FlowSocket, ReplyTo};
 use crate::transparent::{self, TransparentError};
 
 type FlowKey = (SocketAddr, SocketAddr);
@@ -42,7 +43,9 @@ type FlowKey = (SocketAddr, SocketAddr);
 type Inbound<'a> = (SocketAddr, SocketAddr, &'a [u8]);
 
 struct Flow {
-    upstream: Arc<UdpSocket>,
+    /// The upstream socket and reply route (shared with an older flow of the same
+    /// transparent conversation; see `flow_socket`).
+    upstream: Arc<FlowSocket>,
     /// The pool member the flow went to; held (counted as active) while the flow lives.
     member: Active,
     /// PROXY v2 header sent with every datagram to the upstream, when configured.
@@ -199,8 +202,8 @@ async fn serve_flows(
         flow.life.touch(now);
         // Never wait on one upstream: a full send queue drops this datagram, as a router would.
         let sent = match &flow.header {
-            Some(h) => send_with_header(&flow.upstream, h, payload),
-            None => send_now(&flow.upstream, payload, None),
+            Some(h) => send_with_header(&flow.upstream.upstream, h, payload),
+            None => send_now(&flow.upstream.upstream, payload, None),
         };
         match sent {
             Ok(_) => counters.dgrams_in.increment(1),
@@ -266,9 +269,16 @@ async fn open_flow(
     member.m_requests.increment(1);
     let member = Active::new(member);
     let target = stream.upstream_for(index, local.port());
+    let reply = ReplyTo { socket: socket.clone(), sender: key.0 };
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
-        match transparent::udp(key.1, target).await {
-            Ok(s) => s,
+        match FlowSocket::transparent(key.1, target, reply).await {
+            Ok((s, moved)) => {
+                if moved {
+                    debug!(stream = %stream.name, client = %key.1, sender = %key.0, "transparent flow moved to a new path");
+                    metrics::counter!(names::UDP_FLOWS_MOVED, "stream" => stream.name.clone()).increment(1);
+                }
+                s
+            }
             Err(e) => {
                 transparent_failed(&stream.name, target, &e);
                 drop_count(&stream.name, if e.is_setup() { "transparent_failed" } else { "send_failed" });
@@ -281,9 +291,8 @@ async fn open_flow(
             metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => stream.name.clone(), "reason" => "family")
                 .increment(1);
         }
-        plain_flow_socket(stream, target).await?
+        FlowSocket::plain(plain_flow_socket(stream, target).await?, reply)
     };
-    let upstream = Arc::new(upstream);
     let header = stream.proxy_protocol.then(|| {
         let mut h = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));
@@ -292,8 +301,7 @@ async fn open_flow(
     let last = Arc::new(AtomicU64::new(now));
     let active = metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone());
     active.increment(1.0);
-    let pump =
-        flow_tasks.spawn(replies(upstream.clone(), socket.clone(), key.0, last.clone(), epoch, counters.clone()));
+    let pump = flow_tasks.spawn(replies(upstream.clone(), last.clone(), epoch, counters.clone()));
     Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits) })
 }
 
@@ -328,17 +336,11 @@ fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) 
 }
 
 /// Relay the upstream's replies to the sender until the flow ends (its task is aborted).
-async fn replies(
-    upstream: Arc<UdpSocket>,
-    socket: Arc<UdpSocket>,
-    sender: SocketAddr,
-    last: Arc<AtomicU64>,
-    epoch: Instant,
-    counters: Arc<Counters>,
-) {
-    pump(&upstream, |reply| {
+async fn replies(upstream: Arc<FlowSocket>, last: Arc<AtomicU64>, epoch: Instant, counters: Arc<Counters>) {
+    pump(&upstream.upstream, |reply| {
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match send_now(&socket, reply, Some(sender)) {
+        let to = upstream.reply_to();
+        match send_now(&to.socket, reply, Some(to.sender)) {
             Ok(_) => counters.dgrams_out.increment(1),
             Err(_) => drop_count(&counters.stream, "send_failed"),
         }

@@ -1,0 +1,138 @@
+//! A UDP flow's upstream socket and where its replies go, and the registry that lets one
+//! transparent conversation survive its ingress flow moving to another WAN.
+//!
+//! Why: a transparent flow's socket holds the client's own address and port, which the LAN
+//! service sees as the conversation's identity (coturn keys allocations and permissions on
+//! it). When a WAN goes down, the ingress moves its flow to another path: the same client,
+//! through the same ingress node, now arrives from a new ingress socket on another WAN
+//! socket here, so a new flow opens in that socket's table. It must not get a socket of its
+//! own (the client's port is taken by the old one, the service would see another port and
+//! coturn would lose the allocation); it takes over the old socket and points its replies at
+//! the new path. A client of the same address through *another* ingress node is another
+//! conversation, kept apart as before (its own socket, any free port of the address).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+
+use crate::transparent::{self, TransparentError};
+
+/// Where replies go: out of the listening socket the flow's datagrams came in on, to the
+/// sender (the ingress's flow socket, or the mesh client).
+pub struct ReplyTo {
+    pub socket: Arc<UdpSocket>,
+    pub sender: SocketAddr,
+}
+
+/// (client, upstream) of a registered transparent socket.
+type Key = (SocketAddr, SocketAddr);
+
+/// A flow's connected upstream socket. Shared by the flows of one conversation (see the
+/// module doc); each of their reply pumps reads it and sends to the current [`ReplyTo`].
+pub struct FlowSocket {
+    pub upstream: UdpSocket,
+    reply: ArcSwap<ReplyTo>,
+    /// The ingress node (sender IP) the conversation comes through; registered sockets only.
+    registered: Option<(Key, IpAddr)>,
+}
+
+/// Live transparent sockets by (client, upstream); an entry goes when its socket drops.
+static REGISTRY: LazyLock<Mutex<HashMap<Key, Weak<FlowSocket>>>> = LazyLock::new(Default::default);
+
+impl FlowSocket {
+    /// A socket of our own address (not transparent), replies to `reply`.
+    pub fn plain(upstream: UdpSocket, reply: ReplyTo) -> Arc<Self> {
+        Arc::new(Self { upstream, reply: ArcSwap::from_pointee(reply), registered: None })
+    }
+
+    /// The current reply route (one atomic load per reply).
+    pub fn reply_to(&self) -> arc_swap::Guard<Arc<ReplyTo>> {
+        self.reply.load()
+    }
+
+    /// A transparent socket from `client` to `upstream`: the live one of the same client and
+    /// upstream through the same ingress node, now replying to `reply` (`moved` is true), or
+    /// a new one on the client's exact port (shared with its sockets to other upstreams; see
+    /// [`transparent::udp`]), else on any port of its address when another ingress node's
+    /// conversation holds that exact pair.
+    pub async fn transparent(
+        client: SocketAddr,
+        upstream: SocketAddr,
+        reply: ReplyTo,
+    ) -> Result<(Arc<Self>, bool), TransparentError> {
+        let ingress = reply.sender.ip();
+        let key = (client, upstream);
+        let held_elsewhere = {
+            let map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(s) if s.registered.as_ref().is_some_and(|(_, via)| *via == ingress) => {
+                    s.reply.store(Arc::new(reply));
+                    return Ok((s, true));
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let sock = transparent::udp(client, upstream, !held_elsewhere).await?;
+        let exact = sock.local_addr().is_ok_and(|a| a == client);
+        let registered = (exact && !held_elsewhere).then_some((key, ingress));
+        let s = Arc::new(Self { upstream: sock, reply: ArcSwap::from_pointee(reply), registered });
+        if s.registered.is_some() {
+            REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::downgrade(&s));
+        }
+        Ok((s, false))
+    }
+}
+
+impl Drop for FlowSocket {
+    fn drop(&mut self) {
+        let Some((key, _)) = self.registered else { return };
+        let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        // Only our own entry: a newer socket of the same pair may have replaced it.
+        if map.get(&key).is_some_and(|w| std::ptr::eq(w.as_ptr(), self)) {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    async fn listener() -> Arc<UdpSocket> {
+        Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// The same client and upstream through the same ingress node share one socket (the
+    /// reply route follows the newest flow); through another ingress node they get their own.
+    #[tokio::test]
+    async fn one_socket_per_conversation_and_ingress_node() {
+        if transparent::probe().is_err() {
+            return;
+        }
+        let upstream = listener().await.local_addr().unwrap();
+        let (wan1, wan2) = (listener().await, listener().await);
+        let client: SocketAddr = "192.0.2.78:40124".parse().unwrap();
+        let via =
+            |socket: &Arc<UdpSocket>, sender: &str| ReplyTo { socket: socket.clone(), sender: sender.parse().unwrap() };
+        let (a, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).await.unwrap();
+        assert!(!moved);
+        assert_eq!(a.upstream.local_addr().unwrap(), client);
+        let (b, moved) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).await.unwrap();
+        assert!(moved && Arc::ptr_eq(&a, &b));
+        assert_eq!(a.reply_to().sender.port(), 5001);
+        assert!(Arc::ptr_eq(&a.reply_to().socket, &wan2));
+        let (c, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).await.unwrap();
+        assert!(!moved && !Arc::ptr_eq(&a, &c));
+        assert_ne!(c.upstream.local_addr().unwrap(), client);
+        // Gone with its last flow: the next one starts afresh on the exact port.
+        drop((a, b));
+        let (d, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).await.unwrap();
+        assert!(!moved);
+        assert_eq!(d.upstream.local_addr().unwrap(), client);
+    }
+}
