@@ -67,6 +67,8 @@ pub struct IngressConfig {
     pub services: Vec<ServiceCfg>,
     /// The body of a `[resolver]` section (paths by name), if any.
     pub resolver: Option<String>,
+    /// `admin.token_file`: runtime control (drain, weight) on with this bearer token file.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl IngressConfig {
@@ -93,6 +95,7 @@ impl IngressConfig {
                 upstream_port: Some(addr::ECHO_PORT),
             }],
             resolver: None,
+            token_file: None,
         }
     }
 
@@ -100,7 +103,11 @@ impl IngressConfig {
     pub fn to_toml(&self) -> String {
         let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
         let mut s = String::new();
-        let _ = writeln!(s, "[admin]\nlisten = \"{}\"\n", self.admin_listen);
+        let _ = writeln!(s, "[admin]\nlisten = \"{}\"", self.admin_listen);
+        if let Some(f) = &self.token_file {
+            let _ = writeln!(s, "token_file = \"{}\"", f.display());
+        }
+        s.push('\n');
         if let Some(r) = &self.resolver {
             let _ = writeln!(s, "[resolver]\n{r}\n");
         }
