@@ -92,14 +92,19 @@ async fn connection(
         _ => return,
     };
     let config = state.config.load_full();
-    let info = match admit(&mut stream, origin, peer, local, &state.trusted, config.wan.proxy_header_timeout).await {
-        Ok(info) => info,
-        Err(refused) => {
-            metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => refused.result()).increment(1);
-            debug!(reason = %refused, "refused");
-            return;
-        }
-    };
+    let header_timeout = config.wan.proxy_header_timeout;
+    let info =
+        match admit(&mut stream, origin, peer, local, &state.trusted, &config.mesh.trusted_ingress, header_timeout)
+            .await
+        {
+            Ok(info) => info,
+            Err(refused) => {
+                metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => refused.result())
+                    .increment(1);
+                debug!(reason = %refused, "refused");
+                return;
+            }
+        };
     tracing::Span::current().record("client", tracing::field::display(info.client));
     let result = if info.health_check { "health_check" } else { "accepted" };
     metrics::counter!(names::CONNECTIONS, "listener" => listener, "result" => result).increment(1);

@@ -1,8 +1,9 @@
 //! Who is the client of an accepted TCP connection: on WAN-side listeners only trusted
-//! ingress peers are served and a PROXY v2 header is required; on the mesh listener the
-//! peer itself is the client and no header is read.
+//! ingress peers are served and a PROXY v2 header is required; on the mesh listener a peer
+//! listed in `mesh.trusted_ingress` (an ingress node's mesh tier) must send PROXY v2 too,
+//! and any other peer is a direct mesh client: the peer itself is the client, no header read.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use shared::proxy_protocol::{self, Command, ReadError, Version};
@@ -51,22 +52,32 @@ pub fn peer_allowed(origin: Origin, peer: SocketAddr, trusted: &TrustedPeers) ->
     origin == Origin::Mesh || trusted.contains(peer.ip())
 }
 
+/// Whether `peer` on the mesh listener is an ingress node's mesh tier (`mesh.trusted_ingress`),
+/// whose connections carry PROXY headers.
+pub fn mesh_ingress(peer: IpAddr, mesh_trusted: &[IpAddr]) -> bool {
+    let peer = peer.to_canonical();
+    mesh_trusted.iter().any(|a| a.to_canonical() == peer)
+}
+
 /// Apply the listener's rules to a fresh connection. Reads exactly the PROXY header on WAN
-/// listeners, leaving the payload unread.
+/// listeners and from the ingress nodes' mesh addresses (`mesh_trusted`), leaving the payload
+/// unread.
 pub async fn admit<R: AsyncRead + Unpin>(
     io: &mut R,
     origin: Origin,
     peer: SocketAddr,
     local: SocketAddr,
     trusted: &TrustedPeers,
+    mesh_trusted: &[IpAddr],
     header_timeout: Duration,
 ) -> Result<ClientInfo, Refused> {
     let direct = ClientInfo { client: peer, destination: local, peer, health_check: false };
-    if origin == Origin::Mesh {
-        return Ok(direct);
-    }
-    if !trusted.contains(peer.ip()) {
-        return Err(Refused::Untrusted);
+    match origin {
+        // A mesh client (a phone on Yggdrasil) speaks first with no header.
+        Origin::Mesh if !mesh_ingress(peer.ip(), mesh_trusted) => return Ok(direct),
+        Origin::Mesh => {}
+        Origin::Wan if !trusted.contains(peer.ip()) => return Err(Refused::Untrusted),
+        Origin::Wan => {}
     }
     let header = proxy_protocol::read_header(io, header_timeout).await.map_err(|e| match e {
         ReadError::Timeout(_) => Refused::HeaderTimeout,
@@ -105,7 +116,7 @@ mod tests {
         let mut io = &bytes[..];
         let peer = "127.0.0.2:5000".parse().unwrap();
         let local = "127.0.0.1:443".parse().unwrap();
-        let info = admit(&mut io, Origin::Wan, peer, local, &trusted(), Duration::from_secs(1)).await.unwrap();
+        let info = admit(&mut io, Origin::Wan, peer, local, &trusted(), &[], Duration::from_secs(1)).await.unwrap();
         assert_eq!((info.client, info.destination, info.peer), (client, dest, peer));
         assert_eq!(io, b"GET /");
     }
@@ -116,7 +127,8 @@ mod tests {
         proxy_protocol::write_v2(&mut bytes, Command::Local, Transport::Stream, None);
         let peer = "127.0.0.2:5000".parse().unwrap();
         let local = "127.0.0.1:443".parse().unwrap();
-        let info = admit(&mut &bytes[..], Origin::Wan, peer, local, &trusted(), Duration::from_secs(1)).await.unwrap();
+        let info =
+            admit(&mut &bytes[..], Origin::Wan, peer, local, &trusted(), &[], Duration::from_secs(1)).await.unwrap();
         assert!(info.health_check);
         assert_eq!(info.client, peer);
     }
@@ -128,16 +140,56 @@ mod tests {
         let d = Duration::from_secs(1);
         let stranger = "127.0.0.3:5000".parse().unwrap();
         let friend = "127.0.0.2:5000".parse().unwrap();
-        let r = admit(&mut &b""[..], Origin::Wan, stranger, local, &t, d).await;
+        let r = admit(&mut &b""[..], Origin::Wan, stranger, local, &t, &[], d).await;
         assert!(matches!(r, Err(Refused::Untrusted)));
-        let r = admit(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], Origin::Wan, friend, local, &t, d).await;
+        let r = admit(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], Origin::Wan, friend, local, &t, &[], d).await;
         assert!(matches!(r, Err(Refused::BadHeader(_))));
         let v1 = b"PROXY TCP4 198.51.100.1 203.0.113.1 1000 443\r\n";
-        let r = admit(&mut &v1[..], Origin::Wan, friend, local, &t, d).await;
+        let r = admit(&mut &v1[..], Origin::Wan, friend, local, &t, &[], d).await;
         assert!(matches!(r, Err(Refused::BadHeader(_))));
         // The mesh listener takes anyone, with no header.
-        let r = admit(&mut &b"GET"[..], Origin::Mesh, stranger, local, &t, d).await.unwrap();
+        let r = admit(&mut &b"GET"[..], Origin::Mesh, stranger, local, &t, &[], d).await.unwrap();
         assert_eq!(r.client, stranger);
+    }
+
+    #[tokio::test]
+    async fn mesh_ingress_sends_proxy_and_mesh_clients_do_not() {
+        let local: SocketAddr = "[201:aaaa::1]:80".parse().unwrap();
+        let ingress: SocketAddr = "[202:bbbb::2]:40000".parse().unwrap();
+        let phone: SocketAddr = "[203:cccc::3]:40001".parse().unwrap();
+        let mesh_trusted = [ingress.ip()];
+        let d = Duration::from_secs(1);
+        let client: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+        let dest: SocketAddr = "203.0.113.5:80".parse().unwrap();
+        let mut bytes = Vec::new();
+        proxy_protocol::write_v2(&mut bytes, Command::Proxy, Transport::Stream, Some((client, dest)));
+        bytes.extend_from_slice(b"GET /");
+        let mut io = &bytes[..];
+        // The ingress's mesh tier: the header is read and names the real client.
+        let info = admit(&mut io, Origin::Mesh, ingress, local, &trusted(), &mesh_trusted, d).await.unwrap();
+        assert_eq!((info.client, info.destination, info.peer), (client, dest, ingress));
+        assert_eq!(io, b"GET /");
+        // Its LOCAL probe is a health check, as on WAN.
+        let mut local_hdr = Vec::new();
+        proxy_protocol::write_v2(&mut local_hdr, Command::Local, Transport::Unspec, None);
+        let info = admit(&mut &local_hdr[..], Origin::Mesh, ingress, local, &trusted(), &mesh_trusted, d).await;
+        assert!(info.unwrap().health_check);
+        // From the ingress a header is required (as on WAN): plain bytes are refused.
+        let r = admit(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], Origin::Mesh, ingress, local, &trusted(), &mesh_trusted, d)
+            .await;
+        assert!(matches!(r, Err(Refused::BadHeader(_))));
+        // Anyone else on the mesh is a direct client: nothing is read, even header-like bytes.
+        let mut io = &bytes[..];
+        let info = admit(&mut io, Origin::Mesh, phone, local, &trusted(), &mesh_trusted, d).await.unwrap();
+        assert_eq!(info.client, phone);
+        assert_eq!(io.len(), bytes.len());
+        // The WAN trusted set does not open the mesh listener's header reading, and the mesh
+        // list does not open WAN listeners.
+        let wan_friend: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let info = admit(&mut &bytes[..], Origin::Mesh, wan_friend, local, &trusted(), &mesh_trusted, d).await;
+        assert_eq!(info.unwrap().client, wan_friend);
+        let r = admit(&mut &bytes[..], Origin::Wan, ingress, local, &trusted(), &mesh_trusted, d).await;
+        assert!(matches!(r, Err(Refused::Untrusted)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -145,7 +197,7 @@ mod tests {
         let (mut a, _b) = tokio::io::duplex(64);
         let friend = "127.0.0.2:5000".parse().unwrap();
         let local = "127.0.0.1:443".parse().unwrap();
-        let r = admit(&mut a, Origin::Wan, friend, local, &trusted(), Duration::from_secs(5)).await;
+        let r = admit(&mut a, Origin::Wan, friend, local, &trusted(), &[], Duration::from_secs(5)).await;
         assert!(matches!(r, Err(Refused::HeaderTimeout)));
     }
 }

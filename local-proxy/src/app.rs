@@ -136,13 +136,24 @@ impl Server {
         self.handle.clone()
     }
 
+    /// Wait for shutdown, then give open connections up to the config's `drain_timeout` (as
+    /// it is when shutdown comes: a reload may have changed it) to finish.
+    pub async fn wait_configured(self) {
+        self.drain(None).await
+    }
+
     /// Wait for shutdown, then give open connections up to `drain` to finish.
     pub async fn wait(self, drain: Duration) {
+        self.drain(Some(drain)).await
+    }
+
+    async fn drain(self, drain: Option<Duration>) {
         self.handle.state.shutdown.cancelled().await;
         self.tasks.close();
         self.tasks.wait().await;
         // No accept loop is left to add connections.
         self.conns.close();
+        let drain = drain.unwrap_or_else(|| self.handle.state.config.load().drain_timeout);
         if tokio::time::timeout(drain, self.conns.wait()).await.is_err() {
             warn!(?drain, "connections still open after the drain deadline; leaving");
         }

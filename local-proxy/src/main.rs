@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -11,9 +10,6 @@ use local_proxy::{config, listeners};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-/// How long established connections may take to finish after SIGTERM.
-const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(name = "local-proxy", version, about = "Home half of the multi-WAN ingress")]
@@ -268,7 +264,8 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
             }
         }
     });
-    server.wait(DRAIN).await;
+    // Established connections get up to the config's drain_timeout.
+    server.wait_configured().await;
     info!("stopped");
     Ok(())
 }

@@ -5,14 +5,57 @@ use std::path::Path;
 
 use local_proxy::config;
 
-#[test]
-fn the_example_certifies_its_sites_without_wildcards() {
+/// The example's `[acme]` block with its keys uncommented (it ships commented out: ACME is off
+/// by default). The block runs from `# [acme]` to the first line that is not a comment.
+fn example_with_acme_on() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-proxy.toml");
-    let c = config::load(&path).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut inside = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        inside = line == "# [acme]" || (inside && line.starts_with('#'));
+        let key = line.strip_prefix("# ").filter(|l| {
+            l.starts_with("[acme")
+                || l.split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        });
+        match key {
+            Some(l) if inside => out.push_str(l),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_example_ships_acme_off_and_its_commented_block_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-proxy.toml");
+    assert!(config::load(&path).unwrap().acme.is_none(), "the example must ship with [acme] commented out");
+    let on = example_with_acme_on();
+    assert!(
+        on.lines().any(|l| l == "[acme]")
+            && on
+                .lines()
+                .any(|l| l == "hmac_key = \"zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\"")
+    );
+    let c = config::from_toml_str(&on).unwrap();
     let acme = c.acme.as_ref().unwrap();
-    assert!(acme.names.contains(&"cloud.example.org".to_string()));
-    assert!(acme.names.iter().all(|n| !n.starts_with("*.")));
+    // Every key of the block took (the defaults it documents, and the examples).
+    assert_eq!(acme.names, ["cloud.example.org", "grafana.example.org"]);
     assert_eq!(acme.contact, ["mailto:admin@example.org"]);
+    assert_eq!(acme.directory, config::acme::LETS_ENCRYPT);
+    assert_eq!(acme.key_type, config::acme::KeyType::EcdsaP256);
+    assert_eq!(acme.storage, Path::new(config::acme::DEFAULT_STORAGE));
+    assert!(acme.http_01 && acme.tls_alpn_01 && acme.external_account.is_some());
+    assert_eq!(acme.retry_min, std::time::Duration::from_secs(120));
+    assert_eq!(acme.retry_max, std::time::Duration::from_secs(6 * 3600));
+    assert_eq!(acme.order_timeout, std::time::Duration::from_secs(300));
+    // Without the names line: every site host and alias that is not a wildcard.
+    let all = on.replace("\nnames = [", "\n# names = [");
+    let acme = config::from_toml_str(&all).unwrap().acme.unwrap();
+    assert!(acme.names.contains(&"cloud.example.org".to_string()) && acme.names.len() > 2);
+    assert!(acme.names.iter().all(|n| !n.starts_with("*.")));
 }
 
 #[test]

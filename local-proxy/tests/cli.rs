@@ -158,3 +158,64 @@ async fn local_proxy_log_sets_the_filter_and_is_no_config_key() {
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `drain_timeout` bounds the drain after SIGTERM: a connection that never finishes (a stream
+/// to an upstream that never answers) holds the exit for that long, not for the 10 s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_for_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lp.toml");
+    let silent = silent_upstream().await;
+    let text = base_config(&format!("[[stream]]\nname = \"hold\"\nlisten = \"0/tcp\"\nupstream = \"{silent}\"\n"));
+    std::fs::write(&path, format!("drain_timeout = \"800ms\"\n{text}")).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let addr_of = |listener: &str| {
+        let text = log.lock().unwrap().clone();
+        text.lines()
+            .filter(|l| l.contains("listening") && l.contains(&format!("listener=\"{listener}\"")))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|a| a.split_whitespace().next())
+            .find_map(|a| a.parse::<SocketAddr>().ok())
+    };
+    wait_until(Duration::from_secs(10), "stream and admin listeners logged", || {
+        let ok = addr_of("mesh-stream").is_some() && addr_of("admin").is_some();
+        async move { ok }
+    })
+    .await;
+    let admin = addr_of("admin").unwrap();
+    // A mesh client's connection, forwarded to the silent upstream: it stays open.
+    let held = tokio::net::TcpStream::connect(addr_of("mesh-stream").unwrap()).await.unwrap();
+    wait_until(Duration::from_secs(5), "the forward counted open", || async move {
+        let text = http_get(admin, "/metrics").await.1;
+        metric_value(&text, "local_proxy_connections_active", &[("listener", "mesh-stream")]) == 1.0
+    })
+    .await;
+
+    let pid = child.id().unwrap().to_string();
+    let asked = std::time::Instant::now();
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    let status = tokio::time::timeout(Duration::from_secs(8), child.wait()).await.expect("exit within 8 s").unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    // It waited for the open connection (not an instant exit) and left at the deadline.
+    assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(4), "exit after {took:?}");
+    assert!(log.lock().unwrap().contains("drain deadline"), "{}", log.lock().unwrap());
+    drop(held);
+}

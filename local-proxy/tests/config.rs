@@ -10,6 +10,8 @@ fn example_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-proxy.toml");
     let c = config::load(&path).unwrap();
     assert_eq!(c.mesh.listen, MeshListen::Auto);
+    assert_eq!(c.mesh.trusted_ingress.len(), 2);
+    assert_eq!(c.drain_timeout, std::time::Duration::from_secs(10));
     assert_eq!(c.http.https_port, 443);
     assert!(c.sites.iter().any(|s| s.host == "wazuh.example.org" && s.insecure_skip_verify));
     let relay = c.streams.iter().find(|s| s.name == "turn-relay").unwrap();
@@ -27,6 +29,8 @@ fn empty_config_has_defaults() {
     let c = config::from_toml_str("").unwrap();
     assert_eq!(c.http.http_port, 80);
     assert_eq!(c.mesh.listen, MeshListen::Off);
+    assert!(c.mesh.trusted_ingress.is_empty());
+    assert_eq!(c.drain_timeout, std::time::Duration::from_secs(10));
     assert!(c.admin.is_none());
 }
 

@@ -34,6 +34,9 @@ pub const LOG_ENV: &str = "LOCAL_PROXY_LOG";
 pub struct Config {
     /// Log lines as text or JSON (read at start only).
     pub log_format: shared::logging::LogFormat,
+    /// After SIGTERM, how long open connections may take to finish before the process leaves
+    /// (`drain_timeout`, default 10s; read when the signal comes, so a reload changes it).
+    pub drain_timeout: Duration,
     /// Admin listener (metrics, `/healthz`, `/status`, the status page, runtime control);
     /// `None` when not configured.
     pub admin: Option<SocketAddr>,
@@ -74,13 +77,19 @@ pub enum MeshListen {
     Address(IpAddr),
 }
 
-/// The Yggdrasil mesh listener: no PROXY header; the peer address is the client address.
+/// The Yggdrasil mesh listener: mesh clients connect directly (no PROXY header; the peer
+/// address is the client address); the ingress nodes' mesh tier sends PROXY v2 like on WAN.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mesh {
     pub listen: MeshListen,
     /// Yggdrasil admin socket (`unix:///path` or `tcp://host:port`), used by `auto`;
     /// default `shared::ygg::DEFAULT_ENDPOINT`.
     pub admin_endpoint: String,
+    /// The ingress nodes' own Yggdrasil addresses: connections from them on the mesh listener
+    /// must start with PROXY v2 (their mesh tier), every other peer is a direct mesh client.
+    /// Yggdrasil addresses are derived from the node's key, so a peer cannot claim one of
+    /// these without that key. Default empty (nobody's headers are read on the mesh).
+    pub trusted_ingress: Vec<IpAddr>,
 }
 
 /// HTTP and TLS front-end settings shared by all sites.

@@ -11,6 +11,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub log_format: Option<String>,
+    /// How long open connections may take to finish after SIGTERM.
+    pub drain_timeout: Option<String>,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
@@ -56,6 +58,7 @@ pub struct RawWan {
 pub struct RawMesh {
     pub listen: Option<String>,
     pub admin_endpoint: Option<String>,
+    pub trusted_ingress: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use shared::ports::{days, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
+use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
 use super::raw::{RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
@@ -55,6 +55,8 @@ pub const DEFAULT_SCANNER_PATHS: &[&str] = &[
 /// `header_read_timeout` to `now` unchecked) and catch unit mistakes.
 pub mod ranges {
     use super::*;
+    /// `drain_timeout`, default 10s (the ingress's `limits.drain_timeout` has the same range).
+    pub const DRAIN_TIMEOUT: DurationRange = DurationRange::new(ms(100), hours(1));
     /// `wan.proxy_header_timeout`, default 5s.
     pub const PROXY_HEADER_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
     /// `http.tls_handshake_timeout`, default 10s.
@@ -145,6 +147,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let log_format = shared::logging::LogFormat::parse(raw.log_format.as_deref().unwrap_or("text"))
         .map_err(|e| c.err("log_format", e))
         .unwrap_or_default();
+    let drain_timeout = c.duration("drain_timeout", raw.drain_timeout.as_deref(), "10s", DRAIN_TIMEOUT);
 
     let wan = Wan {
         addresses: raw
@@ -191,6 +194,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             }
             None => shared::ygg::DEFAULT_ENDPOINT.into(),
         },
+        trusted_ingress: raw
+            .mesh
+            .trusted_ingress
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| c.ip(&format!("mesh.trusted_ingress[{i}]"), a))
+            .map(|ip| ip.to_canonical())
+            .collect(),
     };
 
     let h = &raw.http;
@@ -301,7 +313,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
 
     if c.errors.is_empty() {
-        Ok(Config { log_format, admin, admin_token, wan, mesh, http, tls, sites, streams, firewall, acme })
+        Ok(Config {
+            log_format,
+            drain_timeout,
+            admin,
+            admin_token,
+            wan,
+            mesh,
+            http,
+            tls,
+            sites,
+            streams,
+            firewall,
+            acme,
+        })
     } else {
         Err(c.errors)
     }

@@ -5,7 +5,8 @@
 //! source takes the slot of the flow silent longest (after an eighth of the idle timeout, at
 //! most 250 ms), so a flood cannot lock legitimate clients out, and expire after the idle
 //! timeout. On WAN-side sockets only trusted ingress peers are heard; a datagram may start
-//! with a PROXY v2 header naming the client, which is stripped. A transparent stream binds
+//! with a PROXY v2 header naming the client, which is stripped (on the mesh socket too, from
+//! the ingress nodes' mesh addresses in `mesh.trusted_ingress`). A transparent stream binds
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
 //! out of the listening socket, which is bound to one WAN address, so they leave by the WAN
 //! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::admission::mesh_ingress;
 use crate::config::Stream;
 use crate::listeners::Origin;
 use crate::metrics::names;
@@ -224,11 +226,14 @@ fn classify<'a>(
     datagram: &'a [u8],
     state: &State,
 ) -> Result<Option<Inbound<'a>>, &'static str> {
-    if origin == Origin::Mesh {
-        return Ok(Some((sender, local, datagram)));
-    }
-    if !state.trusted.contains(sender.ip()) {
-        return Err("untrusted");
+    match origin {
+        // A mesh client; an ingress node's mesh tier (mesh.trusted_ingress) may carry headers.
+        Origin::Mesh if !mesh_ingress(sender.ip(), &state.config.load().mesh.trusted_ingress) => {
+            return Ok(Some((sender, local, datagram)))
+        }
+        Origin::Mesh => {}
+        Origin::Wan if !state.trusted.contains(sender.ip()) => return Err("untrusted"),
+        Origin::Wan => {}
     }
     if !datagram.starts_with(&V2_SIGNATURE) {
         // The ingress may relay UDP without a header; then it is the best client address known.
