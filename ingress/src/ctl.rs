@@ -8,55 +8,24 @@ use std::process::ExitCode;
 
 use http::Method;
 use ingress::Config;
-use shared::admin::client;
+use shared::admin::client::{self, Call};
+use shared::admin::encode;
 
 use crate::Ctl;
 
 pub fn run(config: &Config, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
-    let Some(addr) = admin.or(config.admin).map(client::reach) else {
-        eprintln!("no admin listener: set admin.listen in the config (or pass --admin)");
-        return ExitCode::FAILURE;
+    let post = |path_and_query| Call { method: Method::POST, path_and_query, summary: None };
+    let call = match &what {
+        Ctl::Status { json } => Call {
+            method: Method::GET,
+            path_and_query: "/status".to_owned(),
+            summary: if *json { None } else { Some(summary) },
+        },
+        Ctl::Drain { path } => post(format!("/api/drain?path={}", encode(path))),
+        Ctl::Undrain { path } => post(format!("/api/undrain?path={}", encode(path))),
+        Ctl::Weight { path, weight } => post(format!("/api/weight?path={}&weight={}", encode(path), encode(weight))),
     };
-    let (method, target, json) = match &what {
-        Ctl::Status { json } => (Method::GET, "/status".to_owned(), *json),
-        Ctl::Drain { path } => (Method::POST, format!("/api/drain?path={}", shared::admin::encode(path)), false),
-        Ctl::Undrain { path } => (Method::POST, format!("/api/undrain?path={}", shared::admin::encode(path)), false),
-        Ctl::Weight { path, weight } => (
-            Method::POST,
-            format!("/api/weight?path={}&weight={}", shared::admin::encode(path), shared::admin::encode(weight)),
-            false,
-        ),
-    };
-    let token = config.admin_token.as_ref();
-    if method == Method::POST && token.is_none() {
-        eprintln!("runtime control needs admin.token_file in the config");
-        return ExitCode::FAILURE;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(client::request(addr, method, &target, token, &client::operator())) {
-        Ok((status, body)) if status.is_success() => {
-            if matches!(what, Ctl::Status { .. }) && !json {
-                print!("{}", summary(&body));
-            } else {
-                print!("{body}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            eprint!("{status}: {body}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
 }
 
 /// One line per path from the `/status` JSON; the raw JSON if it does not parse.

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use http::Method;
-use shared::admin::{client, encode};
+use shared::admin::client::{self, Call};
+use shared::admin::encode;
 
 use crate::Ctl;
 
@@ -20,51 +21,23 @@ pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(addr) = admin.or(config.admin).map(client::reach) else {
-        eprintln!("no admin listener: set admin.listen in the config (or pass --admin)");
-        return ExitCode::FAILURE;
-    };
     let target = |action: &str, name: &str, upstream: &str| {
         format!("/api/{action}?name={}&upstream={}", encode(name), encode(upstream))
     };
-    let (method, target, json) = match &what {
-        Ctl::Status { json } => (Method::GET, "/status".to_owned(), *json),
-        Ctl::Drain { name, upstream } => (Method::POST, target("drain", name, upstream), false),
-        Ctl::Undrain { name, upstream } => (Method::POST, target("undrain", name, upstream), false),
+    let post = |path_and_query| Call { method: Method::POST, path_and_query, summary: None };
+    let call = match &what {
+        Ctl::Status { json } => Call {
+            method: Method::GET,
+            path_and_query: "/status".to_owned(),
+            summary: if *json { None } else { Some(summary) },
+        },
+        Ctl::Drain { name, upstream } => post(target("drain", name, upstream)),
+        Ctl::Undrain { name, upstream } => post(target("undrain", name, upstream)),
         Ctl::Weight { name, upstream, weight } => {
-            (Method::POST, format!("{}&weight={}", target("weight", name, upstream), encode(weight)), false)
+            post(format!("{}&weight={}", target("weight", name, upstream), encode(weight)))
         }
     };
-    let token = config.admin_token.as_ref();
-    if method == Method::POST && token.is_none() {
-        eprintln!("runtime control needs admin.token_file in the config");
-        return ExitCode::FAILURE;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(client::request(addr, method, &target, token, &client::operator())) {
-        Ok((status, body)) if status.is_success() => {
-            if matches!(what, Ctl::Status { .. }) && !json {
-                print!("{}", summary(&body));
-            } else {
-                print!("{body}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            eprint!("{status}: {body}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
 }
 
 /// A few lines per site, stream, certificate and firewall name from the `/status` JSON; the

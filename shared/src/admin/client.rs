@@ -2,6 +2,7 @@
 //! client connection, bounded in time, answered as status and body text.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,4 +90,52 @@ pub fn operator() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// One `ctl` subcommand's request: what to send, and how a successful answer is printed.
+pub struct Call {
+    pub method: Method,
+    pub path_and_query: String,
+    /// Turns the body into the human summary; `None` prints the body as it came (`--json`,
+    /// and the control actions' one-line answers).
+    pub summary: Option<fn(&str) -> String>,
+}
+
+/// Runs a `ctl` call against the admin listener bound at `listen` (from `--admin` or the
+/// config) and prints the answer; exit status 0 on a 2xx, 1 otherwise with the server's
+/// reason on stderr. A POST (runtime control) without a token is refused here, before
+/// the server would answer 403.
+pub fn run(listen: Option<SocketAddr>, token: Option<&Token>, call: Call) -> ExitCode {
+    let Some(addr) = listen.map(reach) else {
+        eprintln!("no admin listener: set admin.listen in the config (or pass --admin)");
+        return ExitCode::FAILURE;
+    };
+    if call.method == Method::POST && token.is_none() {
+        eprintln!("runtime control needs admin.token_file in the config");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(request(addr, call.method, &call.path_and_query, token, &operator())) {
+        Ok((status, body)) if status.is_success() => {
+            match call.summary {
+                Some(summary) => print!("{}", summary(&body)),
+                None => print!("{body}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("{status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,124 @@
+//! `local-proxy ctl …` against the real binary: it finds the admin listener and the token in
+//! the config it is given, `status` prints the summary (or the JSON), drain/undrain/weight
+//! act on the named upstream, and without a token file control is refused before any call.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "lp-ctl-token-0123456789abcdef";
+
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(dir: &Path, admin: u16, token: bool, a: &str, b: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let token_line = if token {
+        let f = dir.join("token");
+        std::fs::write(&f, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!("token_file = \"{}\"\n", f.display())
+    } else {
+        String::new()
+    };
+    let file = dir.join(if token { "with-token.toml" } else { "without-token.toml" });
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n{token_line}\
+             [wan]\naddresses = [\"127.0.0.1\"]\ntrusted_ingress = [\"127.0.0.2\"]\n\
+             [mesh]\nlisten = \"off\"\n[http]\nhttps_port = 0\nhttp_port = 0\n\
+             [[stream]]\nname = \"svc\"\nlisten = \"0/tcp\"\nupstream = [\"{a}\", \"{b}\"]\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn ctl(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_local-proxy")).arg("-c").arg(config).arg("ctl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn upstream(config: &Path, label: &str) -> serde_json::Value {
+    let (ok, out, err) = ctl(config, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["streams"][0]["upstreams"].as_array().unwrap().iter().find(|u| u["upstream"] == label).unwrap().clone()
+}
+
+#[test]
+fn ctl_reads_the_config_and_drives_the_admin_api() {
+    let dir = std::env::temp_dir().join(format!("lp-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two upstreams that accept (never read): the stream only needs them to exist.
+    let (ua, ub) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+    let (a, b) = (ua.local_addr().unwrap().to_string(), ub.local_addr().unwrap().to_string());
+    let admin = free_port();
+    let with = config(&dir, admin, true, &a, &b);
+    let without = config(&dir, admin, false, &a, &b);
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let _proxy = Kid(Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .arg("-c")
+        .arg(&with)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let start = Instant::now();
+    let summary = loop {
+        let (ok, out, err) = ctl(&with, &["status"]);
+        if ok {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "admin never answered: {err}\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(summary.contains("svc") && summary.contains(&a), "{summary}");
+
+    let (ok, out, err) = ctl(&with, &["drain", "svc", &a]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("stream svc {a}: serving -> drained\n"));
+    assert_eq!(upstream(&with, &a)["drained"], true);
+    assert_eq!(upstream(&with, &b)["drained"], false);
+    let (ok, _, err) = ctl(&with, &["undrain", "svc", &a]);
+    assert!(ok, "{err}");
+    assert_eq!(upstream(&with, &a)["drained"], false);
+
+    let (ok, _, err) = ctl(&with, &["weight", "svc", &b, "7"]);
+    assert!(ok, "{err}");
+    assert_eq!(upstream(&with, &b)["weight"], 7);
+    let (ok, _, err) = ctl(&with, &["weight", "svc", &b, "config"]);
+    assert!(ok, "{err}");
+    assert_eq!(upstream(&with, &b)["weight"], 1);
+
+    // An unknown upstream: the server's reason on stderr, exit status 1.
+    let (ok, _, err) = ctl(&with, &["drain", "svc", "127.0.0.1:1"]);
+    assert!(!ok && err.starts_with("404"), "{err}");
+    // No token file in the config: refused before calling.
+    let (ok, _, err) = ctl(&without, &["drain", "svc", &a]);
+    assert!(!ok && err.contains("admin.token_file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
