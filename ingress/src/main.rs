@@ -216,20 +216,11 @@ fn notify(what: &str, result: std::io::Result<bool>) {
     }
 }
 
-/// Longest start-up waits for every pool's first probe round before READY=1.
-const FIRST_ROUND_WAIT: Duration = Duration::from_secs(5);
-
 /// Waits until every pool has judged its paths once (so the first connections after READY=1
 /// avoid a path that is down), or `FIRST_ROUND_WAIT` passes.
 async fn wait_first_round(server: &Server) {
-    let start = tokio::time::Instant::now();
-    while !server.shared().runtime().pools.values().all(|p| p.probed()) {
-        if start.elapsed() >= FIRST_ROUND_WAIT {
-            tracing::warn!(waited = ?FIRST_ROUND_WAIT, "first probe round not done; ready anyway");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let probed = || server.shared().runtime().pools.values().all(|p| p.probed());
+    shared::notify::wait_first_round(probed, shared::notify::FIRST_ROUND_WAIT).await;
 }
 
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {

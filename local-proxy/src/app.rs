@@ -317,4 +317,15 @@ impl Handle {
     pub fn health(&self) -> Result<(), String> {
         self.state.health()
     }
+
+    /// Whether every pool with active checks has judged its upstreams once (start-up waits
+    /// for it, bounded, before READY=1).
+    pub fn first_round_done(&self) -> bool {
+        self.state.pools.load().probed()
+    }
+
+    /// What `/status` says now.
+    pub fn status(&self) -> crate::status::Status {
+        crate::status::collect(&self.state)
+    }
 }

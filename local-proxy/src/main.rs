@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -184,6 +185,20 @@ fn notify(what: &str, result: std::io::Result<bool>) {
     }
 }
 
+/// Keeps `systemctl status` showing a one-line summary (STATUS=, see `status::summary`):
+/// sent when it changes, checked every 2 s.
+async fn status_line(handle: local_proxy::app::Handle) {
+    let mut last = String::new();
+    loop {
+        let line = local_proxy::status::summary(&handle.status());
+        if line != last {
+            notify("STATUS", shared::notify::notify(&format!("STATUS={line}")));
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up waits for the loop below instead of meeting
     // its default action (SIGHUP and SIGTERM would end the process mid-start).
@@ -231,10 +246,27 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
 
     // Every configured listener is bound (listeners::bind above fails the start otherwise; the
     // mesh one may follow later, which is what `mesh_later` is for), and the signal handlers
-    // are in place.
-    notify("READY", shared::notify::ready());
+    // are in place. READY=1 also waits (bounded) for the first round of every pool's active
+    // checks, so the first requests after it avoid an upstream that is down, as the ingress
+    // does with its paths. A stop meanwhile goes straight to the drain.
     let path = path.to_path_buf();
     tokio::spawn(async move {
+        let first_round = {
+            let handle = handle.clone();
+            async move {
+                let done = || handle.first_round_done();
+                shared::notify::wait_first_round(done, shared::notify::FIRST_ROUND_WAIT).await
+            }
+        };
+        tokio::select! {
+            _ = first_round => {}
+            _ = term.recv() => { info!("SIGTERM: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }
+            _ = int.recv() => { info!("SIGINT: draining"); notify("STOPPING", shared::notify::stopping()); shutdown.cancel(); return; }
+        }
+        notify("READY", shared::notify::ready());
+        if std::env::var_os(shared::notify::NOTIFY_SOCKET).is_some() {
+            tokio::spawn(status_line(handle.clone()));
+        }
         loop {
             tokio::select! {
                 _ = hup.recv() => {

@@ -65,10 +65,15 @@ fn set_card(out: &mut String, set: &SetStatus) {
         (Some(p), Some(ports)) => format!("{p} :{ports} · "),
         _ => String::new(),
     };
+    // UDP streams: open flows against the cap (at the cap new clients take idle slots or drop).
+    let flows = match (set.flows, set.max_flows) {
+        (Some(n), Some(cap)) => format!("<span data-flows=\"{n}\">{n}/{cap} flows</span> · "),
+        _ => String::new(),
+    };
     let _ = write!(
         out,
         "<article class=\"card {class}\" data-set=\"{name}\"><h3><span>{name}</span><span class=\"badge\">{usable}/{total} usable</span></h3>\
-         <div class=\"mute\">{what}{balance}{critical}</div><table>",
+         <div class=\"mute\">{what}{flows}{balance}{critical}</div><table>",
         name = esc(&set.name),
         total = set.upstreams.len(),
         balance = set.balance,

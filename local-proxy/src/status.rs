@@ -47,6 +47,10 @@ pub struct SetStatus {
     pub listen_ports: Option<String>,
     pub balance: &'static str,
     pub critical: bool,
+    /// UDP streams: flows open now over all the stream's sockets; null for sites and TCP.
+    pub flows: Option<u64>,
+    /// UDP streams: the stream's `max_flows`; null for sites and TCP.
+    pub max_flows: Option<u64>,
     pub upstreams: Vec<UpstreamStatus>,
 }
 
@@ -125,6 +129,8 @@ pub fn collect(state: &State) -> Status {
         listen_ports: None,
         balance: pool.balance.as_str(),
         critical: pool.critical,
+        flows: None,
+        max_flows: None,
         upstreams: pool.members.iter().map(upstream_status).collect(),
     };
     let sites = config.sites.iter().filter_map(|s| pools.site(&s.host)).map(|p| set(p)).collect();
@@ -135,6 +141,10 @@ pub fn collect(state: &State) -> Status {
             let mut out = set(pools.stream(&s.name)?);
             out.protocol = Some(s.protocol.to_string());
             out.listen_ports = Some(s.listen_ports.to_string());
+            if s.protocol == crate::config::Protocol::Udp {
+                out.flows = Some(crate::stream::udp::open_flows(&s.name) as u64);
+                out.max_flows = Some(s.max_flows as u64);
+            }
             Some(out)
         })
         .collect();
@@ -214,5 +224,42 @@ fn upstream_status(m: &crate::pool::Member) -> UpstreamStatus {
         weight_override,
         fail_avg: (m.state.health_snapshot().fail_avg * 1000.0).round() / 1000.0,
         active: m.state.active(),
+    }
+}
+
+/// The one line `systemctl status` shows (STATUS=): sites and streams with an upstream up,
+/// upstreams up, UDP flows, the soonest certificate end, the firewall, and why the proxy is
+/// unhealthy when it is.
+pub fn summary(s: &Status) -> String {
+    let sets = |list: &[SetStatus]| {
+        let serving = list.iter().filter(|x| x.upstreams.iter().any(|u| u.state == "up")).count();
+        let ups: Vec<&UpstreamStatus> = list.iter().flat_map(|x| &x.upstreams).collect();
+        let up = ups.iter().filter(|u| u.state == "up").count();
+        (serving, list.len(), up, ups.len())
+    };
+    let mut parts = Vec::new();
+    if !s.sites.is_empty() {
+        let (serving, n, up, all) = sets(&s.sites);
+        parts.push(format!("sites {serving}/{n} serving (upstreams {up}/{all} up)"));
+    }
+    if !s.streams.is_empty() {
+        let (serving, n, up, all) = sets(&s.streams);
+        let flows: u64 = s.streams.iter().filter_map(|x| x.flows).sum();
+        parts.push(format!("streams {serving}/{n} serving (upstreams {up}/{all} up, {flows} UDP flows)"));
+    }
+    match s.certificates.iter().map(|c| c.days_left).reduce(f64::min) {
+        Some(days) => parts.push(format!("{} certificate(s), soonest ends in {days:.0} days", s.certificates.len())),
+        None if !s.sites.is_empty() => parts.push("no certificate".into()),
+        None => {}
+    }
+    parts.push(match &s.firewall {
+        None => "firewall off".into(),
+        Some(f) if f.enforcing => format!("firewall enforcing ({} addresses)", f.allowed),
+        Some(_) => "firewall OPEN (no ingress name answered yet)".into(),
+    });
+    let line = parts.join("; ");
+    match &s.unhealthy {
+        Some(why) => format!("UNHEALTHY: {why}; {line}"),
+        None => line,
     }
 }

@@ -186,3 +186,72 @@ async fn without_a_token_file_control_is_off() {
     assert_eq!(code, StatusCode::FORBIDDEN);
     assert!(body.contains("admin.token_file"), "{body}");
 }
+
+/// A UDP stream's open flows are in `/status` (schema-checked, `max_flows` beside them) and on
+/// the page, and go back to 0 once they idle out; a TCP stream says null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_per_stream_in_status_and_page() {
+    use tokio::net::UdpSocket;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    let a = echo_upstream("a").await;
+    // The stream's name is its flow budget's key, process-wide: one no other test uses.
+    let text = base_config(&format!(
+        "[[stream]]\nname = \"svc\"\nlisten = \"0/tcp\"\nupstream = \"{a}\"\n\
+         [[stream]]\nname = \"flows-status\"\nlisten = \"0/udp\"\nupstream = \"{echo_addr}\"\n\
+         idle_timeout = \"1500ms\"\nmax_flows = 50\n"
+    ));
+    let proxy = Proxy::start(&text).await;
+    let listen = proxy.listeners_udp[&(Origin::Mesh, "flows-status".to_string())];
+    // Three clients (three source ports), each one flow; each is answered through it.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(format!("hello {i}").as_bytes(), listen).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], format!("hello {i}").as_bytes());
+        clients.push(c);
+    }
+    let schema_text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/status-local-proxy.schema.json"))
+            .unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&schema_text).unwrap()).unwrap();
+    let s = status(proxy.admin).await;
+    let errors: Vec<String> = validator.iter_errors(&s).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "schema violations: {errors:#?}\n{s:#}");
+    let stream = |s: &serde_json::Value, name: &str| {
+        s["streams"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap().clone()
+    };
+    let udp = stream(&s, "flows-status");
+    assert_eq!((udp["flows"].clone(), udp["max_flows"].clone()), (3.into(), 50.into()), "{s:#}");
+    assert_eq!(udp["upstreams"][0]["active"], 3, "each flow holds its upstream");
+    let tcp = stream(&s, "svc");
+    assert_eq!((tcp["flows"].clone(), tcp["max_flows"].clone()), (serde_json::Value::Null, serde_json::Value::Null));
+    let mut bad = s.clone();
+    bad["streams"][1]["flows"] = (-1).into();
+    assert!(!validator.is_valid(&bad), "a negative flow count is refused by the schema");
+    let (_, page) = call(proxy.admin, Method::GET, "/", None).await;
+    assert!(page.contains("<span data-flows=\"3\">3/50 flows</span>"), "{page}");
+    let summary = local_proxy::status::summary(&proxy.handle.status());
+    assert!(summary.contains("streams 2/2 serving (upstreams 2/2 up, 3 UDP flows)"), "{summary}");
+
+    // Silent past idle_timeout: the flows end and the count follows.
+    let start = std::time::Instant::now();
+    loop {
+        let s = status(proxy.admin).await;
+        if stream(&s, "flows-status")["flows"] == 0 {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "flows never idled out: {s:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("3 UDP flows shown, 0 again {:?} after (idle_timeout 1.5 s)", start.elapsed());
+    drop(clients);
+}

@@ -1,5 +1,6 @@
 //! systemd notifications under `Type=notify` (the packaged unit): READY=1 once the listeners
-//! are bound, RELOADING=1 with MONOTONIC_USEC then READY=1 around SIGHUP (also when the new
+//! are bound and every pool's first round of active checks is done (bounded), a STATUS=
+//! one-line summary, RELOADING=1 with MONOTONIC_USEC then READY=1 around SIGHUP (also when the new
 //! file is refused), STOPPING=1 on SIGTERM; WATCHDOG=1 pings that stop when the runtime is wedged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,8 +16,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_local-proxy");
 
 /// The next state datagram (blocking the test thread up to 10 s: the proxy runs in its own
 /// process). `FDSTORE=1` messages (each listening socket handed to systemd's descriptor store;
-/// tests/netns local_proxy_restart covers them) are skipped.
+/// tests/netns local_proxy_restart covers them) and `STATUS=` summaries are skipped.
 fn next(sock: &UnixDatagram) -> String {
+    loop {
+        let text = next_any(sock);
+        if !text.starts_with("STATUS=") {
+            return text;
+        }
+    }
+}
+
+/// Like [`next`], `STATUS=` lines included.
+fn next_any(sock: &UnixDatagram) -> String {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     loop {
         let mut buf = [0u8; 1024];
@@ -115,4 +126,81 @@ async fn watchdog_pings_stop_when_the_runtime_is_wedged() {
     assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
     assert_eq!(wedged, 0, "a wedged runtime sends no WATCHDOG=1");
     drop(child);
+}
+
+/// A proxy with `streams` on fixed free ports and NOTIFY_SOCKET set; returns the child, the
+/// notify socket, the admin address and when it was spawned.
+async fn start_notified(
+    dir: &std::path::Path,
+    streams: &str,
+) -> (tokio::process::Child, UnixDatagram, std::net::SocketAddr, std::time::Instant) {
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let admin: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let text = base_config(streams).replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""), 1);
+    let path = dir.join("lp.toml");
+    std::fs::write(&path, text).unwrap();
+    let spawned = std::time::Instant::now();
+    let child = tokio::process::Command::new(BIN)
+        .args(["-c", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("LOCAL_PROXY_LOG", "warn")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, sock, admin, spawned)
+}
+
+/// READY=1 waits for the first round of active checks: a UDP check whose upstream never
+/// answers (timeout 1 s, fall 1) holds it about a second, and the moment it arrives `/status`
+/// already has that upstream down, so no first request is sent to it. Then a STATUS= line
+/// sums up sites, streams, upstreams, flows and the firewall. A check that would take longer
+/// than the bound (timeout 15 s) does not hold READY=1 past about 5 s.
+#[tokio::test]
+async fn ready_waits_for_the_first_health_round_and_status_sums_up() {
+    // Bound and never read: the probe meets silence (no ICMP refusal) until its timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = format!(
+        "[[stream]]\nname = \"quiet\"\nlisten = \"0/udp\"\nupstream = \"{silent_addr}\"\n\
+         health = {{ send = \"ping\", interval = \"2s\", timeout = \"1s\", rise = 1, fall = 1 }}\n"
+    );
+    let (child, sock, admin, spawned) = start_notified(dir.path(), &stream).await;
+    let first = std::thread::spawn(move || (next_any(&sock), sock)).join().unwrap();
+    let (ready, sock) = (first.0, first.1);
+    let waited = spawned.elapsed();
+    let (code, body) =
+        shared::admin::client::request(admin, http::Method::GET, "/status", None, "test").await.expect("admin answers");
+    assert_eq!(ready, "READY=1", "READY is the first state sent");
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    println!("READY=1 {waited:?} after the spawn (first round: one 1 s UDP check timeout)");
+    assert_eq!(code, http::StatusCode::OK);
+    assert_eq!(s["streams"][0]["upstreams"][0]["state"], "down", "judged before READY=1: {s:#}");
+    assert!(waited >= Duration::from_millis(900), "READY=1 before the first round could end: {waited:?}");
+    let status = std::thread::spawn(move || next_any(&sock)).join().unwrap();
+    assert_eq!(status, "STATUS=streams 0/1 serving (upstreams 0/1 up, 0 UDP flows); firewall off");
+    drop(child);
+
+    // The bound: a first round that would take 15 s.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = stream.replace("interval = \"2s\", timeout = \"1s\"", "interval = \"20s\", timeout = \"15s\"");
+    let (child, sock, _, spawned) = start_notified(dir.path(), &slow).await;
+    let ready = std::thread::spawn(move || next_any(&sock)).join().unwrap();
+    let waited = spawned.elapsed();
+    println!(
+        "READY=1 {waited:?} after the spawn with a 15 s first round (bound {:?})",
+        shared::notify::FIRST_ROUND_WAIT
+    );
+    assert_eq!(ready, "READY=1");
+    assert!(
+        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(9),
+        "READY=1 after the bound, not the check's timeout: {waited:?}"
+    );
+    drop(child);
+    drop(silent);
 }

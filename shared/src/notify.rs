@@ -39,6 +39,26 @@ pub fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
 }
 
+/// Longest a start-up waits for the first health round before it sends [`ready`] anyway: long
+/// enough for one round with the default check timeouts (2 s), short enough that a check
+/// stuck on an unreachable backend does not hold `systemctl start` for long.
+pub const FIRST_ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until `done()` says every pool has finished its first health round (so the first
+/// connections after READY=1 avoid a backend that is down), or `limit` passes (logged).
+/// Returns whether the round finished. Both binaries call it before [`ready`] at start-up.
+pub async fn wait_first_round(done: impl Fn() -> bool, limit: std::time::Duration) -> bool {
+    let start = tokio::time::Instant::now();
+    while !done() {
+        if start.elapsed() >= limit {
+            tracing::warn!(waited = ?limit, "first health round not done; ready anyway");
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Sends `state` to the socket named by `NOTIFY_SOCKET`. `Ok(false)` when the variable is not
 /// set (not started by systemd, or not as `Type=notify`): nothing to tell.
 pub fn notify(state: &str) -> io::Result<bool> {

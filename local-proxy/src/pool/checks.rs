@@ -38,6 +38,7 @@ pub async fn run(pool: Arc<Pool>, probes: Vec<Probe>, stop: CancellationToken) {
                 }
             }
         }
+        pool.round_done();
         let changing = pool.members.iter().any(|m| m.state.health_snapshot().transitional());
         let next = if changing { (interval / 4).max(FAST_FLOOR) } else { interval };
         tokio::select! {

@@ -206,6 +206,10 @@ pub struct Pool {
     pub critical: bool,
     selector: Mutex<Selector>,
     m_unavailable: Counter,
+    /// An active-check task runs for this pool (set by `Pools::start_checks`).
+    checked: AtomicBool,
+    /// Active-check rounds completed: start-up waits for the first before READY=1.
+    rounds: AtomicU64,
 }
 
 impl Pool {
@@ -258,7 +262,25 @@ impl Pool {
             critical,
             selector: Mutex::default(),
             m_unavailable: metrics::counter!(names::UPSTREAM_UNAVAILABLE, owner.label() => name.to_owned()),
+            checked: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
         }
+    }
+
+    /// Whether its active checks have judged every upstream once; true for a pool without
+    /// active checks (only traffic judges it: nothing to wait for).
+    pub fn probed(&self) -> bool {
+        !self.checked.load(Ordering::Relaxed) || self.rounds.load(Ordering::Relaxed) > 0
+    }
+
+    /// Its check task starts (before the first round).
+    pub(crate) fn mark_checked(&self) {
+        self.checked.store(true, Ordering::Relaxed);
+    }
+
+    /// One check round is done (every member's outcome recorded).
+    pub(crate) fn round_done(&self) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The next upstream for a new request or connection: the policy among the usable

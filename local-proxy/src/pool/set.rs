@@ -67,6 +67,11 @@ impl Pools {
         down.first().map(|p| format!("{} {} has no healthy upstream", p.owner.label(), p.name))
     }
 
+    /// Whether every pool with active checks has finished its first round (READY=1 waits).
+    pub fn probed(&self) -> bool {
+        self.iter().all(|p| p.probed())
+    }
+
     /// Start the active checks configured in `config` (children of `parent`, on `tasks`).
     pub fn start_checks(&self, config: &Config, tasks: &TaskTracker, parent: &CancellationToken) {
         let stop = parent.child_token();
@@ -94,6 +99,7 @@ impl Pools {
                 })
                 .collect::<Vec<_>>();
             if probes.len() == pool.members.len() {
+                pool.mark_checked();
                 tasks.spawn(checks::run(pool.clone(), probes, stop.clone()));
             }
         }
@@ -112,6 +118,7 @@ impl Pools {
                     .collect(),
                 _ => continue,
             };
+            pool.mark_checked();
             tasks.spawn(checks::run(pool.clone(), probes, stop.clone()));
         }
         let old = self.checks.lock().unwrap_or_else(|e| e.into_inner()).replace(stop);

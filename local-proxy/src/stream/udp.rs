@@ -70,12 +70,19 @@ impl Drop for Flow {
 
 /// Flow budgets by stream name, shared by every socket of a stream (WAN addresses, mesh)
 /// and kept across reloads; the cap follows the stream's `max_flows`.
+static BUDGETS: LazyLock<Mutex<HashMap<String, Arc<FlowBudget>>>> = LazyLock::new(Default::default);
+
 fn stream_budget(name: &str, cap: usize) -> Arc<FlowBudget> {
-    static BUDGETS: LazyLock<Mutex<HashMap<String, Arc<FlowBudget>>>> = LazyLock::new(Default::default);
     let mut map = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
     let b = map.entry(name.to_string()).or_insert_with(|| FlowBudget::new(cap));
     b.set_cap(cap);
     b.clone()
+}
+
+/// UDP flows of stream `name` open now, over all its sockets (status page, `/status`).
+pub fn open_flows(name: &str) -> usize {
+    let map = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(name).map_or(0, |b| b.used())
 }
 
 /// No process-wide cap beyond the streams' own (the ingress derives one from its descriptor

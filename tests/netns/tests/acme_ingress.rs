@@ -3,14 +3,20 @@
 //! ingress nor home) and `pebble-challtestsrv` as the CA's DNS, resolving the site names to
 //! the ingress nodes:
 //!
+//! - ingress1's pool is both WANs plus the mesh tier (the deployed shape); ingress2's pool is
+//!   the mesh tier alone, so everything through ingress2 reaches home over Yggdrasil, with its
+//!   PROXY v2 header read because the local proxy lists both nodes' Yggdrasil addresses in
+//!   `mesh.trusted_ingress`. Before the first certificate every path answers its probe "not
+//!   ready" and the ingress tries them all, the mesh tier included: first issuance must work so;
 //! - HTTP-01: a.test resolves to ingress1, b.test to ingress2; pebble's validation requests go
-//!   through each ingress's plain-HTTP service (PROXY v2) to home's WAN port 80;
+//!   through each ingress's plain-HTTP service (PROXY v2) to home's port 80 (WAN or mesh);
 //! - then a SIGHUP turns HTTP-01 off and adds c.test (→ ingress1) and d.test (→ ingress2):
 //!   TLS-ALPN-01 through each ingress's SNI passthrough to home's port 443;
 //! - every name then answers `curl --cacert pebble-root https://name/` from the client through
-//!   both ingress nodes, and from the mesh-only client over Yggdrasil.
+//!   both ingress nodes, and from the mesh-only client over Yggdrasil (a direct mesh client,
+//!   no header); the LAN service sees the client's own address in X-Forwarded-For either way.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -183,6 +189,8 @@ fn resolve_at(t: &Topology, name: &str, ip: Ipv4Addr) -> Result<()> {
 
 fn local_proxy_config(t: &Topology, api_ca: &Path, names: &[&str], http_01: bool) -> Result<String> {
     let ygg = t.ygg(Role::Home).context("home has no yggdrasil router")?;
+    let ing_mesh = |r: Role| t.ygg(r).map(|n| n.address).with_context(|| format!("{} has no yggdrasil", r.as_str()));
+    let (ing1_mesh, ing2_mesh) = (ing_mesh(Role::Ingress1)?, ing_mesh(Role::Ingress2)?);
     let lan4 = addr::LAN;
     let mut sites = String::new();
     for n in ["a.test", "b.test", "c.test", "d.test"] {
@@ -200,6 +208,7 @@ trusted_ingress = ["{ing1}", "{ing2}"]
 [mesh]
 listen = "auto"
 admin_endpoint = "unix://{admin}"
+trusted_ingress = ["{ing1_mesh}", "{ing2_mesh}"]
 
 [tls]
 reload_interval = "1s"
@@ -227,18 +236,26 @@ retry_max = "5s"
     ))
 }
 
-/// Both WANs, no mesh tier: until the first certificate the home answers the ingress's PROXY
-/// LOCAL probes "not ready" (no certificate loaded), every path is down, and the ingress then
-/// tries the mesh tier first, whose listener reads no PROXY header (the CA would get a 400).
-/// The WAN paths are tried too, so the challenge still arrives.
-fn ingress_config() -> String {
+/// The pool: both WANs (`wan`) and the mesh tier (home's Yggdrasil address). Until the first
+/// certificate the home answers the PROXY LOCAL probes "not ready" (no certificate loaded) on
+/// every path, the mesh included, so every path is down and the ingress tries each in turn:
+/// whichever carries the CA's validation, its PROXY v2 header must be read.
+fn ingress_config(wan: bool, mesh: Ipv6Addr) -> String {
     let (w1, w2) = (addr::WAN1, addr::WAN2);
+    let paths = if wan {
+        format!(
+            r#"[ {{ name = "wan1", address = "{w1}", weight = 1 }}, {{ name = "wan2", address = "{w2}", weight = 1 }} ]"#
+        )
+    } else {
+        "[]".to_string()
+    };
     format!(
         r#"[admin]
 listen = "{INGRESS_ADMIN}"
 
 [pool.home]
-paths = [ {{ name = "wan1", address = "{w1}", weight = 1 }}, {{ name = "wan2", address = "{w2}", weight = 1 }} ]
+paths = {paths}
+mesh = "{mesh}"
 health = {{ interval = "300ms", timeout = "250ms", rise = 2, fall = 2, port = 443, check = "proxy-v2" }}
 
 [[service]]
@@ -344,6 +361,14 @@ fn wait_served(t: &Topology, names: &[&str], root: &Path, within: Duration) -> R
     })
 }
 
+/// The `x-forwarded-for` value the LAN service saw (it echoes the request head).
+fn forwarded_for(body: &str) -> Option<String> {
+    body.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-forwarded-for").then(|| v.trim().to_string())
+    })
+}
+
 /// Connections an ingress node's service accepted.
 fn accepted(t: &Topology, role: Role, service: &str) -> Result<f64> {
     let m = metrics::scrape(t.ns(role), INGRESS_ADMIN)?;
@@ -381,12 +406,15 @@ fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {
     resolve_at(t, "d.test", addr::INGRESS2)?;
     started(start, "pebble and its DNS up in the CA's host (a.test, c.test → ingress1; b.test, d.test → ingress2)");
     start_lan(t, b)?;
-    let icfg = ingress_config();
-    start_ingress(t, b, Role::Ingress1, &icfg)?;
-    start_ingress(t, b, Role::Ingress2, &icfg)?;
+    let mesh = t.home_mesh_addr().context("home mesh address")?;
+    start_ingress(t, b, Role::Ingress1, &ingress_config(true, mesh))?;
+    start_ingress(t, b, Role::Ingress2, &ingress_config(false, mesh))?;
     let cfg = local_proxy_config(t, &api_ca, &["a.test", "b.test"], true)?;
     start_local_proxy(t, b, &cfg)?;
-    started(start, "ingress1, ingress2 and local-proxy up (no certificate yet: HTTP-01 only)");
+    started(
+        start,
+        "ingress1 (wan1, wan2, mesh), ingress2 (mesh only) and local-proxy up (no certificate yet: HTTP-01 only)",
+    );
 
     wait_served(t, &["a.test", "b.test"], &root, Duration::from_secs(60))?;
     let http01 = challenges_answered(t, "http-01")?;
@@ -400,9 +428,39 @@ fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {
             bail!("{}'s http service accepted {n} connections: the CA's validation did not pass it", role.as_str());
         }
     }
+    // b.test's validation could only come through ingress2's mesh tier: the mesh listener took
+    // its PROXY header (no refused header), and the LAN service sees the real client's address
+    // through it, while a direct mesh client is itself the client.
+    let m = metrics::scrape(t.ns(Role::Home), LP_ADMIN)?;
+    let mesh_http = m.get("local_proxy_connections_total", &[("listener", "mesh-http"), ("result", "accepted")]);
+    if mesh_http.unwrap_or(0.0) < 1.0 {
+        bail!(
+            "the mesh HTTP listener accepted {mesh_http:?} connections: b.test's validation did not come over the mesh"
+        );
+    }
+    for listener in ["mesh-http", "mesh-https"] {
+        for result in ["bad_header", "header_timeout"] {
+            if let Some(n) = m.get("local_proxy_connections_total", &[("listener", listener), ("result", result)]) {
+                bail!("{listener}: {n} connections refused ({result}): the ingress's mesh tier header was not read");
+            }
+        }
+    }
+    let meshc = t.ygg(Role::Meshc).context("meshc has no yggdrasil")?.address;
+    for (role, via, want) in [
+        (Role::Client, IpAddr::from(addr::INGRESS2), IpAddr::from(addr::CLIENT)),
+        (Role::Client, IpAddr::from(addr::INGRESS1), IpAddr::from(addr::CLIENT)),
+        (Role::Meshc, IpAddr::from(mesh), IpAddr::from(meshc)),
+    ] {
+        let body = curl(t, role, "b.test", via, &root)?;
+        let xff = forwarded_for(&body);
+        if xff.as_deref() != Some(want.to_string().as_str()) {
+            bail!("b.test via {via}: X-Forwarded-For {xff:?}, want {want}; the LAN service saw:\n{body}");
+        }
+    }
     started(
         start,
-        "a.test and b.test issued over HTTP-01 through ingress1 and ingress2; curl OK via both and the mesh",
+        "a.test and b.test issued over HTTP-01 through ingress1 and ingress2 (its mesh tier); curl OK via both and \
+         the mesh; X-Forwarded-For is the client via ingress2's mesh tier and the mesh client direct",
     );
 
     // SIGHUP: HTTP-01 off, two more names: TLS-ALPN-01 through each ingress's SNI passthrough.
@@ -431,8 +489,8 @@ fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {
         "c.test and d.test issued over TLS-ALPN-01 through ingress1 and ingress2; all four served everywhere",
     );
     eprintln!(
-        "RESULT acme through the ingress nodes: HTTP-01 and TLS-ALPN-01 via both ingress nodes, served via both and \
-         the mesh, in {:.1}s",
+        "RESULT acme through the ingress nodes: HTTP-01 and TLS-ALPN-01 via both ingress nodes (ingress2 over its \
+         mesh tier alone, PROXY v2 read from its Yggdrasil address), served via both and the mesh, in {:.1}s",
         start.elapsed().as_secs_f64()
     );
     Ok(())
