@@ -44,10 +44,7 @@ fn summary(body: &str) -> String {
             pool["balance"].as_str().unwrap_or("?")
         );
         for p in pool["paths"].as_array().into_iter().flatten() {
-            let weight = match p["weight_override"].as_u64() {
-                Some(w) => format!("{w} (override; config {})", p["configured_weight"]),
-                None => p["weight"].to_string(),
-            };
+            let weight = client::weight_text(p);
             let _ = writeln!(
                 out,
                 "  {:<10} {:<8} weight {:<24} share {:>5.1}% now {:>5.1}% 1m  conns {:<6} flows {:<6} {}",

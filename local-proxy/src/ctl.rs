@@ -56,10 +56,7 @@ fn summary(body: &str) -> String {
         for set in v[key].as_array().into_iter().flatten() {
             let _ = writeln!(out, "{kind} {} ({})", text(&set["name"]), text(&set["balance"]));
             for u in set["upstreams"].as_array().into_iter().flatten() {
-                let weight = match u["weight_override"].as_u64() {
-                    Some(w) => format!("{w} (override; config {})", u["configured_weight"]),
-                    None => u["weight"].to_string(),
-                };
+                let weight = client::weight_text(u);
                 let _ = writeln!(
                     out,
                     "  {:<40} {:<8} weight {:<24} open {}",

@@ -139,3 +139,12 @@ pub fn run(listen: Option<SocketAddr>, token: Option<&Token>, call: Call) -> Exi
         }
     }
 }
+
+/// A path's or upstream's weight as `ctl status` prints it, from its `/status` object: the
+/// runtime override with the configured weight beside it, or the weight in force.
+pub fn weight_text(entry: &serde_json::Value) -> String {
+    match entry["weight_override"].as_u64() {
+        Some(w) => format!("{w} (override; config {})", entry["configured_weight"]),
+        None => entry["weight"].to_string(),
+    }
+}
