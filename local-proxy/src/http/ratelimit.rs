@@ -18,6 +18,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use governor::{Quota, RateLimiter};
 use lru::LruCache;
 
 use crate::config::middleware::RateLimit;
+use crate::metrics::names;
 
 const SHARDS: usize = 16;
 
@@ -36,6 +38,8 @@ const SHARDS: usize = 16;
 pub struct BoundedStore {
     shards: Vec<Mutex<LruCache<IpAddr, Nanos>>>,
     hasher: RandomState,
+    /// Entries over all shards (kept here so reading it takes no lock).
+    len: AtomicUsize,
 }
 
 impl BoundedStore {
@@ -44,6 +48,7 @@ impl BoundedStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(LruCache::sparse(per_shard))).collect(),
             hasher: RandomState::new(),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -53,8 +58,7 @@ impl BoundedStore {
 
     /// Clients remembered now (all shards).
     pub fn len(&self) -> usize {
-        // A poisoned shard only means a panic elsewhere mid-update; its map is still whole.
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,21 +77,32 @@ impl StateStore for Shared {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        // Under the shard's lock, so no other request of the same client interleaves.
+        // Under the shard's lock, so no other request of the same client interleaves. A
+        // poisoned lock only means a panic elsewhere mid-update; the map is still whole.
         let mut shard = self.0.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        let (out, new) = f(shard.get(key).copied())?;
+        let old = shard.get(key).copied();
+        let (out, new) = f(old)?;
         // `push` makes the client the most recent and, in a full shard, drops the least.
-        shard.push(*key, new);
+        if shard.push(*key, new).is_none() {
+            self.0.len.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(out)
     }
 }
 
 /// One site's (or route's) limiter.
-#[derive(Debug)]
 pub struct Limiter {
     limiter: RateLimiter<IpAddr, Shared, DefaultClock>,
     store: Arc<BoundedStore>,
     ipv6_prefix: u8,
+    m_limited: metrics::Counter,
+    m_clients: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("clients", &self.clients()).finish_non_exhaustive()
+    }
 }
 
 /// A refused request: how long until the client may send again.
@@ -97,7 +112,8 @@ pub struct Limited {
 }
 
 impl Limiter {
-    pub fn new(cfg: &RateLimit) -> Self {
+    /// The limiter of `site` (and `route`, empty for the site's own), counted under them.
+    pub fn new(cfg: &RateLimit, site: &str, route: &str) -> Self {
         // Validation keeps requests and burst >= 1 and the period >= 1 ns; the fallbacks
         // below are never taken.
         let period = cfg.per / cfg.requests.max(1);
@@ -109,15 +125,27 @@ impl Limiter {
             limiter: RateLimiter::new(quota, Shared(store.clone()), DefaultClock::default()),
             store,
             ipv6_prefix: cfg.ipv6_prefix,
+            m_limited: metrics::counter!(names::RATE_LIMITED, "site" => site.to_string(), "route" => route.to_string()),
+            m_clients: metrics::gauge!(names::RATE_LIMIT_CLIENTS, "site" => site.to_string(), "route" => route.to_string()),
         }
     }
 
     /// Count one request of `client`; `Err` when it is over the limit.
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
         let key = key(client, self.ipv6_prefix);
-        self.limiter
+        let before = self.store.len();
+        let verdict = self
+            .limiter
             .check_key(&key)
-            .map_err(|not_until| Limited { retry_after: not_until.wait_time_from(self.limiter.clock().now()) })
+            .map_err(|not_until| Limited { retry_after: not_until.wait_time_from(self.limiter.clock().now()) });
+        let after = self.store.len();
+        if after != before {
+            self.m_clients.set(after as f64);
+        }
+        if verdict.is_err() {
+            self.m_limited.increment(1);
+        }
+        verdict
     }
 
     /// Clients remembered now.
@@ -154,7 +182,7 @@ mod tests {
 
     #[test]
     fn burst_then_refused_with_a_wait() {
-        let l = Limiter::new(&cfg(10, 3, 100));
+        let l = Limiter::new(&cfg(10, 3, 100), "t", "");
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         for _ in 0..3 {
             assert!(l.check(ip).is_ok());
@@ -167,7 +195,7 @@ mod tests {
 
     #[test]
     fn ipv6_counts_per_prefix() {
-        let l = Limiter::new(&cfg(10, 1, 100));
+        let l = Limiter::new(&cfg(10, 1, 100), "t", "");
         assert!(l.check("2001:db8:1:2::1".parse().unwrap()).is_ok());
         assert!(l.check("2001:db8:1:2::ffff".parse().unwrap()).is_err(), "same /64");
         assert!(l.check("2001:db8:1:3::1".parse().unwrap()).is_ok(), "another /64");
@@ -176,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_table_stays_within_max_clients() {
-        let l = Limiter::new(&cfg(10, 1, 1000));
+        let l = Limiter::new(&cfg(10, 1, 1000), "t", "");
         for i in 0..50_000u32 {
             let _ = l.check(IpAddr::V4((0xC612_0000 + i).into()));
         }
