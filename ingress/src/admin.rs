@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use metrics::counter;
 use shared::admin::control::{authorize, drain_word, weight_param, Action};
 use shared::admin::{Call, Reply, Routes};
@@ -20,33 +20,13 @@ use crate::runtime::Shared;
 
 /// Serve until the task is aborted (a reload that moves the listener, or shutdown).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let (status, page) = (shared.clone(), shared.clone());
-    let control = |action: Action| {
-        let shared = shared.clone();
-        move |c: &Call<'_>| control(&shared, c, action)
-    };
+    let status = shared.clone();
     let routes = Routes::new()
         .get("/metrics", || Reply::metrics(crate::metrics::render()))
         .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"))
-        .get("/status", move || status_json(&status))
-        .route(Method::GET, "/", move |c| {
-            let live_only = c.param("part").as_deref() == Some("live");
-            Reply::html(crate::page::render(&crate::status::collect(&page), live_only))
-        })
-        .route(Method::POST, "/api/drain", control(Action::Drain))
-        .route(Method::POST, "/api/undrain", control(Action::Undrain))
-        .route(Method::POST, "/api/weight", control(Action::Weight));
+        .status(move || crate::status::collect(&status), crate::page::render)
+        .control(move |c, action| control(&shared, c, action));
     shared::admin::serve(listener, routes, std::future::pending()).await;
-}
-
-fn status_json(shared: &Shared) -> Reply {
-    match serde_json::to_string_pretty(&crate::status::collect(shared)) {
-        Ok(mut body) => {
-            body.push('\n');
-            Reply::json(StatusCode::OK, body)
-        }
-        Err(e) => Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")),
-    }
 }
 
 /// One control request: authenticate, find the path, apply, record who did what.

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use shared::admin::control::{authorize, drain_word, weight_param, Action};
 use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
@@ -22,11 +22,7 @@ use crate::status::Event;
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
     crate::status::mark_start();
-    let (metrics, health, status, page) = (state.clone(), state.clone(), state.clone(), state.clone());
-    let control = |action: Action| {
-        let state = state.clone();
-        move |c: &Call<'_>| control(&state, c, action)
-    };
+    let (metrics, health, status) = (state.clone(), state.clone(), state.clone());
     let routes = Routes::new()
         .get("/metrics", move || {
             publish_certificates(&metrics);
@@ -36,17 +32,8 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<St
             Ok(()) => Reply::text(StatusCode::OK, "ok\n"),
             Err(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
         })
-        .get("/status", move || match serde_json::to_string_pretty(&crate::status::collect(&status)) {
-            Ok(body) => Reply::json(StatusCode::OK, body + "\n"),
-            Err(e) => Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")),
-        })
-        .route(Method::GET, "/", move |c| {
-            let live_only = c.param("part").as_deref() == Some("live");
-            Reply::html(crate::page::render(&crate::status::collect(&page), live_only))
-        })
-        .route(Method::POST, "/api/drain", control(Action::Drain))
-        .route(Method::POST, "/api/undrain", control(Action::Undrain))
-        .route(Method::POST, "/api/weight", control(Action::Weight));
+        .status(move || crate::status::collect(&status), crate::page::render)
+        .control(move |c, action| control(&state, c, action));
     shared::admin::serve(listener, routes, stop.cancelled_owned()).await;
 }
 

@@ -51,6 +51,14 @@ impl Reply {
     pub fn html(body: String) -> Self {
         Self { status: StatusCode::OK, content_type: "text/html; charset=utf-8", body }
     }
+
+    /// `value` as pretty JSON (a 500 naming the error if it cannot be encoded).
+    pub fn json_of(value: &impl serde::Serialize) -> Self {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Self::json(StatusCode::OK, body + "\n"),
+            Err(e) => Self::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")),
+        }
+    }
 }
 
 /// One request as a route sees it: enough to authenticate it, read its query and log who
@@ -130,6 +138,35 @@ impl Routes {
     ) -> Self {
         self.routes.push((method, path, Arc::new(handler)));
         self
+    }
+
+    /// `GET /status` (the JSON `collect` builds) and `GET /` (the status page `page` renders
+    /// from the same value; `?part=live` asks for the part the page's script swaps in).
+    pub fn status<T: serde::Serialize>(
+        self,
+        collect: impl Fn() -> T + Send + Sync + 'static,
+        page: impl Fn(&T, bool) -> String + Send + Sync + 'static,
+    ) -> Self {
+        let collect = Arc::new(collect);
+        let json = collect.clone();
+        self.get("/status", move || Reply::json_of(&json())).route(Method::GET, "/", move |c| {
+            let live_only = c.param("part").as_deref() == Some("live");
+            Reply::html(page(&collect(), live_only))
+        })
+    }
+
+    /// Runtime control: `POST /api/drain`, `/api/undrain` and `/api/weight`, each handed to
+    /// `handler` with its [`control::Action`].
+    pub fn control(self, handler: impl Fn(&Call<'_>, control::Action) -> Reply + Send + Sync + 'static) -> Self {
+        use control::Action;
+        let handler = Arc::new(handler);
+        let on = |action: Action| {
+            let handler = handler.clone();
+            move |c: &Call<'_>| handler(c, action)
+        };
+        self.route(Method::POST, "/api/drain", on(Action::Drain))
+            .route(Method::POST, "/api/undrain", on(Action::Undrain))
+            .route(Method::POST, "/api/weight", on(Action::Weight))
     }
 
     fn answer(&self, req: &Request<Incoming>, peer: SocketAddr) -> Reply {
