@@ -26,6 +26,12 @@ pub mod ranges {
     pub const HEALTH_INTERVAL: DurationRange = DurationRange::new(ms(50), hours(1));
     /// `pool.*.health.timeout`, default 400ms.
     pub const HEALTH_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
+    /// `pool.*.health.down_interval`, default 100ms: probes of a down path (overlapping, so
+    /// a restored path answers the first probe sent after the restore).
+    pub const DOWN_INTERVAL: DurationRange = DurationRange::new(ms(10), hours(1));
+    /// `service.udp_reply_timeout`, default 100ms: how long a flow that expects replies may
+    /// send unanswered before its path is suspect.
+    pub const UDP_REPLY_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
     /// `pool.*.health.flap_half_life`, default 15s: how fast a path's flap penalty decays.
     pub const FLAP_HALF_LIFE: DurationRange = DurationRange::new(secs(1), hours(1));
     /// `pool.*.health.flap_max_hold`, default 120s: the longest hold after the last fall.
@@ -134,6 +140,7 @@ struct RawPath {
 struct RawHealth {
     interval: Option<String>,
     timeout: Option<String>,
+    down_interval: Option<String>,
     rise: Option<u32>,
     fall: Option<u32>,
     port: Option<u16>,
@@ -162,6 +169,8 @@ struct RawService {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_flows: Option<u32>,
+    udp_expect_replies: Option<bool>,
+    udp_reply_timeout: Option<String>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     peek_timeout: Option<String>,
@@ -327,6 +336,9 @@ pub struct PathConfig {
 pub struct HealthConfig {
     pub interval: Duration,
     pub timeout: Duration,
+    /// Probe interval while a path is down; its probes overlap (one need not time out
+    /// before the next starts), so a restored path is seen within about this long.
+    pub down_interval: Duration,
     pub rise: u32,
     pub fall: u32,
     /// Port probed on each path (unless the path fixes its own port).
@@ -375,6 +387,10 @@ pub struct ServiceConfig {
     pub max_connections: Option<u32>,
     /// UDP only: most flows (one upstream socket each) before new clients are dropped.
     pub max_flows: usize,
+    /// UDP only: the service answers its clients, so a flow that has been answered before
+    /// and keeps sending unanswered for `udp_reply_timeout` makes its path suspect.
+    pub udp_expect_replies: bool,
+    pub udp_reply_timeout: Duration,
     /// `sni`/`http` modes: names (exact or `*.suffix`) to pools; `pool` is the default.
     pub routes: Vec<RouteConfig>,
     /// `sni`/`http` modes: how long a client may take to send its ClientHello/request head.
@@ -568,6 +584,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         let h = &rp.health;
         let interval = p.dur(&f("health.interval"), &h.interval, ms(500), HEALTH_INTERVAL);
         let timeout = p.dur(&f("health.timeout"), &h.timeout, ms(400), HEALTH_TIMEOUT);
+        let down_interval = p.dur(&f("health.down_interval"), &h.down_interval, ms(100), DOWN_INTERVAL);
         p.port(&f("health.port"), h.port);
         let rise = h.rise.unwrap_or(2);
         let fall = h.fall.unwrap_or(2);
@@ -609,7 +626,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             }
         };
         let damping = damping_config(&mut p, &f("health"), h);
-        let health = HealthConfig { interval, timeout, rise, fall, port, check, damping };
+        let health = HealthConfig { interval, timeout, down_interval, rise, fall, port, check, damping };
         pools.insert(
             name.clone(),
             PoolConfig {
@@ -717,6 +734,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
         p.count(&format!("{field}.max_connections"), rs.max_connections, MAX_COUNT);
         p.port(&format!("{field}.upstream_port"), rs.upstream_port);
+        if protocol != Protocol::Udp && (rs.udp_expect_replies.is_some() || rs.udp_reply_timeout.is_some()) {
+            p.push(format!(
+                "{field}.udp_expect_replies: udp_expect_replies and udp_reply_timeout need protocol = \"udp\""
+            ));
+        }
+        let udp_reply_timeout =
+            p.dur(&format!("{field}.udp_reply_timeout"), &rs.udp_reply_timeout, ms(100), UDP_REPLY_TIMEOUT);
         if mode == Mode::Plain && (!rs.routes.is_empty() || rs.peek_timeout.is_some() || rs.peek_max.is_some()) {
             p.push(format!("{field}.routes: routes, peek_timeout and peek_max need mode = \"sni\" or \"http\""));
         }
@@ -750,6 +774,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             idle_timeout,
             max_connections: rs.max_connections,
             max_flows: rs.max_flows.unwrap_or(4096) as usize,
+            udp_expect_replies: rs.udp_expect_replies.unwrap_or(false),
+            udp_reply_timeout,
             routes: rs.routes.iter().map(|r| RouteConfig { names: r.names.clone(), pool: r.pool.clone() }).collect(),
             peek_timeout,
             peek_max,

@@ -27,6 +27,9 @@ pub const PATH_BYTES: &str = "ingress_path_bytes_total";
 /// Races started because this path had not answered within a few times its usual latency.
 pub const PATH_HEDGES: &str = "ingress_path_hedges_total";
 pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
+/// UDP flows of services with `udp_expect_replies` whose replies stopped while they kept
+/// sending (each counts as one failure of the path and triggers a probe at once).
+pub const PATH_UDP_SILENCES: &str = "ingress_path_udp_reply_silences_total";
 /// 1 while flap damping holds the path down (it keeps failing and recovering).
 pub const PATH_HELD: &str = "ingress_path_held";
 /// The path's flap penalty now (decays by half every `flap_half_life`).

@@ -83,6 +83,8 @@ pub struct PathState {
     damping: Mutex<Damper>,
     /// Held down by flap damping: offered only while no WAN path that is not held is up.
     held: AtomicBool,
+    /// Set by passive evidence (a UDP flow's replies stopped): probe this path at once.
+    probe_now: AtomicBool,
     /// Where the path leads now: fixed, or the last address its name resolved to that
     /// answered a probe (`resolve`). None: a name not resolved yet, or resolved to nothing.
     addr: arc_swap::ArcSwapOption<IpAddr>,
@@ -108,6 +110,8 @@ pub struct PathState {
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
     pub(crate) m_hedges: Counter,
+    /// UDP flows whose replies stopped while they kept sending (`Pool::reply_silence`).
+    m_udp_silences: Counter,
     pub(crate) m_bytes_up: ByteMeter,
     pub(crate) m_bytes_down: ByteMeter,
     m_up: Gauge,
@@ -157,6 +161,8 @@ impl PathState {
             up: AtomicBool::new(ip.is_some()),
             damping: Mutex::new(Damper { d: Damping::new(ip.is_some(), now()), counted: now() }),
             held: AtomicBool::new(false),
+            probe_now: AtomicBool::new(false),
+            m_udp_silences: counter!(m::PATH_UDP_SILENCES, &labels),
             m_held: gauge!(m::PATH_HELD, &labels),
             m_penalty: gauge!(m::PATH_FLAP_PENALTY, &labels),
             m_changes: per_verdict(m::PATH_STATE_CHANGES, "to"),
@@ -357,8 +363,11 @@ pub struct Pool {
     /// Round robin state per kind of traffic (index: `Kind as usize`).
     selectors: [Mutex<Selector>; 2],
     on_mesh: AtomicBool,
-    /// Probe rounds completed (start-up waits for the first before READY=1).
+    /// Probe rounds completed (start-up waits for the first before READY=1): a round is
+    /// complete once every path has a recorded outcome since the previous one.
     rounds: AtomicU64,
+    /// Wakes the health task when a path is to be probed at once (`probe_now`).
+    wake: tokio::sync::Notify,
     m_failovers: Counter,
     m_on_mesh: Gauge,
 }
@@ -404,6 +413,7 @@ impl Pool {
             wan_count: wan_count.min(MAX_PATHS),
             on_mesh: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
             selectors: Default::default(),
             paths,
             cfg,
@@ -497,6 +507,30 @@ impl Pool {
 
     /// Feed one outcome (probe or real connect) into a path's state, publish the change.
     pub fn record(&self, index: usize, outcome: Outcome, source: Source) {
+        let by = match source {
+            Source::Probe => "probe",
+            Source::Traffic => "connect",
+        };
+        self.record_by(index, outcome, source, by);
+    }
+
+    /// A UDP flow on `path` that expects replies kept sending with none coming back for its
+    /// reply timeout: one failure of the path from real traffic (like a failed connect, it
+    /// may take the path down only while another path is up, and `fall` of them are needed)
+    /// and a probe at once, so a silently dead path is judged within a probe's time. A path
+    /// not in this pool (replaced by a reload) is left alone.
+    pub fn reply_silence(&self, path: &Arc<Path>) {
+        let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(p, path)) else {
+            return;
+        };
+        path.state.m_udp_silences.increment(1);
+        self.record_by(index, Outcome::Failed, Source::Traffic, "udp replies");
+        path.state.probe_now.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// `record`, with `by` naming the evidence in the log ("probe", "connect", ...).
+    fn record_by(&self, index: usize, outcome: Outcome, source: Source, by: &str) {
         let Some(path) = self.paths.get(index) else {
             return;
         };
@@ -523,7 +557,8 @@ impl Pool {
         };
         match outcome {
             Outcome::Ok { .. } => {}
-            Outcome::Failed if source == Source::Traffic => path.state.m_failures.increment(1),
+            Outcome::Failed if by == "connect" => path.state.m_failures.increment(1),
+            Outcome::Failed if source == Source::Traffic => {}
             Outcome::Failed => path.state.m_probe_failures.increment(1),
             Outcome::Local => {}
         }
@@ -531,10 +566,6 @@ impl Pool {
             let up = t == Transition::WentUp;
             path.state.up.store(up, Ordering::Relaxed);
             path.state.m_up.set(if up { 1.0 } else { 0.0 });
-            let by = match source {
-                Source::Probe => "probe",
-                Source::Traffic => "connect",
-            };
             let fail_avg = path.health_snapshot().fail_avg;
             let cause = if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {fail_avg:.2}") };
             // While held, the health verdict still moves (and each fall adds penalty) but
@@ -652,43 +683,127 @@ impl Pool {
         self.rounds.load(Ordering::Relaxed) > 0
     }
 
-    /// Probe every path each interval, forever (aborted on reload or shutdown).
+    /// The timeout of the next probe of `p`: a healthy path that has not answered in many
+    /// times its usual connect latency is suspect at once; the next, fast probe waits the
+    /// full timeout before it counts again, so a path that merely got slower is not taken down.
+    fn probe_timeout(&self, p: &Path) -> std::time::Duration {
+        let hc = &self.cfg.health;
+        let clean = p.is_up() && !p.health_snapshot().transitional();
+        match p.latency() {
+            Some(l) if clean => (l * 8).max(PROBE_TIMEOUT_FLOOR).min(hc.timeout),
+            _ => hc.timeout,
+        }
+    }
+
+    /// Time from one probe's start to the next one's, and how many of a path's probes may be
+    /// in flight at once, for the state the path is in now:
+    /// - up and steady: `interval`, one at a time;
+    /// - changing state (up but failing, or down but answering): a quarter of the interval
+    ///   (as HAProxy's `fastinter`), at most `down_interval`: the verdict (fall or rise)
+    ///   comes sooner;
+    /// - down: `down_interval`, overlapping (a probe whose SYN was lost before a restore
+    ///   would hold the next one back for the whole timeout), so a restored path answers
+    ///   the first probe sent after the restore.
+    fn probe_pace(&self, p: &Path) -> (std::time::Duration, u32) {
+        let hc = &self.cfg.health;
+        let fast = (hc.interval / 4).max(FAST_INTERVAL_FLOOR).min(hc.down_interval);
+        let h = p.health_snapshot();
+        match (h.up, h.transitional()) {
+            (true, false) => (hc.interval, 1),
+            (true, true) => (fast, 1),
+            // Down and answering again: still overlapping, since the probes sent before the
+            // restore are still waiting out their timeout.
+            (false, true) => (fast, MAX_DOWN_PROBES),
+            (false, false) => (hc.down_interval, MAX_DOWN_PROBES),
+        }
+    }
+
+    /// Probe every path at its own pace (`probe_pace`), forever (aborted on reload or
+    /// shutdown, which aborts the probes in flight too).
     pub async fn run_health(self: Arc<Self>, default_port: u16) {
         let hc = self.cfg.health.clone();
+        let n = self.paths.len();
+        let t0 = tokio::time::Instant::now();
+        let mut due = vec![t0; n];
+        // Start of the newest probe whose outcome was recorded, per path: an older probe that
+        // ends later (its SYN lost before a restore, so it times out after a newer one
+        // answered) is stale evidence and is dropped.
+        let mut newest: Vec<Option<tokio::time::Instant>> = vec![None; n];
+        let in_flight: Vec<Arc<AtomicU32>> = (0..n).map(|_| Arc::new(AtomicU32::new(0))).collect();
+        let mut judged = vec![false; n];
+        let mut probes = tokio::task::JoinSet::new();
+        // Holds end and slow start grows by time alone: refresh the factors at least this often.
+        let mut refresh = tokio::time::interval(hc.interval.min(RATE_SAMPLE));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let round = tokio::time::Instant::now();
-            let probes = self.paths.iter().map(|p| {
-                // A healthy path that has not answered in many times its usual connect
-                // latency is suspect at once; the next, fast probe waits the full timeout
-                // before it counts again, so a path that merely got slower is not taken down.
-                let clean = p.is_up() && !p.health_snapshot().transitional();
-                let timeout = match p.latency() {
-                    Some(l) if clean => (l * 8).max(PROBE_TIMEOUT_FLOOR).min(hc.timeout),
-                    _ => hc.timeout,
-                };
-                let (addr, check) = (p.addr(default_port), &hc.check);
-                // A path whose name has no address has nothing to probe (it is down).
-                async move {
-                    match addr {
-                        Some(addr) => Some(crate::health::probe(addr, check, timeout).await),
-                        None => None,
+            let now = tokio::time::Instant::now();
+            let mut next: Option<tokio::time::Instant> = None;
+            for (i, p) in self.paths.iter().enumerate() {
+                if p.state.probe_now.swap(false, Ordering::Relaxed) {
+                    due[i] = now;
+                }
+                let (gap, cap) = self.probe_pace(p);
+                let busy = in_flight[i].load(Ordering::Relaxed);
+                if due[i] <= now && busy < cap {
+                    due[i] = now + gap;
+                    match p.addr(default_port) {
+                        // A path whose name has no address has nothing to probe (it is down).
+                        None => judged[i] = true,
+                        Some(addr) => {
+                            let (check, timeout) = (hc.check.clone(), self.probe_timeout(p));
+                            let guard = InFlight::new(in_flight[i].clone());
+                            probes.spawn(async move {
+                                let outcome = crate::health::probe(addr, &check, timeout).await;
+                                drop(guard);
+                                (i, now, outcome)
+                            });
+                        }
                     }
                 }
-            });
-            let outcomes = join_all(probes).await;
-            for (i, o) in outcomes.into_iter().enumerate() {
-                if let Some(o) = o {
-                    self.record(i, o, Source::Probe);
+                if in_flight[i].load(Ordering::Relaxed) < cap {
+                    next = Some(next.map_or(due[i], |t| t.min(due[i])));
                 }
             }
-            self.refresh_factors();
-            self.rounds.fetch_add(1, Ordering::Relaxed);
-            // While a path is changing state (up but failing, or down but answering), probe
-            // at a quarter of the interval, as HAProxy's `fastinter`: the verdict comes sooner.
-            let transitional = self.paths.iter().any(|p| p.health_snapshot().transitional());
-            let next = if transitional { (hc.interval / 4).max(FAST_INTERVAL_FLOOR) } else { hc.interval };
-            tokio::time::sleep_until(shared::ports::tokio_deadline(round, next)).await;
+            if judged.iter().all(|&j| j) {
+                self.rounds.fetch_add(1, Ordering::Relaxed);
+                judged.fill(false);
+            }
+            let sleep = tokio::time::sleep_until(next.unwrap_or(now + hc.interval));
+            tokio::select! {
+                done = probes.join_next(), if !probes.is_empty() => {
+                    // A probe that panicked has released its slot (`InFlight`) and says nothing.
+                    if let Some(Ok((i, started, outcome))) = done {
+                        if newest[i].is_none_or(|t| started > t) {
+                            newest[i] = Some(started);
+                            self.record(i, outcome, Source::Probe);
+                            judged[i] = true;
+                            // The state may have changed: the next probe comes at its new pace.
+                            due[i] = started + self.probe_pace(&self.paths[i]).0;
+                            self.refresh_factors();
+                        }
+                    }
+                }
+                _ = sleep => {}
+                _ = self.wake.notified() => {}
+                _ = refresh.tick() => self.refresh_factors(),
+            }
         }
+    }
+}
+
+/// One probe of a path in flight; the count drops when the probe ends, panics or is aborted.
+struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    fn new(count: Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -744,29 +859,9 @@ const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Shortest probe interval while a path changes state.
 const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Await a handful of futures concurrently, results in input order (pools are small; no
-/// extra crate needed).
-async fn join_all<T, F: std::future::Future<Output = Option<T>>>(futs: impl Iterator<Item = F>) -> Vec<Option<T>> {
-    let mut pending: Vec<_> = futs.map(Box::pin).enumerate().collect();
-    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(pending.len()).collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(o) => {
-                results[*i] = o;
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results
-}
+/// Most probes of one down path in flight at once (`down_interval` apart, each waits up to
+/// the timeout): bounds the probes a dead path costs.
+const MAX_DOWN_PROBES: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -803,6 +898,7 @@ mod tests {
                 health: HealthConfig {
                     interval: Duration::from_millis(500),
                     timeout: Duration::from_millis(400),
+                    down_interval: Duration::from_millis(100),
                     rise: 2,
                     fall: 2,
                     port: 443,
@@ -1065,6 +1161,68 @@ mod tests {
         p.refresh_factors();
         let full = shares(&p, 10_000)[0];
         assert!((full - 0.5).abs() < 0.02, "{full}");
+    }
+
+    /// Two flows whose replies stopped take wan1 down (fall 2) while wan2 is up; one alone
+    /// makes it suspect and asks for a probe at once. The last usable path is never taken
+    /// down by them.
+    #[test]
+    fn udp_reply_silences_count_as_traffic_failures_and_ask_for_a_probe() {
+        let p = pool(&[1, 1], false);
+        let wan1 = p.paths[0].clone();
+        p.reply_silence(&wan1);
+        assert!(wan1.is_up() && wan1.health_snapshot().transitional());
+        assert!(wan1.state.probe_now.load(Ordering::Relaxed), "a probe is asked for");
+        p.reply_silence(&wan1);
+        assert!(!wan1.is_up());
+        let wan2 = p.paths[1].clone();
+        for _ in 0..5 {
+            p.reply_silence(&wan2);
+        }
+        assert!(wan2.is_up(), "the last usable path stays up on passive evidence");
+        // A path of another pool (one a reload replaced) is left alone.
+        let other = pool(&[1], false);
+        p.reply_silence(&other.paths[0]);
+        assert!(other.paths[0].is_up() && !other.paths[0].health_snapshot().transitional());
+    }
+
+    /// A path whose port stops answering is taken down by probes, then seen again within
+    /// about `down_interval` of its restore plus one fast probe (rise 2), not an `interval`
+    /// later: with a 2 s interval the old pace would have needed up to 2.5 s.
+    #[tokio::test]
+    async fn a_restored_path_is_up_again_within_two_down_intervals() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = pool(&[1], false).cfg.clone();
+        cfg.paths[0].target = Target::Ip(addr.ip());
+        cfg.health.interval = Duration::from_secs(2);
+        cfg.health.port = addr.port();
+        let p = Arc::new(Pool::new(cfg, None));
+        let task = tokio::spawn(p.clone().run_health(addr.port()));
+        let wait = |up: bool, within: Duration| {
+            let p = p.clone();
+            async move {
+                let start = tokio::time::Instant::now();
+                while p.paths[0].is_up() != up {
+                    assert!(start.elapsed() < within, "path not {} within {within:?}", if up { "up" } else { "down" });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                start.elapsed()
+            }
+        };
+        while !p.probed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(p.paths[0].is_up());
+        drop(listener);
+        // Refused: the probe due in up to 2 s fails, the fast one 100 ms later takes it down.
+        wait(false, Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_millis(730)).await;
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let back = wait(true, Duration::from_secs(3)).await;
+        task.abort();
+        drop(listener);
+        assert!(back < Duration::from_millis(450), "up {back:?} after the restore (down_interval 100 ms, rise 2)");
     }
 
     #[test]

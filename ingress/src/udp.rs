@@ -33,7 +33,52 @@ struct Flow {
     /// with the pump).
     busy_mark: Arc<AtomicU64>,
     life: FlowLife,
+    /// Listener-clock ms of the flow's last reply, plus one (0: never answered).
+    replied: Arc<AtomicU64>,
+    watch: ReplyWatch,
 }
+
+/// The passive signal of services with `udp_expect_replies`, for one flow, sans-io (times
+/// in ms on the listener's clock): a flow that has been answered before and keeps sending
+/// while no reply comes back for the reply timeout has lost its path, or its path is
+/// suspect. Reported once per silence. A flow never answered is never judged: the service
+/// may not answer this client at all (or not yet), which says nothing about the path.
+#[derive(Debug, Default)]
+struct ReplyWatch {
+    /// When the first datagram after the last reply was sent.
+    unanswered_since: Option<u64>,
+    reported: bool,
+}
+
+impl ReplyWatch {
+    /// A datagram goes out at `now`; `replied`: the time of the flow's last reply. True when
+    /// the flow has now been sending unanswered for at least `timeout_ms`.
+    fn on_send(&mut self, now: u64, replied: Option<u64>, timeout_ms: u64) -> bool {
+        let Some(replied) = replied else {
+            return false;
+        };
+        match self.unanswered_since {
+            // Still no reply since the first unanswered datagram (a reply in the same ms
+            // counts as an answer).
+            Some(since) if since > replied => {
+                if !self.reported && now.saturating_sub(since) >= timeout_ms {
+                    self.reported = true;
+                    return true;
+                }
+                false
+            }
+            _ => {
+                self.unanswered_since = Some(now);
+                self.reported = false;
+                false
+            }
+        }
+    }
+}
+
+/// How many times the path's usual connect latency (a round trip) a flow may wait for a
+/// reply before it counts as silent, when that is longer than `udp_reply_timeout`.
+const REPLY_RTTS: u32 = 4;
 
 impl FlowEntry for Flow {
     fn last_active(&self) -> u64 {
@@ -124,6 +169,18 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         c.bytes_in.increment(n as u64);
         let now = now_ms();
         let svc = slot.load();
+        // Services that answer: a flow sending unanswered makes its path suspect. Judged
+        // before the move below, so the datagram that tips the path down already moves.
+        if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {
+            let path = flow.guard.path();
+            let timeout =
+                path.latency().map_or(svc.cfg.udp_reply_timeout, |l| (l * REPLY_RTTS).max(svc.cfg.udp_reply_timeout));
+            let replied = flow.replied.load(Ordering::Relaxed).checked_sub(1);
+            if flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
+                tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
+                svc.pool.reply_silence(path);
+            }
+        }
         // A flow whose path went down moves on its next datagram, not after the timeout.
         let stale = table.get(&client).is_some_and(|f| {
             !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
@@ -223,16 +280,19 @@ async fn open_flow(
         let upstream = Arc::new(sock);
         let last = Arc::new(AtomicU64::new(now));
         let busy_mark = Arc::new(AtomicU64::new(NEVER_BUSY));
+        let replied = Arc::new(AtomicU64::new(0));
         let guard = ActiveGuard::new(path.clone(), Kind::Udp);
         let pump = tokio::spawn(pump_replies(
             upstream.clone(),
             Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
             client,
             last.clone(),
+            replied.clone(),
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         ));
-        return Some(Flow { guard, header, upstream, busy_mark, life: FlowLife::new(last, pump, permits) });
+        let life = FlowLife::new(last, pump, permits);
+        return Some(Flow { guard, header, upstream, busy_mark, life, replied, watch: ReplyWatch::default() });
     }
     None
 }
@@ -242,12 +302,15 @@ async fn pump_replies(
     replies: Replies,
     client: SocketAddr,
     last: Arc<AtomicU64>,
+    replied: Arc<AtomicU64>,
     busy_mark: Arc<AtomicU64>,
     bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
     pump(&upstream, |reply| {
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let now = epoch.elapsed().as_millis() as u64;
+        last.store(now, Ordering::Relaxed);
+        replied.store(now + 1, Ordering::Relaxed);
         match send_now(&listener, reply, Some(client)) {
             Ok(_) => {
                 c.dgrams_out.increment(1);
@@ -259,4 +322,38 @@ async fn pump_replies(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_is_judged_only_after_it_was_answered_and_once_per_silence() {
+        let mut w = ReplyWatch::default();
+        // Never answered: never judged, however long it sends.
+        for t in (0..1000).step_by(10) {
+            assert!(!w.on_send(t, None, 100));
+        }
+        // Answered at 1000 (each datagram answered within a ms): never silent.
+        for t in (1000..1500).step_by(10) {
+            assert!(!w.on_send(t, Some(t.saturating_sub(9)), 100));
+        }
+        // Replies stop after the one at 1491: the first unanswered datagram goes at 1500;
+        // reported at the first datagram 100 ms after it, once.
+        let reports: Vec<u64> = (1500..2000).step_by(10).filter(|&t| w.on_send(t, Some(1491), 100)).collect();
+        assert_eq!(reports, [1600]);
+        // A reply comes back (at 2005): a new silence is reported again.
+        assert!(!w.on_send(2010, Some(2005), 100));
+        assert!(!w.on_send(2100, Some(2005), 100), "the silence starts at the first unanswered send (2010)");
+        assert!(w.on_send(2110, Some(2005), 100));
+    }
+
+    #[test]
+    fn a_reply_in_the_same_millisecond_answers() {
+        let mut w = ReplyWatch::default();
+        assert!(!w.on_send(0, Some(0), 50));
+        assert!(!w.on_send(10, Some(10), 50));
+        assert!(!w.on_send(100, Some(100), 50));
+    }
 }

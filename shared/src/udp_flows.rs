@@ -150,6 +150,10 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
         self.flows.get(client)
     }
 
+    pub fn get_mut(&mut self, client: &K) -> Option<&mut V> {
+        self.flows.get_mut(client)
+    }
+
     pub fn remove(&mut self, client: &K) -> Option<V> {
         self.flows.remove(client)
     }

@@ -100,6 +100,17 @@ pub fn missing_listeners(ns: &str, wait: &[Listen]) -> Result<Vec<Listen>> {
 /// Starts `udp-echo` in `role` on every address of `listen` (named `udp-echo-<role>`) and waits
 /// until each is bound.
 pub fn start_udp_echo(t: &mut Topology, role: Role, listen: &[SocketAddr], opts: udp_echo::Options) -> Result<()> {
+    start_udp_echo_with_sinks(t, role, listen, &[], opts)
+}
+
+/// As [`start_udp_echo`], with `sinks`: addresses that receive and never answer.
+pub fn start_udp_echo_with_sinks(
+    t: &mut Topology,
+    role: Role,
+    listen: &[SocketAddr],
+    sinks: &[SocketAddr],
+    opts: udp_echo::Options,
+) -> Result<()> {
     let bin = t.bins.loadgen.with_file_name("udp-echo");
     if !bin.is_file() {
         bail!("udp-echo binary missing at {}: build with `cargo build -p netns`", bin.display());
@@ -107,6 +118,9 @@ pub fn start_udp_echo(t: &mut Topology, role: Role, listen: &[SocketAddr], opts:
     let mut argv = vec![bin.display().to_string()];
     for a in listen {
         argv.extend(["--listen".into(), a.to_string()]);
+    }
+    for a in sinks {
+        argv.extend(["--sink".into(), a.to_string()]);
     }
     if opts.raw {
         argv.push("--raw".into());
@@ -117,7 +131,7 @@ pub fn start_udp_echo(t: &mut Topology, role: Role, listen: &[SocketAddr], opts:
     let name = format!("udp-echo-{}", role.as_str());
     t.spawn(role, &name, &argv)?;
     let ns = t.ns(role).to_string();
-    let want: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+    let want: Vec<String> = listen.iter().chain(sinks).map(|a| a.to_string()).collect();
     wait_until(&format!("{name} bound"), Duration::from_secs(10), Duration::from_millis(20), || {
         t.proc_mut(&name)?.ensure_running()?;
         let out = cmd::exec_ok(&ns, &["ss", "-Hlun"], cmd::DEFAULT_TIMEOUT)?;

@@ -5,6 +5,8 @@
 //! socket). As a remote peer for TURN ([`Options`]): `--raw` echoes the bytes alone, and
 //! `--answer-ip IP` sends each answer to IP at the sender's port instead of to the sender, as an
 //! ICE peer answers a TURN relayed address that the relay's own datagrams do not come from.
+//! `--sink ADDR:PORT` listens without ever answering (a syslog-like service), logging peers
+//! the same way.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -43,26 +45,32 @@ pub struct Options {
     pub answer_ip: Option<IpAddr>,
 }
 
-pub const USAGE: &str = "usage: udp-echo --listen ADDR:PORT [--listen ...] [--raw] [--answer-ip IP]";
+pub const USAGE: &str =
+    "usage: udp-echo --listen ADDR:PORT [--listen ...] [--sink ADDR:PORT ...] [--raw] [--answer-ip IP]";
 
 /// Binds every address in `listen` and answers on them until killed.
 pub fn serve(listen: &[SocketAddr], opts: Options) -> Result<()> {
-    if listen.is_empty() {
+    serve_with_sinks(listen, &[], opts)
+}
+
+/// As [`serve`], and binds every address in `sinks` without ever answering there.
+pub fn serve_with_sinks(listen: &[SocketAddr], sinks: &[SocketAddr], opts: Options) -> Result<()> {
+    if listen.is_empty() && sinks.is_empty() {
         bail!("{USAGE}");
     }
     let mut handles = Vec::new();
-    for addr in listen {
+    for (addr, answer) in listen.iter().map(|a| (a, true)).chain(sinks.iter().map(|a| (a, false))) {
         let s = UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
-        handles.push(std::thread::spawn(move || answer_loop(s, opts)));
+        handles.push(std::thread::spawn(move || answer_loop(s, opts, answer)));
     }
-    eprintln!("udp-echo: listening on {listen:?}");
+    eprintln!("udp-echo: listening on {listen:?}, sinks {sinks:?}");
     for h in handles {
         let _ = h.join();
     }
     Ok(())
 }
 
-fn answer_loop(s: UdpSocket, opts: Options) {
+fn answer_loop(s: UdpSocket, opts: Options, answer: bool) {
     let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut seen: HashSet<SocketAddr> = HashSet::new();
     let mut buf = vec![0u8; 65_536];
@@ -82,6 +90,9 @@ fn answer_loop(s: UdpSocket, opts: Options) {
             if let Ok(line) = serde_json::to_string(&log) {
                 println!("{line}");
             }
+        }
+        if !answer {
+            continue;
         }
         reply.clear();
         if !opts.raw {

@@ -1,10 +1,11 @@
-//! `udp-echo --listen ADDR:PORT ... [--raw] [--answer-ip IP]`: the harness's UDP backend; see
+//! `udp-echo --listen ADDR:PORT ... [--sink ADDR:PORT ...] [--raw] [--answer-ip IP]`: the harness's UDP backend; see
 //! `netns::udp_echo`.
 
 use netns::udp_echo::{Options, USAGE};
 
 fn main() {
     let mut listen = Vec::new();
+    let mut sinks = Vec::new();
     let mut opts = Options::default();
     let mut args = std::env::args().skip(1);
     let fail = |msg: String| -> ! {
@@ -18,6 +19,11 @@ fn main() {
                 Some((Err(e), v)) => fail(format!("--listen `{v}`: {e}")),
                 None => fail("--listen needs a value".into()),
             },
+            "--sink" => match args.next().map(|v| (v.parse(), v)) {
+                Some((Ok(addr), _)) => sinks.push(addr),
+                Some((Err(e), v)) => fail(format!("--sink `{v}`: {e}")),
+                None => fail("--sink needs a value".into()),
+            },
             "--answer-ip" => match args.next().map(|v| (v.parse(), v)) {
                 Some((Ok(ip), _)) => opts.answer_ip = Some(ip),
                 Some((Err(e), v)) => fail(format!("--answer-ip `{v}`: {e}")),
@@ -27,7 +33,7 @@ fn main() {
             other => fail(format!("unknown argument `{other}`")),
         }
     }
-    if let Err(e) = netns::udp_echo::serve(&listen, opts) {
+    if let Err(e) = netns::udp_echo::serve_with_sinks(&listen, &sinks, opts) {
         eprintln!("udp-echo: {e:#}");
         std::process::exit(1);
     }
