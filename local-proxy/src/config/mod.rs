@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod firewall;
 pub mod raw;
+pub mod routes;
 pub mod upstreams;
 mod validate;
 
@@ -18,6 +19,7 @@ use figment::Figment;
 use http::{HeaderName, HeaderValue};
 use shared::ports::PortRange;
 
+pub use routes::{ForwardAuth, PathMatch, Route};
 pub use upstreams::{Check, Health, Member, StreamTarget, UpstreamSet};
 pub(crate) use validate::duration;
 pub use validate::{ranges, DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
@@ -166,6 +168,10 @@ pub struct Site {
     pub blocked_paths: Vec<String>,
     /// The site's access log (its own, else `http.access_log`); `None`: not logged.
     pub access_log: Option<AccessLog>,
+    /// `[[site.route]]`s in match order (see `routes`); paths none matches use the fields above.
+    pub routes: Vec<Route>,
+    /// Asked before every request that no route without it takes; `None`: no auth.
+    pub forward_auth: Option<ForwardAuth>,
 }
 
 impl Site {

@@ -131,6 +131,11 @@ pub struct RawSite {
     pub critical: Option<bool>,
     /// This site's access log, instead of `http.access_log`.
     pub access_log: Option<RawAccessLog>,
+    /// `[[site.route]]`: routes by path inside the site (see `config::routes`).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<super::routes::RawRoute>,
+    /// `forward_auth = { address = ... }`: every request asks an auth service first.
+    pub forward_auth: Option<figment::value::Value>,
 }
 
 /// `upstream`: one URL or address (as before), or a list of them or of tables.

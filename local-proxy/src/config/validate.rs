@@ -453,6 +453,20 @@ fn site(
         Some(a) => access_log(c, &f("access_log"), a),
         None => default_log.cloned(),
     };
+    let forward_auth = s.forward_auth.as_ref().and_then(|v| match v {
+        figment::value::Value::Bool(_, false) => {
+            c.err(f("forward_auth"), "false only turns a site's forward auth off on a route; leave it out here");
+            None
+        }
+        v => super::routes::forward_auth(&mut c.errors, &f("forward_auth"), v).flatten(),
+    });
+    let site_defaults = super::routes::SiteDefaults {
+        prefix: &format!("site[{i}]"),
+        response_headers: &response_headers,
+        forward_auth: forward_auth.as_ref(),
+        header_sets: sets,
+    };
+    let routes = super::routes::routes(&mut c.errors, &site_defaults, &s.routes, parse_upstream);
 
     if c.errors.len() != before {
         return None;
@@ -466,6 +480,8 @@ fn site(
         response_headers,
         blocked_paths: if s.block_scanners.unwrap_or(false) { scanner_paths.to_vec() } else { Vec::new() },
         access_log,
+        routes,
+        forward_auth,
     })
 }
 

@@ -8,7 +8,9 @@
 //! `status`, `bytes_sent` (response body bytes), `duration_ms`, `result` (the handler's
 //! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...), `upstream`,
 //! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
-//! `tls_sni`, `tls_version`, `user_agent`, `referer`, `request_id` (`X-Request-Id`).
+//! `tls_sni`, `tls_version`, `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
+//! (the `[[site.route]]` that served it; null: the site's own settings), `user` (from
+//! forward auth's `user_header`; null without auth or header).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -33,6 +35,16 @@ pub struct UpstreamSeen {
     pub latency: Duration,
     /// Upstreams tried for this request (more than one after a retry).
     pub attempts: usize,
+}
+
+/// Which route of its site answered a request and who forward auth said the user is, left
+/// in the response's extensions by the handler (fields `route` and `user`).
+#[derive(Debug, Clone, Default)]
+pub struct RouteSeen {
+    /// The route's name; `None`: the site's own settings (no route matched, or none defined).
+    pub route: Option<String>,
+    /// From the forward auth answer's `user_header`.
+    pub user: Option<String>,
 }
 
 /// A line being filled in.
@@ -86,6 +98,9 @@ impl Entry {
         let f = &mut self.fields;
         f.insert("status".into(), resp.status().as_u16().into());
         f.insert("result".into(), result.into());
+        let route = resp.extensions().get::<RouteSeen>();
+        f.insert("route".into(), route.and_then(|r| r.route.clone()).into());
+        f.insert("user".into(), route.and_then(|r| r.user.clone()).into());
         let seen = resp.extensions().get::<UpstreamSeen>();
         f.insert("upstream".into(), seen.map(|s| s.upstream.clone()).into());
         f.insert("upstream_status".into(), seen.and_then(|s| s.status).into());

@@ -26,7 +26,7 @@ use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::pages;
 use super::replay::Replay;
-use super::routes::SiteRoute;
+use super::routes::Target;
 use super::upstream::error_chain;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
@@ -39,7 +39,7 @@ const RETRY_AFTER: &str = "5";
 /// upstream tried, its status and latency go in the response's extensions (access log).
 pub async fn forward(
     req: Request<Incoming>,
-    route: &SiteRoute,
+    route: &Target<'_>,
     conn: &Conn,
     host: Option<&str>,
     timeout: Duration,
@@ -54,14 +54,14 @@ pub async fn forward(
 
 async fn proxy(
     mut req: Request<Incoming>,
-    route: &SiteRoute,
+    route: &Target<'_>,
     conn: &Conn,
     host: Option<&str>,
     timeout: Duration,
     seen: &mut Option<UpstreamSeen>,
 ) -> Response<Body> {
-    let site = &route.site;
-    let pool = &route.pool;
+    let site = route;
+    let pool = route.pool;
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -80,7 +80,7 @@ async fn proxy(
     };
     let replayable = body.resendable() && parts.method.is_idempotent();
 
-    let label = site.host.clone();
+    let label = site.host.to_string();
     let mut tried = Tried::default();
     let mut attempts = 0usize;
     let mut resent = false;
@@ -204,8 +204,8 @@ fn unavailable() -> Response<Body> {
     resp
 }
 
-fn with_site_headers(mut resp: Response<Body>, route: &SiteRoute) -> Response<Body> {
-    apply_response(resp.headers_mut(), &route.site.response_headers);
+fn with_site_headers(mut resp: Response<Body>, route: &Target<'_>) -> Response<Body> {
+    apply_response(resp.headers_mut(), route.response_headers);
     resp
 }
 

@@ -9,10 +9,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::access::Entry;
+use super::access::{Entry, RouteSeen};
 use super::body::{full, Body};
 use super::conn::Conn;
 use super::forward::forward;
+use super::forward_auth::{self, Verdict};
 use super::pages;
 use super::routes::{request_host, SiteRoute};
 use crate::metrics::names;
@@ -103,8 +104,32 @@ async fn respond(
         return (resp, Some("blocked"));
     }
 
+    let Ok(target) = route.target(path) else {
+        let mut resp = pages::error(StatusCode::BAD_REQUEST, "This path cannot be served.");
+        super::headers::apply_response(resp.headers_mut(), &route.site.response_headers);
+        return (resp, Some("bad_path"));
+    };
+    let mut seen = RouteSeen { route: target.route.map(str::to_string), user: None };
+    let mut req = req;
+    if let Some(auth) = target.auth {
+        match auth.check(&req, conn, host, target.host, target.route).await {
+            Verdict::Allow { headers, user } => {
+                forward_auth::apply(req.headers_mut(), auth.response_headers(), headers);
+                seen.user = user;
+            }
+            Verdict::Deny(mut resp, label) => {
+                super::headers::apply_response(resp.headers_mut(), target.response_headers);
+                resp.extensions_mut().insert(seen);
+                return (resp, Some(label));
+            }
+        }
+    }
+    super::headers::apply_request(req.headers_mut(), target.request_headers);
+
     let timeout = conn.state.config.load().http.upstream_timeout;
-    (forward(req, &route, conn, host, timeout).await, None)
+    let mut resp = forward(req, &target, conn, host, timeout).await;
+    resp.extensions_mut().insert(seen);
+    (resp, None)
 }
 
 /// Health as the ingress sees it: 200 when we can serve, 503 with the reason otherwise.

@@ -90,6 +90,11 @@ pub fn apply_response(headers: &mut HeaderMap, rules: &[(HeaderName, Option<Head
     }
 }
 
+/// Apply a route's request headers (the same rules, on the request sent upstream).
+pub fn apply_request(headers: &mut HeaderMap, rules: &[(HeaderName, Option<HeaderValue>)]) {
+    apply_response(headers, rules);
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -4,6 +4,7 @@ pub mod access;
 pub mod body;
 mod conn;
 mod forward;
+pub mod forward_auth;
 pub mod handler;
 pub mod head_timeout;
 pub mod headers;

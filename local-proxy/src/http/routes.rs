@@ -6,21 +6,87 @@ use std::sync::Arc;
 use shared::peek::{NameRouter, PatternError};
 
 use crate::access_log::Sink;
-use crate::config::{AccessLog, Config, Site};
+use crate::config::routes::{normalise_path, HeaderRules, UnroutablePath};
+use crate::config::{AccessLog, Config, Route, Site, Upstream, UpstreamSet};
 use crate::pool::{Pool, Pools};
 
+use super::forward_auth::AuthClient;
 use super::upstream::{client, ClientError, UpstreamClient};
 
 /// One routable site.
 #[derive(Debug)]
 pub struct SiteRoute {
     pub site: Site,
+    /// Serves the site's upstreams and its routes' (same TLS settings; pooled per authority).
     pub client: UpstreamClient,
     /// The site's upstreams: health, weights, the pick.
     pub pool: Arc<Pool>,
     /// Where its requests are logged; `None`: not logged.
     pub access_log: Option<Arc<Sink>>,
+    /// The site's forward auth (paths no route matches).
+    pub auth: Option<Arc<AuthClient>>,
+    /// `site.routes` with their pools, in match order.
+    pub paths: Vec<PathRoute>,
 }
+
+/// One `[[site.route]]` ready to serve.
+#[derive(Debug)]
+pub struct PathRoute {
+    pub route: Route,
+    /// Its own pool, or its site's.
+    pub pool: Arc<Pool>,
+    pub auth: Option<Arc<AuthClient>>,
+}
+
+/// What one request goes to: a route of its site, or the site itself (no route matched, or
+/// the site has none). Everything the request path needs is read from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The site's host (metrics and log label).
+    pub host: &'a str,
+    /// The route's name; `None`: the site's own settings.
+    pub route: Option<&'a str>,
+    pub upstreams: &'a UpstreamSet<Upstream>,
+    pub pool: &'a Arc<Pool>,
+    pub client: &'a UpstreamClient,
+    pub response_headers: &'a HeaderRules,
+    /// Set on the upstream request (routes only; empty for the site).
+    pub request_headers: &'a HeaderRules,
+    pub auth: Option<&'a AuthClient>,
+}
+
+impl SiteRoute {
+    /// The target for a request path (path only, no query). A site without routes takes
+    /// any path as before; with routes, a path that cannot be matched safely is refused.
+    pub fn target(&self, path: &str) -> Result<Target<'_>, UnroutablePath> {
+        let site = Target {
+            host: &self.site.host,
+            route: None,
+            upstreams: &self.site.upstreams,
+            pool: &self.pool,
+            client: &self.client,
+            response_headers: &self.site.response_headers,
+            request_headers: &NO_HEADERS,
+            auth: self.auth.as_deref(),
+        };
+        if self.paths.is_empty() {
+            return Ok(site);
+        }
+        let path = normalise_path(path)?;
+        let Some(p) = self.paths.iter().find(|p| p.route.path.matches(&path)) else { return Ok(site) };
+        Ok(Target {
+            route: Some(&p.route.name),
+            upstreams: p.route.upstreams.as_ref().unwrap_or(&self.site.upstreams),
+            pool: &p.pool,
+            response_headers: &p.route.response_headers,
+            request_headers: &p.route.request_headers,
+            auth: p.auth.as_deref(),
+            ..site
+        })
+    }
+}
+
+static NO_HEADERS: HeaderRules = Vec::new();
 
 /// Host → site: exact names first, then the longest `*.suffix` wildcard (nginx rules).
 #[derive(Debug, Default)]
@@ -41,6 +107,8 @@ pub enum RoutesError {
     NoPool { host: String },
     #[error("{field}: cannot open `{path}`: {source}")]
     AccessLog { field: String, path: String, source: std::io::Error },
+    #[error("{field}: {source}")]
+    AuthClient { field: String, source: ClientError },
 }
 
 /// The writer of `log`, opened (or shared) now; `field` names it in the error.
@@ -61,11 +129,40 @@ impl Routes {
             ..Self::default()
         };
         for (i, site) in config.sites.iter().enumerate() {
+            let pool =
+                pools.site(&site.host).cloned().ok_or_else(|| RoutesError::NoPool { host: site.host.clone() })?;
+            let connect = config.http.upstream_connect_timeout;
+            let auth = |field: String, fa: Option<&crate::config::ForwardAuth>| {
+                fa.map(|fa| AuthClient::new(fa, connect))
+                    .transpose()
+                    .map(|a| a.map(Arc::new))
+                    .map_err(|source| RoutesError::AuthClient { field, source })
+            };
+            let site_auth = auth(format!("site[{i}].forward_auth"), site.forward_auth.as_ref())?;
+            let mut paths = Vec::with_capacity(site.routes.len());
+            for r in &site.routes {
+                let pool = match r.upstreams {
+                    None => pool.clone(),
+                    Some(_) => pools
+                        .route(&site.host, &r.name)
+                        .cloned()
+                        .ok_or_else(|| RoutesError::NoPool { host: format!("{}#{}", site.host, r.name) })?,
+                };
+                // A route that inherits the site's auth shares its client (and connections).
+                let auth = if r.forward_auth.is_some() && r.forward_auth == site.forward_auth {
+                    site_auth.clone()
+                } else {
+                    auth(format!("site[{i}].route {}.forward_auth", r.name), r.forward_auth.as_ref())?
+                };
+                paths.push(PathRoute { route: r.clone(), pool, auth });
+            }
             let route = Arc::new(SiteRoute {
                 access_log: open_log(format!("site[{i}].access_log.path"), site.access_log.as_ref())?,
-                client: client(site, config.http.upstream_connect_timeout, true)
+                client: client(site, connect, true)
                     .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
-                pool: pools.site(&site.host).cloned().ok_or_else(|| RoutesError::NoPool { host: site.host.clone() })?,
+                pool,
+                auth: site_auth,
+                paths,
                 site: site.clone(),
             });
             for name in site.names() {

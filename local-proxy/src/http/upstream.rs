@@ -43,13 +43,23 @@ pub enum ClientError {
 
 /// Build the client for `site`; `pooled = false` opens a new connection per request.
 pub fn client(site: &Site, connect_timeout: Duration, pooled: bool) -> Result<UpstreamClient, ClientError> {
+    client_for(site.insecure_skip_verify, site.ca_file.as_deref(), connect_timeout, pooled)
+}
+
+/// A client with these TLS settings (sites, forward auth services).
+pub fn client_for(
+    insecure_skip_verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    pooled: bool,
+) -> Result<UpstreamClient, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-    let tls = if site.insecure_skip_verify {
+    let tls = if insecure_skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        match &site.ca_file {
+        match ca_file {
             Some(path) => {
                 let err = |reason: String| ClientError::CaFile { path: path.display().to_string(), reason };
                 let certs = CertificateDer::pem_file_iter(path)

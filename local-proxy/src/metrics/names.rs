@@ -19,6 +19,11 @@ pub const HTTP_CONNECTION_ERRORS: &str = "local_proxy_http_connection_errors_tot
 pub const HTTP_REQUESTS: &str = "local_proxy_http_requests_total";
 /// Time from request head to response head, seconds, by `site`.
 pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_seconds";
+/// Forward auth checks, by `site`, `route` (empty: the site's own) and `result` (`allowed`,
+/// `denied`: any non-2xx answer, passed to the client; `unavailable`: 503; `timeout`: 504).
+pub const FORWARD_AUTH: &str = "local_proxy_forward_auth_total";
+/// Time to the auth service's answer, seconds, by `site`.
+pub const FORWARD_AUTH_DURATION: &str = "local_proxy_forward_auth_duration_seconds";
 /// Upstream failures, by `site` and `result` (`refused`, `timeout`, `error`).
 pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).

@@ -19,6 +19,8 @@ use crate::http::upstream;
 #[derive(Debug, Default)]
 pub struct Pools {
     sites: HashMap<String, Arc<Pool>>,
+    /// Routes with an upstream of their own, by [`route_pool_name`].
+    routes: HashMap<String, Arc<Pool>>,
     streams: HashMap<String, Arc<Pool>>,
     /// Stops this generation's check tasks.
     checks: Mutex<Option<CancellationToken>>,
@@ -35,6 +37,14 @@ impl Pools {
             let u = &site.upstreams;
             let pool = Pool::new(Owner::Site, &site.host, members, u.balance, u.health.clone(), u.critical, prev);
             pools.sites.insert(site.host.clone(), Arc::new(pool));
+            for route in &site.routes {
+                let Some(u) = &route.upstreams else { continue };
+                let name = route_pool_name(&site.host, &route.name);
+                let members = u.members.iter().map(|m| (m.target.to_string(), m.weight, m.backup));
+                let prev = previous.and_then(|p| p.routes.get(&name)).map(|p| &**p);
+                let pool = Pool::new(Owner::Site, &name, members, u.balance, u.health.clone(), u.critical, prev);
+                pools.routes.insert(name, Arc::new(pool));
+            }
         }
         for stream in &config.streams {
             let members = stream.upstreams.members.iter().map(|m| (m.target.to_string(), m.weight, m.backup));
@@ -50,13 +60,18 @@ impl Pools {
         self.sites.get(host)
     }
 
+    /// The pool of a route with its own upstream (`None` for a route using its site's).
+    pub fn route(&self, host: &str, route: &str) -> Option<&Arc<Pool>> {
+        self.routes.get(&route_pool_name(host, route))
+    }
+
     pub fn stream(&self, name: &str) -> Option<&Arc<Pool>> {
         self.streams.get(name)
     }
 
     /// Every pool, sites first (status pages, the admin API).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.sites.values().chain(self.streams.values())
+        self.sites.values().chain(self.routes.values()).chain(self.streams.values())
     }
 
     /// The first `critical` site or stream with no usable upstream, as "site NAME" /
@@ -75,9 +90,17 @@ impl Pools {
     /// Start the active checks configured in `config` (children of `parent`, on `tasks`).
     pub fn start_checks(&self, config: &Config, tasks: &TaskTracker, parent: &CancellationToken) {
         let stop = parent.child_token();
-        for site in &config.sites {
-            let Check::Http { path, host, status } = &site.upstreams.health.check else { continue };
-            let Some(pool) = self.sites.get(&site.host) else { continue };
+        let sets = config.sites.iter().flat_map(|site| {
+            let own = std::iter::once((site, &site.upstreams, self.sites.get(&site.host)));
+            let routes = site.routes.iter().filter_map(move |r| {
+                let u = r.upstreams.as_ref()?;
+                Some((site, u, self.routes.get(&route_pool_name(&site.host, &r.name))))
+            });
+            own.chain(routes)
+        });
+        for (site, set, pool) in sets {
+            let Check::Http { path, host, status } = &set.health.check else { continue };
+            let Some(pool) = pool else { continue };
             // The site's own TLS settings, but a fresh connection per probe: a probe must
             // see a refused connect or a bad certificate, not a pooled connection's past.
             let client = match upstream::client(site, config.http.upstream_connect_timeout, false) {
@@ -89,8 +112,7 @@ impl Pools {
             };
             let host = host.as_deref().unwrap_or(&site.host);
             let Ok(host) = HeaderValue::from_str(host) else { continue };
-            let probes = site
-                .upstreams
+            let probes = set
                 .members
                 .iter()
                 .filter_map(|m| {
@@ -133,4 +155,9 @@ impl Pools {
             t.cancel();
         }
     }
+}
+
+/// The pool (and metrics `site` label) name of a route with its own upstream: `host#route`.
+pub fn route_pool_name(host: &str, route: &str) -> String {
+    format!("{host}#{route}")
 }

@@ -1,0 +1,523 @@
+//! Routes inside a site (`[[site.route]]`) and forward auth (`forward_auth = { ... }`, per
+//! site or route): the raw tables, their validation, and the validated types.
+//!
+//! A route is what Traefik calls a router on one host: a path match (exact `path` or
+//! `path_prefix`), a `priority`, and what differs from its site — its own upstream set,
+//! response and request headers, middlewares. Whatever a route does not set it inherits from
+//! its site, resolved here at validation: the runtime reads a route's fields only, never
+//! its site's (a site with no routes is served by its own fields, exactly as before routes).
+//!
+//! Middlewares added later (rate limits, CORS, compression, hostile-client rules) follow
+//! the same pattern as `forward_auth`: a field on [`crate::config::Site`] (the default) and
+//! on [`Route`] holding the effective value (the route's own, else the site's; `false`
+//! turns an inherited one off where that makes sense). At request time,
+//! `http::routes::SiteRoute::target(path)` hands out a `Target` that carries the route's
+//! (or site's) values.
+//!
+//! Match order (documented in README.md, "Routes inside a site"): higher `priority` first
+//! (default 0); within one priority an exact `path` before any prefix, then the longest
+//! prefix; the same path twice in one site is refused. `Site::routes` is kept in that order,
+//! so the first route that matches wins. Paths are matched after percent-decoding and
+//! merging repeated slashes; requests whose path holds an encoded `/` or `\`, a NUL or a
+//! `.`/`..` segment are refused with 400 on sites that have routes (so no spelling of a
+//! protected path can reach a public route's rules).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::value::Value;
+use http::{HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+use shared::ports::{ms, secs, DurationRange};
+
+use super::raw::RawHealth;
+use super::upstreams::{self, Kind as SetKind, RawSet, UpstreamSet};
+use super::{FieldError, Upstream};
+
+/// Most routes in one site (matching walks them in order).
+pub const MAX_ROUTES: usize = 64;
+/// `forward_auth.timeout`, default 5s.
+pub const FORWARD_AUTH_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
+
+/// Response or request headers: set, or removed (`None`).
+pub type HeaderRules = Vec<(HeaderName, Option<HeaderValue>)>;
+
+/// `[[site.route]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub priority: Option<i64>,
+    pub upstream: Option<Value>,
+    pub balance: Option<String>,
+    pub health: Option<RawHealth>,
+    pub critical: Option<bool>,
+    pub header_sets: Option<Vec<String>>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// A table, or `false` to turn the site's off on this route.
+    pub forward_auth: Option<Value>,
+}
+
+/// `forward_auth = { ... }` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    pub address: Option<String>,
+    pub timeout: Option<String>,
+    pub trust_forward_header: Option<bool>,
+    pub auth_request_headers: Option<Vec<String>>,
+    pub auth_response_headers: Option<Vec<String>>,
+    pub user_header: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub ca_file: Option<String>,
+}
+
+/// A validated route; every field already holds the effective value (the site's where the
+/// route sets none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Unique in its site: the access log's `route` field and the route pool's name
+    /// (`host#name`); default: the path as written.
+    pub name: String,
+    pub path: PathMatch,
+    pub priority: i64,
+    /// The route's own upstreams; `None`: the site's (its pool is shared).
+    pub upstreams: Option<UpstreamSet<Upstream>>,
+    /// The site's response headers with the route's sets and values on top.
+    pub response_headers: HeaderRules,
+    /// Set on (or, empty, removed from) the request sent upstream, after forward auth.
+    pub request_headers: HeaderRules,
+    /// The route's own, else the site's; `None`: no auth (`forward_auth = false`, or none).
+    pub forward_auth: Option<ForwardAuth>,
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path equals this (the query is not part of it).
+    Exact(String),
+    /// The path starts with this. A prefix ending in `/` matches below it; one that does not
+    /// also matches only at a segment end: `/api` matches `/api` and `/api/x`, not `/apis`.
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Whether `path` (already normalised by [`normalise_path`]) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (p.ends_with('/') || matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+}
+
+/// Why a path cannot be routed (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnroutablePath;
+
+/// The path routes are matched against: percent-decoded, repeated slashes merged. Refused:
+/// an encoded `/` or `\` (upstreams disagree on whether it splits segments), a NUL, invalid
+/// UTF-8 after decoding, and `.`/`..` segments (upstreams resolve them differently). With
+/// those refused, the path an upstream acts on is the one the route was chosen by.
+pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let d = (h * 16 + l) as u8;
+                if d == b'/' || d == b'\\' || d == 0 {
+                    return Err(UnroutablePath);
+                }
+                out.push(d);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    let decoded = String::from_utf8(out).map_err(|_| UnroutablePath)?;
+    let mut path = String::with_capacity(decoded.len() + 1);
+    for seg in decoded.split('/').filter(|s| !s.is_empty()) {
+        if seg == "." || seg == ".." {
+            return Err(UnroutablePath);
+        }
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || decoded.ends_with('/') {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Validated forward auth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAuth {
+    /// `http://` or `https://` URL, path and query kept as written.
+    pub address: Uri,
+    /// Bound on the auth service's answer head; past it: 504.
+    pub timeout: Duration,
+    /// Pass the client's own `X-Forwarded-*` headers on instead of ours.
+    pub trust_forward_header: bool,
+    /// The client headers sent to the auth service; `None`: all of them.
+    pub request_headers: Option<Vec<HeaderName>>,
+    /// Copied from a 2xx answer onto the upstream request; always removed from the client's.
+    pub response_headers: Vec<HeaderName>,
+    /// The auth answer's header naming the user (access log `user`).
+    pub user_header: HeaderName,
+    pub insecure_skip_verify: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Headers the proxy sets itself or that describe a connection: a response header list
+/// naming them would let the auth service break framing, so they are refused.
+const NOT_COPIED: &[&str] =
+    &["connection", "content-length", "transfer-encoding", "upgrade", "host", "te", "trailer", "keep-alive"];
+
+/// `forward_auth` (a table, or `false`) under `field`. `Ok(None)`: `false`.
+pub(crate) fn forward_auth(errors: &mut Vec<FieldError>, field: &str, value: &Value) -> Option<Option<ForwardAuth>> {
+    let mut err = |f: String, m: String| errors.push(FieldError { field: f, message: m });
+    let raw = match value {
+        Value::Bool(_, false) => return Some(None),
+        Value::Dict(..) => match value.deserialize::<RawForwardAuth>() {
+            Ok(r) => r,
+            Err(e) => {
+                err(field.into(), e.to_string());
+                return None;
+            }
+        },
+        _ => {
+            err(field.into(), "expected a table `{ address = \"http://...\" }`, or false (routes)".into());
+            return None;
+        }
+    };
+    let f = |name: &str| format!("{field}.{name}");
+    let before = errors.len();
+    let mut err = |f: String, m: String| errors.push(FieldError { field: f, message: m });
+    let address = match raw.address.as_deref() {
+        None => {
+            err(f("address"), "is required".into());
+            Uri::default()
+        }
+        Some(a) => match Uri::from_str(a) {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+                if u.authority().is_some_and(|au| au.as_str().contains('@')) {
+                    err(f("address"), format!("`{a}` must not contain credentials"));
+                }
+                u
+            }
+            Ok(_) => {
+                err(f("address"), format!("`{a}` must be an http:// or https:// URL with a host"));
+                Uri::default()
+            }
+            Err(e) => {
+                err(f("address"), format!("`{a}` is not a URL: {e}"));
+                Uri::default()
+            }
+        },
+    };
+    let timeout = match FORWARD_AUTH_TIMEOUT.parse(raw.timeout.as_deref().unwrap_or("5s")) {
+        Ok(d) => d,
+        Err(e) => {
+            err(f("timeout"), e);
+            FORWARD_AUTH_TIMEOUT.min
+        }
+    };
+    let mut names = |name: &str, list: &[String], check_copy: bool| -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for (j, h) in list.iter().enumerate() {
+            match HeaderName::from_str(h) {
+                Ok(n) if check_copy && NOT_COPIED.contains(&n.as_str()) => {
+                    err(format!("{field}.{name}[{j}]"), format!("`{h}` cannot be copied: the proxy sets it"))
+                }
+                Ok(n) => out.push(n),
+                Err(_) => err(format!("{field}.{name}[{j}]"), format!("`{h}` is not a valid header name")),
+            }
+        }
+        out
+    };
+    let request_headers = raw.auth_request_headers.as_ref().map(|l| names("auth_request_headers", l, false));
+    let response_headers = names("auth_response_headers", raw.auth_response_headers.as_deref().unwrap_or(&[]), true);
+    let user_header = match HeaderName::from_str(raw.user_header.as_deref().unwrap_or("remote-user")) {
+        Ok(n) => n,
+        Err(_) => {
+            err(f("user_header"), "is not a valid header name".into());
+            HeaderName::from_static("remote-user")
+        }
+    };
+    let insecure_skip_verify = raw.insecure_skip_verify.unwrap_or(false);
+    let tls = address.scheme_str() == Some("https");
+    if !tls && (insecure_skip_verify || raw.ca_file.is_some()) {
+        let which = if insecure_skip_verify { "insecure_skip_verify" } else { "ca_file" };
+        err(f(which), "only applies to an https:// address".into());
+    }
+    if insecure_skip_verify && raw.ca_file.is_some() {
+        err(f("ca_file"), "makes no sense with insecure_skip_verify".into());
+    }
+    (errors.len() == before).then(|| {
+        Some(ForwardAuth {
+            address,
+            timeout,
+            trust_forward_header: raw.trust_forward_header.unwrap_or(false),
+            request_headers,
+            response_headers,
+            user_header,
+            insecure_skip_verify,
+            ca_file: raw.ca_file.map(PathBuf::from),
+        })
+    })
+}
+
+/// What a site passes down to its routes' validation.
+pub(crate) struct SiteDefaults<'a> {
+    /// `site[3]`.
+    pub prefix: &'a str,
+    pub response_headers: &'a HeaderRules,
+    pub forward_auth: Option<&'a ForwardAuth>,
+    pub header_sets: &'a BTreeMap<String, HeaderRules>,
+}
+
+fn header_rules(errors: &mut Vec<FieldError>, field: &str, raw: &BTreeMap<String, String>, into: &mut HeaderRules) {
+    for (n, v) in raw {
+        let Ok(name) = HeaderName::from_str(n) else {
+            errors.push(FieldError { field: field.into(), message: format!("`{n}` is not a valid header name") });
+            continue;
+        };
+        let value = if v.is_empty() {
+            None
+        } else {
+            match HeaderValue::from_str(v) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(FieldError {
+                        field: format!("{field}.{n}"),
+                        message: "is not a valid header value".into(),
+                    });
+                    continue;
+                }
+            }
+        };
+        into.retain(|(existing, _)| *existing != name);
+        into.push((name, value));
+    }
+}
+
+fn route_path(errors: &mut Vec<FieldError>, field: &str, p: &str) -> bool {
+    let ok = p.starts_with('/')
+        && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#' || b == b'%')
+        && !p.contains("//")
+        && !p.split('/').any(|s| s == "." || s == "..");
+    if !ok {
+        errors.push(FieldError {
+            field: field.into(),
+            message: format!(
+                "`{p}` must start with /, be written decoded (no %, ?, #, spaces) and have no empty, . or .. segments"
+            ),
+        });
+    }
+    ok
+}
+
+/// Validate a site's routes, returned in match order.
+pub(crate) fn routes(
+    errors: &mut Vec<FieldError>,
+    site: &SiteDefaults<'_>,
+    raw: &[RawRoute],
+    parse_upstream: fn(&str) -> Result<Upstream, String>,
+) -> Vec<Route> {
+    if raw.len() > MAX_ROUTES {
+        errors.push(FieldError {
+            field: format!("{}.route", site.prefix),
+            message: format!("has {} routes; at most {MAX_ROUTES}", raw.len()),
+        });
+    }
+    let mut out: Vec<(usize, Route)> = Vec::new();
+    for (j, r) in raw.iter().enumerate() {
+        let prefix = format!("{}.route[{j}]", site.prefix);
+        let f = |name: &str| format!("{prefix}.{name}");
+        let before = errors.len();
+        let path = match (&r.path, &r.path_prefix) {
+            (Some(p), None) => route_path(errors, &f("path"), p).then(|| PathMatch::Exact(p.clone())),
+            (None, Some(p)) => route_path(errors, &f("path_prefix"), p).then(|| PathMatch::Prefix(p.clone())),
+            (Some(_), Some(_)) => {
+                errors.push(FieldError {
+                    field: f("path"),
+                    message: "give path (exact) or path_prefix, not both".into(),
+                });
+                None
+            }
+            (None, None) => {
+                errors.push(FieldError {
+                    field: f("path_prefix"),
+                    message: "is required (or path, for an exact match)".into(),
+                });
+                None
+            }
+        };
+        let name = r.name.clone().or_else(|| path.as_ref().map(|p| p.text().to_string())).unwrap_or_default();
+        if r.name.is_some()
+            && (name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/')))
+        {
+            errors.push(FieldError {
+                field: f("name"),
+                message: format!("`{name}`: 1 to 64 letters, digits, -, _, . or / (it is a log field and a pool name)"),
+            });
+        }
+        let has_upstream = r.upstream.is_some();
+        if !has_upstream {
+            for (set, key) in
+                [(r.balance.is_some(), "balance"), (r.health.is_some(), "health"), (r.critical.is_some(), "critical")]
+            {
+                if set {
+                    errors.push(FieldError {
+                        field: f(key),
+                        message: "only applies to a route with its own upstream".into(),
+                    });
+                }
+            }
+        }
+        let upstreams = if has_upstream {
+            upstreams::validate(
+                errors,
+                RawSet {
+                    prefix: prefix.clone(),
+                    kind: SetKind::Site,
+                    upstream: r.upstream.as_ref(),
+                    balance: r.balance.as_deref(),
+                    health: r.health.as_ref(),
+                    critical: r.critical,
+                },
+                parse_upstream,
+            )
+        } else {
+            None
+        };
+        let mut response_headers = site.response_headers.clone();
+        for (k, set) in r.header_sets.iter().flatten().enumerate() {
+            match site.header_sets.get(set) {
+                Some(rules) => {
+                    for (n, v) in rules {
+                        response_headers.retain(|(existing, _)| existing != n);
+                        response_headers.push((n.clone(), v.clone()));
+                    }
+                }
+                None => errors.push(FieldError {
+                    field: f(&format!("header_sets[{k}]")),
+                    message: format!("no header set named `{set}`"),
+                }),
+            }
+        }
+        header_rules(errors, &f("response_headers"), &r.response_headers, &mut response_headers);
+        let mut request_headers = Vec::new();
+        header_rules(errors, &f("request_headers"), &r.request_headers, &mut request_headers);
+        for (n, _) in &request_headers {
+            if NOT_COPIED.contains(&n.as_str()) {
+                errors.push(FieldError {
+                    field: format!("{}.{n}", f("request_headers")),
+                    message: "is set by the proxy".into(),
+                });
+            }
+        }
+        let forward_auth = match &r.forward_auth {
+            None => Some(site.forward_auth.cloned()),
+            Some(v) => forward_auth(errors, &f("forward_auth"), v),
+        };
+        if errors.len() != before {
+            continue;
+        }
+        let (Some(path), Some(forward_auth)) = (path, forward_auth) else { continue };
+        if has_upstream && upstreams.is_none() {
+            continue;
+        }
+        if let Some((k, _)) = out.iter().find(|(_, o)| o.name == name) {
+            errors.push(FieldError {
+                field: f("name"),
+                message: format!("`{name}` is also the name of route[{k}] (names default to the path)"),
+            });
+            continue;
+        }
+        if let Some((k, _)) = out.iter().find(|(_, o)| o.path == path) {
+            errors.push(FieldError {
+                field: f(if r.path.is_some() { "path" } else { "path_prefix" }),
+                message: format!("`{}` is also route[{k}]'s: one of them could never match", path.text()),
+            });
+            continue;
+        }
+        out.push((
+            j,
+            Route {
+                name,
+                path,
+                priority: r.priority.unwrap_or(0),
+                upstreams,
+                response_headers,
+                request_headers,
+                forward_auth,
+            },
+        ));
+    }
+    out.sort_by(|(ia, a), (ib, b)| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| matches!(b.path, PathMatch::Exact(_)).cmp(&matches!(a.path, PathMatch::Exact(_))))
+            .then_with(|| b.path.text().len().cmp(&a.path.text().len()))
+            .then_with(|| ia.cmp(ib))
+    });
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_at_segment_ends() {
+        let api = PathMatch::Prefix("/api".into());
+        assert!(api.matches("/api"));
+        assert!(api.matches("/api/x"));
+        assert!(!api.matches("/apis"));
+        let slash = PathMatch::Prefix("/api/".into());
+        assert!(slash.matches("/api/x"));
+        assert!(!slash.matches("/api"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+        assert!(PathMatch::Exact("/login".into()).matches("/login"));
+        assert!(!PathMatch::Exact("/login".into()).matches("/login/"));
+    }
+
+    #[test]
+    fn paths_are_normalised_or_refused() {
+        assert_eq!(normalise_path("/%61pi/x").unwrap(), "/api/x");
+        assert_eq!(normalise_path("//api///x").unwrap(), "/api/x");
+        assert_eq!(normalise_path("/a/").unwrap(), "/a/");
+        assert_eq!(normalise_path("").unwrap(), "/");
+        assert_eq!(normalise_path("/50%").unwrap(), "/50%");
+        assert_eq!(normalise_path("/%zz").unwrap(), "/%zz");
+        for bad in ["/api%2Fx", "/a%5cb", "/x%00", "/public/../api", "/./api", "/public/%2e%2e/api", "/%ff"] {
+            assert!(normalise_path(bad).is_err(), "{bad}");
+        }
+    }
+}

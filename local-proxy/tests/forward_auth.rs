@@ -1,0 +1,530 @@
+//! Routes inside a site and forward auth, with the binary as deployed. No identity provider
+//! installs here from Debian (no authelia, authentik, oauth2-proxy or vouch-proxy package in
+//! bookworm or backports), so the auth service is a small one in this file that does what
+//! Authelia's `/api/authz/forward-auth` and Authentik's `/outpost.goauthentik.io/auth/traefik`
+//! do: it reads a session token (a real ES256 JWT, signed and validated with `jsonwebtoken`)
+//! from a cookie or a bearer header and answers 302 to its login page (with a `Set-Cookie`)
+//! when there is none, 401 when it is expired or forged, and 200 with `Remote-User`,
+//! `X-User-Id` and `X-User-Role` when it is valid. Upstreams are echo servers that report
+//! the headers they got.
+//!
+//! Cases: public route untouched (the auth service is not even asked); no token → the 302
+//! reaches the client with its Location and Set-Cookie; valid token → the upstream sees the
+//! auth service's X-User-Id/Role and not the client's injected ones (also when the answer
+//! lacks one of them); expired → 401; auth service slow → 504; stopped → 503; WebSocket
+//! through auth; route priorities (exact before prefix, longest prefix, priority first);
+//! encoded-slash and dot-segment paths refused; the X-Forwarded-* the auth service saw
+//! (including the PROXY-header client); access log `route` and `user`; metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+
+const MESH: &str = "127.0.0.4";
+const CLIENT: &str = "127.0.0.9";
+const LOGIN: &str = "https://auth.example.org/";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+}
+
+/// The identity provider's signing key (ES256, as Authentik can be set to use).
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl Keys {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Keys {
+            encoding: EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+            decoding: DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).unwrap(),
+        }
+    }
+
+    /// A token for `sub` valid for `ttl_secs` from now (negative: already expired).
+    fn token(&self, sub: &str, uid: &str, role: Option<&str>, ttl_secs: i64) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims =
+            Claims { sub: sub.into(), exp: (now + ttl_secs) as u64, uid: uid.into(), role: role.map(Into::into) };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding).unwrap()
+    }
+}
+
+/// The auth service: answers as Authelia's forward-auth endpoint does, records the headers
+/// of every request it gets, and can be stopped (listener and open connections closed).
+struct AuthService {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<hyper::HeaderMap>>>,
+    tasks: JoinSet<()>,
+}
+
+impl AuthService {
+    async fn start(keys: Arc<Keys>) -> AuthService {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<hyper::HeaderMap>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let record = seen.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((s, _)) = l.accept().await {
+                let (keys, record) = (keys.clone(), record.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (keys, record) = (keys.clone(), record.clone());
+                        async move { Ok::<_, Infallible>(decide(&keys, &record, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        });
+        AuthService { addr, seen, tasks }
+    }
+
+    /// Stop answering: the accept loop and every open connection end (the JoinSets abort
+    /// their tasks on drop), so the port refuses.
+    fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+
+    fn last_seen(&self) -> hyper::HeaderMap {
+        self.seen.lock().unwrap().last().cloned().expect("the auth service was asked")
+    }
+
+    fn asked(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn response(status: u16, headers: &[(&str, &str)], body: &str) -> hyper::Response<Full<Bytes>> {
+    let mut b = hyper::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+async fn decide(
+    keys: &Keys,
+    record: &Mutex<Vec<hyper::HeaderMap>>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let h = req.headers().clone();
+    record.lock().unwrap().push(h.clone());
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        return response(200, &[("remote-user", "slowpoke")], "");
+    }
+    let token = h
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("session=").map(str::to_string))
+        .or_else(|| {
+            h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(Into::into)
+        });
+    let Some(token) = token else {
+        // Where the user wanted to go, rebuilt from what the proxy sent, as Authelia does.
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let target = format!("{}://{}{}", get("x-forwarded-proto"), get("x-forwarded-host"), get("x-forwarded-uri"));
+        let location = format!("{LOGIN}?rd={}", target.replace('&', "%26"));
+        return response(
+            302,
+            &[("location", &location), ("set-cookie", "auth_flow=abc123; Path=/; HttpOnly; Secure")],
+            "Found: sign in first\n",
+        );
+    };
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.leeway = 0;
+    match jsonwebtoken::decode::<Claims>(&token, &keys.decoding, &validation) {
+        Ok(data) => {
+            let c = data.claims;
+            let mut headers = vec![("remote-user", c.sub.as_str()), ("x-user-id", c.uid.as_str())];
+            if let Some(role) = &c.role {
+                headers.push(("x-user-role", role.as_str()));
+            }
+            // Not in auth_response_headers: must not reach the upstream.
+            headers.push(("x-auth-internal", "secret"));
+            response(200, &headers, "")
+        }
+        Err(e) => response(401, &[("www-authenticate", "Bearer error=\"invalid_token\"")], &format!("{e}\n")),
+    }
+}
+
+struct Running {
+    _child: Child,
+    mesh_http: SocketAddr,
+    wan_http: SocketAddr,
+    admin: SocketAddr,
+}
+
+async fn start(dir: &Path, sites: &str) -> Running {
+    let (admin, http, https) = (free_port(), free_port(), free_port());
+    let live = dir.join("live");
+    Ca::new(dir).certbot(&live, "app.example.org", &["app.example.org"], "app.example.org");
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "{MESH}"
+[http]
+https_port = {https}
+http_port = {http}
+redirect_to_https = false
+upstream_connect_timeout = "500ms"
+[tls]
+certbot_live_dir = "{live}"
+{sites}
+"#,
+        live = live.display()
+    );
+    let file = dir.join("lp.toml");
+    std::fs::write(&file, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &file.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
+    let wan_http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy serving",
+        || async move { TcpStream::connect(mesh_http).await.is_ok() },
+    )
+    .await;
+    Running { _child: child, mesh_http, wan_http, admin: format!("127.0.0.1:{admin}").parse().unwrap() }
+}
+
+/// An answer: status, headers, body.
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    /// The echo upstream's report lines `name: value` for `name` (lower case).
+    fn echoed(&self, name: &str) -> Vec<&str> {
+        self.body.lines().filter_map(|l| l.strip_prefix(&format!("{name}: "))).collect()
+    }
+}
+
+/// One HTTP/1.1 GET for app.example.org over `s` with extra headers.
+async fn get_on(s: TcpStream, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().uri(path).header("host", "app.example.org");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp =
+        tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.expect("answer in 10s").unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Answer { status, headers, body: String::from_utf8_lossy(&body).into() }
+}
+
+async fn get(p: &Running, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let s = connect_from(CLIENT.parse::<IpAddr>().unwrap(), p.mesh_http).await;
+    get_on(s, path, headers).await
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The upstreams and auth services of the tests: the site's own upstream (`site`), one per
+/// route with its own (`api`, `v2`, `public`, `static`), a WebSocket echo.
+struct World {
+    keys: Arc<Keys>,
+    auth: AuthService,
+    down_auth: AuthService,
+    log: PathBuf,
+    proxy: Running,
+    _tmp: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keys::new());
+    let auth = AuthService::start(keys.clone()).await;
+    let down_auth = AuthService::start(keys.clone()).await;
+    let (site, api, v2) = (echo_upstream("site").await, echo_upstream("api").await, echo_upstream("v2").await);
+    let (public, stat, ws) = (echo_upstream("public").await, echo_upstream("static").await, ws_upstream().await);
+    let log = tmp.path().join("app.log");
+    let a = auth.addr;
+    let d = down_auth.addr;
+    let sites = format!(
+        r#"
+[[site]]
+host = "app.example.org"
+upstream = "http://{site}"
+access_log = {{ path = "{log}" }}
+forward_auth = {{ address = "http://{a}/api/authz/forward-auth", auth_response_headers = ["Remote-User", "X-User-Id", "X-User-Role"], timeout = "1s" }}
+
+# Public: no auth at all.
+[[site.route]]
+name = "public"
+path_prefix = "/auth/"
+upstream = "http://{public}"
+forward_auth = false
+
+[[site.route]]
+name = "api"
+path_prefix = "/api"
+upstream = "http://{api}"
+response_headers = {{ X-Route = "api" }}
+request_headers = {{ X-Via-Route = "api" }}
+
+# Exact beats the /api prefix: a public health path inside the protected API.
+[[site.route]]
+name = "api-health"
+path = "/api/health"
+forward_auth = false
+
+# Longer prefix beats /api.
+[[site.route]]
+name = "v2"
+path_prefix = "/api/v2/"
+upstream = "http://{v2}"
+
+# Priority beats length: /static/private/ is longer but has the lower priority.
+[[site.route]]
+name = "static"
+path_prefix = "/static"
+priority = 10
+upstream = "http://{stat}"
+forward_auth = false
+[[site.route]]
+name = "static-private"
+path_prefix = "/static/private/"
+upstream = "http://{api}"
+
+[[site.route]]
+name = "ws"
+path_prefix = "/ws/"
+upstream = "http://{ws}"
+
+[[site.route]]
+name = "slow"
+path_prefix = "/slow/"
+forward_auth = {{ address = "http://{a}/slow", timeout = "300ms" }}
+
+[[site.route]]
+name = "down"
+path_prefix = "/down/"
+forward_auth = {{ address = "http://{d}/api/authz/forward-auth", auth_response_headers = ["Remote-User"] }}
+"#,
+        log = log.display()
+    );
+    let proxy = start(tmp.path(), &sites).await;
+    World { keys, auth, down_auth, log, proxy, _tmp: tmp }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_and_routes() {
+    let mut w = world().await;
+    let p = &w.proxy;
+    let valid = w.keys.token("alice", "42", Some("viewer"), 300);
+    let cookie = format!("theme=dark; session={valid}");
+
+    // Public route: served without asking the auth service.
+    let a = get(p, "/auth/login", &[]).await;
+    assert_eq!((a.status, a.echoed("upstream")), (200, vec!["public"]), "{}", a.body);
+    assert_eq!(w.auth.asked(), 0, "a public route must not ask the auth service");
+
+    // No token: the auth service's 302 reaches the client as it came.
+    let a = get(p, "/api/items?page=2&sort=name", &[]).await;
+    assert_eq!(a.status, 302, "{}", a.body);
+    assert_eq!(a.headers["location"], format!("{LOGIN}?rd=http://app.example.org/api/items?page=2%26sort=name"));
+    assert_eq!(a.headers["set-cookie"], "auth_flow=abc123; Path=/; HttpOnly; Secure");
+    assert_eq!(a.body, "Found: sign in first\n");
+    assert_eq!(a.headers["x-route"], "api", "the route's response headers apply to the auth answer too");
+    assert!(a.echoed("upstream").is_empty(), "the upstream was not reached");
+    // What the auth service saw: the original request as X-Forwarded-*, ours, not the client's.
+    let seen = w.auth.last_seen();
+    assert_eq!(seen["x-forwarded-method"], "GET");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "app.example.org");
+    assert_eq!(seen["x-forwarded-uri"], "/api/items?page=2&sort=name");
+    assert_eq!(seen["x-forwarded-for"], CLIENT);
+    assert_eq!(seen["host"], w.auth.addr.to_string().as_str(), "Host names the auth service");
+
+    // Valid token with injected identity headers: the upstream sees the auth service's only.
+    let spoof = [
+        ("cookie", cookie.as_str()),
+        ("x-user-id", "0"),
+        ("x-user-role", "admin"),
+        ("remote-user", "root"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-uri", "/elsewhere"),
+    ];
+    let a = get(p, "/api/items", &spoof).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.echoed("upstream"), ["api"]);
+    assert_eq!(a.echoed("x-user-id"), ["42"], "{}", a.body);
+    assert_eq!(a.echoed("x-user-role"), ["viewer"]);
+    assert_eq!(a.echoed("remote-user"), ["alice"]);
+    assert!(a.echoed("x-auth-internal").is_empty(), "only auth_response_headers are copied");
+    assert_eq!(a.echoed("x-via-route"), ["api"], "the route's request headers");
+    assert_eq!(a.echoed("x-forwarded-for"), [CLIENT]);
+    // The client's cookie went to the auth service (all headers by default), its spoofed
+    // X-Forwarded-* did not (trust_forward_header = false).
+    let seen = w.auth.last_seen();
+    assert!(seen["cookie"].to_str().unwrap().contains("session="));
+    assert_eq!(seen["x-forwarded-for"], CLIENT);
+    assert_eq!(seen["x-forwarded-uri"], "/api/items");
+
+    // A token without a role: the client's X-User-Role is removed all the same.
+    let norole = w.keys.token("bob", "7", None, 300);
+    let bearer = format!("Bearer {norole}");
+    let a = get(p, "/api/items", &[("authorization", &bearer), ("x-user-role", "admin")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.echoed("x-user-id"), ["7"]);
+    assert!(a.echoed("x-user-role").is_empty(), "spoofed role reached the upstream: {}", a.body);
+
+    // Expired and forged tokens: 401 from the auth service, body and header passed on.
+    let expired = format!("session={}", w.keys.token("alice", "42", Some("viewer"), -60));
+    let a = get(p, "/api/items", &[("cookie", &expired)]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("ExpiredSignature"), "{}", a.body);
+    assert_eq!(a.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    let forged = format!("session={}", Keys::new().token("alice", "42", Some("admin"), 300));
+    assert_eq!(get(p, "/api/items", &[("cookie", &forged)]).await.status, 401);
+
+    // Route priorities.
+    let asked = w.auth.asked();
+    let a = get(p, "/api/health", &[]).await;
+    assert_eq!((a.status, a.echoed("upstream")), (200, vec!["site"]), "exact path before the /api prefix");
+    assert_eq!(w.auth.asked(), asked, "the exact public route skips auth");
+    let a = get(p, "/api/v2/things", &[("cookie", &cookie)]).await;
+    assert_eq!(a.echoed("upstream"), ["v2"], "longest prefix");
+    assert_eq!(get(p, "/apis", &[("cookie", &cookie)]).await.echoed("upstream"), ["site"], "/api stops at a segment");
+    let a = get(p, "/static/private/x", &[]).await;
+    assert_eq!((a.status, a.echoed("upstream")), (200, vec!["static"]), "priority 10 before a longer prefix");
+    // No route: the site's own upstream, behind the site's auth.
+    assert_eq!(get(p, "/other", &[]).await.status, 302);
+    assert_eq!(get(p, "/other", &[("cookie", &cookie)]).await.echoed("upstream"), ["site"]);
+    // Spellings of a protected path do not reach a public route, and ambiguous ones are refused.
+    assert_eq!(get(p, "/%61pi/items", &[]).await.status, 302, "percent-encoded /api is still /api");
+    assert_eq!(get(p, "//api//items", &[]).await.status, 302, "merged slashes");
+    assert_eq!(get(p, "/auth/..%2Fapi/items", &[]).await.status, 400);
+    assert_eq!(get(p, "/auth/../api/items", &[]).await.status, 400);
+
+    // WAN with a PROXY header from the ingress: the auth service sees the real client.
+    let client: SocketAddr = "203.0.113.7:4242".parse().unwrap();
+    let s = connect_with_proxy("127.0.0.2".parse().unwrap(), p.wan_http, client).await;
+    assert_eq!(get_on(s, "/api/items", &[("cookie", &cookie)]).await.status, 200);
+    assert_eq!(w.auth.last_seen()["x-forwarded-for"], "203.0.113.7");
+
+    // WebSocket through auth: refused without a token, upgraded and echoing with one.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::{Error, Message};
+        let s = TcpStream::connect(p.mesh_http).await.unwrap();
+        match tokio_tungstenite::client_async("ws://app.example.org/ws/chat", s).await {
+            Err(Error::Http(resp)) => assert_eq!(resp.status(), 302),
+            other => panic!("expected the login redirect, got {other:?}"),
+        }
+        let mut req = "ws://app.example.org/ws/chat".into_client_request().unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let s = TcpStream::connect(p.mesh_http).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, s).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hello through auth")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello through auth"));
+    }
+
+    // A slow auth service: 504 after the route's 300 ms, never let through.
+    let t = std::time::Instant::now();
+    let a = get(p, "/slow/x", &[("cookie", &cookie)]).await;
+    let took = t.elapsed();
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(a.echoed("upstream").is_empty());
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "took {took:?}");
+
+    // The auth service answers, then is stopped: 503, never let through.
+    assert_eq!(get(p, "/down/x", &[("cookie", &cookie)]).await.status, 200);
+    w.down_auth.stop();
+    wait_until(Duration::from_secs(5), "the stopped auth service refusing", || async {
+        TcpStream::connect(w.down_auth.addr).await.is_err()
+    })
+    .await;
+    let a = get(p, "/down/x", &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.echoed("upstream").is_empty());
+
+    // Counted by result.
+    let text = http_get(p.admin, "/metrics").await.1;
+    let m = |route: &str, result: &str| {
+        metric_value(
+            &text,
+            "local_proxy_forward_auth_total",
+            &[("site", "app.example.org"), ("route", route), ("result", result)],
+        )
+    };
+    assert!(m("api", "denied") >= 4.0, "{text}");
+    assert!(m("api", "allowed") >= 3.0);
+    assert_eq!(m("slow", "timeout"), 1.0);
+    assert_eq!(m("down", "unavailable"), 1.0);
+    assert_eq!(m("down", "allowed"), 1.0);
+    assert!(m("", "denied") >= 1.0, "the site's own auth counts under route=\"\"");
+
+    // The access log names the route and the user forward auth reported.
+    let log = w.log.clone();
+    wait_until(Duration::from_secs(5), "access log lines", || {
+        let log = log.clone();
+        async move { log_lines(&log).iter().any(|l| l["uri"] == "/down/x" && l["status"] == 503) }
+    })
+    .await;
+    let lines = log_lines(&w.log);
+    let ok = lines.iter().find(|l| l["uri"] == "/api/items" && l["status"] == 200).unwrap();
+    assert_eq!((ok["route"].as_str(), ok["user"].as_str()), (Some("api"), Some("alice")), "{ok}");
+    let public = lines.iter().find(|l| l["uri"] == "/auth/login").unwrap();
+    assert_eq!((public["route"].as_str(), public["user"].as_str()), (Some("public"), None));
+    let denied = lines.iter().find(|l| l["uri"] == "/api/items?page=2&sort=name").unwrap();
+    assert_eq!((denied["status"].as_u64(), denied["result"].as_str()), (Some(302), Some("auth_denied")));
+    let other = lines.iter().find(|l| l["uri"] == "/other" && l["status"] == 200).unwrap();
+    assert_eq!(other["route"], Value::Null, "no route: the site's own settings");
+}
