@@ -58,7 +58,9 @@ fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
         return Reply::text(StatusCode::BAD_REQUEST, "missing name=SITE_OR_STREAM and upstream=URL_OR_ADDRESS\n");
     };
     let pools = state.pools.load();
-    let pool: &Arc<Pool> = match (pools.site(&name), pools.stream(&name)) {
+    // A route with its own upstreams is named `host#route` (as in /status and the metrics).
+    let site = pools.site(&name).or_else(|| name.split_once('#').and_then(|(h, r)| pools.route(h, r)));
+    let pool: &Arc<Pool> = match (site, pools.stream(&name)) {
         (Some(p), None) | (None, Some(p)) => p,
         (Some(_), Some(_)) => {
             return Reply::text(StatusCode::CONFLICT, format!("`{name}` is both a site and a stream\n"));

@@ -133,7 +133,17 @@ pub fn collect(state: &State) -> Status {
         max_flows: None,
         upstreams: pool.members.iter().map(upstream_status).collect(),
     };
-    let sites = config.sites.iter().filter_map(|s| pools.site(&s.host)).map(|p| set(p)).collect();
+    // Each site, then its routes that have upstreams of their own (named `host#route`).
+    let sites = config
+        .sites
+        .iter()
+        .flat_map(|s| {
+            let routes = s.routes.iter().filter(|r| r.upstreams.is_some()).map(|r| pools.route(&s.host, &r.name));
+            std::iter::once(pools.site(&s.host)).chain(routes)
+        })
+        .flatten()
+        .map(|p| set(p))
+        .collect();
     let streams = config
         .streams
         .iter()

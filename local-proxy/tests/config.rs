@@ -22,6 +22,14 @@ fn example_config_loads() {
     let cloud = c.sites.iter().find(|s| s.host == "cloud.example.org").unwrap();
     assert!(cloud.response_headers.iter().any(|(n, v)| n == "server" && v.is_none()));
     assert!(cloud.response_headers.iter().any(|(n, _)| n == "strict-transport-security"));
+    // Routes come in match order; the outpost's is public, the others inherit the site's auth.
+    let photos = c.sites.iter().find(|s| s.host == "photos.example.org").unwrap();
+    let auth = photos.forward_auth.as_ref().unwrap();
+    assert_eq!(auth.user_header, "x-authentik-username");
+    let names: Vec<&str> = photos.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["outpost", "ws", "share"]);
+    assert!(photos.routes[0].forward_auth.is_none() && photos.routes[0].upstreams.is_some());
+    assert_eq!(photos.routes[1].forward_auth.as_ref(), Some(auth));
 }
 
 #[test]

@@ -511,6 +511,14 @@ async fn forward_auth_and_routes() {
     assert_eq!(m("down", "allowed"), 1.0);
     assert!(m("", "denied") >= 1.0, "the site's own auth counts under route=\"\"");
 
+    // Routes with their own upstreams are pools of their own in /status (named host#route).
+    let status = http_get(p.admin, "/status").await.1;
+    let json: Value = serde_json::from_str(status.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let names: Vec<&str> = json["sites"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    for pool in ["app.example.org", "app.example.org#api", "app.example.org#v2", "app.example.org#public"] {
+        assert!(names.contains(&pool), "{pool} not in /status sites: {names:?}");
+    }
+
     // The access log names the route and the user forward auth reported.
     let log = w.log.clone();
     wait_until(Duration::from_secs(5), "access log lines", || {
