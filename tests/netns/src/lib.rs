@@ -31,6 +31,7 @@ pub mod tempdir;
 pub mod tls;
 pub mod topology;
 pub mod turn;
+pub mod turn_home;
 pub mod udp_echo;
 pub mod udpflow;
 pub mod wait;

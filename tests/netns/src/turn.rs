@@ -16,7 +16,7 @@
 //!   directly from the WAN address (an L4 forwarder only carries flows started towards it).
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -33,6 +33,9 @@ pub const PEER_PORT: u16 = 3480;
 
 /// The TURN port (UDP and TCP).
 pub const PORT: u16 = 3478;
+
+/// The TURN-over-TLS port (with [`ServerConfig::tls`]).
+pub const TLS_PORT: u16 = 5349;
 
 /// Errors naming what is missing (install with `tests/netns/deps.sh`).
 pub fn require() -> Result<()> {
@@ -52,13 +55,21 @@ pub struct ServerConfig {
     pub listen: Vec<Ipv4Addr>,
     /// The one address its relay sockets bind.
     pub relay_ip: Ipv4Addr,
-    /// The relayed address advertised to clients (public part only; see the module doc).
+    /// The relayed address advertised to clients (public part; see the module doc).
     pub external_ip: Option<Ipv4Addr>,
+    /// The private part of `--external-ip PUBLIC/PRIVATE`: which relay address `external_ip`
+    /// stands for (needed when coturn sits behind a forwarder on a LAN address).
+    pub external_private: Option<Ipv4Addr>,
     pub min_port: u16,
     pub max_port: u16,
     pub user: String,
     pub password: String,
+    /// `--use-auth-secret --static-auth-secret`: time-limited credentials (the TURN REST
+    /// scheme; `turnutils_uclient -W`) instead of the static `user`/`password`.
+    pub auth_secret: Option<String>,
     pub realm: String,
+    /// (certificate, key): TLS on [`TLS_PORT`] besides plain [`PORT`].
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// `--server-relay`: no permission check on datagrams reaching the relay (non-standard).
     pub server_relay: bool,
 }
@@ -66,20 +77,34 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The command line; state (sqlite user db, pid file) goes under `dir`.
     pub fn argv(&self, dir: &Path) -> Vec<String> {
-        let mut a: Vec<String> = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--lt-cred-mech"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let mut a: Vec<String> = ["turnserver", "-n", "--no-cli", "--no-dtls"].into_iter().map(String::from).collect();
+        match &self.tls {
+            Some((cert, key)) => a.extend([
+                "--tls-listening-port".into(),
+                TLS_PORT.to_string(),
+                "--cert".into(),
+                cert.display().to_string(),
+                "--pkey".into(),
+                key.display().to_string(),
+            ]),
+            None => a.push("--no-tls".into()),
+        }
         for ip in &self.listen {
             a.extend(["--listening-ip".into(), ip.to_string()]);
         }
         a.extend(["--listening-port".into(), PORT.to_string()]);
         a.extend(["--relay-ip".into(), self.relay_ip.to_string()]);
-        if let Some(x) = self.external_ip {
-            a.extend(["--external-ip".into(), x.to_string()]);
+        match (self.external_ip, self.external_private) {
+            (Some(x), Some(p)) => a.extend(["--external-ip".into(), format!("{x}/{p}")]),
+            (Some(x), None) => a.extend(["--external-ip".into(), x.to_string()]),
+            _ => {}
         }
         a.extend(["--min-port".into(), self.min_port.to_string(), "--max-port".into(), self.max_port.to_string()]);
-        a.extend(["--user".into(), format!("{}:{}", self.user, self.password), "--realm".into(), self.realm.clone()]);
+        match &self.auth_secret {
+            Some(secret) => a.extend(["--use-auth-secret".into(), "--static-auth-secret".into(), secret.clone()]),
+            None => a.extend(["--lt-cred-mech".into(), "--user".into(), format!("{}:{}", self.user, self.password)]),
+        }
+        a.extend(["--realm".into(), self.realm.clone()]);
         if self.server_relay {
             a.push("--server-relay".into());
         }

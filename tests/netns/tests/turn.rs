@@ -37,11 +37,14 @@ fn server_config(server_relay: bool) -> ServerConfig {
         listen: vec![addr::WAN1, addr::WAN2],
         relay_ip: addr::WAN1,
         external_ip: Some(addr::INGRESS1),
+        external_private: None,
         min_port: RELAY_MIN,
         max_port: RELAY_MAX,
         user: USER.into(),
         password: PASSWORD.into(),
+        auth_secret: None,
         realm: "lbt.test".into(),
+        tls: None,
         server_relay,
     }
 }
