@@ -152,7 +152,8 @@ async fn connection(
                 debug!(stream = %name, "stream has no pool yet; closing");
                 return;
             };
-            stream::tcp::forward(stream, info, local, cfg, &pool).await;
+            let log = state.stream_logs.load().get(name);
+            stream::tcp::forward(stream, info, local, cfg, &pool, log).await;
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::metrics::names;
 use crate::pool::Pools;
 use crate::running::Running;
 use crate::state::State;
+use crate::stream::log::{StreamLogError, StreamLogs};
 use crate::tls::{self, CertStore};
 use crate::transparent;
 use crate::trust::{TrustedPeers, CONFIG_SOURCE};
@@ -33,6 +34,8 @@ pub enum StartError {
     Tls(#[from] tls::ConfigError),
     #[error("firewall: {0}")]
     Firewall(#[from] crate::firewall::Error),
+    #[error(transparent)]
+    StreamLog(#[from] StreamLogError),
 }
 
 /// Why a reload was refused; the running config and listeners stay.
@@ -43,6 +46,8 @@ pub enum ReloadError {
     /// A new listener could not be bound (port in use, address not here).
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    StreamLog(#[from] StreamLogError),
 }
 
 /// A running proxy.
@@ -78,12 +83,14 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     certs.set_sources(&config.tls);
     let pools = Pools::build(&config, None);
     let routes = Routes::build(&config, &pools)?;
+    let stream_logs = StreamLogs::build(&config)?;
     let state = Arc::new(State {
         tls: tls::server_config(certs.clone())?,
         conn_limit: Arc::new(Semaphore::new(config.http.max_connections)),
         config: ArcSwap::from_pointee(config),
         routes: ArcSwap::from_pointee(routes),
         pools: ArcSwap::from_pointee(pools),
+        stream_logs: ArcSwap::from_pointee(stream_logs),
         trusted,
         certs: certs.clone(),
         acme: Arc::default(),
@@ -242,6 +249,13 @@ impl Handle {
                 return Err(e.into());
             }
         };
+        let stream_logs = match StreamLogs::build(&new) {
+            Ok(l) => l,
+            Err(e) => {
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "invalid").increment(1);
+                return Err(e.into());
+            }
+        };
         let old = self.state.config.load_full();
         let mesh = self.mesh_for(&old, &new).await;
         let plan = listeners::plan(&new, mesh);
@@ -255,6 +269,7 @@ impl Handle {
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
             self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));
+            self.state.stream_logs.store(Arc::new(stream_logs));
             pools.start_checks(&new, &self.tasks, &self.state.shutdown);
             self.state.pools.swap(pools.clone()).stop_checks();
             let tls = new.tls.clone();

@@ -16,11 +16,18 @@ pub struct Tracked<S> {
     inner: S,
     activity: Activity,
     read_bytes: Option<metrics::Counter>,
+    /// Bytes read from `inner` so far (a stream connection's access log line).
+    read_total: u64,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Activity) -> Self {
-        Self { inner, activity, read_bytes: None }
+        Self { inner, activity, read_bytes: None, read_total: 0 }
+    }
+
+    /// Bytes read from `inner` so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read_total
     }
 
     /// Count every byte read from `inner` on `counter`.
@@ -37,6 +44,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let n = buf.filled().len() - before;
         if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
             self.activity.touch();
+            self.read_total += n as u64;
             if let Some(c) = &self.read_bytes {
                 c.increment(n as u64);
             }

@@ -21,6 +21,8 @@ pub struct State {
     pub routes: ArcSwap<Routes>,
     /// The upstream pools of every site and stream (the routes hold the sites' too).
     pub pools: ArcSwap<Pools>,
+    /// The streams' access log writers (`stream::log`), by stream name.
+    pub stream_logs: ArcSwap<crate::stream::log::StreamLogs>,
     pub trusted: Arc<TrustedPeers>,
     pub certs: Arc<CertStore>,
     /// ACME certificates' status (empty while `[acme]` is off).

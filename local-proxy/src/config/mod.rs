@@ -230,6 +230,8 @@ pub struct Stream {
     pub idle_timeout: Duration,
     /// UDP only: concurrent flows per listening socket.
     pub max_flows: usize,
+    /// One line per TCP connection or UDP flow when it ends; `None`: not logged.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Stream {

@@ -627,6 +627,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
     if s.max_flows.is_some() && protocol == Protocol::Tcp {
         c.err(f("max_flows"), "only applies to udp streams");
     }
+    let access_log = s.access_log.as_ref().and_then(|a| access_log(c, &f("access_log"), a));
     let st = Stream {
         name,
         protocol,
@@ -637,6 +638,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         connect_timeout,
         idle_timeout,
         max_flows,
+        access_log,
     };
     (c.errors.len() == before).then_some(st)
 }

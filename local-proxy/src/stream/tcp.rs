@@ -3,9 +3,11 @@
 //! that upstream and moves to the next usable one, so a refusing replica costs the client
 //! nothing. Then optionally announce the client with a PROXY v2 header and relay both ways
 //! with half-close and an idle bound. The connection holds its upstream (least_conn load)
-//! until it ends.
+//! until it ends, and is one access log line when the stream logs (`stream::log`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use shared::health::{Outcome, Source};
 use shared::proxy_protocol::{self, Command, Transport};
@@ -14,16 +16,39 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::access_log::Sink;
 use crate::admission::ClientInfo;
 use crate::config::Stream;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 use crate::pool::{Active, Pool, Tried};
+use crate::stream::log::TcpConn;
 use crate::transparent::{self, TransparentError};
 
-/// Relay `client` (already admitted, header consumed) to one of the stream's upstreams.
-pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, stream: &Stream, pool: &Pool) {
+/// Relay `client` (already admitted, header consumed) to one of the stream's upstreams;
+/// `log`: the stream's access log.
+pub async fn forward(
+    client: TcpStream,
+    info: ClientInfo,
+    local: SocketAddr,
+    stream: &Stream,
+    pool: &Pool,
+    log: Option<Arc<Sink>>,
+) {
     let name = stream.name.clone();
+    let mut line = TcpConn {
+        stream: &stream.name,
+        client: info.client,
+        listen_port: local.port(),
+        started: SystemTime::now(),
+        start: std::time::Instant::now(),
+        upstream: None,
+        result: "no_upstream",
+        end: "closed",
+        bytes_in: 0,
+        bytes_out: 0,
+        attempts: 0,
+    };
     let mut tried = Tried::default();
     let (upstream, _held) = loop {
         let Some(i) = pool.pick(tried) else {
@@ -32,10 +57,14 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
                 warn!(stream = %name, "no usable upstream; connection closed");
                 count(&name, "no_upstream");
             }
+            if let Some(sink) = &log {
+                line.send(sink);
+            }
             return;
         };
         let retry = tried != Tried::default();
         tried.insert(i);
+        line.attempts += 1;
         let Some(state) = pool.state(i) else { return };
         state.m_requests.increment(1);
         if retry {
@@ -46,9 +75,11 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
         match connect(stream, &info, target).await {
             Ok(s) => {
                 pool.record_ok(i, start.elapsed(), Source::Traffic);
+                (line.upstream, line.result) = (Some(target), "ok");
                 break (s, Active::new(state.clone()));
             }
             Err((result, reason)) => {
+                line.result = result;
                 count(&name, result);
                 if result != "transparent_failed" {
                     state.count_failure(if result == "connect_timeout" { "timeout" } else { "connect" });
@@ -66,21 +97,43 @@ pub async fn forward(client: TcpStream, info: ClientInfo, local: SocketAddr, str
     let to_client = metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "out");
     let mut client = Tracked::new(client, activity.clone()).count_reads(to_upstream);
     let mut upstream = Tracked::new(upstream, activity.clone()).count_reads(to_client);
+    line.end = relay(&mut client, &mut upstream, &activity, stream, &info).await;
+    if let Some(sink) = &log {
+        (line.bytes_in, line.bytes_out) = (client.bytes_read(), upstream.bytes_read());
+        line.send(sink);
+    }
+}
+
+/// Send the PROXY header if configured, then relay both ways until both sides are done or
+/// the connection idles out; how it ended (`closed`, `idle`, `error`).
+async fn relay(
+    client: &mut Tracked<TcpStream>,
+    upstream: &mut Tracked<TcpStream>,
+    activity: &Activity,
+    stream: &Stream,
+    info: &ClientInfo,
+) -> &'static str {
+    let name = &stream.name;
     if stream.proxy_protocol {
         let mut header = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut header, Command::Proxy, Transport::Stream, Some((info.client, info.destination)));
         if let Err(e) = upstream.write_all(&header).await {
             debug!(stream = %name, error = %e, "writing PROXY header failed");
-            return;
+            return "error";
         }
     }
     tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = res {
+        res = tokio::io::copy_bidirectional(client, upstream) => match res {
+            Ok(_) => "closed",
+            Err(e) => {
                 debug!(stream = %name, error = %e, "stream relay ended with an error");
+                "error"
             }
+        },
+        _ = activity.idle_for(stream.idle_timeout) => {
+            debug!(stream = %name, "stream idle, closed");
+            "idle"
         }
-        _ = activity.idle_for(stream.idle_timeout) => debug!(stream = %name, "stream idle, closed"),
     }
 }
 

@@ -11,7 +11,8 @@
 //! out of the listening socket, which is bound to one WAN address, so they leave by the WAN
 //! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
 //! opened (it counts as that upstream's load); when that upstream goes down, the flow's
-//! next datagram opens it anew on a usable one.
+//! next datagram opens it anew on a usable one. A stream with an access log writes one line
+//! per flow when it ends (`stream::log`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::access_log::Sink;
 use crate::admission::mesh_ingress;
 use crate::config::Stream;
 use crate::listeners::Origin;
@@ -37,6 +39,7 @@ use crate::metrics::names;
 use crate::pool::{Active, Pool, Tried};
 use crate::state::State;
 use crate::stream::flow_socket::{FlowSocket, ReplyTo};
+use crate::stream::log::{FlowCounts, FlowLog};
 use crate::transparent::{self, TransparentError};
 
 type FlowKey = (SocketAddr, SocketAddr);
@@ -54,6 +57,17 @@ struct Flow {
     header: Option<Box<[u8]>>,
     active: Gauge,
     life: FlowLife,
+    /// Its access log line, written when the flow is dropped.
+    log: Option<FlowLog>,
+}
+
+impl Flow {
+    /// Why the flow ends, for its access log line.
+    fn ending(&self, why: &'static str) {
+        if let Some(l) = &self.log {
+            l.ending(why);
+        }
+    }
 }
 
 impl FlowEntry for Flow {
@@ -146,6 +160,7 @@ async fn serve_flows(
             _ = sweep.tick() => {
                 table.set_idle(idle_of(&stream_name.load()).as_millis() as u64);
                 table.expire(now_ms(), &mut gone);
+                gone.iter().for_each(|f: &Flow| f.ending("idle"));
                 gone.clear();
                 continue;
             }
@@ -179,7 +194,9 @@ async fn serve_flows(
         let now = now_ms();
         if table.get(&key).is_some_and(|f| !f.member.is_up()) {
             // Its upstream went down: this datagram opens the flow again on a usable one.
-            drop(table.remove(&key));
+            if let Some(f) = table.remove(&key) {
+                f.ending("upstream_down");
+            }
         }
         if table.get(&key).is_none() {
             // Room first: a flood of new sources at the cap must not cost a socket each.
@@ -189,8 +206,9 @@ async fn serve_flows(
                 if let Some(p) = FlowPermits::acquire(&budget, &GLOBAL) {
                     break Some(p);
                 }
-                if table.evict_idlest(now, evict_idle).is_none() {
-                    break None;
+                match table.evict_idlest(now, evict_idle) {
+                    None => break None,
+                    Some(f) => f.ending("evicted"),
                 }
                 metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
             };
@@ -199,10 +217,22 @@ async fn serve_flows(
                 continue;
             };
             let Some(pool) = state.pools.load().stream(&stream.name).cloned() else { continue };
-            let Some(flow) =
-                open_flow(key, destination, local, stream, &pool, &socket, permits, now, epoch, &counters, flow_tasks)
-                    .await
-            else {
+            let log = state.stream_logs.load().get(&stream.name);
+            let opened = open_flow(
+                key,
+                destination,
+                local,
+                stream,
+                &pool,
+                &socket,
+                permits,
+                now,
+                epoch,
+                &counters,
+                flow_tasks,
+                log,
+            );
+            let Some(flow) = opened.await else {
                 continue;
             };
             drop(table.insert(key, flow, now));
@@ -215,7 +245,12 @@ async fn serve_flows(
             None => send_now(&flow.upstream.upstream, payload, None),
         };
         match sent {
-            Ok(_) => counters.dgrams_in.increment(1),
+            Ok(_) => {
+                counters.dgrams_in.increment(1);
+                if let Some(l) = &flow.log {
+                    l.counts.inbound(payload.len());
+                }
+            }
             Err(e) => {
                 debug!(stream = %name, error = %e, "send to upstream failed");
                 drop_count(&name, "send_failed");
@@ -272,6 +307,7 @@ async fn open_flow(
     epoch: Instant,
     counters: &Arc<Counters>,
     flow_tasks: &TaskTracker,
+    log: Option<Arc<Sink>>,
 ) -> Option<Flow> {
     let Some((index, member)) = pool.pick(Tried::default()).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
         pool.count_unavailable();
@@ -313,8 +349,10 @@ async fn open_flow(
     let last = Arc::new(AtomicU64::new(now));
     let active = metrics::gauge!(names::UDP_FLOWS_ACTIVE, "stream" => stream.name.clone());
     active.increment(1.0);
-    let pump = flow_tasks.spawn(replies(upstream.clone(), last.clone(), epoch, counters.clone()));
-    Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits) })
+    let log = log.map(|sink| FlowLog::new(sink, &stream.name, key.1, local.port(), target));
+    let counts = log.as_ref().map(|l| l.counts.clone());
+    let pump = flow_tasks.spawn(replies(upstream.clone(), last.clone(), epoch, counters.clone(), counts));
+    Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits), log })
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.
@@ -348,12 +386,23 @@ fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) 
 }
 
 /// Relay the upstream's replies to the sender until the flow ends (its task is aborted).
-async fn replies(upstream: Arc<FlowSocket>, last: Arc<AtomicU64>, epoch: Instant, counters: Arc<Counters>) {
+async fn replies(
+    upstream: Arc<FlowSocket>,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+    counters: Arc<Counters>,
+    counts: Option<Arc<FlowCounts>>,
+) {
     pump(&upstream.upstream, |reply| {
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let to = upstream.reply_to();
         match send_now(&to.socket, reply, Some(to.sender)) {
-            Ok(_) => counters.dgrams_out.increment(1),
+            Ok(_) => {
+                counters.dgrams_out.increment(1);
+                if let Some(c) = &counts {
+                    c.outbound(reply.len());
+                }
+            }
             Err(_) => drop_count(&counters.stream, "send_failed"),
         }
     })
