@@ -212,6 +212,29 @@ fn proxy_pid(home: &Host) -> Result<u32> {
     Ok(pid)
 }
 
+/// A host's Yggdrasil address (getSelf on its admin socket).
+fn ygg_address(h: &Host) -> Result<String> {
+    let out =
+        h.sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("getSelf said {out:?}"))?;
+    let a: Ipv6Addr = v["address"].as_str().and_then(|a| a.parse().ok()).with_context(|| format!("getSelf: {out}"))?;
+    Ok(a.to_string())
+}
+
+/// `mesh.trusted_ingress` of the home's rendered config, and whether the running proxy took the
+/// file (`local-proxy check` on it; the role reloads after checking).
+fn mesh_trusted(home: &Host) -> Result<BTreeSet<String>> {
+    let text = home.sh("cat /etc/local-proxy/local-proxy.toml", Duration::from_secs(10))?;
+    let mesh = text.split("\n[mesh]\n").nth(1).context("no [mesh] section")?;
+    let line = mesh
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| l.strip_prefix("trusted_ingress = "))
+        .with_context(|| format!("[mesh] has no trusted_ingress:\n{mesh}"))?;
+    let list: Vec<String> = serde_json::from_str(line).with_context(|| format!("trusted_ingress = {line}"))?;
+    Ok(list.into_iter().map(|a| a.parse::<Ipv6Addr>().map(|a| a.to_string()).unwrap_or(a)).collect())
+}
+
 /// The last lines of a unit's journal on a host (for failure messages).
 fn journal(h: &Host, unit: &str) -> String {
     h.sh(&format!("journalctl -b -u {unit} --no-pager | tail -n 25"), Duration::from_secs(10))
@@ -326,6 +349,13 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     for n in &two {
         assert_eq!(dns.dig("A", n.name).unwrap(), BTreeSet::from([n.addr.to_string()]), "A of {}", n.name);
     }
+
+    // The ingress nodes' mesh tier sends PROXY v2: the home trusts their Yggdrasil addresses
+    // for it (the role renders mesh.trusted_ingress from each node's yggdrasil_address).
+    let ygg_of = |names: &[&Node]| -> BTreeSet<String> {
+        names.iter().map(|n| ygg_address(&hosts[n.name]).unwrap_or_else(|e| panic!("{}: {e:#}", n.name))).collect()
+    };
+    assert_eq!(mesh_trusted(home).expect("mesh.trusted_ingress"), ygg_of(&two), "mesh.trusted_ingress after run 1");
 
     let ca = cert.cert.clone();
     // The client looks the name up itself (the topology's DNS server, over the topology) and
@@ -466,6 +496,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(wan_connect(&t, Role::Ingress3), "ingress3 reaches the home's WAN port once admitted");
+    assert_eq!(mesh_trusted(home).expect("mesh.trusted_ingress"), ygg_of(&three), "mesh.trusted_ingress with ingress3");
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
     phase(&format!("ingress3 added in {:.1}s: serving, published, admitted", run3.elapsed.as_secs_f64()));
 
@@ -483,6 +514,11 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!wan_connect(&t, Role::Ingress3), "ingress3 still reaches the home's WAN port");
     assert!(wan_connect(&t, Role::Ingress1), "ingress1 no longer reaches the home's WAN port");
+    assert_eq!(
+        mesh_trusted(home).expect("mesh.trusted_ingress"),
+        ygg_of(&two),
+        "mesh.trusted_ingress without ingress3"
+    );
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
     phase(&format!("ingress3 removed in {:.1}s", run4.elapsed.as_secs_f64()));
 
