@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod firewall;
+pub mod middleware;
 pub mod raw;
 pub mod routes;
 pub mod upstreams;
@@ -172,6 +173,8 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// Asked before every request that no route without it takes; `None`: no auth.
     pub forward_auth: Option<ForwardAuth>,
+    /// Rate limit, compression, CORS, hostile-client rules of paths no route takes.
+    pub middlewares: middleware::Middlewares,
 }
 
 impl Site {

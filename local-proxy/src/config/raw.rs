@@ -136,6 +136,11 @@ pub struct RawSite {
     pub routes: Vec<super::routes::RawRoute>,
     /// `forward_auth = { address = ... }`: every request asks an auth service first.
     pub forward_auth: Option<figment::value::Value>,
+    /// Middlewares (see `config::middleware`): a table, `true` (defaults) or `false`.
+    pub rate_limit: Option<figment::value::Value>,
+    pub compression: Option<figment::value::Value>,
+    pub cors: Option<figment::value::Value>,
+    pub hostile: Option<figment::value::Value>,
 }
 
 /// `upstream`: one URL or address (as before), or a list of them or of tables.

@@ -63,6 +63,12 @@ pub struct RawRoute {
     pub request_headers: BTreeMap<String, String>,
     /// A table, or `false` to turn the site's off on this route.
     pub forward_auth: Option<Value>,
+    /// Middlewares (see `config::middleware`): absent inherits the site's, a table replaces
+    /// it, `false` turns it off on this route.
+    pub rate_limit: Option<Value>,
+    pub compression: Option<Value>,
+    pub cors: Option<Value>,
+    pub hostile: Option<Value>,
 }
 
 /// `forward_auth = { ... }` as written.
@@ -96,6 +102,8 @@ pub struct Route {
     pub request_headers: HeaderRules,
     /// The route's own, else the site's; `None`: no auth (`forward_auth = false`, or none).
     pub forward_auth: Option<ForwardAuth>,
+    /// Each the route's own, else the site's.
+    pub middlewares: super::middleware::Middlewares,
 }
 
 /// How a route matches the request path.
@@ -296,6 +304,7 @@ pub(crate) struct SiteDefaults<'a> {
     pub response_headers: &'a HeaderRules,
     pub forward_auth: Option<&'a ForwardAuth>,
     pub header_sets: &'a BTreeMap<String, HeaderRules>,
+    pub middlewares: &'a super::middleware::Middlewares,
 }
 
 fn header_rules(errors: &mut Vec<FieldError>, field: &str, raw: &BTreeMap<String, String>, into: &mut HeaderRules) {
@@ -445,6 +454,13 @@ pub(crate) fn routes(
             None => Some(site.forward_auth.cloned()),
             Some(v) => forward_auth(errors, &f("forward_auth"), v),
         };
+        let raw_middlewares = super::middleware::RawFields {
+            rate_limit: r.rate_limit.as_ref(),
+            compression: r.compression.as_ref(),
+            cors: r.cors.as_ref(),
+            hostile: r.hostile.as_ref(),
+        };
+        let middlewares = super::middleware::validate(errors, &prefix, raw_middlewares, Some(site.middlewares));
         if errors.len() != before {
             continue;
         }
@@ -476,6 +492,7 @@ pub(crate) fn routes(
                 response_headers,
                 request_headers,
                 forward_auth,
+                middlewares,
             },
         ));
     }

@@ -460,11 +460,19 @@ fn site(
         }
         v => super::routes::forward_auth(&mut c.errors, &f("forward_auth"), v).flatten(),
     });
+    let raw_middlewares = super::middleware::RawFields {
+        rate_limit: s.rate_limit.as_ref(),
+        compression: s.compression.as_ref(),
+        cors: s.cors.as_ref(),
+        hostile: s.hostile.as_ref(),
+    };
+    let middlewares = super::middleware::validate(&mut c.errors, &format!("site[{i}]"), raw_middlewares, None);
     let site_defaults = super::routes::SiteDefaults {
         prefix: &format!("site[{i}]"),
         response_headers: &response_headers,
         forward_auth: forward_auth.as_ref(),
         header_sets: sets,
+        middlewares: &middlewares,
     };
     let routes = super::routes::routes(&mut c.errors, &site_defaults, &s.routes, parse_upstream);
 
@@ -482,6 +490,7 @@ fn site(
         access_log,
         routes,
         forward_auth,
+        middlewares,
     })
 }
 

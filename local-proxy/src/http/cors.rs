@@ -38,7 +38,7 @@ fn allow_origin(request: &HeaderMap, cfg: &Cors) -> Option<HeaderValue> {
 
 /// Whether the answer depends on the origin (anything but a plain `*` policy).
 fn varies(cfg: &Cors) -> bool {
-    !(cfg.allow_origins.contains(&OriginPattern::Any) && !cfg.allow_credentials)
+    cfg.allow_credentials || !cfg.allow_origins.contains(&OriginPattern::Any)
 }
 
 fn join<T: AsRef<str>>(items: &[T]) -> Option<HeaderValue> {

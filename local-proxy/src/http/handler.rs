@@ -14,6 +14,7 @@ use super::body::{full, Body};
 use super::conn::Conn;
 use super::forward::forward;
 use super::forward_auth::{self, Verdict};
+use super::middleware::Before;
 use super::pages;
 use super::routes::{request_host, SiteRoute};
 use crate::metrics::names;
@@ -110,6 +111,14 @@ async fn respond(
         return (resp, Some("bad_path"));
     };
     let mut seen = RouteSeen { route: target.route.map(str::to_string), user: None };
+    let after = match super::middleware::before(&req, conn.info.client.ip(), &target) {
+        Before::Go(after) => after,
+        Before::Answer(mut resp, label) => {
+            super::headers::apply_response(resp.headers_mut(), target.response_headers);
+            resp.extensions_mut().insert(seen);
+            return (resp, Some(label));
+        }
+    };
     let mut req = req;
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {
@@ -120,14 +129,14 @@ async fn respond(
             Verdict::Deny(mut resp, label) => {
                 super::headers::apply_response(resp.headers_mut(), target.response_headers);
                 resp.extensions_mut().insert(seen);
-                return (resp, Some(label));
+                return (after.finish(resp), Some(label));
             }
         }
     }
     super::headers::apply_request(req.headers_mut(), target.request_headers);
 
     let timeout = conn.state.config.load().http.upstream_timeout;
-    let mut resp = forward(req, &target, conn, host, timeout).await;
+    let mut resp = after.finish(forward(req, &target, conn, host, timeout).await);
     resp.extensions_mut().insert(seen);
     (resp, None)
 }

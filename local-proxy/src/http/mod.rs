@@ -2,13 +2,18 @@
 
 pub mod access;
 pub mod body;
+pub mod compress;
 mod conn;
+pub mod cors;
 mod forward;
 pub mod forward_auth;
 pub mod handler;
 pub mod head_timeout;
 pub mod headers;
+pub mod hostile;
+mod middleware;
 pub mod pages;
+pub mod ratelimit;
 mod replay;
 pub mod routes;
 pub mod serve;

@@ -11,7 +11,9 @@ use crate::config::{AccessLog, Config, Route, Site, Upstream, UpstreamSet};
 use crate::pool::{Pool, Pools};
 
 use super::forward_auth::AuthClient;
+use super::ratelimit::Limiter;
 use super::upstream::{client, ClientError, UpstreamClient};
+use crate::config::middleware::Middlewares;
 
 /// One routable site.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct SiteRoute {
     pub auth: Option<Arc<AuthClient>>,
     /// `site.routes` with their pools, in match order.
     pub paths: Vec<PathRoute>,
+    /// The site's rate limiter (paths no route takes).
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 /// One `[[site.route]]` ready to serve.
@@ -36,6 +40,8 @@ pub struct PathRoute {
     /// Its own pool, or its site's.
     pub pool: Arc<Pool>,
     pub auth: Option<Arc<AuthClient>>,
+    /// The route's own rate limiter, or (inherited) its site's.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 /// What one request goes to: a route of its site, or the site itself (no route matched, or
@@ -53,6 +59,9 @@ pub struct Target<'a> {
     /// Set on the upstream request (routes only; empty for the site).
     pub request_headers: &'a HeaderRules,
     pub auth: Option<&'a AuthClient>,
+    /// Rate limit, compression, CORS and hostile-client rules.
+    pub middlewares: &'a Middlewares,
+    pub limiter: Option<&'a Limiter>,
 }
 
 impl SiteRoute {
@@ -68,6 +77,8 @@ impl SiteRoute {
             response_headers: &self.site.response_headers,
             request_headers: &NO_HEADERS,
             auth: self.auth.as_deref(),
+            middlewares: &self.site.middlewares,
+            limiter: self.limiter.as_deref(),
         };
         if self.paths.is_empty() {
             return Ok(site);
@@ -81,6 +92,8 @@ impl SiteRoute {
             response_headers: &p.route.response_headers,
             request_headers: &p.route.request_headers,
             auth: p.auth.as_deref(),
+            middlewares: &p.route.middlewares,
+            limiter: p.limiter.as_deref(),
             ..site
         })
     }
@@ -139,6 +152,7 @@ impl Routes {
                     .map_err(|source| RoutesError::AuthClient { field, source })
             };
             let site_auth = auth(format!("site[{i}].forward_auth"), site.forward_auth.as_ref())?;
+            let site_limiter = site.middlewares.rate_limit.as_ref().map(|r| Arc::new(Limiter::new(r, &site.host, "")));
             let mut paths = Vec::with_capacity(site.routes.len());
             for r in &site.routes {
                 let pool = match r.upstreams {
@@ -154,7 +168,13 @@ impl Routes {
                 } else {
                     auth(format!("site[{i}].route {}.forward_auth", r.name), r.forward_auth.as_ref())?
                 };
-                paths.push(PathRoute { route: r.clone(), pool, auth });
+                // A route that inherits the site's rate limit shares its budget.
+                let limiter = if r.middlewares.rate_limit == site.middlewares.rate_limit {
+                    site_limiter.clone()
+                } else {
+                    r.middlewares.rate_limit.as_ref().map(|l| Arc::new(Limiter::new(l, &site.host, &r.name)))
+                };
+                paths.push(PathRoute { route: r.clone(), pool, auth, limiter });
             }
             let route = Arc::new(SiteRoute {
                 access_log: open_log(format!("site[{i}].access_log.path"), site.access_log.as_ref())?,
@@ -163,6 +183,7 @@ impl Routes {
                 pool,
                 auth: site_auth,
                 paths,
+                limiter: site_limiter,
                 site: site.clone(),
             });
             for name in site.names() {

@@ -4,7 +4,6 @@
 //! first request yet is let start one (bounded by the head read time) before it is closed, so a
 //! client accepted just before SIGTERM gets its answer instead of an empty close.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,7 @@ use tracing::debug;
 use super::conn::Conn;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
+use super::hostile;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -51,7 +51,16 @@ where
         seen.store(true, Ordering::Relaxed);
         starts.notify_one();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+        async move {
+            let resp = handle(req, conn).await;
+            // A hostile client: its access log line is written as the response drops here;
+            // failing the request makes hyper close the connection (h2: reset the stream)
+            // without writing anything.
+            if hostile::must_close(&resp) {
+                return Err(hostile::Closed);
+            }
+            Ok(resp)
+        }
     });
 
     let mut answered_408 = false;
@@ -135,6 +144,10 @@ where
         }
     };
     if let Err((result, detail)) = result {
+        if result == "hostile_closed" {
+            debug!(listener, "connection of a hostile client closed without a response");
+            return;
+        }
         // After a request, a head timeout is just an idle keep-alive connection ending.
         if result == "head_timeout" && served_one.load(Ordering::Relaxed) && !answered_408 {
             debug!(listener, "idle keep-alive connection closed");
@@ -160,7 +173,11 @@ async fn first_request_started(first_request: &AtomicBool, started: &Notify, bou
 }
 
 fn classify(e: hyper::Error) -> (&'static str, String) {
-    let result = if e.is_parse_too_large() {
+    let ours = std::error::Error::source(&e).is_some_and(|s| s.is::<hostile::Closed>());
+    let result = if ours {
+        // Counted by the hostile-client metric and logged with status 444 already.
+        "hostile_closed"
+    } else if e.is_parse_too_large() {
         "head_too_large"
     } else if e.is_timeout() {
         "head_timeout"

@@ -109,3 +109,18 @@ pub const ACME_FAILURES: &str = "local_proxy_acme_consecutive_failures";
 pub const ACME_ACCOUNT_ERRORS: &str = "local_proxy_acme_account_errors_total";
 /// ACME challenges answered by our listeners, by `challenge` (`http-01`, `tls-alpn-01`).
 pub const ACME_CHALLENGES: &str = "local_proxy_acme_challenges_answered_total";
+/// Requests refused with 429 by a site's or route's `rate_limit`, by `site` and `route` (empty: the
+/// site's own).
+pub const RATE_LIMITED: &str = "local_proxy_rate_limited_total";
+/// Clients a site's or route's rate limiter remembers now (at most its `max_clients`), by
+/// `site` and `route` (empty: the site's own).
+pub const RATE_LIMIT_CLIENTS: &str = "local_proxy_rate_limit_clients";
+/// Responses compressed, by `site` and `encoding` (`gzip`, `zstd`, `br`).
+pub const HTTP_COMPRESSED: &str = "local_proxy_http_compressed_total";
+/// CORS decisions, by `site` and `result` (`preflight`: answered with the policy;
+/// `preflight_denied`: answered without CORS headers, the origin is not allowed; `denied`: a
+/// request from an origin that is not allowed, sent on without CORS headers).
+pub const CORS: &str = "local_proxy_cors_total";
+/// Hostile-client rules that matched, by `site` and `rule` (`user_agent`: closed without a
+/// response; `header`: answered 403).
+pub const HOSTILE: &str = "local_proxy_hostile_total";
