@@ -4,8 +4,9 @@
 //! `local-proxy` in home with transparent streams for 3478/udp, 3478/tcp, 5349/tcp and the
 //! relay range (port N → port N), the ingress on both nodes forwarding those ports with PROXY
 //! v2 over both WANs, home's policy route for transparent sockets (fwmark → local table,
-//! nftables `socket transparent`), and nftables counters in lan that witness which source
-//! addresses reach the LAN host. `turnutils_uclient` runs in client against ingress1 and
+//! nftables `socket transparent`), coturn's host routing its TURN traffic to outside
+//! addresses through home by source port only (it has no default route), and nftables
+//! counters in lan that witness which source addresses reach the LAN host. `turnutils_uclient` runs in client against ingress1 and
 //! relays to a peer in stranger.
 //!
 //! An L4 forwarder only carries flows started from outside: the relay reaches a peer once the
@@ -121,6 +122,28 @@ fn configure(t: &Topology) -> Result<()> {
         ),
     )?;
     cmd::ip(t.ns(Role::Stranger), &["addr", "add", &format!("{STRANGER2}/29"), "dev", "eth0"])?;
+    coturn_host_routes(t)
+}
+
+/// coturn's host without a default route: only docs/turn.md's source rules send its TURN
+/// traffic to outside addresses through the local proxy host (home), the case of a LAN whose
+/// router is not the local proxy host. The main table is consulted first without its default
+/// route (`suppress_prefixlength 0`), so the LAN stays direct.
+fn coturn_host_routes(t: &Topology) -> Result<()> {
+    let lan = t.ns(Role::Lan);
+    let from = addr::LAN.to_string();
+    cmd::ip(lan, &["route", "del", "default"])?;
+    cmd::ip(lan, &["route", "add", "default", "via", &addr::HOME_LAN.to_string(), "table", "200"])?;
+    let relay = format!("{RELAY_MIN}-{RELAY_MAX}");
+    let ports = [("udp", "3478"), ("udp", "5349"), ("udp", relay.as_str()), ("tcp", "3478"), ("tcp", "5349")];
+    for (proto, sport) in ports {
+        let sel = ["from", from.as_str(), "ipproto", proto, "sport", sport];
+        cmd::ip(
+            lan,
+            &[&["rule", "add"][..], &sel, &["lookup", "main", "suppress_prefixlength", "0", "pref", "199"]].concat(),
+        )?;
+        cmd::ip(lan, &[&["rule", "add"][..], &sel, &["lookup", "200", "pref", "200"]].concat())?;
+    }
     Ok(())
 }
 
