@@ -54,7 +54,12 @@ fn summary(body: &str) -> String {
     let _ = writeln!(out, "{health}");
     for (kind, key) in [("site", "sites"), ("stream", "streams")] {
         for set in v[key].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "{kind} {} ({})", text(&set["name"]), text(&set["balance"]));
+            // UDP streams: open flows against the cap.
+            let flows = match (set["flows"].as_u64(), set["max_flows"].as_u64()) {
+                (Some(n), Some(cap)) => format!(", {n}/{cap} UDP flows"),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "{kind} {} ({}{flows})", text(&set["name"]), text(&set["balance"]));
             for u in set["upstreams"].as_array().into_iter().flatten() {
                 let weight = client::weight_text(u);
                 let _ = writeln!(
@@ -81,4 +86,17 @@ fn summary(body: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn udp_streams_show_their_flows() {
+        let status = r#"{"healthy": true, "sites": [], "certificates": [], "firewall": null, "streams": [
+            {"name": "dns", "balance": "least_conn", "flows": 3, "max_flows": 4096, "upstreams": []},
+            {"name": "ssh", "balance": "round_robin", "flows": null, "max_flows": null, "upstreams": []}]}"#;
+        let out = super::summary(status);
+        assert!(out.contains("stream dns (least_conn, 3/4096 UDP flows)\n"), "{out}");
+        assert!(out.contains("stream ssh (round_robin)\n"), "{out}");
+    }
 }

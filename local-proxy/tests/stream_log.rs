@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,8 +149,8 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_lines(path: &PathBuf, n: usize) -> Vec<Value> {
-    let p = path.clone();
+async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+    let p = path.to_path_buf();
     wait_until(Duration::from_secs(10), &format!("{n} lines in {}", path.display()), || {
         let p = p.clone();
         async move { lines(&p).len() >= n }
