@@ -170,10 +170,9 @@ impl AuthClient {
             }
         }
         for (name, value) in ours {
-            if c.trust_forward_header && h.contains_key(&name) {
-                continue;
-            }
-            match value {
+            // Trusted: the client's own value, whether or not auth_request_headers lists it.
+            let theirs = req.headers().get(&name).filter(|_| c.trust_forward_header).cloned();
+            match theirs.or(value) {
                 Some(v) => {
                     h.insert(name, v);
                 }
