@@ -30,6 +30,18 @@ fn example_config_loads() {
     assert_eq!(names, ["outpost", "ws", "share"]);
     assert!(photos.routes[0].forward_auth.is_none() && photos.routes[0].upstreams.is_some());
     assert_eq!(photos.routes[1].forward_auth.as_ref(), Some(auth));
+    // Middlewares: a site's defaults, a route's own rate limit over its site's, one inherited.
+    let hostile = cloud.middlewares.hostile.as_ref().unwrap();
+    assert!(hostile.close_user_agents.iter().any(|u| u == "sqlmap"));
+    assert_eq!(hostile.refuse_headers.len(), 2);
+    assert_eq!(photos.middlewares.rate_limit.as_ref().unwrap().requests, 20);
+    let share = photos.routes.iter().find(|r| r.name == "share").unwrap();
+    assert_eq!(share.middlewares.rate_limit.as_ref().unwrap().requests, 2);
+    assert!(share.middlewares.compression.is_some() && photos.middlewares.compression.is_none());
+    let ws = photos.routes.iter().find(|r| r.name == "ws").unwrap();
+    assert_eq!(ws.middlewares.rate_limit, photos.middlewares.rate_limit, "inherited");
+    let app = c.sites.iter().find(|s| s.host == "app.example.org").unwrap();
+    assert!(app.middlewares.cors.as_ref().unwrap().allow_credentials);
 }
 
 #[test]

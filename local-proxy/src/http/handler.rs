@@ -1,6 +1,8 @@
-//! One HTTP request: health, ACME challenges, redirects to HTTPS, scanner blocks, then the
-//! reverse proxy to the site's upstream. Every request is counted by site and result, and
-//! logged to its site's access log when it has one.
+//! One HTTP request: health, ACME challenges, redirects to HTTPS, scanner blocks, the route,
+//! the middlewares (`middleware`: hostile clients, rate limit, CORS preflight), forward auth,
+//! then the reverse proxy to the site's upstream, with CORS headers and compression on the
+//! way back. Every request is counted by site and result, and logged to its site's access
+//! log when it has one.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,7 +15,9 @@ pub const TLS_HANDSHAKES: &str = "local_proxy_tls_handshakes_total";
 /// (`head_too_large`, `head_timeout`, `malformed`, `idle_timeout`, `io`).
 pub const HTTP_CONNECTION_ERRORS: &str = "local_proxy_http_connection_errors_total";
 /// HTTP requests answered, by `site` (configured host or `unknown`) and `result`
-/// (`1xx`..`5xx`, `redirect`, `blocked`, `healthz`, `acme`, `unknown_site`).
+/// (`1xx`..`5xx`, `redirect`, `blocked`, `healthz`, `acme`, `unknown_site`, `bad_path`, the
+/// forward-auth results, and the middlewares': `closed` (a hostile client, never answered),
+/// `refused`, `rate_limited`, `cors_preflight`).
 pub const HTTP_REQUESTS: &str = "local_proxy_http_requests_total";
 /// Time from request head to response head, seconds, by `site`.
 pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_seconds";
