@@ -2,7 +2,9 @@
 //! ingress node: under 200 new connections a second through ingress1, `ctl drain wan1` stops
 //! new connections going to wan1 at once while connections already open on it keep
 //! exchanging lines; `ctl undrain wan1` brings it back; `ctl weight` turning 3:1 into 1:3
-//! changes the split within a second. Every connection is counted (none may fail).
+//! changes the split within a second, and a SIGHUP reload of the same file keeps both
+//! overrides (the split and `ctl status --json` say so). Every connection is counted (none
+//! may fail).
 
 mod common;
 
@@ -86,6 +88,17 @@ fn ctl_drain_and_weight_under_load() {
     let (weight_asked, _, out1) = ctl(&t, &["weight", "wan1", "1"]);
     let (_, weighted, out2) = ctl(&t, &["weight", "wan2", "3"]);
     common::phase(start, &format!("weights: {} / {}", out1.trim(), out2.trim()));
+    // Halfway through the last phase: reload the unchanged file; the overrides stay.
+    std::thread::sleep(PHASE / 2);
+    t.proc_mut("ingress1").expect("ingress1 runs").signal("HUP").expect("SIGHUP");
+    let reloaded = netns::unix_ms();
+    netns::wait::wait_until("the reload applied", Duration::from_secs(5), Duration::from_millis(20), || {
+        let m = t.scrape(Role::Ingress1)?;
+        let n = m.sum("ingress_config_reloads_total", &[("result", "applied")]);
+        netns::wait::check(n >= 1.0, || format!("{n} reloads applied"))
+    })
+    .expect("SIGHUP applied");
+    common::phase(start, "SIGHUP: reloaded");
 
     let r = run.finish(&mut t).expect("loadgen result");
     let h = held_run.finish(&mut t).expect("held loadgen result");
@@ -99,12 +112,13 @@ fn ctl_drain_and_weight_under_load() {
     let back = share(&t, &r.records, undrained, weight_asked);
     let first_second = share(&t, &r.records, weighted, weighted + 1000);
     let after = share(&t, &r.records, weighted, end);
+    let after_reload = share(&t, &r.records, reloaded + 100, end);
     let held_wan1: Vec<&Record> =
         h.records.iter().filter(|x| x.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1")).collect();
     common::report(&format!(
         "RESULT ctl drain/weight under 200 conn/s: 3:1 wan1 {:.3} ({}:{}); drained wan1 {} wan2 {}; undrained {:.3} ({}:{}); \
-         weights 1:3 first second {:.3} ({}:{}), whole phase {:.3} ({}:{}); held connections {} ok of {} ({} on wan1, \
-         opened before the drain, lasting {} ms)",
+         weights 1:3 first second {:.3} ({}:{}), whole phase {:.3} ({}:{}), after a SIGHUP {:.3} ({}:{}); held \
+         connections {} ok of {} ({} on wan1, opened before the drain, lasting {} ms)",
         before.0,
         before.1,
         before.2,
@@ -119,6 +133,9 @@ fn ctl_drain_and_weight_under_load() {
         after.0,
         after.1,
         after.2,
+        after_reload.0,
+        after_reload.1,
+        after_reload.2,
         h.summary.ok,
         h.summary.started,
         held_wan1.len(),
@@ -132,6 +149,25 @@ fn ctl_drain_and_weight_under_load() {
     // 1:3 gives 0.25; the change doing nothing would leave 0.75.
     assert!((0.1..=0.4).contains(&first_second.0) && first_second.1 + first_second.2 >= 100, "{first_second:?}");
     assert!((0.1..=0.4).contains(&after.0), "1:3 after the weight change: {after:?}");
+    assert!(
+        (0.1..=0.4).contains(&after_reload.0) && after_reload.1 + after_reload.2 >= 100,
+        "the overrides survive a reload of the same file: {after_reload:?}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl(&t, &["status", "--json"]).2).expect("ctl status --json prints JSON");
+    let over = |name: &str| {
+        status["pools"][0]["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .map(|p| (p["weight"].as_u64(), p["weight_override"].as_u64()))
+    };
+    assert_eq!(
+        (over("wan1"), over("wan2")),
+        (Some((Some(1), Some(1))), Some((Some(3), Some(3)))),
+        "overrides after the SIGHUP: {status:#}"
+    );
     // The long connections: every one ok, those on wan1 kept going through the whole drain.
     assert_eq!(h.summary.failed, 0, "{}", scenario::describe_failures(&h.records, h.summary.start_ms));
     assert!(!held_wan1.is_empty(), "no long connection landed on wan1: {:?}", h.summary.backends);
