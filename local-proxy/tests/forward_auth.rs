@@ -184,6 +184,8 @@ async fn decide(
 struct Running {
     _child: Child,
     mesh_http: SocketAddr,
+    mesh_https: SocketAddr,
+    ca: PathBuf,
     wan_http: SocketAddr,
     admin: SocketAddr,
 }
@@ -229,7 +231,9 @@ certbot_live_dir = "{live}"
         || async move { TcpStream::connect(mesh_http).await.is_ok() },
     )
     .await;
-    Running { _child: child, mesh_http, wan_http, admin: format!("127.0.0.1:{admin}").parse().unwrap() }
+    let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
+    let admin = format!("127.0.0.1:{admin}").parse().unwrap();
+    Running { _child: child, mesh_http, mesh_https, ca: dir.join("ca.pem"), wan_http, admin }
 }
 
 /// An answer: status, headers, body.
@@ -527,6 +531,26 @@ async fn forward_auth_and_routes() {
     let s = connect_with_proxy("127.0.0.2".parse().unwrap(), p.wan_http, client).await;
     assert_eq!(get_on(s, "/api/items", &[("cookie", &cookie)]).await.status, 200);
     assert_eq!(w.auth.last_seen()["x-forwarded-for"], "203.0.113.7");
+
+    // h2 over TLS: the name comes from :authority, the scheme is https.
+    let cookie_arg = format!("cookie: {cookie}");
+    let args = ["--http2", "-H", cookie_arg.as_str(), "-H", "x-user-role: admin"];
+    let (out, err, ok) = curl(&args, "app.example.org", p.mesh_https, &p.ca, "/api/h2?q=1").await;
+    assert!(ok && out.contains("upstream: api") && out.contains("x-user-role: viewer\n"), "{err}{out}");
+    assert!(!out.contains("x-user-role: admin"), "{out}");
+    let seen = w.auth.last_seen();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-uri"], "/api/h2?q=1");
+    assert_eq!(seen["x-forwarded-host"], format!("app.example.org:{}", p.mesh_https.port()).as_str());
+    let (out, err, _) = curl(
+        &["--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"],
+        "app.example.org",
+        p.mesh_https,
+        &p.ca,
+        "/api/h2",
+    )
+    .await;
+    assert_eq!(out, "302 2", "{err}");
 
     // WebSocket through auth: refused without a token, upgraded and echoing with one.
     {
