@@ -1,10 +1,10 @@
 //! Runtime control in the topology, through `ingress ctl` as an operator would type it on the
-//! ingress node: under 200 new connections a second through ingress1, `ctl drain wan1` stops
-//! new connections going to wan1 at once while connections already open on it keep
-//! exchanging lines; `ctl undrain wan1` brings it back; `ctl weight` turning 3:1 into 1:3
-//! changes the split within a second, and a SIGHUP reload of the same file keeps both
-//! overrides (the split and `ctl status --json` say so). Every connection is counted (none
-//! may fail).
+//! ingress node: under 200 new connections a second through ingress1, a wrong token is
+//! refused (401) and changes nothing; `ctl drain wan1` stops new connections going to wan1 at
+//! once while connections already open on it keep exchanging lines; `ctl undrain wan1` brings
+//! it back; `ctl weight` turning 3:1 into 1:3 changes the split within a second, and a SIGHUP
+//! reload of the same file keeps both overrides (the split and `ctl status --json` say so).
+//! Every connection is counted (none may fail).
 
 mod common;
 
@@ -75,6 +75,18 @@ fn ctl_drain_and_weight_under_load() {
     };
     let held_run = t.start_load(Role::Client, "held", held).expect("start the held connections");
     let run = t.start_load(Role::Client, "load", load).expect("start loadgen");
+    // A wrong token is refused (401) and changes nothing: the 3:1 split of this phase holds.
+    let wrong = t.dir().join("wrong-token");
+    std::fs::write(&wrong, "netns-wrong-token-0123456789abcdef\n").expect("write the wrong token");
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).expect("token mode");
+    let wrong_conf = t.dir().join("ingress1-wrong-token.toml");
+    let good = cfg.token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let text = std::fs::read_to_string(t.dir().join("ingress1.toml")).expect("ingress1.toml");
+    std::fs::write(&wrong_conf, text.replace(&good, &wrong.display().to_string())).expect("write the config");
+    let bin = t.bins.ingress.display().to_string();
+    let argv = [bin.as_str(), "-c", wrong_conf.to_str().unwrap_or(""), "ctl", "drain", "wan1"];
+    let refused = netns::cmd::exec(t.ns(Role::Ingress1), &argv, Duration::from_secs(10)).expect("run ctl");
+    assert!(!refused.status.success() && refused.stderr.contains("401"), "{refused:?}");
     std::thread::sleep(PHASE);
 
     let (_, drained, out) = ctl(&t, &["drain", "wan1"]);
