@@ -676,7 +676,7 @@ async fn hostile_clients_are_closed_or_refused_and_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let nginx = Nginx::start(tmp.path()).await;
     nginx.file("index.html", b"hello\n");
-    let (proxy, ca) = start(tmp.path(), nginx.addr, "hostile = true").await;
+    let (proxy, ca) = start(tmp.path(), nginx.addr, "hostile = true\nblock_scanners = true").await;
 
     // A scanner's user agent over HTTP/1.1: the connection closes without a single byte.
     let mut s = TcpStream::connect(proxy.mesh_http).await.unwrap();
@@ -702,16 +702,21 @@ async fn hostile_clients_are_closed_or_refused_and_logged() {
         let a = exchange(&mut s, &get_head("/cf", &format!("{header}\r\n"))).await.unwrap();
         assert_eq!(a.status, 403, "{header}");
     }
+    // A scanner path: a scanner that names itself is closed there too, anyone else gets 404.
+    let mut s = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    assert!(exchange(&mut s, &get_head("/wp-admin/", "User-Agent: WPScan v3.8.25\r\n")).await.is_none());
+    let mut s = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    assert_eq!(exchange(&mut s, &get_head("/wp-admin/", "")).await.unwrap().status, 404);
     // Anyone else passes, another CDN's loop header included.
     let mut s = TcpStream::connect(proxy.mesh_http).await.unwrap();
     let ua = "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\nCDN-Loop: Fastly\r\n";
     assert_eq!(exchange(&mut s, &get_head("/index.html", ua)).await.unwrap().status, 200);
 
-    assert_eq!(proxy.metric("local_proxy_hostile_total", &[("site", "a.test"), ("rule", "user_agent")]).await, 2.0);
+    assert_eq!(proxy.metric("local_proxy_hostile_total", &[("site", "a.test"), ("rule", "user_agent")]).await, 3.0);
     assert_eq!(proxy.metric("local_proxy_hostile_total", &[("site", "a.test"), ("rule", "header")]).await, 2.0);
-    let lines = wait_log(&proxy.log, "5 lines", |ls| ls.len() >= 5).await;
+    let lines = wait_log(&proxy.log, "7 lines", |ls| ls.len() >= 7).await;
     let closed: Vec<&Value> = lines.iter().filter(|l| l["status"] == 444).collect();
-    assert_eq!(closed.len(), 2, "{lines:#?}");
+    assert_eq!(closed.len(), 3, "{lines:#?}");
     assert!(closed.iter().all(|l| l["result"] == "closed" && l["bytes_sent"] == 0));
     assert!(closed.iter().any(|l| l["proto"] == "HTTP/2"));
     assert_eq!(lines.iter().filter(|l| l["status"] == 403 && l["result"] == "refused").count(), 2);

@@ -101,12 +101,6 @@ async fn respond(
         return (pages::redirect(&format!("https://{host}{target}")), Some("redirect"));
     }
 
-    if is_blocked(path, &route.site.blocked_paths) {
-        let mut resp = pages::not_found("Nothing here.");
-        super::headers::apply_response(resp.headers_mut(), &route.site.response_headers);
-        return (resp, Some("blocked"));
-    }
-
     let Ok(target) = route.target(path) else {
         let mut resp = pages::error(StatusCode::BAD_REQUEST, "This path cannot be served.");
         super::headers::apply_response(resp.headers_mut(), &route.site.response_headers);
@@ -121,6 +115,13 @@ async fn respond(
             return (resp, Some(label));
         }
     };
+    // After the hostile-client rules: a scanner that names itself is closed, whatever it asks.
+    if is_blocked(path, &route.site.blocked_paths) {
+        let mut resp = pages::not_found("Nothing here.");
+        super::headers::apply_response(resp.headers_mut(), target.response_headers);
+        resp.extensions_mut().insert(seen);
+        return (after.finish(resp), Some("blocked"));
+    }
     let mut req = req;
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {

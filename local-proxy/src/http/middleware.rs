@@ -4,7 +4,7 @@
 //! 1. hostile-client rules: a scanner's user agent is closed unanswered, a refused header 403;
 //! 2. the rate limit (preflights count too): 429 with `Retry-After`;
 //! 3. a CORS preflight is answered here, 204;
-//! 4. (forward auth and the upstream, in the handler);
+//! 4. (scanner paths, forward auth and the upstream, in the handler);
 //! 5. on the way back, every response (the upstream's, an auth denial, a 429) gets the CORS
 //!    headers and is compressed where the rules allow.
 //!
