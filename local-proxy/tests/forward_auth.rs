@@ -1,6 +1,9 @@
-//! Routes inside a site and forward auth, with the binary as deployed. No identity provider
-//! installs here from Debian (no authelia, authentik, oauth2-proxy or vouch-proxy package in
-//! bookworm or backports), so the auth service is a small one in this file that does what
+//! Routes inside a site and forward auth, with the binary as deployed. No HTTP forward-auth
+//! identity provider installs here from Debian: bookworm and its backports have no authelia,
+//! authentik, oauth2-proxy or vouch-proxy package, and the one Web-SSO they have, lemonldap-ng,
+//! checks requests as a FastCGI server behind nginx's auth_request (401 plus a Location for
+//! nginx to redirect to), not as an HTTP endpoint. So the auth service is a small one in this
+//! file that does what
 //! Authelia's `/api/authz/forward-auth` and Authentik's `/outpost.goauthentik.io/auth/traefik`
 //! do: it reads a session token (a real ES256 JWT, signed and validated with `jsonwebtoken`)
 //! from a cookie or a bearer header and answers 302 to its login page (with a `Set-Cookie`)
@@ -183,6 +186,8 @@ async fn decide(
 
 struct Running {
     _child: Child,
+    pid: String,
+    config: PathBuf,
     mesh_http: SocketAddr,
     mesh_https: SocketAddr,
     ca: PathBuf,
@@ -223,6 +228,7 @@ certbot_live_dir = "{live}"
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let pid = child.id().unwrap().to_string();
     let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
     let wan_http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     wait_until(
@@ -233,7 +239,7 @@ certbot_live_dir = "{live}"
     .await;
     let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
     let admin = format!("127.0.0.1:{admin}").parse().unwrap();
-    Running { _child: child, mesh_http, mesh_https, ca: dir.join("ca.pem"), wan_http, admin }
+    Running { _child: child, pid, config: file, mesh_http, mesh_https, ca: dir.join("ca.pem"), wan_http, admin }
 }
 
 /// An answer: status, headers, body.
@@ -650,4 +656,71 @@ async fn forward_auth_and_routes() {
     assert_eq!((denied["status"].as_u64(), denied["result"].as_str()), (Some(302), Some("auth_denied")));
     let other = lines.iter().find(|l| l["uri"] == "/other" && l["status"] == 200).unwrap();
     assert_eq!(other["route"], Value::Null, "no route: the site's own settings");
+}
+
+/// Rewrite the config replacing `from` by `to`, send SIGHUP, wait until the reload counter
+/// with `result` has moved.
+async fn reload(p: &Running, from: &str, to: &str, result: &str) {
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    assert!(text.contains(from), "{from} not in the config");
+    std::fs::write(&p.config, text.replace(from, to)).unwrap();
+    let reloads = |admin| async move {
+        metric_value(&http_get(admin, "/metrics").await.1, "local_proxy_config_reloads_total", &[("result", result)])
+    };
+    let before = reloads(p.admin).await;
+    assert!(run_tool("kill", &["-HUP", &p.pid], b"").await.status.success());
+    let admin = p.admin;
+    wait_until(Duration::from_secs(10), &format!("a reload counted {result}"), || async move {
+        reloads(admin).await > before
+    })
+    .await;
+}
+
+/// Routes and forward auth change with a reload: a public route becomes protected, a new
+/// route appears, and a reload with a bad route is refused while the old routes serve on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_follow_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keys::new());
+    let auth = AuthService::start(keys.clone()).await;
+    let (site, api, extra) = (echo_upstream("site").await, echo_upstream("api").await, echo_upstream("extra").await);
+    let a = auth.addr;
+    let p = start(
+        tmp.path(),
+        &format!(
+            r#"
+[[site]]
+host = "app.example.org"
+upstream = "http://{site}"
+[[site.route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "http://{api}"
+# forward_auth: none yet
+"#
+        ),
+    )
+    .await;
+    assert_eq!(get(&p, "/api/x", &[]).await.echoed("upstream"), ["api"]);
+    assert_eq!(get(&p, "/extra/x", &[]).await.echoed("upstream"), ["site"]);
+
+    let protected = format!(
+        r#"forward_auth = {{ address = "http://{a}/api/authz/forward-auth", auth_response_headers = ["X-User-Id"] }}
+[[site.route]]
+name = "extra"
+path_prefix = "/extra/"
+upstream = "http://{extra}""#
+    );
+    reload(&p, "# forward_auth: none yet", &protected, "ok").await;
+    assert_eq!(get(&p, "/api/x", &[]).await.status, 302, "the route is protected after the reload");
+    let cookie = format!("session={}", keys.token("alice", "42", None, 300));
+    let a = get(&p, "/api/x", &[("cookie", &cookie), ("x-user-id", "0")]).await;
+    assert_eq!((a.echoed("upstream"), a.echoed("x-user-id")), (vec!["api"], vec!["42"]));
+    assert_eq!(get(&p, "/extra/x", &[]).await.echoed("upstream"), ["extra"], "the new route serves");
+
+    // A bad route: refused, the routes before it serve on.
+    reload(&p, r#"path_prefix = "/extra/""#, r#"path_prefix = "extra""#, "invalid").await;
+    assert_eq!(get(&p, "/extra/x", &[]).await.echoed("upstream"), ["extra"]);
+    assert_eq!(get(&p, "/api/x", &[]).await.status, 302);
+    assert!(auth.asked() >= 3);
 }
