@@ -175,11 +175,12 @@ fn turn_relayed_call_survives_wan1_cut() {
          their transparent socket"
     ));
     assert!(migrated > 0.0 && moved > 0.0, "nothing moved (migrated {migrated}, moved {moved}): was anything on wan1?");
-    // Loss bounded by the detection window: a flow that lost its allocation would lose the
-    // whole rest of its call (8 s × 100/s per client).
+    // Loss bounded by the detection window: at most ~1 s × 100/s for each of the 4 calls
+    // (10 %; measured 3-5 %). A call whose allocation or relay flow did not survive the move
+    // would lose the rest of it, ~9 s × 100/s: one such call alone is over 20 % of the total.
     let sent = r.send_msgs;
     assert_eq!(sent, u64::from(clients * messages), "messages sent\n{text}");
-    assert!(r.lost * 4 <= sent, "lost {} of {sent}: the calls did not go on over wan2\n{text}", r.lost);
+    assert!(r.lost * 8 <= sent, "lost {} of {sent}: the calls did not go on over wan2\n{text}", r.lost);
     common::phase(start, "done");
 }
 
