@@ -19,7 +19,7 @@ async fn check_validates_example_and_names_bad_fields() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local-proxy.toml");
     let out = run_tool(BIN, &["check", "-c", example], b"").await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (9 sites, 11 streams)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (10 sites, 11 streams)"));
 
     let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid/stream-range-mismatch.toml");
     let out = run_tool(BIN, &["check", "-c", bad], b"").await;
