@@ -112,13 +112,24 @@ fn configure(t: &Topology) -> Result<()> {
         t.ns(Role::Lan),
         &format!(
             "table inet witness {{\n counter peer {{}}\n counter peer_data {{}}\n counter stranger {{}}\n\
-             counter client_udp {{}}\n counter client_tcp {{}}\n\
+             counter client_udp {{}}\n counter client_tcp {{}}\n counter to_peer {{}}\n\
+             chain output {{\n  type filter hook output priority 0; policy accept;\n\
+             ip daddr {peer} udp sport {RELAY_MIN}-{RELAY_MAX} counter name \"to_peer\"\n }}\n\
              chain input {{\n  type filter hook input priority 0; policy accept;\n\
              ip saddr {peer} {relay} counter name \"peer\"\n\
              ip saddr {peer} {relay} udp length {data_len} counter name \"peer_data\"\n\
              ip saddr {stranger} {relay} counter name \"stranger\"\n\
              ip saddr {client} udp dport 3478 counter name \"client_udp\"\n\
              ip saddr {client} tcp dport {{ 3478, 5349 }} counter name \"client_tcp\"\n }}\n}}\n"
+        ),
+    )?;
+    // What reaches the peer from the relayed address (ingress1's relay ports).
+    nft(
+        t.ns(Role::Stranger),
+        &format!(
+            "table inet witness {{\n counter from_relay {{}}\n chain input {{\n  type filter hook input priority 0; \
+             policy accept;\n  ip saddr {ing} udp sport {RELAY_MIN}-{RELAY_MAX} counter name \"from_relay\"\n }}\n}}\n",
+            ing = addr::INGRESS1
         ),
     )?;
     cmd::ip(t.ns(Role::Stranger), &["addr", "add", &format!("{STRANGER2}/29"), "dev", "eth0"])?;
@@ -148,9 +159,18 @@ fn coturn_host_routes(t: &Topology) -> Result<()> {
 }
 
 /// Packets the LAN host's counter `name` saw (`peer`, `peer_data`: the peer's echoes,
-/// `stranger`, `client_udp`, `client_tcp`).
+/// `stranger`, `client_udp`, `client_tcp`; `to_peer`: coturn's datagrams to the peer).
 pub fn witness(t: &Topology, name: &str) -> Result<u64> {
-    let out = t.exec(Role::Lan, &["nft", "list", "counter", "inet", "witness", name], cmd::DEFAULT_TIMEOUT)?;
+    counter(t, Role::Lan, name)
+}
+
+/// Datagrams that reached the peer's host from ingress1's relay ports.
+pub fn at_peer_from_relay(t: &Topology) -> Result<u64> {
+    counter(t, Role::Stranger, "from_relay")
+}
+
+fn counter(t: &Topology, role: Role, name: &str) -> Result<u64> {
+    let out = t.exec(role, &["nft", "list", "counter", "inet", "witness", name], cmd::DEFAULT_TIMEOUT)?;
     out.split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)

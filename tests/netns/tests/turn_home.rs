@@ -3,6 +3,8 @@
 //! ingress1, relaying to a peer in stranger through the relay range, coturn in lan behind the
 //! local proxy's transparent streams.
 //!
+//! - before the peer has sent to the relayed address, coturn's datagrams to it arrive nowhere
+//!   (counted leaving coturn's host and arriving at the peer's);
 //! - relayed to `turnutils_peer` over UDP, TCP and TLS control connections: messages sent,
 //!   received, lost; the LAN host sees the client's and the peer's real addresses (nftables
 //!   counters there), coturn logs the client's; a stranger address answering without a
@@ -51,11 +53,27 @@ fn coturn_lines(t: &mut Topology, needle: &str) -> Vec<String> {
 fn turn_relay_to_outside_peer_with_real_addresses() {
     let start = Instant::now();
     let mut t = setup(start);
+    // Before the peer has sent anything: coturn's datagrams to it find no flow to ride (an
+    // L4 forwarder cannot originate one) and none reaches it.
+    t.spawn(Role::Client, "uclient-unprimed", &uclient_argv(1, 300, &[])).expect("spawn uclient");
+    wait_until("coturn sending to the peer", Duration::from_secs(10), Duration::from_millis(50), || {
+        let n = witness(&t, "to_peer")?;
+        check(n >= 100, || format!("{n} datagrams from the relay to the peer"))
+    })
+    .expect("the relay sends to the peer");
+    t.stop("uclient-unprimed").expect("stop uclient");
+    let (sent, arrived) = (w(&t, "to_peer"), home::at_peer_from_relay(&t).expect("peer counter"));
+    common::report(&format!(
+        "RESULT turn_home before the peer sent: coturn sent {sent} datagrams to it, {arrived} arrived"
+    ));
+    assert_eq!(arrived, 0, "relay datagrams reached a peer that never sent to the relayed address");
+    // The peer's first datagrams (its ICE checks) open the flows; from then on all arrive.
     prime_relay_range(&t, addr::STRANGER).expect("prime the relay range");
     start_peer(&mut t).expect("turnutils_peer");
     let messages = 50;
     for (what, extra) in [("udp", &[][..]), ("tcp", &["-t"][..]), ("tls", &["-t", "-S", "-p", "5349"][..])] {
         let (peer0, client_udp0, client_tcp0) = (w(&t, "peer_data"), w(&t, "client_udp"), w(&t, "client_tcp"));
+        let arrived0 = home::at_peer_from_relay(&t).expect("peer counter");
         let t0 = Instant::now();
         let (r, out) =
             uclient(&t, &uclient_argv(2, messages, extra), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
@@ -64,6 +82,8 @@ fn turn_relay_to_outside_peer_with_real_addresses() {
         assert_eq!(r.send_msgs, want, "{what}: messages sent\n{out}");
         assert!(r.recv_msgs + 2 >= want && r.lost <= 2, "{what}: {} of {want} came back\n{out}", r.recv_msgs);
         let peer = w(&t, "peer_data") - peer0;
+        let arrived = home::at_peer_from_relay(&t).expect("peer counter") - arrived0;
+        assert!(arrived >= r.recv_msgs, "{what}: only {arrived} relay datagrams reached the peer");
         assert!(peer >= r.recv_msgs, "{what}: only {peer} datagrams reached lan from the peer's own address");
         let control = if what == "udp" { w(&t, "client_udp") - client_udp0 } else { w(&t, "client_tcp") - client_tcp0 };
         assert!(control > 0, "{what}: nothing reached coturn from the client's own address");
