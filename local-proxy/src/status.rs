@@ -242,10 +242,13 @@ fn upstream_status(m: &crate::pool::Member) -> UpstreamStatus {
 /// unhealthy when it is.
 pub fn summary(s: &Status) -> String {
     let sets = |list: &[SetStatus]| {
-        let serving = list.iter().filter(|x| x.upstreams.iter().any(|u| u.state == "up")).count();
+        // `sites` also lists the pools of routes with upstreams of their own (`host#route`):
+        // their upstreams count, but they are not sites of their own.
+        let own = || list.iter().filter(|x| !x.name.contains('#'));
+        let serving = own().filter(|x| x.upstreams.iter().any(|u| u.state == "up")).count();
         let ups: Vec<&UpstreamStatus> = list.iter().flat_map(|x| &x.upstreams).collect();
         let up = ups.iter().filter(|u| u.state == "up").count();
-        (serving, list.len(), up, ups.len())
+        (serving, own().count(), up, ups.len())
     };
     let mut parts = Vec::new();
     if !s.sites.is_empty() {
@@ -271,5 +274,62 @@ pub fn summary(s: &Status) -> String {
     match &s.unhealthy {
         Some(why) => format!("UNHEALTHY: {why}; {line}"),
         None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, states: &[&'static str]) -> SetStatus {
+        let upstream = |state: &'static str| UpstreamStatus {
+            upstream: "http://192.0.2.1:80".into(),
+            up: state == "up",
+            state,
+            drained: state == "drained",
+            backup: false,
+            weight: 1,
+            configured_weight: 1,
+            weight_override: None,
+            fail_avg: 0.0,
+            active: 0,
+        };
+        SetStatus {
+            name: name.into(),
+            protocol: None,
+            listen_ports: None,
+            balance: "round_robin",
+            critical: false,
+            flows: None,
+            max_flows: None,
+            upstreams: states.iter().map(|s| upstream(s)).collect(),
+        }
+    }
+
+    /// A route's own pool (`host#route`) adds its upstreams to the count, not a site: two
+    /// sites, one serving, whatever their routes' pools say.
+    #[test]
+    fn route_pools_are_not_counted_as_sites() {
+        let s = Status {
+            schema: SCHEMA,
+            binary: "local-proxy",
+            version: "0",
+            now_ms: 0,
+            started_ms: 0,
+            healthy: true,
+            unhealthy: None,
+            control: false,
+            sites: vec![
+                set("a.example.org", &["up", "down"]),
+                set("a.example.org#api", &["up"]),
+                set("b.example.org", &["down"]),
+                set("b.example.org#photos", &["up"]),
+            ],
+            streams: vec![],
+            certificates: vec![],
+            firewall: None,
+            events: vec![],
+        };
+        assert_eq!(summary(&s), "sites 1/2 serving (upstreams 3/5 up); no certificate; firewall off");
     }
 }
