@@ -104,6 +104,17 @@ fn configure(t: &Topology) -> Result<()> {
         "table inet local_proxy_transparent {\n chain prerouting {\n  type filter hook prerouting priority mangle; \
          policy accept;\n  socket transparent 1 meta mark set 1 accept\n }\n}\n",
     )?;
+    // The relay guard (docs/turn.md): coturn's relay datagrams that found no flow are dropped
+    // here instead of leaving by a WAN.
+    nft(
+        home,
+        &format!(
+            "table inet local_proxy_turn_guard {{\n chain forward {{\n  type filter hook forward priority filter; \
+             policy accept;\n  ip saddr {lan} udp sport {RELAY_MIN}-{RELAY_MAX} oifname {{ \"wan1\", \"wan2\" }} \
+             counter drop\n }}\n}}\n",
+            lan = addr::LAN
+        ),
+    )?;
     let (peer, stranger, client) = (addr::STRANGER, STRANGER2, addr::CLIENT);
     // The UDP length of uclient's messages, which the peer echoes.
     let data_len = MESSAGE_LEN + 8;
@@ -164,13 +175,27 @@ pub fn witness(t: &Topology, name: &str) -> Result<u64> {
     counter(t, Role::Lan, name)
 }
 
+/// coturn's relay datagrams home's relay guard dropped (they found no flow).
+pub fn guard_drops(t: &Topology) -> Result<u64> {
+    let out = t.exec(
+        Role::Home,
+        &["nft", "list", "chain", "inet", "local_proxy_turn_guard", "forward"],
+        cmd::DEFAULT_TIMEOUT,
+    )?;
+    packets(&out)
+}
+
 /// Datagrams that reached the peer's host from ingress1's relay ports.
 pub fn at_peer_from_relay(t: &Topology) -> Result<u64> {
     counter(t, Role::Stranger, "from_relay")
 }
 
 fn counter(t: &Topology, role: Role, name: &str) -> Result<u64> {
-    let out = t.exec(role, &["nft", "list", "counter", "inet", "witness", name], cmd::DEFAULT_TIMEOUT)?;
+    packets(&t.exec(role, &["nft", "list", "counter", "inet", "witness", name], cmd::DEFAULT_TIMEOUT)?)
+}
+
+/// The first `packets N` in nft's listing.
+fn packets(out: &str) -> Result<u64> {
     out.split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)
