@@ -17,16 +17,12 @@ use netns::aptrepo::{self, AptRepo, Controller, REPO_PORT};
 use netns::nspawn::{self, Host, HostSpec, Rootfs, Ssh};
 use netns::topology::{addr, Options, Role};
 
-fn cache_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("nspawn")
-}
-
 #[test]
 fn two_booted_hosts_reached_over_ssh_install_from_the_local_repo() {
     let t0 = Instant::now();
     nspawn::require().unwrap_or_else(|e| panic!("{e:#}"));
     aptrepo::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let cache = cache_dir();
+    let cache = common::cache_dir();
     let rootfs = Rootfs::get(&cache).unwrap_or_else(|e| panic!("root filesystem: {e:#}"));
     let rootfs_s = rootfs.built_in.map(|d| d.as_secs_f64());
     common::phase(t0, &format!("root filesystem {} (built in {rootfs_s:?} s)", rootfs.path.display()));

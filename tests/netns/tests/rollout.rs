@@ -40,46 +40,6 @@ const TTL: u32 = 5;
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 const YGG_PORT: u16 = 7991;
 
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("nspawn")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
-}
-
-/// The project's packages: the newest `target/debian/<name>_*_amd64.deb`, made with
-/// `scripts/package` when there is none.
-fn project_debs() -> Result<(PathBuf, PathBuf)> {
-    let dir = repo_root().join("target/debian");
-    let find = |name: &str| -> Option<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with("_amd64.deb"))
-            })
-            .collect();
-        v.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-        v.pop()
-    };
-    if find("ingress").is_none() || find("local-proxy").is_none() {
-        eprintln!("rollout: no packages in {}: running scripts/package", dir.display());
-        let script = repo_root().join("scripts/package").display().to_string();
-        let out = cmd::run_full(&[&script], None, Duration::from_secs(1500))?;
-        if !out.status.success() {
-            bail!("scripts/package failed ({}): {}\n{}", out.status, out.stderr.trim(), out.stdout.trim());
-        }
-    }
-    Ok((
-        find("ingress").context("scripts/package made no ingress .deb")?,
-        find("local-proxy").context("scripts/package made no local-proxy .deb")?,
-    ))
-}
-
 struct Node {
     name: &'static str,
     role: Role,
@@ -263,11 +223,11 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     tls::require().unwrap_or_else(|e| panic!("{e:#}"));
 
     // Before any namespace exists: the root filesystem, Debian's .debs, the project's .debs.
-    let cache = cache_dir();
+    let cache = common::cache_dir();
     let rootfs = Rootfs::get(&cache).unwrap_or_else(|e| panic!("root filesystem: {e:#}"));
     let rootfs_s = rootfs.built_in.map(|d| format!("{:.1}", d.as_secs_f64())).unwrap_or_else(|| "cached".into());
     let ygg_debs = aptrepo::download(&cache, &["yggdrasil/bookworm-backports"]).unwrap_or_else(|e| panic!("{e:#}"));
-    let debs = project_debs().unwrap_or_else(|e| panic!("{e:#}"));
+    let debs = common::project_debs().unwrap_or_else(|e| panic!("{e:#}"));
     phase(&format!("root filesystem ({rootfs_s}), packages {} {}", debs.0.display(), debs.1.display()));
 
     let mut t = common::build(Options { mesh: false, backends: false });
@@ -326,7 +286,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     write_inventory(&inv_path, &inventory(&two, &ssh, &repo_url, &dns.secret, &debs));
     let ansible = Ansible {
         ns: ctl.ns().to_string(),
-        dir: repo_root().join("ansible"),
+        dir: common::repo_root().join("ansible"),
         inventory: inv_path.clone(),
         logdir: dir.clone(),
     };

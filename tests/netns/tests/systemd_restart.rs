@@ -14,7 +14,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,46 +33,6 @@ const STREAM_PORT: u16 = 9000;
 /// The ingress's service port.
 const SERVICE_PORT: u16 = 7000;
 const SHORT: Duration = Duration::from_secs(20);
-
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("nspawn")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
-}
-
-/// The newest `target/debian/<name>_*_amd64.deb`, made with `scripts/package` when there is
-/// none (as tests/rollout.rs does).
-fn project_debs() -> Result<(PathBuf, PathBuf)> {
-    let dir = repo_root().join("target/debian");
-    let find = |name: &str| -> Option<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with("_amd64.deb"))
-            })
-            .collect();
-        v.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-        v.pop()
-    };
-    if find("ingress").is_none() || find("local-proxy").is_none() {
-        eprintln!("systemd_restart: no packages in {}: running scripts/package", dir.display());
-        let script = repo_root().join("scripts/package").display().to_string();
-        let out = cmd::run_full(&[&script], None, Duration::from_secs(1500))?;
-        if !out.status.success() {
-            bail!("scripts/package failed ({}): {}\n{}", out.status, out.stderr.trim(), out.stdout.trim());
-        }
-    }
-    Ok((
-        find("ingress").context("scripts/package made no ingress .deb")?,
-        find("local-proxy").context("scripts/package made no local-proxy .deb")?,
-    ))
-}
 
 fn local_proxy_toml() -> String {
     format!(
@@ -175,9 +135,9 @@ fn journal(h: &Host, unit: &str) -> String {
 fn systemctl_restart_loses_no_connection() {
     let t0 = Instant::now();
     nspawn::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let cache = cache_dir();
+    let cache = common::cache_dir();
     let rootfs = Rootfs::get(&cache).unwrap_or_else(|e| panic!("root filesystem: {e:#}"));
-    let debs = project_debs().unwrap_or_else(|e| panic!("{e:#}"));
+    let debs = common::project_debs().unwrap_or_else(|e| panic!("{e:#}"));
     common::phase(t0, &format!("packages {} and {}", debs.0.display(), debs.1.display()));
     let mut t = common::build(Options { mesh: false, backends: false });
     if let Err(e) = run(&mut t, &rootfs, &debs, t0) {
