@@ -19,27 +19,6 @@ const MESH_INGRESS: &str = "127.0.0.5";
 const MESH_CLIENT: &str = "127.0.0.6";
 const WAN_INGRESS: &str = "127.0.0.2";
 
-/// UDP upstream: replies `from=<client>;<payload>`, the client from the PROXY header the proxy
-/// sends it (`proxy_protocol = "v2"` on the stream).
-async fn udp_upstream() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
-            let d = &buf[..n];
-            let (client, payload) = match proxy_protocol::parse(d) {
-                Ok(p) => (p.addresses().map(|(c, _)| c.to_string()).unwrap_or_default(), &d[p.len..]),
-                Err(_) => (format!("direct:{}", peer.ip()), d),
-            };
-            let mut out = format!("from={client};").into_bytes();
-            out.extend_from_slice(payload);
-            let _ = s.send_to(&out, peer).await;
-        }
-    });
-    addr
-}
-
 async fn udp_exchange(from: &str, to: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
     let s = UdpSocket::bind(format!("{from}:0")).await.unwrap();
     s.send_to(datagram, to).await.unwrap();
@@ -69,7 +48,7 @@ fn forwarded_for(response: &str) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_reads_proxy_headers_from_the_ingress_nodes_only() {
-    let (up, udp) = (echo_upstream("lan").await, udp_upstream().await);
+    let (up, udp) = (echo_upstream("lan").await, udp_client_upstream().await);
     let p = Proxy::start(&format!(
         r#"
 [admin]

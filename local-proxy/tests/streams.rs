@@ -37,27 +37,6 @@ async fn tcp_upstream(proxy: bool) -> SocketAddr {
     addr
 }
 
-/// UDP upstream: replies `from=<client>;<payload>`, the client taken from a PROXY header when
-/// the datagram has one.
-async fn udp_upstream() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
-            let d = &buf[..n];
-            let (client, payload) = match proxy_protocol::parse(d) {
-                Ok(p) => (p.addresses().map(|(c, _)| c.to_string()).unwrap_or_default(), &d[p.len..]),
-                Err(_) => (format!("direct:{}", peer.ip()), d),
-            };
-            let mut out = format!("from={client};").into_bytes();
-            out.extend_from_slice(payload);
-            let _ = s.send_to(&out, peer).await;
-        }
-    });
-    addr
-}
-
 async fn start(tcp_proxy: SocketAddr, tcp_plain: SocketAddr, udp: SocketAddr) -> Proxy {
     Proxy::start(&base_config(&format!(
         r#"
@@ -93,7 +72,7 @@ async fn read_all(s: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_streams_carry_the_client_address_and_half_close() {
-    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_upstream().await).await;
+    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_client_upstream().await).await;
     let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
 
     // WAN side, PROXY v2 from the trusted ingress, relayed as PROXY v2 to the upstream.
@@ -167,7 +146,7 @@ fn with_header(client: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_streams_follow_the_same_rules() {
-    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_upstream().await).await;
+    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_client_upstream().await).await;
     let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
     let wazuh = p.listeners_udp[&(Origin::Wan, "wazuh".to_string())];
     let turn = p.listeners_udp[&(Origin::Wan, "turn".to_string())];

@@ -279,6 +279,28 @@ pub async fn silent_upstream() -> SocketAddr {
     addr
 }
 
+/// UDP upstream: replies `from=<client>;<payload>`, the client taken from a PROXY v2 header
+/// when the datagram starts with one (the stream's `proxy_protocol = "v2"`), else
+/// `from=direct:<peer IP>;` with the datagram as it came.
+pub async fn udp_client_upstream() -> SocketAddr {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
+            let d = &buf[..n];
+            let (client, payload) = match proxy_protocol::parse(d) {
+                Ok(p) => (p.addresses().map(|(c, _)| c.to_string()).unwrap_or_default(), &d[p.len..]),
+                Err(_) => (format!("direct:{}", peer.ip()), d),
+            };
+            let mut out = format!("from={client};").into_bytes();
+            out.extend_from_slice(payload);
+            let _ = s.send_to(&out, peer).await;
+        }
+    });
+    addr
+}
+
 /// A port with nothing listening.
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
