@@ -204,3 +204,32 @@ async fn ready_waits_for_the_first_health_round_and_status_sums_up() {
     drop(child);
     drop(silent);
 }
+
+/// SIGTERM while READY=1 still waits for the first round of checks (one that would take 15 s):
+/// the proxy does not die of the signal nor send READY=1 first; it says STOPPING=1, drains
+/// and exits 0.
+#[tokio::test]
+async fn sigterm_during_the_first_round_wait_stops_cleanly() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stream = format!(
+        "[[stream]]\nname = \"quiet\"\nlisten = \"0/udp\"\nupstream = \"{}\"\n\
+         health = {{ send = \"ping\", interval = \"20s\", timeout = \"15s\", rise = 1, fall = 1 }}\n",
+        silent.local_addr().unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock, admin, _) = start_notified(dir.path(), &stream).await;
+    // The admin listener answers once start-up is past binding, with the signal handlers in
+    // place: the wait for the first round (bounded at 5 s) is under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shared::admin::client::request(admin, http::Method::GET, "/healthz", None, "test").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the admin listener never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    let first = std::thread::spawn(move || next_any(&sock)).join().unwrap();
+    assert_eq!(first, "STOPPING=1", "SIGTERM before READY=1");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exited by the signal, not by the drain: {status}");
+    drop(silent);
+}
