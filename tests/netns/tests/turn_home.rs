@@ -5,7 +5,8 @@
 //!
 //! - before the peer has sent to the relayed address, coturn's datagrams to it arrive nowhere
 //!   (counted leaving coturn's host and arriving at the peer's);
-//! - relayed to `turnutils_peer` over UDP, TCP and TLS control connections: messages sent,
+//! - relayed to `turnutils_peer` over UDP, TCP and TLS control connections through ingress1,
+//!   and over UDP through ingress2 (the relayed address stays ingress1's): messages sent,
 //!   received, lost; the LAN host sees the client's and the peer's real addresses (nftables
 //!   counters there), coturn logs the client's; a stranger address answering without a
 //!   permission is dropped by coturn (its datagrams reach the LAN host from their real
@@ -74,13 +75,25 @@ fn turn_relay_to_outside_peer_with_real_addresses() {
     prime_relay_range(&t, addr::STRANGER).expect("prime the relay range");
     start_peer(&mut t).expect("turnutils_peer");
     let messages = 50;
-    for (what, extra) in [("udp", &[][..]), ("tcp", &["-t"][..]), ("tls", &["-t", "-S", "-p", "5349"][..])] {
+    // The last: control through ingress2 while the relayed address (external-ip) stays
+    // ingress1's, as with DNS round robin over both nodes (docs/turn.md, several ingress nodes).
+    let runs = [
+        ("udp", &[][..], addr::INGRESS1),
+        ("tcp", &["-t"][..], addr::INGRESS1),
+        ("tls", &["-t", "-S", "-p", "5349"][..], addr::INGRESS1),
+        ("udp", &[][..], addr::INGRESS2),
+    ];
+    for (what, extra, server) in runs {
         let (peer0, client_udp0, client_tcp0) = (w(&t, "peer_data"), w(&t, "client_udp"), w(&t, "client_tcp"));
         let arrived0 = home::at_peer_from_relay(&t).expect("peer counter");
         let t0 = Instant::now();
-        let (r, out) =
-            uclient(&t, &uclient_argv(2, messages, extra), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-        report(&format!("{what} control, relay to the peer via ingress1"), &r, t0.elapsed().as_secs_f64());
+        let mut argv = uclient_argv(2, messages, extra);
+        if let Some(last) = argv.last_mut() {
+            *last = server.to_string();
+        }
+        let (r, out) = uclient(&t, &argv, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+        let via = if server == addr::INGRESS1 { "ingress1" } else { "ingress2 (relay through ingress1)" };
+        report(&format!("{what} control via {via}, relay to the peer"), &r, t0.elapsed().as_secs_f64());
         let want = u64::from(messages) * 2;
         assert_eq!(r.send_msgs, want, "{what}: messages sent\n{out}");
         // Functional, not a loss measurement (turn_home_load is): a few datagrams may drop when
