@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::attempts::{Paths, Plan, PlanConfig, Start};
-use crate::health::{Outcome, Source};
+use crate::health::Outcome;
 use crate::pool::{Kind, Path, Pool, Tried};
 
 /// Every attempt failed; the last error says why.
@@ -78,6 +78,8 @@ pub(crate) enum Event<'a> {
     Failed {
         index: usize,
         error: &'a io::Error,
+        /// How long the attempt took.
+        lasted: Duration,
     },
     Connected {
         index: usize,
@@ -145,7 +147,7 @@ where
                 return Ok((index, stream));
             }
             Err(error) => {
-                on(Event::Failed { index, error: &error });
+                on(Event::Failed { index, error: &error, lasted: started.elapsed() });
                 if let Some(s) = plan.on_failed(slot, Instant::now(), paths) {
                     launch(s, &mut slots);
                 } else if plan.in_flight() == 0 {
@@ -226,20 +228,27 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
         Event::Hedged { slow } => {
             if let Some(p) = pool.paths.get(slow) {
                 p.state.m_hedges.increment(1);
+                // Slow enough to race: a connect that went wrong, as far as quality goes.
+                p.quality_sample(1.0);
                 tracing::debug!(pool = %pool.name, slow = %p.name, "connect slow; racing another path");
             }
         }
-        Event::Failed { index, error } => {
+        Event::Failed { index, error, lasted } => {
+            let outcome = outcome_of(error);
             if let Some(p) = pool.paths.get(index) {
                 tracing::debug!(pool = %pool.name, path = %p.name, %error, "connect failed");
+                if outcome == Outcome::Failed {
+                    p.quality_sample(1.0);
+                }
             }
-            pool.record(index, outcome_of(error), Source::Traffic);
+            pool.record_connect(index, outcome, lasted);
         }
         Event::Connected { index, latency } => {
             if let Some(p) = pool.paths.get(index) {
                 p.state.m_connects.increment(1);
+                p.quality_sample(0.0);
             }
-            pool.record(index, Outcome::Ok { latency }, Source::Traffic);
+            pool.record_connect(index, Outcome::Ok { latency }, latency);
         }
         // A jittery WAN must not be taken down by a lost race: a background connect with
         // the normal timeout gives the verdict (its connection, if any, is closed at once).
@@ -266,7 +275,7 @@ fn verify_in_background(pool: Arc<Pool>, index: usize, port: u16) {
             Ok(_) => Outcome::Ok { latency: start.elapsed() },
             Err(e) => outcome_of(&e),
         };
-        pool.record(index, outcome, Source::Traffic);
+        pool.record_connect(index, outcome, start.elapsed());
     });
 }
 

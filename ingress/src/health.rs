@@ -13,11 +13,38 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::config::CheckKind;
 pub use shared::health::{HealthState, Outcome, Source, Transition};
 
-/// Run one active check against `addr`.
-pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Outcome {
+/// Connect to `addr`; if that has not connected after `hedge_after`, race a second connect
+/// (a second SYN) against it: the first to connect wins, a failure waits for the other. On a
+/// lossy path one lost SYN or SYN-ACK would otherwise fail the probe (the kernel resends the
+/// SYN only after a second), and two such in a row take a working path down; with the race
+/// both must be lost. A dead path fails either way, as fast.
+async fn connect_hedged(addr: SocketAddr, hedge_after: Duration) -> std::io::Result<TcpStream> {
+    let first = TcpStream::connect(addr);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => return r,
+        _ = tokio::time::sleep(hedge_after) => {}
+    }
+    let second = TcpStream::connect(addr);
+    tokio::pin!(second);
+    tokio::select! {
+        r = &mut first => match r {
+            Ok(s) => Ok(s),
+            Err(_) => second.await,
+        },
+        r = &mut second => match r {
+            Ok(s) => Ok(s),
+            Err(_) => first.await,
+        },
+    }
+}
+
+/// Run one active check against `addr`; the connect is raced by a second one after
+/// `hedge_after` (see `connect_hedged`).
+pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration, hedge_after: Duration) -> Outcome {
     let start = tokio::time::Instant::now();
     let result = tokio::time::timeout(timeout, async {
-        let mut s = match TcpStream::connect(addr).await {
+        let mut s = match connect_hedged(addr, hedge_after).await {
             Ok(s) => s,
             Err(e) if crate::listener::is_resource_exhaustion(&e) => return Some(Err(())),
             Err(_) => return None,
@@ -74,6 +101,8 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Out
 mod tests {
     use super::*;
 
+    const H: Duration = Duration::from_millis(30);
+
     #[tokio::test]
     async fn probes_judge_what_the_peer_does() {
         use tokio::net::TcpListener;
@@ -104,13 +133,13 @@ mod tests {
             }
         });
         let t = Duration::from_millis(400);
-        assert!(matches!(probe(a, &CheckKind::Tcp, t).await, Outcome::Ok { .. }));
-        assert!(matches!(probe(a, &CheckKind::ProxyV2Local, t).await, Outcome::Ok { .. }));
-        assert_eq!(probe(b, &CheckKind::ProxyV2Local, t).await, Outcome::Failed);
+        assert!(matches!(probe(a, &CheckKind::Tcp, t, H).await, Outcome::Ok { .. }));
+        assert!(matches!(probe(a, &CheckKind::ProxyV2Local, t, H).await, Outcome::Ok { .. }));
+        assert_eq!(probe(b, &CheckKind::ProxyV2Local, t, H).await, Outcome::Failed);
         let http_check = CheckKind::Http { path: "/healthz".into(), host: "h".into() };
-        assert!(matches!(probe(h, &http_check, t).await, Outcome::Ok { .. }));
-        assert_eq!(probe(h, &http_check, t).await, Outcome::Failed);
+        assert!(matches!(probe(h, &http_check, t, H).await, Outcome::Ok { .. }));
+        assert_eq!(probe(h, &http_check, t, H).await, Outcome::Failed);
         let refused: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(probe(refused, &CheckKind::Tcp, t).await, Outcome::Failed);
+        assert_eq!(probe(refused, &CheckKind::Tcp, t, H).await, Outcome::Failed);
     }
 }

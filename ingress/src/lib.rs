@@ -12,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod page;
 pub mod pool;
+pub mod quality;
 pub mod relay;
 pub mod resolve;
 pub mod runtime;

@@ -30,6 +30,13 @@ pub const PATH_PROBE_FAILURES: &str = "ingress_path_probe_failures_total";
 /// UDP flows of services with `udp_expect_replies` whose replies stopped while they kept
 /// sending (each counts as one failure of the path and triggers a probe at once).
 pub const PATH_UDP_SILENCES: &str = "ingress_path_udp_reply_silences_total";
+/// Segments the ingress retransmitted on relayed upstream connections (`TCP_INFO`, read
+/// when each connection ends).
+pub const PATH_RETRANSMITS: &str = "ingress_path_retransmitted_segments_total";
+/// Delivered quality: the smoothed share of attempts on the path that went wrong (raced or
+/// failed connects, retransmitted segments, unanswered UDP datagrams), 0..1; the health
+/// factor is scaled by 1 / (1 + (this / 0.05)^2).
+pub const PATH_QUALITY_LOSS: &str = "ingress_path_quality_loss";
 /// 1 while flap damping holds the path down (it keeps failing and recovering).
 pub const PATH_HELD: &str = "ingress_path_held";
 /// The path's flap penalty now (decays by half every `flap_half_life`).

@@ -18,6 +18,7 @@ use crate::config::{HealthConfig, PathConfig, PoolConfig, Target};
 use crate::control::{Event, PathControl};
 use crate::health::{HealthState, Outcome, Source, Transition};
 use crate::metrics as m;
+use crate::quality::Quality;
 use shared::damping::{Change, Damping, DampingConfig, Verdict};
 
 pub use crate::config::MAX_PATHS;
@@ -85,6 +86,11 @@ pub struct PathState {
     held: AtomicBool,
     /// Set by passive evidence (a UDP flow's replies stopped): probe this path at once.
     probe_now: AtomicBool,
+    /// Delivered quality (`crate::quality`): scales the share of a path that works, badly.
+    quality: Mutex<Quality>,
+    /// Busy-clock µs of the last success (probe or connect; 0: none yet): a failure of real
+    /// traffic whose attempt began before it says the path is lossy, not dead.
+    last_ok_us: AtomicU64,
     /// Where the path leads now: fixed, or the last address its name resolved to that
     /// answered a probe (`resolve`). None: a name not resolved yet, or resolved to nothing.
     addr: arc_swap::ArcSwapOption<IpAddr>,
@@ -112,6 +118,9 @@ pub struct PathState {
     pub(crate) m_hedges: Counter,
     /// UDP flows whose replies stopped while they kept sending (`Pool::reply_silence`).
     m_udp_silences: Counter,
+    /// Segments retransmitted on relayed upstream connections (`TCP_INFO`).
+    pub(crate) m_retrans: Counter,
+    m_quality: Gauge,
     pub(crate) m_bytes_up: ByteMeter,
     pub(crate) m_bytes_down: ByteMeter,
     m_up: Gauge,
@@ -162,7 +171,11 @@ impl PathState {
             damping: Mutex::new(Damper { d: Damping::new(ip.is_some(), now()), counted: now() }),
             held: AtomicBool::new(false),
             probe_now: AtomicBool::new(false),
+            quality: Mutex::new(Quality::new(now())),
+            last_ok_us: AtomicU64::new(0),
             m_udp_silences: counter!(m::PATH_UDP_SILENCES, &labels),
+            m_retrans: counter!(m::PATH_RETRANSMITS, &labels),
+            m_quality: gauge!(m::PATH_QUALITY_LOSS, &labels),
             m_held: gauge!(m::PATH_HELD, &labels),
             m_penalty: gauge!(m::PATH_FLAP_PENALTY, &labels),
             m_changes: per_verdict(m::PATH_STATE_CHANGES, "to"),
@@ -236,6 +249,18 @@ impl Path {
     }
     pub fn factor(&self) -> f64 {
         f64::from(f32::from_bits(self.state.factor.load(Ordering::Relaxed)))
+    }
+    /// One sample of delivered quality (0: went well, 1: went wrong; a ratio for a batch):
+    /// a connect raced or failed, the retransmitted share of a relayed connection's
+    /// segments, the unanswered share of a UDP flow's datagrams. Takes effect at the next
+    /// factor refresh (every 250 ms at most).
+    pub fn quality_sample(&self, went_wrong: f64) {
+        let mut q = self.state.quality.lock().unwrap_or_else(|e| e.into_inner());
+        q.sample(went_wrong, now());
+    }
+    /// The smoothed share of attempts that went wrong on this path now.
+    pub fn quality_loss(&self) -> f64 {
+        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).loss(now())
     }
     /// Open TCP connections or UDP flows on this path.
     pub fn active(&self, kind: Kind) -> u64 {
@@ -511,7 +536,16 @@ impl Pool {
             Source::Probe => "probe",
             Source::Traffic => "connect",
         };
-        self.record_by(index, outcome, source, by);
+        self.record_by(index, outcome, source, by, None);
+    }
+
+    /// A real connect's outcome; `lasted`: how long the attempt took. A failure may take the
+    /// path down only if nothing succeeded on it since the attempt began (and another path
+    /// is up): on a lossy path the odd SYN is lost while other connects get through, which
+    /// makes it a worse path (its quality and share fall), not a dead one.
+    pub fn record_connect(&self, index: usize, outcome: Outcome, lasted: std::time::Duration) {
+        let began = micros().saturating_sub(lasted.as_micros() as u64);
+        self.record_by(index, outcome, Source::Traffic, "connect", Some(began));
     }
 
     /// A UDP flow on `path` that expects replies kept sending with none coming back for its
@@ -519,18 +553,21 @@ impl Pool {
     /// may take the path down only while another path is up, and `fall` of them are needed)
     /// and a probe at once, so a silently dead path is judged within a probe's time. A path
     /// not in this pool (replaced by a reload) is left alone.
-    pub fn reply_silence(&self, path: &Arc<Path>) {
+    pub fn reply_silence(&self, path: &Arc<Path>, silent_for: std::time::Duration) {
         let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(p, path)) else {
             return;
         };
         path.state.m_udp_silences.increment(1);
-        self.record_by(index, Outcome::Failed, Source::Traffic, "udp replies");
+        path.quality_sample(1.0);
+        let began = micros().saturating_sub(silent_for.as_micros() as u64);
+        self.record_by(index, Outcome::Failed, Source::Traffic, "udp replies", Some(began));
         path.state.probe_now.store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
-    /// `record`, with `by` naming the evidence in the log ("probe", "connect", ...).
-    fn record_by(&self, index: usize, outcome: Outcome, source: Source, by: &str) {
+    /// `record`, with `by` naming the evidence in the log ("probe", "connect", ...) and, for
+    /// real traffic, `began`: when the attempt that failed began (busy-clock µs).
+    fn record_by(&self, index: usize, outcome: Outcome, source: Source, by: &str, began: Option<u64>) {
         let Some(path) = self.paths.get(index) else {
             return;
         };
@@ -544,11 +581,16 @@ impl Pool {
             return;
         }
         let HealthConfig { rise, fall, .. } = self.cfg.health;
-        // A real connect failing may take a path down only if something else can serve.
+        // A real connect failing may take a path down only if something else can serve, and
+        // only if nothing got through on it meanwhile.
         let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
+        let since_ok = began.is_none_or(|b| path.state.last_ok_us.load(Ordering::Relaxed) < b);
+        if matches!(outcome, Outcome::Ok { .. }) {
+            path.state.last_ok_us.store(micros().max(1), Ordering::Relaxed);
+        }
         let transition = match path.state.health.lock() {
             Ok(mut h) => {
-                let t = h.record(outcome, source, rise, fall, others_usable);
+                let t = h.record(outcome, source, rise, fall, others_usable && since_ok);
                 let ns = h.latency_avg.map_or(0, |l| (l.as_nanos() as u64).max(1));
                 path.state.latency_ns.store(ns, Ordering::Relaxed);
                 t
@@ -564,6 +606,12 @@ impl Pool {
         }
         if let Some(t) = transition {
             let up = t == Transition::WentUp;
+            if up {
+                // What it delivered before was a dead path's record, not its quality: a path
+                // back up is measured afresh (and slow-starts).
+                let mut q = path.state.quality.lock().unwrap_or_else(|e| e.into_inner());
+                *q = Quality::new(now());
+            }
             path.state.up.store(up, Ordering::Relaxed);
             path.state.m_up.set(if up { 1.0 } else { 0.0 });
             let fail_avg = path.health_snapshot().fail_avg;
@@ -645,7 +693,13 @@ impl Pool {
             };
             // The mesh is judged on its own: it is never compared with a WAN. A path that
             // has just come back takes a growing part of its share (slow start).
-            let f = if p.is_mesh { h.factor(None) } else { h.factor(best) } * share;
+            // Delivered quality scales the share of a path that works, badly.
+            let (quality, loss) = {
+                let q = p.state.quality.lock().unwrap_or_else(|e| e.into_inner());
+                (q.factor(now), q.loss(now))
+            };
+            p.state.m_quality.set(loss);
+            let f = if p.is_mesh { h.factor(None) } else { h.factor(best) } * share * quality;
             p.state.factor.store((f as f32).to_bits(), Ordering::Relaxed);
             p.state.m_factor.set(f);
         }
@@ -699,8 +753,8 @@ impl Pool {
     /// in flight at once, for the state the path is in now:
     /// - up and steady: `interval`, one at a time;
     /// - changing state (up but failing, or down but answering): a quarter of the interval
-    ///   (as HAProxy's `fastinter`), at most `down_interval`: the verdict (fall or rise)
-    ///   comes sooner;
+    ///   (as HAProxy's `fastinter`), at most `down_interval` (half of it while coming back):
+    ///   the verdict (fall or rise) comes sooner;
     /// - down: `down_interval`, overlapping (a probe whose SYN was lost before a restore
     ///   would hold the next one back for the whole timeout), so a restored path answers
     ///   the first probe sent after the restore.
@@ -712,8 +766,9 @@ impl Pool {
             (true, false) => (hc.interval, 1),
             (true, true) => (fast, 1),
             // Down and answering again: still overlapping, since the probes sent before the
-            // restore are still waiting out their timeout.
-            (false, true) => (fast, MAX_DOWN_PROBES),
+            // restore are still waiting out their timeout; at half the down pace, so rise
+            // comes soon after the first answer.
+            (false, true) => (fast.min(hc.down_interval / 2), MAX_DOWN_PROBES),
             (false, false) => (hc.down_interval, MAX_DOWN_PROBES),
         }
     }
@@ -751,9 +806,11 @@ impl Pool {
                         None => judged[i] = true,
                         Some(addr) => {
                             let (check, timeout) = (hc.check.clone(), self.probe_timeout(p));
+                            // Raced after 4x the usual latency, as real connects are.
+                            let hedge = p.latency().map_or(PROBE_HEDGE_FLOOR, |l| (l * 4).max(PROBE_HEDGE_FLOOR));
                             let guard = InFlight::new(in_flight[i].clone());
                             probes.spawn(async move {
-                                let outcome = crate::health::probe(addr, &check, timeout).await;
+                                let outcome = crate::health::probe(addr, &check, timeout, hedge).await;
                                 drop(guard);
                                 (i, now, outcome)
                             });
@@ -825,6 +882,9 @@ impl Pool {
         if let Ok(mut d) = path.state.damping.lock() {
             d.d = Damping::new(ip.is_some(), now());
         }
+        if let Ok(mut q) = path.state.quality.lock() {
+            *q = Quality::new(now());
+        }
         path.state.held.store(false, Ordering::Relaxed);
         path.state.m_held.set(0.0);
         path.state.latency_ns.store(0, Ordering::Relaxed);
@@ -857,6 +917,8 @@ pub fn local_resource_error(at: &'static str) {
 const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
+/// Shortest wait before a probe's connect is raced by a second one (as real connects).
+pub(crate) const PROBE_HEDGE_FLOOR: std::time::Duration = std::time::Duration::from_millis(30);
 /// Shortest probe interval while a path changes state.
 const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
 /// Most probes of one down path in flight at once (`down_interval` apart, each waits up to
@@ -1163,6 +1225,39 @@ mod tests {
         assert!((full - 0.5).abs() < 0.02, "{full}");
     }
 
+    /// One attempt in ten going wrong on wan1 (raced connects, retransmissions) cuts its
+    /// share to about a fifth of wan2's; once it has been down and is back, it starts afresh.
+    #[test]
+    fn delivered_quality_scales_the_share_and_a_path_back_up_starts_afresh() {
+        let p = pool(&[1, 1], false);
+        for i in 0..300 {
+            p.paths[0].quality_sample(if i % 10 == 0 { 1.0 } else { 0.0 });
+            p.paths[1].quality_sample(0.0);
+        }
+        p.refresh_factors();
+        let s = shares(&p, 10_000);
+        assert!(s[0] > 0.05 && s[0] < 0.3, "{s:?}");
+        kill(&p, 0);
+        revive(&p, 0);
+        assert_eq!(p.paths[0].quality_loss(), 0.0);
+    }
+
+    /// A lossy path is not a dead one: failed connects that began before the last success
+    /// on the path do not take it down; failures with nothing getting through since do.
+    #[test]
+    fn failed_connects_take_a_path_down_only_if_nothing_got_through_since_they_began() {
+        let p = pool(&[1, 1], false);
+        let ok = Outcome::Ok { latency: Duration::from_millis(1) };
+        p.record_connect(0, ok, Duration::from_millis(1));
+        for _ in 0..3 {
+            p.record_connect(0, Outcome::Failed, Duration::from_millis(300));
+        }
+        assert!(p.paths[0].is_up(), "timed-out connects older than a success");
+        std::thread::sleep(Duration::from_millis(3));
+        p.record_connect(0, Outcome::Failed, Duration::from_micros(500));
+        assert!(!p.paths[0].is_up(), "failures with nothing through since");
+    }
+
     /// Two flows whose replies stopped take wan1 down (fall 2) while wan2 is up; one alone
     /// makes it suspect and asks for a probe at once. The last usable path is never taken
     /// down by them.
@@ -1170,19 +1265,19 @@ mod tests {
     fn udp_reply_silences_count_as_traffic_failures_and_ask_for_a_probe() {
         let p = pool(&[1, 1], false);
         let wan1 = p.paths[0].clone();
-        p.reply_silence(&wan1);
+        p.reply_silence(&wan1, Duration::from_millis(100));
         assert!(wan1.is_up() && wan1.health_snapshot().transitional());
         assert!(wan1.state.probe_now.load(Ordering::Relaxed), "a probe is asked for");
-        p.reply_silence(&wan1);
+        p.reply_silence(&wan1, Duration::from_millis(100));
         assert!(!wan1.is_up());
         let wan2 = p.paths[1].clone();
         for _ in 0..5 {
-            p.reply_silence(&wan2);
+            p.reply_silence(&wan2, Duration::from_millis(100));
         }
         assert!(wan2.is_up(), "the last usable path stays up on passive evidence");
         // A path of another pool (one a reload replaced) is left alone.
         let other = pool(&[1], false);
-        p.reply_silence(&other.paths[0]);
+        p.reply_silence(&other.paths[0], Duration::from_millis(100));
         assert!(other.paths[0].is_up() && !other.paths[0].health_snapshot().transitional());
     }
 

@@ -71,6 +71,25 @@ pub async fn relay(
     (end, totals)
 }
 
+/// After a relay: the segments the ingress had to send again on `upstream` (`TCP_INFO`) and
+/// their share of the segments it sent (data segments estimated from the `sent` bytes and
+/// the segment size, plus the SYN and the FIN), as a quality sample of the path. None where
+/// the kernel does not tell.
+pub fn delivery(upstream: &TcpStream, sent: u64) -> Option<(u32, f64)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        let s = crate::splice::tcp_stats(upstream.as_fd())?;
+        let segments = sent.div_ceil(u64::from(s.snd_mss.max(1))) + 2;
+        Some((s.total_retrans, (f64::from(s.total_retrans) / segments as f64).min(1.0)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (upstream, sent);
+        None
+    }
+}
+
 fn shutdown_write(s: &TcpStream) {
     // The peer may already be gone; nothing to do about that here.
     let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);

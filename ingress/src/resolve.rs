@@ -48,7 +48,12 @@ struct HealthProbe(Arc<Pool>);
 impl Prober for HealthProbe {
     fn probe(&self, addr: SocketAddr) -> impl Future<Output = bool> + Send {
         let hc = self.0.cfg.health.clone();
-        async move { matches!(crate::health::probe(addr, &hc.check, hc.timeout).await, ProbeOutcome::Ok { .. }) }
+        async move {
+            matches!(
+                crate::health::probe(addr, &hc.check, hc.timeout, crate::pool::PROBE_HEDGE_FLOOR).await,
+                ProbeOutcome::Ok { .. }
+            )
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Zero-copy relay primitives for Linux: pipes and `splice(2)`. All unsafe code of the
+//! Zero-copy relay primitives for Linux: pipes and `splice(2)`, and `TCP_INFO`. All unsafe code of the
 //! crate lives here. Pipes come from a bounded pool and are held by a connection only while
 //! it moves data, so an idle connection costs its two sockets and nothing more.
 #![allow(unsafe_code)]
@@ -141,3 +141,35 @@ thread_local! {
 
 /// The process-wide pool (a few hundred pipes: busy connections at once, not all of them).
 pub static PIPES: PipePool = PipePool::new(256);
+
+/// What the kernel knows of one TCP connection's delivery (`TCP_INFO`): segments it had to
+/// send again, its segment size, and its smoothed round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpStats {
+    pub total_retrans: u32,
+    pub snd_mss: u32,
+    pub rtt_us: u32,
+}
+
+/// `getsockopt(TCP_INFO)` on `fd`; None if the kernel refuses (not a TCP socket).
+pub fn tcp_stats(fd: BorrowedFd<'_>) -> Option<TcpStats> {
+    // SAFETY: `tcp_info` is plain integers, valid when zeroed; the kernel writes at most
+    // `len` bytes into it (fewer on an older kernel, leaving the rest zero) and `fd` is a
+    // live descriptor for the duration of the call (borrowed).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(TcpStats {
+        total_retrans: info.tcpi_total_retrans,
+        snd_mss: info.tcpi_snd_mss,
+        rtt_us: info.tcpi_rtt,
+    })
+}

@@ -128,6 +128,11 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     }
     let (end, totals) =
         relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
+    // How much of what went upstream had to be sent again: the path's delivered quality.
+    if let Some((retrans, wrong)) = crate::relay::delivery(&upstream, totals.up) {
+        path.state.m_retrans.increment(u64::from(retrans));
+        path.quality_sample(wrong);
+    }
     match end {
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),

@@ -33,9 +33,17 @@ struct Flow {
     /// with the pump).
     busy_mark: Arc<AtomicU64>,
     life: FlowLife,
-    /// Listener-clock ms of the flow's last reply, plus one (0: never answered).
-    replied: Arc<AtomicU64>,
+    /// The replies the pump has passed back (for `udp_expect_replies`).
+    answers: Arc<Answers>,
     watch: ReplyWatch,
+}
+
+/// A flow's replies as its pump sees them.
+#[derive(Default)]
+struct Answers {
+    /// Listener-clock ms of the last reply, plus one (0: never answered).
+    last: AtomicU64,
+    count: AtomicU64,
 }
 
 /// The passive signal of services with `udp_expect_replies`, for one flow, sans-io (times
@@ -43,36 +51,61 @@ struct Flow {
 /// while no reply comes back for the reply timeout has lost its path, or its path is
 /// suspect. Reported once per silence. A flow never answered is never judged: the service
 /// may not answer this client at all (or not yet), which says nothing about the path.
+///
+/// It also measures the flow's reply ratio for the path's delivered quality: every
+/// [`REPLY_WINDOW`] datagrams sent (once answered), the share of them not matched by a reply.
 #[derive(Debug, Default)]
 struct ReplyWatch {
     /// When the first datagram after the last reply was sent.
     unanswered_since: Option<u64>,
     reported: bool,
+    /// Datagrams sent in the current ratio window, and the reply count when it began.
+    window_sent: u32,
+    window_replies: u64,
 }
 
+/// Datagrams per reply-ratio sample.
+const REPLY_WINDOW: u32 = 50;
+
 impl ReplyWatch {
-    /// A datagram goes out at `now`; `replied`: the time of the flow's last reply. True when
-    /// the flow has now been sending unanswered for at least `timeout_ms`.
-    fn on_send(&mut self, now: u64, replied: Option<u64>, timeout_ms: u64) -> bool {
-        let Some(replied) = replied else {
-            return false;
-        };
+    /// A datagram goes out at `now`; `replied`: the time of the flow's last reply. Some(how
+    /// long) when the flow has now been sending unanswered for at least `timeout_ms`.
+    fn on_send(&mut self, now: u64, replied: Option<u64>, timeout_ms: u64) -> Option<u64> {
+        let replied = replied?;
         match self.unanswered_since {
             // Still no reply since the first unanswered datagram (a reply in the same ms
             // counts as an answer).
             Some(since) if since > replied => {
-                if !self.reported && now.saturating_sub(since) >= timeout_ms {
+                let silent = now.saturating_sub(since);
+                if !self.reported && silent >= timeout_ms {
                     self.reported = true;
-                    return true;
+                    return Some(silent);
                 }
-                false
+                None
             }
             _ => {
                 self.unanswered_since = Some(now);
                 self.reported = false;
-                false
+                None
             }
         }
+    }
+
+    /// Count one datagram about to go out, from a flow answered `replies` times so far: at
+    /// the end of a window (measured send to send, so the datagrams in flight at either end
+    /// cancel out), the share of the window's datagrams left unanswered.
+    fn unanswered_ratio(&mut self, replies: u64) -> Option<f64> {
+        let mut ratio = None;
+        if self.window_sent >= REPLY_WINDOW {
+            let answered = replies.saturating_sub(self.window_replies) as f64;
+            ratio = Some((1.0 - answered / f64::from(self.window_sent)).max(0.0));
+            self.window_sent = 0;
+        }
+        if self.window_sent == 0 {
+            self.window_replies = replies;
+        }
+        self.window_sent += 1;
+        ratio
     }
 }
 
@@ -175,10 +208,15 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             let path = flow.guard.path();
             let timeout =
                 path.latency().map_or(svc.cfg.udp_reply_timeout, |l| (l * REPLY_RTTS).max(svc.cfg.udp_reply_timeout));
-            let replied = flow.replied.load(Ordering::Relaxed).checked_sub(1);
-            if flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
+            let replied = flow.answers.last.load(Ordering::Relaxed).checked_sub(1);
+            if let Some(silent) = flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
                 tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
-                svc.pool.reply_silence(path);
+                svc.pool.reply_silence(path, Duration::from_millis(silent));
+            }
+            if replied.is_some() {
+                if let Some(r) = flow.watch.unanswered_ratio(flow.answers.count.load(Ordering::Relaxed)) {
+                    path.quality_sample(r);
+                }
             }
         }
         // A flow whose path went down moves on its next datagram, not after the timeout.
@@ -280,19 +318,19 @@ async fn open_flow(
         let upstream = Arc::new(sock);
         let last = Arc::new(AtomicU64::new(now));
         let busy_mark = Arc::new(AtomicU64::new(NEVER_BUSY));
-        let replied = Arc::new(AtomicU64::new(0));
+        let answers = Arc::new(Answers::default());
         let guard = ActiveGuard::new(path.clone(), Kind::Udp);
         let pump = tokio::spawn(pump_replies(
             upstream.clone(),
             Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
             client,
             last.clone(),
-            replied.clone(),
+            answers.clone(),
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         ));
         let life = FlowLife::new(last, pump, permits);
-        return Some(Flow { guard, header, upstream, busy_mark, life, replied, watch: ReplyWatch::default() });
+        return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch: ReplyWatch::default() });
     }
     None
 }
@@ -302,7 +340,7 @@ async fn pump_replies(
     replies: Replies,
     client: SocketAddr,
     last: Arc<AtomicU64>,
-    replied: Arc<AtomicU64>,
+    answers: Arc<Answers>,
     busy_mark: Arc<AtomicU64>,
     bytes_down: ByteMeter,
 ) {
@@ -310,7 +348,8 @@ async fn pump_replies(
     pump(&upstream, |reply| {
         let now = epoch.elapsed().as_millis() as u64;
         last.store(now, Ordering::Relaxed);
-        replied.store(now + 1, Ordering::Relaxed);
+        answers.last.store(now + 1, Ordering::Relaxed);
+        answers.count.fetch_add(1, Ordering::Relaxed);
         match send_now(&listener, reply, Some(client)) {
             Ok(_) => {
                 c.dgrams_out.increment(1);
@@ -333,27 +372,46 @@ mod tests {
         let mut w = ReplyWatch::default();
         // Never answered: never judged, however long it sends.
         for t in (0..1000).step_by(10) {
-            assert!(!w.on_send(t, None, 100));
+            assert_eq!(w.on_send(t, None, 100), None);
         }
         // Answered at 1000 (each datagram answered within a ms): never silent.
         for t in (1000..1500).step_by(10) {
-            assert!(!w.on_send(t, Some(t.saturating_sub(9)), 100));
+            assert_eq!(w.on_send(t, Some(t.saturating_sub(9)), 100), None);
         }
         // Replies stop after the one at 1491: the first unanswered datagram goes at 1500;
         // reported at the first datagram 100 ms after it, once.
-        let reports: Vec<u64> = (1500..2000).step_by(10).filter(|&t| w.on_send(t, Some(1491), 100)).collect();
-        assert_eq!(reports, [1600]);
+        let reports: Vec<(u64, u64)> =
+            (1500..2000).step_by(10).filter_map(|t| w.on_send(t, Some(1491), 100).map(|s| (t, s))).collect();
+        assert_eq!(reports, [(1600, 100)]);
         // A reply comes back (at 2005): a new silence is reported again.
-        assert!(!w.on_send(2010, Some(2005), 100));
-        assert!(!w.on_send(2100, Some(2005), 100), "the silence starts at the first unanswered send (2010)");
-        assert!(w.on_send(2110, Some(2005), 100));
+        assert_eq!(w.on_send(2010, Some(2005), 100), None);
+        assert_eq!(w.on_send(2100, Some(2005), 100), None, "the silence starts at the first unanswered send (2010)");
+        assert_eq!(w.on_send(2110, Some(2005), 100), Some(100));
     }
 
     #[test]
     fn a_reply_in_the_same_millisecond_answers() {
         let mut w = ReplyWatch::default();
-        assert!(!w.on_send(0, Some(0), 50));
-        assert!(!w.on_send(10, Some(10), 50));
-        assert!(!w.on_send(100, Some(100), 50));
+        assert_eq!(w.on_send(0, Some(0), 50), None);
+        assert_eq!(w.on_send(10, Some(10), 50), None);
+        assert_eq!(w.on_send(100, Some(100), 50), None);
+    }
+
+    #[test]
+    fn the_reply_ratio_is_sampled_every_window() {
+        let mut w = ReplyWatch::default();
+        // Every datagram answered: nothing went wrong.
+        let mut replies = 10;
+        let mut samples = Vec::new();
+        for i in 0..201u32 {
+            samples.extend(w.unanswered_ratio(replies));
+            // Answered before the next one goes, but one in ten not in the second half.
+            if i < 100 || i % 10 != 0 {
+                replies += 1;
+            }
+        }
+        assert_eq!(samples.len(), 4);
+        assert_eq!(&samples[..2], [0.0, 0.0]);
+        assert!(samples[2..].iter().all(|&r| (r - 0.1).abs() < 0.03), "{samples:?}");
     }
 }

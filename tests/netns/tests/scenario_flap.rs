@@ -4,8 +4,10 @@
 //! up at every burst: after the first bursts it is held down (it keeps failing) instead of
 //! taking a fresh round of slow connects each time it comes back. Counted from ingress1's log
 //! (one "state change" line per change, as an operator's alerting sees them): wan1's changes
-//! in the first quarter of the bursts (learning that the path flaps) and after it; slow
-//! requests (> 200 ms) per 15 s.
+//! until it is first held (learning that the path flaps: at most 4) and after that (at most
+//! one, its release); slow requests (> 200 ms) per 16 s. When the learning happens depends on
+//! how much traffic wan1 still carries: its share follows the quality it delivers, so in some
+//! runs the first falls come a few bursts in (by probe) rather than at the first burst.
 //!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
 //! (150 bursts, 10 minutes) and prints the same figures.
@@ -132,15 +134,19 @@ fn bursty_loss(bursts: u32) {
         let (a, b) = (c.get("wan1").copied().unwrap_or(0) as f64, c.get("wan2").copied().unwrap_or(0) as f64);
         a / (a + b).max(1.0)
     };
-    let learning = after_learning - before;
-    let later = at_loss_end - after_learning;
+    // Changes during the bursts, split at the first hold.
+    let during: Vec<&String> = changes[before..at_loss_end].iter().collect();
+    let first_held = during.iter().position(|l| l.contains("to=held")).map_or(during.len(), |i| i + 1);
+    let (learning, later) = (first_held, during.len() - first_held);
     common::report(&format!(
         "RESULT bursty loss ({LOSS_PCT} % for {}s every {}s, {bursts} bursts, 400 conn/s): {started} started, {failed} failed; \
-         wan1 state changes: {learning} in the first {learn} bursts, {later} in the {} after, {} in the clean tail; \
+         wan1 state changes: {learning} until first held, {later} after that during the bursts ({} in the first {learn} bursts, {} in the {} after), {} in the clean tail; \
          cumulative after each burst {:?}; slow (> {SLOW_MS} ms) during the bursts: {} ({:?} per 16 s), in the tail {}; \
          wan1 share: {:.3} before, {:.3} during, {:.3} in the tail; at the end wan1 up {:?}, held {:?}, penalty {:?}",
         LOSS_ON.as_secs(),
         PERIOD.as_secs(),
+        after_learning - before,
+        at_loss_end - after_learning,
         bursts - learn,
         changes.len() - at_loss_end,
         per_burst.iter().map(|n| n - before).collect::<Vec<_>>(),
@@ -158,10 +164,7 @@ fn bursty_loss(bursts: u32) {
         eprintln!("  {l}");
     }
     assert_eq!(failed, 0, "failed connections:\n{}", scenario::describe_failures(&records, loss_start_ms));
-    assert!(
-        later <= 1,
-        "wan1 changed state {later} times after the first {learn} bursts (at most one wanted): {changes:#?}"
-    );
-    assert!(learning <= 4, "wan1 changed state {learning} times in the first {learn} bursts: {changes:#?}");
+    assert!(later <= 1, "wan1 changed state {later} times after it was first held (at most one wanted): {changes:#?}");
+    assert!(learning <= 4, "wan1 changed state {learning} times before it was held: {changes:#?}");
     common::phase(start, "done");
 }

@@ -67,10 +67,13 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
     }
     common::phase(start, &format!("both WANs cut and marked down ({} ms)", unix_ms() - cut_ms));
     std::thread::sleep(cut_for.saturating_sub(Duration::from_millis(unix_ms() - cut_ms)));
+    // The give-back is timed from the moment the first WAN is usable again: when its nft
+    // command has returned (the command itself, a process started in the namespace, takes
+    // 20-300 ms on a loaded machine; the time from its start is printed too).
+    let restore_start_ms = unix_ms();
+    t.restore(Wan::Wan1, Cut::Blackhole).expect("restore wan1");
     let restore_ms = unix_ms();
-    for wan in [Wan::Wan1, Wan::Wan2] {
-        t.restore(wan, Cut::Blackhole).expect("restore a WAN");
-    }
+    t.restore(Wan::Wan2, Cut::Blackhole).expect("restore wan2");
     let restore_done_ms = unix_ms();
     let mut up_ms = Vec::new();
     for role in [Role::Ingress1, Role::Ingress2] {
@@ -104,10 +107,12 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
     let second = |from: u64| path_counts(&t, &r.records, restore_ms + from, restore_ms + from + 1000);
     common::report(&format!(
         "RESULT give-back after both WANs were cut: restore -> first new connection over a WAN {first_wan:?} ms \
-         (the restore commands took {} ms; bound {GIVE_BACK_BOUND_MS} ms); WANs up on the nodes {up_ms:?} ms after the \
+         (bound {GIVE_BACK_BOUND_MS} ms; timed from wan1's restore command returning; it took {} ms, wan2's {} ms \
+         more); WANs up on the nodes {up_ms:?} ms after the \
          restore; last new mesh connection at restore{last_mesh:+?} ms; state changes: {} at the cut and back, {} in \
          the {} s after (penalty before the cut {penalty_before}, held at the end {held}); per path in the first \
          second {:?}, the second {:?}, the sixth {:?}; health factors (ms after restore, node/path) {factor_samples:?}",
+        restore_ms - restore_start_ms,
         restore_done_ms - restore_ms,
         changes_at_up - changes_before,
         changes_after - changes_at_up,

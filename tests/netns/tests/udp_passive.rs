@@ -86,10 +86,13 @@ fn udp_flows_move_within_150ms_of_a_silent_cut_and_sinks_are_not_judged() {
     let sink_moved_before = sum(&t, names::UDP_FLOWS_MIGRATED, &[("service", "udp-sink")]);
     let sink_on_wan1 = sum(&t, names::UDP_FLOWS_CREATED, &[("service", "udp-sink"), ("path", "wan1")]);
     let changes_before = sum(&t, "ingress_path_state_changes_total", &[]);
-    let cut_ms = unix_ms();
+    // Timed from the moment the blackhole is in place: when the nft command has returned (the
+    // command, a process started in the namespace, takes 20-300 ms on a loaded machine; the
+    // time from its start is printed too).
+    let cut_start_ms = unix_ms();
     t.cut(Wan::Wan1, Cut::Blackhole).expect("blackhole wan1");
-    let cut_done_ms = unix_ms();
-    common::phase(start, &format!("wan1 blackholed (the nft command took {} ms)", cut_done_ms - cut_ms));
+    let cut_ms = unix_ms();
+    common::phase(start, &format!("wan1 blackholed (the nft command took {} ms)", cut_ms - cut_start_ms));
     let mut down_ms = Vec::new();
     for role in [Role::Ingress1, Role::Ingress2] {
         scenario::wait_paths(&t, role, &[("wan1", false), ("wan2", true)], Duration::from_secs(5))
@@ -130,12 +133,12 @@ fn udp_flows_move_within_150ms_of_a_silent_cut_and_sinks_are_not_judged() {
     }
     common::report(&format!(
         "RESULT udp passive signal, wan1 blackholed: {} echo flows moved, {stayed} were on wan2; cut -> first reply \
-         over wan2 per moved flow {resumed:?} ms (bound {RESUME_BOUND_MS} ms; the nft command took {} ms); wan1 \
+         over wan2 per moved flow {resumed:?} ms (bound {RESUME_BOUND_MS} ms; timed from the nft command returning, it took {} ms); wan1 \
          marked down (as polled) {down_ms:?} ms after the cut; reply silences counted {silences:?}; wan1 state \
          changes by reason {reasons:?}; before the cut: {sink_on_wan1} sink flows on wan1, silences \
          {silences_before}, sink flows moved {sink_moved_before}, state changes {changes_before}",
         resumed.len(),
-        cut_done_ms - cut_ms,
+        cut_ms - cut_start_ms,
     ));
     assert!(sink_on_wan1 > 0.0, "no sink flow on wan1: the test shows nothing");
     assert_eq!(silences_before, 0.0, "sink flows (never answered) were judged");
