@@ -398,10 +398,13 @@ async fn forward_auth_and_routes() {
     let valid = w.keys.token("alice", "42", Some("viewer"), 300);
     let cookie = format!("theme=dark; session={valid}");
 
-    // Public route: served without asking the auth service.
-    let a = get(p, "/auth/login", &[]).await;
+    // Public route: served without asking the auth service, and without the identity
+    // headers a client tried to slip through it.
+    let a = get(p, "/auth/login", &[("x-user-id", "0"), ("remote-user", "root"), ("x-other", "kept")]).await;
     assert_eq!((a.status, a.echoed("upstream")), (200, vec!["public"]), "{}", a.body);
     assert_eq!(w.auth.asked(), 0, "a public route must not ask the auth service");
+    assert!(a.echoed("x-user-id").is_empty() && a.echoed("remote-user").is_empty(), "{}", a.body);
+    assert_eq!(a.echoed("x-other"), ["kept"]);
 
     // No token: the auth service's 302 reaches the client as it came.
     let a = get(p, "/api/items?page=2&sort=name", &[]).await;

@@ -123,6 +123,10 @@ async fn respond(
         return (after.finish(resp), Some("blocked"));
     }
     let mut req = req;
+    // Identity headers come from the auth service only, on public routes too.
+    for name in &route.identity_headers {
+        req.headers_mut().remove(name);
+    }
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {
             Verdict::Allow { headers, user } => {

@@ -31,6 +31,10 @@ pub struct SiteRoute {
     pub paths: Vec<PathRoute>,
     /// The site's rate limiter (paths no route takes).
     pub limiter: Option<Arc<Limiter>>,
+    /// Every `auth_response_headers` name of the site and its routes: removed from every
+    /// client request of the site, whichever route takes it. A public route often reaches the
+    /// same application as a protected one, and that application trusts these headers.
+    pub identity_headers: Vec<http::HeaderName>,
 }
 
 /// One `[[site.route]]` ready to serve.
@@ -184,6 +188,7 @@ impl Routes {
                 auth: site_auth,
                 paths,
                 limiter: site_limiter,
+                identity_headers: identity_headers(site),
                 site: site.clone(),
             });
             for name in site.names() {
@@ -200,6 +205,18 @@ impl Routes {
     pub fn find(&self, host: &str) -> Option<&Arc<SiteRoute>> {
         self.names.lookup(host)
     }
+}
+
+/// The identity header names of `site`: its and its routes' `auth_response_headers`, once each.
+fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    let all = site.forward_auth.iter().chain(site.routes.iter().filter_map(|r| r.forward_auth.as_ref()));
+    for name in all.flat_map(|fa| fa.response_headers.iter()) {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
 }
 
 /// The host a request is for, from the URI authority (h2, absolute-form) or the Host header,
