@@ -66,8 +66,9 @@ fn upstream(config: &Path, label: &str) -> serde_json::Value {
 
 #[test]
 fn ctl_reads_the_config_and_drives_the_admin_api() {
-    let dir = std::env::temp_dir().join(format!("lp-ctl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when an assertion fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     // Two upstreams that accept (never read): the stream only needs them to exist.
     let (ua, ub) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
     let (a, b) = (ua.local_addr().unwrap().to_string(), ub.local_addr().unwrap().to_string());
@@ -120,5 +121,4 @@ fn ctl_reads_the_config_and_drives_the_admin_api() {
     // No token file in the config: refused before calling.
     let (ok, _, err) = ctl(&without, &["drain", "svc", &a]);
     assert!(!ok && err.contains("admin.token_file"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
