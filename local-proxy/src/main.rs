@@ -247,8 +247,9 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     // Every configured listener is bound (listeners::bind above fails the start otherwise; the
     // mesh one may follow later, which is what `mesh_later` is for), and the signal handlers
     // are in place. READY=1 also waits (bounded) for the first round of every pool's active
-    // checks, so the first requests after it avoid an upstream that is down, as the ingress
-    // does with its paths. A stop meanwhile goes straight to the drain.
+    // checks, as the ingress does with its paths, so the first requests after it see the
+    // checks' first answers (a failed one reduces the upstream's share; it goes down after
+    // `fall` of them). A stop meanwhile goes straight to the drain.
     let path = path.to_path_buf();
     tokio::spawn(async move {
         let first_round = {

@@ -44,8 +44,10 @@ pub fn stopping() -> io::Result<bool> {
 /// stuck on an unreachable backend does not hold `systemctl start` for long.
 pub const FIRST_ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Waits until `done()` says every pool has finished its first health round (so the first
-/// connections after READY=1 avoid a backend that is down), or `limit` passes (logged).
+/// Waits until `done()` says every pool has finished its first health round, or `limit`
+/// passes (logged). The first connections after READY=1 then see the checks' first answers:
+/// a backend that failed its first check already has a reduced share, and is out at once only
+/// with `fall = 1` (a fresh backend starts up and needs `fall` failures to go down).
 /// Returns whether the round finished. Both binaries call it before [`ready`] at start-up.
 pub async fn wait_first_round(done: impl Fn() -> bool, limit: std::time::Duration) -> bool {
     let start = tokio::time::Instant::now();
