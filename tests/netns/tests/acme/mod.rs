@@ -1,0 +1,378 @@
+//! Shared by the ACME proofs in the namespace topology (acme_ingress, acme_renewal): pebble and
+//! its DNS on the `stranger` host as the CA, the local proxy with `[acme]` on at home, the
+//! ingress nodes in front, and curl with pebble's root as the client.
+#![allow(dead_code)]
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use netns::cmd;
+use netns::metrics;
+use netns::topology::{addr, Bins, Role, Topology};
+use netns::wait::{check, wait_until};
+
+pub const LP_ADMIN: &str = "127.0.0.1:9181";
+pub const INGRESS_ADMIN: &str = "127.0.0.1:9180";
+pub const LAN_HTTP: u16 = 8000;
+/// The CA's host on the internet.
+pub const CA_IP: Ipv4Addr = addr::STRANGER;
+pub const PEBBLE_API: u16 = 14000;
+pub const PEBBLE_MGMT: u16 = 15000;
+pub const DNS_PORT: u16 = 8053;
+pub const DNS_MGMT: u16 = 8055;
+
+pub fn started(start: Instant, what: &str) {
+    eprintln!("[{:6.2}s] {what}", start.elapsed().as_secs_f64());
+}
+
+pub struct AcmeBins {
+    pub harness: Bins,
+    pub local_proxy: PathBuf,
+    pub peer_echo: PathBuf,
+}
+
+pub fn bins() -> Result<AcmeBins> {
+    let peer_echo = PathBuf::from(env!("CARGO_BIN_EXE_peer-echo"));
+    let dir = peer_echo.parent().context("peer-echo has no parent dir")?.to_path_buf();
+    let harness = Bins::in_dir(&dir);
+    let local_proxy = std::env::var_os("LOCAL_PROXY_BIN").map(PathBuf::from).unwrap_or_else(|| dir.join("local-proxy"));
+    for (what, p) in [("ingress", &harness.ingress), ("local-proxy", &local_proxy)] {
+        if !p.is_file() {
+            bail!("{what} binary missing at {}: build it with `cargo build -p {what}`", p.display());
+        }
+    }
+    for tool in ["openssl", "curl", "pebble", "pebble-challtestsrv"] {
+        let found = cmd::run_full(&["sh", "-c", &format!("command -v {tool}")], None, cmd::DEFAULT_TIMEOUT)?;
+        if !found.status.success() {
+            bail!("`{tool}` is required by this test (tests/netns/deps.sh installs it)");
+        }
+    }
+    Ok(AcmeBins { harness, local_proxy, peer_echo })
+}
+
+/// pebble's own HTTPS certificate (for the CA's address), from a CA made here with openssl.
+/// Returns that CA's PEM (the local proxy trusts it for the directory only).
+pub fn pebble_api_cert(dir: &Path) -> Result<PathBuf> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["openssl", "req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_pem) = (p("api-ca.key"), p("api-ca.pem"));
+    ca.extend(["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", "/CN=pebble API test CA"]);
+    cmd::run(&ca)?;
+    let (key, csr) = (p("pebble.key"), p("pebble.csr"));
+    let mut req = vec!["openssl", "req"];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=pebble"]);
+    cmd::run(&req)?;
+    let ext = dir.join("pebble.ext");
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=IP:{CA_IP}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )?;
+    let (leaf, ext_s) = (p("pebble.pem"), ext.display().to_string());
+    cmd::run(&[
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &leaf,
+        "-days",
+        "2",
+        "-extfile",
+        &ext_s,
+    ])?;
+    Ok(dir.join("api-ca.pem"))
+}
+
+/// pebble and its DNS in the CA's namespace; returns pebble's issuing root (PEM file).
+pub fn start_pebble(t: &mut Topology, api_ca: &Path, validity_secs: Option<u64>) -> Result<PathBuf> {
+    let dir = t.dir().to_path_buf();
+    let mut config = serde_json::json!({
+        "pebble": {
+            "listenAddress": format!("{CA_IP}:{PEBBLE_API}"),
+            "managementListenAddress": format!("{CA_IP}:{PEBBLE_MGMT}"),
+            "certificate": dir.join("pebble.pem"),
+            "privateKey": dir.join("pebble.key"),
+            // The ports the ingress nodes publish.
+            "httpPort": 80,
+            "tlsPort": 443,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }
+    });
+    if let Some(secs) = validity_secs {
+        // Short-lived certificates for the renewal proofs (pebble's default is five years).
+        config["pebble"]["certificateValidityPeriod"] = serde_json::json!(secs);
+    }
+    std::fs::write(dir.join("pebble.json"), config.to_string())?;
+    let s = |v: &str| v.to_string();
+    t.spawn(
+        Role::Stranger,
+        "challtestsrv",
+        &[
+            s("pebble-challtestsrv"),
+            s("-defaultIPv4"),
+            addr::INGRESS1.to_string(),
+            s("-defaultIPv6"),
+            s(""),
+            s("-http01"),
+            s(""),
+            s("-https01"),
+            s(""),
+            s("-tlsalpn01"),
+            s(""),
+            s("-dns01"),
+            format!("{CA_IP}:{DNS_PORT}"),
+            s("-management"),
+            format!("{CA_IP}:{DNS_MGMT}"),
+        ],
+    )?;
+    t.spawn(
+        Role::Stranger,
+        "pebble",
+        &[
+            s("env"),
+            s("PEBBLE_VA_NOSLEEP=1"),
+            s("PEBBLE_WFE_NONCEREJECT=0"),
+            s("PEBBLE_AUTHZREUSE=0"),
+            s("pebble"),
+            s("-config"),
+            dir.join("pebble.json").display().to_string(),
+            s("-dnsserver"),
+            format!("{CA_IP}:{DNS_PORT}"),
+        ],
+    )?;
+    let ca = api_ca.display().to_string();
+    let roots = format!("https://{CA_IP}:{PEBBLE_MGMT}/roots/0");
+    let root = wait_until("pebble serving its root", Duration::from_secs(20), Duration::from_millis(100), || {
+        t.proc_mut("pebble")?.ensure_running()?;
+        t.proc_mut("challtestsrv")?.ensure_running()?;
+        let pem = t.exec(
+            Role::Stranger,
+            &["curl", "-sS", "--max-time", "3", "--cacert", &ca, &roots],
+            Duration::from_secs(5),
+        )?;
+        check(pem.contains("BEGIN CERTIFICATE"), || format!("roots/0: {pem}"))?;
+        Ok(pem)
+    })?;
+    let file = dir.join("pebble-root.pem");
+    std::fs::write(&file, root)?;
+    Ok(file)
+}
+
+/// Point `name` at `ip` in the CA's DNS.
+pub fn resolve_at(t: &Topology, name: &str, ip: Ipv4Addr) -> Result<()> {
+    let body = serde_json::json!({ "host": name, "addresses": [ip.to_string()] }).to_string();
+    let url = format!("http://{CA_IP}:{DNS_MGMT}/add-a");
+    t.exec(Role::Stranger, &["curl", "-sS", "--max-time", "3", "-d", &body, &url], Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// `acme_extra`: more `[acme]` keys (lines), e.g. a shorter `order_timeout`.
+pub fn local_proxy_config(
+    t: &Topology,
+    api_ca: &Path,
+    names: &[&str],
+    http_01: bool,
+    acme_extra: &str,
+) -> Result<String> {
+    let ygg = t.ygg(Role::Home).context("home has no yggdrasil router")?;
+    let ing_mesh = |r: Role| t.ygg(r).map(|n| n.address).with_context(|| format!("{} has no yggdrasil", r.as_str()));
+    let (ing1_mesh, ing2_mesh) = (ing_mesh(Role::Ingress1)?, ing_mesh(Role::Ingress2)?);
+    let lan4 = addr::LAN;
+    let mut sites = String::new();
+    for n in ["a.test", "b.test", "c.test", "d.test"] {
+        sites.push_str(&format!("[[site]]\nhost = \"{n}\"\nupstream = \"http://{lan4}:{LAN_HTTP}\"\n"));
+    }
+    let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    Ok(format!(
+        r#"[admin]
+listen = "{LP_ADMIN}"
+
+[wan]
+addresses = ["{wan1}", "{wan2}"]
+trusted_ingress = ["{ing1}", "{ing2}"]
+
+[mesh]
+listen = "auto"
+admin_endpoint = "unix://{admin}"
+trusted_ingress = ["{ing1_mesh}", "{ing2_mesh}"]
+
+[tls]
+reload_interval = "1s"
+
+[acme]
+directory = "https://{CA_IP}:{PEBBLE_API}/dir"
+directory_ca_file = "{api_ca}"
+contact = ["admin@example.org"]
+storage = "{storage}"
+names = [{names}]
+http_01 = {http_01}
+tls_alpn_01 = true
+retry_min = "1s"
+retry_max = "5s"
+{acme_extra}
+{sites}"#,
+        wan1 = addr::WAN1,
+        wan2 = addr::WAN2,
+        ing1 = addr::INGRESS1,
+        ing2 = addr::INGRESS2,
+        admin = ygg.admin.display(),
+        api_ca = api_ca.display(),
+        storage = t.dir().join("acme").display(),
+        names = names.join(", "),
+    ))
+}
+
+/// The pool: both WANs (`wan`) and the mesh tier (home's Yggdrasil address). Until the first
+/// certificate the home answers the PROXY LOCAL probes "not ready" (no certificate loaded) on
+/// every path, the mesh included, so every path is down and the ingress tries each in turn:
+/// whichever carries the CA's validation, its PROXY v2 header must be read.
+pub fn ingress_config(wan: bool, mesh: Ipv6Addr) -> String {
+    let (w1, w2) = (addr::WAN1, addr::WAN2);
+    let paths = if wan {
+        format!(
+            r#"[ {{ name = "wan1", address = "{w1}", weight = 1 }}, {{ name = "wan2", address = "{w2}", weight = 1 }} ]"#
+        )
+    } else {
+        "[]".to_string()
+    };
+    format!(
+        r#"[admin]
+listen = "{INGRESS_ADMIN}"
+
+[pool.home]
+paths = {paths}
+mesh = "{mesh}"
+health = {{ interval = "300ms", timeout = "250ms", rise = 2, fall = 2, port = 443, check = "proxy-v2" }}
+
+[[service]]
+name = "https"
+listen = ["0.0.0.0:443"]
+mode = "sni"
+pool = "home"
+proxy_protocol = "v2"
+
+[[service]]
+name = "http"
+listen = ["0.0.0.0:80"]
+mode = "http"
+pool = "home"
+proxy_protocol = "v2"
+"#
+    )
+}
+
+pub fn start_lan(t: &mut Topology, b: &AcmeBins) -> Result<()> {
+    let argv = [
+        b.peer_echo.display().to_string(),
+        "serve".into(),
+        "--http".into(),
+        SocketAddr::new(IpAddr::from(addr::LAN), LAN_HTTP).to_string(),
+    ];
+    t.spawn(Role::Lan, "lan-service", &argv)?;
+    let ns = t.ns(Role::Lan).to_string();
+    wait_until("the LAN service listening", Duration::from_secs(10), Duration::from_millis(20), || {
+        t.proc_mut("lan-service")?.ensure_running()?;
+        let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
+        check(out.contains(&format!(":{LAN_HTTP}")), || format!("listening: {out}"))
+    })
+}
+
+pub fn start_local_proxy(t: &mut Topology, b: &AcmeBins, config: &str) -> Result<()> {
+    let file = t.dir().join("local-proxy.toml");
+    std::fs::write(&file, config)?;
+    let (bin, f) = (b.local_proxy.display().to_string(), file.display().to_string());
+    let out = cmd::run_full(&[&bin, "check", "-c", &f], None, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!("`local-proxy check` refused the test config: {}{}", out.stderr, out.stdout);
+    }
+    t.spawn(Role::Home, "local-proxy", &[bin, "-c".into(), f])?;
+    let home = t.ns(Role::Home).to_string();
+    wait_until("local-proxy listening on 80 and 443", Duration::from_secs(15), Duration::from_millis(50), || {
+        t.proc_mut("local-proxy")?.ensure_running()?;
+        let out = cmd::exec_ok(&home, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
+        let want = [format!("{}:443", addr::WAN1), format!("{}:80", addr::WAN2)];
+        let missing: Vec<&String> = want.iter().filter(|w| !out.contains(w.as_str())).collect();
+        check(missing.is_empty(), || format!("not listening on {missing:?}"))
+    })
+}
+
+pub fn start_ingress(t: &mut Topology, b: &AcmeBins, role: Role, config: &str) -> Result<()> {
+    let name = role.as_str();
+    let file = t.dir().join(format!("{name}.toml"));
+    std::fs::write(&file, config)?;
+    netns::ingress::check(&b.harness.ingress, &file)?;
+    t.spawn(role, name, &[b.harness.ingress.display().to_string(), "-c".into(), file.display().to_string()])?;
+    let ns = t.ns(role).to_string();
+    // Before the first certificate the home says "not ready" to the PROXY LOCAL probes (no
+    // certificate loaded): the paths come up once one is issued. Only wait for the listener.
+    wait_until(&format!("ingress in {name} listening"), Duration::from_secs(15), Duration::from_millis(50), || {
+        t.proc_mut(name)?.ensure_running()?;
+        let out = cmd::exec_ok(&ns, &["ss", "-Hltn"], cmd::DEFAULT_TIMEOUT)?;
+        check(out.contains("0.0.0.0:80") && out.contains("0.0.0.0:443"), || format!("listening: {out}"))
+    })
+}
+
+/// `curl --cacert pebble-root https://name/` from `role` with `name` resolved to `ip`.
+pub fn curl(t: &Topology, role: Role, name: &str, ip: IpAddr, root: &Path) -> Result<String> {
+    let host = match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let resolve = format!("{name}:443:{host}");
+    let url = format!("https://{name}/hello");
+    let root = root.display().to_string();
+    t.exec(
+        role,
+        &["curl", "-sS", "--max-time", "10", "--resolve", &resolve, "--cacert", &root, &url],
+        Duration::from_secs(20),
+    )
+}
+
+/// Wait until every name in `names` is served with pebble's certificate through both ingress
+/// nodes and over the mesh.
+pub fn wait_served(t: &Topology, names: &[&str], root: &Path, within: Duration) -> Result<()> {
+    let mesh = t.home_mesh_addr().context("home mesh address")?;
+    wait_until(&format!("{names:?} served with pebble's certificates"), within, Duration::from_millis(500), || {
+        for name in names {
+            for (role, ip) in [
+                (Role::Client, IpAddr::from(addr::INGRESS1)),
+                (Role::Client, IpAddr::from(addr::INGRESS2)),
+                (Role::Meshc, IpAddr::from(mesh)),
+            ] {
+                let body = curl(t, role, name, ip, root).with_context(|| format!("{name} via {ip}"))?;
+                check(body.contains("/hello"), || format!("{name} via {ip}: the LAN service said {body}"))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The `x-forwarded-for` value the LAN service saw (it echoes the request head).
+pub fn forwarded_for(body: &str) -> Option<String> {
+    body.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-forwarded-for").then(|| v.trim().to_string())
+    })
+}
+
+/// Connections an ingress node's service accepted.
+pub fn accepted(t: &Topology, role: Role, service: &str) -> Result<f64> {
+    let m = metrics::scrape(t.ns(role), INGRESS_ADMIN)?;
+    Ok(m.sum("ingress_listener_accepted_total", &[("service", service)]))
+}
+
+pub fn challenges_answered(t: &Topology, kind: &str) -> Result<f64> {
+    let m = metrics::scrape(t.ns(Role::Home), LP_ADMIN)?;
+    Ok(m.get("local_proxy_acme_challenges_answered_total", &[("challenge", kind)]).unwrap_or(0.0))
+}
