@@ -758,11 +758,16 @@ impl Pool {
     /// - down: `down_interval`, overlapping (a probe whose SYN was lost before a restore
     ///   would hold the next one back for the whole timeout), so a restored path answers
     ///   the first probe sent after the restore.
-    fn probe_pace(&self, p: &Path) -> (std::time::Duration, u32) {
+    ///
+    /// While any path of the pool is changing state, steady paths are probed at the fast
+    /// pace too (what fails one path, the cloud side's own uplink say, may fail the others):
+    /// paths cut together are judged together, and flows do not move twice.
+    fn probe_pace(&self, p: &Path, any_changing: bool) -> (std::time::Duration, u32) {
         let hc = &self.cfg.health;
         let fast = (hc.interval / 4).max(FAST_INTERVAL_FLOOR).min(hc.down_interval);
         let h = p.health_snapshot();
         match (h.up, h.transitional()) {
+            (true, false) if any_changing => (fast, 1),
             (true, false) => (hc.interval, 1),
             (true, true) => (fast, 1),
             // Down and answering again: still overlapping, since the probes sent before the
@@ -779,7 +784,10 @@ impl Pool {
         let hc = self.cfg.health.clone();
         let n = self.paths.len();
         let t0 = tokio::time::Instant::now();
-        let mut due = vec![t0; n];
+        // Start of each path's last probe (the next is due its pace later), and whether one is
+        // asked for at once (`probe_now`).
+        let mut last_start: Vec<Option<tokio::time::Instant>> = vec![None; n];
+        let mut forced = vec![false; n];
         // Start of the newest probe whose outcome was recorded, per path: an older probe that
         // ends later (its SYN lost before a restore, so it times out after a newer one
         // answered) is stale evidence and is dropped.
@@ -793,14 +801,18 @@ impl Pool {
         loop {
             let now = tokio::time::Instant::now();
             let mut next: Option<tokio::time::Instant> = None;
+            let any_changing = self.paths.iter().any(|p| p.health_snapshot().transitional());
             for (i, p) in self.paths.iter().enumerate() {
-                if p.state.probe_now.swap(false, Ordering::Relaxed) {
-                    due[i] = now;
-                }
-                let (gap, cap) = self.probe_pace(p);
+                forced[i] |= p.state.probe_now.swap(false, Ordering::Relaxed);
+                let (gap, cap) = self.probe_pace(p, any_changing);
+                let due = match last_start[i] {
+                    Some(t) if !forced[i] => t + gap,
+                    _ => t0.max(now),
+                };
                 let busy = in_flight[i].load(Ordering::Relaxed);
-                if due[i] <= now && busy < cap {
-                    due[i] = now + gap;
+                if due <= now && busy < cap {
+                    forced[i] = false;
+                    last_start[i] = Some(now);
                     match p.addr(default_port) {
                         // A path whose name has no address has nothing to probe (it is down).
                         None => judged[i] = true,
@@ -818,7 +830,8 @@ impl Pool {
                     }
                 }
                 if in_flight[i].load(Ordering::Relaxed) < cap {
-                    next = Some(next.map_or(due[i], |t| t.min(due[i])));
+                    let due = last_start[i].map_or(now, |t| t + gap);
+                    next = Some(next.map_or(due, |t| t.min(due)));
                 }
             }
             if judged.iter().all(|&j| j) {
@@ -834,8 +847,8 @@ impl Pool {
                             newest[i] = Some(started);
                             self.record(i, outcome, Source::Probe);
                             judged[i] = true;
-                            // The state may have changed: the next probe comes at its new pace.
-                            due[i] = started + self.probe_pace(&self.paths[i]).0;
+                            // The state may have changed: the next probe comes at its new pace
+                            // (computed at the top of the loop).
                             self.refresh_factors();
                         }
                     }
