@@ -818,8 +818,15 @@ impl Pool {
                         None => judged[i] = true,
                         Some(addr) => {
                             let (check, timeout) = (hc.check.clone(), self.probe_timeout(p));
-                            // Raced after 4x the usual latency, as real connects are.
-                            let hedge = p.latency().map_or(PROBE_HEDGE_FLOOR, |l| (l * 4).max(PROBE_HEDGE_FLOOR));
+                            // Raced after 4x the usual latency, as real connects are; not while
+                            // held down for flapping: such a path must prove itself clean (each
+                            // lost SYN fails its probe, so a path that keeps failing keeps adding
+                            // penalty and stays held).
+                            let hedge = match p.latency() {
+                                _ if p.is_held() => timeout,
+                                Some(l) => (l * 4).max(PROBE_HEDGE_FLOOR),
+                                None => PROBE_HEDGE_FLOOR,
+                            };
                             let guard = InFlight::new(in_flight[i].clone());
                             probes.spawn(async move {
                                 let outcome = crate::health::probe(addr, &check, timeout, hedge).await;
