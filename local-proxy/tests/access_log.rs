@@ -202,6 +202,7 @@ upstream = "http://{dead}"
     assert_eq!(l["result"], Value::Null);
     assert_eq!(l["tls_sni"], Value::Null);
     assert_eq!(l["tls_version"], Value::Null);
+    assert_eq!(l["tls_cipher"], Value::Null);
     assert_eq!(l["user_agent"], "test-agent/1.0");
     assert_eq!(l["referer"], "https://ref.example/page");
     assert_eq!(l["request_id"], "req-42");
@@ -220,6 +221,7 @@ upstream = "http://{dead}"
     assert_eq!(l["proto"], "HTTP/2");
     assert_eq!(l["tls_sni"], "a.test");
     assert_eq!(l["tls_version"], "TLSv1.3");
+    assert!(l["tls_cipher"].as_str().is_some_and(|c| c.starts_with("TLS13_")), "{}", l["tls_cipher"]);
     assert_eq!(l["user_agent"], "curl-h2");
     assert_eq!(l["bytes_sent"], out.len() as u64);
     assert_eq!(l["status"], 200);

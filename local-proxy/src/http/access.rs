@@ -8,7 +8,7 @@
 //! `status`, `bytes_sent` (response body bytes), `duration_ms`, `result` (the handler's
 //! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...), `upstream`,
 //! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
-//! `tls_sni`, `tls_version`, `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
+//! `tls_sni`, `tls_version`, `tls_cipher` (IANA name), `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
 //! (the `[[site.route]]` that served it; null: the site's own settings), `user` (from
 //! forward auth's `user_header`; null without auth or header).
 
@@ -82,6 +82,7 @@ struct Line {
     upstream_attempts: Option<usize>,
     tls_sni: Option<String>,
     tls_version: Option<&'static str>,
+    tls_cipher: Option<&'static str>,
     user_agent: Option<String>,
     referer: Option<String>,
     request_id: Option<String>,
@@ -133,6 +134,7 @@ impl Entry {
             upstream_attempts: None,
             tls_sni: tls.and_then(|t| t.sni.clone()),
             tls_version: tls.map(|t| t.version),
+            tls_cipher: tls.and_then(|t| t.cipher),
             user_agent: header_str(req, header::USER_AGENT),
             referer: header_str(req, header::REFERER),
             request_id: header_str(req, header::HeaderName::from_static("x-request-id")),

@@ -24,6 +24,8 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     /// `TLSv1.2` or `TLSv1.3`.
     pub version: &'static str,
+    /// The negotiated cipher suite's IANA name (`TLS13_AES_128_GCM_SHA256`, ...).
+    pub cipher: Option<&'static str>,
 }
 
 impl TlsInfo {
@@ -33,6 +35,7 @@ impl TlsInfo {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         };
-        Self { sni: c.server_name().map(str::to_string), version }
+        let cipher = c.negotiated_cipher_suite().and_then(|s| s.suite().as_str());
+        Self { sni: c.server_name().map(str::to_string), version, cipher }
     }
 }
