@@ -107,6 +107,20 @@ http {{
     fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
+
+    /// The access log once it holds `want` lines, or after 5 s (then the test's own check
+    /// says what is missing): nginx writes a request's line after sending the response, so a
+    /// read right after the reply can miss the last one.
+    fn access_log_with(&self, want: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = self.access_log();
+            if seen.lines().count() >= want || std::time::Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 struct Running {
@@ -355,7 +369,8 @@ async fn rate_limit_lets_50_a_second_through_of_200_offered() {
     let lines = wait_log(&proxy.log, "every request", |ls| ls.len() as u64 >= offered).await;
     let logged_429 = lines.iter().filter(|l| l["status"] == 429 && l["result"] == "rate_limited").count() as u64;
     assert_eq!(logged_429, l, "each 429 logged with result rate_limited");
-    assert_eq!(nginx.access_log().lines().count() as u64, p, "nginx saw only the requests let through");
+    let seen = nginx.access_log_with(p as usize).lines().count() as u64;
+    assert_eq!(seen, p, "nginx saw only the requests let through");
 }
 
 /// A tiny multi-consumer queue for the workers (tokio's mpsc has one receiver).
@@ -658,7 +673,7 @@ max_age = "10m""#,
     assert!(a.cors_headers().is_empty(), "{:?}", a.cors_headers());
 
     // nginx saw the two GETs only: the preflights stayed at the proxy.
-    let seen = nginx.access_log();
+    let seen = nginx.access_log_with(2);
     assert_eq!(seen.lines().count(), 2, "{seen}");
     assert!(!seen.contains("OPTIONS"), "{seen}");
     assert_eq!(proxy.metric("local_proxy_cors_total", &[("site", "a.test"), ("result", "preflight")]).await, 2.0);
@@ -720,7 +735,7 @@ async fn hostile_clients_are_closed_or_refused_and_logged() {
     assert!(closed.iter().all(|l| l["result"] == "closed" && l["bytes_sent"] == 0));
     assert!(closed.iter().any(|l| l["proto"] == "HTTP/2"));
     assert_eq!(lines.iter().filter(|l| l["status"] == 403 && l["result"] == "refused").count(), 2);
-    let seen = nginx.access_log();
+    let seen = nginx.access_log_with(1);
     assert_eq!(seen.lines().count(), 1, "nginx saw the ordinary request only: {seen}");
 }
 
