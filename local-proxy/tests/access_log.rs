@@ -10,7 +10,6 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,68 +17,13 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-const MESH: &str = "127.0.0.4";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Running {
-    _child: Child,
-    pid: String,
-    mesh_http: SocketAddr,
-    mesh_https: SocketAddr,
-    wan_http: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-}
+/// The running binary (tests/common).
+type Running = Binary;
 
 /// Start the binary on fixed free ports with `sites` and `http_extra` (in `[http]`).
 async fn start(dir: &Path, live: &Path, http_extra: &str, sites: &str) -> Running {
-    let (admin, http, https) = (free_port(), free_port(), free_port());
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-[wan]
-addresses = ["127.0.0.1"]
-trusted_ingress = ["127.0.0.2"]
-[mesh]
-listen = "{MESH}"
-[http]
-https_port = {https}
-http_port = {http}
-redirect_to_https = false
-upstream_connect_timeout = "500ms"
-{http_extra}
-[tls]
-certbot_live_dir = "{live}"
-{sites}
-"#,
-        live = live.display()
-    );
-    let file = dir.join("lp.toml");
-    std::fs::write(&file, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &file.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap().to_string();
-    let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
-    let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
-    let wan_http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    wait_until(Duration::from_secs(10), "the proxy serving", || async move {
-        TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()
-    })
-    .await;
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    Running { _child: child, pid, mesh_http, mesh_https, wan_http, admin, config: file }
+    spawn_binary(dir, live, http_extra, sites).await
 }
 
 /// One HTTP/1.1 GET with extra header lines on `s`; returns (status, body length).

@@ -25,7 +25,6 @@ mod common;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,16 +37,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
-const MESH: &str = "127.0.0.4";
 const CLIENT: &str = "127.0.0.9";
 const LOGIN: &str = "https://auth.example.org/";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -184,62 +177,23 @@ async fn decide(
     }
 }
 
+/// The running binary (tests/common) and the CA its certificate comes from.
 struct Running {
-    _child: Child,
-    pid: String,
-    config: PathBuf,
-    mesh_http: SocketAddr,
-    mesh_https: SocketAddr,
+    bin: Binary,
     ca: PathBuf,
-    wan_http: SocketAddr,
-    admin: SocketAddr,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Binary;
+    fn deref(&self) -> &Binary {
+        &self.bin
+    }
 }
 
 async fn start(dir: &Path, sites: &str) -> Running {
-    let (admin, http, https) = (free_port(), free_port(), free_port());
     let live = dir.join("live");
     Ca::new(dir).certbot(&live, "app.example.org", &["app.example.org"], "app.example.org");
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-[wan]
-addresses = ["127.0.0.1"]
-trusted_ingress = ["127.0.0.2"]
-[mesh]
-listen = "{MESH}"
-[http]
-https_port = {https}
-http_port = {http}
-redirect_to_https = false
-upstream_connect_timeout = "500ms"
-[tls]
-certbot_live_dir = "{live}"
-{sites}
-"#,
-        live = live.display()
-    );
-    let file = dir.join("lp.toml");
-    std::fs::write(&file, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &file.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap().to_string();
-    let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
-    let wan_http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the proxy serving",
-        || async move { TcpStream::connect(mesh_http).await.is_ok() },
-    )
-    .await;
-    let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
-    let admin = format!("127.0.0.1:{admin}").parse().unwrap();
-    Running { _child: child, pid, config: file, mesh_http, mesh_https, ca: dir.join("ca.pem"), wan_http, admin }
+    Running { bin: spawn_binary(dir, &live, "", sites).await, ca: dir.join("ca.pem") }
 }
 
 /// An answer: status, headers, body.

@@ -396,3 +396,76 @@ pub async fn served_cn(addr: SocketAddr, name: &str, ca: &Path) -> Option<String
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
 }
+
+/// A free TCP port on loopback (bound and released; the binary tests bind it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The mesh address the binary tests listen on (plain, no PROXY header).
+pub const BINARY_MESH: &str = "127.0.0.4";
+
+/// The real binary, killed on drop, and where it listens.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub pid: String,
+    pub config: PathBuf,
+    pub admin: SocketAddr,
+    pub mesh_http: SocketAddr,
+    pub mesh_https: SocketAddr,
+    pub wan_http: SocketAddr,
+}
+
+/// Start the binary on free ports: admin, the WAN listeners on 127.0.0.1 (PROXY v2 trusted
+/// from 127.0.0.2), the mesh ones on [`BINARY_MESH`], certificates from `live`, no redirect
+/// to HTTPS, `http_extra` in `[http]` and `sites` after; returns once both mesh listeners
+/// accept.
+pub async fn spawn_binary(dir: &Path, live: &Path, http_extra: &str, sites: &str) -> Binary {
+    let (admin, http, https) = (free_port(), free_port(), free_port());
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "{BINARY_MESH}"
+[http]
+https_port = {https}
+http_port = {http}
+redirect_to_https = false
+upstream_connect_timeout = "500ms"
+{http_extra}
+[tls]
+certbot_live_dir = "{live}"
+{sites}
+"#,
+        live = live.display()
+    );
+    let config = dir.join("lp.toml");
+    std::fs::write(&config, text).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let mesh_http: SocketAddr = format!("{BINARY_MESH}:{http}").parse().unwrap();
+    let mesh_https: SocketAddr = format!("{BINARY_MESH}:{https}").parse().unwrap();
+    wait_until(Duration::from_secs(10), "the proxy serving", || async move {
+        TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()
+    })
+    .await;
+    Binary {
+        child,
+        pid,
+        config,
+        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        mesh_http,
+        mesh_https,
+        wan_http: format!("127.0.0.1:{http}").parse().unwrap(),
+    }
+}
