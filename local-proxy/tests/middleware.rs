@@ -123,19 +123,22 @@ http {{
     }
 }
 
+/// The running binary (tests/common) and its access log.
 struct Running {
-    child: Child,
-    mesh_http: SocketAddr,
-    mesh_https: SocketAddr,
-    wan_http: SocketAddr,
-    admin: SocketAddr,
+    bin: Binary,
     log: PathBuf,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Binary;
+    fn deref(&self) -> &Binary {
+        &self.bin
+    }
 }
 
 impl Running {
     fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
@@ -150,58 +153,11 @@ async fn start(dir: &Path, upstream: SocketAddr, site_extra: &str) -> (Running, 
     let ca = Ca::new(dir);
     let live = dir.join("live");
     ca.certbot(&live, "a.test", &["a.test"], "a.test");
-    let (admin, http, https) = (free_port(), free_port(), free_port());
     let log = dir.join("access.log");
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-[wan]
-addresses = ["127.0.0.1"]
-trusted_ingress = ["127.0.0.2"]
-[mesh]
-listen = "{MESH}"
-[http]
-https_port = {https}
-http_port = {http}
-redirect_to_https = false
-access_log = {{ path = "{log}" }}
-[tls]
-certbot_live_dir = "{live}"
-[[site]]
-host = "a.test"
-upstream = "http://{upstream}"
-{site_extra}
-"#,
-        log = log.display(),
-        live = live.display()
-    );
-    let file = dir.join("lp.toml");
-    std::fs::write(&file, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &file.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("proxy.stderr")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mesh_http: SocketAddr = format!("{MESH}:{http}").parse().unwrap();
-    let mesh_https: SocketAddr = format!("{MESH}:{https}").parse().unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while !(TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()) {
-        let log = std::fs::read_to_string(dir.join("proxy.stderr")).unwrap_or_default();
-        assert!(Instant::now() < end, "the proxy is not serving after 10 s; its log:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let running = Running {
-        child,
-        mesh_http,
-        mesh_https,
-        wan_http: format!("127.0.0.1:{http}").parse().unwrap(),
-        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-        log,
-    };
-    (running, ca)
+    let http_extra = format!("access_log = {{ path = \"{}\" }}", log.display());
+    let sites = format!("[[site]]\nhost = \"a.test\"\nupstream = \"http://{upstream}\"\n{site_extra}\n");
+    let bin = spawn_binary(dir, &live, &http_extra, &sites).await;
+    (Running { bin, log }, ca)
 }
 
 /// A response read off a raw connection.

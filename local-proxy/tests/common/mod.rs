@@ -419,7 +419,7 @@ pub struct Binary {
 /// Start the binary on free ports: admin, the WAN listeners on 127.0.0.1 (PROXY v2 trusted
 /// from 127.0.0.2), the mesh ones on [`BINARY_MESH`], certificates from `live`, no redirect
 /// to HTTPS, `http_extra` in `[http]` and `sites` after; returns once both mesh listeners
-/// accept.
+/// accept (its stderr goes to `dir/proxy.stderr`, shown if it never does).
 pub async fn spawn_binary(dir: &Path, live: &Path, http_extra: &str, sites: &str) -> Binary {
     let (admin, http, https) = (free_port(), free_port(), free_port());
     let text = format!(
@@ -445,20 +445,23 @@ certbot_live_dir = "{live}"
     );
     let config = dir.join("lp.toml");
     std::fs::write(&config, text).unwrap();
+    let stderr = dir.join("proxy.stderr");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_local-proxy"))
         .args(["-c", &config.display().to_string()])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap().to_string();
     let mesh_http: SocketAddr = format!("{BINARY_MESH}:{http}").parse().unwrap();
     let mesh_https: SocketAddr = format!("{BINARY_MESH}:{https}").parse().unwrap();
-    wait_until(Duration::from_secs(10), "the proxy serving", || async move {
-        TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()
-    })
-    .await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !(TcpStream::connect(mesh_http).await.is_ok() && TcpStream::connect(mesh_https).await.is_ok()) {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(Instant::now() < end, "the proxy is not serving after 10 s; its log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Binary {
         child,
         pid,
