@@ -65,6 +65,63 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> Result<Cert> {
     Ok(Cert { cert, key })
 }
 
+/// A certificate signed by a test CA made for it (both P-256, two days, with openssl).
+#[derive(Debug, Clone)]
+pub struct CaSigned {
+    /// The CA's certificate (what a client trusts).
+    pub ca: PathBuf,
+    /// The leaf alone (`{stem}.pem`) and its key.
+    pub leaf: Cert,
+}
+
+/// Makes a CA (`{stem}-ca.pem`, subject `ca_cn`) and a leaf (`{stem}.pem`/`.key`, subject
+/// `leaf_cn`) for serverAuth with `san` as its subjectAltName (`DNS:a.test`, `IP:10.0.0.1`).
+pub fn ca_signed(dir: &Path, stem: &str, ca_cn: &str, leaf_cn: &str, san: &str) -> Result<CaSigned> {
+    require()?;
+    let p = |f: String| dir.join(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca_key, ca_pem) = (p(format!("{stem}-ca.key")), p(format!("{stem}-ca.pem")));
+    let ca_subj = format!("/CN={ca_cn}");
+    let mut ca = vec!["openssl", "req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", &ca_subj]);
+    cmd::run(&ca).with_context(|| format!("making the test CA {ca_cn}"))?;
+    let (key, csr, leaf) = (p(format!("{stem}.key")), p(format!("{stem}.csr")), p(format!("{stem}.pem")));
+    let leaf_subj = format!("/CN={leaf_cn}");
+    let mut req = vec!["openssl", "req"];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", &leaf_subj]);
+    cmd::run(&req).with_context(|| format!("making the key and request for {leaf_cn}"))?;
+    let ext = dir.join(format!("{stem}.ext"));
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    let ext = ext.display().to_string();
+    cmd::run(&[
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &leaf,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ])
+    .with_context(|| format!("signing the certificate for {leaf_cn}"))?;
+    Ok(CaSigned { ca: ca_pem.into(), leaf: Cert { cert: leaf.into(), key: key.into() } })
+}
+
 /// Starts `openssl s_server -WWW` in `role` on `0.0.0.0:port` (process `name`), serving a
 /// fresh directory whose `id.txt` holds `id`, and waits until it listens.
 pub fn start_s_server(t: &mut Topology, role: Role, name: &str, port: u16, cert: &Cert, id: &str) -> Result<()> {

@@ -82,49 +82,13 @@ fn bins() -> Result<E2eBins> {
 /// A test CA and a certificate for [`NAME`] signed by it, made with openssl.
 /// Returns (ca.pem, fullchain.pem, key.pem).
 fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let p = |f: &str| dir.join(f).display().to_string();
-    let ext = dir.join("leaf.ext");
-    std::fs::write(
-        &ext,
-        format!("subjectAltName=DNS:{NAME}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
-    )?;
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["openssl", "req", "-x509"];
-    ca.extend(ec);
-    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
-    ca.extend(["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", "/CN=netns e2e test CA"]);
-    cmd::run(&ca)?;
-    let (key, csr) = (p("leaf.key"), p("leaf.csr"));
-    let mut req = vec!["openssl", "req"];
-    req.extend(ec);
-    let subj = format!("/CN={NAME}");
-    req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-    cmd::run(&req)?;
-    let (leaf, ext_s) = (p("leaf.pem"), ext.display().to_string());
-    cmd::run(&[
-        "openssl",
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &leaf,
-        "-days",
-        "2",
-        "-extfile",
-        &ext_s,
-    ])?;
+    let made = netns::tls::ca_signed(dir, "leaf", "netns e2e test CA", NAME, &format!("DNS:{NAME}"))?;
     let chain = dir.join("fullchain.pem");
     std::fs::write(
         &chain,
-        format!("{}{}", std::fs::read_to_string(&leaf)?, std::fs::read_to_string(dir.join("ca.pem"))?),
+        format!("{}{}", std::fs::read_to_string(&made.leaf.cert)?, std::fs::read_to_string(&made.ca)?),
     )?;
-    Ok((dir.join("ca.pem"), chain, dir.join("leaf.key")))
+    Ok((made.ca, chain, made.leaf.key))
 }
 
 fn local_proxy_config(t: &Topology, cert: &Path, key: &Path) -> Result<String> {

@@ -54,43 +54,8 @@ pub fn bins() -> Result<AcmeBins> {
 /// pebble's own HTTPS certificate (for the CA's address), from a CA made here with openssl.
 /// Returns that CA's PEM (the local proxy trusts it for the directory only).
 pub fn pebble_api_cert(dir: &Path) -> Result<PathBuf> {
-    let p = |f: &str| dir.join(f).display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["openssl", "req", "-x509"];
-    ca.extend(ec);
-    let (ca_key, ca_pem) = (p("api-ca.key"), p("api-ca.pem"));
-    ca.extend(["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", "/CN=pebble API test CA"]);
-    cmd::run(&ca)?;
-    let (key, csr) = (p("pebble.key"), p("pebble.csr"));
-    let mut req = vec!["openssl", "req"];
-    req.extend(ec);
-    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=pebble"]);
-    cmd::run(&req)?;
-    let ext = dir.join("pebble.ext");
-    std::fs::write(
-        &ext,
-        format!("subjectAltName=IP:{CA_IP}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-    )?;
-    let (leaf, ext_s) = (p("pebble.pem"), ext.display().to_string());
-    cmd::run(&[
-        "openssl",
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &leaf,
-        "-days",
-        "2",
-        "-extfile",
-        &ext_s,
-    ])?;
-    Ok(dir.join("api-ca.pem"))
+    let made = netns::tls::ca_signed(dir, "pebble", "pebble API test CA", "pebble", &format!("IP:{CA_IP}"))?;
+    Ok(made.ca)
 }
 
 /// pebble and its DNS in the CA's namespace; returns pebble's issuing root (PEM file).
