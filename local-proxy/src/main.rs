@@ -100,7 +100,12 @@ fn main() -> ExitCode {
             if tcp + udp > 0 {
                 info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
             }
-            let runtime = match tokio::runtime::Runtime::new() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = config.threads {
+                // Benchmarks match nginx's worker_processes and HAProxy's nbthread with it.
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

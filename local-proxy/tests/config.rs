@@ -52,6 +52,8 @@ fn empty_config_has_defaults() {
     assert!(c.mesh.trusted_ingress.is_empty());
     assert_eq!(c.drain_timeout, std::time::Duration::from_secs(10));
     assert!(c.admin.is_none());
+    assert_eq!(c.threads, None, "one worker thread per core");
+    assert_eq!(config::from_toml_str("threads = 1").unwrap().threads, Some(1));
 }
 
 #[test]

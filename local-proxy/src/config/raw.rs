@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// How long open connections may take to finish after SIGTERM.
     pub drain_timeout: Option<String>,
+    /// Worker threads of the async runtime (absent: one per core).
+    pub threads: Option<u64>,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]

@@ -148,6 +148,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         .map_err(|e| c.err("log_format", e))
         .unwrap_or_default();
     let drain_timeout = c.duration("drain_timeout", raw.drain_timeout.as_deref(), "10s", DRAIN_TIMEOUT);
+    // The ingress's `limits.threads` has the same range.
+    let threads = raw.threads.map(|n| c.count("threads", Some(n), 1, 1, 1024) as usize);
 
     let wan = Wan {
         addresses: raw
@@ -316,6 +318,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         Ok(Config {
             log_format,
             drain_timeout,
+            threads,
             admin,
             admin_token,
             wan,
