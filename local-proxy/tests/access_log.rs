@@ -1,6 +1,8 @@
 //! Access logs, with the binary as deployed: requests over HTTP/1.1 (mesh, and WAN with a
 //! PROXY v2 header from the trusted ingress) and h2 over TLS (curl) are each one JSON line,
-//! checked field by field; a site's own file and the `[http]` default; files created 0640;
+//! checked field by field; request bodies counted (`bytes_received`: Content-Length and
+//! chunked over HTTP/1.1, h2, read whole or streamed); a WebSocket logged when it closes with
+//! its bytes both ways; a site's own file and the `[http]` default; files created 0640;
 //! a file renamed and SIGUSR1 sent while requests flow: every answered request is one whole
 //! line in the old file or the new one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -139,6 +141,7 @@ upstream = "http://{dead}"
     assert_eq!(l["status"], 200);
     assert_eq!(l["bytes_sent"], body_len as u64);
     assert!(body_len > 0);
+    assert_eq!(l["bytes_received"], 0);
     assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
     assert_eq!(l["upstream"], format!("http://{up}"));
     assert_eq!(l["upstream_status"], 200);
@@ -168,6 +171,7 @@ upstream = "http://{dead}"
     assert!(l["tls_cipher"].as_str().is_some_and(|c| c.starts_with("TLS13_")), "{}", l["tls_cipher"]);
     assert_eq!(l["user_agent"], "curl-h2");
     assert_eq!(l["bytes_sent"], out.len() as u64);
+    assert_eq!(l["bytes_received"], 0);
     assert_eq!(l["status"], 200);
 
     let d = wait_lines(&default_log, 3).await;
@@ -187,6 +191,116 @@ upstream = "http://{dead}"
     for f in [&site_log, &default_log] {
         assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o640, "{}", f.display());
     }
+}
+
+/// Send `head` (without its blank line) and `body` on a new mesh connection from 127.0.0.3;
+/// returns (status, what the echo upstream says it read: its `body-bytes:` line).
+async fn send_body(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = connect_from(IpAddr::from([127, 0, 0, 3]), addr).await;
+    s.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("answer within 10s").unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let read = text.lines().find_map(|l| l.strip_prefix("body-bytes: ")).unwrap_or("none").to_string();
+    (status, read)
+}
+
+/// `bytes_received` is the request body as read from the client: a streamed POST, a small
+/// PUT read whole (for a retry), a chunked POST (its payload, not the chunk framing), an h2
+/// POST; a WebSocket's line is written when it closes, with status 101, the bytes through the
+/// tunnel both ways and the duration up to the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_and_websockets_are_counted() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let ws = ws_upstream().await;
+    let log = tmp.path().join("access.log");
+    let proxy = start(
+        tmp.path(),
+        &live,
+        &format!(r#"access_log = {{ path = "{}" }}"#, log.display()),
+        &format!("[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\n[[site]]\nhost = \"ws.test\"\nupstream = \"http://{ws}\"\n"),
+    )
+    .await;
+    let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+
+    // A POST streams to the upstream (it cannot be retried); a small PUT is read whole first.
+    let head = format!("POST /post HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}", body.len());
+    assert_eq!(send_body(proxy.mesh_http, &head, &body).await, (200, "100000".into()));
+    let head = "PUT /put HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1234";
+    assert_eq!(send_body(proxy.mesh_http, head, &body[..1234]).await, (200, "1234".into()));
+    // Chunked: 3000 + 17 bytes of payload in 24 bytes of framing.
+    let mut chunked = b"bb8\r\n".to_vec();
+    chunked.extend_from_slice(&body[..3000]);
+    chunked.extend_from_slice(b"\r\n11\r\n");
+    chunked.extend_from_slice(&body[..17]);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let head = "POST /chunked HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked";
+    assert_eq!(send_body(proxy.mesh_http, head, &chunked).await, (200, "3017".into()));
+    // h2 over TLS (curl).
+    let file = tmp.path().join("body.bin");
+    std::fs::write(&file, &body[..70_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let (out, err, ok) =
+        curl(&["--http2", "--data-binary", &data], "a.test", proxy.mesh_https, &ca.pem_path, "/h2post").await;
+    assert!(ok && out.contains("body-bytes: 70000"), "{err}{out}");
+
+    let all = wait_lines(&log, 4).await;
+    for (uri, proto, method, n) in [
+        ("/post", "HTTP/1.1", "POST", 100_000),
+        ("/put", "HTTP/1.1", "PUT", 1234),
+        ("/chunked", "HTTP/1.1", "POST", 3017),
+        ("/h2post", "HTTP/2", "POST", 70_000),
+    ] {
+        let l = by_uri(&all, uri);
+        println!("{l}");
+        assert_eq!((l["proto"].as_str(), l["method"].as_str()), (Some(proto), Some(method)), "{l}");
+        assert_eq!(l["status"], 200, "{l}");
+        assert_eq!(l["bytes_received"], n, "{l}");
+    }
+
+    // A WebSocket: 1000 bytes each way, open for at least 300 ms.
+    let s = connect_from(IpAddr::from([127, 0, 0, 3]), proxy.mesh_http).await;
+    let opened = std::time::Instant::now();
+    let (mut c, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", s).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let msg = Message::binary(body[..1000].to_vec());
+    c.send(msg.clone()).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), c.next()).await.expect("echo within 5s");
+    assert_eq!(echoed.unwrap().unwrap(), msg);
+    // Open: the 101 is sent, the line is not written yet (it was, at the 101, before).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lines(&log).iter().all(|l| l["uri"] != "/chat"), "logged before the WebSocket closed");
+    c.close(None).await.unwrap();
+    // Bounded: the close handshake, then the end of the stream.
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(5), c.next()).await.expect("closed within 5s") {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    // The tunnel ends once both sides have closed.
+    drop(c);
+    let all = wait_lines(&log, 5).await;
+    let open_for = opened.elapsed();
+    let l = by_uri(&all, "/chat");
+    println!("{l}");
+    assert_eq!(l["status"], 101);
+    assert_eq!(l["upstream"], format!("http://{ws}"));
+    // Client frames: 1000 bytes of payload, 2 + 2 (length) + 4 (mask) of header, and the
+    // close frame (6 + its payload); the upstream's: 1000 + 4 and its close frame.
+    let (rx, tx) = (l["bytes_received"].as_u64().unwrap(), l["bytes_sent"].as_u64().unwrap());
+    assert!((1008 + 6..1008 + 6 + 64).contains(&rx), "bytes_received {rx}");
+    assert!((1004 + 2..1004 + 2 + 64).contains(&tx), "bytes_sent {tx}");
+    let ms = l["duration_ms"].as_f64().unwrap();
+    // From the request to the close: within the time from before the connect to the line.
+    assert!(ms >= 300.0 && ms <= open_for.as_secs_f64() * 1000.0, "duration_ms {ms}, open {open_for:?}");
 }
 
 /// logrotate's way: rename the file, SIGUSR1, new lines go to a new file; with requests

@@ -1,11 +1,15 @@
 //! One access log line per request: the request's fields are taken when it arrives, the
 //! response's when its head is ready, and the line is sent when the response body is done
-//! or dropped (client gone), so `bytes_sent` and `duration_ms` cover the whole answer.
+//! or dropped (client gone), so `bytes_sent` and `duration_ms` cover the whole answer. An
+//! upgraded connection (101, WebSocket) is logged when it closes instead, with the bytes
+//! that went through it both ways.
 //!
 //! Fields (JSON): `time` (RFC 3339 UTC, when the request arrived), `site` (null: no site),
 //! `client`/`client_port` (the client as the proxy believes it: from the PROXY header of a
 //! trusted ingress, else the peer), `method`, `host`, `uri` (path and query), `proto`,
-//! `status`, `bytes_sent` (response body bytes), `duration_ms`, `result` (the handler's
+//! `status`, `bytes_sent` (response body bytes; upgraded: bytes relayed to the client),
+//! `bytes_received` (request body bytes read from the client by the end of the response;
+//! upgraded: plus the bytes it sent through the tunnel), `duration_ms`, `result` (the handler's
 //! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...), `upstream`,
 //! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
 //! `tls_sni`, `tls_version`, `tls_cipher` (IANA name), `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
@@ -13,12 +17,15 @@
 //! forward auth's `user_header`; null without auth or header).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{header, Method, Request, Response, Version};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::Body;
@@ -48,6 +55,33 @@ pub struct RouteSeen {
     pub user: Option<String>,
 }
 
+/// What an upgraded connection carried, sent by its splice when it has closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunnelEnd {
+    /// Bytes the client sent through the tunnel.
+    pub from_client: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub to_client: u64,
+}
+
+/// Left in a 101 response's extensions by the reverse proxy: the line is written when the
+/// upgraded connection ends (or, the sender dropped, when the upgrade failed).
+#[derive(Debug, Clone)]
+pub struct TunnelSeen(Arc<Mutex<Option<oneshot::Receiver<TunnelEnd>>>>);
+
+impl TunnelSeen {
+    /// The splice's sending side and the extension.
+    pub fn new() -> (oneshot::Sender<TunnelEnd>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    fn take(&self) -> Option<oneshot::Receiver<TunnelEnd>> {
+        // Only ever holds the receiver: a panic elsewhere cannot leave it half-changed.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// A line being filled in: a struct serialised once at the end, so a request costs a handful
 /// of allocations instead of a map of owned keys and values (bench/access-log measured the
 /// difference).
@@ -55,6 +89,8 @@ pub struct Entry {
     sink: Arc<Sink>,
     line: Line,
     start: Instant,
+    /// The request body's bytes as read so far (see [`Entry::count_body`]).
+    received: Option<Arc<AtomicU64>>,
 }
 
 /// One access log line, fields in the order they are written.
@@ -74,6 +110,7 @@ struct Line {
     proto: &'static str,
     status: u16,
     bytes_sent: u64,
+    bytes_received: u64,
     duration_ms: f64,
     result: Option<&'static str>,
     upstream: Option<String>,
@@ -126,6 +163,7 @@ impl Entry {
             proto,
             status: 0,
             bytes_sent: 0,
+            bytes_received: 0,
             duration_ms: 0.0,
             result: None,
             upstream: None,
@@ -139,7 +177,19 @@ impl Entry {
             referer: header_str(req, header::REFERER),
             request_id: header_str(req, header::HeaderName::from_static("x-request-id")),
         };
-        Self { sink, line, start: Instant::now() }
+        Self { sink, line, start: Instant::now(), received: None }
+    }
+
+    /// The counter the request's body adds its bytes to (`body::ClientBody`), read when the
+    /// line is written; `None` for a request without a body (its count stays 0 and nothing
+    /// is allocated, the common GET).
+    pub fn count_body(&mut self, body: &Incoming) -> Option<Arc<AtomicU64>> {
+        if http_body::Body::is_end_stream(body) {
+            return None;
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        self.received = Some(counter.clone());
+        Some(counter)
     }
 
     /// Add the response's side and send the line once `resp`'s body is done or dropped.
@@ -157,7 +207,20 @@ impl Entry {
             l.upstream_ms = Some(ms(seen.latency));
             l.upstream_attempts = Some(seen.attempts);
         }
-        let mut pending = Pending { entry: Some(self), bytes: 0 };
+        let tunnel = resp.extensions().get::<TunnelSeen>().and_then(TunnelSeen::take);
+        let mut pending = Pending { entry: Some(self), bytes: 0, tunnel_in: 0 };
+        if let Some(ended) = tunnel {
+            // The 101's own body is empty: the line waits for the tunnel's end instead (one
+            // task per upgraded connection, which lives as long anyway).
+            tokio::spawn(async move {
+                if let Ok(end) = ended.await {
+                    pending.bytes = end.to_client;
+                    pending.tunnel_in = end.from_client;
+                }
+                drop(pending);
+            });
+            return resp;
+        }
         resp.map(move |body| {
             body.map_frame(move |frame| {
                 if let Some(data) = frame.data_ref() {
@@ -176,10 +239,14 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// Sends the line when dropped: with the body, when it has ended or the client left.
+/// Sends the line when dropped: with the body, when it has ended or the client left (with
+/// the tunnel's task, when the upgraded connection has closed).
 struct Pending {
     entry: Option<Entry>,
+    /// Response body bytes sent (upgraded: relayed to the client).
     bytes: u64,
+    /// Bytes the client sent through an upgraded connection.
+    tunnel_in: u64,
 }
 
 impl Pending {
@@ -192,6 +259,8 @@ impl Drop for Pending {
     fn drop(&mut self) {
         let Some(mut entry) = self.entry.take() else { return };
         entry.line.bytes_sent = self.bytes;
+        let body = entry.received.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        entry.line.bytes_received = body + self.tunnel_in;
         entry.line.duration_ms = ms(entry.start.elapsed());
         // Room for a typical line and the newline `send` adds, so neither reallocates.
         let mut line = Vec::with_capacity(1024);

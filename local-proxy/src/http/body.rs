@@ -1,8 +1,15 @@
-//! The response body type the server sends: upstream bodies streamed through, or small
-//! locally generated pages.
+//! The body types of the server: response bodies (upstream bodies streamed through, or small
+//! locally generated pages) and the client's request body, counted for the access log.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
 
 /// Boxed error of any body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,4 +29,46 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed()
+}
+
+/// The client's request body as hyper hands it over, adding the data bytes of each frame
+/// read from it to a counter the access log line reads at the end (`bytes_received`): what
+/// was actually read, whoever reads it (an upstream attempt streaming it, or `replay`
+/// reading it whole). No counter (the request is not logged, or it has no body): nothing
+/// is counted and nothing allocated.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    read: Option<Arc<AtomicU64>>,
+}
+
+impl ClientBody {
+    /// Wrap `inner`, counting into `read` when given.
+    pub fn new(inner: Incoming, read: Option<Arc<AtomicU64>>) -> Self {
+        Self { inner, read }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(read)) = (&polled, &this.read) {
+            if let Some(data) = frame.data_ref() {
+                read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

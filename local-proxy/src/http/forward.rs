@@ -1,6 +1,6 @@
 //! The reverse proxy proper: rewrite the request for the upstream, pick an upstream of the
 //! site's pool and send it under a deadline, retrying where that is safe, stream the response
-//! back with the site's headers, and splice upgraded connections.
+//! back with the site's headers, and hand upgraded connections to `tunnel`.
 //!
 //! Retries: a failed connect moves to the next usable upstream (the body was never read, see
 //! `replay`), as many times as there are upstreams; an idempotent request (GET, HEAD,
@@ -14,21 +14,18 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use shared::health::{Outcome, Source};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::access::UpstreamSeen;
-use super::body::{self, Body};
+use super::access::{TunnelSeen, UpstreamSeen};
+use super::body::{self, Body, ClientBody};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::pages;
 use super::replay::Replay;
 use super::routes::Target;
 use super::upstream::error_chain;
-use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 use crate::pool::{Active, Tried};
 
@@ -38,7 +35,7 @@ const RETRY_AFTER: &str = "5";
 /// Send `req` to one of the site's upstreams and build the client's response; the last
 /// upstream tried, its status and latency go in the response's extensions (access log).
 pub async fn forward(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     route: &Target<'_>,
     conn: &Conn,
     host: Option<&str>,
@@ -53,7 +50,7 @@ pub async fn forward(
 }
 
 async fn proxy(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     route: &Target<'_>,
     conn: &Conn,
     host: Option<&str>,
@@ -177,11 +174,16 @@ async fn proxy(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let idle = conn.state.config.load().http.idle_timeout;
+        // The access log line waits for the upgraded connection to end (its bytes, its
+        // duration), as nginx's and HAProxy's do.
+        let (ended, tunnel) = TunnelSeen::new();
         // The upgraded connection holds the upstream (least_conn counts it) until it ends.
-        tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade, label, idle, guard));
+        tokio::spawn(super::tunnel::splice(client_upgrade, upstream_upgrade, label, idle, guard, ended));
         let (parts, _) = resp.into_parts();
         // Connection/Upgrade stay: they are the client's confirmation of the switch.
-        return Response::from_parts(parts, body::full(""));
+        let mut resp = Response::from_parts(parts, body::full(""));
+        resp.extensions_mut().insert(tunnel);
+        return resp;
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
@@ -207,35 +209,4 @@ fn unavailable() -> Response<Body> {
 fn with_site_headers(mut resp: Response<Body>, route: &Target<'_>) -> Response<Body> {
     apply_response(resp.headers_mut(), route.response_headers);
     resp
-}
-
-/// Copy bytes both ways between the upgraded client and upstream connections until both
-/// sides close or nothing moves for `idle`.
-async fn splice_upgrade(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    site: String,
-    idle: Duration,
-    _held: Active,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!(site = %site, error = %e, "upgrade did not complete");
-            metrics::counter!(names::UPGRADES, "site" => site, "result" => "failed").increment(1);
-            return;
-        }
-    };
-    metrics::counter!(names::UPGRADES, "site" => site.clone(), "result" => "ok").increment(1);
-    let activity = Activity::new();
-    let mut client = Tracked::new(TokioIo::new(client), activity.clone());
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = res {
-                debug!(site = %site, error = %e, "upgraded connection ended with an error");
-            }
-        }
-        _ = activity.idle_for(idle) => debug!(site = %site, "upgraded connection idle, closed"),
-    }
 }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::access::{Entry, RouteSeen};
-use super::body::{full, Body};
+use super::body::{full, Body, ClientBody};
 use super::conn::Conn;
 use super::forward::forward;
 use super::forward_auth::{self, Verdict};
@@ -36,10 +36,12 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         Some(r) => r.access_log.clone(),
         None => routes.default_log.clone(),
     };
-    let entry = log.map(|sink| {
+    let mut entry = log.map(|sink| {
         let site = route.as_ref().map(|r| r.site.host.as_str());
         Entry::new(sink, &req, &conn, site, host.as_deref())
     });
+    let counter = entry.as_mut().and_then(|e| e.count_body(req.body()));
+    let req = req.map(|body| ClientBody::new(body, counter));
 
     let (resp, label) = respond(req, &conn, host.as_deref(), route).await;
     let result = label.unwrap_or_else(|| status_class(resp.status()));
@@ -63,7 +65,7 @@ fn status_class(status: StatusCode) -> &'static str {
 
 /// The response, and a result label when it is not just the status class.
 async fn respond(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &Conn,
     host: Option<&str>,
     route: Option<Arc<SiteRoute>>,

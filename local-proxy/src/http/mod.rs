@@ -17,6 +17,7 @@ pub mod ratelimit;
 mod replay;
 pub mod routes;
 pub mod serve;
+mod tunnel;
 pub mod upstream;
 
 pub use conn::{Conn, TlsInfo};

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
+use super::body::ClientBody;
 use super::upstream::RequestBody;
 
 /// Largest body read whole before the first attempt, so that an idempotent request (PUT,
@@ -36,7 +36,7 @@ impl Replay {
     /// Bodiless requests and small bodies of idempotent methods (RFC 9110: GET, HEAD, OPTIONS,
     /// PUT, DELETE, TRACE) are read whole within `timeout`; `None` if the client failed to send
     /// it. Anything else streams.
-    pub async fn new(body: Incoming, method: &Method, timeout: std::time::Duration) -> Option<Self> {
+    pub async fn new(body: ClientBody, method: &Method, timeout: std::time::Duration) -> Option<Self> {
         if body.is_end_stream() {
             return Some(Replay::Whole(Bytes::new()));
         }
@@ -73,14 +73,14 @@ impl Replay {
 
 /// Where the client's body waits until an attempt reads it.
 #[derive(Debug, Clone)]
-pub struct Slot(Arc<Mutex<Option<Incoming>>>);
+pub struct Slot(Arc<Mutex<Option<ClientBody>>>);
 
 impl Slot {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: ClientBody) -> Self {
         Self(Arc::new(Mutex::new(Some(body))))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Incoming>> {
+    fn lock(&self) -> MutexGuard<'_, Option<ClientBody>> {
         // Only ever holds the body: a panic elsewhere cannot leave it half-changed.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -100,7 +100,7 @@ impl Slot {
 #[derive(Debug)]
 pub struct Deferred {
     slot: Slot,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
 }
 
 impl Body for Deferred {
