@@ -421,6 +421,12 @@ pub struct Binary {
 /// to HTTPS, `http_extra` in `[http]` and `sites` after; returns once both mesh listeners
 /// accept (its stderr goes to `dir/proxy.stderr`, shown if it never does).
 pub async fn spawn_binary(dir: &Path, live: &Path, http_extra: &str, sites: &str) -> Binary {
+    spawn_binary_trusting(dir, live, "127.0.0.2", http_extra, sites).await
+}
+
+/// [`spawn_binary`] with `trusted` as the WAN's trusted ingress (a real ingress on loopback
+/// connects from 127.0.0.1).
+pub async fn spawn_binary_trusting(dir: &Path, live: &Path, trusted: &str, http_extra: &str, sites: &str) -> Binary {
     let (admin, http, https) = (free_port(), free_port(), free_port());
     let text = format!(
         r#"
@@ -428,7 +434,7 @@ pub async fn spawn_binary(dir: &Path, live: &Path, http_extra: &str, sites: &str
 listen = "127.0.0.1:{admin}"
 [wan]
 addresses = ["127.0.0.1"]
-trusted_ingress = ["127.0.0.2"]
+trusted_ingress = ["{trusted}"]
 [mesh]
 listen = "{BINARY_MESH}"
 [http]
