@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
+use shared::config_check::Choice;
 use shared::ports::{days, hours, ms, parse_host_port, secs, DurationRange, ListenSpec};
 
 /// The range each duration field accepts (documented next to its default in
@@ -75,7 +76,7 @@ pub const MAX_PATHS: usize = 32;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    log_format: Option<String>,
+    log_format: Option<Choice<shared::logging::LogFormat>>,
     #[serde(default)]
     admin: Option<RawAdmin>,
     #[serde(default)]
@@ -121,7 +122,7 @@ struct RawPool {
     connect_timeout: Option<String>,
     final_connect_timeout: Option<String>,
     max_attempts: Option<u32>,
-    balance: Option<shared::balance::Policy>,
+    balance: Option<Choice<shared::balance::Policy>>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -132,7 +133,7 @@ struct RawPath {
     name: String,
     address: String,
     weight: Option<u32>,
-    family: Option<AddressFamily>,
+    family: Option<Choice<AddressFamily>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,7 +145,7 @@ struct RawHealth {
     rise: Option<u32>,
     fall: Option<u32>,
     port: Option<u16>,
-    check: Option<String>,
+    check: Option<Choice<Check>>,
     http_path: Option<String>,
     http_host: Option<String>,
     flap_penalty: Option<u32>,
@@ -160,12 +161,11 @@ struct RawHealth {
 struct RawService {
     name: String,
     listen: Vec<String>,
-    #[serde(default = "default_protocol")]
-    protocol: String,
-    mode: Option<String>,
+    protocol: Option<Choice<Protocol>>,
+    mode: Option<Choice<Mode>>,
     pool: String,
     upstream_port: Option<u16>,
-    proxy_protocol: Option<String>,
+    proxy_protocol: Option<Choice<ProxyProtocol>>,
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_flows: Option<u32>,
@@ -184,8 +184,22 @@ struct RawRoute {
     pool: String,
 }
 
-fn default_protocol() -> String {
-    "tcp".into()
+/// `pool.*.health.check`: what a probe does (see [`CheckKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Check {
+    Tcp,
+    ProxyV2,
+    Http,
+}
+
+/// `service.proxy_protocol`: whether the upstream gets a PROXY v2 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ProxyProtocol {
+    #[serde(rename = "none")]
+    Off,
+    V2,
 }
 
 // ---------- validated shape ----------
@@ -358,13 +372,15 @@ pub enum CheckKind {
     Http { path: String, host: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Bytes pass through untouched.
     Plain,
@@ -465,6 +481,17 @@ impl Problems {
             self.0.push(format!("{field}: port 0 is not a port (1-65535)"));
         }
     }
+    /// An enum field: absent gives `default`, present must be one of its spellings.
+    fn choice<T: Clone>(&mut self, field: &str, v: &Option<Choice<T>>, default: T) -> T {
+        match v.as_ref().map(Choice::known) {
+            None => default,
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                self.0.push(format!("{field}: {e}"));
+                default
+            }
+        }
+    }
     fn push(&mut self, s: String) {
         self.0.push(s)
     }
@@ -514,9 +541,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
         shared::admin::token::Token::from_file(Path::new(f)).map_err(|e| p.push(format!("admin.token_file: {e}"))).ok()
     });
-    let log_format = shared::logging::LogFormat::parse(raw.log_format.as_deref().unwrap_or("text"))
-        .map_err(|e| p.push(format!("log_format: {e}")))
-        .unwrap_or_default();
+    let log_format = p.choice("log_format", &raw.log_format, shared::logging::LogFormat::Text);
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
     p.count("limits.max_connections", Some(max_connections), MAX_COUNT);
     let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, secs(30), DRAIN_TIMEOUT);
@@ -555,7 +580,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             if weight == 0 || weight > 1000 {
                 p.push(format!("{field}.weight: must be 1..=1000 (got {weight})"));
             }
-            let family = rpath.family.unwrap_or_default();
+            let family = p.choice(&format!("{field}.family"), &rpath.family, AddressFamily::default());
             match parse_target(&rpath.address, family) {
                 Ok((target, port)) => {
                     if rpath.family.is_some() && matches!(target, Target::Ip(_)) {
@@ -594,17 +619,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         if fall == 0 || fall > 100 {
             p.push(format!("{}: must be 1..=100", f("health.fall")));
         }
-        let check = match h.check.as_deref().unwrap_or("tcp") {
-            "tcp" => CheckKind::Tcp,
-            "proxy-v2" => CheckKind::ProxyV2Local,
-            "http" => CheckKind::Http {
+        let check = match p.choice(&f("health.check"), &h.check, Check::Tcp) {
+            Check::Tcp => CheckKind::Tcp,
+            Check::ProxyV2 => CheckKind::ProxyV2Local,
+            Check::Http => CheckKind::Http {
                 path: h.http_path.clone().unwrap_or_else(|| "/healthz".into()),
                 host: h.http_host.clone().unwrap_or_else(|| "localhost".into()),
             },
-            other => {
-                p.push(format!("{}: `{other}` is not one of tcp, proxy-v2, http", f("health.check")));
-                CheckKind::Tcp
-            }
         };
         if !matches!(check, CheckKind::Http { .. }) && (h.http_path.is_some() || h.http_host.is_some()) {
             p.push(format!("{}: http_path/http_host need check = \"http\"", f("health")));
@@ -636,7 +657,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 connect_timeout,
                 final_connect_timeout,
                 max_attempts,
-                balance: rp.balance.unwrap_or_default(),
+                balance: p.choice(&f("balance"), &rp.balance, shared::balance::Policy::default()),
                 health,
             },
         );
@@ -669,23 +690,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         if !service_names.insert(rs.name.clone()) {
             p.push(format!("{field}.name: used by two services"));
         }
-        let protocol = match rs.protocol.as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            other => {
-                p.push(format!("{field}.protocol: `{other}` is not tcp or udp"));
-                Protocol::Tcp
-            }
-        };
-        let mode = match rs.mode.as_deref().unwrap_or("plain") {
-            "plain" => Mode::Plain,
-            "sni" => Mode::Sni,
-            "http" => Mode::Http,
-            other => {
-                p.push(format!("{field}.mode: `{other}` is not plain, sni or http"));
-                Mode::Plain
-            }
-        };
+        let protocol = p.choice(&format!("{field}.protocol"), &rs.protocol, Protocol::Tcp);
+        let mode = p.choice(&format!("{field}.mode"), &rs.mode, Mode::Plain);
         if protocol == Protocol::Udp && mode != Mode::Plain {
             p.push(format!("{field}.mode: udp services are plain only"));
         }
@@ -715,14 +721,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 Err(e) => p.push(format!("{field}.listen[{j}]: {e}")),
             }
         }
-        let proxy_protocol = match rs.proxy_protocol.as_deref().unwrap_or("none") {
-            "none" => false,
-            "v2" => true,
-            other => {
-                p.push(format!("{field}.proxy_protocol: `{other}` is not none or v2"));
-                false
-            }
-        };
+        let proxy_protocol =
+            p.choice(&format!("{field}.proxy_protocol"), &rs.proxy_protocol, ProxyProtocol::Off) == ProxyProtocol::V2;
         let default_idle = if protocol == Protocol::Udp { Duration::from_secs(60) } else { Duration::from_secs(3600) };
         let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle, IDLE_TIMEOUT);
         p.count(&format!("{field}.max_flows"), rs.max_flows, MAX_COUNT);

@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// How log lines are written (`log_format` in both configs; read at start only: a reload
 /// cannot swap the process's subscriber).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines; colour only on a terminal.
     #[default]
