@@ -84,6 +84,12 @@ pub fn notify_to(target: &str, state: &str) -> io::Result<()> {
         return Err(invalid(format!("NOTIFY_SOCKET={target:?}: neither a path nor an @abstract name")));
     };
     let sock = UnixDatagram::unbound()?;
+    // Never wait for the receiver: the callers run on the async runtime, and a blocking send
+    // to a full queue (a manager that stopped reading) parked a worker thread that held the
+    // I/O driver, which stalled every listener and the admin API with it (seen in the soak:
+    // STATUS= lines every 2 s filled an unread queue after ~330 s). The protocol is
+    // best-effort; a message the queue has no room for fails with `WouldBlock` and is logged.
+    sock.set_nonblocking(true)?;
     let sent = sock.send_to_addr(state.as_bytes(), &addr)?;
     if sent != state.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram to NOTIFY_SOCKET"));
@@ -140,8 +146,9 @@ pub fn send_with_fd(target: &str, state: &str, fd: BorrowedFd<'_>) -> io::Result
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("no room for the descriptor in the control message"));
     }
+    // Non-blocking for the same reason as `notify_to`.
     let sent =
-        rustix::net::sendmsg_addr(&sock, &addr, &[IoSlice::new(state.as_bytes())], &mut control, SendFlags::empty())?;
+        rustix::net::sendmsg_addr(&sock, &addr, &[IoSlice::new(state.as_bytes())], &mut control, SendFlags::DONTWAIT)?;
     if sent != state.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short datagram to NOTIFY_SOCKET"));
     }
@@ -189,6 +196,26 @@ mod tests {
         let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
         notify_to(&format!("@{name}"), "STOPPING=1").unwrap();
         assert_eq!(receive(&sock), "STOPPING=1");
+    }
+
+    /// A receiver that never reads: the sends fail with `WouldBlock` once its queue is full
+    /// instead of blocking the caller (a runtime worker) until it reads.
+    #[test]
+    fn a_full_queue_fails_the_send_instead_of_blocking() {
+        let name = format!("shared-notify-full-{}", std::process::id());
+        let _sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let target = format!("@{name}");
+            // The kernel's queue (net.unix.max_dgram_qlen, 512 by default) fills long before.
+            let first_failure =
+                (0..100_000).find_map(|i| notify_to(&target, "STATUS=busy").err().map(|e| (i, e.kind())));
+            let _ = tx.send(first_failure);
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("a send blocked on the full queue");
+        let (sent, kind) = got.expect("100,000 datagrams queued to a reader that never reads");
+        assert_eq!(kind, io::ErrorKind::WouldBlock, "after {sent} datagrams");
+        assert!(sent > 0, "the first datagram must be queued");
     }
 
     #[test]

@@ -251,6 +251,9 @@ fn run() -> Result<()> {
     );
     while start.elapsed() < total {
         let now = start.elapsed();
+        // systemd reads its notify socket all the time; so does its stand-in here (an unread
+        // socket fills, and the proxy's STATUS= lines then fail: counted in its log, no stall).
+        lp.store.poll()?;
         // wan1 flapping: LOSS_ON of loss at the start of every LOSS_PERIOD.
         let want_loss = now.as_millis() % LOSS_PERIOD.as_millis() < LOSS_ON.as_millis();
         if want_loss != loss_on {
@@ -371,6 +374,10 @@ fn run() -> Result<()> {
         zero(other.len())
     );
     drop(dns);
+    if !failed.is_empty() {
+        // The goal is zero: a script or an operator running it sees a failure in the exit status.
+        bail!("{} failed connects", failed.len());
+    }
     Ok(())
 }
 
