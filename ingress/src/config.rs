@@ -9,7 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
-use shared::config_check::Choice;
+use shared::config_check::{Choice, Problems};
 use shared::ports::{days, hours, ms, parse_host_port, secs, DurationRange, ListenSpec};
 
 /// The range each duration field accepts (documented next to its default in
@@ -56,12 +56,13 @@ pub mod ranges {
 }
 use ranges::*;
 
-/// Every problem found in a config file, each naming its field.
+/// Every problem found in a config file, each naming its field: `FILE: invalid
+/// configuration:` and a `  - field: message` line per problem, as the local proxy prints.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid config {}:\n  - {}", file, problems.join("\n  - "))]
+#[error("{file}: {problems}")]
 pub struct ConfigError {
     pub file: String,
-    pub problems: Vec<String>,
+    pub problems: Problems,
 }
 
 /// Most worker threads `limits.threads` may ask for.
@@ -427,73 +428,46 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         if !path.exists() {
-            return Err(ConfigError { file, problems: vec!["file not found".into()] });
+            let mut problems = Problems::new();
+            problems.push("", "file not found");
+            return Err(ConfigError { file, problems });
         }
-        let raw: RawConfig = Figment::new()
-            .merge(Toml::file(path))
-            .merge(Env::prefixed("INGRESS_").ignore(&["LOG"]).split("__"))
-            .extract()
-            .map_err(|e| ConfigError {
-                file: file.clone(),
-                problems: e.into_iter().map(|e| e.to_string()).collect(),
-            })?;
-        validate(raw).map_err(|problems| ConfigError { file, problems })
+        let figment =
+            Figment::new().merge(Toml::file(path)).merge(Env::prefixed("INGRESS_").ignore(&["LOG"]).split("__"));
+        Self::from_figment(figment, file)
     }
 
     /// Parse TOML text (no environment overrides); used by tests.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = Figment::new().merge(Toml::string(text)).extract().map_err(|e| ConfigError {
-            file: "<string>".into(),
-            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        Self::from_figment(Figment::new().merge(Toml::string(text)), "<string>".into())
+    }
+
+    fn from_figment(figment: Figment, file: String) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            // Not TOML, a key unknown or of the wrong type: figment's text names the key and file.
+            let mut problems = Problems::new();
+            for e in e {
+                problems.push("", e.to_string());
+            }
+            ConfigError { file: file.clone(), problems }
         })?;
-        validate(raw).map_err(|problems| ConfigError { file: "<string>".into(), problems })
+        validate(raw).map_err(|problems| ConfigError { file, problems })
     }
 }
 
-struct Problems(Vec<String>);
+/// A count field that, when present, must lie in 1..=max.
+fn count(p: &mut Problems, field: &str, v: Option<u32>, max: u32) {
+    if let Some(n) = v {
+        if n == 0 || n > max {
+            p.push(field, format!("must be 1..={max} (got {n})"));
+        }
+    }
+}
 
-impl Problems {
-    /// A duration field: absent gives `default`, present must parse and lie in `range`.
-    fn dur(&mut self, field: &str, v: &Option<String>, default: Duration, range: DurationRange) -> Duration {
-        debug_assert!(default >= range.min && default <= range.max, "{field}: default outside its range");
-        match v {
-            None => default,
-            Some(s) => match range.parse(s) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.0.push(format!("{field}: {e}"));
-                    default
-                }
-            },
-        }
-    }
-    /// A count field that, when present, must lie in 1..=max.
-    fn count(&mut self, field: &str, v: Option<u32>, max: u32) {
-        if let Some(n) = v {
-            if n == 0 || n > max {
-                self.0.push(format!("{field}: must be 1..={max} (got {n})"));
-            }
-        }
-    }
-    /// A port field that, when present, must be 1-65535 (a destination, never "any").
-    fn port(&mut self, field: &str, v: Option<u16>) {
-        if v == Some(0) {
-            self.0.push(format!("{field}: port 0 is not a port (1-65535)"));
-        }
-    }
-    /// An enum field: absent gives `default`, present must be one of its spellings.
-    fn choice<T: Clone>(&mut self, field: &str, v: &Option<Choice<T>>, default: T) -> T {
-        match v.as_ref().map(Choice::known) {
-            None => default,
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                self.0.push(format!("{field}: {e}"));
-                default
-            }
-        }
-    }
-    fn push(&mut self, s: String) {
-        self.0.push(s)
+/// A port field that, when present, must be 1-65535 (a destination, never "any").
+fn port(p: &mut Problems, field: &str, v: Option<u16>) {
+    if v == Some(0) {
+        p.push(field, "port 0 is not a port (1-65535)");
     }
 }
 
@@ -503,7 +477,7 @@ fn damping_config(p: &mut Problems, field: &str, h: &RawHealth) -> shared::dampi
     let f = |k: &str| format!("{field}.{k}");
     let mut count = |k: &str, v: Option<u32>, default: u32| match v {
         Some(n) if n > MAX_PENALTY => {
-            p.push(format!("{}: must be 0..={MAX_PENALTY} (got {n})", f(k)));
+            p.push(f(k), format!("must be 0..={MAX_PENALTY} (got {n})"));
             default
         }
         Some(n) => n,
@@ -513,39 +487,40 @@ fn damping_config(p: &mut Problems, field: &str, h: &RawHealth) -> shared::dampi
         penalty: count("flap_penalty", h.flap_penalty, d.penalty),
         suppress: count("flap_suppress", h.flap_suppress, d.suppress),
         reuse: count("flap_reuse", h.flap_reuse, d.reuse),
-        half_life: p.dur(&f("flap_half_life"), &h.flap_half_life, d.half_life, FLAP_HALF_LIFE),
-        max_hold: p.dur(&f("flap_max_hold"), &h.flap_max_hold, d.max_hold, FLAP_MAX_HOLD),
-        slow_start: p.dur(&f("slow_start"), &h.slow_start, d.slow_start, SLOW_START),
+        half_life: p.duration(&f("flap_half_life"), h.flap_half_life.as_deref(), d.half_life, FLAP_HALF_LIFE),
+        max_hold: p.duration(&f("flap_max_hold"), h.flap_max_hold.as_deref(), d.max_hold, FLAP_MAX_HOLD),
+        slow_start: p.duration(&f("slow_start"), h.slow_start.as_deref(), d.slow_start, SLOW_START),
     };
     for (k, problem) in cfg.problems() {
-        p.push(format!("{}: {problem}", f(k)));
+        p.push(f(k), problem);
     }
     cfg
 }
 
-fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
-    let mut p = Problems(Vec::new());
+fn validate(raw: RawConfig) -> Result<Config, Problems> {
+    let mut p = Problems::new();
 
     // Port 0 here means "any free port" (tests read the bound address back).
     let admin = raw.admin.as_ref().and_then(|a| match a.listen.parse::<SocketAddr>() {
         Ok(sa) => Some(sa),
         Err(_) => {
-            p.push(format!("admin.listen: `{}` is not IP:PORT", a.listen));
+            p.push("admin.listen", format!("`{}` is not IP:PORT", a.listen));
             None
         }
     });
     let admin_token = raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).and_then(|f| {
         if !Path::new(f).is_absolute() {
-            p.push(format!("admin.token_file: `{f}` is not an absolute path"));
+            p.push("admin.token_file", format!("`{f}` is not an absolute path"));
             return None;
         }
-        shared::admin::token::Token::from_file(Path::new(f)).map_err(|e| p.push(format!("admin.token_file: {e}"))).ok()
+        shared::admin::token::Token::from_file(Path::new(f)).map_err(|e| p.push("admin.token_file", e)).ok()
     });
-    let log_format = p.choice("log_format", &raw.log_format, shared::logging::LogFormat::Text);
+    let log_format = p.choice("log_format", raw.log_format.as_ref(), shared::logging::LogFormat::Text);
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
-    p.count("limits.max_connections", Some(max_connections), MAX_COUNT);
-    let drain_timeout = p.dur("limits.drain_timeout", &raw.limits.drain_timeout, secs(30), DRAIN_TIMEOUT);
-    p.count("limits.threads", raw.limits.threads, MAX_THREADS);
+    count(&mut p, "limits.max_connections", Some(max_connections), MAX_COUNT);
+    let drain_timeout =
+        p.duration("limits.drain_timeout", raw.limits.drain_timeout.as_deref(), secs(30), DRAIN_TIMEOUT);
+    count(&mut p, "limits.threads", raw.limits.threads, MAX_THREADS);
     let threads = raw.limits.threads.map(|n| n as usize);
 
     let mut pools = BTreeMap::new();
@@ -554,72 +529,79 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         let mut paths = Vec::new();
         let mut names = HashSet::new();
         if rp.paths.is_empty() && rp.mesh.is_none() {
-            p.push(format!("pool.{name}: needs at least one entry in `paths` or a `mesh` address"));
+            p.push(format!("pool.{name}"), "needs at least one entry in `paths` or a `mesh` address");
         }
         // The pool keeps its paths (mesh included) in a fixed-size array: refuse what it
         // could not hold rather than let it drop paths, or the mesh tier, silently.
         let slots = rp.paths.len() + usize::from(rp.mesh.is_some());
         if slots > MAX_PATHS {
-            p.push(format!(
-                "{}: {} paths{} is more than the {} a pool holds",
+            p.push(
                 f("paths"),
-                rp.paths.len(),
-                if rp.mesh.is_some() { " plus the mesh tier" } else { "" },
-                MAX_PATHS
-            ));
+                format!(
+                    "{} paths{} is more than the {} a pool holds",
+                    rp.paths.len(),
+                    if rp.mesh.is_some() { " plus the mesh tier" } else { "" },
+                    MAX_PATHS
+                ),
+            );
         }
         for (i, rpath) in rp.paths.iter().enumerate() {
             let field = format!("pool.{name}.paths[{i}]");
             if rpath.name.is_empty() || rpath.name == "mesh" {
-                p.push(format!("{field}.name: must be non-empty and not `mesh` (reserved for the mesh tier)"));
+                p.push(format!("{field}.name"), "must be non-empty and not `mesh` (reserved for the mesh tier)");
             }
             if !names.insert(rpath.name.clone()) {
-                p.push(format!("{field}.name: `{}` is used twice in this pool", rpath.name));
+                p.push(format!("{field}.name"), format!("`{}` is used twice in this pool", rpath.name));
             }
             let weight = rpath.weight.unwrap_or(1);
             if weight == 0 || weight > 1000 {
-                p.push(format!("{field}.weight: must be 1..=1000 (got {weight})"));
+                p.push(format!("{field}.weight"), format!("must be 1..=1000 (got {weight})"));
             }
-            let family = p.choice(&format!("{field}.family"), &rpath.family, AddressFamily::default());
+            let family = p.choice(&format!("{field}.family"), rpath.family.as_ref(), AddressFamily::default());
             match parse_target(&rpath.address, family) {
                 Ok((target, port)) => {
                     if rpath.family.is_some() && matches!(target, Target::Ip(_)) {
-                        p.push(format!("{field}.family: only for an address given by name"));
+                        p.push(format!("{field}.family"), "only for an address given by name");
                     }
                     paths.push(PathConfig { name: rpath.name.clone(), target, port, weight })
                 }
-                Err(e) => p.push(format!("{field}.address: {e}")),
+                Err(e) => p.push(format!("{field}.address"), e),
             }
         }
         // The mesh tier by name: the local proxy's Yggdrasil AAAA (Yggdrasil is IPv6 only).
         let mesh = rp.mesh.as_ref().and_then(|m| match parse_target(m, AddressFamily::Ipv6) {
             Ok((target, port)) => Some(PathConfig { name: "mesh".into(), target, port, weight: 1 }),
             Err(e) => {
-                p.push(format!("{}: {e}", f("mesh")));
+                p.push(f("mesh"), e);
                 None
             }
         });
-        let connect_timeout = p.dur(&f("connect_timeout"), &rp.connect_timeout, ms(300), CONNECT_TIMEOUT);
-        let final_connect_timeout =
-            p.dur(&f("final_connect_timeout"), &rp.final_connect_timeout, secs(3), FINAL_CONNECT_TIMEOUT);
+        let connect_timeout =
+            p.duration(&f("connect_timeout"), rp.connect_timeout.as_deref(), ms(300), CONNECT_TIMEOUT);
+        let final_connect_timeout = p.duration(
+            &f("final_connect_timeout"),
+            rp.final_connect_timeout.as_deref(),
+            secs(3),
+            FINAL_CONNECT_TIMEOUT,
+        );
         let max_attempts = rp.max_attempts.unwrap_or(3);
         if max_attempts == 0 || max_attempts > 10 {
-            p.push(format!("{}: must be 1..=10 (got {max_attempts})", f("max_attempts")));
+            p.push(f("max_attempts"), format!("must be 1..=10 (got {max_attempts})"));
         }
         let h = &rp.health;
-        let interval = p.dur(&f("health.interval"), &h.interval, ms(500), HEALTH_INTERVAL);
-        let timeout = p.dur(&f("health.timeout"), &h.timeout, ms(400), HEALTH_TIMEOUT);
-        let down_interval = p.dur(&f("health.down_interval"), &h.down_interval, ms(100), DOWN_INTERVAL);
-        p.port(&f("health.port"), h.port);
+        let interval = p.duration(&f("health.interval"), h.interval.as_deref(), ms(500), HEALTH_INTERVAL);
+        let timeout = p.duration(&f("health.timeout"), h.timeout.as_deref(), ms(400), HEALTH_TIMEOUT);
+        let down_interval = p.duration(&f("health.down_interval"), h.down_interval.as_deref(), ms(100), DOWN_INTERVAL);
+        port(&mut p, &f("health.port"), h.port);
         let rise = h.rise.unwrap_or(2);
         let fall = h.fall.unwrap_or(2);
         if rise == 0 || rise > 100 {
-            p.push(format!("{}: must be 1..=100", f("health.rise")));
+            p.push(f("health.rise"), "must be 1..=100");
         }
         if fall == 0 || fall > 100 {
-            p.push(format!("{}: must be 1..=100", f("health.fall")));
+            p.push(f("health.fall"), "must be 1..=100");
         }
-        let check = match p.choice(&f("health.check"), &h.check, Check::Tcp) {
+        let check = match p.choice(&f("health.check"), h.check.as_ref(), Check::Tcp) {
             Check::Tcp => CheckKind::Tcp,
             Check::ProxyV2 => CheckKind::ProxyV2Local,
             Check::Http => CheckKind::Http {
@@ -628,7 +610,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             },
         };
         if !matches!(check, CheckKind::Http { .. }) && (h.http_path.is_some() || h.http_host.is_some()) {
-            p.push(format!("{}: http_path/http_host need check = \"http\"", f("health")));
+            p.push(f("health"), "http_path/http_host need check = \"http\"");
         }
         // The probe port defaults to the first port of the first service using the pool.
         let port = h.port.or_else(|| {
@@ -641,7 +623,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             Some(port) if port != 0 => port,
             _ => {
                 if paths.iter().chain(mesh.iter()).any(|p| p.port.is_none()) {
-                    p.push(format!("{}: set a port to probe (no service gives one)", f("health.port")));
+                    p.push(f("health.port"), "set a port to probe (no service gives one)");
                 }
                 0
             }
@@ -657,24 +639,24 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 connect_timeout,
                 final_connect_timeout,
                 max_attempts,
-                balance: p.choice(&f("balance"), &rp.balance, shared::balance::Policy::default()),
+                balance: p.choice(&f("balance"), rp.balance.as_ref(), shared::balance::Policy::default()),
                 health,
             },
         );
     }
 
     let rr = &raw.resolver;
-    let min_refresh = p.dur("resolver.min_refresh", &rr.min_refresh, secs(5), MIN_REFRESH);
-    let max_refresh = p.dur("resolver.max_refresh", &rr.max_refresh, secs(300), MAX_REFRESH);
+    let min_refresh = p.duration("resolver.min_refresh", rr.min_refresh.as_deref(), secs(5), MIN_REFRESH);
+    let max_refresh = p.duration("resolver.max_refresh", rr.max_refresh.as_deref(), secs(300), MAX_REFRESH);
     if min_refresh > max_refresh {
-        p.push(format!("resolver.min_refresh: {min_refresh:?} is more than resolver.max_refresh ({max_refresh:?})"));
+        p.push("resolver.min_refresh", format!("{min_refresh:?} is more than resolver.max_refresh ({max_refresh:?})"));
     }
-    let timeout = p.dur("resolver.timeout", &rr.timeout, secs(2), LOOKUP_TIMEOUT);
+    let timeout = p.duration("resolver.timeout", rr.timeout.as_deref(), secs(2), LOOKUP_TIMEOUT);
     let mut nameservers = Vec::new();
     for (i, ns) in rr.nameservers.iter().flatten().enumerate() {
         match parse_host_port(ns) {
             Ok((ip, port)) => nameservers.push(SocketAddr::new(ip, port.unwrap_or(53))),
-            Err(e) => p.push(format!("resolver.nameservers[{i}]: {e}")),
+            Err(e) => p.push(format!("resolver.nameservers[{i}]"), e),
         }
     }
     let resolver = ResolverConfig { nameservers, min_refresh, max_refresh, timeout };
@@ -685,83 +667,95 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     for (i, rs) in raw.service.iter().enumerate() {
         let field = if rs.name.is_empty() { format!("service[{i}]") } else { format!("service `{}`", rs.name) };
         if rs.name.is_empty() {
-            p.push(format!("{field}.name: must not be empty"));
+            p.push(format!("{field}.name"), "must not be empty");
         }
         if !service_names.insert(rs.name.clone()) {
-            p.push(format!("{field}.name: used by two services"));
+            p.push(format!("{field}.name"), "used by two services");
         }
-        let protocol = p.choice(&format!("{field}.protocol"), &rs.protocol, Protocol::Tcp);
-        let mode = p.choice(&format!("{field}.mode"), &rs.mode, Mode::Plain);
+        let protocol = p.choice(&format!("{field}.protocol"), rs.protocol.as_ref(), Protocol::Tcp);
+        let mode = p.choice(&format!("{field}.mode"), rs.mode.as_ref(), Mode::Plain);
         if protocol == Protocol::Udp && mode != Mode::Plain {
-            p.push(format!("{field}.mode: udp services are plain only"));
+            p.push(format!("{field}.mode"), "udp services are plain only");
         }
         if !raw.pool.contains_key(&rs.pool) {
-            p.push(format!("{field}.pool: no pool named `{}`", rs.pool));
+            p.push(format!("{field}.pool"), format!("no pool named `{}`", rs.pool));
         }
         if rs.listen.is_empty() {
-            p.push(format!("{field}.listen: needs at least one address"));
+            p.push(format!("{field}.listen"), "needs at least one address");
         }
         let mut listen = Vec::new();
         for (j, l) in rs.listen.iter().enumerate() {
             match l.parse::<ListenSpec>() {
                 Ok(spec) => {
                     if !spec.ports.is_single() && rs.upstream_port.is_some() {
-                        p.push(format!(
-                            "{field}.upstream_port: cannot be set with the port range `{l}` (port N forwards to N)"
-                        ));
+                        p.push(
+                            format!("{field}.upstream_port"),
+                            format!("cannot be set with the port range `{l}` (port N forwards to N)"),
+                        );
                     }
                     for port in spec.ports.iter() {
                         if port != 0 && !bound.insert((protocol, spec.ip, port)) {
-                            p.push(format!("{field}.listen[{j}]: {l} overlaps another listener on port {port}"));
+                            p.push(
+                                format!("{field}.listen[{j}]"),
+                                format!("{l} overlaps another listener on port {port}"),
+                            );
                             break;
                         }
                     }
                     listen.push(spec);
                 }
-                Err(e) => p.push(format!("{field}.listen[{j}]: {e}")),
+                Err(e) => p.push(format!("{field}.listen[{j}]"), e),
             }
         }
         let proxy_protocol =
-            p.choice(&format!("{field}.proxy_protocol"), &rs.proxy_protocol, ProxyProtocol::Off) == ProxyProtocol::V2;
+            p.choice(&format!("{field}.proxy_protocol"), rs.proxy_protocol.as_ref(), ProxyProtocol::Off)
+                == ProxyProtocol::V2;
         let default_idle = if protocol == Protocol::Udp { Duration::from_secs(60) } else { Duration::from_secs(3600) };
-        let idle_timeout = p.dur(&format!("{field}.idle_timeout"), &rs.idle_timeout, default_idle, IDLE_TIMEOUT);
-        p.count(&format!("{field}.max_flows"), rs.max_flows, MAX_COUNT);
+        let idle_timeout =
+            p.duration(&format!("{field}.idle_timeout"), rs.idle_timeout.as_deref(), default_idle, IDLE_TIMEOUT);
+        count(&mut p, &format!("{field}.max_flows"), rs.max_flows, MAX_COUNT);
         if rs.max_flows.is_some() && protocol != Protocol::Udp {
-            p.push(format!("{field}.max_flows: only udp services have flows (use max_connections)"));
+            p.push(format!("{field}.max_flows"), "only udp services have flows (use max_connections)");
         }
         if rs.max_connections.is_some() && protocol == Protocol::Udp {
-            p.push(format!("{field}.max_connections: udp services are capped by max_flows"));
+            p.push(format!("{field}.max_connections"), "udp services are capped by max_flows");
         }
-        p.count(&format!("{field}.max_connections"), rs.max_connections, MAX_COUNT);
-        p.port(&format!("{field}.upstream_port"), rs.upstream_port);
+        count(&mut p, &format!("{field}.max_connections"), rs.max_connections, MAX_COUNT);
+        port(&mut p, &format!("{field}.upstream_port"), rs.upstream_port);
         if protocol != Protocol::Udp && (rs.udp_expect_replies.is_some() || rs.udp_reply_timeout.is_some()) {
-            p.push(format!(
-                "{field}.udp_expect_replies: udp_expect_replies and udp_reply_timeout need protocol = \"udp\""
-            ));
+            p.push(
+                format!("{field}.udp_expect_replies"),
+                "udp_expect_replies and udp_reply_timeout need protocol = \"udp\"",
+            );
         }
-        let udp_reply_timeout =
-            p.dur(&format!("{field}.udp_reply_timeout"), &rs.udp_reply_timeout, ms(100), UDP_REPLY_TIMEOUT);
+        let udp_reply_timeout = p.duration(
+            &format!("{field}.udp_reply_timeout"),
+            rs.udp_reply_timeout.as_deref(),
+            ms(100),
+            UDP_REPLY_TIMEOUT,
+        );
         if mode == Mode::Plain && (!rs.routes.is_empty() || rs.peek_timeout.is_some() || rs.peek_max.is_some()) {
-            p.push(format!("{field}.routes: routes, peek_timeout and peek_max need mode = \"sni\" or \"http\""));
+            p.push(format!("{field}.routes"), "routes, peek_timeout and peek_max need mode = \"sni\" or \"http\"");
         }
         let mut router = shared::peek::NameRouter::new();
         for (j, r) in rs.routes.iter().enumerate() {
             if !raw.pool.contains_key(&r.pool) {
-                p.push(format!("{field}.routes[{j}].pool: no pool named `{}`", r.pool));
+                p.push(format!("{field}.routes[{j}].pool"), format!("no pool named `{}`", r.pool));
             }
             if r.names.is_empty() {
-                p.push(format!("{field}.routes[{j}].names: needs at least one name"));
+                p.push(format!("{field}.routes[{j}].names"), "needs at least one name");
             }
             for n in &r.names {
                 if let Err(e) = router.insert(n, ()) {
-                    p.push(format!("{field}.routes[{j}].names: {e}"));
+                    p.push(format!("{field}.routes[{j}].names"), e.to_string());
                 }
             }
         }
-        let peek_timeout = p.dur(&format!("{field}.peek_timeout"), &rs.peek_timeout, secs(5), PEEK_TIMEOUT);
+        let peek_timeout =
+            p.duration(&format!("{field}.peek_timeout"), rs.peek_timeout.as_deref(), secs(5), PEEK_TIMEOUT);
         let peek_max = rs.peek_max.unwrap_or(16 * 1024);
         if !(512..=65536).contains(&peek_max) {
-            p.push(format!("{field}.peek_max: must be 512..=65536 bytes (got {peek_max})"));
+            p.push(format!("{field}.peek_max"), format!("must be 512..=65536 bytes (got {peek_max})"));
         }
         services.push(ServiceConfig {
             name: rs.name.clone(),
@@ -782,21 +776,17 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         });
     }
     if services.is_empty() {
-        p.push("service: at least one [[service]] is needed".into());
+        p.push("service", "at least one [[service]] is needed");
     }
-    if p.0.is_empty() {
-        Ok(Config {
-            log_format,
-            admin,
-            admin_token,
-            max_connections,
-            drain_timeout,
-            threads,
-            pools,
-            services,
-            resolver,
-        })
-    } else {
-        Err(p.0)
-    }
+    p.into_result(Config {
+        log_format,
+        admin,
+        admin_token,
+        max_connections,
+        drain_timeout,
+        threads,
+        pools,
+        services,
+        resolver,
+    })
 }

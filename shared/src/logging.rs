@@ -18,17 +18,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    /// `"text"` or `"json"`; anything else is an error naming both.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            other => Err(format!("`{other}` is not text or json")),
-        }
-    }
-}
-
 /// The filter from `own_var` (e.g. `INGRESS_LOG`), else `RUST_LOG`, else `info`.
 pub fn filter(own_var: &str) -> EnvFilter {
     for var in [own_var, "RUST_LOG"] {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
-use shared::ports::{days, secs, DurationRange};
+use shared::ports::{days, hours, secs, DurationRange};
 
-use super::validate::{duration, valid_host};
-use super::{FieldError, Site};
+use super::validate::valid_host;
+use super::{Problems, Site};
 
 /// Let's Encrypt's production directory, the default.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -124,12 +124,12 @@ impl Settings {
     }
 }
 
-fn err(errors: &mut Vec<FieldError>, field: &str, message: impl Into<String>) {
-    errors.push(FieldError { field: format!("acme.{field}"), message: message.into() });
+fn err(errors: &mut Problems, field: &str, message: impl Into<String>) {
+    errors.push(format!("acme.{field}"), message);
 }
 
 /// Validate `[acme]` against the sites (the default names are theirs).
-pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Vec<FieldError>) -> Option<Settings> {
+pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) -> Option<Settings> {
     let raw = raw?;
     if raw.enabled == Some(false) {
         return None;
@@ -237,12 +237,13 @@ pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Vec<FieldErr
     if !http_01 && !tls_alpn_01 {
         err(e, "tls_alpn_01", "with http_01 also off, no challenge could be answered");
     }
-    let retry_min = duration(e, "acme.retry_min", raw.retry_min.as_deref(), "2m", ranges::RETRY_MIN);
-    let retry_max = duration(e, "acme.retry_max", raw.retry_max.as_deref(), "6h", ranges::RETRY_MAX);
+    let retry_min = e.duration("acme.retry_min", raw.retry_min.as_deref(), secs(120), ranges::RETRY_MIN);
+    let retry_max = e.duration("acme.retry_max", raw.retry_max.as_deref(), hours(6), ranges::RETRY_MAX);
     if retry_max < retry_min {
         err(e, "retry_max", "must not be below retry_min");
     }
-    let order_timeout = duration(e, "acme.order_timeout", raw.order_timeout.as_deref(), "5m", ranges::ORDER_TIMEOUT);
+    let order_timeout =
+        e.duration("acme.order_timeout", raw.order_timeout.as_deref(), secs(300), ranges::ORDER_TIMEOUT);
     Some(Settings {
         directory,
         directory_ca_file,

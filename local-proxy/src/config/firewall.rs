@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use shared::ports::{parse_host_port, parse_ip, DurationRange, PortRange};
+use shared::ports::{hours, parse_host_port, parse_ip, secs, DurationRange, PortRange};
 
-use crate::config::{FieldError, Http, Protocol, Stream};
+use crate::config::{Http, Problems, Protocol, Stream};
 
 /// Default nftables table name (family `inet`).
 pub const DEFAULT_TABLE: &str = "local_proxy";
@@ -121,18 +121,18 @@ pub struct Settings {
     pub remove_on_exit: bool,
 }
 
-fn err(errors: &mut Vec<FieldError>, field: &str, message: impl Into<String>) {
-    errors.push(FieldError { field: format!("firewall.{field}"), message: message.into() });
+fn err(errors: &mut Problems, field: &str, message: impl Into<String>) {
+    errors.push(format!("firewall.{field}"), message);
 }
 
 fn duration(
-    errors: &mut Vec<FieldError>,
+    errors: &mut Problems,
     field: &str,
     value: Option<&str>,
-    default: &str,
+    default: Duration,
     range: DurationRange,
 ) -> Duration {
-    crate::config::duration(errors, &format!("firewall.{field}"), value, default, range)
+    errors.duration(&format!("firewall.{field}"), value, default, range)
 }
 
 /// An interface name as the kernel allows it (at most 15 bytes), with an optional trailing `*`.
@@ -206,7 +206,7 @@ pub fn validate(
     trusted_ingress: &[IpAddr],
     http: &Http,
     streams: &[Stream],
-    errors: &mut Vec<FieldError>,
+    errors: &mut Problems,
 ) -> Option<Settings> {
     let raw = raw?;
     if raw.enabled == Some(false) {
@@ -275,12 +275,12 @@ pub fn validate(
         }
     }
     use crate::config::ranges::{LOOKUP_TIMEOUT, MAX_REFRESH, MIN_REFRESH};
-    let min_refresh = duration(e, "min_refresh", raw.min_refresh.as_deref(), "10s", MIN_REFRESH);
-    let max_refresh = duration(e, "max_refresh", raw.max_refresh.as_deref(), "1h", MAX_REFRESH);
+    let min_refresh = duration(e, "min_refresh", raw.min_refresh.as_deref(), secs(10), MIN_REFRESH);
+    let max_refresh = duration(e, "max_refresh", raw.max_refresh.as_deref(), hours(1), MAX_REFRESH);
     if min_refresh > max_refresh {
         err(e, "max_refresh", "must not be below min_refresh");
     }
-    let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), "5s", LOOKUP_TIMEOUT);
+    let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), secs(5), LOOKUP_TIMEOUT);
     let on_no_answer = match raw.on_no_answer.as_deref() {
         None | Some("closed") => OnNoAnswer::Closed,
         Some("open") => OnNoAnswer::Open,
@@ -319,7 +319,7 @@ mod tests {
 
     use super::*;
 
-    fn load(text: &str) -> Result<Option<Settings>, Vec<FieldError>> {
+    fn load(text: &str) -> Result<Option<Settings>, Problems> {
         match config::from_toml_str(text) {
             Ok(c) => Ok(c.firewall),
             Err(ConfigError::Invalid(errs)) => Err(errs),

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use shared::ports::{days, ms, secs, DurationRange};
 
-use super::FieldError;
+use super::Problems;
 
 /// `rate_limit.per`, default 1s.
 pub const RATE_LIMIT_PER: DurationRange = DurationRange::new(ms(1), days(1));
@@ -268,25 +268,20 @@ enum Given<T> {
 }
 
 /// Read `value` under `field`: a table into `T`, `true` (where `bare_true`), or `false`.
-fn given<T: DeserializeOwned>(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    value: &Value,
-    bare_true: bool,
-) -> Option<Given<T>> {
+fn given<T: DeserializeOwned>(errors: &mut Problems, field: &str, value: &Value, bare_true: bool) -> Option<Given<T>> {
     match value {
         Value::Bool(_, false) => Some(Given::Off),
         Value::Bool(_, true) if bare_true => Some(Given::Defaults),
         Value::Dict(..) => match value.deserialize::<T>() {
             Ok(t) => Some(Given::Table(t)),
             Err(e) => {
-                errors.push(FieldError { field: field.into(), message: e.to_string() });
+                errors.push(field, e.to_string());
                 None
             }
         },
         _ => {
             let what = if bare_true { "a table, true or false" } else { "a table or false" };
-            errors.push(FieldError { field: field.into(), message: format!("expected {what}") });
+            errors.push(field, format!("expected {what}"));
             None
         }
     }
@@ -300,7 +295,7 @@ fn pick<T>(own: Option<Option<T>>, parent: Option<T>) -> Option<T> {
 /// Validate the four fields of a site (`inherited` = `None`) or a route (its site's values),
 /// `prefix` being `site[0]` or `site[0].route[2]`. Problems go to `errors`.
 pub fn validate(
-    errors: &mut Vec<FieldError>,
+    errors: &mut Problems,
     prefix: &str,
     raw: RawFields<'_>,
     inherited: Option<&Middlewares>,
@@ -333,26 +328,20 @@ pub fn validate(
 }
 
 /// `v` if it lies in `min..=max`; else an error under `field.name`, and `min`.
-fn in_range(errors: &mut Vec<FieldError>, field: &str, name: &str, v: u64, min: u64, max: u64) -> u64 {
+fn in_range(errors: &mut Problems, field: &str, name: &str, v: u64, min: u64, max: u64) -> u64 {
     if v < min || v > max {
-        errors.push(FieldError {
-            field: format!("{field}.{name}"),
-            message: format!("{v} is out of range {min}..={max}"),
-        });
+        errors.push(format!("{field}.{name}"), format!("{v} is out of range {min}..={max}"));
         return min;
     }
     v
 }
 
-fn rate_limit(errors: &mut Vec<FieldError>, field: &str, raw: &RawRateLimit) -> Option<RateLimit> {
+fn rate_limit(errors: &mut Problems, field: &str, raw: &RawRateLimit) -> Option<RateLimit> {
     let before = errors.len();
     let requests = match raw.requests {
         Some(r) => in_range(errors, field, "requests", r, 1, 1_000_000) as u32,
         None => {
-            errors.push(FieldError {
-                field: format!("{field}.requests"),
-                message: "is required (requests allowed per `per`)".into(),
-            });
+            errors.push(format!("{field}.requests"), "is required (requests allowed per `per`)");
             1
         }
     };
@@ -360,19 +349,16 @@ fn rate_limit(errors: &mut Vec<FieldError>, field: &str, raw: &RawRateLimit) -> 
     let max_clients =
         in_range(errors, field, "max_clients", raw.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS), 1, 10_000_000) as usize;
     let ipv6_prefix = in_range(errors, field, "ipv6_prefix", raw.ipv6_prefix.unwrap_or(64), 32, 128) as u8;
-    let per = super::duration(errors, &format!("{field}.per"), raw.per.as_deref(), "1s", RATE_LIMIT_PER);
+    let per = errors.duration(&format!("{field}.per"), raw.per.as_deref(), Duration::from_secs(1), RATE_LIMIT_PER);
     if errors.len() == before && per.as_nanos() < u128::from(requests) {
-        errors.push(FieldError {
-            field: format!("{field}.requests"),
-            message: format!("{requests} per {per:?} is more than one a nanosecond"),
-        });
+        errors.push(format!("{field}.requests"), format!("{requests} per {per:?} is more than one a nanosecond"));
     }
     (errors.len() == before).then_some(RateLimit { requests, per, burst, max_clients, ipv6_prefix })
 }
 
-fn compression(errors: &mut Vec<FieldError>, field: &str, raw: &RawCompression) -> Option<Compression> {
+fn compression(errors: &mut Problems, field: &str, raw: &RawCompression) -> Option<Compression> {
     let before = errors.len();
-    let mut err = |name: String, m: String| errors.push(FieldError { field: format!("{field}.{name}"), message: m });
+    let mut err = |name: String, m: String| errors.push(format!("{field}.{name}"), m);
     let encodings = match &raw.encodings {
         None => vec![Encoding::Zstd, Encoding::Brotli, Encoding::Gzip],
         Some(list) => {
@@ -460,44 +446,40 @@ fn origin_pattern(s: &str) -> Result<OriginPattern, String> {
     })
 }
 
-fn header_names(errors: &mut Vec<FieldError>, field: &str, list: &[String]) -> Vec<HeaderName> {
+fn header_names(errors: &mut Problems, field: &str, list: &[String]) -> Vec<HeaderName> {
     let mut out = Vec::new();
     for (i, h) in list.iter().enumerate() {
         match HeaderName::from_str(h) {
             Ok(n) => out.push(n),
-            Err(_) => errors
-                .push(FieldError { field: format!("{field}[{i}]"), message: format!("`{h}` is not a header name") }),
+            Err(_) => errors.push(format!("{field}[{i}]"), format!("`{h}` is not a header name")),
         }
     }
     out
 }
 
-fn cors(errors: &mut Vec<FieldError>, field: &str, raw: &RawCors) -> Option<Cors> {
+fn cors(errors: &mut Problems, field: &str, raw: &RawCors) -> Option<Cors> {
     let before = errors.len();
     let f = |name: &str| format!("{field}.{name}");
     let mut allow_origins = Vec::new();
     match &raw.allow_origins {
-        None => errors.push(FieldError { field: f("allow_origins"), message: "is required".into() }),
-        Some(list) if list.is_empty() => {
-            errors.push(FieldError { field: f("allow_origins"), message: "is empty: no origin could use it".into() })
-        }
+        None => errors.push(f("allow_origins"), "is required"),
+        Some(list) if list.is_empty() => errors.push(f("allow_origins"), "is empty: no origin could use it"),
         Some(list) => {
             for (i, o) in list.iter().enumerate() {
                 match origin_pattern(o) {
                     Ok(p) => allow_origins.push(p),
-                    Err(m) => errors.push(FieldError { field: format!("{}[{i}]", f("allow_origins")), message: m }),
+                    Err(m) => errors.push(format!("{}[{i}]", f("allow_origins")), m),
                 }
             }
         }
     }
     let allow_credentials = raw.allow_credentials.unwrap_or(false);
     if allow_credentials && allow_origins.contains(&OriginPattern::Any) {
-        errors.push(FieldError {
-            field: f("allow_credentials"),
-            message: "true with allow_origins = [\"*\"] would hand every site on the web the user's \
-                      cookies; list the origins instead"
-                .into(),
-        });
+        errors.push(
+            f("allow_credentials"),
+            "true with allow_origins = [\"*\"] would hand every site on the web the user's \
+                      cookies; list the origins instead",
+        );
     }
     let mut allow_methods = Vec::new();
     let methods = raw.allow_methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()]);
@@ -505,10 +487,7 @@ fn cors(errors: &mut Vec<FieldError>, field: &str, raw: &RawCors) -> Option<Cors
         // Method names are case-sensitive tokens; browsers upper-case only the standard ones.
         match Method::from_bytes(m.as_bytes()) {
             Ok(m) if m.as_str() != "*" => allow_methods.push(m),
-            _ => errors.push(FieldError {
-                field: format!("{}[{i}]", f("allow_methods")),
-                message: format!("`{m}` is not a method name"),
-            }),
+            _ => errors.push(format!("{}[{i}]", f("allow_methods")), format!("`{m}` is not a method name")),
         }
     }
     let allow_headers = match raw.allow_headers.as_deref() {
@@ -517,7 +496,8 @@ fn cors(errors: &mut Vec<FieldError>, field: &str, raw: &RawCors) -> Option<Cors
         None => AllowHeaders::List(Vec::new()),
     };
     let expose_headers = header_names(errors, &f("expose_headers"), raw.expose_headers.as_deref().unwrap_or(&[]));
-    let max_age = raw.max_age.as_deref().map(|m| super::duration(errors, &f("max_age"), Some(m), "0s", CORS_MAX_AGE));
+    let max_age =
+        raw.max_age.as_deref().map(|m| errors.duration(&f("max_age"), Some(m), CORS_MAX_AGE.min, CORS_MAX_AGE));
     (errors.len() == before).then_some(Cors {
         allow_origins,
         allow_methods,
@@ -528,17 +508,14 @@ fn cors(errors: &mut Vec<FieldError>, field: &str, raw: &RawCors) -> Option<Cors
     })
 }
 
-fn hostile(errors: &mut Vec<FieldError>, field: &str, raw: &RawHostile) -> Option<Hostile> {
+fn hostile(errors: &mut Problems, field: &str, raw: &RawHostile) -> Option<Hostile> {
     let before = errors.len();
     let close_user_agents: Vec<String> = match &raw.close_user_agents {
         None => DEFAULT_HOSTILE_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
         Some(list) => {
             for (i, p) in list.iter().enumerate() {
                 if p.trim().is_empty() {
-                    errors.push(FieldError {
-                        field: format!("{field}.close_user_agents[{i}]"),
-                        message: "is empty (it would match every client)".into(),
-                    });
+                    errors.push(format!("{field}.close_user_agents[{i}]"), "is empty (it would match every client)");
                 }
             }
             list.iter().map(|s| s.to_ascii_lowercase()).collect()
@@ -553,17 +530,17 @@ fn hostile(errors: &mut Vec<FieldError>, field: &str, raw: &RawHostile) -> Optio
             None => (r.trim(), None),
         };
         let Ok(name) = HeaderName::from_str(name) else {
-            errors.push(FieldError {
-                field: format!("{field}.refuse_headers[{i}]"),
-                message: format!("`{r}`: `{name}` is not a header name (`name` or `name: value`)"),
-            });
+            errors.push(
+                format!("{field}.refuse_headers[{i}]"),
+                format!("`{r}`: `{name}` is not a header name (`name` or `name: value`)"),
+            );
             continue;
         };
         if value == Some("") {
-            errors.push(FieldError {
-                field: format!("{field}.refuse_headers[{i}]"),
-                message: format!("`{r}`: nothing after `:` (write `{name}` alone for any value)"),
-            });
+            errors.push(
+                format!("{field}.refuse_headers[{i}]"),
+                format!("`{r}`: nothing after `:` (write `{name}` alone for any value)"),
+            );
             continue;
         }
         refuse_headers.push(HeaderRule { name, value_contains: value.map(str::to_ascii_lowercase) });
@@ -581,7 +558,7 @@ mod tests {
         figment::Figment::new().merge(Toml::string(toml)).extract_inner::<Value>("v").unwrap()
     }
 
-    fn site(toml_field: &str, toml: &str) -> (Middlewares, Vec<FieldError>) {
+    fn site(toml_field: &str, toml: &str) -> (Middlewares, Problems) {
         let v = value(&format!("v = {toml}"));
         let mut raw = RawFields::default();
         match toml_field {
@@ -590,7 +567,7 @@ mod tests {
             "cors" => raw.cors = Some(&v),
             _ => raw.hostile = Some(&v),
         }
-        let mut errors = Vec::new();
+        let mut errors = Problems::new();
         let m = validate(&mut errors, "site[0]", raw, None);
         (m, errors)
     }
@@ -615,7 +592,7 @@ mod tests {
     fn routes_inherit_replace_or_turn_off() {
         let (site_m, _) = site("compression", "true");
         let off = value("v = false");
-        let mut errors = Vec::new();
+        let mut errors = Problems::new();
         let route = validate(&mut errors, "site[0].route[0]", RawFields::default(), Some(&site_m));
         assert_eq!(route.compression, site_m.compression);
         let route = validate(

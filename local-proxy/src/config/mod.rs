@@ -22,7 +22,6 @@ use shared::ports::PortRange;
 
 pub use routes::{ForwardAuth, PathMatch, Route};
 pub use upstreams::{Check, Health, Member, StreamTarget, UpstreamSet};
-pub(crate) use validate::duration;
 pub use validate::{ranges, DEFAULT_SCANNER_PATHS, SECURITY_HEADERS};
 
 /// Prefix of environment variables that override file values; `__` separates nesting
@@ -250,19 +249,7 @@ impl Stream {
     }
 }
 
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted path of the field, e.g. `site[2].upstream`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+pub use shared::config_check::{FieldError, Problems};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -270,13 +257,10 @@ pub enum ConfigError {
     /// The file could not be read or parsed, or has a field of the wrong type or name.
     #[error("{0}")]
     Parse(Box<figment::Error>),
-    /// The file parsed but some fields are invalid; every problem is listed.
-    #[error("invalid configuration:\n{}", list(.0))]
-    Invalid(Vec<FieldError>),
-}
-
-fn list(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+    /// The file parsed but some fields are invalid; every problem is listed (`invalid
+    /// configuration:` and a `  - field: message` line each, as the ingress prints them).
+    #[error("{0}")]
+    Invalid(Problems),
 }
 
 /// Load and validate `path`, with `LOCAL_PROXY_*` environment overrides on top.

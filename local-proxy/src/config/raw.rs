@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    pub log_format: Option<String>,
+    pub log_format: Option<shared::config_check::Choice<shared::logging::LogFormat>>,
     /// How long open connections may take to finish after SIGTERM.
     pub drain_timeout: Option<String>,
     /// Worker threads of the async runtime (absent: one per core).

@@ -34,7 +34,7 @@ use shared::ports::{ms, secs, DurationRange};
 
 use super::raw::RawHealth;
 use super::upstreams::{self, Kind as SetKind, RawSet, UpstreamSet};
-use super::{FieldError, Upstream};
+use super::{Problems, Upstream};
 
 /// Most routes in one site (matching walks them in order).
 pub const MAX_ROUTES: usize = 64;
@@ -204,8 +204,8 @@ const NOT_COPIED: &[&str] =
     &["connection", "content-length", "transfer-encoding", "upgrade", "host", "te", "trailer", "keep-alive"];
 
 /// `forward_auth` (a table, or `false`) under `field`. `Ok(None)`: `false`.
-pub(crate) fn forward_auth(errors: &mut Vec<FieldError>, field: &str, value: &Value) -> Option<Option<ForwardAuth>> {
-    let mut err = |f: String, m: String| errors.push(FieldError { field: f, message: m });
+pub(crate) fn forward_auth(errors: &mut Problems, field: &str, value: &Value) -> Option<Option<ForwardAuth>> {
+    let mut err = |f: String, m: String| errors.push(f, m);
     let raw = match value {
         Value::Bool(_, false) => return Some(None),
         Value::Dict(..) => match value.deserialize::<RawForwardAuth>() {
@@ -222,7 +222,7 @@ pub(crate) fn forward_auth(errors: &mut Vec<FieldError>, field: &str, value: &Va
     };
     let f = |name: &str| format!("{field}.{name}");
     let before = errors.len();
-    let mut err = |f: String, m: String| errors.push(FieldError { field: f, message: m });
+    let mut err = |f: String, m: String| errors.push(f, m);
     let address = match raw.address.as_deref() {
         None => {
             err(f("address"), "is required".into());
@@ -307,10 +307,10 @@ pub(crate) struct SiteDefaults<'a> {
     pub middlewares: &'a super::middleware::Middlewares,
 }
 
-fn header_rules(errors: &mut Vec<FieldError>, field: &str, raw: &BTreeMap<String, String>, into: &mut HeaderRules) {
+fn header_rules(errors: &mut Problems, field: &str, raw: &BTreeMap<String, String>, into: &mut HeaderRules) {
     for (n, v) in raw {
         let Ok(name) = HeaderName::from_str(n) else {
-            errors.push(FieldError { field: field.into(), message: format!("`{n}` is not a valid header name") });
+            errors.push(field, format!("`{n}` is not a valid header name"));
             continue;
         };
         let value = if v.is_empty() {
@@ -319,10 +319,7 @@ fn header_rules(errors: &mut Vec<FieldError>, field: &str, raw: &BTreeMap<String
             match HeaderValue::from_str(v) {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    errors.push(FieldError {
-                        field: format!("{field}.{n}"),
-                        message: "is not a valid header value".into(),
-                    });
+                    errors.push(format!("{field}.{n}"), "is not a valid header value");
                     continue;
                 }
             }
@@ -332,34 +329,31 @@ fn header_rules(errors: &mut Vec<FieldError>, field: &str, raw: &BTreeMap<String
     }
 }
 
-fn route_path(errors: &mut Vec<FieldError>, field: &str, p: &str) -> bool {
+fn route_path(errors: &mut Problems, field: &str, p: &str) -> bool {
     let ok = p.starts_with('/')
         && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#' || b == b'%')
         && !p.contains("//")
         && !p.split('/').any(|s| s == "." || s == "..");
     if !ok {
-        errors.push(FieldError {
-            field: field.into(),
-            message: format!(
+        errors.push(
+            field,
+            format!(
                 "`{p}` must start with /, be written decoded (no %, ?, #, spaces) and have no empty, . or .. segments"
             ),
-        });
+        );
     }
     ok
 }
 
 /// Validate a site's routes, returned in match order.
 pub(crate) fn routes(
-    errors: &mut Vec<FieldError>,
+    errors: &mut Problems,
     site: &SiteDefaults<'_>,
     raw: &[RawRoute],
     parse_upstream: fn(&str) -> Result<Upstream, String>,
 ) -> Vec<Route> {
     if raw.len() > MAX_ROUTES {
-        errors.push(FieldError {
-            field: format!("{}.route", site.prefix),
-            message: format!("has {} routes; at most {MAX_ROUTES}", raw.len()),
-        });
+        errors.push(format!("{}.route", site.prefix), format!("has {} routes; at most {MAX_ROUTES}", raw.len()));
     }
     let mut out: Vec<(usize, Route)> = Vec::new();
     for (j, r) in raw.iter().enumerate() {
@@ -370,17 +364,11 @@ pub(crate) fn routes(
             (Some(p), None) => route_path(errors, &f("path"), p).then(|| PathMatch::Exact(p.clone())),
             (None, Some(p)) => route_path(errors, &f("path_prefix"), p).then(|| PathMatch::Prefix(p.clone())),
             (Some(_), Some(_)) => {
-                errors.push(FieldError {
-                    field: f("path"),
-                    message: "give path (exact) or path_prefix, not both".into(),
-                });
+                errors.push(f("path"), "give path (exact) or path_prefix, not both");
                 None
             }
             (None, None) => {
-                errors.push(FieldError {
-                    field: f("path_prefix"),
-                    message: "is required (or path, for an exact match)".into(),
-                });
+                errors.push(f("path_prefix"), "is required (or path, for an exact match)");
                 None
             }
         };
@@ -390,10 +378,10 @@ pub(crate) fn routes(
                 || name.len() > 64
                 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/')))
         {
-            errors.push(FieldError {
-                field: f("name"),
-                message: format!("`{name}`: 1 to 64 letters, digits, -, _, . or / (it is a log field and a pool name)"),
-            });
+            errors.push(
+                f("name"),
+                format!("`{name}`: 1 to 64 letters, digits, -, _, . or / (it is a log field and a pool name)"),
+            );
         }
         let has_upstream = r.upstream.is_some();
         if !has_upstream {
@@ -401,10 +389,7 @@ pub(crate) fn routes(
                 [(r.balance.is_some(), "balance"), (r.health.is_some(), "health"), (r.critical.is_some(), "critical")]
             {
                 if set {
-                    errors.push(FieldError {
-                        field: f(key),
-                        message: "only applies to a route with its own upstream".into(),
-                    });
+                    errors.push(f(key), "only applies to a route with its own upstream");
                 }
             }
         }
@@ -433,10 +418,7 @@ pub(crate) fn routes(
                         response_headers.push((n.clone(), v.clone()));
                     }
                 }
-                None => errors.push(FieldError {
-                    field: f(&format!("header_sets[{k}]")),
-                    message: format!("no header set named `{set}`"),
-                }),
+                None => errors.push(f(&format!("header_sets[{k}]")), format!("no header set named `{set}`")),
             }
         }
         header_rules(errors, &f("response_headers"), &r.response_headers, &mut response_headers);
@@ -444,10 +426,7 @@ pub(crate) fn routes(
         header_rules(errors, &f("request_headers"), &r.request_headers, &mut request_headers);
         for (n, _) in &request_headers {
             if NOT_COPIED.contains(&n.as_str()) {
-                errors.push(FieldError {
-                    field: format!("{}.{n}", f("request_headers")),
-                    message: "is set by the proxy".into(),
-                });
+                errors.push(format!("{}.{n}", f("request_headers")), "is set by the proxy");
             }
         }
         let forward_auth = match &r.forward_auth {
@@ -469,17 +448,14 @@ pub(crate) fn routes(
             continue;
         }
         if let Some((k, _)) = out.iter().find(|(_, o)| o.name == name) {
-            errors.push(FieldError {
-                field: f("name"),
-                message: format!("`{name}` is also the name of route[{k}] (names default to the path)"),
-            });
+            errors.push(f("name"), format!("`{name}` is also the name of route[{k}] (names default to the path)"));
             continue;
         }
         if let Some((k, _)) = out.iter().find(|(_, o)| o.path == path) {
-            errors.push(FieldError {
-                field: f(if r.path.is_some() { "path" } else { "path_prefix" }),
-                message: format!("`{}` is also route[{k}]'s: one of them could never match", path.text()),
-            });
+            errors.push(
+                f(if r.path.is_some() { "path" } else { "path_prefix" }),
+                format!("`{}` is also route[{k}]'s: one of them could never match", path.text()),
+            );
             continue;
         }
         out.push((

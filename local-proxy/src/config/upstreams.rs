@@ -13,7 +13,7 @@ use shared::ports::{hours, ms, secs, DurationRange, PortRange};
 use figment::value::Value;
 
 use super::raw::{RawHealth, RawUpstream, RawUpstreamEntry, RawUpstreams};
-use super::FieldError;
+use super::Problems;
 
 /// Most upstreams in one set (a tried-set is one `u64` bit mask per request).
 pub const MAX_UPSTREAMS: usize = 64;
@@ -125,12 +125,12 @@ pub(crate) struct RawSet<'a> {
 
 /// Validate a set; `parse` turns one upstream string into its target.
 pub(crate) fn validate<T: PartialEq + Clone>(
-    errors: &mut Vec<FieldError>,
+    errors: &mut Problems,
     raw: RawSet<'_>,
     mut parse: impl FnMut(&str) -> Result<T, String>,
 ) -> Option<UpstreamSet<T>> {
     let before = errors.len();
-    let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+    let mut err = |field: String, message: String| errors.push(field, message);
     let f = |name: &str| format!("{}.{name}", raw.prefix);
     let key = if raw.kind == Kind::Site { "url" } else { "address" };
 

@@ -2,10 +2,9 @@
 //! problem (field path + message) instead of stopping at the first.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
@@ -13,7 +12,7 @@ use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRa
 use super::raw::{RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
 use super::{
-    AccessLog, AccessLogFormat, CertFiles, Config, FieldError, Http, Mesh, MeshListen, Protocol, Site, Stream, Tls,
+    AccessLog, AccessLogFormat, CertFiles, Config, Http, Mesh, MeshListen, Problems, Protocol, Site, Stream, Tls,
     Upstream, Wan,
 };
 
@@ -80,76 +79,33 @@ pub mod ranges {
 }
 use ranges::*;
 
-/// Parse a duration field (absent: `default`) and check it lies in `range`; problems go to
-/// `errors` under `field`. Shared with the `[firewall]` section.
-pub(crate) fn duration(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    value: Option<&str>,
-    default: &str,
-    range: DurationRange,
-) -> Duration {
-    match range.parse(value.unwrap_or(default)) {
-        Ok(d) => d,
-        Err(e) => {
-            errors.push(FieldError { field: field.into(), message: e });
-            // Only reached with errors recorded: the config is refused, the value unused.
-            range.min
-        }
+/// A count field (absent: `default`) that must lie in `min..=max`.
+fn count(c: &mut Problems, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        c.push(field, format!("{v} is out of range {min}..={max}"));
+        return default;
     }
+    v
 }
 
-/// Collects errors while parsing leaves, so one pass reports everything.
-#[derive(Default)]
-struct Check {
-    errors: Vec<FieldError>,
-}
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Problems> {
+    let mut c = Problems::new();
 
-impl Check {
-    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError { field: field.into(), message: message.into() });
-    }
-
-    fn duration(&mut self, field: &str, value: Option<&str>, default: &str, range: DurationRange) -> Duration {
-        duration(&mut self.errors, field, value, default, range)
-    }
-
-    fn ip(&mut self, field: &str, value: &str) -> Option<IpAddr> {
-        // The bracketed IPv6 form is accepted too (it is how addresses are written
-        // elsewhere), but only whole: `[::1` is a typo, not an address.
-        parse_ip(value).map_err(|e| self.err(field, e)).ok()
-    }
-
-    fn count(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
-        let v = value.unwrap_or(default);
-        if v < min || v > max {
-            self.err(field, format!("{v} is out of range {min}..={max}"));
-            return default;
-        }
-        v
-    }
-}
-
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
-    let mut c = Check::default();
-
-    let admin =
-        raw.admin.listen.as_deref().and_then(|s| {
-            s.parse::<SocketAddr>().map_err(|_| c.err("admin.listen", format!("`{s}` is not IP:PORT"))).ok()
-        });
+    let admin = raw.admin.listen.as_deref().and_then(|s| {
+        s.parse::<SocketAddr>().map_err(|_| c.push("admin.listen", format!("`{s}` is not IP:PORT"))).ok()
+    });
     let admin_token = raw.admin.token_file.as_deref().and_then(|f| {
         if !std::path::Path::new(f).is_absolute() {
-            c.err("admin.token_file", format!("`{f}` is not an absolute path"));
+            c.push("admin.token_file", format!("`{f}` is not an absolute path"));
             return None;
         }
-        shared::admin::token::Token::from_file(std::path::Path::new(f)).map_err(|e| c.err("admin.token_file", e)).ok()
+        shared::admin::token::Token::from_file(std::path::Path::new(f)).map_err(|e| c.push("admin.token_file", e)).ok()
     });
-    let log_format = shared::logging::LogFormat::parse(raw.log_format.as_deref().unwrap_or("text"))
-        .map_err(|e| c.err("log_format", e))
-        .unwrap_or_default();
-    let drain_timeout = c.duration("drain_timeout", raw.drain_timeout.as_deref(), "10s", DRAIN_TIMEOUT);
+    let log_format = c.choice("log_format", raw.log_format.as_ref(), shared::logging::LogFormat::Text);
+    let drain_timeout = c.duration("drain_timeout", raw.drain_timeout.as_deref(), secs(10), DRAIN_TIMEOUT);
     // The ingress's `limits.threads` has the same range.
-    let threads = raw.threads.map(|n| c.count("threads", Some(n), 1, 1, 1024) as usize);
+    let threads = raw.threads.map(|n| count(&mut c, "threads", Some(n), 1, 1, 1024) as usize);
 
     let wan = Wan {
         addresses: raw
@@ -171,7 +127,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         proxy_header_timeout: c.duration(
             "wan.proxy_header_timeout",
             raw.wan.proxy_header_timeout.as_deref(),
-            "5s",
+            secs(5),
             PROXY_HEADER_TIMEOUT,
         ),
     };
@@ -185,10 +141,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         admin_endpoint: match raw.mesh.admin_endpoint {
             Some(e) => {
                 match e.parse::<shared::ygg::Endpoint>() {
-                    Err(err) => c.err("mesh.admin_endpoint", err.to_string()),
+                    Err(err) => c.push("mesh.admin_endpoint", err.to_string()),
                     // The endpoint parser takes any u16; port 0 is not a place to connect to.
                     Ok(shared::ygg::Endpoint::Tcp(a)) if a.rsplit_once(':').is_some_and(|(_, p)| p == "0") => {
-                        c.err("mesh.admin_endpoint", format!("`{e}`: port 0 is not a port (1-65535)"))
+                        c.push("mesh.admin_endpoint", format!("`{e}`: port 0 is not a port (1-65535)"))
                     }
                     Ok(_) => {}
                 }
@@ -216,45 +172,55 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         tls_handshake_timeout: c.duration(
             "http.tls_handshake_timeout",
             h.tls_handshake_timeout.as_deref(),
-            "10s",
+            secs(10),
             TLS_HANDSHAKE_TIMEOUT,
         ),
         header_read_timeout: c.duration(
             "http.header_read_timeout",
             h.header_read_timeout.as_deref(),
-            "10s",
+            secs(10),
             HEADER_READ_TIMEOUT,
         ),
         // hyper refuses buffers below 8 KiB.
-        max_header_bytes: c.count("http.max_header_bytes", h.max_header_bytes, 32 * 1024, 8 * 1024, 1024 * 1024)
+        max_header_bytes: count(&mut c, "http.max_header_bytes", h.max_header_bytes, 32 * 1024, 8 * 1024, 1024 * 1024)
             as usize,
-        idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), "300s", IDLE_TIMEOUT),
+        idle_timeout: c.duration("http.idle_timeout", h.idle_timeout.as_deref(), secs(300), IDLE_TIMEOUT),
         upstream_connect_timeout: c.duration(
             "http.upstream_connect_timeout",
             h.upstream_connect_timeout.as_deref(),
-            "5s",
+            secs(5),
             CONNECT_TIMEOUT,
         ),
-        upstream_timeout: c.duration("http.upstream_timeout", h.upstream_timeout.as_deref(), "60s", UPSTREAM_TIMEOUT),
-        max_connections: c.count("http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
+        upstream_timeout: c.duration(
+            "http.upstream_timeout",
+            h.upstream_timeout.as_deref(),
+            secs(60),
+            UPSTREAM_TIMEOUT,
+        ),
+        max_connections: count(&mut c, "http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
         access_log: h.access_log.as_ref().and_then(|a| access_log(&mut c, "http.access_log", a)),
     };
     if http.https_port != 0 && http.https_port == http.http_port {
-        c.err("http.http_port", "must differ from http.https_port");
+        c.push("http.http_port", "must differ from http.https_port");
     }
 
     let mut certificates = Vec::new();
     for (i, cert) in raw.tls.certificates.iter().enumerate() {
         match (&cert.cert, &cert.key) {
             (Some(c1), Some(k)) => certificates.push(CertFiles { cert: c1.into(), key: k.into() }),
-            (None, _) => c.err(format!("tls.certificate[{i}].cert"), "is required"),
-            (_, None) => c.err(format!("tls.certificate[{i}].key"), "is required"),
+            (None, _) => c.push(format!("tls.certificate[{i}].cert"), "is required"),
+            (_, None) => c.push(format!("tls.certificate[{i}].key"), "is required"),
         }
     }
     let tls = Tls {
         certbot_live_dir: raw.tls.certbot_live_dir.as_ref().map(PathBuf::from),
         certificates,
-        reload_interval: c.duration("tls.reload_interval", raw.tls.reload_interval.as_deref(), "5s", RELOAD_INTERVAL),
+        reload_interval: c.duration(
+            "tls.reload_interval",
+            raw.tls.reload_interval.as_deref(),
+            secs(5),
+            RELOAD_INTERVAL,
+        ),
         acme_live_dir: None,
     };
 
@@ -264,7 +230,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         Some(paths) => {
             for (i, p) in paths.iter().enumerate() {
                 if !p.starts_with('/') {
-                    c.err(format!("scanners.paths[{i}]"), format!("`{p}` must start with /"));
+                    c.push(format!("scanners.paths[{i}]"), format!("`{p}` must start with /"));
                 }
             }
             paths.clone()
@@ -290,11 +256,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     for (i, s) in raw.streams.iter().enumerate() {
         if let Some(st) = stream(&mut c, i, s) {
             if !stream_names.insert(st.name.clone()) {
-                c.err(format!("stream[{i}].name"), format!("`{}` is used by another stream", st.name));
+                c.push(format!("stream[{i}].name"), format!("`{}` is used by another stream", st.name));
             }
             for port in st.listen_ports.iter().filter(|p| *p != 0) {
                 if let Some((_, _, other)) = stream_ports.iter().find(|(pr, p, _)| *pr == st.protocol && *p == port) {
-                    c.err(
+                    c.push(
                         format!("stream[{i}].listen"),
                         format!("{}/{} is already used by {other}", port, st.protocol),
                     );
@@ -308,38 +274,33 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
-    let firewall =
-        super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c.errors);
+    let firewall = super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c);
 
-    let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c.errors);
+    let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c);
     let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
 
-    if c.errors.is_empty() {
-        Ok(Config {
-            log_format,
-            drain_timeout,
-            threads,
-            admin,
-            admin_token,
-            wan,
-            mesh,
-            http,
-            tls,
-            sites,
-            streams,
-            firewall,
-            acme,
-        })
-    } else {
-        Err(c.errors)
-    }
+    c.into_result(Config {
+        log_format,
+        drain_timeout,
+        threads,
+        admin,
+        admin_token,
+        wan,
+        mesh,
+        http,
+        tls,
+        sites,
+        streams,
+        firewall,
+        acme,
+    })
 }
 
 type HeaderSet = Vec<(HeaderName, Option<HeaderValue>)>;
 
-fn header_pair(c: &mut Check, field: &str, name: &str, value: &str) -> Option<(HeaderName, Option<HeaderValue>)> {
+fn header_pair(c: &mut Problems, field: &str, name: &str, value: &str) -> Option<(HeaderName, Option<HeaderValue>)> {
     let Ok(n) = HeaderName::from_str(name) else {
-        c.err(field, format!("`{name}` is not a valid header name"));
+        c.push(field, format!("`{name}` is not a valid header name"));
         return None;
     };
     if value.is_empty() {
@@ -348,13 +309,13 @@ fn header_pair(c: &mut Check, field: &str, name: &str, value: &str) -> Option<(H
     match HeaderValue::from_str(value) {
         Ok(v) => Some((n, Some(v))),
         Err(_) => {
-            c.err(format!("{field}.{name}"), "is not a valid header value");
+            c.push(format!("{field}.{name}"), "is not a valid header value");
             None
         }
     }
 }
 
-fn header_sets(c: &mut Check, raw: &BTreeMap<String, BTreeMap<String, String>>) -> BTreeMap<String, HeaderSet> {
+fn header_sets(c: &mut Problems, raw: &BTreeMap<String, BTreeMap<String, String>>) -> BTreeMap<String, HeaderSet> {
     let mut sets = BTreeMap::new();
     let builtin =
         SECURITY_HEADERS.iter().map(|(n, v)| (HeaderName::from_static(n), Some(HeaderValue::from_static(v)))).collect();
@@ -381,7 +342,7 @@ pub(crate) fn valid_host(name: &str) -> bool {
 }
 
 fn site(
-    c: &mut Check,
+    c: &mut Problems,
     i: usize,
     s: &RawSite,
     sets: &BTreeMap<String, HeaderSet>,
@@ -390,19 +351,19 @@ fn site(
     default_log: Option<&AccessLog>,
 ) -> Option<Site> {
     let f = |name: &str| format!("site[{i}].{name}");
-    let before = c.errors.len();
+    let before = c.len();
     let host = match &s.host {
         None => {
-            c.err(f("host"), "is required");
+            c.push(f("host"), "is required");
             String::new()
         }
         Some(h) => h.to_ascii_lowercase(),
     };
-    let mut check_name = |c: &mut Check, field: String, name: &str| {
+    let mut check_name = |c: &mut Problems, field: String, name: &str| {
         if !valid_host(name) {
-            c.err(field, format!("`{name}` is not a host name (letters, digits, -, optional *. prefix)"));
+            c.push(field, format!("`{name}` is not a host name (letters, digits, -, optional *. prefix)"));
         } else if !names.insert(name.to_string()) {
-            c.err(field, format!("`{name}` is used by another site"));
+            c.push(field, format!("`{name}` is used by another site"));
         }
     };
     if s.host.is_some() {
@@ -414,7 +375,7 @@ fn site(
     }
 
     let upstreams = upstreams::validate(
-        &mut c.errors,
+        c,
         RawSet {
             prefix: format!("site[{i}]"),
             kind: SetKind::Site,
@@ -431,7 +392,7 @@ fn site(
     for (j, name) in set_names.iter().enumerate() {
         match sets.get(name) {
             Some(set) => response_headers.extend(set.iter().cloned()),
-            None => c.err(f(&format!("header_sets[{j}]")), format!("no header set named `{name}`")),
+            None => c.push(f(&format!("header_sets[{j}]")), format!("no header set named `{name}`")),
         }
     }
     for (n, v) in &s.response_headers {
@@ -445,11 +406,11 @@ fn site(
     let insecure_skip_verify = s.insecure_skip_verify.unwrap_or(false);
     if let Some(set) = &upstreams {
         if !set.members.iter().any(|m| m.target.tls) && (insecure_skip_verify || s.ca_file.is_some()) {
-            c.err(f("insecure_skip_verify"), "only applies to an https:// upstream");
+            c.push(f("insecure_skip_verify"), "only applies to an https:// upstream");
         }
     }
     if insecure_skip_verify && s.ca_file.is_some() {
-        c.err(f("ca_file"), "makes no sense with insecure_skip_verify");
+        c.push(f("ca_file"), "makes no sense with insecure_skip_verify");
     }
 
     let access_log = match &s.access_log {
@@ -458,10 +419,10 @@ fn site(
     };
     let forward_auth = s.forward_auth.as_ref().and_then(|v| match v {
         figment::value::Value::Bool(_, false) => {
-            c.err(f("forward_auth"), "false only turns a site's forward auth off on a route; leave it out here");
+            c.push(f("forward_auth"), "false only turns a site's forward auth off on a route; leave it out here");
             None
         }
-        v => super::routes::forward_auth(&mut c.errors, &f("forward_auth"), v).flatten(),
+        v => super::routes::forward_auth(c, &f("forward_auth"), v).flatten(),
     });
     let raw_middlewares = super::middleware::RawFields {
         rate_limit: s.rate_limit.as_ref(),
@@ -469,7 +430,7 @@ fn site(
         cors: s.cors.as_ref(),
         hostile: s.hostile.as_ref(),
     };
-    let middlewares = super::middleware::validate(&mut c.errors, &format!("site[{i}]"), raw_middlewares, None);
+    let middlewares = super::middleware::validate(c, &format!("site[{i}]"), raw_middlewares, None);
     let site_defaults = super::routes::SiteDefaults {
         prefix: &format!("site[{i}]"),
         response_headers: &response_headers,
@@ -477,9 +438,9 @@ fn site(
         header_sets: sets,
         middlewares: &middlewares,
     };
-    let routes = super::routes::routes(&mut c.errors, &site_defaults, &s.routes, parse_upstream);
+    let routes = super::routes::routes(c, &site_defaults, &s.routes, parse_upstream);
 
-    if c.errors.len() != before {
+    if c.len() != before {
         return None;
     }
     Some(Site {
@@ -500,31 +461,31 @@ fn site(
 /// `access_log = { path, format }` under `field`: an absolute file path (the file itself is
 /// opened when the routes are built, so a directory that does not exist refuses the config
 /// there, under the same field), format `json`.
-fn access_log(c: &mut Check, field: &str, raw: &RawAccessLog) -> Option<AccessLog> {
-    let before = c.errors.len();
+fn access_log(c: &mut Problems, field: &str, raw: &RawAccessLog) -> Option<AccessLog> {
+    let before = c.len();
     let format = match raw.format.as_deref().unwrap_or("json") {
         "json" => AccessLogFormat::Json,
         other => {
-            c.err(format!("{field}.format"), format!("`{other}` is not a format (json)"));
+            c.push(format!("{field}.format"), format!("`{other}` is not a format (json)"));
             AccessLogFormat::Json
         }
     };
     let path = match raw.path.as_deref() {
         None => {
-            c.err(format!("{field}.path"), "is required");
+            c.push(format!("{field}.path"), "is required");
             PathBuf::new()
         }
         Some(p) => {
             let path = PathBuf::from(p);
             if !path.is_absolute() {
-                c.err(format!("{field}.path"), format!("`{p}` is not an absolute path"));
+                c.push(format!("{field}.path"), format!("`{p}` is not an absolute path"));
             } else if p.ends_with('/') || path.file_name().is_none() {
-                c.err(format!("{field}.path"), format!("`{p}` names a directory, not a file"));
+                c.push(format!("{field}.path"), format!("`{p}` names a directory, not a file"));
             }
             path
         }
     };
-    (c.errors.len() == before).then_some(AccessLog { path, format })
+    (c.len() == before).then_some(AccessLog { path, format })
 }
 
 fn parse_upstream(u: &str) -> Result<Upstream, String> {
@@ -566,22 +527,22 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
     Ok(Upstream { tls, authority })
 }
 
-fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
+fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
     let f = |name: &str| format!("stream[{i}].{name}");
-    let before = c.errors.len();
+    let before = c.len();
     let name = s.name.clone().unwrap_or_else(|| {
-        c.err(f("name"), "is required");
+        c.push(f("name"), "is required");
         String::new()
     });
     if s.name.is_some()
         && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
-        c.err(f("name"), "must be letters, digits, - and _ (it is a metrics label)");
+        c.push(f("name"), "must be letters, digits, - and _ (it is a metrics label)");
     }
 
     let (protocol, listen_ports) = match &s.listen {
         None => {
-            c.err(f("listen"), "is required");
+            c.push(f("listen"), "is required");
             (Protocol::Tcp, PortRange::single(0))
         }
         Some(l) => {
@@ -589,7 +550,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
                 Some((p, "tcp")) => (p, Protocol::Tcp),
                 Some((p, "udp")) => (p, Protocol::Udp),
                 Some((_, other)) => {
-                    c.err(f("listen"), format!("unknown protocol `{other}` (tcp or udp)"));
+                    c.push(f("listen"), format!("unknown protocol `{other}` (tcp or udp)"));
                     (l.as_str(), Protocol::Tcp)
                 }
                 None => (l.as_str(), Protocol::Tcp),
@@ -597,7 +558,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
             match ports.parse::<PortRange>() {
                 Ok(r) => (proto, r),
                 Err(e) => {
-                    c.err(f("listen"), format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"));
+                    c.push(f("listen"), format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"));
                     (proto, PortRange::single(0))
                 }
             }
@@ -605,7 +566,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
     };
 
     let upstreams = upstreams::validate(
-        &mut c.errors,
+        c,
         RawSet {
             prefix: format!("stream[{i}]"),
             kind: if protocol == Protocol::Tcp { SetKind::TcpStream } else { SetKind::UdpStream },
@@ -621,23 +582,23 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         None | Some("none") => false,
         Some("v2") => true,
         Some(other) => {
-            c.err(f("proxy_protocol"), format!("`{other}`: expected \"v2\" or \"none\""));
+            c.push(f("proxy_protocol"), format!("`{other}`: expected \"v2\" or \"none\""));
             false
         }
     };
     let transparent = s.transparent.unwrap_or(false);
     if transparent && proxy_protocol {
-        c.err(f("transparent"), "choose one way to pass the client address: transparent or proxy_protocol = \"v2\"");
+        c.push(f("transparent"), "choose one way to pass the client address: transparent or proxy_protocol = \"v2\"");
     }
     let idle_default = match protocol {
-        Protocol::Tcp => "1h",
-        Protocol::Udp => "300s",
+        Protocol::Tcp => hours(1),
+        Protocol::Udp => secs(300),
     };
-    let connect_timeout = c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), "5s", CONNECT_TIMEOUT);
+    let connect_timeout = c.duration(&f("connect_timeout"), s.connect_timeout.as_deref(), secs(5), CONNECT_TIMEOUT);
     let idle_timeout = c.duration(&f("idle_timeout"), s.idle_timeout.as_deref(), idle_default, IDLE_TIMEOUT);
-    let max_flows = c.count(&f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize;
+    let max_flows = count(c, &f("max_flows"), s.max_flows, 4096, 1, 1_000_000) as usize;
     if s.max_flows.is_some() && protocol == Protocol::Tcp {
-        c.err(f("max_flows"), "only applies to udp streams");
+        c.push(f("max_flows"), "only applies to udp streams");
     }
     let access_log = s.access_log.as_ref().and_then(|a| access_log(c, &f("access_log"), a));
     let st = Stream {
@@ -652,7 +613,7 @@ fn stream(c: &mut Check, i: usize, s: &RawStream) -> Option<Stream> {
         max_flows,
         access_log,
     };
-    (c.errors.len() == before).then_some(st)
+    (c.len() == before).then_some(st)
 }
 
 /// `IP` (same ports as listened on), `IP:PORT` or `IP:FIRST-LAST` (same length as the listen range).
