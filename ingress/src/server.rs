@@ -19,6 +19,7 @@ use crate::config::{Config, Protocol};
 use crate::limits::Budget;
 use crate::metrics as m;
 pub use crate::runtime::{Runtime, Service, Shared};
+use shared::listeners::{bind_all, Plan};
 use shared::udp_flows::FlowBudget;
 
 /// A bound listener (or one waiting to bind) and the service it feeds.
@@ -114,15 +115,16 @@ impl Server {
         let Ok(map) = self.listeners.lock() else {
             return Ok(HashMap::new());
         };
-        let mut bound = HashMap::new();
-        for (key, (service, addr)) in wanted_listeners(config) {
-            if map.contains_key(&key) {
-                continue;
-            }
-            let b = bind(&key, addr).map_err(|source| ReloadError { service, addr, protocol: key.0, source })?;
-            bound.insert(key, b);
-        }
-        Ok(bound)
+        let plan = Plan::new(&map, wanted_listeners(config));
+        let bound = bind_all(plan.added, |key, (service, addr)| {
+            bind(key, *addr).map_err(|source| ReloadError {
+                service: service.clone(),
+                addr: *addr,
+                protocol: key.0,
+                source,
+            })
+        })?;
+        Ok(bound.into_iter().collect())
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -176,21 +178,21 @@ impl Server {
             .into_iter()
             .filter_map(|(key, (name, addr))| Some((key, (rt.services.get(&name)?.clone(), addr))))
             .collect();
-        map.retain(|key, entry| {
-            let keep = wanted.contains_key(key);
-            if !keep {
+        let plan = Plan::new(&map, wanted);
+        for key in plan.removed {
+            if let Some(entry) = map.remove(&key) {
                 tracing::info!(listen = %key.1, "listener closed");
                 entry.task.abort();
                 // Out of systemd's store too, else the kernel would queue clients for it.
-                shared::inherit::forget(&fd_name(key));
+                shared::inherit::forget(&fd_name(&key));
             }
-            keep
-        });
-        for (key, (svc, addr)) in wanted {
+        }
+        for (key, (svc, _)) in plan.kept {
             if let Some(entry) = map.get(&key) {
                 entry.slot.store(svc);
-                continue;
             }
+        }
+        for (key, (svc, addr)) in plan.added {
             let slot = Arc::new(ArcSwap::new(svc));
             let local = Arc::new(Mutex::new(None));
             let pre = prebound.remove(&key);
@@ -280,10 +282,12 @@ fn inherited_listeners(config: &Config) -> HashMap<ListenerKey, Bound> {
     for (key, (_, addr)) in wanted_listeners(config) {
         let name = fd_name(&key);
         let kept = match key.0 {
-            Protocol::Tcp => shared::inherit::take_tcp(&name, addr)
-                .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)).map(Bound::Tcp)),
-            Protocol::Udp => shared::inherit::take_udp(&name, addr)
-                .map(|s| s.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(s)).map(Bound::Udp)),
+            Protocol::Tcp => {
+                shared::inherit::take_tcp(&name, addr).map(|l| shared::listeners::adopt_tcp(l).map(Bound::Tcp))
+            }
+            Protocol::Udp => {
+                shared::inherit::take_udp(&name, addr).map(|s| shared::listeners::adopt_udp(s).map(Bound::Udp))
+            }
         };
         match kept {
             Some(Ok(b)) => {

@@ -11,7 +11,6 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::config::{Config, MeshListen, Protocol};
@@ -241,7 +240,7 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
                 other => label(origin, other).to_string(),
             };
             let listener = match crate::inherit::take_tcp(&key) {
-                Some(kept) => adopt_tcp(kept),
+                Some(kept) => shared::listeners::adopt_tcp(kept),
                 None => tcp(addr, freebind),
             }
             .map_err(|source| BindError::Bind { what, addr, source })?;
@@ -249,7 +248,7 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
         }
         Serves::Udp(stream) => {
             let socket = match crate::inherit::take_udp(&key) {
-                Some(kept) => adopt_udp(kept),
+                Some(kept) => shared::listeners::adopt_udp(kept),
                 None => udp(addr, freebind),
             }
             .map_err(|source| BindError::Bind { what: format!("stream {stream}"), addr, source })?;
@@ -259,42 +258,15 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
     Ok(())
 }
 
-fn socket(addr: SocketAddr, ty: Type, freebind: bool) -> io::Result<Socket> {
-    let sock = Socket::new(Domain::for_address(addr), ty, None)?;
-    sock.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        // So `0.0.0.0` and `::` can both be listed without clashing.
-        sock.set_only_v6(true)?;
-    }
-    if freebind {
-        match addr {
-            SocketAddr::V4(_) => sock.set_freebind_v4(true)?,
-            SocketAddr::V6(_) => sock.set_freebind_v6(true)?,
-        }
-    }
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    Ok(sock)
+/// The local proxy's sockets: an accept queue of 1024; the mesh ones with `IP_FREEBIND`.
+fn options(freebind: bool) -> shared::listeners::Options {
+    shared::listeners::Options { freebind, ..Default::default() }
 }
 
 fn tcp(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
-    let sock = socket(addr, Type::STREAM, freebind)?;
-    sock.listen(1024)?;
-    TcpListener::from_std(sock.into())
-}
-
-/// A listener kept across a restart (or from a socket unit, which may pass it blocking).
-fn adopt_tcp(l: std::net::TcpListener) -> io::Result<TcpListener> {
-    l.set_nonblocking(true)?;
-    TcpListener::from_std(l)
-}
-
-fn adopt_udp(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+    shared::listeners::tcp(addr, &options(freebind))
 }
 
 fn udp(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
-    let sock = socket(addr, Type::DGRAM, freebind)?;
-    UdpSocket::from_std(sock.into())
+    shared::listeners::udp(addr, &options(freebind))
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use shared::listeners::Plan;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -179,13 +180,7 @@ impl Running {
     ) -> Result<(), BindError> {
         let _one_at_a_time = self.reload.lock().await;
         let wanted: HashMap<ListenKey, Serves> = plan.into_iter().collect();
-        let (added, removed): (Vec<(ListenKey, Serves)>, Vec<ListenKey>) = {
-            let entries = lock(&self.entries);
-            let added =
-                wanted.iter().filter(|(k, _)| !entries.contains_key(k)).map(|(k, s)| (k.clone(), s.clone())).collect();
-            let removed = entries.keys().filter(|k| !wanted.contains_key(k)).cloned().collect();
-            (added, removed)
-        };
+        let Plan { added, kept, removed } = Plan::new(&lock(&self.entries), wanted);
         // A removed socket on the port and transport of an added one (a wildcard address
         // replaced by specific ones, say) would make the new bind fail: close it first.
         let (clashing, later): (Vec<ListenKey>, Vec<ListenKey>) = removed.into_iter().partition(|r| {
@@ -221,7 +216,7 @@ impl Running {
         apply_config();
         {
             let entries = lock(&self.entries);
-            for (key, serves) in &wanted {
+            for (key, serves) in &kept {
                 if let Some(entry) = entries.get(key) {
                     entry.retarget(serves);
                 }

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod health;
 pub mod idle;
 pub mod inherit;
+pub mod listeners;
 pub mod logging;
 pub mod notify;
 pub mod peek;

@@ -1,0 +1,175 @@
+//! Listening sockets, for both binaries: binding them and reconciling the running set with a
+//! new config.
+//!
+//! Binding: `SO_REUSEADDR`; IPv6 sockets that do not also take IPv4 (so `0.0.0.0:443` and
+//! `[::]:443` can both be listed); optionally `IP_FREEBIND` (an address not up yet, like the
+//! mesh address while yggdrasil restarts) and a larger receive queue (UDP bursts).
+//!
+//! Reconciling (sans-io): [`Plan`] diffs the running sockets against the ones a new config
+//! asks for, by key (each binary's key: address, transport, ...). A reload binds every added
+//! socket first, all or none ([`bind_all`]); only then does anything change: kept sockets are
+//! pointed at what the new config has them serve, added ones start serving, removed ones
+//! close while the connections they accepted go on. A socket that cannot be bound refuses the
+//! reload and the running set stays whole.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// How a listening socket is set up beyond its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// TCP: the accept queue's length.
+    pub backlog: i32,
+    /// Bind even when the address is not (yet) on an interface.
+    pub freebind: bool,
+    /// UDP: the receive buffer to ask for (best effort); `None`: the system's default.
+    pub recv_buffer: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { backlog: 1024, freebind: false, recv_buffer: None }
+    }
+}
+
+fn socket(addr: SocketAddr, ty: Type, opts: &Options) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, None)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // So `0.0.0.0` and `::` can both be listed without clashing.
+        sock.set_only_v6(true)?;
+    }
+    if opts.freebind {
+        match addr {
+            SocketAddr::V4(_) => sock.set_freebind(true)?,
+            SocketAddr::V6(_) => sock.set_freebind_ipv6(true)?,
+        }
+    }
+    if let Some(size) = opts.recv_buffer {
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = sock.set_recv_buffer_size(size);
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
+/// A TCP listener on `addr`.
+pub fn tcp(addr: SocketAddr, opts: &Options) -> io::Result<TcpListener> {
+    let sock = socket(addr, Type::STREAM, opts)?;
+    sock.listen(opts.backlog)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// A UDP socket on `addr`.
+pub fn udp(addr: SocketAddr, opts: &Options) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(socket(addr, Type::DGRAM, opts)?.into())
+}
+
+/// A listener kept across a restart (or from a socket unit, which may pass it blocking).
+pub fn adopt_tcp(l: std::net::TcpListener) -> io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+/// A UDP socket kept across a restart.
+pub fn adopt_udp(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// What a new config does to a running set of listening sockets keyed by `K`; `V` is what
+/// the new config has each socket serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<K, V> {
+    /// Keys the running set lacks: to bind (all before anything changes), then serve.
+    pub added: Vec<(K, V)>,
+    /// Keys both have: the socket stays and serves `V` from now on.
+    pub kept: Vec<(K, V)>,
+    /// Keys only the running set has: to close.
+    pub removed: Vec<K>,
+}
+
+impl<K: Eq + Hash + Clone, V> Plan<K, V> {
+    /// Diff the running sockets (by key) against `wanted`.
+    pub fn new<E>(running: &HashMap<K, E>, wanted: impl IntoIterator<Item = (K, V)>) -> Self {
+        let (mut added, mut kept) = (Vec::new(), Vec::new());
+        let mut still = std::collections::HashSet::new();
+        for (key, value) in wanted {
+            if running.contains_key(&key) {
+                still.insert(key.clone());
+                kept.push((key, value));
+            } else {
+                added.push((key, value));
+            }
+        }
+        let removed = running.keys().filter(|k| !still.contains(*k)).cloned().collect();
+        Self { added, kept, removed }
+    }
+}
+
+/// Bind every added socket, in order, all or none: the first failure is returned and the
+/// sockets bound before it close as they drop.
+pub fn bind_all<K, V, S, E>(
+    added: impl IntoIterator<Item = (K, V)>,
+    mut bind: impl FnMut(&K, &V) -> Result<S, E>,
+) -> Result<Vec<(K, S)>, E> {
+    let mut bound = Vec::new();
+    for (key, value) in added {
+        let socket = bind(&key, &value)?;
+        bound.push((key, socket));
+    }
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_sorts_keys_into_added_kept_and_removed() {
+        let running: HashMap<&str, ()> = [("a", ()), ("b", ())].into_iter().collect();
+        let plan = Plan::new(&running, [("b", 2), ("c", 3)]);
+        assert_eq!(plan.added, [("c", 3)]);
+        assert_eq!(plan.kept, [("b", 2)]);
+        assert_eq!(plan.removed, ["a"]);
+        let nothing: HashMap<&str, ()> = HashMap::new();
+        let plan = Plan::new(&nothing, [("a", 1)]);
+        assert_eq!((plan.added.len(), plan.kept.len(), plan.removed.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn bind_all_stops_at_the_first_failure() {
+        let mut tried = Vec::new();
+        let r = bind_all([(1, ()), (2, ()), (3, ())], |k, _| {
+            tried.push(*k);
+            if *k == 2 {
+                Err("busy")
+            } else {
+                Ok(*k * 10)
+            }
+        });
+        assert_eq!(r, Err("busy"));
+        assert_eq!(tried, [1, 2], "nothing is bound after a failure");
+        assert_eq!(bind_all([(1, ())], |k, _| Ok::<_, ()>(*k)), Ok(vec![(1, 1)]));
+    }
+
+    #[tokio::test]
+    async fn a_busy_address_is_an_error_and_v6_leaves_v4_free() {
+        let opts = Options::default();
+        let a = tcp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let addr = a.local_addr().unwrap();
+        assert!(tcp(addr, &opts).is_err(), "a listening address is busy");
+        // An IPv6 wildcard on the same port does not take the IPv4 one (where IPv6 exists).
+        if let Ok(v6) = tcp(SocketAddr::new("::".parse().unwrap(), addr.port()), &opts) {
+            assert_eq!(v6.local_addr().unwrap().port(), addr.port());
+        }
+        let u = udp("127.0.0.1:0".parse().unwrap(), &Options { recv_buffer: Some(1 << 20), ..opts }).unwrap();
+        assert_ne!(u.local_addr().unwrap().port(), 0);
+    }
+}
