@@ -6,24 +6,19 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use http::Method;
 use ingress::Config;
 use shared::admin::client::{self, Call};
-use shared::admin::encode;
 
 use crate::Ctl;
 
 pub fn run(config: &Config, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
-    let post = |path_and_query| Call { method: Method::POST, path_and_query, summary: None };
     let call = match &what {
-        Ctl::Status { json } => Call {
-            method: Method::GET,
-            path_and_query: "/status".to_owned(),
-            summary: if *json { None } else { Some(summary) },
-        },
-        Ctl::Drain { path } => post(format!("/api/drain?path={}", encode(path))),
-        Ctl::Undrain { path } => post(format!("/api/undrain?path={}", encode(path))),
-        Ctl::Weight { path, weight } => post(format!("/api/weight?path={}&weight={}", encode(path), encode(weight))),
+        Ctl::Status { json } => Call::status(*json, summary),
+        Ctl::Drain { path } => Call::control("drain", &[("path", path.as_str())]),
+        Ctl::Undrain { path } => Call::control("undrain", &[("path", path.as_str())]),
+        Ctl::Weight { path, weight } => {
+            Call::control("weight", &[("path", path.as_str()), ("weight", weight.as_str())])
+        }
     };
     client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
 }

@@ -101,6 +101,19 @@ pub struct Call {
     pub summary: Option<fn(&str) -> String>,
 }
 
+impl Call {
+    /// `ctl status`: `GET /status`, printed through `summary`, or as it came with `--json`.
+    pub fn status(json: bool, summary: fn(&str) -> String) -> Self {
+        Self { method: Method::GET, path_and_query: "/status".to_owned(), summary: (!json).then_some(summary) }
+    }
+
+    /// A runtime-control action: `POST /api/<action>?<query>`, the values percent-encoded.
+    pub fn control(action: &str, query: &[(&str, &str)]) -> Self {
+        let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", super::encode(v))).collect();
+        Self { method: Method::POST, path_and_query: format!("/api/{action}?{}", query.join("&")), summary: None }
+    }
+}
+
 /// Runs a `ctl` call against the admin listener bound at `listen` (from `--admin` or the
 /// config) and prints the answer; exit status 0 on a 2xx, 1 otherwise with the server's
 /// reason on stderr. A POST (runtime control) without a token is refused here, before
@@ -146,5 +159,30 @@ pub fn weight_text(entry: &serde_json::Value) -> String {
     match entry["weight_override"].as_u64() {
         Some(w) => format!("{w} (override; config {})", entry["configured_weight"]),
         None => entry["weight"].to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_built_as_both_binaries_send_them() {
+        let c = Call::control(
+            "weight",
+            &[("name", "cloud.example.org"), ("upstream", "http://10.0.0.5:80"), ("weight", "5")],
+        );
+        assert_eq!(c.method, Method::POST);
+        assert_eq!(c.path_and_query, "/api/weight?name=cloud.example.org&upstream=http%3A%2F%2F10.0.0.5%3A80&weight=5");
+        assert!(c.summary.is_none());
+        let c = Call::control("drain", &[("path", "home/wan 1")]);
+        assert_eq!(c.path_and_query, "/api/drain?path=home%2Fwan%201");
+        fn upper(s: &str) -> String {
+            s.to_uppercase()
+        }
+        let c = Call::status(false, upper);
+        assert_eq!((c.method, c.path_and_query.as_str()), (Method::GET, "/status"));
+        assert_eq!(c.summary.map(|f| f("ok")), Some("OK".to_owned()));
+        assert!(Call::status(true, upper).summary.is_none(), "--json prints the body as it came");
     }
 }
