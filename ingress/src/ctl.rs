@@ -13,7 +13,7 @@ use crate::Ctl;
 
 pub fn run(config: &Config, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
     let call = match &what {
-        Ctl::Status { json } => Call::status(*json, summary),
+        Ctl::Status(args) => Call::status(args, summary),
         Ctl::Drain { path } => Call::control("drain", &[("path", path.as_str())]),
         Ctl::Undrain { path } => Call::control("undrain", &[("path", path.as_str())]),
         Ctl::Weight { path, weight } => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ingress::config::Protocol;
+use shared::admin::client::{CtlCommand, StatusArgs};
 
 mod ctl;
 use ingress::{Config, Server};
@@ -28,22 +29,13 @@ enum Command {
     Check,
     /// Talk to the running ingress through its admin listener (the config's `admin.listen`
     /// and `admin.token_file`).
-    Ctl {
-        /// Admin listener to call instead of the config's `admin.listen`.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        #[command(subcommand)]
-        what: Ctl,
-    },
+    Ctl(CtlCommand<Ctl>),
 }
 
 #[derive(Subcommand)]
 enum Ctl {
     /// Every pool's paths: state, weight, share, connections (`--json`: the raw /status).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Stop giving PATH ([POOL/]NAME) new connections and flows; open ones finish.
     Drain { path: String },
     /// Give PATH new connections again.
@@ -71,7 +63,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Some(Command::Ctl { admin, what }) => return ctl::run(&config, admin, what),
+        Some(Command::Ctl(c)) => return ctl::run(&config, c.admin, c.what),
         None => {}
     }
     shared::logging::init("INGRESS_LOG", config.log_format);

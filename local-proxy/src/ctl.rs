@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use http::Method;
 use shared::admin::client::{self, Call};
-use shared::admin::encode;
 
 use crate::Ctl;
 
@@ -21,21 +19,18 @@ pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let target = |action: &str, name: &str, upstream: &str| {
-        format!("/api/{action}?name={}&upstream={}", encode(name), encode(upstream))
-    };
-    let post = |path_and_query| Call { method: Method::POST, path_and_query, summary: None };
     let call = match &what {
-        Ctl::Status { json } => Call {
-            method: Method::GET,
-            path_and_query: "/status".to_owned(),
-            summary: if *json { None } else { Some(summary) },
-        },
-        Ctl::Drain { name, upstream } => post(target("drain", name, upstream)),
-        Ctl::Undrain { name, upstream } => post(target("undrain", name, upstream)),
-        Ctl::Weight { name, upstream, weight } => {
-            post(format!("{}&weight={}", target("weight", name, upstream), encode(weight)))
+        Ctl::Status(args) => Call::status(args, summary),
+        Ctl::Drain { name, upstream } => {
+            Call::control("drain", &[("name", name.as_str()), ("upstream", upstream.as_str())])
         }
+        Ctl::Undrain { name, upstream } => {
+            Call::control("undrain", &[("name", name.as_str()), ("upstream", upstream.as_str())])
+        }
+        Ctl::Weight { name, upstream, weight } => Call::control(
+            "weight",
+            &[("name", name.as_str()), ("upstream", upstream.as_str()), ("weight", weight.as_str())],
+        ),
     };
     client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
 }

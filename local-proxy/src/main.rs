@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use shared::admin::client::{CtlCommand, StatusArgs};
 
 mod ctl;
 use local_proxy::{config, listeners};
@@ -33,22 +34,13 @@ enum Command {
     },
     /// Talk to the running proxy through its admin listener (the config's `admin.listen`
     /// and `admin.token_file`).
-    Ctl {
-        /// Admin listener to call instead of the config's `admin.listen`.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        #[command(subcommand)]
-        what: Ctl,
-    },
+    Ctl(CtlCommand<Ctl>),
 }
 
 #[derive(Subcommand)]
 enum Ctl {
     /// Sites, streams and their upstreams, certificates, firewall (`--json`: the raw /status).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Stop giving UPSTREAM (as configured: URL or address) of site or stream NAME new
     /// requests, connections and flows; open ones finish.
     Drain { name: String, upstream: String },
@@ -73,7 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
-        Some(Command::Ctl { admin, what }) => ctl::run(&cli.config, admin, what),
+        Some(Command::Ctl(c)) => ctl::run(&cli.config, c.admin, c.what),
         Some(Command::Check) => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());

@@ -92,6 +92,25 @@ pub fn operator() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `<binary> ctl [--admin ADDR] <what>`, the same in both binaries; `W` is the binary's own
+/// list of subcommands (what a drain or a weight names differs).
+#[derive(Debug, clap::Args)]
+pub struct CtlCommand<W: clap::Subcommand> {
+    /// Admin listener to call instead of the config's `admin.listen`.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    #[command(subcommand)]
+    pub what: W,
+}
+
+/// `ctl status`'s option, in both binaries.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the raw `/status` JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// One `ctl` subcommand's request: what to send, and how a successful answer is printed.
 pub struct Call {
     pub method: Method,
@@ -103,8 +122,8 @@ pub struct Call {
 
 impl Call {
     /// `ctl status`: `GET /status`, printed through `summary`, or as it came with `--json`.
-    pub fn status(json: bool, summary: fn(&str) -> String) -> Self {
-        Self { method: Method::GET, path_and_query: "/status".to_owned(), summary: (!json).then_some(summary) }
+    pub fn status(args: &StatusArgs, summary: fn(&str) -> String) -> Self {
+        Self { method: Method::GET, path_and_query: "/status".to_owned(), summary: (!args.json).then_some(summary) }
     }
 
     /// A runtime-control action: `POST /api/<action>?<query>`, the values percent-encoded.
@@ -180,9 +199,9 @@ mod tests {
         fn upper(s: &str) -> String {
             s.to_uppercase()
         }
-        let c = Call::status(false, upper);
+        let c = Call::status(&StatusArgs { json: false }, upper);
         assert_eq!((c.method, c.path_and_query.as_str()), (Method::GET, "/status"));
         assert_eq!(c.summary.map(|f| f("ok")), Some("OK".to_owned()));
-        assert!(Call::status(true, upper).summary.is_none(), "--json prints the body as it came");
+        assert!(Call::status(&StatusArgs { json: true }, upper).summary.is_none(), "--json prints the body as it came");
     }
 }
