@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo use, installed only when missing (idempotent):
-# real peers (nginx, haproxy), clients (curl, openssl), load tools (iperf3, wrk), then the
-# network-namespace harness's own list (yggdrasil 0.5 from bookworm-backports, nftables, ...).
-# Nothing here stops or kills a process: the tests run their own nginx, haproxy, knotd, coturn
-# and yggdrasil with their own configs, ports, pid files and namespaces, so a web server or
-# DNS server the user already runs is left alone (and does not disturb the tests).
+# real peers (nginx, haproxy, caddy), clients (curl, openssl), load tools (iperf3, wrk, h2load),
+# then the network-namespace harness's own list (yggdrasil 0.5 from bookworm-backports,
+# nftables, ...). Nothing here stops or kills a process: the tests and benches run their own
+# nginx, haproxy, caddy, knotd, coturn and yggdrasil with their own configs, ports, pid files and
+# namespaces, so a web server or DNS server the user already runs is left alone (and does not
+# disturb the tests).
 set -euo pipefail
 . "$(dirname "$0")/lib/as-root.sh"
 as_root "$0" "$@"
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:iperf3 wrk:wrk; do
+# caddy and h2load (nghttp2-client): bench/tls's third TLS terminator and its client.
+for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:iperf3 wrk:wrk \
+  caddy:caddy h2load:nghttp2-client; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
