@@ -72,6 +72,21 @@ fn summary(body: &str) -> String {
         let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(text).collect();
         let _ = writeln!(out, "certificate {} — {} days left", names.join(", "), c["days_left"]);
     }
+    // ACME: the account's problem and every certificate whose last order failed.
+    if let Some(e) = v["acme"]["account_error"].as_str() {
+        let _ = writeln!(out, "acme account: {e}");
+    }
+    for c in v["acme"]["certificates"].as_array().into_iter().flatten() {
+        if c["failures"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "acme {}: {} failed orders, last: {}",
+                text(&c["dir"]),
+                c["failures"],
+                text(&c["last_error"])
+            );
+        }
+    }
     if let Some(fw) = v["firewall"].as_object() {
         let enforcing = if fw["enforcing"] == true { "enforcing" } else { "OPEN" };
         let _ = writeln!(out, "firewall table {} {enforcing}, {} allowed", text(&fw["table"]), fw["allowed"]);
@@ -93,5 +108,16 @@ mod tests {
         let out = super::summary(status);
         assert!(out.contains("stream dns (least_conn, 3/4096 UDP flows)\n"), "{out}");
         assert!(out.contains("stream ssh (round_robin)\n"), "{out}");
+    }
+
+    #[test]
+    fn acme_failures_are_shown() {
+        let status = r#"{"healthy": true, "sites": [], "streams": [], "certificates": [], "firewall": null,
+            "acme": {"account_error": null, "certificates": [
+                {"dir": "a.test", "failures": 0, "last_error": null},
+                {"dir": "x.invalid", "failures": 2, "last_error": "the CA refused: rejectedIdentifier"}]}}"#;
+        let out = super::summary(status);
+        assert!(out.contains("acme x.invalid: 2 failed orders, last: the CA refused: rejectedIdentifier\n"), "{out}");
+        assert!(!out.contains("acme a.test") && !out.contains("acme account"), "{out}");
     }
 }

@@ -1,8 +1,8 @@
 //! `GET /status`: what the local proxy is doing, as JSON (schema:
 //! `docs/status-local-proxy.schema.json`, checked by `tests/admin.rs`): health, every site's
 //! and stream's upstreams (up, drained, weight and override, open work), the certificates
-//! with days left, the firewall allowlist (name → addresses, last answer, failures) and the
-//! last operator changes.
+//! with days left, ACME's certificates (next attempt, failures, the CA's last error), the
+//! firewall allowlist (name → addresses, last answer, failures) and the last operator changes.
 
 use std::sync::atomic::Ordering;
 
@@ -31,6 +31,8 @@ pub struct Status {
     pub sites: Vec<SetStatus>,
     pub streams: Vec<SetStatus>,
     pub certificates: Vec<CertStatus>,
+    /// Null without an `[acme]` section.
+    pub acme: Option<AcmeStatus>,
     /// Null without a `[firewall]` section.
     pub firewall: Option<FirewallStatus>,
     /// The last operator changes, newest first.
@@ -77,6 +79,35 @@ pub struct CertStatus {
     pub not_after_ms: u64,
     /// Negative once expired.
     pub days_left: f64,
+}
+
+/// What ACME is doing.
+#[derive(Debug, Serialize)]
+pub struct AcmeStatus {
+    /// Why the account cannot be used now (creating or restoring it failed); null when fine.
+    pub account_error: Option<String>,
+    /// One per certificate ACME keeps (its folder under `live/`), by folder name.
+    pub certificates: Vec<AcmeCertStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AcmeCertStatus {
+    /// The folder under `live/`.
+    pub dir: String,
+    /// The names it is to cover.
+    pub names: Vec<String>,
+    /// Expiry of the certificate on disk; null when there is none.
+    pub not_after_ms: Option<u64>,
+    /// Null when there is no certificate; negative once expired.
+    pub days_left: Option<f64>,
+    /// When the next order is planned (renewal or retry).
+    pub next_attempt_ms: Option<u64>,
+    /// Failed orders since the last success.
+    pub failures: u32,
+    /// The last failure, with the CA's error when it sent one; null after a success.
+    pub last_error: Option<String>,
+    /// Challenge types answered for the last certificate issued.
+    pub last_challenges: Vec<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,6 +223,28 @@ pub fn collect(state: &State) -> Status {
             names,
         }
     });
+    let unix_ms = |t: i64| u64::try_from(t).unwrap_or(0).saturating_mul(1000);
+    let acme = config.acme.as_ref().map(|_| AcmeStatus {
+        account_error: state.acme.account_error(),
+        certificates: state
+            .acme
+            .status()
+            .into_iter()
+            .map(|(dir, c)| AcmeCertStatus {
+                dir,
+                // To the 1.4 minutes (short-lived certificates too).
+                days_left: c
+                    .not_after
+                    .map(|t| ((unix_ms(t) as f64 - now as f64) / 86_400_000.0 * 1000.0).round() / 1000.0),
+                not_after_ms: c.not_after.map(unix_ms),
+                next_attempt_ms: c.next_attempt.map(unix_ms),
+                names: c.names,
+                failures: c.failures,
+                last_error: c.last_error,
+                last_challenges: c.last_challenges,
+            })
+            .collect(),
+    });
     let health = state.health();
     Status {
         schema: SCHEMA,
@@ -205,6 +258,7 @@ pub fn collect(state: &State) -> Status {
         sites,
         streams,
         certificates,
+        acme,
         firewall,
         events: EVENTS.newest_first(),
     }
@@ -264,6 +318,14 @@ pub fn summary(s: &Status) -> String {
         Some(days) => parts.push(format!("{} certificate(s), soonest ends in {days:.0} days", s.certificates.len())),
         None if !s.sites.is_empty() => parts.push("no certificate".into()),
         None => {}
+    }
+    if let Some(acme) = &s.acme {
+        let failing = acme.certificates.iter().filter(|c| c.failures > 0).count();
+        if acme.account_error.is_some() {
+            parts.push("ACME account failing".into());
+        } else if failing > 0 {
+            parts.push(format!("ACME: {failing} certificate(s) failing"));
+        }
     }
     parts.push(match &s.firewall {
         None => "firewall off".into(),
@@ -327,6 +389,7 @@ mod tests {
             ],
             streams: vec![],
             certificates: vec![],
+            acme: None,
             firewall: None,
             events: vec![],
         };

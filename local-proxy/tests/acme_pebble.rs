@@ -6,8 +6,8 @@
 //! short-lived certificates without a restart and without failing a request of a continuous
 //! load; pebble stopped (SIGSTOP) during a renewal: the old certificate keeps serving and the
 //! retry succeeds once it runs again; badNonce rejections (pebble's random failure mode in this
-//! version) retried until issued; a name the CA refuses reported with its error while the other
-//! is issued; a certbot `live/` picked up and renewed in place; the account kept and reused.
+//! version) retried until issued; a name the CA refuses reported with its error (log, metric,
+//! GET /status) while the other is issued; a certbot `live/` picked up and renewed in place; the account kept and reused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -593,6 +593,27 @@ async fn a_refused_name_is_reported_and_holds_up_no_other() {
     assert!(error.contains("rejectedIdentifier") || error.contains("blocked"), "{error}");
     assert!(s.orders("blocked.test", "refused").await >= 1.0);
     assert!(served(s.proxy.mesh_https, "blocked.test", &s.pebble.root).await.is_none());
+    // GET /status shows both (schema-checked): the CA's error for the refused name, none for
+    // the other, which has its certificate.
+    let (code, text) = http_get(s.proxy.admin, "/status").await;
+    assert_eq!(code, 200, "{text}");
+    let status: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default()).unwrap();
+    let schema =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/status-local-proxy.schema.json"))
+            .unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&schema).unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&status).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "schema violations: {errors:#?}\n{status:#}");
+    let cert = |dir: &str| {
+        status["acme"]["certificates"].as_array().unwrap().iter().find(|c| c["dir"] == dir).cloned().unwrap()
+    };
+    let blocked = cert("blocked.test");
+    assert!(blocked["last_error"].as_str().is_some_and(|e| e.contains("rejectedIdentifier")), "{blocked}");
+    assert!(blocked["failures"].as_u64().is_some_and(|n| n >= 1) && blocked["days_left"].is_null(), "{blocked}");
+    let good = cert("good.test");
+    assert!(good["last_error"].is_null() && good["failures"] == 0, "{good}");
+    assert!(good["days_left"].as_f64().is_some_and(|d| d > 0.0), "{good}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,18 @@ async fn issue_inner(
     // Poll until the CA has validated everything (or given up), within the order's budget.
     let polling =
         RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(settings.order_timeout);
-    let status = order.poll_ready(&polling).await?;
+    let status = match order.poll_ready(&polling).await {
+        Ok(status) => status,
+        // A CA may put the failed challenge's problem on the order itself (pebble does): the
+        // poll then ends with that error, and the authorizations say which name failed.
+        Err(instant_acme::Error::Api(problem)) => {
+            return Err(match challenge_error(&mut order).await {
+                e @ IssueError::Challenge { .. } => e,
+                _ => IssueError::Refused(problem.to_string()),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
     if status != OrderStatus::Ready {
         return Err(challenge_error(&mut order).await);
     }
