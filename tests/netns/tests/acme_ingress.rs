@@ -47,7 +47,7 @@ fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {
     let start = Instant::now();
     started(start, &format!("topology up ({}; dir {})", t.tag, t.dir().display()));
     let api_ca = pebble_api_cert(t.dir())?;
-    let root = start_pebble(t, &api_ca, None)?;
+    let root = start_pebble(t, &api_ca, &PebbleOptions::default())?;
     resolve_at(t, "b.test", addr::INGRESS2)?;
     resolve_at(t, "d.test", addr::INGRESS2)?;
     started(start, "pebble and its DNS up in the CA's host (a.test, c.test → ingress1; b.test, d.test → ingress2)");

@@ -179,7 +179,7 @@ fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {
     let start = Instant::now();
     started(start, &format!("topology up ({}; dir {})", t.tag, t.dir().display()));
     let api_ca = pebble_api_cert(t.dir())?;
-    let root = start_pebble(t, &api_ca, Some(VALIDITY_SECS))?;
+    let root = start_pebble(t, &api_ca, &PebbleOptions { validity_secs: Some(VALIDITY_SECS), ..Default::default() })?;
     start_lan(t, b)?;
     let mesh = t.home_mesh_addr().context("home mesh address")?;
     start_ingress(t, b, Role::Ingress1, &ingress_config(true, mesh))?;

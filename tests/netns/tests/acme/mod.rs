@@ -58,8 +58,21 @@ pub fn pebble_api_cert(dir: &Path) -> Result<PathBuf> {
     Ok(made.ca)
 }
 
+/// How pebble behaves beyond its defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PebbleOptions {
+    /// Certificate lifetime in seconds (pebble's default: five years).
+    pub validity_secs: Option<u64>,
+    /// `PEBBLE_WFE_NONCEREJECT`: the share (percent) of valid nonces pebble rejects as
+    /// `badNonce`, its random failure mode (0: none).
+    pub nonce_reject_percent: u8,
+    /// pebble's `domainBlocklist`: names (and everything under them) it refuses to order with
+    /// `rejectedIdentifier`, as a real CA refuses a name its policy forbids.
+    pub blocklist: Vec<String>,
+}
+
 /// pebble and its DNS in the CA's namespace; returns pebble's issuing root (PEM file).
-pub fn start_pebble(t: &mut Topology, api_ca: &Path, validity_secs: Option<u64>) -> Result<PathBuf> {
+pub fn start_pebble(t: &mut Topology, api_ca: &Path, opts: &PebbleOptions) -> Result<PathBuf> {
     let dir = t.dir().to_path_buf();
     let mut config = serde_json::json!({
         "pebble": {
@@ -74,9 +87,12 @@ pub fn start_pebble(t: &mut Topology, api_ca: &Path, validity_secs: Option<u64>)
             "externalAccountBindingRequired": false,
         }
     });
-    if let Some(secs) = validity_secs {
+    if let Some(secs) = opts.validity_secs {
         // Short-lived certificates for the renewal proofs (pebble's default is five years).
         config["pebble"]["certificateValidityPeriod"] = serde_json::json!(secs);
+    }
+    if !opts.blocklist.is_empty() {
+        config["pebble"]["domainBlocklist"] = serde_json::json!(opts.blocklist);
     }
     std::fs::write(dir.join("pebble.json"), config.to_string())?;
     let s = |v: &str| v.to_string();
@@ -107,7 +123,7 @@ pub fn start_pebble(t: &mut Topology, api_ca: &Path, validity_secs: Option<u64>)
         &[
             s("env"),
             s("PEBBLE_VA_NOSLEEP=1"),
-            s("PEBBLE_WFE_NONCEREJECT=0"),
+            format!("PEBBLE_WFE_NONCEREJECT={}", opts.nonce_reject_percent),
             s("PEBBLE_AUTHZREUSE=0"),
             s("pebble"),
             s("-config"),
@@ -142,7 +158,9 @@ pub fn resolve_at(t: &Topology, name: &str, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// `acme_extra`: more `[acme]` keys (lines), e.g. a shorter `order_timeout`.
+/// `acme_extra`: more `[acme]` keys (lines), e.g. a shorter `order_timeout`; a key given there
+/// replaces this function's own line for it (`retry_min`, `retry_max`). Every name in `names`
+/// is a site besides a.test to d.test.
 pub fn local_proxy_config(
     t: &Topology,
     api_ca: &Path,
@@ -155,10 +173,22 @@ pub fn local_proxy_config(
     let (ing1_mesh, ing2_mesh) = (ing_mesh(Role::Ingress1)?, ing_mesh(Role::Ingress2)?);
     let lan4 = addr::LAN;
     let mut sites = String::new();
-    for n in ["a.test", "b.test", "c.test", "d.test"] {
+    let mut hosts = vec!["a.test", "b.test", "c.test", "d.test"];
+    for n in names {
+        if !hosts.contains(n) {
+            hosts.push(n);
+        }
+    }
+    for n in hosts {
         sites.push_str(&format!("[[site]]\nhost = \"{n}\"\nupstream = \"http://{lan4}:{LAN_HTTP}\"\n"));
     }
     let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    let given = |key: &str| acme_extra.lines().any(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    let retry: String = [("retry_min", "1s"), ("retry_max", "5s")]
+        .iter()
+        .filter(|(k, _)| !given(k))
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
     Ok(format!(
         r#"[admin]
 listen = "{LP_ADMIN}"
@@ -183,9 +213,7 @@ storage = "{storage}"
 names = [{names}]
 http_01 = {http_01}
 tls_alpn_01 = true
-retry_min = "1s"
-retry_max = "5s"
-{acme_extra}
+{retry}{acme_extra}
 {sites}"#,
         wan1 = addr::WAN1,
         wan2 = addr::WAN2,
@@ -340,4 +368,215 @@ pub fn accepted(t: &Topology, role: Role, service: &str) -> Result<f64> {
 pub fn challenges_answered(t: &Topology, kind: &str) -> Result<f64> {
     let m = metrics::scrape(t.ns(Role::Home), LP_ADMIN)?;
     Ok(m.get("local_proxy_acme_challenges_answered_total", &[("challenge", kind)]).unwrap_or(0.0))
+}
+
+/// `local_proxy_acme_orders_total` of one certificate and result (0 when not counted yet).
+pub fn orders(t: &Topology, certificate: &str, result: &str) -> Result<f64> {
+    let m = metrics::scrape(t.ns(Role::Home), LP_ADMIN)?;
+    Ok(m.get("local_proxy_acme_orders_total", &[("certificate", certificate), ("result", result)]).unwrap_or(0.0))
+}
+
+/// The nftables table in the CA's namespace that refuses its validation connections.
+const REFUSE_TABLE: &str = "acme_refuse";
+
+/// The CA's validation connections (from its host to the ingress nodes' ports 80 and 443):
+/// `percent` of the new ones are refused with a TCP reset, each drawn at random (`numgen
+/// random`); 100 refuses every one, 0 none. pebble validates a challenge with three requests
+/// at once and fails it when any of them fails, which fails the authorization and the order:
+/// the client must order again. Debian's pebble 2.4 has no switch that fails challenges (its
+/// one random failure mode rejects nonces, [`PebbleOptions::nonce_reject_percent`]), so the
+/// network fails them here, in the CA's own namespace. Replaces the previous setting and
+/// zeroes [`validations`].
+pub fn refuse_validations(t: &Topology, percent: u8) -> Result<()> {
+    if percent > 100 {
+        bail!("refuse_validations: {percent}% is more than 100");
+    }
+    let matching =
+        format!("ip daddr {{ {}, {} }} tcp dport {{ 80, 443 }} ct state new", addr::INGRESS1, addr::INGRESS2);
+    let mut script = format!(
+        "table inet {REFUSE_TABLE} {{
+            chain out {{ type filter hook output priority 0; }}
+         }}
+         flush chain inet {REFUSE_TABLE} out
+         add rule inet {REFUSE_TABLE} out {matching} counter
+        "
+    );
+    match percent {
+        0 => {}
+        100 => script.push_str(&format!("add rule inet {REFUSE_TABLE} out {matching} counter reject with tcp reset\n")),
+        p => script.push_str(&format!(
+            "add rule inet {REFUSE_TABLE} out {matching} numgen random mod 100 < {p} counter reject with tcp reset\n"
+        )),
+    }
+    cmd::run_stdin(&["ip", "netns", "exec", t.ns(Role::Stranger), "nft", "-f", "-"], Some(&script))
+        .context("setting the CA's validation refusals")?;
+    Ok(())
+}
+
+/// Validation connections the CA opened since the last [`refuse_validations`], and how many
+/// of them were refused: the packet counters of its two rules.
+pub fn validations(t: &Topology) -> Result<(u64, u64)> {
+    let out = cmd::exec_ok(
+        t.ns(Role::Stranger),
+        &["nft", "-j", "list", "chain", "inet", REFUSE_TABLE, "out"],
+        cmd::DEFAULT_TIMEOUT,
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("nft -j said {out}"))?;
+    let counters: Vec<u64> = v["nftables"]
+        .as_array()
+        .context("nft -j: no nftables array")?
+        .iter()
+        .filter_map(|item| item["rule"]["expr"].as_array())
+        .filter_map(|expr| expr.iter().find_map(|e| e["counter"]["packets"].as_u64()))
+        .collect();
+    Ok((counters.first().copied().unwrap_or(0), counters.get(1).copied().unwrap_or(0)))
+}
+
+/// `YYMMDDHHMMSSZ` (ASN.1 UTCTime, as `openssl ca -startdate` takes it) of a Unix time.
+fn utc_time(unix: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{:02}{m:02}{d:02}{:02}{:02}{:02}Z", y % 100, secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// A certbot lineage for `name` under `storage` (the folder certbot calls its config dir),
+/// laid out as certbot does: `live/<name>/{cert,chain,fullchain,privkey}.pem` are relative
+/// symlinks to `../../archive/<name>/<file>1.pem`, `live/<name>/README`, and
+/// `renewal/<name>.conf` naming the live files; live/ and archive/ 0700, the key 0600. The
+/// certificate comes from a CA of its own (made here with `openssl ca`: the CA certbot used,
+/// which the test client trusts until the renewal), valid from 60 days ago until `left` from
+/// now, so far past two thirds of its life: due at once. Returns that CA's PEM.
+pub fn certbot_lineage(dir: &Path, storage: &Path, name: &str, left: Duration) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let work = dir.join("certbot-ca");
+    std::fs::create_dir_all(&work)?;
+    let p = |f: &str| work.join(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    let mut ca = vec!["openssl", "req", "-x509", "-days", "400", "-subj", "/CN=certbot era test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+    cmd::run(&ca).context("making certbot's test CA")?;
+    let (key, csr, leaf) = (p("leaf.key"), p("leaf.csr"), p("leaf.pem"));
+    let subj = format!("/CN={name}");
+    let mut req = vec!["openssl", "req", "-subj", &subj];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr]);
+    cmd::run(&req).with_context(|| format!("making the key and request for {name}"))?;
+    std::fs::write(work.join("index.txt"), "")?;
+    std::fs::write(work.join("serial"), "1000\n")?;
+    std::fs::write(
+        work.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = certbot_era\n[certbot_era]\ndatabase = {db}\nnew_certs_dir = {w}\nserial = {serial}\n\
+             default_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n",
+            db = p("index.txt"),
+            w = work.display(),
+            serial = p("serial"),
+        ),
+    )?;
+    std::fs::write(
+        work.join("leaf.ext"),
+        format!(
+            "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        ),
+    )?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let (start, end) = (utc_time(now - 60 * 86_400), utc_time(now + left.as_secs() as i64));
+    let (cnf, ext) = (p("ca.cnf"), p("leaf.ext"));
+    cmd::run(&[
+        "openssl",
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        &cnf,
+        "-cert",
+        &ca_pem,
+        "-keyfile",
+        &ca_key,
+        "-in",
+        &csr,
+        "-out",
+        &leaf,
+        "-startdate",
+        &start,
+        "-enddate",
+        &end,
+        "-extfile",
+        &ext,
+    ])
+    .with_context(|| format!("signing {name}'s certificate ({start} to {end})"))?;
+
+    let (leaf_pem, ca_text, key_pem) =
+        (std::fs::read_to_string(&leaf)?, std::fs::read_to_string(&ca_pem)?, std::fs::read_to_string(&key)?);
+    let (live, archive, renewal) = (storage.join("live"), storage.join("archive"), storage.join("renewal"));
+    let (live_dir, archive_dir) = (live.join(name), archive.join(name));
+    for d in [&live_dir, &archive_dir, &renewal] {
+        std::fs::create_dir_all(d)?;
+    }
+    for d in [&live, &archive] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for (stem, text, mode) in [
+        ("cert", leaf_pem.clone(), 0o644),
+        ("chain", ca_text.clone(), 0o644),
+        ("fullchain", format!("{leaf_pem}{ca_text}"), 0o644),
+        ("privkey", key_pem, 0o600),
+    ] {
+        let file = archive_dir.join(format!("{stem}1.pem"));
+        std::fs::write(&file, text)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::symlink(format!("../../archive/{name}/{stem}1.pem"), live_dir.join(format!("{stem}.pem")))?;
+    }
+    std::fs::write(
+        live_dir.join("README"),
+        "This directory contains your keys and certificates.\n\n\
+         `privkey.pem`  : the private key for your certificate.\n\
+         `fullchain.pem`: the certificate file used in most server software.\n\
+         `chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n\
+         `cert.pem`     : will break many server configurations, and should not be used\n\
+         \x20                without reading further documentation (see link below).\n",
+    )?;
+    let l = |f: &str| live_dir.join(f).display().to_string();
+    std::fs::write(
+        renewal.join(format!("{name}.conf")),
+        format!(
+            "# renew_before_expiry = 30 days\nversion = 2.1.0\narchive_dir = {}\ncert = {}\nprivkey = {}\n\
+             chain = {}\nfullchain = {}\n\n# Options used in the renewal process\n[renewalparams]\n\
+             account = 0123456789abcdef0123456789abcdef\nauthenticator = webroot\nwebroot_path = /var/www/html,\n\
+             server = https://acme-v02.api.letsencrypt.org/directory\nkey_type = ecdsa\n",
+            archive_dir.display(),
+            l("cert.pem"),
+            l("privkey.pem"),
+            l("chain.pem"),
+            l("fullchain.pem"),
+        ),
+    )?;
+    Ok(PathBuf::from(ca_pem))
+}
+
+/// One certificate of ACME's part of the local proxy's `GET /status` (by its `live/` folder).
+pub fn acme_status(t: &Topology, dir: &str) -> Result<serde_json::Value> {
+    let url = format!("http://{LP_ADMIN}/status");
+    let text = t.exec(Role::Home, &["curl", "-sS", "--fail", "--max-time", "3", &url], Duration::from_secs(5))?;
+    let status: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("/status: {text}"))?;
+    let certs = status["acme"]["certificates"].as_array().with_context(|| format!("/status has no acme: {text}"))?;
+    certs.iter().find(|c| c["dir"] == dir).cloned().with_context(|| format!("/status: no ACME certificate {dir}"))
+}
+
+/// The lines of the local proxy's log (stderr) that contain every one of `words`.
+pub fn log_lines(t: &mut Topology, words: &[&str]) -> Result<Vec<String>> {
+    let log = t.proc_mut("local-proxy")?.stderr();
+    Ok(log.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_string).collect())
 }
