@@ -8,7 +8,10 @@
 //! does not fail the client). An attempt that has not connected within 4× its path's usual
 //! latency (the pool's best if the path is unmeasured, else 50 ms; at least 30 ms, at most
 //! `connect_timeout`) is raced by a second path, once per attempt; the first to connect
-//! wins. While two race, a failure of one starts nothing: the other may still win.
+//! wins. While two race, a failure of one starts nothing: the other may still win. Only a
+//! healthy path races (up and not held down by flap damping: `Paths::pick_racer`): a racer on
+//! a path known to be bad would put the client there whenever it wins; a failed attempt's
+//! retry may still go anywhere `pick` offers.
 
 use std::time::Duration;
 
@@ -32,6 +35,8 @@ pub struct PlanConfig {
 pub trait Paths {
     /// The next path to try, not in `tried`.
     fn pick(&mut self, tried: Tried) -> Option<usize>;
+    /// The path to race a slow attempt with, not in `tried`: a healthy one only.
+    fn pick_racer(&mut self, tried: Tried) -> Option<usize>;
     /// How many paths are not in `tried`.
     fn remaining(&self, tried: Tried) -> usize;
     /// The path's usual connect latency, else the best measured in the pool.
@@ -64,7 +69,7 @@ impl Plan {
 
     /// The first attempt; `None` when the pool has no path at all.
     pub fn begin(&mut self, now: Instant, paths: &mut impl Paths) -> Option<Start> {
-        let s = self.start_in(0, now, paths)?;
+        let s = self.start_in(0, now, paths, false)?;
         self.arm(paths);
         Some(s)
     }
@@ -78,7 +83,7 @@ impl Plan {
     pub fn on_hedge(&mut self, now: Instant, paths: &mut impl Paths) -> Option<Start> {
         self.hedge_at = None;
         let free = self.slots.iter().position(Option::is_none)?;
-        self.start_in(free, now, paths)
+        self.start_in(free, now, paths, true)
     }
 
     /// The attempt in `slot` failed: the next attempt, unless the other slot still races
@@ -88,7 +93,7 @@ impl Plan {
         if self.slots.iter().any(Option::is_some) {
             return None;
         }
-        let s = self.start_in(slot, now, paths)?;
+        let s = self.start_in(slot, now, paths, false)?;
         self.arm(paths);
         Some(s)
     }
@@ -115,11 +120,11 @@ impl Plan {
         self.attempts
     }
 
-    fn start_in(&mut self, slot: usize, now: Instant, paths: &mut impl Paths) -> Option<Start> {
+    fn start_in(&mut self, slot: usize, now: Instant, paths: &mut impl Paths, racer: bool) -> Option<Start> {
         if self.attempts >= self.cfg.max_attempts {
             return None;
         }
-        let index = paths.pick(self.tried)?;
+        let index = if racer { paths.pick_racer(self.tried)? } else { paths.pick(self.tried)? };
         self.tried.insert(index);
         self.attempts += 1;
         let is_last = self.attempts == self.cfg.max_attempts || paths.remaining(self.tried) == 0;
@@ -147,12 +152,15 @@ impl Plan {
 pub(crate) mod tests {
     use super::*;
 
-    /// Paths in order, each with a usual latency (None: unmeasured).
+    /// Paths in order, each with a usual latency (None: unmeasured); every one healthy.
     pub(crate) struct Fixed(pub Vec<Option<Duration>>);
 
     impl Paths for Fixed {
         fn pick(&mut self, tried: Tried) -> Option<usize> {
             (0..self.0.len()).find(|&i| !tried.contains(i))
+        }
+        fn pick_racer(&mut self, tried: Tried) -> Option<usize> {
+            self.pick(tried)
         }
         fn remaining(&self, tried: Tried) -> usize {
             (0..self.0.len()).filter(|&i| !tried.contains(i)).count()
@@ -239,6 +247,35 @@ pub(crate) mod tests {
         let mut p = Plan::new(cfg(3));
         p.begin(t0, &mut paths).unwrap();
         assert_eq!(p.on_connected(0), None, "no race, no loser");
+    }
+
+    /// Path 0 healthy, path 1 not (held down, say): never a racer, still a retry.
+    struct OneHealthy;
+
+    impl Paths for OneHealthy {
+        fn pick(&mut self, tried: Tried) -> Option<usize> {
+            (0..2).find(|&i| !tried.contains(i))
+        }
+        fn pick_racer(&mut self, tried: Tried) -> Option<usize> {
+            Some(0).filter(|&i| !tried.contains(i))
+        }
+        fn remaining(&self, tried: Tried) -> usize {
+            (0..2).filter(|&i| !tried.contains(i)).count()
+        }
+        fn usual_latency(&self, _: usize) -> Option<Duration> {
+            Some(10 * MS)
+        }
+    }
+
+    #[test]
+    fn an_unhealthy_path_never_races_but_is_still_a_retry() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(cfg(3));
+        assert_eq!(p.begin(t0, &mut OneHealthy).map(|s| s.index), Some(0));
+        assert_eq!(p.on_hedge(t0 + 40 * MS, &mut OneHealthy), None, "no healthy path to race with");
+        assert_eq!((p.in_flight(), p.attempts()), (1, 1));
+        let retry = p.on_failed(0, t0 + 300 * MS, &mut OneHealthy).expect("a failure moves on");
+        assert_eq!(retry.index, 1);
     }
 
     #[test]

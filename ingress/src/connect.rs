@@ -2,6 +2,14 @@
 //! path against a slow attempt (Happy Eyeballs across WANs) and with what timeout; this
 //! drives it. A WAN that died between two health checks then costs a client tens of
 //! milliseconds, not a failed connection or a full timeout.
+//!
+//! What a connect tells about its path: its latency (the health state's average, which the
+//! health factor compares with the best path's) and whether it went wrong (delivered quality,
+//! `crate::quality`). Latency counts once, there: a slow connect that completes is not a
+//! loss, even when it was raced. A loss is an attempt that failed, or that connected only
+//! after the kernel resent its SYN (or a SYN-ACK was resent: more than the initial
+//! retransmission timeout, 1 s). An attempt that lost a race is not cut off: it goes on in
+//! the background to its own timeout and is judged like any other.
 
 use std::future::Future;
 use std::io;
@@ -85,7 +93,8 @@ pub(crate) enum Event<'a> {
         index: usize,
         latency: Duration,
     },
-    /// `index` lost a race: slow, not yet known dead.
+    /// `index` lost a race: slow, not yet known dead (its attempt is handed back in
+    /// [`Won::loser`] to finish in the background).
     Lost {
         index: usize,
     },
@@ -93,14 +102,30 @@ pub(crate) enum Event<'a> {
 
 type Dialing<S> = Pin<Box<dyn Future<Output = io::Result<S>> + Send>>;
 
+/// A connect that succeeded.
+pub(crate) struct Won<S> {
+    pub index: usize,
+    pub stream: S,
+    /// The attempt it beat in a race, still in flight.
+    pub loser: Option<Loser<S>>,
+}
+
+/// An attempt that lost a race, still in flight: its own outcome is its path's verdict.
+pub(crate) struct Loser<S> {
+    pub index: usize,
+    pub started: Instant,
+    pub dialing: Dialing<S>,
+}
+
 /// Drive `plan`: `dial(index, timeout)` connects to a path; `on` hears every event. Returns
-/// the winning path and its stream, or the attempts made and the last error.
+/// the winning path, its stream and the attempt it beat (if any), or the attempts made and
+/// the last error.
 pub(crate) async fn drive<S, D>(
     plan: &mut Plan,
     paths: &mut impl Paths,
     mut dial: D,
     mut on: impl FnMut(Event<'_>),
-) -> Result<(usize, S), (u32, io::Error)>
+) -> Result<Won<S>, (u32, io::Error)>
 where
     D: FnMut(usize, Duration) -> Dialing<S>,
 {
@@ -141,10 +166,15 @@ where
         match result {
             Ok(stream) => {
                 on(Event::Connected { index, latency: started.elapsed() });
-                if let Some(loser) = plan.on_connected(slot) {
-                    on(Event::Lost { index: loser });
-                }
-                return Ok((index, stream));
+                let other = plan.in_slot(1 - slot);
+                let loser = match (plan.on_connected(slot), other, slots[1 - slot].take()) {
+                    (Some(lost), Some((_, started)), Some(dialing)) => {
+                        on(Event::Lost { index: lost });
+                        Some(Loser { index: lost, started, dialing })
+                    }
+                    _ => None,
+                };
+                return Ok(Won { index, stream, loser });
             }
             Err(error) => {
                 on(Event::Failed { index, error: &error, lasted: started.elapsed() });
@@ -184,6 +214,9 @@ struct PoolPaths<'a>(&'a Pool);
 impl Paths for PoolPaths<'_> {
     fn pick(&mut self, tried: Tried) -> Option<usize> {
         self.0.pick(tried, Kind::Tcp).map(|(i, _)| i)
+    }
+    fn pick_racer(&mut self, tried: Tried) -> Option<usize> {
+        self.0.pick_racer(tried, Kind::Tcp).map(|(i, _)| i)
     }
     fn remaining(&self, tried: Tried) -> usize {
         self.0.remaining(tried)
@@ -227,9 +260,9 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
     let on = |ev: Event<'_>| match ev {
         Event::Hedged { slow } => {
             if let Some(p) = pool.paths.get(slow) {
+                // Slow is not lost: the attempt's own end (`judge_loser` if the racer wins)
+                // says which it was.
                 p.state.m_hedges.increment(1);
-                // Slow enough to race: a connect that went wrong, as far as quality goes.
-                p.quality_sample(1.0);
                 tracing::debug!(pool = %pool.name, slow = %p.name, "connect slow; racing another path");
             }
         }
@@ -246,16 +279,25 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
         Event::Connected { index, latency } => {
             if let Some(p) = pool.paths.get(index) {
                 p.state.m_connects.increment(1);
-                p.quality_sample(0.0);
+                // Slow is not lost; a resent SYN or SYN-ACK takes the initial
+                // retransmission timeout.
+                p.quality_sample(if latency >= SYN_RTO { 1.0 } else { 0.0 });
             }
             pool.record_connect(index, Outcome::Ok { latency }, latency);
         }
-        // A jittery WAN must not be taken down by a lost race: a background connect with
-        // the normal timeout gives the verdict (its connection, if any, is closed at once).
-        Event::Lost { index } => verify_in_background(pool.clone(), index, port),
+        // A jittery WAN must not be taken down by a lost race, nor a slow one counted lossy:
+        // the losing attempt finishes in the background and gives the verdict.
+        Event::Lost { index } => {
+            if let Some(p) = pool.paths.get(index) {
+                tracing::debug!(pool = %pool.name, path = %p.name, "lost a race; its attempt finishes in the background");
+            }
+        }
     };
     match drive(&mut plan, &mut PoolPaths(pool), dial, on).await {
-        Ok((index, stream)) => {
+        Ok(Won { index, stream, loser }) => {
+            if let Some(loser) = loser {
+                judge_loser(pool.clone(), loser);
+            }
             let _ = stream.set_nodelay(true);
             match pool.paths.get(index) {
                 Some(path) => Ok((stream, path.clone())),
@@ -266,17 +308,49 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
     }
 }
 
-fn verify_in_background(pool: Arc<Pool>, index: usize, port: u16) {
-    let Some(addr) = pool.paths.get(index).and_then(|p| p.addr(port)) else { return };
-    let timeout = pool.cfg.connect_timeout;
+/// The kernel's initial retransmission timeout of a SYN (and of a SYN-ACK): a connect that
+/// took longer had one of them lost.
+const SYN_RTO: Duration = Duration::from_secs(1);
+
+/// The attempt that lost a race finishes in the background, within its own timeout, and
+/// gives its path's verdict: connected is a success with the latency it had (which the health
+/// factor counts), and a loss for quality only if its SYN was resent (`TCP_INFO`) or it took
+/// longer than `SYN_RTO`; failed is a failure. Its connection, if any, is closed at once.
+fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>) {
     tokio::spawn(async move {
-        let start = Instant::now();
-        let outcome = match attempt(addr, timeout).await {
-            Ok(_) => Outcome::Ok { latency: start.elapsed() },
-            Err(e) => outcome_of(&e),
+        let Loser { index, started, dialing } = loser;
+        let result = dialing.await;
+        let lasted = started.elapsed();
+        let Some(p) = pool.paths.get(index) else { return };
+        let outcome = match result {
+            Ok(stream) => {
+                p.quality_sample(if syn_resent(&stream) || lasted >= SYN_RTO { 1.0 } else { 0.0 });
+                Outcome::Ok { latency: lasted }
+            }
+            Err(e) => {
+                let outcome = outcome_of(&e);
+                if outcome == Outcome::Failed {
+                    p.quality_sample(1.0);
+                }
+                outcome
+            }
         };
-        pool.record_connect(index, outcome, start.elapsed());
+        pool.record_connect(index, outcome, lasted);
     });
+}
+
+/// Whether the kernel had to send a connection's SYN again.
+fn syn_resent(stream: &TcpStream) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        crate::splice::tcp_stats(stream.as_fd()).is_some_and(|s| s.total_retrans > 0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = stream;
+        false
+    }
 }
 
 /// A failed connect is the path's failure, unless this process was out of resources.
@@ -341,7 +415,7 @@ mod tests {
             log.push(format!("{:?}@{}", ev_name(&ev), t0.elapsed().as_millis()))
         })
         .await;
-        (r.map(|(i, _)| i).map_err(|(_, e)| e.kind()), log, t0.elapsed())
+        (r.map(|w| w.index).map_err(|(_, e)| e.kind()), log, t0.elapsed())
     }
 
     fn ev_name(ev: &Event<'_>) -> String {
@@ -368,6 +442,23 @@ mod tests {
         let (r, log, _) = run(vec![Peer::Answers(60 * MS), Peer::Answers(100 * MS)], vec![Some(10 * MS); 2], 3).await;
         assert_eq!(r, Ok(0));
         assert_eq!(log, ["\"hedged0\"@40", "\"connected0\"@60", "\"lost1\"@60"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_that_lost_a_race_is_handed_back_still_in_flight() {
+        // wan1 answers at 60 ms but is raced at 40 ms; wan2 answers 5 ms later and wins.
+        let t0 = Instant::now();
+        let peers = vec![Peer::Answers(60 * MS), Peer::Answers(5 * MS)];
+        let won = match drive(&mut plan(3), &mut Fixed(vec![Some(10 * MS); 2]), dialer(peers), |_| {}).await {
+            Ok(w) => w,
+            Err((_, e)) => panic!("no path won: {e}"),
+        };
+        assert_eq!(won.index, 1);
+        let loser = won.loser.expect("the slow attempt is handed back");
+        assert_eq!((loser.index, loser.started), (0, t0));
+        // Finished, it connects: wan1 was slow, not lossy.
+        let (i, at) = loser.dialing.await.expect("the slow attempt connects");
+        assert_eq!((i, at - t0), (0, 60 * MS));
     }
 
     #[tokio::test(start_paused = true)]

@@ -83,6 +83,7 @@ fn path_card(out: &mut String, now: u64, pool: &str, p: &PathStatus) {
          <dl><dt>share</dt><dd>{recent:.0}% now · {minute:.0}% last min<div class=\"bar\"><i style=\"width:{minute:.0}%\"></i></div></dd>\
          <dt>weight</dt><dd>{weight} × health {factor:.2}</dd>\
          <dt>connect</dt><dd>{latency} · fail avg {fail:.2}</dd>\
+         <dt>quality</dt><dd>{loss:.1}% went wrong · share × {qf:.2}</dd>\
          <dt>open</dt><dd>{conns} conn · {flows} flows</dd>\
          <dt>traffic</dt><dd>{rate}/s · {total} total</dd></dl></article>",
         state = p.state,
@@ -101,6 +102,8 @@ fn path_card(out: &mut String, now: u64, pool: &str, p: &PathStatus) {
         minute = p.share_minute * 100.0,
         factor = p.health_factor,
         fail = p.fail_avg,
+        loss = p.quality_loss * 100.0,
+        qf = p.quality_factor,
         conns = p.connections,
         flows = p.flows,
         rate = bytes(p.bytes_per_second),

@@ -262,6 +262,10 @@ impl Path {
     pub fn quality_loss(&self) -> f64 {
         self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).loss(now())
     }
+    /// The share multiplier delivered quality gives now (`Quality::factor`).
+    pub fn quality_factor(&self) -> f64 {
+        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).factor(now())
+    }
     /// Open TCP connections or UDP flows on this path.
     pub fn active(&self, kind: Kind) -> u64 {
         self.counter(kind).load(Ordering::Relaxed)
@@ -469,6 +473,20 @@ impl Pool {
             return Some((i, &self.paths[i]));
         }
         self.select(wan, kind, open).map(|i| (i, &self.paths[i]))
+    }
+
+    /// A path to race a slow attempt with, not in `tried`: a WAN path that is up and not held
+    /// down, else the mesh tier if it is up. Never a held or down path: a racer that wins puts
+    /// the client on its path, and on a held path (one that keeps failing in bursts) that
+    /// turns a slow connect into a slow request. A failed attempt still moves on by `pick`,
+    /// held paths included.
+    pub fn pick_racer(&self, tried: Tried, kind: Kind) -> Option<(usize, &Arc<Path>)> {
+        let wan = &self.paths[..self.wan_count];
+        let open = |i: usize, p: &Arc<Path>| p.is_up() && p.admits() && !tried.contains(i);
+        if let Some(i) = self.select(wan, kind, |i, p| !p.is_held() && open(i, p)) {
+            return Some((i, &self.paths[i]));
+        }
+        self.mesh_index().filter(|&i| open(i, &self.paths[i])).map(|i| (i, &self.paths[i]))
     }
 
     /// How many paths `pick` could still offer after `tried`.
@@ -1204,6 +1222,12 @@ mod tests {
         assert_eq!(snap.verdict, Verdict::Held);
         assert!(snap.penalty > 1500.0 && snap.hold_left.unwrap() > Duration::from_secs(10), "{snap:?}");
         assert_eq!(shares(&p, 1000), [0.0, 1.0, 0.0], "held: no new connections while wan2 serves");
+        let mut tried = Tried::default();
+        tried.insert(1);
+        assert_eq!(p.pick_racer(tried, Kind::Tcp).map(|(i, _)| i), Some(2), "a racer: the mesh, not held wan1");
+        tried.insert(2);
+        assert!(p.pick_racer(tried, Kind::Tcp).is_none(), "never held wan1");
+        assert_eq!(p.pick(tried, Kind::Tcp).map(|(i, _)| i), Some(0), "but a retry after wan2 failed");
         kill(&p, 1);
         assert_eq!(shares(&p, 1000), [1.0, 0.0, 0.0], "wan2 down: the held but healthy wan1, not the mesh");
         assert!(!p.on_mesh());

@@ -88,6 +88,12 @@ pub struct PathStatus {
     pub flap_penalty: f64,
     /// Falls from up to down since start (held or not).
     pub falls: u64,
+    /// Delivered quality: the smoothed share of the path's connects, relayed segments and
+    /// answered flows' datagrams that went wrong (`crate::quality`; slow is not wrong).
+    pub quality_loss: f64,
+    /// What that does to its share: `1 / (1 + (quality_loss / 0.05)^2)`, part of
+    /// `health_factor`.
+    pub quality_factor: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -272,6 +278,8 @@ fn path_status(p: &Path, damping: &DampingConfig, share_recent: f64, share_minut
         held_reason,
         flap_penalty: round(d.penalty, 1),
         falls: d.falls,
+        quality_loss: round(p.quality_loss(), 4),
+        quality_factor: round(p.quality_factor(), 3),
     }
 }
 
