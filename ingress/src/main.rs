@@ -72,25 +72,9 @@ fn main() -> ExitCode {
     if tcp + udp > 0 {
         tracing::info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.threads {
-        // Benchmarks and operators match HAProxy's nbthread with it; a reload cannot change it.
-        builder.worker_threads(n);
-    }
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli.config, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // `limits.threads` workers (operators match HAProxy's nbthread with it).
+    let threads = config.threads;
+    shared::runtime::serve(threads, || run(cli.config, config))
 }
 
 /// Reloads on SIGHUP until SIGTERM or SIGINT.

@@ -92,25 +92,7 @@ fn main() -> ExitCode {
             if tcp + udp > 0 {
                 info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
             }
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = config.threads {
-                // Benchmarks match nginx's worker_processes and HAProxy's nbthread with it.
-                builder.worker_threads(n);
-            }
-            let runtime = match builder.enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(&cli.config, config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            shared::runtime::serve(config.threads, || run(&cli.config, config))
         }
     }
 }
