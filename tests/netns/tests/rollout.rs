@@ -11,7 +11,10 @@
 //! - ingress3 added to the inventory, one run: it serves, its A record is published, the home's
 //!   allowlist admits it from DNS with the local proxy's main PID unchanged;
 //! - ingress3 removed, one run: its records go, the home's allowlist drops it (its WAN connects
-//!   fail while ingress1's pass).
+//!   fail while ingress1's pass);
+//! - `--limit home`: the ingress nodes' Yggdrasil addresses are asked of their routers, the
+//!   rendered mesh.trusted_ingress is the same (changed=0); with ingress2's yggdrasil stopped the
+//!   run fails naming ingress2 and leaves the config alone.
 //!
 //! Prints `RESULT rollout ...` with the timings (root filesystem, boot, each run, whole test).
 
@@ -482,6 +485,41 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
     phase(&format!("ingress3 removed in {:.1}s", run4.elapsed.as_secs_f64()));
 
+    // 6. The home alone (`--limit home`): the ingress nodes are outside the run, so no play
+    // read their Yggdrasil addresses; the role asks their routers (getSelf, delegated) and
+    // renders the same mesh.trusted_ingress: nothing changes. With ingress2's router stopped
+    // the run fails naming it, before the config is touched.
+    let home_config = home.sh("cat /etc/local-proxy/local-proxy.toml", Duration::from_secs(10)).expect("config");
+    let run5 =
+        ansible.run("site.yml", &["--limit", "home"], RUN_TIMEOUT, "site-5-limit-home").expect("ansible-playbook");
+    must_pass(&run5, "site.yml --limit home");
+    let recap = run5.recap();
+    assert_eq!(recap.keys().collect::<Vec<_>>(), ["home"], "--limit home ran on {:?}", recap.keys());
+    let changed = recap.get("home").and_then(|f| f.get("changed")).copied();
+    assert_eq!(changed, Some(0), "--limit home: {:?}\nchanged tasks: {:#?}", recap.get("home"), run5.changed_tasks());
+    assert_eq!(mesh_trusted(home).expect("mesh.trusted_ingress"), ygg_of(&two), "mesh.trusted_ingress, --limit home");
+    hosts["ingress2"].sh("systemctl stop yggdrasil", Duration::from_secs(30)).expect("stopping ingress2's yggdrasil");
+    let run6 = ansible
+        .run("site.yml", &["--limit", "home"], RUN_TIMEOUT, "site-6-limit-home-ygg-down")
+        .expect("ansible-playbook");
+    assert!(!run6.ok, "--limit home passed with ingress2's yggdrasil stopped:\n{}", run6.tail(40));
+    assert!(
+        run6.text.contains("getSelf gave none") && run6.text.contains("for ingress2 ("),
+        "--limit home with ingress2's yggdrasil stopped did not fail naming ingress2:\n{}",
+        run6.tail(40)
+    );
+    assert_eq!(
+        home.sh("cat /etc/local-proxy/local-proxy.toml", Duration::from_secs(10)).expect("config"),
+        home_config,
+        "the failed --limit home run changed the config"
+    );
+    phase(&format!(
+        "--limit home: changed=0, mesh.trusted_ingress read from the nodes ({:.1}s); with ingress2's yggdrasil \
+         stopped it fails naming ingress2 ({:.1}s)",
+        run5.elapsed.as_secs_f64(),
+        run6.elapsed.as_secs_f64()
+    ));
+
     let off0 = Instant::now();
     drop(meshc);
     drop(hosts);
@@ -490,12 +528,14 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     drop(ctl);
     drop(t);
     common::report(&format!(
-        "RESULT rollout rootfs_build_s={rootfs_s} boot_four_s={:.1} site1_bare_s={:.1} site2_unchanged_s={:.1} site3_add_s={:.1} site4_remove_s={:.1} cut_requests={total} cut_failed=0 cut_in_flight_lost={split_lost} poweroff_s={:.1} total_s={:.1}",
+        "RESULT rollout rootfs_build_s={rootfs_s} boot_four_s={:.1} site1_bare_s={:.1} site2_unchanged_s={:.1} site3_add_s={:.1} site4_remove_s={:.1} limit_home_s={:.1} limit_home_ygg_down_s={:.1} cut_requests={total} cut_failed=0 cut_in_flight_lost={split_lost} poweroff_s={:.1} total_s={:.1}",
         boot.as_secs_f64(),
         run1.elapsed.as_secs_f64(),
         run2.elapsed.as_secs_f64(),
         run3.elapsed.as_secs_f64(),
         run4.elapsed.as_secs_f64(),
+        run5.elapsed.as_secs_f64(),
+        run6.elapsed.as_secs_f64(),
         poweroff.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     ));
