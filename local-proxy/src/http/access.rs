@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use http::{header, Method, Request, Response, Version};
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -106,7 +107,8 @@ struct Line {
     #[serde(serialize_with = "method")]
     method: Method,
     host: Option<String>,
-    uri: String,
+    #[serde(serialize_with = "path_and_query")]
+    uri: Option<PathAndQuery>,
     proto: &'static str,
     status: u16,
     bytes_sent: u64,
@@ -117,12 +119,16 @@ struct Line {
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
     upstream_attempts: Option<usize>,
-    tls_sni: Option<String>,
+    #[serde(serialize_with = "shared_str")]
+    tls_sni: Option<Arc<str>>,
     tls_version: Option<&'static str>,
     tls_cipher: Option<&'static str>,
-    user_agent: Option<String>,
-    referer: Option<String>,
-    request_id: Option<String>,
+    #[serde(serialize_with = "header_value")]
+    user_agent: Option<HeaderValue>,
+    #[serde(serialize_with = "header_value")]
+    referer: Option<HeaderValue>,
+    #[serde(serialize_with = "header_value")]
+    request_id: Option<HeaderValue>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -133,8 +139,30 @@ fn method<S: serde::Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(m.as_str())
 }
 
-fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<String> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+fn path_and_query<S: serde::Serializer>(p: &Option<PathAndQuery>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_ref().map_or("/", PathAndQuery::as_str))
+}
+
+fn shared_str<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// A header's value as a string; null when absent or not visible ASCII (as before: never a
+/// lossy or escaped rendering of arbitrary bytes).
+fn header_value<S: serde::Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
+    match v.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(v) => s.serialize_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Header values are kept as they came (a reference count on the request's buffer, not a
+/// copy) and rendered only when the line is written.
+fn header<B>(req: &Request<B>, name: header::HeaderName) -> Option<HeaderValue> {
+    req.headers().get(name).cloned()
 }
 
 impl Entry {
@@ -148,7 +176,6 @@ impl Entry {
             Version::HTTP_3 => "HTTP/3",
             _ => "unknown",
         };
-        let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let tls = conn.tls_info.as_ref();
         let line = Line {
             time: SystemTime::now(),
@@ -159,7 +186,7 @@ impl Entry {
             client_port: conn.info.client.port(),
             method: req.method().clone(),
             host: host.map(str::to_string),
-            uri: uri.to_string(),
+            uri: req.uri().path_and_query().cloned(),
             proto,
             status: 0,
             bytes_sent: 0,
@@ -173,9 +200,9 @@ impl Entry {
             tls_sni: tls.and_then(|t| t.sni.clone()),
             tls_version: tls.map(|t| t.version),
             tls_cipher: tls.and_then(|t| t.cipher),
-            user_agent: header_str(req, header::USER_AGENT),
-            referer: header_str(req, header::REFERER),
-            request_id: header_str(req, header::HeaderName::from_static("x-request-id")),
+            user_agent: header(req, header::USER_AGENT),
+            referer: header(req, header::REFERER),
+            request_id: header(req, header::HeaderName::from_static("x-request-id")),
         };
         Self { sink, line, start: Instant::now(), received: None }
     }
@@ -193,16 +220,17 @@ impl Entry {
     }
 
     /// Add the response's side and send the line once `resp`'s body is done or dropped.
-    pub fn finish(mut self, resp: Response<Body>, result: Option<&'static str>) -> Response<Body> {
+    pub fn finish(mut self, mut resp: Response<Body>, result: Option<&'static str>) -> Response<Body> {
         let l = &mut self.line;
         l.status = resp.status().as_u16();
         l.result = result;
-        if let Some(route) = resp.extensions().get::<RouteSeen>() {
-            l.route = route.route.clone();
-            l.user = route.user.clone();
+        // Taken, not copied: nothing reads them after the log.
+        if let Some(route) = resp.extensions_mut().remove::<RouteSeen>() {
+            l.route = route.route;
+            l.user = route.user;
         }
-        if let Some(seen) = resp.extensions().get::<UpstreamSeen>() {
-            l.upstream = Some(seen.upstream.clone());
+        if let Some(seen) = resp.extensions_mut().remove::<UpstreamSeen>() {
+            l.upstream = Some(seen.upstream);
             l.upstream_status = seen.status;
             l.upstream_ms = Some(ms(seen.latency));
             l.upstream_attempts = Some(seen.attempts);

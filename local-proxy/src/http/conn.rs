@@ -20,8 +20,8 @@ pub struct Conn {
 /// What the access log says of a TLS connection.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
-    /// The SNI name the client asked for.
-    pub sni: Option<String>,
+    /// The SNI name the client asked for (shared: every request's log line refers to it).
+    pub sni: Option<Arc<str>>,
     /// `TLSv1.2` or `TLSv1.3`.
     pub version: &'static str,
     /// The negotiated cipher suite's IANA name (`TLS13_AES_128_GCM_SHA256`, ...).
@@ -36,6 +36,6 @@ impl TlsInfo {
             _ => "unknown",
         };
         let cipher = c.negotiated_cipher_suite().and_then(|s| s.suite().as_str());
-        Self { sni: c.server_name().map(str::to_string), version, cipher }
+        Self { sni: c.server_name().map(Arc::from), version, cipher }
     }
 }
