@@ -163,6 +163,11 @@ pub struct Record {
     pub fallback: bool,
     /// Connect to echo, in milliseconds.
     pub latency_ms: f64,
+    /// The client's TCP connect to the target (the first part of `latency_ms`), in
+    /// milliseconds: a SYN dropped before the proxy (its listen queue full, a starved CPU)
+    /// shows here, a slow path behind the proxy in the rest.
+    #[serde(default)]
+    pub connect_ms: f64,
 }
 
 /// One second of completed connections.
@@ -235,8 +240,9 @@ pub fn parse_records(text: &str) -> Vec<Record> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-/// Runs one connection; returns (target used, backend named, fell back).
-fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<String>, bool, Result<()>) {
+/// Runs one connection; returns (target used, backend named, fell back, time to connect, result).
+fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<String>, bool, Duration, Result<()>) {
+    let t0 = Instant::now();
     let n = cfg.targets.len();
     let order: Vec<SocketAddr> = if cfg.fallback {
         (0..n).map(|i| cfg.targets[(first + i) % n]).collect()
@@ -254,13 +260,14 @@ fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<
             Err(e) => errors.push(format!("connect {addr}: {}", short_err(&e))),
         }
     }
+    let connected = t0.elapsed();
     let Some((i, addr, s)) = stream else {
-        return (None, None, false, Err(anyhow::anyhow!(errors.join("; "))));
+        return (None, None, false, connected, Err(anyhow::anyhow!(errors.join("; "))));
     };
     let fell_back = i > 0;
     let mut backend = None;
     let r = converse(cfg, seq, s, &mut backend);
-    (Some(addr), backend, fell_back, r)
+    (Some(addr), backend, fell_back, connected, r)
 }
 
 fn short_err(e: &std::io::Error) -> String {
@@ -361,7 +368,7 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
                 std::thread::spawn(move || {
                     let start_ms = unix_ms();
                     let t0 = Instant::now();
-                    let (target, backend, fallback, r) = one(&cfg2, this, first);
+                    let (target, backend, fallback, connected, r) = one(&cfg2, this, first);
                     let rec = Record {
                         seq: this,
                         start_ms,
@@ -372,6 +379,7 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
                         error: r.err().map(|e| format!("{e:#}")),
                         fallback,
                         latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                        connect_ms: connected.as_secs_f64() * 1000.0,
                     };
                     let _ = tx2.send(rec);
                     inflight2.fetch_sub(1, Ordering::SeqCst);

@@ -5,15 +5,21 @@
 //! taking a fresh round of slow connects each time it comes back. Counted from ingress1's log
 //! (one "state change" line per change, as an operator's alerting sees them): wan1's changes
 //! until it is first held (learning that the path flaps: at most 4) and after that (at most
-//! one, its release); slow requests (> 200 ms) per 16 s. When the learning happens depends on
-//! how much traffic wan1 still carries: its share follows the quality it delivers, so in some
-//! runs the first falls come a few bursts in (by probe) rather than at the first burst.
+//! one, its release). While wan1 is held no new connection may be placed on it (wan2 is clean
+//! and up), so no slow request after the first hold is wan1's doing.
+//!
+//! Slow requests (> 200 ms) are printed per 16 s and per path, split into those slow already
+//! in the client's connect to ingress1 (nothing to do with the WANs) and those slow behind it;
+//! they are not asserted on (wall time on 2 shared cores). The ignored `no_loss_control` runs
+//! the same load on the same topology with no loss at all: the slow requests the topology
+//! produces without any fault, the baseline the figures here are judged against.
 //!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
-//! (150 bursts, 10 minutes) and prints the same figures.
+//! (150 bursts, 10 minutes) and prints the same figures, per minute as well.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use netns::ingress::IngressConfig;
@@ -30,25 +36,154 @@ const LEAD: Duration = Duration::from_secs(4);
 const TAIL: Duration = Duration::from_secs(6);
 /// A request this slow (connect to echo) is counted slow.
 const SLOW_MS: f64 = 200.0;
+/// A connection the client started this soon after wan1 was held may have been placed
+/// before the hold (the ingress accepts, then picks).
+const HOLD_GRACE_MS: u64 = 50;
 
 #[test]
 fn bursty_loss_on_wan1_is_damped_not_flapped() {
-    bursty_loss(10);
+    let f = bursty_loss(10, LOSS_PCT);
+    f.assert_damped();
 }
 
 #[test]
 #[ignore = "10 minutes: run by scripts/bursty-loss"]
 fn bursty_loss_on_wan1_full_length() {
-    bursty_loss(150);
+    let f = bursty_loss(150, LOSS_PCT);
+    f.assert_damped();
+}
+
+/// The same load and topology with no loss at all: what the topology itself costs.
+#[test]
+#[ignore = "a control for the figures of the bursty-loss runs (50 s): cargo test -p netns --test scenario_flap -- --ignored no_loss_control"]
+fn no_loss_control() {
+    let f = bursty_loss(10, 0);
+    assert_eq!(f.failed, 0, "failed connections with no fault at all");
+    assert!(f.changes.is_empty(), "wan1 changed state with no fault at all: {:#?}", f.changes);
+}
+
+/// One of wan1's state changes, from ingress1's log.
+#[derive(Debug, Clone)]
+struct Change {
+    at_ms: u64,
+    from: String,
+    to: String,
+    line: String,
+}
+
+/// What a run measured, for the assertions.
+struct Figures {
+    failed: u64,
+    /// wan1's changes during the bursts: until it was first held, and after that.
+    learning: usize,
+    later: usize,
+    changes: Vec<Change>,
+    /// New connections placed on wan1 while it was held (after the grace).
+    on_wan1_while_held: usize,
+    /// wan2's state changes and failed connects (ingress1): while wan2 neither changed state
+    /// nor failed a connect, nothing may go to a held wan1.
+    wan2_changes: usize,
+    wan2_failures: f64,
+}
+
+impl Figures {
+    fn assert_damped(&self) {
+        let all: Vec<&String> = self.changes.iter().map(|c| &c.line).collect();
+        assert_eq!(self.failed, 0, "failed connections (listed above)");
+        assert!(
+            self.later <= 1,
+            "wan1 changed state {} times after it was first held (at most one wanted): {all:#?}",
+            self.later
+        );
+        assert!(self.learning <= 4, "wan1 changed state {} times before it was held: {all:#?}", self.learning);
+        // A held path still takes a retry after a failed attempt elsewhere, and serves while
+        // no other WAN path is up: only with wan2 clean throughout is the answer exact.
+        if self.wan2_changes == 0 && self.wan2_failures == 0.0 {
+            assert_eq!(
+                self.on_wan1_while_held, 0,
+                "new connections were placed on wan1 while it was held down and wan2 was up and failed nothing"
+            );
+        } else {
+            eprintln!(
+                "not asserted: wan2 changed state {} times and failed {} connects (a starved machine?), so {} \
+                 connections on held wan1 may be retries",
+                self.wan2_changes, self.wan2_failures, self.on_wan1_while_held
+            );
+        }
+    }
+}
+
+/// Unix ms of a log line's RFC 3339 UTC timestamp (`2026-12-01T21:38:56.123456Z ...`).
+fn log_time_ms(line: &str) -> Option<u64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let d: Vec<i64> = date.split('-').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let ms_frac: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    let ms = ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + ms_frac;
+    u64::try_from(ms).ok()
+}
+
+/// A `key=value` field of a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// wan1's "state change" log lines in ingress1 so far.
-fn wan1_changes(t: &mut Topology) -> Vec<String> {
-    let log = t.proc_mut(Role::Ingress1.as_str()).map(|p| p.stderr()).unwrap_or_default();
-    log.lines().filter(|l| l.contains("state change") && l.contains("path=wan1 ")).map(str::to_owned).collect()
+fn wan1_changes(t: &mut Topology) -> Vec<Change> {
+    changes_of(t, "wan1")
 }
 
-fn bursty_loss(bursts: u32) {
+/// A path's "state change" log lines in ingress1 so far.
+fn changes_of(t: &mut Topology, path: &str) -> Vec<Change> {
+    let log = t.proc_mut(Role::Ingress1.as_str()).map(|p| p.stderr()).unwrap_or_default();
+    let tag = format!("path={path} ");
+    log.lines()
+        .filter(|l| l.contains("state change") && l.contains(&tag))
+        .map(|l| Change {
+            at_ms: log_time_ms(l).unwrap_or(0),
+            from: field(l, "from").unwrap_or("?").to_owned(),
+            to: field(l, "to").unwrap_or("?").to_owned(),
+            line: l.to_owned(),
+        })
+        .collect()
+}
+
+/// The spans (Unix ms, end exclusive) during which wan1 was held, from its changes.
+fn held_spans(changes: &[Change]) -> Vec<(u64, u64)> {
+    let mut spans = Vec::new();
+    let mut since = None;
+    for c in changes {
+        if c.to == "held" {
+            since = since.or(Some(c.at_ms));
+        } else if c.from == "held" {
+            if let Some(s) = since.take() {
+                spans.push((s, c.at_ms));
+            }
+        }
+    }
+    if let Some(s) = since {
+        spans.push((s, u64::MAX));
+    }
+    spans
+}
+
+/// Sockets in TIME-WAIT in `role` (the 4-tuples a busy client or proxy cannot reuse yet).
+fn time_wait(t: &Topology, role: Role) -> Option<usize> {
+    t.exec(role, &["ss", "-Htan", "state", "time-wait"], Duration::from_secs(10)).ok().map(|o| o.lines().count())
+}
+
+fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
     let start = Instant::now();
     let mut t = common::build(Options::default());
     let cfg = IngressConfig::standard(t.home_mesh_addr());
@@ -95,7 +230,7 @@ fn bursty_loss(bursts: u32) {
             if i == learn {
                 after_learning = wan1_changes(&mut t).len();
             }
-            t.loss(Wan::Wan1, LOSS_PCT)?;
+            t.loss(Wan::Wan1, loss_pct)?;
             sleep_until(at + LOSS_ON);
             t.loss(Wan::Wan1, 0)?;
             per_burst.push(wan1_changes(&mut t).len());
@@ -107,7 +242,8 @@ fn bursty_loss(bursts: u32) {
     result.expect("loss bursts on wan1");
     let loss_end_ms = unix_ms();
     let at_loss_end = wan1_changes(&mut t).len();
-    common::phase(start, &format!("{bursts} loss bursts done"));
+    common::phase(start, &format!("{bursts} bursts of {loss_pct} % loss done"));
+    let tw_ingress = time_wait(&t, Role::Ingress1);
     let mut records: Vec<Record> = Vec::new();
     let (mut failed, mut started) = (0, 0);
     for r in runs {
@@ -116,33 +252,82 @@ fn bursty_loss(bursts: u32) {
         started += r.summary.started;
         records.extend(r.records);
     }
+    let tw_client = time_wait(&t, Role::Client);
     let changes = wan1_changes(&mut t);
+    let wan2_changes = changes_of(&mut t, "wan2");
+    assert!(
+        changes.iter().all(|c| c.at_ms > 0),
+        "a state change line without a readable timestamp: {:#?}",
+        changes.iter().map(|c| &c.line).collect::<Vec<_>>()
+    );
     let m = t.scrape(Role::Ingress1).ok();
-    let metric = |name: &str| m.as_ref().and_then(|m| m.get(name, &[("path", "wan1")]));
+    let metric = |name: &str, path: &str| m.as_ref().and_then(|m| m.get(name, &[("path", path)]));
 
-    let slow_in = |from: u64, to: u64| {
-        records.iter().filter(|r| r.ok && r.latency_ms > SLOW_MS && r.start_ms >= from && r.start_ms < to).count()
+    let is_slow = |r: &&Record| r.ok && r.latency_ms > SLOW_MS;
+    let slow_in =
+        |from: u64, to: u64| records.iter().filter(is_slow).filter(|r| r.start_ms >= from && r.start_ms < to).count();
+    let windows = |len: u64| -> Vec<usize> {
+        let n = (loss_end_ms - loss_start_ms).div_ceil(len);
+        (0..n).map(|w| slow_in(loss_start_ms + w * len, (loss_start_ms + (w + 1) * len).min(loss_end_ms))).collect()
     };
-    let windows: Vec<usize> = (0..bursts.div_ceil(4))
-        .map(|w| {
-            let from = loss_start_ms + u64::from(w) * 16_000;
-            slow_in(from, (from + 16_000).min(loss_end_ms))
-        })
-        .collect();
     let share = |from: u64, to: u64| {
         let c = path_counts(&t, &records, from, to);
         let (a, b) = (c.get("wan1").copied().unwrap_or(0) as f64, c.get("wan2").copied().unwrap_or(0) as f64);
         a / (a + b).max(1.0)
     };
     // Changes during the bursts, split at the first hold.
-    let during: Vec<&String> = changes[before..at_loss_end].iter().collect();
-    let first_held = during.iter().position(|l| l.contains("to=held")).map_or(during.len(), |i| i + 1);
+    let during = &changes[before..at_loss_end];
+    let first_held = during.iter().position(|c| c.to == "held").map_or(during.len(), |i| i + 1);
     let (learning, later) = (first_held, during.len() - first_held);
+    let first_held_ms = during.iter().find(|c| c.to == "held").map(|c| c.at_ms);
+    // Where the slow requests went: per path, and whether the client's own connect to
+    // ingress1 was already slow (a SYN dropped or delayed before the proxy).
+    let mut slow_by: BTreeMap<String, usize> = BTreeMap::new();
+    let mut buckets = [0usize; 4];
+    for r in records.iter().filter(is_slow).filter(|r| r.start_ms >= loss_start_ms) {
+        let path = r.backend.as_deref().map(|b| t.path_of(b)).unwrap_or("unknown");
+        let part = if r.connect_ms > SLOW_MS { "client connect" } else { "behind it" };
+        *slow_by.entry(format!("{path}/{part}")).or_default() += 1;
+        let b = match r.latency_ms {
+            l if l < 400.0 => 0,
+            l if l < 1000.0 => 1,
+            l if l < 3000.0 => 2,
+            _ => 3,
+        };
+        buckets[b] += 1;
+    }
+    let slow_on_wan1_after_hold = first_held_ms.map(|h| {
+        records
+            .iter()
+            .filter(is_slow)
+            .filter(|r| r.start_ms >= h && r.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1"))
+            .count()
+    });
+    let spans = held_spans(&changes);
+    let on_wan1_while_held = records
+        .iter()
+        .filter(|r| r.ok && r.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1"))
+        .filter(|r| spans.iter().any(|&(s, e)| r.start_ms >= s + HOLD_GRACE_MS && r.start_ms < e))
+        .count();
+    // Per minute of loss (the issue's bounds are per minute): changes, slow requests, share.
+    let minutes = (loss_end_ms - loss_start_ms).div_ceil(60_000);
+    let per_minute: Vec<(usize, usize, String)> = (0..minutes)
+        .map(|i| {
+            let (from, to) = (loss_start_ms + i * 60_000, (loss_start_ms + (i + 1) * 60_000).min(loss_end_ms));
+            let n = changes.iter().filter(|c| c.at_ms >= from && c.at_ms < to).count();
+            (n, slow_in(from, to), format!("{:.3}", share(from, to)))
+        })
+        .collect();
+    let after_first_minute_max = per_minute.iter().skip(1).map(|m| m.0).max();
     common::report(&format!(
-        "RESULT bursty loss ({LOSS_PCT} % for {}s every {}s, {bursts} bursts, 400 conn/s): {started} started, {failed} failed; \
+        "RESULT bursty loss ({loss_pct} % for {}s every {}s, {bursts} bursts, 400 conn/s): {started} started, {failed} failed; \
          wan1 state changes: {learning} until first held, {later} after that during the bursts ({} in the first {learn} bursts, {} in the {} after), {} in the clean tail; \
          cumulative after each burst {:?}; slow (> {SLOW_MS} ms) during the bursts: {} ({:?} per 16 s), in the tail {}; \
-         wan1 share: {:.3} before, {:.3} during, {:.3} in the tail; at the end wan1 up {:?}, held {:?}, penalty {:?}",
+         slow during the bursts by path/part {slow_by:?}, by latency [<400, <1000, <3000, more] ms {buckets:?}; \
+         slow on wan1 after its first hold {slow_on_wan1_after_hold:?}; new connections on wan1 while held {on_wan1_while_held} (held spans {}); \
+         per minute (changes, slow, wan1 share) {per_minute:?}, most changes in a minute after the first {after_first_minute_max:?}; \
+         wan1 share: {:.3} before, {:.3} during, {:.3} in the tail; at the end wan1 up {:?}, held {:?}, penalty {:?}, quality loss {:?}; \
+         hedges wan1 {:?} wan2 {:?}, connect failures wan1 {:?} wan2 {:?}, wan2 state changes {}; TIME-WAIT sockets: ingress1 {tw_ingress:?} (at the end of the bursts), client {tw_client:?} (at the end)",
         LOSS_ON.as_secs(),
         PERIOD.as_secs(),
         after_learning - before,
@@ -151,20 +336,29 @@ fn bursty_loss(bursts: u32) {
         changes.len() - at_loss_end,
         per_burst.iter().map(|n| n - before).collect::<Vec<_>>(),
         slow_in(loss_start_ms, loss_end_ms),
-        windows,
+        windows(16_000),
         slow_in(loss_end_ms, u64::MAX),
+        spans.len(),
         share(0, loss_start_ms),
         share(loss_start_ms, loss_end_ms),
         share(loss_end_ms, u64::MAX),
-        metric("ingress_path_up"),
-        metric("ingress_path_held"),
-        metric("ingress_path_flap_penalty"),
+        metric("ingress_path_up", "wan1"),
+        metric("ingress_path_held", "wan1"),
+        metric("ingress_path_flap_penalty", "wan1"),
+        metric("ingress_path_quality_loss", "wan1"),
+        metric("ingress_path_hedges_total", "wan1"),
+        metric("ingress_path_hedges_total", "wan2"),
+        metric("ingress_path_connect_failures_total", "wan1"),
+        metric("ingress_path_connect_failures_total", "wan2"),
+        wan2_changes.len(),
     ));
-    for l in &changes {
-        eprintln!("  {l}");
+    for c in changes.iter().chain(&wan2_changes) {
+        eprintln!("  {}", c.line);
     }
-    assert_eq!(failed, 0, "failed connections:\n{}", scenario::describe_failures(&records, loss_start_ms));
-    assert!(later <= 1, "wan1 changed state {later} times after it was first held (at most one wanted): {changes:#?}");
-    assert!(learning <= 4, "wan1 changed state {learning} times before it was held: {changes:#?}");
+    if failed > 0 {
+        eprintln!("failed connections:\n{}", scenario::describe_failures(&records, loss_start_ms));
+    }
     common::phase(start, "done");
+    let wan2_failures = metric("ingress_path_connect_failures_total", "wan2").unwrap_or(f64::NAN);
+    Figures { failed, learning, later, changes, on_wan1_while_held, wan2_changes: wan2_changes.len(), wan2_failures }
 }

@@ -57,6 +57,18 @@ fn wan2_degraded(how: Degrade) {
             wan2_ever_down |= m.get(names::PATH_UP, &[("path", "wan2")]) == Some(0.0);
         }
     }
+    // What wan2's factor is made of at the end: its delivered quality (loss only: latency
+    // counts once, in the latency term) and what fed it.
+    let parts = t.scrape(Role::Ingress1).ok().map(|m| {
+        let wan2 = |name: &str| m.get(name, &[("path", "wan2")]).unwrap_or(f64::NAN);
+        format!(
+            "quality loss {:.4}, hedges {}, connect failures {}, retransmitted segments {}",
+            wan2("ingress_path_quality_loss"),
+            wan2("ingress_path_hedges_total"),
+            wan2(names::PATH_CONNECT_FAILURES),
+            wan2("ingress_path_retransmitted_segments_total"),
+        )
+    });
     let r = load.finish(&mut t).expect("loadgen result");
     let s = &r.summary;
     common::phase(
@@ -73,8 +85,9 @@ fn wan2_degraded(how: Degrade) {
     let (b2, d2) = (share2(&base), share2(&degraded));
     common::report(&format!(
         "RESULT wan2 {how:?}: wan2 share {b2:.3} before -> {d2:.3} after (baseline weights give 0.25); \
-         ingress1 wan2 health factor per second: {factors:.2?}; wan2 marked down at some point: {wan2_ever_down}; \
+         ingress1 wan2 health factor per second: {factors:.3?}; at the end on ingress1 wan2 {}; wan2 marked down at some point: {wan2_ever_down}; \
          latency {:?}",
+        parts.unwrap_or_default(),
         s.latency_ms
     ));
     eprintln!("per path: before {base:?}; degraded {degraded:?}");

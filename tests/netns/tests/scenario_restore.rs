@@ -3,9 +3,10 @@
 //! path go every `down_interval` (100 ms) and overlap, so a restored WAN answers the first
 //! probe sent after the restore, and the next comes at the fast pace until rise (2) is reached:
 //! new connections must be on the WANs within 250 ms of the restore (printed). Then no state
-//! change of any path for 30 s (the issue asks for a minute; shortened to keep the CI run
-//! within its budget), none held, and the WANs' health factors (slow start: a tenth of the
-//! share at first) are printed as they grow back.
+//! change of any path for 30 s (the issue asks for a minute: the ignored
+//! `..._quiet_for_a_minute` variant watches the full minute; CI's budget keeps this one at
+//! 30 s), none held, and the WANs' health factors (slow start: a tenth of the share at first)
+//! are printed as they grow back.
 
 mod common;
 
@@ -17,8 +18,6 @@ use netns::unix_ms;
 
 /// Restore -> first new connection over a WAN.
 const GIVE_BACK_BOUND_MS: u64 = 250;
-/// How long after the restore no path may change state.
-const QUIET: Duration = Duration::from_secs(30);
 
 /// Sum of `ingress_path_state_changes_total` over both nodes and every path and state.
 fn state_changes(t: &Topology) -> f64 {
@@ -40,6 +39,19 @@ fn factors(t: &Topology) -> Vec<(String, f64)> {
 
 #[test]
 fn both_wans_restored_give_back_within_250ms_without_flapping() {
+    give_back(Duration::from_secs(30));
+}
+
+/// The issue's full window: no flap during the minute after the restore.
+#[test]
+#[ignore = "75 s: the full minute after the restore (CI runs the 30 s variant)"]
+fn both_wans_restored_give_back_and_quiet_for_a_minute() {
+    give_back(Duration::from_secs(60));
+}
+
+/// Cut both WANs, restore them, and watch `quiet` (how long after the restore no path may
+/// change state).
+fn give_back(quiet: Duration) {
     let start = Instant::now();
     let mut t = common::build(Options::default());
     scenario::start_ingresses(&mut t).expect("start ingress on both nodes");
@@ -50,7 +62,7 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
         .start_load(
             Role::Client,
             "load",
-            scenario::standard_load(Duration::from_millis(5), lead + cut_for + QUIET + Duration::from_secs(1)),
+            scenario::standard_load(Duration::from_millis(5), lead + cut_for + quiet + Duration::from_secs(1)),
         )
         .expect("start loadgen");
     std::thread::sleep(lead);
@@ -83,7 +95,7 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
     let changes_at_up = state_changes(&t);
     let mut factor_samples = vec![(unix_ms() - restore_ms, factors(&t))];
     common::phase(start, "WANs restored and up on both nodes");
-    while restore_ms + (QUIET.as_millis() as u64) > unix_ms() {
+    while restore_ms + (quiet.as_millis() as u64) > unix_ms() {
         std::thread::sleep(Duration::from_secs(1));
         if factor_samples.len() < 8 {
             factor_samples.push((unix_ms() - restore_ms, factors(&t)));
@@ -116,7 +128,7 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
         restore_done_ms - restore_ms,
         changes_at_up - changes_before,
         changes_after - changes_at_up,
-        QUIET.as_secs(),
+        quiet.as_secs(),
         second(0),
         second(1000),
         second(5000),
@@ -137,7 +149,7 @@ fn both_wans_restored_give_back_within_250ms_without_flapping() {
         first_wan <= GIVE_BACK_BOUND_MS,
         "the first new connection over a WAN started {first_wan} ms after the restore (bound {GIVE_BACK_BOUND_MS} ms)"
     );
-    assert_eq!(changes_after, changes_at_up, "paths changed state in the {} s after the restore", QUIET.as_secs());
+    assert_eq!(changes_after, changes_at_up, "paths changed state in the {} s after the restore", quiet.as_secs());
     assert_eq!(held, 0.0, "a path is held down after a single cut");
     let late = path_counts(&t, &r.records, restore_ms + 1000, u64::MAX);
     assert!(!late.contains_key("mesh"), "new connections stayed on the mesh after the restore: {late:?}");
