@@ -86,6 +86,10 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = Active::new(listener);
+    // hyper and rustls write whole messages; with Nagle on, a small write that follows one
+    // still unacknowledged (h2: the response after the SETTINGS frame) waits for the client's
+    // delayed ACK, ~40 ms (bench/tls). nginx, HAProxy and Go servers set it too.
+    let _ = stream.set_nodelay(true);
     let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
         (Ok(p), Ok(l)) => (p, l),
         // The peer already left.
