@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use acme::*;
 use anyhow::{bail, Context, Result};
 use netns::metrics;
-use netns::topology::{addr, Options, Role, Topology};
+use netns::topology::{addr, Role, Topology};
 use netns::wait::{check, wait_until};
 
 const REFUSED: &str = "refused.invalid";
@@ -39,19 +39,7 @@ const NONCE_REJECT_PERCENT: u8 = 20;
 
 #[test]
 fn acme_challenge_failures_a_certbot_tree_and_a_refused_name() {
-    let b = match bins() {
-        Ok(b) => b,
-        Err(e) => panic!("{e:#}"),
-    };
-    let mut t = match Topology::build(b.harness.clone(), Options { mesh: true, backends: false }) {
-        Ok(t) => t,
-        Err(e) => panic!("{e:#}"),
-    };
-    if let Err(e) = run(&mut t, &b) {
-        let mut log = |name: &str| t.proc_mut(name).map(|p| p.tail(40)).unwrap_or_default();
-        let (proxy, pebble) = (log("local-proxy"), log("pebble"));
-        panic!("{e:#}\n{proxy}\n{pebble}");
-    }
+    in_topology(40, run);
 }
 
 /// What a link in `live/a.test/` points to.

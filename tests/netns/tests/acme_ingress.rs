@@ -24,23 +24,11 @@ use std::time::{Duration, Instant};
 use acme::*;
 use anyhow::{bail, Context, Result};
 use netns::metrics;
-use netns::topology::{addr, Options, Role, Topology};
+use netns::topology::{addr, Role, Topology};
 
 #[test]
 fn acme_through_the_ingress_nodes() {
-    let b = match bins() {
-        Ok(b) => b,
-        Err(e) => panic!("{e:#}"),
-    };
-    let mut t = match Topology::build(b.harness.clone(), Options { mesh: true, backends: false }) {
-        Ok(t) => t,
-        Err(e) => panic!("{e:#}"),
-    };
-    if let Err(e) = run(&mut t, &b) {
-        let mut log = |name: &str| t.proc_mut(name).map(|p| p.tail(30)).unwrap_or_default();
-        let (proxy, pebble) = (log("local-proxy"), log("pebble"));
-        panic!("{e:#}\n{proxy}\n{pebble}");
-    }
+    in_topology(30, run);
 }
 
 fn run(t: &mut Topology, b: &AcmeBins) -> Result<()> {

@@ -23,7 +23,7 @@ use acme::*;
 use anyhow::{bail, Context, Result};
 use netns::cmd;
 use netns::metrics;
-use netns::topology::{addr, Options, Role, Topology};
+use netns::topology::{addr, Role, Topology};
 
 /// pebble's certificate lifetime: renewal is due 20 s into each certificate's life.
 const VALIDITY_SECS: u64 = 30;
@@ -150,24 +150,7 @@ impl Drop for Load {
 
 #[test]
 fn acme_renewal_under_load_and_with_the_ca_stopped() {
-    let b = match bins() {
-        Ok(b) => b,
-        Err(e) => panic!("{e:#}"),
-    };
-    let mut t = match Topology::build(b.harness.clone(), Options { mesh: true, backends: false }) {
-        Ok(t) => t,
-        Err(e) => panic!("{e:#}"),
-    };
-    let result = run(&mut t, &b);
-    // A stopped pebble would not take the harness's TERM at teardown.
-    if let Ok(p) = t.proc_mut("pebble") {
-        let _ = p.signal("CONT");
-    }
-    if let Err(e) = result {
-        let mut log = |name: &str| t.proc_mut(name).map(|p| p.tail(30)).unwrap_or_default();
-        let (proxy, pebble) = (log("local-proxy"), log("pebble"));
-        panic!("{e:#}\n{proxy}\n{pebble}");
-    }
+    in_topology(30, run);
 }
 
 fn consecutive_failures(t: &Topology) -> Result<f64> {

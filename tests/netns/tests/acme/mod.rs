@@ -32,6 +32,24 @@ pub struct AcmeBins {
     pub peer_echo: PathBuf,
 }
 
+/// Builds the ACME topology (mesh, no LAN backends) and runs `run` in it. On an error it
+/// panics with the last `tail` lines of the local proxy's and pebble's logs. pebble gets
+/// SIGCONT first, since a test may leave it stopped and it would then ignore the teardown's TERM.
+pub fn in_topology(tail: usize, run: impl FnOnce(&mut Topology, &AcmeBins) -> Result<()>) {
+    let b = bins().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut t = Topology::build(b.harness.clone(), netns::topology::Options { mesh: true, backends: false })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let result = run(&mut t, &b);
+    if let Ok(p) = t.proc_mut("pebble") {
+        let _ = p.signal("CONT");
+    }
+    if let Err(e) = result {
+        let mut log = |name: &str| t.proc_mut(name).map(|p| p.tail(tail)).unwrap_or_default();
+        let (proxy, pebble) = (log("local-proxy"), log("pebble"));
+        panic!("{e:#}\n{proxy}\n{pebble}");
+    }
+}
+
 pub fn bins() -> Result<AcmeBins> {
     let peer_echo = PathBuf::from(env!("CARGO_BIN_EXE_peer-echo"));
     let dir = peer_echo.parent().context("peer-echo has no parent dir")?.to_path_buf();
