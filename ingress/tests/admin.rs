@@ -130,7 +130,12 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
 
     // Load: a client opening 200 connections a second, each answered by its path's name.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, String)>();
+    // Each answer with when its connection started and when it was answered: the ingress
+    // picked its path in between, so only a connection started after the drain and answered
+    // before the undrain was certainly placed while drained (one started just before the
+    // undrain may be picked just after it under load).
+    type Answer = (tokio::time::Instant, tokio::time::Instant, String);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
     let load = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -141,7 +146,7 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
                 tokio::spawn(async move {
                     let at = tokio::time::Instant::now();
                     if let Ok(name) = request(front).await {
-                        let _ = tx.send((at, name));
+                        let _ = tx.send((at, tokio::time::Instant::now(), name));
                     }
                 });
             }
@@ -171,8 +176,8 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut during = (0, 0);
     let mut after = (0, 0);
-    while let Ok((at, name)) = rx.try_recv() {
-        let slot = if at > drained_at && at < undrained_at {
+    while let Ok((at, done, name)) = rx.try_recv() {
+        let slot = if at > drained_at && done < undrained_at {
             &mut during
         } else if at > undrained_at {
             &mut after
