@@ -606,6 +606,17 @@ impl Pool {
         if matches!(outcome, Outcome::Ok { .. }) {
             path.state.last_ok_us.store(micros().max(1), Ordering::Relaxed);
         }
+        // While held, every failed probe adds penalty (a held path carries no traffic, and a
+        // fall needs several failed probes in a row, which bursts of loss rarely give): a held
+        // path that still fails probes stays held (`shared::damping`).
+        if source == Source::Probe && outcome == Outcome::Failed && path.is_held() {
+            let cfg = &self.cfg.health.damping;
+            let now = now();
+            let mut damper = path.state.damping.lock().unwrap_or_else(|e| e.into_inner());
+            if damper.d.check_failed(cfg, now) {
+                path.state.m_penalty.set(damper.d.penalty(cfg, now));
+            }
+        }
         let transition = match path.state.health.lock() {
             Ok(mut h) => {
                 let t = h.record(outcome, source, rise, fall, others_usable && since_ok);
@@ -634,7 +645,7 @@ impl Pool {
             path.state.m_up.set(if up { 1.0 } else { 0.0 });
             let fail_avg = path.health_snapshot().fail_avg;
             let cause = if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {fail_avg:.2}") };
-            // While held, the health verdict still moves (and each fall adds penalty) but
+            // While held, the health verdict still moves (its failed probes add penalty) but
             // the path's state as the pool and its operator see it does not.
             if !self.judge(path, !up, &cause) {
                 tracing::debug!(pool = %self.name, path = %path.name, up, cause = %cause, "health changed while held down");
@@ -1267,6 +1278,49 @@ mod tests {
         p.refresh_factors();
         let full = shares(&p, 10_000)[0];
         assert!((full - 0.5).abs() < 0.02, "{full}");
+    }
+
+    /// Through the pool, as the probe loop drives it: a held path whose probes fail every
+    /// other time during 2 s bursts every 4 s (never `fall` in a row, so its health verdict
+    /// stays up) is kept held by those failures for 5 minutes; once its probes pass it is
+    /// released after the documented time (half-life × log2(penalty / reuse) after the last
+    /// failure), and no state change is logged in between.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_path_failing_probes_in_bursts_stays_held_until_clean() {
+        let p = pool(&[1, 1], false);
+        for _ in 0..2 {
+            kill(&p, 0);
+            revive(&p, 0);
+        }
+        assert!(p.paths[0].is_held());
+        let cfg = p.cfg.health.damping;
+        let start = tokio::time::Instant::now();
+        let mut last_failure = None;
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(600) && n < 2000 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            n += 1;
+            let ms = start.elapsed().as_millis();
+            let failed = start.elapsed() < Duration::from_secs(300) && ms % 4000 < 2000 && ms % 1000 < 500;
+            if failed {
+                p.record(0, Outcome::Failed, Source::Probe);
+                last_failure = Some((start.elapsed(), p.paths[0].damping_snapshot(&cfg).penalty));
+            } else {
+                p.record(0, Outcome::Ok { latency: Duration::from_millis(1) }, Source::Probe);
+            }
+            p.refresh_factors();
+            assert!(p.paths[0].is_up(), "one failed probe at a time: the health verdict never falls");
+            if !p.paths[0].is_held() {
+                break;
+            }
+            assert_eq!(shares(&p, 100)[0], 0.0, "held: no new connections on wan1");
+        }
+        let released = start.elapsed();
+        let (last, penalty) = last_failure.expect("failed probes");
+        assert!(last > Duration::from_secs(295), "held through the bursts: {last:?}");
+        let due = last + cfg.half_life.mul_f64((penalty / f64::from(cfg.reuse)).log2());
+        assert!(released >= due && released <= due + Duration::from_millis(500), "released {released:?}, due {due:?}");
+        assert_eq!(p.paths[0].damping_snapshot(&cfg).verdict, Verdict::Up);
     }
 
     /// One attempt in ten going wrong on wan1 (raced connects, retransmissions) cuts its

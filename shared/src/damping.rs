@@ -3,9 +3,14 @@
 //!
 //! Rules: every fall of the health verdict (up → down) adds `penalty`; the penalty halves
 //! every `half_life`. A path whose penalty reaches `suppress` is held down, whatever its probes
-//! say, until the penalty has decayed below `reuse`. Falls while held still add penalty, so a
-//! path that keeps failing in bursts is held for longer each time; the penalty never exceeds
-//! the ceiling from which it decays to `reuse` in `max_hold`, which caps the hold. A path that
+//! say, until the penalty has decayed below `reuse`. While held, every failed health check
+//! (probe) adds `penalty`, as a route that keeps flapping while suppressed keeps gaining
+//! penalty: a held path carries no traffic, so its probes are all the evidence, and a fall
+//! needs several failed probes in a row, which a path failing in bursts rarely gives. So a
+//! held path that still fails probes stays held, and one that has gone clean is released
+//! `half_life × log2(penalty / reuse)` after its last failed probe (falls while held add
+//! nothing more: their failed probes have counted). The penalty never exceeds the ceiling
+//! from which it decays to `reuse` in `max_hold`, which caps the hold. A path that
 //! becomes usable again (from down or held) starts at a small share that grows linearly to
 //! its full share over `slow_start`, so a recovering path takes a trickle of new connections
 //! first instead of a full share at once.
@@ -133,6 +138,8 @@ pub struct Damping {
     since: Instant,
     /// Falls seen (held or not).
     falls: u64,
+    /// Failed health checks that added penalty while held.
+    held_failures: u64,
     /// When the path last became usable after being down or held (slow start runs from it).
     usable_at: Option<Instant>,
 }
@@ -141,7 +148,7 @@ impl Damping {
     /// A fresh path: `healthy` as its health state starts, no history, no slow start.
     pub fn new(healthy: bool, now: Instant) -> Self {
         let verdict = if healthy { Verdict::Up } else { Verdict::Down };
-        Self { penalty: 0.0, at: now, verdict, since: now, falls: 0, usable_at: None }
+        Self { penalty: 0.0, at: now, verdict, since: now, falls: 0, held_failures: 0, usable_at: None }
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -158,10 +165,29 @@ impl Damping {
         self.falls
     }
 
+    /// Failed health checks that added penalty while the path was held.
+    pub fn held_failures(&self) -> u64 {
+        self.held_failures
+    }
+
     /// The penalty at `now`.
     pub fn penalty(&self, cfg: &DampingConfig, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.penalty * (-dt / cfg.half_life.as_secs_f64().max(1e-3)).exp2()
+    }
+
+    /// A health check (probe) of the path failed. While held it adds `penalty` (up to the
+    /// ceiling), so a held path must go a whole hold without a failed probe to be released;
+    /// otherwise nothing (falls count instead). Returns whether it added penalty. Call before
+    /// `update` with the verdict that failure led to.
+    pub fn check_failed(&mut self, cfg: &DampingConfig, now: Instant) -> bool {
+        if self.verdict != Verdict::Held || !cfg.enabled() {
+            return false;
+        }
+        self.penalty = (self.penalty(cfg, now) + f64::from(cfg.penalty)).min(cfg.ceiling());
+        self.at = now;
+        self.held_failures += 1;
+        true
     }
 
     /// Feed the health verdict: `healthy` as the health state says now, `fell` when it has just
@@ -171,7 +197,8 @@ impl Damping {
         let mut p = self.penalty(cfg, now);
         if fell {
             self.falls += 1;
-            if cfg.enabled() {
+            // While held, each failed probe has added penalty already (`check_failed`).
+            if cfg.enabled() && self.verdict != Verdict::Held {
                 p = (p + f64::from(cfg.penalty)).min(cfg.ceiling());
             }
         }
@@ -291,27 +318,53 @@ mod tests {
     }
 
     #[test]
-    fn falls_while_held_lengthen_the_hold_up_to_max_hold() {
+    fn failed_probes_while_held_lengthen_the_hold_up_to_max_hold() {
         let t0 = Instant::now();
         let mut d = Damping::new(true, t0);
+        d.update(&CFG, false, true, t0);
+        d.update(&CFG, true, false, t0 + s(1.0));
+        d.update(&CFG, false, true, t0 + s(2.0));
+        assert_eq!(d.verdict(), Verdict::Held);
         let mut holds = Vec::new();
-        // A fall every 4 s for 10 minutes: held throughout, penalty capped at the ceiling.
-        for i in 0..150 {
-            let t = t0 + s(4.0 * f64::from(i));
-            d.update(&CFG, false, true, t);
-            d.update(&CFG, true, false, t + s(1.0));
-            if i > 0 {
-                assert_eq!(d.verdict(), Verdict::Held, "fall {i}");
-                holds.push(d.hold_left(&CFG, t).unwrap());
-            }
+        // One failed probe every 4 s for 10 minutes, never a fall: held throughout, the hold
+        // growing with each failure, capped at max_hold.
+        for i in 1..150 {
+            let t = t0 + s(2.0 + 4.0 * f64::from(i));
+            assert!(d.check_failed(&CFG, t), "failure {i} counted");
+            assert_eq!(d.update(&CFG, true, false, t + s(1.0)), None, "failure {i}");
+            holds.push(d.hold_left(&CFG, t).unwrap());
         }
-        assert!(holds.windows(2).take(5).all(|w| w[1] > w[0]), "the hold grows with each fall: {holds:?}");
+        assert!(holds.windows(2).take(5).all(|w| w[1] > w[0]), "the hold grows with each failure: {holds:?}");
         assert!(holds.iter().all(|h| *h <= CFG.max_hold), "capped: {:?}", holds.last());
-        // The steady state: the penalty that loses 1000 per 4 s to decay (read 1 s after a fall).
-        let p = d.penalty(&CFG, t0 + s(597.0));
+        // The steady state: the penalty that loses 1000 per 4 s to decay (read 1 s after a failure).
+        let p = d.penalty(&CFG, t0 + s(599.0));
         let steady = 1000.0 / (1.0 - (-4.0f64 / 15.0).exp2()) * (-1.0f64 / 15.0).exp2();
         assert!((p - steady).abs() / steady < 0.02, "{p} vs {steady}");
-        assert_eq!(d.falls(), 150);
+        assert_eq!((d.falls(), d.held_failures()), (2, 149));
+    }
+
+    #[test]
+    fn failures_count_once_while_held_and_not_at_all_outside_a_hold() {
+        let t0 = Instant::now();
+        let mut d = Damping::new(true, t0);
+        // Up or down but not held: a failed probe adds nothing (only falls do).
+        assert!(!d.check_failed(&CFG, t0));
+        d.update(&CFG, false, true, t0);
+        assert!(!d.check_failed(&CFG, t0));
+        assert!((d.penalty(&CFG, t0) - 1000.0).abs() < 1e-6);
+        d.update(&CFG, true, false, t0);
+        d.update(&CFG, false, true, t0);
+        assert_eq!(d.verdict(), Verdict::Held);
+        // Held: two failed probes make a fall; the probes add 1000 each, the fall nothing more.
+        assert!(d.check_failed(&CFG, t0));
+        assert!(d.check_failed(&CFG, t0));
+        assert_eq!(d.update(&CFG, false, true, t0), None);
+        assert!((d.penalty(&CFG, t0) - 4000.0).abs() < 1e-6);
+        // Off: nothing ever counts.
+        let off = DampingConfig { penalty: 0, ..CFG };
+        let mut d = Damping::new(true, t0);
+        d.update(&off, false, true, t0);
+        assert!(!d.check_failed(&off, t0));
     }
 
     #[test]
@@ -376,37 +429,59 @@ mod tests {
         assert!(c.ceiling().is_finite());
     }
 
-    /// Driven by tokio's paused clock: 30 % loss bursts every 4 s make the path fall at each
-    /// burst; after the second it is held and stays held while the bursts go on; once they
-    /// stop it comes back after the hold, then slow-starts. Counts the verdict changes.
+    /// Driven by tokio's paused clock, with probes as the pool sends them (every 500 ms, `fall`
+    /// and `rise` 2): loss bursts of 2 s every 4 s for 10 minutes. The first two bursts fail
+    /// every probe (two falls: held); after that every other probe of a burst fails, so the
+    /// health verdict never falls again — a held path's only evidence is its failed probes,
+    /// and they keep it held to the end of the bursts. Once clean, it is released
+    /// `half_life × log2(penalty / reuse)` after its last failed probe, then slow-starts.
     #[tokio::test(start_paused = true)]
-    async fn bursts_over_time_hold_the_path_then_release_it() {
+    async fn bursts_of_failed_probes_hold_the_path_until_it_goes_clean() {
+        const BURSTS_FOR: Duration = Duration::from_secs(600);
         let start = tokio::time::Instant::now();
         let now = || tokio::time::Instant::now().into_std();
         let mut d = Damping::new(true, now());
         let mut changes = Vec::new();
-        let mut healthy = true;
-        // Health verdict every 250 ms: down for the first 2 s of every 4 s, for 60 s.
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        while start.elapsed() < Duration::from_secs(120) {
-            tick.tick().await;
+        // Health: up/down with fall = rise = 2.
+        let (mut up, mut fails, mut oks) = (true, 0u32, 0u32);
+        let mut last_failure: Option<(Duration, f64)> = None;
+        let mut probe = tokio::time::interval(Duration::from_millis(500));
+        let mut n = 0u32;
+        while start.elapsed() < BURSTS_FOR + Duration::from_secs(300) && n < 2000 {
+            probe.tick().await;
+            n += 1;
             let t = start.elapsed();
-            let burst = t < Duration::from_secs(60) && t.as_millis() % 4000 < 2000;
-            let fell = healthy && burst;
-            healthy = !burst;
-            if let Some(c) = d.update(&CFG, healthy, fell, now()) {
+            let ms = t.as_millis();
+            let burst = t < BURSTS_FOR && ms % 4000 < 2000;
+            let failed = burst && (ms < 8000 || (ms % 1000) < 500);
+            let mut fell = false;
+            if failed {
+                d.check_failed(&CFG, now());
+                (fails, oks) = (fails + 1, 0);
+                if up && fails >= 2 {
+                    (up, fell) = (false, true);
+                }
+                last_failure = Some((t, d.penalty(&CFG, now())));
+            } else {
+                (fails, oks) = (0, oks + 1);
+                up |= oks >= 2;
+            }
+            if let Some(c) = d.update(&CFG, up, fell, now()) {
                 changes.push((t, c.to));
             }
         }
         let tos: Vec<Verdict> = changes.iter().map(|c| c.1).collect();
         assert_eq!(tos, [Verdict::Down, Verdict::Up, Verdict::Held, Verdict::Up], "{changes:?}");
-        // Held from the second burst (4 s) until well after the last (58 s).
-        let released = changes[3].0;
-        assert!(
-            released > Duration::from_secs(60) && released < Duration::from_secs(58) + CFG.max_hold,
-            "{released:?}"
-        );
-        assert_eq!(d.falls(), 15);
-        assert!(d.share(&CFG, now()) == 1.0 || released > Duration::from_secs(115));
+        assert_eq!(d.falls(), 2, "no fall after the first two bursts: the hold rests on failed probes");
+        assert!(d.held_failures() > 100, "{}", d.held_failures());
+        let (held_at, released) = (changes[2].0, changes[3].0);
+        assert!(held_at < Duration::from_secs(8), "{held_at:?}");
+        let (last, p) = last_failure.unwrap();
+        assert!(last > BURSTS_FOR - Duration::from_secs(4), "{last:?}");
+        // Released one probe tick after the documented time, at most.
+        let due = last + CFG.half_life.mul_f64((p / f64::from(CFG.reuse)).log2());
+        assert!(released >= due && released <= due + Duration::from_millis(500), "released {released:?}, due {due:?}");
+        assert!(released - last <= CFG.max_hold);
+        assert!(d.share(&CFG, now()) == 1.0);
     }
 }
