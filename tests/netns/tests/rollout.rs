@@ -14,7 +14,9 @@
 //!   fail while ingress1's pass);
 //! - `--limit home`: the ingress nodes' Yggdrasil addresses are asked of their routers, the
 //!   rendered mesh.trusted_ingress is the same (changed=0); with ingress2's yggdrasil stopped the
-//!   run fails naming ingress2 and leaves the config alone.
+//!   run fails naming ingress2 and leaves the config alone;
+//! - `--limit ingress`: the home's Yggdrasil address is asked of its router, the ingress
+//!   configs keep their mesh tier (changed=0).
 //!
 //! Prints `RESULT rollout ...` with the timings (root filesystem, boot, each run, whole test).
 
@@ -498,6 +500,30 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let changed = recap.get("home").and_then(|f| f.get("changed")).copied();
     assert_eq!(changed, Some(0), "--limit home: {:?}\nchanged tasks: {:#?}", recap.get("home"), run5.changed_tasks());
     assert_eq!(mesh_trusted(home).expect("mesh.trusted_ingress"), ygg_of(&two), "mesh.trusted_ingress, --limit home");
+    // The ingress nodes alone (`--limit ingress`): the home is outside the run, so no play read
+    // its Yggdrasil address; the ingress role asks the home's router and renders the same mesh
+    // tier (before, the mesh line was left out: no fallback home with every WAN down).
+    let ingress_configs: Vec<String> = ["ingress1", "ingress2"]
+        .iter()
+        .map(|n| hosts[*n].sh("cat /etc/ingress/ingress.toml", Duration::from_secs(10)).expect("config"))
+        .collect();
+    let run5b = ansible
+        .run("site.yml", &["--limit", "ingress"], RUN_TIMEOUT, "site-5b-limit-ingress")
+        .expect("ansible-playbook");
+    must_pass(&run5b, "site.yml --limit ingress");
+    let recap = run5b.recap();
+    assert_eq!(recap.keys().collect::<Vec<_>>(), ["ingress1", "ingress2"], "--limit ingress ran on {:?}", recap.keys());
+    for (n, before) in ["ingress1", "ingress2"].iter().zip(&ingress_configs) {
+        let changed = recap.get(*n).and_then(|f| f.get("changed")).copied();
+        assert_eq!(changed, Some(0), "--limit ingress on {n}: {:?}\nchanged: {:#?}", recap.get(*n), run5b.changed_tasks());
+        let after = hosts[*n].sh("cat /etc/ingress/ingress.toml", Duration::from_secs(10)).expect("config");
+        assert_eq!(&after, before, "--limit ingress rewrote {n}'s config");
+        assert!(after.contains(&format!("mesh = \"{mesh}\"")), "{n}'s mesh tier, --limit ingress:\n{after}");
+    }
+    phase(&format!(
+        "--limit ingress: changed=0, the mesh tier read from the home's router ({:.1}s)",
+        run5b.elapsed.as_secs_f64()
+    ));
     hosts["ingress2"].sh("systemctl stop yggdrasil", Duration::from_secs(30)).expect("stopping ingress2's yggdrasil");
     let run6 = ansible
         .run("site.yml", &["--limit", "home"], RUN_TIMEOUT, "site-6-limit-home-ygg-down")
@@ -528,13 +554,14 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     drop(ctl);
     drop(t);
     common::report(&format!(
-        "RESULT rollout rootfs_build_s={rootfs_s} boot_four_s={:.1} site1_bare_s={:.1} site2_unchanged_s={:.1} site3_add_s={:.1} site4_remove_s={:.1} limit_home_s={:.1} limit_home_ygg_down_s={:.1} cut_requests={total} cut_failed=0 cut_in_flight_lost={split_lost} poweroff_s={:.1} total_s={:.1}",
+        "RESULT rollout rootfs_build_s={rootfs_s} boot_four_s={:.1} site1_bare_s={:.1} site2_unchanged_s={:.1} site3_add_s={:.1} site4_remove_s={:.1} limit_home_s={:.1} limit_ingress_s={:.1} limit_home_ygg_down_s={:.1} cut_requests={total} cut_failed=0 cut_in_flight_lost={split_lost} poweroff_s={:.1} total_s={:.1}",
         boot.as_secs_f64(),
         run1.elapsed.as_secs_f64(),
         run2.elapsed.as_secs_f64(),
         run3.elapsed.as_secs_f64(),
         run4.elapsed.as_secs_f64(),
         run5.elapsed.as_secs_f64(),
+        run5b.elapsed.as_secs_f64(),
         run6.elapsed.as_secs_f64(),
         poweroff.as_secs_f64(),
         t0.elapsed().as_secs_f64()
