@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ingress::config::Protocol;
 use shared::admin::client::{CtlCommand, StatusArgs};
+use shared::cli::Cli;
 
 mod ctl;
 use ingress::{Config, Server};
@@ -15,12 +16,14 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(version, about = "Multi-WAN ingress load balancer with Yggdrasil mesh fallback")]
-struct Cli {
-    /// Config file (TOML). Environment overrides: INGRESS_<SECTION>__<KEY>.
-    #[arg(short, long, global = true, default_value = "/etc/ingress/ingress.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
+struct Args {
+    #[command(flatten)]
+    cli: Cli<Args, Command>,
+}
+
+impl shared::cli::Binary for Args {
+    const CONFIG: &'static str = "/etc/ingress/ingress.toml";
+    const CONFIG_HELP: &'static str = "Config file (TOML). Environment overrides: INGRESS_<SECTION>__<KEY>.";
 }
 
 #[derive(Subcommand)]
@@ -45,7 +48,7 @@ enum Ctl {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Args::parse().cli;
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

@@ -5,37 +5,21 @@
 
 use std::fmt::Write as _;
 
-use shared::admin::page::{ago, bytes, clock, esc};
+use shared::admin::page::{ago, bytes, clock, esc, summary};
 
 use crate::control::Event;
 use crate::status::{PathStatus, PoolStatus, Status};
 
 /// The whole page, or with `live_only` the part the script swaps in each second.
 pub fn render(s: &Status, live_only: bool) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    live(&mut out, s);
-    if live_only {
-        out
-    } else {
-        shared::admin::page::document("ingress", &out)
-    }
+    shared::admin::page::render(&s.header, live_only, |out| live(out, s))
 }
 
 fn live(out: &mut String, s: &Status) {
-    let _ = write!(
-        out,
-        "<p id=\"summary\" data-now-ms=\"{}\">{} {} · up {} · {} open connection{} · runtime control {} · updated {}</p>",
-        s.now_ms,
-        s.binary,
-        esc(s.version),
-        ago(s.now_ms, s.started_ms),
-        s.open_connections,
-        if s.open_connections == 1 { "" } else { "s" },
-        if s.control { "on" } else { "off" },
-        clock(s.now_ms),
-    );
+    let open = format!("{} open connection{}", s.open_connections, if s.open_connections == 1 { "" } else { "s" });
+    summary(out, &s.header, "", &open);
     for pool in &s.pools {
-        pool_section(out, s.now_ms, pool);
+        pool_section(out, s.header.now_ms, pool);
     }
     out.push_str("<h2>Services</h2><div class=\"scroll\"><table><tr><th>service</th><th>listen</th><th>pool</th><th>flows</th></tr>");
     for svc in &s.services {

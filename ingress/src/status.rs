@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use shared::admin::status::Header;
 
 use crate::control::{self, Event};
 use crate::pool::{Kind, Path};
@@ -21,15 +22,11 @@ pub const SCHEMA: u32 = 1;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
-    pub schema: u32,
-    pub binary: &'static str,
-    pub version: &'static str,
-    pub now_ms: u64,
-    pub started_ms: u64,
+    /// `schema`, `binary`, `version`, `now_ms`, `started_ms`, `control`.
+    #[serde(flatten)]
+    pub header: Header,
     /// Client connections open across every service.
     pub open_connections: usize,
-    /// Runtime control is on (`admin.token_file` set).
-    pub control: bool,
     pub pools: Vec<PoolStatus>,
     pub services: Vec<ServiceStatus>,
     /// The last state changes, newest first.
@@ -213,13 +210,15 @@ pub fn collect(shared: &Shared) -> Status {
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Status {
-        schema: SCHEMA,
-        binary: "ingress",
-        version: env!("CARGO_PKG_VERSION"),
-        now_ms: control::now_ms(),
-        started_ms: shared.started_ms,
+        header: Header {
+            schema: SCHEMA,
+            binary: "ingress",
+            version: env!("CARGO_PKG_VERSION"),
+            now_ms: control::now_ms(),
+            started_ms: shared.started_ms,
+            control: rt.config.admin_token.is_some(),
+        },
         open_connections: shared.open_connections(),
-        control: rt.config.admin_token.is_some(),
         pools,
         services,
         events: control::recent(),

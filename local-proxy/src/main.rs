@@ -1,11 +1,12 @@
 //! `local-proxy` binary: command line, logging, signals; the work is in the library.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared::admin::client::{CtlCommand, StatusArgs};
+use shared::cli::Cli;
 
 mod ctl;
 use local_proxy::{config, listeners};
@@ -15,12 +16,14 @@ use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "local-proxy", version, about = "Home half of the multi-WAN ingress")]
-struct Cli {
-    /// Configuration file (TOML); LOCAL_PROXY_* environment variables override it.
-    #[arg(short, long, global = true, default_value = "/etc/local-proxy/local-proxy.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
+struct Args {
+    #[command(flatten)]
+    cli: Cli<Args, Command>,
+}
+
+impl shared::cli::Binary for Args {
+    const CONFIG: &'static str = "/etc/local-proxy/local-proxy.toml";
+    const CONFIG_HELP: &'static str = "Configuration file (TOML); LOCAL_PROXY_* environment variables override it.";
 }
 
 #[derive(Subcommand)]
@@ -61,7 +64,7 @@ enum FirewallCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Args::parse().cli;
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),

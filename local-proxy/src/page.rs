@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use shared::admin::page::{ago, clock, esc};
+use shared::admin::page::{ago, clock, esc, summary};
 
 use crate::status::{SetStatus, Status};
 
@@ -14,13 +14,7 @@ const CERT_WARN_DAYS: f64 = 14.0;
 
 /// The whole page, or with `live_only` the part the script swaps in each second.
 pub fn render(s: &Status, live_only: bool) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    live(&mut out, s);
-    if live_only {
-        out
-    } else {
-        shared::admin::page::document("local-proxy", &out)
-    }
+    shared::admin::page::render(&s.header, live_only, |out| live(out, s))
 }
 
 fn live(out: &mut String, s: &Status) {
@@ -28,17 +22,7 @@ fn live(out: &mut String, s: &Status) {
         None => "healthy".to_owned(),
         Some(why) => format!("<strong>unhealthy</strong>: {}", esc(why)),
     };
-    let _ = write!(
-        out,
-        "<p id=\"summary\" data-now-ms=\"{}\" data-healthy=\"{}\">{} {} · up {} · {health} · runtime control {} · updated {}</p>",
-        s.now_ms,
-        s.healthy,
-        s.binary,
-        esc(s.version),
-        ago(s.now_ms, s.started_ms),
-        if s.control { "on" } else { "off" },
-        clock(s.now_ms),
-    );
+    summary(out, &s.header, &format!(" data-healthy=\"{}\"", s.healthy), &health);
     for (kind, sets) in [("Sites", &s.sites), ("Streams", &s.streams)] {
         if sets.is_empty() {
             continue;
@@ -132,7 +116,7 @@ fn firewall(out: &mut String, s: &Status) {
     );
     for n in &fw.names {
         let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
-        let last = n.last_answer_ms.map_or_else(|| "never".to_owned(), |t| format!("{} ago", ago(s.now_ms, t)));
+        let last = n.last_answer_ms.map_or_else(|| "never".to_owned(), |t| format!("{} ago", ago(s.header.now_ms, t)));
         let err =
             n.last_error.as_deref().map(|e| format!(" <span class=\"mute\">({})</span>", esc(e))).unwrap_or_default();
         let _ = write!(

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use shared::admin::events::Recent;
 use shared::admin::page::now_ms;
+use shared::admin::status::Header;
 
 use crate::pool::{Pool, NO_OVERRIDE};
 use crate::state::State;
@@ -18,16 +19,12 @@ pub const SCHEMA: u32 = 1;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
-    pub schema: u32,
-    pub binary: &'static str,
-    pub version: &'static str,
-    pub now_ms: u64,
-    pub started_ms: u64,
+    /// `schema`, `binary`, `version`, `now_ms`, `started_ms`, `control`.
+    #[serde(flatten)]
+    pub header: Header,
     pub healthy: bool,
     /// Why not healthy (what `/healthz` says); null when healthy.
     pub unhealthy: Option<String>,
-    /// Runtime control is on (`admin.token_file` set).
-    pub control: bool,
     pub sites: Vec<SetStatus>,
     pub streams: Vec<SetStatus>,
     pub certificates: Vec<CertStatus>,
@@ -247,14 +244,16 @@ pub fn collect(state: &State) -> Status {
     });
     let health = state.health();
     Status {
-        schema: SCHEMA,
-        binary: "local-proxy",
-        version: env!("CARGO_PKG_VERSION"),
-        now_ms: now,
-        started_ms: STARTED_MS.get().copied().unwrap_or(now),
+        header: Header {
+            schema: SCHEMA,
+            binary: "local-proxy",
+            version: env!("CARGO_PKG_VERSION"),
+            now_ms: now,
+            started_ms: STARTED_MS.get().copied().unwrap_or(now),
+            control: config.admin_token.is_some(),
+        },
         healthy: health.is_ok(),
         unhealthy: health.err(),
-        control: config.admin_token.is_some(),
         sites,
         streams,
         certificates,
@@ -373,14 +372,16 @@ mod tests {
     #[test]
     fn route_pools_are_not_counted_as_sites() {
         let s = Status {
-            schema: SCHEMA,
-            binary: "local-proxy",
-            version: "0",
-            now_ms: 0,
-            started_ms: 0,
+            header: Header {
+                schema: SCHEMA,
+                binary: "local-proxy",
+                version: "0",
+                now_ms: 0,
+                started_ms: 0,
+                control: false,
+            },
             healthy: true,
             unhealthy: None,
-            control: false,
             sites: vec![
                 set("a.example.org", &["up", "down"]),
                 set("a.example.org#api", &["up"]),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod cli;
 pub mod config_check;
 pub mod damping;
 pub mod dns;

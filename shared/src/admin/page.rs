@@ -5,6 +5,38 @@
 //! `<noscript>` refresh reloads the page every 5 s. Cards wrap, so it reads on a phone.
 //! Plus the little formatters the pages use.
 
+use std::fmt::Write as _;
+
+use super::status::Header;
+
+/// A binary's status page: what `live` writes (its live part), in the whole page titled with
+/// the binary's name, or alone with `live_only` (the part the script swaps in each second).
+pub fn render(header: &Header, live_only: bool, live: impl FnOnce(&mut String)) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    live(&mut out);
+    if live_only {
+        out
+    } else {
+        document(header.binary, &out)
+    }
+}
+
+/// The line a live part opens with: `BINARY VERSION · up … · {middle} · runtime control
+/// on|off · updated HH:MM:SS`. `attrs` (each ` name="value"`, escaped by the caller) go on
+/// its `<p id="summary">` after `data-now-ms`; `middle` is HTML.
+pub fn summary(out: &mut String, header: &Header, attrs: &str, middle: &str) {
+    let _ = write!(
+        out,
+        "<p id=\"summary\" data-now-ms=\"{}\"{attrs}>{} {} · up {} · {middle} · runtime control {} · updated {}</p>",
+        header.now_ms,
+        header.binary,
+        esc(header.version),
+        ago(header.now_ms, header.started_ms),
+        if header.control { "on" } else { "off" },
+        clock(header.now_ms),
+    );
+}
+
 /// The whole page around `live` (the binary's server-rendered live part).
 pub fn document(title: &str, live: &str) -> String {
     let mut out = String::with_capacity(live.len() + HEAD.len() + TAIL.len() + 256);
@@ -131,6 +163,15 @@ mod tests {
         assert_eq!(ago(10_000, 4_000), "6 s");
         assert_eq!(ago(8_000_000, 0), "2 h 13 min");
         assert_eq!(clock(0), "1970-01-01 00:00:00");
+        let header = Header { schema: 1, binary: "b", version: "1<2", now_ms: 8_000, started_ms: 2_000, control: true };
+        let mut line = String::new();
+        summary(&mut line, &header, " data-x=\"1\"", "3 open");
+        assert_eq!(
+            line,
+            "<p id=\"summary\" data-now-ms=\"8000\" data-x=\"1\">b 1&lt;2 · up 6 s · 3 open · runtime control on · updated 1970-01-01 00:00:08</p>"
+        );
+        assert_eq!(render(&header, true, |out| out.push_str("<p>x</p>")), "<p>x</p>");
+        assert!(render(&header, false, |out| out.push_str("<p>x</p>")).starts_with("<!doctype html>"));
         let doc = document("a <b>", "<p>live</p>");
         assert!(
             doc.contains("<title>a &lt;b&gt;</title>")
