@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::net::UdpSocket;
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use test_support::free_port as free_udp_port;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -69,25 +69,8 @@ impl Drop for Child {
     }
 }
 
-/// A free TCP port on `ip` (bound and released; the tests own these loopback addresses).
-fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// A port free on both the WAN and the mesh address (the proxy binds it on each).
-fn free_port_on_both() -> u16 {
-    for _ in 0..100 {
-        let port = free_port(MESH);
-        if std::net::TcpListener::bind((WAN, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both {WAN} and {MESH}");
-}
-
-fn free_udp_port(ip: IpAddr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
+// Ports free on every address (the proxy binds its own on the WAN and the mesh address).
+use test_support::free_port;
 
 /// How the CA's validation requests reach the proxy.
 #[derive(Clone, Copy)]
@@ -141,8 +124,8 @@ impl Pebble {
         std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
 
-        let (api, mgmt, dns) = (free_port(PEBBLE), free_port(PEBBLE), free_udp_port(PEBBLE));
-        let dns_mgmt = free_port(PEBBLE);
+        let (api, mgmt, dns) = (free_port(), free_port(), free_port());
+        let dns_mgmt = free_port();
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("{PEBBLE}:{api}"),
@@ -261,7 +244,7 @@ async fn setup(opts: SetupOptions) -> Setup {
         prepare(&storage);
     }
     // Fixed ports (both the WAN and the mesh listener use them), so pebble can be told.
-    let (https_port, http_port) = (free_port_on_both(), free_port_on_both());
+    let (https_port, http_port) = (free_port(), free_port());
     // The ingress stand-ins pebble validates through (plain HTTP and TLS passthrough).
     let (val_http, val_tls) = (TcpListener::bind((WAN, 0)).await.unwrap(), TcpListener::bind((WAN, 0)).await.unwrap());
     let (target_ip, pebble_http, pebble_tls) = match opts.via {

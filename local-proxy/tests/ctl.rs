@@ -19,9 +19,7 @@ impl Drop for Kid {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use test_support::free_port;
 
 fn config(dir: &Path, admin: u16, token: bool, a: &str, b: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

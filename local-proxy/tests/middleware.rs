@@ -27,9 +27,7 @@ use tokio::time::Instant;
 const MESH: &str = "127.0.0.4";
 const NGINX: &str = "/usr/sbin/nginx";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use test_support::free_port;
 
 /// nginx on 127.0.0.1 serving `www/` with the locations the tests need: `/slow/` trickles
 /// at 250 KB/s with its length removed (chunked), `/api/` sets its own permissive CORS

@@ -84,7 +84,7 @@ fn stream(name: &str, listen: &str, upstream: SocketAddr) -> String {
 }
 
 async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.4:0").await.unwrap().local_addr().unwrap().port()
+    test_support::free_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,13 +23,7 @@ use tokio::process::{Child, Command};
 
 const MESH: &str = "127.0.0.4";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use test_support::free_port;
 
 /// A TCP upstream that echoes until the client half-closes, then closes.
 async fn tcp_echo() -> SocketAddr {
@@ -71,7 +65,7 @@ struct Running {
 
 async fn start(dir: &Path, log: &Path) -> Running {
     let (echo, dead, uecho) = (tcp_echo().await, closed_port().await, udp_echo().await);
-    let ports = (free_port(), free_port(), free_udp_port());
+    let ports = (free_port(), free_port(), free_port());
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
         r#"

@@ -118,9 +118,7 @@ http {{
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use test_support::free_port;
 
 /// Plain HTTP on the mesh side (no PROXY header), no redirect; `site` appended.
 fn config_text(site: &str) -> String {

@@ -278,7 +278,6 @@ impl Drop for Child {
     }
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+// A port nothing listens on right now, outside the ephemeral range.
+#[allow(unused_imports)] // not every test file listens on a port of its own
+pub use test_support::free_port;

@@ -397,10 +397,8 @@ pub async fn served_cn(addr: SocketAddr, name: &str, ca: &Path) -> Option<String
     Some(cn)
 }
 
-/// A free TCP port on loopback (bound and released; the binary tests bind it next).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+// A port free on every address for TCP and UDP, outside the ephemeral range.
+pub use test_support::free_port;
 
 /// The mesh address the binary tests listen on (plain, no PROXY header).
 pub const BINARY_MESH: &str = "127.0.0.4";

@@ -37,9 +37,7 @@ fn bin() -> PathBuf {
     p
 }
 
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
+use test_support::free_port;
 
 /// Upstreams on 127.0.0.1: a TCP echo, a UDP echo and an HTTP/1 server answering "ok".
 fn upstreams() -> (SocketAddr, SocketAddr, SocketAddr) {
@@ -254,7 +252,7 @@ fn restarts_under_load_refuse_no_client() {
     let dir = tempdir();
     let cert = netns::tls::self_signed(dir.path(), "site", &[SITE]).unwrap();
     let up = upstreams();
-    let ports = Ports { https: free_port(MESH), http: free_port(MESH), tcp: free_port(WAN), udp: free_port(MESH) };
+    let ports = Ports { https: free_port(), http: free_port(), tcp: free_port(), udp: free_port() };
     let cfg = config(dir.path(), &ports, &cert, up);
     let log = dir.path().join("local-proxy.log");
     let mut store = FdStore::new(dir.path()).unwrap();

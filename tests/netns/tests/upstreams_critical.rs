@@ -10,7 +10,6 @@
 //! (one probe timing out) followed by the cut is two falls within a half-life, which holds the
 //! path for ~20 s by design (`scenario_flap` proves that); here the return is what is checked.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +46,7 @@ impl Drop for Kid {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(test_support::free_port())
 }
 
 fn bins() -> Result<(PathBuf, PathBuf)> {

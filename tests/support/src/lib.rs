@@ -1,0 +1,57 @@
+//! What the test suites of every crate in the workspace share (a dev-dependency, never
+//! shipped).
+
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The ports [`free_port`] hands out: below Linux's default ephemeral range (32768-60999),
+/// where the kernel never puts an outgoing connection's or a `bind(0)` socket's local port.
+const FIRST: u32 = 20_000;
+const COUNT: u32 = 12_000;
+
+/// A port nothing uses right now on any address, for TCP and for UDP, for a process under
+/// test to listen on.
+///
+/// A port taken with `bind(0)` and released comes from the ephemeral range, where any
+/// outgoing connection of a test running alongside may take it before the process under
+/// test binds it: the process then fails to start ("address in use"), now and then, on a
+/// loaded machine. Ports from below that range are taken only by listeners; each call
+/// moves on to the next one (threads of one test binary never share a port) from a start
+/// that differs per process.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            std::process::id().wrapping_mul(7919) % COUNT,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        let any = (Ipv4Addr::UNSPECIFIED, port);
+        if TcpListener::bind(any).is_ok() && UdpSocket::bind(any).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free in {FIRST}..{}", FIRST + COUNT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_outside_the_ephemeral_range_distinct_and_free() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|&p| (20_000..32_000).contains(&p)), "{ports:?}");
+        // Taken: the next call skips it.
+        let held = TcpListener::bind((Ipv4Addr::UNSPECIFIED, free_port())).map(|l| l.local_addr());
+        assert!(held.is_ok());
+    }
+}
