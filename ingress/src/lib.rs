@@ -17,6 +17,7 @@ pub mod relay;
 pub mod resolve;
 pub mod runtime;
 pub mod server;
+pub mod shares;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod status;

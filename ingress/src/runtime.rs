@@ -158,7 +158,7 @@ pub struct Shared {
     /// When this process started serving (Unix ms), and the placement samples behind the
     /// status page's shares.
     pub(crate) started_ms: u64,
-    pub(crate) shares: crate::status::Shares,
+    pub(crate) shares: crate::shares::Shares,
 }
 
 impl Shared {
