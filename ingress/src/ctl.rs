@@ -52,8 +52,50 @@ fn summary(body: &str) -> String {
                 p["flows"],
                 p["address"].as_str().unwrap_or(""),
             );
+            // Delivered quality and flap damping: what bends or blocks its share.
+            let _ = write!(
+                out,
+                "             quality loss {:.2}% factor {:.3}  flap penalty {:.0}  falls {}",
+                p["quality_loss"].as_f64().unwrap_or(0.0) * 100.0,
+                p["quality_factor"].as_f64().unwrap_or(1.0),
+                p["flap_penalty"].as_f64().unwrap_or(0.0),
+                p["falls"],
+            );
+            match p["held_reason"].as_str() {
+                Some(why) => {
+                    let _ = writeln!(out, "\n             held: {why}");
+                }
+                None => out.push('\n'),
+            }
         }
     }
     let _ = writeln!(out, "open connections {}", v["open_connections"]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_shows_quality_and_why_a_path_is_held() {
+        let body = r#"{"open_connections": 3, "pools": [{"name": "home", "tier": "wan", "balance": "round_robin",
+            "paths": [
+              {"name": "wan1", "state": "held", "weight": 1, "share_recent": 0.0, "share_minute": 0.02,
+               "connections": 0, "flows": 0, "address": "192.0.2.1", "quality_loss": 0.0312, "quality_factor": 0.72,
+               "flap_penalty": 9013.4, "falls": 2, "held_reason": "flapping: 2 falls; penalty 9013 reached 1500"},
+              {"name": "wan2", "state": "up", "weight": 1, "share_recent": 1.0, "share_minute": 0.98,
+               "connections": 3, "flows": 0, "address": "198.51.100.1", "quality_loss": 0.0, "quality_factor": 1.0,
+               "flap_penalty": 0.0, "falls": 0, "held_reason": null}]}]}"#;
+        let out = summary(body);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 7, "{out}");
+        assert!(lines[1].contains("wan1") && lines[1].contains("held"), "{out}");
+        assert!(lines[2].contains("quality loss 3.12% factor 0.720  flap penalty 9013  falls 2"), "{out}");
+        assert_eq!(lines[3].trim(), "held: flapping: 2 falls; penalty 9013 reached 1500", "{out}");
+        assert!(lines[5].contains("quality loss 0.00% factor 1.000  flap penalty 0  falls 0"), "{out}");
+        assert_eq!(lines[6], "open connections 3");
+        // Not JSON: printed as it came.
+        assert_eq!(summary("nope"), "nope");
+    }
 }
