@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::names;
 use crate::pool::{Member, Pool, NO_OVERRIDE};
 use crate::state::State;
-use crate::status::Event;
+use crate::events::Event;
 
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
@@ -91,7 +91,7 @@ fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
     };
     metrics::counter!(names::ADMIN_CONTROL, "action" => action.as_str()).increment(1);
     let answer = format!("{} {name} {upstream}: {from} -> {to}\n", pool.owner.label());
-    crate::status::record(Event {
+    crate::events::record(Event {
         at_ms: shared::admin::page::now_ms(),
         owner: pool.owner.label(),
         name: name.clone(),

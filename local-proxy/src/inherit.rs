@@ -1,23 +1,13 @@
 //! The local proxy's sockets kept across a restart (`shared::inherit` has the mechanism):
 //! each is named in systemd's store by its [`ListenKey`], so a restart finds every listener of
-//! the plan by name, whatever its port (port 0 included).
+//! the plan by name, whatever its port (port 0 included): `listeners::bind_one` takes them
+//! with `shared::inherit::take_tcp`/`take_udp` by [`ListenKey::fd_name`].
 
-use std::net::{TcpListener, UdpSocket};
 use std::os::fd::BorrowedFd;
 
 use crate::listeners::{ListenKey, Origin};
 
 pub use shared::inherit::adopt_from_env;
-
-/// The inherited TCP listener for `key` (by name, else by address for fixed ports).
-pub(crate) fn take_tcp(key: &ListenKey) -> Option<TcpListener> {
-    shared::inherit::take_tcp(&key.fd_name(), key.addr)
-}
-
-/// The inherited UDP socket for `key`.
-pub(crate) fn take_udp(key: &ListenKey) -> Option<UdpSocket> {
-    shared::inherit::take_udp(&key.fd_name(), key.addr)
-}
 
 /// Close the inherited sockets nothing claimed; with `keep_mesh`, mesh-side ones stay for the
 /// mesh listeners that come once yggdrasil answers.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod config;
+pub mod events;
 pub mod firewall;
 pub mod http;
 pub mod idle;

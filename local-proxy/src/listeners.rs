@@ -239,7 +239,7 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
                 Role::Stream(name) => format!("stream {name}"),
                 other => label(origin, other).to_string(),
             };
-            let listener = match crate::inherit::take_tcp(&key) {
+            let listener = match shared::inherit::take_tcp(&key.fd_name(), key.addr) {
                 Some(kept) => shared::listeners::adopt_tcp(kept),
                 None => tcp(addr, freebind),
             }
@@ -247,7 +247,7 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
             out.tcp.push(TcpBound { key, origin, role, listener });
         }
         Serves::Udp(stream) => {
-            let socket = match crate::inherit::take_udp(&key) {
+            let socket = match shared::inherit::take_udp(&key.fd_name(), key.addr) {
                 Some(kept) => shared::listeners::adopt_udp(kept),
                 None => udp(addr, freebind),
             }

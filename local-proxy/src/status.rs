@@ -7,10 +7,10 @@
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
-use shared::admin::events::Recent;
 use shared::admin::page::now_ms;
 use shared::admin::status::Header;
 
+use crate::events::Event;
 use crate::pool::{Pool, NO_OVERRIDE};
 use crate::state::State;
 
@@ -116,27 +116,6 @@ pub struct FirewallStatus {
     pub allowed: usize,
     pub static_addresses: Vec<String>,
     pub names: Vec<crate::firewall::status::NameStatus>,
-}
-
-/// An operator's change (drain, weight) to one upstream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    pub at_ms: u64,
-    /// `site` or `stream`.
-    pub owner: &'static str,
-    pub name: String,
-    pub upstream: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
-
-static EVENTS: Recent<Event> = Recent::new();
-
-/// Logs `event` at info with its fields and keeps it for `/status`.
-pub fn record(event: Event) {
-    tracing::info!(owner = event.owner, name = %event.name, upstream = %event.upstream, from = %event.from, to = %event.to, reason = %event.reason, "state change");
-    EVENTS.push(event);
 }
 
 /// When the process started (Unix ms), for `/status`.
@@ -259,7 +238,7 @@ pub fn collect(state: &State) -> Status {
         certificates,
         acme,
         firewall,
-        events: EVENTS.newest_first(),
+        events: crate::events::newest_first(),
     }
 }
 

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Deserialize;
 use shared::ports::{days, hours, secs, DurationRange};
 
-use super::validate::valid_host;
+use super::host::valid_host;
+use super::raw::RawAcme;
 use super::{Problems, Site};
 
 /// Let's Encrypt's production directory, the default.
@@ -29,33 +29,6 @@ pub mod ranges {
     pub const RETRY_MAX: DurationRange = DurationRange::new(secs(1), days(7));
     /// `acme.order_timeout`, default 5m: one issuance (challenges, finalize, download).
     pub const ORDER_TIMEOUT: DurationRange = DurationRange::new(secs(5), secs(3600));
-}
-
-/// `[acme]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAcme {
-    pub enabled: Option<bool>,
-    pub directory: Option<String>,
-    pub directory_ca_file: Option<String>,
-    pub contact: Option<Vec<String>>,
-    pub external_account: Option<RawExternalAccount>,
-    pub names: Option<Vec<String>>,
-    pub key_type: Option<String>,
-    pub storage: Option<String>,
-    pub http_01: Option<bool>,
-    pub tls_alpn_01: Option<bool>,
-    pub retry_min: Option<String>,
-    pub retry_max: Option<String>,
-    pub order_timeout: Option<String>,
-}
-
-/// `[acme.external_account]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawExternalAccount {
-    pub kid: Option<String>,
-    pub hmac_key: Option<String>,
 }
 
 /// The key type of certificates (the account key is always ECDSA P-256).

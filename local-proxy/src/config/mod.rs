@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod firewall;
+mod host;
 pub mod middleware;
 pub mod raw;
 pub mod routes;

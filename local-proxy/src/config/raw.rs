@@ -37,7 +37,7 @@ pub struct RawConfig {
     /// `[firewall]`: the nftables allowlist kept from the ingress names; absent = no firewall.
     pub firewall: Option<super::firewall::RawFirewall>,
     /// `[acme]`: certificates obtained and renewed with ACME; absent = off.
-    pub acme: Option<super::acme::RawAcme>,
+    pub acme: Option<RawAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +135,7 @@ pub struct RawSite {
     pub access_log: Option<RawAccessLog>,
     /// `[[site.route]]`: routes by path inside the site (see `config::routes`).
     #[serde(default, rename = "route")]
-    pub routes: Vec<super::routes::RawRoute>,
+    pub routes: Vec<RawRoute>,
     /// `forward_auth = { address = ... }`: every request asks an auth service first.
     pub forward_auth: Option<figment::value::Value>,
     /// Middlewares (see `config::middleware`): a table, `true` (defaults) or `false`.
@@ -209,4 +209,58 @@ pub struct RawStream {
     pub balance: Option<String>,
     pub health: Option<RawHealth>,
     pub critical: Option<bool>,
+}
+
+/// `[[site.route]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub priority: Option<i64>,
+    pub upstream: Option<figment::value::Value>,
+    pub balance: Option<String>,
+    pub health: Option<RawHealth>,
+    pub critical: Option<bool>,
+    pub header_sets: Option<Vec<String>>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// A table, or `false` to turn the site's off on this route.
+    pub forward_auth: Option<figment::value::Value>,
+    /// Middlewares (see `config::middleware`): absent inherits the site's, a table replaces
+    /// it, `false` turns it off on this route.
+    pub rate_limit: Option<figment::value::Value>,
+    pub compression: Option<figment::value::Value>,
+    pub cors: Option<figment::value::Value>,
+    pub hostile: Option<figment::value::Value>,
+}
+
+/// `[acme]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub enabled: Option<bool>,
+    pub directory: Option<String>,
+    pub directory_ca_file: Option<String>,
+    pub contact: Option<Vec<String>>,
+    pub external_account: Option<RawExternalAccount>,
+    pub names: Option<Vec<String>>,
+    pub key_type: Option<String>,
+    pub storage: Option<String>,
+    pub http_01: Option<bool>,
+    pub tls_alpn_01: Option<bool>,
+    pub retry_min: Option<String>,
+    pub retry_max: Option<String>,
+    pub order_timeout: Option<String>,
+}
+
+/// `[acme.external_account]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternalAccount {
+    pub kid: Option<String>,
+    pub hmac_key: Option<String>,
 }

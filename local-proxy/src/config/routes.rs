@@ -32,7 +32,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use shared::ports::{ms, secs, DurationRange};
 
-use super::raw::RawHealth;
+use super::raw::RawRoute;
 use super::upstreams::{self, Kind as SetKind, RawSet, UpstreamSet};
 use super::{Problems, Upstream};
 
@@ -43,33 +43,6 @@ pub const FORWARD_AUTH_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs
 
 /// Response or request headers: set, or removed (`None`).
 pub type HeaderRules = Vec<(HeaderName, Option<HeaderValue>)>;
-
-/// `[[site.route]]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub name: Option<String>,
-    pub path: Option<String>,
-    pub path_prefix: Option<String>,
-    pub priority: Option<i64>,
-    pub upstream: Option<Value>,
-    pub balance: Option<String>,
-    pub health: Option<RawHealth>,
-    pub critical: Option<bool>,
-    pub header_sets: Option<Vec<String>>,
-    #[serde(default)]
-    pub response_headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub request_headers: BTreeMap<String, String>,
-    /// A table, or `false` to turn the site's off on this route.
-    pub forward_auth: Option<Value>,
-    /// Middlewares (see `config::middleware`): absent inherits the site's, a table replaces
-    /// it, `false` turns it off on this route.
-    pub rate_limit: Option<Value>,
-    pub compression: Option<Value>,
-    pub cors: Option<Value>,
-    pub hostile: Option<Value>,
-}
 
 /// `forward_auth = { ... }` as written.
 #[derive(Debug, Default, Deserialize)]

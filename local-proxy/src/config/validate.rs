@@ -9,6 +9,7 @@ use std::str::FromStr;
 use http::{HeaderName, HeaderValue};
 use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
+use super::host::valid_host;
 use super::raw::{RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
 use super::{
@@ -325,20 +326,6 @@ fn header_sets(c: &mut Problems, raw: &BTreeMap<String, BTreeMap<String, String>
         sets.insert(set.clone(), list);
     }
     sets
-}
-
-/// A host name as sites and certificates use it: lower case, optional `*.` prefix.
-pub(crate) fn valid_host(name: &str) -> bool {
-    let bare = name.strip_prefix("*.").unwrap_or(name);
-    !bare.is_empty()
-        && bare.len() <= 253
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
 }
 
 fn site(

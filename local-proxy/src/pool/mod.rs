@@ -233,7 +233,7 @@ impl Pool {
                 if let Some(m) = prev.filter(|m| m.weight != weight) {
                     let was = m.state.weight_override.swap(NO_OVERRIDE, Ordering::Relaxed);
                     if was != NO_OVERRIDE {
-                        crate::status::record(crate::status::Event {
+                        crate::events::record(crate::events::Event {
                             at_ms: shared::admin::page::now_ms(),
                             owner: owner.label(),
                             name: name.to_owned(),
