@@ -136,11 +136,11 @@ async fn connection(
                 _ => Proto::Http1,
             };
             let tls_info = Some(crate::http::TlsInfo::of(tls.get_ref().1));
-            let conn = Arc::new(Conn { info, tls: true, tls_info, listener, state: state.clone() });
+            let conn = Arc::new(Conn::new(info, true, tls_info, listener, state.clone()));
             http::serve(tls, proto, conn).await;
         }
         Role::Http => {
-            let conn = Arc::new(Conn { info, tls: false, tls_info: None, listener, state: state.clone() });
+            let conn = Arc::new(Conn::new(info, false, None, listener, state.clone()));
             http::serve(stream, Proto::Http1, conn).await;
         }
         Role::Stream(name) => {
@@ -157,7 +157,9 @@ async fn connection(
                 return;
             };
             let log = state.stream_logs.load().get(name);
-            stream::tcp::forward(stream, info, local, cfg, &pool, log).await;
+            // Boxed: inline, its state sized every connection's task, HTTP ones too (16,336
+            // bytes, 6,568 boxed; resident only where written, so idle RSS did not change).
+            Box::pin(stream::tcp::forward(stream, info, local, cfg, &pool, log)).await;
         }
     }
 }

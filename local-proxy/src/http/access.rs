@@ -36,8 +36,8 @@ use crate::access_log::Sink;
 /// What the reverse proxy saw of the upstream, left in the response's extensions.
 #[derive(Debug, Clone)]
 pub struct UpstreamSeen {
-    /// The upstream's configured URL.
-    pub upstream: String,
+    /// The upstream's configured URL (the pool's label: shared, not copied per request).
+    pub upstream: Arc<str>,
     /// Its response status; `None` when it gave none (refused, failed, timed out).
     pub status: Option<u16>,
     /// Time to its response head (or to the failure).
@@ -230,7 +230,7 @@ impl Entry {
             l.user = route.user;
         }
         if let Some(seen) = resp.extensions_mut().remove::<UpstreamSeen>() {
-            l.upstream = Some(seen.upstream);
+            l.upstream = Some(seen.upstream.to_string());
             l.upstream_status = seen.status;
             l.upstream_ms = Some(ms(seen.latency));
             l.upstream_attempts = Some(seen.attempts);

@@ -1,7 +1,9 @@
 //! What the server knows about the connection a request came on: read by the request
 //! handler and the reverse proxy alike (a leaf, so neither depends on the other for it).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use http::HeaderValue;
 
 use crate::admission::ClientInfo;
 use crate::state::State;
@@ -15,6 +17,26 @@ pub struct Conn {
     pub tls_info: Option<TlsInfo>,
     pub listener: &'static str,
     pub state: Arc<State>,
+    /// `X-Forwarded-For` for this client, built at the first proxied request and cloned
+    /// (a reference count) for the next ones.
+    forwarded_for: OnceLock<HeaderValue>,
+}
+
+impl Conn {
+    pub fn new(
+        info: ClientInfo,
+        tls: bool,
+        tls_info: Option<TlsInfo>,
+        listener: &'static str,
+        state: Arc<State>,
+    ) -> Self {
+        Self { info, tls, tls_info, listener, state, forwarded_for: OnceLock::new() }
+    }
+
+    /// The client address as `X-Forwarded-For` / `X-Real-IP` carry it.
+    pub fn forwarded_for(&self) -> &HeaderValue {
+        self.forwarded_for.get_or_init(|| super::headers::client_value(self.info.client.ip()))
+    }
 }
 
 /// What the access log says of a TLS connection.

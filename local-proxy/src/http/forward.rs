@@ -10,8 +10,10 @@
 //! `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no usable
 //! upstream: 503 and Retry-After.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use shared::health::{Outcome, Source};
@@ -69,15 +71,15 @@ async fn proxy(
         }
     }
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    set_forwarded(req.headers_mut(), conn.info.client.ip(), conn.tls, host);
+    set_forwarded(req.headers_mut(), conn.forwarded_for(), conn.tls, host);
     let (mut parts, incoming) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Shared with the client's request (a reference count), not copied per attempt.
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let Some(body) = Replay::new(incoming, &parts.method, timeout).await else {
         return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body did not arrive."), route);
     };
     let replayable = body.resendable() && parts.method.is_idempotent();
 
-    let label = site.host.to_string();
     let mut tried = Tried::default();
     let mut attempts = 0usize;
     let mut resent = false;
@@ -101,9 +103,11 @@ async fn proxy(
             state.m_retries.increment(1);
         }
         state.m_requests.increment(1);
-        let scheme = if upstream.tls { "https" } else { "http" };
-        let uri = match Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(path).build()
-        {
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(if upstream.tls { Scheme::HTTPS } else { Scheme::HTTP });
+        target.authority = Some(upstream.authority.clone());
+        target.path_and_query = Some(path.clone());
+        let uri = match Uri::from_parts(target) {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "Bad request target."),
         };
@@ -119,7 +123,7 @@ async fn proxy(
         let start = Instant::now();
         let answer = tokio::time::timeout(timeout, route.client.request(attempt)).await;
         *seen = Some(UpstreamSeen {
-            upstream: upstream.to_string(),
+            upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
             status: match &answer {
                 Ok(Ok(resp)) => Some(resp.status().as_u16()),
                 _ => None,
@@ -129,7 +133,8 @@ async fn proxy(
         });
         match answer {
             Err(_) => {
-                metrics::counter!(names::UPSTREAM_ERRORS, "site" => label, "result" => "timeout").increment(1);
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "timeout")
+                    .increment(1);
                 state.count_failure("timeout");
                 pool.record(i, Outcome::Failed, Source::Traffic, Some("request timed out"));
                 warn!(site = %site.host, upstream = %upstream, "upstream timed out");
@@ -138,7 +143,8 @@ async fn proxy(
             Ok(Err(e)) => {
                 let connect = e.is_connect();
                 let result = if connect { "refused" } else { "error" };
-                metrics::counter!(names::UPSTREAM_ERRORS, "site" => label.clone(), "result" => result).increment(1);
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => result)
+                    .increment(1);
                 state.count_failure(if connect { "connect" } else { "error" });
                 let reason = error_chain(&e);
                 pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
@@ -178,7 +184,14 @@ async fn proxy(
         // duration), as nginx's and HAProxy's do.
         let (ended, tunnel) = TunnelSeen::new();
         // The upgraded connection holds the upstream (least_conn counts it) until it ends.
-        tokio::spawn(super::tunnel::splice(client_upgrade, upstream_upgrade, label, idle, guard, ended));
+        tokio::spawn(super::tunnel::splice(
+            client_upgrade,
+            upstream_upgrade,
+            site.host.to_string(),
+            idle,
+            guard,
+            ended,
+        ));
         let (parts, _) = resp.into_parts();
         // Connection/Upgrade stay: they are the client's confirmation of the switch.
         let mut resp = Response::from_parts(parts, body::full(""));

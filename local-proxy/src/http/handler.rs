@@ -31,7 +31,10 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let routes = conn.state.routes.load_full();
     let host = request_host(&req);
     let route = host.as_deref().and_then(|h| routes.find(h)).cloned();
-    let site_label = route.as_ref().map(|r| r.site.host.clone()).unwrap_or_else(|| "unknown".into());
+    let site_label = match &route {
+        Some(r) => metrics::SharedString::from_shared(r.label.clone()),
+        None => metrics::SharedString::const_str("unknown"),
+    };
     let log = match &route {
         Some(r) => r.access_log.clone(),
         None => routes.default_log.clone(),

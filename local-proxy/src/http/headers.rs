@@ -32,41 +32,92 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Drop hop-by-hop headers, including any the `Connection` header names. With `upgrade`,
-/// `Connection: upgrade` and `Upgrade` are kept so the upstream sees the request to switch.
+/// Hop-by-hop headers outside the `http` crate's standard set (legacy, still sent).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
+}
+
+/// Drop hop-by-hop headers, including any the `Connection` header names (in any case, in
+/// every `Connection` header). With `upgrade`, `Connection: upgrade` and `Upgrade` are kept
+/// so the upstream sees the request to switch.
+///
+/// Runs twice per proxied request (request and response), so the common cases cost one pass
+/// over the names: no hop-by-hop header at all returns there; otherwise the names a `Connection`
+/// header lists are removed by `&str` (lowercased on the stack by `http`, no `HeaderName`
+/// built and no list collected unless the header is sent more than once).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    if let Some(first) = headers.get(header::CONNECTION).cloned() {
+        // `remove` drops every `Connection` value but returns the first only: take the
+        // others first (empty, so no allocation, when the header came once).
+        let more: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().skip(1).cloned().collect();
+        headers.remove(header::CONNECTION);
+        for value in std::iter::once(&first).chain(&more) {
+            remove_named(headers, value);
+        }
+    }
+    // Only the names present (usually none left after `Connection`): a scan of the names
+    // costs less than a hashed removal of each of the nine. Bounded: each turn removes one.
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            headers.insert(header::UPGRADE, v);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
-/// Tell the upstream who the client is. Client-sent values are replaced, never appended to:
-/// the client is on the internet and could claim any address.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
-    let ip = client.to_canonical().to_string();
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR, v.clone());
-        headers.insert(X_REAL_IP, v);
+/// Remove the headers one `Connection` value names (comma-separated tokens, any case).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(list) = connection.to_str() else { return };
+    for token in list.split(',') {
+        let token = token.trim();
+        // `close` and `keep-alive` are the usual values: the first names no header, the
+        // second one removed by the caller anyway.
+        if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        // By `&str`: `http` lowercases it on the stack; a token that is no valid header
+        // name names nothing and is skipped.
+        headers.remove(token);
     }
+}
+
+/// The `X-Forwarded-For` / `X-Real-IP` value for a client address (IPv4-mapped IPv6 shown
+/// as IPv4). Built once per connection (`Conn::forwarded_for`), cloned per request.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest text form of an IPv6 address is 45 bytes.
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    let len = match write!(w, "{}", client.to_canonical()) {
+        Ok(()) => 48 - w.len(),
+        Err(_) => 0,
+    };
+    // An address's text is ASCII digits, hex, dots and colons: always a valid value.
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Tell the upstream who the client is (`client`: from [`client_value`]). Client-sent
+/// values are replaced, never appended to: the client is on the internet and could claim
+/// any address. `X-Forwarded-Host` takes the request's own `Host` value when it already is
+/// `host` (no copy), else a new value.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&str>) {
+    headers.insert(X_FORWARDED_FOR, client.clone());
+    headers.insert(X_REAL_IP, client.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     headers.remove(header::FORWARDED);
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    let value = host.and_then(|h| match headers.get(header::HOST) {
+        Some(v) if v.as_bytes() == h.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(h).ok(),
+    });
+    match value {
         Some(v) => {
             headers.insert(X_FORWARDED_HOST, v);
         }
@@ -114,6 +165,60 @@ mod tests {
     }
 
     #[test]
+    fn connection_tokens_in_any_case_and_every_connection_header_go() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Secret , close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other,,Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-THIRD"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.append("x-third", HeaderValue::from_static("3"));
+        h.append("x-third", HeaderValue::from_static("4"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::HOST, HeaderValue::from_static("a.example.org"));
+        h.insert("x-kept", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_connection_token_that_is_no_header_name_is_skipped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("bad name, x-a, \"q\""));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn without_hop_by_hop_headers_nothing_changes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example.org"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert("x-connection", HeaderValue::from_static("keep-alive"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn only_hop_by_hop_names_without_connection_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("Proxy-Connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
     fn upgrade_is_kept_when_asked() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
@@ -128,10 +233,32 @@ mod tests {
     fn forwarded_headers_replace_client_claims() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, "::ffff:198.51.100.7".parse().unwrap(), true, Some("a.example.org"));
+        set_forwarded(&mut h, &client_value("::ffff:198.51.100.7".parse().unwrap()), true, Some("a.example.org"));
         assert_eq!(h[X_FORWARDED_FOR], "198.51.100.7");
         assert_eq!(h[X_REAL_IP], "198.51.100.7");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.example.org");
+    }
+
+    #[test]
+    fn forwarded_host_reuses_a_matching_host_and_is_dropped_without_one() {
+        let client = client_value("2001:db8::7".parse().unwrap());
+        assert_eq!(client, "2001:db8::7");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example.org:8443"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, &client, false, Some("a.example.org"));
+        assert_eq!(h[X_FORWARDED_HOST], "a.example.org");
+        assert_eq!(h[X_FORWARDED_FOR], "2001:db8::7");
+        assert_eq!(h[X_REAL_IP], "2001:db8::7");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(header::FORWARDED));
+        h.insert(header::HOST, HeaderValue::from_static("a.example.org"));
+        set_forwarded(&mut h, &client, true, Some("a.example.org"));
+        assert_eq!(h[X_FORWARDED_HOST], "a.example.org");
+        set_forwarded(&mut h, &client, true, None);
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
     }
 }
