@@ -164,6 +164,12 @@ impl Server {
         if tokio::time::timeout(drain, self.conns.wait()).await.is_err() {
             warn!(?drain, "connections still open after the drain deadline; leaving");
         }
+        // The last requests' lines are in the access log files before the process leaves.
+        let wait = crate::access_log::FLUSH_ALL_WAIT;
+        let late = tokio::task::spawn_blocking(move || crate::access_log::flush_all(wait)).await.unwrap_or(0);
+        if late > 0 {
+            warn!(late, ?wait, "access logs not all written within the wait; their last lines are lost");
+        }
     }
 }
 

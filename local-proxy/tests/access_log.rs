@@ -444,3 +444,35 @@ async fn sighup_reopens_and_reloads_move_or_keep_the_file() {
     assert_eq!(uris(&log), vec!["/2".to_string(), "/3".to_string()]);
     assert_eq!(uris(&moved), vec!["/4".to_string()]);
 }
+
+/// Lines wait in the writer's buffer (up to its flush interval): a SIGTERM right after the
+/// last answer still leaves every request's line in the file when the process has exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_buffered_lines_before_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let log = tmp.path().join("term.log");
+    let mut proxy = start(
+        tmp.path(),
+        &live,
+        "",
+        &format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            log.display()
+        ),
+    )
+    .await;
+    const REQUESTS: usize = 20;
+    for i in 0..REQUESTS {
+        get_a(&proxy, &format!("/t{i}")).await;
+    }
+    assert!(run_tool("kill", &["-TERM", &proxy.pid], b"").await.status.success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), proxy.child.wait()).await.expect("exits within 20 s").unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'));
+    let got = uris(&log);
+    assert_eq!(got, (0..REQUESTS).map(|i| format!("/t{i}")).collect::<Vec<_>>());
+}

@@ -1,6 +1,6 @@
 //! Stream access logs: one JSON line per TCP connection and per UDP flow, written when it
 //! ends, through the same writers as the HTTP access log (`crate::access_log`): a bounded
-//! queue per file that never makes a connection wait (a full queue drops and counts the
+//! buffer per file that never makes a connection wait (a full buffer drops and counts the
 //! line), reopened on SIGUSR1 and SIGHUP. A stream may share its file with sites or other
 //! streams (one writer per path).
 //!
@@ -90,9 +90,7 @@ struct Line<'a> {
 impl Line<'_> {
     fn send(&self, sink: &Sink) {
         // Serializing plain strings and numbers cannot fail; skip the line rather than panic.
-        if let Ok(bytes) = serde_json::to_vec(self) {
-            sink.send(bytes);
-        }
+        let _ = sink.write(|buf| serde_json::to_writer(buf, self));
     }
 }
 
