@@ -68,13 +68,18 @@ fn ip_in_url(ip: IpAddr) -> String {
     }
 }
 
-pub fn ingress_config(mesh: Ipv6Addr) -> String {
+/// Worker threads per candidate: `None` leaves each at its default (ours and HAProxy's: one
+/// per core; nginx: `auto`, one worker process per core).
+pub type Threads = Option<usize>;
+
+pub fn ingress_config(mesh: Ipv6Addr, threads: Threads) -> String {
     let paths: Vec<String> = wan_paths()
         .iter()
         .map(|(n, ip, w)| format!("{{ name = \"{n}\", address = \"{ip}\", weight = {w} }}"))
         .collect();
+    let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
     let mut s = format!(
-        "[admin]\nlisten = \"127.0.0.1:9180\"\n[limits]\nmax_connections = 9500\n\
+        "[admin]\nlisten = \"127.0.0.1:9180\"\n[limits]\nmax_connections = 9500\n{threads}\
          [pool.home]\npaths = [{}]\nmesh = \"{mesh}\"\nconnect_timeout = \"300ms\"\n\
          health = {{ interval = \"500ms\", timeout = \"400ms\", rise = 2, fall = 2, port = {} }}\n",
         paths.join(", "),
@@ -104,9 +109,10 @@ pub fn ingress_config(mesh: Ipv6Addr) -> String {
 
 /// HAProxy as the playbook this project replaces ran it, tuned as its docs advise: splice,
 /// `inter 500 fall 2 rise 2`, a 1 s connect timeout, redispatch on retry, mesh as `backup`.
-pub fn haproxy_config(mesh: Ipv6Addr, dir: &str) -> String {
+pub fn haproxy_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
+    let nbthread = threads.map(|n| format!("  nbthread {n}\n")).unwrap_or_default();
     let mut s = format!(
-        "global\n  maxconn 9000\n  maxpipes 400\n  stats socket {dir}/haproxy.sock\n\
+        "global\n  maxconn 9000\n  maxpipes 400\n{nbthread}  stats socket {dir}/haproxy.sock\n\
          defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
          \x20 option splice-auto\n  retries 3\n  option redispatch 1\n\
          backend home\n  balance roundrobin\n"
@@ -123,9 +129,10 @@ pub fn haproxy_config(mesh: Ipv6Addr, dir: &str) -> String {
 
 /// nginx stream: tcp and udp, weights, passive failure detection (active checks are nginx
 /// Plus only), `proxy_next_upstream` retries, mesh as `backup`.
-pub fn nginx_config(mesh: Ipv6Addr, dir: &str) -> String {
+pub fn nginx_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
+    let workers = threads.map_or_else(|| "auto".to_string(), |n| n.to_string());
     let mut s = format!(
-        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes auto;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes {workers};\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 10000; }}\nstream {{\n"
     );
     for (port, udp) in [
@@ -154,7 +161,7 @@ pub fn nginx_config(mesh: Ipv6Addr, dir: &str) -> String {
 
 /// Start `c` in ingress1 (nothing for `direct`); returns the process name, waits until it
 /// carries traffic.
-pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str) -> Result<Option<String>> {
+pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str, threads: Threads) -> Result<Option<String>> {
     let mesh = t.home_mesh_addr().context("the bench needs the mesh")?;
     let dir = t.dir().display().to_string();
     let name = format!("cand-{}", c.name());
@@ -162,17 +169,17 @@ pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str) -> Result<Option
         Candidate::Direct => return Ok(None),
         Candidate::Ingress => {
             let file = format!("{dir}/bench-ingress.toml");
-            std::fs::write(&file, ingress_config(mesh))?;
+            std::fs::write(&file, ingress_config(mesh, threads))?;
             vec![ingress_bin.into(), "-c".into(), file]
         }
         Candidate::Haproxy => {
             let file = format!("{dir}/haproxy.cfg");
-            std::fs::write(&file, haproxy_config(mesh, &dir))?;
+            std::fs::write(&file, haproxy_config(mesh, &dir, threads))?;
             vec!["haproxy".into(), "-db".into(), "-f".into(), file]
         }
         Candidate::Nginx => {
             let file = format!("{dir}/nginx-stream.conf");
-            std::fs::write(&file, nginx_config(mesh, &dir))?;
+            std::fs::write(&file, nginx_config(mesh, &dir, threads))?;
             vec!["nginx".into(), "-c".into(), file, "-e".into(), format!("{dir}/nginx-error.log")]
         }
     };

@@ -27,6 +27,9 @@ struct Args {
     only: Vec<String>,
     /// Candidates to run; all when empty.
     candidates: Vec<String>,
+    /// Worker threads of every candidate (ingress `threads`, HAProxy `nbthread`, nginx
+    /// `worker_processes`); each one's default when absent.
+    threads: candidates::Threads,
 }
 
 impl Args {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args> {
         quick: false,
         only: Vec::new(),
         candidates: Vec::new(),
+        threads: None,
     };
     let list = |v: Option<&String>| -> Vec<String> {
         v.map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default()
@@ -57,9 +61,14 @@ fn parse_args() -> Result<Args> {
             "--quick" => a.quick = true,
             "--only" => a.only = list(it.next()),
             "--candidates" => a.candidates = list(it.next()),
+            "--threads" => {
+                let n: usize = it.next().context("--threads N")?.parse().context("--threads N")?;
+                anyhow::ensure!((1..=64).contains(&n), "--threads {n}: 1..=64");
+                a.threads = Some(n);
+            }
             other => anyhow::bail!(
                 "unknown argument {other}; usage: bench [--runs 3] [--out DIR] [--bins DIR] [--quick] \
-                 [--only tcp,http,udp,failover,idle] [--candidates ingress,haproxy,nginx,direct]"
+                 [--only tcp,http,udp,failover,idle] [--candidates ingress,haproxy,nginx,direct] [--threads N]"
             ),
         }
     }
@@ -137,7 +146,7 @@ fn main() -> Result<()> {
                 continue;
             }
             eprintln!("run {}/{}: {}", run + 1, args.runs, c.name());
-            let proc_name = candidates::start(&mut t, c, &ingress_bin)?;
+            let proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
             let res: Result<()> = (|| {
                 if args.wants("tcp") {
                     add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
@@ -188,9 +197,15 @@ fn main() -> Result<()> {
             res.with_context(|| format!("{} run {}", c.name(), run + 1))?;
         }
     }
-    let versions = report::versions(&t);
+    let mut versions = report::versions(&t);
+    versions.insert(
+        "threads".into(),
+        args.threads.map_or_else(|| "each candidate's default (one per core)".into(), |n| n.to_string()),
+    );
     std::fs::create_dir_all(&args.out)?;
-    let stem = args.out.join(report::stem());
+    // Runs at a set thread count get a file of their own (1 and 2 threads on the same day).
+    let stem =
+        args.out.join(format!("{}{}", report::stem(), args.threads.map(|n| format!("-t{n}")).unwrap_or_default()));
     let md = report::markdown(&figs, &failovers, args.runs, &versions);
     std::fs::write(stem.with_extension("md"), &md)?;
     std::fs::write(stem.with_extension("json"), report::json(&figs, &failovers, &versions)?)?;
