@@ -114,3 +114,81 @@ fn environment_overrides_the_file() {
 fn missing_file_is_an_error() {
     assert!(config::load(Path::new("/nonexistent/local-proxy.toml")).is_err());
 }
+
+/// Every enum-valued field is read through `Choice`: each accepted spelling works, and every
+/// misspelling in one file is reported together, under its field, naming every allowed value.
+#[test]
+fn misspelt_choices_are_all_reported_with_every_allowed_value() {
+    let c = config::from_toml_str(
+        r#"
+        [http]
+        access_log = { path = "/var/log/local-proxy/access.log", format = "json" }
+        [[site]]
+        host = "a.example.org"
+        upstream = ["http://192.0.2.1:80", "http://192.0.2.2:80"]
+        balance = "random_two"
+        [[stream]]
+        name = "t"
+        listen = "1515"
+        upstream = "192.0.2.3:1515"
+        proxy_protocol = "v2"
+        balance = "least_conn"
+        health = { check = "tcp" }
+        [[stream]]
+        name = "u"
+        listen = "3478/udp"
+        upstream = "192.0.2.4:3478"
+        health = { check = "none" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.sites[0].upstreams.balance, shared::balance::Policy::RandomTwo);
+    assert!(c.streams[0].proxy_protocol);
+    assert_eq!(c.streams[0].upstreams.balance, shared::balance::Policy::LeastConn);
+    assert_eq!(c.streams[0].upstreams.health.check, config::Check::Tcp);
+    assert_eq!(c.streams[1].upstreams.health.check, config::Check::None);
+
+    let err = config::from_toml_str(
+        r#"
+        [http]
+        access_log = { path = "/var/log/local-proxy/access.log", format = "clf" }
+        [[site]]
+        host = "a.example.org"
+        upstream = "http://192.0.2.1:80"
+        balance = "bandwidth"
+        [[stream]]
+        name = "t"
+        listen = "1515"
+        upstream = "192.0.2.3:1515"
+        proxy_protocol = "v1"
+        health = { check = "http" }
+        [[stream]]
+        name = "u"
+        listen = "3478/udp"
+        upstream = "192.0.2.4:3478"
+        health = { check = "tcp" }
+        [firewall]
+        interfaces = ["eth0"]
+        ingress_names = ["ingress.example.org"]
+        on_no_answer = "ajar"
+        [acme]
+        names = ["a.example.org"]
+        contact = ["admin@example.org"]
+        key_type = "rsa-4096"
+        "#,
+    )
+    .unwrap_err();
+    let ConfigError::Invalid(errors) = err else { panic!("expected Invalid, got {err}") };
+    let got: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for want in [
+        "http.access_log.format: `clf` is not json",
+        "site[0].balance: `bandwidth` is not round_robin, least_conn or random_two",
+        "stream[0].proxy_protocol: `v1` is not none or v2",
+        "stream[0].health.check: `http` is not none, tcp or udp",
+        "stream[1].health.check: `tcp` is for tcp streams: this one takes udp or none",
+        "firewall.on_no_answer: `ajar` is not closed or open",
+        "acme.key_type: `rsa-4096` is not ecdsa-p256 or rsa-2048",
+    ] {
+        assert!(got.iter().any(|g| g == want), "no `{want}` in {got:#?}");
+    }
+}

@@ -32,9 +32,11 @@ pub mod ranges {
 }
 
 /// The key type of certificates (the account key is always ECDSA P-256).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum KeyType {
+    #[serde(rename = "ecdsa-p256")]
     EcdsaP256,
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
 }
 
@@ -193,14 +195,7 @@ pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) ->
         err(e, "names", "no name to certify (no site names one without a wildcard; list them here)");
     }
 
-    let key_type = match raw.key_type.as_deref() {
-        None | Some("ecdsa-p256") => KeyType::EcdsaP256,
-        Some("rsa-2048") => KeyType::Rsa2048,
-        Some(other) => {
-            err(e, "key_type", format!("`{other}`: expected \"ecdsa-p256\" or \"rsa-2048\""));
-            KeyType::EcdsaP256
-        }
-    };
+    let key_type = e.choice("acme.key_type", raw.key_type.as_ref(), KeyType::EcdsaP256);
     let storage = PathBuf::from(raw.storage.as_deref().unwrap_or(DEFAULT_STORAGE));
     if !storage.is_absolute() {
         err(e, "storage", format!("`{}` must be an absolute path", storage.display()));

@@ -28,7 +28,7 @@ pub struct RawFirewall {
     pub min_refresh: Option<String>,
     pub max_refresh: Option<String>,
     pub lookup_timeout: Option<String>,
-    pub on_no_answer: Option<String>,
+    pub on_no_answer: Option<shared::config_check::Choice<OnNoAnswer>>,
     pub table: Option<String>,
     pub priority: Option<i32>,
     pub remove_on_exit: Option<bool>,
@@ -281,14 +281,7 @@ pub fn validate(
         err(e, "max_refresh", "must not be below min_refresh");
     }
     let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), secs(5), LOOKUP_TIMEOUT);
-    let on_no_answer = match raw.on_no_answer.as_deref() {
-        None | Some("closed") => OnNoAnswer::Closed,
-        Some("open") => OnNoAnswer::Open,
-        Some(other) => {
-            err(e, "on_no_answer", format!("`{other}`: expected \"closed\" or \"open\""));
-            OnNoAnswer::Closed
-        }
-    };
+    let on_no_answer = e.choice("firewall.on_no_answer", raw.on_no_answer.as_ref(), OnNoAnswer::Closed);
     let table = raw.table.clone().unwrap_or_else(|| DEFAULT_TABLE.to_string());
     if table.is_empty()
         || table.len() > 64

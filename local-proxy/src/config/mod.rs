@@ -130,7 +130,8 @@ pub struct AccessLog {
 }
 
 /// The line format of an access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
     /// One JSON object per line.
     Json,

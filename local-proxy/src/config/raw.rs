@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use shared::config_check::Choice;
 
 /// Root of `local-proxy.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -86,7 +87,7 @@ pub struct RawHttp {
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     pub path: Option<String>,
-    pub format: Option<String>,
+    pub format: Option<Choice<super::AccessLogFormat>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,8 +127,8 @@ pub struct RawSite {
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
     pub block_scanners: Option<bool>,
-    /// How requests are spread over several upstreams (`shared::balance::Policy` names).
-    pub balance: Option<String>,
+    /// How requests are spread over several upstreams.
+    pub balance: Option<Choice<Balance>>,
     pub health: Option<RawHealth>,
     /// The proxy's own health (`/healthz`, PROXY LOCAL) needs an upstream of this site up.
     pub critical: Option<bool>,
@@ -181,7 +182,7 @@ pub struct RawHealth {
     /// Sites: the Host header of probes.
     pub host: Option<String>,
     /// Streams: `"tcp"` (connect), `"udp"` (send/expect) or `"none"`.
-    pub check: Option<String>,
+    pub check: Option<Choice<StreamCheck>>,
     /// UDP streams: the probe datagram and the reply's expected start.
     pub send: Option<String>,
     pub expect: Option<String>,
@@ -199,14 +200,14 @@ pub struct RawStream {
     pub name: Option<String>,
     pub listen: Option<String>,
     pub upstream: Option<figment::value::Value>,
-    pub proxy_protocol: Option<String>,
+    pub proxy_protocol: Option<Choice<ProxyProtocol>>,
     pub transparent: Option<bool>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_flows: Option<u64>,
     /// One line per TCP connection or UDP flow of this stream.
     pub access_log: Option<RawAccessLog>,
-    pub balance: Option<String>,
+    pub balance: Option<Choice<Balance>>,
     pub health: Option<RawHealth>,
     pub critical: Option<bool>,
 }
@@ -220,7 +221,7 @@ pub struct RawRoute {
     pub path_prefix: Option<String>,
     pub priority: Option<i64>,
     pub upstream: Option<figment::value::Value>,
-    pub balance: Option<String>,
+    pub balance: Option<Choice<Balance>>,
     pub health: Option<RawHealth>,
     pub critical: Option<bool>,
     pub header_sets: Option<Vec<String>>,
@@ -248,7 +249,7 @@ pub struct RawAcme {
     pub contact: Option<Vec<String>>,
     pub external_account: Option<RawExternalAccount>,
     pub names: Option<Vec<String>>,
-    pub key_type: Option<String>,
+    pub key_type: Option<Choice<super::acme::KeyType>>,
     pub storage: Option<String>,
     pub http_01: Option<bool>,
     pub tls_alpn_01: Option<bool>,
@@ -263,4 +264,43 @@ pub struct RawAcme {
 pub struct RawExternalAccount {
     pub kid: Option<String>,
     pub hmac_key: Option<String>,
+}
+
+/// `balance` of a site, route or stream: the `shared::balance::Policy` the local proxy
+/// offers (not `bandwidth`, which needs the ingress's byte counts per path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    RandomTwo,
+}
+
+impl From<Balance> for shared::balance::Policy {
+    fn from(b: Balance) -> Self {
+        match b {
+            Balance::RoundRobin => Self::RoundRobin,
+            Balance::LeastConn => Self::LeastConn,
+            Balance::RandomTwo => Self::RandomTwo,
+        }
+    }
+}
+
+/// `stream.health.check`: `tcp` for TCP streams, `udp` for UDP streams, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamCheck {
+    None,
+    Tcp,
+    Udp,
+}
+
+/// `stream.proxy_protocol`: `v2` sends the upstream a PROXY v2 header first; `none` (default)
+/// does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    V2,
 }

@@ -373,7 +373,7 @@ pub(crate) fn routes(
                     prefix: prefix.clone(),
                     kind: SetKind::Site,
                     upstream: r.upstream.as_ref(),
-                    balance: r.balance.as_deref(),
+                    balance: r.balance.as_ref(),
                     health: r.health.as_ref(),
                     critical: r.critical,
                 },

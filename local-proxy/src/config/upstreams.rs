@@ -8,11 +8,12 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use shared::balance::Policy;
+use shared::config_check::Choice;
 use shared::ports::{hours, ms, secs, DurationRange, PortRange};
 
 use figment::value::Value;
 
-use super::raw::{RawHealth, RawUpstream, RawUpstreamEntry, RawUpstreams};
+use super::raw::{Balance, RawHealth, RawUpstream, RawUpstreamEntry, RawUpstreams, StreamCheck};
 use super::Problems;
 
 /// Most upstreams in one set (a tried-set is one `u64` bit mask per request).
@@ -118,7 +119,7 @@ pub(crate) struct RawSet<'a> {
     pub prefix: String,
     pub kind: Kind,
     pub upstream: Option<&'a Value>,
-    pub balance: Option<&'a str>,
+    pub balance: Option<&'a Choice<Balance>>,
     pub health: Option<&'a RawHealth>,
     pub critical: Option<bool>,
 }
@@ -201,13 +202,11 @@ pub(crate) fn validate<T: PartialEq + Clone>(
         }
     }
 
-    let balance = match raw.balance {
+    let balance = match raw.balance.map(Choice::known) {
         None => Policy::RoundRobin,
-        Some("round_robin") => Policy::RoundRobin,
-        Some("least_conn") => Policy::LeastConn,
-        Some("random_two") => Policy::RandomTwo,
-        Some(other) => {
-            err(f("balance"), format!("`{other}`: expected \"round_robin\", \"least_conn\" or \"random_two\""));
+        Some(Ok(b)) => b.into(),
+        Some(Err(e)) => {
+            err(f("balance"), e);
             Policy::RoundRobin
         }
     };
@@ -293,15 +292,20 @@ fn health(err: &mut impl FnMut(String, String), prefix: &str, kind: Kind, h: &Ra
         },
         Kind::TcpStream | Kind::UdpStream => {
             let default = match (kind, present) {
-                (_, false) => "none",
-                (Kind::TcpStream, true) => "tcp",
-                _ if h.send.is_some() => "udp",
-                _ => "none",
+                (_, false) => StreamCheck::None,
+                (Kind::TcpStream, true) => StreamCheck::Tcp,
+                _ if h.send.is_some() => StreamCheck::Udp,
+                _ => StreamCheck::None,
             };
-            match (h.check.as_deref().unwrap_or(default), kind) {
-                ("none", _) => Check::None,
-                ("tcp", Kind::TcpStream) => Check::Tcp,
-                ("udp", Kind::UdpStream) => match &h.send {
+            let given = match h.check.as_ref().map(Choice::known) {
+                None => Ok(default),
+                Some(Ok(c)) => Ok(c),
+                Some(Err(e)) => Err(e),
+            };
+            match (given, kind) {
+                (Ok(StreamCheck::None), _) => Check::None,
+                (Ok(StreamCheck::Tcp), Kind::TcpStream) => Check::Tcp,
+                (Ok(StreamCheck::Udp), Kind::UdpStream) => match &h.send {
                     Some(send) if !send.is_empty() => Check::Udp {
                         send: send.as_bytes().to_vec(),
                         expect: h.expect.as_ref().map(|e| e.as_bytes().to_vec()),
@@ -311,9 +315,13 @@ fn health(err: &mut impl FnMut(String, String), prefix: &str, kind: Kind, h: &Ra
                         Check::None
                     }
                 },
-                (other, _) => {
-                    let want = if kind == Kind::TcpStream { "\"tcp\" or \"none\"" } else { "\"udp\" or \"none\"" };
-                    err(f("check"), format!("`{other}`: expected {want}"));
+                (Err(e), _) => {
+                    err(f("check"), e);
+                    Check::None
+                }
+                (Ok(_), _) => {
+                    let (given, want) = if kind == Kind::TcpStream { ("udp", "tcp") } else { ("tcp", "udp") };
+                    err(f("check"), format!("`{given}` is for {given} streams: this one takes {want} or none"));
                     Check::None
                 }
             }

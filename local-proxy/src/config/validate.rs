@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
 
 use super::host::valid_host;
-use super::raw::{RawAccessLog, RawConfig, RawSite, RawStream};
+use super::raw::{ProxyProtocol, RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
 use super::{
     AccessLog, AccessLogFormat, CertFiles, Config, Http, Mesh, MeshListen, Problems, Protocol, Site, Stream, Tls,
@@ -367,7 +367,7 @@ fn site(
             prefix: format!("site[{i}]"),
             kind: SetKind::Site,
             upstream: s.upstream.as_ref(),
-            balance: s.balance.as_deref(),
+            balance: s.balance.as_ref(),
             health: s.health.as_ref(),
             critical: s.critical,
         },
@@ -450,13 +450,7 @@ fn site(
 /// there, under the same field), format `json`.
 fn access_log(c: &mut Problems, field: &str, raw: &RawAccessLog) -> Option<AccessLog> {
     let before = c.len();
-    let format = match raw.format.as_deref().unwrap_or("json") {
-        "json" => AccessLogFormat::Json,
-        other => {
-            c.push(format!("{field}.format"), format!("`{other}` is not a format (json)"));
-            AccessLogFormat::Json
-        }
-    };
+    let format = c.choice(&format!("{field}.format"), raw.format.as_ref(), AccessLogFormat::Json);
     let path = match raw.path.as_deref() {
         None => {
             c.push(format!("{field}.path"), "is required");
@@ -558,21 +552,15 @@ fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
             prefix: format!("stream[{i}]"),
             kind: if protocol == Protocol::Tcp { SetKind::TcpStream } else { SetKind::UdpStream },
             upstream: s.upstream.as_ref(),
-            balance: s.balance.as_deref(),
+            balance: s.balance.as_ref(),
             health: s.health.as_ref(),
             critical: s.critical,
         },
         |u| upstream_target(u, listen_ports),
     );
 
-    let proxy_protocol = match s.proxy_protocol.as_deref() {
-        None | Some("none") => false,
-        Some("v2") => true,
-        Some(other) => {
-            c.push(f("proxy_protocol"), format!("`{other}`: expected \"v2\" or \"none\""));
-            false
-        }
-    };
+    let proxy_protocol =
+        c.choice(&f("proxy_protocol"), s.proxy_protocol.as_ref(), ProxyProtocol::None) == ProxyProtocol::V2;
     let transparent = s.transparent.unwrap_or(false);
     if transparent && proxy_protocol {
         c.push(f("transparent"), "choose one way to pass the client address: transparent or proxy_protocol = \"v2\"");

@@ -10,8 +10,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// What a list does before any DNS answer has arrived (start-up with DNS down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a list does before any DNS answer has arrived (start-up with DNS down); in a config
+/// `closed` or `open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnNoAnswer {
     /// Only static addresses pass (default).
     Closed,
