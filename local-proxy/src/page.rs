@@ -1,6 +1,7 @@
 //! `GET /`: the local proxy's status page in the shared frame (`shared::admin::page`:
 //! server-rendered first paint, the live part re-fetched every second, works without
-//! JavaScript): health, each site's and stream's upstreams, certificates with days left, the
+//! JavaScript): health, each site's and stream's upstreams, certificates with days left,
+//! ACME's account and certificates (next attempt, failures, the CA's last error), the
 //! firewall allowlist, the last operator changes.
 
 use std::fmt::Write as _;
@@ -34,6 +35,7 @@ fn live(out: &mut String, s: &Status) {
         out.push_str("</div>");
     }
     certificates(out, s);
+    acme(out, s);
     firewall(out, s);
     events(out, s);
 }
@@ -102,6 +104,46 @@ fn certificates(out: &mut String, s: &Status) {
     out.push_str("</table></div>");
 }
 
+/// ACME's account and certificates (what `/status` has under `acme`); nothing without
+/// `[acme]`.
+fn acme(out: &mut String, s: &Status) {
+    let Some(acme) = &s.acme else {
+        return;
+    };
+    let now = s.header.now_ms;
+    out.push_str("<h2>ACME</h2>");
+    if let Some(e) = &acme.account_error {
+        let _ = write!(out, "<p id=\"acme-account\"><strong>account failing</strong>: {}</p>", esc(e));
+    }
+    if acme.certificates.is_empty() {
+        out.push_str("<p class=\"mute\">no certificate to obtain</p>");
+        return;
+    }
+    out.push_str(
+        "<div class=\"scroll\"><table id=\"acme\"><tr><th>names</th><th>days left</th><th>next attempt (UTC)</th>\
+         <th>failures</th><th>last error</th></tr>",
+    );
+    for c in &acme.certificates {
+        let days = c.days_left.map_or_else(
+            || "no certificate yet".to_owned(),
+            |d| format!("{d:.1}{}", if d < CERT_WARN_DAYS { " ⚠" } else { "" }),
+        );
+        let next = c.next_attempt_ms.map_or_else(
+            || "–".to_owned(),
+            |t| if t > now { format!("{} (in {})", clock(t), ago(t, now)) } else { format!("{} (due)", clock(t)) },
+        );
+        let _ = write!(
+            out,
+            "<tr data-acme=\"{dir}\" data-failures=\"{failures}\"><td>{}</td><td>{days}</td><td>{next}</td><td>{failures}</td><td>{}</td></tr>",
+            esc(&c.names.join(", ")),
+            c.last_error.as_deref().map_or_else(|| "–".to_owned(), esc),
+            dir = esc(&c.dir),
+            failures = c.failures,
+        );
+    }
+    out.push_str("</table></div>");
+}
+
 fn firewall(out: &mut String, s: &Status) {
     let Some(fw) = &s.firewall else {
         return;
@@ -158,4 +200,79 @@ fn events(out: &mut String, s: &Status) {
         );
     }
     out.push_str("</table></div>");
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::admin::status::Header;
+
+    use super::*;
+    use crate::status::{AcmeCertStatus, AcmeStatus};
+
+    fn status(acme: Option<AcmeStatus>) -> Status {
+        let header = Header {
+            schema: 1,
+            binary: "local-proxy",
+            version: "0",
+            now_ms: 86_400_000,
+            started_ms: 0,
+            control: false,
+        };
+        Status {
+            header,
+            healthy: true,
+            unhealthy: None,
+            sites: vec![],
+            streams: vec![],
+            certificates: vec![],
+            acme,
+            firewall: None,
+            events: vec![],
+        }
+    }
+
+    /// The ACME section shows what `/status` has under `acme`: the account's error, and per
+    /// certificate its names, days left, next attempt, failures and the CA's last error.
+    #[test]
+    fn acme_section_shows_account_and_certificates() {
+        let cert = |dir: &str, days_left, failures, last_error: Option<&str>| AcmeCertStatus {
+            dir: dir.into(),
+            names: vec![dir.into(), format!("www.{dir}")],
+            not_after_ms: None,
+            days_left,
+            next_attempt_ms: Some(86_400_000 + 7_200_000),
+            failures,
+            last_error: last_error.map(Into::into),
+            last_challenges: vec![],
+        };
+        let page = render(
+            &status(Some(AcmeStatus {
+                account_error: Some("directory <down>".into()),
+                certificates: vec![
+                    cert("good.test", Some(60.26), 0, None),
+                    cert("blocked.test", None, 3, Some("urn:ietf:params:acme:error:rejectedIdentifier")),
+                ],
+            })),
+            true,
+        );
+        assert!(page.contains("<h2>ACME</h2>"), "{page}");
+        assert!(page.contains("<strong>account failing</strong>: directory &lt;down&gt;"), "{page}");
+        assert!(
+            page.contains(
+                "<tr data-acme=\"good.test\" data-failures=\"0\"><td>good.test, www.good.test</td><td>60.3</td>\
+                 <td>1970-01-02 02:00:00 (in 2 h 0 min)</td><td>0</td><td>–</td></tr>"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "<tr data-acme=\"blocked.test\" data-failures=\"3\"><td>blocked.test, www.blocked.test</td>\
+                 <td>no certificate yet</td><td>1970-01-02 02:00:00 (in 2 h 0 min)</td><td>3</td>\
+                 <td>urn:ietf:params:acme:error:rejectedIdentifier</td></tr>"
+            ),
+            "{page}"
+        );
+        // Without `[acme]`: no section.
+        assert!(!render(&status(None), true).contains("ACME"));
+    }
 }

@@ -597,6 +597,19 @@ async fn a_refused_name_is_reported_and_holds_up_no_other() {
     let good = cert("good.test");
     assert!(good["last_error"].is_null() && good["failures"] == 0, "{good}");
     assert!(good["days_left"].as_f64().is_some_and(|d| d > 0.0), "{good}");
+    // The status page's ACME section shows the same: the refusal and its count, none for the
+    // issued one.
+    let (code, page) = http_get(s.proxy.admin, "/").await;
+    assert_eq!(code, 200, "{page}");
+    let row = |dir: &str| {
+        let start = page.find(&format!("<tr data-acme=\"{dir}\"")).unwrap_or_else(|| panic!("no {dir} row: {page}"));
+        page[start..].split_once("</tr>").map(|(r, _)| r.to_owned()).unwrap_or_default()
+    };
+    let blocked = row("blocked.test");
+    assert!(blocked.contains("rejectedIdentifier") && blocked.contains("no certificate yet"), "{blocked}");
+    assert!(!blocked.contains("data-failures=\"0\""), "{blocked}");
+    let good = row("good.test");
+    assert!(good.contains("data-failures=\"0\"") && good.ends_with("<td>0</td><td>–</td>"), "{good}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
