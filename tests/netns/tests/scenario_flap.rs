@@ -21,6 +21,15 @@
 //! client's connect (1-3 s and more), none on wan1 after its hold: contention, not failover.
 //! The ~20,000 TIME-WAIT sockets ingress1 holds towards wan2 at the end were there in both.
 //!
+//! Full length (2026-12-02, a held path's failed probes adding penalty; figures in
+//! bench/results/2026-12-02-bursty-loss.md): 244,000 started, 0 failed, wan1's state changes
+//! per minute [3, 0, 0, 0, 0, 0, 0, 0, 0, 0] (held from the second burst to the end), but
+//! ~7,300-8,900 slow requests a minute, all but 64 on clean wan2 behind the client's connect,
+//! in waves with a ~64 s period from ~30 s after wan2 took all the load. Not the echo
+//! server's accept queue: `TcpExtListenOverflows` and `ListenDrops` in home stayed 0
+//! throughout (and in CI-length runs sampled every 3 s); not SYN loss: ingress1's
+//! `TcpExtTCPSynRetrans` stayed 0.
+//!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
 //! (150 bursts, 10 minutes) and prints the same figures, per minute as well.
 
