@@ -77,7 +77,8 @@ pub struct PathStatus {
     pub held: bool,
     /// Why it is held down, in words; null when it is not.
     pub held_reason: Option<String>,
-    /// The flap penalty now (each fall adds `flap_penalty`; it halves every `flap_half_life`).
+    /// The flap penalty now (each fall, and while held each failed probe, adds `flap_penalty`;
+    /// it halves every `flap_half_life`).
     pub flap_penalty: f64,
     /// Falls from up to down since start (held or not).
     pub falls: u64,
@@ -172,7 +173,7 @@ fn path_status(p: &Path, damping: &DampingConfig, share_recent: f64, share_minut
     let held = d.verdict == Verdict::Held;
     let held_reason = held.then(|| {
         format!(
-            "flapping: {} falls; penalty {:.0} reached {} and is held until it decays below {} (halving every {:?}): about {:.0}s more unless it fails again",
+            "flapping: {} falls; penalty {:.0} reached {} and is held until it decays below {} (halving every {:?}): about {:.0}s more unless a probe fails meanwhile",
             d.falls,
             d.penalty,
             damping.suppress,
