@@ -36,8 +36,8 @@ use tracing::warn;
 use crate::metrics::names;
 
 /// The writer is woken to write when this many bytes of lines are buffered (nginx's usual
-/// `buffer=64k`): at 30,000 requests/s of ~600-byte lines, one wake and one `write` every
-/// ~2 ms instead of one per line.
+/// `buffer=64k`): at 30,000 requests/s of ~500-byte lines, one wake and one `write` every
+/// ~4 ms instead of one per line.
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// A line waits at most about this long in the buffer when traffic is too light to fill
 /// [`FLUSH_BYTES`] (nginx's `flush=`); also how soon a writer sees [`reopen`].
