@@ -10,6 +10,7 @@ use base64::Engine;
 use shared::ports::{days, hours, secs, DurationRange};
 
 use super::host::valid_host;
+pub use super::raw::KeyType;
 use super::raw::RawAcme;
 use super::{Problems, Site};
 
@@ -29,24 +30,6 @@ pub mod ranges {
     pub const RETRY_MAX: DurationRange = DurationRange::new(secs(1), days(7));
     /// `acme.order_timeout`, default 5m: one issuance (challenges, finalize, download).
     pub const ORDER_TIMEOUT: DurationRange = DurationRange::new(secs(5), secs(3600));
-}
-
-/// The key type of certificates (the account key is always ECDSA P-256).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum KeyType {
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KeyType::EcdsaP256 => "ecdsa-p256",
-            KeyType::Rsa2048 => "rsa-2048",
-        })
-    }
 }
 
 /// An HMAC key that never shows in logs or `Debug` output.

@@ -249,7 +249,7 @@ pub struct RawAcme {
     pub contact: Option<Vec<String>>,
     pub external_account: Option<RawExternalAccount>,
     pub names: Option<Vec<String>>,
-    pub key_type: Option<Choice<super::acme::KeyType>>,
+    pub key_type: Option<Choice<KeyType>>,
     pub storage: Option<String>,
     pub http_01: Option<bool>,
     pub tls_alpn_01: Option<bool>,
@@ -303,4 +303,22 @@ pub enum ProxyProtocol {
     #[default]
     None,
     V2,
+}
+
+/// The key type of certificates (the account key is always ECDSA P-256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::Rsa2048 => "rsa-2048",
+        })
+    }
 }
