@@ -14,10 +14,10 @@ use shared::admin::{Call, Reply, Routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Event;
 use crate::metrics::names;
 use crate::pool::{Member, Pool, NO_OVERRIDE};
 use crate::state::State;
-use crate::events::Event;
 
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
