@@ -515,7 +515,13 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(recap.keys().collect::<Vec<_>>(), ["ingress1", "ingress2"], "--limit ingress ran on {:?}", recap.keys());
     for (n, before) in ["ingress1", "ingress2"].iter().zip(&ingress_configs) {
         let changed = recap.get(*n).and_then(|f| f.get("changed")).copied();
-        assert_eq!(changed, Some(0), "--limit ingress on {n}: {:?}\nchanged: {:#?}", recap.get(*n), run5b.changed_tasks());
+        assert_eq!(
+            changed,
+            Some(0),
+            "--limit ingress on {n}: {:?}\nchanged: {:#?}",
+            recap.get(*n),
+            run5b.changed_tasks()
+        );
         let after = hosts[*n].sh("cat /etc/ingress/ingress.toml", Duration::from_secs(10)).expect("config");
         assert_eq!(&after, before, "--limit ingress rewrote {n}'s config");
         assert!(after.contains(&format!("mesh = \"{mesh}\"")), "{n}'s mesh tier, --limit ingress:\n{after}");
