@@ -306,6 +306,13 @@ impl Topology {
             Veth::new(&h.inet, rif, &[&format!("{gw}/29")], host, "eth0", &[&format!("{a}/29")])?;
             cmd::ip(host.name(), &["route", "add", "default", "via", &gw.to_string()])?;
         }
+        // The ingress role's relay setting (ingress_sysctls in ansible/roles/ingress), as on a
+        // deployed node: without it, a few hundred new connections a second towards one home
+        // address fill the ephemeral range with TIME-WAIT sockets within a minute, and every
+        // scenario's connects stall in the kernel's port search, whatever the failover does.
+        for host in [&h.ingress1, &h.ingress2] {
+            cmd::sysctl(host.name(), &[("net.ipv4.tcp_tw_reuse", "1")])?;
+        }
         // Home's two WANs, each its own link and /24.
         let home = h.home.name();
         cmd::sysctl(home, &[("net.ipv4.ip_forward", "1")])?;

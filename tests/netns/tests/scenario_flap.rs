@@ -33,7 +33,8 @@
 //! for 40 s, then 1,063 in its tail (~44 s into the load, ~20,000 sockets in TIME-WAIT
 //! towards one address and port), and with `net.ipv4.tcp_tw_reuse = 1` set in ingress1's
 //! namespace the bursts cost 35 slow requests, all on wan1 before its hold, and the tail 0
-//! (2026-12-02; the harness does not set it: an ingress host's setting, not yet deployed).
+//! (2026-12-02). The ingress role now sets it on every node (`ingress_sysctls`) and the
+//! harness sets it in ingress1 and ingress2, as deployed.
 //!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
 //! (150 bursts, 10 minutes) and prints the same figures, per minute as well.
