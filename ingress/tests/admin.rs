@@ -131,9 +131,8 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     // Load: a client opening 200 connections a second, each answered by its path's name.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Each answer with when its connection started and when it was answered: the ingress
-    // picked its path in between, so only a connection started after the drain and answered
-    // before the undrain was certainly placed while drained (one started just before the
-    // undrain may be picked just after it under load).
+    // picked its path in between, so only a connection started after the drain's answer and
+    // answered before the undrain request was sent was certainly placed while drained.
     type Answer = (tokio::time::Instant, tokio::time::Instant, String);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
     let load = {
@@ -167,6 +166,9 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     assert_eq!((code, body.as_str()), (StatusCode::OK, format!("{pool}/wan1: serving -> drained\n").as_str()));
     let drained_at = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The undrain takes effect in the server before its answer gets back here: the window
+    // of "drained" ends when the request is sent, "undrained" begins when the answer is in.
+    let undrain_sent = tokio::time::Instant::now();
     let (code, _) = call(admin, Method::POST, "/api/undrain?path=wan1", Some(TOKEN)).await;
     assert_eq!(code, StatusCode::OK);
     let undrained_at = tokio::time::Instant::now();
@@ -177,7 +179,7 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     let mut during = (0, 0);
     let mut after = (0, 0);
     while let Ok((at, done, name)) = rx.try_recv() {
-        let slot = if at > drained_at && done < undrained_at {
+        let slot = if at > drained_at && done < undrain_sent {
             &mut during
         } else if at > undrained_at {
             &mut after
