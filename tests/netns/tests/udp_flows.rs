@@ -352,7 +352,12 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
         s.sent()
     ));
     assert!(to_mesh.iter().all(|&g| g <= DETECTION_BOUND_MS), "too slow onto the mesh: {to_mesh:?}");
-    assert_eq!(migrated as usize, s.flows.len(), "every flow migrated once");
-    assert_eq!(created_mesh as usize, s.flows.len(), "every flow re-created on the mesh");
+    // Both WANs are blackholed at once but judged down one after the other: a flow whose WAN
+    // is judged down first may move to the other WAN (still up as far as anyone knows) and
+    // move again when that one is judged down too. Each flow moves at least once and at most
+    // twice, and ends on the mesh.
+    let n = s.flows.len();
+    assert!((n..=2 * n).contains(&(migrated as usize)), "every flow migrated once or twice: {migrated} for {n}");
+    assert_eq!(created_mesh as usize, n, "every flow re-created on the mesh");
     common::phase(start, "done");
 }
