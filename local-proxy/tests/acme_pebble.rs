@@ -622,8 +622,8 @@ async fn a_certbot_live_directory_is_picked_up_and_renewed_in_place() {
         params.distinguished_name.push(rcgen::DnType::CommonName, "certbot's certificate");
         // From 2020 to tomorrow: far past two thirds, still valid.
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        let (y, m, d) = civil_from_days(unix_now() / 86_400 + 1);
-        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = test_support::civil_from_days(unix_now() / 86_400 + 1);
+        params.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
         let cert = params.self_signed(&key).unwrap();
         let (live, archive) = (storage.join("live/old.test"), storage.join("archive/old.test"));
         std::fs::create_dir_all(&live).unwrap();
@@ -649,18 +649,4 @@ async fn a_certbot_live_directory_is_picked_up_and_renewed_in_place() {
     // The renewed certificate covers the wanted name only.
     let names = local_proxy::acme::storage::read_cert(&live.join("fullchain.pem")).unwrap().unwrap().names;
     assert_eq!(names, ["old.test"]);
-}
-
-/// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m as u8, d as u8)
 }

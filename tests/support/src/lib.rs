@@ -38,6 +38,20 @@ pub fn free_port() -> u16 {
     panic!("no port free in {FIRST}..{}", FIRST + COUNT);
 }
 
+/// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's `civil_from_days`),
+/// for the certificate dates tests write (no date crate in the tests).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m as u32, d as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +67,13 @@ mod tests {
         // Taken: the next call skips it.
         let held = TcpListener::bind((Ipv4Addr::UNSPECIFIED, free_port())).map(|l| l.local_addr());
         assert!(held.is_ok());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_789), (2026, 12, 2));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

@@ -452,17 +452,8 @@ pub fn validations(t: &Topology) -> Result<(u64, u64)> {
 
 /// `YYMMDDHHMMSSZ` (ASN.1 UTCTime, as `openssl ca -startdate` takes it) of a Unix time.
 fn utc_time(unix: i64) -> String {
-    // Howard Hinnant's civil_from_days.
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = test_support::civil_from_days(days);
     format!("{:02}{m:02}{d:02}{:02}{:02}{:02}Z", y % 100, secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
