@@ -310,6 +310,24 @@ pub struct Ssh {
 }
 
 impl Ssh {
+    /// The inventory variables that let ansible reach the booted hosts as root with this key
+    /// (fresh host keys every run: not checked), for `all.vars`.
+    pub fn ansible_vars(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut vars = serde_json::Map::new();
+        for (k, v) in [
+            ("ansible_user", "root".to_string()),
+            ("ansible_ssh_private_key_file", self.key.display().to_string()),
+            (
+                "ansible_ssh_common_args",
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes".to_string(),
+            ),
+            ("ansible_python_interpreter", "/usr/bin/python3".to_string()),
+        ] {
+            vars.insert(k.into(), v.into());
+        }
+        vars
+    }
+
     /// Makes an ed25519 key pair `<dir>/id_ed25519` for this run.
     pub fn new(ns: &str, dir: &Path) -> Result<Self> {
         let key = dir.join("id_ed25519");

@@ -79,13 +79,9 @@ fn inventory(
             }),
         );
     }
-    json!({
-        "all": {
-            "vars": {
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": ssh.key.display().to_string(),
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes",
-                "ansible_python_interpreter": "/usr/bin/python3",
+    let mut vars = ssh.ansible_vars();
+    vars.extend(
+        json!({
                 "dns_zone": ZONE,
                 "home_wans": [
                     { "name": "wan1", "address": addr::WAN1.to_string(), "weight": 3,
@@ -98,7 +94,14 @@ fn inventory(
                 "yggdrasil_apt_source": aptrepo::source_line(repo_url),
                 "ingress_deb": debs.0.display().to_string(),
                 "local_proxy_deb": debs.1.display().to_string(),
-            },
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    json!({
+        "all": {
+            "vars": vars,
             "children": {
                 "ingress": { "hosts": ingress_hosts },
                 "local_proxy": { "hosts": { "home": {

@@ -222,12 +222,7 @@ fn send_from_host(host: &Host) -> Result<()> {
 fn inventory(ssh: &Ssh, host_vars: serde_json::Value) -> serde_json::Value {
     json!({
         "all": {
-            "vars": {
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": ssh.key.display().to_string(),
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes",
-                "ansible_python_interpreter": "/usr/bin/python3",
-            },
+            "vars": ssh.ansible_vars(),
             "children": { "turn_hosts": { "hosts": { HOST: host_vars } } },
         }
     })
