@@ -33,7 +33,7 @@ pub mod ranges {
     /// `service.udp_reply_timeout`, default 100ms: how long a flow that expects replies may
     /// send unanswered before its path is suspect.
     pub const UDP_REPLY_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
-    /// `pool.*.health.flap_half_life`, default 15s: how fast a path's flap penalty decays.
+    /// `pool.*.health.flap_half_life`, default 30s: how fast a path's flap penalty decays.
     pub const FLAP_HALF_LIFE: DurationRange = DurationRange::new(secs(1), hours(1));
     /// `pool.*.health.flap_max_hold`, default 120s: the longest hold after the last fall (or failed probe while held).
     pub const FLAP_MAX_HOLD: DurationRange = DurationRange::new(secs(1), days(1));

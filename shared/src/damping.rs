@@ -31,7 +31,9 @@ pub struct DampingConfig {
     pub suppress: u32,
     /// Penalty below which a held path is released. Default 750.
     pub reuse: u32,
-    /// Time for the penalty to halve. Default 15 s.
+    /// Time for the penalty to halve. Default 30 s: a path falling again within half a minute
+    /// is held, and one falling periodically is held once its falls are less than ~47 s apart
+    /// (the steady penalty `penalty / (1 - 2^(-T/half_life))` reaches `suppress`).
     pub half_life: Duration,
     /// Longest hold after the last fall (caps the penalty). Default 120 s.
     pub max_hold: Duration,
@@ -46,7 +48,7 @@ impl Default for DampingConfig {
             penalty: 1000,
             suppress: 1500,
             reuse: 750,
-            half_life: Duration::from_secs(15),
+            half_life: Duration::from_secs(30),
             max_hold: Duration::from_secs(120),
             slow_start: Duration::from_secs(5),
         }
@@ -315,6 +317,23 @@ mod tests {
         assert!((c.lasted.as_secs_f64() - (want + 0.1)).abs() < 1e-6);
         // And it slow-starts.
         assert!(d.share(&CFG, t0 + s(4.0 + want + 0.1)) < 0.2);
+    }
+
+    /// CI saw falls 16 s apart with the old 15 s default: 1477, not held. The defaults hold a
+    /// second fall up to 30 s after the first, and not one 31 s after.
+    #[test]
+    fn the_defaults_hold_a_second_fall_within_half_a_minute() {
+        let cfg = DampingConfig::default();
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        for (gap, held) in [(16.0, true), (29.9, true), (31.0, false)] {
+            let t0 = Instant::now();
+            let mut d = Damping::new(true, t0);
+            d.update(&cfg, false, true, t0);
+            d.update(&cfg, true, false, t0 + s(0.5));
+            let c = d.update(&cfg, false, true, t0 + s(gap)).unwrap();
+            let want = if held { Verdict::Held } else { Verdict::Down };
+            assert_eq!((c.from, c.to), (Verdict::Up, want), "second fall {gap} s after the first");
+        }
     }
 
     #[test]

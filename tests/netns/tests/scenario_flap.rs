@@ -36,6 +36,10 @@
 //! (2026-12-02). The ingress role now sets it on every node (`ingress_sysctls`) and the
 //! harness sets it in ingress1 and ingress2, as deployed.
 //!
+//! CI (2026-12-02, 15 s half-life then) saw wan1 fall in the first burst and again 16 s later,
+//! penalty 1000 × 2^(-16/15) + 1000 = 1477, short of 1500: down, up, down, up, then held at a
+//! third fall, 5 changes. The default half-life is 30 s since: falls within half a minute hold.
+//!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
 //! (150 bursts, 10 minutes) and prints the same figures, per minute as well.
 
