@@ -40,7 +40,8 @@ use crate::metrics::names;
 /// ~4 ms instead of one per line.
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// A line waits at most about this long in the buffer when traffic is too light to fill
-/// [`FLUSH_BYTES`] (nginx's `flush=`); also how soon a writer sees [`reopen`].
+/// [`FLUSH_BYTES`] (nginx's `flush=`); also how soon a writer sees [`reopen`]. The default of
+/// an access log's `flush`.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes of lines that may wait for the writer per file (about 7,000 typical lines, what the
 /// queue of 8192 lines held before); beyond it, lines are dropped and counted. With the
@@ -112,6 +113,9 @@ struct State {
     flush_done: u64,
     /// Every sink is gone: write what is left and end.
     closed: bool,
+    /// The writer's timer: `Params::flush_interval` at first, then what the last [`open`] of
+    /// the file asked for (a reload may change it).
+    flush_interval: Duration,
     /// The writer has ended.
     ended: bool,
 }
@@ -192,22 +196,35 @@ impl Drop for Sink {
     }
 }
 
-/// The writer for `path`: the running one, or a new one with the file opened now (so an
-/// unwritable path refuses the config that names it).
-pub fn open(path: &Path) -> std::io::Result<Arc<Sink>> {
-    open_with(path, Params::default())
+/// The writer for `path`, writing buffered lines at least every `flush`: the running one (its
+/// timer set to `flush`: the config being loaded says so), or a new one with the file opened
+/// now (so an unwritable path refuses the config that names it).
+pub fn open(path: &Path, flush: Duration) -> std::io::Result<Arc<Sink>> {
+    open_with(path, Params { flush_interval: flush, ..Params::default() })
 }
 
-/// [`open`] with other [`Params`] (for a writer not yet running).
+/// [`open`] with other [`Params`] (only `flush_interval` applies to a writer already running).
 pub fn open_with(path: &Path, params: Params) -> std::io::Result<Arc<Sink>> {
     let writers = WRITERS.get_or_init(Default::default);
     let mut writers = writers.lock().unwrap_or_else(PoisonError::into_inner);
     writers.retain(|_, w| w.strong_count() > 0);
     if let Some(sink) = writers.get(path).and_then(Weak::upgrade) {
+        let changed = {
+            let mut state = sink.shared.lock();
+            std::mem::replace(&mut state.flush_interval, params.flush_interval) != params.flush_interval
+        };
+        if changed {
+            // A shorter timer applies to the lines already waiting, not only after the next write.
+            sink.shared.wake.notify_one();
+        }
         return Ok(sink);
     }
     let file = open_file(path)?;
-    let state = State { buf: Vec::with_capacity(2 * params.flush_bytes), ..State::default() };
+    let state = State {
+        buf: Vec::with_capacity(2 * params.flush_bytes),
+        flush_interval: params.flush_interval,
+        ..State::default()
+    };
     let shared = Arc::new(Shared { state: Mutex::new(state), wake: Condvar::new(), done: Condvar::new(), params });
     let label = path.display().to_string();
     let (owned, for_writer, thread_label) = (path.to_path_buf(), shared.clone(), label.clone());
@@ -265,9 +282,11 @@ fn write_loop(path: PathBuf, file: File, shared: &Shared, label: String) {
     let mut failing = false;
     let mut state = shared.lock();
     loop {
-        // Until the interval is up, unless woken for a reason (a spurious wake-up is none).
-        let due = Instant::now() + shared.params.flush_interval;
+        // Until the interval is up, unless woken for a reason (a spurious wake-up is none; a
+        // new interval from a reload counts from the same start).
+        let since = Instant::now();
         while !state.woken && !state.closed && state.flush_done == state.flush_asked {
+            let due = since + state.flush_interval;
             let Some(left) = due.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
             state = shared.wake.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
         }
@@ -403,6 +422,22 @@ mod tests {
         assert!(opened.elapsed() >= interval, "written after {:?}", opened.elapsed());
     }
 
+    /// A reload that shortens a file's `flush` applies to the lines already waiting: opened
+    /// with an hour, a line waits; opened again with 20 ms, it is written.
+    #[test]
+    fn a_shorter_flush_from_a_reload_applies_to_waiting_lines() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reflush.log");
+        let sink = open(&path, HOUR).unwrap();
+        line(&sink, "waiting");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(read(&path), "", "written before an hour");
+        let again = open(&path, Duration::from_millis(20)).unwrap();
+        assert!(Arc::ptr_eq(&sink, &again), "one writer per file");
+        assert_eq!(wait_lines(&path, 1), "waiting\n");
+    }
+
     /// The line that brings the buffer to its size wakes the writer (long before the
     /// interval); those before it wait.
     #[test]
@@ -536,7 +571,7 @@ mod tests {
             let fifo = fifo.clone();
             std::thread::spawn(move || File::open(fifo).unwrap())
         };
-        let sink = open(&fifo).unwrap();
+        let sink = open(&fifo, FLUSH_INTERVAL).unwrap();
         let mut reader = reader.join().unwrap();
 
         const LINES: usize = 200_000;

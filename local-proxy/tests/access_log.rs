@@ -445,8 +445,9 @@ async fn sighup_reopens_and_reloads_move_or_keep_the_file() {
     assert_eq!(uris(&moved), vec!["/4".to_string()]);
 }
 
-/// Lines wait in the writer's buffer (up to its flush interval): a SIGTERM right after the
-/// last answer still leaves every request's line in the file when the process has exited.
+/// Lines wait in the writer's buffer (up to its `flush`, an hour here, so only the drain's
+/// end can have written them): a SIGTERM right after the last answer still leaves every
+/// request's line in the file when the process has exited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_writes_the_buffered_lines_before_exit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -458,7 +459,7 @@ async fn sigterm_writes_the_buffered_lines_before_exit() {
         &live,
         "",
         &format!(
-            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\", flush = \"1h\" }}\n",
             log.display()
         ),
     )

@@ -127,6 +127,9 @@ pub struct AccessLog {
     /// Absolute path; created 0640 if missing, reopened on SIGUSR1 and SIGHUP.
     pub path: PathBuf,
     pub format: AccessLogFormat,
+    /// Longest a line waits in memory before it is written (nginx's `flush=`); every log
+    /// naming one file must agree on it.
+    pub flush: Duration,
 }
 
 /// The line format of an access log.

@@ -82,12 +82,13 @@ pub struct RawHttp {
     pub access_log: Option<RawAccessLog>,
 }
 
-/// `access_log = { path = "...", format = "json" }`.
+/// `access_log = { path = "...", format = "json", flush = "100ms" }`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     pub path: Option<String>,
     pub format: Option<Choice<super::AccessLogFormat>>,
+    pub flush: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use shared::ports::{days, hours, ms, parse_host_port, parse_ip, secs, DurationRange, ListenSpec, PortRange};
@@ -76,6 +77,8 @@ pub mod ranges {
     /// `firewall.max_refresh`, default 1h.
     pub const MAX_REFRESH: DurationRange = DurationRange::new(secs(1), days(7));
     /// `firewall.lookup_timeout`, default 5s.
+    /// `*.access_log.flush`, default 100ms.
+    pub const ACCESS_LOG_FLUSH: DurationRange = DurationRange::new(ms(1), hours(1));
     pub const LOOKUP_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
 }
 use ranges::*;
@@ -280,6 +283,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problems> {
     let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c);
     let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
 
+    // Only on an otherwise valid config: then `sites` and `streams` are in the file's order,
+    // so their indices name the right tables.
+    if c.is_empty() {
+        let logs = http.access_log.iter().map(|l| ("http.access_log".to_owned(), l));
+        let site_logs = sites
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((format!("site[{i}].access_log"), s.access_log.as_ref()?)));
+        let stream_logs = streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((format!("stream[{i}].access_log"), s.access_log.as_ref()?)));
+        access_logs_agree(&mut c, logs.chain(site_logs).chain(stream_logs));
+    }
+
     c.into_result(Config {
         log_format,
         drain_timeout,
@@ -445,12 +463,18 @@ fn site(
     })
 }
 
-/// `access_log = { path, format }` under `field`: an absolute file path (the file itself is
-/// opened when the routes are built, so a directory that does not exist refuses the config
-/// there, under the same field), format `json`.
+/// `access_log = { path, format, flush }` under `field`: an absolute file path (the file
+/// itself is opened when the routes are built, so a directory that does not exist refuses the
+/// config there, under the same field), format `json`.
 fn access_log(c: &mut Problems, field: &str, raw: &RawAccessLog) -> Option<AccessLog> {
     let before = c.len();
     let format = c.choice(&format!("{field}.format"), raw.format.as_ref(), AccessLogFormat::Json);
+    let flush = c.duration(
+        &format!("{field}.flush"),
+        raw.flush.as_deref(),
+        crate::access_log::FLUSH_INTERVAL,
+        ACCESS_LOG_FLUSH,
+    );
     let path = match raw.path.as_deref() {
         None => {
             c.push(format!("{field}.path"), "is required");
@@ -466,7 +490,30 @@ fn access_log(c: &mut Problems, field: &str, raw: &RawAccessLog) -> Option<Acces
             path
         }
     };
-    (c.len() == before).then_some(AccessLog { path, format })
+    (c.len() == before).then_some(AccessLog { path, format, flush })
+}
+
+/// One file has one writer, so every log naming it must ask for the same `flush` (the writer
+/// would otherwise hold some lines longer than their log says). `logs` are (field, log) in
+/// config order; the later of two that disagree is the one named.
+fn access_logs_agree<'a>(c: &mut Problems, logs: impl IntoIterator<Item = (String, &'a AccessLog)>) {
+    let mut first: BTreeMap<&PathBuf, (String, Duration)> = BTreeMap::new();
+    for (field, log) in logs {
+        match first.get(&log.path) {
+            None => {
+                first.insert(&log.path, (field, log.flush));
+            }
+            Some((other, flush)) if *flush != log.flush => c.push(
+                format!("{field}.flush"),
+                format!(
+                    "{:?} differs from {other}.flush ({flush:?}), which writes the same file `{}`",
+                    log.flush,
+                    log.path.display()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 fn parse_upstream(u: &str) -> Result<Upstream, String> {

@@ -133,7 +133,7 @@ pub enum RoutesError {
 /// The writer of `log`, opened (or shared) now; `field` names it in the error.
 fn open_log(field: String, log: Option<&AccessLog>) -> Result<Option<Arc<Sink>>, RoutesError> {
     let Some(log) = log else { return Ok(None) };
-    crate::access_log::open(&log.path).map(Some).map_err(|source| RoutesError::AccessLog {
+    crate::access_log::open(&log.path, log.flush).map(Some).map_err(|source| RoutesError::AccessLog {
         field,
         path: log.path.display().to_string(),
         source,

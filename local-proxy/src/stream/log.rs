@@ -51,7 +51,7 @@ impl StreamLogs {
         let mut by_name = HashMap::new();
         for (i, s) in config.streams.iter().enumerate() {
             let Some(log) = &s.access_log else { continue };
-            let sink = crate::access_log::open(&log.path).map_err(|source| StreamLogError {
+            let sink = crate::access_log::open(&log.path, log.flush).map_err(|source| StreamLogError {
                 field: format!("stream[{i}].access_log.path"),
                 path: log.path.display().to_string(),
                 source,
