@@ -165,9 +165,17 @@ fn main() -> Result<()> {
                     add(&mut figs, c, "http_new_errors", nc.errors as f64);
                 }
                 if c.udp() && args.wants("udp") {
-                    let (mbps, loss) = workloads::udp(&t, c, "1G")?;
-                    add(&mut figs, c, "udp_mbps", mbps);
-                    add(&mut figs, c, "udp_loss_pct", loss);
+                    let u = workloads::udp(&t, c, "1G", None)?;
+                    add(&mut figs, c, "udp_mbps", u.mbps);
+                    add(&mut figs, c, "udp_loss_pct", u.loss_pct);
+                    add(&mut figs, c, "udp_proxy_drop_pct", u.proxy_drop_pct);
+                    add(&mut figs, c, "udp_receiver_drop_pct", u.receiver_drop_pct);
+                    // The same with 4 MB socket buffers at the ends (the ingress's own listen
+                    // sockets have 4 MB): the receiver then rides out the proxy's bursts and
+                    // the scheduling of 2 shared cores, so what is lost is the proxy's doing.
+                    let w = workloads::udp(&t, c, "1G", Some("4M"))?;
+                    add(&mut figs, c, "udp_w4m_loss_pct", w.loss_pct);
+                    add(&mut figs, c, "udp_w4m_proxy_drop_pct", w.proxy_drop_pct);
                 }
                 if let Some(p) = &proc_name {
                     if !args.quick && args.wants("failover") {
