@@ -1,6 +1,6 @@
 //! Moving bytes between client and upstream: both directions at once, half-close passed
-//! on, an idle timeout over both, bytes counted per path. `splice(2)` on Linux, a
-//! buffered copy elsewhere.
+//! on, an idle timeout over both, bytes counted per path. Small messages are copied through
+//! a per-thread buffer; bulk transfers go through `splice(2)` on Linux.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,14 @@ fn shutdown_write(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
 }
 
-#[cfg(target_os = "linux")]
+/// Bytes read per small-message read, into the worker thread's buffer (HAProxy's default
+/// buffer size). A read that fills it means more is waiting: a bulk transfer, whose next
+/// reads go through a pipe.
+const SMALL: usize = 16 * 1024;
+
+/// Whether the rest of a bulk transfer can go through a pipe (`splice(2)`).
+const PIPED: bool = cfg!(target_os = "linux");
+
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
@@ -103,112 +110,364 @@ async fn one_way(
     bytes: &ByteMeter,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    use crate::splice::{pipe_to_socket, socket_to_pipe, CHUNK, PIPES};
-    use std::os::fd::AsFd;
-
-    let (from_fd, to_fd) = (from.as_fd(), to.as_fd());
+    let moved = |n: usize| {
+        bytes.increment(n as u64);
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch(bytes);
+    };
+    // Small messages (requests, responses, interactive traffic) are read into the worker's
+    // buffer and written at once: a read and a write, no pipe and no third call to learn the
+    // socket is empty. Once a read fills the buffer, a bulk transfer is under way and what
+    // follows is spliced through a pipe until a burst starts small again (HAProxy's
+    // splice-auto works alike). Nothing here holds a buffer across an await but the rare
+    // tail the destination would not take at once, so an idle connection costs no more.
+    let mut bulk = false;
     loop {
         from.readable().await?;
-        // Take a pipe only now that data waits; give it back as soon as it is empty and the
-        // source has nothing more, so idle connections hold none.
-        let pipe = match PIPES.take() {
-            Ok(p) => p,
-            // Out of pipes (the descriptor budget's share, or the process's limit): this
-            // chunk goes through user space instead of failing the connection.
-            Err(e) if crate::listener::is_resource_exhaustion(&e) => {
-                let mut buf = vec![0u8; FALLBACK_CHUNK];
-                match copy_chunk(from, to, &mut buf, activity, bytes, total).await? {
-                    Copied::Eof => return Ok(()),
-                    Copied::Bytes | Copied::Nothing => continue,
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        loop {
-            let filled = match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
-                Ok(0) => {
-                    PIPES.give_back(pipe);
+        if !bulk {
+            match copy_small(from, to)? {
+                Small::Eof => {
                     shutdown_write(to);
                     return Ok(());
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            };
-            let mut left = filled;
-            while left > 0 {
-                to.writable().await?;
-                match to.try_io(Interest::WRITABLE, || pipe_to_socket(&pipe, to_fd, left)) {
-                    Ok(n) => left -= n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    // The pipe still holds data: it is dropped with this error, not pooled.
-                    Err(e) => return Err(e),
+                Small::Nothing => continue,
+                Small::Read { read, rest, full } => {
+                    write_all(to, &rest).await?;
+                    moved(read);
+                    bulk = full && PIPED;
+                    if !bulk {
+                        continue;
+                    }
                 }
             }
-            bytes.increment(filled as u64);
-            total.fetch_add(filled as u64, Ordering::Relaxed);
-            activity.touch(bytes);
         }
-        PIPES.give_back(pipe);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity,
-    bytes: &ByteMeter,
-    total: &AtomicU64,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; FALLBACK_CHUNK];
-    loop {
-        from.readable().await?;
-        if let Copied::Eof = copy_chunk(from, to, &mut buf, activity, bytes, total).await? {
-            return Ok(());
+        match through_pipe(from, to, &moved).await? {
+            Piped::Eof => {
+                shutdown_write(to);
+                return Ok(());
+            }
+            Piped::Drained { big } => bulk = big,
+            Piped::NoPipe => bulk = false,
         }
     }
 }
 
-/// Bytes per read when copying through user space.
-const FALLBACK_CHUNK: usize = 32 * 1024;
-
-enum Copied {
-    Bytes,
-    Nothing,
+/// What one small-message read did.
+enum Small {
+    /// End of stream.
     Eof,
+    /// Nothing was waiting after all.
+    Nothing,
+    /// `read` bytes read and handed to the destination but for `rest` (empty when it took
+    /// everything); `full`: the read filled the buffer, so more is likely waiting.
+    Read { read: usize, rest: Vec<u8>, full: bool },
 }
 
-/// One read from `from` (which was readable) written wholly to `to`, through `buf`. At end
-/// of stream the half-close is passed on.
-async fn copy_chunk(
-    from: &TcpStream,
-    to: &TcpStream,
-    buf: &mut [u8],
-    activity: &Activity,
-    bytes: &ByteMeter,
-    total: &AtomicU64,
-) -> io::Result<Copied> {
-    let n = match from.try_read(buf) {
-        Ok(0) => {
-            shutdown_write(to);
-            return Ok(Copied::Eof);
+thread_local! {
+    /// Each worker thread's small-message buffer: used only between two awaits, so one per
+    /// thread serves all its connections (a buffer per connection would sit idle in every
+    /// one of them).
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SMALL]);
+}
+
+/// One read from `from` (which was readable) through the thread's buffer, written to `to`
+/// as far as it takes it without waiting.
+fn copy_small(from: &TcpStream, to: &TcpStream) -> io::Result<Small> {
+    BUF.with_borrow_mut(|buf| {
+        let read = match read_draining(from, buf) {
+            Ok(0) => return Ok(Small::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Small::Nothing),
+            Err(e) => return Err(e),
+        };
+        let mut off = 0;
+        while off < read {
+            match to.try_write(&buf[off..read]) {
+                Ok(w) => off += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
-        Err(e) => return Err(e),
-    };
+        Ok(Small::Read { read, rest: buf[off..read].to_vec(), full: read == buf.len() })
+    })
+}
+
+/// Read what `from` holds into `buf`. A read that returns less than asked has emptied the
+/// socket's receive queue (`tcp_recvmsg` copies from every queued segment until the buffer
+/// is full), so on Linux it also clears `from`'s read readiness, sparing the read that
+/// would only say `EAGAIN`: tokio's own `PollEvented::poll_read` does the same on epoll
+/// ("reading a partially full buffer is sufficient to show that the socket buffer has been
+/// drained", tokio 1.54 src/io/poll_evented.rs, tokio issue 5866). Returning `WouldBlock`
+/// from `try_io`'s closure is how readiness is cleared; it clears only the readiness
+/// observed before the read (tokio's readiness tick), so data arriving during or after the
+/// read raises a new edge that is not lost. Not for `splice`: a splice into a pipe stops
+/// at the pipe's 16 slots, one per queued segment, so a short splice may leave data queued.
+fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = 0;
+    let r = from.try_io(Interest::READABLE, || {
+        let n = std::io::Read::read(&mut &*socket2::SockRef::from(from), buf)?;
+        if cfg!(target_os = "linux") && n > 0 && n < buf.len() {
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        r => r,
+    }
+}
+
+/// Write all of `data` to `to`, waiting for it to take it.
+async fn write_all(to: &TcpStream, data: &[u8]) -> io::Result<()> {
     let mut off = 0;
-    while off < n {
+    while off < data.len() {
         to.writable().await?;
-        match to.try_write(&buf[off..n]) {
+        match to.try_write(&data[off..]) {
             Ok(w) => off += w,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
-    bytes.increment(n as u64);
-    total.fetch_add(n as u64, Ordering::Relaxed);
-    activity.touch(bytes);
-    Ok(Copied::Bytes)
+    Ok(())
+}
+
+/// How a burst through a pipe ended.
+enum Piped {
+    /// End of stream.
+    Eof,
+    /// `from` is drained; `big`: the burst began with at least a small-message buffer's
+    /// worth, so the next one likely goes through a pipe too.
+    Drained { big: bool },
+    /// No pipe to be had (the descriptor budget's share, or the process's limit): the
+    /// data goes through user space instead of failing the connection.
+    NoPipe,
+}
+
+/// Splice what waits on `from` to `to` through a pipe, until `from` has nothing more. The
+/// pipe is taken only now that data waits and given back once empty, so idle connections
+/// hold none.
+#[cfg(target_os = "linux")]
+async fn through_pipe(from: &TcpStream, to: &TcpStream, moved: &impl Fn(usize)) -> io::Result<Piped> {
+    use crate::splice::{pipe_to_socket, socket_to_pipe, CHUNK, PIPES};
+    use std::os::fd::AsFd;
+
+    let (from_fd, to_fd) = (from.as_fd(), to.as_fd());
+    let pipe = match PIPES.take() {
+        Ok(p) => p,
+        Err(e) if crate::listener::is_resource_exhaustion(&e) => return Ok(Piped::NoPipe),
+        Err(e) => return Err(e),
+    };
+    let mut first = None;
+    loop {
+        // Until `EAGAIN`: a short splice does not mean the socket is empty (see
+        // `read_draining`).
+        let filled = match from.try_io(Interest::READABLE, || socket_to_pipe(from_fd, &pipe, CHUNK)) {
+            Ok(0) => {
+                PIPES.give_back(pipe);
+                return Ok(Piped::Eof);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        };
+        first.get_or_insert(filled);
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || pipe_to_socket(&pipe, to_fd, left)) {
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // The pipe still holds data: it is dropped with this error, not pooled.
+                Err(e) => return Err(e),
+            }
+        }
+        moved(filled);
+    }
+    PIPES.give_back(pipe);
+    Ok(Piped::Drained { big: first.is_some_and(|n| n >= SMALL) })
+}
+
+/// No pipes here: everything goes through user space.
+#[cfg(not(target_os = "linux"))]
+async fn through_pipe(_: &TcpStream, _: &TcpStream, _: &impl Fn(usize)) -> io::Result<Piped> {
+    Ok(Piped::NoPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CheckKind, HealthConfig, PathConfig, PoolConfig, Target};
+    use crate::pool::Pool;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    use std::sync::mpsc;
+    use std::thread;
+
+    /// Test traffic: each round either many small messages or one bulk transfer; contents
+    /// vary per byte, so a lost, repeated or reordered chunk shows.
+    fn rounds(seed: u32) -> Vec<Vec<Vec<u8>>> {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        (0..12)
+            .map(|round| match round % 3 {
+                // A bulk transfer puts the relay in its pipe mode; the next round's small
+                // messages then arrive while it is in it.
+                1 => vec![(0..(1 << 19) + next() % 4096).map(|_| next() as u8).collect()],
+                _ => (0..150).map(|_| (0..1 + next() % 200).map(|_| next() as u8).collect()).collect(),
+            })
+            .collect()
+    }
+
+    fn peer(s: &std::net::TcpStream) {
+        // Every small message its own segment.
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+    }
+
+    fn test_pool() -> Pool {
+        Pool::new(
+            PoolConfig {
+                name: "t".into(),
+                paths: vec![PathConfig {
+                    name: "wan1".into(),
+                    target: Target::Ip([127, 0, 0, 1].into()),
+                    port: None,
+                    weight: 1,
+                }],
+                mesh: None,
+                connect_timeout: Duration::from_millis(300),
+                final_connect_timeout: Duration::from_secs(3),
+                max_attempts: 1,
+                balance: shared::balance::Policy::RoundRobin,
+                health: HealthConfig {
+                    interval: Duration::from_millis(500),
+                    timeout: Duration::from_millis(400),
+                    down_interval: Duration::from_millis(100),
+                    rise: 2,
+                    fall: 2,
+                    port: 443,
+                    check: CheckKind::Tcp,
+                    damping: Default::default(),
+                },
+            },
+            None,
+        )
+    }
+
+    /// The client sends rounds of many small messages (each its own write, so they queue
+    /// as separate segments) and bulk transfers, each while the relay's thread is held busy
+    /// so that the whole round waits queued when the relay next looks, and waits for each
+    /// round's echo before the next: a relay that took a socket for drained while data still
+    /// waited (a splice stops at the pipe's 16 slots) would strand that data, the echo would
+    /// not come, and the round would time out. Then the client
+    /// half-closes; the upstream, seeing the end of stream, still sends a tail through the
+    /// half-closed connection before closing. Every byte arrives in order, the relay ends
+    /// with both sides closed (not by the idle timeout), and its totals and the path's
+    /// byte meter count exactly what went each way.
+    #[tokio::test]
+    async fn small_messages_bulk_and_half_close_arrive_whole_and_counted() {
+        let client_side = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let upstream_side = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (client_addr, upstream_addr) =
+            (client_side.local_addr().expect("addr"), upstream_side.local_addr().expect("addr"));
+        let sent = rounds(0x9e37_79b9);
+        let tail: Vec<u8> = rounds(0x85eb_ca6b).into_iter().take(3).flatten().flatten().collect();
+        let up_expect: Vec<u8> = sent.iter().flatten().flatten().copied().collect();
+        let down_expect: Vec<u8> = [&up_expect[..], &tail[..]].concat();
+
+        // Holds the runtime's one thread (the relay's) for a while on request, so that a
+        // round is written and queued before the relay can read any of it.
+        let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (holding_tx, holding_rx) = mpsc::channel();
+        tokio::spawn(async move {
+            while hold_rx.recv().await.is_some() {
+                let _ = holding_tx.send(());
+                thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let client = thread::spawn(move || {
+            let s = std::net::TcpStream::connect(client_addr).expect("client connect");
+            peer(&s);
+            let mut reader = s.try_clone().expect("clone");
+            let (tx, rx) = mpsc::channel();
+            let got = thread::spawn(move || {
+                let (mut got, mut buf) = (Vec::new(), vec![0; 64 << 10]);
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => return got,
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            let _ = tx.send(got.len());
+                        }
+                    }
+                }
+            });
+            let (mut w, mut want, mut echoed) = (&s, 0, 0);
+            for (i, round) in sent.iter().enumerate() {
+                hold_tx.send(()).expect("hold the relay");
+                holding_rx.recv_timeout(Duration::from_secs(5)).expect("relay held");
+                for m in round {
+                    w.write_all(m).expect("client write");
+                    want += m.len();
+                }
+                while echoed < want {
+                    match rx.recv_timeout(Duration::from_secs(5)) {
+                        Ok(n) => echoed = n,
+                        Err(_) => panic!("round {i}: {echoed} of {want} bytes echoed, the rest stranded"),
+                    }
+                }
+            }
+            s.shutdown(Shutdown::Write).expect("client half-close");
+            got.join().expect("client reader")
+        });
+        // The upstream echoes until the client's end of stream, then sends the tail, closes.
+        let upstream = thread::spawn(move || {
+            let (mut s, _) = upstream_side.accept().expect("upstream accept");
+            peer(&s);
+            let (mut got, mut buf) = (Vec::new(), vec![0; 64 << 10]);
+            loop {
+                match s.read(&mut buf).expect("upstream read") {
+                    0 => break,
+                    n => {
+                        s.write_all(&buf[..n]).expect("echo");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            s.write_all(&tail).expect("tail after the half-close");
+            s.shutdown(Shutdown::Write).expect("upstream close");
+            got
+        });
+
+        client_side.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(client_side).expect("listener");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let up = TcpStream::connect(upstream_addr).await.expect("connect upstream");
+        let pool = test_pool();
+        let state = &pool.paths[0].state;
+        let (end, totals) = tokio::time::timeout(
+            Duration::from_secs(60),
+            relay(&accepted, &up, Duration::from_secs(3), &state.m_bytes_up, &state.m_bytes_down),
+        )
+        .await
+        .expect("relay ends");
+        drop((accepted, up));
+        let client_got = client.join().expect("client");
+        let upstream_got = upstream.join().expect("upstream");
+
+        assert!(matches!(end, End::Closed), "relay ended {end:?}, not by both sides closing");
+        assert_eq!(upstream_got.len(), up_expect.len(), "bytes client→upstream");
+        assert!(upstream_got == up_expect, "client→upstream bytes differ");
+        assert_eq!(client_got.len(), down_expect.len(), "bytes upstream→client");
+        assert!(client_got == down_expect, "upstream→client bytes differ");
+        assert_eq!((totals.up, totals.down), (up_expect.len() as u64, down_expect.len() as u64));
+        assert_eq!(pool.paths[0].bytes_total(), (up_expect.len() + down_expect.len()) as u64);
+    }
 }
