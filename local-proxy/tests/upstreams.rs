@@ -782,3 +782,75 @@ health = {{ send = "ping", expect = "pong", interval = "200ms", timeout = "150ms
     })
     .await;
 }
+
+/// The request metrics, counted on each site's kept handles (`SiteMetrics`) for answers
+/// labelled by their status class and through the recorder for the others: every series has
+/// its requests, over several connections and across a reload (whose new site table registers
+/// the same series again), and the unknown site its own. Site names of their own: the
+/// recorder is the process's, shared by this file's tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_count_every_request_by_site_and_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let _b = Nginx::start_with(tmp.path(), "b", pb, None, 503).await;
+    let text = config_text(&format!(
+        r#"
+[[site]]
+host = "counted.example.org"
+upstream = "http://127.0.0.1:{pa}"
+[[site]]
+host = "counted-err.example.org"
+upstream = "http://127.0.0.1:{pb}"
+"#
+    ));
+    let proxy = Proxy::start(&text).await;
+    let get = |host: &'static str| {
+        let c = client();
+        let addr = proxy.mesh_http;
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("http://{addr}/"))
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                Ok(Ok(resp)) => resp.status().as_u16(),
+                _ => 0,
+            }
+        }
+    };
+    let p = &proxy;
+    let count = |site: &'static str, result: &'static str| async move {
+        p.metric("local_proxy_http_requests_total", &[("site", site), ("result", result)]).await
+    };
+    let duration = |site: &'static str| async move {
+        p.metric("local_proxy_http_request_duration_seconds_count", &[("site", site)]).await
+    };
+    let unknown_before = count("unknown", "unknown_site").await;
+    for _ in 0..5 {
+        assert_eq!(get("counted.example.org").await, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get("counted-err.example.org").await, 503);
+    }
+    for _ in 0..2 {
+        assert_eq!(get("nobody.counted.example.org").await, 404);
+    }
+    proxy.handle.reload(config::from_toml_str(&text).unwrap()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(get("counted.example.org").await, 200);
+    }
+    assert_eq!(count("counted.example.org", "2xx").await, 7.0);
+    assert_eq!(duration("counted.example.org").await, 7.0);
+    assert_eq!(count("counted-err.example.org", "5xx").await, 3.0);
+    assert_eq!(duration("counted-err.example.org").await, 3.0);
+    assert_eq!(count("unknown", "unknown_site").await - unknown_before, 2.0);
+    let metrics = common::http_get(proxy.admin, "/metrics").await.1;
+    for line in metrics.lines().filter(|l| l.starts_with("local_proxy_http_requests_total{") && l.contains("counted")) {
+        assert!(
+            line.contains("result=\"2xx\"") || line.contains("result=\"5xx\""),
+            "a series without requests: {line}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use super::forward::forward;
 use super::forward_auth::{self, Verdict};
 use super::middleware::Before;
 use super::pages;
-use super::routes::{request_host, SiteRoute};
+use super::routes::{request_host, SiteRoute, STATUS_CLASSES};
 use crate::metrics::names;
 use crate::state::State;
 
@@ -31,10 +31,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let routes = conn.state.routes.load_full();
     let host = request_host(&req);
     let route = host.as_deref().and_then(|h| routes.find(h)).cloned();
-    let site_label = match &route {
-        Some(r) => metrics::SharedString::from_shared(r.label.clone()),
-        None => metrics::SharedString::const_str("unknown"),
-    };
+    // Counted at the end, on the site's kept metrics (the route itself moves into `respond`).
+    let counted = route.clone();
     let log = match &route {
         Some(r) => r.access_log.clone(),
         None => routes.default_log.clone(),
@@ -47,22 +45,34 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let req = req.map(|body| ClientBody::new(body, counter));
 
     let (resp, label) = respond(req, &conn, host.as_deref(), route).await;
-    let result = label.unwrap_or_else(|| status_class(resp.status()));
-    metrics::counter!(names::HTTP_REQUESTS, "site" => site_label.clone(), "result" => result).increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION, "site" => site_label).record(start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    match (&counted, label) {
+        // The usual request: a site's, counted by its status class on the site's kept metrics.
+        (Some(r), None) => r.metrics.record(&r.label, status_class(resp.status()), seconds),
+        _ => {
+            let site_label = match &counted {
+                Some(r) => metrics::SharedString::from_shared(r.label.clone()),
+                None => metrics::SharedString::const_str("unknown"),
+            };
+            let result = label.unwrap_or_else(|| STATUS_CLASSES[status_class(resp.status())]);
+            metrics::counter!(names::HTTP_REQUESTS, "site" => site_label.clone(), "result" => result).increment(1);
+            metrics::histogram!(names::HTTP_REQUEST_DURATION, "site" => site_label).record(seconds);
+        }
+    }
     match entry {
         Some(entry) => entry.finish(resp, label),
         None => resp,
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+/// The index in [`STATUS_CLASSES`] of `status`'s class.
+fn status_class(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

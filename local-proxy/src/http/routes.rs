@@ -1,7 +1,7 @@
 //! The site table for one config generation: Host → site, its upstream client and pool.
 //! Built whole on start-up and reload and swapped with `ArcSwap`; requests in flight keep theirs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use shared::peek::{NameRouter, PatternError};
 
@@ -37,6 +37,42 @@ pub struct SiteRoute {
     pub identity_headers: Vec<http::HeaderName>,
     /// `site.host` as the `site` label of the request metrics (shared, not copied per request).
     pub label: Arc<str>,
+    /// The site's request metrics, kept once registered.
+    pub metrics: SiteMetrics,
+}
+
+/// A site's request metrics (`HTTP_REQUESTS` by status class, `HTTP_REQUEST_DURATION`),
+/// registered with the recorder at their first use and then kept: a request does not build,
+/// hash and look up their keys (two label lists) in the recorder's registry. At first use,
+/// not when the table is built, so a metric still appears in `/metrics` with its first
+/// request, as with the macros; a reload's new table registers the same keys again (the
+/// recorder returns the same series).
+#[derive(Debug, Default)]
+pub struct SiteMetrics {
+    /// `result` = "1xx" .. "5xx", in that order.
+    requests: [OnceLock<metrics::Counter>; 5],
+    duration: OnceLock<metrics::Histogram>,
+}
+
+/// The `result` labels of responses counted by their status class.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl SiteMetrics {
+    /// Count a request of the site `label` whose result is status class `class` (an index of
+    /// [`STATUS_CLASSES`]) and record its duration.
+    pub fn record(&self, label: &Arc<str>, class: usize, seconds: f64) {
+        let site = || metrics::SharedString::from_shared(label.clone());
+        if let Some(slot) = self.requests.get(class) {
+            let result = STATUS_CLASSES[class];
+            slot.get_or_init(
+                || metrics::counter!(crate::metrics::names::HTTP_REQUESTS, "site" => site(), "result" => result),
+            )
+            .increment(1);
+        }
+        self.duration
+            .get_or_init(|| metrics::histogram!(crate::metrics::names::HTTP_REQUEST_DURATION, "site" => site()))
+            .record(seconds);
+    }
 }
 
 /// One `[[site.route]]` ready to serve.
@@ -192,6 +228,7 @@ impl Routes {
                 limiter: site_limiter,
                 identity_headers: identity_headers(site),
                 label: Arc::from(site.host.as_str()),
+                metrics: SiteMetrics::default(),
                 site: site.clone(),
             });
             for name in site.names() {
