@@ -95,7 +95,9 @@ fn main() -> ExitCode {
             if tcp + udp > 0 {
                 info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
             }
-            shared::runtime::serve(config.threads, || run(&cli.config, config))
+            // threads = 1: one thread in all (the current-thread scheduler), not a worker beside
+            // the main thread.
+            shared::runtime::serve_one_thread_inline(config.threads, || run(&cli.config, config))
         }
     }
 }

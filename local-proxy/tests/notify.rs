@@ -46,11 +46,21 @@ fn assert_reloading(message: &str) {
 
 #[tokio::test]
 async fn ready_reloading_and_stopping_are_told() {
+    ready_reloading_and_stopping("").await;
+}
+
+/// The same with `threads = 1`: the whole proxy on its main thread (current-thread runtime).
+#[tokio::test]
+async fn ready_reloading_and_stopping_are_told_on_one_thread() {
+    ready_reloading_and_stopping("threads = 1\n").await;
+}
+
+async fn ready_reloading_and_stopping(top: &str) {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let path = dir.path().join("lp.toml");
-    std::fs::write(&path, base_config("")).unwrap();
+    std::fs::write(&path, format!("{top}{}", base_config(""))).unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .args(["-c", path.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &sock_path)
@@ -67,7 +77,7 @@ async fn ready_reloading_and_stopping_are_told() {
     assert_eq!(next(&sock), "READY=1");
 
     // A refused file still ends the reload with READY=1, else systemd would wait for it.
-    std::fs::write(&path, format!("{}\nsurprise = true\n", base_config(""))).unwrap();
+    std::fs::write(&path, format!("{top}{}\nsurprise = true\n", base_config(""))).unwrap();
     assert!(run_tool("kill", &["-HUP", &pid], b"").await.status.success());
     assert_reloading(&next(&sock));
     assert_eq!(next(&sock), "READY=1");
@@ -83,11 +93,21 @@ async fn ready_reloading_and_stopping_are_told() {
 /// systemd would restart it.
 #[tokio::test]
 async fn watchdog_pings_stop_when_the_runtime_is_wedged() {
+    watchdog_pings_stop("").await;
+}
+
+/// The same with `threads = 1` (the current-thread runtime: one blocked task wedges it).
+#[tokio::test]
+async fn watchdog_pings_stop_when_the_one_thread_is_wedged() {
+    watchdog_pings_stop("threads = 1\n").await;
+}
+
+async fn watchdog_pings_stop(top: &str) {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let path = dir.path().join("lp.toml");
-    std::fs::write(&path, base_config("")).unwrap();
+    std::fs::write(&path, format!("{top}{}", base_config(""))).unwrap();
     let child = tokio::process::Command::new(BIN)
         .args(["-c", path.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &sock_path)
@@ -122,7 +142,7 @@ async fn watchdog_pings_stop_when_the_runtime_is_wedged() {
     assert!(run_tool("kill", &["-USR2", &pid], b"").await.status.success());
     let (sock, _) = count(sock, Duration::from_millis(300));
     let (_, wedged) = count(sock, Duration::from_secs(1));
-    println!("local-proxy watchdog 200 ms: {alive} pings in a live second, {wedged} in a wedged one");
+    println!("local-proxy watchdog 200 ms ({top:?}): {alive} pings in a live second, {wedged} in a wedged one");
     assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
     assert_eq!(wedged, 0, "a wedged runtime sends no WATCHDOG=1");
     drop(child);
