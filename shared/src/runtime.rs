@@ -26,8 +26,9 @@ where
 /// (tokio's current-thread scheduler): `run()` and every task it spawns share it, where the
 /// multi-thread runtime runs the tasks on one worker beside the thread blocked on `run()`
 /// and pays for its cross-thread run queues and wake-ups on every task wake. Blocking work
-/// still goes to the blocking pool. The local proxy at one thread (bench/tls keep-alive,
-/// same rounds): server CPU per request 12 % (HTTP/1.1) to 15 % (h2) lower.
+/// still goes to the blocking pool. The local proxy at one thread (bench/tls keep-alive, the
+/// two builds in the same 3 rounds): server CPU per request 19.5 vs 20.3 µs (HTTP/1.1) and
+/// 18.9 vs 19.6 µs (h2), 2-15 % lower per round (bench/results/2026-12-02-vm-tls-cpu.md).
 pub fn serve_one_thread_inline<F, E>(threads: Option<usize>, run: impl FnOnce() -> F) -> ExitCode
 where
     F: Future<Output = Result<(), E>>,
