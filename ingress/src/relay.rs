@@ -103,6 +103,9 @@ const SMALL: usize = 16 * 1024;
 /// Whether the rest of a bulk transfer can go through a pipe (`splice(2)`).
 const PIPED: bool = cfg!(target_os = "linux");
 
+/// Whether a read that returns less than asked shows the socket drained (`read_draining`).
+const DRAINED_BY_SHORT_READ: bool = cfg!(target_os = "linux");
+
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
@@ -123,17 +126,27 @@ async fn one_way(
     // tail the destination would not take at once, so an idle connection costs no more.
     let mut bulk = false;
     loop {
-        from.readable().await?;
+        // With ERROR: a reset shows as such, not as a plain end of stream (below).
+        let ready = from.ready(Interest::READABLE | Interest::ERROR).await?;
         if !bulk {
-            match copy_small(from, to)? {
+            // The peer's FIN had arrived when the readiness was observed, and no reset: a
+            // read that empties the socket reaches the end of stream, so the half-close is
+            // passed on with the last data instead of after one more read that returns 0
+            // (HAProxy does the same with EPOLLRDHUP).
+            let fin = ready.is_read_closed() && !ready.is_error();
+            match copy_small(from, to, fin)? {
                 Small::Eof => {
                     shutdown_write(to);
                     return Ok(());
                 }
                 Small::Nothing => continue,
-                Small::Read { read, rest, full } => {
+                Small::Read { read, rest, full, eof } => {
                     write_all(to, &rest).await?;
                     moved(read);
+                    if eof {
+                        shutdown_write(to);
+                        return Ok(());
+                    }
                     bulk = full && PIPED;
                     if !bulk {
                         continue;
@@ -159,8 +172,9 @@ enum Small {
     /// Nothing was waiting after all.
     Nothing,
     /// `read` bytes read and handed to the destination but for `rest` (empty when it took
-    /// everything); `full`: the read filled the buffer, so more is likely waiting.
-    Read { read: usize, rest: Vec<u8>, full: bool },
+    /// everything); `full`: the read filled the buffer, so more is likely waiting; `eof`:
+    /// they were the last before the end of stream.
+    Read { read: usize, rest: Vec<u8>, full: bool, eof: bool },
 }
 
 thread_local! {
@@ -171,8 +185,9 @@ thread_local! {
 }
 
 /// One read from `from` (which was readable) through the thread's buffer, written to `to`
-/// as far as it takes it without waiting.
-fn copy_small(from: &TcpStream, to: &TcpStream) -> io::Result<Small> {
+/// as far as it takes it without waiting. `fin`: `from`'s peer had sent its FIN before the
+/// read (so a read that empties the socket ends the stream).
+fn copy_small(from: &TcpStream, to: &TcpStream, fin: bool) -> io::Result<Small> {
     BUF.with_borrow_mut(|buf| {
         let read = match read_draining(from, buf) {
             Ok(0) => return Ok(Small::Eof),
@@ -188,7 +203,8 @@ fn copy_small(from: &TcpStream, to: &TcpStream) -> io::Result<Small> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Small::Read { read, rest: buf[off..read].to_vec(), full: read == buf.len() })
+        let full = read == buf.len();
+        Ok(Small::Read { read, rest: buf[off..read].to_vec(), full, eof: fin && !full && DRAINED_BY_SHORT_READ })
     })
 }
 
@@ -206,7 +222,7 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut short = 0;
     let r = from.try_io(Interest::READABLE, || {
         let n = std::io::Read::read(&mut &*socket2::SockRef::from(from), buf)?;
-        if cfg!(target_os = "linux") && n > 0 && n < buf.len() {
+        if DRAINED_BY_SHORT_READ && n > 0 && n < buf.len() {
             short = n;
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -366,32 +382,41 @@ mod tests {
     /// so that the whole round waits queued when the relay next looks, and waits for each
     /// round's echo before the next: a relay that took a socket for drained while data still
     /// waited (a splice stops at the pipe's 16 slots) would strand that data, the echo would
-    /// not come, and the round would time out. Then the client
-    /// half-closes; the upstream, seeing the end of stream, still sends a tail through the
-    /// half-closed connection before closing. Every byte arrives in order, the relay ends
-    /// with both sides closed (not by the idle timeout), and its totals and the path's
-    /// byte meter count exactly what went each way.
+    /// not come, and the round would time out. The client's last round (under 16 KiB) and
+    /// its half-close are queued together, so the relay sees the FIN with the data; the
+    /// upstream, seeing the end of stream, still sends a tail (over 16 KiB of small
+    /// messages) through the half-closed connection and closes, again queued together.
+    /// Every byte arrives in order, the relay ends with both sides closed (not by the idle
+    /// timeout), and its totals and the path's byte meter count exactly what went each way.
     #[tokio::test]
     async fn small_messages_bulk_and_half_close_arrive_whole_and_counted() {
         let client_side = TcpListener::bind("127.0.0.1:0").expect("bind");
         let upstream_side = TcpListener::bind("127.0.0.1:0").expect("bind");
         let (client_addr, upstream_addr) =
             (client_side.local_addr().expect("addr"), upstream_side.local_addr().expect("addr"));
-        let sent = rounds(0x9e37_79b9);
-        let tail: Vec<u8> = rounds(0x85eb_ca6b).into_iter().take(3).flatten().flatten().collect();
+        let mut sent = rounds(0x9e37_79b9);
+        sent.push(rounds(0x2545_f491).swap_remove(0).into_iter().take(40).collect());
+        let tail_rounds = rounds(0x85eb_ca6b);
+        let tail: Vec<u8> = [&tail_rounds[0], &tail_rounds[2]].into_iter().flatten().flatten().copied().collect();
+        assert!(tail.len() > SMALL && sent.last().expect("rounds").concat().len() < SMALL);
         let up_expect: Vec<u8> = sent.iter().flatten().flatten().copied().collect();
         let down_expect: Vec<u8> = [&up_expect[..], &tail[..]].concat();
 
         // Holds the runtime's one thread (the relay's) for a while on request, so that a
         // round is written and queued before the relay can read any of it.
-        let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let (holding_tx, holding_rx) = mpsc::channel();
+        let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<mpsc::Sender<()>>();
         tokio::spawn(async move {
-            while hold_rx.recv().await.is_some() {
-                let _ = holding_tx.send(());
+            while let Some(holding) = hold_rx.recv().await {
+                let _ = holding.send(());
                 thread::sleep(Duration::from_millis(30));
             }
         });
+        let hold = move |tx: &tokio::sync::mpsc::UnboundedSender<mpsc::Sender<()>>| {
+            let (holding_tx, holding_rx) = mpsc::channel();
+            tx.send(holding_tx).expect("hold the relay");
+            holding_rx.recv_timeout(Duration::from_secs(5)).expect("relay held");
+        };
+        let upstream_hold = hold_tx.clone();
         let client = thread::spawn(move || {
             let s = std::net::TcpStream::connect(client_addr).expect("client connect");
             peer(&s);
@@ -411,11 +436,13 @@ mod tests {
             });
             let (mut w, mut want, mut echoed) = (&s, 0, 0);
             for (i, round) in sent.iter().enumerate() {
-                hold_tx.send(()).expect("hold the relay");
-                holding_rx.recv_timeout(Duration::from_secs(5)).expect("relay held");
+                hold(&hold_tx);
                 for m in round {
                     w.write_all(m).expect("client write");
                     want += m.len();
+                }
+                if i + 1 == sent.len() {
+                    break;
                 }
                 while echoed < want {
                     match rx.recv_timeout(Duration::from_secs(5)) {
@@ -441,6 +468,7 @@ mod tests {
                     }
                 }
             }
+            hold(&upstream_hold);
             s.write_all(&tail).expect("tail after the half-close");
             s.shutdown(Shutdown::Write).expect("upstream close");
             got
