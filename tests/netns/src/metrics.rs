@@ -121,11 +121,14 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
-/// Fetches `http://ADDR/metrics` from inside `ns`.
+/// Fetches `http://ADDR/metrics` from inside `ns`. A scrape that times out is tried twice
+/// more: the scrape only observes, and a full CI run saw one time out after 2 s while a
+/// second ingress, idle, had all its probes time out at the same instant (the whole box
+/// stalled for seconds, not the ingress under test). A refused connection fails at once.
 pub fn scrape(ns: &str, addr: &str) -> Result<Metrics> {
     let url = format!("http://{addr}/metrics");
-    let text = cmd::exec_ok(ns, &["curl", "-sSf", "--max-time", "2", &url], Duration::from_secs(4))
-        .with_context(|| format!("scraping {url} in {ns}"))?;
+    let argv = ["curl", "-sSf", "--max-time", "3", "--retry", "2", "--retry-delay", "0", &url];
+    let text = cmd::exec_ok(ns, &argv, Duration::from_secs(12)).with_context(|| format!("scraping {url} in {ns}"))?;
     Ok(Metrics::parse(&text))
 }
 
