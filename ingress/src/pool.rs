@@ -975,13 +975,15 @@ const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_milli
 const MAX_DOWN_PROBES: u32 = 8;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{CheckKind, HealthConfig, PathConfig, PoolConfig};
     use shared::balance::Policy;
     use std::time::Duration;
 
-    fn pool(weights: &[u32], mesh: bool) -> Pool {
+    /// A pool of WAN paths with these weights (192.0.2.1, .2, ...), plus the mesh tier if
+    /// asked; round-robin. Also the relay's tests' pool (for a path's byte meters).
+    pub(crate) fn pool(weights: &[u32], mesh: bool) -> Pool {
         pool_with(weights, mesh, Policy::RoundRobin)
     }
 

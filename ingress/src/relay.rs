@@ -313,8 +313,6 @@ async fn through_pipe(_: &TcpStream, _: &TcpStream, _: &impl Fn(usize)) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CheckKind, HealthConfig, PathConfig, PoolConfig, Target};
-    use crate::pool::Pool;
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener};
     use std::sync::mpsc;
@@ -345,36 +343,6 @@ mod tests {
         s.set_nodelay(true).expect("nodelay");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
         s.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
-    }
-
-    fn test_pool() -> Pool {
-        Pool::new(
-            PoolConfig {
-                name: "t".into(),
-                paths: vec![PathConfig {
-                    name: "wan1".into(),
-                    target: Target::Ip([127, 0, 0, 1].into()),
-                    port: None,
-                    weight: 1,
-                }],
-                mesh: None,
-                connect_timeout: Duration::from_millis(300),
-                final_connect_timeout: Duration::from_secs(3),
-                max_attempts: 1,
-                balance: shared::balance::Policy::RoundRobin,
-                health: HealthConfig {
-                    interval: Duration::from_millis(500),
-                    timeout: Duration::from_millis(400),
-                    down_interval: Duration::from_millis(100),
-                    rise: 2,
-                    fall: 2,
-                    port: 443,
-                    check: CheckKind::Tcp,
-                    damping: Default::default(),
-                },
-            },
-            None,
-        )
     }
 
     /// The client sends rounds of many small messages (each its own write, so they queue
@@ -478,7 +446,7 @@ mod tests {
         let listener = tokio::net::TcpListener::from_std(client_side).expect("listener");
         let (accepted, _) = listener.accept().await.expect("accept");
         let up = TcpStream::connect(upstream_addr).await.expect("connect upstream");
-        let pool = test_pool();
+        let pool = crate::pool::tests::pool(&[1], false);
         let state = &pool.paths[0].state;
         let (end, totals) = tokio::time::timeout(
             Duration::from_secs(60),
