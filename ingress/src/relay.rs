@@ -139,6 +139,13 @@ async fn one_way(
                     shutdown_write(to);
                     return Ok(());
                 }
+                // An error readiness is never cleared by a read, so with nothing to read it
+                // would wake this loop for ever: end with the socket's pending error. (Linux
+                // raises EPOLLERR on TCP without EPOLLIN only with IP_RECVERR or an error
+                // queue, neither used here; this keeps a surprise from becoming a spin.)
+                Small::Nothing if ready.is_error() => {
+                    return Err(from.take_error()?.unwrap_or_else(|| io::Error::other("socket error readiness")));
+                }
                 Small::Nothing => continue,
                 Small::Read { read, rest, full, eof } => {
                     write_all(to, &rest).await?;
