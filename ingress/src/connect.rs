@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::attempts::{Paths, Plan, PlanConfig, Start};
 use crate::health::Outcome;
-use crate::pool::{Kind, Path, Pool, Tried};
+use crate::pool::{Kind, Path, Pool, Suspicion, Tried};
 
 /// Every attempt failed; the last error says why.
 #[derive(Debug, thiserror::Error)]
@@ -257,13 +257,19 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
             }
         })
     };
-    let on = |ev: Event<'_>| match ev {
+    // The attempt raced for being slow, if any, while it lasts: no answer within 4x the
+    // path's usual connect time is, on a WAN, mostly a lost SYN or SYN-ACK, so it counts
+    // against the path's quality at once (a burst of loss bends the share within a hedge
+    // delay, not a second later when the kernel resends the SYN); its end is sampled as
+    // any attempt's, and a mere slowness leaves no trace (`Suspicion`).
+    let mut raced: Option<(usize, Suspicion)> = None;
+    let mut on = |ev: Event<'_>| match ev {
         Event::Hedged { slow } => {
             if let Some(p) = pool.paths.get(slow) {
-                // Slow is not lost: the attempt's own end (`judge_loser` if the racer wins)
-                // says which it was.
                 p.state.m_hedges.increment(1);
                 tracing::debug!(pool = %pool.name, slow = %p.name, "connect slow; racing another path");
+                raced = Some((slow, Path::suspect(p)));
+                pool.quality_news();
             }
         }
         Event::Failed { index, error, lasted } => {
@@ -274,6 +280,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
                     p.quality_sample(1.0);
                 }
             }
+            raced.take_if(|(i, _)| *i == index);
             pool.record_connect(index, outcome, lasted);
         }
         Event::Connected { index, latency } => {
@@ -283,6 +290,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
                 // retransmission timeout.
                 p.quality_sample(if latency >= SYN_RTO { 1.0 } else { 0.0 });
             }
+            raced.take_if(|(i, _)| *i == index);
             pool.record_connect(index, Outcome::Ok { latency }, latency);
         }
         // A jittery WAN must not be taken down by a lost race, nor a slow one counted lossy:
@@ -293,10 +301,12 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
             }
         }
     };
-    match drive(&mut plan, &mut PoolPaths(pool), dial, on).await {
+    let won = drive(&mut plan, &mut PoolPaths(pool), dial, &mut on).await;
+    match won {
         Ok(Won { index, stream, loser }) => {
             if let Some(loser) = loser {
-                judge_loser(pool.clone(), loser);
+                let suspicion = raced.take_if(|(i, _)| *i == loser.index).map(|(_, s)| s);
+                judge_loser(pool.clone(), loser, suspicion);
             }
             let _ = stream.set_nodelay(true);
             match pool.paths.get(index) {
@@ -316,7 +326,8 @@ const SYN_RTO: Duration = Duration::from_secs(1);
 /// gives its path's verdict: connected is a success with the latency it had (which the health
 /// factor counts), and a loss for quality only if its SYN was resent (`TCP_INFO`) or it took
 /// longer than `SYN_RTO`; failed is a failure. Its connection, if any, is closed at once.
-fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>) {
+/// The suspicion it raised by being slow, if any, lasts until then.
+fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>, suspicion: Option<Suspicion>) {
     tokio::spawn(async move {
         let Loser { index, started, dialing } = loser;
         let result = dialing.await;
@@ -335,6 +346,7 @@ fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>) {
                 outcome
             }
         };
+        drop(suspicion);
         pool.record_connect(index, outcome, lasted);
     });
 }

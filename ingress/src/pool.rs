@@ -88,6 +88,8 @@ pub struct PathState {
     probe_now: AtomicBool,
     /// Delivered quality (`crate::quality`): scales the share of a path that works, badly.
     quality: Mutex<Quality>,
+    /// Connects raced for being slow, still in flight (`Suspicion`).
+    suspicions: AtomicU32,
     /// Busy-clock µs of the last success (probe or connect; 0: none yet): a failure of real
     /// traffic whose attempt began before it says the path is lossy, not dead.
     last_ok_us: AtomicU64,
@@ -172,6 +174,7 @@ impl PathState {
             held: AtomicBool::new(false),
             probe_now: AtomicBool::new(false),
             quality: Mutex::new(Quality::new(now())),
+            suspicions: AtomicU32::new(0),
             last_ok_us: AtomicU64::new(0),
             m_udp_silences: counter!(m::PATH_UDP_SILENCES, &labels),
             m_retrans: counter!(m::PATH_RETRANSMITS, &labels),
@@ -210,6 +213,18 @@ impl PathState {
         s.m_held.set(0.0);
         s.m_penalty.set(0.0);
         s
+    }
+}
+
+/// A connect raced for being slow, still in flight (`Path::suspect`): while it lasts it
+/// counts against its path's delivered quality as one more attempt gone wrong
+/// (`Quality::loss_with`). Its attempt's real outcome is sampled as any connect's when it
+/// ends; dropping this then (or when the client gives up) takes the suspicion away.
+pub struct Suspicion(Arc<Path>);
+
+impl Drop for Suspicion {
+    fn drop(&mut self) {
+        self.0.state.suspicions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -258,13 +273,24 @@ impl Path {
         let mut q = self.state.quality.lock().unwrap_or_else(|e| e.into_inner());
         q.sample(went_wrong, now());
     }
-    /// The smoothed share of attempts that went wrong on this path now.
+    /// A connect on this path raced for being slow: it counts against the path's quality
+    /// until the returned guard is dropped (`Suspicion`).
+    pub fn suspect(path: &Arc<Path>) -> Suspicion {
+        path.state.suspicions.fetch_add(1, Ordering::Relaxed);
+        Suspicion(path.clone())
+    }
+    fn suspicions(&self) -> u32 {
+        self.state.suspicions.load(Ordering::Relaxed)
+    }
+    /// The smoothed share of attempts that went wrong on this path now, suspicions included.
     pub fn quality_loss(&self) -> f64 {
-        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).loss(now())
+        let suspicions = self.suspicions();
+        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).loss_with(suspicions, now())
     }
     /// The share multiplier delivered quality gives now (`Quality::factor`).
     pub fn quality_factor(&self) -> f64 {
-        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).factor(now())
+        let suspicions = self.suspicions();
+        self.state.quality.lock().unwrap_or_else(|e| e.into_inner()).factor(suspicions, now())
     }
     /// Open TCP connections or UDP flows on this path.
     pub fn active(&self, kind: Kind) -> u64 {
@@ -397,6 +423,9 @@ pub struct Pool {
     rounds: AtomicU64,
     /// Wakes the health task when a path is to be probed at once (`probe_now`).
     wake: tokio::sync::Notify,
+    /// When traffic last refreshed the factors (`micros`): `quality_news` at most every
+    /// `NEWS_REFRESH`.
+    news_us: AtomicU64,
     m_failovers: Counter,
     m_on_mesh: Gauge,
 }
@@ -443,6 +472,7 @@ impl Pool {
             on_mesh: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
+            news_us: AtomicU64::new(0),
             selectors: Default::default(),
             paths,
             cfg,
@@ -702,6 +732,20 @@ impl Pool {
         damper.counted -= std::time::Duration::from_millis(dt.as_millis() as u64 % 1000);
     }
 
+    /// Traffic has just given a path's quality bad news (a suspicion): refresh the
+    /// factors now rather than at the next tick (up to `RATE_SAMPLE` away), so the share
+    /// falls within a hedge delay of a burst of loss starting; at most every `NEWS_REFRESH`,
+    /// so a storm of races costs a few refreshes, not one per connection.
+    pub fn quality_news(&self) {
+        let now = micros();
+        let last = self.news_us.load(Ordering::Relaxed);
+        // 0: never refreshed so.
+        let due = last == 0 || now.saturating_sub(last) >= NEWS_REFRESH.as_micros() as u64;
+        if due && self.news_us.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.refresh_factors();
+        }
+    }
+
     /// Recompute every path's health factor relative to the best latency among up paths.
     pub fn refresh_factors(&self) {
         let snaps: Vec<HealthState> = self.paths.iter().map(|p| p.health_snapshot()).collect();
@@ -724,8 +768,9 @@ impl Pool {
             // has just come back takes a growing part of its share (slow start).
             // Delivered quality scales the share of a path that works, badly.
             let (quality, loss) = {
+                let suspicions = p.suspicions();
                 let q = p.state.quality.lock().unwrap_or_else(|e| e.into_inner());
-                (q.factor(now), q.loss(now))
+                (q.factor(suspicions, now), q.loss_with(suspicions, now))
             };
             p.state.m_quality.set(loss);
             let f = if p.is_mesh { h.factor(None) } else { h.factor(best) } * share * quality;
@@ -964,6 +1009,8 @@ pub fn local_resource_error(at: &'static str) {
 
 /// How often the bandwidth meters sample the paths' byte totals.
 const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
+/// Shortest time between two refreshes of the factors asked for by traffic (`quality_news`).
+const NEWS_REFRESH: std::time::Duration = std::time::Duration::from_millis(10);
 /// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Shortest wait before a probe's connect is raced by a second one (as real connects).
@@ -985,6 +1032,26 @@ pub(crate) mod tests {
     /// asked; round-robin. Also the relay's tests' pool (for a path's byte meters).
     pub(crate) fn pool(weights: &[u32], mesh: bool) -> Pool {
         pool_with(weights, mesh, Policy::RoundRobin)
+    }
+
+    #[test]
+    fn a_suspicion_bends_the_share_at_once_and_leaves_no_trace() {
+        let p = Arc::new(pool(&[1, 1], false));
+        p.refresh_factors();
+        let before = p.paths[0].factor();
+        // Five connects raced for being slow: the factor falls now, not at the next tick.
+        let suspicions: Vec<_> = (0..5).map(|_| Path::suspect(&p.paths[0])).collect();
+        p.quality_news();
+        let bent = p.paths[0].factor();
+        assert!(bent < before * 0.3, "{before} -> {bent}");
+        assert!(p.paths[1].factor() > 0.99);
+        assert!(p.paths[0].quality_loss() > 0.09);
+        // They were only slow (each attempt's own end is sampled as any connect's, apart):
+        // once they end, nothing of them remains.
+        drop(suspicions);
+        p.refresh_factors();
+        assert_eq!(p.paths[0].quality_loss(), 0.0);
+        assert!((p.paths[0].factor() - before).abs() < 1e-6);
     }
 
     fn pool_with(weights: &[u32], mesh: bool, balance: Policy) -> Pool {

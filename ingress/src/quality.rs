@@ -7,6 +7,11 @@
 //! The average also decays with time (half-life [`HALF_LIFE`]): a path that lost its share
 //! gets few samples, and without decay one bad minute would be held against it for good; as
 //! its share grows back, its traffic measures it again.
+//!
+//! Suspicions (connects raced for being slow, still in flight) count as gone wrong while they
+//! last, without being samples: each weighs what one more wrong sample would
+//! ([`Quality::loss_with`]), and when it ends its real outcome is sampled. So a burst of loss
+//! bends the share at once, and a connect that was merely slow leaves no trace.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,16 @@ impl Quality {
         self.loss * (-dt / HALF_LIFE.as_secs_f64()).exp2()
     }
 
+    /// The smoothed loss at `now` with `suspicions` in flight, each weighing one more wrong
+    /// sample.
+    pub fn loss_with(&self, suspicions: u32, now: Instant) -> f64 {
+        let loss = self.loss(now);
+        if suspicions == 0 {
+            return loss;
+        }
+        1.0 - (1.0 - loss) * (1.0 - ALPHA).powi(suspicions.min(i32::MAX as u32) as i32)
+    }
+
     /// One sample: 0 went well, 1 went wrong (a ratio in between for a batch).
     pub fn sample(&mut self, went_wrong: f64, now: Instant) {
         let x = if went_wrong.is_finite() { went_wrong.clamp(0.0, 1.0) } else { 1.0 };
@@ -46,9 +61,9 @@ impl Quality {
         self.at = now;
     }
 
-    /// Share multiplier in (0, 1]: `1 / (1 + (loss / HALF_AT)^2)`.
-    pub fn factor(&self, now: Instant) -> f64 {
-        let r = self.loss(now) / HALF_AT;
+    /// Share multiplier in (0, 1] with `suspicions` in flight: `1 / (1 + (loss / HALF_AT)^2)`.
+    pub fn factor(&self, suspicions: u32, now: Instant) -> f64 {
+        let r = self.loss_with(suspicions, now) / HALF_AT;
         1.0 / (1.0 + r * r)
     }
 }
@@ -77,7 +92,7 @@ mod tests {
                 let t = t0 + s(f64::from(i) * 0.005);
                 q.sample(wrong, t);
                 if i >= 800 {
-                    sum += q.factor(t);
+                    sum += q.factor(0, t);
                 }
             }
             sum / 200.0
@@ -99,7 +114,23 @@ mod tests {
         let l = q.loss(t0);
         assert!(l > 0.99);
         assert!((q.loss(t0 + HALF_LIFE) - l / 2.0).abs() < 1e-9);
-        assert!(q.factor(t0 + HALF_LIFE * 10) > 0.99);
+        assert!(q.factor(0, t0 + HALF_LIFE * 10) > 0.99);
+    }
+
+    #[test]
+    fn a_suspicion_weighs_one_wrong_sample_while_it_lasts() {
+        let t0 = Instant::now();
+        let mut q = Quality::new(t0);
+        for i in 0..40u32 {
+            q.sample(if i % 9 == 0 { 1.0 } else { 0.0 }, t0);
+        }
+        let mut sampled = q;
+        for _ in 0..5 {
+            sampled.sample(1.0, t0);
+        }
+        assert!((q.loss_with(5, t0) - sampled.loss(t0)).abs() < 1e-12);
+        assert!(q.factor(5, t0) < q.factor(0, t0) * 0.5, "{} vs {}", q.factor(5, t0), q.factor(0, t0));
+        assert_eq!(q.loss_with(0, t0), q.loss(t0));
     }
 
     #[test]
