@@ -75,9 +75,10 @@ fn main() -> ExitCode {
     if tcp + udp > 0 {
         tracing::info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
     }
-    // `limits.threads` workers (operators match HAProxy's nbthread with it).
+    // `limits.threads` workers (operators match HAProxy's nbthread with it); threads = 1
+    // is the calling thread alone (the current-thread scheduler), not a worker beside it.
     let threads = config.threads;
-    shared::runtime::serve(threads, || run(cli.config, config))
+    shared::runtime::serve_one_thread_inline(threads, || run(cli.config, config))
 }
 
 /// Reloads on SIGHUP until SIGTERM or SIGINT.

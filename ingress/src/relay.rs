@@ -3,7 +3,7 @@
 //! a per-thread buffer; bulk transfers go through `splice(2)` on Linux.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::pool::{ByteMeter, NEVER_BUSY};
@@ -28,11 +28,12 @@ pub struct Totals {
     pub down: u64,
 }
 
-/// What both directions share: the idle clock (`shared::idle`), and the mark that counts
-/// the connection busy for the bandwidth policy.
+/// What both directions share: the idle clock (`shared::idle`), the mark that counts the
+/// connection busy for the bandwidth policy, and whether one direction has ended.
 struct Activity {
     idle: shared::idle::Activity,
     busy_mark: AtomicU64,
+    one_ended: AtomicBool,
 }
 
 impl Activity {
@@ -42,7 +43,9 @@ impl Activity {
     }
 }
 
-/// Relay until both directions finish, an error, or `idle` passes with no traffic.
+/// Relay until both directions finish, an error, or `idle` passes with no traffic. When
+/// both finished, the half-close of the one that finished last is not passed on: the caller
+/// closes both sockets as soon as this returns, and `close` sends that FIN (see `finish`).
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -50,7 +53,11 @@ pub async fn relay(
     up_bytes: &ByteMeter,
     down_bytes: &ByteMeter,
 ) -> (End, Totals) {
-    let activity = Activity { idle: shared::idle::Activity::new(), busy_mark: AtomicU64::new(NEVER_BUSY) };
+    let activity = Activity {
+        idle: shared::idle::Activity::new(),
+        busy_mark: AtomicU64::new(NEVER_BUSY),
+        one_ended: AtomicBool::new(false),
+    };
     let up_total = AtomicU64::new(0);
     let down_total = AtomicU64::new(0);
     let both = async {
@@ -90,9 +97,17 @@ pub fn delivery(upstream: &TcpStream, sent: u64) -> Option<(u32, f64)> {
     }
 }
 
-fn shutdown_write(s: &TcpStream) {
+/// `from` reached its end of stream: pass the half-close on to `to`, unless the other
+/// direction has already ended, which ends the relay: its caller then closes both sockets,
+/// and `close` sends the FIN as `shutdown` would (both receive queues are empty, having
+/// been read to their ends of stream, so it is a FIN, not a reset). One call fewer per
+/// connection: HAProxy closes without a `shutdown` too.
+fn finish(to: &TcpStream, activity: &Activity) {
+    if activity.one_ended.swap(true, Ordering::Relaxed) {
+        return;
+    }
     // The peer may already be gone; nothing to do about that here.
-    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
 }
 
 /// Bytes read per small-message read, into the worker thread's buffer (HAProxy's default
@@ -136,7 +151,7 @@ async fn one_way(
             let fin = ready.is_read_closed() && !ready.is_error();
             match copy_small(from, to, fin)? {
                 Small::Eof => {
-                    shutdown_write(to);
+                    finish(to, activity);
                     return Ok(());
                 }
                 // An error readiness is never cleared by a read, so with nothing to read it
@@ -151,7 +166,7 @@ async fn one_way(
                     write_all(to, &rest).await?;
                     moved(read);
                     if eof {
-                        shutdown_write(to);
+                        finish(to, activity);
                         return Ok(());
                     }
                     bulk = full && PIPED;
@@ -163,7 +178,7 @@ async fn one_way(
         }
         match through_pipe(from, to, &moved).await? {
             Piped::Eof => {
-                shutdown_write(to);
+                finish(to, activity);
                 return Ok(());
             }
             Piped::Drained { big } => bulk = big,
@@ -202,17 +217,33 @@ fn copy_small(from: &TcpStream, to: &TcpStream, fin: bool) -> io::Result<Small> 
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Small::Nothing),
             Err(e) => return Err(e),
         };
+        let full = read == buf.len();
+        let eof = fin && !full && DRAINED_BY_SHORT_READ;
         let mut off = 0;
         while off < read {
-            match to.try_write(&buf[off..read]) {
+            match send_now(to, &buf[off..read], eof) {
                 Ok(w) => off += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        let full = read == buf.len();
-        Ok(Small::Read { read, rest: buf[off..read].to_vec(), full, eof: fin && !full && DRAINED_BY_SHORT_READ })
+        Ok(Small::Read { read, rest: buf[off..read].to_vec(), full, eof })
     })
+}
+
+/// Write to `to` what it takes without waiting. `last`: the end of stream follows at once
+/// (`finish`: a `shutdown`, or the caller's `close`), so on Linux the data goes with
+/// `MSG_MORE`: the kernel holds the segment, and the FIN that follows rides in it, one
+/// segment instead of two (a response and its close, as a server that closes after
+/// answering sends them). What `to` does not take now is written without it (`write_all`),
+/// which sends what was held.
+fn send_now(to: &TcpStream, data: &[u8], last: bool) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    if last {
+        return to.try_io(Interest::WRITABLE, || socket2::SockRef::from(to).send_with_flags(data, libc::MSG_MORE));
+    }
+    let _ = last;
+    to.try_write(data)
 }
 
 /// Read what `from` holds into `buf`. A read that returns less than asked has emptied the

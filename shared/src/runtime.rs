@@ -1,5 +1,5 @@
 //! The async runtime both binaries serve on, started the same way: `threads` worker threads
-//! (`None`: one per core; read at start only, a reload cannot change it; the local proxy runs
+//! (`None`: one per core; read at start only, a reload cannot change it; both binaries run
 //! `threads = 1` on the calling thread alone), and the process's exit status from what the
 //! server returns.
 
@@ -28,7 +28,9 @@ where
 /// and pays for its cross-thread run queues and wake-ups on every task wake. Blocking work
 /// still goes to the blocking pool. The local proxy at one thread (bench/tls keep-alive, the
 /// two builds in the same 3 rounds): server CPU per request 19.5 vs 20.3 µs (HTTP/1.1) and
-/// 18.9 vs 19.6 µs (h2), 2-15 % lower per round (bench/results/2026-12-02-vm-tls-cpu.md).
+/// 18.9 vs 19.6 µs (h2), 2-15 % lower per round (bench/results/2026-12-02-vm-tls-cpu.md);
+/// the ingress's new-connection HTTP 0.94× HAProxy from 0.88× (medians of 5 and 7 bench runs,
+/// within their spread; bench/results/2026-12-02-vm-newconn.md).
 pub fn serve_one_thread_inline<F, E>(threads: Option<usize>, run: impl FnOnce() -> F) -> ExitCode
 where
     F: Future<Output = Result<(), E>>,
