@@ -231,8 +231,21 @@ impl Paths for PoolPaths<'_> {
     }
 }
 
-async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+async fn attempt(addr: std::net::SocketAddr, timeout: Duration, data_first: bool) -> io::Result<TcpStream> {
+    let dial = async move {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+        if data_first {
+            // Delayed ACKs from the start (`TCP_QUICKACK` off): the ACK of the SYN-ACK then
+            // rides in the segment of the first bytes, sent as soon as the connect completes,
+            // instead of going out alone (HAProxy does the same when it has data to send).
+            // Only then: until data goes out Linux holds that ACK up to 200 ms
+            // (`TCP_DELACK_MAX`), and a server that speaks first would not see its
+            // connection accepted before.
+            let _ = socket2::SockRef::from(&socket).set_quickack(false);
+        }
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, dial).await {
         Ok(r) => r,
         Err(_) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {}ms", timeout.as_millis())))
@@ -240,8 +253,9 @@ async fn attempt(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Tc
     }
 }
 
-/// Connect to `port` (as seen on each path) through the pool.
-pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path>), Unavailable> {
+/// Connect to `port` (as seen on each path) through the pool. `data_first`: bytes wait to go
+/// upstream as soon as it is connected (see `attempt`).
+pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(TcpStream, Arc<Path>), Unavailable> {
     let cfg = &pool.cfg;
     let mut plan = Plan::new(PlanConfig {
         max_attempts: cfg.max_attempts,
@@ -252,7 +266,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16) -> Result<(TcpStream, Arc<Path
         let addr = pool.paths.get(index).and_then(|p| p.addr(port));
         Box::pin(async move {
             match addr {
-                Some(addr) => attempt(addr, timeout).await,
+                Some(addr) => attempt(addr, timeout, data_first).await,
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no such path, or its name has no address")),
             }
         })

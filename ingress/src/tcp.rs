@@ -90,7 +90,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
             }
         },
     };
-    let (mut upstream, path) = match crate::connect::connect(pool, port).await {
+    // Bytes to send the moment the upstream is connected: the peeked name's, a PROXY header,
+    // or (plain mode) what the client has already sent, seen by a one-byte `MSG_PEEK`.
+    let data_first = !first.is_empty() || service.cfg.proxy_protocol || client_sent(&client);
+    let (mut upstream, path) = match crate::connect::connect(pool, port, data_first).await {
         Ok(c) => c,
         Err(e) => {
             service.m_unavailable.increment(1);
@@ -140,6 +143,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     }
 }
 
+/// Whether the client's first bytes are waiting (a non-blocking one-byte `MSG_PEEK`).
+fn client_sent(client: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    socket2::SockRef::from(client).peek(&mut byte).is_ok_and(|n| n > 0)
+}
+
 /// Bytes asked for per read while peeking.
 const PEEK_CHUNK: usize = 4096;
 
@@ -182,4 +191,31 @@ async fn peek_route<'a>(
         }
     };
     tokio::time::timeout(service.cfg.peek_timeout, read).await.unwrap_or(Err("peek timeout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    /// `client_sent` says whether bytes wait without taking them: false on a fresh
+    /// connection, true once the client wrote, and the bytes are still there to read.
+    #[tokio::test]
+    async fn client_sent_sees_waiting_bytes_and_leaves_them() {
+        let listener = crate::listener::bind_tcp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(!super::client_sent(&accepted), "nothing sent yet");
+        client.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !super::client_sent(&accepted) {
+            assert!(Instant::now() < deadline, "the client's bytes never showed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut buf = [0; 64];
+        accepted.readable().await.expect("readable");
+        let n = accepted.try_read(&mut buf).expect("read");
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n", "the peek took nothing");
+    }
 }
