@@ -823,6 +823,14 @@ impl Pool {
         }
     }
 
+    /// Whether a path fell recently enough that a second fall would hold it: its flap
+    /// penalty is above `reuse` (for ~12 s after one fall, with the defaults).
+    fn on_probation(&self, p: &Path) -> bool {
+        let cfg = &self.cfg.health.damping;
+        let damper = p.state.damping.lock().unwrap_or_else(|e| e.into_inner());
+        cfg.enabled() && damper.d.penalty(cfg, now()) > f64::from(cfg.reuse)
+    }
+
     /// Time from one probe's start to the next one's, and how many of a path's probes may be
     /// in flight at once, for the state the path is in now:
     /// - up and steady: `interval`, one at a time;
@@ -893,11 +901,13 @@ impl Pool {
                         Some(addr) => {
                             let (check, timeout) = (hc.check.clone(), self.probe_timeout(p));
                             // Raced after 4x the usual latency, as real connects are; not while
-                            // held down for flapping: such a path must prove itself clean (each
-                            // lost SYN fails its probe, so a path that keeps failing keeps adding
-                            // penalty and stays held).
+                            // held down for flapping, nor on probation (it fell recently: its
+                            // penalty is above `reuse`): such a path must prove itself clean
+                            // (each lost SYN fails its probe, so a path failing in bursts falls
+                            // again in its next burst and is held, and one held that keeps
+                            // failing keeps adding penalty and stays held).
                             let hedge = match p.latency() {
-                                _ if p.is_held() => timeout,
+                                _ if p.is_held() || self.on_probation(p) => timeout,
                                 Some(l) => (l * 4).max(PROBE_HEDGE_FLOOR),
                                 None => PROBE_HEDGE_FLOOR,
                             };
@@ -1311,6 +1321,23 @@ pub(crate) mod tests {
         kill(&p, 1);
         assert_eq!(shares(&p, 1000), [1.0, 0.0, 0.0], "wan2 down: the held but healthy wan1, not the mesh");
         assert!(!p.on_mesh());
+    }
+
+    /// One fall puts a path on probation (its probes are not raced) until its penalty has
+    /// decayed below `reuse`: half-life × log2(penalty / reuse) = 30 s × log2(1000 / 750),
+    /// ~12.5 s with the defaults.
+    #[tokio::test(start_paused = true)]
+    async fn one_fall_means_probation_until_the_penalty_falls_below_reuse() {
+        let p = pool(&[1, 1], false);
+        assert!(!p.on_probation(&p.paths[0]), "a fresh path");
+        kill(&p, 0);
+        revive(&p, 0);
+        assert!(p.on_probation(&p.paths[0]) && !p.paths[0].is_held(), "one fall: probation, not a hold");
+        assert!(!p.on_probation(&p.paths[1]), "the other path");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(p.on_probation(&p.paths[0]), "12 s on");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!p.on_probation(&p.paths[0]), "13 s on: penalty below reuse");
     }
 
     /// Driven by tokio's paused clock through `refresh_factors` (what the probe rounds call):
