@@ -104,7 +104,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     let guard = ActiveGuard::new(path, Kind::Tcp);
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
-    if service.cfg.proxy_protocol || !first.is_empty() {
+    if data_first {
         let mut head = Vec::with_capacity(64 + first.len().max(PEEK_CHUNK));
         if service.cfg.proxy_protocol {
             let local = if bound.ip().is_unspecified() { client.local_addr().unwrap_or(bound) } else { bound };
@@ -112,9 +112,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         }
         let at = head.len();
         if first.is_empty() {
-            // Whatever the client already sent rides in the same segment as the header. A
-            // plain non-blocking read: tokio's `try_read` would refuse until the reactor has
-            // seen the socket readable, which a fresh connection often has not yet.
+            // Whatever the client already sent rides in the same segment as the header (and
+            // the ACK of the SYN-ACK). A plain non-blocking read: tokio's `try_read` would
+            // refuse until the reactor has seen the socket readable, which a fresh connection
+            // often has not yet.
             head.resize(at + PEEK_CHUNK, 0);
             let n = std::io::Read::read(&mut &*socket2::SockRef::from(&client), &mut head[at..]).unwrap_or(0);
             head.truncate(at + n);
@@ -123,10 +124,17 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         }
         drop(first);
         let sent_first = (head.len() - at) as u64;
-        if let Err(e) = upstream.write_all(&head).await {
-            tracing::debug!(error = %e, "upstream closed before the first bytes");
-            return;
+        if !head.is_empty() {
+            if let Err(e) = upstream.write_all(&head).await {
+                tracing::debug!(error = %e, "upstream closed before the first bytes");
+                return;
+            }
         }
+        // Back to quick ACKs now that the delayed one has ridden out (`connect::attempt` turned
+        // them off): left in delayed-ACK mode, the socket would hold the ACK of a server's
+        // first small write, and a server that writes again before it is ACKed (Nagle: a
+        // banner, then an answer) would wait ~40 ms for the kernel's delayed-ACK timer.
+        let _ = socket2::SockRef::from(&upstream).set_quickack(true);
         path.state.m_bytes_up.increment(sent_first);
     }
     let (end, totals) =
