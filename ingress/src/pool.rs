@@ -632,7 +632,10 @@ impl Pool {
         // A real connect failing may take a path down only if something else can serve, and
         // only if nothing got through on it meanwhile.
         let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
-        let since_ok = began.is_none_or(|b| path.state.last_ok_us.load(Ordering::Relaxed) < b);
+        // 0: nothing ever got through (the clock starts at the first call, so `began` of a
+        // failure in the process's first moments saturates to 0 too, and must still count).
+        let last_ok = path.state.last_ok_us.load(Ordering::Relaxed);
+        let since_ok = began.is_none_or(|b| last_ok == 0 || last_ok < b);
         if matches!(outcome, Outcome::Ok { .. }) {
             path.state.last_ok_us.store(micros().max(1), Ordering::Relaxed);
         }
