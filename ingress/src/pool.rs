@@ -90,6 +90,9 @@ pub struct PathState {
     quality: Mutex<Quality>,
     /// Connects raced for being slow, still in flight (`Suspicion`).
     suspicions: AtomicU32,
+    /// Its traffic says it delivers badly (quality factor below `BAD_QUALITY`), as of the
+    /// last refresh: probed strictly and fast until it no longer does (`Pool::probe_pace`).
+    bad_quality: AtomicBool,
     /// Busy-clock µs of the last success (probe or connect; 0: none yet): a failure of real
     /// traffic whose attempt began before it says the path is lossy, not dead.
     last_ok_us: AtomicU64,
@@ -175,6 +178,7 @@ impl PathState {
             probe_now: AtomicBool::new(false),
             quality: Mutex::new(Quality::new(now())),
             suspicions: AtomicU32::new(0),
+            bad_quality: AtomicBool::new(false),
             last_ok_us: AtomicU64::new(0),
             m_udp_silences: counter!(m::PATH_UDP_SILENCES, &labels),
             m_retrans: counter!(m::PATH_RETRANSMITS, &labels),
@@ -776,6 +780,15 @@ impl Pool {
                 (q.factor(suspicions, now), q.loss_with(suspicions, now))
             };
             p.state.m_quality.set(loss);
+            // Traffic says the path delivers badly: ask for a probe at once (on the change
+            // only), which goes strictly and at the fast pace while this lasts.
+            let bad = quality < BAD_QUALITY && p.is_up();
+            if bad && !p.state.bad_quality.swap(true, Ordering::Relaxed) {
+                p.state.probe_now.store(true, Ordering::Relaxed);
+                self.wake.notify_one();
+            } else if !bad {
+                p.state.bad_quality.store(false, Ordering::Relaxed);
+            }
             let f = if p.is_mesh { h.factor(None) } else { h.factor(best) } * share * quality;
             p.state.factor.store((f as f32).to_bits(), Ordering::Relaxed);
             p.state.m_factor.set(f);
@@ -834,9 +847,22 @@ impl Pool {
         cfg.enabled() && damper.d.penalty(cfg, now()) > f64::from(cfg.reuse)
     }
 
+    /// Whether a path's probes go unraced (a lost SYN fails the probe): while it is held
+    /// down for flapping, on probation (it fell recently), or while its own traffic says it
+    /// delivers badly. Racing a probe keeps one lost SYN on a good path from counting; on
+    /// such a path the probe must tell the truth: a path losing packets in a burst then falls
+    /// within that burst (and if it fell just before, is held), one held that keeps failing
+    /// keeps adding penalty and stays held.
+    fn probes_strictly(&self, p: &Path) -> bool {
+        p.is_held() || self.on_probation(p) || p.state.bad_quality.load(Ordering::Relaxed)
+    }
+
     /// Time from one probe's start to the next one's, and how many of a path's probes may be
     /// in flight at once, for the state the path is in now:
     /// - up and steady: `interval`, one at a time;
+    /// - up, but probed strictly (held, on probation, or its traffic says it delivers
+    ///   badly: `probes_strictly`): the fast pace below, so that the next fall of a path
+    ///   failing in bursts comes within the burst;
     /// - changing state (up but failing, or down but answering): a quarter of the interval
     ///   (as HAProxy's `fastinter`), at most `down_interval` (half of it while coming back):
     ///   the verdict (fall or rise) comes sooner;
@@ -852,7 +878,7 @@ impl Pool {
         let fast = (hc.interval / 4).max(FAST_INTERVAL_FLOOR).min(hc.down_interval);
         let h = p.health_snapshot();
         match (h.up, h.transitional()) {
-            (true, false) if any_changing => (fast, 1),
+            (true, false) if any_changing || self.probes_strictly(p) => (fast, 1),
             (true, false) => (hc.interval, 1),
             (true, true) => (fast, 1),
             // Down and answering again: still overlapping, since the probes sent before the
@@ -903,14 +929,10 @@ impl Pool {
                         None => judged[i] = true,
                         Some(addr) => {
                             let (check, timeout) = (hc.check.clone(), self.probe_timeout(p));
-                            // Raced after 4x the usual latency, as real connects are; not while
-                            // held down for flapping, nor on probation (it fell recently: its
-                            // penalty is above `reuse`): such a path must prove itself clean
-                            // (each lost SYN fails its probe, so a path failing in bursts falls
-                            // again in its next burst and is held, and one held that keeps
-                            // failing keeps adding penalty and stays held).
+                            // Raced after 4x the usual latency, as real connects are, unless
+                            // the path must prove itself clean (`probes_strictly`).
                             let hedge = match p.latency() {
-                                _ if p.is_held() || self.on_probation(p) => timeout,
+                                _ if self.probes_strictly(p) => timeout,
                                 Some(l) => (l * 4).max(PROBE_HEDGE_FLOOR),
                                 None => PROBE_HEDGE_FLOOR,
                             };
@@ -1024,6 +1046,12 @@ pub fn local_resource_error(at: &'static str) {
 const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Shortest time between two refreshes of the factors asked for by traffic (`quality_news`).
 const NEWS_REFRESH: std::time::Duration = std::time::Duration::from_millis(10);
+/// Quality factor under which a path's own traffic says it delivers badly (about 15 % of
+/// attempts going wrong, suspicions included: a burst of loss, not the odd lost packet): its
+/// probes then go at the fast pace and unraced, so that a path losing packets in earnest is
+/// judged by probes that tell the truth instead of passing on a second SYN. Steady loss of a
+/// few percent stays above it (the share bends, the path is not taken down).
+const BAD_QUALITY: f64 = 0.1;
 /// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Shortest wait before a probe's connect is raced by a second one (as real connects).
@@ -1065,6 +1093,34 @@ pub(crate) mod tests {
         p.refresh_factors();
         assert_eq!(p.paths[0].quality_loss(), 0.0);
         assert!((p.paths[0].factor() - before).abs() < 1e-6);
+    }
+
+    /// Traffic that says a path delivers badly (raced connects in flight: a burst of loss)
+    /// asks for a probe at once, once; its probes then go unraced and at the fast pace until
+    /// its quality is back above `BAD_QUALITY`.
+    #[test]
+    fn bad_quality_asks_for_one_probe_now_then_strict_fast_probes() {
+        let p = Arc::new(pool(&[1, 1], false));
+        p.refresh_factors();
+        let interval = p.cfg.health.interval;
+        assert!(!p.probes_strictly(&p.paths[0]));
+        assert_eq!(p.probe_pace(&p.paths[0], false).0, interval);
+        // Five weigh ~0.1 of loss (factor ~0.2): the share bends, the probes stay as they are.
+        let few: Vec<_> = (0..5).map(|_| Path::suspect(&p.paths[0])).collect();
+        p.quality_news();
+        assert!(!p.paths[0].state.probe_now.load(Ordering::Relaxed) && !p.probes_strictly(&p.paths[0]));
+        let more: Vec<_> = (0..5).map(|_| Path::suspect(&p.paths[0])).collect();
+        p.refresh_factors();
+        assert!(p.paths[0].factor() < BAD_QUALITY);
+        assert!(p.paths[0].state.probe_now.swap(false, Ordering::Relaxed), "a probe asked for at once");
+        assert!(p.probes_strictly(&p.paths[0]) && !p.probes_strictly(&p.paths[1]));
+        assert!(p.probe_pace(&p.paths[0], false).0 < interval);
+        p.refresh_factors();
+        assert!(!p.paths[0].state.probe_now.load(Ordering::Relaxed), "asked once, not at every refresh");
+        drop((few, more));
+        p.refresh_factors();
+        assert!(!p.probes_strictly(&p.paths[0]));
+        assert_eq!(p.probe_pace(&p.paths[0], false).0, interval);
     }
 
     fn pool_with(weights: &[u32], mesh: bool, balance: Policy) -> Pool {
@@ -1337,10 +1393,15 @@ pub(crate) mod tests {
         revive(&p, 0);
         assert!(p.on_probation(&p.paths[0]) && !p.paths[0].is_held(), "one fall: probation, not a hold");
         assert!(!p.on_probation(&p.paths[1]), "the other path");
+        // Probed unraced and at the fast pace meanwhile.
+        let interval = p.cfg.health.interval;
+        assert!(p.probes_strictly(&p.paths[0]) && p.probe_pace(&p.paths[0], false).0 < interval);
+        assert!(!p.probes_strictly(&p.paths[1]) && p.probe_pace(&p.paths[1], false).0 == interval);
         tokio::time::sleep(Duration::from_secs(12)).await;
         assert!(p.on_probation(&p.paths[0]), "12 s on");
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!p.on_probation(&p.paths[0]), "13 s on: penalty below reuse");
+        assert_eq!(p.probe_pace(&p.paths[0], false).0, interval);
     }
 
     /// Driven by tokio's paused clock through `refresh_factors` (what the probe rounds call):

@@ -40,6 +40,13 @@
 //! penalty 1000 × 2^(-16/15) + 1000 = 1477, short of 1500: down, up, down, up, then held at a
 //! third fall, 5 changes. The default half-life is 30 s since: falls within half a minute hold.
 //!
+//! Since 2026-12-02 (later) a path whose traffic says it delivers badly, or that fell
+//! recently, is probed unraced and at the fast pace: wan1 falls, comes back and is held
+//! within the first burst. Full length: slow requests per minute [13, 0, 0, 0, 0, 0, 0, 0, 0,
+//! 0], changes [3, 0, ...]; CI length 9-13 slow (22-45 before). The per-burst breakdown the
+//! test prints (wan1's connections and slow ones by time since each burst's start) shows
+//! what is left: the first 50-250 ms of the first burst, before any connect was raced.
+//!
 //! The CI test runs 10 bursts (40 s); `scripts/bursty-loss` runs the ignored full-length one
 //! (150 bursts, 10 minutes) and prints the same figures, per minute as well.
 
@@ -65,6 +72,8 @@ const SLOW_MS: f64 = 200.0;
 /// A connection the client started this soon after wan1 was held may have been placed
 /// before the hold (the ingress accepts, then picks).
 const HOLD_GRACE_MS: u64 = 50;
+/// Edges of the windows (ms since a burst's start) the per-burst breakdown counts in.
+const BURST_WINDOWS_MS: [u64; 7] = [0, 50, 100, 250, 500, 2000, 4000];
 
 #[test]
 fn bursty_loss_on_wan1_is_damped_not_flapped() {
@@ -249,6 +258,7 @@ fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
     let learn = (bursts / 4).max(2);
     let mut after_learning = before;
     let mut per_burst = Vec::new();
+    let mut burst_starts = Vec::new();
     let result: anyhow::Result<()> = (|| {
         for i in 0..bursts {
             let at = LEAD + PERIOD * i;
@@ -257,6 +267,7 @@ fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
                 after_learning = wan1_changes(&mut t).len();
             }
             t.loss(Wan::Wan1, loss_pct)?;
+            burst_starts.push(unix_ms());
             sleep_until(at + LOSS_ON);
             t.loss(Wan::Wan1, 0)?;
             per_burst.push(wan1_changes(&mut t).len());
@@ -380,6 +391,26 @@ fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
     ));
     for c in changes.iter().chain(&wan2_changes) {
         eprintln!("  {}", c.line);
+    }
+    // Where in a burst wan1's slow requests start, until its hold and one burst beyond: the
+    // share wan1 still takes at each moment of a burst is what the damping and the quality
+    // signal have to bring down.
+    eprintln!("wan1 per burst until its first hold, by time since the burst's start: placed (slow)");
+    let on_wan1 = |r: &&Record| r.ok && r.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1");
+    for (i, &b) in burst_starts.iter().enumerate() {
+        if first_held_ms.is_some_and(|h| b > h + PERIOD.as_millis() as u64) {
+            break;
+        }
+        let cells: Vec<String> = BURST_WINDOWS_MS
+            .windows(2)
+            .map(|w| {
+                let inside = |r: &&Record| r.start_ms >= b + w[0] && r.start_ms < b + w[1];
+                let placed = records.iter().filter(on_wan1).filter(inside).count();
+                let slow = records.iter().filter(on_wan1).filter(inside).filter(is_slow).count();
+                format!("{}-{} ms {placed} ({slow})", w[0], w[1])
+            })
+            .collect();
+        eprintln!("  burst {}: {}", i + 1, cells.join(", "));
     }
     if failed > 0 {
         eprintln!("failed connections:\n{}", scenario::describe_failures(&records, loss_start_ms));
