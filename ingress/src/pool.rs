@@ -842,9 +842,8 @@ impl Pool {
     /// Whether a path fell recently enough that a second fall would hold it: its flap
     /// penalty is above `reuse` (for ~12 s after one fall, with the defaults).
     fn on_probation(&self, p: &Path) -> bool {
-        let cfg = &self.cfg.health.damping;
         let damper = p.state.damping.lock().unwrap_or_else(|e| e.into_inner());
-        cfg.enabled() && damper.d.penalty(cfg, now()) > f64::from(cfg.reuse)
+        damper.d.on_probation(&self.cfg.health.damping, now())
     }
 
     /// Whether a path's probes go unraced (a lost SYN fails the probe): while it is held

@@ -77,10 +77,14 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     let _ = client.set_nodelay(true);
     let port = service.cfg.upstream_port.unwrap_or(bound.port());
     // Bytes read from the client before connecting upstream (the ClientHello or request
-    // head); they are replayed unchanged.
+    // head, or in plain mode whatever has arrived); they are replayed unchanged.
     let mut first = Vec::new();
     let pool = match service.cfg.mode {
-        Mode::Plain => &service.pool,
+        Mode::Plain => {
+            // What the client has already sent goes up with the connect's last ACK (below).
+            first = take_waiting(&client);
+            &service.pool
+        }
         mode => match peek_route(&mut client, mode, service, &mut first).await {
             Ok(pool) => pool,
             Err(why) => {
@@ -90,9 +94,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
             }
         },
     };
-    // Bytes to send the moment the upstream is connected: the peeked name's, a PROXY header,
-    // or (plain mode) what the client has already sent, seen by a one-byte `MSG_PEEK`.
-    let data_first = !first.is_empty() || service.cfg.proxy_protocol || client_sent(&client);
+    // Bytes to send the moment the upstream is connected: the peeked name's or the client's
+    // waiting ones, or a PROXY header.
+    let data_first = !first.is_empty() || service.cfg.proxy_protocol;
     let (mut upstream, path) = match crate::connect::connect(pool, port, data_first).await {
         Ok(c) => c,
         Err(e) => {
@@ -105,30 +109,27 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
     if data_first {
-        let mut head = Vec::with_capacity(64 + first.len().max(PEEK_CHUNK));
+        // Without a header, `first` is sent as it is (it is not empty then).
+        let mut head = Vec::new();
         if service.cfg.proxy_protocol {
+            head.reserve(64 + first.len().max(PEEK_CHUNK));
             let local = if bound.ip().is_unspecified() { client.local_addr().unwrap_or(bound) } else { bound };
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
         }
         let at = head.len();
         if first.is_empty() {
-            // Whatever the client already sent rides in the same segment as the header (and
-            // the ACK of the SYN-ACK). A plain non-blocking read: tokio's `try_read` would
-            // refuse until the reactor has seen the socket readable, which a fresh connection
-            // often has not yet.
-            head.resize(at + PEEK_CHUNK, 0);
-            let n = std::io::Read::read(&mut &*socket2::SockRef::from(&client), &mut head[at..]).unwrap_or(0);
-            head.truncate(at + n);
+            // Whatever the client sent during the connect rides in the same segment as the
+            // header (and the ACK of the SYN-ACK).
+            head.extend_from_slice(&take_waiting(&client));
+        } else if head.is_empty() {
+            head = first;
         } else {
             head.extend_from_slice(&first);
         }
-        drop(first);
         let sent_first = (head.len() - at) as u64;
-        if !head.is_empty() {
-            if let Err(e) = upstream.write_all(&head).await {
-                tracing::debug!(error = %e, "upstream closed before the first bytes");
-                return;
-            }
+        if let Err(e) = upstream.write_all(&head).await {
+            tracing::debug!(error = %e, "upstream closed before the first bytes");
+            return;
         }
         // Back to quick ACKs now that the delayed one has ridden out (`connect::attempt` turned
         // them off): left in delayed-ACK mode, the socket would hold the ACK of a server's
@@ -151,10 +152,17 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     }
 }
 
-/// Whether the client's first bytes are waiting (a non-blocking one-byte `MSG_PEEK`).
-fn client_sent(client: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::uninit()];
-    socket2::SockRef::from(client).peek(&mut byte).is_ok_and(|n| n > 0)
+/// The bytes the client has sent so far, up to `PEEK_CHUNK`, taken by one non-blocking read
+/// (empty if none wait, or on an error or end of stream, which the relay then meets itself).
+/// A plain read: tokio's `try_read` would refuse until the reactor has seen the socket
+/// readable, which a fresh connection often has not yet. The buffer is this call's own, so
+/// it is not kept in the connection's task.
+fn take_waiting(client: &TcpStream) -> Vec<u8> {
+    let mut buf = [0u8; PEEK_CHUNK];
+    match std::io::Read::read(&mut &*socket2::SockRef::from(client), &mut buf) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Bytes asked for per read while peeking.
@@ -206,24 +214,26 @@ mod tests {
     use std::io::Write;
     use std::time::{Duration, Instant};
 
-    /// `client_sent` says whether bytes wait without taking them: false on a fresh
-    /// connection, true once the client wrote, and the bytes are still there to read.
+    /// `take_waiting` takes what the client has sent so far: nothing on a fresh connection,
+    /// the bytes once the client wrote, and they are gone from the socket after.
     #[tokio::test]
-    async fn client_sent_sees_waiting_bytes_and_leaves_them() {
+    async fn take_waiting_takes_the_bytes_the_client_sent() {
         let listener = crate::listener::bind_tcp("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut client = std::net::TcpStream::connect(addr).expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
-        assert!(!super::client_sent(&accepted), "nothing sent yet");
+        assert!(super::take_waiting(&accepted).is_empty(), "nothing sent yet");
         client.write_all(b"GET / HTTP/1.1\r\n").expect("write");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !super::client_sent(&accepted) {
+        let got = loop {
+            let got = super::take_waiting(&accepted);
+            if !got.is_empty() {
+                break got;
+            }
             assert!(Instant::now() < deadline, "the client's bytes never showed");
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let mut buf = [0; 64];
-        accepted.readable().await.expect("readable");
-        let n = accepted.try_read(&mut buf).expect("read");
-        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n", "the peek took nothing");
+        };
+        assert_eq!(got, b"GET / HTTP/1.1\r\n");
+        assert!(super::take_waiting(&accepted).is_empty(), "taken, not peeked");
     }
 }

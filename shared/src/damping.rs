@@ -178,6 +178,12 @@ impl Damping {
         self.penalty * (-dt / cfg.half_life.as_secs_f64().max(1e-3)).exp2()
     }
 
+    /// On probation: the path fell recently enough that a second fall would hold it (its
+    /// penalty is still above `reuse`: `half_life × log2(penalty / reuse)` after one fall).
+    pub fn on_probation(&self, cfg: &DampingConfig, now: Instant) -> bool {
+        cfg.enabled() && self.penalty(cfg, now) > f64::from(cfg.reuse)
+    }
+
     /// A health check (probe) of the path failed. While held it adds `penalty` (up to the
     /// ceiling), so a held path must go a whole hold without a failed probe to be released;
     /// otherwise nothing (falls count instead). Returns whether it added penalty. Call before
@@ -291,6 +297,21 @@ mod tests {
         assert!((d.share(&CFG, t0 + s(5.5)) - 0.5).abs() < 1e-9);
         assert_eq!(d.share(&CFG, t0 + s(8.0)), 1.0);
         assert_eq!(d.share(&CFG, t0 + s(100.0)), 1.0);
+    }
+
+    #[test]
+    fn one_fall_means_probation_until_the_penalty_decays_below_reuse() {
+        let t0 = Instant::now();
+        let mut d = Damping::new(true, t0);
+        assert!(!d.on_probation(&CFG, t0), "never fell");
+        d.update(&CFG, false, true, t0);
+        d.update(&CFG, true, false, t0 + s(0.5));
+        // 1000 decays to 750 in 15 s × log2(1000 / 750) ≈ 6.2 s.
+        let until = 15.0 * (1000.0f64 / 750.0).log2();
+        assert!(d.on_probation(&CFG, t0 + s(until - 0.1)) && d.verdict() == Verdict::Up);
+        assert!(!d.on_probation(&CFG, t0 + s(until + 0.1)));
+        let off = DampingConfig { penalty: 0, ..CFG };
+        assert!(!d.on_probation(&off, t0 + s(1.0)), "damping off: never on probation");
     }
 
     #[test]

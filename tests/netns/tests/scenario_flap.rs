@@ -396,7 +396,8 @@ fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
     // share wan1 still takes at each moment of a burst is what the damping and the quality
     // signal have to bring down.
     eprintln!("wan1 per burst until its first hold, by time since the burst's start: placed (slow)");
-    let on_wan1 = |r: &&Record| r.ok && r.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1");
+    let on_wan1: Vec<&Record> =
+        records.iter().filter(|r| r.ok && r.backend.as_deref().is_some_and(|b| t.path_of(b) == "wan1")).collect();
     for (i, &b) in burst_starts.iter().enumerate() {
         if first_held_ms.is_some_and(|h| b > h + PERIOD.as_millis() as u64) {
             break;
@@ -404,9 +405,11 @@ fn bursty_loss(bursts: u32, loss_pct: u8) -> Figures {
         let cells: Vec<String> = BURST_WINDOWS_MS
             .windows(2)
             .map(|w| {
-                let inside = |r: &&Record| r.start_ms >= b + w[0] && r.start_ms < b + w[1];
-                let placed = records.iter().filter(on_wan1).filter(inside).count();
-                let slow = records.iter().filter(on_wan1).filter(inside).filter(is_slow).count();
+                let (mut placed, mut slow) = (0, 0);
+                for r in on_wan1.iter().filter(|r| r.start_ms >= b + w[0] && r.start_ms < b + w[1]) {
+                    placed += 1;
+                    slow += usize::from(is_slow(r));
+                }
                 format!("{}-{} ms {placed} ({slow})", w[0], w[1])
             })
             .collect();
