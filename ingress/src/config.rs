@@ -219,8 +219,8 @@ pub struct Config {
     pub max_connections: u32,
     /// How long `SIGTERM` waits for established connections before exiting.
     pub drain_timeout: Duration,
-    /// Worker threads of the runtime; `None`: one per core; 1: the main thread alone (the
-    /// current-thread scheduler). Read at start only.
+    /// Event loops serving TCP connections (`shared::workers`); `None`: one per core; 1: the
+    /// main thread alone. Read at start only.
     pub threads: Option<usize>,
     pub pools: BTreeMap<String, PoolConfig>,
     pub services: Vec<ServiceConfig>,

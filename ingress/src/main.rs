@@ -75,10 +75,11 @@ fn main() -> ExitCode {
     if tcp + udp > 0 {
         tracing::info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
     }
-    // `limits.threads` workers (operators match HAProxy's nbthread with it); threads = 1
-    // is the calling thread alone (the current-thread scheduler), not a worker beside it.
+    // `limits.threads` event loops (operators match HAProxy's nbthread with it): the calling
+    // thread's, which accepts and runs everything but TCP connections, and one more per
+    // extra thread; connections are spread over all of them.
     let threads = config.threads;
-    shared::runtime::serve_one_thread_inline(threads, || run(cli.config, config))
+    shared::runtime::serve_per_thread(threads, "ingress-worker", |workers| run(cli.config, config, workers))
 }
 
 /// Reloads on SIGHUP until SIGTERM or SIGINT.
@@ -203,7 +204,7 @@ async fn wait_first_round(server: &Server) {
     shared::notify::wait_first_round(probed, shared::notify::FIRST_ROUND_WAIT).await;
 }
 
-async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+async fn run(path: PathBuf, config: Config, workers: shared::workers::Workers) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -214,7 +215,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         tokio::spawn(shared::watchdog::run(every));
     }
     let want = expected_listeners(&config);
-    let server = Server::start(config).await;
+    let server = Server::start_on(config, workers).await;
     tracing::info!(config = %path.display(), "ingress running");
     // Listeners bind in the background (a taken port is retried): READY=1 waits for all of
     // them, so `systemctl start` returns with every port open, or times out naming the wait,

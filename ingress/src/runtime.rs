@@ -159,6 +159,8 @@ pub struct Shared {
     /// status page's shares.
     pub(crate) started_ms: u64,
     pub(crate) shares: crate::shares::Shares,
+    /// The threads TCP connections are spread over (`limits.threads`).
+    pub(crate) workers: shared::workers::Workers,
 }
 
 impl Shared {
@@ -167,6 +169,10 @@ impl Shared {
     }
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+    /// TCP connections placed on each thread since the start, the calling thread's first.
+    pub fn placed_per_thread(&self) -> Vec<u64> {
+        self.workers.placed()
     }
     pub(crate) fn conn_guard(self: &Arc<Self>) -> ConnGuard {
         let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;

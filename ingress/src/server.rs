@@ -40,9 +40,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start serving `config`. Listeners that cannot bind are logged and retried in the
-    /// background; everything else serves meanwhile.
+    /// Start serving `config` on the calling thread's runtime alone. Listeners that cannot
+    /// bind are logged and retried in the background; everything else serves meanwhile.
     pub async fn start(config: Config) -> Self {
+        Self::start_on(config, shared::workers::Workers::none()).await
+    }
+
+    /// As [`Server::start`], with TCP connections spread over `workers`' threads.
+    pub async fn start_on(config: Config, workers: shared::workers::Workers) -> Self {
         crate::metrics::install();
         let (stop_tx, stop) = watch::channel(false);
         let open_files = crate::limits::raise_open_files();
@@ -62,6 +67,7 @@ impl Server {
             open: AtomicUsize::new(0),
             m_open: gauge!(m::OPEN_CONNECTIONS),
             stop,
+            workers,
         });
         let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };
         // Sockets kept across a restart (systemd's descriptor store) serve at once; the rest

@@ -1,5 +1,6 @@
-//! TCP services: the accept loop (limits checked, then spawn at once; nothing slow runs in
-//! the loop) and one task per connection: connect through the pool, then relay.
+//! TCP services: the accept loop (limits checked, then spawn at once on the least-loaded
+//! thread, `shared::workers`; nothing slow runs in the loop) and one task per connection:
+//! connect through the pool, then relay.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +61,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         service.m_accepted.increment(1);
         let conn = shared.conn_guard();
         let span = tracing::debug_span!("conn", service = %service.cfg.name, client = %peer);
-        shared.conns.spawn(
+        shared.workers.spawn_conn(stream, &shared.conns, move |stream| {
             async move {
                 let _permits = permits;
                 let _conn = conn;
@@ -68,8 +69,8 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
                 handle(stream, peer, bound, &service).await;
                 service.m_active.decrement(1.0);
             }
-            .instrument(span),
-        );
+            .instrument(span)
+        });
     }
 }
 

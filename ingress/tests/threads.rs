@@ -1,22 +1,22 @@
-//! `limits.threads` sets the runtime's worker threads (as HAProxy's nbthread), read at start;
-//! 1 is the main thread alone.
+//! `limits.threads` sets how many event loops serve TCP connections (as HAProxy's nbthread),
+//! read at start: the main thread's and `threads - 1` named `ingress-worker-N`.
 
 mod common;
 
-use common::{free_port, Child};
+use common::{config, free_port, request, service_addr, wait_until, Backend, Child};
 use std::time::{Duration, Instant};
 
-/// Threads of `pid` named like tokio's workers.
-fn workers(pid: u32) -> usize {
+/// Threads of `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tokio-rt-worker")))
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
         .count()
 }
 
 #[test]
-fn the_runtime_has_as_many_workers_as_configured() {
+fn the_process_has_as_many_event_loops_as_configured() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("ingress-threads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -36,11 +36,48 @@ fn the_runtime_has_as_many_workers_as_configured() {
             assert!(Instant::now() < deadline, "ingress never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // threads = 1 runs the runtime on the main thread itself (current-thread scheduler):
-        // no worker thread beside it.
-        let want = if threads == 1 { 0 } else { threads };
-        assert_eq!(workers(child.id()), want, "worker threads for threads = {threads}");
+        // The main thread is the first event loop: threads = 1 has no worker beside it.
+        assert_eq!(threads_named(child.id(), "ingress-worker"), threads - 1, "worker threads for threads = {threads}");
+        assert_eq!(threads_named(child.id(), "tokio-rt-worker"), 0, "no multi-thread runtime");
         drop(child);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connections accepted on the main thread are served on all three threads, ties in turn.
+#[tokio::test(flavor = "current_thread")]
+async fn connections_are_spread_over_the_threads_and_served_there() {
+    let backend = Backend::start("a", "127.0.0.1").await;
+    let cfg = ingress::Config::from_toml(&config(&[("a", backend.addr, 1)], None, "")).expect("config");
+    let workers = shared::workers::Workers::start(3, "test-ingress-worker").expect("workers");
+    let server = ingress::Server::start_on(cfg, workers).await;
+    let addr = service_addr(&server, "echo").await;
+    for i in 0..9 {
+        assert_eq!(request(addr).await.as_deref(), Ok("a"), "request {i}");
+        wait_until("the connection ended", Duration::from_secs(5), || server.shared().open_connections() == 0).await;
+    }
+    // Each connection ended before the next started: every pick was a tie.
+    assert_eq!(server.shared().placed_per_thread(), [3, 3, 3]);
+    let held: Vec<_> = held_open(addr, 6).await;
+    let placed = server.shared().placed_per_thread();
+    assert_eq!(placed.iter().sum::<u64>(), 15);
+    assert!(placed.iter().all(|&n| n == 5), "held connections spread evenly: {placed:?}");
+    drop(held);
+}
+
+/// `n` connections through the ingress, each answered (the backend's name line), held open.
+async fn held_open(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut line = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut line))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(&line, b"a\n");
+        held.push(s);
+    }
+    held
 }

@@ -20,4 +20,5 @@ pub mod runtime;
 pub mod udp_flows;
 pub mod udp_relay;
 pub mod watchdog;
+pub mod workers;
 pub mod ygg;

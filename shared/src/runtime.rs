@@ -1,11 +1,14 @@
-//! The async runtime both binaries serve on, started the same way: `threads` worker threads
-//! (`None`: one per core; read at start only, a reload cannot change it; both binaries run
+//! The async runtime both binaries serve on, started the same way: `threads` threads (`None`:
+//! one per core; read at start only, a reload cannot change it; both binaries run
 //! `threads = 1` on the calling thread alone), and the process's exit status from what the
-//! server returns.
+//! server returns. The ingress runs one event loop per thread (`serve_per_thread`,
+//! `crate::workers`); the local proxy, tokio's multi-thread runtime at `threads > 1`.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
+
+pub use crate::workers::Workers;
 
 /// Builds the multi-thread runtime and blocks on `run()`: exit status 0 when it returns
 /// `Ok`, 1 when it fails (logged) or the runtime cannot start (said on stderr).
@@ -41,6 +44,26 @@ where
     } else {
         serve(threads, run)
     }
+}
+
+/// One event loop per thread, the calling thread's and `threads - 1` more (`None`: one per
+/// core), each a current-thread runtime: `run()` gets the [`Workers`] to spread connections
+/// over, and everything else it spawns (probes, reloads, UDP, the admin API) stays on the
+/// calling thread. At `threads = 1` this is [`serve_one_thread_inline`].
+pub fn serve_per_thread<F, E>(threads: Option<usize>, name: &str, run: impl FnOnce(Workers) -> F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = match Workers::start(threads, name) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start {threads} worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    serve_on(tokio::runtime::Builder::new_current_thread(), || run(workers))
 }
 
 fn serve_on<F, E>(mut builder: tokio::runtime::Builder, run: impl FnOnce() -> F) -> ExitCode

@@ -141,7 +141,13 @@ fn main() -> Result<()> {
         figs.entry(c).or_default().entry(k.to_string()).or_default().push(v);
     };
     for run in 0..args.runs {
-        for c in Candidate::ALL {
+        // Every other run goes in the reverse order, so that no candidate always runs first
+        // (on a cold upstream) or always right after another (in its TIME_WAIT sockets).
+        let mut order = Candidate::ALL;
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for c in order {
             if !args.candidates.is_empty() && !args.candidates.iter().any(|n| n == c.name()) {
                 continue;
             }

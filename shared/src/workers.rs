@@ -1,0 +1,234 @@
+//! Connection workers: `threads` event loops, each a current-thread runtime on a thread of its
+//! own, the way HAProxy's `nbthread` and nginx's workers run. The calling thread's runtime
+//! (the one that accepts, probes, reloads and serves UDP) is thread 0; each accepted TCP
+//! connection is handed to the thread with the fewest connections and lives there to its end,
+//! so its wake-ups never cross threads. Tokio's multi-thread runtime shares one reactor and
+//! steals tasks between workers instead: on 2 cores, 12-15 % more CPU per relayed request than
+//! one thread (bench/results/2026-12-02-vm-threads.md).
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+/// The event loops connections are spread over. Dropping it stops the extra threads' loops
+/// (their connections are closed).
+pub struct Workers {
+    /// Threads 1.. (thread 0 is the caller's runtime).
+    extra: Vec<Worker>,
+    counts: Arc<Counts>,
+}
+
+struct Worker {
+    handle: Handle,
+    /// Dropped with the worker: its loop then returns and its runtime ends.
+    _stop: oneshot::Sender<()>,
+}
+
+struct Counts {
+    /// Connections running on each thread.
+    open: Vec<AtomicUsize>,
+    /// Connections ever placed on each thread.
+    placed: Vec<AtomicU64>,
+    /// Where the search for the least-loaded thread starts: ties go round.
+    turn: AtomicUsize,
+}
+
+impl Counts {
+    fn new(threads: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            placed: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// The thread with the fewest open connections.
+    fn pick(&self) -> usize {
+        let n = self.open.len();
+        if n <= 1 {
+            return 0;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut least = self.open[start].load(Ordering::Relaxed);
+        for k in 1..n {
+            let i = (start + k) % n;
+            let open = self.open[i].load(Ordering::Relaxed);
+            if open < least {
+                (best, least) = (i, open);
+            }
+        }
+        best
+    }
+}
+
+/// One connection counted on its thread until it ends.
+struct Placed {
+    counts: Arc<Counts>,
+    thread: usize,
+}
+
+impl Placed {
+    fn new(counts: &Arc<Counts>, thread: usize) -> Self {
+        counts.open[thread].fetch_add(1, Ordering::Relaxed);
+        counts.placed[thread].fetch_add(1, Ordering::Relaxed);
+        Self { counts: counts.clone(), thread }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.counts.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Workers {
+    /// The caller's runtime alone (tests, and `threads = 1`).
+    pub fn none() -> Self {
+        Self { extra: Vec::new(), counts: Counts::new(1) }
+    }
+
+    /// `threads` event loops in all: the caller's and `threads - 1` new threads named
+    /// `name-1`, `name-2`, … each running a current-thread runtime (IO and timers enabled).
+    pub fn start(threads: usize, name: &str) -> io::Result<Self> {
+        let threads = threads.max(1);
+        let mut extra = Vec::with_capacity(threads - 1);
+        for i in 1..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                // The loop runs the connections handed to it until `stop` is dropped.
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+            extra.push(Worker { handle, _stop: stop });
+        }
+        Ok(Self { extra, counts: Counts::new(threads) })
+    }
+
+    /// How many event loops connections are spread over.
+    pub fn threads(&self) -> usize {
+        self.extra.len() + 1
+    }
+
+    /// Connections ever placed on each thread, thread 0 first.
+    pub fn placed(&self) -> Vec<u64> {
+        self.counts.placed.iter().map(|p| p.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Runs `serve` for a connection accepted on the caller's runtime, on the thread with the
+    /// fewest connections, tracked by `tracker` (a drain waits for it). Handed to another
+    /// thread, the socket leaves this runtime's reactor and joins that thread's.
+    pub fn spawn_conn<F, Fut>(&self, stream: TcpStream, tracker: &TaskTracker, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let thread = self.counts.pick();
+        let placed = Placed::new(&self.counts, thread);
+        let Some(worker) = thread.checked_sub(1).and_then(|i| self.extra.get(i)) else {
+            tracker.spawn(async move {
+                let _placed = placed;
+                serve(stream).await;
+            });
+            return;
+        };
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand the connection to its thread; closing it");
+                return;
+            }
+        };
+        worker.handle.spawn(tracker.track_future(async move {
+            let _placed = placed;
+            match TcpStream::from_std(std) {
+                Ok(stream) => serve(stream).await,
+                Err(e) => tracing::debug!(error = %e, "cannot register the connection on its thread; closing it"),
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Equal counts go round; a thread holding more connections gets the next ones.
+    #[test]
+    fn the_thread_with_fewest_connections_is_picked() {
+        let counts = Counts::new(3);
+        let picks: Vec<usize> = (0..6).map(|_| counts.pick()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2], "ties go round");
+        let held: Vec<Placed> = (0..4).map(|_| Placed::new(&counts, 1)).collect();
+        let _one = Placed::new(&counts, 0);
+        for _ in 0..6 {
+            assert_eq!(counts.pick(), 2, "thread 2 holds none");
+        }
+        drop(held);
+        assert_eq!(counts.open[1].load(Ordering::Relaxed), 0, "a connection's end is counted");
+        assert_eq!(counts.placed[1].load(Ordering::Relaxed), 4, "placements are kept");
+        for _ in 0..6 {
+            assert_ne!(counts.pick(), 0, "thread 0 still holds one");
+        }
+    }
+
+    /// Connections accepted on the caller's runtime are served on every thread, each on the
+    /// thread it was placed on, and the tracker waits for them all.
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_spread_over_the_threads_and_are_served_there() {
+        let workers = Workers::start(3, "test-worker").expect("workers");
+        assert_eq!(workers.threads(), 3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tracker = TaskTracker::new();
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let clients = tokio::spawn(async move {
+            let mut open = Vec::new();
+            for i in 0..30u8 {
+                let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                c.write_all(&[i]).await.expect("write");
+                let mut back = [0u8; 1];
+                c.read_exact(&mut back).await.expect("echo");
+                assert_eq!(back, [i]);
+                // Held open, so that each next one goes to a less loaded thread.
+                open.push(c);
+            }
+            open
+        });
+        for _ in 0..30 {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let seen = seen.clone();
+            workers.spawn_conn(stream, &tracker, move |mut s| async move {
+                let name = std::thread::current().name().map(str::to_owned);
+                seen.lock().expect("lock").insert(name);
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    let _ = s.write_all(&b).await;
+                }
+                // Until the client closes.
+                let _ = s.read(&mut b).await;
+            });
+        }
+        let open = clients.await.expect("clients");
+        assert_eq!(workers.placed(), [10, 10, 10], "held connections spread evenly");
+        drop(open);
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await.expect("all ended");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 3, "served on three threads: {seen:?}");
+        assert!(seen.contains(&Some("test-worker-1".into())) && seen.contains(&Some("test-worker-2".into())));
+        assert_eq!(workers.counts.open.iter().map(|o| o.load(Ordering::Relaxed)).sum::<usize>(), 0);
+    }
+}
