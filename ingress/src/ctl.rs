@@ -69,7 +69,14 @@ fn summary(body: &str) -> String {
             }
         }
     }
-    let _ = writeln!(out, "open connections {}", v["open_connections"]);
+    let _ = write!(out, "open connections {}", v["open_connections"]);
+    match v["threads"].as_array() {
+        Some(threads) if threads.len() > 1 => {
+            let per: Vec<String> = threads.iter().map(|t| t["open"].to_string()).collect();
+            let _ = writeln!(out, " (TCP per thread: {})", per.join(" "));
+        }
+        _ => out.push('\n'),
+    }
     out
 }
 
@@ -95,6 +102,12 @@ mod tests {
         assert_eq!(lines[3].trim(), "held: flapping: 2 falls; penalty 9013 reached 1500", "{out}");
         assert!(lines[5].contains("quality loss 0.00% factor 1.000  flap penalty 0  falls 0"), "{out}");
         assert_eq!(lines[6], "open connections 3");
+        let threads = body.replacen(
+            r#""open_connections": 3,"#,
+            r#""open_connections": 3, "threads": [{"open": 2, "placed": 9}, {"open": 1, "placed": 8}],"#,
+            1,
+        );
+        assert_eq!(summary(&threads).lines().last(), Some("open connections 3 (TCP per thread: 2 1)"));
         // Not JSON: printed as it came.
         assert_eq!(summary("nope"), "nope");
     }

@@ -16,7 +16,11 @@ pub fn render(s: &Status, live_only: bool) -> String {
 }
 
 fn live(out: &mut String, s: &Status) {
-    let open = format!("{} open connection{}", s.open_connections, if s.open_connections == 1 { "" } else { "s" });
+    let mut open = format!("{} open connection{}", s.open_connections, if s.open_connections == 1 { "" } else { "s" });
+    if s.threads.len() > 1 {
+        let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
+        let _ = write!(open, " (TCP per thread: {})", per.join(" · "));
+    }
     summary(out, &s.header, "", &open);
     for pool in &s.pools {
         pool_section(out, s.header.now_ms, pool);

@@ -174,6 +174,10 @@ impl Shared {
     pub fn placed_per_thread(&self) -> Vec<u64> {
         self.workers.placed()
     }
+    /// TCP connections open on each thread, the calling thread's first.
+    pub fn open_per_thread(&self) -> Vec<usize> {
+        self.workers.open()
+    }
     pub(crate) fn conn_guard(self: &Arc<Self>) -> ConnGuard {
         let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.m_open.set(n as f64);

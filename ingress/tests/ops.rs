@@ -1,5 +1,6 @@
 //! The binary under systemd's contracts and an operator's hands: READY=1 only once the
-//! listeners accept, a STATUS= summary, WATCHDOG=1 pings that stop when the runtime is wedged (the test hook),
+//! listeners accept, a STATUS= summary, WATCHDOG=1 pings that stop when the runtime or another
+//! thread's event loop is wedged (the test hook),
 //! `ingress ctl` driving the admin API, overrides that survive SIGHUP until the config
 //! changes the field, and JSON log lines carrying the state change's fields.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -154,29 +155,71 @@ fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
         }
     };
     assert!(status.starts_with("home: 2/2 WAN up (wan1 wan2)") && status.contains("open connections"), "{status}");
-    let mut count_pings = |within: Duration| {
-        let end = Instant::now() + within;
-        let mut pings = 0;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
-            match sock.recv(&mut buf) {
-                Ok(n) if &buf[..n] == b"WATCHDOG=1" => pings += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        pings
-    };
-    let alive = count_pings(Duration::from_secs(1));
+    let alive = count_pings(&sock, Duration::from_secs(1));
     kill(child.id(), "-USR2");
     // Pings already queued, or sent before every worker is blocked, are let through.
-    count_pings(Duration::from_millis(300));
-    let wedged = count_pings(Duration::from_secs(1));
+    count_pings(&sock, Duration::from_millis(300));
+    let wedged = count_pings(&sock, Duration::from_secs(1));
     println!(
         "watchdog 200 ms: {pings_before_ready} pings before READY, {alive} in a live second, {wedged} in a wedged one"
     );
     assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
     assert_eq!(wedged, 0, "a wedged runtime sends no WATCHDOG=1 (systemd would restart it)");
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `WATCHDOG=1` messages on `sock` within `within`.
+fn count_pings(sock: &UnixDatagram, within: Duration) -> usize {
+    let mut buf = [0u8; 512];
+    let end = Instant::now() + within;
+    let mut pings = 0;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) if &buf[..n] == b"WATCHDOG=1" => pings += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    pings
+}
+
+/// The event loops of the other threads answer for themselves: wedged, they withhold the
+/// pings though the main thread's loop still runs, as their connections are stuck with them.
+#[test]
+fn a_wedged_worker_loop_stops_the_watchdog_too() {
+    let dir = tempdir("notify-workers");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let (wan1, wan2) = (backend("127.0.0.2", "wan1"), backend("127.0.0.3", "wan2"));
+    let config = dir.join("ingress.toml");
+    let text = conf(free_port(), free_port(), wan1, wan2, 1, None, false) + "[limits]\nthreads = 3\n";
+    std::fs::write(&config, text).unwrap();
+    let child = Child::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("-c")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env(shared::watchdog::TEST_HOOK_ENV, "workers"),
+    );
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+        if &buf[..n] == b"READY=1" {
+            break;
+        }
+    }
+    let alive = count_pings(&sock, Duration::from_secs(1));
+    kill(child.id(), "-USR2");
+    // Pings sent before the loops missed half an interval of beats are let through.
+    count_pings(&sock, Duration::from_millis(300));
+    let wedged = count_pings(&sock, Duration::from_secs(1));
+    println!("watchdog 200 ms, 3 threads: {alive} pings in a live second, {wedged} with the other loops wedged");
+    assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
+    assert_eq!(wedged, 0, "a wedged worker loop withholds WATCHDOG=1 (systemd would restart the process)");
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,7 +62,26 @@ async fn connections_are_spread_over_the_threads_and_served_there() {
     let placed = server.shared().placed_per_thread();
     assert_eq!(placed.iter().sum::<u64>(), 15);
     assert!(placed.iter().all(|&n| n == 5), "held connections spread evenly: {placed:?}");
+    // `/status` tells each loop's share.
+    let status = status(server.admin_addr().expect("admin listener")).await;
+    let threads: Vec<(u64, u64)> = status["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| (t["open"].as_u64().unwrap_or(99), t["placed"].as_u64().unwrap_or(99)))
+        .collect();
+    assert_eq!(threads, [(2, 5), (2, 5), (2, 5)], "{status}");
     drop(held);
+}
+
+async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin connect");
+    s.write_all(b"GET /status HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
 }
 
 /// `n` connections through the ingress, each answered (the backend's name line), held open.

@@ -192,7 +192,7 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     // SIGUSR1: reopen the access logs (logrotate's postrotate); SIGHUP does it too.
     let mut usr1 = signal(SignalKind::user_defined1())?;
     // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1): SIGUSR2 wedges the runtime.
-    shared::watchdog::arm_test_hook()?;
+    shared::watchdog::arm_test_hook(Vec::new())?;
     if let Some(every) = shared::watchdog::interval() {
         // On this runtime, not a thread of its own: a wedged runtime must miss its pings.
         tokio::spawn(shared::watchdog::run(every));

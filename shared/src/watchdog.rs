@@ -21,11 +21,30 @@ pub fn interval() -> Option<Duration> {
 /// Pings `WATCHDOG=1` at half of `every` (systemd's advice), forever. Spawn it on the
 /// runtime whose liveness it vouches for.
 pub async fn run(every: Duration) {
+    run_checked(every, || None).await
+}
+
+/// As [`run`], vouching also for the event loops of other threads: a ping is withheld while
+/// `stalled` names one (`crate::workers::Heartbeats`), so systemd restarts a process one of
+/// whose loops is wedged, with the connections it holds.
+pub async fn run_checked(every: Duration, stalled: impl Fn() -> Option<usize>) {
     let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
     // A late tick means the runtime was busy: ping once, do not burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut withheld = false;
     loop {
         tick.tick().await;
+        if let Some(thread) = stalled() {
+            if !withheld {
+                tracing::error!(thread, "an event loop has stopped running its tasks; watchdog pings withheld");
+            }
+            withheld = true;
+            continue;
+        }
+        if withheld {
+            tracing::warn!("every event loop runs again; watchdog pings resumed");
+            withheld = false;
+        }
         if let Err(e) = crate::notify::notify("WATCHDOG=1") {
             tracing::warn!(error = %e, "sd_notify WATCHDOG=1");
         }
@@ -33,22 +52,39 @@ pub async fn run(every: Duration) {
 }
 
 /// The test hook's switch: with `TEST_WEDGE_RUNTIME_ON_SIGUSR2=1` in its environment a
-/// binary wedges its runtime on SIGUSR2, so a test can watch the pings stop. Not a config
-/// knob (and outside both binaries' config environment prefixes): tests only.
+/// binary wedges its runtime on SIGUSR2, so a test can watch the pings stop; with `=workers`,
+/// only the event loops of the other threads (`crate::workers`). Not a config knob (and
+/// outside both binaries' config environment prefixes): tests only.
 pub const TEST_HOOK_ENV: &str = "TEST_WEDGE_RUNTIME_ON_SIGUSR2";
 
-/// Arms the test hook when [`TEST_HOOK_ENV`] is `1`; otherwise does nothing.
-pub fn arm_test_hook() -> std::io::Result<()> {
-    if std::env::var_os(TEST_HOOK_ENV).is_none_or(|v| v != "1") {
-        return Ok(());
-    }
+/// Arms the test hook when [`TEST_HOOK_ENV`] is `1` or `workers` (then `others`, the other
+/// threads' loops, are the ones wedged); otherwise does nothing.
+pub fn arm_test_hook(others: Vec<tokio::runtime::Handle>) -> std::io::Result<()> {
+    let only_others = match std::env::var(TEST_HOOK_ENV).as_deref() {
+        Ok("1") => false,
+        Ok("workers") => true,
+        _ => return Ok(()),
+    };
     let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     tokio::spawn(async move {
         if usr2.recv().await.is_some() {
-            wedge_runtime();
+            if only_others {
+                tracing::warn!(loops = others.len(), "test hook: wedging the other threads' event loops");
+                for loop_ in others {
+                    loop_.spawn(async { block_for_good() });
+                }
+            } else {
+                wedge_runtime();
+            }
         }
     });
     Ok(())
+}
+
+fn block_for_good() {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Blocks every worker thread of the current multi-thread runtime for good (the watchdog
@@ -57,10 +93,6 @@ fn wedge_runtime() {
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::warn!(workers, "test hook: wedging every runtime worker");
     for _ in 0..workers.max(1) * 2 {
-        tokio::spawn(async {
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        });
+        tokio::spawn(async { block_for_good() });
     }
 }

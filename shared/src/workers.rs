@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -68,6 +69,26 @@ impl Counts {
     }
 }
 
+/// When each extra thread's loop last ran its heartbeat task (`Workers::heartbeats`).
+pub struct Heartbeats {
+    base: Instant,
+    /// Milliseconds from `base`, per thread 1.. (0 until the first beat: started at `base`).
+    beats: Arc<[AtomicU64]>,
+}
+
+impl Heartbeats {
+    /// The first thread (numbered from 1) whose loop has not beaten within `within`.
+    pub fn stalled(&self, within: Duration) -> Option<usize> {
+        let now = since(self.base);
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        self.beats.iter().position(|b| now.saturating_sub(b.load(Ordering::Relaxed)) > within).map(|i| i + 1)
+    }
+}
+
+fn since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// One connection counted on its thread until it ends.
 struct Placed {
     counts: Arc<Counts>,
@@ -89,7 +110,7 @@ impl Drop for Placed {
 }
 
 impl Workers {
-    /// The caller's runtime alone (tests, and `threads = 1`).
+    /// The caller's runtime alone (as `start(1)`).
     pub fn none() -> Self {
         Self { extra: Vec::new(), counts: Counts::new(1) }
     }
@@ -114,9 +135,40 @@ impl Workers {
         Ok(Self { extra, counts: Counts::new(threads) })
     }
 
+    /// Starts, on every extra thread, a task that notes the time every `every`: a loop that
+    /// stops noting it is wedged (a task that blocks its thread or never yields), and so are
+    /// the connections it holds, which no other thread can take over. The main thread's
+    /// loop is vouched for by whatever runs `Heartbeats::stalled` on it (the watchdog).
+    pub fn heartbeats(&self, every: Duration) -> Heartbeats {
+        let base = Instant::now();
+        let beats: Arc<[AtomicU64]> = self.extra.iter().map(|_| AtomicU64::new(0)).collect();
+        for (i, worker) in self.extra.iter().enumerate() {
+            let beats = beats.clone();
+            worker.handle.spawn(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    beats[i].store(since(base), Ordering::Relaxed);
+                }
+            });
+        }
+        Heartbeats { base, beats }
+    }
+
+    /// The other threads' runtimes.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.extra.iter().map(|w| w.handle.clone()).collect()
+    }
+
     /// How many event loops connections are spread over.
     pub fn threads(&self) -> usize {
         self.extra.len() + 1
+    }
+
+    /// Connections open on each thread, thread 0 first.
+    pub fn open(&self) -> Vec<usize> {
+        self.counts.open.iter().map(|o| o.load(Ordering::Relaxed)).collect()
     }
 
     /// Connections ever placed on each thread, thread 0 first.
@@ -181,6 +233,26 @@ mod tests {
         assert_eq!(counts.placed[1].load(Ordering::Relaxed), 4, "placements are kept");
         for _ in 0..6 {
             assert_ne!(counts.pick(), 0, "thread 0 still holds one");
+        }
+    }
+
+    /// A loop whose thread is blocked is named once it has missed its beats for longer than
+    /// asked, and no longer once it runs again.
+    #[test]
+    fn a_blocked_loop_is_named_stalled_until_it_runs_again() {
+        let workers = Workers::start(3, "test-beat").expect("workers");
+        let beats = workers.heartbeats(Duration::from_millis(20));
+        // Margins wide enough for a loaded machine: 1 s without a beat, a 3 s block.
+        let within = Duration::from_secs(1);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(beats.stalled(within), None, "every loop beats");
+        workers.extra[1].handle.spawn(async { std::thread::sleep(Duration::from_secs(3)) });
+        std::thread::sleep(Duration::from_millis(2000));
+        assert_eq!(beats.stalled(within), Some(2), "thread 2 is blocked");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while beats.stalled(within).is_some() {
+            assert!(Instant::now() < deadline, "thread 2 never beat again");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
