@@ -1045,12 +1045,16 @@ pub fn local_resource_error(at: &'static str) {
 const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Shortest time between two refreshes of the factors asked for by traffic (`quality_news`).
 const NEWS_REFRESH: std::time::Duration = std::time::Duration::from_millis(10);
-/// Quality factor under which a path's own traffic says it delivers badly (about 15 % of
-/// attempts going wrong, suspicions included: a burst of loss, not the odd lost packet): its
-/// probes then go at the fast pace and unraced, so that a path losing packets in earnest is
-/// judged by probes that tell the truth instead of passing on a second SYN. Steady loss of a
-/// few percent stays above it (the share bends, the path is not taken down).
-const BAD_QUALITY: f64 = 0.1;
+/// Quality factor under which a path's own traffic says it delivers badly: 1 / 26, a quarter
+/// of attempts going wrong (`quality::HALF_AT` × 5), suspicions included: a burst of loss,
+/// not the odd lost packet. Its probes then go at the fast pace and unraced, so that a path
+/// losing packets in earnest is judged by probes that tell the truth instead of passing on a
+/// second SYN. Steady loss of a few percent stays above it, and must: unraced probes at the
+/// fast pace fail now and then on such a path (a probe's lost SYN outlasts its timeout), and
+/// two in a row take it down. 5 % packet loss reads as 4-17 % of attempts going wrong
+/// (`scenario_quality`); at 0.1 (15 %) it crossed often enough to flap about one run in four;
+/// a 30 % burst reads as over half, suspicions included, within the burst's first 100 ms.
+const BAD_QUALITY: f64 = 1.0 / 26.0;
 /// Shortest adaptive probe timeout: below it, scheduler noise would fail healthy paths.
 const PROBE_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Shortest wait before a probe's connect is raced by a second one (as real connects).
@@ -1104,10 +1108,13 @@ pub(crate) mod tests {
         let interval = p.cfg.health.interval;
         assert!(!p.probes_strictly(&p.paths[0]));
         assert_eq!(p.probe_pace(&p.paths[0], false).0, interval);
-        // Five weigh ~0.1 of loss (factor ~0.2): the share bends, the probes stay as they are.
-        let few: Vec<_> = (0..5).map(|_| Path::suspect(&p.paths[0])).collect();
+        // Ten weigh ~0.18 of loss (factor ~0.07), what steady loss of a few percent reads as:
+        // the share bends, the probes stay as they are.
+        let few: Vec<_> = (0..10).map(|_| Path::suspect(&p.paths[0])).collect();
         p.quality_news();
+        assert!(p.paths[0].factor() < 0.1);
         assert!(!p.paths[0].state.probe_now.load(Ordering::Relaxed) && !p.probes_strictly(&p.paths[0]));
+        // Fifteen weigh ~0.26: a burst of loss.
         let more: Vec<_> = (0..5).map(|_| Path::suspect(&p.paths[0])).collect();
         p.refresh_factors();
         assert!(p.paths[0].factor() < BAD_QUALITY);

@@ -59,11 +59,14 @@ fn wan1_bad(how: Bad) {
     }
     common::phase(start, &format!("wan1 made bad: {how:?} ({} ms)", unix_ms() - bad_ms));
     let mut factors = Vec::new();
+    let mut losses = Vec::new();
     while unix_ms() < bad_ms + bad_for.as_millis() as u64 - 500 {
         std::thread::sleep(Duration::from_millis(500));
         if let Ok(m) = t.scrape(Role::Ingress1) {
             let f = m.get("ingress_path_health_factor", &[("path", "wan1")]).unwrap_or(f64::NAN);
             factors.push((f * 1000.0).round() / 1000.0);
+            let l = m.get("ingress_path_quality_loss", &[("path", "wan1")]).unwrap_or(f64::NAN);
+            losses.push((l * 1000.0).round() / 1000.0);
         }
     }
     let changes_after = changes(&t);
@@ -91,7 +94,7 @@ fn wan1_bad(how: Bad) {
     common::report(&format!(
         "RESULT wan1 {how:?}: wan1 share {before:.3} before, {settled:.3} from 2 s after the change; per 500 ms \
          {windows:?} (below {SHIFTED} within {shifted_after:?} ms); state changes during it {}; ingress1 wan1 health \
-         factor per 500 ms {factors:?}; {} started, {} failed, {} slower than 1 s",
+         factor per 500 ms {factors:?}, quality loss {losses:?}; {} started, {} failed, {} slower than 1 s",
         changes_after - changes_before,
         s.started,
         s.failed,
