@@ -115,14 +115,7 @@ fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
     let front = free_port();
     let config = dir.join("ingress.toml");
     std::fs::write(&config, conf(free_port(), front, wan1, wan2, 1, None, false)).unwrap();
-    let child = Child::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ingress"))
-            .arg("-c")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "200000")
-            .env(shared::watchdog::TEST_HOOK_ENV, "1"),
-    );
+    let child = watched(&config, &sock_path, "1");
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 512];
     let mut pings_before_ready = 0;
@@ -169,6 +162,19 @@ fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The ingress on `config` under a 200 ms watchdog, its notifications to `notify`, the test
+/// hook set to `hook`.
+fn watched(config: &Path, notify: &Path, hook: &str) -> Child {
+    Child::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("-c")
+            .arg(config)
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", "200000")
+            .env(shared::watchdog::TEST_HOOK_ENV, hook),
+    )
+}
+
 /// `WATCHDOG=1` messages on `sock` within `within`.
 fn count_pings(sock: &UnixDatagram, within: Duration) -> usize {
     let mut buf = [0u8; 512];
@@ -196,14 +202,7 @@ fn a_wedged_worker_loop_stops_the_watchdog_too() {
     let config = dir.join("ingress.toml");
     let text = conf(free_port(), free_port(), wan1, wan2, 1, None, false) + "[limits]\nthreads = 3\n";
     std::fs::write(&config, text).unwrap();
-    let child = Child::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ingress"))
-            .arg("-c")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "200000")
-            .env(shared::watchdog::TEST_HOOK_ENV, "workers"),
-    );
+    let child = watched(&config, &sock_path, "workers");
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 512];
     loop {
