@@ -4,7 +4,6 @@
 //! swaps it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -150,7 +149,6 @@ pub struct Shared {
     pub(crate) flows: Arc<FlowBudget>,
     /// The open-files limit found (and raised) at start; reloads plan within it.
     pub(crate) open_files: u64,
-    pub(crate) open: AtomicUsize,
     pub(crate) m_open: Gauge,
     pub(crate) stop: watch::Receiver<bool>,
     /// Client connection tasks, so a drain can wait for the last one to end.
@@ -167,8 +165,9 @@ impl Shared {
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
         self.runtime.load()
     }
+    /// Client TCP connections open, counted where they run (`shared::workers`).
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.workers.open().iter().sum()
     }
     /// TCP connections placed on each thread since the start, the calling thread's first.
     pub fn placed_per_thread(&self) -> Vec<u64> {
@@ -178,19 +177,18 @@ impl Shared {
     pub fn open_per_thread(&self) -> Vec<usize> {
         self.workers.open()
     }
-    pub(crate) fn conn_guard(self: &Arc<Self>) -> ConnGuard {
-        let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.m_open.set(n as f64);
-        ConnGuard(self.clone())
+    pub(crate) fn conn_guard(&self) -> ConnGuard {
+        self.m_open.increment(1.0);
+        ConnGuard(self.m_open.clone())
     }
 }
 
-/// Counts an open client connection for drain and the global gauge.
-pub(crate) struct ConnGuard(Arc<Shared>);
+/// Counts an open client connection in the global gauge (drain and `/status` count them per
+/// thread, `shared::workers`).
+pub(crate) struct ConnGuard(Gauge);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let n = self.0.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        self.0.m_open.set(n as f64);
+        self.0.decrement(1.0);
     }
 }

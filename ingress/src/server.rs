@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,7 +63,6 @@ impl Server {
             conns: tokio_util::task::TaskTracker::new(),
             started_ms: crate::control::now_ms(),
             shares: Default::default(),
-            open: AtomicUsize::new(0),
             m_open: gauge!(m::OPEN_CONNECTIONS),
             stop,
             workers,

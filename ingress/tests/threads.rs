@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, free_port, request, service_addr, wait_until, Backend, Child};
+use common::{config, free_port, metric, metrics, request, service_addr, wait_until, Backend, Child};
 use std::time::{Duration, Instant};
 
 /// Threads of `pid` whose name starts with `prefix`.
@@ -71,6 +71,8 @@ async fn connections_are_spread_over_the_threads_and_served_there() {
         .map(|t| (t["open"].as_u64().unwrap_or(99), t["placed"].as_u64().unwrap_or(99)))
         .collect();
     assert_eq!(threads, [(2, 5), (2, 5), (2, 5)], "{status}");
+    assert_eq!(server.shared().open_connections(), 6);
+    assert_eq!(metric(&metrics(&server).await, "ingress_open_connections", &[]), 6.0, "the gauge");
     drop(held);
 }
 
