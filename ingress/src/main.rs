@@ -208,16 +208,8 @@ async fn run(path: PathBuf, config: Config, workers: shared::workers::Workers) -
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1 or =workers): SIGUSR2 wedges the runtime,
-    // or the other threads' loops.
-    shared::watchdog::arm_test_hook(workers.handles())?;
-    if let Some(every) = shared::watchdog::interval() {
-        // On this runtime, not a thread of its own: a wedged runtime must miss its pings. The
-        // other threads' loops answer with heartbeats: one that misses them for half the
-        // interval withholds the pings, as its connections are stuck with it.
-        let beats = workers.heartbeats(every / 8);
-        tokio::spawn(shared::watchdog::run_checked(every, move || beats.stalled(every / 2)));
-    }
+    // systemd's watchdog over every event loop, and the tests' hook (TEST_WEDGE_RUNTIME_ON_SIGUSR2).
+    shared::watchdog::start(&workers)?;
     let want = expected_listeners(&config);
     let server = Server::start_on(config, workers).await;
     tracing::info!(config = %path.display(), "ingress running");

@@ -173,10 +173,6 @@ impl Shared {
     pub fn placed_per_thread(&self) -> Vec<u64> {
         self.workers.placed()
     }
-    /// TCP connections open on each thread, the calling thread's first.
-    pub fn open_per_thread(&self) -> Vec<usize> {
-        self.workers.open()
-    }
     pub(crate) fn conn_guard(&self) -> ConnGuard {
         self.m_open.increment(1.0);
         ConnGuard(self.m_open.clone())

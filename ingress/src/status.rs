@@ -24,19 +24,11 @@ pub struct Status {
     /// Client connections open across every service.
     pub open_connections: usize,
     /// Each event loop (`limits.threads`; the main thread's first) and its TCP connections.
-    pub threads: Vec<ThreadStatus>,
+    pub threads: Vec<shared::workers::LoopStatus>,
     pub pools: Vec<PoolStatus>,
     pub services: Vec<ServiceStatus>,
     /// The last state changes, newest first.
     pub events: Vec<Event>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ThreadStatus {
-    /// TCP connections open on this thread's loop.
-    pub open: usize,
-    /// TCP connections placed on it since start.
-    pub placed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,12 +162,7 @@ pub fn collect(shared: &Shared) -> Status {
             control: rt.config.admin_token.is_some(),
         },
         open_connections: shared.open_connections(),
-        threads: shared
-            .open_per_thread()
-            .into_iter()
-            .zip(shared.placed_per_thread())
-            .map(|(open, placed)| ThreadStatus { open, placed })
-            .collect(),
+        threads: shared.workers.status(),
         pools,
         services,
         events: control::recent(),

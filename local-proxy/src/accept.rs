@@ -1,6 +1,7 @@
 //! Accept loops for TCP listeners. The loop only takes a connection permit, accepts, drops
-//! untrusted peers and spawns: the PROXY read, TLS handshake and everything slow happen in
-//! the connection's own task, each under its own timeout.
+//! untrusted peers and hands the connection to an event loop (`shared::workers`): the PROXY
+//! read, TLS handshake and everything slow happen in the connection's own task there, each
+//! under its own timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,11 @@ pub async fn accept_loop(
             continue;
         }
         let span = info_span!("conn", listener = listener_label, %peer, client = tracing::field::Empty);
-        tracker.spawn(connection(stream, origin, role, listener_label, state.clone(), permit).instrument(span));
+        // On the event loop with the fewest connections, for its whole life (`shared::workers`).
+        let conn_state = state.clone();
+        state.workers.spawn_conn(stream, &tracker, move |stream| {
+            connection(stream, origin, role, listener_label, conn_state, permit).instrument(span)
+        });
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use shared::workers::Workers;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,8 +73,19 @@ pub struct Handle {
     firewall: crate::firewall::Control,
 }
 
-/// Start serving. Must be called inside a tokio runtime.
-pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationToken) -> Result<Server, StartError> {
+/// Start serving on the calling runtime alone. Must be called inside a tokio runtime.
+pub fn start(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<Server, StartError> {
+    start_on(config, listeners, shutdown, Workers::none())
+}
+
+/// As [`start`], with client TCP connections spread over `workers`' event loops (each site's
+/// upstream clients one per loop); everything else runs on the calling runtime.
+pub fn start_on(
+    config: Config,
+    mut listeners: Listeners,
+    shutdown: CancellationToken,
+    workers: Workers,
+) -> Result<Server, StartError> {
     let metrics = crate::metrics::install();
     let trusted = Arc::new(TrustedPeers::new());
     trusted.set_source(CONFIG_SOURCE, config.wan.trusted_ingress.iter().copied());
@@ -82,7 +94,7 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
     let certs = Arc::new(CertStore::new());
     certs.set_sources(&config.tls);
     let pools = Pools::build(&config, None);
-    let routes = Routes::build(&config, &pools)?;
+    let routes = Routes::build(&config, &pools, workers.threads())?;
     let stream_logs = StreamLogs::build(&config)?;
     let state = Arc::new(State {
         tls: tls::server_config(certs.clone())?,
@@ -96,6 +108,7 @@ pub fn start(config: Config, mut listeners: Listeners, shutdown: CancellationTok
         acme: Arc::default(),
         shutdown: shutdown.clone(),
         metrics,
+        workers,
     });
     publish_health(&state);
     let config = state.config.load_full();
@@ -248,7 +261,7 @@ impl Handle {
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
         // Upstreams that stay keep their health; the new checks start once the config is in.
         let pools = Arc::new(Pools::build(&new, Some(&self.state.pools.load())));
-        let routes = match Routes::build(&new, &pools) {
+        let routes = match Routes::build(&new, &pools, self.state.workers.threads()) {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "invalid").increment(1);

@@ -28,4 +28,4 @@ pub mod tls;
 pub mod transparent;
 pub mod trust;
 
-pub use app::{start, Handle, Server};
+pub use app::{start, start_on, Handle, Server};

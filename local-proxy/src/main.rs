@@ -95,9 +95,11 @@ fn main() -> ExitCode {
             if tcp + udp > 0 {
                 info!(tcp, udp, "sockets kept across the restart (systemd's descriptor store or socket units)");
             }
-            // threads = 1: one thread in all (the current-thread scheduler), not a worker beside
-            // the main thread.
-            shared::runtime::serve_one_thread_inline(config.threads, || run(&cli.config, config))
+            // One event loop per thread (`shared::workers`): the main thread's and threads - 1
+            // more; at threads = 1 the main thread alone.
+            shared::runtime::serve_per_thread(config.threads, "local-proxy", |workers| {
+                run(&cli.config, config, workers)
+            })
         }
     }
 }
@@ -183,7 +185,7 @@ async fn status_line(handle: local_proxy::app::Handle) {
     }
 }
 
-async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
+async fn run(path: &Path, config: config::Config, workers: shared::workers::Workers) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up waits for the loop below instead of meeting
     // its default action (SIGHUP and SIGTERM would end the process mid-start).
     let mut hup = signal(SignalKind::hangup())?;
@@ -191,12 +193,8 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     // SIGUSR1: reopen the access logs (logrotate's postrotate); SIGHUP does it too.
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    // Tests only (TEST_WEDGE_RUNTIME_ON_SIGUSR2=1): SIGUSR2 wedges the runtime.
-    shared::watchdog::arm_test_hook(Vec::new())?;
-    if let Some(every) = shared::watchdog::interval() {
-        // On this runtime, not a thread of its own: a wedged runtime must miss its pings.
-        tokio::spawn(shared::watchdog::run(every));
-    }
+    // systemd's watchdog over every event loop, and the tests' hook (TEST_WEDGE_RUNTIME_ON_SIGUSR2).
+    shared::watchdog::start(&workers)?;
     let (mesh, mesh_later) = match listeners::mesh_address(&config).await {
         Ok(m) => (m, false),
         Err(e) => {
@@ -222,7 +220,7 @@ async fn run(path: &Path, config: config::Config) -> anyhow::Result<()> {
         }
     }
     let shutdown = CancellationToken::new();
-    let server = local_proxy::start(config, bound, shutdown.clone())?;
+    let server = local_proxy::start_on(config, bound, shutdown.clone(), workers)?;
     let handle = server.handle();
     if mesh_later {
         handle.serve_mesh_when_ready();

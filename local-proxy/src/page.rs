@@ -19,10 +19,14 @@ pub fn render(s: &Status, live_only: bool) -> String {
 }
 
 fn live(out: &mut String, s: &Status) {
-    let health = match &s.unhealthy {
+    let mut health = match &s.unhealthy {
         None => "healthy".to_owned(),
         Some(why) => format!("<strong>unhealthy</strong>: {}", esc(why)),
     };
+    if s.threads.len() > 1 {
+        let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
+        let _ = write!(health, " · connections per thread: {}", per.join(" · "));
+    }
     summary(out, &s.header, &format!(" data-healthy=\"{}\"", s.healthy), &health);
     for (kind, sets) in [("Sites", &s.sites), ("Streams", &s.streams)] {
         if sets.is_empty() {
@@ -222,6 +226,7 @@ mod tests {
             header,
             healthy: true,
             unhealthy: None,
+            threads: vec![],
             sites: vec![],
             streams: vec![],
             certificates: vec![],

@@ -32,6 +32,9 @@ pub struct State {
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,
+    /// The event loops client connections run on (`shared::workers`; one when not started
+    /// with more).
+    pub workers: shared::workers::Workers,
 }
 
 impl State {

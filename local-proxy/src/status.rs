@@ -25,6 +25,8 @@ pub struct Status {
     pub healthy: bool,
     /// Why not healthy (what `/healthz` says); null when healthy.
     pub unhealthy: Option<String>,
+    /// Each event loop (`threads`; the main thread's first) and its client TCP connections.
+    pub threads: Vec<shared::workers::LoopStatus>,
     pub sites: Vec<SetStatus>,
     pub streams: Vec<SetStatus>,
     pub certificates: Vec<CertStatus>,
@@ -233,6 +235,7 @@ pub fn collect(state: &State) -> Status {
         },
         healthy: health.is_ok(),
         unhealthy: health.err(),
+        threads: state.workers.status(),
         sites,
         streams,
         certificates,
@@ -361,6 +364,7 @@ mod tests {
             },
             healthy: true,
             unhealthy: None,
+            threads: Vec::new(),
             sites: vec![
                 set("a.example.org", &["up", "down"]),
                 set("a.example.org#api", &["up"]),

@@ -76,13 +76,7 @@ upstream_port = {lp_http}
     )
     .unwrap();
     let stderr = dir.join("ingress.stderr");
-    let child = tokio::process::Command::new(ingress_bin())
-        .args(["-c", &config.display().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_with_config(&ingress_bin(), &config, &stderr);
     Ingress { _child: child, stderr }
 }
 

@@ -18,16 +18,24 @@ pub fn interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings `WATCHDOG=1` at half of `every` (systemd's advice), forever. Spawn it on the
-/// runtime whose liveness it vouches for.
-pub async fn run(every: Duration) {
-    run_checked(every, || None).await
+/// What both binaries start on their main runtime: the test hook ([`arm_test_hook`]), and
+/// under systemd's watchdog the pings, from a task on this runtime (a wedged runtime must
+/// miss them), withheld while another of `workers`' loops misses its heartbeats for half the
+/// interval: its connections are stuck with it, and no other thread can take them over.
+pub fn start(workers: &crate::workers::Workers) -> std::io::Result<()> {
+    arm_test_hook(workers.handles())?;
+    if let Some(every) = interval() {
+        let beats = workers.heartbeats(every / 8);
+        tokio::spawn(run_checked(every, move || beats.stalled(every / 2)));
+    }
+    Ok(())
 }
 
-/// As [`run`], vouching also for the event loops of other threads: a ping is withheld while
-/// `stalled` names one (`crate::workers::Heartbeats`), so systemd restarts a process one of
-/// whose loops is wedged, with the connections it holds.
-pub async fn run_checked(every: Duration, stalled: impl Fn() -> Option<usize>) {
+/// Pings `WATCHDOG=1` at half of `every` (systemd's advice), forever, while `stalled` names
+/// no other thread's event loop (`crate::workers::Heartbeats`), so that systemd restarts a
+/// process one of whose loops is wedged. Spawn it on the runtime whose liveness it vouches
+/// for.
+async fn run_checked(every: Duration, stalled: impl Fn() -> Option<usize>) {
     let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
     // A late tick means the runtime was busy: ping once, do not burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -5,7 +5,11 @@
 //! so its wake-ups never cross threads. Tokio's multi-thread runtime shares one reactor and
 //! steals tasks between workers instead: on 2 cores, 12-15 % more CPU per relayed request than
 //! one thread (bench/results/2026-12-02-vm-threads.md).
+//!
+//! What a connection uses on its way out should live on its loop too: [`PerLoop`] keeps one
+//! of a thing per loop (the local proxy's pooled upstream clients), picked by [`current`].
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,20 +21,69 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+thread_local! {
+    /// The event loop this thread runs: set on the threads `Workers::start` makes.
+    static LOOP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The event loop the calling thread runs: 1.. on the threads [`Workers::start`] made, 0 on
+/// any other thread (the caller's loop, thread 0).
+pub fn current() -> usize {
+    LOOP.with(Cell::get)
+}
+
+/// One `T` per event loop, each for the connections of its loop ([`PerLoop::get`] on their
+/// thread). The local proxy keeps its pooled upstream clients so: a pool shared by all loops
+/// hands a request on one thread an upstream connection whose task runs on another, and
+/// every request then wakes that thread and is woken back (two cross-thread wake-ups).
+#[derive(Debug)]
+pub struct PerLoop<T> {
+    /// Never empty.
+    items: Box<[T]>,
+}
+
+impl<T> PerLoop<T> {
+    /// `make(i)` for each loop `i` of `loops` (at least one).
+    pub fn try_new<E>(loops: usize, make: impl FnMut(usize) -> Result<T, E>) -> Result<Self, E> {
+        let items = (0..loops.max(1)).map(make).collect::<Result<Box<[T]>, E>>()?;
+        Ok(Self { items })
+    }
+
+    /// The calling thread's loop's (the first one's on a thread no loop runs on, or when
+    /// there are fewer items than loops).
+    pub fn get(&self) -> &T {
+        let i = current();
+        self.items.get(i).unwrap_or(&self.items[0])
+    }
+
+    /// How many there are (one per loop).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Never: there is at least one.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// The event loops connections are spread over. Dropping it stops the extra threads' loops
 /// (their connections are closed).
+#[derive(Debug)]
 pub struct Workers {
     /// Threads 1.. (thread 0 is the caller's runtime).
     extra: Vec<Worker>,
     counts: Arc<Counts>,
 }
 
+#[derive(Debug)]
 struct Worker {
     handle: Handle,
     /// Dropped with the worker: its loop then returns and its runtime ends.
     _stop: oneshot::Sender<()>,
 }
 
+#[derive(Debug)]
 struct Counts {
     /// Connections running on each thread.
     open: Vec<AtomicUsize>,
@@ -67,6 +120,15 @@ impl Counts {
         }
         best
     }
+}
+
+/// One event loop's share of the TCP connections, as both binaries' `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LoopStatus {
+    /// TCP connections open on this loop.
+    pub open: usize,
+    /// TCP connections placed on it since start.
+    pub placed: u64,
 }
 
 /// When each extra thread's loop last ran its heartbeat task (`Workers::heartbeats`).
@@ -125,6 +187,7 @@ impl Workers {
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                LOOP.with(|l| l.set(i));
                 // The loop runs the connections handed to it until `stop` is dropped.
                 runtime.block_on(async {
                     let _ = stopped.await;
@@ -164,6 +227,11 @@ impl Workers {
     /// How many event loops connections are spread over.
     pub fn threads(&self) -> usize {
         self.extra.len() + 1
+    }
+
+    /// Each loop's connections, thread 0's first.
+    pub fn status(&self) -> Vec<LoopStatus> {
+        self.open().into_iter().zip(self.placed()).map(|(open, placed)| LoopStatus { open, placed }).collect()
     }
 
     /// Connections open on each thread, thread 0 first.
@@ -284,7 +352,7 @@ mod tests {
             let seen = seen.clone();
             workers.spawn_conn(stream, &tracker, move |mut s| async move {
                 let name = std::thread::current().name().map(str::to_owned);
-                seen.lock().expect("lock").insert(name);
+                seen.lock().expect("lock").insert((name, current()));
                 let mut b = [0u8; 1];
                 if s.read_exact(&mut b).await.is_ok() {
                     let _ = s.write_all(&b).await;
@@ -300,7 +368,30 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await.expect("all ended");
         let seen = seen.lock().expect("lock").clone();
         assert_eq!(seen.len(), 3, "served on three threads: {seen:?}");
-        assert!(seen.contains(&Some("test-worker-1".into())) && seen.contains(&Some("test-worker-2".into())));
+        // Each loop knows its number: the workers' from their names, the caller's is 0.
+        assert!(seen.contains(&(Some("test-worker-1".into()), 1)) && seen.contains(&(Some("test-worker-2".into()), 2)));
+        assert!(seen.iter().any(|(_, i)| *i == 0), "the caller's loop is 0: {seen:?}");
         assert_eq!(workers.counts.open.iter().map(|o| o.load(Ordering::Relaxed)).sum::<usize>(), 0);
+    }
+
+    /// Each loop's tasks get their own loop's item; a thread no loop runs on gets the first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_loop_gets_its_own_item() {
+        let workers = Workers::start(3, "test-per-loop").expect("workers");
+        let per = Arc::new(PerLoop::try_new(workers.threads(), |i| Ok::<_, ()>(i * 10)).expect("items"));
+        assert_eq!(per.len(), 3);
+        assert_eq!(*per.get(), 0, "the caller's loop");
+        for (i, handle) in workers.handles().into_iter().enumerate() {
+            let per = per.clone();
+            let got = handle.spawn(async move { *per.get() }).await.expect("task");
+            assert_eq!(got, (i + 1) * 10, "loop {}", i + 1);
+        }
+        let other = std::thread::spawn({
+            let per = per.clone();
+            move || *per.get()
+        });
+        assert_eq!(other.join().expect("thread"), 0, "not a loop's thread");
+        let one = PerLoop::try_new(0, |_| Ok::<_, ()>("only")).expect("items");
+        assert_eq!((one.len(), *one.get()), (1, "only"), "at least one");
     }
 }

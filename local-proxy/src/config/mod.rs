@@ -40,8 +40,8 @@ pub struct Config {
     /// After SIGTERM, how long open connections may take to finish before the process leaves
     /// (`drain_timeout`, default 10s; read when the signal comes, so a reload changes it).
     pub drain_timeout: Duration,
-    /// Worker threads of the async runtime (`threads`); `None`: one per core. Read at start
-    /// only (a reload keeps the running count).
+    /// Event loops serving client connections (`threads`, `shared::workers`); `None`: one per
+    /// core. Read at start only (a reload keeps the running count).
     pub threads: Option<usize>,
     /// Admin listener (metrics, `/healthz`, `/status`, the status page, runtime control);
     /// `None` when not configured.

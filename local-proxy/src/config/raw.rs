@@ -14,7 +14,7 @@ pub struct RawConfig {
     pub log_format: Option<shared::config_check::Choice<shared::logging::LogFormat>>,
     /// How long open connections may take to finish after SIGTERM.
     pub drain_timeout: Option<String>,
-    /// Worker threads of the async runtime (absent: one per core).
+    /// Event loops serving client connections (absent: one per core).
     pub threads: Option<u64>,
     #[serde(default)]
     pub admin: RawAdmin,

@@ -26,9 +26,10 @@ use super::body::{self, Body};
 use super::conn::Conn;
 use super::headers::strip_hop_by_hop;
 use super::pages;
-use super::upstream::{client_for, empty, error_chain, ClientError, UpstreamClient};
+use super::upstream::{empty, error_chain, per_loop, ClientError, UpstreamClient};
 use crate::config::ForwardAuth;
 use crate::metrics::names;
+use shared::workers::PerLoop;
 
 /// The bytes of a 2xx answer's body read (and dropped) so its connection can be reused.
 const DRAIN_MAX: usize = 64 * 1024;
@@ -40,7 +41,8 @@ pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri
 #[derive(Debug)]
 pub struct AuthClient {
     config: ForwardAuth,
-    client: UpstreamClient,
+    /// One per event loop (`upstream::per_loop`).
+    clients: PerLoop<UpstreamClient>,
 }
 
 /// What the auth service decided.
@@ -53,11 +55,12 @@ pub enum Verdict {
 }
 
 impl AuthClient {
-    pub fn new(config: &ForwardAuth, connect_timeout: Duration) -> Result<Self, ClientError> {
+    /// The client of `config` for `loops` event loops.
+    pub fn new(config: &ForwardAuth, connect_timeout: Duration, loops: usize) -> Result<Self, ClientError> {
         // The connect is part of the auth deadline; never wait longer for it than for the answer.
         let connect = connect_timeout.min(config.timeout);
-        let client = client_for(config.insecure_skip_verify, config.ca_file.as_deref(), connect, true)?;
-        Ok(Self { config: config.clone(), client })
+        let clients = per_loop(config.insecure_skip_verify, config.ca_file.as_deref(), connect, loops)?;
+        Ok(Self { config: config.clone(), clients })
     }
 
     /// The headers this auth service's answer may set: removed from every client request.
@@ -90,7 +93,7 @@ impl AuthClient {
         let mut auth = Request::new(empty());
         *auth.uri_mut() = c.address.clone();
         *auth.headers_mut() = self.auth_headers(req, conn, host);
-        let answer = tokio::time::timeout(c.timeout, self.client.request(auth)).await;
+        let answer = tokio::time::timeout(c.timeout, self.clients.get().request(auth)).await;
         let resp = match answer {
             Err(_) => {
                 warn!(site, address = %c.address, "forward auth timed out: 504");

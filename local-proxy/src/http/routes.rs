@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use shared::peek::{NameRouter, PatternError};
+use shared::workers::PerLoop;
 
 use crate::access_log::Sink;
 use crate::config::routes::{normalise_path, HeaderRules, UnroutablePath};
@@ -12,15 +13,16 @@ use crate::pool::{Pool, Pools};
 
 use super::forward_auth::AuthClient;
 use super::ratelimit::Limiter;
-use super::upstream::{client, ClientError, UpstreamClient};
+use super::upstream::{per_loop, ClientError, UpstreamClient};
 use crate::config::middleware::Middlewares;
 
 /// One routable site.
 #[derive(Debug)]
 pub struct SiteRoute {
     pub site: Site,
-    /// Serves the site's upstreams and its routes' (same TLS settings; pooled per authority).
-    pub client: UpstreamClient,
+    /// Serve the site's upstreams and its routes' (same TLS settings; pooled per authority),
+    /// one per event loop: a request uses its own loop's (`target`).
+    pub clients: PerLoop<UpstreamClient>,
     /// The site's upstreams: health, weights, the pick.
     pub pool: Arc<Pool>,
     /// Where its requests are logged; `None`: not logged.
@@ -115,7 +117,7 @@ impl SiteRoute {
             route: None,
             upstreams: &self.site.upstreams,
             pool: &self.pool,
-            client: &self.client,
+            client: self.clients.get(),
             response_headers: &self.site.response_headers,
             request_headers: &NO_HEADERS,
             auth: self.auth.as_deref(),
@@ -177,8 +179,9 @@ fn open_log(field: String, log: Option<&AccessLog>) -> Result<Option<Arc<Sink>>,
 }
 
 impl Routes {
-    /// The table for `config`, with each site's pool from `pools` (built from the same config).
-    pub fn build(config: &Config, pools: &Pools) -> Result<Self, RoutesError> {
+    /// The table for `config`, with each site's pool from `pools` (built from the same config)
+    /// and its upstream clients for `loops` event loops (`shared::workers`).
+    pub fn build(config: &Config, pools: &Pools, loops: usize) -> Result<Self, RoutesError> {
         let mut routes = Self {
             default_log: open_log("http.access_log.path".into(), config.http.access_log.as_ref())?,
             ..Self::default()
@@ -188,7 +191,7 @@ impl Routes {
                 pools.site(&site.host).cloned().ok_or_else(|| RoutesError::NoPool { host: site.host.clone() })?;
             let connect = config.http.upstream_connect_timeout;
             let auth = |field: String, fa: Option<&crate::config::ForwardAuth>| {
-                fa.map(|fa| AuthClient::new(fa, connect))
+                fa.map(|fa| AuthClient::new(fa, connect, loops))
                     .transpose()
                     .map(|a| a.map(Arc::new))
                     .map_err(|source| RoutesError::AuthClient { field, source })
@@ -220,7 +223,7 @@ impl Routes {
             }
             let route = Arc::new(SiteRoute {
                 access_log: open_log(format!("site[{i}].access_log.path"), site.access_log.as_ref())?,
-                client: client(site, connect, true)
+                clients: per_loop(site.insecure_skip_verify, site.ca_file.as_deref(), connect, loops)
                     .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
                 pool,
                 auth: site_auth,
@@ -306,7 +309,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let r = Routes::build(&c, &Pools::build(&c, None)).unwrap();
+        let r = Routes::build(&c, &Pools::build(&c, None), 1).unwrap();
         let upstream = |name: &str| r.find(name).map(|s| s.site.upstreams.members[0].target.authority.to_string());
         assert_eq!(upstream("a.example.org").unwrap(), "127.0.0.1:1");
         assert_eq!(upstream("b.example.org").unwrap(), "127.0.0.1:2");

@@ -1,7 +1,8 @@
 //! HTTP clients to LAN upstreams: pooled hyper-util clients, plain or TLS (public web roots,
 //! a site's own CA file, or — opted in per site — no verification for self-signed upstreams).
-//! One client per site serves all its upstreams (it pools connections per authority); the
-//! site's health checks use an unpooled twin with the same TLS settings.
+//! One client per site and event loop serves all its upstreams (it pools connections per
+//! authority; `per_loop`); the site's health checks use an unpooled twin with the same TLS
+//! settings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use shared::workers::PerLoop;
 
 use crate::config::Site;
 
@@ -46,13 +48,36 @@ pub fn client(site: &Site, connect_timeout: Duration, pooled: bool) -> Result<Up
     client_for(site.insecure_skip_verify, site.ca_file.as_deref(), connect_timeout, pooled)
 }
 
-/// A client with these TLS settings (sites, forward auth services).
-pub fn client_for(
+/// One pooled client with these TLS settings per event loop (`shared::workers`; sites and
+/// forward auth services), with one TLS setup: a request then takes an upstream connection
+/// whose task runs on its own loop. With one pool for all loops, the connection a request is
+/// handed may run on another thread, and the request wakes that thread and waits to be woken
+/// back.
+pub fn per_loop(
+    insecure_skip_verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    loops: usize,
+) -> Result<PerLoop<UpstreamClient>, ClientError> {
+    let https = connector(insecure_skip_verify, ca_file, connect_timeout)?;
+    PerLoop::try_new(loops, |_| Ok(build(https.clone(), true)))
+}
+
+/// A client with these TLS settings.
+fn client_for(
     insecure_skip_verify: bool,
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
     pooled: bool,
 ) -> Result<UpstreamClient, ClientError> {
+    Ok(build(connector(insecure_skip_verify, ca_file, connect_timeout)?, pooled))
+}
+
+fn connector(
+    insecure_skip_verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let tls = if insecure_skip_verify {
@@ -81,17 +106,20 @@ pub fn client_for(
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     // HTTP/1.1 only towards upstreams: upgrades (WebSocket) need it, and LAN hops gain little from h2.
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+fn build(https: HttpsConnector<HttpConnector>, pooled: bool) -> UpstreamClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(30)).pool_timer(TokioTimer::new());
     if !pooled {
         builder.pool_max_idle_per_host(0);
     }
-    Ok(builder.build(https))
+    builder.build(https)
 }
 
 /// hyper's error Display hides the cause ("client error (Connect)"); logs want all of it.

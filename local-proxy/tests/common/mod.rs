@@ -107,6 +107,11 @@ http_port = 0
 
 impl Proxy {
     pub async fn start(config_text: &str) -> Proxy {
+        Self::start_on(config_text, shared::workers::Workers::none()).await
+    }
+
+    /// As `start`, with client connections spread over `workers`' event loops.
+    pub async fn start_on(config_text: &str, workers: shared::workers::Workers) -> Proxy {
         let config = config::from_toml_str(config_text).unwrap();
         let mesh = listeners::mesh_address(&config).await.unwrap();
         let bound = listeners::bind(&config, mesh).unwrap();
@@ -123,7 +128,7 @@ impl Proxy {
         let (mesh_https, mesh_http) = (p(Origin::Mesh, Role::Https), p(Origin::Mesh, Role::Http));
         let admin = bound.admin_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = local_proxy::start(config, bound, shutdown.clone()).unwrap();
+        let server = local_proxy::start_on(config, bound, shutdown.clone(), workers).unwrap();
         let handle = server.handle();
         tokio::spawn(server.wait(Duration::from_secs(2)));
         Proxy { handle, shutdown, wan_https, wan_http, mesh_https, mesh_http, admin, listeners_udp, listeners_tcp }
@@ -414,6 +419,17 @@ pub struct Binary {
     pub wan_http: SocketAddr,
 }
 
+/// `program -c config`, its stderr to the file `stderr`, killed on drop.
+pub fn spawn_with_config(program: &Path, config: &Path, stderr: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(program)
+        .args(["-c", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// Start the binary on free ports: admin, the WAN listeners on 127.0.0.1 (PROXY v2 trusted
 /// from 127.0.0.2), the mesh ones on [`BINARY_MESH`], certificates from `live`, no redirect
 /// to HTTPS, `http_extra` in `[http]` and `sites` after; returns once both mesh listeners
@@ -450,13 +466,7 @@ certbot_live_dir = "{live}"
     let config = dir.join("lp.toml");
     std::fs::write(&config, text).unwrap();
     let stderr = dir.join("proxy.stderr");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &config.display().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_with_config(Path::new(env!("CARGO_BIN_EXE_local-proxy")), &config, &stderr);
     let pid = child.id().unwrap().to_string();
     let mesh_http: SocketAddr = format!("{BINARY_MESH}:{http}").parse().unwrap();
     let mesh_https: SocketAddr = format!("{BINARY_MESH}:{https}").parse().unwrap();

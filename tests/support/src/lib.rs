@@ -52,6 +52,16 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m as u32, d as u32)
 }
 
+/// Threads of process `pid` whose name (`comm`, at most 15 bytes) starts with `prefix`: the
+/// event loops a binary started (`shared::workers` names them `<name>-N`).
+pub fn threads_named(pid: u32, prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
