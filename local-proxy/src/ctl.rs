@@ -44,8 +44,12 @@ fn summary(body: &str) -> String {
     };
     let text = |x: &serde_json::Value| x.as_str().unwrap_or("?").to_owned();
     let mut out = String::new();
-    let health =
+    let mut health =
         if v["healthy"] == true { "healthy".to_owned() } else { format!("UNHEALTHY: {}", text(&v["unhealthy"])) };
+    if let Some(threads) = v["threads"].as_array().filter(|t| t.len() > 1) {
+        let per: Vec<String> = threads.iter().map(|t| t["open"].to_string()).collect();
+        let _ = write!(health, " (connections per thread: {})", per.join(" "));
+    }
     let _ = writeln!(out, "{health}");
     for (kind, key) in [("site", "sites"), ("stream", "streams")] {
         for set in v[key].as_array().into_iter().flatten() {
@@ -108,6 +112,16 @@ mod tests {
         let out = super::summary(status);
         assert!(out.contains("stream dns (least_conn, 3/4096 UDP flows)\n"), "{out}");
         assert!(out.contains("stream ssh (round_robin)\n"), "{out}");
+    }
+
+    /// Each event loop's open connections follow the health, when there is more than one.
+    #[test]
+    fn connections_per_thread_are_shown() {
+        let status = r#"{"healthy": true, "threads": [{"open": 3, "placed": 9}, {"open": 2, "placed": 8}],
+            "sites": [], "streams": [], "certificates": [], "firewall": null}"#;
+        assert!(super::summary(status).starts_with("healthy (connections per thread: 3 2)\n"));
+        let one = r#"{"healthy": true, "threads": [{"open": 3, "placed": 9}], "sites": [], "streams": []}"#;
+        assert!(super::summary(one).starts_with("healthy\n"));
     }
 
     #[test]
