@@ -45,7 +45,7 @@ pub enum ClientError {
 
 /// Build the client for `site`; `pooled = false` opens a new connection per request.
 pub fn client(site: &Site, connect_timeout: Duration, pooled: bool) -> Result<UpstreamClient, ClientError> {
-    client_for(site.insecure_skip_verify, site.ca_file.as_deref(), connect_timeout, pooled)
+    Ok(build(connector(site.insecure_skip_verify, site.ca_file.as_deref(), connect_timeout)?, pooled))
 }
 
 /// One pooled client with these TLS settings per event loop (`shared::workers`; sites and
@@ -61,16 +61,6 @@ pub fn per_loop(
 ) -> Result<PerLoop<UpstreamClient>, ClientError> {
     let https = connector(insecure_skip_verify, ca_file, connect_timeout)?;
     PerLoop::try_new(loops, |_| Ok(build(https.clone(), true)))
-}
-
-/// A client with these TLS settings.
-fn client_for(
-    insecure_skip_verify: bool,
-    ca_file: Option<&std::path::Path>,
-    connect_timeout: Duration,
-    pooled: bool,
-) -> Result<UpstreamClient, ClientError> {
-    Ok(build(connector(insecure_skip_verify, ca_file, connect_timeout)?, pooled))
 }
 
 fn connector(
