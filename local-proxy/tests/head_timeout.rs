@@ -120,3 +120,22 @@ async fn no_408_where_no_head_was_started() {
     let (answer, _) = trickle(&mut s, b"").await;
     assert!(answer.is_empty(), "{answer:?}");
 }
+
+/// hyper's HTTP/1 server is built at the client's first byte; the first head's time still
+/// counts from the connection's start (TLS done), so a client that waits before it starts
+/// trickling does not get a second `header_read_timeout`.
+#[tokio::test]
+async fn the_first_head_is_timed_from_the_connection_start_not_its_first_byte() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    let connected = Instant::now();
+    let silent = TIMEOUT - Duration::from_millis(300);
+    tokio::time::sleep(silent).await;
+    let (answer, took) = trickle(&mut tls, HEAD).await;
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "answer: {answer:?}");
+    // Timed from the first byte it would end near silent + TIMEOUT (3.7 s); from the start,
+    // at TIMEOUT (plus a read tick).
+    let total = connected.elapsed();
+    assert!(total < TIMEOUT + Duration::from_millis(900), "408 after {total:?} ({took:?} after the first byte)");
+}

@@ -5,6 +5,7 @@ pub mod body;
 pub mod compress;
 mod conn;
 pub mod cors;
+mod first_bytes;
 mod forward;
 pub mod forward_auth;
 pub mod handler;

@@ -3,6 +3,11 @@
 //! a 408), an idle bound, and graceful close on shutdown: a connection that has not had its
 //! first request yet is let start one (bounded by the head read time) before it is closed, so a
 //! client accepted just before SIGTERM gets its answer instead of an empty close.
+//!
+//! The first request's head must be complete within `header_read_timeout` of the connection's
+//! start, over both protocols; hyper's own head timer bounds the later ones. hyper's HTTP/1
+//! server is built only once the client's first bytes are in (`first_bytes`), on the heap:
+//! a connection not used yet holds none of it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,9 +17,11 @@ use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::conn::Conn;
+use super::first_bytes::FirstBytes;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::hostile;
@@ -29,19 +36,17 @@ pub enum Proto {
 }
 
 /// Serve `io` until the client leaves, breaks a limit, idles out, or shutdown drains it.
-pub async fn serve<IO>(io: IO, proto: Proto, conn: Arc<Conn>)
+pub async fn serve<IO>(mut io: IO, proto: Proto, conn: Arc<Conn>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + FirstBytes + Unpin + Send + 'static,
 {
     let config = conn.state.config.load_full();
     let http = &config.http;
     let shutdown = conn.state.shutdown.clone();
     let listener = conn.listener;
     let activity = Activity::new();
-    let io = Tracked::new(io, activity.clone());
+    let first_head_deadline = Instant::now() + http.header_read_timeout;
 
-    // h2 has no head-read timeout of its own: a connection must send its first request
-    // within header_read_timeout, like an HTTP/1 client must send its head.
     let first_request = Arc::new(AtomicBool::new(false));
     let seen = first_request.clone();
     let served_one = first_request.clone();
@@ -68,10 +73,21 @@ where
 
     let mut answered_408 = false;
     let result: Result<(), (&'static str, String)> = match proto {
-        Proto::Http1 => {
+        Proto::Http1 => 'h1: {
+            let arrived = tokio::select! {
+                arrived = io.arrived() => arrived,
+                _ = tokio::time::sleep_until(first_head_deadline) => break 'h1 Err(("head_timeout", String::new())),
+                _ = activity.idle_for(http.idle_timeout) => break 'h1 Err(("idle_timeout", String::new())),
+            };
+            match arrived {
+                Ok(true) => {}
+                // Closed before asking anything: as hyper ends such a connection, quietly.
+                Ok(false) => break 'h1 Ok(()),
+                Err(e) => break 'h1 Err(("io", e.to_string())),
+            }
             // hyper owns the socket while it serves; a second handle lets us answer a
             // timed-out head with a 408 after hyper has given up on it.
-            let io = Reclaim::new(io);
+            let io = Reclaim::new(Tracked::new(io, activity.clone()));
             let reclaim = io.handle();
             let progress = io.progress();
             let marks = progress.clone();
@@ -81,16 +97,18 @@ where
                 async move { response.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks))) }
             });
             let io = TokioIo::new(io);
-            let c = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(http.header_read_timeout)
-                .max_buf_size(http.max_header_bytes)
-                .keep_alive(true)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(c);
+            let mut c = Box::pin(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(http.header_read_timeout)
+                    .max_buf_size(http.max_header_bytes)
+                    .keep_alive(true)
+                    .serve_connection(io, svc)
+                    .with_upgrades(),
+            );
             let res = tokio::select! {
                 res = c.as_mut() => res.map_err(classify),
+                _ = first_head_due(first_head_deadline, &first_request) => Err(("head_timeout", String::new())),
                 _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                 _ = shutdown.cancelled() => {
                     let ended = tokio::select! {
@@ -113,22 +131,18 @@ where
             res
         }
         Proto::H2 => {
-            let io = TokioIo::new(io);
-            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(http.max_header_bytes as u32)
-                .max_concurrent_streams(256)
-                .serve_connection(io, svc);
-            tokio::pin!(c);
-            let first = async {
-                tokio::time::sleep(http.header_read_timeout).await;
-                if first_request.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
+            let io = TokioIo::new(Tracked::new(io, activity.clone()));
+            let mut c = Box::pin(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(http.max_header_bytes as u32)
+                    .max_concurrent_streams(256)
+                    .serve_connection(io, svc),
+            );
             tokio::select! {
                 res = c.as_mut() => res.map_err(classify),
-                _ = first => Err(("head_timeout", String::new())),
+                // h2 has no head-read timeout of its own.
+                _ = first_head_due(first_head_deadline, &first_request) => Err(("head_timeout", String::new())),
                 _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                 _ = shutdown.cancelled() => {
                     let ended = tokio::select! {
@@ -158,6 +172,15 @@ where
         }
         debug!(listener, result, detail = %detail, answered_408, "HTTP connection ended with an error");
         metrics::counter!(names::HTTP_CONNECTION_ERRORS, "listener" => listener, "result" => result).increment(1);
+    }
+}
+
+/// Resolves at `deadline` if the connection's first request has not started by then (its
+/// head is not complete); never otherwise.
+async fn first_head_due(deadline: Instant, first_request: &AtomicBool) {
+    tokio::time::sleep_until(deadline).await;
+    if first_request.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 
