@@ -25,6 +25,10 @@ impl<S> Tracked<S> {
         Self { inner, activity, read_bytes: None, read_total: 0 }
     }
 
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Bytes read from `inner` so far.
     pub fn bytes_read(&self) -> u64 {
         self.read_total

@@ -84,16 +84,7 @@ async fn slow_head_over_plain_http_gets_408_and_close() {
 async fn a_slow_second_head_gets_408_after_a_served_request() {
     let (_dir, _ca, p) = setup().await;
     let mut s = TcpStream::connect(p.mesh_http).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
-    // Read the first response whole (the echo upstream sends a content-length).
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    exchange(&mut s, "/first").await;
     let (answer, took) = trickle(&mut s, HEAD).await;
     assert_408(&answer, took);
 }
@@ -109,14 +100,7 @@ async fn no_408_where_no_head_was_started() {
     assert!(took < TIMEOUT * 2, "took {took:?}");
     // Idle keep-alive after a full exchange: closed, nothing more written.
     let mut s = TcpStream::connect(p.mesh_http).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    exchange(&mut s, "/first").await;
     let (answer, _) = trickle(&mut s, b"").await;
     assert!(answer.is_empty(), "{answer:?}");
 }
@@ -138,4 +122,86 @@ async fn the_first_head_is_timed_from_the_connection_start_not_its_first_byte() 
     // at TIMEOUT (plus a read tick).
     let total = connected.elapsed();
     assert!(total < TIMEOUT + Duration::from_millis(900), "408 after {total:?} ({took:?} after the first byte)");
+}
+
+/// Send one GET on `s` and read its whole answer (the echo upstream ends it with its count of
+/// body bytes); returns when the answer was complete.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> Instant {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the answer to {path}: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(&format!("path: {path}\n")), "the answer to another request: {text}");
+    Instant::now()
+}
+
+/// A keep-alive connection quiet between requests gives hyper's buffers back (it is parked)
+/// and is served again when its client asks, over TLS and plain HTTP, however long the pause.
+#[tokio::test]
+async fn a_keep_alive_connection_quiet_between_requests_is_served_again() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    let mut plain = TcpStream::connect(p.mesh_http).await.unwrap();
+    for (i, pause) in [0, 10, 120, 400, 30, 1200].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        exchange(&mut tls, &format!("/tls/{i}")).await;
+        exchange(&mut plain, &format!("/plain/{i}")).await;
+    }
+    // Two requests in one write after a pause: both answered, in order.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls.write_all(b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches("body-bytes: 0\n").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let (first, second) = (text.find("path: /p1\n").unwrap(), text.find("path: /p2\n").unwrap());
+    assert!(first < second, "{text}");
+}
+
+/// A parked connection that stays quiet is closed header_read_timeout after its last answer,
+/// silently, as hyper closes an idle keep-alive connection.
+#[tokio::test]
+async fn a_quiet_keep_alive_connection_closes_at_the_head_timeout_after_its_last_answer() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    exchange(&mut tls, "/first").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered = exchange(&mut tls, "/second").await;
+    let (answer, _) = trickle(&mut tls, b"").await;
+    assert!(answer.is_empty(), "{answer:?}");
+    let took = answered.elapsed();
+    assert!(
+        took >= TIMEOUT - Duration::from_millis(100) && took < TIMEOUT + Duration::from_millis(900),
+        "closed {took:?} after the last answer"
+    );
+}
+
+/// A head that starts on a parked connection is due header_read_timeout after the last
+/// answer, as it was before the park: waiting quietly first does not buy a client more time.
+#[tokio::test]
+async fn a_head_started_after_a_pause_is_timed_from_the_last_answer() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    let answered = exchange(&mut tls, "/first").await;
+    tokio::time::sleep(TIMEOUT - Duration::from_millis(700)).await;
+    let (answer, took) = trickle(&mut tls, HEAD).await;
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "answer: {answer:?}");
+    let total = answered.elapsed();
+    assert!(
+        total < TIMEOUT + Duration::from_millis(900),
+        "408 {total:?} after the last answer ({took:?} after the first byte)"
+    );
 }

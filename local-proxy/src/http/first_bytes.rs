@@ -35,8 +35,10 @@ impl FirstBytes for TlsStream<TcpStream> {
         // request right behind its Finished) are in rustls already, not on the socket.
         match tls.process_new_packets() {
             Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => peeked(tcp).await,
-            // Something to read, or an error hyper's first read reports like any other.
-            _ => Ok(true),
+            // Something to read, or a close hyper's first read sees.
+            Ok(_) => Ok(true),
+            // A bad record: tokio-rustls would report it only once more bytes came.
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 }
@@ -76,6 +78,64 @@ mod tests {
         let mut all = Vec::new();
         server.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    /// A TLS 1.3 client may send its request in the same flight as its Finished: the handshake
+    /// reads both, so the request waits in rustls and the socket is empty. It has arrived.
+    #[tokio::test]
+    async fn a_request_sent_with_the_tls_finished_has_arrived() {
+        use std::io::Write;
+        use std::sync::Arc;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap().self_signed(&key).unwrap();
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let (mut sock, server) = pair().await;
+        let accepting = tokio::spawn(tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg)).accept(server));
+        let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), "a.test".try_into().unwrap()).unwrap();
+        // Written before the handshake: rustls sends it right behind its Finished.
+        let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        client.writer().write_all(request).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        sock.write_all(&out).await.unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        while client.is_handshaking() {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed during the handshake");
+            client.read_tls(&mut &buf[..n]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        sock.write_all(&out).await.unwrap();
+
+        let mut tls = accepting.await.unwrap().unwrap();
+        let arrived = tokio::time::timeout(std::time::Duration::from_secs(2), tls.arrived()).await;
+        assert!(matches!(arrived, Ok(Ok(true))), "{arrived:?}");
+        let mut got = vec![0u8; request.len()];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, request);
+        drop(sock);
     }
 
     #[tokio::test]

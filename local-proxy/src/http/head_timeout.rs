@@ -40,6 +40,11 @@ impl HeadProgress {
         self.read.load(Ordering::Relaxed) > self.mark.load(Ordering::Relaxed)
     }
 
+    /// Whether a response has ended on this connection.
+    pub fn answered(&self) -> bool {
+        self.mark.load(Ordering::Relaxed) > 0
+    }
+
     fn mark_response_end(&self) {
         self.mark.store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
     }
@@ -64,6 +69,11 @@ impl<IO> Reclaim<IO> {
 
     pub fn progress(&self) -> Arc<HeadProgress> {
         self.progress.clone()
+    }
+
+    /// The I/O back, once this is the last handle (hyper's connection has been dropped).
+    pub fn into_inner(self) -> Option<IO> {
+        Arc::into_inner(self.io).and_then(|io| io.into_inner().ok())
     }
 
     fn with<R>(&self, f: impl FnOnce(Pin<&mut IO>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>>

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod hostile;
 mod middleware;
 pub mod pages;
+mod park;
 pub mod ratelimit;
 mod replay;
 pub mod routes;

@@ -7,7 +7,9 @@
 //! The first request's head must be complete within `header_read_timeout` of the connection's
 //! start, over both protocols; hyper's own head timer bounds the later ones. hyper's HTTP/1
 //! server is built only once the client's first bytes are in (`first_bytes`), on the heap:
-//! a connection not used yet holds none of it.
+//! a connection not used yet holds none of it. A keep-alive HTTP/1 connection quiet between
+//! requests is parked (`park`): its server is dropped, and built again for the next request,
+//! whose head is due as if hyper had waited for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use super::first_bytes::FirstBytes;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::hostile;
+use super::park::{quiet_between_requests, Parkable};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -74,63 +77,110 @@ where
     let mut answered_408 = false;
     let result: Result<(), (&'static str, String)> = match proto {
         Proto::Http1 => 'h1: {
-            let arrived = tokio::select! {
-                arrived = io.arrived() => arrived,
-                _ = tokio::time::sleep_until(first_head_deadline) => break 'h1 Err(("head_timeout", String::new())),
-                _ = activity.idle_for(http.idle_timeout) => break 'h1 Err(("idle_timeout", String::new())),
-            };
-            match arrived {
-                Ok(true) => {}
-                // Closed before asking anything: as hyper ends such a connection, quietly.
-                Ok(false) => break 'h1 Ok(()),
-                Err(e) => break 'h1 Err(("io", e.to_string())),
-            }
-            // hyper owns the socket while it serves; a second handle lets us answer a
-            // timed-out head with a 408 after hyper has given up on it.
-            let io = Reclaim::new(Tracked::new(io, activity.clone()));
-            let reclaim = io.handle();
-            let progress = io.progress();
-            let marks = progress.clone();
-            let svc = service_fn(move |req| {
-                let response = svc.call(req);
-                let marks = marks.clone();
-                async move { response.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks))) }
-            });
-            let io = TokioIo::new(io);
-            let mut c = Box::pin(
-                hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(http.header_read_timeout)
-                    .max_buf_size(http.max_header_bytes)
-                    .keep_alive(true)
-                    .serve_connection(io, svc)
-                    .with_upgrades(),
-            );
-            let res = tokio::select! {
-                res = c.as_mut() => res.map_err(classify),
-                _ = first_head_due(first_head_deadline, &first_request) => Err(("head_timeout", String::new())),
-                _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
-                _ = shutdown.cancelled() => {
-                    let ended = tokio::select! {
-                        res = c.as_mut() => Some(res),
-                        _ = first_request_started(&first_request, &started, http.header_read_timeout) => None,
-                    };
-                    match ended {
-                        Some(res) => res.map_err(classify),
-                        None => {
-                            c.as_mut().graceful_shutdown();
-                            c.await.map_err(classify)
-                        }
+            // Each round serves the connection from its client's next bytes until hyper ends
+            // it or it is parked (`park`): the first round from the connection's start, later
+            // ones from the next request on a parked keep-alive connection. `head_due` is when
+            // the round's first head must be complete: hyper times each later head itself.
+            let mut head_due = first_head_deadline;
+            let mut parked = false;
+            loop {
+                let arrived = tokio::select! {
+                    arrived = io.arrived() => arrived,
+                    // Quiet since its last answer for header_read_timeout: as hyper ends an idle
+                    // keep-alive connection, silently. Silent from the start: a head timeout.
+                    _ = tokio::time::sleep_until(head_due) => {
+                        break 'h1 if parked { Ok(()) } else { Err(("head_timeout", String::new())) };
+                    }
+                    _ = activity.idle_for(http.idle_timeout) => break 'h1 Err(("idle_timeout", String::new())),
+                    // Between requests, as hyper closes an idle connection on a graceful shutdown.
+                    _ = shutdown.cancelled(), if parked => break 'h1 Ok(()),
+                };
+                match arrived {
+                    Ok(true) => {}
+                    // Closed before asking anything: as hyper ends such a connection, quietly.
+                    Ok(false) => break 'h1 Ok(()),
+                    // Reset before asking anything (a TLS client that closes with the session
+                    // tickets unread resets): as hyper ends a read error on an idle connection.
+                    Err(e) => {
+                        debug!(listener, error = %e, "connection closed before a request");
+                        break 'h1 Ok(());
                     }
                 }
-            };
-            if matches!(res, Err(("head_timeout", _))) && progress.head_started() {
-                head_timeout::answer(reclaim).await;
-                answered_408 = true;
+                let (io_parkable, park) = Parkable::new(Tracked::new(io, activity.clone()));
+                // hyper owns the socket while it serves; a second handle lets us answer a
+                // timed-out head with a 408 after hyper has given up on it, or take a parked
+                // connection back.
+                let io_shared = Reclaim::new(io_parkable);
+                let reclaim = io_shared.handle();
+                let progress = io_shared.progress();
+                let marks = progress.clone();
+                let round_request = Arc::new(AtomicBool::new(false));
+                let seen = round_request.clone();
+                let svc = svc.clone();
+                let svc = service_fn(move |req| {
+                    seen.store(true, Ordering::Relaxed);
+                    let response = svc.call(req);
+                    let marks = marks.clone();
+                    async move { response.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks))) }
+                });
+                let mut c = Box::pin(
+                    hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(http.header_read_timeout)
+                        .max_buf_size(http.max_header_bytes)
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(io_shared), svc)
+                        .with_upgrades(),
+                );
+                let res = loop {
+                    tokio::select! {
+                        res = c.as_mut() => break res.map_err(classify),
+                        _ = first_head_due(head_due, &round_request) => break Err(("head_timeout", String::new())),
+                        _ = activity.idle_for(http.idle_timeout) => break Err(("idle_timeout", String::new())),
+                        // hyper is polled again at once and its read ends the stream.
+                        _ = quiet_between_requests(&activity, &progress, &park), if !park.requested() => park.request(),
+                        _ = shutdown.cancelled() => {
+                            let ended = tokio::select! {
+                                res = c.as_mut() => Some(res.map_err(classify)),
+                                // Draining does not give a head more time than it had.
+                                _ = first_head_due(head_due, &round_request) => Some(Err(("head_timeout", String::new()))),
+                                _ = first_request_started(&first_request, &started, http.header_read_timeout) => None,
+                            };
+                            break match ended {
+                                Some(res) => res,
+                                None => {
+                                    c.as_mut().graceful_shutdown();
+                                    c.as_mut().await.map_err(classify)
+                                }
+                            };
+                        }
+                    }
+                };
+                if park.parked() {
+                    drop(c);
+                    // The socket is the client's still unless hyper saw a broken head (one
+                    // pipelined in part behind the last request, then silence): that one is
+                    // closed, as hyper would have at its head timeout, without a 408.
+                    match (res, reclaim.into_inner()) {
+                        (Ok(()), Some(back)) => {
+                            io = back.into_inner().into_inner();
+                            head_due = shared::ports::tokio_deadline(activity.last(), http.header_read_timeout);
+                            parked = true;
+                            continue;
+                        }
+                        _ => break 'h1 Ok(()),
+                    }
+                }
+                if matches!(res, Err(("head_timeout", _))) && progress.head_started() {
+                    head_timeout::answer(reclaim).await;
+                    answered_408 = true;
+                }
+                break 'h1 res;
             }
-            res
         }
         Proto::H2 => {
+            // Boxed as well (~2.7 kB): `serve`'s future is as large as its largest branch, and
+            // every HTTP/1 connection's task would carry an inline h2 server's size.
             let io = TokioIo::new(Tracked::new(io, activity.clone()));
             let mut c = Box::pin(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -175,11 +225,11 @@ where
     }
 }
 
-/// Resolves at `deadline` if the connection's first request has not started by then (its
-/// head is not complete); never otherwise.
-async fn first_head_due(deadline: Instant, first_request: &AtomicBool) {
+/// Resolves at `deadline` if no request has started by then (`started`: its head is not
+/// complete); never otherwise.
+async fn first_head_due(deadline: Instant, started: &AtomicBool) {
     tokio::time::sleep_until(deadline).await;
-    if first_request.load(Ordering::Relaxed) {
+    if started.load(Ordering::Relaxed) {
         std::future::pending::<()>().await;
     }
 }
