@@ -124,22 +124,37 @@ async fn the_first_head_is_timed_from_the_connection_start_not_its_first_byte() 
     assert!(total < TIMEOUT + Duration::from_millis(900), "408 after {total:?} ({took:?} after the first byte)");
 }
 
-/// Send one GET on `s` and read its whole answer (the echo upstream ends it with its count of
-/// body bytes); returns when the answer was complete.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> Instant {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes()).await.unwrap();
+/// Read one whole answer from the echo upstream (it ends with its count of body bytes) and
+/// check it answers `path`; returns it.
+async fn read_answer<S: AsyncRead + Unpin>(s: &mut S, path: &str) -> String {
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("body-bytes: 0\n") {
+    let mut buf = [0u8; 1];
+    // A byte at a time: the next answer on the connection must stay unread.
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some(at) = text.find("body-bytes: ") {
+            if text[at..].ends_with('\n') {
+                break;
+            }
+        }
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0, "closed before the answer to {path}: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
+        got.push(buf[0]);
     }
-    let text = String::from_utf8_lossy(&got);
+    let text = String::from_utf8_lossy(&got).into_owned();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains(&format!("path: {path}\n")), "the answer to another request: {text}");
+    text
+}
+
+/// Send one GET on `s` and read its whole answer; returns when the answer was complete.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> Instant {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes()).await.unwrap();
+    read_answer(s, path).await;
     Instant::now()
 }
+
+const PARKED: &str = "local_proxy_http_connections_parked_total";
 
 /// A keep-alive connection quiet between requests gives hyper's buffers back (it is parked)
 /// and is served again when its client asks, over TLS and plain HTTP, however long the pause.
@@ -154,19 +169,49 @@ async fn a_keep_alive_connection_quiet_between_requests_is_served_again() {
         exchange(&mut tls, &format!("/tls/{i}")).await;
         exchange(&mut plain, &format!("/plain/{i}")).await;
     }
+    // Parked after each pause longer than 50 ms (120, 400 and 1200 ms), on both.
+    assert!(p.metric(PARKED, &[("listener", "mesh-https")]).await >= 3.0);
+    assert!(p.metric(PARKED, &[("listener", "mesh-http")]).await >= 3.0);
     // Two requests in one write after a pause: both answered, in order.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tls.write_all(b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got).matches("body-bytes: 0\n").count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
-    let (first, second) = (text.find("path: /p1\n").unwrap(), text.find("path: /p2\n").unwrap());
-    assert!(first < second, "{text}");
+    read_answer(&mut tls, "/p1").await;
+    read_answer(&mut tls, "/p2").await;
+}
+
+/// A pipelined request whose head the server had read only in part when the connection went
+/// quiet: the part read is handed to the next server, and the request is answered.
+#[tokio::test]
+async fn a_pipelined_head_split_by_a_pause_is_served() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    tls.write_all(b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\nGET /b HT").await.unwrap();
+    read_answer(&mut tls, "/a").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.metric(PARKED, &[("listener", "mesh-https")]).await, 1.0, "parked with the head begun");
+    tls.write_all(b"TP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    read_answer(&mut tls, "/b").await;
+}
+
+/// A pipelined request still in flight (its body comes late, so its upstream waits) keeps
+/// its server however long it takes: it is answered, with its whole body.
+#[tokio::test]
+async fn a_pipelined_request_in_flight_is_not_parked() {
+    let (_dir, ca, p) = setup().await;
+    let tcp = TcpStream::connect(p.mesh_https).await.unwrap();
+    let mut tls = tls_over(tcp, "a.test", &ca.pem_path).await.unwrap();
+    tls.write_all(
+        b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\nPOST /b HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n12345",
+    )
+    .await
+    .unwrap();
+    read_answer(&mut tls, "/a").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(p.metric(PARKED, &[("listener", "mesh-https")]).await, 0.0);
+    tls.write_all(b"67890").await.unwrap();
+    let answer = read_answer(&mut tls, "/b").await;
+    assert!(answer.contains("body-bytes: 10\n"), "{answer}");
 }
 
 /// A parked connection that stays quiet is closed header_read_timeout after its last answer,

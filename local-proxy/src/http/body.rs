@@ -11,6 +11,8 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::park::BodyBusy;
+
 /// Boxed error of any body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -40,12 +42,14 @@ where
 pub struct ClientBody {
     inner: Incoming,
     read: Option<Arc<AtomicU64>>,
+    /// An HTTP/1 body holds its server until dropped (`park`).
+    _busy: Option<BodyBusy>,
 }
 
 impl ClientBody {
     /// Wrap `inner`, counting into `read` when given.
-    pub fn new(inner: Incoming, read: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, read }
+    pub fn new(inner: Incoming, read: Option<Arc<AtomicU64>>, busy: Option<BodyBusy>) -> Self {
+        Self { inner, read, _busy: busy }
     }
 }
 

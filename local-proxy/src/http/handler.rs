@@ -18,6 +18,7 @@ use super::forward::forward;
 use super::forward_auth::{self, Verdict};
 use super::middleware::Before;
 use super::pages;
+use super::park::BodyBusy;
 use super::routes::{request_host, SiteRoute, STATUS_CLASSES};
 use crate::metrics::names;
 use crate::state::State;
@@ -26,7 +27,7 @@ const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 const HEALTHZ: &str = "/healthz";
 
 /// Answer one request.
-pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+pub async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let start = Instant::now();
     let routes = conn.state.routes.load_full();
     let host = request_host(&req);
@@ -42,7 +43,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         Entry::new(sink, &req, &conn, site, host.as_deref())
     });
     let counter = entry.as_mut().and_then(|e| e.count_body(req.body()));
-    let req = req.map(|body| ClientBody::new(body, counter));
+    let busy = req.extensions_mut().remove::<BodyBusy>();
+    let req = req.map(|body| ClientBody::new(body, counter, busy));
 
     let (resp, label) = respond(req, &conn, host.as_deref(), route).await;
     let seconds = start.elapsed().as_secs_f64();

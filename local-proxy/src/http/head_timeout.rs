@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::park::Busy;
+
 /// What a timed-out client gets: the status, a reason, and the close it announces.
 pub const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n\
 content-length: 40\r\nconnection: close\r\n\r\nthe request head did not arrive in time\n";
@@ -40,7 +42,7 @@ impl HeadProgress {
         self.read.load(Ordering::Relaxed) > self.mark.load(Ordering::Relaxed)
     }
 
-    /// Whether a response has ended on this connection.
+    /// Whether a response has ended since this count began (the server's start).
     pub fn answered(&self) -> bool {
         self.mark.load(Ordering::Relaxed) > 0
     }
@@ -139,11 +141,13 @@ pub async fn answer<IO: AsyncWrite + Unpin>(mut io: Reclaim<IO>) {
 pub struct MarkOnDrop<B> {
     inner: B,
     progress: Arc<HeadProgress>,
+    /// The response holds its server until it is written (`park`).
+    _busy: Busy,
 }
 
 impl<B> MarkOnDrop<B> {
-    pub fn new(inner: B, progress: Arc<HeadProgress>) -> Self {
-        Self { inner, progress }
+    pub fn new(inner: B, progress: Arc<HeadProgress>, busy: Busy) -> Self {
+        Self { inner, progress, _busy: busy }
     }
 }
 
@@ -195,7 +199,8 @@ mod tests {
         let n = io.read(&mut buf).await.unwrap();
         assert_eq!(n, 8);
         assert!(progress.head_started());
-        drop(MarkOnDrop::new(crate::http::body::full("ok"), progress.clone()));
+        let park = std::sync::Arc::new(crate::http::park::Park::default());
+        drop(MarkOnDrop::new(crate::http::body::full("ok"), progress.clone(), park.busy()));
         assert!(!progress.head_started(), "idle again after the response");
         // The 408 goes out on the same I/O through a second handle.
         answer(io.handle()).await;

@@ -1,27 +1,27 @@
 //! An HTTP/1 keep-alive connection that goes quiet between requests gives hyper's buffers
 //! back. hyper keeps the 8 KiB read and 8 KiB write buffers of a connection until it closes,
-//! so every kept-alive connection a browser leaves open holds them for the whole keep-alive
-//! time; nginx and HAProxy release theirs as soon as a connection is idle.
+//! so every kept-alive connection a browser leaves open would hold them for the whole
+//! keep-alive time; nginx and HAProxy release theirs as soon as a connection is idle.
 //!
-//! hyper cannot be asked to release them, but it ends a connection quietly when the client
-//! closes between requests. So once the connection has been quiet for [`PARK_AFTER`] after a
-//! response, with nothing of a new request read and no write held up, [`Parkable`] answers
-//! hyper's next read with an end of stream that only hyper sees, and swallows the shutdown
-//! that follows. The caller takes the socket back, waits for the client's next bytes as for a
-//! new connection (`first_bytes`), and builds a new server for them.
-//!
-//! Nothing of the client's is dropped: the end of stream is only made up when the socket has
-//! nothing to read (the read would wait), and a request that arrives while the park is asked
-//! for is handed to hyper as usual.
+//! hyper has no setting for it, but its server can be taken apart (`into_parts`): the socket
+//! and the bytes read and not parsed yet come back. That is only safe while hyper has nothing
+//! in hand, so a connection is *parked* once it has been quiet for [`PARK_AFTER`] with every
+//! response written and every request body read to its end (each holds a [`Busy`] until
+//! then, so a pipelined request waiting for its upstream keeps hyper), and no write waiting
+//! for the client. The caller then waits for the client's next bytes as for a new
+//! connection (`first_bytes`) and builds a new server for them, handing it first any bytes
+//! the old one had read ahead ([`Rewind`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use super::head_timeout::HeadProgress;
 use crate::idle::Activity;
@@ -31,48 +31,78 @@ use crate::idle::Activity;
 /// server; a connection left open after them is parked almost at once.
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
-/// What the serving loop and the I/O wrapper share about one connection's park.
+/// What the serving loop, the I/O wrapper and the requests share about one server's work.
 #[derive(Debug, Default)]
 pub struct Park {
-    /// The loop asks for a park; hyper's next read that would wait ends its stream instead.
-    requested: AtomicBool,
-    /// The made-up end of stream was given: hyper is ending, the socket is still the client's.
-    parked: AtomicBool,
-    /// The last write or flush could not finish (the client is not reading): not quiet.
+    /// Responses not written yet and request bodies not read to their end.
+    busy: AtomicUsize,
+    /// Signalled when `busy` falls to zero.
+    idle: Notify,
+    /// The last write or flush could not finish (the client is not reading).
     write_blocked: AtomicBool,
 }
 
 impl Park {
-    pub fn request(&self) {
-        self.requested.store(true, Ordering::Relaxed);
-    }
-
-    pub fn requested(&self) -> bool {
-        self.requested.load(Ordering::Relaxed)
-    }
-
-    /// Whether hyper was ended by a park (the connection goes on) rather than by the client.
-    pub fn parked(&self) -> bool {
-        self.parked.load(Ordering::Relaxed)
+    /// Hold the server until the returned guard drops.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
     }
 }
 
-/// Resolves once the connection has been quiet for [`PARK_AFTER`] between requests: a
-/// response ended, no byte moved since, no new head started, no write waiting. (Before its
-/// first answer a server is never parked, so a client cannot stretch the time its first head
-/// is given by sending it in pieces.)
+/// Work hyper still has in hand: a response or a request body (see [`Park`]).
+#[derive(Debug)]
+pub struct Busy(Arc<Park>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A request body's [`Busy`], carried to the body in the request's extensions (which want
+/// `Clone`): released when the body is dropped, read to its end or not (hyper closes a
+/// connection whose body was left unread, so it is never parked in the middle of one).
+#[derive(Debug, Clone)]
+pub struct BodyBusy(#[allow(dead_code)] Arc<Busy>);
+
+impl BodyBusy {
+    pub fn new(busy: Busy) -> Self {
+        Self(Arc::new(busy))
+    }
+}
+
+/// Resolves once the connection can be parked: a response ended, nothing in hand, no byte
+/// moved for [`PARK_AFTER`], nothing of a new head read, no write waiting. (Before its first
+/// answer a server is never parked, so a client cannot stretch the time its first head is
+/// given by sending it in pieces.)
 pub async fn quiet_between_requests(activity: &Activity, progress: &HeadProgress, park: &Park) {
     loop {
+        let idle = park.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if park.busy.load(Ordering::Acquire) > 0 {
+            // A request in flight (an upstream, a long poll) wakes nobody until it ends.
+            idle.await;
+            continue;
+        }
         activity.idle_for(PARK_AFTER).await;
-        if progress.answered() && !progress.head_started() && !park.write_blocked.load(Ordering::Relaxed) {
+        if park.busy.load(Ordering::Acquire) == 0
+            && progress.answered()
+            && !progress.head_started()
+            && !park.write_blocked.load(Ordering::Relaxed)
+        {
             return;
         }
-        // No answer yet, a request in flight (its upstream is slow), or a client not reading.
+        // A head coming in slowly, or a client not reading its answer.
         tokio::time::sleep(PARK_AFTER).await;
     }
 }
 
-/// The I/O hyper serves a parkable connection through.
+/// The I/O hyper serves a parkable connection through: notes whether the last write had
+/// to wait (hyper's buffer then still holds bytes, which taking it apart would lose).
 pub struct Parkable<IO> {
     inner: IO,
     park: Arc<Park>,
@@ -87,35 +117,23 @@ impl<IO> Parkable<IO> {
     pub fn into_inner(self) -> IO {
         self.inner
     }
+
+    fn note<T>(&self, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.park.write_blocked.store(res.is_pending(), Ordering::Relaxed);
+        res
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Parkable<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.park.requested() {
-            match res {
-                // Nothing to read: the end of stream hyper ends on (`buf` is left as it was).
-                Poll::Pending => {
-                    self.park.parked.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Ok(()));
-                }
-                // A request came as the park was asked for: hyper serves it, no park.
-                Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                    self.park.requested.store(false, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-        }
-        res
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.park.write_blocked.store(res.is_pending(), Ordering::Relaxed);
-        res
+        self.note(res)
     }
 
     fn poll_write_vectored(
@@ -124,8 +142,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.park.write_blocked.store(res.is_pending(), Ordering::Relaxed);
-        res
+        self.note(res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -134,15 +151,65 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.inner).poll_flush(cx);
-        self.park.write_blocked.store(res.is_pending(), Ordering::Relaxed);
-        res
+        self.note(res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper closes what it thinks the client closed; the client did not.
-        if self.park.parked() {
-            return Poll::Ready(Ok(()));
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// I/O that first gives back bytes read ahead by a server that was taken apart (the start
+/// of a pipelined request), then reads on.
+pub struct Rewind<IO> {
+    ahead: Bytes,
+    inner: IO,
+}
+
+impl<IO> Rewind<IO> {
+    pub fn new(inner: IO, ahead: Bytes) -> Self {
+        Self { ahead, inner }
+    }
+
+    /// The I/O, and whatever of the bytes read ahead was not read again.
+    pub fn into_parts(self) -> (IO, Bytes) {
+        (self.inner, self.ahead)
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.ahead.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
         }
+        let n = self.ahead.len().min(buf.remaining());
+        buf.put_slice(&self.ahead.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -155,67 +222,79 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
-    async fn a_park_ends_the_stream_only_when_nothing_waits() {
-        let (a, mut client) = tokio::io::duplex(1024);
-        let (mut io, park) = Parkable::new(a);
-        client.write_all(b"GET /").await.unwrap();
-        park.request();
-        let mut buf = [0u8; 16];
-        // Bytes waiting: they are read, and the park is called off.
-        assert_eq!(io.read(&mut buf).await.unwrap(), 5);
-        assert!(!park.requested() && !park.parked());
-        // Nothing waiting: an end of stream for hyper, the client's side untouched.
-        park.request();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-        assert!(park.parked());
-        io.shutdown().await.unwrap();
-        let mut io = io.into_inner();
-        client.write_all(b"next").await.unwrap();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 4, "the connection goes on after the park");
-        io.write_all(b"answer").await.unwrap();
-        let mut got = [0u8; 6];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"answer");
+    async fn bytes_read_ahead_come_first_then_the_socket() {
+        let (a, mut client) = tokio::io::duplex(64);
+        let mut io = Rewind::new(a, Bytes::from_static(b"GET /2 HT"));
+        client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let mut got = [0u8; 5];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        let mut rest = vec![0u8; 4 + 10];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, b"2 HTTP/1.1\r\n\r\n");
+        let (_, ahead) = io.into_parts();
+        assert!(ahead.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_read_without_a_park_waits_as_before() {
-        let (a, _client) = tokio::io::duplex(1024);
-        let (mut io, park) = Parkable::new(a);
-        let mut buf = [0u8; 16];
-        let waited = tokio::time::timeout(Duration::from_millis(20), io.read(&mut buf)).await;
-        assert!(waited.is_err(), "{waited:?}");
-        assert!(!park.parked());
+    async fn quiet(activity: &Activity, progress: &HeadProgress, park: &Park) -> bool {
+        tokio::time::timeout(PARK_AFTER * 10, quiet_between_requests(activity, progress, park)).await.is_ok()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn quiet_only_after_an_answer_with_nothing_in_flight() {
+    async fn quiet_only_once_answered_with_nothing_in_hand() {
         let activity = Activity::new();
         let (server, mut client) = tokio::io::duplex(8);
         let (io, park) = Parkable::new(server);
         let mut io = Reclaim::new(io);
         let progress = io.progress();
-        let quiet = |park: Arc<Park>, progress: Arc<HeadProgress>, activity: Activity| async move {
-            tokio::time::timeout(PARK_AFTER * 10, quiet_between_requests(&activity, &progress, &park)).await.is_ok()
-        };
-        assert!(!quiet(park.clone(), progress.clone(), activity.clone()).await, "nothing answered yet");
-        // A head read: in flight until its response ends.
-        client.write_all(b"GET /").await.unwrap();
+        assert!(!quiet(&activity, &progress, &park).await, "nothing answered yet");
+        // A head read, its response and its body in hand.
+        client.write_all(b"POST /").await.unwrap();
         let mut buf = [0u8; 16];
-        assert_eq!(io.read(&mut buf).await.unwrap(), 5);
-        assert!(!quiet(park.clone(), progress.clone(), activity.clone()).await, "a request in flight");
-        // Its response ended, but the client does not read it: a write waits.
-        drop(MarkOnDrop::new(crate::http::body::full("ok"), progress.clone()));
+        assert_eq!(io.read(&mut buf).await.unwrap(), 6);
+        let response = park.busy();
+        let body = BodyBusy::new(park.busy());
+        assert!(!quiet(&activity, &progress, &park).await, "a request in flight");
+        // The response ends (a body drop marks it) but the request body is still being read.
+        drop(MarkOnDrop::new(crate::http::body::full("ok"), progress.clone(), response));
+        assert!(!quiet(&activity, &progress, &park).await, "a request body not read to its end");
+        drop(body);
+        // The client does not read the answer: a write waits.
         let wrote = tokio::time::timeout(Duration::from_millis(1), io.write_all(&[0u8; 64])).await;
         assert!(wrote.is_err());
-        assert!(!quiet(park.clone(), progress.clone(), activity.clone()).await, "a write is held up");
-        // The client reads it all: quiet once PARK_AFTER has passed without a byte.
-        let mut sink = [0u8; 64];
-        client.read_exact(&mut sink[..8]).await.unwrap();
+        assert!(!quiet(&activity, &progress, &park).await, "a write is held up");
+        // The client reads it: quiet once PARK_AFTER has passed without a byte.
+        let mut sink = [0u8; 8];
+        client.read_exact(&mut sink).await.unwrap();
         io.flush().await.unwrap();
         activity.touch();
         let started = tokio::time::Instant::now();
-        assert!(quiet(park, progress, activity).await);
+        assert!(quiet(&activity, &progress, &park).await);
         assert!(started.elapsed() >= PARK_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_ending_wakes_the_wait() {
+        let activity = Activity::new();
+        let (server, mut client) = tokio::io::duplex(64);
+        let (io, park) = Parkable::new(server);
+        let mut io = Reclaim::new(io);
+        let progress = io.progress();
+        client.write_all(b"GET /").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 5);
+        let response = park.busy();
+        let waiting = {
+            let park = park.clone();
+            let progress = progress.clone();
+            let activity = activity.clone();
+            tokio::spawn(async move { quiet_between_requests(&activity, &progress, &park).await })
+        };
+        // A long request: the wait does not end while it runs.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!waiting.is_finished());
+        activity.touch();
+        drop(MarkOnDrop::new(crate::http::body::full("ok"), progress.clone(), response));
+        tokio::time::timeout(PARK_AFTER * 2, waiting).await.unwrap().unwrap();
     }
 }

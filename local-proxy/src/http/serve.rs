@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +30,7 @@ use super::first_bytes::FirstBytes;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::hostile;
-use super::park::{quiet_between_requests, Parkable};
+use super::park::{quiet_between_requests, BodyBusy, Parkable, Rewind};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -83,33 +86,40 @@ where
             // the round's first head must be complete: hyper times each later head itself.
             let mut head_due = first_head_deadline;
             let mut parked = false;
+            // Bytes the last round's server had read past its last request.
+            let mut ahead = Bytes::new();
             loop {
-                let arrived = tokio::select! {
-                    arrived = io.arrived() => arrived,
-                    // Quiet since its last answer for header_read_timeout: as hyper ends an idle
-                    // keep-alive connection, silently. Silent from the start: a head timeout.
-                    _ = tokio::time::sleep_until(head_due) => {
-                        break 'h1 if parked { Ok(()) } else { Err(("head_timeout", String::new())) };
-                    }
-                    _ = activity.idle_for(http.idle_timeout) => break 'h1 Err(("idle_timeout", String::new())),
-                    // Between requests, as hyper closes an idle connection on a graceful shutdown.
-                    _ = shutdown.cancelled(), if parked => break 'h1 Ok(()),
-                };
-                match arrived {
-                    Ok(true) => {}
-                    // Closed before asking anything: as hyper ends such a connection, quietly.
-                    Ok(false) => break 'h1 Ok(()),
-                    // Reset before asking anything (a TLS client that closes with the session
-                    // tickets unread resets): as hyper ends a read error on an idle connection.
-                    Err(e) => {
-                        debug!(listener, error = %e, "connection closed before a request");
-                        break 'h1 Ok(());
+                if ahead.is_empty() {
+                    let arrived = tokio::select! {
+                        arrived = io.arrived() => arrived,
+                        // Quiet since its last answer for header_read_timeout: as hyper ends an
+                        // idle keep-alive connection, silently. Silent from the start: a head
+                        // timeout.
+                        _ = tokio::time::sleep_until(head_due) => {
+                            break 'h1 if parked { Ok(()) } else { Err(("head_timeout", String::new())) };
+                        }
+                        _ = activity.idle_for(http.idle_timeout) => break 'h1 Err(("idle_timeout", String::new())),
+                        // Between requests, as hyper closes an idle connection on a graceful
+                        // shutdown.
+                        _ = shutdown.cancelled(), if parked => break 'h1 Ok(()),
+                    };
+                    match arrived {
+                        Ok(true) => {}
+                        // Closed before asking anything: as hyper ends such a connection, quietly.
+                        Ok(false) => break 'h1 Ok(()),
+                        // Reset before asking anything (a TLS client that closes with the session
+                        // tickets unread resets), or a bad TLS record: as hyper ends a read error
+                        // on an idle connection, quietly.
+                        Err(e) => {
+                            debug!(listener, error = %e, "connection closed before a request");
+                            break 'h1 Ok(());
+                        }
                     }
                 }
-                let (io_parkable, park) = Parkable::new(Tracked::new(io, activity.clone()));
+                let (io_parkable, park) =
+                    Parkable::new(Tracked::new(Rewind::new(io, std::mem::take(&mut ahead)), activity.clone()));
                 // hyper owns the socket while it serves; a second handle lets us answer a
-                // timed-out head with a 408 after hyper has given up on it, or take a parked
-                // connection back.
+                // timed-out head with a 408 after hyper has given up on it.
                 let io_shared = Reclaim::new(io_parkable);
                 let reclaim = io_shared.handle();
                 let progress = io_shared.progress();
@@ -117,11 +127,16 @@ where
                 let round_request = Arc::new(AtomicBool::new(false));
                 let seen = round_request.clone();
                 let svc = svc.clone();
-                let svc = service_fn(move |req| {
+                let holds = park.clone();
+                let svc = service_fn(move |mut req: Request<Incoming>| {
                     seen.store(true, Ordering::Relaxed);
-                    let response = svc.call(req);
+                    let response = holds.busy();
+                    if !http_body::Body::is_end_stream(req.body()) {
+                        req.extensions_mut().insert(BodyBusy::new(holds.busy()));
+                    }
+                    let answer = svc.call(req);
                     let marks = marks.clone();
-                    async move { response.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks))) }
+                    async move { answer.await.map(|r| r.map(|body| MarkOnDrop::new(body, marks, response))) }
                 });
                 let mut c = Box::pin(
                     hyper::server::conn::http1::Builder::new()
@@ -132,45 +147,46 @@ where
                         .serve_connection(TokioIo::new(io_shared), svc)
                         .with_upgrades(),
                 );
-                let res = loop {
-                    tokio::select! {
-                        res = c.as_mut() => break res.map_err(classify),
-                        _ = first_head_due(head_due, &round_request) => break Err(("head_timeout", String::new())),
-                        _ = activity.idle_for(http.idle_timeout) => break Err(("idle_timeout", String::new())),
-                        // hyper is polled again at once and its read ends the stream.
-                        _ = quiet_between_requests(&activity, &progress, &park), if !park.requested() => park.request(),
-                        _ = shutdown.cancelled() => {
-                            let ended = tokio::select! {
-                                res = c.as_mut() => Some(res.map_err(classify)),
-                                // Draining does not give a head more time than it had.
-                                _ = first_head_due(head_due, &round_request) => Some(Err(("head_timeout", String::new()))),
-                                _ = first_request_started(&first_request, &started, http.header_read_timeout) => None,
-                            };
-                            break match ended {
-                                Some(res) => res,
-                                None => {
-                                    c.as_mut().graceful_shutdown();
-                                    c.as_mut().await.map_err(classify)
-                                }
-                            };
+                let res = tokio::select! {
+                    res = c.as_mut() => res.map_err(classify),
+                    _ = first_head_due(head_due, &round_request) => Err(("head_timeout", String::new())),
+                    _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
+                    _ = quiet_between_requests(&activity, &progress, &park) => {
+                        // hyper has nothing in hand and its buffer is flushed: take the socket
+                        // and what it read ahead, and let its buffers go.
+                        drop(reclaim);
+                        let taken = std::pin::Pin::into_inner(c)
+                            .into_parts()
+                            .and_then(|parts| Some((parts.io.into_inner().into_inner()?, parts.read_buf)));
+                        let Some((io_parkable, read_ahead)) = taken else { break 'h1 Ok(()) };
+                        let (back, unread) = io_parkable.into_inner().into_inner().into_parts();
+                        io = back;
+                        // Copied out: the read buffer's 8 KiB would stay with the bytes.
+                        ahead = match (unread.is_empty(), read_ahead.is_empty()) {
+                            (true, true) => Bytes::new(),
+                            _ => [unread, read_ahead].concat().into(),
+                        };
+                        head_due = shared::ports::tokio_deadline(activity.last(), http.header_read_timeout);
+                        parked = true;
+                        metrics::counter!(names::HTTP_PARKED, "listener" => listener).increment(1);
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => {
+                        let ended = tokio::select! {
+                            res = c.as_mut() => Some(res.map_err(classify)),
+                            // Draining does not give a head more time than it had.
+                            _ = first_head_due(head_due, &round_request) => Some(Err(("head_timeout", String::new()))),
+                            _ = first_request_started(&round_request, &started, http.header_read_timeout) => None,
+                        };
+                        match ended {
+                            Some(res) => res,
+                            None => {
+                                c.as_mut().graceful_shutdown();
+                                c.as_mut().await.map_err(classify)
+                            }
                         }
                     }
                 };
-                if park.parked() {
-                    drop(c);
-                    // The socket is the client's still unless hyper saw a broken head (one
-                    // pipelined in part behind the last request, then silence): that one is
-                    // closed, as hyper would have at its head timeout, without a 408.
-                    match (res, reclaim.into_inner()) {
-                        (Ok(()), Some(back)) => {
-                            io = back.into_inner().into_inner();
-                            head_due = shared::ports::tokio_deadline(activity.last(), http.header_read_timeout);
-                            parked = true;
-                            continue;
-                        }
-                        _ => break 'h1 Ok(()),
-                    }
-                }
                 if matches!(res, Err(("head_timeout", _))) && progress.head_started() {
                     head_timeout::answer(reclaim).await;
                     answered_408 = true;

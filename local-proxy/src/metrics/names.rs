@@ -14,6 +14,9 @@ pub const TLS_HANDSHAKES: &str = "local_proxy_tls_handshakes_total";
 /// HTTP connections that ended in a protocol error, by `listener` and `result`
 /// (`head_too_large`, `head_timeout`, `malformed`, `idle_timeout`, `io`).
 pub const HTTP_CONNECTION_ERRORS: &str = "local_proxy_http_connection_errors_total";
+/// Times a kept-alive HTTP/1 connection quiet between requests released its HTTP server's
+/// buffers (parked; it is served again when its client asks), by `listener`.
+pub const HTTP_PARKED: &str = "local_proxy_http_connections_parked_total";
 /// HTTP requests answered, by `site` (configured host or `unknown`) and `result`
 /// (`1xx`..`5xx`, `redirect`, `blocked`, `healthz`, `acme`, `unknown_site`, `bad_path`, the
 /// forward-auth results, and the middlewares': `closed` (a hostile client, never answered),
