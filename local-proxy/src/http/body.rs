@@ -42,14 +42,22 @@ where
 pub struct ClientBody {
     inner: Incoming,
     read: Option<Arc<AtomicU64>>,
-    /// An HTTP/1 body holds its server until dropped (`park`).
-    _busy: Option<BodyBusy>,
+    /// An HTTP/1 body holds its server until hyper has handed over its end (`park`).
+    busy: Option<BodyBusy>,
 }
 
 impl ClientBody {
     /// Wrap `inner`, counting into `read` when given.
     pub fn new(inner: Incoming, read: Option<Arc<AtomicU64>>, busy: Option<BodyBusy>) -> Self {
-        Self { inner, read, _busy: busy }
+        Self { inner, read, busy }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(busy) = &self.busy {
+            busy.abandoned();
+        }
     }
 }
 
@@ -64,6 +72,9 @@ impl http_body::Body for ClientBody {
             if let Some(data) = frame.data_ref() {
                 read.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
+        }
+        if this.busy.is_some() && (matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream()) {
+            this.busy = None;
         }
         polled
     }

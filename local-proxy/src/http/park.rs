@@ -6,9 +6,9 @@
 //! hyper has no setting for it, but its server can be taken apart (`into_parts`): the socket
 //! and the bytes read and not parsed yet come back. That is only safe while hyper has nothing
 //! in hand, so a connection is *parked* once it has been quiet for [`PARK_AFTER`] with every
-//! response written and every request body read to its end (each holds a [`Busy`] until
-//! then, so a pipelined request waiting for its upstream keeps hyper), and no write waiting
-//! for the client. The caller then waits for the client's next bytes as for a new
+//! response written and every request body handed over to its end (each holds a [`Busy`]
+//! until then, so a pipelined request waiting for its upstream keeps hyper; a body dropped
+//! before its end keeps it for good), and no write waiting for the client. The caller then waits for the client's next bytes as for a new
 //! connection (`first_bytes`) and builds a new server for them, handing it first any bytes
 //! the old one had read ahead ([`Rewind`]).
 
@@ -40,6 +40,9 @@ pub struct Park {
     idle: Notify,
     /// The last write or flush could not finish (the client is not reading).
     write_blocked: AtomicBool,
+    /// Never park this server: a request body was dropped before its end (hyper will drain
+    /// or close it, on its own time), or hyper began closing.
+    never: AtomicBool,
 }
 
 impl Park {
@@ -63,14 +66,20 @@ impl Drop for Busy {
 }
 
 /// A request body's [`Busy`], carried to the body in the request's extensions (which want
-/// `Clone`): released when the body is dropped, read to its end or not (hyper closes a
-/// connection whose body was left unread, so it is never parked in the middle of one).
+/// `Clone`). The body releases it once hyper has handed over its end (hyper is then between
+/// messages); a body dropped before its end calls [`BodyBusy::abandoned`] instead, since
+/// hyper only learns of it at its next poll and then drains or closes the rest.
 #[derive(Debug, Clone)]
-pub struct BodyBusy(#[allow(dead_code)] Arc<Busy>);
+pub struct BodyBusy(Arc<Busy>);
 
 impl BodyBusy {
     pub fn new(busy: Busy) -> Self {
         Self(Arc::new(busy))
+    }
+
+    /// The body was dropped before its end: this server is never parked.
+    pub fn abandoned(&self) {
+        self.0 .0.never.store(true, Ordering::Relaxed);
     }
 }
 
@@ -80,6 +89,9 @@ impl BodyBusy {
 /// given by sending it in pieces.)
 pub async fn quiet_between_requests(activity: &Activity, progress: &HeadProgress, park: &Park) {
     loop {
+        if park.never.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let idle = park.idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
@@ -93,6 +105,7 @@ pub async fn quiet_between_requests(activity: &Activity, progress: &HeadProgress
             && progress.answered()
             && !progress.head_started()
             && !park.write_blocked.load(Ordering::Relaxed)
+            && !park.never.load(Ordering::Relaxed)
         {
             return;
         }
@@ -155,6 +168,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper is closing; a TLS close_notify may still wait to be written.
+        self.park.never.store(true, Ordering::Relaxed);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -271,6 +286,29 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(quiet(&activity, &progress, &park).await);
         assert!(started.elapsed() >= PARK_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dropped_before_its_end_or_a_close_keeps_the_server() {
+        let activity = Activity::new();
+        let (server, mut client) = tokio::io::duplex(64);
+        let (io, park) = Parkable::new(server);
+        let mut io = Reclaim::new(io);
+        let progress = io.progress();
+        client.write_all(b"POST /").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 6);
+        let body = BodyBusy::new(park.busy());
+        drop(MarkOnDrop::new(crate::http::body::full("no"), progress.clone(), park.busy()));
+        // hyper drains or closes the rest on its own time: parking now could read it as a head.
+        body.abandoned();
+        drop(body);
+        assert!(!quiet(&activity, &progress, &park).await);
+        // hyper closing (a TLS close_notify may still be queued) keeps it too.
+        let (server, _client) = tokio::io::duplex(64);
+        let (mut io, park) = Parkable::new(server);
+        io.shutdown().await.unwrap();
+        assert!(!quiet(&activity, &progress, &park).await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,8 +8,8 @@
 //! start, over both protocols; hyper's own head timer bounds the later ones. hyper's HTTP/1
 //! server is built only once the client's first bytes are in (`first_bytes`), on the heap:
 //! a connection not used yet holds none of it. A keep-alive HTTP/1 connection quiet between
-//! requests is parked (`park`): its server is dropped, and built again for the next request,
-//! whose head is due as if hyper had waited for it.
+//! requests is parked (`park`): its server is taken apart, and built again for the next
+//! request, whose head is due as if hyper had waited for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -126,10 +126,13 @@ where
                 let marks = progress.clone();
                 let round_request = Arc::new(AtomicBool::new(false));
                 let seen = round_request.clone();
+                let round_started = Arc::new(Notify::new());
+                let round_starts = round_started.clone();
                 let svc = svc.clone();
                 let holds = park.clone();
                 let svc = service_fn(move |mut req: Request<Incoming>| {
                     seen.store(true, Ordering::Relaxed);
+                    round_starts.notify_one();
                     let response = holds.busy();
                     if !http_body::Body::is_end_stream(req.body()) {
                         req.extensions_mut().insert(BodyBusy::new(holds.busy()));
@@ -148,12 +151,15 @@ where
                         .with_upgrades(),
                 );
                 let res = tokio::select! {
+                    // hyper first: what woke it (a body dropped, a close) is seen before parking.
+                    biased;
                     res = c.as_mut() => res.map_err(classify),
                     _ = first_head_due(head_due, &round_request) => Err(("head_timeout", String::new())),
                     _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
                     _ = quiet_between_requests(&activity, &progress, &park) => {
-                        // hyper has nothing in hand and its buffer is flushed: take the socket
-                        // and what it read ahead, and let its buffers go.
+                        // No response or request body in hand (their guards), nothing written
+                        // left waiting, hyper polled first: take the socket and what it read
+                        // ahead, and let its buffers go.
                         drop(reclaim);
                         let taken = std::pin::Pin::into_inner(c)
                             .into_parts()
@@ -161,10 +167,11 @@ where
                         let Some((io_parkable, read_ahead)) = taken else { break 'h1 Ok(()) };
                         let (back, unread) = io_parkable.into_inner().into_inner().into_parts();
                         io = back;
-                        // Copied out: the read buffer's 8 KiB would stay with the bytes.
-                        ahead = match (unread.is_empty(), read_ahead.is_empty()) {
+                        // hyper's unparsed bytes came from the front of what `Rewind` still
+                        // held. Copied out: the read buffer's 8 KiB would stay with them.
+                        ahead = match (read_ahead.is_empty(), unread.is_empty()) {
                             (true, true) => Bytes::new(),
-                            _ => [unread, read_ahead].concat().into(),
+                            _ => [read_ahead, unread].concat().into(),
                         };
                         head_due = shared::ports::tokio_deadline(activity.last(), http.header_read_timeout);
                         parked = true;
@@ -176,7 +183,7 @@ where
                             res = c.as_mut() => Some(res.map_err(classify)),
                             // Draining does not give a head more time than it had.
                             _ = first_head_due(head_due, &round_request) => Some(Err(("head_timeout", String::new()))),
-                            _ = first_request_started(&round_request, &started, http.header_read_timeout) => None,
+                            _ = first_request_started(&round_request, &round_started, http.header_read_timeout) => None,
                         };
                         match ended {
                             Some(res) => res,
