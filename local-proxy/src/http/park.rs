@@ -8,9 +8,9 @@
 //! in hand, so a connection is *parked* once it has been quiet for [`PARK_AFTER`] with every
 //! response written and every request body handed over to its end (each holds a [`Busy`]
 //! until then, so a pipelined request waiting for its upstream keeps hyper; a body dropped
-//! before its end keeps it for good), and no write waiting for the client. The caller then waits for the client's next bytes as for a new
-//! connection (`first_bytes`) and builds a new server for them, handing it first any bytes
-//! the old one had read ahead ([`Rewind`]).
+//! before its end keeps it for good), and no write waiting for the client. The caller then
+//! waits for the client's next bytes as for a new connection (`first_bytes`) and builds a new
+//! server for them, handing it first any bytes the old one had read ahead ([`Rewind`]).
 
 use std::io;
 use std::pin::Pin;
