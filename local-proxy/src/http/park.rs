@@ -10,7 +10,7 @@
 //! until then, so a pipelined request waiting for its upstream keeps hyper; a body dropped
 //! before its end keeps it for good), and no write waiting for the client. The caller then
 //! waits for the client's next bytes as for a new connection (`first_bytes`) and builds a new
-//! server for them, handing it first any bytes the old one had read ahead ([`Rewind`]).
+//! server for them, handing it first any bytes the old one had read ahead ([`Parkable`]).
 
 use std::io;
 use std::pin::Pin;
@@ -114,21 +114,25 @@ pub async fn quiet_between_requests(activity: &Activity, progress: &HeadProgress
     }
 }
 
-/// The I/O hyper serves a parkable connection through: notes whether the last write had
-/// to wait (hyper's buffer then still holds bytes, which taking it apart would lose).
+/// The I/O hyper serves a parkable connection through. It first gives back the bytes read
+/// ahead by the server taken apart before (the start of a pipelined request), and notes
+/// whether the last write had to wait (hyper's buffer then still holds bytes, which taking
+/// it apart would lose).
 pub struct Parkable<IO> {
     inner: IO,
+    ahead: Bytes,
     park: Arc<Park>,
 }
 
 impl<IO> Parkable<IO> {
-    pub fn new(inner: IO) -> (Self, Arc<Park>) {
+    pub fn new(inner: IO, ahead: Bytes) -> (Self, Arc<Park>) {
         let park = Arc::new(Park::default());
-        (Self { inner, park: park.clone() }, park)
+        (Self { inner, ahead, park: park.clone() }, park)
     }
 
-    pub fn into_inner(self) -> IO {
-        self.inner
+    /// The I/O, and whatever of the bytes read ahead was not read again.
+    pub fn into_parts(self) -> (IO, Bytes) {
+        (self.inner, self.ahead)
     }
 
     fn note<T>(&self, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -139,7 +143,12 @@ impl<IO> Parkable<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Parkable<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if self.ahead.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.ahead.len().min(buf.remaining());
+        buf.put_slice(&self.ahead.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -174,61 +183,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
     }
 }
 
-/// I/O that first gives back bytes read ahead by a server that was taken apart (the start
-/// of a pipelined request), then reads on.
-pub struct Rewind<IO> {
-    ahead: Bytes,
-    inner: IO,
-}
-
-impl<IO> Rewind<IO> {
-    pub fn new(inner: IO, ahead: Bytes) -> Self {
-        Self { ahead, inner }
-    }
-
-    /// The I/O, and whatever of the bytes read ahead was not read again.
-    pub fn into_parts(self) -> (IO, Bytes) {
-        (self.inner, self.ahead)
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.ahead.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.ahead.len().min(buf.remaining());
-        buf.put_slice(&self.ahead.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -239,7 +193,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_read_ahead_come_first_then_the_socket() {
         let (a, mut client) = tokio::io::duplex(64);
-        let mut io = Rewind::new(a, Bytes::from_static(b"GET /2 HT"));
+        let (mut io, _) = Parkable::new(a, Bytes::from_static(b"GET /2 HT"));
         client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
         let mut got = [0u8; 5];
         io.read_exact(&mut got).await.unwrap();
@@ -259,7 +213,7 @@ mod tests {
     async fn quiet_only_once_answered_with_nothing_in_hand() {
         let activity = Activity::new();
         let (server, mut client) = tokio::io::duplex(8);
-        let (io, park) = Parkable::new(server);
+        let (io, park) = Parkable::new(server, Bytes::new());
         let mut io = Reclaim::new(io);
         let progress = io.progress();
         assert!(!quiet(&activity, &progress, &park).await, "nothing answered yet");
@@ -292,7 +246,7 @@ mod tests {
     async fn a_body_dropped_before_its_end_or_a_close_keeps_the_server() {
         let activity = Activity::new();
         let (server, mut client) = tokio::io::duplex(64);
-        let (io, park) = Parkable::new(server);
+        let (io, park) = Parkable::new(server, Bytes::new());
         let mut io = Reclaim::new(io);
         let progress = io.progress();
         client.write_all(b"POST /").await.unwrap();
@@ -306,7 +260,7 @@ mod tests {
         assert!(!quiet(&activity, &progress, &park).await);
         // hyper closing (a TLS close_notify may still be queued) keeps it too.
         let (server, _client) = tokio::io::duplex(64);
-        let (mut io, park) = Parkable::new(server);
+        let (mut io, park) = Parkable::new(server, Bytes::new());
         io.shutdown().await.unwrap();
         assert!(!quiet(&activity, &progress, &park).await);
     }
@@ -315,7 +269,7 @@ mod tests {
     async fn a_request_ending_wakes_the_wait() {
         let activity = Activity::new();
         let (server, mut client) = tokio::io::duplex(64);
-        let (io, park) = Parkable::new(server);
+        let (io, park) = Parkable::new(server, Bytes::new());
         let mut io = Reclaim::new(io);
         let progress = io.progress();
         client.write_all(b"GET /").await.unwrap();

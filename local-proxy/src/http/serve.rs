@@ -30,7 +30,7 @@ use super::first_bytes::FirstBytes;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::hostile;
-use super::park::{quiet_between_requests, BodyBusy, Parkable, Rewind};
+use super::park::{quiet_between_requests, BodyBusy, Parkable};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -116,8 +116,7 @@ where
                         }
                     }
                 }
-                let (io_parkable, park) =
-                    Parkable::new(Tracked::new(Rewind::new(io, std::mem::take(&mut ahead)), activity.clone()));
+                let (io_parkable, park) = Parkable::new(Tracked::new(io, activity.clone()), std::mem::take(&mut ahead));
                 // hyper owns the socket while it serves; a second handle lets us answer a
                 // timed-out head with a 408 after hyper has given up on it.
                 let io_shared = Reclaim::new(io_parkable);
@@ -165,9 +164,9 @@ where
                             .into_parts()
                             .and_then(|parts| Some((parts.io.into_inner().into_inner()?, parts.read_buf)));
                         let Some((io_parkable, read_ahead)) = taken else { break 'h1 Ok(()) };
-                        let (back, unread) = io_parkable.into_inner().into_inner().into_parts();
-                        io = back;
-                        // hyper's unparsed bytes came from the front of what `Rewind` still
+                        let (back, unread) = io_parkable.into_parts();
+                        io = back.into_inner();
+                        // hyper's unparsed bytes came from the front of what `Parkable` still
                         // held. Copied out: the read buffer's 8 KiB would stay with them.
                         ahead = match (read_ahead.is_empty(), unread.is_empty()) {
                             (true, true) => Bytes::new(),
