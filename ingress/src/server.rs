@@ -158,15 +158,31 @@ impl Server {
     /// Returns how many were still open when it gave up.
     pub async fn drain(&self, deadline: Duration) -> usize {
         let _ = self.stop_tx.send(true);
+        let mut udp = Vec::new();
         if let Ok(mut map) = self.listeners.lock() {
-            for (_, e) in map.drain() {
-                e.task.abort();
+            for ((protocol, _), e) in map.drain() {
+                match protocol {
+                    Protocol::Udp => udp.push(e.task),
+                    Protocol::Tcp => e.task.abort(),
+                }
             }
         }
         // Woken when the last connection task ends, not by polling.
         self.shared.conns.close();
-        let until = shared::ports::tokio_deadline(tokio::time::Instant::now(), deadline);
-        let _ = tokio::time::timeout_at(until, self.shared.conns.wait()).await;
+        let now = tokio::time::Instant::now();
+        let until = shared::ports::tokio_deadline(now, deadline);
+        // A UDP listener ends by itself once its flows have relayed the replies still on their
+        // way (`udp_relay::linger`); one still waiting to bind never does, hence the bound.
+        let udp_until = until.min(now + shared::udp_relay::LINGER_MAX + Duration::from_millis(100));
+        let udp_done = async {
+            for t in &mut udp {
+                let _ = tokio::time::timeout_at(udp_until, t).await;
+            }
+        };
+        let _ = tokio::join!(udp_done, tokio::time::timeout_at(until, self.shared.conns.wait()));
+        for t in udp {
+            t.abort();
+        }
         self.shared.open_connections()
     }
 

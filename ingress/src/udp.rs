@@ -3,7 +3,8 @@
 //! back to the client from the address it sent to. No task per datagram. Flows are
 //! admitted under the service's budget (all its ports) and the process's (the descriptor
 //! budget); replies are read into one buffer per worker thread, not one per flow
-//! (`shared::udp_relay`).
+//! (`shared::udp_relay`). On shutdown the flows stay for the replies still on their way
+//! (`udp_relay::linger`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{pump, send_now, send_with_header};
+use shared::udp_relay::{linger, pump, send_now, send_with_header};
 
 struct Flow {
     guard: ActiveGuard,
@@ -177,7 +178,10 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     loop {
         let received = tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                linger(&table, now_ms).await;
+                return;
+            }
             _ = sweep.tick() => {
                 let svc = slot.load();
                 table.set_idle(svc.cfg.idle_timeout.as_millis() as u64);

@@ -173,3 +173,38 @@ async fn udp_datagrams_carry_a_proxy_v2_header_with_the_client_address() {
     }
     echo.abort();
 }
+
+/// Stopping for a restart (drain) relays the replies still on their way: a datagram relayed
+/// just before, to an upstream that answers 50 ms later, is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_relays_the_replies_still_on_their_way() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _echo1 = UdpEcho::start_delayed("wan1", tcp1.addr, Duration::from_millis(50)).await;
+    let _echo2 = UdpEcho::start_delayed("wan2", tcp2.addr, Duration::from_millis(50)).await;
+    let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    c.connect(addr).await.expect("connect");
+    let mut warm = false;
+    for _ in 0..20 {
+        if ask(&c, "warm").await.is_some() {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "no reply through the ingress before the drain");
+
+    c.send(b"last").await.expect("send");
+    // The ingress relays it within microseconds; the answer is 50 ms away when the drain begins.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut buf = [0u8; 64];
+    let (left, reply) = tokio::join!(
+        server.drain(Duration::from_secs(5)),
+        tokio::time::timeout(Duration::from_secs(2), c.recv(&mut buf))
+    );
+    assert_eq!(left, 0);
+    let n = reply.expect("the reply on its way was dropped by the drain").expect("recv");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.ends_with(":last"), "unexpected reply {reply}");
+}

@@ -208,6 +208,14 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
         }
     }
 
+    /// Milliseconds still to wait until every flow has been silent (both ways) for
+    /// `quiet_ms`; `None` once they have, or when there are none (see `udp_relay::linger`).
+    pub fn until_quiet(&self, now: u64, quiet_ms: u64) -> Option<u64> {
+        let last = self.flows.values().map(FlowEntry::last_active).max()?;
+        let silent = now.saturating_sub(last);
+        (silent < quiet_ms).then(|| quiet_ms - silent)
+    }
+
     pub fn set_idle(&mut self, idle_ms: u64) {
         self.idle_ms = idle_ms.max(1);
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
+use crate::udp_flows::{FlowEntry, FlowTable};
+
 /// Largest UDP payload.
 pub const MAX_DATAGRAM: usize = 65_535;
 
@@ -55,9 +57,86 @@ pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[u8])) {
     }
 }
 
+/// How long a stopping listener's flows must have been silent before they are let go, and the
+/// most it waits for that (see [`linger`]). A reply on its way is one round trip to the
+/// upstream behind (a LAN service, or the home over a WAN): far less than the quiet time.
+pub const LINGER_QUIET: Duration = Duration::from_millis(100);
+pub const LINGER_MAX: Duration = Duration::from_secs(1);
+
+/// Keep a stopping listener's flows until the replies still on their way have been relayed:
+/// until every flow has been silent for [`LINGER_QUIET`], at most [`LINGER_MAX`]. The caller
+/// no longer reads the listening socket (a restart hands it to the next process, which opens
+/// flows of its own for what arrives next), and only sends replies out of it. Without this, a
+/// restart dropped the answer to every datagram relayed just before it.
+pub async fn linger<K, V>(table: &FlowTable<K, V>, now_ms: impl Fn() -> u64)
+where
+    K: Copy + Eq + std::hash::Hash,
+    V: FlowEntry,
+{
+    let deadline = tokio::time::Instant::now() + LINGER_MAX;
+    while let Some(wait) = table.until_quiet(now_ms(), LINGER_QUIET.as_millis() as u64) {
+        let wake = tokio::time::Instant::now() + Duration::from_millis(wait);
+        if wake >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// A flow whose last activity the test sets, as a reply pump would.
+    struct Seen(Arc<AtomicU64>);
+
+    impl FlowEntry for Seen {
+        fn last_active(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_waits_for_replies_on_their_way_and_no_longer() {
+        let epoch = tokio::time::Instant::now();
+        let now_ms = move || epoch.elapsed().as_millis() as u64;
+
+        // No flows: nothing to wait for.
+        let empty: FlowTable<u8, Seen> = FlowTable::new(60_000);
+        linger(&empty, now_ms).await;
+        assert_eq!(epoch.elapsed(), Duration::ZERO);
+
+        // A datagram relayed at 0 ms; its reply arrives at 60 ms: let go 100 ms after that.
+        let last = Arc::new(AtomicU64::new(0));
+        let mut table = FlowTable::new(60_000);
+        table.insert(1u8, Seen(last.clone()), 0);
+        let reply = {
+            let last = last.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                last.store(now_ms(), Ordering::Relaxed);
+            })
+        };
+        linger(&table, now_ms).await;
+        assert_eq!(epoch.elapsed(), Duration::from_millis(160));
+        reply.await.unwrap();
+
+        // A flow that never goes quiet (an upstream streaming on) is let go at LINGER_MAX.
+        let start = tokio::time::Instant::now();
+        last.store(now_ms(), Ordering::Relaxed);
+        let chatty = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                last.store(now_ms(), Ordering::Relaxed);
+            }
+        });
+        linger(&table, now_ms).await;
+        assert_eq!(start.elapsed(), LINGER_MAX);
+        chatty.abort();
+    }
 
     #[tokio::test]
     async fn header_and_payload_arrive_as_one_datagram_and_replies_are_pumped() {

@@ -234,6 +234,11 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub async fn start(name: &'static str, addr: SocketAddr) -> Self {
+        Self::start_delayed(name, addr, Duration::ZERO).await
+    }
+
+    /// An echo that answers each datagram `delay` after it arrived.
+    pub async fn start_delayed(name: &'static str, addr: SocketAddr, delay: Duration) -> Self {
         let sock = Arc::new(UdpSocket::bind(addr).await.expect("bind udp echo"));
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
@@ -241,7 +246,15 @@ impl UdpEcho {
                 let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
                 let mut out = format!("{name}:").into_bytes();
                 out.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&out, from).await;
+                if delay.is_zero() {
+                    let _ = sock.send_to(&out, from).await;
+                } else {
+                    let sock = sock.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = sock.send_to(&out, from).await;
+                    });
+                }
             }
         });
         Self { task }

@@ -12,7 +12,9 @@
 //! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
 //! opened (it counts as that upstream's load); when that upstream goes down, the flow's
 //! next datagram opens it anew on a usable one. A stream with an access log writes one line
-//! per flow when it ends (`stream::log`).
+//! per flow when it ends (`stream::log`). When the socket stops being served (shutdown for a
+//! restart, a reload that removes it), its flows stay for the replies still on their way
+//! (`udp_relay::linger`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -24,7 +26,7 @@ use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{pump, send_now, send_with_header, MAX_DATAGRAM};
+use shared::udp_relay::{linger, pump, send_now, send_with_header, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -164,7 +166,10 @@ async fn serve_flows(
                 gone.clear();
                 continue;
             }
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                linger(&table, now_ms).await;
+                return;
+            }
         };
         let name = stream_name.load_full();
         if !Arc::ptr_eq(&name, &counters.stream) {
