@@ -9,7 +9,7 @@ use shared::listeners::Options;
 /// Bursts of connections from many clients at once: a deep accept queue refuses fewer.
 const TCP: Options = Options { backlog: 4096, freebind: false, recv_buffer: None };
 /// Bursts from many agents at once: a larger receive queue loses fewer datagrams.
-const UDP: Options = Options { backlog: 0, freebind: false, recv_buffer: Some(4 << 20) };
+const UDP: Options = Options { backlog: 0, freebind: false, recv_buffer: Some(shared::listeners::UDP_RECV_BUFFER) };
 
 /// Bind a TCP listener.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {

@@ -171,8 +171,9 @@ impl Server {
         self.shared.conns.close();
         let now = tokio::time::Instant::now();
         let until = shared::ports::tokio_deadline(now, deadline);
-        // A UDP listener ends by itself once its flows have relayed the replies still on their
-        // way (`udp_relay::linger`); one still waiting to bind never does, hence the bound.
+        // A UDP listener ends by itself: once its flows have relayed the replies still on their
+        // way (`udp_relay::linger`), or at once while it is still retrying its bind. The bound
+        // is a backstop.
         let udp_until = until.min(now + shared::udp_relay::LINGER_MAX + Duration::from_millis(100));
         let udp_done = async {
             for t in &mut udp {
@@ -368,7 +369,12 @@ async fn listen_forever(
                     tracing::error!(service = %slot.load().cfg.name, listen = %addr, error = %e, "cannot bind; retrying in the background");
                 }
                 attempts += 1;
-                tokio::time::sleep(backoff).await;
+                // A stop (drain) ends the retries: drain waits for UDP listeners to end.
+                let mut stop = shared.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

@@ -170,11 +170,17 @@ impl Server {
     async fn drain(self, drain: Option<Duration>) {
         self.handle.state.shutdown.cancelled().await;
         self.tasks.close();
-        self.tasks.wait().await;
-        // No accept loop is left to add connections.
-        self.conns.close();
         let drain = drain.unwrap_or_else(|| self.handle.state.config.load().drain_timeout);
-        if tokio::time::timeout(drain, self.conns.wait()).await.is_err() {
+        // The listeners' ends count against the deadline too: a UDP socket's flows linger for
+        // the replies on their way (`udp_relay::linger`), and a unit's stop timeout is sized
+        // from `drain_timeout`.
+        let all = async {
+            self.tasks.wait().await;
+            // No accept loop is left to add connections.
+            self.conns.close();
+            self.conns.wait().await;
+        };
+        if tokio::time::timeout(drain, all).await.is_err() {
             warn!(?drain, "connections still open after the drain deadline; leaving");
         }
         // The last requests' lines are in the access log files before the process leaves.

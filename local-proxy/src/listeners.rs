@@ -258,7 +258,8 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
     Ok(())
 }
 
-/// The local proxy's sockets: an accept queue of 1024; the mesh ones with `IP_FREEBIND`.
+/// The local proxy's sockets: an accept queue of 1024; the mesh ones with `IP_FREEBIND`; UDP
+/// ones with a large receive buffer.
 fn options(freebind: bool) -> shared::listeners::Options {
     shared::listeners::Options { freebind, ..Default::default() }
 }
@@ -268,5 +269,7 @@ fn tcp(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
 }
 
 fn udp(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
-    shared::listeners::udp(addr, &options(freebind))
+    let opts =
+        shared::listeners::Options { recv_buffer: Some(shared::listeners::UDP_RECV_BUFFER), ..options(freebind) };
+    shared::listeners::udp(addr, &opts)
 }

@@ -31,6 +31,12 @@ pub struct Options {
     pub recv_buffer: Option<usize>,
 }
 
+/// The receive buffer UDP listeners ask for: bursts from many clients at once, and the
+/// datagrams that queue while a restart hands the socket to the next process (at the default
+/// 208 KiB, ~256 small datagrams: half a second of one client sending every 2 ms). The kernel
+/// caps it at `net.core.rmem_max`.
+pub const UDP_RECV_BUFFER: usize = 4 << 20;
+
 impl Default for Options {
     fn default() -> Self {
         Self { backlog: 1024, freebind: false, recv_buffer: None }

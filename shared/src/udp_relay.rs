@@ -59,8 +59,10 @@ pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[u8])) {
 
 /// How long a stopping listener's flows must have been silent before they are let go, and the
 /// most it waits for that (see [`linger`]). A reply on its way is one round trip to the
-/// upstream behind (a LAN service, or the home over a WAN): far less than the quiet time.
-pub const LINGER_QUIET: Duration = Duration::from_millis(100);
+/// upstream behind plus its answer's time: a LAN service, or the home over a WAN (an
+/// intercontinental round trip is ~150-250 ms), or a resolver that recurses. The quiet time is
+/// only spent on a stop that found flows talking.
+pub const LINGER_QUIET: Duration = Duration::from_millis(250);
 pub const LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// Keep a stopping listener's flows until the replies still on their way have been relayed:
@@ -109,7 +111,7 @@ mod tests {
         linger(&empty, now_ms).await;
         assert_eq!(epoch.elapsed(), Duration::ZERO);
 
-        // A datagram relayed at 0 ms; its reply arrives at 60 ms: let go 100 ms after that.
+        // A datagram relayed at 0 ms; its reply arrives at 60 ms: let go LINGER_QUIET after that.
         let last = Arc::new(AtomicU64::new(0));
         let mut table = FlowTable::new(60_000);
         table.insert(1u8, Seen(last.clone()), 0);
@@ -121,7 +123,7 @@ mod tests {
             })
         };
         linger(&table, now_ms).await;
-        assert_eq!(epoch.elapsed(), Duration::from_millis(160));
+        assert_eq!(epoch.elapsed(), Duration::from_millis(60) + LINGER_QUIET);
         reply.await.unwrap();
 
         // A flow that never goes quiet (an upstream streaming on) is let go at LINGER_MAX.

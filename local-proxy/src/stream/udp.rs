@@ -12,9 +12,10 @@
 //! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
 //! opened (it counts as that upstream's load); when that upstream goes down, the flow's
 //! next datagram opens it anew on a usable one. A stream with an access log writes one line
-//! per flow when it ends (`stream::log`). When the socket stops being served (shutdown for a
-//! restart, a reload that removes it), its flows stay for the replies still on their way
-//! (`udp_relay::linger`).
+//! per flow when it ends (`stream::log`). When the process stops (a restart), each socket's
+//! flows stay for the replies still on their way (`udp_relay::linger`); a reload that removes
+//! a socket ends its flows at once, because a reload waits for the socket to close (its port
+//! may be bound again by the new config).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -167,7 +168,9 @@ async fn serve_flows(
                 continue;
             }
             _ = stop.cancelled() => {
-                linger(&table, now_ms).await;
+                if state.shutdown.is_cancelled() {
+                    linger(&table, now_ms).await;
+                }
                 return;
             }
         };

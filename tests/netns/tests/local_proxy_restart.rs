@@ -351,6 +351,7 @@ fn restarts_under_load_refuse_no_client() {
     let mut report = Vec::new();
     for i in 1..=RESTARTS {
         let before = (tcp.snapshot(), http.snapshot(), https.snapshot());
+        let sent_at_stop = udp_sent.load(Ordering::Relaxed);
         let drain = stop(&mut proxy);
         let down = Instant::now();
         // Clients keep connecting while no process runs: the kernel queues them.
@@ -358,10 +359,11 @@ fn restarts_under_load_refuse_no_client() {
         proxy = start(&store, &bin, &cfg, &log);
         store.wait_ready(1 + i, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump_log()));
         let gap = down.elapsed();
+        let sent_at_start = udp_sent.load(Ordering::Relaxed);
         settle();
         let after = (tcp.snapshot(), http.snapshot(), https.snapshot());
         report.push(format!(
-            "restart {i}: drain {} ms, no process for {} ms; served meanwhile tcp {} http {} https {}",
+            "restart {i}: drain {} ms, no process for {} ms; UDP datagrams {sent_at_stop}..{sent_at_start} sent from the stop to the next start; served meanwhile tcp {} http {} https {}",
             drain.as_millis(),
             gap.as_millis(),
             after.0 .0 - before.0 .0,
@@ -389,7 +391,8 @@ fn restarts_under_load_refuse_no_client() {
     drop(proxy);
 
     let answered = udp_answered.lock().unwrap();
-    let udp_lost_graceful = (0..udp_sent_graceful).filter(|s| !answered.contains(s)).count() as u64;
+    let lost: Vec<u64> = (0..udp_sent_graceful).filter(|s| !answered.contains(s)).collect();
+    let udp_lost_graceful = lost.len() as u64;
     for line in &report {
         eprintln!("{line}");
     }
@@ -404,7 +407,8 @@ fn restarts_under_load_refuse_no_client() {
     assert!(graceful.0 .0 > 100 && graceful.1 .0 > 50 && graceful.2 .0 > 5, "too little load to judge: {graceful:?}");
     assert!(
         udp_lost_graceful == 0,
-        "UDP lost {udp_lost_graceful} of {udp_sent_graceful} datagrams across {RESTARTS} restarts (the replies on their way at each stop should still be relayed)"
+        "UDP lost {udp_lost_graceful} of {udp_sent_graceful} datagrams across {RESTARTS} restarts (the replies on their way at each stop should still be relayed): sequence numbers {lost:?}\n{}",
+        report.join("\n")
     );
     assert!(control_failed > 0, "a restart without the store should refuse clients; the test would not see a gap");
 }
