@@ -229,8 +229,10 @@ pool = "home"
 
 /// The LAN service, with IPv6 on the LAN link for the mesh clients' streams.
 fn start_lan(t: &mut Topology, b: &E2eBins) -> Result<()> {
-    cmd::ip(t.ns(Role::Home), &["addr", "add", &format!("{HOME_LAN6}/64"), "dev", "lan0"])?;
-    cmd::ip(t.ns(Role::Lan), &["addr", "add", &format!("{LAN6}/64"), "dev", "eth0"])?;
+    // nodad: usable at once. Duplicate address detection keeps an address tentative (a bind
+    // fails with EADDRNOTAVAIL) for a second or more on a loaded machine.
+    cmd::ip(t.ns(Role::Home), &["addr", "add", &format!("{HOME_LAN6}/64"), "dev", "lan0", "nodad"])?;
+    cmd::ip(t.ns(Role::Lan), &["addr", "add", &format!("{LAN6}/64"), "dev", "eth0", "nodad"])?;
     cmd::ip(t.ns(Role::Lan), &["-6", "route", "add", "default", "via", HOME_LAN6])?;
     let lan4 = IpAddr::from(addr::LAN);
     let lan6: IpAddr = LAN6.parse()?;
