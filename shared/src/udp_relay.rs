@@ -75,15 +75,12 @@ where
     K: Copy + Eq + std::hash::Hash,
     V: FlowEntry,
 {
-    let deadline = tokio::time::Instant::now() + LINGER_MAX;
-    while let Some(wait) = table.until_quiet(now_ms(), LINGER_QUIET.as_millis() as u64) {
-        let wake = tokio::time::Instant::now() + Duration::from_millis(wait);
-        if wake >= deadline {
-            tokio::time::sleep_until(deadline).await;
-            return;
+    let quiet = async {
+        while let Some(wait) = table.until_quiet(now_ms(), LINGER_QUIET.as_millis() as u64) {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        tokio::time::sleep_until(wake).await;
-    }
+    };
+    let _ = tokio::time::timeout(LINGER_MAX, quiet).await;
 }
 
 #[cfg(test)]
