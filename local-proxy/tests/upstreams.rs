@@ -845,6 +845,12 @@ upstream = "http://127.0.0.1:{pb}"
     assert_eq!(duration("counted.example.org").await, 7.0);
     assert_eq!(count("counted-err.example.org", "5xx").await, 3.0);
     assert_eq!(duration("counted-err.example.org").await, 3.0);
+    // Durations are Prometheus histograms (buckets that sum across instances), not summaries:
+    // every request is in the top bucket, none of these loopback ones took 60 s.
+    for le in ["60", "+Inf"] {
+        let labels = [("site", "counted.example.org"), ("le", le)];
+        assert_eq!(proxy.metric("local_proxy_http_request_duration_seconds_bucket", &labels).await, 7.0, "le={le}");
+    }
     assert_eq!(count("unknown", "unknown_site").await - unknown_before, 2.0);
     let metrics = common::http_get(proxy.admin, "/metrics").await.1;
     for line in metrics.lines().filter(|l| l.starts_with("local_proxy_http_requests_total{") && l.contains("counted")) {
