@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use shared::health::{Outcome, Source};
@@ -24,6 +24,7 @@ use super::access::{TunnelSeen, UpstreamSeen};
 use super::body::{self, Body, ClientBody};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
+use super::keepalive::Returning;
 use super::pages;
 use super::replay::Replay;
 use super::routes::Target;
@@ -83,7 +84,7 @@ async fn proxy(
     let mut tried = Tried::default();
     let mut attempts = 0usize;
     let mut resent = false;
-    let (mut resp, guard) = loop {
+    let (mut resp, lease, guard) = loop {
         let Some(i) = pool.pick(tried) else {
             if attempts == 0 {
                 pool.count_unavailable();
@@ -103,17 +104,10 @@ async fn proxy(
             state.m_retries.increment(1);
         }
         state.m_requests.increment(1);
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(if upstream.tls { Scheme::HTTPS } else { Scheme::HTTP });
-        target.authority = Some(upstream.authority.clone());
-        target.path_and_query = Some(path.clone());
-        let uri = match Uri::from_parts(target) {
-            Ok(u) => u,
-            Err(_) => return pages::error(StatusCode::BAD_REQUEST, "Bad request target."),
-        };
         let mut attempt = Request::new(body.attempt());
         *attempt.method_mut() = parts.method.clone();
-        *attempt.uri_mut() = uri;
+        // Origin-form: the connection is the upstream's.
+        *attempt.uri_mut() = Uri::from(path.clone());
         *attempt.version_mut() = Version::HTTP_11;
         // Each attempt goes to a different upstream: the last one possible takes the headers
         // instead of copying them (with one upstream, every request).
@@ -121,11 +115,11 @@ async fn proxy(
             if attempts >= pool.members.len() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        let answer = tokio::time::timeout(timeout, route.client.request(attempt)).await;
+        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt)).await;
         *seen = Some(UpstreamSeen {
             upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
             status: match &answer {
-                Ok(Ok(resp)) => Some(resp.status().as_u16()),
+                Ok(Ok((resp, _))) => Some(resp.status().as_u16()),
                 _ => None,
             },
             latency: start.elapsed(),
@@ -161,14 +155,14 @@ async fn proxy(
                 warn!(site = %site.host, upstream = %upstream, error = %reason, "upstream failed");
                 return with_site_headers(pages::bad_gateway(), route);
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, lease))) => {
                 if resp.status().is_server_error() && pool.health.fail_on_5xx {
                     state.count_failure("5xx");
                     pool.record(i, Outcome::Failed, Source::Traffic, Some("answered 5xx"));
                 } else {
                     pool.record_ok(i, start.elapsed(), Source::Traffic);
                 }
-                break (resp, guard);
+                break (resp, lease, guard);
             }
         }
     };
@@ -179,6 +173,8 @@ async fn proxy(
             return with_site_headers(pages::bad_gateway(), route);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        // The connection is the tunnel's now, never another request's.
+        drop(lease);
         let idle = conn.state.config.load().http.idle_timeout;
         // The access log line waits for the upgraded connection to end (its bytes, its
         // duration), as nginx's and HAProxy's do.
@@ -202,7 +198,7 @@ async fn proxy(
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, incoming) = resp.into_parts();
     // The request counts as active on its upstream until the response body is done.
-    let incoming = incoming.map_frame(move |frame| {
+    let incoming = Returning::new(incoming, lease).map_frame(move |frame| {
         let _held = &guard;
         frame
     });

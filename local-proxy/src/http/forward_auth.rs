@@ -26,7 +26,7 @@ use super::body::{self, Body};
 use super::conn::Conn;
 use super::headers::strip_hop_by_hop;
 use super::pages;
-use super::upstream::{empty, error_chain, per_loop, ClientError, UpstreamClient};
+use super::upstream::{empty, error_chain, per_loop, pooled, ClientError, UpstreamClient};
 use crate::config::ForwardAuth;
 use crate::metrics::names;
 use shared::workers::PerLoop;
@@ -59,7 +59,7 @@ impl AuthClient {
     pub fn new(config: &ForwardAuth, connect_timeout: Duration, loops: usize) -> Result<Self, ClientError> {
         // The connect is part of the auth deadline; never wait longer for it than for the answer.
         let connect = connect_timeout.min(config.timeout);
-        let clients = per_loop(config.insecure_skip_verify, config.ca_file.as_deref(), connect, loops)?;
+        let clients = per_loop(config.insecure_skip_verify, config.ca_file.as_deref(), connect, loops, pooled)?;
         Ok(Self { config: config.clone(), clients })
     }
 

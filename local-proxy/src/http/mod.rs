@@ -12,6 +12,7 @@ pub mod handler;
 pub mod head_timeout;
 pub mod headers;
 pub mod hostile;
+mod keepalive;
 mod middleware;
 pub mod pages;
 mod park;

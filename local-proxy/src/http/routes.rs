@@ -12,17 +12,18 @@ use crate::config::{AccessLog, Config, Route, Site, Upstream, UpstreamSet};
 use crate::pool::{Pool, Pools};
 
 use super::forward_auth::AuthClient;
+use super::keepalive::Connections;
 use super::ratelimit::Limiter;
-use super::upstream::{per_loop, ClientError, UpstreamClient};
+use super::upstream::{per_loop, ClientError};
 use crate::config::middleware::Middlewares;
 
 /// One routable site.
 #[derive(Debug)]
 pub struct SiteRoute {
     pub site: Site,
-    /// Serve the site's upstreams and its routes' (same TLS settings; pooled per authority),
-    /// one per event loop: a request uses its own loop's (`target`).
-    pub clients: PerLoop<UpstreamClient>,
+    /// Connections to the site's upstreams and its routes' (same TLS settings; kept alive
+    /// per upstream), one set per event loop: a request uses its own loop's (`target`).
+    pub clients: PerLoop<Connections>,
     /// The site's upstreams: health, weights, the pick.
     pub pool: Arc<Pool>,
     /// Where its requests are logged; `None`: not logged.
@@ -98,7 +99,7 @@ pub struct Target<'a> {
     pub route: Option<&'a str>,
     pub upstreams: &'a UpstreamSet<Upstream>,
     pub pool: &'a Arc<Pool>,
-    pub client: &'a UpstreamClient,
+    pub client: &'a Connections,
     pub response_headers: &'a HeaderRules,
     /// Set on the upstream request (routes only; empty for the site).
     pub request_headers: &'a HeaderRules,
@@ -223,7 +224,7 @@ impl Routes {
             }
             let route = Arc::new(SiteRoute {
                 access_log: open_log(format!("site[{i}].access_log.path"), site.access_log.as_ref())?,
-                clients: per_loop(site.insecure_skip_verify, site.ca_file.as_deref(), connect, loops)
+                clients: per_loop(site.insecure_skip_verify, site.ca_file.as_deref(), connect, loops, Connections::new)
                     .map_err(|source| RoutesError::Client { host: site.host.clone(), source })?,
                 pool,
                 auth: site_auth,

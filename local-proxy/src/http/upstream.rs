@@ -1,8 +1,7 @@
-//! HTTP clients to LAN upstreams: pooled hyper-util clients, plain or TLS (public web roots,
-//! a site's own CA file, or — opted in per site — no verification for self-signed upstreams).
-//! One client per site and event loop serves all its upstreams (it pools connections per
-//! authority; `per_loop`); the site's health checks use an unpooled twin with the same TLS
-//! settings.
+//! HTTP clients to LAN upstreams, plain or TLS (public web roots, a site's own CA file, or —
+//! opted in per site — no verification for self-signed upstreams): the connector under a
+//! site's kept-alive connections (`keepalive`, one set per site and event loop, `per_loop`),
+//! pooled hyper-util clients for forward auth services, and unpooled ones for health checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,19 +47,26 @@ pub fn client(site: &Site, connect_timeout: Duration, pooled: bool) -> Result<Up
     Ok(build(connector(site.insecure_skip_verify, site.ca_file.as_deref(), connect_timeout)?, pooled))
 }
 
-/// One pooled client with these TLS settings per event loop (`shared::workers`; sites and
-/// forward auth services), with one TLS setup: a request then takes an upstream connection
+/// One `make(connector)` per event loop (`shared::workers`) with these TLS settings: sites'
+/// kept-alive connections (`keepalive::Connections::new`) and forward auth services' pooled
+/// clients ([`pooled`]), with one TLS setup. A request then takes an upstream connection
 /// whose task runs on its own loop. With one pool for all loops, the connection a request is
 /// handed may run on another thread, and the request wakes that thread and waits to be woken
 /// back.
-pub fn per_loop(
+pub fn per_loop<T>(
     insecure_skip_verify: bool,
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
     loops: usize,
-) -> Result<PerLoop<UpstreamClient>, ClientError> {
+    make: impl Fn(HttpsConnector<HttpConnector>) -> T,
+) -> Result<PerLoop<T>, ClientError> {
     let https = connector(insecure_skip_verify, ca_file, connect_timeout)?;
-    PerLoop::try_new(loops, |_| Ok(build(https.clone(), true)))
+    PerLoop::try_new(loops, |_| Ok(make(https.clone())))
+}
+
+/// A pooled hyper-util client over `https`.
+pub fn pooled(https: HttpsConnector<HttpConnector>) -> UpstreamClient {
+    build(https, true)
 }
 
 fn connector(

@@ -1,0 +1,462 @@
+//! Kept-alive HTTP/1.1 connections to one site's upstreams, on one event loop: a request
+//! takes an idle connection to its upstream or opens one, and its response body hands the
+//! connection back when it ends.
+//!
+//! Why not hyper-util's pooled client, which this replaced for sites (forward auth and health
+//! checks still use it): per request it hashed its pool key (scheme and authority, a byte at a
+//! time with SipHash) twice, built a connect future it then dropped, raced it against the
+//! checkout, and spawned a task to return the connection once ready; with bench/instructions
+//! that came to about 5,000 instructions per keep-alive request through the local proxy. Here
+//! the idle lists are per upstream, found by comparing a few authorities, and a connection
+//! goes back when its response body ends. Its task may not have turned idle yet at that
+//! moment (it does as soon as it runs), so a checkout passes over connections that are not
+//! ready and takes the newest one that is.
+//!
+//! As hyper-util's: a request that a reused connection could not even start (the upstream
+//! closed it while idle) goes out again on another connection, whatever its method; idle
+//! connections are closed after `IDLE_TIMEOUT`; a request future dropped mid-way (the
+//! upstream timeout) closes its connection.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Instant;
+use tower_service::Service;
+use tracing::debug;
+
+use super::body::BoxError;
+use super::upstream::RequestBody;
+use crate::config::Upstream;
+
+/// Idle connections are closed after this long unused (hyper-util's pool had the same).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle connections kept per upstream; the oldest goes when one more comes back.
+const MAX_IDLE: usize = 256;
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: refused, unreachable, timed out, TLS failed. Nothing was sent.
+    #[error("connect")]
+    Connect(#[source] BoxError),
+    /// The connection broke or the upstream answered with something that is not HTTP.
+    #[error("request")]
+    Request(#[source] hyper::Error),
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// One site's upstream connections on one event loop (`routes::SiteRoute::clients`); clones
+/// share them.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    /// Per upstream (a site has a few, so a scan beats hashing): its idle connections,
+    /// oldest first.
+    idle: Mutex<Vec<Idle>>,
+    /// Whether the task that closes expired idle connections runs.
+    sweeping: AtomicBool,
+}
+
+struct Idle {
+    tls: bool,
+    authority: Authority,
+    conns: VecDeque<(SendRequest<RequestBody>, Instant)>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    pub fn new(connector: HttpsConnector<HttpConnector>) -> Self {
+        Self { inner: Arc::new(Inner { connector, idle: Mutex::new(Vec::new()), sweeping: AtomicBool::new(false) }) }
+    }
+
+    /// Send `req` (origin-form URI) to `upstream` on an idle connection or a new one. The
+    /// [`Lease`] holds the connection until the response body ends ([`Returning`]).
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = host_header(upstream) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        // Each pass takes an idle connection out of the list, or opens the last one.
+        loop {
+            let (mut sender, reused) = match self.checkout(upstream) {
+                Some(sender) => (sender, true),
+                None => (self.connect(upstream).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((resp, Lease { sender, pool: Arc::downgrade(&self.inner), upstream: upstream.clone() }))
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed while idle, before our request started: it was never sent.
+                    Some(back) if reused => {
+                        debug!(upstream = %upstream, error = %e.error(), "idle connection gone; another one");
+                        req = back;
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The newest ready idle connection to `upstream`; expired and closed ones are dropped.
+    fn checkout(&self, upstream: &Upstream) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.inner.idle.lock().ok()?;
+        let list = idle.iter_mut().find(|i| i.tls == upstream.tls && i.authority == upstream.authority)?;
+        let now = Instant::now();
+        while list.conns.front().is_some_and(|(s, at)| s.is_closed() || now.duration_since(*at) >= IDLE_TIMEOUT) {
+            list.conns.pop_front();
+        }
+        let i = list.conns.iter().rposition(|(s, _)| s.is_ready())?;
+        list.conns.remove(i).map(|(s, _)| s)
+    }
+
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<RequestBody>, SendError> {
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(if upstream.tls { Scheme::HTTPS } else { Scheme::HTTP });
+        target.authority = Some(upstream.authority.clone());
+        target.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        let uri = Uri::from_parts(target).map_err(|e| SendError::Connect(e.into()))?;
+        let io = self.inner.connector.clone().call(uri).await.map_err(SendError::Connect)?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(SendError::Request)?;
+        let label = upstream.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(upstream = %label, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// How many connections are idle.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.inner.idle.lock().map(|idle| idle.iter().map(|l| l.conns.len()).sum()).unwrap_or(0)
+    }
+}
+
+/// The Host header hyper-util's client set when a request had none: the upstream's host, and
+/// its port unless the scheme's default.
+fn host_header(upstream: &Upstream) -> Option<HeaderValue> {
+    let a = &upstream.authority;
+    let default = if upstream.tls { 443 } else { 80 };
+    match a.port_u16() {
+        Some(p) if p != default => HeaderValue::from_str(a.as_str()).ok(),
+        _ => HeaderValue::from_str(a.host()).ok(),
+    }
+}
+
+impl Inner {
+    /// Keep `sender` for the next request to `upstream`, unless it is closed.
+    fn put_back(self: &Arc<Self>, upstream: &Upstream, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let at = Instant::now();
+        match idle.iter_mut().find(|i| i.tls == upstream.tls && i.authority == upstream.authority) {
+            Some(list) => {
+                if list.conns.len() >= MAX_IDLE {
+                    list.conns.pop_front();
+                }
+                list.conns.push_back((sender, at));
+            }
+            None => idle.push(Idle {
+                tls: upstream.tls,
+                authority: upstream.authority.clone(),
+                conns: VecDeque::from([(sender, at)]),
+            }),
+        }
+        drop(idle);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drop closed connections and those idle past [`IDLE_TIMEOUT`].
+    fn sweep(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let now = Instant::now();
+        for list in idle.iter_mut() {
+            list.conns.retain(|(s, at)| !s.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
+        }
+        idle.retain(|list| !list.conns.is_empty());
+    }
+}
+
+/// Close expired idle connections every [`IDLE_TIMEOUT`] (a checkout only drops those it
+/// passes), on the loop that returned them, until the site's table is gone (a reload).
+async fn sweep(pool: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(inner) = pool.upgrade() else { return };
+        inner.sweep();
+    }
+}
+
+/// A connection lent to one request until its response body ends.
+pub struct Lease {
+    sender: SendRequest<RequestBody>,
+    /// Weak: a response still streaming after a reload does not keep the old table's
+    /// connections; its connection is then just closed.
+    pool: Weak<Inner>,
+    upstream: Upstream,
+}
+
+impl Lease {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_back(&self.upstream, self.sender);
+        }
+    }
+}
+
+/// A response body that gives its connection back when it ends. Dropped before its end (the
+/// client went away), the connection is closed with it: hyper cannot reuse a connection with
+/// an unread body.
+pub struct Returning {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl Returning {
+    pub fn new(inner: Incoming, lease: Lease) -> Self {
+        Self { inner, lease: Some(lease) }
+    }
+
+    fn ended(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.ended(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.ended(),
+            // A broken body: the connection is not reused.
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) is never polled.
+        if self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A plain HTTP/1.1 upstream on loopback answering "hello" with a length, counting the
+    /// connections it accepted; `keep_alive = false` closes each after its answer.
+    async fn upstream(keep_alive: bool) -> (Upstream, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (Upstream { tls: false, authority: addr.to_string().parse().unwrap() }, accepted)
+    }
+
+    fn connections() -> Connections {
+        super::super::upstream::per_loop(false, None, Duration::from_secs(2), 1, Connections::new)
+            .unwrap()
+            .get()
+            .clone()
+    }
+
+    fn get() -> Request<RequestBody> {
+        Request::get("/").body(super::super::upstream::empty()).unwrap()
+    }
+
+    /// Send and read the whole answer through [`Returning`], as the proxy does.
+    async fn fetch(c: &Connections, to: &Upstream) -> String {
+        let (resp, lease) = c.send(to, get()).await.unwrap();
+        let body = Returning::new(resp.into_body(), lease).collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// Until the connection task has turned idle (it runs on this same loop).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// `n` requests, each after the one before has ended and its connection settled.
+    async fn one_by_one(c: &Connections, to: &Upstream, n: usize) {
+        for i in 0..n {
+            assert_eq!(fetch(c, to).await, "hello", "request {i}");
+            settle().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_connection() {
+        let (to, accepted) = upstream(true).await;
+        let c = connections();
+        one_by_one(&c, &to, 5).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_at_once_each_get_a_connection_and_all_come_back() {
+        let (to, accepted) = upstream(true).await;
+        let c = connections();
+        let (a, b, d) = tokio::join!(fetch(&c, &to), fetch(&c, &to), fetch(&c, &to));
+        assert_eq!((a.as_str(), b.as_str(), d.as_str()), ("hello", "hello", "hello"));
+        settle().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(c.idle(), 3);
+        // The next ones take those, no new connection.
+        one_by_one(&c, &to, 3).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        let (to, accepted) = upstream(false).await;
+        let c = connections();
+        one_by_one(&c, &to, 3).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_along() {
+        let (to, accepted) = upstream(true).await;
+        let c = connections();
+        let (resp, lease) = c.send(&to, get()).await.unwrap();
+        drop(Returning::new(resp.into_body(), lease));
+        settle().await;
+        assert_eq!(c.idle(), 0);
+        assert_eq!(fetch(&c, &to).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn different_upstreams_keep_their_own_connections() {
+        let (one, accepted_one) = upstream(true).await;
+        let (two, accepted_two) = upstream(true).await;
+        let c = connections();
+        for _ in 0..3 {
+            fetch(&c, &one).await;
+            fetch(&c, &two).await;
+            settle().await;
+        }
+        assert_eq!((accepted_one.load(Ordering::SeqCst), accepted_two.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(c.idle(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let to = Upstream { tls: false, authority: addr.to_string().parse().unwrap() };
+        let err = connections().send(&to, get()).await.err().expect("refused");
+        assert!(err.is_connect(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let (to, accepted) = upstream(true).await;
+        let c = connections();
+        fetch(&c, &to).await;
+        settle().await;
+        assert_eq!(c.idle(), 1);
+        // Only the clock moves: the sweep task wakes and drops it.
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(c.idle(), 0);
+        tokio::time::resume();
+        fetch(&c, &to).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_host_header_leaves_out_the_default_port() {
+        let host = |tls, a: &str| host_header(&Upstream { tls, authority: a.parse().unwrap() }).unwrap();
+        assert_eq!(host(false, "app.lan:80"), "app.lan");
+        assert_eq!(host(true, "app.lan:443"), "app.lan");
+        assert_eq!(host(false, "app.lan:8080"), "app.lan:8080");
+        assert_eq!(host(true, "app.lan"), "app.lan");
+        assert_eq!(host(false, "[fd00::1]:8080"), "[fd00::1]:8080");
+    }
+}
