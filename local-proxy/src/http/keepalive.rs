@@ -112,7 +112,10 @@ impl Connections {
         loop {
             let (mut sender, reused) = match self.checkout(upstream) {
                 Some(sender) => (sender, true),
-                None => (self.connect(upstream).await?, false),
+                // Boxed: the connect's future (a TLS stream inline, twice) is most of this
+                // one's size, and every request's future, moved and copied on its way, has
+                // room for it; a kept-alive request never opens a connection.
+                None => (Box::pin(self.connect(upstream)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
