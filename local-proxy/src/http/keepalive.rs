@@ -202,8 +202,12 @@ impl Inner {
             }),
         }
         drop(idle);
+        // A body may be dropped off any runtime (at shutdown): no sweep then, and no panic.
         if !self.sweeping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(sweep(Arc::downgrade(self)))),
+                Err(_) => self.sweeping.store(false, Ordering::Relaxed),
+            }
         }
     }
 
@@ -451,6 +455,23 @@ mod tests {
         tokio::time::resume();
         fetch(&c, &to).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A body ending outside any runtime (dropped at shutdown) gives its connection back
+    /// without starting the sweep task, which would panic there.
+    #[test]
+    fn a_body_dropped_off_the_runtime_gives_its_connection_back() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let c = connections();
+        let body = rt.block_on(async {
+            let (to, _) = upstream(true).await;
+            let head = Request::head("/").body(super::super::upstream::empty()).unwrap();
+            let (resp, lease) = c.send(&to, head).await.unwrap();
+            Returning::new(resp.into_body(), lease)
+        });
+        drop(body);
+        assert_eq!(c.idle(), 1);
+        assert!(!c.inner.sweeping.load(Ordering::Relaxed));
     }
 
     #[test]
