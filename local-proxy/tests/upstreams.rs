@@ -332,6 +332,31 @@ async fn a_replica_killed_under_load_costs_no_get_and_comes_back_after_rise() {
 
 /// A POST that reaches a replica which dies before answering: 502 to the client, and the
 /// other replica (nginx) never sees it.
+/// CONNECT is refused with 405, as nginx does, and never reaches the upstream: it has no
+/// path, and an upstream connection cannot carry its authority-form target.
+#[tokio::test]
+async fn connect_is_refused_with_405_and_not_forwarded() {
+    let up = echo_upstream("a").await;
+    let proxy =
+        Proxy::start(&config_text(&format!("[[site]]\nhost = \"app.example.org\"\nupstream = \"http://{up}\"\n")))
+            .await;
+    let mut s = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    s.write_all(b"CONNECT app.example.org:443 HTTP/1.1\r\nHost: app.example.org:443\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head)).await.expect("answer").unwrap();
+    let text = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("allow: get"), "{text}");
+    assert!(!text.contains("upstream: a"), "{text}");
+    let count = proxy
+        .metric(
+            "local_proxy_upstream_requests_total",
+            &[("site", "app.example.org"), ("upstream", &format!("http://{up}"))],
+        )
+        .await;
+    assert_eq!(count, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_to_a_dying_replica_fails_cleanly_and_is_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();

@@ -62,6 +62,14 @@ async fn proxy(
 ) -> Response<Body> {
     let site = route;
     let pool = route.pool;
+    // A reverse proxy opens no tunnels to where a client asks (nginx answers 405 too); the
+    // upstream connection would carry a request-target it cannot read.
+    if req.method() == http::Method::CONNECT {
+        let mut resp = pages::error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here.");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"));
+        return with_site_headers(resp, route);
+    }
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
