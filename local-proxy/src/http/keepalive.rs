@@ -47,6 +47,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per upstream; the oldest goes when one more comes back.
 const MAX_IDLE: usize = 256;
 
+/// A connection idle at least this long may have been closed by the upstream's own keep-alive
+/// timeout (Apache, Node and uvicorn: 5 s; gunicorn: 2 s) with the close not yet seen here.
+/// Before such a one is used, the event loop polls its sockets once, so a close that has
+/// arrived is seen and another connection taken: written on a closed connection, the request
+/// would fail after it was sent (a POST is not sent twice; a site with one upstream answers
+/// 502). Shorter idle times never pay for the extra turn.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -112,7 +120,16 @@ impl Connections {
         // Each pass takes an idle connection out of the list, or opens the last one.
         loop {
             let (mut sender, reused) = match self.checkout(upstream) {
-                Some(sender) => (sender, true),
+                Some((sender, long_idle)) if long_idle => {
+                    // Polled after the loop has polled its sockets (tokio defers a yield).
+                    tokio::task::yield_now().await;
+                    if !sender.is_ready() {
+                        debug!(upstream = %upstream, "idle connection closed by the upstream; another one");
+                        continue;
+                    }
+                    (sender, true)
+                }
+                Some((sender, _)) => (sender, true),
                 // Boxed: the connect's future (a TLS stream inline, twice) is most of this
                 // one's size, and every request's future, moved and copied on its way, has
                 // room for it; a kept-alive request never opens a connection.
@@ -134,8 +151,9 @@ impl Connections {
         }
     }
 
-    /// The newest ready idle connection to `upstream`; expired and closed ones are dropped.
-    fn checkout(&self, upstream: &Upstream) -> Option<SendRequest<RequestBody>> {
+    /// The newest ready idle connection to `upstream`, and whether it has been idle for
+    /// [`RECHECK_AFTER`]; expired and closed ones are dropped.
+    fn checkout(&self, upstream: &Upstream) -> Option<(SendRequest<RequestBody>, bool)> {
         let mut idle = self.inner.idle.lock().ok()?;
         let list = idle.iter_mut().find(|i| i.tls == upstream.tls && i.authority == upstream.authority)?;
         let now = Instant::now();
@@ -143,7 +161,7 @@ impl Connections {
             list.conns.pop_front();
         }
         let i = list.conns.iter().rposition(|(s, _)| s.is_ready())?;
-        list.conns.remove(i).map(|(s, _)| s)
+        list.conns.remove(i).map(|(s, at)| (s, now.duration_since(at) >= RECHECK_AFTER))
     }
 
     async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<RequestBody>, SendError> {
@@ -456,6 +474,52 @@ mod tests {
         tokio::time::resume();
         fetch(&c, &to).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The upstream closes an idle connection without a word while this loop is busy, and
+    /// the next request comes before the loop has polled its sockets (the close is not seen
+    /// yet): the request goes out on a new connection, not on the closed one.
+    #[test]
+    fn a_connection_closed_while_the_loop_was_busy_is_not_written_to() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        // On a thread of its own: it closes while the client's loop is blocked.
+        let server = std::thread::spawn(move || {
+            let mut served = 0;
+            for conn in listener.incoming().take(2) {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed before a request");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+                served += 1;
+                if served == 1 {
+                    close_rx.recv().unwrap();
+                }
+            }
+            served
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let c = connections();
+        let to = Upstream { tls: false, authority: addr.to_string().parse().unwrap() };
+        rt.block_on(async {
+            assert_eq!(fetch(&c, &to).await, "hello");
+            settle().await;
+            assert_eq!(c.idle(), 1);
+        });
+        // The server drops the first connection; this loop does not run meanwhile, and the
+        // connection has been idle past RECHECK_AFTER when the next request takes it.
+        close_tx.send(()).unwrap();
+        std::thread::sleep(RECHECK_AFTER + Duration::from_millis(200));
+        let second = rt.block_on(async { c.send(&to, get()).await.map(|(r, _)| r.status()) });
+        assert_eq!(second.expect("the second request").as_u16(), 200);
+        assert_eq!(server.join().unwrap(), 2);
     }
 
     /// A body ending outside any runtime (dropped at shutdown) gives its connection back
