@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,6 +94,17 @@ struct Idle {
     conns: VecDeque<(SendRequest<RequestBody>, Instant)>,
 }
 
+impl Idle {
+    fn serves(&self, upstream: &Upstream) -> bool {
+        self.tls == upstream.tls && self.authority == upstream.authority
+    }
+}
+
+/// Whether an idle connection is of no more use: closed, or idle past [`IDLE_TIMEOUT`].
+fn spent(sender: &SendRequest<RequestBody>, since: Instant, now: Instant) -> bool {
+    sender.is_closed() || now.duration_since(since) >= IDLE_TIMEOUT
+}
+
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections").finish_non_exhaustive()
@@ -154,10 +165,10 @@ impl Connections {
     /// The newest ready idle connection to `upstream`, and whether it has been idle for
     /// [`RECHECK_AFTER`]; expired and closed ones are dropped.
     fn checkout(&self, upstream: &Upstream) -> Option<(SendRequest<RequestBody>, bool)> {
-        let mut idle = self.inner.idle.lock().ok()?;
-        let list = idle.iter_mut().find(|i| i.tls == upstream.tls && i.authority == upstream.authority)?;
+        let mut idle = self.inner.lock();
+        let list = idle.iter_mut().find(|i| i.serves(upstream))?;
         let now = Instant::now();
-        while list.conns.front().is_some_and(|(s, at)| s.is_closed() || now.duration_since(*at) >= IDLE_TIMEOUT) {
+        while list.conns.front().is_some_and(|(s, at)| spent(s, *at, now)) {
             list.conns.pop_front();
         }
         let i = list.conns.iter().rposition(|(s, _)| s.is_ready())?;
@@ -184,7 +195,7 @@ impl Connections {
     /// How many connections are idle.
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.inner.idle.lock().map(|idle| idle.iter().map(|l| l.conns.len()).sum()).unwrap_or(0)
+        self.inner.lock().iter().map(|l| l.conns.len()).sum()
     }
 }
 
@@ -200,14 +211,20 @@ fn host_header(upstream: &Upstream) -> Option<HeaderValue> {
 }
 
 impl Inner {
+    /// The idle lists. Nothing panics while holding them, and a list is whole after any
+    /// change, so a poisoned lock is taken as it is rather than turning pooling off.
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Keep `sender` for the next request to `upstream`, unless it is closed.
     fn put_back(self: &Arc<Self>, upstream: &Upstream, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else { return };
+        let mut idle = self.lock();
         let at = Instant::now();
-        match idle.iter_mut().find(|i| i.tls == upstream.tls && i.authority == upstream.authority) {
+        match idle.iter_mut().find(|i| i.serves(upstream)) {
             Some(list) => {
                 if list.conns.len() >= MAX_IDLE {
                     list.conns.pop_front();
@@ -232,10 +249,10 @@ impl Inner {
 
     /// Drop closed connections and those idle past [`IDLE_TIMEOUT`].
     fn sweep(&self) {
-        let Ok(mut idle) = self.idle.lock() else { return };
+        let mut idle = self.lock();
         let now = Instant::now();
         for list in idle.iter_mut() {
-            list.conns.retain(|(s, at)| !s.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
+            list.conns.retain(|(s, at)| !spent(s, *at, now));
         }
         idle.retain(|list| !list.conns.is_empty());
     }
@@ -421,6 +438,8 @@ mod tests {
         let c = connections();
         one_by_one(&c, &to, 3).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Each checkout dropped the closed ones before it: at most the last is listed.
+        assert!(c.idle() <= 1, "closed connections kept: {}", c.idle());
     }
 
     #[tokio::test]
