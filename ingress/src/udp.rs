@@ -243,15 +243,9 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             // new source takes the slot of this listener's longest-silent flow once that has
             // been silent a moment, so a legitimate client is not locked out by a flood.
             let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
-            let permits = loop {
-                if let Some(p) = FlowPermits::acquire(&svc.flows, &shared.flows) {
-                    break Some(p);
-                }
-                match table.evict_idlest(now, evict_idle) {
-                    Some(f) => flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name),
-                    None => break None,
-                }
-            };
+            let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
+            let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
+            let permits = table.admit(now, evict_idle, acquire, evicted).await;
             let Some(permits) = permits else {
                 c.drop_flow_cap.increment(1);
                 tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
@@ -324,7 +318,7 @@ async fn open_flow(
         let busy_mark = Arc::new(AtomicU64::new(NEVER_BUSY));
         let answers = Arc::new(Answers::default());
         let guard = ActiveGuard::new(path.clone(), Kind::Udp);
-        let pump = tokio::spawn(pump_replies(
+        let pump = tokio::spawn(permits.held_by(pump_replies(
             upstream.clone(),
             Replies { listener: replies.listener.clone(), c: replies.c.clone(), epoch: replies.epoch },
             client,
@@ -332,7 +326,7 @@ async fn open_flow(
             answers.clone(),
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
-        ));
+        )));
         let life = FlowLife::new(last, pump, permits);
         return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch: ReplyWatch::default() });
     }

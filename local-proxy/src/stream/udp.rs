@@ -210,16 +210,12 @@ async fn serve_flows(
             // Room first: a flood of new sources at the cap must not cost a socket each.
             let budget = stream_budget(&stream.name, stream.max_flows);
             let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
-            let permits = loop {
-                if let Some(p) = FlowPermits::acquire(&budget, &GLOBAL) {
-                    break Some(p);
-                }
-                match table.evict_idlest(now, evict_idle) {
-                    None => break None,
-                    Some(f) => f.ending("evicted"),
-                }
+            let acquire = || FlowPermits::acquire(&budget, &GLOBAL);
+            let evicted = |f: Flow| {
+                f.ending("evicted");
                 metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
             };
+            let permits = table.admit(now, evict_idle, acquire, evicted).await;
             let Some(permits) = permits else {
                 drop_count(&name, "flow_limit");
                 continue;
@@ -359,7 +355,8 @@ async fn open_flow(
     active.increment(1.0);
     let log = log.map(|sink| FlowLog::new(sink, &stream.name, key.1, local.port(), target));
     let counts = log.as_ref().map(|l| l.counts.clone());
-    let pump = flow_tasks.spawn(replies(upstream.clone(), last.clone(), epoch, counters.clone(), counts));
+    let pump =
+        flow_tasks.spawn(permits.held_by(replies(upstream.clone(), last.clone(), epoch, counters.clone(), counts)));
     Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits), log })
 }
 
