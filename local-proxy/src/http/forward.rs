@@ -6,7 +6,10 @@
 //! `replay`), as many times as there are upstreams; an idempotent request (GET, HEAD,
 //! OPTIONS, PUT, DELETE) without a body or with one of at most `replay::BUFFER_MAX` bytes
 //! (read whole first) that fails after it was sent, before any response byte, is sent once
-//! more elsewhere; anything else (a POST) fails with 502, and a request with no answer within
+//! more elsewhere; such a request whose kept-alive connection closed under it (the upstream's
+//! keep-alive timeout struck as it arrived, so it was never read) goes once to the same
+//! upstream on a new connection first, as nginx and Go's client do, and is not counted
+//! against the upstream; anything else (a POST) fails with 502, and a request with no answer within
 //! `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no usable
 //! upstream: 503 and Retry-After.
 
@@ -24,7 +27,7 @@ use super::access::{TunnelSeen, UpstreamSeen};
 use super::body::{self, Body, ClientBody};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
-use super::keepalive::Returning;
+use super::keepalive::{Returning, SendError};
 use super::pages;
 use super::replay::Replay;
 use super::routes::Target;
@@ -92,17 +95,27 @@ async fn proxy(
     let mut tried = Tried::default();
     let mut attempts = 0usize;
     let mut resent = false;
+    // The upstream whose kept-alive connection closed under the request: asked again at once,
+    // on a new connection (once per request).
+    let mut stale: Option<usize> = None;
+    let mut stale_retried = false;
     let (mut resp, lease, guard) = loop {
-        let Some(i) = pool.pick(tried) else {
-            if attempts == 0 {
-                pool.count_unavailable();
-                warn!(site = %site.host, "no usable upstream: 503");
-                return with_site_headers(unavailable(), route);
+        let (i, fresh) = match stale.take() {
+            Some(i) => (i, true),
+            None => {
+                let Some(i) = pool.pick(tried) else {
+                    if attempts == 0 {
+                        pool.count_unavailable();
+                        warn!(site = %site.host, "no usable upstream: 503");
+                        return with_site_headers(unavailable(), route);
+                    }
+                    // Every usable upstream refused the connect.
+                    return with_site_headers(pages::bad_gateway(), route);
+                };
+                tried.insert(i);
+                (i, false)
             }
-            // Every usable upstream refused the connect.
-            return with_site_headers(pages::bad_gateway(), route);
         };
-        tried.insert(i);
         attempts += 1;
         let (Some(member), Some(state)) = (site.upstreams.members.get(i), pool.state(i)) else {
             return with_site_headers(pages::bad_gateway(), route);
@@ -117,13 +130,14 @@ async fn proxy(
         // Origin-form: the connection is the upstream's.
         *attempt.uri_mut() = Uri::from(path.clone());
         *attempt.version_mut() = Version::HTTP_11;
-        // Each attempt goes to a different upstream: the last one possible takes the headers
-        // instead of copying them (with one upstream, every request).
-        *attempt.headers_mut() =
-            if attempts >= pool.members.len() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // Each attempt but a stale retry goes to a different upstream: the last one possible
+        // takes the headers instead of copying them (with one upstream, every request that
+        // cannot be sent twice, and every retry).
+        let last = attempts - usize::from(stale_retried) >= pool.members.len() && (stale_retried || !replayable);
+        *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt)).await;
+        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt, !fresh)).await;
         *seen = Some(UpstreamSeen {
             upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
             status: match &answer {
@@ -141,6 +155,13 @@ async fn proxy(
                 pool.record(i, Outcome::Failed, Source::Traffic, Some("request timed out"));
                 warn!(site = %site.host, upstream = %upstream, "upstream timed out");
                 return with_site_headers(pages::gateway_timeout(), route);
+            }
+            Ok(Err(e @ SendError::Stale(_))) if replayable && !stale_retried => {
+                // Not the upstream's failure: it closed an idle connection, as it may.
+                stale_retried = true;
+                stale = Some(i);
+                debug!(site = %site.host, upstream = %upstream, error = %error_chain(&e), "kept-alive connection closed under the request; again on a new one");
+                continue;
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

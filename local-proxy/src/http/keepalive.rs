@@ -13,7 +13,11 @@
 //! ready and takes the newest one that is.
 //!
 //! As hyper-util's: a request that a reused connection could not even start (the upstream
-//! closed it while idle) goes out again on another connection, whatever its method; idle
+//! closed it while idle) goes out again on another connection, whatever its method. One that
+//! went out on a reused connection which then closed or broke before any answer is
+//! [`SendError::Stale`], for the caller to send once more on a new connection if it may (as
+//! nginx and Go's client do for idempotent requests: the upstream closed the connection as the
+//! request arrived, its keep-alive timeout or a restart, so it never read it); idle
 //! connections are closed after `IDLE_TIMEOUT`; a request future dropped mid-way (the
 //! upstream timeout) closes its connection. A sweep every `IDLE_TIMEOUT` closes what a checkout
 //! did not pass over, so an idle connection lives 30 to 60 s.
@@ -61,6 +65,9 @@ pub enum SendError {
     /// No connection: refused, unreachable, timed out, TLS failed. Nothing was sent.
     #[error("connect")]
     Connect(#[source] BoxError),
+    /// A reused connection closed or broke after the request went out, before any answer.
+    #[error("kept-alive connection closed")]
+    Stale(#[source] hyper::Error),
     /// The connection broke or the upstream answered with something that is not HTTP.
     #[error("request")]
     Request(#[source] hyper::Error),
@@ -116,12 +123,13 @@ impl Connections {
         Self { inner: Arc::new(Inner { connector, idle: Mutex::new(Vec::new()), sweeping: AtomicBool::new(false) }) }
     }
 
-    /// Send `req` (origin-form URI) to `upstream` on an idle connection or a new one. The
-    /// [`Lease`] holds the connection until the response body ends ([`Returning`]).
+    /// Send `req` (origin-form URI) to `upstream` on an idle connection (if `reuse`) or a new
+    /// one. The [`Lease`] holds the connection until the response body ends ([`Returning`]).
     pub async fn send(
         &self,
         upstream: &Upstream,
         mut req: Request<RequestBody>,
+        reuse: bool,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = host_header(upstream) {
@@ -130,7 +138,7 @@ impl Connections {
         }
         // Each pass takes an idle connection out of the list, or opens the last one.
         loop {
-            let (mut sender, reused) = match self.checkout(upstream) {
+            let (mut sender, reused) = match reuse.then(|| self.checkout(upstream)).flatten() {
                 Some((sender, long_idle)) if long_idle => {
                     // Polled after the loop has polled its sockets (tokio defers a yield).
                     tokio::task::yield_now().await;
@@ -156,6 +164,7 @@ impl Connections {
                         debug!(upstream = %upstream, error = %e.error(), "idle connection gone; another one");
                         req = back;
                     }
+                    _ if reused && broke(e.error()) => return Err(SendError::Stale(e.into_error())),
                     _ => return Err(SendError::Request(e.into_error())),
                 },
             }
@@ -197,6 +206,12 @@ impl Connections {
     fn idle(&self) -> usize {
         self.inner.lock().iter().map(|l| l.conns.len()).sum()
     }
+}
+
+/// Whether a request failed because its connection closed or broke before an answer, not
+/// because of what the upstream sent.
+fn broke(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// The Host header hyper-util's client set when a request had none: the upstream's host, and
@@ -389,7 +404,7 @@ mod tests {
 
     /// Send and read the whole answer through [`Returning`], as the proxy does.
     async fn fetch(c: &Connections, to: &Upstream) -> String {
-        let (resp, lease) = c.send(to, get()).await.unwrap();
+        let (resp, lease) = c.send(to, get(), true).await.unwrap();
         let body = Returning::new(resp.into_body(), lease).collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
@@ -446,7 +461,7 @@ mod tests {
     async fn a_body_dropped_before_its_end_takes_its_connection_along() {
         let (to, accepted) = upstream(true).await;
         let c = connections();
-        let (resp, lease) = c.send(&to, get()).await.unwrap();
+        let (resp, lease) = c.send(&to, get(), true).await.unwrap();
         drop(Returning::new(resp.into_body(), lease));
         settle().await;
         assert_eq!(c.idle(), 0);
@@ -474,7 +489,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let to = Upstream { tls: false, authority: addr.to_string().parse().unwrap() };
-        let err = connections().send(&to, get()).await.err().expect("refused");
+        let err = connections().send(&to, get(), true).await.err().expect("refused");
         assert!(err.is_connect(), "{err:?}");
     }
 
@@ -536,9 +551,62 @@ mod tests {
         // connection has been idle past RECHECK_AFTER when the next request takes it.
         close_tx.send(()).unwrap();
         std::thread::sleep(RECHECK_AFTER + Duration::from_millis(200));
-        let second = rt.block_on(async { c.send(&to, get()).await.map(|(r, _)| r.status()) });
+        let second = rt.block_on(async { c.send(&to, get(), true).await.map(|(r, _)| r.status()) });
         assert_eq!(second.expect("the second request").as_u16(), 200);
         assert_eq!(server.join().unwrap(), 2);
+    }
+
+    /// An upstream that answers `answered` requests on each connection, then reads the next
+    /// and closes without a word (its keep-alive timeout struck as the request arrived);
+    /// counts the requests it read.
+    async fn closing_after(answered: usize) -> (Upstream, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    for i in 0..=answered {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                                _ => return,
+                            }
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if i < answered {
+                            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+                        }
+                    }
+                });
+            }
+        });
+        (Upstream { tls: false, authority: addr.to_string().parse().unwrap() }, requests)
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_under_a_request_is_stale_and_a_new_one_serves_it() {
+        let (to, requests) = closing_after(1).await;
+        let c = connections();
+        assert_eq!(fetch(&c, &to).await, "hello");
+        settle().await;
+        assert_eq!(c.idle(), 1);
+        let err = c.send(&to, get(), true).await.err().expect("closed under the request");
+        assert!(matches!(err, SendError::Stale(_)), "{err:?}");
+        // The caller's retry, on a new connection.
+        let (resp, _) = c.send(&to, get(), false).await.expect("a new connection answers");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+
+        // A new connection closed under its first request kept nothing alive: not stale.
+        let (to, _) = closing_after(0).await;
+        let err = c.send(&to, get(), true).await.err().expect("closed under the request");
+        assert!(matches!(err, SendError::Request(_)), "{err:?}");
     }
 
     /// A body ending outside any runtime (dropped at shutdown) gives its connection back
@@ -550,7 +618,7 @@ mod tests {
         let body = rt.block_on(async {
             let (to, _) = upstream(true).await;
             let head = Request::head("/").body(super::super::upstream::empty()).unwrap();
-            let (resp, lease) = c.send(&to, head).await.unwrap();
+            let (resp, lease) = c.send(&to, head, true).await.unwrap();
             Returning::new(resp.into_body(), lease)
         });
         drop(body);
