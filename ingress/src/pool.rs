@@ -634,7 +634,8 @@ impl Pool {
         }
         let HealthConfig { rise, fall, .. } = self.cfg.health;
         // A real connect failing may take a path down only if something else can serve, and
-        // only if nothing got through on it meanwhile.
+        // only if nothing got through on it meanwhile; one that something outlived does not
+        // even count toward the fall (with a lost probe it would make one).
         let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
         // 0: nothing ever got through (the clock starts at the first call, so `began` of a
         // failure in the process's first moments saturates to 0 too, and must still count).
@@ -656,7 +657,12 @@ impl Pool {
         }
         let transition = match path.state.health.lock() {
             Ok(mut h) => {
-                let t = h.record(outcome, source, rise, fall, others_usable && since_ok);
+                let t = if outcome == Outcome::Failed && !since_ok {
+                    h.record_outlived_failure();
+                    None
+                } else {
+                    h.record(outcome, source, rise, fall, others_usable)
+                };
                 let ns = h.latency_avg.map_or(0, |l| (l.as_nanos() as u64).max(1));
                 path.state.latency_ns.store(ns, Ordering::Relaxed);
                 t
@@ -1519,7 +1525,25 @@ pub(crate) mod tests {
         assert!(p.paths[0].is_up(), "timed-out connects older than a success");
         std::thread::sleep(Duration::from_millis(3));
         p.record_connect(0, Outcome::Failed, Duration::from_micros(500));
+        assert!(p.paths[0].is_up(), "the outlived failures are no part of the run a fall needs");
+        p.record_connect(0, Outcome::Failed, Duration::from_micros(500));
         assert!(!p.paths[0].is_up(), "failures with nothing through since");
+    }
+
+    /// The flap a steady 5 % loss once made (netns scenario_quality): a connect that failed
+    /// while others got through, then one lost probe, took the path down (fall 2) and the
+    /// next probe brought it back. Two lost probes in a row still do.
+    #[test]
+    fn an_outlived_connect_failure_and_one_lost_probe_are_no_fall() {
+        let p = pool(&[1, 1], false);
+        let ok = Outcome::Ok { latency: Duration::from_millis(1) };
+        p.record_connect(0, ok, Duration::from_millis(1));
+        p.record_connect(0, Outcome::Failed, Duration::from_millis(300));
+        p.record(0, Outcome::Failed, Source::Probe);
+        assert!(p.paths[0].is_up(), "one lost probe after an outlived failure");
+        assert!(p.paths[0].health_snapshot().fail_avg > 0.25, "both still count as loss");
+        p.record(0, Outcome::Failed, Source::Probe);
+        assert!(!p.paths[0].is_up(), "two lost probes in a row");
     }
 
     /// Two flows whose replies stopped take wan1 down (fall 2) while wan2 is up; one alone

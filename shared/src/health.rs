@@ -63,11 +63,7 @@ impl HealthState {
         fall: u32,
         may_go_down: bool,
     ) -> Option<Transition> {
-        // Traffic gives many more samples than probes, so it moves the averages less.
-        let alpha = match source {
-            Source::Probe => 0.25,
-            Source::Traffic => 0.05,
-        };
+        let alpha = alpha(source);
         match outcome {
             Outcome::Ok { latency } => {
                 self.fail_avg *= 1.0 - alpha;
@@ -99,6 +95,15 @@ impl HealthState {
         None
     }
 
+    /// A real attempt that failed while others on the path got through after it began: the
+    /// path delivers worse (the failure average moves), but this failure does not join the
+    /// run of failures a fall needs. Counted in it, one such and one lost probe took a path
+    /// with 5 % loss down while most of its connects got through.
+    pub fn record_outlived_failure(&mut self) {
+        let alpha = alpha(Source::Traffic);
+        self.fail_avg = self.fail_avg * (1.0 - alpha) + alpha;
+    }
+
     /// Between states: up with failures pending, or down with successes pending.
     pub fn transitional(&self) -> bool {
         (self.up && self.fail_run > 0) || (!self.up && self.ok_run > 0)
@@ -115,6 +120,15 @@ impl HealthState {
             _ => 1.0,
         };
         (loss * lat).clamp(0.02, 1.0)
+    }
+}
+
+/// How far one outcome moves the averages: traffic gives many more samples than probes, so
+/// each moves them less.
+fn alpha(source: Source) -> f64 {
+    match source {
+        Source::Probe => 0.25,
+        Source::Traffic => 0.05,
     }
 }
 
