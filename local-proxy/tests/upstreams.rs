@@ -444,9 +444,9 @@ async fn closing_after(answered: usize, lines: [&'static str; 2]) -> (u16, [Arc<
     (port, counts)
 }
 
-/// A GET whose kept-alive upstream connection closes under it goes out again on a new
-/// connection to the same upstream, the site's only one, and is answered; a POST is not sent
-/// twice: 502, as nginx and Go's client do.
+/// A GET whose kept-alive upstream connection, idle a while, closes under it goes out again
+/// on a new connection to the same upstream, the site's only one, and is answered; a POST is
+/// not sent twice: 502, as nginx and Go's client do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_connection_closed_under_it_is_sent_again_on_a_new_one() {
     let (port, [gets, posts]) = closing_after(1, ["GET /page ", "POST /page "]).await;
@@ -456,10 +456,13 @@ async fn a_get_on_a_connection_closed_under_it_is_sent_again_on_a_new_one() {
     .await;
     let c = client();
     for i in 0..4 {
+        // Idle past keepalive::COPY_AFTER (100 ms), as between a home's requests.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(request(&c, proxy.mesh_http, "GET", "/page", "").await, (200, "ok".to_string()), "GET {i}");
     }
     // Every GET after the first met the connection the one before had used, closing.
     assert_eq!(gets.load(Ordering::Relaxed), 7);
+    tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(request(&c, proxy.mesh_http, "POST", "/page", "order").await.0, 502);
     assert_eq!(posts.load(Ordering::Relaxed), 1, "the POST was not sent twice");
 }

@@ -6,10 +6,10 @@
 //! `replay`), as many times as there are upstreams; an idempotent request (GET, HEAD,
 //! OPTIONS, PUT, DELETE) without a body or with one of at most `replay::BUFFER_MAX` bytes
 //! (read whole first) that fails after it was sent, before any response byte, is sent once
-//! more elsewhere; such a request whose kept-alive connection closed under it (the upstream's
-//! keep-alive timeout struck as it arrived, so it was never read) goes once to the same
-//! upstream on a new connection first, as nginx and Go's client do, and is not counted
-//! against the upstream; anything else (a POST) fails with 502, and a request with no answer within
+//! more elsewhere; such a request whose kept-alive connection, idle a while, closed under it
+//! (the upstream's keep-alive timeout struck as it arrived, so it was never read) goes once to
+//! the same upstream on a new connection first, as nginx and Go's client do, and is not
+//! counted against the upstream; anything else (a POST) fails with 502, and a request with no answer within
 //! `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no usable
 //! upstream: 503 and Retry-After.
 
@@ -131,13 +131,13 @@ async fn proxy(
         *attempt.uri_mut() = Uri::from(path.clone());
         *attempt.version_mut() = Version::HTTP_11;
         // Each attempt but a stale retry goes to a different upstream: the last one possible
-        // takes the headers instead of copying them (with one upstream, every request that
-        // cannot be sent twice, and every retry).
-        let last = attempts - usize::from(stale_retried) >= pool.members.len() && (stale_retried || !replayable);
+        // takes the headers instead of copying them (with one upstream, every request); a
+        // stale one gives them back.
+        let last = attempts - usize::from(stale_retried) >= pool.members.len();
         *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt, !fresh)).await;
+        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt, !fresh, replayable)).await;
         *seen = Some(UpstreamSeen {
             upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
             status: match &answer {
@@ -156,11 +156,14 @@ async fn proxy(
                 warn!(site = %site.host, upstream = %upstream, "upstream timed out");
                 return with_site_headers(pages::gateway_timeout(), route);
             }
-            Ok(Err(e @ SendError::Stale(_))) if replayable && !stale_retried => {
+            Ok(Err(SendError::Stale(e, headers))) if !stale_retried => {
                 // Not the upstream's failure: it closed an idle connection, as it may.
+                if last {
+                    parts.headers = *headers;
+                }
                 stale_retried = true;
                 stale = Some(i);
-                debug!(site = %site.host, upstream = %upstream, error = %error_chain(&e), "kept-alive connection closed under the request; again on a new one");
+                debug!(site = %site.host, upstream = %upstream, error = %e, "kept-alive connection closed under the request; again on a new one");
                 continue;
             }
             Ok(Err(e)) => {
