@@ -118,6 +118,10 @@ impl FlowEntry for Flow {
     fn last_active(&self) -> u64 {
         self.life.last_active()
     }
+
+    fn permits(&self) -> Option<&FlowPermits> {
+        self.life.permits()
+    }
 }
 
 /// What a flow's reply pump needs of its listener.

@@ -32,6 +32,11 @@ use tokio::task::JoinHandle;
 pub trait FlowEntry {
     /// Milliseconds (caller's epoch) of the last datagram either way.
     fn last_active(&self) -> u64;
+
+    /// Its budget slots, handed to the flow that takes its place ([`FlowTable::admit`]).
+    fn permits(&self) -> Option<&FlowPermits> {
+        None
+    }
 }
 
 /// Slots for flows: one per service (across its ports) and one for the process. A flow
@@ -92,6 +97,11 @@ impl FlowPermits {
         Some(Self { _slots: Arc::new((s, g)) })
     }
 
+    /// Whether nothing else holds these slots (the flow and its pump are gone).
+    fn sole(&self) -> bool {
+        Arc::strong_count(&self._slots) == 1
+    }
+
     /// The flow's reply pump, holding these slots until it ends or its aborted task is
     /// dropped: it holds the flow's socket until then too.
     pub fn held_by<F: Future<Output = ()>>(&self, pump: F) -> Holding<F> {
@@ -125,12 +135,12 @@ impl<F: Future> Future for Holding<F> {
 pub struct FlowLife {
     last: Arc<AtomicU64>,
     pump: JoinHandle<()>,
-    _permits: FlowPermits,
+    permits: FlowPermits,
 }
 
 impl FlowLife {
     pub fn new(last: Arc<AtomicU64>, pump: JoinHandle<()>, permits: FlowPermits) -> Self {
-        Self { last, pump, _permits: permits }
+        Self { last, pump, permits }
     }
 
     /// A datagram went to the upstream at `now` (the table's clock).
@@ -142,6 +152,10 @@ impl FlowLife {
 impl FlowEntry for FlowLife {
     fn last_active(&self) -> u64 {
         self.last.load(Ordering::Relaxed)
+    }
+
+    fn permits(&self) -> Option<&FlowPermits> {
+        Some(&self.permits)
     }
 }
 
@@ -225,8 +239,9 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
 
     /// Slots for a new flow: free ones, or those of the flow silent longest if it has been
     /// silent `min_idle_ms` (handed to `evicted`); `None` when every flow is talking.
-    /// An evicted flow's slots come back when the loop drops its aborted pump, so this
-    /// yields to the loop before evicting another: one new source costs one flow.
+    /// An evicted flow's slots are free once the loop has dropped its aborted pump (and
+    /// socket): this yields to the loop for that and takes them over itself, so that no other
+    /// table on the loop takes them meanwhile. One new source costs one flow.
     pub async fn admit(
         &mut self,
         now: u64,
@@ -238,14 +253,20 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
             if let Some(p) = acquire() {
                 return Some(p);
             }
-            evicted(self.evict_idlest(now, min_idle_ms)?);
+            let flow = self.evict_idlest(now, min_idle_ms)?;
+            let slots = flow.permits().cloned();
+            evicted(flow);
+            let Some(slots) = slots else { continue };
             // On a current-thread loop one yield runs the aborted pump, queued before this
             // task; the second is for a runtime where another thread may hold it.
             for _ in 0..2 {
-                tokio::task::yield_now().await;
-                if let Some(p) = acquire() {
-                    return Some(p);
+                if slots.sole() {
+                    return Some(slots);
                 }
+                tokio::task::yield_now().await;
+            }
+            if slots.sole() {
+                return Some(slots);
             }
         }
     }
@@ -449,6 +470,50 @@ mod tests {
             t.get(&addr(2)).expect("kept").touch(1000);
             assert!(t.admit(1000, 250, acquire, |_| evicted += 1).await.is_none());
             assert_eq!((evicted, t.len()), (1, 2));
+        });
+    }
+
+    /// Wakes a task when dropped, as a datagram wakes another listener's loop.
+    struct Wakes(Arc<tokio::sync::Notify>);
+    impl Drop for Wakes {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    #[test]
+    fn an_evicted_flows_slots_go_to_the_new_source_not_to_another_table() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let service = FlowBudget::new(2);
+            let global = FlowBudget::new(usize::MAX);
+            let woken = Arc::new(tokio::sync::Notify::new());
+            let mut t = FlowTable::new(60_000);
+            for i in 0..2 {
+                let p = FlowPermits::acquire(&service, &global).expect("slot");
+                let wakes = Wakes(woken.clone());
+                let pump = tokio::spawn(p.held_by(async move {
+                    let _wakes = wakes;
+                    std::future::pending::<()>().await
+                }));
+                t.insert(addr(i), FlowLife::new(Arc::new(AtomicU64::new(0)), pump, p), 0);
+            }
+            // Another listener of the service on this loop, woken just as the evicted flow's
+            // pump is dropped, asks for a slot before the admitting one runs again.
+            let (s, g) = (service.clone(), global.clone());
+            let other = tokio::spawn(async move {
+                woken.notified().await;
+                FlowPermits::acquire(&s, &g)
+            });
+            let (s, g) = (service.clone(), global.clone());
+            let mine = tokio::spawn(async move {
+                let p = t.admit(1000, 250, || FlowPermits::acquire(&s, &g), |_| {}).await;
+                (p, t)
+            });
+            let (mine, t) = mine.await.expect("task");
+            assert!(mine.is_some());
+            assert!(other.await.expect("task").is_none(), "the other table took the evicted flow's slot");
+            assert_eq!((t.len(), service.used()), (1, 2), "one flow evicted for one new source");
         });
     }
 

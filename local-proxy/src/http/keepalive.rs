@@ -15,12 +15,13 @@
 //! As hyper-util's: a request that a reused connection could not even start (the upstream
 //! closed it while idle) goes out again on another connection, whatever its method. One that
 //! may be sent twice and went out on a connection idle for [`COPY_AFTER`], which then closed
-//! or broke before any answer, is [`SendError::Stale`] with a copy of its headers, for the
-//! caller to send once more on a new connection (as nginx and Go's client do: the upstream
-//! closed the connection as the request arrived, its keep-alive timeout, so never read it); idle
-//! connections are closed after `IDLE_TIMEOUT`; a request future dropped mid-way (the
-//! upstream timeout) closes its connection. A sweep every `IDLE_TIMEOUT` closes what a checkout
-//! did not pass over, so an idle connection lives 30 to 60 s.
+//! or was reset before a whole answer and within [`STALE_WITHIN`], is [`SendError::Stale`]
+//! with a copy of its headers, for the caller to send once more on a new connection (as nginx
+//! and Go's client do: the upstream closed the connection as the request arrived, its
+//! keep-alive timeout, so never read it); idle connections are closed after `IDLE_TIMEOUT`; a
+//! request future dropped mid-way (the upstream timeout) closes its connection. A sweep every
+//! `IDLE_TIMEOUT` closes what a checkout did not pass over, so an idle connection lives 30 to
+//! 60 s.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -66,6 +67,11 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// about 1,400 instructions of 50,000 (bench/instructions).
 const COPY_AFTER: Duration = Duration::from_millis(100);
 
+/// A connection closed under a request fails it within a round trip of sending. Later, the
+/// upstream had the request and worked on it (then crashed, or cut the answer short): that is
+/// its own failure, and the request is not sent again to it.
+const STALE_WITHIN: Duration = Duration::from_secs(1);
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -101,6 +107,8 @@ struct Inner {
     idle: Mutex<Vec<Idle>>,
     /// Whether the task that closes expired idle connections runs.
     sweeping: AtomicBool,
+    /// [`COPY_AFTER`]; tests set their own.
+    copy_after: Duration,
 }
 
 struct Idle {
@@ -128,7 +136,12 @@ impl std::fmt::Debug for Connections {
 
 impl Connections {
     pub fn new(connector: HttpsConnector<HttpConnector>) -> Self {
-        Self { inner: Arc::new(Inner { connector, idle: Mutex::new(Vec::new()), sweeping: AtomicBool::new(false) }) }
+        Self::copying_after(connector, COPY_AFTER)
+    }
+
+    fn copying_after(connector: HttpsConnector<HttpConnector>, copy_after: Duration) -> Self {
+        let idle = Mutex::new(Vec::new());
+        Self { inner: Arc::new(Inner { connector, idle, sweeping: AtomicBool::new(false), copy_after }) }
     }
 
     /// Send `req` (origin-form URI) to `upstream` on an idle connection (if `reuse`) or a new
@@ -165,7 +178,9 @@ impl Connections {
                 None => (Box::pin(self.connect(upstream)).await?, None),
             };
             let reused = idle.is_some();
-            let copy = idle.filter(|&i| resendable && i >= COPY_AFTER).map(|_| Box::new(req.headers().clone()));
+            let copy = idle
+                .filter(|&i| resendable && i >= self.inner.copy_after)
+                .map(|_| (Box::new(req.headers().clone()), Instant::now()));
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     return Ok((resp, Lease { sender, pool: Arc::downgrade(&self.inner), upstream: upstream.clone() }))
@@ -176,7 +191,9 @@ impl Connections {
                         debug!(upstream = %upstream, error = %e.error(), "idle connection gone; another one");
                         req = back;
                     }
-                    (None, Some(headers)) if broke(e.error()) => return Err(SendError::Stale(e.into_error(), headers)),
+                    (None, Some((headers, sent))) if closed_under(e.error(), sent) => {
+                        return Err(SendError::Stale(e.into_error(), headers))
+                    }
                     _ => return Err(SendError::Request(e.into_error())),
                 },
             }
@@ -220,10 +237,14 @@ impl Connections {
     }
 }
 
-/// Whether a request failed because its connection closed or broke before an answer, not
-/// because of what the upstream sent.
-fn broke(e: &hyper::Error) -> bool {
-    e.is_incomplete_message() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+/// Whether a request sent at `sent` failed because its connection was closed under it: closed
+/// or reset before a whole answer, within [`STALE_WITHIN`]. Not an answer that is not HTTP.
+fn closed_under(e: &hyper::Error, sent: Instant) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let reset = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof));
+    sent.elapsed() < STALE_WITHIN && (e.is_incomplete_message() || reset)
 }
 
 /// The Host header hyper-util's client set when a request had none: the upstream's host, and
@@ -569,9 +590,9 @@ mod tests {
     }
 
     /// An upstream that answers `answered` requests on each connection, then reads the next
-    /// and closes without a word (its keep-alive timeout struck as the request arrived);
-    /// counts the requests it read.
-    async fn closing_after(answered: usize) -> (Upstream, Arc<AtomicUsize>) {
+    /// and, after `working` (0: its keep-alive timeout struck as the request arrived), closes
+    /// without a word; counts the requests it read.
+    async fn closing_after(answered: usize, working: Duration) -> (Upstream, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -591,7 +612,9 @@ mod tests {
                             }
                         }
                         count.fetch_add(1, Ordering::SeqCst);
-                        if i < answered {
+                        if i == answered {
+                            tokio::time::sleep(working).await;
+                        } else {
                             let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
                         }
                     }
@@ -603,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_idle_a_while_closed_under_a_request_is_stale_and_a_new_one_serves_it() {
-        let (to, requests) = closing_after(1).await;
+        let (to, requests) = closing_after(1, Duration::ZERO).await;
         let c = connections();
         assert_eq!(fetch(&c, &to).await, "hello");
         settle().await;
@@ -622,21 +645,35 @@ mod tests {
 
     #[tokio::test]
     async fn no_copy_no_stale_under_load_for_a_request_sent_once_or_on_a_new_connection() {
-        let c = connections();
-        // Reused at once, as under load: kept no copy, so a plain request error.
-        let (to, _) = closing_after(1).await;
-        assert_eq!(fetch(&c, &to).await, "hello");
+        // Reused before COPY_AFTER, as under load (an hour here, so a stalled machine cannot
+        // make it longer): kept no copy, so a plain request error.
+        let (to, _) = closing_after(1, Duration::ZERO).await;
+        let quick = super::super::upstream::per_loop(false, None, Duration::from_secs(2), 1, |connector| {
+            Connections::copying_after(connector, Duration::from_secs(3600))
+        })
+        .unwrap()
+        .get()
+        .clone();
+        assert_eq!(fetch(&quick, &to).await, "hello");
         settle().await;
-        let err = c.send(&to, get(), true, true).await.err().expect("closed under the request");
+        let err = quick.send(&to, get(), true, true).await.err().expect("closed under the request");
         assert!(matches!(err, SendError::Request(_)), "{err:?}");
         // A request the caller will not send twice.
+        let c = connections();
         assert_eq!(fetch(&c, &to).await, "hello");
         settle().await;
         tokio::time::sleep(COPY_AFTER).await;
         let err = c.send(&to, get(), true, false).await.err().expect("closed under the request");
         assert!(matches!(err, SendError::Request(_)), "{err:?}");
+        // Closed after working on it a while: the upstream's own failure.
+        let (to, _) = closing_after(1, STALE_WITHIN + Duration::from_millis(200)).await;
+        assert_eq!(fetch(&c, &to).await, "hello");
+        settle().await;
+        tokio::time::sleep(COPY_AFTER).await;
+        let err = c.send(&to, get(), true, true).await.err().expect("closed under the request");
+        assert!(matches!(err, SendError::Request(_)), "{err:?}");
         // A new connection closed under its first request kept nothing alive.
-        let (to, _) = closing_after(0).await;
+        let (to, _) = closing_after(0, Duration::ZERO).await;
         let err = c.send(&to, get(), true, true).await.err().expect("closed under the request");
         assert!(matches!(err, SendError::Request(_)), "{err:?}");
     }

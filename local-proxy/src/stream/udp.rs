@@ -77,6 +77,10 @@ impl FlowEntry for Flow {
     fn last_active(&self) -> u64 {
         self.life.last_active()
     }
+
+    fn permits(&self) -> Option<&FlowPermits> {
+        self.life.permits()
+    }
 }
 
 impl Drop for Flow {
