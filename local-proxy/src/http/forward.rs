@@ -38,18 +38,19 @@ use crate::pool::{Active, Tried};
 /// Seconds a client is told to wait when no upstream is usable (about a check round).
 const RETRY_AFTER: &str = "5";
 
-/// Send `req` to one of the site's upstreams and build the client's response; the last
-/// upstream tried, its status and latency go in the response's extensions (access log).
+/// Send `req` to one of the site's upstreams and build the client's response; if `logged`,
+/// the last upstream tried, its status and latency go in the response's extensions.
 pub async fn forward(
     req: Request<ClientBody>,
     route: &Target<'_>,
     conn: &Conn,
     host: Option<&str>,
     timeout: Duration,
+    logged: bool,
 ) -> Response<Body> {
     let mut seen = None;
     let mut resp = proxy(req, route, conn, host, timeout, &mut seen).await;
-    if let Some(seen) = seen {
+    if let Some(seen) = seen.filter(|_| logged) {
         resp.extensions_mut().insert(seen);
     }
     resp

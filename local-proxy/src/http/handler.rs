@@ -46,7 +46,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Bod
     let busy = req.extensions_mut().remove::<BodyBusy>();
     let req = req.map(|body| ClientBody::new(body, counter, busy));
 
-    let (resp, label) = respond(req, &conn, host.as_deref(), route).await;
+    let (resp, label) = respond(req, &conn, host.as_deref(), route, entry.is_some()).await;
     let seconds = start.elapsed().as_secs_f64();
     match (&counted, label) {
         // The usual request: a site's, counted by its status class on the site's kept metrics.
@@ -78,12 +78,15 @@ fn status_class(status: StatusCode) -> usize {
     }
 }
 
-/// The response, and a result label when it is not just the status class.
+/// The response, and a result label when it is not just the status class. `logged`: what
+/// the access log wants to know goes in the response's extensions (a map allocated per
+/// response, so not when nothing reads it).
 async fn respond(
     req: Request<ClientBody>,
     conn: &Conn,
     host: Option<&str>,
     route: Option<Arc<SiteRoute>>,
+    logged: bool,
 ) -> (Response<Body>, Option<&'static str>) {
     let path = req.uri().path();
 
@@ -123,12 +126,12 @@ async fn respond(
         super::headers::apply_response(resp.headers_mut(), &route.site.response_headers);
         return (resp, Some("bad_path"));
     };
-    let mut seen = RouteSeen { route: target.route.map(str::to_string), user: None };
+    let mut seen = logged.then(|| RouteSeen { route: target.route.map(str::to_string), user: None });
     let after = match super::middleware::before(&req, conn.info.client.ip(), &target) {
         Before::Go(after) => after,
         Before::Answer(mut resp, label) => {
             super::headers::apply_response(resp.headers_mut(), target.response_headers);
-            resp.extensions_mut().insert(seen);
+            mark(&mut resp, seen);
             return (resp, Some(label));
         }
     };
@@ -136,7 +139,7 @@ async fn respond(
     if is_blocked(path, &route.site.blocked_paths) {
         let mut resp = pages::not_found("Nothing here.");
         super::headers::apply_response(resp.headers_mut(), target.response_headers);
-        resp.extensions_mut().insert(seen);
+        mark(&mut resp, seen);
         return (after.finish(resp), Some("blocked"));
     }
     let mut req = req;
@@ -148,11 +151,13 @@ async fn respond(
         match auth.check(&req, conn, host, target.host, target.route).await {
             Verdict::Allow { headers, user } => {
                 forward_auth::apply(req.headers_mut(), auth.response_headers(), headers);
-                seen.user = user;
+                if let Some(seen) = seen.as_mut() {
+                    seen.user = user;
+                }
             }
             Verdict::Deny(mut resp, label) => {
                 super::headers::apply_response(resp.headers_mut(), target.response_headers);
-                resp.extensions_mut().insert(seen);
+                mark(&mut resp, seen);
                 return (after.finish(resp), Some(label));
             }
         }
@@ -160,9 +165,16 @@ async fn respond(
     super::headers::apply_request(req.headers_mut(), target.request_headers);
 
     let timeout = conn.state.config.load().http.upstream_timeout;
-    let mut resp = after.finish(forward(req, &target, conn, host, timeout).await);
-    resp.extensions_mut().insert(seen);
+    let mut resp = after.finish(forward(req, &target, conn, host, timeout, logged).await);
+    mark(&mut resp, seen);
     (resp, None)
+}
+
+/// Leave the route and user for the access log, when it wants them.
+fn mark(resp: &mut Response<Body>, seen: Option<RouteSeen>) {
+    if let Some(seen) = seen {
+        resp.extensions_mut().insert(seen);
+    }
 }
 
 /// Health as the ingress sees it: 200 when we can serve, 503 with the reason otherwise.
