@@ -86,7 +86,7 @@ impl Drop for FlowPermit {
 /// its reply pump: given back when both are gone.
 #[derive(Debug, Clone)]
 pub struct FlowPermits {
-    _slots: Arc<(FlowPermit, FlowPermit)>,
+    slots: Arc<(FlowPermit, FlowPermit)>,
 }
 
 impl FlowPermits {
@@ -94,12 +94,12 @@ impl FlowPermits {
     pub fn acquire(service: &Arc<FlowBudget>, global: &Arc<FlowBudget>) -> Option<Self> {
         let s = service.try_acquire()?;
         let g = global.try_acquire()?;
-        Some(Self { _slots: Arc::new((s, g)) })
+        Some(Self { slots: Arc::new((s, g)) })
     }
 
     /// Whether nothing else holds these slots (the flow and its pump are gone).
     fn sole(&self) -> bool {
-        Arc::strong_count(&self._slots) == 1
+        Arc::strong_count(&self.slots) == 1
     }
 
     /// The flow's reply pump, holding these slots until it ends or its aborted task is

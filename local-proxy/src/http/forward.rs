@@ -9,9 +9,9 @@
 //! more elsewhere; such a request whose kept-alive connection, idle a while, closed under it
 //! (the upstream's keep-alive timeout struck as it arrived, so it was never read) goes once to
 //! the same upstream on a new connection first, as nginx and Go's client do, and is not
-//! counted against the upstream; anything else (a POST) fails with 502, and a request with no answer within
-//! `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no usable
-//! upstream: 503 and Retry-After.
+//! counted against the upstream; anything else (a POST) fails with 502, and a request with no
+//! answer within `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no
+//! usable upstream: 503 and Retry-After.
 
 use std::sync::Arc;
 use std::time::Duration;

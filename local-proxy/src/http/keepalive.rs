@@ -78,8 +78,9 @@ pub enum SendError {
     /// No connection: refused, unreachable, timed out, TLS failed. Nothing was sent.
     #[error("connect")]
     Connect(#[source] BoxError),
-    /// A connection idle for [`COPY_AFTER`] or more closed or broke after the request went
-    /// out, before any answer; the request's headers, to send it again.
+    /// A connection idle for [`COPY_AFTER`] or more was closed or reset under the request,
+    /// before a whole answer and within [`STALE_WITHIN`]; the request's headers, to send it
+    /// again.
     #[error("kept-alive connection closed")]
     Stale(#[source] hyper::Error, Box<HeaderMap>),
     /// The connection broke or the upstream answered with something that is not HTTP.
