@@ -428,10 +428,9 @@ mod tests {
         assert_eq!(service.used(), 0, "expired flows gave their slots back");
     }
 
-    /// A flow as the relays make one: its pump holds the socket (here a count of open
-    /// ones) and the slots, and is aborted when the flow goes.
-    fn relayed(permits: FlowPermits, socket: &Arc<()>, now: u64) -> FlowLife {
-        let socket = socket.clone();
+    /// A flow as the relays make one: its pump holds the socket (here a stand-in: a count
+    /// of open ones, or a wake-up on drop) and the slots, and is aborted when the flow goes.
+    fn relayed(permits: FlowPermits, socket: impl Send + 'static, now: u64) -> FlowLife {
         let pump = tokio::spawn(permits.held_by(async move {
             let _socket = socket;
             std::future::pending::<()>().await
@@ -450,7 +449,7 @@ mod tests {
             let acquire = || FlowPermits::acquire(&service, &global);
             let mut t = FlowTable::new(60_000);
             for i in 0..2 {
-                t.insert(addr(i), relayed(acquire().expect("slot"), &socket, 0), 0);
+                t.insert(addr(i), relayed(acquire().expect("slot"), socket.clone(), 0), 0);
             }
             tokio::task::yield_now().await; // the pumps run up to their first wait
                                             // A flow removed: its pump still has the socket until the loop drops it.
@@ -458,13 +457,13 @@ mod tests {
             assert_eq!((open(&socket), service.used()), (2, 2), "the socket outlived its slot");
             tokio::task::yield_now().await;
             assert_eq!((open(&socket), service.used()), (1, 1));
-            t.insert(addr(2), relayed(acquire().expect("slot"), &socket, 10), 10);
+            t.insert(addr(2), relayed(acquire().expect("slot"), socket.clone(), 10), 10);
 
             // A new source at the cap: one flow makes room, and its socket is closed first.
             let mut evicted = 0;
             let p = t.admit(1000, 250, acquire, |_| evicted += 1).await.expect("room");
             assert_eq!((evicted, t.len(), open(&socket)), (1, 1, 1), "one source, one eviction");
-            t.insert(addr(3), relayed(p, &socket, 1000), 1000);
+            t.insert(addr(3), relayed(p, socket.clone(), 1000), 1000);
             assert_eq!((open(&socket), service.used()), (2, 2));
             // Every flow talking: nothing is evicted and nothing admitted.
             t.get(&addr(2)).expect("kept").touch(1000);
@@ -491,12 +490,7 @@ mod tests {
             let mut t = FlowTable::new(60_000);
             for i in 0..2 {
                 let p = FlowPermits::acquire(&service, &global).expect("slot");
-                let wakes = Wakes(woken.clone());
-                let pump = tokio::spawn(p.held_by(async move {
-                    let _wakes = wakes;
-                    std::future::pending::<()>().await
-                }));
-                t.insert(addr(i), FlowLife::new(Arc::new(AtomicU64::new(0)), pump, p), 0);
+                t.insert(addr(i), relayed(p, Wakes(woken.clone()), 0), 0);
             }
             // Another listener of the service on this loop, woken just as the evicted flow's
             // pump is dropped, asks for a slot before the admitting one runs again.
