@@ -49,8 +49,8 @@ pub async fn forward(
     logged: bool,
 ) -> Response<Body> {
     let mut seen = None;
-    let mut resp = proxy(req, route, conn, host, timeout, &mut seen).await;
-    if let Some(seen) = seen.filter(|_| logged) {
+    let mut resp = proxy(req, route, conn, host, timeout, logged.then_some(&mut seen)).await;
+    if let Some(seen) = seen {
         resp.extensions_mut().insert(seen);
     }
     resp
@@ -62,7 +62,8 @@ async fn proxy(
     conn: &Conn,
     host: Option<&str>,
     timeout: Duration,
-    seen: &mut Option<UpstreamSeen>,
+    // Only for a logged request: an `Arc` clone per attempt otherwise spent for nothing.
+    mut seen: Option<&mut Option<UpstreamSeen>>,
 ) -> Response<Body> {
     let site = route;
     let pool = route.pool;
@@ -138,16 +139,21 @@ async fn proxy(
         *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        let answer = tokio::time::timeout(timeout, route.client.send(upstream, attempt, !fresh, replayable)).await;
-        *seen = Some(UpstreamSeen {
-            upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
-            status: match &answer {
-                Ok(Ok((resp, _))) => Some(resp.status().as_u16()),
-                _ => None,
-            },
-            latency: start.elapsed(),
-            attempts,
-        });
+        // Due from `start`: one clock read less than `timeout`.
+        let answer =
+            tokio::time::timeout_at(start + timeout, route.client.send(upstream, attempt, !fresh, replayable)).await;
+        let latency = start.elapsed();
+        if let Some(seen) = seen.as_deref_mut() {
+            *seen = Some(UpstreamSeen {
+                upstream: pool.members.get(i).map_or_else(|| Arc::from(upstream.to_string()), |m| m.label.clone()),
+                status: match &answer {
+                    Ok(Ok((resp, _))) => Some(resp.status().as_u16()),
+                    _ => None,
+                },
+                latency,
+                attempts,
+            });
+        }
         match answer {
             Err(_) => {
                 metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "timeout")
@@ -193,7 +199,7 @@ async fn proxy(
                     state.count_failure("5xx");
                     pool.record(i, Outcome::Failed, Source::Traffic, Some("answered 5xx"));
                 } else {
-                    pool.record_ok(i, start.elapsed(), Source::Traffic);
+                    pool.record_ok(i, latency, Source::Traffic);
                 }
                 break (resp, lease, guard);
             }
