@@ -1,10 +1,11 @@
 //! UDP services: one receive loop per listening socket owns the flow table; each flow has
 //! a connected upstream socket (which demultiplexes replies) and one task pumping replies
-//! back to the client from the address it sent to. No task per datagram. Flows are
-//! admitted under the service's budget (all its ports) and the process's (the descriptor
-//! budget); replies are read into one buffer per worker thread, not one per flow
-//! (`shared::udp_relay`). On shutdown the flows stay for the replies still on their way
-//! (`udp_relay::linger`).
+//! back to the client from the address it sent to. No task per datagram: a busy listener's
+//! datagrams are read in batches, and a flow's run of them goes out in one GSO send
+//! (`shared::udp_batch`). Flows are admitted under the service's budget (all its ports) and
+//! the process's (the descriptor budget); replies are read into one buffer per worker
+//! thread, not one per flow (`shared::udp_relay`). On shutdown the flows stay for the
+//! replies still on their way (`udp_relay::linger`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -21,8 +23,9 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
+use shared::udp_batch::{Batch, Run, Segmenting, MAX_BATCH};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{linger, pump, send_now, send_with_header};
+use shared::udp_relay::{linger, pump, send_now};
 
 struct Flow {
     guard: ActiveGuard,
@@ -37,6 +40,8 @@ struct Flow {
     /// The replies the pump has passed back (for `udp_expect_replies`).
     answers: Arc<Answers>,
     watch: ReplyWatch,
+    /// Whether this flow's route takes UDP GSO, learned from its refusals.
+    segmenting: Segmenting,
 }
 
 /// A flow's replies as its pump sees them.
@@ -177,10 +182,10 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
-    let mut buf = vec![0u8; 65536];
+    let mut batch = Batch::default();
     let mut gone: Vec<Flow> = Vec::new();
     loop {
-        let received = tokio::select! {
+        let ready = tokio::select! {
             biased;
             _ = stop.changed() => {
                 linger(&table, now_ms).await;
@@ -196,92 +201,117 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 active.set(table.len() as f64);
                 continue;
             }
-            r = socket.recv_from(&mut buf) => r,
+            r = socket.readable() => r,
         };
-        let (n, client) = match received {
-            Ok(r) => r,
+        let received = ready.and_then(|()| socket.try_io(Interest::READABLE, || batch.recv(&socket)));
+        match received {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors surface here on some kernels; they concern one peer only.
                 tracing::debug!(listen = %local, error = %e, "udp receive error");
                 continue;
             }
-        };
-        c.dgrams_in.increment(1);
-        c.bytes_in.increment(n as u64);
+        }
         let now = now_ms();
         let svc = slot.load();
-        // Services that answer: a flow sending unanswered makes its path suspect. Judged
-        // before the move below, so the datagram that tips the path down already moves.
-        if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {
-            let path = flow.guard.path();
-            let timeout =
-                path.latency().map_or(svc.cfg.udp_reply_timeout, |l| (l * REPLY_RTTS).max(svc.cfg.udp_reply_timeout));
-            let replied = flow.answers.last.load(Ordering::Relaxed).checked_sub(1);
-            if let Some(silent) = flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
-                tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
-                svc.pool.reply_silence(path, Duration::from_millis(silent));
-            }
-            if replied.is_some() {
-                if let Some(r) = flow.watch.unanswered_ratio(flow.answers.count.load(Ordering::Relaxed)) {
-                    path.quality_sample(r);
+        // One flow's consecutive datagrams of one size, sent together once the run ends.
+        let mut run: Option<Run> = None;
+        for i in 0..batch.len() {
+            let Some((data, client)) = batch.get(i) else {
+                flush(&mut run, &batch, &mut table, &c);
+                continue;
+            };
+            let n = data.len();
+            c.dgrams_in.increment(1);
+            c.bytes_in.increment(n as u64);
+            // Services that answer: a flow sending unanswered makes its path suspect. Judged
+            // before the move below, so the datagram that tips the path down already moves.
+            if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {
+                let path = flow.guard.path();
+                let timeout = path
+                    .latency()
+                    .map_or(svc.cfg.udp_reply_timeout, |l| (l * REPLY_RTTS).max(svc.cfg.udp_reply_timeout));
+                let replied = flow.answers.last.load(Ordering::Relaxed).checked_sub(1);
+                if let Some(silent) = flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
+                    tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
+                    svc.pool.reply_silence(path, Duration::from_millis(silent));
+                }
+                if replied.is_some() {
+                    if let Some(r) = flow.watch.unanswered_ratio(flow.answers.count.load(Ordering::Relaxed)) {
+                        path.quality_sample(r);
+                    }
                 }
             }
-        }
-        // A flow whose path went down moves on its next datagram, not after the timeout.
-        let stale = table.get(&client).is_some_and(|f| {
-            !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
-        });
-        if stale {
-            if let Some(f) = table.remove(&client) {
-                flow_event(m::UDP_FLOWS_MIGRATED, &svc.cfg.name, &f.guard.path().name);
-            }
-        }
-        if table.get(&client).is_none() {
-            let port = svc.cfg.upstream_port.unwrap_or(local.port());
-            let header = svc.cfg.proxy_protocol.then(|| {
-                let mut h = Vec::with_capacity(52);
-                write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
-                h.into_boxed_slice()
+            // A flow whose path went down moves on its next datagram, not after the timeout.
+            let stale = table.get(&client).is_some_and(|f| {
+                !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
             });
-            // Room first: a flood of new sources at the cap must not cost a socket each. A
-            // new source takes the slot of this listener's longest-silent flow once that has
-            // been silent a moment, so a legitimate client is not locked out by a flood.
-            let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
-            let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
-            let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
-            let permits = table.admit(now, evict_idle, acquire, evicted).await;
-            let Some(permits) = permits else {
-                c.drop_flow_cap.increment(1);
-                tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
-                continue;
-            };
-            let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header, permits).await else {
-                c.drop_no_path.increment(1);
-                continue;
-            };
-            flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
-            // No flow of this client exists (checked above), so nothing is replaced.
-            drop(table.insert(client, flow, now));
-            active.set(table.len() as f64);
-        }
-        let Some(flow) = table.get(&client) else {
-            continue;
-        };
-        flow.life.touch(now);
-        // Never wait on one upstream: a full send queue drops this datagram, as a router would.
-        let sent = match &flow.header {
-            Some(h) => send_with_header(&flow.upstream, h, &buf[..n]),
-            None => send_now(&flow.upstream, &buf[..n], None),
-        };
-        match sent {
-            Ok(_) => {
-                let meter = &flow.guard.path().state.m_bytes_up;
-                meter.increment(n as u64);
-                meter.mark_busy(&flow.busy_mark);
+            if stale || table.get(&client).is_none() {
+                // What the run holds goes out before the table changes under it.
+                flush(&mut run, &batch, &mut table, &c);
             }
-            Err(_) => c.drop_send.increment(1),
+            if stale {
+                if let Some(f) = table.remove(&client) {
+                    flow_event(m::UDP_FLOWS_MIGRATED, &svc.cfg.name, &f.guard.path().name);
+                }
+            }
+            if table.get(&client).is_none() {
+                let port = svc.cfg.upstream_port.unwrap_or(local.port());
+                let header = svc.cfg.proxy_protocol.then(|| {
+                    let mut h = Vec::with_capacity(52);
+                    write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
+                    h.into_boxed_slice()
+                });
+                // Room first: a flood of new sources at the cap must not cost a socket each. A
+                // new source takes the slot of this listener's longest-silent flow once that has
+                // been silent a moment, so a legitimate client is not locked out by a flood.
+                let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
+                let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
+                let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
+                let permits = table.admit(now, evict_idle, acquire, evicted).await;
+                let Some(permits) = permits else {
+                    c.drop_flow_cap.increment(1);
+                    tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
+                    continue;
+                };
+                let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header, permits).await else {
+                    c.drop_no_path.increment(1);
+                    continue;
+                };
+                flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
+                // No flow of this client exists (checked above), so nothing is replaced.
+                drop(table.insert(client, flow, now));
+                active.set(table.len() as f64);
+            }
+            let Some(flow) = table.get(&client) else {
+                continue;
+            };
+            flow.life.touch(now);
+            let header = flow.header.as_ref().map_or(0, |h| h.len());
+            if !run.as_mut().is_some_and(|r| r.extend(i, client, n, header)) {
+                flush(&mut run, &batch, &mut table, &c);
+                run = Some(Run::new(i, client, n));
+            }
         }
+        flush(&mut run, &batch, &mut table, &c);
     }
+}
+
+/// Sends the run's datagrams to their flow's upstream (see `shared::udp_batch`). Never waits
+/// on one upstream: a full send queue drops them, as a router would.
+fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr, Flow>, c: &Counters) {
+    let Some(run) = run.take() else { return };
+    let Some(flow) = table.get_mut(&run.from) else { return };
+    let mut parts = [&[][..]; MAX_BATCH];
+    let n = batch.parts(&run, &mut parts);
+    let sent = flow.segmenting.send(&flow.upstream, flow.header.as_deref(), &parts[..n]);
+    if sent.datagrams > 0 {
+        let meter = &flow.guard.path().state.m_bytes_up;
+        meter.increment((sent.datagrams * run.len) as u64);
+        meter.mark_busy(&flow.busy_mark);
+    }
+    c.drop_send.increment((n - sent.datagrams) as u64);
 }
 
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
@@ -332,7 +362,8 @@ async fn open_flow(
             guard.path().state.m_bytes_down.clone(),
         )));
         let life = FlowLife::new(last, pump, permits);
-        return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch: ReplyWatch::default() });
+        let (watch, segmenting) = Default::default();
+        return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch, segmenting });
     }
     None
 }

@@ -208,3 +208,44 @@ async fn drain_relays_the_replies_still_on_their_way() {
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(reply.ends_with(":last"), "unexpected reply {reply}");
 }
+
+/// A burst from one client (read by the listener in batches, sent home in GSO runs) arrives
+/// whole and in order, every datagram behind its own PROXY v2 header; a second client's
+/// datagrams in the same burst go to its own flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_arrives_whole_and_in_order_each_datagram_with_its_header() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let upstream = UdpSocket::bind(tcp1.addr).await.expect("bind upstream");
+    let toml =
+        udp_config(tcp1.addr, tcp1.addr, "proxy_protocol = \"v2\"").replace("{ name = \"wan2\"", "{ name = \"wan2b\"");
+    let server = start(&toml).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let one = UdpSocket::bind("127.0.0.9:0").await.expect("client one");
+    let two = UdpSocket::bind("127.0.0.10:0").await.expect("client two");
+    // 50 datagrams of 500 bytes from one, and after every tenth one as long from two: a run
+    // that took in two's would hand it to one's flow.
+    for i in 0..50u8 {
+        one.send_to(&[i; 500], addr).await.expect("send");
+        if i % 10 == 9 {
+            two.send_to(&[100 + i; 500], addr).await.expect("send");
+        }
+    }
+    let mut got: std::collections::BTreeMap<SocketAddr, Vec<u8>> = Default::default();
+    let mut buf = [0u8; 2048];
+    for _ in 0..55 {
+        let n = tokio::time::timeout(Duration::from_secs(5), upstream.recv(&mut buf))
+            .await
+            .expect("every datagram relayed")
+            .expect("recv");
+        let parsed = shared::proxy_protocol::parse(&buf[..n]).expect("a PROXY v2 header on every datagram");
+        let (client, to) = parsed.addresses().expect("addresses");
+        assert_eq!(to, addr);
+        let payload = &buf[parsed.len..n];
+        assert_eq!(payload.len(), 500, "a datagram from {client} of the wrong size");
+        assert!(payload.iter().all(|&b| b == payload[0]), "a datagram's bytes mixed with another's");
+        got.entry(client).or_default().push(payload[0]);
+    }
+    let one_got = &got[&one.local_addr().expect("addr")];
+    assert_eq!(one_got, &(0..50).collect::<Vec<u8>>(), "client one's datagrams, whole and in order");
+    assert_eq!(got[&two.local_addr().expect("addr")], [109, 119, 129, 139, 149], "client two's");
+}

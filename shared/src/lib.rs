@@ -17,6 +17,7 @@ pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;
 pub mod runtime;
+pub mod udp_batch;
 pub mod udp_flows;
 pub mod udp_relay;
 pub mod watchdog;

@@ -1,0 +1,366 @@
+//! Datagrams in batches, for relays under load: one `recvmmsg` reads what a busy listener has
+//! queued (up to [`MAX_BATCH`]), and a run of one flow's datagrams of one size leaves in one
+//! UDP GSO send that the kernel cuts into datagrams as late as it can (on a veth or a NIC with
+//! segmentation offload, after routing and the firewall). At 100,000 datagrams/s that is two
+//! system calls and one trip through the stack per batch instead of two and one per datagram
+//! (bench/results/2026-12-04-vm-udp-batch.md).
+//!
+//! A quiet listener keeps one 64 KiB slot, as before; it takes [`MAX_BATCH`] once a read
+//! fills every slot it has, and keeps them (untouched pages of the slots cost no memory).
+
+use std::cell::RefCell;
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use nix::libc::{EINVAL, EIO, EMSGSIZE};
+use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use tokio::net::UdpSocket;
+
+use crate::udp_relay::{send_now, send_with_header, MAX_DATAGRAM};
+
+/// Most datagrams one read takes and one GSO send carries (the kernel's limit is 64).
+pub const MAX_BATCH: usize = 32;
+
+/// Most bytes one GSO send carries: the kernel builds it as one IP packet (64 KiB) first.
+const MAX_GSO_BYTES: usize = 60_000;
+
+thread_local! {
+    /// `recvmmsg`'s message headers (they hold pointers, so a listener's task, which may
+    /// move between threads, cannot keep them): borrowed only during one call.
+    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
+}
+
+/// A listener's receive slots and what the last read put in them.
+pub struct Batch {
+    /// The slots, [`MAX_DATAGRAM`] bytes each, in one allocation: large enough that the
+    /// allocator maps fresh pages, which cost memory only once a datagram is written to them.
+    slots: Box<[u8]>,
+    /// Per datagram of the last read: its length and its source (None: skipped).
+    got: Vec<Option<(usize, SocketAddr)>>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::with_slots(1)
+    }
+}
+
+impl Batch {
+    fn with_slots(n: usize) -> Self {
+        Self { slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(), got: Vec::with_capacity(n) }
+    }
+
+    /// Reads the datagrams waiting on `sock`, as many as there are slots, without waiting
+    /// (WouldBlock when none is: for `UdpSocket::try_io`). Returns how many were read.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        if self.got.len() == self.slots() && self.slots() < MAX_BATCH {
+            // The previous read filled every slot: this listener is busy.
+            *self = Self::with_slots(MAX_BATCH);
+        }
+        self.got.clear();
+        let n = self.slots();
+        let Self { slots, got } = self;
+        HEADERS.with_borrow_mut(|headers| {
+            let mut rest = slots.chunks_mut(MAX_DATAGRAM);
+            let mut iovs: [[IoSliceMut<'_>; 1]; MAX_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(rest.next().unwrap_or_default())]);
+            let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(MAX_BATCH, None));
+            let read = recvmmsg(sock.as_raw_fd(), headers, iovs[..n].iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+                .map_err(io::Error::from)?;
+            for m in read {
+                // A source that is not an IP address (none for a UDP socket) or a datagram cut
+                // short (none: every slot holds the largest) is skipped, not relayed wrong.
+                let from = m.address.as_ref().and_then(socket_addr);
+                got.push(from.filter(|_| !m.flags.contains(MsgFlags::MSG_TRUNC)).map(|from| (m.bytes, from)));
+            }
+            Ok(got.len())
+        })
+    }
+
+    /// How many datagrams the last read took (skipped ones included).
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
+    }
+
+    /// The `i`th datagram of the last read and its source; None for one that was skipped.
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let (n, from) = (*self.got.get(i)?)?;
+        let start = i * MAX_DATAGRAM;
+        Some((self.slots.get(start..start + n.min(MAX_DATAGRAM))?, from))
+    }
+
+    /// Slots held (1, or [`MAX_BATCH`] once the listener was busy).
+    pub fn slots(&self) -> usize {
+        self.slots.len() / MAX_DATAGRAM
+    }
+}
+
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+}
+
+/// What a connected socket's route takes of GSO, learned from its refusals: none at all
+/// (a device without checksum offload, such as a TUN without offloads: EIO), or segments
+/// only below some size (larger ones than the route's MTU: EINVAL).
+#[derive(Debug, Clone, Copy)]
+pub struct Segmenting {
+    off: bool,
+    /// Segments of this size or larger are sent one by one.
+    refused_from: usize,
+}
+
+impl Default for Segmenting {
+    fn default() -> Self {
+        Self { off: false, refused_from: usize::MAX }
+    }
+}
+
+/// How a run went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams the kernel took (the rest were dropped: a full send queue).
+    pub datagrams: usize,
+    /// System calls made.
+    pub calls: usize,
+}
+
+impl Segmenting {
+    /// Sends `datagrams` (one flow's, all of one length, at most [`MAX_BATCH`]) on the
+    /// connected `sock`, each behind `header` when there is one: in one GSO send when there
+    /// are several and the route takes it, else one by one. Never waits: a full queue drops.
+    pub fn send(&mut self, sock: &UdpSocket, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
+        let datagrams = &datagrams[..datagrams.len().min(MAX_BATCH)];
+        let head = header.unwrap_or_default();
+        let segment = head.len() + datagrams.first().map_or(0, |d| d.len());
+        // Empty datagrams stay one by one: a segment size of 0 would send a single one.
+        if datagrams.len() > 1 && !self.off && segment > 0 && segment < self.refused_from {
+            match send_gso(sock, head, datagrams, segment) {
+                Ok(()) => return Sent { datagrams: datagrams.len(), calls: 1 },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent { datagrams: 0, calls: 1 },
+                Err(e) => {
+                    match e.raw_os_error() {
+                        Some(EIO) => self.off = true,
+                        Some(EINVAL | EMSGSIZE) => self.refused_from = self.refused_from.min(segment),
+                        // Anything else (an ICMP error reported once on a connected
+                        // socket) says nothing about GSO: the datagrams go one by one.
+                        _ => {}
+                    }
+                    let one_by_one = self.one_by_one(sock, header, datagrams);
+                    return Sent { calls: one_by_one.calls + 1, ..one_by_one };
+                }
+            }
+        }
+        self.one_by_one(sock, header, datagrams)
+    }
+
+    fn one_by_one(&self, sock: &UdpSocket, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
+        let mut sent = 0;
+        for d in datagrams {
+            let r = match header {
+                Some(h) => send_with_header(sock, h, d),
+                None => send_now(sock, d, None),
+            };
+            sent += usize::from(r.is_ok());
+        }
+        Sent { datagrams: sent, calls: datagrams.len() }
+    }
+
+    /// Whether one more `segment`-byte datagram (header included) may join a run of `count`.
+    pub fn fits(count: usize, segment: usize) -> bool {
+        count < MAX_BATCH && (count + 1) * segment <= MAX_GSO_BYTES
+    }
+}
+
+fn send_gso(sock: &UdpSocket, head: &[u8], datagrams: &[&[u8]], segment: usize) -> io::Result<()> {
+    let size = u16::try_from(segment).map_err(|_| io::Error::from_raw_os_error(EMSGSIZE))?;
+    let mut iov = [IoSlice::new(&[]); 2 * MAX_BATCH];
+    let mut k = 0;
+    for d in datagrams {
+        if !head.is_empty() {
+            iov[k] = IoSlice::new(head);
+            k += 1;
+        }
+        iov[k] = IoSlice::new(d);
+        k += 1;
+    }
+    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+    sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &iov[..k], &cmsg, MsgFlags::MSG_DONTWAIT, None)
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Consecutive datagrams of a batch from one source, all of one length: what one
+/// [`Segmenting::send`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub from: SocketAddr,
+    /// Each datagram's length, without a header.
+    pub len: usize,
+    /// The batch's datagrams `start..end`.
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Run {
+    pub fn new(i: usize, from: SocketAddr, len: usize) -> Self {
+        Self { from, len, start: i, end: i + 1 }
+    }
+
+    /// Adds the batch's `i`th datagram when it continues this run (the next one, same source,
+    /// same length, room left for one more `header`-led segment).
+    pub fn extend(&mut self, i: usize, from: SocketAddr, len: usize, header: usize) -> bool {
+        let joins = i == self.end
+            && from == self.from
+            && len == self.len
+            && Segmenting::fits(self.end - self.start, header + len);
+        if joins {
+            self.end += 1;
+        }
+        joins
+    }
+
+    pub fn count(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+impl Batch {
+    /// The run's datagrams, for [`Segmenting::send`]: `out[..n]`, n returned.
+    pub fn parts<'a>(&'a self, run: &Run, out: &mut [&'a [u8]; MAX_BATCH]) -> usize {
+        let mut n = 0;
+        for i in run.start..run.end {
+            if let (Some((d, _)), Some(slot)) = (self.get(i), out.get_mut(n)) {
+                *slot = d;
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn read(rx: &UdpSocket, batch: &mut Batch) -> usize {
+        loop {
+            tokio::time::timeout(Duration::from_secs(5), rx.readable()).await.expect("readable").expect("ready");
+            match rx.try_io(tokio::io::Interest::READABLE, || batch.recv(rx)) {
+                Ok(n) => return n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+
+    /// A quiet listener reads one datagram a call; once a read fills its slot, the rest of
+    /// its queue comes in one call, each datagram with its own source and bytes.
+    #[tokio::test]
+    async fn a_busy_listener_reads_its_queue_in_one_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let to = rx.local_addr().expect("addr");
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
+        let sent: Vec<(SocketAddr, Vec<u8>)> = (0..10u8)
+            .map(|i| {
+                let from = if i % 3 == 0 { &b } else { &a };
+                (from.local_addr().expect("addr"), vec![i; 100 + usize::from(i)])
+            })
+            .collect();
+        for (i, (_, d)) in sent.iter().enumerate() {
+            let from = if i % 3 == 0 { &b } else { &a };
+            from.send_to(d, to).await.expect("send");
+        }
+        let mut batch = Batch::default();
+        assert_eq!(read(&rx, &mut batch).await, 1);
+        assert_eq!(batch.slots(), 1);
+        assert_eq!(batch.get(0), Some((&sent[0].1[..], sent[0].0)));
+        assert_eq!(read(&rx, &mut batch).await, 9, "the other nine in one call");
+        assert_eq!(batch.slots(), MAX_BATCH);
+        for i in 0..9 {
+            let (from, d) = &sent[i + 1];
+            assert_eq!(batch.get(i), Some((&d[..], *from)), "datagram {}", i + 1);
+        }
+        assert_eq!(batch.get(9), None);
+    }
+
+    /// Ten datagrams behind a header leave in one call and arrive as ten, in order.
+    #[tokio::test]
+    async fn a_run_leaves_in_one_gso_send_and_arrives_as_datagrams() {
+        let (tx, rx) = pair().await;
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1200]).collect();
+        let parts: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let mut seg = Segmenting::default();
+        assert_eq!(seg.send(&tx, Some(b"HDR"), &parts), Sent { datagrams: 10, calls: 1 });
+        let mut buf = [0u8; 4096];
+        for (i, p) in payloads.iter().enumerate() {
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.expect("in time").expect("recv");
+            assert_eq!(&buf[..3], b"HDR", "datagram {i}");
+            assert_eq!(&buf[3..n], &p[..], "datagram {i}");
+        }
+    }
+
+    /// A segment size the kernel refuses (here: a run larger than one IP packet) is sent one
+    /// by one, and not tried as one send again; other sizes still are.
+    #[tokio::test]
+    async fn a_refused_segment_size_goes_one_by_one_from_then_on() {
+        let (tx, rx) = pair().await;
+        let big = vec![7u8; 40_000];
+        let mut seg = Segmenting::default();
+        assert_eq!(seg.send(&tx, None, &[&big, &big]), Sent { datagrams: 2, calls: 3 });
+        assert_eq!(seg.send(&tx, None, &[&big, &big]), Sent { datagrams: 2, calls: 2 }, "remembered");
+        let small = [1u8; 100];
+        assert_eq!(seg.send(&tx, None, &[&small, &small]), Sent { datagrams: 2, calls: 1 });
+        let mut buf = vec![0u8; 65_536];
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.expect("in time").expect("recv");
+            sizes.push(n);
+        }
+        assert_eq!(sizes, [40_000, 40_000, 40_000, 40_000, 100, 100]);
+    }
+
+    #[test]
+    fn a_run_takes_the_next_datagram_of_its_source_and_size_while_there_is_room() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1000));
+        let b = SocketAddr::from(([127, 0, 0, 1], 1001));
+        let mut run = Run::new(0, a, 1200);
+        assert!(run.extend(1, a, 1200, 0));
+        assert!(!run.extend(3, a, 1200, 0), "not the next one");
+        assert!(!run.extend(2, b, 1200, 0), "another source");
+        assert!(!run.extend(2, a, 1199, 0), "another size");
+        assert_eq!(run.count(), 2);
+        let mut full = Run::new(0, a, 100);
+        let mut i = 1;
+        while full.extend(i, a, 100, 16) {
+            i += 1;
+        }
+        assert_eq!(full.count(), MAX_BATCH, "at most a batch");
+        let mut large = Run::new(0, a, 9000);
+        let mut i = 1;
+        while large.extend(i, a, 9000, 0) {
+            i += 1;
+        }
+        assert_eq!(large.count(), MAX_GSO_BYTES / 9000, "at most one IP packet's worth");
+    }
+
+    async fn pair() -> (UdpSocket, UdpSocket) {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.expect("tx");
+        let rx = UdpSocket::bind("127.0.0.1:0").await.expect("rx");
+        tx.connect(rx.local_addr().expect("addr")).await.expect("connect");
+        rx.connect(tx.local_addr().expect("addr")).await.expect("connect");
+        (tx, rx)
+    }
+}
