@@ -289,9 +289,9 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             };
             flow.life.touch(now);
             let header = flow.header.as_ref().map_or(0, |h| h.len());
-            if !run.as_mut().is_some_and(|r| r.extend(i, client, n, header)) {
+            if !run.as_mut().is_some_and(|r| r.extend(i, client, 0, n, header)) {
                 flush(&mut run, &batch, &mut table, &c);
-                run = Some(Run::new(i, client, n));
+                run = Some(Run::new(i, client, 0, n));
             }
         }
         flush(&mut run, &batch, &mut table, &c);
@@ -302,7 +302,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
 /// on one upstream: a full send queue drops them, as a router would.
 fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr, Flow>, c: &Counters) {
     let Some(run) = run.take() else { return };
-    let Some(flow) = table.get_mut(&run.from) else { return };
+    let Some(flow) = table.get_mut(&run.key) else { return };
     let mut parts = [&[][..]; MAX_BATCH];
     let n = batch.parts(&run, &mut parts);
     let sent = flow.segmenting.send(&flow.upstream, flow.header.as_deref(), &parts[..n]);

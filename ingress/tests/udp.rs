@@ -230,21 +230,7 @@ async fn a_burst_arrives_whole_and_in_order_each_datagram_with_its_header() {
             two.send_to(&[100 + i; 500], addr).await.expect("send");
         }
     }
-    let mut got: std::collections::BTreeMap<SocketAddr, Vec<u8>> = Default::default();
-    let mut buf = [0u8; 2048];
-    for _ in 0..55 {
-        let n = tokio::time::timeout(Duration::from_secs(5), upstream.recv(&mut buf))
-            .await
-            .expect("every datagram relayed")
-            .expect("recv");
-        let parsed = shared::proxy_protocol::parse(&buf[..n]).expect("a PROXY v2 header on every datagram");
-        let (client, to) = parsed.addresses().expect("addresses");
-        assert_eq!(to, addr);
-        let payload = &buf[parsed.len..n];
-        assert_eq!(payload.len(), 500, "a datagram from {client} of the wrong size");
-        assert!(payload.iter().all(|&b| b == payload[0]), "a datagram's bytes mixed with another's");
-        got.entry(client).or_default().push(payload[0]);
-    }
+    let got = test_support::proxied_bursts(&upstream, 55, 500).await;
     let one_got = &got[&one.local_addr().expect("addr")];
     assert_eq!(one_got, &(0..50).collect::<Vec<u8>>(), "client one's datagrams, whole and in order");
     assert_eq!(got[&two.local_addr().expect("addr")], [109, 119, 129, 139, 149], "client two's");

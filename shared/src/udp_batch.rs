@@ -14,7 +14,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use nix::libc::{EINVAL, EIO, EMSGSIZE};
+use nix::libc::{ECONNREFUSED, EINVAL, EIO, EMSGSIZE};
 use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::net::UdpSocket;
 
@@ -28,8 +28,11 @@ const MAX_GSO_BYTES: usize = 60_000;
 
 thread_local! {
     /// `recvmmsg`'s message headers (they hold pointers, so a listener's task, which may
-    /// move between threads, cannot keep them): borrowed only during one call.
-    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
+    /// move between threads, cannot keep them): borrowed only during one call. One set per
+    /// address family: the kernel writes each header's address length back (16 for IPv4, 28
+    /// for IPv6) and nix does not reset it, so headers an IPv4 socket used would cut an IPv6
+    /// source short.
+    static HEADERS: RefCell<[Option<MultiHeaders<SockaddrStorage>>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// A listener's receive slots and what the last read put in them.
@@ -39,6 +42,8 @@ pub struct Batch {
     slots: Box<[u8]>,
     /// Per datagram of the last read: its length and its source (None: skipped).
     got: Vec<Option<(usize, SocketAddr)>>,
+    /// The socket's address family (0: IPv4, 1: IPv6), learned at the first read.
+    family: Option<usize>,
 }
 
 impl Default for Batch {
@@ -49,7 +54,7 @@ impl Default for Batch {
 
 impl Batch {
     fn with_slots(n: usize) -> Self {
-        Self { slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(), got: Vec::with_capacity(n) }
+        Self { slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(), got: Vec::with_capacity(n), family: None }
     }
 
     /// Reads the datagrams waiting on `sock`, as many as there are slots, without waiting
@@ -57,12 +62,17 @@ impl Batch {
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         if self.got.len() == self.slots() && self.slots() < MAX_BATCH {
             // The previous read filled every slot: this listener is busy.
-            *self = Self::with_slots(MAX_BATCH);
+            *self = Self { family: self.family, ..Self::with_slots(MAX_BATCH) };
         }
+        let family = match self.family {
+            Some(f) => f,
+            None => *self.family.insert(usize::from(sock.local_addr()?.is_ipv6())),
+        };
         self.got.clear();
         let n = self.slots();
-        let Self { slots, got } = self;
+        let Self { slots, got, .. } = self;
         HEADERS.with_borrow_mut(|headers| {
+            let headers = &mut headers[family];
             let mut rest = slots.chunks_mut(MAX_DATAGRAM);
             let mut iovs: [[IoSliceMut<'_>; 1]; MAX_BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(rest.next().unwrap_or_default())]);
@@ -150,10 +160,15 @@ impl Segmenting {
                     match e.raw_os_error() {
                         Some(EIO) => self.off = true,
                         Some(EINVAL | EMSGSIZE) => self.refused_from = self.refused_from.min(segment),
-                        // Anything else (an ICMP error reported once on a connected
-                        // socket) says nothing about GSO: the datagrams go one by one.
-                        _ => {}
+                        // An ICMP error reported once on a connected socket, before anything
+                        // left: says nothing about GSO.
+                        Some(ECONNREFUSED) => {}
+                        // Anything else may come after part of the run went out (a device
+                        // failing halfway through the segments): sent again, some would be
+                        // sent twice. The run is dropped, as a router would.
+                        _ => return Sent { datagrams: 0, calls: 1 },
                     }
+                    // Refused before anything left: the datagrams go one by one.
                     let one_by_one = self.one_by_one(sock, header, datagrams);
                     return Sent { calls: one_by_one.calls + 1, ..one_by_one };
                 }
@@ -198,28 +213,31 @@ fn send_gso(sock: &UdpSocket, head: &[u8], datagrams: &[&[u8]], segment: usize) 
         .map_err(io::Error::from)
 }
 
-/// Consecutive datagrams of a batch from one source, all of one length: what one
-/// [`Segmenting::send`] carries.
+/// Consecutive datagrams of a batch of one flow (`key`), all of one length: what one
+/// [`Segmenting::send`] carries. Each may start with bytes that are not sent on (`skip`: a
+/// PROXY header the relay strips), the same number for all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub from: SocketAddr,
-    /// Each datagram's length, without a header.
+pub struct Run<K = SocketAddr> {
+    pub key: K,
+    pub skip: usize,
+    /// Each datagram's length after `skip`.
     pub len: usize,
     /// The batch's datagrams `start..end`.
     pub start: usize,
     pub end: usize,
 }
 
-impl Run {
-    pub fn new(i: usize, from: SocketAddr, len: usize) -> Self {
-        Self { from, len, start: i, end: i + 1 }
+impl<K: Copy + Eq> Run<K> {
+    pub fn new(i: usize, key: K, skip: usize, len: usize) -> Self {
+        Self { key, skip, len, start: i, end: i + 1 }
     }
 
-    /// Adds the batch's `i`th datagram when it continues this run (the next one, same source,
-    /// same length, room left for one more `header`-led segment).
-    pub fn extend(&mut self, i: usize, from: SocketAddr, len: usize, header: usize) -> bool {
+    /// Adds the batch's `i`th datagram when it continues this run (the next one, same flow,
+    /// same shape, room left for one more segment led by a `header`-byte header).
+    pub fn extend(&mut self, i: usize, key: K, skip: usize, len: usize, header: usize) -> bool {
         let joins = i == self.end
-            && from == self.from
+            && key == self.key
+            && skip == self.skip
             && len == self.len
             && Segmenting::fits(self.end - self.start, header + len);
         if joins {
@@ -234,11 +252,13 @@ impl Run {
 }
 
 impl Batch {
-    /// The run's datagrams, for [`Segmenting::send`]: `out[..n]`, n returned.
-    pub fn parts<'a>(&'a self, run: &Run, out: &mut [&'a [u8]; MAX_BATCH]) -> usize {
+    /// The run's datagrams (past their `skip` bytes), for [`Segmenting::send`]: `out[..n]`, n
+    /// returned.
+    pub fn parts<'a, K>(&'a self, run: &Run<K>, out: &mut [&'a [u8]; MAX_BATCH]) -> usize {
         let mut n = 0;
         for i in run.start..run.end {
-            if let (Some((d, _)), Some(slot)) = (self.get(i), out.get_mut(n)) {
+            let d = self.get(i).and_then(|(d, _)| d.get(run.skip..));
+            if let (Some(d), Some(slot)) = (d, out.get_mut(n)) {
                 *slot = d;
                 n += 1;
             }
@@ -294,6 +314,25 @@ mod tests {
         assert_eq!(batch.get(9), None);
     }
 
+    /// Sources of both families come out whole on one thread, whichever family read first
+    /// (the kernel writes back the address length into headers shared by the thread's sockets).
+    #[tokio::test(flavor = "current_thread")]
+    async fn ipv6_sources_are_whole_after_an_ipv4_read_on_the_same_thread() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").await.expect("v4");
+        let v6 = UdpSocket::bind("[::1]:0").await.expect("v6");
+        let from4 = UdpSocket::bind("127.0.0.1:0").await.expect("from4");
+        let from6 = UdpSocket::bind("[::1]:0").await.expect("from6");
+        let (mut b4, mut b6) = (Batch::default(), Batch::default());
+        for round in 0..3 {
+            from4.send_to(b"four", v4.local_addr().expect("addr")).await.expect("send");
+            from6.send_to(b"six", v6.local_addr().expect("addr")).await.expect("send");
+            assert_eq!(read(&v4, &mut b4).await, 1);
+            assert_eq!(b4.get(0), Some((&b"four"[..], from4.local_addr().expect("addr"))), "round {round}");
+            assert_eq!(read(&v6, &mut b6).await, 1);
+            assert_eq!(b6.get(0), Some((&b"six"[..], from6.local_addr().expect("addr"))), "round {round}");
+        }
+    }
+
     /// Ten datagrams behind a header leave in one call and arrive as ten, in order.
     #[tokio::test]
     async fn a_run_leaves_in_one_gso_send_and_arrives_as_datagrams() {
@@ -333,27 +372,47 @@ mod tests {
     }
 
     #[test]
-    fn a_run_takes_the_next_datagram_of_its_source_and_size_while_there_is_room() {
+    fn a_run_takes_the_next_datagram_of_its_flow_and_shape_while_there_is_room() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1000));
         let b = SocketAddr::from(([127, 0, 0, 1], 1001));
-        let mut run = Run::new(0, a, 1200);
-        assert!(run.extend(1, a, 1200, 0));
-        assert!(!run.extend(3, a, 1200, 0), "not the next one");
-        assert!(!run.extend(2, b, 1200, 0), "another source");
-        assert!(!run.extend(2, a, 1199, 0), "another size");
+        let mut run = Run::new(0, a, 0, 1200);
+        assert!(run.extend(1, a, 0, 1200, 0));
+        assert!(!run.extend(3, a, 0, 1200, 0), "not the next one");
+        assert!(!run.extend(2, b, 0, 1200, 0), "another flow");
+        assert!(!run.extend(2, a, 0, 1199, 0), "another size");
+        assert!(!run.extend(2, a, 28, 1200, 0), "another header to strip");
         assert_eq!(run.count(), 2);
-        let mut full = Run::new(0, a, 100);
+        let mut full = Run::new(0, a, 0, 100);
         let mut i = 1;
-        while full.extend(i, a, 100, 16) {
+        while full.extend(i, a, 0, 100, 16) {
             i += 1;
         }
         assert_eq!(full.count(), MAX_BATCH, "at most a batch");
-        let mut large = Run::new(0, a, 9000);
+        let mut large = Run::new(0, a, 0, 9000);
         let mut i = 1;
-        while large.extend(i, a, 9000, 0) {
+        while large.extend(i, a, 0, 9000, 0) {
             i += 1;
         }
         assert_eq!(large.count(), MAX_GSO_BYTES / 9000, "at most one IP packet's worth");
+    }
+
+    /// A run's parts are its datagrams past the bytes it strips.
+    #[tokio::test]
+    async fn a_runs_parts_skip_what_is_stripped() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").await.expect("tx");
+        let from = tx.local_addr().expect("addr");
+        for d in [&b"HDRone"[..], b"HDRtwo", b"HDRsix"] {
+            tx.send_to(d, rx.local_addr().expect("addr")).await.expect("send");
+        }
+        let mut batch = Batch::default();
+        read(&rx, &mut batch).await;
+        assert_eq!(read(&rx, &mut batch).await, 2);
+        let mut run = Run::new(0, from, 3, 3);
+        assert!(run.extend(1, from, 3, 3, 0));
+        let mut out = [&[][..]; MAX_BATCH];
+        let n = batch.parts(&run, &mut out);
+        assert_eq!(&out[..n], [&b"two"[..], b"six"]);
     }
 
     async fn pair() -> (UdpSocket, UdpSocket) {

@@ -1,6 +1,8 @@
-//! UDP stream forwards. One task per listening socket reads datagrams and owns a flow table
-//! (`shared::udp_flows`) keyed by (sender, client); each flow has its own connected upstream
-//! socket (it sorts the replies) and a reply pump reading into one buffer per worker thread.
+//! UDP stream forwards. One task per listening socket reads datagrams (in batches when it is
+//! busy, each flow's run of them sent on in one GSO send: `shared::udp_batch`) and owns a flow
+//! table (`shared::udp_flows`) keyed by (sender, client); each flow has its own connected
+//! upstream socket (it sorts the replies) and a reply pump reading into one buffer per worker
+//! thread.
 //! Flows are admitted under the stream's budget, shared by all its sockets; at the cap a new
 //! source takes the slot of the flow silent longest (after an eighth of the idle timeout, at
 //! most 250 ms), so a flood cannot lock legitimate clients out, and expire after the idle
@@ -26,8 +28,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
+use shared::udp_batch::{Batch, Run, Segmenting, MAX_BATCH};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{linger, pump, send_now, send_with_header, MAX_DATAGRAM};
+use shared::udp_relay::{linger, pump, send_now};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +66,8 @@ struct Flow {
     life: FlowLife,
     /// Its access log line, written when the flow is dropped.
     log: Option<FlowLog>,
+    /// Whether the route to its upstream takes UDP GSO, learned from its refusals.
+    segmenting: Segmenting,
 }
 
 impl Flow {
@@ -160,10 +166,10 @@ async fn serve_flows(
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
     let mut gone = Vec::new();
     let mut counters = Counters::new(stream_name.load_full());
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = Batch::default();
     loop {
-        let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
+        let ready = tokio::select! {
+            r = socket.readable() => r,
             _ = sweep.tick() => {
                 table.set_idle(idle_of(&stream_name.load()).as_millis() as u64);
                 table.expire(now_ms(), &mut gone);
@@ -182,88 +188,111 @@ async fn serve_flows(
         if !Arc::ptr_eq(&name, &counters.stream) {
             counters = Counters::new(name.clone());
         }
-        let (n, sender) = match received {
-            Ok(r) => r,
+        match ready.and_then(|()| socket.try_io(Interest::READABLE, || batch.recv(&socket))) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 debug!(stream = %name, error = %e, "recv failed");
                 continue;
             }
-        };
+        }
         let config = state.config.load();
         let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
             continue;
         };
-        let datagram = &buf[..n];
-        let (client, destination, payload) = match classify(origin, sender, local, datagram, state) {
-            Ok(Some(c)) => c,
-            Ok(None) => continue,
-            Err(result) => {
-                drop_count(&name, result);
-                continue;
-            }
-        };
-        let key = (sender, client);
         let now = now_ms();
-        if table.get(&key).is_some_and(|f| !f.member.is_up()) {
-            // Its upstream went down: this datagram opens the flow again on a usable one.
-            if let Some(f) = table.remove(&key) {
-                f.ending("upstream_down");
+        // One flow's consecutive datagrams of one shape, sent together once the run ends.
+        let mut run: Option<Run<FlowKey>> = None;
+        for i in 0..batch.len() {
+            let Some((datagram, sender)) = batch.get(i) else {
+                flush(&mut run, &batch, &mut table, &counters);
+                continue;
+            };
+            let (client, destination, payload) = match classify(origin, sender, local, datagram, state) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(result) => {
+                    drop_count(&name, result, 1);
+                    continue;
+                }
+            };
+            let key = (sender, client);
+            let down = table.get(&key).is_some_and(|f| !f.member.is_up());
+            if down || table.get(&key).is_none() {
+                // What the run holds goes out before the table changes under it.
+                flush(&mut run, &batch, &mut table, &counters);
             }
-        }
-        if table.get(&key).is_none() {
-            // Room first: a flood of new sources at the cap must not cost a socket each.
-            let budget = stream_budget(&stream.name, stream.max_flows);
-            let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
-            let acquire = || FlowPermits::acquire(&budget, &GLOBAL);
-            let evicted = |f: Flow| {
-                f.ending("evicted");
-                metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
-            };
-            let permits = table.admit(now, evict_idle, acquire, evicted).await;
-            let Some(permits) = permits else {
-                drop_count(&name, "flow_limit");
-                continue;
-            };
-            let Some(pool) = state.pools.load().stream(&stream.name).cloned() else { continue };
-            let log = state.stream_logs.load().get(&stream.name);
-            let opened = open_flow(
-                key,
-                destination,
-                local,
-                stream,
-                &pool,
-                &socket,
-                permits,
-                now,
-                epoch,
-                &counters,
-                flow_tasks,
-                log,
-            );
-            let Some(flow) = opened.await else {
-                continue;
-            };
-            drop(table.insert(key, flow, now));
-        }
-        let Some(flow) = table.get(&key) else { continue };
-        flow.life.touch(now);
-        // Never wait on one upstream: a full send queue drops this datagram, as a router would.
-        let sent = match &flow.header {
-            Some(h) => send_with_header(&flow.upstream.upstream, h, payload),
-            None => send_now(&flow.upstream.upstream, payload, None),
-        };
-        match sent {
-            Ok(_) => {
-                counters.dgrams_in.increment(1);
-                if let Some(l) = &flow.log {
-                    l.counts.inbound(payload.len());
+            if down {
+                // Its upstream went down: this datagram opens the flow again on a usable one.
+                if let Some(f) = table.remove(&key) {
+                    f.ending("upstream_down");
                 }
             }
-            Err(e) => {
-                debug!(stream = %name, error = %e, "send to upstream failed");
-                drop_count(&name, "send_failed");
+            if table.get(&key).is_none() {
+                // Room first: a flood of new sources at the cap must not cost a socket each.
+                let budget = stream_budget(&stream.name, stream.max_flows);
+                let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
+                let acquire = || FlowPermits::acquire(&budget, &GLOBAL);
+                let evicted = |f: Flow| {
+                    f.ending("evicted");
+                    metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
+                };
+                let permits = table.admit(now, evict_idle, acquire, evicted).await;
+                let Some(permits) = permits else {
+                    drop_count(&name, "flow_limit", 1);
+                    continue;
+                };
+                let Some(pool) = state.pools.load().stream(&stream.name).cloned() else { continue };
+                let log = state.stream_logs.load().get(&stream.name);
+                let opened = open_flow(
+                    key,
+                    destination,
+                    local,
+                    stream,
+                    &pool,
+                    &socket,
+                    permits,
+                    now,
+                    epoch,
+                    &counters,
+                    flow_tasks,
+                    log,
+                );
+                let Some(flow) = opened.await else {
+                    continue;
+                };
+                drop(table.insert(key, flow, now));
+            }
+            let Some(flow) = table.get(&key) else { continue };
+            flow.life.touch(now);
+            let header = flow.header.as_ref().map_or(0, |h| h.len());
+            // The payload is the datagram's tail (past a PROXY header when there is one).
+            let skip = datagram.len() - payload.len();
+            if !run.as_mut().is_some_and(|r| r.extend(i, key, skip, payload.len(), header)) {
+                flush(&mut run, &batch, &mut table, &counters);
+                run = Some(Run::new(i, key, skip, payload.len()));
             }
         }
+        flush(&mut run, &batch, &mut table, &counters);
+    }
+}
+
+/// Sends the run's payloads to their flow's upstream (`shared::udp_batch`). Never waits on one
+/// upstream: a full send queue drops them, as a router would.
+fn flush(run: &mut Option<Run<FlowKey>>, batch: &Batch, table: &mut FlowTable<FlowKey, Flow>, counters: &Counters) {
+    let Some(run) = run.take() else { return };
+    let Some(flow) = table.get_mut(&run.key) else { return };
+    let mut parts = [&[][..]; MAX_BATCH];
+    let n = batch.parts(&run, &mut parts);
+    let sent = flow.segmenting.send(&flow.upstream.upstream, flow.header.as_deref(), &parts[..n]);
+    counters.dgrams_in.increment(sent.datagrams as u64);
+    if let Some(l) = &flow.log {
+        (0..sent.datagrams).for_each(|_| l.counts.inbound(run.len));
+    }
+    let dropped = n - sent.datagrams;
+    if dropped > 0 {
+        debug!(stream = %counters.stream, dropped, "send to upstream failed");
+        drop_count(&counters.stream, "send_failed", dropped);
     }
 }
 
@@ -298,8 +327,8 @@ fn classify<'a>(
     })
 }
 
-fn drop_count(stream: &str, result: &'static str) {
-    metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => result).increment(1);
+fn drop_count(stream: &str, result: &'static str, n: usize) {
+    metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => result).increment(n as u64);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,7 +348,7 @@ async fn open_flow(
 ) -> Option<Flow> {
     let Some((index, member)) = pool.pick(Tried::default()).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
         pool.count_unavailable();
-        drop_count(&stream.name, "no_upstream");
+        drop_count(&stream.name, "no_upstream", 1);
         return None;
     };
     member.m_requests.increment(1);
@@ -337,7 +366,7 @@ async fn open_flow(
             }
             Err(e) => {
                 transparent_failed(&stream.name, target, &e);
-                drop_count(&stream.name, if e.is_setup() { "transparent_failed" } else { "send_failed" });
+                drop_count(&stream.name, if e.is_setup() { "transparent_failed" } else { "send_failed" }, 1);
                 return None;
             }
         }
@@ -361,7 +390,15 @@ async fn open_flow(
     let counts = log.as_ref().map(|l| l.counts.clone());
     let pump =
         flow_tasks.spawn(permits.held_by(replies(upstream.clone(), last.clone(), epoch, counters.clone(), counts)));
-    Some(Flow { upstream, member, header, active, life: FlowLife::new(last, pump, permits), log })
+    Some(Flow {
+        upstream,
+        member,
+        header,
+        active,
+        life: FlowLife::new(last, pump, permits),
+        log,
+        segmenting: Segmenting::default(),
+    })
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.
@@ -374,13 +411,13 @@ async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSoc
         Ok(s) => s,
         Err(e) => {
             warn!(stream = %stream.name, error = %e, "cannot open a flow socket");
-            drop_count(&stream.name, "send_failed");
+            drop_count(&stream.name, "send_failed", 1);
             return None;
         }
     };
     if let Err(e) = upstream.connect(target).await {
         warn!(stream = %stream.name, upstream = %target, error = %e, "cannot reach upstream");
-        drop_count(&stream.name, "send_failed");
+        drop_count(&stream.name, "send_failed", 1);
         return None;
     }
     Some(upstream)
@@ -412,7 +449,7 @@ async fn replies(
                     c.outbound(reply.len());
                 }
             }
-            Err(_) => drop_count(&counters.stream, "send_failed"),
+            Err(_) => drop_count(&counters.stream, "send_failed", 1),
         }
     })
     .await;

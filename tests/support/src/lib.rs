@@ -62,6 +62,32 @@ pub fn threads_named(pid: u32, prefix: &str) -> usize {
         .count()
 }
 
+/// Receives `count` datagrams on `sock`, each behind a PROXY v2 header, and returns what each
+/// client sent, in order of arrival: the first byte of each payload (the burst tests send
+/// `len` bytes of one value per datagram, so a datagram mixed with another shows).
+pub async fn proxied_bursts(
+    sock: &tokio::net::UdpSocket,
+    count: usize,
+    len: usize,
+) -> std::collections::BTreeMap<std::net::SocketAddr, Vec<u8>> {
+    let mut got: std::collections::BTreeMap<std::net::SocketAddr, Vec<u8>> = Default::default();
+    let mut buf = [0u8; 2048];
+    for i in 0..count {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram {i} of {count} never came"))
+            .unwrap_or_else(|e| panic!("recv: {e}"));
+        let parsed = shared::proxy_protocol::parse(&buf[..n])
+            .unwrap_or_else(|e| panic!("datagram {i} without a PROXY v2 header: {e}"));
+        let (client, _) = parsed.addresses().unwrap_or_else(|| panic!("datagram {i}: no addresses"));
+        let payload = &buf[parsed.len..n];
+        assert_eq!(payload.len(), len, "datagram {i} from {client} of the wrong size");
+        assert!(payload.iter().all(|&b| b == payload[0]), "datagram {i}: bytes mixed with another's");
+        got.entry(client).or_default().push(payload[0]);
+    }
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
