@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -23,7 +22,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
-use shared::udp_batch::{Batch, Run, Segmenting, MAX_BATCH};
+use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{linger, pump, send_now};
 
@@ -185,7 +184,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut batch = Batch::default();
     let mut gone: Vec<Flow> = Vec::new();
     loop {
-        let ready = tokio::select! {
+        let received = tokio::select! {
             biased;
             _ = stop.changed() => {
                 linger(&table, now_ms).await;
@@ -201,12 +200,10 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 active.set(table.len() as f64);
                 continue;
             }
-            r = socket.readable() => r,
+            r = batch.read(&socket) => r,
         };
-        let received = ready.and_then(|()| socket.try_io(Interest::READABLE, || batch.recv(&socket)));
         match received {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors surface here on some kernels; they concern one peer only.
                 tracing::debug!(listen = %local, error = %e, "udp receive error");
@@ -244,19 +241,20 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 }
             }
             // A flow whose path went down moves on its next datagram, not after the timeout.
-            let stale = table.get(&client).is_some_and(|f| {
+            // None: no flow yet; Some(true): one to move.
+            let stale = table.get(&client).map(|f| {
                 !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
             });
-            if stale || table.get(&client).is_none() {
+            if stale != Some(false) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &c);
             }
-            if stale {
+            if stale == Some(true) {
                 if let Some(f) = table.remove(&client) {
                     flow_event(m::UDP_FLOWS_MIGRATED, &svc.cfg.name, &f.guard.path().name);
                 }
             }
-            if table.get(&client).is_none() {
+            if stale != Some(false) {
                 let port = svc.cfg.upstream_port.unwrap_or(local.port());
                 let header = svc.cfg.proxy_protocol.then(|| {
                     let mut h = Vec::with_capacity(52);
@@ -280,7 +278,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     continue;
                 };
                 flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
-                // No flow of this client exists (checked above), so nothing is replaced.
+                // No flow of this client exists (none, or removed above), so nothing is replaced.
                 drop(table.insert(client, flow, now));
                 active.set(table.len() as f64);
             }
@@ -303,15 +301,16 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
 fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr, Flow>, c: &Counters) {
     let Some(run) = run.take() else { return };
     let Some(flow) = table.get_mut(&run.key) else { return };
-    let mut parts = [&[][..]; MAX_BATCH];
-    let n = batch.parts(&run, &mut parts);
-    let sent = flow.segmenting.send(&flow.upstream, flow.header.as_deref(), &parts[..n]);
+    let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream, flow.header.as_deref());
     if sent.datagrams > 0 {
         let meter = &flow.guard.path().state.m_bytes_up;
         meter.increment((sent.datagrams * run.len) as u64);
         meter.mark_busy(&flow.busy_mark);
     }
-    c.drop_send.increment((n - sent.datagrams) as u64);
+    let dropped = run.count().saturating_sub(sent.datagrams);
+    if dropped > 0 {
+        c.drop_send.increment(dropped as u64);
+    }
 }
 
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.

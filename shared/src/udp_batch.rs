@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 
 use nix::libc::{ECONNREFUSED, EINVAL, EIO, EMSGSIZE};
 use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::udp_relay::{send_now, send_with_header, MAX_DATAGRAM};
@@ -57,9 +58,20 @@ impl Batch {
         Self { slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(), got: Vec::with_capacity(n), family: None }
     }
 
-    /// Reads the datagrams waiting on `sock`, as many as there are slots, without waiting
-    /// (WouldBlock when none is: for `UdpSocket::try_io`). Returns how many were read.
-    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    /// Waits until `sock` has datagrams and reads them, as many as there are slots. Returns
+    /// how many were read. Cancel-safe (nothing is read until the socket is ready).
+    pub async fn read(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        loop {
+            sock.readable().await?;
+            match sock.try_io(Interest::READABLE, || self.recv(sock)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Reads the datagrams waiting on `sock` without waiting (WouldBlock when none is).
+    fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         if self.got.len() == self.slots() && self.slots() < MAX_BATCH {
             // The previous read filled every slot: this listener is busy.
             *self = Self { family: self.family, ..Self::with_slots(MAX_BATCH) };
@@ -190,7 +202,7 @@ impl Segmenting {
     }
 
     /// Whether one more `segment`-byte datagram (header included) may join a run of `count`.
-    pub fn fits(count: usize, segment: usize) -> bool {
+    fn fits(count: usize, segment: usize) -> bool {
         count < MAX_BATCH && (count + 1) * segment <= MAX_GSO_BYTES
     }
 }
@@ -246,15 +258,23 @@ impl<K: Copy + Eq> Run<K> {
         joins
     }
 
+    /// How many datagrams the run holds.
     pub fn count(&self) -> usize {
         self.end - self.start
     }
 }
 
 impl Batch {
-    /// The run's datagrams (past their `skip` bytes), for [`Segmenting::send`]: `out[..n]`, n
-    /// returned.
-    pub fn parts<'a, K>(&'a self, run: &Run<K>, out: &mut [&'a [u8]; MAX_BATCH]) -> usize {
+    /// Sends the run's datagrams (past their `skip` bytes) on its flow's connected `sock`
+    /// (see [`Segmenting::send`]).
+    pub fn send<K>(&self, run: &Run<K>, seg: &mut Segmenting, sock: &UdpSocket, header: Option<&[u8]>) -> Sent {
+        let mut parts = [&[][..]; MAX_BATCH];
+        let n = self.parts(run, &mut parts);
+        seg.send(sock, header, &parts[..n])
+    }
+
+    /// The run's datagrams past their `skip` bytes: `out[..n]`, n returned.
+    fn parts<'a, K>(&'a self, run: &Run<K>, out: &mut [&'a [u8]; MAX_BATCH]) -> usize {
         let mut n = 0;
         for i in run.start..run.end {
             let d = self.get(i).and_then(|(d, _)| d.get(run.skip..));
@@ -273,14 +293,7 @@ mod tests {
     use std::time::Duration;
 
     async fn read(rx: &UdpSocket, batch: &mut Batch) -> usize {
-        loop {
-            tokio::time::timeout(Duration::from_secs(5), rx.readable()).await.expect("readable").expect("ready");
-            match rx.try_io(tokio::io::Interest::READABLE, || batch.recv(rx)) {
-                Ok(n) => return n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
+        tokio::time::timeout(Duration::from_secs(5), batch.read(rx)).await.expect("in time").expect("read")
     }
 
     /// A quiet listener reads one datagram a call; once a read fills its slot, the rest of

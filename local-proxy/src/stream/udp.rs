@@ -28,10 +28,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
-use shared::udp_batch::{Batch, Run, Segmenting, MAX_BATCH};
+use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{linger, pump, send_now};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -168,8 +167,8 @@ async fn serve_flows(
     let mut counters = Counters::new(stream_name.load_full());
     let mut batch = Batch::default();
     loop {
-        let ready = tokio::select! {
-            r = socket.readable() => r,
+        let received = tokio::select! {
+            r = batch.read(&socket) => r,
             _ = sweep.tick() => {
                 table.set_idle(idle_of(&stream_name.load()).as_millis() as u64);
                 table.expire(now_ms(), &mut gone);
@@ -188,9 +187,8 @@ async fn serve_flows(
         if !Arc::ptr_eq(&name, &counters.stream) {
             counters = Counters::new(name.clone());
         }
-        match ready.and_then(|()| socket.try_io(Interest::READABLE, || batch.recv(&socket))) {
+        match received {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 debug!(stream = %name, error = %e, "recv failed");
                 continue;
@@ -217,18 +215,19 @@ async fn serve_flows(
                 }
             };
             let key = (sender, client);
-            let down = table.get(&key).is_some_and(|f| !f.member.is_up());
-            if down || table.get(&key).is_none() {
+            // None: no flow yet; Some(true): its upstream went down.
+            let down = table.get(&key).map(|f| !f.member.is_up());
+            if down != Some(false) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &counters);
             }
-            if down {
+            if down == Some(true) {
                 // Its upstream went down: this datagram opens the flow again on a usable one.
                 if let Some(f) = table.remove(&key) {
                     f.ending("upstream_down");
                 }
             }
-            if table.get(&key).is_none() {
+            if down != Some(false) {
                 // Room first: a flood of new sources at the cap must not cost a socket each.
                 let budget = stream_budget(&stream.name, stream.max_flows);
                 let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
@@ -282,14 +281,12 @@ async fn serve_flows(
 fn flush(run: &mut Option<Run<FlowKey>>, batch: &Batch, table: &mut FlowTable<FlowKey, Flow>, counters: &Counters) {
     let Some(run) = run.take() else { return };
     let Some(flow) = table.get_mut(&run.key) else { return };
-    let mut parts = [&[][..]; MAX_BATCH];
-    let n = batch.parts(&run, &mut parts);
-    let sent = flow.segmenting.send(&flow.upstream.upstream, flow.header.as_deref(), &parts[..n]);
+    let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream.upstream, flow.header.as_deref());
     counters.dgrams_in.increment(sent.datagrams as u64);
     if let Some(l) = &flow.log {
         (0..sent.datagrams).for_each(|_| l.counts.inbound(run.len));
     }
-    let dropped = n - sent.datagrams;
+    let dropped = run.count().saturating_sub(sent.datagrams);
     if dropped > 0 {
         debug!(stream = %counters.stream, dropped, "send to upstream failed");
         drop_count(&counters.stream, "send_failed", dropped);
