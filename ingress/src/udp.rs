@@ -24,7 +24,7 @@ use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{linger, pump, send_now};
+use shared::udp_relay::{linger, pump};
 
 struct Flow {
     guard: ActiveGuard,
@@ -377,19 +377,23 @@ async fn pump_replies(
     bytes_down: ByteMeter,
 ) {
     let Replies { listener, c, epoch } = replies;
-    pump(&upstream, |reply| {
+    // The route to this client takes GSO or not, whatever the route home does.
+    let mut segmenting = Segmenting::default();
+    pump(&upstream, |run| {
         let now = epoch.elapsed().as_millis() as u64;
         last.store(now, Ordering::Relaxed);
         answers.last.store(now + 1, Ordering::Relaxed);
-        answers.count.fetch_add(1, Ordering::Relaxed);
-        match send_now(&listener, reply, Some(client)) {
-            Ok(_) => {
-                c.dgrams_out.increment(1);
-                c.bytes_out.increment(reply.len() as u64);
-                bytes_down.increment(reply.len() as u64);
-                bytes_down.mark_busy(&busy_mark);
-            }
-            Err(_) => c.drop_send.increment(1),
+        answers.count.fetch_add(run.len() as u64, Ordering::Relaxed);
+        let sent = segmenting.send_to(&listener, client, run).datagrams;
+        if sent > 0 {
+            let bytes = (sent * run[0].len()) as u64;
+            c.dgrams_out.increment(sent as u64);
+            c.bytes_out.increment(bytes);
+            bytes_down.increment(bytes);
+            bytes_down.mark_busy(&busy_mark);
+        }
+        if sent < run.len() {
+            c.drop_send.increment((run.len() - sent) as u64);
         }
     })
     .await;

@@ -235,3 +235,35 @@ async fn a_burst_arrives_whole_and_in_order_each_datagram_with_its_header() {
     assert_eq!(one_got, &(0..50).collect::<Vec<u8>>(), "client one's datagrams, whole and in order");
     assert_eq!(got[&two.local_addr().expect("addr")], [109, 119, 129, 139, 149], "client two's");
 }
+
+/// A burst of replies (read by the flow's pump in batches, sent to the client in GSO runs)
+/// arrives whole and in order, from the service's address, lengths mixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_replies_reaches_the_client_whole_and_in_order() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let upstream = UdpSocket::bind(tcp1.addr).await.expect("bind upstream");
+    let toml = udp_config(tcp1.addr, tcp1.addr, "").replace("{ name = \"wan2\"", "{ name = \"wan2b\"");
+    let server = start(&toml).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let client = UdpSocket::bind("127.0.0.9:0").await.expect("client");
+    client.send_to(b"hello", addr).await.expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let (n, flow) = tokio::time::timeout(Duration::from_secs(5), upstream.recv_from(&mut buf))
+        .await
+        .expect("the first datagram reaches the upstream")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"hello");
+    // 60 replies: runs of 500 bytes broken by a 300-byte one every 16th.
+    let replies: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; if i % 16 == 15 { 300 } else { 500 }]).collect();
+    for r in &replies {
+        upstream.send_to(r, flow).await.expect("reply");
+    }
+    for (i, r) in replies.iter().enumerate() {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("reply {i} of {} never came", replies.len()))
+            .expect("recv");
+        assert_eq!(from, addr, "reply {i} from the service's address");
+        assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
+    }
+}

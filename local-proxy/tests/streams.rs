@@ -210,3 +210,43 @@ proxy_protocol = "v2"
     assert_eq!(got[&one], (0..50).collect::<Vec<u8>>(), "client one's datagrams, whole and in order");
     assert_eq!(got[&two], [109, 119, 129, 139, 149], "client two's");
 }
+
+/// A burst of replies (read by the flow's pump in batches, sent back in GSO runs) reaches the
+/// ingress whole and in order, from the stream's listening address, lengths mixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_replies_reaches_the_ingress_whole_and_in_order() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let p = Proxy::start(&base_config(&format!(
+        r#"
+[[stream]]
+name = "replies"
+listen = "0/udp"
+upstream = "{}"
+"#,
+        upstream.local_addr().unwrap()
+    )))
+    .await;
+    let to = p.listeners_udp[&(Origin::Wan, "replies".to_string())];
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let ingress = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    ingress.send_to(&with_header(client, to, b"hello"), to).await.unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let (n, flow) = tokio::time::timeout(Duration::from_secs(5), upstream.recv_from(&mut buf))
+        .await
+        .expect("the first datagram reaches the upstream")
+        .unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    // 60 replies: runs of 500 bytes broken by a 300-byte one every 16th.
+    let replies: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; if i % 16 == 15 { 300 } else { 500 }]).collect();
+    for r in &replies {
+        upstream.send_to(r, flow).await.unwrap();
+    }
+    for (i, r) in replies.iter().enumerate() {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), ingress.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("reply {i} of {} never came", replies.len()))
+            .unwrap();
+        assert_eq!(from, to, "reply {i} from the stream's address");
+        assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
+    }
+}

@@ -6,7 +6,12 @@
 //! (bench/results/2026-12-04-vm-udp-batch.md).
 //!
 //! A quiet listener keeps one 64 KiB slot, as before; it takes [`MAX_BATCH`] once a read
-//! fills every slot it has, and keeps them (untouched pages of the slots cost no memory).
+//! fills every slot it has, and keeps them (untouched pages of the slots cost no memory). A
+//! flow's replies come the same way: read in batches, sent to the client in runs
+//! ([`Batch::runs`], [`Segmenting::send_to`]).
+//!
+//! Single datagrams go out with [`send_now`] (a full queue drops, as a router would) and
+//! [`send_with_header`] (a PROXY header and the payload in one datagram, without a copy).
 
 use std::cell::RefCell;
 use std::io;
@@ -19,7 +24,24 @@ use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::udp_relay::{send_now, send_with_header, MAX_DATAGRAM};
+/// Largest UDP payload.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// Send without waiting and without tokio's readiness bookkeeping (which reports a fresh
+/// socket as not yet writable): the kernel says WouldBlock only when the queue is full.
+pub fn send_now(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let s = socket2::SockRef::from(sock);
+    match to {
+        Some(to) => s.send_to(data, &to.into()),
+        None => s.send(data),
+    }
+}
+
+/// One datagram made of `header` (a PROXY v2 header) and `data`, without copying either.
+pub fn send_with_header(sock: &UdpSocket, header: &[u8], data: &[u8]) -> io::Result<usize> {
+    let parts = [io::IoSlice::new(header), io::IoSlice::new(data)];
+    socket2::SockRef::from(sock).send_vectored(&parts)
+}
 
 /// Most datagrams one read takes and one GSO send carries (the kernel's limit is 64).
 pub const MAX_BATCH: usize = 32;
@@ -36,7 +58,7 @@ thread_local! {
     static HEADERS: RefCell<[Option<MultiHeaders<SockaddrStorage>>; 2]> = const { RefCell::new([None, None]) };
 }
 
-/// A listener's receive slots and what the last read put in them.
+/// A socket's receive slots and what the last read put in them.
 pub struct Batch {
     /// The slots, [`MAX_DATAGRAM`] bytes each, in one allocation: large enough that the
     /// allocator maps fresh pages, which cost memory only once a datagram is written to them.
@@ -67,6 +89,33 @@ impl Batch {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
             }
+        }
+    }
+
+    /// Reads the datagrams waiting on `sock` without waiting (WouldBlock when none is, and
+    /// the socket's readiness is cleared so the next wait waits).
+    pub fn try_read(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        sock.try_io(Interest::READABLE, || self.recv(sock))
+    }
+
+    /// Hands the last read's datagrams to `send` in runs: consecutive, of one length, as
+    /// many as one GSO send carries (what [`Segmenting::send_to`] takes). For a connected
+    /// socket's batch, whose datagrams all come from one peer: a reply pump's.
+    pub fn runs(&self, mut send: impl FnMut(&[&[u8]])) {
+        let mut parts = [&[][..]; MAX_BATCH];
+        let mut n = 0;
+        for d in (0..self.len()).filter_map(|i| self.get(i)).map(|(d, _)| d) {
+            if n > 0 && (d.len() != parts[0].len() || !Segmenting::fits(n, d.len())) {
+                send(&parts[..n]);
+                n = 0;
+            }
+            if let Some(slot) = parts.get_mut(n) {
+                *slot = d;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            send(&parts[..n]);
         }
     }
 
@@ -160,12 +209,29 @@ impl Segmenting {
     /// connected `sock`, each behind `header` when there is one: in one GSO send when there
     /// are several and the route takes it, else one by one. Never waits: a full queue drops.
     pub fn send(&mut self, sock: &UdpSocket, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
+        self.send_on(sock, None, header, datagrams)
+    }
+
+    /// The same on an unconnected `sock` (a listener's), every datagram to `to`, without a
+    /// header: a flow's replies to its client.
+    pub fn send_to(&mut self, sock: &UdpSocket, to: SocketAddr, datagrams: &[&[u8]]) -> Sent {
+        self.send_on(sock, Some(to), None, datagrams)
+    }
+
+    /// `header` only with `to` None (a connected socket).
+    fn send_on(
+        &mut self,
+        sock: &UdpSocket,
+        to: Option<SocketAddr>,
+        header: Option<&[u8]>,
+        datagrams: &[&[u8]],
+    ) -> Sent {
         let datagrams = &datagrams[..datagrams.len().min(MAX_BATCH)];
         let head = header.unwrap_or_default();
         let segment = head.len() + datagrams.first().map_or(0, |d| d.len());
         // Empty datagrams stay one by one: a segment size of 0 would send a single one.
         if datagrams.len() > 1 && !self.off && segment > 0 && segment < self.refused_from {
-            match send_gso(sock, head, datagrams, segment) {
+            match send_gso(sock, to, head, datagrams, segment) {
                 Ok(()) => return Sent { datagrams: datagrams.len(), calls: 1 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent { datagrams: 0, calls: 1 },
                 Err(e) => {
@@ -181,20 +247,20 @@ impl Segmenting {
                         _ => return Sent { datagrams: 0, calls: 1 },
                     }
                     // Refused before anything left: the datagrams go one by one.
-                    let one_by_one = self.one_by_one(sock, header, datagrams);
+                    let one_by_one = self.one_by_one(sock, to, header, datagrams);
                     return Sent { calls: one_by_one.calls + 1, ..one_by_one };
                 }
             }
         }
-        self.one_by_one(sock, header, datagrams)
+        self.one_by_one(sock, to, header, datagrams)
     }
 
-    fn one_by_one(&self, sock: &UdpSocket, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
+    fn one_by_one(&self, sock: &UdpSocket, to: Option<SocketAddr>, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
         let mut sent = 0;
         for d in datagrams {
             let r = match header {
                 Some(h) => send_with_header(sock, h, d),
-                None => send_now(sock, d, None),
+                None => send_now(sock, d, to),
             };
             sent += usize::from(r.is_ok());
         }
@@ -207,7 +273,13 @@ impl Segmenting {
     }
 }
 
-fn send_gso(sock: &UdpSocket, head: &[u8], datagrams: &[&[u8]], segment: usize) -> io::Result<()> {
+fn send_gso(
+    sock: &UdpSocket,
+    to: Option<SocketAddr>,
+    head: &[u8],
+    datagrams: &[&[u8]],
+    segment: usize,
+) -> io::Result<()> {
     let size = u16::try_from(segment).map_err(|_| io::Error::from_raw_os_error(EMSGSIZE))?;
     let mut iov = [IoSlice::new(&[]); 2 * MAX_BATCH];
     let mut k = 0;
@@ -220,9 +292,8 @@ fn send_gso(sock: &UdpSocket, head: &[u8], datagrams: &[&[u8]], segment: usize) 
         k += 1;
     }
     let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-    sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &iov[..k], &cmsg, MsgFlags::MSG_DONTWAIT, None)
-        .map(drop)
-        .map_err(io::Error::from)
+    let to = to.map(SockaddrStorage::from);
+    sendmsg(sock.as_raw_fd(), &iov[..k], &cmsg, MsgFlags::MSG_DONTWAIT, to.as_ref()).map(drop).map_err(io::Error::from)
 }
 
 /// Consecutive datagrams of a batch of one flow (`key`), all of one length: what one
@@ -426,6 +497,51 @@ mod tests {
         let mut out = [&[][..]; MAX_BATCH];
         let n = batch.parts(&run, &mut out);
         assert_eq!(&out[..n], [&b"two"[..], b"six"]);
+    }
+
+    /// A reply batch splits where the length changes and where a run would outgrow one GSO
+    /// send, and its runs, sent to an address from an unconnected socket, arrive whole and in
+    /// order.
+    #[tokio::test]
+    async fn replies_go_out_in_runs_of_one_length_to_their_client() {
+        let (upstream, flow) = pair().await;
+        let listener = UdpSocket::bind("127.0.0.1:0").await.expect("listener");
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        // 20 of 500 bytes, one of 300, 8 of 9,000 (at most 6 per send), 3 of 500.
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let lengths = [(20, 500), (1, 300), (8, 9000), (3, 500)];
+        for (count, len) in lengths {
+            for _ in 0..count {
+                sent.push(vec![sent.len() as u8; len]);
+            }
+        }
+        for d in &sent {
+            upstream.send(d).await.expect("send");
+        }
+        let mut batch = Batch::default();
+        let mut got_runs = Vec::new();
+        let mut read_total = 0;
+        while read_total < sent.len() {
+            read_total += read(&flow, &mut batch).await;
+            let mut seg = Segmenting::default();
+            let to = client.local_addr().expect("addr");
+            batch.runs(|run| {
+                got_runs.push((run.len(), run[0].len()));
+                let one_send = Sent { datagrams: run.len(), calls: 1 };
+                assert_eq!(seg.send_to(&listener, to, run), one_send, "a run in one GSO send");
+            });
+        }
+        // The first read takes one (a quiet socket's one slot); the next, the other 31.
+        assert_eq!(got_runs, [(1, 500), (19, 500), (1, 300), (6, 9000), (2, 9000), (3, 500)]);
+        let mut buf = vec![0u8; 65_536];
+        for (i, d) in sent.iter().enumerate() {
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(from, listener.local_addr().expect("addr"));
+            assert_eq!(&buf[..n], &d[..], "datagram {i}, whole and in order");
+        }
     }
 
     async fn pair() -> (UdpSocket, UdpSocket) {

@@ -1,54 +1,44 @@
-//! UDP I/O for flow relays, used by both binaries: sends that never wait (a full send queue
-//! drops the datagram, as a router would), a header and a payload in one datagram without a
-//! copy, and a reply pump that reads into one buffer per worker thread, so thousands of idle
-//! flows own no buffer at all.
+//! What both binaries' UDP flow relays share beyond the datagram I/O (`udp_batch`): the reply
+//! pump, which reads in batches into one set of slots per worker thread, so thousands of
+//! idle flows own no buffer at all, and the linger of a stopping listener's flows.
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
+use crate::udp_batch::Batch;
 use crate::udp_flows::{FlowEntry, FlowTable};
 
-/// Largest UDP payload.
-pub const MAX_DATAGRAM: usize = 65_535;
-
-/// Send without waiting and without tokio's readiness bookkeeping (which reports a fresh
-/// socket as not yet writable): the kernel says WouldBlock only when the queue is full.
-pub fn send_now(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
-    let s = socket2::SockRef::from(sock);
-    match to {
-        Some(to) => s.send_to(data, &to.into()),
-        None => s.send(data),
-    }
-}
-
-/// One datagram made of `header` (a PROXY v2 header) and `data`, without copying either.
-pub fn send_with_header(sock: &UdpSocket, header: &[u8], data: &[u8]) -> io::Result<usize> {
-    let parts = [io::IoSlice::new(header), io::IoSlice::new(data)];
-    socket2::SockRef::from(sock).send_vectored(&parts)
-}
-
 thread_local! {
-    static REPLY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
+    /// The replies of every flow on this thread, read one flow's batch at a time between
+    /// awaits: one batch per address family (a batch learns its sockets' family at its first
+    /// read). Quiet flows own no buffer at all; on a busy thread the slots' untouched pages
+    /// cost no memory.
+    static REPLIES: RefCell<[Batch; 2]> = RefCell::new(Default::default());
 }
 
-/// Hand every datagram `upstream` receives to `deliver`, forever (the caller aborts the
-/// task when the flow ends). The buffer is borrowed only between awaits.
-pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[u8])) {
+/// Hand every datagram `upstream` (a connected socket) receives to `deliver`, forever (the
+/// caller aborts the task when the flow ends): read in batches, in runs of one length
+/// ([`Batch::runs`]), so that a busy flow's replies go out in GSO sends
+/// ([`crate::udp_batch::Segmenting::send_to`]).
+pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[&[u8]])) {
+    let family = usize::from(upstream.local_addr().is_ok_and(|a| a.is_ipv6()));
     loop {
         if upstream.readable().await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        let refused = REPLY_BUF.with_borrow_mut(|buf| loop {
-            match upstream.try_recv(buf) {
-                Ok(n) => deliver(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                // ECONNREFUSED from an ICMP port unreachable: the service may come back.
-                Err(_) => return true,
+        let refused = REPLIES.with_borrow_mut(|batches| {
+            let batch = &mut batches[family];
+            loop {
+                match batch.try_read(upstream) {
+                    Ok(_) => batch.runs(&mut deliver),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    // ECONNREFUSED from an ICMP port unreachable: the service may come back.
+                    Err(_) => return true,
+                }
             }
         });
         if refused {
@@ -86,6 +76,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::udp_batch::{send_now, send_with_header};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -150,7 +141,8 @@ mod tests {
         send_now(&b, b"one", None).unwrap();
         send_now(&b, b"two", None).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move { pump(&a, |d| drop(tx.send(d.to_vec()))).await });
+        let task =
+            tokio::spawn(async move { pump(&a, |run| run.iter().for_each(|d| drop(tx.send(d.to_vec())))).await });
         assert_eq!(rx.recv().await.unwrap(), b"one");
         assert_eq!(rx.recv().await.unwrap(), b"two");
         task.abort();

@@ -147,16 +147,16 @@ pub struct FlowCounts {
 }
 
 impl FlowCounts {
-    /// One datagram of `len` payload bytes sent to the upstream.
-    pub fn inbound(&self, len: usize) {
-        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-        self.datagrams_in.fetch_add(1, Ordering::Relaxed);
+    /// `n` datagrams of `len` payload bytes each sent to the upstream.
+    pub fn inbound(&self, n: usize, len: usize) {
+        self.bytes_in.fetch_add((n * len) as u64, Ordering::Relaxed);
+        self.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// One reply of `len` bytes sent to the client.
-    pub fn outbound(&self, len: usize) {
-        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
-        self.datagrams_out.fetch_add(1, Ordering::Relaxed);
+    /// `n` replies of `len` bytes each sent to the client.
+    pub fn outbound(&self, n: usize, len: usize) {
+        self.bytes_out.fetch_add((n * len) as u64, Ordering::Relaxed);
+        self.datagrams_out.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

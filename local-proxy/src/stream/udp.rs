@@ -30,7 +30,7 @@ use metrics::{Counter, Gauge};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
-use shared::udp_relay::{linger, pump, send_now};
+use shared::udp_relay::{linger, pump};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -284,7 +284,7 @@ fn flush(run: &mut Option<Run<FlowKey>>, batch: &Batch, table: &mut FlowTable<Fl
     let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream.upstream, flow.header.as_deref());
     counters.dgrams_in.increment(sent.datagrams as u64);
     if let Some(l) = &flow.log {
-        (0..sent.datagrams).for_each(|_| l.counts.inbound(run.len));
+        l.counts.inbound(sent.datagrams, run.len);
     }
     let dropped = run.count().saturating_sub(sent.datagrams);
     if dropped > 0 {
@@ -436,17 +436,18 @@ async fn replies(
     counters: Arc<Counters>,
     counts: Option<Arc<FlowCounts>>,
 ) {
-    pump(&upstream.upstream, |reply| {
+    // The route back to the sender takes GSO or not, whatever the route upstream does.
+    let mut segmenting = Segmenting::default();
+    pump(&upstream.upstream, |run| {
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let to = upstream.reply_to();
-        match send_now(&to.socket, reply, Some(to.sender)) {
-            Ok(_) => {
-                counters.dgrams_out.increment(1);
-                if let Some(c) = &counts {
-                    c.outbound(reply.len());
-                }
-            }
-            Err(_) => drop_count(&counters.stream, "send_failed", 1),
+        let sent = segmenting.send_to(&to.socket, to.sender, run).datagrams;
+        counters.dgrams_out.increment(sent as u64);
+        if let Some(c) = &counts {
+            c.outbound(sent, run[0].len());
+        }
+        if sent < run.len() {
+            drop_count(&counters.stream, "send_failed", run.len() - sent);
         }
     })
     .await;

@@ -171,7 +171,7 @@ fn main() -> Result<()> {
                     add(&mut figs, c, "http_new_errors", nc.errors as f64);
                 }
                 if c.udp() && args.wants("udp") {
-                    let u = workloads::udp(&t, c, "1G", None)?;
+                    let u = workloads::udp(&t, c, "1G", None, false)?;
                     add(&mut figs, c, "udp_mbps", u.mbps);
                     add(&mut figs, c, "udp_loss_pct", u.loss_pct);
                     add(&mut figs, c, "udp_proxy_drop_pct", u.proxy_drop_pct);
@@ -179,9 +179,18 @@ fn main() -> Result<()> {
                     // The same with 4 MB socket buffers at the ends (the ingress's own listen
                     // sockets have 4 MB): the receiver then rides out the proxy's bursts and
                     // the scheduling of 2 shared cores, so what is lost is the proxy's doing.
-                    let w = workloads::udp(&t, c, "1G", Some("4M"))?;
+                    let w = workloads::udp(&t, c, "1G", Some("4M"), false)?;
                     add(&mut figs, c, "udp_w4m_loss_pct", w.loss_pct);
                     add(&mut figs, c, "udp_w4m_proxy_drop_pct", w.proxy_drop_pct);
+                    // Home to the client: the proxy's reply path.
+                    let r = workloads::udp(&t, c, "1G", None, true)?;
+                    add(&mut figs, c, "udp_rev_mbps", r.mbps);
+                    add(&mut figs, c, "udp_rev_loss_pct", r.loss_pct);
+                    add(&mut figs, c, "udp_rev_proxy_drop_pct", r.proxy_drop_pct);
+                    add(&mut figs, c, "udp_rev_receiver_drop_pct", r.receiver_drop_pct);
+                    let rw = workloads::udp(&t, c, "1G", Some("4M"), true)?;
+                    add(&mut figs, c, "udp_rev_w4m_loss_pct", rw.loss_pct);
+                    add(&mut figs, c, "udp_rev_w4m_proxy_drop_pct", rw.proxy_drop_pct);
                 }
                 if let Some(p) = &proc_name {
                     if !args.quick && args.wants("failover") {

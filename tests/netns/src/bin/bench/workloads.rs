@@ -85,19 +85,25 @@ fn udp_counters(t: &Topology, role: Role) -> Result<BTreeMap<String, u64>> {
 /// loss alone mixes the proxy's drops with the receiver's (a run in which the ingress's
 /// kernel dropped none had 4.4 % loss, all at home's iperf3 socket, as direct's 4.5 %).
 /// `window`: the sockets' buffer size iperf3 asks for at both ends (`-w`), None: the
-/// kernel's default (212,992 bytes here, ~170 datagrams).
-pub fn udp(t: &Topology, c: Candidate, rate: &str, window: Option<&str>) -> Result<Udp> {
-    again_if_hung("UDP", || udp_once(t, c, rate, window))
+/// kernel's default (212,992 bytes here, ~170 datagrams). `reverse`: home sends to the
+/// client (iperf3 `-R`), so the datagrams take the proxy's reply path (a TURN relay's media
+/// towards the client, a download).
+pub fn udp(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
+    again_if_hung("UDP", || udp_once(t, c, rate, window, reverse))
 }
 
-fn udp_once(t: &Topology, c: Candidate, rate: &str, window: Option<&str>) -> Result<Udp> {
-    let before = [udp_counters(t, Role::Ingress1)?, udp_counters(t, Role::Home)?];
+fn udp_once(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
+    let receiver = if reverse { Role::Client } else { Role::Home };
+    let before = [udp_counters(t, Role::Ingress1)?, udp_counters(t, receiver)?];
     let mut args = vec!["-u", "-b", rate, "-l", "1200"];
     if let Some(w) = window {
         args.extend(["-w", w]);
     }
+    if reverse {
+        args.push("-R");
+    }
     let v = iperf(t, c, IPERF_UDP_PORT, &args)?;
-    let after = [udp_counters(t, Role::Ingress1)?, udp_counters(t, Role::Home)?];
+    let after = [udp_counters(t, Role::Ingress1)?, udp_counters(t, receiver)?];
     let delta = |i: usize, k: &str| after[i].get(k).unwrap_or(&0).saturating_sub(*before[i].get(k).unwrap_or(&0));
     let sum = &v["end"]["sum"];
     let lost = sum["lost_percent"].as_f64().context("no lost_percent")?;
