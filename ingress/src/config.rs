@@ -172,6 +172,7 @@ struct RawService {
     max_flows: Option<u32>,
     udp_expect_replies: Option<bool>,
     udp_reply_timeout: Option<String>,
+    udp_recv_buffer: Option<usize>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     peek_timeout: Option<String>,
@@ -409,6 +410,8 @@ pub struct ServiceConfig {
     /// and keeps sending unanswered for `udp_reply_timeout` makes its path suspect.
     pub udp_expect_replies: bool,
     pub udp_reply_timeout: Duration,
+    /// UDP only: the receive queue of the listening sockets and of each flow's socket, bytes.
+    pub udp_recv_buffer: usize,
     /// `sni`/`http` modes: names (exact or `*.suffix`) to pools; `pool` is the default.
     pub routes: Vec<RouteConfig>,
     /// `sni`/`http` modes: how long a client may take to send its ClientHello/request head.
@@ -729,6 +732,17 @@ fn validate(raw: RawConfig) -> Result<Config, Problems> {
                 "udp_expect_replies and udp_reply_timeout need protocol = \"udp\"",
             );
         }
+        let udp_recv_buffer = rs.udp_recv_buffer.unwrap_or(shared::listeners::UDP_RECV_BUFFER);
+        if rs.udp_recv_buffer.is_some() && protocol != Protocol::Udp {
+            p.push(format!("{field}.udp_recv_buffer"), "needs protocol = \"udp\" (TCP sockets size their own queues)");
+        }
+        let range = shared::listeners::UDP_RECV_BUFFER_RANGE;
+        if !range.contains(&udp_recv_buffer) {
+            p.push(
+                format!("{field}.udp_recv_buffer"),
+                format!("must be {}..={} bytes (got {udp_recv_buffer})", range.start(), range.end()),
+            );
+        }
         let udp_reply_timeout = p.duration(
             &format!("{field}.udp_reply_timeout"),
             rs.udp_reply_timeout.as_deref(),
@@ -771,6 +785,7 @@ fn validate(raw: RawConfig) -> Result<Config, Problems> {
             max_flows: rs.max_flows.unwrap_or(4096) as usize,
             udp_expect_replies: rs.udp_expect_replies.unwrap_or(false),
             udp_reply_timeout,
+            udp_recv_buffer,
             routes: rs.routes.iter().map(|r| RouteConfig { names: r.names.clone(), pool: r.pool.clone() }).collect(),
             peek_timeout,
             peek_max,

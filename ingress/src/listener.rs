@@ -1,5 +1,6 @@
 //! Binding the ingress's sockets (`shared::listeners` sets them up the same way for both
-//! binaries): a deep accept backlog, and a large UDP receive queue.
+//! binaries): a deep accept backlog. A UDP listener's receive queue is its service's
+//! `udp_recv_buffer`, kept by its receive loop (`udp::serve`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,9 +8,8 @@ use std::net::SocketAddr;
 use shared::listeners::Options;
 
 /// Bursts of connections from many clients at once: a deep accept queue refuses fewer.
-const TCP: Options = Options { backlog: 4096, freebind: false, recv_buffer: None };
-/// Bursts from many agents at once: a larger receive queue loses fewer datagrams.
-const UDP: Options = Options { backlog: 0, freebind: false, recv_buffer: Some(shared::listeners::UDP_RECV_BUFFER) };
+const TCP: Options = Options { backlog: 4096, freebind: false };
+const UDP: Options = Options { backlog: 0, freebind: false };
 
 /// Bind a TCP listener.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, ByteMeter, Kind, Pool, Tried, NEVER_BUSY};
+use crate::pool::{ActiveGuard, ByteMeter, Kind, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
+use shared::listeners::{set_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{linger, pump};
@@ -183,6 +184,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut stop = shared.stop.clone();
     let mut batch = Batch::default();
     let mut gone: Vec<Flow> = Vec::new();
+    let mut recv_buffer = RecvBufferKeeper::default();
+    recv_buffer.keep(&socket, first.cfg.udp_recv_buffer, &first.cfg.name);
     loop {
         let received = tokio::select! {
             biased;
@@ -212,6 +215,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         }
         let now = now_ms();
         let svc = slot.load();
+        recv_buffer.keep(&socket, svc.cfg.udp_recv_buffer, &svc.cfg.name);
         // One flow's consecutive datagrams of one size, sent together once the run ends.
         let mut run: Option<Run> = None;
         for i in 0..batch.len() {
@@ -273,7 +277,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                     continue;
                 };
-                let Some(flow) = open_flow(&svc.pool, port, client, &replies, now, header, permits).await else {
+                let opened = open_flow(&svc, port, client, &replies, now, header, permits).await;
+                let Some(flow) = opened else {
                     c.drop_no_path.increment(1);
                     continue;
                 };
@@ -315,7 +320,7 @@ fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr,
 
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
 async fn open_flow(
-    pool: &Pool,
+    svc: &Service,
     port: u16,
     client: SocketAddr,
     replies: &Replies,
@@ -323,6 +328,7 @@ async fn open_flow(
     header: Option<Box<[u8]>>,
     permits: FlowPermits,
 ) -> Option<Flow> {
+    let pool = &svc.pool;
     let mut tried = Tried::default();
     while let Some((i, path)) = pool.pick(tried, Kind::Udp) {
         tried.insert(i);
@@ -342,6 +348,8 @@ async fn open_flow(
                 return None;
             }
         };
+        // The home's replies at full rate (best effort: a cap is the listener's to report).
+        let _ = set_recv_buffer(&sock, svc.cfg.udp_recv_buffer);
         if let Err(e) = sock.connect(target).await {
             tracing::debug!(path = %path.name, %target, error = %e, "udp connect failed, trying next path");
             continue;

@@ -267,3 +267,43 @@ async fn a_burst_of_replies_reaches_the_client_whole_and_in_order() {
         assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
     }
 }
+
+/// udp_recv_buffer sizes the listening socket and each flow's socket, and a reload applies a
+/// new size to the running listener (at its next datagram) and to flows opened after. The
+/// sizes stay under net.core.rmem_max, so they hold with or without CAP_NET_ADMIN.
+#[tokio::test]
+async fn udp_recv_buffer_sizes_listeners_and_flows_and_follows_a_reload() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let upstream = UdpSocket::bind(tcp1.addr).await.expect("bind upstream");
+    let conf = |size: u32| {
+        udp_config(tcp1.addr, tcp1.addr, &format!("udp_recv_buffer = {size}"))
+            .replace("{ name = \"wan2\"", "{ name = \"wan2b\"")
+    };
+    let server = start(&conf(65_536)).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    assert_eq!(test_support::udp_receive_buffer(addr.port()), Some(2 * 65_536), "the listener, as configured");
+    let first = flow_port(&upstream, addr, "127.0.0.9").await;
+    assert_eq!(test_support::udp_receive_buffer(first), Some(2 * 65_536), "the flow's socket, as configured");
+
+    server.try_reload(ingress::Config::from_toml(&conf(131_072)).expect("valid")).expect("applies");
+    let second = flow_port(&upstream, addr, "127.0.0.10").await;
+    assert_eq!(
+        test_support::udp_receive_buffer(addr.port()),
+        Some(2 * 131_072),
+        "the running listener, after the reload"
+    );
+    assert_eq!(test_support::udp_receive_buffer(second), Some(2 * 131_072), "a flow opened after the reload");
+    assert_eq!(test_support::udp_receive_buffer(first), Some(2 * 65_536), "a flow opened before keeps its socket");
+}
+
+/// A new client on `ip` sends to the service; the local port of its flow's socket, as the
+/// upstream sees it.
+async fn flow_port(upstream: &UdpSocket, service: SocketAddr, ip: &str) -> u16 {
+    let client = UdpSocket::bind((ip, 0)).await.expect("client");
+    client.send_to(b"hi", service).await.expect("send");
+    let (_, flow) = tokio::time::timeout(Duration::from_secs(5), upstream.recv_from(&mut [0u8; 64]))
+        .await
+        .expect("the datagram reaches the upstream")
+        .expect("recv");
+    flow.port()
+}

@@ -258,8 +258,8 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
     Ok(())
 }
 
-/// The local proxy's sockets: an accept queue of 1024; the mesh ones with `IP_FREEBIND`; UDP
-/// ones with a large receive buffer.
+/// The local proxy's sockets: an accept queue of 1024; the mesh ones with `IP_FREEBIND`. A UDP
+/// socket's receive queue is its stream's `udp_recv_buffer`, kept by its loop (`stream::udp`).
 fn options(freebind: bool) -> shared::listeners::Options {
     shared::listeners::Options { freebind, ..Default::default() }
 }
@@ -269,7 +269,5 @@ fn tcp(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
 }
 
 fn udp(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
-    let opts =
-        shared::listeners::Options { recv_buffer: Some(shared::listeners::UDP_RECV_BUFFER), ..options(freebind) };
-    shared::listeners::udp(addr, &opts)
+    shared::listeners::udp(addr, &options(freebind))
 }

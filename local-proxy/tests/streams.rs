@@ -250,3 +250,31 @@ upstream = "{}"
         assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
     }
 }
+
+/// udp_recv_buffer sizes the stream's listening socket and each flow's socket (`ss`'s `rb`
+/// is twice what was set; the size stays under net.core.rmem_max, with or without
+/// CAP_NET_ADMIN).
+#[tokio::test]
+async fn udp_recv_buffer_sizes_the_listener_and_the_flows() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let p = Proxy::start(&base_config(&format!(
+        r#"
+[[stream]]
+name = "sized"
+listen = "0/udp"
+upstream = "{}"
+udp_recv_buffer = 65536
+"#,
+        upstream.local_addr().unwrap()
+    )))
+    .await;
+    let to = p.listeners_udp[&(Origin::Wan, "sized".to_string())];
+    let ingress = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    ingress.send_to(&with_header("198.51.100.7:40000".parse().unwrap(), to, b"hi"), to).await.unwrap();
+    let (_, flow) = tokio::time::timeout(Duration::from_secs(5), upstream.recv_from(&mut [0u8; 64]))
+        .await
+        .expect("the datagram reaches the upstream")
+        .unwrap();
+    assert_eq!(test_support::udp_receive_buffer(to.port()), Some(2 * 65_536), "the listener");
+    assert_eq!(test_support::udp_receive_buffer(flow.port()), Some(2 * 65_536), "the flow's socket");
+}

@@ -3,7 +3,8 @@
 //!
 //! Binding: `SO_REUSEADDR`; IPv6 sockets that do not also take IPv4 (so `0.0.0.0:443` and
 //! `[::]:443` can both be listed); optionally `IP_FREEBIND` (an address not up yet, like the
-//! mesh address while yggdrasil restarts) and a larger receive queue (UDP bursts).
+//! mesh address while yggdrasil restarts). UDP sockets' receive queues are sized by their
+//! service's `udp_recv_buffer` ([`RecvBufferKeeper`], [`set_recv_buffer`]).
 //!
 //! Reconciling (sans-io): [`Plan`] diffs the running sockets against the ones a new config
 //! asks for, by key (each binary's key: address, transport, ...). A reload binds every added
@@ -16,7 +17,11 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -27,19 +32,82 @@ pub struct Options {
     pub backlog: i32,
     /// Bind even when the address is not (yet) on an interface.
     pub freebind: bool,
-    /// UDP: the receive buffer to ask for (best effort); `None`: the system's default.
-    pub recv_buffer: Option<usize>,
 }
-
-/// The receive buffer UDP listeners ask for: bursts from many clients at once, and the
-/// datagrams that queue while a restart hands the socket to the next process (at the default
-/// 208 KiB, ~256 small datagrams: half a second of one client sending every 2 ms). The kernel
-/// caps it at `net.core.rmem_max`.
-pub const UDP_RECV_BUFFER: usize = 4 << 20;
 
 impl Default for Options {
     fn default() -> Self {
-        Self { backlog: 1024, freebind: false, recv_buffer: None }
+        Self { backlog: 1024, freebind: false }
+    }
+}
+
+/// `udp_recv_buffer`'s default (both binaries): the receive queue of UDP listeners and flow
+/// sockets. It rides out bursts from many clients at once, a relay's batches at 1 Gbit/s
+/// (~3,500 datagrams of 1,200 bytes), and the datagrams that queue while a restart hands the
+/// socket to the next process. The kernel's default, 208 KiB, holds ~170 datagrams.
+pub const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// `udp_recv_buffer`'s range, bytes.
+pub const UDP_RECV_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(256 << 20);
+
+/// A UDP socket's receive buffer: what was asked, and what the kernel set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvBuffer {
+    pub asked: usize,
+    pub got: usize,
+}
+
+/// Whether `SO_RCVBUFFORCE` was refused once (no CAP_NET_ADMIN): not asked again.
+static FORCE_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Sets `sock`'s receive buffer to `size` bytes: past `net.core.rmem_max` when the process
+/// may (CAP_NET_ADMIN: `SO_RCVBUFFORCE`), else up to it, where the kernel caps it silently.
+/// Returns what the kernel set, so a cap can be reported.
+pub fn set_recv_buffer(sock: &impl AsFd, size: usize) -> io::Result<RecvBuffer> {
+    let forced = !FORCE_REFUSED.load(Ordering::Relaxed)
+        && match setsockopt(sock, sockopt::RcvBufForce, &size) {
+            Ok(()) => true,
+            Err(Errno::EPERM) => {
+                FORCE_REFUSED.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+    if !forced {
+        setsockopt(sock, sockopt::RcvBuf, &size)?;
+    }
+    // Linux reports twice what was set (the half it keeps for its own bookkeeping).
+    let got = getsockopt(sock, sockopt::RcvBuf)? / 2;
+    Ok(RecvBuffer { asked: size, got })
+}
+
+/// Keeps a UDP listener's receive buffer at its service's `udp_recv_buffer`: set when the
+/// listener starts serving and again whenever a reload changes it (a kept socket included),
+/// with a warning, once per change, when the kernel caps it.
+#[derive(Debug, Default)]
+pub struct RecvBufferKeeper {
+    applied: Option<usize>,
+}
+
+impl RecvBufferKeeper {
+    /// `name`: the service or stream, for the log.
+    pub fn keep(&mut self, sock: &UdpSocket, size: usize, name: &str) {
+        if self.applied == Some(size) {
+            return;
+        }
+        self.applied = Some(size);
+        let listen = sock.local_addr().ok();
+        match set_recv_buffer(sock, size) {
+            Ok(b) if b.got < b.asked => tracing::warn!(
+                name,
+                listen = ?listen,
+                asked = b.asked,
+                got = b.got,
+                "udp_recv_buffer capped by the kernel at net.core.rmem_max: raise that sysctl, or run with \
+                 CAP_NET_ADMIN; bursts beyond the smaller queue are dropped"
+            ),
+            Ok(b) => tracing::debug!(name, listen = ?listen, bytes = b.got, "udp receive buffer set"),
+            Err(e) => tracing::warn!(name, listen = ?listen, error = %e, "cannot set the udp receive buffer"),
+        }
     }
 }
 
@@ -55,10 +123,6 @@ fn socket(addr: SocketAddr, ty: Type, opts: &Options) -> io::Result<Socket> {
             SocketAddr::V4(_) => sock.set_freebind(true)?,
             SocketAddr::V6(_) => sock.set_freebind_ipv6(true)?,
         }
-    }
-    if let Some(size) = opts.recv_buffer {
-        // Best effort: the kernel caps it at net.core.rmem_max.
-        let _ = sock.set_recv_buffer_size(size);
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
@@ -175,7 +239,29 @@ mod tests {
         if let Ok(v6) = tcp(SocketAddr::new("::".parse().unwrap(), addr.port()), &opts) {
             assert_eq!(v6.local_addr().unwrap().port(), addr.port());
         }
-        let u = udp("127.0.0.1:0".parse().unwrap(), &Options { recv_buffer: Some(1 << 20), ..opts }).unwrap();
+        let u = udp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
         assert_ne!(u.local_addr().unwrap().port(), 0);
+    }
+
+    /// With CAP_NET_ADMIN (CI runs as root) a receive buffer is what was asked, past
+    /// `net.core.rmem_max`; without it the kernel caps it there, and the result says so. A
+    /// smaller size later is set too (a reload that lowers it).
+    #[tokio::test]
+    async fn a_receive_buffer_is_what_was_asked_or_capped_at_rmem_max() {
+        let rmem_max: usize =
+            std::fs::read_to_string("/proc/sys/net/core/rmem_max").expect("rmem_max").trim().parse().expect("a number");
+        let asked = (rmem_max * 4).clamp(1 << 20, *UDP_RECV_BUFFER_RANGE.end());
+        let sock = udp("127.0.0.1:0".parse().unwrap(), &Options::default()).unwrap();
+        let got = set_recv_buffer(&sock, asked).expect("set");
+        let expected = if net_admin() { asked } else { rmem_max.min(asked) };
+        assert_eq!(got, RecvBuffer { asked, got: expected }, "rmem_max {rmem_max}, CAP_NET_ADMIN {}", net_admin());
+        assert_eq!(set_recv_buffer(&sock, 65_536).expect("set"), RecvBuffer { asked: 65_536, got: 65_536 });
+    }
+
+    /// Whether this process has CAP_NET_ADMIN (bit 12 of its effective set).
+    fn net_admin() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff");
+        u64::from_str_radix(eff.trim(), 16).expect("hex") & (1 << 12) != 0
     }
 }

@@ -240,6 +240,8 @@ pub struct Stream {
     pub idle_timeout: Duration,
     /// UDP only: concurrent flows per listening socket.
     pub max_flows: usize,
+    /// UDP only: the receive queue of the listening sockets and of each flow's socket, bytes.
+    pub udp_recv_buffer: usize,
     /// One line per TCP connection or UDP flow when it ends; `None`: not logged.
     pub access_log: Option<AccessLog>,
 }

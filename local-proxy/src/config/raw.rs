@@ -206,6 +206,7 @@ pub struct RawStream {
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_flows: Option<u64>,
+    pub udp_recv_buffer: Option<u64>,
     /// One line per TCP connection or UDP flow of this stream.
     pub access_log: Option<RawAccessLog>,
     pub balance: Option<Choice<Balance>>,

@@ -622,6 +622,18 @@ fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
     if s.max_flows.is_some() && protocol == Protocol::Tcp {
         c.push(f("max_flows"), "only applies to udp streams");
     }
+    let range = shared::listeners::UDP_RECV_BUFFER_RANGE;
+    let udp_recv_buffer = count(
+        c,
+        &f("udp_recv_buffer"),
+        s.udp_recv_buffer,
+        shared::listeners::UDP_RECV_BUFFER as u64,
+        *range.start() as u64,
+        *range.end() as u64,
+    ) as usize;
+    if s.udp_recv_buffer.is_some() && protocol == Protocol::Tcp {
+        c.push(f("udp_recv_buffer"), "only applies to udp streams");
+    }
     let access_log = s.access_log.as_ref().and_then(|a| access_log(c, &f("access_log"), a));
     let st = Stream {
         name,
@@ -633,6 +645,7 @@ fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
         connect_timeout,
         idle_timeout,
         max_flows,
+        udp_recv_buffer,
         access_log,
     };
     (c.len() == before).then_some(st)

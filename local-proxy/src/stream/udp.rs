@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
+use shared::listeners::{set_recv_buffer, RecvBufferKeeper};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
@@ -166,6 +167,10 @@ async fn serve_flows(
     let mut gone = Vec::new();
     let mut counters = Counters::new(stream_name.load_full());
     let mut batch = Batch::default();
+    let mut recv_buffer = RecvBufferKeeper::default();
+    if let Some(s) = state.config.load().streams.iter().find(|s| s.name == **stream_name.load()) {
+        recv_buffer.keep(&socket, s.udp_recv_buffer, &s.name);
+    }
     loop {
         let received = tokio::select! {
             r = batch.read(&socket) => r,
@@ -198,6 +203,7 @@ async fn serve_flows(
         let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
             continue;
         };
+        recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);
         let now = now_ms();
         // One flow's consecutive datagrams of one shape, sent together once the run ends.
         let mut run: Option<Run<FlowKey>> = None;
@@ -375,6 +381,8 @@ async fn open_flow(
         }
         FlowSocket::plain(plain_flow_socket(stream, target).await?, reply)
     };
+    // The upstream's replies at full rate (best effort: a cap is the listener's to report).
+    let _ = set_recv_buffer(&upstream.upstream, stream.udp_recv_buffer);
     let header = stream.proxy_protocol.then(|| {
         let mut h = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));

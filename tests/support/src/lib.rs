@@ -88,6 +88,14 @@ pub async fn proxied_bursts(
     got
 }
 
+/// The kernel's receive buffer of this machine's UDP socket on local port `port`: `ss`'s `rb`,
+/// twice what `SO_RCVBUF` set (Linux keeps half for its bookkeeping).
+pub fn udp_receive_buffer(port: u16) -> Option<u64> {
+    let out = std::process::Command::new("ss").args(["-Hnuam", "sport", "=", &format!(":{port}")]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split(|c: char| c == ',' || c == '(' || c.is_whitespace()).find_map(|f| f.strip_prefix("rb")?.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
