@@ -201,6 +201,8 @@ async fn serve_flows(
         }
         let config = state.config.load();
         let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
+            // A reload removed the stream; this socket closes as soon as its loop sees it.
+            drop_count(&name, "stream_removed", batch.len());
             continue;
         };
         recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);

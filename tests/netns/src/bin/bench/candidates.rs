@@ -18,6 +18,11 @@ pub const IPERF_PORT: u16 = 5201;
 /// such replies. (The local proxy binds per WAN address for exactly this reason.)
 pub const IPERF_UDP_PORT: u16 = 5202;
 pub const HTTP_PORT: u16 = 8081;
+/// Home's local proxy (when the bench has its binary): TCP and UDP streams on this port in
+/// front of home's UDP iperf3, reached through the ingress (PROXY v2, wan1 only).
+pub const LP_PORT: u16 = 5203;
+/// The local proxy's admin listener inside home.
+const LP_ADMIN: &str = "127.0.0.1:9182";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Candidate {
@@ -100,11 +105,32 @@ pub fn ingress_config(mesh: Ipv6Addr, threads: Threads) -> String {
         s,
         "[pool.wan1only]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\nmesh = \"{mesh}\"\n\
          health = {{ interval = \"500ms\", timeout = \"400ms\", rise = 2, fall = 2, port = {} }}\n\
-         [[service]]\nname = \"iperf-udp\"\nlisten = [\"0.0.0.0:{IPERF_UDP_PORT}\"]\nprotocol = \"udp\"\npool = \"wan1only\"\n",
+         [[service]]\nname = \"iperf-udp\"\nlisten = [\"0.0.0.0:{IPERF_UDP_PORT}\"]\nprotocol = \"udp\"\npool = \"wan1only\"\n\
+         [[service]]\nname = \"lp-iperf-control\"\nlisten = [\"0.0.0.0:{LP_PORT}\"]\npool = \"wan1only\"\nproxy_protocol = \"v2\"\n\
+         [[service]]\nname = \"lp-iperf-udp\"\nlisten = [\"0.0.0.0:{LP_PORT}\"]\nprotocol = \"udp\"\npool = \"wan1only\"\nproxy_protocol = \"v2\"\n",
         addr::WAN1,
         addr::HEALTH_PORT
     );
     s
+}
+
+/// Home's local proxy: WAN streams on [`LP_PORT`] (TCP for iperf3's control connection, UDP
+/// for its data) to home's UDP iperf3, trusting ingress1's PROXY headers; one thread, as the
+/// other candidates at `--threads 1` (`threads` otherwise).
+pub fn local_proxy_config(threads: Threads) -> String {
+    let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
+    let stream = |name: &str, proto: &str| {
+        format!(
+            "[[stream]]\nname = \"{name}\"\nlisten = \"{LP_PORT}/{proto}\"\nupstream = \"127.0.0.1:{IPERF_UDP_PORT}\"\n"
+        )
+    };
+    format!(
+        "{threads}[admin]\nlisten = \"{LP_ADMIN}\"\n[wan]\naddresses = [\"{}\"]\ntrusted_ingress = [\"{}\"]\n{}{}",
+        addr::WAN1,
+        addr::INGRESS1,
+        stream("iperf-control", "tcp"),
+        stream("iperf-udp", "udp")
+    )
 }
 
 /// HAProxy as the playbook this project replaces ran it, tuned as its docs advise: splice,

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use netns::services::{self, Listen};
 use netns::topology::{Bins, Cut, Options, Role, Topology};
+use netns::wait::{check, wait_until};
 
 use candidates::Candidate;
 use workloads::Figures;
@@ -122,6 +124,27 @@ fn start_home_services(t: &mut Topology) -> Result<()> {
     Ok(())
 }
 
+/// Home's local proxy in front of home's UDP iperf3 (`candidates::local_proxy_config`), when
+/// the bench has its binary: UDP through the whole deployed chain. Returns whether it runs.
+fn start_local_proxy(t: &mut Topology, bins: &std::path::Path, threads: candidates::Threads) -> Result<bool> {
+    let bin = bins.join("local-proxy");
+    if !bin.is_file() {
+        eprintln!("no local-proxy in {}: UDP through it is not measured", bins.display());
+        return Ok(false);
+    }
+    let file = format!("{}/bench-local-proxy.toml", t.dir().display());
+    std::fs::write(&file, candidates::local_proxy_config(threads))?;
+    t.spawn(Role::Home, "home-local-proxy", &[bin.display().to_string(), "-c".into(), file])?;
+    let home = t.ns(Role::Home).to_string();
+    let want = [Listen::Udp(candidates::LP_PORT), Listen::Tcp(candidates::LP_PORT)];
+    wait_until("local-proxy listening", Duration::from_secs(15), Duration::from_millis(50), || {
+        t.proc_mut("home-local-proxy")?.ensure_running()?;
+        let missing = services::missing_listeners(&home, &want)?;
+        check(missing.is_empty(), || format!("not listening on {missing:?}"))
+    })?;
+    Ok(true)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let bins_dir = std::fs::canonicalize(&args.bins).with_context(|| format!("{}", args.bins.display()))?;
@@ -135,6 +158,7 @@ fn main() -> Result<()> {
     eprintln!("building the topology...");
     let mut t = Topology::build(bins, Options { mesh: true, backends: true })?;
     start_home_services(&mut t)?;
+    let local_proxy = args.wants("udp") && start_local_proxy(&mut t, &bins_dir, args.threads)?;
     let mut figs: BTreeMap<Candidate, Figures> = BTreeMap::new();
     let mut failovers: BTreeMap<(Candidate, &'static str), Vec<workloads::Failover>> = BTreeMap::new();
     let add = |figs: &mut BTreeMap<Candidate, Figures>, c: Candidate, k: &str, v: f64| {
@@ -191,6 +215,20 @@ fn main() -> Result<()> {
                     let rw = workloads::udp(&t, c, "1G", Some("4M"), true)?;
                     add(&mut figs, c, "udp_rev_w4m_loss_pct", rw.loss_pct);
                     add(&mut figs, c, "udp_rev_w4m_proxy_drop_pct", rw.proxy_drop_pct);
+                }
+                if c == Candidate::Ingress && local_proxy && args.wants("udp") {
+                    // The deployed chain: the ingress, then home's local proxy.
+                    for (key, window, reverse) in [
+                        ("udp_lp", None, false),
+                        ("udp_lp_w4m", Some("4M"), false),
+                        ("udp_lp_rev", None, true),
+                        ("udp_lp_rev_w4m", Some("4M"), true),
+                    ] {
+                        let u = workloads::udp_via_local_proxy(&t, "1G", window, reverse)?;
+                        add(&mut figs, c, &format!("{key}_loss_pct"), u.loss_pct);
+                        add(&mut figs, c, &format!("{key}_proxy_drop_pct"), u.proxy_drop_pct);
+                        add(&mut figs, c, &format!("{key}_home_drop_pct"), u.home_drop_pct);
+                    }
                 }
                 if let Some(p) = &proc_name {
                     if !args.quick && args.wants("failover") {

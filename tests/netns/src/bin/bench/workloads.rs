@@ -66,6 +66,9 @@ pub struct Udp {
     pub proxy_drop_pct: f64,
     /// Dropped at the receiver, home's iperf3 socket (the server did not keep up), in %.
     pub receiver_drop_pct: f64,
+    /// Dropped by home's kernel, whichever socket (through the local proxy: its sockets'
+    /// and, on the way in, home's iperf3's), in %.
+    pub home_drop_pct: f64,
 }
 
 /// The `Udp:` counters of a namespace's kernel, by name (`/proc/net/snmp`).
@@ -89,12 +92,20 @@ fn udp_counters(t: &Topology, role: Role) -> Result<BTreeMap<String, u64>> {
 /// client (iperf3 `-R`), so the datagrams take the proxy's reply path (a TURN relay's media
 /// towards the client, a download).
 pub fn udp(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
-    again_if_hung("UDP", || udp_once(t, c, rate, window, reverse))
+    again_if_hung("UDP", || udp_once(t, c, IPERF_UDP_PORT, rate, window, reverse))
 }
 
-fn udp_once(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
+/// The same through the ingress and then home's local proxy (its UDP stream in front of
+/// home's iperf3; the ingress sends PROXY v2 headers, as deployed).
+pub fn udp_via_local_proxy(t: &Topology, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
+    again_if_hung("UDP", || udp_once(t, Candidate::Ingress, candidates::LP_PORT, rate, window, reverse))
+}
+
+fn udp_once(t: &Topology, c: Candidate, port: u16, rate: &str, window: Option<&str>, reverse: bool) -> Result<Udp> {
     let receiver = if reverse { Role::Client } else { Role::Home };
-    let before = [udp_counters(t, Role::Ingress1)?, udp_counters(t, receiver)?];
+    let roles = [Role::Ingress1, receiver, Role::Home];
+    let counters = || roles.iter().map(|r| udp_counters(t, *r)).collect::<Result<Vec<_>>>();
+    let before = counters()?;
     let mut args = vec!["-u", "-b", rate, "-l", "1200"];
     if let Some(w) = window {
         args.extend(["-w", w]);
@@ -102,8 +113,8 @@ fn udp_once(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, revers
     if reverse {
         args.push("-R");
     }
-    let v = iperf(t, c, IPERF_UDP_PORT, &args)?;
-    let after = [udp_counters(t, Role::Ingress1)?, udp_counters(t, receiver)?];
+    let v = iperf(t, c, port, &args)?;
+    let after = counters()?;
     let delta = |i: usize, k: &str| after[i].get(k).unwrap_or(&0).saturating_sub(*before[i].get(k).unwrap_or(&0));
     let sum = &v["end"]["sum"];
     let lost = sum["lost_percent"].as_f64().context("no lost_percent")?;
@@ -115,6 +126,7 @@ fn udp_once(t: &Topology, c: Candidate, rate: &str, window: Option<&str>, revers
         loss_pct: lost,
         proxy_drop_pct: pct(delta(0, "InErrors") + delta(0, "SndbufErrors")),
         receiver_drop_pct: pct(delta(1, "InErrors")),
+        home_drop_pct: pct(delta(2, "InErrors") + delta(2, "SndbufErrors")),
     })
 }
 
