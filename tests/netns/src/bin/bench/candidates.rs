@@ -115,8 +115,8 @@ pub fn ingress_config(mesh: Ipv6Addr, threads: Threads) -> String {
 }
 
 /// Home's local proxy: WAN streams on [`LP_PORT`] (TCP for iperf3's control connection, UDP
-/// for its data) to home's UDP iperf3, trusting ingress1's PROXY headers; one thread, as the
-/// other candidates at `--threads 1` (`threads` otherwise).
+/// for its data) to home's UDP iperf3, trusting ingress1's PROXY headers; `--threads` worker
+/// loops as the candidates, else its default (one per core).
 pub fn local_proxy_config(threads: Threads) -> String {
     let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
     let stream = |name: &str, proto: &str| {

@@ -57,14 +57,15 @@ pub fn tcp_bulk(t: &Topology, c: Candidate, streams: u32) -> Result<f64> {
 /// UDP figures of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Udp {
-    /// Delivered to the iperf3 server.
+    /// Delivered to the receiving iperf3 (home's; the client's with `reverse`).
     pub mbps: f64,
     /// Lost end to end, as iperf3 counts it.
     pub loss_pct: f64,
     /// Dropped by ingress1's kernel (its UDP sockets' receive or send buffers were full: the
     /// proxy did not keep up), in % of the datagrams sent. 0 for `direct` (ingress1 forwards).
     pub proxy_drop_pct: f64,
-    /// Dropped at the receiver, home's iperf3 socket (the server did not keep up), in %.
+    /// Dropped in the receiver's namespace: home's iperf3 socket (the client's with
+    /// `reverse`) did not keep up, in %.
     pub receiver_drop_pct: f64,
     /// Dropped by home's kernel, whichever socket (through the local proxy: its sockets'
     /// and, on the way in, home's iperf3's), in %.
