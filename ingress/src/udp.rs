@@ -22,7 +22,7 @@ use shared::proxy_protocol::{write_v2, Command, Transport};
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, ByteMeter, Kind, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
-use shared::listeners::{set_recv_buffer, RecvBufferKeeper};
+use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
 use shared::udp_relay::{linger, pump};
@@ -349,7 +349,7 @@ async fn open_flow(
             }
         };
         // The home's replies at full rate (best effort: a cap is the listener's to report).
-        let _ = set_recv_buffer(&sock, svc.cfg.udp_recv_buffer);
+        let _ = size_recv_buffer(&sock, svc.cfg.udp_recv_buffer);
         if let Err(e) = sock.connect(target).await {
             tracing::debug!(path = %path.name, %target, error = %e, "udp connect failed, trying next path");
             continue;

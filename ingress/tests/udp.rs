@@ -253,19 +253,7 @@ async fn a_burst_of_replies_reaches_the_client_whole_and_in_order() {
         .expect("the first datagram reaches the upstream")
         .expect("recv");
     assert_eq!(&buf[..n], b"hello");
-    // 60 replies: runs of 500 bytes broken by a 300-byte one every 16th.
-    let replies: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; if i % 16 == 15 { 300 } else { 500 }]).collect();
-    for r in &replies {
-        upstream.send_to(r, flow).await.expect("reply");
-    }
-    for (i, r) in replies.iter().enumerate() {
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("reply {i} of {} never came", replies.len()))
-            .expect("recv");
-        assert_eq!(from, addr, "reply {i} from the service's address");
-        assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
-    }
+    test_support::reply_burst(&upstream, flow, &client, addr).await;
 }
 
 /// udp_recv_buffer sizes the listening socket and each flow's socket, and a reload applies a

@@ -236,19 +236,7 @@ upstream = "{}"
         .expect("the first datagram reaches the upstream")
         .unwrap();
     assert_eq!(&buf[..n], b"hello");
-    // 60 replies: runs of 500 bytes broken by a 300-byte one every 16th.
-    let replies: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; if i % 16 == 15 { 300 } else { 500 }]).collect();
-    for r in &replies {
-        upstream.send_to(r, flow).await.unwrap();
-    }
-    for (i, r) in replies.iter().enumerate() {
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), ingress.recv_from(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("reply {i} of {} never came", replies.len()))
-            .unwrap();
-        assert_eq!(from, to, "reply {i} from the stream's address");
-        assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
-    }
+    test_support::reply_burst(&upstream, flow, &ingress, to).await;
 }
 
 /// udp_recv_buffer sizes the stream's listening socket and each flow's socket (`ss`'s `rb`

@@ -63,6 +63,15 @@ static FORCE_REFUSED: AtomicBool = AtomicBool::new(false);
 /// may (CAP_NET_ADMIN: `SO_RCVBUFFORCE`), else up to it, where the kernel caps it silently.
 /// Returns what the kernel set, so a cap can be reported.
 pub fn set_recv_buffer(sock: &impl AsFd, size: usize) -> io::Result<RecvBuffer> {
+    size_recv_buffer(sock, size)?;
+    // Linux reports twice what was set (the half it keeps for its own bookkeeping).
+    let got = getsockopt(sock, sockopt::RcvBuf)? / 2;
+    Ok(RecvBuffer { asked: size, got })
+}
+
+/// [`set_recv_buffer`] without reading the result back: a flow's socket, whose cap its
+/// listener has already reported.
+pub fn size_recv_buffer(sock: &impl AsFd, size: usize) -> io::Result<()> {
     let forced = !FORCE_REFUSED.load(Ordering::Relaxed)
         && match setsockopt(sock, sockopt::RcvBufForce, &size) {
             Ok(()) => true,
@@ -75,9 +84,7 @@ pub fn set_recv_buffer(sock: &impl AsFd, size: usize) -> io::Result<RecvBuffer> 
     if !forced {
         setsockopt(sock, sockopt::RcvBuf, &size)?;
     }
-    // Linux reports twice what was set (the half it keeps for its own bookkeeping).
-    let got = getsockopt(sock, sockopt::RcvBuf)? / 2;
-    Ok(RecvBuffer { asked: size, got })
+    Ok(())
 }
 
 /// Keeps a UDP listener's receive buffer at its service's `udp_recv_buffer`: set when the

@@ -103,20 +103,21 @@ impl Batch {
     /// socket's batch, whose datagrams all come from one peer: a reply pump's.
     pub fn runs(&self, mut send: impl FnMut(&[&[u8]])) {
         let mut parts = [&[][..]; MAX_BATCH];
-        let mut n = 0;
-        for d in (0..self.len()).filter_map(|i| self.get(i)).map(|(d, _)| d) {
-            if n > 0 && (d.len() != parts[0].len() || !Segmenting::fits(n, d.len())) {
+        let mut flush = |run: Option<Run<()>>| {
+            if let Some(run) = run {
+                let n = self.parts(&run, &mut parts);
                 send(&parts[..n]);
-                n = 0;
             }
-            if let Some(slot) = parts.get_mut(n) {
-                *slot = d;
-                n += 1;
+        };
+        let mut run: Option<Run<()>> = None;
+        for i in 0..self.len() {
+            let Some((d, _)) = self.get(i) else { continue };
+            if !run.as_mut().is_some_and(|r| r.extend(i, (), 0, d.len(), 0)) {
+                flush(run.take());
+                run = Some(Run::new(i, (), 0, d.len()));
             }
         }
-        if n > 0 {
-            send(&parts[..n]);
-        }
+        flush(run);
     }
 
     /// Reads the datagrams waiting on `sock` without waiting (WouldBlock when none is).

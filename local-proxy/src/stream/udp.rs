@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
-use shared::listeners::{set_recv_buffer, RecvBufferKeeper};
+use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
@@ -384,7 +384,7 @@ async fn open_flow(
         FlowSocket::plain(plain_flow_socket(stream, target).await?, reply)
     };
     // The upstream's replies at full rate (best effort: a cap is the listener's to report).
-    let _ = set_recv_buffer(&upstream.upstream, stream.udp_recv_buffer);
+    let _ = size_recv_buffer(&upstream.upstream, stream.udp_recv_buffer);
     let header = stream.proxy_protocol.then(|| {
         let mut h = Vec::with_capacity(64);
         proxy_protocol::write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((key.1, destination)));

@@ -88,6 +88,30 @@ pub async fn proxied_bursts(
     got
 }
 
+/// The reply-burst check of both relays: `upstream` sends 60 replies to `flow` at once (runs
+/// of 500 bytes broken by a 300-byte one every 16th); each must reach `receiver` whole, in
+/// order, from `from` (the relay's listening address).
+pub async fn reply_burst(
+    upstream: &tokio::net::UdpSocket,
+    flow: std::net::SocketAddr,
+    receiver: &tokio::net::UdpSocket,
+    from: std::net::SocketAddr,
+) {
+    let replies: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; if i % 16 == 15 { 300 } else { 500 }]).collect();
+    for r in &replies {
+        upstream.send_to(r, flow).await.unwrap_or_else(|e| panic!("reply: {e}"));
+    }
+    let mut buf = vec![0u8; 65_536];
+    for (i, r) in replies.iter().enumerate() {
+        let (n, source) = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("reply {i} of {} never came", replies.len()))
+            .unwrap_or_else(|e| panic!("recv: {e}"));
+        assert_eq!(source, from, "reply {i} from the relay's listening address");
+        assert_eq!(&buf[..n], &r[..], "reply {i}, whole and in order");
+    }
+}
+
 /// The kernel's receive buffer of this machine's UDP socket on local port `port`: `ss`'s `rb`,
 /// twice what `SO_RCVBUF` set (Linux keeps half for its bookkeeping).
 pub fn udp_receive_buffer(port: u16) -> Option<u64> {

@@ -195,38 +195,35 @@ fn main() -> Result<()> {
                     add(&mut figs, c, "http_new_errors", nc.errors as f64);
                 }
                 if c.udp() && args.wants("udp") {
-                    let u = workloads::udp(&t, c, "1G", None, false)?;
-                    add(&mut figs, c, "udp_mbps", u.mbps);
-                    add(&mut figs, c, "udp_loss_pct", u.loss_pct);
-                    add(&mut figs, c, "udp_proxy_drop_pct", u.proxy_drop_pct);
-                    add(&mut figs, c, "udp_receiver_drop_pct", u.receiver_drop_pct);
-                    // The same with 4 MB socket buffers at the ends (the ingress's own listen
-                    // sockets have 4 MB): the receiver then rides out the proxy's bursts and
-                    // the scheduling of 2 shared cores, so what is lost is the proxy's doing.
-                    let w = workloads::udp(&t, c, "1G", Some("4M"), false)?;
-                    add(&mut figs, c, "udp_w4m_loss_pct", w.loss_pct);
-                    add(&mut figs, c, "udp_w4m_proxy_drop_pct", w.proxy_drop_pct);
-                    // Home to the client: the proxy's reply path.
-                    let r = workloads::udp(&t, c, "1G", None, true)?;
-                    add(&mut figs, c, "udp_rev_mbps", r.mbps);
-                    add(&mut figs, c, "udp_rev_loss_pct", r.loss_pct);
-                    add(&mut figs, c, "udp_rev_proxy_drop_pct", r.proxy_drop_pct);
-                    add(&mut figs, c, "udp_rev_receiver_drop_pct", r.receiver_drop_pct);
-                    let rw = workloads::udp(&t, c, "1G", Some("4M"), true)?;
-                    add(&mut figs, c, "udp_rev_w4m_loss_pct", rw.loss_pct);
-                    add(&mut figs, c, "udp_rev_w4m_proxy_drop_pct", rw.proxy_drop_pct);
-                }
-                if c == Candidate::Ingress && local_proxy && args.wants("udp") {
-                    // The deployed chain: the ingress, then home's local proxy.
-                    for (key, window, reverse) in [
-                        ("udp_lp", None, false),
-                        ("udp_lp_w4m", Some("4M"), false),
-                        ("udp_lp_rev", None, true),
-                        ("udp_lp_rev_w4m", Some("4M"), true),
-                    ] {
-                        let u = workloads::udp_via_local_proxy(&t, "1G", window, reverse)?;
+                    // 4 MB socket buffers at the ends (the proxy's own sockets have their
+                    // udp_recv_buffer) let the receiver ride out the proxy's bursts and the
+                    // scheduling of 2 shared cores, so what is lost is the proxy's doing.
+                    // `rev`: home to the client, the proxy's reply path.
+                    let mut runs = vec![
+                        ("udp", None, false, false),
+                        ("udp_w4m", Some("4M"), false, false),
+                        ("udp_rev", None, true, false),
+                        ("udp_rev_w4m", Some("4M"), true, false),
+                    ];
+                    if c == Candidate::Ingress && local_proxy {
+                        // The deployed chain: the ingress, then home's local proxy.
+                        runs.extend([
+                            ("udp_lp", None, false, true),
+                            ("udp_lp_w4m", Some("4M"), false, true),
+                            ("udp_lp_rev", None, true, true),
+                            ("udp_lp_rev_w4m", Some("4M"), true, true),
+                        ]);
+                    }
+                    for (key, window, reverse, via_local_proxy) in runs {
+                        let u = if via_local_proxy {
+                            workloads::udp_via_local_proxy(&t, "1G", window, reverse)?
+                        } else {
+                            workloads::udp(&t, c, "1G", window, reverse)?
+                        };
+                        add(&mut figs, c, &format!("{key}_mbps"), u.mbps);
                         add(&mut figs, c, &format!("{key}_loss_pct"), u.loss_pct);
                         add(&mut figs, c, &format!("{key}_proxy_drop_pct"), u.proxy_drop_pct);
+                        add(&mut figs, c, &format!("{key}_receiver_drop_pct"), u.receiver_drop_pct);
                         add(&mut figs, c, &format!("{key}_home_drop_pct"), u.home_drop_pct);
                     }
                 }
