@@ -176,7 +176,7 @@ fn main() -> Result<()> {
                 continue;
             }
             eprintln!("run {}/{}: {}", run + 1, args.runs, c.name());
-            let proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
+            let mut proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
             let res: Result<()> = (|| {
                 if args.wants("tcp") {
                     add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
@@ -238,14 +238,25 @@ fn main() -> Result<()> {
                             failovers.entry((c, label)).or_default().push(f);
                         }
                     }
+                    let mut peak_kb = candidates::rss_kb(&mut t, p, "VmHWM:")?;
                     if !args.quick && args.wants("idle") {
-                        let (kb1k, n1k) = workloads::idle_rss(&mut t, c, p, &holder, 1000)?;
+                        // On a fresh process, every candidate alike: after the workloads above,
+                        // one whose allocator pools kept their memory (HAProxy's) grew less
+                        // for the same idle connections than one that had given it back, and
+                        // the 1,000-connection figure measured that history, not the cost.
+                        t.stop(p)?;
+                        proc_name = None;
+                        let fresh = candidates::start(&mut t, c, &ingress_bin, args.threads)?
+                            .context("a proxy candidate starts a process")?;
+                        proc_name = Some(fresh.clone());
+                        let (kb1k, n1k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 1000)?;
                         add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
-                        let (kb9k, n9k) = workloads::idle_rss(&mut t, c, p, &holder, 9000)?;
+                        let (kb9k, n9k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 9000)?;
                         add(&mut figs, c, "idle_9k_kb_per_conn", kb9k as f64 / n9k.max(1) as f64);
                         add(&mut figs, c, "idle_9k_opened", n9k as f64);
+                        peak_kb = peak_kb.max(candidates::rss_kb(&mut t, &fresh, "VmHWM:")?);
                     }
-                    add(&mut figs, c, "peak_rss_mb", candidates::rss_kb(&mut t, p, "VmHWM:")? as f64 / 1024.0);
+                    add(&mut figs, c, "peak_rss_mb", peak_kb as f64 / 1024.0);
                 }
                 Ok(())
             })();
