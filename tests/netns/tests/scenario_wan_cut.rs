@@ -88,7 +88,7 @@ fn wan1_cut_under_load(how: Cut) {
     assert!(last_wan1 > 0);
     assert!(
         detection <= DETECTION_BOUND_MS,
-        "wan1 still carried new connections {detection} ms after the cut (bound {DETECTION_BOUND_MS} ms)"
+        "wan1 still carried new connections {detection} ms after the cut was applied (bound {DETECTION_BOUND_MS} ms)"
     );
     let late = path_counts(&t, &r.records, cut_done_ms + DETECTION_BOUND_MS, restore_ms);
     assert!(!late.contains_key("wan1"), "wan1 carried connections long after the cut: {late:?}");
