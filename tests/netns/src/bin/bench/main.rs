@@ -245,10 +245,8 @@ fn main() -> Result<()> {
                         // for the same idle connections than one that had given it back, and
                         // the 1,000-connection figure measured that history, not the cost.
                         t.stop(p)?;
-                        proc_name = None;
-                        let fresh = candidates::start(&mut t, c, &ingress_bin, args.threads)?
-                            .context("a proxy candidate starts a process")?;
-                        proc_name = Some(fresh.clone());
+                        proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
+                        let fresh = proc_name.clone().context("a proxy candidate starts a process")?;
                         let (kb1k, n1k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 1000)?;
                         add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
                         let (kb9k, n9k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 9000)?;
