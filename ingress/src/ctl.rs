@@ -70,12 +70,12 @@ fn summary(body: &str) -> String {
         }
     }
     let _ = write!(out, "open connections {}", v["open_connections"]);
-    match v["threads"].as_array() {
-        Some(threads) if threads.len() > 1 => {
-            let per: Vec<String> = threads.iter().map(|t| t["open"].to_string()).collect();
-            let _ = writeln!(out, " (TCP per thread: {})", per.join(" "));
+    match shared::workers::per_loop(&v["threads"]) {
+        Some((tcp, udp)) => {
+            let udp = udp.map(|u| format!("; UDP sockets per thread: {u}")).unwrap_or_default();
+            let _ = writeln!(out, " (TCP per thread: {tcp}{udp})");
         }
-        _ => out.push('\n'),
+        None => out.push('\n'),
     }
     out
 }
@@ -108,6 +108,13 @@ mod tests {
             1,
         );
         assert_eq!(summary(&threads).lines().last(), Some("open connections 3 (TCP per thread: 2 1)"));
+        let udp = threads
+            .replace(r#""placed": 9}"#, r#""placed": 9, "udp_sockets": 0}"#)
+            .replace(r#""placed": 8}"#, r#""placed": 8, "udp_sockets": 3}"#);
+        assert_eq!(
+            summary(&udp).lines().last(),
+            Some("open connections 3 (TCP per thread: 2 1; UDP sockets per thread: 0 3)")
+        );
         // Not JSON: printed as it came.
         assert_eq!(summary("nope"), "nope");
     }

@@ -19,7 +19,8 @@ fn live(out: &mut String, s: &Status) {
     let mut open = format!("{} open connection{}", s.open_connections, if s.open_connections == 1 { "" } else { "s" });
     if s.threads.len() > 1 {
         let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
-        let _ = write!(open, " (TCP per thread: {})", per.join(" · "));
+        let udp = shared::workers::udp_per_loop(&s.threads).map(|u| format!("; UDP sockets per thread: {u}"));
+        let _ = write!(open, " (TCP per thread: {}{})", per.join(" · "), udp.unwrap_or_default());
     }
     summary(out, &s.header, "", &open);
     for pool in &s.pools {

@@ -359,7 +359,12 @@ async fn listen_forever(
                 tracing::info!(service = %slot.load().cfg.name, listen = %la, ?protocol, "listening");
                 match b {
                     Bound::Tcp(l) => crate::tcp::accept_loop(l, slot, shared).await,
-                    Bound::Udp(s) => crate::udp::serve(s, slot, shared).await,
+                    // On the loop serving the fewest UDP sockets, with its flows
+                    // (`shared::workers`); aborting this task stops it there.
+                    Bound::Udp(s) => {
+                        let workers = shared.clone();
+                        workers.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
+                    }
                 }
                 return;
             }

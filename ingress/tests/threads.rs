@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, free_port, metric, metrics, request, service_addr, wait_until, Backend, Child};
+use common::{config, free_port, metric, metrics, request, service_addr, wait_until, Backend, Child, UdpEcho};
 use std::time::{Duration, Instant};
 use test_support::threads_named;
 
@@ -68,13 +68,19 @@ async fn connections_are_spread_over_the_threads_and_served_there() {
 }
 
 async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+    let body = get(admin, "/status").await;
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("status JSON: {e}: {}", String::from_utf8_lossy(&body)))
+}
+
+/// The body of `GET path` from the admin listener.
+async fn get(admin: std::net::SocketAddr, path: &str) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin connect");
-    s.write_all(b"GET /status HTTP/1.0\r\n\r\n").await.expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("read");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.expect("write");
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).await.expect("read");
+    let start = text.windows(4).position(|w| w == b"\r\n\r\n").map_or(text.len(), |i| i + 4);
+    text.split_off(start)
 }
 
 /// `n` connections through the ingress, each answered (the backend's name line), held open.
@@ -92,4 +98,68 @@ async fn held_open(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpS
         held.push(s);
     }
     held
+}
+
+/// UDP sockets are served on all three loops, each with its flows, ties in turn; a reload
+/// that removes some closes them on their loops.
+#[tokio::test(flavor = "current_thread")]
+async fn udp_sockets_are_spread_over_the_threads_and_relay_there() {
+    let backend = Backend::start("a", "127.0.0.1").await;
+    let _echo = UdpEcho::start("a", backend.addr).await;
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let config = |ports: &[u16]| {
+        let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let toml = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[pool.udp-threads]\npaths = [{{ name = \"a\", address = \"{}\" }}]\n\
+             health = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n\
+             [[service]]\nname = \"udp\"\nlisten = [{}]\nprotocol = \"udp\"\npool = \"udp-threads\"\n",
+            backend.addr,
+            listen.join(", ")
+        );
+        ingress::Config::from_toml(&toml).expect("config")
+    };
+    let workers = shared::workers::Workers::start(3, "test-ingress-udp").expect("workers");
+    let server = ingress::Server::start_on(config(&ports), workers).await;
+    wait_until("all six bound", Duration::from_secs(5), || server.local_addrs("udp").len() == 6).await;
+    let ask = |port: u16| async move {
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(("127.0.0.1", port)).await.expect("connect");
+        // The path comes up after two health rounds: ask until answered.
+        for _ in 0..50 {
+            c.send(b"hi").await.expect("send");
+            let mut b = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), c.recv(&mut b)).await {
+                return String::from_utf8_lossy(&b[..n]).into_owned();
+            }
+        }
+        panic!("port {port} never answered");
+    };
+    for &p in &ports {
+        assert_eq!(ask(p).await, "a:hi", "port {p}");
+    }
+    let udp_sockets = |status: &serde_json::Value| -> Vec<u64> {
+        status["threads"].as_array().expect("threads").iter().map(|t| t["udp_sockets"].as_u64().unwrap_or(99)).collect()
+    };
+    let admin = || server.admin_addr().expect("admin listener");
+    assert_eq!(udp_sockets(&status(admin()).await), [2, 2, 2], "two sockets per loop");
+    let page = String::from_utf8_lossy(&get(admin(), "/").await).into_owned();
+    assert!(page.contains("UDP sockets per thread: 2 · 2 · 2"), "{page}");
+    let flows = metric(&metrics(&server).await, "ingress_udp_flows_active", &[("service", "udp")]);
+    assert_eq!(flows, 6.0, "one flow per port, each in its loop's table");
+
+    // The last three go: closed on whichever loop served them, the first three serve on.
+    server.try_reload(config(&ports[..3])).expect("reload");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let closed = ports[3..].iter().all(|&p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        // The admin listener, on port 0, is bound anew by the reload.
+        if closed && udp_sockets(&status(admin()).await).iter().sum::<u64>() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "removed sockets still served: {}", status(admin()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &p in &ports[..3] {
+        assert_eq!(ask(p).await, "a:hi", "port {p} after the reload");
+    }
 }

@@ -46,9 +46,9 @@ fn summary(body: &str) -> String {
     let mut out = String::new();
     let mut health =
         if v["healthy"] == true { "healthy".to_owned() } else { format!("UNHEALTHY: {}", text(&v["unhealthy"])) };
-    if let Some(threads) = v["threads"].as_array().filter(|t| t.len() > 1) {
-        let per: Vec<String> = threads.iter().map(|t| t["open"].to_string()).collect();
-        let _ = write!(health, " (connections per thread: {})", per.join(" "));
+    if let Some((tcp, udp)) = shared::workers::per_loop(&v["threads"]) {
+        let udp = udp.map(|u| format!("; UDP sockets per thread: {u}")).unwrap_or_default();
+        let _ = write!(health, " (connections per thread: {tcp}{udp})");
     }
     let _ = writeln!(out, "{health}");
     for (kind, key) in [("site", "sites"), ("stream", "streams")] {
@@ -120,6 +120,10 @@ mod tests {
         let status = r#"{"healthy": true, "threads": [{"open": 3, "placed": 9}, {"open": 2, "placed": 8}],
             "sites": [], "streams": [], "certificates": [], "firewall": null}"#;
         assert!(super::summary(status).starts_with("healthy (connections per thread: 3 2)\n"));
+        let udp = r#"{"healthy": true, "threads": [{"open": 3, "placed": 9, "udp_sockets": 1},
+            {"open": 2, "placed": 8, "udp_sockets": 1}], "sites": [], "streams": []}"#;
+        let out = super::summary(udp);
+        assert!(out.starts_with("healthy (connections per thread: 3 2; UDP sockets per thread: 1 1)\n"), "{out}");
         let one = r#"{"healthy": true, "threads": [{"open": 3, "placed": 9}], "sites": [], "streams": []}"#;
         assert!(super::summary(one).starts_with("healthy\n"));
     }

@@ -26,6 +26,9 @@ fn live(out: &mut String, s: &Status) {
     if s.threads.len() > 1 {
         let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
         let _ = write!(health, " · connections per thread: {}", per.join(" · "));
+        if let Some(udp) = shared::workers::udp_per_loop(&s.threads) {
+            let _ = write!(health, " · UDP sockets per thread: {udp}");
+        }
     }
     summary(out, &s.header, &format!(" data-healthy=\"{}\"", s.healthy), &health);
     for (kind, sets) in [("Sites", &s.sites), ("Streams", &s.streams)] {

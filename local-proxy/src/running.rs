@@ -140,8 +140,14 @@ impl Running {
             crate::inherit::store(&key, socket.as_fd());
             let name = Arc::new(ArcSwap::from_pointee(stream));
             let stop = self.state.shutdown.child_token();
-            let task =
-                self.tasks.spawn(stream::udp::serve(socket, origin, name.clone(), stop.clone(), self.state.clone()));
+            // On the event loop serving the fewest UDP sockets, with its flows
+            // (`shared::workers`); a stop ends it there, as does this task's abort.
+            let (state, serve_name, serve_stop) = (self.state.clone(), name.clone(), stop.clone());
+            let task = self.tasks.spawn(async move {
+                let serving = state.clone();
+                let serve = move |socket| stream::udp::serve(socket, origin, serve_name, serve_stop, state);
+                serving.workers.serve_udp(socket, serve).await
+            });
             entries.insert(key, Entry { target: Target::Udp(name), local, stop, task });
         }
     }

@@ -118,6 +118,50 @@ async fn connections_spread_over_the_loops_and_each_loop_pools_its_own_upstream_
     }
 }
 
+/// UDP stream sockets are served on all three loops, each with its flows, ties in turn, and
+/// relay there; `/status` and the page tell each loop's share.
+#[tokio::test(flavor = "current_thread")]
+async fn udp_stream_sockets_spread_over_the_loops_and_relay_there() {
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    // Stream names key process-wide flow budgets: ones no other test uses.
+    let names = ["udp-loops-a", "udp-loops-b", "udp-loops-c"];
+    let streams: String = names
+        .iter()
+        .map(|n| format!("[[stream]]\nname = \"{n}\"\nlisten = \"0/udp\"\nupstream = \"{echo_addr}\"\n"))
+        .collect();
+    let workers = shared::workers::Workers::start(3, "test-lp-udp").unwrap();
+    let proxy = Proxy::start_on(&base_config(&streams), workers).await;
+    let sockets = proxy.listeners_udp.len();
+    assert!(sockets >= 3, "a socket per stream at least: {:?}", proxy.listeners_udp);
+    for (key, addr) in &proxy.listeners_udp {
+        if key.0 != local_proxy::listeners::Origin::Mesh {
+            continue;
+        }
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(key.1.as_bytes(), addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], key.1.as_bytes(), "stream {}", key.1);
+    }
+    let (status, text) = http_get(proxy.admin, "/status").await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let per: Vec<usize> =
+        v["threads"].as_array().unwrap().iter().map(|t| t["udp_sockets"].as_u64().unwrap_or(99) as usize).collect();
+    assert_eq!(per.iter().sum::<usize>(), sockets, "{v}");
+    assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "spread evenly: {per:?}");
+    let page = http_get(proxy.admin, "/").await.1;
+    let shown = per.iter().map(usize::to_string).collect::<Vec<_>>().join(" · ");
+    assert!(page.contains(&format!("UDP sockets per thread: {shown}")), "{page}");
+}
+
 /// The binary: `threads = 3` is the main thread and two loops named `local-proxy-N`;
 /// `threads = 1`, the main thread alone.
 #[tokio::test]

@@ -11,8 +11,8 @@ pub use crate::workers::Workers;
 
 /// One event loop per thread, the calling thread's and `threads - 1` more (`None`: one per
 /// core), each a current-thread runtime: `run()` gets the [`Workers`] to spread connections
-/// over, and everything else it spawns (probes, reloads, UDP, the admin API) stays on the
-/// calling thread. Each loop is tokio's current-thread scheduler; the multi-thread runtime
+/// and UDP sockets over, and everything else it spawns (probes, reloads, the admin API) stays
+/// on the calling thread. Each loop is tokio's current-thread scheduler; the multi-thread runtime
 /// cost more CPU per request: at `threads = 1` its one worker ran the tasks beside the thread
 /// blocked on `run()` and paid for cross-thread queues on every wake-up (the local proxy's
 /// keep-alive requests 2-15 % more CPU, bench/results/2026-12-02-vm-tls-cpu.md), and at 2 its

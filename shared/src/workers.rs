@@ -1,10 +1,16 @@
 //! Connection workers: `threads` event loops, each a current-thread runtime on a thread of its
 //! own, the way HAProxy's `nbthread` and nginx's workers run. The calling thread's runtime
-//! (the one that accepts, probes, reloads and serves UDP) is thread 0; each accepted TCP
+//! (the one that accepts, probes and reloads) is thread 0; each accepted TCP
 //! connection is handed to the thread with the fewest connections and lives there to its end,
 //! so its wake-ups never cross threads. Tokio's multi-thread runtime shares one reactor and
 //! steals tasks between workers instead: on 2 cores, 12-15 % more CPU per relayed request than
 //! one thread (bench/results/2026-12-02-vm-threads.md).
+//!
+//! UDP listening sockets are spread the same way, one socket to one loop for as long as it is
+//! served ([`Workers::serve_udp`]): its receive loop, its flow table and its flows' reply pumps
+//! all run there. A port's datagrams are not split between loops (a flow's state lives in one
+//! table), so one busy port keeps to one core; many ports (a TURN relay range, several
+//! services) use them all.
 //!
 //! What a connection uses on its way out should live on its loop too: [`PerLoop`] keeps one
 //! of a thing per loop (the local proxy's pooled upstream clients), picked by [`current`].
@@ -16,10 +22,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 thread_local! {
     /// The event loop this thread runs: set on the threads `Workers::start` makes.
@@ -91,6 +97,10 @@ struct Counts {
     placed: Vec<AtomicU64>,
     /// Where the search for the least-loaded thread starts: ties go round.
     turn: AtomicUsize,
+    /// UDP listening sockets served on each thread.
+    udp: Vec<AtomicUsize>,
+    /// As `turn`, for the UDP sockets (so that connections do not skew their rounds).
+    udp_turn: AtomicUsize,
 }
 
 impl Counts {
@@ -99,36 +109,68 @@ impl Counts {
             open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             placed: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             turn: AtomicUsize::new(0),
+            udp: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            udp_turn: AtomicUsize::new(0),
         })
     }
 
     /// The thread with the fewest open connections.
     fn pick(&self) -> usize {
-        let n = self.open.len();
-        if n <= 1 {
-            return 0;
-        }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        let mut least = self.open[start].load(Ordering::Relaxed);
-        for k in 1..n {
-            let i = (start + k) % n;
-            let open = self.open[i].load(Ordering::Relaxed);
-            if open < least {
-                (best, least) = (i, open);
-            }
-        }
-        best
+        least(&self.open, &self.turn)
+    }
+
+    /// The thread serving the fewest UDP sockets.
+    fn pick_udp(&self) -> usize {
+        least(&self.udp, &self.udp_turn)
     }
 }
 
-/// One event loop's share of the TCP connections, as both binaries' `/status` shows it.
+/// The index of the smallest count, searched from the next turn on (ties go round).
+fn least(counts: &[AtomicUsize], turn: &AtomicUsize) -> usize {
+    let n = counts.len();
+    if n <= 1 {
+        return 0;
+    }
+    let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+    let mut best = start;
+    let mut least = counts[start].load(Ordering::Relaxed);
+    for k in 1..n {
+        let i = (start + k) % n;
+        let count = counts[i].load(Ordering::Relaxed);
+        if count < least {
+            (best, least) = (i, count);
+        }
+    }
+    best
+}
+
+/// One event loop's share of the TCP connections and UDP sockets, as both binaries'
+/// `/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LoopStatus {
     /// TCP connections open on this loop.
     pub open: usize,
     /// TCP connections placed on it since start.
     pub placed: u64,
+    /// UDP listening sockets served on it (each with its flows).
+    pub udp_sockets: usize,
+}
+
+/// For the ctl summaries, from `/status`'s `threads` (a [`LoopStatus`] per loop): each loop's
+/// open TCP connections (`"3 2"`), and its UDP sockets when any loop serves one; `None` with
+/// one loop.
+pub fn per_loop(threads: &serde_json::Value) -> Option<(String, Option<String>)> {
+    let threads = threads.as_array().filter(|t| t.len() > 1)?;
+    let column = |key: &str| threads.iter().map(|t| t[key].to_string()).collect::<Vec<_>>().join(" ");
+    let udp = threads.iter().any(|t| t["udp_sockets"].as_u64().is_some_and(|n| n > 0)).then(|| column("udp_sockets"));
+    Some((column("open"), udp))
+}
+
+/// For the status pages: each loop's UDP sockets (`"1 · 2"`) when there is more than one loop
+/// and any serves one.
+pub fn udp_per_loop(threads: &[LoopStatus]) -> Option<String> {
+    (threads.len() > 1 && threads.iter().any(|t| t.udp_sockets > 0))
+        .then(|| threads.iter().map(|t| t.udp_sockets.to_string()).collect::<Vec<_>>().join(" · "))
 }
 
 /// When each extra thread's loop last ran its heartbeat task (`Workers::heartbeats`).
@@ -151,23 +193,34 @@ fn since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One connection counted on its thread until it ends.
-struct Placed {
+/// One connection (or UDP socket) counted on its thread until it ends.
+struct Counted {
     counts: Arc<Counts>,
     thread: usize,
+    /// Which count: the connections open, or the UDP sockets served.
+    of: fn(&Counts) -> &[AtomicUsize],
 }
 
-impl Placed {
-    fn new(counts: &Arc<Counts>, thread: usize) -> Self {
-        counts.open[thread].fetch_add(1, Ordering::Relaxed);
+impl Counted {
+    fn new(counts: &Arc<Counts>, thread: usize, of: fn(&Counts) -> &[AtomicUsize]) -> Self {
+        of(counts)[thread].fetch_add(1, Ordering::Relaxed);
+        Self { counts: counts.clone(), thread, of }
+    }
+
+    /// A connection: counted open, and as placed.
+    fn conn(counts: &Arc<Counts>, thread: usize) -> Self {
         counts.placed[thread].fetch_add(1, Ordering::Relaxed);
-        Self { counts: counts.clone(), thread }
+        Self::new(counts, thread, |c| &c.open)
+    }
+
+    fn udp(counts: &Arc<Counts>, thread: usize) -> Self {
+        Self::new(counts, thread, |c| &c.udp)
     }
 }
 
-impl Drop for Placed {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.counts.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+        (self.of)(&self.counts)[self.thread].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -229,9 +282,16 @@ impl Workers {
         self.extra.len() + 1
     }
 
-    /// Each loop's connections, thread 0's first.
+    /// Each loop's connections and UDP sockets, thread 0's first.
     pub fn status(&self) -> Vec<LoopStatus> {
-        self.open().into_iter().zip(self.placed()).map(|(open, placed)| LoopStatus { open, placed }).collect()
+        (self.open().into_iter().zip(self.placed()).zip(self.udp_sockets()))
+            .map(|((open, placed), udp_sockets)| LoopStatus { open, placed, udp_sockets })
+            .collect()
+    }
+
+    /// UDP sockets served on each thread, thread 0 first.
+    pub fn udp_sockets(&self) -> Vec<usize> {
+        self.counts.udp.iter().map(|u| u.load(Ordering::Relaxed)).collect()
     }
 
     /// Connections open on each thread, thread 0 first.
@@ -253,7 +313,7 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let thread = self.counts.pick();
-        let placed = Placed::new(&self.counts, thread);
+        let placed = Counted::conn(&self.counts, thread);
         let Some(worker) = thread.checked_sub(1).and_then(|i| self.extra.get(i)) else {
             tracker.spawn(async move {
                 let _placed = placed;
@@ -276,6 +336,42 @@ impl Workers {
             }
         }));
     }
+
+    /// Runs `serve` for a UDP listening socket bound on the caller's runtime, on the thread
+    /// serving the fewest UDP sockets, until it returns. What `serve` spawns (the flows'
+    /// reply pumps) runs on that thread too. Dropping the returned future (the caller's task
+    /// aborted: a reload removed the socket) stops `serve` on its thread. The socket moves
+    /// between reactors without closing, so no datagram queued meanwhile is lost.
+    pub async fn serve_udp<F, Fut>(&self, socket: UdpSocket, serve: F)
+    where
+        F: FnOnce(UdpSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let thread = self.counts.pick_udp();
+        let served = Counted::udp(&self.counts, thread);
+        let Some(worker) = thread.checked_sub(1).and_then(|i| self.extra.get(i)) else {
+            let _served = served;
+            serve(socket).await;
+            return;
+        };
+        let local = socket.local_addr().ok();
+        let std = match socket.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(?local, error = %e, "cannot hand the udp socket to its thread; it is not served");
+                return;
+            }
+        };
+        let task = AbortOnDropHandle::new(worker.handle.spawn(async move {
+            let _served = served;
+            match UdpSocket::from_std(std) {
+                Ok(socket) => serve(socket).await,
+                Err(e) => tracing::error!(?local, error = %e, "cannot register the udp socket on its thread; it is not served"),
+            }
+        }));
+        // Its end, or its thread's: dropped with the workers, the socket is closed there.
+        let _ = task.await;
+    }
 }
 
 #[cfg(test)]
@@ -291,8 +387,8 @@ mod tests {
         let counts = Counts::new(3);
         let picks: Vec<usize> = (0..6).map(|_| counts.pick()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2], "ties go round");
-        let held: Vec<Placed> = (0..4).map(|_| Placed::new(&counts, 1)).collect();
-        let _one = Placed::new(&counts, 0);
+        let held: Vec<Counted> = (0..4).map(|_| Counted::conn(&counts, 1)).collect();
+        let _one = Counted::conn(&counts, 0);
         for _ in 0..6 {
             assert_eq!(counts.pick(), 2, "thread 2 holds none");
         }
@@ -372,6 +468,67 @@ mod tests {
         assert!(seen.contains(&(Some("test-worker-1".into()), 1)) && seen.contains(&(Some("test-worker-2".into()), 2)));
         assert!(seen.iter().any(|(_, i)| *i == 0), "the caller's loop is 0: {seen:?}");
         assert_eq!(workers.counts.open.iter().map(|o| o.load(Ordering::Relaxed)).sum::<usize>(), 0);
+    }
+
+    /// UDP sockets bound on the caller's runtime are served on every thread, ties in turn, and
+    /// one whose serving future is dropped stops on its thread: its socket closes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn udp_sockets_spread_over_the_threads_and_stop_with_their_caller() {
+        let workers = Arc::new(Workers::start(3, "test-udp").expect("workers"));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let addr = socket.local_addr().expect("addr");
+            let (workers, seen) = (workers.clone(), seen.clone());
+            let task = tokio::spawn(async move {
+                workers
+                    .serve_udp(socket, move |s| async move {
+                        // An echo that answers with the number of the loop it runs on.
+                        let mut b = [0u8; 16];
+                        while let Ok((_, from)) = s.recv_from(&mut b).await {
+                            seen.lock().expect("lock").insert(current());
+                            let _ = s.send_to(&[current() as u8], from).await;
+                        }
+                    })
+                    .await
+            });
+            served.push((addr, task));
+        }
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let mut loops = Vec::new();
+        for (addr, _) in &served {
+            client.send_to(b"?", addr).await.expect("send");
+            let mut b = [0u8; 1];
+            let got = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut b)).await;
+            got.expect("answered in time").expect("recv");
+            loops.push(b[0]);
+        }
+        assert_eq!(loops, [0, 1, 2, 0, 1, 2], "sockets placed in turn and served on their loops");
+        assert_eq!(workers.udp_sockets(), [2, 2, 2]);
+        assert_eq!(seen.lock().expect("lock").len(), 3);
+        let status = workers.status();
+        assert_eq!(status.iter().map(|l| l.udp_sockets).collect::<Vec<_>>(), [2, 2, 2]);
+        // Aborting the caller's task (a reload removing the socket) stops it on loop 1.
+        let (addr, task) = served.remove(1);
+        task.abort();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while workers.udp_sockets() != [2, 1, 2] || std::net::UdpSocket::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "the socket on loop 1 was not closed: {:?}", workers.udp_sockets());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The next socket goes to the loop serving the fewest.
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let (w, s) = (workers.clone(), seen.clone());
+        let again = tokio::spawn(async move {
+            w.serve_udp(socket, move |_| async move {
+                s.lock().expect("lock").insert(100 + current());
+            })
+            .await
+        });
+        tokio::time::timeout(Duration::from_secs(5), again).await.expect("served in time").expect("task");
+        assert!(seen.lock().expect("lock").contains(&101), "served on loop 1: {:?}", seen.lock());
+        assert_eq!(workers.udp_sockets(), [2, 1, 2], "served and ended: counted off again");
     }
 
     /// Each loop's tasks get their own loop's item; a thread no loop runs on gets the first.
