@@ -362,8 +362,8 @@ async fn listen_forever(
                     // On the loop serving the fewest UDP sockets, with its flows
                     // (`shared::workers`); aborting this task stops it there.
                     Bound::Udp(s) => {
-                        let workers = shared.clone();
-                        workers.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
+                        let placing = shared.clone();
+                        placing.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
                     }
                 }
                 return;
