@@ -185,9 +185,15 @@ pub fn nginx_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
     s
 }
 
-/// Start `c` in ingress1 (nothing for `direct`); returns the process name, waits until it
-/// carries traffic.
-pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str, threads: Threads) -> Result<Option<String>> {
+/// Start `c` in ingress1 (nothing for `direct`), on CPU `pin` alone when given; returns the
+/// process name, waits until it carries traffic.
+pub fn start(
+    t: &mut Topology,
+    c: Candidate,
+    ingress_bin: &str,
+    threads: Threads,
+    pin: Option<usize>,
+) -> Result<Option<String>> {
     let mesh = t.home_mesh_addr().context("the bench needs the mesh")?;
     let dir = t.dir().display().to_string();
     let name = format!("cand-{}", c.name());
@@ -208,6 +214,11 @@ pub fn start(t: &mut Topology, c: Candidate, ingress_bin: &str, threads: Threads
             std::fs::write(&file, nginx_config(mesh, &dir, threads))?;
             vec!["nginx".into(), "-c".into(), file, "-e".into(), format!("{dir}/nginx-error.log")]
         }
+    };
+    // Every thread and child (nginx's workers) inherits the CPU.
+    let argv: Vec<String> = match pin {
+        Some(cpu) => ["taskset".into(), "-c".into(), cpu.to_string()].into_iter().chain(argv).collect(),
+        None => argv,
     };
     t.spawn(Role::Ingress1, &name, &argv)?;
     let target = SocketAddr::new(c.target_ip(), addr::ECHO_PORT);

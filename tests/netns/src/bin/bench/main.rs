@@ -32,6 +32,11 @@ struct Args {
     /// Worker threads of every candidate (ingress `threads`, HAProxy `nbthread`, nginx
     /// `worker_processes`); each one's default when absent.
     threads: candidates::Threads,
+    /// `--pin`: each candidate on the last CPU, the bench and everything it starts (load
+    /// generators, upstreams, the local proxy) on the others, as on a node whose proxy has no
+    /// client or upstream beside it. The kernel's forwarding between the namespaces still runs
+    /// wherever the packets arrive.
+    pin: bool,
 }
 
 impl Args {
@@ -49,6 +54,7 @@ fn parse_args() -> Result<Args> {
         only: Vec::new(),
         candidates: Vec::new(),
         threads: None,
+        pin: false,
     };
     let list = |v: Option<&String>| -> Vec<String> {
         v.map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default()
@@ -61,6 +67,7 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = it.next().context("--out DIR")?.into(),
             "--bins" => a.bins = it.next().context("--bins DIR")?.into(),
             "--quick" => a.quick = true,
+            "--pin" => a.pin = true,
             "--only" => a.only = list(it.next()),
             "--candidates" => a.candidates = list(it.next()),
             "--threads" => {
@@ -70,7 +77,7 @@ fn parse_args() -> Result<Args> {
             }
             other => anyhow::bail!(
                 "unknown argument {other}; usage: bench [--runs 3] [--out DIR] [--bins DIR] [--quick] \
-                 [--only tcp,http,udp,failover,idle] [--candidates ingress,haproxy,nginx,direct] [--threads N]"
+                 [--only tcp,http,udp,failover,idle] [--candidates ingress,haproxy,nginx,direct] [--threads N] [--pin]"
             ),
         }
     }
@@ -126,6 +133,19 @@ fn start_home_services(t: &mut Topology) -> Result<()> {
 
 /// Home's local proxy in front of home's UDP iperf3 (`candidates::local_proxy_config`), when
 /// the bench has its binary: UDP through the whole deployed chain. Returns whether it runs.
+/// `--pin`: moves this process (and so everything it starts later) off the last CPU, which
+/// it returns for the candidates.
+fn pin_apart() -> Result<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    anyhow::ensure!(cpus >= 2, "--pin needs two CPUs or more; this machine has {cpus}");
+    let last = cpus - 1;
+    let others = format!("0-{}", last - 1);
+    let pid = std::process::id().to_string();
+    let out = std::process::Command::new("taskset").args(["-a", "-p", "-c", &others, &pid]).output()?;
+    anyhow::ensure!(out.status.success(), "taskset: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(last)
+}
+
 fn start_local_proxy(t: &mut Topology, bins: &std::path::Path, threads: candidates::Threads) -> Result<bool> {
     let bin = bins.join("local-proxy");
     if !bin.is_file() {
@@ -148,6 +168,7 @@ fn start_local_proxy(t: &mut Topology, bins: &std::path::Path, threads: candidat
 fn main() -> Result<()> {
     let args = parse_args()?;
     let bins_dir = std::fs::canonicalize(&args.bins).with_context(|| format!("{}", args.bins.display()))?;
+    let pin = if args.pin { Some(pin_apart()?) } else { None };
     let bins = Bins {
         loadgen: bins_dir.join("loadgen"),
         echo_server: bins_dir.join("echo-server"),
@@ -176,7 +197,7 @@ fn main() -> Result<()> {
                 continue;
             }
             eprintln!("run {}/{}: {}", run + 1, args.runs, c.name());
-            let mut proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
+            let mut proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads, pin)?;
             let res: Result<()> = (|| {
                 if args.wants("tcp") {
                     add(&mut figs, c, "tcp1_gbps", workloads::tcp_bulk(&t, c, 1)?);
@@ -245,7 +266,7 @@ fn main() -> Result<()> {
                         // for the same idle connections than one that had given it back, and
                         // the 1,000-connection figure measured that history, not the cost.
                         t.stop(p)?;
-                        proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads)?;
+                        proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads, pin)?;
                         let fresh = proc_name.clone().context("a proxy candidate starts a process")?;
                         let (kb1k, n1k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 1000)?;
                         add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
@@ -269,10 +290,18 @@ fn main() -> Result<()> {
         "threads".into(),
         args.threads.map_or_else(|| "each candidate's default (one per core)".into(), |n| n.to_string()),
     );
+    if let Some(cpu) = pin {
+        versions.insert("pinned".into(), format!("each candidate on CPU {cpu}, everything else on CPUs 0-{}", cpu - 1));
+    }
     std::fs::create_dir_all(&args.out)?;
-    // Runs at a set thread count get a file of their own (1 and 2 threads on the same day).
-    let stem =
-        args.out.join(format!("{}{}", report::stem(), args.threads.map(|n| format!("-t{n}")).unwrap_or_default()));
+    // Runs at a set thread count get a file of their own (1 and 2 threads on the same day),
+    // and so do pinned runs.
+    let stem = args.out.join(format!(
+        "{}{}{}",
+        report::stem(),
+        args.threads.map(|n| format!("-t{n}")).unwrap_or_default(),
+        if pin.is_some() { "-pin" } else { "" }
+    ));
     let md = report::markdown(&figs, &failovers, args.runs, &versions);
     std::fs::write(stem.with_extension("md"), &md)?;
     std::fs::write(stem.with_extension("json"), report::json(&figs, &failovers, &versions)?)?;
