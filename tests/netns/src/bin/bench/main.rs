@@ -131,8 +131,6 @@ fn start_home_services(t: &mut Topology) -> Result<()> {
     Ok(())
 }
 
-/// Home's local proxy in front of home's UDP iperf3 (`candidates::local_proxy_config`), when
-/// the bench has its binary: UDP through the whole deployed chain. Returns whether it runs.
 /// `--pin`: moves this process (and so everything it starts later) off the last CPU, which
 /// it returns for the candidates.
 fn pin_apart() -> Result<usize> {
@@ -146,6 +144,8 @@ fn pin_apart() -> Result<usize> {
     Ok(last)
 }
 
+/// Home's local proxy in front of home's UDP iperf3 (`candidates::local_proxy_config`), when
+/// the bench has its binary: UDP through the whole deployed chain. Returns whether it runs.
 fn start_local_proxy(t: &mut Topology, bins: &std::path::Path, threads: candidates::Threads) -> Result<bool> {
     let bin = bins.join("local-proxy");
     if !bin.is_file() {
