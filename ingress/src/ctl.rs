@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use ingress::Config;
 use shared::admin::client::{self, Call};
+use shared::workers::LoopStatus;
 
 use crate::Ctl;
 
@@ -70,7 +71,8 @@ fn summary(body: &str) -> String {
         }
     }
     let _ = write!(out, "open connections {}", v["open_connections"]);
-    match shared::workers::per_loop(&v["threads"]) {
+    let threads: Vec<LoopStatus> = serde_json::from_value(v["threads"].clone()).unwrap_or_default();
+    match shared::workers::per_thread(&threads, " ") {
         Some((tcp, udp)) => {
             let udp = udp.map(|u| format!("; UDP sockets per thread: {u}")).unwrap_or_default();
             let _ = writeln!(out, " (TCP per thread: {tcp}{udp})");

@@ -17,10 +17,9 @@ pub fn render(s: &Status, live_only: bool) -> String {
 
 fn live(out: &mut String, s: &Status) {
     let mut open = format!("{} open connection{}", s.open_connections, if s.open_connections == 1 { "" } else { "s" });
-    if s.threads.len() > 1 {
-        let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
-        let udp = shared::workers::udp_per_loop(&s.threads).map(|u| format!("; UDP sockets per thread: {u}"));
-        let _ = write!(open, " (TCP per thread: {}{})", per.join(" · "), udp.unwrap_or_default());
+    if let Some((tcp, udp)) = shared::workers::per_thread(&s.threads, " · ") {
+        let udp = udp.map(|u| format!("; UDP sockets per thread: {u}")).unwrap_or_default();
+        let _ = write!(open, " (TCP per thread: {tcp}{udp})");
     }
     summary(out, &s.header, "", &open);
     for pool in &s.pools {

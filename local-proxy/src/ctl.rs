@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use shared::admin::client::{self, Call};
+use shared::workers::LoopStatus;
 
 use crate::Ctl;
 
@@ -46,7 +47,8 @@ fn summary(body: &str) -> String {
     let mut out = String::new();
     let mut health =
         if v["healthy"] == true { "healthy".to_owned() } else { format!("UNHEALTHY: {}", text(&v["unhealthy"])) };
-    if let Some((tcp, udp)) = shared::workers::per_loop(&v["threads"]) {
+    let threads: Vec<LoopStatus> = serde_json::from_value(v["threads"].clone()).unwrap_or_default();
+    if let Some((tcp, udp)) = shared::workers::per_thread(&threads, " ") {
         let udp = udp.map(|u| format!("; UDP sockets per thread: {u}")).unwrap_or_default();
         let _ = write!(health, " (connections per thread: {tcp}{udp})");
     }

@@ -23,10 +23,9 @@ fn live(out: &mut String, s: &Status) {
         None => "healthy".to_owned(),
         Some(why) => format!("<strong>unhealthy</strong>: {}", esc(why)),
     };
-    if s.threads.len() > 1 {
-        let per: Vec<String> = s.threads.iter().map(|t| t.open.to_string()).collect();
-        let _ = write!(health, " · connections per thread: {}", per.join(" · "));
-        if let Some(udp) = shared::workers::udp_per_loop(&s.threads) {
+    if let Some((tcp, udp)) = shared::workers::per_thread(&s.threads, " · ") {
+        let _ = write!(health, " · connections per thread: {tcp}");
+        if let Some(udp) = udp {
             let _ = write!(health, " · UDP sockets per thread: {udp}");
         }
     }

@@ -146,31 +146,27 @@ fn least(counts: &[AtomicUsize], turn: &AtomicUsize) -> usize {
 
 /// One event loop's share of the TCP connections and UDP sockets, as both binaries'
 /// `/status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoopStatus {
     /// TCP connections open on this loop.
     pub open: usize,
     /// TCP connections placed on it since start.
     pub placed: u64,
     /// UDP listening sockets served on it (each with its flows).
+    #[serde(default)]
     pub udp_sockets: usize,
 }
 
-/// For the ctl summaries, from `/status`'s `threads` (a [`LoopStatus`] per loop): each loop's
-/// open TCP connections (`"3 2"`), and its UDP sockets when any loop serves one; `None` with
-/// one loop.
-pub fn per_loop(threads: &serde_json::Value) -> Option<(String, Option<String>)> {
-    let threads = threads.as_array().filter(|t| t.len() > 1)?;
-    let column = |key: &str| threads.iter().map(|t| t[key].to_string()).collect::<Vec<_>>().join(" ");
-    let udp = threads.iter().any(|t| t["udp_sockets"].as_u64().is_some_and(|n| n > 0)).then(|| column("udp_sockets"));
-    Some((column("open"), udp))
-}
-
-/// For the status pages: each loop's UDP sockets (`"1 · 2"`) when there is more than one loop
-/// and any serves one.
-pub fn udp_per_loop(threads: &[LoopStatus]) -> Option<String> {
-    (threads.len() > 1 && threads.iter().any(|t| t.udp_sockets > 0))
-        .then(|| threads.iter().map(|t| t.udp_sockets.to_string()).collect::<Vec<_>>().join(" · "))
+/// For the status pages and the ctl summaries: each loop's open TCP connections joined by
+/// `sep` (`"3 · 2"`), and its UDP sockets when any loop serves one; `None` with one loop.
+pub fn per_thread(threads: &[LoopStatus], sep: &str) -> Option<(String, Option<String>)> {
+    if threads.len() <= 1 {
+        return None;
+    }
+    let column =
+        |count: fn(&LoopStatus) -> usize| threads.iter().map(|t| count(t).to_string()).collect::<Vec<_>>().join(sep);
+    let udp = threads.iter().any(|t| t.udp_sockets > 0).then(|| column(|t| t.udp_sockets));
+    Some((column(|t| t.open), udp))
 }
 
 /// When each extra thread's loop last ran its heartbeat task (`Workers::heartbeats`).
