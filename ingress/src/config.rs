@@ -338,6 +338,9 @@ pub struct PoolConfig {
     /// How new connections (and, apart, new UDP flows) are spread over healthy paths.
     pub balance: shared::balance::Policy,
     pub health: HealthConfig,
+    /// Where this pool's traffic would land on this host (`crate::self_loop`): a path's
+    /// address is checked against it, a name's answers as they come.
+    pub own_ports: crate::self_loop::OwnPorts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -438,15 +441,19 @@ impl Config {
         }
         let figment =
             Figment::new().merge(Toml::file(path)).merge(Env::prefixed("INGRESS_").ignore(&["LOG"]).split("__"));
-        Self::from_figment(figment, file)
+        Self::from_figment(figment, file, shared::own_addrs::is_own)
     }
 
-    /// Parse TOML text (no environment overrides); used by tests.
+    /// Parse TOML text (no environment overrides); used by tests. Of this host's addresses
+    /// only loopback's count as its own (`crate::self_loop`), so that the result does not
+    /// depend on the machine's interfaces.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::new().merge(Toml::string(text)), "<string>".into())
+        let loopback = |ip: IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
+        Self::from_figment(Figment::new().merge(Toml::string(text)), "<string>".into(), loopback)
     }
 
-    fn from_figment(figment: Figment, file: String) -> Result<Self, ConfigError> {
+    /// `own`: whether an address is this host's (`shared::own_addrs::is_own`).
+    fn from_figment(figment: Figment, file: String, own: fn(IpAddr) -> bool) -> Result<Self, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(|e| {
             // Not TOML, a key unknown or of the wrong type: figment's text names the key and file.
             let mut problems = Problems::new();
@@ -455,7 +462,7 @@ impl Config {
             }
             ConfigError { file: file.clone(), problems }
         })?;
-        validate(raw).map_err(|problems| ConfigError { file, problems })
+        validate(raw, own).map_err(|problems| ConfigError { file, problems })
     }
 }
 
@@ -501,7 +508,7 @@ fn damping_config(p: &mut Problems, field: &str, h: &RawHealth) -> shared::dampi
     cfg
 }
 
-fn validate(raw: RawConfig) -> Result<Config, Problems> {
+fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems> {
     let mut p = Problems::new();
 
     // Port 0 here means "any free port" (tests read the bound address back).
@@ -645,6 +652,7 @@ fn validate(raw: RawConfig) -> Result<Config, Problems> {
                 max_attempts,
                 balance: p.choice(&f("balance"), rp.balance.as_ref(), shared::balance::Policy::default()),
                 health,
+                own_ports: Default::default(),
             },
         );
     }
@@ -793,6 +801,18 @@ fn validate(raw: RawConfig) -> Result<Config, Problems> {
     }
     if services.is_empty() {
         p.push("service", "at least one [[service]] is needed");
+    }
+    for pool in pools.values_mut() {
+        pool.own_ports = crate::self_loop::OwnPorts::for_pool(&pool.name, pool.health.port, &services);
+        let fields =
+            pool.paths.iter().enumerate().map(|(i, path)| (format!("pool.{}.paths[{i}].address", pool.name), path));
+        let mesh = pool.mesh.iter().map(|path| (format!("pool.{}.mesh", pool.name), path));
+        for (field, path) in fields.chain(mesh) {
+            let Some(ip) = path.target.ip() else { continue };
+            if let Some(l) = pool.own_ports.leads_back(ip, path.port, own) {
+                p.push(field, format!("{ip}: {l}"));
+            }
+        }
     }
     p.into_result(Config {
         log_format,

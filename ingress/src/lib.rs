@@ -16,6 +16,7 @@ pub mod quality;
 pub mod relay;
 pub mod resolve;
 pub mod runtime;
+pub mod self_loop;
 pub mod server;
 pub mod shares;
 #[cfg(target_os = "linux")]

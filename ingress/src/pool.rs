@@ -1166,6 +1166,7 @@ pub(crate) mod tests {
                     check: CheckKind::Tcp,
                     damping: Default::default(),
                 },
+                own_ports: Default::default(),
             },
             None,
         )

@@ -8,7 +8,9 @@
 //!   addresses are probed (IPv6 first for `family = "any"`) and the first to answer becomes
 //!   the path's address, with the health of a fresh start; until one answers the old address
 //!   (if any) stays, and they are probed again every health interval;
-//! - connections already open on an old address continue: they hold their own sockets.
+//! - connections already open on an old address continue: they hold their own sockets;
+//! - an answer that is this host's own address, on a port this ingress listens on, is never
+//!   probed nor used (`crate::self_loop`).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -119,6 +121,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
     let queries: Vec<Query> = named.iter().flat_map(|n| n.queries.iter().copied()).collect();
     let mut tracker = Tracker::with_queries(names, queries, BTreeSet::new(), policy, Instant::now().into_std());
     let mut failing: HashSet<Query> = HashSet::new();
+    let mut looping: HashSet<(usize, IpAddr)> = HashSet::new();
     let retry = pool.cfg.health.interval;
     loop {
         let mut asking = JoinSet::new();
@@ -147,7 +150,13 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                         pool.set_address(n.index, None);
                     }
                 }
-                Verdict::Try(candidates) => {
+                Verdict::Try(mut candidates) => {
+                    candidates.retain(|&ip| !leads_back(&pool, n.index, ip, &mut looping));
+                    if candidates.is_empty() {
+                        // Nothing to probe: the path keeps its address, if any, until an
+                        // answer gives one that leads home.
+                        continue;
+                    }
                     match first_answering(&prober, &candidates, path.fixed_port.unwrap_or(pool.cfg.health.port)).await {
                         Some(ip) => pool.set_address(n.index, Some(ip)),
                         None => waiting = true,
@@ -162,6 +171,22 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
             None => std::future::pending::<()>().await,
         }
     }
+}
+
+/// Whether an answer for path `index` is one of this host's addresses on a port this ingress
+/// listens on (`crate::self_loop`): never probed (this ingress's own listener would answer)
+/// nor used. Counted and logged once per path and address.
+fn leads_back(pool: &Pool, index: usize, ip: IpAddr, looping: &mut HashSet<(usize, IpAddr)>) -> bool {
+    let path = &pool.paths[index];
+    let Some(l) = pool.cfg.own_ports.leads_back(ip, path.fixed_port, shared::own_addrs::is_own) else {
+        return false;
+    };
+    if looping.insert((index, ip)) {
+        tracing::error!(pool = %pool.name, path = %path.name, name = %path.target, address = %ip, "the name's answer is not used: {l}");
+        let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
+        counter!(m::PATH_DNS_LOOPS, &labels).increment(1);
+    }
+    true
 }
 
 /// The first candidate that answers a probe, tried one after the other.
@@ -303,6 +328,33 @@ mod tests {
 
     async fn settle(d: Duration) {
         tokio::time::sleep(d).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_leads_back_to_this_ingress_is_never_probed_nor_used() {
+        // The service listens on every address at the probed port: a name pointed at this
+        // host (dynamic DNS updated from the cloud node) would loop.
+        let cfg = Config::from_toml(&CONFIG.replace("127.0.0.1:0", "0.0.0.0:443")).unwrap();
+        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
+        let dns = Arc::new(Script::default());
+        // This ingress's own listener would answer the probe.
+        let alive = Alive::default();
+        alive.0.lock().unwrap().extend([ip("127.0.0.1"), ip("198.51.100.1")]);
+        dns.set("wan1.home.example", Family::V4, answer(&["127.0.0.1"], 30));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[0].ip(), None);
+        assert!(!pool.paths[0].is_up());
+        // Both: home's address, though this host's comes first and answers too.
+        dns.set("wan1.home.example", Family::V4, answer(&["127.0.0.1", "198.51.100.1"], 30));
+        settle(Duration::from_secs(30)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
+        // Pointed back again: home's address stays, as when a new address does not answer.
+        dns.set("wan1.home.example", Family::V4, answer(&["127.0.0.1"], 30));
+        settle(Duration::from_secs(60)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
+        assert!(pool.paths[0].is_up());
+        task.abort();
     }
 
     #[tokio::test(start_paused = true)]

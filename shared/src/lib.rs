@@ -13,6 +13,7 @@ pub mod inherit;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod own_addrs;
 pub mod peek;
 pub mod ports;
 pub mod proxy_protocol;

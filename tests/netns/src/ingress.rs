@@ -22,6 +22,8 @@ pub mod names {
     pub const LISTENER_ACCEPTED: &str = "ingress_listener_accepted_total";
     pub const PATH_HAS_ADDRESS: &str = "ingress_path_has_address";
     pub const PATH_DNS_LOOKUPS: &str = "ingress_path_dns_lookups_total";
+    pub const PATH_DNS_LOOPS: &str = "ingress_path_dns_loops_total";
+    pub const PATH_ADDRESS_CHANGES: &str = "ingress_path_address_changes_total";
 }
 
 /// Where the admin endpoint listens inside each ingress namespace.

@@ -6,14 +6,17 @@
 //!    home gets the new address, the old one is removed): zero failed connects, and traffic on
 //!    the new address within TTL + one probe interval (printed);
 //! 3. DNS stopped: the last known addresses are kept, traffic unaffected;
-//! 4. wan2's name removed (NXDOMAIN): wan2 down, everything on wan1; restored: wan2 back.
+//! 4. wan2's name removed (NXDOMAIN): wan2 down, everything on wan1; restored: wan2 back;
+//! 5. wan2's name pointed at ingress1 itself (a dynamic-DNS client run on the cloud node):
+//!    ingress1 neither probes nor uses that answer (its own listener on the probed port would
+//!    answer and take the pool's traffic back in); wan2 keeps home's address there.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use netns::ingress::{names, IngressConfig};
+use netns::ingress::{names, IngressConfig, ServiceCfg};
 use netns::knot::{self, Knot};
 use netns::loadgen::Record;
 use netns::scenario::{self, path_counts};
@@ -33,6 +36,13 @@ fn config(t: &Topology) -> IngressConfig {
     for p in &mut cfg.paths {
         p.host = Some((format!("{}.{}", p.name, knot::ZONE), "ipv4"));
     }
+    // The probed port is relayed too, as when a node forwards 443 and probes it: a probe to
+    // this node's own address would be answered by its own listener.
+    cfg.services.push(ServiceCfg {
+        name: "probed".into(),
+        listen: vec![format!("0.0.0.0:{}", addr::HEALTH_PORT)],
+        upstream_port: Some(addr::HEALTH_PORT),
+    });
     cfg.resolver = Some(format!(
         "nameservers = [\"{}\"]\nmin_refresh = \"1s\"\nmax_refresh = \"30s\"\ntimeout = \"1s\"",
         knot::DNS
@@ -210,6 +220,42 @@ fn wan_paths_follow_their_names() {
         "RESULT dns paths: wan2's name removed: down after {} ms, every connection on wan1; restored: up after {} ms (TTL {TTL} s)",
         down_after.as_millis(),
         back_after.as_millis()
+    ));
+
+    // 5. wan2's name pointed at ingress1's own address.
+    let m = t.scrape(Role::Ingress1).expect("scrape");
+    let changes = |m: &netns::metrics::Metrics| m.sum(names::PATH_ADDRESS_CHANGES, &[("path", "wan2")]);
+    let answers =
+        |m: &netns::metrics::Metrics| m.sum(names::PATH_DNS_LOOKUPS, &[("path", "wan2"), ("result", "answer")]);
+    let (changes_before, answers_before) = (changes(&m), answers(&m));
+    dns.set("wan2", &[IpAddr::from(addr::INGRESS1)]).expect("point wan2's name at ingress1");
+    wait_until("ingress1 has the new answer", Duration::from_secs(15), Duration::from_millis(100), || {
+        let m = t.scrape(Role::Ingress1)?;
+        let n = answers(&m);
+        check(n >= answers_before + 2.0, || format!("{n} answers, {answers_before} before"))
+    })
+    .expect("ingress1 asks again");
+    // A probe of the answer would have been answered by ingress1's own listener at once and
+    // moved the path within a probe interval.
+    std::thread::sleep(Duration::from_millis(2 * PROBE_INTERVAL_MS));
+    let m = t.scrape(Role::Ingress1).expect("scrape");
+    assert_eq!(changes(&m), changes_before, "wan2 keeps home's address on ingress1");
+    assert_eq!(m.get(names::PATH_UP, &[("path", "wan2")]), Some(1.0), "and stays up");
+    assert_eq!(m.sum(names::PATH_DNS_LOOPS, &[("path", "wan2")]), 1.0, "counted once per address");
+    let run = t
+        .start_load(
+            Role::Client,
+            "load-loop",
+            scenario::standard_load(Duration::from_millis(10), Duration::from_secs(3)),
+        )
+        .expect("start load");
+    let r = run.finish(&mut t).expect("load result");
+    assert_no_failed_connects(&r.records, 0, "wan2's name on ingress1");
+    let accepted = t.scrape(Role::Ingress1).expect("scrape").sum(names::LISTENER_ACCEPTED, &[]);
+    common::report(&format!(
+        "RESULT dns paths: wan2's name pointed at ingress1: skipped there ({} ok of {} connections; \
+         {accepted} accepted by ingress1's listeners over the whole run)",
+        r.summary.ok, r.summary.started
     ));
     drop(dns);
 }
