@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use shared::own_addrs::lands_on;
 use shared::ports::{ListenSpec, PortRange};
 
 use crate::config::{Protocol, ServiceConfig};
@@ -83,30 +84,15 @@ impl OwnPorts {
     /// host's (`shared::own_addrs::is_own`); asked at most once, and only for a wildcard
     /// listener on a port the traffic goes to.
     pub fn leads_back(&self, ip: IpAddr, fixed_port: Option<u16>, own: impl FnOnce(IpAddr) -> bool) -> Option<Loop> {
-        let ip = ip.to_canonical();
         let mut own = Some(own);
-        let mut is_own = None;
-        for &(protocol, sends) in &self.sends {
+        let mut known = None;
+        let mut is_own = |ip| *known.get_or_insert_with(|| own.take().is_some_and(|f| f(ip)));
+        self.sends.iter().find_map(|&(protocol, sends)| {
             let sends = fixed_port.map(PortRange::single).unwrap_or(sends);
-            for l in self.listeners.iter().filter(|l| l.protocol == protocol) {
-                let (first, last) = (sends.first.max(l.spec.ports.first), sends.last.min(l.spec.ports.last));
-                if first > last {
-                    continue;
-                }
-                let hit = l.spec.ip == ip
-                    || (l.spec.ip.is_unspecified()
-                        && l.spec.ip.is_ipv4() == ip.is_ipv4()
-                        && *is_own.get_or_insert_with(|| own.take().is_some_and(|f| f(ip))));
-                if hit {
-                    return Some(Loop {
-                        service: l.service.clone(),
-                        protocol,
-                        listener: SocketAddr::new(l.spec.ip, first),
-                    });
-                }
-            }
-        }
-        None
+            let listeners = self.listeners.iter().map(|l| (&l.protocol, &l.spec));
+            let (i, listener) = lands_on(ip, &protocol, sends, listeners, &mut is_own)?;
+            Some(Loop { service: self.listeners[i].service.clone(), protocol, listener })
+        })
     }
 }
 

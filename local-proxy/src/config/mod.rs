@@ -8,6 +8,7 @@ mod host;
 pub mod middleware;
 pub mod raw;
 pub mod routes;
+mod self_loop;
 pub mod upstreams;
 mod validate;
 
@@ -277,13 +278,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     )
 }
 
-/// Validate TOML text without environment overrides (tests, examples).
+/// Validate TOML text without environment overrides (tests, examples). Of this host's
+/// addresses only loopback's count as its own (`self_loop`), so that the result does not
+/// depend on the machine's interfaces.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    from_figment(Figment::new().merge(Toml::string(text)))
+    let loopback = |ip: IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
+    extract(Figment::new().merge(Toml::string(text)), loopback)
 }
 
 /// Extract and validate from any figment.
 pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    extract(figment, shared::own_addrs::is_own)
+}
+
+/// `own`: whether an address is this host's, for upstreams that would lead back here.
+fn extract(figment: Figment, own: fn(IpAddr) -> bool) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
-    validate::validate(raw).map_err(ConfigError::Invalid)
+    validate::validate(raw, own).map_err(ConfigError::Invalid)
 }

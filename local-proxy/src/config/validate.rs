@@ -93,7 +93,7 @@ fn count(c: &mut Problems, field: &str, value: Option<u64>, default: u64, min: u
     v
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Problems> {
+pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Result<Config, Problems> {
     let mut c = Problems::new();
 
     let admin = raw.admin.listen.as_deref().and_then(|s| {
@@ -298,7 +298,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problems> {
         access_logs_agree(&mut c, logs.chain(site_logs).chain(stream_logs));
     }
 
-    c.into_result(Config {
+    let config = Config {
         log_format,
         drain_timeout,
         threads,
@@ -312,7 +312,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problems> {
         streams,
         firewall,
         acme,
-    })
+    };
+    // As above: the indices must name the file's tables.
+    if c.is_empty() {
+        super::self_loop::check(&mut c, &config, own);
+    }
+    c.into_result(config)
 }
 
 type HeaderSet = Vec<(HeaderName, Option<HeaderValue>)>;
