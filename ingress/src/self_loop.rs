@@ -3,9 +3,9 @@
 //! health probe sent there comes back in as a new client, so the probes measure this ingress
 //! instead of home, and what is relayed there is relayed there again: one probe grows into
 //! thousands of connections a second until the connection limit (or the flow budget) is
-//! spent and real clients are refused (measured: 4,652 open after 1.5 s). A config naming such an address is
-//! refused; a path's name that resolves to one (a dynamic-DNS record pointed at the cloud
-//! node instead of home) has that address skipped (`resolve`).
+//! spent and real clients are refused (measured: 4,652 open after 1.5 s). A config naming
+//! such an address is refused; a path's name that resolves to one (a dynamic-DNS record
+//! pointed at the cloud node instead of home) has that address skipped (`resolve`).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
