@@ -19,9 +19,9 @@ pub const PATH_HAS_ADDRESS: &str = "ingress_path_has_address";
 pub const PATH_ADDRESS_CHANGES: &str = "ingress_path_address_changes_total";
 /// Lookups of a path's name by result: answer, no_record (NXDOMAIN or no data), failed.
 pub const PATH_DNS_LOOKUPS: &str = "ingress_path_dns_lookups_total";
-/// Addresses a path's name gave that are this host's own, on a port this ingress listens on
-/// (not used: traffic there would loop back in); counted once per address.
-pub const PATH_DNS_LOOPS: &str = "ingress_path_dns_loops_total";
+/// 1 while a path's name answers an address of this host on a port this ingress listens on
+/// (not used: traffic there would loop back in), else 0.
+pub const PATH_DNS_LEADS_BACK: &str = "ingress_path_dns_leads_back";
 /// Unix time of the last answer (addresses or "no record") for a path's name.
 pub const PATH_DNS_REFRESHED: &str = "ingress_path_dns_refreshed_timestamp_seconds";
 pub const PATH_CONNECTS: &str = "ingress_path_connects_total";

@@ -143,6 +143,13 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                 .map(|(addrs, answered, _)| (addrs, answered))
                 .collect();
             let path = &pool.paths[n.index];
+            let back: Vec<IpAddr> = answers
+                .iter()
+                .flat_map(|(addrs, _)| addrs.iter().copied())
+                .filter(|&ip| leads_back(&pool, n.index, ip, &mut looping))
+                .collect();
+            let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
+            gauge!(m::PATH_DNS_LEADS_BACK, &labels).set(if back.is_empty() { 0.0 } else { 1.0 });
             match verdict(path.ip(), &answers) {
                 Verdict::Keep => {}
                 Verdict::Clear => {
@@ -151,7 +158,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                     }
                 }
                 Verdict::Try(mut candidates) => {
-                    candidates.retain(|&ip| !leads_back(&pool, n.index, ip, &mut looping));
+                    candidates.retain(|ip| !back.contains(ip));
                     if candidates.is_empty() {
                         // Nothing to probe: the path keeps its address, if any, until an
                         // answer gives one that leads home.
@@ -175,7 +182,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
 
 /// Whether an answer for path `index` is one of this host's addresses on a port this ingress
 /// listens on (`crate::self_loop`): never probed (this ingress's own listener would answer)
-/// nor used. Counted and logged once per path and address.
+/// nor used. Logged once per path and address.
 fn leads_back(pool: &Pool, index: usize, ip: IpAddr, looping: &mut HashSet<(usize, IpAddr)>) -> bool {
     let path = &pool.paths[index];
     let Some(l) = pool.cfg.own_ports.leads_back(ip, path.fixed_port, shared::own_addrs::is_own) else {
@@ -183,8 +190,6 @@ fn leads_back(pool: &Pool, index: usize, ip: IpAddr, looping: &mut HashSet<(usiz
     };
     if looping.insert((index, ip)) {
         tracing::error!(pool = %pool.name, path = %path.name, name = %path.target, address = %ip, "the name's answer is not used: {l}");
-        let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
-        counter!(m::PATH_DNS_LOOPS, &labels).increment(1);
     }
     true
 }

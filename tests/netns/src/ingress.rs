@@ -22,7 +22,7 @@ pub mod names {
     pub const LISTENER_ACCEPTED: &str = "ingress_listener_accepted_total";
     pub const PATH_HAS_ADDRESS: &str = "ingress_path_has_address";
     pub const PATH_DNS_LOOKUPS: &str = "ingress_path_dns_lookups_total";
-    pub const PATH_DNS_LOOPS: &str = "ingress_path_dns_loops_total";
+    pub const PATH_DNS_LEADS_BACK: &str = "ingress_path_dns_leads_back";
     pub const PATH_ADDRESS_CHANGES: &str = "ingress_path_address_changes_total";
 }
 

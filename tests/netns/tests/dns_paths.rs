@@ -9,7 +9,8 @@
 //! 4. wan2's name removed (NXDOMAIN): wan2 down, everything on wan1; restored: wan2 back;
 //! 5. wan2's name pointed at ingress1 itself (a dynamic-DNS client run on the cloud node):
 //!    ingress1 neither probes nor uses that answer (its own listener on the probed port would
-//!    answer and take the pool's traffic back in); wan2 keeps home's address there.
+//!    answer and take the pool's traffic back in); wan2 keeps home's address there, and
+//!    `ingress_path_dns_leads_back` shows it until the name leads home again.
 
 mod common;
 
@@ -241,7 +242,7 @@ fn wan_paths_follow_their_names() {
     let m = t.scrape(Role::Ingress1).expect("scrape");
     assert_eq!(changes(&m), changes_before, "wan2 keeps home's address on ingress1");
     assert_eq!(m.get(names::PATH_UP, &[("path", "wan2")]), Some(1.0), "and stays up");
-    assert_eq!(m.sum(names::PATH_DNS_LOOPS, &[("path", "wan2")]), 1.0, "counted once per address");
+    assert_eq!(m.get(names::PATH_DNS_LEADS_BACK, &[("path", "wan2")]), Some(1.0), "shown while the name answers it");
     let run = t
         .start_load(
             Role::Client,
@@ -257,5 +258,11 @@ fn wan_paths_follow_their_names() {
          {accepted} accepted by ingress1's listeners over the whole run)",
         r.summary.ok, r.summary.started
     ));
+    dns.set("wan2", &[IpAddr::from(addr::WAN2)]).expect("point wan2's name home again");
+    wait_until("the name leads home again", Duration::from_secs(15), Duration::from_millis(100), || {
+        let v = t.scrape(Role::Ingress1)?.get(names::PATH_DNS_LEADS_BACK, &[("path", "wan2")]);
+        check(v == Some(0.0), || format!("{} {v:?}", names::PATH_DNS_LEADS_BACK))
+    })
+    .expect("the gauge clears");
     drop(dns);
 }
