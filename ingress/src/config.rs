@@ -448,8 +448,7 @@ impl Config {
     /// only loopback's count as its own (`crate::self_loop`), so that the result does not
     /// depend on the machine's interfaces.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let loopback = |ip: IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
-        Self::from_figment(Figment::new().merge(Toml::string(text)), "<string>".into(), loopback)
+        Self::from_figment(Figment::new().merge(Toml::string(text)), "<string>".into(), shared::own_addrs::always_own)
     }
 
     /// `own`: whether an address is this host's (`shared::own_addrs::is_own`).

@@ -13,7 +13,7 @@ use crate::ports::{ListenSpec, PortRange};
 /// must never take a working path away.
 pub fn is_own(ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
-    if ip.is_loopback() || ip.is_unspecified() {
+    if always_own(ip) {
         return true;
     }
     match nix::ifaddrs::getifaddrs() {
@@ -27,6 +27,13 @@ pub fn is_own(ip: IpAddr) -> bool {
         }),
         Err(_) => false,
     }
+}
+
+/// The addresses that are this host's on every host: loopback and the unspecified address
+/// (what config checks in tests count, so that they do not depend on the machine).
+pub fn always_own(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Which of `listeners` (transport, spec) traffic over `proto` to `ip` on any of `ports`

@@ -282,8 +282,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// addresses only loopback's count as its own (`self_loop`), so that the result does not
 /// depend on the machine's interfaces.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    let loopback = |ip: IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
-    extract(Figment::new().merge(Toml::string(text)), loopback)
+    extract(Figment::new().merge(Toml::string(text)), shared::own_addrs::always_own)
 }
 
 /// Extract and validate from any figment.

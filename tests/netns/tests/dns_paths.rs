@@ -21,6 +21,7 @@ use netns::ingress::{names, IngressConfig, ServiceCfg};
 use netns::knot::{self, Knot};
 use netns::loadgen::Record;
 use netns::scenario::{self, path_counts};
+use netns::topology::LoadResult;
 use netns::topology::{addr, Options, Role, Topology};
 use netns::unix_ms;
 use netns::wait::{check, wait_until};
@@ -70,6 +71,16 @@ fn assert_no_failed_connects(records: &[Record], fault_done: u64, what: &str) {
     if !in_flight.is_empty() {
         eprintln!("{what}: {} connections in flight on the removed address broke", in_flight.len());
     }
+}
+
+/// New connections every 10 ms for `secs` through both nodes, none of which may fail to connect.
+fn steady_load(t: &mut Topology, name: &str, secs: u64, what: &str) -> LoadResult {
+    let run = t
+        .start_load(Role::Client, name, scenario::standard_load(Duration::from_millis(10), Duration::from_secs(secs)))
+        .expect("start load");
+    let r = run.finish(t).expect("load result");
+    assert_no_failed_connects(&r.records, 0, what);
+    r
 }
 
 #[test]
@@ -168,15 +179,7 @@ fn wan_paths_follow_their_names() {
 
     // 3. DNS stopped: last known addresses kept, traffic unaffected.
     dns.stop().expect("stop knot");
-    let run = t
-        .start_load(
-            Role::Client,
-            "load-dns-down",
-            scenario::standard_load(Duration::from_millis(10), Duration::from_secs(6)),
-        )
-        .expect("start load");
-    let r = run.finish(&mut t).expect("load result");
-    assert_no_failed_connects(&r.records, 0, "DNS down");
+    let r = steady_load(&mut t, "load-dns-down", 6, "DNS down");
     let per = path_counts(&t, &r.records, 0, u64::MAX);
     let on_new = r.records.iter().filter(|x| x.ok && backend_of(&t, x) == "wan1-new").count();
     assert!(on_new > 0 && !per.contains_key("mesh"), "DNS down changes nothing: {per:?}, wan1-new {on_new}");
@@ -199,11 +202,7 @@ fn wan_paths_follow_their_names() {
     let down_after = removed.elapsed();
     let m = t.scrape(Role::Ingress1).expect("scrape");
     assert_eq!(m.get(names::PATH_HAS_ADDRESS, &[("path", "wan2")]), Some(0.0));
-    let run = t
-        .start_load(Role::Client, "load-nx", scenario::standard_load(Duration::from_millis(10), Duration::from_secs(3)))
-        .expect("start load");
-    let r = run.finish(&mut t).expect("load result");
-    assert_no_failed_connects(&r.records, 0, "wan2 without a record");
+    let r = steady_load(&mut t, "load-nx", 3, "wan2 without a record");
     let on_wan2 = r.records.iter().filter(|x| x.ok && backend_of(&t, x) == "wan2").count();
     assert_eq!(on_wan2, 0, "nothing goes to a path whose name has no record");
     let restored = Instant::now();
@@ -243,15 +242,7 @@ fn wan_paths_follow_their_names() {
     assert_eq!(changes(&m), changes_before, "wan2 keeps home's address on ingress1");
     assert_eq!(m.get(names::PATH_UP, &[("path", "wan2")]), Some(1.0), "and stays up");
     assert_eq!(m.get(names::PATH_DNS_LEADS_BACK, &[("path", "wan2")]), Some(1.0), "shown while the name answers it");
-    let run = t
-        .start_load(
-            Role::Client,
-            "load-loop",
-            scenario::standard_load(Duration::from_millis(10), Duration::from_secs(3)),
-        )
-        .expect("start load");
-    let r = run.finish(&mut t).expect("load result");
-    assert_no_failed_connects(&r.records, 0, "wan2's name on ingress1");
+    let r = steady_load(&mut t, "load-loop", 3, "wan2's name on ingress1");
     let accepted = t.scrape(Role::Ingress1).expect("scrape").sum(names::LISTENER_ACCEPTED, &[]);
     common::report(&format!(
         "RESULT dns paths: wan2's name pointed at ingress1: skipped there ({} ok of {} connections; \
