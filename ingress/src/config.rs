@@ -65,6 +65,9 @@ pub struct ConfigError {
     pub problems: Problems,
 }
 
+/// Most listening ports of a service with `udp_reuseport` (each takes a socket per loop).
+pub const MAX_REUSEPORT_PORTS: usize = 64;
+
 /// Most worker threads `limits.threads` may ask for.
 const MAX_THREADS: u32 = 1024;
 
@@ -173,6 +176,7 @@ struct RawService {
     udp_expect_replies: Option<bool>,
     udp_reply_timeout: Option<String>,
     udp_recv_buffer: Option<usize>,
+    udp_reuseport: Option<bool>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     peek_timeout: Option<String>,
@@ -415,12 +419,26 @@ pub struct ServiceConfig {
     pub udp_reply_timeout: Duration,
     /// UDP only: the receive queue of the listening sockets and of each flow's socket, bytes.
     pub udp_recv_buffer: usize,
+    /// UDP only: each port served by one socket per event loop (`SO_REUSEPORT`), its clients
+    /// spread over them by the kernel, instead of one socket on one loop.
+    pub udp_reuseport: bool,
     /// `sni`/`http` modes: names (exact or `*.suffix`) to pools; `pool` is the default.
     pub routes: Vec<RouteConfig>,
     /// `sni`/`http` modes: how long a client may take to send its ClientHello/request head.
     pub peek_timeout: Duration,
     /// `sni`/`http` modes: most bytes read while looking for the name.
     pub peek_max: usize,
+}
+
+impl ServiceConfig {
+    /// Sockets on each of its listening ports when served by `loops` event loops.
+    pub fn sockets_per_port(&self, loops: usize) -> usize {
+        if self.protocol == Protocol::Udp && self.udp_reuseport {
+            loops.max(1)
+        } else {
+            1
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -750,6 +768,19 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                 format!("must be {}..={} bytes (got {udp_recv_buffer})", range.start(), range.end()),
             );
         }
+        if rs.udp_reuseport.is_some() && protocol != Protocol::Udp {
+            p.push(format!("{field}.udp_reuseport"), "needs protocol = \"udp\" (TCP connections are spread already)");
+        }
+        let ports = listen.iter().map(|l| l.addrs().count()).sum::<usize>();
+        if rs.udp_reuseport == Some(true) && ports > MAX_REUSEPORT_PORTS {
+            p.push(
+                format!("{field}.udp_reuseport"),
+                format!(
+                    "is for a few busy ports (at most {MAX_REUSEPORT_PORTS}; this service listens on {ports}): \
+                     a range's ports are spread over the loops already, one socket each"
+                ),
+            );
+        }
         let udp_reply_timeout = p.duration(
             &format!("{field}.udp_reply_timeout"),
             rs.udp_reply_timeout.as_deref(),
@@ -793,6 +824,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
             udp_expect_replies: rs.udp_expect_replies.unwrap_or(false),
             udp_reply_timeout,
             udp_recv_buffer,
+            udp_reuseport: rs.udp_reuseport.unwrap_or(false),
             routes: rs.routes.iter().map(|r| RouteConfig { names: r.names.clone(), pool: r.pool.clone() }).collect(),
             peek_timeout,
             peek_max,

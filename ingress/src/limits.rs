@@ -48,10 +48,17 @@ pub fn raise_open_files() -> u64 {
 }
 
 impl Budget {
-    /// The limits `config` gets under `open_files` descriptors.
-    pub fn plan(open_files: u64, config: &Config) -> Self {
-        let listeners: u64 =
-            config.services.iter().map(|s| s.listen.iter().map(|l| l.addrs().count() as u64).sum::<u64>()).sum();
+    /// The limits `config` gets under `open_files` descriptors, served by `loops` event loops
+    /// (a port with `udp_reuseport` has a socket on each).
+    pub fn plan(open_files: u64, config: &Config, loops: usize) -> Self {
+        let listeners: u64 = config
+            .services
+            .iter()
+            .map(|s| {
+                let ports = s.listen.iter().map(|l| l.addrs().count() as u64).sum::<u64>();
+                ports * s.sockets_per_port(loops) as u64
+            })
+            .sum();
         // A probe and a background verification may be in flight per path.
         let paths: u64 = config.pools.values().map(|p| p.paths.len() as u64 + u64::from(p.mesh.is_some())).sum();
         let reserve = RESERVE + listeners + 2 * paths;
@@ -127,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_roomy_limit_changes_nothing() {
-        let b = Budget::plan(1 << 20, &config(""));
+        let b = Budget::plan(1 << 20, &config(""), 1);
         assert!(!b.clamped);
         assert_eq!(b.max_connections, 20_000);
         assert_eq!(b.pipes, 1024);
@@ -138,7 +145,7 @@ mod tests {
         let c = config(
             "[[service]]\nname = \"u\"\nlisten = [\"0.0.0.0:49160-49200\"]\nprotocol = \"udp\"\npool = \"p\"\nmax_flows = 4096\n",
         );
-        let b = Budget::plan(20_000, &c);
+        let b = Budget::plan(20_000, &c, 1);
         assert!(b.clamped);
         // Everything it may open fits in what is left after the reserve.
         let used = f64::from(b.max_connections) * FDS_PER_CONNECTION + b.max_flows as f64 + 2.0 * b.pipes as f64;
@@ -147,7 +154,25 @@ mod tests {
         assert!(b.max_connections > 6_000 && b.max_connections < 8_000, "{b:?}");
         assert_eq!(b.service_flows(4096), b.max_flows);
         // Nothing at all left: still at least one of each, never zero.
-        let b = Budget::plan(10, &c);
+        let b = Budget::plan(10, &c, 1);
         assert_eq!((b.max_connections, b.max_flows), (1, 1));
+    }
+
+    /// A port with `udp_reuseport` holds a socket per loop, and the budget counts each.
+    #[test]
+    fn reuseport_ports_count_a_socket_per_loop() {
+        let c = config(
+            "[[service]]\nname = \"u\"\nlisten = [\"0.0.0.0:51820-51823\"]\nprotocol = \"udp\"\npool = \"p\"\nudp_reuseport = true\n",
+        );
+        let (one, four) = (Budget::plan(10_000, &c, 1), Budget::plan(10_000, &c, 4));
+        let room =
+            |b: &Budget| f64::from(b.max_connections) * FDS_PER_CONNECTION + b.max_flows as f64 + 2.0 * b.pipes as f64;
+        // 4 ports x 3 more sockets each: 12 descriptors fewer for the rest (less what the
+        // whole connections and pipes it is rounded down to leave over).
+        assert!(four.max_connections < one.max_connections, "{one:?} against {four:?}");
+        assert!(room(&one) - room(&four) >= 10.0, "{one:?} against {four:?}");
+        let plain =
+            config("[[service]]\nname = \"u\"\nlisten = [\"0.0.0.0:51820-51823\"]\nprotocol = \"udp\"\npool = \"p\"\n");
+        assert_eq!(Budget::plan(10_000, &plain, 1), Budget::plan(10_000, &plain, 4), "one socket a port without it");
     }
 }

@@ -16,9 +16,15 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     shared::listeners::tcp(addr, &TCP)
 }
 
-/// Bind a UDP socket for a listener.
-pub fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
-    shared::listeners::udp(addr, &UDP)
+/// Bind a UDP listener: one socket, or a group of `sockets` sharing the port
+/// (`udp_reuseport`).
+pub fn bind_udp(addr: SocketAddr, sockets: usize) -> io::Result<Vec<tokio::net::UdpSocket>> {
+    shared::listeners::udp_group(addr, &UDP, sockets)
+}
+
+/// `n` more sockets for the group serving `addr`.
+pub fn join_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<tokio::net::UdpSocket>> {
+    shared::listeners::udp_joining(addr, &UDP, n)
 }
 
 /// Accept errors that mean "out of descriptors or memory": back off and keep accepting.

@@ -26,6 +26,9 @@ struct ListenerEntry {
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
     task: JoinHandle<()>,
+    /// Sockets it was started with (a UDP port with `udp_reuseport`: one per loop), for their
+    /// names in systemd's store.
+    sockets: usize,
 }
 
 type ListenerKey = (Protocol, String);
@@ -50,7 +53,7 @@ impl Server {
         crate::metrics::install();
         let (stop_tx, stop) = watch::channel(false);
         let open_files = crate::limits::raise_open_files();
-        let budget = Budget::plan(open_files, &config);
+        let budget = Budget::plan(open_files, &config, workers.threads());
         budget.log(&config);
         #[cfg(target_os = "linux")]
         crate::splice::set_pipe_limit(budget.pipes);
@@ -70,7 +73,7 @@ impl Server {
         let server = Self { shared, stop_tx, listeners: Mutex::new(HashMap::new()), admin_task: Mutex::new(None) };
         // Sockets kept across a restart (systemd's descriptor store) serve at once; the rest
         // bind below, and kept ones this config no longer has are closed.
-        let kept = inherited_listeners(&config);
+        let kept = inherited_listeners(&config, server.shared.workers.threads());
         server.sync_listeners(kept);
         shared::inherit::release_unclaimed(|_| false);
         server.sync_admin(config.admin);
@@ -92,8 +95,11 @@ impl Server {
     pub fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
         let prebound = self.bind_new_listeners(&config)?;
         let old = self.shared.runtime.load_full();
-        let (was, budget) =
-            (Budget::plan(self.shared.open_files, &old.config), Budget::plan(self.shared.open_files, &config));
+        let loops = self.shared.workers.threads();
+        let (was, budget) = (
+            Budget::plan(self.shared.open_files, &old.config, loops),
+            Budget::plan(self.shared.open_files, &config, loops),
+        );
         if was != budget {
             budget.log(&config);
         }
@@ -119,9 +125,9 @@ impl Server {
         let Ok(map) = self.listeners.lock() else {
             return Ok(HashMap::new());
         };
-        let plan = Plan::new(&map, wanted_listeners(config));
-        let bound = bind_all(plan.added, |key, (service, addr)| {
-            bind(key, *addr).map_err(|source| ReloadError {
+        let plan = Plan::new(&map, wanted_listeners(config, self.shared.workers.threads()));
+        let bound = bind_all(plan.added, |key, (service, addr, sockets)| {
+            bind(key, *addr, *sockets).map_err(|source| ReloadError {
                 service: service.clone(),
                 addr: *addr,
                 protocol: key.0,
@@ -195,31 +201,49 @@ impl Server {
         let Ok(mut map) = self.listeners.lock() else {
             return;
         };
-        let wanted: HashMap<ListenerKey, (Arc<Service>, SocketAddr)> = wanted_listeners(&rt.config)
-            .into_iter()
-            .filter_map(|(key, (name, addr))| Some((key, (rt.services.get(&name)?.clone(), addr))))
-            .collect();
+        let wanted: HashMap<ListenerKey, (Arc<Service>, SocketAddr, usize)> =
+            wanted_listeners(&rt.config, self.shared.workers.threads())
+                .into_iter()
+                .filter_map(|(key, (name, addr, sockets))| {
+                    Some((key, (rt.services.get(&name)?.clone(), addr, sockets)))
+                })
+                .collect();
         let plan = Plan::new(&map, wanted);
         for key in plan.removed {
             if let Some(entry) = map.remove(&key) {
                 tracing::info!(listen = %key.1, "listener closed");
                 entry.task.abort();
                 // Out of systemd's store too, else the kernel would queue clients for it.
-                shared::inherit::forget(&fd_name(&key));
+                for i in 0..entry.sockets {
+                    shared::inherit::forget(&fd_name(&key, i));
+                }
             }
         }
-        for (key, (svc, _)) in plan.kept {
+        for (key, (svc, _, sockets)) in plan.kept {
             if let Some(entry) = map.get(&key) {
+                if entry.sockets != sockets {
+                    // Rebinding would close the port for a moment and lose the flows; what is
+                    // served keeps its sockets until the next restart.
+                    tracing::warn!(listen = %key.1, service = %svc.cfg.name, running = entry.sockets, configured = sockets,
+                        "udp_reuseport changed: the port keeps its sockets until the next restart");
+                }
                 entry.slot.store(svc);
             }
         }
-        for (key, (svc, addr)) in plan.added {
+        for (key, (svc, addr, sockets)) in plan.added {
             let slot = Arc::new(ArcSwap::new(svc));
             let local = Arc::new(Mutex::new(None));
             let pre = prebound.remove(&key);
-            let task =
-                tokio::spawn(listen_forever(key.clone(), addr, pre, slot.clone(), local.clone(), self.shared.clone()));
-            map.insert(key, ListenerEntry { slot, local, task });
+            let task = tokio::spawn(listen_forever(
+                key.clone(),
+                addr,
+                sockets,
+                pre,
+                slot.clone(),
+                local.clone(),
+                self.shared.clone(),
+            ));
+            map.insert(key, ListenerEntry { slot, local, task, sockets });
         }
     }
 
@@ -273,45 +297,59 @@ pub struct ReloadError {
     pub source: std::io::Error,
 }
 
-/// Every listener a config asks for, keyed as the running set keys them, with its service.
-fn wanted_listeners(config: &Config) -> HashMap<ListenerKey, (String, SocketAddr)> {
+/// Every listener a config asks for, keyed as the running set keys them, with its service and
+/// its number of sockets when served by `loops` event loops.
+fn wanted_listeners(config: &Config, loops: usize) -> HashMap<ListenerKey, (String, SocketAddr, usize)> {
     let mut wanted = HashMap::new();
     for sc in &config.services {
         for addr in sc.listen.iter().flat_map(|spec| spec.addrs()) {
             // Port 0 (tests) binds a fresh port per service, so it is keyed per service.
             let key = if addr.port() == 0 { format!("{addr}#{}", sc.name) } else { addr.to_string() };
-            wanted.insert((sc.protocol, key), (sc.name.clone(), addr));
+            wanted.insert((sc.protocol, key), (sc.name.clone(), addr, sc.sockets_per_port(loops)));
         }
     }
     wanted
 }
 
-/// A listener's name in systemd's descriptor store: transport and key, with only characters
-/// systemd allows (`tcp-0.0.0.0_443`, `udp-[__]_3478`, `tcp-127.0.0.1_0-echo` for port 0).
-fn fd_name(key: &ListenerKey) -> String {
+/// The name in systemd's descriptor store of a listener's socket `index`: transport and key,
+/// with only characters systemd allows (`tcp-0.0.0.0_443`, `udp-[__]_3478`,
+/// `tcp-127.0.0.1_0-echo` for port 0), and `.N` for the sockets after the first of a port's
+/// group (`udp-0.0.0.0_51820.1`).
+fn fd_name(key: &ListenerKey, index: usize) -> String {
     let proto = match key.0 {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     };
-    format!("{proto}-{}", key.1.replace(':', "_").replace('#', "-"))
+    let base = format!("{proto}-{}", key.1.replace(':', "_").replace('#', "-"));
+    if index == 0 {
+        base
+    } else {
+        format!("{base}.{index}")
+    }
 }
 
 /// The listeners of `config` that a previous process left in systemd's store (by name, else by
-/// address), ready to serve.
-fn inherited_listeners(config: &Config) -> HashMap<ListenerKey, Bound> {
+/// address), ready to serve. A UDP port whose group the previous process served with fewer
+/// sockets than wanted gets more joined to it; one kept without a group serves as it is.
+fn inherited_listeners(config: &Config, loops: usize) -> HashMap<ListenerKey, Bound> {
     let mut out = HashMap::new();
-    for (key, (_, addr)) in wanted_listeners(config) {
-        let name = fd_name(&key);
+    for (key, (_, addr, sockets)) in wanted_listeners(config, loops) {
         let kept = match key.0 {
-            Protocol::Tcp => {
-                shared::inherit::take_tcp(&name, addr).map(|l| shared::listeners::adopt_tcp(l).map(Bound::Tcp))
-            }
+            Protocol::Tcp => shared::inherit::take_tcp(&fd_name(&key, 0), addr)
+                .map(|l| shared::listeners::adopt_tcp(l).map(Bound::Tcp)),
             Protocol::Udp => {
-                shared::inherit::take_udp(&name, addr).map(|s| shared::listeners::adopt_udp(s).map(Bound::Udp))
+                let group: Vec<_> = (0..sockets)
+                    .map_while(|i| shared::inherit::take_udp(&fd_name(&key, i), addr))
+                    .map(shared::listeners::adopt_udp)
+                    .collect();
+                (!group.is_empty()).then(|| group.into_iter().collect::<std::io::Result<Vec<_>>>().map(Bound::Udp))
             }
         };
         match kept {
-            Some(Ok(b)) => {
+            Some(Ok(mut b)) => {
+                if let Bound::Udp(group) = &mut b {
+                    join_group(group, sockets);
+                }
                 out.insert(key, b);
             }
             Some(Err(e)) => {
@@ -323,18 +361,33 @@ fn inherited_listeners(config: &Config) -> HashMap<ListenerKey, Bound> {
     out
 }
 
-fn bind(key: &ListenerKey, addr: SocketAddr) -> std::io::Result<Bound> {
-    match key.0 {
-        Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
-        Protocol::Udp => crate::listener::bind_udp(addr).map(Bound::Udp),
+/// Grow a UDP port's kept `group` to `sockets`, as far as the kernel lets it join.
+fn join_group(group: &mut Vec<tokio::net::UdpSocket>, sockets: usize) {
+    let Some(addr) = group.first().and_then(|s| s.local_addr().ok()) else { return };
+    let more = sockets.saturating_sub(group.len());
+    if more == 0 {
+        return;
+    }
+    match crate::listener::join_udp(addr, more) {
+        Ok(joined) => group.extend(joined),
+        Err(e) => tracing::warn!(listen = %addr, serving = group.len(), wanted = sockets, error = %e,
+            "udp_reuseport: the socket kept across the restart is not in a group; it serves alone until the port is rebound"),
     }
 }
 
-/// Serve `pre` if given, else bind (retrying with backoff while the address is busy); then
-/// accept until stopped.
+fn bind(key: &ListenerKey, addr: SocketAddr, sockets: usize) -> std::io::Result<Bound> {
+    match key.0 {
+        Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
+        Protocol::Udp => crate::listener::bind_udp(addr, sockets).map(Bound::Udp),
+    }
+}
+
+/// Serve `pre` if given, else bind (`sockets` of them: retrying with backoff while the address
+/// is busy); then accept until stopped.
 async fn listen_forever(
     key: ListenerKey,
     addr: SocketAddr,
+    sockets: usize,
     mut pre: Option<Bound>,
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
@@ -346,12 +399,14 @@ async fn listen_forever(
     loop {
         let bound = match pre.take() {
             Some(b) => Ok(b),
-            None => bind(&key, addr),
+            None => bind(&key, addr, sockets),
         };
         match bound {
             Ok(b) => {
                 // Kept open by systemd across a restart (a no-op outside systemd).
-                shared::inherit::store(&fd_name(&key), b.as_fd());
+                for (i, fd) in b.fds().into_iter().enumerate() {
+                    shared::inherit::store(&fd_name(&key, i), fd);
+                }
                 let la = b.local_addr().unwrap_or(addr);
                 if let Ok(mut l) = local.lock() {
                     *l = Some(la);
@@ -359,11 +414,18 @@ async fn listen_forever(
                 tracing::info!(service = %slot.load().cfg.name, listen = %la, ?protocol, "listening");
                 match b {
                     Bound::Tcp(l) => crate::tcp::accept_loop(l, slot, shared).await,
-                    // On the loop serving the fewest UDP sockets, with its flows
-                    // (`shared::workers`); aborting this task stops it there.
-                    Bound::Udp(s) => {
+                    // On the loop serving the fewest UDP sockets, with its flows, or a group's
+                    // sockets one on each loop (`shared::workers`); aborting this task stops
+                    // them there.
+                    Bound::Udp(mut group) => {
                         let placing = shared.clone();
-                        placing.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
+                        if group.len() == 1 {
+                            let Some(s) = group.pop() else { return };
+                            placing.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
+                        } else {
+                            let serve = move |s| crate::udp::serve(s, slot.clone(), shared.clone());
+                            placing.workers.serve_udp_group(group, serve).await
+                        }
                     }
                 }
                 return;
@@ -388,22 +450,25 @@ async fn listen_forever(
 
 enum Bound {
     Tcp(tokio::net::TcpListener),
-    Udp(tokio::net::UdpSocket),
+    /// One socket, or a port's group (`udp_reuseport`); never empty.
+    Udp(Vec<tokio::net::UdpSocket>),
 }
 
 impl Bound {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         match self {
-            Bound::Tcp(l) => l.as_fd(),
-            Bound::Udp(s) => s.as_fd(),
+            Bound::Tcp(l) => vec![l.as_fd()],
+            Bound::Udp(group) => group.iter().map(|s| s.as_fd()).collect(),
         }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             Bound::Tcp(l) => l.local_addr(),
-            Bound::Udp(s) => s.local_addr(),
+            Bound::Udp(group) => {
+                group.first().ok_or_else(|| std::io::ErrorKind::NotFound.into()).and_then(|s| s.local_addr())
+            }
         }
     }
 }

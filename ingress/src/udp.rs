@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metrics::{counter, gauge, Counter};
+use metrics::{counter, gauge, Counter, Gauge};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -162,6 +162,27 @@ impl Counters {
     }
 }
 
+/// This socket's share of its port's `ingress_udp_flows_active`: the sockets of a port's group
+/// (`udp_reuseport`) each add their table's flows, and a socket no longer served takes its
+/// own back.
+struct FlowsGauge {
+    gauge: Gauge,
+    shown: usize,
+}
+
+impl FlowsGauge {
+    fn show(&mut self, flows: usize) {
+        self.gauge.increment(flows as f64 - self.shown as f64);
+        self.shown = flows;
+    }
+}
+
+impl Drop for FlowsGauge {
+    fn drop(&mut self) {
+        self.gauge.decrement(self.shown as f64);
+    }
+}
+
 fn flow_event(name: &'static str, service: &str, path: &str) {
     counter!(name, "service" => service.to_owned(), "path" => path.to_owned()).increment(1);
 }
@@ -177,7 +198,10 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let first = slot.load_full();
     let c = Arc::new(Counters::new(&first.cfg.name));
     let replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
-    let active = gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string());
+    let mut active = FlowsGauge {
+        gauge: gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string()),
+        shown: 0,
+    };
     let mut table: FlowTable<SocketAddr, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
@@ -200,7 +224,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 for f in gone.drain(..) {
                     flow_event(m::UDP_FLOWS_EXPIRED, &svc.cfg.name, &f.guard.path().name);
                 }
-                active.set(table.len() as f64);
+                active.show(table.len());
                 continue;
             }
             r = batch.read(&socket) => r,
@@ -285,7 +309,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
                 // No flow of this client exists (none, or removed above), so nothing is replaced.
                 drop(table.insert(client, flow, now));
-                active.set(table.len() as f64);
+                active.show(table.len());
             }
             let Some(flow) = table.get(&client) else {
                 continue;

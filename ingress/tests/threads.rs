@@ -163,3 +163,79 @@ async fn udp_sockets_are_spread_over_the_threads_and_relay_there() {
         assert_eq!(ask(p).await, "a:hi", "port {p} after the reload");
     }
 }
+
+/// One port with `udp_reuseport` is served by a socket on each of the three loops, and the
+/// kernel spreads its clients over them: every loop runs flows of it, each client is answered
+/// from the port it sent to, the flows gauge adds up the three tables, and a reload that
+/// removes the port closes all three.
+#[tokio::test(flavor = "current_thread")]
+async fn one_udp_port_with_reuseport_is_served_on_every_loop() {
+    let backend = Backend::start("r", "127.0.0.1").await;
+    let _echo = UdpEcho::start("r", backend.addr).await;
+    let port = free_port();
+    let config = |udp: bool| {
+        let service = if udp {
+            format!(
+                "[[service]]\nname = \"busy\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"p\"\nudp_reuseport = true\n"
+            )
+        } else {
+            // The reload below keeps a service, so that the admin listener stays.
+            format!("[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:{}\"]\npool = \"p\"\n", free_port())
+        };
+        let toml = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[pool.p]\npaths = [{{ name = \"a\", address = \"{}\" }}]\n\
+             health = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{service}",
+            backend.addr
+        );
+        ingress::Config::from_toml(&toml).expect("config")
+    };
+    let workers = shared::workers::Workers::start(3, "test-ingress-reuseport").expect("workers");
+    let loops = workers.handles();
+    let server = ingress::Server::start_on(config(true), workers).await;
+    wait_until("bound", Duration::from_secs(5), || server.local_addrs("busy").len() == 1).await;
+    let admin = server.admin_addr().expect("admin listener");
+    let udp_sockets: Vec<u64> = status(admin).await["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t["udp_sockets"].as_u64().unwrap_or(99))
+        .collect();
+    assert_eq!(udp_sockets, [1, 1, 1], "one socket of the port on each loop");
+    let tasks_before: Vec<usize> = loops.iter().map(|h| h.metrics().num_alive_tasks()).collect();
+
+    // Thirty clients, each from its own port: each flow keeps a reply pump on its loop.
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(("127.0.0.1", port)).await.expect("connect");
+        let said = format!("c{i}");
+        // The path comes up after two health rounds: ask until answered.
+        let mut answered = None;
+        for _ in 0..50 {
+            c.send(said.as_bytes()).await.expect("send");
+            let mut b = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), c.recv(&mut b)).await {
+                answered = Some(String::from_utf8_lossy(&b[..n]).into_owned());
+                break;
+            }
+        }
+        assert_eq!(answered.as_deref(), Some(format!("r:{said}").as_str()), "client {i}");
+        clients.push(c);
+    }
+    let flows = metric(&metrics(&server).await, "ingress_udp_flows_active", &[("service", "busy")]);
+    assert_eq!(flows, 30.0, "the three sockets' flows add up");
+    let tasks_after: Vec<usize> = loops.iter().map(|h| h.metrics().num_alive_tasks()).collect();
+    for (i, (before, after)) in tasks_before.iter().zip(&tasks_after).enumerate() {
+        assert!(after > before, "loop {} runs none of the port's flows ({before} -> {after} tasks)", i + 1);
+    }
+
+    // Removed by a reload: every socket of the group closes.
+    server.try_reload(config(false)).expect("reload");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "a socket of the removed port is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flows = metric(&metrics(&server).await, "ingress_udp_flows_active", &[("service", "busy")]);
+    assert_eq!(flows, 0.0, "a socket no longer served takes its flows off the gauge");
+}

@@ -4,7 +4,10 @@
 //! Binding: `SO_REUSEADDR`; IPv6 sockets that do not also take IPv4 (so `0.0.0.0:443` and
 //! `[::]:443` can both be listed); optionally `IP_FREEBIND` (an address not up yet, like the
 //! mesh address while yggdrasil restarts). UDP sockets' receive queues are sized by their
-//! service's `udp_recv_buffer` ([`RecvBufferKeeper`], [`set_recv_buffer`]).
+//! service's `udp_recv_buffer` ([`RecvBufferKeeper`], [`set_recv_buffer`]). A UDP port may be
+//! served by a group of sockets, one per event loop ([`udp_group`], `SO_REUSEPORT`): the
+//! kernel hashes each datagram's addresses to one of them, so one client's datagrams always
+//! reach the same socket (its flow lives in that socket's table) while many clients' spread.
 //!
 //! Reconciling (sans-io): [`Plan`] diffs the running sockets against the ones a new config
 //! asks for, by key (each binary's key: address, transport, ...). A reload binds every added
@@ -118,9 +121,12 @@ impl RecvBufferKeeper {
     }
 }
 
-fn socket(addr: SocketAddr, ty: Type, opts: &Options) -> io::Result<Socket> {
+fn socket(addr: SocketAddr, ty: Type, opts: &Options, reuse_port: bool) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), ty, None)?;
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         // So `0.0.0.0` and `::` can both be listed without clashing.
         sock.set_only_v6(true)?;
@@ -138,14 +144,36 @@ fn socket(addr: SocketAddr, ty: Type, opts: &Options) -> io::Result<Socket> {
 
 /// A TCP listener on `addr`.
 pub fn tcp(addr: SocketAddr, opts: &Options) -> io::Result<TcpListener> {
-    let sock = socket(addr, Type::STREAM, opts)?;
+    let sock = socket(addr, Type::STREAM, opts, false)?;
     sock.listen(opts.backlog)?;
     TcpListener::from_std(sock.into())
 }
 
 /// A UDP socket on `addr`.
 pub fn udp(addr: SocketAddr, opts: &Options) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(socket(addr, Type::DGRAM, opts)?.into())
+    UdpSocket::from_std(socket(addr, Type::DGRAM, opts, false)?.into())
+}
+
+/// `n` UDP sockets sharing `addr` (`SO_REUSEPORT`), the first bound to it and the others to
+/// the first's address (its port, when `addr` asks for any port); `n` = 1 is [`udp`]'s one
+/// socket, with no group. Only sockets of the same user can join a group: another user's
+/// process cannot take a share of the port.
+pub fn udp_group(addr: SocketAddr, opts: &Options, n: usize) -> io::Result<Vec<UdpSocket>> {
+    if n <= 1 {
+        return udp(addr, opts).map(|s| vec![s]);
+    }
+    let first = socket(addr, Type::DGRAM, opts, true)?;
+    let bound = first.local_addr()?.as_socket().unwrap_or(addr);
+    let mut group = vec![UdpSocket::from_std(first.into())?];
+    group.extend(udp_joining(bound, opts, n - 1)?);
+    Ok(group)
+}
+
+/// `n` more sockets for the group on `addr` (whose sockets have `SO_REUSEPORT`): a group kept
+/// across a restart that the new process serves with more loops. Fails (`EADDRINUSE`) when the
+/// port's socket is not in a group.
+pub fn udp_joining(addr: SocketAddr, opts: &Options, n: usize) -> io::Result<Vec<UdpSocket>> {
+    (0..n).map(|_| UdpSocket::from_std(socket(addr, Type::DGRAM, opts, true)?.into())).collect()
 }
 
 /// A listener kept across a restart (or from a socket unit, which may pass it blocking).

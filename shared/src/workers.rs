@@ -8,9 +8,10 @@
 //!
 //! UDP listening sockets are spread the same way, one socket to one loop for as long as it is
 //! served ([`Workers::serve_udp`]): its receive loop, its flow table and its flows' reply pumps
-//! all run there. A port's datagrams are not split between loops (a flow's state lives in one
-//! table), so one busy port keeps to one core; many ports (a TURN relay range, several
-//! services) use them all.
+//! all run there. A flow's state lives in one table, so a port served by one socket keeps to
+//! one core; many ports (a TURN relay range, several services) use them all, and a busy port
+//! served by a group of sockets, one per loop ([`Workers::serve_udp_group`]), has its clients
+//! spread over every loop by the kernel.
 //!
 //! What a connection uses on its way out should live on its loop too: [`PerLoop`] keeps one
 //! of a thing per loop (the local proxy's pooled upstream clients), picked by [`current`].
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 thread_local! {
     /// The event loop this thread runs: set on the threads `Workers::start` makes.
@@ -344,10 +346,40 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let thread = self.counts.pick_udp();
+        let mut set = JoinSet::new();
+        self.serve_udp_on(thread, socket, serve, &mut set);
+        // Its end, or its thread's: dropped with the workers, the socket is closed there.
+        while set.join_next().await.is_some() {}
+    }
+
+    /// As [`Workers::serve_udp`] for the sockets of one port's group
+    /// (`listeners::udp_group`), one on each loop in turn from thread 0, so that one busy
+    /// port's clients are served by every loop. Returns when every socket's `serve` has.
+    pub async fn serve_udp_group<F, Fut>(&self, sockets: Vec<UdpSocket>, serve: F)
+    where
+        F: Fn(UdpSocket) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut set = JoinSet::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            self.serve_udp_on(i % self.threads(), socket, serve.clone(), &mut set);
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Starts `serve(socket)` on `thread`'s loop, counted there, in `set` (which aborts it
+    /// when dropped).
+    fn serve_udp_on<F, Fut>(&self, thread: usize, socket: UdpSocket, serve: F, set: &mut JoinSet<()>)
+    where
+        F: FnOnce(UdpSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let served = Counted::udp(&self.counts, thread);
         let Some(worker) = thread.checked_sub(1).and_then(|i| self.extra.get(i)) else {
-            let _served = served;
-            serve(socket).await;
+            set.spawn(async move {
+                let _served = served;
+                serve(socket).await;
+            });
             return;
         };
         let local = socket.local_addr().ok();
@@ -358,15 +390,18 @@ impl Workers {
                 return;
             }
         };
-        let task = AbortOnDropHandle::new(worker.handle.spawn(async move {
-            let _served = served;
-            match UdpSocket::from_std(std) {
-                Ok(socket) => serve(socket).await,
-                Err(e) => tracing::error!(?local, error = %e, "cannot register the udp socket on its thread; it is not served"),
-            }
-        }));
-        // Its end, or its thread's: dropped with the workers, the socket is closed there.
-        let _ = task.await;
+        set.spawn_on(
+            async move {
+                let _served = served;
+                match UdpSocket::from_std(std) {
+                    Ok(socket) => serve(socket).await,
+                    Err(e) => {
+                        tracing::error!(?local, error = %e, "cannot register the udp socket on its thread; it is not served")
+                    }
+                }
+            },
+            &worker.handle,
+        );
     }
 }
 

@@ -184,3 +184,122 @@ pool = "home"
     assert!(graceful_ok > 300, "too little load to judge: {graceful_ok}");
     assert!(control_failed > 0, "a restart without the store should refuse clients");
 }
+
+/// A UDP echo on 127.0.0.1 with a TCP listener on the same port for the path's health probes.
+fn udp_echo() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap();
+    let probes = TcpListener::bind(a).unwrap();
+    thread::spawn(move || for _ in probes.incoming() {});
+    thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            let _ = s.send_to(&b[..n], from);
+        }
+    });
+    a
+}
+
+/// Sends `what` from a new client socket until it comes back (the path comes up after a probe
+/// round), within 10 s.
+fn udp_ask(to: SocketAddr, what: &str) -> Result<(), String> {
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+    let mut b = [0u8; 2048];
+    for _ in 0..100 {
+        c.send_to(what.as_bytes(), to).map_err(|e| format!("send: {e}"))?;
+        if let Ok((n, _)) = c.recv_from(&mut b) {
+            return (&b[..n] == what.as_bytes()).then_some(()).ok_or_else(|| "echo mismatch".into());
+        }
+    }
+    Err(format!("no answer to {what:?} within 10 s"))
+}
+
+/// A UDP port with `udp_reuseport` is a group of sockets, one per event loop, each kept in the
+/// store under its own name. A restart serves the kept group; one with more loops joins new
+/// sockets to it; one with fewer releases the extra ones. Clients are answered throughout.
+#[test]
+fn a_reuseport_group_is_kept_across_restarts_and_follows_the_loops() {
+    let bin = bin();
+    let dir = std::env::temp_dir().join(format!("ingress-restart-reuseport-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::UdpSocket::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
+    let path = udp_echo();
+    let cfg = dir.join("ingress.toml");
+    let write_cfg = |threads: usize| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[limits]
+threads = {threads}
+
+[pool.home]
+paths = [{{ name = "lan", address = "{path}" }}]
+health = {{ interval = "200ms", timeout = "200ms", rise = 1, fall = 2 }}
+
+[[service]]
+name = "echo"
+listen = ["{LISTEN}:{port}"]
+protocol = "udp"
+pool = "home"
+udp_reuseport = true
+"#
+            ),
+        )
+        .unwrap()
+    };
+    let log = dir.join("ingress.log");
+    let dump = || std::fs::read_to_string(&log).unwrap_or_default();
+    let to: SocketAddr = format!("{LISTEN}:{port}").parse().unwrap();
+    let base = format!("udp-{LISTEN}_{port}");
+    let names = |store: &FdStore| {
+        let mut n = store.names();
+        n.sort();
+        n
+    };
+    let mut store = FdStore::new(&dir).unwrap();
+
+    write_cfg(2);
+    let mut p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(1, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    store.poll().unwrap();
+    assert_eq!(names(&store), [base.clone(), format!("{base}.1")], "a socket per loop, each named");
+    udp_ask(to, "before").unwrap_or_else(|e| panic!("{e}\n{}", dump()));
+
+    // The same loops: the kept group serves, nothing is bound anew.
+    stop(&mut p);
+    p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(2, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    store.poll().unwrap();
+    assert_eq!(names(&store), [base.clone(), format!("{base}.1")]);
+    let kept =
+        |name: &str| dump().lines().filter(|l| l.contains("kept across the restart") && l.contains(name)).count();
+    assert_eq!((kept(&format!("fd_name={base} ")), kept(&format!("fd_name={base}.1"))), (1, 1), "{}", dump());
+    udp_ask(to, "same loops").unwrap_or_else(|e| panic!("{e}\n{}", dump()));
+
+    // More loops: a third socket joins the kept group.
+    write_cfg(3);
+    stop(&mut p);
+    p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(3, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    store.poll().unwrap();
+    assert_eq!(names(&store), [base.clone(), format!("{base}.1"), format!("{base}.2")], "{}", dump());
+    assert!(!dump().contains("not in a group"), "{}", dump());
+    for i in 0..6 {
+        udp_ask(to, &format!("three loops {i}")).unwrap_or_else(|e| panic!("{e}\n{}", dump()));
+    }
+
+    // One loop: the first socket serves alone, the others are closed and leave the store.
+    write_cfg(1);
+    stop(&mut p);
+    p = start(&store, &bin, &cfg, &log);
+    store.wait_ready(4, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
+    store.poll().unwrap();
+    assert_eq!(names(&store), [base], "{}", dump());
+    for i in 0..6 {
+        udp_ask(to, &format!("one loop {i}")).unwrap_or_else(|e| panic!("{e}\n{}", dump()));
+    }
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
