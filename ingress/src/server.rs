@@ -417,15 +417,10 @@ async fn listen_forever(
                     // On the loop serving the fewest UDP sockets, with its flows, or a group's
                     // sockets one on each loop (`shared::workers`); aborting this task stops
                     // them there.
-                    Bound::Udp(mut group) => {
+                    Bound::Udp(group) => {
                         let placing = shared.clone();
-                        if group.len() == 1 {
-                            let Some(s) = group.pop() else { return };
-                            placing.workers.serve_udp(s, move |s| crate::udp::serve(s, slot, shared)).await
-                        } else {
-                            let serve = move |s| crate::udp::serve(s, slot.clone(), shared.clone());
-                            placing.workers.serve_udp_group(group, serve).await
-                        }
+                        let serve = move |s| crate::udp::serve(s, slot.clone(), shared.clone());
+                        placing.workers.serve_udp_group(group, serve).await
                     }
                 }
                 return;

@@ -354,15 +354,18 @@ impl Workers {
 
     /// As [`Workers::serve_udp`] for the sockets of one port's group
     /// (`listeners::udp_group`), one on each loop in turn from thread 0, so that one busy
-    /// port's clients are served by every loop. Returns when every socket's `serve` has.
+    /// port's clients are served by every loop; a group of one goes where `serve_udp` would
+    /// put it. Returns when every socket's `serve` has.
     pub async fn serve_udp_group<F, Fut>(&self, sockets: Vec<UdpSocket>, serve: F)
     where
         F: Fn(UdpSocket) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let alone = sockets.len() == 1;
         let mut set = JoinSet::new();
         for (i, socket) in sockets.into_iter().enumerate() {
-            self.serve_udp_on(i % self.threads(), socket, serve.clone(), &mut set);
+            let thread = if alone { self.counts.pick_udp() } else { i % self.threads() };
+            self.serve_udp_on(thread, socket, serve.clone(), &mut set);
         }
         while set.join_next().await.is_some() {}
     }
