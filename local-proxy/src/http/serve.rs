@@ -63,8 +63,9 @@ where
         starts.notify_one();
         let conn = conn.clone();
         // Boxed: hyper's HTTP/1 dispatcher keeps a slot the size of this future for the whole
-        // connection, idle or not; the request's state machine is ~8.9 kB (dhat, bench/tls),
-        // so it lives on the heap only while a request is in flight.
+        // connection, idle or not; the request's state machine is 5.4 kB (rustc's
+        // -Zprint-type-sizes; bench/results/2026-12-05-vm-request-future.md), so it lives on
+        // the heap only while a request is in flight.
         Box::pin(async move {
             let resp = handle(req, conn).await;
             // A hostile client: its access log line is written as the response drops here;
