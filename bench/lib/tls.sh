@@ -77,3 +77,9 @@ wait_port() {
   for _ in $(seq "${3:-100}"); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing on $1:$2" >&2; return 1
 }
+
+# Whether h2load's output in file $1 counts every request answered with success ("requests: N
+# total, M started, N done, N succeeded"; with -D, M runs ahead of N).
+all_succeeded() {
+  grep -Eq '^requests: ([0-9]+) total, [0-9]+ started, \1 done, \1 succeeded' "$1"
+}
