@@ -43,6 +43,13 @@ impl FirstBytes for TlsStream<TcpStream> {
     }
 }
 
+// The TLS handshake hands its stream over boxed (`tls::accept`).
+impl<T: FirstBytes + Send> FirstBytes for Box<T> {
+    fn arrived(&mut self) -> impl Future<Output = io::Result<bool>> + Send + '_ {
+        (**self).arrived()
+    }
+}
+
 async fn peeked(tcp: &TcpStream) -> io::Result<bool> {
     let mut byte = [0u8; 1];
     Ok(tcp.peek(&mut byte).await? > 0)
