@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -127,6 +128,35 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, h
     }
 }
 
+/// Give `headers`' values one small buffer of their own, for a response going to an h2 client.
+///
+/// hyper parses an upstream's response head into values that share that upstream
+/// connection's 8 KiB read buffer. h2's HPACK encoder keeps each value it indexes in the client
+/// connection's table until the table evicts it, and with the value the whole buffer: 8 kB
+/// more per h2 connection that has had an answer, and one more each time a new `Date` is
+/// indexed (DHAT; bench/results/2026-12-05-vm-connection-task.md). One copy of the values'
+/// bytes per response, into one allocation.
+pub fn unshare_values(headers: &mut HeaderMap) {
+    let len = headers.values().map(HeaderValue::len).sum();
+    let mut buf = BytesMut::with_capacity(len);
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    // `values_mut` visits the values in the order `values` did: the map did not change.
+    let mut at = 0;
+    for v in headers.values_mut() {
+        let end = at + v.len();
+        // The bytes were a valid value a moment ago, so this cannot fail; if it did, the
+        // value would stay shared, which is only memory.
+        if let Ok(mut own) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
+        at = end;
+    }
+}
+
 /// Apply a site's response headers: set the given ones, remove those with no value.
 pub fn apply_response(headers: &mut HeaderMap, rules: &[(HeaderName, Option<HeaderValue>)]) {
     for (name, value) in rules {
@@ -150,6 +180,32 @@ pub fn apply_request(headers: &mut HeaderMap, rules: &[(HeaderName, Option<Heade
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unshared_values_keep_their_bytes_order_and_sensitivity_but_not_the_read_buffer() {
+        let read_buf = bytes::Bytes::copy_from_slice(b"nginxSat, 05 Dec 2026 16:23:58 GMTtext/plainsecret");
+        let shared = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(read_buf.slice(r)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::SERVER, shared(0..5));
+        h.insert(header::DATE, shared(5..34));
+        h.append(header::VARY, shared(34..44));
+        h.append(header::VARY, shared(0..5));
+        let mut secret = shared(44..50);
+        secret.set_sensitive(true);
+        h.insert(header::SET_COOKIE, secret);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(""));
+        let expected = h.clone();
+        assert!(!read_buf.is_unique());
+
+        unshare_values(&mut h);
+        assert_eq!(h, expected);
+        assert_eq!(h.get_all(header::VARY).iter().collect::<Vec<_>>(), ["text/plain", "nginx"]);
+        assert!(h.get(header::SET_COOKIE).unwrap().is_sensitive());
+        assert!(!h.get(header::SERVER).unwrap().is_sensitive());
+        // Nothing in the map holds the read buffer any more.
+        drop(expected);
+        assert!(read_buf.is_unique());
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
