@@ -8,8 +8,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// How often histogram samples are folded into their buckets (the exporter's own default).
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often histogram samples are folded into their buckets. Until then every sample is kept
+/// (8 bytes, two histograms per request): at the exporter's default of 5 s, 60,000 requests a
+/// second piled up about 5 MB between two folds, and the heap kept that size after. Folding
+/// into buckets costs the same per sample whenever it runs; the thread wakes once a second.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Upper bounds, in seconds, of every duration histogram's buckets (request duration, upstream
 /// latency, forward auth): from half a millisecond (a LAN connect or a cached page) to a
