@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::access::{TunnelSeen, UpstreamSeen};
 use super::body::{self, Body, ClientBody};
 use super::conn::Conn;
-use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop, unshare_values};
+use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::keepalive::{Returning, SendError};
 use super::pages;
 use super::replay::Replay;
@@ -235,9 +235,6 @@ async fn proxy(
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    if parts.version == Version::HTTP_2 {
-        unshare_values(resp.headers_mut());
-    }
     let (parts, incoming) = resp.into_parts();
     // The request counts as active on its upstream until the response body is done.
     let incoming = Returning::new(incoming, lease).map_frame(move |frame| {

@@ -24,7 +24,7 @@ use tracing::warn;
 
 use super::body::{self, Body};
 use super::conn::Conn;
-use super::headers::{strip_hop_by_hop, unshare_values};
+use super::headers::strip_hop_by_hop;
 use super::pages;
 use super::upstream::{empty, error_chain, per_loop, pooled, ClientError, UpstreamClient};
 use crate::config::ForwardAuth;
@@ -111,9 +111,6 @@ impl AuthClient {
         if !resp.status().is_success() {
             let (mut parts, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            if req.version() == http::Version::HTTP_2 {
-                unshare_values(&mut parts.headers);
-            }
             return (Verdict::Deny(Response::from_parts(parts, body::stream(incoming)), "auth_denied"), "denied");
         }
         let mut headers = Vec::new();

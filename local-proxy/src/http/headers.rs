@@ -128,7 +128,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, h
     }
 }
 
-/// Give `headers`' values one small buffer of their own, for a response going to an h2 client.
+/// Give `headers`' values one small buffer of their own: `serve` does it to every response it
+/// gives an h2 client.
 ///
 /// hyper parses an upstream's response head into values that share that upstream
 /// connection's 8 KiB read buffer. h2's HPACK encoder keeps each value it indexes in the client

@@ -29,6 +29,7 @@ use super::conn::Conn;
 use super::first_bytes::FirstBytes;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
+use super::headers::unshare_values;
 use super::hostile;
 use super::park::{quiet_between_requests, BodyBusy, Parkable};
 use crate::idle::{Activity, Tracked};
@@ -67,7 +68,12 @@ where
         // -Zprint-type-sizes; bench/results/2026-12-05-vm-request-future.md), so it lives on
         // the heap only while a request is in flight.
         Box::pin(async move {
-            let resp = handle(req, conn).await;
+            let mut resp = handle(req, conn).await;
+            // Every response bound for an h2 client, whoever built it, leaves with header values
+            // of its own: h2's HPACK table would otherwise keep an upstream's read buffer alive.
+            if proto == Proto::H2 {
+                unshare_values(resp.headers_mut());
+            }
             // A hostile client: its access log line is written as the response drops here;
             // failing the request makes hyper close the connection (h2: reset the stream)
             // without writing anything.
