@@ -18,15 +18,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// A token file (mode 0600) under a fresh directory; returns its path.
-fn token_file(tag: &str) -> std::path::PathBuf {
+/// A token file (mode 0600) under a fresh directory, removed when the directory drops; returns
+/// both.
+fn token_file(tag: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("ingress-admin-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("token");
+    let dir = tempfile::Builder::new().prefix(&format!("ingress-admin-{tag}-")).tempdir().expect("temp dir");
+    let f = dir.path().join("token");
     std::fs::write(&f, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    f
+    (dir, f)
 }
 
 /// `common::config` with `token_file` in `[admin]`.
@@ -110,7 +110,7 @@ async fn status_follows_its_schema_and_the_page_renders_without_javascript() {
 async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;
     let wan2 = Backend::start("wan2", "127.0.0.3").await;
-    let file = token_file("control");
+    let (_dir, file) = token_file("control");
     let toml = with_token(&config(&[("wan1", wan1.addr, 3), ("wan2", wan2.addr, 1)], None, ""), &file);
     let server = start(&toml).await;
     let front = service_addr(&server, "echo").await;

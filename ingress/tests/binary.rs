@@ -15,7 +15,8 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn check_lists_problems_and_exits_nonzero() {
-    let dir = tempdir();
+    let tmp = tempdir();
+    let dir = tmp.path();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[pool.home]\npaths = [{ name = \"w\", address = \"nope\" }]\n").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_ingress")).args(["check", "-c"]).arg(&bad).output().expect("run");
@@ -27,16 +28,11 @@ fn check_lists_problems_and_exits_nonzero() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ingress-test-{}-{}", std::process::id(), fastrand_u64()));
-    std::fs::create_dir_all(&d).expect("tempdir");
-    d
-}
-
-fn fastrand_u64() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+/// A fresh directory, removed when the returned value drops (a failed test's too).
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("ingress-test-").tempdir().expect("temp dir")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +47,8 @@ async fn sighup_reload_and_sigterm_drain() {
              [[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"home\"\n"
         )
     };
-    let dir = tempdir();
+    let tmp = tempdir();
+    let dir = tmp.path();
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf(one.addr)).expect("write");
     let child = Child::ingress(&file);
@@ -106,5 +103,4 @@ async fn sighup_reload_and_sigterm_drain() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -43,8 +43,8 @@ async fn a_flood_beyond_the_descriptor_budget_is_refused_and_paths_stay_up() {
          [[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"home\"\n",
         wan1.addr, wan2.addr
     );
-    let dir = std::env::temp_dir().join(format!("ingress-fd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::Builder::new().prefix("ingress-fd-").tempdir().expect("temp dir");
+    let dir = tmp.path();
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf).expect("write");
     // prlimit (util-linux) runs the binary under the lowered limit.
@@ -98,5 +98,4 @@ async fn a_flood_beyond_the_descriptor_budget_is_refused_and_paths_stay_up() {
         assert!(tokio::time::Instant::now() < deadline, "not served again after the flood");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 /// Runs the ingress with `env` until its listener is bound, stops it, and returns its log (the
 /// ingress logs to stderr, as `shared::logging` sets up).
 fn log_with(env: &[(&str, &str)]) -> String {
-    let dir = std::env::temp_dir().join(format!("ingress-logenv-{}-{}", std::process::id(), env.len()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("ingress-logenv-").tempdir().expect("temp dir");
+    let dir = tmp.path();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = dir.join("ingress.toml");
     std::fs::write(
@@ -39,7 +39,6 @@ fn log_with(env: &[(&str, &str)]) -> String {
     let mut text = String::new();
     child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
     let status = child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit {status}: {text}");
     text
 }

@@ -49,8 +49,8 @@ fn kill(pid: u32, sig: &str) {
 
 #[test]
 fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
-    let dir = std::env::temp_dir().join(format!("ingress-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("ingress-notify-").tempdir().expect("temp dir");
+    let dir = tmp.path();
     let sock_path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&sock_path);
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -117,5 +117,4 @@ fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Child};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ingress-ops-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory, removed when the returned value drops (a failed test's too).
+fn tempdir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ingress-ops-{tag}-")).tempdir().expect("temp dir")
 }
 
 /// A loopback TCP backend (a thread) that answers `name\n` and keeps the connection open.
@@ -108,7 +106,8 @@ fn reloads_applied(admin: u16) -> usize {
 
 #[test]
 fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
-    let dir = tempdir("notify");
+    let tmp = tempdir("notify");
+    let dir = tmp.path();
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let (wan1, wan2) = (backend("127.0.0.2", "wan1"), backend("127.0.0.3", "wan2"));
@@ -159,7 +158,6 @@ fn ready_means_accepting_and_a_wedged_runtime_stops_the_watchdog() {
     assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
     assert_eq!(wedged, 0, "a wedged runtime sends no WATCHDOG=1 (systemd would restart it)");
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The ingress on `config` under a 200 ms watchdog, its notifications to `notify`, the test
@@ -195,7 +193,8 @@ fn count_pings(sock: &UnixDatagram, within: Duration) -> usize {
 /// pings though the main thread's loop still runs, as their connections are stuck with them.
 #[test]
 fn a_wedged_worker_loop_stops_the_watchdog_too() {
-    let dir = tempdir("notify-workers");
+    let tmp = tempdir("notify-workers");
+    let dir = tmp.path();
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let (wan1, wan2) = (backend("127.0.0.2", "wan1"), backend("127.0.0.3", "wan2"));
@@ -220,15 +219,15 @@ fn a_wedged_worker_loop_stops_the_watchdog_too() {
     assert!(alive >= 5, "pings every 100 ms while alive: {alive}");
     assert_eq!(wedged, 0, "a wedged worker loop withholds WATCHDOG=1 (systemd would restart the process)");
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn ctl_drives_the_api_and_sighup_keeps_overrides_until_the_config_changes_them() {
-    let dir = tempdir("ctl");
+    let tmp = tempdir("ctl");
+    let dir = tmp.path();
     let (wan1, wan2) = (backend("127.0.0.2", "wan1"), backend("127.0.0.3", "wan2"));
     let (admin, front) = (free_port(), free_port());
-    let token = token_file(&dir, "token", "ctl-test-token-0123456789");
+    let token = token_file(dir, "token", "ctl-test-token-0123456789");
     let config = dir.join("ingress.toml");
     std::fs::write(&config, conf(admin, front, wan1, wan2, 1, Some(&token), true)).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
@@ -252,7 +251,7 @@ fn ctl_drives_the_api_and_sighup_keeps_overrides_until_the_config_changes_them()
 
     // A wrong token: refused, nothing changed.
     let wrong = dir.join("wrong.toml");
-    let wrong_token = token_file(&dir, "wrong-token", "not-the-token-0123456789");
+    let wrong_token = token_file(dir, "wrong-token", "not-the-token-0123456789");
     std::fs::write(&wrong, conf(admin, front, wan1, wan2, 1, Some(&wrong_token), false)).unwrap();
     let (ok, _, err) = ctl(&wrong, &["undrain", "wan1"]);
     assert!(!ok && err.starts_with("401"), "{err}");
@@ -304,5 +303,4 @@ fn ctl_drives_the_api_and_sighup_keeps_overrides_until_the_config_changes_them()
     );
     assert!(drain["reason"].as_str().unwrap().starts_with("drain by "), "{drain}");
     assert!(lines.iter().any(|l| l["message"] == "admin: control request refused" && l["reason"] == "wrong"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,8 +10,8 @@ use test_support::threads_named;
 #[test]
 fn the_process_has_as_many_event_loops_as_configured() {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("ingress-threads-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::Builder::new().prefix("ingress-threads-").tempdir().expect("temp dir");
+    let dir = tmp.path();
     for threads in [1usize, 3] {
         let file = dir.join(format!("t{threads}.toml"));
         std::fs::write(
@@ -32,7 +32,6 @@ fn the_process_has_as_many_event_loops_as_configured() {
         assert_eq!(threads_named(child.id(), "ingress-worker"), threads - 1, "worker threads for threads = {threads}");
         drop(child);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Connections accepted on the main thread are served on all three threads, ties in turn.

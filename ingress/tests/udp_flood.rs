@@ -39,8 +39,8 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
          idle_timeout = \"2s\"\nmax_flows = 4096\n",
         tcp.addr
     );
-    let dir = std::env::temp_dir().join(format!("ingress-flood-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
+    let dir = tmp.path();
     let file = dir.join("ingress.toml");
     std::fs::write(&file, conf).expect("write");
     let child = Child::ingress(&file);
@@ -129,5 +129,4 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     assert!(g > 0 && loss < 0.5, "the talking flow lost its replies: {g}/{s}");
     assert!(fds_peak < 4096 + 100, "descriptors beyond the flow cap: {fds_peak}");
     assert!(fds_after <= 64, "flow sockets not closed after expiry: {fds_after}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
