@@ -40,11 +40,13 @@ impl Browser {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile)?;
         // fd 3 reads our commands (the pipe on stdin), fd 4 writes the replies (the pipe on
-        // stdout); Chromium's own output goes to a log file.
+        // stdout); Chromium's own output goes to a log file, and its scratch directories
+        // (org.chromium.Chromium.*) to `dir`, which the test removes.
         let script = format!(
-            "exec chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check \
+            "TMPDIR={} exec chromium --headless=new --no-sandbox --disable-gpu --no-first-run --no-default-browser-check \
              --disable-extensions --disable-background-networking --remote-debugging-pipe \
              --user-data-dir={} about:blank 3<&0 4>&1 0</dev/null 1>{}/chromium.log 2>&1",
+            dir.display(),
             profile.display(),
             dir.display()
         );
