@@ -93,7 +93,10 @@ fn summary(body: &str) -> String {
             );
         }
     }
-    if let Some(fw) = v["firewall"].as_object() {
+    // Indexed as a `Value`, not a map: a field missing from another version's answer reads as
+    // null rather than panicking.
+    if v["firewall"].is_object() {
+        let fw = &v["firewall"];
         let enforcing = if fw["enforcing"] == true { "enforcing" } else { "OPEN" };
         let _ = writeln!(out, "firewall table {} {enforcing}, {} allowed", text(&fw["table"]), fw["allowed"]);
         for n in fw["names"].as_array().into_iter().flatten() {
@@ -139,5 +142,14 @@ mod tests {
         let out = super::summary(status);
         assert!(out.contains("acme x.invalid: 2 failed orders, last: the CA refused: rejectedIdentifier\n"), "{out}");
         assert!(!out.contains("acme a.test") && !out.contains("acme account"), "{out}");
+    }
+
+    /// Another version's answer, without some of the firewall's fields: shown as null, no panic.
+    #[test]
+    fn a_firewall_without_some_fields_is_shown() {
+        let status = r#"{"healthy": true, "firewall": {"table": "lb_allow", "names": [{"name": "a.test"}]}}"#;
+        let out = super::summary(status);
+        assert!(out.contains("firewall table lb_allow OPEN, null allowed\n"), "{out}");
+        assert!(out.contains("  a.test →  (null failed lookups)\n"), "{out}");
     }
 }

@@ -220,7 +220,12 @@ impl Job {
                         Ok((info, retry_after)) => {
                             let window = &info.suggested_window;
                             let (start, end) = (window.start.unix_timestamp(), window.end.unix_timestamp());
-                            ari_time = Some(plan::ari_pick(start, end, fastrand::f64(), now));
+                            let pick = plan::ari_pick(start, end, fastrand::f64(), now);
+                            ari_time = plan::in_time(pick, on_disk.as_ref().map(|c| c.not_after)).then_some(pick);
+                            if ari_time.is_none() {
+                                warn!(certificate = %dir, window_start = start, window_end = end,
+                                    "the CA's renewal window is past the certificate's end; renewing at two thirds");
+                            }
                             ari_next_check = now + retry_after.as_secs().clamp(60, 86_400) as i64;
                         }
                         Err(instant_acme::Error::Unsupported(_)) => ari_next_check = i64::MAX,

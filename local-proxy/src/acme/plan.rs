@@ -89,6 +89,13 @@ pub fn ari_pick(start: i64, end: i64, unit: f64, now: i64) -> i64 {
     }
 }
 
+/// Whether a renewal at `pick` comes before the certificate ends (`not_after`, when known): a
+/// CA's window past the end would leave the names without a valid certificate, and the
+/// caller keeps its own plan (two thirds) instead.
+pub fn in_time(pick: i64, not_after: Option<i64>) -> bool {
+    not_after.is_none_or(|end| pick < end)
+}
+
 /// Wait before retry number `failures` (1 = first retry): `min` doubling up to `max`. With the
 /// 2 min default no hour holds more than five failures for a name, Let's Encrypt's limit of
 /// failed authorizations per name per account per hour.
@@ -147,6 +154,10 @@ mod tests {
         assert_eq!(ari_pick(100, 200, 0.0, 0), 100);
         assert_eq!(ari_pick(100, 200, 0.9, 150), 150);
         assert_eq!(ari_pick(100, 100, 0.5, 0), 100);
+        // A window past the certificate's end is not followed.
+        assert!(in_time(ari_pick(100, 200, 0.5, 0), Some(151)));
+        assert!(!in_time(ari_pick(100, 200, 0.5, 0), Some(150)));
+        assert!(in_time(150, None));
     }
 
     #[test]

@@ -155,10 +155,12 @@ fn install_certbot_archive(dir: &Path, link: &Path, files: [(&str, &str); 4]) ->
         .and_then(|n| n.parse::<u32>().ok())
         .ok_or_else(|| fail(link, format!("`{}` is not certbot's fullchainN.pem", target.display())))?;
     // Skip numbers already taken (a crash after writing, before swapping).
-    let mut next = current + 1;
-    while archive.join(format!("fullchain{next}.pem")).exists() || archive.join(format!("privkey{next}.pem")).exists() {
-        next += 1;
-    }
+    let taken =
+        |n: u32| archive.join(format!("fullchain{n}.pem")).exists() || archive.join(format!("privkey{n}.pem")).exists();
+    let next = (current..=u32::MAX)
+        .skip(1)
+        .find(|&n| !taken(n))
+        .ok_or_else(|| fail(link, format!("no certbot archive number left after `{}`", target.display())))?;
     let link_dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
     for (stem, text) in files {
         let mode = if stem == "privkey" { 0o600 } else { 0o644 };
@@ -254,18 +256,25 @@ mod tests {
         assert_eq!(fs::read_dir(&d).unwrap().count(), 4);
     }
 
+    /// A lineage as certbot leaves it under `dir`: `live/<name>/*.pem` links to version `n` of
+    /// each file in `archive/<name>/`; returns both directories.
+    fn certbot_lineage(dir: &Path, name: &str, n: u32, chain: &str, key: &str) -> (PathBuf, PathBuf) {
+        let (live, archive) = (dir.join("live").join(name), dir.join("archive").join(name));
+        fs::create_dir_all(&live).unwrap();
+        fs::create_dir_all(&archive).unwrap();
+        for (stem, text) in [("fullchain", chain), ("privkey", key), ("cert", chain), ("chain", chain)] {
+            fs::write(archive.join(format!("{stem}{n}.pem")), text).unwrap();
+            std::os::unix::fs::symlink(format!("../../archive/{name}/{stem}{n}.pem"), live.join(format!("{stem}.pem")))
+                .unwrap();
+        }
+        (live, archive)
+    }
+
     #[test]
     fn a_certbot_lineage_gets_the_next_archive_version_and_its_links_swapped() {
         let dir = tempfile::tempdir().unwrap();
-        let (live, archive) = (dir.path().join("live/b.test"), dir.path().join("archive/b.test"));
-        fs::create_dir_all(&live).unwrap();
-        fs::create_dir_all(&archive).unwrap();
         let (chain1, key1) = leaf_pem(&["b.test"]);
-        for (stem, text) in [("fullchain", &chain1), ("privkey", &key1), ("cert", &chain1), ("chain", &chain1)] {
-            fs::write(archive.join(format!("{stem}1.pem")), text).unwrap();
-            std::os::unix::fs::symlink(format!("../../archive/b.test/{stem}1.pem"), live.join(format!("{stem}.pem")))
-                .unwrap();
-        }
+        let (live, archive) = certbot_lineage(dir.path(), "b.test", 1, &chain1, &key1);
         let (chain2, key2) = leaf_pem(&["b.test"]);
         install(&dir.path().join("live"), "b.test", &chain2, &key2).unwrap();
         assert_eq!(
@@ -277,6 +286,22 @@ mod tests {
         assert_eq!(mode(&archive.join("privkey2.pem")), 0o600);
         // The old version stays in the archive, as certbot keeps it.
         assert_eq!(fs::read_to_string(archive.join("fullchain1.pem")).unwrap(), chain1);
+    }
+
+    #[test]
+    fn a_certbot_lineage_at_the_last_archive_number_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_pem(&["c.test"]);
+        let last = u32::MAX;
+        let (live, archive) = certbot_lineage(dir.path(), "c.test", last, &chain, &key);
+        let e = install(&dir.path().join("live"), "c.test", &chain, &key).unwrap_err();
+        assert!(e.to_string().contains("no certbot archive number left"), "{e}");
+        // Nothing was written over the lineage.
+        assert_eq!(fs::read_dir(&archive).unwrap().count(), 4);
+        assert_eq!(
+            fs::read_link(live.join("fullchain.pem")).unwrap(),
+            Path::new(&format!("../../archive/c.test/fullchain{last}.pem"))
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `ctl` subcommands' side of the admin API: one HTTP/1.1 request over hyper's
 //! client connection, bounded in time, answered as status and body text.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -155,11 +156,20 @@ pub fn run(listen: Option<SocketAddr>, token: Option<&Token>, call: Call) -> Exi
     };
     match rt.block_on(request(addr, call.method, &call.path_and_query, token, &operator())) {
         Ok((status, body)) if status.is_success() => {
-            match call.summary {
-                Some(summary) => print!("{}", summary(&body)),
-                None => print!("{body}"),
+            let text = match call.summary {
+                Some(summary) => summary(&body),
+                None => body,
+            };
+            // `print!` panics on a closed pipe; a reader that stopped early (`ctl status | head`)
+            // is not a failure.
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
             }
-            ExitCode::SUCCESS
         }
         Ok((status, body)) => {
             eprint!("{status}: {body}");

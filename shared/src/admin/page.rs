@@ -113,10 +113,18 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in ms.
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in ms; `–` past the year 9999. Times come from
+/// peers too (an ACME server's renewal window), and humantime cannot write such a year.
 pub fn clock(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").trim_end_matches('Z').to_owned()
+    use std::fmt::Write;
+    let mut out = String::new();
+    let written = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(ms))
+        .is_some_and(|t| write!(out, "{}", humantime::format_rfc3339_seconds(t)).is_ok());
+    if !written {
+        return "–".to_owned();
+    }
+    out.replace('T', " ").trim_end_matches('Z').to_owned()
 }
 
 /// How long ago `then` was (both Unix ms), coarsely: `3 s`, `4 min`, `2 h 5 min`, `3 d 4 h`.
@@ -163,6 +171,10 @@ mod tests {
         assert_eq!(ago(10_000, 4_000), "6 s");
         assert_eq!(ago(8_000_000, 0), "2 h 13 min");
         assert_eq!(clock(0), "1970-01-01 00:00:00");
+        // 9999-12-31 23:59:59 UTC, then a second later, and the largest value.
+        assert_eq!(clock(253_402_300_799_000), "9999-12-31 23:59:59");
+        assert_eq!(clock(253_402_300_800_000), "–");
+        assert_eq!(clock(u64::MAX), "–");
         let header = Header { schema: 1, binary: "b", version: "1<2", now_ms: 8_000, started_ms: 2_000, control: true };
         let mut line = String::new();
         summary(&mut line, &header, " data-x=\"1\"", "3 open");
