@@ -49,7 +49,8 @@ pub const PATH_STATE_CHANGES: &str = "ingress_path_state_changes_total";
 /// Whole seconds the path spent in each state (`state`: up, down, held).
 pub const PATH_STATE_SECONDS: &str = "ingress_path_state_seconds_total";
 /// This process ran out of descriptors or memory (label `at`: accept, connect, probe,
-/// udp_socket); never counted as a path failure.
+/// udp_socket, pipe: a relay copied through user space instead of splicing); never counted
+/// as a path failure.
 pub const LOCAL_RESOURCE_ERRORS: &str = "ingress_local_resource_errors_total";
 /// The descriptor budget (label `kind`: open_files, connections, flows, pipes).
 pub const LIMITS: &str = "ingress_limit";

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::admission::{admit, peer_allowed};
-use crate::http::{self, Conn, Proto};
+use crate::http::{self, Conn, Proto, Slot};
 use crate::listeners::{label, Origin, Role};
 use crate::metrics::names;
 use crate::state::State;
@@ -31,11 +31,6 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            p = state.conn_limit.clone().acquire_owned() => p,
-            _ = stop.cancelled() => return,
-        };
-        let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.cancelled() => return,
@@ -57,6 +52,26 @@ pub async fn accept_loop(
             debug!(listener = listener_label, %peer, "refused: not a trusted ingress");
             continue;
         }
+        // The slot is taken with a connection in hand, not before accepting: a loop idle in
+        // `accept` would hold one that a busier listener's clients wait for (every listener
+        // shares the limit). So each loop may hold one connection over the limit while it
+        // waits, and the rest wait in the listen backlog.
+        let permit = match state.conn_limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                // Counted: it can be one kind of client (mesh peers skip the trust check) that
+                // holds them all.
+                metrics::counter!(names::CONNECTION_LIMIT, "listener" => listener_label).increment(1);
+                debug!(listener = listener_label, "http.max_connections reached; waiting for a connection to end");
+                let permit = tokio::select! {
+                    p = state.conn_limit.clone().acquire_owned() => p,
+                    _ = stop.cancelled() => return,
+                };
+                let Ok(permit) = permit else { return };
+                permit
+            }
+        };
         let span = info_span!("conn", listener = listener_label, %peer, client = tracing::field::Empty);
         // On the event loop with the fewest connections, for its whole life (`shared::workers`).
         let conn_state = state.clone();
@@ -66,31 +81,15 @@ pub async fn accept_loop(
     }
 }
 
-/// Decrements the active-connections gauge however the task ends.
-struct Active(&'static str);
-
-impl Active {
-    fn new(listener: &'static str) -> Self {
-        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
-        Self(listener)
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => self.0).decrement(1.0);
-    }
-}
-
 async fn connection(
     mut stream: TcpStream,
     origin: Origin,
     role: Arc<Role>,
     listener: &'static str,
     state: Arc<State>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _active = Active::new(listener);
+    let slot = Slot::new(permit, listener);
     // hyper and rustls write whole messages; with Nagle on, a small write that follows one
     // still unacknowledged (h2: the response after the SETTINGS frame) waits for the client's
     // delayed ACK, ~40 ms (bench/tls). nginx, HAProxy and Go servers set it too.
@@ -141,11 +140,11 @@ async fn connection(
                 _ => Proto::Http1,
             };
             let tls_info = Some(crate::http::TlsInfo::of(tls.get_ref().1));
-            let conn = Arc::new(Conn::new(info, true, tls_info, listener, state.clone()));
+            let conn = Arc::new(Conn::new(info, true, tls_info, listener, state.clone(), slot));
             http::serve(tls, proto, conn).await;
         }
         Role::Http => {
-            let conn = Arc::new(Conn::new(info, false, None, listener, state.clone()));
+            let conn = Arc::new(Conn::new(info, false, None, listener, state.clone(), slot));
             http::serve(stream, Proto::Http1, conn).await;
         }
         Role::Stream(name) => {

@@ -193,6 +193,12 @@ async fn websocket_echo_through_the_proxy() {
     })
     .await;
 
+    // The certificate checks' connections have left.
+    let active = [("listener", "mesh-https")];
+    let gauge = "local_proxy_connections_active";
+    wait_until(Duration::from_secs(5), "no connection open", || async { s.proxy.metric(gauge, &active).await == 0.0 })
+        .await;
+
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tls_over(tcp, "ws.test", &ca).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://ws.test/socket", tls).await.unwrap();
@@ -207,7 +213,15 @@ async fn websocket_echo_through_the_proxy() {
     ws.send(Message::binary(big.clone())).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(got.into_data().len(), big.len());
+    // The tunnel is still a connection: it holds its place under http.max_connections (the
+    // same slot as the gauge) until it closes.
+    assert_eq!(s.proxy.metric(gauge, &active).await, 1.0, "the open tunnel counts as a connection");
     ws.close(None).await.unwrap();
+    drop(ws);
+    wait_until(Duration::from_secs(5), "the tunnel's slot given back", || async {
+        s.proxy.metric(gauge, &active).await == 0.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

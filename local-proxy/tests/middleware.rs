@@ -392,10 +392,11 @@ async fn rate_limit_memory_is_bounded_over_100k_clients() {
     run(20_000, 100_000).await;
     let rss_end = proxy.rss_kib();
     let table_end = proxy.metric("local_proxy_rate_limit_clients", &[("site", "a.test"), ("route", "")]).await;
+    let evicted = proxy.metric("local_proxy_rate_limit_evictions_total", &[("site", "a.test"), ("route", "")]).await;
     println!(
         "{} distinct clients in {:.1} s; rate-limit table {table_full} after 20,000, {table_end} after 100,000 \
          (max_clients 10,000); RSS {rss_start} KiB at start, {rss_full} KiB after 20,000, {rss_end} KiB after \
-         100,000 (+{} KiB for the last 80,000); load {}",
+         100,000 (+{} KiB for the last 80,000); {evicted} clients forgotten to make room; load {}",
         clients.load(Ordering::Relaxed),
         t.elapsed().as_secs_f64(),
         rss_end as i64 - rss_full as i64,
@@ -404,6 +405,8 @@ async fn rate_limit_memory_is_bounded_over_100k_clients() {
     assert_eq!(clients.load(Ordering::Relaxed), 100_000);
     assert!((9_000.0..=10_000.0).contains(&table_full), "table {table_full}");
     assert!((9_000.0..=10_000.0).contains(&table_end), "table {table_end}");
+    // Every client beyond what the table holds made room by forgetting one, and was counted.
+    assert_eq!(evicted, 100_000.0 - table_end, "evictions counted");
     // Once the table is full, 80,000 more clients must not grow the process (8 MiB of slack
     // for allocator and connection churn; an unbounded table would add ~8 MB here).
     assert!(rss_end < rss_full + 8 * 1024, "RSS grew {} KiB after the table was full", rss_end - rss_full);

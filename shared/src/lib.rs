@@ -11,6 +11,7 @@ pub mod health;
 pub mod idle;
 pub mod inherit;
 pub mod listeners;
+pub mod log_every;
 pub mod logging;
 pub mod notify;
 pub mod own_addrs;

@@ -1,12 +1,36 @@
 //! What the server knows about the connection a request came on: read by the request
 //! handler and the reverse proxy alike (a leaf, so neither depends on the other for it).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::HeaderValue;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::admission::ClientInfo;
+use crate::metrics::names;
 use crate::state::State;
+
+/// A client connection's place under `http.max_connections` and in the active-connections
+/// gauge, for as long as the connection lives, however its task ends. An upgraded connection
+/// (WebSocket) outlives the task that served HTTP on it: its tunnel takes the slot along.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit, listener: &'static str) -> Self {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
+        Self { _permit: permit, listener }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => self.listener).decrement(1.0);
+    }
+}
 
 #[derive(Debug)]
 pub struct Conn {
@@ -20,6 +44,8 @@ pub struct Conn {
     /// `X-Forwarded-For` for this client, built at the first proxied request and cloned
     /// (a reference count) for the next ones.
     forwarded_for: OnceLock<HeaderValue>,
+    /// Until an upgraded connection's tunnel takes it ([`Conn::take_slot`]).
+    slot: Mutex<Option<Slot>>,
 }
 
 impl Conn {
@@ -29,8 +55,16 @@ impl Conn {
         tls_info: Option<TlsInfo>,
         listener: &'static str,
         state: Arc<State>,
+        slot: Slot,
     ) -> Self {
-        Self { info, tls, tls_info, listener, state, forwarded_for: OnceLock::new() }
+        let slot = Mutex::new(Some(slot));
+        Self { info, tls, tls_info, listener, state, forwarded_for: OnceLock::new(), slot }
+    }
+
+    /// The connection's [`Slot`], for the tunnel it has become (once: HTTP/1 switches
+    /// protocols once).
+    pub fn take_slot(&self) -> Option<Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// The client address as `X-Forwarded-For` / `X-Real-IP` carry it.

@@ -20,6 +20,7 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use shared::health::{Outcome, Source};
+use shared::log_every::LogEvery;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -108,7 +109,10 @@ async fn proxy(
                 let Some(i) = pool.pick(tried) else {
                     if attempts == 0 {
                         pool.count_unavailable();
-                        warn!(site = %site.host, "no usable upstream: 503");
+                        static NO_UPSTREAM: LogEvery = LogEvery::second();
+                        if let Some(skipped) = NO_UPSTREAM.ready() {
+                            warn!(site = %site.host, skipped, "no usable upstream: 503");
+                        }
                         return with_site_headers(unavailable(), route);
                     }
                     // Every usable upstream refused the connect.
@@ -160,7 +164,10 @@ async fn proxy(
                     .increment(1);
                 state.count_failure("timeout");
                 pool.record(i, Outcome::Failed, Source::Traffic, Some("request timed out"));
-                warn!(site = %site.host, upstream = %upstream, "upstream timed out");
+                static TIMED_OUT: LogEvery = LogEvery::second();
+                if let Some(skipped) = TIMED_OUT.ready() {
+                    warn!(site = %site.host, upstream = %upstream, skipped, "upstream timed out");
+                }
                 return with_site_headers(pages::gateway_timeout(), route);
             }
             Ok(Err(SendError::Stale(e, headers))) if !stale_retried => {
@@ -191,7 +198,10 @@ async fn proxy(
                     debug!(site = %site.host, upstream = %upstream, error = %reason, "request failed; once more elsewhere");
                     continue;
                 }
-                warn!(site = %site.host, upstream = %upstream, error = %reason, "upstream failed");
+                static FAILED: LogEvery = LogEvery::second();
+                if let Some(skipped) = FAILED.ready() {
+                    warn!(site = %site.host, upstream = %upstream, error = %reason, skipped, "upstream failed");
+                }
                 return with_site_headers(pages::bad_gateway(), route);
             }
             Ok(Ok((resp, lease))) => {
@@ -218,13 +228,14 @@ async fn proxy(
         // The access log line waits for the upgraded connection to end (its bytes, its
         // duration), as nginx's and HAProxy's do.
         let (ended, tunnel) = TunnelSeen::new();
-        // The upgraded connection holds the upstream (least_conn counts it) until it ends.
+        // The upgraded connection holds the upstream (least_conn counts it) and its client
+        // connection's slot under max_connections until it ends.
         tokio::spawn(super::tunnel::splice(
             client_upgrade,
             upstream_upgrade,
             site.host.to_string(),
             idle,
-            guard,
+            (guard, conn.take_slot()),
             ended,
         ));
         let (parts, _) = resp.into_parts();

@@ -40,15 +40,18 @@ pub struct BoundedStore {
     hasher: RandomState,
     /// Entries over all shards (kept here so reading it takes no lock).
     len: AtomicUsize,
+    /// Clients forgotten to make room for another: a flood of addresses shows here.
+    evicted: metrics::Counter,
 }
 
 impl BoundedStore {
-    fn new(max_clients: usize) -> Self {
+    fn new(max_clients: usize, evicted: metrics::Counter) -> Self {
         let per_shard = NonZeroUsize::new(max_clients.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(LruCache::sparse(per_shard))).collect(),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
+            evicted,
         }
     }
 
@@ -82,9 +85,14 @@ impl StateStore for Shared {
         let mut shard = self.0.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let old = shard.get(key).copied();
         let (out, new) = f(old)?;
-        // `push` makes the client the most recent and, in a full shard, drops the least.
-        if shard.push(*key, new).is_none() {
-            self.0.len.fetch_add(1, Ordering::Relaxed);
+        // `push` makes the client the most recent and, in a full shard, drops the least: it
+        // gives back the client's own old entry, or the one it dropped.
+        match shard.push(*key, new) {
+            None => {
+                self.0.len.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((old, _)) if old != *key => self.0.evicted.increment(1),
+            Some(_) => {}
         }
         Ok(out)
     }
@@ -120,7 +128,9 @@ impl Limiter {
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN));
-        let store = Arc::new(BoundedStore::new(cfg.max_clients));
+        let evicted =
+            metrics::counter!(names::RATE_LIMIT_EVICTED, "site" => site.to_string(), "route" => route.to_string());
+        let store = Arc::new(BoundedStore::new(cfg.max_clients, evicted));
         Self {
             limiter: RateLimiter::new(quota, Shared(store.clone()), DefaultClock::default()),
             store,

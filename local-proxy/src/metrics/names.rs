@@ -6,6 +6,9 @@
 pub const CONNECTIONS: &str = "local_proxy_connections_total";
 /// Connections open now, by `listener`.
 pub const CONNECTIONS_ACTIVE: &str = "local_proxy_connections_active";
+/// Connections that found every `http.max_connections` slot taken and waited for one to end
+/// (the ones behind them wait in the listen backlog), by `listener`.
+pub const CONNECTION_LIMIT: &str = "local_proxy_connection_limit_reached_total";
 /// `accept` errors (possibly EMFILE), by `listener`.
 pub const ACCEPT_ERRORS: &str = "local_proxy_accept_errors_total";
 /// TLS handshakes, by `listener` and `result`
@@ -121,6 +124,9 @@ pub const RATE_LIMITED: &str = "local_proxy_rate_limited_total";
 /// Clients a site's or route's rate limiter remembers now (at most its `max_clients`), by
 /// `site` and `route` (empty: the site's own).
 pub const RATE_LIMIT_CLIENTS: &str = "local_proxy_rate_limit_clients";
+/// Clients a full rate limiter forgot to make room for a new one (each would start again
+/// with a full burst), by `site` and `route`: more distinct addresses than `max_clients`.
+pub const RATE_LIMIT_EVICTED: &str = "local_proxy_rate_limit_evictions_total";
 /// Responses compressed, by `site` and `encoding` (`gzip`, `zstd`, `br`).
 pub const HTTP_COMPRESSED: &str = "local_proxy_http_compressed_total";
 /// CORS decisions, by `site` and `result` (`preflight`: answered with the policy;

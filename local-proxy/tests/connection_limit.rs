@@ -1,0 +1,66 @@
+//! `http.max_connections`: a connection past the limit waits until one ends, and is counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn metric(proxy: &Binary, name: &str, listener: &str) -> f64 {
+    metric_value(&http_get(proxy.admin, "/metrics").await.1, name, &[("listener", listener)])
+}
+
+/// Sends one request on `s` and reads until the end of its response head.
+async fn ask(s: &mut TcpStream, close: bool) -> String {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: nobody.test\r\n{connection}\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a response head: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let proxy = spawn_binary(tmp.path(), &live, "max_connections = 1", "").await;
+    let active = "local_proxy_connections_active";
+    let reached = "local_proxy_connection_limit_reached_total";
+    // The start-up probes' connections have ended.
+    wait_until(Duration::from_secs(5), "no connection open", || async {
+        metric(&proxy, active, "mesh-http").await == 0.0 && metric(&proxy, active, "mesh-https").await == 0.0
+    })
+    .await;
+
+    // The only slot, held by a kept-alive connection.
+    let before = metric(&proxy, reached, "mesh-http").await;
+    let mut first = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    let head = ask(&mut first, false).await;
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+
+    // The second is accepted by the kernel but not served while the first holds the slot.
+    let mut second = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(500), ask(&mut second, true)).await;
+    assert!(waiting.is_err(), "served past http.max_connections: {waiting:?}");
+    let after = metric(&proxy, reached, "mesh-http").await;
+    assert_eq!(after, before + 1.0, "the connection that waited is counted");
+
+    // The first ends: the second gets its slot and its answer.
+    drop(first);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut rest))
+        .await
+        .expect("served once the slot was free")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+}
