@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::admission::{admit, peer_allowed};
-use crate::http::{self, Conn, Proto, Slot};
+use crate::http::{self, Conn, Proto};
 use crate::listeners::{label, Origin, Role};
 use crate::metrics::names;
 use crate::state::State;
@@ -81,6 +81,28 @@ pub async fn accept_loop(
     }
 }
 
+/// A client connection's place under `http.max_connections` and in the active-connections
+/// gauge, for as long as its task lives, however it ends (an upgraded connection's tunnel
+/// runs in that task too: [`Conn::set_tunnel`]).
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, listener: &'static str) -> Self {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
+        Self { _permit: permit, listener }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => self.listener).decrement(1.0);
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     origin: Origin,
@@ -89,7 +111,7 @@ async fn connection(
     state: Arc<State>,
     permit: OwnedSemaphorePermit,
 ) {
-    let slot = Slot::new(permit, listener);
+    let _slot = Slot::new(permit, listener);
     // hyper and rustls write whole messages; with Nagle on, a small write that follows one
     // still unacknowledged (h2: the response after the SETTINGS frame) waits for the client's
     // delayed ACK, ~40 ms (bench/tls). nginx, HAProxy and Go servers set it too.
@@ -140,12 +162,10 @@ async fn connection(
                 _ => Proto::Http1,
             };
             let tls_info = Some(crate::http::TlsInfo::of(tls.get_ref().1));
-            let conn = Arc::new(Conn::new(info, true, tls_info, listener, state.clone(), slot));
-            http::serve(tls, proto, conn).await;
+            http::serve_then_tunnel(tls, proto, Conn::new(info, true, tls_info, listener, state.clone())).await;
         }
         Role::Http => {
-            let conn = Arc::new(Conn::new(info, false, None, listener, state.clone(), slot));
-            http::serve(stream, Proto::Http1, conn).await;
+            http::serve_then_tunnel(stream, Proto::Http1, Conn::new(info, false, None, listener, state.clone())).await;
         }
         Role::Stream(name) => {
             if info.health_check {

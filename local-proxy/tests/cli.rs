@@ -34,16 +34,8 @@ fn site_config(live: &std::path::Path, upstream: SocketAddr) -> String {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_and_refuses_invalid_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
-    let live = dir.path().join("live");
-    ca.certbot(&live, "a.test", &["a.test"], "a.test");
-    let (up_a, up_b) = (echo_upstream("a").await, echo_upstream("b").await);
-    let path = dir.path().join("lp.toml");
-    std::fs::write(&path, site_config(&live, up_a)).unwrap();
-
+/// The binary on `path`, its log (info) collected.
+fn start_logged(path: &std::path::Path) -> (tokio::process::Child, Arc<Mutex<String>>) {
     let mut child = tokio::process::Command::new(BIN)
         .args(["-c", path.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -62,14 +54,31 @@ async fn sighup_reloads_and_refuses_invalid_config() {
             l.push('\n');
         }
     });
-    let addr_of = |listener: &str| {
-        let text = log.lock().unwrap().clone();
-        text.lines()
-            .filter(|l| l.contains("listening") && l.contains(&format!("listener=\"{listener}\"")))
-            .filter_map(|l| l.split("addr=").nth(1))
-            .filter_map(|a| a.split_whitespace().next())
-            .find_map(|a| a.parse::<SocketAddr>().ok())
-    };
+    (child, log)
+}
+
+/// A listener's address, as the log announced it.
+fn addr_of(log: &Mutex<String>, listener: &str) -> Option<SocketAddr> {
+    let text = log.lock().unwrap().clone();
+    text.lines()
+        .filter(|l| l.contains("listening") && l.contains(&format!("listener=\"{listener}\"")))
+        .filter_map(|l| l.split("addr=").nth(1))
+        .filter_map(|a| a.split_whitespace().next())
+        .find_map(|a| a.parse::<SocketAddr>().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_refuses_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let live = dir.path().join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    let (up_a, up_b) = (echo_upstream("a").await, echo_upstream("b").await);
+    let path = dir.path().join("lp.toml");
+    std::fs::write(&path, site_config(&live, up_a)).unwrap();
+
+    let (mut child, log) = start_logged(&path);
+    let addr_of = |listener: &str| addr_of(&log, listener);
     wait_until(Duration::from_secs(10), "listeners logged", || {
         let ok = addr_of("mesh-https").is_some() && addr_of("admin").is_some();
         async move { ok }
@@ -168,32 +177,8 @@ async fn sigterm_drains_for_drain_timeout() {
     let silent = silent_upstream().await;
     let text = base_config(&format!("[[stream]]\nname = \"hold\"\nlisten = \"0/tcp\"\nupstream = \"{silent}\"\n"));
     std::fs::write(&path, format!("drain_timeout = \"800ms\"\n{text}")).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["-c", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let addr_of = |listener: &str| {
-        let text = log.lock().unwrap().clone();
-        text.lines()
-            .filter(|l| l.contains("listening") && l.contains(&format!("listener=\"{listener}\"")))
-            .filter_map(|l| l.split("addr=").nth(1))
-            .filter_map(|a| a.split_whitespace().next())
-            .find_map(|a| a.parse::<SocketAddr>().ok())
-    };
+    let (mut child, log) = start_logged(&path);
+    let addr_of = |listener: &str| addr_of(&log, listener);
     wait_until(Duration::from_secs(10), "stream and admin listeners logged", || {
         let ok = addr_of("mesh-stream").is_some() && addr_of("admin").is_some();
         async move { ok }
@@ -218,4 +203,45 @@ async fn sigterm_drains_for_drain_timeout() {
     assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(4), "exit after {took:?}");
     assert!(log.lock().unwrap().contains("drain deadline"), "{}", log.lock().unwrap());
     drop(held);
+}
+
+/// A WebSocket open at SIGTERM is drained like any connection: it keeps carrying messages
+/// until it ends or `drain_timeout` passes, and the process leaves at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_open_websocket_for_drain_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lp.toml");
+    let ws_up = ws_upstream().await;
+    let text = base_config(&format!(
+        "redirect_to_https = false\n[[site]]\nhost = \"ws.test\"\nupstream = \"http://{ws_up}\"\n"
+    ));
+    std::fs::write(&path, format!("drain_timeout = \"2s\"\n{text}")).unwrap();
+    let (mut child, log) = start_logged(&path);
+    wait_until(Duration::from_secs(10), "the mesh http listener logged", || {
+        let ok = addr_of(&log, "mesh-http").is_some();
+        async move { ok }
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr_of(&log, "mesh-http").unwrap()).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/socket", tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut echo = async |text: &str| {
+        ws.send(Message::text(text.to_string())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("an echo").unwrap().unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), text);
+    };
+    echo("before").await;
+
+    let pid = child.id().unwrap().to_string();
+    let asked = std::time::Instant::now();
+    assert!(run_tool("kill", &["-TERM", &pid], b"").await.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo("while draining").await;
+    let status = tokio::time::timeout(Duration::from_secs(8), child.wait()).await.expect("exit within 8 s").unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(6), "exit after {took:?}");
+    assert!(log.lock().unwrap().contains("drain deadline"), "{}", log.lock().unwrap());
 }

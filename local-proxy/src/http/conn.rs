@@ -1,38 +1,15 @@
 //! What the server knows about the connection a request came on: read by the request
 //! handler and the reverse proxy alike (a leaf, so neither depends on the other for it).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::HeaderValue;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::admission::ClientInfo;
-use crate::metrics::names;
 use crate::state::State;
 
-/// A client connection's place under `http.max_connections` and in the active-connections
-/// gauge, for as long as the connection lives, however its task ends. An upgraded connection
-/// (WebSocket) outlives the task that served HTTP on it: its tunnel takes the slot along.
-#[derive(Debug)]
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    listener: &'static str,
-}
-
-impl Slot {
-    pub fn new(permit: OwnedSemaphorePermit, listener: &'static str) -> Self {
-        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
-        Self { _permit: permit, listener }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => self.listener).decrement(1.0);
-    }
-}
-
-#[derive(Debug)]
 pub struct Conn {
     pub info: ClientInfo,
     /// Whether the client connection is TLS (`X-Forwarded-Proto`).
@@ -44,9 +21,23 @@ pub struct Conn {
     /// `X-Forwarded-For` for this client, built at the first proxied request and cloned
     /// (a reference count) for the next ones.
     forwarded_for: OnceLock<HeaderValue>,
-    /// Until an upgraded connection's tunnel takes it ([`Conn::take_slot`]).
-    slot: Mutex<Option<Slot>>,
+    /// What the connection becomes once HTTP is done with it ([`Conn::set_tunnel`]).
+    tunnel: Mutex<Option<Tunnel>>,
 }
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("info", &self.info)
+            .field("tls", &self.tls)
+            .field("tls_info", &self.tls_info)
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upgraded connection's byte copying (`tunnel::splice`).
+pub type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Conn {
     pub fn new(
@@ -55,16 +46,19 @@ impl Conn {
         tls_info: Option<TlsInfo>,
         listener: &'static str,
         state: Arc<State>,
-        slot: Slot,
     ) -> Self {
-        let slot = Mutex::new(Some(slot));
-        Self { info, tls, tls_info, listener, state, forwarded_for: OnceLock::new(), slot }
+        Self { info, tls, tls_info, listener, state, forwarded_for: OnceLock::new(), tunnel: Mutex::new(None) }
     }
 
-    /// The connection's [`Slot`], for the tunnel it has become (once: HTTP/1 switches
-    /// protocols once).
-    pub fn take_slot(&self) -> Option<Slot> {
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    /// Run `tunnel` once the HTTP server has let the connection go (after the 101), in the
+    /// connection's own task: it keeps the connection's slot and its event loop's count, and a
+    /// shutdown drains it like any open connection, up to `drain_timeout`.
+    pub fn set_tunnel(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// The client address as `X-Forwarded-For` / `X-Real-IP` carry it.

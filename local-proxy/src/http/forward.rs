@@ -228,16 +228,15 @@ async fn proxy(
         // The access log line waits for the upgraded connection to end (its bytes, its
         // duration), as nginx's and HAProxy's do.
         let (ended, tunnel) = TunnelSeen::new();
-        // The upgraded connection holds the upstream (least_conn counts it) and its client
-        // connection's slot under max_connections until it ends.
-        tokio::spawn(super::tunnel::splice(
+        // The upgraded connection holds the upstream (least_conn counts it) until it ends.
+        conn.set_tunnel(Box::pin(super::tunnel::splice(
             client_upgrade,
             upstream_upgrade,
             site.host.to_string(),
             idle,
-            (guard, conn.take_slot()),
+            guard,
             ended,
-        ));
+        )));
         let (parts, _) = resp.into_parts();
         // Connection/Upgrade stay: they are the client's confirmation of the switch.
         let mut resp = Response::from_parts(parts, body::full(""));

@@ -23,6 +23,6 @@ pub mod serve;
 mod tunnel;
 pub mod upstream;
 
-pub use conn::{Conn, Slot, TlsInfo};
+pub use conn::{Conn, TlsInfo};
 pub use routes::Routes;
-pub use serve::{serve, Proto};
+pub use serve::{serve_then_tunnel, Proto};

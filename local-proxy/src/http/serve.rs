@@ -254,6 +254,21 @@ where
     }
 }
 
+/// [`serve`], then, in the same task, the tunnel the connection became if a request upgraded it
+/// (`Conn::set_tunnel`).
+pub async fn serve_then_tunnel<IO>(io: IO, proto: Proto, conn: Conn)
+where
+    IO: AsyncRead + AsyncWrite + FirstBytes + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    serve(io, proto, conn.clone()).await;
+    let tunnel = conn.take_tunnel();
+    drop(conn);
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
+}
+
 /// Resolves at `deadline` if no request has started by then (`started`: its head is not
 /// complete); never otherwise.
 async fn first_head_due(deadline: Instant, started: &AtomicBool) {

@@ -11,21 +11,20 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::access::TunnelEnd;
-use super::conn::Slot;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 use crate::pool::Active;
 
 /// Copy bytes both ways between the upgraded client and upstream connections, then send
 /// what moved on `ended` (dropped unsent when the upgrade never completed: the line says 0).
-/// `_held` keeps the request counted as active on its upstream, and the client connection in
-/// its slot under `http.max_connections` and in the active-connections gauge, until the end.
+/// `_held` keeps the request counted as active on its upstream until the end. Run in the
+/// client connection's task once HTTP has let it go (`Conn::set_tunnel`).
 pub async fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
     site: String,
     idle: Duration,
-    _held: (Active, Option<Slot>),
+    _held: Active,
     ended: oneshot::Sender<TunnelEnd>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
