@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 /// What a route answers.
@@ -192,10 +193,23 @@ impl Routes {
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one connection is served before it is asked to close (kept-alive scrapers and the
+/// status page open another). hyper's head timer runs only while a head is read; this also
+/// ends a client that stopped reading its answer, as HAProxy's `timeout client` does.
+const CONN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Then how long the request in hand may take before the connection is dropped.
+const CONN_FINISH: Duration = Duration::from_secs(10);
+
+/// Connections served at once; past it a new one is closed at accept. The listener belongs on
+/// loopback or a trusted network, and its clients retry.
+const MAX_CONNS: usize = 64;
+
 /// Serve `routes` on `listener` until `stop` resolves; returns once every connection ended.
 pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Output = ()>) {
     let routes = Arc::new(routes);
     let conns = TaskTracker::new();
+    let open = Arc::new(Semaphore::new(MAX_CONNS));
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -211,17 +225,26 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
                 continue;
             }
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection closed: {MAX_CONNS} already open");
+            continue;
+        };
         let routes = routes.clone();
         conns.spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let reply = routes.answer(&req, peer);
                 async move { Ok::<_, Infallible>(into_response(reply)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            if tokio::time::timeout(CONN_LIFETIME, conn.as_mut()).await.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CONN_FINISH, conn).await;
+            }
         });
     }
     drop(listener);
@@ -290,6 +313,39 @@ mod tests {
         assert!(r.starts_with("HTTP/1.0 200") && r.ends_with("up 1\n"), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// A client that asks for a large answer and never reads it, and 64 idle ones beside it:
+    /// the 65th connection is closed at accept, and the stalled one is dropped once its life
+    /// and the time to finish are over, freeing its place.
+    #[tokio::test(start_paused = true)]
+    async fn connections_are_capped_and_a_stalled_reader_is_dropped() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let big = "x".repeat(16 << 20);
+        let routes = Routes::new().get("/big", move || Reply::text(StatusCode::OK, big.clone()));
+        let server = tokio::spawn(serve(l, routes, std::future::pending()));
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 1..MAX_CONNS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // The 65th: accepted by the kernel, closed by the server without an answer.
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        // The idle ones end at the head timeout; the stalled one only at its life's end.
+        tokio::time::sleep(CONN_LIFETIME + CONN_FINISH + Duration::from_secs(1)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(600), stalled.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the stalled connection was never dropped");
+        assert!(got.len() < (16 << 20), "it could not have been answered whole: {}", got.len());
+        // Its place is free again.
+        let r = get(addr, "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        server.abort();
     }
 
     #[test]
