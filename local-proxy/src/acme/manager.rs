@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::issue::{self, Issued};
+use super::issue::{self, IssueError, Issued};
 use super::plan::{self, Due, Lineage};
 use super::storage::{self, OnDisk};
 use crate::config::acme::Settings;
@@ -116,6 +116,11 @@ fn unix_now() -> i64 {
 }
 
 /// Sleep `d` unless `stop` comes first; false when stopped.
+/// The bound on one call to the CA outside an order (the account, renewal information), as
+/// certbot's and lego's HTTP timeouts: instant-acme's client has none, and a CA (or a path
+/// to it) that accepts and then says nothing would hold the task for good.
+const CA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
@@ -131,7 +136,11 @@ pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, sto
     let settings = Arc::new(settings);
     let mut failures = 0;
     let account = loop {
-        match issue::account(&settings).await {
+        let answer = tokio::select! {
+            a = tokio::time::timeout(CA_CALL_TIMEOUT, issue::account(&settings)) => a,
+            _ = stop.cancelled() => return,
+        };
+        match answer.unwrap_or(Err(IssueError::Timeout(CA_CALL_TIMEOUT))) {
             Ok(a) => {
                 acme.set_account_error(None);
                 break a;
@@ -216,8 +225,12 @@ impl Job {
                 let id =
                     CertificateIdentifier::new(Der::from(aki.as_slice()), Der::from(serial.as_slice())).into_owned();
                 if now >= ari_next_check {
-                    match self.account.renewal_info(&id).await {
-                        Ok((info, retry_after)) => {
+                    match tokio::time::timeout(CA_CALL_TIMEOUT, self.account.renewal_info(&id)).await {
+                        Err(_) => {
+                            ari_next_check = now + 3600;
+                            warn!(certificate = %dir, timeout = ?CA_CALL_TIMEOUT, "ACME renewal information: no answer");
+                        }
+                        Ok(Ok((info, retry_after))) => {
                             let window = &info.suggested_window;
                             let (start, end) = (window.start.unix_timestamp(), window.end.unix_timestamp());
                             let pick = plan::ari_pick(start, end, fastrand::f64(), now);
@@ -228,8 +241,8 @@ impl Job {
                             }
                             ari_next_check = now + retry_after.as_secs().clamp(60, 86_400) as i64;
                         }
-                        Err(instant_acme::Error::Unsupported(_)) => ari_next_check = i64::MAX,
-                        Err(e) => {
+                        Ok(Err(instant_acme::Error::Unsupported(_))) => ari_next_check = i64::MAX,
+                        Ok(Err(e)) => {
                             ari_next_check = now + 3600;
                             warn!(certificate = %dir, error = %e, "ACME renewal information not available");
                         }
@@ -340,5 +353,49 @@ impl Job {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA that accepts and then says nothing (not even its half of the TLS handshake): the
+    /// account call gives up after [`CA_CALL_TIMEOUT`] and says so, instead of waiting forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_ca_is_given_up_on_and_reported() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let storage = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            directory: format!("https://{}/dir", silent.local_addr().unwrap()),
+            directory_ca_file: None,
+            contact: Vec::new(),
+            external_account: None,
+            names: vec!["a.test".into()],
+            key_type: crate::config::acme::KeyType::EcdsaP256,
+            storage: storage.path().to_path_buf(),
+            http_01: true,
+            tls_alpn_01: false,
+            retry_min: Duration::from_secs(120),
+            retry_max: Duration::from_secs(3600),
+            order_timeout: Duration::from_secs(300),
+        };
+        let acme = Arc::new(Acme::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(settings, Arc::new(CertStore::new()), acme.clone(), stop.clone()));
+        // Paused time moves on whenever every task waits: to the call's deadline, at once.
+        let mut error = None;
+        for _ in 0..120 {
+            error = acme.account_error();
+            if error.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let error = error.expect("an account error reported");
+        assert!(error.contains("no answer within 30s"), "{error}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops when asked").unwrap();
+        drop(silent);
     }
 }
