@@ -178,13 +178,32 @@ async fn plain_http_redirects_except_acme_and_serves_the_webroot() {
     assert_eq!(status, 404);
 }
 
+/// An upstream that answers with a head and 5 of its 100 body bytes, then sends nothing more
+/// while it keeps its connections open.
+async fn stalling_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+            held.push(s);
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scanner_paths_502_and_504() {
     let silent = silent_upstream().await;
     let closed = closed_port().await;
+    let stalling = stalling_upstream().await;
     let sites = format!(
         "[[site]]\nhost = \"slow.test\"\nupstream = \"http://{silent}\"\n\
-         [[site]]\nhost = \"down.test\"\nupstream = \"http://{closed}\"\n"
+         [[site]]\nhost = \"down.test\"\nupstream = \"http://{closed}\"\n\
+         [[site]]\nhost = \"tls.test\"\nupstream = \"http://{stalling}\"\n"
     );
     let s = setup("upstream_timeout = \"700ms\"", &sites).await;
     let ca = &s.ca.pem_path;
@@ -215,6 +234,16 @@ async fn scanner_paths_502_and_504() {
     assert!(out.starts_with("HTTP/2 504"), "{out}");
     assert!(out.contains("too long"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A body that stops coming: cut short once nothing more came for upstream_timeout (curl
+    // sees the stream end in error), not left waiting for curl's own 10 s limit.
+    for proto in ["--http2", "--http1.1"] {
+        let started = Instant::now();
+        let (out, err, ok) = curl(&[proto, "-D", "-"], "tls.test", addr, ca, "/").await;
+        assert!(!ok && out.contains(" 200") && out.ends_with("hello"), "{proto}: {out}{err}");
+        assert!(!err.contains("timed out"), "{proto}: left hanging: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{proto}: {:?}", started.elapsed());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

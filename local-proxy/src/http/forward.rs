@@ -247,7 +247,7 @@ async fn proxy(
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, incoming) = resp.into_parts();
     // The request counts as active on its upstream until the response body is done.
-    let incoming = Returning::new(incoming, lease).map_frame(move |frame| {
+    let incoming = Returning::new(incoming, lease, timeout).map_frame(move |frame| {
         let _held = &guard;
         frame
     });

@@ -45,6 +45,7 @@ use tracing::debug;
 use super::body::BoxError;
 use super::upstream::RequestBody;
 use crate::config::Upstream;
+use std::future::Future;
 
 /// Idle connections are closed after this long unused (hyper-util's pool had the same).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -336,15 +337,27 @@ impl Lease {
 
 /// A response body that gives its connection back when it ends. Dropped before its end (the
 /// client went away), the connection is closed with it rather than drained: what is left of
-/// the body may be large or never end.
+/// the body may be large or never end. An upstream that sends nothing more of it for
+/// `read_timeout` (`http.upstream_timeout`, as nginx's `proxy_read_timeout`) ends it with an
+/// error, and the client's response is cut short rather than left hanging.
 pub struct Returning {
     inner: Incoming,
     lease: Option<Lease>,
+    read_timeout: Duration,
+    /// The wait for the next frame, armed only when one is awaited: a body already in hand
+    /// (most, a few kB read with the head) never starts a timer.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
+/// The upstream sent nothing of its response body for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing more of its response for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 impl Returning {
-    pub fn new(inner: Incoming, lease: Lease) -> Self {
-        Self { inner, lease: Some(lease) }
+    pub fn new(inner: Incoming, lease: Lease, read_timeout: Duration) -> Self {
+        Self { inner, lease: Some(lease), read_timeout, waiting: None, armed: false }
     }
 
     fn ended(&mut self) {
@@ -356,19 +369,35 @@ impl Returning {
 
 impl Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Poll::Ready(polled) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            if !this.armed {
+                let deadline = Instant::now() + this.read_timeout;
+                match &mut this.waiting {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => this.waiting = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                this.armed = true;
+            }
+            if this.waiting.as_mut().is_none_or(|timer| timer.as_mut().poll(cx).is_pending()) {
+                return Poll::Pending;
+            }
+            // The connection is not reused.
+            this.lease = None;
+            return Poll::Ready(Some(Err(BodyTimeout(this.read_timeout).into())));
+        };
+        this.armed = false;
         match &polled {
-            Poll::Ready(None) => this.ended(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.ended(),
+            None => this.ended(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.ended(),
             // A broken body: the connection is not reused.
-            Poll::Ready(Some(Err(_))) => this.lease = None,
+            Some(Err(_)) => this.lease = None,
             _ => {}
         }
-        polled
+        Poll::Ready(polled.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -439,7 +468,7 @@ mod tests {
     /// Send and read the whole answer through [`Returning`], as the proxy does.
     async fn fetch(c: &Connections, to: &Upstream) -> String {
         let (resp, lease) = c.send(to, get(), true, true).await.unwrap();
-        let body = Returning::new(resp.into_body(), lease).collect().await.unwrap().to_bytes();
+        let body = Returning::new(resp.into_body(), lease, Duration::from_secs(60)).collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
 
@@ -496,7 +525,7 @@ mod tests {
         let (to, accepted) = upstream(true).await;
         let c = connections();
         let (resp, lease) = c.send(&to, get(), true, true).await.unwrap();
-        drop(Returning::new(resp.into_body(), lease));
+        drop(Returning::new(resp.into_body(), lease, Duration::from_secs(60)));
         settle().await;
         assert_eq!(c.idle(), 0);
         assert_eq!(fetch(&c, &to).await, "hello");
@@ -689,7 +718,7 @@ mod tests {
             let (to, _) = upstream(true).await;
             let head = Request::head("/").body(super::super::upstream::empty()).unwrap();
             let (resp, lease) = c.send(&to, head, true, true).await.unwrap();
-            Returning::new(resp.into_body(), lease)
+            Returning::new(resp.into_body(), lease, Duration::from_secs(60))
         });
         drop(body);
         assert_eq!(c.idle(), 1);

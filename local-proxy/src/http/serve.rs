@@ -215,7 +215,10 @@ where
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_header_list_size(http.max_header_bytes as u32)
-                    .max_concurrent_streams(256)
+                    // nginx's default (HAProxy's is 100). Each stream may hold an upstream
+                    // connection, and one whose client grants no flow-control window holds it
+                    // until the connection idles out.
+                    .max_concurrent_streams(128)
                     .serve_connection(io, svc),
             );
             tokio::select! {
