@@ -30,6 +30,8 @@ pub async fn accept_loop(
     state: Arc<State>,
     tracker: TaskTracker,
 ) {
+    // Present from the start at 0, so an alert on its increase sees the first wait too.
+    metrics::counter!(names::CONNECTION_LIMIT, "listener" => label(origin, &role.load())).increment(0);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

@@ -115,12 +115,12 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// Sleep `d` unless `stop` comes first; false when stopped.
 /// The bound on one call to the CA outside an order (the account, renewal information), as
 /// certbot's and lego's HTTP timeouts: instant-acme's client has none, and a CA (or a path
 /// to it) that accepts and then says nothing would hold the task for good.
 const CA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Sleep `d` unless `stop` comes first; false when stopped.
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,

@@ -26,7 +26,6 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::Body;
@@ -65,21 +64,44 @@ pub struct TunnelEnd {
     pub to_client: u64,
 }
 
+/// What the access log does with a tunnel's end: fill in the line and write it.
+type OnEnd = Box<dyn FnOnce(TunnelEnd) + Send>;
+
 /// Left in a 101 response's extensions by the reverse proxy: the line is written when the
-/// upgraded connection ends (or, the sender dropped, when the upgrade failed).
-#[derive(Debug, Clone)]
-pub struct TunnelSeen(Arc<Mutex<Option<oneshot::Receiver<TunnelEnd>>>>);
+/// upgraded connection ends, in the splice's own task (the connection's, which a shutdown
+/// drains), or with nothing moved when both sides are gone without one (the upgrade failed).
+#[derive(Clone)]
+pub struct TunnelSeen(Arc<Mutex<Option<OnEnd>>>);
+
+/// The splice's side of [`TunnelSeen`].
+pub struct TunnelDone(Arc<Mutex<Option<OnEnd>>>);
+
+impl std::fmt::Debug for TunnelSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelSeen")
+    }
+}
 
 impl TunnelSeen {
-    /// The splice's sending side and the extension.
-    pub fn new() -> (oneshot::Sender<TunnelEnd>, Self) {
-        let (tx, rx) = oneshot::channel();
-        (tx, Self(Arc::new(Mutex::new(Some(rx)))))
+    /// The splice's side and the extension.
+    pub fn new() -> (TunnelDone, Self) {
+        let shared = Arc::new(Mutex::new(None));
+        (TunnelDone(shared.clone()), Self(shared))
     }
 
-    fn take(&self) -> Option<oneshot::Receiver<TunnelEnd>> {
-        // Only ever holds the receiver: a panic elsewhere cannot leave it half-changed.
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn on_end(&self, f: OnEnd) {
+        // Only ever holds the callback: a panic elsewhere cannot leave it half-changed.
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+}
+
+impl TunnelDone {
+    /// The tunnel closed, having carried `end`.
+    pub fn end(self, end: TunnelEnd) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f(end);
+        }
     }
 }
 
@@ -236,18 +258,14 @@ impl Entry {
             l.upstream_ms = Some(ms(seen.latency));
             l.upstream_attempts = Some(seen.attempts);
         }
-        let tunnel = resp.extensions().get::<TunnelSeen>().and_then(TunnelSeen::take);
         let mut pending = Pending { entry: Some(self), bytes: 0, tunnel_in: 0 };
-        if let Some(ended) = tunnel {
-            // The 101's own body is empty: the line waits for the tunnel's end instead (one
-            // task per upgraded connection, which lives as long anyway).
-            tokio::spawn(async move {
-                if let Ok(end) = ended.await {
-                    pending.bytes = end.to_client;
-                    pending.tunnel_in = end.from_client;
-                }
+        if let Some(tunnel) = resp.extensions().get::<TunnelSeen>() {
+            // The 101's own body is empty: the line waits for the tunnel's end instead.
+            tunnel.on_end(Box::new(move |end| {
+                pending.bytes = end.to_client;
+                pending.tunnel_in = end.from_client;
                 drop(pending);
-            });
+            }));
             return resp;
         }
         resp.map(move |body| {

@@ -24,6 +24,7 @@
 //! 60 s.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -45,7 +46,6 @@ use tracing::debug;
 use super::body::BoxError;
 use super::upstream::RequestBody;
 use crate::config::Upstream;
-use std::future::Future;
 
 /// Idle connections are closed after this long unused (hyper-util's pool had the same).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -344,8 +344,10 @@ pub struct Returning {
     inner: Incoming,
     lease: Option<Lease>,
     read_timeout: Duration,
-    /// The wait for the next frame, armed only when one is awaited: a body already in hand
-    /// (most, a few kB read with the head) never starts a timer.
+    /// The wait for the next frame, armed only while one is awaited and reused for the next
+    /// wait. (An HTTP/1.1 client's body is usually in hand when first polled, so starts none;
+    /// an h2 stream's task usually polls before the upstream's task has passed it on:
+    /// bench/results/2026-12-05-vm-hardening-cost.md.)
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
 }

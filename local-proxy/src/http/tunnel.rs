@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::access::TunnelEnd;
+use super::access::{TunnelDone, TunnelEnd};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 use crate::pool::Active;
@@ -25,7 +24,7 @@ pub async fn splice(
     site: String,
     idle: Duration,
     _held: Active,
-    ended: oneshot::Sender<TunnelEnd>,
+    ended: TunnelDone,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -52,6 +51,5 @@ pub async fn splice(
     // Closed (dropped) before the report, so the line's duration covers the whole tunnel.
     let end = TunnelEnd { from_client: client.bytes_read(), to_client: upstream.bytes_read() };
     drop((client, upstream));
-    // The receiver is gone only when the line was already written (shutdown).
-    let _ = ended.send(end);
+    ended.end(end);
 }
