@@ -10,7 +10,6 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use shared::log_every::LogEvery;
 use shared::peek;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,10 +102,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         Ok(c) => c,
         Err(e) => {
             service.m_unavailable.increment(1);
-            static NO_PATH: LogEvery = LogEvery::second();
-            if let Some(skipped) = NO_PATH.ready() {
-                tracing::warn!(service = %service.cfg.name, client = %peer, error = %e, skipped, "no path home; closing client");
-            }
+            shared::warn_every_second!(service = %service.cfg.name, client = %peer, error = %e, "no path home; closing client");
             return;
         }
     };

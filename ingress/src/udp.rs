@@ -17,7 +17,6 @@ use metrics::{counter, gauge, Counter, Gauge};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use shared::log_every::LogEvery;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
@@ -369,10 +368,7 @@ async fn open_flow(
                 if crate::listener::is_resource_exhaustion(&e) {
                     crate::pool::local_resource_error("udp_socket");
                 }
-                static NO_SOCKET: LogEvery = LogEvery::second();
-                if let Some(skipped) = NO_SOCKET.ready() {
-                    tracing::warn!(error = %e, skipped, "cannot open an upstream udp socket");
-                }
+                shared::warn_every_second!(error = %e, "cannot open an upstream udp socket");
                 return None;
             }
         };

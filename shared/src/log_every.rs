@@ -9,9 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// One kind of event's log budget, as a `static` beside the line it guards:
-/// `static DOWN: LogEvery = LogEvery::second();` then
-/// `if let Some(skipped) = DOWN.ready() { warn!(skipped, ...) }`.
+/// A `warn!` written at most once a second from this call site, with `skipped`: how many
+/// times it was not written since. Takes `warn!`'s fields and message.
+#[macro_export]
+macro_rules! warn_every_second {
+    ($($arg:tt)+) => {{
+        static EVERY: $crate::log_every::LogEvery = $crate::log_every::LogEvery::second();
+        if let Some(skipped) = EVERY.ready() {
+            ::tracing::warn!(skipped, $($arg)+);
+        }
+    }};
+}
+
+/// One kind of event's log budget, as a `static` beside the line it guards
+/// ([`warn_every_second!`] writes both).
 #[derive(Debug)]
 pub struct LogEvery {
     period_ms: u64,

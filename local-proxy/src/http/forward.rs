@@ -20,9 +20,8 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use shared::health::{Outcome, Source};
-use shared::log_every::LogEvery;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::access::{TunnelSeen, UpstreamSeen};
 use super::body::{self, Body, ClientBody};
@@ -109,10 +108,7 @@ async fn proxy(
                 let Some(i) = pool.pick(tried) else {
                     if attempts == 0 {
                         pool.count_unavailable();
-                        static NO_UPSTREAM: LogEvery = LogEvery::second();
-                        if let Some(skipped) = NO_UPSTREAM.ready() {
-                            warn!(site = %site.host, skipped, "no usable upstream: 503");
-                        }
+                        shared::warn_every_second!(site = %site.host, "no usable upstream: 503");
                         return with_site_headers(unavailable(), route);
                     }
                     // Every usable upstream refused the connect.
@@ -164,10 +160,7 @@ async fn proxy(
                     .increment(1);
                 state.count_failure("timeout");
                 pool.record(i, Outcome::Failed, Source::Traffic, Some("request timed out"));
-                static TIMED_OUT: LogEvery = LogEvery::second();
-                if let Some(skipped) = TIMED_OUT.ready() {
-                    warn!(site = %site.host, upstream = %upstream, skipped, "upstream timed out");
-                }
+                shared::warn_every_second!(site = %site.host, upstream = %upstream, "upstream timed out");
                 return with_site_headers(pages::gateway_timeout(), route);
             }
             Ok(Err(SendError::Stale(e, headers))) if !stale_retried => {
@@ -198,10 +191,7 @@ async fn proxy(
                     debug!(site = %site.host, upstream = %upstream, error = %reason, "request failed; once more elsewhere");
                     continue;
                 }
-                static FAILED: LogEvery = LogEvery::second();
-                if let Some(skipped) = FAILED.ready() {
-                    warn!(site = %site.host, upstream = %upstream, error = %reason, skipped, "upstream failed");
-                }
+                shared::warn_every_second!(site = %site.host, upstream = %upstream, error = %reason, "upstream failed");
                 return with_site_headers(pages::bad_gateway(), route);
             }
             Ok(Ok((resp, lease))) => {

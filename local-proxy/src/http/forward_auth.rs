@@ -19,9 +19,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use shared::log_every::LogEvery;
 use tokio::time::Instant;
-use tracing::warn;
 
 use super::body::{self, Body};
 use super::conn::Conn;
@@ -97,18 +95,12 @@ impl AuthClient {
         let answer = tokio::time::timeout(c.timeout, self.clients.get().request(auth)).await;
         let resp = match answer {
             Err(_) => {
-                static TIMED_OUT: LogEvery = LogEvery::second();
-                if let Some(skipped) = TIMED_OUT.ready() {
-                    warn!(site, address = %c.address, skipped, "forward auth timed out: 504");
-                }
+                shared::warn_every_second!(site, address = %c.address, "forward auth timed out: 504");
                 let page = pages::error(StatusCode::GATEWAY_TIMEOUT, "The sign-in service took too long to answer.");
                 return (Verdict::Deny(page, "auth_timeout"), "timeout");
             }
             Ok(Err(e)) => {
-                static UNREACHABLE: LogEvery = LogEvery::second();
-                if let Some(skipped) = UNREACHABLE.ready() {
-                    warn!(site, address = %c.address, error = %error_chain(&e), skipped, "forward auth unreachable: 503");
-                }
+                shared::warn_every_second!(site, address = %c.address, error = %error_chain(&e), "forward auth unreachable: 503");
                 let page =
                     pages::error(StatusCode::SERVICE_UNAVAILABLE, "The sign-in service is not answering right now.");
                 return (Verdict::Deny(page, "auth_unavailable"), "unavailable");

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use shared::health::{Outcome, Source};
-use shared::log_every::LogEvery;
 use shared::proxy_protocol::{self, Command, Transport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::access_log::Sink;
 use crate::admission::ClientInfo;
@@ -55,10 +54,7 @@ pub async fn forward(
         let Some(i) = pool.pick(tried) else {
             if tried == Tried::default() {
                 pool.count_unavailable();
-                static NO_UPSTREAM: LogEvery = LogEvery::second();
-                if let Some(skipped) = NO_UPSTREAM.ready() {
-                    warn!(stream = %name, skipped, "no usable upstream; connection closed");
-                }
+                shared::warn_every_second!(stream = %name, "no usable upstream; connection closed");
                 count(&name, "no_upstream");
             }
             if let Some(sink) = &log {
@@ -148,18 +144,12 @@ async fn connect(stream: &Stream, info: &ClientInfo, target: SocketAddr) -> Resu
         return match transparent::connect_tcp(info.client, target, stream.connect_timeout).await {
             Ok(s) => Ok(s),
             Err(TransparentError::Timeout) => {
-                static TRANSPARENT_TIMED_OUT: LogEvery = LogEvery::second();
-                if let Some(skipped) = TRANSPARENT_TIMED_OUT.ready() {
-                    warn!(stream = %name, upstream = %target, skipped, "upstream connect timed out");
-                }
+                shared::warn_every_second!(stream = %name, upstream = %target, "upstream connect timed out");
                 Err(("connect_timeout", "connect timed out".into()))
             }
             Err(e) => {
                 let result = if e.is_setup() { "transparent_failed" } else { "connect_failed" };
-                static TRANSPARENT_FAILED: LogEvery = LogEvery::second();
-                if let Some(skipped) = TRANSPARENT_FAILED.ready() {
-                    warn!(stream = %name, upstream = %target, client = %info.client, error = %e, skipped, "upstream connect failed");
-                }
+                shared::warn_every_second!(stream = %name, upstream = %target, client = %info.client, error = %e, "upstream connect failed");
                 Err((result, e.to_string()))
             }
         };
@@ -171,17 +161,11 @@ async fn connect(stream: &Stream, info: &ClientInfo, target: SocketAddr) -> Resu
     }
     match tokio::time::timeout(stream.connect_timeout, TcpStream::connect(target)).await {
         Err(_) => {
-            static CONNECT_TIMED_OUT: LogEvery = LogEvery::second();
-            if let Some(skipped) = CONNECT_TIMED_OUT.ready() {
-                warn!(stream = %name, upstream = %target, skipped, "upstream connect timed out");
-            }
+            shared::warn_every_second!(stream = %name, upstream = %target, "upstream connect timed out");
             Err(("connect_timeout", "connect timed out".into()))
         }
         Ok(Err(e)) => {
-            static CONNECT_FAILED: LogEvery = LogEvery::second();
-            if let Some(skipped) = CONNECT_FAILED.ready() {
-                warn!(stream = %name, upstream = %target, error = %e, skipped, "upstream connect failed");
-            }
+            shared::warn_every_second!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
             Err(("connect_failed", format!("connect: {e}")))
         }
         Ok(Ok(s)) => Ok(s),

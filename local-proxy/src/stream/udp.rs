@@ -28,7 +28,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
-use shared::log_every::LogEvery;
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
@@ -37,7 +36,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::access_log::Sink;
 use crate::admission::mesh_ingress;
@@ -418,19 +417,13 @@ async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSoc
     let upstream = match UdpSocket::bind(SocketAddr::new(any, 0)).await {
         Ok(s) => s,
         Err(e) => {
-            static NO_SOCKET: LogEvery = LogEvery::second();
-            if let Some(skipped) = NO_SOCKET.ready() {
-                warn!(stream = %stream.name, error = %e, skipped, "cannot open a flow socket");
-            }
+            shared::warn_every_second!(stream = %stream.name, error = %e, "cannot open a flow socket");
             drop_count(&stream.name, "send_failed", 1);
             return None;
         }
     };
     if let Err(e) = upstream.connect(target).await {
-        static UNREACHABLE: LogEvery = LogEvery::second();
-        if let Some(skipped) = UNREACHABLE.ready() {
-            warn!(stream = %stream.name, upstream = %target, error = %e, skipped, "cannot reach upstream");
-        }
+        shared::warn_every_second!(stream = %stream.name, upstream = %target, error = %e, "cannot reach upstream");
         drop_count(&stream.name, "send_failed", 1);
         return None;
     }
@@ -441,10 +434,7 @@ async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSoc
 fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) {
     match e {
         TransparentError::Option(_) => {
-            static REFUSED: LogEvery = LogEvery::second();
-            if let Some(skipped) = REFUSED.ready() {
-                warn!(stream, %upstream, error = %e, skipped, "transparent flow refused");
-            }
+            shared::warn_every_second!(stream, %upstream, error = %e, "transparent flow refused");
         }
         _ => debug!(stream, %upstream, error = %e, "transparent flow failed"),
     }

@@ -41,10 +41,7 @@ pub fn authorize<'a>(
     if let Err(denied) = token.check(c.headers) {
         count_refusal(denied.as_str());
         // A token guesser gets its line a second, not one per guess (all are counted).
-        static REFUSED: crate::log_every::LogEvery = crate::log_every::LogEvery::second();
-        if let Some(skipped) = REFUSED.ready() {
-            tracing::warn!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), skipped, "admin: control request refused");
-        }
+        crate::warn_every_second!(peer = %c.peer, user, action = action.as_str(), reason = denied.as_str(), "admin: control request refused");
         return Err(Reply::text(StatusCode::UNAUTHORIZED, format!("unauthorized: {} bearer token\n", denied.as_str())));
     }
     Ok(user)
