@@ -45,28 +45,6 @@ async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     (status, body)
 }
 
-/// Every whole line of `path` parsed as JSON (a line that does not parse fails the test); a
-/// write may be under way, so a last line without its newline yet is left for later.
-fn lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
-    whole
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display())))
-        .collect()
-}
-
-async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
-    let p = path.to_path_buf();
-    wait_until(Duration::from_secs(10), &format!("{n} lines in {}", path.display()), || {
-        let p = p.clone();
-        async move { lines(&p).len() >= n }
-    })
-    .await;
-    lines(path)
-}
-
-/// The line whose `uri` is `uri`.
 fn by_uri<'a>(all: &'a [Value], uri: &str) -> &'a Value {
     all.iter().find(|l| l["uri"] == uri).unwrap_or_else(|| panic!("no line for {uri} in {all:#?}"))
 }

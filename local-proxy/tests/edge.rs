@@ -181,6 +181,12 @@ async fn plain_http_redirects_except_acme_and_serves_the_webroot() {
 /// An upstream that answers with a head and 5 of its 100 body bytes, then sends nothing more
 /// while it keeps its connections open.
 async fn stalling_upstream() -> SocketAddr {
+    cut_upstream(true).await
+}
+
+/// An upstream that answers with a head and 5 of its 100 body bytes, then keeps the
+/// connection open and silent (`hold`) or closes it.
+async fn cut_upstream(hold: bool) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -189,7 +195,9 @@ async fn stalling_upstream() -> SocketAddr {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
-            held.push(s);
+            if hold {
+                held.push(s);
+            }
         }
     });
     addr
@@ -200,10 +208,17 @@ async fn scanner_paths_502_and_504() {
     let silent = silent_upstream().await;
     let closed = closed_port().await;
     let stalling = stalling_upstream().await;
+    let closing = cut_upstream(false).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("stalling.log");
     let sites = format!(
         "[[site]]\nhost = \"slow.test\"\nupstream = \"http://{silent}\"\n\
          [[site]]\nhost = \"down.test\"\nupstream = \"http://{closed}\"\n\
-         [[site]]\nhost = \"tls.test\"\nupstream = \"http://{stalling}\"\n"
+         [[site]]\nhost = \"tls.test\"\nupstream = \"http://{stalling}\"\n\
+         access_log = {{ path = \"{log}\" }}\n\
+         [[site]]\nhost = \"strict.test\"\nupstream = \"http://{closing}\"\n\
+         access_log = {{ path = \"{log}\" }}\n",
+        log = log.display()
     );
     let s = setup("upstream_timeout = \"700ms\"", &sites).await;
     let ca = &s.ca.pem_path;
@@ -243,6 +258,28 @@ async fn scanner_paths_502_and_504() {
         assert!(!ok && out.contains(" 200") && out.ends_with("hello"), "{proto}: {out}{err}");
         assert!(!err.contains("timed out"), "{proto}: left hanging: {err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{proto}: {:?}", started.elapsed());
+    }
+    // Counted as the site's and the upstream's (not a health verdict: it stays up), and each
+    // access log line says its 200 was cut short.
+    let cut = [("site", "tls.test"), ("result", "body_timeout")];
+    assert_eq!(s.proxy.metric("local_proxy_upstream_errors_total", &cut).await, 2.0);
+    let upstream = format!("http://{stalling}");
+    let member = [("site", "tls.test"), ("upstream", upstream.as_str())];
+    let failed = [member[0], member[1], ("result", "body_timeout")];
+    assert_eq!(s.proxy.metric("local_proxy_upstream_failures_total", &failed).await, 2.0);
+    assert_eq!(s.proxy.metric("local_proxy_upstream_up", &member).await, 1.0);
+    // One that closes mid-body instead: the same, as `body_error`.
+    let (out, err, ok) = curl(&["--http2", "-D", "-"], "strict.test", addr, ca, "/").await;
+    assert!(!ok && out.contains(" 200") && out.ends_with("hello"), "{out}{err}");
+    let broken = [("site", "strict.test"), ("result", "body_error")];
+    assert_eq!(s.proxy.metric("local_proxy_upstream_errors_total", &broken).await, 1.0);
+    let lines = wait_lines(&log, 3).await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    for line in &lines {
+        let result = if line["site"] == "strict.test" { "body_error" } else { "body_timeout" };
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["result"], result, "{line}");
+        assert_eq!(line["bytes_sent"], 5, "{line}");
     }
 }
 

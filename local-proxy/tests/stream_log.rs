@@ -135,26 +135,6 @@ access_log = {{ path = "{log}" }}
     Running { _child: child, pid, ports, admin }
 }
 
-/// Every whole line of `path` parsed as JSON (a line that does not parse fails the test).
-fn lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
-    whole
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display())))
-        .collect()
-}
-
-async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
-    let p = path.to_path_buf();
-    wait_until(Duration::from_secs(10), &format!("{n} lines in {}", path.display()), || {
-        let p = p.clone();
-        async move { lines(&p).len() >= n }
-    })
-    .await;
-    lines(path)
-}
-
 /// Send `payload`, half-close, read the echo to the end.
 async fn exchange(mut s: TcpStream, payload: &[u8]) -> Vec<u8> {
     s.write_all(payload).await.unwrap();

@@ -10,25 +10,30 @@
 //! `status`, `bytes_sent` (response body bytes; upgraded: bytes relayed to the client),
 //! `bytes_received` (request body bytes read from the client by the end of the response;
 //! upgraded: plus the bytes it sent through the tunnel), `duration_ms`, `result` (the handler's
-//! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...), `upstream`,
+//! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...; `body_timeout`,
+//! `body_error`: the upstream's body broke off after the status was sent), `upstream`,
 //! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
 //! `tls_sni`, `tls_version`, `tls_cipher` (IANA name), `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
 //! (the `[[site.route]]` that served it; null: the site's own settings), `user` (from
 //! forward auth's `user_header`; null without auth or header).
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::body::Body;
+use super::body::{Body, BoxError};
 use super::conn::Conn;
 use crate::access_log::Sink;
 
@@ -268,17 +273,47 @@ impl Entry {
             }));
             return resp;
         }
-        resp.map(move |body| {
-            body.map_frame(move |frame| {
+        resp.map(move |inner| Counted { inner, pending }.boxed())
+    }
+}
+
+/// The response body on its way to the client: counts its bytes, notes how it broke off if
+/// it did, and sends the line when dropped (with `pending`).
+struct Counted {
+    inner: Body,
+    pending: Pending,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    // A method call: the closure owns all of `pending` (sending on drop), not
-                    // just a copy of its counter.
-                    pending.count(data.len());
+                    this.pending.bytes += data.len() as u64;
                 }
-                frame
-            })
-            .boxed()
-        })
+            }
+            Some(Err(e)) => {
+                if let Some(entry) = this.pending.entry.as_mut() {
+                    // The status was sent already; the result says the answer is incomplete.
+                    entry.line.result = Some(super::forward::cut_short(e));
+                }
+            }
+            None => {}
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -294,12 +329,6 @@ struct Pending {
     bytes: u64,
     /// Bytes the client sent through an upgraded connection.
     tunnel_in: u64,
-}
-
-impl Pending {
-    fn count(&mut self, bytes: usize) {
-        self.bytes += bytes as u64;
-    }
 }
 
 impl Drop for Pending {

@@ -24,10 +24,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::access::{TunnelSeen, UpstreamSeen};
-use super::body::{self, Body, ClientBody};
+use super::body::{self, Body, BoxError, ClientBody};
 use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
-use super::keepalive::{Returning, SendError};
+use super::keepalive::{BodyTimeout, Returning, SendError};
 use super::pages;
 use super::replay::Replay;
 use super::routes::Target;
@@ -237,11 +237,21 @@ async fn proxy(
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, incoming) = resp.into_parts();
     // The request counts as active on its upstream until the response body is done.
-    let incoming = Returning::new(incoming, lease, timeout).map_frame(move |frame| {
-        let _held = &guard;
-        frame
+    let incoming = Returning::new(incoming, lease, timeout).map_err(move |e| {
+        guard.count_cut_short(cut_short(&e), &e);
+        e
     });
     with_site_headers(Response::from_parts(parts, body::stream(incoming)), route)
+}
+
+/// How a response body that ended in error broke off: the access log's `result` and the
+/// error counters' label.
+pub fn cut_short(e: &BoxError) -> &'static str {
+    if e.is::<BodyTimeout>() {
+        "body_timeout"
+    } else {
+        "body_error"
+    }
 }
 
 /// 503 with Retry-After: every upstream of the site is down or drained.

@@ -32,7 +32,8 @@ pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_secon
 pub const FORWARD_AUTH: &str = "local_proxy_forward_auth_total";
 /// Time to the auth service's answer, seconds, by `site`.
 pub const FORWARD_AUTH_DURATION: &str = "local_proxy_forward_auth_duration_seconds";
-/// Upstream failures, by `site` and `result` (`refused`, `timeout`, `error`).
+/// Upstream failures, by `site` and `result` (`refused`, `timeout`, `error`; `body_timeout`
+/// and `body_error`: the response was cut short after its head was passed on).
 pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
 pub const UPGRADES: &str = "local_proxy_upgrades_total";
@@ -90,7 +91,8 @@ pub const FIREWALL_OPEN: &str = "local_proxy_firewall_open";
 pub const UPSTREAM_UP: &str = "local_proxy_upstream_up";
 /// Requests (sites), connections and flows (streams) sent to an upstream, retries included.
 pub const UPSTREAM_REQUESTS: &str = "local_proxy_upstream_requests_total";
-/// Failures of an upstream, by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`).
+/// Failures of an upstream, by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`,
+/// `body_timeout`, `body_error`).
 pub const UPSTREAM_FAILURES: &str = "local_proxy_upstream_failures_total";
 /// Requests and connections that an upstream got as a retry after another one failed.
 pub const UPSTREAM_RETRIES: &str = "local_proxy_upstream_retries_total";

@@ -99,7 +99,8 @@ impl MemberState {
         s
     }
 
-    /// Count one failure by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`).
+    /// Count one failure by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`,
+    /// `body_timeout`, `body_error`).
     pub fn count_failure(&self, result: &'static str) {
         let mut labels = self.labels.clone();
         labels.push(("result", result.to_owned()));
@@ -183,6 +184,19 @@ impl Active {
     /// Whether the upstream held is up (a flow moves off one that went down).
     pub fn is_up(&self) -> bool {
         self.0.is_up()
+    }
+
+    /// A response whose body broke off after its head was passed on (`result`:
+    /// `body_timeout`, `body_error`): counted with the site's errors and the upstream's
+    /// failures, and logged. Not a health verdict, as in nginx: an event stream that goes
+    /// quiet would otherwise take its upstream out.
+    pub fn count_cut_short(&self, result: &'static str, error: &dyn std::fmt::Display) {
+        let state = &self.0;
+        state.count_failure(result);
+        let owner = state.labels.first().map_or("", |(_, v)| v.as_str());
+        let upstream = state.labels.get(1).map_or("", |(_, v)| v.as_str());
+        metrics::counter!(names::UPSTREAM_ERRORS, "site" => owner.to_owned(), "result" => result).increment(1);
+        shared::warn_every_second!(site = %owner, upstream = %upstream, error = %error, "upstream response cut short");
     }
 }
 

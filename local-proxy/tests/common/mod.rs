@@ -328,6 +328,29 @@ where
     }
 }
 
+/// Every whole line of `path` parsed as JSON (a line that does not parse fails the test); a
+/// write may be under way, so a last line without its newline yet is left for later.
+pub fn lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display())))
+        .collect()
+}
+
+/// The log's lines once it has at least `n`; panics after 10 s.
+pub async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let p = path.to_path_buf();
+    wait_until(Duration::from_secs(10), &format!("{n} lines in {}", path.display()), || {
+        let p = p.clone();
+        async move { lines(&p).len() >= n }
+    })
+    .await;
+    lines(path)
+}
+
+/// The line whose `uri` is `uri`.
 /// Run an external tool; panics (fails the test) when it is not installed.
 pub async fn run_tool(program: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
     use std::process::Stdio;
