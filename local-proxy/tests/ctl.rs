@@ -97,6 +97,19 @@ fn ctl_reads_the_config_and_drives_the_admin_api() {
     };
     assert!(summary.contains("svc") && summary.contains(&a), "{summary}");
 
+    // A reader that left before the answer (`ctl status | head -0`): a normal end, no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_local-proxy"))
+        .arg("-c")
+        .arg(&with)
+        .args(["ctl", "status", "--json"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{:?}: {err}", out.status);
+
     let (ok, out, err) = ctl(&with, &["drain", "svc", &a]);
     assert!(ok, "{err}");
     assert_eq!(out, format!("stream svc {a}: serving -> drained\n"));
