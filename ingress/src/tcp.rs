@@ -128,8 +128,8 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
             head.extend_from_slice(&first);
         }
         let sent_first = (head.len() - at) as u64;
-        if let Err(e) = upstream.write_all(&head).await {
-            tracing::debug!(error = %e, "upstream closed before the first bytes");
+        if let Err(e) = send_first(&mut upstream, &head, service.cfg.idle_timeout).await {
+            tracing::debug!(error = %e, "the first bytes did not go home; closing");
             return;
         }
         // Back to quick ACKs now that the delayed one has ridden out (`connect::attempt` turned
@@ -150,6 +150,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),
         End::Error(e) => tracing::debug!(up = totals.up, down = totals.down, error = %e, "ended by error"),
+    }
+}
+
+/// Write the first bytes (PROXY header, peeked name) home, bounded like the relay that
+/// follows: a home side that takes nothing for `limit` ends the connection. (Usually they fit
+/// the fresh socket's send buffer at once; past it, a zero window is never given up on by TCP.)
+async fn send_first(upstream: &mut TcpStream, head: &[u8], limit: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, upstream.write_all(head)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "home took none of them for idle_timeout")),
     }
 }
 
@@ -236,5 +246,26 @@ mod tests {
         };
         assert_eq!(got, b"GET / HTTP/1.1\r\n");
         assert!(super::take_waiting(&accepted).is_empty(), "taken, not peeked");
+    }
+
+    /// A home side that reads nothing: the first bytes give up after the limit instead of
+    /// waiting on its zero window for good.
+    #[tokio::test(start_paused = true)]
+    async fn first_bytes_to_a_home_that_never_reads_give_up_after_the_limit() {
+        let home = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        home.set_recv_buffer_size(4096).expect("rcvbuf");
+        home.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into()).expect("bind");
+        home.listen(1).expect("listen");
+        let addr = home.local_addr().expect("addr").as_socket().expect("inet");
+        let mut upstream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (_held, _) = home.accept().expect("accept");
+        // More than any send buffer takes (tcp_wmem's largest is 4 MiB by default).
+        let head = vec![b'x'; 64 << 20];
+        let limit = Duration::from_secs(3600);
+        let started = tokio::time::Instant::now();
+        let sent = tokio::time::timeout(limit * 2, super::send_first(&mut upstream, &head, limit)).await;
+        let err = sent.expect("still waiting past twice the limit").expect_err("a home that reads nothing took it all");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= limit);
     }
 }
