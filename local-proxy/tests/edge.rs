@@ -445,3 +445,69 @@ async fn mesh_auto_reads_the_address_from_the_yggdrasil_admin_socket() {
         Err(e) => assert!(e.to_string().contains("Address family"), "{e}"),
     }
 }
+
+/// An upload that takes longer than `upstream_timeout` is not cut short: the wait for the
+/// answer is counted from when the upstream has the whole body, as nginx's
+/// `proxy_read_timeout` is; while it arrives, the body's own pace bounds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_upstream_timeout_goes_through() {
+    let silent = silent_upstream().await;
+    let s = setup(
+        "upstream_timeout = \"500ms\"",
+        &format!("[[site]]\nhost = \"slow.test\"\nupstream = \"http://{silent}\"\n"),
+    )
+    .await;
+    for (method, te) in [("POST", "Content-Length: 15"), ("PUT", "Transfer-Encoding: chunked")] {
+        let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+        let mut c = tls_over(tcp, "a.test", &s.ca.pem_path).await.unwrap();
+        let head = format!("{method} /up HTTP/1.1\r\nHost: a.test\r\n{te}\r\nConnection: close\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        // 15 bytes over 1.5 s: three times the timeout.
+        for _ in 0..15 {
+            let piece: &[u8] = if te.starts_with("Content") { b"x" } else { b"1\r\nx\r\n" };
+            if let Err(e) = c.write_all(piece).await {
+                let answer = read_until_closed(&mut c, Duration::from_secs(10)).await;
+                panic!("{method}: {e}: {}", String::from_utf8_lossy(&answer));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if te.starts_with("Transfer") {
+            c.write_all(b"0\r\n\r\n").await.unwrap();
+        }
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut c, Duration::from_secs(10)).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+        assert!(answer.contains("body-bytes: 15"), "{method}: {answer}");
+    }
+
+    // A client that stops half-way: 408 after upstream_timeout without a piece, and not the
+    // upstream's failure.
+    let errors = || s.proxy.metric("local_proxy_upstream_errors_total", &[("site", "a.test"), ("result", "timeout")]);
+    let before = errors().await;
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let mut c = tls_over(tcp, "a.test", &s.ca.pem_path).await.unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 15\r\n\r\nxyz").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.expect("no 408").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(errors().await, before);
+
+    // An upstream that takes none of the body: 504 once it has taken nothing for
+    // upstream_timeout, while the client still has more to send.
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls_over(tcp, "slow.test", &s.ca.pem_path).await.unwrap());
+    let writer = tokio::spawn(async move {
+        let size = 256usize << 20;
+        let head = format!("POST /up HTTP/1.1\r\nHost: slow.test\r\nContent-Length: {size}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..size / chunk.len() {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await.expect("no 504").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    writer.abort();
+}

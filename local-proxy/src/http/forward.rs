@@ -10,8 +10,10 @@
 //! (the upstream's keep-alive timeout struck as it arrived, so it was never read) goes once to
 //! the same upstream on a new connection first, as nginx and Go's client do, and is not
 //! counted against the upstream; anything else (a POST) fails with 502, and a request with no
-//! answer within `upstream_timeout` with 504 (a hanging upstream is not asked twice). With no
-//! usable upstream: 503 and Retry-After.
+//! answer within `upstream_timeout` with 504 (a hanging upstream is not asked twice). A
+//! streamed request body restarts that wait with each piece the upstream takes, so an upload
+//! may take as long as it moves; one the client stops sending ends in 408. With no usable
+//! upstream: 503 and Retry-After.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::keepalive::{BodyTimeout, Returning, SendError};
 use super::pages;
-use super::replay::Replay;
+use super::replay::{Replay, Slot};
 use super::routes::Target;
 use super::upstream::error_chain;
 use crate::metrics::names;
@@ -139,9 +141,12 @@ async fn proxy(
         *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        // Due from `start`: one clock read less than `timeout`.
-        let answer =
-            tokio::time::timeout_at(start + timeout, route.client.send(upstream, attempt, !fresh, replayable)).await;
+        let send = route.client.send(upstream, attempt, !fresh, replayable);
+        let answer = match body.streaming() {
+            // Due from `start`: one clock read less than `timeout`.
+            None => tokio::time::timeout_at(start + timeout, send).await.map_err(|_| Late::Upstream),
+            Some(slot) => answer_while_sending(send, slot, start, timeout).await,
+        };
         let latency = start.elapsed();
         if let Some(seen) = seen.as_deref_mut() {
             *seen = Some(UpstreamSeen {
@@ -155,7 +160,15 @@ async fn proxy(
             });
         }
         match answer {
-            Err(_) => {
+            Err(Late::Client) => {
+                // Not the upstream's failure: the client stopped sending the body it announced.
+                debug!(site = %site.host, upstream = %upstream, "request body stalled: 408");
+                return with_site_headers(
+                    pages::error(StatusCode::REQUEST_TIMEOUT, "The rest of the request body did not arrive in time."),
+                    route,
+                );
+            }
+            Err(Late::Upstream) => {
                 metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "timeout")
                     .increment(1);
                 state.count_failure("timeout");
@@ -242,6 +255,38 @@ async fn proxy(
         e
     });
     with_site_headers(Response::from_parts(parts, body::stream(incoming)), route)
+}
+
+/// Who a request waited on past `upstream_timeout`.
+enum Late {
+    /// No answer, and (while a body streamed) it took none of the body.
+    Upstream,
+    /// The client sent no more of its body.
+    Client,
+}
+
+/// Await `send` while a streamed request body goes out: `timeout` bounds each wait for the
+/// next piece of the body and then the wait for the answer, not the whole upload (nginx's
+/// `proxy_read_timeout` starts once the request is sent too); a large upload on a slow link
+/// would otherwise end in 504 after `timeout`.
+async fn answer_while_sending<F: std::future::Future>(
+    send: F,
+    body: &Slot,
+    start: Instant,
+    timeout: Duration,
+) -> Result<F::Output, Late> {
+    let mut send = std::pin::pin!(send);
+    let mut due = start + timeout;
+    loop {
+        if let Ok(answer) = tokio::time::timeout_at(due, send.as_mut()).await {
+            return Ok(answer);
+        }
+        let next = body.last_moved() + timeout;
+        if next <= Instant::now() {
+            return Err(if body.waiting_for_client() { Late::Client } else { Late::Upstream });
+        }
+        due = next;
+    }
 }
 
 /// How a response body that ended in error broke off: the access log's `result` and the

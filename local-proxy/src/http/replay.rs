@@ -8,6 +8,7 @@
 //! and only a request without a body may be sent again.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -15,6 +16,8 @@ use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use shared::idle::Activity;
+use tokio::time::Instant;
 
 use super::body::ClientBody;
 use super::upstream::RequestBody;
@@ -65,24 +68,41 @@ impl Replay {
         }
     }
 
+    /// The body streamed through (not read whole first): its sending is watched.
+    pub fn streaming(&self) -> Option<&Slot> {
+        match self {
+            Replay::Once(slot) => Some(slot),
+            Replay::Whole(_) => None,
+        }
+    }
+
     /// Whether the body may be sent again after an attempt that did send it.
     pub fn resendable(&self) -> bool {
         matches!(self, Replay::Whole(_))
     }
 }
 
-/// Where the client's body waits until an attempt reads it.
+/// Where the client's body waits until an attempt reads it, and how its sending goes.
 #[derive(Debug, Clone)]
-pub struct Slot(Arc<Mutex<Option<ClientBody>>>);
+pub struct Slot(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    body: Mutex<Option<ClientBody>>,
+    /// When the attempt last passed on a piece of the body (or its end).
+    moved: Activity,
+    /// The attempt's last poll of the body found the client's next piece not yet arrived.
+    waiting: AtomicBool,
+}
 
 impl Slot {
     pub fn new(body: ClientBody) -> Self {
-        Self(Arc::new(Mutex::new(Some(body))))
+        Self(Arc::new(Shared { body: Mutex::new(Some(body)), moved: Activity::new(), waiting: AtomicBool::new(false) }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<ClientBody>> {
         // Only ever holds the body: a panic elsewhere cannot leave it half-changed.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.body.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether no attempt has read the body yet.
@@ -93,6 +113,18 @@ impl Slot {
     /// The body for one attempt.
     pub fn attempt(&self) -> Deferred {
         Deferred { slot: self.clone(), body: None }
+    }
+
+    /// When a piece of the body (or its end) last went to the upstream; when the slot was
+    /// made if none has.
+    pub fn last_moved(&self) -> Instant {
+        self.0.moved.last()
+    }
+
+    /// Whether the body is held up by the client (its next piece has not arrived) rather than
+    /// by the upstream (not taking it).
+    pub fn waiting_for_client(&self) -> bool {
+        self.0.waiting.load(Ordering::Relaxed)
     }
 }
 
@@ -112,10 +144,14 @@ impl Body for Deferred {
         if this.body.is_none() {
             this.body = this.slot.lock().take();
         }
-        match this.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(body) = this.body.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(body).poll_frame(cx);
+        let shared = &this.slot.0;
+        shared.waiting.store(polled.is_pending(), Ordering::Relaxed);
+        if polled.is_ready() {
+            shared.moved.touch();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
