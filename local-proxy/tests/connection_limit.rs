@@ -42,10 +42,12 @@ async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted()
     .await;
 
     // The only slot, held by a kept-alive connection.
-    let before = metric(&proxy, reached, "mesh-http").await;
     let mut first = TcpStream::connect(proxy.mesh_http).await.unwrap();
     let head = ask(&mut first, false).await;
     assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    // Read now, not before: a readiness probe's connection still queued ahead of `first` may
+    // have held the slot, and made `first` wait, until it was accepted; served, `first` has it.
+    let before = metric(&proxy, reached, "mesh-http").await;
 
     // The second is accepted by the kernel but not served while the first holds the slot.
     let mut second = TcpStream::connect(proxy.mesh_http).await.unwrap();
