@@ -511,3 +511,39 @@ async fn an_upload_slower_than_upstream_timeout_goes_through() {
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     writer.abort();
 }
+
+/// An h2 client that grants no flow-control window and keeps its connection alive with PINGs:
+/// the stream, which cannot send its body, is reset once nothing woke it for the stall period
+/// (`idle_timeout + upstream_timeout` here), its upstream let go, and it is counted; the
+/// connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_whose_client_grants_no_window_is_reset() {
+    let s = setup("idle_timeout = \"400ms\"\nupstream_timeout = \"300ms\"", "").await;
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&s.ca.pem_path, &[b"h2"]));
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
+    let (mut client, mut conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    let mut pings = conn.ping_pong().unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/stuck").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let started = Instant::now();
+    let ended = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "the stream was never reset");
+        tokio::select! {
+            frame = body.data() => break frame,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                pings.ping(h2::Ping::opaque()).await.expect("the connection closed instead");
+            }
+        }
+    };
+    let err = ended.expect("a reset, not the body's end").expect_err("a reset, not data");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+    let stalled = [("listener", "mesh-https")];
+    assert_eq!(s.proxy.metric("local_proxy_http_streams_stalled_total", &stalled).await, 1.0);
+    assert_eq!(s.proxy.metric("local_proxy_upstream_active", &[("site", "a.test")]).await, 0.0);
+    pings.ping(h2::Ping::opaque()).await.expect("the connection is still up");
+    assert!(!driver.is_finished());
+}

@@ -118,6 +118,10 @@ pub struct Http {
     pub upstream_timeout: Duration,
     /// Concurrent client connections over all TCP listeners.
     pub max_connections: usize,
+    /// An h2 stream nothing woke for this long is reset (`http::h2_streams`): longer than any
+    /// wait a stream may have (`idle_timeout` for the client's window, `upstream_timeout`,
+    /// the longest `forward_auth.timeout`). Derived, not a setting.
+    pub stream_stall: Duration,
     /// The access log of sites without their own and of requests for no site; `None`: off.
     pub access_log: Option<AccessLog>,
 }

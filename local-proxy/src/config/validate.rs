@@ -168,7 +168,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
     };
 
     let h = &raw.http;
-    let http = Http {
+    let mut http = Http {
         https_port: h.https_port.unwrap_or(443),
         http_port: h.http_port.unwrap_or(80),
         redirect_to_https: h.redirect_to_https.unwrap_or(true),
@@ -202,6 +202,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
             UPSTREAM_TIMEOUT,
         ),
         max_connections: count(&mut c, "http.max_connections", h.max_connections, 10_000, 1, 1_000_000) as usize,
+        stream_stall: Duration::ZERO,
         access_log: h.access_log.as_ref().and_then(|a| access_log(&mut c, "http.access_log", a)),
     };
     if http.https_port != 0 && http.https_port == http.http_port {
@@ -297,6 +298,14 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
             .filter_map(|(i, s)| Some((format!("stream[{i}].access_log"), s.access_log.as_ref()?)));
         access_logs_agree(&mut c, logs.chain(site_logs).chain(stream_logs));
     }
+
+    let longest_auth = sites
+        .iter()
+        .flat_map(|s| s.forward_auth.iter().chain(s.routes.iter().filter_map(|r| r.forward_auth.as_ref())))
+        .map(|a| a.timeout)
+        .max()
+        .unwrap_or_default();
+    http.stream_stall = http.idle_timeout + http.upstream_timeout + longest_auth;
 
     let config = Config {
         log_format,

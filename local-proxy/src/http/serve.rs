@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::conn::Conn;
 use super::first_bytes::FirstBytes;
+use super::h2_streams::StreamExec;
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::headers::unshare_values;
@@ -212,12 +213,12 @@ where
             // every HTTP/1 connection's task would carry an inline h2 server's size.
             let io = TokioIo::new(Tracked::new(io, activity.clone()));
             let mut c = Box::pin(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                hyper::server::conn::http2::Builder::new(StreamExec { period: http.stream_stall, listener })
                     .timer(TokioTimer::new())
                     .max_header_list_size(http.max_header_bytes as u32)
                     // nginx's default (HAProxy's is 100). Each stream may hold an upstream
-                    // connection, and one whose client grants no flow-control window holds it
-                    // until the connection idles out.
+                    // connection, one whose client grants no flow-control window until
+                    // `StreamExec` drops it.
                     .max_concurrent_streams(128)
                     .serve_connection(io, svc),
             );

@@ -17,6 +17,9 @@ pub const TLS_HANDSHAKES: &str = "local_proxy_tls_handshakes_total";
 /// HTTP connections that ended in a protocol error, by `listener` and `result`
 /// (`head_too_large`, `head_timeout`, `malformed`, `idle_timeout`, `io`).
 pub const HTTP_CONNECTION_ERRORS: &str = "local_proxy_http_connection_errors_total";
+/// h2 streams reset because nothing woke them for `idle_timeout + upstream_timeout` + the
+/// longest `forward_auth.timeout` (a client that grants no flow-control window), by `listener`.
+pub const HTTP_STREAMS_STALLED: &str = "local_proxy_http_streams_stalled_total";
 /// Times a kept-alive HTTP/1 connection quiet between requests released its HTTP server's
 /// buffers (parked; it is served again when its client asks), by `listener`.
 pub const HTTP_PARKED: &str = "local_proxy_http_connections_parked_total";
