@@ -141,11 +141,17 @@ async fn proxy(
         *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         let guard = Active::new(state.clone());
         let start = Instant::now();
-        let send = route.client.send(upstream, attempt, !fresh, replayable);
+        // The send's future built where it is awaited (a local moved into either arm would be
+        // one more copy of it per request).
         let answer = match body.streaming() {
             // Due from `start`: one clock read less than `timeout`.
-            None => tokio::time::timeout_at(start + timeout, send).await.map_err(|_| Late::Upstream),
-            Some(slot) => answer_while_sending(send, slot, start, timeout).await,
+            None => tokio::time::timeout_at(start + timeout, route.client.send(upstream, attempt, !fresh, replayable))
+                .await
+                .map_err(|_| Late::Upstream),
+            Some(slot) => {
+                answer_while_sending(route.client.send(upstream, attempt, !fresh, replayable), slot, start, timeout)
+                    .await
+            }
         };
         let latency = start.elapsed();
         if let Some(seen) = seen.as_deref_mut() {

@@ -27,7 +27,7 @@ use tracing::debug;
 
 use super::conn::Conn;
 use super::first_bytes::FirstBytes;
-use super::h2_streams::StreamExec;
+use super::h2_streams::{StreamExec, Streams};
 use super::handler::handle;
 use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::headers::unshare_values;
@@ -212,8 +212,9 @@ where
             // Boxed as well (~2.7 kB): `serve`'s future is as large as its largest branch, and
             // every HTTP/1 connection's task would carry an inline h2 server's size.
             let io = TokioIo::new(Tracked::new(io, activity.clone()));
+            let streams = Streams::new(http.stream_stall, listener);
             let mut c = Box::pin(
-                hyper::server::conn::http2::Builder::new(StreamExec { period: http.stream_stall, listener })
+                hyper::server::conn::http2::Builder::new(StreamExec(streams.clone()))
                     .timer(TokioTimer::new())
                     .max_header_list_size(http.max_header_bytes as u32)
                     // nginx's default (HAProxy's is 100). Each stream may hold an upstream
