@@ -197,6 +197,13 @@ async fn cut_upstream(hold: bool) -> SocketAddr {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
             if hold {
                 held.push(s);
+            } else {
+                // Closed once the head and the bytes have reached the client: a close at once
+                // may make the proxy's h2 stream fail before curl has shown them.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    drop(s);
+                });
             }
         }
     });
