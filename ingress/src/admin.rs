@@ -25,7 +25,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .get("/metrics", || Reply::metrics(crate::metrics::render()))
         .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"))
         .status(move || crate::status::collect(&status), crate::page::render)
-        .control(move |c, action| control(&shared, c, action));
+        .control(move |c, action| control(&shared, c, action))
+        .on_refused(|| counter!(m::ADMIN_REFUSED).increment(1));
     shared::admin::serve(listener, routes, std::future::pending()).await;
 }
 

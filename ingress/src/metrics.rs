@@ -66,6 +66,8 @@ pub const OPEN_CONNECTIONS: &str = "ingress_open_connections";
 pub const RELOADS: &str = "ingress_config_reloads_total";
 /// Runtime control requests refused (label `reason`: missing, wrong token).
 pub const ADMIN_UNAUTHORIZED: &str = "ingress_admin_unauthorized_total";
+/// Admin connections closed at accept: 64 were open already.
+pub const ADMIN_REFUSED: &str = "ingress_admin_connections_refused_total";
 /// Runtime control changes applied (label `action`: drain, undrain, weight).
 pub const ADMIN_CONTROL: &str = "ingress_admin_control_total";
 pub const UDP_FLOWS_ACTIVE: &str = "ingress_udp_flows_active";

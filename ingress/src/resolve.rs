@@ -194,9 +194,15 @@ fn leads_back(pool: &Pool, index: usize, ip: IpAddr, looping: &mut HashSet<(usiz
     true
 }
 
-/// The first candidate that answers a probe, tried one after the other.
+/// Candidates probed per answer, at most: each probe may take the health check's whole
+/// timeout, and a broken or hostile answer may hold thousands of addresses (over TCP), which
+/// would keep the pool's lookups waiting for as many timeouts.
+const MAX_CANDIDATES: usize = 8;
+
+/// The first candidate that answers a probe, tried one after the other ([`MAX_CANDIDATES`]
+/// of them at most).
 async fn first_answering<P: Prober>(prober: &P, candidates: &[IpAddr], port: u16) -> Option<IpAddr> {
-    for &ip in candidates {
+    for &ip in candidates.iter().take(MAX_CANDIDATES) {
         if prober.probe(SocketAddr::new(ip, port)).await {
             return Some(ip);
         }
@@ -302,6 +308,25 @@ mod tests {
             let ok = self.0.lock().unwrap().contains(&addr.ip());
             async move { ok }
         }
+    }
+
+    /// Counts the probes; none answers.
+    struct Silent(std::sync::atomic::AtomicUsize);
+
+    impl Prober for Silent {
+        fn probe(&self, _: SocketAddr) -> impl Future<Output = bool> + Send {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { false }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_thousands_of_addresses_is_probed_at_most_eight_deep() {
+        let candidates: Vec<IpAddr> =
+            (0..4000u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0xC000_0200 + i))).collect();
+        let prober = Silent(std::sync::atomic::AtomicUsize::new(0));
+        assert_eq!(first_answering(&prober, &candidates, 443).await, None);
+        assert_eq!(prober.0.load(std::sync::atomic::Ordering::Relaxed), MAX_CANDIDATES);
     }
 
     fn answer(list: &[&str], ttl: u64) -> Outcome {

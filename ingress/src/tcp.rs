@@ -35,7 +35,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
             Err(e) if crate::listener::is_resource_exhaustion(&e) => {
                 // Possibly EMFILE: connections in the backlog wait; retry shortly.
                 crate::pool::local_resource_error("accept");
-                tracing::warn!(error = %e, "accept: out of resources, backing off");
+                shared::warn_every_second!(error = %e, "accept: out of resources, backing off");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -176,6 +176,10 @@ fn take_waiting(client: &TcpStream) -> Vec<u8> {
     }
 }
 
+/// An HTTP head this long has shown whether it starts with a method (`peek::host` waits for
+/// at most 32 bytes of one).
+const METHOD_CHECKED: usize = 40;
+
 /// Bytes asked for per read while peeking.
 const PEEK_CHUNK: usize = 4096;
 
@@ -187,10 +191,14 @@ async fn peek_route<'a>(
     buf: &mut Vec<u8>,
 ) -> Result<&'a Arc<Pool>, &'static str> {
     let max = service.cfg.peek_max;
+    let mut head = peek::HeadScan::default();
     let read = async {
         loop {
             let parsed = match mode {
                 Mode::Sni => peek::sni(buf, max),
+                // Past the method (refused at once when it is not one), the head is parsed
+                // only once it is whole: not again after every byte of a client that trickles it.
+                _ if buf.len() > METHOD_CHECKED && !head.complete(buf) => Err(peek::Error::Incomplete),
                 _ => peek::host(buf, max),
             };
             match parsed {

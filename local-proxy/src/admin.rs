@@ -33,7 +33,8 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<St
             Err(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
         })
         .status(move || crate::status::collect(&status), crate::page::render)
-        .control(move |c, action| control(&state, c, action));
+        .control(move |c, action| control(&state, c, action))
+        .on_refused(|| metrics::counter!(names::ADMIN_REFUSED).increment(1));
     shared::admin::serve(listener, routes, stop.cancelled_owned()).await;
 }
 

@@ -10,7 +10,7 @@ mod host;
 mod router;
 mod sni;
 
-pub use host::{host, DEFAULT_MAX_HEAD};
+pub use host::{host, HeadScan, DEFAULT_MAX_HEAD};
 pub use router::{NameRouter, PatternError};
 pub use sni::{sni, DEFAULT_MAX_HELLO};
 

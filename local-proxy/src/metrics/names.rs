@@ -69,6 +69,8 @@ pub const CERTIFICATES_LOADED: &str = "local_proxy_certificates_loaded";
 pub const CERTIFICATE_EXPIRY: &str = "local_proxy_certificate_expiry_timestamp_seconds";
 /// Runtime control requests refused, by `reason` (`missing`, `wrong` token).
 pub const ADMIN_UNAUTHORIZED: &str = "local_proxy_admin_unauthorized_total";
+/// Admin connections closed at accept: 64 were open already.
+pub const ADMIN_REFUSED: &str = "local_proxy_admin_connections_refused_total";
 /// Runtime control changes applied, by `action` (`drain`, `undrain`, `weight`).
 pub const ADMIN_CONTROL: &str = "local_proxy_admin_control_total";
 /// Certificate loads, by `result` (`ok`, `failed`).

@@ -119,11 +119,20 @@ type Handler = Arc<dyn Fn(&Call<'_>) -> Reply + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Routes {
     routes: Vec<(Method, &'static str, Handler)>,
+    /// Called for each connection closed at accept because [`MAX_CONNS`] were open (the
+    /// binary counts it in its own metric).
+    on_refused: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Routes {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Call `f` for each connection refused because the listener has [`MAX_CONNS`] open.
+    pub fn on_refused(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_refused = Some(Arc::new(f));
+        self
     }
 
     /// Answer `GET path` (and `HEAD path`) with `handler`.
@@ -220,12 +229,15 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
             Ok(a) => a,
             Err(e) => {
                 // Possibly EMFILE: back off rather than spin.
-                tracing::warn!(error = %e, "admin accept failed");
+                crate::warn_every_second!(error = %e, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
+            if let Some(refused) = &routes.on_refused {
+                refused();
+            }
             tracing::debug!(%peer, "admin connection closed: {MAX_CONNS} already open");
             continue;
         };
@@ -325,7 +337,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let big = "x".repeat(16 << 20);
-        let routes = Routes::new().get("/big", move || Reply::text(StatusCode::OK, big.clone()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = refused.clone();
+        let routes =
+            Routes::new().get("/big", move || Reply::text(StatusCode::OK, big.clone())).on_refused(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
         let server = tokio::spawn(serve(l, routes, std::future::pending()));
         let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
         stalled.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
@@ -338,6 +355,7 @@ mod tests {
         let mut buf = Vec::new();
         let n = tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut buf)).await;
         assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1, "the refusal is reported");
         // The idle ones end at the head timeout; the stalled one only at its life's end.
         tokio::time::pause();
         tokio::time::sleep(CONN_LIFETIME + CONN_FINISH + Duration::from_secs(1)).await;

@@ -69,6 +69,35 @@ fn check_method_prefix(buf: &[u8]) -> Result<(), Error> {
     }
 }
 
+/// Whether a head read piece by piece is complete yet, looking only at the bytes added since
+/// the last call: a caller that asked [`host`] after every read of a client trickling its
+/// head a byte at a time would scan it again each time (quadratic in its length).
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    /// Where the line being read starts.
+    line_start: usize,
+    /// How far the buffer was scanned.
+    scanned: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` (the same buffer, grown since the last call) holds a whole head, the
+    /// same test as [`host`]'s.
+    pub fn complete(&mut self, buf: &[u8]) -> bool {
+        while let Some(nl) = buf.get(self.scanned..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+            let end = self.scanned + nl;
+            let line = buf.get(self.line_start..end).unwrap_or_default();
+            self.scanned = end + 1;
+            self.line_start = end + 1;
+            if line.is_empty() || line == b"\r" {
+                return true;
+            }
+        }
+        self.scanned = buf.len();
+        false
+    }
+}
+
 /// Length of the head including its terminating empty line, if it is all there.
 fn head_end(buf: &[u8]) -> Option<usize> {
     let mut start = 0;
@@ -197,6 +226,30 @@ mod tests {
         let mut with_body = CURL.to_vec();
         with_body.extend_from_slice(b"GET / HTTP/1.1\r\nHost: other\r\n\r\n");
         assert_eq!(h(&with_body).unwrap().as_deref(), Some("cloud.example.org"));
+    }
+
+    /// Fed a byte at a time, or in pieces of any size, the scan says "complete" exactly when
+    /// `host` stops answering `Incomplete` for a complete-able head.
+    #[test]
+    fn head_scan_agrees_with_host_for_every_piece_size() {
+        let heads: [&[u8]; 4] =
+            [CURL, b"GET / HTTP/1.1\nHost: a\n\n", b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"];
+        for head in heads {
+            for piece in [1, 2, 3, 7, 64, head.len()] {
+                let mut scan = HeadScan::default();
+                let mut done_at = None;
+                for end in (piece..head.len() + piece).step_by(piece) {
+                    let buf = &head[..end.min(head.len())];
+                    if scan.complete(buf) {
+                        done_at = Some(buf.len());
+                        break;
+                    }
+                    assert!(matches!(h(buf), Err(Error::Incomplete)), "{piece}: {:?}", String::from_utf8_lossy(buf));
+                }
+                let at = done_at.expect("never complete");
+                assert!(!matches!(h(&head[..at]), Err(Error::Incomplete)), "{piece}");
+            }
+        }
     }
 
     #[test]
