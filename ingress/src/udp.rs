@@ -207,6 +207,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
     let mut batch = Batch::default();
+    // This port asked its service's budget for a slot (`FlowTable::admit_among`).
+    let mut waiting = false;
     let mut gone: Vec<Flow> = Vec::new();
     let mut recv_buffer = RecvBufferKeeper::default();
     recv_buffer.keep(&socket, first.cfg.udp_recv_buffer, &first.cfg.name);
@@ -291,11 +293,12 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 });
                 // Room first: a flood of new sources at the cap must not cost a socket each. A
                 // new source takes the slot of this listener's longest-silent flow once that has
-                // been silent a moment, so a legitimate client is not locked out by a flood.
+                // been silent a moment, so a legitimate client is not locked out by a flood;
+                // a listener with none to give up gets one from another port's table.
                 let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
                 let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
-                let permits = table.admit(now, evict_idle, acquire, evicted).await;
+                let permits = table.admit_among(&svc.flows, &mut waiting, now, evict_idle, acquire, evicted).await;
                 let Some(permits) = permits else {
                     c.drop_flow_cap.increment(1);
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");

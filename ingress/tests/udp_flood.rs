@@ -130,3 +130,82 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     assert!(fds_peak < 4096 + 100, "descriptors beyond the flow cap: {fds_peak}");
     assert!(fds_after <= 64, "flow sockets not closed after expiry: {fds_after}");
 }
+
+/// A flood on one port of a two-port service holds the whole flow budget; a new client on
+/// the other port, whose table has no flow to give up, is still admitted: the flooded
+/// port's table gives up an idle flow for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
+    let tcp = Backend::start("wan1", "127.0.0.2").await;
+    let _echo = UdpEcho::start("wan1", tcp.addr).await;
+    let (flooded, other) = (free_udp_port(), free_udp_port());
+    let conf = format!(
+        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
+         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
+         [[service]]\nname = \"two-ports\"\nlisten = [\"127.0.0.1:{flooded}\", \"127.0.0.1:{other}\"]\n\
+         protocol = \"udp\"\npool = \"home\"\nidle_timeout = \"2s\"\nmax_flows = 64\n",
+        tcp.addr
+    );
+    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
+    let file = tmp.path().join("ingress.toml");
+    std::fs::write(&file, conf).expect("write");
+    let _child = Child::ingress(&file);
+    let flooded_addr: std::net::SocketAddr = format!("127.0.0.1:{flooded}").parse().expect("addr");
+    let other_addr: std::net::SocketAddr = format!("127.0.0.1:{other}").parse().expect("addr");
+
+    // Both ports serve before the flood.
+    for addr in [flooded_addr, other_addr] {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("probe");
+        c.connect(addr).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut b = [0u8; 64];
+        loop {
+            c.send(b"hello").await.expect("send");
+            if tokio::time::timeout(Duration::from_millis(100), c.recv(&mut b)).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} never answered");
+        }
+    }
+
+    // The flood: new one-shot sources on the first port, for as long as the test needs
+    // (at most 40,000 of them, 15 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sources) = (stop.clone(), sources.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && sources.load(Ordering::Relaxed) < 40_000 {
+                if start.elapsed() > Duration::from_secs(15) {
+                    break;
+                }
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+                let _ = s.send_to(b"x", flooded_addr);
+                sources.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    // The budget full of flood flows.
+    while sources.load(Ordering::Relaxed) < 1_000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = UdpSocket::bind("127.0.0.1:0").await.expect("newcomer");
+    c.connect(other_addr).await.expect("connect");
+    let t0 = Instant::now();
+    let mut b = [0u8; 64];
+    let mut admitted = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let _ = c.send(b"hi").await;
+        if tokio::time::timeout(Duration::from_millis(50), c.recv(&mut b)).await.is_ok() {
+            admitted = Some(t0.elapsed());
+            break;
+        }
+    }
+    let during = sources.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood thread");
+    println!("RESULT udp flood on one port: newcomer on the other port answered after {admitted:?} ({during} flood sources by then)");
+    assert!(admitted.is_some(), "a client of the other port was locked out by the flood");
+}

@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -41,15 +41,61 @@ pub trait FlowEntry {
 
 /// Slots for flows: one per service (across its ports) and one for the process. A flow
 /// holds a [`FlowPermit`] of each for its whole life.
+///
+/// A table that finds the budget full with nothing of its own to give up (a flood on one of
+/// the service's ports has every slot) asks for one ([`FlowTable::admit_among`]): for
+/// [`WANT_MS`], the next table to admit a source gives up its idlest flow for it, and no
+/// table but one that asked takes a free slot, so the freed one waits for the asker's next
+/// new source.
 #[derive(Debug)]
 pub struct FlowBudget {
     used: AtomicUsize,
     cap: AtomicUsize,
+    /// Until when (ms since `born`, 0: never) a table waits for a slot.
+    wanted_until: AtomicU64,
+    /// A flow was given up for the current want.
+    given: AtomicBool,
+    born: std::time::Instant,
 }
+
+/// How long a table's want for a slot lasts: longer than a client's retry of a lost
+/// datagram takes, usually (DNS: 1-5 s).
+pub const WANT_MS: u64 = 5_000;
 
 impl FlowBudget {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { used: AtomicUsize::new(0), cap: AtomicUsize::new(cap) })
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            cap: AtomicUsize::new(cap),
+            wanted_until: AtomicU64::new(0),
+            given: AtomicBool::new(false),
+            born: std::time::Instant::now(),
+        })
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a table is waiting for a slot (no clock read while none is).
+    pub fn wanted(&self) -> bool {
+        let until = self.wanted_until.load(Ordering::Relaxed);
+        until != 0 && self.clock_ms() < until
+    }
+
+    /// A table found the budget full and nothing of its own to give up.
+    fn want(&self) {
+        let now = self.clock_ms();
+        if self.wanted_until.swap(now + WANT_MS, Ordering::AcqRel) < now {
+            // A new want, not a renewed one: one more flow may be given up for it.
+            self.given.store(false, Ordering::Release);
+        }
+    }
+
+    /// The waiting table has its slot.
+    fn served(&self) {
+        self.wanted_until.store(0, Ordering::Release);
+        self.given.store(false, Ordering::Release);
     }
 
     /// A new cap applies to new flows; flows above it stay until they end.
@@ -269,6 +315,49 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
                 return Some(slots);
             }
         }
+    }
+
+    /// [`admit`](Self::admit) for a table sharing `service` with others (the service's
+    /// other ports). `waiting`: this table's own state, whether it asked for a slot. While
+    /// some table waits, this one first gives up its idlest flow for it (once per want),
+    /// and takes no free slot unless it is waiting itself; with nothing to admit from, it
+    /// asks (if it holds less than half the flows in use). A flood on one port then cannot
+    /// keep a new client of another port out.
+    pub async fn admit_among(
+        &mut self,
+        service: &FlowBudget,
+        waiting: &mut bool,
+        now: u64,
+        min_idle_ms: u64,
+        mut acquire: impl FnMut() -> Option<FlowPermits>,
+        mut evicted: impl FnMut(V),
+    ) -> Option<FlowPermits> {
+        let asked = *waiting;
+        if !asked && service.wanted() && !service.given.swap(true, Ordering::AcqRel) {
+            match self.evict_idlest(now, min_idle_ms) {
+                // Its slots come free once its pump is gone, for the waiting table.
+                Some(flow) => evicted(flow),
+                None => service.given.store(false, Ordering::Release),
+            }
+        }
+        let acquire = || if asked || !service.wanted() { acquire() } else { None };
+        let got = self.admit(now, min_idle_ms, acquire, &mut evicted).await;
+        match &got {
+            Some(_) if asked => {
+                service.served();
+                *waiting = false;
+            }
+            Some(_) => {}
+            // Only a table with less than half the flows in use asks: the flooded one, with
+            // no flow silent long enough to give up for its own next source, must not take
+            // the slot another table waits for.
+            None if self.len() * 2 < service.used() => {
+                service.want();
+                *waiting = true;
+            }
+            None => *waiting = false,
+        }
+        got
     }
 
     /// Remove flows idle for the full timeout; give memory back after a flood.
@@ -508,6 +597,43 @@ mod tests {
             assert!(mine.is_some());
             assert!(other.await.expect("task").is_none(), "the other table took the evicted flow's slot");
             assert_eq!((t.len(), service.used()), (1, 2), "one flow evicted for one new source");
+        });
+    }
+
+    #[test]
+    fn a_table_with_nothing_to_give_up_gets_a_slot_from_another_table_of_its_service() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let service = FlowBudget::new(4);
+            let global = FlowBudget::new(usize::MAX);
+            let acquire = || FlowPermits::acquire(&service, &global);
+            // Port A: a flood's sources hold every slot, silent since 0.
+            let mut a = FlowTable::new(60_000);
+            for i in 0..4 {
+                a.insert(addr(i), relayed(acquire().expect("slot"), (), 0), 0);
+            }
+            // Port B: a new client finds no slot and no flow of its own to give up.
+            let mut b: FlowTable<SocketAddr, FlowLife> = FlowTable::new(60_000);
+            let (mut waiting_a, mut waiting_b, mut evicted) = (false, false, 0);
+            let got = b.admit_among(&service, &mut waiting_b, 1000, 250, acquire, |_| evicted += 1).await;
+            assert!(got.is_none() && waiting_b && service.wanted());
+            // The flood's next source on A: A gives up one flow for B and evicts another for
+            // itself; the freed slot is not A's to take.
+            let got = a.admit_among(&service, &mut waiting_a, 1000, 250, acquire, |_| evicted += 1).await;
+            let p = got.expect("A admits by evicting its own");
+            a.insert(addr(100), relayed(p, (), 1000), 1000);
+            assert_eq!((evicted, a.len(), waiting_a), (2, 3, false));
+            tokio::task::yield_now().await; // the given-up flow's pump is dropped
+            assert_eq!(service.used(), 3, "one slot free, kept for B");
+            let again = a.admit_among(&service, &mut waiting_a, 1001, 250, acquire, |_| evicted += 1).await;
+            let p = again.expect("A evicts its own again");
+            a.insert(addr(101), relayed(p, (), 1001), 1001);
+            tokio::task::yield_now().await;
+            assert_eq!(service.used(), 3, "A did not take the slot kept for B");
+            // B's client sends again: it gets the slot, and the want is over.
+            let got = b.admit_among(&service, &mut waiting_b, 1100, 250, acquire, |_| evicted += 1).await;
+            assert!(got.is_some(), "B admitted");
+            assert!(!waiting_b && !service.wanted());
         });
     }
 

@@ -167,6 +167,8 @@ async fn serve_flows(
     let mut gone = Vec::new();
     let mut counters = Counters::new(stream_name.load_full());
     let mut batch = Batch::default();
+    // This socket asked its stream's budget for a slot (`FlowTable::admit_among`).
+    let mut waiting = false;
     let mut recv_buffer = RecvBufferKeeper::default();
     if let Some(s) = state.config.load().streams.iter().find(|s| s.name == **stream_name.load()) {
         recv_buffer.keep(&socket, s.udp_recv_buffer, &s.name);
@@ -244,7 +246,7 @@ async fn serve_flows(
                     f.ending("evicted");
                     metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
                 };
-                let permits = table.admit(now, evict_idle, acquire, evicted).await;
+                let permits = table.admit_among(&budget, &mut waiting, now, evict_idle, acquire, evicted).await;
                 let Some(permits) = permits else {
                     drop_count(&name, "flow_limit", 1);
                     continue;
