@@ -200,9 +200,11 @@ fn leads_back(pool: &Pool, index: usize, ip: IpAddr, looping: &mut HashSet<(usiz
 const MAX_CANDIDATES: usize = 8;
 
 /// The first candidate that answers a probe, tried one after the other ([`MAX_CANDIDATES`]
-/// of them at most).
+/// of them at most: from a random place when there are more, so that each try reaches others).
 async fn first_answering<P: Prober>(prober: &P, candidates: &[IpAddr], port: u16) -> Option<IpAddr> {
-    for &ip in candidates.iter().take(MAX_CANDIDATES) {
+    let n = candidates.len();
+    let start = if n > MAX_CANDIDATES { fastrand::usize(..n) } else { 0 };
+    for &ip in candidates.iter().cycle().skip(start).take(n.min(MAX_CANDIDATES)) {
         if prober.probe(SocketAddr::new(ip, port)).await {
             return Some(ip);
         }
@@ -327,6 +329,18 @@ mod tests {
         let prober = Silent(std::sync::atomic::AtomicUsize::new(0));
         assert_eq!(first_answering(&prober, &candidates, 443).await, None);
         assert_eq!(prober.0.load(std::sync::atomic::Ordering::Relaxed), MAX_CANDIDATES);
+        // Only the last of 100 answers: a later try reaches it (8 in 100 a try; 200 tries).
+        let candidates = &candidates[..100];
+        let last = Alive::default();
+        last.0.lock().unwrap().insert(candidates[99]);
+        let mut found = None;
+        for _ in 0..200 {
+            found = first_answering(&last, candidates, 443).await;
+            if found.is_some() {
+                break;
+            }
+        }
+        assert_eq!(found, Some(candidates[99]));
     }
 
     fn answer(list: &[&str], ttl: u64) -> Outcome {

@@ -192,14 +192,19 @@ async fn peek_route<'a>(
 ) -> Result<&'a Arc<Pool>, &'static str> {
     let max = service.cfg.peek_max;
     let mut head = peek::HeadScan::default();
+    let mut method_checked = false;
     let read = async {
         loop {
             let parsed = match mode {
                 Mode::Sni => peek::sni(buf, max),
-                // Past the method (refused at once when it is not one), the head is parsed
-                // only once it is whole: not again after every byte of a client that trickles it.
-                _ if buf.len() > METHOD_CHECKED && !head.complete(buf) => Err(peek::Error::Incomplete),
-                _ => peek::host(buf, max),
+                // Once the method has been checked (bytes that cannot start one are refused at
+                // once), the head is parsed only when whole: not again after every byte of a
+                // client that trickles it.
+                _ if method_checked && !head.complete(buf) => Err(peek::Error::Incomplete),
+                _ => {
+                    method_checked = buf.len() > METHOD_CHECKED;
+                    peek::host(buf, max)
+                }
             };
             match parsed {
                 Ok(name) => return service.router.route(name.as_deref()).ok_or("no route for name"),

@@ -100,6 +100,36 @@ async fn http_routes_by_host() {
     }
 }
 
+/// A head sent a byte at a time is routed by its Host; TLS sent to a Host-routed port is
+/// refused at once (not held for peek_timeout), whatever its first read held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_routed_and_tls_to_a_host_port_is_refused_at_once() {
+    let (a, b, c) = three_backends().await;
+    let server = start(&routed(a.addr, b.addr, c.addr, "http", "peek_timeout = \"20s\"")).await;
+    let addr = service_addr(&server, "http-routed").await;
+    let head = b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: X.example.org\r\n\r\n";
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    for byte in head {
+        s.write_all(std::slice::from_ref(byte)).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.contains(&b'\n') {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("routed").expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"b\n"), "{}", String::from_utf8_lossy(&got));
+
+    let mut tls = TcpStream::connect(addr).await.expect("connect");
+    tls.write_all(HELLO_X).await.expect("write");
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "TLS to an HTTP port not refused at once: {r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_dropped_and_counted_while_others_are_served() {
     let (a, b, c) = three_backends().await;

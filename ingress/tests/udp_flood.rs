@@ -153,19 +153,18 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     let flooded_addr: std::net::SocketAddr = format!("127.0.0.1:{flooded}").parse().expect("addr");
     let other_addr: std::net::SocketAddr = format!("127.0.0.1:{other}").parse().expect("addr");
 
-    // Both ports serve before the flood.
-    for addr in [flooded_addr, other_addr] {
-        let c = UdpSocket::bind("127.0.0.1:0").await.expect("probe");
-        c.connect(addr).await.expect("connect");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut b = [0u8; 64];
-        loop {
-            c.send(b"hello").await.expect("send");
-            if tokio::time::timeout(Duration::from_millis(100), c.recv(&mut b)).await.is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{addr} never answered");
+    // The flooded port serves before the flood (the other is not asked: a flow of its own,
+    // idle, would let its newcomer in without another table's help).
+    let c = UdpSocket::bind("127.0.0.1:0").await.expect("probe");
+    c.connect(flooded_addr).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut b = [0u8; 64];
+    loop {
+        c.send(b"hello").await.expect("send");
+        if tokio::time::timeout(Duration::from_millis(100), c.recv(&mut b)).await.is_ok() {
+            break;
         }
+        assert!(Instant::now() < deadline, "the service never answered");
     }
 
     // The flood: new one-shot sources on the first port, for as long as the test needs

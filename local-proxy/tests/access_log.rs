@@ -45,6 +45,7 @@ async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     (status, body)
 }
 
+/// The line whose `uri` is `uri`.
 fn by_uri<'a>(all: &'a [Value], uri: &str) -> &'a Value {
     all.iter().find(|l| l["uri"] == uri).unwrap_or_else(|| panic!("no line for {uri} in {all:#?}"))
 }

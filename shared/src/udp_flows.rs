@@ -45,8 +45,8 @@ pub trait FlowEntry {
 /// A table that finds the budget full with nothing of its own to give up (a flood on one of
 /// the service's ports has every slot) asks for one ([`FlowTable::admit_among`]): for
 /// [`WANT_MS`], the next table to admit a source gives up its idlest flow for it, and no
-/// table but one that asked takes a free slot, so the freed one waits for the asker's next
-/// new source.
+/// table but one that asked takes the last free slot, so the freed one waits for the asker's
+/// next new source.
 #[derive(Debug)]
 pub struct FlowBudget {
     used: AtomicUsize,
@@ -320,7 +320,7 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
     /// [`admit`](Self::admit) for a table sharing `service` with others (the service's
     /// other ports). `waiting`: this table's own state, whether it asked for a slot. While
     /// some table waits, this one first gives up its idlest flow for it (once per want),
-    /// and takes no free slot unless it is waiting itself; with nothing to admit from, it
+    /// and does not take the last free slot unless it is waiting itself; with nothing to admit from, it
     /// asks (if it holds less than half the flows in use). A flood on one port then cannot
     /// keep a new client of another port out.
     pub async fn admit_among(
@@ -332,7 +332,8 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
         mut acquire: impl FnMut() -> Option<FlowPermits>,
         mut evicted: impl FnMut(V),
     ) -> Option<FlowPermits> {
-        let asked = *waiting;
+        // A want of this table's that ran out is not one.
+        let asked = *waiting && service.wanted();
         if !asked && service.wanted() && !service.given.swap(true, Ordering::AcqRel) {
             match self.evict_idlest(now, min_idle_ms) {
                 // Its slots come free once its pump is gone, for the waiting table.
@@ -340,7 +341,14 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
                 None => service.given.store(false, Ordering::Release),
             }
         }
-        let acquire = || if asked || !service.wanted() { acquire() } else { None };
+        // Only the last free slot is kept for the waiting table.
+        let acquire = || {
+            if asked || !service.wanted() || service.used() + 1 < service.cap() {
+                acquire()
+            } else {
+                None
+            }
+        };
         let got = self.admit(now, min_idle_ms, acquire, &mut evicted).await;
         match &got {
             Some(_) if asked => {

@@ -144,7 +144,10 @@ impl Streams {
             list.streams.retain(|s| !s.ended());
             list.kept = list.streams.len();
         }
-        list.streams.push(stream);
+        // One that finished on another thread before it was listed found nothing to remove.
+        if !stream.ended() {
+            list.streams.push(stream);
+        }
     }
 
     fn remove(&self, polls: &Arc<AtomicU32>) {

@@ -195,7 +195,9 @@ impl Active {
         state.count_failure(result);
         let owner = state.labels.first().map_or("", |(_, v)| v.as_str());
         let upstream = state.labels.get(1).map_or("", |(_, v)| v.as_str());
-        metrics::counter!(names::UPSTREAM_ERRORS, "site" => owner.to_owned(), "result" => result).increment(1);
+        // A route's own pool is named `host#route`; the site's errors are counted by host.
+        let site = owner.split_once('#').map_or(owner, |(host, _)| host);
+        metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.to_owned(), "result" => result).increment(1);
         shared::warn_every_second!(site = %owner, upstream = %upstream, error = %error, "upstream response cut short");
     }
 }

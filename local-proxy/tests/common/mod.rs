@@ -350,7 +350,6 @@ pub async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     lines(path)
 }
 
-/// The line whose `uri` is `uri`.
 /// Run an external tool; panics (fails the test) when it is not installed.
 pub async fn run_tool(program: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
     use std::process::Stdio;
