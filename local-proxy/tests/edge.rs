@@ -525,7 +525,13 @@ async fn an_upload_slower_than_upstream_timeout_goes_through() {
 /// connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_stream_whose_client_grants_no_window_is_reset() {
-    let s = setup("idle_timeout = \"400ms\"\nupstream_timeout = \"300ms\"", "").await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let http = format!(
+        "idle_timeout = \"400ms\"\nupstream_timeout = \"300ms\"\naccess_log = {{ path = \"{}\" }}",
+        log.display()
+    );
+    let s = setup(&http, "").await;
     let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(client_tls(&s.ca.pem_path, &[b"h2"]));
     let tls = connector.connect(rustls_pki_types::ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
@@ -553,4 +559,8 @@ async fn an_h2_stream_whose_client_grants_no_window_is_reset() {
     assert_eq!(s.proxy.metric("local_proxy_upstream_active", &[("site", "a.test")]).await, 0.0);
     pings.ping(h2::Ping::opaque()).await.expect("the connection is still up");
     assert!(!driver.is_finished());
+    // Its access log line says why it ended.
+    let lines = wait_lines(&log, 1).await;
+    let line = lines.iter().find(|l| l["uri"] == "/stuck").expect("a line for the stream");
+    assert_eq!((line["status"].as_u64(), line["result"].as_str()), (Some(200), Some("stalled")), "{line}");
 }

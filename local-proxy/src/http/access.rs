@@ -11,7 +11,8 @@
 //! `bytes_received` (request body bytes read from the client by the end of the response;
 //! upgraded: plus the bytes it sent through the tunnel), `duration_ms`, `result` (the handler's
 //! verdict when not just the status: `redirect`, `blocked`, `healthz`, ...; `body_timeout`,
-//! `body_error`: the upstream's body broke off after the status was sent), `upstream`,
+//! `body_error`: the upstream's body broke off after the status was sent; `stalled`: an h2
+//! stream reset because its client took nothing for the stall period), `upstream`,
 //! `upstream_status`, `upstream_ms` (time to its response head), `upstream_attempts`,
 //! `tls_sni`, `tls_version`, `tls_cipher` (IANA name), `user_agent`, `referer`, `request_id` (`X-Request-Id`), `route`
 //! (the `[[site.route]]` that served it; null: the site's own settings), `user` (from
@@ -25,7 +26,6 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
@@ -119,6 +119,8 @@ pub struct Entry {
     start: Instant,
     /// The request body's bytes as read so far (see [`Entry::count_body`]).
     received: Option<Arc<AtomicU64>>,
+    /// The h2 stream the request came on: reset by its connection's sweep, the line says so.
+    stream: Option<Arc<super::h2_streams::StreamState>>,
 }
 
 /// One access log line, fields in the order they are written.
@@ -232,7 +234,7 @@ impl Entry {
             referer: header(req, header::REFERER),
             request_id: header(req, header::HeaderName::from_static("x-request-id")),
         };
-        Self { sink, line, start: Instant::now(), received: None }
+        Self { sink, line, start: Instant::now(), received: None, stream: super::h2_streams::current() }
     }
 
     /// The counter the request's body adds its bytes to (`body::ClientBody`), read when the
@@ -334,6 +336,9 @@ struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let Some(mut entry) = self.entry.take() else { return };
+        if entry.stream.as_ref().is_some_and(|s| s.stalled()) {
+            entry.line.result.get_or_insert("stalled");
+        }
         entry.line.bytes_sent = self.bytes;
         let body = entry.received.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
         entry.line.bytes_received = body + self.tunnel_in;

@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,10 +36,35 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let polls = Arc::new(AtomicU32::new(0));
+        let polls = Arc::new(StreamState::default());
         let task = tokio::spawn(Counted { fut, n: 0, polls: polls.clone(), streams: self.0.clone() });
         self.0.add(Stream { polls, seen: NOT_SEEN, task: task.abort_handle() });
     }
+}
+
+/// What a stream's task and its connection's sweep share.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    polls: AtomicU32,
+    /// Set by the sweep before it aborts the stream (the access log's `result`).
+    stalled: AtomicBool,
+}
+
+impl StreamState {
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+}
+
+tokio::task_local! {
+    /// The stream being polled for the first time: where its request starts, so the access
+    /// log can note a reset by the sweep.
+    static STREAM: Arc<StreamState>;
+}
+
+/// The h2 stream whose request is starting (`None` outside one: HTTP/1.1).
+pub fn current() -> Option<Arc<StreamState>> {
+    STREAM.try_with(Arc::clone).ok()
 }
 
 pin_project_lite::pin_project! {
@@ -50,7 +75,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         n: u32,
-        polls: Arc<AtomicU32>,
+        polls: Arc<StreamState>,
         streams: Streams,
     }
 }
@@ -62,8 +87,14 @@ impl<F: Future> Future for Counted<F> {
         let this = self.project();
         *this.n = this.n.wrapping_add(1);
         // A plain store, read by the sweep: no locked add per poll.
-        this.polls.store(*this.n, Ordering::Relaxed);
-        let polled = this.fut.poll(cx);
+        this.polls.polls.store(*this.n, Ordering::Relaxed);
+        // The request starts in the first poll; later ones need no scope.
+        let polled = if *this.n == 1 {
+            let fut = this.fut;
+            STREAM.sync_scope(this.polls.clone(), || fut.poll(cx))
+        } else {
+            this.fut.poll(cx)
+        };
         if polled.is_ready() {
             // Out of the list at once: its abort handle keeps the task's memory, which would
             // otherwise wait for a sweep instead of going back to the allocator now.
@@ -79,7 +110,7 @@ const NOT_SEEN: u32 = u32::MAX;
 #[derive(Debug)]
 struct Stream {
     /// Held by the task too, until it ends.
-    polls: Arc<AtomicU32>,
+    polls: Arc<StreamState>,
     /// The count at the last sweep.
     seen: u32,
     task: AbortHandle,
@@ -150,7 +181,7 @@ impl Streams {
         }
     }
 
-    fn remove(&self, polls: &Arc<AtomicU32>) {
+    fn remove(&self, polls: &Arc<StreamState>) {
         let mut list = self.lock();
         if let Some(i) = list.streams.iter().position(|s| Arc::ptr_eq(&s.polls, polls)) {
             list.streams.swap_remove(i);
@@ -165,8 +196,9 @@ impl Streams {
             if s.ended() {
                 return false;
             }
-            let polls = s.polls.load(Ordering::Relaxed);
+            let polls = s.polls.polls.load(Ordering::Relaxed);
             if polls == s.seen {
+                s.polls.stalled.store(true, Ordering::Relaxed);
                 s.task.abort();
                 stalled += 1;
                 return false;

@@ -8,7 +8,7 @@ pub mod cors;
 mod first_bytes;
 mod forward;
 pub mod forward_auth;
-mod h2_streams;
+pub mod h2_streams;
 pub mod handler;
 pub mod head_timeout;
 pub mod headers;
