@@ -319,10 +319,10 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
 
     /// [`admit`](Self::admit) for a table sharing `service` with others (the service's
     /// other ports). `waiting`: this table's own state, whether it asked for a slot. While
-    /// some table waits, this one first gives up its idlest flow for it (once per want),
-    /// and does not take the last free slot unless it is waiting itself; with nothing to admit from, it
-    /// asks (if it holds less than half the flows in use). A flood on one port then cannot
-    /// keep a new client of another port out.
+    /// some table waits, this one first gives up its idlest flow for it (once per want), and
+    /// does not take the last free slot unless it is waiting itself; with nothing to admit
+    /// from, it asks (if it holds less than half the flows in use). A flood on one port then
+    /// cannot keep a new client of another port out.
     pub async fn admit_among(
         &mut self,
         service: &FlowBudget,
