@@ -158,6 +158,23 @@ mod tests {
         assert_eq!((b.max_connections, b.max_flows), (1, 1));
     }
 
+    /// The process's flow budget holds every service's share, scaled down or not: a flood
+    /// that fills one service's share never takes a slot another service's client needs.
+    #[test]
+    fn every_services_flow_share_fits_in_the_process_budget() {
+        let c = config(
+            "[[service]]\nname = \"turn\"\nlisten = [\"0.0.0.0:49160-49200\"]\nprotocol = \"udp\"\npool = \"p\"\nmax_flows = 4096\n\
+             [[service]]\nname = \"dns\"\nlisten = [\"0.0.0.0:53\"]\nprotocol = \"udp\"\npool = \"p\"\nmax_flows = 1000\n\
+             [[service]]\nname = \"wg\"\nlisten = [\"0.0.0.0:51820\"]\nprotocol = \"udp\"\npool = \"p\"\nmax_flows = 7\n",
+        );
+        for open_files in [1 << 20, 20_000, 6_000, 1_000] {
+            let b = Budget::plan(open_files, &c, 1);
+            let shares: Vec<usize> = [4096, 1000, 7].into_iter().map(|f| b.service_flows(f)).collect();
+            assert!(shares.iter().all(|&s| s >= 1), "{open_files}: {shares:?}");
+            assert!(shares.iter().sum::<usize>() <= b.max_flows, "{open_files}: {shares:?} against {b:?}");
+        }
+    }
+
     /// A port with `udp_reuseport` holds a socket per loop, and the budget counts each.
     #[test]
     fn reuseport_ports_count_a_socket_per_loop() {

@@ -195,8 +195,8 @@ impl Active {
         state.count_failure(result);
         let owner = state.labels.first().map_or("", |(_, v)| v.as_str());
         let upstream = state.labels.get(1).map_or("", |(_, v)| v.as_str());
-        // A route's own pool is named `host#route`; the site's errors are counted by host.
-        let site = owner.split_once('#').map_or(owner, |(host, _)| host);
+        // The site's errors are counted by host, a route's own pool's too.
+        let site = set::pool_site(owner);
         metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.to_owned(), "result" => result).increment(1);
         shared::warn_every_second!(site = %owner, upstream = %upstream, error = %error, "upstream response cut short");
     }

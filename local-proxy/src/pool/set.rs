@@ -161,3 +161,20 @@ impl Pools {
 pub fn route_pool_name(host: &str, route: &str) -> String {
     format!("{host}#{route}")
 }
+
+/// The site a pool belongs to: the host of a route's own pool ([`route_pool_name`]), or the
+/// pool's name as it is.
+pub fn pool_site(pool: &str) -> &str {
+    pool.split_once('#').map_or(pool, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_pools_site_is_its_host() {
+        assert_eq!(pool_site(&route_pool_name("cloud.example", "dav")), "cloud.example");
+        assert_eq!(pool_site("cloud.example"), "cloud.example");
+    }
+}
