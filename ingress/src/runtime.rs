@@ -75,10 +75,13 @@ impl Runtime {
                 continue;
             };
             let prev = previous.and_then(|p| p.services.get(&sc.name));
-            // Keep the semaphore when the cap is unchanged so permits held by established
-            // connections still count against it.
-            let limit = match (prev, sc.max_connections) {
-                (Some(p), Some(n)) if p.cfg.max_connections == Some(n) => p.limit.clone(),
+            // The same semaphore across reloads, so the connections open stay counted (a
+            // lower cap admits none until they are under it).
+            let limit = match (prev.map(|p| (&p.limit, p.cfg.max_connections)), sc.max_connections) {
+                (Some((Some(limit), Some(was))), Some(n)) => {
+                    shared::conn_limit::resize(limit, was as usize, n as usize);
+                    Some(limit.clone())
+                }
                 (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
                 (_, None) => None,
             };
@@ -144,7 +147,7 @@ impl Runtime {
 /// State shared by the accept loops, connection tasks and the admin listener.
 pub struct Shared {
     pub(crate) runtime: ArcSwap<Runtime>,
-    pub(crate) global_limit: ArcSwap<Semaphore>,
+    pub(crate) global_limit: Arc<Semaphore>,
     /// UDP flows across every service: the descriptor budget's share for them.
     pub(crate) flows: Arc<FlowBudget>,
     /// The open-files limit found (and raised) at start; reloads plan within it.

@@ -60,7 +60,7 @@ impl Server {
         let global = Semaphore::new(budget.max_connections as usize);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &budget, None)),
-            global_limit: ArcSwap::from_pointee(global),
+            global_limit: Arc::new(global),
             flows: FlowBudget::new(budget.max_flows),
             open_files,
             conns: tokio_util::task::TaskTracker::new(),
@@ -103,10 +103,12 @@ impl Server {
         if was != budget {
             budget.log(&config);
         }
-        if was.max_connections != budget.max_connections {
-            // Connections holding permits of the old semaphore finish under the old cap.
-            self.shared.global_limit.store(Arc::new(Semaphore::new(budget.max_connections as usize)));
-        }
+        // The connections open stay counted: a lower cap admits none until they are under it.
+        shared::conn_limit::resize(
+            &self.shared.global_limit,
+            was.max_connections as usize,
+            budget.max_connections as usize,
+        );
         self.shared.flows.set_cap(budget.max_flows);
         #[cfg(target_os = "linux")]
         crate::splice::set_pipe_limit(budget.pipes);

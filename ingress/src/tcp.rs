@@ -45,7 +45,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
             }
         };
         let service = slot.load_full();
-        let global = shared.global_limit.load_full().try_acquire_owned();
+        let global = shared.global_limit.clone().try_acquire_owned();
         let local = service.limit.as_ref().map(|l| l.clone().try_acquire_owned());
         let permits = match (global, local) {
             (Ok(g), None) => (g, None),

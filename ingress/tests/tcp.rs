@@ -267,6 +267,46 @@ async fn connection_limit_refuses_cleanly_and_drain_waits() {
     assert_eq!(left, 0);
 }
 
+/// A reload that lowers `max_connections` below what is open keeps counting the open
+/// connections: no new one is served until they are under the new cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_connection_limit_counts_the_connections_already_open() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    // A fixed port, so the reload keeps the listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port").local_addr().expect("addr").port();
+    let two = config(&[("wan1", wan1.addr, 1)], None, "max_connections = 2")
+        .replace("[\"127.0.0.1:0\"]", &format!("[\"127.0.0.1:{port}\"]"));
+    let server = start(&two).await;
+    let addr = service_addr(&server, "echo").await;
+    let served = |mut s: TcpStream| async move {
+        let mut line = [0u8; 5];
+        matches!(tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut line)).await, Ok(Ok(_))).then_some(s)
+    };
+    let a = served(TcpStream::connect(addr).await.expect("a")).await.expect("a served");
+    let b = served(TcpStream::connect(addr).await.expect("b")).await.expect("b served");
+    server
+        .try_reload(
+            ingress::Config::from_toml(&two.replace("max_connections = 2", "max_connections = 1")).expect("valid"),
+        )
+        .expect("applies");
+    // One left open, at the new cap of 1: the next is refused.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = served(TcpStream::connect(addr).await.expect("c connects")).await;
+    assert!(c.is_none(), "served past the lowered cap while one connection was open");
+    // None open (once their relays end): one is served again.
+    drop(b);
+    let mut d = None;
+    for _ in 0..20 {
+        d = served(TcpStream::connect(addr).await.expect("d connects")).await;
+        if d.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.is_some(), "not served once the open connections were under the cap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_and_idle_timeout() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;

@@ -286,11 +286,7 @@ impl Handle {
         let plan = listeners::plan(&new, mesh);
         let admin = new.admin;
         let apply = || {
-            if new.http.max_connections > old.http.max_connections {
-                self.state.conn_limit.add_permits(new.http.max_connections - old.http.max_connections);
-            } else {
-                self.state.conn_limit.forget_permits(old.http.max_connections - new.http.max_connections);
-            }
+            shared::conn_limit::resize(&self.state.conn_limit, old.http.max_connections, new.http.max_connections);
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
             self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));

@@ -358,23 +358,6 @@ async fn renamed_file_and_sigusr1_move_new_lines_to_a_new_file() {
     assert_eq!(lines(&rotated).len(), old.len());
 }
 
-/// Rewrite the config replacing `from` by `to`, send SIGHUP, wait until the reload counter
-/// with `result` has moved.
-async fn reload(proxy: &Running, from: &str, to: &str, result: &str) {
-    let text = std::fs::read_to_string(&proxy.config).unwrap().replace(from, to);
-    std::fs::write(&proxy.config, text).unwrap();
-    let reloads = |admin| async move {
-        metric_value(&http_get(admin, "/metrics").await.1, "local_proxy_config_reloads_total", &[("result", result)])
-    };
-    let before = reloads(proxy.admin).await;
-    assert!(run_tool("kill", &["-HUP", &proxy.pid], b"").await.status.success());
-    let admin = proxy.admin;
-    wait_until(Duration::from_secs(10), &format!("a reload counted {result}"), || async move {
-        reloads(admin).await > before
-    })
-    .await;
-}
-
 async fn get_a(proxy: &Running, path: &str) {
     let mut s = connect_from(IpAddr::from([127, 0, 0, 3]), proxy.mesh_http).await;
     assert_eq!(get(&mut s, "a.test", path, "").await.0, 200);
@@ -406,18 +389,18 @@ async fn sighup_reopens_and_reloads_move_or_keep_the_file() {
     wait_lines(&log, 1).await;
 
     std::fs::rename(&log, &renamed).unwrap();
-    reload(&proxy, "", "", "ok").await;
+    proxy.reload("", "", "ok").await;
     get_a(&proxy, "/2").await;
     wait_lines(&log, 1).await;
     assert_eq!((uris(&renamed), uris(&log)), (vec!["/1".to_string()], vec!["/2".to_string()]));
 
     let log_s = log.display().to_string();
     let missing = tmp.path().join("no-such-dir/a.log").display().to_string();
-    reload(&proxy, &log_s, &missing, "invalid").await;
+    proxy.reload(&log_s, &missing, "invalid").await;
     get_a(&proxy, "/3").await;
     wait_lines(&log, 2).await;
 
-    reload(&proxy, &missing, &moved.display().to_string(), "ok").await;
+    proxy.reload(&missing, &moved.display().to_string(), "ok").await;
     get_a(&proxy, "/4").await;
     wait_lines(&moved, 1).await;
     assert_eq!(uris(&log), vec!["/2".to_string(), "/3".to_string()]);

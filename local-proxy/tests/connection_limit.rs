@@ -27,19 +27,26 @@ async fn ask(s: &mut TcpStream, close: bool) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted() {
+const ACTIVE: &str = "local_proxy_connections_active";
+
+/// The binary with `http_extra` in its `[http]`, once the start-up probes' connections have
+/// ended.
+async fn start(http_extra: &str) -> (Binary, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let live = tmp.path().join("live");
     std::fs::create_dir_all(&live).unwrap();
-    let proxy = spawn_binary(tmp.path(), &live, "max_connections = 1", "").await;
-    let active = "local_proxy_connections_active";
-    let reached = "local_proxy_connection_limit_reached_total";
-    // The start-up probes' connections have ended.
+    let proxy = spawn_binary(tmp.path(), &live, http_extra, "").await;
     wait_until(Duration::from_secs(5), "no connection open", || async {
-        metric(&proxy, active, "mesh-http").await == 0.0 && metric(&proxy, active, "mesh-https").await == 0.0
+        metric(&proxy, ACTIVE, "mesh-http").await == 0.0 && metric(&proxy, ACTIVE, "mesh-https").await == 0.0
     })
     .await;
+    (proxy, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted() {
+    let (proxy, _tmp) = start("max_connections = 1").await;
+    let reached = "local_proxy_connection_limit_reached_total";
 
     // The only slot, held by a kept-alive connection.
     let mut first = TcpStream::connect(proxy.mesh_http).await.unwrap();
@@ -65,4 +72,35 @@ async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted()
         .unwrap();
     let text = String::from_utf8_lossy(&rest);
     assert!(text.starts_with("HTTP/1.1 "), "{text}");
+}
+
+/// A reload that lowers the limit below what is open keeps counting the open connections: a
+/// new one waits until they are under the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_limit_counts_the_connections_already_open() {
+    let (proxy, _tmp) = start("max_connections = 2").await;
+    let mut first = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    assert!(ask(&mut first, false).await.starts_with("HTTP/1.1 "));
+    let mut second = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    assert!(ask(&mut second, false).await.starts_with("HTTP/1.1 "));
+    proxy.reload("max_connections = 2", "max_connections = 1", "ok").await;
+
+    // One still open, at the new limit: the next waits.
+    drop(first);
+    wait_until(Duration::from_secs(5), "one connection open", || async {
+        metric(&proxy, ACTIVE, "mesh-http").await == 1.0
+    })
+    .await;
+    let mut third = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(500), ask(&mut third, true)).await;
+    assert!(waiting.is_err(), "served past the lowered limit: {waiting:?}");
+
+    // None open: the waiting one is served.
+    drop(second);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest))
+        .await
+        .expect("served once the open connections were under the limit")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 "));
 }

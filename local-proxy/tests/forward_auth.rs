@@ -615,24 +615,6 @@ async fn forward_auth_and_routes() {
     assert_eq!(other["route"], Value::Null, "no route: the site's own settings");
 }
 
-/// Rewrite the config replacing `from` by `to`, send SIGHUP, wait until the reload counter
-/// with `result` has moved.
-async fn reload(p: &Running, from: &str, to: &str, result: &str) {
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    assert!(text.contains(from), "{from} not in the config");
-    std::fs::write(&p.config, text.replace(from, to)).unwrap();
-    let reloads = |admin| async move {
-        metric_value(&http_get(admin, "/metrics").await.1, "local_proxy_config_reloads_total", &[("result", result)])
-    };
-    let before = reloads(p.admin).await;
-    assert!(run_tool("kill", &["-HUP", &p.pid], b"").await.status.success());
-    let admin = p.admin;
-    wait_until(Duration::from_secs(10), &format!("a reload counted {result}"), || async move {
-        reloads(admin).await > before
-    })
-    .await;
-}
-
 /// Routes and forward auth change with a reload: a public route becomes protected, a new
 /// route appears, and a reload with a bad route is refused while the old routes serve on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,7 +650,7 @@ name = "extra"
 path_prefix = "/extra/"
 upstream = "http://{extra}""#
     );
-    reload(&p, "# forward_auth: none yet", &protected, "ok").await;
+    p.reload("# forward_auth: none yet", &protected, "ok").await;
     assert_eq!(get(&p, "/api/x", &[]).await.status, 302, "the route is protected after the reload");
     let cookie = format!("session={}", keys.token("alice", "42", None, 300));
     let a = get(&p, "/api/x", &[("cookie", &cookie), ("x-user-id", "0")]).await;
@@ -676,7 +658,7 @@ upstream = "http://{extra}""#
     assert_eq!(get(&p, "/extra/x", &[]).await.echoed("upstream"), ["extra"], "the new route serves");
 
     // A bad route: refused, the routes before it serve on.
-    reload(&p, r#"path_prefix = "/extra/""#, r#"path_prefix = "extra""#, "invalid").await;
+    p.reload(r#"path_prefix = "/extra/""#, r#"path_prefix = "extra""#, "invalid").await;
     assert_eq!(get(&p, "/extra/x", &[]).await.echoed("upstream"), ["extra"]);
     assert_eq!(get(&p, "/api/x", &[]).await.status, 302);
     assert!(auth.asked() >= 3);

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config_check;
+pub mod conn_limit;
 pub mod damping;
 pub mod dns;
 pub mod health;

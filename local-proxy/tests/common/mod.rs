@@ -441,6 +441,30 @@ pub struct Binary {
     pub wan_http: SocketAddr,
 }
 
+impl Binary {
+    /// Rewrite the config replacing `from` by `to`, send SIGHUP, wait until the reload counter
+    /// with `result` has moved.
+    pub async fn reload(&self, from: &str, to: &str, result: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from} not in the config");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+        let reloads = |admin| async move {
+            metric_value(
+                &http_get(admin, "/metrics").await.1,
+                "local_proxy_config_reloads_total",
+                &[("result", result)],
+            )
+        };
+        let before = reloads(self.admin).await;
+        assert!(run_tool("kill", &["-HUP", &self.pid], b"").await.status.success());
+        let admin = self.admin;
+        wait_until(Duration::from_secs(10), &format!("a reload counted {result}"), || async move {
+            reloads(admin).await > before
+        })
+        .await;
+    }
+}
+
 /// `program -c config`, its stderr to the file `stderr`, killed on drop.
 pub fn spawn_with_config(program: &Path, config: &Path, stderr: &Path) -> tokio::process::Child {
     tokio::process::Command::new(program)
