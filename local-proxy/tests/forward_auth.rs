@@ -617,6 +617,51 @@ async fn forward_auth_and_routes() {
 
 /// Routes and forward auth change with a reload: a public route becomes protected, a new
 /// route appears, and a reload with a bad route is refused while the old routes serve on.
+/// A raw HTTP/1.1 exchange on a new connection from the client address: the whole answer.
+async fn raw(p: &Running, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect_from(CLIENT.parse::<IpAddr>().unwrap(), p.mesh_http).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("answer in 10s").unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request whose target names its host (absolute form) with a Host header naming another:
+/// the site it was routed to is what forward auth judges and what the upstream is told, so a
+/// public name in the Host header cannot have a protected site's request judged as public.
+/// Several Host headers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_names_the_host_for_forward_auth_and_the_upstream() {
+    let w = world().await;
+    let p = &w.proxy;
+    let a = raw(
+        p,
+        "GET http://app.example.org/api/items HTTP/1.1\r\nHost: public.example.org\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 302"), "{a}");
+    assert_eq!(w.auth.last_seen()["x-forwarded-host"], "app.example.org");
+    let token = w.keys.token("alice", "42", None, 300);
+    let a = raw(
+        p,
+        &format!(
+            "GET http://app.example.org/api/items HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert!(a.contains("\nhost: app.example.org\n"), "the upstream was told another host: {a}");
+    assert!(!a.contains("evil.example"), "{a}");
+    let a = raw(
+        p,
+        "GET /api/items HTTP/1.1\r\nHost: app.example.org\r\nHost: public.example.org\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_follow_a_reload() {
     let tmp = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use super::forward_auth::{self, Verdict};
 use super::middleware::Before;
 use super::pages;
 use super::park::BodyBusy;
-use super::routes::{request_host, SiteRoute, STATUS_CLASSES};
+use super::routes::{align_host, request_host, SiteRoute, STATUS_CLASSES};
 use crate::metrics::names;
 use crate::state::State;
 
@@ -30,7 +30,7 @@ const HEALTHZ: &str = "/healthz";
 pub async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let start = Instant::now();
     let routes = conn.state.routes.load_full();
-    let host = request_host(&req);
+    let host = align_host(&mut req).then(|| request_host(&req)).flatten();
     let route = host.as_deref().and_then(|h| routes.find(h)).cloned();
     // Counted at the end, on the site's kept metrics (the route itself moves into `respond`).
     let counted = route.clone();
@@ -108,11 +108,12 @@ async fn respond(
     }
 
     let Some(route) = route else {
-        let detail = match host {
-            Some(_) => "No site is served under this name.",
-            None => "The request names no host.",
+        let page = match host {
+            Some(_) => pages::not_found("No site is served under this name."),
+            // HTTP/1.1 requires a Host (RFC 9112 §3.2: 400 without one, or with several).
+            None => pages::error(StatusCode::BAD_REQUEST, "The request names no host, or more than one."),
         };
-        return (pages::not_found(detail), Some("unknown_site"));
+        return (page, Some("unknown_site"));
     };
 
     if !conn.tls && !path.starts_with(ACME_PREFIX) && conn.state.config.load().http.redirect_to_https {

@@ -110,8 +110,10 @@ pub struct Target<'a> {
 }
 
 impl SiteRoute {
-    /// The target for a request path (path only, no query). A site without routes takes
-    /// any path as before; with routes, a path that cannot be matched safely is refused.
+    /// The target for a request path (path only, no query). A site without routes or forward
+    /// auth takes any path; with either, a path that cannot be matched safely is refused: the
+    /// auth service's rules match the path it is sent (X-Forwarded-Uri), so `/public/../admin`
+    /// must not reach it for an upstream to resolve to `/admin`.
     pub fn target(&self, path: &str) -> Result<Target<'_>, UnroutablePath> {
         let site = Target {
             host: &self.site.host,
@@ -126,6 +128,9 @@ impl SiteRoute {
             limiter: self.limiter.as_deref(),
         };
         if self.paths.is_empty() {
+            if self.auth.is_some() {
+                normalise_path(path)?;
+            }
             return Ok(site);
         }
         let path = normalise_path(path)?;
@@ -263,6 +268,33 @@ fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
     names
 }
 
+/// Make the request name one host, or say it names several (`false`: answer 400). A target
+/// with an authority (h2's `:authority`, HTTP/1.1's absolute form) names the host and a Host
+/// header saying otherwise is replaced (RFC 9112 §3.2.2, RFC 9113 §8.3.1; Go's server, so
+/// Caddy and Traefik, do the same): the site is found by the authority, so forward auth's
+/// X-Forwarded-Host and the upstream's Host must be it too, or a client could have a
+/// protected site's auth judge a public name. Several Host headers are refused (nginx: 400).
+pub fn align_host<B>(req: &mut http::Request<B>) -> bool {
+    let Some(authority) = req.uri().authority() else {
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        return hosts.next().is_none() || hosts.next().is_none();
+    };
+    let name = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
+    let agrees = |v: &http::HeaderValue| v.as_bytes().eq_ignore_ascii_case(name.as_bytes());
+    let headers = req.headers();
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => return true,
+        (Some(v), None) if agrees(v) => return true,
+        _ => {}
+    }
+    // From a parsed authority: always a valid header value.
+    if let Ok(v) = http::HeaderValue::from_str(name) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    true
+}
+
 /// The host a request is for, from the URI authority (h2, absolute-form) or the Host header,
 /// lower-cased, without port or trailing dot.
 pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
@@ -295,6 +327,63 @@ mod tests {
         assert_eq!(request_host(&req("[200::1]:80")).unwrap(), "[200::1]");
         let h2 = http::Request::builder().uri("https://A.example.org/x").body(()).unwrap();
         assert_eq!(request_host(&h2).unwrap(), "a.example.org");
+    }
+
+    #[test]
+    fn the_targets_authority_is_the_host() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap()
+        };
+        let host = |r: &http::Request<()>| {
+            r.headers().get_all("host").iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        // Absolute form (or h2) naming another host than the Host header: the target wins.
+        let mut r = req("http://user@secret.example.org:8443/admin", &["public.example.org"]);
+        assert!(align_host(&mut r));
+        assert_eq!(host(&r), ["secret.example.org:8443"]);
+        assert_eq!(request_host(&r).unwrap(), "secret.example.org");
+        // Several Host headers beside an authority: one, the authority.
+        let mut r = req("https://a.example.org/", &["b.example.org", "c.example.org"]);
+        assert!(align_host(&mut r));
+        assert_eq!(host(&r), ["a.example.org"]);
+        // Agreeing (case aside) or absent: left as it is.
+        let mut r = req("https://A.example.org/", &["a.example.org"]);
+        assert!(align_host(&mut r));
+        assert_eq!(host(&r), ["a.example.org"]);
+        let mut r = req("https://a.example.org/", &[]);
+        assert!(align_host(&mut r));
+        assert!(host(&r).is_empty());
+        // Origin form: one Host is the host; several name none.
+        assert!(align_host(&mut req("/x", &["a.example.org"])));
+        assert!(align_host(&mut req("/x", &[])));
+        assert!(!align_host(&mut req("/x", &["a.example.org", "b.example.org"])));
+    }
+
+    #[test]
+    fn a_site_with_forward_auth_refuses_paths_its_auth_could_misjudge() {
+        let c = crate::config::from_toml_str(
+            r#"
+            [[site]]
+            host = "auth.example.org"
+            upstream = "http://127.0.0.1:1"
+            forward_auth = { address = "http://127.0.0.1:9091/api/authz/forward-auth" }
+            [[site]]
+            host = "open.example.org"
+            upstream = "http://127.0.0.1:2"
+            "#,
+        )
+        .unwrap();
+        let r = Routes::build(&c, &Pools::build(&c, None), 1).unwrap();
+        let target = |host: &str, path: &str| r.find(host).unwrap().target(path).is_ok();
+        for bad in ["/public/../admin", "/public/%2e%2e/admin", "/a%2Fb"] {
+            assert!(!target("auth.example.org", bad), "{bad}");
+            assert!(target("open.example.org", bad), "{bad}: a site without auth or routes takes any path");
+        }
+        assert!(target("auth.example.org", "/public/page"));
     }
 
     #[test]
