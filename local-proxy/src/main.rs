@@ -69,7 +69,9 @@ fn main() -> ExitCode {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
         Some(Command::Ctl(c)) => ctl::run(&cli.config, c.admin, c.what),
-        Some(Command::Check) => match config::load(&cli.config) {
+        Some(Command::Check) => match config::load(&cli.config)
+            .and_then(|c| c.check_access_log_dirs().map(|()| c).map_err(config::ConfigError::Invalid))
+        {
             Ok(c) => {
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
                 ExitCode::SUCCESS

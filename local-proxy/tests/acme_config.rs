@@ -39,8 +39,18 @@ fn the_example_ships_acme_off_and_its_commented_block_is_valid() {
                 .lines()
                 .any(|l| l == "hmac_key = \"zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\"")
     );
+    // Its directory_ca_file is read: a file missing here is named; a real one loads.
+    let e = config::from_toml_str(&on).unwrap_err().to_string();
+    assert!(e.contains("acme.directory_ca_file") && e.contains("/etc/local-proxy/acme-ca.pem"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("acme-ca.pem");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca, params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()).unwrap();
+    let on = on.replace("/etc/local-proxy/acme-ca.pem", ca.to_str().unwrap());
     let c = config::from_toml_str(&on).unwrap();
     let acme = c.acme.as_ref().unwrap();
+    assert_eq!(acme.directory_ca_file.as_deref(), Some(ca.as_path()));
     // Every key of the block took (the defaults it documents, and the examples).
     assert_eq!(acme.names, ["cloud.example.org", "grafana.example.org"]);
     assert_eq!(acme.contact, ["mailto:admin@example.org"]);

@@ -27,6 +27,45 @@ async fn check_validates_example_and_names_bad_fields() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("stream[0].upstream"));
 }
 
+/// `check` refuses what the server could not start with: a CA file that is missing or holds
+/// no certificate, an access log whose directory does not exist. It creates no log file.
+#[tokio::test]
+async fn check_refuses_files_the_server_could_not_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let empty_ca = dir.join("empty.pem");
+    std::fs::write(&empty_ca, "not a certificate\n").unwrap();
+    let log = dir.join("logs/access.log");
+    let text = base_config(&format!(
+        "access_log = {{ path = \"{}\" }}\n[[site]]\nhost = \"a.test\"\nupstream = \"https://127.0.0.1:1\"\n\
+         ca_file = \"{}\"\n[[site]]\nhost = \"b.test\"\nupstream = \"https://127.0.0.1:2\"\n\
+         ca_file = \"{}/missing.pem\"\n",
+        log.display(),
+        empty_ca.display(),
+        dir.display()
+    ));
+    let path = dir.join("lp.toml");
+    std::fs::write(&path, &text).unwrap();
+    let args = ["check", "-c", path.to_str().unwrap()];
+    let check = || run_tool(BIN, &args, b"");
+    let out = check().await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for field in ["site[0].ca_file", "no usable certificate", "site[1].ca_file", "missing.pem"] {
+        assert!(err.contains(field), "{field} not in: {err}");
+    }
+
+    // The CA files fixed: the log's directory is what is left, and then nothing.
+    std::fs::write(&path, text.replace("ca_file", "# ca_file")).unwrap();
+    let out = check().await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("http.access_log.path") && err.contains("does not exist"), "{err}");
+    std::fs::create_dir(dir.join("logs")).unwrap();
+    let out = check().await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!log.exists(), "check created the log file");
+}
+
 fn site_config(live: &std::path::Path, upstream: SocketAddr) -> String {
     base_config(&format!(
         "[tls]\ncertbot_live_dir = \"{}\"\n[[site]]\nhost = \"a.test\"\nupstream = \"http://{upstream}\"\n",

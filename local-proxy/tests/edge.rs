@@ -413,11 +413,16 @@ upstream = "http://{up_b}"
     assert!(ok, "127.0.0.3 is trusted now: {err}");
     assert!(out.contains("x-forwarded-for: 198.51.100.7"), "{out}");
 
-    // A config whose site cannot be built is refused; the running one stays.
+    // A CA file that does not exist fails validation, naming the field (so `check` refuses it).
     let bad = text.replace(
         &format!("upstream = \"http://{up_b}\""),
         "upstream = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"",
     );
+    let e = local_proxy::config::from_toml_str(&bad).unwrap_err().to_string();
+    assert!(e.contains("site[0].ca_file") && e.contains("/nonexistent/ca.pem"), "{e}");
+    // A config whose site cannot be built (its access log is a directory) is refused; the
+    // running one stays.
+    let bad = format!("{text}access_log = {{ path = \"{}\" }}\n", s.dir.path().display());
     let bad = local_proxy::config::from_toml_str(&bad).unwrap();
     assert!(p.handle.reload(bad).await.is_err());
     let (out, _, ok) = curl(&[], "a.test", p.mesh_https, &s.ca.pem_path, "/").await;

@@ -110,7 +110,13 @@ pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) ->
             err(e, "directory_ca_file", "must not be empty (leave it out to use the system roots)");
             None
         }
-        other => other.map(PathBuf::from),
+        Some(path) => {
+            if let Some(problem) = super::ca_file::problem(path) {
+                err(e, "directory_ca_file", problem);
+            }
+            Some(PathBuf::from(path))
+        }
+        None => None,
     };
 
     let mut contact = Vec::new();

@@ -3,6 +3,7 @@
 //! default applied. `local-proxy check` and start-up go through the same [`load`].
 
 pub mod acme;
+pub mod ca_file;
 pub mod firewall;
 mod host;
 pub mod middleware;
@@ -298,4 +299,32 @@ pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
 fn extract(figment: Figment, own: fn(IpAddr) -> bool) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
     validate::validate(raw, own).map_err(ConfigError::Invalid)
+}
+
+impl Config {
+    /// For `check`: each access log's directory exists and its path is not a directory. The
+    /// server opens (and creates) the files itself and refuses the config when it cannot;
+    /// `check` must not create them, as it may run as another user (Ansible's validate).
+    pub fn check_access_log_dirs(&self) -> Result<(), Problems> {
+        let mut c = Problems::new();
+        let sites =
+            self.sites.iter().enumerate().filter_map(|(i, s)| Some((format!("site[{i}]"), s.access_log.as_ref()?)));
+        let streams =
+            self.streams.iter().enumerate().filter_map(|(i, s)| Some((format!("stream[{i}]"), s.access_log.as_ref()?)));
+        let mut seen: Vec<&Path> = Vec::new();
+        for (owner, log) in self.http.access_log.iter().map(|l| ("http".to_owned(), l)).chain(sites).chain(streams) {
+            // Sites without their own log share the default's: one problem per file.
+            if seen.contains(&log.path.as_path()) {
+                continue;
+            }
+            seen.push(&log.path);
+            let field = format!("{owner}.access_log.path");
+            match log.path.parent() {
+                Some(dir) if !dir.is_dir() => c.push(field, format!("directory `{}` does not exist", dir.display())),
+                _ if log.path.is_dir() => c.push(field, format!("`{}` is a directory", log.path.display())),
+                _ => {}
+            }
+        }
+        c.into_result(())
+    }
 }

@@ -255,6 +255,8 @@ pub(crate) fn forward_auth(errors: &mut Problems, field: &str, value: &Value) ->
     }
     if insecure_skip_verify && raw.ca_file.is_some() {
         err(f("ca_file"), "makes no sense with insecure_skip_verify".into());
+    } else if let Some(problem) = raw.ca_file.as_deref().and_then(super::ca_file::problem) {
+        err(f("ca_file"), problem);
     }
     (errors.len() == before).then(|| {
         Some(ForwardAuth {

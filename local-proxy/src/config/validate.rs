@@ -430,6 +430,8 @@ fn site(
     }
     if insecure_skip_verify && s.ca_file.is_some() {
         c.push(f("ca_file"), "makes no sense with insecure_skip_verify");
+    } else if let Some(problem) = s.ca_file.as_deref().and_then(super::ca_file::problem) {
+        c.push(f("ca_file"), problem);
     }
 
     let access_log = match &s.access_log {

@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use shared::workers::PerLoop;
 
@@ -79,20 +78,11 @@ fn connector(
     let tls = if insecure_skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
-        let mut roots = RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let err = |reason: String| ClientError::CaFile { path: path.display().to_string(), reason };
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| err(e.to_string()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(err("no usable certificate in the file".into()));
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
+        let roots = match ca_file {
+            Some(path) => crate::config::ca_file::roots(path)
+                .map_err(|reason| ClientError::CaFile { path: path.display().to_string(), reason })?,
+            None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+        };
         builder.with_root_certificates(roots).with_no_client_auth()
     };
 
