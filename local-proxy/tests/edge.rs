@@ -569,3 +569,77 @@ async fn an_h2_stream_whose_client_grants_no_window_is_reset() {
     let line = lines.iter().find(|l| l["uri"] == "/stuck").expect("a line for the stream");
     assert_eq!((line["status"].as_u64(), line["result"].as_str()), (Some(200), Some("stalled")), "{line}");
 }
+
+/// An upstream that reads a request head and answers `late` after `delay`, then closes.
+async fn late_upstream(delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate").await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream slower than `idle_timeout` but within `upstream_timeout` answers, over HTTP/1.1
+/// and h2: the client connection's idle bound does not run while a request waits for its
+/// upstream (nothing moves on the client's side meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_idle_timeout_but_within_upstream_timeout_answers() {
+    let late = late_upstream(Duration::from_millis(1200)).await;
+    let site = format!("[[site]]\nhost = \"slow.test\"\nupstream = \"http://{late}\"\n");
+    let s = setup("idle_timeout = \"400ms\"\nupstream_timeout = \"5s\"", &site).await;
+    for proto in ["--http1.1", "--http2"] {
+        let (out, err, ok) = curl(&[proto], "slow.test", s.proxy.mesh_https, &s.ca.pem_path, "/").await;
+        assert!(ok && out == "late", "{proto}: {err}{out}");
+    }
+}
+
+/// An h2 connection with no stream open is closed with GOAWAY after `idle_timeout`, though its
+/// client keeps sending PINGs (which would otherwise hold a connection slot for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_without_streams_idles_out_despite_pings() {
+    let s = setup("idle_timeout = \"400ms\"", "").await;
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&s.ca.pem_path, &[b"h2"]));
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
+    let (mut client, mut conn) = h2::client::Builder::new().handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    let mut pings = conn.ping_pong().unwrap();
+    let mut driver = tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/ok").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let quiet = Instant::now();
+    let closed = loop {
+        if quiet.elapsed() > Duration::from_secs(5) {
+            break None;
+        }
+        tokio::select! {
+            ended = &mut driver => break Some(ended),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    continue;
+                }
+            }
+        }
+    };
+    let ended = closed.expect("the connection stayed open while the client pinged");
+    assert!(matches!(ended, Ok(Ok(()))), "not a graceful close: {ended:?}");
+    println!("RESULT h2 connection without streams closed {:?} after its last stream", quiet.elapsed());
+}

@@ -1,8 +1,9 @@
 //! Each h2 stream runs in its own task (as with hyper's `TokioExecutor`), and one that was not
 //! polled at all for a whole period is aborted, which resets it. hyper's h2 server does not
 //! poll a response body while the client grants no flow-control window, so no body timer can
-//! see such a stream; PINGs and other streams keep the connection from idling out; and each
-//! stream holds its upstream connection. nginx bounds this with `send_timeout`.
+//! see such a stream; the stream keeps the connection from idling out (it is in flight); and
+//! each stream holds its upstream connection. nginx bounds this with `send_timeout`. The list
+//! also says since when no stream has been open, from which an h2 connection idles out.
 //!
 //! A stream doing anything legitimate is polled well within a period: its request's timers
 //! (`upstream_timeout`, re-armed while a request body streams), the upstream's body or its
@@ -23,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::metrics::names;
 
@@ -136,12 +138,14 @@ struct Shared {
     listener: &'static str,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct List {
     streams: Vec<Stream>,
     /// Streams left by the last cleanup: the next one comes when the list has doubled.
     kept: usize,
     sweeper: Option<AbortHandle>,
+    /// When the list last became empty (at first, when the connection began).
+    emptied: Instant,
 }
 
 impl Drop for Shared {
@@ -156,7 +160,16 @@ impl Drop for Shared {
 impl Streams {
     /// Streams not polled for a whole `period` are aborted and counted by `listener`.
     pub fn new(period: Duration, listener: &'static str) -> Self {
-        Self(Arc::new(Shared { list: Mutex::new(List::default()), period, listener }))
+        let list = List { streams: Vec::new(), kept: 0, sweeper: None, emptied: Instant::now() };
+        Self(Arc::new(Shared { list: Mutex::new(list), period, listener }))
+    }
+
+    /// Since when no stream has been open; `None` while one is. PINGs, SETTINGS and window
+    /// updates do not count: an h2 connection idles from its last stream's end (Go's
+    /// `IdleTimeout`, nginx's `keepalive_timeout`).
+    pub fn quiet_since(&self) -> Option<Instant> {
+        let list = self.lock();
+        list.streams.iter().all(Stream::ended).then_some(list.emptied)
     }
 
     fn lock(&self) -> MutexGuard<'_, List> {
@@ -178,6 +191,8 @@ impl Streams {
         // One that finished on another thread before it was listed found nothing to remove.
         if !stream.ended() {
             list.streams.push(stream);
+        } else {
+            list.emptied = Instant::now();
         }
     }
 
@@ -185,6 +200,9 @@ impl Streams {
         let mut list = self.lock();
         if let Some(i) = list.streams.iter().position(|s| Arc::ptr_eq(&s.polls, polls)) {
             list.streams.swap_remove(i);
+            if list.streams.is_empty() {
+                list.emptied = Instant::now();
+            }
         }
     }
 
@@ -207,6 +225,9 @@ impl Streams {
             true
         });
         list.kept = list.streams.len();
+        if stalled > 0 {
+            list.emptied = Instant::now();
+        }
         stalled
     }
 }

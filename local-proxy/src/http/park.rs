@@ -51,6 +51,11 @@ impl Park {
         self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
+
+    /// A response not written yet, or a request body not read to its end.
+    pub fn in_flight(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
 }
 
 /// Work hyper still has in hand: a response or a request body (see [`Park`]).

@@ -33,6 +33,7 @@ use super::head_timeout::{self, MarkOnDrop, Reclaim};
 use super::headers::unshare_values;
 use super::hostile;
 use super::park::{quiet_between_requests, BodyBusy, Parkable};
+use crate::config::Http;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::names;
 
@@ -162,7 +163,9 @@ where
                     biased;
                     res = c.as_mut() => res.map_err(classify),
                     _ = first_head_due(head_due, &round_request) => Err(("head_timeout", String::new())),
-                    _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
+                    _ = idled_out(&activity, http, || (!park.in_flight()).then(|| activity.last())) => {
+                        Err(("idle_timeout", String::new()))
+                    }
                     _ = quiet_between_requests(&activity, &progress, &park) => {
                         // No response or request body in hand (their guards), nothing written
                         // left waiting, hyper polled first: take the socket and what it read
@@ -227,7 +230,18 @@ where
                 res = c.as_mut() => res.map_err(classify),
                 // h2 has no head-read timeout of its own.
                 _ = first_head_due(first_head_deadline, &first_request) => Err(("head_timeout", String::new())),
-                _ = activity.idle_for(http.idle_timeout) => Err(("idle_timeout", String::new())),
+                idled = idled_out(&activity, http, || streams.quiet_since()) => match idled {
+                    // No stream for idle_timeout: a kept-alive connection's end, with GOAWAY
+                    // (streams the client opened meanwhile are still answered).
+                    Idled::Quiet => {
+                        c.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(http.stream_stall, c.as_mut()).await {
+                            Ok(res) => res.map_err(classify),
+                            Err(_) => Err(("idle_timeout", String::new())),
+                        }
+                    }
+                    Idled::Stuck => Err(("idle_timeout", String::new())),
+                },
                 _ = shutdown.cancelled() => {
                     let ended = tokio::select! {
                         res = c.as_mut() => Some(res),
@@ -271,6 +285,35 @@ where
     drop(conn);
     if let Some(tunnel) = tunnel {
         tunnel.await;
+    }
+}
+
+/// How a connection idled out.
+enum Idled {
+    /// Nothing in flight for `idle_timeout`.
+    Quiet,
+    /// A request in flight, and no byte moved either way for `stream_stall`.
+    Stuck,
+}
+
+/// Resolves once the connection has idled out. `quiet_since`: `None` while a request is in
+/// flight, else since when nothing has been. A request waiting for its upstream moves no byte
+/// for up to `upstream_timeout` (and forward auth's timeout), which may be longer than
+/// `idle_timeout`; while one is in flight the bound is `stream_stall`, longer than any such
+/// wait (as nginx's client timeouts do not run while it waits for the upstream).
+async fn idled_out(activity: &Activity, http: &Http, quiet_since: impl Fn() -> Option<Instant>) -> Idled {
+    loop {
+        let now = Instant::now();
+        let (due, idled) = match quiet_since() {
+            Some(since) => (shared::ports::tokio_deadline(since, http.idle_timeout), Idled::Quiet),
+            None => (shared::ports::tokio_deadline(activity.last(), http.stream_stall), Idled::Stuck),
+        };
+        if now >= due {
+            return idled;
+        }
+        // Looked at again at least once per idle_timeout: a request that starts or ends
+        // changes the bound.
+        tokio::time::sleep_until(due.min(shared::ports::tokio_deadline(now, http.idle_timeout))).await;
     }
 }
 
