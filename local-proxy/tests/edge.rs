@@ -643,3 +643,40 @@ async fn an_h2_connection_without_streams_idles_out_despite_pings() {
     assert!(matches!(ended, Ok(Ok(()))), "not a graceful close: {ended:?}");
     println!("RESULT h2 connection without streams closed {:?} after its last stream", quiet.elapsed());
 }
+
+/// A client that leaves before its response is ready (its upstream is slow) is logged with
+/// status 499 and counted as `client_closed`, over HTTP/1.1 and h2 (a reset stream), as nginx
+/// logs it; before, such a request left no line and no count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_is_logged_with_499() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let late = late_upstream(Duration::from_secs(5)).await;
+    let site = format!("[[site]]\nhost = \"slow.test\"\nupstream = \"http://{late}\"\n");
+    let s = setup(&format!("access_log = {{ path = \"{}\" }}", log.display()), &site).await;
+
+    // HTTP/1.1: the connection closed while the upstream works.
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let mut c = tls_over(tcp, "slow.test", &s.ca.pem_path).await.unwrap();
+    c.write_all(b"GET /h1 HTTP/1.1\r\nHost: slow.test\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(c);
+    // h2: the stream reset while the upstream works; the connection stays.
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&s.ca.pem_path, &[b"h2"]));
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("slow.test").unwrap(), tcp).await.unwrap();
+    let (mut client, conn) = h2::client::Builder::new().handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    let _driver = tokio::spawn(conn);
+    let (resp, _) = client.send_request(http::Request::get("https://slow.test/h2").body(()).unwrap(), true).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(resp);
+
+    let lines = wait_lines(&log, 2).await;
+    for uri in ["/h1", "/h2"] {
+        let line = lines.iter().find(|l| l["uri"] == uri).unwrap_or_else(|| panic!("no line for {uri}: {lines:?}"));
+        assert_eq!((line["status"].as_u64(), line["result"].as_str()), (Some(499), Some("client_closed")), "{line}");
+        assert_eq!(line["site"], "slow.test");
+    }
+    let closed = [("site", "slow.test"), ("result", "client_closed")];
+    assert_eq!(s.proxy.metric("local_proxy_http_requests_total", &closed).await, 2.0);
+}

@@ -249,6 +249,14 @@ impl Entry {
         Some(counter)
     }
 
+    /// Send the line of a request dropped before its response was ready (its client closed
+    /// the connection or reset the stream): status 499 and `result`, as nginx logs it.
+    pub fn unanswered(mut self, result: &'static str) {
+        self.line.status = 499;
+        self.line.result = Some(result);
+        drop(Pending { entry: Some(self), bytes: 0, tunnel_in: 0 });
+    }
+
     /// Add the response's side and send the line once `resp`'s body is done or dropped.
     pub fn finish(mut self, mut resp: Response<Body>, result: Option<&'static str>) -> Response<Body> {
         let l = &mut self.line;

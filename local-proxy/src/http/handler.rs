@@ -46,7 +46,10 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Bod
     let busy = req.extensions_mut().remove::<BodyBusy>();
     let req = req.map(|body| ClientBody::new(body, counter, busy));
 
-    let (resp, label) = respond(req, &conn, host.as_deref(), route, entry.is_some()).await;
+    let logged = entry.is_some();
+    let mut unanswered = Unanswered { counted, entry, start, armed: true };
+    let (resp, label) = respond(req, &conn, host.as_deref(), route, logged).await;
+    let (counted, entry) = unanswered.answered();
     let seconds = start.elapsed().as_secs_f64();
     match (&counted, label) {
         // The usual request: a site's, counted by its status class on the site's kept metrics.
@@ -64,6 +67,43 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Bod
     match entry {
         Some(entry) => entry.finish(resp, label),
         None => resp,
+    }
+}
+
+/// A request's count and log line while its response is being made. The request's future is
+/// dropped before that if its client closes the connection or resets the stream: it is then
+/// counted (result `client_closed`) and logged with status 499, as nginx logs it, instead of
+/// leaving no trace (a slow upstream is what operators look for then).
+struct Unanswered {
+    counted: Option<Arc<SiteRoute>>,
+    entry: Option<Entry>,
+    start: Instant,
+    armed: bool,
+}
+
+impl Unanswered {
+    /// The response is ready: the caller counts and logs it.
+    fn answered(&mut self) -> (Option<Arc<SiteRoute>>, Option<Entry>) {
+        self.armed = false;
+        (self.counted.take(), self.entry.take())
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        const RESULT: &str = "client_closed";
+        let site = match &self.counted {
+            Some(r) => metrics::SharedString::from_shared(r.label.clone()),
+            None => metrics::SharedString::const_str("unknown"),
+        };
+        metrics::counter!(names::HTTP_REQUESTS, "site" => site.clone(), "result" => RESULT).increment(1);
+        metrics::histogram!(names::HTTP_REQUEST_DURATION, "site" => site).record(self.start.elapsed().as_secs_f64());
+        if let Some(entry) = self.entry.take() {
+            entry.unanswered(RESULT);
+        }
     }
 }
 

@@ -26,7 +26,8 @@ pub const HTTP_PARKED: &str = "local_proxy_http_connections_parked_total";
 /// HTTP requests answered, by `site` (configured host or `unknown`) and `result`
 /// (`1xx`..`5xx`, `redirect`, `blocked`, `healthz`, `acme`, `unknown_site`, `bad_path`, the
 /// forward-auth results, and the middlewares': `closed` (a hostile client, never answered),
-/// `refused`, `rate_limited`, `cors_preflight`).
+/// `refused`, `rate_limited`, `cors_preflight`; `client_closed`: the client left before its
+/// response was ready).
 pub const HTTP_REQUESTS: &str = "local_proxy_http_requests_total";
 /// Time from request head to response head, seconds, by `site`.
 pub const HTTP_REQUEST_DURATION: &str = "local_proxy_http_request_duration_seconds";
