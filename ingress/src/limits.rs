@@ -32,21 +32,6 @@ pub struct Budget {
     pub clamped: bool,
 }
 
-/// Raise the soft open-files limit to the hard one; returns the soft limit now in force.
-pub fn raise_open_files() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let lim = getrlimit(Resource::Nofile);
-    let soft = lim.current.unwrap_or(u64::MAX);
-    if lim.current != lim.maximum {
-        let raised = rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => return lim.maximum.unwrap_or(u64::MAX),
-            Err(e) => tracing::warn!(soft, error = %e, "cannot raise the open-files limit"),
-        }
-    }
-    soft
-}
-
 impl Budget {
     /// The limits `config` gets under `open_files` descriptors, served by `loops` event loops
     /// (a port with `udp_reuseport` has a socket on each).

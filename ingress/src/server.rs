@@ -52,7 +52,7 @@ impl Server {
     pub async fn start_on(config: Config, workers: shared::workers::Workers) -> Self {
         crate::metrics::install();
         let (stop_tx, stop) = watch::channel(false);
-        let open_files = crate::limits::raise_open_files();
+        let open_files = shared::open_files::raise();
         let budget = Budget::plan(open_files, &config, workers.threads());
         budget.log(&config);
         #[cfg(target_os = "linux")]

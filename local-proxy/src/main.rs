@@ -92,6 +92,18 @@ fn main() -> ExitCode {
             };
             // LOCAL_PROXY_LOG (the config loader skips it, so it is not taken for a config key).
             shared::logging::init(config::LOG_ENV, config.log_format);
+            let open_files = shared::open_files::raise();
+            let wanted = config.descriptors_wanted();
+            if wanted > open_files {
+                // Past it, accepts and upstream connects fail with EMFILE (nginx warns alike).
+                warn!(
+                    open_files,
+                    wanted,
+                    max_connections = config.http.max_connections,
+                    "the open-files limit is below what http.max_connections and the UDP streams' max_flows \
+                     may need (raise LimitNOFILE / ulimit -n, or lower them)"
+                );
+            }
             // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
             let (tcp, udp) = local_proxy::inherit::adopt_from_env();
             if tcp + udp > 0 {

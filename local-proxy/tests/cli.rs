@@ -284,3 +284,37 @@ async fn sigterm_drains_an_open_websocket_for_drain_timeout() {
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(6), "exit after {took:?}");
     assert!(log.lock().unwrap().contains("drain deadline"), "{}", log.lock().unwrap());
 }
+
+/// At start the soft open-files limit is raised to the hard one (a shell's 512 here), and a
+/// config that may need more descriptors than that is warned about, with the numbers.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_and_a_short_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lp.toml");
+    std::fs::write(&path, base_config("max_connections = 1000000\n")).unwrap();
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &format!("ulimit -Sn 512 && exec {BIN} -c {}", path.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("open-files limit is below") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("no warning within 10 s");
+    assert!(warned.contains("wanted=2000064") && warned.contains("max_connections=1000000"), "{warned}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().skip(3).take(2).collect();
+    assert_eq!(open[0], open[1], "soft limit not raised to the hard one: {limits}");
+    assert!(warned.contains(&format!("open_files={}", open[1])), "{warned}");
+}

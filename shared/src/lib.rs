@@ -15,6 +15,7 @@ pub mod listeners;
 pub mod log_every;
 pub mod logging;
 pub mod notify;
+pub mod open_files;
 pub mod own_addrs;
 pub mod peek;
 pub mod ports;

@@ -302,6 +302,13 @@ fn extract(figment: Figment, own: fn(IpAddr) -> bool) -> Result<Config, ConfigEr
 }
 
 impl Config {
+    /// Descriptors this config may hold at once: two per client connection (the client's and
+    /// its upstream's), one per UDP flow, and a reserve for listeners, logs and the runtime.
+    pub fn descriptors_wanted(&self) -> u64 {
+        let flows: u64 = self.streams.iter().filter(|s| s.protocol == Protocol::Udp).map(|s| s.max_flows as u64).sum();
+        2 * self.http.max_connections as u64 + flows + 64
+    }
+
     /// For `check`: each access log's directory exists and its path is not a directory. The
     /// server opens (and creates) the files itself and refuses the config when it cannot;
     /// `check` must not create them, as it may run as another user (Ansible's validate).
