@@ -268,39 +268,43 @@ fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
     names
 }
 
-/// Make the request name one host, or say it names several (`false`: answer 400). A target
-/// with an authority (h2's `:authority`, HTTP/1.1's absolute form) names the host and a Host
-/// header saying otherwise is replaced (RFC 9112 §3.2.2, RFC 9113 §8.3.1; Go's server, so
-/// Caddy and Traefik, do the same): the site is found by the authority, so forward auth's
-/// X-Forwarded-Host and the upstream's Host must be it too, or a client could have a
-/// protected site's auth judge a public name. Several Host headers are refused (nginx: 400).
-pub fn align_host<B>(req: &mut http::Request<B>) -> bool {
-    let Some(authority) = req.uri().authority() else {
-        let mut hosts = req.headers().get_all(http::header::HOST).iter();
-        return hosts.next().is_none() || hosts.next().is_none();
-    };
+/// Replace a Host header that disagrees with the target's authority (h2's `:authority`,
+/// HTTP/1.1's absolute form), which names the request's host (RFC 9112 §3.2.2, RFC 9113
+/// §8.3.1; Go's server, so Caddy and Traefik, do the same): the site is found by the
+/// authority, so forward auth's X-Forwarded-Host and the upstream's Host must be it too, or a
+/// client could have a protected site's auth judge a public name.
+fn align_host<B>(req: &mut http::Request<B>) {
+    let Some(authority) = req.uri().authority() else { return };
     let name = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
     let agrees = |v: &http::HeaderValue| v.as_bytes().eq_ignore_ascii_case(name.as_bytes());
     let headers = req.headers();
     let mut hosts = headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (None, _) => return true,
-        (Some(v), None) if agrees(v) => return true,
+        (None, _) => return,
+        (Some(v), None) if agrees(v) => return,
         _ => {}
     }
     // From a parsed authority: always a valid header value.
     if let Ok(v) = http::HeaderValue::from_str(name) {
         req.headers_mut().insert(http::header::HOST, v);
     }
-    true
 }
 
-/// The host a request is for, from the URI authority (h2, absolute-form) or the Host header,
-/// lower-cased, without port or trailing dot.
-pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
+/// The host a request is for, from the URI authority (h2, absolute-form; a Host header that
+/// disagrees is made to agree) or the Host header, lower-cased, without port or trailing dot.
+/// `None`: no host, or several Host headers (answered 400, as nginx does).
+pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
+    align_host(req);
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        None => {
+            let mut hosts = req.headers().get_all(http::header::HOST).iter();
+            let host = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            host.to_str().ok()?
+        }
     };
     let raw = raw.rsplit_once('@').map(|(_, h)| h).unwrap_or(raw);
     let host = if raw.starts_with('[') {
@@ -322,11 +326,11 @@ mod tests {
     #[test]
     fn hosts_are_normalised() {
         let req = |h: &str| http::Request::builder().uri("/x").header("host", h).body(()).unwrap();
-        assert_eq!(request_host(&req("Cloud.Example.org:443")).unwrap(), "cloud.example.org");
-        assert_eq!(request_host(&req("cloud.example.org.")).unwrap(), "cloud.example.org");
-        assert_eq!(request_host(&req("[200::1]:80")).unwrap(), "[200::1]");
-        let h2 = http::Request::builder().uri("https://A.example.org/x").body(()).unwrap();
-        assert_eq!(request_host(&h2).unwrap(), "a.example.org");
+        assert_eq!(request_host(&mut req("Cloud.Example.org:443")).unwrap(), "cloud.example.org");
+        assert_eq!(request_host(&mut req("cloud.example.org.")).unwrap(), "cloud.example.org");
+        assert_eq!(request_host(&mut req("[200::1]:80")).unwrap(), "[200::1]");
+        let mut h2 = http::Request::builder().uri("https://A.example.org/x").body(()).unwrap();
+        assert_eq!(request_host(&mut h2).unwrap(), "a.example.org");
     }
 
     #[test]
@@ -343,24 +347,23 @@ mod tests {
         };
         // Absolute form (or h2) naming another host than the Host header: the target wins.
         let mut r = req("http://user@secret.example.org:8443/admin", &["public.example.org"]);
-        assert!(align_host(&mut r));
+        assert_eq!(request_host(&mut r).unwrap(), "secret.example.org");
         assert_eq!(host(&r), ["secret.example.org:8443"]);
-        assert_eq!(request_host(&r).unwrap(), "secret.example.org");
         // Several Host headers beside an authority: one, the authority.
         let mut r = req("https://a.example.org/", &["b.example.org", "c.example.org"]);
-        assert!(align_host(&mut r));
+        assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert_eq!(host(&r), ["a.example.org"]);
         // Agreeing (case aside) or absent: left as it is.
         let mut r = req("https://A.example.org/", &["a.example.org"]);
-        assert!(align_host(&mut r));
+        assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert_eq!(host(&r), ["a.example.org"]);
         let mut r = req("https://a.example.org/", &[]);
-        assert!(align_host(&mut r));
+        assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert!(host(&r).is_empty());
-        // Origin form: one Host is the host; several name none.
-        assert!(align_host(&mut req("/x", &["a.example.org"])));
-        assert!(align_host(&mut req("/x", &[])));
-        assert!(!align_host(&mut req("/x", &["a.example.org", "b.example.org"])));
+        // Origin form: one Host is the host; none or several name none.
+        assert_eq!(request_host(&mut req("/x", &["a.example.org"])).unwrap(), "a.example.org");
+        assert_eq!(request_host(&mut req("/x", &[])), None);
+        assert_eq!(request_host(&mut req("/x", &["a.example.org", "b.example.org"])), None);
     }
 
     #[test]
