@@ -305,7 +305,12 @@ pub fn start(
         None => None,
         Some(settings) => {
             let mut active = Active::new(settings)?;
-            active.carried = carried_over(&active.settings.table);
+            // With no names to wait for, the statics are the whole list from the start: carried
+            // addresses would never be dropped (and a static taken out of the config would stay
+            // allowed and trusted across every restart).
+            if !active.settings.ingress_names.is_empty() {
+                active.carried = carried_over(&active.settings.table);
+            }
             let initial = active.want();
             apply_now(&initial, None)?;
             active.publish_trust(&trusted);

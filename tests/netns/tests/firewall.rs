@@ -9,7 +9,9 @@
 //! - knotd stopped: the allowlist keeps the last known addresses;
 //! - restart with DNS down: the previous run's allowlist is carried over (enforcing) until the
 //!   names answer; with no previous table, closed (default) or open (configured);
-//!   SIGTERM leaves the table (closed) unless `remove_on_exit`; other tables are never touched.
+//!   SIGTERM leaves the table (closed) unless `remove_on_exit`; other tables are never touched;
+//! - static addresses only (no names): a static taken out of the config is refused after a
+//!   restart (nothing is carried over).
 
 mod common;
 
@@ -103,6 +105,18 @@ upstream = "{lan}:{echo}"
             min = MIN_REFRESH.as_secs(),
             lan = addr::LAN,
         );
+        std::fs::write(&self.config, text).expect("writing local-proxy.toml");
+    }
+
+    /// As [`write_config`](Self::write_config) (closed, kept on exit), with `statics` instead
+    /// of the ingress names.
+    fn write_static_config(&self, mesh: IpAddr, statics: &[Ipv4Addr]) {
+        self.write_config(mesh, "closed", false);
+        let text = std::fs::read_to_string(&self.config).expect("reading local-proxy.toml");
+        let list: Vec<String> = statics.iter().map(|a| format!("\"{a}\"")).collect();
+        let names = format!("ingress_names = [\"ingress-1.{zone}\", \"ingress-2.{zone}\"]", zone = knot::ZONE);
+        assert!(text.contains(&names), "{text}");
+        let text = text.replace(&names, &format!("static_addresses = [{}]", list.join(", ")));
         std::fs::write(&self.config, text).expect("writing local-proxy.toml");
     }
 
@@ -441,6 +455,31 @@ fn firewall_allowlist_from_dns() {
         cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
     assert_eq!(still, bystander, "another table was touched");
     common::phase(start, "open mode until the first answer; remove_on_exit; the bystander table untouched");
+
+    // Static addresses only: with no name to wait for, nothing is carried over a restart, so
+    // an address taken out of the config is refused (and not trusted) once the proxy restarts.
+    proxy.write_static_config(mesh, &[addr::INGRESS1, addr::STRANGER]);
+    proxy.start(&mut t);
+    expect_all(&np, &[("stranger udp wan1:7101 (a static address)", &stranger, Probe::udp(sa(addr::WAN1, RAW)), true)]);
+    t.stop("local-proxy").expect("stop local-proxy");
+    proxy.write_static_config(mesh, &[addr::INGRESS1]);
+    proxy.start(&mut t);
+    let show = proxy.show().expect("firewall show");
+    assert_eq!(shown_elements(&show), [addr::INGRESS1.to_string()].into(), "{show}");
+    expect_all(
+        &np,
+        &[
+            (
+                "stranger udp wan1:7101 (static address removed, restarted)",
+                &stranger,
+                Probe::udp(sa(addr::WAN1, RAW)),
+                false,
+            ),
+            ("ingress1 udp wan1:7101 (static)", &ing1, Probe::udp(sa(addr::WAN1, RAW)), true),
+        ],
+    );
+    t.stop("local-proxy").expect("stop local-proxy");
+    common::phase(start, "static addresses only: one removed from the config is refused after a restart");
     drop(dns);
     drop(t);
 }
