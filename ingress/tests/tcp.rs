@@ -267,15 +267,10 @@ async fn connection_limit_refuses_cleanly_and_drain_waits() {
     assert_eq!(left, 0);
 }
 
-/// A reload that lowers `max_connections` below what is open keeps counting the open
-/// connections: no new one is served until they are under the new cap.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lower_connection_limit_counts_the_connections_already_open() {
-    let wan1 = Backend::start("wan1", "127.0.0.2").await;
-    // A fixed port, so the reload keeps the listener.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port").local_addr().expect("addr").port();
-    let two = config(&[("wan1", wan1.addr, 1)], None, "max_connections = 2")
-        .replace("[\"127.0.0.1:0\"]", &format!("[\"127.0.0.1:{port}\"]"));
+/// A reload from `two` (a cap of 2) to the same config with `max_connections = 1`: the open
+/// connections stay counted, so with one of two left open the next is refused, and with none
+/// one is served again.
+async fn lowered_cap_counts_the_open_connections(two: String) {
     let server = start(&two).await;
     let addr = service_addr(&server, "echo").await;
     let served = |mut s: TcpStream| async move {
@@ -284,11 +279,8 @@ async fn a_lower_connection_limit_counts_the_connections_already_open() {
     };
     let a = served(TcpStream::connect(addr).await.expect("a")).await.expect("a served");
     let b = served(TcpStream::connect(addr).await.expect("b")).await.expect("b served");
-    server
-        .try_reload(
-            ingress::Config::from_toml(&two.replace("max_connections = 2", "max_connections = 1")).expect("valid"),
-        )
-        .expect("applies");
+    let one = two.replace("max_connections = 2", "max_connections = 1");
+    server.try_reload(ingress::Config::from_toml(&one).expect("valid")).expect("applies");
     // One left open, at the new cap of 1: the next is refused.
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -305,6 +297,30 @@ async fn a_lower_connection_limit_counts_the_connections_already_open() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(d.is_some(), "not served once the open connections were under the cap");
+}
+
+/// The service on a fixed port, so a reload keeps its listener.
+fn on_a_fixed_port(conf: String) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port").local_addr().expect("addr").port();
+    conf.replace("[\"127.0.0.1:0\"]", &format!("[\"127.0.0.1:{port}\"]"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_service_connection_limit_counts_the_connections_already_open() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    lowered_cap_counts_the_open_connections(on_a_fixed_port(config(
+        &[("wan1", wan1.addr, 1)],
+        None,
+        "max_connections = 2",
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_global_connection_limit_counts_the_connections_already_open() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let service = on_a_fixed_port(config(&[("wan1", wan1.addr, 1)], None, ""));
+    lowered_cap_counts_the_open_connections(format!("[limits]\nmax_connections = 2\n{service}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -641,6 +641,7 @@ async fn an_h2_connection_without_streams_idles_out_despite_pings() {
     };
     let ended = closed.expect("the connection stayed open while the client pinged");
     assert!(matches!(ended, Ok(Ok(()))), "not a graceful close: {ended:?}");
+    assert!(quiet.elapsed() >= Duration::from_millis(350), "closed before idle_timeout: {:?}", quiet.elapsed());
     println!("RESULT h2 connection without streams closed {:?} after its last stream", quiet.elapsed());
 }
 
@@ -679,4 +680,23 @@ async fn a_client_that_leaves_before_its_answer_is_logged_with_499() {
     }
     let closed = [("site", "slow.test"), ("result", "client_closed")];
     assert_eq!(s.proxy.metric("local_proxy_http_requests_total", &closed).await, 2.0);
+}
+
+/// A request that names no host is answered 400 (RFC 9112 §3.2), but `/healthz` still
+/// answers, as ingress probes by address expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_host_gets_400_but_healthz_answers() {
+    let s = setup("", "").await;
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "400"),
+        ("GET / HTTP/1.0\r\n\r\n", "400"),
+        ("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", "200"),
+        ("GET /healthz HTTP/1.0\r\n\r\n", "200"),
+    ] {
+        let mut c = TcpStream::connect(s.proxy.mesh_http).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut c, Duration::from_secs(5)).await).into_owned();
+        let first = answer.lines().next().unwrap_or("");
+        assert!(first.split(' ').nth(1) == Some(status), "{request:?}: {answer}");
+    }
 }

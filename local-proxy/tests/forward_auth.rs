@@ -615,8 +615,6 @@ async fn forward_auth_and_routes() {
     assert_eq!(other["route"], Value::Null, "no route: the site's own settings");
 }
 
-/// Routes and forward auth change with a reload: a public route becomes protected, a new
-/// route appears, and a reload with a bad route is refused while the old routes serve on.
 /// A raw HTTP/1.1 exchange on a new connection from the client address: the whole answer.
 async fn raw(p: &Running, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -662,6 +660,8 @@ async fn the_target_names_the_host_for_forward_auth_and_the_upstream() {
     assert!(a.starts_with("HTTP/1.1 400"), "{a}");
 }
 
+/// Routes and forward auth change with a reload: a public route becomes protected, a new
+/// route appears, and a reload with a bad route is refused while the old routes serve on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_follow_a_reload() {
     let tmp = tempfile::tempdir().unwrap();

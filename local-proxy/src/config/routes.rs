@@ -140,7 +140,7 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
     let decoded = String::from_utf8(out).map_err(|_| UnroutablePath)?;
     let mut path = String::with_capacity(decoded.len() + 1);
     for seg in decoded.split('/').filter(|s| !s.is_empty()) {
-        if seg == "." || seg == ".." {
+        if dot_segment(seg) {
             return Err(UnroutablePath);
         }
         path.push('/');
@@ -150,6 +150,53 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// `.` or `..`, alone or before path parameters (`..;x`, which Tomcat and Jetty resolve as `..`).
+fn dot_segment(seg: &str) -> bool {
+    let name = seg.split(';').next().unwrap_or(seg);
+    name == "." || name == ".."
+}
+
+/// For a site whose forward auth judges every path (no routes): refuse a path an upstream
+/// could resolve to another than the one the auth service is shown (`/public/../admin`): a
+/// `.` or `..` segment, plain or percent-encoded, between `/`, `\` or their encodings, or
+/// before path parameters; and a NUL. Unlike [`normalise_path`], an encoded `/` alone is let
+/// through (RabbitMQ's `%2F` vhost, GitLab's `group%2Fproject`), and nothing is allocated.
+pub fn traversal_free(raw: &str) -> Result<(), UnroutablePath> {
+    let bytes = raw.as_bytes();
+    // The current segment: its dots, and whether it has anything else.
+    let (mut dots, mut other) = (0u32, false);
+    let mut i = 0;
+    loop {
+        let (byte, len) = match bytes.get(i) {
+            None => (None, 0),
+            Some(b'%') => match bytes.get(i + 1..i + 3) {
+                Some(hex) => match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
+                    Ok(d) => (Some(d), 3),
+                    Err(_) => (Some(b'%'), 1),
+                },
+                None => (Some(b'%'), 1),
+            },
+            Some(&b) => (Some(b), 1),
+        };
+        match byte {
+            Some(0) => return Err(UnroutablePath),
+            Some(b'.') if !other => dots += 1,
+            None | Some(b'/' | b'\\' | b';') => {
+                if !other && (dots == 1 || dots == 2) {
+                    return Err(UnroutablePath);
+                }
+                if byte.is_none() {
+                    return Ok(());
+                }
+                // After `;` come parameters: the segment's name is over.
+                (dots, other) = if byte == Some(b';') { (0, true) } else { (0, false) };
+            }
+            Some(_) => other = true,
+        }
+        i += len;
+    }
 }
 
 /// Validated forward auth.
@@ -255,7 +302,7 @@ pub(crate) fn forward_auth(errors: &mut Problems, field: &str, value: &Value) ->
     }
     if insecure_skip_verify && raw.ca_file.is_some() {
         err(f("ca_file"), "makes no sense with insecure_skip_verify".into());
-    } else if let Some(problem) = raw.ca_file.as_deref().and_then(super::ca_file::problem) {
+    } else if let Some(problem) = raw.ca_file.as_deref().filter(|_| tls).and_then(super::ca_file::problem) {
         err(f("ca_file"), problem);
     }
     (errors.len() == before).then(|| {
@@ -484,7 +531,17 @@ mod tests {
         assert_eq!(normalise_path("").unwrap(), "/");
         assert_eq!(normalise_path("/50%").unwrap(), "/50%");
         assert_eq!(normalise_path("/%zz").unwrap(), "/%zz");
-        for bad in ["/api%2Fx", "/a%5cb", "/x%00", "/public/../api", "/./api", "/public/%2e%2e/api", "/%ff"] {
+        assert_eq!(normalise_path("/a;v=1/..b").unwrap(), "/a;v=1/..b");
+        for bad in [
+            "/api%2Fx",
+            "/a%5cb",
+            "/x%00",
+            "/public/../api",
+            "/./api",
+            "/public/%2e%2e/api",
+            "/%ff",
+            "/public/..;x/api",
+        ] {
             assert!(normalise_path(bad).is_err(), "{bad}");
         }
     }

@@ -253,7 +253,9 @@ impl Entry {
     /// the connection or reset the stream): status 499 and `result`, as nginx logs it.
     pub fn unanswered(mut self, result: &'static str) {
         self.line.status = 499;
-        self.line.result = Some(result);
+        // A stream reset by its connection's stall sweep was the proxy's doing, not the client's.
+        let stalled = self.stream.as_ref().is_some_and(|s| s.stalled());
+        self.line.result = Some(if stalled { "stalled" } else { result });
         drop(Pending { entry: Some(self), bytes: 0, tunnel_in: 0 });
     }
 

@@ -168,8 +168,17 @@ impl Streams {
     /// updates do not count: an h2 connection idles from its last stream's end (Go's
     /// `IdleTimeout`, nginx's `keepalive_timeout`).
     pub fn quiet_since(&self) -> Option<Instant> {
-        let list = self.lock();
-        list.streams.iter().all(Stream::ended).then_some(list.emptied)
+        let mut list = self.lock();
+        if !list.streams.iter().all(Stream::ended) {
+            return None;
+        }
+        if !list.streams.is_empty() {
+            // Streams that ended without leaving the list (a panicked task): when the last of
+            // them ended is not known, so the quiet time starts now rather than too early.
+            list.streams.clear();
+            list.emptied = Instant::now();
+        }
+        Some(list.emptied)
     }
 
     fn lock(&self) -> MutexGuard<'_, List> {

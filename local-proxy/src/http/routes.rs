@@ -7,7 +7,7 @@ use shared::peek::{NameRouter, PatternError};
 use shared::workers::PerLoop;
 
 use crate::access_log::Sink;
-use crate::config::routes::{normalise_path, HeaderRules, UnroutablePath};
+use crate::config::routes::{normalise_path, traversal_free, HeaderRules, UnroutablePath};
 use crate::config::{AccessLog, Config, Route, Site, Upstream, UpstreamSet};
 use crate::pool::{Pool, Pools};
 
@@ -129,7 +129,7 @@ impl SiteRoute {
         };
         if self.paths.is_empty() {
             if self.auth.is_some() {
-                normalise_path(path)?;
+                traversal_free(path)?;
             }
             return Ok(site);
         }
@@ -268,45 +268,47 @@ fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
     names
 }
 
-/// Replace a Host header that disagrees with the target's authority (h2's `:authority`,
-/// HTTP/1.1's absolute form), which names the request's host (RFC 9112 §3.2.2, RFC 9113
-/// §8.3.1; Go's server, so Caddy and Traefik, do the same): the site is found by the
-/// authority, so forward auth's X-Forwarded-Host and the upstream's Host must be it too, or a
-/// client could have a protected site's auth judge a public name.
-fn align_host<B>(req: &mut http::Request<B>) {
-    let Some(authority) = req.uri().authority() else { return };
-    let name = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
-    let agrees = |v: &http::HeaderValue| v.as_bytes().eq_ignore_ascii_case(name.as_bytes());
-    let headers = req.headers();
-    let mut hosts = headers.get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) => return,
-        (Some(v), None) if agrees(v) => return,
-        _ => {}
-    }
-    // From a parsed authority: always a valid header value.
-    if let Ok(v) = http::HeaderValue::from_str(name) {
+/// The host a request is for, lower-cased, without userinfo, port or trailing dot; `None`
+/// (answered 400) for several Host headers, or an HTTP/1.1 request without one (RFC 9112
+/// §3.2; nginx alike). A target with an authority (h2's `:authority`, HTTP/1.1's absolute
+/// form) names the host (RFC 9112 §3.2.2, RFC 9113 §8.3.1; Go's server, so Caddy and
+/// Traefik, do the same), and a Host header that disagrees is replaced by it: the site is
+/// found by the authority, so forward auth's X-Forwarded-Host and the upstream's Host must be
+/// it too, or a client could have a protected site's auth judge a public name.
+pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
+    let replace = {
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        let (host, several) = (hosts.next(), hosts.next().is_some());
+        if several || (host.is_none() && req.version() == http::Version::HTTP_11) {
+            return None;
+        }
+        let Some(authority) = req.uri().authority() else {
+            return host_name(host?.to_str().ok()?);
+        };
+        let name = without_userinfo(authority.as_str());
+        let replace = match host {
+            Some(v) => !v.as_bytes().eq_ignore_ascii_case(name.as_bytes()),
+            // h2's usual request: nothing to align, nothing allocated; a userinfo would reach
+            // forward auth, which falls back to the authority.
+            None => name.len() != authority.as_str().len(),
+        };
+        // From a parsed authority: always a valid header value.
+        replace.then(|| http::HeaderValue::from_str(name).ok()).flatten()
+    };
+    if let Some(v) = replace {
         req.headers_mut().insert(http::header::HOST, v);
     }
+    host_name(req.uri().authority()?.as_str())
 }
 
-/// The host a request is for, from the URI authority (h2, absolute-form; a Host header that
-/// disagrees is made to agree) or the Host header, lower-cased, without port or trailing dot.
-/// `None`: no host, or several Host headers (answered 400, as nginx does).
-pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
-    align_host(req);
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => {
-            let mut hosts = req.headers().get_all(http::header::HOST).iter();
-            let host = hosts.next()?;
-            if hosts.next().is_some() {
-                return None;
-            }
-            host.to_str().ok()?
-        }
-    };
-    let raw = raw.rsplit_once('@').map(|(_, h)| h).unwrap_or(raw);
+fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+/// `raw` (an authority or a Host header) as a site name: lower-cased, without userinfo, port
+/// or trailing dot.
+fn host_name(raw: &str) -> Option<String> {
+    let raw = without_userinfo(raw);
     let host = if raw.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
         raw.split_once(']').map(|(h, _)| &raw[..h.len() + 1])?
@@ -329,19 +331,23 @@ mod tests {
         assert_eq!(request_host(&mut req("Cloud.Example.org:443")).unwrap(), "cloud.example.org");
         assert_eq!(request_host(&mut req("cloud.example.org.")).unwrap(), "cloud.example.org");
         assert_eq!(request_host(&mut req("[200::1]:80")).unwrap(), "[200::1]");
-        let mut h2 = http::Request::builder().uri("https://A.example.org/x").body(()).unwrap();
+        let mut h2 =
+            http::Request::builder().version(http::Version::HTTP_2).uri("https://A.example.org/x").body(()).unwrap();
         assert_eq!(request_host(&mut h2).unwrap(), "a.example.org");
     }
 
     #[test]
     fn the_targets_authority_is_the_host() {
-        let req = |uri: &str, hosts: &[&str]| {
-            let mut b = http::Request::builder().uri(uri);
+        let versioned = |version: http::Version, uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().version(version).uri(uri);
             for h in hosts {
                 b = b.header("host", *h);
             }
             b.body(()).unwrap()
         };
+        let req = |uri: &str, hosts: &[&str]| versioned(http::Version::HTTP_11, uri, hosts);
+        let h2 = |uri: &str, hosts: &[&str]| versioned(http::Version::HTTP_2, uri, hosts);
+        let h10 = |uri: &str, hosts: &[&str]| versioned(http::Version::HTTP_10, uri, hosts);
         let host = |r: &http::Request<()>| {
             r.headers().get_all("host").iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>()
         };
@@ -349,21 +355,30 @@ mod tests {
         let mut r = req("http://user@secret.example.org:8443/admin", &["public.example.org"]);
         assert_eq!(request_host(&mut r).unwrap(), "secret.example.org");
         assert_eq!(host(&r), ["secret.example.org:8443"]);
-        // Several Host headers beside an authority: one, the authority.
-        let mut r = req("https://a.example.org/", &["b.example.org", "c.example.org"]);
+        // h2 naming another host in a host header: the same.
+        let mut r = h2("https://a.example.org/", &["b.example.org"]);
         assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert_eq!(host(&r), ["a.example.org"]);
-        // Agreeing (case aside) or absent: left as it is.
+        // Agreeing (case aside) or absent where allowed: left as it is.
         let mut r = req("https://A.example.org/", &["a.example.org"]);
         assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert_eq!(host(&r), ["a.example.org"]);
-        let mut r = req("https://a.example.org/", &[]);
+        let mut r = h2("https://a.example.org/", &[]);
         assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
         assert!(host(&r).is_empty());
-        // Origin form: one Host is the host; none or several name none.
+        // A userinfo without a Host (HTTP/1.0): the Host says the name alone.
+        let mut r = h10("http://user@a.example.org/", &[]);
+        assert_eq!(request_host(&mut r).unwrap(), "a.example.org");
+        assert_eq!(host(&r), ["a.example.org"]);
+        // Origin form: one Host is the host.
         assert_eq!(request_host(&mut req("/x", &["a.example.org"])).unwrap(), "a.example.org");
+        // No host: HTTP/1.0 names none; HTTP/1.1 must have a Host, whatever the target.
+        assert_eq!(request_host(&mut h10("/x", &[])), None);
         assert_eq!(request_host(&mut req("/x", &[])), None);
+        assert_eq!(request_host(&mut req("https://a.example.org/", &[])), None);
+        // Several Host headers: none, whatever the target.
         assert_eq!(request_host(&mut req("/x", &["a.example.org", "b.example.org"])), None);
+        assert_eq!(request_host(&mut req("https://a.example.org/", &["a.example.org", "a.example.org"])), None);
     }
 
     #[test]
@@ -382,11 +397,33 @@ mod tests {
         .unwrap();
         let r = Routes::build(&c, &Pools::build(&c, None), 1).unwrap();
         let target = |host: &str, path: &str| r.find(host).unwrap().target(path).is_ok();
-        for bad in ["/public/../admin", "/public/%2e%2e/admin", "/a%2Fb"] {
+        for bad in [
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public/%2E./admin",
+            "/public/..%2Fadmin",
+            "/public%2F..%2Fadmin",
+            "/public\\..\\admin",
+            "/public/..;jsessionid=x/admin",
+            "/public/./x",
+            "/public/..",
+            "/a%00b",
+        ] {
             assert!(!target("auth.example.org", bad), "{bad}");
             assert!(target("open.example.org", bad), "{bad}: a site without auth or routes takes any path");
         }
-        assert!(target("auth.example.org", "/public/page"));
+        for good in [
+            "/public/page",
+            "/api/queues/%2F/q",
+            "/projects/group%2Fproject",
+            "/a/...",
+            "/.well-known/x",
+            "/a.b/..c",
+            "/%zz",
+            "/x%2",
+        ] {
+            assert!(target("auth.example.org", good), "{good}");
+        }
     }
 
     #[test]
