@@ -63,7 +63,7 @@ impl Cause {
 
 impl Unavailable {
     pub fn cause(&self) -> Cause {
-        if crate::listener::is_resource_exhaustion(&self.last) {
+        if shared::health::out_of_resources(&self.last) {
             return Cause::LocalResources;
         }
         match self.last.kind() {
@@ -381,7 +381,7 @@ fn syn_resent(stream: &TcpStream) -> bool {
 
 /// A failed connect is the path's failure, unless this process was out of resources.
 fn outcome_of(e: &io::Error) -> Outcome {
-    if crate::listener::is_resource_exhaustion(e) {
+    if shared::health::out_of_resources(e) {
         Outcome::Local
     } else {
         Outcome::Failed

@@ -46,7 +46,7 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration, hedge_
     let result = tokio::time::timeout(timeout, async {
         let mut s = match connect_hedged(addr, hedge_after).await {
             Ok(s) => s,
-            Err(e) if crate::listener::is_resource_exhaustion(&e) => return Some(Err(())),
+            Err(e) if shared::health::out_of_resources(&e) => return Some(Err(())),
             Err(_) => return None,
         };
         let latency = start.elapsed();

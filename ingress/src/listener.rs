@@ -26,8 +26,3 @@ pub fn bind_udp(addr: SocketAddr, sockets: usize) -> io::Result<Vec<tokio::net::
 pub fn join_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<tokio::net::UdpSocket>> {
     shared::listeners::udp_joining(addr, &UDP, n)
 }
-
-/// Accept errors that mean "out of descriptors or memory": back off and keep accepting.
-pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
-}

@@ -309,7 +309,7 @@ async fn through_pipe(from: &TcpStream, to: &TcpStream, moved: &impl Fn(usize)) 
     let (from_fd, to_fd) = (from.as_fd(), to.as_fd());
     let pipe = match PIPES.take() {
         Ok(p) => p,
-        Err(e) if crate::listener::is_resource_exhaustion(&e) => {
+        Err(e) if shared::health::out_of_resources(&e) => {
             // Out of pipes (the budget, or descriptors): this part is copied instead.
             crate::pool::local_resource_error("pipe");
             return Ok(Piped::NoPipe);

@@ -32,7 +32,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
-            Err(e) if crate::listener::is_resource_exhaustion(&e) => {
+            Err(e) if shared::health::out_of_resources(&e) => {
                 // Possibly EMFILE: connections in the backlog wait; retry shortly.
                 crate::pool::local_resource_error("accept");
                 shared::warn_every_second!(error = %e, "accept: out of resources, backing off");

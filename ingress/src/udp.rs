@@ -368,7 +368,7 @@ async fn open_flow(
         let sock = match UdpSocket::bind((bind_ip, 0)).await {
             Ok(s) => s,
             Err(e) => {
-                if crate::listener::is_resource_exhaustion(&e) {
+                if shared::health::out_of_resources(&e) {
                     crate::pool::local_resource_error("udp_socket");
                 }
                 shared::warn_every_second!(error = %e, "cannot open an upstream udp socket");

@@ -174,6 +174,10 @@ async fn connection(
                 // A LOCAL-header probe only checks that the path reaches us.
                 return;
             }
+            // Loaded again: a reload may have come while the PROXY header was awaited, and the
+            // stream's upstreams must be those of the pool loaded next (member i of each is the
+            // same upstream), not the old config's.
+            let config = state.config.load_full();
             let Some(cfg) = config.streams.iter().find(|s| &s.name == name) else {
                 debug!(stream = %name, "stream no longer configured; closing");
                 return;

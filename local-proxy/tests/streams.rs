@@ -266,3 +266,51 @@ udp_recv_buffer = 65536
     assert_eq!(test_support::udp_receive_buffer(to.port()), Some(2 * 65_536), "the listener");
     assert_eq!(test_support::udp_receive_buffer(flow.port()), Some(2 * 65_536), "the flow's socket");
 }
+
+/// A UDP upstream that answers every datagram with `tag`.
+async fn tagged_udp_upstream(tag: &'static str) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, peer)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(tag.as_bytes(), peer).await;
+        }
+    });
+    addr
+}
+
+/// A reload that moves a UDP stream to another upstream moves its talking flows too (a
+/// WireGuard peer's keepalives would otherwise hold the old upstream for good): the flow ends
+/// and the next datagram opens it on the new upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_a_talking_udp_flow_to_the_new_upstream() {
+    let (a, b) = (tagged_udp_upstream("A").await, tagged_udp_upstream("B").await);
+    let port = free_port();
+    let conf = |upstream: SocketAddr| {
+        base_config(&format!("[[stream]]\nname = \"wg\"\nlisten = \"{port}/udp\"\nupstream = \"{upstream}\"\n"))
+    };
+    let p = Proxy::start(&conf(a)).await;
+    let listen = p.listeners_udp[&(Origin::Mesh, "wg".to_string())];
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(listen).await.unwrap();
+    // Whether `tag` answers within 60 tries (a datagram each, up to 50 ms for its reply).
+    let answers = |tag: &'static str| {
+        let client = &client;
+        async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..60 {
+                client.send(b"keepalive").await.unwrap();
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), client.recv(&mut buf)).await {
+                    if &buf[..n] == tag.as_bytes() {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+    };
+    assert!(answers("A").await, "the flow never reached A");
+    p.handle.reload(local_proxy::config::from_toml_str(&conf(b)).unwrap()).await.unwrap();
+    assert!(answers("B").await, "the talking flow stayed on the old upstream after the reload");
+}

@@ -17,6 +17,14 @@ pub enum Outcome {
     Local,
 }
 
+/// Whether `e` says this process ran out of descriptors or memory ([`Outcome::Local`]), not
+/// that the peer failed: accept loops back off on it, and connects and probes that meet it
+/// change no path's or upstream's health.
+pub fn out_of_resources(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM))
+}
+
 /// A change of up/down state the caller should log and publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {

@@ -274,6 +274,9 @@ fn health(err: &mut impl FnMut(String, String), prefix: &str, kind: Kind, h: &Ra
             Some(p) => {
                 if !p.starts_with('/') || p.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
                     err(f("path"), format!("`{p}` must start with / and have no spaces"));
+                } else if p.parse::<http::uri::PathAndQuery>().is_err() {
+                    // The probe's URI is built from it: one that does not parse has no check.
+                    err(f("path"), format!("`{p}` is not a valid URI path (percent-encode <, > and the like)"));
                 }
                 if let Some(host) = &h.host {
                     if http::HeaderValue::from_str(host).is_err() || host.is_empty() {

@@ -42,7 +42,8 @@ pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
 pub const UPGRADES: &str = "local_proxy_upgrades_total";
 /// Stream connections, by `stream` and `result`
-/// (`ok`, `connect_failed`, `connect_timeout`, `transparent_failed`, `no_upstream`); a
+/// (`ok`, `connect_failed`, `connect_timeout`, `transparent_failed`, `no_upstream`,
+/// `local_resources`: this process was out of descriptors, not held against the upstream); a
 /// connection retried on another upstream counts once per attempt.
 pub const STREAM_CONNECTIONS: &str = "local_proxy_stream_connections_total";
 /// Connections and flows of transparent streams forwarded from our own address instead of the

@@ -29,12 +29,17 @@ pub async fn run(pool: Arc<Pool>, probes: Vec<Probe>, stop: CancellationToken) {
         for (i, result) in results.into_iter().enumerate() {
             match result {
                 Ok(latency) => pool.record(i, Outcome::Ok { latency }, Source::Probe, None),
-                Err(reason) => {
+                Err(failure) if failure.local => {
+                    // Our own exhaustion (the open-files limit): not the upstream's failure.
+                    shared::warn_every_second!(name = %pool.name, reason = %failure.reason, "health check could not run");
+                    pool.record(i, Outcome::Local, Source::Probe, Some(&failure.reason));
+                }
+                Err(failure) => {
                     if let Some(m) = pool.members.get(i) {
-                        debug!(name = %pool.name, upstream = %m.label, reason = %reason, "health check failed");
+                        debug!(name = %pool.name, upstream = %m.label, reason = %failure.reason, "health check failed");
                         m.state.count_failure("probe");
                     }
-                    pool.record(i, Outcome::Failed, Source::Probe, Some(&reason));
+                    pool.record(i, Outcome::Failed, Source::Probe, Some(&failure.reason));
                 }
             }
         }

@@ -32,46 +32,77 @@ pub enum Probe {
     },
 }
 
+/// Why a check failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: String,
+    /// This process was out of descriptors or memory before it could ask: that says nothing
+    /// about the upstream (`shared::health::Outcome::Local`).
+    pub local: bool,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Self { reason, local: false }
+    }
+}
+
+/// A failed socket call, `what` naming it.
+fn io_failure(what: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
+    move |e| Failure { local: shared::health::out_of_resources(&e), reason: format!("{what}: {e}") }
+}
+
 /// Run one check within `timeout`.
-pub async fn run(probe: &Probe, timeout: Duration) -> Result<Duration, String> {
+pub async fn run(probe: &Probe, timeout: Duration) -> Result<Duration, Failure> {
     let start = Instant::now();
     match tokio::time::timeout(timeout, check(probe)).await {
-        Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout)).into()),
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => Ok(start.elapsed()),
     }
 }
 
-async fn check(probe: &Probe) -> Result<(), String> {
+async fn check(probe: &Probe) -> Result<(), Failure> {
     match probe {
         Probe::Http { client, uri, host, status } => {
             let mut req = Request::new(upstream::empty());
             *req.uri_mut() = uri.clone();
             req.headers_mut().insert(header::HOST, host.clone());
             req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("local-proxy-health"));
-            let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+            let resp = client.request(req).await.map_err(|e| {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                let local = std::iter::from_fn(|| {
+                    let c = cause?;
+                    cause = c.source();
+                    Some(c)
+                })
+                .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(shared::health::out_of_resources));
+                Failure { reason: error_chain(&e), local }
+            })?;
             let code = resp.status().as_u16();
             // The body is not read: dropping the response closes the (unpooled) connection.
             if status.contains(&code) {
                 Ok(())
             } else {
-                Err(format!("status {code}, expected {}-{}", status.start(), status.end()))
+                Err(format!("status {code}, expected {}-{}", status.start(), status.end()).into())
             }
         }
-        Probe::Tcp(addr) => TcpStream::connect(addr).await.map(drop).map_err(|e| format!("connect: {e}")),
+        Probe::Tcp(addr) => TcpStream::connect(addr).await.map(drop).map_err(io_failure("connect")),
         Probe::Udp { addr, send, expect } => {
             let any: IpAddr = match addr {
                 SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
                 SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
             };
-            let socket = UdpSocket::bind(SocketAddr::new(any, 0)).await.map_err(|e| format!("socket: {e}"))?;
+            let socket = UdpSocket::bind(SocketAddr::new(any, 0)).await.map_err(io_failure("socket"))?;
             // Connected: an ICMP port unreachable comes back as an error on recv.
-            socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-            socket.send(send).await.map_err(|e| format!("send: {e}"))?;
+            socket.connect(addr).await.map_err(io_failure("connect"))?;
+            socket.send(send).await.map_err(io_failure("send"))?;
             let mut buf = vec![0u8; 2048];
-            let n = socket.recv(&mut buf).await.map_err(|e| format!("recv: {e}"))?;
+            let n = socket.recv(&mut buf).await.map_err(io_failure("recv"))?;
             match expect {
-                Some(e) if !buf[..n].starts_with(e) => Err(format!("reply of {n} bytes does not start as expected")),
+                Some(e) if !buf[..n].starts_with(e) => {
+                    Err(format!("reply of {n} bytes does not start as expected").into())
+                }
                 _ => Ok(()),
             }
         }
@@ -89,7 +120,8 @@ mod tests {
         let t = Duration::from_secs(2);
         assert!(run(&Probe::Tcp(addr), t).await.is_ok());
         drop(open);
-        assert!(run(&Probe::Tcp(addr), t).await.unwrap_err().contains("connect"));
+        let refused = run(&Probe::Tcp(addr), t).await.unwrap_err();
+        assert!(refused.reason.contains("connect") && !refused.local, "{refused:?}");
 
         let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let uaddr = echo.local_addr().unwrap();
@@ -112,5 +144,32 @@ mod tests {
         let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let dead = Probe::Udp { addr: closed, send: Arc::from(&b"ping"[..]), expect: None };
         assert!(run(&dead, Duration::from_millis(300)).await.is_err());
+    }
+
+    /// A probe that cannot even open its socket (this process is out of descriptors) fails as
+    /// `local`, which changes no upstream's health. Descriptors are used up by opening
+    /// /dev/null until the kernel refuses (nextest runs each test in a process of its own).
+    #[tokio::test]
+    async fn a_probe_without_descriptors_is_a_local_failure() {
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = open.local_addr().unwrap();
+        let mut files = Vec::new();
+        for _ in 0..2_000_000 {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    assert!(shared::health::out_of_resources(&e), "{e}");
+                    break;
+                }
+            }
+        }
+        let failed = run(&Probe::Tcp(addr), Duration::from_secs(2)).await;
+        let udp = Probe::Udp { addr, send: Arc::from(&b"x"[..]), expect: None };
+        let failed_udp = run(&udp, Duration::from_secs(2)).await;
+        drop(files);
+        let failed = failed.unwrap_err();
+        assert!(failed.local, "{failed:?}");
+        assert!(failed_udp.unwrap_err().local);
+        assert!(run(&Probe::Tcp(addr), Duration::from_secs(2)).await.is_ok(), "descriptors back: it passes");
     }
 }

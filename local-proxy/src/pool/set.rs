@@ -123,6 +123,9 @@ impl Pools {
             if probes.len() == pool.members.len() {
                 pool.mark_checked();
                 tasks.spawn(checks::run(pool.clone(), probes, stop.clone()));
+            } else {
+                // Validation parses the path; said, not silent, should anything still fail.
+                warn!(site = %site.host, %path, "health checks off: a probe URI does not parse");
             }
         }
         for stream in &config.streams {

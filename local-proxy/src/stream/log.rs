@@ -9,8 +9,9 @@
 //! the proxy believes it: from a trusted ingress's PROXY header, else the peer), `listen_port`,
 //! `upstream` (the address connected to; null when none was), `result` (`ok`, or why no
 //! upstream took it: `no_upstream`, `connect_failed`, `connect_timeout`,
-//! `transparent_failed`), `end` (TCP: `closed`, `idle`, `error`; UDP: `idle`, `evicted` (its
+//! `transparent_failed`, `local_resources`), `end` (TCP: `closed`, `idle`, `error`; UDP: `idle`, `evicted` (its
 //! slot went to a new client at `max_flows`), `upstream_down` (reopened on another upstream),
+//! `reload` (a reload changed its stream; reopened under the new settings),
 //! `stopped` (shutdown, or a reload closed its socket)), `bytes_in` (client to upstream, payload
 //! only), `bytes_out` (upstream to client), `datagrams_in`/`datagrams_out` (UDP; null for
 //! TCP), `attempts` (TCP: upstreams tried), `duration_ms` (to the end: an idle flow ends `idle_timeout`

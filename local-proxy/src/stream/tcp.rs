@@ -81,7 +81,7 @@ pub async fn forward(
             Err((result, reason)) => {
                 line.result = result;
                 count(&name, result);
-                if result != "transparent_failed" {
+                if result != "transparent_failed" && result != "local_resources" {
                     state.count_failure(if result == "connect_timeout" { "timeout" } else { "connect" });
                     pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
                 }
@@ -166,7 +166,9 @@ async fn connect(stream: &Stream, info: &ClientInfo, target: SocketAddr) -> Resu
         }
         Ok(Err(e)) => {
             shared::warn_every_second!(stream = %name, upstream = %target, error = %e, "upstream connect failed");
-            Err(("connect_failed", format!("connect: {e}")))
+            // Out of descriptors: our failure, not the upstream's (counted, not recorded).
+            let result = if shared::health::out_of_resources(&e) { "local_resources" } else { "connect_failed" };
+            Err((result, format!("connect: {e}")))
         }
         Ok(Ok(s)) => Ok(s),
     }

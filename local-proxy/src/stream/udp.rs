@@ -173,6 +173,8 @@ async fn serve_flows(
     if let Some(s) = state.config.load().streams.iter().find(|s| s.name == **stream_name.load()) {
         recv_buffer.keep(&socket, s.udp_recv_buffer, &s.name);
     }
+    // The config the table's flows were opened under, and the name it knew the socket's stream by.
+    let mut opened_under = (state.config.load_full(), stream_name.load_full());
     loop {
         let received = tokio::select! {
             r = batch.read(&socket) => r,
@@ -208,6 +210,19 @@ async fn serve_flows(
             continue;
         };
         recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);
+        if !Arc::ptr_eq(&opened_under.0, &*config) {
+            // A reload: if it changed this socket's stream (its upstreams, PROXY header,
+            // transparency, or the stream itself), the flows end and the next datagram of each
+            // opens a new one under the new settings, as nginx's new workers would take it; a
+            // talking flow would otherwise keep its old upstream for as long as it talks.
+            let before = opened_under.0.streams.iter().find(|s| s.name == *opened_under.1);
+            if before != Some(stream) {
+                table.drain_where(|_| true, &mut gone);
+                gone.iter().for_each(|f: &Flow| f.ending("reload"));
+                gone.clear();
+            }
+            opened_under = (state.config.load_full(), name.clone());
+        }
         let now = now_ms();
         // One flow's consecutive datagrams of one shape, sent together once the run ends.
         let mut run: Option<Run<FlowKey>> = None;
