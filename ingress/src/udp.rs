@@ -187,6 +187,20 @@ fn flow_event(name: &'static str, service: &str, path: &str) {
     counter!(name, "service" => service.to_owned(), "path" => path.to_owned()).increment(1);
 }
 
+/// After a reload, the flows the new service would not open as they are end, and the next
+/// datagram of each opens a new one: all of them if the service now sends elsewhere (another
+/// pool, port or PROXY header), else those whose path left the pool. A talking flow would
+/// otherwise keep a removed path for good: nothing probes it any more, so it never goes down.
+fn reloaded(table: &mut FlowTable<SocketAddr, Flow>, before: &Service, now: &Service, gone: &mut Vec<Flow>) {
+    let (b, n) = (&before.cfg, &now.cfg);
+    let all = b.pool != n.pool || b.upstream_port != n.upstream_port || b.proxy_protocol != n.proxy_protocol;
+    let paths = &now.pool.paths;
+    table.drain_where(|f| all || !paths.iter().any(|p| Arc::ptr_eq(&p.state, &f.guard.path().state)), gone);
+    for f in gone.drain(..) {
+        flow_event(m::UDP_FLOWS_MIGRATED, &n.name, &f.guard.path().name);
+    }
+}
+
 pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<Shared>) {
     let socket = Arc::new(socket);
     let local = match socket.local_addr() {
@@ -209,6 +223,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut batch = Batch::default();
     // This port asked its service's budget for a slot (`FlowTable::admit_among`).
     let mut waiting = false;
+    // The service as its flows were opened (a reload makes a new one).
+    let mut opened_under = first.clone();
     let mut gone: Vec<Flow> = Vec::new();
     let mut recv_buffer = RecvBufferKeeper::default();
     recv_buffer.keep(&socket, first.cfg.udp_recv_buffer, &first.cfg.name);
@@ -242,6 +258,10 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         let now = now_ms();
         let svc = slot.load();
         recv_buffer.keep(&socket, svc.cfg.udp_recv_buffer, &svc.cfg.name);
+        if !Arc::ptr_eq(&opened_under, &*svc) {
+            reloaded(&mut table, &opened_under, &svc, &mut gone);
+            opened_under = Arc::clone(&*svc);
+        }
         // One flow's consecutive datagrams of one size, sent together once the run ends.
         let mut run: Option<Run> = None;
         for i in 0..batch.len() {

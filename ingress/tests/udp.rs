@@ -295,3 +295,32 @@ async fn flow_port(upstream: &UdpSocket, service: SocketAddr, ip: &str) -> u16 {
         .expect("recv");
     flow.port()
 }
+
+/// A reload that takes a flow's path out of the pool moves the flow, though it keeps talking
+/// and the old path still answers: nothing probes a removed path any more, so waiting for it
+/// to go down would keep the flow there for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let both = udp_config(tcp1.addr, tcp2.addr, "");
+    let server = start(&both).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let mut client = None;
+    for _ in 0..50 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(addr).await.expect("connect");
+        if ask(&c, "hi").await.is_some_and(|r| r.starts_with("wan1:")) {
+            client = Some(c);
+            break;
+        }
+    }
+    let client = client.expect("some flow on wan1");
+    let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
+    assert!(both.contains(&wan1), "{both}");
+    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).expect("applies");
+    let r = ask(&client, "after").await.expect("a reply after the reload");
+    assert_eq!(r, "wan2:after", "the flow stayed on the removed path");
+}
