@@ -16,6 +16,7 @@ __metaclass__ = type
 import ipaddress
 import json
 import re
+import socket
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.six import string_types
@@ -43,6 +44,18 @@ def lb_ip_canonical(value):
     if a is None:
         raise AnsibleFilterError('lb_ip_canonical: %r is not an IP address' % (value,))
     return str(a)
+
+
+def lb_host_address(value):
+    """An IP address for a host given by address or name, resolved here (on the controller):
+    community.general.nsupdate takes an address only (a name fails deep in dnspython)."""
+    a = _addr(value)
+    if a is not None:
+        return str(a)
+    try:
+        return socket.getaddrinfo(str(value), None, 0, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, UnicodeError, IndexError) as e:
+        raise AnsibleFilterError('lb_host_address: cannot resolve %r: %s' % (value, e))
 
 
 def lb_is_yggdrasil(value):
@@ -117,6 +130,7 @@ class FilterModule(object):
         return {
             'lb_ip_version': lb_ip_version,
             'lb_ip_canonical': lb_ip_canonical,
+            'lb_host_address': lb_host_address,
             'lb_is_yggdrasil': lb_is_yggdrasil,
             'lb_port_problem': lb_port_problem,
             'lb_listen_problem': lb_listen_problem,

@@ -2,6 +2,9 @@
 //! topology (systemd-nspawn, see `netns::nspawn`) to serving, over ssh from the controller
 //! namespace, with the project's .debs and yggdrasil 0.5 from a local apt repository, and
 //! publishes DNS in knotd with TSIG. Then:
+//! - the home's certificate in certbot's layout (symlinks in live/) is made readable to the
+//!   proxy; its config is 0640 root:local-proxy (the ACME EAB key) and the proxy is not in
+//!   yggdrasil's group (the node's private key);
 //! - a client fetches a LAN site by name over HTTPS through each ingress node, and meshc over
 //!   the mesh (the site's AAAA = the home's Yggdrasil address, from DNS); the ingress nodes see
 //!   both WAN paths up (the role's policy routing: the harness's own rules are removed first,
@@ -299,12 +302,34 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
         logdir: dir.clone(),
     };
 
+    // As certbot lays them out: the files in archive/, symlinks (root's) in live/.
+    hosts["home"]
+        .sh(
+            &format!(
+                "set -e; a=/etc/letsencrypt/archive/{SITE}; mkdir -p $a; chmod 700 /etc/letsencrypt/archive; \
+                 for f in fullchain privkey; do mv {live}/$f.pem $a/${{f}}1.pem; \
+                 ln -s ../../archive/{SITE}/${{f}}1.pem {live}/$f.pem; done"
+            ),
+            Duration::from_secs(10),
+        )
+        .expect("certbot's layout");
+
     // 1. Bare hosts to serving.
     let run1 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-1").expect("ansible-playbook");
     must_pass(&run1, "site.yml on bare hosts");
     phase(&format!("site.yml from bare hosts in {:.1}s", run1.elapsed.as_secs_f64()));
 
     let home = &hosts["home"];
+    // The config may hold the ACME EAB key: the service's group reads it, nobody else. The
+    // proxy is not in yggdrasil's group (its private key, its admin socket): the role writes
+    // the mesh address itself.
+    let facts = home
+        .sh("stat -c '%a %U %G' /etc/local-proxy/local-proxy.toml; id -nG local-proxy", Duration::from_secs(10))
+        .expect("config mode and groups");
+    let mut facts = facts.lines();
+    assert_eq!(facts.next(), Some("640 root local-proxy"), "the config's mode and owner");
+    let groups = facts.next().unwrap_or("");
+    assert!(!groups.split_whitespace().any(|g| g == "yggdrasil"), "local-proxy's groups: {groups}");
     let mesh: Ipv6Addr = home
         .sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))
         .ok()
