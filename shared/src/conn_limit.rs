@@ -6,6 +6,9 @@
 //! more connections than the new limit, and past the descriptor budget). What is not free is
 //! taken as connections end, by a task waiting for it ahead of every new connection (tokio's
 //! semaphore is fair), so no connection is admitted until the open ones are under the new limit.
+//! Until that task first runs (the next turn of the loop), a slot that frees may still go to a
+//! new connection, as may one an accept loop was already waiting for: the limit is then over
+//! by those few for as long as they last.
 
 use std::sync::Arc;
 
@@ -83,6 +86,31 @@ mod tests {
         drop(held);
         settle().await;
         assert_eq!(limit.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn two_lowers_in_a_row_and_a_raise_before_the_debt_task_ran() {
+        let limit = Arc::new(Semaphore::new(4));
+        let held: Vec<_> = (0..4).map(|_| limit.clone().try_acquire_owned().expect("free")).collect();
+        // 4 -> 3 -> 1 with 4 held: 3 owed, by two tasks that have not run yet; then 1 -> 2.
+        resize(&limit, 4, 3);
+        resize(&limit, 3, 1);
+        resize(&limit, 1, 2);
+        settle().await;
+        // The raise's slot paid a debt: still nothing free with 4 open and a limit of 2.
+        assert_eq!(limit.available_permits(), 0);
+        let mut held = held.into_iter();
+        for open in (2..4).rev() {
+            drop(held.next());
+            settle().await;
+            assert_eq!(limit.available_permits(), 0, "{open} open, limit 2");
+        }
+        drop(held.next());
+        settle().await;
+        assert_eq!(limit.available_permits(), 1, "1 open, limit 2");
+        drop(held.next());
+        settle().await;
+        assert_eq!(limit.available_permits(), 2, "none open, limit 2");
     }
 
     #[test]

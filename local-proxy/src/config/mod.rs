@@ -314,18 +314,14 @@ impl Config {
     /// `check` must not create them, as it may run as another user (Ansible's validate).
     pub fn check_access_log_dirs(&self) -> Result<(), Problems> {
         let mut c = Problems::new();
-        let sites =
-            self.sites.iter().enumerate().filter_map(|(i, s)| Some((format!("site[{i}]"), s.access_log.as_ref()?)));
-        let streams =
-            self.streams.iter().enumerate().filter_map(|(i, s)| Some((format!("stream[{i}]"), s.access_log.as_ref()?)));
         let mut seen: Vec<&Path> = Vec::new();
-        for (owner, log) in self.http.access_log.iter().map(|l| ("http".to_owned(), l)).chain(sites).chain(streams) {
+        for (field, log) in access_logs(self.http.access_log.as_ref(), &self.sites, &self.streams) {
             // Sites without their own log share the default's: one problem per file.
             if seen.contains(&log.path.as_path()) {
                 continue;
             }
             seen.push(&log.path);
-            let field = format!("{owner}.access_log.path");
+            let field = format!("{field}.path");
             match log.path.parent() {
                 Some(dir) if !dir.is_dir() => c.push(field, format!("directory `{}` does not exist", dir.display())),
                 _ if log.path.is_dir() => c.push(field, format!("`{}` is a directory", log.path.display())),
@@ -334,4 +330,20 @@ impl Config {
         }
         c.into_result(())
     }
+}
+
+/// Every access log a config names, with its field (`http.access_log`, `site[2].access_log`,
+/// `stream[0].access_log`), in the file's order.
+fn access_logs<'a>(
+    http: Option<&'a AccessLog>,
+    sites: &'a [Site],
+    streams: &'a [Stream],
+) -> impl Iterator<Item = (String, &'a AccessLog)> + 'a {
+    let sites =
+        sites.iter().enumerate().filter_map(|(i, s)| Some((format!("site[{i}].access_log"), s.access_log.as_ref()?)));
+    let streams = streams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((format!("stream[{i}].access_log"), s.access_log.as_ref()?)));
+    http.map(|l| ("http.access_log".to_owned(), l)).into_iter().chain(sites).chain(streams)
 }

@@ -287,16 +287,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
     // Only on an otherwise valid config: then `sites` and `streams` are in the file's order,
     // so their indices name the right tables.
     if c.is_empty() {
-        let logs = http.access_log.iter().map(|l| ("http.access_log".to_owned(), l));
-        let site_logs = sites
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((format!("site[{i}].access_log"), s.access_log.as_ref()?)));
-        let stream_logs = streams
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((format!("stream[{i}].access_log"), s.access_log.as_ref()?)));
-        access_logs_agree(&mut c, logs.chain(site_logs).chain(stream_logs));
+        access_logs_agree(&mut c, super::access_logs(http.access_log.as_ref(), &sites, &streams));
     }
 
     let longest_auth = sites
