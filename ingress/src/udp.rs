@@ -260,6 +260,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         recv_buffer.keep(&socket, svc.cfg.udp_recv_buffer, &svc.cfg.name);
         if !Arc::ptr_eq(&opened_under, &*svc) {
             reloaded(&mut table, &opened_under, &svc, &mut gone);
+            active.show(table.len());
             opened_under = Arc::clone(&*svc);
         }
         // One flow's consecutive datagrams of one size, sent together once the run ends.

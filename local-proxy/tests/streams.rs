@@ -267,14 +267,14 @@ udp_recv_buffer = 65536
     assert_eq!(test_support::udp_receive_buffer(flow.port()), Some(2 * 65_536), "the flow's socket");
 }
 
-/// A UDP upstream that answers every datagram with `tag`.
-async fn tagged_udp_upstream(tag: &'static str) -> SocketAddr {
+/// A UDP upstream that answers every datagram with `answer(its source address)`.
+async fn answering_udp_upstream(answer: fn(SocketAddr) -> String) -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = s.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         while let Ok((_, peer)) = s.recv_from(&mut buf).await {
-            let _ = s.send_to(tag.as_bytes(), peer).await;
+            let _ = s.send_to(answer(peer).as_bytes(), peer).await;
         }
     });
     addr
@@ -285,7 +285,7 @@ async fn tagged_udp_upstream(tag: &'static str) -> SocketAddr {
 /// and the next datagram opens it on the new upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_a_talking_udp_flow_to_the_new_upstream() {
-    let (a, b) = (tagged_udp_upstream("A").await, tagged_udp_upstream("B").await);
+    let (a, b) = (answering_udp_upstream(|_| "A".into()).await, answering_udp_upstream(|_| "B".into()).await);
     let port = free_port();
     let conf = |upstream: SocketAddr| {
         base_config(&format!("[[stream]]\nname = \"wg\"\nlisten = \"{port}/udp\"\nupstream = \"{upstream}\"\n"))
@@ -313,4 +313,42 @@ async fn a_reload_moves_a_talking_udp_flow_to_the_new_upstream() {
     assert!(answers("A").await, "the flow never reached A");
     p.handle.reload(local_proxy::config::from_toml_str(&conf(b)).unwrap()).await.unwrap();
     assert!(answers("B").await, "the talking flow stayed on the old upstream after the reload");
+}
+
+/// A reload that changes only how long a UDP stream's flows may idle leaves its talking flows
+/// alone: the upstream keeps seeing the same source port (a TURN or WireGuard server would take
+/// a new one for a new client). A change of upstream moves them (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_timeouts_keeps_a_talking_udp_flow() {
+    let upstream = answering_udp_upstream(|peer| peer.port().to_string()).await;
+    let port = free_port();
+    let conf = |idle: &str| {
+        base_config(&format!(
+            "[[stream]]\nname = \"turn\"\nlisten = \"{port}/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"{idle}\"\n"
+        ))
+    };
+    let p = Proxy::start(&conf("60s")).await;
+    let listen = p.listeners_udp[&(Origin::Mesh, "turn".to_string())];
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(listen).await.unwrap();
+    // The source port the upstream saw, within 60 tries (a datagram each, 50 ms for the reply).
+    let seen = || {
+        let client = &client;
+        async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..60 {
+                client.send(b"ping").await.unwrap();
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), client.recv(&mut buf)).await {
+                    return String::from_utf8_lossy(&buf[..n]).into_owned();
+                }
+            }
+            panic!("the upstream never answered");
+        }
+    };
+    let before = seen().await;
+    p.handle.reload(local_proxy::config::from_toml_str(&conf("120s")).unwrap()).await.unwrap();
+    // Several datagrams after the reload: the first may still have been read under the old one.
+    for _ in 0..5 {
+        assert_eq!(seen().await, before, "the flow was reopened by a reload that changed only idle_timeout");
+    }
 }

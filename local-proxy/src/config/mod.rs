@@ -253,6 +253,15 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Whether a flow opened under `self` sends as one opened under `other` would: the same
+    /// upstreams (member i of each is the same target), ports, PROXY header and transparency.
+    pub fn sends_as(&self, other: &Stream) -> bool {
+        self.listen_ports == other.listen_ports
+            && self.proxy_protocol == other.proxy_protocol
+            && self.transparent == other.transparent
+            && self.upstreams.members.iter().map(|m| &m.target).eq(other.upstreams.members.iter().map(|m| &m.target))
+    }
+
     /// The address of upstream `member` (index into `upstreams.members`, clamped) for a
     /// connection that arrived on `listen_port`.
     pub fn upstream_for(&self, member: usize, listen_port: u16) -> SocketAddr {

@@ -147,18 +147,28 @@ mod tests {
     }
 
     /// A probe that cannot even open its socket (this process is out of descriptors) fails as
-    /// `local`, which changes no upstream's health. Descriptors are used up by opening
-    /// /dev/null until the kernel refuses (nextest runs each test in a process of its own).
+    /// `local`, which changes no upstream's health. The soft open-files limit is lowered to a
+    /// few above what is open (prlimit, util-linux), those few used up, and the limit put back.
     #[tokio::test]
     async fn a_probe_without_descriptors_is_a_local_failure() {
         let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = open.local_addr().unwrap();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap();
+        let pid = std::process::id().to_string();
+        let set_soft = |n: &str| {
+            let done = std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status();
+            assert!(done.as_ref().is_ok_and(|s| s.success()), "prlimit --nofile={n}: {done:?}");
+        };
+        let in_use = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        set_soft(&(in_use + 4).to_string());
         let mut files = Vec::new();
-        for _ in 0..2_000_000 {
+        let mut refused = None;
+        for _ in 0..64 {
             match std::fs::File::open("/dev/null") {
                 Ok(f) => files.push(f),
                 Err(e) => {
-                    assert!(shared::health::out_of_resources(&e), "{e}");
+                    refused = Some(e);
                     break;
                 }
             }
@@ -167,6 +177,8 @@ mod tests {
         let udp = Probe::Udp { addr, send: Arc::from(&b"x"[..]), expect: None };
         let failed_udp = run(&udp, Duration::from_secs(2)).await;
         drop(files);
+        set_soft(soft);
+        assert!(refused.is_some_and(|e| shared::health::out_of_resources(&e)), "the limit was not reached");
         let failed = failed.unwrap_err();
         assert!(failed.local, "{failed:?}");
         assert!(failed_udp.unwrap_err().local);

@@ -211,17 +211,19 @@ async fn serve_flows(
         };
         recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);
         if !Arc::ptr_eq(&opened_under.0, &*config) {
-            // A reload: if it changed this socket's stream (its upstreams, PROXY header,
-            // transparency, or the stream itself), the flows end and the next datagram of each
-            // opens a new one under the new settings, as nginx's new workers would take it; a
-            // talking flow would otherwise keep its old upstream for as long as it talks.
+            // A reload: if it changed where or how this socket's stream sends (its upstreams,
+            // PROXY header, transparency, or the stream itself), the flows end and the next
+            // datagram of each opens a new one under the new settings, as nginx's new workers
+            // would take it; a talking flow would otherwise keep its old upstream for as long as
+            // it talks. Other changes (timeouts, checks, weights) leave the flows alone: a
+            // reopened flow has a new source port, which a TURN server takes for a new client.
             let before = opened_under.0.streams.iter().find(|s| s.name == *opened_under.1);
-            if before != Some(stream) {
+            if !before.is_some_and(|b| b.sends_as(stream)) {
                 table.drain_where(|_| true, &mut gone);
                 gone.iter().for_each(|f: &Flow| f.ending("reload"));
                 gone.clear();
             }
-            opened_under = (state.config.load_full(), name.clone());
+            opened_under = (Arc::clone(&*config), name.clone());
         }
         let now = now_ms();
         // One flow's consecutive datagrams of one shape, sent together once the run ends.
