@@ -82,6 +82,10 @@ fn inventory(
             }),
         );
     }
+    // One node lets ssh in over the mesh; the others keep the mesh inbound filter's default.
+    if let Some(serde_json::Value::Object(ingress1)) = ingress_hosts.get_mut("ingress1") {
+        ingress1.insert("yggdrasil_inbound_allow".into(), json!(["22/tcp"]));
+    }
     let mut vars = ssh.ansible_vars();
     vars.extend(
         json!({
@@ -215,6 +219,13 @@ fn journal(h: &Host, unit: &str) -> String {
 /// The addresses the home's allowlist holds (`local-proxy firewall show`).
 fn allowlist(home: &Host) -> Result<String> {
     home.sh("local-proxy firewall show -c /etc/local-proxy/local-proxy.toml", Duration::from_secs(10))
+}
+
+/// Whether a TCP connect from meshc to `[to]:port` over the mesh completes within 3 s (the mesh
+/// inbound filter drops the SYN of a port it does not let in).
+fn mesh_connect(t: &Topology, to: Ipv6Addr, port: u16) -> bool {
+    let script = format!("import socket; socket.create_connection(('{to}', {port}), timeout=3).close()");
+    t.exec(Role::Meshc, &["python3", "-c", &script], Duration::from_secs(8)).is_ok()
 }
 
 /// Whether a TCP connect from `role` to the home's WAN1 HTTPS port completes within 2 s (the
@@ -387,6 +398,35 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     netns::ygg::wait_reachable(t.ns(Role::Meshc), mesh, Duration::from_secs(30)).expect("home over the mesh");
     wait_serving(&t, Role::Meshc, mesh.into(), &ca, Duration::from_secs(30)).expect("the site over the mesh");
     phase("serving through ingress1, ingress2 and the mesh");
+
+    // The mesh inbound filter: sshd listens on every address of each host, the mesh's included,
+    // yet from meshc only ingress1's (yggdrasil_inbound_allow 22/tcp) answers; the home's and
+    // ingress2's drop the SYN (counted), while the home's site answered above.
+    let sshd = home.sh("ss -Htln 'sport = :22'", Duration::from_secs(10)).expect("ss on the home");
+    assert!(sshd.contains("[::]:22") || sshd.contains("*:22"), "sshd on the home listens on: {sshd}");
+    let ygg_ip = |name: &str| -> Ipv6Addr {
+        let a = ygg_address(&hosts[name]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        a.parse().unwrap_or_else(|e| panic!("{name}'s Yggdrasil address {a}: {e}"))
+    };
+    let (ygg1, ygg2) = (ygg_ip("ingress1"), ygg_ip("ingress2"));
+    for to in [ygg1, ygg2] {
+        netns::ygg::wait_reachable(t.ns(Role::Meshc), to, Duration::from_secs(30))
+            .expect("an ingress node over the mesh");
+    }
+    wait_until("ssh on ingress1 over the mesh", Duration::from_secs(20), Duration::from_millis(200), || {
+        if mesh_connect(&t, ygg1, 22) {
+            Ok(())
+        } else {
+            bail!("no connection")
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!mesh_connect(&t, mesh, 22), "the home's sshd answered over the mesh");
+    assert!(!mesh_connect(&t, ygg2, 22), "ingress2's sshd answered over the mesh");
+    let dropped =
+        home.sh("nft list chain inet yggdrasil_inbound mesh", Duration::from_secs(10)).expect("the home's filter");
+    assert!(dropped.contains("counter packets") && !dropped.contains("counter packets 0 "), "{dropped}");
+    phase("mesh inbound filter: ssh only where allowed");
 
     // 2. wan1 blackholed and restored while requests flow through both nodes: none fails.
     let ca_s = ca.display().to_string();

@@ -486,6 +486,11 @@ fn site_rejects_bad_input_before_any_host() {
             vec!["home_wans[0] (wan1) on home", "gateway must be an address of the same family"],
         ),
         (
+            "invalid mesh inbound port",
+            Box::new(|v| v["all"]["vars"]["yggdrasil_inbound_allow"] = serde_json::json!(["22/tcp", "70000/udp"])),
+            vec!["yggdrasil_inbound_allow of", "(got ['22/tcp', '70000/udp'])"],
+        ),
+        (
             "invalid ingress address",
             Box::new(|v| {
                 v["all"]["children"]["ingress"]["hosts"]["ingress-1"]["ingress_public_addresses"] =
