@@ -426,7 +426,16 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let dropped =
         home.sh("nft list chain inet yggdrasil_inbound mesh", Duration::from_secs(10)).expect("the home's filter");
     assert!(dropped.contains("counter packets") && !dropped.contains("counter packets 0 "), "{dropped}");
-    phase("mesh inbound filter: ssh only where allowed");
+    // Debian's nftables.service begins with `flush ruleset`: the filter comes back after its
+    // restart and its reload, and still drops.
+    for action in ["restart", "reload"] {
+        home.sh(&format!("systemctl {action} nftables"), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("systemctl {action} nftables: {e:#}"));
+        home.sh("nft list table inet yggdrasil_inbound", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the filter after `systemctl {action} nftables`: {e:#}"));
+        assert!(!mesh_connect(&t, mesh, 22), "the home's sshd answered over the mesh after nftables {action}");
+    }
+    phase("mesh inbound filter: ssh only where allowed, kept across nftables.service");
 
     // 2. wan1 blackholed and restored while requests flow through both nodes: none fails.
     let ca_s = ca.display().to_string();
