@@ -254,9 +254,11 @@ pub struct Stream {
 
 impl Stream {
     /// Whether a flow opened under `self` sends as one opened under `other` would: the same
-    /// upstreams (member i of each is the same target), ports, PROXY header and transparency.
+    /// stream (its name keys the flow budget and the metrics), upstreams (member i of each is
+    /// the same target), ports, PROXY header and transparency.
     pub fn sends_as(&self, other: &Stream) -> bool {
-        self.listen_ports == other.listen_ports
+        self.name == other.name
+            && self.listen_ports == other.listen_ports
             && self.proxy_protocol == other.proxy_protocol
             && self.transparent == other.transparent
             && self.upstreams.members.iter().map(|m| &m.target).eq(other.upstreams.members.iter().map(|m| &m.target))

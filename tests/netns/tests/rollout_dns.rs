@@ -491,6 +491,20 @@ fn site_rejects_bad_input_before_any_host() {
             vec!["yggdrasil_inbound_allow of", "(got ['22/tcp', '70000/udp'])"],
         ),
         (
+            "mesh inbound range downwards",
+            Box::new(|v| v["all"]["vars"]["yggdrasil_inbound_allow"] = serde_json::json!(["2000-1000/udp"])),
+            vec!["the range 2000-1000 runs downwards"],
+        ),
+        (
+            "ansible over the filtered mesh",
+            Box::new(|v| v["all"]["children"]["ingress"]["hosts"]["ingress-1"]["ansible_host"] = "201:1111::1".into()),
+            vec![
+                "ingress-1 is reached at a Yggdrasil address (201:1111::1)",
+                "22/tcp",
+                "to its yggdrasil_inbound_allow",
+            ],
+        ),
+        (
             "invalid ingress address",
             Box::new(|v| {
                 v["all"]["children"]["ingress"]["hosts"]["ingress-1"]["ingress_public_addresses"] =
