@@ -117,6 +117,12 @@ fn inventory(
                     "local_proxy_sites": [
                         { "host": SITE, "upstream": format!("http://{}:{LAN_PORT}", addr::LAN) },
                     ],
+                    // A transparent stream: the routing unit loads its nftables table, which
+                    // must survive nftables.service (below).
+                    "local_proxy_streams": [
+                        { "name": "turn", "listen": "3478/udp", "upstream": format!("{}:3478", addr::LAN),
+                          "transparent": true },
+                    ],
                     "local_proxy_firewall_nameservers": [DNS.to_string()],
                     "local_proxy_firewall_min_refresh": "1s",
                     "local_proxy_firewall_max_refresh": "5s",
@@ -426,13 +432,21 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let dropped =
         home.sh("nft list chain inet yggdrasil_inbound mesh", Duration::from_secs(10)).expect("the home's filter");
     assert!(dropped.contains("counter packets") && !dropped.contains("counter packets 0 "), "{dropped}");
-    // Debian's nftables.service begins with `flush ruleset`: the filter comes back after its
-    // restart and its reload, and still drops.
+    // Debian's nftables.service begins with `flush ruleset`: the filter and the transparent
+    // streams' table come back after its restart and its reload, and the filter still drops.
+    // (The routing unit's comes back by a queued reload: waited for.)
     for action in ["restart", "reload"] {
         home.sh(&format!("systemctl {action} nftables"), Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("systemctl {action} nftables: {e:#}"));
-        home.sh("nft list table inet yggdrasil_inbound", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("the filter after `systemctl {action} nftables`: {e:#}"));
+        for table in ["yggdrasil_inbound", "local_proxy_transparent"] {
+            wait_until(
+                &format!("{table} after nftables {action}"),
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || home.sh(&format!("nft list table inet {table}"), Duration::from_secs(10)),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        }
         assert!(!mesh_connect(&t, mesh, 22), "the home's sshd answered over the mesh after nftables {action}");
     }
     phase("mesh inbound filter: ssh only where allowed, kept across nftables.service");
