@@ -51,17 +51,7 @@ async fn flow_stays_on_its_path_and_moves_when_the_path_dies() {
     })
     .await;
     let addr = addr.expect("bound");
-    // Find a client whose flow landed on wan1 (the pick is random).
-    let mut client = None;
-    for _ in 0..50 {
-        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
-        c.connect(addr).await.expect("connect");
-        if ask(&c, "hi").await.is_some_and(|r| r.starts_with("wan1:")) {
-            client = Some(c);
-            break;
-        }
-    }
-    let client = client.expect("some flow on wan1");
+    let client = client_on_wan1(addr).await;
     for i in 0..20 {
         let r = ask(&client, &format!("m{i}")).await.expect("reply");
         assert_eq!(r, format!("wan1:m{i}"), "a flow stays on its path; replies come from the listener");
@@ -296,6 +286,18 @@ async fn flow_port(upstream: &UdpSocket, service: SocketAddr, ip: &str) -> u16 {
     flow.port()
 }
 
+/// A client of `addr` whose flow landed on wan1 (the pick is random; 50 tries).
+async fn client_on_wan1(addr: SocketAddr) -> UdpSocket {
+    for _ in 0..50 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.connect(addr).await.expect("connect");
+        if ask(&c, "hi").await.is_some_and(|r| r.starts_with("wan1:")) {
+            return c;
+        }
+    }
+    panic!("no flow on wan1 in 50 clients");
+}
+
 /// A reload that takes a flow's path out of the pool moves the flow, though it keeps talking
 /// and the old path still answers: nothing probes a removed path any more, so waiting for it
 /// to go down would keep the flow there for good.
@@ -308,16 +310,7 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
     let both = udp_config(tcp1.addr, tcp2.addr, "");
     let server = start(&both).await;
     let addr = service_addr(&server, "udp-echo").await;
-    let mut client = None;
-    for _ in 0..50 {
-        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
-        c.connect(addr).await.expect("connect");
-        if ask(&c, "hi").await.is_some_and(|r| r.starts_with("wan1:")) {
-            client = Some(c);
-            break;
-        }
-    }
-    let client = client.expect("some flow on wan1");
+    let client = client_on_wan1(addr).await;
     let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
     assert!(both.contains(&wan1), "{both}");
     server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).expect("applies");

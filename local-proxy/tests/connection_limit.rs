@@ -65,13 +65,7 @@ async fn a_connection_past_the_limit_waits_for_a_slot_and_the_limit_is_counted()
 
     // The first ends: the second gets its slot and its answer.
     drop(first);
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut rest))
-        .await
-        .expect("served once the slot was free")
-        .unwrap();
-    let text = String::from_utf8_lossy(&rest);
-    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    answered_within_5s(&mut second, "served once the slot was free").await;
 }
 
 /// A reload that lowers the limit below what is open keeps counting the open connections: a
@@ -97,10 +91,13 @@ async fn a_lower_limit_counts_the_connections_already_open() {
 
     // None open: the waiting one is served.
     drop(second);
+    answered_within_5s(&mut third, "served once the open connections were under the limit").await;
+}
+
+/// `stream`, whose request waited for a slot, gets its HTTP answer within 5 s.
+async fn answered_within_5s(stream: &mut TcpStream, what: &str) {
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest))
-        .await
-        .expect("served once the open connections were under the limit")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 "));
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.expect(what).unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 "), "{what}: {text}");
 }

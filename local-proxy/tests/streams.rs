@@ -280,6 +280,14 @@ async fn answering_udp_upstream(answer: fn(SocketAddr) -> String) -> SocketAddr 
     addr
 }
 
+/// One datagram from `client`, and its reply if one comes within 50 ms.
+async fn reply(client: &UdpSocket) -> Option<String> {
+    client.send(b"keepalive").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(50), client.recv(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A reload that moves a UDP stream to another upstream moves its talking flows too (a
 /// WireGuard peer's keepalives would otherwise hold the old upstream for good): the flow ends
 /// and the next datagram opens it on the new upstream.
@@ -294,21 +302,14 @@ async fn a_reload_moves_a_talking_udp_flow_to_the_new_upstream() {
     let listen = p.listeners_udp[&(Origin::Mesh, "wg".to_string())];
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(listen).await.unwrap();
-    // Whether `tag` answers within 60 tries (a datagram each, up to 50 ms for its reply).
-    let answers = |tag: &'static str| {
-        let client = &client;
-        async move {
-            let mut buf = [0u8; 64];
-            for _ in 0..60 {
-                client.send(b"keepalive").await.unwrap();
-                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), client.recv(&mut buf)).await {
-                    if &buf[..n] == tag.as_bytes() {
-                        return true;
-                    }
-                }
+    // Whether `tag` answers within 60 tries.
+    let answers = async |tag: &str| {
+        for _ in 0..60 {
+            if reply(&client).await.is_some_and(|r| r == tag) {
+                return true;
             }
-            false
         }
+        false
     };
     assert!(answers("A").await, "the flow never reached A");
     p.handle.reload(local_proxy::config::from_toml_str(&conf(b)).unwrap()).await.unwrap();
@@ -331,19 +332,14 @@ async fn a_reload_of_timeouts_keeps_a_talking_udp_flow() {
     let listen = p.listeners_udp[&(Origin::Mesh, "turn".to_string())];
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(listen).await.unwrap();
-    // The source port the upstream saw, within 60 tries (a datagram each, 50 ms for the reply).
-    let seen = || {
-        let client = &client;
-        async move {
-            let mut buf = [0u8; 64];
-            for _ in 0..60 {
-                client.send(b"ping").await.unwrap();
-                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), client.recv(&mut buf)).await {
-                    return String::from_utf8_lossy(&buf[..n]).into_owned();
-                }
+    // The source port the upstream saw, within 60 tries.
+    let seen = async || {
+        for _ in 0..60 {
+            if let Some(r) = reply(&client).await {
+                return r;
             }
-            panic!("the upstream never answered");
         }
+        panic!("the upstream never answered");
     };
     let before = seen().await;
     p.handle.reload(local_proxy::config::from_toml_str(&conf("120s")).unwrap()).await.unwrap();

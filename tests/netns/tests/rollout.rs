@@ -227,18 +227,23 @@ fn allowlist(home: &Host) -> Result<String> {
     home.sh("local-proxy firewall show -c /etc/local-proxy/local-proxy.toml", Duration::from_secs(10))
 }
 
+/// Whether a TCP connect from `role` to `to:port` completes within `secs` seconds (a firewall
+/// that drops the SYN makes it time out).
+fn tcp_connect(t: &Topology, role: Role, to: IpAddr, port: u16, secs: u64) -> bool {
+    let script = format!("import socket; socket.create_connection(('{to}', {port}), timeout={secs}).close()");
+    t.exec(role, &["python3", "-c", &script], Duration::from_secs(secs + 5)).is_ok()
+}
+
 /// Whether a TCP connect from meshc to `[to]:port` over the mesh completes within 3 s (the mesh
 /// inbound filter drops the SYN of a port it does not let in).
 fn mesh_connect(t: &Topology, to: Ipv6Addr, port: u16) -> bool {
-    let script = format!("import socket; socket.create_connection(('{to}', {port}), timeout=3).close()");
-    t.exec(Role::Meshc, &["python3", "-c", &script], Duration::from_secs(8)).is_ok()
+    tcp_connect(t, Role::Meshc, to.into(), port, 3)
 }
 
 /// Whether a TCP connect from `role` to the home's WAN1 HTTPS port completes within 2 s (the
 /// allowlist drops the SYN of an address it does not hold).
 fn wan_connect(t: &Topology, role: Role) -> bool {
-    let script = format!("import socket; socket.create_connection(('{}', 443), timeout=2).close()", addr::WAN1);
-    t.exec(role, &["python3", "-c", &script], Duration::from_secs(6)).is_ok()
+    tcp_connect(t, role, addr::WAN1.into(), 443, 2)
 }
 
 #[test]

@@ -488,12 +488,12 @@ fn site_rejects_bad_input_before_any_host() {
         (
             "invalid mesh inbound port",
             Box::new(|v| v["all"]["vars"]["yggdrasil_inbound_allow"] = serde_json::json!(["22/tcp", "70000/udp"])),
-            vec!["yggdrasil_inbound_allow of", "(got ['22/tcp', '70000/udp'])"],
+            vec!["yggdrasil_inbound_allow of", "(got ['22/tcp', '70000/udp']", "'70000': ports are 1..65535"],
         ),
         (
             "mesh inbound range downwards",
             Box::new(|v| v["all"]["vars"]["yggdrasil_inbound_allow"] = serde_json::json!(["2000-1000/udp"])),
-            vec!["the range 2000-1000 runs downwards"],
+            vec!["yggdrasil_inbound_allow of", "'2000-1000': the range runs backwards"],
         ),
         (
             "ansible over the filtered mesh",
