@@ -187,6 +187,14 @@ fn flow_event(name: &'static str, service: &str, path: &str) {
     counter!(name, "service" => service.to_owned(), "path" => path.to_owned()).increment(1);
 }
 
+/// Why a flow left its path: the path went down, or a reload sent the service elsewhere.
+/// Both are counted as migrated (the flow's next datagram opens it anew), told apart so an
+/// operator reading the counter after a reload does not take it for a failing WAN.
+fn migrated(service: &str, path: &str, reason: &'static str) {
+    counter!(m::UDP_FLOWS_MIGRATED, "service" => service.to_owned(), "path" => path.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
 /// After a reload, the flows the new service would not open as they are end, and the next
 /// datagram of each opens a new one: all of them if the service now sends elsewhere (another
 /// pool, port or PROXY header), else those whose path left the pool. A talking flow would
@@ -197,7 +205,7 @@ fn reloaded(table: &mut FlowTable<SocketAddr, Flow>, before: &Service, now: &Ser
     let paths = &now.pool.paths;
     table.drain_where(|f| all || !paths.iter().any(|p| Arc::ptr_eq(&p.state, &f.guard.path().state)), gone);
     for f in gone.drain(..) {
-        flow_event(m::UDP_FLOWS_MIGRATED, &n.name, &f.guard.path().name);
+        migrated(&n.name, &f.guard.path().name, "reload");
     }
 }
 
@@ -302,7 +310,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             }
             if stale == Some(true) {
                 if let Some(f) = table.remove(&client) {
-                    flow_event(m::UDP_FLOWS_MIGRATED, &svc.cfg.name, &f.guard.path().name);
+                    migrated(&svc.cfg.name, &f.guard.path().name, "path_down");
                 }
             }
             if stale != Some(false) {

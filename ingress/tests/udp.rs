@@ -69,7 +69,8 @@ async fn flow_stays_on_its_path_and_moves_when_the_path_dies() {
     }
     assert!(moved, "flow did not move to wan2");
     let m = metrics(&server).await;
-    assert!(metric(&m, "ingress_udp_flows_migrated_total", &[("service", "udp-echo"), ("path", "wan1")]) >= 1.0);
+    let moved = &[("service", "udp-echo"), ("path", "wan1"), ("reason", "path_down")];
+    assert!(metric(&m, "ingress_udp_flows_migrated_total", moved) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +314,12 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
     let client = client_on_wan1(addr).await;
     let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
     assert!(both.contains(&wan1), "{both}");
+    let by = |m: &str, reason| metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", reason)]);
+    let before = metrics(&server).await;
     server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).expect("applies");
     let r = ask(&client, "after").await.expect("a reply after the reload");
     assert_eq!(r, "wan2:after", "the flow stayed on the removed path");
+    let after = metrics(&server).await;
+    assert_eq!(by(&after, "reload") - by(&before, "reload"), 1.0, "the flow the reload moved, counted as such");
+    assert_eq!(by(&after, "path_down"), by(&before, "path_down"), "wan1 never went down");
 }
