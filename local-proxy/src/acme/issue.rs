@@ -22,6 +22,9 @@ pub enum IssueError {
     /// The CA refused a request; its problem document, as it sent it.
     #[error("the CA refused: {0}")]
     Refused(String),
+    /// The CA refused for one of its rate limits (`urn:ietf:params:acme:error:rateLimited`).
+    #[error("the CA's rate limit: {0}")]
+    RateLimited(String),
     /// A challenge did not validate; the CA's error for that name.
     #[error("challenge for {name} failed: {detail}")]
     Challenge { name: String, detail: String },
@@ -42,6 +45,7 @@ impl IssueError {
     pub fn result(&self) -> &'static str {
         match self {
             IssueError::Refused(_) => "refused",
+            IssueError::RateLimited(_) => "rate_limited",
             IssueError::Challenge { .. } | IssueError::NoChallenge(_) => "challenge_failed",
             IssueError::Timeout(_) => "timeout",
             IssueError::Transport(_) => "transport",
@@ -53,10 +57,17 @@ impl IssueError {
 impl From<instant_acme::Error> for IssueError {
     fn from(e: instant_acme::Error) -> Self {
         match e {
-            instant_acme::Error::Api(problem) => IssueError::Refused(problem.to_string()),
+            instant_acme::Error::Api(problem) => refused(&problem),
             instant_acme::Error::Timeout(_) => IssueError::Transport("the CA kept the order pending".into()),
             other => IssueError::Transport(other.to_string()),
         }
+    }
+}
+
+fn refused(problem: &instant_acme::Problem) -> IssueError {
+    match problem.r#type.as_deref() {
+        Some("urn:ietf:params:acme:error:rateLimited") => IssueError::RateLimited(problem.to_string()),
+        _ => IssueError::Refused(problem.to_string()),
     }
 }
 
@@ -209,7 +220,7 @@ async fn issue_inner(
         Err(instant_acme::Error::Api(problem)) => {
             return Err(match challenge_error(&mut order).await {
                 e @ IssueError::Challenge { .. } => e,
-                _ => IssueError::Refused(problem.to_string()),
+                _ => refused(&problem),
             })
         }
         Err(e) => return Err(e.into()),

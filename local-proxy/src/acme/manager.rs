@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::issue::{self, IssueError, Issued};
-use super::plan::{self, Due, Lineage};
+use super::plan::{self, Due, Failure, Lineage};
 use super::storage::{self, OnDisk};
 use crate::config::acme::Settings;
 use crate::metrics::names;
@@ -147,7 +147,9 @@ pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, sto
             }
             Err(e) => {
                 failures += 1;
-                let wait = plan::backoff(failures, settings.retry_min, settings.retry_max);
+                let failure =
+                    if matches!(e, IssueError::RateLimited(_)) { Failure::RateLimited } else { Failure::Other };
+                let (wait, _) = plan::after_failure(failures, failure, settings.retry_min, settings.retry_max);
                 metrics::counter!(names::ACME_ACCOUNT_ERRORS).increment(1);
                 warn!(directory = %settings.directory, error = %e, retry_in = ?wait, "ACME account not available");
                 acme.set_account_error(Some(e.to_string()));
@@ -213,6 +215,9 @@ impl Job {
         let mut unwritten: Option<Issued> = None;
         let mut ari_next_check: i64 = 0;
         let mut ari_time: Option<i64> = None;
+        // Cleared when the CA refused an order naming the certificate it replaces
+        // (`plan::after_failure`), until a certificate is issued.
+        let mut may_replace = true;
         loop {
             let on_disk = self.read().await;
             let now = unix_now();
@@ -248,7 +253,7 @@ impl Job {
                         }
                     }
                 }
-                if ari_time.is_some() {
+                if ari_time.is_some() && may_replace {
                     replaces = Some(id);
                 }
             }
@@ -265,6 +270,7 @@ impl Job {
                 continue;
             }
 
+            let replacing = replaces.is_some();
             let result = match unwritten.take() {
                 Some(issued) => Ok(issued),
                 None => {
@@ -278,14 +284,22 @@ impl Job {
                     Ok(()) => Ok(issued.challenges),
                     Err(e) => {
                         unwritten = Some(issued);
-                        Err(("storage", e))
+                        Err(("storage", e, Failure::Other))
                     }
                 },
-                Err(e) => Err((e.result(), e.to_string())),
+                Err(e) => {
+                    let failure = match e {
+                        IssueError::Refused(_) if replacing => Failure::RefusedReplacing,
+                        IssueError::RateLimited(_) => Failure::RateLimited,
+                        _ => Failure::Other,
+                    };
+                    Err((e.result(), e.to_string(), failure))
+                }
             };
             match outcome {
                 Ok(answered) => {
                     failures = 0;
+                    may_replace = true;
                     ari_time = None;
                     ari_next_check = 0;
                     metrics::counter!(names::ACME_ORDERS, "certificate" => dir.clone(), "result" => "ok").increment(1);
@@ -297,9 +311,15 @@ impl Job {
                     });
                     info!(certificate = %dir, names = ?self.lineage.names, "certificate issued and serving");
                 }
-                Err((result, error)) => {
+                Err((result, error, failure)) => {
                     failures += 1;
-                    let wait = plan::backoff(failures, self.settings.retry_min, self.settings.retry_max);
+                    let (wait, replace_next) =
+                        plan::after_failure(failures, failure, self.settings.retry_min, self.settings.retry_max);
+                    if may_replace && !replace_next {
+                        info!(certificate = %dir, "the CA refused the order that named the certificate it replaces; \
+                            ordering again without it");
+                    }
+                    may_replace &= replace_next;
                     metrics::counter!(names::ACME_ORDERS, "certificate" => dir.clone(), "result" => result)
                         .increment(1);
                     metrics::gauge!(names::ACME_FAILURES, "certificate" => dir.clone()).set(failures as f64);

@@ -104,6 +104,38 @@ pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     min.saturating_mul(1u32 << shift).min(max)
 }
 
+/// The least wait after the CA refused an order for a rate limit. Its `Retry-After` is not
+/// passed on by instant-acme; Let's Encrypt's limits run over hours to a week, so minutes of
+/// backoff would only spend requests that are refused again.
+pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(3600);
+
+/// How a failed order ended, as far as the next one is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The CA refused an order that named the certificate it replaces (ARI's `replaces`).
+    RefusedReplacing,
+    /// Refused for a rate limit.
+    RateLimited,
+    /// Anything else: challenge, transport, storage, a refusal without `replaces`.
+    Other,
+}
+
+/// After failure number `failures` (1 = the first): how long to wait, and whether the next
+/// order may still name the certificate it replaces.
+///
+/// An order with `replaces` is refused for good when the CA already has a replacement order
+/// for that certificate (RFC 9773 `alreadyReplaced`: an earlier order finalized, then its
+/// certificate was lost to a timeout or a restart), or when another account issued it (a
+/// certbot lineage taken over). Sent again it is refused again, until the certificate ends;
+/// so the next order goes at once, without `replaces`, as an ordinary one.
+pub fn after_failure(failures: u32, failure: Failure, min: Duration, max: Duration) -> (Duration, bool) {
+    match failure {
+        Failure::RefusedReplacing => (Duration::ZERO, false),
+        Failure::RateLimited => (backoff(failures, min, max).max(RATE_LIMITED_WAIT.min(max)), true),
+        Failure::Other => (backoff(failures, min, max), true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +206,16 @@ mod tests {
         for start in &t {
             assert!(t.iter().filter(|x| **x >= *start && **x < start + 3600).count() <= 5);
         }
+    }
+
+    #[test]
+    fn a_refused_replacement_goes_again_at_once_without_replaces_and_rate_limits_wait_an_hour() {
+        let (min, max) = (Duration::from_secs(120), Duration::from_secs(6 * 3600));
+        assert_eq!(after_failure(3, Failure::RefusedReplacing, min, max), (Duration::ZERO, false));
+        assert_eq!(after_failure(1, Failure::Other, min, max), (min, true));
+        assert_eq!(after_failure(1, Failure::RateLimited, min, max), (RATE_LIMITED_WAIT, true));
+        assert_eq!(after_failure(9, Failure::RateLimited, min, max), (max, true));
+        // A retry_max below the hour caps it.
+        assert_eq!(after_failure(1, Failure::RateLimited, min, Duration::from_secs(600)).0, Duration::from_secs(600));
     }
 }

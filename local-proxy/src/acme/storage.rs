@@ -27,28 +27,56 @@ fn fail(path: &Path, reason: impl ToString) -> StorageError {
 
 /// Write `bytes` to `path` atomically: a temporary file beside it with `mode`, synced, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StorageError> {
+    put_in_place(vec![stage(path, bytes, mode)?])
+}
+
+/// A file written and synced beside its final name, not yet in place; removed if dropped so.
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    placed: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<Staged, StorageError> {
     let dir = path.parent().ok_or_else(|| fail(path, "has no parent directory"))?;
     let name = path.file_name().ok_or_else(|| fail(path, "has no file name"))?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| fail(&tmp, e))?;
-        // The mode above is filtered by the umask; keys must end up exactly 0600.
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| fail(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| fail(&tmp, e))?;
-        f.sync_all().map_err(|e| fail(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| fail(path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged =
+        Staged { tmp: dir.join(format!(".{name}.tmp.{}", std::process::id())), path: path.into(), placed: false };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&staged.tmp)
+        .map_err(|e| fail(&staged.tmp, e))?;
+    // The mode above is filtered by the umask; keys must end up exactly 0600.
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| fail(&staged.tmp, e))?;
+    f.write_all(bytes).map_err(|e| fail(&staged.tmp, e))?;
+    f.sync_all().map_err(|e| fail(&staged.tmp, e))?;
+    Ok(staged)
+}
+
+/// Rename staged files into place, in order. Everything that can run out of space or quota is
+/// done by then, so a full disk cannot leave a new key beside an old certificate: after a
+/// restart there would be no earlier pair in memory to serve instead.
+fn put_in_place(files: Vec<Staged>) -> Result<(), StorageError> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for mut f in files {
+        fs::rename(&f.tmp, &f.path).map_err(|e| fail(&f.path, e))?;
+        f.placed = true;
+        if let Some(dir) = f.path.parent().filter(|d| !dirs.iter().any(|x| x == d)) {
+            dirs.push(dir.to_path_buf());
+        }
     }
-    result?;
-    sync_dir(dir)
+    dirs.iter().try_for_each(|d| sync_dir(d))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -133,12 +161,15 @@ pub fn install(live: &Path, name: &str, fullchain: &str, key: &str) -> Result<()
     if !dir.exists() {
         create_dir(&dir, 0o755)?;
     }
-    // The key first: a poll between the two files sees the old chain with a new key, refuses
-    // the mismatched pair and keeps serving the old certificate (tls::load).
-    write_atomic(&dir.join("privkey.pem"), key.as_bytes(), 0o600)?;
-    write_atomic(&dir.join("cert.pem"), cert.as_bytes(), 0o644)?;
-    write_atomic(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?;
-    write_atomic(&link, fullchain.as_bytes(), 0o644)
+    // All four are written before any goes in place. The key goes first: a poll between the
+    // renames sees the old chain with a new key, refuses the mismatched pair and keeps serving
+    // the old certificate (tls::load).
+    put_in_place(vec![
+        stage(&dir.join("privkey.pem"), key.as_bytes(), 0o600)?,
+        stage(&dir.join("cert.pem"), cert.as_bytes(), 0o644)?,
+        stage(&dir.join("chain.pem"), chain.as_bytes(), 0o644)?,
+        stage(&link, fullchain.as_bytes(), 0o644)?,
+    ])
 }
 
 /// certbot's layout: `live/<name>/X.pem` → `../../archive/<name>/XN.pem`. Write version N+1 of
@@ -166,15 +197,20 @@ fn install_certbot_archive(dir: &Path, link: &Path, files: [(&str, &str); 4]) ->
         let mode = if stem == "privkey" { 0o600 } else { 0o644 };
         write_atomic(&archive.join(format!("{stem}{next}.pem")), text.as_bytes(), mode)?;
     }
+    // Every new link is made before one is swapped, as in `install`.
+    let mut links = Vec::with_capacity(files.len());
     for (stem, _) in files {
-        let link = dir.join(format!("{stem}.pem"));
-        let tmp = dir.join(format!(".{stem}.pem.link.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
+        let link = Staged {
+            tmp: dir.join(format!(".{stem}.pem.link.{}", std::process::id())),
+            path: dir.join(format!("{stem}.pem")),
+            placed: false,
+        };
+        let _ = fs::remove_file(&link.tmp);
         let new_target: PathBuf = link_dir.join(format!("{stem}{next}.pem"));
-        std::os::unix::fs::symlink(&new_target, &tmp).map_err(|e| fail(&tmp, e))?;
-        fs::rename(&tmp, &link).map_err(|e| fail(&link, e))?;
+        std::os::unix::fs::symlink(&new_target, &link.tmp).map_err(|e| fail(&link.tmp, e))?;
+        links.push(link);
     }
-    sync_dir(dir)
+    put_in_place(links)
 }
 
 /// The leaf alone and the rest of the chain, both PEM.
@@ -254,6 +290,25 @@ mod tests {
         assert!(on_disk.not_after > on_disk.not_before);
         // No temporary files left behind.
         assert_eq!(fs::read_dir(&d).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_installed_pair_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let (chain1, key1) = leaf_pem(&["d.test"]);
+        install(&live, "d.test", &chain1, &key1).unwrap();
+        let d = live.join("d.test");
+        // The last file cannot be written (its temporary name is taken by a directory), as on
+        // a full disk: the key written before it must not be put in place either.
+        let blocker = d.join(format!(".fullchain.pem.tmp.{}", std::process::id()));
+        fs::create_dir(&blocker).unwrap();
+        let (chain2, key2) = leaf_pem(&["d.test"]);
+        install(&live, "d.test", &chain2, &key2).unwrap_err();
+        fs::remove_dir(&blocker).unwrap();
+        assert_eq!(fs::read_to_string(d.join("privkey.pem")).unwrap(), key1);
+        crate::tls::load_pair(&d.join("fullchain.pem"), &d.join("privkey.pem")).expect("the old pair, whole");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 4, "no temporary files left behind");
     }
 
     /// A lineage as certbot leaves it under `dir`: `live/<name>/*.pem` links to version `n` of
