@@ -700,3 +700,88 @@ async fn a_request_without_a_host_gets_400_but_healthz_answers() {
         assert!(first.split(' ').nth(1) == Some(status), "{request:?}: {answer}");
     }
 }
+
+/// An upload whose body breaks off (here: a malformed chunk) is the client's failure: 400,
+/// and the upstream neither counted as failed nor taken out. Counted against the upstream,
+/// three cancelled uploads would have taken a healthy one down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upload_is_the_clients_failure_not_the_upstreams() {
+    let s = setup("", "").await;
+    let errors = || s.proxy.metric("local_proxy_upstream_errors_total", &[("site", "a.test")]);
+    let before = errors().await;
+    for _ in 0..4 {
+        let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+        let mut c = tls_over(tcp, "a.test", &s.ca.pem_path).await.unwrap();
+        let request = "POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
+        c.write_all(request.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut c, Duration::from_secs(10)).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(errors().await, before, "the upstream was blamed");
+    good_request(&s).await;
+}
+
+/// An upstream answer framed by Transfer-Encoding with a Content-Length beside it reaches the
+/// client whole: the length is dropped (RFC 9112 6.3), not passed on to cut the body short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_beside_chunked_framing_does_not_cut_the_body() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+                              a\r\n0123456789\r\n0\r\n\r\n";
+                let _ = c.write_all(answer.as_bytes()).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    let s = setup("", &format!("[[site]]\nhost = \"strict.test\"\nupstream = \"http://{up}\"\n")).await;
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let mut c = tls_over(tcp, "strict.test", &s.ca.pem_path).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: strict.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut c, Duration::from_secs(10)).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("content-length: 5"), "{answer}");
+    assert!(answer.contains("0123456789"), "the body was cut: {answer}");
+}
+
+/// An h2 client's cookies in several fields reach an HTTP/1.1 upstream as one `Cookie`
+/// header, joined with "; " (RFC 9113 8.2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cookie_fields_reach_the_upstream_as_one_header() {
+    let s = setup("", "").await;
+    let tcp = TcpStream::connect(s.proxy.mesh_https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&s.ca.pem_path, &[b"h2"]));
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
+    let (client, conn) = h2::client::Builder::new().handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    let _driver = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get("https://a.test/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp).await.expect("an answer").unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.data()).await.expect("the body") {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&text);
+    let cookies: Vec<&str> = text.lines().filter(|l| l.starts_with("cookie: ")).collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{text}");
+}

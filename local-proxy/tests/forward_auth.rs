@@ -660,6 +660,28 @@ async fn the_target_names_the_host_for_forward_auth_and_the_upstream() {
     assert!(a.starts_with("HTTP/1.1 400"), "{a}");
 }
 
+/// Headers a client names in `Connection` go before anything is added: they cannot take the
+/// identity forward auth vouched for, a route's request headers, or the Host the upstream
+/// picks its site by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_tokens_cannot_remove_what_the_proxy_adds() {
+    let w = world().await;
+    let token = w.keys.token("alice", "42", None, 300);
+    let a = raw(
+        &w.proxy,
+        &format!(
+            "GET /api/items HTTP/1.1\r\nHost: app.example.org\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close, Host, Remote-User, X-User-Id, X-Via-Route, X-Forwarded-For\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    for line in ["host: app.example.org", "remote-user: alice", "x-user-id: 42", "x-via-route: api"] {
+        assert!(a.contains(&format!("\n{line}\n")), "the upstream did not see {line}: {a}");
+    }
+    assert!(a.contains(&format!("\nx-forwarded-for: {CLIENT}\n")), "{a}");
+}
+
 /// Routes and forward auth change with a reload: a public route becomes protected, a new
 /// route appears, and a reload with a bad route is refused while the old routes serve on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,7 @@ async fn proxy(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    strip_hop_by_hop(req.headers_mut(), upgrade);
+    // Hop-by-hop headers went before the routes and forward auth (`handler::respond`).
     set_forwarded(req.headers_mut(), conn.forwarded_for(), conn.tls, host);
     let (mut parts, incoming) = req.into_parts();
     // Shared with the client's request (a reference count), not copied per attempt.
@@ -191,6 +191,13 @@ async fn proxy(
                 stale = Some(i);
                 debug!(site = %site.host, upstream = %upstream, error = %e, "kept-alive connection closed under the request; again on a new one");
                 continue;
+            }
+            Ok(Err(e)) if body.streaming().is_some_and(Slot::client_broke) => {
+                // Not the upstream's failure: hyper's client stopped at the client's broken
+                // body (bad chunks, a reset h2 stream, a closed connection). Counted against
+                // the upstream, cancelled uploads would take healthy upstreams out.
+                debug!(site = %site.host, upstream = %upstream, error = %error_chain(&e), "request body broke off: 400");
+                return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body broke off."), route);
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

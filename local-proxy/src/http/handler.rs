@@ -181,6 +181,13 @@ async fn respond(
         return (after.finish(resp), Some("blocked"));
     }
     let mut req = req;
+    // First, so a header the client names in `Connection` takes nothing this proxy or the
+    // auth service adds below.
+    let may_upgrade = req.version() == http::Version::HTTP_11;
+    super::headers::strip_hop_by_hop(req.headers_mut(), may_upgrade);
+    if req.version() == http::Version::HTTP_2 {
+        super::headers::join_cookies(req.headers_mut());
+    }
     // Identity headers come from the auth service only, on public routes too.
     for name in &route.identity_headers {
         req.headers_mut().remove(name);

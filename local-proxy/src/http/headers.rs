@@ -11,26 +11,31 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1). `Trailer` is not
+/// one (RFC 9110 6.6.2, unlike RFC 2616): it announces the message's trailer fields, and
+/// hyper sends an HTTP/1.1 client only the trailers it announces.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
 
-/// Whether a request asks to switch protocols (WebSocket and friends).
+/// Whether a request asks to switch protocols (WebSocket and friends). Not to h2c: an
+/// upstream that switched would take every later request on the connection as its own
+/// stream, past the routes, forward auth and rate limits that judge each request here
+/// ("h2c smuggling"). Such a request goes on as an ordinary one, its `Upgrade` dropped.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    let Some(protocols) = headers.get(header::UPGRADE) else { return false };
+    let h2c = protocols.to_str().map_or(true, |v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    !h2c && headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Hop-by-hop headers outside the `http` crate's standard set (legacy, still sent).
@@ -42,18 +47,25 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Drop hop-by-hop headers, including any the `Connection` header names (in any case, in
-/// every `Connection` header). With `upgrade`, `Connection: upgrade` and `Upgrade` are kept
-/// so the upstream sees the request to switch.
+/// every `Connection` header). With `may_upgrade` (an HTTP/1.1 request), a request to switch
+/// protocols ([`is_upgrade`]) keeps `Connection: upgrade` and `Upgrade`, so the upstream sees
+/// it; asked only when there is a hop-by-hop header at all.
 ///
 /// Runs twice per proxied request (request and response), so the common cases cost one pass
 /// over the names: no hop-by-hop header at all returns there; otherwise the names a `Connection`
 /// header lists are removed by `&str` (lowercased on the stack by `http`, no `HeaderName`
 /// built and no list collected unless the header is sent more than once).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, may_upgrade: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if may_upgrade && is_upgrade(headers) { headers.get(header::UPGRADE).cloned() } else { None };
+    // A message framed by Transfer-Encoding goes on re-framed by hyper; a Content-Length sent
+    // beside it is wrong for that framing (RFC 9112 6.3), and hyper's client keeps it in an
+    // upstream's response: passed on, the client would read that many bytes of the body.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if let Some(first) = headers.get(header::CONNECTION).cloned() {
         // `remove` drops every `Connection` value but returns the first only: take the
         // others first (empty, so no allocation, when the header came once).
@@ -80,8 +92,13 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     for token in list.split(',') {
         let token = token.trim();
         // `close` and `keep-alive` are the usual values: the first names no header, the
-        // second one removed by the caller anyway.
-        if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+        // second one removed by the caller anyway. `Host` is the request's own, not the
+        // connection's, whatever a client says.
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("host")
+        {
             continue;
         }
         // By `&str`: `http` lowercases it on the stack; a token that is no valid header
@@ -110,6 +127,13 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
 /// any address. `X-Forwarded-Host` takes the request's own `Host` value when it already is
 /// `host` (no copy), else a new value.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&str>) {
+    // The client's other forwarding claims go too: frameworks behind a trusted proxy build
+    // redirects and links from them (Spring and Rack read X-Forwarded-Port and -Prefix,
+    // Symfony -Port, IIS rewrites by X-Original-URL). One scan of the names; bounded, each
+    // turn removes one.
+    while let Some(name) = headers.keys().find(|n| claims_forwarding(n)).cloned() {
+        headers.remove(name);
+    }
     headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(X_REAL_IP, client.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
@@ -125,6 +149,37 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, h
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
+    }
+}
+
+/// A forwarding header this proxy does not set itself (those it sets, it replaces).
+fn claims_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    match n.strip_prefix("x-forwarded-") {
+        Some(rest) => !matches!(rest, "for" | "proto" | "host"),
+        None => n == "x-original-url" || n == "x-rewrite-url",
+    }
+}
+
+/// An h2 client may send its cookies as several `cookie` fields; HTTP/1.1 allows one, and
+/// RFC 9113 8.2.3 has them joined with "; " before a request goes on over HTTP/1.1 (several
+/// `Cookie` lines reach most frameworks as the first one only). Nothing to do for one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let all = headers.get_all(header::COOKIE);
+    if all.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(all.iter().map(|v| v.len() + 2).sum());
+    for v in all {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(mut v) = HeaderValue::from_bytes(&joined) {
+        v.set_sensitive(true);
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -317,5 +372,82 @@ mod tests {
         set_forwarded(&mut h, &client, true, None);
         assert!(!h.contains_key(X_FORWARDED_HOST));
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn a_connection_token_cannot_take_the_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Host, remote-user"));
+        h.insert(header::HOST, HeaderValue::from_static("app.example.org"));
+        h.insert("remote-user", HeaderValue::from_static("mallory"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::HOST], "app.example.org");
+    }
+
+    #[test]
+    fn transfer_encoding_takes_a_content_length_beside_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn trailer_announcements_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::TRAILER], "x-checksum");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_no_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("H2C"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        assert!(!is_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket, h2c"));
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn other_forwarding_claims_go() {
+        let mut h = HeaderMap::new();
+        for name in ["x-forwarded-port", "x-forwarded-prefix", "X-Forwarded-Ssl", "x-original-url", "x-rewrite-url"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("//evil.example"));
+        }
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert("x-forwarded-thing-of-ours", HeaderValue::from_static("1"));
+        h.insert("x-forwardedness", HeaderValue::from_static("kept"));
+        set_forwarded(&mut h, &client_value("192.0.2.1".parse().unwrap()), false, None);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-for", "x-forwarded-proto", "x-forwardedness", "x-real-ip"]);
+    }
+
+    #[test]
+    fn cookies_in_several_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2; c=3; d=4"]);
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        let before = one.clone();
+        join_cookies(&mut one);
+        assert_eq!(one, before);
     }
 }

@@ -93,11 +93,18 @@ struct Shared {
     moved: Activity,
     /// The attempt's last poll of the body found the client's next piece not yet arrived.
     waiting: AtomicBool,
+    /// The client's body ended in an error: malformed chunks, or the client gone mid-way.
+    broke: AtomicBool,
 }
 
 impl Slot {
     pub fn new(body: ClientBody) -> Self {
-        Self(Arc::new(Shared { body: Mutex::new(Some(body)), moved: Activity::new(), waiting: AtomicBool::new(false) }))
+        Self(Arc::new(Shared {
+            body: Mutex::new(Some(body)),
+            moved: Activity::new(),
+            waiting: AtomicBool::new(false),
+            broke: AtomicBool::new(false),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<ClientBody>> {
@@ -126,6 +133,12 @@ impl Slot {
     pub fn waiting_for_client(&self) -> bool {
         self.0.waiting.load(Ordering::Relaxed)
     }
+
+    /// Whether the client's body broke off: the attempt failed for the client, not for its
+    /// upstream.
+    pub fn client_broke(&self) -> bool {
+        self.0.broke.load(Ordering::Relaxed)
+    }
 }
 
 /// One attempt's view of the body: empty if an earlier attempt consumed it.
@@ -148,8 +161,11 @@ impl Body for Deferred {
         let polled = Pin::new(body).poll_frame(cx);
         let shared = &this.slot.0;
         shared.waiting.store(polled.is_pending(), Ordering::Relaxed);
-        if polled.is_ready() {
+        if let Poll::Ready(frame) = &polled {
             shared.moved.touch();
+            if matches!(frame, Some(Err(_))) {
+                shared.broke.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }

@@ -171,7 +171,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Minimal HTTP/1.1 GET over plain TCP; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    raw_get(&mut s, "admin", path).await
+    raw_get(&mut s, "localhost", path).await
 }
 
 /// Send a GET with `Connection: close` on an open stream and read the whole answer.

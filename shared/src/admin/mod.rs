@@ -219,6 +219,7 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     let routes = Arc::new(routes);
     let conns = TaskTracker::new();
     let open = Arc::new(Semaphore::new(MAX_CONNS));
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -245,7 +246,14 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
         conns.spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
-                let reply = routes.answer(&req, peer);
+                let reply = if loopback && !names_this_host(&req) {
+                    Reply::text(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        "this listener is on loopback and answers only to an IP address or localhost\n",
+                    )
+                } else {
+                    routes.answer(&req, peer)
+                };
                 async move { Ok::<_, Infallible>(into_response(reply)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -264,12 +272,38 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     conns.wait().await;
 }
 
+/// Whether a request names this host by an IP address or `localhost` (or no name at all, as
+/// HTTP/1.0 scrapers may). A web page the operator opens can point a name of its own at
+/// 127.0.0.1 (DNS rebinding) and then read, from the operator's browser, what a loopback
+/// listener serves without a token: the status page, the metrics, the event log. The browser
+/// sends the page's name as Host, which is refused here (Syncthing guards its GUI the same
+/// way). A listener on another address is reached by whatever names the network gives it.
+fn names_this_host(req: &Request<Incoming>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (named, more) = (hosts.next(), hosts.next());
+    let authority = match (req.uri().authority(), named, more) {
+        (_, Some(_), Some(_)) => return false,
+        (Some(a), _, _) => a.clone(),
+        (None, None, _) => return true,
+        (None, Some(v), _) => match http::uri::Authority::try_from(v.as_bytes()) {
+            Ok(a) => a,
+            Err(_) => return false,
+        },
+    };
+    let host = authority.host();
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || host.len() > 10 && host.as_bytes()[host.len() - 10..].eq_ignore_ascii_case(b".localhost")
+}
+
 fn into_response(reply: Reply) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
     *resp.status_mut() = reply.status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(reply.content_type));
     // Status and control answers change every second: never from a cache.
     resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
     if reply.status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
@@ -304,25 +338,66 @@ mod tests {
             let _ = rx.await;
         }));
         let close = "Connection: close\r\n\r\n";
-        let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("version=0.0.4") && r.ends_with("up 1\n"), "{r}");
-        let r = get(addr, &format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        let r = get(addr, &format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 503") && r.contains("no certificate"), "{r}");
-        let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 404") && r.contains("/metrics, /healthz"), "{r}");
-        let r = get(addr, &format!("POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{close}")).await;
+        let r = get(addr, &format!("POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 405") && r.contains("only GET"), "{r}");
-        let r = get(addr, &format!("GET /api/echo HTTP/1.1\r\nHost: a\r\n{close}")).await;
+        let r = get(addr, &format!("GET /api/echo HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 405") && r.contains("only POST"), "{r}");
         let r = get(
             addr,
-            &format!("POST /api/echo?x=1&name=w%C3%A4n+1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{close}"),
+            &format!("POST /api/echo?x=1&name=w%C3%A4n+1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{close}"),
         )
         .await;
         assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("/api/echo Some(\"wän 1\")\n"), "{r}");
         // HTTP/1.0 scrapers still work.
         let r = get(addr, "GET /metrics HTTP/1.0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.0 200") && r.ends_with("up 1\n"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// On loopback, a request for a name (DNS rebinding: a web page's own name pointed at
+    /// 127.0.0.1) is refused; IP addresses, localhost and no Host at all are answered.
+    #[tokio::test]
+    async fn a_loopback_listener_answers_only_to_addresses_and_localhost() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        let ask = |host: &str| format!("GET /status HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+        for host in [
+            format!("Host: {addr}\r\n"),
+            "Host: 127.0.0.1\r\n".into(),
+            "Host: [::1]:9180\r\n".into(),
+            "Host: LocalHost:9180\r\n".into(),
+            "Host: admin.localhost\r\n".into(),
+        ] {
+            let r = get(addr, &ask(&host)).await;
+            assert!(r.starts_with("HTTP/1.1 200") && r.contains("nosniff"), "{host}: {r}");
+        }
+        let r = get(addr, "GET /status HTTP/1.0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        for host in [
+            "Host: rebind.example:9180\r\n",
+            "Host: localhost.example\r\n",
+            "Host: 127.0.0.1\r\nHost: evil.example\r\n",
+            "Host: bad host\r\n",
+        ] {
+            let r = get(addr, &ask(host)).await;
+            assert!(r.starts_with("HTTP/1.1 421") || r.starts_with("HTTP/1.1 400"), "{host}: {r}");
+            assert!(!r.contains("{}"), "{host}: {r}");
+        }
+        let r = get(addr, "GET http://rebind.example/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await;
+        assert!(r.starts_with("HTTP/1.1 421"), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
     }
@@ -345,7 +420,7 @@ mod tests {
             });
         let server = tokio::spawn(serve(l, routes, std::future::pending()));
         let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stalled.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        stalled.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut idle = Vec::new();
         for _ in 1..MAX_CONNS {
             idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -365,7 +440,7 @@ mod tests {
         assert!(got.len() < (16 << 20), "it could not have been answered whole: {}", got.len());
         tokio::time::resume();
         // The listener serves again.
-        let r = get(addr, "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let r = get(addr, "GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
         server.abort();
     }
