@@ -322,7 +322,11 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
     // Losses after the detection window. Over the mesh yggdrasil, a router in user space, may
     // drop a datagram now and then, as any UDP path may (one did, once in a full run, 2.2 s
     // after the flows had moved). Failover must not leave a flow unanswered: such a loss must
-    // stand alone, with the datagrams either side of it answered, and be rare.
+    // stand alone, with the datagrams either side of it answered, and be rare. Yggdrasil up to
+    // 0.5.13 (bookworm-backports has 0.5.12) drops the oldest packet of a peer's queue when a
+    // new one arrives while that one waited over 25 ms (ironwood's peer queue, removed in
+    // 0.5.14): a router stalled that long once a second, under a full run's load, lost one
+    // datagram a second (6 of 2,204, every 99th of one flow), each alone.
     let mut late = Vec::new();
     let mut after_window = 0u64;
     for f in &s.flows {
@@ -357,8 +361,9 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
             late.push((f.flow, d.seq, at));
         }
     }
-    // One in 500 of the datagrams sent after the window, and at least 2 (about 1,000 datagrams).
-    let late_allowed = (after_window / 500).max(2) as usize;
+    // One in 200 of the datagrams sent after the window (two a second of the four flows' 400),
+    // and at least 2.
+    let late_allowed = (after_window / 200).max(2) as usize;
     assert!(
         late.len() <= late_allowed,
         "{} datagrams lost outside the detection window (flow, seq, ms after the cut): {late:?}; at most \
