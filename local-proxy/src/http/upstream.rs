@@ -73,19 +73,7 @@ fn connector(
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-    let tls = if insecure_skip_verify {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
-    } else {
-        let roots = match ca_file {
-            Some(path) => crate::config::ca_file::roots(path)
-                .map_err(|reason| ClientError::CaFile { path: path.display().to_string(), reason })?,
-            None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-
+    let tls = client_tls(insecure_skip_verify, ca_file)?;
     let mut http = HttpConnector::new();
     // The TLS wrapper needs https:// URIs to reach it.
     http.enforce_http(false);
@@ -118,6 +106,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The TLS side of an upstream connection: verified against `ca_file` or the web's roots, or
+/// not at all (`insecure_skip_verify`).
+pub(crate) fn client_tls(
+    insecure_skip_verify: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    if insecure_skip_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let roots = match ca_file {
+        Some(path) => crate::config::ca_file::roots(path)
+            .map_err(|reason| ClientError::CaFile { path: path.display().to_string(), reason })?,
+        None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+    };
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Accepts any upstream certificate (still checking handshake signatures, so the session key

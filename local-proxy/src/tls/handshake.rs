@@ -63,15 +63,16 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, ConfigE
     Ok(Arc::new(cfg))
 }
 
-/// A ClientHello offering only `acme-tls/1` for a name with a challenge being offered gets
-/// a configuration that serves that challenge certificate and nothing else.
+/// A ClientHello offering only `acme-tls/1` (as RFC 8737 3 has the CA do) for a name with a
+/// challenge being offered gets a configuration that serves that challenge certificate and
+/// nothing else; a client offering it beside h2 or http/1.1 gets the site's certificate.
 fn acme_tls_alpn(hello: &rustls::server::ClientHello<'_>, store: &CertStore) -> Option<Arc<ServerConfig>> {
     let challenges = store.challenges();
     if !challenges.any_tls_alpn01() {
         return None;
     }
     let mut alpn = hello.alpn()?;
-    if !alpn.any(|p| p == ACME_TLS_ALPN) {
+    if alpn.next() != Some(ACME_TLS_ALPN) || alpn.next().is_some() {
         return None;
     }
     let key = challenges.tls_alpn01(&hello.server_name()?.to_ascii_lowercase())?;
@@ -132,4 +133,54 @@ where
         }
     });
     tokio::time::timeout(timeout, handshake).await.map_err(|_| HandshakeError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A handshake offering `alpn` for a.test, which has a certificate of its own and a
+    /// TLS-ALPN-01 challenge on offer: the server's result, and the client's.
+    async fn handshake(alpn: &[&[u8]]) -> (Result<String, HandshakeError>, Result<(), String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap().self_signed(&key).unwrap();
+        let files = crate::config::CertFiles { cert: dir.path().join("a.pem"), key: dir.path().join("a.key") };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        let store = Arc::new(CertStore::new());
+        store.set_sources(&crate::config::Tls {
+            certbot_live_dir: None,
+            certificates: vec![files],
+            reload_interval: Duration::from_secs(5),
+            acme_live_dir: None,
+        });
+        let challenge = crate::acme::challenges::tls_alpn01_cert("a.test", &[7u8; 32]).unwrap();
+        store.challenges().add_tls_alpn01("a.test", Arc::new(challenge));
+        let config = server_config(store.clone()).unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut tls = crate::http::upstream::client_tls(true, None).unwrap();
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+        let client = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, client_io);
+        // Both at once, and the client's end kept open until the server's is done (TLS 1.3
+        // session tickets follow the client's Finished).
+        let (client, server) = tokio::join!(client, accept(server_io, config, &store, Duration::from_secs(5)));
+        let server = server.map(|s| String::from_utf8_lossy(s.get_ref().1.alpn_protocol().unwrap_or(b"")).into_owned());
+        (server, client.map(drop).map_err(|e| e.to_string()))
+    }
+
+    /// RFC 8737 3: the CA offers `acme-tls/1` alone, and only then is the challenge's
+    /// certificate served (the client's verifier refuses its critical acmeIdentifier
+    /// extension). A client that offers it beside h2 is no validation: it gets the site.
+    #[tokio::test]
+    async fn only_a_hello_offering_acme_tls_alone_gets_the_challenge_certificate() {
+        let (server, client) = handshake(&[ACME_TLS_ALPN]).await;
+        assert!(server.is_err(), "{server:?}");
+        assert!(client.as_ref().is_err_and(|e| e.contains("xtension")), "not the challenge certificate: {client:?}");
+        let (server, client) = handshake(&[b"h2", ACME_TLS_ALPN]).await;
+        assert_eq!(server.unwrap(), "h2");
+        assert_eq!(client, Ok(()));
+    }
 }

@@ -108,10 +108,11 @@ impl CertStore {
         let Some(sources) = state.sources.clone() else {
             return;
         };
-        let wanted = pairs(&sources);
+        let (wanted, unreadable) = pairs(&sources);
         let mut changed = false;
         let before = state.entries.len();
-        state.entries.retain(|k, _| wanted.contains(k));
+        // A live directory that cannot be read this time keeps what it served.
+        state.entries.retain(|k, _| wanted.contains(k) || unreadable.iter().any(|d| k.cert.starts_with(d)));
         if state.entries.len() != before {
             changed = true;
         }
@@ -166,9 +167,16 @@ impl CertStore {
     }
 }
 
-/// Every certificate/key pair the sources name right now.
-fn pairs(tls: &Tls) -> Vec<CertFiles> {
+/// Every certificate/key pair the sources name right now, and the live directories that could
+/// not be read.
+///
+/// A lineage is a directory of a live directory, whether its `fullchain.pem` is there or not:
+/// certbot renews by removing each link and making it anew, and a poll between the two must
+/// not drop the names' certificate (a missing file keeps the pair's last good one, as a bad
+/// file does).
+fn pairs(tls: &Tls) -> (Vec<CertFiles>, Vec<PathBuf>) {
     let mut out = tls.certificates.clone();
+    let mut unreadable = Vec::new();
     let mut live_dirs: Vec<&PathBuf> = tls.certbot_live_dir.iter().collect();
     // ACME's live/ may be certbot's own (renewed in place): read it once.
     live_dirs.extend(tls.acme_live_dir.iter().filter(|d| tls.certbot_live_dir.as_ref() != Some(*d)));
@@ -178,18 +186,25 @@ fn pairs(tls: &Tls) -> Vec<CertFiles> {
                 let mut found: Vec<CertFiles> = dir
                     .filter_map(Result::ok)
                     .map(|e| e.path())
-                    .filter(|p| p.join("fullchain.pem").exists())
+                    .filter(|p| p.is_dir())
                     .map(|p| CertFiles { cert: p.join("fullchain.pem"), key: p.join("privkey.pem") })
                     .collect();
                 found.sort_by(|a, b| a.cert.cmp(&b.cert));
                 out.extend(found);
             }
-            // ACME makes its live/ with the first certificate.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tls.acme_live_dir.as_ref() == Some(live) => {}
-            Err(e) => warn!(dir = %live.display(), error = %e, "cannot read certbot live directory"),
+            // ACME makes its live/ with the first certificate; a live/ taken away is meant.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if tls.acme_live_dir.as_ref() != Some(live) {
+                    warn!(dir = %live.display(), "certbot live directory gone; its certificates are no longer served");
+                }
+            }
+            Err(e) => {
+                warn!(dir = %live.display(), error = %e, "cannot read certbot live directory; keeping its certificates");
+                unreadable.push(live.clone());
+            }
         }
     }
-    out
+    (out, unreadable)
 }
 
 /// rustls resolver backed by a [`CertStore`]; no certificate means a handshake failure alert.
@@ -199,5 +214,56 @@ pub struct Resolver(pub Arc<CertStore>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         hello.server_name().and_then(|n| self.0.lookup(n))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
+    }
+
+    /// certbot renews by removing each link and making it anew: a poll in between, or a live
+    /// directory that cannot be read for a moment, keeps the names' certificate. A live
+    /// directory taken away is meant, and its certificates go.
+    #[test]
+    fn a_lineage_briefly_without_its_chain_or_an_unreadable_live_dir_keeps_serving() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        write_pair(&live.join("a.test"), "a.test");
+        std::fs::write(live.join("README"), "certbot's note").unwrap();
+        let store = CertStore::new();
+        store.set_sources(&Tls {
+            certbot_live_dir: Some(live.clone()),
+            certificates: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(5),
+            acme_live_dir: None,
+        });
+        assert!(store.lookup("a.test").is_some());
+
+        let chain = live.join("a.test/fullchain.pem");
+        std::fs::rename(&chain, tmp.path().join("aside.pem")).unwrap();
+        store.refresh();
+        assert!(store.lookup("a.test").is_some(), "dropped between certbot's unlink and symlink");
+        std::fs::rename(tmp.path().join("aside.pem"), &chain).unwrap();
+        store.refresh();
+        assert!(store.lookup("a.test").is_some());
+
+        // Not a directory any more (ENOTDIR on read_dir): an error, not a removal.
+        std::fs::rename(&live, tmp.path().join("live.moved")).unwrap();
+        std::fs::write(&live, "").unwrap();
+        store.refresh();
+        assert!(store.lookup("a.test").is_some(), "dropped on an unreadable live directory");
+
+        std::fs::remove_file(&live).unwrap();
+        store.refresh();
+        assert!(store.lookup("a.test").is_none(), "a live directory taken away keeps serving");
     }
 }
