@@ -30,21 +30,36 @@ pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[&[u8]])) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        let refused = REPLIES.with_borrow_mut(|batches| {
+        let read = REPLIES.with_borrow_mut(|batches| {
             let batch = &mut batches[family];
-            loop {
+            for _ in 0..RUN_BATCHES {
                 match batch.try_read(upstream) {
                     Ok(_) => batch.runs(&mut deliver),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Drained,
                     // ECONNREFUSED from an ICMP port unreachable: the service may come back.
-                    Err(_) => return true,
+                    Err(_) => return Read::Refused,
                 }
             }
+            Read::Busy
         });
-        if refused {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match read {
+            Read::Drained => {}
+            Read::Refused => tokio::time::sleep(Duration::from_millis(10)).await,
+            // Reads that succeed spend no cooperative budget: a flow whose upstream keeps its
+            // queue full would hold the worker thread, and every socket and timer on it, for
+            // as long as that lasts.
+            Read::Busy => tokio::task::yield_now().await,
         }
     }
+}
+
+/// Batches a reply pump reads in a row before it lets the other tasks of its thread run.
+const RUN_BATCHES: usize = 8;
+
+enum Read {
+    Drained,
+    Refused,
+    Busy,
 }
 
 /// How long a stopping listener's flows must have been silent before they are let go, and the
@@ -146,5 +161,60 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap(), b"one");
         assert_eq!(rx.recv().await.unwrap(), b"two");
         task.abort();
+    }
+
+    /// An upstream that keeps its flow's queue full does not hold the worker thread: another
+    /// task on it (here a 10 ms timer) still runs.
+    #[test]
+    fn a_busy_pump_lets_its_thread_run_other_tasks() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            flood.connect(a.local_addr().unwrap()).unwrap();
+            a.connect(flood.local_addr().unwrap()).await.unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flooder = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                        let _ = flood.send(b"reply");
+                    }
+                })
+            };
+            let pumped = Arc::new(AtomicU64::new(0));
+            let count = pumped.clone();
+            let task = tokio::spawn(async move {
+                pump(&a, |run| {
+                    count.fetch_add(run.len() as u64, Ordering::Relaxed);
+                    // A slow way out (one send per datagram, no GSO) beside a fast way in.
+                    let until = std::time::Instant::now() + Duration::from_micros(100);
+                    while std::time::Instant::now() < until {}
+                })
+                .await
+            });
+            // Let the pump start on a full queue, then ask for a turn: the timer's task notes how
+            // much the pump had done when it ran. Held, it would run only once the flood ended
+            // and the pump had drained the queue, with nothing pumped after it.
+            while pumped.load(Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+            let at_timer = {
+                let pumped = pumped.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    pumped.load(Ordering::Relaxed)
+                })
+            }
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.store(true, Ordering::Relaxed);
+            flooder.join().unwrap();
+            task.abort();
+            let total = pumped.load(Ordering::Relaxed);
+            assert!(total > at_timer, "the timer ran only after the flood: {at_timer} of {total} pumped by then");
+        });
     }
 }
