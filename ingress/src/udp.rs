@@ -24,7 +24,7 @@ use crate::pool::{ActiveGuard, ByteMeter, Kind, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
-use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable};
+use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable, SourceShare};
 use shared::udp_relay::{linger, pump};
 
 struct Flow {
@@ -143,6 +143,7 @@ struct Counters {
     bytes_in: Counter,
     bytes_out: Counter,
     drop_flow_cap: Counter,
+    drop_source_share: Counter,
     drop_no_path: Counter,
     drop_send: Counter,
 }
@@ -156,6 +157,7 @@ impl Counters {
             bytes_in: counter!(m::UDP_BYTES, "service" => s.clone(), "direction" => "up"),
             bytes_out: counter!(m::UDP_BYTES, "service" => s.clone(), "direction" => "down"),
             drop_flow_cap: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "flow_cap"),
+            drop_source_share: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "source_share"),
             drop_no_path: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "no_path"),
             drop_send: counter!(m::UDP_DROPS, "service" => s, "reason" => "send_failed"),
         }
@@ -324,6 +326,11 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 // new source takes the slot of this listener's longest-silent flow once that has
                 // been silent a moment, so a legitimate client is not locked out by a flood;
                 // a listener with none to give up gets one from another port's table.
+                let Some(share) = svc.flows.share(client.ip()) else {
+                    c.drop_source_share.increment(1);
+                    tracing::debug!(service = %svc.cfg.name, %client, "source holds its share of the flows, datagram dropped");
+                    continue;
+                };
                 let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
                 let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
@@ -333,7 +340,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                     continue;
                 };
-                let opened = open_flow(&svc, port, client, &replies, now, header, permits).await;
+                let opened = open_flow(&svc, port, client, &replies, now, header, (permits, share)).await;
                 let Some(flow) = opened else {
                     c.drop_no_path.increment(1);
                     continue;
@@ -382,7 +389,7 @@ async fn open_flow(
     replies: &Replies,
     now: u64,
     header: Option<Box<[u8]>>,
-    permits: FlowPermits,
+    (permits, share): (FlowPermits, SourceShare),
 ) -> Option<Flow> {
     let pool = &svc.pool;
     let mut tried = Tried::default();
@@ -424,7 +431,7 @@ async fn open_flow(
             busy_mark.clone(),
             guard.path().state.m_bytes_down.clone(),
         )));
-        let life = FlowLife::new(last, pump, permits);
+        let life = FlowLife::new(last, pump, permits, share);
         let (watch, segmenting) = Default::default();
         return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch, segmenting });
     }

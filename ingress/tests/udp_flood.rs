@@ -167,7 +167,8 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     assert!(answered.is_some(), "the service never answered");
 
     // The flood: new one-shot sources on the first port, for as long as the test needs
-    // (at most 40,000 of them, 15 s).
+    // (at most 40,000 of them, 15 s), each of its own address (one address would be held to
+    // its share of the budget, which is not what this tests).
     let stop = Arc::new(AtomicBool::new(false));
     let sources = Arc::new(AtomicU64::new(0));
     let flood = {
@@ -178,7 +179,9 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
                 if start.elapsed() > Duration::from_secs(15) {
                     break;
                 }
-                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+                let n = sources.load(Ordering::Relaxed);
+                let from = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
+                let s = std::net::UdpSocket::bind((from, 0)).expect("flood socket");
                 let _ = s.send_to(b"x", flooded_addr);
                 sources.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_micros(200));

@@ -139,3 +139,47 @@ async fn a_flood_of_clients_keeps_the_talking_flow_and_admits_a_newcomer() {
     assert!(g > 0 && (g as f64) > 0.5 * s as f64, "the talking flow lost its replies: {g}/{s}");
     assert!(fds_peak <= fds_before + 4096 + 50, "descriptors beyond the flow cap: {fds_before} -> {fds_peak}");
 }
+
+/// A mesh client (any node of the public mesh may send) keeping many flows talking, a source
+/// port each, holds no more than a quarter of a nearly full stream: another mesh client is
+/// still answered. The trusted ingress relaying without PROXY headers speaks for all its
+/// clients under one address and is not held to a share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mesh_client_leaves_room_for_others_and_the_ingress_is_no_single_source() {
+    let upstream = echo().await;
+    let p = Proxy::start(&base_config(&format!(
+        "[[stream]]\nname = \"shared\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 8\n"
+    )))
+    .await;
+    let ask = |from: &'static str, to: SocketAddr| async move {
+        let c = UdpSocket::bind(format!("{from}:0")).await.unwrap();
+        c.connect(to).await.unwrap();
+        c.send(b"x").await.unwrap();
+        let mut b = [0u8; 64];
+        let answered = tokio::time::timeout(Duration::from_millis(500), c.recv(&mut b)).await.is_ok();
+        (c, answered)
+    };
+    let mesh = p.listeners_udp[&(Origin::Mesh, "shared".to_string())];
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(ask("127.0.3.1", mesh).await);
+    }
+    assert_eq!(held.iter().filter(|(_, a)| *a).count(), 6, "one mesh client: three quarters of 8");
+    let (_other, answered) = ask("127.0.3.2", mesh).await;
+    assert!(answered, "another mesh client is answered");
+    let refused = p.metric("local_proxy_udp_dropped_total", &[("stream", "shared"), ("result", "source_share")]).await;
+    assert_eq!(refused, 4.0);
+    drop(held);
+
+    // The ingress without headers: each of its flows is some client of its own.
+    let p = Proxy::start(&base_config(&format!(
+        "[[stream]]\nname = \"relayed\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 8\n"
+    )))
+    .await;
+    let wan = p.listeners_udp[&(Origin::Wan, "relayed".to_string())];
+    let mut relayed = Vec::new();
+    for _ in 0..8 {
+        relayed.push(ask("127.0.0.2", wan).await);
+    }
+    assert!(relayed.iter().all(|(_, a)| *a), "the ingress's flows all get a slot");
+}

@@ -11,6 +11,10 @@
 //! admission order and a flow found active since it was queued goes to the back (the
 //! second-chance "clock" of page caches).
 //!
+//! No source gets more than its share of a nearly full budget ([`FlowBudget::share`]): one
+//! client that keeps thousands of flows talking (a source port each) would otherwise hold
+//! every slot, and no flow of its would ever be silent long enough to give up.
+//!
 //! A flow's slots follow its upstream socket, not its table entry: the reply pump holds
 //! the socket as well, and an aborted task lets go of it only when the runtime next polls
 //! it. Given back with the entry, a flood at the cap opened new sockets while a loop's
@@ -20,9 +24,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -56,6 +61,8 @@ pub struct FlowBudget {
     /// A flow was given up for the current want.
     given: AtomicBool,
     born: std::time::Instant,
+    /// Flows per source ([`source_of`]) across the service's tables.
+    sources: Mutex<HashMap<IpAddr, u32>>,
 }
 
 /// How long a table's want for a slot lasts: longer than a client's retry of a lost
@@ -70,7 +77,39 @@ impl FlowBudget {
             wanted_until: AtomicU64::new(0),
             given: AtomicBool::new(false),
             born: std::time::Instant::now(),
+            sources: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A place for one more flow of `client`'s source, counted until the [`SourceShare`] is
+    /// dropped; `None` while the budget is three quarters full and that source holds a
+    /// quarter of the cap. Below that fill, any client opens what it needs; at it, one
+    /// source (or one IPv6 /64) keeping its flows talking still leaves a quarter to the rest.
+    pub fn share(self: &Arc<Self>, client: IpAddr) -> Option<SourceShare> {
+        let source = source_of(client);
+        let cap = self.cap();
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = sources.entry(source).or_insert(0);
+        if *held as usize >= (cap / 4).max(1) && self.used() >= cap - cap / 4 {
+            return None;
+        }
+        *held += 1;
+        Some(SourceShare { budget: self.clone(), source })
+    }
+
+    /// [`share`](Self::share) never refused: for a relay that speaks for many clients it
+    /// cannot tell apart (an ingress node sending without PROXY headers).
+    pub fn share_unbounded(self: &Arc<Self>, client: IpAddr) -> SourceShare {
+        let source = source_of(client);
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        *sources.entry(source).or_insert(0) += 1;
+        SourceShare { budget: self.clone(), source }
+    }
+
+    /// Flows `client`'s source holds across the service.
+    pub fn held_by(&self, client: IpAddr) -> u32 {
+        let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        sources.get(&source_of(client)).copied().unwrap_or(0)
     }
 
     fn clock_ms(&self) -> u64 {
@@ -115,6 +154,34 @@ impl FlowBudget {
         let cap = self.cap();
         self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
         Some(FlowPermit(self.clone()))
+    }
+}
+
+/// The source a client is counted under: its IPv4 address, or the /64 of its IPv6 address
+/// (what one host or one Yggdrasil node's subnet is given).
+pub fn source_of(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+/// One flow of its source, counted in its service's budget until dropped.
+#[derive(Debug)]
+pub struct SourceShare {
+    budget: Arc<FlowBudget>,
+    source: IpAddr,
+}
+
+impl Drop for SourceShare {
+    fn drop(&mut self) {
+        let mut sources = self.budget.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = sources.get_mut(&self.source) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                sources.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -182,11 +249,12 @@ pub struct FlowLife {
     last: Arc<AtomicU64>,
     pump: JoinHandle<()>,
     permits: FlowPermits,
+    _share: SourceShare,
 }
 
 impl FlowLife {
-    pub fn new(last: Arc<AtomicU64>, pump: JoinHandle<()>, permits: FlowPermits) -> Self {
-        Self { last, pump, permits }
+    pub fn new(last: Arc<AtomicU64>, pump: JoinHandle<()>, permits: FlowPermits, share: SourceShare) -> Self {
+        Self { last, pump, permits, _share: share }
     }
 
     /// A datagram went to the upstream at `now` (the table's clock).
@@ -532,7 +600,42 @@ mod tests {
             let _socket = socket;
             std::future::pending::<()>().await
         }));
-        FlowLife::new(Arc::new(AtomicU64::new(now)), pump, permits)
+        // Shares from a budget of their own, never refused: these tests are about the slots.
+        let shares = FlowBudget::new(1 << 20);
+        let share = shares.share(IpAddr::from([192, 0, 2, 1])).expect("share");
+        FlowLife::new(Arc::new(AtomicU64::new(now)), pump, permits, share)
+    }
+
+    /// One source keeping its flows talking gets what it asks for until the budget is three
+    /// quarters full, then no more than a quarter of the cap: the rest stays for others. An
+    /// IPv6 /64 is one source; a share given back is counted no more.
+    #[test]
+    fn no_source_takes_more_than_its_share_of_a_nearly_full_budget() {
+        let service = FlowBudget::new(8);
+        let global = FlowBudget::new(1 << 20);
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut held = Vec::new();
+        while let Some(share) = service.share(a) {
+            held.push((share, FlowPermits::acquire(&service, &global).expect("a free slot")));
+            assert!(held.len() <= 8);
+        }
+        assert_eq!(held.len(), 6, "a alone: up to three quarters");
+        assert_eq!(service.held_by("::ffff:198.51.100.7".parse().unwrap()), 6, "v4-mapped is the same source");
+        let b: IpAddr = "2001:db8:1:2::10".parse().unwrap();
+        for _ in 0..2 {
+            let share = service.share(b).expect("another source gets the last quarter");
+            held.push((share, FlowPermits::acquire(&service, &global).expect("a free slot")));
+        }
+        assert_eq!(service.held_by("2001:db8:1:2:ffff::1".parse().unwrap()), 2, "one /64, one source");
+        assert_eq!(service.held_by("2001:db8:1:3::10".parse().unwrap()), 0);
+        assert!(service.share(b).is_none(), "b at its quarter of a full budget");
+        // A third source may still ask: at a full budget it takes a silent flow's slot.
+        let c = service.share("203.0.113.9".parse().unwrap()).expect("c holds nothing");
+        drop(c);
+        held.truncate(3);
+        assert_eq!(service.held_by(a), 3);
+        assert_eq!(service.held_by(b), 0);
+        assert!(service.share(a).is_some(), "below three quarters again");
     }
 
     #[test]

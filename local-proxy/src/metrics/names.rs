@@ -61,7 +61,7 @@ pub const UDP_FLOWS_MOVED: &str = "local_proxy_udp_flows_moved_total";
 /// UDP datagrams relayed, by `stream` and `direction`.
 pub const UDP_DATAGRAMS: &str = "local_proxy_udp_datagrams_total";
 /// UDP datagrams dropped, by `stream` and `result`
-/// (`untrusted`, `bad_header`, `flow_limit`, `send_failed`, `transparent_failed`, `no_upstream`,
+/// (`untrusted`, `bad_header`, `flow_limit`, `source_share`, `send_failed`, `transparent_failed`, `no_upstream`,
 /// `stream_removed`: arrived between a reload that removed the stream and its socket closing).
 pub const UDP_DROPPED: &str = "local_proxy_udp_dropped_total";
 /// Certificates (names) currently served.

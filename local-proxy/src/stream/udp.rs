@@ -5,8 +5,9 @@
 //! thread.
 //! Flows are admitted under the stream's budget, shared by all its sockets; at the cap a new
 //! source takes the slot of the flow silent longest (after an eighth of the idle timeout, at
-//! most 250 ms), so a flood cannot lock legitimate clients out, and expire after the idle
-//! timeout. On WAN-side sockets only trusted ingress peers are heard; a datagram may start
+//! most 250 ms), so a flood of one-shot sources cannot lock legitimate clients out, and no
+//! client address holds more than a quarter of a nearly full budget (`FlowBudget::share`), so
+//! neither can one that keeps its many flows talking; flows expire after the idle timeout. On WAN-side sockets only trusted ingress peers are heard; a datagram may start
 //! with a PROXY v2 header naming the client, which is stripped (on the mesh socket too, from
 //! the ingress nodes' mesh addresses in `mesh.trusted_ingress`). A transparent stream binds
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
@@ -30,7 +31,7 @@ use metrics::{Counter, Gauge};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
-use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable};
+use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable, SourceShare};
 use shared::udp_relay::{linger, pump};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -257,6 +258,18 @@ async fn serve_flows(
             if down != Some(false) {
                 // Room first: a flood of new sources at the cap must not cost a socket each.
                 let budget = stream_budget(&stream.name, stream.max_flows);
+                // An ingress relaying without PROXY headers speaks for all its clients under
+                // its own address: not one source to hold to a share.
+                let relay = client == sender
+                    && match origin {
+                        Origin::Wan => true,
+                        Origin::Mesh => mesh_ingress(sender.ip(), &state.config.load().mesh.trusted_ingress),
+                    };
+                let share = if relay { Some(budget.share_unbounded(client.ip())) } else { budget.share(client.ip()) };
+                let Some(share) = share else {
+                    drop_count(&name, "source_share", 1);
+                    continue;
+                };
                 let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&budget, &GLOBAL);
                 let evicted = |f: Flow| {
@@ -277,7 +290,7 @@ async fn serve_flows(
                     stream,
                     &pool,
                     &socket,
-                    permits,
+                    (permits, share),
                     now,
                     epoch,
                     &counters,
@@ -363,7 +376,7 @@ async fn open_flow(
     stream: &Stream,
     pool: &Pool,
     socket: &Arc<UdpSocket>,
-    permits: FlowPermits,
+    (permits, share): (FlowPermits, SourceShare),
     now: u64,
     epoch: Instant,
     counters: &Arc<Counters>,
@@ -421,7 +434,7 @@ async fn open_flow(
         member,
         header,
         active,
-        life: FlowLife::new(last, pump, permits),
+        life: FlowLife::new(last, pump, permits, share),
         log,
         segmenting: Segmenting::default(),
     })
