@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::admission::{admit, peer_allowed};
+use crate::admission::{admit, mesh_ingress, peer_allowed};
 use crate::http::{self, Conn, Proto};
 use crate::listeners::{label, Origin, Role};
 use crate::metrics::names;
@@ -54,6 +54,24 @@ pub async fn accept_loop(
             debug!(listener = listener_label, %peer, "refused: not a trusted ingress");
             continue;
         }
+        // A direct mesh client (anyone on the public mesh) first takes a slot of the mesh's
+        // own budget, or is closed at once: waiting here would hold up the ingress nodes'
+        // mesh tier on this listener, and taking the shared slots the WAN side needs.
+        let mesh_slot = if origin == Origin::Mesh && !mesh_ingress(peer.ip(), &state.config.load().mesh.trusted_ingress)
+        {
+            match state.mesh_conn_limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    metrics::counter!(names::CONNECTIONS, "listener" => listener_label, "result" => "mesh_limit")
+                        .increment(1);
+                    debug!(listener = listener_label, %peer, "mesh.max_connections reached; closed");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         // The slot is taken with a connection in hand, not before accepting: a loop idle in
         // `accept` would hold one that a busier listener's clients wait for (every listener
         // shares the limit). So each loop may hold one connection over the limit while it
@@ -78,24 +96,25 @@ pub async fn accept_loop(
         // On the event loop with the fewest connections, for its whole life (`shared::workers`).
         let conn_state = state.clone();
         state.workers.spawn_conn(stream, &tracker, move |stream| {
-            connection(stream, origin, role, listener_label, conn_state, permit).instrument(span)
+            connection(stream, origin, role, listener_label, conn_state, (permit, mesh_slot)).instrument(span)
         });
     }
 }
 
-/// A client connection's place under `http.max_connections` and in the active-connections
+/// A client connection's place under `http.max_connections` (and a mesh client's under
+/// `mesh.max_connections`) and in the active-connections
 /// gauge, for as long as its task lives, however it ends (an upgraded connection's tunnel
 /// runs in that task too: [`Conn::set_tunnel`]).
 #[derive(Debug)]
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     listener: &'static str,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, listener: &'static str) -> Self {
+    fn new(permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>), listener: &'static str) -> Self {
         metrics::gauge!(names::CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
-        Self { _permit: permit, listener }
+        Self { _permits: permits, listener }
     }
 }
 
@@ -111,9 +130,9 @@ async fn connection(
     role: Arc<Role>,
     listener: &'static str,
     state: Arc<State>,
-    permit: OwnedSemaphorePermit,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 ) {
-    let _slot = Slot::new(permit, listener);
+    let _slot = Slot::new(permits, listener);
     // hyper and rustls write whole messages; with Nagle on, a small write that follows one
     // still unacknowledged (h2: the response after the SETTINGS frame) waits for the client's
     // delayed ACK, ~40 ms (bench/tls). nginx, HAProxy and Go servers set it too.

@@ -99,6 +99,7 @@ pub fn start_on(
     let state = Arc::new(State {
         tls: tls::server_config(certs.clone())?,
         conn_limit: Arc::new(Semaphore::new(config.http.max_connections)),
+        mesh_conn_limit: Arc::new(Semaphore::new(config.mesh.max_connections)),
         config: ArcSwap::from_pointee(config),
         routes: ArcSwap::from_pointee(routes),
         pools: ArcSwap::from_pointee(pools),
@@ -287,6 +288,7 @@ impl Handle {
         let admin = new.admin;
         let apply = || {
             shared::conn_limit::resize(&self.state.conn_limit, old.http.max_connections, new.http.max_connections);
+            shared::conn_limit::resize(&self.state.mesh_conn_limit, old.mesh.max_connections, new.mesh.max_connections);
             self.state.trusted.set_source(CONFIG_SOURCE, new.wan.trusted_ingress.iter().copied());
             self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));

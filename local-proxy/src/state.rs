@@ -30,6 +30,8 @@ pub struct State {
     pub tls: Arc<rustls::ServerConfig>,
     /// One permit per open client connection over all TCP listeners.
     pub conn_limit: Arc<Semaphore>,
+    /// One more per direct mesh client's connection (`mesh.max_connections`).
+    pub mesh_conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,
     /// The event loops client connections run on (`shared::workers`; one when not started

@@ -101,3 +101,35 @@ async fn answered_within_5s(stream: &mut TcpStream, what: &str) {
     let text = String::from_utf8_lossy(&rest);
     assert!(text.starts_with("HTTP/1.1 "), "{what}: {text}");
 }
+
+/// Anyone on the public mesh can connect: direct mesh clients get `mesh.max_connections` of
+/// their own, one more is closed at accept and counted, and the ingress (here over WAN) is
+/// still served under `http.max_connections` while they hold theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_clients_cannot_take_the_slots_the_ingress_needs() {
+    use shared::proxy_protocol::{write_v2, Command, Transport};
+    let text =
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[wan]\naddresses = [\"127.0.0.1\"]\ntrusted_ingress = [\"127.0.0.2\"]\n\
+                [mesh]\nlisten = \"127.0.0.4\"\nmax_connections = 2\n[http]\nhttps_port = 0\nhttp_port = 0\n\
+                max_connections = 3\n";
+    let p = Proxy::start(text).await;
+    let active = || p.metric("local_proxy_connections_active", &[("listener", "mesh-http")]);
+    // Two silent mesh clients hold the mesh's slots.
+    let _silent = [TcpStream::connect(p.mesh_http).await.unwrap(), TcpStream::connect(p.mesh_http).await.unwrap()];
+    wait_until(Duration::from_secs(5), "two mesh connections open", || async { active().await == 2.0 }).await;
+    // A third is closed at once, not held in the backlog.
+    let mut third = TcpStream::connect(p.mesh_http).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a mesh client past mesh.max_connections was served: {read:?}");
+    let refused = p.metric("local_proxy_connections_total", &[("listener", "mesh-http"), ("result", "mesh_limit")]);
+    assert_eq!(refused.await, 1.0);
+    // The ingress's connection still gets a slot and its answer.
+    let mut ingress = connect_from("127.0.0.2".parse().unwrap(), p.wan_http).await;
+    let mut header = Vec::new();
+    let client = "198.51.100.7:40000".parse().unwrap();
+    write_v2(&mut header, Command::Proxy, Transport::Stream, Some((client, p.wan_http)));
+    header.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n");
+    ingress.write_all(&header).await.unwrap();
+    answered_within_5s(&mut ingress, "the ingress's request, while mesh clients hold theirs").await;
+}

@@ -98,6 +98,10 @@ pub struct Mesh {
     /// Yggdrasil addresses are derived from the node's key, so a peer cannot claim one of
     /// these without that key. Default empty (nobody's headers are read on the mesh).
     pub trusted_ingress: Vec<IpAddr>,
+    /// Connections of direct mesh clients (every mesh peer but `trusted_ingress`) open at once
+    /// over the mesh TCP listeners; more are closed at accept. They count toward
+    /// `http.max_connections` too, so the public mesh cannot take what the ingress needs.
+    pub max_connections: usize,
 }
 
 /// HTTP and TLS front-end settings shared by all sites.

@@ -62,6 +62,7 @@ pub struct RawMesh {
     pub listen: Option<String>,
     pub admin_endpoint: Option<String>,
     pub trusted_ingress: Option<Vec<String>>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -165,6 +165,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
             .filter_map(|(i, a)| c.ip(&format!("mesh.trusted_ingress[{i}]"), a))
             .map(|ip| ip.to_canonical())
             .collect(),
+        max_connections: count(&mut c, "mesh.max_connections", raw.mesh.max_connections, 1_024, 1, 1_000_000) as usize,
     };
 
     let h = &raw.http;

@@ -2,7 +2,8 @@
 //! `result`, `direction` take values from the config or from fixed lists; never client IPs.
 
 /// Connections accepted or refused, by `listener` and `result`
-/// (`accepted`, `untrusted`, `bad_header`, `header_timeout`, `health_check`, `unhealthy`).
+/// (`accepted`, `untrusted`, `bad_header`, `header_timeout`, `health_check`, `unhealthy`,
+/// `mesh_limit`: closed at accept, `mesh.max_connections` mesh clients were connected).
 pub const CONNECTIONS: &str = "local_proxy_connections_total";
 /// Connections open now, by `listener`.
 pub const CONNECTIONS_ACTIVE: &str = "local_proxy_connections_active";
