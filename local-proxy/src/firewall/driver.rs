@@ -5,7 +5,7 @@
 //! new table replaces the old one in one batch after those lookups (a renamed table is created
 //! and the old one deleted in that same batch). A section removed on reload removes the table;
 //! one added on reload starts then. A restart carries the previous run's allowlist over until
-//! every name has answered. On shutdown the table stays, closed, unless `remove_on_exit` is set.
+//! every name has answered (A and AAAA). On shutdown the table stays, closed, unless `remove_on_exit` is set.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::ruleset::{build_with, TableSpec};
 use super::settings::Settings;
-use super::tracker::{Allowlist, Outcome, Policy, Tracker};
+use super::tracker::{Allowlist, Family, Outcome, Policy, Tracker};
 use super::{Error, TRUST_SOURCE};
 use crate::metrics::names;
 use crate::trust::TrustedPeers;
@@ -130,9 +130,11 @@ struct Active {
     retry_apply: Option<Instant>,
     /// The previous run's allowlist, kept until every name has answered (then emptied).
     carried: BTreeSet<IpNet>,
-    /// Names answered since start: the carried list goes once all have been (a failed lookup
-    /// does not count: with DNS down at start the previous list is all there is).
-    heard: BTreeSet<String>,
+    /// Lookups (name and family) answered since start: the carried list goes once every
+    /// name has answered in both families (a failed lookup does not count: with DNS down at
+    /// start the previous list is all there is; with only the A lookups answering, the
+    /// previous list's IPv6 addresses are all there is for those).
+    heard: BTreeSet<(String, Family)>,
 }
 
 impl Active {
@@ -168,7 +170,8 @@ impl Active {
 
     /// Drops the carried list once every configured name has answered.
     fn drop_carried(&mut self, trusted: &TrustedPeers) {
-        if !self.carried.is_empty() && self.settings.ingress_names.iter().all(|n| self.heard.contains(n)) {
+        let answered = |n: &String| [Family::V4, Family::V6].iter().all(|f| self.heard.contains(&(n.clone(), *f)));
+        if !self.carried.is_empty() && self.settings.ingress_names.iter().all(answered) {
             info!(table = %self.settings.table, "every ingress name has answered; the previous run's allowlist is dropped");
             self.carried.clear();
             trusted.set_source_nets(CARRIED_SOURCE, []);
@@ -205,7 +208,7 @@ impl Active {
                     let kept = change.kept.map(|k| k.len()).unwrap_or(0);
                     warn!(%name, record, %error, kept, "ingress lookup failed; keeping the last known addresses");
                 } else {
-                    self.heard.insert(name.clone());
+                    self.heard.insert((name.clone(), q.family));
                     metrics::gauge!(names::FIREWALL_LAST_REFRESH, "name" => name.clone()).set(unix_now());
                     if !change.added.is_empty() || !change.removed.is_empty() {
                         info!(%name, record, %change, "ingress addresses changed");
@@ -446,4 +449,28 @@ async fn finish(a: Active) {
         }
     }
     info!(table = %settings.table, "firewall table left in place (closed)");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// After a restart the previous run's list stays until every name has answered its A and
+    /// its AAAA lookup: with only A answering (AAAA failing), its IPv6 addresses are all there
+    /// is for the ingress's IPv6 path.
+    #[tokio::test]
+    async fn the_previous_runs_list_stays_until_each_name_answered_in_both_families() {
+        let text = "[firewall]\ningress_names = [\"ingress-1.example.org\"]\ninterfaces = [\"wan1\"]\n";
+        let settings = crate::config::from_toml_str(text).unwrap().firewall.unwrap();
+        let mut a = Active::new(Arc::new(settings)).unwrap();
+        a.carried = ["2001:db8::7/128".parse().unwrap()].into();
+        let trusted = TrustedPeers::new();
+        a.heard.insert(("ingress-1.example.org".into(), Family::V4));
+        a.drop_carried(&trusted);
+        assert_eq!(a.carried.len(), 1, "dropped with the AAAA lookup unanswered");
+        a.heard.insert(("ingress-1.example.org".into(), Family::V6));
+        a.drop_carried(&trusted);
+        assert!(a.carried.is_empty());
+    }
 }
