@@ -266,6 +266,7 @@ impl Handle {
     /// Listeners follow the config: new addresses, ports and streams are bound (a bind failure
     /// refuses the whole reload), removed ones closed, unchanged ones keep their sockets.
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        new.warn_mesh_budget();
         // Upstreams that stay keep their health; the new checks start once the config is in.
         let pools = Arc::new(Pools::build(&new, Some(&self.state.pools.load())));
         let routes = match Routes::build(&new, &pools, self.state.workers.threads()) {

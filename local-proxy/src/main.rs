@@ -104,6 +104,7 @@ fn main() -> ExitCode {
                      may need (raise LimitNOFILE / ulimit -n, or lower them)"
                 );
             }
+            config.warn_mesh_budget();
             // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
             let (tcp, udp) = local_proxy::inherit::adopt_from_env();
             if tcp + udp > 0 {

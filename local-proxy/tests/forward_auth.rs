@@ -165,7 +165,11 @@ async fn decide(
     match jsonwebtoken::decode::<Claims>(&token, &keys.decoding, &validation) {
         Ok(data) => {
             let c = data.claims;
-            let mut headers = vec![("remote-user", c.sub.as_str()), ("x-user-id", c.uid.as_str())];
+            let mut headers = vec![
+                ("remote-user", c.sub.as_str()),
+                ("x-user-id", c.uid.as_str()),
+                ("x-forwarded-user", c.sub.as_str()),
+            ];
             if let Some(role) = &c.role {
                 headers.push(("x-user-role", role.as_str()));
             }
@@ -305,6 +309,13 @@ forward_auth = false
 name = "static-private"
 path_prefix = "/static/private/"
 upstream = "http://{api}"
+
+# An app under a sub-path, told so by its route; its auth service names the user oauth2-proxy's way.
+[[site.route]]
+name = "prefixed"
+path_prefix = "/prefixed/"
+request_headers = {{ X-Forwarded-Prefix = "/prefixed" }}
+forward_auth = {{ address = "http://{a}/api/authz/forward-auth", auth_response_headers = ["X-Forwarded-User"] }}
 
 [[site.route]]
 name = "ws"
@@ -680,6 +691,26 @@ async fn connection_tokens_cannot_remove_what_the_proxy_adds() {
         assert!(a.contains(&format!("\n{line}\n")), "the upstream did not see {line}: {a}");
     }
     assert!(a.contains(&format!("\nx-forwarded-for: {CLIENT}\n")), "{a}");
+}
+
+/// The client's forwarding claims (X-Forwarded-Port, -Prefix, -User, ...) never reach the
+/// upstream, while those the route's `request_headers` and the auth service set do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_forwarding_claims_go_and_those_of_the_route_and_auth_stay() {
+    let w = world().await;
+    let bearer = format!("Bearer {}", w.keys.token("alice", "42", None, 300));
+    let claims = [
+        ("authorization", bearer.as_str()),
+        ("x-forwarded-prefix", "//evil.example"),
+        ("x-forwarded-user", "mallory"),
+        ("x-forwarded-port", "8443"),
+        ("x-original-url", "/admin"),
+    ];
+    let a = get(&w.proxy, "/prefixed/page", &claims).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.echoed("x-forwarded-prefix"), ["/prefixed"], "{}", a.body);
+    assert_eq!(a.echoed("x-forwarded-user"), ["alice"], "{}", a.body);
+    assert!(a.echoed("x-forwarded-port").is_empty() && a.echoed("x-original-url").is_empty(), "{}", a.body);
 }
 
 /// Routes and forward auth change with a reload: a public route becomes protected, a new

@@ -148,7 +148,7 @@ async fn a_flood_of_clients_keeps_the_talking_flow_and_admits_a_newcomer() {
 async fn one_mesh_client_leaves_room_for_others_and_the_ingress_is_no_single_source() {
     let upstream = echo().await;
     let p = Proxy::start(&base_config(&format!(
-        "[[stream]]\nname = \"shared\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 8\n"
+        "[[stream]]\nname = \"shared\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 16\n"
     )))
     .await;
     let ask = |from: &'static str, to: SocketAddr| async move {
@@ -161,24 +161,24 @@ async fn one_mesh_client_leaves_room_for_others_and_the_ingress_is_no_single_sou
     };
     let mesh = p.listeners_udp[&(Origin::Mesh, "shared".to_string())];
     let mut held = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..14 {
         held.push(ask("127.0.3.1", mesh).await);
     }
-    assert_eq!(held.iter().filter(|(_, a)| *a).count(), 6, "one mesh client: three quarters of 8");
+    assert_eq!(held.iter().filter(|(_, a)| *a).count(), 12, "one mesh client: three quarters of 16");
     let (_other, answered) = ask("127.0.3.2", mesh).await;
     assert!(answered, "another mesh client is answered");
     let refused = p.metric("local_proxy_udp_dropped_total", &[("stream", "shared"), ("result", "source_share")]).await;
-    assert_eq!(refused, 4.0);
+    assert_eq!(refused, 2.0);
     drop(held);
 
     // The ingress without headers: each of its flows is some client of its own.
     let p = Proxy::start(&base_config(&format!(
-        "[[stream]]\nname = \"relayed\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 8\n"
+        "[[stream]]\nname = \"relayed\"\nlisten = \"0/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\nmax_flows = 16\n"
     )))
     .await;
     let wan = p.listeners_udp[&(Origin::Wan, "relayed".to_string())];
     let mut relayed = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..16 {
         relayed.push(ask("127.0.0.2", wan).await);
     }
     assert!(relayed.iter().all(|(_, a)| *a), "the ingress's flows all get a slot");

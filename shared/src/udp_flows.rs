@@ -65,6 +65,9 @@ pub struct FlowBudget {
     sources: Mutex<HashMap<IpAddr, u32>>,
 }
 
+/// The smallest budget whose sources are held to a share ([`FlowBudget::share`]).
+pub const SHARED_FROM: usize = 16;
+
 /// How long a table's want for a slot lasts: longer than a client's retry of a lost
 /// datagram takes, usually (DNS: 1-5 s).
 pub const WANT_MS: u64 = 5_000;
@@ -85,12 +88,15 @@ impl FlowBudget {
     /// dropped; `None` while the budget is three quarters full and that source holds a
     /// quarter of the cap. Below that fill, any client opens what it needs; at it, one
     /// source (or one IPv6 /64) keeping its flows talking still leaves a quarter to the rest.
+    /// Not below [`SHARED_FROM`] flows: a budget that small serves a few known clients, and
+    /// one of them whose address changes port (NAT rebinding, a WireGuard peer roaming) must
+    /// still take its own old flow's slot once that one is silent.
     pub fn share(self: &Arc<Self>, client: IpAddr) -> Option<SourceShare> {
         let source = source_of(client);
         let cap = self.cap();
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         let held = sources.entry(source).or_insert(0);
-        if *held as usize >= (cap / 4).max(1) && self.used() >= cap - cap / 4 {
+        if cap >= SHARED_FROM && *held as usize >= cap / 4 && self.used() >= cap - cap / 4 {
             return None;
         }
         *held += 1;
@@ -611,31 +617,45 @@ mod tests {
     /// IPv6 /64 is one source; a share given back is counted no more.
     #[test]
     fn no_source_takes_more_than_its_share_of_a_nearly_full_budget() {
-        let service = FlowBudget::new(8);
+        let service = FlowBudget::new(16);
         let global = FlowBudget::new(1 << 20);
         let a: IpAddr = "198.51.100.7".parse().unwrap();
         let mut held = Vec::new();
         while let Some(share) = service.share(a) {
             held.push((share, FlowPermits::acquire(&service, &global).expect("a free slot")));
-            assert!(held.len() <= 8);
+            assert!(held.len() <= 16);
         }
-        assert_eq!(held.len(), 6, "a alone: up to three quarters");
-        assert_eq!(service.held_by("::ffff:198.51.100.7".parse().unwrap()), 6, "v4-mapped is the same source");
+        assert_eq!(held.len(), 12, "a alone: up to three quarters");
+        assert_eq!(service.held_by("::ffff:198.51.100.7".parse().unwrap()), 12, "v4-mapped is the same source");
         let b: IpAddr = "2001:db8:1:2::10".parse().unwrap();
-        for _ in 0..2 {
+        for _ in 0..4 {
             let share = service.share(b).expect("another source gets the last quarter");
             held.push((share, FlowPermits::acquire(&service, &global).expect("a free slot")));
         }
-        assert_eq!(service.held_by("2001:db8:1:2:ffff::1".parse().unwrap()), 2, "one /64, one source");
+        assert_eq!(service.held_by("2001:db8:1:2:ffff::1".parse().unwrap()), 4, "one /64, one source");
         assert_eq!(service.held_by("2001:db8:1:3::10".parse().unwrap()), 0);
         assert!(service.share(b).is_none(), "b at its quarter of a full budget");
         // A third source may still ask: at a full budget it takes a silent flow's slot.
         let c = service.share("203.0.113.9".parse().unwrap()).expect("c holds nothing");
         drop(c);
-        held.truncate(3);
-        assert_eq!(service.held_by(a), 3);
+        held.truncate(6);
+        assert_eq!(service.held_by(a), 6);
         assert_eq!(service.held_by(b), 0);
         assert!(service.share(a).is_some(), "below three quarters again");
+    }
+
+    /// A small budget serves a few known clients: none is held to a share, so a client whose
+    /// port changed takes its own silent flow's slot as before.
+    #[test]
+    fn small_budgets_hold_no_source_to_a_share() {
+        let service = FlowBudget::new(SHARED_FROM - 1);
+        let global = FlowBudget::new(1 << 20);
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        let held: Vec<_> = (0..SHARED_FROM - 1)
+            .map(|_| (service.share(a).expect("no share below SHARED_FROM"), FlowPermits::acquire(&service, &global)))
+            .collect();
+        assert!(service.share(a).is_some(), "at a full budget the slot comes from a silent flow, not a share");
+        drop(held);
     }
 
     #[test]

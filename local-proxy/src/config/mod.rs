@@ -317,6 +317,19 @@ fn extract(figment: Figment, own: fn(IpAddr) -> bool) -> Result<Config, ConfigEr
 }
 
 impl Config {
+    /// Warn when `mesh.max_connections` bounds nothing: at or above `http.max_connections`,
+    /// mesh clients can still take every slot the ingress nodes need.
+    pub fn warn_mesh_budget(&self) {
+        if self.mesh.listen != MeshListen::Off && self.mesh.max_connections >= self.http.max_connections {
+            tracing::warn!(
+                mesh_max_connections = self.mesh.max_connections,
+                http_max_connections = self.http.max_connections,
+                "mesh.max_connections is not below http.max_connections: clients on the public mesh can take \
+                 every connection slot (lower mesh.max_connections)"
+            );
+        }
+    }
+
     /// Descriptors this config may hold at once: two per client connection (the client's and
     /// its upstream's), one per UDP flow, and a reserve for listeners, logs and the runtime.
     pub fn descriptors_wanted(&self) -> u64 {

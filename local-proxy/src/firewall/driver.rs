@@ -5,7 +5,8 @@
 //! new table replaces the old one in one batch after those lookups (a renamed table is created
 //! and the old one deleted in that same batch). A section removed on reload removes the table;
 //! one added on reload starts then. A restart carries the previous run's allowlist over until
-//! every name has answered (A and AAAA). On shutdown the table stays, closed, unless `remove_on_exit` is set.
+//! every name has answered (per family: the IPv4 addresses once every A lookup has, the IPv6
+//! ones once every AAAA lookup has). On shutdown the table stays, closed, unless `remove_on_exit` is set.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -130,10 +131,10 @@ struct Active {
     retry_apply: Option<Instant>,
     /// The previous run's allowlist, kept until every name has answered (then emptied).
     carried: BTreeSet<IpNet>,
-    /// Lookups (name and family) answered since start: the carried list goes once every
-    /// name has answered in both families (a failed lookup does not count: with DNS down at
-    /// start the previous list is all there is; with only the A lookups answering, the
-    /// previous list's IPv6 addresses are all there is for those).
+    /// Lookups (name and family) answered since start: the carried list's addresses of a
+    /// family go once every name has answered in that family (a failed lookup does not count:
+    /// with DNS down at start the previous list is all there is; with only the A lookups
+    /// answering, the previous list's IPv6 addresses are all there is for those).
     heard: BTreeSet<(String, Family)>,
 }
 
@@ -168,13 +169,22 @@ impl Active {
         build_with(&self.settings, &allow, &self.carried)
     }
 
-    /// Drops the carried list once every configured name has answered.
+    /// Drops the carried list's addresses of a family once every configured name has answered
+    /// its lookup of that family: its IPv4 ones once each A lookup has, its IPv6 ones once
+    /// each AAAA lookup has. A resolver failing one family keeps only that family's.
     fn drop_carried(&mut self, trusted: &TrustedPeers) {
-        let answered = |n: &String| [Family::V4, Family::V6].iter().all(|f| self.heard.contains(&(n.clone(), *f)));
-        if !self.carried.is_empty() && self.settings.ingress_names.iter().all(answered) {
-            info!(table = %self.settings.table, "every ingress name has answered; the previous run's allowlist is dropped");
-            self.carried.clear();
-            trusted.set_source_nets(CARRIED_SOURCE, []);
+        if self.carried.is_empty() {
+            return;
+        }
+        for family in [Family::V4, Family::V6] {
+            let answered = |n: &String| self.heard.contains(&(n.clone(), family));
+            let of_family = |net: &IpNet| family.matches(&net.addr());
+            if self.settings.ingress_names.iter().all(answered) && self.carried.iter().any(of_family) {
+                info!(table = %self.settings.table, record = family.record(),
+                    "every ingress name has answered; the previous run's addresses of that family are dropped");
+                self.carried.retain(|net| !of_family(net));
+                trusted.set_source_nets(CARRIED_SOURCE, self.carried.iter().copied());
+            }
         }
     }
 
@@ -456,19 +466,23 @@ async fn finish(a: Active) {
 mod tests {
     use super::*;
 
-    /// After a restart the previous run's list stays until every name has answered its A and
-    /// its AAAA lookup: with only A answering (AAAA failing), its IPv6 addresses are all there
-    /// is for the ingress's IPv6 path.
+    /// After a restart the previous run's addresses of a family stay until every name has
+    /// answered its lookup of that family: with only A answering (AAAA failing), the IPv6
+    /// ones are all there is for the ingress's IPv6 path, while the IPv4 ones give way to the
+    /// answers.
     #[tokio::test]
-    async fn the_previous_runs_list_stays_until_each_name_answered_in_both_families() {
+    async fn the_previous_runs_list_stays_per_family_until_each_name_answered() {
         let text = "[firewall]\ningress_names = [\"ingress-1.example.org\"]\ninterfaces = [\"wan1\"]\n";
         let settings = crate::config::from_toml_str(text).unwrap().firewall.unwrap();
         let mut a = Active::new(Arc::new(settings)).unwrap();
-        a.carried = ["2001:db8::7/128".parse().unwrap()].into();
+        let (v4, v6): (IpNet, IpNet) = ("192.0.2.7/32".parse().unwrap(), "2001:db8::7/128".parse().unwrap());
+        a.carried = [v4, v6].into();
         let trusted = TrustedPeers::new();
+        a.drop_carried(&trusted);
+        assert_eq!(a.carried.len(), 2, "nothing answered yet");
         a.heard.insert(("ingress-1.example.org".into(), Family::V4));
         a.drop_carried(&trusted);
-        assert_eq!(a.carried.len(), 1, "dropped with the AAAA lookup unanswered");
+        assert_eq!(a.carried, [v6].into(), "the A answer replaces the IPv4 ones only");
         a.heard.insert(("ingress-1.example.org".into(), Family::V6));
         a.drop_carried(&trusted);
         assert!(a.carried.is_empty());

@@ -62,6 +62,12 @@ impl AuthClient {
         Ok(Self { config: config.clone(), clients })
     }
 
+    /// Whether the client's X-Forwarded-* are taken as the original request's
+    /// (`trust_forward_header`: the client is a proxy itself).
+    pub fn trusts_forward_header(&self) -> bool {
+        self.config.trust_forward_header
+    }
+
     /// The headers this auth service's answer may set: removed from every client request.
     pub fn response_headers(&self) -> &[HeaderName] {
         &self.config.response_headers

@@ -188,6 +188,10 @@ async fn respond(
     if req.version() == http::Version::HTTP_2 {
         super::headers::join_cookies(req.headers_mut());
     }
+    // A client trusted as a proxy (`trust_forward_header`) keeps its claims.
+    if !target.auth.is_some_and(|a| a.trusts_forward_header()) {
+        super::headers::drop_forwarding_claims(req.headers_mut());
+    }
     // Identity headers come from the auth service only, on public routes too.
     for name in &route.identity_headers {
         req.headers_mut().remove(name);

@@ -127,13 +127,6 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
 /// any address. `X-Forwarded-Host` takes the request's own `Host` value when it already is
 /// `host` (no copy), else a new value.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&str>) {
-    // The client's other forwarding claims go too: frameworks behind a trusted proxy build
-    // redirects and links from them (Spring and Rack read X-Forwarded-Port and -Prefix,
-    // Symfony -Port, IIS rewrites by X-Original-URL). One scan of the names; bounded, each
-    // turn removes one.
-    while let Some(name) = headers.keys().find(|n| claims_forwarding(n)).cloned() {
-        headers.remove(name);
-    }
     headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(X_REAL_IP, client.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
@@ -149,6 +142,18 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, h
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
+    }
+}
+
+/// Remove the client's forwarding claims other than those [`set_forwarded`] replaces:
+/// frameworks behind a trusted proxy build redirects and links from them (Spring and Rack read
+/// X-Forwarded-Port and -Prefix, Symfony -Port, IIS rewrites by X-Original-URL). Done before
+/// forward auth and the route's `request_headers`, which may set some of them on purpose
+/// (`X-Forwarded-User`, `X-Forwarded-Prefix`). One scan of the names; bounded, each turn
+/// removes one.
+pub fn drop_forwarding_claims(headers: &mut HeaderMap) {
+    while let Some(name) = headers.keys().find(|n| claims_forwarding(n)).cloned() {
+        headers.remove(name);
     }
 }
 
@@ -430,6 +435,7 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         h.insert("x-forwarded-thing-of-ours", HeaderValue::from_static("1"));
         h.insert("x-forwardedness", HeaderValue::from_static("kept"));
+        drop_forwarding_claims(&mut h);
         set_forwarded(&mut h, &client_value("192.0.2.1".parse().unwrap()), false, None);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
