@@ -37,8 +37,12 @@ pub trait Paths {
     fn pick(&mut self, tried: Tried) -> Option<usize>;
     /// The path to race a slow attempt with, not in `tried`: a healthy one only.
     fn pick_racer(&mut self, tried: Tried) -> Option<usize>;
-    /// How many paths are not in `tried`.
+    /// How many paths `pick` could still offer (not in `tried`).
     fn remaining(&self, tried: Tried) -> usize;
+    /// How many of those are up.
+    fn remaining_up(&self, tried: Tried) -> usize;
+    /// Whether path `index` is up.
+    fn is_up(&self, index: usize) -> bool;
     /// The path's usual connect latency, else the best measured in the pool.
     fn usual_latency(&self, index: usize) -> Option<Duration>;
 }
@@ -127,7 +131,13 @@ impl Plan {
         let index = if racer { paths.pick_racer(self.tried)? } else { paths.pick(self.tried)? };
         self.tried.insert(index);
         self.attempts += 1;
-        let is_last = self.attempts == self.cfg.max_attempts || paths.remaining(self.tried) == 0;
+        // The last attempt worth making gets the long timeout: a lost SYN is resent after a
+        // second. Paths that are down behind an up one are long shots, not a reason to hurry
+        // it: with wan2 down, wan1 alone must not fail a client over one lost SYN. When
+        // nothing is up, each gets the short one but the last.
+        let is_last = self.attempts == self.cfg.max_attempts
+            || paths.remaining(self.tried) == 0
+            || (paths.is_up(index) && paths.remaining_up(self.tried) == 0);
         let timeout = if is_last { self.cfg.final_connect_timeout } else { self.cfg.connect_timeout };
         self.slots[slot] = Some((index, now));
         Some(Start { slot, index, timeout })
@@ -137,7 +147,8 @@ impl Plan {
     /// path left to race it with.
     fn arm(&mut self, paths: &impl Paths) {
         self.hedge_at = None;
-        if paths.remaining(self.tried) == 0 {
+        // Racers are up paths only (`pick_racer`).
+        if paths.remaining_up(self.tried) == 0 {
             return;
         }
         if let Some(&(index, started)) = self.slots.iter().flatten().next() {
@@ -164,6 +175,12 @@ pub(crate) mod tests {
         }
         fn remaining(&self, tried: Tried) -> usize {
             (0..self.0.len()).filter(|&i| !tried.contains(i)).count()
+        }
+        fn remaining_up(&self, tried: Tried) -> usize {
+            self.remaining(tried)
+        }
+        fn is_up(&self, _index: usize) -> bool {
+            true
         }
         fn usual_latency(&self, index: usize) -> Option<Duration> {
             self.0[index].or_else(|| self.0.iter().flatten().min().copied())
@@ -261,6 +278,13 @@ pub(crate) mod tests {
         }
         fn remaining(&self, tried: Tried) -> usize {
             (0..2).filter(|&i| !tried.contains(i)).count()
+        }
+        // Held down is still up: it answers its probes.
+        fn remaining_up(&self, tried: Tried) -> usize {
+            self.remaining(tried)
+        }
+        fn is_up(&self, _: usize) -> bool {
+            true
         }
         fn usual_latency(&self, _: usize) -> Option<Duration> {
             Some(10 * MS)

@@ -221,6 +221,12 @@ impl Paths for PoolPaths<'_> {
     fn remaining(&self, tried: Tried) -> usize {
         self.0.remaining(tried)
     }
+    fn remaining_up(&self, tried: Tried) -> usize {
+        self.0.remaining_up(tried)
+    }
+    fn is_up(&self, index: usize) -> bool {
+        self.0.paths.get(index).is_some_and(|p| p.is_up())
+    }
     fn usual_latency(&self, index: usize) -> Option<Duration> {
         // A path not yet measured is judged by the pool's best.
         self.0
@@ -285,6 +291,18 @@ pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(T
                 raced = Some((slow, Path::suspect(p)));
                 pool.quality_news();
             }
+        }
+        Event::Failed { index, error, .. } if error.kind() == io::ErrorKind::ConnectionRefused => {
+            // A reset from home: the WAN delivered, the service's port is not served there
+            // (the local proxy restarting, a stream not configured at home, one router's
+            // forward missing). Held against the path, any client could knock every path of
+            // every service down by connecting to such a port; the next path is tried all the
+            // same, and the probes still judge the path.
+            if let Some(p) = pool.paths.get(index) {
+                p.state.m_refused.increment(1);
+                tracing::debug!(pool = %pool.name, path = %p.name, %error, "connect refused by home");
+            }
+            raced.take_if(|(i, _)| *i == index);
         }
         Event::Failed { index, error, lasted } => {
             let outcome = outcome_of(error);
@@ -352,6 +370,11 @@ fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>, suspicion: Option<Suspi
                 p.quality_sample(if syn_resent(&stream) || lasted >= SYN_RTO { 1.0 } else { 0.0 });
                 Outcome::Ok { latency: lasted }
             }
+            // Reached home (see `connect`): no verdict on the path.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                p.state.m_refused.increment(1);
+                return;
+            }
             Err(e) => {
                 let outcome = outcome_of(&e);
                 if outcome == Outcome::Failed {
@@ -392,6 +415,42 @@ fn outcome_of(e: &io::Error) -> Outcome {
 mod tests {
     use super::*;
     use crate::attempts::tests::Fixed;
+    use crate::pool::tests::pool;
+    use shared::health::Source;
+
+    /// With wan2 down, wan1 is the last path worth trying: its attempt gets the long timeout,
+    /// so one lost SYN (resent after a second) does not fail the client. With both up, the
+    /// first attempt gets the short one, as another path can take over.
+    #[test]
+    fn the_last_up_path_gets_the_long_timeout_whatever_is_down_behind_it() {
+        let p = pool(&[1, 1], false);
+        let first = |p: &Pool| plan(3).begin(Instant::now(), &mut PoolPaths(p)).expect("a path");
+        assert_eq!(first(&p).timeout, 300 * MS, "another up path behind it");
+        p.record(1, Outcome::Failed, Source::Probe);
+        p.record(1, Outcome::Failed, Source::Probe);
+        assert!(!p.paths[1].is_up());
+        let s = first(&p);
+        assert_eq!((s.index, s.timeout), (0, 3000 * MS));
+    }
+
+    /// A home that refuses a connect (nothing listens on that port there) was reached: the
+    /// path is not judged by it, or any client could take every path down through such a
+    /// port. The connect still moves on to the next path.
+    #[tokio::test]
+    async fn refused_connects_take_no_path_down() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut cfg = pool(&[1, 1], false).cfg.clone();
+        cfg.paths[0].target = crate::config::Target::Ip("127.0.0.1".parse().unwrap());
+        cfg.paths[1].target = crate::config::Target::Ip("127.0.0.2".parse().unwrap());
+        let p = Arc::new(Pool::new(cfg, None));
+        for _ in 0..4 {
+            let e = connect(&p, port, false).await.err().expect("nothing listens");
+            assert_eq!(e.cause(), Cause::Refused);
+        }
+        assert!(p.paths.iter().all(|path| path.is_up()), "a refused connect took a path down");
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

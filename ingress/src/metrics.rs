@@ -26,6 +26,10 @@ pub const PATH_DNS_LEADS_BACK: &str = "ingress_path_dns_leads_back";
 pub const PATH_DNS_REFRESHED: &str = "ingress_path_dns_refreshed_timestamp_seconds";
 pub const PATH_CONNECTS: &str = "ingress_path_connects_total";
 pub const PATH_CONNECT_FAILURES: &str = "ingress_path_connect_failures_total";
+/// Connects the home answered with a reset (nothing listens on that port there, or not yet):
+/// the path reached home, so they count neither toward its fall nor against its quality; the
+/// client's connect moves on to the next path.
+pub const PATH_CONNECTS_REFUSED: &str = "ingress_path_connects_refused_total";
 pub const PATH_BYTES: &str = "ingress_path_bytes_total";
 /// Races started because this path had not answered within a few times its usual latency.
 pub const PATH_HEDGES: &str = "ingress_path_hedges_total";

@@ -121,6 +121,8 @@ pub struct PathState {
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
     pub(crate) m_hedges: Counter,
+    /// Connects the home refused (`connect`): the path reached it.
+    pub(crate) m_refused: Counter,
     /// UDP flows whose replies stopped while they kept sending (`Pool::reply_silence`).
     m_udp_silences: Counter,
     /// Segments retransmitted on relayed upstream connections (`TCP_INFO`).
@@ -199,6 +201,7 @@ impl PathState {
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
             m_hedges: counter!(m::PATH_HEDGES, &labels),
+            m_refused: counter!(m::PATH_CONNECTS_REFUSED, &labels),
             m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone(), busy_us.clone()),
             m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone(), busy_us.clone()),
             bytes,
@@ -487,7 +490,7 @@ impl Pool {
     }
 
     fn any_wan_up(&self) -> bool {
-        self.paths[..self.wan_count].iter().any(|p| p.is_up())
+        self.paths[..self.wan_count].iter().any(|p| p.is_up() && p.admits())
     }
 
     /// Choose the next path to try for a new connection or flow of `kind`. `None` when
@@ -523,9 +526,16 @@ impl Pool {
         self.mesh_index().filter(|&i| open(i, &self.paths[i])).map(|i| (i, &self.paths[i]))
     }
 
-    /// How many paths `pick` could still offer after `tried`.
+    /// How many paths `pick` could still offer after `tried` (a path whose name has no
+    /// address is never offered).
     pub fn remaining(&self, tried: Tried) -> usize {
-        self.paths.iter().enumerate().filter(|(i, p)| p.admits() && !tried.contains(*i)).count()
+        self.paths.iter().enumerate().filter(|(i, p)| p.admits() && p.ip().is_some() && !tried.contains(*i)).count()
+    }
+
+    /// How many of those are up.
+    pub fn remaining_up(&self, tried: Tried) -> usize {
+        let offered = |(i, p): &(usize, &Arc<Path>)| p.is_up() && p.admits() && p.ip().is_some() && !tried.contains(*i);
+        self.paths.iter().enumerate().filter(offered).count()
     }
 
     /// The mesh tier's index, if the pool has one with an address.
@@ -636,7 +646,7 @@ impl Pool {
         // A real connect failing may take a path down only if something else can serve, and
         // only if nothing got through on it meanwhile; one that something outlived does not
         // even count toward the fall (with a lost probe it would make one).
-        let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up());
+        let others_usable = self.paths.iter().enumerate().any(|(i, p)| i != index && p.is_up() && p.admits());
         // 0: nothing ever got through (the clock starts at the first call, so `began` of a
         // failure in the process's first moments saturates to 0 too, and must still count).
         let last_ok = path.state.last_ok_us.load(Ordering::Relaxed);
@@ -1178,6 +1188,18 @@ pub(crate) mod tests {
             counts[p.pick(Tried::default(), Kind::Tcp).unwrap().0] += 1;
         }
         counts.into_iter().map(|c| c as f64 / n as f64).collect()
+    }
+
+    /// A drained path takes no traffic, so it is no path to fall back on: traffic failures
+    /// do not take the only one that does down.
+    #[test]
+    fn a_drained_path_is_not_one_to_fall_back_on() {
+        let p = pool(&[1, 1], false);
+        p.paths[0].control.set_drained(true);
+        for _ in 0..4 {
+            p.record(1, Outcome::Failed, Source::Traffic);
+        }
+        assert!(p.paths[1].is_up(), "the last path taking traffic went down on passive evidence");
     }
 
     fn kill(p: &Pool, i: usize) {

@@ -31,6 +31,11 @@ use shared::dns::{Lookups, ResolverSettings};
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry delay after a failed table update.
 const APPLY_RETRY: Duration = Duration::from_secs(5);
+/// How often the table in the kernel is read back and compared with the one applied: Debian's
+/// nftables.service (`flush ruleset` at start and reload), or an operator's `nft flush
+/// ruleset`, removes it without a word, and the protected ports would stay open until the next
+/// DNS change or restart.
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
 
 /// Hands new `[firewall]` settings (or `None`: no firewall) to the running task.
 #[derive(Debug, Clone)]
@@ -129,6 +134,12 @@ struct Active {
     /// A table of ours the next apply deletes in the same batch (the table was renamed).
     stale: Option<String>,
     retry_apply: Option<Instant>,
+    /// When the kernel's table is next read back ([`VERIFY_EVERY`]).
+    verify_at: Instant,
+    /// The kernel's table differed from the one applied, and applying it again did not make
+    /// them the same: not applied again until the table changes (a read-back that does not
+    /// round-trip must not have it rewritten every time).
+    differs: bool,
     /// The previous run's allowlist, kept until every name has answered (then emptied).
     carried: BTreeSet<IpNet>,
     /// Lookups (name and family) answered since start: the carried list's addresses of a
@@ -154,6 +165,8 @@ impl Active {
             applied: None,
             stale: None,
             retry_apply: None,
+            verify_at: Instant::now() + VERIFY_EVERY,
+            differs: false,
             carried: BTreeSet::new(),
             heard: BTreeSet::new(),
         })
@@ -231,6 +244,10 @@ impl Active {
             self.drop_carried(trusted);
         }
 
+        if Instant::now() >= self.verify_at {
+            self.verify_at = Instant::now() + VERIFY_EVERY;
+            self.verify().await;
+        }
         let want = self.want();
         let changed = self.applied.as_ref() != Some(&want) || self.stale.is_some();
         if changed && self.retry_apply.is_none_or(|t| t <= Instant::now()) {
@@ -258,7 +275,37 @@ impl Active {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        [self.tracker.next_wake().map(Instant::from_std), self.retry_apply].into_iter().flatten().min()
+        [self.tracker.next_wake().map(Instant::from_std), self.retry_apply, Some(self.verify_at)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Read the table back; if it is gone or not the one applied, forget the applied one so
+    /// this step applies it again.
+    async fn verify(&mut self) {
+        let Some(applied) = self.applied.clone() else { return };
+        let name = self.settings.table.clone();
+        let read =
+            tokio::time::timeout(APPLY_TIMEOUT, tokio::task::spawn_blocking(move || super::read_table(&name))).await;
+        let table = &self.settings.table;
+        match read {
+            Ok(Ok(Ok(Some(kernel)))) if kernel == applied => self.differs = false,
+            Ok(Ok(Ok(Some(_)))) if self.differs => {}
+            Ok(Ok(Ok(found))) => {
+                metrics::counter!(names::FIREWALL_RESTORED).increment(1);
+                if found.is_none() {
+                    warn!(%table, "firewall table gone from the kernel (a flush of the ruleset?); installing it again");
+                } else {
+                    self.differs = true;
+                    warn!(%table, "firewall table in the kernel is not the one applied; installing it again");
+                }
+                self.applied = None;
+            }
+            Ok(Ok(Err(e))) => warn!(%table, error = %e, "cannot read the firewall table back"),
+            Ok(Err(e)) => warn!(%table, error = %e, "firewall read-back task failed"),
+            Err(_) => warn!(%table, "firewall read-back timed out"),
+        }
     }
 
     /// Takes `new` settings: a tracker that inherits what is known of the names that stay

@@ -90,6 +90,9 @@ pub const FIREWALL_LAST_REFRESH: &str = "local_proxy_firewall_last_refresh_times
 pub const FIREWALL_LOOKUP_FAILURES: &str = "local_proxy_firewall_lookup_failures_total";
 /// nftables table updates, by `result` (`ok`, `failed`).
 pub const FIREWALL_UPDATES: &str = "local_proxy_firewall_updates_total";
+/// Times the firewall table was found gone from the kernel (or changed) by the periodic
+/// read-back, and installed again.
+pub const FIREWALL_RESTORED: &str = "local_proxy_firewall_restored_total";
 /// Addresses in the applied allowlist.
 pub const FIREWALL_ALLOWED: &str = "local_proxy_firewall_allowed_addresses";
 /// 1 while the table is open (no DNS answer yet and `on_no_answer = "open"`), else 0.

@@ -298,6 +298,22 @@ fn firewall_allowlist_from_dns() {
         matches!(&answer, Seen::Answer(a) if a.starts_with(&format!("{}:{}", addr::LAN, addr::ECHO_PORT))),
         "{answer:?}"
     );
+
+    // Our table taken away behind the proxy's back, as Debian's nftables.service does on
+    // start and reload (`flush ruleset`): the periodic read-back installs it again (every
+    // 10 s), and strangers are refused again.
+    cmd::exec_ok(&home, &["nft", "delete", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("delete our table");
+    let gone = Instant::now();
+    wait_until("our table back", Duration::from_secs(15), Duration::from_millis(100), || {
+        let s = proxy.show()?;
+        check(shown_elements(&s) == both, || format!("elements {:?}", shown_elements(&s)))?;
+        nft_json(&home)?;
+        Ok(())
+    })
+    .expect("the table installed again");
+    assert_kernel_matches(&home, &show);
+    assert_eq!(Probe::tcp(sa(addr::WAN1, RAW)).run_in(&np, &stranger).expect("probe"), Seen::Timeout);
+    common::phase(start, &format!("table deleted behind the proxy: back after {:.1}s", gone.elapsed().as_secs_f64()));
     common::phase(
         start,
         "ingress nodes pass, the stranger does not (tcp+udp), unprotected ports and the mesh untouched",
