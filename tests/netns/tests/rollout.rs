@@ -340,6 +340,21 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let run1 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-1").expect("ansible-playbook");
     must_pass(&run1, "site.yml on bare hosts");
     phase(&format!("site.yml from bare hosts in {:.1}s", run1.elapsed.as_secs_f64()));
+    // The mesh came up filtered on every node: the (closed) inbound filter was in force before
+    // yggdrasil's first start, not only once the service's role ran later in the run.
+    for (name, host) in [("home", &hosts["home"]), ("ingress1", &hosts["ingress1"]), ("ingress2", &hosts["ingress2"])] {
+        let since = host
+            .sh(
+                "systemctl show -p ActiveEnterTimestampMonotonic --value yggdrasil-inbound yggdrasil",
+                Duration::from_secs(10),
+            )
+            .expect("systemctl show");
+        let t: Vec<u64> = since.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert!(
+            t.len() == 2 && t[0] > 0 && t[0] < t[1],
+            "{name}: the inbound filter did not start before yggdrasil (monotonic µs: {since})"
+        );
+    }
 
     let home = &hosts["home"];
     // The config may hold the ACME EAB key: the service's group reads it, nobody else. The
@@ -437,16 +452,17 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let dropped =
         home.sh("nft list chain inet yggdrasil_inbound mesh", Duration::from_secs(10)).expect("the home's filter");
     assert!(dropped.contains("counter packets") && !dropped.contains("counter packets 0 "), "{dropped}");
-    // Debian's nftables.service begins with `flush ruleset`: the filter and the transparent
-    // streams' table come back after its restart and its reload, and the filter still drops.
-    // (The routing unit's comes back by a queued reload: waited for.)
-    for action in ["restart", "reload"] {
-        home.sh(&format!("systemctl {action} nftables"), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("systemctl {action} nftables: {e:#}"));
-        for table in ["yggdrasil_inbound", "local_proxy_transparent"] {
+    // Debian's nftables.service begins with `flush ruleset` (and its stop flushes too): the
+    // filter and the transparent streams' table come back after its restart, its reload and a
+    // stop then start, and the filter still drops. (The routing unit's comes back by a queued
+    // reload, the local proxy's allowlist by its read-back every 10 s: waited for.)
+    for action in ["restart nftables", "reload nftables", "stop nftables && systemctl start nftables"] {
+        home.sh(&format!("systemctl {action}"), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("systemctl {action}: {e:#}"));
+        for table in ["yggdrasil_inbound", "local_proxy_transparent", "local_proxy"] {
             wait_until(
-                &format!("{table} after nftables {action}"),
-                Duration::from_secs(10),
+                &format!("{table} after systemctl {action}"),
+                Duration::from_secs(20),
                 Duration::from_millis(100),
                 || home.sh(&format!("nft list table inet {table}"), Duration::from_secs(10)),
             )
