@@ -6,7 +6,8 @@
 //! and the old one deleted in that same batch). A section removed on reload removes the table;
 //! one added on reload starts then. A restart carries the previous run's allowlist over until
 //! every name has answered (per family: the IPv4 addresses once every A lookup has, the IPv6
-//! ones once every AAAA lookup has). On shutdown the table stays, closed, unless `remove_on_exit` is set.
+//! ones once every AAAA lookup has). The table is read back every 10 s and installed again if
+//! something removed it. On shutdown the table stays, closed, unless `remove_on_exit` is set.
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -7,7 +7,8 @@
 //! source takes the slot of the flow silent longest (after an eighth of the idle timeout, at
 //! most 250 ms), so a flood of one-shot sources cannot lock legitimate clients out, and no
 //! client address holds more than a quarter of a nearly full budget (`FlowBudget::share`), so
-//! neither can one that keeps its many flows talking; flows expire after the idle timeout. On WAN-side sockets only trusted ingress peers are heard; a datagram may start
+//! neither can one that keeps its many flows talking; flows expire after the idle timeout.
+//! On WAN-side sockets only trusted ingress peers are heard; a datagram may start
 //! with a PROXY v2 header naming the client, which is stripped (on the mesh socket too, from
 //! the ingress nodes' mesh addresses in `mesh.trusted_ingress`). A transparent stream binds
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
