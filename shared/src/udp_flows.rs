@@ -92,24 +92,25 @@ impl FlowBudget {
     /// one of them whose address changes port (NAT rebinding, a WireGuard peer roaming) must
     /// still take its own old flow's slot once that one is silent.
     pub fn share(self: &Arc<Self>, client: IpAddr) -> Option<SourceShare> {
-        let source = source_of(client);
-        let cap = self.cap();
-        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = sources.entry(source).or_insert(0);
-        if cap >= SHARED_FROM && *held as usize >= cap / 4 && self.used() >= cap - cap / 4 {
-            return None;
-        }
-        *held += 1;
-        Some(SourceShare { budget: self.clone(), source })
+        self.count(client, true)
     }
 
     /// [`share`](Self::share) never refused: for a relay that speaks for many clients it
     /// cannot tell apart (an ingress node sending without PROXY headers).
-    pub fn share_unbounded(self: &Arc<Self>, client: IpAddr) -> SourceShare {
+    pub fn share_unbounded(self: &Arc<Self>, client: IpAddr) -> Option<SourceShare> {
+        self.count(client, false)
+    }
+
+    fn count(self: &Arc<Self>, client: IpAddr, bounded: bool) -> Option<SourceShare> {
         let source = source_of(client);
+        let cap = self.cap();
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        *sources.entry(source).or_insert(0) += 1;
-        SourceShare { budget: self.clone(), source }
+        let held = sources.entry(source).or_insert(0);
+        if bounded && cap >= SHARED_FROM && *held as usize >= cap / 4 && self.used() >= cap - cap / 4 {
+            return None;
+        }
+        *held += 1;
+        Some(SourceShare { budget: self.clone(), source })
     }
 
     /// Flows `client`'s source holds across the service.

@@ -191,7 +191,7 @@ impl Active {
             return;
         }
         for family in [Family::V4, Family::V6] {
-            let answered = |n: &String| self.heard.contains(&(n.clone(), family));
+            let answered = |n: &String| self.heard.iter().any(|(h, f)| h == n && *f == family);
             let of_family = |net: &IpNet| family.matches(&net.addr());
             if self.settings.ingress_names.iter().all(answered) && self.carried.iter().any(of_family) {
                 info!(table = %self.settings.table, record = family.record(),

@@ -266,7 +266,7 @@ async fn serve_flows(
                         Origin::Wan => true,
                         Origin::Mesh => mesh_ingress(sender.ip(), &state.config.load().mesh.trusted_ingress),
                     };
-                let share = if relay { Some(budget.share_unbounded(client.ip())) } else { budget.share(client.ip()) };
+                let share = if relay { budget.share_unbounded(client.ip()) } else { budget.share(client.ip()) };
                 let Some(share) = share else {
                     drop_count(&name, "source_share", 1);
                     continue;
