@@ -96,6 +96,9 @@ pub struct PathState {
     /// Busy-clock µs of the last success (probe or connect; 0: none yet): a failure of real
     /// traffic whose attempt began before it says the path is lossy, not dead.
     last_ok_us: AtomicU64,
+    /// Busy-clock µs when the path last moved to another address (0: never): an attempt
+    /// begun before it, probe or connect, tried the old address and says nothing of the new.
+    addr_since_us: AtomicU64,
     /// Where the path leads now: fixed, or the last address its name resolved to that
     /// answered a probe (`resolve`). None: a name not resolved yet, or resolved to nothing.
     addr: arc_swap::ArcSwapOption<IpAddr>,
@@ -182,6 +185,7 @@ impl PathState {
             suspicions: AtomicU32::new(0),
             bad_quality: AtomicBool::new(false),
             last_ok_us: AtomicU64::new(0),
+            addr_since_us: AtomicU64::new(0),
             m_udp_silences: counter!(m::PATH_UDP_SILENCES, &labels),
             m_retrans: counter!(m::PATH_RETRANSMITS, &labels),
             m_quality: gauge!(m::PATH_QUALITY_LOSS, &labels),
@@ -629,10 +633,18 @@ impl Pool {
 
     /// `record`, with `by` naming the evidence in the log ("probe", "connect", ...) and, for
     /// real traffic, `began`: when the attempt that failed began (busy-clock µs).
+    /// `began` of a probe is when it was sent; only an attempt's age against the path's last
+    /// move to another address counts for it (a probe outlived by a success is no less a
+    /// failure).
     fn record_by(&self, index: usize, outcome: Outcome, source: Source, by: &str, began: Option<u64>) {
         let Some(path) = self.paths.get(index) else {
             return;
         };
+        if began.is_some_and(|b| b < path.state.addr_since_us.load(Ordering::Relaxed)) {
+            // Evidence about the address the path had: the new one's health starts afresh.
+            tracing::debug!(pool = %self.name, path = %path.name, by, ?outcome, "outcome for the path's old address dropped");
+            return;
+        }
         if outcome == Outcome::Local {
             // Our own exhaustion (a connection flood, a low open-files limit) is not the
             // WAN's fault: counted apart, never held against the path.
@@ -650,7 +662,7 @@ impl Pool {
         // 0: nothing ever got through (the clock starts at the first call, so `began` of a
         // failure in the process's first moments saturates to 0 too, and must still count).
         let last_ok = path.state.last_ok_us.load(Ordering::Relaxed);
-        let since_ok = began.is_none_or(|b| last_ok == 0 || last_ok < b);
+        let since_ok = source == Source::Probe || began.is_none_or(|b| last_ok == 0 || last_ok < b);
         if matches!(outcome, Outcome::Ok { .. }) {
             path.state.last_ok_us.store(micros().max(1), Ordering::Relaxed);
         }
@@ -939,6 +951,8 @@ impl Pool {
                 if due <= now && busy < cap {
                     forced[i] = false;
                     last_start[i] = Some(now);
+                    // Taken before the address is read: a move in between makes it stale.
+                    let sent = micros();
                     match p.addr(default_port) {
                         // A path whose name has no address has nothing to probe (it is down).
                         None => judged[i] = true,
@@ -955,7 +969,7 @@ impl Pool {
                             probes.spawn(async move {
                                 let outcome = crate::health::probe(addr, &check, timeout, hedge).await;
                                 drop(guard);
-                                (i, now, outcome)
+                                (i, now, sent, outcome)
                             });
                         }
                     }
@@ -973,10 +987,10 @@ impl Pool {
             tokio::select! {
                 done = probes.join_next(), if !probes.is_empty() => {
                     // A probe that panicked has released its slot (`InFlight`) and says nothing.
-                    if let Some(Ok((i, started, outcome))) = done {
+                    if let Some(Ok((i, started, sent, outcome))) = done {
                         if newest[i].is_none_or(|t| started > t) {
                             newest[i] = Some(started);
-                            self.record(i, outcome, Source::Probe);
+                            self.record_by(i, outcome, Source::Probe, "probe", Some(sent));
                             judged[i] = true;
                             // The state may have changed: the next probe comes at its new pace
                             // (computed at the top of the loop).
@@ -1020,6 +1034,9 @@ impl Pool {
         if old == ip {
             return;
         }
+        // Before the reset: an outcome recorded in between would belong to the old address.
+        // `max(1)`: a move in the clock's first microsecond still dates what came before it.
+        path.state.addr_since_us.store(micros().max(1), Ordering::Relaxed);
         if let Ok(mut h) = path.state.health.lock() {
             *h = HealthState::default();
         }
@@ -1551,6 +1568,28 @@ pub(crate) mod tests {
         assert!(p.paths[0].is_up(), "the outlived failures are no part of the run a fall needs");
         p.record_connect(0, Outcome::Failed, Duration::from_micros(500));
         assert!(!p.paths[0].is_up(), "failures with nothing through since");
+    }
+
+    /// A path whose name moved to another address starts afresh: probes and connects begun on
+    /// the old address that end after the move (a lost SYN timing out) say nothing of the new
+    /// one; the first failures begun after it count as always.
+    #[test]
+    fn outcomes_begun_on_a_paths_old_address_are_dropped() {
+        let p = pool(&[1, 1], false);
+        let sent_before = micros();
+        std::thread::sleep(Duration::from_millis(2));
+        p.set_address(0, Some(IpAddr::from([10, 0, 0, 9])));
+        for _ in 0..3 {
+            p.record_connect(0, Outcome::Failed, Duration::from_millis(300));
+            p.record_by(0, Outcome::Failed, Source::Probe, "probe", Some(sent_before));
+        }
+        assert!(p.paths[0].is_up(), "failures begun on the old address took the new one down");
+        assert_eq!(p.paths[0].health_snapshot().fail_avg, 0.0);
+        std::thread::sleep(Duration::from_millis(2));
+        let sent_after = micros();
+        p.record_by(0, Outcome::Failed, Source::Probe, "probe", Some(sent_after));
+        p.record_connect(0, Outcome::Failed, Duration::ZERO);
+        assert!(!p.paths[0].is_up(), "failures begun on the new address count");
     }
 
     /// The flap a steady 5 % loss once made (netns scenario_quality): a connect that failed
