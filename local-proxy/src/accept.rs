@@ -193,22 +193,21 @@ async fn connection(
                 // A LOCAL-header probe only checks that the path reaches us.
                 return;
             }
-            // Loaded again: a reload may have come while the PROXY header was awaited, and the
-            // stream's upstreams must be those of the pool loaded next (member i of each is the
-            // same upstream), not the old config's.
-            let config = state.config.load_full();
-            let Some(cfg) = config.streams.iter().find(|s| &s.name == name) else {
+            // Loaded now: a reload may have come while the PROXY header was awaited. The
+            // stream's settings come with its pool, from one generation (`Pools::config`).
+            let pools = state.pools.load_full();
+            let Some(cfg) = pools.config().streams.iter().find(|s| &s.name == name) else {
                 debug!(stream = %name, "stream no longer configured; closing");
                 return;
             };
-            let Some(pool) = state.pools.load().stream(name).cloned() else {
+            let Some(pool) = pools.stream(name) else {
                 debug!(stream = %name, "stream has no pool yet; closing");
                 return;
             };
             let log = state.stream_logs.load().get(name);
             // Boxed: inline, its state sized every connection's task, HTTP ones too (16,336
             // bytes, 12,056 boxed; resident only where written, so idle RSS did not change).
-            Box::pin(stream::tcp::forward(stream, info, local, cfg, &pool, log)).await;
+            Box::pin(stream::tcp::forward(stream, info, local, cfg, pool, log)).await;
         }
     }
 }

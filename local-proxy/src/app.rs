@@ -93,6 +93,7 @@ pub fn start_on(
     let (firewall, firewall_task) = crate::firewall::start(config.firewall.clone(), trusted.clone(), shutdown.clone())?;
     let certs = Arc::new(CertStore::new());
     certs.set_sources(&config.tls);
+    let config = Arc::new(config);
     let pools = Pools::build(&config, None);
     let routes = Routes::build(&config, &pools, workers.threads())?;
     let stream_logs = StreamLogs::build(&config)?;
@@ -100,7 +101,7 @@ pub fn start_on(
         tls: tls::server_config(certs.clone())?,
         conn_limit: Arc::new(Semaphore::new(config.http.max_connections)),
         mesh_conn_limit: Arc::new(Semaphore::new(config.mesh.max_connections)),
-        config: ArcSwap::from_pointee(config),
+        config: ArcSwap::new(config),
         routes: ArcSwap::from_pointee(routes),
         pools: ArcSwap::from_pointee(pools),
         stream_logs: ArcSwap::from_pointee(stream_logs),
@@ -267,6 +268,7 @@ impl Handle {
     /// refuses the whole reload), removed ones closed, unchanged ones keep their sockets.
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
         new.warn_mesh_budget();
+        let new = Arc::new(new);
         // Upstreams that stay keep their health; the new checks start once the config is in.
         let pools = Arc::new(Pools::build(&new, Some(&self.state.pools.load())));
         let routes = match Routes::build(&new, &pools, self.state.workers.threads()) {
@@ -298,7 +300,7 @@ impl Handle {
             self.state.pools.swap(pools.clone()).stop_checks();
             let tls = new.tls.clone();
             let acme = new.acme.clone();
-            self.state.config.store(Arc::new(new));
+            self.state.config.store(new.clone());
             self.state.certs.set_sources(&tls);
             self.state.acme.apply(acme.as_ref(), &self.state.certs, &self.tasks, &self.state.shutdown);
         };

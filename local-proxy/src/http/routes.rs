@@ -395,7 +395,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let r = Routes::build(&c, &Pools::build(&c, None), 1).unwrap();
+        let r = Routes::build(&c, &Pools::build(&Arc::new(c.clone()), None), 1).unwrap();
         let target = |host: &str, path: &str| r.find(host).unwrap().target(path).is_ok();
         for bad in [
             "/public/../admin",
@@ -439,7 +439,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let r = Routes::build(&c, &Pools::build(&c, None), 1).unwrap();
+        let r = Routes::build(&c, &Pools::build(&Arc::new(c.clone()), None), 1).unwrap();
         let upstream = |name: &str| r.find(name).map(|s| s.site.upstreams.members[0].target.authority.to_string());
         assert_eq!(upstream("a.example.org").unwrap(), "127.0.0.1:1");
         assert_eq!(upstream("b.example.org").unwrap(), "127.0.0.1:2");

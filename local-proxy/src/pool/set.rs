@@ -16,8 +16,11 @@ use crate::config::{Check, Config, Protocol};
 use crate::http::upstream;
 
 /// The pools of one config generation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pools {
+    /// The config they were built from: member i of a pool is upstream i of its site, route
+    /// or stream in this one, not necessarily in the one a reload stores next.
+    config: Arc<Config>,
     sites: HashMap<String, Arc<Pool>>,
     /// Routes with an upstream of their own, by [`route_pool_name`].
     routes: HashMap<String, Arc<Pool>>,
@@ -29,8 +32,14 @@ pub struct Pools {
 impl Pools {
     /// Pools for `config`, keeping the member state of `previous` where the same site or
     /// stream still has the same upstream.
-    pub fn build(config: &Config, previous: Option<&Pools>) -> Self {
-        let mut pools = Pools::default();
+    pub fn build(config: &Arc<Config>, previous: Option<&Pools>) -> Self {
+        let mut pools = Pools {
+            config: config.clone(),
+            sites: HashMap::new(),
+            routes: HashMap::new(),
+            streams: HashMap::new(),
+            checks: Mutex::new(None),
+        };
         for site in &config.sites {
             let members = site.upstreams.members.iter().map(|m| (m.target.to_string(), m.weight, m.backup));
             let prev = previous.and_then(|p| p.sites.get(&site.host)).map(|p| &**p);
@@ -67,6 +76,14 @@ impl Pools {
 
     pub fn stream(&self, name: &str) -> Option<&Arc<Pool>> {
         self.streams.get(name)
+    }
+
+    /// The config these pools pair with: a connection that takes its stream's settings from
+    /// here and its pool from the same `Pools` cannot pair a reload's pool with the config
+    /// before it (read apart, a reload between the two reads could, and member i would be
+    /// sent to the old config's upstream i).
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
     /// Every pool, sites first (status pages, the admin API).
@@ -179,5 +196,31 @@ mod tests {
     fn a_route_pools_site_is_its_host() {
         assert_eq!(pool_site(&route_pool_name("cloud.example", "dav")), "cloud.example");
         assert_eq!(pool_site("cloud.example"), "cloud.example");
+    }
+
+    /// A reload that reorders a stream's upstreams: the next generation's pool and the config
+    /// it hands out pair member i with the same upstream, and the members keep their state.
+    #[test]
+    fn a_generation_pairs_each_pool_with_its_own_config() {
+        let stream = |upstreams: &str| {
+            let toml = format!("[[stream]]\nname = \"agents\"\nlisten = \"50000\"\nupstream = {upstreams}\n");
+            Arc::new(crate::config::from_toml_str(&toml).unwrap())
+        };
+        let first = Pools::build(&stream(r#"["192.168.1.40:50000", "192.168.1.41:50000"]"#), None);
+        let second_config = stream(r#"["192.168.1.41:50000", "192.168.1.40:50000"]"#);
+        let second = Pools::build(&second_config, Some(&first));
+        assert!(Arc::ptr_eq(second.config(), &second_config));
+        for pools in [&first, &second] {
+            let pool = pools.stream("agents").unwrap();
+            let cfg = &pools.config().streams[0];
+            for (i, member) in pool.members.iter().enumerate() {
+                assert_eq!(*member.label, *cfg.upstreams.members[i].target.to_string(), "member {i}");
+            }
+        }
+        let kept = |pools: &Pools, label: &str| {
+            let pool = pools.stream("agents").unwrap();
+            pool.members.iter().find(|m| &*m.label == label).map(|m| Arc::as_ptr(&m.state)).unwrap()
+        };
+        assert_eq!(kept(&first, "192.168.1.40:50000"), kept(&second, "192.168.1.40:50000"));
     }
 }

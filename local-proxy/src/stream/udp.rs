@@ -205,14 +205,18 @@ async fn serve_flows(
                 continue;
             }
         }
-        let config = state.config.load();
+        // The batch's settings come with the pools of their generation: a flow opened after a
+        // reload that came while it waited for room (`admit_among`) still pairs member i with
+        // its own upstream i, and the next batch sees the reload.
+        let pools = state.pools.load_full();
+        let config = pools.config();
         let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
             // A reload removed the stream; this socket closes as soon as its loop sees it.
             drop_count(&name, "stream_removed", batch.len());
             continue;
         };
         recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);
-        if !Arc::ptr_eq(&opened_under.0, &*config) {
+        if !Arc::ptr_eq(&opened_under.0, config) {
             // A reload: if it changed where or how this socket's stream sends (its upstreams,
             // PROXY header, transparency, or the stream itself), the flows end and the next
             // datagram of each opens a new one under the new settings, as nginx's new workers
@@ -225,7 +229,7 @@ async fn serve_flows(
                 gone.iter().for_each(|f: &Flow| f.ending("reload"));
                 gone.clear();
             }
-            opened_under = (Arc::clone(&*config), name.clone());
+            opened_under = (config.clone(), name.clone());
         }
         let now = now_ms();
         // One flow's consecutive datagrams of one shape, sent together once the run ends.
@@ -282,14 +286,14 @@ async fn serve_flows(
                     drop_count(&name, "flow_limit", 1);
                     continue;
                 };
-                let Some(pool) = state.pools.load().stream(&stream.name).cloned() else { continue };
+                let Some(pool) = pools.stream(&stream.name) else { continue };
                 let log = state.stream_logs.load().get(&stream.name);
                 let opened = open_flow(
                     key,
                     destination,
                     local,
                     stream,
-                    &pool,
+                    pool,
                     &socket,
                     (permits, share),
                     now,
