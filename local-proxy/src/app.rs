@@ -296,6 +296,7 @@ impl Handle {
             self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));
             self.state.stream_logs.store(Arc::new(stream_logs));
+            pools.take_over(&self.state.pools.load());
             pools.start_checks(&new, &self.tasks, &self.state.shutdown);
             self.state.pools.swap(pools.clone()).stop_checks();
             let tls = new.tls.clone();

@@ -168,6 +168,17 @@ async fn status_schema_token_drain_weight_and_reload() {
     proxy.handle.reload(config::from_toml_str(&config_text).unwrap()).await.unwrap();
     let s = status(proxy.admin).await;
     assert_eq!((upstream(&s, &la)["weight"].clone(), upstream(&s, &lb)["weight"].clone()), (1.into(), 3.into()));
+    // ... unless that reload is refused (here a new stream's port is taken): then b's stays.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!(
+        "{}[[stream]]\nname = \"taken\"\nlisten = \"{}/tcp\"\nupstream = \"{a}\"\n",
+        conf(Some(&token), a, b, 2),
+        held.local_addr().unwrap().port()
+    );
+    assert!(proxy.handle.reload(config::from_toml_str(&refused).unwrap()).await.is_err());
+    let s = status(proxy.admin).await;
+    assert_eq!(upstream(&s, &lb)["weight_override"], 3, "a refused reload ended an override: {s:#}");
+    assert_eq!(tally(listen, 40).await, (10, 30));
     proxy.handle.reload(config::from_toml_str(&conf(Some(&token), a, b, 2)).unwrap()).await.unwrap();
     let s = status(proxy.admin).await;
     assert_eq!(upstream(&s, &la)["weight_override"], 1);

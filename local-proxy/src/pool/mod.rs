@@ -245,21 +245,6 @@ impl Pool {
             .take(MAX_UPSTREAMS)
             .map(|(label, weight, backup)| {
                 let prev = previous.and_then(|p| p.members.iter().find(|m| *m.label == *label));
-                // A runtime weight override lasts until the config changes that weight.
-                if let Some(m) = prev.filter(|m| m.weight != weight) {
-                    let was = m.state.weight_override.swap(NO_OVERRIDE, Ordering::Relaxed);
-                    if was != NO_OVERRIDE {
-                        crate::events::record(crate::events::Event {
-                            at_ms: shared::admin::page::now_ms(),
-                            owner: owner.label(),
-                            name: name.to_owned(),
-                            upstream: label.clone(),
-                            from: format!("weight {was}"),
-                            to: format!("weight {weight}"),
-                            reason: "config changed the weight: the runtime override ends".into(),
-                        });
-                    }
-                }
                 let reuse = prev.map(|m| m.state.clone());
                 Member {
                     state: reuse.unwrap_or_else(|| Arc::new(MemberState::new(owner, name, &label))),
@@ -280,6 +265,31 @@ impl Pool {
             m_unavailable: metrics::counter!(names::UPSTREAM_UNAVAILABLE, owner.label() => name.to_owned()),
             checked: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
+        }
+    }
+
+    /// A runtime weight override lasts until the config changes that weight: end those of
+    /// the members whose weight this pool changes from `previous`'s. Called when the reload
+    /// that built it is applied, not when it is built: a reload refused later (a listener
+    /// that cannot bind) must leave the running overrides alone.
+    pub fn end_changed_overrides(&self, previous: &Pool) {
+        for m in &self.members {
+            let Some(prev) = previous.members.iter().find(|p| p.label == m.label) else { continue };
+            if prev.weight == m.weight {
+                continue;
+            }
+            let was = m.state.weight_override.swap(NO_OVERRIDE, Ordering::Relaxed);
+            if was != NO_OVERRIDE {
+                crate::events::record(crate::events::Event {
+                    at_ms: shared::admin::page::now_ms(),
+                    owner: self.owner.label(),
+                    name: self.name.to_string(),
+                    upstream: m.label.to_string(),
+                    from: format!("weight {was}"),
+                    to: format!("weight {}", m.weight),
+                    reason: "config changed the weight: the runtime override ends".into(),
+                });
+            }
         }
     }
 

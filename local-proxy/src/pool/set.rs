@@ -86,6 +86,20 @@ impl Pools {
         &self.config
     }
 
+    /// This generation replaces `previous`: the runtime weight overrides whose weight the
+    /// config changed end now ([`Pool::end_changed_overrides`]).
+    pub fn take_over(&self, previous: &Pools) {
+        let sets =
+            [(&self.sites, &previous.sites), (&self.routes, &previous.routes), (&self.streams, &previous.streams)];
+        for (new, old) in sets {
+            for (key, pool) in new {
+                if let Some(before) = old.get(key) {
+                    pool.end_changed_overrides(before);
+                }
+            }
+        }
+    }
+
     /// Every pool, sites first (status pages, the admin API).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.sites.values().chain(self.routes.values()).chain(self.streams.values())
