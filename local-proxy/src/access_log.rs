@@ -267,8 +267,22 @@ fn flush(shared: &Shared, deadline: Instant) -> bool {
     true
 }
 
+/// Open `path` to append, creating it `MODE` whatever the umask (the packaged unit's is 0077,
+/// which would leave the log shippers of the local-proxy group locked out); a file that is
+/// there keeps the mode it has.
 fn open_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(MODE).open(path)
+    use std::os::unix::fs::PermissionsExt;
+    match OpenOptions::new().append(true).create_new(true).mode(MODE).open(path) {
+        Ok(f) => {
+            f.set_permissions(std::fs::Permissions::from_mode(MODE))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Rotated away in between: created then, as before, with the umask's mode.
+            OpenOptions::new().append(true).create(true).mode(MODE).open(path)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Write the buffered lines when woken or at each interval, until every [`Sink`] of this file

@@ -286,6 +286,9 @@ async fn request_bodies_and_websockets_are_counted() {
 /// flowing throughout, every answered request is exactly one whole line in one of the two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renamed_file_and_sigusr1_move_new_lines_to_a_new_file() {
+    // The packaged unit's umask, inherited by the proxy: its new files are still 0640 (this
+    // test runs in a process of its own).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let tmp = tempfile::tempdir().unwrap();
     let (_ca, live) = setup_certs(tmp.path());
     let up = echo_upstream("a").await;
