@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::Protocol;
 use crate::listeners::{self, BindError, ListenKey, Listeners, Origin, Serves, TcpBound, UdpBound};
 use crate::state::State;
 use crate::{accept, admin, stream};
@@ -187,12 +188,23 @@ impl Running {
         let _one_at_a_time = self.reload.lock().await;
         let wanted: HashMap<ListenKey, Serves> = plan.into_iter().collect();
         let Plan { added, kept, removed } = Plan::new(&lock(&self.entries), wanted);
-        // A removed socket on the port and transport of an added one (a wildcard address
-        // replaced by specific ones, say) would make the new bind fail: close it first.
-        let (clashing, later): (Vec<ListenKey>, Vec<ListenKey>) = removed.into_iter().partition(|r| {
-            r.addr.port() != 0 && added.iter().any(|(a, _)| a.protocol == r.protocol && a.addr.port() == r.addr.port())
-        });
+        let old_admin = lock(&self.admin).as_ref().map(|a| a.addr);
+        let new_admin_port = admin.filter(|_| admin != old_admin).map(|a| a.port()).filter(|&p| p != 0);
+        // A socket going away on the port and transport of a new one (a wildcard address
+        // replaced by specific ones, the admin listener moved to 0.0.0.0 on its port, a stream
+        // taking the admin's old port) would make the new bind fail: close it first.
+        let takes_port = |protocol: Protocol, port: u16| {
+            port != 0
+                && (added.iter().any(|(a, _)| a.protocol == protocol && a.addr.port() == port)
+                    || (protocol == Protocol::Tcp && new_admin_port == Some(port)))
+        };
+        let (clashing, later): (Vec<ListenKey>, Vec<ListenKey>) =
+            removed.into_iter().partition(|r| takes_port(r.protocol, r.addr.port()));
         let closed_early = self.stop(&clashing).await;
+        let admin_closed_early = match old_admin {
+            Some(old) if admin != old_admin && takes_port(Protocol::Tcp, old.port()) => self.stop_admin().await,
+            _ => None,
+        };
 
         let mut bound = Listeners::default();
         let mut result = Ok(());
@@ -203,7 +215,6 @@ impl Running {
             }
         }
         let mut new_admin = None;
-        let old_admin = lock(&self.admin).as_ref().map(|a| a.addr);
         if result.is_ok() && admin != old_admin {
             if let Some(addr) = admin {
                 match listeners::bind_admin(addr) {
@@ -216,6 +227,14 @@ impl Running {
             // Put back what was closed early; the new sockets close as `bound` drops.
             drop(bound);
             self.restore(closed_early);
+            if let Some(addr) = admin_closed_early {
+                match listeners::bind_admin(addr) {
+                    Ok(l) => self.serve_admin(addr, l),
+                    Err(e) => {
+                        warn!(listener = "admin", %addr, error = %e, "could not bind again after a refused reload")
+                    }
+                }
+            }
             return Err(e);
         }
 
@@ -231,12 +250,7 @@ impl Running {
         log_bound(&bound);
         self.serve(bound);
         if admin != old_admin {
-            let old = lock(&self.admin).take();
-            if let Some(old) = old {
-                old.stop.cancel();
-                let _ = tokio::time::timeout(STOP_BOUND, old.task).await;
-                info!(listener = "admin", addr = %old.addr, "closed");
-            }
+            self.stop_admin().await;
             if let Some((addr, listener)) = new_admin {
                 if let Ok(local) = listener.local_addr() {
                     info!(listener = "admin", addr = %local, "listening");
@@ -246,6 +260,16 @@ impl Running {
         }
         self.stop(&later).await;
         Ok(())
+    }
+
+    /// Stop the admin listener, if there is one, and wait (bounded) until its socket is
+    /// closed; returns its configured address.
+    async fn stop_admin(&self) -> Option<SocketAddr> {
+        let old = lock(&self.admin).take()?;
+        old.stop.cancel();
+        let _ = tokio::time::timeout(STOP_BOUND, old.task).await;
+        info!(listener = "admin", addr = %old.addr, "closed");
+        Some(old.addr)
     }
 
     /// Stop the listeners of `keys`; returns what each served (for [`Running::restore`]).

@@ -146,6 +146,29 @@ async fn reload_binds_new_listeners_closes_removed_and_keeps_connections() {
     assert_eq!(p.handle.admin_addr(), Some(admin));
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     assert!(TcpStream::connect(p.admin).await.is_err(), "the old admin port still accepts");
+
+    // ... to the wildcard address on the same port (its old socket is closed first), ...
+    let with_admin = |listen: &str, extra: &str| {
+        format!("{}{extra}", base_config(&stream("a2", &format!("{port}/tcp"), up_a)))
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{listen}\""))
+    };
+    let cfg = with_admin(&format!("0.0.0.0:{admin_port}"), "");
+    p.handle.reload(config::from_toml_str(&cfg).unwrap()).await.unwrap();
+    assert_eq!(p.handle.admin_addr(), Some(SocketAddr::from(([0, 0, 0, 0], admin_port))));
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    // ... back, in a reload refused for another socket: the wildcard one serves again, ...
+    let cfg = with_admin(&format!("127.0.0.1:{admin_port}"), &stream("c", &format!("{taken}/tcp"), up_b));
+    assert!(p.handle.reload(config::from_toml_str(&cfg).unwrap()).await.is_err());
+    assert_eq!(p.handle.admin_addr(), Some(SocketAddr::from(([0, 0, 0, 0], admin_port))));
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    // ... and away, its port taken by a stream in the same reload.
+    let cfg = with_admin("127.0.0.1:0", &stream("d", &format!("{admin_port}/tcp"), up_b));
+    p.handle.reload(config::from_toml_str(&cfg).unwrap()).await.unwrap();
+    let d = SocketAddr::from(([127, 0, 0, 4], admin_port));
+    assert_eq!(stream_addr(&p, "d"), Some(d));
+    assert!(greet(d).await.unwrap().1.starts_with("b peer="));
+    let moved = p.handle.admin_addr().unwrap();
+    assert_eq!(http_get(moved, "/healthz").await.0, 200);
     assert_eq!(echo_line(&mut held, "to the end").await, "to the end\n");
 }
 
