@@ -88,19 +88,30 @@ async fn serve(server: &Server, path: &Path, hup: &mut Signal, term: &mut Signal
         tokio::select! {
             _ = hup.recv() => {
                 notify("RELOADING", shared::notify::reloading());
-                match Config::load(path) {
+                let applied = match Config::load(path) {
                     Ok(c) => {
                         let want = expected_listeners(&c);
-                        server.reload(c);
-                        // Bounded: signals wait meanwhile, and a port that stays taken is
-                        // retried in the background (logged) rather than holding the reload.
-                        wait_bound(server, &want, Some(RELOAD_BIND_WAIT)).await;
+                        match server.try_reload(c).await {
+                            Ok(()) => {
+                                // Bounded: signals wait meanwhile, and a port that stays taken is
+                                // retried in the background (logged) rather than holding the reload.
+                                wait_bound(server, &want, Some(RELOAD_BIND_WAIT)).await;
+                                Ok(())
+                            }
+                            // Nothing was bound nor changed: nothing to wait for.
+                            Err(e) => Err(e.to_string()),
+                        }
                     }
                     Err(e) => {
                         metrics::counter!(ingress::metrics::RELOADS, "result" => "refused").increment(1);
-                        tracing::error!("reload refused, the running config stays: {e}");
+                        Err(e.to_string())
                     }
+                };
+                if let Err(e) = &applied {
+                    tracing::error!("reload refused, the running config stays: {e}");
                 }
+                // Shown in `systemctl status` (`status_line`) until a reload is applied.
+                *LAST_REFUSAL.lock().unwrap_or_else(|p| p.into_inner()) = applied.err();
                 // Also after a refusal: systemd leaves the reloading state only on READY=1.
                 notify("READY", shared::notify::ready());
             }
@@ -164,8 +175,12 @@ async fn wait_bound(server: &Server, want: &[(String, usize)], limit: Option<Dur
     }
 }
 
+/// Why the last reload was refused, while the one after it has not been applied.
+static LAST_REFUSAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Keeps `systemctl status` showing a one-line summary (STATUS=): per pool its tier and the
-/// paths up, and the open connections; sent when it changes, checked every 2 s.
+/// paths up, the open connections, and a refused reload; sent when it changes, checked every
+/// 2 s.
 async fn status_line(state: std::sync::Arc<ingress::server::Shared>) {
     let mut last = String::new();
     loop {
@@ -181,7 +196,12 @@ async fn status_line(state: std::sync::Arc<ingress::server::Shared>) {
             })
             .collect();
         drop(rt);
-        let line = format!("{}; {} open connections", pools.join("; "), state.open_connections());
+        let mut line = format!("{}; {} open connections", pools.join("; "), state.open_connections());
+        if let Some(why) = &*LAST_REFUSAL.lock().unwrap_or_else(|p| p.into_inner()) {
+            line.push_str("; last reload refused: ");
+            // One line: STATUS= ends at a newline.
+            line.extend(why.lines().flat_map(|l| [l, " "]));
+        }
         if line != last {
             notify("STATUS", shared::notify::notify(&format!("STATUS={line}")));
             last = line;

@@ -23,6 +23,8 @@ use shared::udp_flows::FlowBudget;
 
 /// A bound listener (or one waiting to bind) and the service it feeds.
 struct ListenerEntry {
+    /// The configured address (port 0: any).
+    addr: SocketAddr,
     slot: Arc<ArcSwap<Service>>,
     local: Arc<Mutex<Option<SocketAddr>>>,
     task: JoinHandle<()>,
@@ -38,7 +40,15 @@ pub struct Server {
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
     listeners: Mutex<HashMap<ListenerKey, ListenerEntry>>,
-    admin_task: Mutex<Option<(SocketAddr, JoinHandle<()>)>>,
+    admin_task: Mutex<Option<Admin>>,
+}
+
+/// The admin listener being served.
+struct Admin {
+    /// As configured (port 0: any) and as bound.
+    configured: SocketAddr,
+    bound: SocketAddr,
+    task: JoinHandle<()>,
 }
 
 impl Server {
@@ -76,24 +86,36 @@ impl Server {
         let kept = inherited_listeners(&config, server.shared.workers.threads());
         server.sync_listeners(kept);
         shared::inherit::release_unclaimed(|_| false);
-        server.sync_admin(config.admin);
+        if let Some(addr) = config.admin {
+            // At start-up a busy admin port does not stop the data plane: logged, not served.
+            if let Err(e) = server.bind_admin(addr) {
+                tracing::error!(listen = %addr, error = %e, "admin listener cannot bind");
+            }
+        }
         server
     }
 
     /// Apply a new, already validated config, or refuse it (logged and counted) when one of
     /// the listeners it adds cannot be bound: then the running config stays whole.
-    pub fn reload(&self, config: Config) {
-        if let Err(e) = self.try_reload(config) {
-            counter!(m::RELOADS, "result" => "refused").increment(1);
+    pub async fn reload(&self, config: Config) {
+        if let Err(e) = self.try_reload(config).await {
             tracing::error!(listen = %e.addr, service = %e.service, error = %e.source, "reload refused, the running config stays: {e}");
         }
     }
 
-    /// Apply a new, already validated config. Every listener it adds is bound first; if one
-    /// cannot be, nothing changes (operators expect a reload never to leave a configured
-    /// service unserved). Established connections are untouched either way.
-    pub fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
-        let prebound = self.bind_new_listeners(&config)?;
+    /// Apply a new, already validated config. Every listener it adds is bound first, the
+    /// admin listener too if it moves; if one cannot be, nothing changes (operators expect a
+    /// reload never to leave a configured service unserved) and the refusal is counted.
+    /// Established connections are untouched either way.
+    pub async fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.rebind(&config).await;
+        let (prebound, new_admin) = match result {
+            Ok(bound) => bound,
+            Err(e) => {
+                counter!(m::RELOADS, "result" => "refused").increment(1);
+                return Err(e);
+            }
+        };
         let old = self.shared.runtime.load_full();
         let loops = self.shared.workers.threads();
         let (was, budget) = (
@@ -112,22 +134,86 @@ impl Server {
         self.shared.flows.set_cap(budget.max_flows);
         #[cfg(target_os = "linux")]
         crate::splice::set_pipe_limit(budget.pipes);
-        let admin = config.admin;
         let rt = Runtime::build(config, &budget, Some(&old));
         self.shared.runtime.store(Arc::new(rt));
         self.sync_listeners(prebound);
-        self.sync_admin(admin);
+        match new_admin {
+            AdminChange::Keep => {}
+            AdminChange::Off => {
+                self.stop_admin().await;
+            }
+            AdminChange::Serve(configured, listener) => {
+                self.stop_admin().await;
+                self.serve_admin(configured, listener);
+            }
+        }
         counter!(m::RELOADS, "result" => "applied").increment(1);
         tracing::info!("configuration reloaded");
         Ok(())
     }
 
-    /// Binds the listeners `config` has and the running set lacks, all or none.
-    fn bind_new_listeners(&self, config: &Config) -> Result<HashMap<ListenerKey, Bound>, ReloadError> {
+    /// Binds the listeners `config` has and the running set lacks, and the admin listener if
+    /// it moves: all or none. A TCP socket the config drops on the port of one it adds (a
+    /// specific address replaced by the wildcard, the admin listener moved to 0.0.0.0 on its
+    /// port, a service taking the admin's old port) would make that bind fail while it
+    /// listens: it is closed first, and served again if the reload is refused.
+    async fn rebind(&self, config: &Config) -> Result<(HashMap<ListenerKey, Bound>, AdminChange), ReloadError> {
+        let wanted = wanted_listeners(config, self.shared.workers.threads());
+        let old_admin = self.admin_task.lock().ok().and_then(|a| a.as_ref().map(|a| a.configured));
+        let admin_moves = config.admin != old_admin;
+        let (clashing, admin_clashes) = {
+            let Ok(map) = self.listeners.lock() else {
+                return Ok((HashMap::new(), AdminChange::Keep));
+            };
+            let plan = Plan::new(&map, wanted.iter().map(|(k, v)| (k.clone(), v.1)));
+            let new_admin_port = config.admin.filter(|_| admin_moves).map(|a| a.port());
+            let takes = |port: u16| {
+                port != 0
+                    && (new_admin_port == Some(port)
+                        || plan.added.iter().any(|((p, _), addr)| *p == Protocol::Tcp && addr.port() == port))
+            };
+            let clashing: Vec<ListenerKey> = plan
+                .removed
+                .into_iter()
+                .filter(|k| k.0 == Protocol::Tcp && map.get(k).is_some_and(|e| takes(e.addr.port())))
+                .collect();
+            (clashing, admin_moves && old_admin.is_some_and(|a| takes(a.port())))
+        };
+        let paused = self.pause_listeners(&clashing).await;
+        let admin_paused = if admin_clashes { self.stop_admin().await } else { None };
+        let bound = self.bind_new_listeners(wanted).and_then(|listeners| {
+            let admin = match config.admin {
+                _ if !admin_moves => AdminChange::Keep,
+                None => AdminChange::Off,
+                Some(addr) => match crate::listener::bind_tcp(addr) {
+                    Ok(l) => AdminChange::Serve(addr, l),
+                    Err(source) => {
+                        return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
+                    }
+                },
+            };
+            Ok((listeners, admin))
+        });
+        if bound.is_err() {
+            self.resume_listeners(&paused);
+            if let Some(addr) = admin_paused {
+                if let Err(e) = self.bind_admin(addr) {
+                    tracing::error!(listen = %addr, error = %e, "admin listener cannot bind again after a refused reload");
+                }
+            }
+        }
+        bound
+    }
+
+    /// Binds the listeners in `wanted` the running set lacks, all or none.
+    fn bind_new_listeners(
+        &self,
+        wanted: HashMap<ListenerKey, (String, SocketAddr, usize)>,
+    ) -> Result<HashMap<ListenerKey, Bound>, ReloadError> {
         let Ok(map) = self.listeners.lock() else {
             return Ok(HashMap::new());
         };
-        let plan = Plan::new(&map, wanted_listeners(config, self.shared.workers.threads()));
+        let plan = Plan::new(&map, wanted);
         let bound = bind_all(plan.added, |key, (service, addr, sockets)| {
             bind(key, *addr, *sockets).map_err(|source| ReloadError {
                 service: service.clone(),
@@ -137,6 +223,51 @@ impl Server {
             })
         })?;
         Ok(bound.into_iter().collect())
+    }
+
+    /// Stops serving the TCP listeners of `keys` and waits until their sockets are closed;
+    /// their entries stay, for [`Server::resume_listeners`] or the reload's removal.
+    async fn pause_listeners(&self, keys: &[ListenerKey]) -> Vec<ListenerKey> {
+        let mut tasks = Vec::new();
+        if let Ok(mut map) = self.listeners.lock() {
+            for key in keys {
+                if let Some(entry) = map.get_mut(key) {
+                    entry.task.abort();
+                    // A finished task in its place: the entry stays whole until resumed.
+                    tasks.push(std::mem::replace(&mut entry.task, tokio::spawn(async {})));
+                    for i in 0..entry.sockets {
+                        shared::inherit::forget(&fd_name(key, i));
+                    }
+                    tracing::info!(listen = %key.1, "listener closed early: the reload binds its port anew");
+                }
+            }
+        }
+        // A TCP listener's socket lives in its task (`listen_forever`): closed once it is gone.
+        for task in tasks {
+            let _ = task.await;
+        }
+        keys.to_vec()
+    }
+
+    /// Serves again what [`Server::pause_listeners`] closed (binding in the background, as at
+    /// start-up).
+    fn resume_listeners(&self, keys: &[ListenerKey]) {
+        let Ok(mut map) = self.listeners.lock() else {
+            return;
+        };
+        for key in keys {
+            if let Some(entry) = map.get_mut(key) {
+                entry.task = tokio::spawn(listen_forever(
+                    key.clone(),
+                    entry.addr,
+                    entry.sockets,
+                    None,
+                    entry.slot.clone(),
+                    entry.local.clone(),
+                    self.shared.clone(),
+                ));
+            }
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -159,7 +290,7 @@ impl Server {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_task.lock().ok().and_then(|a| a.as_ref().map(|(addr, _)| *addr))
+        self.admin_task.lock().ok().and_then(|a| a.as_ref().map(|a| a.bound))
     }
 
     /// Stop accepting, then wait (up to `deadline`) for established connections to end.
@@ -245,32 +376,43 @@ impl Server {
                 local.clone(),
                 self.shared.clone(),
             ));
-            map.insert(key, ListenerEntry { slot, local, task, sockets });
+            map.insert(key, ListenerEntry { addr, slot, local, task, sockets });
         }
     }
 
-    fn sync_admin(&self, want: Option<SocketAddr>) {
-        let Ok(mut admin) = self.admin_task.lock() else {
-            return;
-        };
-        let current = admin.as_ref().map(|(a, _)| *a);
-        if want.is_some() && current == want && want.is_some_and(|a| a.port() != 0) {
-            return;
-        }
-        if let Some((_, t)) = admin.take() {
-            t.abort();
-        }
-        if let Some(addr) = want {
-            match crate::listener::bind_tcp(addr) {
-                Ok(l) => {
-                    let bound = l.local_addr().unwrap_or(addr);
-                    tracing::info!(listen = %bound, "admin listener ready");
-                    *admin = Some((bound, tokio::spawn(crate::admin::serve(l, self.shared.clone()))));
-                }
-                Err(e) => tracing::error!(listen = %addr, error = %e, "admin listener cannot bind"),
-            }
+    /// Binds and serves the admin listener on `addr`.
+    fn bind_admin(&self, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = crate::listener::bind_tcp(addr)?;
+        self.serve_admin(addr, listener);
+        Ok(())
+    }
+
+    fn serve_admin(&self, configured: SocketAddr, listener: tokio::net::TcpListener) {
+        let bound = listener.local_addr().unwrap_or(configured);
+        tracing::info!(listen = %bound, "admin listener ready");
+        let task = tokio::spawn(crate::admin::serve(listener, self.shared.clone()));
+        if let Ok(mut admin) = self.admin_task.lock() {
+            *admin = Some(Admin { configured, bound, task });
         }
     }
+
+    /// Stops the admin listener and waits until its socket is closed; returns its configured
+    /// address.
+    async fn stop_admin(&self) -> Option<SocketAddr> {
+        let admin = self.admin_task.lock().ok()?.take()?;
+        admin.task.abort();
+        let _ = admin.task.await;
+        tracing::info!(listen = %admin.bound, "admin listener closed");
+        Some(admin.configured)
+    }
+}
+
+/// What a reload does to the admin listener.
+enum AdminChange {
+    Keep,
+    Off,
+    /// Serve this listener (bound for the configured address), in place of the running one.
+    Serve(SocketAddr, tokio::net::TcpListener),
 }
 
 impl Drop for Server {
@@ -282,8 +424,8 @@ impl Drop for Server {
             }
         }
         if let Ok(mut a) = self.admin_task.lock() {
-            if let Some((_, t)) = a.take() {
-                t.abort();
+            if let Some(admin) = a.take() {
+                admin.task.abort();
             }
         }
     }

@@ -252,7 +252,7 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
 
     // A reload of the same config keeps the overrides; one that changes wan2's weight ends
     // wan2's override (the config changed that field) and keeps wan1's.
-    server.reload(ingress::Config::from_toml(&toml).unwrap());
+    server.reload(ingress::Config::from_toml(&toml).unwrap()).await;
     // Port 0: a reload binds the admin listener afresh.
     let admin = server.admin_addr().unwrap();
     let s = status(admin).await;
@@ -263,7 +263,7 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
         &format!("address = \"{}\", weight = 2", wan2.addr),
     );
     assert_ne!(changed, toml);
-    server.reload(ingress::Config::from_toml(&changed).unwrap());
+    server.reload(ingress::Config::from_toml(&changed).unwrap()).await;
     let admin = server.admin_addr().unwrap();
     let s = status(admin).await;
     assert_eq!(path(&s, "wan1")["weight_override"].as_u64(), Some(1));

@@ -105,6 +105,28 @@ fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     until(&sock, "READY=1", Duration::from_secs(10));
 
+    // A reload refused for a port someone holds: READY with no "binding" STATUS (nothing is
+    // being bound), and the refusal in the summary line until a reload applies.
+    let squat = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let squat_port = squat.local_addr().unwrap().port();
+    let original = std::fs::read_to_string(&conf).unwrap();
+    let extra = format!("[[service]]\nname = \"late\"\nlisten = [\"127.0.0.1:{squat_port}\"]\npool = \"home\"\n");
+    std::fs::write(&conf, format!("{original}{extra}")).unwrap();
+    kill(pid, "-HUP");
+    let told = until(&sock, "READY=1", Duration::from_secs(10));
+    assert!(!told.iter().any(|m| m.contains("binding")), "{told:?}");
+    let refused = std::iter::from_fn(|| next(&sock, Duration::from_secs(10)))
+        .find(|m| m.contains("last reload refused"))
+        .expect("the refusal in STATUS");
+    assert!(refused.contains(&format!("127.0.0.1:{squat_port}")) && !refused.contains('\n'), "{refused}");
+    std::fs::write(&conf, original).unwrap();
+    kill(pid, "-HUP");
+    until(&sock, "READY=1", Duration::from_secs(10));
+    let after = std::iter::from_fn(|| next(&sock, Duration::from_secs(10)))
+        .find(|m| m.starts_with("STATUS="))
+        .expect("a new STATUS once a reload applies");
+    assert!(!after.contains("refused"), "{after}");
+
     kill(pid, "-TERM");
     until(&sock, "STOPPING=1", Duration::from_secs(10));
     let mut child = child;

@@ -43,7 +43,7 @@ async fn unbindable_listener_refuses_the_whole_reload() {
 
     // 1. Moving the service to the taken port: refused, the old port keeps serving.
     let moved = ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid");
-    let e = server.try_reload(moved).expect_err("the port is taken");
+    let e = server.try_reload(moved).await.expect_err("the port is taken");
     assert_eq!(e.addr.port(), taken, "the error names the address: {e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{taken}")) && e.to_string().contains("echo"), "{e}");
     assert_eq!(server.shared().runtime().config, before, "the running config stays");
@@ -51,20 +51,23 @@ async fn unbindable_listener_refuses_the_whole_reload() {
 
     // 2. Adding a UDP service on a taken port: refused as a whole, nothing half-applied.
     let added = ingress::Config::from_toml(&conf(wan1.addr, port, Some(udp_taken))).expect("valid");
-    let e = server.try_reload(added).expect_err("the udp port is taken");
+    let e = server.try_reload(added).await.expect_err("the udp port is taken");
     assert_eq!(e.service, "dns-ish");
     assert!(server.local_addrs("dns-ish").is_empty());
     assert_eq!(server.shared().runtime().config, before);
 
     // 3. Through `reload` (what SIGHUP calls): refused and counted.
-    server.reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid"));
+    server.reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid")).await;
     let m = metrics(&server).await;
     assert!(metric(&m, "ingress_config_reloads_total", &[("result", "refused")]) >= 1.0);
     assert_eq!(request(addr).await.expect("still served"), "wan1");
 
     // 4. Once the port is free, the same reload applies: the service moves.
     drop(squatter);
-    server.try_reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid")).expect("applies");
+    server
+        .try_reload(ingress::Config::from_toml(&conf(wan1.addr, taken, None)).expect("valid"))
+        .await
+        .expect("applies");
     let new: std::net::SocketAddr = format!("127.0.0.1:{taken}").parse().expect("addr");
     assert_eq!(request(new).await.expect("served on the new port"), "wan1");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -72,5 +75,61 @@ async fn unbindable_listener_refuses_the_whole_reload() {
         assert!(tokio::time::Instant::now() < deadline, "the old port is still open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(udp_squatter);
+}
+
+/// A reload may move a TCP listener and the admin listener to the wildcard address on their
+/// own ports, and give the admin's port to a service: the sockets in the way close first, and
+/// serve again if the reload is refused (both binds failed with "Address in use" before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_move_to_the_wildcard_on_their_own_ports() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let (port, admin_port) = (free_tcp_port(), free_tcp_port());
+    let on = |ip: &str, admin_ip: &str, extra: &str| {
+        let text = conf(wan1.addr, port, None)
+            .replace("listen = [\"127.0.0.1:", &format!("listen = [\"{ip}:"))
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin_ip}:{admin_port}\""));
+        ingress::Config::from_toml(&format!("{text}{extra}")).expect("valid")
+    };
+    let first = conf(wan1.addr, port, None);
+    let server =
+        start(&first.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""))).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until("listener bound", Duration::from_secs(5), || !server.local_addrs("echo").is_empty()).await;
+    let admin = |ip: [u8; 4]| Some(std::net::SocketAddr::from((ip, admin_port)));
+
+    // 1. Both to 0.0.0.0 on the same ports.
+    server.try_reload(on("0.0.0.0", "0.0.0.0", "")).await.expect("applies");
+    let wildcard: std::net::SocketAddr = format!("0.0.0.0:{port}").parse().expect("addr");
+    wait_until("served on 0.0.0.0", Duration::from_secs(5), || server.local_addrs("echo") == [wildcard]).await;
+    assert_eq!(request(addr).await.expect("served on the wildcard"), "wan1");
+    assert_eq!(server.admin_addr(), admin([0, 0, 0, 0]));
+    assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
+
+    // 2. Back, in a reload refused for a UDP port someone holds: the wildcard ones serve again.
+    let udp_squatter = std::net::UdpSocket::bind("127.0.0.1:0").expect("squat udp");
+    let udp_taken = udp_squatter.local_addr().expect("addr").port();
+    let udp = format!(
+        "[[service]]\nname = \"dns-ish\"\nlisten = [\"127.0.0.1:{udp_taken}\"]\nprotocol = \"udp\"\npool = \"r\"\n"
+    );
+    server.try_reload(on("127.0.0.1", "127.0.0.1", &udp)).await.expect_err("the udp port is taken");
+    assert_eq!(server.admin_addr(), admin([0, 0, 0, 0]));
+    assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
+    wait_until("the wildcard listener serves again", Duration::from_secs(5), || !server.local_addrs("echo").is_empty())
+        .await;
+    assert_eq!(request(addr).await.expect("served on the wildcard again"), "wan1");
+
+    // 3. The admin listener moves away, and a service takes its port in the same reload.
+    let takes_admin_port =
+        format!("[[service]]\nname = \"second\"\nlisten = [\"127.0.0.1:{admin_port}\"]\npool = \"r\"\n");
+    let text = conf(wan1.addr, port, None).replace("listen = [\"127.0.0.1:", "listen = [\"0.0.0.0:");
+    server
+        .try_reload(ingress::Config::from_toml(&format!("{text}{takes_admin_port}")).expect("valid"))
+        .await
+        .expect("applies");
+    let taken: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    assert_eq!(request(taken).await.expect("the service on the admin's old port"), "wan1");
+    assert!(server.admin_addr().is_some_and(|a| a.port() != admin_port));
+    assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
     drop(udp_squatter);
 }

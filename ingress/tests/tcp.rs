@@ -208,7 +208,7 @@ async fn reload_under_load_loses_nothing() {
     for i in 0..10 {
         wait_until("traffic", Duration::from_secs(5), || load.count() > (i + 1) * 30).await;
         let next = if i % 2 == 0 { &c2 } else { &c1 };
-        server.reload(ingress::Config::from_toml(next).expect("valid"));
+        server.reload(ingress::Config::from_toml(next).expect("valid")).await;
     }
     let (failures, answers) = load.finish().await;
     assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
@@ -280,7 +280,7 @@ async fn lowered_cap_counts_the_open_connections(two: String) {
     let a = served(TcpStream::connect(addr).await.expect("a")).await.expect("a served");
     let b = served(TcpStream::connect(addr).await.expect("b")).await.expect("b served");
     let one = two.replace("max_connections = 2", "max_connections = 1");
-    server.try_reload(ingress::Config::from_toml(&one).expect("valid")).expect("applies");
+    server.try_reload(ingress::Config::from_toml(&one).expect("valid")).await.expect("applies");
     // One left open, at the new cap of 1: the next is refused.
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -147,7 +147,7 @@ async fn udp_sockets_are_spread_over_the_threads_and_relay_there() {
     assert_eq!(flows, 6.0, "one flow per port, each in its loop's table");
 
     // The last three go: closed on whichever loop served them, the first three serve on.
-    server.try_reload(config(&ports[..3])).expect("reload");
+    server.try_reload(config(&ports[..3])).await.expect("reload");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let closed = ports[3..].iter().all(|&p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
@@ -229,7 +229,7 @@ async fn one_udp_port_with_reuseport_is_served_on_every_loop() {
     }
 
     // Removed by a reload: every socket of the group closes.
-    server.try_reload(config(false)).expect("reload");
+    server.try_reload(config(false)).await.expect("reload");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "a socket of the removed port is still open");

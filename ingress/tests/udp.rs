@@ -297,7 +297,7 @@ async fn udp_recv_buffer_sizes_listeners_and_flows_and_follows_a_reload() {
     let first = flow_port(&upstream, addr, "127.0.0.9").await;
     assert_eq!(test_support::udp_receive_buffer(first), Some(2 * 65_536), "the flow's socket, as configured");
 
-    server.try_reload(ingress::Config::from_toml(&conf(131_072)).expect("valid")).expect("applies");
+    server.try_reload(ingress::Config::from_toml(&conf(131_072)).expect("valid")).await.expect("applies");
     let second = flow_port(&upstream, addr, "127.0.0.10").await;
     assert_eq!(
         test_support::udp_receive_buffer(addr.port()),
@@ -349,7 +349,7 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
     assert!(both.contains(&wan1), "{both}");
     let by = |m: &str, reason| metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", reason)]);
     let before = metrics(&server).await;
-    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).expect("applies");
+    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).await.expect("applies");
     let r = ask(&client, "after").await.expect("a reply after the reload");
     assert_eq!(r, "wan2:after", "the flow stayed on the removed path");
     let after = metrics(&server).await;
