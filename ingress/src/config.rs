@@ -1,7 +1,7 @@
 //! Ingress configuration: a raw serde shape (unknown keys rejected everywhere) and a
 //! validated `Config` with typed fields. `ingress check` and start-up share `load`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -693,6 +693,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
     let mut services = Vec::new();
     let mut service_names = HashSet::new();
     let mut bound: HashSet<(Protocol, IpAddr, u16)> = HashSet::new();
+    let mut tcp_ports = TcpPorts::default();
     for (i, rs) in raw.service.iter().enumerate() {
         let field = if rs.name.is_empty() { format!("service[{i}]") } else { format!("service `{}`", rs.name) };
         if rs.name.is_empty() {
@@ -723,7 +724,10 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                         );
                     }
                     for port in spec.ports.iter() {
-                        if port != 0 && !bound.insert((protocol, spec.ip, port)) {
+                        let clash = port != 0
+                            && (!bound.insert((protocol, spec.ip, port))
+                                || (protocol == Protocol::Tcp && !tcp_ports.insert(spec.ip, port)));
+                        if clash {
                             p.push(
                                 format!("{field}.listen[{j}]"),
                                 format!("{l} overlaps another listener on port {port}"),
@@ -833,6 +837,11 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
     if services.is_empty() {
         p.push("service", "at least one [[service]] is needed");
     }
+    if let Some(a) = admin.filter(|a| a.port() != 0) {
+        if bound.contains(&(Protocol::Tcp, a.ip(), a.port())) || !tcp_ports.insert(a.ip(), a.port()) {
+            p.push("admin.listen", format!("{a} overlaps a service's listener on port {}", a.port()));
+        }
+    }
     for pool in pools.values_mut() {
         pool.own_ports = crate::self_loop::OwnPorts::for_pool(&pool.name, pool.health.port, &services);
         let fields =
@@ -856,4 +865,24 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         services,
         resolver,
     })
+}
+
+/// The TCP ports taken so far, per address family: a listening socket on the wildcard address
+/// and one on a specific address of the same family and port cannot both be bound (IPv6
+/// sockets are v6-only, so the families are apart).
+#[derive(Default)]
+struct TcpPorts(HashMap<(u16, bool), (bool, bool)>);
+
+impl TcpPorts {
+    /// Take `port` on `ip`; false if a wildcard and a specific address would share it.
+    fn insert(&mut self, ip: IpAddr, port: u16) -> bool {
+        let (wildcard, specific) = self.0.entry((port, ip.is_ipv6())).or_default();
+        let free = if ip.is_unspecified() { !*wildcard && !*specific } else { !*wildcard };
+        if ip.is_unspecified() {
+            *wildcard = true;
+        } else {
+            *specific = true;
+        }
+        free
+    }
 }
