@@ -151,8 +151,9 @@ impl Routes {
         self
     }
 
-    /// `GET /status` (the JSON `collect` builds) and `GET /` (the status page `page` renders
-    /// from the same value; `?part=live` asks for the part the page's script swaps in).
+    /// `GET /status` (the JSON `collect` builds), `GET /` (the status page `page` renders
+    /// from the same value; `?part=live` asks for the part the page's script swaps in) and
+    /// `GET /page.js` (that script: the Content-Security-Policy allows no inline one).
     pub fn status<T: serde::Serialize>(
         self,
         collect: impl Fn() -> T + Send + Sync + 'static,
@@ -160,10 +161,16 @@ impl Routes {
     ) -> Self {
         let collect = Arc::new(collect);
         let json = collect.clone();
-        self.get("/status", move || Reply::json_of(&json())).route(Method::GET, "/", move |c| {
-            let live_only = c.param("part").as_deref() == Some("live");
-            Reply::html(page(&collect(), live_only))
-        })
+        self.get("/status", move || Reply::json_of(&json()))
+            .route(Method::GET, "/", move |c| {
+                let live_only = c.param("part").as_deref() == Some("live");
+                Reply::html(page(&collect(), live_only))
+            })
+            .get("/page.js", || Reply {
+                status: StatusCode::OK,
+                content_type: "text/javascript; charset=utf-8",
+                body: page::SCRIPT.to_owned(),
+            })
     }
 
     /// Runtime control: `POST /api/drain`, `/api/undrain` and `/api/weight`, each handed to
@@ -219,7 +226,6 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     let routes = Arc::new(routes);
     let conns = TaskTracker::new();
     let open = Arc::new(Semaphore::new(MAX_CONNS));
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -243,6 +249,9 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
             continue;
         };
         let routes = routes.clone();
+        // Per connection, not per listener: one on 0.0.0.0 or [::] is reached on 127.0.0.1
+        // too, and there a browser can be rebound to it as to a loopback-only one.
+        let loopback = checks_host(stream.local_addr());
         conns.spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -272,6 +281,13 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     conns.wait().await;
 }
 
+/// Whether a connection's requests must name this host ([`names_this_host`]): those that
+/// came in on a loopback address (IPv4 ones on a dual-stack socket as `::ffff:127.x.y.z`).
+/// An address the kernel cannot tell is taken as loopback: refusing a name is the safe side.
+fn checks_host(local: std::io::Result<SocketAddr>) -> bool {
+    local.map_or(true, |a| a.ip().to_canonical().is_loopback())
+}
+
 /// Whether a request names this host by an IP address or `localhost` (or no name at all, as
 /// HTTP/1.0 scrapers may). A web page the operator opens can point a name of its own at
 /// 127.0.0.1 (DNS rebinding) and then read, from the operator's browser, what a loopback
@@ -297,6 +313,14 @@ fn names_this_host(req: &Request<Incoming>) -> bool {
         || host.len() > 10 && host.as_bytes()[host.len() - 10..].eq_ignore_ascii_case(b".localhost")
 }
 
+/// The Content-Security-Policy of every answer. The page loads its one script from itself
+/// (`/page.js`: no inline script, so markup slipped into it through a peer's text cannot run)
+/// and fetches only from itself; its inline `style=` attributes and `<style>` need
+/// `'unsafe-inline'` styles, which run nothing. No framing (clickjacking the control API's
+/// caller), no `<base>`, no forms.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; \
+                   img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
 fn into_response(reply: Reply) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
     *resp.status_mut() = reply.status;
@@ -304,6 +328,9 @@ fn into_response(reply: Reply) -> Response<Full<Bytes>> {
     // Status and control answers change every second: never from a cache.
     resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     resp.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(CSP));
+    // For browsers that predate frame-ancestors.
+    resp.headers_mut().insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
     if reply.status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
@@ -381,7 +408,10 @@ mod tests {
             "Host: admin.localhost\r\n".into(),
         ] {
             let r = get(addr, &ask(&host)).await;
+            let lower = r.to_ascii_lowercase();
             assert!(r.starts_with("HTTP/1.1 200") && r.contains("nosniff"), "{host}: {r}");
+            assert!(lower.contains(&format!("content-security-policy: {CSP}\r\n").to_ascii_lowercase()), "{host}: {r}");
+            assert!(lower.contains("x-frame-options: deny\r\n"), "{host}: {r}");
         }
         let r = get(addr, "GET /status HTTP/1.0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.0 200"), "{r}");
@@ -398,6 +428,62 @@ mod tests {
         let r = get(addr, "GET http://rebind.example/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await;
         assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// A listener on every address is reached on 127.0.0.1 too: there a rebound name is
+    /// refused as on a loopback listener, and an address still answered.
+    #[tokio::test]
+    async fn a_wildcard_listener_checks_the_host_on_loopback_connections() {
+        let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], l.local_addr().unwrap().port()));
+        let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        let r = get(addr, "GET /status HTTP/1.1\r\nHost: rebind.example\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 421") && !r.contains("{}"), "{r}");
+        let r = get(addr, &format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("{}"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+        // An IPv4 connection on a dual-stack [::] socket shows its address IPv4-mapped.
+        assert!(checks_host(Ok("[::ffff:127.0.0.1]:80".parse().unwrap())));
+        assert!(checks_host(Ok("[::1]:80".parse().unwrap())));
+        assert!(!checks_host(Ok("192.0.2.1:80".parse().unwrap())));
+        assert!(!checks_host(Ok("[::ffff:192.0.2.1]:80".parse().unwrap())));
+        assert!(checks_host(Err(std::io::ErrorKind::Other.into())));
+    }
+
+    /// The status routes: the page, its live part, and its script from its own path.
+    #[tokio::test]
+    async fn the_page_loads_its_script_from_its_own_path() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Routes::new().status(
+            || 7u8,
+            |v, live_only| {
+                let part = format!("<p id=\"summary\" data-now-ms=\"{v}\">x</p>");
+                if live_only {
+                    part
+                } else {
+                    page::document("t", &part)
+                }
+            },
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let r = get(addr, &ask("/")).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("<script src=\"page.js\"></script>"), "{r}");
+        let r = get(addr, &ask("/?part=live")).await;
+        assert!(r.ends_with("<p id=\"summary\" data-now-ms=\"7\">x</p>"), "{r}");
+        let r = get(addr, &ask("/page.js")).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("text/javascript") && r.ends_with(page::SCRIPT), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
     }

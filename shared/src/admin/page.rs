@@ -1,6 +1,7 @@
-//! The frame both binaries' status pages share: one self-contained HTML document (no
-//! external scripts, styles or fonts) whose `<main id="live">` is rendered on the server, so
-//! the first paint needs no JavaScript; a small script re-fetches that part
+//! The frame both binaries' status pages share: one HTML document (no other site's scripts,
+//! styles or fonts) whose `<main id="live">` is rendered on the server, so the first paint
+//! needs no JavaScript; a small script ([`SCRIPT`], served beside the page as `page.js` so the
+//! Content-Security-Policy can refuse every inline script) re-fetches that part
 //! (`?part=live`, the same renderer) every second and swaps it in. Without JavaScript a
 //! `<noscript>` refresh reloads the page every 5 s. Cards wrap, so it reads on a phone.
 //! Plus the little formatters the pages use.
@@ -41,7 +42,9 @@ pub fn summary(out: &mut String, header: &Header, attrs: &str, middle: &str) {
 pub fn document(title: &str, live: &str) -> String {
     let mut out = String::with_capacity(live.len() + HEAD.len() + TAIL.len() + 256);
     out.push_str(&HEAD.replace("{title}", &esc(title)));
-    out.push_str("<main id=\"live\" aria-live=\"polite\">");
+    // Not a live region: the whole part is replaced every second, and a screen reader would
+    // read it all out again each time. The header's `#conn` line is the live region instead.
+    out.push_str("<main id=\"live\">");
     out.push_str(live);
     out.push_str("</main>");
     out.push_str(TAIL);
@@ -71,30 +74,102 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .8em;margin:0}dt{color:v
 table{border-collapse:collapse;width:100%;background:var(--card)}td,th{border-bottom:1px solid var(--line);padding:.3em .5em;text-align:left;vertical-align:top}
 .scroll{overflow-x:auto}.stale header{background:var(--drained);color:#fff}
 </style></head><body>
-<header><h1>{title}</h1><span class="mute" id="conn">live: refreshes every second</span></header>
+<header><h1>{title}</h1><span class="mute" id="conn" role="status" aria-live="polite">live: refreshes every second</span></header>
 "#;
 
-const TAIL: &str = r#"
-<script>
-(function () {
+// Relative, as `?part=live` is: the page still works behind a proxy that serves it under a
+// prefix.
+const TAIL: &str = "\n<script src=\"page.js\"></script>\n</body></html>\n";
+
+/// The page's script, served as `GET /page.js`. One request at a time, each cut after 5 s,
+/// the next one a second after the last began (or at once if it took longer): a slow server
+/// gets no pile of requests, and a hung one no answer swapped in late. The page turns
+/// `stale` once what it shows is more than 3 s old, whatever the reason (failing, hanging,
+/// or held while the operator selects text), so old data never passes for live during the
+/// outage being watched. An answer the server rendered before the one shown is dropped,
+/// unless the page has gone stale anyway (then the server's clock stepped back, and its
+/// newest answer is the best there is). Only the header's `#conn` line is a live region, and
+/// it changes only when the state does, so a screen reader hears "not updating" and "live"
+/// rather than the whole page every second. Tables keep their horizontal scroll.
+pub const SCRIPT: &str = r#"(function () {
+  "use strict";
+  var PERIOD = 1000, TIMEOUT = 5000, STALE = 3000;
   var live = document.getElementById("live"), conn = document.getElementById("conn");
-  function tick() {
-    fetch("?part=live", { cache: "no-store" }).then(function (r) {
+  if (!live || !conn) return;
+  if (typeof fetch !== "function" || typeof AbortController !== "function") {
+    // Too old a browser to poll safely: reload like the <noscript> fallback does.
+    setTimeout(function () { location.reload(); }, 5000);
+    return;
+  }
+  var lastSwap = Date.now(), why = "";
+
+  // When the server rendered the live part under root (its data-now-ms), or NaN.
+  function renderedAt(root) {
+    var el = root.querySelector("[data-now-ms]"), v = el && el.getAttribute("data-now-ms");
+    return v ? Number(v) : NaN;
+  }
+  function utc(ms) {
+    var d = new Date(ms);
+    return isNaN(d.getTime()) ? "?" : d.toISOString().slice(11, 19) + " UTC";
+  }
+  // Text the operator is selecting in the live part: replacing it would drop the selection.
+  function selecting() {
+    var s = window.getSelection ? window.getSelection() : null;
+    return !!s && !s.isCollapsed && (live.contains(s.anchorNode) || live.contains(s.focusNode));
+  }
+  // Sets the stale class and the #conn line from the age of the last swap; the line is only
+  // written when its text changes, as each write is announced.
+  function mark() {
+    var stale = Date.now() - lastSwap > STALE, text = "live: refreshes every second";
+    if (stale) {
+      var at = renderedAt(live);
+      text = "not updating: showing " + utc(isNaN(at) ? lastSwap : at) + " (" +
+        (why || "waiting for an answer") + "); retrying";
+    }
+    document.body.classList.toggle("stale", stale);
+    if (conn.textContent !== text) conn.textContent = text;
+  }
+  function swap(html) {
+    var t = document.createElement("template");
+    t.innerHTML = html;
+    if (renderedAt(t.content) < renderedAt(live) && Date.now() - lastSwap <= STALE) {
+      why = "an older answer arrived";
+      return;
+    }
+    if (selecting()) {
+      why = "paused while text is selected";
+      return;
+    }
+    var boxes = live.querySelectorAll(".scroll"), lefts = [], i;
+    for (i = 0; i < boxes.length; i++) lefts.push(boxes[i].scrollLeft);
+    live.textContent = "";
+    live.appendChild(t.content);
+    boxes = live.querySelectorAll(".scroll");
+    for (i = 0; i < boxes.length && i < lefts.length; i++) {
+      if (lefts[i]) boxes[i].scrollLeft = lefts[i];
+    }
+    lastSwap = Date.now();
+    why = "";
+  }
+  function poll() {
+    var began = Date.now(), ctl = new AbortController();
+    var timer = setTimeout(function () { ctl.abort(); }, TIMEOUT);
+    fetch("?part=live", { cache: "no-store", signal: ctl.signal }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
       return r.text();
-    }).then(function (html) {
-      live.innerHTML = html;
-      document.body.classList.remove("stale");
-      conn.textContent = "live: refreshes every second";
-    }).catch(function (e) {
-      document.body.classList.add("stale");
-      conn.textContent = "not updating (" + e.message + "); retrying";
+    }).then(swap).catch(function (e) {
+      why = ctl.signal.aborted ? "no answer within " + TIMEOUT / 1000 + " s" : (e && e.message) || "request failed";
+    }).then(function () {
+      // Whatever happened: the next poll first, so nothing below can stop the polling.
+      clearTimeout(timer);
+      setTimeout(poll, Math.max(0, began + PERIOD - Date.now()));
+      mark();
     });
   }
-  setInterval(tick, 1000);
+  // The age is checked on its own clock: a hung request must not hold back "stale".
+  setInterval(mark, 500);
+  setTimeout(poll, PERIOD);
 })();
-</script>
-</body></html>
 "#;
 
 /// HTML-escapes text for element content and quoted attributes.
@@ -143,7 +218,8 @@ pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
+    // 999.95 and up would print as "1000.0" in this unit: the next one reads "1.0".
+    while v >= 999.95 && u < UNITS.len() - 1 {
         v /= 1000.0;
         u += 1;
     }
@@ -168,6 +244,8 @@ mod tests {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(bytes(999), "999 B");
         assert_eq!(bytes(1_500_000), "1.5 MB");
+        assert_eq!(bytes(999_949), "999.9 kB");
+        assert_eq!(bytes(999_950), "1.0 MB");
         assert_eq!(ago(10_000, 4_000), "6 s");
         assert_eq!(ago(8_000_000, 0), "2 h 13 min");
         assert_eq!(clock(0), "1970-01-01 00:00:00");
@@ -187,7 +265,11 @@ mod tests {
         let doc = document("a <b>", "<p>live</p>");
         assert!(
             doc.contains("<title>a &lt;b&gt;</title>")
-                && doc.contains("<main id=\"live\" aria-live=\"polite\"><p>live</p></main>")
+                && doc.contains("<main id=\"live\"><p>live</p></main>")
+                && doc.contains("id=\"conn\" role=\"status\" aria-live=\"polite\">")
         );
+        // The Content-Security-Policy allows no inline script: the only one is page.js.
+        assert_eq!(doc.matches("<script").count(), 1);
+        assert!(doc.contains("<script src=\"page.js\"></script>") && SCRIPT.contains("?part=live"));
     }
 }
