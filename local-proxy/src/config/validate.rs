@@ -280,6 +280,23 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
         }
     }
 
+    // The admin listener on an address and port the proxy serves itself would never bind.
+    if let Some(a) = admin.filter(|a| a.port() != 0) {
+        let same_family = |ip: std::net::IpAddr| ip.is_ipv4() == a.is_ipv4();
+        let shares = |ip: std::net::IpAddr| {
+            ip == a.ip() || (same_family(ip) && (ip.is_unspecified() || a.ip().is_unspecified()))
+        };
+        let mesh_ip = match mesh.listen {
+            MeshListen::Address(ip) => Some(ip),
+            _ => None,
+        };
+        let on_ours = wan.addresses.iter().chain(&mesh_ip).any(|ip| shares(*ip));
+        let taken = stream_ports.iter().find(|(pr, p, _)| *pr == Protocol::Tcp && *p == a.port());
+        if let Some((_, _, other)) = taken.filter(|_| on_ours) {
+            c.push("admin.listen", format!("{a} is on an address and port the proxy serves ({other})"));
+        }
+    }
+
     let firewall = super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c);
 
     let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c);
