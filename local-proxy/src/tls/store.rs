@@ -24,15 +24,20 @@ struct Stamp {
     target: PathBuf,
     modified: Option<SystemTime>,
     len: u64,
+    /// Inode change time (s, ns): a chmod or chgrp changes nothing else, and a key the
+    /// proxy could not read must be tried again once certbot's permissions are fixed.
+    changed: (i64, i64),
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
         // certbot's live/ files are symlinks into archive/: a renewal changes the target.
         target: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
         modified: meta.modified().ok(),
         len: meta.len(),
+        changed: (meta.ctime(), meta.ctime_nsec()),
     })
 }
 
@@ -265,5 +270,35 @@ mod tests {
         std::fs::remove_file(&live).unwrap();
         store.refresh();
         assert!(store.lookup("a.test").is_none(), "a live directory taken away keeps serving");
+    }
+
+    /// A key that failed to load is tried again when only its inode changes (a chmod or chgrp:
+    /// certbot's new key made readable for the proxy). Stood for here by a key fixed in place
+    /// with its length and modification time as they were: root reads any mode.
+    #[test]
+    fn a_key_that_failed_is_tried_again_when_only_its_inode_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        write_pair(&live.join("b.test"), "b.test");
+        let key = live.join("b.test/privkey.pem");
+        let good = std::fs::read(&key).unwrap();
+        let mut bad = good.clone();
+        let body = bad.iter().position(|&c| c == b'\n').unwrap() + 5;
+        bad[body..body + 8].copy_from_slice(b"!!!!!!!!");
+        std::fs::write(&key, &bad).unwrap();
+        let mtime = std::fs::metadata(&key).unwrap().modified().unwrap();
+        let store = CertStore::new();
+        store.set_sources(&Tls {
+            certbot_live_dir: Some(live.clone()),
+            certificates: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(5),
+            acme_live_dir: None,
+        });
+        assert!(store.lookup("b.test").is_none(), "a broken key loaded");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&key, &good).unwrap();
+        std::fs::File::options().write(true).open(&key).unwrap().set_modified(mtime).unwrap();
+        store.refresh();
+        assert!(store.lookup("b.test").is_some(), "the fixed key was not tried again");
     }
 }
