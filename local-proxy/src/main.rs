@@ -119,26 +119,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// The nftables table named by the config's `[firewall]` (or the default name).
-fn firewall_table(path: &Path) -> Result<String, ExitCode> {
-    match config::load(path) {
-        Ok(config) => Ok(config
-            .firewall
-            .map(|f| f.table)
-            .unwrap_or_else(|| local_proxy::firewall::settings::DEFAULT_TABLE.into())),
-        Err(e) => {
-            eprintln!("{}: {e}", path.display());
-            Err(ExitCode::FAILURE)
-        }
+/// The nftables table named by the config's `[firewall]` (or the default name), read without
+/// validating the rest (`config::firewall_table`).
+fn firewall_table(path: &Path) -> String {
+    let (table, error) = config::firewall_table(path);
+    if let Some(e) = error {
+        eprintln!("{}: {e}; using the default table name `{table}`", path.display());
     }
+    table
 }
 
 /// `firewall remove`: delete the table (no error when it is not there).
 fn firewall_remove(path: &Path) -> ExitCode {
-    let table = match firewall_table(path) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
+    let table = firewall_table(path);
     match local_proxy::firewall::remove(&table) {
         Ok(()) => {
             println!("table inet {table}: removed");
@@ -153,10 +146,7 @@ fn firewall_remove(path: &Path) -> ExitCode {
 
 /// `firewall show`: the table as the kernel holds it.
 fn firewall_show(path: &Path) -> ExitCode {
-    let table = match firewall_table(path) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
+    let table = firewall_table(path);
     match local_proxy::firewall::read_table(&table) {
         Ok(Some(t)) => {
             print!("{t}");

@@ -192,3 +192,25 @@ fn misspelt_choices_are_all_reported_with_every_allowed_value() {
         assert!(got.iter().any(|g| g == want), "no `{want}` in {got:#?}");
     }
 }
+
+/// The firewall table's name is read without validating the rest (the package's prerm removes
+/// the table with it): a config whose token file is gone still names its table; one that does
+/// not parse gives the default name and says why.
+#[test]
+fn the_firewall_table_is_named_whatever_else_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lp.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nlisten = \"127.0.0.1:9181\"\ntoken_file = \"/nonexistent/admin-token\"\n\
+         [firewall]\ntable = \"home_allow\"\ningress = [\"ingress1.example.org\"]\n",
+    )
+    .unwrap();
+    assert!(config::load(&path).is_err(), "the token file is missing: the config is invalid");
+    let (table, error) = config::firewall_table(&path);
+    assert_eq!((table.as_str(), error.is_none()), ("home_allow", true));
+    std::fs::write(&path, "[firewall\ntable = \"home_allow\"\n").unwrap();
+    let (table, error) = config::firewall_table(&path);
+    assert_eq!(table, local_proxy::config::firewall::DEFAULT_TABLE);
+    assert!(error.is_some());
+}

@@ -298,6 +298,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     )
 }
 
+/// The nftables table the config at `path` names (`[firewall] table`, with the same
+/// environment overrides as [`load`]), read without validating anything else: removing the
+/// table (the package's prerm) must not depend on a token file or a CA file still being
+/// there. A file that cannot even be parsed gives the default name, with the reason.
+pub fn firewall_table(path: &Path) -> (String, Option<ConfigError>) {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        firewall: Option<OnlyTable>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OnlyTable {
+        table: Option<String>,
+    }
+    let figment =
+        Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).ignore(&["LOG"]).split("__"));
+    match figment.extract::<Only>() {
+        Ok(only) => (only.firewall.and_then(|f| f.table).unwrap_or_else(|| firewall::DEFAULT_TABLE.into()), None),
+        Err(e) => (firewall::DEFAULT_TABLE.into(), Some(ConfigError::Parse(Box::new(e)))),
+    }
+}
+
 /// Validate TOML text without environment overrides (tests, examples). Of this host's
 /// addresses only loopback's count as its own (`self_loop`), so that the result does not
 /// depend on the machine's interfaces.
@@ -353,11 +374,33 @@ impl Config {
             match log.path.parent() {
                 Some(dir) if !dir.is_dir() => c.push(field, format!("directory `{}` does not exist", dir.display())),
                 _ if log.path.is_dir() => c.push(field, format!("`{}` is a directory", log.path.display())),
+                Some(dir) if read_only(dir) => c.push(field, read_only_problem(dir, "/var/log/local-proxy")),
                 _ => {}
+            }
+        }
+        if let Some(acme) = &self.acme {
+            if acme.storage.is_dir() && read_only(&acme.storage) {
+                c.push("acme.storage", read_only_problem(&acme.storage, "/var/lib/local-proxy"));
             }
         }
         c.into_result(())
     }
+}
+
+/// Whether `dir` is on a file system mounted read-only for this process: the packaged unit's
+/// `ProtectSystem=strict` makes everything but its own directories so, and `check` runs in the
+/// same sandbox (ExecStartPre, ExecReload). Only that: whether this user may write there
+/// depends on who runs `check`.
+fn read_only(dir: &Path) -> bool {
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err_and(|e| e == rustix::io::Errno::ROFS)
+}
+
+fn read_only_problem(dir: &Path, writable: &str) -> String {
+    format!(
+        "directory `{}` is read-only here (the packaged unit may write only below {writable}, \
+         or where a drop-in's ReadWritePaths= allows)",
+        dir.display()
+    )
 }
 
 /// Every access log a config names, with its field (`http.access_log`, `site[2].access_log`,

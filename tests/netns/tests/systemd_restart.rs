@@ -7,9 +7,10 @@
 //! connection failed; each restart made a new main process; the listening sockets are the same
 //! kernel sockets before and after (kept in systemd's descriptor store: what makes the queueing
 //! possible); each new process logged serving the kept sockets. Then, as a control, `systemctl
-//! stop` + `start` (which flushes the store) does fail connections of the same load. Bounded:
-//! the loads last at most 60 s and 20 s, the whole test well under 3 minutes with a cached root
-//! filesystem (~20 s here).
+//! stop` + `start` (which flushes the store) does fail connections of the same load. Last,
+//! `dpkg --purge` of both packages removes what local-proxy wrote (/var/lib/local-proxy and
+//! /var/log/local-proxy) and keeps its system user. Bounded: the loads last at most 60 s and
+//! 20 s, the whole test well under 3 minutes with a cached root filesystem (~20 s here).
 
 mod common;
 
@@ -129,6 +130,65 @@ fn journal(h: &Host, unit: &str) -> String {
     h.sh_full(&format!("journalctl -u {unit} --no-pager -o cat | tail -n 40"), SHORT)
         .map(|o| o.stdout)
         .unwrap_or_default()
+}
+
+/// What local-proxy's unit lets it write (StateDirectory=, LogsDirectory=): the ACME account
+/// key and certificates' private keys, access logs with client addresses. Its postrm removes
+/// both on purge.
+const WRITTEN: [&str; 2] = ["/var/lib/local-proxy", "/var/log/local-proxy"];
+
+/// `check` under the unit's sandbox (ProtectSystem=strict, the service user) refuses an access
+/// log in a directory the sandbox mounts read-only, naming the field; the same check run plainly
+/// as root passes (that config would otherwise start the service and fail at the first open).
+fn check_refuses_read_only_log_dirs(h: &Host) -> Result<()> {
+    let config = "[http]\naccess_log = { path = \"/srv/logs/access.log\" }\n";
+    h.sh(
+        &format!("mkdir -p /srv/logs && chown local-proxy /srv/logs && printf '%s' '{config}' > /etc/local-proxy/ro-test.toml"),
+        SHORT,
+    )?;
+    let plain = h.sh_full("local-proxy check -c /etc/local-proxy/ro-test.toml", SHORT)?;
+    if !plain.status.success() {
+        bail!("check as root refused a writable log directory: {}", plain.stderr.trim());
+    }
+    let sandboxed = h.sh_full(
+        "systemd-run --wait --pipe --quiet -p ProtectSystem=strict -p User=local-proxy \
+         /usr/bin/local-proxy check -c /etc/local-proxy/ro-test.toml",
+        SHORT,
+    )?;
+    let said = format!("{}{}", sandboxed.stdout, sandboxed.stderr);
+    if sandboxed.status.success() || !(said.contains("http.access_log.path") && said.contains("read-only")) {
+        bail!("check in the unit's sandbox did not refuse /srv/logs as read-only: {said}");
+    }
+    h.sh("rm -f /etc/local-proxy/ro-test.toml && rm -rf /srv/logs", SHORT)?;
+    Ok(())
+}
+
+/// `dpkg --purge` of both packages (stops the services first): each of [`WRITTEN`] gone, the
+/// system user local-proxy still there (Debian keeps system users on purge; so does README.Debian).
+fn purge(h: &Host) -> Result<()> {
+    // The unit made both when local-proxy started; this config writes nothing into them, so a
+    // file in each stands for the keys and logs (a purge must remove full directories).
+    for d in WRITTEN {
+        let script = format!("if [ -d {d} ]; then touch {d}/purge-test && echo present; else echo absent; fi");
+        let out = h.sh(&script, SHORT)?;
+        if out.trim() != "present" {
+            bail!("{d} does not exist before the purge (the unit's StateDirectory=/LogsDirectory= makes it at start)");
+        }
+    }
+    h.sh("DEBIAN_FRONTEND=noninteractive dpkg --purge local-proxy ingress >/dev/null", Duration::from_secs(120))
+        .context("dpkg --purge local-proxy ingress")?;
+    for d in WRITTEN {
+        // First line: gone or left; then what is left, for the message.
+        let out = h.sh(&format!("if [ -e {d} ]; then echo left; ls -la {d}; else echo gone; fi"), SHORT)?;
+        if out.lines().next() != Some("gone") {
+            bail!("dpkg --purge local-proxy left {d} behind (packaging/local-proxy/postrm):\n{out}");
+        }
+    }
+    let user = h.sh_full("getent passwd local-proxy", SHORT)?;
+    if !user.status.success() {
+        bail!("dpkg --purge local-proxy removed the system user local-proxy (it should stay): {}", user.stderr.trim());
+    }
+    Ok(())
 }
 
 #[test]
@@ -278,13 +338,18 @@ fn run(t: &mut Topology, rootfs: &Rootfs, debs: &(PathBuf, PathBuf), t0: Instant
         bail!("control: stop + start (store flushed) failed no connection of {}: the load cannot see a gap", c.started);
     }
     common::phase(t0, &format!("control (stop + start): {} of {} connections failed", c.failed, c.started));
+    check_refuses_read_only_log_dirs(&h)?;
+    common::phase(t0, "check in the unit's sandbox refuses a read-only access log directory");
+    purge(&h)?;
+    common::phase(t0, &format!("dpkg --purge: {} gone, user local-proxy kept", WRITTEN.join(" and ")));
     let secs = |u: &str| {
         took.iter().filter(|(x, _)| *x == u).map(|(_, d)| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
     };
     common::report(&format!(
         "RESULT systemd_restart: {} connections ({} ok, {} failed, {} slow > 500 ms, max {:.0} ms) through ingress and \
          local-proxy while systemctl restart ran {RESTARTS}x each under the packaged units (local-proxy {:?} s, ingress \
-         {:?} s); listening sockets kept (inodes {:?}); control stop + start: {} of {} failed; total {:.1}s",
+         {:?} s); listening sockets kept (inodes {:?}); control stop + start: {} of {} failed; dpkg --purge removed \
+         local-proxy's state and logs; total {:.1}s",
         s.started,
         s.ok,
         s.failed,
