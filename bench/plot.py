@@ -11,8 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def med(v):
+    """Median, of an even count the mean of the middle two (as the bench's report); None when
+    the metric was not measured."""
     s = sorted(v)
-    return s[len(s) // 2] if s else 0.0
+    n = len(s)
+    if not n:
+        return None
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def main(src, dst):
@@ -32,15 +37,19 @@ def main(src, dst):
                ("udp_mbps", "UDP delivered Gbit/s")]
     width = 0.8 / max(1, len(cands))
     for i, c in enumerate(cands):
-        vals = []
-        for key, _ in metrics:
+        xs, vals = [], []
+        for j, (key, _) in enumerate(metrics):
             v = med(figs[c].get(key, []))
+            if v is None:
+                # Not measured (HAProxy has no UDP; a partial --only run): no bar, not a 0.
+                continue
             if key.endswith("rps"):
                 v /= 1000.0
             if key == "udp_mbps":
                 v /= 1000.0
+            xs.append(j + i * width)
             vals.append(v)
-        ax.bar([j + i * width for j in range(len(metrics))], vals, width, label=c)
+        ax.bar(xs, vals, width, label=c)
     ax.set_xticks([j + width * (len(cands) - 1) / 2 for j in range(len(metrics))])
     ax.set_xticklabels([m[1] for m in metrics], fontsize=8)
     ax.legend(fontsize=8)

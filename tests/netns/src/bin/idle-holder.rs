@@ -1,6 +1,8 @@
 //! `idle-holder --target ADDR:PORT --count N [--hold-ms MS]`: opens N TCP connections to the
 //! target, prints `ready <opened> <failed>` and holds them idle (sending nothing) until the
 //! hold time passes or it is killed. For measuring a proxy's memory per idle connection.
+//! `opened` counts the connects that succeeded: it never reads, so it does not see a proxy
+//! that later closes some (out of connection slots); the bench counts those the proxy holds.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

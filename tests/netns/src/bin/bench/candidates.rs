@@ -157,9 +157,15 @@ pub fn haproxy_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
 /// Plus only), `proxy_next_upstream` retries, mesh as `backup`.
 pub fn nginx_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
     let workers = threads.map_or_else(|| "auto".to_string(), |n| n.to_string());
+    // A proxied session takes two of a worker's connections (the client's and the
+    // upstream's): 9,000 idle sessions on one worker (`--threads 1`) need 18,000 plus the
+    // listeners. At 10,000 nginx dropped the sessions past the limit while the client counted
+    // them open (its 9,000-connection figure halved at one worker: ~4.2 kB against ~8 at two).
+    // 19,000 stays under the open-files limit beside it (20,000, the machine's), as home's
+    // nginx does.
     let mut s = format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes {workers};\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\n\
-         error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 10000; }}\nstream {{\n"
+         error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 19000; }}\nstream {{\n"
     );
     for (port, udp) in [
         (IPERF_PORT, false),
@@ -174,7 +180,11 @@ pub fn nginx_config(mesh: Ipv6Addr, dir: &str, threads: Threads) -> String {
             let _ = writeln!(s, "    server {ip}:{port} weight={w} max_fails=1 fail_timeout=2s;");
         }
         let _ = writeln!(s, "    server [{mesh}]:{port} backup;\n  }}");
-        let listen = if udp { format!("{port} udp") } else { port.to_string() };
+        // The ingress's UDP listener has a 4 MiB receive buffer (`udp_recv_buffer`), so
+        // nginx's gets the same (SO_RCVBUF: capped at net.core.rmem_max, where ours forces
+        // past it). nginx has no setting for its upstream-side UDP sockets: those keep the
+        // kernel's default, where ours also get `udp_recv_buffer`.
+        let listen = if udp { format!("{port} udp rcvbuf=4m") } else { port.to_string() };
         let _ = writeln!(
             s,
             "  server {{ listen {listen}; proxy_pass {name}; proxy_connect_timeout 1s; \
@@ -232,8 +242,8 @@ pub fn start(
     Ok(Some(name))
 }
 
-/// Resident memory (kB) of a candidate: the process and its direct children (nginx workers).
-pub fn rss_kb(t: &mut Topology, name: &str, field: &str) -> Result<u64> {
+/// The candidate's process and its direct children (nginx's workers).
+fn processes(t: &mut Topology, name: &str) -> Result<Vec<u32>> {
     let pid = t.proc_mut(name)?.pid();
     let mut pids = vec![pid];
     for entry in std::fs::read_dir("/proc")? {
@@ -246,10 +256,16 @@ pub fn rss_kb(t: &mut Topology, name: &str, field: &str) -> Result<u64> {
             pids.push(p);
         }
     }
+    Ok(pids)
+}
+
+/// `field` (kB) of /proc/PID/`file`, summed over the candidate's processes.
+fn sum_kb(t: &mut Topology, name: &str, file: &str, field: &str) -> Result<u64> {
+    let pids = processes(t, name)?;
     let mut total = 0;
-    for p in pids {
-        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        total += status
+    for p in &pids {
+        let text = std::fs::read_to_string(format!("/proc/{p}/{file}")).unwrap_or_default();
+        total += text
             .lines()
             .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -257,9 +273,22 @@ pub fn rss_kb(t: &mut Topology, name: &str, field: &str) -> Result<u64> {
             .unwrap_or(0);
     }
     if total == 0 {
-        bail!("no {field} for {name} (pid {pid})");
+        bail!("no {field} in /proc/PID/{file} for {name} (pids {pids:?})");
     }
     Ok(total)
+}
+
+/// Peak resident memory (kB): VmHWM summed over the candidate's processes. For nginx (master
+/// and workers) that is a per-process sum, which counts their shared pages in each and adds
+/// peaks reached at different times; the kernel keeps no proportional peak to use instead.
+pub fn peak_kb(t: &mut Topology, name: &str) -> Result<u64> {
+    sum_kb(t, name, "status", "VmHWM:")
+}
+
+/// Current memory (kB): Pss summed over the candidate's processes, so that the pages nginx's
+/// master and workers share count once (a sum of their RSS counts them in each).
+pub fn pss_kb(t: &mut Topology, name: &str) -> Result<u64> {
+    sum_kb(t, name, "smaps_rollup", "Pss:")
 }
 
 pub fn url(c: Candidate, port: u16) -> String {

@@ -259,21 +259,28 @@ fn main() -> Result<()> {
                             failovers.entry((c, label)).or_default().push(f);
                         }
                     }
-                    let mut peak_kb = candidates::rss_kb(&mut t, p, "VmHWM:")?;
+                    let mut peak_kb = candidates::peak_kb(&mut t, p)?;
                     if !args.quick && args.wants("idle") {
-                        // On a fresh process, every candidate alike: after the workloads above,
-                        // one whose allocator pools kept their memory (HAProxy's) grew less
-                        // for the same idle connections than one that had given it back, and
-                        // the 1,000-connection figure measured that history, not the cost.
-                        t.stop(p)?;
-                        proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads, pin)?;
-                        let fresh = proc_name.clone().context("a proxy candidate starts a process")?;
-                        let (kb1k, n1k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 1000)?;
-                        add(&mut figs, c, "idle_1k_kb_per_conn", kb1k as f64 / n1k.max(1) as f64);
-                        let (kb9k, n9k) = workloads::idle_rss(&mut t, c, &fresh, &holder, 9000)?;
-                        add(&mut figs, c, "idle_9k_kb_per_conn", kb9k as f64 / n9k.max(1) as f64);
-                        add(&mut figs, c, "idle_9k_opened", n9k as f64);
-                        peak_kb = peak_kb.max(candidates::rss_kb(&mut t, &fresh, "VmHWM:")?);
+                        // Each count on a fresh process, every candidate alike: after the
+                        // workloads above, one whose allocator pools kept their memory
+                        // (HAProxy's) grew less for the same idle connections than one that
+                        // had given it back, and the figure measured that history, not the
+                        // cost. The same holds for 9,000 after 1,000.
+                        for (count, key) in [(1000, "1k"), (9000, "9k")] {
+                            if let Some(old) = proc_name.take() {
+                                peak_kb = peak_kb.max(candidates::peak_kb(&mut t, &old)?);
+                                t.stop(&old)?;
+                            }
+                            proc_name = candidates::start(&mut t, c, &ingress_bin, args.threads, pin)?;
+                            let fresh = proc_name.clone().context("a proxy candidate starts a process")?;
+                            let idle = workloads::idle_rss(&mut t, c, &fresh, &holder, count)?;
+                            add(&mut figs, c, &format!("idle_{key}_kb_per_conn"), idle.kb_per_conn());
+                            add(&mut figs, c, &format!("idle_{key}_opened"), idle.opened as f64);
+                            add(&mut figs, c, &format!("idle_{key}_held"), idle.held as f64);
+                        }
+                        if let Some(last) = &proc_name {
+                            peak_kb = peak_kb.max(candidates::peak_kb(&mut t, last)?);
+                        }
                     }
                     add(&mut figs, c, "peak_rss_mb", peak_kb as f64 / 1024.0);
                 }

@@ -88,9 +88,13 @@ const ROWS: &[(&str, &str, bool)] = &[
     ("udp_lp_rev_w4m_loss_pct", "… loss, 4 MB socket buffers at both ends (%)", false),
     ("udp_lp_rev_w4m_proxy_drop_pct", "… dropped in ingress1's kernel (%)", false),
     ("udp_lp_rev_w4m_home_drop_pct", "… dropped in home's kernel (%)", false),
-    ("peak_rss_mb", "peak RSS of the proxy (MB)", false),
-    ("idle_1k_kb_per_conn", "memory per idle connection, 1,000 open (kB)", false),
-    ("idle_9k_kb_per_conn", "memory per idle connection, 9,000 open (kB)", false),
+    ("peak_rss_mb", "peak RSS of the proxy (MB; VmHWM summed over its processes: nginx's master and workers)", false),
+    ("idle_1k_kb_per_conn", "memory per idle connection, 1,000 open (kB of Pss per connection held)", false),
+    ("idle_1k_held", "… connections the proxy held", false),
+    ("idle_1k_opened", "… connections the client opened", false),
+    ("idle_9k_kb_per_conn", "memory per idle connection, 9,000 open (kB of Pss per connection held)", false),
+    ("idle_9k_held", "… connections the proxy held", false),
+    ("idle_9k_opened", "… connections the client opened", false),
 ];
 
 fn cell(figs: &BTreeMap<Candidate, Figures>, c: Candidate, key: &str) -> String {
@@ -136,8 +140,9 @@ pub fn markdown(
         s,
         "Network-namespace topology (client → ingress1 → home over wan1 (weight 3) / wan2 (weight 1), yggdrasil \
          mesh as the fallback tier), every candidate in turn in `ingress1`; `direct` is the client talking to home's \
-         wan1 address with no proxy (the physical limit here). Median of {runs} run(s), [min–max] spread; ×H and ×D \
-         are ratios to HAProxy's and direct's medians. Workloads last {} s each.\n",
+         wan1 address with no proxy (the physical limit here). Median of {runs} run(s) (of an even count, the mean of \
+         the middle two), [min–max] spread; ×H and ×D are ratios to HAProxy's and direct's medians. Workloads last \
+         {} s each.\n",
         workloads::SECS
     );
     let _ = writeln!(s, "| workload | {} |", Candidate::ALL.map(|c| c.name()).join(" | "));

@@ -165,12 +165,29 @@ pub fn http(t: &Topology, c: Candidate, new_conn: bool) -> Result<Http> {
     let rps = find("Requests/sec:").and_then(num).context("wrk: no Requests/sec")?;
     let p50_ms = find("50%").and_then(num).context("wrk: no p50")?;
     let p99_ms = find("99%").and_then(num).context("wrk: no p99")?;
-    let errors = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Socket errors:") || l.trim_start().starts_with("Non-2xx"))
-        .map(|l| l.split(|ch: char| !ch.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
+    let errors = wrk_errors(&out)?;
     Ok(Http { rps, p50_ms, p99_ms, errors })
+}
+
+/// The errors wrk counted: "Socket errors: connect A, read B, write C, timeout D" and
+/// "Non-2xx or 3xx responses: N" (each printed only when not zero), both summed. Read field by
+/// field: the digits of "2xx" and "3xx" are not counts.
+fn wrk_errors(out: &str) -> Result<u64> {
+    let mut errors = 0;
+    for line in out.lines().map(str::trim) {
+        let counts: Vec<&str> = if let Some(fields) = line.strip_prefix("Socket errors:") {
+            // "connect 0", "read 12", ...: the number after each name.
+            fields.split(',').map(|f| f.split_whitespace().nth(1).unwrap_or("")).collect()
+        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            vec![n.trim()]
+        } else {
+            continue;
+        };
+        for n in counts {
+            errors += n.parse::<u64>().with_context(|| format!("wrk: a count in {line:?}"))?;
+        }
+    }
+    Ok(errors)
 }
 
 /// Failover figures (ms are from the fault's injection).
@@ -314,9 +331,28 @@ pub fn failover(t: &mut Topology, c: Candidate, how: Cut, tag: &str) -> Result<F
     Ok(f)
 }
 
-/// RSS (kB) of the candidate with `count` idle connections open through it.
-pub fn idle_rss(t: &mut Topology, c: Candidate, proc_name: &str, holder_bin: &str, count: usize) -> Result<(u64, u64)> {
-    let before = candidates::rss_kb(t, proc_name, "VmRSS:")?;
+/// Memory per idle connection: what the candidate grew by with `count` idle connections
+/// opened through it, and how many it held.
+pub struct Idle {
+    /// Pss growth (kB) of the candidate's processes.
+    pub kb: u64,
+    /// Connections the client opened.
+    pub opened: u64,
+    /// Client connections established at the candidate when measured. A proxy out of
+    /// connection slots closes the extras while the client, which never reads, still counts
+    /// them open: the growth is theirs to share only if held.
+    pub held: u64,
+}
+
+impl Idle {
+    pub fn kb_per_conn(&self) -> f64 {
+        self.kb as f64 / self.opened.min(self.held).max(1) as f64
+    }
+}
+
+/// The candidate's memory growth with `count` idle connections open through it.
+pub fn idle_rss(t: &mut Topology, c: Candidate, proc_name: &str, holder_bin: &str, count: usize) -> Result<Idle> {
+    let before = candidates::pss_kb(t, proc_name)?;
     let name = format!("idle-{}-{count}", c.name());
     let target = SocketAddr::new(c.target_ip(), HTTP_PORT).to_string();
     let argv: Vec<String> = vec![
@@ -340,21 +376,60 @@ pub fn idle_rss(t: &mut Topology, c: Candidate, proc_name: &str, holder_bin: &st
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // Let the proxy finish its upstream connects.
+    // Let the proxy finish its upstream connects (and close what it cannot hold).
     std::thread::sleep(Duration::from_millis(1500));
-    let with = candidates::rss_kb(t, proc_name, "VmRSS:")?;
+    let with = candidates::pss_kb(t, proc_name)?;
+    let held = held_connections(t)?;
     t.stop(&name)?;
-    Ok((with.saturating_sub(before), opened))
+    Ok(Idle { kb: with.saturating_sub(before), opened, held })
 }
 
-/// Median and spread of repeated figures.
+/// Established connections to the candidate's HTTP port in ingress1: the clients' side, one per
+/// session it holds. (Its upstream connections have ephemeral local ports, which the kernel
+/// does not hand out while a listener owns the port.)
+fn held_connections(t: &Topology) -> Result<u64> {
+    let sport = format!("( sport = :{HTTP_PORT} )");
+    let out = t.exec(Role::Ingress1, &["ss", "-Htn", "state", "established", &sport], Duration::from_secs(10))?;
+    Ok(out.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+}
+
+/// Median and spread of repeated figures. With an even count the median is the mean of the
+/// two middle figures (taking either one alone favours one end: with two runs, the better or
+/// the worse run by the metric's direction).
 pub fn median(v: &[f64]) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    Some((s[s.len() / 2], s[0], s[s.len() - 1]))
+    let n = s.len();
+    let mid = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    Some((mid, s[0], s[n - 1]))
 }
 
 pub type Figures = BTreeMap<String, Vec<f64>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some((3.0, 3.0, 3.0)));
+        assert_eq!(median(&[4.0, 2.0]), Some((3.0, 2.0, 4.0)));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some((3.0, 1.0, 5.0)));
+        assert_eq!(median(&[8.0, 1.0, 2.0, 4.0]), Some((3.0, 1.0, 8.0)));
+    }
+
+    #[test]
+    fn wrk_errors_sum_socket_errors_and_non_2xx_responses() {
+        let out = "Running 5s test @ http://192.0.2.11:8081/\n\
+                   \x20 Socket errors: connect 1, read 12, write 0, timeout 3\n\
+                   \x20 Non-2xx or 3xx responses: 40\n\
+                   Requests/sec:  12345.67\n";
+        assert_eq!(wrk_errors(out).ok(), Some(56));
+        assert_eq!(wrk_errors("Requests/sec:  12345.67\n").ok(), Some(0));
+        assert!(wrk_errors("  Socket errors: connect x, read 1, write 0, timeout 0\n").is_err());
+    }
+}
