@@ -52,6 +52,14 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
             let was = path.control.set_drained(on);
             (drain_word(was), drain_word(on))
         }
+        Action::Weight if path.is_mesh => {
+            // The mesh tier is not balanced against the WANs (it serves when none is up):
+            // a weight would be shown and change nothing.
+            return Reply::text(
+                StatusCode::CONFLICT,
+                format!("{}/{} is the mesh tier, which has no weight (drain it instead)\n", path.pool, path.name),
+            );
+        }
         Action::Weight => {
             let want = match weight_param(c) {
                 Ok(w) => w,

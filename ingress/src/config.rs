@@ -66,6 +66,10 @@ pub struct ConfigError {
 }
 
 /// Most listening ports of a service with `udp_reuseport` (each takes a socket per loop).
+/// Environment variables that override the config file start with this (`INGRESS_ADMIN__LISTEN`
+/// for `admin.listen`).
+pub const ENV_PREFIX: &str = "INGRESS_";
+
 pub const MAX_REUSEPORT_PORTS: usize = 64;
 
 /// Most worker threads `limits.threads` may ask for.
@@ -458,7 +462,7 @@ impl Config {
             return Err(ConfigError { file, problems });
         }
         let figment =
-            Figment::new().merge(Toml::file(path)).merge(Env::prefixed("INGRESS_").ignore(&["LOG"]).split("__"));
+            Figment::new().merge(Toml::file(path)).merge(Env::prefixed(ENV_PREFIX).ignore(&["LOG"]).split("__"));
         Self::from_figment(figment, file, shared::own_addrs::is_own)
     }
 
@@ -556,6 +560,10 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         let f = |field: &str| format!("pool.{name}.{field}");
         let mut paths = Vec::new();
         let mut names = HashSet::new();
+        // `ctl` and the admin API name a path POOL/NAME.
+        if name.contains('/') {
+            p.push(format!("pool.{name}"), "a pool's name cannot contain `/` (paths are named POOL/NAME)");
+        }
         if rp.paths.is_empty() && rp.mesh.is_none() {
             p.push(format!("pool.{name}"), "needs at least one entry in `paths` or a `mesh` address");
         }
@@ -577,6 +585,9 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
             let field = format!("pool.{name}.paths[{i}]");
             if rpath.name.is_empty() || rpath.name == "mesh" {
                 p.push(format!("{field}.name"), "must be non-empty and not `mesh` (reserved for the mesh tier)");
+            }
+            if rpath.name.contains('/') {
+                p.push(format!("{field}.name"), "cannot contain `/` (paths are named POOL/NAME)");
             }
             if !names.insert(rpath.name.clone()) {
                 p.push(format!("{field}.name"), format!("`{}` is used twice in this pool", rpath.name));

@@ -1,18 +1,25 @@
 //! `ingress ctl …`: the operator's (and Ansible's) side of the admin API. Reads where the
-//! admin listener is and the token from the same config the service runs with, calls the
-//! API, prints the answer; exit status 0 on success, 1 otherwise (the server's reason on
-//! stderr).
+//! admin listener is and the token file from the same config the service runs with (its
+//! `[admin]` alone: see `CtlSettings`), calls the API, prints the answer; exit status 0 on
+//! success, 1 otherwise (the server's reason on stderr).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
-use ingress::Config;
 use shared::admin::client::{self, Call};
 use shared::workers::LoopStatus;
 
 use crate::Ctl;
 
-pub fn run(config: &Config, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
+pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
+    let settings = match client::CtlSettings::load(path, ingress::config::ENV_PREFIX) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let call = match &what {
         Ctl::Status(args) => Call::status(args, summary),
         Ctl::Drain { path } => Call::control("drain", &[("path", path.as_str())]),
@@ -21,7 +28,7 @@ pub fn run(config: &Config, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             Call::control("weight", &[("path", path.as_str()), ("weight", weight.as_str())])
         }
     };
-    client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
+    client::run(admin.or(settings.listen), settings.token_file.as_deref(), call)
 }
 
 /// One line per path from the `/status` JSON; the raw JSON if it does not parse.

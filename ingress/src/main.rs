@@ -49,6 +49,10 @@ enum Ctl {
 
 fn main() -> ExitCode {
     let cli = Args::parse().cli;
+    if let Some(Command::Ctl(c)) = cli.command {
+        // Reads only [admin]: the rest need not be valid, nor the token readable to look.
+        return ctl::run(&cli.config, c.admin, c.what);
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -66,8 +70,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Some(Command::Ctl(c)) => return ctl::run(&config, c.admin, c.what),
-        None => {}
+        Some(Command::Ctl(_)) | None => {}
     }
     shared::logging::init("INGRESS_LOG", config.log_format);
     // Before any thread starts: this clears LISTEN_FDS and friends from the environment.

@@ -111,7 +111,8 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
     let wan1 = Backend::start("wan1", "127.0.0.2").await;
     let wan2 = Backend::start("wan2", "127.0.0.3").await;
     let (_dir, file) = token_file("control");
-    let toml = with_token(&config(&[("wan1", wan1.addr, 3), ("wan2", wan2.addr, 1)], None, ""), &file);
+    let mesh = Some("127.0.0.4:1".parse().unwrap());
+    let toml = with_token(&config(&[("wan1", wan1.addr, 3), ("wan2", wan2.addr, 1)], mesh, ""), &file);
     let server = start(&toml).await;
     let front = service_addr(&server, "echo").await;
     let admin = server.admin_addr().unwrap();
@@ -212,6 +213,10 @@ async fn control_needs_the_token_and_drain_and_weight_act_on_the_next_connection
         let (code, body) = call(admin, Method::POST, &format!("/api/weight?path={p}&weight={w}"), Some(TOKEN)).await;
         assert_eq!(code, StatusCode::OK, "{body}");
     }
+    // The mesh tier is not weighed against the WANs: a weight for it is refused, not shown.
+    let (code, body) = call(admin, Method::POST, "/api/weight?path=mesh&weight=5", Some(TOKEN)).await;
+    assert!(code == StatusCode::CONFLICT && body.contains("mesh tier"), "{code}: {body}");
+    assert_eq!(path(&status(admin).await, "mesh")["weight_override"], serde_json::Value::Null);
     let mut names = Vec::new();
     for _ in 0..40 {
         names.push(request(front).await.unwrap());

@@ -261,6 +261,23 @@ fn ctl_drives_the_api_and_sighup_keeps_overrides_until_the_config_changes_them()
     std::fs::write(&none, conf(admin, front, wan1, wan2, 1, None, false)).unwrap();
     let (ok, _, err) = ctl(&none, &["undrain", "wan1"]);
     assert!(!ok && err.contains("admin.token_file"), "{err}");
+    // `ctl` reads only [admin]: a config invalid elsewhere (mid-edit) still drains, and looking
+    // needs no token (a token file it may not read fails control only, naming the field).
+    let broken = dir.join("broken.toml");
+    let text = conf(admin, front, wan1, wan2, 1, Some(&token), false);
+    let half_written = "[[service]]\nname = \"new\"\nlisten = [\"0.0.0.0:\"]\npool = \"not-yet\"\n";
+    std::fs::write(&broken, format!("{text}{half_written}")).unwrap();
+    let (ok, out, err) = ctl(&broken, &["drain", "wan2"]);
+    assert!(ok && out == "home/wan2: serving -> drained\n", "{out}{err}");
+    let (ok, _, err) = ctl(&broken, &["undrain", "wan2"]);
+    assert!(ok, "{err}");
+    let unreadable = dir.join("unreadable.toml");
+    let missing = dir.join("no-such-token");
+    std::fs::write(&unreadable, text.replace(&token.display().to_string(), &missing.display().to_string())).unwrap();
+    let (ok, out, err) = ctl(&unreadable, &["status"]);
+    assert!(ok && out.contains("wan1"), "{err}");
+    let (ok, _, err) = ctl(&unreadable, &["undrain", "wan1"]);
+    assert!(!ok && err.contains("admin.token_file") && err.contains("no-such-token"), "{err}");
 
     // SIGHUP with the same file: both overrides stay.
     kill(child.id(), "-HUP");

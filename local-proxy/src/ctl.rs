@@ -13,10 +13,10 @@ use shared::workers::LoopStatus;
 use crate::Ctl;
 
 pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
-    let config = match local_proxy::config::load(path) {
-        Ok(c) => c,
+    let settings = match client::CtlSettings::load(path, local_proxy::config::ENV_PREFIX) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -33,7 +33,7 @@ pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             &[("name", name.as_str()), ("upstream", upstream.as_str()), ("weight", weight.as_str())],
         ),
     };
-    client::run(admin.or(config.admin), config.admin_token.as_ref(), call)
+    client::run(admin.or(settings.listen), settings.token_file.as_deref(), call)
 }
 
 /// A few lines per site, stream, certificate and firewall name from the `/status` JSON; the

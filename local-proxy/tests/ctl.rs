@@ -132,4 +132,22 @@ fn ctl_reads_the_config_and_drives_the_admin_api() {
     // No token file in the config: refused before calling.
     let (ok, _, err) = ctl(&without, &["drain", "svc", &a]);
     assert!(!ok && err.contains("admin.token_file"), "{err}");
+    // `ctl` reads only [admin]: a config invalid elsewhere (an upstream half typed) still
+    // drains; a token file gone fails control, naming the field, and not `status`.
+    let text = std::fs::read_to_string(&with).unwrap();
+    let broken = with.with_file_name("broken.toml");
+    std::fs::write(&broken, format!("{text}[[stream]]\nname = \"new\"\nlisten = \"0/tcp\"\nupstream = \"192.168.\"\n"))
+        .unwrap();
+    assert!(local_proxy::config::load(&broken).is_err());
+    let (ok, _, err) = ctl(&broken, &["drain", "svc", &a]);
+    assert!(ok, "{err}");
+    assert_eq!(upstream(&with, &a)["drained"], true);
+    let (ok, _, err) = ctl(&broken, &["undrain", "svc", &a]);
+    assert!(ok, "{err}");
+    let gone = with.with_file_name("token-gone.toml");
+    std::fs::write(&gone, text.replace("/token\"", "/no-such-token\"")).unwrap();
+    let (ok, out, err) = ctl(&gone, &["status"]);
+    assert!(ok && out.contains("svc"), "{err}");
+    let (ok, _, err) = ctl(&gone, &["drain", "svc", &a]);
+    assert!(!ok && err.contains("admin.token_file") && err.contains("no-such-token"), "{err}");
 }

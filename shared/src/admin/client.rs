@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -134,19 +135,67 @@ impl Call {
     }
 }
 
+/// What `ctl` reads of a config file: `[admin] listen` and `token_file`, with the same
+/// environment overrides as the server (`<env_prefix>ADMIN__LISTEN`, ...), and nothing else.
+/// An operator must be able to look and drain while another part of the file is being
+/// edited, or with a CA file gone; and `ctl status` needs no token, so no right to read it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CtlSettings {
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl CtlSettings {
+    pub fn load(path: &Path, env_prefix: &str) -> Result<Self, String> {
+        use figment::providers::{Env, Format, Toml};
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            admin: Admin,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct Admin {
+            listen: Option<String>,
+            token_file: Option<PathBuf>,
+        }
+        let env = Env::prefixed(env_prefix).ignore(&["LOG"]).split("__");
+        let file: File = figment::Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let listen = match file.admin.listen {
+            Some(s) => Some(s.parse().map_err(|_| format!("{}: admin.listen: `{s}` is not IP:PORT", path.display()))?),
+            None => None,
+        };
+        Ok(Self { listen, token_file: file.admin.token_file })
+    }
+}
+
 /// Runs a `ctl` call against the admin listener bound at `listen` (from `--admin` or the
 /// config) and prints the answer; exit status 0 on a 2xx, 1 otherwise with the server's
-/// reason on stderr. A POST (runtime control) without a token is refused here, before
-/// the server would answer 403.
-pub fn run(listen: Option<SocketAddr>, token: Option<&Token>, call: Call) -> ExitCode {
+/// reason on stderr. Only runtime control (a POST) reads the token file; without one it is
+/// refused here, before the server would answer 403.
+pub fn run(listen: Option<SocketAddr>, token_file: Option<&Path>, call: Call) -> ExitCode {
     let Some(addr) = listen.map(reach) else {
         eprintln!("no admin listener: set admin.listen in the config (or pass --admin)");
         return ExitCode::FAILURE;
     };
-    if call.method == Method::POST && token.is_none() {
-        eprintln!("runtime control needs admin.token_file in the config");
-        return ExitCode::FAILURE;
-    }
+    let token = match (call.method == Method::POST, token_file) {
+        (false, _) => None,
+        (true, None) => {
+            eprintln!("runtime control needs admin.token_file in the config");
+            return ExitCode::FAILURE;
+        }
+        (true, Some(f)) => match Token::from_file(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("admin.token_file: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let token = token.as_ref();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
