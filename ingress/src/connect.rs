@@ -308,7 +308,7 @@ pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(T
             let outcome = outcome_of(error);
             if let Some(p) = pool.paths.get(index) {
                 tracing::debug!(pool = %pool.name, path = %p.name, %error, "connect failed");
-                if outcome == Outcome::Failed {
+                if outcome == Outcome::Failed && p.began_on_current_address(lasted) {
                     p.quality_sample(1.0);
                 }
             }
@@ -320,7 +320,9 @@ pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(T
                 p.state.m_connects.increment(1);
                 // Slow is not lost; a resent SYN or SYN-ACK takes the initial
                 // retransmission timeout.
-                p.quality_sample(if latency >= SYN_RTO { 1.0 } else { 0.0 });
+                if p.began_on_current_address(latency) {
+                    p.quality_sample(if latency >= SYN_RTO { 1.0 } else { 0.0 });
+                }
             }
             raced.take_if(|(i, _)| *i == index);
             pool.record_connect(index, Outcome::Ok { latency }, latency);
@@ -365,9 +367,12 @@ fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>, suspicion: Option<Suspi
         let result = dialing.await;
         let lasted = started.elapsed();
         let Some(p) = pool.paths.get(index) else { return };
+        let current = p.began_on_current_address(lasted);
         let outcome = match result {
             Ok(stream) => {
-                p.quality_sample(if syn_resent(&stream) || lasted >= SYN_RTO { 1.0 } else { 0.0 });
+                if current {
+                    p.quality_sample(if syn_resent(&stream) || lasted >= SYN_RTO { 1.0 } else { 0.0 });
+                }
                 Outcome::Ok { latency: lasted }
             }
             // Reached home (see `connect`): no verdict on the path.
@@ -377,7 +382,7 @@ fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>, suspicion: Option<Suspi
             }
             Err(e) => {
                 let outcome = outcome_of(&e);
-                if outcome == Outcome::Failed {
+                if outcome == Outcome::Failed && current {
                     p.quality_sample(1.0);
                 }
                 outcome

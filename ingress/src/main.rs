@@ -101,7 +101,8 @@ async fn serve(server: &Server, path: &Path, hup: &mut Signal, term: &mut Signal
                                 wait_bound(server, &want, Some(RELOAD_BIND_WAIT)).await;
                                 Ok(())
                             }
-                            // Nothing was bound nor changed: nothing to wait for.
+                            // Refused: the running config stays (a listener closed early to
+                            // make room binds again in the background, as at start-up).
                             Err(e) => Err(e.to_string()),
                         }
                     }

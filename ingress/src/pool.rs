@@ -257,6 +257,13 @@ impl Path {
     pub fn is_up(&self) -> bool {
         self.state.up.load(Ordering::Relaxed)
     }
+
+    /// Whether an attempt that ends now after `lasted` began on the address the path has now
+    /// (not before its name moved to another): only then is it evidence of this address's
+    /// quality (`Pool::record_by` drops the others' outcomes alike).
+    pub fn began_on_current_address(&self, lasted: std::time::Duration) -> bool {
+        micros().saturating_sub(lasted.as_micros() as u64) >= self.state.addr_since_us.load(Ordering::Relaxed)
+    }
     /// Held down by flap damping (it keeps failing and recovering).
     pub fn is_held(&self) -> bool {
         self.state.held.load(Ordering::Relaxed)
@@ -623,6 +630,10 @@ impl Pool {
         let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(p, path)) else {
             return;
         };
+        if !path.began_on_current_address(silent_for) {
+            // Its flow went to the address the path had before its name moved.
+            return;
+        }
         path.state.m_udp_silences.increment(1);
         path.quality_sample(1.0);
         let began = micros().saturating_sub(silent_for.as_micros() as u64);
@@ -1585,6 +1596,12 @@ pub(crate) mod tests {
         }
         assert!(p.paths[0].is_up(), "failures begun on the old address took the new one down");
         assert_eq!(p.paths[0].health_snapshot().fail_avg, 0.0);
+        // Nor do they count against its quality (a UDP flow's silence neither).
+        let path = p.paths[0].clone();
+        assert!(!path.began_on_current_address(Duration::from_millis(300)));
+        assert!(path.began_on_current_address(Duration::ZERO));
+        p.reply_silence(&path, Duration::from_millis(300));
+        assert_eq!(path.quality_loss(), 0.0);
         std::thread::sleep(Duration::from_millis(2));
         let sent_after = micros();
         p.record_by(0, Outcome::Failed, Source::Probe, "probe", Some(sent_after));

@@ -159,8 +159,10 @@ impl Server {
     /// listens: it is closed first, and served again if the reload is refused.
     async fn rebind(&self, config: &Config) -> Result<(HashMap<ListenerKey, Bound>, AdminChange), ReloadError> {
         let wanted = wanted_listeners(config, self.shared.workers.threads());
+        // The admin listener being served (none if its port was busy at start-up), and the one
+        // the running config names.
         let old_admin = self.admin_task.lock().ok().and_then(|a| a.as_ref().map(|a| a.configured));
-        let admin_moves = config.admin != old_admin;
+        let admin_moves = config.admin != self.shared.runtime.load().config.admin;
         let (clashing, admin_clashes) = {
             let Ok(map) = self.listeners.lock() else {
                 return Ok((HashMap::new(), AdminChange::Keep));
@@ -181,19 +183,52 @@ impl Server {
         };
         let paused = self.pause_listeners(&clashing).await;
         let admin_paused = if admin_clashes { self.stop_admin().await } else { None };
-        let bound = self.bind_new_listeners(wanted).and_then(|listeners| {
-            let admin = match config.admin {
-                _ if !admin_moves => AdminChange::Keep,
-                None => AdminChange::Off,
-                Some(addr) => match crate::listener::bind_tcp(addr) {
-                    Ok(l) => AdminChange::Serve(addr, l),
-                    Err(source) => {
-                        return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
-                    }
-                },
-            };
-            Ok((listeners, admin))
-        });
+        let bind = || {
+            self.bind_new_listeners(wanted.clone()).and_then(|listeners| {
+                let admin = match config.admin {
+                    // Unchanged, and not served: its port was busy at start-up. Tried again,
+                    // but not a reason to refuse the reload (nothing else depends on it).
+                    Some(addr) if !admin_moves && old_admin.is_none() => match crate::listener::bind_tcp(addr) {
+                        Ok(l) => AdminChange::Serve(addr, l),
+                        Err(e) => {
+                            tracing::error!(listen = %addr, error = %e, "admin listener cannot bind; tried again at the next reload");
+                            AdminChange::Keep
+                        }
+                    },
+                    _ if !admin_moves => AdminChange::Keep,
+                    None => AdminChange::Off,
+                    Some(addr) => match crate::listener::bind_tcp(addr) {
+                        Ok(l) => AdminChange::Serve(addr, l),
+                        Err(source) => {
+                            return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
+                        }
+                    },
+                };
+                Ok((listeners, admin))
+            })
+        };
+        // A socket closed early is also dropped from systemd's descriptor store, but systemd
+        // closes its copy only when it gets to that message: a bind to its port may fail for
+        // a moment. Tried again then, 20 times 50 ms apart at most.
+        let mut freed: Vec<u16> = match self.listeners.lock() {
+            Ok(map) => paused.iter().filter_map(|k| map.get(k).map(|e| e.addr.port())).collect(),
+            Err(_) => Vec::new(),
+        };
+        freed.extend(admin_paused.map(|a| a.port()));
+        let mut bound = bind();
+        for _ in 0..20 {
+            match &bound {
+                Err(e)
+                    if e.protocol == Protocol::Tcp
+                        && freed.contains(&e.addr.port())
+                        && e.source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    bound = bind();
+                }
+                _ => break,
+            }
+        }
         if bound.is_err() {
             self.resume_listeners(&paused);
             if let Some(addr) = admin_paused {
@@ -233,6 +268,10 @@ impl Server {
             for key in keys {
                 if let Some(entry) = map.get_mut(key) {
                     entry.task.abort();
+                    // Not bound now, for `local_addrs` (and `wait_bound`) alike.
+                    if let Ok(mut l) = entry.local.lock() {
+                        *l = None;
+                    }
                     // A finished task in its place: the entry stays whole until resumed.
                     tasks.push(std::mem::replace(&mut entry.task, tokio::spawn(async {})));
                     for i in 0..entry.sockets {

@@ -133,3 +133,27 @@ async fn listeners_move_to_the_wildcard_on_their_own_ports() {
     assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
     drop(udp_squatter);
 }
+
+/// An admin port busy at start-up is not served, and does not refuse later reloads that keep
+/// it: each tries it again, and once it is free the listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_busy_at_start_refuses_no_reload() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("squat");
+    let busy = squatter.local_addr().expect("addr");
+    let port = free_tcp_port();
+    let with_admin =
+        |tcp: u16| conf(wan1.addr, tcp, None).replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{busy}\""));
+    let server = start(&with_admin(port)).await;
+    assert_eq!(server.admin_addr(), None);
+    let moved = free_tcp_port();
+    server.try_reload(ingress::Config::from_toml(&with_admin(moved)).expect("valid")).await.expect("applies");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{moved}").parse().expect("addr");
+    wait_until("the service moved", Duration::from_secs(5), || !server.local_addrs("echo").is_empty()).await;
+    assert_eq!(request(addr).await.expect("served on the new port"), "wan1");
+    assert_eq!(server.admin_addr(), None);
+    drop(squatter);
+    server.try_reload(ingress::Config::from_toml(&with_admin(moved)).expect("valid")).await.expect("applies");
+    assert_eq!(server.admin_addr(), Some(busy));
+    assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
+}
