@@ -206,37 +206,50 @@ impl Running {
             _ => None,
         };
 
-        let mut bound = Listeners::default();
-        let mut result = Ok(());
-        for (key, serves) in added {
-            if let Err(e) = listeners::bind_one(key, serves, &mut bound) {
-                result = Err(e);
-                break;
+        let bind = || {
+            let mut bound = Listeners::default();
+            for (key, serves) in &added {
+                listeners::bind_one(key.clone(), serves.clone(), &mut bound)?;
             }
-        }
-        let mut new_admin = None;
-        if result.is_ok() && admin != old_admin {
-            if let Some(addr) = admin {
-                match listeners::bind_admin(addr) {
-                    Ok(l) => new_admin = Some((addr, l)),
-                    Err(e) => result = Err(e),
+            let new_admin = match admin {
+                Some(addr) if admin != old_admin => Some((addr, listeners::bind_admin(addr)?)),
+                _ => None,
+            };
+            Ok((bound, new_admin))
+        };
+        // A socket closed early is also dropped from systemd's descriptor store, but systemd
+        // closes its copy only when it gets to that message: a bind to its port may fail for
+        // a moment. Tried again then, 20 times 50 ms apart at most.
+        let freed: Vec<u16> =
+            closed_early.iter().map(|(k, _)| k.addr.port()).chain(admin_closed_early.map(|a| a.port())).collect();
+        let mut result = bind();
+        for _ in 0..20 {
+            match &result {
+                Err(BindError::Bind { addr, source, .. })
+                    if freed.contains(&addr.port()) && source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    result = bind();
                 }
+                _ => break,
             }
         }
-        if let Err(e) = result {
-            // Put back what was closed early; the new sockets close as `bound` drops.
-            drop(bound);
-            self.restore(closed_early);
-            if let Some(addr) = admin_closed_early {
-                match listeners::bind_admin(addr) {
-                    Ok(l) => self.serve_admin(addr, l),
-                    Err(e) => {
-                        warn!(listener = "admin", %addr, error = %e, "could not bind again after a refused reload")
+        let (bound, new_admin) = match result {
+            Ok(b) => b,
+            Err(e) => {
+                // Put back what was closed early (the new sockets closed as `bind` failed).
+                self.restore(closed_early);
+                if let Some(addr) = admin_closed_early {
+                    match listeners::bind_admin(addr) {
+                        Ok(l) => self.serve_admin(addr, l),
+                        Err(e) => {
+                            warn!(listener = "admin", %addr, error = %e, "could not bind again after a refused reload")
+                        }
                     }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
 
         apply_config();
         {
