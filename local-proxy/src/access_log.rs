@@ -274,11 +274,14 @@ fn open_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::PermissionsExt;
     match OpenOptions::new().append(true).create_new(true).mode(MODE).open(path) {
         Ok(f) => {
-            f.set_permissions(std::fs::Permissions::from_mode(MODE))?;
+            // A file system without modes (some FUSE and CIFS mounts) still takes the log.
+            if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(MODE)) {
+                tracing::warn!(file = %path.display(), error = %e, "access log created without mode 0640");
+            }
             Ok(f)
         }
+        // There already (or made in between by someone else, with the umask's mode then).
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Rotated away in between: created then, as before, with the umask's mode.
             OpenOptions::new().append(true).create(true).mode(MODE).open(path)
         }
         Err(e) => Err(e),

@@ -374,7 +374,11 @@ impl Config {
             match log.path.parent() {
                 Some(dir) if !dir.is_dir() => c.push(field, format!("directory `{}` does not exist", dir.display())),
                 _ if log.path.is_dir() => c.push(field, format!("`{}` is a directory", log.path.display())),
-                Some(dir) if read_only(dir) => c.push(field, read_only_problem(dir, "/var/log/local-proxy")),
+                // The file if it is there (a link to a writable one, or one a drop-in's
+                // ReadWritePaths= names), else the directory it is to be made in.
+                Some(dir) if read_only(if log.path.exists() { &log.path } else { dir }) => {
+                    c.push(field, read_only_problem(dir, "/var/log/local-proxy"))
+                }
                 _ => {}
             }
         }
@@ -387,7 +391,7 @@ impl Config {
     }
 }
 
-/// Whether `dir` is on a file system mounted read-only for this process: the packaged unit's
+/// Whether `dir` (or a file) is on a file system mounted read-only for this process: the packaged unit's
 /// `ProtectSystem=strict` makes everything but its own directories so, and `check` runs in the
 /// same sandbox (ExecStartPre, ExecReload). Only that: whether this user may write there
 /// depends on who runs `check`.

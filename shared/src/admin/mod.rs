@@ -151,9 +151,9 @@ impl Routes {
         self
     }
 
-    /// `GET /status` (the JSON `collect` builds), `GET /` (the status page `page` renders
-    /// from the same value; `?part=live` asks for the part the page's script swaps in) and
-    /// `GET /page.js` (that script: the Content-Security-Policy allows no inline one).
+    /// `GET /status` (the JSON `collect` builds) and `GET /` (the status page `page` renders
+    /// from the same value; `?part=live` asks for the part the page's script swaps in, and
+    /// `?part=js` for that script: the Content-Security-Policy allows no inline one).
     pub fn status<T: serde::Serialize>(
         self,
         collect: impl Fn() -> T + Send + Sync + 'static,
@@ -161,16 +161,16 @@ impl Routes {
     ) -> Self {
         let collect = Arc::new(collect);
         let json = collect.clone();
-        self.get("/status", move || Reply::json_of(&json()))
-            .route(Method::GET, "/", move |c| {
-                let live_only = c.param("part").as_deref() == Some("live");
-                Reply::html(page(&collect(), live_only))
-            })
-            .get("/page.js", || Reply {
-                status: StatusCode::OK,
-                content_type: "text/javascript; charset=utf-8",
-                body: page::SCRIPT.to_owned(),
-            })
+        self.get("/status", move || Reply::json_of(&json())).route(Method::GET, "/", move |c| {
+            match c.param("part").as_deref() {
+                Some("js") => Reply {
+                    status: StatusCode::OK,
+                    content_type: "text/javascript; charset=utf-8",
+                    body: page::SCRIPT.to_owned(),
+                },
+                part => Reply::html(page(&collect(), part == Some("live"))),
+            }
+        })
     }
 
     /// Runtime control: `POST /api/drain`, `/api/undrain` and `/api/weight`, each handed to
@@ -314,7 +314,7 @@ fn names_this_host(req: &Request<Incoming>) -> bool {
 }
 
 /// The Content-Security-Policy of every answer. The page loads its one script from itself
-/// (`/page.js`: no inline script, so markup slipped into it through a peer's text cannot run)
+/// (`?part=js`: no inline script, so markup slipped into it through a peer's text cannot run)
 /// and fetches only from itself; its inline `style=` attributes and `<style>` need
 /// `'unsafe-inline'` styles, which run nothing. No framing (clickjacking the control API's
 /// caller), no `<base>`, no forms.
@@ -479,10 +479,10 @@ mod tests {
         }));
         let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let r = get(addr, &ask("/")).await;
-        assert!(r.starts_with("HTTP/1.1 200") && r.contains("<script src=\"page.js\"></script>"), "{r}");
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("<script src=\"?part=js\"></script>"), "{r}");
         let r = get(addr, &ask("/?part=live")).await;
         assert!(r.ends_with("<p id=\"summary\" data-now-ms=\"7\">x</p>"), "{r}");
-        let r = get(addr, &ask("/page.js")).await;
+        let r = get(addr, &ask("/?part=js")).await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("text/javascript") && r.ends_with(page::SCRIPT), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();

@@ -1,6 +1,6 @@
 //! The frame both binaries' status pages share: one HTML document (no other site's scripts,
 //! styles or fonts) whose `<main id="live">` is rendered on the server, so the first paint
-//! needs no JavaScript; a small script ([`SCRIPT`], served beside the page as `page.js` so the
+//! needs no JavaScript; a small script ([`SCRIPT`], served beside the page as `?part=js` so the
 //! Content-Security-Policy can refuse every inline script) re-fetches that part
 //! (`?part=live`, the same renderer) every second and swaps it in. Without JavaScript a
 //! `<noscript>` refresh reloads the page every 5 s. Cards wrap, so it reads on a phone.
@@ -77,11 +77,11 @@ table{border-collapse:collapse;width:100%;background:var(--card)}td,th{border-bo
 <header><h1>{title}</h1><span class="mute" id="conn" role="status" aria-live="polite">live: refreshes every second</span></header>
 "#;
 
-// Relative, as `?part=live` is: the page still works behind a proxy that serves it under a
-// prefix.
-const TAIL: &str = "\n<script src=\"page.js\"></script>\n</body></html>\n";
+// A query on the page's own address, as `?part=live` is: the page still works behind a proxy
+// that serves it under a prefix, with or without a trailing slash.
+const TAIL: &str = "\n<script src=\"?part=js\"></script>\n</body></html>\n";
 
-/// The page's script, served as `GET /page.js`. One request at a time, each cut after 5 s,
+/// The page's script, served as `GET /?part=js`. One request at a time, each cut after 5 s,
 /// the next one a second after the last began (or at once if it took longer): a slow server
 /// gets no pile of requests, and a hung one no answer swapped in late. The page turns
 /// `stale` once what it shows is more than 3 s old, whatever the reason (failing, hanging,
@@ -101,7 +101,10 @@ pub const SCRIPT: &str = r#"(function () {
     setTimeout(function () { location.reload(); }, 5000);
     return;
   }
-  var lastSwap = Date.now(), why = "";
+  // Ages and the poll schedule on the monotonic clock: a wall clock stepped back (NTP, a VM
+  // resumed) would hold the next poll back by the step and keep the page "live" meanwhile.
+  function now() { return performance.now(); }
+  var lastSwap = now(), shownAt = Date.now(), why = "";
 
   // When the server rendered the live part under root (its data-now-ms), or NaN.
   function renderedAt(root) {
@@ -120,10 +123,10 @@ pub const SCRIPT: &str = r#"(function () {
   // Sets the stale class and the #conn line from the age of the last swap; the line is only
   // written when its text changes, as each write is announced.
   function mark() {
-    var stale = Date.now() - lastSwap > STALE, text = "live: refreshes every second";
+    var stale = now() - lastSwap > STALE, text = "live: refreshes every second";
     if (stale) {
       var at = renderedAt(live);
-      text = "not updating: showing " + utc(isNaN(at) ? lastSwap : at) + " (" +
+      text = "not updating: showing " + utc(isNaN(at) ? shownAt : at) + " (" +
         (why || "waiting for an answer") + "); retrying";
     }
     document.body.classList.toggle("stale", stale);
@@ -132,7 +135,7 @@ pub const SCRIPT: &str = r#"(function () {
   function swap(html) {
     var t = document.createElement("template");
     t.innerHTML = html;
-    if (renderedAt(t.content) < renderedAt(live) && Date.now() - lastSwap <= STALE) {
+    if (renderedAt(t.content) < renderedAt(live) && now() - lastSwap <= STALE) {
       why = "an older answer arrived";
       return;
     }
@@ -148,11 +151,12 @@ pub const SCRIPT: &str = r#"(function () {
     for (i = 0; i < boxes.length && i < lefts.length; i++) {
       if (lefts[i]) boxes[i].scrollLeft = lefts[i];
     }
-    lastSwap = Date.now();
+    lastSwap = now();
+    shownAt = Date.now();
     why = "";
   }
   function poll() {
-    var began = Date.now(), ctl = new AbortController();
+    var began = now(), ctl = new AbortController();
     var timer = setTimeout(function () { ctl.abort(); }, TIMEOUT);
     fetch("?part=live", { cache: "no-store", signal: ctl.signal }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
@@ -162,7 +166,7 @@ pub const SCRIPT: &str = r#"(function () {
     }).then(function () {
       // Whatever happened: the next poll first, so nothing below can stop the polling.
       clearTimeout(timer);
-      setTimeout(poll, Math.max(0, began + PERIOD - Date.now()));
+      setTimeout(poll, Math.min(PERIOD, Math.max(0, began + PERIOD - now())));
       mark();
     });
   }
@@ -268,8 +272,8 @@ mod tests {
                 && doc.contains("<main id=\"live\"><p>live</p></main>")
                 && doc.contains("id=\"conn\" role=\"status\" aria-live=\"polite\">")
         );
-        // The Content-Security-Policy allows no inline script: the only one is page.js.
+        // The Content-Security-Policy allows no inline script: the only one is `?part=js`.
         assert_eq!(doc.matches("<script").count(), 1);
-        assert!(doc.contains("<script src=\"page.js\"></script>") && SCRIPT.contains("?part=live"));
+        assert!(doc.contains("<script src=\"?part=js\"></script>") && SCRIPT.contains("?part=live"));
     }
 }
