@@ -4,7 +4,9 @@
 //!
 //! A reload diffs the new plan against this set: kept keys keep their sockets, added keys are
 //! bound before anything changes (a bind failure refuses the reload), removed keys stop
-//! accepting and close their sockets while the connections they accepted go on.
+//! accepting and close their sockets while the connections they accepted go on. A removed
+//! socket (or the admin listener) on the port of an added one is closed first, and served
+//! again if the reload is refused.
 //!
 //! Every socket served is also kept in systemd's descriptor store and dropped from it when a
 //! reload closes it (`inherit`), so a restart finds the same sockets still queueing.
