@@ -386,11 +386,21 @@ pub fn idle_rss(t: &mut Topology, c: Candidate, proc_name: &str, holder_bin: &st
 
 /// Established connections to the candidate's HTTP port in ingress1: the clients' side, one per
 /// session it holds. (Its upstream connections have ephemeral local ports, which the kernel
-/// does not hand out while a listener owns the port.)
+/// does not hand out while a listener owns the port.) Those still in its listeners' accept
+/// queues (their Recv-Q) are the kernel's, not held: a candidate at its limit stops accepting.
 fn held_connections(t: &Topology) -> Result<u64> {
     let sport = format!("( sport = :{HTTP_PORT} )");
-    let out = t.exec(Role::Ingress1, &["ss", "-Htn", "state", "established", &sport], Duration::from_secs(10))?;
-    Ok(out.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+    let limit = Duration::from_secs(10);
+    let out = t.exec(Role::Ingress1, &["ss", "-Htn", "state", "established", &sport], limit)?;
+    let established = out.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    let listening = t.exec(Role::Ingress1, &["ss", "-Hltn", &sport], limit)?;
+    let mut queued = 0u64;
+    for line in listening.lines().filter(|l| !l.trim().is_empty()) {
+        // State, Recv-Q (the accept queue of a listener), Send-Q, local, peer.
+        let field = line.split_whitespace().nth(1).unwrap_or_default();
+        queued += field.parse::<u64>().with_context(|| format!("ss: no accept queue in {line:?}"))?;
+    }
+    Ok(established.saturating_sub(queued))
 }
 
 /// Median and spread of repeated figures. With an even count the median is the mean of the
