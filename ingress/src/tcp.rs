@@ -141,10 +141,14 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     }
     let (end, totals) =
         relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
-    // How much of what went upstream had to be sent again: the path's delivered quality.
+    // How much of what went upstream had to be sent again: the path's delivered quality (of
+    // the address the path has now: a connection opened before its name moved says nothing
+    // of the new one).
     if let Some((retrans, wrong)) = crate::relay::delivery(&upstream, totals.up) {
         path.state.m_retrans.increment(u64::from(retrans));
-        path.quality_sample(wrong);
+        if upstream.peer_addr().is_ok_and(|a| path.ip() == Some(a.ip())) {
+            path.quality_sample(wrong);
+        }
     }
     match end {
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),

@@ -33,6 +33,8 @@ struct Flow {
     /// starts with, so the local proxy learns the client address; built once per flow.
     header: Option<Box<[u8]>>,
     upstream: Arc<UdpSocket>,
+    /// The address it was opened to: the path's then, maybe not now (its name moved).
+    to: IpAddr,
     /// Time of the flow's previous datagram, for the bandwidth policy's busy time (shared
     /// with the pump).
     busy_mark: Arc<AtomicU64>,
@@ -287,17 +289,25 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             // before the move below, so the datagram that tips the path down already moves.
             if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {
                 let path = flow.guard.path();
+                // A flow opened on the address its path had before the name moved says
+                // nothing of the new one (asked only when there is something to say).
+                let to = flow.to;
+                let current = || path.ip() == Some(to);
                 let timeout = path
                     .latency()
                     .map_or(svc.cfg.udp_reply_timeout, |l| (l * REPLY_RTTS).max(svc.cfg.udp_reply_timeout));
                 let replied = flow.answers.last.load(Ordering::Relaxed).checked_sub(1);
                 if let Some(silent) = flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
-                    tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
-                    svc.pool.reply_silence(path, Duration::from_millis(silent));
+                    if current() {
+                        tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
+                        svc.pool.reply_silence(path, Duration::from_millis(silent));
+                    }
                 }
                 if replied.is_some() {
                     if let Some(r) = flow.watch.unanswered_ratio(flow.answers.count.load(Ordering::Relaxed)) {
-                        path.quality_sample(r);
+                        if current() {
+                            path.quality_sample(r);
+                        }
                     }
                 }
             }
@@ -433,7 +443,8 @@ async fn open_flow(
         )));
         let life = FlowLife::new(last, pump, permits, share);
         let (watch, segmenting) = Default::default();
-        return Some(Flow { guard, header, upstream, busy_mark, life, answers, watch, segmenting });
+        let to = target.ip();
+        return Some(Flow { guard, header, upstream, to, busy_mark, life, answers, watch, segmenting });
     }
     None
 }

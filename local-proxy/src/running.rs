@@ -240,7 +240,7 @@ impl Running {
             Ok(b) => b,
             Err(e) => {
                 // Put back what was closed early (the new sockets closed as `bind` failed).
-                self.restore(closed_early);
+                self.restore(closed_early).await;
                 if let Some(addr) = admin_closed_early {
                     match listeners::bind_admin(addr) {
                         Ok(l) => self.serve_admin(addr, l),
@@ -305,12 +305,27 @@ impl Running {
         out
     }
 
-    /// Bind and serve again what a refused reload closed early (best effort).
-    fn restore(&self, closed: Vec<(ListenKey, Serves)>) {
+    /// Bind and serve again what a refused reload closed early (best effort). Its port may
+    /// still be held for a moment by systemd's stored copy, dropped as the socket closed:
+    /// tried again then, 20 times 50 ms apart at most.
+    async fn restore(&self, closed: Vec<(ListenKey, Serves)>) {
         let mut bound = Listeners::default();
         for (key, serves) in closed {
-            if let Err(e) = listeners::bind_one(key.clone(), serves, &mut bound) {
-                warn!(listener = %key, error = %e, "could not bind again after a refused reload");
+            let mut tries = 0;
+            loop {
+                match listeners::bind_one(key.clone(), serves.clone(), &mut bound) {
+                    Err(BindError::Bind { source, .. })
+                        if source.kind() == std::io::ErrorKind::AddrInUse && tries < 20 =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => {
+                        warn!(listener = %key, error = %e, "could not bind again after a refused reload");
+                        break;
+                    }
+                    Ok(()) => break,
+                }
             }
         }
         self.serve(bound);

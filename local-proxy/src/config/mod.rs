@@ -376,8 +376,11 @@ impl Config {
                 _ if log.path.is_dir() => c.push(field, format!("`{}` is a directory", log.path.display())),
                 // The file if it is there (a link to a writable one, or one a drop-in's
                 // ReadWritePaths= names), else the directory it is to be made in.
-                Some(dir) if read_only(if log.path.exists() { &log.path } else { dir }) => {
-                    c.push(field, read_only_problem(dir, "/var/log/local-proxy"))
+                Some(dir) => {
+                    let target = if log.path.exists() { log.path.as_path() } else { dir };
+                    if read_only(target) {
+                        c.push(field, read_only_problem(target, "/var/log/local-proxy"));
+                    }
                 }
                 _ => {}
             }
@@ -391,19 +394,19 @@ impl Config {
     }
 }
 
-/// Whether `dir` (or a file) is on a file system mounted read-only for this process: the packaged unit's
-/// `ProtectSystem=strict` makes everything but its own directories so, and `check` runs in the
-/// same sandbox (ExecStartPre, ExecReload). Only that: whether this user may write there
-/// depends on who runs `check`.
+/// Whether `dir` (or a file) is on a file system mounted read-only for this process: the
+/// packaged unit's `ProtectSystem=strict` makes everything but its own directories so, and
+/// `check` runs in the same sandbox (ExecStartPre, ExecReload). Only that: whether this user
+/// may write there depends on who runs `check`.
 fn read_only(dir: &Path) -> bool {
     rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err_and(|e| e == rustix::io::Errno::ROFS)
 }
 
-fn read_only_problem(dir: &Path, writable: &str) -> String {
+fn read_only_problem(path: &Path, writable: &str) -> String {
     format!(
-        "directory `{}` is read-only here (the packaged unit may write only below {writable}, \
-         or where a drop-in's ReadWritePaths= allows)",
-        dir.display()
+        "`{}` is read-only here (the packaged unit may write only below {writable}, or where a \
+         drop-in's ReadWritePaths= allows)",
+        path.display()
     )
 }
 

@@ -123,7 +123,10 @@ pub const SCRIPT: &str = r#"(function () {
   // Sets the stale class and the #conn line from the age of the last swap; the line is only
   // written when its text changes, as each write is announced.
   function mark() {
-    var stale = now() - lastSwap > STALE, text = "live: refreshes every second";
+    // The wall clock too: the monotonic one stops while the machine sleeps in some browsers,
+    // and a laptop opened after an hour must not show that hour-old page as live.
+    var stale = now() - lastSwap > STALE || Date.now() - shownAt > STALE + PERIOD;
+    var text = "live: refreshes every second";
     if (stale) {
       var at = renderedAt(live);
       text = "not updating: showing " + utc(isNaN(at) ? shownAt : at) + " (" +
