@@ -481,6 +481,11 @@ fn site_rejects_bad_input_before_any_host() {
             vec!["home_wans[1] (wan2)", "address must be an IPv4 or IPv6 address (got 198.51.100.300)"],
         ),
         (
+            "WAN name with a slash",
+            Box::new(|v| v["all"]["vars"]["home_wans"][1]["name"] = "wan/2".into()),
+            vec!["home_wans[1] (wan/2): name must be a label", "(got wan/2)"],
+        ),
+        (
             "invalid WAN gateway",
             Box::new(|v| v["all"]["vars"]["home_wans"][0]["gateway"] = "2001:db8::1".into()),
             vec!["home_wans[0] (wan1) on home", "gateway must be an address of the same family"],
