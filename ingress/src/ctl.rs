@@ -13,13 +13,6 @@ use shared::workers::LoopStatus;
 use crate::Ctl;
 
 pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
-    let settings = match client::CtlSettings::load(path, ingress::config::ENV_PREFIX) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let call = match &what {
         Ctl::Status(args) => Call::status(args, summary),
         Ctl::Drain { path } => Call::control("drain", &[("path", path.as_str())]),
@@ -28,7 +21,7 @@ pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             Call::control("weight", &[("path", path.as_str()), ("weight", weight.as_str())])
         }
     };
-    client::run(admin.or(settings.listen), settings.token_file.as_deref(), call)
+    client::run_with_config(path, ingress::config::ENV_PREFIX, admin, call)
 }
 
 /// One line per path from the `/status` JSON; the raw JSON if it does not parse.

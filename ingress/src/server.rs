@@ -207,28 +207,17 @@ impl Server {
                 Ok((listeners, admin))
             })
         };
-        // A socket closed early is also dropped from systemd's descriptor store, but systemd
-        // closes its copy only when it gets to that message: a bind to its port may fail for
-        // a moment. Tried again then, 20 times 50 ms apart at most.
         let mut freed: Vec<u16> = match self.listeners.lock() {
             Ok(map) => paused.iter().filter_map(|k| map.get(k).map(|e| e.addr.port())).collect(),
             Err(_) => Vec::new(),
         };
         freed.extend(admin_paused.map(|a| a.port()));
-        let mut bound = bind();
-        for _ in 0..20 {
-            match &bound {
-                Err(e)
-                    if e.protocol == Protocol::Tcp
-                        && freed.contains(&e.addr.port())
-                        && e.source.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    bound = bind();
-                }
-                _ => break,
-            }
-        }
+        let taken_by_freed = |e: &ReloadError| {
+            e.protocol == Protocol::Tcp
+                && freed.contains(&e.addr.port())
+                && e.source.kind() == std::io::ErrorKind::AddrInUse
+        };
+        let bound = shared::listeners::bind_while_freeing(bind, taken_by_freed).await;
         if bound.is_err() {
             self.resume_listeners(&paused);
             if let Some(addr) = admin_paused {

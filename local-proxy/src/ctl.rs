@@ -13,13 +13,6 @@ use shared::workers::LoopStatus;
 use crate::Ctl;
 
 pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
-    let settings = match client::CtlSettings::load(path, local_proxy::config::ENV_PREFIX) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let call = match &what {
         Ctl::Status(args) => Call::status(args, summary),
         Ctl::Drain { name, upstream } => {
@@ -33,7 +26,7 @@ pub fn run(path: &Path, admin: Option<SocketAddr>, what: Ctl) -> ExitCode {
             &[("name", name.as_str()), ("upstream", upstream.as_str()), ("weight", weight.as_str())],
         ),
     };
-    client::run(admin.or(settings.listen), settings.token_file.as_deref(), call)
+    client::run_with_config(path, local_proxy::config::ENV_PREFIX, admin, call)
 }
 
 /// A few lines per site, stream, certificate and firewall name from the `/status` JSON; the

@@ -219,24 +219,11 @@ impl Running {
             };
             Ok((bound, new_admin))
         };
-        // A socket closed early is also dropped from systemd's descriptor store, but systemd
-        // closes its copy only when it gets to that message: a bind to its port may fail for
-        // a moment. Tried again then, 20 times 50 ms apart at most.
         let freed: Vec<u16> =
             closed_early.iter().map(|(k, _)| k.addr.port()).chain(admin_closed_early.map(|a| a.port())).collect();
-        let mut result = bind();
-        for _ in 0..20 {
-            match &result {
-                Err(BindError::Bind { addr, source, .. })
-                    if freed.contains(&addr.port()) && source.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    result = bind();
-                }
-                _ => break,
-            }
-        }
-        let (bound, new_admin) = match result {
+        let taken_by_freed =
+            |e: &BindError| matches!(e, BindError::Bind { addr, .. } if freed.contains(&addr.port())) && in_use(e);
+        let (bound, new_admin) = match shared::listeners::bind_while_freeing(bind, taken_by_freed).await {
             Ok(b) => b,
             Err(e) => {
                 // Put back what was closed early (the new sockets closed as `bind` failed).
@@ -305,31 +292,23 @@ impl Running {
         out
     }
 
-    /// Bind and serve again what a refused reload closed early (best effort). Its port may
-    /// still be held for a moment by systemd's stored copy, dropped as the socket closed:
-    /// tried again then, 20 times 50 ms apart at most.
+    /// Bind and serve again what a refused reload closed early (best effort; its port may
+    /// still be systemd's for a moment, `bind_while_freeing`).
     async fn restore(&self, closed: Vec<(ListenKey, Serves)>) {
         let mut bound = Listeners::default();
         for (key, serves) in closed {
-            let mut tries = 0;
-            loop {
-                match listeners::bind_one(key.clone(), serves.clone(), &mut bound) {
-                    Err(BindError::Bind { source, .. })
-                        if source.kind() == std::io::ErrorKind::AddrInUse && tries < 20 =>
-                    {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => {
-                        warn!(listener = %key, error = %e, "could not bind again after a refused reload");
-                        break;
-                    }
-                    Ok(()) => break,
-                }
+            let bind = || listeners::bind_one(key.clone(), serves.clone(), &mut bound);
+            if let Err(e) = shared::listeners::bind_while_freeing(bind, in_use).await {
+                warn!(listener = %key, error = %e, "could not bind again after a refused reload");
             }
         }
         self.serve(bound);
     }
+}
+
+/// A bind that failed on an address in use.
+fn in_use(e: &BindError) -> bool {
+    matches!(e, BindError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// The same lines `main` logs for the sockets bound at start-up.

@@ -218,6 +218,27 @@ impl<K: Eq + Hash + Clone, V> Plan<K, V> {
     }
 }
 
+/// Runs `bind` again while it fails with "address in use" on a port a reload has just closed
+/// (`taken_by_freed`): the socket is also dropped from systemd's descriptor store, but
+/// systemd closes its copy only when it reads that message, so the port may stay taken for a
+/// moment. 20 times, 50 ms apart, at most; any other result at once.
+pub async fn bind_while_freeing<T, E>(
+    mut bind: impl FnMut() -> Result<T, E>,
+    taken_by_freed: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut result = bind();
+    for _ in 0..20 {
+        match &result {
+            Err(e) if taken_by_freed(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                result = bind();
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
 /// Bind every added socket, in order, all or none: the first failure is returned and the
 /// sockets bound before it close as they drop.
 pub fn bind_all<K, V, S, E>(

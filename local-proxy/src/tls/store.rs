@@ -235,6 +235,18 @@ mod tests {
         std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
     }
 
+    /// A store serving certbot's layout under `live`.
+    fn serving(live: &Path) -> CertStore {
+        let store = CertStore::new();
+        store.set_sources(&Tls {
+            certbot_live_dir: Some(live.to_path_buf()),
+            certificates: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(5),
+            acme_live_dir: None,
+        });
+        store
+    }
+
     /// certbot renews by removing each link and making it anew: a poll in between, or a live
     /// directory that cannot be read for a moment, keeps the names' certificate. A live
     /// directory taken away is meant, and its certificates go.
@@ -244,13 +256,7 @@ mod tests {
         let live = tmp.path().join("live");
         write_pair(&live.join("a.test"), "a.test");
         std::fs::write(live.join("README"), "certbot's note").unwrap();
-        let store = CertStore::new();
-        store.set_sources(&Tls {
-            certbot_live_dir: Some(live.clone()),
-            certificates: Vec::new(),
-            reload_interval: std::time::Duration::from_secs(5),
-            acme_live_dir: None,
-        });
+        let store = serving(&live);
         assert!(store.lookup("a.test").is_some());
 
         let chain = live.join("a.test/fullchain.pem");
@@ -287,13 +293,7 @@ mod tests {
         bad[body..body + 8].copy_from_slice(b"!!!!!!!!");
         std::fs::write(&key, &bad).unwrap();
         let mtime = std::fs::metadata(&key).unwrap().modified().unwrap();
-        let store = CertStore::new();
-        store.set_sources(&Tls {
-            certbot_live_dir: Some(live.clone()),
-            certificates: Vec::new(),
-            reload_interval: std::time::Duration::from_secs(5),
-            acme_live_dir: None,
-        });
+        let store = serving(&live);
         assert!(store.lookup("b.test").is_none(), "a broken key loaded");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&key, &good).unwrap();

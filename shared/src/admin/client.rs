@@ -172,6 +172,18 @@ impl CtlSettings {
     }
 }
 
+/// [`run`] with the listener (unless `admin` names another) and the token file from the
+/// config at `path` ([`CtlSettings`]).
+pub fn run_with_config(path: &Path, env_prefix: &str, admin: Option<SocketAddr>, call: Call) -> ExitCode {
+    match CtlSettings::load(path, env_prefix) {
+        Ok(s) => run(admin.or(s.listen), s.token_file.as_deref(), call),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a `ctl` call against the admin listener bound at `listen` (from `--admin` or the
 /// config) and prints the answer; exit status 0 on a 2xx, 1 otherwise with the server's
 /// reason on stderr. Only runtime control (a POST) reads the token file; without one it is
