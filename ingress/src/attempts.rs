@@ -90,6 +90,12 @@ impl Plan {
         self.start_in(free, now, paths, true)
     }
 
+    /// No race this time (nothing to race it with: the descriptors ran short); the attempt
+    /// in flight goes on alone until it ends.
+    pub fn skip_hedge(&mut self) {
+        self.hedge_at = None;
+    }
+
     /// The attempt in `slot` failed: the next attempt, unless the other slot still races
     /// or nothing is left to try.
     pub fn on_failed(&mut self, slot: usize, now: Instant, paths: &mut impl Paths) -> Option<Start> {

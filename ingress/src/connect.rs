@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use shared::descriptors::{Descriptors, Held, Side};
+
 use crate::attempts::{Paths, Plan, PlanConfig, Start};
 use crate::health::Outcome;
 use crate::pool::{Kind, Path, Pool, Suspicion, Tried};
@@ -115,21 +117,26 @@ pub(crate) struct Loser<S> {
     pub index: usize,
     pub started: Instant,
     pub dialing: Dialing<S>,
+    /// The race's third descriptor, held while its socket lasts.
+    pub fd: Option<Held>,
 }
 
-/// Drive `plan`: `dial(index, timeout)` connects to a path; `on` hears every event. Returns
-/// the winning path, its stream and the attempt it beat (if any), or the attempts made and
-/// the last error.
+/// Drive `plan`: `dial(index, timeout)` connects to a path; `spare()` is a descriptor for a
+/// race's second socket (none: no race); `on` hears every event. Returns the winning path,
+/// its stream and the attempt it beat (if any), or the attempts made and the last error.
 pub(crate) async fn drive<S, D>(
     plan: &mut Plan,
     paths: &mut impl Paths,
     mut dial: D,
+    mut spare: impl FnMut() -> Option<Held>,
     mut on: impl FnMut(Event<'_>),
 ) -> Result<Won<S>, (u32, io::Error)>
 where
     D: FnMut(usize, Duration) -> Dialing<S>,
 {
     let mut slots: [Option<Dialing<S>>; 2] = [None, None];
+    // Held while two attempts are in flight, then by the loser.
+    let mut race_fd: Option<Held> = None;
     let mut launch = |s: Start, slots: &mut [Option<Dialing<S>>; 2]| slots[s.slot] = Some(dial(s.index, s.timeout));
     match plan.begin(Instant::now(), paths) {
         Some(s) => launch(s, &mut slots),
@@ -151,11 +158,17 @@ where
         let (slot, result) = match woke {
             Woke::Done(slot, result) => (slot, result),
             Woke::Hedge => {
+                // Descriptors run short (a flood holds them): the slow attempt goes on alone.
+                let Some(fd) = spare() else {
+                    plan.skip_hedge();
+                    continue;
+                };
                 let slow = plan.in_slot(0).or(plan.in_slot(1)).map(|(i, _)| i);
                 if let Some(s) = plan.on_hedge(Instant::now(), paths) {
                     if let Some(slow) = slow {
                         on(Event::Hedged { slow });
                     }
+                    race_fd = Some(fd);
                     launch(s, &mut slots);
                 }
                 continue;
@@ -170,7 +183,7 @@ where
                 let loser = match (plan.on_connected(slot), other, slots[1 - slot].take()) {
                     (Some(lost), Some((_, started)), Some(dialing)) => {
                         on(Event::Lost { index: lost });
-                        Some(Loser { index: lost, started, dialing })
+                        Some(Loser { index: lost, started, dialing, fd: race_fd.take() })
                     }
                     _ => None,
                 };
@@ -178,6 +191,8 @@ where
             }
             Err(error) => {
                 on(Event::Failed { index, error: &error, lasted: started.elapsed() });
+                // Its socket is closed: one attempt in flight at most from here.
+                race_fd = None;
                 if let Some(s) = plan.on_failed(slot, Instant::now(), paths) {
                     launch(s, &mut slots);
                 } else if plan.in_flight() == 0 {
@@ -261,7 +276,13 @@ async fn attempt(addr: std::net::SocketAddr, timeout: Duration, data_first: bool
 
 /// Connect to `port` (as seen on each path) through the pool. `data_first`: bytes wait to go
 /// upstream as soon as it is connected (see `attempt`).
-pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(TcpStream, Arc<Path>), Unavailable> {
+/// A race's second socket takes a descriptor from `descriptors`, or there is no race.
+pub async fn connect(
+    pool: &Arc<Pool>,
+    port: u16,
+    data_first: bool,
+    descriptors: &Arc<Descriptors>,
+) -> Result<(TcpStream, Arc<Path>), Unavailable> {
     let cfg = &pool.cfg;
     let mut plan = Plan::new(PlanConfig {
         max_attempts: cfg.max_attempts,
@@ -335,7 +356,8 @@ pub async fn connect(pool: &Arc<Pool>, port: u16, data_first: bool) -> Result<(T
             }
         }
     };
-    let won = drive(&mut plan, &mut PoolPaths(pool), dial, &mut on).await;
+    let spare = || descriptors.take(Side::Streams, 1);
+    let won = drive(&mut plan, &mut PoolPaths(pool), dial, spare, &mut on).await;
     match won {
         Ok(Won { index, stream, loser }) => {
             if let Some(loser) = loser {
@@ -363,7 +385,8 @@ const SYN_RTO: Duration = Duration::from_secs(1);
 /// The suspicion it raised by being slow, if any, lasts until then.
 fn judge_loser(pool: Arc<Pool>, loser: Loser<TcpStream>, suspicion: Option<Suspicion>) {
     tokio::spawn(async move {
-        let Loser { index, started, dialing } = loser;
+        // `_fd` until its socket is closed, with the task.
+        let Loser { index, started, dialing, fd: _fd } = loser;
         let result = dialing.await;
         let lasted = started.elapsed();
         let Some(p) = pool.paths.get(index) else { return };
@@ -451,7 +474,7 @@ mod tests {
         cfg.paths[1].target = crate::config::Target::Ip("127.0.0.2".parse().unwrap());
         let p = Arc::new(Pool::new(cfg, None));
         for _ in 0..4 {
-            let e = connect(&p, port, false).await.err().expect("nothing listens");
+            let e = connect(&p, port, false, &Descriptors::new(100, 0)).await.err().expect("nothing listens");
             assert_eq!(e.cause(), Cause::Refused);
         }
         assert!(p.paths.iter().all(|path| path.is_up()), "a refused connect took a path down");
@@ -499,9 +522,20 @@ mod tests {
         latencies: Vec<Option<Duration>>,
         max: u32,
     ) -> (Result<usize, io::ErrorKind>, Vec<String>, Duration) {
+        run_with(peers, latencies, max, &Descriptors::new(100, 0)).await
+    }
+
+    /// As `run`, a race's descriptor taken from `fds`.
+    async fn run_with(
+        peers: Vec<Peer>,
+        latencies: Vec<Option<Duration>>,
+        max: u32,
+        fds: &Arc<Descriptors>,
+    ) -> (Result<usize, io::ErrorKind>, Vec<String>, Duration) {
         let t0 = Instant::now();
         let mut log = Vec::new();
-        let r = drive(&mut plan(max), &mut Fixed(latencies), dialer(peers), |ev| {
+        let spare = || fds.take(Side::Streams, 1);
+        let r = drive(&mut plan(max), &mut Fixed(latencies), dialer(peers), spare, |ev| {
             log.push(format!("{:?}@{}", ev_name(&ev), t0.elapsed().as_millis()))
         })
         .await;
@@ -526,6 +560,21 @@ mod tests {
         assert_eq!(took, 50 * MS, "the client paid the hedge delay and wan2's connect, no timeout");
     }
 
+    /// A race's socket is a third descriptor: with none to spare (a flood holds the pool)
+    /// the slow attempt goes on alone to its timeout, then the next path is tried.
+    #[tokio::test(start_paused = true)]
+    async fn no_race_without_a_descriptor_to_spare() {
+        let fds = Descriptors::new(100, 0);
+        let flood = fds.take(Side::Streams, 100).expect("the whole pool");
+        let (r, log, took) =
+            run_with(vec![Peer::Silent, Peer::Answers(10 * MS)], vec![Some(10 * MS); 2], 3, &fds).await;
+        assert_eq!(r, Ok(1));
+        assert_eq!(log, ["\"failed0\"@300", "\"connected1\"@310"]);
+        assert_eq!(took, 310 * MS);
+        drop(flood);
+        assert_eq!(fds.used(), (0, 0), "nothing held after");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_original_may_still_win_the_race() {
         // wan1 answers at 60 ms (slow, alive); wan2 raced at 40 ms takes 100 ms.
@@ -539,16 +588,22 @@ mod tests {
         // wan1 answers at 60 ms but is raced at 40 ms; wan2 answers 5 ms later and wins.
         let t0 = Instant::now();
         let peers = vec![Peer::Answers(60 * MS), Peer::Answers(5 * MS)];
-        let won = match drive(&mut plan(3), &mut Fixed(vec![Some(10 * MS); 2]), dialer(peers), |_| {}).await {
+        let fds = Descriptors::new(100, 0);
+        let spare = || fds.take(Side::Streams, 1);
+        let won = match drive(&mut plan(3), &mut Fixed(vec![Some(10 * MS); 2]), dialer(peers), spare, |_| {}).await {
             Ok(w) => w,
             Err((_, e)) => panic!("no path won: {e}"),
         };
         assert_eq!(won.index, 1);
         let loser = won.loser.expect("the slow attempt is handed back");
         assert_eq!((loser.index, loser.started), (0, t0));
+        assert_eq!(fds.used(), (1, 0), "the loser's socket holds the race's descriptor");
         // Finished, it connects: wan1 was slow, not lossy.
-        let (i, at) = loser.dialing.await.expect("the slow attempt connects");
+        let Loser { dialing, fd, .. } = loser;
+        let (i, at) = dialing.await.expect("the slow attempt connects");
         assert_eq!((i, at - t0), (0, 60 * MS));
+        drop(fd);
+        assert_eq!(fds.used(), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

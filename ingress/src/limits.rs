@@ -1,27 +1,37 @@
-//! The descriptor budget. At start the open-files limit is raised to its hard maximum; the
-//! connection, UDP flow and pipe limits are then derived from it with room for listeners,
-//! probes and the admin endpoint, so a flood meets "refused" at once instead of EMFILE —
-//! and the ingress's own exhaustion never looks like a dead WAN. A config asking for more
-//! than fits is clamped with a warning, not refused (the same file must run on a
-//! 1,024-descriptor laptop and a 65,536-descriptor VPS): UDP flows keep their caps up to
-//! half the descriptors, pipes get up to a tenth, connections the rest.
+//! The descriptor budget. At start the open-files limit is raised to its hard maximum; what
+//! is left after room for listeners, probes and the admin endpoint becomes one pool
+//! (`shared::descriptors`) that TCP connections, raced connects, splice pipes and UDP flows
+//! all draw from as they open, so a flood meets "refused" at once instead of EMFILE — and
+//! the ingress's own exhaustion never looks like a dead WAN. Either kind may take what the
+//! other leaves idle, except a floor kept for UDP flows (a sixteenth of the pool, or what
+//! the services ask if less): a TCP flood leaves them that, and UDP flows never take more
+//! than half. A config asking for more than fits is clamped with a warning, not refused (the
+//! same file must run on a 1,024-descriptor laptop and a 65,536-descriptor VPS).
 
 use crate::config::{Config, Protocol};
 
 /// Descriptors kept for the process itself: stdio, the runtime's epoll and wakers, the
 /// admin listener and a few of its clients, signal handling, log files.
 const RESERVE: u64 = 64;
-/// A client connection holds two sockets; a hedged connect briefly a third.
-const FDS_PER_CONNECTION: f64 = 2.2;
+/// A client connection holds two sockets (a connect raced on a second path takes its third
+/// from the pool while it lasts, or is not raced).
+pub const FDS_PER_CONNECTION: u32 = 2;
 /// Pipes alive at once are wanted for this many moving connections at most (each pipe is
-/// two descriptors; beyond the budget the relay copies through user space).
+/// two descriptors, taken from the pool when made; beyond the cap or a full pool the relay
+/// copies through user space).
 const PIPES_WANTED_MAX: u64 = 1024;
+/// UDP flows' floor: this part of the pool, at most.
+const FLOW_FLOOR_DIVISOR: u64 = 16;
 
 /// What the budget allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
     /// The soft open-files limit in force.
     pub open_files: u64,
+    /// Descriptors in the shared pool.
+    pub pool: u32,
+    /// Of those, kept for UDP flows whatever TCP takes.
+    pub flow_floor: u32,
     pub max_connections: u32,
     /// Every UDP service's `max_flows` is multiplied by this (1 unless clamped).
     pub flow_scale: f64,
@@ -47,19 +57,24 @@ impl Budget {
         // A probe and a background verification may be in flight per path.
         let paths: u64 = config.pools.values().map(|p| p.paths.len() as u64 + u64::from(p.mesh.is_some())).sum();
         let reserve = RESERVE + listeners + 2 * paths;
-        let avail = open_files.saturating_sub(reserve);
+        let avail = open_files.saturating_sub(reserve).min(u64::from(u32::MAX));
 
-        // UDP flows first, up to half of what is left (a flow is one descriptor and a relay
-        // range asks for few thousand); pipes up to a tenth; connections get the rest.
+        // UDP flows may take up to half of the pool (a flow is one descriptor and a relay
+        // range asks for a few thousand), and keep a floor of it.
         let want_flows: u64 =
             config.services.iter().filter(|s| s.protocol == Protocol::Udp).map(|s| s.max_flows as u64).sum();
         let flows = want_flows.min(avail / 2);
+        let flow_floor = flows.min(avail / FLOW_FLOOR_DIVISOR);
+        // Connections: all the pool but the flows' floor. Pipes and raced connects take
+        // theirs from the same pool as they come, so the count is an upper bound.
         let want_conns = u64::from(config.max_connections);
         let pipes = want_conns.min(PIPES_WANTED_MAX).min(avail / 10);
-        let room = avail.saturating_sub(flows + 2 * pipes) as f64 / FDS_PER_CONNECTION;
-        let max_connections = (want_conns as f64).min(room) as u32;
+        let room = avail.saturating_sub(flow_floor) / u64::from(FDS_PER_CONNECTION);
+        let max_connections = want_conns.min(room) as u32;
         Self {
             open_files,
+            pool: avail as u32,
+            flow_floor: flow_floor as u32,
             max_connections: max_connections.max(1),
             flow_scale: if want_flows == 0 { 1.0 } else { flows as f64 / want_flows as f64 },
             max_flows: (flows as usize).max(1),
@@ -81,21 +96,26 @@ impl Budget {
                 max_connections = self.max_connections,
                 asked = config.max_connections,
                 max_flows = self.max_flows,
+                flow_floor = self.flow_floor,
                 pipes = self.pipes,
-                "the open-files limit cannot hold the configured limits: all scaled down to fit \
-                 (raise LimitNOFILE / ulimit -n, or lower limits.max_connections and max_flows)"
+                "the open-files limit cannot hold the configured limits: scaled down to fit, \
+                 connections and flows share what is left (raise LimitNOFILE / ulimit -n, or \
+                 lower limits.max_connections and max_flows)"
             );
         } else {
             tracing::info!(
                 open_files = self.open_files,
                 max_connections = self.max_connections,
                 max_flows = self.max_flows,
+                flow_floor = self.flow_floor,
                 pipes = self.pipes,
                 "descriptor budget"
             );
         }
         for (kind, v) in [
             ("open_files", self.open_files as f64),
+            ("descriptors", f64::from(self.pool)),
+            ("flow_floor", f64::from(self.flow_floor)),
             ("connections", f64::from(self.max_connections)),
             ("flows", self.max_flows as f64),
             ("pipes", self.pipes as f64),
@@ -132,15 +152,31 @@ mod tests {
         );
         let b = Budget::plan(20_000, &c, 1);
         assert!(b.clamped);
-        // Everything it may open fits in what is left after the reserve.
-        let used = f64::from(b.max_connections) * FDS_PER_CONNECTION + b.max_flows as f64 + 2.0 * b.pipes as f64;
-        assert!(used <= 20_000.0 - 64.0 - 42.0 - 4.0, "{b:?} uses {used}");
+        // The pool is what is left after the reserve: the process, 42 listeners, 2 paths.
+        assert_eq!(b.pool, 20_000 - 64 - 42 - 4);
         assert_eq!(b.max_flows, 4096, "the relay range keeps its flows");
-        assert!(b.max_connections > 6_000 && b.max_connections < 8_000, "{b:?}");
+        assert_eq!(b.flow_floor, b.pool / 16);
+        // Connections may take all but the flows' floor: two descriptors each.
+        assert_eq!(b.max_connections, (b.pool - b.flow_floor) / FDS_PER_CONNECTION);
         assert_eq!(b.service_flows(4096), b.max_flows);
         // Nothing at all left: still at least one of each, never zero.
         let b = Budget::plan(10, &c, 1);
         assert_eq!((b.max_connections, b.max_flows), (1, 1));
+    }
+
+    /// Flows asking for little keep all of it as their floor; without UDP services, TCP has
+    /// the whole pool.
+    #[test]
+    fn the_flow_floor_is_what_udp_asks_up_to_a_sixteenth() {
+        let small = config(
+            "[[service]]\nname = \"wg\"\nlisten = [\"0.0.0.0:51820\"]\nprotocol = \"udp\"\npool = \"p\"\nmax_flows = 100\n",
+        );
+        let b = Budget::plan(20_000, &small, 1);
+        assert_eq!((b.flow_floor, b.max_flows), (100, 100));
+        assert_eq!(b.max_connections, (b.pool - 100) / 2);
+        let b = Budget::plan(20_000, &config(""), 1);
+        assert_eq!(b.flow_floor, 0);
+        assert_eq!(b.max_connections, b.pool / 2);
     }
 
     /// The process's flow budget holds every service's share, scaled down or not: a flood
@@ -167,12 +203,9 @@ mod tests {
             "[[service]]\nname = \"u\"\nlisten = [\"0.0.0.0:51820-51823\"]\nprotocol = \"udp\"\npool = \"p\"\nudp_reuseport = true\n",
         );
         let (one, four) = (Budget::plan(10_000, &c, 1), Budget::plan(10_000, &c, 4));
-        let room =
-            |b: &Budget| f64::from(b.max_connections) * FDS_PER_CONNECTION + b.max_flows as f64 + 2.0 * b.pipes as f64;
-        // 4 ports x 3 more sockets each: 12 descriptors fewer for the rest (less what the
-        // whole connections and pipes it is rounded down to leave over).
+        // 4 ports x 3 more sockets each: 12 descriptors fewer for the rest.
+        assert_eq!(one.pool - four.pool, 12, "{one:?} against {four:?}");
         assert!(four.max_connections < one.max_connections, "{one:?} against {four:?}");
-        assert!(room(&one) - room(&four) >= 10.0, "{one:?} against {four:?}");
         let plain =
             config("[[service]]\nname = \"u\"\nlisten = [\"0.0.0.0:51820-51823\"]\nprotocol = \"udp\"\npool = \"p\"\n");
         assert_eq!(Budget::plan(10_000, &plain, 1), Budget::plan(10_000, &plain, 4), "one socket a port without it");

@@ -56,7 +56,8 @@ pub const PATH_STATE_SECONDS: &str = "ingress_path_state_seconds_total";
 /// udp_socket, pipe: a relay copied through user space instead of splicing); never counted
 /// as a path failure.
 pub const LOCAL_RESOURCE_ERRORS: &str = "ingress_local_resource_errors_total";
-/// The descriptor budget (label `kind`: open_files, connections, flows, pipes).
+/// The descriptor budget (label `kind`: open_files, descriptors (the shared pool),
+/// flow_floor (kept for UDP flows), connections, flows, pipes).
 pub const LIMITS: &str = "ingress_limit";
 pub const MESH_FAILOVERS: &str = "ingress_mesh_failovers_total";
 pub const POOL_ON_MESH: &str = "ingress_pool_on_mesh";

@@ -293,7 +293,7 @@ enum Piped {
     /// `from` is drained; `big`: the burst began with at least a small-message buffer's
     /// worth, so the next one likely goes through a pipe too.
     Drained { big: bool },
-    /// No pipe to be had (the descriptor budget's share, or the process's limit): the
+    /// No pipe to be had (the pipe cap, a full descriptor pool, or the process's limit): the
     /// data goes through user space instead of failing the connection.
     NoPipe,
 }

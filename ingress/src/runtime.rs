@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter, Gauge};
+use shared::descriptors::Descriptors;
 use shared::udp_flows::FlowBudget;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -148,8 +149,10 @@ impl Runtime {
 pub struct Shared {
     pub(crate) runtime: ArcSwap<Runtime>,
     pub(crate) global_limit: Arc<Semaphore>,
-    /// UDP flows across every service: the descriptor budget's share for them.
+    /// UDP flows across every service (each also takes a descriptor from `descriptors`).
     pub(crate) flows: Arc<FlowBudget>,
+    /// The descriptor pool connections, raced connects, pipes and flows draw from.
+    pub(crate) descriptors: Arc<Descriptors>,
     /// The open-files limit found (and raised) at start; reloads plan within it.
     pub(crate) open_files: u64,
     pub(crate) m_open: Gauge,

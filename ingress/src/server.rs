@@ -18,6 +18,7 @@ use crate::config::{Config, Protocol};
 use crate::limits::Budget;
 use crate::metrics as m;
 pub use crate::runtime::{Runtime, Service, Shared};
+use shared::descriptors::Descriptors;
 use shared::listeners::{bind_all, Plan};
 use shared::udp_flows::FlowBudget;
 
@@ -65,13 +66,15 @@ impl Server {
         let open_files = shared::open_files::raise();
         let budget = Budget::plan(open_files, &config, workers.threads());
         budget.log(&config);
+        let descriptors = Descriptors::new(budget.pool, budget.flow_floor);
         #[cfg(target_os = "linux")]
-        crate::splice::set_pipe_limit(budget.pipes);
+        crate::splice::set_pipe_limit(budget.pipes, &descriptors);
         let global = Semaphore::new(budget.max_connections as usize);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &budget, None)),
             global_limit: Arc::new(global),
-            flows: FlowBudget::new(budget.max_flows),
+            flows: FlowBudget::drawing_on(budget.max_flows, descriptors.clone()),
+            descriptors,
             open_files,
             conns: tokio_util::task::TaskTracker::new(),
             started_ms: crate::control::now_ms(),
@@ -132,8 +135,9 @@ impl Server {
             budget.max_connections as usize,
         );
         self.shared.flows.set_cap(budget.max_flows);
+        self.shared.descriptors.set_limits(budget.pool, budget.flow_floor);
         #[cfg(target_os = "linux")]
-        crate::splice::set_pipe_limit(budget.pipes);
+        crate::splice::set_pipe_limit(budget.pipes, &self.shared.descriptors);
         let rt = Runtime::build(config, &budget, Some(&old));
         self.shared.runtime.store(Arc::new(rt));
         self.sync_listeners(prebound);

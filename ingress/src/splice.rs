@@ -6,16 +6,23 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// Pipes alive (in use or pooled) and how many may be: the descriptor budget's share for
-/// pipes. Beyond it `take` fails with EMFILE and the relay copies through user space.
+use arc_swap::ArcSwapOption;
+use shared::descriptors::{Descriptors, Held, Side};
+
+/// Pipes alive (in use or pooled) and how many may be. Beyond it, or when the descriptor
+/// pool has no two descriptors to give, `take` fails with EMFILE and the relay copies
+/// through user space.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The pool pipes take their descriptors from (its stream side), once a server set it.
+static DESCRIPTORS: ArcSwapOption<Descriptors> = ArcSwapOption::const_empty();
 
-/// Set the most pipes alive at once (each costs two descriptors).
-pub fn set_pipe_limit(n: usize) {
+/// Set the most pipes alive at once, and the pool each one's two descriptors come from.
+pub fn set_pipe_limit(n: usize, descriptors: &Arc<Descriptors>) {
     LIMIT.store(n, Ordering::Relaxed);
+    DESCRIPTORS.store(Some(descriptors.clone()));
 }
 
 /// Bytes moved per `splice` call at most; the pipe holds 64 KiB by default.
@@ -25,20 +32,32 @@ pub const CHUNK: usize = 1 << 16;
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    _fds: Option<Held>,
 }
 
 impl Pipe {
     fn new() -> io::Result<Self> {
+        let full = || io::Error::from_raw_os_error(libc::EMFILE);
         if LIVE.fetch_add(1, Ordering::Relaxed) >= LIMIT.load(Ordering::Relaxed) {
             LIVE.fetch_sub(1, Ordering::Relaxed);
-            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            return Err(full());
         }
-        Self::open().inspect_err(|_| {
+        let fds = match DESCRIPTORS.load().as_ref() {
+            Some(pool) => match pool.take(Side::Streams, 2) {
+                Some(fds) => Some(fds),
+                None => {
+                    LIVE.fetch_sub(1, Ordering::Relaxed);
+                    return Err(full());
+                }
+            },
+            None => None,
+        };
+        Self::open(fds).inspect_err(|_| {
             LIVE.fetch_sub(1, Ordering::Relaxed);
         })
     }
 
-    fn open() -> io::Result<Self> {
+    fn open(fds_held: Option<Held>) -> io::Result<Self> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -47,7 +66,7 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Self { read, write })
+        Ok(Self { read, write, _fds: fds_held })
     }
 }
 

@@ -10,11 +10,13 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use shared::descriptors::{Descriptors, Side};
 use shared::peek;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
+use crate::limits::FDS_PER_CONNECTION;
 use crate::pool::{ActiveGuard, Kind, Pool};
 use crate::relay::{relay, End};
 use crate::runtime::{Service, Shared};
@@ -47,9 +49,15 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         let service = slot.load_full();
         let global = shared.global_limit.clone().try_acquire_owned();
         let local = service.limit.as_ref().map(|l| l.clone().try_acquire_owned());
-        let permits = match (global, local) {
-            (Ok(g), None) => (g, None),
-            (Ok(g), Some(Ok(l))) => (g, Some(l)),
+        let slots = match (global, local) {
+            (Ok(g), None) => Some((g, None)),
+            (Ok(g), Some(Ok(l))) => Some((g, Some(l))),
+            _ => None,
+        };
+        // Its two sockets, from the pool UDP flows share (their floor kept).
+        let fds = slots.as_ref().and_then(|_| shared.descriptors.take(Side::Streams, FDS_PER_CONNECTION));
+        let permits = match (slots, fds) {
+            (Some((g, l)), Some(fds)) => (g, l, fds),
             _ => {
                 // Refuse cleanly: close at once rather than let the client hang.
                 service.m_refused.increment(1);
@@ -61,12 +69,13 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         service.m_accepted.increment(1);
         let conn = shared.conn_guard();
         let span = tracing::debug_span!("conn", service = %service.cfg.name, client = %peer);
+        let descriptors = shared.descriptors.clone();
         shared.workers.spawn_conn(stream, &shared.conns, move |stream| {
             async move {
                 let _permits = permits;
                 let _conn = conn;
                 service.m_active.increment(1.0);
-                handle(stream, peer, bound, &service).await;
+                handle(stream, peer, bound, &service, &descriptors).await;
                 service.m_active.decrement(1.0);
             }
             .instrument(span)
@@ -74,7 +83,13 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
     }
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, service: &Service) {
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    bound: SocketAddr,
+    service: &Service,
+    descriptors: &Arc<Descriptors>,
+) {
     let _ = client.set_nodelay(true);
     let port = service.cfg.upstream_port.unwrap_or(bound.port());
     // Bytes read from the client before connecting upstream (the ClientHello or request
@@ -98,7 +113,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     // Bytes to send the moment the upstream is connected: the peeked name's or the client's
     // waiting ones, or a PROXY header.
     let data_first = !first.is_empty() || service.cfg.proxy_protocol;
-    let (mut upstream, path) = match crate::connect::connect(pool, port, data_first).await {
+    let (mut upstream, path) = match crate::connect::connect(pool, port, data_first, descriptors).await {
         Ok(c) => c,
         Err(e) => {
             service.m_unavailable.increment(1);

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config_check;
 pub mod conn_limit;
 pub mod damping;
+pub mod descriptors;
 pub mod dns;
 pub mod health;
 pub mod idle;

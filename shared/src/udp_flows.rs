@@ -33,6 +33,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::task::JoinHandle;
 
+use crate::descriptors::{Descriptors, Held, Side};
+
 /// What a table needs to know of a flow.
 pub trait FlowEntry {
     /// Milliseconds (caller's epoch) of the last datagram either way.
@@ -63,6 +65,8 @@ pub struct FlowBudget {
     born: std::time::Instant,
     /// Flows per source ([`source_of`]) across the service's tables.
     sources: Mutex<HashMap<IpAddr, u32>>,
+    /// The descriptors a flow's socket is counted in besides this budget, if any.
+    descriptors: Option<Arc<Descriptors>>,
 }
 
 /// The smallest budget whose sources are held to a share ([`FlowBudget::share`]).
@@ -74,6 +78,16 @@ pub const WANT_MS: u64 = 5_000;
 
 impl FlowBudget {
     pub fn new(cap: usize) -> Arc<Self> {
+        Self::build(cap, None)
+    }
+
+    /// A budget whose every flow also takes a descriptor from `pool` (its flow side): full
+    /// when either is.
+    pub fn drawing_on(cap: usize, pool: Arc<Descriptors>) -> Arc<Self> {
+        Self::build(cap, Some(pool))
+    }
+
+    fn build(cap: usize, descriptors: Option<Arc<Descriptors>>) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             cap: AtomicUsize::new(cap),
@@ -81,6 +95,7 @@ impl FlowBudget {
             given: AtomicBool::new(false),
             born: std::time::Instant::now(),
             sources: Mutex::new(HashMap::new()),
+            descriptors,
         })
     }
 
@@ -160,7 +175,17 @@ impl FlowBudget {
     fn try_acquire(self: &Arc<Self>) -> Option<FlowPermit> {
         let cap = self.cap();
         self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
-        Some(FlowPermit(self.clone()))
+        let fd = match &self.descriptors {
+            Some(pool) => match pool.take(Side::Flows, 1) {
+                Some(fd) => Some(fd),
+                None => {
+                    self.used.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(FlowPermit { budget: self.clone(), _fd: fd })
     }
 }
 
@@ -192,13 +217,17 @@ impl Drop for SourceShare {
     }
 }
 
-/// One slot of a [`FlowBudget`], given back on drop.
+/// One slot of a [`FlowBudget`] (and its descriptor, if it draws on a pool), given back on
+/// drop.
 #[derive(Debug)]
-pub struct FlowPermit(Arc<FlowBudget>);
+pub struct FlowPermit {
+    budget: Arc<FlowBudget>,
+    _fd: Option<Held>,
+}
 
 impl Drop for FlowPermit {
     fn drop(&mut self) {
-        self.0.used.fetch_sub(1, Ordering::AcqRel);
+        self.budget.used.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
