@@ -28,6 +28,8 @@ pub struct Service {
     pub limit: Option<Arc<Semaphore>>,
     /// UDP flows of this service across all its ports (kept across reloads by name).
     pub flows: Arc<FlowBudget>,
+    /// The process's descriptor pool (`Shared::descriptors`), for a raced connect's socket.
+    pub descriptors: Arc<Descriptors>,
     pub m_accepted: Counter,
     pub m_refused: Counter,
     pub m_active: Gauge,
@@ -52,7 +54,12 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn build(config: Config, budget: &Budget, previous: Option<&Runtime>) -> Self {
+    pub(crate) fn build(
+        config: Config,
+        budget: &Budget,
+        descriptors: &Arc<Descriptors>,
+        previous: Option<&Runtime>,
+    ) -> Self {
         let mut pools = BTreeMap::new();
         let mut health_tasks = Vec::new();
         let lookups = Self::lookups(&config);
@@ -112,6 +119,7 @@ impl Runtime {
                     router,
                     limit,
                     flows,
+                    descriptors: descriptors.clone(),
                     m_accepted: counter!(m::LISTENER_ACCEPTED, &l),
                     m_refused: counter!(m::LISTENER_REFUSED, &l),
                     m_active: gauge!(m::SERVICE_ACTIVE, &l),

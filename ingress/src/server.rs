@@ -71,7 +71,7 @@ impl Server {
         crate::splice::set_pipe_limit(budget.pipes, &descriptors);
         let global = Semaphore::new(budget.max_connections as usize);
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &budget, None)),
+            runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &budget, &descriptors, None)),
             global_limit: Arc::new(global),
             flows: FlowBudget::drawing_on(budget.max_flows, descriptors.clone()),
             descriptors,
@@ -138,7 +138,7 @@ impl Server {
         self.shared.descriptors.set_limits(budget.pool, budget.flow_floor);
         #[cfg(target_os = "linux")]
         crate::splice::set_pipe_limit(budget.pipes, &self.shared.descriptors);
-        let rt = Runtime::build(config, &budget, Some(&old));
+        let rt = Runtime::build(config, &budget, &self.shared.descriptors, Some(&old));
         self.shared.runtime.store(Arc::new(rt));
         self.sync_listeners(prebound);
         match new_admin {

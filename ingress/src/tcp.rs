@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use shared::descriptors::{Descriptors, Side};
+use shared::descriptors::Side;
 use shared::peek;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,13 +69,12 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         service.m_accepted.increment(1);
         let conn = shared.conn_guard();
         let span = tracing::debug_span!("conn", service = %service.cfg.name, client = %peer);
-        let descriptors = shared.descriptors.clone();
         shared.workers.spawn_conn(stream, &shared.conns, move |stream| {
             async move {
                 let _permits = permits;
                 let _conn = conn;
                 service.m_active.increment(1.0);
-                handle(stream, peer, bound, &service, &descriptors).await;
+                handle(stream, peer, bound, &service).await;
                 service.m_active.decrement(1.0);
             }
             .instrument(span)
@@ -83,13 +82,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
     }
 }
 
-async fn handle(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    bound: SocketAddr,
-    service: &Service,
-    descriptors: &Arc<Descriptors>,
-) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, service: &Service) {
     let _ = client.set_nodelay(true);
     let port = service.cfg.upstream_port.unwrap_or(bound.port());
     // Bytes read from the client before connecting upstream (the ClientHello or request
@@ -113,7 +106,7 @@ async fn handle(
     // Bytes to send the moment the upstream is connected: the peeked name's or the client's
     // waiting ones, or a PROXY header.
     let data_first = !first.is_empty() || service.cfg.proxy_protocol;
-    let (mut upstream, path) = match crate::connect::connect(pool, port, data_first, descriptors).await {
+    let (mut upstream, path) = match crate::connect::connect(pool, port, data_first, &service.descriptors).await {
         Ok(c) => c,
         Err(e) => {
             service.m_unavailable.increment(1);
