@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 # caddy and h2load (nghttp2-client): bench/tls's third TLS terminator and its client.
+# systemd-socket-activate: passes a listening socket as a socket unit would (ingress tests).
 for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy iperf3:iperf3 wrk:wrk \
-  caddy:caddy h2load:nghttp2-client; do
+  caddy:caddy h2load:nghttp2-client systemd-socket-activate:systemd; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

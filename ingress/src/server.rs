@@ -183,6 +183,12 @@ impl Server {
                 .into_iter()
                 .filter(|k| k.0 == Protocol::Tcp && map.get(k).is_some_and(|e| takes(e.addr.port())))
                 .collect();
+            // Closing a socket unit's listener would not free its port: refused before
+            // anything is closed.
+            let unit_held = clashing.iter().filter_map(|k| map.get(k)).map(|e| e.addr);
+            if let Some(held) = unit_held.into_iter().find(|a| shared::inherit::tcp_held_by_socket_unit(*a)) {
+                return Err(held_by_unit(held, &wanted, config.admin.filter(|_| admin_moves)));
+            }
             (clashing, admin_moves && old_admin.is_some_and(|a| takes(a.port())))
         };
         let paused = self.pause_listeners(&clashing).await;
@@ -471,6 +477,32 @@ pub struct ReloadError {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub source: std::io::Error,
+}
+
+/// The refusal of a reload whose new TCP listener (in `wanted`, or the admin listener moving
+/// to `admin`) would take the port of `held`, a listener a systemd socket unit passed.
+fn held_by_unit(
+    held: SocketAddr,
+    wanted: &HashMap<ListenerKey, (String, SocketAddr, usize)>,
+    admin: Option<SocketAddr>,
+) -> ReloadError {
+    let taker = wanted
+        .iter()
+        .filter(|(k, (_, addr, _))| k.0 == Protocol::Tcp && addr.port() == held.port() && *addr != held)
+        .map(|(_, (service, addr, _))| (service.clone(), *addr))
+        .next()
+        .or_else(|| admin.map(|a| ("admin".to_string(), a)))
+        .unwrap_or_else(|| (String::new(), held));
+    let why = format!(
+        "its port is held by {held}, which a systemd socket unit passed and keeps open: \
+         change the .socket unit's ListenStream= and restart"
+    );
+    ReloadError {
+        service: taker.0,
+        addr: taker.1,
+        protocol: Protocol::Tcp,
+        source: std::io::Error::new(std::io::ErrorKind::AddrInUse, why),
+    }
 }
 
 /// Every listener a config asks for, keyed as the running set keys them, with its service and

@@ -114,6 +114,16 @@ pub enum Serves {
     Udp(String),
 }
 
+impl Serves {
+    /// How errors name the socket: its stream, or its side and role.
+    pub fn what(&self, origin: Origin) -> String {
+        match self {
+            Serves::Tcp(Role::Stream(name)) | Serves::Udp(name) => format!("stream {name}"),
+            Serves::Tcp(other) => label(origin, other).to_string(),
+        }
+    }
+}
+
 /// A bound TCP listener and what it is for.
 #[derive(Debug)]
 pub struct TcpBound {
@@ -233,12 +243,9 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
     // The mesh address may not be up yet when yggdrasil restarts; freebind lets us bind it anyway.
     let freebind = key.origin == Origin::Mesh;
     let (origin, addr) = (key.origin, key.addr);
+    let what = serves.what(origin);
     match serves {
         Serves::Tcp(role) => {
-            let what = match &role {
-                Role::Stream(name) => format!("stream {name}"),
-                other => label(origin, other).to_string(),
-            };
             let listener = match shared::inherit::take_tcp(&key.fd_name(), key.addr) {
                 Some(kept) => shared::listeners::adopt_tcp(kept),
                 None => tcp(addr, freebind),
@@ -251,7 +258,7 @@ pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(
                 Some(kept) => shared::listeners::adopt_udp(kept),
                 None => udp(addr, freebind),
             }
-            .map_err(|source| BindError::Bind { what: format!("stream {stream}"), addr, source })?;
+            .map_err(|source| BindError::Bind { what, addr, source })?;
             out.udp.push(UdpBound { key, origin, stream, socket });
         }
     }

@@ -202,6 +202,11 @@ impl Running {
         };
         let (clashing, later): (Vec<ListenKey>, Vec<ListenKey>) =
             removed.into_iter().partition(|r| takes_port(r.protocol, r.addr.port()));
+        // Closing a socket unit's socket would not free its port: refused before anything is
+        // closed.
+        if let Some(held) = clashing.iter().find(|k| held_by_socket_unit(k)) {
+            return Err(port_held_by_unit(held, &added, admin.filter(|_| admin != old_admin)));
+        }
         let closed_early = self.stop(&clashing).await;
         let admin_closed_early = match old_admin {
             Some(old) if admin != old_admin && takes_port(Protocol::Tcp, old.port()) => self.stop_admin().await,
@@ -323,4 +328,31 @@ pub(crate) fn log_bound(bound: &Listeners) {
             info!(listener = "udp", stream = %b.stream, origin = %b.origin, %addr, "listening");
         }
     }
+}
+
+/// Whether the socket of `key` came from a systemd socket unit (`shared::inherit`).
+fn held_by_socket_unit(key: &ListenKey) -> bool {
+    match key.protocol {
+        Protocol::Tcp => shared::inherit::tcp_held_by_socket_unit(key.addr),
+        Protocol::Udp => shared::inherit::udp_held_by_socket_unit(key.addr),
+    }
+}
+
+/// The refusal of a reload whose new socket (in `added`, or the admin listener moving to
+/// `admin`) would take the port of `held`, a socket a systemd socket unit passed.
+fn port_held_by_unit(held: &ListenKey, added: &[(ListenKey, Serves)], admin: Option<SocketAddr>) -> BindError {
+    let port = held.addr.port();
+    let taker = added
+        .iter()
+        .find(|(k, _)| k.protocol == held.protocol && k.addr.port() == port)
+        .map(|(k, serves)| (serves.what(k.origin), k.addr))
+        .or_else(|| {
+            admin.filter(|a| held.protocol == Protocol::Tcp && a.port() == port).map(|a| ("admin".to_string(), a))
+        })
+        .unwrap_or_else(|| (String::new(), held.addr));
+    let why = format!(
+        "its port is held by {}, which a systemd socket unit passed and keeps open: change the .socket unit and restart",
+        held.addr
+    );
+    BindError::Bind { what: taker.0, addr: taker.1, source: std::io::Error::new(std::io::ErrorKind::AddrInUse, why) }
 }

@@ -18,25 +18,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// TCP upstream: answers `<name> peer=<addr>\n`, then echoes lines.
 async fn tcp_upstream(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, peer)) = l.accept().await {
-            tokio::spawn(async move {
-                s.write_all(format!("{name} peer={peer}\n").as_bytes()).await.unwrap();
-                let (r, mut w) = s.split();
-                let mut r = BufReader::new(r);
-                let mut line = String::new();
-                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
-                    if w.write_all(line.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    addr
+    line_echo(Some(name)).await
 }
 
 /// UDP upstream: replies `peer=<addr>` to every datagram.

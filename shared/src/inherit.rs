@@ -6,7 +6,9 @@
 //! and queueing connections, and datagrams, while no process reads them. The next process gets
 //! them back in `LISTEN_FDS`/`LISTEN_FDNAMES` ([`adopt_from_env`]) and serves each instead of
 //! binding anew ([`take_tcp`], [`take_udp`]). Sockets from a `.socket` unit arrive the same way
-//! and are matched by address and transport when their name is not one of ours. What the new
+//! and are matched by address and transport when their name is not one of ours; those are
+//! remembered ([`tcp_held_by_socket_unit`]), since systemd keeps its own copy open and a
+//! reload cannot close one to bind its port anew. What the new
 //! config no longer asks for is closed and dropped from the store ([`release_unclaimed`],
 //! [`forget`]), so the kernel stops queueing for it.
 //!
@@ -70,33 +72,66 @@ pub fn adopt_from_env() -> (usize, usize) {
     counts
 }
 
+/// Addresses of the sockets a socket unit passed (TCP, UDP): systemd keeps its own copy
+/// open, so closing ours does not free the port.
+static UNIT_HELD: Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)> = Mutex::new((Vec::new(), Vec::new()));
+
+fn unit_held() -> MutexGuard<'static, (Vec<SocketAddr>, Vec<SocketAddr>)> {
+    UNIT_HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The inherited TCP listener stored as `name`, else (`addr` with a fixed port only) one bound
 /// to `addr`.
 pub fn take_tcp(name: &str, addr: SocketAddr) -> Option<TcpListener> {
     let mut guard = pool();
     let p = guard.as_mut()?;
-    take(&mut p.tcp, name, addr, |l| l.local_addr().ok())
+    let (listener, from_unit) = take(&mut p.tcp, name, addr, |l| l.local_addr().ok())?;
+    if let (true, Ok(at)) = (from_unit, listener.local_addr()) {
+        unit_held().0.push(at);
+    }
+    Some(listener)
+}
+
+/// Whether the TCP listener served on `addr` came from a socket unit (matched by address, or
+/// passed twice: the unit's copy beside the one we stored). Closing it would not free its
+/// port, so a reload cannot bind another socket there in its place.
+pub fn tcp_held_by_socket_unit(addr: SocketAddr) -> bool {
+    unit_held().0.contains(&addr)
+}
+
+/// [`tcp_held_by_socket_unit`] for the UDP socket on `addr`.
+pub fn udp_held_by_socket_unit(addr: SocketAddr) -> bool {
+    unit_held().1.contains(&addr)
 }
 
 /// The inherited UDP socket for `name` or `addr`, matched as in [`take_tcp`].
 pub fn take_udp(name: &str, addr: SocketAddr) -> Option<UdpSocket> {
     let mut guard = pool();
     let p = guard.as_mut()?;
-    take(&mut p.udp, name, addr, |s| s.local_addr().ok())
+    let (socket, from_unit) = take(&mut p.udp, name, addr, |s| s.local_addr().ok())?;
+    if let (true, Ok(at)) = (from_unit, socket.local_addr()) {
+        unit_held().1.push(at);
+    }
+    Some(socket)
 }
 
+/// The socket for `name` or `addr`, and whether a socket unit passed it: matched by address
+/// (its name is not ours), or by name with another socket on its address still in `list`
+/// (the unit's copy of the socket we stored).
 fn take<S>(
     list: &mut Vec<(String, S)>,
     name: &str,
     addr: SocketAddr,
     local: impl Fn(&S) -> Option<SocketAddr>,
-) -> Option<S> {
+) -> Option<(S, bool)> {
     let by_name = list.iter().position(|(n, _)| n == name);
     let by_addr = || (addr.port() != 0).then(|| list.iter().position(|(_, s)| local(s) == Some(addr))).flatten();
     let i = by_name.or_else(by_addr)?;
     let (_, sock) = list.swap_remove(i);
+    let at = local(&sock);
+    let from_unit = by_name.is_none() || (at.is_some() && list.iter().any(|(_, s)| local(s) == at));
     info!(fd_name = %name, %addr, "serving the socket kept across the restart");
-    Some(sock)
+    Some((sock, from_unit))
 }
 
 /// Close the inherited sockets nothing claimed, except those whose name `keep` says are still
@@ -168,12 +203,28 @@ mod tests {
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         let mut list = vec![("x".to_string(), a), ("y".to_string(), b)];
         let local = |l: &TcpListener| l.local_addr().ok();
-        // By name, whatever the address.
-        assert_eq!(take(&mut list, "y", a_addr, local).unwrap().local_addr().unwrap(), b_addr);
-        // Unknown name: by address, fixed ports only.
+        // By name, whatever the address: ours.
+        let (l, from_unit) = take(&mut list, "y", a_addr, local).unwrap();
+        assert_eq!((l.local_addr().unwrap(), from_unit), (b_addr, false));
+        // Unknown name: by address, fixed ports only; a socket unit's.
         let any = SocketAddr::new(a_addr.ip(), 0);
         assert!(take(&mut list, "z", any, local).is_none());
-        assert_eq!(take(&mut list, "z", a_addr, local).unwrap().local_addr().unwrap(), a_addr);
+        let (l, from_unit) = take(&mut list, "z", a_addr, local).unwrap();
+        assert_eq!((l.local_addr().unwrap(), from_unit), (a_addr, true));
         assert!(list.is_empty());
+    }
+
+    /// After a restart a socket unit's socket comes twice: the unit's copy under its name and
+    /// the one we stored under ours. Taken by our name, it is still the unit's.
+    #[test]
+    fn a_stored_socket_beside_a_units_copy_is_the_units() {
+        let ours = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = ours.local_addr().unwrap();
+        let units = ours.try_clone().unwrap();
+        let mut list = vec![("ingress.socket".to_string(), units), ("tcp-x".to_string(), ours)];
+        let local = |l: &TcpListener| l.local_addr().ok();
+        let (l, from_unit) = take(&mut list, "tcp-x", addr, local).unwrap();
+        assert_eq!((l.local_addr().unwrap(), from_unit), (addr, true));
+        assert_eq!(list.len(), 1, "the unit's copy is left for release_unclaimed");
     }
 }

@@ -18,7 +18,7 @@ use local_proxy::listeners::{self, Origin, Role};
 use local_proxy::{config, Handle};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use shared::proxy_protocol::{self, Command, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -531,4 +531,31 @@ certbot_live_dir = "{live}"
         mesh_https,
         wan_http: format!("127.0.0.1:{http}").parse().unwrap(),
     }
+}
+
+/// A TCP upstream that echoes lines; with `name`, it first answers `<name> peer=<addr>\n`.
+pub async fn line_echo(name: Option<&'static str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Some(name) = name {
+                    if s.write_all(format!("{name} peer={peer}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let (r, mut w) = s.split();
+                let mut r = BufReader::new(r);
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if w.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
 }
