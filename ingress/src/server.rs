@@ -187,7 +187,12 @@ impl Server {
             // anything is closed.
             let unit_held = clashing.iter().filter_map(|k| map.get(k)).map(|e| e.addr);
             if let Some(held) = unit_held.into_iter().find(|a| shared::inherit::tcp_held_by_socket_unit(*a)) {
-                return Err(held_by_unit(held, &wanted, config.admin.filter(|_| admin_moves)));
+                let added = plan
+                    .added
+                    .iter()
+                    .filter(|(k, _)| k.0 == Protocol::Tcp)
+                    .filter_map(|(k, _)| wanted.get(k).map(|(service, addr, _)| (service, *addr)));
+                return Err(held_by_unit(held, added, config.admin.filter(|_| admin_moves)));
             }
             (clashing, admin_moves && old_admin.is_some_and(|a| takes(a.port())))
         };
@@ -479,17 +484,17 @@ pub struct ReloadError {
     pub source: std::io::Error,
 }
 
-/// The refusal of a reload whose new TCP listener (in `wanted`, or the admin listener moving
-/// to `admin`) would take the port of `held`, a listener a systemd socket unit passed.
-fn held_by_unit(
+/// The refusal of a reload whose new TCP listener (among the `added` ones, by service, or the
+/// admin listener moving to `admin`) would take the port of `held`, a listener a systemd
+/// socket unit passed.
+fn held_by_unit<'a>(
     held: SocketAddr,
-    wanted: &HashMap<ListenerKey, (String, SocketAddr, usize)>,
+    added: impl Iterator<Item = (&'a String, SocketAddr)>,
     admin: Option<SocketAddr>,
 ) -> ReloadError {
-    let taker = wanted
-        .iter()
-        .filter(|(k, (_, addr, _))| k.0 == Protocol::Tcp && addr.port() == held.port() && *addr != held)
-        .map(|(_, (service, addr, _))| (service.clone(), *addr))
+    let taker = added
+        .filter(|(_, addr)| addr.port() == held.port())
+        .map(|(service, addr)| (service.clone(), addr))
         .next()
         .or_else(|| admin.map(|a| ("admin".to_string(), a)))
         .unwrap_or_else(|| (String::new(), held));

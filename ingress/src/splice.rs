@@ -130,6 +130,14 @@ impl PipePool {
         Pipe::new()
     }
 
+    /// Close the pipes kept for reuse (the shared ones, and this thread's): their descriptors
+    /// go back to the pool. How many were closed.
+    pub fn shed(&self) -> usize {
+        let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut())).len();
+        let shared = self.free.lock().map(|mut f| std::mem::take(&mut *f).len()).unwrap_or(0);
+        local + shared
+    }
+
     /// Return a pipe. Only empty pipes may come back: a pipe with data in it is dropped.
     pub fn give_back(&self, pipe: Pipe) {
         let spill = LOCAL.with(|l| {
@@ -191,4 +199,28 @@ pub fn tcp_stats(fd: BorrowedFd<'_>) -> Option<TcpStats> {
         snd_mss: info.tcpi_snd_mss,
         rtt_us: info.tcpi_rtt,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pipes take their two descriptors from the pool when made, keep them while kept for
+    /// reuse, and give them back when shed.
+    #[test]
+    fn pipes_hold_pool_descriptors_until_shed() {
+        let pool = Descriptors::new(100, 0);
+        set_pipe_limit(10, &pool);
+        let pool_pipes = PipePool::new(4);
+        let (a, b) = (pool_pipes.take().expect("a pipe"), pool_pipes.take().expect("a pipe"));
+        assert_eq!(pool.used(), (4, 0));
+        pool_pipes.give_back(a);
+        pool_pipes.give_back(b);
+        assert_eq!(pool.used(), (4, 0), "kept for reuse, still held");
+        assert_eq!(pool_pipes.shed(), 2);
+        assert_eq!(pool.used(), (0, 0));
+        // A full pool: no pipe (the relay copies instead).
+        let _all = pool.take(Side::Streams, 99).expect("the pool");
+        assert!(pool_pipes.take().is_err());
+    }
 }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use shared::descriptors::Side;
+use shared::descriptors::{Held, Side};
 use shared::peek;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
             _ => None,
         };
         // Its two sockets, from the pool UDP flows share (their floor kept).
-        let fds = slots.as_ref().and_then(|_| shared.descriptors.take(Side::Streams, FDS_PER_CONNECTION));
+        let fds = slots.as_ref().and_then(|_| connection_fds(&shared));
         let permits = match (slots, fds) {
             (Some((g, l)), Some(fds)) => (g, l, fds),
             _ => {
@@ -80,6 +80,19 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
             .instrument(span)
         });
     }
+}
+
+/// A connection's two descriptors from the pool; when it is full, idle pipes kept for reuse
+/// are closed first (a client is worth more than a cached pipe).
+fn connection_fds(shared: &Shared) -> Option<Held> {
+    let take = || shared.descriptors.take(Side::Streams, FDS_PER_CONNECTION);
+    take().or_else(|| {
+        #[cfg(target_os = "linux")]
+        if crate::splice::PIPES.shed() > 0 {
+            return take();
+        }
+        None
+    })
 }
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, service: &Service) {

@@ -1,10 +1,11 @@
-//! One pool of descriptors that TCP connections and UDP flows both draw from, each side with
-//! a guaranteed floor.
+//! One pool of descriptors that TCP connections and UDP flows both draw from, with a floor
+//! kept for flows.
 //!
 //! Splitting the open-files limit into fixed shares up front wastes whatever share is idle: a
 //! node whose UDP services sit unused would refuse TCP clients with thousands of descriptors
-//! free. Here either side takes what is free, except the part of the other side's floor that
-//! side is not using: a flood of one kind leaves the other its floor, never less.
+//! free. Here either side takes what is free, except that streams never take the part of the
+//! flows' floor flows are not using: a TCP flood leaves UDP its floor. The other way round the
+//! flows' own cap (`udp_flows::FlowBudget`, at most half the pool) leaves TCP the rest.
 //!
 //! The stream side holds client and upstream sockets (two a connection), the third socket of
 //! a connect raced on a second path while it lasts, and splice pipes (two descriptors each);

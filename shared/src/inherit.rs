@@ -17,7 +17,7 @@
 //! the pool is empty and every call here is a no-op.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use tracing::{info, warn};
@@ -116,9 +116,10 @@ pub fn take_udp(name: &str, addr: SocketAddr) -> Option<UdpSocket> {
 }
 
 /// The socket for `name` or `addr`, and whether a socket unit passed it: matched by address
-/// (its name is not ours), or by name with another socket on its address still in `list`
-/// (the unit's copy of the socket we stored).
-fn take<S>(
+/// (its name is not ours), or by name with a copy of the same socket still in `list` (the
+/// unit's, beside the one we stored; the sockets of a UDP port's reuseport group share an
+/// address but are not copies of one another).
+fn take<S: AsFd>(
     list: &mut Vec<(String, S)>,
     name: &str,
     addr: SocketAddr,
@@ -128,10 +129,17 @@ fn take<S>(
     let by_addr = || (addr.port() != 0).then(|| list.iter().position(|(_, s)| local(s) == Some(addr))).flatten();
     let i = by_name.or_else(by_addr)?;
     let (_, sock) = list.swap_remove(i);
-    let at = local(&sock);
-    let from_unit = by_name.is_none() || (at.is_some() && list.iter().any(|(_, s)| local(s) == at));
+    let from_unit = by_name.is_none() || list.iter().any(|(_, s)| same_socket(s.as_fd(), sock.as_fd()));
     info!(fd_name = %name, %addr, "serving the socket kept across the restart");
     Some((sock, from_unit))
+}
+
+/// Whether two descriptors are the same socket (one inode).
+fn same_socket(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+        _ => false,
+    }
 }
 
 /// Close the inherited sockets nothing claimed, except those whose name `keep` says are still
@@ -226,5 +234,21 @@ mod tests {
         let (l, from_unit) = take(&mut list, "tcp-x", addr, local).unwrap();
         assert_eq!((l.local_addr().unwrap(), from_unit), (addr, true));
         assert_eq!(list.len(), 1, "the unit's copy is left for release_unclaimed");
+        // Two sockets on one address (a reuseport group, both stored by us) are not copies
+        // of one another: ours.
+        let group = |port: u16| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+            UdpSocket::from(s)
+        };
+        let first = group(0);
+        let at = first.local_addr().unwrap();
+        let mut list = vec![("udp-x".to_string(), first), ("udp-x.1".to_string(), group(at.port()))];
+        let local = |s: &UdpSocket| s.local_addr().ok();
+        let (_, from_unit) = take(&mut list, "udp-x", at, local).unwrap();
+        assert!(!from_unit, "a group's first socket is ours");
+        let (_, from_unit) = take(&mut list, "udp-x.1", at, local).unwrap();
+        assert!(!from_unit);
     }
 }
