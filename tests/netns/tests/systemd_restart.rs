@@ -163,6 +163,37 @@ fn check_refuses_read_only_log_dirs(h: &Host) -> Result<()> {
     Ok(())
 }
 
+/// Installing a package again (`dpkg -i`: an upgrade, the postinst's configure with the old
+/// version) restarts its running service when the new binary's check accepts the config in
+/// place, and leaves it running, its main pid unchanged, with a warning when the check refuses
+/// it (before, the restart stopped it and the new process's ExecStartPre refused to start).
+fn upgrade_restarts_only_on_a_config_that_passes(h: &Host) -> Result<()> {
+    for unit in ["ingress", "local-proxy"] {
+        let (conf, deb) = (format!("/etc/{unit}/{unit}.toml"), format!("/root/{unit}.deb"));
+        let dpkg = format!("DEBIAN_FRONTEND=noninteractive dpkg -i {deb} 2>&1");
+        let before = main_pid(h, unit)?;
+        h.sh(&dpkg, Duration::from_secs(120)).with_context(|| format!("upgrading {unit}"))?;
+        let restarted = main_pid(h, unit)?;
+        if restarted == before || restarted == "0" {
+            bail!("{unit}: an upgrade with a valid config did not restart it (main pid {before}, then {restarted})");
+        }
+        // A key no version accepts, in the last table of the file.
+        h.sh(&format!("cp {conf} /root/{unit}.good && echo 'no_such_key = 1' >> {conf}"), SHORT)?;
+        let said =
+            h.sh(&dpkg, Duration::from_secs(120)).with_context(|| format!("upgrading {unit}, config refused"))?;
+        let kept = main_pid(h, unit)?;
+        let active = h.sh_full(&format!("systemctl is-active {unit}"), SHORT)?;
+        if kept != restarted || active.stdout.trim() != "active" {
+            bail!("{unit}: an upgrade whose check refuses the config touched the running service (main pid {restarted}, then {kept}; {})\n{said}", active.stdout.trim());
+        }
+        if !said.contains("left as it is") || !said.contains("no_such_key") {
+            bail!("{unit}: the upgrade did not say why it left the service alone:\n{said}");
+        }
+        h.sh(&format!("install -m 0644 /root/{unit}.good {conf}"), SHORT)?;
+    }
+    Ok(())
+}
+
 /// `dpkg --purge` of both packages (stops the services first): each of [`WRITTEN`] gone, the
 /// system user local-proxy still there (Debian keeps system users on purge; so does README.Debian).
 fn purge(h: &Host) -> Result<()> {
@@ -338,6 +369,8 @@ fn run(t: &mut Topology, rootfs: &Rootfs, debs: &(PathBuf, PathBuf), t0: Instant
         bail!("control: stop + start (store flushed) failed no connection of {}: the load cannot see a gap", c.started);
     }
     common::phase(t0, &format!("control (stop + start): {} of {} connections failed", c.failed, c.started));
+    upgrade_restarts_only_on_a_config_that_passes(&h)?;
+    common::phase(t0, "dpkg -i again: each running service restarted on a valid config, left running on a refused one");
     check_refuses_read_only_log_dirs(&h)?;
     common::phase(t0, "check in the unit's sandbox refuses a read-only access log directory");
     purge(&h)?;
