@@ -52,11 +52,13 @@ fn ctl_drain_and_weight_under_load() {
     common::phase(start, "ingress1 up, control on");
 
     let target = vec![std::net::SocketAddr::from((addr::INGRESS1, addr::ECHO_PORT))];
-    // 200 new connections a second for the four phases.
+    // 200 new connections a second for the four phases and the reload after them, stopped
+    // once those are over (`ctl` runs take their time on a busy machine: a fixed length once
+    // ended before the reload's window); the bound is only a backstop.
     let load = LoadConfig {
         targets: target.clone(),
         interval: Duration::from_millis(5),
-        duration: PHASE * 4,
+        duration: PHASE * 8,
         connect_timeout: Duration::from_secs(2),
         io_timeout: Duration::from_secs(5),
         ..Default::default()
@@ -111,6 +113,8 @@ fn ctl_drain_and_weight_under_load() {
     })
     .expect("SIGHUP applied");
     common::phase(start, "SIGHUP: reloaded");
+    std::thread::sleep(PHASE / 2);
+    run.request_stop().expect("stop the load");
 
     let r = run.finish(&mut t).expect("loadgen result");
     let h = held_run.finish(&mut t).expect("held loadgen result");
