@@ -49,22 +49,19 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         let service = slot.load_full();
         let global = shared.global_limit.clone().try_acquire_owned();
         let local = service.limit.as_ref().map(|l| l.clone().try_acquire_owned());
-        let slots = match (global, local) {
+        let permits = match (global, local) {
             (Ok(g), None) => Some((g, None)),
             (Ok(g), Some(Ok(l))) => Some((g, Some(l))),
             _ => None,
-        };
+        }
         // Its two sockets, from the pool UDP flows share (their floor kept).
-        let fds = slots.as_ref().and_then(|_| connection_fds(&shared));
-        let permits = match (slots, fds) {
-            (Some((g, l)), Some(fds)) => (g, l, fds),
-            _ => {
-                // Refuse cleanly: close at once rather than let the client hang.
-                service.m_refused.increment(1);
-                tracing::debug!(service = %service.cfg.name, client = %peer, "connection limit reached, refused");
-                drop(stream);
-                continue;
-            }
+        .and_then(|(g, l)| Some((g, l, connection_fds(&shared)?)));
+        let Some(permits) = permits else {
+            // Refuse cleanly: close at once rather than let the client hang.
+            service.m_refused.increment(1);
+            tracing::debug!(service = %service.cfg.name, client = %peer, "connection limit reached, refused");
+            drop(stream);
+            continue;
         };
         service.m_accepted.increment(1);
         let conn = shared.conn_guard();

@@ -10,16 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-async fn scrape(admin: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", admin)).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    body
-}
 
 /// The backend's name line, or `None` if the ingress closed the connection first.
 async fn first_line(s: &mut TcpStream) -> Option<String> {
@@ -74,7 +66,7 @@ async fn a_flood_beyond_the_descriptor_budget_is_refused_and_paths_stay_up() {
     let (port, admin) = (free_port(), free_port());
     // max_connections stays at its default (20,000): far more than 300 descriptors hold.
     let (_child, _tmp, addr) = start_under_300_files(&wan1, &wan2, admin, port, "").await;
-    let m = scrape(admin).await;
+    let m = scrape(([127, 0, 0, 1], admin).into()).await;
     let limit = metric(&m, "ingress_limit", &[("kind", "connections")]) as usize;
     assert!(metric(&m, "ingress_limit", &[("kind", "open_files")]) == 300.0, "the limit the ingress saw");
     assert!((20..250).contains(&limit), "connections clamped to fit 300 descriptors: {limit}");
@@ -89,7 +81,7 @@ async fn a_flood_beyond_the_descriptor_budget_is_refused_and_paths_stay_up() {
             None => refused += 1,
         }
     }
-    let m = scrape(admin).await;
+    let m = scrape(([127, 0, 0, 1], admin).into()).await;
     let local_errors = metric(&m, "ingress_local_resource_errors_total", &[]);
     println!(
         "RESULT open files 300, max_connections 20000 asked: budget {limit} connections; \
@@ -153,7 +145,7 @@ async fn connections_and_flows_share_the_descriptors_and_flows_keep_their_floor(
     let uaddr: std::net::SocketAddr = format!("127.0.0.1:{uport}").parse().expect("addr");
     // 300 less the reserve (64, two listeners, a probe and a verification per path): 230;
     // flows may take 100 (their cap) and keep a sixteenth, 14.
-    let m = scrape(admin).await;
+    let m = scrape(([127, 0, 0, 1], admin).into()).await;
     let limit = |kind| metric(&m, "ingress_limit", &[("kind", kind)]);
     assert_eq!(limit("descriptors"), 230.0);
     assert_eq!(limit("flow_floor"), 14.0);
@@ -172,7 +164,7 @@ async fn connections_and_flows_share_the_descriptors_and_flows_keep_their_floor(
     }
     // Meanwhile UDP: 30 new sources at once, the floor's 14 answered.
     let during = udp_sources_answered(uaddr, 30).await;
-    let m = scrape(admin).await;
+    let m = scrape(([127, 0, 0, 1], admin).into()).await;
     let local_errors = metric(&m, "ingress_local_resource_errors_total", &[]);
     println!(
         "RESULT 300 open files, TCP and UDP sharing: {} TCP clients served, {refused} refused; \

@@ -75,12 +75,3 @@ async fn a_reload_taking_a_socket_units_port_is_refused_and_the_listener_stays()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-
-async fn scrape(admin: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else { return String::new() };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body
-}

@@ -215,31 +215,21 @@ where
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let (serve, std, placed) = match self.as_mut().project() {
-            ConnTaskProj::Run { fut, .. } => return fut.poll(cx),
-            ConnTaskProj::Start { start } => match start.take() {
-                Some(start) => start,
-                None => return Poll::Ready(()),
-            },
-        };
-        match TcpStream::from_std(std) {
-            Ok(stream) => {
-                self.set(ConnTask::Run { fut: serve(stream), _placed: placed });
-                self.project_run(cx)
+        loop {
+            let (serve, std, placed) = match self.as_mut().project() {
+                ConnTaskProj::Run { fut, .. } => return fut.poll(cx),
+                ConnTaskProj::Start { start } => match start.take() {
+                    Some(start) => start,
+                    None => return Poll::Ready(()),
+                },
+            };
+            match TcpStream::from_std(std) {
+                Ok(stream) => self.set(ConnTask::Run { fut: serve(stream), _placed: placed }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot register the connection on its thread; closing it");
+                    return Poll::Ready(());
+                }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot register the connection on its thread; closing it");
-                Poll::Ready(())
-            }
-        }
-    }
-}
-
-impl<F, Fut: Future<Output = ()>> ConnTask<F, Fut> {
-    fn project_run(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project() {
-            ConnTaskProj::Run { fut, .. } => fut.poll(cx),
-            ConnTaskProj::Start { .. } => Poll::Ready(()),
         }
     }
 }

@@ -222,6 +222,16 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `/metrics` of the admin listener at `admin` (a spawned binary's); empty if it does not
+/// answer.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let Ok(mut s) = TcpStream::connect(admin).await else { return String::new() };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body
+}
+
 /// The (single) pool of a test server.
 pub fn pool_name(server: &ingress::Server) -> String {
     server.shared().runtime().pools.keys().next().cloned().expect("a pool")
