@@ -113,8 +113,8 @@ struct State {
     flush_done: u64,
     /// Every sink is gone: write what is left and end.
     closed: bool,
-    /// The writer's timer: `Params::flush_interval` at first, then what the last [`open`] of
-    /// the file asked for (a reload may change it).
+    /// The writer's timer: `Params::flush_interval` at first, then what the last [`set_flush`]
+    /// asked for (a reload may change it).
     flush_interval: Duration,
     /// The writer has ended.
     ended: bool,
@@ -196,27 +196,37 @@ impl Drop for Sink {
     }
 }
 
-/// The writer for `path`, writing buffered lines at least every `flush`: the running one (its
-/// timer set to `flush`: the config being loaded says so), or a new one with the file opened
-/// now (so an unwritable path refuses the config that names it).
+/// The writer for `path`: the running one, or a new one writing buffered lines at least every
+/// `flush`, with the file opened now (so an unwritable path refuses the config that names it).
+/// A running writer keeps its timer until [`set_flush`]: the config being loaded may still be
+/// refused.
 pub fn open(path: &Path, flush: Duration) -> std::io::Result<Arc<Sink>> {
     open_with(path, Params { flush_interval: flush, ..Params::default() })
 }
 
-/// [`open`] with other [`Params`] (only `flush_interval` applies to a writer already running).
+/// The running writer of `path` writes at least every `flush` from now on (a reload's config
+/// is in). A shorter timer applies to the lines already waiting.
+pub fn set_flush(path: &Path, flush: Duration) {
+    let Some(sink) = running(path) else { return };
+    let changed = std::mem::replace(&mut sink.shared.lock().flush_interval, flush) != flush;
+    if changed {
+        sink.shared.wake.notify_one();
+    }
+}
+
+/// The writer of `path`, if one runs.
+fn running(path: &Path) -> Option<Arc<Sink>> {
+    let writers = WRITERS.get_or_init(Default::default);
+    let writers = writers.lock().unwrap_or_else(PoisonError::into_inner);
+    writers.get(path).and_then(Weak::upgrade)
+}
+
+/// [`open`] with other [`Params`] (they apply only to a new writer).
 pub fn open_with(path: &Path, params: Params) -> std::io::Result<Arc<Sink>> {
     let writers = WRITERS.get_or_init(Default::default);
     let mut writers = writers.lock().unwrap_or_else(PoisonError::into_inner);
     writers.retain(|_, w| w.strong_count() > 0);
     if let Some(sink) = writers.get(path).and_then(Weak::upgrade) {
-        let changed = {
-            let mut state = sink.shared.lock();
-            std::mem::replace(&mut state.flush_interval, params.flush_interval) != params.flush_interval
-        };
-        if changed {
-            // A shorter timer applies to the lines already waiting, not only after the next write.
-            sink.shared.wake.notify_one();
-        }
         return Ok(sink);
     }
     let file = open_file(path)?;
@@ -439,8 +449,9 @@ mod tests {
         assert!(opened.elapsed() >= interval, "written after {:?}", opened.elapsed());
     }
 
-    /// A reload that shortens a file's `flush` applies to the lines already waiting: opened
-    /// with an hour, a line waits; opened again with 20 ms, it is written.
+    /// A reload that shortens a file's `flush` applies to the lines already waiting once its
+    /// config is in, not when it is only opened (a refused config changes nothing): opened
+    /// with an hour, a line waits; opened again with 20 ms, it still waits; set, it is written.
     #[test]
     fn a_shorter_flush_from_a_reload_applies_to_waiting_lines() {
         let _serial = serial();
@@ -452,6 +463,9 @@ mod tests {
         assert_eq!(read(&path), "", "written before an hour");
         let again = open(&path, Duration::from_millis(20)).unwrap();
         assert!(Arc::ptr_eq(&sink, &again), "one writer per file");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(read(&path), "", "opening for a config not yet in keeps the running timer");
+        set_flush(&path, Duration::from_millis(20));
         assert_eq!(wait_lines(&path, 1), "waiting\n");
     }
 

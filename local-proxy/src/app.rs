@@ -121,6 +121,7 @@ pub fn start_on(
     }
 
     let tasks = TaskTracker::new();
+    state.pools.load().publish();
     state.pools.load().start_checks(&config, &tasks, &shutdown);
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
@@ -296,7 +297,11 @@ impl Handle {
             self.firewall.update(new.firewall.clone());
             self.state.routes.store(Arc::new(routes));
             self.state.stream_logs.store(Arc::new(stream_logs));
+            for (_, log) in new.access_logs() {
+                crate::access_log::set_flush(&log.path, log.flush);
+            }
             pools.take_over(&self.state.pools.load());
+            pools.publish();
             pools.start_checks(&new, &self.tasks, &self.state.shutdown);
             self.state.pools.swap(pools.clone()).stop_checks();
             let tls = new.tls.clone();

@@ -442,3 +442,34 @@ async fn sigterm_writes_the_buffered_lines_before_exit() {
     let got = uris(&log);
     assert_eq!(got, (0..REQUESTS).map(|i| format!("/t{i}")).collect::<Vec<_>>());
 }
+
+/// A reload refused for another reason (a second site's log cannot be opened) does not change
+/// the running file's `flush`: its waiting line stays buffered (an hour) until a reload that
+/// is taken shortens the timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_keeps_the_running_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let (log, other) = (tmp.path().join("a.log"), tmp.path().join("b.log"));
+    let missing = tmp.path().join("no-such-dir/b.log");
+    let sites = |flush: &str, b: &Path| {
+        format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\", flush = \"{flush}\" }}\n\
+             [[site]]\nhost = \"b.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            log.display(),
+            b.display()
+        )
+    };
+    let (first, refused, taken) = (sites("1h", &other), sites("20ms", &missing), sites("20ms", &other));
+    let proxy = start(tmp.path(), &live, "", &first).await;
+    get_a(&proxy, "/waiting").await;
+
+    proxy.reload(&first, &refused, "invalid").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(lines(&log).is_empty(), "the refused reload's 20ms flush was applied: {:?}", lines(&log));
+
+    proxy.reload(&refused, &taken, "ok").await;
+    wait_lines(&log, 1).await;
+    assert_eq!(uris(&log), vec!["/waiting".to_string()]);
+}

@@ -943,3 +943,39 @@ upstream = "http://127.0.0.1:{pb}"
         );
     }
 }
+
+/// A reload refused after its pools were built (here a site's access log cannot be opened)
+/// leaves no series for the upstreams it would have added; the same reload once taken shows
+/// them, up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_no_series_for_its_upstreams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let _b = Nginx::start(tmp.path(), "b", pb, None).await;
+    let site = |host: &str, port: u16, log: &Path| {
+        format!(
+            "[[site]]\nhost = \"{host}\"\nupstream = \"http://127.0.0.1:{port}\"\naccess_log = {{ path = \"{}\" }}\n",
+            log.display()
+        )
+    };
+    let first = site("kept.example.org", pa, &tmp.path().join("a.log"));
+    let proxy = Proxy::start(&config_text(&first)).await;
+    let added =
+        |log: &Path| config::from_toml_str(&config_text(&(first.clone() + &site("added.example.org", pb, log))));
+    let refused = proxy.handle.reload(added(&tmp.path().join("no-such-dir/b.log")).unwrap()).await;
+    assert!(refused.is_err(), "a log that cannot be opened refuses the reload");
+    let b_label = format!("upstream=\"http://127.0.0.1:{pb}\"");
+    let metrics = common::http_get(proxy.admin, "/metrics").await.1;
+    let left: Vec<&str> = metrics.lines().filter(|l| l.contains(&b_label) || l.contains("added.example.org")).collect();
+    assert!(left.is_empty(), "series of the refused reload: {left:#?}");
+    let kept = [("site", "kept.example.org"), ("upstream", &*format!("http://127.0.0.1:{pa}"))];
+    assert_eq!(proxy.metric("local_proxy_upstream_up", &kept).await, 1.0);
+
+    proxy.handle.reload(added(&tmp.path().join("b.log")).unwrap()).await.unwrap();
+    let b = [("site", "added.example.org"), ("upstream", &*format!("http://127.0.0.1:{pb}"))];
+    assert_eq!(proxy.metric("local_proxy_upstream_up", &b).await, 1.0);
+    assert_eq!(proxy.metric("local_proxy_upstream_requests_total", &b).await, 0.0);
+    let unavailable = [("site", "added.example.org")];
+    assert_eq!(proxy.metric("local_proxy_upstream_unavailable_total", &unavailable).await, 0.0);
+}

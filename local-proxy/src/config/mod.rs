@@ -358,13 +358,19 @@ impl Config {
         2 * self.http.max_connections as u64 + flows + 64
     }
 
+    /// Every access log this config names, with its field (`http.access_log`,
+    /// `site[2].access_log`, `stream[0].access_log`), in the file's order.
+    pub fn access_logs(&self) -> impl Iterator<Item = (String, &AccessLog)> {
+        access_logs(self.http.access_log.as_ref(), &self.sites, &self.streams)
+    }
+
     /// For `check`: each access log's directory exists and its path is not a directory. The
     /// server opens (and creates) the files itself and refuses the config when it cannot;
     /// `check` must not create them, as it may run as another user (Ansible's validate).
     pub fn check_access_log_dirs(&self) -> Result<(), Problems> {
         let mut c = Problems::new();
         let mut seen: Vec<&Path> = Vec::new();
-        for (field, log) in access_logs(self.http.access_log.as_ref(), &self.sites, &self.streams) {
+        for (field, log) in self.access_logs() {
             // Sites without their own log share the default's: one problem per file.
             if seen.contains(&log.path.as_path()) {
                 continue;

@@ -126,9 +126,9 @@ async fn proxy(
         };
         let upstream = &member.target;
         if attempts > 1 {
-            state.m_retries.increment(1);
+            state.metrics().m_retries.increment(1);
         }
-        state.m_requests.increment(1);
+        state.metrics().m_requests.increment(1);
         let mut attempt = Request::new(body.attempt());
         *attempt.method_mut() = parts.method.clone();
         // Origin-form: the connection is the upstream's.

@@ -15,7 +15,7 @@ pub mod probe;
 mod set;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -69,18 +69,26 @@ pub struct MemberState {
     /// Runtime hook (admin API): a weight used instead of the configured one, or
     /// [`NO_OVERRIDE`]. Read at every pick, so a change applies to the next request.
     pub weight_override: AtomicU32,
+    /// Registered when its generation goes in ([`Pool::publish`]) or at first use, not when
+    /// it is built: a reload refused after building its pools leaves no series behind.
+    metrics: OnceLock<MemberMetrics>,
+    labels: Vec<(&'static str, String)>,
+}
+
+/// One upstream's series.
+#[derive(Debug)]
+pub(crate) struct MemberMetrics {
     pub(crate) m_requests: Counter,
     pub(crate) m_retries: Counter,
     pub(crate) m_latency: Histogram,
     m_up: Gauge,
     m_active: Gauge,
-    labels: Vec<(&'static str, String)>,
 }
 
 impl MemberState {
     fn new(owner: Owner, set: &str, upstream: &str) -> Self {
         let labels = vec![(owner.label(), set.to_owned()), ("upstream", upstream.to_owned())];
-        let s = Self {
+        Self {
             health: Mutex::new(HealthState::default()),
             up: AtomicBool::new(true),
             factor: AtomicU32::new(1.0f32.to_bits()),
@@ -88,15 +96,26 @@ impl MemberState {
             down_at: AtomicU64::new(0),
             drain: AtomicBool::new(false),
             weight_override: AtomicU32::new(NO_OVERRIDE),
-            m_requests: metrics::counter!(names::UPSTREAM_REQUESTS, &labels),
-            m_retries: metrics::counter!(names::UPSTREAM_RETRIES, &labels),
-            m_latency: metrics::histogram!(names::UPSTREAM_LATENCY, &labels),
-            m_up: metrics::gauge!(names::UPSTREAM_UP, &labels),
-            m_active: metrics::gauge!(names::UPSTREAM_ACTIVE, &labels),
+            metrics: OnceLock::new(),
             labels,
-        };
-        s.m_up.set(1.0);
-        s
+        }
+    }
+
+    /// Its series, registered (with its state as it is now) on the first call.
+    pub(crate) fn metrics(&self) -> &MemberMetrics {
+        self.metrics.get_or_init(|| {
+            let labels = &self.labels;
+            let m = MemberMetrics {
+                m_requests: metrics::counter!(names::UPSTREAM_REQUESTS, labels),
+                m_retries: metrics::counter!(names::UPSTREAM_RETRIES, labels),
+                m_latency: metrics::histogram!(names::UPSTREAM_LATENCY, labels),
+                m_up: metrics::gauge!(names::UPSTREAM_UP, labels),
+                m_active: metrics::gauge!(names::UPSTREAM_ACTIVE, labels),
+            };
+            m.m_up.set(if self.is_up() { 1.0 } else { 0.0 });
+            m.m_active.set(self.active.load(Ordering::Relaxed) as f64);
+            m
+        })
     }
 
     /// Count one failure by `result` (`connect`, `timeout`, `error`, `5xx`, `probe`,
@@ -177,7 +196,7 @@ pub struct Active(Arc<MemberState>);
 impl Active {
     pub fn new(state: Arc<MemberState>) -> Self {
         let n = state.active.fetch_add(1, Ordering::Relaxed) + 1;
-        state.m_active.set(n as f64);
+        state.metrics().m_active.set(n as f64);
         Self(state)
     }
 
@@ -205,7 +224,7 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         let n = self.0.active.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        self.0.m_active.set(n as f64);
+        self.0.metrics().m_active.set(n as f64);
     }
 }
 
@@ -221,7 +240,8 @@ pub struct Pool {
     pub health: Health,
     pub critical: bool,
     selector: Mutex<Selector>,
-    m_unavailable: Counter,
+    /// Registered as the members' series are ([`Pool::publish`]).
+    m_unavailable: OnceLock<Counter>,
     /// An active-check task runs for this pool (set by `Pools::start_checks`).
     checked: AtomicBool,
     /// Active-check rounds completed: start-up waits for the first before READY=1.
@@ -262,7 +282,7 @@ impl Pool {
             health,
             critical,
             selector: Mutex::default(),
-            m_unavailable: metrics::counter!(names::UPSTREAM_UNAVAILABLE, owner.label() => name.to_owned()),
+            m_unavailable: OnceLock::new(),
             checked: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
         }
@@ -356,7 +376,20 @@ impl Pool {
 
     /// Count a request or connection refused because no upstream was usable.
     pub fn count_unavailable(&self) {
-        self.m_unavailable.increment(1);
+        self.unavailable().increment(1);
+    }
+
+    fn unavailable(&self) -> &Counter {
+        self.m_unavailable
+            .get_or_init(|| metrics::counter!(names::UPSTREAM_UNAVAILABLE, self.owner.label() => self.name.to_string()))
+    }
+
+    /// Register this pool's series, which show from now on (its generation goes in).
+    pub fn publish(&self) {
+        self.unavailable();
+        for m in &self.members {
+            m.state.metrics();
+        }
     }
 
     /// Feed one outcome (probe, request, connect) into member `index`; `reason` says what
@@ -378,7 +411,7 @@ impl Pool {
         let Some(t) = transition else { return };
         let up = t == Transition::WentUp;
         member.state.up.store(up, Ordering::Relaxed);
-        member.state.m_up.set(if up { 1.0 } else { 0.0 });
+        member.state.metrics().m_up.set(if up { 1.0 } else { 0.0 });
         let (key, name, upstream) = (self.owner.label(), &*self.name, &*member.label);
         if up {
             info!(set = key, name, upstream, ?source, "upstream up");
@@ -393,7 +426,7 @@ impl Pool {
     /// Record a successful exchange that took `latency`.
     pub fn record_ok(&self, index: usize, latency: Duration, source: Source) {
         if let Some(m) = self.members.get(index) {
-            m.state.m_latency.record(latency.as_secs_f64());
+            m.state.metrics().m_latency.record(latency.as_secs_f64());
         }
         self.record(index, Outcome::Ok { latency }, source, None);
     }

@@ -86,6 +86,14 @@ impl Pools {
         &self.config
     }
 
+    /// Register every pool's series: this generation goes in (the start, or a reload that is
+    /// applied; a refused one never calls it).
+    pub fn publish(&self) {
+        for pool in self.sites.values().chain(self.routes.values()).chain(self.streams.values()) {
+            pool.publish();
+        }
+    }
+
     /// This generation replaces `previous`: the runtime weight overrides whose weight the
     /// config changed end now ([`Pool::end_changed_overrides`]).
     pub fn take_over(&self, previous: &Pools) {

@@ -66,9 +66,9 @@ pub async fn forward(
         tried.insert(i);
         line.attempts += 1;
         let Some(state) = pool.state(i) else { return };
-        state.m_requests.increment(1);
+        state.metrics().m_requests.increment(1);
         if retry {
-            state.m_retries.increment(1);
+            state.metrics().m_retries.increment(1);
         }
         let target = stream.upstream_for(i, local.port());
         let start = Instant::now();

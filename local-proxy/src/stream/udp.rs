@@ -393,7 +393,7 @@ async fn open_flow(
         drop_count(&stream.name, "no_upstream", 1);
         return None;
     };
-    member.m_requests.increment(1);
+    member.metrics().m_requests.increment(1);
     let member = Active::new(member);
     let target = stream.upstream_for(index, local.port());
     let reply = ReplyTo { socket: socket.clone(), sender: key.0 };
