@@ -20,9 +20,9 @@ use crate::runtime::Shared;
 
 /// Serve until the task is aborted (a reload that moves the listener, or shutdown).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let status = shared.clone();
+    let (status, metrics) = (shared.clone(), shared.clone());
     let routes = Routes::new()
-        .get("/metrics", || Reply::metrics(crate::metrics::render()))
+        .get("/metrics", move || Reply::metrics(crate::metrics::render_running(&metrics.runtime())))
         .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"))
         .status(move || crate::status::collect(&status), crate::page::render)
         .control(move |c, action| control(&shared, c, action))

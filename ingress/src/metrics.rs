@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::pool::Pool;
+use crate::runtime::Runtime;
+
 pub const PATH_UP: &str = "ingress_path_up";
 pub const PATH_HEALTH_FACTOR: &str = "ingress_path_health_factor";
 /// Open TCP connections per path.
@@ -96,4 +99,22 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// [`render`] without the series of pools, paths and services `rt` does not run: removed by
+/// a reload, or built by one that was refused (`shared::admin::series`). A `path` is looked
+/// for in its `pool`, or in any pool when the series names none (a UDP service's).
+pub fn render_running(rt: &Runtime) -> String {
+    shared::admin::series::retain(&render(), |l| {
+        let pool = l.get("pool");
+        let pool_runs = pool.as_deref().is_none_or(|p| rt.pools.contains_key(p));
+        let path_runs = l.get("path").is_none_or(|path| {
+            let has = |p: &Pool| p.paths.iter().any(|x| *x.name == *path);
+            match pool.as_deref() {
+                Some(p) => rt.pools.get(p).is_some_and(|p| has(p)),
+                None => rt.pools.values().any(|p| has(p)),
+            }
+        });
+        pool_runs && path_runs && l.get("service").is_none_or(|s| rt.services.contains_key(&*s))
+    })
 }

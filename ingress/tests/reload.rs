@@ -157,3 +157,50 @@ async fn an_admin_port_busy_at_start_refuses_no_reload() {
     assert_eq!(server.admin_addr(), Some(busy));
     assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
 }
+
+/// `/metrics` shows only what runs: a path a reload removed leaves no gauge (its last `up`
+/// would stand for ever) while its counters stay as history, and the pool, path and service
+/// of a reload refused for a taken port (built before the bind failed) leave no gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_leave_out_the_gauges_of_what_does_not_run() {
+    let (wan1, wan2) = (Backend::start("wan1", "127.0.0.2").await, Backend::start("wan2", "127.0.0.3").await);
+    let port = free_tcp_port();
+    let two = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[pool.r]\npaths = [{{ name = \"wan1\", address = \"{}\" }}, \
+         {{ name = \"wan2\", address = \"{}\" }}]\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"r\"\n",
+        wan1.addr, wan2.addr
+    );
+    let server = start(&two).await;
+    let present = |m: &str, name: &str, labels: &[(&str, &str)]| {
+        m.lines().any(|l| {
+            l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+    };
+    let wan2_path = [("pool", "r"), ("path", "wan2")];
+    let m = metrics(&server).await;
+    assert!(present(&m, "ingress_path_up", &wan2_path), "wan2 has its gauges while it runs:\n{m}");
+    assert!(present(&m, "ingress_path_connects_total", &wan2_path));
+
+    server.try_reload(ingress::Config::from_toml(&conf(wan1.addr, port, None)).expect("valid")).await.expect("applies");
+    let m = metrics(&server).await;
+    for gauge in ["ingress_path_up", "ingress_path_health_factor", "ingress_path_active_connections"] {
+        assert!(!present(&m, gauge, &wan2_path), "{gauge} of the removed path:\n{m}");
+    }
+    assert!(present(&m, "ingress_path_connects_total", &wan2_path), "its counters stay:\n{m}");
+    assert_eq!(metric(&m, "ingress_path_up", &[("pool", "r"), ("path", "wan1")]), 1.0);
+
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("squat tcp");
+    let taken = squatter.local_addr().expect("addr").port();
+    let refused = format!(
+        "{}[pool.s]\npaths = [{{ name = \"wan3\", address = \"{}\" }}]\n\
+         [[service]]\nname = \"added\"\nlisten = [\"127.0.0.1:{taken}\"]\npool = \"s\"\n",
+        conf(wan1.addr, port, None),
+        wan2.addr
+    );
+    server.try_reload(ingress::Config::from_toml(&refused).expect("valid")).await.expect_err("the port is taken");
+    let m = metrics(&server).await;
+    assert!(!present(&m, "ingress_path_up", &[("pool", "s"), ("path", "wan3")]), "{m}");
+    assert!(!present(&m, "ingress_pool_on_mesh", &[("pool", "s")]), "{m}");
+    assert!(!present(&m, "ingress_service_active_connections", &[("service", "added")]), "{m}");
+    assert!(present(&m, "ingress_service_active_connections", &[("service", "echo")]), "what runs stays:\n{m}");
+}

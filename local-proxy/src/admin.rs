@@ -25,8 +25,8 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<St
     let (metrics, health, status) = (state.clone(), state.clone(), state.clone());
     let routes = Routes::new()
         .get("/metrics", move || {
-            publish_certificates(&metrics);
-            Reply::metrics(metrics.metrics.render())
+            let served = publish_certificates(&metrics);
+            Reply::metrics(running_series(&metrics, &served))
         })
         .get("/healthz", move || match health.health() {
             Ok(()) => Reply::text(StatusCode::OK, "ok\n"),
@@ -38,13 +38,32 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<St
     shared::admin::serve(listener, routes, stop.cancelled_owned()).await;
 }
 
-/// Each served certificate's end as a gauge, by its first name (the alert rules read it).
-fn publish_certificates(state: &State) {
+/// Each served certificate's end as a gauge, by its first name (the alert rules read it);
+/// those first names.
+fn publish_certificates(state: &State) -> Vec<String> {
+    let mut served = Vec::new();
     for (names, not_after) in state.certs.certificates() {
-        if let Some(first) = names.first() {
+        if let Some(first) = names.into_iter().next() {
             metrics::gauge!(names::CERTIFICATE_EXPIRY, "certificate" => first.clone()).set(not_after as f64);
+            served.push(first);
         }
     }
+    served
+}
+
+/// The exposition without the series of upstreams the running pools do not have (removed by
+/// a reload, or built by a refused one) and the expiry of certificates no longer `served`,
+/// on which an alert would fire for ever (`shared::admin::series`).
+fn running_series(state: &State, served: &[String]) -> String {
+    let pools = state.pools.load();
+    shared::admin::series::retain(&state.metrics.render(), |l| {
+        if l.name == names::CERTIFICATE_EXPIRY {
+            return l.get("certificate").is_some_and(|c| served.iter().any(|s| *s == *c));
+        }
+        let Some(upstream) = l.get("upstream") else { return true };
+        let owner = ["site", "stream"].into_iter().find_map(|key| Some((key, l.get(key)?)));
+        owner.is_some_and(|(key, name)| pools.runs(key, &name, &upstream))
+    })
 }
 
 /// One control request: authenticate, find the upstream, apply, record who did what.

@@ -266,3 +266,24 @@ async fn udp_flows_per_stream_in_status_and_page() {
     println!("3 UDP flows shown, 0 again {:?} after (idle_timeout 1.5 s)", start.elapsed());
     drop(clients);
 }
+
+/// A certificate the config no longer serves leaves `/metrics` (the expiry alert reads it,
+/// and would fire for a certificate nobody uses); the one that replaced it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_only_the_certificates_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = common::Ca::new(tmp.path());
+    let (old, new) = (tmp.path().join("old-live"), tmp.path().join("new-live"));
+    ca.certbot(&old, "a.test", &["a.test"], "a.test");
+    ca.certbot(&new, "b.test", &["b.test"], "b.test");
+    let up = echo_upstream("a").await;
+    let site = format!("[[site]]\nhost = \"b.test\"\nupstream = \"http://{up}\"\n");
+    let proxy = common::spawn_binary(tmp.path(), &old, "", &site).await;
+    let expiry = "local_proxy_certificate_expiry_timestamp_seconds";
+    let served = |m: &str, name: &str| m.lines().any(|l| l.starts_with(expiry) && l.contains(&format!("\"{name}\"")));
+    assert!(served(&common::http_get(proxy.admin, "/metrics").await.1, "a.test"));
+
+    proxy.reload(&old.display().to_string(), &new.display().to_string(), "ok").await;
+    let m = common::http_get(proxy.admin, "/metrics").await.1;
+    assert!(served(&m, "b.test") && !served(&m, "a.test"), "expiry series after the reload:\n{m}");
+}

@@ -946,9 +946,10 @@ upstream = "http://127.0.0.1:{pb}"
 
 /// A reload refused after its pools were built (here a site's access log cannot be opened)
 /// leaves no series for the upstreams it would have added; the same reload once taken shows
-/// them, up.
+/// them, up; a reload that removes the site again takes its gauges out of `/metrics` (its
+/// counters stay, as history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_reload_leaves_no_series_for_its_upstreams() {
+async fn metrics_show_only_the_upstreams_that_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let _a = Nginx::start(tmp.path(), "a", pa, None).await;
@@ -978,4 +979,13 @@ async fn a_refused_reload_leaves_no_series_for_its_upstreams() {
     assert_eq!(proxy.metric("local_proxy_upstream_requests_total", &b).await, 0.0);
     let unavailable = [("site", "added.example.org")];
     assert_eq!(proxy.metric("local_proxy_upstream_unavailable_total", &unavailable).await, 0.0);
+
+    proxy.handle.reload(config::from_toml_str(&config_text(&first)).unwrap()).await.unwrap();
+    let metrics = common::http_get(proxy.admin, "/metrics").await.1;
+    let gauges = ["local_proxy_upstream_up{", "local_proxy_upstream_active{"];
+    let left: Vec<&str> =
+        metrics.lines().filter(|l| l.contains(&b_label) && gauges.iter().any(|g| l.starts_with(g))).collect();
+    assert!(left.is_empty(), "gauges of a removed upstream: {left:#?}");
+    assert!(metrics.lines().any(|l| l.starts_with("local_proxy_upstream_requests_total{") && l.contains(&b_label)));
+    assert_eq!(proxy.metric("local_proxy_upstream_up", &kept).await, 1.0);
 }

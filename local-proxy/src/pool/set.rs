@@ -89,9 +89,20 @@ impl Pools {
     /// Register every pool's series: this generation goes in (the start, or a reload that is
     /// applied; a refused one never calls it).
     pub fn publish(&self) {
-        for pool in self.sites.values().chain(self.routes.values()).chain(self.streams.values()) {
+        for pool in self.iter() {
             pool.publish();
         }
+    }
+
+    /// Whether `upstream` is a member of the pool that series name by its owner's label
+    /// (`site`, for a route's own pool too, or `stream`) and `name`.
+    pub fn runs(&self, owner: &str, name: &str, upstream: &str) -> bool {
+        let pool = match owner {
+            "site" => self.sites.get(name).or_else(|| self.routes.get(name)),
+            "stream" => self.streams.get(name),
+            _ => None,
+        };
+        pool.is_some_and(|p| p.members.iter().any(|m| *m.label == *upstream))
     }
 
     /// This generation replaces `previous`: the runtime weight overrides whose weight the

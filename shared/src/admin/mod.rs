@@ -9,6 +9,7 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod page;
+pub mod series;
 pub mod status;
 pub mod token;
 
