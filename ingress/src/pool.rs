@@ -86,6 +86,11 @@ pub struct PathState {
     held: AtomicBool,
     /// Set by passive evidence (a UDP flow's replies stopped): probe this path at once.
     probe_now: AtomicBool,
+    /// The source (an address; IPv6 a /64) whose UDP reply silence last counted against
+    /// this path, and when (`Pool::reply_silence`).
+    last_silence: Mutex<Option<(IpAddr, std::time::Instant)>>,
+    /// When a UDP reply last came back on this path (busy-clock µs, `micros`; 0: never).
+    last_reply_us: AtomicU64,
     /// Delivered quality (`crate::quality`): scales the share of a path that works, badly.
     quality: Mutex<Quality>,
     /// Connects raced for being slow, still in flight (`Suspicion`).
@@ -167,6 +172,11 @@ fn now() -> std::time::Instant {
 }
 
 impl PathState {
+    /// A UDP reply came back on this path (`Pool::reply_silence` reads it).
+    pub(crate) fn note_reply(&self) {
+        self.last_reply_us.store(micros(), Ordering::Relaxed);
+    }
+
     fn new(pool: &str, path: &str, ip: Option<IpAddr>) -> Self {
         let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
         let bytes = Arc::new(AtomicU64::new(0));
@@ -181,6 +191,8 @@ impl PathState {
             damping: Mutex::new(Damper { d: Damping::new(ip.is_some(), now()), counted: now() }),
             held: AtomicBool::new(false),
             probe_now: AtomicBool::new(false),
+            last_silence: Mutex::new(None),
+            last_reply_us: AtomicU64::new(0),
             quality: Mutex::new(Quality::new(now())),
             suspicions: AtomicU32::new(0),
             bad_quality: AtomicBool::new(false),
@@ -621,12 +633,18 @@ impl Pool {
         self.record_by(index, outcome, Source::Traffic, "connect", Some(began));
     }
 
-    /// A UDP flow on `path` that expects replies kept sending with none coming back for its
-    /// reply timeout: one failure of the path from real traffic (like a failed connect, it
-    /// may take the path down only while another path is up, and `fall` of them are needed)
-    /// and a probe at once, so a silently dead path is judged within a probe's time. A path
-    /// not in this pool (replaced by a reload) is left alone.
-    pub fn reply_silence(&self, path: &Arc<Path>, silent_for: std::time::Duration) {
+    /// A UDP flow of `client` on `path` that expects replies kept sending with none coming
+    /// back for its reply timeout: one failure of the path from real traffic (like a failed
+    /// connect, it may take the path down only while another path is up, and `fall` of them
+    /// are needed) and a probe at once, so a silently dead path is judged within a probe's
+    /// time. While the path still answers other flows, one source (an address; IPv6 a /64)
+    /// counts once per health `interval` however many of its flows go silent: a client that
+    /// is answered once and then sends what the service drops, from many ports, would
+    /// otherwise take a working path down at will (a reset from home does not count against
+    /// a path for the same reason). A path that answers nobody counts every silent flow, so a
+    /// dead one is still down within two reply timeouts. A path not in this pool (replaced
+    /// by a reload) is left alone.
+    pub fn reply_silence(&self, path: &Arc<Path>, silent_for: std::time::Duration, client: IpAddr) {
         let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(p, path)) else {
             return;
         };
@@ -634,9 +652,20 @@ impl Pool {
             // Its flow went to the address the path had before its name moved.
             return;
         }
+        let began = micros().saturating_sub(silent_for.as_micros() as u64);
+        let answering = path.state.last_reply_us.load(Ordering::Relaxed) > began;
+        let source = shared::udp_flows::source_of(client);
+        let now = now();
+        {
+            let mut last = path.state.last_silence.lock().unwrap_or_else(|e| e.into_inner());
+            let again = last.is_some_and(|(s, at)| s == source && now.duration_since(at) < self.cfg.health.interval);
+            if answering && again {
+                return;
+            }
+            *last = Some((source, now));
+        }
         path.state.m_udp_silences.increment(1);
         path.quality_sample(1.0);
-        let began = micros().saturating_sub(silent_for.as_micros() as u64);
         self.record_by(index, Outcome::Failed, Source::Traffic, "udp replies", Some(began));
         path.state.probe_now.store(true, Ordering::Relaxed);
         self.wake.notify_one();
@@ -1600,7 +1629,7 @@ pub(crate) mod tests {
         let path = p.paths[0].clone();
         assert!(!path.began_on_current_address(Duration::from_millis(300)));
         assert!(path.began_on_current_address(Duration::ZERO));
-        p.reply_silence(&path, Duration::from_millis(300));
+        p.reply_silence(&path, Duration::from_millis(300), IpAddr::from([192, 0, 2, 1]));
         assert_eq!(path.quality_loss(), 0.0);
         std::thread::sleep(Duration::from_millis(2));
         let sent_after = micros();
@@ -1631,21 +1660,48 @@ pub(crate) mod tests {
     #[test]
     fn udp_reply_silences_count_as_traffic_failures_and_ask_for_a_probe() {
         let p = pool(&[1, 1], false);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
         let wan1 = p.paths[0].clone();
-        p.reply_silence(&wan1, Duration::from_millis(100));
+        p.reply_silence(&wan1, Duration::from_millis(100), a);
         assert!(wan1.is_up() && wan1.health_snapshot().transitional());
         assert!(wan1.state.probe_now.load(Ordering::Relaxed), "a probe is asked for");
-        p.reply_silence(&wan1, Duration::from_millis(100));
+        // A path that answers nobody: every silent flow counts, one client's too.
+        p.reply_silence(&wan1, Duration::from_millis(100), a);
         assert!(!wan1.is_up());
         let wan2 = p.paths[1].clone();
         for _ in 0..5 {
-            p.reply_silence(&wan2, Duration::from_millis(100));
+            p.reply_silence(&wan2, Duration::from_millis(100), a);
         }
         assert!(wan2.is_up(), "the last usable path stays up on passive evidence");
         // A path of another pool (one a reload replaced) is left alone.
         let other = pool(&[1], false);
-        p.reply_silence(&other.paths[0], Duration::from_millis(100));
+        p.reply_silence(&other.paths[0], Duration::from_millis(100), a);
         assert!(other.paths[0].is_up() && !other.paths[0].health_snapshot().transitional());
+    }
+
+    /// While a path answers other flows, one source's silent flows (an address, or an IPv6
+    /// /64, from as many ports as it likes) count once per health interval: they cannot take
+    /// it down alone; a second source's can.
+    #[test]
+    fn one_source_cannot_take_an_answering_path_down_with_silences() {
+        for (a, a_again, b) in
+            [("192.0.2.1", "192.0.2.1", "198.51.100.7"), ("2001:db8:0:1::1", "2001:db8:0:1::ffff", "2001:db8:0:2::1")]
+        {
+            let (a, a_again, b): (IpAddr, IpAddr, IpAddr) =
+                (a.parse().unwrap(), a_again.parse().unwrap(), b.parse().unwrap());
+            let p = pool(&[1, 1], false);
+            let wan1 = p.paths[0].clone();
+            wan1.state.note_reply();
+            p.reply_silence(&wan1, Duration::from_millis(100), a);
+            assert!(wan1.health_snapshot().fail_avg > 0.0, "the first silence counted");
+            for _ in 0..5 {
+                wan1.state.note_reply();
+                p.reply_silence(&wan1, Duration::from_millis(100), a_again);
+            }
+            assert!(wan1.is_up(), "{a}: one source's silences took an answering path down");
+            p.reply_silence(&wan1, Duration::from_millis(100), b);
+            assert!(!wan1.is_up(), "{b}: a second source silent: the path is down");
+        }
     }
 
     /// A path whose port stops answering is taken down by probes, then seen again within

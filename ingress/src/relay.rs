@@ -163,8 +163,8 @@ async fn one_way(
                 }
                 Small::Nothing => continue,
                 Small::Read { read, rest, full, eof } => {
-                    write_all(to, &rest).await?;
-                    moved(read);
+                    moved(read - rest.len());
+                    write_all(to, &rest, &moved).await?;
                     if eof {
                         finish(to, activity);
                         return Ok(());
@@ -272,13 +272,17 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Write all of `data` to `to`, waiting for it to take it.
-async fn write_all(to: &TcpStream, data: &[u8]) -> io::Result<()> {
+/// Write all of `data` to `to`, waiting for it to take it; `moved` hears of every part taken,
+/// so a slow reader that takes it bit by bit is not idle.
+async fn write_all(to: &TcpStream, data: &[u8], moved: &impl Fn(usize)) -> io::Result<()> {
     let mut off = 0;
     while off < data.len() {
         to.writable().await?;
         match to.try_write(&data[off..]) {
-            Ok(w) => off += w,
+            Ok(w) => {
+                off += w;
+                moved(w);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
@@ -334,13 +338,17 @@ async fn through_pipe(from: &TcpStream, to: &TcpStream, moved: &impl Fn(usize)) 
         while left > 0 {
             to.writable().await?;
             match to.try_io(Interest::WRITABLE, || pipe_to_socket(&pipe, to_fd, left)) {
-                Ok(n) => left -= n,
+                // Counted as it goes: a slow reader may take a pipe's worth over longer
+                // than the idle timeout, and is not idle.
+                Ok(n) => {
+                    left -= n;
+                    moved(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 // The pipe still holds data: it is dropped with this error, not pooled.
                 Err(e) => return Err(e),
             }
         }
-        moved(filled);
     }
     PIPES.give_back(pipe);
     Ok(Piped::Drained { big: first.is_some_and(|n| n >= SMALL) })
@@ -507,5 +515,55 @@ mod tests {
         assert!(client_got == down_expect, "upstream→client bytes differ");
         assert_eq!((totals.up, totals.down), (up_expect.len() as u64, down_expect.len() as u64));
         assert_eq!(pool.paths[0].bytes_total(), (up_expect.len() + down_expect.len()) as u64);
+    }
+
+    /// A client that reads a download slower than the relay's writes complete (small socket
+    /// buffers, 2 KiB every 100 ms) is moving data, not idle: with a 1 s idle timeout the
+    /// relay still runs after 4 s, though a pipe's worth takes it three seconds.
+    #[tokio::test]
+    async fn a_slow_reader_is_not_idle() {
+        let client_side = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let upstream_side = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (client_addr, upstream_addr) =
+            (client_side.local_addr().expect("addr"), upstream_side.local_addr().expect("addr"));
+        let upstream = thread::spawn(move || {
+            let (mut s, _) = upstream_side.accept().expect("upstream accept");
+            peer(&s);
+            // More than the client reads in the test; the write ends when the relay closes.
+            let _ = s.write_all(&vec![7u8; 8 << 20]);
+        });
+        let client = thread::spawn(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            s.set_recv_buffer_size(4096).expect("small receive buffer");
+            s.connect(&client_addr.into()).expect("client connect");
+            let mut s = std::net::TcpStream::from(s);
+            peer(&s);
+            let (start, mut got, mut buf) = (std::time::Instant::now(), 0usize, [0u8; 2048]);
+            while start.elapsed() < Duration::from_secs(4) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return (got, start.elapsed()),
+                    Ok(n) => got += n,
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            (got, start.elapsed())
+        });
+        client_side.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(client_side).expect("listener");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        // A fixed send buffer (no autotuning to megabytes on loopback, where the kernel would
+        // wake a writer only once a third of it had drained): writes complete as the client
+        // reads.
+        socket2::SockRef::from(&accepted).set_send_buffer_size(16 << 10).expect("small send buffer");
+        let up = TcpStream::connect(upstream_addr).await.expect("connect upstream");
+        let pool = crate::pool::tests::pool(&[1], false);
+        let state = &pool.paths[0].state;
+        let relayed = relay(&accepted, &up, Duration::from_secs(1), &state.m_bytes_up, &state.m_bytes_down);
+        let ended = tokio::time::timeout(Duration::from_secs(5), relayed).await;
+        let (got, reading) = tokio::task::spawn_blocking(move || client.join().expect("client")).await.expect("join");
+        drop((accepted, up));
+        let _ = upstream.join();
+        assert!(reading >= Duration::from_secs(4), "the client's download ended after {reading:?} ({got} bytes)");
+        assert!(!matches!(ended, Ok((End::Idle, _))), "the relay took the slow reader for idle");
     }
 }

@@ -18,14 +18,19 @@ use crate::limits::Budget;
 use crate::metrics as m;
 use crate::pool::Pool;
 
+/// The permits of a service without `max_connections`: more than any descriptor budget
+/// holds, so only the global cap applies.
+pub const UNCAPPED: usize = 1 << 30;
+
 /// A service as the data path sees it.
 pub struct Service {
     pub cfg: ServiceConfig,
     pub pool: Arc<Pool>,
     /// `sni`/`http` modes: name → pool, with the service's pool as the default.
     pub router: shared::peek::NameRouter<Arc<Pool>>,
-    /// Per-service connection cap (none: only the global one applies).
-    pub limit: Option<Arc<Semaphore>>,
+    /// Per-service connection cap: `max_connections`, or [`UNCAPPED`] without one. Every
+    /// connection holds a permit, so a cap a reload adds counts those already open.
+    pub limit: Arc<Semaphore>,
     /// UDP flows of this service across all its ports (kept across reloads by name).
     pub flows: Arc<FlowBudget>,
     /// The process's descriptor pool (`Shared::descriptors`), for a raced connect's socket.
@@ -84,14 +89,14 @@ impl Runtime {
             };
             let prev = previous.and_then(|p| p.services.get(&sc.name));
             // The same semaphore across reloads, so the connections open stay counted (a
-            // lower cap admits none until they are under it).
-            let limit = match (prev.map(|p| (&p.limit, p.cfg.max_connections)), sc.max_connections) {
-                (Some((Some(limit), Some(was))), Some(n)) => {
-                    shared::conn_limit::resize(limit, was as usize, n as usize);
-                    Some(limit.clone())
+            // lower cap, or one a service had not, admits none until they are under it).
+            let cap = |max: Option<u32>| max.map_or(UNCAPPED, |n| n as usize);
+            let limit = match prev {
+                Some(p) => {
+                    shared::conn_limit::resize(&p.limit, cap(p.cfg.max_connections), cap(sc.max_connections));
+                    p.limit.clone()
                 }
-                (_, Some(n)) => Some(Arc::new(Semaphore::new(n as usize))),
-                (_, None) => None,
+                None => Arc::new(Semaphore::new(cap(sc.max_connections))),
             };
             let flow_cap = budget.service_flows(sc.max_flows);
             let flows = match prev {

@@ -48,10 +48,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<ArcSwap<Service>>, sha
         };
         let service = slot.load_full();
         let global = shared.global_limit.clone().try_acquire_owned();
-        let local = service.limit.as_ref().map(|l| l.clone().try_acquire_owned());
+        let local = service.limit.clone().try_acquire_owned();
         let permits = match (global, local) {
-            (Ok(g), None) => Some((g, None)),
-            (Ok(g), Some(Ok(l))) => Some((g, Some(l))),
+            (Ok(g), Ok(l)) => Some((g, l)),
             _ => None,
         }
         // Its two sockets, from the pool UDP flows share (their floor kept).

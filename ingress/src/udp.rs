@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, ByteMeter, Kind, Tried, NEVER_BUSY};
+use crate::pool::{ActiveGuard, Kind, PathState, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
@@ -222,12 +222,15 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let first = slot.load_full();
-    let c = Arc::new(Counters::new(&first.cfg.name));
-    let replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
-    let mut active = FlowsGauge {
-        gauge: gauge!(m::UDP_FLOWS_ACTIVE, "service" => first.cfg.name.clone(), "listen" => local.to_string()),
+    // Labelled by the service the socket serves: built again when a reload gives its address
+    // to a service of another name (flows opened before count on the old one's).
+    let gauge = |service: &str| FlowsGauge {
+        gauge: gauge!(m::UDP_FLOWS_ACTIVE, "service" => service.to_owned(), "listen" => local.to_string()),
         shown: 0,
     };
+    let mut c = Arc::new(Counters::new(&first.cfg.name));
+    let mut replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
+    let mut active = gauge(&first.cfg.name);
     let mut table: FlowTable<SocketAddr, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
@@ -272,6 +275,11 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         recv_buffer.keep(&socket, svc.cfg.udp_recv_buffer, &svc.cfg.name);
         if !Arc::ptr_eq(&opened_under, &*svc) {
             reloaded(&mut table, &opened_under, &svc, &mut gone);
+            if opened_under.cfg.name != svc.cfg.name {
+                c = Arc::new(Counters::new(&svc.cfg.name));
+                replies.c = c.clone();
+                active = gauge(&svc.cfg.name);
+            }
             active.show(table.len());
             opened_under = Arc::clone(&*svc);
         }
@@ -300,7 +308,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 if let Some(silent) = flow.watch.on_send(now, replied, timeout.as_millis() as u64) {
                     if current() {
                         tracing::debug!(service = %svc.cfg.name, path = %path.name, "udp flow unanswered: path suspect");
-                        svc.pool.reply_silence(path, Duration::from_millis(silent));
+                        svc.pool.reply_silence(path, Duration::from_millis(silent), client.ip());
                     }
                 }
                 if replied.is_some() {
@@ -439,7 +447,7 @@ async fn open_flow(
             last.clone(),
             answers.clone(),
             busy_mark.clone(),
-            guard.path().state.m_bytes_down.clone(),
+            guard.path().state.clone(),
         )));
         let life = FlowLife::new(last, pump, permits, share);
         let (watch, segmenting) = Default::default();
@@ -456,9 +464,10 @@ async fn pump_replies(
     last: Arc<AtomicU64>,
     answers: Arc<Answers>,
     busy_mark: Arc<AtomicU64>,
-    bytes_down: ByteMeter,
+    path: Arc<PathState>,
 ) {
     let Replies { listener, c, epoch } = replies;
+    let bytes_down = &path.m_bytes_down;
     // The route to this client takes GSO or not, whatever the route home does.
     let mut segmenting = Segmenting::default();
     pump(&upstream, |run| {
@@ -466,6 +475,7 @@ async fn pump_replies(
         last.store(now, Ordering::Relaxed);
         answers.last.store(now + 1, Ordering::Relaxed);
         answers.count.fetch_add(run.len() as u64, Ordering::Relaxed);
+        path.note_reply();
         let sent = segmenting.send_to(&listener, client, run).datagrams;
         if sent > 0 {
             let bytes = (sent * run[0].len()) as u64;

@@ -267,11 +267,11 @@ async fn connection_limit_refuses_cleanly_and_drain_waits() {
     assert_eq!(left, 0);
 }
 
-/// A reload from `two` (a cap of 2) to the same config with `max_connections = 1`: the open
+/// Two connections open under `before`, then a reload to `one` (a cap of 1): the open
 /// connections stay counted, so with one of two left open the next is refused, and with none
 /// one is served again.
-async fn lowered_cap_counts_the_open_connections(two: String) {
-    let server = start(&two).await;
+async fn lowered_cap_counts_the_open_connections(before: String, one: String) {
+    let server = start(&before).await;
     let addr = service_addr(&server, "echo").await;
     let served = |mut s: TcpStream| async move {
         let mut line = [0u8; 5];
@@ -279,7 +279,6 @@ async fn lowered_cap_counts_the_open_connections(two: String) {
     };
     let a = served(TcpStream::connect(addr).await.expect("a")).await.expect("a served");
     let b = served(TcpStream::connect(addr).await.expect("b")).await.expect("b served");
-    let one = two.replace("max_connections = 2", "max_connections = 1");
     server.try_reload(ingress::Config::from_toml(&one).expect("valid")).await.expect("applies");
     // One left open, at the new cap of 1: the next is refused.
     drop(a);
@@ -308,19 +307,28 @@ fn on_a_fixed_port(conf: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_service_connection_limit_counts_the_connections_already_open() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;
-    lowered_cap_counts_the_open_connections(on_a_fixed_port(config(
-        &[("wan1", wan1.addr, 1)],
-        None,
-        "max_connections = 2",
-    )))
-    .await;
+    let two = on_a_fixed_port(config(&[("wan1", wan1.addr, 1)], None, "max_connections = 2"));
+    let one = two.replace("max_connections = 2", "max_connections = 1");
+    lowered_cap_counts_the_open_connections(two, one).await;
+}
+
+/// The same when the service had no cap of its own before the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_connection_limit_a_reload_adds_counts_the_connections_already_open() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let two = on_a_fixed_port(config(&[("wan1", wan1.addr, 1)], None, "max_connections = 2"));
+    let uncapped = two.replace("max_connections = 2", "");
+    let one = two.replace("max_connections = 2", "max_connections = 1");
+    lowered_cap_counts_the_open_connections(uncapped, one).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_global_connection_limit_counts_the_connections_already_open() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;
     let service = on_a_fixed_port(config(&[("wan1", wan1.addr, 1)], None, ""));
-    lowered_cap_counts_the_open_connections(format!("[limits]\nmax_connections = 2\n{service}")).await;
+    let two = format!("[limits]\nmax_connections = 2\n{service}");
+    let one = two.replace("max_connections = 2", "max_connections = 1");
+    lowered_cap_counts_the_open_connections(two, one).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

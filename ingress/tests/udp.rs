@@ -356,3 +356,31 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
     assert_eq!(by(&after, "reload") - by(&before, "reload"), 1.0, "the flow the reload moved, counted as such");
     assert_eq!(by(&after, "path_down"), by(&before, "path_down"), "wan1 never went down");
 }
+
+/// A reload that gives a UDP listener's address to a service of another name: its datagrams
+/// and open flows are counted under the new name from then on (the old name's series leave
+/// `/metrics` with the service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_udp_service_is_counted_under_its_new_name() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let before = udp_config(tcp1.addr, tcp2.addr, "").replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+    let server = start(&before).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    client.connect(addr).await.expect("connect");
+    assert!(ask(&client, "before").await.is_some());
+    let renamed = before.replace("name = \"udp-echo\"", "name = \"udp-renamed\"");
+    server.try_reload(ingress::Config::from_toml(&renamed).expect("valid")).await.expect("applies");
+    assert_eq!(service_addr(&server, "udp-renamed").await, addr, "the socket is kept");
+    for i in 0..3 {
+        assert!(ask(&client, &format!("after {i}")).await.is_some(), "answered after the rename");
+    }
+    let m = metrics(&server).await;
+    let up = [("service", "udp-renamed"), ("direction", "up")];
+    assert_eq!(metric(&m, "ingress_udp_datagrams_total", &up), 3.0, "{m}");
+    assert_eq!(metric(&m, "ingress_udp_flows_active", &[("service", "udp-renamed")]), 1.0, "{m}");
+}
