@@ -51,18 +51,23 @@ fn publish_certificates(state: &State) -> Vec<String> {
     served
 }
 
-/// The exposition without the series of upstreams the running pools do not have (removed by
-/// a reload, or built by a refused one) and the expiry of certificates no longer `served`,
-/// on which an alert would fire for ever (`shared::admin::series`).
+/// The exposition without the gauges of what does not run (`shared::admin::series`):
+/// upstreams the running pools do not have (removed by a reload, or built by a refused one),
+/// certificates no longer `served` (the expiry alert would fire for ever), and sites and
+/// streams no longer configured.
 fn running_series(state: &State, served: &[String]) -> String {
-    let pools = state.pools.load();
+    let (pools, config) = (state.pools.load(), state.config.load());
     shared::admin::series::retain(&state.metrics.render(), |l| {
         if l.name == names::CERTIFICATE_EXPIRY {
             return l.get("certificate").is_some_and(|c| served.iter().any(|s| *s == *c));
         }
-        let Some(upstream) = l.get("upstream") else { return true };
-        let owner = ["site", "stream"].into_iter().find_map(|key| Some((key, l.get(key)?)));
-        owner.is_some_and(|(key, name)| pools.runs(key, &name, &upstream))
+        let (site, stream) = (l.get("site"), l.get("stream"));
+        if let Some(upstream) = l.get("upstream") {
+            let owner = site.map(|s| ("site", s)).or(stream.map(|s| ("stream", s)));
+            return owner.is_some_and(|(key, name)| pools.runs(key, &name, &upstream));
+        }
+        site.is_none_or(|s| config.sites.iter().any(|c| *c.host == *s))
+            && stream.is_none_or(|s| config.streams.iter().any(|c| *c.name == *s))
     })
 }
 

@@ -785,3 +785,31 @@ async fn h2_cookie_fields_reach_the_upstream_as_one_header() {
     let cookies: Vec<&str> = text.lines().filter(|l| l.starts_with("cookie: ")).collect();
     assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{text}");
 }
+
+/// A GET with a chunked body (a search query) reaches the upstream with its body (hyper
+/// alone would send it without); a Host that a URL parser would read as another host is
+/// answered 400, not routed; scanner paths hidden behind encodings and path parameters are
+/// blocked as the upstream would serve them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_gets_odd_hosts_and_hidden_scanner_paths() {
+    let s = setup("", "").await;
+    let (ca, addr) = (&s.ca.pem_path, s.proxy.mesh_https);
+    let chunked = ["--http1.1", "-X", "GET", "-H", "Transfer-Encoding: chunked", "--data-binary", "hello"];
+    let (out, err, ok) = curl(&chunked, "a.test", addr, ca, "/search").await;
+    assert!(ok && out.contains("body-bytes: 5"), "{err}{out}");
+    let (out, err, ok) = curl(&["--http1.1"], "a.test", addr, ca, "/plain").await;
+    assert!(ok && out.contains("body-bytes: 0") && !out.contains("transfer-encoding"), "{err}{out}");
+
+    for host in ["a.test/@b.test", "b.test@a.test", "a.test\\@b.test"] {
+        let header = format!("Host: {host}");
+        let (out, err, _) = curl(&["--http1.1", "-D", "-", "-H", &header], "a.test", addr, ca, "/").await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{host}: {err}{out}");
+        assert!(!out.contains("upstream: a"), "{host} reached the upstream: {out}");
+    }
+
+    for hidden in ["/%2egit/config", "//.git/config", "/.git;x/config", "/%2Eenv"] {
+        let (out, err, _) = curl(&["-D", "-", "--path-as-is"], "a.test", addr, ca, hidden).await;
+        assert!(out.starts_with("HTTP/2 404"), "{hidden}: {err}{out}");
+        assert!(!out.contains("upstream: a"), "{hidden} reached the upstream: {out}");
+    }
+}

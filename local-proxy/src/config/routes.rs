@@ -112,10 +112,12 @@ impl PathMatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnroutablePath;
 
-/// The path routes are matched against: percent-decoded, repeated slashes merged. Refused:
-/// an encoded `/` or `\` (upstreams disagree on whether it splits segments), a NUL, invalid
-/// UTF-8 after decoding, and `.`/`..` segments (upstreams resolve them differently). With
-/// those refused, the path an upstream acts on is the one the route was chosen by.
+/// The path routes are matched against: percent-decoded, repeated slashes merged, each
+/// segment without its path parameters (`/manager;x/html` is `/manager/html`, as Tomcat and
+/// Jetty serve it). Refused: a `\`, plain or encoded, or an encoded `/` (upstreams disagree
+/// on whether they split segments), a NUL, invalid UTF-8 after decoding, and `.`/`..`
+/// segments (upstreams resolve them differently). With those refused, the path an upstream
+/// acts on is the one the route was chosen by.
 pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -134,28 +136,29 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
                 continue;
             }
         }
+        if b == b'\\' {
+            return Err(UnroutablePath);
+        }
         out.push(b);
         i += 1;
     }
     let decoded = String::from_utf8(out).map_err(|_| UnroutablePath)?;
     let mut path = String::with_capacity(decoded.len() + 1);
-    for seg in decoded.split('/').filter(|s| !s.is_empty()) {
-        if dot_segment(seg) {
+    for seg in decoded.split('/') {
+        // `..;x` is `..` to Tomcat and Jetty.
+        let name = seg.split(';').next().unwrap_or(seg);
+        if name == "." || name == ".." {
             return Err(UnroutablePath);
         }
-        path.push('/');
-        path.push_str(seg);
+        if !name.is_empty() {
+            path.push('/');
+            path.push_str(name);
+        }
     }
     if path.is_empty() || decoded.ends_with('/') {
         path.push('/');
     }
     Ok(path)
-}
-
-/// `.` or `..`, alone or before path parameters (`..;x`, which Tomcat and Jetty resolve as `..`).
-fn dot_segment(seg: &str) -> bool {
-    let name = seg.split(';').next().unwrap_or(seg);
-    name == "." || name == ".."
 }
 
 /// For a site whose forward auth judges every path (no routes): refuse a path an upstream
@@ -531,7 +534,10 @@ mod tests {
         assert_eq!(normalise_path("").unwrap(), "/");
         assert_eq!(normalise_path("/50%").unwrap(), "/50%");
         assert_eq!(normalise_path("/%zz").unwrap(), "/%zz");
-        assert_eq!(normalise_path("/a;v=1/..b").unwrap(), "/a;v=1/..b");
+        assert_eq!(normalise_path("/a;v=1/..b").unwrap(), "/a/..b");
+        // Path parameters are not part of a segment's name (Tomcat serves /manager/html).
+        assert_eq!(normalise_path("/manager;x/html").unwrap(), "/manager/html");
+        assert_eq!(normalise_path("/;x//admin;jsessionid=1").unwrap(), "/admin");
         for bad in [
             "/api%2Fx",
             "/a%5cb",
@@ -541,6 +547,8 @@ mod tests {
             "/public/%2e%2e/api",
             "/%ff",
             "/public/..;x/api",
+            "/public/..\\admin",
+            "/a\\b",
         ] {
             assert!(normalise_path(bad).is_err(), "{bad}");
         }

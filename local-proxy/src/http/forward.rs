@@ -139,6 +139,12 @@ async fn proxy(
         // stale one gives them back.
         let last = attempts - usize::from(stale_retried) >= pool.members.len();
         *attempt.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        // hyper sends a GET or HEAD whose length it does not know without its body (they so
+        // seldom have one); one that has one (a chunked search query) goes on chunked, as
+        // nginx passes it on.
+        if matches!(parts.method, http::Method::GET | http::Method::HEAD) && unknown_length(attempt.body()) {
+            attempt.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         let guard = Active::new(state.clone());
         let start = Instant::now();
         // The send's future built where it is awaited (a local moved into either arm would be
@@ -325,4 +331,9 @@ fn unavailable() -> Response<Body> {
 fn with_site_headers(mut resp: Response<Body>, route: &Target<'_>) -> Response<Body> {
     apply_response(resp.headers_mut(), route.response_headers);
     resp
+}
+
+/// Whether `body` has something to send whose length is not known ahead.
+fn unknown_length(body: &impl http_body::Body) -> bool {
+    !body.is_end_stream() && body.size_hint().exact().is_none()
 }

@@ -234,8 +234,16 @@ pub fn health(state: &State) -> Response<Body> {
     }
 }
 
-/// Whether `path` is one of `blocked` or below it, ignoring ASCII case (scanners vary it).
+/// Whether `path` is one of `blocked` or below it, ignoring ASCII case (scanners vary it),
+/// as routes see it: decoded, slashes merged, without path parameters (`/%2egit/config` and
+/// `//.git;x/config` are `/.git/config`, which upstreams serve for them). A path routes
+/// cannot see (an encoded `/`, a `..`) is looked at as it came.
 fn is_blocked(path: &str, blocked: &[String]) -> bool {
+    if blocked.is_empty() {
+        return false;
+    }
+    let normal = crate::config::routes::normalise_path(path);
+    let path = normal.as_deref().unwrap_or(path);
     blocked.iter().any(|b| {
         path.len() >= b.len()
             && path.as_bytes()[..b.len()].eq_ignore_ascii_case(b.as_bytes())
@@ -275,5 +283,9 @@ mod tests {
         assert!(!is_blocked("/.github/workflows", &list));
         assert!(!is_blocked("/blog/wp-admin", &list));
         assert!(!is_blocked("/", &list));
+        // As upstreams would serve them.
+        for hidden in ["/%2egit/config", "//.git/config", "/.git;x/config", "/%2Egit", "/wp-admin;x/"] {
+            assert!(is_blocked(hidden, &list), "{hidden}");
+        }
     }
 }

@@ -269,8 +269,8 @@ fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
 }
 
 /// The host a request is for, lower-cased, without userinfo, port or trailing dot; `None`
-/// (answered 400) for several Host headers, or an HTTP/1.1 request without one (RFC 9112
-/// §3.2; nginx alike). A target with an authority (h2's `:authority`, HTTP/1.1's absolute
+/// (answered 400) for several Host headers, an HTTP/1.1 request without one (RFC 9112
+/// §3.2; nginx alike), or a host that is not a plain name or address ([`plain_host`]). A target with an authority (h2's `:authority`, HTTP/1.1's absolute
 /// form) names the host (RFC 9112 §3.2.2, RFC 9113 §8.3.1; Go's server, so Caddy and
 /// Traefik, do the same), and a Host header that disagrees is replaced by it: the site is
 /// found by the authority, so forward auth's X-Forwarded-Host and the upstream's Host must be
@@ -283,9 +283,12 @@ pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
             return None;
         }
         let Some(authority) = req.uri().authority() else {
-            return host_name(host?.to_str().ok()?);
+            return host_name(host?.to_str().ok().filter(|h| plain_host(h))?);
         };
         let name = without_userinfo(authority.as_str());
+        if !plain_host(name) {
+            return None;
+        }
         let replace = match host {
             Some(v) => !v.as_bytes().eq_ignore_ascii_case(name.as_bytes()),
             // h2's usual request: nothing to align, nothing allocated; a userinfo would reach
@@ -299,6 +302,38 @@ pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
         req.headers_mut().insert(http::header::HOST, v);
     }
     host_name(req.uri().authority()?.as_str())
+}
+
+/// Whether `raw` is `host[:port]` with a host of letters, digits, `-`, `_` and `.` (no empty
+/// label but a trailing one) or an IP address in brackets, and a port of digits. The site is
+/// found by this name, and the Host that forward auth and the upstream are shown is this
+/// header: with a `/`, `@`, `%` or `\` in it, an auth service or application that parses it
+/// into a URL could see another host than the one routed on (`a.example.org/@b.example.org`
+/// was routed to b). nginx refuses `/` and `..` in a Host, Go's server (so Caddy and
+/// Traefik) `/`, `@` and `\`.
+fn plain_host(raw: &str) -> bool {
+    let (host, port) = match raw.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((ip, rest)) if rest.is_empty() || rest.starts_with(':') => {
+                let address = !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !address {
+                    return false;
+                }
+                ("", rest.strip_prefix(':'))
+            }
+            _ => return false,
+        },
+        None => match raw.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (raw, None),
+        },
+    };
+    let name_ok = raw.starts_with('[')
+        || (!host.is_empty()
+            && host.trim_end_matches('.').split('.').all(|label| {
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }));
+    name_ok && port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn without_userinfo(authority: &str) -> &str {
@@ -376,6 +411,31 @@ mod tests {
         assert_eq!(request_host(&mut h10("/x", &[])), None);
         assert_eq!(request_host(&mut req("/x", &[])), None);
         assert_eq!(request_host(&mut req("https://a.example.org/", &[])), None);
+        // A Host that says more than a name and port: none (a URL parser would read another
+        // host in the first: that is what auth and the upstream are shown).
+        for bad in [
+            "public.example.org/@secret.example.org",
+            "public.example.org@secret.example.org",
+            "evil.com/.example.org",
+            "evil.com%2f.example.org",
+            "a.example.org\\@b.example.org",
+            "a..example.org",
+            ".example.org",
+            "a.example.org:80x",
+            "a.example.org:123456",
+            "[200::1",
+            "[200::1]x",
+            "[]",
+            "",
+        ] {
+            assert_eq!(request_host(&mut req("/x", &[bad])), None, "{bad}");
+        }
+        for good in
+            ["a.example.org", "A-b_c.example.org.", "a.example.org:", "a:8443", "[200::1]", "[::ffff:1.2.3.4]:80"]
+        {
+            assert!(request_host(&mut req("/x", &[good])).is_some(), "{good}");
+        }
+        assert_eq!(request_host(&mut req("http://a!b.example.org/x", &["a.example.org"])), None);
         // Several Host headers: none, whatever the target.
         assert_eq!(request_host(&mut req("/x", &["a.example.org", "b.example.org"])), None);
         assert_eq!(request_host(&mut req("https://a.example.org/", &["a.example.org", "a.example.org"])), None);
