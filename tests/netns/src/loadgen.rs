@@ -31,7 +31,8 @@ pub struct LoadConfig {
     pub io_timeout: Duration,
     /// A connection slower than this (connect to echo) is counted `slow` (still ok).
     pub slow: Duration,
-    /// Keep each connection open this long, exchanging a line every `hold_every`.
+    /// Keep each connection open this long (or until `stop_file` appears), exchanging a line
+    /// every `hold_every`.
     pub hold: Duration,
     pub hold_every: Duration,
     /// On a failed connect, try the next target (as a client with several DNS answers does).
@@ -302,7 +303,7 @@ fn converse(cfg: &LoadConfig, seq: u64, s: TcpStream, backend: &mut Option<Strin
     if !cfg.hold.is_zero() {
         let start = Instant::now();
         let mut k = 0u64;
-        while start.elapsed() < cfg.hold {
+        while start.elapsed() < cfg.hold && !cfg.stop_file.as_ref().is_some_and(|p| p.exists()) {
             std::thread::sleep(cfg.hold_every.min(cfg.hold.saturating_sub(start.elapsed())));
             k += 1;
             exchange(&format!("lbt {seq} {k}\n"), false, backend)
