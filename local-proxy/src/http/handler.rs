@@ -242,8 +242,15 @@ fn is_blocked(path: &str, blocked: &[String]) -> bool {
     if blocked.is_empty() {
         return false;
     }
-    let normal = crate::config::routes::normalise_path(path);
-    let path = normal.as_deref().unwrap_or(path);
+    // Most paths are already as routes see them: nothing to decode, merge or cut.
+    let plain = !path.bytes().any(|b| matches!(b, b'%' | b';')) && !path.contains("//");
+    let normal;
+    let path = if plain {
+        path
+    } else {
+        normal = crate::config::routes::normalise_path(path);
+        normal.as_deref().unwrap_or(path)
+    };
     blocked.iter().any(|b| {
         path.len() >= b.len()
             && path.as_bytes()[..b.len()].eq_ignore_ascii_case(b.as_bytes())

@@ -312,28 +312,34 @@ pub fn request_host<B>(req: &mut http::Request<B>) -> Option<String> {
 /// was routed to b). nginx refuses `/` and `..` in a Host, Go's server (so Caddy and
 /// Traefik) `/`, `@` and `\`.
 fn plain_host(raw: &str) -> bool {
-    let (host, port) = match raw.strip_prefix('[') {
-        Some(literal) => match literal.split_once(']') {
-            Some((ip, rest)) if rest.is_empty() || rest.starts_with(':') => {
-                let address = !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-                if !address {
-                    return false;
-                }
-                ("", rest.strip_prefix(':'))
-            }
+    // One pass over the bytes: this runs for every request.
+    let b = raw.as_bytes();
+    if b.first() == Some(&b'[') {
+        let Some(close) = b.iter().position(|&c| c == b']') else { return false };
+        let ip = &b[1..close];
+        let address = !ip.is_empty() && ip.iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
+        return address && plain_port(&b[close + 1..]);
+    }
+    // Bytes in the current label: 0 at a `.` means an empty label.
+    let mut label = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'.' if label > 0 => label = 0,
+            b':' => return i > 0 && plain_port(&b[i..]),
             _ => return false,
-        },
-        None => match raw.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (raw, None),
-        },
-    };
-    let name_ok = raw.starts_with('[')
-        || (!host.is_empty()
-            && host.trim_end_matches('.').split('.').all(|label| {
-                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }));
-    name_ok && port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        }
+    }
+    !b.is_empty()
+}
+
+/// What follows a host: nothing, or `:` and up to five digits.
+fn plain_port(rest: &[u8]) -> bool {
+    match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
 }
 
 fn without_userinfo(authority: &str) -> &str {
