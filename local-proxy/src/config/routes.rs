@@ -144,18 +144,21 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
     }
     let decoded = String::from_utf8(out).map_err(|_| UnroutablePath)?;
     let mut path = String::with_capacity(decoded.len() + 1);
+    // Whether the last segment has no name: the path ends in `/` (`/admin/;x` is `/admin/`).
+    let mut trailing = true;
     for seg in decoded.split('/') {
         // `..;x` is `..` to Tomcat and Jetty.
         let name = seg.split(';').next().unwrap_or(seg);
         if name == "." || name == ".." {
             return Err(UnroutablePath);
         }
-        if !name.is_empty() {
+        trailing = name.is_empty();
+        if !trailing {
             path.push('/');
             path.push_str(name);
         }
     }
-    if path.is_empty() || decoded.ends_with('/') {
+    if trailing {
         path.push('/');
     }
     Ok(path)
@@ -538,6 +541,10 @@ mod tests {
         // Path parameters are not part of a segment's name (Tomcat serves /manager/html).
         assert_eq!(normalise_path("/manager;x/html").unwrap(), "/manager/html");
         assert_eq!(normalise_path("/;x//admin;jsessionid=1").unwrap(), "/admin");
+        // A last segment of parameters only leaves the path ending in `/`, as Tomcat reads it.
+        assert_eq!(normalise_path("/admin/;x").unwrap(), "/admin/");
+        assert_eq!(normalise_path("/;x").unwrap(), "/");
+        assert!(PathMatch::Prefix("/admin/".into()).matches(&normalise_path("/admin/;x").unwrap()));
         for bad in [
             "/api%2Fx",
             "/a%5cb",
