@@ -53,8 +53,8 @@ fn publish_certificates(state: &State) -> Vec<String> {
 
 /// The exposition without the gauges of what does not run (`shared::admin::series`):
 /// upstreams the running pools do not have (removed by a reload, or built by a refused one),
-/// certificates no longer `served` (the expiry alert would fire for ever), and sites and
-/// streams no longer configured.
+/// certificates no longer `served` (the expiry alert would fire for ever), and sites, their
+/// routes and streams no longer configured.
 fn running_series(state: &State, served: &[String]) -> String {
     let (pools, config) = (state.pools.load(), state.config.load());
     shared::admin::series::retain(&state.metrics.render(), |l| {
@@ -66,8 +66,14 @@ fn running_series(state: &State, served: &[String]) -> String {
             let owner = site.map(|s| ("site", s)).or(stream.map(|s| ("stream", s)));
             return owner.is_some_and(|(key, name)| pools.runs(key, &name, &upstream));
         }
-        site.is_none_or(|s| config.sites.iter().any(|c| *c.host == *s))
-            && stream.is_none_or(|s| config.streams.iter().any(|c| *c.name == *s))
+        let route = l.get("route");
+        let site_runs = site.is_none_or(|s| {
+            // A route's series ("" for the site's own) need the route too.
+            config.sites.iter().any(|c| {
+                *c.host == *s && route.as_deref().is_none_or(|r| r.is_empty() || c.routes.iter().any(|x| x.name == r))
+            })
+        });
+        site_runs && stream.is_none_or(|s| config.streams.iter().any(|c| *c.name == *s))
     })
 }
 

@@ -287,3 +287,27 @@ async fn metrics_show_only_the_certificates_served() {
     let m = common::http_get(proxy.admin, "/metrics").await.1;
     assert!(served(&m, "b.test") && !served(&m, "a.test"), "expiry series after the reload:\n{m}");
 }
+
+/// A route a reload removes takes its rate limit's gauge out of `/metrics`; its site's own
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_only_the_routes_that_run() {
+    let up = echo_upstream("a").await;
+    let site = |route: &str| {
+        base_config(&format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\nrate_limit = {{ requests = 5, per = \"1s\" }}\n{route}"
+        ))
+    };
+    let with_route =
+        site("[[site.route]]\nname = \"api\"\npath_prefix = \"/api\"\nrate_limit = { requests = 9, per = \"1s\" }\n");
+    let proxy = Proxy::start(&with_route).await;
+    let gauge = |m: &str, route: &str| {
+        let route = format!("route=\"{route}\"");
+        m.lines().any(|l| l.starts_with("local_proxy_rate_limit_clients{") && l.contains(&route))
+    };
+    let m = common::http_get(proxy.admin, "/metrics").await.1;
+    assert!(gauge(&m, "api") && gauge(&m, ""), "{m}");
+    proxy.handle.reload(config::from_toml_str(&site("")).unwrap()).await.unwrap();
+    let m = common::http_get(proxy.admin, "/metrics").await.1;
+    assert!(!gauge(&m, "api") && gauge(&m, ""), "{m}");
+}
