@@ -335,11 +335,6 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             }
             if stale != Some(false) {
                 let port = svc.cfg.upstream_port.unwrap_or(local.port());
-                let header = svc.cfg.proxy_protocol.then(|| {
-                    let mut h = Vec::with_capacity(52);
-                    write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
-                    h.into_boxed_slice()
-                });
                 // Room first: a flood of new sources at the cap must not cost a socket each. A
                 // new source takes the slot of this listener's longest-silent flow once that has
                 // been silent a moment, so a legitimate client is not locked out by a flood;
@@ -358,6 +353,12 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                     continue;
                 };
+                // Built once admitted: a flood at the cap allocates nothing per datagram.
+                let header = svc.cfg.proxy_protocol.then(|| {
+                    let mut h = Vec::with_capacity(52);
+                    write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
+                    h.into_boxed_slice()
+                });
                 let opened = open_flow(&svc, port, client, &replies, now, header, (permits, share)).await;
                 let Some(flow) = opened else {
                     c.drop_no_path.increment(1);
