@@ -123,7 +123,12 @@ impl RecvBufferKeeper {
 
 fn socket(addr: SocketAddr, ty: Type, opts: &Options, reuse_port: bool) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), ty, None)?;
-    sock.set_reuse_address(true)?;
+    // TCP only (a restarted listener binds while the old one's connections linger in
+    // TIME_WAIT). On UDP, SO_REUSEADDR lets any local user bind the same port beside ours, and
+    // a socket on the host's address then takes the datagrams meant for our wildcard one.
+    if ty == Type::STREAM {
+        sock.set_reuse_address(true)?;
+    }
     if reuse_port {
         sock.set_reuse_port(true)?;
     }
@@ -256,6 +261,18 @@ pub fn bind_all<K, V, S, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nobody can bind beside a UDP listener: with SO_REUSEADDR set on both, any user's
+    /// socket could share its port and take its datagrams.
+    #[tokio::test]
+    async fn a_udp_listener_shares_its_port_with_no_one() {
+        let ours = udp(SocketAddr::from(([127, 0, 0, 1], 0)), &Options::default()).unwrap();
+        let addr = ours.local_addr().unwrap();
+        let theirs = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        theirs.set_reuse_address(true).unwrap();
+        let err = theirs.bind(&addr.into()).expect_err("a second socket bound the listener's port");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
 
     #[test]
     fn a_plan_sorts_keys_into_added_kept_and_removed() {
