@@ -196,6 +196,8 @@ struct Setup {
     /// Ingress stand-ins (from 127.0.0.2 and 127.0.0.3) to the WAN HTTPS listener.
     ingress_https: [SocketAddr; 2],
     storage: PathBuf,
+    /// The proxy's config, for reloads.
+    config: String,
 }
 
 struct SetupOptions {
@@ -207,6 +209,8 @@ struct SetupOptions {
     /// Run before the proxy starts, with the storage folder (a certbot tree to take over).
     prepare: Option<fn(&Path)>,
     order_timeout: &'static str,
+    /// `retry_min` and `retry_max`.
+    retry: (&'static str, &'static str),
 }
 
 impl Default for SetupOptions {
@@ -219,6 +223,7 @@ impl Default for SetupOptions {
             pebble: PebbleOptions::default(),
             prepare: None,
             order_timeout: "20s",
+            retry: ("1s", "2s"),
         }
     }
 }
@@ -278,8 +283,8 @@ contact = ["admin@example.org"]
 storage = "{storage}"
 http_01 = {http_01}
 tls_alpn_01 = {tls_alpn_01}
-retry_min = "1s"
-retry_max = "2s"
+retry_min = "{retry_min}"
+retry_max = "{retry_max}"
 order_timeout = "{order_timeout}"
 {sites}"#,
         directory = pebble.directory,
@@ -288,6 +293,8 @@ order_timeout = "{order_timeout}"
         http_01 = opts.http_01,
         tls_alpn_01 = opts.tls_alpn_01,
         order_timeout = opts.order_timeout,
+        retry_min = opts.retry.0,
+        retry_max = opts.retry.1,
     );
     let proxy = Proxy::start(&config).await;
     ingress_on(val_http, INGRESS1, proxy.wan_http);
@@ -296,7 +303,7 @@ order_timeout = "{order_timeout}"
         ingress(INGRESS1, proxy.wan_https, "198.51.100.7:40000".parse().unwrap()).await,
         ingress(INGRESS2, proxy.wan_https, "198.51.100.8:40000".parse().unwrap()).await,
     ];
-    Setup { dir, pebble, proxy, ingress_https, storage }
+    Setup { dir, pebble, proxy, ingress_https, storage, config }
 }
 
 /// Serial number (hex) and issuer CN of the certificate served for `name` at `addr`, verified
@@ -556,6 +563,32 @@ async fn random_bad_nonce_rejections_are_retried_until_issued() {
     s.wait_issued("nonce.test", Duration::from_secs(90)).await;
     let failed = s.orders("nonce.test", "refused").await + s.orders("nonce.test", "transport").await;
     println!("attempts refused (badNonce 3 times in a row) before the issuance: {failed}");
+}
+
+/// A reload that restarts ACME (a new site changes the default names) keeps the wait after a
+/// refused name's failure: it is not ordered again at every reload (the CA blocks a name for
+/// an hour after five failed validations), while the new name is issued at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_wait_after_a_failure() {
+    let s = setup(SetupOptions {
+        names: vec!["blocked.test"],
+        pebble: PebbleOptions { blocklist: vec!["blocked.test"], ..Default::default() },
+        retry: ("10m", "1h"),
+        ..Default::default()
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "blocked.test refused", || async {
+        s.proxy.handle.acme().status().get("blocked.test").is_some_and(|c| c.failures >= 1)
+    })
+    .await;
+    let refused = s.orders("blocked.test", "refused").await;
+    let upstream = s.config.split("upstream = ").nth(1).and_then(|r| r.lines().next()).unwrap().to_owned();
+    let more = format!("{}[[site]]\nhost = \"later.test\"\nupstream = {upstream}\n", s.config);
+    s.proxy.handle.reload(local_proxy::config::from_toml_str(&more).unwrap()).await.unwrap();
+    s.wait_issued("later.test", Duration::from_secs(60)).await;
+    let blocked = s.proxy.handle.acme().status()["blocked.test"].clone();
+    assert_eq!(s.orders("blocked.test", "refused").await, refused, "ordered again after the reload: {blocked:?}");
+    assert!(blocked.next_attempt.is_some_and(|t| t >= unix_now() + 500) && blocked.failures >= 1, "{blocked:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,11 @@ pub struct Acme {
     account_error: Mutex<Option<String>>,
     /// The running task's settings and stop token.
     running: Mutex<Option<(Settings, CancellationToken)>>,
+    /// Per certificate folder, while its attempts fail: how many failed and when the next may
+    /// be made (Unix seconds). Kept when a reload restarts ACME (adding a site changes the
+    /// default names), so a name that keeps failing is not ordered again at every reload:
+    /// the CA refuses a name for an hour after five failed validations.
+    retry: Mutex<BTreeMap<String, (u32, i64)>>,
 }
 
 impl Acme {
@@ -108,6 +113,21 @@ impl Acme {
 
     fn clear(&self) {
         self.certs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// `dir`'s failures so far and when its next attempt may be made; `(0, 0)` when its last
+    /// attempt succeeded.
+    fn retry_of(&self, dir: &str) -> (u32, i64) {
+        self.retry.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied().unwrap_or((0, 0))
+    }
+
+    fn set_retry(&self, dir: &str, failures: u32, not_before: i64) {
+        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        if failures == 0 {
+            retry.remove(dir);
+        } else {
+            retry.insert(dir.to_string(), (failures, not_before));
+        }
     }
 }
 
@@ -209,7 +229,11 @@ struct Job {
 impl Job {
     async fn run(self, stop: CancellationToken) {
         let dir = self.lineage.dir.clone();
-        let mut failures: u32 = 0;
+        // Carried over from before a restart of ACME (a reload that changed its settings).
+        let (mut failures, mut not_before) = self.acme.retry_of(&dir);
+        if failures > 0 {
+            self.acme.update(&dir, |s| s.failures = failures);
+        }
         // An issued certificate that could not be written yet: written again before any new
         // order, so a storage problem does not spend the CA's duplicate-certificate budget.
         let mut unwritten: Option<Issued> = None;
@@ -261,6 +285,8 @@ impl Job {
                 Due::Missing | Due::NamesChanged => now,
                 Due::At(t) => ari_time.unwrap_or(t),
             };
+            // Not before the wait after the last failure, if one is still running.
+            let when = if failures > 0 { when.max(not_before) } else { when };
             self.acme.update(&dir, |s| s.next_attempt = Some(when));
             if when > now {
                 let wait = Duration::from_secs((when - now) as u64).min(MAX_SLEEP);
@@ -299,6 +325,7 @@ impl Job {
             match outcome {
                 Ok(answered) => {
                     failures = 0;
+                    self.acme.set_retry(&dir, 0, 0);
                     may_replace = true;
                     ari_time = None;
                     ari_next_check = 0;
@@ -326,10 +353,12 @@ impl Job {
                     let serving = on_disk.is_some();
                     warn!(certificate = %dir, %error, failures, retry_in = ?wait, still_serving_old = serving,
                         "certificate not renewed");
+                    not_before = unix_now() + wait.as_secs() as i64;
+                    self.acme.set_retry(&dir, failures, not_before);
                     self.acme.update(&dir, |s| {
                         s.failures = failures;
                         s.last_error = Some(error.clone());
-                        s.next_attempt = Some(unix_now() + wait.as_secs() as i64);
+                        s.next_attempt = Some(not_before);
                     });
                     if !sleep_or_stop(wait, &stop).await {
                         return;
