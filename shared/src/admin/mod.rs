@@ -222,10 +222,14 @@ const CONN_FINISH: Duration = Duration::from_secs(10);
 /// loopback or a trusted network, and its clients retry.
 const MAX_CONNS: usize = 64;
 
-/// Serve `routes` on `listener` until `stop` resolves; returns once every connection ended.
+/// Serve `routes` on `listener` until `stop` resolves; then every connection is asked to end
+/// (one between requests closes at once, one in a request answers it first), and this returns
+/// once they have: a status page left open on a kept-alive connection held up every restart's
+/// drain until its connection's lifetime ran out.
 pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Output = ()>) {
     let routes = Arc::new(routes);
     let conns = TaskTracker::new();
+    let closing = tokio_util::sync::CancellationToken::new();
     let open = Arc::new(Semaphore::new(MAX_CONNS));
     tokio::pin!(stop);
     loop {
@@ -253,6 +257,7 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
         // Per connection, not per listener: one on 0.0.0.0 or [::] is reached on 127.0.0.1
         // too, and there a browser can be rebound to it as to a loopback-only one.
         let loopback = checks_host(stream.local_addr());
+        let closing = closing.clone();
         conns.spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -271,13 +276,18 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
-            if tokio::time::timeout(CONN_LIFETIME, conn.as_mut()).await.is_err() {
+            let ended = tokio::select! {
+                done = tokio::time::timeout(CONN_LIFETIME, conn.as_mut()) => done.is_ok(),
+                _ = closing.cancelled() => false,
+            };
+            if !ended {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(CONN_FINISH, conn).await;
             }
         });
     }
     drop(listener);
+    closing.cancel();
     conns.close();
     conns.wait().await;
 }
@@ -387,6 +397,30 @@ mod tests {
         assert!(r.starts_with("HTTP/1.0 200") && r.ends_with("up 1\n"), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// Stopping the server ends a kept-alive connection between requests (a status page left
+    /// open) at once instead of waiting out its lifetime.
+    #[tokio::test]
+    async fn stopping_ends_kept_alive_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve ended with a connection kept alive")
+            .unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0, "the kept-alive connection is closed");
     }
 
     /// On loopback, a request for a name (DNS rebinding: a web page's own name pointed at
