@@ -591,6 +591,33 @@ async fn a_reload_keeps_the_wait_after_a_failure() {
     assert!(blocked.next_attempt.is_some_and(|t| t >= unix_now() + 500) && blocked.failures >= 1, "{blocked:?}");
 }
 
+/// A key on disk that does not match the certificate (a crash between an install's two
+/// renames: the key goes first) is no certificate: when ACME next looks (here after a reload
+/// that restarts it) a new one is ordered and served, instead of waiting for the old chain's
+/// renewal date while nothing can serve the pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_does_not_match_its_certificate_is_replaced() {
+    let s = setup(SetupOptions::default()).await;
+    let first = s.wait_issued("a.test", Duration::from_secs(60)).await;
+    let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key = s.storage.join("live/a.test/privkey.pem");
+    let target = std::fs::canonicalize(&key).unwrap_or(key.clone());
+    std::fs::write(&target, other.serialize_pem()).unwrap();
+    let upstream = s.config.split("upstream = ").nth(1).and_then(|r| r.lines().next()).unwrap().to_owned();
+    let more = format!("{}[[site]]\nhost = \"later.test\"\nupstream = {upstream}\n", s.config);
+    s.proxy.handle.reload(local_proxy::config::from_toml_str(&more).unwrap()).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = served(s.proxy.mesh_https, "a.test", &s.pebble.root).await.map(|(serial, _)| serial);
+        if now.as_ref().is_some_and(|n| *n != first) {
+            break;
+        }
+        assert!(Instant::now() < end, "no new certificate for a.test: {:?}", s.proxy.handle.acme().status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.orders("a.test", "ok").await >= 2.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_name_is_reported_and_holds_up_no_other() {
     let s = setup(SetupOptions {

@@ -369,10 +369,23 @@ impl Job {
     }
 
     async fn read(&self) -> Option<OnDisk> {
-        let path = self.live.join(&self.lineage.dir).join("fullchain.pem");
-        let read = tokio::task::spawn_blocking(move || storage::read_cert(&path)).await;
+        let dir = self.live.join(&self.lineage.dir);
+        let read = tokio::task::spawn_blocking(move || {
+            let (chain, key) = (dir.join("fullchain.pem"), dir.join("privkey.pem"));
+            let on_disk = storage::read_cert(&chain)?;
+            // An install renames the key into place first: a crash between the two renames
+            // leaves a new key beside the old chain, a pair nothing can serve.
+            let mismatched = on_disk.is_some()
+                && matches!(crate::tls::load_pair(&chain, &key), Err(crate::tls::LoadError::Mismatch { .. }));
+            Ok::<_, storage::StorageError>((on_disk, mismatched))
+        })
+        .await;
         match read {
-            Ok(Ok(c)) => c,
+            Ok(Ok((c, false))) => c,
+            Ok(Ok((_, true))) => {
+                warn!(certificate = %self.lineage.dir, "the key on disk does not match the certificate; ordering a new one");
+                None
+            }
             Ok(Err(e)) => {
                 warn!(certificate = %self.lineage.dir, error = %e, "certificate on disk unreadable; replacing it");
                 None
