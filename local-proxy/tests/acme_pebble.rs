@@ -211,6 +211,9 @@ struct SetupOptions {
     order_timeout: &'static str,
     /// `retry_min` and `retry_max`.
     retry: (&'static str, &'static str),
+    /// Whether the ingress stand-in forwards plain HTTP (false: the CA's HTTP-01 validation
+    /// finds the port closed, as behind an ingress that forwards only 443).
+    http_forwarded: bool,
 }
 
 impl Default for SetupOptions {
@@ -224,6 +227,7 @@ impl Default for SetupOptions {
             prepare: None,
             order_timeout: "20s",
             retry: ("1s", "2s"),
+            http_forwarded: true,
         }
     }
 }
@@ -297,7 +301,11 @@ order_timeout = "{order_timeout}"
         retry_max = opts.retry.1,
     );
     let proxy = Proxy::start(&config).await;
-    ingress_on(val_http, INGRESS1, proxy.wan_http);
+    if opts.http_forwarded {
+        ingress_on(val_http, INGRESS1, proxy.wan_http);
+    } else {
+        drop(val_http);
+    }
     ingress_on(val_tls, INGRESS1, proxy.wan_https);
     let ingress_https = [
         ingress(INGRESS1, proxy.wan_https, "198.51.100.7:40000".parse().unwrap()).await,
@@ -616,6 +624,17 @@ async fn a_key_that_does_not_match_its_certificate_is_replaced() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(s.orders("a.test", "ok").await >= 2.0);
+}
+
+/// Behind an ingress that forwards only 443, HTTP-01 (tried first) fails: the retry answers
+/// TLS-ALPN-01 instead, and the certificate is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_http01_is_followed_by_tls_alpn01() {
+    let s = setup(SetupOptions { http_forwarded: false, ..Default::default() }).await;
+    s.wait_issued("a.test", Duration::from_secs(60)).await;
+    let status = s.proxy.handle.acme().status()["a.test"].clone();
+    assert_eq!(status.last_challenges, ["tls-alpn-01"], "{status:?}");
+    assert!(s.orders("a.test", "challenge_failed").await >= 1.0, "HTTP-01 was not tried first: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,16 +142,18 @@ pub struct Issued {
 }
 
 /// Order a certificate for `names` (replacing `replaces` when the CA speaks ARI), answering
-/// challenges through `challenges`, within `settings.order_timeout`.
+/// challenges through `challenges`, within `settings.order_timeout`. `tls_first`: answer
+/// TLS-ALPN-01 where both types are on and offered (after HTTP-01 failed).
 pub async fn issue(
     account: &Account,
     settings: &Settings,
     challenges: &Challenges,
     names: &[String],
     replaces: Option<CertificateIdentifier<'static>>,
+    tls_first: bool,
 ) -> Result<Issued, IssueError> {
     let timeout = settings.order_timeout;
-    tokio::time::timeout(timeout, issue_inner(account, settings, challenges, names, replaces))
+    tokio::time::timeout(timeout, issue_inner(account, settings, challenges, names, replaces, tls_first))
         .await
         .map_err(|_| IssueError::Timeout(timeout))?
 }
@@ -162,6 +164,7 @@ async fn issue_inner(
     challenges: &Challenges,
     names: &[String],
     replaces: Option<CertificateIdentifier<'static>>,
+    tls_first: bool,
 ) -> Result<Issued, IssueError> {
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut new_order = NewOrder::new(&identifiers);
@@ -184,8 +187,13 @@ async fn issue_inner(
         }
         let name = authz.identifier().to_string();
         // HTTP-01 first: it passes any ingress that forwards plain HTTP; TLS-ALPN-01 needs SNI
-        // passthrough all the way.
-        let kind = [(settings.http_01, ChallengeType::Http01), (settings.tls_alpn_01, ChallengeType::TlsAlpn01)]
+        // passthrough all the way. After a failed validation the other goes first (`tls_first`),
+        // as Caddy does: an ingress that forwards only 443 fails every HTTP-01.
+        let mut kinds = [(settings.http_01, ChallengeType::Http01), (settings.tls_alpn_01, ChallengeType::TlsAlpn01)];
+        if tls_first {
+            kinds.reverse();
+        }
+        let kind = kinds
             .into_iter()
             .find(|(on, kind)| *on && authz.challenges.iter().any(|c| c.r#type == *kind))
             .map(|(_, kind)| kind)

@@ -239,6 +239,8 @@ impl Job {
         let mut unwritten: Option<Issued> = None;
         let mut ari_next_check: i64 = 0;
         let mut ari_time: Option<i64> = None;
+        // Which challenge type goes first: the other one after a failed validation.
+        let mut tls_first = false;
         // Cleared when the CA refused an order naming the certificate it replaces
         // (`plan::after_failure`), until a certificate is issued.
         let mut may_replace = true;
@@ -301,8 +303,8 @@ impl Job {
                 Some(issued) => Ok(issued),
                 None => {
                     info!(certificate = %dir, names = ?self.lineage.names, "requesting a certificate");
-                    issue::issue(&self.account, &self.settings, self.certs.challenges(), &self.lineage.names, replaces)
-                        .await
+                    let (certs, names) = (self.certs.challenges(), &self.lineage.names);
+                    issue::issue(&self.account, &self.settings, certs, names, replaces, tls_first).await
                 }
             };
             let outcome = match result {
@@ -340,6 +342,9 @@ impl Job {
                 }
                 Err((result, error, failure)) => {
                     failures += 1;
+                    if result == "challenge_failed" && self.settings.http_01 && self.settings.tls_alpn_01 {
+                        tls_first = !tls_first;
+                    }
                     let (wait, replace_next) =
                         plan::after_failure(failures, failure, self.settings.retry_min, self.settings.retry_max);
                     if may_replace && !replace_next {
