@@ -270,7 +270,8 @@ fn identity_headers(site: &Site) -> Vec<http::HeaderName> {
 
 /// The host a request is for, lower-cased, without userinfo, port or trailing dot; `None`
 /// (answered 400) for several Host headers, an HTTP/1.1 request without one (RFC 9112
-/// §3.2; nginx alike), or a host that is not a plain name or address ([`plain_host`]). A target with an authority (h2's `:authority`, HTTP/1.1's absolute
+/// §3.2; nginx alike), or a host that is not a plain name or address ([`plain_host`]). A
+/// target with an authority (h2's `:authority`, HTTP/1.1's absolute
 /// form) names the host (RFC 9112 §3.2.2, RFC 9113 §8.3.1; Go's server, so Caddy and
 /// Traefik, do the same), and a Host header that disagrees is replaced by it: the site is
 /// found by the authority, so forward auth's X-Forwarded-Host and the upstream's Host must be
