@@ -67,7 +67,11 @@ impl ByteMeter {
     /// over a path's connections and divided by wall time, that is how many of them are
     /// transferring at once on average (Little's law), whatever their number or length.
     pub fn mark_busy(&self, mark: &AtomicU64) {
-        let now = micros();
+        self.mark_busy_at(mark, micros());
+    }
+
+    /// [`ByteMeter::mark_busy`] at `now` (busy-clock µs) read by the caller.
+    pub fn mark_busy_at(&self, mark: &AtomicU64, now: u64) {
         let prev = mark.swap(now, Ordering::Relaxed);
         if prev != NEVER_BUSY {
             self.busy_us.fetch_add(now.saturating_sub(prev).min(BUSY_GAP_US), Ordering::Relaxed);
@@ -172,9 +176,12 @@ fn now() -> std::time::Instant {
 }
 
 impl PathState {
-    /// A UDP reply came back on this path (`Pool::reply_silence` reads it).
-    pub(crate) fn note_reply(&self) {
-        self.last_reply_us.store(micros(), Ordering::Relaxed);
+    /// A UDP reply came back on this path (`Pool::reply_silence` reads it); when, in busy-clock
+    /// µs (the pump marks its flow busy at the same time).
+    pub(crate) fn note_reply(&self) -> u64 {
+        let now = micros();
+        self.last_reply_us.store(now, Ordering::Relaxed);
+        now
     }
 
     fn new(pool: &str, path: &str, ip: Option<IpAddr>) -> Self {

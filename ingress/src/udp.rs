@@ -476,14 +476,14 @@ async fn pump_replies(
         last.store(now, Ordering::Relaxed);
         answers.last.store(now + 1, Ordering::Relaxed);
         answers.count.fetch_add(run.len() as u64, Ordering::Relaxed);
-        path.note_reply();
+        let at = path.note_reply();
         let sent = segmenting.send_to(&listener, client, run).datagrams;
         if sent > 0 {
             let bytes = (sent * run[0].len()) as u64;
             c.dgrams_out.increment(sent as u64);
             c.bytes_out.increment(bytes);
             bytes_down.increment(bytes);
-            bytes_down.mark_busy(&busy_mark);
+            bytes_down.mark_busy_at(&busy_mark, at);
         }
         if sent < run.len() {
             c.drop_send.increment((run.len() - sent) as u64);

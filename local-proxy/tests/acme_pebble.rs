@@ -196,8 +196,9 @@ struct Setup {
     /// Ingress stand-ins (from 127.0.0.2 and 127.0.0.3) to the WAN HTTPS listener.
     ingress_https: [SocketAddr; 2],
     storage: PathBuf,
-    /// The proxy's config, for reloads.
+    /// The proxy's config and its sites' upstream, for reloads.
     config: String,
+    upstream: SocketAddr,
 }
 
 struct SetupOptions {
@@ -311,7 +312,7 @@ order_timeout = "{order_timeout}"
         ingress(INGRESS1, proxy.wan_https, "198.51.100.7:40000".parse().unwrap()).await,
         ingress(INGRESS2, proxy.wan_https, "198.51.100.8:40000".parse().unwrap()).await,
     ];
-    Setup { dir, pebble, proxy, ingress_https, storage, config }
+    Setup { dir, pebble, proxy, ingress_https, storage, config, upstream }
 }
 
 /// Serial number (hex) and issuer CN of the certificate served for `name` at `addr`, verified
@@ -348,6 +349,12 @@ impl Setup {
             assert!(ok, "curl https://{name}/ via {addr}: {err}");
             assert!(out.contains("upstream: app"), "{out}");
         }
+    }
+
+    /// Reload with one more site, `host`: a new default ACME name, so ACME restarts.
+    async fn reload_adding_site(&self, host: &str) {
+        let more = format!("{}[[site]]\nhost = \"{host}\"\nupstream = \"http://{}\"\n", self.config, self.upstream);
+        self.proxy.handle.reload(local_proxy::config::from_toml_str(&more).unwrap()).await.unwrap();
     }
 
     async fn orders(&self, certificate: &str, result: &str) -> f64 {
@@ -590,9 +597,7 @@ async fn a_reload_keeps_the_wait_after_a_failure() {
     })
     .await;
     let refused = s.orders("blocked.test", "refused").await;
-    let upstream = s.config.split("upstream = ").nth(1).and_then(|r| r.lines().next()).unwrap().to_owned();
-    let more = format!("{}[[site]]\nhost = \"later.test\"\nupstream = {upstream}\n", s.config);
-    s.proxy.handle.reload(local_proxy::config::from_toml_str(&more).unwrap()).await.unwrap();
+    s.reload_adding_site("later.test").await;
     s.wait_issued("later.test", Duration::from_secs(60)).await;
     let blocked = s.proxy.handle.acme().status()["blocked.test"].clone();
     assert_eq!(s.orders("blocked.test", "refused").await, refused, "ordered again after the reload: {blocked:?}");
@@ -611,9 +616,7 @@ async fn a_key_that_does_not_match_its_certificate_is_replaced() {
     let key = s.storage.join("live/a.test/privkey.pem");
     let target = std::fs::canonicalize(&key).unwrap_or(key.clone());
     std::fs::write(&target, other.serialize_pem()).unwrap();
-    let upstream = s.config.split("upstream = ").nth(1).and_then(|r| r.lines().next()).unwrap().to_owned();
-    let more = format!("{}[[site]]\nhost = \"later.test\"\nupstream = {upstream}\n", s.config);
-    s.proxy.handle.reload(local_proxy::config::from_toml_str(&more).unwrap()).await.unwrap();
+    s.reload_adding_site("later.test").await;
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let now = served(s.proxy.mesh_https, "a.test", &s.pebble.root).await.map(|(serial, _)| serial);

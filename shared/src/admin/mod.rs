@@ -353,6 +353,15 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// `routes` served on `l` until the sender is used or dropped; the server's task.
+    fn started(l: TcpListener, routes: Routes) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, routes, async move {
+            let _ = rx.await;
+        }));
+        (tx, server)
+    }
+
     async fn get(addr: std::net::SocketAddr, request: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
@@ -371,10 +380,7 @@ mod tests {
             .route(Method::POST, "/api/echo", |c| {
                 Reply::text(StatusCode::OK, format!("{} {:?}\n", c.path, c.param("name")))
             });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(l, routes, async move {
-            let _ = rx.await;
-        }));
+        let (tx, server) = started(l, routes);
         let close = "Connection: close\r\n\r\n";
         let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("version=0.0.4") && r.ends_with("up 1\n"), "{r}");
@@ -406,10 +412,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(l, routes, async move {
-            let _ = rx.await;
-        }));
+        let (tx, server) = started(l, routes);
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 1024];
@@ -430,10 +433,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(l, routes, async move {
-            let _ = rx.await;
-        }));
+        let (tx, server) = started(l, routes);
         let ask = |host: &str| format!("GET /status HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
         for host in [
             format!("Host: {addr}\r\n"),
@@ -474,10 +474,7 @@ mod tests {
         let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], l.local_addr().unwrap().port()));
         let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(l, routes, async move {
-            let _ = rx.await;
-        }));
+        let (tx, server) = started(l, routes);
         let r = get(addr, "GET /status HTTP/1.1\r\nHost: rebind.example\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 421") && !r.contains("{}"), "{r}");
         let r = get(addr, &format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await;
@@ -508,10 +505,7 @@ mod tests {
                 }
             },
         );
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(l, routes, async move {
-            let _ = rx.await;
-        }));
+        let (tx, server) = started(l, routes);
         let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let r = get(addr, &ask("/")).await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("<script src=\"?part=js\"></script>"), "{r}");
