@@ -35,7 +35,7 @@ pub mod ranges {
     pub const UDP_REPLY_TIMEOUT: DurationRange = DurationRange::new(ms(10), secs(60));
     /// `pool.*.health.flap_half_life`, default 30s: how fast a path's flap penalty decays.
     pub const FLAP_HALF_LIFE: DurationRange = DurationRange::new(secs(1), hours(1));
-    /// `pool.*.health.flap_max_hold`, default 120s: the longest hold after the last fall (or failed probe while held).
+    /// `pool.*.health.flap_max_hold`, default 120s: the longest hold after the last fall.
     pub const FLAP_MAX_HOLD: DurationRange = DurationRange::new(secs(1), days(1));
     /// `pool.*.health.slow_start`, default 5s ("0s": a full share at once).
     pub const SLOW_START: DurationRange = DurationRange::new(ms(0), hours(1));

@@ -79,8 +79,8 @@ pub struct PathStatus {
     pub held: bool,
     /// Why it is held down, in words; null when it is not.
     pub held_reason: Option<String>,
-    /// The flap penalty now (each fall, and while held each failed probe, adds `flap_penalty`;
-    /// it halves every `flap_half_life`).
+    /// The flap penalty now (each fall, held or not, adds `flap_penalty`; it halves every
+    /// `flap_half_life`).
     pub flap_penalty: f64,
     /// Falls from up to down since start (held or not).
     pub falls: u64,

@@ -47,6 +47,8 @@ pub struct HealthCfg {
     pub rise: u32,
     pub fall: u32,
     pub port: u16,
+    /// `flap_half_life`; `None`: the default (30 s).
+    pub flap_half_life: Option<Duration>,
 }
 
 /// One `[[service]]`.
@@ -90,6 +92,7 @@ impl IngressConfig {
                 rise: 2,
                 fall: 2,
                 port: addr::HEALTH_PORT,
+                flap_half_life: None,
             },
             services: vec![ServiceCfg {
                 name: "echo".into(),
@@ -131,9 +134,10 @@ impl IngressConfig {
         }
         let _ = writeln!(s, "connect_timeout = {}", ms(self.connect_timeout));
         let h = &self.health;
+        let half_life = h.flap_half_life.map(|d| format!(", flap_half_life = {}", ms(d))).unwrap_or_default();
         let _ = writeln!(
             s,
-            "health = {{ interval = {}, timeout = {}, rise = {}, fall = {}, port = {} }}\n",
+            "health = {{ interval = {}, timeout = {}, rise = {}, fall = {}, port = {}{half_life} }}\n",
             ms(h.interval),
             ms(h.timeout),
             h.rise,
