@@ -782,7 +782,7 @@ impl Pool {
         path.control.changed_now();
         let reason = match (from, to) {
             (_, Verdict::Held) => format!(
-                "{cause}; flapping: penalty {penalty:.0} reached {}, held down for {:.1}s unless a probe fails meanwhile",
+                "{cause}; flapping: penalty {penalty:.0} reached {}, held down for {:.1}s unless it falls again meanwhile",
                 cfg.suppress,
                 hold_left.unwrap_or_default().as_secs_f64()
             ),

@@ -176,7 +176,7 @@ fn path_status(p: &Path, damping: &DampingConfig, share_recent: f64, share_minut
     let held = d.verdict == Verdict::Held;
     let held_reason = held.then(|| {
         format!(
-            "flapping: {} falls; penalty {:.0} reached {} and is held until it decays below {} (halving every {:?}): about {:.0}s more unless a probe fails meanwhile",
+            "flapping: {} falls; penalty {:.0} reached {} and is held until it decays below {} (halving every {:?}): about {:.0}s more unless it falls again meanwhile",
             d.falls,
             d.penalty,
             damping.suppress,
