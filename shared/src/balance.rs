@@ -60,8 +60,9 @@ pub struct Candidate {
     pub load: f64,
 }
 
-/// Under the bandwidth policy, loads (transfers in progress per unit of weight) this close
-/// count as equal.
+/// Under the bandwidth policy, loads this close count as equal, in transfers in progress on
+/// the heaviest candidate: a quarter of one transfer there, less per unit of weight on a
+/// lighter one. Relative to the weights, so 5:2 and 100:40 balance alike.
 pub const BUSY_TIE: f64 = 0.25;
 
 /// Round robin state for one pool and one kind of traffic.
@@ -79,11 +80,16 @@ impl Selector {
             Policy::RoundRobin => self.smooth(cands.iter().map(|c| (c.index, c.weight))),
             Policy::LeastConn | Policy::Bandwidth => {
                 let load = |c: &Candidate| c.load / c.weight;
-                let min = cands.iter().filter(|c| c.weight > 0.0).map(load).fold(f64::INFINITY, f64::min);
+                let usable = || cands.iter().filter(|c| c.weight > 0.0);
+                let min = usable().map(load).fold(f64::INFINITY, f64::min);
                 // Equal load (typically all idle): round robin by weight among the tied. Busy
                 // time is an average, so a quarter of a transfer apart counts as equal: light
                 // load then follows the weights instead of the last few milliseconds.
-                let slack = if policy == Policy::Bandwidth { BUSY_TIE } else { min * 1e-9 };
+                let slack = if policy == Policy::Bandwidth {
+                    BUSY_TIE / usable().map(|c| c.weight).fold(f64::MIN_POSITIVE, f64::max)
+                } else {
+                    min * 1e-9
+                };
                 self.smooth(
                     cands.iter().filter(|c| c.weight > 0.0 && load(c) <= min + slack).map(|c| (c.index, c.weight)),
                 )
@@ -300,6 +306,27 @@ mod tests {
         assert_eq!(counts(Policy::Bandwidth, &[cand(0, 3.0, 0), cand(1, 1.0, 0)], 400), [300, 100]);
         let near = [Candidate { index: 0, weight: 1.0, load: 0.1 }, Candidate { index: 1, weight: 1.0, load: 0.0 }];
         assert_eq!(counts(Policy::Bandwidth, &near, 400), [200, 200]);
+    }
+
+    /// The tie is relative to the weights: weights scaled by any factor (100:40 against 5:2,
+    /// or every path's health factor halved) pick alike. It was absolute per unit of weight,
+    /// so at 100:40 one busy transfer (0.01 per unit) tied with none and at 1:1 it did not.
+    #[test]
+    fn bandwidth_picks_alike_whatever_the_scale_of_the_weights() {
+        let at = |w: [f64; 2], load: [f64; 2]| {
+            let c = [
+                Candidate { index: 0, weight: w[0], load: load[0] },
+                Candidate { index: 1, weight: w[1], load: load[1] },
+            ];
+            counts(Policy::Bandwidth, &c, 700)
+        };
+        for load in [[0.0, 0.0], [1.0, 0.0], [0.2, 0.0], [2.0, 1.0], [3.0, 1.0], [0.0, 0.3]] {
+            for (small, big) in [([1.0, 1.0], [20.0, 20.0]), ([5.0, 2.0], [100.0, 40.0]), ([3.0, 1.0], [0.3, 0.1])] {
+                assert_eq!(at(small, load), at(big, load), "loads {load:?}, weights {small:?} and {big:?}");
+            }
+        }
+        // One transfer on the heavier path of two equal ones moves new ones to the other.
+        assert_eq!(at([100.0, 100.0], [1.0, 0.0]), [0, 700]);
     }
 
     #[test]
