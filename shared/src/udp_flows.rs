@@ -326,8 +326,9 @@ pub fn evict_after(idle_ms: u64) -> u64 {
 /// speaks for (local proxy, where one ingress relays many clients).
 pub struct FlowTable<K, V> {
     flows: HashMap<K, V>,
-    /// Clients in the order they were last seen by the queue (with that time); entries of
-    /// removed flows are skipped when met and the queue is rebuilt when they pile up.
+    /// Clients in the order they were last seen by the queue (with that time, never
+    /// decreasing along the queue); entries of removed flows are skipped when met and the
+    /// queue is rebuilt when they pile up.
     order: VecDeque<(K, u64)>,
     idle_ms: u64,
 }
@@ -374,7 +375,11 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
             let Some(flow) = self.flows.get(&client) else { continue };
             let last = flow.last_active();
             if last > queued {
-                self.order.push_back((client, last));
+                // Back in the queue where its time puts it: flows queued after its last
+                // datagram may be younger, and a requeued flow behind them would hide from
+                // the check below, which stops at the first flow still talking.
+                let at = self.order.partition_point(|&(_, t)| t <= last);
+                self.order.insert(at, (client, last));
                 continue;
             }
             if now.saturating_sub(last) < min_idle_ms {
@@ -589,6 +594,24 @@ mod tests {
         assert!(t.evict_idlest(400, 250).is_none(), "the talker was silent only 0 ms");
         assert!(t.get(&addr(0)).is_some());
         assert!(t.evict_idlest(650, 250).is_some(), "silent 250 ms: now it may go");
+    }
+
+    /// A flow that spoke after it was queued goes back where its last datagram puts it, not
+    /// behind flows queued later: here `a` (last heard at 20) is idle long enough and `b`
+    /// (queued at 50) is not. Requeued at the back, `a` hid behind `b`, and the check stopped
+    /// at `b`: no slot for a new source though an idle flow held one.
+    #[test]
+    fn a_flow_requeued_after_speaking_keeps_its_place_by_time() {
+        let mut t = FlowTable::new(60_000);
+        let a = f(10);
+        let clock = a.0.clone();
+        t.insert(addr(1), a, 10);
+        t.insert(addr(2), f(50), 50);
+        clock.set(20);
+        let gone = t.evict_idlest(280, 250).map(|v| v.last_active());
+        assert_eq!(gone, Some(20), "a: silent 260 ms");
+        assert!(t.evict_idlest(280, 250).is_none(), "b: silent 230 ms");
+        assert!(t.get(&addr(2)).is_some());
     }
 
     #[test]
