@@ -49,6 +49,9 @@ pub enum ReloadError {
     Bind(#[from] BindError),
     #[error(transparent)]
     StreamLog(#[from] StreamLogError),
+    /// The `[firewall]` section cannot run here (its resolver cannot be set up).
+    #[error("firewall: {0}")]
+    Firewall(#[from] crate::firewall::Error),
 }
 
 /// A running proxy.
@@ -286,6 +289,10 @@ impl Handle {
                 return Err(e.into());
             }
         };
+        if let Err(e) = self.firewall.check(new.firewall.as_ref()) {
+            metrics::counter!(names::CONFIG_RELOADS, "result" => "invalid").increment(1);
+            return Err(e.into());
+        }
         let old = self.state.config.load_full();
         let mesh = self.mesh_for(&old, &new).await;
         let plan = listeners::plan(&new, mesh);

@@ -45,6 +45,19 @@ pub struct Control {
 }
 
 impl Control {
+    /// Whether the firewall can run `settings` (a reload's): a resolver they need that the
+    /// running firewall does not have is built once here, so a system resolver configuration
+    /// that cannot be read refuses the reload, instead of the firewall task finding out after
+    /// the reload was applied and running without a table (or with the old resolver).
+    pub fn check(&self, settings: Option<&Settings>) -> Result<(), Error> {
+        let Some(new) = settings else { return Ok(()) };
+        let same = self.tx.borrow().as_deref().is_some_and(|running| resolver(running) == resolver(new));
+        if same {
+            return Ok(());
+        }
+        lookups(new).map(drop)
+    }
+
     /// The settings of a reloaded config; nothing happens when they are unchanged.
     pub fn update(&self, settings: Option<Settings>) {
         self.tx.send_if_modified(|current| {

@@ -10,8 +10,10 @@
 //! - `static_addresses` with a CIDR prefix admits every address in it (two addresses of the
 //!   stranger's subnet), for the firewall and for PROXY v2 trust, and nobody outside it; the
 //!   kernel's table (`firewall show` and `nft -j`) holds the prefix;
-//! - `[firewall]` removed on reload: the table is deleted; added again on reload: the table
-//!   is back, the ingress nodes pass and the client does not.
+//! - `[firewall]` removed on reload: the table is deleted; added again with the system
+//!   resolver, whose configuration cannot be read in home: the reload is refused (it used to
+//!   be applied with no table); added again on reload: the table is back, the ingress nodes
+//!   pass and the client does not.
 
 mod common;
 
@@ -64,6 +66,30 @@ struct Fw {
     table: &'static str,
     /// Replaces the section with something invalid.
     broken: bool,
+    /// No `nameservers`: the system's resolver configuration.
+    system_resolver: bool,
+}
+
+/// A resolver configuration for the programs `ip netns exec` starts in `ns` (it mounts
+/// /etc/netns/NS/* over /etc for them) that no resolver can read; removed on drop.
+struct BrokenResolvConf(PathBuf);
+
+impl BrokenResolvConf {
+    fn new(ns: &str) -> Self {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("creating /etc/netns/NS");
+        let guard = Self(dir);
+        std::fs::write(guard.0.join("resolv.conf"), "nameserver not-an-address\n").expect("writing resolv.conf");
+        guard
+    }
+}
+
+impl Drop for BrokenResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // Only if empty: someone else's namespaces may have files there.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
 }
 
 fn config(fw: Option<&Fw>) -> String {
@@ -105,7 +131,7 @@ ingress_names = [{names}]
 static_addresses = {statics}
 interfaces = {interfaces}
 protect_ports = ["{echo}/tcp", "{RAW}/tcp", "8443/tcp", "8081/tcp"]
-nameservers = ["{dns}"]
+{nameservers}
 min_refresh = "1s"
 max_refresh = "30s"
 lookup_timeout = "1s"
@@ -113,7 +139,7 @@ table = "{table}"
 "#,
             names = list(&names),
             echo = addr::ECHO_PORT,
-            dns = knot::DNS,
+            nameservers = if fw.system_resolver { String::new() } else { format!("nameservers = [\"{}\"]", knot::DNS) },
             table = fw.table,
         ));
     }
@@ -221,7 +247,15 @@ fn firewall_follows_reload_without_a_gap() {
         bin: local_proxy_bin(),
         home: home.clone(),
     };
-    let two = Fw { names: vec!["ingress-1", "ingress-2"], statics: vec![], table: TABLE, broken: false };
+    // Before the proxy starts: `ip netns exec` mounts it for the programs it starts.
+    let _resolv = BrokenResolvConf::new(&home);
+    let two = Fw {
+        names: vec!["ingress-1", "ingress-2"],
+        statics: vec![],
+        table: TABLE,
+        broken: false,
+        system_resolver: false,
+    };
     proxy.write(Some(&two));
     let argv: Vec<String> = vec![proxy.bin.display().to_string(), "-c".into(), proxy.config.display().to_string()];
     t.spawn(Role::Home, "local-proxy", &argv).expect("starting local-proxy");
@@ -378,7 +412,17 @@ fn firewall_follows_reload_without_a_gap() {
     assert!(passes(&np, &client, None).answered(), "no firewall: the client reaches the port");
     common::phase(start, "[firewall] removed on reload: table deleted");
 
-    // 6. Added again on reload: the firewall starts then.
+    // 6. Added again with the system resolver, which cannot be read in home: refused, no table.
+    proxy.write(Some(&Fw { system_resolver: true, ..two.clone() }));
+    proxy.reload(&mut t, "invalid");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!table_exists(&home, TABLE), "a table from a refused reload");
+    let log = t.proc_mut("local-proxy").expect("proc").stderr();
+    assert!(log.contains("firewall: resolver: reading the system resolver configuration"), "{log}");
+    assert!(passes(&np, &client, None).answered(), "no firewall still: the client reaches the port");
+    common::phase(start, "[firewall] with an unreadable system resolver: reload refused, no table");
+
+    // 7. Added again on reload: the firewall starts then.
     proxy.write(Some(&two));
     proxy.reload(&mut t, "ok");
     wait_until("the table back with both names", Duration::from_secs(10), Duration::from_millis(20), || {
