@@ -38,6 +38,9 @@ pub enum IssueError {
     Transport(String),
     #[error("{0}")]
     Local(String),
+    /// The CA's certificate is not one for the order: it does not parse, or lacks names.
+    #[error("the CA's certificate cannot be used: {0}")]
+    BadCertificate(String),
 }
 
 impl IssueError {
@@ -50,6 +53,7 @@ impl IssueError {
             IssueError::Timeout(_) => "timeout",
             IssueError::Transport(_) => "transport",
             IssueError::Local(_) => "local",
+            IssueError::BadCertificate(_) => "bad_certificate",
         }
     }
 }
@@ -244,7 +248,29 @@ async fn issue_inner(
     let csr = params.serialize_request(&key).map_err(|e| IssueError::Local(format!("CSR: {e}")))?;
     order.finalize_csr(csr.der()).await?;
     let fullchain = order.poll_certificate(&polling).await?;
+    // Installed, a certificate without the names would read back as due at once: a new order
+    // every few seconds, with no wait between them, against a CA that answers them all alike.
+    match missing_names(&fullchain, names) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => {
+            let e = format!("its subjectAltName lacks {}", missing.join(", "));
+            return Err(IssueError::BadCertificate(e));
+        }
+        Err(e) => return Err(IssueError::BadCertificate(e)),
+    }
     Ok(Issued { fullchain, key: key.serialize_pem(), challenges: answered })
+}
+
+/// The names of `names` that the leaf of `fullchain` (PEM, leaf first) does not carry as DNS
+/// names in its subjectAltName (a name only in the subject's CN is not one: browsers ignore it).
+fn missing_names(fullchain: &str, names: &[String]) -> Result<Vec<String>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(fullchain.as_bytes())
+        .next()
+        .ok_or("no certificate in the chain")?
+        .map_err(|e| format!("the chain does not parse: {e}"))?;
+    let on = storage::parse_leaf(leaf.as_ref()).map_err(|e| format!("the leaf does not parse: {e}"))?;
+    Ok(names.iter().filter(|n| !on.names.contains(&n.to_ascii_lowercase())).cloned().collect())
 }
 
 /// The CA's reason for an invalid order: the first failed challenge's error.
@@ -292,6 +318,26 @@ fn new_key(kind: KeyType) -> Result<KeyPair, IssueError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A chain whose leaf lacks an ordered name, or names it only in its CN, is refused (the
+    /// job then waits as after any failed order); case does not matter.
+    #[test]
+    fn an_issued_chain_must_name_every_ordered_name_in_its_san() {
+        let key = new_key(KeyType::EcdsaP256).unwrap();
+        let chain = |san: &[&str], cn: &str| {
+            let mut p = CertificateParams::new(san.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.self_signed(&key).unwrap().pem()
+        };
+        let names = ["a.test".to_string(), "b.test".to_string()];
+        assert_eq!(missing_names(&chain(&["a.test", "B.test"], "x"), &names).unwrap(), Vec::<String>::new());
+        assert_eq!(missing_names(&chain(&["a.test"], "b.test"), &names).unwrap(), ["b.test"]);
+        assert_eq!(missing_names(&chain(&[], "a.test"), &names).unwrap(), names);
+        assert!(missing_names("not pem", &names).is_err());
+        let e = IssueError::BadCertificate("its subjectAltName lacks b.test".into());
+        assert_eq!(e.result(), "bad_certificate");
+    }
 
     #[test]
     fn both_key_types_make_a_csr_and_a_key_the_loader_accepts() {

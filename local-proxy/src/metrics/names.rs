@@ -123,7 +123,8 @@ pub const UPSTREAM_UNAVAILABLE: &str = "local_proxy_upstream_unavailable_total";
 /// config's names, so bounded).
 pub const ACME_DAYS_LEFT: &str = "local_proxy_acme_certificate_days_left";
 /// ACME issuance attempts, by `certificate` and `result`
-/// (`ok`, `refused`, `rate_limited`, `challenge_failed`, `timeout`, `transport`, `storage`, `local`).
+/// (`ok`, `refused`, `rate_limited`, `challenge_failed`, `timeout`, `transport`, `storage`, `local`,
+/// `bad_certificate`: the CA's certificate lacks an ordered name or does not parse).
 pub const ACME_ORDERS: &str = "local_proxy_acme_orders_total";
 /// Failed ACME attempts since the last success, by `certificate` (0 when healthy).
 pub const ACME_FAILURES: &str = "local_proxy_acme_consecutive_failures";
