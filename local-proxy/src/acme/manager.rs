@@ -237,8 +237,7 @@ impl Job {
         // An issued certificate that could not be written yet: written again before any new
         // order, so a storage problem does not spend the CA's duplicate-certificate budget.
         let mut unwritten: Option<Issued> = None;
-        let mut ari_next_check: i64 = 0;
-        let mut ari_time: Option<i64> = None;
+        let mut ari = plan::Ari::default();
         // Which challenge type goes first: the other one after a failed validation.
         let mut tls_first = false;
         // Cleared when the CA refused an order naming the certificate it replaces
@@ -250,42 +249,43 @@ impl Job {
             self.publish(on_disk.as_ref(), now);
             let have = on_disk.as_ref().map(|c| (c.names.as_slice(), c.not_before, c.not_after));
             let due = plan::due(have, &self.lineage.names);
+            ari.follow(on_disk.as_ref().and_then(|c| c.ari_id.as_ref()));
             // ACME Renewal Information, when the CA offers it: its window replaces two thirds.
             let mut replaces = None;
             if let (Due::At(_), Some((aki, serial))) = (due, on_disk.as_ref().and_then(|c| c.ari_id.clone())) {
                 let id =
                     CertificateIdentifier::new(Der::from(aki.as_slice()), Der::from(serial.as_slice())).into_owned();
-                if now >= ari_next_check {
+                if now >= ari.next_check {
                     match tokio::time::timeout(CA_CALL_TIMEOUT, self.account.renewal_info(&id)).await {
                         Err(_) => {
-                            ari_next_check = now + 3600;
+                            ari.next_check = now + 3600;
                             warn!(certificate = %dir, timeout = ?CA_CALL_TIMEOUT, "ACME renewal information: no answer");
                         }
                         Ok(Ok((info, retry_after))) => {
                             let window = &info.suggested_window;
                             let (start, end) = (window.start.unix_timestamp(), window.end.unix_timestamp());
                             let pick = plan::ari_pick(start, end, fastrand::f64(), now);
-                            ari_time = plan::in_time(pick, on_disk.as_ref().map(|c| c.not_after)).then_some(pick);
-                            if ari_time.is_none() {
+                            ari.time = plan::in_time(pick, on_disk.as_ref().map(|c| c.not_after)).then_some(pick);
+                            if ari.time.is_none() {
                                 warn!(certificate = %dir, window_start = start, window_end = end,
                                     "the CA's renewal window is past the certificate's end; renewing at two thirds");
                             }
-                            ari_next_check = now + retry_after.as_secs().clamp(60, 86_400) as i64;
+                            ari.next_check = now + retry_after.as_secs().clamp(60, 86_400) as i64;
                         }
-                        Ok(Err(instant_acme::Error::Unsupported(_))) => ari_next_check = i64::MAX,
+                        Ok(Err(instant_acme::Error::Unsupported(_))) => ari.next_check = i64::MAX,
                         Ok(Err(e)) => {
-                            ari_next_check = now + 3600;
+                            ari.next_check = now + 3600;
                             warn!(certificate = %dir, error = %e, "ACME renewal information not available");
                         }
                     }
                 }
-                if ari_time.is_some() && may_replace {
+                if ari.time.is_some() && may_replace {
                     replaces = Some(id);
                 }
             }
             let when = match due {
                 Due::Missing | Due::NamesChanged => now,
-                Due::At(t) => ari_time.unwrap_or(t),
+                Due::At(t) => ari.time.unwrap_or(t),
             };
             // Not before the wait after the last failure, if one is still running.
             let when = if failures > 0 { when.max(not_before) } else { when };
@@ -329,8 +329,6 @@ impl Job {
                     failures = 0;
                     self.acme.set_retry(&dir, 0, 0);
                     may_replace = true;
-                    ari_time = None;
-                    ari_next_check = 0;
                     metrics::counter!(names::ACME_ORDERS, "certificate" => dir.clone(), "result" => "ok").increment(1);
                     metrics::gauge!(names::ACME_FAILURES, "certificate" => dir.clone()).set(0.0);
                     self.acme.update(&dir, |s| {

@@ -89,6 +89,27 @@ pub fn ari_pick(start: i64, end: i64, unit: f64, now: i64) -> i64 {
     }
 }
 
+/// What the CA's renewal information (ARI) said of one certificate: the time picked in its
+/// window, and when to ask again. It is the CA's word on that certificate alone: a different
+/// one on disk (just renewed, or replaced by hand) is asked about afresh, or its renewal would
+/// follow the old certificate's window, already begun (a new order at once).
+#[derive(Debug, Default)]
+pub struct Ari {
+    /// The certificate (AKI, serial) the window is for.
+    of: Option<(Vec<u8>, Vec<u8>)>,
+    pub time: Option<i64>,
+    pub next_check: i64,
+}
+
+impl Ari {
+    /// Follow the certificate now on disk (its ARI identifier): another one forgets the window.
+    pub fn follow(&mut self, id: Option<&(Vec<u8>, Vec<u8>)>) {
+        if self.of.as_ref() != id {
+            *self = Self { of: id.cloned(), time: None, next_check: 0 };
+        }
+    }
+}
+
 /// Whether a renewal at `pick` comes before the certificate ends (`not_after`, when known): a
 /// CA's window past the end would leave the names without a valid certificate, and the
 /// caller keeps its own plan (two thirds) instead.
@@ -178,6 +199,21 @@ mod tests {
         assert_eq!(due(Some((&names[..1], 0, 90)), &names), Due::NamesChanged);
         assert_eq!(due(Some((&names, 0, 90)), &names[..1]), Due::At(60));
         assert_eq!(due(Some((&names, 1000, 1090)), &names), Due::At(1060));
+    }
+
+    #[test]
+    fn an_ari_window_belongs_to_the_certificate_it_was_asked_for() {
+        let (old, new) = ((vec![7], vec![1]), (vec![7], vec![2]));
+        let mut ari = Ari::default();
+        ari.follow(Some(&old));
+        (ari.time, ari.next_check) = (Some(100), 500);
+        ari.follow(Some(&old));
+        assert_eq!((ari.time, ari.next_check), (Some(100), 500), "the same certificate keeps its window");
+        ari.follow(Some(&new));
+        assert_eq!((ari.time, ari.next_check), (None, 0), "a new serial is asked about at once");
+        (ari.time, ari.next_check) = (Some(100), 500);
+        ari.follow(None);
+        assert_eq!((ari.time, ari.next_check), (None, 0), "no certificate: no window");
     }
 
     #[test]
