@@ -7,9 +7,11 @@
 //! At a full budget, a new source takes the slot of the flow that has been silent longest
 //! (both ways), as soon as that one has been silent for [`evict_after`]: a legitimate new
 //! client is admitted within a fraction of a second of a flood, while flows that keep
-//! talking are never pushed out. Finding that flow is amortised O(1): flows are queued in
-//! admission order and a flow found active since it was queued goes to the back (the
-//! second-chance "clock" of page caches).
+//! talking are never pushed out. Finding that flow takes O(log n) per flow looked at: flows
+//! are kept ordered by the time the queue last saw them, and one found active since goes back
+//! under the time of its last datagram, read only when it comes to the front. (A second-chance
+//! "clock" that put it back at the end was O(1), but an idle flow put back behind a younger
+//! one that still talked was never offered: the search stops at the first flow still talking.)
 //!
 //! No source gets more than its share of a nearly full budget ([`FlowBudget::share`]): one
 //! client that keeps thousands of flows talking (a source port each) would otherwise hold
@@ -21,7 +23,7 @@
 //! worth of evicted ones were still open (4,202 descriptors against a 4,096 cap on a
 //! loaded machine).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
@@ -326,16 +328,15 @@ pub fn evict_after(idle_ms: u64) -> u64 {
 /// speaks for (local proxy, where one ingress relays many clients).
 pub struct FlowTable<K, V> {
     flows: HashMap<K, V>,
-    /// Clients in the order they were last seen by the queue (with that time, never
-    /// decreasing along the queue); entries of removed flows are skipped when met and the
-    /// queue is rebuilt when they pile up.
-    order: VecDeque<(K, u64)>,
+    /// Clients by the time the queue last saw them (oldest first); entries of removed flows
+    /// are skipped when met and the queue is rebuilt when they pile up.
+    order: BTreeSet<(u64, K)>,
     idle_ms: u64,
 }
 
-impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
+impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
     pub fn new(idle_ms: u64) -> Self {
-        Self { flows: HashMap::new(), order: VecDeque::new(), idle_ms: idle_ms.max(1) }
+        Self { flows: HashMap::new(), order: BTreeSet::new(), idle_ms: idle_ms.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -360,7 +361,7 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
 
     /// Add a flow (its permits already acquired); returns the flow it replaced, if any.
     pub fn insert(&mut self, client: K, flow: V, now: u64) -> Option<V> {
-        self.order.push_back((client, now));
+        self.order.insert((now, client));
         let old = self.flows.insert(client, flow);
         self.compact();
         old
@@ -371,20 +372,16 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
         // Each pass either drops a stale entry, requeues a flow seen active since it was
         // queued (once per activity), or decides: bounded by the queue's length.
         for _ in 0..self.order.len() {
-            let (client, queued) = self.order.pop_front()?;
+            let (queued, client) = self.order.pop_first()?;
             let Some(flow) = self.flows.get(&client) else { continue };
             let last = flow.last_active();
             if last > queued {
-                // Back in the queue where its time puts it: flows queued after its last
-                // datagram may be younger, and a requeued flow behind them would hide from
-                // the check below, which stops at the first flow still talking.
-                let at = self.order.partition_point(|&(_, t)| t <= last);
-                self.order.insert(at, (client, last));
+                self.order.insert((last, client));
                 continue;
             }
             if now.saturating_sub(last) < min_idle_ms {
                 // The idlest flow is still talking, so every other flow is too.
-                self.order.push_front((client, queued));
+                self.order.insert((queued, client));
                 return None;
             }
             return self.flows.remove(&client);
@@ -512,9 +509,7 @@ impl<K: Copy + Eq + Hash, V: FlowEntry> FlowTable<K, V> {
     /// Rebuild the queue when removed flows' entries outnumber the live ones.
     fn compact(&mut self) {
         if self.order.len() > 2 * self.flows.len() + 64 {
-            let mut live: Vec<(K, u64)> = self.flows.iter().map(|(k, v)| (*k, v.last_active())).collect();
-            live.sort_by_key(|&(_, t)| t);
-            self.order = live.into();
+            self.order = self.flows.iter().map(|(k, v)| (v.last_active(), *k)).collect();
         }
     }
 }

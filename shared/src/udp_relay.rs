@@ -77,7 +77,7 @@ pub const LINGER_MAX: Duration = Duration::from_secs(1);
 /// restart dropped the answer to every datagram relayed just before it.
 pub async fn linger<K, V>(table: &FlowTable<K, V>, now_ms: impl Fn() -> u64)
 where
-    K: Copy + Eq + std::hash::Hash,
+    K: Copy + Ord + std::hash::Hash,
     V: FlowEntry,
 {
     let quiet = async {
