@@ -473,7 +473,7 @@ async fn pump_replies(
     let mut segmenting = Segmenting::default();
     pump(&upstream, |run| {
         let now = epoch.elapsed().as_millis() as u64;
-        last.store(now, Ordering::Relaxed);
+        shared::udp_flows::mark_active(&last, now);
         answers.last.store(now + 1, Ordering::Relaxed);
         answers.count.fetch_add(run.len() as u64, Ordering::Relaxed);
         let at = path.note_reply();

@@ -297,7 +297,18 @@ impl FlowLife {
 
     /// A datagram went to the upstream at `now` (the table's clock).
     pub fn touch(&self, now: u64) {
-        self.last.store(now, Ordering::Relaxed);
+        mark_active(&self.last, now);
+    }
+}
+
+/// Record activity at `now` (ms) in a flow's shared last-activity time, which never goes back:
+/// the receive loop reads its clock once per batch and may touch a flow after its reply pump
+/// stored a later time, and a time gone back below the one the eviction queue holds for the
+/// flow would hide idler flows behind it. Most datagrams come within the same millisecond as
+/// the last, and then nothing is written.
+pub fn mark_active(last: &AtomicU64, now: u64) {
+    if last.load(Ordering::Relaxed) < now {
+        last.store(now, Ordering::Relaxed);
     }
 }
 
@@ -370,8 +381,9 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
     /// Remove the flow silent longest, if it has been silent for at least `min_idle_ms`.
     pub fn evict_idlest(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
         // Each pass either drops a stale entry, requeues a flow seen active since it was
-        // queued (once per activity), or decides: bounded by the queue's length.
-        for _ in 0..self.order.len() {
+        // queued (once per activity: it then comes round again and is decided), or decides:
+        // twice the queue's length covers a queue of flows that all spoke since.
+        for _ in 0..2 * self.order.len() {
             let (queued, client) = self.order.pop_first()?;
             let Some(flow) = self.flows.get(&client) else { continue };
             let last = flow.last_active();

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -488,7 +488,7 @@ async fn replies(
     // The route back to the sender takes GSO or not, whatever the route upstream does.
     let mut segmenting = Segmenting::default();
     pump(&upstream.upstream, |run| {
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
         let to = upstream.reply_to();
         let sent = segmenting.send_to(&to.socket, to.sender, run).datagrams;
         counters.dgrams_out.increment(sent as u64);
