@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -42,6 +42,29 @@ const VERIFY_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Control {
     tx: Arc<watch::Sender<Option<Arc<Settings>>>>,
+    prepared: Arc<Prepared>,
+}
+
+/// The resolver [`Control::check`] built for settings on their way to the task, taken by the
+/// task instead of building another: where the check passed, the task cannot fail.
+#[derive(Default)]
+struct Prepared(Mutex<Option<(ResolverSettings, Lookups)>>);
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+impl Prepared {
+    /// The lookups for `s`: the prepared ones if they were built for its resolver settings.
+    fn lookups(&self, s: &Settings) -> Result<Lookups, Error> {
+        let want = resolver(s);
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some((built_for, l)) if built_for == want => Ok(l),
+            _ => lookups(s),
+        }
+    }
 }
 
 impl Control {
@@ -55,7 +78,9 @@ impl Control {
         if same {
             return Ok(());
         }
-        lookups(new).map(drop)
+        let built = lookups(new)?;
+        *self.prepared.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((resolver(new), built));
+        Ok(())
     }
 
     /// The settings of a reloaded config; nothing happens when they are unchanged.
@@ -164,14 +189,14 @@ struct Active {
 }
 
 impl Active {
-    fn new(settings: Arc<Settings>) -> Result<Self, Error> {
+    fn new(settings: Arc<Settings>, prepared: &Prepared) -> Result<Self, Error> {
         let tracker = Tracker::new(
             settings.ingress_names.clone(),
             Default::default(),
             policy(&settings),
             Instant::now().into_std(),
         );
-        let lookups = lookups(&settings)?;
+        let lookups = prepared.lookups(&settings)?;
         Ok(Self {
             settings,
             tracker,
@@ -326,11 +351,11 @@ impl Active {
     /// (their lookups keep their schedule; new names are due at once), the resolver rebuilt if
     /// it changed, and the old table marked for deletion if the name changed. The next
     /// [`Active::step`] looks the new names up and then applies the new table in one batch.
-    fn reconfigure(&mut self, new: Arc<Settings>) {
+    fn reconfigure(&mut self, new: Arc<Settings>, prepared: &Prepared) {
         let now = Instant::now().into_std();
         let old = self.settings.clone();
         if resolver(&old) != resolver(&new) {
-            match lookups(&new) {
+            match prepared.lookups(&new) {
                 Ok(l) => self.lookups = l,
                 Err(e) => {
                     error!(error = %e, "firewall: the new resolver settings cannot be used; keeping the old ones")
@@ -375,10 +400,11 @@ pub fn start(
 ) -> Result<(Control, impl Future<Output = ()> + Send + 'static), Error> {
     let settings = settings.map(Arc::new);
     let (tx, rx) = watch::channel(settings.clone());
+    let prepared = Arc::new(Prepared::default());
     let active = match settings {
         None => None,
         Some(settings) => {
-            let mut active = Active::new(settings)?;
+            let mut active = Active::new(settings, &prepared)?;
             // With no names to wait for, the statics are the whole list from the start: carried
             // addresses would never be dropped (and a static taken out of the config would stay
             // allowed and trusted across every restart).
@@ -416,13 +442,15 @@ pub fn start(
             Some(active)
         }
     };
-    Ok((Control { tx: Arc::new(tx) }, run(rx, active, trusted, shutdown)))
+    let control = Control { tx: Arc::new(tx), prepared: prepared.clone() };
+    Ok((control, run(rx, active, trusted, prepared, shutdown)))
 }
 
 async fn run(
     mut rx: watch::Receiver<Option<Arc<Settings>>>,
     mut active: Option<Active>,
     trusted: Arc<TrustedPeers>,
+    prepared: Arc<Prepared>,
     shutdown: CancellationToken,
 ) {
     rx.mark_unchanged();
@@ -441,7 +469,7 @@ async fn run(
                     continue;
                 }
                 let new = rx.borrow_and_update().clone();
-                active = reload(active, new, &trusted).await;
+                active = reload(active, new, &trusted, &prepared).await;
             }
             _ = async {
                 match wake {
@@ -457,18 +485,23 @@ async fn run(
 }
 
 /// The firewall after a reload with settings `new`.
-async fn reload(active: Option<Active>, new: Option<Arc<Settings>>, trusted: &TrustedPeers) -> Option<Active> {
+async fn reload(
+    active: Option<Active>,
+    new: Option<Arc<Settings>>,
+    trusted: &TrustedPeers,
+    prepared: &Prepared,
+) -> Option<Active> {
     match (active, new) {
         (Some(mut a), Some(new)) => {
             if *a.settings != *new {
-                a.reconfigure(new);
+                a.reconfigure(new, prepared);
                 // Statics and the names that stay at once; new names join after their lookup.
                 a.publish_trust(trusted);
                 a.drop_carried(trusted);
             }
             Some(a)
         }
-        (None, Some(new)) => match Active::new(new) {
+        (None, Some(new)) => match Active::new(new, prepared) {
             Ok(a) => {
                 info!(table = %a.settings.table, "firewall added by a reload; the table follows the first lookups");
                 Some(a)
@@ -535,7 +568,7 @@ mod tests {
     async fn the_previous_runs_list_stays_per_family_until_each_name_answered() {
         let text = "[firewall]\ningress_names = [\"ingress-1.example.org\"]\ninterfaces = [\"wan1\"]\n";
         let settings = crate::config::from_toml_str(text).unwrap().firewall.unwrap();
-        let mut a = Active::new(Arc::new(settings)).unwrap();
+        let mut a = Active::new(Arc::new(settings), &Prepared::default()).unwrap();
         let (v4, v6): (IpNet, IpNet) = ("192.0.2.7/32".parse().unwrap(), "2001:db8::7/128".parse().unwrap());
         a.carried = [v4, v6].into();
         let trusted = TrustedPeers::new();
