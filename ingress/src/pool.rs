@@ -1531,9 +1531,10 @@ pub(crate) mod tests {
     /// Through the pool, probed as the probe loop probes a held path (every 100 ms): a path
     /// held for flapping, then 5 minutes of loss bursts (2 s of every 4 s, each probe failing at
     /// even odds), then 5 minutes of a steady 3 % of probes lost. The bursts keep making falls
-    /// and keep it held with no state change logged; the light loss makes no falls (fall 2 in
-    /// a row), so it is released the documented time (half-life × log2(penalty / reuse)) after
-    /// its last fall, and serves. When each failed probe of a held path added penalty, 3 %
+    /// and keep it held with no state change logged; the light loss seldom makes one (two
+    /// failed probes in a row: about one probe in a thousand; none with this seed before the
+    /// release), so it is released the documented time (half-life × log2(penalty / reuse))
+    /// after its last fall, and serves. When each failed probe of a held path added penalty, 3 %
     /// kept it held for good.
     #[tokio::test(start_paused = true)]
     async fn a_held_path_stays_held_while_it_falls_and_is_released_under_light_loss() {
