@@ -305,10 +305,10 @@ impl FlowLife {
 /// the receive loop reads its clock once per batch and may touch a flow after its reply pump
 /// stored a later time, and a time gone back below the one the eviction queue holds for the
 /// flow would hide idler flows behind it. Most datagrams come within the same millisecond as
-/// the last, and then nothing is written.
+/// the last, and then nothing is written (the read-modify-write only when the time moves).
 pub fn mark_active(last: &AtomicU64, now: u64) {
     if last.load(Ordering::Relaxed) < now {
-        last.store(now, Ordering::Relaxed);
+        last.fetch_max(now, Ordering::Relaxed);
     }
 }
 
