@@ -464,7 +464,7 @@ mod tests {
         // A fixed seed: the same outcomes every run.
         let mut rng = fastrand::Rng::with_seed(seed);
         let (mut up, mut fails, mut oks) = (true, 0u32, 0u32);
-        let mut run = Run { changes: Vec::new(), last_fall: None, held_for: Duration::ZERO, d: d.clone() };
+        let (mut changes, mut last_fall, mut held_for) = (Vec::new(), None, Duration::ZERO);
         let mut probe = tokio::time::interval(PACE);
         for _ in 0..(for_.as_millis() / PACE.as_millis()) {
             probe.tick().await;
@@ -480,17 +480,16 @@ mod tests {
                 up |= oks >= 2;
             }
             if let Some(c) = d.update(&CFG, up, fell, now()) {
-                run.changes.push((t, c.to));
+                changes.push((t, c.to));
             }
             if fell {
-                run.last_fall = Some((t, d.penalty(&CFG, now())));
+                last_fall = Some((t, d.penalty(&CFG, now())));
             }
             if d.verdict() == Verdict::Held {
-                run.held_for += PACE;
+                held_for += PACE;
             }
         }
-        run.d = d;
-        run
+        Run { changes, last_fall, held_for, d }
     }
 
     /// Driven by tokio's paused clock: 10 minutes of loss bursts, 2 s of every 4 s, each

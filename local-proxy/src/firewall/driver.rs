@@ -74,12 +74,12 @@ impl Control {
     /// the reload was applied and running without a table (or with the old resolver).
     pub fn check(&self, settings: Option<&Settings>) -> Result<(), Error> {
         let Some(new) = settings else { return Ok(()) };
-        let same = self.tx.borrow().as_deref().is_some_and(|running| resolver(running) == resolver(new));
-        if same {
+        let want = resolver(new);
+        if self.tx.borrow().as_deref().is_some_and(|running| resolver(running) == want) {
             return Ok(());
         }
         let built = lookups(new)?;
-        *self.prepared.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((resolver(new), built));
+        *self.prepared.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((want, built));
         Ok(())
     }
 

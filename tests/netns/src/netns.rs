@@ -106,27 +106,23 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
         }
     }
     // A namespace's own /etc files (`ip netns exec` mounts /etc/netns/NAME/* over /etc), as
-    // firewall_reload writes one.
-    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if owner_pid(&name).is_some_and(|pid| !pid_alive(pid)) && std::fs::remove_dir_all(entry.path()).is_ok() {
-                removed.push(entry.path().display().to_string());
-            }
-        }
-        // /etc/netns itself stays: a test running beside this one may be about to use it.
-    }
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name) {
-                if !pid_alive(pid) && std::fs::remove_dir_all(entry.path()).is_ok() {
-                    removed.push(entry.path().display().to_string());
-                }
-            }
-        }
+    // firewall_reload writes one; /etc/netns itself stays (a test beside this one may be about
+    // to use it).
+    for dir in [Path::new("/etc/netns"), &std::env::temp_dir()] {
+        sweep_dead(dir, &mut removed);
     }
     Ok(removed)
+}
+
+/// Removes the entries of `dir` named for a harness process that is gone.
+fn sweep_dead(dir: &Path, removed: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owner_pid(&name).is_some_and(|pid| !pid_alive(pid)) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path().display().to_string());
+        }
+    }
 }
 
 /// One veth link: `a_if` in namespace `a`, `b_if` in namespace `b`.
