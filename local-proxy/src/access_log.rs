@@ -19,7 +19,10 @@
 //! leaves); the last [`Sink`] of a file gone, its writer writes what is left and ends.
 //!
 //! Files are shared process-wide by path: sites logging to the same file share one writer,
-//! and a reload that keeps a path keeps its writer (and its buffered lines).
+//! and a reload that keeps a path keeps its writer (and its buffered lines). A file opened for
+//! a config that is then refused (a reload, or the start) and that this writer created is
+//! removed again when its last sink goes, unless a line was written to it: a refused config
+//! leaves nothing behind.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -113,11 +116,14 @@ struct State {
     flush_done: u64,
     /// Every sink is gone: write what is left and end.
     closed: bool,
-    /// The writer's timer: `Params::flush_interval` at first, then what the last [`set_flush`]
+    /// The writer's timer: `Params::flush_interval` at first, then what the last [`adopt`]
     /// asked for (a reload may change it).
     flush_interval: Duration,
     /// The writer has ended.
     ended: bool,
+    /// A config naming this file is in use ([`adopt`]): the file stays when the writer ends,
+    /// even empty.
+    adopted: bool,
 }
 
 impl Shared {
@@ -198,17 +204,21 @@ impl Drop for Sink {
 
 /// The writer for `path`: the running one, or a new one writing buffered lines at least every
 /// `flush`, with the file opened now (so an unwritable path refuses the config that names it).
-/// A running writer keeps its timer until [`set_flush`]: the config being loaded may still be
+/// A running writer keeps its timer until [`adopt`]: the config being loaded may still be
 /// refused.
 pub fn open(path: &Path, flush: Duration) -> std::io::Result<Arc<Sink>> {
     open_with(path, Params { flush_interval: flush, ..Params::default() })
 }
 
-/// The running writer of `path` writes at least every `flush` from now on (a reload's config
-/// is in). A shorter timer applies to the lines already waiting.
-pub fn set_flush(path: &Path, flush: Duration) {
+/// The config naming `path` is in (the start's, or a reload's): its running writer writes at
+/// least every `flush` from now on (a shorter timer applies to the lines already waiting), and
+/// the file it created stays even if no line comes.
+pub fn adopt(path: &Path, flush: Duration) {
     let Some(sink) = running(path) else { return };
-    let changed = std::mem::replace(&mut sink.shared.lock().flush_interval, flush) != flush;
+    let mut state = sink.shared.lock();
+    state.adopted = true;
+    let changed = std::mem::replace(&mut state.flush_interval, flush) != flush;
+    drop(state);
     if changed {
         sink.shared.wake.notify_one();
     }
@@ -229,7 +239,12 @@ pub fn open_with(path: &Path, params: Params) -> std::io::Result<Arc<Sink>> {
     if let Some(sink) = writers.get(path).and_then(Weak::upgrade) {
         return Ok(sink);
     }
-    let file = open_file(path)?;
+    let (file, created) = open_file(path)?;
+    // The file as this writer made it, to tell it from one made at the same path later.
+    let created = match created {
+        true => file.metadata().ok().map(|m| FileId::of(&m)),
+        false => None,
+    };
     let state = State {
         buf: Vec::with_capacity(2 * params.flush_bytes),
         flush_interval: params.flush_interval,
@@ -240,7 +255,7 @@ pub fn open_with(path: &Path, params: Params) -> std::io::Result<Arc<Sink>> {
     let (owned, for_writer, thread_label) = (path.to_path_buf(), shared.clone(), label.clone());
     std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || write_loop(owned, file, &for_writer, thread_label))?;
+        .spawn(move || write_loop(owned, file, created, &for_writer, thread_label))?;
     let mut buffers = BUFFERS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
     buffers.retain(|b| b.strong_count() > 0);
     buffers.push(Arc::downgrade(&shared));
@@ -279,8 +294,8 @@ fn flush(shared: &Shared, deadline: Instant) -> bool {
 
 /// Open `path` to append, creating it `MODE` whatever the umask (the packaged unit's is 0077,
 /// which would leave the log shippers of the local-proxy group locked out); a file that is
-/// there keeps the mode it has.
-fn open_file(path: &Path) -> std::io::Result<File> {
+/// there keeps the mode it has. True if this call created it.
+fn open_file(path: &Path) -> std::io::Result<(File, bool)> {
     use std::os::unix::fs::PermissionsExt;
     match OpenOptions::new().append(true).create_new(true).mode(MODE).open(path) {
         Ok(f) => {
@@ -288,19 +303,50 @@ fn open_file(path: &Path) -> std::io::Result<File> {
             if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(MODE)) {
                 tracing::warn!(file = %path.display(), error = %e, "access log created without mode 0640");
             }
-            Ok(f)
+            Ok((f, true))
         }
         // There already (or made in between by someone else, with the umask's mode then).
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            OpenOptions::new().append(true).create(true).mode(MODE).open(path)
+            Ok((OpenOptions::new().append(true).create(true).mode(MODE).open(path)?, false))
         }
         Err(e) => Err(e),
     }
 }
 
+/// Which file a path names (device and inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self(meta.dev(), meta.ino())
+    }
+}
+
+/// Remove the empty file `created` at `path` that a writer made for a config never taken,
+/// unless a new writer has opened the path meanwhile (the map's lock keeps one from opening it
+/// while this looks) or the file there is another one by now.
+fn remove_unadopted(path: &Path, created: FileId) {
+    let writers = WRITERS.get_or_init(Default::default);
+    let writers = writers.lock().unwrap_or_else(PoisonError::into_inner);
+    if writers.get(path).is_some_and(|w| w.strong_count() > 0) {
+        return;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if FileId::of(&m) == created && m.len() == 0 => {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), error = %e, "cannot remove the access log made for a refused config");
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Write the buffered lines when woken or at each interval, until every [`Sink`] of this file
-/// is gone (then once more).
-fn write_loop(path: PathBuf, file: File, shared: &Shared, label: String) {
+/// is gone (then once more). `created`: the file this writer made, removed at the end if no
+/// config took it and nothing was written.
+fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &Shared, label: String) {
     let mut file = Some(file);
     let mut seen = GENERATION.load(Ordering::SeqCst);
     // The buffer being written; swapped with the one requests append to.
@@ -326,11 +372,13 @@ fn write_loop(path: PathBuf, file: File, shared: &Shared, label: String) {
         let generation = GENERATION.load(Ordering::SeqCst);
         if generation != seen || file.is_none() {
             seen = generation;
+            // Not the file this writer made any more (rotated, or reopened after a failure).
+            created = None;
             // The old file (renamed by logrotate) is closed once the new one is open; while
             // the new one cannot be opened (tried again at each wake), lines are dropped and
             // counted.
             match open_file(&path) {
-                Ok(f) => file = Some(f),
+                Ok((f, _)) => file = Some(f),
                 Err(e) => {
                     if !failing {
                         warn!(path = %path.display(), error = %e, "access log: cannot reopen");
@@ -347,6 +395,7 @@ fn write_loop(path: PathBuf, file: File, shared: &Shared, label: String) {
             };
             match written {
                 Ok(()) => {
+                    created = None;
                     if std::mem::take(&mut failing) {
                         tracing::info!(path = %path.display(), "access log: writing again");
                     }
@@ -374,7 +423,12 @@ fn write_loop(path: PathBuf, file: File, shared: &Shared, label: String) {
         if closed {
             // No sink is left to append: everything has been written.
             state.ended = true;
+            let adopted = state.adopted;
             shared.done.notify_all();
+            drop(state);
+            if let Some(created) = created.filter(|_| !adopted) {
+                remove_unadopted(&path, created);
+            }
             return;
         }
         shared.done.notify_all();
@@ -465,7 +519,7 @@ mod tests {
         assert!(Arc::ptr_eq(&sink, &again), "one writer per file");
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(read(&path), "", "opening for a config not yet in keeps the running timer");
-        set_flush(&path, Duration::from_millis(20));
+        adopt(&path, Duration::from_millis(20));
         assert_eq!(wait_lines(&path, 1), "waiting\n");
     }
 
@@ -536,6 +590,76 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("the writer did not end");
+    }
+
+    /// Waits (every 10 ms, at most 10 s) until the writer of `shared` has ended.
+    fn wait_ended(shared: &Weak<Shared>) {
+        for _ in 0..1000 {
+            if shared.upgrade().is_none_or(|s| s.lock().ended) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the writer did not end");
+    }
+
+    /// A file opened for a config that is not taken: made by this writer and empty, it is
+    /// removed when the last sink goes; one that was there before, one written to and one a
+    /// config took ([`adopt`]) stay.
+    #[test]
+    fn a_file_made_for_a_refused_config_is_removed_while_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let ended = |path: &Path, adopted: bool, text: Option<&str>| {
+            let sink = open(path, HOUR).unwrap();
+            if adopted {
+                adopt(path, HOUR);
+            }
+            if let Some(text) = text {
+                line(&sink, text);
+            }
+            let shared = Arc::downgrade(&sink.shared);
+            drop(sink);
+            wait_ended(&shared);
+        };
+        let refused = dir.path().join("refused.log");
+        ended(&refused, false, None);
+        assert!(!refused.exists(), "the refused config's empty file is still there");
+
+        let there = dir.path().join("there.log");
+        std::fs::write(&there, "").unwrap();
+        ended(&there, false, None);
+        assert!(there.exists(), "a file made by someone else was removed");
+
+        let adopted = dir.path().join("adopted.log");
+        ended(&adopted, true, None);
+        assert!(adopted.exists(), "the file of a config that was taken was removed");
+
+        let written = dir.path().join("written.log");
+        ended(&written, false, Some("kept"));
+        assert_eq!(read(&written), "kept\n");
+    }
+
+    /// The refused config's writer ends after the next reload has opened the same path (its
+    /// own writer, as the old one's sinks were gone): the file is the new writer's and stays.
+    /// Nor is a file removed that was replaced at the path meanwhile.
+    #[test]
+    fn a_made_file_another_writer_has_open_or_that_was_replaced_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("again.log");
+        let sink = open(&path, HOUR).unwrap();
+        let made = FileId::of(&std::fs::metadata(&path).unwrap());
+        remove_unadopted(&path, made);
+        assert!(path.exists(), "removed under the writer that has it open");
+        drop(sink);
+
+        let replaced = dir.path().join("replaced.log");
+        std::fs::write(&replaced, "").unwrap();
+        let made = FileId::of(&std::fs::metadata(&replaced).unwrap());
+        // Renamed away (logrotate), so the new file cannot take its inode.
+        std::fs::rename(&replaced, dir.path().join("replaced.log.1")).unwrap();
+        std::fs::write(&replaced, "").unwrap();
+        remove_unadopted(&replaced, made);
+        assert!(replaced.exists(), "the file now at the path was removed");
     }
 
     /// logrotate's way while four threads log as fast as they can: rename, reopen; every line

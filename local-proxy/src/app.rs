@@ -115,8 +115,11 @@ pub fn start_on(
         metrics,
         workers,
     });
-    publish_health(&state);
     let config = state.config.load_full();
+    for (_, log) in config.access_logs() {
+        crate::access_log::adopt(&log.path, log.flush);
+    }
+    publish_health(&state);
     if config.streams.iter().any(|s| s.transparent) {
         if let Err(e) = transparent::probe() {
             warn!(error = %e, "transparent streams will fail until the proxy may set IP_TRANSPARENT");
@@ -305,7 +308,7 @@ impl Handle {
             self.state.routes.store(Arc::new(routes));
             self.state.stream_logs.store(Arc::new(stream_logs));
             for (_, log) in new.access_logs() {
-                crate::access_log::set_flush(&log.path, log.flush);
+                crate::access_log::adopt(&log.path, log.flush);
             }
             pools.take_over(&self.state.pools.load());
             pools.publish();

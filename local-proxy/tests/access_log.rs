@@ -473,3 +473,37 @@ async fn a_refused_reload_keeps_the_running_flush() {
     wait_lines(&log, 1).await;
     assert_eq!(uris(&log), vec!["/waiting".to_string()]);
 }
+
+/// A reload that names a new file for one site and is then refused for another site's log
+/// leaves no empty file behind; the same file in a reload that is taken is made and stays,
+/// empty until a request comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_no_new_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ca, live) = setup_certs(tmp.path());
+    let up = echo_upstream("a").await;
+    let (log, new, other) = (tmp.path().join("a.log"), tmp.path().join("new.log"), tmp.path().join("b.log"));
+    let missing = tmp.path().join("no-such-dir/b.log");
+    let sites = |a: &Path, b: &Path| {
+        format!(
+            "[[site]]\nhost = \"a.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n\
+             [[site]]\nhost = \"b.test\"\nupstream = \"http://{up}\"\naccess_log = {{ path = \"{}\" }}\n",
+            a.display(),
+            b.display()
+        )
+    };
+    let (first, refused, taken) = (sites(&log, &other), sites(&new, &missing), sites(&new, &other));
+    let proxy = start(tmp.path(), &live, "", &first).await;
+
+    proxy.reload(&first, &refused, "invalid").await;
+    wait_until(Duration::from_secs(10), "the refused reload's file removed", || async { !new.exists() }).await;
+    get_a(&proxy, "/old").await;
+    wait_lines(&log, 1).await;
+
+    proxy.reload(&refused, &taken, "ok").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(new.exists(), "the file of the reload taken was not made (or removed)");
+    get_a(&proxy, "/new").await;
+    wait_lines(&new, 1).await;
+    assert_eq!((uris(&log), uris(&new)), (vec!["/old".to_string()], vec!["/new".to_string()]));
+}
