@@ -144,6 +144,20 @@ fn ctl_reads_the_config_and_drives_the_admin_api() {
     assert_eq!(upstream(&with, &a)["drained"], true);
     let (ok, _, err) = ctl(&broken, &["undrain", "svc", &a]);
     assert!(ok, "{err}");
+    // Not TOML at all (a string left open in a table being typed): the `[admin]` table is
+    // read alone, with a warning; with no config readable, `--admin` still reaches `status`.
+    let half = with.with_file_name("half-typed.toml");
+    std::fs::write(&half, format!("{text}[[stream]]\nname = \"new\nlisten = \"0/tcp\"\n")).unwrap();
+    let (ok, _, err) = ctl(&half, &["drain", "svc", &a]);
+    assert!(ok && err.contains("warning") && err.contains("[admin] table alone"), "{err}");
+    assert_eq!(upstream(&with, &a)["drained"], true);
+    let (ok, _, err) = ctl(&half, &["undrain", "svc", &a]);
+    assert!(ok, "{err}");
+    let nothing = with.with_file_name("no-such.toml");
+    let (ok, _, err) = ctl(&nothing, &["status"]);
+    assert!(!ok && err.contains("no-such.toml") && err.contains("--admin"), "{err}");
+    let (ok, out, err) = ctl(&nothing, &["--admin", &format!("127.0.0.1:{admin}"), "status"]);
+    assert!(ok && out.contains("svc"), "{err}");
     let gone = with.with_file_name("token-gone.toml");
     std::fs::write(&gone, text.replace("/token\"", "/no-such-token\"")).unwrap();
     let (ok, out, err) = ctl(&gone, &["status"]);

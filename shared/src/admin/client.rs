@@ -139,6 +139,8 @@ impl Call {
 /// environment overrides as the server (`<env_prefix>ADMIN__LISTEN`, ...), and nothing else.
 /// An operator must be able to look and drain while another part of the file is being
 /// edited, or with a CA file gone; and `ctl status` needs no token, so no right to read it.
+/// A file that is not TOML as a whole (an edit half done) is read for its `[admin]` table
+/// alone ([`admin_table`]), with a warning.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CtlSettings {
     pub listen: Option<SocketAddr>,
@@ -147,38 +149,86 @@ pub struct CtlSettings {
 
 impl CtlSettings {
     pub fn load(path: &Path, env_prefix: &str) -> Result<Self, String> {
-        use figment::providers::{Env, Format, Toml};
-        #[derive(serde::Deserialize)]
-        struct File {
-            #[serde(default)]
-            admin: Admin,
-        }
-        #[derive(Default, serde::Deserialize)]
-        struct Admin {
-            listen: Option<String>,
-            token_file: Option<PathBuf>,
-        }
-        let env = Env::prefixed(env_prefix).ignore(&["LOG"]).split("__");
-        let file: File = figment::Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(env)
-            .extract()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::load_with(path, env_prefix, |w| eprintln!("warning: {w}"))
+    }
+
+    /// [`CtlSettings::load`], its warning given to `warn`.
+    fn load_with(path: &Path, env_prefix: &str, warn: impl FnOnce(String)) -> Result<Self, String> {
+        use figment::providers::{Format, Toml};
+        let file = match Self::extract(Toml::file_exact(path), env_prefix) {
+            Ok(file) => file,
+            Err(whole) => {
+                let alone = std::fs::read_to_string(path).ok().as_deref().and_then(admin_table);
+                match alone.map(|t| Self::extract(Toml::string(&t), env_prefix)) {
+                    Some(Ok(file)) => {
+                        warn(format!("{}: {whole}; reading its [admin] table alone", path.display()));
+                        file
+                    }
+                    _ => return Err(format!("{}: {whole}", path.display())),
+                }
+            }
+        };
         let listen = match file.admin.listen {
             Some(s) => Some(s.parse().map_err(|_| format!("{}: admin.listen: `{s}` is not IP:PORT", path.display()))?),
             None => None,
         };
         Ok(Self { listen, token_file: file.admin.token_file })
     }
+
+    fn extract(toml: impl figment::Provider, env_prefix: &str) -> Result<File, String> {
+        let env = figment::providers::Env::prefixed(env_prefix).ignore(&["LOG"]).split("__");
+        figment::Figment::new().merge(toml).merge(env).extract().map_err(|e| e.to_string())
+    }
+}
+
+/// The part of a config file `ctl` reads.
+#[derive(serde::Deserialize)]
+struct File {
+    #[serde(default)]
+    admin: Admin,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct Admin {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+/// The `[admin]` table of a config file's text, from its header to the next table's (none
+/// if it has none): what `ctl` reads when the file as a whole does not parse. `[admin]`
+/// holds only strings, so a line that starts with `[` is a header.
+fn admin_table(text: &str) -> Option<String> {
+    let mut table: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            let header = trimmed.split('#').next().unwrap_or_default().trim_end();
+            match (header == "[admin]", table.is_some()) {
+                (true, false) => table = Some(String::new()),
+                (_, true) => break,
+                (false, false) => {}
+            }
+        }
+        if let Some(table) = table.as_mut() {
+            table.push_str(line);
+            table.push('\n');
+        }
+    }
+    table
 }
 
 /// [`run`] with the listener (unless `admin` names another) and the token file from the
-/// config at `path` ([`CtlSettings`]).
+/// config at `path` ([`CtlSettings`]). With `admin` given, a config that cannot be read at
+/// all still lets `ctl status` run (control then has no token).
 pub fn run_with_config(path: &Path, env_prefix: &str, admin: Option<SocketAddr>, call: Call) -> ExitCode {
-    match CtlSettings::load(path, env_prefix) {
-        Ok(s) => run(admin.or(s.listen), s.token_file.as_deref(), call),
-        Err(e) => {
-            eprintln!("{e}");
+    match (CtlSettings::load(path, env_prefix), admin) {
+        (Ok(s), _) => run(admin.or(s.listen), s.token_file.as_deref(), call),
+        (Err(e), Some(admin)) => {
+            eprintln!("warning: {e}; no token file");
+            run(Some(admin), None, call)
+        }
+        (Err(e), None) => {
+            eprintln!("{e}\n(`--admin IP:PORT` reaches the admin listener without the config)");
             ExitCode::FAILURE
         }
     }
@@ -274,5 +324,38 @@ mod tests {
         assert_eq!((c.method, c.path_and_query.as_str()), (Method::GET, "/status"));
         assert_eq!(c.summary.map(|f| f("ok")), Some("OK".to_owned()));
         assert!(Call::status(&StatusArgs { json: true }, upper).summary.is_none(), "--json prints the body as it came");
+    }
+
+    fn load(text: &str) -> (Result<CtlSettings, String>, Option<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut warned = None;
+        let got = CtlSettings::load_with(&path, "CTL_TEST_UNSET_", |w| warned = Some(w));
+        (got, warned)
+    }
+
+    /// A file that does not parse as a whole (an edit half done elsewhere) is read for its
+    /// `[admin]` table alone, with a warning naming the error; one whose `[admin]` itself does
+    /// not parse, or that has none, is an error naming the file.
+    #[test]
+    fn a_file_broken_elsewhere_is_read_for_its_admin_table() {
+        let admin = "[admin] # where ctl calls\nlisten = \"127.0.0.1:9000\"\ntoken_file = \"/etc/t\"\n";
+        let want =
+            || CtlSettings { listen: Some("127.0.0.1:9000".parse().unwrap()), token_file: Some("/etc/t".into()) };
+        assert_eq!(load(&format!("[wan]\naddresses = [\"1.2.3.4\"]\n{admin}[http]\n")), (Ok(want()), None));
+
+        let broken = format!("[wan]\naddresses = [\"1.2.3.4\"\n{admin}  [[stream]]\nname = \"half\nlisten = 5\n");
+        let (got, warned) = load(&broken);
+        assert_eq!(got, Ok(want()));
+        let warned = warned.unwrap();
+        assert!(warned.contains("c.toml") && warned.contains("[admin] table alone"), "{warned}");
+
+        for bad in ["[admin]\nlisten = \"127.0.0.1:9000\n[http]\n", "[wan\nx = 1\n", "[admin]\nlisten = 5\n[x\n"] {
+            let (got, warned) = load(bad);
+            let err = got.unwrap_err();
+            assert!(err.contains("c.toml"), "{err}");
+            assert_eq!(warned, None);
+        }
     }
 }
