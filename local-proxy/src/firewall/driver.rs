@@ -8,6 +8,8 @@
 //! every name has answered (per family: the IPv4 addresses once every A lookup has, the IPv6
 //! ones once every AAAA lookup has). The table is read back every 10 s and installed again if
 //! something removed it. On shutdown the table stays, closed, unless `remove_on_exit` is set.
+//! The table's name is recorded ([`Record`]), so a restart deletes the one a previous run left
+//! under another name, or with no `[firewall]` any more.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::record::Record;
 use super::ruleset::{build_with, TableSpec};
 use super::settings::Settings;
 use super::tracker::{Allowlist, Family, Outcome, Policy, Tracker};
@@ -181,6 +184,8 @@ struct Active {
     differs: bool,
     /// The previous run's allowlist, kept until every name has answered (then emptied).
     carried: BTreeSet<IpNet>,
+    /// Where the installed table's name is kept for the next run.
+    record: Record,
     /// Lookups (name and family) answered since start: the carried list's addresses of a
     /// family go once every name has answered in that family (a failed lookup does not count:
     /// with DNS down at start the previous list is all there is; with only the A lookups
@@ -208,6 +213,7 @@ impl Active {
             differs: false,
             carried: BTreeSet::new(),
             heard: BTreeSet::new(),
+            record: Record::from_env(),
         })
     }
 
@@ -297,6 +303,7 @@ impl Active {
                     if let Some(old) = self.stale.take() {
                         info!(%table, old = %old, "firewall table renamed (new one in force, old one deleted, one batch)");
                     }
+                    self.record.write(table);
                     if want.enforcing() && self.applied.as_ref().is_some_and(|a| !a.enforcing()) {
                         info!(%table, "first DNS answer: firewall now enforcing");
                     }
@@ -402,17 +409,30 @@ pub fn start(
     let (tx, rx) = watch::channel(settings.clone());
     let prepared = Arc::new(Prepared::default());
     let active = match settings {
-        None => None,
+        None => {
+            remove_left(&Record::from_env());
+            None
+        }
         Some(settings) => {
             let mut active = Active::new(settings, &prepared)?;
+            // A table the last run installed under another name goes in the first batch.
+            active.stale = active.record.read().filter(|old| *old != active.settings.table);
             // With no names to wait for, the statics are the whole list from the start: carried
             // addresses would never be dropped (and a static taken out of the config would stay
-            // allowed and trusted across every restart).
+            // allowed and trusted across every restart). Renamed, the old table has them.
             if !active.settings.ingress_names.is_empty() {
                 active.carried = carried_over(&active.settings.table);
+                if let Some(old) = active.stale.as_deref().filter(|_| active.carried.is_empty()) {
+                    active.carried = carried_over(old);
+                }
             }
             let initial = active.want();
-            apply_now(&initial, None)?;
+            apply_now(&initial, active.stale.as_deref())?;
+            if let Some(old) = active.stale.take() {
+                info!(table = %active.settings.table, old = %old,
+                    "firewall table renamed since the last run: the old one deleted in the first batch");
+            }
+            active.record.write(&active.settings.table);
             active.publish_trust(&trusted);
             trusted.set_source_nets(CARRIED_SOURCE, active.carried.iter().copied());
             let s = &active.settings;
@@ -484,6 +504,19 @@ async fn run(
     }
 }
 
+/// With no firewall configured at start: the table a previous run installed goes (as when a
+/// reload removes the section), if one is recorded.
+fn remove_left(record: &Record) {
+    let Some(table) = record.read() else { return };
+    match super::remove(&table) {
+        Ok(()) => {
+            info!(%table, "no [firewall] since the last run: its table deleted");
+            record.clear();
+        }
+        Err(e) => error!(%table, error = %e, "no [firewall] since the last run: deleting its table failed"),
+    }
+}
+
 /// The firewall after a reload with settings `new`.
 async fn reload(
     active: Option<Active>,
@@ -514,12 +547,19 @@ async fn reload(
         (Some(a), None) => {
             // No [firewall] any more: the table goes (nobody would keep its addresses current,
             // so leaving it would lock out an ingress node whose address changes).
+            let mut removed = true;
             for table in [Some(a.settings.table.clone()), a.stale.clone()].into_iter().flatten() {
                 let name = table.clone();
                 match blocking(move || super::remove(&name)).await {
                     Ok(()) => info!(%table, "firewall section removed by a reload: table deleted"),
-                    Err(e) => error!(%table, error = %e, "firewall section removed: deleting the table failed"),
+                    Err(e) => {
+                        removed = false;
+                        error!(%table, error = %e, "firewall section removed: deleting the table failed");
+                    }
                 }
+            }
+            if removed {
+                a.record.clear();
             }
             trusted.set_source_nets(TRUST_SOURCE, []);
             trusted.set_source_nets(CARRIED_SOURCE, []);
@@ -534,12 +574,19 @@ async fn reload(
 async fn finish(a: Active) {
     let settings = a.settings.clone();
     if settings.remove_on_exit {
+        let mut removed = true;
         for table in [Some(settings.table.clone()), a.stale.clone()].into_iter().flatten() {
             let name = table.clone();
             match blocking(move || super::remove(&name)).await {
                 Ok(()) => info!(%table, "firewall table removed (remove_on_exit)"),
-                Err(e) => error!(%table, error = %e, "removing the firewall table failed"),
+                Err(e) => {
+                    removed = false;
+                    error!(%table, error = %e, "removing the firewall table failed");
+                }
             }
+        }
+        if removed {
+            a.record.clear();
         }
         return;
     }
@@ -548,8 +595,9 @@ async fn finish(a: Active) {
     let closed = build_with(&settings, &a.tracker.closed(), &a.carried);
     if a.applied.as_ref() != Some(&closed) || a.stale.is_some() {
         let stale = a.stale.clone();
-        if let Err(e) = blocking(move || apply_now(&closed, stale.as_deref())).await {
-            error!(table = %settings.table, error = %e, "closing the firewall table on exit failed");
+        match blocking(move || apply_now(&closed, stale.as_deref())).await {
+            Ok(()) => a.record.write(&settings.table),
+            Err(e) => error!(table = %settings.table, error = %e, "closing the firewall table on exit failed"),
         }
     }
     info!(table = %settings.table, "firewall table left in place (closed)");

@@ -10,6 +10,7 @@ mod driver;
 pub mod netlink;
 pub mod nft;
 pub mod readback;
+mod record;
 pub mod ruleset;
 pub mod status;
 /// The `[firewall]` settings live with the rest of the configuration (the config is a

@@ -13,7 +13,11 @@
 //! - `[firewall]` removed on reload: the table is deleted; added again with the system
 //!   resolver, whose configuration cannot be read in home: the reload is refused (it used to
 //!   be applied with no table); added again on reload: the table is back, the ingress nodes
-//!   pass and the client does not.
+//!   pass and the client does not;
+//! - across restarts (the proxy runs with `STATE_DIRECTORY`, as systemd starts it): stopped,
+//!   the table renamed in the config and started again, the old table is gone and the new one
+//!   lets the ingress nodes in; stopped, `[firewall]` removed and started again, no table is
+//!   left.
 
 mod common;
 
@@ -257,7 +261,16 @@ fn firewall_follows_reload_without_a_gap() {
         system_resolver: false,
     };
     proxy.write(Some(&two));
-    let argv: Vec<String> = vec![proxy.bin.display().to_string(), "-c".into(), proxy.config.display().to_string()];
+    // As systemd's StateDirectory= gives it: where the table's name is kept across restarts.
+    let state = t.dir().join("state");
+    std::fs::create_dir_all(&state).expect("state directory");
+    let argv: Vec<String> = vec![
+        "env".into(),
+        format!("STATE_DIRECTORY={}", state.display()),
+        proxy.bin.display().to_string(),
+        "-c".into(),
+        proxy.config.display().to_string(),
+    ];
     t.spawn(Role::Home, "local-proxy", &argv).expect("starting local-proxy");
     let want2 = vec![addr::INGRESS1.to_string(), addr::INGRESS2.to_string()];
     wait_until("both ingress addresses in the table", Duration::from_secs(15), Duration::from_millis(50), || {
@@ -434,6 +447,38 @@ fn firewall_follows_reload_without_a_gap() {
     assert_eq!(passes(&np, &client, None), Seen::Timeout, "the client after the re-add");
     assert!(!table_exists(&home, TABLE_RENAMED), "the removed table came back");
     common::phase(start, "[firewall] added on reload: table installed, ingress-1 passes, the client does not");
+
+    // 8. Stopped (the table stays, closed), renamed in the config, started again: the old
+    // table goes in the first batch, the new one lets ingress-1 in and keeps the client out.
+    t.stop("local-proxy").expect("stop local-proxy");
+    assert!(table_exists(&home, TABLE), "the table left closed on exit");
+    proxy.write(Some(&Fw { table: TABLE_RENAMED, ..two.clone() }));
+    t.spawn(Role::Home, "local-proxy", &argv).expect("starting local-proxy again");
+    wait_until("the renamed table, enforcing", Duration::from_secs(15), Duration::from_millis(50), || {
+        t.proc_mut("local-proxy")?.ensure_running()?;
+        let s = proxy.show()?;
+        check(shown_elements(&s) == want2 && s.contains("enforcing"), || s.clone())
+    })
+    .expect("renamed table after the restart");
+    assert!(!table_exists(&home, TABLE), "the previous run's table is still there after the rename");
+    assert!(passes(&np, t.ns(Role::Ingress1), None).answered(), "ingress1 after the restart");
+    assert_eq!(passes(&np, &client, None), Seen::Timeout, "the client after the restart");
+    common::phase(start, "restarted with the table renamed: the old table deleted, the new one enforcing");
+
+    // 9. Stopped, [firewall] removed, started again: the table the last run left goes.
+    t.stop("local-proxy").expect("stop local-proxy");
+    assert!(table_exists(&home, TABLE_RENAMED), "the table left closed on exit");
+    proxy.write(None);
+    t.spawn(Role::Home, "local-proxy", &argv).expect("starting local-proxy without a firewall");
+    wait_until("the proxy serving", Duration::from_secs(15), Duration::from_millis(50), || {
+        t.proc_mut("local-proxy")?.ensure_running()?;
+        metrics::scrape(&home, ADMIN).map(|_| ())
+    })
+    .expect("local-proxy up");
+    assert!(!table_exists(&home, TABLE_RENAMED), "the last run's table stayed with no [firewall]");
+    assert!(!state.join("firewall-table").exists(), "the record of a deleted table stayed");
+    assert!(passes(&np, &client, None).answered(), "no firewall: the client reaches the port");
+    common::phase(start, "restarted with no [firewall]: the last run's table deleted");
     t.stop("local-proxy").expect("stop local-proxy");
     drop(dns);
     drop(t);
