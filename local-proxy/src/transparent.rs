@@ -99,11 +99,14 @@ pub async fn connect_tcp(
 /// remote, for reading and for the `socket transparent` lookup of the policy route alike.
 /// Two such sockets connected to the *same* upstream would be ambiguous: the caller must not
 /// ask for that (`stream::flow_socket` keeps one per client and upstream).
-pub async fn udp(client: SocketAddr, upstream: SocketAddr, share_port: bool) -> Result<UdpSocket, TransparentError> {
+///
+/// Not async: a UDP connect only sets the remote, so the caller can make the socket while it
+/// holds a lock (the registry's, so two first datagrams cannot make two sockets). Must run
+/// inside the runtime (the socket is registered with its reactor).
+pub fn udp(client: SocketAddr, upstream: SocketAddr, share_port: bool) -> Result<UdpSocket, TransparentError> {
     let sock = bound_to(client, Type::DGRAM, share_port)?;
-    let sock = UdpSocket::from_std(sock.into()).map_err(TransparentError::Socket)?;
-    sock.connect(upstream).await.map_err(TransparentError::Connect)?;
-    Ok(sock)
+    sock.connect(&upstream.into()).map_err(TransparentError::Connect)?;
+    UdpSocket::from_std(sock.into()).map_err(TransparentError::Socket)
 }
 
 /// Checks once that this process may set `IP_TRANSPARENT` (start-up warning when a stream
@@ -136,14 +139,14 @@ mod tests {
     async fn binds_foreign_address_and_port_or_any_port() {
         if probe().is_err() {
             // Without CAP_NET_ADMIN the option is refused with a clear error.
-            let e = udp("192.0.2.77:4000".parse().unwrap(), "127.0.0.1:9".parse().unwrap(), false).await.unwrap_err();
+            let e = udp("192.0.2.77:4000".parse().unwrap(), "127.0.0.1:9".parse().unwrap(), false).unwrap_err();
             assert!(e.is_setup(), "{e}");
             return;
         }
         let client: SocketAddr = "192.0.2.77:40123".parse().unwrap();
-        let first = udp(client, "127.0.0.1:9".parse().unwrap(), false).await.unwrap();
+        let first = udp(client, "127.0.0.1:9".parse().unwrap(), false).unwrap();
         assert_eq!(first.local_addr().unwrap(), client);
-        let second = udp(client, "127.0.0.1:10".parse().unwrap(), false).await.unwrap();
+        let second = udp(client, "127.0.0.1:10".parse().unwrap(), false).unwrap();
         let local = second.local_addr().unwrap();
         assert_eq!(local.ip(), client.ip());
         assert_ne!(local.port(), client.port());
@@ -159,9 +162,9 @@ mod tests {
         let up1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let up2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let client: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let first = udp(client, up1.local_addr().unwrap(), true).await.unwrap();
+        let first = udp(client, up1.local_addr().unwrap(), true).unwrap();
         let client = first.local_addr().unwrap();
-        let second = udp(client, up2.local_addr().unwrap(), true).await.unwrap();
+        let second = udp(client, up2.local_addr().unwrap(), true).unwrap();
         assert_eq!(second.local_addr().unwrap(), client);
         up2.send_to(b"two", client).await.unwrap();
         up1.send_to(b"one", client).await.unwrap();

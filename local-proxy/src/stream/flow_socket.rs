@@ -58,30 +58,33 @@ impl FlowSocket {
     /// a new one on the client's exact port (shared with its sockets to other upstreams; see
     /// [`transparent::udp`]), else on any port of its address when another ingress node's
     /// conversation holds that exact pair.
-    pub async fn transparent(
+    ///
+    /// The lookup, the new socket and its entry happen under the registry's lock: the first
+    /// datagrams of one conversation arriving on two event loops at once (the ingress moving
+    /// its flow while the old path still delivers) must not make two sockets connected to the
+    /// same upstream on the client's port, between which the kernel would split the replies.
+    pub fn transparent(
         client: SocketAddr,
         upstream: SocketAddr,
         reply: ReplyTo,
     ) -> Result<(Arc<Self>, bool), TransparentError> {
         let ingress = reply.sender.ip();
         let key = (client, upstream);
-        let held_elsewhere = {
-            let map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(&key).and_then(Weak::upgrade) {
-                Some(s) if s.registered.as_ref().is_some_and(|(_, via)| *via == ingress) => {
-                    s.reply.store(Arc::new(reply));
-                    return Ok((s, true));
-                }
-                Some(_) => true,
-                None => false,
+        let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        let held_elsewhere = match map.get(&key).and_then(Weak::upgrade) {
+            Some(s) if s.registered.as_ref().is_some_and(|(_, via)| *via == ingress) => {
+                s.reply.store(Arc::new(reply));
+                return Ok((s, true));
             }
+            Some(_) => true,
+            None => false,
         };
-        let sock = transparent::udp(client, upstream, !held_elsewhere).await?;
+        let sock = transparent::udp(client, upstream, !held_elsewhere)?;
         let exact = sock.local_addr().is_ok_and(|a| a == client);
         let registered = (exact && !held_elsewhere).then_some((key, ingress));
         let s = Arc::new(Self { upstream: sock, reply: ArcSwap::from_pointee(reply), registered });
         if s.registered.is_some() {
-            REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::downgrade(&s));
+            map.insert(key, Arc::downgrade(&s));
         }
         Ok((s, false))
     }
@@ -119,20 +122,54 @@ mod tests {
         let client: SocketAddr = "192.0.2.78:40124".parse().unwrap();
         let via =
             |socket: &Arc<UdpSocket>, sender: &str| ReplyTo { socket: socket.clone(), sender: sender.parse().unwrap() };
-        let (a, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).await.unwrap();
+        let (a, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).unwrap();
         assert!(!moved);
         assert_eq!(a.upstream.local_addr().unwrap(), client);
-        let (b, moved) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).await.unwrap();
+        let (b, moved) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).unwrap();
         assert!(moved && Arc::ptr_eq(&a, &b));
         assert_eq!(a.reply_to().sender.port(), 5001);
         assert!(Arc::ptr_eq(&a.reply_to().socket, &wan2));
-        let (c, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).await.unwrap();
+        let (c, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).unwrap();
         assert!(!moved && !Arc::ptr_eq(&a, &c));
         assert_ne!(c.upstream.local_addr().unwrap(), client);
         // Gone with its last flow: the next one starts afresh on the exact port.
         drop((a, b));
-        let (d, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).await.unwrap();
+        let (d, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).unwrap();
         assert!(!moved);
         assert_eq!(d.upstream.local_addr().unwrap(), client);
+    }
+
+    /// The first datagrams of one conversation on two event loops at once (the ingress
+    /// moving its flow while the old path still delivers): one socket between them, never two
+    /// connected to the same upstream from the client's port. 200 conversations, each opened
+    /// by two threads released together.
+    #[test]
+    fn two_loops_opening_one_conversation_share_one_socket() {
+        if transparent::probe().is_err() {
+            // Root (CI) has CAP_NET_ADMIN: there the test must run, not pass by skipping.
+            assert!(!rustix::process::geteuid().is_root(), "root, yet IP_TRANSPARENT refused");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let upstream = listener().await.local_addr().unwrap();
+            let (wan1, wan2) = (listener().await, listener().await);
+            for port in 41000..41200u16 {
+                let client = SocketAddr::from(([192, 0, 2, 79], port));
+                let barrier = Arc::new(std::sync::Barrier::new(2));
+                let open = |wan: &Arc<UdpSocket>, sender: &str| {
+                    let (barrier, reply) =
+                        (barrier.clone(), ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap() });
+                    tokio::task::spawn_blocking(move || {
+                        barrier.wait();
+                        FlowSocket::transparent(client, upstream, reply).unwrap()
+                    })
+                };
+                let (a, b) = (open(&wan1, "192.0.2.11:5000"), open(&wan2, "192.0.2.11:5001"));
+                let ((a, a_moved), (b, b_moved)) = (a.await.unwrap(), b.await.unwrap());
+                assert!(Arc::ptr_eq(&a, &b), "two sockets for {client}");
+                assert!(a_moved != b_moved, "{client}: one opened it, the other took it over");
+            }
+        });
     }
 }

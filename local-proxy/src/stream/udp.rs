@@ -398,7 +398,7 @@ async fn open_flow(
     let target = stream.upstream_for(index, local.port());
     let reply = ReplyTo { socket: socket.clone(), sender: key.0 };
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
-        match FlowSocket::transparent(key.1, target, reply).await {
+        match FlowSocket::transparent(key.1, target, reply) {
             Ok((s, moved)) => {
                 if moved {
                     debug!(stream = %stream.name, client = %key.1, sender = %key.0, "transparent flow moved to a new path");
