@@ -604,6 +604,44 @@ async fn a_reload_keeps_the_wait_after_a_failure() {
     assert!(blocked.next_attempt.is_some_and(|t| t >= unix_now() + 500) && blocked.failures >= 1, "{blocked:?}");
 }
 
+/// A restart (a new server on the same storage folder, as a new process) keeps the wait after
+/// a refused name's failure too: the failed attempts are read back from the storage folder, so
+/// a proxy restarted again and again (a crash loop, an operator trying things) does not order
+/// the name at each start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_wait_after_a_failure() {
+    let mut s = setup(SetupOptions {
+        names: vec!["blocked.test"],
+        pebble: PebbleOptions { blocklist: vec!["blocked.test"], ..Default::default() },
+        retry: ("10m", "1h"),
+        ..Default::default()
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "blocked.test refused", || async {
+        s.proxy.handle.acme().status().get("blocked.test").is_some_and(|c| c.failures >= 1)
+    })
+    .await;
+    let refused = s.orders("blocked.test", "refused").await;
+    let wait_until_at = s.proxy.handle.acme().status()["blocked.test"].next_attempt;
+
+    s.proxy.shutdown.cancel();
+    let old_mesh = s.proxy.mesh_https;
+    wait_until(Duration::from_secs(10), "the first server's listeners closed", || async move {
+        tokio::net::TcpStream::connect(old_mesh).await.is_err()
+    })
+    .await;
+    s.proxy = Proxy::start(&s.config).await;
+    // The new server's ACME has the account and has looked at the certificate.
+    wait_until(Duration::from_secs(30), "blocked.test planned after the restart", || async {
+        s.proxy.handle.acme().status().get("blocked.test").is_some_and(|c| c.next_attempt.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blocked = s.proxy.handle.acme().status()["blocked.test"].clone();
+    assert_eq!(s.orders("blocked.test", "refused").await, refused, "ordered again after the restart: {blocked:?}");
+    assert!(blocked.failures >= 1 && blocked.next_attempt == wait_until_at, "{blocked:?}, was {wait_until_at:?}");
+}
+
 /// A key on disk that does not match the certificate (a crash between an install's two
 /// renames: the key goes first) is no certificate: when ACME next looks (here after a reload
 /// that restarts it) a new one is ordered and served, instead of waiting for the old chain's

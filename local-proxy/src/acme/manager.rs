@@ -61,9 +61,12 @@ pub struct Acme {
     running: Mutex<Option<(Settings, CancellationToken)>>,
     /// Per certificate folder, while its attempts fail: how many failed and when the next may
     /// be made (Unix seconds). Kept when a reload restarts ACME (adding a site changes the
-    /// default names), so a name that keeps failing is not ordered again at every reload:
-    /// the CA refuses a name for an hour after five failed validations.
+    /// default names), and in the storage folder for the next run ([`storage::retry_path`]),
+    /// so a name that keeps failing is not ordered again at every reload or restart: the CA
+    /// refuses a name for an hour after five failed validations.
     retry: Mutex<BTreeMap<String, (u32, i64)>>,
+    /// The storage folder of the running settings, where [`Acme::retry`] is kept.
+    storage: Mutex<Option<PathBuf>>,
 }
 
 impl Acme {
@@ -84,6 +87,7 @@ impl Acme {
             stop.cancel();
         }
         if let Some(settings) = settings {
+            self.keep_in(&settings.storage);
             let stop = shutdown.child_token();
             *running = Some((settings.clone(), stop.clone()));
             tasks.spawn(run(settings.clone(), certs.clone(), self.clone(), stop));
@@ -116,18 +120,44 @@ impl Acme {
     }
 
     /// `dir`'s failures so far and when its next attempt may be made; `(0, 0)` when its last
-    /// attempt succeeded.
+    /// attempt succeeded. Known in memory since this process's first look, else as the last
+    /// run left it in the storage folder.
     fn retry_of(&self, dir: &str) -> (u32, i64) {
-        self.retry.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied().unwrap_or((0, 0))
+        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = retry.get(dir) {
+            return *known;
+        }
+        let stored = self.retry_file(dir).and_then(|path| storage::read_retry(&path));
+        let known = stored.unwrap_or((0, 0));
+        if known.0 > 0 {
+            retry.insert(dir.to_string(), known);
+        }
+        known
     }
 
     fn set_retry(&self, dir: &str, failures: u32, not_before: i64) {
         let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
-        if failures == 0 {
-            retry.remove(dir);
-        } else {
-            retry.insert(dir.to_string(), (failures, not_before));
+        match failures {
+            0 => retry.remove(dir),
+            _ => retry.insert(dir.to_string(), (failures, not_before)),
+        };
+        drop(retry);
+        // A few bytes, once per attempt: written here rather than on a blocking thread.
+        if let Some(path) = self.retry_file(dir) {
+            if let Err(e) = storage::write_retry(&path, failures, not_before) {
+                warn!(certificate = %dir, error = %e, "cannot keep the failed attempts for the next run");
+            }
         }
+    }
+
+    /// Failed attempts are kept in (and read from) `storage` from now on.
+    fn keep_in(&self, storage: &Path) {
+        *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = Some(storage.to_path_buf());
+    }
+
+    fn retry_file(&self, dir: &str) -> Option<PathBuf> {
+        let storage = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        storage.as_deref().and_then(|s| storage::retry_path(s, dir))
     }
 }
 
@@ -424,6 +454,29 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The failed attempts of one run are where the next run (a new process) starts from,
+    /// until an attempt succeeds.
+    #[test]
+    fn failed_attempts_carry_over_a_restart_until_a_success() {
+        let storage = tempfile::tempdir().unwrap();
+        let first = Acme::default();
+        first.keep_in(storage.path());
+        assert_eq!(first.retry_of("a.test"), (0, 0));
+        first.set_retry("a.test", 4, 1_900_000_000);
+        let restarted = Acme::default();
+        restarted.keep_in(storage.path());
+        assert_eq!(restarted.retry_of("a.test"), (4, 1_900_000_000));
+        assert_eq!(restarted.retry_of("b.test"), (0, 0));
+        restarted.set_retry("a.test", 0, 0);
+        let again = Acme::default();
+        again.keep_in(storage.path());
+        assert_eq!(again.retry_of("a.test"), (0, 0));
+        // With no storage known, memory only, as before.
+        let nowhere = Acme::default();
+        nowhere.set_retry("a.test", 2, 5);
+        assert_eq!(nowhere.retry_of("a.test"), (2, 5));
+    }
 
     /// A CA that accepts and then says nothing (not even its half of the TLS handshake): the
     /// account call gives up after [`CA_CALL_TIMEOUT`] and says so, instead of waiting forever.

@@ -252,10 +252,68 @@ pub fn write_account(path: &Path, json: &str) -> Result<(), StorageError> {
     write_atomic(path, json.as_bytes(), 0o600)
 }
 
+/// Where a certificate's failed attempts are kept between runs:
+/// `local-proxy-retry/<folder>` beside `live/` (a name certbot's own tree does not use).
+/// `None` for a folder name that is not one plain file name.
+pub fn retry_path(storage: &Path, dir: &str) -> Option<PathBuf> {
+    let plain = !dir.is_empty() && dir != "." && dir != ".." && !dir.contains('/') && !dir.contains('\0');
+    plain.then(|| storage.join("local-proxy-retry").join(dir))
+}
+
+/// The failed attempts in a row and when the next may be made (Unix seconds), as the last run
+/// left them; `None` when there were none, or the file cannot be read as such (then the
+/// certificate is ordered as if nothing had failed, as before the file existed).
+pub fn read_retry(path: &Path) -> Option<(u32, i64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut fields = text.split_whitespace();
+    let failures = fields.next()?.parse().ok()?;
+    let not_before = fields.next()?.parse().ok()?;
+    Some((failures, not_before))
+}
+
+/// Keep `failures` and `not_before` for the next run; zero failures removes the file.
+pub fn write_retry(path: &Path, failures: u32, not_before: i64) -> Result<(), StorageError> {
+    if failures == 0 {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(path, e)),
+            _ => Ok(()),
+        };
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            create_dir(dir, 0o700)?;
+        }
+    }
+    write_atomic(path, format!("{failures} {not_before}\n").as_bytes(), 0o600)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A certificate's failed attempts survive a restart; a success removes them; what the
+    /// file holds is read as nothing when it is not two numbers; a folder name that is not
+    /// one plain file name gets no file.
+    #[test]
+    fn failed_attempts_are_kept_until_a_success() {
+        let storage = tempfile::tempdir().unwrap();
+        let path = retry_path(storage.path(), "a.test").unwrap();
+        assert_eq!(read_retry(&path), None);
+        write_retry(&path, 3, 1_800_000_000).unwrap();
+        assert_eq!(read_retry(&path), Some((3, 1_800_000_000)));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        write_retry(&path, 0, 0).unwrap();
+        assert!(!path.exists());
+        write_retry(&path, 0, 0).unwrap();
+        for bad in ["", "3", "x 5", "3 y"] {
+            fs::write(&path, bad).unwrap();
+            assert_eq!(read_retry(&path), None, "{bad:?}");
+        }
+        for bad in ["", ".", "..", "a/b"] {
+            assert_eq!(retry_path(storage.path(), bad), None, "{bad:?}");
+        }
+    }
 
     fn leaf_pem(names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
