@@ -411,25 +411,27 @@ pub struct ActiveGuard(Arc<Path>, Kind);
 impl ActiveGuard {
     pub fn new(path: Arc<Path>, kind: Kind) -> Self {
         path.control.placed();
-        let n = path.counter(kind).fetch_add(1, Ordering::Relaxed) + 1;
-        Self::publish(&path, kind, n);
+        path.counter(kind).fetch_add(1, Ordering::Relaxed);
+        Self::gauge(&path, kind).increment(1.0);
         Self(path, kind)
     }
     pub fn path(&self) -> &Arc<Path> {
         &self.0
     }
-    fn publish(path: &Path, kind: Kind, n: u64) {
+    /// Moved by one each way, never set: two loops setting the counts they saw could publish
+    /// them out of order (1 after 0 for the last two closes) and leave it there for hours.
+    fn gauge(path: &Path, kind: Kind) -> &Gauge {
         match kind {
-            Kind::Tcp => path.state.m_active_tcp.set(n as f64),
-            Kind::Udp => path.state.m_active_udp.set(n as f64),
+            Kind::Tcp => &path.state.m_active_tcp,
+            Kind::Udp => &path.state.m_active_udp,
         }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let n = self.0.counter(self.1).fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        Self::publish(&self.0, self.1, n);
+        self.0.counter(self.1).fetch_sub(1, Ordering::Relaxed);
+        Self::gauge(&self.0, self.1).decrement(1.0);
     }
 }
 
@@ -649,10 +651,11 @@ impl Pool {
     /// is answered once and then sends what the service drops, from many ports, would
     /// otherwise take a working path down at will (a reset from home does not count against
     /// a path for the same reason). A path that answers nobody counts every silent flow, so a
-    /// dead one is still down within two reply timeouts. A path not in this pool (replaced
-    /// by a reload) is left alone.
+    /// dead one is still down within two reply timeouts. A path not in this pool (a reload
+    /// removed it) is left alone; one a reload kept is found by its state, which the reload
+    /// carried over (the flow still holds the `Path` of the config it was opened under).
     pub fn reply_silence(&self, path: &Arc<Path>, silent_for: std::time::Duration, client: IpAddr) {
-        let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(p, path)) else {
+        let Some(index) = self.paths.iter().position(|p| Arc::ptr_eq(&p.state, &path.state)) else {
             return;
         };
         if !path.began_on_current_address(silent_for) {
@@ -723,6 +726,14 @@ impl Pool {
                 };
                 let ns = h.latency_avg.map_or(0, |l| (l.as_nanos() as u64).max(1));
                 path.state.latency_ns.store(ns, Ordering::Relaxed);
+                // Published under the lock that decided it: outcomes are recorded from every
+                // event loop, and a transition stored after the lock is gone could land after
+                // a later, opposite one (a path up by its health state, left down for good).
+                if let Some(t) = t {
+                    let up = t == Transition::WentUp;
+                    path.state.up.store(up, Ordering::Relaxed);
+                    path.state.m_up.set(if up { 1.0 } else { 0.0 });
+                }
                 t
             }
             Err(_) => None,
@@ -742,8 +753,6 @@ impl Pool {
                 let mut q = path.state.quality.lock().unwrap_or_else(|e| e.into_inner());
                 *q = Quality::new(now());
             }
-            path.state.up.store(up, Ordering::Relaxed);
-            path.state.m_up.set(if up { 1.0 } else { 0.0 });
             let fail_avg = path.health_snapshot().fail_avg;
             let cause = if up { format!("{by} succeeded") } else { format!("{by} failed, fail_avg {fail_avg:.2}") };
             // While held, the health verdict still moves (its falls add penalty) but
@@ -1693,6 +1702,50 @@ pub(crate) mod tests {
         let other = pool(&[1], false);
         p.reply_silence(&other.paths[0], Duration::from_millis(100), a);
         assert!(other.paths[0].is_up() && !other.paths[0].health_snapshot().transitional());
+    }
+
+    /// A flow opened before a reload holds the `Path` of the old pool; the reload kept the
+    /// path (its state carried into the new pool's `Path`): its silence still counts there.
+    #[test]
+    fn a_flow_opened_before_a_reload_still_reports_its_paths_silence() {
+        let before = pool(&[1, 1], false);
+        let held = before.paths[0].clone();
+        let after = Pool::new(before.cfg.clone(), Some(&before));
+        assert!(!Arc::ptr_eq(&after.paths[0], &held) && Arc::ptr_eq(&after.paths[0].state, &held.state));
+        after.reply_silence(&held, Duration::from_millis(100), "192.0.2.1".parse().unwrap());
+        assert!(held.state.probe_now.load(Ordering::Relaxed), "not counted: no probe asked for");
+        assert!(after.paths[0].health_snapshot().transitional());
+    }
+
+    /// The per-path gauge of open connections moves by one each way: the last two closing
+    /// on two threads at once leave 0, whatever order their updates land in (set to the
+    /// count each saw, 1 could land after 0 and stay). 2,000 rounds of four closes released
+    /// together, read from a recorder of the test's own.
+    #[test]
+    fn the_active_gauge_reads_zero_once_the_last_two_closed_together() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let p = metrics::with_local_recorder(&recorder, || pool(&[1], false));
+        let path = p.paths[0].clone();
+        let active = || {
+            let text = handle.render();
+            let line = text.lines().find(|l| l.starts_with("ingress_path_active_connections{")).map(str::to_owned);
+            line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        };
+        for round in 0..2000 {
+            let pair: Vec<_> = (0..4).map(|_| ActiveGuard::new(path.clone(), Kind::Tcp)).collect();
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                for guard in pair {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        drop(guard);
+                    });
+                }
+            });
+            assert_eq!(active(), Some(0.0), "round {round}: nothing open");
+        }
     }
 
     /// While a path answers other flows, one source's silent flows (an address, or an IPv6

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, Kind, PathState, Tried, NEVER_BUSY};
+use crate::pool::{ActiveGuard, Kind, Path, PathState, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
@@ -199,6 +199,18 @@ fn migrated(service: &str, path: &str, reason: &'static str) {
         .increment(1);
 }
 
+/// Why `flow` must move on its next datagram, if it must: its path is down while another is
+/// up (`path_down`), or its path's name now gives another address than the one the flow was
+/// opened to (`address_moved`). A path is matched by its state, which a reload carries over.
+fn stale(flow: &Flow, paths: &[Arc<Path>]) -> Option<&'static str> {
+    let path = flow.guard.path();
+    if !path.is_up() {
+        let other_up = paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(&p.state, &path.state));
+        return other_up.then_some("path_down");
+    }
+    path.ip().is_some_and(|ip| ip != flow.to).then_some("address_moved")
+}
+
 /// After a reload, the flows the new service would not open as they are end, and the next
 /// datagram of each opens a new one: all of them if the service now sends elsewhere (another
 /// pool, port or PROXY header), else those whose path left the pool. A talking flow would
@@ -319,21 +331,21 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     }
                 }
             }
-            // A flow whose path went down moves on its next datagram, not after the timeout.
-            // None: no flow yet; Some(true): one to move.
-            let stale = table.get(&client).map(|f| {
-                !f.guard.path().is_up() && svc.pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(p, f.guard.path()))
-            });
-            if stale != Some(false) {
+            // A flow whose path went down moves on its next datagram, not after the timeout;
+            // so does one opened on the address its path had before its name moved (the
+            // client keeps it talking, so it would never time out, sending to an address the
+            // home may no longer have). None: no flow yet; Some(None): one to keep.
+            let stale = table.get(&client).map(|f| stale(f, &svc.pool.paths));
+            if stale != Some(None) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &c);
             }
-            if stale == Some(true) {
+            if let Some(Some(reason)) = stale {
                 if let Some(f) = table.remove(&client) {
-                    migrated(&svc.cfg.name, &f.guard.path().name, "path_down");
+                    migrated(&svc.cfg.name, &f.guard.path().name, reason);
                 }
             }
-            if stale != Some(false) {
+            if stale != Some(None) {
                 let port = svc.cfg.upstream_port.unwrap_or(local.port());
                 // Room first: a flood of new sources at the cap must not cost a socket each. A
                 // new source takes the slot of this listener's longest-silent flow once that has

@@ -11,6 +11,11 @@
 //!    ingress1 neither probes nor uses that answer (its own listener on the probed port would
 //!    answer and take the pool's traffic back in); wan2 keeps home's address there, and
 //!    `ingress_path_dns_leads_back` shows it until the name leads home again.
+//!
+//! And apart (`udp_flows_follow_a_moved_name`): UDP flows that keep talking through wan1 while
+//! its name moves (the old address removed from the home) move to the new address on their
+//! next datagram once the path has it, instead of sending to the old one for as long as the
+//! client talks.
 
 mod common;
 
@@ -21,8 +26,10 @@ use netns::ingress::{names, IngressConfig, ServiceCfg};
 use netns::knot::{self, Knot};
 use netns::loadgen::Record;
 use netns::scenario::{self, path_counts};
+use netns::services::{self, Listen};
 use netns::topology::LoadResult;
 use netns::topology::{addr, Options, Role, Topology};
+use netns::udpflow::FlowConfig;
 use netns::unix_ms;
 use netns::wait::{check, wait_until};
 
@@ -58,6 +65,22 @@ fn backend_of(t: &Topology, r: &Record) -> &'static str {
         Some(ip) if ip == IpAddr::from(WAN1_NEW) => "wan1-new",
         _ => r.backend.as_deref().map(|b| t.path_of(b)).unwrap_or("unknown"),
     }
+}
+
+/// The ISP's re-dial: the home gets `WAN1_NEW` (routed out of wan1, with the TCP echo and the
+/// health port on it), wan1's name is moved to it, and the old address is removed.
+fn move_wan1(t: &mut Topology, dns: &Knot) {
+    let home = t.ns(Role::Home).to_string();
+    let mut argv = vec![t.bins.echo_server.display().to_string()];
+    for port in [addr::ECHO_PORT, addr::HEALTH_PORT] {
+        argv.extend(["--listen".into(), SocketAddr::from((WAN1_NEW, port)).to_string()]);
+    }
+    netns::cmd::ip(&home, &["addr", "add", &format!("{WAN1_NEW}/24"), "dev", "wan1"]).expect("new address");
+    netns::cmd::ip(&home, &["rule", "add", "from", &WAN1_NEW.to_string(), "table", addr::WAN1_TABLE, "pref", "100"])
+        .expect("source route for the new address");
+    t.spawn(Role::Home, "backend-wan1-new", &argv).expect("echo on the new address");
+    dns.set("wan1", &[IpAddr::from(WAN1_NEW)]).expect("move wan1's name");
+    netns::cmd::ip(&home, &["addr", "del", &format!("{}/24", addr::WAN1), "dev", "wan1"]).expect("drop old address");
 }
 
 fn assert_no_failed_connects(records: &[Record], fault_done: u64, what: &str) {
@@ -124,11 +147,6 @@ fn wan_paths_follow_their_names() {
     // 2. wan1's name moves under 200 new connections/s.
     let home = t.ns(Role::Home).to_string();
     netns::cmd::sysctl(&home, &[("net.ipv4.conf.wan1.promote_secondaries", "1")]).expect("promote_secondaries");
-    let mut argv = vec![t.bins.echo_server.display().to_string()];
-    for port in [addr::ECHO_PORT, addr::HEALTH_PORT] {
-        argv.push("--listen".into());
-        argv.push(SocketAddr::from((WAN1_NEW, port)).to_string());
-    }
     let run = t
         .start_load(
             Role::Client,
@@ -138,12 +156,7 @@ fn wan_paths_follow_their_names() {
         .expect("start load");
     std::thread::sleep(Duration::from_secs(3));
     let moved_at = unix_ms();
-    netns::cmd::ip(&home, &["addr", "add", &format!("{WAN1_NEW}/24"), "dev", "wan1"]).expect("new address");
-    netns::cmd::ip(&home, &["rule", "add", "from", &WAN1_NEW.to_string(), "table", addr::WAN1_TABLE, "pref", "100"])
-        .expect("source route for the new address");
-    t.spawn(Role::Home, "backend-wan1-new", &argv).expect("echo on the new address");
-    dns.set("wan1", &[IpAddr::from(WAN1_NEW)]).expect("move wan1's name");
-    netns::cmd::ip(&home, &["addr", "del", &format!("{}/24", addr::WAN1), "dev", "wan1"]).expect("drop old address");
+    move_wan1(&mut t, &dns);
     let move_done = unix_ms();
     common::phase(start, "wan1's name moved to the new address; the old one is gone");
     let r = run.finish(&mut t).expect("load result");
@@ -255,5 +268,80 @@ fn wan_paths_follow_their_names() {
         check(v == Some(0.0), || format!("{} {v:?}", names::PATH_DNS_LEADS_BACK))
     })
     .expect("the gauge clears");
+    drop(dns);
+}
+
+/// UDP port of the echo service for the flows.
+const UDP_PORT: u16 = 7100;
+
+/// The home moves wan1 to a new address (added, the name updated, the old one removed) while
+/// eight UDP flows talk through ingress1 (a datagram every 20 ms each): every flow is answered
+/// again by the end, those that were on wan1 from its new address, and the move is counted
+/// as `address_moved`. Before, a flow opened on the old address kept sending there for as
+/// long as its client talked (it never went idle), and got no answer again.
+#[test]
+fn udp_flows_follow_a_moved_name() {
+    let start = Instant::now();
+    let mut t = common::build(Options::default());
+    let records = [("wan1", IpAddr::from(addr::WAN1)), ("wan2", IpAddr::from(addr::WAN2))];
+    let dns = Knot::start(t.ns(Role::Inet), &t.tag, t.dir(), TTL, &records).expect("knot");
+    let home = t.ns(Role::Home).to_string();
+    // The echo binds the new address before the home has it.
+    netns::cmd::sysctl(&home, &[("net.ipv4.ip_nonlocal_bind", "1"), ("net.ipv4.conf.wan1.promote_secondaries", "1")])
+        .expect("sysctls");
+    let on = |ip: Ipv4Addr| SocketAddr::from((ip, UDP_PORT));
+    services::start_udp_echo(&mut t, Role::Home, &[on(addr::WAN1), on(addr::WAN2), on(WAN1_NEW)], Default::default())
+        .expect("udp-echo in home");
+    let udp = format!(
+        "[[service]]\nname = \"udp-echo\"\nlisten = [\"0.0.0.0:{UDP_PORT}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
+         idle_timeout = \"30s\"\n"
+    );
+    let toml = format!("{}\n{udp}", config(&t).to_toml());
+    services::start_ingress_toml(&mut t, Role::Ingress1, &toml, &[Listen::Tcp(addr::ECHO_PORT), Listen::Udp(UDP_PORT)])
+        .expect("ingress1");
+    scenario::wait_paths(&t, Role::Ingress1, &[("wan1", true), ("wan2", true)], Duration::from_secs(40))
+        .expect("both WANs up");
+    common::phase(start, "ingress1 up with wan1 and wan2 by name");
+
+    let flows = FlowConfig {
+        targets: vec![SocketAddr::from((addr::INGRESS1, UDP_PORT))],
+        flows: 8,
+        interval: Duration::from_millis(20),
+        duration: Duration::from_secs(14),
+        drain: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let run = services::start_udpflow(&mut t, Role::Client, "flows", flows).expect("udpflow");
+    std::thread::sleep(Duration::from_secs(3));
+    move_wan1(&mut t, &dns);
+    common::phase(start, "wan1's name moved to the new address; the old one is gone");
+    let r = run.finish(&mut t).expect("flows result");
+    let summary = &r.summary;
+    let new = on(WAN1_NEW).to_string();
+    let old = on(addr::WAN1).to_string();
+    let was_on_wan1 = summary.flows.iter().filter(|f| f.backends.contains_key(&old)).count();
+    let on_new = summary.flows.iter().filter(|f| f.backends.contains_key(&new)).count();
+    // Answered at the end: the last datagram some backend answered was sent in the last 2 s.
+    let cut_off: Vec<usize> = summary
+        .flows
+        .iter()
+        .filter(|f| f.last_ms.values().max().is_none_or(|last| *last + 2000 < summary.end_ms))
+        .map(|f| f.flow)
+        .collect();
+    let moved = t
+        .scrape(Role::Ingress1)
+        .expect("scrape")
+        .sum(services::names::UDP_FLOWS_MIGRATED, &[("path", "wan1"), ("reason", "address_moved")])
+        .max(0.0) as usize;
+    common::report(&format!(
+        "RESULT dns paths, udp: {} flows, {was_on_wan1} on wan1's old address, {on_new} answered from the new one; \
+         {moved} moved as address_moved; not answered at the end: {cut_off:?}; {} sent, {} answered",
+        summary.flows.len(),
+        summary.sent(),
+        summary.received()
+    ));
+    assert!(was_on_wan1 > 0, "no flow was on wan1 before the move: {:?}", summary.flows);
+    assert!(cut_off.is_empty(), "flows no longer answered after the move: {cut_off:?}");
+    assert!(on_new >= 1 && moved >= was_on_wan1, "{on_new} answered from the new address, {moved} moved");
     drop(dns);
 }
