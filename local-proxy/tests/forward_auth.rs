@@ -512,6 +512,8 @@ async fn forward_auth_and_routes() {
     let (out, err, ok) = curl(&args, "app.example.org", p.mesh_https, &p.ca, "/api/h2?q=1").await;
     assert!(ok && out.contains("upstream: api") && out.contains("x-user-role: viewer\n"), "{err}{out}");
     assert!(!out.contains("x-user-role: admin"), "{out}");
+    // Host as an HTTP/1.1 client would have sent it: the authority, port included.
+    assert!(out.contains(&format!("host: app.example.org:{}\n", p.mesh_https.port())), "{out}");
     let seen = w.auth.last_seen();
     assert_eq!(seen["x-forwarded-proto"], "https");
     assert_eq!(seen["x-forwarded-uri"], "/api/h2?q=1");

@@ -119,6 +119,17 @@ pub struct UnroutablePath;
 /// segments (upstreams resolve them differently). With those refused, the path an upstream
 /// acts on is the one the route was chosen by.
 pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
+    normalise(raw, false)
+}
+
+/// [`normalise_path`], with `.` and `..` segments resolved (RFC 3986, 5.2.4) instead of
+/// refused: the path a server that resolves them (nginx, Apache) serves. For a check that
+/// must see what such an upstream would, not for routing.
+pub fn resolve_path(raw: &str) -> Result<String, UnroutablePath> {
+    normalise(raw, true)
+}
+
+fn normalise(raw: &str, resolve_dots: bool) -> Result<String, UnroutablePath> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -150,7 +161,15 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
         // `..;x` is `..` to Tomcat and Jetty.
         let name = seg.split(';').next().unwrap_or(seg);
         if name == "." || name == ".." {
-            return Err(UnroutablePath);
+            if !resolve_dots {
+                return Err(UnroutablePath);
+            }
+            if name == ".." {
+                // The segment before goes (none above the root).
+                path.truncate(path.rfind('/').unwrap_or(0));
+            }
+            trailing = true;
+            continue;
         }
         trailing = name.is_empty();
         if !trailing {
@@ -540,6 +559,21 @@ mod tests {
         assert_eq!(normalise_path("/a;v=1/..b").unwrap(), "/a/..b");
         // Path parameters are not part of a segment's name (Tomcat serves /manager/html).
         assert_eq!(normalise_path("/manager;x/html").unwrap(), "/manager/html");
+        // Resolved instead of refused, as nginx and Apache serve them.
+        for (raw, resolved) in [
+            ("/./.git/config", "/.git/config"),
+            ("/x/../.git/config", "/.git/config"),
+            ("/%2e%2E/a/%2e/b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/..", "/"),
+            ("/../../a", "/a"),
+            ("/a/..;x/b", "/b"),
+        ] {
+            assert_eq!(resolve_path(raw).unwrap(), resolved, "{raw}");
+            assert!(normalise_path(raw).is_err(), "{raw}");
+        }
+        assert!(resolve_path("/a%2f..").is_err(), "an encoded / is still refused");
         assert_eq!(normalise_path("/;x//admin;jsessionid=1").unwrap(), "/admin");
         // A last segment of parameters only leaves the path ending in `/`, as Tomcat reads it.
         assert_eq!(normalise_path("/admin/;x").unwrap(), "/admin/");

@@ -31,7 +31,7 @@ use super::conn::Conn;
 use super::headers::{apply_response, is_upgrade, set_forwarded, strip_hop_by_hop};
 use super::keepalive::{BodyTimeout, Returning, SendError};
 use super::pages;
-use super::replay::{Replay, Slot};
+use super::replay::{NotRead, Replay, Slot};
 use super::routes::Target;
 use super::upstream::error_chain;
 use crate::metrics::names;
@@ -80,9 +80,12 @@ async fn proxy(
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    // h2 clients carry the name in :authority; HTTP/1.1 upstreams need it as Host.
+    // h2 clients carry the name in :authority; HTTP/1.1 upstreams need it as Host: the
+    // authority as the client sent it, port included (as an HTTP/1.1 client's Host is
+    // passed on), so an application that builds links from Host keeps a non-default port.
     if !req.headers().contains_key(header::HOST) {
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        let authority = req.uri().authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default());
+        if let Some(v) = authority.or(host).and_then(|h| HeaderValue::from_str(h).ok()) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
@@ -91,8 +94,17 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
     // Shared with the client's request (a reference count), not copied per attempt.
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Some(body) = Replay::new(incoming, &parts.method, timeout).await else {
-        return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body did not arrive."), route);
+    let body = match Replay::new(incoming, &parts.method, timeout).await {
+        Ok(body) => body,
+        Err(NotRead::Stalled) => {
+            debug!(site = %site.host, "request body stalled before any attempt: 408");
+            let page =
+                pages::error(StatusCode::REQUEST_TIMEOUT, "The rest of the request body did not arrive in time.");
+            return with_site_headers(page, route);
+        }
+        Err(NotRead::Broke) => {
+            return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body did not arrive."), route)
+        }
     };
     let replayable = body.resendable() && parts.method.is_idempotent();
 

@@ -235,20 +235,21 @@ pub fn health(state: &State) -> Response<Body> {
 }
 
 /// Whether `path` is one of `blocked` or below it, ignoring ASCII case (scanners vary it),
-/// as routes see it: decoded, slashes merged, without path parameters (`/%2egit/config` and
-/// `//.git;x/config` are `/.git/config`, which upstreams serve for them). A path routes
-/// cannot see (an encoded `/`, a `..`) is looked at as it came.
+/// as an upstream would serve it: decoded, slashes merged, without path parameters, `.` and
+/// `..` resolved (`/%2egit/config`, `//.git;x/config` and `/x/../.git/config` are all
+/// `/.git/config`, which nginx and Apache serve for them). A path with an encoded `/` is
+/// looked at as it came.
 fn is_blocked(path: &str, blocked: &[String]) -> bool {
     if blocked.is_empty() {
         return false;
     }
-    // Most paths are already as routes see them: nothing to decode, merge or cut.
-    let plain = !path.bytes().any(|b| matches!(b, b'%' | b';')) && !path.contains("//");
+    // Most paths are already as upstreams see them: nothing to decode, merge, cut or resolve.
+    let plain = !path.bytes().any(|b| matches!(b, b'%' | b';')) && !path.contains("//") && !path.contains("/.");
     let normal;
     let path = if plain {
         path
     } else {
-        normal = crate::config::routes::normalise_path(path);
+        normal = crate::config::routes::resolve_path(path);
         normal.as_deref().unwrap_or(path)
     };
     blocked.iter().any(|b| {
@@ -288,10 +289,20 @@ mod tests {
         assert!(is_blocked("/WP-Admin/setup.php", &list));
         assert!(is_blocked("/.git/config", &list));
         assert!(!is_blocked("/.github/workflows", &list));
+        assert!(!is_blocked("/.well-known/../index.html", &list));
         assert!(!is_blocked("/blog/wp-admin", &list));
         assert!(!is_blocked("/", &list));
         // As upstreams would serve them.
-        for hidden in ["/%2egit/config", "//.git/config", "/.git;x/config", "/%2Egit", "/wp-admin;x/"] {
+        for hidden in [
+            "/%2egit/config",
+            "//.git/config",
+            "/.git;x/config",
+            "/%2Egit",
+            "/wp-admin;x/",
+            "/./.git/config",
+            "/x/../.git/config",
+            "/x/%2e%2e/wp-admin/",
+        ] {
             assert!(is_blocked(hidden, &list), "{hidden}");
         }
     }
