@@ -70,15 +70,16 @@ impl FlowSocket {
     ) -> Result<(Arc<Self>, bool), TransparentError> {
         let ingress = reply.sender.ip();
         let key = (client, upstream);
+        // Declared before the guard, so it is dropped after it on every way out: it may hold
+        // the last reference to another conversation's socket, whose drop takes this lock.
+        let live: Option<Arc<Self>>;
         let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-        let held_elsewhere = match map.get(&key).and_then(Weak::upgrade) {
-            Some(s) if s.registered.as_ref().is_some_and(|(_, via)| *via == ingress) => {
-                s.reply.store(Arc::new(reply));
-                return Ok((s, true));
-            }
-            Some(_) => true,
-            None => false,
-        };
+        live = map.get(&key).and_then(Weak::upgrade);
+        if let Some(s) = live.as_ref().filter(|s| s.registered.as_ref().is_some_and(|(_, via)| *via == ingress)) {
+            s.reply.store(Arc::new(reply));
+            return Ok((s.clone(), true));
+        }
+        let held_elsewhere = live.is_some();
         let sock = transparent::udp(client, upstream, !held_elsewhere)?;
         let exact = sock.local_addr().is_ok_and(|a| a == client);
         let registered = (exact && !held_elsewhere).then_some((key, ingress));
@@ -137,6 +138,38 @@ mod tests {
         let (d, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).unwrap();
         assert!(!moved);
         assert_eq!(d.upstream.local_addr().unwrap(), client);
+    }
+
+    /// A conversation through another ingress node ending on one thread while a second one
+    /// opens on another: the second may hold the last reference to the first's socket for a
+    /// moment, and dropping it (which takes the registry's lock) must not happen under that
+    /// lock. 20,000 rounds, each bounded: a deadlock fails the round instead of hanging.
+    #[test]
+    fn a_conversation_ending_while_another_node_opens_one_does_not_deadlock() {
+        if transparent::probe().is_err() {
+            assert!(!rustix::process::geteuid().is_root(), "root, yet IP_TRANSPARENT refused");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || {
+            handle.block_on(async {
+                let upstream = listener().await.local_addr().unwrap();
+                let wan = listener().await;
+                let client = SocketAddr::from(([192, 0, 2, 80], 42000));
+                let via = |sender: &str| ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap() };
+                for _ in 0..20_000 {
+                    let (first, _) = FlowSocket::transparent(client, upstream, via("192.0.2.11:5000")).unwrap();
+                    let ender = std::thread::spawn(move || drop(first));
+                    let (second, _) = FlowSocket::transparent(client, upstream, via("192.0.2.19:5000")).unwrap();
+                    ender.join().unwrap();
+                    drop(second);
+                }
+            });
+            let _ = done_tx.send(());
+        });
+        assert!(done_rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "deadlocked (or a minute)");
     }
 
     /// The first datagrams of one conversation on two event loops at once (the ingress
