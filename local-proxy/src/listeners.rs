@@ -214,14 +214,41 @@ pub fn plan(config: &Config, mesh: Option<IpAddr>) -> Vec<(ListenKey, Serves)> {
 
 /// Bind everything in `config`. The mesh address must already be resolved (see [`mesh_address`]).
 pub fn bind(config: &Config, mesh: Option<IpAddr>) -> Result<Listeners, BindError> {
+    bind_releasing(config, mesh, || {})
+}
+
+/// [`bind`], with `release` run once every planned socket has taken what was kept for it
+/// across the restart and before any is bound anew: kept sockets nothing claims close then
+/// and free their ports. A restart after `wan.addresses` went from `0.0.0.0` to each address
+/// (or back) inherits the old wildcard socket, which no new key claims; open, it would hold
+/// the port against the new specific binds and fail the start, again at every retry.
+pub fn bind_releasing(config: &Config, mesh: Option<IpAddr>, release: impl FnOnce()) -> Result<Listeners, BindError> {
+    let planned = plan(config, mesh);
+    let kept: Vec<Kept> = planned.iter().map(|(key, serves)| take_kept(key, serves)).collect();
+    release();
     let mut out = Listeners::default();
-    for (key, serves) in plan(config, mesh) {
-        bind_one(key, serves, &mut out)?;
+    for ((key, serves), kept) in planned.into_iter().zip(kept) {
+        bind_with(key, serves, kept, &mut out)?;
     }
     if let Some(addr) = config.admin {
         out.admin = Some(bind_admin(addr)?);
     }
     Ok(out)
+}
+
+/// A socket kept across the restart for one planned key, if there is one.
+enum Kept {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+    None,
+}
+
+fn take_kept(key: &ListenKey, serves: &Serves) -> Kept {
+    let kept = match serves {
+        Serves::Tcp(_) => shared::inherit::take_tcp(&key.fd_name(), key.addr).map(Kept::Tcp),
+        Serves::Udp(_) => shared::inherit::take_udp(&key.fd_name(), key.addr).map(Kept::Udp),
+    };
+    kept.unwrap_or(Kept::None)
 }
 
 /// Only the mesh listeners on `ip` (for a mesh address learnt after start-up).
@@ -238,25 +265,30 @@ pub fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
     tcp(addr, false).map_err(|source| BindError::Bind { what: "admin".into(), addr, source })
 }
 
-/// Bind one planned socket into `out`.
+/// Bind one planned socket into `out` (the one kept across the restart for it, if any).
 pub fn bind_one(key: ListenKey, serves: Serves, out: &mut Listeners) -> Result<(), BindError> {
+    let kept = take_kept(&key, &serves);
+    bind_with(key, serves, kept, out)
+}
+
+fn bind_with(key: ListenKey, serves: Serves, kept: Kept, out: &mut Listeners) -> Result<(), BindError> {
     // The mesh address may not be up yet when yggdrasil restarts; freebind lets us bind it anyway.
     let freebind = key.origin == Origin::Mesh;
     let (origin, addr) = (key.origin, key.addr);
     let what = serves.what(origin);
-    match serves {
-        Serves::Tcp(role) => {
-            let listener = match shared::inherit::take_tcp(&key.fd_name(), key.addr) {
-                Some(kept) => shared::listeners::adopt_tcp(kept),
-                None => tcp(addr, freebind),
+    match (serves, kept) {
+        (Serves::Tcp(role), kept) => {
+            let listener = match kept {
+                Kept::Tcp(kept) => shared::listeners::adopt_tcp(kept),
+                _ => tcp(addr, freebind),
             }
             .map_err(|source| BindError::Bind { what, addr, source })?;
             out.tcp.push(TcpBound { key, origin, role, listener });
         }
-        Serves::Udp(stream) => {
-            let socket = match shared::inherit::take_udp(&key.fd_name(), key.addr) {
-                Some(kept) => shared::listeners::adopt_udp(kept),
-                None => udp(addr, freebind),
+        (Serves::Udp(stream), kept) => {
+            let socket = match kept {
+                Kept::Udp(kept) => shared::listeners::adopt_udp(kept),
+                _ => udp(addr, freebind),
             }
             .map_err(|source| BindError::Bind { what, addr, source })?;
             out.udp.push(UdpBound { key, origin, stream, socket });

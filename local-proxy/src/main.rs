@@ -208,9 +208,9 @@ async fn run(path: &Path, config: config::Config, workers: shared::workers::Work
             (None, true)
         }
     };
-    let bound = listeners::bind(&config, mesh)?;
-    // Kept sockets this config does not ask for are closed (mesh ones wait for the mesh address).
-    local_proxy::inherit::release_unclaimed(mesh_later);
+    // Kept sockets this config does not ask for are closed (mesh ones wait for the mesh
+    // address), before any socket is bound anew: they may hold its port.
+    let bound = listeners::bind_releasing(&config, mesh, || local_proxy::inherit::release_unclaimed(mesh_later))?;
     for b in &bound.tcp {
         if let Ok(addr) = b.listener.local_addr() {
             info!(listener = listeners::label(b.origin, &b.role), %addr, "listening");

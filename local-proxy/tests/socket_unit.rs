@@ -111,3 +111,61 @@ upstream = "{echo}"
     }
     drop(child);
 }
+
+/// A restart after `wan.addresses` went from `0.0.0.0` to each address: the wildcard socket
+/// kept across it (passed here by `systemd-socket-activate`, as systemd's store passes it) is
+/// claimed by no key of the new config, and must be closed before the specific socket binds
+/// its port. Before, it stayed open until after the binds, so the start failed on
+/// EADDRINUSE, again at every retry under systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_wildcard_socket_no_key_claims_does_not_block_the_specific_bind() {
+    let echo = line_echo(None).await;
+    let (admin, http, https, port) = (free_port(), free_port(), free_port(), free_port());
+    let tmp = tempfile::Builder::new().prefix("lp-unit-").tempdir().unwrap();
+    let config = tmp.path().join("lp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[wan]
+addresses = ["127.0.0.1"]
+trusted_ingress = ["127.0.0.2"]
+[mesh]
+listen = "off"
+[http]
+https_port = {https}
+http_port = {http}
+
+[[stream]]
+name = "echo"
+listen = "{port}/tcp"
+upstream = "{echo}"
+"#
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("stderr");
+    let child = tokio::process::Command::new("systemd-socket-activate")
+        .arg(format!("--listen=0.0.0.0:{port}"))
+        .arg(format!("--fdname=wan-tcp-0.0.0.0-{port}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) runs");
+    let stream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The tool starts the proxy at the first connection, if not before.
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while through(stream).await.as_deref() != Some("hello\n") {
+        assert!(tokio::time::Instant::now() < end, "the specific socket never served: {}", logged());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!logged().contains("Address already in use"), "{}", logged());
+    drop(child);
+}
