@@ -37,6 +37,40 @@ async fn through(stream: SocketAddr) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(3), go).await.ok().flatten()
 }
 
+/// The binary under `systemd-socket-activate` with `listen` passed in LISTEN_FDS (named
+/// `fdname` if given), its stderr to `log`.
+fn activate(
+    listen: &str,
+    fdname: Option<&str>,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("systemd-socket-activate");
+    cmd.arg(format!("--listen={listen}"));
+    if let Some(name) = fdname {
+        cmd.arg(format!("--fdname={name}"));
+    }
+    cmd.arg("--")
+        .arg(env!("CARGO_BIN_EXE_local-proxy"))
+        .args(["-c", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) runs")
+}
+
+/// Waits (10 s at most) until a line comes back through `stream`; the tool starts the proxy
+/// at the first connection, if not before.
+async fn wait_served(stream: SocketAddr, log: &std::path::Path) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while through(stream).await.as_deref() != Some("hello\n") {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(tokio::time::Instant::now() < end, "{stream} never served: {logged}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_taking_a_socket_units_port_is_refused_and_the_listener_stays() {
     let echo = line_echo(None).await;
@@ -66,25 +100,11 @@ upstream = "{echo}"
     };
     std::fs::write(&config, text(admin, port)).unwrap();
     let log = tmp.path().join("stderr");
-    let child = tokio::process::Command::new("systemd-socket-activate")
-        .arg(format!("--listen=127.0.0.1:{port}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &config.display().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) runs");
+    let child = activate(&format!("127.0.0.1:{port}"), None, &config, &log);
     let pid = child.id().unwrap().to_string();
     let stream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    // The tool starts the proxy at the first connection, if not before.
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while through(stream).await.as_deref() != Some("hello\n") {
-        assert!(tokio::time::Instant::now() < end, "the passed socket never served: {}", logged());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_served(stream, &log).await;
     assert!(logged().contains("serving the socket kept across the restart"), "{}", logged());
 
     // The admin listener onto the stream's port, the stream to another: the passed socket
@@ -147,25 +167,10 @@ upstream = "{echo}"
     )
     .unwrap();
     let log = tmp.path().join("stderr");
-    let child = tokio::process::Command::new("systemd-socket-activate")
-        .arg(format!("--listen=0.0.0.0:{port}"))
-        .arg(format!("--fdname=wan-tcp-0.0.0.0-{port}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_local-proxy"))
-        .args(["-c", &config.display().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd) runs");
+    let child = activate(&format!("0.0.0.0:{port}"), Some(&format!("wan-tcp-0.0.0.0-{port}")), &config, &log);
     let stream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    // The tool starts the proxy at the first connection, if not before.
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while through(stream).await.as_deref() != Some("hello\n") {
-        assert!(tokio::time::Instant::now() < end, "the specific socket never served: {}", logged());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!logged().contains("Address already in use"), "{}", logged());
+    wait_served(stream, &log).await;
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logged.contains("Address already in use"), "{logged}");
     drop(child);
 }
