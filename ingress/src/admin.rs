@@ -41,8 +41,8 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
     let Some(wanted) = c.param("path") else {
         return Reply::text(StatusCode::BAD_REQUEST, "missing path=[POOL/]NAME\n");
     };
-    let path = match find(&rt.pools, &wanted) {
-        Ok(p) => p,
+    let (pool, path) = match find(&rt.pools, &wanted) {
+        Ok(found) => found,
         Err(reply) => return reply,
     };
     let who = format!("{user} from {}", c.peer);
@@ -50,6 +50,9 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
         Action::Drain | Action::Undrain => {
             let on = matches!(action, Action::Drain);
             let was = path.control.set_drained(on);
+            // Drained paths serve nothing: the last WAN drained puts the pool on the mesh
+            // tier, one undrained takes it off (its gauge, event and status with it).
+            pool.refresh_tier();
             (drain_word(was), drain_word(on))
         }
         Action::Weight if path.is_mesh => {
@@ -82,21 +85,21 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
 fn find<'a>(
     pools: &'a std::collections::BTreeMap<String, Arc<crate::pool::Pool>>,
     wanted: &str,
-) -> Result<&'a Arc<Path>, Reply> {
+) -> Result<(&'a Arc<crate::pool::Pool>, &'a Arc<Path>), Reply> {
     let (pool, name) = match wanted.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, wanted),
     };
-    let found: Vec<&Arc<Path>> = pools
+    let found: Vec<(&Arc<crate::pool::Pool>, &Arc<Path>)> = pools
         .values()
         .filter(|p| pool.is_none_or(|want| *p.name == *want))
-        .flat_map(|p| p.paths.iter().filter(|path| *path.name == *name))
+        .flat_map(|p| p.paths.iter().filter(|path| *path.name == *name).map(move |path| (p, path)))
         .collect();
     match found.as_slice() {
-        [one] => Ok(one),
+        [one] => Ok(*one),
         [] => Err(Reply::text(StatusCode::NOT_FOUND, format!("no path `{wanted}`\n"))),
         many => {
-            let names: Vec<String> = many.iter().map(|p| format!("{}/{}", p.pool, p.name)).collect();
+            let names: Vec<String> = many.iter().map(|(_, p)| format!("{}/{}", p.pool, p.name)).collect();
             Err(Reply::text(
                 StatusCode::CONFLICT,
                 format!("`{wanted}` is ambiguous: say one of {}\n", names.join(", ")),

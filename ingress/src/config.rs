@@ -651,13 +651,25 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         if !matches!(check, CheckKind::Http { .. }) && (h.http_path.is_some() || h.http_host.is_some()) {
             p.push(f("health"), "http_path/http_host need check = \"http\"");
         }
-        // The probe port defaults to the first port of the first service using the pool.
-        let port = h.port.or_else(|| {
-            raw.service.iter().filter(|s| &s.pool == name).find_map(|s| {
-                s.upstream_port
-                    .or_else(|| s.listen.first().and_then(|l| l.parse::<ListenSpec>().ok()).map(|l| l.ports.first))
-            })
-        });
+        // The probe port defaults to the first port of the first TCP service using the pool:
+        // probes are TCP connects, and a UDP service's port (WireGuard's 51820) has nothing
+        // answering TCP at home, which would fail every probe and keep every path down. Only
+        // with no TCP service, the first UDP one's, as before (the home may answer TCP there
+        // too, as TURN and DNS do).
+        let first_port = |tcp: bool| {
+            raw.service
+                .iter()
+                .filter(|s| &s.pool == name)
+                .filter(|s| {
+                    let udp = s.protocol.as_ref().is_some_and(|p| matches!(p.known(), Ok(Protocol::Udp)));
+                    udp != tcp
+                })
+                .find_map(|s| {
+                    s.upstream_port
+                        .or_else(|| s.listen.first().and_then(|l| l.parse::<ListenSpec>().ok()).map(|l| l.ports.first))
+                })
+        };
+        let port = h.port.or_else(|| first_port(true)).or_else(|| first_port(false));
         let port = match port {
             Some(port) if port != 0 => port,
             _ => {

@@ -869,7 +869,7 @@ impl Pool {
     }
 
     /// Log and count a move onto or off the mesh tier.
-    fn refresh_tier(&self) {
+    pub(crate) fn refresh_tier(&self) {
         if self.mesh_index().is_none() {
             return;
         }

@@ -291,3 +291,29 @@ async fn without_a_token_file_control_is_off() {
     assert!(body.contains("admin.token_file"), "{body}");
     assert_eq!(path(&status(admin).await, "wan1")["drained"], false);
 }
+
+/// Draining every WAN path puts the pool on the mesh tier at once (its gauge, and `tier` in
+/// `/status`); undraining one takes it off at once. Before, the tier followed health changes
+/// only: drained WANs left the gauge at 0 while the mesh carried everything, and after a line
+/// dropped during the maintenance the critical on-mesh alert stayed after the undrain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_every_wan_puts_the_pool_on_the_mesh_tier_and_undraining_takes_it_off() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let wan2 = Backend::start("wan2", "127.0.0.3").await;
+    let mesh = Backend::start("mesh", "127.0.0.4").await;
+    let (_dir, file) = token_file("tier");
+    let toml = with_token(&config(&[("wan1", wan1.addr, 1), ("wan2", wan2.addr, 1)], Some(mesh.addr), ""), &file);
+    let server = start(&toml).await;
+    let admin = server.admin_addr().unwrap();
+    let pool = pool_name(&server);
+    let on_mesh = || async { metric(&metrics(&server).await, "ingress_pool_on_mesh", &[("pool", &pool)]) };
+    assert_eq!(on_mesh().await, 0.0);
+    for p in ["wan1", "wan2"] {
+        let (code, body) = call(admin, Method::POST, &format!("/api/drain?path={p}"), Some(TOKEN)).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    assert_eq!(on_mesh().await, 1.0, "every WAN drained: the mesh tier serves");
+    let (code, body) = call(admin, Method::POST, "/api/undrain?path=wan2", Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(on_mesh().await, 0.0, "a WAN undrained: off the mesh tier");
+}

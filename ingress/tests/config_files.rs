@@ -50,3 +50,22 @@ fn example_damping_knobs_are_the_defaults() {
     assert_eq!(cfg.pools["home"].health.damping, default);
     assert_eq!(cfg.pools["lab"].health.damping, default);
 }
+
+/// A pool's probe port, when `health.port` is not set, comes from its first TCP service:
+/// probes are TCP connects, and a UDP service listed first (WireGuard's 51820) would have
+/// them all refused and every path down. With only UDP services, the first one's port.
+#[test]
+fn the_default_probe_port_is_a_tcp_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load = |services: &str| {
+        let path = dir.path().join("probe-port.toml");
+        let text =
+            format!("[pool.home]\npaths = [{{ name = \"wan1\", address = \"192.0.2.1\", weight = 1 }}]\n{services}");
+        std::fs::write(&path, text).expect("write");
+        ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}")).pools["home"].health.port
+    };
+    let wg = "[[service]]\nname = \"wg\"\nlisten = [\"0.0.0.0:51820\"]\nprotocol = \"udp\"\npool = \"home\"\n";
+    let https = "[[service]]\nname = \"https\"\nlisten = [\"0.0.0.0:443\"]\npool = \"home\"\n";
+    assert_eq!(load(&format!("{wg}{https}")), 443);
+    assert_eq!(load(wg), 51820);
+}
