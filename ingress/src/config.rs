@@ -716,7 +716,10 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
     let mut services = Vec::new();
     let mut service_names = HashSet::new();
     let mut bound: HashSet<(Protocol, IpAddr, u16)> = HashSet::new();
-    let mut tcp_ports = TcpPorts::default();
+    let mut tcp_ports = WildcardPorts::default();
+    // UDP sockets are bound without `SO_REUSEADDR`, and with `SO_REUSEPORT` only in a group
+    // of more than one loop's sockets: the same rule holds.
+    let mut udp_ports = WildcardPorts::default();
     for (i, rs) in raw.service.iter().enumerate() {
         let field = if rs.name.is_empty() { format!("service[{i}]") } else { format!("service `{}`", rs.name) };
         if rs.name.is_empty() {
@@ -747,9 +750,9 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                         );
                     }
                     for port in spec.ports.iter() {
-                        let clash = port != 0
-                            && (!bound.insert((protocol, spec.ip, port))
-                                || (protocol == Protocol::Tcp && !tcp_ports.insert(spec.ip, port)));
+                        let ports = if protocol == Protocol::Tcp { &mut tcp_ports } else { &mut udp_ports };
+                        let clash =
+                            port != 0 && (!bound.insert((protocol, spec.ip, port)) || !ports.insert(spec.ip, port));
                         if clash {
                             p.push(
                                 format!("{field}.listen[{j}]"),
@@ -890,13 +893,13 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
     })
 }
 
-/// The TCP ports taken so far, per address family: a listening socket on the wildcard address
-/// and one on a specific address of the same family and port cannot both be bound (IPv6
-/// sockets are v6-only, so the families are apart).
+/// The ports of one protocol taken so far, per address family: a socket on the wildcard
+/// address and one on a specific address of the same family and port cannot both be bound
+/// (IPv6 sockets are v6-only, so the families are apart).
 #[derive(Default)]
-struct TcpPorts(HashMap<(u16, bool), (bool, bool)>);
+struct WildcardPorts(HashMap<(u16, bool), (bool, bool)>);
 
-impl TcpPorts {
+impl WildcardPorts {
     /// Take `port` on `ip`; false if a wildcard and a specific address would share it.
     fn insert(&mut self, ip: IpAddr, port: u16) -> bool {
         let (wildcard, specific) = self.0.entry((port, ip.is_ipv6())).or_default();
