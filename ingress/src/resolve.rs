@@ -77,7 +77,12 @@ pub fn verdict(current: Option<IpAddr>, answers: &[(&BTreeSet<IpAddr>, bool)]) -
         return Verdict::Keep;
     }
     let all: Vec<IpAddr> = answers.iter().flat_map(|(addrs, _)| addrs.iter().copied()).collect();
+    // A family never answered (its lookups failed since the task started, as after a
+    // reload) is no "no such record": a path with an address keeps it until every family has
+    // said so, as a failed lookup keeps the last known address.
+    let all_answered = answers.iter().all(|(_, answered)| *answered);
     match current {
+        Some(_) if all.is_empty() && !all_answered => Verdict::Keep,
         _ if all.is_empty() => Verdict::Clear,
         Some(ip) if all.contains(&ip) => Verdict::Keep,
         _ => Verdict::Try(all),
@@ -273,8 +278,11 @@ mod tests {
         assert_eq!(verdict(Some(a), &[(&v6, true), (&just(a), true)]), Verdict::Keep);
         // ... and candidates come IPv6 first.
         assert_eq!(verdict(Some(b), &[(&v6, true), (&just(a), true)]), Verdict::Try(vec![ip("2001:db8::1"), a]));
-        // One family not answered yet while the other says "none": nothing to use.
+        // One family not answered yet while the other says "none": nothing to use ...
         assert_eq!(verdict(None, &[(&none, true), (&none, false)]), Verdict::Clear);
+        // ... and nothing to take away either (a reload's fresh lookups, one of which failed).
+        assert_eq!(verdict(Some(a), &[(&none, true), (&none, false)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), &[(&none, true), (&none, true)]), Verdict::Clear);
     }
 
     /// Scripted DNS: per name and family, the current answer and how many times it was asked.
@@ -397,6 +405,31 @@ mod tests {
         dns.set("wan1.home.example", Family::V4, answer(&["127.0.0.1"], 30));
         settle(Duration::from_secs(60)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
+        assert!(pool.paths[0].is_up());
+        task.abort();
+    }
+
+    /// A reload starts the lookups afresh. A `family = "any"` path with an IPv4 address, whose
+    /// AAAA lookup answers "no such record" while its A lookup fails just then, keeps its
+    /// address: one family's "none" and the other's failure are no answer that it has none.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_after_a_reload_does_not_take_the_address_away() {
+        let cfg = Config::from_toml(&CONFIG.replace("family = \"ipv4\"", "family = \"any\"")).unwrap();
+        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
+        let dns = Arc::new(Script::default());
+        let alive = Alive::default();
+        alive.0.lock().unwrap().insert(ip("198.51.100.1"));
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 30));
+        dns.set("wan1.home.example", Family::V6, Outcome::NoRecords { ttl: Some(Duration::from_secs(30)) });
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver.clone()));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
+        task.abort();
+        // The reload's task: its first A lookup fails.
+        dns.set("wan1.home.example", Family::V4, Outcome::Failed { error: "timed out".into() });
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive, cfg.resolver));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "the address stays");
         assert!(pool.paths[0].is_up());
         task.abort();
     }
