@@ -222,3 +222,47 @@ async fn transparent_streams_connect_from_the_client_address() {
     let fallbacks = [("stream", "t"), ("reason", "family")];
     assert_eq!(p.metric("local_proxy_stream_transparent_fallbacks_total", &fallbacks).await, 1.0);
 }
+
+/// A transparent UDP conversation that moved (the ingress's flow came back from another of
+/// its sockets, as when it moves a flow to another WAN) is served by the newer flow; the
+/// older one, which its sender no longer uses, goes idle and ends after `idle_timeout`
+/// although the upstream keeps answering through the socket both share. Before, the replies
+/// the old flow's pump happened to read kept it alive for the whole conversation, holding a
+/// slot of `max_flows` and an open-flows count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_transparent_flow_leaves_the_old_one_to_go_idle() {
+    if local_proxy::transparent::probe().is_err() {
+        assert!(!rustix::process::geteuid().is_root(), "root, yet IP_TRANSPARENT refused");
+        return;
+    }
+    let udp_up = udp_upstream().await;
+    let p = Proxy::start(&base_config(&format!(
+        "[[stream]]\nname = \"tu\"\nlisten = \"0/udp\"\nupstream = \"{udp_up}\"\ntransparent = true\nidle_timeout = \"1s\"\n"
+    )))
+    .await;
+    let wan_u = p.listeners_udp[&(Origin::Wan, "tu".to_string())];
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let client = SocketAddr::from(([127, 0, 0, 9], port.wrapping_add(7)));
+    let mut d = Vec::new();
+    proxy_protocol::write_v2(&mut d, Command::Proxy, Transport::Datagram, Some((client, wan_u)));
+    d.extend_from_slice(b"hello");
+    // Two sockets of one ingress node: the second takes the conversation over.
+    let (old, new) = (UdpSocket::bind("127.0.0.2:0").await.unwrap(), UdpSocket::bind("127.0.0.2:0").await.unwrap());
+    let mut buf = [0u8; 256];
+    for sender in [&old, &new] {
+        sender.send_to(&d, wan_u).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sender.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format!("peer={client}"));
+    }
+    assert_eq!(p.metric("local_proxy_udp_flows_moved_total", &[("stream", "tu")]).await, 1.0);
+    // Three seconds of the conversation on the new flow, a datagram each 100 ms, each
+    // answered (read by either flow's pump: they share the socket).
+    for _ in 0..30 {
+        new.send_to(&d, wan_u).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), new.recv_from(&mut buf)).await;
+        assert!(got.is_ok(), "the new flow is answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let open = p.metric("local_proxy_udp_flows_active", &[("stream", "tu")]).await;
+    assert_eq!(open, 1.0, "the old flow is still open after 3 s of the new one's traffic (idle_timeout 1 s)");
+}

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use arc_swap::ArcSwap;
@@ -35,6 +36,8 @@ type Key = (SocketAddr, SocketAddr);
 pub struct FlowSocket {
     pub upstream: UdpSocket,
     reply: ArcSwap<ReplyTo>,
+    /// How many times the conversation moved to a new flow ([`FlowSocket::moves`]).
+    moves: AtomicU64,
     /// The ingress node (sender IP) the conversation comes through; registered sockets only.
     registered: Option<(Key, IpAddr)>,
 }
@@ -45,12 +48,20 @@ static REGISTRY: LazyLock<Mutex<HashMap<Key, Weak<FlowSocket>>>> = LazyLock::new
 impl FlowSocket {
     /// A socket of our own address (not transparent), replies to `reply`.
     pub fn plain(upstream: UdpSocket, reply: ReplyTo) -> Arc<Self> {
-        Arc::new(Self { upstream, reply: ArcSwap::from_pointee(reply), registered: None })
+        Arc::new(Self { upstream, reply: ArcSwap::from_pointee(reply), moves: AtomicU64::new(0), registered: None })
     }
 
     /// The current reply route (one atomic load per reply).
     pub fn reply_to(&self) -> arc_swap::Guard<Arc<ReplyTo>> {
         self.reply.load()
+    }
+
+    /// How many times the conversation moved to a new flow. A flow notes the count it was
+    /// opened at: once it differs, a newer flow owns the socket, and the replies this flow's
+    /// pump still reads from the shared socket are not its own activity (else it would never
+    /// go idle while the upstream talks, and hold its slot and counts for the whole call).
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
     }
 
     /// A transparent socket from `client` to `upstream`: the live one of the same client and
@@ -77,13 +88,19 @@ impl FlowSocket {
         live = map.get(&key).and_then(Weak::upgrade);
         if let Some(s) = live.as_ref().filter(|s| s.registered.as_ref().is_some_and(|(_, via)| *via == ingress)) {
             s.reply.store(Arc::new(reply));
+            s.moves.fetch_add(1, Ordering::Relaxed);
             return Ok((s.clone(), true));
         }
         let held_elsewhere = live.is_some();
         let sock = transparent::udp(client, upstream, !held_elsewhere)?;
         let exact = sock.local_addr().is_ok_and(|a| a == client);
         let registered = (exact && !held_elsewhere).then_some((key, ingress));
-        let s = Arc::new(Self { upstream: sock, reply: ArcSwap::from_pointee(reply), registered });
+        let s = Arc::new(Self {
+            upstream: sock,
+            reply: ArcSwap::from_pointee(reply),
+            moves: AtomicU64::new(0),
+            registered,
+        });
         if s.registered.is_some() {
             map.insert(key, Arc::downgrade(&s));
         }
@@ -126,8 +143,10 @@ mod tests {
         let (a, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).unwrap();
         assert!(!moved);
         assert_eq!(a.upstream.local_addr().unwrap(), client);
+        assert_eq!(a.moves(), 0);
         let (b, moved) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).unwrap();
         assert!(moved && Arc::ptr_eq(&a, &b));
+        assert_eq!(a.moves(), 1, "the newer flow owns the socket");
         assert_eq!(a.reply_to().sender.port(), 5001);
         assert!(Arc::ptr_eq(&a.reply_to().socket, &wan2));
         let (c, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).unwrap();

@@ -432,8 +432,16 @@ async fn open_flow(
     active.increment(1.0);
     let log = log.map(|sink| FlowLog::new(sink, &stream.name, key.1, local.port(), target));
     let counts = log.as_ref().map(|l| l.counts.clone());
-    let pump =
-        flow_tasks.spawn(permits.held_by(replies(upstream.clone(), last.clone(), epoch, counters.clone(), counts)));
+    // The conversation's move count as this flow opens: a later move hands the socket on.
+    let owned = upstream.moves();
+    let pump = flow_tasks.spawn(permits.held_by(replies(
+        upstream.clone(),
+        owned,
+        last.clone(),
+        epoch,
+        counters.clone(),
+        counts,
+    )));
     Some(Flow {
         upstream,
         member,
@@ -477,9 +485,13 @@ fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) 
     }
 }
 
-/// Relay the upstream's replies to the sender until the flow ends (its task is aborted).
+/// Relay the upstream's replies to the sender until the flow ends (its task is aborted). They
+/// count as the flow's activity while it owns the socket (`owned`, the socket's move count as
+/// it opened): a transparent conversation that moved to a newer flow shares the socket with
+/// it, and this flow, which its sender no longer uses, must go idle.
 async fn replies(
     upstream: Arc<FlowSocket>,
+    owned: u64,
     last: Arc<AtomicU64>,
     epoch: Instant,
     counters: Arc<Counters>,
@@ -488,7 +500,9 @@ async fn replies(
     // The route back to the sender takes GSO or not, whatever the route upstream does.
     let mut segmenting = Segmenting::default();
     pump(&upstream.upstream, |run| {
-        shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
+        if upstream.moves() == owned {
+            shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
+        }
         let to = upstream.reply_to();
         let sent = segmenting.send_to(&to.socket, to.sender, run).datagrams;
         counters.dgrams_out.increment(sent as u64);
