@@ -717,8 +717,8 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
     let mut service_names = HashSet::new();
     let mut bound: HashSet<(Protocol, IpAddr, u16)> = HashSet::new();
     let mut tcp_ports = WildcardPorts::default();
-    // UDP sockets are bound without `SO_REUSEADDR`, and with `SO_REUSEPORT` only in a group
-    // of more than one loop's sockets: the same rule holds.
+    // UDP sockets are bound without `SO_REUSEADDR`: the same rule holds, unless both have
+    // `SO_REUSEPORT` (`udp_reuseport`, on one loop too).
     let mut udp_ports = WildcardPorts::default();
     for (i, rs) in raw.service.iter().enumerate() {
         let field = if rs.name.is_empty() { format!("service[{i}]") } else { format!("service `{}`", rs.name) };
@@ -750,9 +750,11 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                         );
                     }
                     for port in spec.ports.iter() {
+                        // Two UDP sockets that both set SO_REUSEPORT may share a port so.
+                        let shared = protocol == Protocol::Udp && rs.udp_reuseport == Some(true);
                         let ports = if protocol == Protocol::Tcp { &mut tcp_ports } else { &mut udp_ports };
-                        let clash =
-                            port != 0 && (!bound.insert((protocol, spec.ip, port)) || !ports.insert(spec.ip, port));
+                        let clash = port != 0
+                            && (!bound.insert((protocol, spec.ip, port)) || !ports.insert(spec.ip, port, shared));
                         if clash {
                             p.push(
                                 format!("{field}.listen[{j}]"),
@@ -864,7 +866,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         p.push("service", "at least one [[service]] is needed");
     }
     if let Some(a) = admin.filter(|a| a.port() != 0) {
-        if bound.contains(&(Protocol::Tcp, a.ip(), a.port())) || !tcp_ports.insert(a.ip(), a.port()) {
+        if bound.contains(&(Protocol::Tcp, a.ip(), a.port())) || !tcp_ports.insert(a.ip(), a.port(), false) {
             p.push("admin.listen", format!("{a} overlaps a service's listener on port {}", a.port()));
         }
     }
@@ -895,20 +897,19 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
 
 /// The ports of one protocol taken so far, per address family: a socket on the wildcard
 /// address and one on a specific address of the same family and port cannot both be bound
-/// (IPv6 sockets are v6-only, so the families are apart).
+/// (IPv6 sockets are v6-only, so the families are apart), unless both share the port
+/// (`SO_REUSEPORT`). Per port and family: (wildcard, shared) of each socket taken.
 #[derive(Default)]
-struct WildcardPorts(HashMap<(u16, bool), (bool, bool)>);
+struct WildcardPorts(HashMap<(u16, bool), Vec<(bool, bool)>>);
 
 impl WildcardPorts {
-    /// Take `port` on `ip`; false if a wildcard and a specific address would share it.
-    fn insert(&mut self, ip: IpAddr, port: u16) -> bool {
-        let (wildcard, specific) = self.0.entry((port, ip.is_ipv6())).or_default();
-        let free = if ip.is_unspecified() { !*wildcard && !*specific } else { !*wildcard };
-        if ip.is_unspecified() {
-            *wildcard = true;
-        } else {
-            *specific = true;
-        }
+    /// Take `port` on `ip` (`shared`: with `SO_REUSEPORT`); false if a wildcard and a
+    /// specific address would share it and not both share ports.
+    fn insert(&mut self, ip: IpAddr, port: u16, shared: bool) -> bool {
+        let taken = self.0.entry((port, ip.is_ipv6())).or_default();
+        let wildcard = ip.is_unspecified();
+        let free = taken.iter().all(|&(w, s)| !(wildcard || w) || (shared && s));
+        taken.push((wildcard, shared));
         free
     }
 }

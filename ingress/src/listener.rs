@@ -17,8 +17,11 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 }
 
 /// Bind a UDP listener: one socket, or a group of `sockets` sharing the port
-/// (`udp_reuseport`).
-pub fn bind_udp(addr: SocketAddr, sockets: usize) -> io::Result<Vec<tokio::net::UdpSocket>> {
+/// (`udp_reuseport`, which gives the socket `SO_REUSEPORT` on one loop too).
+pub fn bind_udp(addr: SocketAddr, sockets: usize, reuseport: bool) -> io::Result<Vec<tokio::net::UdpSocket>> {
+    if sockets <= 1 && reuseport {
+        return shared::listeners::udp_shared(addr, &UDP).map(|s| vec![s]);
+    }
     shared::listeners::udp_group(addr, &UDP, sockets)
 }
 

@@ -199,7 +199,7 @@ impl Server {
         let paused = self.pause_listeners(&clashing).await;
         let admin_paused = if admin_clashes { self.stop_admin().await } else { None };
         let bind = || {
-            self.bind_new_listeners(wanted.clone()).and_then(|listeners| {
+            self.bind_new_listeners(wanted.clone(), config).and_then(|listeners| {
                 let admin = match config.admin {
                     // Unchanged, and not served: its port was busy at start-up. Tried again,
                     // but not a reason to refuse the reload (nothing else depends on it).
@@ -244,17 +244,20 @@ impl Server {
         bound
     }
 
-    /// Binds the listeners in `wanted` the running set lacks, all or none.
+    /// Binds the listeners in `wanted` (of `config`'s services) the running set lacks, all or
+    /// none.
     fn bind_new_listeners(
         &self,
         wanted: HashMap<ListenerKey, (String, SocketAddr, usize)>,
+        config: &Config,
     ) -> Result<HashMap<ListenerKey, Bound>, ReloadError> {
         let Ok(map) = self.listeners.lock() else {
             return Ok(HashMap::new());
         };
         let plan = Plan::new(&map, wanted);
+        let reuseport = |service: &str| config.services.iter().any(|s| s.name == service && s.udp_reuseport);
         let bound = bind_all(plan.added, |key, (service, addr, sockets)| {
-            bind(key, *addr, *sockets).map_err(|source| ReloadError {
+            bind(key, *addr, *sockets, reuseport(service)).map_err(|source| ReloadError {
                 service: service.clone(),
                 addr: *addr,
                 protocol: key.0,
@@ -588,10 +591,10 @@ fn join_group(group: &mut Vec<tokio::net::UdpSocket>, sockets: usize) {
     }
 }
 
-fn bind(key: &ListenerKey, addr: SocketAddr, sockets: usize) -> std::io::Result<Bound> {
+fn bind(key: &ListenerKey, addr: SocketAddr, sockets: usize, reuseport: bool) -> std::io::Result<Bound> {
     match key.0 {
         Protocol::Tcp => crate::listener::bind_tcp(addr).map(Bound::Tcp),
-        Protocol::Udp => crate::listener::bind_udp(addr, sockets).map(Bound::Udp),
+        Protocol::Udp => crate::listener::bind_udp(addr, sockets, reuseport).map(Bound::Udp),
     }
 }
 
@@ -612,7 +615,7 @@ async fn listen_forever(
     loop {
         let bound = match pre.take() {
             Some(b) => Ok(b),
-            None => bind(&key, addr, sockets),
+            None => bind(&key, addr, sockets, slot.load().cfg.udp_reuseport),
         };
         match bound {
             Ok(b) => {

@@ -69,3 +69,25 @@ fn the_default_probe_port_is_a_tcp_services() {
     assert_eq!(load(&format!("{wg}{https}")), 443);
     assert_eq!(load(wg), 51820);
 }
+
+/// Two UDP services on one port, one on the wildcard and one on a specific address, both with
+/// `udp_reuseport`: their sockets all set SO_REUSEPORT (on one loop too), so the kernel binds
+/// both, and the config is taken. Without it on both, refused
+/// (tests/invalid/udp-wildcard-beside-specific.toml).
+#[test]
+fn udp_wildcard_beside_specific_is_taken_when_both_share_the_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("udp-reuseport.toml");
+    let service = |name: &str, listen: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = [\"{listen}\"]\nprotocol = \"udp\"\npool = \"home\"\nudp_reuseport = true\n"
+        )
+    };
+    let text = format!(
+        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"192.0.2.1\" }}]\n{}{}",
+        service("dns", "0.0.0.0:53"),
+        service("dns-lan", "10.0.0.5:53")
+    );
+    std::fs::write(&path, text).expect("write");
+    ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+}

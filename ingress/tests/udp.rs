@@ -390,3 +390,32 @@ async fn a_renamed_udp_service_is_counted_under_its_new_name() {
     assert_eq!(metric(&m, "ingress_udp_datagrams_total", &up), 3.0, "{m}");
     assert_eq!(metric(&m, "ingress_udp_flows_active", &[("service", "udp-renamed")]), 1.0, "{m}");
 }
+
+/// Two UDP services on one port, one on the wildcard address and one on 127.0.0.1, both with
+/// `udp_reuseport`, on one event loop: each socket sets SO_REUSEPORT (a group of one), so both
+/// bind, as `ingress check` lets them. Before, a single socket had none and the second bind
+/// was retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_and_specific_udp_listeners_with_udp_reuseport_both_bind() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let port = test_support::free_port();
+    let service = |name: &str, listen: String| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = [\"{listen}\"]\nprotocol = \"udp\"\npool = \"udp\"\nudp_reuseport = true\n"
+        )
+    };
+    let toml = udp_config(tcp1.addr, tcp2.addr, "").replace(
+        "[[service]]\nname = \"udp-echo\"",
+        &format!(
+            "{}{}[[service]]\nname = \"udp-echo\"",
+            service("wild", format!("0.0.0.0:{port}")),
+            service("lo", format!("127.0.0.1:{port}"))
+        ),
+    );
+    let server = start(&toml).await;
+    for name in ["wild", "lo"] {
+        let addr = service_addr(&server, name).await;
+        assert_eq!(addr.port(), port, "{name}");
+    }
+}

@@ -174,6 +174,13 @@ pub fn udp_group(addr: SocketAddr, opts: &Options, n: usize) -> io::Result<Vec<U
     Ok(group)
 }
 
+/// One UDP socket with `SO_REUSEPORT`: a group of one, as a service that asks for a group
+/// gets on one loop, so that its port can be shared as a group's is (a wildcard and a specific
+/// address both in groups; more loops joining after a restart).
+pub fn udp_shared(addr: SocketAddr, opts: &Options) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(socket(addr, Type::DGRAM, opts, true)?.into())
+}
+
 /// `n` more sockets for the group on `addr` (whose sockets have `SO_REUSEPORT`): a group kept
 /// across a restart that the new process serves with more loops. Fails (`EADDRINUSE`) when the
 /// port's socket is not in a group.
