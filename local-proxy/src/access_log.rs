@@ -421,14 +421,15 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
         state = shared.lock();
         state.flush_done = asked;
         if closed {
-            // No sink is left to append: everything has been written.
-            state.ended = true;
+            // No sink is left to append: everything has been written. A file no config took
+            // goes before the writer says it has ended.
             let adopted = state.adopted;
-            shared.done.notify_all();
             drop(state);
             if let Some(created) = created.filter(|_| !adopted) {
                 remove_unadopted(&path, created);
             }
+            shared.lock().ended = true;
+            shared.done.notify_all();
             return;
         }
         shared.done.notify_all();

@@ -122,14 +122,15 @@ pub fn normalise_path(raw: &str) -> Result<String, UnroutablePath> {
     normalise(raw, false)
 }
 
-/// [`normalise_path`], with `.` and `..` segments resolved (RFC 3986, 5.2.4) instead of
-/// refused: the path a server that resolves them (nginx, Apache) serves. For a check that
-/// must see what such an upstream would, not for routing.
+/// [`normalise_path`], with an encoded `/` decoded and `.` and `..` segments resolved (RFC
+/// 3986, 5.2.4) instead of refused: the path a server that does both (nginx) serves. For a
+/// check that must see what such an upstream would, not for routing.
 pub fn resolve_path(raw: &str) -> Result<String, UnroutablePath> {
     normalise(raw, true)
 }
 
-fn normalise(raw: &str, resolve_dots: bool) -> Result<String, UnroutablePath> {
+/// `as_served`: resolve what routing refuses (an encoded `/`, dot segments), as nginx does.
+fn normalise(raw: &str, as_served: bool) -> Result<String, UnroutablePath> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -139,7 +140,7 @@ fn normalise(raw: &str, resolve_dots: bool) -> Result<String, UnroutablePath> {
             let hex = |c: u8| (c as char).to_digit(16);
             if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
                 let d = (h * 16 + l) as u8;
-                if d == b'/' || d == b'\\' || d == 0 {
+                if (d == b'/' && !as_served) || d == b'\\' || d == 0 {
                     return Err(UnroutablePath);
                 }
                 out.push(d);
@@ -161,7 +162,7 @@ fn normalise(raw: &str, resolve_dots: bool) -> Result<String, UnroutablePath> {
         // `..;x` is `..` to Tomcat and Jetty.
         let name = seg.split(';').next().unwrap_or(seg);
         if name == "." || name == ".." {
-            if !resolve_dots {
+            if !as_served {
                 return Err(UnroutablePath);
             }
             if name == ".." {
@@ -573,7 +574,11 @@ mod tests {
             assert_eq!(resolve_path(raw).unwrap(), resolved, "{raw}");
             assert!(normalise_path(raw).is_err(), "{raw}");
         }
-        assert!(resolve_path("/a%2f..").is_err(), "an encoded / is still refused");
+        // An encoded / is a / to nginx: decoded before the dots are resolved.
+        assert_eq!(resolve_path("/.git%2fconfig").unwrap(), "/.git/config");
+        assert_eq!(resolve_path("/x/..%2F.git/config").unwrap(), "/.git/config");
+        assert!(normalise_path("/.git%2fconfig").is_err());
+        assert!(resolve_path("/a%5c..").is_err(), "an encoded \\ is still refused");
         assert_eq!(normalise_path("/;x//admin;jsessionid=1").unwrap(), "/admin");
         // A last segment of parameters only leaves the path ending in `/`, as Tomcat reads it.
         assert_eq!(normalise_path("/admin/;x").unwrap(), "/admin/");

@@ -235,10 +235,10 @@ pub fn health(state: &State) -> Response<Body> {
 }
 
 /// Whether `path` is one of `blocked` or below it, ignoring ASCII case (scanners vary it),
-/// as an upstream would serve it: decoded, slashes merged, without path parameters, `.` and
-/// `..` resolved (`/%2egit/config`, `//.git;x/config` and `/x/../.git/config` are all
-/// `/.git/config`, which nginx and Apache serve for them). A path with an encoded `/` is
-/// looked at as it came.
+/// as an upstream would serve it: decoded (an encoded `/` too), slashes merged, without path
+/// parameters, `.` and `..` resolved (`/%2egit/config`, `//.git;x/config`, `/.git%2fconfig`
+/// and `/x/../.git/config` are all `/.git/config`, which nginx serves for them). A path with
+/// an encoded `\` or NUL is looked at as it came.
 fn is_blocked(path: &str, blocked: &[String]) -> bool {
     if blocked.is_empty() {
         return false;
@@ -302,6 +302,8 @@ mod tests {
             "/./.git/config",
             "/x/../.git/config",
             "/x/%2e%2e/wp-admin/",
+            "/.git%2fconfig",
+            "/x/..%2F.git/config",
         ] {
             assert!(is_blocked(hidden, &list), "{hidden}");
         }

@@ -113,7 +113,8 @@ impl MemberState {
                 m_active: metrics::gauge!(names::UPSTREAM_ACTIVE, labels),
             };
             m.m_up.set(if self.is_up() { 1.0 } else { 0.0 });
-            m.m_active.set(self.active.load(Ordering::Relaxed) as f64);
+            // Not set: holds move it by one each way, and the holds of an earlier state of the
+            // same upstream (removed by one reload, back with the next) are still in it.
             m
         })
     }
@@ -195,9 +196,9 @@ pub struct Active(Arc<MemberState>);
 
 impl Active {
     pub fn new(state: Arc<MemberState>) -> Self {
-        // The series first: made, it starts from the count, and every hold after it moves
-        // it by one each way (two loops setting the counts they saw could publish them out
-        // of order and leave a wrong figure until the upstream's next request).
+        // Every hold moves the series by one each way (two loops setting the counts they saw
+        // could publish them out of order and leave a wrong figure until the upstream's next
+        // request).
         let m_active = &state.metrics().m_active;
         state.active.fetch_add(1, Ordering::Relaxed);
         m_active.increment(1.0);
@@ -410,12 +411,18 @@ impl Pool {
                 // Went down, or failed its retry: the wait before the next one starts now.
                 member.state.down_at.store(clock_ms(), Ordering::Relaxed);
             }
+            // Published under the lock that decided it: outcomes come from every event loop,
+            // and a transition stored after the lock is gone could land after a later,
+            // opposite one (up by its health state, out of every pick for good).
+            if let Some(t) = t {
+                let up = t == Transition::WentUp;
+                member.state.up.store(up, Ordering::Relaxed);
+                member.state.metrics().m_up.set(if up { 1.0 } else { 0.0 });
+            }
             t
         };
         let Some(t) = transition else { return };
         let up = t == Transition::WentUp;
-        member.state.up.store(up, Ordering::Relaxed);
-        member.state.metrics().m_up.set(if up { 1.0 } else { 0.0 });
         let (key, name, upstream) = (self.owner.label(), &*self.name, &*member.label);
         if up {
             info!(set = key, name, upstream, ?source, "upstream up");

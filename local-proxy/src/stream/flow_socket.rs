@@ -64,11 +64,13 @@ impl FlowSocket {
         self.moves.load(Ordering::Relaxed)
     }
 
-    /// A transparent socket from `client` to `upstream`: the live one of the same client and
-    /// upstream through the same ingress node, now replying to `reply` (`moved` is true), or
-    /// a new one on the client's exact port (shared with its sockets to other upstreams; see
-    /// [`transparent::udp`]), else on any port of its address when another ingress node's
-    /// conversation holds that exact pair.
+    /// A transparent socket from `client` to `upstream`, and the move count the calling flow
+    /// owns it at ([`FlowSocket::moves`], taken under the registry's lock, so a takeover on
+    /// another loop right after cannot be mistaken for this flow's): the live one of the same
+    /// client and upstream through the same ingress node, now replying to `reply` (a move: the
+    /// count is 1 or more), or a new one (0) on the client's exact port (shared with its
+    /// sockets to other upstreams; see [`transparent::udp`]), else on any port of its address
+    /// when another ingress node's conversation holds that exact pair.
     ///
     /// The lookup, the new socket and its entry happen under the registry's lock: the first
     /// datagrams of one conversation arriving on two event loops at once (the ingress moving
@@ -78,7 +80,7 @@ impl FlowSocket {
         client: SocketAddr,
         upstream: SocketAddr,
         reply: ReplyTo,
-    ) -> Result<(Arc<Self>, bool), TransparentError> {
+    ) -> Result<(Arc<Self>, u64), TransparentError> {
         let ingress = reply.sender.ip();
         let key = (client, upstream);
         // Declared before the guard, so it is dropped after it on every way out: it may hold
@@ -88,8 +90,8 @@ impl FlowSocket {
         live = map.get(&key).and_then(Weak::upgrade);
         if let Some(s) = live.as_ref().filter(|s| s.registered.as_ref().is_some_and(|(_, via)| *via == ingress)) {
             s.reply.store(Arc::new(reply));
-            s.moves.fetch_add(1, Ordering::Relaxed);
-            return Ok((s.clone(), true));
+            let owned = s.moves.fetch_add(1, Ordering::Relaxed) + 1;
+            return Ok((s.clone(), owned));
         }
         let held_elsewhere = live.is_some();
         let sock = transparent::udp(client, upstream, !held_elsewhere)?;
@@ -104,7 +106,7 @@ impl FlowSocket {
         if s.registered.is_some() {
             map.insert(key, Arc::downgrade(&s));
         }
-        Ok((s, false))
+        Ok((s, 0))
     }
 }
 
@@ -140,22 +142,22 @@ mod tests {
         let client: SocketAddr = "192.0.2.78:40124".parse().unwrap();
         let via =
             |socket: &Arc<UdpSocket>, sender: &str| ReplyTo { socket: socket.clone(), sender: sender.parse().unwrap() };
-        let (a, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).unwrap();
-        assert!(!moved);
+        let (a, owned) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).unwrap();
+        assert_eq!(owned, 0);
         assert_eq!(a.upstream.local_addr().unwrap(), client);
         assert_eq!(a.moves(), 0);
-        let (b, moved) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).unwrap();
-        assert!(moved && Arc::ptr_eq(&a, &b));
-        assert_eq!(a.moves(), 1, "the newer flow owns the socket");
+        let (b, owned) = FlowSocket::transparent(client, upstream, via(&wan2, "192.0.2.11:5001")).unwrap();
+        assert!(owned == 1 && Arc::ptr_eq(&a, &b), "moved: the newer flow owns the socket");
+        assert_eq!(a.moves(), 1);
         assert_eq!(a.reply_to().sender.port(), 5001);
         assert!(Arc::ptr_eq(&a.reply_to().socket, &wan2));
-        let (c, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).unwrap();
-        assert!(!moved && !Arc::ptr_eq(&a, &c));
+        let (c, owned) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.19:5000")).unwrap();
+        assert!(owned == 0 && !Arc::ptr_eq(&a, &c));
         assert_ne!(c.upstream.local_addr().unwrap(), client);
         // Gone with its last flow: the next one starts afresh on the exact port.
         drop((a, b));
-        let (d, moved) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).unwrap();
-        assert!(!moved);
+        let (d, owned) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5002")).unwrap();
+        assert_eq!(owned, 0);
         assert_eq!(d.upstream.local_addr().unwrap(), client);
     }
 
@@ -218,9 +220,9 @@ mod tests {
                     })
                 };
                 let (a, b) = (open(&wan1, "192.0.2.11:5000"), open(&wan2, "192.0.2.11:5001"));
-                let ((a, a_moved), (b, b_moved)) = (a.await.unwrap(), b.await.unwrap());
+                let ((a, a_owned), (b, b_owned)) = (a.await.unwrap(), b.await.unwrap());
                 assert!(Arc::ptr_eq(&a, &b), "two sockets for {client}");
-                assert!(a_moved != b_moved, "{client}: one opened it, the other took it over");
+                assert_eq!(a_owned + b_owned, 1, "{client}: one opened it, the other took it over");
             }
         });
     }

@@ -397,10 +397,13 @@ async fn open_flow(
     let member = Active::new(member);
     let target = stream.upstream_for(index, local.port());
     let reply = ReplyTo { socket: socket.clone(), sender: key.0 };
+    // The socket's move count this flow owns it at (a plain socket never moves).
+    let mut owned = 0;
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
         match FlowSocket::transparent(key.1, target, reply) {
-            Ok((s, moved)) => {
-                if moved {
+            Ok((s, at)) => {
+                owned = at;
+                if at > 0 {
                     debug!(stream = %stream.name, client = %key.1, sender = %key.0, "transparent flow moved to a new path");
                     metrics::counter!(names::UDP_FLOWS_MOVED, "stream" => stream.name.clone()).increment(1);
                 }
@@ -432,8 +435,6 @@ async fn open_flow(
     active.increment(1.0);
     let log = log.map(|sink| FlowLog::new(sink, &stream.name, key.1, local.port(), target));
     let counts = log.as_ref().map(|l| l.counts.clone());
-    // The conversation's move count as this flow opens: a later move hands the socket on.
-    let owned = upstream.moves();
     let pump = flow_tasks.spawn(permits.held_by(replies(
         upstream.clone(),
         owned,

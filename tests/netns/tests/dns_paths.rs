@@ -70,6 +70,12 @@ fn backend_of(t: &Topology, r: &Record) -> &'static str {
 /// The ISP's re-dial: the home gets `WAN1_NEW` (routed out of wan1, with the TCP echo and the
 /// health port on it), wan1's name is moved to it, and the old address is removed.
 fn move_wan1(t: &mut Topology, dns: &Knot) {
+    add_wan1_new(t, dns);
+    drop_wan1_old(t);
+}
+
+/// The first half of [`move_wan1`]: the new address, and the name moved to it.
+fn add_wan1_new(t: &mut Topology, dns: &Knot) {
     let home = t.ns(Role::Home).to_string();
     let mut argv = vec![t.bins.echo_server.display().to_string()];
     for port in [addr::ECHO_PORT, addr::HEALTH_PORT] {
@@ -80,7 +86,12 @@ fn move_wan1(t: &mut Topology, dns: &Knot) {
         .expect("source route for the new address");
     t.spawn(Role::Home, "backend-wan1-new", &argv).expect("echo on the new address");
     dns.set("wan1", &[IpAddr::from(WAN1_NEW)]).expect("move wan1's name");
-    netns::cmd::ip(&home, &["addr", "del", &format!("{}/24", addr::WAN1), "dev", "wan1"]).expect("drop old address");
+}
+
+/// The second half of [`move_wan1`]: the old address removed from the home.
+fn drop_wan1_old(t: &Topology) {
+    let home = t.ns(Role::Home);
+    netns::cmd::ip(home, &["addr", "del", &format!("{}/24", addr::WAN1), "dev", "wan1"]).expect("drop old address");
 }
 
 fn assert_no_failed_connects(records: &[Record], fault_done: u64, what: &str) {
@@ -313,7 +324,20 @@ fn udp_flows_follow_a_moved_name() {
     };
     let run = services::start_udpflow(&mut t, Role::Client, "flows", flows).expect("udpflow");
     std::thread::sleep(Duration::from_secs(3));
-    move_wan1(&mut t, &dns);
+    // The old address goes once ingress1 has moved wan1 to the new one: were it gone first,
+    // the probes could take wan1 down before the move, and the flows would leave it as
+    // `path_down` instead, saying nothing of what happens to a flow when its path moves.
+    let changes = |t: &Topology| -> anyhow::Result<f64> {
+        Ok(t.scrape(Role::Ingress1)?.sum(names::PATH_ADDRESS_CHANGES, &[("path", "wan1")]))
+    };
+    let before = changes(&t).expect("scrape");
+    add_wan1_new(&mut t, &dns);
+    wait_until("ingress1 moved wan1 to its new address", Duration::from_secs(15), Duration::from_millis(50), || {
+        let n = changes(&t)?;
+        check(n > before, || format!("{n} address changes, {before} before"))
+    })
+    .expect("wan1 moved");
+    drop_wan1_old(&t);
     common::phase(start, "wan1's name moved to the new address; the old one is gone");
     let r = run.finish(&mut t).expect("flows result");
     let summary = &r.summary;
@@ -328,20 +352,24 @@ fn udp_flows_follow_a_moved_name() {
         .filter(|f| f.last_ms.values().max().is_none_or(|last| *last + 2000 < summary.end_ms))
         .map(|f| f.flow)
         .collect();
-    let moved = t
-        .scrape(Role::Ingress1)
-        .expect("scrape")
-        .sum(services::names::UDP_FLOWS_MIGRATED, &[("path", "wan1"), ("reason", "address_moved")])
-        .max(0.0) as usize;
+    let m = t.scrape(Role::Ingress1).expect("scrape");
+    let migrated = |reason: &str| {
+        m.sum(services::names::UDP_FLOWS_MIGRATED, &[("path", "wan1"), ("reason", reason)]).max(0.0) as usize
+    };
+    let (address_moved, path_down) = (migrated("address_moved"), migrated("path_down"));
     common::report(&format!(
         "RESULT dns paths, udp: {} flows, {was_on_wan1} on wan1's old address, {on_new} answered from the new one; \
-         {moved} moved as address_moved; not answered at the end: {cut_off:?}; {} sent, {} answered",
+         moved {address_moved} as address_moved and {path_down} as path_down; not answered at the end: {cut_off:?}; \
+         {} sent, {} answered",
         summary.flows.len(),
         summary.sent(),
         summary.received()
     ));
     assert!(was_on_wan1 > 0, "no flow was on wan1 before the move: {:?}", summary.flows);
     assert!(cut_off.is_empty(), "flows no longer answered after the move: {cut_off:?}");
-    assert!(on_new >= 1 && moved >= was_on_wan1, "{on_new} answered from the new address, {moved} moved");
+    assert!(
+        on_new >= 1 && address_moved >= was_on_wan1,
+        "{on_new} answered from the new address, {address_moved} moved as address_moved"
+    );
     drop(dns);
 }
