@@ -147,6 +147,7 @@ struct Counters {
     drop_flow_cap: Counter,
     drop_source_share: Counter,
     drop_no_path: Counter,
+    drop_resources: Counter,
     drop_send: Counter,
 }
 
@@ -161,6 +162,7 @@ impl Counters {
             drop_flow_cap: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "flow_cap"),
             drop_source_share: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "source_share"),
             drop_no_path: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "no_path"),
+            drop_resources: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "resources"),
             drop_send: counter!(m::UDP_DROPS, "service" => s, "reason" => "send_failed"),
         }
     }
@@ -371,10 +373,16 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
                     h.into_boxed_slice()
                 });
-                let opened = open_flow(&svc, port, client, &replies, now, header, (permits, share)).await;
-                let Some(flow) = opened else {
-                    c.drop_no_path.increment(1);
-                    continue;
+                let flow = match open_flow(&svc, port, client, &replies, now, header, (permits, share)).await {
+                    Ok(flow) => flow,
+                    Err(NoFlow::NoPath) => {
+                        c.drop_no_path.increment(1);
+                        continue;
+                    }
+                    Err(NoFlow::Resources) => {
+                        c.drop_resources.increment(1);
+                        continue;
+                    }
                 };
                 flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
                 // No flow of this client exists (none, or removed above), so nothing is replaced.
@@ -412,6 +420,16 @@ fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr,
     }
 }
 
+/// Why a new source got no flow.
+#[derive(Debug, PartialEq)]
+enum NoFlow {
+    /// No path could take it: none usable, or every usable one's socket failed to connect.
+    NoPath,
+    /// The socket could not be made on our side (descriptors, memory): nothing to hold against
+    /// the paths, and not a "no path" an operator would go looking for at home.
+    Resources,
+}
+
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
 async fn open_flow(
     svc: &Service,
@@ -421,7 +439,7 @@ async fn open_flow(
     now: u64,
     header: Option<Box<[u8]>>,
     (permits, share): (FlowPermits, SourceShare),
-) -> Option<Flow> {
+) -> Result<Flow, NoFlow> {
     let pool = &svc.pool;
     let mut tried = Tried::default();
     while let Some((i, path)) = pool.pick(tried, Kind::Udp) {
@@ -435,11 +453,12 @@ async fn open_flow(
         let sock = match UdpSocket::bind((bind_ip, 0)).await {
             Ok(s) => s,
             Err(e) => {
+                shared::warn_every_second!(error = %e, "cannot open an upstream udp socket");
                 if shared::health::out_of_resources(&e) {
                     crate::pool::local_resource_error("udp_socket");
+                    return Err(NoFlow::Resources);
                 }
-                shared::warn_every_second!(error = %e, "cannot open an upstream udp socket");
-                return None;
+                return Err(NoFlow::NoPath);
             }
         };
         // The home's replies at full rate (best effort: a cap is the listener's to report).
@@ -465,9 +484,9 @@ async fn open_flow(
         let life = FlowLife::new(last, pump, permits, share);
         let (watch, segmenting) = Default::default();
         let to = target.ip();
-        return Some(Flow { guard, header, upstream, to, busy_mark, life, answers, watch, segmenting });
+        return Ok(Flow { guard, header, upstream, to, busy_mark, life, answers, watch, segmenting });
     }
-    None
+    Err(NoFlow::NoPath)
 }
 
 async fn pump_replies(

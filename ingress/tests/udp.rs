@@ -419,3 +419,37 @@ async fn wildcard_and_specific_udp_listeners_with_udp_reuseport_both_bind() {
         assert_eq!(addr.port(), port, "{name}");
     }
 }
+
+/// A new source whose flow socket cannot be made because the process is out of descriptors
+/// is dropped as `reason="resources"`: both paths are up, and "no_path" would send an
+/// operator looking at home. The next datagram, with descriptors again, gets its flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_refused_for_want_of_descriptors_is_not_counted_as_no_path() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    use std::os::fd::AsRawFd;
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    // A path answers: the pool has usable paths.
+    client_on_wan1(addr).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    client.connect(addr).await.expect("connect");
+    // Every descriptor number below the lowest free one is open: with the soft limit there,
+    // the next socket this process makes fails with EMFILE.
+    let lowest_free = std::fs::File::open("/dev/null").expect("/dev/null").as_raw_fd() as u64;
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, Rlimit { current: Some(lowest_free), maximum: limit.maximum }).expect("lower");
+    client.send(b"x").await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    setrlimit(Resource::Nofile, limit).expect("restore");
+    let m = metrics(&server).await;
+    let drops = |reason| metric(&m, "ingress_udp_drops_total", &[("service", "udp-echo"), ("reason", reason)]);
+    assert_eq!(drops("resources"), 1.0, "{m}");
+    assert_eq!(drops("no_path"), 0.0);
+    assert!(metric(&m, "ingress_local_resource_errors_total", &[("at", "udp_socket")]) >= 1.0);
+    let reply = ask(&client, "y").await.expect("a flow once descriptors are back");
+    assert!(reply.ends_with(":y"), "{reply}");
+}
