@@ -456,7 +456,10 @@ pub struct Pool {
     pub cfg: PoolConfig,
     /// Round robin state per kind of traffic (index: `Kind as usize`).
     selectors: [Mutex<Selector>; 2],
-    on_mesh: AtomicBool,
+    /// Whether the mesh tier serves: one flag for every generation of the pool (a reload's),
+    /// since the paths' state is shared too and the generation that records a transition
+    /// (a connect begun before the reload, a control request) is the one that sees the edge.
+    on_mesh: Arc<AtomicBool>,
     /// Probe rounds completed (start-up waits for the first before READY=1): a round is
     /// complete once every path has a recorded outcome since the previous one.
     rounds: AtomicU64,
@@ -508,7 +511,7 @@ impl Pool {
             m_on_mesh: gauge!(m::POOL_ON_MESH, "pool" => cfg.name.clone()),
             name,
             wan_count: wan_count.min(MAX_PATHS),
-            on_mesh: AtomicBool::new(false),
+            on_mesh: previous.map(|p| p.on_mesh.clone()).unwrap_or_default(),
             rounds: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             news_us: AtomicU64::new(0),
@@ -516,7 +519,6 @@ impl Pool {
             paths,
             cfg,
         };
-        pool.on_mesh.store(previous.is_some_and(|p| p.on_mesh.load(Ordering::Relaxed)), Ordering::Relaxed);
         pool.refresh_tier();
         pool
     }
@@ -1448,6 +1450,19 @@ pub(crate) mod tests {
         cfg.paths[1].weight = 2;
         let q = Pool::new(cfg, Some(&p));
         assert_eq!((q.paths[0].weight(), q.paths[1].weight()), (1, 2));
+    }
+
+    /// A transition seen by the older generation (a connect begun before the reload ends on
+    /// the old pool) moves the newer one's tier too, and back: its status and gauge follow.
+    #[test]
+    fn the_tier_is_shared_by_a_reloads_generations() {
+        let old = pool(&[1, 1], true);
+        let new = Pool::new(old.cfg.clone(), Some(&old));
+        kill(&old, 0);
+        kill(&old, 1);
+        assert!(old.on_mesh() && new.on_mesh(), "the newer generation missed the fall to the mesh");
+        revive(&new, 0);
+        assert!(!old.on_mesh() && !new.on_mesh());
     }
 
     fn revive(p: &Pool, i: usize) {

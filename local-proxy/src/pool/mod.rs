@@ -401,8 +401,9 @@ impl Pool {
     /// failed, for the log line when it takes the upstream down.
     pub fn record(&self, index: usize, outcome: Outcome, source: Source, reason: Option<&str>) {
         let Some(member) = self.members.get(index) else { return };
-        // Real traffic may take an upstream down only while another can serve.
-        let others = self.members.iter().enumerate().any(|(i, m)| i != index && m.state.is_up());
+        // Real traffic may take an upstream down only while another can serve: up, and
+        // neither drained nor weighted 0 by the operator (a drained one takes no traffic).
+        let others = self.members.iter().enumerate().any(|(i, m)| i != index && m.usable());
         let transition = {
             let mut h = member.state.health.lock().unwrap_or_else(|e| e.into_inner());
             let t = h.record(outcome, source, self.health.rise, self.health.fall, others);
@@ -550,6 +551,21 @@ mod tests {
         p.members[0].state.drain.store(false, Ordering::Relaxed);
         p.members[1].state.weight_override.store(3, Ordering::Relaxed);
         assert_eq!(shares(&p, 400), [100, 300]);
+    }
+
+    #[test]
+    fn a_drained_upstream_is_not_one_to_fall_back_on() {
+        let p = pool(&[(1, false), (1, false)], Policy::RoundRobin, None);
+        p.members[0].state.drain.store(true, Ordering::Relaxed);
+        for _ in 0..5 {
+            p.record(1, Outcome::Failed, Source::Traffic, Some("timeout"));
+        }
+        assert!(p.members[1].state.is_up(), "the last upstream taking traffic went down on passive evidence");
+        p.members[0].state.drain.store(false, Ordering::Relaxed);
+        for _ in 0..5 {
+            p.record(1, Outcome::Failed, Source::Traffic, Some("timeout"));
+        }
+        assert!(!p.members[1].state.is_up(), "with a fallback it goes down");
     }
 
     #[test]
