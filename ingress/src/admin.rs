@@ -18,7 +18,8 @@ use crate::metrics as m;
 use crate::pool::Path;
 use crate::runtime::Shared;
 
-/// Serve until the task is aborted (a reload that moves the listener, or shutdown).
+/// Serve until the task is aborted (a reload that moves the listener, or shutdown), which
+/// asks its open connections to end too.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let (status, metrics) = (shared.clone(), shared.clone());
     let routes = Routes::new()
@@ -38,8 +39,10 @@ fn control(shared: &Shared, c: &Call<'_>, action: Action) -> Reply {
         Ok(user) => user,
         Err(reply) => return reply,
     };
-    let Some(wanted) = c.param("path") else {
-        return Reply::text(StatusCode::BAD_REQUEST, "missing path=[POOL/]NAME\n");
+    let wanted = match c.param("path") {
+        Ok(Some(wanted)) => wanted,
+        Ok(None) => return Reply::text(StatusCode::BAD_REQUEST, "missing path=[POOL/]NAME\n"),
+        Err(bad) => return bad,
     };
     let (pool, path) = match find(&rt.pools, &wanted) {
         Ok(found) => found,

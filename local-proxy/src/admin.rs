@@ -21,7 +21,6 @@ use crate::state::State;
 
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
-    crate::status::mark_start();
     let (metrics, health, status) = (state.clone(), state.clone(), state.clone());
     let routes = Routes::new()
         .get("/metrics", move || {
@@ -85,8 +84,10 @@ fn control(state: &State, c: &Call<'_>, action: Action) -> Reply {
         Ok(user) => user,
         Err(reply) => return reply,
     };
-    let (Some(name), Some(upstream)) = (c.param("name"), c.param("upstream")) else {
-        return Reply::text(StatusCode::BAD_REQUEST, "missing name=SITE_OR_STREAM and upstream=URL_OR_ADDRESS\n");
+    let (name, upstream) = match (c.param("name"), c.param("upstream")) {
+        (Ok(Some(name)), Ok(Some(upstream))) => (name, upstream),
+        (Err(bad), _) | (_, Err(bad)) => return bad,
+        _ => return Reply::text(StatusCode::BAD_REQUEST, "missing name=SITE_OR_STREAM and upstream=URL_OR_ADDRESS\n"),
     };
     let pools = state.pools.load();
     // A route with its own upstreams is named `host#route` (as in /status and the metrics).

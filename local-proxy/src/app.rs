@@ -89,6 +89,9 @@ pub fn start_on(
     shutdown: CancellationToken,
     workers: Workers,
 ) -> Result<Server, StartError> {
+    // Uptime counts from here, not from when an admin listener (perhaps added by a reload)
+    // first served.
+    crate::status::mark_start();
     let metrics = crate::metrics::install();
     let trusted = Arc::new(TrustedPeers::new());
     trusted.set_source(CONFIG_SOURCE, config.wan.trusted_ingress.iter().copied());

@@ -49,7 +49,7 @@ pub fn authorize<'a>(
 
 /// The `weight=` parameter: `1..=1000` overrides, `config` (None) goes back to the configured weight.
 pub fn weight_param(c: &Call<'_>) -> Result<Option<u32>, Reply> {
-    match c.param("weight").as_deref() {
+    match c.param("weight")?.as_deref() {
         Some("config") => Ok(None),
         Some(w) => match w.parse::<u32>() {
             Ok(n @ 1..=1000) => Ok(Some(n)),

@@ -35,24 +35,26 @@ pub struct Reply {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: String,
+    /// The methods a 405 names in its `Allow` header.
+    pub allow: Option<String>,
 }
 
 impl Reply {
     pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into(), allow: None }
     }
 
     /// The Prometheus text exposition format.
     pub fn metrics(body: String) -> Self {
-        Self { status: StatusCode::OK, content_type: "text/plain; version=0.0.4", body }
+        Self { status: StatusCode::OK, content_type: "text/plain; version=0.0.4", body, allow: None }
     }
 
     pub fn json(status: StatusCode, body: String) -> Self {
-        Self { status, content_type: "application/json", body }
+        Self { status, content_type: "application/json", body, allow: None }
     }
 
     pub fn html(body: String) -> Self {
-        Self { status: StatusCode::OK, content_type: "text/html; charset=utf-8", body }
+        Self { status: StatusCode::OK, content_type: "text/html; charset=utf-8", body, allow: None }
     }
 
     /// `value` as pretty JSON (a 500 naming the error if it cannot be encoded).
@@ -75,12 +77,23 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// The first `name=value` of the query, percent-decoded (`+` is a space).
-    pub fn param(&self, name: &str) -> Option<String> {
-        self.query
+    /// The first `name=value` of the query, percent-decoded (`+` is a space); a 400 naming
+    /// `name` when its value is not percent-encoded UTF-8 (rather than calling it missing).
+    pub fn param(&self, name: &str) -> Result<Option<String>, Reply> {
+        let Some((_, v)) = self
+            .query
             .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find_map(|(k, v)| (decode(k).as_deref() == Some(name)).then(|| decode(v)).flatten())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .find(|(k, _)| decode(k).as_deref() == Some(name))
+        else {
+            return Ok(None);
+        };
+        decode(v).map(Some).ok_or_else(|| {
+            Reply::text(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: not percent-encoded UTF-8 (`{}`)\n", v.escape_debug()),
+            )
+        })
     }
 }
 
@@ -93,6 +106,10 @@ fn decode(s: &str) -> Option<String> {
             b'+' => out.push(b' '),
             b'%' => {
                 let hex = [bytes.next()?, bytes.next()?];
+                // Two hex digits: from_str_radix alone would take `%+4` as 4.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
             }
             b => out.push(b),
@@ -163,11 +180,12 @@ impl Routes {
         let collect = Arc::new(collect);
         let json = collect.clone();
         self.get("/status", move || Reply::json_of(&json())).route(Method::GET, "/", move |c| {
-            match c.param("part").as_deref() {
+            match c.param("part").ok().flatten().as_deref() {
                 Some("js") => Reply {
                     status: StatusCode::OK,
                     content_type: "text/javascript; charset=utf-8",
                     body: page::SCRIPT.to_owned(),
+                    allow: None,
                 },
                 part => Reply::html(page(&collect(), part == Some("live"))),
             }
@@ -199,8 +217,15 @@ impl Routes {
             return Reply::text(StatusCode::NOT_FOUND, format!("not found; try {}\n", known.join(", ")));
         }
         let Some((_, _, handler)) = at_path.iter().find(|(m, _, _)| m == method) else {
-            let allowed: Vec<&str> = at_path.iter().map(|(m, _, _)| m.as_str()).collect();
-            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, format!("only {}\n", allowed.join(", ")));
+            let mut allowed: Vec<&str> = at_path.iter().map(|(m, _, _)| m.as_str()).collect();
+            // HEAD is served wherever GET is.
+            if allowed.contains(&"GET") {
+                allowed.push("HEAD");
+            }
+            let allowed = allowed.join(", ");
+            let mut reply = Reply::text(StatusCode::METHOD_NOT_ALLOWED, format!("only {allowed}\n"));
+            reply.allow = Some(allowed);
+            return reply;
         };
         let call = Call { method, path, query: req.uri().query().unwrap_or(""), headers: req.headers(), peer };
         handler(&call)
@@ -222,6 +247,11 @@ const CONN_FINISH: Duration = Duration::from_secs(10);
 /// loopback or a trusted network, and its clients retry.
 const MAX_CONNS: usize = 64;
 
+/// Of [`MAX_CONNS`], how many only this host's own clients may take (`ctl drain` during an
+/// incident, a local scraper): a connection whose peer is the address it came in on. Others
+/// reaching a listener on a wider address cannot fill it to the last slot.
+const OWN_RESERVED: usize = 8;
+
 /// Serve `routes` on `listener` until `stop` resolves; then every connection is asked to end
 /// (one between requests closes at once, one in a request answers it first), and this returns
 /// once they have: a status page left open on a kept-alive connection held up every restart's
@@ -230,7 +260,12 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     let routes = Arc::new(routes);
     let conns = TaskTracker::new();
     let closing = tokio_util::sync::CancellationToken::new();
+    // Aborted instead of stopped (the ingress ends its admin task so), the connections are
+    // asked to end all the same: detached, they would go on serving the old listener's
+    // clients for their whole lifetime after its address was moved or taken off.
+    let _abort_closes = closing.clone().drop_guard();
     let open = Arc::new(Semaphore::new(MAX_CONNS));
+    let others = Arc::new(Semaphore::new(MAX_CONNS - OWN_RESERVED));
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -246,11 +281,15 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        // This host connecting to itself comes from the address it connects to.
+        let own = stream.local_addr().is_ok_and(|l| l.ip() == peer.ip());
+        let other = if own { None } else { others.clone().try_acquire_owned().ok() };
+        let permit = open.clone().try_acquire_owned().ok().filter(|_| own || other.is_some());
+        let Some(permit) = permit else {
             if let Some(refused) = &routes.on_refused {
                 refused();
             }
-            tracing::debug!(%peer, "admin connection closed: {MAX_CONNS} already open");
+            tracing::debug!(%peer, "admin connection closed: {MAX_CONNS} already open, {OWN_RESERVED} kept for this host");
             continue;
         };
         let routes = routes.clone();
@@ -259,7 +298,7 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
         let loopback = checks_host(stream.local_addr());
         let closing = closing.clone();
         conns.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, other);
             let svc = service_fn(move |req: Request<Incoming>| {
                 let reply = if loopback && !names_this_host(&req) {
                     Reply::text(
@@ -342,6 +381,9 @@ fn into_response(reply: Reply) -> Response<Full<Bytes>> {
     resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(CSP));
     // For browsers that predate frame-ancestors.
     resp.headers_mut().insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    if let Some(allow) = reply.allow.and_then(|a| header::HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
     if reply.status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
@@ -378,7 +420,7 @@ mod tests {
             .get("/metrics", || Reply::metrics("up 1\n".into()))
             .get("/healthz", || Reply::text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy: no certificate\n"))
             .route(Method::POST, "/api/echo", |c| {
-                Reply::text(StatusCode::OK, format!("{} {:?}\n", c.path, c.param("name")))
+                Reply::text(StatusCode::OK, format!("{} {:?}\n", c.path, c.param("name").ok().flatten()))
             });
         let (tx, server) = started(l, routes);
         let close = "Connection: close\r\n\r\n";
@@ -389,9 +431,11 @@ mod tests {
         let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 404") && r.contains("/metrics, /healthz"), "{r}");
         let r = get(addr, &format!("POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{close}")).await;
-        assert!(r.starts_with("HTTP/1.1 405") && r.contains("only GET"), "{r}");
+        assert!(r.starts_with("HTTP/1.1 405") && r.contains("only GET, HEAD"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{r}");
         let r = get(addr, &format!("GET /api/echo HTTP/1.1\r\nHost: localhost\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 405") && r.contains("only POST"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("\r\nallow: post\r\n"), "{r}");
         let r = get(
             addr,
             &format!("POST /api/echo?x=1&name=w%C3%A4n+1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{close}"),
@@ -424,6 +468,23 @@ mod tests {
             .expect("serve ended with a connection kept alive")
             .unwrap();
         assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0, "the kept-alive connection is closed");
+    }
+
+    /// The same when the server's task is aborted rather than stopped.
+    #[tokio::test]
+    async fn aborting_ends_kept_alive_connections_too() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into()));
+        let server = tokio::spawn(serve(l, routes, std::future::pending()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        server.abort();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert_eq!(read.expect("still open after the abort").unwrap_or(0), 0, "the kept-alive connection is closed");
     }
 
     /// On loopback, a request for a name (DNS rebinding: a web page's own name pointed at
@@ -560,6 +621,42 @@ mod tests {
         server.abort();
     }
 
+    /// Clients from elsewhere fill all but the slots kept for this host's own: `ctl` still
+    /// gets in. (127.0.0.2 connecting to 127.0.0.1 is "elsewhere": not its own address.)
+    #[tokio::test]
+    async fn slots_are_kept_for_this_hosts_own_clients() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = refused.clone();
+        let routes = Routes::new().get("/healthz", || Reply::text(StatusCode::OK, "ok\n")).on_refused(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let server = tokio::spawn(serve(l, routes, std::future::pending()));
+        let from_elsewhere = || async {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut c = s.connect(addr).await.unwrap();
+            // Answered, and kept alive: the connection holds its slot.
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+            (c, n.ok().and_then(Result::ok).unwrap_or(0))
+        };
+        let mut held = Vec::new();
+        for i in 0..MAX_CONNS - OWN_RESERVED {
+            let (c, n) = from_elsewhere().await;
+            assert!(n > 0, "connection {i} from elsewhere was refused");
+            held.push(c);
+        }
+        let (_, n) = from_elsewhere().await;
+        assert_eq!(n, 0, "one more from elsewhere is closed unanswered");
+        assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let r = get(addr, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "this host's own client: {r}");
+        server.abort();
+    }
+
     #[test]
     fn query_components_round_trip() {
         for s in ["wan1", "home/wan 1", "ä&=%+"] {
@@ -567,5 +664,24 @@ mod tests {
         }
         assert_eq!(decode("%4"), None);
         assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%+4"), None, "two hex digits, not a sign and one");
+    }
+
+    #[test]
+    fn a_badly_encoded_parameter_is_named_not_called_missing() {
+        let headers = HeaderMap::new();
+        let call = |query| Call {
+            method: &Method::POST,
+            path: "/api/drain",
+            query,
+            headers: &headers,
+            peer: "127.0.0.1:1".parse().expect("address"),
+        };
+        assert_eq!(call("a=1&path=home%2Fwan1").param("path").ok().flatten().as_deref(), Some("home/wan1"));
+        assert!(matches!(call("a=1").param("path"), Ok(None)));
+        let Err(bad) = call("path=wan%zz").param("path") else { panic!("accepted") };
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(bad.body.starts_with("path: not percent-encoded UTF-8"), "{}", bad.body);
+        assert!(call("path=%ff").param("path").is_err(), "not UTF-8");
     }
 }
