@@ -125,10 +125,36 @@ def lb_toml(value):
     raise AnsibleFilterError('lb_toml: cannot render %r' % (value,))
 
 
+_DURATION_PART = re.compile(r'\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]+)')
+_UNIT_SECONDS = {
+    'ns': 1e-9, 'nsec': 1e-9, 'us': 1e-6, 'usec': 1e-6, 'ms': 1e-3, 'msec': 1e-3,
+    's': 1, 'sec': 1, 'secs': 1, 'second': 1, 'seconds': 1,
+    'm': 60, 'min': 60, 'mins': 60, 'minute': 60, 'minutes': 60,
+    'h': 3600, 'hr': 3600, 'hrs': 3600, 'hour': 3600, 'hours': 3600,
+    'd': 86400, 'day': 86400, 'days': 86400,
+}
+
+
+def lb_seconds(value):
+    """A duration as the binaries read it ("30s", "2m", "1h 30m") in seconds."""
+    text = str(value).strip()
+    total, pos = 0.0, 0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m or m.group(2) not in _UNIT_SECONDS:
+            raise AnsibleFilterError('lb_seconds: %r is not a duration like "30s" or "2m"' % (value,))
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise AnsibleFilterError('lb_seconds: an empty duration')
+    return total
+
+
 class FilterModule(object):
     def filters(self):
         return {
             'lb_ip_version': lb_ip_version,
+            'lb_seconds': lb_seconds,
             'lb_ip_canonical': lb_ip_canonical,
             'lb_host_address': lb_host_address,
             'lb_is_yggdrasil': lb_is_yggdrasil,

@@ -43,6 +43,11 @@ def _fqdn(name, zone):
     return '%s.%s' % (name, zone)
 
 
+def lb_dns_fqdn(name, zone):
+    """The absolute name of a relative one ('@' is the apex), as the plan looks it up."""
+    return _fqdn(str(name), str(zone))
+
+
 def lb_dns_relative(name, zone):
     """The name relative to zone ('@' for the apex), or '' when it is outside the zone."""
     n = str(name).rstrip('.').lower()
@@ -162,5 +167,6 @@ class FilterModule(object):
             'lb_dns_plan': lb_dns_plan,
             'lb_dns_plan_lines': lb_dns_plan_lines,
             'lb_dns_relative': lb_dns_relative,
+            'lb_dns_fqdn': lb_dns_fqdn,
             'lb_dns_mesh_name': lb_dns_mesh_name,
         }

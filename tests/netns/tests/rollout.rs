@@ -85,6 +85,8 @@ fn inventory(
     // One node lets ssh in over the mesh; the others keep the mesh inbound filter's default.
     if let Some(serde_json::Value::Object(ingress1)) = ingress_hosts.get_mut("ingress1") {
         ingress1.insert("yggdrasil_inbound_allow".into(), json!(["22/tcp"]));
+        // A drain longer than the unit's stop timeout allows: the role's drop-in gives it time.
+        ingress1.insert("ingress_drain_timeout".into(), json!("2m"));
     }
     let mut vars = ssh.ansible_vars();
     vars.extend(
@@ -115,7 +117,10 @@ fn inventory(
                     "ansible_host": addr::WAN1.to_string(),
                     "yggdrasil_listen": [mesh_home],
                     "local_proxy_sites": [
-                        { "host": SITE, "upstream": format!("http://{}:{LAN_PORT}", addr::LAN) },
+                        // An access log where the unit's LogsDirectory= puts it, which does not
+                        // exist before the first start: the role makes it for the config check.
+                        { "host": SITE, "upstream": format!("http://{}:{LAN_PORT}", addr::LAN),
+                          "access_log": { "path": "/var/log/local-proxy/access.log" } },
                     ],
                     // A transparent stream: the routing unit loads its nftables table, which
                     // must survive nftables.service (below).
@@ -367,6 +372,12 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(facts.next(), Some("640 root local-proxy"), "the config's mode and owner");
     let groups = facts.next().unwrap_or("");
     assert!(!groups.split_whitespace().any(|g| g == "yggdrasil"), "local-proxy's groups: {groups}");
+    for (name, want) in [("ingress1", "2min 15s"), ("ingress2", "45s")] {
+        let got = hosts[name]
+            .sh("systemctl show -p TimeoutStopUSec --value ingress", Duration::from_secs(10))
+            .expect("the ingress unit's stop timeout");
+        assert_eq!(got.trim(), want, "{name}: TimeoutStopSec for its drain_timeout");
+    }
     let mesh: Ipv6Addr = home
         .sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))
         .ok()

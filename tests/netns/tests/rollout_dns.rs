@@ -345,7 +345,21 @@ fn dns_records_against_knot() {
     assert!(!r.ok, "an unknown TSIG key did not fail:\n{}", r.text);
     assert!(r.text.contains("BADKEY") && r.text.contains("dns_tsig_key_name"), "unclear failure:\n{}", r.text);
     assert_eq!(snapshot(&k, NAMES).unwrap(), before, "an unknown TSIG key changed the zone");
-    eprintln!("RESULT rollout_dns knot: add/--check/remove/separate-mesh/wrong-key all as expected");
+
+    // 8. The apex leaves dns_published_names, with the zone written with its final dot: its
+    //    records go (the stale names were looked up as `@.zone.`, and the apex kept them).
+    let inv = dns_inventory(tmp.path(), &both, &k.secret, KEY).unwrap();
+    let vars = format!(r#"{{"dns_published_names": ["cloud", "www"], "dns_zone": "{ZONE}."}}"#);
+    let r = playbook(&ns, &inv, "dns.yml", &["-e", &vars]).unwrap();
+    assert!(r.ok, "run without the apex failed:\n{}", r.text);
+    for t in ["A", "AAAA"] {
+        let left = k.dig(t, "@").unwrap();
+        assert!(left.is_empty(), "the apex's {t} left behind: {left:?}\n{}", r.text);
+    }
+    assert_eq!(k.dig("A", "cloud").unwrap(), set(&[N1.v4, N2.v4]), "cloud A");
+    assert!(!k.dig("TXT", "_lb-managed").unwrap().contains("@"), "registry still lists the apex");
+    assert_changed_zero(&playbook(&ns, &inv, "dns.yml", &["-e", &vars]).unwrap(), "run after removing the apex");
+    eprintln!("RESULT rollout_dns knot: add/--check/remove/separate-mesh/wrong-key/apex all as expected");
 }
 
 /// An inventory for site.yml whose hosts cannot be reached (the namespace has only `lo`):
