@@ -291,7 +291,10 @@ pub async fn connect(
     });
     let dial = |index: usize, timeout: Duration| -> Dialing<TcpStream> {
         let addr = pool.paths.get(index).and_then(|p| p.addr(port));
+        let connecting = pool.paths.get(index).map(|p| crate::pool::Connecting::new(p.clone()));
         Box::pin(async move {
+            // Counted until the attempt ends, or is dropped with a race it lost.
+            let _connecting = connecting;
             match addr {
                 Some(addr) => attempt(addr, timeout, data_first).await,
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no such path, or its name has no address")),

@@ -117,6 +117,10 @@ pub struct PathState {
     factor: AtomicU32,
     active_tcp: AtomicU64,
     active_udp: AtomicU64,
+    /// Connect attempts on their way ([`Connecting`]): least-connections counts them, or a
+    /// burst of new connections within one connect's round trip would all see the same
+    /// counts and go to one path.
+    connecting: AtomicU64,
     /// Connect latency average in ns (0: not measured yet), published for the data path.
     latency_ns: AtomicU64,
     /// Bytes relayed either way, for the bandwidth meter.
@@ -217,6 +221,7 @@ impl PathState {
             factor: AtomicU32::new(1.0f32.to_bits()),
             active_tcp: AtomicU64::new(0),
             active_udp: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
             rate: AtomicU64::new(0),
@@ -333,6 +338,12 @@ impl Path {
     pub fn active(&self, kind: Kind) -> u64 {
         self.counter(kind).load(Ordering::Relaxed)
     }
+    /// What least-connections weighs: open connections and connects on their way (TCP), or
+    /// flows (UDP).
+    pub fn load(&self, kind: Kind) -> u64 {
+        let connecting = if kind == Kind::Tcp { self.state.connecting.load(Ordering::Relaxed) } else { 0 };
+        self.active(kind) + connecting
+    }
     fn counter(&self, kind: Kind) -> &AtomicU64 {
         match kind {
             Kind::Tcp => &self.state.active_tcp,
@@ -432,6 +443,23 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.counter(self.1).fetch_sub(1, Ordering::Relaxed);
         Self::gauge(&self.0, self.1).decrement(1.0);
+    }
+}
+
+/// One connect attempt on its way to a path, counted in its load while it lasts (the winner's
+/// connection is counted by its [`ActiveGuard`] from then on).
+pub struct Connecting(Arc<Path>);
+
+impl Connecting {
+    pub fn new(path: Arc<Path>) -> Self {
+        path.state.connecting.fetch_add(1, Ordering::Relaxed);
+        Self(path)
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.0.state.connecting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -587,7 +615,7 @@ impl Pool {
         for (i, p) in set.iter().enumerate().filter(|(i, p)| ok(*i, p) && p.ip().is_some()).take(MAX_PATHS) {
             let load = match policy {
                 Policy::RoundRobin => 0.0,
-                Policy::LeastConn | Policy::RandomTwo => p.active(kind) as f64,
+                Policy::LeastConn | Policy::RandomTwo => p.load(kind) as f64,
                 Policy::Bandwidth => p.busy(),
             };
             cands[n] = Candidate { index: i, weight: p.effective(), load };
@@ -1116,7 +1144,8 @@ impl Pool {
     }
 }
 
-/// Count one local resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM) where it happened.
+/// Count one local resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL) where it
+/// happened.
 pub fn local_resource_error(at: &'static str) {
     counter!(m::LOCAL_RESOURCE_ERRORS, "at" => at).increment(1);
 }
@@ -1252,6 +1281,22 @@ pub(crate) mod tests {
             counts[p.pick(Tried::default(), Kind::Tcp).unwrap().0] += 1;
         }
         counts.into_iter().map(|c| c as f64 / n as f64).collect()
+    }
+
+    /// A burst of new connections within one connect's round trip: the connects on their way
+    /// count, so least-connections does not send them all to the path that had fewer open
+    /// (random-two alike); UDP flows do not count them.
+    #[test]
+    fn least_conn_counts_connects_on_their_way() {
+        for policy in [Policy::LeastConn, Policy::RandomTwo] {
+            let p = pool_with(&[1, 1], false, policy);
+            let _open = ActiveGuard::new(p.paths[1].clone(), Kind::Tcp);
+            let dialing: Vec<Connecting> = (0..3).map(|_| Connecting::new(p.paths[0].clone())).collect();
+            assert_eq!(shares(&p, 100), [0.0, 1.0], "{policy:?}: 3 on their way to wan1, 1 open on wan2");
+            assert_eq!(p.paths[0].load(Kind::Udp), 0);
+            drop(dialing);
+            assert_eq!(shares(&p, 100), [1.0, 0.0], "{policy:?}: once they ended");
+        }
     }
 
     /// A drained path takes no traffic, so it is no path to fall back on: traffic failures

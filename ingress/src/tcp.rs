@@ -123,15 +123,22 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
             return;
         }
     };
+    // Asked now: once this side has closed and home's FIN has come (the usual end when the
+    // client closes first) the socket is in TIME_WAIT, where getpeername fails.
+    let home = upstream.peer_addr().ok().map(|a| a.ip());
     let guard = ActiveGuard::new(path, Kind::Tcp);
     let path = guard.path();
     tracing::debug!(path = %path.name, "connected");
+    let mut sent_first = 0;
     if data_first {
         // Without a header, `first` is sent as it is (it is not empty then).
         let mut head = Vec::new();
         if service.cfg.proxy_protocol {
             head.reserve(64 + first.len().max(PEEK_CHUNK));
             let local = if bound.ip().is_unspecified() { client.local_addr().unwrap_or(bound) } else { bound };
+            // A dual-stack socket (one a socket unit passed in) sees IPv4 clients as
+            // ::ffff:a.b.c.d: home is told the IPv4 addresses, as on an IPv4 listener.
+            let (peer, local) = canonical_pair(peer, local);
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
         }
         let at = head.len();
@@ -144,7 +151,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         } else {
             head.extend_from_slice(&first);
         }
-        let sent_first = (head.len() - at) as u64;
+        sent_first = (head.len() - at) as u64;
         if let Err(e) = send_first(&mut upstream, &head, service.cfg.idle_timeout).await {
             tracing::debug!(error = %e, "the first bytes did not go home; closing");
             return;
@@ -158,19 +165,37 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     }
     let (end, totals) =
         relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
-    // How much of what went upstream had to be sent again: the path's delivered quality (of
-    // the address the path has now: a connection opened before its name moved says nothing
-    // of the new one).
-    if let Some((retrans, wrong)) = crate::relay::delivery(&upstream, totals.up) {
-        path.state.m_retrans.increment(u64::from(retrans));
-        if upstream.peer_addr().is_ok_and(|a| path.ip() == Some(a.ip())) {
-            path.quality_sample(wrong);
-        }
-    }
+    // The first bytes (header, peeked hello) went up too, and their retransmissions are in
+    // the socket's count.
+    record_delivery(path, &upstream, home, totals.up + sent_first);
     match end {
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),
         End::Error(e) => tracing::debug!(up = totals.up, down = totals.down, error = %e, "ended by error"),
+    }
+}
+
+/// How much of what went upstream (`sent` bytes) had to be sent again: the path's delivered
+/// quality, if `home` (the address the connection reached) is the address the path has now:
+/// a connection opened before its name moved says nothing of the new one.
+fn record_delivery(path: &crate::pool::Path, upstream: &TcpStream, home: Option<std::net::IpAddr>, sent: u64) {
+    if let Some((retrans, wrong)) = crate::relay::delivery(upstream, sent) {
+        path.state.m_retrans.increment(u64::from(retrans));
+        if home.is_some_and(|ip| path.ip() == Some(ip)) {
+            path.quality_sample(wrong);
+        }
+    }
+}
+
+/// Both addresses as IPv4 when both are IPv4-mapped IPv6 ones (a PROXY header has one family).
+fn canonical_pair(peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v4 = |a: SocketAddr| match a.ip().to_canonical() {
+        ip @ std::net::IpAddr::V4(_) => Some(SocketAddr::new(ip, a.port())),
+        std::net::IpAddr::V6(_) => None,
+    };
+    match (v4(peer), v4(local)) {
+        (Some(p), Some(l)) => (p, l),
+        _ => (peer, local),
     }
 }
 
@@ -258,6 +283,53 @@ async fn peek_route<'a>(
 mod tests {
     use std::io::Write;
     use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The usual end of a connection whose client closes first: this side's FIN, then home's.
+    /// Its socket is in TIME_WAIT then and has no peer address any more; the delivery sample
+    /// is still taken (by the address the connection reached).
+    #[tokio::test]
+    async fn a_connection_closed_by_the_client_first_still_gives_a_quality_sample() {
+        let mut cfg = crate::pool::tests::pool(&[1], false).cfg.clone();
+        cfg.paths[0].target = crate::config::Target::Ip("127.0.0.1".parse().expect("ip"));
+        let pool = crate::pool::Pool::new(cfg, None);
+        let path = &pool.paths[0];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut upstream = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let home = upstream.peer_addr().ok().map(|a| a.ip());
+        let (mut at_home, _) = listener.accept().await.expect("accept");
+        upstream.write_all(b"request").await.expect("write");
+        upstream.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        at_home.read_to_end(&mut got).await.expect("home reads");
+        drop(at_home);
+        assert_eq!(upstream.read(&mut [0u8; 16]).await.expect("read"), 0, "home's FIN");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while upstream.peer_addr().is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(upstream.peer_addr().is_err(), "the socket is past having a peer (TIME_WAIT)");
+        for _ in 0..50 {
+            path.quality_sample(1.0);
+        }
+        let before = path.quality_loss();
+        super::record_delivery(path, &upstream, home, 7);
+        // One clean sample takes ALPHA (2 %) off; the clock alone, microseconds of a 10 s
+        // half-life.
+        assert!(path.quality_loss() < before * 0.99, "no sample: {before} -> {}", path.quality_loss());
+    }
+
+    #[test]
+    fn proxy_header_addresses_of_a_dual_stack_socket_are_ipv4() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        assert_eq!(
+            super::canonical_pair(a("[::ffff:198.51.100.7]:40000"), a("[::ffff:192.0.2.11]:443")),
+            (a("198.51.100.7:40000"), a("192.0.2.11:443"))
+        );
+        let v6 = (a("[2001:db8::7]:40000"), a("[::ffff:192.0.2.11]:443"));
+        assert_eq!(super::canonical_pair(v6.0, v6.1), v6, "one family or the other, as they came");
+    }
 
     /// `take_waiting` takes what the client has sent so far: nothing on a fresh connection,
     /// the bytes once the client wrote, and they are gone from the socket after.

@@ -12,17 +12,23 @@ pub enum Outcome {
         latency: Duration,
     },
     Failed,
-    /// This process ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
-    /// before it could try: says nothing about the path, so it changes no state.
+    /// This process ran out of descriptors, memory or local ports (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM, EADDRNOTAVAIL) before it could try: says nothing about the path, so it changes
+    /// no state.
     Local,
 }
 
-/// Whether `e` says this process ran out of descriptors or memory ([`Outcome::Local`]), not
-/// that the peer failed: accept loops back off on it, and connects and probes that meet it
-/// change no path's or upstream's health.
+/// Whether `e` says this process ran out of descriptors, memory or local ports
+/// ([`Outcome::Local`]), not that the peer failed: accept loops back off on it, and connects
+/// and probes that meet it change no path's or upstream's health. EADDRNOTAVAIL is a connect
+/// that found no free local port towards that address and port (the ephemeral range used up,
+/// a host without the ingress role's sysctls), or no usable source address: this host's.
 pub fn out_of_resources(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM))
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM | Errno::ADDRNOTAVAIL)
+    )
 }
 
 /// A change of up/down state the caller should log and publish.
@@ -145,6 +151,17 @@ mod tests {
     use super::*;
 
     const OK: Outcome = Outcome::Ok { latency: Duration::from_millis(1) };
+
+    #[test]
+    fn this_hosts_shortages_are_told_from_the_peers_failures() {
+        use rustix::io::Errno;
+        for local in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM, Errno::ADDRNOTAVAIL] {
+            assert!(out_of_resources(&local.into()), "{local}");
+        }
+        for peer in [Errno::CONNREFUSED, Errno::TIMEDOUT, Errno::HOSTUNREACH, Errno::NETUNREACH, Errno::CONNRESET] {
+            assert!(!out_of_resources(&peer.into()), "{peer}");
+        }
+    }
 
     #[test]
     fn fall_and_rise_hysteresis() {
