@@ -396,6 +396,11 @@ async fn forward_auth_and_routes() {
         ("remote-user", "root"),
         ("x-forwarded-for", "6.6.6.6"),
         ("x-forwarded-uri", "/elsewhere"),
+        // The same under `_` names, which CGI-style servers read as the `-` ones.
+        ("remote_user", "root"),
+        ("x_user_role", "admin"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_api_key", "the application's own"),
     ];
     let a = get(p, "/api/items", &spoof).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -406,6 +411,10 @@ async fn forward_auth_and_routes() {
     assert!(a.echoed("x-auth-internal").is_empty(), "only auth_response_headers are copied");
     assert_eq!(a.echoed("x-via-route"), ["api"], "the route's request headers");
     assert_eq!(a.echoed("x-forwarded-for"), [CLIENT]);
+    for twin in ["remote_user", "x_user_role", "x_forwarded_for"] {
+        assert!(a.echoed(twin).is_empty(), "spoofed {twin} reached the upstream: {}", a.body);
+    }
+    assert_eq!(a.echoed("x_api_key"), ["the application's own"], "other `_` headers pass");
     // The client's cookie went to the auth service (all headers by default), its spoofed
     // X-Forwarded-* did not (trust_forward_header = false).
     let seen = w.auth.last_seen();

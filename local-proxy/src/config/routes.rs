@@ -101,6 +101,18 @@ impl PathMatch {
         }
     }
 
+    /// [`PathMatch::matches`] with ASCII case ignored: what an upstream that ignores case
+    /// (ASP.NET, IIS, Express by default) serves under the route.
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Prefix(p) => {
+                path.as_bytes().get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+                    && (p.ends_with('/') || matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+        }
+    }
+
     fn text(&self) -> &str {
         match self {
             PathMatch::Exact(p) | PathMatch::Prefix(p) => p,

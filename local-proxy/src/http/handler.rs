@@ -130,7 +130,7 @@ async fn respond(
     // Ingress probes: on PROXY LOCAL connections, or for a name that is not a site (a probe
     // by address), so a site's own /healthz still reaches its upstream.
     if path == HEALTHZ && (conn.info.health_check || route.is_none()) {
-        return (health(&conn.state), Some("healthz"));
+        return (health(&conn.state, conn.info.health_check), Some("healthz"));
     }
 
     if !conn.tls && path.starts_with(ACME_PREFIX) {
@@ -192,10 +192,12 @@ async fn respond(
     if !target.auth.is_some_and(|a| a.trusts_forward_header()) {
         super::headers::drop_forwarding_claims(req.headers_mut());
     }
-    // Identity headers come from the auth service only, on public routes too.
+    // Identity headers come from the auth service only, on public routes too; nor may a
+    // client slip one (or a forwarding claim) in under its `_` spelling.
     for name in &route.identity_headers {
         req.headers_mut().remove(name);
     }
+    super::headers::drop_underscore_twins(req.headers_mut(), &route.identity_headers);
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {
             Verdict::Allow { headers, user } => {
@@ -226,11 +228,15 @@ fn mark(resp: &mut Response<Body>, seen: Option<RouteSeen>) {
     }
 }
 
-/// Health as the ingress sees it: 200 when we can serve, 503 with the reason otherwise.
-pub fn health(state: &State) -> Response<Body> {
+/// Health as the ingress sees it: 200 when we can serve, 503 otherwise, with the reason for
+/// an ingress's probe (PROXY LOCAL) only: anyone may ask by address, and the reason names
+/// sites ("site wiki.lan has no healthy upstream") a wildcard certificate keeps out of the
+/// certificate logs. The admin listener's /healthz gives it to the operator.
+pub fn health(state: &State, probe: bool) -> Response<Body> {
     match state.health() {
         Ok(()) => pages::text(StatusCode::OK, "ok\n"),
-        Err(why) => pages::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+        Err(why) if probe => pages::text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+        Err(_) => pages::text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
     }
 }
 

@@ -157,6 +157,30 @@ pub fn drop_forwarding_claims(headers: &mut HeaderMap) {
     }
 }
 
+/// Remove the headers spelled with `_` whose `-` spelling is one this proxy sets, replaces or
+/// removes: a forwarding header (`X_Forwarded_For`, `X_Real_IP`, `Forwarded`…) or one of
+/// `identity` (the auth service's `Remote_User`). Servers that map names to CGI variables
+/// (Django under ASGI, gunicorn before 22, Puma before 6.4.3) read both spellings as one, so
+/// the client's twin would pass the removal of the real name: on a public route it is taken
+/// for the user, on a protected one joined to the real value. nginx drops every `_` name by
+/// default; only the twins go here, so an application's own `_` headers still arrive. A
+/// scan of the names; allocates only for a name with `_`.
+pub fn drop_underscore_twins(headers: &mut HeaderMap, identity: &[HeaderName]) {
+    let twin = |name: &HeaderName| {
+        let n = name.as_str();
+        if !n.contains('_') {
+            return false;
+        }
+        let dashed = n.replace('_', "-");
+        matches!(dashed.as_str(), "x-real-ip" | "forwarded" | "x-original-url" | "x-rewrite-url")
+            || dashed.starts_with("x-forwarded-")
+            || identity.iter().any(|i| i.as_str() == dashed)
+    };
+    while let Some(name) = headers.keys().find(|n| twin(n)).cloned() {
+        headers.remove(name);
+    }
+}
+
 /// A forwarding header this proxy does not set itself (those it sets, it replaces).
 fn claims_forwarding(name: &HeaderName) -> bool {
     let n = name.as_str();
@@ -440,6 +464,22 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-forwarded-for", "x-forwarded-proto", "x-forwardedness", "x-real-ip"]);
+    }
+
+    #[test]
+    fn underscore_twins_of_managed_headers_go() {
+        let mut h = HeaderMap::new();
+        for name in
+            ["remote_user", "x_forwarded_for", "X_Forwarded_Proto", "x_real_ip", "x-forwarded_host", "forwarded"]
+        {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoof"));
+        }
+        h.insert("x_api_key", HeaderValue::from_static("kept"));
+        h.insert("remote-user", HeaderValue::from_static("kept: the real name is the identity rule's"));
+        drop_underscore_twins(&mut h, &[HeaderName::from_static("remote-user")]);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["forwarded", "remote-user", "x_api_key"]);
     }
 
     #[test]

@@ -134,7 +134,20 @@ impl SiteRoute {
             return Ok(site);
         }
         let path = normalise_path(path)?;
-        let Some(p) = self.paths.iter().find(|p| p.route.path.matches(&path)) else { return Ok(site) };
+        let matched = self.paths.iter().find(|p| p.route.path.matches(&path));
+        // A path that takes no auth as written but would if its case were another (`/ADMIN/x`
+        // beside a protected `/admin`) goes to the protected route: an upstream that ignores
+        // case serves it as `/admin/x`, and one that does not answers 404 after the sign-in.
+        // (A public route the path matches as written, `/api/health` under `/api`, stays.)
+        let unprotected = matched.map_or(site.auth.is_none(), |p| p.auth.is_none());
+        let only_by_case = |p: &&PathRoute| {
+            p.auth.is_some() && !p.route.path.matches(&path) && p.route.path.matches_ignoring_case(&path)
+        };
+        let matched = match unprotected {
+            true => self.paths.iter().find(only_by_case).or(matched),
+            false => matched,
+        };
+        let Some(p) = matched else { return Ok(site) };
         Ok(Target {
             route: Some(&p.route.name),
             upstreams: p.route.upstreams.as_ref().unwrap_or(&self.site.upstreams),
@@ -491,6 +504,44 @@ mod tests {
         ] {
             assert!(target("auth.example.org", good), "{good}");
         }
+    }
+
+    /// A path that is public as written but protected with its case ignored takes the
+    /// protected route (an upstream that ignores case would serve it as that one).
+    #[test]
+    fn a_path_protected_but_for_its_case_takes_the_protected_route() {
+        let c = crate::config::from_toml_str(
+            r#"
+            [[site]]
+            host = "app.example.org"
+            upstream = "http://127.0.0.1:1"
+            [[site.route]]
+            path_prefix = "/admin"
+            forward_auth = { address = "http://127.0.0.1:9091/api/authz/forward-auth" }
+            [[site.route]]
+            path = "/Admin/help"
+            [[site]]
+            host = "all.example.org"
+            upstream = "http://127.0.0.1:2"
+            forward_auth = { address = "http://127.0.0.1:9091/api/authz/forward-auth" }
+            [[site.route]]
+            path_prefix = "/public"
+            forward_auth = false
+            "#,
+        )
+        .unwrap();
+        let r = Routes::build(&c, &Pools::build(&Arc::new(c.clone()), None), 1).unwrap();
+        let auth = |host: &str, path: &str| r.find(host).unwrap().target(path).unwrap().auth.is_some();
+        for protected in ["/admin", "/admin/users", "/ADMIN/users", "/Admin", "/Admin/help", "/aDmIn/x"] {
+            assert!(auth("app.example.org", protected), "{protected}");
+        }
+        for public in ["/", "/administrator", "/ADMINISTRATOR", "/other"] {
+            assert!(!auth("app.example.org", public), "{public}");
+        }
+        // The site's own auth is not given up for a public route's other case, nor the public
+        // route's for its own.
+        assert!(!auth("all.example.org", "/public/x"));
+        assert!(auth("all.example.org", "/PUBLIC/x"));
     }
 
     #[test]
