@@ -238,10 +238,14 @@ async fn peek_route<'a>(
 ) -> Result<&'a Arc<Pool>, &'static str> {
     let max = service.cfg.peek_max;
     let mut head = peek::HeadScan::default();
+    let mut hello = peek::HelloScan::default();
     let mut method_checked = false;
     let read = async {
         loop {
             let parsed = match mode {
+                // Parsed once the records read so far can decide it: not walked again after
+                // every read of a client that sends its hello a tiny record at a time.
+                Mode::Sni if !hello.ready(buf, max) => Err(peek::Error::Incomplete),
                 Mode::Sni => peek::sni(buf, max),
                 // Once the method has been checked (bytes that cannot start one are refused at
                 // once), the head is parsed only when whole: not again after every byte of a

@@ -12,7 +12,7 @@ mod sni;
 
 pub use host::{host, HeadScan, DEFAULT_MAX_HEAD};
 pub use router::{NameRouter, PatternError};
-pub use sni::{sni, DEFAULT_MAX_HELLO};
+pub use sni::{sni, HelloScan, DEFAULT_MAX_HELLO};
 
 use std::borrow::Cow;
 
