@@ -772,3 +772,38 @@ upstream = "http://{extra}""#
     assert_eq!(get(&p, "/api/x", &[]).await.status, 302);
     assert!(auth.asked() >= 3);
 }
+
+/// An auth service that sends its denial's head and then stalls mid-page: the client gets
+/// the denial, head and all, once the auth timeout is over, instead of waiting on its body
+/// for the stream stall bound (minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_page_that_stalls_is_cut_at_the_auth_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let _stalling = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.read(&mut [0u8; 4096]).await;
+            let head = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\nWWW-Authenticate: Bearer\r\n\r\nthe first";
+            let _ = s.write_all(head.as_bytes()).await;
+            held.push(s);
+        }
+    });
+    let up = echo_upstream("site").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let sites = format!(
+        "[[site]]\nhost = \"app.example.org\"\nupstream = \"http://{up}\"\nforward_auth = {{ address = \"http://{a}/auth\", timeout = \"1s\" }}\n"
+    );
+    let p = start(tmp.path(), &sites).await;
+    let s = connect_from(CLIENT.parse::<IpAddr>().unwrap(), p.mesh_http).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/x").header("host", "app.example.org").body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.expect("a head").unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await;
+    let body = body.expect("the denial's body ends instead of waiting on the stalled page");
+    assert!(body.is_ok_and(|b| b.to_bytes().is_empty()), "cut, the page goes without its partial body");
+}

@@ -32,6 +32,8 @@ use shared::workers::PerLoop;
 
 /// The bytes of a 2xx answer's body read (and dropped) so its connection can be reused.
 const DRAIN_MAX: usize = 64 * 1024;
+/// The most of a denial's page (a sign-in redirect's, a 401's) passed on to the client.
+const DENIAL_PAGE_MAX: usize = 64 * 1024;
 
 pub const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -116,7 +118,21 @@ impl AuthClient {
         if !resp.status().is_success() {
             let (mut parts, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            return (Verdict::Deny(Response::from_parts(parts, body::stream(incoming)), "auth_denied"), "denied");
+            // Read whole within what is left of the timeout: a sign-in redirect's or a 401's
+            // page is small, and an auth service stalling mid-page held the client's request
+            // (an h2 stream, or the connection) and a pooled auth connection for the stream
+            // stall bound, minutes. Cut, the denial goes with its head alone.
+            let left = c.timeout.saturating_sub(start.elapsed());
+            let page = tokio::time::timeout(left, http_body_util::Limited::new(incoming, DENIAL_PAGE_MAX).collect());
+            let page = match page.await {
+                Ok(Ok(page)) => body::full(page.to_bytes()),
+                _ => {
+                    shared::warn_every_second!(site, address = %c.address, "forward auth's denial page did not come whole in time: sent without it");
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    body::full("")
+                }
+            };
+            return (Verdict::Deny(Response::from_parts(parts, page), "auth_denied"), "denied");
         }
         let mut headers = Vec::new();
         for name in &c.response_headers {
