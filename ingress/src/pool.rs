@@ -1172,7 +1172,7 @@ pub(crate) const PROBE_HEDGE_FLOOR: std::time::Duration = std::time::Duration::f
 const FAST_INTERVAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
 /// Most probes of one down path in flight at once (`down_interval` apart, each waits up to
 /// the timeout): bounds the probes a dead path costs.
-const MAX_DOWN_PROBES: u32 = 8;
+pub(crate) const MAX_DOWN_PROBES: u32 = 8;
 
 #[cfg(test)]
 pub(crate) mod tests {
