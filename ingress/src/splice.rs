@@ -5,7 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -121,7 +121,7 @@ impl PipePool {
 
     pub fn take(&self) -> io::Result<Pipe> {
         // A few pipes per worker thread first: the common case takes no lock.
-        if let Some(p) = LOCAL.with(|l| l.borrow_mut().pop()) {
+        if let Some(p) = local(Vec::pop) {
             return Ok(p);
         }
         if let Some(p) = self.free.lock().ok().and_then(|mut f| f.pop()) {
@@ -130,18 +130,19 @@ impl PipePool {
         Pipe::new()
     }
 
-    /// Close the pipes kept for reuse (the shared ones, and this thread's): their descriptors
-    /// go back to the pool. How many were closed.
+    /// Close the pipes kept for reuse (the shared ones, and this thread's; every other
+    /// thread closes its own at its next take or give-back): their descriptors go back to
+    /// the pool. How many were closed here.
     pub fn shed(&self) -> usize {
-        let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut())).len();
+        let local = local(std::mem::take).len();
+        SHEDS.fetch_add(1, Ordering::Relaxed);
         let shared = self.free.lock().map(|mut f| std::mem::take(&mut *f).len()).unwrap_or(0);
         local + shared
     }
 
     /// Return a pipe. Only empty pipes may come back: a pipe with data in it is dropped.
     pub fn give_back(&self, pipe: Pipe) {
-        let spill = LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
+        let spill = local(|l| {
             if l.len() < LOCAL_CAP {
                 l.push(pipe);
                 None
@@ -163,7 +164,26 @@ impl PipePool {
 const LOCAL_CAP: usize = 16;
 
 thread_local! {
-    static LOCAL: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's pipes, and the count of sheds they were kept after.
+    static LOCAL: std::cell::RefCell<(u64, Vec<Pipe>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// Sheds asked for so far: a thread whose pipes were kept before the last one closes them at
+/// its next use (the accept loop sheds on its own thread; each worker keeps up to
+/// `LOCAL_CAP`, which would otherwise hold their descriptors through a flood for good).
+static SHEDS: AtomicU64 = AtomicU64::new(0);
+
+/// `f` on this thread's pipes, those kept before the last shed closed first.
+fn local<R>(f: impl FnOnce(&mut Vec<Pipe>) -> R) -> R {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let sheds = SHEDS.load(Ordering::Relaxed);
+        if l.0 != sheds {
+            l.1.clear();
+            l.0 = sheds;
+        }
+        f(&mut l.1)
+    })
 }
 
 /// The process-wide pool (a few hundred pipes: busy connections at once, not all of them).
@@ -222,5 +242,36 @@ mod tests {
         // A full pool: no pipe (the relay copies instead).
         let _all = pool.take(Side::Streams, 99).expect("the pool");
         assert!(pool_pipes.take().is_err());
+    }
+
+    /// A shed on one thread reaches the pipes another thread keeps, at its next use.
+    #[test]
+    fn a_shed_reaches_other_threads_pipes() {
+        let pool = Descriptors::new(100, 0);
+        set_pipe_limit(10, &pool);
+        let (to_worker, at_worker) = std::sync::mpsc::channel::<()>();
+        let (to_main, at_main) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let pipes = PipePool::new(4);
+            let (a, b) = (pipes.take().expect("a pipe"), pipes.take().expect("a pipe"));
+            pipes.give_back(a);
+            pipes.give_back(b);
+            let _ = to_main.send(());
+            let _ = at_worker.recv();
+            // Its next use, after the shed.
+            let c = pipes.take().expect("a pipe");
+            pipes.give_back(c);
+            let _ = to_main.send(());
+            let _ = at_worker.recv();
+        });
+        let wait = std::time::Duration::from_secs(10);
+        at_main.recv_timeout(wait).expect("the worker kept its pipes");
+        assert_eq!(pool.used(), (4, 0), "two pipes kept on the worker's thread");
+        PipePool::new(4).shed();
+        to_worker.send(()).expect("worker");
+        at_main.recv_timeout(wait).expect("the worker used a pipe");
+        assert_eq!(pool.used(), (2, 0), "the kept ones closed, one made afresh and kept");
+        to_worker.send(()).expect("worker");
+        worker.join().expect("worker");
     }
 }
