@@ -182,7 +182,10 @@ async fn websocket_echo_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let ws_up = ws_upstream().await;
-    let s = setup(&format!("[[site]]\nhost = \"ws.test\"\nupstream = \"http://{ws_up}\"\n")).await;
+    let s = setup(&format!(
+        "[[site]]\nhost = \"ws.test\"\nupstream = \"http://{ws_up}\"\nresponse_headers = {{ X-Site = \"ws\" }}\n"
+    ))
+    .await;
     // ws.test has no certificate of its own: add one to the certbot dir and wait for it.
     s.ca.certbot(&s.live, "ws.test", &["ws.test"], "ws.test");
     let ca = s.ca.pem_path.clone();
@@ -203,6 +206,8 @@ async fn websocket_echo_through_the_proxy() {
     let tls = tls_over(tcp, "ws.test", &ca).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://ws.test/socket", tls).await.unwrap();
     assert_eq!(resp.status(), 101);
+    // The site's response rules apply to the switch's answer too, as to every other.
+    assert_eq!(resp.headers().get("x-site").map(|v| v.as_bytes()), Some(&b"ws"[..]), "{:?}", resp.headers());
     for i in 0..5 {
         let msg = format!("hello {i}");
         ws.send(Message::text(msg.clone())).await.unwrap();

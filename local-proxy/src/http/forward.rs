@@ -272,10 +272,13 @@ async fn proxy(
             ended,
         )));
         let (parts, _) = resp.into_parts();
-        // Connection/Upgrade stay: they are the client's confirmation of the switch.
         let mut resp = Response::from_parts(parts, body::full(""));
+        // Connection/Upgrade stay: they are the client's confirmation of the switch. The
+        // other hop-by-hop headers go, and the site's response rules apply, as to every
+        // other answer.
+        strip_hop_by_hop(resp.headers_mut(), true);
         resp.extensions_mut().insert(tunnel);
-        return resp;
+        return with_site_headers(resp, route);
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
