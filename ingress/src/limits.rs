@@ -54,12 +54,12 @@ impl Budget {
                 ports * s.sockets_per_port(loops) as u64
             })
             .sum();
-        // A down path's probes overlap, up to MAX_DOWN_PROBES in flight, each a socket (a
-        // probe's raced second connect, and a real connect's background verification, take
-        // theirs from the pool): during a flood with paths down they must not push the
-        // process past its limit.
+        // A down path's probes overlap, up to MAX_DOWN_PROBES in flight, each with a second
+        // connect racing it after the hedge delay (`health::connect_hedged`), outside the pool
+        // (a real connect's background verification takes its own from the pool): during a
+        // flood with paths down they must not push the process past its limit.
         let paths: u64 = config.pools.values().map(|p| p.paths.len() as u64 + u64::from(p.mesh.is_some())).sum();
-        let reserve = RESERVE + listeners + u64::from(crate::pool::MAX_DOWN_PROBES) * paths;
+        let reserve = RESERVE + listeners + 2 * u64::from(crate::pool::MAX_DOWN_PROBES) * paths;
         let avail = open_files.saturating_sub(reserve).min(u64::from(u32::MAX));
 
         // UDP flows may take up to half of the pool (a flow is one descriptor and a relay
@@ -156,8 +156,8 @@ mod tests {
         let b = Budget::plan(20_000, &c, 1);
         assert!(b.clamped);
         // The pool is what is left after the reserve: the process, 42 listeners, and the
-        // probes of 2 paths, every one of them down.
-        assert_eq!(b.pool, 20_000 - 64 - 42 - 2 * 8);
+        // probes of 2 paths, every one of them down, each raced by a second connect.
+        assert_eq!(b.pool, 20_000 - 64 - 42 - 2 * 8 * 2);
         assert_eq!(b.max_flows, 4096, "the relay range keeps its flows");
         assert_eq!(b.flow_floor, b.pool / 16);
         // Connections may take all but the flows' floor: two descriptors each.

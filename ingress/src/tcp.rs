@@ -136,9 +136,6 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         if service.cfg.proxy_protocol {
             head.reserve(64 + first.len().max(PEEK_CHUNK));
             let local = if bound.ip().is_unspecified() { client.local_addr().unwrap_or(bound) } else { bound };
-            // A dual-stack socket (one a socket unit passed in) sees IPv4 clients as
-            // ::ffff:a.b.c.d: home is told the IPv4 addresses, as on an IPv4 listener.
-            let (peer, local) = canonical_pair(peer, local);
             write_v2(&mut head, Command::Proxy, Transport::Stream, Some((peer, local)));
         }
         let at = head.len();
@@ -184,18 +181,6 @@ fn record_delivery(path: &crate::pool::Path, upstream: &TcpStream, home: Option<
         if home.is_some_and(|ip| path.ip() == Some(ip)) {
             path.quality_sample(wrong);
         }
-    }
-}
-
-/// Both addresses as IPv4 when both are IPv4-mapped IPv6 ones (a PROXY header has one family).
-fn canonical_pair(peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let v4 = |a: SocketAddr| match a.ip().to_canonical() {
-        ip @ std::net::IpAddr::V4(_) => Some(SocketAddr::new(ip, a.port())),
-        std::net::IpAddr::V6(_) => None,
-    };
-    match (v4(peer), v4(local)) {
-        (Some(p), Some(l)) => (p, l),
-        _ => (peer, local),
     }
 }
 
@@ -322,17 +307,6 @@ mod tests {
         // One clean sample takes ALPHA (2 %) off; the clock alone, microseconds of a 10 s
         // half-life.
         assert!(path.quality_loss() < before * 0.99, "no sample: {before} -> {}", path.quality_loss());
-    }
-
-    #[test]
-    fn proxy_header_addresses_of_a_dual_stack_socket_are_ipv4() {
-        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
-        assert_eq!(
-            super::canonical_pair(a("[::ffff:198.51.100.7]:40000"), a("[::ffff:192.0.2.11]:443")),
-            (a("198.51.100.7:40000"), a("192.0.2.11:443"))
-        );
-        let v6 = (a("[2001:db8::7]:40000"), a("[::ffff:192.0.2.11]:443"));
-        assert_eq!(super::canonical_pair(v6.0, v6.1), v6, "one family or the other, as they came");
     }
 
     /// `take_waiting` takes what the client has sent so far: nothing on a fresh connection,

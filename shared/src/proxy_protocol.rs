@@ -396,6 +396,18 @@ pub fn write_v2(out: &mut Vec<u8>, cmd: Command, transport: Transport, addrs: Op
     let _ = write_v2_with_tlvs(out, cmd, transport, addrs, &[]);
 }
 
+/// Both addresses as IPv4 when both are IPv4-mapped IPv6 ones (a header has one family).
+fn canonical_pair(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v4 = |a: SocketAddr| match a.ip().to_canonical() {
+        ip @ std::net::IpAddr::V4(_) => Some(SocketAddr::new(ip, a.port())),
+        std::net::IpAddr::V6(_) => None,
+    };
+    match (v4(src), v4(dst)) {
+        (Some(s), Some(d)) => (s, d),
+        _ => (src, dst),
+    }
+}
+
 /// Why a header could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
@@ -415,7 +427,9 @@ pub fn write_v2_with_tlvs(
 ) -> Result<(), EncodeError> {
     let addrs = match cmd {
         Command::Local => None,
-        Command::Proxy => addrs,
+        // A dual-stack socket (one a socket unit passed in) sees IPv4 peers as ::ffff:a.b.c.d:
+        // told as IPv4, as on an IPv4 socket.
+        Command::Proxy => addrs.map(|(src, dst)| canonical_pair(src, dst)),
     };
     let (fam, addr_len) = match addrs {
         None => (0u8, 0),
@@ -569,6 +583,24 @@ mod tests {
         let mut out = Vec::new();
         write_v2(&mut out, Command::Proxy, Transport::Stream, Some((sa("172.19.0.1:42578"), sa("172.19.0.3:80"))));
         assert_eq!(out, &wire[..28]);
+    }
+
+    /// A dual-stack socket's IPv4 peers (::ffff:a.b.c.d) are written as IPv4; a pair with a
+    /// real IPv6 address stays IPv6, both addresses in that family.
+    #[test]
+    fn mapped_addresses_are_written_as_ipv4() {
+        let mut out = Vec::new();
+        let mapped = (sa("[::ffff:198.51.100.7]:40000"), sa("[::ffff:192.0.2.11]:443"));
+        write_v2(&mut out, Command::Proxy, Transport::Datagram, Some(mapped));
+        let p = parse(&out).unwrap();
+        assert_eq!(p.family, Family::Inet);
+        assert_eq!((p.source, p.destination), (Some(sa("198.51.100.7:40000")), Some(sa("192.0.2.11:443"))));
+        out.clear();
+        let mixed = (sa("[2001:db8::7]:40000"), sa("[::ffff:192.0.2.11]:443"));
+        write_v2(&mut out, Command::Proxy, Transport::Stream, Some(mixed));
+        let p = parse(&out).unwrap();
+        assert_eq!(p.family, Family::Inet6);
+        assert_eq!((p.source, p.destination), (Some(mixed.0), Some(mixed.1)));
     }
 
     #[test]

@@ -125,13 +125,25 @@ impl AuthClient {
             let left = c.timeout.saturating_sub(start.elapsed());
             let page = tokio::time::timeout(left, http_body_util::Limited::new(incoming, DENIAL_PAGE_MAX).collect());
             let page = match page.await {
-                Ok(Ok(page)) => body::full(page.to_bytes()),
-                _ => {
+                Ok(Ok(page)) => Some(page.to_bytes()),
+                Ok(Err(e)) => {
+                    shared::warn_every_second!(site, address = %c.address, error = %e, "forward auth's denial page is over 64 KiB or broken: sent without it");
+                    None
+                }
+                Err(_) => {
                     shared::warn_every_second!(site, address = %c.address, "forward auth's denial page did not come whole in time: sent without it");
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    body::full("")
+                    None
                 }
             };
+            let page = page.map_or_else(
+                || {
+                    // Nothing of the page goes: no header may describe it.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                    body::full("")
+                },
+                body::full,
+            );
             return (Verdict::Deny(Response::from_parts(parts, page), "auth_denied"), "denied");
         }
         let mut headers = Vec::new();

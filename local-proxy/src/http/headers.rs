@@ -163,20 +163,21 @@ pub fn drop_forwarding_claims(headers: &mut HeaderMap) {
 /// (Django under ASGI, gunicorn before 22, Puma before 6.4.3) read both spellings as one, so
 /// the client's twin would pass the removal of the real name: on a public route it is taken
 /// for the user, on a protected one joined to the real value. nginx drops every `_` name by
-/// default; only the twins go here, so an application's own `_` headers still arrive. A
-/// scan of the names; allocates only for a name with `_`.
+/// default; only the twins go here, so an application's own `_` headers still arrive. One
+/// scan of the names, comparing `_` as `-` in place; allocates only when there is a twin.
 pub fn drop_underscore_twins(headers: &mut HeaderMap, identity: &[HeaderName]) {
+    // Names are lower case; `a` is the client's, `b` one of ours.
+    let same =
+        |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x == y || (x == b'_' && y == b'-'));
     let twin = |name: &HeaderName| {
-        let n = name.as_str();
-        if !n.contains('_') {
-            return false;
-        }
-        let dashed = n.replace('_', "-");
-        matches!(dashed.as_str(), "x-real-ip" | "forwarded" | "x-original-url" | "x-rewrite-url")
-            || dashed.starts_with("x-forwarded-")
-            || identity.iter().any(|i| i.as_str() == dashed)
+        let n = name.as_str().as_bytes();
+        n.contains(&b'_')
+            && (["x-real-ip", "forwarded", "x-original-url", "x-rewrite-url"].iter().any(|m| same(n, m.as_bytes()))
+                || n.get(..12).is_some_and(|head| same(head, b"x-forwarded-"))
+                || identity.iter().any(|i| same(n, i.as_str().as_bytes())))
     };
-    while let Some(name) = headers.keys().find(|n| twin(n)).cloned() {
+    let twins: Vec<HeaderName> = headers.keys().filter(|n| twin(n)).cloned().collect();
+    for name in twins {
         headers.remove(name);
     }
 }
