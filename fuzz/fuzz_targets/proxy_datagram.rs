@@ -37,7 +37,11 @@ fn main() {
             dgram.extend_from_slice(payload);
             let p = parse(&dgram).expect("our own datagram header parses");
             assert_eq!(p.len, header_len);
-            assert_eq!(p.addresses(), Some((src, dst)));
+            // Two IPv4-mapped IPv6 addresses are written as IPv4 (a dual-stack socket's peers).
+            let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+            let both_mapped = src.ip().to_canonical().is_ipv4() && dst.ip().to_canonical().is_ipv4();
+            let want = if both_mapped { (canonical(src), canonical(dst)) } else { (src, dst) };
+            assert_eq!(p.addresses(), Some(want));
             assert_eq!(&dgram[p.len..], payload);
         }
     });
