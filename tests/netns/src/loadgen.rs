@@ -158,6 +158,10 @@ pub struct Record {
     pub target: Option<String>,
     /// The backend address the reply named.
     pub backend: Option<String>,
+    /// The client's own address on the connection that reached the target: the `client=`
+    /// of that connection in the ingress's logs.
+    #[serde(default)]
+    pub local: Option<String>,
     pub ok: bool,
     pub error: Option<String>,
     /// Connected to another target than the first one tried.
@@ -241,8 +245,18 @@ pub fn parse_records(text: &str) -> Vec<Record> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-/// Runs one connection; returns (target used, backend named, fell back, time to connect, result).
-fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<String>, bool, Duration, Result<()>) {
+/// One connection's outcome (see [`Record`]).
+struct Outcome {
+    target: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    backend: Option<String>,
+    fell_back: bool,
+    connected: Duration,
+    result: Result<()>,
+}
+
+/// Runs one connection.
+fn one(cfg: &LoadConfig, seq: u64, first: usize) -> Outcome {
     let t0 = Instant::now();
     let n = cfg.targets.len();
     let order: Vec<SocketAddr> = if cfg.fallback {
@@ -263,12 +277,13 @@ fn one(cfg: &LoadConfig, seq: u64, first: usize) -> (Option<SocketAddr>, Option<
     }
     let connected = t0.elapsed();
     let Some((i, addr, s)) = stream else {
-        return (None, None, false, connected, Err(anyhow::anyhow!(errors.join("; "))));
+        let result = Err(anyhow::anyhow!(errors.join("; ")));
+        return Outcome { target: None, local: None, backend: None, fell_back: false, connected, result };
     };
-    let fell_back = i > 0;
+    let local = s.local_addr().ok();
     let mut backend = None;
-    let r = converse(cfg, seq, s, &mut backend);
-    (Some(addr), backend, fell_back, connected, r)
+    let result = converse(cfg, seq, s, &mut backend);
+    Outcome { target: Some(addr), local, backend, fell_back: i > 0, connected, result }
 }
 
 fn short_err(e: &std::io::Error) -> String {
@@ -369,18 +384,19 @@ pub fn run(cfg: &LoadConfig, out: &mut impl Write) -> Result<Summary> {
                 std::thread::spawn(move || {
                     let start_ms = unix_ms();
                     let t0 = Instant::now();
-                    let (target, backend, fallback, connected, r) = one(&cfg2, this, first);
+                    let o = one(&cfg2, this, first);
                     let rec = Record {
                         seq: this,
                         start_ms,
                         end_ms: unix_ms(),
-                        target: target.map(|t| t.to_string()),
-                        backend,
-                        ok: r.is_ok(),
-                        error: r.err().map(|e| format!("{e:#}")),
-                        fallback,
+                        target: o.target.map(|t| t.to_string()),
+                        backend: o.backend,
+                        local: o.local.map(|a| a.to_string()),
+                        ok: o.result.is_ok(),
+                        error: o.result.err().map(|e| format!("{e:#}")),
+                        fallback: o.fell_back,
                         latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                        connect_ms: connected.as_secs_f64() * 1000.0,
+                        connect_ms: o.connected.as_secs_f64() * 1000.0,
                     };
                     let _ = tx2.send(rec);
                     inflight2.fetch_sub(1, Ordering::SeqCst);

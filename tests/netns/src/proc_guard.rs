@@ -27,6 +27,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `argv` inside namespace `ns`; output goes to `<logdir>/<name>.out` and `.err`.
     pub fn spawn(ns: &str, name: &str, argv: &[&str], logdir: &Path) -> Result<Self> {
+        Self::spawn_env(ns, name, argv, logdir, &[])
+    }
+
+    /// As [`Proc::spawn`], with `env` added to the harness's environment.
+    pub fn spawn_env(ns: &str, name: &str, argv: &[&str], logdir: &Path, env: &[(&str, &str)]) -> Result<Self> {
         let (prog, args) = argv.split_first().context("empty command")?;
         let out = logdir.join(format!("{name}.out"));
         let err = logdir.join(format!("{name}.err"));
@@ -39,6 +44,7 @@ impl Proc {
             // The harness's own INGRESS_BIN (which ingress binary to test) must not reach the
             // ingress: it reads INGRESS_* as config overrides and refuses the unknown key.
             .env_remove("INGRESS_BIN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
             .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?)

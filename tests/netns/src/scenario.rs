@@ -106,6 +106,23 @@ pub fn describe_failures(records: &[Record], since: u64) -> String {
         .join("\n")
 }
 
+/// [`describe_failures`], each followed by what the ingress it reached logged of it (with
+/// [`Topology::log_ingress_connections`]): whether home was reached, on which path, and how
+/// many bytes each way moved before it ended.
+pub fn failures_with_ingress_logs(t: &mut Topology, records: &[Record], since: u64) -> String {
+    let mut out = describe_failures(records, since);
+    for r in records.iter().filter(|r| !r.ok) {
+        let (Some(target), Some(local)) = (r.target.as_deref(), r.local.as_deref()) else { continue };
+        let role = if target.starts_with(&format!("{}:", addr::INGRESS1)) { Role::Ingress1 } else { Role::Ingress2 };
+        let Ok(p) = t.proc_mut(role.as_str()) else { continue };
+        let needle = format!("client={local}}}");
+        let lines: Vec<String> =
+            p.stderr().lines().filter(|l| l.contains(&needle)).map(|l| format!("    {l}")).collect();
+        out.push_str(&format!("\n  {} of {local} on {}:\n{}", r.seq, role.as_str(), lines.join("\n")));
+    }
+    out
+}
+
 /// Splits failed connections at a fault injected between `fault_start` and `fault_done` (Unix
 /// ms, before and after the command that injected it): those started before `fault_done` whose
 /// connect succeeded were in flight when the path died under them (an L4 proxy cannot move a

@@ -240,6 +240,8 @@ pub struct Topology {
     pub bins: Bins,
     pub tag: String,
     dir: TempDir,
+    /// `INGRESS_LOG` for the ingress processes started from now on (`log_ingress_connections`).
+    ingress_log: Option<&'static str>,
     /// One topology per process at a time: the scenarios measure timing on 2 shared cores.
     _serial: MutexGuard<'static, ()>,
 }
@@ -272,7 +274,16 @@ impl Topology {
             stranger: mk(Role::Stranger)?,
             ingress3: None,
         };
-        let mut t = Self { procs: BTreeMap::new(), ygg: BTreeMap::new(), hosts, bins, tag, dir, _serial: serial };
+        let mut t = Self {
+            procs: BTreeMap::new(),
+            ygg: BTreeMap::new(),
+            hosts,
+            bins,
+            tag,
+            dir,
+            ingress_log: None,
+            _serial: serial,
+        };
         t.wire().context("wiring the topology")?;
         if opts.mesh {
             t.start_mesh().context("starting the yggdrasil mesh")?;
@@ -524,6 +535,13 @@ impl Topology {
         Ok(())
     }
 
+    /// Ingress processes started from now on log each connection (its connect, races and
+    /// end, with the client's address), so that a failed connection can be followed through
+    /// them (`scenario::failures_with_ingress_logs`).
+    pub fn log_ingress_connections(&mut self) {
+        self.ingress_log = Some("info,ingress::tcp=debug,ingress::connect=debug");
+    }
+
     /// A process started with [`Topology::spawn`].
     pub fn proc_mut(&mut self, name: &str) -> Result<&mut Proc> {
         self.procs.get_mut(name).with_context(|| format!("no process named {name}"))
@@ -638,8 +656,14 @@ impl Topology {
         let file = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, config.to_toml()).with_context(|| format!("writing {}", file.display()))?;
         ingress::check(&self.bins.ingress, &file)?;
-        let argv = vec![self.bins.ingress.display().to_string(), "-c".into(), file.display().to_string()];
-        self.spawn(role, &name, &argv)?;
+        let argv = [self.bins.ingress.display().to_string(), "-c".into(), file.display().to_string()];
+        if self.procs.contains_key(&name) {
+            bail!("a process named {name} already runs");
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self.ingress_log.map(|f| ("INGRESS_LOG", f)).into_iter().collect();
+        let p = Proc::spawn_env(self.ns(role), &name, &argv, self.dir.path(), &env)?;
+        self.procs.insert(name.clone(), p);
         let ns = self.ns(role).to_string();
         let ports: Vec<String> = config
             .services

@@ -32,6 +32,9 @@ fn scenario4_wan2_delay_shifts_share_to_wan1() {
 fn wan2_degraded(how: Degrade) {
     let start = Instant::now();
     let mut t = common::build(Options::default());
+    // A connection that fails here is one TCP could not carry through the loss within 15 s
+    // (rare: it has never shown outside a full run), or a fault of the ingress: its log tells.
+    t.log_ingress_connections();
     scenario::start_ingresses(&mut t).expect("start ingress on both nodes");
     common::phase(start, "ingress up on both nodes");
 
@@ -91,7 +94,13 @@ fn wan2_degraded(how: Degrade) {
         s.latency_ms
     ));
     eprintln!("per path: before {base:?}; degraded {degraded:?}");
-    assert_eq!(s.failed, 0, "failed connections:\n{}", scenario::describe_failures(&r.records, loss_ms));
+    if s.failed > 0 {
+        panic!(
+            "{} failed connections:\n{}",
+            s.failed,
+            scenario::failures_with_ingress_logs(&mut t, &r.records, loss_ms)
+        );
+    }
     assert!((0.15..=0.35).contains(&b2), "baseline wan2 share {b2:.3} not near 0.25: {base:?}");
     assert!(d2 < b2 * 0.8, "wan2's share did not move towards wan1: {b2:.3} -> {d2:.3}");
     assert!(
