@@ -651,6 +651,13 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         if !matches!(check, CheckKind::Http { .. }) && (h.http_path.is_some() || h.http_host.is_some()) {
             p.push(f("health"), "http_path/http_host need check = \"http\"");
         }
+        // Both go into the probe's request as written.
+        if let Some(problem) = h.http_path.as_deref().and_then(shared::health::check_path_problem) {
+            p.push(f("health.http_path"), problem);
+        }
+        if let Some(problem) = h.http_host.as_deref().and_then(shared::health::check_host_problem) {
+            p.push(f("health.http_host"), problem);
+        }
         // The probe port defaults to the first port of the first TCP service using the pool:
         // probes are TCP connects, and a UDP service's port (WireGuard's 51820) has nothing
         // answering TCP at home, which would fail every probe and keep every path down. Only

@@ -31,6 +31,27 @@ pub fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
+/// Why `path` cannot be an HTTP health check's request path, or None: it starts with `/`,
+/// has no spaces or control characters (it goes into the request line as written) and parses
+/// as a URI path.
+pub fn check_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        // Escaped: a CR or LF printed as it is would break the error's line.
+        Some(format!("`{}` must start with / and have no spaces", path.escape_debug()))
+    } else if path.parse::<http::uri::PathAndQuery>().is_err() {
+        Some(format!("`{path}` is not a valid URI path (percent-encode <, > and the like)"))
+    } else {
+        None
+    }
+}
+
+/// Why `host` cannot be an HTTP health check's Host header, or None.
+pub fn check_host_problem(host: &str) -> Option<String> {
+    let printable = host.bytes().all(|b| b.is_ascii_graphic());
+    (host.is_empty() || !printable || http::HeaderValue::from_str(host).is_err())
+        .then(|| format!("`{}` is not a valid Host header", host.escape_debug()))
+}
+
 /// A change of up/down state the caller should log and publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {

@@ -89,9 +89,9 @@ fn err(errors: &mut Problems, field: &str, message: impl Into<String>) {
 /// Validate `[acme]` against the sites (the default names are theirs).
 pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) -> Option<Settings> {
     let raw = raw?;
-    if raw.enabled == Some(false) {
-        return None;
-    }
+    // `enabled = false` keeps the section for later: what it sets is checked all the same (a
+    // mistake would otherwise wait for the day it is turned back on), what it lacks is not.
+    let on = raw.enabled != Some(false);
     let e = errors;
     let directory = match raw.directory.as_deref() {
         None | Some("letsencrypt") => LETS_ENCRYPT.to_string(),
@@ -180,7 +180,7 @@ pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) ->
         }
         None => sites.iter().flat_map(|s| s.names()).filter(|n| !n.starts_with("*.")).map(String::from).collect(),
     };
-    if names.is_empty() && !e.iter().any(|x| x.field.starts_with("acme.names")) {
+    if on && names.is_empty() && !e.iter().any(|x| x.field.starts_with("acme.names")) {
         err(e, "names", "no name to certify (no site names one without a wildcard; list them here)");
     }
 
@@ -201,6 +201,9 @@ pub fn validate(raw: Option<&RawAcme>, sites: &[Site], errors: &mut Problems) ->
     }
     let order_timeout =
         e.duration("acme.order_timeout", raw.order_timeout.as_deref(), secs(300), ranges::ORDER_TIMEOUT);
+    if !on {
+        return None;
+    }
     Some(Settings {
         directory,
         directory_ca_file,

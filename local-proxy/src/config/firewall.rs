@@ -209,9 +209,9 @@ pub fn validate(
     errors: &mut Problems,
 ) -> Option<Settings> {
     let raw = raw?;
-    if raw.enabled == Some(false) {
-        return None;
-    }
+    // `enabled = false` keeps the section for later: what it sets is checked all the same (a
+    // mistake would otherwise wait for the day it is turned back on), what it lacks is not.
+    let on = raw.enabled != Some(false);
     let e = errors;
     let mut ingress_names = Vec::new();
     for (i, n) in raw.ingress_names.iter().flatten().enumerate() {
@@ -232,7 +232,7 @@ pub fn validate(
             Err(m) => err(e, &format!("static_addresses[{i}]"), m),
         }
     }
-    if ingress_names.is_empty() && static_addresses.is_empty() {
+    if on && ingress_names.is_empty() && static_addresses.is_empty() {
         err(
             e,
             "ingress_names",
@@ -240,7 +240,7 @@ pub fn validate(
         );
     }
     let interfaces: Vec<String> = raw.interfaces.clone().unwrap_or_default();
-    if interfaces.is_empty() {
+    if on && interfaces.is_empty() {
         err(e, "interfaces", "is required: the WAN-side interfaces to filter (never the yggdrasil one)");
     }
     for (i, name) in interfaces.iter().enumerate() {
@@ -264,7 +264,7 @@ pub fn validate(
             }
         }
     }
-    if ports.is_empty() {
+    if on && ports.is_empty() {
         err(e, "protect_ports", "no port to protect");
     }
     let mut nameservers = Vec::new();
@@ -288,6 +288,9 @@ pub fn validate(
         || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         err(e, "table", format!("`{table}`: 1-64 letters, digits, _ and -"));
+    }
+    if !on {
+        return None;
     }
     Some(Settings {
         ingress_names,

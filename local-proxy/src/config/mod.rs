@@ -248,7 +248,7 @@ pub struct Stream {
     pub transparent: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
-    /// UDP only: concurrent flows per listening socket.
+    /// UDP only: concurrent flows of the stream, across all its listening sockets.
     pub max_flows: usize,
     /// UDP only: the receive queue of the listening sockets and of each flow's socket, bytes.
     pub udp_recv_buffer: usize,

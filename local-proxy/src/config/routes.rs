@@ -288,8 +288,12 @@ pub(crate) fn forward_auth(errors: &mut Problems, field: &str, value: &Value) ->
         }
         Some(a) => match Uri::from_str(a) {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
-                if u.authority().is_some_and(|au| au.as_str().contains('@')) {
-                    err(f("address"), format!("`{a}` must not contain credentials"));
+                if let Some(au) = u.authority() {
+                    if au.as_str().contains('@') {
+                        err(f("address"), format!("`{a}` must not contain credentials"));
+                    } else if let Err(e) = super::validate::check_port(a, au) {
+                        err(f("address"), e);
+                    }
                 }
                 u
             }

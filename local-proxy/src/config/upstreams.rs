@@ -262,6 +262,9 @@ fn health(err: &mut impl FnMut(String, String), prefix: &str, kind: Kind, h: &Ra
     not_here("check", site && h.check.is_some(), "streams (sites are checked over HTTP when path is set)");
     not_here("send", kind != Kind::UdpStream && h.send.is_some(), "udp streams");
     not_here("expect", kind != Kind::UdpStream && h.expect.is_some(), "udp streams");
+    if kind == Kind::UdpStream && h.expect.is_some() && h.send.is_none() {
+        err(f("expect"), "needs send: the probe datagram whose answer it matches".into());
+    }
 
     let check = match kind {
         Kind::Site => match &h.path {
@@ -272,16 +275,12 @@ fn health(err: &mut impl FnMut(String, String), prefix: &str, kind: Kind, h: &Ra
                 Check::None
             }
             Some(p) => {
-                if !p.starts_with('/') || p.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
-                    err(f("path"), format!("`{p}` must start with / and have no spaces"));
-                } else if p.parse::<http::uri::PathAndQuery>().is_err() {
-                    // The probe's URI is built from it: one that does not parse has no check.
-                    err(f("path"), format!("`{p}` is not a valid URI path (percent-encode <, > and the like)"));
+                // The probe's URI is built from it: one that does not parse has no check.
+                if let Some(problem) = shared::health::check_path_problem(p) {
+                    err(f("path"), problem);
                 }
-                if let Some(host) = &h.host {
-                    if http::HeaderValue::from_str(host).is_err() || host.is_empty() {
-                        err(f("host"), format!("`{host}` is not a valid Host header"));
-                    }
+                if let Some(problem) = h.host.as_deref().and_then(shared::health::check_host_problem) {
+                    err(f("host"), problem);
                 }
                 let status = match h.status.as_deref().unwrap_or("200-399").parse::<PortRange>() {
                     Ok(r) if r.first >= 100 && r.last <= 599 => r.first..=r.last,

@@ -558,18 +558,8 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
     if authority.as_str().contains('@') {
         return Err(format!("`{u}` must not contain credentials"));
     }
-    // `http::Uri` keeps an out-of-range port as text and `port_u16()` then reports none, so
-    // `http://host:70000` would quietly go to port 80: check the port text ourselves.
+    check_port(u, &authority)?;
     let host = authority.host();
-    let port_text = authority.as_str().strip_prefix(host).unwrap_or_default();
-    if let Some(port) = port_text.strip_prefix(':') {
-        match port.parse::<u16>() {
-            Ok(p) if p != 0 => {}
-            _ => return Err(format!("`{u}`: `{port}` is not a port (1-65535)")),
-        }
-    } else if !port_text.is_empty() {
-        return Err(format!("`{u}` has a malformed host"));
-    }
     let host_ok = match host.strip_prefix('[') {
         Some(_) => parse_ip(host).is_ok_and(|ip| ip.is_ipv6()),
         None => host.parse::<std::net::Ipv4Addr>().is_ok() || valid_host(&host.to_ascii_lowercase()),
@@ -578,6 +568,21 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
         return Err(format!("`{u}`: `{host}` is not a host name or IP address"));
     }
     Ok(Upstream { tls, authority })
+}
+
+/// The port of URL `u`'s `authority`, if it has one, is 1-65535. `http::Uri` keeps an
+/// out-of-range port as text and `port_u16()` then reports none, so `http://host:70000` would
+/// quietly go to port 80: the port text is checked here.
+pub(super) fn check_port(u: &str, authority: &http::uri::Authority) -> Result<(), String> {
+    let port_text = authority.as_str().strip_prefix(authority.host()).unwrap_or_default();
+    match port_text.strip_prefix(':') {
+        Some(port) => match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(()),
+            _ => Err(format!("`{u}`: `{port}` is not a port (1-65535)")),
+        },
+        None if port_text.is_empty() => Ok(()),
+        None => Err(format!("`{u}` has a malformed host")),
+    }
 }
 
 fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
@@ -611,7 +616,7 @@ fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
             match ports.parse::<PortRange>() {
                 Ok(r) => (proto, r),
                 Err(e) => {
-                    c.push(f("listen"), format!("{e}; expected PORT[/tcp|/udp] or FIRST-LAST/udp"));
+                    c.push(f("listen"), format!("{e}; expected PORT or FIRST-LAST, with /tcp (the default) or /udp"));
                     (proto, PortRange::single(0))
                 }
             }
@@ -658,6 +663,9 @@ fn stream(c: &mut Problems, i: usize, s: &RawStream) -> Option<Stream> {
     ) as usize;
     if s.udp_recv_buffer.is_some() && protocol == Protocol::Tcp {
         c.push(f("udp_recv_buffer"), "only applies to udp streams");
+    }
+    if s.connect_timeout.is_some() && protocol == Protocol::Udp {
+        c.push(f("connect_timeout"), "only applies to tcp streams (UDP has no connect)");
     }
     let access_log = s.access_log.as_ref().and_then(|a| access_log(c, &f("access_log"), a));
     let st = Stream {
