@@ -13,7 +13,7 @@
 //!
 //! Files are opened with `O_APPEND` (lines from several writers or processes never
 //! interleave mid-line: each write is whole lines), created 0640, and reopened after
-//! [`reopen`] (SIGUSR1, SIGHUP) at the writer's next wake (within [`FLUSH_INTERVAL`]), which
+//! [`reopen`] (SIGUSR1, SIGHUP), which wakes every writer to do it at once, which
 //! is what logrotate's `postrotate` needs: rename the file, signal, and new lines go to a new
 //! file. [`flush_all`] writes what is buffered (the end of the drain, before the process
 //! leaves); the last [`Sink`] of a file gone, its writer writes what is left and ends.
@@ -43,8 +43,7 @@ use crate::metrics::names;
 /// ~4 ms instead of one per line.
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// A line waits at most about this long in the buffer when traffic is too light to fill
-/// [`FLUSH_BYTES`] (nginx's `flush=`); also how soon a writer sees [`reopen`]. The default of
-/// an access log's `flush`.
+/// [`FLUSH_BYTES`] (nginx's `flush=`). The default of an access log's `flush`.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes of lines that may wait for the writer per file (about 7,000 typical lines, what the
 /// queue of 8192 lines held before); beyond it, lines are dropped and counted. With the
@@ -71,9 +70,18 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Ask every access log writer to reopen its file (logrotate's `postrotate`).
+/// Ask every access log writer to reopen its file (logrotate's `postrotate`), now: each is
+/// woken, whatever its `flush` interval (an hour's would leave lines going to the renamed
+/// file, which logrotate may compress or delete meanwhile).
 pub fn reopen() {
     GENERATION.fetch_add(1, Ordering::SeqCst);
+    let Some(buffers) = BUFFERS.get() else { return };
+    let buffers: Vec<Arc<Shared>> =
+        buffers.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
+    for shared in buffers {
+        shared.lock().woken = true;
+        shared.wake.notify_one();
+    }
 }
 
 /// When a writer writes and what it may hold; [`Params::default`] is what the proxy uses
@@ -661,6 +669,25 @@ mod tests {
         std::fs::write(&replaced, "").unwrap();
         remove_unadopted(&replaced, made);
         assert!(replaced.exists(), "the file now at the path was removed");
+    }
+
+    /// A writer with a long `flush` reopens at the signal, not at its next interval.
+    #[test]
+    fn a_reopen_is_not_held_by_a_long_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rotated) = (dir.path().join("slow.log"), dir.path().join("slow.log.1"));
+        let params = Params { flush_interval: Duration::from_secs(3600), ..Params::default() };
+        let sink = open_with(&path, params).unwrap();
+        line(&sink, "before");
+        flush_one(&sink);
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(path.exists(), "not reopened within 5 s of the signal");
+        assert_eq!(read(&rotated), "before\n");
     }
 
     /// logrotate's way while four threads log as fast as they can: rename, reopen; every line
