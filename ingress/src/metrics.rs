@@ -120,3 +120,44 @@ pub fn render_running(rt: &Runtime) -> String {
         pool_runs && path_runs && l.get("service").is_none_or(|s| rt.services.contains_key(&*s))
     })
 }
+
+/// Why a connection of an SNI- or Host-routed service found no pool: the `reason` of
+/// `ingress_service_route_failures_total`. A name no route takes is the operator's to add; a
+/// flood of malformed hellos or of slow clients is someone else's, and told apart here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteFailure {
+    NoRoute,
+    NotTls,
+    NotHttp,
+    TooLong,
+    Malformed,
+    Closed,
+    ReadError,
+    Timeout,
+}
+
+impl RouteFailure {
+    pub const ALL: [RouteFailure; 8] = [
+        Self::NoRoute,
+        Self::NotTls,
+        Self::NotHttp,
+        Self::TooLong,
+        Self::Malformed,
+        Self::Closed,
+        Self::ReadError,
+        Self::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NotTls => "not_tls",
+            Self::NotHttp => "not_http",
+            Self::TooLong => "too_long",
+            Self::Malformed => "malformed",
+            Self::Closed => "closed",
+            Self::ReadError => "read_error",
+            Self::Timeout => "timeout",
+        }
+    }
+}

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServiceConfig};
 use crate::limits::Budget;
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteFailure};
 use crate::pool::Pool;
 
 /// The permits of a service without `max_connections`: more than any descriptor budget
@@ -39,7 +39,8 @@ pub struct Service {
     pub m_refused: Counter,
     pub m_active: Gauge,
     pub m_unavailable: Counter,
-    pub m_route_failures: Counter,
+    /// Per `RouteFailure`, in its order.
+    pub m_route_failures: [Counter; RouteFailure::ALL.len()],
 }
 
 /// Everything one config produced. Dropping it stops its health tasks.
@@ -129,7 +130,9 @@ impl Runtime {
                     m_refused: counter!(m::LISTENER_REFUSED, &l),
                     m_active: gauge!(m::SERVICE_ACTIVE, &l),
                     m_unavailable: counter!(m::SERVICE_CONNECT_GIVEUPS, &l),
-                    m_route_failures: counter!(m::SERVICE_ROUTE_FAILURES, &l),
+                    m_route_failures: RouteFailure::ALL.map(|why| {
+                        counter!(m::SERVICE_ROUTE_FAILURES, "service" => sc.name.clone(), "reason" => why.as_str())
+                    }),
                 }),
             );
         }

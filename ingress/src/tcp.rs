@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
 use crate::limits::FDS_PER_CONNECTION;
+use crate::metrics::RouteFailure;
 use crate::pool::{ActiveGuard, Kind, Pool};
 use crate::relay::{relay, End};
 use crate::runtime::{Service, Shared};
@@ -106,8 +107,8 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         mode => match peek_route(&mut client, mode, service, &mut first).await {
             Ok(pool) => pool,
             Err(why) => {
-                service.m_route_failures.increment(1);
-                tracing::debug!(client = %peer, reason = why, "no route; closing");
+                service.m_route_failures[why as usize].increment(1);
+                tracing::debug!(client = %peer, reason = why.as_str(), "no route; closing");
                 return;
             }
         },
@@ -128,7 +129,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     let home = upstream.peer_addr().ok().map(|a| a.ip());
     let guard = ActiveGuard::new(path, Kind::Tcp);
     let path = guard.path();
-    tracing::debug!(path = %path.name, "connected");
+    tracing::debug!(path = %path.name, via = ?upstream.local_addr().ok(), "connected");
     let mut sent_first = 0;
     if data_first {
         // Without a header, `first` is sent as it is (it is not empty then).
@@ -220,7 +221,7 @@ async fn peek_route<'a>(
     mode: Mode,
     service: &'a Service,
     buf: &mut Vec<u8>,
-) -> Result<&'a Arc<Pool>, &'static str> {
+) -> Result<&'a Arc<Pool>, RouteFailure> {
     let max = service.cfg.peek_max;
     let mut head = peek::HeadScan::default();
     let mut hello = peek::HelloScan::default();
@@ -242,15 +243,15 @@ async fn peek_route<'a>(
                 }
             };
             match parsed {
-                Ok(name) => return service.router.route(name.as_deref()).ok_or("no route for name"),
+                Ok(name) => return service.router.route(name.as_deref()).ok_or(RouteFailure::NoRoute),
                 Err(peek::Error::Incomplete) => {}
-                Err(peek::Error::NotTls) => return Err("not TLS"),
-                Err(peek::Error::NotHttp) => return Err("not HTTP"),
-                Err(peek::Error::TooLong) => return Err("hello or head too long"),
-                Err(peek::Error::Malformed) => return Err("malformed hello or head"),
+                Err(peek::Error::NotTls) => return Err(RouteFailure::NotTls),
+                Err(peek::Error::NotHttp) => return Err(RouteFailure::NotHttp),
+                Err(peek::Error::TooLong) => return Err(RouteFailure::TooLong),
+                Err(peek::Error::Malformed) => return Err(RouteFailure::Malformed),
             }
             if buf.len() >= max {
-                return Err("hello or head too long");
+                return Err(RouteFailure::TooLong);
             }
             // Read straight into the heap buffer: a stack array here would sit in every
             // connection's task, plain ones included, for its whole life.
@@ -259,13 +260,13 @@ async fn peek_route<'a>(
             let got = client.read(&mut buf[start..]).await;
             buf.truncate(start + *got.as_ref().unwrap_or(&0));
             match got {
-                Ok(0) => return Err("client closed before sending a name"),
+                Ok(0) => return Err(RouteFailure::Closed),
                 Ok(_) => {}
-                Err(_) => return Err("read error"),
+                Err(_) => return Err(RouteFailure::ReadError),
             }
         }
     };
-    tokio::time::timeout(service.cfg.peek_timeout, read).await.unwrap_or(Err("peek timeout"))
+    tokio::time::timeout(service.cfg.peek_timeout, read).await.unwrap_or(Err(RouteFailure::Timeout))
 }
 
 #[cfg(test)]

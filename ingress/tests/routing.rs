@@ -156,6 +156,11 @@ async fn bad_clients_are_dropped_and_counted_while_others_are_served() {
     assert_eq!(a.count() + b.count() + c.count(), 1, "bad clients must never reach home");
     let m = metrics(&server).await;
     assert_eq!(metric(&m, "ingress_service_route_failures_total", &[("service", "sni-routed")]), 3.0);
+    // Each told by its reason: a flood of one kind shows as that kind.
+    for reason in ["not_tls", "timeout", "too_long"] {
+        let labels = [("service", "sni-routed"), ("reason", reason)];
+        assert_eq!(metric(&m, "ingress_service_route_failures_total", &labels), 1.0, "{reason}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
