@@ -28,6 +28,9 @@ pub struct ConnLog {
     pub kind: String,
     /// Whether a PROXY header came first.
     pub proxy: bool,
+    /// When the first line was read (and answered), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_ms: Option<u64>,
 }
 
 /// Reads an echo-server stdout.
@@ -70,8 +73,8 @@ fn accept_loop(l: TcpListener) {
 fn handle(s: TcpStream) {
     let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mut log = ConnLog { unix_ms: crate::unix_ms(), local, peer, kind: "error".into(), proxy: false };
-    match converse(s, &log.local, &mut log.proxy) {
+    let mut log = ConnLog { unix_ms: crate::unix_ms(), local, peer, kind: "error".into(), proxy: false, line_ms: None };
+    match converse(s, &log.local, &mut log.proxy, &mut log.line_ms) {
         Ok(kind) => log.kind = kind.into(),
         Err(e) => eprintln!("echo-server: {} from {}: {e:#}", log.local, log.peer),
     }
@@ -80,7 +83,7 @@ fn handle(s: TcpStream) {
     }
 }
 
-fn converse(s: TcpStream, local: &str, proxy: &mut bool) -> Result<&'static str> {
+fn converse(s: TcpStream, local: &str, proxy: &mut bool, line_ms: &mut Option<u64>) -> Result<&'static str> {
     s.set_read_timeout(Some(IDLE))?;
     s.set_write_timeout(Some(IDLE))?;
     s.set_nodelay(true)?;
@@ -127,6 +130,7 @@ fn converse(s: TcpStream, local: &str, proxy: &mut bool) -> Result<&'static str>
         )?;
         return Ok("http");
     }
+    *line_ms = Some(crate::unix_ms());
     w.write_all(format!("{local}\n{line}").as_bytes())?;
     loop {
         line.clear();

@@ -107,18 +107,30 @@ pub fn describe_failures(records: &[Record], since: u64) -> String {
 }
 
 /// [`describe_failures`], each followed by what the ingress it reached logged of it (with
-/// [`Topology::log_ingress_connections`]): whether home was reached, on which path, and how
-/// many bytes each way moved before it ended.
+/// [`Topology::log_ingress_connections`]: whether home was reached, on which path, how many
+/// bytes each way moved and when it ended) and what the echo backend logged of the upstream
+/// connection (`line_ms`: when it read the client's line and answered).
 pub fn failures_with_ingress_logs(t: &mut Topology, records: &[Record], since: u64) -> String {
     let mut out = describe_failures(records, since);
+    let backend = t.proc_mut(&format!("backend-{}", Role::Home.as_str())).map(|p| p.stdout()).unwrap_or_default();
     for r in records.iter().filter(|r| !r.ok) {
         let (Some(target), Some(local)) = (r.target.as_deref(), r.local.as_deref()) else { continue };
         let role = if target.starts_with(&format!("{}:", addr::INGRESS1)) { Role::Ingress1 } else { Role::Ingress2 };
         let Ok(p) = t.proc_mut(role.as_str()) else { continue };
         let needle = format!("client={local}}}");
-        let lines: Vec<String> =
-            p.stderr().lines().filter(|l| l.contains(&needle)).map(|l| format!("    {l}")).collect();
-        out.push_str(&format!("\n  {} of {local} on {}:\n{}", r.seq, role.as_str(), lines.join("\n")));
+        let lines: Vec<String> = p.stderr().lines().filter(|l| l.contains(&needle)).map(String::from).collect();
+        // "via=Some(ADDR)": the upstream connection's own address, the backend's peer.
+        let upstream = lines.iter().find_map(|l| l.split("via=Some(").nth(1)?.split(')').next().map(String::from));
+        out.push_str(&format!("\n  {} from {local} on {}:", r.seq, role.as_str()));
+        for l in &lines {
+            out.push_str(&format!("\n    {l}"));
+        }
+        if let Some(up) = upstream {
+            let peer = format!("\"peer\":\"{up}\"");
+            for l in backend.lines().filter(|l| l.contains(&peer)) {
+                out.push_str(&format!("\n    backend: {l}"));
+            }
+        }
     }
     out
 }

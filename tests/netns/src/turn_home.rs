@@ -116,7 +116,8 @@ fn configure(t: &Topology) -> Result<()> {
         ),
     )?;
     let (peer, stranger, client) = (addr::STRANGER, STRANGER2, addr::CLIENT);
-    // The UDP length of uclient's messages, which the peer echoes.
+    // The UDP length of uclient's messages, which the peer echoes; a run of them sent as one
+    // GSO packet (the ingress's and the local proxy's replies) has a longer one (`datagrams`).
     let data_len = MESSAGE_LEN + 8;
     let relay = format!("udp dport {RELAY_MIN}-{RELAY_MAX}");
     nft(
@@ -128,7 +129,7 @@ fn configure(t: &Topology) -> Result<()> {
              ip daddr {peer} udp sport {RELAY_MIN}-{RELAY_MAX} counter name \"to_peer\"\n }}\n\
              chain input {{\n  type filter hook input priority 0; policy accept;\n\
              ip saddr {peer} {relay} counter name \"peer\"\n\
-             ip saddr {peer} {relay} udp length {data_len} counter name \"peer_data\"\n\
+             ip saddr {peer} {relay} udp length >= {data_len} counter name \"peer_data\"\n\
              ip saddr {stranger} {relay} counter name \"stranger\"\n\
              ip saddr {client} udp dport 3478 counter name \"client_udp\"\n\
              ip saddr {client} tcp dport {{ 3478, 5349 }} counter name \"client_tcp\"\n }}\n}}\n"
@@ -139,7 +140,8 @@ fn configure(t: &Topology) -> Result<()> {
         t.ns(Role::Stranger),
         &format!(
             "table inet witness {{\n counter from_relay {{}}\n chain input {{\n  type filter hook input priority 0; \
-             policy accept;\n  ip saddr {ing} udp sport {RELAY_MIN}-{RELAY_MAX} counter name \"from_relay\"\n }}\n}}\n",
+             policy accept;\n  ip saddr {ing} udp sport {RELAY_MIN}-{RELAY_MAX} udp length >= {data_len} \
+             counter name \"from_relay\"\n }}\n}}\n",
             ing = addr::INGRESS1
         ),
     )?;
@@ -169,8 +171,9 @@ fn coturn_host_routes(t: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// Packets the LAN host's counter `name` saw (`peer`, `peer_data`: the peer's echoes,
-/// `stranger`, `client_udp`, `client_tcp`; `to_peer`: coturn's datagrams to the peer).
+/// Packets the LAN host's counter `name` saw (`peer`: the peer's datagrams, `stranger`,
+/// `client_udp`, `client_tcp`; `to_peer`: coturn's datagrams to the peer). The peer's echoes
+/// are counted by [`peer_echoes`].
 pub fn witness(t: &Topology, name: &str) -> Result<u64> {
     counter(t, Role::Lan, name)
 }
@@ -187,7 +190,22 @@ pub fn guard_drops(t: &Topology) -> Result<u64> {
 
 /// Datagrams that reached the peer's host from ingress1's relay ports.
 pub fn at_peer_from_relay(t: &Topology) -> Result<u64> {
-    counter(t, Role::Stranger, "from_relay")
+    datagrams(t, Role::Stranger, "from_relay")
+}
+
+/// The peer's echoes of uclient's messages that reached the LAN host (counter `peer_data`).
+pub fn peer_echoes(t: &Topology) -> Result<u64> {
+    datagrams(t, Role::Lan, "peer_data")
+}
+
+/// uclient's messages (`MESSAGE_LEN` bytes each) in what counter `name` saw. Not its packets:
+/// the ingress and the local proxy send a run of equal datagrams as one UDP GSO packet, which
+/// the kernel splits only at the receiving socket, after the input hook, so the counter sees
+/// one packet of 28 + n × `MESSAGE_LEN` bytes (IPv4) for n datagrams.
+fn datagrams(t: &Topology, role: Role, name: &str) -> Result<u64> {
+    let out = t.exec(role, &["nft", "list", "counter", "inet", "witness", name], cmd::DEFAULT_TIMEOUT)?;
+    let (packets, bytes) = (packets(&out)?, figure(&out, "bytes")?);
+    Ok(bytes.saturating_sub(28 * packets) / u64::from(MESSAGE_LEN))
 }
 
 fn counter(t: &Topology, role: Role, name: &str) -> Result<u64> {
@@ -196,11 +214,16 @@ fn counter(t: &Topology, role: Role, name: &str) -> Result<u64> {
 
 /// The first `packets N` in nft's listing.
 fn packets(out: &str) -> Result<u64> {
+    figure(out, "packets")
+}
+
+/// The first `WHAT N` (packets, bytes) in nft's listing.
+fn figure(out: &str, what: &str) -> Result<u64> {
     out.split_whitespace()
-        .skip_while(|w| *w != "packets")
+        .skip_while(|w| *w != what)
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no packet count in {out}"))
+        .with_context(|| format!("no {what} count in {out}"))
 }
 
 fn make_cert(t: &Topology) -> Result<(PathBuf, PathBuf)> {

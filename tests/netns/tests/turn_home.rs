@@ -84,7 +84,7 @@ fn turn_relay_to_outside_peer_with_real_addresses() {
         ("udp", &[][..], addr::INGRESS2),
     ];
     for (what, extra, server) in runs {
-        let (peer0, client_udp0, client_tcp0) = (w(&t, "peer_data"), w(&t, "client_udp"), w(&t, "client_tcp"));
+        let (peer0, client_udp0, client_tcp0) = (echoes(&t), w(&t, "client_udp"), w(&t, "client_tcp"));
         let arrived0 = home::at_peer_from_relay(&t).expect("peer counter");
         let t0 = Instant::now();
         let mut argv = uclient_argv(2, messages, extra);
@@ -99,7 +99,7 @@ fn turn_relay_to_outside_peer_with_real_addresses() {
         // Functional, not a loss measurement (turn_home_load is): a few datagrams may drop when
         // the 2 shared cores are saturated (seen: 7 of 100 at load 6.5, rtt spikes of 170 ms).
         assert!(r.recv_msgs * 10 >= want * 9, "{what}: {} of {want} came back\n{out}", r.recv_msgs);
-        let peer = w(&t, "peer_data") - peer0;
+        let peer = echoes(&t) - peer0;
         let arrived = home::at_peer_from_relay(&t).expect("peer counter") - arrived0;
         assert!(arrived >= r.recv_msgs, "{what}: only {arrived} relay datagrams reached the peer");
         assert!(peer >= r.recv_msgs, "{what}: only {peer} datagrams reached lan from the peer's own address");
@@ -193,7 +193,7 @@ fn turn_relayed_call_survives_wan1_cut() {
     // Cut once the calls carry data (the peer's echoes reach the LAN host).
     wait_until("relayed data flowing", Duration::from_secs(15), Duration::from_millis(50), || {
         t.proc_mut("uclient")?.ensure_running()?;
-        let n = witness(&t, "peer_data")?;
+        let n = home::peer_echoes(&t)?;
         check(n >= 200, || format!("{n} echoes from the peer"))
     })
     .expect("calls under way");
@@ -228,4 +228,9 @@ fn turn_relayed_call_survives_wan1_cut() {
 /// Packets the LAN host's witness counter `name` saw.
 fn w(t: &Topology, name: &str) -> u64 {
     witness(t, name).unwrap_or_else(|e| panic!("witness {name}: {e:#}"))
+}
+
+/// The peer's echoes that reached the LAN host.
+fn echoes(t: &Topology) -> u64 {
+    home::peer_echoes(t).unwrap_or_else(|e| panic!("peer echoes: {e:#}"))
 }
