@@ -95,7 +95,21 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// Install the process-wide recorder once; later calls (tests running several servers in
 /// one process) reuse it.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).as_ref()
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().ok();
+            // Present from the start at 0: an alert on a counter's increase misses the event
+            // that creates it (Prometheus has no earlier sample), and a refused reload or a
+            // refused control request is often a single one.
+            for result in ["applied", "refused"] {
+                metrics::counter!(RELOADS, "result" => result).increment(0);
+            }
+            for denied in shared::admin::token::Denied::ALL {
+                metrics::counter!(ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(0);
+            }
+            handle
+        })
+        .as_ref()
 }
 
 /// The Prometheus text exposition of every metric.

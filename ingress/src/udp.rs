@@ -17,7 +17,7 @@ use metrics::{counter, gauge, Counter, Gauge};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use shared::proxy_protocol::{write_v2, Command, Transport};
+use shared::proxy_protocol::{write_v2, Command, Transport, V2_SIGNATURE};
 
 use crate::metrics as m;
 use crate::pool::{ActiveGuard, Kind, Path, PathState, Tried, NEVER_BUSY};
@@ -149,11 +149,16 @@ struct Counters {
     drop_no_path: Counter,
     drop_resources: Counter,
     drop_send: Counter,
+    drop_proxy_header: Counter,
 }
 
 impl Counters {
-    fn new(service: &str) -> Self {
-        let s = service.to_owned();
+    fn new(service: &Service) -> Self {
+        let s = service.cfg.name.clone();
+        // Present from the start at 0, so an alert on their increase sees the first eviction.
+        for path in service.pool.paths.iter() {
+            counter!(m::UDP_FLOWS_EVICTED, "service" => s.clone(), "path" => path.name.to_string()).increment(0);
+        }
         Self {
             dgrams_in: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "up"),
             dgrams_out: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "down"),
@@ -163,7 +168,8 @@ impl Counters {
             drop_source_share: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "source_share"),
             drop_no_path: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "no_path"),
             drop_resources: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "resources"),
-            drop_send: counter!(m::UDP_DROPS, "service" => s, "reason" => "send_failed"),
+            drop_send: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "send_failed"),
+            drop_proxy_header: counter!(m::UDP_DROPS, "service" => s, "reason" => "proxy_header"),
         }
     }
 }
@@ -242,7 +248,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         gauge: gauge!(m::UDP_FLOWS_ACTIVE, "service" => service.to_owned(), "listen" => local.to_string()),
         shown: 0,
     };
-    let mut c = Arc::new(Counters::new(&first.cfg.name));
+    let mut c = Arc::new(Counters::new(&first));
     let mut replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
     let mut active = gauge(&first.cfg.name);
     let mut table: FlowTable<SocketAddr, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
@@ -290,7 +296,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
         if !Arc::ptr_eq(&opened_under, &*svc) {
             reloaded(&mut table, &opened_under, &svc, &mut gone);
             if opened_under.cfg.name != svc.cfg.name {
-                c = Arc::new(Counters::new(&svc.cfg.name));
+                c = Arc::new(Counters::new(&svc));
                 replies.c = c.clone();
                 active = gauge(&svc.cfg.name);
             }
@@ -307,6 +313,15 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             let n = data.len();
             c.dgrams_in.increment(1);
             c.bytes_in.increment(n as u64);
+            // A service that adds no header forwards the datagram as it came, and one that
+            // starts with a PROXY v2 header would reach home as this ingress's word on who the
+            // client is (the local proxy takes a header from an ingress as such, and a
+            // transparent stream sends from that address into the LAN). No client sends one.
+            if !svc.cfg.proxy_protocol && data.starts_with(&V2_SIGNATURE) {
+                c.drop_proxy_header.increment(1);
+                tracing::debug!(service = %svc.cfg.name, %client, "datagram starts with a PROXY header; dropped");
+                continue;
+            }
             // Services that answer: a flow sending unanswered makes its path suspect. Judged
             // before the move below, so the datagram that tips the path down already moves.
             if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {

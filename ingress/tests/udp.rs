@@ -453,3 +453,70 @@ async fn a_flow_refused_for_want_of_descriptors_is_not_counted_as_no_path() {
     let reply = ask(&client, "y").await.expect("a flow once descriptors are back");
     assert!(reply.ends_with(":y"), "{reply}");
 }
+
+/// A service without `proxy_protocol` forwards datagrams as they came: one that itself starts
+/// with a PROXY v2 header would reach home as this ingress's word on who the client is (the
+/// local proxy takes a header from an ingress as such). It is dropped and counted; the
+/// client's other datagrams pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_datagram_that_starts_with_a_proxy_header_is_dropped() {
+    use shared::proxy_protocol::{write_v2, Command, Transport};
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    client.connect(addr).await.expect("connect");
+    let lan_host: SocketAddr = "192.168.1.10:53".parse().expect("address");
+    let mut forged = Vec::new();
+    write_v2(&mut forged, Command::Proxy, Transport::Datagram, Some((lan_host, addr)));
+    forged.extend_from_slice(b"forged");
+    client.send(&forged).await.expect("send");
+    let reply = ask(&client, "y").await.expect("the next datagram is answered");
+    assert!(reply.ends_with(":y"), "{reply}");
+    let m = metrics(&server).await;
+    let drops = metric(&m, "ingress_udp_drops_total", &[("service", "udp-echo"), ("reason", "proxy_header")]);
+    assert_eq!(drops, 1.0, "{m}");
+}
+
+/// Counters an alert watches for an increase are there at 0 before their first event
+/// (Prometheus has no sample before the one that creates a series, so `increase()` would miss
+/// a single refused reload, control request or eviction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_that_alerts_watch_start_at_zero() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+    let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
+    service_addr(&server, "udp-echo").await;
+    let m = metrics(&server).await;
+    let present = |name: &str, labels: &[(&str, &str)]| {
+        m.lines().any(|l| {
+            l.starts_with(name) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))) && l.ends_with(" 0")
+        })
+    };
+    assert!(present("ingress_config_reloads_total", &[("result", "refused")]), "{m}");
+    assert!(present("ingress_admin_unauthorized_total", &[("reason", "wrong")]), "{m}");
+    assert!(present("ingress_admin_unauthorized_total", &[("reason", "missing")]), "{m}");
+    // The UDP listener's counters are made when it starts serving.
+    let evicted_zero = |m: &str| {
+        ["wan1", "wan2"].iter().all(|p| {
+            m.lines().any(|l| {
+                l.starts_with("ingress_udp_flows_evicted_total")
+                    && l.contains("service=\"udp-echo\"")
+                    && l.contains(&format!("path=\"{p}\""))
+                    && l.ends_with(" 0")
+            })
+        })
+    };
+    let mut m = metrics(&server).await;
+    for _ in 0..100 {
+        if evicted_zero(&m) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = metrics(&server).await;
+    }
+    assert!(evicted_zero(&m), "{m}");
+}

@@ -30,6 +30,8 @@ pub enum Denied {
 }
 
 impl Denied {
+    pub const ALL: [Denied; 2] = [Denied::Missing, Denied::Wrong];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Denied::Missing => "missing",
