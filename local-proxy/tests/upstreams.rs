@@ -989,3 +989,115 @@ async fn metrics_show_only_the_upstreams_that_run() {
     assert!(metrics.lines().any(|l| l.starts_with("local_proxy_upstream_requests_total{") && l.contains(&b_label)));
     assert_eq!(proxy.metric("local_proxy_upstream_up", &kept).await, 1.0);
 }
+
+/// A UDP flow whose only upstream fails its checks keeps going to it: there is nowhere to
+/// move it, and ending it would drop the datagram and reopen the flow later from a new
+/// source port (a TURN allocation or a game server takes that for another client). The
+/// ingress keeps a flow on a down path likewise while no other is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flow_stays_on_its_down_upstream_when_no_other_can_take_it() {
+    use std::sync::atomic::AtomicBool;
+    use tokio::net::UdpSocket;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let only = echo.local_addr().unwrap();
+    // Answers the probes until told not to; answers data always, noting where it came from.
+    let probes_answered = Arc::new(AtomicBool::new(true));
+    let data_from = Arc::new(Mutex::new(Vec::new()));
+    let (answer, seen) = (probes_answered.clone(), data_from.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            if &buf[..n] == b"ping" {
+                if !answer.load(Ordering::Relaxed) {
+                    continue;
+                }
+            } else {
+                seen.lock().unwrap().push(from);
+            }
+            let mut reply = b"pong ".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[stream]]
+name = "turn-alone"
+listen = "0/udp"
+upstream = "{only}"
+health = {{ send = "ping", expect = "pong", interval = "100ms", timeout = "80ms", rise = 1, fall = 1 }}
+"#
+    )))
+    .await;
+    let label = only.to_string();
+    let labels = [("stream", "turn-alone"), ("upstream", label.as_str())];
+    wait_until(Duration::from_secs(5), "the upstream up", || async {
+        proxy.metric("local_proxy_upstream_up", &labels).await == 1.0
+    })
+    .await;
+    let listen = proxy.listeners_udp[&(Origin::Mesh, "turn-alone".to_string())];
+    let client = UdpSocket::bind("127.0.0.4:0").await.unwrap();
+    let exchange = |i: usize| {
+        let client = &client;
+        async move {
+            client.send_to(format!("data {i}").as_bytes(), listen).await.unwrap();
+            let mut buf = [0u8; 512];
+            let got = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf)).await;
+            got.ok().and_then(Result::ok).map(|(n, _)| buf[..n].to_vec())
+        }
+    };
+    assert_eq!(exchange(0).await.as_deref(), Some(&b"pong data 0"[..]));
+    probes_answered.store(false, Ordering::Relaxed);
+    wait_until(Duration::from_secs(5), "the upstream down", || async {
+        proxy.metric("local_proxy_upstream_up", &labels).await == 0.0
+    })
+    .await;
+    for i in 1..4 {
+        assert_eq!(exchange(i).await.as_deref(), Some(format!("pong data {i}").as_bytes()), "datagram {i}");
+    }
+    let from = data_from.lock().unwrap().clone();
+    assert_eq!(from.len(), 4, "{from:?}");
+    assert!(from.iter().all(|a| *a == from[0]), "the flow was reopened from another port: {from:?}");
+}
+
+/// Counters an alert watches for an increase are there at 0 before their first event
+/// (Prometheus has no sample before the one that creates a series, so `increase()` would miss
+/// a single refused reload or the first flows dropped at the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_that_alerts_watch_start_at_zero() {
+    let proxy = Proxy::start(&config_text(
+        r#"
+[[stream]]
+name = "zeroes"
+listen = "0/udp"
+upstream = "127.0.0.1:9"
+"#,
+    ))
+    .await;
+    let present_in = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        text.lines().any(|l| {
+            l.starts_with(name) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))) && l.ends_with(" 0")
+        })
+    };
+    // The UDP listener's counters are made when its loop starts serving it.
+    let mut text = common::http_get(proxy.admin, "/metrics").await.1;
+    for _ in 0..100 {
+        if present_in(&text, "local_proxy_udp_flows_evicted_total", &[("stream", "zeroes")]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = common::http_get(proxy.admin, "/metrics").await.1;
+    }
+    let present = |name: &str, labels: &[(&str, &str)]| present_in(&text, name, labels);
+    for result in ["invalid", "bind_failed"] {
+        assert!(present("local_proxy_config_reloads_total", &[("result", result)]), "{result}\n{text}");
+    }
+    for reason in ["missing", "wrong"] {
+        assert!(present("local_proxy_admin_unauthorized_total", &[("reason", reason)]), "{reason}\n{text}");
+    }
+    for result in ["flow_limit", "source_share"] {
+        let labels = [("stream", "zeroes"), ("result", result)];
+        assert!(present("local_proxy_udp_dropped_total", &labels), "{result}\n{text}");
+    }
+    assert!(present("local_proxy_udp_flows_evicted_total", &[("stream", "zeroes")]), "{text}");
+}

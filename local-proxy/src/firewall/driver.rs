@@ -193,8 +193,20 @@ struct Active {
     heard: BTreeSet<(String, Family)>,
 }
 
+/// The lookup failure counters of `names`, present at 0 before any failure: an alert on
+/// their increase would miss the failure that created one (DNS down at start).
+fn count_failures_from_zero(hosts: &[String]) {
+    for name in hosts {
+        for family in [Family::V4, Family::V6] {
+            metrics::counter!(names::FIREWALL_LOOKUP_FAILURES, "name" => name.clone(), "record" => family.record())
+                .increment(0);
+        }
+    }
+}
+
 impl Active {
     fn new(settings: Arc<Settings>, prepared: &Prepared) -> Result<Self, Error> {
+        count_failures_from_zero(&settings.ingress_names);
         let tracker = Tracker::new(
             settings.ingress_names.clone(),
             Default::default(),
@@ -369,6 +381,7 @@ impl Active {
                 }
             }
         }
+        count_failures_from_zero(&new.ingress_names);
         let mut tracker = Tracker::new(new.ingress_names.clone(), Default::default(), policy(&new), now);
         tracker.inherit(&self.tracker, now);
         let added: Vec<&String> = new.ingress_names.iter().filter(|n| !old.ingress_names.contains(n)).collect();

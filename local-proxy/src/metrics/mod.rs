@@ -49,6 +49,15 @@ pub fn install() -> PrometheusHandle {
             if let Err(e) = metrics::set_global_recorder(recorder) {
                 tracing::warn!(error = %e, "metrics recorder already installed");
             }
+            // Present from the start at 0: an alert on a counter's increase misses the event
+            // that creates it (Prometheus has no earlier sample), and a refused reload or a
+            // refused control request is often a single one.
+            for result in ["ok", "invalid", "bind_failed"] {
+                metrics::counter!(names::CONFIG_RELOADS, "result" => result).increment(0);
+            }
+            for denied in shared::admin::token::Denied::ALL {
+                metrics::counter!(names::ADMIN_UNAUTHORIZED, "reason" => denied.as_str()).increment(0);
+            }
             handle
         })
         .clone()

@@ -128,6 +128,11 @@ struct Counters {
 
 impl Counters {
     fn new(stream: Arc<String>) -> Arc<Self> {
+        // Present from the start at 0, so an alert on their increase sees the first one.
+        for result in ["flow_limit", "source_share"] {
+            drop_count(&stream, result, 0);
+        }
+        metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.to_string()).increment(0);
         let c = |dir: &'static str| metrics::counter!(names::UDP_DATAGRAMS, "stream" => stream.to_string(), "direction" => dir);
         Arc::new(Self { dgrams_in: c("in"), dgrams_out: c("out"), stream })
     }
@@ -248,8 +253,14 @@ async fn serve_flows(
                 }
             };
             let key = (sender, client);
-            // None: no flow yet; Some(true): its upstream went down.
-            let down = table.get(&key).map(|f| !f.member.is_up());
+            // None: no flow yet; Some(true): its upstream went down and another can take it.
+            // With none to move to, the flow stays where it is (the down may be one failed
+            // check): ended, its datagram would be dropped and the flow reopened later from a
+            // new source port, which a TURN allocation or a game server takes for another
+            // client. The ingress keeps a flow on a down path likewise.
+            let down = table
+                .get(&key)
+                .map(|f| !f.member.is_up() && pools.stream(&stream.name).is_some_and(|p| p.any_usable()));
             if down != Some(false) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &counters);
