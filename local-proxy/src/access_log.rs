@@ -451,8 +451,9 @@ mod tests {
     use std::io::Read;
 
     const HOUR: Duration = Duration::from_secs(3600);
-    /// Taken by the tests that check nothing was written yet, the one whose writer is stuck
-    /// and the one that calls `flush_all` (which flushes every test's writer).
+    /// Taken by the tests that check nothing was written yet, the one whose writer is stuck,
+    /// the one that calls `flush_all` (which flushes every test's writer) and those that call
+    /// `reopen` or depend on no reopen (it wakes every test's writer).
     static SERIAL: Mutex<()> = Mutex::new(());
 
     fn serial() -> MutexGuard<'static, ()> {
@@ -617,6 +618,8 @@ mod tests {
     /// config took ([`adopt`]) stay.
     #[test]
     fn a_file_made_for_a_refused_config_is_removed_while_empty() {
+        // A reopen meanwhile (another test's) would make the file no longer the one it made.
+        let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
         let ended = |path: &Path, adopted: bool, text: Option<&str>| {
             let sink = open(path, HOUR).unwrap();
@@ -674,6 +677,8 @@ mod tests {
     /// A writer with a long `flush` reopens at the signal, not at its next interval.
     #[test]
     fn a_reopen_is_not_held_by_a_long_flush_interval() {
+        // reopen() wakes every writer of the process: not while another test counts writes.
+        let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
         let (path, rotated) = (dir.path().join("slow.log"), dir.path().join("slow.log.1"));
         let params = Params { flush_interval: Duration::from_secs(3600), ..Params::default() };
@@ -694,6 +699,7 @@ mod tests {
     /// is whole and in exactly one of the two files, and new lines go to the new file.
     #[test]
     fn a_rotation_under_load_loses_and_splits_no_line() {
+        let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
         let (path, rotated) = (dir.path().join("rot.log"), dir.path().join("rot.log.1"));
         // Small buffers and a short interval: many writes, and the reopen lands amid them.

@@ -60,6 +60,18 @@ fn running_series(state: &State, served: &[String]) -> String {
         if l.name == names::CERTIFICATE_EXPIRY {
             return l.get("certificate").is_some_and(|c| served.iter().any(|s| *s == *c));
         }
+        // A name a reload removed from the firewall (its failing gauge would alert for good).
+        if l.name.starts_with("local_proxy_firewall_") {
+            if let Some(name) = l.get("name").filter(|n| n.as_ref() != "static") {
+                return config
+                    .firewall
+                    .as_ref()
+                    .is_some_and(|f| f.ingress_names.iter().any(|n| n.as_str() == name.as_ref()));
+            }
+        }
+        if l.name == names::ACME_FAILURES || l.name == names::ACME_DAYS_LEFT {
+            return l.get("certificate").is_some_and(|c| state.acme.keeps(&c));
+        }
         let (site, stream) = (l.get("site"), l.get("stream"));
         if let Some(upstream) = l.get("upstream") {
             let owner = site.map(|s| ("site", s)).or(stream.map(|s| ("stream", s)));

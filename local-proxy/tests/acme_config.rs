@@ -117,4 +117,7 @@ fn acme_external_account_key_is_masked_and_staging_is_a_shorthand() {
     // enabled = false turns the section off.
     let off = config::from_toml_str("[acme]\nenabled = false\n").unwrap();
     assert!(off.acme.is_none());
+    // Off, its values are checked but no file it names is read: a test CA's file may be gone.
+    let off = config::from_toml_str("[acme]\nenabled = false\ndirectory_ca_file = \"/nonexistent/ca.pem\"\n").unwrap();
+    assert!(off.acme.is_none());
 }

@@ -770,3 +770,38 @@ async fn a_certbot_live_directory_is_picked_up_and_renewed_in_place() {
     let names = local_proxy::acme::storage::read_cert(&live.join("fullchain.pem")).unwrap().unwrap().names;
     assert_eq!(names, ["old.test"]);
 }
+
+/// A certificate a reload no longer asks for leaves `/status` and its series: its count of
+/// failed orders would otherwise keep `LocalProxyAcmeFailing` firing until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_a_reload_drops_takes_its_failure_count_along() {
+    let s = setup(SetupOptions {
+        names: vec!["kept.test", "dropped.test"],
+        pebble: PebbleOptions { blocklist: vec!["dropped.test"], ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    s.wait_issued("kept.test", Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(30), "dropped.test refused", || async {
+        s.proxy.handle.acme().status().get("dropped.test").is_some_and(|c| c.failures >= 1)
+    })
+    .await;
+    let gauge = |text: &str, dir: &str| {
+        text.lines().any(|l| {
+            l.starts_with("local_proxy_acme_consecutive_failures") && l.contains(&format!("certificate=\"{dir}\""))
+        })
+    };
+    let before = http_get(s.proxy.admin, "/metrics").await.1;
+    assert!(gauge(&before, "dropped.test"), "{before}");
+    let site = format!("[[site]]\nhost = \"dropped.test\"\nupstream = \"http://{}\"\n", s.upstream);
+    assert!(s.config.contains(&site));
+    let fewer = s.config.replace(&site, "");
+    s.proxy.handle.reload(local_proxy::config::from_toml_str(&fewer).unwrap()).await.unwrap();
+    wait_until(Duration::from_secs(10), "dropped.test gone from the status", || async {
+        !s.proxy.handle.acme().status().contains_key("dropped.test")
+    })
+    .await;
+    let after = http_get(s.proxy.admin, "/metrics").await.1;
+    assert!(!gauge(&after, "dropped.test"), "{after}");
+    assert!(gauge(&after, "kept.test"), "{after}");
+}

@@ -119,6 +119,15 @@ impl Acme {
         self.certs.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    fn keep_only<'a>(&self, dirs: impl Iterator<Item = &'a str> + Clone) {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner()).retain(|dir, _| dirs.clone().any(|d| d == dir));
+    }
+
+    /// Whether ACME keeps the certificate in `live/` folder `dir` now.
+    pub fn keeps(&self, dir: &str) -> bool {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(dir)
+    }
+
     /// `dir`'s failures so far and when its next attempt may be made; `(0, 0)` when its last
     /// attempt succeeded. Known in memory since this process's first look, else as the last
     /// run left it in the storage folder.
@@ -216,6 +225,9 @@ pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, sto
         tokio::task::spawn_blocking(move || scan(&live)).await.unwrap_or_default()
     };
     let lineages = plan::lineages(&settings.names, &existing);
+    // A certificate a reload no longer asks for leaves the status page and its series
+    // (its consecutive failures would keep LocalProxyAcmeFailing firing for good).
+    acme.keep_only(lineages.iter().map(|l| l.dir.as_str()));
     let mut tasks = JoinSet::new();
     for lineage in lineages {
         acme.update(&lineage.dir, |s| s.names = lineage.names.clone());
