@@ -193,13 +193,15 @@ struct Active {
     heard: BTreeSet<(String, Family)>,
 }
 
-/// The lookup failure counters of `names`, present at 0 before any failure: an alert on
-/// their increase would miss the failure that created one (DNS down at start).
+/// The lookup failure series of `hosts`, present at 0 before any failure: an alert on their
+/// increase would miss the failure that created one (DNS down at start).
 fn count_failures_from_zero(hosts: &[String]) {
     for name in hosts {
         for family in [Family::V4, Family::V6] {
             metrics::counter!(names::FIREWALL_LOOKUP_FAILURES, "name" => name.clone(), "record" => family.record())
                 .increment(0);
+            metrics::gauge!(names::FIREWALL_LOOKUP_FAILING, "name" => name.clone(), "record" => family.record())
+                .set(0.0);
         }
     }
 }
@@ -282,6 +284,9 @@ impl Active {
                 };
                 let change = self.tracker.record(q, outcome, Instant::now().into_std());
                 super::status::lookup(&name, failure.as_deref(), self.tracker.addresses_of(q.name));
+                let failing =
+                    metrics::gauge!(names::FIREWALL_LOOKUP_FAILING, "name" => name.clone(), "record" => record);
+                failing.set(if failure.is_some() { 1.0 } else { 0.0 });
                 if let Some(error) = failure {
                     metrics::counter!(names::FIREWALL_LOOKUP_FAILURES, "name" => name.clone(), "record" => record)
                         .increment(1);

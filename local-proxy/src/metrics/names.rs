@@ -88,6 +88,10 @@ pub const FIREWALL_ADDRESSES: &str = "local_proxy_firewall_addresses";
 pub const FIREWALL_LAST_REFRESH: &str = "local_proxy_firewall_last_refresh_timestamp_seconds";
 /// Failed or timed-out lookups (the last known addresses were kept), by `name` and `record` (`A`, `AAAA`).
 pub const FIREWALL_LOOKUP_FAILURES: &str = "local_proxy_firewall_lookup_failures_total";
+/// 1 while the latest lookup failed, 0 once one is answered, by `name` and `record`: what
+/// `LocalProxyFirewallDnsFailing` watches (a failure count cannot tell a name failing now,
+/// between backed-off lookups, from one that failed once an hour ago).
+pub const FIREWALL_LOOKUP_FAILING: &str = "local_proxy_firewall_lookup_failing";
 /// nftables table updates, by `result` (`ok`, `failed`).
 pub const FIREWALL_UPDATES: &str = "local_proxy_firewall_updates_total";
 /// Times the firewall table was found gone from the kernel (or changed) by the periodic
