@@ -87,7 +87,8 @@ pub const UDP_FLOWS_MIGRATED: &str = "ingress_udp_flows_migrated_total";
 pub const UDP_DATAGRAMS: &str = "ingress_udp_datagrams_total";
 pub const UDP_BYTES: &str = "ingress_udp_bytes_total";
 /// UDP datagrams dropped (label `reason`: flow_cap, source_share, no_path, resources — the flow
-/// socket could not be made on our side —, send_failed).
+/// socket could not be made on our side —, send_failed, proxy_header — a client's datagram
+/// that starts with a PROXY v2 header, on a service that adds none).
 pub const UDP_DROPS: &str = "ingress_udp_drops_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

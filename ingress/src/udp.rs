@@ -155,10 +155,7 @@ struct Counters {
 impl Counters {
     fn new(service: &Service) -> Self {
         let s = service.cfg.name.clone();
-        // Present from the start at 0, so an alert on their increase sees the first eviction.
-        for path in service.pool.paths.iter() {
-            counter!(m::UDP_FLOWS_EVICTED, "service" => s.clone(), "path" => path.name.to_string()).increment(0);
-        }
+        evictions_from_zero(service);
         Self {
             dgrams_in: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "up"),
             dgrams_out: counter!(m::UDP_DATAGRAMS, "service" => s.clone(), "direction" => "down"),
@@ -171,6 +168,16 @@ impl Counters {
             drop_send: counter!(m::UDP_DROPS, "service" => s.clone(), "reason" => "send_failed"),
             drop_proxy_header: counter!(m::UDP_DROPS, "service" => s, "reason" => "proxy_header"),
         }
+    }
+}
+
+/// The service's eviction counters, present at 0 before the first eviction (an alert on their
+/// increase would miss the one that created the series): at start, and after a reload, which
+/// may add paths.
+fn evictions_from_zero(service: &Service) {
+    for path in service.pool.paths.iter() {
+        let (s, p) = (service.cfg.name.clone(), path.name.to_string());
+        counter!(m::UDP_FLOWS_EVICTED, "service" => s, "path" => p).increment(0);
     }
 }
 
@@ -299,6 +306,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 c = Arc::new(Counters::new(&svc));
                 replies.c = c.clone();
                 active = gauge(&svc.cfg.name);
+            } else {
+                evictions_from_zero(&svc);
             }
             active.show(table.len());
             opened_under = Arc::clone(&*svc);
