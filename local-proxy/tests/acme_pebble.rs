@@ -342,6 +342,16 @@ impl Setup {
         }
     }
 
+    /// Until ACME's status notes `name`'s issue: the certificate is served from within its
+    /// install and the status noted after it, a moment later on a loaded machine (a full run
+    /// once read the status in between).
+    async fn wait_noted(&self, name: &str) {
+        wait_until(Duration::from_secs(10), &format!("the status notes {name}'s issue"), || async {
+            self.proxy.handle.acme().status().get(name).is_some_and(|c| !c.last_challenges.is_empty())
+        })
+        .await;
+    }
+
     /// curl --cacert pebble-root https://name/ through both ingress stand-ins and over the mesh.
     async fn curl_everywhere(&self, name: &str) {
         for addr in [self.ingress_https[0], self.ingress_https[1], self.proxy.mesh_https] {
@@ -369,6 +379,7 @@ async fn http01_through_the_ingress_then_served_everywhere_and_the_account_is_ke
     s.wait_issued("b.test", Duration::from_secs(60)).await;
     s.curl_everywhere("a.test").await;
     s.curl_everywhere("b.test").await;
+    s.wait_noted("a.test").await;
     // The counter is process-wide (other tests run beside this one): it moved; ACME's status
     // says which challenge this certificate took.
     assert!(s.proxy.metric("local_proxy_acme_challenges_answered_total", &[("challenge", "http-01")]).await >= 2.0);
@@ -433,6 +444,7 @@ fn unix_now() -> i64 {
 async fn tls_alpn01_through_the_ingress_then_served_everywhere() {
     let s = setup(SetupOptions { names: vec!["alpn.test"], http_01: false, ..Default::default() }).await;
     s.wait_issued("alpn.test", Duration::from_secs(60)).await;
+    s.wait_noted("alpn.test").await;
     s.curl_everywhere("alpn.test").await;
     assert!(s.proxy.metric("local_proxy_acme_challenges_answered_total", &[("challenge", "tls-alpn-01")]).await >= 1.0);
     assert_eq!(s.proxy.handle.acme().status()["alpn.test"].last_challenges, ["tls-alpn-01"]);
@@ -443,6 +455,7 @@ async fn http01_over_the_mesh() {
     let s = setup(SetupOptions { names: vec!["mesh.test"], via: Via::Mesh, tls_alpn_01: false, ..Default::default() })
         .await;
     s.wait_issued("mesh.test", Duration::from_secs(60)).await;
+    s.wait_noted("mesh.test").await;
     s.curl_everywhere("mesh.test").await;
     assert_eq!(s.proxy.handle.acme().status()["mesh.test"].last_challenges, ["http-01"]);
 }
@@ -452,6 +465,7 @@ async fn tls_alpn01_over_the_mesh() {
     let s = setup(SetupOptions { names: vec!["mesh-alpn.test"], via: Via::Mesh, http_01: false, ..Default::default() })
         .await;
     s.wait_issued("mesh-alpn.test", Duration::from_secs(60)).await;
+    s.wait_noted("mesh-alpn.test").await;
     s.curl_everywhere("mesh-alpn.test").await;
     assert_eq!(s.proxy.handle.acme().status()["mesh-alpn.test"].last_challenges, ["tls-alpn-01"]);
 }
@@ -673,6 +687,7 @@ async fn a_key_that_does_not_match_its_certificate_is_replaced() {
 async fn a_failed_http01_is_followed_by_tls_alpn01() {
     let s = setup(SetupOptions { http_forwarded: false, ..Default::default() }).await;
     s.wait_issued("a.test", Duration::from_secs(60)).await;
+    s.wait_noted("a.test").await;
     let status = s.proxy.handle.acme().status()["a.test"].clone();
     assert_eq!(status.last_challenges, ["tls-alpn-01"], "{status:?}");
     assert!(s.orders("a.test", "challenge_failed").await >= 1.0, "HTTP-01 was not tried first: {status:?}");
