@@ -10,6 +10,24 @@ use std::time::Duration;
 use common::*;
 use tokio::net::UdpSocket;
 
+/// Home on two paths: each a TCP backend (the health checks') and a UDP echo on its address.
+struct TwoPaths {
+    tcp1: Backend,
+    tcp2: Backend,
+    _echo1: UdpEcho,
+    _echo2: UdpEcho,
+}
+
+impl TwoPaths {
+    async fn start() -> Self {
+        let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+        let tcp2 = Backend::start("wan2", "127.0.0.3").await;
+        let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+        let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+        Self { tcp1, tcp2, _echo1, _echo2 }
+    }
+}
+
 fn udp_config(wan1: SocketAddr, wan2: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -343,10 +361,8 @@ async fn client_on_wan1(addr: SocketAddr) -> UdpSocket {
 /// to go down would keep the flow there for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
-    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
-    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
-    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
-    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let home = TwoPaths::start().await;
+    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
     let both = udp_config(tcp1.addr, tcp2.addr, "");
     let server = start(&both).await;
     let addr = service_addr(&server, "udp-echo").await;
@@ -368,10 +384,8 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
 /// `/metrics` with the service).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_udp_service_is_counted_under_its_new_name() {
-    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
-    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
-    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
-    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let home = TwoPaths::start().await;
+    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
     let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
     let before = udp_config(tcp1.addr, tcp2.addr, "").replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
     let server = start(&before).await;
@@ -427,10 +441,8 @@ async fn wildcard_and_specific_udp_listeners_with_udp_reuseport_both_bind() {
 async fn a_flow_refused_for_want_of_descriptors_is_not_counted_as_no_path() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     use std::os::fd::AsRawFd;
-    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
-    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
-    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
-    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let home = TwoPaths::start().await;
+    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
     let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
     let addr = service_addr(&server, "udp-echo").await;
     // A path answers: the pool has usable paths.
@@ -461,10 +473,8 @@ async fn a_flow_refused_for_want_of_descriptors_is_not_counted_as_no_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_datagram_that_starts_with_a_proxy_header_is_dropped() {
     use shared::proxy_protocol::{write_v2, Command, Transport};
-    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
-    let tcp2 = Backend::start("wan2", "127.0.0.3").await;
-    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
-    let _echo2 = UdpEcho::start("wan2", tcp2.addr).await;
+    let home = TwoPaths::start().await;
+    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
     let server = start(&udp_config(tcp1.addr, tcp2.addr, "")).await;
     let addr = service_addr(&server, "udp-echo").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
