@@ -5,7 +5,9 @@
 //! (`shared::udp_batch`). Flows are admitted under the service's budget (all its ports) and
 //! the process's (the descriptor budget); replies are read into one buffer per worker
 //! thread, not one per flow (`shared::udp_relay`). On shutdown the flows stay for the
-//! replies still on their way (`udp_relay::linger`).
+//! replies still on their way (`udp_relay::linger`). A listener on a wildcard address answers
+//! each flow from the address its first datagram was sent to, and names that address in the
+//! PROXY header (`Batch::for_listener`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,7 +264,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
-    let mut batch = Batch::default();
+    let mut batch = Batch::for_listener(&socket);
     // This port asked its service's budget for a slot (`FlowTable::admit_among`).
     let mut waiting = false;
     // The service as its flows were opened (a reload makes a new one).
@@ -391,13 +393,19 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                     continue;
                 };
+                // Where the client sent it: this listener's address, or on a wildcard one, the
+                // host's address it was sent to (a later datagram of the flow to another of
+                // them is answered from the first).
+                let asked = batch.to(i);
                 // Built once admitted: a flood at the cap allocates nothing per datagram.
                 let header = svc.cfg.proxy_protocol.then(|| {
                     let mut h = Vec::with_capacity(52);
-                    write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, local)));
+                    let to = SocketAddr::new(asked.unwrap_or(local.ip()), local.port());
+                    write_v2(&mut h, Command::Proxy, Transport::Datagram, Some((client, to)));
                     h.into_boxed_slice()
                 });
-                let flow = match open_flow(&svc, port, client, &replies, now, header, (permits, share)).await {
+                let to_client = (client, asked);
+                let flow = match open_flow(&svc, port, to_client, &replies, now, header, (permits, share)).await {
                     Ok(flow) => flow,
                     Err(NoFlow::NoPath) => {
                         c.drop_no_path.increment(1);
@@ -455,10 +463,11 @@ enum NoFlow {
 }
 
 /// Pick a path and open the flow's upstream socket, skipping paths whose socket fails.
+/// `client`: the client, and the address to answer it from (None: the listener's own).
 async fn open_flow(
     svc: &Service,
     port: u16,
-    client: SocketAddr,
+    client: (SocketAddr, Option<IpAddr>),
     replies: &Replies,
     now: u64,
     header: Option<Box<[u8]>>,
@@ -516,7 +525,7 @@ async fn open_flow(
 async fn pump_replies(
     upstream: Arc<UdpSocket>,
     replies: Replies,
-    client: SocketAddr,
+    (client, from): (SocketAddr, Option<IpAddr>),
     last: Arc<AtomicU64>,
     answers: Arc<Answers>,
     busy_mark: Arc<AtomicU64>,
@@ -532,7 +541,7 @@ async fn pump_replies(
         answers.last.store(now + 1, Ordering::Relaxed);
         answers.count.fetch_add(run.len() as u64, Ordering::Relaxed);
         let at = path.note_reply();
-        let sent = segmenting.send_to(&listener, client, run).datagrams;
+        let sent = segmenting.send_to(&listener, client, from, run).datagrams;
         if sent > 0 {
             let bytes = (sent * run[0].len()) as u64;
             c.dgrams_out.increment(sent as u64);

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -45,6 +44,18 @@ idle_timeout = "2s"
 {extra}
 "#
     )
+}
+
+/// A raw UDP echo on `addr`: returns exactly what it received, header included.
+async fn raw_echo(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let raw = UdpSocket::bind(addr).await.expect("bind raw echo");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, from)) = raw.recv_from(&mut buf).await else { continue };
+            let _ = raw.send_to(&buf[..n], from).await;
+        }
+    })
 }
 
 async fn ask(sock: &UdpSocket, msg: &str) -> Option<String> {
@@ -184,16 +195,7 @@ async fn one_address_keeping_its_flows_talking_leaves_room_for_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_carry_a_proxy_v2_header_with_the_client_address() {
     let tcp1 = Backend::start("wan1", "127.0.0.2").await;
-    // A raw UDP echo: returns exactly what it received, header included.
-    let raw = Arc::new(UdpSocket::bind(tcp1.addr).await.expect("bind raw echo"));
-    let r2 = raw.clone();
-    let echo = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        loop {
-            let Ok((n, from)) = r2.recv_from(&mut buf).await else { continue };
-            let _ = r2.send_to(&buf[..n], from).await;
-        }
-    });
+    let echo = raw_echo(tcp1.addr).await;
     let toml = udp_config(tcp1.addr, tcp1.addr, "proxy_protocol = \"v2\"")
         .replace("udp-echo", "udp-proxied")
         .replace("{ name = \"wan2\"", "{ name = \"wan2b\"");
@@ -218,6 +220,41 @@ async fn udp_datagrams_carry_a_proxy_v2_header_with_the_client_address() {
         assert_eq!(parsed.transport, shared::proxy_protocol::Transport::Datagram);
         assert_eq!(parsed.addresses(), Some((me, addr)));
         assert_eq!(&buf[parsed.len..n], payload.as_bytes());
+    }
+    echo.abort();
+}
+
+/// A service on a wildcard address answers each client from the address it sent to, not
+/// from the route's source (a client's NAT, QUIC stack or DNS stub drops a reply from
+/// elsewhere), and its PROXY header names that address: here two of the host's loopback
+/// addresses, neither of them the route's source back to the client (127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_service_answers_from_the_address_the_client_sent_to() {
+    let tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let echo = raw_echo(tcp1.addr).await;
+    let port = test_support::free_port();
+    let toml = udp_config(tcp1.addr, tcp1.addr, "proxy_protocol = \"v2\"")
+        .replace("{ name = \"wan2\"", "{ name = \"wan2b\"")
+        .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"0.0.0.0:{port}\"]"));
+    let server = start(&toml).await;
+    assert_eq!(service_addr(&server, "udp-echo").await.port(), port);
+    for ip in ["127.0.0.5", "127.0.0.6"] {
+        let asked = SocketAddr::new(ip.parse().expect("ip"), port);
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let me = client.local_addr().expect("local");
+        for i in 0..3 {
+            let payload = format!("datagram {i}");
+            client.send_to(payload.as_bytes(), asked).await.expect("send");
+            let mut buf = [0u8; 2048];
+            let (n, from) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                .await
+                .expect("reply")
+                .expect("recv");
+            assert_eq!(from, asked, "the reply comes from the address asked");
+            let parsed = shared::proxy_protocol::parse(&buf[..n]).expect("a PROXY v2 header");
+            assert_eq!(parsed.addresses(), Some((me, asked)), "the header names the address asked");
+            assert_eq!(&buf[parsed.len..n], payload.as_bytes());
+        }
     }
     echo.abort();
 }

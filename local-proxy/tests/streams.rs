@@ -239,6 +239,41 @@ upstream = "{}"
     test_support::reply_burst(&upstream, flow, &ingress, to).await;
 }
 
+/// On a wildcard WAN address, a stream answers each sender from the address it sent to (an
+/// ingress's flow socket is connected to that address and drops anything from another), and a
+/// datagram that came without a header is passed on with that address as its destination.
+/// 127.0.0.5 and 127.0.0.6 are not the route's source back to the ingress (127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_wildcard_address_answers_from_the_address_asked() {
+    // A raw echo: the upstream's datagram comes back whole, the PROXY header toward it included.
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let at = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = upstream.recv_from(&mut buf).await {
+            let _ = upstream.send_to(&buf[..n], peer).await;
+        }
+    });
+    let config = base_config(&format!(
+        "[[stream]]\nname = \"wild\"\nlisten = \"0/udp\"\nupstream = \"{at}\"\nproxy_protocol = \"v2\"\n"
+    ))
+    .replace("addresses = [\"127.0.0.1\"]", "addresses = [\"0.0.0.0\"]");
+    let p = Proxy::start(&config).await;
+    let port = p.listeners_udp[&(Origin::Wan, "wild".to_string())].port();
+    for ip in ["127.0.0.5", "127.0.0.6"] {
+        let asked = SocketAddr::new(ip.parse().unwrap(), port);
+        let ingress = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        ingress.send_to(b"bare", asked).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, from) =
+            tokio::time::timeout(Duration::from_secs(5), ingress.recv_from(&mut buf)).await.expect("a reply").unwrap();
+        assert_eq!(from, asked, "the reply comes from the address asked");
+        let parsed = proxy_protocol::parse(&buf[..n]).expect("the header toward the upstream");
+        assert_eq!(parsed.addresses(), Some((ingress.local_addr().unwrap(), asked)));
+        assert_eq!(&buf[parsed.len..n], b"bare");
+    }
+}
+
 /// udp_recv_buffer sizes the stream's listening socket and each flow's socket (`ss`'s `rb`
 /// is twice what was set; the size stays under net.core.rmem_max, with or without
 /// CAP_NET_ADMIN).

@@ -12,15 +12,24 @@
 //!
 //! Single datagrams go out with [`send_now`] (a full queue drops, as a router would) and
 //! [`send_with_header`] (a PROXY header and the payload in one datagram, without a copy).
+//!
+//! A listener bound to a wildcard address ([`Batch::for_listener`]) learns each datagram's
+//! destination ([`Batch::to`]) and answers from it (`from` in [`Segmenting::send_to`]): on a
+//! host with several addresses (a failover IP, a keepalived VIP, a second IPv6 address) the
+//! kernel would otherwise pick the route's source, and a client's NAT, QUIC stack or DNS stub
+//! drops a reply from an address it did not send to.
 
 use std::cell::RefCell;
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
-use nix::libc::{ECONNREFUSED, EINVAL, EIO, EMSGSIZE};
-use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::libc::{self, ECONNREFUSED, EINVAL, EIO, EMSGSIZE};
+use nix::sys::socket::{
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders,
+    SockaddrStorage,
+};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -54,8 +63,10 @@ thread_local! {
     /// move between threads, cannot keep them): borrowed only during one call. One set per
     /// address family: the kernel writes each header's address length back (16 for IPv4, 28
     /// for IPv6) and nix does not reset it, so headers an IPv4 socket used would cut an IPv6
-    /// source short.
-    static HEADERS: RefCell<[Option<MultiHeaders<SockaddrStorage>>; 2]> = const { RefCell::new([None, None]) };
+    /// source short. A listener that learns destinations has its own two sets, with room for
+    /// one packet-info message each: the kernel writes the control length back too, and a
+    /// header that once carried none would have no room left for the next.
+    static HEADERS: RefCell<[Option<MultiHeaders<SockaddrStorage>>; 4]> = const { RefCell::new([None, None, None, None]) };
 }
 
 /// A socket's receive slots and what the last read put in them.
@@ -65,6 +76,10 @@ pub struct Batch {
     slots: Box<[u8]>,
     /// Per datagram of the last read: its length and its source (None: skipped).
     got: Vec<Option<(usize, SocketAddr)>>,
+    /// Per datagram of the last read, its destination: only for a listener that learns them.
+    to: Vec<Option<IpAddr>>,
+    /// Whether the socket reports destinations ([`Batch::for_listener`]).
+    destinations: bool,
     /// The socket's address family (0: IPv4, 1: IPv6), learned at the first read.
     family: Option<usize>,
 }
@@ -77,7 +92,22 @@ impl Default for Batch {
 
 impl Batch {
     fn with_slots(n: usize) -> Self {
-        Self { slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(), got: Vec::with_capacity(n), family: None }
+        Self {
+            slots: vec![0u8; n * MAX_DATAGRAM].into_boxed_slice(),
+            got: Vec::with_capacity(n),
+            to: Vec::new(),
+            destinations: false,
+            family: None,
+        }
+    }
+
+    /// The batch of a listening socket: one bound to a wildcard address is made to report
+    /// each datagram's destination ([`Batch::to`]), so that the replies can leave from it.
+    /// Without that report (a kernel that refuses it), the replies leave from the route's
+    /// source, as they did before.
+    pub fn for_listener(sock: &UdpSocket) -> Self {
+        let wildcard = sock.local_addr().is_ok_and(|a| a.ip().is_unspecified());
+        Self { destinations: wildcard && report_destinations(sock), ..Self::default() }
     }
 
     /// Waits until `sock` has datagrams and reads them, as many as there are slots. Returns
@@ -124,31 +154,53 @@ impl Batch {
     fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         if self.got.len() == self.slots() && self.slots() < MAX_BATCH {
             // The previous read filled every slot: this listener is busy.
-            *self = Self { family: self.family, ..Self::with_slots(MAX_BATCH) };
+            *self = Self { family: self.family, destinations: self.destinations, ..Self::with_slots(MAX_BATCH) };
         }
         let family = match self.family {
             Some(f) => f,
             None => *self.family.insert(usize::from(sock.local_addr()?.is_ipv6())),
         };
         self.got.clear();
+        self.to.clear();
         let n = self.slots();
-        let Self { slots, got, .. } = self;
+        let Self { slots, got, to, destinations, .. } = self;
+        let destinations = *destinations;
         HEADERS.with_borrow_mut(|headers| {
-            let headers = &mut headers[family];
+            let set = &mut headers[family + 2 * usize::from(destinations)];
             let mut rest = slots.chunks_mut(MAX_DATAGRAM);
             let mut iovs: [[IoSliceMut<'_>; 1]; MAX_BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(rest.next().unwrap_or_default())]);
-            let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(MAX_BATCH, None));
+            let headers = set.get_or_insert_with(|| {
+                let control = destinations.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+                MultiHeaders::preallocate(MAX_BATCH, control)
+            });
             let read = recvmmsg(sock.as_raw_fd(), headers, iovs[..n].iter_mut(), MsgFlags::MSG_DONTWAIT, None)
                 .map_err(io::Error::from)?;
+            let mut lost_control = false;
             for m in read {
                 // A source that is not an IP address (none for a UDP socket) or a datagram cut
                 // short (none: every slot holds the largest) is skipped, not relayed wrong.
                 let from = m.address.as_ref().and_then(socket_addr);
                 got.push(from.filter(|_| !m.flags.contains(MsgFlags::MSG_TRUNC)).map(|from| (m.bytes, from)));
+                if destinations {
+                    let dst = m.cmsgs().ok().and_then(|mut c| c.find_map(|c| destination(&c)));
+                    lost_control |= dst.is_none();
+                    to.push(dst);
+                }
+            }
+            if lost_control {
+                // Not expected (every datagram of such a socket carries one); a header left
+                // with less room than before would lose the next ones too: made anew.
+                *set = None;
             }
             Ok(got.len())
         })
+    }
+
+    /// The `i`th datagram's destination, for a listener that learns them
+    /// ([`Batch::for_listener`]); None for any other socket's.
+    pub fn to(&self, i: usize) -> Option<IpAddr> {
+        self.to.get(i).copied().flatten()
     }
 
     /// How many datagrams the last read took (skipped ones included).
@@ -170,6 +222,59 @@ impl Batch {
     /// Slots held (1, or [`MAX_BATCH`] once the listener was busy).
     pub fn slots(&self) -> usize {
         self.slots.len() / MAX_DATAGRAM
+    }
+}
+
+/// Asks the kernel for each datagram's destination on `sock` (`IP_PKTINFO`,
+/// `IPV6_RECVPKTINFO`); whether it will give it.
+fn report_destinations(sock: &UdpSocket) -> bool {
+    let set = match sock.local_addr() {
+        Ok(SocketAddr::V4(_)) => setsockopt(sock, sockopt::Ipv4PacketInfo, &true),
+        Ok(SocketAddr::V6(_)) => setsockopt(sock, sockopt::Ipv6RecvPacketInfo, &true),
+        Err(_) => return false,
+    };
+    set.is_ok()
+}
+
+/// A datagram's destination, from its packet-info message.
+fn destination(c: &ControlMessageOwned) -> Option<IpAddr> {
+    match c {
+        ControlMessageOwned::Ipv4PacketInfo(i) => Some(IpAddr::from(u32::from_be(i.ipi_addr.s_addr).to_be_bytes())),
+        ControlMessageOwned::Ipv6PacketInfo(i) => Some(IpAddr::from(i.ipi6_addr.s6_addr)),
+        _ => None,
+    }
+}
+
+/// The packet-info message that makes a datagram leave from `from`: only a unicast address
+/// can be a source (a datagram to a wildcard listener may have been multicast or broadcast;
+/// its answer then leaves from the route's source).
+enum Source {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+impl Source {
+    fn new(from: Option<IpAddr>) -> Option<Self> {
+        match from? {
+            IpAddr::V4(ip) if ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified() => None,
+            IpAddr::V6(ip) if ip.is_multicast() || ip.is_unspecified() => None,
+            IpAddr::V4(ip) => Some(Self::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            })),
+            IpAddr::V6(ip) => Some(Self::V6(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                ipi6_ifindex: 0,
+            })),
+        }
+    }
+
+    fn message(&self) -> ControlMessage<'_> {
+        match self {
+            Self::V4(i) => ControlMessage::Ipv4PacketInfo(i),
+            Self::V6(i) => ControlMessage::Ipv6PacketInfo(i),
+        }
     }
 }
 
@@ -214,19 +319,21 @@ impl Segmenting {
     }
 
     /// The same on an unconnected `sock` (a listener's), every datagram to `to`, without a
-    /// header: a flow's replies to its client.
-    pub fn send_to(&mut self, sock: &UdpSocket, to: SocketAddr, datagrams: &[&[u8]]) -> Sent {
-        self.send_on(sock, Some(to), None, datagrams)
+    /// header: a flow's replies to its client, from the address it sent to when that is
+    /// `from` (a wildcard listener's; see [`Batch::to`]).
+    pub fn send_to(&mut self, sock: &UdpSocket, to: SocketAddr, from: Option<IpAddr>, datagrams: &[&[u8]]) -> Sent {
+        self.send_on(sock, Some((to, Source::new(from))), None, datagrams)
     }
 
     /// `header` only with `to` None (a connected socket).
     fn send_on(
         &mut self,
         sock: &UdpSocket,
-        to: Option<SocketAddr>,
+        to: Option<(SocketAddr, Option<Source>)>,
         header: Option<&[u8]>,
         datagrams: &[&[u8]],
     ) -> Sent {
+        let to = to.as_ref().map(|(to, from)| (*to, from.as_ref()));
         let datagrams = &datagrams[..datagrams.len().min(MAX_BATCH)];
         let head = header.unwrap_or_default();
         let segment = head.len() + datagrams.first().map_or(0, |d| d.len());
@@ -256,12 +363,19 @@ impl Segmenting {
         self.one_by_one(sock, to, header, datagrams)
     }
 
-    fn one_by_one(&self, sock: &UdpSocket, to: Option<SocketAddr>, header: Option<&[u8]>, datagrams: &[&[u8]]) -> Sent {
+    fn one_by_one(
+        &self,
+        sock: &UdpSocket,
+        to: Option<(SocketAddr, Option<&Source>)>,
+        header: Option<&[u8]>,
+        datagrams: &[&[u8]],
+    ) -> Sent {
         let mut sent = 0;
         for d in datagrams {
-            let r = match header {
-                Some(h) => send_with_header(sock, h, d),
-                None => send_now(sock, d, to),
+            let r = match (header, to) {
+                (Some(h), _) => send_with_header(sock, h, d),
+                (None, Some((to, Some(from)))) => send_from(sock, d, to, from),
+                (None, to) => send_now(sock, d, to.map(|(to, _)| to)),
             };
             sent += usize::from(r.is_ok());
         }
@@ -274,9 +388,16 @@ impl Segmenting {
     }
 }
 
+/// One datagram to `to` from the address `from` names.
+fn send_from(sock: &UdpSocket, data: &[u8], to: SocketAddr, from: &Source) -> io::Result<usize> {
+    let iov = [IoSlice::new(data)];
+    let to = SockaddrStorage::from(to);
+    sendmsg(sock.as_raw_fd(), &iov, &[from.message()], MsgFlags::MSG_DONTWAIT, Some(&to)).map_err(io::Error::from)
+}
+
 fn send_gso(
     sock: &UdpSocket,
-    to: Option<SocketAddr>,
+    to: Option<(SocketAddr, Option<&Source>)>,
     head: &[u8],
     datagrams: &[&[u8]],
     segment: usize,
@@ -292,9 +413,16 @@ fn send_gso(
         iov[k] = IoSlice::new(d);
         k += 1;
     }
-    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-    let to = to.map(SockaddrStorage::from);
-    sendmsg(sock.as_raw_fd(), &iov[..k], &cmsg, MsgFlags::MSG_DONTWAIT, to.as_ref()).map(drop).map_err(io::Error::from)
+    let gso = ControlMessage::UdpGsoSegments(&size);
+    let from = to.and_then(|(_, from)| from);
+    let (cmsg, n) = match from {
+        Some(from) => ([gso, from.message()], 2),
+        None => ([gso, gso], 1),
+    };
+    let to = to.map(|(to, _)| SockaddrStorage::from(to));
+    sendmsg(sock.as_raw_fd(), &iov[..k], &cmsg[..n], MsgFlags::MSG_DONTWAIT, to.as_ref())
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// Consecutive datagrams of a batch of one flow (`key`), all of one length: what one
@@ -529,7 +657,7 @@ mod tests {
             batch.runs(|run| {
                 got_runs.push((run.len(), run[0].len()));
                 let one_send = Sent { datagrams: run.len(), calls: 1 };
-                assert_eq!(seg.send_to(&listener, to, run), one_send, "a run in one GSO send");
+                assert_eq!(seg.send_to(&listener, to, None, run), one_send, "a run in one GSO send");
             });
         }
         // The first read takes one (a quiet socket's one slot); the next, the other 31.
@@ -543,6 +671,57 @@ mod tests {
             assert_eq!(from, listener.local_addr().expect("addr"));
             assert_eq!(&buf[..n], &d[..], "datagram {i}, whole and in order");
         }
+    }
+
+    /// A wildcard listener learns which of the host's addresses each datagram was sent to, and
+    /// its replies (one alone, and a run in one GSO send) leave from that address: here
+    /// 127.0.0.3 and 127.0.0.4, neither of them the route's source (127.0.0.1).
+    #[tokio::test]
+    async fn a_wildcard_listener_answers_from_the_address_it_was_asked_at() {
+        let listener = UdpSocket::bind("0.0.0.0:0").await.expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let mut batch = Batch::for_listener(&listener);
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        for (ip, run) in [("127.0.0.3", 1), ("127.0.0.4", 5)] {
+            let asked = SocketAddr::new(ip.parse().expect("ip"), port);
+            client.send_to(b"question", asked).await.expect("send");
+            assert_eq!(read(&listener, &mut batch).await, 1);
+            let (d, from) = batch.get(0).expect("datagram");
+            assert_eq!((d, from), (&b"question"[..], client.local_addr().expect("addr")));
+            assert_eq!(batch.to(0), Some(asked.ip()), "its destination");
+            let answers = vec![&b"answer"[..]; run];
+            let mut seg = Segmenting::default();
+            let sent = seg.send_to(&listener, from, batch.to(0), &answers);
+            assert_eq!(sent, Sent { datagrams: run, calls: 1 }, "{ip}");
+            for i in 0..run {
+                let mut buf = [0u8; 64];
+                let (n, source) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .expect("in time")
+                    .expect("recv");
+                assert_eq!((&buf[..n], source), (&b"answer"[..], asked), "reply {i} to {ip}");
+            }
+        }
+    }
+
+    /// The same over IPv6, and a listener on one address learns nothing (its replies leave
+    /// from that address anyway).
+    #[tokio::test]
+    async fn destinations_over_ipv6_and_none_for_a_specific_address() {
+        let wild = UdpSocket::bind("[::]:0").await.expect("listener");
+        let asked = SocketAddr::new("::1".parse().expect("ip"), wild.local_addr().expect("addr").port());
+        let client = UdpSocket::bind("[::1]:0").await.expect("client");
+        client.send_to(b"six", asked).await.expect("send");
+        let mut batch = Batch::for_listener(&wild);
+        assert_eq!(read(&wild, &mut batch).await, 1);
+        assert_eq!(batch.to(0), Some(asked.ip()));
+        let specific = UdpSocket::bind("127.0.0.1:0").await.expect("specific");
+        let v4 = UdpSocket::bind("127.0.0.1:0").await.expect("v4 client");
+        v4.send_to(b"four", specific.local_addr().expect("addr")).await.expect("send");
+        let mut batch = Batch::for_listener(&specific);
+        assert_eq!(read(&specific, &mut batch).await, 1);
+        assert_eq!(batch.get(0).map(|(d, _)| d), Some(&b"four"[..]));
+        assert_eq!(batch.to(0), None);
     }
 
     async fn pair() -> (UdpSocket, UdpSocket) {

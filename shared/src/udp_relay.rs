@@ -23,12 +23,23 @@ thread_local! {
 /// caller aborts the task when the flow ends): read in batches, in runs of one length
 /// ([`Batch::runs`]), so that a busy flow's replies go out in GSO sends
 /// ([`crate::udp_batch::Segmenting::send_to`]).
-pub async fn pump(upstream: &UdpSocket, mut deliver: impl FnMut(&[&[u8]])) {
+pub async fn pump(upstream: &UdpSocket, deliver: impl FnMut(&[&[u8]])) {
+    pump_while(upstream, || true, deliver).await
+}
+
+/// [`pump`] while `owns` says the flow still owns `upstream`: a socket shared by the flows of
+/// one conversation is read by the newest flow's pump alone, and an older one ends at the
+/// first reply after it lost the socket, without reading it. Two pumps of one socket on two
+/// threads would take turns with its replies and could send them out of order.
+pub async fn pump_while(upstream: &UdpSocket, owns: impl Fn() -> bool, mut deliver: impl FnMut(&[&[u8]])) {
     let family = usize::from(upstream.local_addr().is_ok_and(|a| a.is_ipv6()));
     loop {
         if upstream.readable().await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
+        }
+        if !owns() {
+            return;
         }
         let read = REPLIES.with_borrow_mut(|batches| {
             let batch = &mut batches[family];
@@ -161,6 +172,41 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap(), b"one");
         assert_eq!(rx.recv().await.unwrap(), b"two");
         task.abort();
+    }
+
+    /// Once a newer flow owns a shared socket, the older flow's pump ends at the next reply
+    /// without reading it, and the newer pump alone relays every reply, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_pump_leaves_a_shared_socket_to_the_newer_one() {
+        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        a.connect(b.local_addr().unwrap()).await.unwrap();
+        b.connect(a.local_addr().unwrap()).await.unwrap();
+        let owner = Arc::new(AtomicU64::new(0));
+        let pump_of = |me: u64| {
+            let (a, owner) = (a.clone(), owner.clone());
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                let owns = || owner.load(Ordering::Relaxed) == me;
+                pump_while(&a, owns, |run| run.iter().for_each(|d| drop(tx.send(d.to_vec())))).await
+            });
+            (task, rx)
+        };
+        let (old, mut old_got) = pump_of(0);
+        send_now(&b, b"first", None).unwrap();
+        assert_eq!(old_got.recv().await.unwrap(), b"first");
+        owner.store(1, Ordering::Relaxed);
+        let (new, mut new_got) = pump_of(1);
+        for i in 0..100u8 {
+            send_now(&b, &[i], None).unwrap();
+        }
+        for i in 0..100u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), new_got.recv()).await.unwrap().unwrap();
+            assert_eq!(got, [i], "every reply by the newer pump, in order");
+        }
+        tokio::time::timeout(Duration::from_secs(5), old).await.expect("the older pump ended").unwrap();
+        assert!(old_got.try_recv().is_err(), "nothing more by the older pump");
+        new.abort();
     }
 
     /// An upstream that keeps its flow's queue full does not hold the worker thread: another

@@ -26,6 +26,9 @@ use crate::transparent::{self, TransparentError};
 pub struct ReplyTo {
     pub socket: Arc<UdpSocket>,
     pub sender: SocketAddr,
+    /// On a wildcard socket, the address the sender sent to: the replies leave from it (an
+    /// ingress's flow socket is connected to it and takes nothing from another).
+    pub from: Option<IpAddr>,
 }
 
 /// (client, upstream) of a registered transparent socket.
@@ -140,8 +143,11 @@ mod tests {
         let upstream = listener().await.local_addr().unwrap();
         let (wan1, wan2) = (listener().await, listener().await);
         let client: SocketAddr = "192.0.2.78:40124".parse().unwrap();
-        let via =
-            |socket: &Arc<UdpSocket>, sender: &str| ReplyTo { socket: socket.clone(), sender: sender.parse().unwrap() };
+        let via = |socket: &Arc<UdpSocket>, sender: &str| ReplyTo {
+            socket: socket.clone(),
+            sender: sender.parse().unwrap(),
+            from: None,
+        };
         let (a, owned) = FlowSocket::transparent(client, upstream, via(&wan1, "192.0.2.11:5000")).unwrap();
         assert_eq!(owned, 0);
         assert_eq!(a.upstream.local_addr().unwrap(), client);
@@ -179,7 +185,7 @@ mod tests {
                 let upstream = listener().await.local_addr().unwrap();
                 let wan = listener().await;
                 let client = SocketAddr::from(([192, 0, 2, 80], 42000));
-                let via = |sender: &str| ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap() };
+                let via = |sender: &str| ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap(), from: None };
                 for _ in 0..20_000 {
                     let (first, _) = FlowSocket::transparent(client, upstream, via("192.0.2.11:5000")).unwrap();
                     let ender = std::thread::spawn(move || drop(first));
@@ -213,7 +219,7 @@ mod tests {
                 let barrier = Arc::new(std::sync::Barrier::new(2));
                 let open = |wan: &Arc<UdpSocket>, sender: &str| {
                     let (barrier, reply) =
-                        (barrier.clone(), ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap() });
+                        (barrier.clone(), ReplyTo { socket: wan.clone(), sender: sender.parse().unwrap(), from: None });
                     tokio::task::spawn_blocking(move || {
                         barrier.wait();
                         FlowSocket::transparent(client, upstream, reply).unwrap()

@@ -12,8 +12,9 @@
 //! with a PROXY v2 header naming the client, which is stripped (on the mesh socket too, from
 //! the ingress nodes' mesh addresses in `mesh.trusted_ingress`). A transparent stream binds
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
-//! out of the listening socket, which is bound to one WAN address, so they leave by the WAN
-//! the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
+//! out of the listening socket, from the address the flow's first datagram was sent to (one
+//! WAN address, or on a wildcard socket the one asked: `Batch::for_listener`), so they leave
+//! by the WAN the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
 //! opened (it counts as that upstream's load); when that upstream goes down, the flow's
 //! next datagram opens it anew on a usable one. A stream with an access log writes one line
 //! per flow when it ends (`stream::log`). When the process stops (a restart), each socket's
@@ -33,7 +34,7 @@ use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::proxy_protocol::{self, Command, Transport, V2_SIGNATURE};
 use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowBudget, FlowEntry, FlowLife, FlowPermits, FlowTable, SourceShare};
-use shared::udp_relay::{linger, pump};
+use shared::udp_relay::{linger, pump_while};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +174,7 @@ async fn serve_flows(
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
     let mut gone = Vec::new();
     let mut counters = Counters::new(stream_name.load_full());
-    let mut batch = Batch::default();
+    let mut batch = Batch::for_listener(&socket);
     // This socket asked its stream's budget for a slot (`FlowTable::admit_among`).
     let mut waiting = false;
     let mut recv_buffer = RecvBufferKeeper::default();
@@ -244,7 +245,11 @@ async fn serve_flows(
                 flush(&mut run, &batch, &mut table, &counters);
                 continue;
             };
-            let (client, destination, payload) = match classify(origin, sender, local, datagram, state) {
+            // Where the sender sent it: this socket's address, or on a wildcard one, the host's
+            // address it was sent to (the flow answers from it; see `ReplyTo::from`).
+            let asked = batch.to(i);
+            let here = SocketAddr::new(asked.unwrap_or(local.ip()), local.port());
+            let (client, destination, payload) = match classify(origin, sender, here, datagram, state) {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
                 Err(result) => {
@@ -302,7 +307,7 @@ async fn serve_flows(
                 let opened = open_flow(
                     key,
                     destination,
-                    local,
+                    (local, asked),
                     stream,
                     pool,
                     &socket,
@@ -388,7 +393,7 @@ fn drop_count(stream: &str, result: &'static str, n: usize) {
 async fn open_flow(
     key: FlowKey,
     destination: SocketAddr,
-    local: SocketAddr,
+    (local, asked): (SocketAddr, Option<IpAddr>),
     stream: &Stream,
     pool: &Pool,
     socket: &Arc<UdpSocket>,
@@ -407,7 +412,7 @@ async fn open_flow(
     member.metrics().m_requests.increment(1);
     let member = Active::new(member);
     let target = stream.upstream_for(index, local.port());
-    let reply = ReplyTo { socket: socket.clone(), sender: key.0 };
+    let reply = ReplyTo { socket: socket.clone(), sender: key.0, from: asked };
     // The socket's move count this flow owns it at (a plain socket never moves).
     let mut owned = 0;
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
@@ -497,10 +502,10 @@ fn transparent_failed(stream: &str, upstream: SocketAddr, e: &TransparentError) 
     }
 }
 
-/// Relay the upstream's replies to the sender until the flow ends (its task is aborted). They
-/// count as the flow's activity while it owns the socket (`owned`, the socket's move count as
-/// it opened): a transparent conversation that moved to a newer flow shares the socket with
-/// it, and this flow, which its sender no longer uses, must go idle.
+/// Relay the upstream's replies to the sender until the flow ends (its task is aborted), or
+/// until it no longer owns the socket (`owned`, the socket's move count as it opened): a
+/// transparent conversation that moved to a newer flow shares the socket with it, whose pump
+/// relays them from then on, and this flow, which its sender no longer uses, must go idle.
 async fn replies(
     upstream: Arc<FlowSocket>,
     owned: u64,
@@ -511,19 +516,24 @@ async fn replies(
 ) {
     // The route back to the sender takes GSO or not, whatever the route upstream does.
     let mut segmenting = Segmenting::default();
-    pump(&upstream.upstream, |run| {
-        if upstream.moves() == owned {
-            shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
-        }
-        let to = upstream.reply_to();
-        let sent = segmenting.send_to(&to.socket, to.sender, run).datagrams;
-        counters.dgrams_out.increment(sent as u64);
-        if let Some(c) = &counts {
-            c.outbound(sent, run[0].len());
-        }
-        if sent < run.len() {
-            drop_count(&counters.stream, "send_failed", run.len() - sent);
-        }
-    })
+    pump_while(
+        &upstream.upstream,
+        || upstream.moves() == owned,
+        |run| {
+            // Read just before the move: relayed on the new route, but not this flow's activity.
+            if upstream.moves() == owned {
+                shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
+            }
+            let to = upstream.reply_to();
+            let sent = segmenting.send_to(&to.socket, to.sender, to.from, run).datagrams;
+            counters.dgrams_out.increment(sent as u64);
+            if let Some(c) = &counts {
+                c.outbound(sent, run[0].len());
+            }
+            if sent < run.len() {
+                drop_count(&counters.stream, "send_failed", run.len() - sent);
+            }
+        },
+    )
     .await;
 }
