@@ -786,6 +786,30 @@ async fn a_certbot_live_directory_is_picked_up_and_renewed_in_place() {
     assert_eq!(names, ["old.test"]);
 }
 
+/// A reload that restarts ACME keeps the certificates it still asks for on `/status` and in
+/// their series while the account is fetched again: here from a CA that does not answer, so
+/// for good. They were cleared at the restart, and an operator saw no certificates at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_acme_keeps_the_status_while_the_ca_is_away() {
+    let s = setup(SetupOptions { names: vec!["kept.test"], ..Default::default() }).await;
+    s.wait_issued("kept.test", Duration::from_secs(60)).await;
+    let closed = format!("https://127.0.0.1:{}/dir", free_port());
+    assert!(s.config.contains(&s.pebble.directory));
+    let away = s.config.replace(&s.pebble.directory, &closed);
+    s.proxy.handle.reload(local_proxy::config::from_toml_str(&away).unwrap()).await.unwrap();
+    wait_until(Duration::from_secs(10), "the account asked of the CA that is away", || async {
+        s.proxy.handle.acme().account_error().is_some()
+    })
+    .await;
+    let status = s.proxy.handle.acme().status();
+    let kept = status.get("kept.test").expect("still on the status");
+    assert_eq!(kept.names, ["kept.test"]);
+    assert!(kept.not_after.is_some(), "with its certificate's end");
+    let metrics = http_get(s.proxy.admin, "/metrics").await.1;
+    let series = |name: &str| metrics.lines().any(|l| l.starts_with(name) && l.contains("certificate=\"kept.test\""));
+    assert!(series("local_proxy_acme_certificate_days_left"), "{metrics}");
+}
+
 /// A certificate a reload no longer asks for leaves `/status` and its series: its count of
 /// failed orders would otherwise keep `LocalProxyAcmeFailing` firing until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

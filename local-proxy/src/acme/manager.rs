@@ -191,8 +191,22 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
 pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, stop: CancellationToken) {
     // instant-acme's HTTPS client takes the process default; this build has only ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    acme.clear();
     let settings = Arc::new(settings);
+    let live = settings.live_dir();
+    let existing = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || scan(&live)).await.unwrap_or_default()
+    };
+    let lineages = plan::lineages(&settings.names, &existing);
+    // A certificate a reload no longer asks for leaves the status page and its series (its
+    // consecutive failures would keep LocalProxyAcmeFailing firing for good). The others stay
+    // as they were through the restart, while the account is fetched again: cleared, the
+    // status page and their series would be empty until then (for as long as the CA does not
+    // answer).
+    acme.keep_only(lineages.iter().map(|l| l.dir.as_str()));
+    for lineage in &lineages {
+        acme.update(&lineage.dir, |s| s.names = lineage.names.clone());
+    }
     let mut failures = 0;
     let account = loop {
         let answer = tokio::select! {
@@ -219,18 +233,8 @@ pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, sto
         }
     };
 
-    let live = settings.live_dir();
-    let existing = {
-        let live = live.clone();
-        tokio::task::spawn_blocking(move || scan(&live)).await.unwrap_or_default()
-    };
-    let lineages = plan::lineages(&settings.names, &existing);
-    // A certificate a reload no longer asks for leaves the status page and its series
-    // (its consecutive failures would keep LocalProxyAcmeFailing firing for good).
-    acme.keep_only(lineages.iter().map(|l| l.dir.as_str()));
     let mut tasks = JoinSet::new();
     for lineage in lineages {
-        acme.update(&lineage.dir, |s| s.names = lineage.names.clone());
         let job = Job {
             lineage,
             live: live.clone(),
