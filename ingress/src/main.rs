@@ -195,7 +195,11 @@ async fn status_line(state: std::sync::Arc<ingress::server::Shared>) {
             .map(|p| {
                 let wans = &p.paths[..p.wan_count];
                 let up: Vec<&str> = wans.iter().filter(|x| x.is_up()).map(|x| &*x.name).collect();
-                let tier = if p.on_mesh() { ", ON MESH" } else { "" };
+                let tier = match p.tier() {
+                    "mesh" => ", ON MESH",
+                    "none" => ", NO PATH HOME",
+                    _ => "",
+                };
                 format!("{}: {}/{} WAN up ({}){tier}", p.name, up.len(), wans.len(), up.join(" "))
             })
             .collect();

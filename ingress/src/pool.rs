@@ -898,31 +898,42 @@ impl Pool {
         }
     }
 
-    /// Log and count a move onto or off the mesh tier.
+    /// Log and count a move onto or off the mesh tier. A mesh path whose name has no address
+    /// carries nothing: the pool is not on it (else its gauge and `/status` would say "mesh"
+    /// for good, through the WANs' return, until the name had an address again).
     pub(crate) fn refresh_tier(&self) {
-        if self.mesh_index().is_none() {
+        if self.paths.len() <= self.wan_count {
             return;
         }
-        let on_mesh = !self.any_wan_up();
+        let wan_up = self.any_wan_up();
+        let on_mesh = !wan_up && self.mesh_index().is_some();
         if self.on_mesh.swap(on_mesh, Ordering::Relaxed) != on_mesh {
             self.m_on_mesh.set(if on_mesh { 1.0 } else { 0.0 });
+            let (to, why) = match (on_mesh, wan_up) {
+                (true, _) => ("mesh", "no WAN path up: the mesh tier takes over"),
+                (false, true) => ("wan", "a WAN path is up again"),
+                (false, false) => ("none", "the mesh path's name has no address: no path home"),
+            };
             if on_mesh {
                 self.m_failovers.increment(1);
-                crate::control::record(Event::new(
-                    &self.name,
-                    "",
-                    "wan",
-                    "mesh",
-                    "no WAN path up: the mesh tier takes over",
-                ));
-            } else {
-                crate::control::record(Event::new(&self.name, "", "mesh", "wan", "a WAN path is up again"));
             }
+            let from = if on_mesh { "wan" } else { "mesh" };
+            crate::control::record(Event::new(&self.name, "", from, to, why));
         }
     }
 
     pub fn on_mesh(&self) -> bool {
         self.on_mesh.load(Ordering::Relaxed)
+    }
+
+    /// What carries the pool's traffic: `wan` while a WAN path is up, `mesh` while the mesh
+    /// tier does, `none` while no path home is up.
+    pub fn tier(&self) -> &'static str {
+        match (self.on_mesh(), self.any_wan_up()) {
+            (true, _) => "mesh",
+            (false, true) => "wan",
+            (false, false) => "none",
+        }
     }
 
     /// Whether a first probe round has judged every path.
@@ -1508,6 +1519,28 @@ pub(crate) mod tests {
         assert!(old.on_mesh() && new.on_mesh(), "the newer generation missed the fall to the mesh");
         revive(&new, 0);
         assert!(!old.on_mesh() && !new.on_mesh());
+    }
+
+    /// The mesh path's name losing its address takes the pool off the mesh tier (nothing rides
+    /// it), and the WANs' return finds it off: its gauge and status no longer stay on "mesh".
+    #[test]
+    fn a_mesh_path_without_an_address_carries_nothing() {
+        let p = pool(&[1, 1], true);
+        let mesh = p.paths[2].ip();
+        kill(&p, 0);
+        kill(&p, 1);
+        assert!(p.on_mesh());
+        p.set_address(2, None);
+        assert!(!p.on_mesh(), "no address: not on the mesh");
+        assert_eq!(p.tier(), "none");
+        revive(&p, 0);
+        assert!(!p.on_mesh());
+        assert_eq!(p.tier(), "wan");
+        kill(&p, 0);
+        assert!(!p.on_mesh(), "every WAN down, and still no mesh address");
+        p.set_address(2, mesh);
+        assert!(p.on_mesh(), "the mesh's address back: on it");
+        assert_eq!(p.tier(), "mesh");
     }
 
     fn revive(p: &Pool, i: usize) {

@@ -35,7 +35,8 @@ pub struct Status {
 pub struct PoolStatus {
     pub name: String,
     pub balance: &'static str,
-    /// `wan` while a WAN path is up, `mesh` while the mesh tier carries the pool.
+    /// `wan` while a WAN path is up, `mesh` while the mesh tier carries the pool, `none`
+    /// while no path home is up ([`crate::pool::Pool::tier`]).
     pub tier: &'static str,
     pub paths: Vec<PathStatus>,
 }
@@ -122,7 +123,7 @@ pub fn collect(shared: &Shared) -> Status {
             PoolStatus {
                 name: pool.name.to_string(),
                 balance: pool.cfg.balance.as_str(),
-                tier: if pool.on_mesh() { "mesh" } else { "wan" },
+                tier: pool.tier(),
                 paths: pool
                     .paths
                     .iter()

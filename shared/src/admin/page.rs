@@ -68,7 +68,7 @@ main{padding:0 1em 2em;max-width:80em}
 .card.down,.card.bad{border-left-color:var(--down)}.card.drained,.card.warn{border-left-color:var(--drained)}
 .card h3{margin:0 0 .3em;font-size:1em;display:flex;justify-content:space-between;gap:.5em}
 .badge{font-size:.8em;font-weight:600;padding:.05em .5em;border-radius:1em;color:#fff;background:var(--up);white-space:nowrap}
-.down .badge,.bad .badge{background:var(--down)}.drained .badge,.warn .badge{background:var(--drained)}.tier-mesh{background:var(--mesh)}
+.down .badge,.bad .badge{background:var(--down)}.drained .badge,.warn .badge{background:var(--drained)}.tier-mesh{background:var(--mesh)}.tier-none{background:var(--down)}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .8em;margin:0}dt{color:var(--mute)}dd{margin:0;font-variant-numeric:tabular-nums}
 .bar{height:.4em;background:var(--line);border-radius:.2em;overflow:hidden}.bar i{display:block;height:100%;background:var(--up)}
 table{border-collapse:collapse;width:100%;background:var(--card)}td,th{border-bottom:1px solid var(--line);padding:.3em .5em;text-align:left;vertical-align:top}
