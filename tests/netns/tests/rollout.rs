@@ -5,6 +5,8 @@
 //! - the home's certificate in certbot's layout (symlinks in live/) is made readable to the
 //!   proxy; its config is 0640 root:local-proxy (the ACME EAB key) and the proxy is not in
 //!   yggdrasil's group (the node's private key);
+//! - ACME on, its storage outside the unit's state directory: the role makes it and the
+//!   service, in its sandbox, may write it (a drop-in's ReadWritePaths=);
 //! - a client fetches a LAN site by name over HTTPS through each ingress node, and meshc over
 //!   the mesh (the site's AAAA = the home's Yggdrasil address, from DNS); the ingress nodes see
 //!   both WAN paths up (the role's policy routing: the harness's own rules are removed first,
@@ -43,6 +45,8 @@ use serde_json::json;
 
 const SITE: &str = "cloud.lbt.test";
 const LAN_PORT: u16 = 11000;
+/// ACME's storage at home: outside the unit's state directory (/var/lib/local-proxy).
+const ACME_STORAGE: &str = "/srv/acme";
 /// TTL of the published records: the home's firewall re-resolves within it.
 const TTL: u32 = 5;
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -131,6 +135,12 @@ fn inventory(
                     "local_proxy_firewall_nameservers": [DNS.to_string()],
                     "local_proxy_firewall_min_refresh": "1s",
                     "local_proxy_firewall_max_refresh": "5s",
+                    // ACME storing outside the unit's state directory: the role makes the
+                    // directory and lets the unit write it. The CA is out of reach here: the
+                    // proxy keeps asking it, and serves certbot's certificate meanwhile.
+                    "local_proxy_acme": true,
+                    "local_proxy_acme_directory": "https://127.0.0.1:9/dir",
+                    "local_proxy_acme_storage": ACME_STORAGE,
                 } } },
                 "dns": { "hosts": { "knot": {
                     "ansible_host": DNS.to_string(),
@@ -372,6 +382,17 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(facts.next(), Some("640 root local-proxy"), "the config's mode and owner");
     let groups = facts.next().unwrap_or("");
     assert!(!groups.split_whitespace().any(|g| g == "yggdrasil"), "local-proxy's groups: {groups}");
+    // The service, in its sandbox (ProtectSystem=strict), may write ACME's storage outside its
+    // state directory: the role's drop-in (ReadWritePaths=), applied by a restart.
+    let pid = proxy_pid(home).expect("local-proxy pid");
+    let probe = format!(
+        "nsenter -t {pid} -m -- setpriv --reuid local-proxy --regid local-proxy --clear-groups \
+         sh -c 'touch {ACME_STORAGE}/.probe && rm {ACME_STORAGE}/.probe' && stat -c '%a %U' {ACME_STORAGE}"
+    );
+    let storage = home
+        .sh(&probe, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the service cannot write {ACME_STORAGE}: {e:#}\n{}", journal(home, "local-proxy")));
+    assert_eq!(storage.trim(), "700 local-proxy", "{ACME_STORAGE}'s mode and owner");
     for (name, want) in [("ingress1", "2min 15s"), ("ingress2", "45s")] {
         let got = hosts[name]
             .sh("systemctl show -p TimeoutStopUSec --value ingress", Duration::from_secs(10))
