@@ -1,8 +1,13 @@
 //! DNS lookups with `hickory-resolver`: one A or AAAA query per call, never answered from a
 //! cache (the [`Tracker`](super::Tracker) decides when to ask again, from the records' TTLs),
 //! turned into an [`Outcome`]: addresses with their TTL, "no such record", or a failure.
+//! The system's configuration (`/etc/resolv.conf`) is read again when the file changes, as
+//! glibc does: a DHCP client or resolvconf rewrites it when the network hands out another
+//! resolver, and one read at start would ask the old one until a restart.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -48,9 +53,31 @@ pub struct ResolverError(String);
 
 /// A resolver asking the configured servers, or the system's.
 pub struct Lookups {
-    resolver: TokioResolver,
     timeout: Duration,
+    /// The resolver, and for the system's configuration the stamp of the file it was read from.
+    current: Mutex<(TokioResolver, Option<Stamp>)>,
+    /// The system's configuration file, read again when its stamp changes; None with
+    /// configured nameservers.
+    system: Option<PathBuf>,
 }
+
+/// What tells a rewritten (or replaced, or re-linked) file from the one read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    device: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp { modified: m.modified().ok(), len: m.len(), inode: m.ino(), device: m.dev() })
+}
+
+/// The system's resolver configuration file.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 impl std::fmt::Debug for Lookups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,9 +88,26 @@ impl std::fmt::Debug for Lookups {
 impl Lookups {
     /// The configured nameservers (UDP, then TCP for truncated answers), or the system's.
     pub fn new(settings: &ResolverSettings) -> Result<Self, ResolverError> {
-        let (config, mut opts) = if settings.nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| ResolverError(format!("reading the system resolver configuration: {e}")))?
+        Self::with_system_file(settings, Path::new(RESOLV_CONF))
+    }
+
+    /// [`Lookups::new`], the system's configuration read from `file`.
+    fn with_system_file(settings: &ResolverSettings, file: &Path) -> Result<Self, ResolverError> {
+        let system = settings.nameservers.is_empty().then(|| file.to_path_buf());
+        let stamp = system.as_deref().and_then(stamp);
+        let resolver = Self::build(settings, system.as_deref())?;
+        Ok(Self { timeout: settings.timeout, current: Mutex::new((resolver, stamp)), system })
+    }
+
+    /// A resolver for `settings`, or for the system's configuration in `system`.
+    fn build(settings: &ResolverSettings, system: Option<&Path>) -> Result<TokioResolver, ResolverError> {
+        let (config, mut opts) = if let Some(file) = system {
+            std::fs::read(file)
+                .map_err(|e| e.to_string())
+                .and_then(|data| hickory_resolver::system_conf::parse_resolv_conf(data).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    ResolverError(format!("reading the system resolver configuration {}: {e}", file.display()))
+                })?
         } else {
             let mut config = ResolverConfig::new();
             for ns in &settings.nameservers {
@@ -79,9 +123,29 @@ impl Lookups {
         opts.attempts = 1;
         opts.cache_size = 0;
         opts.ndots = 0;
-        let resolver =
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).with_options(opts).build();
-        Ok(Self { resolver, timeout: settings.timeout })
+        Ok(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).with_options(opts).build())
+    }
+
+    /// The resolver to ask now: for the system's configuration, built again from the file
+    /// when it changed since it was read (one `stat` per lookup; lookups are seconds apart). A
+    /// file that cannot be read or parsed now keeps the resolver read before.
+    fn resolver(&self) -> TokioResolver {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = &self.system {
+            let now = stamp(file);
+            if now != current.1 {
+                current.1 = now;
+                let settings = ResolverSettings { nameservers: Vec::new(), timeout: self.timeout };
+                match Self::build(&settings, Some(file)) {
+                    Ok(r) => {
+                        tracing::info!(file = %file.display(), "resolver configuration changed; read again");
+                        current.0 = r;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "keeping the resolver configuration read before"),
+                }
+            }
+        }
+        current.0.clone()
     }
 
     /// One lookup of `name` for `family`, bounded by the lookup timeout.
@@ -95,11 +159,12 @@ impl Lookups {
             Family::V4 => RecordType::A,
             Family::V6 => RecordType::AAAA,
         };
+        let resolver = self.resolver();
         // Nothing cached may answer: a name is only looked up again when the tracker says so.
-        self.resolver.clear_cache();
+        resolver.clear_cache();
         // hickory bounds each attempt; this outer bound also covers connection set-up.
         let bound = self.timeout.saturating_add(Duration::from_millis(500));
-        match tokio::time::timeout(bound, self.resolver.lookup(fqdn, kind)).await {
+        match tokio::time::timeout(bound, resolver.lookup(fqdn, kind)).await {
             Err(_) => Outcome::Failed { error: format!("timed out after {bound:?}") },
             Ok(Ok(lookup)) => outcome_of(lookup.records(), family),
             Ok(Err(e)) => {
@@ -117,5 +182,76 @@ impl Lookups {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::rdata::A;
+    use hickory_resolver::proto::rr::{RData, Record};
+    use hickory_resolver::proto::serialize::binary::{BinDecodable, BinEncodable};
+    use tokio::net::UdpSocket;
+
+    use super::*;
+
+    /// A resolver on `ip`:53 (the port a resolv.conf names; needs root) answering every A
+    /// question with `answer`.
+    async fn resolver_on(ip: &str, answer: Ipv4Addr) -> tokio::task::JoinHandle<()> {
+        let sock = UdpSocket::bind((ip, 53)).await.expect("binding port 53 (the test runs as root, as CI does)");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+                let Ok(question) = Message::from_bytes(&buf[..n]) else { continue };
+                let mut reply = Message::new();
+                reply
+                    .set_id(question.id())
+                    .set_message_type(MessageType::Response)
+                    .set_recursion_desired(true)
+                    .set_recursion_available(true);
+                for q in question.queries() {
+                    reply.add_query(q.clone());
+                    if q.query_type() == RecordType::A {
+                        reply.add_answer(Record::from_rdata(q.name().clone(), 60, RData::A(A(answer))));
+                    }
+                }
+                if let Ok(bytes) = reply.to_bytes() {
+                    let _ = sock.send_to(&bytes, from).await;
+                }
+            }
+        })
+    }
+
+    /// The system's configuration is read again once the file changes (here replaced, as DHCP
+    /// clients and resolvconf do), and one that cannot be read keeps the resolver read before.
+    #[tokio::test]
+    async fn a_rewritten_resolv_conf_is_read_again() {
+        let one = resolver_on("127.0.0.21", Ipv4Addr::new(192, 0, 2, 21)).await;
+        let two = resolver_on("127.0.0.22", Ipv4Addr::new(192, 0, 2, 22)).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("resolv.conf");
+        let write = |server: &str| {
+            let next = dir.path().join("resolv.conf.new");
+            std::fs::write(&next, format!("nameserver {server}\n")).expect("write");
+            std::fs::rename(&next, &file).expect("rename");
+        };
+        write("127.0.0.21");
+        let settings = ResolverSettings { nameservers: Vec::new(), timeout: Duration::from_secs(2) };
+        let lookups = Lookups::with_system_file(&settings, &file).expect("resolver");
+        let addrs = |o: Outcome| match o {
+            Outcome::Addresses { addrs, .. } => addrs,
+            other => panic!("{other:?}"),
+        };
+        let at = |last: u8| vec![IpAddr::from([192, 0, 2, last])];
+        assert_eq!(addrs(lookups.lookup("a.test", Family::V4).await), at(21));
+        write("127.0.0.22");
+        assert_eq!(addrs(lookups.lookup("a.test", Family::V4).await), at(22), "the new resolver asked");
+        std::fs::remove_file(&file).expect("remove");
+        assert_eq!(addrs(lookups.lookup("a.test", Family::V4).await), at(22), "no file: the last one kept");
+        one.abort();
+        two.abort();
     }
 }

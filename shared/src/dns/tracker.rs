@@ -221,7 +221,14 @@ impl Tracker {
             Outcome::NoRecords { ttl } => (BTreeSet::new(), policy.clamp(ttl.unwrap_or(policy.min_refresh))),
             Outcome::Failed { .. } => {
                 e.failures = e.failures.saturating_add(1);
-                e.next = crate::ports::deadline(now, policy.retry(e.failures));
+                // Backing off spares a resolver the questions whose answers are known
+                // meanwhile. A query never answered has nothing to keep: every retry may be the
+                // one that lets its addresses in (after a power cut, the router's DNS comes up
+                // minutes after this host, and a firewall closed until then would stay closed
+                // for up to 64 × min_refresh after it).
+                let wait =
+                    if e.answered || !e.addrs.is_empty() { policy.retry(e.failures) } else { policy.min_refresh };
+                e.next = crate::ports::deadline(now, wait);
                 return Change { kept: Some(e.addrs.clone()), ..Change::default() };
             }
         };
@@ -373,6 +380,31 @@ mod tests {
         assert_eq!(change.removed, [ip("192.0.2.11")].into());
         assert_eq!(t.allowlist(), only(&["192.0.2.12", "192.0.2.13"]));
         assert_eq!(t.entries[&q(0, Family::V4)].failures, 0);
+    }
+
+    /// A query never answered since start is retried every min_refresh, however often it
+    /// fails: it backs off once it has been answered.
+    #[test]
+    fn a_query_never_answered_is_retried_without_backing_off() {
+        let t0 = Instant::now();
+        let mut t = tracker(&["a.example"], &[], OnNoAnswer::Closed, t0);
+        let mut now = t0;
+        for i in 0..8 {
+            assert!(t.due(now).contains(&q(0, Family::V4)), "retry {i}");
+            t.record(q(0, Family::V4), failed(), now);
+            assert_eq!(t.entries[&q(0, Family::V4)].next, now + MIN, "retry {i}");
+            now += MIN;
+        }
+        assert_eq!(t.allowlist(), only(&[]));
+        t.due(now);
+        t.record(q(0, Family::V4), addrs(&["192.0.2.11"], 5), now);
+        assert_eq!(t.allowlist(), only(&["192.0.2.11"]));
+        let later = now + Duration::from_secs(5);
+        t.due(later);
+        t.record(q(0, Family::V4), failed(), later);
+        t.due(later + MIN);
+        t.record(q(0, Family::V4), failed(), later + MIN);
+        assert_eq!(t.entries[&q(0, Family::V4)].next, later + MIN * 3, "answered once: backs off again");
     }
 
     #[test]
