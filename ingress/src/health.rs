@@ -39,9 +39,25 @@ async fn connect_hedged(addr: SocketAddr, hedge_after: Duration) -> std::io::Res
     }
 }
 
+/// How long a PROXY v2 LOCAL probe waits for the local proxy to close the connection (its
+/// "cannot serve"): that close comes a round trip after the header left, so two round trips
+/// of the path (`rtt`), at least 100 ms, within `left` of the probe's timeout. A fixed 100 ms
+/// missed the close on any path slower than that (a far ingress, an LTE backup, the mesh),
+/// and a home that cannot serve passed for healthy.
+fn close_grace(rtt: Duration, left: Duration) -> Duration {
+    (rtt * 2 + Duration::from_millis(50)).max(Duration::from_millis(100)).min(left * 3 / 4)
+}
+
 /// Run one active check against `addr`; the connect is raced by a second one after
-/// `hedge_after` (see `connect_hedged`).
-pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration, hedge_after: Duration) -> Outcome {
+/// `hedge_after` (see `connect_hedged`). `usual_rtt`: the path's usual connect latency, when
+/// known (a probe's own connect may have been quicker than the path's round trip is now).
+pub async fn probe(
+    addr: SocketAddr,
+    kind: &CheckKind,
+    timeout: Duration,
+    hedge_after: Duration,
+    usual_rtt: Option<Duration>,
+) -> Outcome {
     let start = tokio::time::Instant::now();
     let result = tokio::time::timeout(timeout, async {
         let mut s = match connect_hedged(addr, hedge_after).await {
@@ -55,11 +71,12 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration, hedge_
             CheckKind::ProxyV2Local => {
                 // LOCAL: "a health check, no client behind it". The local proxy keeps such a
                 // connection open when it can serve and closes it at once when it cannot, so
-                // a close within a short grace period is a failure.
+                // a close within the grace period is a failure.
                 let mut hdr = Vec::with_capacity(16);
                 write_v2(&mut hdr, Command::Local, Transport::Unspec, None);
                 s.write_all(&hdr).await.ok()?;
-                let grace = (timeout / 4).min(Duration::from_millis(100));
+                let rtt = latency.max(usual_rtt.unwrap_or_default());
+                let grace = close_grace(rtt, timeout.saturating_sub(start.elapsed()));
                 let mut one = [0u8; 1];
                 match tokio::time::timeout(grace, s.read(&mut one)).await {
                     Err(_) | Ok(Ok(1..)) => {}
@@ -133,13 +150,52 @@ mod tests {
             }
         });
         let t = Duration::from_millis(400);
-        assert!(matches!(probe(a, &CheckKind::Tcp, t, H).await, Outcome::Ok { .. }));
-        assert!(matches!(probe(a, &CheckKind::ProxyV2Local, t, H).await, Outcome::Ok { .. }));
-        assert_eq!(probe(b, &CheckKind::ProxyV2Local, t, H).await, Outcome::Failed);
+        assert!(matches!(probe(a, &CheckKind::Tcp, t, H, None).await, Outcome::Ok { .. }));
+        assert!(matches!(probe(a, &CheckKind::ProxyV2Local, t, H, None).await, Outcome::Ok { .. }));
+        assert_eq!(probe(b, &CheckKind::ProxyV2Local, t, H, None).await, Outcome::Failed);
         let http_check = CheckKind::Http { path: "/healthz".into(), host: "h".into() };
-        assert!(matches!(probe(h, &http_check, t, H).await, Outcome::Ok { .. }));
-        assert_eq!(probe(h, &http_check, t, H).await, Outcome::Failed);
+        assert!(matches!(probe(h, &http_check, t, H, None).await, Outcome::Ok { .. }));
+        assert_eq!(probe(h, &http_check, t, H, None).await, Outcome::Failed);
         let refused: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(probe(refused, &CheckKind::Tcp, t, H).await, Outcome::Failed);
+        assert_eq!(probe(refused, &CheckKind::Tcp, t, H, None).await, Outcome::Failed);
+    }
+
+    /// A local proxy that cannot serve closes a LOCAL probe a round trip after the header
+    /// left: on a path of 150 ms (played here by a close 150 ms after the header is read),
+    /// the probe waits for it and fails; one that stays open passes.
+    #[tokio::test]
+    async fn a_proxy_v2_probe_waits_a_slow_paths_round_trip_for_the_close() {
+        use tokio::net::TcpListener;
+        let rtt = Duration::from_millis(150);
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (c, o) = (closing.local_addr().unwrap(), open.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = closing.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let _ = s.read(&mut [0u8; 16]).await;
+                    tokio::time::sleep(rtt).await;
+                    drop(s);
+                });
+            }
+        });
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            loop {
+                keep.push(open.accept().await.unwrap().0);
+            }
+        });
+        let t = Duration::from_secs(2);
+        assert_eq!(probe(c, &CheckKind::ProxyV2Local, t, H, Some(rtt)).await, Outcome::Failed);
+        assert!(matches!(probe(o, &CheckKind::ProxyV2Local, t, H, Some(rtt)).await, Outcome::Ok { .. }));
+    }
+
+    #[test]
+    fn the_close_grace_is_two_round_trips_within_the_time_left() {
+        let ms = Duration::from_millis;
+        assert_eq!(close_grace(ms(1), ms(2000)), ms(100), "at least 100 ms");
+        assert_eq!(close_grace(ms(150), ms(2000)), ms(350));
+        assert_eq!(close_grace(ms(150), ms(200)), ms(150), "within the probe's timeout");
     }
 }

@@ -1052,8 +1052,9 @@ impl Pool {
                                 None => PROBE_HEDGE_FLOOR,
                             };
                             let guard = InFlight::new(in_flight[i].clone());
+                            let usual = p.latency();
                             probes.spawn(async move {
-                                let outcome = crate::health::probe(addr, &check, timeout, hedge).await;
+                                let outcome = crate::health::probe(addr, &check, timeout, hedge, usual).await;
                                 drop(guard);
                                 (i, now, sent, outcome)
                             });

@@ -52,7 +52,7 @@ impl Prober for HealthProbe {
         let hc = self.0.cfg.health.clone();
         async move {
             matches!(
-                crate::health::probe(addr, &hc.check, hc.timeout, crate::pool::PROBE_HEDGE_FLOOR).await,
+                crate::health::probe(addr, &hc.check, hc.timeout, crate::pool::PROBE_HEDGE_FLOOR, None).await,
                 ProbeOutcome::Ok { .. }
             )
         }
