@@ -140,7 +140,23 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
         listen: match raw.mesh.listen.as_deref() {
             None | Some("off") => MeshListen::Off,
             Some("auto") => MeshListen::Auto,
-            Some(s) => c.ip("mesh.listen", s).map(MeshListen::Address).unwrap_or(MeshListen::Off),
+            // Every address would serve any peer (an IPv6 client from the internet) as a mesh
+            // client: no ingress address required, no PROXY header.
+            Some(s) => match c.ip("mesh.listen", s) {
+                Some(ip) if ip.is_unspecified() => {
+                    c.push(
+                        "mesh.listen",
+                        format!(
+                            "`{s}` is every address of this host: the mesh listener serves any peer as a \
+                             client, without the ingress addresses or PROXY headers the WAN listeners \
+                             require; give this node's Yggdrasil address, or \"auto\""
+                        ),
+                    );
+                    MeshListen::Off
+                }
+                Some(ip) => MeshListen::Address(ip),
+                None => MeshListen::Off,
+            },
         },
         admin_endpoint: match raw.mesh.admin_endpoint {
             Some(e) => {

@@ -1,5 +1,6 @@
 //! SNI → certificate lookup: exact names first, then a `*.parent` wildcard covering exactly
-//! one label, as browsers match certificates.
+//! one label, as browsers match certificates; an expired certificate only when no valid one
+//! covers the name (a certificate left behind, no longer renewed, beside a wildcard that is).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,12 +37,18 @@ impl CertIndex {
 
     /// The certificate for a (lower-case) SNI name.
     pub fn lookup(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.lookup_at(name, now)
+    }
+
+    /// [`CertIndex::lookup`] at `now` (Unix seconds).
+    fn lookup_at(&self, name: &str, now: i64) -> Option<Arc<CertifiedKey>> {
         let name = name.strip_suffix('.').unwrap_or(name);
-        if let Some((_, k)) = self.exact.get(name) {
-            return Some(k.clone());
-        }
-        let (_, parent) = name.split_once('.')?;
-        self.wildcard.get(parent).map(|(_, k)| k.clone())
+        let exact = self.exact.get(name);
+        let wildcard = name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent));
+        let valid = |c: &&(i64, Arc<CertifiedKey>)| c.0 > now;
+        let chosen = exact.filter(valid).or(wildcard.filter(valid)).or(exact).or(wildcard);
+        chosen.map(|(_, k)| k.clone())
     }
 
     /// Number of names served.
@@ -87,6 +94,28 @@ mod tests {
         assert!(index.lookup("y.x.apps.example.org").is_none(), "browsers would refuse it");
         assert!(index.lookup("apps.example.org").is_none());
         assert!(index.lookup("b.example.org").is_none());
+    }
+
+    /// An expired exact certificate (left behind, no longer renewed) gives way to a valid
+    /// wildcard; with nothing valid, the exact one is still served (its error names the cause).
+    #[test]
+    fn a_valid_wildcard_wins_over_an_expired_exact_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "nas", &["nas.example.org"]);
+        let exact = load_pair(&c, &k).unwrap();
+        let (c, k) = write_pair(dir.path(), "wild", &["*.example.org"]);
+        let wild = load_pair(&c, &k).unwrap();
+        let index = CertIndex::build([&exact, &wild]);
+        let is = |got: Option<Arc<CertifiedKey>>, want: &LoadedCert| got.is_some_and(|g| Arc::ptr_eq(&g, &want.key));
+        let before = exact.not_after.min(wild.not_after) - 1;
+        assert!(is(index.lookup_at("nas.example.org", before), &exact), "both valid: the exact one");
+        let mut short = load_pair(&dir.path().join("nas.pem"), &dir.path().join("nas.key")).unwrap();
+        short.not_after = before - 10;
+        let index = CertIndex::build([&short, &wild]);
+        assert!(is(index.lookup_at("nas.example.org", before), &wild), "the exact one expired: the wildcard");
+        assert!(is(index.lookup_at("other.example.org", before), &wild));
+        let index = CertIndex::build([&short]);
+        assert!(is(index.lookup_at("nas.example.org", before), &short), "nothing valid: the expired one");
     }
 
     #[test]
