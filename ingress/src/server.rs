@@ -88,7 +88,7 @@ impl Server {
         // bind below, and kept ones this config no longer has are closed.
         let kept = inherited_listeners(&config, server.shared.workers.threads());
         server.sync_listeners(kept);
-        shared::inherit::release_unclaimed(|_| false);
+        let _ = shared::inherit::release_unclaimed(|_| false);
         if let Some(addr) = config.admin {
             // At start-up a busy admin port does not stop the data plane: logged, not served.
             if let Err(e) = server.bind_admin(addr) {

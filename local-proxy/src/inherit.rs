@@ -11,8 +11,9 @@ pub use shared::inherit::adopt_from_env;
 
 /// Close the inherited sockets nothing claimed; with `keep_mesh`, mesh-side ones stay for the
 /// mesh listeners that come once yggdrasil answers.
-pub fn release_unclaimed(keep_mesh: bool) {
-    shared::inherit::release_unclaimed(|name| keep_mesh && name.starts_with(Origin::Mesh.fd_prefix()));
+/// How many were closed.
+pub fn release_unclaimed(keep_mesh: bool) -> usize {
+    shared::inherit::release_unclaimed(|name| keep_mesh && name.starts_with(Origin::Mesh.fd_prefix()))
 }
 
 /// Put a served socket in systemd's store (no-op outside systemd).

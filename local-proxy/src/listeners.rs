@@ -214,26 +214,62 @@ pub fn plan(config: &Config, mesh: Option<IpAddr>) -> Vec<(ListenKey, Serves)> {
 
 /// Bind everything in `config`. The mesh address must already be resolved (see [`mesh_address`]).
 pub fn bind(config: &Config, mesh: Option<IpAddr>) -> Result<Listeners, BindError> {
-    bind_releasing(config, mesh, || {})
+    let mut out = Listeners::default();
+    for (key, serves, kept) in planned_with_kept(config, mesh) {
+        bind_with(key, serves, kept, &mut out)?;
+    }
+    bind_admin_of(config, out)
 }
 
 /// [`bind`], with `release` run once every planned socket has taken what was kept for it
 /// across the restart and before any is bound anew: kept sockets nothing claims close then
-/// and free their ports. A restart after `wan.addresses` went from `0.0.0.0` to each address
-/// (or back) inherits the old wildcard socket, which no new key claims; open, it would hold
-/// the port against the new specific binds and fail the start, again at every retry.
-pub fn bind_releasing(config: &Config, mesh: Option<IpAddr>, release: impl FnOnce()) -> Result<Listeners, BindError> {
-    let planned = plan(config, mesh);
-    let kept: Vec<Kept> = planned.iter().map(|(key, serves)| take_kept(key, serves)).collect();
-    release();
+/// and free their ports (`release` says how many). A restart after `wan.addresses` went from
+/// `0.0.0.0` to each address (or back) inherits the old wildcard socket, which no new key
+/// claims; open, it would hold the port against the new specific binds and fail the start.
+/// systemd holds a copy of each in its store, closed only once it reads the removal: after a
+/// release, a bind that finds its port taken is tried again for a moment
+/// (`bind_while_freeing`), as a reload's are.
+pub async fn bind_releasing(
+    config: &Config,
+    mesh: Option<IpAddr>,
+    release: impl FnOnce() -> usize,
+) -> Result<Listeners, BindError> {
+    let planned = planned_with_kept(config, mesh);
+    let released = release() > 0;
     let mut out = Listeners::default();
-    for ((key, serves), kept) in planned.into_iter().zip(kept) {
-        bind_with(key, serves, kept, &mut out)?;
+    for (key, serves, kept) in planned {
+        match kept {
+            Kept::None if released => {
+                let bind = || bind_with(key.clone(), serves.clone(), Kept::None, &mut out);
+                shared::listeners::bind_while_freeing(bind, in_use).await?
+            }
+            kept => bind_with(key, serves, kept, &mut out)?,
+        }
     }
+    bind_admin_of(config, out)
+}
+
+/// Every planned socket with what was kept for it across the restart.
+fn planned_with_kept(config: &Config, mesh: Option<IpAddr>) -> Vec<(ListenKey, Serves, Kept)> {
+    plan(config, mesh)
+        .into_iter()
+        .map(|(key, serves)| {
+            let kept = take_kept(&key, &serves);
+            (key, serves, kept)
+        })
+        .collect()
+}
+
+fn bind_admin_of(config: &Config, mut out: Listeners) -> Result<Listeners, BindError> {
     if let Some(addr) = config.admin {
         out.admin = Some(bind_admin(addr)?);
     }
     Ok(out)
+}
+
+/// The port is taken (by a socket just closed, or by anyone else).
+pub(crate) fn in_use(e: &BindError) -> bool {
+    matches!(e, BindError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// A socket kept across the restart for one planned key, if there is one.

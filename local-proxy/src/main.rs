@@ -210,7 +210,8 @@ async fn run(path: &Path, config: config::Config, workers: shared::workers::Work
     };
     // Kept sockets this config does not ask for are closed (mesh ones wait for the mesh
     // address), before any socket is bound anew: they may hold its port.
-    let bound = listeners::bind_releasing(&config, mesh, || local_proxy::inherit::release_unclaimed(mesh_later))?;
+    let bound =
+        listeners::bind_releasing(&config, mesh, || local_proxy::inherit::release_unclaimed(mesh_later)).await?;
     for b in &bound.tcp {
         if let Ok(addr) = b.listener.local_addr() {
             info!(listener = listeners::label(b.origin, &b.role), %addr, "listening");

@@ -226,8 +226,9 @@ impl Running {
         };
         let freed: Vec<u16> =
             closed_early.iter().map(|(k, _)| k.addr.port()).chain(admin_closed_early.map(|a| a.port())).collect();
-        let taken_by_freed =
-            |e: &BindError| matches!(e, BindError::Bind { addr, .. } if freed.contains(&addr.port())) && in_use(e);
+        let taken_by_freed = |e: &BindError| {
+            matches!(e, BindError::Bind { addr, .. } if freed.contains(&addr.port())) && listeners::in_use(e)
+        };
         let (bound, new_admin) = match shared::listeners::bind_while_freeing(bind, taken_by_freed).await {
             Ok(b) => b,
             Err(e) => {
@@ -303,7 +304,7 @@ impl Running {
         let mut bound = Listeners::default();
         for (key, serves) in closed {
             let bind = || listeners::bind_one(key.clone(), serves.clone(), &mut bound);
-            if let Err(e) = shared::listeners::bind_while_freeing(bind, in_use).await {
+            if let Err(e) = shared::listeners::bind_while_freeing(bind, listeners::in_use).await {
                 warn!(listener = %key, error = %e, "could not bind again after a refused reload");
             }
         }
@@ -312,10 +313,6 @@ impl Running {
 }
 
 /// A bind that failed on an address in use.
-fn in_use(e: &BindError) -> bool {
-    matches!(e, BindError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
-}
-
 /// The same lines `main` logs for the sockets bound at start-up.
 pub(crate) fn log_bound(bound: &Listeners) {
     for b in &bound.tcp {

@@ -144,9 +144,9 @@ fn same_socket(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
 
 /// Close the inherited sockets nothing claimed, except those whose name `keep` says are still
 /// wanted later, and drop them from systemd's store: the config no longer has them.
-pub fn release_unclaimed(keep: impl Fn(&str) -> bool) {
+pub fn release_unclaimed(keep: impl Fn(&str) -> bool) -> usize {
     let mut guard = pool();
-    let Some(p) = guard.as_mut() else { return };
+    let Some(p) = guard.as_mut() else { return 0 };
     let mut names = Vec::new();
     p.tcp.retain(|(n, _)| {
         keep(n) || {
@@ -161,10 +161,11 @@ pub fn release_unclaimed(keep: impl Fn(&str) -> bool) {
         }
     });
     drop(guard);
-    for name in names {
+    for name in &names {
         info!(fd_name = %name, "socket kept across the restart is no longer configured; closed");
-        forget(&name);
+        forget(name);
     }
+    names.len()
 }
 
 /// Put a served socket in systemd's store under `name` (no-op outside systemd).

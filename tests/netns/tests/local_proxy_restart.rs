@@ -417,6 +417,43 @@ fn restarts_under_load_refuse_no_client() {
     assert!(control_failed > 0, "a restart without the store should refuse clients; the test would not see a gap");
 }
 
+/// A restart onto a config whose WAN listeners moved from the wildcard to one address: the
+/// kept wildcard socket is released, and the store (as systemd) closes its copy only when it
+/// reads the removal, so the new bind on its port is refused for a moment. The proxy tries it
+/// again instead of exiting (a failed start, and one more for `Restart=` to make).
+#[test]
+fn a_restart_that_leaves_the_wildcard_address_serves_at_once() {
+    let bin = bin();
+    let dir = tempdir();
+    let (echo, _, _) = upstreams();
+    let (tcp, http, https) = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("local-proxy.toml");
+    let write = |address: &str| {
+        let text = format!(
+            "[wan]\naddresses = [\"{address}\"]\ntrusted_ingress = [\"127.0.0.1\"]\n[http]\nhttps_port = {https}\n\
+             http_port = {http}\n[[stream]]\nname = \"echo\"\nlisten = \"{tcp}/tcp\"\nupstream = \"{echo}\"\n"
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    let log = dir.path().join("local-proxy.log");
+    let dump_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut store = FdStore::new(dir.path()).unwrap();
+    write("0.0.0.0");
+    let mut proxy = start(&store, &bin, &cfg, &log);
+    store.wait_ready(1, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump_log()));
+    store.poll().unwrap();
+    assert!(store.names().contains(&format!("wan-tcp-0.0.0.0-{tcp}")), "{:?}", store.names());
+    stop(&mut proxy);
+    write(WAN);
+    let mut proxy = start(&store, &bin, &cfg, &log);
+    // Reads the store's messages as systemd would, the removal among them, while it waits.
+    store.wait_ready(2, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump_log()));
+    let to: SocketAddr = format!("{WAN}:{tcp}").parse().unwrap();
+    tcp_echo_once(to, 1).unwrap_or_else(|e| panic!("{e}\n{}", dump_log()));
+    assert!(!store.names().iter().any(|n| n.contains("0.0.0.0")), "{:?}", store.names());
+    stop(&mut proxy);
+}
+
 /// A temp dir removed on drop (also on panic).
 struct TempDir(PathBuf);
 
