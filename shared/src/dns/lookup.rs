@@ -20,21 +20,24 @@ use hickory_resolver::{Name, TokioResolver};
 use super::tracker::{Family, Outcome};
 
 /// The answer records of one lookup → what the tracker learns: the addresses of the family
-/// asked for, with the smallest TTL among those records, or "no such record" (with that TTL)
-/// when none is of the family. Sans-io, so that it is tested and fuzzed on parsed responses.
+/// asked for, with the smallest TTL among those records and the CNAMEs that led to them (a
+/// name pointed elsewhere is looked up again when its CNAME's TTL runs out, not the
+/// provider's day-long A record's), or "no such record" when none is of the family. Sans-io,
+/// so that it is tested and fuzzed on parsed responses.
 pub fn outcome_of(records: &[Record], family: Family) -> Outcome {
     let kind = match family {
         Family::V4 => RecordType::A,
         Family::V6 => RecordType::AAAA,
     };
-    let records: Vec<_> = records.iter().filter(|r| r.record_type() == kind).collect();
-    let addrs: Vec<_> = records.iter().filter_map(|r| r.data().ip_addr()).collect();
-    let ttl = Duration::from_secs(u64::from(records.iter().map(|r| r.ttl()).min().unwrap_or(0)));
+    let of_kind: Vec<_> = records.iter().filter(|r| r.record_type() == kind).collect();
+    let addrs: Vec<_> = of_kind.iter().filter_map(|r| r.data().ip_addr()).collect();
     if addrs.is_empty() {
-        Outcome::NoRecords { ttl: Some(ttl) }
-    } else {
-        Outcome::Addresses { addrs, ttl }
+        let ttl = of_kind.iter().map(|r| r.ttl()).min().unwrap_or(0);
+        return Outcome::NoRecords { ttl: Some(Duration::from_secs(u64::from(ttl))) };
     }
+    let chain = records.iter().filter(|r| r.record_type() == kind || r.record_type() == RecordType::CNAME);
+    let ttl = Duration::from_secs(u64::from(chain.map(|r| r.ttl()).min().unwrap_or(0)));
+    Outcome::Addresses { addrs, ttl }
 }
 
 /// Where and how long to ask.
@@ -223,6 +226,27 @@ mod tests {
                 }
             }
         })
+    }
+
+    /// Addresses reached through a CNAME are due again when the CNAME's TTL runs out, if that
+    /// is the shorter.
+    #[test]
+    fn a_cnames_ttl_bounds_its_addresses() {
+        use hickory_resolver::proto::rr::rdata::CNAME;
+        let name = |n: &str| Name::from_ascii(n).expect("name");
+        let cname =
+            Record::from_rdata(name("ingress.example.org."), 300, RData::CNAME(CNAME(name("vm.cloud.example."))));
+        let a = Record::from_rdata(name("vm.cloud.example."), 86_400, RData::A(A(Ipv4Addr::new(192, 0, 2, 7))));
+        match outcome_of(&[cname.clone(), a.clone()], Family::V4) {
+            Outcome::Addresses { addrs, ttl } => {
+                assert_eq!(addrs, [IpAddr::from([192, 0, 2, 7])]);
+                assert_eq!(ttl, Duration::from_secs(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        let Outcome::Addresses { ttl, .. } = outcome_of(&[a], Family::V4) else { panic!("addresses") };
+        assert_eq!(ttl, Duration::from_secs(86_400), "no CNAME: the record's own");
+        assert!(matches!(outcome_of(&[cname], Family::V4), Outcome::NoRecords { .. }));
     }
 
     /// The system's configuration is read again once the file changes (here replaced, as DHCP
