@@ -124,8 +124,9 @@ static EVENTS: shared::admin::events::Recent<Event> = shared::admin::events::Rec
 
 /// Logs `event` at info with its fields and keeps it for `/status`.
 pub fn record(event: Event) {
-    // Losing a path (or every WAN) is a fault worth a warning; the rest is information.
-    if event.to == "down" || event.to == "mesh" {
+    // Losing a path (or every WAN, or every way home) is a fault worth a warning; the rest is
+    // information.
+    if matches!(event.to.as_str(), "down" | "mesh" | "none") {
         tracing::warn!(pool = %event.pool, path = %event.path, from = %event.from, to = %event.to, reason = %event.reason, "state change");
     } else {
         tracing::info!(pool = %event.pool, path = %event.path, from = %event.from, to = %event.to, reason = %event.reason, "state change");

@@ -11,7 +11,7 @@
 use metrics::{counter, gauge, Counter, Gauge};
 use shared::balance::{Candidate, Policy, RateMeter, Selector};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{HealthConfig, PathConfig, PoolConfig, Target};
@@ -484,10 +484,11 @@ pub struct Pool {
     pub cfg: PoolConfig,
     /// Round robin state per kind of traffic (index: `Kind as usize`).
     selectors: [Mutex<Selector>; 2],
-    /// Whether the mesh tier serves: one flag for every generation of the pool (a reload's),
-    /// since the paths' state is shared too and the generation that records a transition
-    /// (a connect begun before the reload, a control request) is the one that sees the edge.
-    on_mesh: Arc<AtomicBool>,
+    /// What carries the pool ([`Tier`] as u8): one for every generation of the pool (a
+    /// reload's), since the paths' state is shared too and the generation that records a
+    /// transition (a connect begun before the reload, a control request) is the one that sees
+    /// the edge.
+    tier: Arc<AtomicU8>,
     /// Probe rounds completed (start-up waits for the first before READY=1): a round is
     /// complete once every path has a recorded outcome since the previous one.
     rounds: AtomicU64,
@@ -539,7 +540,7 @@ impl Pool {
             m_on_mesh: gauge!(m::POOL_ON_MESH, "pool" => cfg.name.clone()),
             name,
             wan_count: wan_count.min(MAX_PATHS),
-            on_mesh: previous.map(|p| p.on_mesh.clone()).unwrap_or_default(),
+            tier: previous.map(|p| p.tier.clone()).unwrap_or_default(),
             rounds: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             news_us: AtomicU64::new(0),
@@ -898,42 +899,45 @@ impl Pool {
         }
     }
 
-    /// Log and count a move onto or off the mesh tier. A mesh path whose name has no address
-    /// carries nothing: the pool is not on it (else its gauge and `/status` would say "mesh"
-    /// for good, through the WANs' return, until the name had an address again).
+    /// Log and count a change of what carries the pool ([`Tier`]). A mesh path whose name has
+    /// no address carries nothing: the pool is on no tier then (else its gauge and `/status`
+    /// would say "mesh" for good, through the WANs' return, until the name had an address).
     pub(crate) fn refresh_tier(&self) {
-        if self.paths.len() <= self.wan_count {
+        let tier = if self.any_wan_up() {
+            Tier::Wan
+        } else if self.mesh_index().is_some() {
+            Tier::Mesh
+        } else {
+            Tier::None
+        };
+        let was = Tier::from_u8(self.tier.swap(tier as u8, Ordering::Relaxed));
+        if was == tier {
             return;
         }
-        let wan_up = self.any_wan_up();
-        let on_mesh = !wan_up && self.mesh_index().is_some();
-        if self.on_mesh.swap(on_mesh, Ordering::Relaxed) != on_mesh {
-            self.m_on_mesh.set(if on_mesh { 1.0 } else { 0.0 });
-            let (to, why) = match (on_mesh, wan_up) {
-                (true, _) => ("mesh", "no WAN path up: the mesh tier takes over"),
-                (false, true) => ("wan", "a WAN path is up again"),
-                (false, false) => ("none", "the mesh path's name has no address: no path home"),
-            };
-            if on_mesh {
-                self.m_failovers.increment(1);
-            }
-            let from = if on_mesh { "wan" } else { "mesh" };
-            crate::control::record(Event::new(&self.name, "", from, to, why));
+        if (was == Tier::Mesh) != (tier == Tier::Mesh) {
+            self.m_on_mesh.set(if tier == Tier::Mesh { 1.0 } else { 0.0 });
         }
+        let why = match tier {
+            Tier::Mesh => {
+                self.m_failovers.increment(1);
+                "no WAN path up: the mesh tier takes over"
+            }
+            Tier::Wan => "a WAN path is up again",
+            Tier::None if self.paths.len() > self.wan_count => {
+                "no WAN path up, and the mesh path's name has no address: no path home"
+            }
+            Tier::None => "no WAN path up: no path home",
+        };
+        crate::control::record(Event::new(&self.name, "", was.as_str(), tier.as_str(), why));
     }
 
     pub fn on_mesh(&self) -> bool {
-        self.on_mesh.load(Ordering::Relaxed)
+        self.tier() == "mesh"
     }
 
-    /// What carries the pool's traffic: `wan` while a WAN path is up, `mesh` while the mesh
-    /// tier does, `none` while no path home is up.
+    /// What carries the pool's traffic ([`Tier`]): `wan`, `mesh` or `none`.
     pub fn tier(&self) -> &'static str {
-        match (self.on_mesh(), self.any_wan_up()) {
-            (true, _) => "mesh",
-            (false, true) => "wan",
-            (false, false) => "none",
-        }
+        Tier::from_u8(self.tier.load(Ordering::Relaxed)).as_str()
     }
 
     /// Whether a first probe round has judged every path.
@@ -1153,6 +1157,35 @@ impl Pool {
             }
         }
         self.refresh_tier();
+    }
+}
+
+/// What carries a pool's traffic: a WAN path while one is up; else the mesh tier while its
+/// path has an address (whatever its checks say: it is the last way home, tried anyway);
+/// else nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Tier {
+    Wan = 0,
+    Mesh = 1,
+    None = 2,
+}
+
+impl Tier {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Mesh,
+            2 => Self::None,
+            _ => Self::Wan,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Wan => "wan",
+            Self::Mesh => "mesh",
+            Self::None => "none",
+        }
     }
 }
 
@@ -1542,6 +1575,28 @@ pub(crate) mod tests {
         p.set_address(2, mesh);
         assert!(p.on_mesh(), "the mesh's address back: on it");
         assert_eq!(p.tier(), "mesh");
+        // Each change once, from where the pool was (the events are this test process's).
+        let mut changes: Vec<(String, String)> = crate::control::recent()
+            .into_iter()
+            .filter(|e| e.pool == "t" && e.path.is_empty())
+            .map(|e| (e.from, e.to))
+            .collect();
+        changes.reverse();
+        let want = [("wan", "mesh"), ("mesh", "none"), ("none", "wan"), ("wan", "none"), ("none", "mesh")];
+        assert_eq!(changes, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    }
+
+    /// A pool without a mesh tier whose every WAN is down is on no tier.
+    #[test]
+    fn a_pool_without_a_mesh_tier_and_no_wan_up_is_on_none() {
+        let p = pool(&[1, 1], false);
+        kill(&p, 0);
+        assert_eq!(p.tier(), "wan");
+        kill(&p, 1);
+        assert_eq!(p.tier(), "none");
+        assert!(!p.on_mesh());
+        revive(&p, 1);
+        assert_eq!(p.tier(), "wan");
     }
 
     fn revive(p: &Pool, i: usize) {

@@ -36,7 +36,8 @@ pub struct PoolStatus {
     pub name: String,
     pub balance: &'static str,
     /// `wan` while a WAN path is up, `mesh` while the mesh tier carries the pool, `none`
-    /// while no path home is up ([`crate::pool::Pool::tier`]).
+    /// while neither can: no WAN path up, and no mesh tier or its name has no address
+    /// ([`crate::pool::Pool::tier`]).
     pub tier: &'static str,
     pub paths: Vec<PathStatus>,
 }
