@@ -236,10 +236,18 @@ fn report_destinations(sock: &UdpSocket) -> bool {
     set.is_ok()
 }
 
-/// A datagram's destination, from its packet-info message.
+/// The local address a datagram came to, from its packet-info message: for IPv4 the kernel's
+/// `ipi_spec_dst`, the packet's destination when that is one of this host's (unicast), else
+/// the receiving interface's address (a broadcast's), which an answer may come from.
 fn destination(c: &ControlMessageOwned) -> Option<IpAddr> {
     match c {
-        ControlMessageOwned::Ipv4PacketInfo(i) => Some(IpAddr::from(u32::from_be(i.ipi_addr.s_addr).to_be_bytes())),
+        ControlMessageOwned::Ipv4PacketInfo(i) => {
+            let local = match i.ipi_spec_dst.s_addr {
+                0 => i.ipi_addr.s_addr,
+                a => a,
+            };
+            Some(IpAddr::from(u32::from_be(local).to_be_bytes()))
+        }
         ControlMessageOwned::Ipv6PacketInfo(i) => Some(IpAddr::from(i.ipi6_addr.s6_addr)),
         _ => None,
     }
@@ -255,9 +263,16 @@ enum Source {
 
 impl Source {
     fn new(from: Option<IpAddr>) -> Option<Self> {
-        match from? {
-            IpAddr::V4(ip) if ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified() => None,
-            IpAddr::V6(ip) if ip.is_multicast() || ip.is_unspecified() => None,
+        let from = from?;
+        // An IPv4-mapped address (a dual-stack socket from a socket unit) is judged as IPv4.
+        let unicast = match from.to_canonical() {
+            IpAddr::V4(ip) => !(ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified()),
+            IpAddr::V6(ip) => !(ip.is_multicast() || ip.is_unspecified()),
+        };
+        if !unicast {
+            return None;
+        }
+        match from {
             IpAddr::V4(ip) => Some(Self::V4(libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
@@ -722,6 +737,26 @@ mod tests {
         assert_eq!(read(&specific, &mut batch).await, 1);
         assert_eq!(batch.get(0).map(|(d, _)| d), Some(&b"four"[..]));
         assert_eq!(batch.to(0), None);
+    }
+
+    /// A broadcast's answer leaves from the receiving interface's address (the kernel's
+    /// `ipi_spec_dst`), and no answer is sent from a broadcast or multicast address, an
+    /// IPv4-mapped one included.
+    #[test]
+    fn answers_leave_from_a_unicast_address() {
+        let addr = |s: &str| libc::in_addr { s_addr: u32::from(s.parse::<std::net::Ipv4Addr>().expect("ip")).to_be() };
+        let broadcast =
+            libc::in_pktinfo { ipi_ifindex: 2, ipi_spec_dst: addr("192.0.2.10"), ipi_addr: addr("192.0.2.255") };
+        let dst = destination(&ControlMessageOwned::Ipv4PacketInfo(broadcast));
+        assert_eq!(dst, Some("192.0.2.10".parse().expect("ip")));
+        let bare = libc::in_pktinfo { ipi_ifindex: 2, ipi_spec_dst: addr("0.0.0.0"), ipi_addr: addr("192.0.2.11") };
+        assert_eq!(destination(&ControlMessageOwned::Ipv4PacketInfo(bare)), Some("192.0.2.11".parse().expect("ip")));
+        for no in ["255.255.255.255", "224.0.0.251", "::ffff:255.255.255.255", "::ffff:224.0.0.1", "ff02::1", "::"] {
+            assert!(Source::new(Some(no.parse().expect("ip"))).is_none(), "{no}");
+        }
+        for yes in ["192.0.2.10", "::ffff:192.0.2.10", "2001:db8::1"] {
+            assert!(Source::new(Some(yes.parse().expect("ip"))).is_some(), "{yes}");
+        }
     }
 
     async fn pair() -> (UdpSocket, UdpSocket) {

@@ -38,12 +38,13 @@ pub async fn pump_while(upstream: &UdpSocket, owns: impl Fn() -> bool, mut deliv
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        if !owns() {
-            return;
-        }
         let read = REPLIES.with_borrow_mut(|batches| {
             let batch = &mut batches[family];
             for _ in 0..RUN_BATCHES {
+                // Asked before each batch: a newer flow may take the socket in between.
+                if !owns() {
+                    return Read::Lost;
+                }
                 match batch.try_read(upstream) {
                     Ok(_) => batch.runs(&mut deliver),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Drained,
@@ -54,6 +55,7 @@ pub async fn pump_while(upstream: &UdpSocket, owns: impl Fn() -> bool, mut deliv
             Read::Busy
         });
         match read {
+            Read::Lost => return,
             Read::Drained => {}
             Read::Refused => tokio::time::sleep(Duration::from_millis(10)).await,
             // Reads that succeed spend no cooperative budget: a flow whose upstream keeps its
@@ -68,6 +70,8 @@ pub async fn pump_while(upstream: &UdpSocket, owns: impl Fn() -> bool, mut deliv
 const RUN_BATCHES: usize = 8;
 
 enum Read {
+    /// The socket is another flow's now ([`pump_while`]).
+    Lost,
     Drained,
     Refused,
     Busy,
