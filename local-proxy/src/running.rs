@@ -312,7 +312,6 @@ impl Running {
     }
 }
 
-/// A bind that failed on an address in use.
 /// The same lines `main` logs for the sockets bound at start-up.
 pub(crate) fn log_bound(bound: &Listeners) {
     for b in &bound.tcp {

@@ -233,6 +233,9 @@ pub async fn run(settings: Settings, certs: Arc<CertStore>, acme: Arc<Acme>, sto
         }
     };
 
+    // Again: a job of the manager this one replaced may have noted a dropped certificate in
+    // the moment before it was cancelled.
+    acme.keep_only(lineages.iter().map(|l| l.dir.as_str()));
     let mut tasks = JoinSet::new();
     for lineage in lineages {
         let job = Job {
