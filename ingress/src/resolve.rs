@@ -66,13 +66,18 @@ pub enum Verdict {
     Keep,
     /// Every family asked answered "no such record": the path has no address.
     Clear,
-    /// The current address is gone from the answer (or there is none yet): try these, in order.
+    /// The current address is gone from the answer (or there is none yet), or the path is down
+    /// and the answer has others: try these, in order (a down path's own address first, so
+    /// that a home back on it keeps it).
     Try(Vec<IpAddr>),
 }
 
 /// Sans-io: `answers` are the path's lookups in preference order, each with its last known
-/// addresses and whether it was ever answered.
-pub fn verdict(current: Option<IpAddr>, answers: &[(&BTreeSet<IpAddr>, bool)]) -> Verdict {
+/// addresses and whether it was ever answered; `down`: the path fails its checks. A path that
+/// is up keeps its address while the answer lists it (a name with several records does not
+/// make it hop); a down one tries the answer's other addresses too (a dual-stack home whose
+/// IPv6 stopped answering while its AAAA record stayed goes on over IPv4).
+pub fn verdict(current: Option<IpAddr>, down: bool, answers: &[(&BTreeSet<IpAddr>, bool)]) -> Verdict {
     if !answers.iter().any(|(_, answered)| *answered) {
         return Verdict::Keep;
     }
@@ -84,7 +89,11 @@ pub fn verdict(current: Option<IpAddr>, answers: &[(&BTreeSet<IpAddr>, bool)]) -
     match current {
         Some(_) if all.is_empty() && !all_answered => Verdict::Keep,
         _ if all.is_empty() => Verdict::Clear,
-        Some(ip) if all.contains(&ip) => Verdict::Keep,
+        Some(ip) if all.contains(&ip) && !down => Verdict::Keep,
+        Some(ip) if all.contains(&ip) => match all.iter().any(|&a| a != ip) {
+            true => Verdict::Try(std::iter::once(ip).chain(all.into_iter().filter(|&a| a != ip)).collect()),
+            false => Verdict::Keep,
+        },
         _ => Verdict::Try(all),
     }
 }
@@ -140,6 +149,9 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
             tracker.record(q, outcome, Instant::now().into_std());
         }
         let mut waiting = false;
+        // A named path with other addresses to go to, should it go down: looked at again every
+        // health interval, not only at the next lookup.
+        let mut alternatives = false;
         for n in &named {
             let answers: Vec<_> = n
                 .queries
@@ -155,7 +167,8 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                 .collect();
             let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
             gauge!(m::PATH_DNS_LEADS_BACK, &labels).set(if back.is_empty() { 0.0 } else { 1.0 });
-            match verdict(path.ip(), &answers) {
+            alternatives |= answers.iter().flat_map(|(addrs, _)| addrs.iter()).any(|&a| Some(a) != path.ip());
+            match verdict(path.ip(), !path.is_up(), &answers) {
                 Verdict::Keep => {}
                 Verdict::Clear => {
                     if path.ip().is_some() {
@@ -177,7 +190,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
             }
         }
         let next_lookup = tracker.next_wake().map(Instant::from_std);
-        let next_try = waiting.then(|| Instant::now() + retry);
+        let next_try = (waiting || alternatives).then(|| Instant::now() + retry);
         match next_lookup.into_iter().chain(next_try).min() {
             Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending::<()>().await,
@@ -267,22 +280,27 @@ mod tests {
         let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
         let none = BTreeSet::new();
         let just = |x: IpAddr| BTreeSet::from([x]);
-        assert_eq!(verdict(None, &[(&none, false)]), Verdict::Keep, "nothing known yet");
-        assert_eq!(verdict(Some(a), &[(&none, false)]), Verdict::Keep);
-        assert_eq!(verdict(Some(a), &[(&none, true)]), Verdict::Clear);
-        assert_eq!(verdict(Some(a), &[(&just(a), true)]), Verdict::Keep);
-        assert_eq!(verdict(Some(a), &[(&just(b), true)]), Verdict::Try(vec![b]));
-        assert_eq!(verdict(None, &[(&just(b), true)]), Verdict::Try(vec![b]));
+        assert_eq!(verdict(None, false, &[(&none, false)]), Verdict::Keep, "nothing known yet");
+        assert_eq!(verdict(Some(a), false, &[(&none, false)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), false, &[(&none, true)]), Verdict::Clear);
+        assert_eq!(verdict(Some(a), false, &[(&just(a), true)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), false, &[(&just(b), true)]), Verdict::Try(vec![b]));
+        assert_eq!(verdict(None, false, &[(&just(b), true)]), Verdict::Try(vec![b]));
         // `any`: the current IPv4 address stays while it is in the A answer ...
         let v6 = just(ip("2001:db8::1"));
-        assert_eq!(verdict(Some(a), &[(&v6, true), (&just(a), true)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), false, &[(&v6, true), (&just(a), true)]), Verdict::Keep);
         // ... and candidates come IPv6 first.
-        assert_eq!(verdict(Some(b), &[(&v6, true), (&just(a), true)]), Verdict::Try(vec![ip("2001:db8::1"), a]));
+        assert_eq!(verdict(Some(b), false, &[(&v6, true), (&just(a), true)]), Verdict::Try(vec![ip("2001:db8::1"), a]));
         // One family not answered yet while the other says "none": nothing to use ...
-        assert_eq!(verdict(None, &[(&none, true), (&none, false)]), Verdict::Clear);
+        assert_eq!(verdict(None, false, &[(&none, true), (&none, false)]), Verdict::Clear);
         // ... and nothing to take away either (a reload's fresh lookups, one of which failed).
-        assert_eq!(verdict(Some(a), &[(&none, true), (&none, false)]), Verdict::Keep);
-        assert_eq!(verdict(Some(a), &[(&none, true), (&none, true)]), Verdict::Clear);
+        assert_eq!(verdict(Some(a), false, &[(&none, true), (&none, false)]), Verdict::Keep);
+        assert_eq!(verdict(Some(a), false, &[(&none, true), (&none, true)]), Verdict::Clear);
+        // A down path tries the answer's other addresses, its own first; with no other it keeps it.
+        let both = BTreeSet::from([a, b]);
+        assert_eq!(verdict(Some(a), true, &[(&both, true)]), Verdict::Try(vec![a, b]));
+        assert_eq!(verdict(Some(a), true, &[(&v6, true), (&just(a), true)]), Verdict::Try(vec![a, ip("2001:db8::1")]));
+        assert_eq!(verdict(Some(a), true, &[(&just(a), true)]), Verdict::Keep);
     }
 
     /// Scripted DNS: per name and family, the current answer and how many times it was asked.
@@ -431,6 +449,39 @@ mod tests {
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "the address stays");
         assert!(pool.paths[0].is_up());
+        task.abort();
+    }
+
+    /// A `family = "any"` path on IPv6 whose IPv6 stops answering while the AAAA record stays
+    /// goes on over the name's IPv4 address once it is down, within a health interval or two;
+    /// up again, it does not hop back.
+    #[tokio::test(start_paused = true)]
+    async fn a_down_dual_stack_path_goes_on_over_its_other_family() {
+        use crate::health::{Outcome as Probed, Source};
+        let cfg = Config::from_toml(&CONFIG.replace("family = \"ipv4\"", "family = \"any\"")).unwrap();
+        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
+        let dns = Arc::new(Script::default());
+        let alive = Alive::default();
+        alive.0.lock().unwrap().extend([ip("2001:db8::1"), ip("198.51.100.1")]);
+        dns.set("wan1.home.example", Family::V6, answer(&["2001:db8::1"], 300));
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 300));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("2001:db8::1")), "IPv6 first");
+        settle(Duration::from_secs(5)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("2001:db8::1")), "up: no hop while the answer lists it");
+        // Inbound IPv6 breaks at home; the checks take the path down.
+        alive.0.lock().unwrap().remove(&ip("2001:db8::1"));
+        for _ in 0..2 {
+            pool.record(0, Probed::Failed, Source::Probe);
+        }
+        assert!(!pool.paths[0].is_up());
+        settle(Duration::from_secs(1)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "on over IPv4, well before the next lookup");
+        assert!(pool.paths[0].is_up(), "a fresh start on the new address");
+        alive.0.lock().unwrap().insert(ip("2001:db8::1"));
+        settle(Duration::from_secs(10)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "up: stays");
         task.abort();
     }
 
