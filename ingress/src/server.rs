@@ -160,7 +160,8 @@ impl Server {
     /// it moves: all or none. A TCP socket the config drops on the port of one it adds (a
     /// specific address replaced by the wildcard, the admin listener moved to 0.0.0.0 on its
     /// port, a service taking the admin's old port) would make that bind fail while it
-    /// listens: it is closed first, and served again if the reload is refused.
+    /// listens: it is closed first, once everything that needs none of the ports it holds
+    /// is bound, and served again if the reload is refused.
     async fn rebind(&self, config: &Config) -> Result<(HashMap<ListenerKey, Bound>, AdminChange), ReloadError> {
         let wanted = wanted_listeners(config, self.shared.workers.threads());
         // The admin listener being served (none if its port was busy at start-up), and the one
@@ -196,10 +197,22 @@ impl Server {
             }
             (clashing, admin_moves && old_admin.is_some_and(|a| takes(a.port())))
         };
+        // The ports the closing sockets hold. What needs none of them is bound first: a reload
+        // refused for it (a UDP port someone holds, a mistyped address) closes nothing, where
+        // the closed sockets would be served again only in the background (and lost, should
+        // their port be taken meanwhile).
+        let mut freeing: Vec<u16> = match self.listeners.lock() {
+            Ok(map) => clashing.iter().filter_map(|k| map.get(k).map(|e| e.addr.port())).collect(),
+            Err(_) => Vec::new(),
+        };
+        freeing.extend(old_admin.filter(|_| admin_clashes).map(|a| a.port()));
+        let (after, first): (HashMap<_, _>, HashMap<_, _>) =
+            wanted.into_iter().partition(|(k, (_, addr, _))| k.0 == Protocol::Tcp && freeing.contains(&addr.port()));
+        let early = self.bind_new_listeners(first, config)?;
         let paused = self.pause_listeners(&clashing).await;
         let admin_paused = if admin_clashes { self.stop_admin().await } else { None };
         let bind = || {
-            self.bind_new_listeners(wanted.clone(), config).and_then(|listeners| {
+            self.bind_new_listeners(after.clone(), config).and_then(|listeners| {
                 let admin = match config.admin {
                     // Unchanged, and not served: its port was busy at start-up. Tried again,
                     // but not a reason to refuse the reload (nothing else depends on it).
@@ -222,17 +235,15 @@ impl Server {
                 Ok((listeners, admin))
             })
         };
-        let mut freed: Vec<u16> = match self.listeners.lock() {
-            Ok(map) => paused.iter().filter_map(|k| map.get(k).map(|e| e.addr.port())).collect(),
-            Err(_) => Vec::new(),
-        };
-        freed.extend(admin_paused.map(|a| a.port()));
         let taken_by_freed = |e: &ReloadError| {
             e.protocol == Protocol::Tcp
-                && freed.contains(&e.addr.port())
+                && freeing.contains(&e.addr.port())
                 && e.source.kind() == std::io::ErrorKind::AddrInUse
         };
-        let bound = shared::listeners::bind_while_freeing(bind, taken_by_freed).await;
+        let bound = shared::listeners::bind_while_freeing(bind, taken_by_freed).await.map(|(mut listeners, admin)| {
+            listeners.extend(early);
+            (listeners, admin)
+        });
         if bound.is_err() {
             self.resume_listeners(&paused);
             if let Some(addr) = admin_paused {
