@@ -54,6 +54,11 @@ pub const NEVER_BUSY: u64 = u64::MAX;
 /// it the connection was idle, not slow.
 const BUSY_GAP_US: u64 = 100_000;
 
+/// Busy time a byte buys at most: what it takes at 1 Mbit/s. A transfer moving at least that
+/// counts as one whole transfer in progress; a slower steady stream (a call's 64 kbit/s, a
+/// game's updates, an SSH session) as its share of it, not as a download filling the line.
+const BUSY_US_PER_BYTE: u64 = 8;
+
 impl ByteMeter {
     fn new(counter: Counter, total: Arc<AtomicU64>, busy_us: Arc<AtomicU64>) -> Self {
         Self { counter, total, busy_us }
@@ -62,19 +67,21 @@ impl ByteMeter {
         self.counter.increment(n);
         self.total.fetch_add(n, Ordering::Relaxed);
     }
-    /// The connection or flow owning `mark` (the time of its previous chunk) moved bytes:
-    /// the time since its previous chunk, up to `BUSY_GAP_US`, is time it was busy. Summed
-    /// over a path's connections and divided by wall time, that is how many of them are
-    /// transferring at once on average (Little's law), whatever their number or length.
-    pub fn mark_busy(&self, mark: &AtomicU64) {
-        self.mark_busy_at(mark, micros());
+    /// The connection or flow owning `mark` (the time of its previous chunk) moved `bytes`:
+    /// the time since its previous chunk, up to `BUSY_GAP_US` and to what those bytes take at
+    /// 1 Mbit/s (`BUSY_US_PER_BYTE`), is time it was busy. Summed over a path's connections
+    /// and divided by wall time, that is how many of them are transferring at once on average
+    /// (Little's law), whatever their number or length.
+    pub fn mark_busy(&self, mark: &AtomicU64, bytes: u64) {
+        self.mark_busy_at(mark, micros(), bytes);
     }
 
     /// [`ByteMeter::mark_busy`] at `now` (busy-clock µs) read by the caller.
-    pub fn mark_busy_at(&self, mark: &AtomicU64, now: u64) {
+    pub fn mark_busy_at(&self, mark: &AtomicU64, now: u64, bytes: u64) {
         let prev = mark.swap(now, Ordering::Relaxed);
         if prev != NEVER_BUSY {
-            self.busy_us.fetch_add(now.saturating_sub(prev).min(BUSY_GAP_US), Ordering::Relaxed);
+            let busy = now.saturating_sub(prev).min(BUSY_GAP_US).min(bytes.saturating_mul(BUSY_US_PER_BYTE));
+            self.busy_us.fetch_add(busy, Ordering::Relaxed);
         }
     }
 }
@@ -806,18 +813,21 @@ impl Pool {
         let change = damper.d.update(cfg, healthy, fell, now);
         let penalty = damper.d.penalty(cfg, now);
         let hold_left = damper.d.hold_left(cfg, now);
-        if change.is_some() {
+        if let Some(c) = &change {
             // Close the time-in-state account of the verdict that ends here.
-            Self::count_time(path, &mut damper, change.map(|c| c.from), now);
+            Self::count_time(path, &mut damper, Some(c.from), now);
+            // Published under the lock that decided it, as `up` is: judged from every event
+            // loop, a release stored after a later hold would leave a held path offered with
+            // its full share for the whole hold.
+            let held = c.to == Verdict::Held;
+            path.state.held.store(held, Ordering::Relaxed);
+            path.state.m_held.set(if held { 1.0 } else { 0.0 });
         }
         drop(damper);
         path.state.m_penalty.set(penalty);
         let Some(Change { from, to, .. }) = change else {
             return false;
         };
-        let held = to == Verdict::Held;
-        path.state.held.store(held, Ordering::Relaxed);
-        path.state.m_held.set(if held { 1.0 } else { 0.0 });
         path.state.m_changes[verdict_index(to)].increment(1);
         path.control.changed_now();
         let reason = match (from, to) {
@@ -1425,7 +1435,7 @@ pub(crate) mod tests {
             for (i, mark) in marks.iter().enumerate() {
                 let meter = &p.paths[usize::from(i == 3)].state.m_bytes_down;
                 meter.increment(1000);
-                meter.mark_busy(mark);
+                meter.mark_busy(mark, 1000);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -1434,6 +1444,27 @@ pub(crate) mod tests {
         assert!(b1 > 2.0 * b2 && b2 > 0.0, "busy wan1 {b1:.3}, wan2 {b2:.3}");
         assert_eq!(p.pick(Tried::default(), Kind::Tcp).unwrap().0, 1, "new connections go where fewer are busy");
         assert!(p.paths[0].rate() > 0);
+    }
+
+    /// A slow steady stream (a call: 160 bytes every 20 ms) counts as the share of a transfer
+    /// its bytes take at 1 Mbit/s, not as a whole one: new connections still follow the
+    /// weights, where they all went to the other path.
+    #[test]
+    fn bandwidth_policy_counts_a_slow_stream_by_its_bytes() {
+        let p = pool_with(&[1, 1], false, Policy::Bandwidth);
+        let mark = AtomicU64::new(NEVER_BUSY);
+        let meter = &p.paths[0].state.m_bytes_down;
+        let t0 = std::time::Instant::now();
+        p.sample_rates(t0);
+        for i in 0..16u64 {
+            meter.increment(160);
+            meter.mark_busy_at(&mark, i * 20_000, 160);
+        }
+        p.sample_rates(t0 + Duration::from_millis(300));
+        let busy = p.paths[0].busy();
+        assert!(busy > 0.0 && busy < 0.2, "a call is not a download: {busy:.3}");
+        let s = shares(&p, 1000);
+        assert!((s[0] - 0.5).abs() < 0.03, "{s:?}");
     }
 
     #[test]

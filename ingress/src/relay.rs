@@ -37,9 +37,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self, bytes: &ByteMeter) {
+    fn touch(&self, bytes: &ByteMeter, n: u64) {
         self.idle.touch();
-        bytes.mark_busy(&self.busy_mark);
+        bytes.mark_busy(&self.busy_mark, n);
     }
 }
 
@@ -131,7 +131,7 @@ async fn one_way(
     let moved = |n: usize| {
         bytes.increment(n as u64);
         total.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch(bytes);
+        activity.touch(bytes, n as u64);
     };
     // Small messages (requests, responses, interactive traffic) are read into the worker's
     // buffer and written at once: a read and a write, no pipe and no third call to learn the

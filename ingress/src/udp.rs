@@ -443,8 +443,9 @@ fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr,
     let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream, flow.header.as_deref());
     if sent.datagrams > 0 {
         let meter = &flow.guard.path().state.m_bytes_up;
-        meter.increment((sent.datagrams * run.len) as u64);
-        meter.mark_busy(&flow.busy_mark);
+        let bytes = (sent.datagrams * run.len) as u64;
+        meter.increment(bytes);
+        meter.mark_busy(&flow.busy_mark, bytes);
     }
     let dropped = run.count().saturating_sub(sent.datagrams);
     if dropped > 0 {
@@ -547,7 +548,7 @@ async fn pump_replies(
             c.dgrams_out.increment(sent as u64);
             c.bytes_out.increment(bytes);
             bytes_down.increment(bytes);
-            bytes_down.mark_busy_at(&busy_mark, at);
+            bytes_down.mark_busy_at(&busy_mark, at, bytes);
         }
         if sent < run.len() {
             c.drop_send.increment((run.len() - sent) as u64);
