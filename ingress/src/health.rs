@@ -41,11 +41,12 @@ async fn connect_hedged(addr: SocketAddr, hedge_after: Duration) -> std::io::Res
 
 /// How long a PROXY v2 LOCAL probe waits for the local proxy to close the connection (its
 /// "cannot serve"): that close comes a round trip after the header left, so two round trips
-/// of the path (`rtt`), at least 100 ms, within `left` of the probe's timeout. A fixed 100 ms
-/// missed the close on any path slower than that (a far ingress, an LTE backup, the mesh),
-/// and a home that cannot serve passed for healthy.
-fn close_grace(rtt: Duration, left: Duration) -> Duration {
-    (rtt * 2 + Duration::from_millis(50)).max(Duration::from_millis(100)).min(left * 3 / 4)
+/// of the path (`rtt`) plus 50 ms, at least 100 ms, at most 2 s. The wait comes after the
+/// probe's timeout, which bounds the connect alone: a fixed 100 ms, or one cut to what the
+/// timeout left, missed the close on a path slower than that (a far ingress, an LTE backup,
+/// the mesh), and a home that cannot serve passed for healthy.
+fn close_grace(rtt: Duration) -> Duration {
+    (rtt * 2 + Duration::from_millis(50)).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Run one active check against `addr`; the connect is raced by a second one after
@@ -71,17 +72,11 @@ pub async fn probe(
             CheckKind::ProxyV2Local => {
                 // LOCAL: "a health check, no client behind it". The local proxy keeps such a
                 // connection open when it can serve and closes it at once when it cannot, so
-                // a close within the grace period is a failure.
+                // a close within the grace period (below, past the timeout) is a failure.
                 let mut hdr = Vec::with_capacity(16);
                 write_v2(&mut hdr, Command::Local, Transport::Unspec, None);
                 s.write_all(&hdr).await.ok()?;
-                let rtt = latency.max(usual_rtt.unwrap_or_default());
-                let grace = close_grace(rtt, timeout.saturating_sub(start.elapsed()));
-                let mut one = [0u8; 1];
-                match tokio::time::timeout(grace, s.read(&mut one)).await {
-                    Err(_) | Ok(Ok(1..)) => {}
-                    Ok(Ok(0)) | Ok(Err(_)) => return None,
-                }
+                return Some(Ok((latency, Some(s))));
             }
             CheckKind::Http { path, host } => {
                 let req = format!(
@@ -104,11 +99,19 @@ pub async fn probe(
                 }
             }
         }
-        Some(Ok(latency))
+        Some(Ok((latency, None)))
     })
     .await;
     match result {
-        Ok(Some(Ok(latency))) => Outcome::Ok { latency },
+        Ok(Some(Ok((latency, None)))) => Outcome::Ok { latency },
+        Ok(Some(Ok((latency, Some(mut s))))) => {
+            let grace = close_grace(latency.max(usual_rtt.unwrap_or_default()));
+            let mut one = [0u8; 1];
+            match tokio::time::timeout(grace, s.read(&mut one)).await {
+                Err(_) | Ok(Ok(1..)) => Outcome::Ok { latency },
+                Ok(Ok(0)) | Ok(Err(_)) => Outcome::Failed,
+            }
+        }
         Ok(Some(Err(()))) => Outcome::Local,
         _ => Outcome::Failed,
     }
@@ -186,16 +189,17 @@ mod tests {
                 keep.push(open.accept().await.unwrap().0);
             }
         });
-        let t = Duration::from_secs(2);
+        // A timeout shorter than the close's round trip (it bounds the connect alone).
+        let t = Duration::from_millis(200);
         assert_eq!(probe(c, &CheckKind::ProxyV2Local, t, H, Some(rtt)).await, Outcome::Failed);
         assert!(matches!(probe(o, &CheckKind::ProxyV2Local, t, H, Some(rtt)).await, Outcome::Ok { .. }));
     }
 
     #[test]
-    fn the_close_grace_is_two_round_trips_within_the_time_left() {
+    fn the_close_grace_is_two_round_trips() {
         let ms = Duration::from_millis;
-        assert_eq!(close_grace(ms(1), ms(2000)), ms(100), "at least 100 ms");
-        assert_eq!(close_grace(ms(150), ms(2000)), ms(350));
-        assert_eq!(close_grace(ms(150), ms(200)), ms(150), "within the probe's timeout");
+        assert_eq!(close_grace(ms(1)), ms(100), "at least 100 ms");
+        assert_eq!(close_grace(ms(150)), ms(350));
+        assert_eq!(close_grace(ms(5000)), ms(2000), "at most 2 s");
     }
 }
