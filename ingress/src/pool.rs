@@ -1138,22 +1138,26 @@ impl Pool {
         // Before the reset: an outcome recorded in between would belong to the old address.
         // `max(1)`: a move in the clock's first microsecond still dates what came before it.
         path.state.addr_since_us.store(micros().max(1), Ordering::Relaxed);
-        if let Ok(mut h) = path.state.health.lock() {
+        // Each published under the lock of the state it comes from, as `record_by` and `judge`
+        // publish theirs: one of them running meanwhile cannot land after this.
+        {
+            let mut h = path.state.health.lock().unwrap_or_else(|e| e.into_inner());
             *h = HealthState::default();
+            path.state.up.store(ip.is_some(), Ordering::Relaxed);
+            path.state.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
         }
-        if let Ok(mut d) = path.state.damping.lock() {
+        {
+            let mut d = path.state.damping.lock().unwrap_or_else(|e| e.into_inner());
             d.d = Damping::new(ip.is_some(), now());
+            path.state.held.store(false, Ordering::Relaxed);
+            path.state.m_held.set(0.0);
         }
         if let Ok(mut q) = path.state.quality.lock() {
             *q = Quality::new(now());
         }
-        path.state.held.store(false, Ordering::Relaxed);
-        path.state.m_held.set(0.0);
         path.state.latency_ns.store(0, Ordering::Relaxed);
         path.state.factor.store(1.0f32.to_bits(), Ordering::Relaxed);
         path.state.m_factor.set(1.0);
-        path.state.up.store(ip.is_some(), Ordering::Relaxed);
-        path.state.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
         let labels = [("pool", self.name.to_string()), ("path", path.name.to_string())];
         gauge!(m::PATH_HAS_ADDRESS, &labels).set(if ip.is_some() { 1.0 } else { 0.0 });
         counter!(m::PATH_ADDRESS_CHANGES, &labels).increment(1);

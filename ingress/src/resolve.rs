@@ -4,19 +4,20 @@
 //! answered a probe. Rules (docs/internals.md, "Paths by name"):
 //! - a failed or timed-out lookup keeps the last known address (counted, logged once per
 //!   episode); "no such name/record" is an answer: the path has no address and is down;
-//! - a path keeps its address while the answer still holds it; otherwise the answer's
-//!   addresses are probed (IPv6 first for `family = "any"`) and the first to answer becomes
-//!   the path's address, with the health of a fresh start; until one answers the old address
-//!   (if any) stays, and they are probed again every health interval;
+//! - a path that is up keeps its address while the answer still holds it; otherwise (or once
+//!   it has been down for a while: `HOP_AFTER_MIN`, four health intervals) the answer's
+//!   addresses are probed (its own first, then IPv6 first for `family = "any"`) and the first
+//!   to answer becomes the path's address, with the health of a fresh start; until one
+//!   answers the old address (if any) stays, and they are probed again every health interval;
 //! - connections already open on an old address continue: they hold their own sockets;
 //! - an answer that is this host's own address, on a port this ingress listens on, is never
 //!   probed nor used (`crate::self_loop`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge};
 use shared::dns::{Family, Lookups, OnNoAnswer, Outcome, Policy, Query, Tracker};
@@ -137,14 +138,21 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
     let mut failing: HashSet<Query> = HashSet::new();
     let mut looping: HashSet<(usize, IpAddr)> = HashSet::new();
     let retry = pool.cfg.health.interval;
+    // When each named path was first seen down (by this loop, every health interval): it
+    // goes to another address of its name only once down for `hop_after`, so one lost probe of
+    // a lossy line does not make it hop (and start afresh, its flap damping forgotten).
+    let mut down_since: HashMap<usize, Instant> = HashMap::new();
+    let hop_after = (retry * 4).max(HOP_AFTER_MIN);
     loop {
         let mut asking = JoinSet::new();
+        let mut fresh = false;
         for q in tracker.due(Instant::now().into_std()) {
             let (resolver, name) = (resolver.clone(), tracker.name(q).to_owned());
             asking.spawn(async move { (q, resolver.lookup(&name, q.family).await) });
         }
         while let Some(done) = asking.join_next().await {
             let Ok((q, outcome)) = done else { continue };
+            fresh = true;
             account(&pool, &named, &tracker, q, &outcome, &mut failing);
             tracker.record(q, outcome, Instant::now().into_std());
         }
@@ -160,6 +168,21 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                 .map(|(addrs, answered, _)| (addrs, answered))
                 .collect();
             let path = &pool.paths[n.index];
+            let now = Instant::now();
+            let down_long = match path.is_up() {
+                true => {
+                    down_since.remove(&n.index);
+                    false
+                }
+                false => now.duration_since(*down_since.entry(n.index).or_insert(now)) >= hop_after,
+            };
+            alternatives |= answers.iter().flat_map(|(addrs, _)| addrs.iter()).any(|&a| Some(a) != path.ip());
+            let verdict = verdict(path.ip(), down_long, &answers);
+            // Which answers lead back to this host: asked (a look at its interfaces) only when
+            // there is something new to judge, not at every wake.
+            if !fresh && !matches!(verdict, Verdict::Try(_)) {
+                continue;
+            }
             let back: Vec<IpAddr> = answers
                 .iter()
                 .flat_map(|(addrs, _)| addrs.iter().copied())
@@ -167,8 +190,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                 .collect();
             let labels = [("pool", pool.name.to_string()), ("path", path.name.to_string())];
             gauge!(m::PATH_DNS_LEADS_BACK, &labels).set(if back.is_empty() { 0.0 } else { 1.0 });
-            alternatives |= answers.iter().flat_map(|(addrs, _)| addrs.iter()).any(|&a| Some(a) != path.ip());
-            match verdict(path.ip(), !path.is_up(), &answers) {
+            match verdict {
                 Verdict::Keep => {}
                 Verdict::Clear => {
                     if path.ip().is_some() {
@@ -176,6 +198,8 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                     }
                 }
                 Verdict::Try(mut candidates) => {
+                    // A down path trying the others: its own address is in the answer.
+                    let hopping = path.ip().is_some_and(|ip| candidates.contains(&ip));
                     candidates.retain(|ip| !back.contains(ip));
                     if candidates.is_empty() {
                         // Nothing to probe: the path keeps its address, if any, until an
@@ -183,6 +207,8 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                         continue;
                     }
                     match first_answering(&prober, &candidates, path.fixed_port.unwrap_or(pool.cfg.health.port)).await {
+                        // Up again on its own address while the others were probed: it stays.
+                        Some(_) if hopping && path.is_up() => {}
                         Some(ip) => pool.set_address(n.index, Some(ip)),
                         None => waiting = true,
                     }
@@ -197,6 +223,10 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
         }
     }
 }
+
+/// The least time a named path must have been down before it tries its name's other
+/// addresses (at least four health intervals).
+const HOP_AFTER_MIN: Duration = Duration::from_secs(5);
 
 /// Whether an answer for path `index` is one of this host's addresses on a port this ingress
 /// listens on (`crate::self_loop`): never probed (this ingress's own listener would answer)
@@ -267,7 +297,6 @@ fn account(pool: &Pool, named: &[Named], tracker: &Tracker, q: Query, outcome: &
 mod tests {
     use super::*;
     use crate::config::Config;
-    use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -476,7 +505,9 @@ mod tests {
             pool.record(0, Probed::Failed, Source::Probe);
         }
         assert!(!pool.paths[0].is_up());
-        settle(Duration::from_secs(1)).await;
+        settle(Duration::from_secs(2)).await;
+        assert_eq!(pool.paths[0].ip(), Some(ip("2001:db8::1")), "not at once: one lost probe is no reason");
+        settle(Duration::from_secs(5)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "on over IPv4, well before the next lookup");
         assert!(pool.paths[0].is_up(), "a fresh start on the new address");
         alive.0.lock().unwrap().insert(ip("2001:db8::1"));

@@ -209,10 +209,23 @@ impl Server {
         let (after, first): (HashMap<_, _>, HashMap<_, _>) =
             wanted.into_iter().partition(|(k, (_, addr, _))| k.0 == Protocol::Tcp && freeing.contains(&addr.port()));
         let early = self.bind_new_listeners(first, config)?;
+        // The admin listener's new address too, unless it is on a port being freed.
+        let mut early_admin = match config.admin {
+            Some(addr) if admin_moves && !freeing.contains(&addr.port()) => match crate::listener::bind_tcp(addr) {
+                Ok(l) => Some(AdminChange::Serve(addr, l)),
+                Err(source) => {
+                    return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
+                }
+            },
+            _ => None,
+        };
         let paused = self.pause_listeners(&clashing).await;
         let admin_paused = if admin_clashes { self.stop_admin().await } else { None };
         let bind = || {
             self.bind_new_listeners(after.clone(), config).and_then(|listeners| {
+                if let Some(admin) = early_admin.take() {
+                    return Ok((listeners, admin));
+                }
                 let admin = match config.admin {
                     // Unchanged, and not served: its port was busy at start-up. Tried again,
                     // but not a reason to refuse the reload (nothing else depends on it).

@@ -125,6 +125,13 @@ async fn listeners_move_to_the_wildcard_on_their_own_ports() {
     assert_eq!(server.admin_addr(), admin([0, 0, 0, 0]));
     assert_eq!(server.local_addrs("echo"), [wildcard]);
     assert_eq!(listening_inode(port), before, "the wildcard listener was closed and bound anew");
+    // Nor for an admin address this host does not have (on another port: one of its own).
+    let elsewhere = conf(wan1.addr, port, None)
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"192.0.2.1:{}\"", free_port()));
+    let elsewhere = ingress::Config::from_toml(&elsewhere).expect("valid");
+    server.try_reload(elsewhere).await.expect_err("not this host's address");
+    assert_eq!(listening_inode(port), before, "closed for an admin listener that could not bind");
+    assert_eq!(server.admin_addr(), admin([0, 0, 0, 0]));
     assert!(metrics(&server).await.contains("ingress_config_reloads_total"));
     assert_eq!(request(addr).await.expect("served on the wildcard still"), "wan1");
 
