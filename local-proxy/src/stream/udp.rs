@@ -14,8 +14,8 @@
 //! each flow's upstream socket to the client's own address (see `transparent`). Replies go
 //! out of the listening socket, from the address the flow's first datagram was sent to (one
 //! WAN address, or on a wildcard socket the one asked: `Batch::for_listener`), so they leave
-//! by the WAN the flow came in on. A flow is pinned to the upstream its stream's pool picked when it
-//! opened (it counts as that upstream's load); when that upstream goes down, the flow's
+//! by the WAN the flow came in on. A flow is pinned to the upstream its stream's pool picked
+//! when it opened (it counts as that upstream's load); when that upstream goes down, the flow's
 //! next datagram opens it anew on a usable one. A stream with an access log writes one line
 //! per flow when it ends (`stream::log`). When the process stops (a restart), each socket's
 //! flows stay for the replies still on their way (`udp_relay::linger`); a reload that removes
