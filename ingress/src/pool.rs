@@ -942,12 +942,16 @@ impl Pool {
     }
 
     pub fn on_mesh(&self) -> bool {
-        self.tier() == "mesh"
+        self.current_tier() == Tier::Mesh
     }
 
     /// What carries the pool's traffic ([`Tier`]): `wan`, `mesh` or `none`.
     pub fn tier(&self) -> &'static str {
-        Tier::from_u8(self.tier.load(Ordering::Relaxed)).as_str()
+        self.current_tier().as_str()
+    }
+
+    fn current_tier(&self) -> Tier {
+        Tier::from_u8(self.tier.load(Ordering::Relaxed))
     }
 
     /// Whether a first probe round has judged every path.

@@ -429,18 +429,28 @@ mod tests {
         tokio::time::sleep(d).await;
     }
 
+    /// A pool of `config`, a scripted resolver, and a prober answered by `alive`.
+    fn with_names(config: &str, alive: &[&str]) -> (Arc<Pool>, ResolverConfig, Arc<Script>, Alive) {
+        let cfg = Config::from_toml(config).unwrap();
+        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
+        let prober = Alive::default();
+        prober.0.lock().unwrap().extend(alive.iter().map(|a| ip(a)));
+        (pool, cfg.resolver, Arc::new(Script::default()), prober)
+    }
+
+    fn any_family() -> String {
+        CONFIG.replace("family = \"ipv4\"", "family = \"any\"")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_that_leads_back_to_this_ingress_is_never_probed_nor_used() {
         // The service listens on every address at the probed port: a name pointed at this
         // host (dynamic DNS updated from the cloud node) would loop.
-        let cfg = Config::from_toml(&CONFIG.replace("127.0.0.1:0", "0.0.0.0:443")).unwrap();
-        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
-        let dns = Arc::new(Script::default());
         // This ingress's own listener would answer the probe.
-        let alive = Alive::default();
-        alive.0.lock().unwrap().extend([ip("127.0.0.1"), ip("198.51.100.1")]);
+        let (pool, resolver, dns, alive) =
+            with_names(&CONFIG.replace("127.0.0.1:0", "0.0.0.0:443"), &["127.0.0.1", "198.51.100.1"]);
         dns.set("wan1.home.example", Family::V4, answer(&["127.0.0.1"], 30));
-        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), resolver));
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.paths[0].ip(), None);
         assert!(!pool.paths[0].is_up());
@@ -461,20 +471,16 @@ mod tests {
     /// address: one family's "none" and the other's failure are no answer that it has none.
     #[tokio::test(start_paused = true)]
     async fn a_failed_lookup_after_a_reload_does_not_take_the_address_away() {
-        let cfg = Config::from_toml(&CONFIG.replace("family = \"ipv4\"", "family = \"any\"")).unwrap();
-        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
-        let dns = Arc::new(Script::default());
-        let alive = Alive::default();
-        alive.0.lock().unwrap().insert(ip("198.51.100.1"));
+        let (pool, resolver, dns, alive) = with_names(&any_family(), &["198.51.100.1"]);
         dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 30));
         dns.set("wan1.home.example", Family::V6, Outcome::NoRecords { ttl: Some(Duration::from_secs(30)) });
-        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver.clone()));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), resolver.clone()));
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")));
         task.abort();
         // The reload's task: its first A lookup fails.
         dns.set("wan1.home.example", Family::V4, Outcome::Failed { error: "timed out".into() });
-        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive, cfg.resolver));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive, resolver));
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "the address stays");
         assert!(pool.paths[0].is_up());
@@ -487,14 +493,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_down_dual_stack_path_goes_on_over_its_other_family() {
         use crate::health::{Outcome as Probed, Source};
-        let cfg = Config::from_toml(&CONFIG.replace("family = \"ipv4\"", "family = \"any\"")).unwrap();
-        let pool = Arc::new(Pool::new(cfg.pools["home"].clone(), None));
-        let dns = Arc::new(Script::default());
-        let alive = Alive::default();
-        alive.0.lock().unwrap().extend([ip("2001:db8::1"), ip("198.51.100.1")]);
+        let (pool, resolver, dns, alive) = with_names(&any_family(), &["2001:db8::1", "198.51.100.1"]);
         dns.set("wan1.home.example", Family::V6, answer(&["2001:db8::1"], 300));
         dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 300));
-        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), cfg.resolver));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), resolver));
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("2001:db8::1")), "IPv6 first");
         settle(Duration::from_secs(5)).await;

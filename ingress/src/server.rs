@@ -211,12 +211,7 @@ impl Server {
         let early = self.bind_new_listeners(first, config)?;
         // The admin listener's new address too, unless it is on a port being freed.
         let mut early_admin = match config.admin {
-            Some(addr) if admin_moves && !freeing.contains(&addr.port()) => match crate::listener::bind_tcp(addr) {
-                Ok(l) => Some(AdminChange::Serve(addr, l)),
-                Err(source) => {
-                    return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
-                }
-            },
+            Some(addr) if admin_moves && !freeing.contains(&addr.port()) => Some(moved_admin(addr)?),
             _ => None,
         };
         let paused = self.pause_listeners(&clashing).await;
@@ -238,12 +233,7 @@ impl Server {
                     },
                     _ if !admin_moves => AdminChange::Keep,
                     None => AdminChange::Off,
-                    Some(addr) => match crate::listener::bind_tcp(addr) {
-                        Ok(l) => AdminChange::Serve(addr, l),
-                        Err(source) => {
-                            return Err(ReloadError { service: "admin".into(), addr, protocol: Protocol::Tcp, source })
-                        }
-                    },
+                    Some(addr) => moved_admin(addr)?,
                 };
                 Ok((listeners, admin))
             })
@@ -535,6 +525,16 @@ fn held_by_unit<'a>(
         protocol: Protocol::Tcp,
         source: std::io::Error::new(std::io::ErrorKind::AddrInUse, why),
     }
+}
+
+/// The admin listener on the address a reload moves it to; a failure refuses the reload.
+fn moved_admin(addr: SocketAddr) -> Result<AdminChange, ReloadError> {
+    crate::listener::bind_tcp(addr).map(|l| AdminChange::Serve(addr, l)).map_err(|source| ReloadError {
+        service: "admin".into(),
+        addr,
+        protocol: Protocol::Tcp,
+        source,
+    })
 }
 
 /// Every listener a config asks for, keyed as the running set keys them, with its service and
