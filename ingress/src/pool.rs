@@ -122,24 +122,10 @@ pub struct PathState {
     refreshed: AtomicU64,
     /// `f32` bits of the current health factor.
     factor: AtomicU32,
-    active_tcp: AtomicU64,
-    active_udp: AtomicU64,
-    /// Connect attempts on their way ([`Connecting`]): least-connections counts them, or a
-    /// burst of new connections within one connect's round trip would all see the same
-    /// counts and go to one path.
-    connecting: AtomicU64,
     /// Connect latency average in ns (0: not measured yet), published for the data path.
     latency_ns: AtomicU64,
-    /// Bytes relayed either way, for the bandwidth meter.
-    bytes: Arc<AtomicU64>,
-    meter: Mutex<RateMeter>,
-    /// Smoothed bytes per second either way.
-    rate: AtomicU64,
-    /// Summed busy time of the path's connections and flows (µs), and its rate: `f32` bits
-    /// of the average number transferring at once over the last second or so.
-    busy_us: Arc<AtomicU64>,
-    busy_meter: Mutex<RateMeter>,
-    busy: AtomicU32,
+    /// What the path carries; shared with the state it replaced (`PathLoad`).
+    pub(crate) load: Arc<PathLoad>,
     pub(crate) m_connects: Counter,
     pub(crate) m_failures: Counter,
     pub(crate) m_probe_failures: Counter,
@@ -151,18 +137,68 @@ pub struct PathState {
     /// Segments retransmitted on relayed upstream connections (`TCP_INFO`).
     pub(crate) m_retrans: Counter,
     m_quality: Gauge,
-    pub(crate) m_bytes_up: ByteMeter,
-    pub(crate) m_bytes_down: ByteMeter,
     m_up: Gauge,
     m_factor: Gauge,
-    m_active_tcp: Gauge,
-    m_active_udp: Gauge,
-    m_rate: Gauge,
     m_held: Gauge,
     m_penalty: Gauge,
     /// Per verdict (`verdict_index`): changes into it, and seconds spent in it.
     m_changes: [Counter; 3],
     m_seconds: [Counter; 3],
+}
+
+/// What a path carries: its open connections and flows, the connects on their way, and the
+/// bytes and busy time they move. A reload that gives a path (same name) another address or
+/// port starts its health afresh but keeps this: the connections opened before it still run
+/// over the same WAN line and close on the old state, and counts started from zero would send
+/// the new connections to that path under least-connections or the bandwidth policy until
+/// they caught up with the others'.
+pub(crate) struct PathLoad {
+    active_tcp: AtomicU64,
+    active_udp: AtomicU64,
+    /// Connect attempts on their way ([`Connecting`]): least-connections counts them, or a
+    /// burst of new connections within one connect's round trip would all see the same
+    /// counts and go to one path.
+    connecting: AtomicU64,
+    /// Bytes relayed either way, for the bandwidth meter.
+    bytes: Arc<AtomicU64>,
+    meter: Mutex<RateMeter>,
+    /// Smoothed bytes per second either way.
+    rate: AtomicU64,
+    /// Summed busy time of the path's connections and flows (µs), and its rate: `f32` bits
+    /// of the average number transferring at once over the last second or so.
+    busy_us: Arc<AtomicU64>,
+    busy_meter: Mutex<RateMeter>,
+    busy: AtomicU32,
+    pub(crate) m_bytes_up: ByteMeter,
+    pub(crate) m_bytes_down: ByteMeter,
+    m_active_tcp: Gauge,
+    m_active_udp: Gauge,
+    m_rate: Gauge,
+}
+
+impl PathLoad {
+    fn new(pool: &str, path: &str) -> Self {
+        let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
+        let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
+        let bytes = Arc::new(AtomicU64::new(0));
+        let busy_us = Arc::new(AtomicU64::new(0));
+        Self {
+            active_tcp: AtomicU64::new(0),
+            active_udp: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
+            meter: Mutex::new(RateMeter::default()),
+            rate: AtomicU64::new(0),
+            m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone(), busy_us.clone()),
+            m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone(), busy_us.clone()),
+            bytes,
+            busy_us,
+            busy_meter: Mutex::new(RateMeter::default()),
+            busy: AtomicU32::new(0.0f32.to_bits()),
+            m_active_tcp: gauge!(m::PATH_ACTIVE, &labels),
+            m_active_udp: gauge!(m::PATH_ACTIVE_FLOWS, &labels),
+            m_rate: gauge!(m::PATH_RATE, &labels),
+        }
+    }
 }
 
 /// The damping state and when its time in state was last counted.
@@ -195,11 +231,9 @@ impl PathState {
         now
     }
 
-    fn new(pool: &str, path: &str, ip: Option<IpAddr>) -> Self {
+    /// A fresh state for path `path` of `pool`, carrying `load` (a new one if `None`).
+    fn new(pool: &str, path: &str, ip: Option<IpAddr>, load: Option<Arc<PathLoad>>) -> Self {
         let labels = [("pool", pool.to_owned()), ("path", path.to_owned())];
-        let bytes = Arc::new(AtomicU64::new(0));
-        let busy_us = Arc::new(AtomicU64::new(0));
-        let dir = |d: &str| [("pool", pool.to_owned()), ("path", path.to_owned()), ("direction", d.to_owned())];
         let per_verdict = |name: &'static str, key: &'static str| {
             VERDICTS.map(|v| counter!(name, "pool" => pool.to_owned(), "path" => path.to_owned(), key => v.as_str()))
         };
@@ -226,28 +260,15 @@ impl PathState {
             addr: arc_swap::ArcSwapOption::from(ip.map(Arc::new)),
             refreshed: AtomicU64::new(0),
             factor: AtomicU32::new(1.0f32.to_bits()),
-            active_tcp: AtomicU64::new(0),
-            active_udp: AtomicU64::new(0),
-            connecting: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
-            meter: Mutex::new(RateMeter::default()),
-            rate: AtomicU64::new(0),
+            load: load.unwrap_or_else(|| Arc::new(PathLoad::new(pool, path))),
             m_connects: counter!(m::PATH_CONNECTS, &labels),
             m_failures: counter!(m::PATH_CONNECT_FAILURES, &labels),
             m_probe_failures: counter!(m::PATH_PROBE_FAILURES, &labels),
             m_hedges: counter!(m::PATH_HEDGES, &labels),
             m_refused: counter!(m::PATH_CONNECTS_REFUSED, &labels),
-            m_bytes_up: ByteMeter::new(counter!(m::PATH_BYTES, &dir("up")), bytes.clone(), busy_us.clone()),
-            m_bytes_down: ByteMeter::new(counter!(m::PATH_BYTES, &dir("down")), bytes.clone(), busy_us.clone()),
-            bytes,
-            busy_us,
-            busy_meter: Mutex::new(RateMeter::default()),
-            busy: AtomicU32::new(0.0f32.to_bits()),
             m_up: gauge!(m::PATH_UP, &labels),
             m_factor: gauge!(m::PATH_HEALTH_FACTOR, &labels),
-            m_active_tcp: gauge!(m::PATH_ACTIVE, &labels),
-            m_active_udp: gauge!(m::PATH_ACTIVE_FLOWS, &labels),
-            m_rate: gauge!(m::PATH_RATE, &labels),
         };
         s.m_up.set(if ip.is_some() { 1.0 } else { 0.0 });
         gauge!(m::PATH_HAS_ADDRESS, &labels).set(if ip.is_some() { 1.0 } else { 0.0 });
@@ -348,27 +369,27 @@ impl Path {
     /// What least-connections weighs: open connections and connects on their way (TCP), or
     /// flows (UDP).
     pub fn load(&self, kind: Kind) -> u64 {
-        let connecting = if kind == Kind::Tcp { self.state.connecting.load(Ordering::Relaxed) } else { 0 };
+        let connecting = if kind == Kind::Tcp { self.state.load.connecting.load(Ordering::Relaxed) } else { 0 };
         self.active(kind) + connecting
     }
     fn counter(&self, kind: Kind) -> &AtomicU64 {
         match kind {
-            Kind::Tcp => &self.state.active_tcp,
-            Kind::Udp => &self.state.active_udp,
+            Kind::Tcp => &self.state.load.active_tcp,
+            Kind::Udp => &self.state.load.active_udp,
         }
     }
     /// Smoothed bytes per second relayed either way.
     pub fn rate(&self) -> u64 {
-        self.state.rate.load(Ordering::Relaxed)
+        self.state.load.rate.load(Ordering::Relaxed)
     }
-    /// Bytes relayed either way since the path's state was created.
+    /// Bytes relayed either way since start (or since a reload added the path).
     pub fn bytes_total(&self) -> u64 {
-        self.state.bytes.load(Ordering::Relaxed)
+        self.state.load.bytes.load(Ordering::Relaxed)
     }
     /// How many connections and flows (both kinds: they share the WAN) were transferring
     /// at once, on average over the last second or so.
     pub fn busy(&self) -> f64 {
-        f64::from(f32::from_bits(self.state.busy.load(Ordering::Relaxed)))
+        f64::from(f32::from_bits(self.state.load.busy.load(Ordering::Relaxed)))
     }
     /// Average connect latency, without taking the health lock.
     pub fn latency(&self) -> Option<std::time::Duration> {
@@ -440,8 +461,8 @@ impl ActiveGuard {
     /// them out of order (1 after 0 for the last two closes) and leave it there for hours.
     fn gauge(path: &Path, kind: Kind) -> &Gauge {
         match kind {
-            Kind::Tcp => &path.state.m_active_tcp,
-            Kind::Udp => &path.state.m_active_udp,
+            Kind::Tcp => &path.state.load.m_active_tcp,
+            Kind::Udp => &path.state.load.m_active_udp,
         }
     }
 }
@@ -459,14 +480,14 @@ pub struct Connecting(Arc<Path>);
 
 impl Connecting {
     pub fn new(path: Arc<Path>) -> Self {
-        path.state.connecting.fetch_add(1, Ordering::Relaxed);
+        path.state.load.connecting.fetch_add(1, Ordering::Relaxed);
         Self(path)
     }
 }
 
 impl Drop for Connecting {
     fn drop(&mut self) {
-        self.0.state.connecting.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.load.connecting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -509,22 +530,20 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Build a pool, reusing the state of paths that are unchanged in `previous`.
+    /// Build a pool, reusing the state of paths that are unchanged in `previous`; a path
+    /// whose address or port changed keeps its load (`PathLoad`) and its operator overrides.
     pub fn new(cfg: PoolConfig, previous: Option<&Pool>) -> Self {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let make = |pc: &PathConfig, is_mesh: bool| {
-            let reuse = previous.and_then(|prev| {
-                prev.paths
-                    .iter()
-                    .find(|p| {
-                        *p.name == pc.name && p.target == pc.target && p.fixed_port == pc.port && p.is_mesh == is_mesh
-                    })
-                    .map(|p| p.state.clone())
+            let same_name =
+                previous.and_then(|prev| prev.paths.iter().find(|p| *p.name == pc.name && p.is_mesh == is_mesh));
+            let reuse = same_name.filter(|p| p.target == pc.target && p.fixed_port == pc.port).map(|p| p.state.clone());
+            let state = reuse.unwrap_or_else(|| {
+                let load = same_name.map(|p| p.state.load.clone());
+                Arc::new(PathState::new(&cfg.name, &pc.name, pc.target.ip(), load))
             });
-            let control = previous
-                .and_then(|prev| prev.paths.iter().find(|p| *p.name == pc.name && p.is_mesh == is_mesh))
-                .map(|p| p.control.carry(&cfg.name, &pc.name, p.weight, pc.weight))
-                .unwrap_or_default();
+            let control =
+                same_name.map(|p| p.control.carry(&cfg.name, &pc.name, p.weight, pc.weight)).unwrap_or_default();
             Arc::new(Path {
                 pool: name.clone(),
                 name: Arc::from(pc.name.as_str()),
@@ -532,7 +551,7 @@ impl Pool {
                 fixed_port: pc.port,
                 weight: pc.weight,
                 is_mesh,
-                state: reuse.unwrap_or_else(|| Arc::new(PathState::new(&cfg.name, &pc.name, pc.target.ip()))),
+                state,
                 control,
             })
         };
@@ -638,17 +657,17 @@ impl Pool {
     /// Sample every path's byte total and busy time into their meters; publish the rate and
     /// the average number of transfers at once.
     pub fn sample_rates(&self, now: std::time::Instant) {
-        for p in &self.paths {
-            let mut busy = p.state.busy_meter.lock().unwrap_or_else(|e| e.into_inner());
-            busy.sample(p.state.busy_us.load(Ordering::Relaxed), now);
+        for l in self.paths.iter().map(|p| &p.state.load) {
+            let mut busy = l.busy_meter.lock().unwrap_or_else(|e| e.into_inner());
+            busy.sample(l.busy_us.load(Ordering::Relaxed), now);
             // µs of busy time per second of wall time: transfers at once.
-            p.state.busy.store(((busy.rate() / 1e6) as f32).to_bits(), Ordering::Relaxed);
+            l.busy.store(((busy.rate() / 1e6) as f32).to_bits(), Ordering::Relaxed);
             drop(busy);
-            let total = p.state.bytes.load(Ordering::Relaxed);
-            let mut meter = p.state.meter.lock().unwrap_or_else(|e| e.into_inner());
+            let total = l.bytes.load(Ordering::Relaxed);
+            let mut meter = l.meter.lock().unwrap_or_else(|e| e.into_inner());
             meter.sample(total, now);
-            p.state.rate.store(meter.rate() as u64, Ordering::Relaxed);
-            p.state.m_rate.set(meter.rate());
+            l.rate.store(meter.rate() as u64, Ordering::Relaxed);
+            l.m_rate.set(meter.rate());
         }
     }
 
@@ -1441,7 +1460,7 @@ pub(crate) mod tests {
         p.sample_rates(t0);
         for _ in 0..30 {
             for (i, mark) in marks.iter().enumerate() {
-                let meter = &p.paths[usize::from(i == 3)].state.m_bytes_down;
+                let meter = &p.paths[usize::from(i == 3)].state.load.m_bytes_down;
                 meter.increment(1000);
                 meter.mark_busy(mark, 1000);
             }
@@ -1461,7 +1480,7 @@ pub(crate) mod tests {
     fn bandwidth_policy_counts_a_slow_stream_by_its_bytes() {
         let p = pool_with(&[1, 1], false, Policy::Bandwidth);
         let mark = AtomicU64::new(NEVER_BUSY);
-        let meter = &p.paths[0].state.m_bytes_down;
+        let meter = &p.paths[0].state.load.m_bytes_down;
         let t0 = std::time::Instant::now();
         p.sample_rates(t0);
         for i in 0..16u64 {
@@ -2006,5 +2025,34 @@ pub(crate) mod tests {
         kill(&p, 0);
         let q = Pool::new(p.cfg.clone(), Some(&p));
         assert!(!q.paths[0].is_up() && q.paths[1].is_up());
+    }
+
+    /// A reload that moves wan1 to another address and port starts its health afresh, but the
+    /// connections it carries (opened before, closing on the old state) still count: under
+    /// least-connections the new ones do not all go to wan1 until its count catches up.
+    #[test]
+    fn reload_that_moves_a_path_keeps_its_load() {
+        let p = pool_with(&[1, 1], false, Policy::LeastConn);
+        let old: Vec<ActiveGuard> = (0..4).map(|_| ActiveGuard::new(p.paths[0].clone(), Kind::Tcp)).collect();
+        let _other: Vec<ActiveGuard> = (0..3).map(|_| ActiveGuard::new(p.paths[1].clone(), Kind::Tcp)).collect();
+        p.paths[0].state.load.m_bytes_down.increment(1000);
+        kill(&p, 0);
+        let mut cfg = p.cfg.clone();
+        cfg.paths[0].target = Target::Ip("192.0.2.9".parse().unwrap());
+        cfg.paths[0].port = Some(8443);
+        let q = Pool::new(cfg, Some(&p));
+        assert!(q.paths[0].is_up(), "a new address is judged afresh");
+        assert_eq!(q.paths[0].ip(), Some("192.0.2.9".parse().unwrap()));
+        assert_eq!((q.paths[0].active(Kind::Tcp), q.paths[0].bytes_total()), (4, 1000));
+        assert_eq!(q.pick(Tried::default(), Kind::Tcp).unwrap().0, 1, "wan1 carries more");
+        // The old connections close on the old state; the new pool sees it.
+        drop(old);
+        assert_eq!(q.paths[0].active(Kind::Tcp), 0);
+        assert_eq!(q.pick(Tried::default(), Kind::Tcp).unwrap().0, 0);
+        // A path that is new by name starts from nothing.
+        let mut cfg = q.cfg.clone();
+        cfg.paths[1].name = "wan3".into();
+        let r = Pool::new(cfg, Some(&q));
+        assert_eq!(r.paths[1].active(Kind::Tcp), 0);
     }
 }

@@ -500,7 +500,7 @@ mod tests {
         let state = &pool.paths[0].state;
         let (end, totals) = tokio::time::timeout(
             Duration::from_secs(60),
-            relay(&accepted, &up, Duration::from_secs(3), &state.m_bytes_up, &state.m_bytes_down),
+            relay(&accepted, &up, Duration::from_secs(3), &state.load.m_bytes_up, &state.load.m_bytes_down),
         )
         .await
         .expect("relay ends");
@@ -558,7 +558,7 @@ mod tests {
         let up = TcpStream::connect(upstream_addr).await.expect("connect upstream");
         let pool = crate::pool::tests::pool(&[1], false);
         let state = &pool.paths[0].state;
-        let relayed = relay(&accepted, &up, Duration::from_secs(1), &state.m_bytes_up, &state.m_bytes_down);
+        let relayed = relay(&accepted, &up, Duration::from_secs(1), &state.load.m_bytes_up, &state.load.m_bytes_down);
         let ended = tokio::time::timeout(Duration::from_secs(5), relayed).await;
         let (got, reading) = tokio::task::spawn_blocking(move || client.join().expect("client")).await.expect("join");
         drop((accepted, up));

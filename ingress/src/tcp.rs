@@ -129,6 +129,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     let home = upstream.peer_addr().ok().map(|a| a.ip());
     let guard = ActiveGuard::new(path, Kind::Tcp);
     let path = guard.path();
+    let load = &path.state.load;
     tracing::debug!(path = %path.name, via = ?upstream.local_addr().ok(), "connected");
     let mut sent_first = 0;
     if data_first {
@@ -159,10 +160,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         // first small write, and a server that writes again before it is ACKed (Nagle: a
         // banner, then an answer) would wait ~40 ms for the kernel's delayed-ACK timer.
         let _ = socket2::SockRef::from(&upstream).set_quickack(true);
-        path.state.m_bytes_up.increment(sent_first);
+        load.m_bytes_up.increment(sent_first);
     }
-    let (end, totals) =
-        relay(&client, &upstream, service.cfg.idle_timeout, &path.state.m_bytes_up, &path.state.m_bytes_down).await;
+    let (end, totals) = relay(&client, &upstream, service.cfg.idle_timeout, &load.m_bytes_up, &load.m_bytes_down).await;
     // The first bytes (header, peeked hello) went up too, and their retransmissions are in
     // the socket's count.
     record_delivery(path, &upstream, home, totals.up + sent_first);

@@ -442,7 +442,7 @@ fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr,
     let Some(flow) = table.get_mut(&run.key) else { return };
     let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream, flow.header.as_deref());
     if sent.datagrams > 0 {
-        let meter = &flow.guard.path().state.m_bytes_up;
+        let meter = &flow.guard.path().state.load.m_bytes_up;
         let bytes = (sent.datagrams * run.len) as u64;
         meter.increment(bytes);
         meter.mark_busy(&flow.busy_mark, bytes);
@@ -533,7 +533,7 @@ async fn pump_replies(
     path: Arc<PathState>,
 ) {
     let Replies { listener, c, epoch } = replies;
-    let bytes_down = &path.m_bytes_down;
+    let bytes_down = &path.load.m_bytes_down;
     // The route to this client takes GSO or not, whatever the route home does.
     let mut segmenting = Segmenting::default();
     pump(&upstream, |run| {
