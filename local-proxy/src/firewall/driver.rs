@@ -6,10 +6,12 @@
 //! and the old one deleted in that same batch). A section removed on reload removes the table;
 //! one added on reload starts then. A restart carries the previous run's allowlist over until
 //! every name has answered (per family: the IPv4 addresses once every A lookup has, the IPv6
-//! ones once every AAAA lookup has). The table is read back every 10 s and installed again if
-//! something removed it. On shutdown the table stays, closed, unless `remove_on_exit` is set.
-//! The table's name is recorded ([`Record`]), so a restart deletes the one a previous run left
-//! under another name, or with no `[firewall]` any more.
+//! ones once every AAAA lookup has), read back from the kernel's table; a reboot too, from the
+//! list saved in the state directory, since the kernel's table went with the reboot. The table
+//! is read back every 10 s and installed again if something removed it. On shutdown the table
+//! stays, closed, unless `remove_on_exit` is set. The table's name is recorded ([`Record`]), so
+//! a restart deletes the one a previous run left under another name, or with no `[firewall]`
+//! any more; with it, the allowlist of the last enforcing table applied.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -146,22 +148,62 @@ fn lookups(s: &Settings) -> Result<Lookups, Error> {
     Lookups::new(&resolver(s)).map_err(|e| Error::Resolver(e.to_string()))
 }
 
-/// Trust-set source of the addresses carried over from the previous run's table.
+/// Trust-set source of the addresses carried over from the previous run's table (or, after a
+/// reboot, from the list it saved).
 const CARRIED_SOURCE: &str = "firewall-previous-run";
 
 /// The addresses our table allowed when the previous process left it (enforcing), if it is
 /// still there. A restart keeps them allowed (and trusted) until every name has answered, so
 /// ingress nodes whose connections the kernel queued during the restart are not dropped and
 /// refused for the few milliseconds before the first DNS answers. Kernel state only root could
-/// have written, and only our table's.
-fn carried_over(table: &str) -> BTreeSet<IpNet> {
+/// have written, and only our table's. `None`: the kernel has no such table (a reboot, or
+/// someone deleted it), so the list saved on disk is the next best; an open table, or one that
+/// cannot be read, carries nothing (and does not send us to the file: the kernel's table was
+/// there, and it did not enforce, or we cannot tell).
+fn carried_over(table: &str) -> Option<BTreeSet<IpNet>> {
     match super::read_table(table) {
-        Ok(Some(t)) if t.enforcing() => t.allowed(),
-        Ok(_) => BTreeSet::new(),
+        Ok(Some(t)) if t.enforcing() => Some(t.allowed()),
+        Ok(Some(_)) => Some(BTreeSet::new()),
+        Ok(None) => None,
         Err(e) => {
             warn!(%table, error = %e, "cannot read the previous run's table; starting from the static addresses");
-            BTreeSet::new()
+            Some(BTreeSet::new())
         }
+    }
+}
+
+/// What a start carries over: the kernel's table under `table`, else under `stale` (the name
+/// the last run used, if renamed since). With neither in the kernel (after a reboot) the list
+/// saved in the state directory for either name: DNS may not be up yet at boot (the home
+/// router's resolver is often slower than this host after a power cut), and without it the
+/// ingress nodes would be shut out until the first answer. That file is only as trusted as the
+/// service's state directory, so it is read as untrusted text ([`Record::read_allowed`]).
+fn carry(table: &str, stale: Option<&str>, record: &Record) -> BTreeSet<IpNet> {
+    let current = carried_over(table);
+    let mut gone = current.is_none();
+    let mut carried = current.unwrap_or_default();
+    if let Some(old) = stale.filter(|_| carried.is_empty()) {
+        let previous = carried_over(old);
+        gone = gone && previous.is_none();
+        carried = previous.unwrap_or_default();
+    }
+    if !gone {
+        return carried;
+    }
+    let saved = record.read_allowed(table).or_else(|| stale.and_then(|old| record.read_allowed(old)));
+    let saved = saved.unwrap_or_default();
+    if let Some(file) = record.allowed_file().filter(|_| !saved.is_empty()) {
+        info!(%table, addresses = saved.len(), file = %file.display(),
+            "no firewall table in the kernel (a reboot?): carrying over the allowlist saved in the state directory");
+    }
+    saved
+}
+
+/// Saves `spec`'s list if it enforces, for a start after a reboot. An open table saves nothing:
+/// the last enforcing list is still the better guess of who the ingress nodes are.
+fn save_allowed(record: &mut Record, spec: &TableSpec) {
+    if spec.enforcing() {
+        record.write_allowed(&spec.name, &spec.allowed());
     }
 }
 
@@ -184,7 +226,8 @@ struct Active {
     differs: bool,
     /// The previous run's allowlist, kept until every name has answered (then emptied).
     carried: BTreeSet<IpNet>,
-    /// Where the installed table's name is kept for the next run.
+    /// Where the installed table's name, and the last enforcing table's list, are kept for the
+    /// next run.
     record: Record,
     /// Lookups (name and family) answered since start: the carried list's addresses of a
     /// family go once every name has answered in that family (a failed lookup does not count:
@@ -321,6 +364,7 @@ impl Active {
                         info!(%table, old = %old, "firewall table renamed (new one in force, old one deleted, one batch)");
                     }
                     self.record.write(table);
+                    save_allowed(&mut self.record, &want);
                     if want.enforcing() && self.applied.as_ref().is_some_and(|a| !a.enforcing()) {
                         info!(%table, "first DNS answer: firewall now enforcing");
                     }
@@ -428,7 +472,7 @@ pub fn start(
     let prepared = Arc::new(Prepared::default());
     let active = match settings {
         None => {
-            remove_left(&Record::from_env());
+            remove_left(&mut Record::from_env());
             None
         }
         Some(settings) => {
@@ -437,12 +481,10 @@ pub fn start(
             active.stale = active.record.read().filter(|old| *old != active.settings.table);
             // With no names to wait for, the statics are the whole list from the start: carried
             // addresses would never be dropped (and a static taken out of the config would stay
-            // allowed and trusted across every restart). Renamed, the old table has them.
+            // allowed and trusted across every restart), whether read from the kernel's table or
+            // from the list saved on disk. Renamed, the old table has them.
             if !active.settings.ingress_names.is_empty() {
-                active.carried = carried_over(&active.settings.table);
-                if let Some(old) = active.stale.as_deref().filter(|_| active.carried.is_empty()) {
-                    active.carried = carried_over(old);
-                }
+                active.carried = carry(&active.settings.table, active.stale.as_deref(), &active.record);
             }
             let initial = active.want();
             apply_now(&initial, active.stale.as_deref())?;
@@ -451,6 +493,7 @@ pub fn start(
                     "firewall table renamed since the last run: the old one deleted in the first batch");
             }
             active.record.write(&active.settings.table);
+            save_allowed(&mut active.record, &initial);
             active.publish_trust(&trusted);
             trusted.set_source_nets(CARRIED_SOURCE, active.carried.iter().copied());
             let s = &active.settings;
@@ -524,7 +567,7 @@ async fn run(
 
 /// With no firewall configured at start: the table a previous run installed goes (as when a
 /// reload removes the section), if one is recorded.
-fn remove_left(record: &Record) {
+fn remove_left(record: &mut Record) {
     let Some(table) = record.read() else { return };
     match super::remove(&table) {
         Ok(()) => {
@@ -562,7 +605,7 @@ async fn reload(
                 None
             }
         },
-        (Some(a), None) => {
+        (Some(mut a), None) => {
             // No [firewall] any more: the table goes (nobody would keep its addresses current,
             // so leaving it would lock out an ingress node whose address changes).
             let mut removed = true;
@@ -589,7 +632,7 @@ async fn reload(
     }
 }
 
-async fn finish(a: Active) {
+async fn finish(mut a: Active) {
     let settings = a.settings.clone();
     if settings.remove_on_exit {
         let mut removed = true;
@@ -612,9 +655,12 @@ async fn finish(a: Active) {
     // pending change (a reload not yet applied) goes in too.
     let closed = build_with(&settings, &a.tracker.closed(), &a.carried);
     if a.applied.as_ref() != Some(&closed) || a.stale.is_some() {
-        let stale = a.stale.clone();
-        match blocking(move || apply_now(&closed, stale.as_deref())).await {
-            Ok(()) => a.record.write(&settings.table),
+        let (spec, stale) = (closed.clone(), a.stale.clone());
+        match blocking(move || apply_now(&spec, stale.as_deref())).await {
+            Ok(()) => {
+                a.record.write(&settings.table);
+                save_allowed(&mut a.record, &closed);
+            }
             Err(e) => error!(table = %settings.table, error = %e, "closing the firewall table on exit failed"),
         }
     }

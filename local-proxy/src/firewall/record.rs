@@ -5,16 +5,29 @@
 //! else's, and the old one would go on enforcing an allowlist nobody keeps current (an
 //! ingress node whose address changes is then dropped by it).
 //!
+//! Beside it, the allowlist of the last enforcing table applied (`firewall-allowed`: a line
+//! `table NAME`, then one prefix a line). A restart reads the list back from the kernel's
+//! table; after a reboot that table is gone, and with DNS not up yet (the home router's
+//! resolver often comes up after the server does) the ingress nodes would be shut out until
+//! the first answer. The file is written by this process but read as untrusted text.
+//!
 //! The directory is systemd's `StateDirectory=` (`$STATE_DIRECTORY`, /var/lib/local-proxy in
 //! the packaged unit); without that variable nothing is recorded and a restart deletes no
 //! other table, as before.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use tracing::warn;
 
 /// The record's file name in the state directory.
 const FILE: &str = "firewall-table";
+/// The last enforcing table's allowlist, in the same directory.
+const ALLOWED_FILE: &str = "firewall-allowed";
+/// The first line of [`ALLOWED_FILE`] is this, then the table's name.
+const TABLE_LINE: &str = "table ";
 /// nftables' longest table name (`NFT_NAME_MAXLEN` less its NUL).
 const MAX_NAME: usize = 255;
 
@@ -22,6 +35,11 @@ const MAX_NAME: usize = 255;
 #[derive(Debug, Clone, Default)]
 pub struct Record {
     path: Option<PathBuf>,
+    /// The last enforcing table's allowlist.
+    allowed: Option<PathBuf>,
+    /// What `allowed` holds, as this process last wrote or found it: an apply with the same
+    /// list (the table read back and installed again) does not rewrite it.
+    saved: Option<String>,
 }
 
 impl Record {
@@ -35,7 +53,12 @@ impl Record {
 
     /// In `dir`, or nowhere.
     pub fn in_dir(dir: Option<&Path>) -> Self {
-        Self { path: dir.map(|d| d.join(FILE)) }
+        Self { path: dir.map(|d| d.join(FILE)), allowed: dir.map(|d| d.join(ALLOWED_FILE)), saved: None }
+    }
+
+    /// The file the last enforcing table's allowlist is kept in, if anywhere.
+    pub fn allowed_file(&self) -> Option<&Path> {
+        self.allowed.as_deref()
     }
 
     /// The table the previous run installed last, if recorded. A record that cannot be read
@@ -74,15 +97,103 @@ impl Record {
         }
     }
 
-    /// No table of ours is installed any more.
-    pub fn clear(&self) {
-        let Some(path) = &self.path else { return };
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(file = %path.display(), error = %e, "cannot remove the last firewall table's name"),
+    /// The allowlist saved for `table`, if the file names that table. The file is not trusted
+    /// to be well formed: a line that is neither an address nor a prefix is reported and
+    /// skipped; a file that cannot be read, or names no table, is reported and taken as none.
+    pub fn read_allowed(&self, table: &str) -> Option<BTreeSet<IpNet>> {
+        let path = self.allowed.as_ref()?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read the last firewall allowlist");
+                return None;
+            }
+        };
+        let mut lines = text.lines();
+        let Some(named) = lines.next().and_then(|l| l.strip_prefix(TABLE_LINE)) else {
+            warn!(file = %path.display(), "the last firewall allowlist names no table on its first line; ignored");
+            return None;
+        };
+        // Saved for another table (renamed since): not this one's list.
+        if named.trim() != table {
+            return None;
+        }
+        Some(parse_allowed(path, lines))
+    }
+
+    /// `allowed` is the list of the enforcing table `table` just applied: written whole (a new
+    /// file renamed over the old), unless the file holds it already.
+    pub fn write_allowed(&mut self, table: &str, allowed: &BTreeSet<IpNet>) {
+        let Some(path) = &self.allowed else { return };
+        let text = allowed_text(table, allowed);
+        if self.saved.is_none() {
+            // First write of this process: the last run may have saved the same list.
+            self.saved = std::fs::read_to_string(path).ok();
+        }
+        if self.saved.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let tmp = path.with_extension("new");
+        let written = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path));
+        match written {
+            Ok(()) => self.saved = Some(text),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.saved = None;
+                warn!(file = %path.display(), error = %e,
+                    "cannot save the firewall allowlist; a start after a reboot has none to keep while DNS is down");
+            }
         }
     }
+
+    /// No table of ours is installed any more: its name and its allowlist go.
+    pub fn clear(&mut self) {
+        self.saved = None;
+        for path in [&self.path, &self.allowed].into_iter().flatten() {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(file = %path.display(), error = %e, "cannot remove the last firewall table's record"),
+            }
+        }
+    }
+}
+
+/// What [`ALLOWED_FILE`] holds for `allowed` of `table`: each prefix with its length, so that it
+/// reads back as written.
+fn allowed_text(table: &str, allowed: &BTreeSet<IpNet>) -> String {
+    let mut text = format!("{TABLE_LINE}{table}\n");
+    for net in allowed {
+        text.push_str(&net.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+/// The prefixes in `lines`, the file's lines after the first. Blank lines are nothing; any
+/// other line that is not a prefix or an address is reported (with its line number) and skipped.
+fn parse_allowed<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> BTreeSet<IpNet> {
+    let mut allowed = BTreeSet::new();
+    for (i, line) in lines.enumerate() {
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match parse_net(text) {
+            Some(net) => {
+                allowed.insert(net);
+            }
+            None => warn!(file = %path.display(), line = i + 2,
+                "not an address or prefix in the last firewall allowlist; line skipped"),
+        }
+    }
+    allowed
+}
+
+/// A prefix (`192.0.2.0/24`), or an address alone as its full-length prefix.
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]
@@ -93,7 +204,7 @@ mod tests {
     #[test]
     fn the_name_written_is_read_back_and_cleared() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Record::in_dir(Some(dir.path()));
+        let mut r = Record::in_dir(Some(dir.path()));
         assert_eq!(r.read(), None);
         r.write("lp_a");
         assert_eq!(r.read().as_deref(), Some("lp_a"));
@@ -122,5 +233,93 @@ mod tests {
         }
         std::fs::write(&file, "lp_a\n").unwrap();
         assert_eq!(r.read().as_deref(), Some("lp_a"));
+    }
+
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_allowlist_written_is_read_back_for_its_table_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Record::in_dir(Some(dir.path()));
+        assert_eq!(r.read_allowed("lp_a"), None, "nothing saved yet");
+        let list = nets(&["192.0.2.7/32", "198.51.100.0/24", "2001:db8::7/128", "2001:db8:1::/48"]);
+        r.write_allowed("lp_a", &list);
+        assert_eq!(r.read_allowed("lp_a"), Some(list.clone()));
+        assert_eq!(Record::in_dir(Some(dir.path())).read_allowed("lp_a"), Some(list.clone()), "another process");
+        assert_eq!(r.read_allowed("lp_b"), None, "saved for another table");
+        assert!(!dir.path().join("firewall-allowed.new").exists());
+        let text = std::fs::read_to_string(dir.path().join(ALLOWED_FILE)).unwrap();
+        assert!(text.starts_with("table lp_a\n192.0.2.7/32\n"), "{text}");
+        // An enforcing table with nothing in it has an empty list, not none.
+        r.write_allowed("lp_b", &BTreeSet::new());
+        assert_eq!(r.read_allowed("lp_b"), Some(BTreeSet::new()));
+        assert_eq!(r.read_allowed("lp_a"), None);
+    }
+
+    /// The same list again is not written (the file changed behind the record's back stays);
+    /// a new process compares with the file.
+    #[test]
+    fn the_same_list_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(ALLOWED_FILE);
+        let list = nets(&["192.0.2.7/32"]);
+        let mut r = Record::in_dir(Some(dir.path()));
+        r.write_allowed("lp_a", &list);
+        std::fs::write(&file, "table lp_a\n").unwrap();
+        r.write_allowed("lp_a", &list);
+        assert_eq!(r.read_allowed("lp_a"), Some(BTreeSet::new()));
+        Record::in_dir(Some(dir.path())).write_allowed("lp_a", &list);
+        assert_eq!(r.read_allowed("lp_a"), Some(list));
+    }
+
+    /// The file is not trusted to be well formed: bad lines go, the good ones stay; with no
+    /// table line, or not text at all, there is no list.
+    #[test]
+    fn bad_lines_are_skipped_and_good_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Record::in_dir(Some(dir.path()));
+        let file = dir.path().join(ALLOWED_FILE);
+        let text = "table lp_a\n192.0.2.7/32\nnot an address\n\n2001:db8::7\n10.0.0.0/33\n  198.51.100.0/24  \n\
+                    192.0.2.7/32 extra\n";
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(r.read_allowed("lp_a"), Some(nets(&["192.0.2.7/32", "2001:db8::7/128", "198.51.100.0/24"])));
+        for bad in ["", "\n", "lp_a\n192.0.2.7/32\n", "table\n192.0.2.7/32\n", "tablelp_a\n192.0.2.7/32\n"] {
+            std::fs::write(&file, bad).unwrap();
+            assert_eq!(r.read_allowed("lp_a"), None, "{bad:?}");
+        }
+        std::fs::write(&file, b"table lp_a\n192.0.2.7/32\n\xff\xfe\n").unwrap();
+        assert_eq!(r.read_allowed("lp_a"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn clear_removes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Record::in_dir(Some(dir.path()));
+        let list = nets(&["192.0.2.7/32", "2001:db8::7/128"]);
+        r.write("lp_a");
+        r.write_allowed("lp_a", &list);
+        assert!(dir.path().join(FILE).exists() && dir.path().join(ALLOWED_FILE).exists());
+        r.clear();
+        assert!(!dir.path().join(FILE).exists());
+        assert!(!dir.path().join(ALLOWED_FILE).exists());
+        assert_eq!((r.read(), r.read_allowed("lp_a")), (None, None));
+        // Cleared, the same list is written again (not taken as on disk already).
+        r.write_allowed("lp_a", &list);
+        assert_eq!(r.read_allowed("lp_a"), Some(list));
+        r.clear();
+        r.clear();
+    }
+
+    #[test]
+    fn nowhere_writes_nothing() {
+        let mut nowhere = Record::in_dir(None);
+        assert_eq!(nowhere.allowed_file(), None);
+        nowhere.write("lp_a");
+        nowhere.write_allowed("lp_a", &nets(&["192.0.2.7/32"]));
+        assert_eq!((nowhere.read(), nowhere.read_allowed("lp_a")), (None, None));
+        assert!(!Path::new(FILE).exists() && !Path::new(ALLOWED_FILE).exists());
+        nowhere.clear();
     }
 }

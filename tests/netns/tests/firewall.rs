@@ -8,7 +8,8 @@
 //!   passes and the old does not;
 //! - knotd stopped: the allowlist keeps the last known addresses;
 //! - restart with DNS down: the previous run's allowlist is carried over (enforcing) until the
-//!   names answer; with no previous table, closed (default) or open (configured);
+//!   names answer; after a reboot (the kernel's table gone), the list saved in the state
+//!   directory is; with neither (a first start), closed (default) or open (configured);
 //!   SIGTERM leaves the table (closed) unless `remove_on_exit`; other tables are never touched;
 //! - static addresses only (no names): a static taken out of the config is refused after a
 //!   restart (nothing is carried over).
@@ -37,6 +38,8 @@ const CLOSED: u16 = 7103;
 const INGRESS2_NEW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const ADMIN: &str = "127.0.0.1:9181";
 const TABLE: &str = "local_proxy";
+/// The last enforcing table's allowlist, in the proxy's state directory.
+const SAVED: &str = "firewall-allowed";
 
 fn netprobe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netprobe"))
@@ -58,6 +61,9 @@ struct Proxy {
     config: PathBuf,
     bin: PathBuf,
     home: String,
+    /// `STATE_DIRECTORY`, as systemd's StateDirectory= gives it: the table's name and its last
+    /// enforcing allowlist are kept there across restarts and reboots.
+    state: PathBuf,
 }
 
 impl Proxy {
@@ -121,7 +127,13 @@ upstream = "{lan}:{echo}"
     }
 
     fn start(&self, t: &mut Topology) {
-        let argv: Vec<String> = vec![self.bin.display().to_string(), "-c".into(), self.config.display().to_string()];
+        let argv: Vec<String> = vec![
+            "env".into(),
+            format!("STATE_DIRECTORY={}", self.state.display()),
+            self.bin.display().to_string(),
+            "-c".into(),
+            self.config.display().to_string(),
+        ];
         t.spawn(Role::Home, "local-proxy", &argv).expect("starting local-proxy");
         let home = self.home.clone();
         wait_until("local-proxy listening", Duration::from_secs(15), Duration::from_millis(50), || {
@@ -247,7 +259,9 @@ fn firewall_allowlist_from_dns() {
     let bystander =
         cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("list");
 
-    let proxy = Proxy { config: t.dir().join("local-proxy.toml"), bin: local_proxy_bin(), home: home.clone() };
+    let state = t.dir().join("state");
+    std::fs::create_dir_all(&state).expect("state directory");
+    let proxy = Proxy { config: t.dir().join("local-proxy.toml"), bin: local_proxy_bin(), home: home.clone(), state };
     proxy.write_config(mesh, "closed", false);
     let t0 = Instant::now();
     proxy.start(&mut t);
@@ -406,19 +420,39 @@ fn firewall_allowlist_from_dns() {
 
     // Restart with DNS still down: the previous run's allowlist is carried over (as a failed
     // lookup keeps the last known addresses while running), enforcing; strangers stay out.
-    proxy.start(&mut t);
-    let show = proxy.show().expect("firewall show");
-    assert!(shown_elements(&show).len() == 2 && show.contains("enforcing"), "{show}");
-    assert_kernel_matches(&home, &show);
-    expect_all(
-        &np,
-        &[
-            ("ingress1 udp wan1:7101 (restarted, no DNS: carried over)", &ing1, Probe::udp(sa(addr::WAN1, RAW)), true),
-            ("stranger udp wan1:7101 (restarted, no DNS)", &stranger, Probe::udp(sa(addr::WAN1, RAW)), false),
-        ],
+    // The same start, with DNS down, carries the list over: enforcing, the two known ingress
+    // addresses in the kernel's table, ingress1 in and the stranger out, and `logged` said.
+    let start_carrying = |t: &mut Topology, when: &str, logged: &str| {
+        proxy.start(t);
+        let show = proxy.show().expect("firewall show");
+        assert!(shown_elements(&show).len() == 2 && show.contains("enforcing"), "{when}: {show}");
+        assert_kernel_matches(&home, &show);
+        let (ingress1, outsider) =
+            (format!("ingress1 udp wan1:7101 ({when}, no DNS)"), format!("stranger udp wan1:7101 ({when}, no DNS)"));
+        expect_all(
+            &np,
+            &[
+                (&ingress1, &ing1, Probe::udp(sa(addr::WAN1, RAW)), true),
+                (&outsider, &stranger, Probe::udp(sa(addr::WAN1, RAW)), false),
+            ],
+        );
+        let log = t.proc_mut("local-proxy").expect("proc").stderr();
+        assert!(log.contains(logged), "{when}: {log}");
+    };
+    start_carrying(&mut t, "restarted", "allowlist of the previous run kept");
+
+    // Reboot with DNS still down (the home router's DNS slower to come up than the server): the
+    // kernel's table goes with the reboot, so the list comes from the state directory, where
+    // each enforcing table's list was saved; enforcing, strangers stay out.
+    let saved = std::fs::read_to_string(proxy.state.join(SAVED)).expect("the saved allowlist");
+    assert!(
+        saved.starts_with(&format!("table {TABLE}\n")) && saved.contains(&format!("\n{}/32\n", addr::INGRESS1)),
+        "{saved}"
     );
-    let log = t.proc_mut("local-proxy").expect("proc").stderr();
-    assert!(log.contains("allowlist of the previous run kept"), "{log}");
+    t.stop("local-proxy").expect("stop local-proxy");
+    cmd::exec_ok(&home, &["nft", "delete", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("delete our table");
+    start_carrying(&mut t, "rebooted", "carrying over the allowlist saved in the state directory");
+    common::phase(start, "reboot with DNS down (table deleted, proxy started): the saved allowlist carried over");
     dns.run().expect("knotd again");
     let back = Instant::now();
     wait_until("ingress-1 allowed again once DNS answers", Duration::from_secs(30), Duration::from_millis(100), || {
@@ -430,7 +464,7 @@ fn firewall_allowlist_from_dns() {
     common::phase(
         start,
         &format!(
-            "restart with DNS down: previous allowlist carried over; answered again {:.1}s after DNS came back",
+            "restart and reboot with DNS down: allowlist carried over; answered again {:.1}s after DNS came back",
             back.elapsed().as_secs_f64()
         ),
     );
@@ -439,8 +473,11 @@ fn firewall_allowlist_from_dns() {
     // until the first answer; remove_on_exit deletes the table on SIGTERM.
     t.stop("local-proxy").expect("stop local-proxy");
     dns.stop().expect("stop knotd");
-    // No previous table to carry over (a first start): what on_no_answer says applies.
+    // No previous table to carry over (a first start): what on_no_answer says applies. A first
+    // start has no saved list either: left there, it would be carried over (enforcing) as
+    // after the reboot above, open or not.
     cmd::exec_ok(&home, &["nft", "delete", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft delete table");
+    std::fs::remove_file(proxy.state.join(SAVED)).expect("removing the saved allowlist");
     proxy.write_config(mesh, "open", true);
     proxy.start(&mut t);
     let show = proxy.show().expect("firewall show");
@@ -467,6 +504,8 @@ fn firewall_allowlist_from_dns() {
     t.stop("local-proxy").expect("stop local-proxy");
     let gone = cmd::exec(&home, &["nft", "list", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft");
     assert!(!gone.status.success(), "remove_on_exit left the table:\n{}", gone.stdout);
+    // No table of ours any more: neither its name nor its list is kept (a reboot carries nothing).
+    assert!(!proxy.state.join(SAVED).exists() && !proxy.state.join("firewall-table").exists(), "records left");
     let still =
         cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
     assert_eq!(still, bystander, "another table was touched");
@@ -478,6 +517,9 @@ fn firewall_allowlist_from_dns() {
     proxy.start(&mut t);
     expect_all(&np, &[("stranger udp wan1:7101 (a static address)", &stranger, Probe::udp(sa(addr::WAN1, RAW)), true)]);
     t.stop("local-proxy").expect("stop local-proxy");
+    // The saved list still has the stranger: with no names it is not carried over either.
+    let saved = std::fs::read_to_string(proxy.state.join(SAVED)).expect("the saved allowlist");
+    assert!(saved.contains(&format!("\n{}/32\n", addr::STRANGER)), "{saved}");
     proxy.write_static_config(mesh, &[addr::INGRESS1]);
     proxy.start(&mut t);
     let show = proxy.show().expect("firewall show");
