@@ -235,6 +235,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// How paths given by DNS name are looked up.
     pub resolver: ResolverConfig,
+    /// What passes but may not do what was meant, each under its field: printed by `check`,
+    /// logged at start and at each reload.
+    pub warnings: Vec<shared::config_check::FieldError>,
 }
 
 /// `[resolver]`: the servers asked for paths given by name, and how often.
@@ -531,6 +534,7 @@ fn damping_config(p: &mut Problems, field: &str, h: &RawHealth) -> shared::dampi
 
 fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems> {
     let mut p = Problems::new();
+    let mut warnings = Vec::new();
 
     // Port 0 here means "any free port" (tests read the bound address back).
     let admin = raw.admin.as_ref().and_then(|a| match a.listen.parse::<SocketAddr>() {
@@ -677,6 +681,18 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                 })
         };
         let port = h.port.or_else(|| first_port(true)).or_else(|| first_port(false));
+        let probes_udp_port = h.port.is_none() && first_port(true).is_none();
+        if let Some(udp) = port.filter(|_| probes_udp_port && paths.iter().chain(mesh.iter()).any(|p| p.port.is_none()))
+        {
+            warnings.push(shared::config_check::FieldError {
+                field: f("health.port"),
+                message: format!(
+                    "not set, and only UDP services use this pool: its probes (TCP connects) go to {udp}, a UDP \
+                     service's port; if home answers only UDP there (WireGuard), every probe fails and every path \
+                     reads as down. Set it to a TCP port home answers on (the local proxy's https_port)"
+                ),
+            });
+        }
         let port = match port {
             Some(port) if port != 0 => port,
             _ => {
@@ -899,6 +915,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         pools,
         services,
         resolver,
+        warnings,
     })
 }
 

@@ -62,6 +62,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => {
+            for w in &config.warnings {
+                eprintln!("{}: warning: {w}", cli.config.display());
+            }
             println!(
                 "{}: ok ({} pool(s), {} service(s))",
                 cli.config.display(),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Some(Command::Ctl(_)) | None => {}
     }
     shared::logging::init("INGRESS_LOG", config.log_format);
+    log_warnings(&config);
     // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
     let (tcp, udp) = shared::inherit::adopt_from_env();
     if tcp + udp > 0 {
@@ -85,6 +89,13 @@ fn main() -> ExitCode {
     shared::runtime::serve_per_thread(threads, "ingress-worker", |workers| run(cli.config, config, workers))
 }
 
+/// What the config passes with but may not mean (`Config::warnings`).
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(field = %w.field, "configuration: {}", w.message);
+    }
+}
+
 /// Reloads on SIGHUP until SIGTERM or SIGINT.
 async fn serve(server: &Server, path: &Path, hup: &mut Signal, term: &mut Signal, int: &mut Signal) {
     loop {
@@ -93,6 +104,7 @@ async fn serve(server: &Server, path: &Path, hup: &mut Signal, term: &mut Signal
                 notify("RELOADING", shared::notify::reloading());
                 let applied = match Config::load(path) {
                     Ok(c) => {
+                        log_warnings(&c);
                         let want = expected_listeners(&c);
                         match server.try_reload(c).await {
                             Ok(()) => {

@@ -53,21 +53,46 @@ fn example_damping_knobs_are_the_defaults() {
 
 /// A pool's probe port, when `health.port` is not set, comes from its first TCP service:
 /// probes are TCP connects, and a UDP service listed first (WireGuard's 51820) would have
-/// them all refused and every path down. With only UDP services, the first one's port.
+/// them all refused and every path down. With only UDP services, the first one's port, with a
+/// warning (home may answer TCP there too, as TURN does, so it is not refused); none once
+/// `health.port` is set or every path fixes its port.
 #[test]
 fn the_default_probe_port_is_a_tcp_services() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let load = |services: &str| {
+    let load = |pool: &str, services: &str| {
         let path = dir.path().join("probe-port.toml");
-        let text =
-            format!("[pool.home]\npaths = [{{ name = \"wan1\", address = \"192.0.2.1\", weight = 1 }}]\n{services}");
-        std::fs::write(&path, text).expect("write");
-        ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}")).pools["home"].health.port
+        std::fs::write(&path, format!("{pool}{services}")).expect("write");
+        let config = ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let warned: Vec<String> = config.warnings.iter().map(|w| w.field.clone()).collect();
+        (config.pools["home"].health.port, warned)
     };
+    let pool = "[pool.home]\npaths = [{ name = \"wan1\", address = \"192.0.2.1\", weight = 1 }]\n";
     let wg = "[[service]]\nname = \"wg\"\nlisten = [\"0.0.0.0:51820\"]\nprotocol = \"udp\"\npool = \"home\"\n";
     let https = "[[service]]\nname = \"https\"\nlisten = [\"0.0.0.0:443\"]\npool = \"home\"\n";
-    assert_eq!(load(&format!("{wg}{https}")), 443);
-    assert_eq!(load(wg), 51820);
+    assert_eq!(load(pool, &format!("{wg}{https}")), (443, vec![]));
+    assert_eq!(load(pool, wg), (51820, vec!["pool.home.health.port".to_string()]));
+    let set = format!("{pool}[pool.home.health]\nport = 443\n");
+    assert_eq!(load(&set, wg), (443, vec![]));
+    let fixed = "[pool.home]\npaths = [{ name = \"wan1\", address = \"192.0.2.1:8443\" }]\n";
+    assert_eq!(load(fixed, wg).1, Vec::<String>::new());
+}
+
+/// `check` prints a warning, names its file and field, and passes.
+#[test]
+fn check_prints_warnings_and_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wg-only.toml");
+    let text = "[pool.home]\npaths = [{ name = \"wan1\", address = \"192.0.2.1\" }]\n\
+                [[service]]\nname = \"wg\"\nlisten = [\"0.0.0.0:51820\"]\nprotocol = \"udp\"\npool = \"home\"\n";
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingress"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run ingress check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("wg-only.toml: warning: pool.home.health.port: not set"), "{err}");
 }
 
 /// Two UDP services on one port, one on the wildcard and one on a specific address, both with
