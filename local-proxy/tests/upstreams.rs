@@ -1101,3 +1101,35 @@ upstream = "127.0.0.1:9"
     }
     assert!(present("local_proxy_udp_flows_evicted_total", &[("stream", "zeroes")]), "{text}");
 }
+
+/// A request whose upstream connects find this process out of descriptors (EMFILE) is
+/// answered 503, and neither upstream is blamed: with `fall = 1`, one such request used to take
+/// the first one tried down (while the other was still up), as if it had refused. Counted
+/// under `result="local_resources"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_without_descriptors_blames_no_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Nginx::start(tmp.path(), "a", pa, None).await;
+    let _b = Nginx::start(tmp.path(), "b", pb, None).await;
+    let proxy = Proxy::start(&two_replicas(pa, pb, (1, 1), "health = { fall = 1 }")).await;
+    // Every descriptor taken but two: this client's socket and the one the proxy accepts.
+    let Some(taken) = test_support::DescriptorsTaken::all_but(2) else { return };
+    let mut conn = TcpStream::connect(proxy.mesh_http).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: app.example.org\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    drop(conn);
+    drop(taken);
+    assert!(read.is_ok_and(|r| r.is_ok()), "no answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    for port in [pa, pb] {
+        let label = format!("http://127.0.0.1:{port}");
+        let labels = [("site", "app.example.org"), ("upstream", label.as_str())];
+        assert_eq!(proxy.metric("local_proxy_upstream_up", &labels).await, 1.0, "{label} taken down");
+    }
+    let labels = [("site", "app.example.org"), ("result", "local_resources")];
+    assert!(proxy.metric("local_proxy_upstream_errors_total", &labels).await >= 1.0);
+    assert_eq!(request(&client(), proxy.mesh_http, "GET", "/", "").await.0, 200, "descriptors back: it passes");
+}

@@ -31,6 +31,18 @@ pub fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
+/// Whether an error or any of its causes is an I/O error that [`out_of_resources`] says is
+/// this process's own shortage: an HTTP client's connect error wraps the socket's error.
+pub fn caused_by_shortage(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    std::iter::from_fn(|| {
+        let c = cause?;
+        cause = c.source();
+        Some(c)
+    })
+    .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(out_of_resources))
+}
+
 /// Why `path` cannot be an HTTP health check's request path, or None: it starts with `/`,
 /// has no spaces or control characters (it goes into the request line as written) and parses
 /// as a URI path.

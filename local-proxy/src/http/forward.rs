@@ -115,6 +115,8 @@ async fn proxy(
     // on a new connection (once per request).
     let mut stale: Option<usize> = None;
     let mut stale_retried = false;
+    // Connects that found this process out of descriptors or local ports.
+    let mut shortages = 0usize;
     let (mut resp, lease, guard) = loop {
         let (i, fresh) = match stale.take() {
             Some(i) => (i, true),
@@ -125,7 +127,11 @@ async fn proxy(
                         shared::warn_every_second!(site = %site.host, "no usable upstream: 503");
                         return with_site_headers(unavailable(), route);
                     }
-                    // Every usable upstream refused the connect.
+                    // Every usable upstream refused the connect, or none could be tried for want
+                    // of a descriptor or local port: this proxy's trouble, not theirs (503).
+                    if shortages == attempts {
+                        return with_site_headers(unavailable(), route);
+                    }
                     return with_site_headers(pages::bad_gateway(), route);
                 };
                 tried.insert(i);
@@ -216,6 +222,22 @@ async fn proxy(
                 // the upstream, cancelled uploads would take healthy upstreams out.
                 debug!(site = %site.host, upstream = %upstream, error = %error_chain(&e), "request body broke off: 400");
                 return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body broke off."), route);
+            }
+            Ok(Err(e)) if e.is_connect() && shared::health::caused_by_shortage(&e) => {
+                // Out of descriptors or local ports (EMFILE, EADDRNOTAVAIL): says nothing of
+                // the upstream, as with the probes and streams, so no failure of its. Another
+                // upstream (another address) may still have local ports.
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "local_resources")
+                    .increment(1);
+                pool.record(i, Outcome::Local, Source::Traffic, None);
+                shortages += 1;
+                let reason = error_chain(&e);
+                shared::warn_every_second!(site = %site.host, upstream = %upstream, error = %reason,
+                    "no descriptor or local port for the upstream connect");
+                if body.intact() {
+                    continue;
+                }
+                return with_site_headers(unavailable(), route);
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

@@ -38,7 +38,9 @@ pub const FORWARD_AUTH: &str = "local_proxy_forward_auth_total";
 /// Time to the auth service's answer, seconds, by `site`.
 pub const FORWARD_AUTH_DURATION: &str = "local_proxy_forward_auth_duration_seconds";
 /// Upstream failures, by `site` and `result` (`refused`, `timeout`, `error`; `body_timeout`
-/// and `body_error`: the response was cut short after its head was passed on).
+/// and `body_error`: the response was cut short after its head was passed on;
+/// `local_resources`: this process was out of descriptors or local ports for the connect, not
+/// held against the upstream).
 pub const UPSTREAM_ERRORS: &str = "local_proxy_upstream_errors_total";
 /// Protocol upgrades (WebSocket) relayed, by `site` and `result` (`ok`, `failed`).
 pub const UPGRADES: &str = "local_proxy_upgrades_total";

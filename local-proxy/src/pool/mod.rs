@@ -7,7 +7,8 @@
 //! With nothing usable the pick answers `None` (the caller answers 503 / closes), counted.
 //! Without active checks nothing would ever bring back an upstream that real traffic took
 //! down, so such an upstream is tried again with real traffic once it has been down for the
-//! health `interval` (nginx's `fail_timeout`); a failure there restarts the wait, `2 × rise`
+//! health `interval` (nginx's `fail_timeout`), by one request at a time (the others go to the
+//! rest of the pool, or its backups); a failure there restarts the wait, `2 × rise`
 //! successes bring it back.
 
 pub mod checks;
@@ -63,6 +64,12 @@ pub struct MemberState {
     /// When it last went down or failed while down, in ms of [`clock_ms`]: with no active
     /// checks, real traffic tries it again `interval` after that.
     down_at: AtomicU64,
+    /// When the request trying it again (no active checks) was picked, in ms of [`clock_ms`]
+    /// (0: none in flight). One at a time, as nginx sends one per `fail_timeout`: offered to
+    /// every pick, a dead upstream would take every request until the first of them failed
+    /// (a hung one: for `upstream_timeout`), and its backups none. Its outcome frees it; one
+    /// that never comes (the client went away first) frees it `interval` later.
+    trial_at: AtomicU64,
     /// Runtime hook (admin API): while set, the upstream gets no new requests or
     /// connections; those it has go on. Not a health verdict: probes keep running.
     pub drain: AtomicBool,
@@ -94,6 +101,7 @@ impl MemberState {
             factor: AtomicU32::new(1.0f32.to_bits()),
             active: AtomicU64::new(0),
             down_at: AtomicU64::new(0),
+            trial_at: AtomicU64::new(0),
             drain: AtomicBool::new(false),
             weight_override: AtomicU32::new(NO_OVERRIDE),
             metrics: OnceLock::new(),
@@ -251,6 +259,10 @@ pub struct Pool {
     checked: AtomicBool,
     /// Active-check rounds completed: start-up waits for the first before READY=1.
     rounds: AtomicU64,
+    /// Held while a request's failure decides whether its upstream goes down: with two event
+    /// loops failing two upstreams at once, each would see the other still up and both go
+    /// down, though traffic alone never takes down the last usable one.
+    falls: Mutex<()>,
 }
 
 impl Pool {
@@ -290,6 +302,7 @@ impl Pool {
             m_unavailable: OnceLock::new(),
             checked: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
+            falls: Mutex::new(()),
         }
     }
 
@@ -340,19 +353,54 @@ impl Pool {
         self.select(tried, false).or_else(|| self.select(tried, true))
     }
 
-    fn select(&self, tried: Tried, backup: bool) -> Option<usize> {
-        let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_UPSTREAMS];
-        let mut n = 0;
-        // Passive-only pools give a down upstream another try after `interval`.
-        let retry_before = match self.health.check {
+    /// Passive-only pools give a down upstream another try once it has been down (or its last
+    /// try failed) before this, in ms of [`clock_ms`]; `None` with active checks, which alone
+    /// bring one back.
+    fn retry_before(&self) -> Option<u64> {
+        match self.health.check {
             Check::None => clock_ms().checked_sub(self.health.interval.as_millis() as u64),
             _ => None,
-        };
+        }
+    }
+
+    /// Whether down member `m` may be tried again now, no other try of it in flight: the time
+    /// of the try in flight (0: none) to claim it from, else `None`.
+    fn retry_due(m: &Member, before: Option<u64>) -> Option<u64> {
+        let before = before?;
+        let trial = m.state.trial_at.load(Ordering::Relaxed);
+        (m.state.down_at.load(Ordering::Relaxed) <= before && trial <= before).then_some(trial)
+    }
+
+    fn select(&self, mut tried: Tried, backup: bool) -> Option<usize> {
+        let retry_before = self.retry_before();
+        // Bounded: each lost claim takes one member out of this pick's candidates.
+        for _ in 0..=self.members.len() {
+            let i = self.select_among(tried, backup, retry_before)?;
+            let Some(state) = self.state(i).filter(|s| !s.is_up()) else { return Some(i) };
+            // A down one picked for its retry: this request is the one try in flight, unless
+            // another loop's pick claimed it meanwhile.
+            let Some(seen) = self.members.get(i).and_then(|m| Self::retry_due(m, retry_before)) else {
+                tried.insert(i);
+                continue;
+            };
+            let claimed =
+                state.trial_at.compare_exchange(seen, clock_ms().max(1), Ordering::Relaxed, Ordering::Relaxed);
+            if claimed.is_ok() {
+                return Some(i);
+            }
+            tried.insert(i);
+        }
+        None
+    }
+
+    fn select_among(&self, tried: Tried, backup: bool, retry_before: Option<u64>) -> Option<usize> {
+        let mut cands = [Candidate { index: 0, weight: 0.0, load: 0.0 }; MAX_UPSTREAMS];
+        let mut n = 0;
         for (i, m) in self.members.iter().enumerate() {
             if m.backup != backup || tried.contains(i) {
                 continue;
             }
-            if !m.state.is_up() && retry_before.is_none_or(|t| m.state.down_at.load(Ordering::Relaxed) > t) {
+            if !m.state.is_up() && Self::retry_due(m, retry_before).is_none() {
                 continue;
             }
             let weight = m.effective();
@@ -374,9 +422,13 @@ impl Pool {
         sel.pick(self.balance, &cands[..n])
     }
 
-    /// Whether any upstream could be picked now (what `critical` asks of the set).
+    /// Whether any upstream could be picked now (what `critical` asks of the set): up, or
+    /// (no active checks) down but due for its retry. Without the latter, a critical pool of
+    /// such upstreams all down would tell the ingress it cannot serve, get no traffic, and
+    /// so never try them again.
     pub fn any_usable(&self) -> bool {
-        self.members.iter().any(Member::usable)
+        let before = self.retry_before();
+        self.members.iter().any(|m| m.usable() || (m.effective() > 0.0 && Self::retry_due(m, before).is_some()))
     }
 
     /// Count a request or connection refused because no upstream was usable.
@@ -401,6 +453,10 @@ impl Pool {
     /// failed, for the log line when it takes the upstream down.
     pub fn record(&self, index: usize, outcome: Outcome, source: Source, reason: Option<&str>) {
         let Some(member) = self.members.get(index) else { return };
+        // The try in flight, if this was it, is over.
+        member.state.trial_at.store(0, Ordering::Relaxed);
+        let _falls = (outcome == Outcome::Failed && source == Source::Traffic)
+            .then(|| self.falls.lock().unwrap_or_else(|e| e.into_inner()));
         // Real traffic may take an upstream down only while another can serve: up, and
         // neither drained nor weighted 0 by the operator (a drained one takes no traffic).
         let others = self.members.iter().enumerate().any(|(i, m)| i != index && m.usable());
@@ -596,7 +652,7 @@ mod tests {
     #[test]
     fn without_active_checks_a_down_upstream_is_retried_after_the_interval() {
         let mut h = health();
-        h.interval = Duration::from_millis(100);
+        h.interval = Duration::from_millis(500);
         let p = Pool::new(
             Owner::Site,
             "t",
@@ -610,14 +666,16 @@ mod tests {
         p.record(1, Outcome::Failed, Source::Traffic, None);
         assert!(!p.members[1].state.is_up());
         assert_eq!(shares(&p, 10), [10, 0]);
-        std::thread::sleep(Duration::from_millis(150));
-        // Its share is scaled by its failure ratio for a while.
-        let s = shares(&p, 10);
-        assert!(s[1] >= 3, "tried again with real traffic: {s:?}");
+        std::thread::sleep(Duration::from_millis(600));
+        // One request tries it again; the others go on to a while its outcome is awaited.
+        assert_eq!(shares(&p, 10), [9, 1], "one try in flight at a time");
+        assert_eq!(shares(&p, 10), [10, 0]);
         p.record(1, Outcome::Failed, Source::Traffic, None);
         assert_eq!(shares(&p, 10), [10, 0], "a failed retry restarts the wait");
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(600));
+        // Each success frees the next try at once; 2 × rise of them bring it back.
         for _ in 0..4 {
+            assert_eq!(shares(&p, 10), [9, 1]);
             p.record_ok(1, Duration::from_millis(1), Source::Traffic);
         }
         assert!(p.members[1].state.is_up(), "2 × rise successes bring it back");
@@ -634,8 +692,75 @@ mod tests {
         );
         q.record(1, Outcome::Failed, Source::Traffic, None);
         q.record(1, Outcome::Failed, Source::Traffic, None);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(600));
         assert_eq!(shares(&q, 10), [10, 0]);
+    }
+
+    /// Without active checks, a down primary due for its retry takes that one request; its
+    /// backup takes the rest meanwhile (it used to take every pick, the backup none). A try
+    /// whose outcome never comes (the client went away) frees it after `interval`.
+    #[test]
+    fn a_retry_takes_one_request_and_the_backup_the_others() {
+        let mut h = health();
+        h.interval = Duration::from_millis(500);
+        let members = [("p".to_string(), 1, false), ("b".to_string(), 1, true)];
+        let p = Pool::new(Owner::Site, "t", members, Policy::RoundRobin, h, true, None);
+        p.record(0, Outcome::Failed, Source::Traffic, None);
+        p.record(0, Outcome::Failed, Source::Traffic, None);
+        assert!(!p.members[0].state.is_up());
+        assert_eq!(shares(&p, 10), [0, 10]);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(shares(&p, 10), [1, 9]);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(shares(&p, 10), [1, 9], "a try that never ended is freed after the interval");
+    }
+
+    /// A critical pool without active checks whose upstreams are all down (a reload took the
+    /// checks away during an outage) is usable again once a retry is due: saying it cannot
+    /// serve, it would get no traffic from the ingress, and so no retry, ever.
+    #[test]
+    fn a_down_pool_without_checks_is_usable_when_a_retry_is_due() {
+        let mut h = health();
+        h.interval = Duration::from_millis(100);
+        h.check = Check::Tcp;
+        let members = || [("a".to_string(), 1, false), ("b".to_string(), 1, false)];
+        let checked = Pool::new(Owner::Site, "t", members(), Policy::RoundRobin, h.clone(), true, None);
+        kill(&checked, 0);
+        kill(&checked, 1);
+        assert!(!checked.any_usable());
+        h.check = Check::None;
+        let p = Pool::new(Owner::Site, "t", members(), Policy::RoundRobin, h, true, Some(&checked));
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(p.any_usable());
+        assert!(p.pick(Tried::default()).is_some());
+        // Drained, it is not.
+        for m in &p.members {
+            m.state.drain.store(true, Ordering::Relaxed);
+        }
+        assert!(!p.any_usable());
+    }
+
+    /// Two event loops failing the last two upstreams at once: one stays up (traffic alone
+    /// never takes down the last usable one). 2,000 rounds, released together.
+    #[test]
+    fn two_failures_at_once_leave_one_upstream_up() {
+        let mut h = health();
+        h.fall = 1;
+        for _ in 0..2000 {
+            let members = [("a".to_string(), 1, false), ("b".to_string(), 1, false)];
+            let p = Pool::new(Owner::Site, "t", members, Policy::RoundRobin, h.clone(), false, None);
+            let go = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for i in 0..2 {
+                    let (p, go) = (&p, &go);
+                    s.spawn(move || {
+                        go.wait();
+                        p.record(i, Outcome::Failed, Source::Traffic, None);
+                    });
+                }
+            });
+            assert!(p.members.iter().any(|m| m.state.is_up()), "both went down");
+        }
     }
 
     #[test]

@@ -69,16 +69,10 @@ async fn check(probe: &Probe) -> Result<(), Failure> {
             *req.uri_mut() = uri.clone();
             req.headers_mut().insert(header::HOST, host.clone());
             req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("local-proxy-health"));
-            let resp = client.request(req).await.map_err(|e| {
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-                let local = std::iter::from_fn(|| {
-                    let c = cause?;
-                    cause = c.source();
-                    Some(c)
-                })
-                .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(shared::health::out_of_resources));
-                Failure { reason: error_chain(&e), local }
-            })?;
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| Failure { reason: error_chain(&e), local: shared::health::caused_by_shortage(&e) })?;
             let code = resp.status().as_u16();
             // The body is not read: dropping the response closes the (unpooled) connection.
             if status.contains(&code) {
@@ -151,40 +145,13 @@ mod tests {
     /// few above what is open (prlimit, util-linux), those few used up, and the limit put back.
     #[tokio::test]
     async fn a_probe_without_descriptors_is_a_local_failure() {
-        // The limit it lowers is the whole process's: run only where each test has a process of
-        // its own (cargo-nextest, as scripts/test runs it), not beside other tests (cargo test).
-        if std::env::var_os("NEXTEST_EXECUTION_MODE").is_none_or(|m| m != "process-per-test") {
-            eprintln!("not run: needs cargo-nextest's process per test");
-            return;
-        }
         let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = open.local_addr().unwrap();
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap();
-        let pid = std::process::id().to_string();
-        let set_soft = |n: &str| {
-            let done = std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status();
-            assert!(done.as_ref().is_ok_and(|s| s.success()), "prlimit --nofile={n}: {done:?}");
-        };
-        let in_use = std::fs::read_dir("/proc/self/fd").unwrap().count();
-        set_soft(&(in_use + 4).to_string());
-        let mut files = Vec::new();
-        let mut refused = None;
-        for _ in 0..64 {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => files.push(f),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
-                }
-            }
-        }
+        let Some(taken) = test_support::DescriptorsTaken::all_but(0) else { return };
         let failed = run(&Probe::Tcp(addr), Duration::from_secs(2)).await;
         let udp = Probe::Udp { addr, send: Arc::from(&b"x"[..]), expect: None };
         let failed_udp = run(&udp, Duration::from_secs(2)).await;
-        drop(files);
-        set_soft(soft);
-        assert!(refused.is_some_and(|e| shared::health::out_of_resources(&e)), "the limit was not reached");
+        drop(taken);
         let failed = failed.unwrap_err();
         assert!(failed.local, "{failed:?}");
         assert!(failed_udp.unwrap_err().local);

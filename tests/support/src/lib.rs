@@ -120,6 +120,61 @@ pub fn udp_receive_buffer(port: u16) -> Option<u64> {
     text.split(|c: char| c == ',' || c == '(' || c.is_whitespace()).find_map(|f| f.strip_prefix("rb")?.parse().ok())
 }
 
+/// This process's descriptors used up but `spare`, until dropped: the soft open-files limit
+/// lowered to a few above what is open (`prlimit`, util-linux), those few taken (`/dev/null`),
+/// `spare` of them given back. Dropped, they are closed and the limit put back.
+pub struct DescriptorsTaken {
+    files: Vec<std::fs::File>,
+    soft: String,
+}
+
+impl DescriptorsTaken {
+    /// `None` (said on stderr) unless each test runs in a process of its own (cargo-nextest,
+    /// as scripts/test runs it): the limit is the whole process's, and tests running beside
+    /// this one would meet it.
+    pub fn all_but(spare: usize) -> Option<Self> {
+        if std::env::var_os("NEXTEST_EXECUTION_MODE").is_none_or(|m| m != "process-per-test") {
+            eprintln!("not run: needs cargo-nextest's process per test");
+            return None;
+        }
+        let limits = std::fs::read_to_string("/proc/self/limits").expect("reading /proc/self/limits");
+        let soft = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .expect("the open-files limit")
+            .to_string();
+        let in_use = std::fs::read_dir("/proc/self/fd").expect("reading /proc/self/fd").count();
+        set_soft_nofile(&(in_use + 4 + spare).to_string());
+        let mut files = Vec::new();
+        for _ in 0..64 + spare {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(24), "not EMFILE: {e}");
+                    files.truncate(files.len().saturating_sub(spare));
+                    return Some(Self { files, soft });
+                }
+            }
+        }
+        set_soft_nofile(&soft);
+        panic!("the lowered open-files limit was not reached");
+    }
+}
+
+impl Drop for DescriptorsTaken {
+    fn drop(&mut self) {
+        self.files.clear();
+        set_soft_nofile(&self.soft);
+    }
+}
+
+fn set_soft_nofile(n: &str) {
+    let pid = std::process::id().to_string();
+    let done = std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status();
+    assert!(done.as_ref().is_ok_and(|s| s.success()), "prlimit --nofile={n}: {done:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
