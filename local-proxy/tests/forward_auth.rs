@@ -455,17 +455,22 @@ async fn forward_auth_and_routes() {
     assert_eq!(seen["x-forwarded-method"], "POST");
     assert!(!seen.contains_key("content-length"), "no body goes to the auth service");
 
-    // trust_forward_header and auth_request_headers: the client's X-Forwarded-* pass, only
-    // its cookie goes along, and only X-User-Id comes back to the upstream.
+    // trust_forward_header and auth_request_headers: the client's X-Forwarded-* pass to the
+    // auth service, only its cookie goes along, and only X-User-Id comes back to the
+    // upstream, which gets none of the client's other forwarding claims (trusted or not).
     let trusting = [
         ("cookie", cookie.as_str()),
         ("x-secret", "s3"),
         ("x-forwarded-uri", "/claimed"),
         ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-prefix", "//evil.example"),
+        ("x-original-url", "/admin"),
     ];
     let a = get(p, "/trusting/x", &trusting).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.echoed("x-user-id"), ["42"]);
+    assert!(a.echoed("x-forwarded-prefix").is_empty() && a.echoed("x-original-url").is_empty(), "{}", a.body);
+    assert!(a.echoed("x-forwarded-uri").is_empty(), "{}", a.body);
     assert!(a.echoed("remote-user").is_empty(), "not in this route's auth_response_headers");
     let seen = w.auth.last_seen();
     assert_eq!(seen["x-forwarded-uri"], "/claimed");

@@ -188,8 +188,11 @@ async fn respond(
     if req.version() == http::Version::HTTP_2 {
         super::headers::join_cookies(req.headers_mut());
     }
-    // A client trusted as a proxy (`trust_forward_header`) keeps its claims.
-    if !target.auth.is_some_and(|a| a.trusts_forward_header()) {
+    // A client trusted as a proxy (`trust_forward_header`) keeps its claims for the auth
+    // service's request; they go before the upstream's, as anyone's (Traefik's
+    // trustForwardHeader is the auth request's alone).
+    let trusted = target.auth.is_some_and(|a| a.trusts_forward_header());
+    if !trusted {
         super::headers::drop_forwarding_claims(req.headers_mut());
     }
     // Identity headers come from the auth service only, on public routes too; nor may a
@@ -201,6 +204,10 @@ async fn respond(
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {
             Verdict::Allow { headers, user } => {
+                // Before the auth service's own go in (X-Forwarded-User may be one of them).
+                if trusted {
+                    super::headers::drop_forwarding_claims(req.headers_mut());
+                }
                 forward_auth::apply(req.headers_mut(), auth.response_headers(), headers);
                 if let Some(seen) = seen.as_mut() {
                     seen.user = user;
