@@ -351,6 +351,33 @@ fn remove_unadopted(path: &Path, created: FileId) {
     }
 }
 
+/// Writes `batch` (whole lines) to `out`. On failure, the number of its lines that went whole,
+/// and `torn` says whether the failure left one in part (a disk filling up mid-batch): the next
+/// write first ends it, so that the next line does not join it, and each line still parses
+/// alone (only the torn one is lost).
+fn write_batch(out: &mut impl Write, batch: &[u8], torn: &mut bool) -> Result<(), (u64, std::io::Error)> {
+    if *torn {
+        out.write_all(b"\n").map_err(|e| (0, e))?;
+        *torn = false;
+    }
+    let mut done = 0;
+    while done < batch.len() {
+        let e = match out.write(&batch[done..]) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                done += n;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        let written = &batch[..done];
+        *torn = written.last().is_some_and(|&b| b != b'\n');
+        return Err((written.iter().filter(|&&b| b == b'\n').count() as u64, e));
+    }
+    Ok(())
+}
+
 /// Write the buffered lines when woken or at each interval, until every [`Sink`] of this file
 /// is gone (then once more). `created`: the file this writer made, removed at the end if no
 /// config took it and nothing was written.
@@ -361,6 +388,8 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
     let mut batch = Vec::with_capacity(2 * shared.params.flush_bytes);
     // A full disk fails every batch: warn when writing starts failing, not at each batch.
     let mut failing = false;
+    // A failed write left a line in part in the file: ended before the next (`write_batch`).
+    let mut torn = false;
     let mut state = shared.lock();
     loop {
         // Until the interval is up, unless woken for a reason (a spurious wake-up is none; a
@@ -379,6 +408,8 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
 
         let generation = GENERATION.load(Ordering::SeqCst);
         if generation != seen || file.is_none() {
+            // A line torn in the old file (rotated) stays there; the new file starts clean.
+            torn &= generation == seen;
             seen = generation;
             // Not the file this writer made any more (rotated, or reopened after a failure).
             created = None;
@@ -398,8 +429,8 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
         }
         if lines > 0 {
             let written = match file.as_mut() {
-                Some(f) => f.write_all(&batch),
-                None => Err(std::io::Error::other("not open")),
+                Some(f) => write_batch(f, &batch, &mut torn),
+                None => Err((0, std::io::Error::other("not open"))),
             };
             match written {
                 Ok(()) => {
@@ -409,7 +440,9 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
                     }
                     metrics::counter!(names::ACCESS_LOG_LINES, "log" => label.clone()).increment(lines);
                 }
-                Err(e) => {
+                Err((whole, e)) => {
+                    metrics::counter!(names::ACCESS_LOG_LINES, "log" => label.clone()).increment(whole);
+                    let lines = lines.saturating_sub(whole);
                     metrics::counter!(names::ACCESS_LOG_DROPPED, "log" => label.clone()).increment(lines);
                     if !failing {
                         warn!(path = %path.display(), error = %e, lines, "access log: write failed; lines dropped and counted until it works again");
@@ -451,6 +484,49 @@ mod tests {
     use std::io::Read;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct Filling {
+        out: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.out.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A disk filling up mid-batch tears a line: the lines written whole are counted, and once
+    /// there is room again the torn one is ended first, so every later line parses alone.
+    #[test]
+    fn a_line_torn_by_a_full_disk_does_not_join_the_next() {
+        let mut out = Filling { out: Vec::new(), room: 20 };
+        let mut torn = false;
+        let batch = b"{\"a\":1}\n{\"b\":22222222222222}\n{\"c\":3}\n";
+        let (whole, _) = write_batch(&mut out, batch, &mut torn).unwrap_err();
+        assert_eq!((whole, torn), (1, true));
+        assert!(write_batch(&mut out, b"{\"d\":4}\n", &mut torn).is_err(), "still full");
+        assert!(torn);
+        out.room = 100;
+        write_batch(&mut out, b"{\"d\":4}\n", &mut torn).unwrap();
+        assert!(!torn);
+        let text = String::from_utf8(out.out).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"b\":2222222\n{\"d\":4}\n");
+        // Ending on a whole line tears nothing.
+        let mut out = Filling { out: Vec::new(), room: 8 };
+        let (whole, _) = write_batch(&mut out, b"{\"a\":1}\n{\"b\":2}\n", &mut torn).unwrap_err();
+        assert_eq!((whole, torn), (1, false));
+    }
     /// Taken by the tests that check nothing was written yet, the one whose writer is stuck,
     /// the one that calls `flush_all` (which flushes every test's writer) and those that call
     /// `reopen` or depend on no reopen (it wakes every test's writer).
