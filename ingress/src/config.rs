@@ -687,7 +687,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
             warnings.push(shared::config_check::FieldError {
                 field: f("health.port"),
                 message: format!(
-                    "not set, and only UDP services use this pool: its probes (TCP connects) go to {udp}, a UDP \
+                    "not set, and no TCP service names this pool: its probes (TCP connects) go to {udp}, a UDP \
                      service's port; if home answers only UDP there (WireGuard), every probe fails and every path \
                      reads as down. Set it to a TCP port home answers on (the local proxy's https_port)"
                 ),

@@ -378,18 +378,29 @@ fn write_batch(out: &mut impl Write, batch: &[u8], torn: &mut bool) -> Result<()
     Ok(())
 }
 
+/// Whether the file at `path` ends in a line in part (no newline after its last byte). Read
+/// through a handle of its own: the writer's is append-only.
+fn ends_torn(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = File::open(path) else { return false };
+    let Some(last) = file.metadata().ok().and_then(|m| m.len().checked_sub(1)) else { return false };
+    let mut byte = [0u8];
+    file.read_at(&mut byte, last).is_ok_and(|n| n == 1 && byte[0] != b'\n')
+}
+
 /// Write the buffered lines when woken or at each interval, until every [`Sink`] of this file
 /// is gone (then once more). `created`: the file this writer made, removed at the end if no
 /// config took it and nothing was written.
 fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &Shared, label: String) {
-    let mut file = Some(file);
     let mut seen = GENERATION.load(Ordering::SeqCst);
     // The buffer being written; swapped with the one requests append to.
     let mut batch = Vec::with_capacity(2 * shared.params.flush_bytes);
     // A full disk fails every batch: warn when writing starts failing, not at each batch.
     let mut failing = false;
-    // A failed write left a line in part in the file: ended before the next (`write_batch`).
-    let mut torn = false;
+    // A line in part at the file's end (a failed write's, this run's or an earlier one's):
+    // ended before the next (`write_batch`).
+    let mut torn = ends_torn(&path);
+    let mut file = Some(file);
     let mut state = shared.lock();
     loop {
         // Until the interval is up, unless woken for a reason (a spurious wake-up is none; a
@@ -408,8 +419,6 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
 
         let generation = GENERATION.load(Ordering::SeqCst);
         if generation != seen || file.is_none() {
-            // A line torn in the old file (rotated) stays there; the new file starts clean.
-            torn &= generation == seen;
             seen = generation;
             // Not the file this writer made any more (rotated, or reopened after a failure).
             created = None;
@@ -417,7 +426,12 @@ fn write_loop(path: PathBuf, file: File, mut created: Option<FileId>, shared: &S
             // the new one cannot be opened (tried again at each wake), lines are dropped and
             // counted.
             match open_file(&path) {
-                Ok((f, _)) => file = Some(f),
+                Ok((f, _)) => {
+                    // Reopened after a failure or a reload, or a new file after a rotation:
+                    // what is at its end says.
+                    torn = ends_torn(&path);
+                    file = Some(f);
+                }
                 Err(e) => {
                     if !failing {
                         warn!(path = %path.display(), error = %e, "access log: cannot reopen");
@@ -526,6 +540,14 @@ mod tests {
         let mut out = Filling { out: Vec::new(), room: 8 };
         let (whole, _) = write_batch(&mut out, b"{\"a\":1}\n{\"b\":2}\n", &mut torn).unwrap_err();
         assert_eq!((whole, torn), (1, false));
+        // A file opened again (a reload, a restart) says itself whether it ends torn.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("access.log");
+        assert!(!ends_torn(&file), "none there");
+        for (text, torn) in [("", false), ("{}\n", false), ("{}\n{\"b\":2", true)] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(ends_torn(&file), torn, "{text:?}");
+        }
     }
     /// Taken by the tests that check nothing was written yet, the one whose writer is stuck,
     /// the one that calls `flush_all` (which flushes every test's writer) and those that call

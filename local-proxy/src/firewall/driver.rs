@@ -392,6 +392,8 @@ impl Active {
     /// this step applies it again.
     async fn verify(&mut self) {
         let Some(applied) = self.applied.clone() else { return };
+        // A save that failed (a full disk) is tried again here; otherwise a no-op.
+        save_allowed(&mut self.record, &applied);
         let name = self.settings.table.clone();
         let read =
             tokio::time::timeout(APPLY_TIMEOUT, tokio::task::spawn_blocking(move || super::read_table(&name))).await;

@@ -40,6 +40,8 @@ pub struct Record {
     /// What `allowed` holds, as this process last wrote or found it: an apply with the same
     /// list (the table read back and installed again) does not rewrite it.
     saved: Option<String>,
+    /// The last write of `allowed` failed (tried again at each check; said once).
+    failing: bool,
 }
 
 impl Record {
@@ -53,7 +55,12 @@ impl Record {
 
     /// In `dir`, or nowhere.
     pub fn in_dir(dir: Option<&Path>) -> Self {
-        Self { path: dir.map(|d| d.join(FILE)), allowed: dir.map(|d| d.join(ALLOWED_FILE)), saved: None }
+        Self {
+            path: dir.map(|d| d.join(FILE)),
+            allowed: dir.map(|d| d.join(ALLOWED_FILE)),
+            saved: None,
+            failing: false,
+        }
     }
 
     /// The file the last enforcing table's allowlist is kept in, if anywhere.
@@ -135,14 +142,18 @@ impl Record {
             return;
         }
         let tmp = path.with_extension("new");
-        let written = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path));
-        match written {
-            Ok(()) => self.saved = Some(text),
+        match write_durably(path, &tmp, &text) {
+            Ok(()) => {
+                self.saved = Some(text);
+                self.failing = false;
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 self.saved = None;
-                warn!(file = %path.display(), error = %e,
-                    "cannot save the firewall allowlist; a start after a reboot has none to keep while DNS is down");
+                if !std::mem::replace(&mut self.failing, true) {
+                    warn!(file = %path.display(), error = %e,
+                        "cannot save the firewall allowlist (tried again every 10 s); a start after a reboot has none to keep while DNS is down");
+                }
             }
         }
     }
@@ -157,6 +168,20 @@ impl Record {
                 Err(e) => warn!(file = %path.display(), error = %e, "cannot remove the last firewall table's record"),
             }
         }
+    }
+}
+
+/// `text` into `path` through `tmp`, synced before and after the rename: the file is for the
+/// start after a power cut, which must not find it empty.
+fn write_durably(path: &Path, tmp: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
 }
 

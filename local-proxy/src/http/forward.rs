@@ -129,7 +129,7 @@ async fn proxy(
                     }
                     // Every usable upstream refused the connect, or none could be tried for want
                     // of a descriptor or local port: this proxy's trouble, not theirs (503).
-                    if shortages == attempts {
+                    if shortages == attempts - usize::from(stale_retried) {
                         return with_site_headers(unavailable(), route);
                     }
                     return with_site_headers(pages::bad_gateway(), route);
@@ -192,6 +192,8 @@ async fn proxy(
         match answer {
             Err(Late::Client) => {
                 // Not the upstream's failure: the client stopped sending the body it announced.
+                // No verdict on the upstream; a retry this was is over all the same.
+                pool.record(i, Outcome::Local, Source::Traffic, None);
                 debug!(site = %site.host, upstream = %upstream, "request body stalled: 408");
                 return with_site_headers(
                     pages::error(StatusCode::REQUEST_TIMEOUT, "The rest of the request body did not arrive in time."),
@@ -220,6 +222,7 @@ async fn proxy(
                 // Not the upstream's failure: hyper's client stopped at the client's broken
                 // body (bad chunks, a reset h2 stream, a closed connection). Counted against
                 // the upstream, cancelled uploads would take healthy upstreams out.
+                pool.record(i, Outcome::Local, Source::Traffic, None);
                 debug!(site = %site.host, upstream = %upstream, error = %error_chain(&e), "request body broke off: 400");
                 return with_site_headers(pages::error(StatusCode::BAD_REQUEST, "The request body broke off."), route);
             }

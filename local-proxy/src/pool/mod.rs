@@ -218,6 +218,11 @@ impl Active {
         self.0.is_up()
     }
 
+    /// The upstream held.
+    pub fn state(&self) -> &Arc<MemberState> {
+        &self.0
+    }
+
     /// A response whose body broke off after its head was passed on (`result`:
     /// `body_timeout`, `body_error`): counted with the site's errors and the upstream's
     /// failures, and logged. Not a health verdict, as in nginx: an event stream that goes
@@ -367,7 +372,9 @@ impl Pool {
     /// of the try in flight (0: none) to claim it from, else `None`.
     fn retry_due(m: &Member, before: Option<u64>) -> Option<u64> {
         let before = before?;
-        let trial = m.state.trial_at.load(Ordering::Relaxed);
+        // Read before `down_at`: a try freed by its failure shows the wait that failure began
+        // (`record` stores `down_at` first).
+        let trial = m.state.trial_at.load(Ordering::Acquire);
         (m.state.down_at.load(Ordering::Relaxed) <= before && trial <= before).then_some(trial)
     }
 
@@ -383,10 +390,14 @@ impl Pool {
                 tried.insert(i);
                 continue;
             };
-            let claimed =
-                state.trial_at.compare_exchange(seen, clock_ms().max(1), Ordering::Relaxed, Ordering::Relaxed);
-            if claimed.is_ok() {
-                return Some(i);
+            let at = clock_ms().max(1);
+            if state.trial_at.compare_exchange(seen, at, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                // Another try may have been claimed, failed and freed in between: its failure
+                // began a new wait, and this one is then not due after all.
+                if state.down_at.load(Ordering::Relaxed) <= retry_before.unwrap_or(0) {
+                    return Some(i);
+                }
+                let _ = state.trial_at.compare_exchange(at, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
             tried.insert(i);
         }
@@ -427,8 +438,21 @@ impl Pool {
     /// such upstreams all down would tell the ingress it cannot serve, get no traffic, and
     /// so never try them again.
     pub fn any_usable(&self) -> bool {
+        self.any_usable_but(None)
+    }
+
+    /// [`Pool::any_usable`] among the upstreams other than `state`'s (a UDP flow's, which
+    /// moves only to another).
+    pub fn any_usable_besides(&self, state: &Arc<MemberState>) -> bool {
+        self.any_usable_but(Some(state))
+    }
+
+    fn any_usable_but(&self, but: Option<&Arc<MemberState>>) -> bool {
         let before = self.retry_before();
-        self.members.iter().any(|m| m.usable() || (m.effective() > 0.0 && Self::retry_due(m, before).is_some()))
+        self.members
+            .iter()
+            .filter(|m| but.is_none_or(|s| !Arc::ptr_eq(&m.state, s)))
+            .any(|m| m.usable() || (m.effective() > 0.0 && Self::retry_due(m, before).is_some()))
     }
 
     /// Count a request or connection refused because no upstream was usable.
@@ -453,8 +477,6 @@ impl Pool {
     /// failed, for the log line when it takes the upstream down.
     pub fn record(&self, index: usize, outcome: Outcome, source: Source, reason: Option<&str>) {
         let Some(member) = self.members.get(index) else { return };
-        // The try in flight, if this was it, is over.
-        member.state.trial_at.store(0, Ordering::Relaxed);
         let _falls = (outcome == Outcome::Failed && source == Source::Traffic)
             .then(|| self.falls.lock().unwrap_or_else(|e| e.into_inner()));
         // Real traffic may take an upstream down only while another can serve: up, and
@@ -468,6 +490,9 @@ impl Pool {
                 // Went down, or failed its retry: the wait before the next one starts now.
                 member.state.down_at.store(clock_ms(), Ordering::Relaxed);
             }
+            // The try in flight, if this was it, is over: freed after the new wait is stored,
+            // so that a pick that sees it free sees that wait too (`retry_due`).
+            member.state.trial_at.store(0, Ordering::Release);
             // Published under the lock that decided it: outcomes come from every event loop,
             // and a transition stored after the lock is gone could land after a later,
             // opposite one (up by its health state, out of every pick for good).
@@ -732,6 +757,11 @@ mod tests {
         let p = Pool::new(Owner::Site, "t", members(), Policy::RoundRobin, h, true, Some(&checked));
         std::thread::sleep(Duration::from_millis(600));
         assert!(p.any_usable());
+        // A UDP flow on a moves only to another upstream: b's due retry counts, a's own not.
+        assert!(p.any_usable_besides(&p.members[0].state));
+        p.members[1].state.drain.store(true, Ordering::Relaxed);
+        assert!(p.any_usable() && !p.any_usable_besides(&p.members[0].state));
+        p.members[1].state.drain.store(false, Ordering::Relaxed);
         assert!(p.pick(Tried::default()).is_some());
         // Drained, it is not.
         for m in &p.members {

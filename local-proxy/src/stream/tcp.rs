@@ -84,6 +84,9 @@ pub async fn forward(
                 if result != "transparent_failed" && result != "local_resources" {
                     state.count_failure(if result == "connect_timeout" { "timeout" } else { "connect" });
                     pool.record(i, Outcome::Failed, Source::Traffic, Some(&reason));
+                } else {
+                    // No verdict on the upstream; a retry this was is over all the same.
+                    pool.record(i, Outcome::Local, Source::Traffic, None);
                 }
             }
         }

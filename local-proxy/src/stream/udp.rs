@@ -263,9 +263,9 @@ async fn serve_flows(
             // check): ended, its datagram would be dropped and the flow reopened later from a
             // new source port, which a TURN allocation or a game server takes for another
             // client. The ingress keeps a flow on a down path likewise.
-            let down = table
-                .get(&key)
-                .map(|f| !f.member.is_up() && pools.stream(&stream.name).is_some_and(|p| p.any_usable()));
+            let down = table.get(&key).map(|f| {
+                !f.member.is_up() && pools.stream(&stream.name).is_some_and(|p| p.any_usable_besides(f.member.state()))
+            });
             if down != Some(false) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &counters);
