@@ -161,6 +161,10 @@ pub struct Tls {
     pub reload_interval: Duration,
     /// ACME's `live/` directory (`[acme] storage`), read like `certbot_live_dir`.
     pub acme_live_dir: Option<PathBuf>,
+    /// The names ACME keeps certificates for (`[acme] names`, lower case). A certificate in
+    /// its `live/` (unless that is `certbot_live_dir` too) that covers none of them is left
+    /// from a name taken out of `[acme]`: nobody renews it, and it is not served.
+    pub acme_names: Vec<String>,
 }
 
 /// One explicit certificate chain and its key, both PEM.

@@ -244,6 +244,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
             RELOAD_INTERVAL,
         ),
         acme_live_dir: None,
+        acme_names: Vec::new(),
     };
 
     let header_sets = header_sets(&mut c, &raw.header_sets);
@@ -316,7 +317,11 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
     let firewall = super::firewall::validate(raw.firewall.as_ref(), &wan.trusted_ingress, &http, &streams, &mut c);
 
     let acme = super::acme::validate(raw.acme.as_ref(), &sites, &mut c);
-    let tls = Tls { acme_live_dir: acme.as_ref().map(|a| a.live_dir()), ..tls };
+    let tls = Tls {
+        acme_live_dir: acme.as_ref().map(|a| a.live_dir()),
+        acme_names: acme.as_ref().map(|a| a.names.clone()).unwrap_or_default(),
+        ..tls
+    };
 
     // Only on an otherwise valid config: then `sites` and `streams` are in the file's order,
     // so their indices name the right tables.

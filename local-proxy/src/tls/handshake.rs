@@ -155,6 +155,7 @@ mod tests {
             certificates: vec![files],
             reload_interval: Duration::from_secs(5),
             acme_live_dir: None,
+            acme_names: Vec::new(),
         });
         let challenge = crate::acme::challenges::tls_alpn01_cert("a.test", &[7u8; 32]).unwrap();
         store.challenges().add_tls_alpn01("a.test", Arc::new(challenge));

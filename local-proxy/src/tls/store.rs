@@ -61,6 +61,21 @@ pub struct CertStore {
 struct State {
     sources: Option<Tls>,
     entries: HashMap<CertFiles, Entry>,
+    /// The sources changed: the index is built again even if no file did (the ACME names
+    /// decide which of its certificates are served).
+    rebuild: bool,
+}
+
+/// Whether `cert`, loaded from `files`, is served: anything but a certificate in ACME's own
+/// `live/` that covers none of the names ACME keeps (left from a name taken out of `[acme]`,
+/// renewed by nobody: it would beat a certificate the operator gave that name since, if it
+/// lives longer, until it expires).
+fn served(sources: &Tls, files: &CertFiles, cert: &LoadedCert) -> bool {
+    let Some(acme) = sources.acme_live_dir.as_ref().filter(|d| sources.certbot_live_dir.as_ref() != Some(*d)) else {
+        return true;
+    };
+    !files.cert.starts_with(acme)
+        || cert.names.iter().any(|n| sources.acme_names.iter().any(|a| a.eq_ignore_ascii_case(n)))
 }
 
 impl CertStore {
@@ -91,8 +106,13 @@ impl CertStore {
     /// (days left = `(not_after - now) / 86400`).
     pub fn certificates(&self) -> Vec<(Vec<String>, i64)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(Vec<String>, i64)> =
-            state.entries.values().filter_map(|e| e.loaded.as_ref()).map(|c| (c.names.clone(), c.not_after)).collect();
+        let Some(sources) = state.sources.as_ref() else { return Vec::new() };
+        let mut out: Vec<(Vec<String>, i64)> = state
+            .entries
+            .iter()
+            .filter_map(|(k, e)| e.loaded.as_ref().filter(|c| served(sources, k, c)))
+            .map(|c| (c.names.clone(), c.not_after))
+            .collect();
         out.sort();
         out
     }
@@ -101,6 +121,7 @@ impl CertStore {
     pub fn set_sources(&self, tls: &Tls) {
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.rebuild = state.sources.as_ref() != Some(tls);
             state.sources = Some(tls.clone());
         }
         self.refresh();
@@ -114,7 +135,7 @@ impl CertStore {
             return;
         };
         let (wanted, unreadable) = pairs(&sources);
-        let mut changed = false;
+        let mut changed = std::mem::take(&mut state.rebuild);
         let before = state.entries.len();
         // A live directory that cannot be read this time keeps what it served.
         state.entries.retain(|k, _| wanted.contains(k) || unreadable.iter().any(|d| k.cert.starts_with(d)));
@@ -145,7 +166,8 @@ impl CertStore {
             state.entries.insert(pair, Entry { stamps, loaded });
         }
         if changed {
-            let index = CertIndex::build(state.entries.values().filter_map(|e| e.loaded.as_ref()));
+            let served = state.entries.iter().filter_map(|(k, e)| e.loaded.as_ref().filter(|c| served(&sources, k, c)));
+            let index = CertIndex::build(served);
             metrics::gauge!(names::CERTIFICATES_LOADED).set(index.len() as f64);
             self.index.store(Arc::new(index));
         }
@@ -243,6 +265,7 @@ mod tests {
             certificates: Vec::new(),
             reload_interval: std::time::Duration::from_secs(5),
             acme_live_dir: None,
+            acme_names: Vec::new(),
         });
         store
     }
@@ -300,5 +323,31 @@ mod tests {
         std::fs::File::options().write(true).open(&key).unwrap().set_modified(mtime).unwrap();
         store.refresh();
         assert!(store.lookup("b.test").is_some(), "the fixed key was not tried again");
+    }
+
+    /// A certificate left in ACME's own live/ for a name taken out of `[acme]` is not served
+    /// (renewed by nobody, it would beat a shorter-lived one the operator gives that name);
+    /// the name back in `[acme]`, it is again. In a live/ that is certbot's too, all are.
+    #[test]
+    fn acme_serves_only_the_names_it_keeps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        write_pair(&live.join("a.test"), "a.test");
+        write_pair(&live.join("b.test"), "b.test");
+        let sources = |names: &[&str], certbot: bool| Tls {
+            certbot_live_dir: certbot.then(|| live.clone()),
+            certificates: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(5),
+            acme_live_dir: Some(live.clone()),
+            acme_names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let store = CertStore::new();
+        store.set_sources(&sources(&["a.test"], false));
+        assert!(store.lookup("a.test").is_some() && store.lookup("b.test").is_none());
+        assert_eq!(store.certificates().len(), 1);
+        store.set_sources(&sources(&["a.test", "b.test"], false));
+        assert!(store.lookup("b.test").is_some(), "back in [acme]: served without a file change");
+        store.set_sources(&sources(&["a.test"], true));
+        assert!(store.lookup("b.test").is_some(), "certbot's live/: every folder is served");
     }
 }
