@@ -1133,3 +1133,39 @@ async fn a_connect_without_descriptors_blames_no_upstream() {
     assert!(proxy.metric("local_proxy_upstream_errors_total", &labels).await >= 1.0);
     assert_eq!(request(&client(), proxy.mesh_http, "GET", "/", "").await.0, 200, "descriptors back: it passes");
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+/// hangs until its own timeout, as one to a powered-off host does. Kept open with the one
+/// connection that fills the queue.
+fn hanging_listener() -> (socket2::Socket, std::net::TcpStream, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    let hangs = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(hangs.is_err(), "the accept queue is not full");
+    (s, filler, addr)
+}
+
+/// An upstream_timeout shorter than the connect timeout: a connect to an upstream that does
+/// not answer (here: its accept queue full) reaches the deadline before it fails. Nothing was
+/// sent, so the next upstream takes the request, a POST too, instead of a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_outlasts_upstream_timeout_goes_to_the_next_upstream() {
+    let (_listener, _filler, dead) = hanging_listener();
+    let alive = echo_upstream("alive").await;
+    let site = format!("[[site]]\nhost = \"app.example.org\"\nupstream = [\"http://{dead}\", \"http://{alive}\"]\n");
+    let text = config_text(&site).replace(
+        "upstream_timeout = \"1s\"\nupstream_connect_timeout = \"500ms\"",
+        "upstream_timeout = \"300ms\"\nupstream_connect_timeout = \"5s\"",
+    );
+    assert!(text.contains("upstream_connect_timeout = \"5s\""));
+    let proxy = Proxy::start(&text).await;
+    let c = client();
+    for _ in 0..4 {
+        let (status, body) = request(&c, proxy.mesh_http, "POST", "/", "x").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("upstream: alive"), "{body}");
+    }
+}

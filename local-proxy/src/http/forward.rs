@@ -15,6 +15,7 @@
 //! may take as long as it moves; one the client stops sending ends in 408. With no usable
 //! upstream: 503 and Retry-After.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,16 +166,20 @@ async fn proxy(
         }
         let guard = Active::new(state.clone());
         let start = Instant::now();
+        let connected = AtomicBool::new(false);
         // The send's future built where it is awaited (a local moved into either arm would be
         // one more copy of it per request).
         let answer = match body.streaming() {
             // Due from `start`: one clock read less than `timeout`.
-            None => tokio::time::timeout_at(start + timeout, route.client.send(upstream, attempt, !fresh, replayable))
-                .await
-                .map_err(|_| Late::Upstream),
+            None => tokio::time::timeout_at(
+                start + timeout,
+                route.client.send_noting(upstream, attempt, !fresh, replayable, &connected),
+            )
+            .await
+            .map_err(|_| Late::Upstream),
             Some(slot) => {
-                answer_while_sending(route.client.send(upstream, attempt, !fresh, replayable), slot, start, timeout)
-                    .await
+                let send = route.client.send_noting(upstream, attempt, !fresh, replayable, &connected);
+                answer_while_sending(send, slot, start, timeout).await
             }
         };
         let latency = start.elapsed();
@@ -199,6 +204,17 @@ async fn proxy(
                     pages::error(StatusCode::REQUEST_TIMEOUT, "The rest of the request body did not arrive in time."),
                     route,
                 );
+            }
+            Err(Late::Upstream) if !connected.load(Ordering::Relaxed) && body.intact() => {
+                // The deadline came while connecting (upstream_timeout below
+                // upstream_connect_timeout, or a connect that took it all): nothing was sent,
+                // so the next upstream may take any request, as after a failed connect.
+                metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "timeout")
+                    .increment(1);
+                state.count_failure("timeout");
+                pool.record(i, Outcome::Failed, Source::Traffic, Some("connect timed out"));
+                debug!(site = %site.host, upstream = %upstream, "connect outlasted upstream_timeout; next upstream");
+                continue;
             }
             Err(Late::Upstream) => {
                 metrics::counter!(names::UPSTREAM_ERRORS, "site" => site.host.to_string(), "result" => "timeout")

@@ -152,9 +152,22 @@ impl Connections {
     pub async fn send(
         &self,
         upstream: &Upstream,
+        req: Request<RequestBody>,
+        reuse: bool,
+        resendable: bool,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        self.send_noting(upstream, req, reuse, resendable, &AtomicBool::new(false)).await
+    }
+
+    /// [`Connections::send`], setting `connected` once it has a connection to send on: a
+    /// caller whose deadline comes before that knows nothing was sent.
+    pub async fn send_noting(
+        &self,
+        upstream: &Upstream,
         mut req: Request<RequestBody>,
         reuse: bool,
         resendable: bool,
+        connected: &AtomicBool,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = host_header(upstream) {
@@ -179,6 +192,7 @@ impl Connections {
                 // room for it; a kept-alive request never opens a connection.
                 None => (Box::pin(self.connect(upstream)).await?, None),
             };
+            connected.store(true, Ordering::Relaxed);
             let reused = idle.is_some();
             let copy = idle
                 .filter(|&i| resendable && i >= self.inner.copy_after)
