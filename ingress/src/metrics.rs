@@ -82,7 +82,8 @@ pub const UDP_FLOWS_ACTIVE: &str = "ingress_udp_flows_active";
 pub const UDP_FLOWS_CREATED: &str = "ingress_udp_flows_created_total";
 pub const UDP_FLOWS_EXPIRED: &str = "ingress_udp_flows_expired_total";
 pub const UDP_FLOWS_EVICTED: &str = "ingress_udp_flows_evicted_total";
-/// UDP flows moved off their path (label `reason`: path_down, address_moved, reload).
+/// UDP flows moved off their path (label `reason`: path_down, address_moved, reload, wan_back:
+/// off the mesh tier once a WAN path is up again).
 pub const UDP_FLOWS_MIGRATED: &str = "ingress_udp_flows_migrated_total";
 pub const UDP_DATAGRAMS: &str = "ingress_udp_datagrams_total";
 pub const UDP_BYTES: &str = "ingress_udp_bytes_total";

@@ -582,6 +582,12 @@ impl Pool {
         self.paths[..self.wan_count].iter().any(|p| p.is_up() && p.admits())
     }
 
+    /// A WAN path is up, takes traffic and is not held by flap damping: one a flow on the mesh
+    /// tier may move back to (a held one is offered before the mesh, but may fall again).
+    pub fn any_wan_clear(&self) -> bool {
+        self.paths[..self.wan_count].iter().any(|p| p.is_up() && p.admits() && !p.is_held() && p.ip().is_some())
+    }
+
     /// Choose the next path to try for a new connection or flow of `kind`. `None` when
     /// every path has been tried. Drained paths are never offered.
     pub fn pick(&self, tried: Tried, kind: Kind) -> Option<(usize, &Arc<Path>)> {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use shared::proxy_protocol::{write_v2, Command, Transport, V2_SIGNATURE};
 
 use crate::metrics as m;
-use crate::pool::{ActiveGuard, Kind, Path, PathState, Tried, NEVER_BUSY};
+use crate::pool::{ActiveGuard, Kind, PathState, Pool, Tried, NEVER_BUSY};
 use crate::runtime::{Service, Shared};
 use shared::listeners::{size_recv_buffer, RecvBufferKeeper};
 use shared::udp_batch::{Batch, Run, Segmenting};
@@ -217,13 +217,19 @@ fn migrated(service: &str, path: &str, reason: &'static str) {
 }
 
 /// Why `flow` must move on its next datagram, if it must: its path is down while another is
-/// up (`path_down`), or its path's name now gives another address than the one the flow was
-/// opened to (`address_moved`). A path is matched by its state, which a reload carries over.
-fn stale(flow: &Flow, paths: &[Arc<Path>]) -> Option<&'static str> {
+/// up (`path_down`), its path's name now gives another address than the one the flow was
+/// opened to (`address_moved`), or it rides the mesh tier while a WAN path is up again and
+/// not held by flap damping (`wan_back`: a flow that keeps talking never times out, and would
+/// ride the fallback for days after the WANs came back). A path is matched by its state, which
+/// a reload carries over.
+fn stale(flow: &Flow, pool: &Pool) -> Option<&'static str> {
     let path = flow.guard.path();
     if !path.is_up() {
-        let other_up = paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(&p.state, &path.state));
+        let other_up = pool.paths.iter().any(|p| p.is_up() && !Arc::ptr_eq(&p.state, &path.state));
         return other_up.then_some("path_down");
+    }
+    if path.is_mesh && pool.any_wan_clear() {
+        return Some("wan_back");
     }
     path.ip().is_some_and(|ip| ip != flow.to).then_some("address_moved")
 }
@@ -363,7 +369,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             // so does one opened on the address its path had before its name moved (the
             // client keeps it talking, so it would never time out, sending to an address the
             // home may no longer have). None: no flow yet; Some(None): one to keep.
-            let stale = table.get(&client).map(|f| stale(f, &svc.pool.paths));
+            let stale = table.get(&client).map(|f| stale(f, &svc.pool));
             if stale != Some(None) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &c);

@@ -381,6 +381,52 @@ async fn flow_port(upstream: &UdpSocket, service: SocketAddr, ip: &str) -> u16 {
     flow.port()
 }
 
+/// A flow that fell back to the mesh tier goes back to a WAN once one is up again (and not
+/// held), on its next datagram: talking, it would never time out, and would ride the fallback
+/// for days after the WANs came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_on_the_mesh_goes_back_when_a_wan_is_up_again() {
+    let mut tcp1 = Backend::start("wan1", "127.0.0.2").await;
+    let tcp_mesh = Backend::start("mesh", "127.0.0.4").await;
+    let echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let _echo_mesh = UdpEcho::start("mesh", tcp_mesh.addr).await;
+    let text = udp_config(tcp1.addr, tcp1.addr, "").replace(
+        &format!("paths = [{{ name = \"wan1\", address = \"{a}\", weight = 1 }}, {{ name = \"wan2\", address = \"{a}\", weight = 1 }}]", a = tcp1.addr),
+        &format!("paths = [{{ name = \"wan1\", address = \"{}\" }}]\nmesh = \"{}\"", tcp1.addr, tcp_mesh.addr),
+    );
+    assert!(text.contains("mesh = "), "{text}");
+    let server = start(&text).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    client.connect(addr).await.expect("connect");
+    assert_eq!(ask(&client, "a").await.as_deref(), Some("wan1:a"));
+    tcp1.kill().await;
+    echo1.stop().await;
+    let mut on_mesh = false;
+    for i in 0..100 {
+        if ask(&client, &format!("b{i}")).await.is_some_and(|r| r == format!("mesh:b{i}")) {
+            on_mesh = true;
+            break;
+        }
+    }
+    assert!(on_mesh, "the flow did not fall back to the mesh");
+    tcp1.restart().await;
+    let _echo1 = UdpEcho::start("wan1", tcp1.addr).await;
+    let mut back = false;
+    for i in 0..100 {
+        if ask(&client, &format!("c{i}")).await.is_some_and(|r| r == format!("wan1:c{i}")) {
+            back = true;
+            break;
+        }
+        // wan1 comes back after `rise` probes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the flow stayed on the mesh with wan1 back");
+    let m = metrics(&server).await;
+    let labels = &[("service", "udp-echo"), ("path", "mesh"), ("reason", "wan_back")];
+    assert!(metric(&m, "ingress_udp_flows_migrated_total", labels) >= 1.0);
+}
+
 /// A client of `addr` whose flow landed on wan1 (the pick is random; 50 tries).
 async fn client_on_wan1(addr: SocketAddr) -> UdpSocket {
     for _ in 0..50 {
