@@ -619,6 +619,15 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                 None
             }
         });
+        if let Some(ip) = mesh.as_ref().and_then(|m| m.target.ip()).filter(|ip| !shared::ygg::is_mesh_address(*ip)) {
+            warnings.push(shared::config_check::FieldError {
+                field: f("mesh"),
+                message: format!(
+                    "{ip} is not a Yggdrasil address (200::/7): the fallback goes there all the same, but not \
+                     over the mesh (the home's address is its local proxy's, `yggdrasil -address`)"
+                ),
+            });
+        }
         let connect_timeout =
             p.duration(&f("connect_timeout"), rp.connect_timeout.as_deref(), ms(300), CONNECT_TIMEOUT);
         let final_connect_timeout = p.duration(

@@ -161,13 +161,28 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
         // health interval, not only at the next lookup.
         let mut alternatives = false;
         for n in &named {
-            let answers: Vec<_> = n
+            let path = &pool.paths[n.index];
+            // The mesh tier's name may hold other AAAA records beside the home's Yggdrasil
+            // address (the DNS role can publish it on every name, with the ingress nodes'
+            // own): only 200::/7 is the mesh, and another ingress node's address that answers
+            // probes would become this pool's "mesh" for good.
+            let mut dropped = 0;
+            let owned: Vec<(BTreeSet<IpAddr>, bool)> = n
                 .queries
                 .iter()
                 .filter_map(|q| tracker.state(*q))
-                .map(|(addrs, answered, _)| (addrs, answered))
+                .map(|(addrs, answered, _)| {
+                    let on_mesh = |ip: &IpAddr| !path.is_mesh || shared::ygg::is_mesh_address(*ip);
+                    let kept: BTreeSet<IpAddr> = addrs.iter().copied().filter(on_mesh).collect();
+                    dropped += addrs.len() - kept.len();
+                    (kept, answered)
+                })
                 .collect();
-            let path = &pool.paths[n.index];
+            let answers: Vec<_> = owned.iter().map(|(addrs, answered)| (addrs, *answered)).collect();
+            if fresh && dropped > 0 {
+                tracing::warn!(pool = %pool.name, path = %path.name, name = %path.target, dropped,
+                    "the mesh tier's name has addresses outside Yggdrasil's 200::/7; only 200::/7 ones are used");
+            }
             let now = Instant::now();
             let down_long = match path.is_up() {
                 true => {
@@ -515,6 +530,29 @@ mod tests {
         alive.0.lock().unwrap().insert(ip("2001:db8::1"));
         settle(Duration::from_secs(10)).await;
         assert_eq!(pool.paths[0].ip(), Some(ip("198.51.100.1")), "up: stays");
+        task.abort();
+    }
+
+    /// The mesh tier's name also holds another ingress node's public IPv6 (the DNS role can
+    /// publish the Yggdrasil AAAA on every name): only its 200::/7 address is the mesh. The
+    /// other, though it answers probes, is never taken, down or up.
+    #[tokio::test(start_paused = true)]
+    async fn the_mesh_tier_takes_only_yggdrasil_addresses_from_its_name() {
+        use crate::health::{Outcome as Probed, Source};
+        let (pool, resolver, dns, alive) = with_names(CONFIG, &["198.51.100.1", "2001:db8::9"]);
+        dns.set("wan1.home.example", Family::V4, answer(&["198.51.100.1"], 300));
+        dns.set("mesh.home.example", Family::V6, answer(&["200::1", "2001:db8::9"], 300));
+        let task = tokio::spawn(run_with(pool.clone(), dns.clone(), alive.clone(), resolver));
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(pool.paths[2].ip(), None, "200::1 does not answer yet; 2001:db8::9 is not the mesh");
+        for _ in 0..2 {
+            pool.record(2, Probed::Failed, Source::Probe);
+        }
+        settle(Duration::from_secs(10)).await;
+        assert_eq!(pool.paths[2].ip(), None, "down for long: still not another node's address");
+        alive.0.lock().unwrap().insert(ip("200::1"));
+        settle(Duration::from_secs(2)).await;
+        assert_eq!(pool.paths[2].ip(), Some(ip("200::1")));
         task.abort();
     }
 

@@ -77,6 +77,24 @@ fn the_default_probe_port_is_a_tcp_services() {
     assert_eq!(load(fixed, wg).1, Vec::<String>::new());
 }
 
+/// A fixed mesh address outside Yggdrasil's 200::/7 is taken, with a warning.
+#[test]
+fn a_mesh_tier_outside_yggdrasil_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load = |mesh: &str| {
+        let path = dir.path().join("mesh.toml");
+        let text = format!(
+            "[pool.home]\npaths = [{{ name = \"wan1\", address = \"192.0.2.1\" }}]\nmesh = \"{mesh}\"\n\
+             [[service]]\nname = \"https\"\nlisten = [\"0.0.0.0:443\"]\npool = \"home\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let config = ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        config.warnings.iter().map(|w| w.field.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(load("200:1111:2222:3333:4444:5555:6666:7777"), Vec::<String>::new());
+    assert_eq!(load("2001:db8::9"), vec!["pool.home.mesh".to_string()]);
+}
+
 /// `check` prints a warning, names its file and field, and passes.
 #[test]
 fn check_prints_warnings_and_passes() {

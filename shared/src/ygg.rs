@@ -23,6 +23,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// the roll-out's yggdrasil role sets `AdminListen` to this path.
 pub const DEFAULT_ENDPOINT: &str = "unix:///run/yggdrasil/yggdrasil.sock";
 
+/// Whether `ip` is a Yggdrasil address: in 200::/7, the only addresses the mesh routes (a node's
+/// own, 200::/8, or a subnet's, 300::/8).
+pub fn is_mesh_address(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xfe00 == 0x0200)
+}
+
 /// Answers larger than this are refused rather than buffered (a getPeers answer is ~700 bytes
 /// a peer).
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
