@@ -13,7 +13,8 @@
 //!   and the router's strict rp_filter drops wan2 replies without them);
 //! - wan1 is blackholed and restored while HTTPS requests flow through both nodes: none fails;
 //! - a second run changes nothing on any host (PLAY RECAP changed=0);
-//! - ingress3 added to the inventory, one run: it serves, its A record is published, the home's
+//! - ingress3 (its yggdrasil key already in a file of its own, `PrivateKeyPath`: kept, so its
+//!   address stays) added to the inventory, one run: it serves, its A record is published, the home's
 //!   allowlist admits it from DNS with the local proxy's main PID unchanged;
 //! - ingress3 removed, one run: its records go, the home's allowlist drops it (its WAN connects
 //!   fail while ingress1's pass);
@@ -209,6 +210,26 @@ fn proxy_pid(home: &Host) -> Result<u32> {
 }
 
 /// A host's Yggdrasil address (getSelf on its admin socket).
+/// A yggdrasil config whose key is kept in a file of its own (`PrivateKeyPath`), as an operator
+/// may have it before the roll-out: (config, key file, the address it gives). Made with this
+/// machine's yggdrasil.
+fn ygg_config_with_key_file(dir: &Path, key_path: &str) -> Result<(Vec<u8>, Vec<u8>, String)> {
+    let ygg = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("yggdrasil").args(args).output().context("running yggdrasil")?;
+        if !out.status.success() {
+            bail!("yggdrasil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let whole = dir.join("ygg-keyfile.json");
+    std::fs::write(&whole, ygg(&["-genconf", "-json"])?)?;
+    let whole_s = whole.display().to_string();
+    let key = ygg(&["-useconffile", &whole_s, "-exportkey"])?;
+    let address = ygg(&["-useconffile", &whole_s, "-address"])?.trim().to_string();
+    let config = serde_json::to_vec_pretty(&json!({ "PrivateKeyPath": key_path }))?;
+    Ok((config, key.into_bytes(), address))
+}
+
 fn ygg_address(h: &Host) -> Result<String> {
     let out =
         h.sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))?;
@@ -302,8 +323,20 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
         (format!("{live}/privkey.pem").into(), read(&cert.key), 0o600),
     ];
     let mut specs = vec![home_spec];
+    // ingress3 has yggdrasil set up already, its key in a file of its own: the role keeps it
+    // (it used to read no key back, make a new one, and so give the node a new address).
+    let key_path = "/etc/yggdrasil/private.pem";
+    let (ygg_conf, ygg_key, ygg3_address) = ygg_config_with_key_file(&dir, key_path).expect("a key file");
     for n in ingress_nodes() {
-        specs.push(HostSpec::new(n.name, t.ns(n.role), n.addr));
+        let mut spec = HostSpec::new(n.name, t.ns(n.role), n.addr);
+        if n.role == Role::Ingress3 {
+            // Readable by the user the package makes later (yggdrasil).
+            spec.files = vec![
+                ("/etc/yggdrasil/yggdrasil.conf".into(), ygg_conf.clone(), 0o644),
+                (key_path.into(), ygg_key.clone(), 0o644),
+            ];
+        }
+        specs.push(spec);
     }
     let boot0 = Instant::now();
     // One after the other (see nspawn::Host::start): ~0.5 s each.
@@ -606,6 +639,11 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(wan_connect(&t, Role::Ingress3), "ingress3 reaches the home's WAN port once admitted");
     assert_eq!(mesh_trusted(home).expect("mesh.trusted_ingress"), ygg_of(&three), "mesh.trusted_ingress with ingress3");
+    assert_eq!(
+        ygg_address(&hosts["ingress3"]).expect("ingress3's address"),
+        ygg3_address,
+        "ingress3's key, kept in a file of its own, was replaced"
+    );
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
     phase(&format!("ingress3 added in {:.1}s: serving, published, admitted", run3.elapsed.as_secs_f64()));
 
