@@ -64,6 +64,10 @@ pub struct Server {
     conns: TaskTracker,
 }
 
+/// How often `mesh.listen = "auto"` asks yggdrasil whether the node's address is still the one
+/// served.
+const MESH_RECHECK: Duration = Duration::from_secs(60);
+
 /// Control of a running proxy (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -72,6 +76,9 @@ pub struct Handle {
     running: Arc<Running>,
     /// Set while a task keeps asking yggdrasil for the mesh address.
     mesh_waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// One reload at a time, from taking the config to applying it: a reload the proxy starts
+    /// itself (the mesh address moved) must not apply a config a SIGHUP has replaced meanwhile.
+    reloading: Arc<tokio::sync::Mutex<()>>,
     /// New `[firewall]` settings go to the firewall task on reload.
     firewall: crate::firewall::Control,
 }
@@ -135,12 +142,20 @@ pub fn start_on(
     // Connection tasks go on their own tracker so shutdown can drain them separately.
     let conns = TaskTracker::new();
     let running = Arc::new(Running::new(state.clone(), tasks.clone(), conns.clone()));
-    let handle = Handle { state: state.clone(), tasks: tasks.clone(), running, mesh_waiting: Arc::default(), firewall };
+    let handle = Handle {
+        state: state.clone(),
+        tasks: tasks.clone(),
+        running,
+        mesh_waiting: Arc::default(),
+        reloading: Arc::default(),
+        firewall,
+    };
     if let (Some(l), Some(addr)) = (listeners.admin.take(), config.admin) {
         handle.running.serve_admin(addr, l);
     }
     handle.serve(listeners);
     tasks.spawn(certs.clone().watch(shutdown.clone()));
+    tasks.spawn(handle.clone().watch_mesh_address());
     state.acme.apply(config.acme.as_ref(), &certs, &tasks, &shutdown);
     tasks.spawn(firewall_task);
     {
@@ -277,6 +292,44 @@ impl Handle {
     /// Listeners follow the config: new addresses, ports and streams are bound (a bind failure
     /// refuses the whole reload), removed ones closed, unchanged ones keep their sockets.
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.reload_now(new).await
+    }
+
+    /// With `mesh.listen = "auto"`: asks yggdrasil for the node's address, and if it is no
+    /// longer the one served (its key was made anew), reloads the running config, which moves
+    /// the mesh listeners to it. Whether they moved.
+    pub async fn follow_mesh_address(&self) -> bool {
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = self.config();
+        let Some(known) = self.running.mesh_ip().filter(|_| config.mesh.listen == MeshListen::Auto) else {
+            return false;
+        };
+        match listeners::mesh_address(&config).await {
+            Ok(Some(ip)) if ip != known => {}
+            _ => return false,
+        }
+        match self.reload_now((*config).clone()).await {
+            Ok(()) => self.running.mesh_ip() != Some(known),
+            Err(e) => {
+                warn!(error = %e, "the mesh address changed, but the mesh listeners could not move; tried again later");
+                false
+            }
+        }
+    }
+
+    /// [`Handle::follow_mesh_address`] every [`MESH_RECHECK`], until shutdown.
+    async fn watch_mesh_address(self) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(MESH_RECHECK) => {}
+                _ = self.state.shutdown.cancelled() => return,
+            }
+            self.follow_mesh_address().await;
+        }
+    }
+
+    async fn reload_now(&self, new: Config) -> Result<(), ReloadError> {
         new.warn_mesh_budget();
         let new = Arc::new(new);
         // Upstreams that stay keep their health; the new checks start once the config is in.
@@ -334,17 +387,23 @@ impl Handle {
         Ok(())
     }
 
-    /// The mesh address the new config asks for. `auto` keeps the address already served;
-    /// if there is none yet, yggdrasil is asked, and while it does not answer the mesh
-    /// listeners come later (see [`Handle::serve_mesh_when_ready`]).
+    /// The mesh address the new config asks for. `auto` asks yggdrasil, and keeps the address
+    /// already served if it does not answer; with none served yet, the mesh listeners come
+    /// when it does (see [`Handle::serve_mesh_when_ready`]).
     async fn mesh_for(&self, old: &Config, new: &Config) -> Option<std::net::IpAddr> {
         match &new.mesh.listen {
             MeshListen::Off => None,
             MeshListen::Address(ip) => Some(*ip),
             MeshListen::Auto => {
                 let known = if old.mesh.listen == MeshListen::Auto { self.running.mesh_ip() } else { None };
-                if known.is_some() && old.mesh.admin_endpoint == new.mesh.admin_endpoint {
-                    return known;
+                if let Some(known) = known.filter(|_| old.mesh.admin_endpoint == new.mesh.admin_endpoint) {
+                    return match listeners::mesh_address(new).await {
+                        Ok(Some(ip)) if ip != known => {
+                            warn!(from = %known, to = %ip, "the mesh address changed (yggdrasil's key made anew?): the mesh listeners move");
+                            Some(ip)
+                        }
+                        _ => Some(known),
+                    };
                 }
                 match listeners::mesh_address(new).await {
                     Ok(ip) => ip,

@@ -461,6 +461,52 @@ async fn mesh_auto_reads_the_address_from_the_yggdrasil_admin_socket() {
     }
 }
 
+/// `mesh.listen = "auto"` follows the node's address when yggdrasil's key is made anew: at
+/// the next reload, and on its own (`follow_mesh_address`, what the proxy asks every minute).
+/// Before, it kept serving the old address until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_auto_follows_a_new_address() {
+    // A stand-in admin socket answering getSelf with whatever address is set now.
+    let address = std::sync::Arc::new(std::sync::Mutex::new("201:c1fa:2e6f:c2f3:34ad:a9b0:2b68:5549".to_string()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    let answer = address.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let a = answer.lock().unwrap().clone();
+            let reply = format!(
+                r#"{{"status":"success","request":{{"request":"getSelf"}},"response":{{"address":"{a}","subnet":"301:c1fa:2e6f:c2f3::/64","key":"00","build_name":"yggdrasil","build_version":"0.5.12","routing_entries":2}}}}"#
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[mesh]\nlisten = \"auto\"\nadmin_endpoint = \"tcp://{admin}\"\n\
+         [wan]\naddresses = [\"127.0.0.1\"]\n[http]\nhttps_port = 0\nhttp_port = 0\n"
+    );
+    let p = Proxy::start(&text).await;
+    let mesh_ips = || {
+        let ips: std::collections::BTreeSet<String> = p
+            .handle
+            .listening()
+            .into_iter()
+            .filter(|(k, _, _)| k.origin == local_proxy::listeners::Origin::Mesh)
+            .map(|(k, _, _)| k.addr.ip().to_string())
+            .collect();
+        ips
+    };
+    assert_eq!(mesh_ips(), ["201:c1fa:2e6f:c2f3:34ad:a9b0:2b68:5549".to_string()].into());
+    assert!(!p.handle.follow_mesh_address().await, "unchanged: nothing moves");
+    *address.lock().unwrap() = "202:1111:2222:3333:4444:5555:6666:7777".into();
+    assert!(p.handle.follow_mesh_address().await);
+    assert_eq!(mesh_ips(), ["202:1111:2222:3333:4444:5555:6666:7777".to_string()].into());
+    *address.lock().unwrap() = "203:1111:2222:3333:4444:5555:6666:7777".into();
+    p.handle.reload(local_proxy::config::from_toml_str(&text).unwrap()).await.unwrap();
+    assert_eq!(mesh_ips(), ["203:1111:2222:3333:4444:5555:6666:7777".to_string()].into(), "a reload follows it too");
+}
+
 /// An upload that takes longer than `upstream_timeout` is not cut short: the wait for the
 /// answer is counted from when the upstream has the whole body, as nginx's
 /// `proxy_read_timeout` is; while it arrives, the body's own pace bounds it. So also for a
