@@ -243,8 +243,11 @@ impl Handle {
                     _ = handle.state.shutdown.cancelled() => break,
                 }
                 delay = (delay * 2).min(Duration::from_secs(60));
+                // Between reloads: a reload meanwhile (its config read here) cannot be undone
+                // by this task's listeners, nor remove them right after they are served.
+                let _one_at_a_time = handle.reloading.lock().await;
                 let config = handle.config();
-                if config.mesh.listen != MeshListen::Auto {
+                if config.mesh.listen != MeshListen::Auto || handle.running.mesh_ip().is_some() {
                     break;
                 }
                 match listeners::mesh_address(&config).await {

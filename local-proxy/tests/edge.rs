@@ -507,6 +507,48 @@ async fn mesh_auto_follows_a_new_address() {
     assert_eq!(mesh_ips(), ["203:1111:2222:3333:4444:5555:6666:7777".to_string()].into(), "a reload follows it too");
 }
 
+/// yggdrasil answering only after the start (boot order): the mesh listeners come when it
+/// does, on the ports of the config in force then, not of the one read when the wait began (a
+/// reload meanwhile moved the HTTPS port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_listeners_come_when_yggdrasil_answers_with_the_config_in_force() {
+    let (admin, first, second) = (free_port(), free_port(), free_port());
+    let text = |https: u16| {
+        format!(
+            "[mesh]\nlisten = \"auto\"\nadmin_endpoint = \"tcp://127.0.0.1:{admin}\"\n\
+             [wan]\naddresses = [\"127.0.0.1\"]\n[http]\nhttps_port = {https}\nhttp_port = 0\n"
+        )
+    };
+    let config = local_proxy::config::from_toml_str(&text(first)).unwrap();
+    let bound = local_proxy::listeners::bind(&config, None).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = local_proxy::start_on(config, bound, shutdown.clone(), shared::workers::Workers::none()).unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.wait(Duration::from_secs(2)));
+    handle.serve_mesh_when_ready();
+    handle.reload(local_proxy::config::from_toml_str(&text(second)).unwrap()).await.unwrap();
+    // yggdrasil comes up.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", admin)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.read(&mut [0u8; 1024]).await;
+            let reply = r#"{"status":"success","request":{"request":"getSelf"},"response":{"address":"201:c1fa:2e6f:c2f3:34ad:a9b0:2b68:5549","subnet":"301:c1fa:2e6f:c2f3::/64","key":"00","build_name":"yggdrasil","build_version":"0.5.12","routing_entries":2}}"#;
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let mesh_ports = || -> Vec<u16> {
+        let mesh = handle.listening().into_iter().filter(|(k, _, _)| k.origin == local_proxy::listeners::Origin::Mesh);
+        mesh.map(|(k, _, _)| k.addr.port()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while mesh_ports().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ports = mesh_ports();
+    assert!(ports.contains(&second) && !ports.contains(&first), "mesh ports {ports:?}");
+    shutdown.cancel();
+}
+
 /// An upload that takes longer than `upstream_timeout` is not cut short: the wait for the
 /// answer is counted from when the upstream has the whole body, as nginx's
 /// `proxy_read_timeout` is; while it arrives, the body's own pace bounds it. So also for a
