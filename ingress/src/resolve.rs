@@ -146,6 +146,8 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
     loop {
         let mut asking = JoinSet::new();
         let mut fresh = false;
+        // The lookups answered in this round (a path's own news is told once per answer).
+        let mut answered_now: Vec<Query> = Vec::new();
         for q in tracker.due(Instant::now().into_std()) {
             let (resolver, name) = (resolver.clone(), tracker.name(q).to_owned());
             asking.spawn(async move { (q, resolver.lookup(&name, q.family).await) });
@@ -153,6 +155,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
         while let Some(done) = asking.join_next().await {
             let Ok((q, outcome)) = done else { continue };
             fresh = true;
+            answered_now.push(q);
             account(&pool, &named, &tracker, q, &outcome, &mut failing);
             tracker.record(q, outcome, Instant::now().into_std());
         }
@@ -179,7 +182,7 @@ pub async fn run_with<R: Resolve, P: Prober>(pool: Arc<Pool>, resolver: Arc<R>, 
                 })
                 .collect();
             let answers: Vec<_> = owned.iter().map(|(addrs, answered)| (addrs, *answered)).collect();
-            if fresh && dropped > 0 {
+            if dropped > 0 && n.queries.iter().any(|q| answered_now.contains(q)) {
                 tracing::warn!(pool = %pool.name, path = %path.name, name = %path.target, dropped,
                     "the mesh tier's name has addresses outside Yggdrasil's 200::/7; only 200::/7 ones are used");
             }

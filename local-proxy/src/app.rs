@@ -264,7 +264,11 @@ impl Handle {
                     Err(e) => warn!(error = %e, "still no mesh address; retrying"),
                 }
             }
+            // Under the lock: a reload that finds yggdrasil silent after this task gave up must
+            // see the flag down, and start another.
+            let lock = handle.reloading.lock().await;
             handle.mesh_waiting.store(false, Ordering::SeqCst);
+            drop(lock);
             // Mesh sockets kept across a restart that the mesh listeners did not take.
             crate::inherit::release_unclaimed(false);
         });
@@ -303,14 +307,21 @@ impl Handle {
     /// longer the one served (its key was made anew), reloads the running config, which moves
     /// the mesh listeners to it. Whether they moved.
     pub async fn follow_mesh_address(&self) -> bool {
-        let _one_at_a_time = self.reloading.lock().await;
-        let config = self.config();
-        let Some(known) = self.running.mesh_ip().filter(|_| config.mesh.listen == MeshListen::Auto) else {
+        // Asked before taking the lock: a reload (a SIGHUP, then a stop behind it) does not
+        // wait for yggdrasil's answer here, only for the reload this one starts.
+        let asked = self.config();
+        let Some(known) = self.running.mesh_ip().filter(|_| asked.mesh.listen == MeshListen::Auto) else {
             return false;
         };
-        match listeners::mesh_address(&config).await {
+        match listeners::mesh_address(&asked).await {
             Ok(Some(ip)) if ip != known => {}
             _ => return false,
+        }
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = self.config();
+        if config.mesh.listen != MeshListen::Auto || self.running.mesh_ip() != Some(known) {
+            // A reload meanwhile: it asked yggdrasil itself.
+            return false;
         }
         match self.reload_now((*config).clone()).await {
             Ok(()) => self.running.mesh_ip() != Some(known),

@@ -139,6 +139,8 @@ impl Record {
             self.saved = std::fs::read_to_string(path).ok();
         }
         if self.saved.as_deref() == Some(text.as_str()) {
+            // On disk already (written by a try whose directory sync failed, or by the last run).
+            self.failing = false;
             return;
         }
         let tmp = path.with_extension("new");

@@ -270,9 +270,16 @@ async fn serve_flows(
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &counters);
             }
+            // The upstream a flow leaves is not picked for it again (its retry may be due).
+            let mut avoid = Tried::default();
             if down == Some(true) {
                 // Its upstream went down: this datagram opens the flow again on a usable one.
                 if let Some(f) = table.remove(&key) {
+                    let pool = pools.stream(&stream.name);
+                    let members = pool.as_ref().map_or(&[][..], |p| &p.members[..]);
+                    if let Some(i) = members.iter().position(|m| Arc::ptr_eq(&m.state, f.member.state())) {
+                        avoid.insert(i);
+                    }
                     f.ending("upstream_down");
                 }
             }
@@ -317,6 +324,7 @@ async fn serve_flows(
                     &counters,
                     flow_tasks,
                     log,
+                    avoid,
                 );
                 let Some(flow) = opened.await else {
                     continue;
@@ -403,8 +411,9 @@ async fn open_flow(
     counters: &Arc<Counters>,
     flow_tasks: &TaskTracker,
     log: Option<Arc<Sink>>,
+    avoid: Tried,
 ) -> Option<Flow> {
-    let Some((index, member)) = pool.pick(Tried::default()).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
+    let Some((index, member)) = pool.pick(avoid).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
         pool.count_unavailable();
         drop_count(&stream.name, "no_upstream", 1);
         return None;

@@ -2,6 +2,7 @@
 //! a [`CertIndex`] with `ArcSwap` for the handshake path, and re-reads files whose
 //! modification time, size or symlink target changed (certbot renewals), without a restart.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,16 +67,22 @@ struct State {
     rebuild: bool,
 }
 
-/// Whether `cert`, loaded from `files`, is served: anything but a certificate in ACME's own
-/// `live/` that covers none of the names ACME keeps (left from a name taken out of `[acme]`,
-/// renewed by nobody: it would beat a certificate the operator gave that name since, if it
-/// lives longer, until it expires).
-fn served(sources: &Tls, files: &CertFiles, cert: &LoadedCert) -> bool {
-    let Some(acme) = sources.acme_live_dir.as_ref().filter(|d| sources.certbot_live_dir.as_ref() != Some(*d)) else {
-        return true;
-    };
-    !files.cert.starts_with(acme)
-        || cert.names.iter().any(|n| sources.acme_names.iter().any(|a| a.eq_ignore_ascii_case(n)))
+/// What of `cert`, loaded from `files`, is served: all of it, but for a certificate in ACME's
+/// own `live/` (not one listed in `tls.certificates`) only the names `[acme]` keeps. A name
+/// taken out of `[acme]` is renewed by nobody, and its certificate would otherwise beat one
+/// the operator gave that name since, if it lives longer, until it expires; a folder keeps
+/// such a name until its next renewal when it also covers names still kept. `None`: nothing.
+fn served<'a>(sources: &Tls, files: &CertFiles, cert: &'a LoadedCert) -> Option<Cow<'a, LoadedCert>> {
+    let acme = sources.acme_live_dir.as_ref().filter(|d| sources.certbot_live_dir.as_ref() != Some(*d));
+    if !acme.is_some_and(|d| files.cert.starts_with(d) && !sources.certificates.contains(files)) {
+        return Some(Cow::Borrowed(cert));
+    }
+    let kept = |n: &String| sources.acme_names.iter().any(|a| a.eq_ignore_ascii_case(n));
+    if cert.names.iter().all(kept) {
+        return Some(Cow::Borrowed(cert));
+    }
+    let names: Vec<String> = cert.names.iter().filter(|n| kept(n)).cloned().collect();
+    (!names.is_empty()).then(|| Cow::Owned(LoadedCert { names, ..cert.clone() }))
 }
 
 impl CertStore {
@@ -110,7 +117,7 @@ impl CertStore {
         let mut out: Vec<(Vec<String>, i64)> = state
             .entries
             .iter()
-            .filter_map(|(k, e)| e.loaded.as_ref().filter(|c| served(sources, k, c)))
+            .filter_map(|(k, e)| e.loaded.as_ref().and_then(|c| served(sources, k, c)))
             .map(|c| (c.names.clone(), c.not_after))
             .collect();
         out.sort();
@@ -166,8 +173,16 @@ impl CertStore {
             state.entries.insert(pair, Entry { stamps, loaded });
         }
         if changed {
-            let served = state.entries.iter().filter_map(|(k, e)| e.loaded.as_ref().filter(|c| served(&sources, k, c)));
-            let index = CertIndex::build(served);
+            let served: Vec<Cow<'_, LoadedCert>> = state
+                .entries
+                .iter()
+                .filter_map(|(k, e)| e.loaded.as_ref().and_then(|c| served(&sources, k, c)))
+                .collect();
+            let left = state.entries.values().filter(|e| e.loaded.is_some()).count() - served.len();
+            if left > 0 {
+                info!(certificates = left, "certificates in ACME's live/ covering no name [acme] keeps are not served");
+            }
+            let index = CertIndex::build(served.iter().map(|c| c.as_ref()));
             metrics::gauge!(names::CERTIFICATES_LOADED).set(index.len() as f64);
             self.index.store(Arc::new(index));
         }
@@ -250,8 +265,13 @@ mod tests {
     use super::*;
 
     fn write_pair(dir: &Path, name: &str) {
+        write_pair_for(dir, &[name]);
+    }
+
+    fn write_pair_for(dir: &Path, names: &[&str]) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cert = rcgen::CertificateParams::new(names).unwrap().self_signed(&key).unwrap();
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).unwrap();
         std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
@@ -334,6 +354,8 @@ mod tests {
         let live = tmp.path().join("live");
         write_pair(&live.join("a.test"), "a.test");
         write_pair(&live.join("b.test"), "b.test");
+        // A folder of two names, one of them taken out of [acme].
+        write_pair_for(&live.join("c.test"), &["c.test", "d.test"]);
         let sources = |names: &[&str], certbot: bool| Tls {
             certbot_live_dir: certbot.then(|| live.clone()),
             certificates: Vec::new(),
@@ -342,9 +364,11 @@ mod tests {
             acme_names: names.iter().map(|n| n.to_string()).collect(),
         };
         let store = CertStore::new();
-        store.set_sources(&sources(&["a.test"], false));
+        store.set_sources(&sources(&["a.test", "c.test"], false));
         assert!(store.lookup("a.test").is_some() && store.lookup("b.test").is_none());
-        assert_eq!(store.certificates().len(), 1);
+        assert!(store.lookup("c.test").is_some() && store.lookup("d.test").is_none(), "names, not folders");
+        let listed: Vec<Vec<String>> = store.certificates().into_iter().map(|(names, _)| names).collect();
+        assert_eq!(listed, [["a.test"], ["c.test"]].map(|n| n.map(String::from).to_vec()));
         store.set_sources(&sources(&["a.test", "b.test"], false));
         assert!(store.lookup("b.test").is_some(), "back in [acme]: served without a file change");
         store.set_sources(&sources(&["a.test"], true));

@@ -209,7 +209,6 @@ fn proxy_pid(home: &Host) -> Result<u32> {
     Ok(pid)
 }
 
-/// A host's Yggdrasil address (getSelf on its admin socket).
 /// A yggdrasil config whose key is kept in a file of its own (`PrivateKeyPath`), as an operator
 /// may have it before the roll-out: (config, key file, the address it gives). Made with this
 /// machine's yggdrasil.
@@ -230,6 +229,7 @@ fn ygg_config_with_key_file(dir: &Path, key_path: &str) -> Result<(Vec<u8>, Vec<
     Ok((config, key.into_bytes(), address))
 }
 
+/// A host's Yggdrasil address (getSelf on its admin socket).
 fn ygg_address(h: &Host) -> Result<String> {
     let out =
         h.sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))?;

@@ -371,11 +371,15 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
         late.len()
     );
     let migrated = scenario::metric_sum(&t, names::UDP_FLOWS_MIGRATED, &[("service", SERVICE)]).expect("scrape");
+    // Back on a WAN once both are up again: each flow's next datagram moves it off the mesh.
+    let wan_back = scenario::metric_sum(&t, names::UDP_FLOWS_MIGRATED, &[("service", SERVICE), ("reason", "wan_back")])
+        .expect("scrape");
+    let migrated = migrated - wan_back;
     let created_mesh = metric(&t, names::UDP_FLOWS_CREATED, "mesh");
     common::report(&format!(
         "RESULT udp both WANs cut: cut -> first datagram answered over the mesh per flow {to_mesh:?} ms; \
          {} lost of {} sent, of which after the detection window {late:?} (flow, seq, ms after the cut); ingress flows migrated {migrated}, created on the mesh {created_mesh}; after the WANs \
-         returned the flows were on {back:?} (a flow stays on the path it moved to while that path is up)",
+         returned the flows were on {back:?}, moved back {wan_back}",
         s.flows.iter().map(|f| f.lost).sum::<u64>(),
         s.sent()
     ));
@@ -387,5 +391,7 @@ fn udp_flows_to_mesh_when_both_wans_cut() {
     let n = s.flows.len();
     assert!((n..=2 * n).contains(&(migrated as usize)), "every flow migrated once or twice: {migrated} for {n}");
     assert_eq!(created_mesh as usize, n, "every flow re-created on the mesh");
+    assert_eq!(wan_back as usize, n, "every flow moved back off the mesh once the WANs were up");
+    assert!(back.iter().all(|p| *p == "wan1" || *p == "wan2"), "after the WANs returned: {back:?}");
     common::phase(start, "done");
 }
