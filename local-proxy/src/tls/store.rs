@@ -173,16 +173,16 @@ impl CertStore {
             state.entries.insert(pair, Entry { stamps, loaded });
         }
         if changed {
-            let served: Vec<Cow<'_, LoadedCert>> = state
+            let shown: Vec<Cow<'_, LoadedCert>> = state
                 .entries
                 .iter()
                 .filter_map(|(k, e)| e.loaded.as_ref().and_then(|c| served(&sources, k, c)))
                 .collect();
-            let left = state.entries.values().filter(|e| e.loaded.is_some()).count() - served.len();
+            let left = state.entries.values().filter(|e| e.loaded.is_some()).count() - shown.len();
             if left > 0 {
                 info!(certificates = left, "certificates in ACME's live/ covering no name [acme] keeps are not served");
             }
-            let index = CertIndex::build(served.iter().map(|c| c.as_ref()));
+            let index = CertIndex::build(shown.iter().map(|c| c.as_ref()));
             metrics::gauge!(names::CERTIFICATES_LOADED).set(index.len() as f64);
             self.index.store(Arc::new(index));
         }
