@@ -72,14 +72,7 @@ impl Record {
     /// or holds no usable name is reported and taken as none.
     pub fn read(&self) -> Option<String> {
         let path = self.path.as_ref()?;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot read the last firewall table's name");
-                return None;
-            }
-        };
+        let text = read_text(path, "cannot read the last firewall table's name")?;
         let name = text.trim();
         let usable = !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control());
         if !usable {
@@ -96,8 +89,7 @@ impl Record {
             return;
         }
         let tmp = path.with_extension("new");
-        let written = std::fs::write(&tmp, format!("{table}\n")).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
+        if let Err(e) = write_durably(path, &tmp, &format!("{table}\n")) {
             let _ = std::fs::remove_file(&tmp);
             warn!(file = %path.display(), error = %e,
                 "cannot record the firewall table's name; a restart after renaming it will leave this one");
@@ -109,14 +101,7 @@ impl Record {
     /// skipped; a file that cannot be read, or names no table, is reported and taken as none.
     pub fn read_allowed(&self, table: &str) -> Option<BTreeSet<IpNet>> {
         let path = self.allowed.as_ref()?;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot read the last firewall allowlist");
-                return None;
-            }
-        };
+        let text = read_text(path, "cannot read the last firewall allowlist")?;
         let mut lines = text.lines();
         let Some(named) = lines.next().and_then(|l| l.strip_prefix(TABLE_LINE)) else {
             warn!(file = %path.display(), "the last firewall allowlist names no table on its first line; ignored");
@@ -173,8 +158,21 @@ impl Record {
     }
 }
 
-/// `text` into `path` through `tmp`, synced before and after the rename: the file is for the
-/// start after a power cut, which must not find it empty.
+/// The file at `path`; none when it is not there, and none, reported as `failed`, when it cannot
+/// be read.
+fn read_text(path: &Path, failed: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "{failed}");
+            None
+        }
+    }
+}
+
+/// `text` into `path` through `tmp`, synced before and after the rename: the records are for
+/// the start after a power cut, which must not find them empty.
 fn write_durably(path: &Path, tmp: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(tmp)?;
