@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use shared::ports::{hours, parse_host_port, parse_ip, secs, DurationRange, PortRange};
+use shared::ports::{days, hours, parse_host_port, parse_ip, secs, DurationRange, PortRange};
 
 use crate::config::{Http, Problems, Protocol, Stream};
 
@@ -32,6 +32,7 @@ pub struct RawFirewall {
     pub table: Option<String>,
     pub priority: Option<i32>,
     pub remove_on_exit: Option<bool>,
+    pub saved_max_age: Option<String>,
 }
 
 /// A `protect_ports` entry: `443` or `"443"`, `"443/tcp"`, `"49160-49200/udp"`.
@@ -119,6 +120,9 @@ pub struct Settings {
     pub priority: i32,
     /// Delete the table on shutdown instead of leaving it (closed) in place.
     pub remove_on_exit: bool,
+    /// A start after a reboot carries the saved allowlist only if a running proxy kept it
+    /// within this long.
+    pub saved_max_age: Duration,
 }
 
 fn err(errors: &mut Problems, field: &str, message: impl Into<String>) {
@@ -274,13 +278,14 @@ pub fn validate(
             Err(m) => err(e, &format!("nameservers[{i}]"), m),
         }
     }
-    use crate::config::ranges::{LOOKUP_TIMEOUT, MAX_REFRESH, MIN_REFRESH};
+    use crate::config::ranges::{LOOKUP_TIMEOUT, MAX_REFRESH, MIN_REFRESH, SAVED_MAX_AGE};
     let min_refresh = duration(e, "min_refresh", raw.min_refresh.as_deref(), secs(10), MIN_REFRESH);
     let max_refresh = duration(e, "max_refresh", raw.max_refresh.as_deref(), hours(1), MAX_REFRESH);
     if min_refresh > max_refresh {
         err(e, "max_refresh", "must not be below min_refresh");
     }
     let lookup_timeout = duration(e, "lookup_timeout", raw.lookup_timeout.as_deref(), secs(5), LOOKUP_TIMEOUT);
+    let saved_max_age = duration(e, "saved_max_age", raw.saved_max_age.as_deref(), days(30), SAVED_MAX_AGE);
     let on_no_answer = e.choice("firewall.on_no_answer", raw.on_no_answer.as_ref(), OnNoAnswer::Closed);
     let table = raw.table.clone().unwrap_or_else(|| DEFAULT_TABLE.to_string());
     if table.is_empty()
@@ -305,6 +310,7 @@ pub fn validate(
         table,
         priority: raw.priority.unwrap_or(0),
         remove_on_exit: raw.remove_on_exit.unwrap_or(false),
+        saved_max_age,
     })
 }
 
@@ -351,6 +357,7 @@ mod tests {
         assert_eq!(s.table, DEFAULT_TABLE);
         assert_eq!(s.on_no_answer, OnNoAnswer::Closed);
         assert_eq!((s.min_refresh, s.max_refresh), (Duration::from_secs(10), Duration::from_secs(3600)));
+        assert_eq!(s.saved_max_age, Duration::from_secs(30 * 86_400));
         let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
         assert_eq!(ports, vec!["80/tcp", "443/tcp", "49160-49200/udp"]);
         assert!(s.nameservers.is_empty() && !s.remove_on_exit);
@@ -388,6 +395,7 @@ mod tests {
             nameservers = ["nowhere"]
             min_refresh = "2h"
             on_no_answer = "maybe"
+            saved_max_age = "10m"
             table = "no spaces"
             "#,
         )
@@ -403,6 +411,7 @@ mod tests {
             "firewall.max_refresh",
             "firewall.on_no_answer",
             "firewall.table",
+            "firewall.saved_max_age",
         ] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }

@@ -177,8 +177,9 @@ fn carried_over(table: &str) -> Option<BTreeSet<IpNet>> {
 /// saved in the state directory for either name: DNS may not be up yet at boot (the home
 /// router's resolver is often slower than this host after a power cut), and without it the
 /// ingress nodes would be shut out until the first answer. That file is only as trusted as the
-/// service's state directory, so it is read as untrusted text ([`Record::read_allowed`]).
-fn carry(table: &str, stale: Option<&str>, record: &Record) -> BTreeSet<IpNet> {
+/// service's state directory, so it is read as untrusted text ([`Record::read_allowed`]), and
+/// only if a running proxy kept it within `max_age`.
+fn carry(table: &str, stale: Option<&str>, record: &Record, max_age: Duration) -> BTreeSet<IpNet> {
     let current = carried_over(table);
     let mut gone = current.is_none();
     let mut carried = current.unwrap_or_default();
@@ -190,7 +191,7 @@ fn carry(table: &str, stale: Option<&str>, record: &Record) -> BTreeSet<IpNet> {
     if !gone {
         return carried;
     }
-    let saved = record.read_allowed(table).or_else(|| stale.and_then(|old| record.read_allowed(old)));
+    let saved = record.read_allowed(table, max_age).or_else(|| stale.and_then(|old| record.read_allowed(old, max_age)));
     let saved = saved.unwrap_or_default();
     if let Some(file) = record.allowed_file().filter(|_| !saved.is_empty()) {
         info!(%table, addresses = saved.len(), file = %file.display(),
@@ -486,7 +487,12 @@ pub fn start(
             // allowed and trusted across every restart), whether read from the kernel's table or
             // from the list saved on disk. Renamed, the old table has them.
             if !active.settings.ingress_names.is_empty() {
-                active.carried = carry(&active.settings.table, active.stale.as_deref(), &active.record);
+                active.carried = carry(
+                    &active.settings.table,
+                    active.stale.as_deref(),
+                    &active.record,
+                    active.settings.saved_max_age,
+                );
             }
             let initial = active.want();
             apply_now(&initial, active.stale.as_deref())?;

@@ -9,7 +9,11 @@
 //! `table NAME`, then one prefix a line). A restart reads the list back from the kernel's
 //! table; after a reboot that table is gone, and with DNS not up yet (the home router's
 //! resolver often comes up after the server does) the ingress nodes would be shut out until
-//! the first answer. The file is written by this process but read as untrusted text.
+//! the first answer. The file is written by this process but read as untrusted text. Its
+//! modification time says when a running proxy last stood behind the list (refreshed every
+//! hour while the list stays the same): a start carries it only within `saved_max_age` of that,
+//! so a server powered off for months does not let in, even for the minutes DNS takes to come
+//! up, addresses its ingress nodes may have given up since.
 //!
 //! The directory is systemd's `StateDirectory=` (`$STATE_DIRECTORY`, /var/lib/local-proxy in
 //! the packaged unit); without that variable nothing is recorded and a restart deletes no
@@ -18,6 +22,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use tracing::warn;
@@ -30,6 +35,9 @@ const ALLOWED_FILE: &str = "firewall-allowed";
 const TABLE_LINE: &str = "table ";
 /// nftables' longest table name (`NFT_NAME_MAXLEN` less its NUL).
 const MAX_NAME: usize = 255;
+/// How stale the allowlist file's modification time may grow while the same list is kept:
+/// its age is judged in days, and a write per hour costs nothing.
+const VOUCH_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where the last installed table's name is kept, if anywhere.
 #[derive(Debug, Clone, Default)]
@@ -96,12 +104,23 @@ impl Record {
         }
     }
 
-    /// The allowlist saved for `table`, if the file names that table. The file is not trusted
-    /// to be well formed: a line that is neither an address nor a prefix is reported and
-    /// skipped; a file that cannot be read, or names no table, is reported and taken as none.
-    pub fn read_allowed(&self, table: &str) -> Option<BTreeSet<IpNet>> {
+    /// The allowlist saved for `table`, if the file names that table and a running proxy kept
+    /// it within `max_age`. The file is not trusted to be well formed: a line that is neither
+    /// an address nor a prefix is reported and skipped; a file that cannot be read, or names
+    /// no table, is reported and taken as none. A clock behind the file's time (a board
+    /// without a real-time clock, before NTP) cannot tell its age: the list is carried.
+    pub fn read_allowed(&self, table: &str, max_age: Duration) -> Option<BTreeSet<IpNet>> {
         let path = self.allowed.as_ref()?;
         let text = read_text(path, "cannot read the last firewall allowlist")?;
+        let age = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        if let Some(age) = age.filter(|&a| a > max_age) {
+            warn!(file = %path.display(), age_days = age.as_secs() / 86_400, max_age_days = max_age.as_secs() / 86_400,
+                "the last firewall allowlist is older than firewall.saved_max_age; not carried over");
+            return None;
+        }
         let mut lines = text.lines();
         let Some(named) = lines.next().and_then(|l| l.strip_prefix(TABLE_LINE)) else {
             warn!(file = %path.display(), "the last firewall allowlist names no table on its first line; ignored");
@@ -126,6 +145,7 @@ impl Record {
         if self.saved.as_deref() == Some(text.as_str()) {
             // On disk already (written by a try whose directory sync failed, or by the last run).
             self.failing = false;
+            vouch(path);
             return;
         }
         let tmp = path.with_extension("new");
@@ -168,6 +188,20 @@ fn read_text(path: &Path, failed: &str) -> Option<String> {
             warn!(file = %path.display(), error = %e, "{failed}");
             None
         }
+    }
+}
+
+/// Brings `path`'s modification time to now if it is older than [`VOUCH_EVERY`]: the list it
+/// holds is still the one enforced. A failure costs only an earlier expiry: logged, not retried
+/// sooner.
+fn vouch(path: &Path) {
+    let stale = |t: SystemTime| SystemTime::now().duration_since(t).is_ok_and(|age| age >= VOUCH_EVERY);
+    if !std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(stale) {
+        return;
+    }
+    let touched = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(file = %path.display(), error = %e, "cannot refresh the saved firewall allowlist's time");
     }
 }
 
@@ -226,6 +260,8 @@ fn parse_net(text: &str) -> Option<IpNet> {
 mod tests {
     use super::*;
 
+    const AGE: Duration = Duration::from_secs(30 * 86_400);
+
     #[test]
     fn the_name_written_is_read_back_and_cleared() {
         let dir = tempfile::tempdir().unwrap();
@@ -268,19 +304,19 @@ mod tests {
     fn the_allowlist_written_is_read_back_for_its_table_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Record::in_dir(Some(dir.path()));
-        assert_eq!(r.read_allowed("lp_a"), None, "nothing saved yet");
+        assert_eq!(r.read_allowed("lp_a", AGE), None, "nothing saved yet");
         let list = nets(&["192.0.2.7/32", "198.51.100.0/24", "2001:db8::7/128", "2001:db8:1::/48"]);
         r.write_allowed("lp_a", &list);
-        assert_eq!(r.read_allowed("lp_a"), Some(list.clone()));
-        assert_eq!(Record::in_dir(Some(dir.path())).read_allowed("lp_a"), Some(list.clone()), "another process");
-        assert_eq!(r.read_allowed("lp_b"), None, "saved for another table");
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(list.clone()));
+        assert_eq!(Record::in_dir(Some(dir.path())).read_allowed("lp_a", AGE), Some(list.clone()), "another process");
+        assert_eq!(r.read_allowed("lp_b", AGE), None, "saved for another table");
         assert!(!dir.path().join("firewall-allowed.new").exists());
         let text = std::fs::read_to_string(dir.path().join(ALLOWED_FILE)).unwrap();
         assert!(text.starts_with("table lp_a\n192.0.2.7/32\n"), "{text}");
         // An enforcing table with nothing in it has an empty list, not none.
         r.write_allowed("lp_b", &BTreeSet::new());
-        assert_eq!(r.read_allowed("lp_b"), Some(BTreeSet::new()));
-        assert_eq!(r.read_allowed("lp_a"), None);
+        assert_eq!(r.read_allowed("lp_b", AGE), Some(BTreeSet::new()));
+        assert_eq!(r.read_allowed("lp_a", AGE), None);
     }
 
     /// The same list again is not written (the file changed behind the record's back stays);
@@ -294,9 +330,44 @@ mod tests {
         r.write_allowed("lp_a", &list);
         std::fs::write(&file, "table lp_a\n").unwrap();
         r.write_allowed("lp_a", &list);
-        assert_eq!(r.read_allowed("lp_a"), Some(BTreeSet::new()));
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(BTreeSet::new()));
         Record::in_dir(Some(dir.path())).write_allowed("lp_a", &list);
-        assert_eq!(r.read_allowed("lp_a"), Some(list));
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(list));
+    }
+
+    /// A list no running proxy has kept within the age bound is not carried; one kept the
+    /// same has its time refreshed hourly, so it does not age while enforced.
+    #[test]
+    fn an_old_list_is_not_carried_and_a_kept_one_does_not_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(ALLOWED_FILE);
+        let list = nets(&["192.0.2.7/32"]);
+        let set_age = |age: Duration| {
+            let f = std::fs::File::options().write(true).open(&file).unwrap();
+            f.set_modified(SystemTime::now() - age).unwrap();
+        };
+        let age = || SystemTime::now().duration_since(std::fs::metadata(&file).unwrap().modified().unwrap()).unwrap();
+        let mut r = Record::in_dir(Some(dir.path()));
+        r.write_allowed("lp_a", &list);
+        set_age(AGE + Duration::from_secs(3600));
+        assert_eq!(r.read_allowed("lp_a", AGE), None, "older than the bound");
+        assert_eq!(r.read_allowed("lp_a", AGE * 2), Some(list.clone()), "within a longer one");
+        // A clock behind the file's time cannot tell: carried.
+        let f = std::fs::File::options().write(true).open(&file).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(86_400)).unwrap();
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(list.clone()), "a clock behind the file");
+        // Kept the same: refreshed once an hour old, not at every check.
+        set_age(Duration::from_secs(600));
+        r.write_allowed("lp_a", &list);
+        assert!(age() >= Duration::from_secs(600), "a recent time is left alone");
+        set_age(AGE + Duration::from_secs(3600));
+        r.write_allowed("lp_a", &list);
+        assert!(age() < Duration::from_secs(60), "an old one is brought to now: {:?}", age());
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(list.clone()));
+        // A new process finding the same list on disk refreshes it too.
+        set_age(Duration::from_secs(7200));
+        Record::in_dir(Some(dir.path())).write_allowed("lp_a", &list);
+        assert!(age() < Duration::from_secs(60));
     }
 
     /// The file is not trusted to be well formed: bad lines go, the good ones stay; with no
@@ -309,13 +380,13 @@ mod tests {
         let text = "table lp_a\n192.0.2.7/32\nnot an address\n\n2001:db8::7\n10.0.0.0/33\n  198.51.100.0/24  \n\
                     192.0.2.7/32 extra\n";
         std::fs::write(&file, text).unwrap();
-        assert_eq!(r.read_allowed("lp_a"), Some(nets(&["192.0.2.7/32", "2001:db8::7/128", "198.51.100.0/24"])));
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(nets(&["192.0.2.7/32", "2001:db8::7/128", "198.51.100.0/24"])));
         for bad in ["", "\n", "lp_a\n192.0.2.7/32\n", "table\n192.0.2.7/32\n", "tablelp_a\n192.0.2.7/32\n"] {
             std::fs::write(&file, bad).unwrap();
-            assert_eq!(r.read_allowed("lp_a"), None, "{bad:?}");
+            assert_eq!(r.read_allowed("lp_a", AGE), None, "{bad:?}");
         }
         std::fs::write(&file, b"table lp_a\n192.0.2.7/32\n\xff\xfe\n").unwrap();
-        assert_eq!(r.read_allowed("lp_a"), None, "not UTF-8");
+        assert_eq!(r.read_allowed("lp_a", AGE), None, "not UTF-8");
     }
 
     #[test]
@@ -329,10 +400,10 @@ mod tests {
         r.clear();
         assert!(!dir.path().join(FILE).exists());
         assert!(!dir.path().join(ALLOWED_FILE).exists());
-        assert_eq!((r.read(), r.read_allowed("lp_a")), (None, None));
+        assert_eq!((r.read(), r.read_allowed("lp_a", AGE)), (None, None));
         // Cleared, the same list is written again (not taken as on disk already).
         r.write_allowed("lp_a", &list);
-        assert_eq!(r.read_allowed("lp_a"), Some(list));
+        assert_eq!(r.read_allowed("lp_a", AGE), Some(list));
         r.clear();
         r.clear();
     }
@@ -343,7 +414,7 @@ mod tests {
         assert_eq!(nowhere.allowed_file(), None);
         nowhere.write("lp_a");
         nowhere.write_allowed("lp_a", &nets(&["192.0.2.7/32"]));
-        assert_eq!((nowhere.read(), nowhere.read_allowed("lp_a")), (None, None));
+        assert_eq!((nowhere.read(), nowhere.read_allowed("lp_a", AGE)), (None, None));
         assert!(!Path::new(FILE).exists() && !Path::new(ALLOWED_FILE).exists());
         nowhere.clear();
     }
