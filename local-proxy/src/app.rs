@@ -344,7 +344,7 @@ impl Handle {
     }
 
     async fn reload_now(&self, new: Config) -> Result<(), ReloadError> {
-        new.warn_mesh_budget();
+        new.log_warnings();
         let new = Arc::new(new);
         // Upstreams that stay keep their health; the new checks start once the config is in.
         let pools = Arc::new(Pools::build(&new, Some(&self.state.pools.load())));

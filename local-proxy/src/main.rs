@@ -63,16 +63,30 @@ enum FirewallCommand {
     Remove,
 }
 
+/// `check`: the config, and the files the server will open as far as `check` can tell without
+/// creating any (it may run as another user: Ansible's validate). The config's warnings, and
+/// those of files not there yet that may come.
+fn check(path: &Path) -> Result<(config::Config, Vec<config::FieldError>), config::ConfigError> {
+    let c = config::load(path)?;
+    let mut problems = config::Problems::new();
+    let mut warnings = c.warnings.clone();
+    local_proxy::tls::check_sources(&c.tls, &mut problems, &mut warnings);
+    c.check_access_log_dirs(&mut problems);
+    problems.into_result(()).map_err(config::ConfigError::Invalid)?;
+    Ok((c, warnings))
+}
+
 fn main() -> ExitCode {
     let cli = Args::parse().cli;
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
         Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
         Some(Command::Ctl(c)) => ctl::run(&cli.config, c.admin, c.what),
-        Some(Command::Check) => match config::load(&cli.config)
-            .and_then(|c| c.check_access_log_dirs().map(|()| c).map_err(config::ConfigError::Invalid))
-        {
-            Ok(c) => {
+        Some(Command::Check) => match check(&cli.config) {
+            Ok((c, warnings)) => {
+                for w in &warnings {
+                    eprintln!("{}: warning: {w}", cli.config.display());
+                }
                 println!("{}: ok ({} sites, {} streams)", cli.config.display(), c.sites.len(), c.streams.len());
                 ExitCode::SUCCESS
             }
@@ -104,7 +118,7 @@ fn main() -> ExitCode {
                      may need (raise LimitNOFILE / ulimit -n, or lower them)"
                 );
             }
-            config.warn_mesh_budget();
+            config.log_warnings();
             // Before any thread starts: this clears LISTEN_FDS and friends from the environment.
             let (tcp, udp) = local_proxy::inherit::adopt_from_env();
             if tcp + udp > 0 {

@@ -17,9 +17,29 @@ const BIN: &str = env!("CARGO_BIN_EXE_local-proxy");
 #[tokio::test]
 async fn check_validates_example_and_names_bad_fields() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local-proxy.toml");
+    // The example's certificate pair is not on this machine: `check` reads it.
     let out = run_tool(BIN, &["check", "-c", example], b"").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tls.certificate[0]") && err.contains("fullchain.pem"), "{err}");
+    // With the pair in place it passes; the certbot folder not made yet is a warning.
+    let tmp = tempfile::tempdir().unwrap();
+    let (chain, key) = Ca::new(tmp.path()).leaf(&["static.example.org"], "static.example.org");
+    std::fs::write(tmp.path().join("fullchain.pem"), chain).unwrap();
+    std::fs::write(tmp.path().join("privkey.pem"), key).unwrap();
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("/etc/local-proxy/static.example.org", &tmp.path().display().to_string());
+    let path = tmp.path().join("lp.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run_tool(BIN, &["check", "-c", path.to_str().unwrap()], b"").await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (10 sites, 11 streams)"));
+    assert!(
+        err.contains("warning: tls.certbot_live_dir: `/etc/letsencrypt/live` does not exist (yet)")
+            || std::path::Path::new("/etc/letsencrypt/live").exists(),
+        "{err}"
+    );
 
     let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/invalid/stream-range-mismatch.toml");
     let out = run_tool(BIN, &["check", "-c", bad], b"").await;
@@ -64,6 +84,62 @@ async fn check_refuses_files_the_server_could_not_use() {
     let out = check().await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!log.exists(), "check created the log file");
+}
+
+/// `check` reads the certificates as the server will: a listed pair that does not load, or a
+/// `certbot_live_dir` that names one certificate's folder, is refused; a live folder not made
+/// yet, a lineage that does not load, a config trusting no ingress node or with no certificate
+/// source at all, and a mesh address outside 200::/7 pass with a warning each.
+#[tokio::test]
+async fn check_reads_certificates_and_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = Ca::new(dir);
+    let live = dir.join("live");
+    ca.certbot(&live, "a.test", &["a.test"], "a.test");
+    let (chain, _) = ca.leaf(&["b.test"], "b.test");
+    let (_, other_key) = ca.leaf(&["b.test"], "b.test");
+    std::fs::write(dir.join("b.pem"), chain).unwrap();
+    std::fs::write(dir.join("b.key"), other_key).unwrap();
+    let path = dir.join("lp.toml");
+    let check = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        let path = path.clone();
+        async move {
+            let out = run_tool(BIN, &["check", "-c", path.to_str().unwrap()], b"").await;
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let site = "[[site]]\nhost = \"a.test\"\nupstream = \"http://127.0.0.1:1\"\n";
+    let tls = |extra: &str| base_config(&format!("[tls]\n{extra}\n{site}"));
+
+    let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}\"", live.display()))).await;
+    assert!(ok, "{err}");
+    assert!(!err.contains("warning: tls"), "{err}");
+    // A key that is not the certificate's.
+    let pair = format!("[[tls.certificate]]\ncert = \"{0}/b.pem\"\nkey = \"{0}/b.key\"", dir.display());
+    let (ok, err) = check(tls(&pair)).await;
+    assert!(!ok && err.contains("tls.certificate[0]") && err.contains("do not belong together"), "{err}");
+    // One lineage's folder for the folder of them.
+    let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}/a.test\"", live.display()))).await;
+    assert!(!ok && err.contains("tls.certbot_live_dir") && err.contains("one certificate's folder"), "{err}");
+    // Not made yet; a broken lineage: warnings.
+    let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}/nowhere\"", dir.display()))).await;
+    assert!(ok && err.contains("warning: tls.certbot_live_dir") && err.contains("does not exist (yet)"), "{err}");
+    std::fs::write(live.join("a.test/privkey.pem"), "no key\n").unwrap();
+    let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}\"", live.display()))).await;
+    assert!(ok && err.contains("warning: tls.certbot_live_dir: not served"), "{err}");
+    // Relative paths, read from wherever the server runs: refused.
+    let (ok, err) = check(tls("certbot_live_dir = \"live\"")).await;
+    assert!(!ok && err.contains("tls.certbot_live_dir: `live` is not an absolute path"), "{err}");
+    // No certificate source; no trusted ingress node; the test mesh address: warnings.
+    let bare = base_config(site).replace("trusted_ingress = [\"127.0.0.2\"]", "");
+    let (ok, err) = check(bare).await;
+    for w in
+        ["warning: tls:", "warning: wan.trusted_ingress:", "warning: mesh.listen: 127.0.0.4 is not a Yggdrasil address"]
+    {
+        assert!(ok && err.contains(w), "{w} not in: {err}");
+    }
 }
 
 fn site_config(live: &std::path::Path, upstream: SocketAddr) -> String {

@@ -56,6 +56,22 @@ fn empty_config_has_defaults() {
     assert_eq!(config::from_toml_str("threads = 1").unwrap().threads, Some(1));
 }
 
+/// WAN and mesh addresses that bind apart pass: one wildcard per family, a wildcard of the
+/// other family beside the mesh, and anything at all on ports chosen by the kernel.
+#[test]
+fn listen_addresses_that_bind_apart_pass() {
+    for text in [
+        "[wan]\naddresses = [\"0.0.0.0\", \"::\"]",
+        "[wan]\naddresses = [\"0.0.0.0\", \"2001:db8::2\"]\n[mesh]\nlisten = \"auto\"",
+        "[wan]\naddresses = [\"192.168.1.2\", \"2001:db8::2\"]\n[mesh]\nlisten = \"200:1111:2222:3333:4444:5555:6666:7777\"",
+        "[wan]\naddresses = [\"0.0.0.0\", \"127.0.0.1\", \"::\"]\n[mesh]\nlisten = \"auto\"\n[http]\nhttps_port = 0\nhttp_port = 0",
+    ] {
+        if let Err(e) = config::from_toml_str(text) {
+            panic!("{text}: {e}");
+        }
+    }
+}
+
 #[test]
 fn every_invalid_file_fails_naming_its_field() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");

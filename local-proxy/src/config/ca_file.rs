@@ -21,7 +21,11 @@ pub fn roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// [`roots`], for validation: what is wrong with the file, naming it.
+/// [`roots`], for validation: what is wrong with the file, naming it. A relative path would
+/// be read from wherever `check` ran, and from / under systemd: refused.
 pub(super) fn problem(path: &str) -> Option<String> {
+    if let Some(p) = super::relative(path) {
+        return Some(p);
+    }
     roots(Path::new(path)).err().map(|reason| format!("`{path}`: {reason}"))
 }

@@ -353,6 +353,18 @@ fn rate_limit(errors: &mut Problems, field: &str, raw: &RawRateLimit) -> Option<
     if errors.len() == before && per.as_nanos() < u128::from(requests) {
         errors.push(format!("{field}.requests"), format!("{requests} per {per:?} is more than one a nanosecond"));
     }
+    // The limiter keeps a burst as one request's interval times (burst - 1) in u64
+    // nanoseconds, and adds it to the time: past half the range that overflows.
+    let interval = per.as_nanos() / u128::from(requests.max(1));
+    if errors.len() == before && interval * u128::from(burst.saturating_sub(1)) > u128::from(u64::MAX / 2) {
+        errors.push(
+            format!("{field}.burst"),
+            format!(
+                "{burst} at one request per {:?} is a burst longer than the limiter can hold: lower burst or per",
+                Duration::from_nanos(interval as u64)
+            ),
+        );
+    }
     (errors.len() == before).then_some(RateLimit { requests, per, burst, max_clients, ipv6_prefix })
 }
 
@@ -581,6 +593,10 @@ mod tests {
         let (_, e) = site("rate_limit", "{ per = \"1s\" }");
         assert_eq!(e[0].field, "site[0].rate_limit.requests");
         assert!(e[0].message.contains("required"), "{e:?}");
+        let (_, e) = site("rate_limit", "{ requests = 1, per = \"1d\", burst = 1000000 }");
+        assert_eq!(e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["site[0].rate_limit.burst"], "{e:?}");
+        let (r, e) = site("rate_limit", "{ requests = 1, per = \"1d\", burst = 100000 }");
+        assert!(e.is_empty() && r.rate_limit.is_some(), "{e:?}");
         let (_, e) = site("rate_limit", "{ requests = 5, burst = 0, ipv6_prefix = 16 }");
         let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["site[0].rate_limit.burst", "site[0].rate_limit.ipv6_prefix"]);

@@ -61,6 +61,9 @@ pub struct Config {
     pub firewall: Option<firewall::Settings>,
     /// Certificates obtained and renewed with ACME; `None` when not configured.
     pub acme: Option<acme::Settings>,
+    /// What passes but may not do what was meant, each under its field: printed by `check`,
+    /// logged at start and at each reload.
+    pub warnings: Vec<FieldError>,
 }
 
 /// WAN-side listeners: every connection must start with PROXY v2 from a trusted ingress.
@@ -342,16 +345,10 @@ fn extract(figment: Figment, own: fn(IpAddr) -> bool) -> Result<Config, ConfigEr
 }
 
 impl Config {
-    /// Warn when `mesh.max_connections` bounds nothing: at or above `http.max_connections`,
-    /// mesh clients can still take every slot the ingress nodes need.
-    pub fn warn_mesh_budget(&self) {
-        if self.mesh.listen != MeshListen::Off && self.mesh.max_connections >= self.http.max_connections {
-            tracing::warn!(
-                mesh_max_connections = self.mesh.max_connections,
-                http_max_connections = self.http.max_connections,
-                "mesh.max_connections is not below http.max_connections: clients on the public mesh can take \
-                 every connection slot (lower mesh.max_connections)"
-            );
+    /// Logs [`Config::warnings`] (at start and at each reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!(field = %w.field, "configuration: {}", w.message);
         }
     }
 
@@ -371,8 +368,7 @@ impl Config {
     /// For `check`: each access log's directory exists and its path is not a directory. The
     /// server opens (and creates) the files itself and refuses the config when it cannot;
     /// `check` must not create them, as it may run as another user (Ansible's validate).
-    pub fn check_access_log_dirs(&self) -> Result<(), Problems> {
-        let mut c = Problems::new();
+    pub fn check_access_log_dirs(&self, c: &mut Problems) {
         let mut seen: Vec<&Path> = Vec::new();
         for (field, log) in self.access_logs() {
             // Sites without their own log share the default's: one problem per file.
@@ -400,8 +396,13 @@ impl Config {
                 c.push("acme.storage", read_only_problem(&acme.storage, "/var/lib/local-proxy"));
             }
         }
-        c.into_result(())
     }
+}
+
+/// The problem with a path the server opens itself, if it is relative: it would be taken from
+/// the working directory, which is wherever `check` ran and / under systemd.
+fn relative(path: &str) -> Option<String> {
+    (!Path::new(path).is_absolute()).then(|| format!("`{path}` is not an absolute path"))
 }
 
 /// Whether `dir` (or a file) is on a file system mounted read-only for this process: the

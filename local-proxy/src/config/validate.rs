@@ -2,7 +2,7 @@
 //! problem (field path + message) instead of stopping at the first.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use super::host::valid_host;
 use super::raw::{ProxyProtocol, RawAccessLog, RawConfig, RawSite, RawStream};
 use super::upstreams::{self, Kind as SetKind, RawSet, StreamTarget};
 use super::{
-    AccessLog, AccessLogFormat, CertFiles, Config, Http, Mesh, MeshListen, Problems, Protocol, Site, Stream, Tls,
-    Upstream, Wan,
+    AccessLog, AccessLogFormat, CertFiles, Config, FieldError, Http, Mesh, MeshListen, Problems, Protocol, Site,
+    Stream, Tls, Upstream, Wan,
 };
 
 /// The predefined `security` header set (a `[header_sets.security]` table replaces it).
@@ -231,9 +231,21 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
     let mut certificates = Vec::new();
     for (i, cert) in raw.tls.certificates.iter().enumerate() {
         match (&cert.cert, &cert.key) {
-            (Some(c1), Some(k)) => certificates.push(CertFiles { cert: c1.into(), key: k.into() }),
+            (Some(c1), Some(k)) => {
+                for (what, path) in [("cert", c1), ("key", k)] {
+                    if let Some(p) = super::relative(path) {
+                        c.push(format!("tls.certificate[{i}].{what}"), p);
+                    }
+                }
+                certificates.push(CertFiles { cert: c1.into(), key: k.into() })
+            }
             (None, _) => c.push(format!("tls.certificate[{i}].cert"), "is required"),
             (_, None) => c.push(format!("tls.certificate[{i}].key"), "is required"),
+        }
+    }
+    for (field, path) in [("tls.certbot_live_dir", &raw.tls.certbot_live_dir), ("http.acme_webroot", &h.acme_webroot)] {
+        if let Some(p) = path.as_deref().and_then(super::relative) {
+            c.push(field, p);
         }
     }
     let tls = Tls {
@@ -299,6 +311,9 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
         }
     }
 
+    let fixed_port = stream_ports.iter().any(|(_, p, _)| *p != 0);
+    listen_addresses_apart(&mut c, &wan.addresses, &mesh.listen, fixed_port);
+
     // The admin listener on an address and port the proxy serves itself would never bind.
     if let Some(a) = admin.filter(|a| a.port() != 0) {
         let same_family = |ip: std::net::IpAddr| ip.is_ipv4() == a.is_ipv4();
@@ -353,12 +368,111 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
         streams,
         firewall,
         acme,
+        warnings: Vec::new(),
     };
+    let config = Config { warnings: warnings(&config), ..config };
     // As above: the indices must name the file's tables.
     if c.is_empty() {
         super::self_loop::check(&mut c, &config, own);
     }
     c.into_result(config)
+}
+
+/// What `config` passes with but may not mean.
+fn warnings(config: &Config) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let mut warn = |field: &str, message: String| out.push(FieldError { field: field.into(), message });
+    let mesh_on = config.mesh.listen != MeshListen::Off;
+    if mesh_on && config.mesh.max_connections >= config.http.max_connections {
+        warn(
+            "mesh.max_connections",
+            format!(
+                "{} is not below http.max_connections ({}): clients on the public mesh can take every \
+                 connection slot the ingress nodes need",
+                config.mesh.max_connections, config.http.max_connections
+            ),
+        );
+    }
+    if let MeshListen::Address(ip) = config.mesh.listen {
+        if !shared::ygg::is_mesh_address(ip) {
+            warn(
+                "mesh.listen",
+                format!(
+                    "{ip} is not a Yggdrasil address (200::/7): whoever reaches it is served as a mesh client, \
+                     with no PROXY header and no ingress address required (`yggdrasil -address` gives this \
+                     node's, or use \"auto\")"
+                ),
+            );
+        }
+    }
+    let trusted = !config.wan.trusted_ingress.is_empty()
+        || config.firewall.as_ref().is_some_and(|f| !f.ingress_names.is_empty() || !f.static_addresses.is_empty());
+    if !config.wan.addresses.is_empty() && !trusted {
+        warn(
+            "wan.trusted_ingress",
+            "no ingress node is trusted (wan.trusted_ingress, firewall.ingress_names and firewall.static_addresses \
+             are all empty, or [firewall] is off): the WAN listeners refuse every connection, the ingress \
+             nodes' health probes included (set wan.addresses = [] to serve only the mesh)"
+                .into(),
+        );
+    }
+    let no_certificates =
+        config.tls.certificates.is_empty() && config.tls.certbot_live_dir.is_none() && config.acme.is_none();
+    let tls_listeners = !config.wan.addresses.is_empty() || mesh_on;
+    if no_certificates && !config.sites.is_empty() && tls_listeners {
+        warn(
+            "tls",
+            "no certificate source (tls.certificate, tls.certbot_live_dir or [acme]): every TLS handshake fails, \
+             and the ingress nodes' probes of the HTTPS port with it"
+                .into(),
+        );
+    }
+    out
+}
+
+/// Every WAN address and the mesh one bind the same ports, so two of them that the kernel sees
+/// as the same place would fail the start ("address in use") where `check` passed: an address
+/// listed twice, or a wildcard beside an address of its family (an IPv6 wildcard beside the
+/// mesh listener, `auto` included). An IPv4-mapped address never binds (the sockets are
+/// IPv6-only). `fixed_port`: some listener has a port other than 0 ("any free port").
+fn listen_addresses_apart(c: &mut Problems, wan: &[IpAddr], mesh: &MeshListen, fixed_port: bool) {
+    // `None`: `auto`, an IPv6 address not known yet (it clashes with the IPv6 wildcard only).
+    let mesh_ip = match mesh {
+        MeshListen::Address(ip) => Some(Some(*ip)),
+        MeshListen::Auto => Some(None),
+        MeshListen::Off => None,
+    };
+    let clash = |a: Option<IpAddr>, b: Option<IpAddr>| match (a, b) {
+        (Some(x), Some(y)) => x == y || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified())),
+        (Some(x), None) | (None, Some(x)) => x == IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, None) => false,
+    };
+    let wan_fields = wan.iter().enumerate().map(|(i, ip)| (format!("wan.addresses[{i}]"), Some(*ip)));
+    let mut bound: Vec<(String, Option<IpAddr>)> = Vec::new();
+    for (field, ip) in wan_fields.chain(mesh_ip.map(|ip| ("mesh.listen".to_owned(), ip))) {
+        if let Some(v4) = ip.and_then(|ip| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            IpAddr::V4(_) => None,
+        }) {
+            c.push(field, format!("an IPv4-mapped address never binds here (the sockets are IPv6-only): write {v4}"));
+            continue;
+        }
+        if let Some((other_field, other)) = bound.iter().find(|(_, other)| clash(*other, ip)).filter(|_| fixed_port) {
+            let text = |a: Option<IpAddr>| {
+                a.map_or("this node's Yggdrasil address (\"auto\")".to_owned(), |a| format!("`{a}`"))
+            };
+            let why = if [ip, *other].iter().flatten().any(IpAddr::is_unspecified) {
+                "a wildcard takes its family's ports on every address, so the other cannot bind them \
+                 (the start would fail: address in use); list the WAN-side addresses instead of the wildcard"
+            } else {
+                "the same address twice (the start would fail: address in use)"
+            };
+            let or_off = if field == "mesh.listen" { " (or set mesh.listen = \"off\")" } else { "" };
+            c.push(field, format!("{} clashes with {other_field} ({}): {why}{or_off}", text(ip), text(*other)));
+            continue;
+        }
+        bound.push((field, ip));
+    }
 }
 
 type HeaderSet = Vec<(HeaderName, Option<HeaderValue>)>;

@@ -9,4 +9,4 @@ mod store;
 pub use handshake::{accept, server_config, ConfigError, HandshakeError, ALPN};
 pub use index::CertIndex;
 pub use load::{load_pair, LoadError, LoadedCert};
-pub use store::{CertStore, Resolver};
+pub use store::{check_sources, CertStore, Resolver};

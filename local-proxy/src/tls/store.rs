@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::index::CertIndex;
 use super::load::{load_pair, LoadedCert};
 use crate::acme::Challenges;
-use crate::config::{CertFiles, Tls};
+use crate::config::{CertFiles, FieldError, Problems, Tls};
 use crate::metrics::names;
 
 /// What identifies one version of a file on disk.
@@ -247,6 +247,56 @@ fn pairs(tls: &Tls) -> (Vec<CertFiles>, Vec<PathBuf>) {
         }
     }
     (out, unreadable)
+}
+
+/// For `check`: the certificate files `tls` names, read as the store will read them. A pair
+/// listed in `tls.certificate` that does not load is a problem (nginx refuses its start too);
+/// `certbot_live_dir` naming one lineage instead of the folder of them is a problem (nothing
+/// would be found in it); a live folder not made yet, or holding nothing usable yet, is a
+/// warning (certbot may run after the proxy is installed). ACME's own folder is not read: the
+/// proxy fills it.
+pub fn check_sources(tls: &Tls, problems: &mut Problems, warnings: &mut Vec<FieldError>) {
+    for (i, pair) in tls.certificates.iter().enumerate() {
+        if let Err(e) = load_pair(&pair.cert, &pair.key) {
+            problems.push(format!("tls.certificate[{i}]"), e.to_string());
+        }
+    }
+    let Some(live) = &tls.certbot_live_dir else { return };
+    let field = "tls.certbot_live_dir";
+    let mut warn = |message: String| warnings.push(FieldError { field: field.into(), message });
+    if live.join("fullchain.pem").exists() {
+        let parent = live.parent().map_or_else(String::new, |p| format!(" (`{}`)", p.display()));
+        problems.push(
+            field,
+            format!(
+                "`{}` is one certificate's folder (it holds fullchain.pem): give the folder of them{parent}, \
+                 whose sub-folders are read",
+                live.display()
+            ),
+        );
+        return;
+    }
+    let dir = match std::fs::read_dir(live) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warn(format!("`{}` does not exist (yet): no certificate from it until certbot makes it", live.display()));
+            return;
+        }
+        Err(e) => {
+            problems.push(field, format!("`{}`: {e}", live.display()));
+            return;
+        }
+    };
+    let mut lineages: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    lineages.sort();
+    if lineages.is_empty() {
+        warn(format!("`{}` holds no certificate folder yet", live.display()));
+    }
+    for lineage in lineages {
+        if let Err(e) = load_pair(&lineage.join("fullchain.pem"), &lineage.join("privkey.pem")) {
+            warn(format!("not served: {e}"));
+        }
+    }
 }
 
 /// rustls resolver backed by a [`CertStore`]; no certificate means a handshake failure alert.
