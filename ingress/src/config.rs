@@ -795,6 +795,17 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
                             break;
                         }
                     }
+                    if !spec.ip.is_unspecified() && !own(spec.ip) {
+                        warnings.push(shared::config_check::FieldError {
+                            field: format!("{field}.listen[{j}]"),
+                            message: format!(
+                                "{} is not an address of this host (now): the start waits until it can bind it \
+                                 (READY only then; `systemctl status` names the wait), a reload binds it in the \
+                                 background",
+                                spec.ip
+                            ),
+                        });
+                    }
                     listen.push(spec);
                 }
                 Err(e) => p.push(format!("{field}.listen[{j}]"), e),

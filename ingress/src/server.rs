@@ -270,12 +270,28 @@ impl Server {
         };
         let plan = Plan::new(&map, wanted);
         let reuseport = |service: &str| config.services.iter().any(|s| s.name == service && s.udp_reuseport);
+        // UDP listeners this reload removes: their flows answer through them until they end,
+        // so their ports are not freed for a new listener (a wildcard replaced by a specific
+        // address, or back). A refusal for that says so.
+        let leaving_udp: Vec<SocketAddr> =
+            plan.removed.iter().filter(|k| k.0 == Protocol::Udp).filter_map(|k| map.get(k).map(|e| e.addr)).collect();
         let bound = bind_all(plan.added, |key, (service, addr, sockets)| {
-            bind(key, *addr, *sockets, reuseport(service)).map_err(|source| ReloadError {
-                service: service.clone(),
-                addr: *addr,
-                protocol: key.0,
-                source,
+            bind(key, *addr, *sockets, reuseport(service)).map_err(|source| {
+                let held = leaving_udp.iter().find(|old| old.port() == addr.port() && old.is_ipv4() == addr.is_ipv4());
+                let source = match held {
+                    Some(old) if key.0 == Protocol::Udp && source.kind() == std::io::ErrorKind::AddrInUse => {
+                        std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!(
+                                "its port is held by this ingress's UDP listener {old}, which the reload removes \
+                                 but whose flows still answer through it: a UDP listener moves between an address \
+                                 and the wildcard on one port only by a restart (its flows start anew)"
+                            ),
+                        )
+                    }
+                    _ => source,
+                };
+                ReloadError { service: service.clone(), addr: *addr, protocol: key.0, source }
             })
         })?;
         Ok(bound.into_iter().collect())

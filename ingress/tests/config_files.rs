@@ -95,6 +95,28 @@ fn a_mesh_tier_outside_yggdrasil_is_warned_about() {
     assert_eq!(load("2001:db8::9"), vec!["pool.home.mesh".to_string()]);
 }
 
+/// A listen address this host does not have (now) is taken, with a warning: the start waits
+/// for it (a failover address that comes later), where a typo would wait for ever.
+#[test]
+fn a_listen_address_not_on_this_host_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("listen.toml");
+    let load = |listen: &str| {
+        let text = format!(
+            "[pool.home]\npaths = [{{ name = \"wan1\", address = \"192.0.2.1\" }}]\n\
+             [[service]]\nname = \"https\"\nlisten = [\"{listen}\"]\npool = \"home\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let config = ingress::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        config.warnings.iter().map(|w| w.field.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(load("0.0.0.0:443"), Vec::<String>::new());
+    assert_eq!(load("127.0.0.1:443"), Vec::<String>::new());
+    assert_eq!(load("[::]:443"), Vec::<String>::new());
+    // TEST-NET-3: on no interface of a test machine.
+    assert_eq!(load("203.0.113.77:443"), vec!["service `https`.listen[0]".to_string()]);
+}
+
 /// `check` prints a warning, names its file and field, and passes.
 #[test]
 fn check_prints_warnings_and_passes() {

@@ -85,6 +85,28 @@ async fn unbindable_listener_refuses_the_whole_reload() {
     drop(udp_squatter);
 }
 
+/// A UDP listener moved between an address and the wildcard on one port is refused by a
+/// reload (its flows still answer through the old socket), saying why and what to do; the old
+/// listener keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_listener_moving_to_the_wildcard_is_refused_saying_why() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let (tcp, udp) = (free_port(), free_port());
+    let server = start(&conf(wan1.addr, tcp, Some(udp))).await;
+    wait_until("udp bound", Duration::from_secs(5), || !server.local_addrs("dns-ish").is_empty()).await;
+    let before = server.shared().runtime().config.clone();
+    let wildcard =
+        conf(wan1.addr, tcp, Some(udp)).replace(&format!("\"127.0.0.1:{udp}\""), &format!("\"0.0.0.0:{udp}\""));
+    let e = server.try_reload(ingress::Config::from_toml(&wildcard).expect("valid")).await.expect_err("refused");
+    let text = e.to_string();
+    assert!(e.service == "dns-ish" && text.contains(&format!("127.0.0.1:{udp}")) && text.contains("restart"), "{text}");
+    assert_eq!(server.shared().runtime().config, before);
+    assert_eq!(
+        server.local_addrs("dns-ish"),
+        [format!("127.0.0.1:{udp}").parse::<std::net::SocketAddr>().expect("addr")]
+    );
+}
+
 /// A reload may move a TCP listener and the admin listener to the wildcard address on their
 /// own ports, and give the admin's port to a service: the sockets in the way close first, and
 /// serve again if the reload is refused (both binds failed with "Address in use" before).
