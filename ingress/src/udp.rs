@@ -29,6 +29,9 @@ use shared::udp_batch::{Batch, Run, Segmenting};
 use shared::udp_flows::{evict_after, FlowEntry, FlowLife, FlowPermits, FlowTable, SourceShare};
 use shared::udp_relay::{linger, pump};
 
+/// A flow: the client, and on a wildcard listener the host's address it sent to.
+type FlowKey = (SocketAddr, Option<IpAddr>);
+
 struct Flow {
     guard: ActiveGuard,
     /// With `proxy_protocol = "v2"`: the PROXY v2 (DGRAM) header every datagram to home
@@ -238,7 +241,7 @@ fn stale(flow: &Flow, pool: &Pool) -> Option<&'static str> {
 /// datagram of each opens a new one: all of them if the service now sends elsewhere (another
 /// pool, port or PROXY header), else those whose path left the pool. A talking flow would
 /// otherwise keep a removed path for good: nothing probes it any more, so it never goes down.
-fn reloaded(table: &mut FlowTable<SocketAddr, Flow>, before: &Service, now: &Service, gone: &mut Vec<Flow>) {
+fn reloaded(table: &mut FlowTable<FlowKey, Flow>, before: &Service, now: &Service, gone: &mut Vec<Flow>) {
     let (b, n) = (&before.cfg, &now.cfg);
     let all = b.pool != n.pool || b.upstream_port != n.upstream_port || b.proxy_protocol != n.proxy_protocol;
     let paths = &now.pool.paths;
@@ -266,7 +269,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut c = Arc::new(Counters::new(&first));
     let mut replies = Replies { listener: socket.clone(), c: c.clone(), epoch };
     let mut active = gauge(&first.cfg.name);
-    let mut table: FlowTable<SocketAddr, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
+    let mut table: FlowTable<FlowKey, Flow> = FlowTable::new(first.cfg.idle_timeout.as_millis() as u64);
     let sweep_every = (first.cfg.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut stop = shared.stop.clone();
@@ -321,12 +324,17 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             opened_under = Arc::clone(&*svc);
         }
         // One flow's consecutive datagrams of one size, sent together once the run ends.
-        let mut run: Option<Run> = None;
+        let mut run: Option<Run<FlowKey>> = None;
         for i in 0..batch.len() {
             let Some((data, client)) = batch.get(i) else {
                 flush(&mut run, &batch, &mut table, &c);
                 continue;
             };
+            // Where the client sent it: this listener's address, or on a wildcard one, the
+            // host's address it was sent to. A client talking to two of them from one port
+            // (two TURN servers' names on one host, over one ICE socket) holds two flows, each
+            // answered from its own address, each with its own 5-tuple at home.
+            let key: FlowKey = (client, batch.to(i));
             let n = data.len();
             c.dgrams_in.increment(1);
             c.bytes_in.increment(n as u64);
@@ -341,7 +349,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             }
             // Services that answer: a flow sending unanswered makes its path suspect. Judged
             // before the move below, so the datagram that tips the path down already moves.
-            if let Some(flow) = table.get_mut(&client).filter(|_| svc.cfg.udp_expect_replies) {
+            if let Some(flow) = table.get_mut(&key).filter(|_| svc.cfg.udp_expect_replies) {
                 let path = flow.guard.path();
                 // A flow opened on the address its path had before the name moved says
                 // nothing of the new one (asked only when there is something to say).
@@ -369,13 +377,13 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             // so does one opened on the address its path had before its name moved (the
             // client keeps it talking, so it would never time out, sending to an address the
             // home may no longer have). None: no flow yet; Some(None): one to keep.
-            let stale = table.get(&client).map(|f| stale(f, &svc.pool));
+            let stale = table.get(&key).map(|f| stale(f, &svc.pool));
             if stale != Some(None) {
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &c);
             }
             if let Some(Some(reason)) = stale {
-                if let Some(f) = table.remove(&client) {
+                if let Some(f) = table.remove(&key) {
                     migrated(&svc.cfg.name, &f.guard.path().name, reason);
                 }
             }
@@ -399,10 +407,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");
                     continue;
                 };
-                // Where the client sent it: this listener's address, or on a wildcard one, the
-                // host's address it was sent to (a later datagram of the flow to another of
-                // them is answered from the first).
-                let asked = batch.to(i);
+                let asked = key.1;
                 // Built once admitted: a flood at the cap allocates nothing per datagram.
                 let header = svc.cfg.proxy_protocol.then(|| {
                     let mut h = Vec::with_capacity(52);
@@ -423,18 +428,18 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     }
                 };
                 flow_event(m::UDP_FLOWS_CREATED, &svc.cfg.name, &flow.guard.path().name);
-                // No flow of this client exists (none, or removed above), so nothing is replaced.
-                drop(table.insert(client, flow, now));
+                // No flow of this key exists (none, or removed above), so nothing is replaced.
+                drop(table.insert(key, flow, now));
                 active.show(table.len());
             }
-            let Some(flow) = table.get(&client) else {
+            let Some(flow) = table.get(&key) else {
                 continue;
             };
             flow.life.touch(now);
             let header = flow.header.as_ref().map_or(0, |h| h.len());
-            if !run.as_mut().is_some_and(|r| r.extend(i, client, 0, n, header)) {
+            if !run.as_mut().is_some_and(|r| r.extend(i, key, 0, n, header)) {
                 flush(&mut run, &batch, &mut table, &c);
-                run = Some(Run::new(i, client, 0, n));
+                run = Some(Run::new(i, key, 0, n));
             }
         }
         flush(&mut run, &batch, &mut table, &c);
@@ -443,7 +448,7 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
 
 /// Sends the run's datagrams to their flow's upstream (see `shared::udp_batch`). Never waits
 /// on one upstream: a full send queue drops them, as a router would.
-fn flush(run: &mut Option<Run>, batch: &Batch, table: &mut FlowTable<SocketAddr, Flow>, c: &Counters) {
+fn flush(run: &mut Option<Run<FlowKey>>, batch: &Batch, table: &mut FlowTable<FlowKey, Flow>, c: &Counters) {
     let Some(run) = run.take() else { return };
     let Some(flow) = table.get_mut(&run.key) else { return };
     let sent = batch.send(&run, &mut flow.segmenting, &flow.upstream, flow.header.as_deref());

@@ -227,7 +227,9 @@ async fn udp_datagrams_carry_a_proxy_v2_header_with_the_client_address() {
 /// A service on a wildcard address answers each client from the address it sent to, not
 /// from the route's source (a client's NAT, QUIC stack or DNS stub drops a reply from
 /// elsewhere), and its PROXY header names that address: here two of the host's loopback
-/// addresses, neither of them the route's source back to the client (127.0.0.1).
+/// addresses, neither of them the route's source back to the client (127.0.0.1). One client
+/// socket talks to both, interleaved (ICE with two TURN servers' names on one host): two
+/// flows, each answered from its own address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_service_answers_from_the_address_the_client_sent_to() {
     let tcp1 = Backend::start("wan1", "127.0.0.2").await;
@@ -238,12 +240,12 @@ async fn a_wildcard_service_answers_from_the_address_the_client_sent_to() {
         .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"0.0.0.0:{port}\"]"));
     let server = start(&toml).await;
     assert_eq!(service_addr(&server, "udp-echo").await.port(), port);
-    for ip in ["127.0.0.5", "127.0.0.6"] {
-        let asked = SocketAddr::new(ip.parse().expect("ip"), port);
-        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
-        let me = client.local_addr().expect("local");
-        for i in 0..3 {
-            let payload = format!("datagram {i}");
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    let me = client.local_addr().expect("local");
+    for i in 0..3 {
+        for ip in ["127.0.0.5", "127.0.0.6"] {
+            let asked = SocketAddr::new(ip.parse().expect("ip"), port);
+            let payload = format!("datagram {i} to {ip}");
             client.send_to(payload.as_bytes(), asked).await.expect("send");
             let mut buf = [0u8; 2048];
             let (n, from) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))

@@ -358,9 +358,13 @@ impl Segmenting {
                 Ok(()) => return Sent { datagrams: datagrams.len(), calls: 1 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent { datagrams: 0, calls: 1 },
                 Err(e) => {
+                    // EINVAL may also be the send's, not the segments' (a source address that
+                    // left this host): the size is marked refused only once single sends of
+                    // it go through.
+                    let mut too_large = false;
                     match e.raw_os_error() {
                         Some(EIO) => self.off = true,
-                        Some(EINVAL | EMSGSIZE) => self.refused_from = self.refused_from.min(segment),
+                        Some(EINVAL | EMSGSIZE) => too_large = true,
                         // An ICMP error reported once on a connected socket, before anything
                         // left: says nothing about GSO.
                         Some(ECONNREFUSED) => {}
@@ -371,6 +375,9 @@ impl Segmenting {
                     }
                     // Refused before anything left: the datagrams go one by one.
                     let one_by_one = self.one_by_one(sock, to, header, datagrams);
+                    if too_large && one_by_one.datagrams > 0 {
+                        self.refused_from = self.refused_from.min(segment);
+                    }
                     return Sent { calls: one_by_one.calls + 1, ..one_by_one };
                 }
             }
@@ -716,6 +723,29 @@ mod tests {
                     .expect("recv");
                 assert_eq!((&buf[..n], source), (&b"answer"[..], asked), "reply {i} to {ip}");
             }
+        }
+    }
+
+    /// A reply from an address this host no longer has (a failover address moved away) is
+    /// refused, GSO or not (over IPv6 with EINVAL, the error of a segment size the route
+    /// refuses): that says nothing of the segments' size, and a later run from an address it
+    /// has still goes out in one GSO send.
+    #[tokio::test]
+    async fn a_source_that_left_does_not_lower_the_gso_size() {
+        // Documentation prefixes: on no interface of a test machine.
+        for (wild, client, gone, here) in
+            [("0.0.0.0:0", "127.0.0.1:0", "203.0.113.9", "127.0.0.1"), ("[::]:0", "[::1]:0", "2001:db8::9", "::1")]
+        {
+            let listener = UdpSocket::bind(wild).await.expect("listener");
+            let client = UdpSocket::bind(client).await.expect("client");
+            let to = client.local_addr().expect("addr");
+            let answers = vec![&b"answer"[..]; 4];
+            let mut seg = Segmenting::default();
+            let sent = seg.send_to(&listener, to, Some(gone.parse().expect("ip")), &answers);
+            assert_eq!(sent.datagrams, 0, "{gone}: refused");
+            assert_eq!(seg.refused_from, usize::MAX, "{gone}: not taken for a segment size refused");
+            let sent = seg.send_to(&listener, to, Some(here.parse().expect("ip")), &answers);
+            assert_eq!(sent, Sent { datagrams: 4, calls: 1 }, "{here}: one GSO send");
         }
     }
 
