@@ -173,9 +173,65 @@ async fn plain_http_redirects_except_acme_and_serves_the_webroot() {
     let mut c = TcpStream::connect(p.mesh_http).await.unwrap();
     let (status, _) = raw_get(&mut c, "a.test", "/.well-known/acme-challenge/..%2Fetc").await;
     assert_eq!(status, 404);
+    // Without a webroot, only a token's path stays on plain HTTP for the upstream: not a path
+    // under the prefix that the upstream resolves elsewhere.
+    let s = setup("", "").await;
+    for (path, status) in
+        [("/.well-known/acme-challenge/tok_EN-123", 200), ("/.well-known/acme-challenge/../../account", 308)]
+    {
+        let mut c = connect_with_proxy("127.0.0.2".parse().unwrap(), s.proxy.wan_http, client).await;
+        let (got, text) = raw_get(&mut c, "a.test", path).await;
+        assert_eq!(got, status, "{path}: {text}");
+    }
     let mut c = TcpStream::connect(p.mesh_http).await.unwrap();
     let (status, _) = raw_get(&mut c, "unknown.test", "/").await;
     assert_eq!(status, 404);
+}
+
+/// An upstream that answers each request with the bytes of the request itself, read up to the
+/// end of its chunked body (the blank line after the last chunk and any trailers).
+async fn recording_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let end = Instant::now() + Duration::from_secs(5);
+                let done = |g: &[u8]| g.windows(5).any(|w| w == b"\r\n0\r\n") && g.ends_with(b"\r\n\r\n");
+                while !done(&got) {
+                    match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", got.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&got).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request's trailers do not reach the upstream: they would pass every header rule (here an
+/// auth service's identity header and a forwarding claim), and some servers read them as
+/// headers (Apache's MergeTrailers, Tomcat's allowedTrailerHeaders). nginx drops them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_are_not_passed_on() {
+    let up = recording_upstream().await;
+    let s =
+        setup("redirect_to_https = false", &format!("[[site]]\nhost = \"t.test\"\nupstream = \"http://{up}\"\n")).await;
+    let mut c = TcpStream::connect(s.proxy.mesh_http).await.unwrap();
+    let request = "POST /x HTTP/1.1\r\nHost: t.test\r\nTransfer-Encoding: chunked\r\n\
+                   Trailer: x-authentik-username, x-forwarded-for\r\nConnection: close\r\n\r\n\
+                   5\r\nhello\r\n0\r\nX-Authentik-Username: akadmin\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+    c.write_all(request.as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut c, Duration::from_secs(10)).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello"), "the body went through: {answer}");
+    assert!(!answer.contains("akadmin") && !answer.contains("127.0.0.1\r\n\r\n"), "a trailer went through: {answer}");
 }
 
 /// An upstream that answers with a head and 5 of its 100 body bytes, then sends nothing more

@@ -113,6 +113,26 @@ impl PathMatch {
         }
     }
 
+    /// [`PathMatch::matches_ignoring_case`], also with one trailing `/` more or less than the
+    /// route's: `/admin/` for an exact `/admin`, `/admin` for a prefix `/admin/` (Express and
+    /// Spring serve those as one resource).
+    pub fn matches_loosely(&self, path: &str) -> bool {
+        if self.matches_ignoring_case(path) {
+            return true;
+        }
+        fn trim(s: &str) -> &str {
+            if s.len() > 1 {
+                s.strip_suffix('/').unwrap_or(s)
+            } else {
+                s
+            }
+        }
+        match self {
+            PathMatch::Exact(p) => trim(path).eq_ignore_ascii_case(trim(p)),
+            PathMatch::Prefix(p) => p.len() > 1 && p.ends_with('/') && path.eq_ignore_ascii_case(&p[..p.len() - 1]),
+        }
+    }
+
     fn text(&self) -> &str {
         match self {
             PathMatch::Exact(p) | PathMatch::Prefix(p) => p,

@@ -33,7 +33,7 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// The client's request body as hyper hands it over, adding the data bytes of each frame
+/// The client's request body as hyper hands it over, without its trailers, adding the data bytes of each frame
 /// read from it to a counter the access log line reads at the end (`bytes_received`): what
 /// was actually read, whoever reads it (an upstream attempt streaming it, or `replay`
 /// reading it whole). No counter (the request is not logged, or it has no body): nothing
@@ -67,7 +67,14 @@ impl http_body::Body for ClientBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // A request's trailers end it here, unsent, as nginx does: they would reach the
+        // upstream past every header rule (forwarding claims, the auth service's identity
+        // headers), and Apache's MergeTrailers and Tomcat's allowedTrailerHeaders read them as
+        // headers. Trailers are the last frame: the body ends with them.
+        if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_trailers()) {
+            polled = Poll::Ready(None);
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(read)) = (&polled, &this.read) {
             if let Some(data) = frame.data_ref() {
                 read.fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -153,7 +153,11 @@ async fn respond(
         return (page, Some("unknown_site"));
     };
 
-    if !conn.tls && !path.starts_with(ACME_PREFIX) && conn.state.config.load().http.redirect_to_https {
+    // Only a challenge's own path stays on plain HTTP for the site's upstream to answer: not
+    // anything under the prefix (`/.well-known/acme-challenge/../../account`, which an upstream
+    // resolves to `/account`).
+    let challenge = path.strip_prefix(ACME_PREFIX).is_some_and(is_token);
+    if !conn.tls && !challenge && conn.state.config.load().http.redirect_to_https {
         let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let host = host.unwrap_or(&route.site.host);
         return (pages::redirect(&format!("https://{host}{target}")), Some("redirect"));
@@ -201,6 +205,15 @@ async fn respond(
         req.headers_mut().remove(name);
     }
     super::headers::drop_underscore_twins(req.headers_mut(), &route.identity_headers);
+    // A route the path matches only loosely must allow it too; only its target's own auth
+    // service's answer headers reach the upstream.
+    if let Some(also) = target.also_auth {
+        if let Verdict::Deny(mut resp, label) = also.check(&req, conn, host, target.host, target.route).await {
+            super::headers::apply_response(resp.headers_mut(), target.response_headers);
+            mark(&mut resp, seen);
+            return (after.finish(resp), Some(label));
+        }
+    }
     if let Some(auth) = target.auth {
         match auth.check(&req, conn, host, target.host, target.route).await {
             Verdict::Allow { headers, user } => {
@@ -273,11 +286,15 @@ fn is_blocked(path: &str, blocked: &[String]) -> bool {
 }
 
 /// Serve a certbot webroot challenge file; tokens are base64url, so nothing else is read.
-async fn acme(webroot: &Path, token: &str) -> Response<Body> {
-    let valid = !token.is_empty()
+/// An ACME challenge token as RFC 8555 §8.3 makes them (base64url, no padding), of a sane length.
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
         && token.len() <= 256
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !valid {
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn acme(webroot: &Path, token: &str) -> Response<Body> {
+    if !is_token(token) {
         return pages::not_found("No such challenge.");
     }
     let file = webroot.join(".well-known/acme-challenge").join(token);

@@ -149,10 +149,12 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, h
 /// frameworks behind a trusted proxy build redirects and links from them (Spring and Rack read
 /// X-Forwarded-Port and -Prefix, Symfony -Port, IIS rewrites by X-Original-URL). Done before
 /// forward auth and the route's `request_headers`, which may set some of them on purpose
-/// (`X-Forwarded-User`, `X-Forwarded-Prefix`). One scan of the names; bounded, each turn
-/// removes one.
+/// (`X-Forwarded-User`, `X-Forwarded-Prefix`). One scan of the names, then a removal of each
+/// found (a client may send thousands of distinct `x-forwarded-*` names: a scan per removal
+/// would be quadratic); allocates only when there is one.
 pub fn drop_forwarding_claims(headers: &mut HeaderMap) {
-    while let Some(name) = headers.keys().find(|n| claims_forwarding(n)).cloned() {
+    let claims: Vec<HeaderName> = headers.keys().filter(|n| claims_forwarding(n)).cloned().collect();
+    for name in claims {
         headers.remove(name);
     }
 }

@@ -107,6 +107,12 @@ pub struct Target<'a> {
     /// Rate limit, compression, CORS and hostile-client rules.
     pub middlewares: &'a Middlewares,
     pub limiter: Option<&'a Limiter>,
+    /// The forward auth and rate limit of a route the path matches only loosely (another
+    /// case, one trailing `/` more or less), when they are not this target's own: an
+    /// upstream that ignores those differences serves the request as that route's, so it
+    /// must pass them too (the auth answer's headers are not applied).
+    pub also_auth: Option<&'a AuthClient>,
+    pub also_limiter: Option<&'a Limiter>,
 }
 
 impl SiteRoute {
@@ -126,6 +132,8 @@ impl SiteRoute {
             auth: self.auth.as_deref(),
             middlewares: &self.site.middlewares,
             limiter: self.limiter.as_deref(),
+            also_auth: None,
+            also_limiter: None,
         };
         if self.paths.is_empty() {
             if self.auth.is_some() {
@@ -135,20 +143,29 @@ impl SiteRoute {
         }
         let path = normalise_path(path)?;
         let matched = self.paths.iter().find(|p| p.route.path.matches(&path));
-        // A path that takes no auth as written but would if its case were another (`/ADMIN/x`
-        // beside a protected `/admin`) goes to the protected route: an upstream that ignores
-        // case serves it as `/admin/x`, and one that does not answers 404 after the sign-in.
-        // (A public route the path matches as written, `/api/health` under `/api`, stays.)
+        // A path that takes no auth as written but would if its case were another, or with a
+        // trailing `/` more or less (`/ADMIN/x` beside a protected `/admin`, `/admin/` beside
+        // an exact `/admin`), goes to the protected route: an upstream that ignores case serves
+        // it as `/admin/x`, and one that does not answers 404 after the sign-in. (A public
+        // route the path matches as written, `/api/health` under `/api`, stays.)
+        let loose = |p: &&PathRoute| !p.route.path.matches(&path) && p.route.path.matches_loosely(&path);
         let unprotected = matched.map_or(site.auth.is_none(), |p| p.auth.is_none());
-        let only_by_case = |p: &&PathRoute| {
-            p.auth.is_some() && !p.route.path.matches(&path) && p.route.path.matches_ignoring_case(&path)
-        };
         let matched = match unprotected {
-            true => self.paths.iter().find(only_by_case).or(matched),
+            true => self.paths.iter().find(|p| p.auth.is_some() && loose(p)).or(matched),
             false => matched,
         };
-        let Some(p) = matched else { return Ok(site) };
+        // A path that takes some auth or rate limit as written, and another loosely, must pass
+        // both (`/ADMIN/x` under the site's sign-in, beside `/admin` for administrators).
+        let (auth, limiter) = matched.map_or((site.auth, site.limiter), |p| (p.auth.as_deref(), p.limiter.as_deref()));
+        let adds =
+            |p: &&PathRoute| besides(p.auth.as_ref(), auth).is_some() || besides(p.limiter.as_ref(), limiter).is_some();
+        let near = self.paths.iter().filter(loose).find(adds);
+        let also_auth = near.and_then(|p| besides(p.auth.as_ref(), auth));
+        let also_limiter = near.and_then(|p| besides(p.limiter.as_ref(), limiter));
+        let Some(p) = matched else { return Ok(Target { also_auth, also_limiter, ..site }) };
         Ok(Target {
+            also_auth,
+            also_limiter,
             route: Some(&p.route.name),
             upstreams: p.route.upstreams.as_ref().unwrap_or(&self.site.upstreams),
             pool: &p.pool,
@@ -160,6 +177,11 @@ impl SiteRoute {
             ..site
         })
     }
+}
+
+/// `extra`, unless it is `own` (one shared by both).
+fn besides<'a, T>(extra: Option<&'a Arc<T>>, own: Option<&T>) -> Option<&'a T> {
+    extra.map(|e| &**e).filter(|e| !own.is_some_and(|o| std::ptr::eq(*e, o)))
 }
 
 static NO_HEADERS: HeaderRules = Vec::new();
@@ -542,6 +564,54 @@ mod tests {
         // route's for its own.
         assert!(!auth("all.example.org", "/public/x"));
         assert!(auth("all.example.org", "/PUBLIC/x"));
+    }
+
+    /// One trailing `/` more or less takes the protected route as another case does; and a
+    /// path under some auth or rate limit as written, and another loosely, keeps both.
+    #[test]
+    fn a_path_spelt_otherwise_keeps_every_protection() {
+        let c = crate::config::from_toml_str(
+            r#"
+            [[site]]
+            host = "open.example.org"
+            upstream = "http://127.0.0.1:1"
+            [[site.route]]
+            path = "/admin"
+            forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            [[site.route]]
+            path_prefix = "/panel/"
+            forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            [[site.route]]
+            path = "/login"
+            rate_limit = { requests = 1 }
+            [[site]]
+            host = "signed.example.org"
+            upstream = "http://127.0.0.1:2"
+            forward_auth = { address = "http://127.0.0.1:9091/everyone" }
+            [[site.route]]
+            path_prefix = "/admin"
+            forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            "#,
+        )
+        .unwrap();
+        let r = Routes::build(&c, &Pools::build(&Arc::new(c.clone()), None), 1).unwrap();
+        let t = |host: &str, path: &str| {
+            let t = r.find(host).unwrap().target(path).unwrap();
+            (t.auth.is_some(), t.also_auth.is_some(), t.limiter.is_some() || t.also_limiter.is_some())
+        };
+        for path in ["/admin", "/admin/", "/ADMIN/", "/panel/", "/panel/x", "/panel", "/PANEL"] {
+            assert_eq!(t("open.example.org", path), (true, false, false), "{path}");
+        }
+        for path in ["/admin/x", "/panels", "/"] {
+            assert_eq!(t("open.example.org", path), (false, false, false), "{path}");
+        }
+        for path in ["/login", "/LOGIN", "/login/", "/Login/"] {
+            assert_eq!(t("open.example.org", path), (false, false, true), "{path}: rate limited");
+        }
+        // Signed in as written, the administrators' auth too as an upstream may serve it.
+        assert_eq!(t("signed.example.org", "/ADMIN/x"), (true, true, false));
+        assert_eq!(t("signed.example.org", "/admin/x"), (true, false, false), "the route's own only");
+        assert_eq!(t("signed.example.org", "/other"), (true, false, false));
     }
 
     #[test]
