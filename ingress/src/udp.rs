@@ -134,6 +134,10 @@ impl FlowEntry for Flow {
     fn permits(&self) -> Option<&FlowPermits> {
         self.life.permits()
     }
+
+    fn answered(&self) -> bool {
+        self.answers.count.load(Ordering::Relaxed) > 0
+    }
 }
 
 /// What a flow's reply pump needs of its listener.

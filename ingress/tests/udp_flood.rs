@@ -201,3 +201,85 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     println!("RESULT udp flood on one port: newcomer on the other port answered after {admitted:?} ({during} flood sources by then)");
     assert!(admitted.is_some(), "a client of the other port was locked out by the flood");
 }
+
+/// A home that answers only its own protocol (WireGuard drops a handshake it cannot verify):
+/// a flood's spoofed sources are never answered, and at a full budget they go before a
+/// peer's flow that home answers but that is quiet between keepalives. Here keepalives every
+/// 1.5 s against one-shot sources arriving at most 5,000 a second at a 2,048-flow cap, so
+/// the flood's oldest flow is ~0.4–0.6 s silent when a new source needs its slot: the tunnel,
+/// silent up to 1.5 s, would be the idlest. Its flow is kept: home sees it from one port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_does_not_take_a_quiet_answered_flow() {
+    let tcp = Backend::start("wan1", "127.0.0.2").await;
+    let home = Arc::new(UdpSocket::bind(tcp.addr).await.expect("home"));
+    let ports = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let answering = {
+        let (home, ports) = (home.clone(), ports.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = home.recv_from(&mut buf).await {
+                if buf[..n].starts_with(b"wg") {
+                    ports.lock().expect("ports").insert(from.port());
+                    let _ = home.send_to(&buf[..n], from).await;
+                }
+            }
+        })
+    };
+    let port = free_udp_port();
+    let conf = format!(
+        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
+         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
+         [[service]]\nname = \"wg\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
+         idle_timeout = \"4s\"\nmax_flows = 2048\n",
+        tcp.addr
+    );
+    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
+    let file = tmp.path().join("ingress.toml");
+    std::fs::write(&file, conf).expect("write");
+    let _child = Child::ingress(&file);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+
+    let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+    peer.connect(addr).await.expect("connect");
+    let answered = first_reply(&peer, b"wg-handshake", Duration::from_millis(100), Duration::from_secs(10)).await;
+    assert!(answered.is_some(), "the service never answered");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sources) = (stop.clone(), sources.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && sources.load(Ordering::Relaxed) < 20_000 {
+                if start.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                let n = sources.load(Ordering::Relaxed);
+                let from = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
+                let s = std::net::UdpSocket::bind((from, 0)).expect("flood socket");
+                let _ = s.send_to(b"x", addr);
+                sources.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    // Keepalives through the flood, each answered within a second.
+    let mut kept = 0;
+    let mut buf = [0u8; 64];
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        peer.send(b"wg-keepalive").await.expect("send");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), peer.recv(&mut buf)).await {
+            kept += 1;
+        }
+    }
+    let flooded = sources.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood thread");
+    answering.abort();
+    let seen: Vec<u16> = ports.lock().expect("ports").iter().copied().collect();
+    println!("RESULT udp flood against a quiet tunnel: {kept}/4 keepalives answered, home saw the peer from {} port(s), {flooded} flood sources", seen.len());
+    assert!(flooded > 2_048, "the flood never filled the budget ({flooded} sources)");
+    assert_eq!(kept, 4, "keepalives went unanswered");
+    assert_eq!(seen.len(), 1, "the tunnel's flow was given up for flood sources: home saw it from ports {seen:?}");
+}

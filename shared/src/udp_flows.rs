@@ -46,6 +46,12 @@ pub trait FlowEntry {
     fn permits(&self) -> Option<&FlowPermits> {
         None
     }
+
+    /// Whether the other side ever answered: a flow never answered is given up before one
+    /// that was ([`FlowTable::evict_idlest`]). Unknown: answered.
+    fn answered(&self) -> bool {
+        true
+    }
 }
 
 /// Slots for flows: one per service (across its ports) and one for the process. A flow
@@ -328,6 +334,10 @@ impl Drop for FlowLife {
     }
 }
 
+/// How many flows, from the one queued longest, are looked at for one never answered before
+/// any answered one is given up: a bounded scan per admission.
+pub const UNANSWERED_SCAN: usize = 64;
+
 /// How long a flow must have been silent before a new source may take its slot at a full
 /// budget: an eighth of the idle timeout, at most 250 ms (a call's media or a game's
 /// updates come far more often; a flood's one-shot sources are gone after it).
@@ -378,8 +388,24 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
         old
     }
 
-    /// Remove the flow silent longest, if it has been silent for at least `min_idle_ms`.
+    /// Remove a flow silent for at least `min_idle_ms`: the longest-silent of those never
+    /// answered among the [`UNANSWERED_SCAN`] queued first, else the longest-silent of all.
+    /// A flood's spoofed sources are never answered by a home that checks what it gets
+    /// (WireGuard drops a handshake it cannot verify): they go before a peer's tunnel that is
+    /// quiet between keepalives.
     pub fn evict_idlest(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
+        let unanswered = self.order.iter().take(UNANSWERED_SCAN).find(|(_, client)| {
+            self.flows.get(client).is_some_and(|f| !f.answered() && now.saturating_sub(f.last_active()) >= min_idle_ms)
+        });
+        if let Some(&(queued, client)) = unanswered {
+            self.order.remove(&(queued, client));
+            return self.flows.remove(&client);
+        }
+        self.evict_idlest_of_all(now, min_idle_ms)
+    }
+
+    /// The flow silent longest, if it has been silent for at least `min_idle_ms`.
+    fn evict_idlest_of_all(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
         // Each pass either drops a stale entry, requeues a flow seen active since it was
         // queued (once per activity: it then comes round again and is decided), or decides:
         // twice the queue's length covers a queue of flows that all spoke since.
@@ -601,6 +627,34 @@ mod tests {
         assert!(t.evict_idlest(400, 250).is_none(), "the talker was silent only 0 ms");
         assert!(t.get(&addr(0)).is_some());
         assert!(t.evict_idlest(650, 250).is_some(), "silent 250 ms: now it may go");
+    }
+
+    /// A flow never answered goes before an answered one silent longer (a peer's tunnel quiet
+    /// between keepalives against a flood's spoofed sources); among the answered, the longest
+    /// silent; none silent `min_idle_ms` yet, none.
+    #[test]
+    fn a_flow_never_answered_goes_before_an_answered_one() {
+        struct G(u64, bool);
+        impl FlowEntry for G {
+            fn last_active(&self) -> u64 {
+                self.0
+            }
+            fn answered(&self) -> bool {
+                self.1
+            }
+        }
+        let mut t = FlowTable::new(60_000);
+        t.insert(addr(1), G(0, true), 0);
+        t.insert(addr(2), G(100, false), 100);
+        t.insert(addr(3), G(200, true), 200);
+        t.insert(addr(4), G(300, false), 300);
+        let gone = |t: &mut FlowTable<SocketAddr, G>, now| t.evict_idlest(now, 250).map(|g| (g.0, g.1));
+        assert_eq!(gone(&mut t, 400), Some((100, false)), "unanswered, though the answered one at 0 is idler");
+        assert_eq!(gone(&mut t, 400), Some((0, true)), "the other unanswered one is silent only 100 ms");
+        assert_eq!(gone(&mut t, 440), None, "silent 240 and 140 ms");
+        assert_eq!(gone(&mut t, 560), Some((300, false)));
+        assert_eq!(gone(&mut t, 560), Some((200, true)));
+        assert!(t.is_empty());
     }
 
     /// A flow that spoke after it was queued goes back where its last datagram puts it, not
