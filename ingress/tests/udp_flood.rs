@@ -140,6 +140,37 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
 /// A flood on one port of a two-port service holds the whole flow budget; a new client on
 /// the other port, whose table has no flow to give up, is still admitted: the flooded
 /// port's table gives up an idle flow for it.
+/// One-shot sources sending `x` to `to`, each of its own address (127.1.x.y: one address
+/// would be held to its share of the budget), at most 5,000 a second, until stopped, `max`
+/// of them or `limit` has passed.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    sources: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flood {
+    fn start(to: std::net::SocketAddr, max: u64, limit: Duration) -> Self {
+        let (stop, sources) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, sources) = (stop.clone(), sources.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed) && sources.load(Ordering::Relaxed) < max && start.elapsed() < limit
+                {
+                    let n = sources.load(Ordering::Relaxed);
+                    let from = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
+                    let s = std::net::UdpSocket::bind((from, 0)).expect("flood socket");
+                    let _ = s.send_to(b"x", to);
+                    sources.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        Self { stop, sources, thread }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     let tcp = Backend::start("wan1", "127.0.0.2").await;
@@ -166,28 +197,9 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     let answered = first_reply(&c, b"hello", Duration::from_millis(100), Duration::from_secs(10)).await;
     assert!(answered.is_some(), "the service never answered");
 
-    // The flood: new one-shot sources on the first port, for as long as the test needs
-    // (at most 40,000 of them, 15 s), each of its own address (one address would be held to
-    // its share of the budget, which is not what this tests).
-    let stop = Arc::new(AtomicBool::new(false));
-    let sources = Arc::new(AtomicU64::new(0));
-    let flood = {
-        let (stop, sources) = (stop.clone(), sources.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while !stop.load(Ordering::Relaxed) && sources.load(Ordering::Relaxed) < 40_000 {
-                if start.elapsed() > Duration::from_secs(15) {
-                    break;
-                }
-                let n = sources.load(Ordering::Relaxed);
-                let from = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
-                let s = std::net::UdpSocket::bind((from, 0)).expect("flood socket");
-                let _ = s.send_to(b"x", flooded_addr);
-                sources.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        })
-    };
+    // The flood: new one-shot sources on the first port, for as long as the test needs (at
+    // most 40,000 of them, 15 s).
+    let Flood { stop, sources, thread: flood } = Flood::start(flooded_addr, 40_000, Duration::from_secs(15));
     // The budget full of flood flows.
     while sources.load(Ordering::Relaxed) < 1_000 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -244,25 +256,7 @@ async fn a_flood_does_not_take_a_quiet_answered_flow() {
     let answered = first_reply(&peer, b"wg-handshake", Duration::from_millis(100), Duration::from_secs(10)).await;
     assert!(answered.is_some(), "the service never answered");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sources = Arc::new(AtomicU64::new(0));
-    let flood = {
-        let (stop, sources) = (stop.clone(), sources.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while !stop.load(Ordering::Relaxed) && sources.load(Ordering::Relaxed) < 20_000 {
-                if start.elapsed() > Duration::from_secs(20) {
-                    break;
-                }
-                let n = sources.load(Ordering::Relaxed);
-                let from = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
-                let s = std::net::UdpSocket::bind((from, 0)).expect("flood socket");
-                let _ = s.send_to(b"x", addr);
-                sources.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        })
-    };
+    let Flood { stop, sources, thread: flood } = Flood::start(addr, 20_000, Duration::from_secs(20));
     // Keepalives through the flood, each answered within a second.
     let mut kept = 0;
     let mut buf = [0u8; 64];
