@@ -775,6 +775,16 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         for (j, l) in rs.listen.iter().enumerate() {
             match l.parse::<ListenSpec>() {
                 Ok(spec) => {
+                    // IPv6 listeners are IPv6-only (so `0.0.0.0` and `::` can both be listed):
+                    // a mapped address would never bind.
+                    if let Some(v4) = match spec.ip {
+                        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+                        IpAddr::V4(_) => None,
+                    } {
+                        let why = "an IPv4-mapped address never binds here (listeners are IPv6-only)";
+                        p.push(format!("{field}.listen[{j}]"), format!("`{l}`: {why}; write `{v4}:{}`", spec.ports));
+                        continue;
+                    }
                     if !spec.ports.is_single() && rs.upstream_port.is_some() {
                         p.push(
                             format!("{field}.upstream_port"),

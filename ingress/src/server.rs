@@ -277,7 +277,12 @@ impl Server {
             plan.removed.iter().filter(|k| k.0 == Protocol::Udp).filter_map(|k| map.get(k).map(|e| e.addr)).collect();
         let bound = bind_all(plan.added, |key, (service, addr, sockets)| {
             bind(key, *addr, *sockets, reuseport(service)).map_err(|source| {
-                let held = leaving_udp.iter().find(|old| old.port() == addr.port() && old.is_ipv4() == addr.is_ipv4());
+                // Only one that shares the place: the same address, or a wildcard on either side.
+                let overlaps =
+                    |old: &SocketAddr| old.ip() == addr.ip() || old.ip().is_unspecified() || addr.ip().is_unspecified();
+                let held = leaving_udp
+                    .iter()
+                    .find(|old| old.port() == addr.port() && old.is_ipv4() == addr.is_ipv4() && overlaps(old));
                 let source = match held {
                     Some(old) if key.0 == Protocol::Udp && source.kind() == std::io::ErrorKind::AddrInUse => {
                         std::io::Error::new(

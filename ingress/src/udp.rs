@@ -135,6 +135,8 @@ impl FlowEntry for Flow {
         self.life.permits()
     }
 
+    const TRACKS_ANSWERS: bool = true;
+
     fn answered(&self) -> bool {
         self.answers.count.load(Ordering::Relaxed) > 0
     }

@@ -137,9 +137,6 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     assert!(fds_after <= 64, "flow sockets not closed after expiry: {fds_after}");
 }
 
-/// A flood on one port of a two-port service holds the whole flow budget; a new client on
-/// the other port, whose table has no flow to give up, is still admitted: the flooded
-/// port's table gives up an idle flow for it.
 /// One-shot sources sending `x` to `to`, each of its own address (127.1.x.y: one address
 /// would be held to its share of the budget), at most 5,000 a second, until stopped, `max`
 /// of them or `limit` has passed.
@@ -171,6 +168,9 @@ impl Flood {
     }
 }
 
+/// A flood on one port of a two-port service holds the whole flow budget; a new client on
+/// the other port, whose table has no flow to give up, is still admitted: the flooded
+/// port's table gives up an idle flow for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     let tcp = Backend::start("wan1", "127.0.0.2").await;

@@ -105,15 +105,6 @@ impl FromStr for ListenSpec {
                 return Err(format!("`{s}`: brackets are for IPv6 addresses only; write `{host}:{ports}`"))
             }
             (false, IpAddr::V6(_)) => return Err(format!("`{s}`: an IPv6 address goes in brackets, `[IPv6]:PORT`")),
-            // IPv6 listeners are IPv6-only (so `0.0.0.0` and `::` can both be listed): a mapped
-            // address would never bind.
-            (true, IpAddr::V6(v6)) => {
-                if let Some(v4) = v6.to_ipv4_mapped() {
-                    return Err(format!(
-                        "`{s}`: an IPv4-mapped address never binds here (listeners are IPv6-only); write `{v4}:{ports}`"
-                    ));
-                }
-            }
             _ => {}
         }
         let ports = ports.parse::<PortRange>().map_err(|e| format!("in `{s}`: {e}"))?;
@@ -233,8 +224,6 @@ mod tests {
         assert!(e.contains("goes in brackets"), "{e}");
         assert!("2001:db8::1:80".parse::<ListenSpec>().is_err());
         assert_eq!("[::1]:80".parse::<ListenSpec>().unwrap().to_string(), "[::1]:80");
-        let e = "[::ffff:192.0.2.1]:80".parse::<ListenSpec>().unwrap_err();
-        assert!(e.contains("IPv4-mapped") && e.contains("`192.0.2.1:80`"), "{e}");
         assert!("0.0.0.0:70000".parse::<ListenSpec>().is_err());
         assert!("0.0.0.0:10-5".parse::<ListenSpec>().is_err());
         assert!("nothost:80".parse::<ListenSpec>().is_err());

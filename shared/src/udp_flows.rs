@@ -47,8 +47,12 @@ pub trait FlowEntry {
         None
     }
 
+    /// Whether [`FlowEntry::answered`] tells anything: the table keeps a queue of the flows
+    /// never answered only then.
+    const TRACKS_ANSWERS: bool = false;
+
     /// Whether the other side ever answered: a flow never answered is given up before one
-    /// that was ([`FlowTable::evict_idlest`]). Unknown: answered.
+    /// that was ([`FlowTable::evict_idlest`]). Goes from false to true only.
     fn answered(&self) -> bool {
         true
     }
@@ -334,10 +338,6 @@ impl Drop for FlowLife {
     }
 }
 
-/// How many flows, from the one queued longest, are looked at for one never answered before
-/// any answered one is given up: a bounded scan per admission.
-pub const UNANSWERED_SCAN: usize = 64;
-
 /// How long a flow must have been silent before a new source may take its slot at a full
 /// budget: an eighth of the idle timeout, at most 250 ms (a call's media or a game's
 /// updates come far more often; a flood's one-shot sources are gone after it).
@@ -352,12 +352,15 @@ pub struct FlowTable<K, V> {
     /// Clients by the time the queue last saw them (oldest first); entries of removed flows
     /// are skipped when met and the queue is rebuilt when they pile up.
     order: BTreeSet<(u64, K)>,
+    /// The same for the flows never answered when they were queued (if `V` tracks answers):
+    /// those answered since are dropped from it when met.
+    unanswered: BTreeSet<(u64, K)>,
     idle_ms: u64,
 }
 
 impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
     pub fn new(idle_ms: u64) -> Self {
-        Self { flows: HashMap::new(), order: BTreeSet::new(), idle_ms: idle_ms.max(1) }
+        Self { flows: HashMap::new(), order: BTreeSet::new(), unanswered: BTreeSet::new(), idle_ms: idle_ms.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -383,48 +386,25 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
     /// Add a flow (its permits already acquired); returns the flow it replaced, if any.
     pub fn insert(&mut self, client: K, flow: V, now: u64) -> Option<V> {
         self.order.insert((now, client));
+        if V::TRACKS_ANSWERS && !flow.answered() {
+            self.unanswered.insert((now, client));
+        }
         let old = self.flows.insert(client, flow);
         self.compact();
         old
     }
 
-    /// Remove a flow silent for at least `min_idle_ms`: the longest-silent of those never
-    /// answered among the [`UNANSWERED_SCAN`] queued first, else the longest-silent of all.
-    /// A flood's spoofed sources are never answered by a home that checks what it gets
-    /// (WireGuard drops a handshake it cannot verify): they go before a peer's tunnel that is
-    /// quiet between keepalives.
+    /// Remove the flow silent longest, if it has been silent for at least `min_idle_ms`: of
+    /// those never answered first, if `V` tracks answers. A flood's spoofed sources are never
+    /// answered by a home that checks what it gets (WireGuard drops a handshake it cannot
+    /// verify): they go before a peer's tunnel that is quiet between keepalives.
     pub fn evict_idlest(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
-        let unanswered = self.order.iter().take(UNANSWERED_SCAN).find(|(_, client)| {
-            self.flows.get(client).is_some_and(|f| !f.answered() && now.saturating_sub(f.last_active()) >= min_idle_ms)
-        });
-        if let Some(&(queued, client)) = unanswered {
-            self.order.remove(&(queued, client));
-            return self.flows.remove(&client);
-        }
-        self.evict_idlest_of_all(now, min_idle_ms)
-    }
-
-    /// The flow silent longest, if it has been silent for at least `min_idle_ms`.
-    fn evict_idlest_of_all(&mut self, now: u64, min_idle_ms: u64) -> Option<V> {
-        // Each pass either drops a stale entry, requeues a flow seen active since it was
-        // queued (once per activity: it then comes round again and is decided), or decides:
-        // twice the queue's length covers a queue of flows that all spoke since.
-        for _ in 0..2 * self.order.len() {
-            let (queued, client) = self.order.pop_first()?;
-            let Some(flow) = self.flows.get(&client) else { continue };
-            let last = flow.last_active();
-            if last > queued {
-                self.order.insert((last, client));
-                continue;
+        if V::TRACKS_ANSWERS {
+            if let Some(v) = idlest(&mut self.unanswered, &mut self.flows, now, min_idle_ms, V::answered) {
+                return Some(v);
             }
-            if now.saturating_sub(last) < min_idle_ms {
-                // The idlest flow is still talking, so every other flow is too.
-                self.order.insert((queued, client));
-                return None;
-            }
-            return self.flows.remove(&client);
         }
-        None
+        idlest(&mut self.order, &mut self.flows, now, min_idle_ms, |_| false)
     }
 
     /// Slots for a new flow: free ones, or those of the flow silent longest if it has been
@@ -544,12 +524,49 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
         self.idle_ms = idle_ms.max(1);
     }
 
-    /// Rebuild the queue when removed flows' entries outnumber the live ones.
+    /// Rebuild a queue when removed flows' entries outnumber the live ones.
     fn compact(&mut self) {
         if self.order.len() > 2 * self.flows.len() + 64 {
             self.order = self.flows.iter().map(|(k, v)| (v.last_active(), *k)).collect();
         }
+        if self.unanswered.len() > 2 * self.flows.len() + 64 {
+            self.unanswered =
+                self.flows.iter().filter(|(_, v)| !v.answered()).map(|(k, v)| (v.last_active(), *k)).collect();
+        }
     }
+}
+
+/// Removes from `flows` the flow silent longest of those `queue` holds, if it has been silent
+/// for at least `min_idle_ms`. Each pass drops an entry whose flow is gone or that `leaves`
+/// (answered, for the queue of the unanswered), requeues a flow seen active since it was
+/// queued (once per activity: it then comes round again and is decided), or decides: twice
+/// the queue's length covers a queue of flows that all spoke since.
+fn idlest<K: Copy + Ord + Hash, V: FlowEntry>(
+    queue: &mut BTreeSet<(u64, K)>,
+    flows: &mut HashMap<K, V>,
+    now: u64,
+    min_idle_ms: u64,
+    leaves: impl Fn(&V) -> bool,
+) -> Option<V> {
+    for _ in 0..2 * queue.len() {
+        let (queued, client) = queue.pop_first()?;
+        let Some(flow) = flows.get(&client) else { continue };
+        if leaves(flow) {
+            continue;
+        }
+        let last = flow.last_active();
+        if last > queued {
+            queue.insert((last, client));
+            continue;
+        }
+        if now.saturating_sub(last) < min_idle_ms {
+            // The idlest flow is still talking, so every other flow is too.
+            queue.insert((queued, client));
+            return None;
+        }
+        return flows.remove(&client);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -636,6 +653,7 @@ mod tests {
     fn a_flow_never_answered_goes_before_an_answered_one() {
         struct G(u64, bool);
         impl FlowEntry for G {
+            const TRACKS_ANSWERS: bool = true;
             fn last_active(&self) -> u64 {
                 self.0
             }
@@ -655,6 +673,18 @@ mod tests {
         assert_eq!(gone(&mut t, 560), Some((300, false)));
         assert_eq!(gone(&mut t, 560), Some((200, true)));
         assert!(t.is_empty());
+        // However many answered flows were queued before them: 150 tunnels, then a flood.
+        for i in 0..150 {
+            t.insert(addr(i), G(u64::from(i), true), u64::from(i));
+        }
+        for i in 150..160 {
+            t.insert(addr(i), G(1000 + u64::from(i), false), 1000 + u64::from(i));
+        }
+        for _ in 150..160 {
+            assert_eq!(gone(&mut t, 2000).map(|g| g.1), Some(false), "a flood source, not a tunnel");
+        }
+        assert_eq!(gone(&mut t, 2000), Some((0, true)), "then the longest-silent tunnel");
+        assert_eq!(t.len(), 149);
     }
 
     /// A flow that spoke after it was queued goes back where its last datagram puts it, not

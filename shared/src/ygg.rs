@@ -319,7 +319,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) ->
         if buf.len() > MAX_RESPONSE {
             return Err(Exchange::TooLarge);
         }
-        if end.feed(&chunk[..n]) && is_complete_json(&buf) {
+        if end.whole(&chunk[..n], &buf) {
             return Ok(buf);
         }
     }
@@ -341,6 +341,13 @@ struct ValueEnd {
 }
 
 impl ValueEnd {
+    /// Takes the next bytes of `buf` (which ends with them); whether the reply is whole: its
+    /// brackets closed and the parser agrees, or it is no object or array at all (read no
+    /// further: parsing it again at every chunk is the cost this scan avoids).
+    fn whole(&mut self, next: &[u8], buf: &[u8]) -> bool {
+        self.feed(next) && (!self.started || is_complete_json(buf))
+    }
+
     /// Takes the next bytes; whether the value may have ended.
     fn feed(&mut self, bytes: &[u8]) -> bool {
         for &b in bytes {
@@ -414,7 +421,7 @@ pub mod sans_io {
 
     /// Whether the bytes read so far hold one whole JSON value (the exchange stops there).
     pub fn reply_complete(buf: &[u8]) -> bool {
-        ValueEnd::default().feed(buf) && is_complete_json(buf)
+        ValueEnd::default().whole(buf, buf)
     }
 
     /// A `getSelf` reply.
@@ -573,8 +580,11 @@ mod tests {
         for cut in 0..tricky.len() {
             assert!(!ends(&tricky[..cut]), "ended early at {cut}: {:?}", String::from_utf8_lossy(&tricky[..cut]));
         }
-        // Not an object or array: nothing to wait for (decode refuses it).
+        // Not an object or array: nothing to wait for (decode refuses it), whatever follows.
         assert!(ends(b"25") && ends(b" \"x") && !ends(b"  \n"));
+        let mut end = ValueEnd::default();
+        let string = [&b"\""[..], &[b'a'; 4095]].concat();
+        assert!(end.whole(&string, &string), "an open string at the top: whole at once");
         // Fed in pieces as it arrives, it agrees with the parser at every cut, on real replies.
         for reply in [SELF, PEERS, PEERS_DOWN, &tricky[..]] {
             for cut in 0..=reply.len() {

@@ -395,7 +395,7 @@ mod tests {
             nameservers = ["nowhere"]
             min_refresh = "2h"
             on_no_answer = "maybe"
-            saved_max_age = "10m"
+            saved_max_age = "12h"
             table = "no spaces"
             "#,
         )

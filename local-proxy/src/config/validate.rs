@@ -76,8 +76,9 @@ pub mod ranges {
     pub const MIN_REFRESH: DurationRange = DurationRange::new(secs(1), days(1));
     /// `firewall.max_refresh`, default 1h.
     pub const MAX_REFRESH: DurationRange = DurationRange::new(secs(1), days(7));
-    /// `firewall.saved_max_age`, default 30d.
-    pub const SAVED_MAX_AGE: DurationRange = DurationRange::new(hours(1), days(3650));
+    /// `firewall.saved_max_age`, default 30d; at least a day, so that the file's hourly
+    /// refresh is a small part of it.
+    pub const SAVED_MAX_AGE: DurationRange = DurationRange::new(days(1), days(3650));
     /// `firewall.lookup_timeout`, default 5s.
     pub const LOOKUP_TIMEOUT: DurationRange = DurationRange::new(ms(100), secs(60));
     /// `*.access_log.flush`, default 100ms.

@@ -117,7 +117,7 @@ impl Record {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok());
         if let Some(age) = age.filter(|&a| a > max_age) {
-            warn!(file = %path.display(), age_days = age.as_secs() / 86_400, max_age_days = max_age.as_secs() / 86_400,
+            warn!(file = %path.display(), age_hours = age.as_secs() / 3600, max_age_hours = max_age.as_secs() / 3600,
                 "the last firewall allowlist is older than firewall.saved_max_age; not carried over");
             return None;
         }

@@ -157,11 +157,8 @@ impl SiteRoute {
         // A path that takes some auth or rate limit as written, and another loosely, must pass
         // both (`/ADMIN/x` under the site's sign-in, beside `/admin` for administrators).
         let (auth, limiter) = matched.map_or((site.auth, site.limiter), |p| (p.auth.as_deref(), p.limiter.as_deref()));
-        let adds =
-            |p: &&PathRoute| besides(p.auth.as_ref(), auth).is_some() || besides(p.limiter.as_ref(), limiter).is_some();
-        let near = self.paths.iter().filter(loose).find(adds);
-        let also_auth = near.and_then(|p| besides(p.auth.as_ref(), auth));
-        let also_limiter = near.and_then(|p| besides(p.limiter.as_ref(), limiter));
+        let also_auth = self.paths.iter().filter(loose).find_map(|p| besides(p.auth.as_ref(), auth));
+        let also_limiter = self.paths.iter().filter(loose).find_map(|p| besides(p.limiter.as_ref(), limiter));
         let Some(p) = matched else { return Ok(Target { also_auth, also_limiter, ..site }) };
         Ok(Target {
             also_auth,
@@ -239,7 +236,7 @@ impl Routes {
             };
             let site_auth = auth(format!("site[{i}].forward_auth"), site.forward_auth.as_ref())?;
             let site_limiter = site.middlewares.rate_limit.as_ref().map(|r| Arc::new(Limiter::new(r, &site.host, "")));
-            let mut paths = Vec::with_capacity(site.routes.len());
+            let mut paths: Vec<PathRoute> = Vec::with_capacity(site.routes.len());
             for r in &site.routes {
                 let pool = match r.upstreams {
                     None => pool.clone(),
@@ -248,9 +245,15 @@ impl Routes {
                         .cloned()
                         .ok_or_else(|| RoutesError::NoPool { host: format!("{}#{}", site.host, r.name) })?,
                 };
-                // A route that inherits the site's auth shares its client (and connections).
+                // A route that inherits the site's auth, or has the same as a route before it,
+                // shares its client (and connections): one auth service is one, for
+                // `also_auth` too, which asks only another.
+                let same =
+                    paths.iter().find(|p| p.route.forward_auth.is_some() && p.route.forward_auth == r.forward_auth);
                 let auth = if r.forward_auth.is_some() && r.forward_auth == site.forward_auth {
                     site_auth.clone()
+                } else if let Some(p) = same {
+                    p.auth.clone()
                 } else {
                     auth(format!("site[{i}].route {}.forward_auth", r.name), r.forward_auth.as_ref())?
                 };
@@ -591,6 +594,18 @@ mod tests {
             [[site.route]]
             path_prefix = "/admin"
             forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            [[site.route]]
+            path = "/api"
+            forward_auth = { address = "http://127.0.0.1:9091/api" }
+            [[site.route]]
+            path_prefix = "/api/"
+            forward_auth = { address = "http://127.0.0.1:9091/api" }
+            [[site.route]]
+            path = "/a"
+            forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            [[site.route]]
+            path = "/a/"
+            rate_limit = { requests = 1 }
             "#,
         )
         .unwrap();
@@ -612,6 +627,11 @@ mod tests {
         assert_eq!(t("signed.example.org", "/ADMIN/x"), (true, true, false));
         assert_eq!(t("signed.example.org", "/admin/x"), (true, false, false), "the route's own only");
         assert_eq!(t("signed.example.org", "/other"), (true, false, false));
+        // Two routes with the same auth service: asked once.
+        assert_eq!(t("signed.example.org", "/api/"), (true, false, false));
+        assert_eq!(t("signed.example.org", "/API"), (true, true, false), "the site's, and the API's");
+        // The auth of one loose route and the rate limit of another both count.
+        assert_eq!(t("signed.example.org", "/A"), (true, true, true));
     }
 
     #[test]

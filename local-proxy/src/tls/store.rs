@@ -252,8 +252,9 @@ fn pairs(tls: &Tls) -> (Vec<CertFiles>, Vec<PathBuf>) {
 /// For `check`: the certificate files `tls` names, read as the store will read them. A pair
 /// listed in `tls.certificate` that does not load is a problem (nginx refuses its start too);
 /// `certbot_live_dir` naming one lineage instead of the folder of them is a problem (nothing
-/// would be found in it); a live folder not made yet, or holding nothing usable yet, is a
-/// warning (certbot may run after the proxy is installed). ACME's own folder is not read: the
+/// would be found in it); a live folder not made yet, not readable yet, or holding nothing
+/// usable yet, is a warning (certbot may run after the proxy is installed, and its deploy
+/// hook opens it to the service). ACME's own folder is not read: the
 /// proxy fills it.
 pub fn check_sources(tls: &Tls, problems: &mut Problems, warnings: &mut Vec<FieldError>) {
     for (i, pair) in tls.certificates.iter().enumerate() {
@@ -282,8 +283,10 @@ pub fn check_sources(tls: &Tls, problems: &mut Problems, warnings: &mut Vec<Fiel
             warn(format!("`{}` does not exist (yet): no certificate from it until certbot makes it", live.display()));
             return;
         }
+        // Not readable by whoever runs `check` (certbot's live/ is root's until its deploy hook
+        // opens it): the server starts without it, as it does without a folder not made yet.
         Err(e) => {
-            problems.push(field, format!("`{}`: {e}", live.display()));
+            warn(format!("`{}`: {e}: no certificate from it until it can be read", live.display()));
             return;
         }
     };
