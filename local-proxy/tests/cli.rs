@@ -114,6 +114,9 @@ async fn check_reads_certificates_and_warns() {
     // One lineage's folder for the folder of them.
     let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}/a.test\"", live.display()))).await;
     assert!(!ok && err.contains("tls.certbot_live_dir") && err.contains("one certificate's folder"), "{err}");
+    // A file, not a folder: refused.
+    let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}/b.pem\"", dir.display()))).await;
+    assert!(!ok && err.contains("tls.certbot_live_dir") && err.contains("b.pem"), "{err}");
     // Not made yet; a broken lineage: warnings.
     let (ok, err) = check(tls(&format!("certbot_live_dir = \"{}/nowhere\"", dir.display()))).await;
     assert!(ok && err.contains("warning: tls.certbot_live_dir") && err.contains("does not exist (yet)"), "{err}");

@@ -207,7 +207,7 @@ async fn respond(
     super::headers::drop_underscore_twins(req.headers_mut(), &route.identity_headers);
     // A route the path matches only loosely must allow it too; only its target's own auth
     // service's answer headers reach the upstream.
-    if let Some(also) = target.also_auth {
+    for also in target.also_auth.iter() {
         if let Verdict::Deny(mut resp, label) = also.check(&req, conn, host, target.host, target.route).await {
             super::headers::apply_response(resp.headers_mut(), target.response_headers);
             mark(&mut resp, seen);

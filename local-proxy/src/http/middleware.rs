@@ -56,7 +56,7 @@ pub fn before<'a, B>(req: &Request<B>, client: IpAddr, target: &Target<'a>) -> B
     };
     let encoding = mw.compression.as_ref().and_then(|c| compress::choose(req.headers(), c));
     let after = After { mw, site, origin, encoding, method: req.method().clone() };
-    for limiter in [target.limiter, target.also_limiter].into_iter().flatten() {
+    for limiter in target.limiter.into_iter().chain(target.also_limiter.iter()) {
         if let Err(limited) = limiter.check(client) {
             return Before::Answer(after.finish(too_many(limited.retry_after)), "rate_limited");
         }

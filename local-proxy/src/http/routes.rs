@@ -111,8 +111,8 @@ pub struct Target<'a> {
     /// case, one trailing `/` more or less), when they are not this target's own: an
     /// upstream that ignores those differences serves the request as that route's, so it
     /// must pass them too (the auth answer's headers are not applied).
-    pub also_auth: Option<&'a AuthClient>,
-    pub also_limiter: Option<&'a Limiter>,
+    pub also_auth: Also<'a, AuthClient>,
+    pub also_limiter: Also<'a, Limiter>,
 }
 
 impl SiteRoute {
@@ -132,8 +132,8 @@ impl SiteRoute {
             auth: self.auth.as_deref(),
             middlewares: &self.site.middlewares,
             limiter: self.limiter.as_deref(),
-            also_auth: None,
-            also_limiter: None,
+            also_auth: Also::default(),
+            also_limiter: Also::default(),
         };
         if self.paths.is_empty() {
             if self.auth.is_some() {
@@ -157,8 +157,12 @@ impl SiteRoute {
         // A path that takes some auth or rate limit as written, and another loosely, must pass
         // both (`/ADMIN/x` under the site's sign-in, beside `/admin` for administrators).
         let (auth, limiter) = matched.map_or((site.auth, site.limiter), |p| (p.auth.as_deref(), p.limiter.as_deref()));
-        let also_auth = self.paths.iter().filter(loose).find_map(|p| besides(p.auth.as_ref(), auth));
-        let also_limiter = self.paths.iter().filter(loose).find_map(|p| besides(p.limiter.as_ref(), limiter));
+        let mut also_auth = Also::default();
+        let mut also_limiter = Also::default();
+        for p in self.paths.iter().filter(loose) {
+            also_auth.add(besides(p.auth.as_ref(), auth));
+            also_limiter.add(besides(p.limiter.as_ref(), limiter));
+        }
         let Some(p) = matched else { return Ok(Target { also_auth, also_limiter, ..site }) };
         Ok(Target {
             also_auth,
@@ -173,6 +177,50 @@ impl SiteRoute {
             limiter: p.limiter.as_deref(),
             ..site
         })
+    }
+}
+
+/// The auth services (or rate limits) of the routes a path matches loosely, besides its own:
+/// each one once, up to [`ALSO_MAX`] (more routes than that covering one path loosely, each
+/// with another service, is a config no one writes; past it they are not asked). No allocation.
+#[derive(Debug)]
+pub struct Also<'a, T>([Option<&'a T>; ALSO_MAX]);
+
+// By hand: derived, they would ask `T: Copy` of what is only referred to.
+impl<T> Clone for Also<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Also<'_, T> {}
+
+/// How many [`Also`] holds.
+const ALSO_MAX: usize = 4;
+
+impl<T> Default for Also<'_, T> {
+    fn default() -> Self {
+        Self([None; ALSO_MAX])
+    }
+}
+
+impl<'a, T> Also<'a, T> {
+    fn add(&mut self, item: Option<&'a T>) {
+        let Some(item) = item else { return };
+        if self.iter().any(|held| std::ptr::eq(held, item)) {
+            return;
+        }
+        if let Some(free) = self.0.iter_mut().find(|slot| slot.is_none()) {
+            *free = Some(item);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a T> + '_ {
+        self.0.iter().flatten().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0].is_none()
     }
 }
 
@@ -606,13 +654,19 @@ mod tests {
             [[site.route]]
             path = "/a/"
             rate_limit = { requests = 1 }
+            [[site.route]]
+            path = "/panel"
+            forward_auth = { address = "http://127.0.0.1:9091/admins" }
+            [[site.route]]
+            path_prefix = "/panel/"
+            forward_auth = { address = "http://127.0.0.1:9091/panel" }
             "#,
         )
         .unwrap();
         let r = Routes::build(&c, &Pools::build(&Arc::new(c.clone()), None), 1).unwrap();
         let t = |host: &str, path: &str| {
             let t = r.find(host).unwrap().target(path).unwrap();
-            (t.auth.is_some(), t.also_auth.is_some(), t.limiter.is_some() || t.also_limiter.is_some())
+            (t.auth.is_some(), !t.also_auth.is_empty(), t.limiter.is_some() || !t.also_limiter.is_empty())
         };
         for path in ["/admin", "/admin/", "/ADMIN/", "/panel/", "/panel/x", "/panel", "/PANEL"] {
             assert_eq!(t("open.example.org", path), (true, false, false), "{path}");
@@ -632,6 +686,9 @@ mod tests {
         assert_eq!(t("signed.example.org", "/API"), (true, true, false), "the site's, and the API's");
         // The auth of one loose route and the rate limit of another both count.
         assert_eq!(t("signed.example.org", "/A"), (true, true, true));
+        // Every loose route's auth service, each once.
+        let asked = |path: &str| r.find("signed.example.org").unwrap().target(path).unwrap().also_auth.iter().count();
+        assert_eq!((asked("/A"), asked("/API"), asked("/Panel"), asked("/panel/x")), (1, 1, 2, 0));
     }
 
     #[test]

@@ -285,8 +285,12 @@ pub fn check_sources(tls: &Tls, problems: &mut Problems, warnings: &mut Vec<Fiel
         }
         // Not readable by whoever runs `check` (certbot's live/ is root's until its deploy hook
         // opens it): the server starts without it, as it does without a folder not made yet.
-        Err(e) => {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             warn(format!("`{}`: {e}: no certificate from it until it can be read", live.display()));
+            return;
+        }
+        Err(e) => {
+            problems.push(field, format!("`{}`: {e}", live.display()));
             return;
         }
     };
