@@ -27,6 +27,29 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// The ingress binary serving one UDP service `name` on `listen` (TOML strings, comma
+/// separated) over the path `home`, with `idle_timeout` and `max_flows`; its config file
+/// lives in the returned directory.
+fn udp_ingress(
+    home: std::net::SocketAddr,
+    name: &str,
+    listen: &str,
+    idle: &str,
+    max_flows: u32,
+) -> (tempfile::TempDir, Child) {
+    let conf = format!(
+        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{home}\" }}]\n\
+         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
+         [[service]]\nname = \"{name}\"\nlisten = [{listen}]\nprotocol = \"udp\"\npool = \"home\"\n\
+         idle_timeout = \"{idle}\"\nmax_flows = {max_flows}\n"
+    );
+    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
+    let file = tmp.path().join("ingress.toml");
+    std::fs::write(&file, conf).expect("write");
+    let child = Child::ingress(&file);
+    (tmp, child)
+}
+
 /// Send `msg` on the connected socket `c` every `wait` until a reply comes, for at most
 /// `limit`: how long the first reply took. A refusal is not a reply.
 async fn first_reply(c: &UdpSocket, msg: &[u8], wait: Duration, limit: Duration) -> Option<Duration> {
@@ -53,18 +76,7 @@ async fn a_flood_of_new_sources_keeps_the_talking_flow_and_admits_a_newcomer() {
     let tcp = Backend::start("wan1", "127.0.0.2").await;
     let _echo = UdpEcho::start("wan1", tcp.addr).await;
     let port = free_udp_port();
-    let conf = format!(
-        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
-         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
-         [[service]]\nname = \"flood\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
-         idle_timeout = \"2s\"\nmax_flows = 4096\n",
-        tcp.addr
-    );
-    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
-    let dir = tmp.path();
-    let file = dir.join("ingress.toml");
-    std::fs::write(&file, conf).expect("write");
-    let child = Child::ingress(&file);
+    let (_tmp, child) = udp_ingress(tcp.addr, "flood", &format!("\"127.0.0.1:{port}\""), "2s", 4096);
     let pid = child.id();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
 
@@ -176,17 +188,8 @@ async fn a_flood_on_one_port_does_not_lock_out_the_services_other_port() {
     let tcp = Backend::start("wan1", "127.0.0.2").await;
     let _echo = UdpEcho::start("wan1", tcp.addr).await;
     let (flooded, other) = (free_udp_port(), free_udp_port());
-    let conf = format!(
-        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
-         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
-         [[service]]\nname = \"two-ports\"\nlisten = [\"127.0.0.1:{flooded}\", \"127.0.0.1:{other}\"]\n\
-         protocol = \"udp\"\npool = \"home\"\nidle_timeout = \"2s\"\nmax_flows = 64\n",
-        tcp.addr
-    );
-    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
-    let file = tmp.path().join("ingress.toml");
-    std::fs::write(&file, conf).expect("write");
-    let _child = Child::ingress(&file);
+    let listen = format!("\"127.0.0.1:{flooded}\", \"127.0.0.1:{other}\"");
+    let (_tmp, _child) = udp_ingress(tcp.addr, "two-ports", &listen, "2s", 64);
     let flooded_addr: std::net::SocketAddr = format!("127.0.0.1:{flooded}").parse().expect("addr");
     let other_addr: std::net::SocketAddr = format!("127.0.0.1:{other}").parse().expect("addr");
 
@@ -238,17 +241,7 @@ async fn a_flood_does_not_take_a_quiet_answered_flow() {
         })
     };
     let port = free_udp_port();
-    let conf = format!(
-        "[pool.home]\npaths = [{{ name = \"wan1\", address = \"{}\" }}]\n\
-         health = {{ interval = \"200ms\", timeout = \"200ms\" }}\n\
-         [[service]]\nname = \"wg\"\nlisten = [\"127.0.0.1:{port}\"]\nprotocol = \"udp\"\npool = \"home\"\n\
-         idle_timeout = \"4s\"\nmax_flows = 2048\n",
-        tcp.addr
-    );
-    let tmp = tempfile::Builder::new().prefix("ingress-flood-").tempdir().expect("temp dir");
-    let file = tmp.path().join("ingress.toml");
-    std::fs::write(&file, conf).expect("write");
-    let _child = Child::ingress(&file);
+    let (_tmp, _child) = udp_ingress(tcp.addr, "wg", &format!("\"127.0.0.1:{port}\""), "4s", 2048);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
 
     let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
