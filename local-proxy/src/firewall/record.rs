@@ -112,11 +112,7 @@ impl Record {
     pub fn read_allowed(&self, table: &str, max_age: Duration) -> Option<BTreeSet<IpNet>> {
         let path = self.allowed.as_ref()?;
         let text = read_text(path, "cannot read the last firewall allowlist")?;
-        let age = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok());
-        if let Some(age) = age.filter(|&a| a > max_age) {
+        if let Some(age) = file_age(path).filter(|&a| a > max_age) {
             warn!(file = %path.display(), age_hours = age.as_secs() / 3600, max_age_hours = max_age.as_secs() / 3600,
                 "the last firewall allowlist is older than firewall.saved_max_age; not carried over");
             return None;
@@ -191,12 +187,18 @@ fn read_text(path: &Path, failed: &str) -> Option<String> {
     }
 }
 
+/// How long ago `path` was last modified; none when that cannot be told (no file, or a clock
+/// behind the file's time).
+fn file_age(path: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
 /// Brings `path`'s modification time to now if it is older than [`VOUCH_EVERY`]: the list it
 /// holds is still the one enforced. A failure costs only an earlier expiry: logged, not retried
 /// sooner.
 fn vouch(path: &Path) {
-    let stale = |t: SystemTime| SystemTime::now().duration_since(t).is_ok_and(|age| age >= VOUCH_EVERY);
-    if !std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(stale) {
+    if file_age(path).is_none_or(|age| age < VOUCH_EVERY) {
         return;
     }
     let touched = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
