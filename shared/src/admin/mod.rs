@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod control;
+mod cross_site;
 pub mod events;
 pub mod page;
 pub mod series;
@@ -300,15 +301,28 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
         conns.spawn(async move {
             let _permits = (permit, other);
             let svc = service_fn(move |req: Request<Incoming>| {
-                let reply = if loopback && !names_this_host(&req) {
-                    Reply::text(
+                let refused = if loopback && !names_this_host(&req) {
+                    Some(Reply::text(
                         StatusCode::MISDIRECTED_REQUEST,
                         "this listener is on loopback and answers only to an IP address or localhost\n",
-                    )
+                    ))
+                } else if cross_site::from_another_site(&req) {
+                    tracing::debug!(%peer, path = req.uri().path(), "admin request from another site's page refused");
+                    Some(Reply::text(
+                        StatusCode::FORBIDDEN,
+                        "refused: a page of another site sent this request; open this listener's address directly\n",
+                    ))
                 } else {
-                    routes.answer(&req, peer)
+                    None
                 };
-                async move { Ok::<_, Infallible>(into_response(reply)) }
+                // A refused browser's connection is closed, not kept for its next request:
+                // a page must not hold the listener's slots.
+                let close = refused.is_some();
+                let mut resp = into_response(refused.unwrap_or_else(|| routes.answer(&req, peer)));
+                if close {
+                    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                }
+                async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -524,6 +538,55 @@ mod tests {
         let r = get(addr, "GET http://rebind.example/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await;
         assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// A request a page of another site sent (a blind control `POST`, a kept-alive fetch
+    /// under a `*.localhost` name) gets a 403 before any route sees it, and its connection
+    /// is closed though it asked to keep it; a link followed to the page is answered.
+    #[tokio::test]
+    async fn requests_from_another_sites_page_are_refused_and_closed() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let routes = Routes::new().get("/status", || Reply::json(StatusCode::OK, "{}".into())).route(
+            Method::POST,
+            "/api/drain",
+            move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Reply::text(StatusCode::UNAUTHORIZED, "no token\n")
+            },
+        );
+        let (tx, server) = started(l, routes);
+        // No `Connection: close`: the server must end the connection itself.
+        let kept =
+            |line: &str, more: &str| format!("{line} HTTP/1.1\r\nHost: a1.localhost:{}\r\n{more}\r\n", addr.port());
+        for (line, more) in [
+            ("GET /status", "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n"),
+            ("POST /api/drain?path=wan1", "Content-Length: 0\r\nOrigin: http://evil.example\r\n"),
+        ] {
+            let r = tokio::time::timeout(Duration::from_secs(5), get(addr, &kept(line, more)))
+                .await
+                .unwrap_or_else(|_| panic!("{line}: the connection was kept open"));
+            assert!(r.starts_with("HTTP/1.1 403") && r.contains("another site") && !r.contains("{}"), "{line}: {r}");
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0, "no route saw a refused request");
+        // A rebound name's refusal closes its connection too.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(addr, "GET /status HTTP/1.1\r\nHost: rebind.example\r\n\r\n"),
+        )
+        .await
+        .expect("the misdirected request's connection was kept open");
+        assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+        let nav = "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\nConnection: close\r\n";
+        let r = get(addr, &kept("GET /status", nav)).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("{}"), "{r}");
+        let r = get(addr, &kept("POST /api/drain", "Content-Length: 0\r\nConnection: close\r\n")).await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
     }
