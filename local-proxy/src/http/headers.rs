@@ -11,17 +11,44 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1). `Trailer` is not
-/// one (RFC 9110 6.6.2, unlike RFC 2616): it announces the message's trailer fields, and
-/// hyper sends an HTTP/1.1 client only the trailers it announces.
-const HOP_BY_HOP: &[HeaderName] = &[
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), with the legacy
+/// `Keep-Alive` and `Proxy-Connection` still sent. `Trailer` is not one (RFC 9110 6.6.2,
+/// unlike RFC 2616): it announces the message's trailer fields, and hyper sends an HTTP/1.1
+/// client only the trailers it announces. Bit `i` of [`hop_by_hop_found`]'s mask is entry `i`.
+/// A static, not a const: a const array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
+const CONNECTION_BIT: u8 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 2;
+const UPGRADE_BIT: u8 = 1 << 3;
+
+/// Which of [`HOP_BY_HOP`] `headers` has, one bit each, from one scan of the names: by
+/// length first, so that the usual names (`date`, `server`, `content-type`) cost one
+/// comparison of a number.
+fn hop_by_hop_found(headers: &HeaderMap) -> u8 {
+    headers.keys().fold(0, |found, name| {
+        let n = name.as_str();
+        let index = match n.len() {
+            10 => (n == "connection").then_some(0).or((n == "keep-alive").then_some(4)),
+            2 => (n == "te").then_some(1),
+            17 => (n == "transfer-encoding").then_some(2),
+            7 => (n == "upgrade").then_some(3),
+            16 => (n == "proxy-connection").then_some(5),
+            18 => (n == "proxy-authenticate").then_some(6),
+            19 => (n == "proxy-authorization").then_some(7),
+            _ => None,
+        };
+        index.map_or(found, |i| found | 1 << i)
+    })
+}
 
 /// Whether a request asks to switch protocols (WebSocket and friends). Not to h2c: an
 /// upstream that switched would take every later request on the connection as its own
@@ -38,47 +65,49 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Hop-by-hop headers outside the `http` crate's standard set (legacy, still sent).
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
-}
-
 /// Drop hop-by-hop headers, including any the `Connection` header names (in any case, in
 /// every `Connection` header). With `may_upgrade` (an HTTP/1.1 request), a request to switch
 /// protocols ([`is_upgrade`]) keeps `Connection: upgrade` and `Upgrade`, so the upstream sees
 /// it; asked only when there is a hop-by-hop header at all.
 ///
 /// Runs twice per proxied request (request and response), so the common cases cost one pass
-/// over the names: no hop-by-hop header at all returns there; otherwise the names a `Connection`
-/// header lists are removed by `&str` (lowercased on the stack by `http`, no `HeaderName`
-/// built and no list collected unless the header is sent more than once).
+/// over the names ([`hop_by_hop_found`]): none at all returns there, and the usual one, a
+/// `Connection: keep-alive` naming no header, is one removal. The names a `Connection` header
+/// lists are removed by `&str` (lowercased on the stack by `http`, no `HeaderName` built), and
+/// its values copied only when one names a header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, may_upgrade: bool) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let found = hop_by_hop_found(headers);
+    if found == 0 {
         return;
     }
-    let upgrade_value = if may_upgrade && is_upgrade(headers) { headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if may_upgrade && found & UPGRADE_BIT != 0 && is_upgrade(headers) {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     // A message framed by Transfer-Encoding goes on re-framed by hyper; a Content-Length sent
     // beside it is wrong for that framing (RFC 9112 6.3), and hyper's client keeps it in an
     // upstream's response: passed on, the client would read that many bytes of the body.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if found & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(header::CONTENT_LENGTH);
     }
-    if let Some(first) = headers.get(header::CONNECTION).cloned() {
-        // `remove` drops every `Connection` value but returns the first only: take the
-        // others first (empty, so no allocation, when the header came once).
-        let more: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().skip(1).cloned().collect();
+    if found & CONNECTION_BIT != 0 {
+        let names_some = headers.get_all(header::CONNECTION).iter().any(|v| named_by(v).next().is_some());
+        // `remove` returns the first value only: the others are taken before.
+        let values: Vec<HeaderValue> =
+            if names_some { headers.get_all(header::CONNECTION).iter().cloned().collect() } else { Vec::new() };
         headers.remove(header::CONNECTION);
-        for value in std::iter::once(&first).chain(&more) {
-            remove_named(headers, value);
+        for value in &values {
+            for name in named_by(value) {
+                headers.remove(name);
+            }
         }
     }
-    // Only the names present (usually none left after `Connection`): a scan of the names
-    // costs less than a hashed removal of each of the nine. Bounded: each turn removes one.
-    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
-        headers.remove(name);
+    // The others found (some may be gone already, named by `Connection`).
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if found & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
@@ -86,25 +115,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, may_upgrade: bool) {
     }
 }
 
-/// Remove the headers one `Connection` value names (comma-separated tokens, any case).
-fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
-    let Ok(list) = connection.to_str() else { return };
-    for token in list.split(',') {
-        let token = token.trim();
-        // `close` and `keep-alive` are the usual values: the first names no header, the
-        // second one removed by the caller anyway. `Host` is the request's own, not the
-        // connection's, whatever a client says.
-        if token.is_empty()
+/// The header names one `Connection` value lists (comma-separated tokens, any case).
+/// `close` and `keep-alive` are the usual values: the first names no header, the second one
+/// removed anyway. `Host` is the request's own, not the connection's, whatever a client says.
+/// A token that is no valid header name names nothing when removed.
+fn named_by(connection: &HeaderValue) -> impl Iterator<Item = &str> {
+    let list = connection.to_str().unwrap_or("");
+    list.split(',').map(str::trim).filter(|token| {
+        !(token.is_empty()
             || token.eq_ignore_ascii_case("close")
             || token.eq_ignore_ascii_case("keep-alive")
-            || token.eq_ignore_ascii_case("host")
-        {
-            continue;
-        }
-        // By `&str`: `http` lowercases it on the stack; a token that is no valid header
-        // name names nothing and is skipped.
-        headers.remove(token);
-    }
+            || token.eq_ignore_ascii_case("host"))
+    })
 }
 
 /// The `X-Forwarded-For` / `X-Real-IP` value for a client address (IPv4-mapped IPv6 shown
@@ -306,6 +328,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    /// Each hop-by-hop name alone is found as its own bit and removed; names of the same
+    /// length (`set-cookie` beside `connection`) are kept.
+    #[test]
+    fn every_hop_by_hop_name_is_found_and_removed() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            for kept in ["set-cookie", "tk", "x-frame-options", "content-location", "x-content-type-opt"] {
+                h.insert(HeaderName::from_static(kept), HeaderValue::from_static("1"));
+            }
+            assert_eq!(hop_by_hop_found(&h), 1 << i, "{name}");
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 5, "{name}: {h:?}");
+            assert!(!h.contains_key(name), "{name}");
+        }
     }
 
     #[test]
