@@ -1,6 +1,6 @@
 //! `local-proxy` binary: command line, logging, signals; the work is in the library.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -60,7 +60,14 @@ enum FirewallCommand {
     Show,
     /// Delete our nftables table (present or not). A stopped proxy leaves it in place, closed,
     /// on purpose; the package removes it with this when the package itself is removed.
-    Remove,
+    Remove {
+        /// The proxy's state directory (the unit's StateDirectory=, /var/lib/local-proxy):
+        /// also delete the table the last run recorded there (the config's table renamed, or
+        /// `[firewall]` taken out, while it was stopped), then the record and its saved
+        /// allowlist.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// `check`: the config, and the files the server will open as far as `check` can tell without
@@ -80,7 +87,9 @@ fn main() -> ExitCode {
     let cli = Args::parse().cli;
     match cli.command {
         Some(Command::Firewall { what: FirewallCommand::Show }) => firewall_show(&cli.config),
-        Some(Command::Firewall { what: FirewallCommand::Remove }) => firewall_remove(&cli.config),
+        Some(Command::Firewall { what: FirewallCommand::Remove { state_dir } }) => {
+            firewall_remove(&cli.config, state_dir.as_deref())
+        }
         Some(Command::Ctl(c)) => ctl::run(&cli.config, c.admin, c.what),
         Some(Command::Check) => match check(&cli.config) {
             Ok((c, warnings)) => {
@@ -143,16 +152,19 @@ fn firewall_table(path: &Path) -> String {
     table
 }
 
-/// `firewall remove`: delete the table (no error when it is not there).
-fn firewall_remove(path: &Path) -> ExitCode {
+/// `firewall remove`: delete the table (no error when it is not there), and the one recorded
+/// in `state_dir`.
+fn firewall_remove(path: &Path, state_dir: Option<&Path>) -> ExitCode {
     let table = firewall_table(path);
-    match local_proxy::firewall::remove(&table) {
-        Ok(()) => {
-            println!("table inet {table}: removed");
+    match local_proxy::firewall::remove_recorded(&table, state_dir) {
+        Ok(tables) => {
+            for t in tables {
+                println!("table inet {t}: removed");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("removing table inet {table}: {e}");
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

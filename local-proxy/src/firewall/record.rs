@@ -163,14 +163,28 @@ impl Record {
 
     /// No table of ours is installed any more: its name and its allowlist go.
     pub fn clear(&mut self) {
+        if let Err((path, e)) = self.forget() {
+            warn!(file = %path.display(), error = %e, "cannot remove the last firewall table's record");
+        }
+    }
+
+    /// As [`clear`](Self::clear), the first file that could not be removed returned (both are
+    /// tried), for `firewall remove` to say.
+    pub fn forget(&mut self) -> Result<(), (PathBuf, std::io::Error)> {
         self.saved = None;
+        let mut result = Ok(());
         for path in [&self.path, &self.allowed].into_iter().flatten() {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(file = %path.display(), error = %e, "cannot remove the last firewall table's record"),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err((path.clone(), e));
+                    }
+                }
             }
         }
+        result
     }
 }
 
@@ -408,6 +422,12 @@ mod tests {
         assert_eq!(r.read_allowed("lp_a", AGE), Some(list));
         r.clear();
         r.clear();
+        // A file that cannot be removed is named; the other is removed all the same.
+        r.write("lp_a");
+        std::fs::create_dir(dir.path().join(ALLOWED_FILE)).unwrap();
+        let (path, _) = r.forget().expect_err("a directory in the allowlist's place");
+        assert_eq!(path, dir.path().join(ALLOWED_FILE));
+        assert!(!dir.path().join(FILE).exists());
     }
 
     #[test]

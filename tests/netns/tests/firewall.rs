@@ -538,6 +538,26 @@ fn firewall_allowlist_from_dns() {
     );
     t.stop("local-proxy").expect("stop local-proxy");
     common::phase(start, "static addresses only: one removed from the config is refused after a restart");
+
+    // The package's removal (its prerm) after the config's table was renamed while the proxy
+    // was stopped: the config names a table that is not there, the record the one that is.
+    let text = std::fs::read_to_string(&proxy.config).expect("reading local-proxy.toml");
+    let renamed = text.replace(&format!("table = \"{TABLE}\""), "table = \"renamed_since\"");
+    assert_ne!(text, renamed, "the config names its table");
+    std::fs::write(&proxy.config, renamed).expect("writing local-proxy.toml");
+    assert!(proxy.state.join("firewall-table").exists() && proxy.state.join(SAVED).exists(), "records before removal");
+    let (b, c, s) =
+        (proxy.bin.display().to_string(), proxy.config.display().to_string(), proxy.state.display().to_string());
+    let out = cmd::exec_ok(&home, &[&b, "firewall", "remove", "-c", &c, "--state-dir", &s], Duration::from_secs(5))
+        .expect("firewall remove --state-dir");
+    assert!(out.contains(&format!("table inet {TABLE}: removed")), "{out}");
+    let gone = cmd::exec(&home, &["nft", "list", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft");
+    assert!(!gone.status.success(), "the recorded table was left:\n{}", gone.stdout);
+    assert!(!proxy.state.join(SAVED).exists() && !proxy.state.join("firewall-table").exists(), "records left");
+    let still =
+        cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
+    assert_eq!(still, bystander, "another table was touched");
+    common::phase(start, "firewall remove --state-dir: the recorded table gone though the config names another");
     drop(dns);
     drop(t);
 }
