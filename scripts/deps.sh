@@ -22,8 +22,9 @@ done
 # Build dependencies of the nftables netlink crates (nftnl-sys, mnl-sys link these).
 # knot: the authoritative DNS server of the firewall scenario (knotd, knsupdate).
 # libnginx-mod-stream: nginx's stream module, a candidate in bench/run.
-# lintian: scripts/package checks the .deb packages with it.
-for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils libnginx-mod-stream lintian; do
+# lintian: scripts/package checks the .deb packages with it; logrotate: scripts/check-packages
+# has it read the one local-proxy ships.
+for pkg in libnftnl-dev libmnl-dev pkg-config knot knot-dnsutils libnginx-mod-stream lintian logrotate; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -163,6 +163,23 @@ fn check_refuses_read_only_log_dirs(h: &Host) -> Result<()> {
     Ok(())
 }
 
+/// What a first install of local-proxy leaves before any start: its config readable by the
+/// service's group only (it may hold the ACME EAB key), and the state and log directories
+/// made, so that `check` before the first start finds an access log's directory.
+fn installed_modes(h: &Host) -> Result<()> {
+    let got = h.sh(
+        "stat -c '%n %a %U:%G' /etc/local-proxy/local-proxy.toml /var/lib/local-proxy /var/log/local-proxy",
+        SHORT,
+    )?;
+    let want = "/etc/local-proxy/local-proxy.toml 640 root:local-proxy\n\
+                /var/lib/local-proxy 700 local-proxy:local-proxy\n\
+                /var/log/local-proxy 750 local-proxy:local-proxy";
+    if got.trim() != want {
+        bail!("after dpkg -i (packaging/local-proxy/postinst):\n{got}\nwanted:\n{want}");
+    }
+    Ok(())
+}
+
 /// Installing a package again (`dpkg -i`: an upgrade, the postinst's configure with the old
 /// version) restarts its running service when the new binary's check accepts the config in
 /// place, and leaves it running, its main pid unchanged, with a warning when the check refuses
@@ -254,8 +271,13 @@ fn run(t: &mut Topology, rootfs: &Rootfs, debs: &(PathBuf, PathBuf), t0: Instant
 
     // Both packages, their configs in place, both services started under the packaged units.
     h.sh(
-        "set -e; DEBIAN_FRONTEND=noninteractive dpkg -i /root/ingress.deb /root/local-proxy.deb >/dev/null; \
-         install -m 0644 /root/local-proxy.toml /etc/local-proxy/local-proxy.toml; \
+        "DEBIAN_FRONTEND=noninteractive dpkg -i /root/ingress.deb /root/local-proxy.deb >/dev/null",
+        Duration::from_secs(120),
+    )
+    .context("dpkg -i")?;
+    installed_modes(&h)?;
+    h.sh(
+        "set -e; install -m 0644 /root/local-proxy.toml /etc/local-proxy/local-proxy.toml; \
          install -m 0644 /root/ingress.toml /etc/ingress/ingress.toml; \
          systemctl start local-proxy ingress",
         Duration::from_secs(120),
