@@ -77,15 +77,18 @@ pub fn remove(name: &str) -> Result<(), Error> {
 /// StateDirectory=) the table the last run recorded there, which is another when the config's
 /// table was renamed or `[firewall]` taken out without a reload; once both are gone, the
 /// record and the saved allowlist too (a reinstall must not carry the old list over as after
-/// a reboot). A failure leaves the record, so that a second try still finds the table. Returns
-/// the tables removed (present or not); the error names what failed.
+/// a reboot). A failure, or a record that cannot be read, leaves the record, so that a second
+/// try still finds the table. Returns the tables removed (present or not); the error names
+/// what failed.
 pub fn remove_recorded(name: &str, state_dir: Option<&std::path::Path>) -> Result<Vec<String>, String> {
     let mut record = state_dir.map(|d| record::Record::in_dir(Some(d)));
+    let recorded = record.as_ref().map_or(Ok(None), record::Record::read_checked);
     let mut tables = vec![name.to_owned()];
-    tables.extend(record.as_ref().and_then(record::Record::read).filter(|t| t != name));
+    tables.extend(recorded.clone().ok().flatten().filter(|t| t != name));
     for table in &tables {
         remove(table).map_err(|e| format!("removing table inet {table}: {e}"))?;
     }
+    recorded.map_err(|e| format!("table inet {name} removed, but the last run's table is not known: {e}"))?;
     if let Some(record) = &mut record {
         record.forget().map_err(|(path, e)| format!("removing {}: {e}", path.display()))?;
     }

@@ -79,15 +79,27 @@ impl Record {
     /// The table the previous run installed last, if recorded. A record that cannot be read
     /// or holds no usable name is reported and taken as none.
     pub fn read(&self) -> Option<String> {
-        let path = self.path.as_ref()?;
-        let text = read_text(path, "cannot read the last firewall table's name")?;
+        self.read_checked().unwrap_or_else(|e| {
+            warn!(error = %e, "the last firewall table's name is not known; ignored");
+            None
+        })
+    }
+
+    /// As [`read`](Self::read), a record that is there but cannot be read, or names no table,
+    /// an error naming the file: `firewall remove` must not forget a table it cannot name.
+    pub fn read_checked(&self) -> Result<Option<String>, String> {
+        let Some(path) = self.path.as_ref() else { return Ok(None) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
         let name = text.trim();
         let usable = !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control());
         if !usable {
-            warn!(file = %path.display(), "the last firewall table's name in this file is not a table name; ignored");
-            return None;
+            return Err(format!("{}: not a table name", path.display()));
         }
-        Some(name.to_owned())
+        Ok(Some(name.to_owned()))
     }
 
     /// `table` is the one installed now (written whole: a new file renamed over the old).
@@ -304,12 +316,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = Record::in_dir(Some(dir.path()));
         let file = dir.path().join(FILE);
+        assert_eq!(r.read_checked(), Ok(None), "no record");
         for bad in ["", "\n", "a\u{1}b", &"x".repeat(MAX_NAME + 1)] {
             std::fs::write(&file, bad).unwrap();
             assert_eq!(r.read(), None, "{bad:?}");
+            // `firewall remove` is told, and keeps the record.
+            let e = r.read_checked().expect_err(bad);
+            assert!(e.contains(&file.display().to_string()) && e.contains("not a table name"), "{e}");
         }
         std::fs::write(&file, "lp_a\n").unwrap();
         assert_eq!(r.read().as_deref(), Some("lp_a"));
+        assert_eq!(r.read_checked(), Ok(Some("lp_a".to_owned())));
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(r.read_checked().is_err(), "a record that cannot be read");
     }
 
     fn nets(list: &[&str]) -> BTreeSet<IpNet> {
