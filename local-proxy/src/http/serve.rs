@@ -318,12 +318,18 @@ async fn idled_out(activity: &Activity, http: &Http, quiet_since: impl Fn() -> O
 }
 
 /// Resolves at `deadline` if no request has started by then (`started`: its head is not
-/// complete); never otherwise.
+/// complete); never otherwise. Once one has started, the timer is no longer polled, only the
+/// flag read: this is polled at every wake-up of the connection's task, several per request.
 async fn first_head_due(deadline: Instant, started: &AtomicBool) {
-    tokio::time::sleep_until(deadline).await;
-    if started.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
-    }
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    std::future::poll_fn(|cx| {
+        if started.load(Ordering::Relaxed) {
+            return std::task::Poll::Pending;
+        }
+        std::future::Future::poll(timer.as_mut(), cx)
+    })
+    .await;
 }
 
 /// At shutdown: a connection that has had no request yet may hold one not read so far (the
