@@ -59,6 +59,8 @@ pub const PACKAGES: &[&str] = &[
     "ca-certificates",
     "adduser",
     "procps",
+    // The local-proxy package's /etc/logrotate.d file is run in systemd_restart.
+    "logrotate",
 ];
 
 /// Bumped whenever the steps after debootstrap change (part of the cache key).

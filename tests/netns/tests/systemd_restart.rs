@@ -7,7 +7,8 @@
 //! connection failed; each restart made a new main process; the listening sockets are the same
 //! kernel sockets before and after (kept in systemd's descriptor store: what makes the queueing
 //! possible); each new process logged serving the kept sockets. Then, as a control, `systemctl
-//! stop` + `start` (which flushes the store) does fail connections of the same load. Last,
+//! stop` + `start` (which flushes the store) does fail connections of the same load. The
+//! package's logrotate file rotates the stream's access log and the proxy reopens it. Last,
 //! `dpkg --purge` of both packages removes what local-proxy wrote (/var/lib/local-proxy and
 //! /var/log/local-proxy) and keeps its system user. Bounded: the loads last at most 60 s and
 //! 20 s, the whole test well under 3 minutes with a cached root filesystem (~20 s here).
@@ -51,8 +52,34 @@ trusted_ingress = ["127.0.0.1"]
 name = "echo"
 listen = "{STREAM_PORT}/tcp"
 upstream = "{ECHO}"
+# In the package's log directory (its postinst makes it, so the unit's check passes at the
+# first start), rotated by the package's logrotate file.
+access_log = {{ path = "{STREAM_LOG}" }}
 "#
     )
+}
+
+/// The stream's access log.
+const STREAM_LOG: &str = "/var/log/local-proxy/streams.log";
+
+/// The package's /etc/logrotate.d/local-proxy rotates the access log and has the proxy reopen
+/// it: after `logrotate -f`, the lines so far are in `.1` and a new connection's line is in a
+/// new file (without the reopen it would go on into `.1`, and no new file would be made).
+fn logrotate_reopens(h: &Host, ip: IpAddr) -> Result<()> {
+    h.sh(&format!("test -s {STREAM_LOG}"), SHORT).context("the stream's access log has lines before rotating")?;
+    h.sh("logrotate -f /etc/logrotate.d/local-proxy", SHORT).context("logrotate -f /etc/logrotate.d/local-proxy")?;
+    let connect = format!(
+        "import socket; s = socket.create_connection(('{ip}', {SERVICE_PORT}), 5); s.sendall(b'x\\n'); s.recv(1); s.close()"
+    );
+    h.sh(&format!("python3 -c \"{connect}\""), SHORT).context("one connection through ingress and local-proxy")?;
+    wait_until("the new connection's line in a new log", SHORT, Duration::from_millis(100), || {
+        let out = h.sh(
+            &format!("ls -l {STREAM_LOG}*; test -s {STREAM_LOG}.1 && test -s {STREAM_LOG} && echo rotated"),
+            SHORT,
+        )?;
+        check(out.contains("rotated"), || out.clone())
+    })
+    .with_context(|| journal(h, "local-proxy"))
 }
 
 fn ingress_toml() -> String {
@@ -391,6 +418,8 @@ fn run(t: &mut Topology, rootfs: &Rootfs, debs: &(PathBuf, PathBuf), t0: Instant
         bail!("control: stop + start (store flushed) failed no connection of {}: the load cannot see a gap", c.started);
     }
     common::phase(t0, &format!("control (stop + start): {} of {} connections failed", c.failed, c.started));
+    logrotate_reopens(&h, ip)?;
+    common::phase(t0, "logrotate -f: the access log rotated and reopened");
     upgrade_restarts_only_on_a_config_that_passes(&h)?;
     common::phase(t0, "dpkg -i again: each running service restarted on a valid config, left running on a refused one");
     check_refuses_read_only_log_dirs(&h)?;
