@@ -421,11 +421,11 @@ async fn open_flow(
     member.metrics().m_requests.increment(1);
     let member = Active::new(member);
     let target = stream.upstream_for(index, local.port());
-    let reply = ReplyTo { socket: socket.clone(), sender: key.0, from: asked };
+    let reply = ReplyTo { socket: Arc::downgrade(socket), sender: key.0, from: asked };
     // The socket's move count this flow owns it at (a plain socket never moves).
     let mut owned = 0;
     let upstream = if stream.transparent && transparent::usable(key.1, target) {
-        match FlowSocket::transparent(key.1, target, reply) {
+        match FlowSocket::transparent(key.1, target, destination, reply) {
             Ok((s, at)) => {
                 owned = at;
                 if at > 0 {
@@ -534,7 +534,9 @@ async fn replies(
                 shared::udp_flows::mark_active(&last, epoch.elapsed().as_millis() as u64);
             }
             let to = upstream.reply_to();
-            let sent = segmenting.send_to(&to.socket, to.sender, to.from, run).datagrams;
+            // Its listening socket gone (a reload removed it): nowhere to send from.
+            let sent =
+                to.socket.upgrade().map_or(0, |socket| segmenting.send_to(&socket, to.sender, to.from, run).datagrams);
             counters.dgrams_out.increment(sent as u64);
             if let Some(c) = &counts {
                 c.outbound(sent, run[0].len());
