@@ -198,6 +198,17 @@ fn assert_kernel_matches(home: &str, show: &str) {
 }
 
 /// Runs probes in parallel: `(label, namespace, probe, expect an answer?)`.
+/// After `what`: our table gone from the kernel, its record and saved allowlist gone from the
+/// state directory, and the bystander table as it was.
+fn assert_nothing_of_ours_left(home: &str, state: &Path, bystander: &str, what: &str) {
+    let gone = cmd::exec(home, &["nft", "list", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft");
+    assert!(!gone.status.success(), "{what} left the table:\n{}", gone.stdout);
+    assert!(!state.join(SAVED).exists() && !state.join("firewall-table").exists(), "{what} left the records");
+    let still =
+        cmd::exec_ok(home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
+    assert_eq!(still, bystander, "{what} touched another table");
+}
+
 fn expect_all(bin: &Path, cases: &[(&str, &str, Probe, bool)]) {
     let results: Vec<(String, Seen, bool)> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
@@ -502,13 +513,8 @@ fn firewall_allowlist_from_dns() {
         ],
     );
     t.stop("local-proxy").expect("stop local-proxy");
-    let gone = cmd::exec(&home, &["nft", "list", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft");
-    assert!(!gone.status.success(), "remove_on_exit left the table:\n{}", gone.stdout);
     // No table of ours any more: neither its name nor its list is kept (a reboot carries nothing).
-    assert!(!proxy.state.join(SAVED).exists() && !proxy.state.join("firewall-table").exists(), "records left");
-    let still =
-        cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
-    assert_eq!(still, bystander, "another table was touched");
+    assert_nothing_of_ours_left(&home, &proxy.state, &bystander, "remove_on_exit");
     common::phase(start, "open mode until the first answer; remove_on_exit; the bystander table untouched");
 
     // Static addresses only: with no name to wait for, nothing is carried over a restart, so
@@ -551,12 +557,7 @@ fn firewall_allowlist_from_dns() {
     let out = cmd::exec_ok(&home, &[&b, "firewall", "remove", "-c", &c, "--state-dir", &s], Duration::from_secs(5))
         .expect("firewall remove --state-dir");
     assert!(out.contains(&format!("table inet {TABLE}: removed")), "{out}");
-    let gone = cmd::exec(&home, &["nft", "list", "table", "inet", TABLE], cmd::DEFAULT_TIMEOUT).expect("nft");
-    assert!(!gone.status.success(), "the recorded table was left:\n{}", gone.stdout);
-    assert!(!proxy.state.join(SAVED).exists() && !proxy.state.join("firewall-table").exists(), "records left");
-    let still =
-        cmd::exec_ok(&home, &["nft", "list", "table", "inet", "bystander"], cmd::DEFAULT_TIMEOUT).expect("bystander");
-    assert_eq!(still, bystander, "another table was touched");
+    assert_nothing_of_ours_left(&home, &proxy.state, &bystander, "firewall remove --state-dir");
     common::phase(start, "firewall remove --state-dir: the recorded table gone though the config names another");
     drop(dns);
     drop(t);
