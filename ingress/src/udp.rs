@@ -288,6 +288,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
     let mut recv_buffer = RecvBufferKeeper::default();
     recv_buffer.keep(&socket, first.cfg.udp_recv_buffer, &first.cfg.name);
     loop {
+        // `None`: the sweep's turn, which also applies a reload to flows that only receive
+        // (else a removed path's replies would reach their clients until they next send).
         let received = tokio::select! {
             biased;
             _ = stop.changed() => {
@@ -302,17 +304,14 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                     flow_event(m::UDP_FLOWS_EXPIRED, &svc.cfg.name, &f.guard.path().name);
                 }
                 active.show(table.len());
-                continue;
+                None
             }
-            r = batch.read(&socket) => r,
+            r = batch.read(&socket) => Some(r),
         };
-        match received {
-            Ok(_) => {}
-            Err(e) => {
-                // ICMP errors surface here on some kernels; they concern one peer only.
-                tracing::debug!(listen = %local, error = %e, "udp receive error");
-                continue;
-            }
+        if let Some(Err(e)) = &received {
+            // ICMP errors surface here on some kernels; they concern one peer only.
+            tracing::debug!(listen = %local, error = %e, "udp receive error");
+            continue;
         }
         let now = now_ms();
         let svc = slot.load();
@@ -328,6 +327,9 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
             }
             active.show(table.len());
             opened_under = Arc::clone(&*svc);
+        }
+        if received.is_none() {
+            continue;
         }
         // One flow's consecutive datagrams of one size, sent together once the run ends.
         let mut run: Option<Run<FlowKey>> = None;
@@ -388,9 +390,13 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 // What the run holds goes out before the table changes under it.
                 flush(&mut run, &batch, &mut table, &c);
             }
+            // A moving flow's slots go to its new flow: at a full budget, another flow would
+            // otherwise be evicted for it (or the datagram dropped).
+            let mut moved = None;
             if let Some(Some(reason)) = stale {
                 if let Some(f) = table.remove(&key) {
                     migrated(&svc.cfg.name, &f.guard.path().name, reason);
+                    moved = f.permits().cloned();
                 }
             }
             if stale != Some(None) {
@@ -407,7 +413,14 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
                 let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
-                let permits = table.admit_among(&svc.flows, &mut waiting, now, evict_idle, acquire, evicted).await;
+                let permits = match moved {
+                    Some(slots) => slots.reclaim().await,
+                    None => None,
+                };
+                let permits = match permits {
+                    Some(p) => Some(p),
+                    None => table.admit_among(&svc.flows, &mut waiting, now, evict_idle, acquire, evicted).await,
+                };
                 let Some(permits) = permits else {
                     c.drop_flow_cap.increment(1);
                     tracing::debug!(service = %svc.cfg.name, "flow budget full, datagram dropped");

@@ -160,6 +160,47 @@ async fn flow_cap_drops_new_clients_while_flows_talk_then_admits_over_the_idlest
     assert!(metric(&m, "ingress_udp_flows_evicted_total", &[("service", "udp-capped")]) >= 1.0);
 }
 
+/// A flow moving off a dead path at a full budget takes its own slots along: before, it
+/// evicted another client's quiet flow (a TURN allocation between refreshes) or, with none
+/// quiet, was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_moving_at_a_full_budget_evicts_no_other() {
+    let mut tcp = [Backend::start("wan1", "127.0.0.2").await, Backend::start("wan2", "127.0.0.3").await];
+    let mut echo = [Some(UdpEcho::start("wan1", tcp[0].addr).await), Some(UdpEcho::start("wan2", tcp[1].addr).await)];
+    let toml = udp_config(tcp[0].addr, tcp[1].addr, "max_flows = 2")
+        .replace("udp-echo", "udp-full")
+        .replace("idle_timeout = \"2s\"", "idle_timeout = \"60s\"");
+    let server = start(&toml).await;
+    let addr = service_addr(&server, "udp-full").await;
+    let clients =
+        [UdpSocket::bind("127.0.0.1:0").await.expect("client"), UdpSocket::bind("127.0.0.1:0").await.expect("client")];
+    let mut on = Vec::new();
+    for c in &clients {
+        c.connect(addr).await.expect("connect");
+        let r = ask_within(c, "hi", Duration::from_secs(2)).await.expect("both flows fit");
+        on.push(if r.starts_with("wan1:") { 0 } else { 1 });
+    }
+    // Both flows quiet for longer than a full budget waits before evicting one (250 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let dead = on[0];
+    tcp[dead].kill().await;
+    echo[dead].take().expect("running").stop().await;
+    let alive = if dead == 0 { "wan2" } else { "wan1" };
+    let mut moved = false;
+    for i in 0..40 {
+        if ask(&clients[0], &format!("n{i}")).await.is_some_and(|r| r == format!("{alive}:n{i}")) {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "the first client's flow did not move to {alive}");
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, "ingress_udp_flows_evicted_total", &[("service", "udp-full")]), 0.0, "a flow was evicted");
+    assert_eq!(metric(&m, "ingress_udp_drops_total", &[("service", "udp-full"), ("reason", "flow_cap")]), 0.0);
+    let r = ask_within(&clients[1], "still", Duration::from_secs(2)).await.expect("the other client is answered");
+    assert!(r.ends_with(":still"), "{r}");
+}
+
 /// One address keeping many flows talking (a source port each) holds no more than a quarter
 /// of a nearly full budget: another client is still answered, and the refusals are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,6 +503,31 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
     let after = metrics(&server).await;
     assert_eq!(by(&after, "reload") - by(&before, "reload"), 1.0, "the flow the reload moved, counted as such");
     assert_eq!(by(&after, "path_down"), by(&before, "path_down"), "wan1 never went down");
+}
+
+/// The same without a datagram after the reload: the flow ends at the listener's next sweep,
+/// so a flow that only receives does not keep the removed path's replies coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_quiet_flows_path_ends_the_flow() {
+    let home = TwoPaths::start().await;
+    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
+    let both = udp_config(tcp1.addr, tcp2.addr, "");
+    let server = start(&both).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let _client = client_on_wan1(addr).await;
+    let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
+    let reloads = |m: &str| metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", "reload")]);
+    let before = reloads(&metrics(&server).await);
+    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).await.expect("applies");
+    let mut ended = false;
+    for _ in 0..40 {
+        if reloads(&metrics(&server).await) - before >= 1.0 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ended, "the quiet flow on the removed path outlived the reload");
 }
 
 /// A reload that gives a UDP listener's address to a service of another name: its datagrams

@@ -351,6 +351,37 @@ async fn a_reload_moves_a_talking_udp_flow_to_the_new_upstream() {
     assert!(answers("B").await, "the talking flow stayed on the old upstream after the reload");
 }
 
+/// A reload that moves a UDP stream to another upstream ends its flows without waiting for a
+/// client's next datagram: a flow that only receives (a stream pushed to the client) would
+/// otherwise keep the removed upstream's replies coming until its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_a_quiet_udp_flow_of_a_removed_upstream() {
+    let (a, b) = (answering_udp_upstream(|_| "A".into()).await, answering_udp_upstream(|_| "B".into()).await);
+    let port = free_port();
+    let conf = |upstream: SocketAddr| {
+        base_config(&format!(
+            "[[stream]]\nname = \"push\"\nlisten = \"{port}/udp\"\nupstream = \"{upstream}\"\nidle_timeout = \"60s\"\n"
+        ))
+    };
+    let p = Proxy::start(&conf(a)).await;
+    let listen = p.listeners_udp[&(Origin::Mesh, "push".to_string())];
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(listen).await.unwrap();
+    assert_eq!(reply(&client).await.as_deref(), Some("A"));
+    let open = async || p.metric("local_proxy_udp_flows_active", &[("stream", "push")]).await;
+    assert_eq!(open().await, 1.0);
+    p.handle.reload(local_proxy::config::from_toml_str(&conf(b)).unwrap()).await.unwrap();
+    let mut left = 1.0;
+    for _ in 0..40 {
+        left = open().await;
+        if left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0.0, "the flow to the removed upstream outlived the reload");
+}
+
 /// A reload that changes only how long a UDP stream's flows may idle leaves its talking flows
 /// alone: the upstream keeps seeing the same source port (a TURN or WireGuard server would take
 /// a new one for a new client). A change of upstream moves them (the test above).

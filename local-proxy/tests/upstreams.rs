@@ -1060,6 +1060,84 @@ health = {{ send = "ping", expect = "pong", interval = "100ms", timeout = "80ms"
     assert!(from.iter().all(|a| *a == from[0]), "the flow was reopened from another port: {from:?}");
 }
 
+/// A flow moving off a down upstream at a full `max_flows` takes its own slot along: before,
+/// it evicted another client's quiet flow (a TURN allocation between refreshes) or, with none
+/// quiet, its datagram was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flow_moving_at_a_full_budget_evicts_no_other() {
+    use std::sync::atomic::AtomicBool;
+    use tokio::net::UdpSocket;
+    // Two upstreams answering the probes until told not to, and data always, by name.
+    let mut upstreams = Vec::new();
+    for name in ["a", "b"] {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = echo.local_addr().unwrap();
+        let answering = Arc::new(AtomicBool::new(true));
+        let answer = answering.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                if &buf[..n] == b"ping" && !answer.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mut reply = format!("pong {name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&reply, from).await;
+            }
+        });
+        upstreams.push((addr, answering));
+    }
+    let (a, b) = (upstreams[0].0, upstreams[1].0);
+    let proxy = Proxy::start(&config_text(&format!(
+        r#"
+[[stream]]
+name = "full"
+listen = "0/udp"
+upstream = ["{a}", "{b}"]
+max_flows = 2
+idle_timeout = "60s"
+health = {{ send = "ping", expect = "pong", interval = "100ms", timeout = "80ms", rise = 1, fall = 1 }}
+"#
+    )))
+    .await;
+    let up = |addr: SocketAddr| {
+        let proxy = &proxy;
+        async move {
+            let label = addr.to_string();
+            proxy.metric("local_proxy_upstream_up", &[("stream", "full"), ("upstream", label.as_str())]).await
+        }
+    };
+    wait_until(Duration::from_secs(5), "both upstreams up", || async { up(a).await + up(b).await == 2.0 }).await;
+    let listen = proxy.listeners_udp[&(Origin::Mesh, "full".to_string())];
+    let clients = [UdpSocket::bind("127.0.0.4:0").await.unwrap(), UdpSocket::bind("127.0.0.5:0").await.unwrap()];
+    let mut on = Vec::new();
+    for c in &clients {
+        let r = udp_ask(c, listen, "hi").await.expect("both flows fit");
+        on.push(if r.starts_with("pong a ") { 0 } else { 1 });
+    }
+    // Both flows quiet for longer than a full budget waits before evicting one (250 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (dead, alive) = if on[0] == 0 { (a, "b") } else { (b, "a") };
+    upstreams[on[0]].1.store(false, Ordering::Relaxed);
+    wait_until(Duration::from_secs(5), "the first client's upstream down", || async { up(dead).await == 0.0 }).await;
+    let r = udp_ask(&clients[0], listen, "moved").await.expect("an answer after the move");
+    assert_eq!(r, format!("pong {alive} moved"));
+    let evicted = proxy.metric("local_proxy_udp_flows_evicted_total", &[("stream", "full")]).await;
+    assert_eq!(evicted, 0.0, "a flow was evicted for the moving one");
+    let refused = proxy.metric("local_proxy_udp_dropped_total", &[("stream", "full"), ("result", "flow_limit")]).await;
+    assert_eq!(refused, 0.0);
+    let r = udp_ask(&clients[1], listen, "still").await.expect("the other client is answered");
+    assert!(r.ends_with(" still"), "{r}");
+}
+
+/// Sends `text` to `to` and waits a second for the answer.
+async fn udp_ask(client: &tokio::net::UdpSocket, to: SocketAddr, text: &str) -> Option<String> {
+    client.send_to(text.as_bytes(), to).await.ok()?;
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Counters an alert watches for an increase are there at 0 before their first event
 /// (Prometheus has no sample before the one that creates a series, so `increase()` would miss
 /// a single refused reload or the first flows dropped at the cap).
@@ -1095,7 +1173,17 @@ upstream = "127.0.0.1:9"
     for reason in ["missing", "wrong"] {
         assert!(present("local_proxy_admin_unauthorized_total", &[("reason", reason)]), "{reason}\n{text}");
     }
-    for result in ["flow_limit", "source_share"] {
+    let results = [
+        "untrusted",
+        "bad_header",
+        "source_share",
+        "flow_limit",
+        "stream_removed",
+        "send_failed",
+        "no_upstream",
+        "transparent_failed",
+    ];
+    for result in results {
         let labels = [("stream", "zeroes"), ("result", result)];
         assert!(present("local_proxy_udp_dropped_total", &labels), "{result}\n{text}");
     }

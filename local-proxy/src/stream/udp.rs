@@ -119,23 +119,72 @@ pub fn open_flows(name: &str) -> usize {
 /// budget; here the streams are few and configured by the operator).
 static GLOBAL: LazyLock<Arc<FlowBudget>> = LazyLock::new(|| FlowBudget::new(usize::MAX));
 
+/// Why a datagram was dropped: the `result` of `local_proxy_udp_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    Untrusted,
+    BadHeader,
+    SourceShare,
+    FlowLimit,
+    StreamRemoved,
+    SendFailed,
+    NoUpstream,
+    TransparentFailed,
+}
+
+impl Dropped {
+    const ALL: [Self; 8] = [
+        Self::Untrusted,
+        Self::BadHeader,
+        Self::SourceShare,
+        Self::FlowLimit,
+        Self::StreamRemoved,
+        Self::SendFailed,
+        Self::NoUpstream,
+        Self::TransparentFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Untrusted => "untrusted",
+            Self::BadHeader => "bad_header",
+            Self::SourceShare => "source_share",
+            Self::FlowLimit => "flow_limit",
+            Self::StreamRemoved => "stream_removed",
+            Self::SendFailed => "send_failed",
+            Self::NoUpstream => "no_upstream",
+            Self::TransparentFailed => "transparent_failed",
+        }
+    }
+}
+
 /// Hot-path counters of one stream, registered once per listening loop (and again only if a
-/// reload renames the stream).
+/// reload renames the stream): a flood of dropped datagrams costs no label allocation each.
 struct Counters {
     stream: Arc<String>,
     dgrams_in: Counter,
     dgrams_out: Counter,
+    evicted: Counter,
+    /// By `Dropped as usize`.
+    dropped: [Counter; Dropped::ALL.len()],
 }
 
 impl Counters {
     fn new(stream: Arc<String>) -> Arc<Self> {
-        // Present from the start at 0, so an alert on their increase sees the first one.
-        for result in ["flow_limit", "source_share"] {
-            drop_count(&stream, result, 0);
-        }
-        metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.to_string()).increment(0);
+        // All present from the start at 0, so an alert on their increase sees the first one.
+        let dropped = Dropped::ALL.map(|d| {
+            let c = metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => d.label());
+            c.increment(0);
+            c
+        });
+        let evicted = metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.to_string());
+        evicted.increment(0);
         let c = |dir: &'static str| metrics::counter!(names::UDP_DATAGRAMS, "stream" => stream.to_string(), "direction" => dir);
-        Arc::new(Self { dgrams_in: c("in"), dgrams_out: c("out"), stream })
+        Arc::new(Self { dgrams_in: c("in"), dgrams_out: c("out"), evicted, dropped, stream })
+    }
+
+    fn dropped(&self, why: Dropped, n: usize) {
+        self.dropped[why as usize].increment(n as u64);
     }
 }
 
@@ -184,14 +233,16 @@ async fn serve_flows(
     // The config the table's flows were opened under, and the name it knew the socket's stream by.
     let mut opened_under = (state.config.load_full(), stream_name.load_full());
     loop {
+        // `None`: the sweep's turn, which also applies a reload to flows that only receive
+        // (else a removed upstream's replies would reach their clients until they next send).
         let received = tokio::select! {
-            r = batch.read(&socket) => r,
+            r = batch.read(&socket) => Some(r),
             _ = sweep.tick() => {
                 table.set_idle(idle_of(&stream_name.load()).as_millis() as u64);
                 table.expire(now_ms(), &mut gone);
                 gone.iter().for_each(|f: &Flow| f.ending("idle"));
                 gone.clear();
-                continue;
+                None
             }
             _ = stop.cancelled() => {
                 if state.shutdown.is_cancelled() {
@@ -204,12 +255,9 @@ async fn serve_flows(
         if !Arc::ptr_eq(&name, &counters.stream) {
             counters = Counters::new(name.clone());
         }
-        match received {
-            Ok(_) => {}
-            Err(e) => {
-                debug!(stream = %name, error = %e, "recv failed");
-                continue;
-            }
+        if let Some(Err(e)) = &received {
+            debug!(stream = %name, error = %e, "recv failed");
+            continue;
         }
         // The batch's settings come with the pools of their generation: a flow opened after a
         // reload that came while it waited for room (`admit_among`) still pairs member i with
@@ -218,7 +266,9 @@ async fn serve_flows(
         let config = pools.config();
         let Some(stream) = config.streams.iter().find(|s| s.name == *name) else {
             // A reload removed the stream; this socket closes as soon as its loop sees it.
-            drop_count(&name, "stream_removed", batch.len());
+            if received.is_some() {
+                counters.dropped(Dropped::StreamRemoved, batch.len());
+            }
             continue;
         };
         recv_buffer.keep(&socket, stream.udp_recv_buffer, &stream.name);
@@ -237,6 +287,9 @@ async fn serve_flows(
             }
             opened_under = (config.clone(), name.clone());
         }
+        if received.is_none() {
+            continue;
+        }
         let now = now_ms();
         // One flow's consecutive datagrams of one shape, sent together once the run ends.
         let mut run: Option<Run<FlowKey>> = None;
@@ -253,7 +306,7 @@ async fn serve_flows(
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
                 Err(result) => {
-                    drop_count(&name, result, 1);
+                    counters.dropped(result, 1);
                     continue;
                 }
             };
@@ -272,6 +325,9 @@ async fn serve_flows(
             }
             // The upstream a flow leaves is not picked for it again (its retry may be due).
             let mut avoid = Tried::default();
+            // A moving flow's slots go to its new flow: at a full budget, another flow would
+            // otherwise be evicted for it (or the datagram dropped).
+            let mut moved = None;
             if down == Some(true) {
                 // Its upstream went down: this datagram opens the flow again on a usable one.
                 if let Some(f) = table.remove(&key) {
@@ -281,6 +337,7 @@ async fn serve_flows(
                         avoid.insert(i);
                     }
                     f.ending("upstream_down");
+                    moved = f.permits().cloned();
                 }
             }
             if down != Some(false) {
@@ -295,18 +352,25 @@ async fn serve_flows(
                     };
                 let share = if relay { budget.share_unbounded(client.ip()) } else { budget.share(client.ip()) };
                 let Some(share) = share else {
-                    drop_count(&name, "source_share", 1);
+                    counters.dropped(Dropped::SourceShare, 1);
                     continue;
                 };
                 let evict_idle = evict_after(stream.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&budget, &GLOBAL);
                 let evicted = |f: Flow| {
                     f.ending("evicted");
-                    metrics::counter!(names::UDP_FLOWS_EVICTED, "stream" => stream.name.clone()).increment(1);
+                    counters.evicted.increment(1);
                 };
-                let permits = table.admit_among(&budget, &mut waiting, now, evict_idle, acquire, evicted).await;
+                let permits = match moved {
+                    Some(slots) => slots.reclaim().await,
+                    None => None,
+                };
+                let permits = match permits {
+                    Some(p) => Some(p),
+                    None => table.admit_among(&budget, &mut waiting, now, evict_idle, acquire, evicted).await,
+                };
                 let Some(permits) = permits else {
-                    drop_count(&name, "flow_limit", 1);
+                    counters.dropped(Dropped::FlowLimit, 1);
                     continue;
                 };
                 let Some(pool) = pools.stream(&stream.name) else { continue };
@@ -358,7 +422,7 @@ fn flush(run: &mut Option<Run<FlowKey>>, batch: &Batch, table: &mut FlowTable<Fl
     let dropped = run.count().saturating_sub(sent.datagrams);
     if dropped > 0 {
         debug!(stream = %counters.stream, dropped, "send to upstream failed");
-        drop_count(&counters.stream, "send_failed", dropped);
+        counters.dropped(Dropped::SendFailed, dropped);
     }
 }
 
@@ -370,31 +434,27 @@ fn classify<'a>(
     local: SocketAddr,
     datagram: &'a [u8],
     state: &State,
-) -> Result<Option<Inbound<'a>>, &'static str> {
+) -> Result<Option<Inbound<'a>>, Dropped> {
     match origin {
         // A mesh client; an ingress node's mesh tier (mesh.trusted_ingress) may carry headers.
         Origin::Mesh if !mesh_ingress(sender.ip(), &state.config.load().mesh.trusted_ingress) => {
             return Ok(Some((sender, local, datagram)))
         }
         Origin::Mesh => {}
-        Origin::Wan if !state.trusted.contains(sender.ip()) => return Err("untrusted"),
+        Origin::Wan if !state.trusted.contains(sender.ip()) => return Err(Dropped::Untrusted),
         Origin::Wan => {}
     }
     if !datagram.starts_with(&V2_SIGNATURE) {
         // The ingress may relay UDP without a header; then it is the best client address known.
         return Ok(Some((sender, local, datagram)));
     }
-    let parsed = proxy_protocol::parse(datagram).map_err(|_| "bad_header")?;
+    let parsed = proxy_protocol::parse(datagram).map_err(|_| Dropped::BadHeader)?;
     let payload = &datagram[parsed.len..];
     Ok(match (parsed.command, parsed.addresses()) {
         (Command::Local, _) => None,
         (Command::Proxy, Some((client, dest))) => Some((client, dest, payload)),
         (Command::Proxy, None) => Some((sender, local, payload)),
     })
-}
-
-fn drop_count(stream: &str, result: &'static str, n: usize) {
-    metrics::counter!(names::UDP_DROPPED, "stream" => stream.to_string(), "result" => result).increment(n as u64);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -415,7 +475,7 @@ async fn open_flow(
 ) -> Option<Flow> {
     let Some((index, member)) = pool.pick(avoid).and_then(|i| Some((i, pool.state(i)?.clone()))) else {
         pool.count_unavailable();
-        drop_count(&stream.name, "no_upstream", 1);
+        counters.dropped(Dropped::NoUpstream, 1);
         return None;
     };
     member.metrics().m_requests.increment(1);
@@ -436,7 +496,7 @@ async fn open_flow(
             }
             Err(e) => {
                 transparent_failed(&stream.name, target, &e);
-                drop_count(&stream.name, if e.is_setup() { "transparent_failed" } else { "send_failed" }, 1);
+                counters.dropped(if e.is_setup() { Dropped::TransparentFailed } else { Dropped::SendFailed }, 1);
                 return None;
             }
         }
@@ -446,7 +506,7 @@ async fn open_flow(
             metrics::counter!(names::STREAM_TRANSPARENT_FALLBACKS, "stream" => stream.name.clone(), "reason" => "family")
                 .increment(1);
         }
-        FlowSocket::plain(plain_flow_socket(stream, target).await?, reply)
+        FlowSocket::plain(plain_flow_socket(stream, target, counters).await?, reply)
     };
     // The upstream's replies at full rate (best effort: a cap is the listener's to report).
     let _ = size_recv_buffer(&upstream.upstream, stream.udp_recv_buffer);
@@ -480,7 +540,7 @@ async fn open_flow(
 }
 
 /// A flow socket from our own address (any port), connected to the upstream.
-async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSocket> {
+async fn plain_flow_socket(stream: &Stream, target: SocketAddr, counters: &Counters) -> Option<UdpSocket> {
     let any: IpAddr = match target {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -489,13 +549,13 @@ async fn plain_flow_socket(stream: &Stream, target: SocketAddr) -> Option<UdpSoc
         Ok(s) => s,
         Err(e) => {
             shared::warn_every_second!(stream = %stream.name, error = %e, "cannot open a flow socket");
-            drop_count(&stream.name, "send_failed", 1);
+            counters.dropped(Dropped::SendFailed, 1);
             return None;
         }
     };
     if let Err(e) = upstream.connect(target).await {
         shared::warn_every_second!(stream = %stream.name, upstream = %target, error = %e, "cannot reach upstream");
-        drop_count(&stream.name, "send_failed", 1);
+        counters.dropped(Dropped::SendFailed, 1);
         return None;
     }
     Some(upstream)
@@ -542,7 +602,7 @@ async fn replies(
                 c.outbound(sent, run[0].len());
             }
             if sent < run.len() {
-                drop_count(&counters.stream, "send_failed", run.len() - sent);
+                counters.dropped(Dropped::SendFailed, run.len() - sent);
             }
         },
     )
