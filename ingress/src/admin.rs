@@ -21,12 +21,13 @@ use crate::runtime::Shared;
 /// Serve until the task is aborted (a reload that moves the listener, or shutdown), which
 /// asks its open connections to end too.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let (status, metrics) = (shared.clone(), shared.clone());
+    let (status, metrics, hosts) = (shared.clone(), shared.clone(), shared.clone());
     let routes = Routes::new()
         .get("/metrics", move || Reply::metrics(crate::metrics::render_running(&metrics.runtime())))
         .get("/healthz", || Reply::text(StatusCode::OK, "ok\n"))
         .status(move || crate::status::collect(&status), crate::page::render)
         .control(move |c, action| control(&shared, c, action))
+        .allowed_hosts(move || hosts.runtime().config.admin_hosts.clone())
         .on_refused(|| counter!(m::ADMIN_REFUSED).increment(1));
     shared::admin::serve(listener, routes, std::future::pending()).await;
 }

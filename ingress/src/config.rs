@@ -111,6 +111,7 @@ struct RawResolver {
 struct RawAdmin {
     listen: String,
     token_file: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +225,9 @@ pub struct Config {
     /// The bearer token runtime control needs (`admin.token_file`, read at each load);
     /// none: the control endpoints are off.
     pub admin_token: Option<shared::admin::token::Token>,
+    /// Names the admin listener answers to besides IP addresses and localhost
+    /// (`admin.allowed_hosts`; see `shared::admin`).
+    pub admin_hosts: shared::admin::AllowedHosts,
     /// Connections across all services; further clients are refused (closed at once).
     pub max_connections: u32,
     /// How long `SIGTERM` waits for established connections before exiting.
@@ -550,6 +554,11 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
             return None;
         }
         shared::admin::token::Token::from_file(Path::new(f)).map_err(|e| p.push("admin.token_file", e)).ok()
+    });
+    let admin_hosts = raw.admin.as_ref().and_then(|a| a.allowed_hosts.as_deref()).unwrap_or_default();
+    let admin_hosts = shared::admin::AllowedHosts::new(admin_hosts).unwrap_or_else(|e| {
+        p.push("admin.allowed_hosts", e);
+        Default::default()
     });
     let log_format = p.choice("log_format", raw.log_format.as_ref(), shared::logging::LogFormat::Text);
     let max_connections = raw.limits.max_connections.unwrap_or(20_000);
@@ -939,6 +948,7 @@ fn validate(raw: RawConfig, own: fn(IpAddr) -> bool) -> Result<Config, Problems>
         log_format,
         admin,
         admin_token,
+        admin_hosts,
         max_connections,
         drain_timeout,
         threads,

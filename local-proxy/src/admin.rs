@@ -21,7 +21,7 @@ use crate::state::State;
 
 /// Serve the admin endpoints until `stop` (shutdown, or a reload that moves the listener).
 pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<State>) {
-    let (metrics, health, status) = (state.clone(), state.clone(), state.clone());
+    let (metrics, health, status, hosts) = (state.clone(), state.clone(), state.clone(), state.clone());
     let routes = Routes::new()
         .get("/metrics", move || {
             let served = publish_certificates(&metrics);
@@ -33,6 +33,7 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken, state: Arc<St
         })
         .status(move || crate::status::collect(&status), crate::page::render)
         .control(move |c, action| control(&state, c, action))
+        .allowed_hosts(move || hosts.config.load().admin_hosts.clone())
         .on_refused(|| metrics::counter!(names::ADMIN_REFUSED).increment(1));
     shared::admin::serve(listener, routes, stop.cancelled_owned()).await;
 }

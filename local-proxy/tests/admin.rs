@@ -198,6 +198,39 @@ async fn without_a_token_file_control_is_off() {
     assert!(body.contains("admin.token_file"), "{body}");
 }
 
+/// `admin.allowed_hosts` lets the listener answer to a name (a LAN one, here on loopback),
+/// refuses others, and follows a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_to_the_names_listed() {
+    let (a, b) = (echo_upstream("a").await, echo_upstream("b").await);
+    let listed = |names: &str| {
+        conf(None, a, b, 1).replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            &format!("listen = \"127.0.0.1:0\"\nallowed_hosts = [{names}]\n"),
+            1,
+        )
+    };
+    let text = listed("\"Proxy.Home.Test\"");
+    assert!(text.contains("allowed_hosts"), "{text}");
+    let proxy = Proxy::start(&text).await;
+    let ask = |host: &'static str| {
+        let admin = proxy.admin;
+        async move {
+            let mut s = TcpStream::connect(admin).await.unwrap();
+            let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await.unwrap();
+            out
+        }
+    };
+    assert!(ask("proxy.home.test:9181").await.starts_with("HTTP/1.1 200"));
+    assert!(ask("127.0.0.1").await.starts_with("HTTP/1.1 200"));
+    assert!(ask("rebind.example").await.starts_with("HTTP/1.1 421"));
+    proxy.handle.reload(config::from_toml_str(&listed("")).unwrap()).await.unwrap();
+    assert!(ask("proxy.home.test").await.starts_with("HTTP/1.1 421"), "the reload took the name out");
+}
+
 /// A UDP stream's open flows are in `/status` (schema-checked, `max_flows` beside them) and on
 /// the page, and go back to 0 once they idle out; a TCP stream says null.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,9 @@ pub struct Config {
     /// The bearer token runtime control needs (`admin.token_file`, read at each load);
     /// `None`: the control endpoints are off.
     pub admin_token: Option<shared::admin::token::Token>,
+    /// Names the admin listener answers to besides IP addresses and localhost
+    /// (`admin.allowed_hosts`; see `shared::admin`).
+    pub admin_hosts: shared::admin::AllowedHosts,
     pub wan: Wan,
     pub mesh: Mesh,
     pub http: Http,

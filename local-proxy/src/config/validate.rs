@@ -102,6 +102,11 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
     let admin = raw.admin.listen.as_deref().and_then(|s| {
         s.parse::<SocketAddr>().map_err(|_| c.push("admin.listen", format!("`{s}` is not IP:PORT"))).ok()
     });
+    let admin_hosts = shared::admin::AllowedHosts::new(raw.admin.allowed_hosts.as_deref().unwrap_or_default())
+        .unwrap_or_else(|e| {
+            c.push("admin.allowed_hosts", e);
+            Default::default()
+        });
     let admin_token = raw.admin.token_file.as_deref().and_then(|f| {
         if !std::path::Path::new(f).is_absolute() {
             c.push("admin.token_file", format!("`{f}` is not an absolute path"));
@@ -361,6 +366,7 @@ pub(super) fn validate(raw: RawConfig, own: fn(std::net::IpAddr) -> bool) -> Res
         threads,
         admin,
         admin_token,
+        admin_hosts,
         wan,
         mesh,
         http,

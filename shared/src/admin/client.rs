@@ -196,7 +196,8 @@ struct Admin {
 
 /// The `[admin]` table of a config file's text, from its header to the next table's (none
 /// if it has none): what `ctl` reads when the file as a whole does not parse. `[admin]`
-/// holds only strings, so a line that starts with `[` is a header.
+/// holds only strings and a list of them (`allowed_hosts`, whose lines, even spread over
+/// several, start with a key, a string or `]`), so a line that starts with `[` is a header.
 fn admin_table(text: &str) -> Option<String> {
     let mut table: Option<String> = None;
     for line in text.lines() {
@@ -340,7 +341,8 @@ mod tests {
     /// not parse, or that has none, is an error naming the file.
     #[test]
     fn a_file_broken_elsewhere_is_read_for_its_admin_table() {
-        let admin = "[admin] # where ctl calls\nlisten = \"127.0.0.1:9000\"\ntoken_file = \"/etc/t\"\n";
+        let admin = "[admin] # where ctl calls\nlisten = \"127.0.0.1:9000\"\nallowed_hosts = [\n  \"a.lan\",\n]\n\
+                     token_file = \"/etc/t\"\n";
         let want =
             || CtlSettings { listen: Some("127.0.0.1:9000".parse().unwrap()), token_file: Some("/etc/t".into()) };
         assert_eq!(load(&format!("[wan]\naddresses = [\"1.2.3.4\"]\n{admin}[http]\n")), (Ok(want()), None));

@@ -9,6 +9,7 @@ pub mod client;
 pub mod control;
 mod cross_site;
 pub mod events;
+mod host_check;
 pub mod page;
 pub mod series;
 pub mod status;
@@ -29,6 +30,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+
+pub use host_check::AllowedHosts;
 
 /// What a route answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +144,8 @@ pub struct Routes {
     /// Called for each connection closed at accept because [`MAX_CONNS`] were open (the
     /// binary counts it in its own metric).
     on_refused: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The names requests may give besides addresses and localhost, as configured now.
+    allowed_hosts: Option<Arc<dyn Fn() -> AllowedHosts + Send + Sync>>,
 }
 
 impl Routes {
@@ -151,6 +156,14 @@ impl Routes {
     /// Call `f` for each connection refused because the listener has [`MAX_CONNS`] open.
     pub fn on_refused(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_refused = Some(Arc::new(f));
+        self
+    }
+
+    /// The names (`admin.allowed_hosts`) requests may give besides IP addresses and
+    /// localhost, read at each request (a reload changes them); once there are any, every
+    /// connection is held to them, not only loopback ones (see `host_check`).
+    pub fn allowed_hosts(mut self, f: impl Fn() -> AllowedHosts + Send + Sync + 'static) -> Self {
+        self.allowed_hosts = Some(Arc::new(f));
         self
     }
 
@@ -301,10 +314,17 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
         conns.spawn(async move {
             let _permits = (permit, other);
             let svc = service_fn(move |req: Request<Incoming>| {
-                let refused = if loopback && !names_this_host(&req) {
+                let allowed = routes.allowed_hosts.as_ref().map(|f| f()).unwrap_or_default();
+                let refused = if !host_check::answers(&req, loopback, &allowed) {
                     Some(Reply::text(
                         StatusCode::MISDIRECTED_REQUEST,
-                        "this listener is on loopback and answers only to an IP address or localhost\n",
+                        if allowed.is_empty() {
+                            "this listener is on loopback and answers only to an IP address or localhost \
+                             (or a name listed in admin.allowed_hosts)\n"
+                        } else {
+                            "this listener answers only to an IP address, localhost or a name listed in \
+                             admin.allowed_hosts\n"
+                        },
                     ))
                 } else if cross_site::from_another_site(&req) {
                     tracing::debug!(%peer, path = req.uri().path(), "admin request from another site's page refused");
@@ -345,36 +365,11 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
     conns.wait().await;
 }
 
-/// Whether a connection's requests must name this host ([`names_this_host`]): those that
-/// came in on a loopback address (IPv4 ones on a dual-stack socket as `::ffff:127.x.y.z`).
+/// Whether a connection's requests must name this host even with no `admin.allowed_hosts`
+/// (`host_check`): those that came in on a loopback address (IPv4 ones on a dual-stack socket as `::ffff:127.x.y.z`).
 /// An address the kernel cannot tell is taken as loopback: refusing a name is the safe side.
 fn checks_host(local: std::io::Result<SocketAddr>) -> bool {
     local.map_or(true, |a| a.ip().to_canonical().is_loopback())
-}
-
-/// Whether a request names this host by an IP address or `localhost` (or no name at all, as
-/// HTTP/1.0 scrapers may). A web page the operator opens can point a name of its own at
-/// 127.0.0.1 (DNS rebinding) and then read, from the operator's browser, what a loopback
-/// listener serves without a token: the status page, the metrics, the event log. The browser
-/// sends the page's name as Host, which is refused here (Syncthing guards its GUI the same
-/// way). A listener on another address is reached by whatever names the network gives it.
-fn names_this_host(req: &Request<Incoming>) -> bool {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let (named, more) = (hosts.next(), hosts.next());
-    let authority = match (req.uri().authority(), named, more) {
-        (_, Some(_), Some(_)) => return false,
-        (Some(a), _, _) => a.clone(),
-        (None, None, _) => return true,
-        (None, Some(v), _) => match http::uri::Authority::try_from(v.as_bytes()) {
-            Ok(a) => a,
-            Err(_) => return false,
-        },
-    };
-    let host = authority.host();
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    bare.parse::<std::net::IpAddr>().is_ok()
-        || host.eq_ignore_ascii_case("localhost")
-        || host.len() > 10 && host.as_bytes()[host.len() - 10..].eq_ignore_ascii_case(b".localhost")
 }
 
 /// The Content-Security-Policy of every answer. The page loads its one script from itself
@@ -538,6 +533,30 @@ mod tests {
         let r = get(addr, "GET http://rebind.example/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await;
         assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    /// A name in `admin.allowed_hosts` is answered, others still refused; the list is read at
+    /// each request, so a reload that takes a name out refuses it from then on.
+    #[tokio::test]
+    async fn listed_names_are_answered_as_the_list_is_now() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let list = Arc::new(std::sync::Mutex::new(AllowedHosts::new(&["status.home.test".into()]).unwrap()));
+        let now = list.clone();
+        let routes = Routes::new()
+            .get("/status", || Reply::json(StatusCode::OK, "{}".into()))
+            .allowed_hosts(move || now.lock().unwrap().clone());
+        let (tx, server) = started(l, routes);
+        let ask = |host: &str| format!("GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = get(addr, &ask("status.home.test")).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("{}"), "{r}");
+        let r = get(addr, &ask("rebind.example")).await;
+        assert!(r.starts_with("HTTP/1.1 421") && r.contains("admin.allowed_hosts"), "{r}");
+        *list.lock().unwrap() = AllowedHosts::default();
+        let r = get(addr, &ask("status.home.test")).await;
+        assert!(r.starts_with("HTTP/1.1 421") && !r.contains("{}"), "{r}");
         let _ = tx.send(());
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
     }
