@@ -150,10 +150,12 @@ pub enum RouteFailure {
     Closed,
     ReadError,
     Timeout,
+    /// A plain service's client whose stream starts with a PROXY header (see `tcp`).
+    ProxyHeader,
 }
 
 impl RouteFailure {
-    pub const ALL: [RouteFailure; 8] = [
+    pub const ALL: [RouteFailure; 9] = [
         Self::NoRoute,
         Self::NotTls,
         Self::NotHttp,
@@ -162,6 +164,7 @@ impl RouteFailure {
         Self::Closed,
         Self::ReadError,
         Self::Timeout,
+        Self::ProxyHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -174,6 +177,7 @@ impl RouteFailure {
             Self::Closed => "closed",
             Self::ReadError => "read_error",
             Self::Timeout => "timeout",
+            Self::ProxyHeader => "proxy_header",
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::pool::{ByteMeter, NEVER_BUSY};
+use shared::proxy_protocol::{ClientHeader, SignatureWatch};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -19,6 +20,9 @@ pub enum End {
     Idle,
     /// A socket error (reset, broken pipe): both sides are closed.
     Error(io::Error),
+    /// The client's stream began with a PROXY header, which the watch given to [`relay`]
+    /// stopped before home got the whole signature.
+    ProxyHeader,
 }
 
 /// Bytes moved, client→upstream and upstream→client.
@@ -46,12 +50,14 @@ impl Activity {
 /// Relay until both directions finish, an error, or `idle` passes with no traffic. When
 /// both finished, the half-close of the one that finished last is not passed on: the caller
 /// closes both sockets as soon as this returns, and `close` sends that FIN (see `finish`).
+/// `watch`: the client's bytes still to be screened for a PROXY signature, if the service
+/// adds no header of its own (see `SignatureWatch`).
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    up_bytes: &ByteMeter,
-    down_bytes: &ByteMeter,
+    (up_bytes, down_bytes): (&ByteMeter, &ByteMeter),
+    watch: Option<SignatureWatch>,
 ) -> (End, Totals) {
     let activity = Activity {
         idle: shared::idle::Activity::new(),
@@ -62,14 +68,15 @@ pub async fn relay(
     let down_total = AtomicU64::new(0);
     let both = async {
         tokio::try_join!(
-            one_way(client, upstream, &activity, up_bytes, &up_total),
-            one_way(upstream, client, &activity, down_bytes, &down_total),
+            one_way(client, upstream, &activity, (up_bytes, &up_total), watch),
+            one_way(upstream, client, &activity, (down_bytes, &down_total), None),
         )
     };
     let watchdog = activity.idle.idle_for(idle);
     let end = tokio::select! {
         r = both => match r {
             Ok(_) => End::Closed,
+            Err(e) if ClientHeader::is(&e) => End::ProxyHeader,
             Err(e) => End::Error(e),
         },
         _ = watchdog => End::Idle,
@@ -125,8 +132,8 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
-    bytes: &ByteMeter,
-    total: &AtomicU64,
+    (bytes, total): (&ByteMeter, &AtomicU64),
+    mut watch: Option<SignatureWatch>,
 ) -> io::Result<()> {
     let moved = |n: usize| {
         bytes.increment(n as u64);
@@ -149,7 +156,9 @@ async fn one_way(
             // passed on with the last data instead of after one more read that returns 0
             // (HAProxy does the same with EPOLLRDHUP).
             let fin = ready.is_read_closed() && !ready.is_error();
-            match copy_small(from, to, fin)? {
+            // The first reads are small ones (a full one has seen past any signature), so the
+            // watch sees every byte of the stream's start.
+            match copy_small(from, to, fin, &mut watch)? {
                 Small::Eof => {
                     finish(to, activity);
                     return Ok(());
@@ -208,8 +217,9 @@ thread_local! {
 
 /// One read from `from` (which was readable) through the thread's buffer, written to `to`
 /// as far as it takes it without waiting. `fin`: `from`'s peer had sent its FIN before the
-/// read (so a read that empties the socket ends the stream).
-fn copy_small(from: &TcpStream, to: &TcpStream, fin: bool) -> io::Result<Small> {
+/// read (so a read that empties the socket ends the stream). `watch`: see [`relay`]; a read
+/// that completes a signature is not passed on.
+fn copy_small(from: &TcpStream, to: &TcpStream, fin: bool, watch: &mut Option<SignatureWatch>) -> io::Result<Small> {
     BUF.with_borrow_mut(|buf| {
         let read = match read_draining(from, buf) {
             Ok(0) => return Ok(Small::Eof),
@@ -217,6 +227,14 @@ fn copy_small(from: &TcpStream, to: &TcpStream, fin: bool) -> io::Result<Small> 
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Small::Nothing),
             Err(e) => return Err(e),
         };
+        if let Some(w) = watch {
+            if w.completes(&buf[..read]) {
+                return Err(ClientHeader::error());
+            }
+            if w.decided() {
+                *watch = None;
+            }
+        }
         let full = read == buf.len();
         let eof = fin && !full && DRAINED_BY_SHORT_READ;
         let mut off = 0;
@@ -500,7 +518,7 @@ mod tests {
         let state = &pool.paths[0].state;
         let (end, totals) = tokio::time::timeout(
             Duration::from_secs(60),
-            relay(&accepted, &up, Duration::from_secs(3), &state.load.m_bytes_up, &state.load.m_bytes_down),
+            relay(&accepted, &up, Duration::from_secs(3), (&state.load.m_bytes_up, &state.load.m_bytes_down), None),
         )
         .await
         .expect("relay ends");
@@ -558,7 +576,8 @@ mod tests {
         let up = TcpStream::connect(upstream_addr).await.expect("connect upstream");
         let pool = crate::pool::tests::pool(&[1], false);
         let state = &pool.paths[0].state;
-        let relayed = relay(&accepted, &up, Duration::from_secs(1), &state.load.m_bytes_up, &state.load.m_bytes_down);
+        let relayed =
+            relay(&accepted, &up, Duration::from_secs(1), (&state.load.m_bytes_up, &state.load.m_bytes_down), None);
         let ended = tokio::time::timeout(Duration::from_secs(5), relayed).await;
         let (got, reading) = tokio::task::spawn_blocking(move || client.join().expect("client")).await.expect("join");
         drop((accepted, up));

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use shared::descriptors::{Held, Side};
 use shared::peek;
-use shared::proxy_protocol::{write_v2, Command, Transport};
+use shared::proxy_protocol::{write_v2, Command, SignatureWatch, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
@@ -98,10 +98,22 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
     // Bytes read from the client before connecting upstream (the ClientHello or request
     // head, or in plain mode whatever has arrived); they are replayed unchanged.
     let mut first = Vec::new();
+    // A plain service that adds no PROXY header passes the client's bytes on as they come:
+    // one that starts with a header of its own would reach home as this ingress's word on
+    // who the client is (the local proxy, or a server told to trust this address for them,
+    // takes it so). Sni and http services read a hello or request head first, which no
+    // header is.
+    let mut watch = (service.cfg.mode == Mode::Plain && !service.cfg.proxy_protocol).then(SignatureWatch::default);
     let pool = match service.cfg.mode {
         Mode::Plain => {
             // What the client has already sent goes up with the connect's last ACK (below).
             first = take_waiting(&client);
+            if let Some(w) = &mut watch {
+                if w.completes(&first) {
+                    refused_proxy_header(service, peer);
+                    return;
+                }
+            }
             &service.pool
         }
         mode => match peek_route(&mut client, mode, service, &mut first).await {
@@ -162,7 +174,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         let _ = socket2::SockRef::from(&upstream).set_quickack(true);
         load.m_bytes_up.increment(sent_first);
     }
-    let (end, totals) = relay(&client, &upstream, service.cfg.idle_timeout, &load.m_bytes_up, &load.m_bytes_down).await;
+    let watch = watch.filter(|w| !w.decided());
+    let (end, totals) =
+        relay(&client, &upstream, service.cfg.idle_timeout, (&load.m_bytes_up, &load.m_bytes_down), watch).await;
     // The first bytes (header, peeked hello) went up too, and their retransmissions are in
     // the socket's count.
     record_delivery(path, &upstream, home, totals.up + sent_first);
@@ -170,7 +184,14 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, bound: SocketAddr, serv
         End::Closed => tracing::debug!(up = totals.up, down = totals.down, "closed"),
         End::Idle => tracing::debug!(up = totals.up, down = totals.down, "idle timeout"),
         End::Error(e) => tracing::debug!(up = totals.up, down = totals.down, error = %e, "ended by error"),
+        End::ProxyHeader => refused_proxy_header(service, peer),
     }
+}
+
+/// A plain service without PROXY headers met a client whose stream starts with one.
+fn refused_proxy_header(service: &Service, peer: SocketAddr) {
+    service.m_route_failures[RouteFailure::ProxyHeader as usize].increment(1);
+    tracing::debug!(client = %peer, "the client's stream starts with a PROXY header; closed (the service adds none, so home would take it for ours)");
 }
 
 /// How much of what went upstream (`sent` bytes) had to be sent again: the path's delivered

@@ -351,6 +351,46 @@ async fn half_close_and_idle_timeout() {
     assert_eq!(buf, b"wan1\n");
 }
 
+/// A plain service that adds no PROXY header closes a client whose stream starts with one
+/// before home gets the whole signature (home would take it for this ingress's word on who
+/// the client is), however it is cut and whenever it comes; a stream that only starts like
+/// one goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_proxy_header_on_a_plain_service_is_refused() {
+    let wan1 = Backend::start("wan1", "127.0.0.2").await;
+    let server = start(&config(&[("wan1", wan1.addr, 1)], None, "")).await;
+    let addr = service_addr(&server, "echo").await;
+    let v2 = [&shared::proxy_protocol::V2_SIGNATURE[..], b"\x21\x11\x00\x0c"].concat();
+    let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n".to_vec();
+    // (first part, after the server's banner; the rest, later): all in one at once, or cut.
+    let cases: [(&[u8], &[u8]); 4] = [(&v1, b""), (b"PROX", &v1[4..]), (&v2, b""), (&v2[..7], &v2[7..])];
+    for (first, rest) in cases {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut banner = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut banner)).await.expect("banner").expect("read");
+        s.write_all(first).await.expect("write");
+        if !rest.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = s.write_all(rest).await;
+        }
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("closed");
+        // Home echoed at most the part before the signature's last byte.
+        let whole = if first[0] == b'P' { 6 } else { 12 };
+        assert!(got.len() < whole, "{first:?} then {rest:?}: home got {got:?} ({r:?})");
+    }
+    let m = metrics(&server).await;
+    let refused =
+        metric(&m, "ingress_service_route_failures_total", &[("service", "echo"), ("reason", "proxy_header")]);
+    assert_eq!(refused, 4.0);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"PROXIMITY\n").await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("eof").expect("read");
+    assert_eq!(got, b"wan1\nPROXIMITY\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_transfer_is_exact() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;

@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use shared::proxy_protocol::{ClientHeader, SignatureWatch};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use shared::idle::Activity;
@@ -18,11 +19,13 @@ pub struct Tracked<S> {
     read_bytes: Option<metrics::Counter>,
     /// Bytes read from `inner` so far (a stream connection's access log line).
     read_total: u64,
+    /// The stream's start still to be screened for a PROXY signature.
+    watch: Option<SignatureWatch>,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Activity) -> Self {
-        Self { inner, activity, read_bytes: None, read_total: 0 }
+        Self { inner, activity, read_bytes: None, read_total: 0, watch: None }
     }
 
     pub fn into_inner(self) -> S {
@@ -39,6 +42,14 @@ impl<S> Tracked<S> {
         self.read_bytes = Some(counter);
         self
     }
+
+    /// Fail the read that would complete a PROXY signature at the stream's start (with
+    /// [`ClientHeader::error`], the bytes of that read not handed on): for a client relayed
+    /// to a server that gets no header from us (see `SignatureWatch`).
+    pub fn refuse_proxy_header(mut self) -> Self {
+        self.watch = Some(SignatureWatch::default());
+        self
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -46,6 +57,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
+        if let Some(w) = self.watch.as_mut().filter(|_| n > 0 && matches!(res, Poll::Ready(Ok(())))) {
+            if w.completes(&buf.filled()[before..]) {
+                buf.set_filled(before);
+                return Poll::Ready(Err(ClientHeader::error()));
+            }
+            if w.decided() {
+                self.watch = None;
+            }
+        }
         if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
             self.activity.touch();
             self.read_total += n as u64;

@@ -124,6 +124,53 @@ async fn tcp_streams_carry_the_client_address_and_half_close() {
     assert!(p.metric("local_proxy_connections_total", &key).await > before);
 }
 
+/// A stream that sends the upstream no PROXY header closes a client whose bytes start with
+/// one (from the ingress, behind its header, or straight from the mesh) before the upstream
+/// has the whole signature: it would take it for ours. One that sends ours passes it on as
+/// the payload it then is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_proxy_header_is_refused_where_we_send_none() {
+    let p = start(tcp_upstream(true).await, tcp_upstream(false).await, udp_client_upstream().await).await;
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n".to_vec();
+    let v2 = [&proxy_protocol::V2_SIGNATURE[..], b"\x21\x11\x00\x0c"].concat();
+    let plain = p.listeners_tcp[&(Origin::Wan, "jenkins".to_string())];
+    let plain_mesh = p.listeners_tcp[&(Origin::Mesh, "jenkins".to_string())];
+    for (header, cut) in [(&v1, 3), (&v2, 12)] {
+        for mesh in [false, true] {
+            let mut s = if mesh {
+                TcpStream::connect(plain_mesh).await.unwrap()
+            } else {
+                connect_with_proxy("127.0.0.2".parse().unwrap(), plain, client).await
+            };
+            s.write_all(&header[..cut]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = s.write_all(&header[cut..]).await;
+            let mut got = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("closed");
+            let echoed = got.iter().position(|b| *b == b'\n').map_or(&got[..], |i| &got[i + 1..]);
+            assert!(echoed.len() < header.len().min(12), "mesh: {mesh}; the upstream got {got:?} ({r:?})");
+        }
+    }
+    let refused = p.metric("local_proxy_stream_proxy_headers_refused_total", &[("stream", "jenkins")]).await;
+    assert_eq!(refused, 4.0);
+    let ours = p.listeners_tcp[&(Origin::Wan, "turns".to_string())];
+    let mut s = connect_with_proxy("127.0.0.2".parse().unwrap(), ours, client).await;
+    s.write_all(&v1).await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = read_all(&mut s).await;
+    assert_eq!(got, format!("client={client}\n{}", String::from_utf8_lossy(&v1)));
+
+    let key = [("stream", "wazuh"), ("result", "proxy_header")];
+    let wazuh = p.listeners_udp[&(Origin::Wan, "wazuh".to_string())];
+    let wazuh_mesh = p.listeners_udp[&(Origin::Mesh, "wazuh".to_string())];
+    assert_eq!(udp_exchange("127.0.0.2", wazuh, &with_header(client, wazuh, &v2)).await, None);
+    assert_eq!(udp_exchange("127.0.0.1", wazuh_mesh, &v2).await, None);
+    assert_eq!(p.metric("local_proxy_udp_dropped_total", &key).await, 2.0);
+    let turn = p.listeners_udp[&(Origin::Wan, "turn".to_string())];
+    assert!(udp_exchange("127.0.0.2", turn, &with_header(client, turn, &v2)).await.is_some());
+}
+
 async fn udp_exchange(from: &str, to: SocketAddr, datagram: &[u8]) -> Option<String> {
     let s = UdpSocket::bind(format!("{from}:0")).await.unwrap();
     s.send_to(datagram, to).await.unwrap();

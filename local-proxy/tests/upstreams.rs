@@ -1182,6 +1182,7 @@ upstream = "127.0.0.1:9"
         "send_failed",
         "no_upstream",
         "transparent_failed",
+        "proxy_header",
     ];
     for result in results {
         let labels = [("stream", "zeroes"), ("result", result)];

@@ -537,11 +537,109 @@ async fn read_header_inner<R: AsyncRead + Unpin>(r: &mut R) -> Result<ProxyHeade
     }
 }
 
+/// Watches the start of a client's byte stream for a PROXY signature (v1 `PROXY `, or v2's 12
+/// bytes), for a relay that adds no header of its own: a server behind it that trusts the
+/// relay's address for PROXY headers (the local proxy from an ingress; Caddy, Traefik or
+/// HAProxy told to) would take the client's header for the relay's word on who the client
+/// is. Fed each read in order; [`SignatureWatch::completes`] says when a read completes a
+/// signature, so its caller can close before passing on that read: the server never gets a
+/// whole one, and a stream that only starts like one goes through untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SignatureWatch {
+    /// Bytes of the stream seen so far (while undecided).
+    seen: usize,
+    /// What the stream cannot be any more: bit 0 v1, bit 1 v2.
+    ruled_out: u8,
+}
+
+impl SignatureWatch {
+    /// Whether `data`, the stream's next bytes, complete a signature at its start.
+    pub fn completes(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            if self.decided() {
+                return false;
+            }
+            let at = self.seen;
+            if V1_PREFIX.get(at) != Some(&b) {
+                self.ruled_out |= 1;
+            }
+            if V2_SIGNATURE.get(at) != Some(&b) {
+                self.ruled_out |= 2;
+            }
+            self.seen += 1;
+            if self.ruled_out & 1 == 0 && self.seen == V1_PREFIX.len()
+                || self.ruled_out & 2 == 0 && self.seen == V2_SIGNATURE.len()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the stream is known not to start with a signature (nothing more to watch).
+    pub fn decided(&self) -> bool {
+        self.ruled_out == 3
+    }
+}
+
+/// What a relay's read fails with when its [`SignatureWatch`] stopped the client's stream.
+#[derive(Debug)]
+pub struct ClientHeader;
+
+impl ClientHeader {
+    pub fn error() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, ClientHeader)
+    }
+
+    /// Whether `e` is that error (as a relay that carried it returns it).
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<ClientHeader>())
+    }
+}
+
+impl std::fmt::Display for ClientHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client's stream starts with a PROXY header")
+    }
+}
+
+impl std::error::Error for ClientHeader {}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Every way of cutting a signature into reads completes it at the read that brings its
+    /// last byte; a stream that only starts like one, or has one later, is never stopped.
+    #[test]
+    fn the_watch_stops_the_read_that_completes_a_signature() {
+        let mut v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nGET /".to_vec();
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend_from_slice(b"\x21\x11\x00\x0c");
+        for (stream, whole) in [(&mut v1, 6), (&mut v2, 12)] {
+            for cut in 1..stream.len() {
+                let mut w = SignatureWatch::default();
+                let (a, b) = stream.split_at(cut);
+                assert_eq!(w.completes(a), cut >= whole, "cut at {cut}");
+                if cut < whole {
+                    assert!(w.completes(b), "cut at {cut}");
+                }
+            }
+            // One byte at a time: the completing byte is the signature's last.
+            let mut w = SignatureWatch::default();
+            let at = stream.iter().position(|b| w.completes(std::slice::from_ref(b)));
+            assert_eq!(at, Some(whole - 1));
+        }
+        for benign in [&b"PROXZ"[..], b"PROX", b"\r\n\r\nGET", b"GET / HTTP/1.1\r\n\r\nPROXY TCP4 ", b"SSH-2.0-x"] {
+            let mut w = SignatureWatch::default();
+            assert!(!w.completes(benign), "{benign:?}");
+            assert!(!w.completes(b"PROXY \r\n\r\n\0\r\nQUIT\n"), "{benign:?}: a signature later on");
+        }
+        let mut w = SignatureWatch::default();
+        assert!(!w.completes(b"G") && w.decided());
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -52,6 +52,9 @@ pub const STREAM_CONNECTIONS: &str = "local_proxy_stream_connections_total";
 /// Connections and flows of transparent streams forwarded from our own address instead of the
 /// client's, by `stream` and `reason` (`family`: the client and the service differ in IP family).
 pub const STREAM_TRANSPARENT_FALLBACKS: &str = "local_proxy_stream_transparent_fallbacks_total";
+/// TCP stream connections closed because the client's bytes began with a PROXY header on a
+/// stream that sends none (the upstream would take it for ours), by `stream`.
+pub const STREAM_PROXY_HEADERS: &str = "local_proxy_stream_proxy_headers_refused_total";
 /// Bytes relayed by streams, by `stream` and `direction` (`in` = to upstream, `out` = to client).
 pub const STREAM_BYTES: &str = "local_proxy_stream_bytes_total";
 /// UDP flows open now, by `stream`.

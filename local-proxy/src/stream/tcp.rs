@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use shared::health::{Outcome, Source};
-use shared::proxy_protocol::{self, Command, Transport};
+use shared::proxy_protocol::{self, ClientHeader, Command, Transport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -99,6 +99,11 @@ pub async fn forward(
     let to_upstream = metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "in");
     let to_client = metrics::counter!(names::STREAM_BYTES, "stream" => name.clone(), "direction" => "out");
     let mut client = Tracked::new(client, activity.clone()).count_reads(to_upstream);
+    if !stream.proxy_protocol {
+        // Without our header, one the client sends first would reach the upstream as our word
+        // on who the client is (a service that trusts this host for PROXY headers takes it).
+        client = client.refuse_proxy_header();
+    }
     let mut upstream = Tracked::new(upstream, activity.clone()).count_reads(to_client);
     line.end = relay(&mut client, &mut upstream, &activity, stream, &info).await;
     if let Some(sink) = &log {
@@ -128,6 +133,11 @@ async fn relay(
     tokio::select! {
         res = tokio::io::copy_bidirectional(client, upstream) => match res {
             Ok(_) => "closed",
+            Err(e) if ClientHeader::is(&e) => {
+                debug!(stream = %name, client = %info.client, "the client's bytes start with a PROXY header; closed");
+                metrics::counter!(names::STREAM_PROXY_HEADERS, "stream" => name.clone()).increment(1);
+                "proxy_header"
+            }
             Err(e) => {
                 debug!(stream = %name, error = %e, "stream relay ended with an error");
                 "error"

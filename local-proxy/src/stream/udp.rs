@@ -130,10 +130,11 @@ enum Dropped {
     SendFailed,
     NoUpstream,
     TransparentFailed,
+    ProxyHeader,
 }
 
 impl Dropped {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Untrusted,
         Self::BadHeader,
         Self::SourceShare,
@@ -142,6 +143,7 @@ impl Dropped {
         Self::SendFailed,
         Self::NoUpstream,
         Self::TransparentFailed,
+        Self::ProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -154,6 +156,7 @@ impl Dropped {
             Self::SendFailed => "send_failed",
             Self::NoUpstream => "no_upstream",
             Self::TransparentFailed => "transparent_failed",
+            Self::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -310,6 +313,12 @@ async fn serve_flows(
                     continue;
                 }
             };
+            // Without our header, the client's own would reach the upstream as our word on who
+            // the client is (the ingress drops such datagrams likewise).
+            if !stream.proxy_protocol && payload.starts_with(&V2_SIGNATURE) {
+                counters.dropped(Dropped::ProxyHeader, 1);
+                continue;
+            }
             let key = (sender, client);
             // None: no flow yet; Some(true): its upstream went down and another can take it.
             // With none to move to, the flow stays where it is (the down may be one failed
