@@ -43,7 +43,13 @@ pub fn run_full(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result
             break status;
         }
         if start.elapsed() > timeout {
+            // Its children too (debootstrap's dpkg, scripts/package's cargo): killed alone, it
+            // would leave them running, holding its output pipes and its work directory.
+            let tree = descendants(child.id());
             let _ = child.kill();
+            if !tree.is_empty() {
+                let _ = Command::new("kill").arg("-KILL").args(tree.iter().map(u32::to_string)).status();
+            }
             let _ = child.wait();
             bail!("`{}` timed out after {timeout:?}", argv.join(" "));
         }
@@ -52,6 +58,31 @@ pub fn run_full(argv: &[&str], stdin: Option<&str>, timeout: Duration) -> Result
     let stdout = out_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     let stderr = err_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     Ok(Output { status, stdout, stderr })
+}
+
+/// Every process descended from `pid`, by the parents `/proc/PID/stat` names (taken before
+/// `pid` dies: its orphans then get another parent).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // `PID (COMM) STATE PPID ...`: COMM may hold spaces and parentheses, so from the last `)`.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((p, ppid));
+        }
+    }
+    let (mut out, mut frontier) = (Vec::new(), vec![pid]);
+    while let Some(p) = frontier.pop() {
+        for &(c, parent) in &parents {
+            if parent == p && !out.contains(&c) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
 }
 
 fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
@@ -112,4 +143,30 @@ pub fn sysctl(ns: &str, pairs: &[(&str, &str)]) -> Result<()> {
     argv.extend(kv.iter().map(String::as_str));
     exec_ok(ns, &argv, DEFAULT_TIMEOUT)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that times out is killed with what it started: a grandchild left behind
+    /// would go on running (and holding the command's pipes) after the test.
+    #[test]
+    fn a_timed_out_command_is_killed_with_its_children() {
+        let dir = crate::tempdir::TempDir::new(&crate::unique_tag()).expect("temp dir");
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let r = run_full(&["sh", "-c", &script], None, Duration::from_millis(500));
+        assert!(r.is_err_and(|e| e.to_string().contains("timed out")));
+        let pid = std::fs::read_to_string(&pid_file).expect("the script wrote its child's pid");
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(), "the backgrounded sleep {} outlived the timeout", pid.trim());
+    }
 }

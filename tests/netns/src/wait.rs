@@ -1,5 +1,7 @@
 //! Bounded waiting: poll a condition until it holds or a deadline passes. Never a bare sleep.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -29,5 +31,27 @@ pub fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!(msg()))
+    }
+}
+
+/// A stop flag for a test's load threads, set when the test ends, by a panic too: threads that
+/// loop until told to stop would otherwise go on until the test binary exits.
+#[derive(Debug, Default)]
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl StopOnDrop {
+    /// The flag, for a thread to poll.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -97,9 +97,9 @@ fn echo_once(to: SocketAddr, n: u64) -> Result<(), String> {
 #[test]
 fn ingress_restarts_under_load_refuse_no_client() {
     let bin = bin();
-    let dir = std::env::temp_dir().join(format!("ingress-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also on panic.
+    let tmp = netns::tempdir::TempDir::new(&netns::unique_tag()).unwrap();
+    let dir = tmp.path().to_path_buf();
     let port = TcpListener::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
     let path = echo();
     let cfg = dir.join("ingress.toml");
@@ -127,8 +127,8 @@ pool = "home"
     assert_eq!(store.names(), vec![format!("tcp-{LISTEN}_{port}")]);
 
     let to: SocketAddr = format!("{LISTEN}:{port}").parse().unwrap();
-    let (stop_load, ok, failed) =
-        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stopper = netns::wait::StopOnDrop::default();
+    let (stop_load, ok, failed) = (stopper.flag(), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let errors = Arc::new(Mutex::new(Vec::new()));
     let load: Vec<_> = (0..2)
         .map(|_| {
@@ -167,13 +167,12 @@ pool = "home"
     p = start(&store, &bin, &cfg, &log);
     store.wait_ready(2 + RESTARTS, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump()));
     thread::sleep(Duration::from_millis(300));
-    stop_load.store(true, Ordering::Relaxed);
+    stopper.stop();
     for t in load {
         t.join().unwrap();
     }
     drop(p);
     let control_failed = failed.load(Ordering::Relaxed) - graceful_failed;
-    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("RESULT ingress_restart restarts={RESTARTS} ok={graceful_ok} failed={graceful_failed} control_failed={control_failed}");
     assert_eq!(
         graceful_failed,
@@ -221,9 +220,8 @@ fn udp_ask(to: SocketAddr, what: &str) -> Result<(), String> {
 #[test]
 fn a_reuseport_group_is_kept_across_restarts_and_follows_the_loops() {
     let bin = bin();
-    let dir = std::env::temp_dir().join(format!("ingress-restart-reuseport-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = netns::tempdir::TempDir::new(&netns::unique_tag()).unwrap();
+    let dir = tmp.path().to_path_buf();
     let port = std::net::UdpSocket::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
     let path = udp_echo();
     let cfg = dir.join("ingress.toml");
@@ -301,5 +299,4 @@ udp_reuseport = true
         udp_ask(to, &format!("one loop {i}")).unwrap_or_else(|e| panic!("{e}\n{}", dump()));
     }
     drop(p);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -269,7 +269,8 @@ fn restarts_under_load_refuse_no_client() {
     assert!(names.contains(&format!("wan-tcp-{WAN}-{}", ports.tcp)), "{names:?}");
     assert!(names.contains(&format!("mesh-udp-{MESH}-{}", ports.udp)), "{names:?}");
 
-    let stop_load = Arc::new(AtomicBool::new(false));
+    let stopper = netns::wait::StopOnDrop::default();
+    let stop_load = stopper.flag();
     let (tcp, http, https) = (Arc::new(Tally::default()), Arc::new(Tally::default()), Arc::new(Tally::default()));
     let mut load = Vec::new();
     let wan_tcp: SocketAddr = format!("{WAN}:{}", ports.tcp).parse().unwrap();
@@ -386,7 +387,7 @@ fn restarts_under_load_refuse_no_client() {
     proxy = start(&store, &bin, &cfg, &log);
     store.wait_ready(2 + RESTARTS, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\n{}", dump_log()));
     settle();
-    stop_load.store(true, Ordering::Relaxed);
+    stopper.stop();
     for t in load {
         t.join().unwrap();
     }
@@ -454,24 +455,8 @@ fn a_restart_that_leaves_the_wildcard_address_serves_at_once() {
     stop(&mut proxy);
 }
 
-/// A temp dir removed on drop (also on panic).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let d = std::env::temp_dir().join(format!("lp-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
+/// A temp dir of its own per test (two tests of one process once shared one), removed on
+/// drop (also on panic); the run's tag lets a later run sweep it if this one was killed.
+fn tempdir() -> netns::tempdir::TempDir {
+    netns::tempdir::TempDir::new(&netns::unique_tag()).unwrap()
 }

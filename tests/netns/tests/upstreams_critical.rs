@@ -226,7 +226,9 @@ upstream_port = {https}
     check(m.get("ingress_path_up", &[("pool", "home"), ("path", "home-b")]) == Some(1.0), || {
         "path home-b is down".into()
     })?;
-    let health = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{}/healthz", lp_admin[0])]).output()?;
+    let health = Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://127.0.0.1:{}/healthz", lp_admin[0])])
+        .output()?;
     let health = String::from_utf8_lossy(&health.stdout).to_string();
     check(health.contains("no healthy upstream"), || format!("home a's /healthz says {health:?}"))?;
 
