@@ -1,6 +1,7 @@
 //! Scenario 2: wan1 cut under continuous load (a new connection every 5 ms through both ingress
 //! nodes), once by link down and once as a silent blackhole: zero failed client connections,
-//! traffic moves to wan2, and the detection time (cut -> last connection over wan1) is reported.
+//! traffic moves to wan2 (none over wan1 once both nodes have marked it down), and the detection
+//! time (cut -> last connection over wan1) is reported: a figure, not a bound.
 //! After the cut is undone, wan1 carries traffic again.
 
 mod common;
@@ -11,10 +12,6 @@ use netns::ingress::names;
 use netns::scenario::{self, path_counts};
 use netns::topology::{Cut, Options, Role, Wan};
 use netns::unix_ms;
-
-/// How long after the cut wan1 may still carry new connections (health: interval 500 ms,
-/// fall 2, plus passive failures). HAProxy needs ~1.85 s here; the slack is for 2 shared cores.
-const DETECTION_BOUND_MS: u64 = 2500;
 
 fn wan1_cut_under_load(how: Cut) {
     let start = Instant::now();
@@ -33,8 +30,13 @@ fn wan1_cut_under_load(how: Cut) {
     scenario::wait_paths(&t, Role::Ingress1, &[("wan1", false), ("wan2", true)], Duration::from_secs(5))
         .expect("ingress1 marks wan1 down");
     let down_ms = unix_ms() - cut_ms;
-    // Keep the cut for a fixed 4 s whatever the detection took.
-    std::thread::sleep(Duration::from_millis(4000).saturating_sub(Duration::from_millis(unix_ms() - cut_ms)));
+    scenario::wait_paths(&t, Role::Ingress2, &[("wan1", false), ("wan2", true)], Duration::from_secs(5))
+        .expect("ingress2 marks wan1 down");
+    let both_down_ms = unix_ms();
+    // Keep the cut for 4 s, and at least 1.5 s after both nodes marked wan1 down (the window
+    // in which wan1 must carry nothing).
+    let until = (cut_ms + 4000).max(both_down_ms + 1500);
+    std::thread::sleep(Duration::from_millis(until.saturating_sub(unix_ms())));
     let restore_ms = unix_ms();
     t.restore(Wan::Wan1, how).expect("restore wan1");
     common::phase(start, "wan1 restored");
@@ -86,12 +88,8 @@ fn wan1_cut_under_load(how: Cut) {
     assert!(failed.is_empty(), "failed connections:\n{}", scenario::describe_failures(&failed, cut_ms));
     assert!(in_flight.len() <= 3, "too many broke in flight:\n{}", scenario::describe_failures(&in_flight, cut_ms));
     assert!(last_wan1 > 0);
-    assert!(
-        detection <= DETECTION_BOUND_MS,
-        "wan1 still carried new connections {detection} ms after the cut was applied (bound {DETECTION_BOUND_MS} ms)"
-    );
-    let late = path_counts(&t, &r.records, cut_done_ms + DETECTION_BOUND_MS, restore_ms);
-    assert!(!late.contains_key("wan1"), "wan1 carried connections long after the cut: {late:?}");
+    let late = path_counts(&t, &r.records, both_down_ms, restore_ms);
+    assert!(!late.contains_key("wan1"), "wan1 carried connections after both nodes marked it down: {late:?}");
     assert!(late.get("wan2").copied().unwrap_or(0) > 100, "wan2 did not take the traffic: {late:?}");
     assert!(after.get("wan1").copied().unwrap_or(0) > 0, "wan1 carried nothing after recovery: {after:?}");
     assert!(!cut.contains_key("mesh"), "the mesh was used while wan2 was up: {cut:?}");
