@@ -259,6 +259,9 @@ pub fn run(listen: Option<SocketAddr>, token_file: Option<&Path>, call: Call) ->
         },
     };
     let token = token.as_ref();
+    if let Some(w) = clear_text_warning(addr, token.is_some(), crate::own_addrs::is_own) {
+        eprintln!("warning: {w}");
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -292,6 +295,19 @@ pub fn run(listen: Option<SocketAddr>, token_file: Option<&Path>, call: Call) ->
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `ctl` says before sending the token to `addr`: the admin listener speaks plain HTTP,
+/// so to another host anyone on the way reads it (and may then drain paths). To one of this
+/// host's own addresses (`own`), as to loopback, it never leaves the machine.
+fn clear_text_warning(addr: SocketAddr, sends_token: bool, own: impl Fn(std::net::IpAddr) -> bool) -> Option<String> {
+    (sends_token && !own(addr.ip().to_canonical())).then(|| {
+        format!(
+            "the admin token goes to {addr} in clear text (the admin listener speaks plain HTTP); \
+             keep the listener on loopback and reach it with `ssh -L {port}:127.0.0.1:{port}`",
+            port = addr.port()
+        )
+    })
 }
 
 /// A path's or upstream's weight as `ctl status` prints it, from its `/status` object: the
@@ -334,6 +350,23 @@ mod tests {
         let mut warned = None;
         let got = CtlSettings::load_with(&path, "CTL_TEST_UNSET_", |w| warned = Some(w));
         (got, warned)
+    }
+
+    /// The token is sent in clear text without a warning only where it stays on this host.
+    #[test]
+    fn sending_the_token_off_this_host_is_warned_about() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let own = crate::own_addrs::is_own;
+        assert!(clear_text_warning(at("127.0.0.1:9180"), true, own).is_none());
+        assert!(clear_text_warning(at("[::1]:9180"), true, own).is_none());
+        assert!(clear_text_warning(at("[::ffff:127.0.0.1]:9180"), true, own).is_none());
+        // 192.0.2.0/24 (TEST-NET-1) as another host's address, whatever this one has.
+        let other = |ip: std::net::IpAddr| ip.is_loopback();
+        assert!(clear_text_warning(at("192.0.2.7:9181"), false, other).is_none(), "no token, nothing to warn about");
+        let lan_here = |ip: std::net::IpAddr| ip.is_loopback() || ip == at("192.0.2.7:1").ip();
+        assert!(clear_text_warning(at("192.0.2.7:9181"), true, lan_here).is_none(), "this host's own LAN address");
+        let w = clear_text_warning(at("192.0.2.7:9181"), true, other).expect("a warning");
+        assert!(w.contains("192.0.2.7:9181") && w.contains("ssh -L 9181:127.0.0.1:9181"), "{w}");
     }
 
     /// A file that does not parse as a whole (an edit half done elsewhere) is read for its
