@@ -2022,7 +2022,10 @@ pub(crate) mod tests {
         let back = wait(true, Duration::from_secs(3)).await;
         task.abort();
         drop(listener);
-        assert!(back < Duration::from_millis(450), "up {back:?} after the restore (down_interval 100 ms, rise 2)");
+        // At the interval's pace no probe comes before the one due an interval after the probe
+        // that took it down, ~1.3 s after this restore: up within 1 s shows the down pace
+        // (~100-300 ms; a tighter bound would time the machine more than the pace).
+        assert!(back < Duration::from_secs(1), "up {back:?} after the restore: not at the down_interval pace");
     }
 
     #[test]
