@@ -218,8 +218,9 @@ fn flow_event(name: &'static str, service: &str, path: &str) {
 }
 
 /// Why a flow left its path: the path went down, or a reload sent the service elsewhere.
-/// Both are counted as migrated (the flow's next datagram opens it anew), told apart so an
-/// operator reading the counter after a reload does not take it for a failing WAN.
+/// Both are counted as migrated (the flow's next datagram, if any, opens it anew; a reload
+/// ends flows at the listener's next sweep, so also ones that never send again), told apart
+/// so an operator reading the counter after a reload does not take it for a failing WAN.
 fn migrated(service: &str, path: &str, reason: &'static str) {
     counter!(m::UDP_FLOWS_MIGRATED, "service" => service.to_owned(), "path" => path.to_owned(), "reason" => reason)
         .increment(1);
@@ -413,8 +414,12 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
                 let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
+                // A free slot first (no wait); else the moving flow's own, once its pump is gone.
                 let permits = match moved {
-                    Some(slots) => slots.reclaim().await,
+                    Some(slots) => match FlowPermits::acquire(&svc.flows, &shared.flows) {
+                        Some(p) => Some(p),
+                        None => slots.reclaim(&svc.flows).await,
+                    },
                     None => None,
                 };
                 let permits = match permits {

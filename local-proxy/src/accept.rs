@@ -32,6 +32,9 @@ pub async fn accept_loop(
 ) {
     // Present from the start at 0, so an alert on its increase sees the first wait too.
     metrics::counter!(names::CONNECTION_LIMIT, "listener" => label(origin, &role.load())).increment(0);
+    if let Role::Stream(name) = &**role.load() {
+        metrics::counter!(names::STREAM_PROXY_HEADERS, "stream" => name.clone()).increment(0);
+    }
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

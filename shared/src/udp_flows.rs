@@ -265,8 +265,20 @@ impl FlowPermits {
 
     /// These slots once nothing else holds them: the flow that had them is gone, and the loop
     /// has dropped its aborted pump (which held its socket too). `None` if that has not
-    /// happened after two yields; the slots come free a moment later.
-    pub async fn reclaim(self) -> Option<Self> {
+    /// happened after two yields (the slots come free a moment later), or if they are not
+    /// `service`'s to give (a reload renamed the service) or it is over its cap (a reload
+    /// lowered it): a new flow must then be admitted as any other.
+    pub async fn reclaim(self, service: &Arc<FlowBudget>) -> Option<Self> {
+        if !Arc::ptr_eq(&self.slots.0.budget, service) || service.used() > service.cap() {
+            return None;
+        }
+        self.settled().await
+    }
+
+    /// These slots once the pump holding them besides the caller is gone (see [`reclaim`]).
+    ///
+    /// [`reclaim`]: Self::reclaim
+    async fn settled(self) -> Option<Self> {
         // On a current-thread loop one yield runs the aborted pump, queued before this
         // task; the second is for a runtime where another thread may hold it.
         for _ in 0..2 {
@@ -442,7 +454,7 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
             let slots = flow.permits().cloned();
             evicted(flow);
             let Some(slots) = slots else { continue };
-            if let Some(slots) = slots.reclaim().await {
+            if let Some(slots) = slots.settled().await {
                 return Some(slots);
             }
         }
@@ -500,9 +512,10 @@ impl<K: Copy + Ord + Hash, V: FlowEntry> FlowTable<K, V> {
     }
 
     /// Remove flows idle for the full timeout; give memory back after a flood. Looks only at
-    /// the queue's front, where a flow due must be (called every 100 ms over tables of up to
-    /// a million flows): a flow seen active since it was queued goes back under the time of
-    /// its last datagram, so a talking flow is looked at once per timeout.
+    /// the queue's front, where a flow due must be (called at every sweep, in the local proxy
+    /// every 100 ms, over tables of up to a million flows): a flow seen active since it was
+    /// queued goes back under the time of its last datagram, so a talking flow is looked at
+    /// once per timeout.
     pub fn expire(&mut self, now: u64, expired: &mut Vec<V>) {
         let idle = self.idle_ms;
         while let Some(&(queued, client)) = self.order.first() {
@@ -669,6 +682,26 @@ mod tests {
         t.expire(1900, &mut out);
         assert_eq!(out.len(), 10, "the silent ones, once a timeout after their last datagram");
         assert_eq!(t.len(), 9_990);
+    }
+
+    /// A moving flow's slots go to its new flow only from the same budget, within its cap:
+    /// not after a reload renamed the service (another budget) or lowered the cap below use.
+    #[test]
+    fn a_moving_flows_slots_are_reclaimed_only_within_their_own_budget() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let (service, global, renamed) = (FlowBudget::new(2), FlowBudget::new(usize::MAX), FlowBudget::new(2));
+            let slots = || FlowPermits::acquire(&service, &global).expect("slot");
+            assert!(slots().reclaim(&service).await.is_some());
+            assert!(slots().reclaim(&renamed).await.is_none(), "another service's slots");
+            let (kept, moving) = (slots(), slots());
+            service.set_cap(1);
+            assert!(moving.reclaim(&service).await.is_none(), "two held against a cap of one");
+            assert_eq!(service.used(), 1);
+            let held = kept.clone();
+            assert!(kept.reclaim(&service).await.is_none(), "still held by its pump");
+            drop(held);
+        });
     }
 
     #[test]

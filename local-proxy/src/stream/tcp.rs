@@ -113,7 +113,7 @@ pub async fn forward(
 }
 
 /// Send the PROXY header if configured, then relay both ways until both sides are done or
-/// the connection idles out; how it ended (`closed`, `idle`, `error`).
+/// the connection idles out; how it ended (`closed`, `idle`, `error`, `proxy_header`).
 async fn relay(
     client: &mut Tracked<TcpStream>,
     upstream: &mut Tracked<TcpStream>,
