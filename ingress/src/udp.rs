@@ -414,12 +414,8 @@ pub async fn serve(socket: UdpSocket, slot: Arc<ArcSwap<Service>>, shared: Arc<S
                 let evict_idle = evict_after(svc.cfg.idle_timeout.as_millis() as u64);
                 let acquire = || FlowPermits::acquire(&svc.flows, &shared.flows);
                 let evicted = |f: Flow| flow_event(m::UDP_FLOWS_EVICTED, &svc.cfg.name, &f.guard.path().name);
-                // A free slot first (no wait); else the moving flow's own, once its pump is gone.
                 let permits = match moved {
-                    Some(slots) => match FlowPermits::acquire(&svc.flows, &shared.flows) {
-                        Some(p) => Some(p),
-                        None => slots.reclaim(&svc.flows).await,
-                    },
+                    Some(slots) => slots.reclaim(&svc.flows, acquire).await,
                     None => None,
                 };
                 let permits = match permits {

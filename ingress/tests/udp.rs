@@ -482,25 +482,36 @@ async fn client_on_wan1(addr: SocketAddr) -> UdpSocket {
     panic!("no flow on wan1 in 50 clients");
 }
 
+/// Home on both paths, a client whose flow is on wan1, then a reload that takes wan1 out of
+/// the pool; with `/metrics` from just before the reload.
+async fn a_wan1_flow_then_wan1_reloaded_away() -> (TwoPaths, ingress::Server, UdpSocket, String) {
+    let home = TwoPaths::start().await;
+    let both = udp_config(home.tcp1.addr, home.tcp2.addr, "");
+    let server = start(&both).await;
+    let addr = service_addr(&server, "udp-echo").await;
+    let client = client_on_wan1(addr).await;
+    let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", home.tcp1.addr);
+    assert!(both.contains(&wan1), "{both}");
+    let before = metrics(&server).await;
+    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).await.expect("applies");
+    (home, server, client, before)
+}
+
+/// Flows moved off wan1 for `reason`.
+fn migrated_from_wan1(m: &str, reason: &str) -> f64 {
+    metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", reason)])
+}
+
 /// A reload that takes a flow's path out of the pool moves the flow, though it keeps talking
 /// and the old path still answers: nothing probes a removed path any more, so waiting for it
 /// to go down would keep the flow there for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
-    let home = TwoPaths::start().await;
-    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
-    let both = udp_config(tcp1.addr, tcp2.addr, "");
-    let server = start(&both).await;
-    let addr = service_addr(&server, "udp-echo").await;
-    let client = client_on_wan1(addr).await;
-    let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
-    assert!(both.contains(&wan1), "{both}");
-    let by = |m: &str, reason| metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", reason)]);
-    let before = metrics(&server).await;
-    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).await.expect("applies");
+    let (_home, server, client, before) = a_wan1_flow_then_wan1_reloaded_away().await;
     let r = ask(&client, "after").await.expect("a reply after the reload");
     assert_eq!(r, "wan2:after", "the flow stayed on the removed path");
     let after = metrics(&server).await;
+    let by = migrated_from_wan1;
     assert_eq!(by(&after, "reload") - by(&before, "reload"), 1.0, "the flow the reload moved, counted as such");
     assert_eq!(by(&after, "path_down"), by(&before, "path_down"), "wan1 never went down");
 }
@@ -509,19 +520,11 @@ async fn a_reload_that_removes_a_flows_path_moves_the_flow() {
 /// so a flow that only receives does not keep the removed path's replies coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_quiet_flows_path_ends_the_flow() {
-    let home = TwoPaths::start().await;
-    let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
-    let both = udp_config(tcp1.addr, tcp2.addr, "");
-    let server = start(&both).await;
-    let addr = service_addr(&server, "udp-echo").await;
-    let _client = client_on_wan1(addr).await;
-    let wan1 = format!("{{ name = \"wan1\", address = \"{}\", weight = 1 }}, ", tcp1.addr);
-    let reloads = |m: &str| metric(m, "ingress_udp_flows_migrated_total", &[("path", "wan1"), ("reason", "reload")]);
-    let before = reloads(&metrics(&server).await);
-    server.try_reload(ingress::Config::from_toml(&both.replace(&wan1, "")).expect("valid")).await.expect("applies");
+    let (_home, server, _client, before) = a_wan1_flow_then_wan1_reloaded_away().await;
+    let before = migrated_from_wan1(&before, "reload");
     let mut ended = false;
     for _ in 0..40 {
-        if reloads(&metrics(&server).await) - before >= 1.0 {
+        if migrated_from_wan1(&metrics(&server).await, "reload") - before >= 1.0 {
             ended = true;
             break;
         }

@@ -263,12 +263,16 @@ impl FlowPermits {
         Arc::strong_count(&self.slots) == 1
     }
 
-    /// These slots once nothing else holds them: the flow that had them is gone, and the loop
-    /// has dropped its aborted pump (which held its socket too). `None` if that has not
-    /// happened after two yields (the slots come free a moment later), or if they are not
-    /// `service`'s to give (a reload renamed the service) or it is over its cap (a reload
-    /// lowered it): a new flow must then be admitted as any other.
-    pub async fn reclaim(self, service: &Arc<FlowBudget>) -> Option<Self> {
+    /// Slots for the flow that takes the place of the one that had these (its path went
+    /// down): free ones from `acquire` if there are any (no wait), else these once nothing
+    /// else holds them (the loop has dropped the old flow's aborted pump, which held its
+    /// socket too). `None` if that has not happened after two yields (the slots come free a
+    /// moment later), or if they are not `service`'s to give (a reload renamed the service)
+    /// or it is over its cap (a reload lowered it): the new flow is then admitted as any other.
+    pub async fn reclaim(self, service: &Arc<FlowBudget>, acquire: impl FnOnce() -> Option<Self>) -> Option<Self> {
+        if let Some(free) = acquire() {
+            return Some(free);
+        }
         if !Arc::ptr_eq(&self.slots.0.budget, service) || service.used() > service.cap() {
             return None;
         }
@@ -692,14 +696,18 @@ mod tests {
         rt.block_on(async {
             let (service, global, renamed) = (FlowBudget::new(2), FlowBudget::new(usize::MAX), FlowBudget::new(2));
             let slots = || FlowPermits::acquire(&service, &global).expect("slot");
-            assert!(slots().reclaim(&service).await.is_some());
-            assert!(slots().reclaim(&renamed).await.is_none(), "another service's slots");
+            let full = || None;
+            assert!(slots().reclaim(&service, full).await.is_some());
+            assert!(slots().reclaim(&renamed, full).await.is_none(), "another service's slots");
             let (kept, moving) = (slots(), slots());
             service.set_cap(1);
-            assert!(moving.reclaim(&service).await.is_none(), "two held against a cap of one");
+            assert!(moving.reclaim(&service, full).await.is_none(), "two held against a cap of one");
             assert_eq!(service.used(), 1);
             let held = kept.clone();
-            assert!(kept.reclaim(&service).await.is_none(), "still held by its pump");
+            assert!(kept.reclaim(&service, full).await.is_none(), "still held by its pump");
+            let other = FlowPermits::acquire(&renamed, &global).expect("slot");
+            let free = held.clone().reclaim(&service, || Some(other)).await.expect("a free slot");
+            assert!(Arc::ptr_eq(&free.slots.0.budget, &renamed), "the free slot first, with no wait");
             drop(held);
         });
     }

@@ -370,12 +370,8 @@ async fn serve_flows(
                     f.ending("evicted");
                     counters.evicted.increment(1);
                 };
-                // A free slot first (no wait); else the moving flow's own, once its pump is gone.
                 let permits = match moved {
-                    Some(slots) => match FlowPermits::acquire(&budget, &GLOBAL) {
-                        Some(p) => Some(p),
-                        None => slots.reclaim(&budget).await,
-                    },
+                    Some(slots) => slots.reclaim(&budget, acquire).await,
                     None => None,
                 };
                 let permits = match permits {
