@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 fn log_with(env: &[(&str, &str)]) -> String {
     let tmp = tempfile::Builder::new().prefix("ingress-logenv-").tempdir().expect("temp dir");
     let dir = tmp.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = test_support::free_port();
     let conf = dir.join("ingress.toml");
     std::fs::write(
         &conf,

@@ -51,7 +51,7 @@ fn start_nginx(listen: &str) -> Nginx {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_sees_the_real_client_address_via_proxy_v2() {
-    let port = std::net::TcpListener::bind("127.0.0.6:0").expect("port").local_addr().expect("addr").port();
+    let port = test_support::free_port();
     let backend: std::net::SocketAddr = format!("127.0.0.6:{port}").parse().expect("addr");
     let _nginx = start_nginx(&backend.to_string());
     wait_until_async(|| async move { tokio::net::TcpStream::connect(backend).await.is_ok() }).await;

@@ -197,7 +197,7 @@ async fn reload_under_load_loses_nothing() {
     let wan1 = Backend::start("wan1", "127.0.0.2").await;
     let wan2 = Backend::start("wan2", "127.0.0.3").await;
     // A fixed port, so every reload names the same listener (port 0 would be a new one).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port").local_addr().expect("addr").port();
+    let port = test_support::free_port();
     let listen = format!("[\"127.0.0.1:{port}\"]");
     let c1 = config(&[("wan1", wan1.addr, 1), ("wan2", wan2.addr, 1)], None, "").replace("[\"127.0.0.1:0\"]", &listen);
     // Only wan2 in the other config, on the same listener.
@@ -300,7 +300,7 @@ async fn lowered_cap_counts_the_open_connections(before: String, one: String) {
 
 /// The service on a fixed port, so a reload keeps its listener.
 fn on_a_fixed_port(conf: String) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port").local_addr().expect("addr").port();
+    let port = test_support::free_port();
     conf.replace("[\"127.0.0.1:0\"]", &format!("[\"127.0.0.1:{port}\"]"))
 }
 

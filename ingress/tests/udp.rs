@@ -540,7 +540,7 @@ async fn a_reload_that_removes_a_quiet_flows_path_ends_the_flow() {
 async fn a_renamed_udp_service_is_counted_under_its_new_name() {
     let home = TwoPaths::start().await;
     let (tcp1, tcp2) = (&home.tcp1, &home.tcp2);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let port = test_support::free_port();
     let before = udp_config(tcp1.addr, tcp2.addr, "").replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
     let server = start(&before).await;
     let addr = service_addr(&server, "udp-echo").await;

@@ -120,7 +120,7 @@ async fn reload_binds_new_listeners_closes_removed_and_keeps_connections() {
     assert_eq!(p.metric("local_proxy_config_reloads_total", &[("result", "bind_failed")]).await, 1.0);
 
     // The admin listener moves to a fixed port.
-    let admin_port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let admin_port = free_port().await;
     let cfg = base_config(&stream("a2", &format!("{port}/tcp"), up_a))
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""));
     p.handle.reload(config::from_toml_str(&cfg).unwrap()).await.unwrap();

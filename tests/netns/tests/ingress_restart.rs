@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netns::fdstore::FdStore;
+use test_support::free_port;
 
 const LISTEN: &str = "127.0.0.4";
 const RESTARTS: u32 = 3;
@@ -100,7 +101,7 @@ fn ingress_restarts_under_load_refuse_no_client() {
     // Removed on drop, also on panic.
     let tmp = netns::tempdir::TempDir::new(&netns::unique_tag()).unwrap();
     let dir = tmp.path().to_path_buf();
-    let port = TcpListener::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let path = echo();
     let cfg = dir.join("ingress.toml");
     std::fs::write(
@@ -185,9 +186,11 @@ pool = "home"
 }
 
 /// A UDP echo on 127.0.0.1 with a TCP listener on the same port for the path's health probes.
+/// The port comes from `free_port` (free for both protocols, below the ephemeral range): a UDP
+/// `bind(0)` port may be some test's outgoing TCP connection's local port already.
 fn udp_echo() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let a = s.local_addr().unwrap();
+    let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let s = std::net::UdpSocket::bind(a).unwrap();
     let probes = TcpListener::bind(a).unwrap();
     thread::spawn(move || for _ in probes.incoming() {});
     thread::spawn(move || {
@@ -222,7 +225,7 @@ fn a_reuseport_group_is_kept_across_restarts_and_follows_the_loops() {
     let bin = bin();
     let tmp = netns::tempdir::TempDir::new(&netns::unique_tag()).unwrap();
     let dir = tmp.path().to_path_buf();
-    let port = std::net::UdpSocket::bind((LISTEN, 0)).unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let path = udp_echo();
     let cfg = dir.join("ingress.toml");
     let write_cfg = |threads: usize| {
