@@ -7,6 +7,10 @@
 //!   yggdrasil's group (the node's private key);
 //! - ACME on, its storage outside the unit's state directory: the role makes it and the
 //!   service, in its sandbox, may write it (a drop-in's ReadWritePaths=);
+//! - runtime control works at once: `ingress ctl drain`/`undrain` on each node (the role's token,
+//!   root-only, a systemd credential for the unit's transient user) and `local-proxy ctl` at home
+//!   (its token 0640 root:local-proxy); the ingress's loopback admin listener answers the name in
+//!   ingress_admin_allowed_hosts (421 without it) and 421 to another;
 //! - a client fetches a LAN site by name over HTTPS through each ingress node, and meshc over
 //!   the mesh (the site's AAAA = the home's Yggdrasil address, from DNS); the ingress nodes see
 //!   both WAN paths up (the role's policy routing: the harness's own rules are removed first,
@@ -108,6 +112,7 @@ fn inventory(
                 "yggdrasil_apt_source": aptrepo::source_line(repo_url),
                 "ingress_deb": debs.0.display().to_string(),
                 "local_proxy_deb": debs.1.display().to_string(),
+                "ingress_admin_allowed_hosts": [format!("admin.{ZONE}")],
         })
         .as_object()
         .cloned()
@@ -432,6 +437,44 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
             .expect("the ingress unit's stop timeout");
         assert_eq!(got.trim(), want, "{name}: TimeoutStopSec for its drain_timeout");
     }
+    // Runtime control works on every host once a run has passed: the roles keep a token (the
+    // ingress's as a systemd credential for its transient user), and `ctl` reads it as root.
+    for n in &two {
+        let out = hosts[n.name]
+            .sh(
+                &format!("stat -c '%a %U %G' /etc/ingress/admin-token; ingress ctl drain wan1 && ingress ctl undrain wan1; \
+                 for name in admin.{ZONE} other.example; do python3 -c \"import http.client as h, sys; \
+                 c = h.HTTPConnection('127.0.0.1', 9180); c.request('GET', '/healthz', headers={{'Host': sys.argv[1]}}); \
+                 print(sys.argv[1], c.getresponse().status)\" $name; done"),
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|e| panic!("{}: ingress ctl: {e:#}\n{}", n.name, journal(&hosts[n.name], "ingress")));
+        assert!(
+            out.starts_with("600 root root\n")
+                && out.contains("serving -> drained")
+                && out.contains("drained -> serving")
+                && out.contains(&format!("admin.{ZONE} 200"))
+                && out.contains("other.example 421"),
+            "{}: the token's mode and owner, a drain and an undrain, the admin listener's names: {out}",
+            n.name
+        );
+    }
+    let upstream = format!("http://{}:{LAN_PORT}", addr::LAN);
+    let out = home
+        .sh(
+            &format!(
+                "stat -c '%a %U %G' /etc/local-proxy/admin-token; \
+                 local-proxy ctl drain {SITE} {upstream} && local-proxy ctl undrain {SITE} {upstream}"
+            ),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("local-proxy ctl: {e:#}\n{}", journal(home, "local-proxy")));
+    assert!(
+        out.starts_with("640 root local-proxy\n")
+            && out.contains("serving -> drained")
+            && out.contains("drained -> serving"),
+        "home: the token's mode and owner, then a drain and an undrain: {out}"
+    );
     let mesh: Ipv6Addr = home
         .sh("yggdrasilctl -json -endpoint unix:///run/yggdrasil/yggdrasil.sock getSelf", Duration::from_secs(10))
         .ok()
