@@ -164,9 +164,22 @@ fn write_inventory(path: &Path, inv: &serde_json::Value) {
     std::fs::write(path, serde_json::to_string_pretty(inv).expect("json")).expect("writing the inventory");
 }
 
-/// Panics with the output's tail unless the run succeeded.
-fn must_pass(run: &PlaybookRun, what: &str) {
-    assert!(run.ok, "{what} failed (log {}):\n{}", run.log.display(), run.tail(60));
+/// Panics with the output's tail unless the run succeeded, and with each host's journal of the
+/// last minute (a unit's own error, nft's say, is there only, not in Ansible's output).
+fn must_pass(run: &PlaybookRun, what: &str, hosts: &BTreeMap<String, Host>) {
+    if run.ok {
+        return;
+    }
+    let journals: String = hosts
+        .iter()
+        .map(|(name, h)| {
+            let journal = h
+                .sh("journalctl -b --since -60s --no-pager | tail -n 40", Duration::from_secs(10))
+                .unwrap_or_else(|e| format!("(not asked: {e:#})"));
+            format!("\n-- {name}'s journal:\n{journal}")
+        })
+        .collect();
+    panic!("{what} failed (log {}):\n{}{journals}", run.log.display(), run.tail(60));
 }
 
 /// `curl` the site over HTTPS from `role`, the name resolved to `to`; the body.
@@ -391,7 +404,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
 
     // 1. Bare hosts to serving.
     let run1 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-1").expect("ansible-playbook");
-    must_pass(&run1, "site.yml on bare hosts");
+    must_pass(&run1, "site.yml on bare hosts", &hosts);
     phase(&format!("site.yml from bare hosts in {:.1}s", run1.elapsed.as_secs_f64()));
     // The mesh came up filtered on every node: the (closed) inbound filter was in force before
     // yggdrasil's first start, not only once the service's role ran later in the run.
@@ -645,7 +658,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
 
     // 3. A second run changes nothing.
     let run2 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-2").expect("ansible-playbook");
-    must_pass(&run2, "the second site.yml");
+    must_pass(&run2, "the second site.yml", &hosts);
     let recap = run2.recap();
     for h in ["home", "ingress1", "ingress2", "knot"] {
         let changed = recap.get(h).and_then(|f| f.get("changed")).copied();
@@ -663,7 +676,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     let pid_before = proxy_pid(home).expect("local-proxy pid");
     write_inventory(&inv_path, &inventory(&three, &ssh, &repo_url, &dns.secret, &debs));
     let run3 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-3-add").expect("ansible-playbook");
-    must_pass(&run3, "site.yml adding ingress3");
+    must_pass(&run3, "site.yml adding ingress3", &hosts);
     let i3 = &nodes[2];
     assert_eq!(dns.dig("A", "ingress3").unwrap(), BTreeSet::from([i3.addr.to_string()]), "A of ingress3");
     let want3: BTreeSet<String> = three.iter().map(|n| n.addr.to_string()).collect();
@@ -697,7 +710,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     // 5. ingress3 leaves: one run.
     write_inventory(&inv_path, &inventory(&two, &ssh, &repo_url, &dns.secret, &debs));
     let run4 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-4-remove").expect("ansible-playbook");
-    must_pass(&run4, "site.yml removing ingress3");
+    must_pass(&run4, "site.yml removing ingress3", &hosts);
     assert!(dns.dig("A", "ingress3").unwrap().is_empty(), "ingress3's A record is gone");
     assert_eq!(dns.dig("A", "cloud").unwrap(), want_a, "A of {SITE} without ingress3");
     assert_eq!(dns.dig("A", "ingress-nodes").unwrap(), want_a, "A of the name listing every node");
@@ -734,7 +747,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
         (home_run.join().expect("the --limit home run's thread"), ingress_run)
     });
     let (run5, run5b) = (run5.expect("ansible-playbook"), run5b.expect("ansible-playbook"));
-    must_pass(&run5, "site.yml --limit home");
+    must_pass(&run5, "site.yml --limit home", &hosts);
     let recap = run5.recap();
     assert_eq!(recap.keys().collect::<Vec<_>>(), ["home"], "--limit home ran on {:?}", recap.keys());
     let changed = recap.get("home").and_then(|f| f.get("changed")).copied();
@@ -743,7 +756,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     // The ingress nodes alone (`--limit ingress`): the home is outside the run, so no play read
     // its Yggdrasil address; the ingress role asks the home's router and renders the same mesh
     // tier (before, the mesh line was left out: no fallback home with every WAN down).
-    must_pass(&run5b, "site.yml --limit ingress");
+    must_pass(&run5b, "site.yml --limit ingress", &hosts);
     let recap = run5b.recap();
     assert_eq!(recap.keys().collect::<Vec<_>>(), ["ingress1", "ingress2"], "--limit ingress ran on {:?}", recap.keys());
     for (n, before) in ["ingress1", "ingress2"].iter().zip(&ingress_configs) {
