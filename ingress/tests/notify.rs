@@ -60,7 +60,7 @@ fn ready_waits_for_every_listener_and_reload_and_stop_are_told() {
     // connection can loop back into the ingress's own listeners.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held_port = held.local_addr().unwrap().port();
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free_port = test_support::free_port();
     let conf = dir.join("ingress.toml");
     std::fs::write(
         &conf,

@@ -19,7 +19,8 @@
 //! - a second run changes nothing on any host (PLAY RECAP changed=0);
 //! - ingress3 (its yggdrasil key already in a file of its own, `PrivateKeyPath`: kept, so its
 //!   address stays) added to the inventory, one run: it serves, its A record is published, the home's
-//!   allowlist admits it from DNS with the local proxy's main PID unchanged;
+//!   allowlist admits it from DNS with the local proxy's main PID unchanged; ingress1, given an
+//!   admin token in the same run, restarts onto it (ctl works with it), ingress2 does not restart;
 //! - ingress3 removed, one run: its records go, the home's allowlist drops it (its WAN connects
 //!   fail while ingress1's pass);
 //! - `--limit home`: the ingress nodes' Yggdrasil addresses are asked of their routers, the
@@ -50,6 +51,8 @@ use serde_json::json;
 
 const SITE: &str = "cloud.lbt.test";
 const LAN_PORT: u16 = 11000;
+/// The admin token ingress1 is given in the inventory when ingress3 joins.
+const GIVEN_TOKEN: &str = "given-by-the-operator-0123456789";
 /// ACME's storage at home: outside the unit's state directory (/var/lib/local-proxy).
 const ACME_STORAGE: &str = "/srv/acme";
 /// TTL of the published records: the home's firewall re-resolves within it.
@@ -674,7 +677,18 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
 
     // 4. ingress3 joins: one run.
     let pid_before = proxy_pid(home).expect("local-proxy pid");
-    write_inventory(&inv_path, &inventory(&three, &ssh, &repo_url, &dns.secret, &debs));
+    let ingress_pids = || -> Vec<String> {
+        two.iter()
+            .map(|n| hosts[n.name].sh("systemctl show -p MainPID --value ingress", Duration::from_secs(10)))
+            .collect::<Result<_>>()
+            .unwrap_or_else(|e| panic!("the ingress nodes' main PIDs: {e:#}"))
+    };
+    let ingress_pids_before = ingress_pids();
+    // ingress1 is given a token of the operator's in the same run: it restarts onto it, and
+    // only it (the others' run with the token they have).
+    let mut inv3 = inventory(&three, &ssh, &repo_url, &dns.secret, &debs);
+    inv3["all"]["children"]["ingress"]["hosts"]["ingress1"]["ingress_admin_token"] = json!(GIVEN_TOKEN);
+    write_inventory(&inv_path, &inv3);
     let run3 = ansible.run("site.yml", &[], RUN_TIMEOUT, "site-3-add").expect("ansible-playbook");
     must_pass(&run3, "site.yml adding ingress3", &hosts);
     let i3 = &nodes[2];
@@ -705,6 +719,22 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
         "ingress3's key, kept in a file of its own, was replaced"
     );
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
+    let ingress_pids_after = ingress_pids();
+    assert!(
+        ingress_pids_after[0] != ingress_pids_before[0] && ingress_pids_after[1] == ingress_pids_before[1],
+        "ingress1 (given a token) restarts, ingress2 does not: {ingress_pids_before:?} -> {ingress_pids_after:?}"
+    );
+    let out = hosts["ingress1"]
+        .sh(
+            "cat /etc/ingress/admin-token; echo; cat /run/credentials/ingress.service/admin-token; echo; \
+             ingress ctl weight wan2 2 && ingress ctl weight wan2 config",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("ingress1's given token: {e:#}\n{}", journal(&hosts["ingress1"], "ingress")));
+    assert!(
+        out.starts_with(&format!("{GIVEN_TOKEN}\n{GIVEN_TOKEN}\n")) && out.matches(" -> ").count() == 2,
+        "ingress1's token file, its credential, then two weight changes through ctl: {out}"
+    );
     phase(&format!("ingress3 added in {:.1}s: serving, published, admitted", run3.elapsed.as_secs_f64()));
 
     // 5. ingress3 leaves: one run.
