@@ -2,7 +2,7 @@
 //!
 //! Invariants (as in the ingress): the data path reads only atomics (`up`, `factor`,
 //! `active`, `drain`, `weight_override`) plus one short lock on the pool's round robin state
-//! per pick; the health state behind its mutex (`shared::health`) is touched once per probe or
+//! per pick among several upstreams (a pool of one needs no choice); the health state behind its mutex (`shared::health`) is touched once per probe or
 //! finished request/connect. Primaries serve while any is usable; backups only when none is.
 //! With nothing usable the pick answers `None` (the caller answers 503 / closes), counted.
 //! Without active checks nothing would ever bring back an upstream that real traffic took
@@ -413,7 +413,9 @@ impl Pool {
                 return None;
             }
             let weight = m.effective();
-            if weight <= 0.0 {
+            // Not finite: never chosen (the selector drops it too), so a pool of one, which
+            // skips the selector, answers the same.
+            if !(weight > 0.0 && weight.is_finite()) {
                 return None;
             }
             let load = match self.balance {

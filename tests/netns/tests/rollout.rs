@@ -721,7 +721,9 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     assert_eq!(proxy_pid(home).expect("local-proxy pid"), pid_before, "the local proxy was restarted");
     let ingress_pids_after = ingress_pids();
     assert!(
-        ingress_pids_after[0] != ingress_pids_before[0] && ingress_pids_after[1] == ingress_pids_before[1],
+        ingress_pids_before.iter().chain(&ingress_pids_after).all(|p| p.trim() != "0")
+            && ingress_pids_after[0] != ingress_pids_before[0]
+            && ingress_pids_after[1] == ingress_pids_before[1],
         "ingress1 (given a token) restarts, ingress2 does not: {ingress_pids_before:?} -> {ingress_pids_after:?}"
     );
     let out = hosts["ingress1"]
