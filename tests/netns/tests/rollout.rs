@@ -685,7 +685,7 @@ fn site_yml_takes_bare_hosts_to_serving_and_adds_and_removes_a_node() {
     };
     let ingress_pids_before = ingress_pids();
     // ingress1 is given a token of the operator's in the same run: it restarts onto it, and
-    // only it (the others' run with the token they have).
+    // only it (the others keep the token they run with).
     let mut inv3 = inventory(&three, &ssh, &repo_url, &dns.secret, &debs);
     inv3["all"]["children"]["ingress"]["hosts"]["ingress1"]["ingress_admin_token"] = json!(GIVEN_TOKEN);
     write_inventory(&inv_path, &inv3);
