@@ -1,7 +1,21 @@
-# The TLS terminator setup bench/tls and bench/instructions share, sourced by both. Expects
-# $work (a temporary directory), $name and $port (the bench's name and TLS port), $threads,
-# the array `addr` (candidate -> listening address) and `pids` (started processes, for the
-# caller's cleanup).
+# The TLS terminator setup bench/tls, bench/instructions and bench/idle-heap share, sourced by
+# each. `bench_work` makes $work (a temporary directory) and `pids` (started processes), both
+# cleaned up on exit; the rest expects them, $name and $port (the bench's name and TLS port),
+# $threads and the array `addr` (candidate -> listening address).
+
+# The temporary directory $work (readable by nginx's workers) and the list $pids of processes
+# the bench starts, both taken away on exit.
+bench_work() {
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 
 # The LAN service: one nginx worker, a fixed small answer, keep-alive without limit.
 tls_upstream() {

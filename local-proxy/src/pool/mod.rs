@@ -2,14 +2,14 @@
 //!
 //! Invariants (as in the ingress): the data path reads only atomics (`up`, `factor`,
 //! `active`, `drain`, `weight_override`) plus one short lock on the pool's round robin state
-//! per pick among several upstreams (a pool of one needs no choice); the health state behind its mutex (`shared::health`) is touched once per probe or
-//! finished request/connect. Primaries serve while any is usable; backups only when none is.
-//! With nothing usable the pick answers `None` (the caller answers 503 / closes), counted.
-//! Without active checks nothing would ever bring back an upstream that real traffic took
-//! down, so such an upstream is tried again with real traffic once it has been down for the
-//! health `interval` (nginx's `fail_timeout`), by one request at a time (the others go to the
-//! rest of the pool, or its backups); a failure there restarts the wait, `2 × rise`
-//! successes bring it back.
+//! per pick among several upstreams (a pool of one needs no choice); the health state behind
+//! its mutex (`shared::health`) is touched once per probe or finished request/connect.
+//! Primaries serve while any is usable; backups only when none is. With nothing usable the
+//! pick answers `None` (the caller answers 503 / closes), counted. Without active checks
+//! nothing would ever bring back an upstream that real traffic took down, so such an upstream
+//! is tried again with real traffic once it has been down for the health `interval` (nginx's
+//! `fail_timeout`), by one request at a time (the others go to the rest of the pool, or its
+//! backups); a failure there restarts the wait, `2 × rise` successes bring it back.
 
 pub mod checks;
 pub mod probe;
